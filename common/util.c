@@ -1,0 +1,434 @@
+#include "util.h"
+#include "frame.h"
+
+#include <ctype.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <openssl/evp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+#include <uuid/uuid.h>
+
+int64_t
+vmf_realtime_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+int64_t
+vmf_monotonic_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+int
+vmf_strlcpy(char *dst, const char *src, size_t n, struct vmf_error *err)
+{
+	size_t l = strlen(src);
+	if (l >= n)
+		return vmf_err(err, ENAMETOOLONG, "'%.64s...' is longer than %zu bytes", src, n - 1);
+	memcpy(dst, src, l + 1);
+	return 0;
+}
+
+int
+vmf_mkdir_p(const char *path, mode_t mode, struct vmf_error *err)
+{
+	char buf[PATH_MAX];
+	if (vmf_strlcpy(buf, path, sizeof(buf), err) < 0)
+		return -ENAMETOOLONG;
+	for (char *p = buf + 1;; p++) {
+		if (*p != '/' && *p != '\0')
+			continue;
+		char c = *p;
+		*p = '\0';
+		if (mkdir(buf, mode) < 0 && errno != EEXIST)
+			return vmf_err_sys(err, errno, "cannot create directory %s", buf);
+		struct stat st;
+		if (lstat(buf, &st) < 0)
+			return vmf_err_sys(err, errno, "cannot stat %s", buf);
+		/* A symlinked ancestor is tolerated only above the last component
+		 * (e.g. /var/run -> /run); the directory itself must be real. */
+		if (c == '\0' && !S_ISDIR(st.st_mode))
+			return vmf_err(err, ENOTDIR, "%s exists and is not a directory", buf);
+		*p = c;
+		if (c == '\0')
+			break;
+		while (p[1] == '/')
+			p++;
+		if (p[1] == '\0')
+			break;
+	}
+	return 0;
+}
+
+int
+vmf_fsync_dir(const char *dir, struct vmf_error *err)
+{
+	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return vmf_err_sys(err, errno, "cannot open directory %s", dir);
+	int r = fsync(fd);
+	int e = errno;
+	close(fd);
+	if (r < 0)
+		return vmf_err_sys(err, e, "cannot fsync directory %s", dir);
+	return 0;
+}
+
+int
+vmf_write_file_atomic(const char *path, const void *data, size_t len, mode_t mode,
+		      struct vmf_error *err)
+{
+	char tmp[PATH_MAX], dir[PATH_MAX];
+	if (snprintf(tmp, sizeof(tmp), "%s.tmp.XXXXXX", path) >= (int)sizeof(tmp))
+		return vmf_err(err, ENAMETOOLONG, "path %s is too long", path);
+	int fd = mkostemp(tmp, O_CLOEXEC);
+	if (fd < 0)
+		return vmf_err_sys(err, errno, "cannot create %s", tmp);
+	int r = vmf_write_full(fd, data, len, -1, err);
+	if (r == 0 && fchmod(fd, mode) < 0)
+		r = vmf_err_sys(err, errno, "cannot chmod %s", tmp);
+	if (r == 0 && fsync(fd) < 0)
+		r = vmf_err_sys(err, errno, "cannot fsync %s", tmp);
+	if (close(fd) < 0 && r == 0)
+		r = vmf_err_sys(err, errno, "cannot close %s", tmp);
+	if (r == 0 && rename(tmp, path) < 0)
+		r = vmf_err_sys(err, errno, "cannot rename %s to %s", tmp, path);
+	if (r < 0) {
+		unlink(tmp);
+		return vmf_error_prefix(err, "writing %s", path);
+	}
+	vmf_strlcpy(dir, path, sizeof(dir), NULL);
+	char *slash = strrchr(dir, '/');
+	if (slash) {
+		if (slash == dir)
+			slash[1] = '\0';
+		else
+			*slash = '\0';
+		return vmf_fsync_dir(dir, err);
+	}
+	return vmf_fsync_dir(".", err);
+}
+
+int
+vmf_read_file(const char *path, char **out, size_t *len, size_t max, struct vmf_error *err)
+{
+	*out = NULL;
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	if (fd < 0)
+		return vmf_err_sys(err, errno, "cannot open %s", path);
+	size_t cap = 4096, n = 0;
+	char *buf = malloc(cap + 1);
+	if (!buf) {
+		close(fd);
+		return vmf_err(err, ENOMEM, "out of memory reading %s", path);
+	}
+	for (;;) {
+		if (n == cap) {
+			if (cap >= max) {
+				free(buf);
+				close(fd);
+				return vmf_err(err, EFBIG, "%s is larger than %zu bytes", path, max);
+			}
+			cap = cap * 2 > max ? max : cap * 2;
+			char *nb = realloc(buf, cap + 1);
+			if (!nb) {
+				free(buf);
+				close(fd);
+				return vmf_err(err, ENOMEM, "out of memory reading %s", path);
+			}
+			buf = nb;
+		}
+		ssize_t r = read(fd, buf + n, cap - n);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0) {
+			int e = errno;
+			free(buf);
+			close(fd);
+			return vmf_err_sys(err, e, "cannot read %s", path);
+		}
+		if (r == 0)
+			break;
+		n += (size_t)r;
+	}
+	close(fd);
+	buf[n] = '\0';
+	*out = buf;
+	if (len)
+		*len = n;
+	return 0;
+}
+
+static int
+rm_at(int parent, const char *name, const char *shown, struct vmf_error *err)
+{
+	struct stat st;
+	if (fstatat(parent, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+		return errno == ENOENT ? 0 : vmf_err_sys(err, errno, "cannot stat %s", shown);
+	if (!S_ISDIR(st.st_mode)) {
+		if (unlinkat(parent, name, 0) < 0 && errno != ENOENT)
+			return vmf_err_sys(err, errno, "cannot remove %s", shown);
+		return 0;
+	}
+	int fd = openat(parent, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0)
+		return vmf_err_sys(err, errno, "cannot open %s", shown);
+	DIR *d = fdopendir(fd);
+	if (!d) {
+		close(fd);
+		return vmf_err_sys(err, errno, "cannot list %s", shown);
+	}
+	int r = 0;
+	struct dirent *de;
+	while (r == 0 && (de = readdir(d))) {
+		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+			continue;
+		r = rm_at(dirfd(d), de->d_name, shown, err);
+	}
+	closedir(d);
+	if (r == 0 && unlinkat(parent, name, AT_REMOVEDIR) < 0 && errno != ENOENT)
+		return vmf_err_sys(err, errno, "cannot remove directory %s", shown);
+	return r;
+}
+
+int
+vmf_rm_rf(const char *path, struct vmf_error *err)
+{
+	return rm_at(AT_FDCWD, path, path, err);
+}
+
+void
+vmf_hex(const uint8_t *in, size_t n, char *out)
+{
+	static const char d[] = "0123456789abcdef";
+	for (size_t i = 0; i < n; i++) {
+		out[2 * i] = d[in[i] >> 4];
+		out[2 * i + 1] = d[in[i] & 15];
+	}
+	out[2 * n] = '\0';
+}
+
+void
+vmf_sha256_hex(const void *data, size_t len, char hex[VMF_SHA256_HEX])
+{
+	uint8_t md[32];
+	unsigned int mdlen = 0;
+	EVP_Digest(data, len, md, &mdlen, EVP_sha256(), NULL);
+	vmf_hex(md, 32, hex);
+}
+
+int
+vmf_sha256_file(const char *path, char hex[VMF_SHA256_HEX], struct vmf_error *err)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return vmf_err_sys(err, errno, "cannot open %s", path);
+	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+	if (!ctx || !EVP_DigestInit_ex(ctx, EVP_sha256(), NULL)) {
+		EVP_MD_CTX_free(ctx);
+		close(fd);
+		return vmf_err(err, ENOMEM, "cannot set up SHA-256 for %s", path);
+	}
+	static __thread uint8_t buf[1 << 16];
+	int r = 0;
+	for (;;) {
+		ssize_t n = read(fd, buf, sizeof(buf));
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			r = vmf_err_sys(err, errno, "cannot read %s", path);
+			break;
+		}
+		if (n == 0)
+			break;
+		EVP_DigestUpdate(ctx, buf, (size_t)n);
+	}
+	uint8_t md[32];
+	unsigned int mdlen = 0;
+	if (r == 0) {
+		EVP_DigestFinal_ex(ctx, md, &mdlen);
+		vmf_hex(md, 32, hex);
+	}
+	EVP_MD_CTX_free(ctx);
+	close(fd);
+	return r;
+}
+
+void
+vmf_file_tail(const char *path, char *buf, size_t max)
+{
+	buf[0] = '\0';
+	if (max < 8)
+		return;
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return;
+	off_t size = lseek(fd, 0, SEEK_END);
+	size_t want = max - 4;
+	off_t start = size > (off_t)want ? size - (off_t)want : 0;
+	ssize_t n = pread(fd, buf + (start ? 3 : 0), want, start);
+	close(fd);
+	if (n <= 0) {
+		buf[0] = '\0';
+		return;
+	}
+	if (start)
+		memcpy(buf, "...", 3);
+	size_t end = (size_t)n + (start ? 3 : 0);
+	buf[end] = '\0';
+	/* Control characters from a serial console would garble a one-line error. */
+	for (size_t i = 0; i < end; i++)
+		if ((unsigned char)buf[i] < 0x20 && buf[i] != '\n')
+			buf[i] = ' ';
+}
+
+void
+vmf_uuid_new(char out[VMF_UUID_STR])
+{
+	uuid_t u;
+	uuid_generate_random(u);
+	uuid_unparse_lower(u, out);
+}
+
+bool
+vmf_valid_uuid(const char *s)
+{
+	if (!s || strlen(s) != 36)
+		return false;
+	for (int i = 0; i < 36; i++) {
+		if (i == 8 || i == 13 || i == 18 || i == 23) {
+			if (s[i] != '-')
+				return false;
+		} else if (!isxdigit((unsigned char)s[i]) || isupper((unsigned char)s[i])) {
+			return false;
+		}
+	}
+	return true;
+}
+
+bool
+vmf_valid_sandbox_id(const char *s)
+{
+	if (!s || !isalnum((unsigned char)s[0]))
+		return false;
+	size_t n = strlen(s);
+	if (n > 64)
+		return false;
+	for (size_t i = 1; i < n; i++) {
+		unsigned char c = (unsigned char)s[i];
+		if (!isalnum(c) && c != '_' && c != '.' && c != '-')
+			return false;
+	}
+	return true;
+}
+
+bool
+vmf_valid_template_id(const char *s)
+{
+	if (!s || strlen(s) != 64)
+		return false;
+	for (int i = 0; i < 64; i++)
+		if (!isxdigit((unsigned char)s[i]) || isupper((unsigned char)s[i]))
+			return false;
+	return true;
+}
+
+uint64_t
+vmf_proc_start_ticks(pid_t pid)
+{
+	char path[64], *buf = NULL;
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	if (vmf_read_file(path, &buf, NULL, 8192, NULL) < 0)
+		return 0;
+	/* comm may contain spaces and parentheses: fields start after the last ')'. */
+	char *p = strrchr(buf, ')');
+	uint64_t ticks = 0;
+	if (p) {
+		int field = 2;
+		for (char *tok = strtok(p + 1, " "); tok; tok = strtok(NULL, " ")) {
+			if (++field == 22) {
+				ticks = strtoull(tok, NULL, 10);
+				break;
+			}
+		}
+	}
+	free(buf);
+	return ticks;
+}
+
+bool
+vmf_proc_alive(pid_t pid, uint64_t ticks)
+{
+	if (pid <= 0)
+		return false;
+	char path[64], *buf = NULL;
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	if (vmf_read_file(path, &buf, NULL, 8192, NULL) < 0)
+		return false;
+	char *p = strrchr(buf, ')');
+	bool zombie = p && p[1] == ' ' && (p[2] == 'Z' || p[2] == 'X');
+	free(buf);
+	if (zombie)
+		return false;
+	return ticks == 0 || vmf_proc_start_ticks(pid) == ticks;
+}
+
+static uint64_t
+proc_field_kib(pid_t pid, const char *file, const char *key)
+{
+	char path[64], *buf = NULL;
+	snprintf(path, sizeof(path), "/proc/%d/%s", (int)pid, file);
+	if (vmf_read_file(path, &buf, NULL, 1 << 20, NULL) < 0)
+		return 0;
+	uint64_t v = 0;
+	size_t kl = strlen(key);
+	for (char *line = buf; line && *line; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL) {
+		if (strncmp(line, key, kl) == 0) {
+			v = strtoull(line + kl, NULL, 10);
+			break;
+		}
+	}
+	free(buf);
+	return v;
+}
+
+uint64_t
+vmf_proc_pss_kib(pid_t pid)
+{
+	return proc_field_kib(pid, "smaps_rollup", "Pss:");
+}
+
+uint64_t
+vmf_proc_rss_kib(pid_t pid)
+{
+	return proc_field_kib(pid, "status", "VmRSS:");
+}
+
+int
+vmf_proc_fd_count(pid_t pid)
+{
+	char path[64];
+	snprintf(path, sizeof(path), "/proc/%d/fd", (int)pid);
+	DIR *d = opendir(path);
+	if (!d)
+		return -1;
+	int n = 0;
+	struct dirent *de;
+	while ((de = readdir(d)))
+		if (de->d_name[0] != '.')
+			n++;
+	closedir(d);
+	return n;
+}

@@ -1,0 +1,42 @@
+/* Host side of the guest agent protocol (proto/agent.proto), over a stream fd
+ * from ops->agent_connect().  Requests carry an id; replies with another id
+ * (left over from before a template save) are discarded. */
+#ifndef VMF_AGENT_H
+#define VMF_AGENT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "agent.pb-c.h"
+#include "error.h"
+
+struct vmf_agent;
+
+/* Takes ownership of fd. */
+struct vmf_agent *vmf_agent_new(int fd);
+void vmf_agent_free(struct vmf_agent *a);
+int vmf_agent_fd(const struct vmf_agent *a);
+
+/* Sends req (protocol_version and id are filled in) and waits for its reply.
+ * A reply with error_code != 0 becomes a failure carrying the guest's
+ * message.  Free *reply with vmf__agent__agent_reply__free_unpacked. */
+int vmf_agent_call(struct vmf_agent *a, Vmf__Agent__AgentRequest *req,
+		   Vmf__Agent__AgentReply **reply, int timeout_ms, struct vmf_error *err);
+
+/* Convenience wrappers over vmf_agent_call. */
+int vmf_agent_ping(struct vmf_agent *a, int timeout_ms, struct vmf_error *err);
+/* Retries Ping until the guest answers or timeout_ms passes (boot, restore). */
+int vmf_agent_wait_ready(struct vmf_agent *a, int timeout_ms, struct vmf_error *err);
+int vmf_agent_guest_info(struct vmf_agent *a, Vmf__Agent__AgentReply **reply, int timeout_ms,
+			 struct vmf_error *err);
+int vmf_agent_online(struct vmf_agent *a, uint32_t *online_cpus, uint64_t *mem_total_kib,
+		     int timeout_ms, struct vmf_error *err);
+/* Sends entropy, returns the guest's fresh 16-byte sample in sample[16]. */
+int vmf_agent_reseed(struct vmf_agent *a, const uint8_t *entropy, size_t n, uint8_t sample[16],
+		     int timeout_ms, struct vmf_error *err);
+int vmf_agent_set_time(struct vmf_agent *a, int64_t realtime_ns, int64_t *guest_ns,
+		       int timeout_ms, struct vmf_error *err);
+int vmf_agent_mount_share(struct vmf_agent *a, const char *tag, int timeout_ms,
+			  struct vmf_error *err);
+
+#endif

@@ -1,0 +1,111 @@
+/* The hypervisor driver interface.  Everything above hypervisors/ (template
+ * build and clone, pools, GetVM) talks to a VMM only through these ops, so
+ * QEMU, Firecracker and Cloud Hypervisor are interchangeable.
+ *
+ * A struct vmf_vm is a driver-owned handle to one VMM process.  Handles are
+ * not thread-safe: one thread drives a given VM at a time. */
+#ifndef VMF_DRIVER_H
+#define VMF_DRIVER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "error.h"
+#include "hypervisor.pb-c.h"
+
+typedef Vmf__Hv__VmConfig vmf_vm_config;
+typedef Vmf__Hv__HypervisorState vmf_hv_state;
+
+/* Capabilities a driver may have; GetVM refuses what a driver lacks. */
+enum vmf_cap {
+	VMF_CAP_TEMPLATE_SHARE = 1u << 0,  /* clones map template RAM copy-on-write */
+	VMF_CAP_CPU_HOTPLUG = 1u << 1,
+	VMF_CAP_MEM_HOTPLUG = 1u << 2,
+	VMF_CAP_SHARE_DEVICE = 1u << 3,    /* 9p / virtio-fs host share */
+	VMF_CAP_VMGENID = 1u << 4,
+	VMF_CAP_FULL_SNAPSHOT = 1u << 5,   /* all RAM in the state stream */
+};
+
+/* Names for status output ("template-share", "cpu-hotplug", ...). */
+const char *vmf_cap_name(unsigned cap);
+
+struct vmf_hv_info {
+	char version[64];      /* e.g. "7.2.22" */
+	char accel[8];         /* "kvm" or "tcg" */
+	unsigned caps;
+};
+
+struct vmf_vm;
+
+struct vmf_hv_ops {
+	const char *name;                          /* "qemu" */
+	Vmf__Hv__HypervisorKind kind;
+
+	/* Version, accelerator that will be used, capabilities. */
+	int (*probe)(const char *binary, struct vmf_hv_info *info, struct vmf_error *err);
+
+	/* Starts a VMM process from cfg.  cfg->memory_mode selects a cold boot
+	 * (MEM_PRIVATE), a template boot (MEM_TEMPLATE: RAM in cfg->memory_file,
+	 * shared) or, with cfg->incoming, a VMM waiting for state (use
+	 * start_from_template instead).  Returns once the control channel
+	 * answers; the guest may still be booting. */
+	int (*boot)(const vmf_vm_config *cfg, struct vmf_vm **out, struct vmf_error *err);
+
+	/* Starts a clone: a VMM with cfg (MEM_CLONE_COW or MEM_FULL) that loads
+	 * the device state read from state_fd.  The result is paused. */
+	int (*start_from_template)(const vmf_vm_config *cfg, int state_fd, struct vmf_vm **out,
+				   struct vmf_error *err);
+
+	/* Saves a paused VM's device state to state_fd.  full: all guest RAM in
+	 * the stream; otherwise shared RAM is skipped (x-ignore-shared). */
+	int (*save_template)(struct vmf_vm *vm, int state_fd, bool full, struct vmf_error *err);
+
+	int (*pause)(struct vmf_vm *vm, struct vmf_error *err);
+	int (*resume)(struct vmf_vm *vm, struct vmf_error *err);
+
+	/* Brings the VM to total_vcpus / adds add_mib of memory.  The guest
+	 * still has to online them (agent OnlineCpuMem). */
+	int (*hotplug_vcpus)(struct vmf_vm *vm, unsigned total_vcpus, struct vmf_error *err);
+	int (*hotplug_memory)(struct vmf_vm *vm, unsigned add_mib, struct vmf_error *err);
+
+	/* Graceful shutdown, then SIGTERM, then SIGKILL, within timeout_ms in all.
+	 * Reaps the process when it is our child.  Safe on a dead VM. */
+	int (*stop)(struct vmf_vm *vm, int timeout_ms, struct vmf_error *err);
+
+	/* True while the VMM process runs (not a zombie, same start time). */
+	bool (*alive)(struct vmf_vm *vm);
+	pid_t (*pid)(const struct vmf_vm *vm);
+	unsigned (*capabilities)(const struct vmf_vm *vm);
+
+	/* Connects a fresh stream to the guest agent; the caller owns the fd. */
+	int (*agent_connect)(struct vmf_vm *vm, int timeout_ms, struct vmf_error *err);
+
+	/* A fd that becomes readable (EOF) when the VMM dies, for the event loop;
+	 * -1 if none.  Owned by the handle. */
+	int (*watch_fd)(struct vmf_vm *vm);
+
+	/* Snapshot of the handle for LMDB; free with
+	 * vmf__hv__hypervisor_state__free_unpacked(st, NULL). */
+	int (*serialize)(const struct vmf_vm *vm, vmf_hv_state **out, struct vmf_error *err);
+	/* Rebuilds a handle to a running VMM from a serialized state: checks the
+	 * pid, its start time and name, and reconnects the control channel. */
+	int (*adopt)(const vmf_hv_state *st, struct vmf_vm **out, struct vmf_error *err);
+
+	/* Frees the handle (closes sockets) without touching the process. */
+	void (*release)(struct vmf_vm *vm);
+};
+
+extern const struct vmf_hv_ops vmf_qemu_ops;
+extern const struct vmf_hv_ops vmf_firecracker_ops;
+extern const struct vmf_hv_ops vmf_cloud_hypervisor_ops;
+
+/* Driver by name ("qemu", "firecracker", "cloud-hypervisor") or kind. */
+const struct vmf_hv_ops *vmf_hv_by_name(const char *name);
+const struct vmf_hv_ops *vmf_hv_by_kind(Vmf__Hv__HypervisorKind kind);
+
+/* Deep copy of a config (protobuf pack/unpack); NULL on allocation failure. */
+vmf_vm_config *vmf_vm_config_dup(const vmf_vm_config *cfg);
+void vmf_vm_config_free(vmf_vm_config *cfg);
+
+#endif
