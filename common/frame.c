@@ -41,6 +41,12 @@ vmf_read_full(int fd, void *buf, size_t n, int64_t deadline_ms, struct vmf_error
 {
 	size_t done = 0;
 	while (done < n) {
+		/* Poll first: the fd may be blocking, and the deadline must hold. */
+		if (deadline_ms >= 0) {
+			int w = wait_fd(fd, POLLIN, deadline_ms, err);
+			if (w < 0)
+				return w;
+		}
 		ssize_t r = read(fd, (char *)buf + done, n - done);
 		if (r > 0) {
 			done += (size_t)r;

@@ -1,0 +1,134 @@
+/* Unit tests for common/: errors, framing, file helpers, id validation. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "error.h"
+#include "frame.h"
+#include "testlib.h"
+#include "util.h"
+
+START_TEST(error_prefix_keeps_cause)
+{
+	struct vmf_error e = {0};
+	ck_assert_int_eq(vmf_err(&e, ENOENT, "kernel %s is missing", "/x"), -ENOENT);
+	ck_assert_int_eq(vmf_error_prefix(&e, "booting vm %s", "abc"), -ENOENT);
+	ck_assert_str_eq(e.msg, "booting vm abc: kernel /x is missing");
+	ck_assert_int_eq(vmf_err(&e, 0, "x"), -EIO);
+}
+END_TEST
+
+START_TEST(frame_roundtrip_and_limits)
+{
+	int sv[2];
+	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+	struct vmf_error e = {0};
+	ck_assert_int_eq(vmf_frame_write(sv[0], "hello", 5, vmf_now_ms() + 1000, &e), 0);
+	uint8_t *buf;
+	size_t n;
+	ck_assert_int_eq(vmf_frame_read(sv[1], &buf, &n, 16, vmf_now_ms() + 1000, &e), 0);
+	ck_assert_uint_eq(n, 5);
+	ck_assert_mem_eq(buf, "hello", 5);
+	free(buf);
+
+	/* A 4 GiB length prefix is refused before any allocation. */
+	uint8_t h[4] = {0xff, 0xff, 0xff, 0xff};
+	ck_assert_int_eq(write(sv[0], h, 4), 4);
+	ck_assert_int_eq(vmf_frame_read(sv[1], &buf, &n, 1 << 20, vmf_now_ms() + 1000, &e), -EMSGSIZE);
+	ck_assert_ptr_null(buf);
+
+	/* A truncated frame times out rather than hanging. */
+	vmf_frame_put_len(h, 10);
+	ck_assert_int_eq(write(sv[0], h, 4), 4);
+	ck_assert_int_eq(write(sv[0], "abc", 3), 3);
+	ck_assert_int_eq(vmf_frame_read(sv[1], &buf, &n, 100, vmf_now_ms() + 100, &e), -ETIMEDOUT);
+
+	close(sv[0]);
+	ck_assert_int_eq(vmf_frame_read(sv[1], &buf, &n, 100, vmf_now_ms() + 1000, &e), -EPIPE);
+	close(sv[1]);
+}
+END_TEST
+
+START_TEST(atomic_write_and_rm_rf_do_not_follow_symlinks)
+{
+	char *d = vmf_test_tmpdir("vmf-common");
+	char p[512], victim[512], link[512], sub[512];
+	struct vmf_error e = {0};
+	snprintf(p, sizeof p, "%s/a/b/c", d);
+	ck_assert_int_eq(vmf_mkdir_p(p, 0700, &e), 0);
+	snprintf(p, sizeof p, "%s/a/file", d);
+	ck_assert_int_eq(vmf_write_file_atomic(p, "data", 4, 0600, &e), 0);
+	char *buf;
+	size_t n;
+	ck_assert_int_eq(vmf_read_file(p, &buf, &n, 100, &e), 0);
+	ck_assert_str_eq(buf, "data");
+	free(buf);
+
+	/* A symlink inside the tree pointing outside: rm_rf removes the link only. */
+	snprintf(victim, sizeof victim, "%s/victim", d);
+	ck_assert_int_eq(mkdir(victim, 0700), 0);
+	snprintf(sub, sizeof sub, "%s/victim/keep", d);
+	ck_assert_int_eq(vmf_write_file_atomic(sub, "k", 1, 0600, &e), 0);
+	snprintf(link, sizeof link, "%s/a/b/link", d);
+	ck_assert_int_eq(symlink(victim, link), 0);
+	snprintf(p, sizeof p, "%s/a", d);
+	ck_assert_int_eq(vmf_rm_rf(p, &e), 0);
+	ck_assert_int_eq(access(p, F_OK), -1);
+	ck_assert_int_eq(access(sub, F_OK), 0);
+	ck_assert_int_eq(vmf_rm_rf(d, &e), 0);
+	free(d);
+}
+END_TEST
+
+START_TEST(id_validation)
+{
+	ck_assert(vmf_valid_sandbox_id("a"));
+	ck_assert(vmf_valid_sandbox_id("sandbox-1_x.y"));
+	ck_assert(!vmf_valid_sandbox_id(""));
+	ck_assert(!vmf_valid_sandbox_id("../etc"));
+	ck_assert(!vmf_valid_sandbox_id(".hidden"));
+	ck_assert(!vmf_valid_sandbox_id("a/b"));
+	char longid[70];
+	memset(longid, 'a', 65);
+	longid[65] = 0;
+	ck_assert(!vmf_valid_sandbox_id(longid));
+	longid[64] = 0;
+	ck_assert(vmf_valid_sandbox_id(longid));
+	char u[VMF_UUID_STR];
+	vmf_uuid_new(u);
+	ck_assert(vmf_valid_uuid(u));
+	ck_assert(!vmf_valid_uuid("../../../../etc/passwd-000000000000"));
+	char hex[VMF_SHA256_HEX];
+	vmf_sha256_hex("abc", 3, hex);
+	ck_assert_str_eq(hex, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+	ck_assert(vmf_valid_template_id(hex));
+}
+END_TEST
+
+START_TEST(proc_helpers)
+{
+	ck_assert(vmf_proc_alive(getpid(), vmf_proc_start_ticks(getpid())));
+	ck_assert(!vmf_proc_alive(getpid(), vmf_proc_start_ticks(getpid()) + 1));
+	ck_assert_uint_gt(vmf_proc_pss_kib(getpid()), 0);
+	ck_assert_int_gt(vmf_proc_fd_count(getpid()), 2);
+}
+END_TEST
+
+int
+main(void)
+{
+	Suite *s = suite_create("common");
+	TCase *tc = tcase_create("core");
+	tcase_add_test(tc, error_prefix_keeps_cause);
+	tcase_add_test(tc, frame_roundtrip_and_limits);
+	tcase_add_test(tc, atomic_write_and_rm_rf_do_not_follow_symlinks);
+	tcase_add_test(tc, id_validation);
+	tcase_add_test(tc, proc_helpers);
+	suite_add_tcase(s, tc);
+	return vmf_test_run(s);
+}

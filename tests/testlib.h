@@ -1,0 +1,21 @@
+/* Shared helpers for the Check test programs. */
+#ifndef VMF_TESTLIB_H
+#define VMF_TESTLIB_H
+
+#include <check.h>
+#include <stdbool.h>
+
+/* Runs a suite and returns the process exit status (Check prints its summary). */
+int vmf_test_run(Suite *s);
+
+/* Directory holding vmlinuz/initrd.img; NULL (and a printed reason) when the
+ * guest image is missing, so integration tests can fail clearly. */
+const char *vmf_test_image_dir(void);
+
+/* mkdtemp under $TMPDIR (or /tmp) with the given prefix; aborts on failure. */
+char *vmf_test_tmpdir(const char *prefix);
+
+/* Path in the source tree (VMFACTORY_SRCDIR/rel); static buffer. */
+const char *vmf_test_src(const char *rel);
+
+#endif
