@@ -1,0 +1,50 @@
+/* The factory daemon: one libevent loop owning pools and the control socket;
+ * slow hypervisor work runs on worker threads and reports back to the loop. */
+#ifndef VMF_DAEMON_H
+#define VMF_DAEMON_H
+
+#include <stdbool.h>
+
+#include "error.h"
+
+#define VMF_DEFAULT_SOCKET "/run/vmfactory/vmfactory.sock"
+#define VMF_DEFAULT_STATE_DIR "/var/lib/vmfactory"
+#define VMF_DEFAULT_RUN_DIR "/run/vmfactory"
+#define VMF_DEFAULT_IMAGE_DIR "/var/cache/vmfactory/image"
+#define VMF_DEFAULT_VCPUS 1
+#define VMF_DEFAULT_MEMORY_MIB 256
+#define VMF_DEFAULT_MAX_VCPUS 4
+#define VMF_DEFAULT_MAX_MEMORY_MIB 2048
+#define VMF_DEFAULT_CMDLINE "console=ttyS0 panic=-1 quiet"
+
+struct vmf_daemon_opts {
+	const char *socket_path;
+	const char *state_dir;
+	const char *run_dir;
+	const char *image_dir;       /* vmlinuz, initrd.img, manifest */
+	const char *kernel;          /* overrides image_dir/vmlinuz */
+	const char *initrd;          /* overrides image_dir/initrd.img */
+	const char *qemu_binary;     /* NULL = qemu-system-x86_64 */
+	const char *accel;           /* NULL = kvm when usable, else tcg */
+	const char *machine;         /* NULL = q35 */
+	const char *hypervisor;      /* NULL = "qemu" */
+	const char *group;           /* extra group allowed on the socket */
+	const char *runas;           /* QEMU -runas user */
+	const char *metrics_listen;  /* ADDR:PORT, NULL = off */
+	unsigned pool_size;
+	unsigned vcpus, memory_mib, max_vcpus, max_memory_mib;
+	bool share_memory;           /* false = --no-share (full-form templates) */
+	unsigned fill_parallelism;   /* concurrent clones while filling, 0 = auto */
+	unsigned max_idle_s;         /* replace pooled VMs older than this, 0 = never */
+	int ready_fd;                /* written "ready\n"/"full\n" then closed, -1 = none */
+	bool notify_full;            /* report on ready_fd only once the pool is full */
+};
+
+void vmf_daemon_opts_defaults(struct vmf_daemon_opts *o);
+
+/* Runs the daemon in the calling process until Destroy or SIGTERM/SIGINT.
+ * Fails (without side effects) when another daemon answers on the socket:
+ * the message names its pid. */
+int vmf_daemon_run(const struct vmf_daemon_opts *o, struct vmf_error *err);
+
+#endif

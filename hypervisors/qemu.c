@@ -1,0 +1,973 @@
+/* QEMU driver: command line, process lifecycle, and the QMP commands behind
+ * each driver op.  The QMP transport itself is qmp.c. */
+#include "qemu.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "frame.h"
+#include "log.h"
+#include "qmp.h"
+#include "util.h"
+
+#define QMP_TIMEOUT_MS 10000
+/* A TCG QEMU on a loaded 2-core host can take seconds to reach its main loop. */
+#define START_TIMEOUT_MS 30000
+#define MIGRATE_TIMEOUT_MS 120000
+#define STATE_SCHEMA_VERSION 1
+
+struct vmf_vm {
+	vmf_vm_config *cfg;
+	pid_t pid;
+	uint64_t start_ticks;
+	int pidfd;
+	bool child;                  /* ours to reap */
+	bool exited;                 /* seen to exit (and reaped if ours) */
+	struct vmf_qmp *qmp;
+	char qmp_path[PATH_MAX];
+	char agent_path[PATH_MAX];
+	char serial_log[PATH_MAX];
+	char stderr_log[PATH_MAX];
+	unsigned vcpus;
+	unsigned memory_mib;         /* base + hot-added */
+	unsigned dimms;
+	bool paused;
+};
+
+const char *
+vmf_qemu_default_accel(void)
+{
+	int fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+	if (fd >= 0) {
+		close(fd);
+		return "kvm";
+	}
+	return "tcg";
+}
+
+/* ---- command line as data ---- */
+
+struct argv_buf {
+	char **v;
+	size_t n, cap;
+	bool oom;
+};
+
+static void
+arg(struct argv_buf *a, const char *fmt, ...)
+{
+	if (a->oom)
+		return;
+	if (a->n + 2 > a->cap) {
+		size_t cap = a->cap ? a->cap * 2 : 64;
+		char **nv = realloc(a->v, cap * sizeof(*nv));
+		if (!nv) {
+			a->oom = true;
+			return;
+		}
+		a->v = nv;
+		a->cap = cap;
+	}
+	va_list ap;
+	va_start(ap, fmt);
+	int r = vasprintf(&a->v[a->n], fmt, ap);
+	va_end(ap);
+	if (r < 0) {
+		a->oom = true;
+		return;
+	}
+	a->v[++a->n] = NULL;
+}
+
+void
+vmf_qemu_free_argv(char **argv)
+{
+	if (!argv)
+		return;
+	for (char **p = argv; *p; p++)
+		free(*p);
+	free(argv);
+}
+
+/* QEMU option values are comma-separated: a comma in a path must be doubled. */
+static int
+check_optval(const char *what, const char *v, struct vmf_error *err)
+{
+	if (strchr(v, ','))
+		return vmf_err(err, EINVAL, "%s '%s' contains a comma, which QEMU options cannot carry", what, v);
+	if (v[0] != '/')
+		return vmf_err(err, EINVAL, "%s '%s' is not an absolute path", what, v);
+	return 0;
+}
+
+int
+vmf_qemu_build_argv(const vmf_vm_config *cfg, int qmp_fd, int agent_fd, char ***out,
+		    struct vmf_error *err)
+{
+	*out = NULL;
+	if (!cfg->id || !*cfg->id || !cfg->run_dir || !*cfg->run_dir)
+		return vmf_err(err, EINVAL, "VM config lacks an id or run dir");
+	if (!cfg->kernel || !*cfg->kernel)
+		return vmf_err(err, EINVAL, "VM %s: no kernel configured", cfg->id);
+	if (cfg->vcpus == 0 || cfg->memory_mib == 0)
+		return vmf_err(err, EINVAL, "VM %s: vcpus and memory must be non-zero", cfg->id);
+	unsigned maxcpus = cfg->max_vcpus > cfg->vcpus ? cfg->max_vcpus : cfg->vcpus;
+	unsigned maxmem = cfg->max_memory_mib > cfg->memory_mib ? cfg->max_memory_mib : cfg->memory_mib;
+	int r;
+	if ((r = check_optval("kernel path", cfg->kernel, err)) < 0 ||
+	    (cfg->initrd && *cfg->initrd && (r = check_optval("initrd path", cfg->initrd, err)) < 0) ||
+	    (r = check_optval("run dir", cfg->run_dir, err)) < 0 ||
+	    (cfg->share_dir && *cfg->share_dir && (r = check_optval("share dir", cfg->share_dir, err)) < 0))
+		return r;
+	bool file_mem = cfg->memory_mode == VMF__HV__MEMORY_MODE__MEM_TEMPLATE ||
+			cfg->memory_mode == VMF__HV__MEMORY_MODE__MEM_CLONE_COW;
+	if (file_mem && (!cfg->memory_file || (r = check_optval("memory file", cfg->memory_file, err)) < 0))
+		return r < 0 ? r : vmf_err(err, EINVAL, "VM %s: memory mode needs a memory file", cfg->id);
+
+	struct argv_buf a = {0};
+	const char *accel = cfg->accel && *cfg->accel ? cfg->accel : vmf_qemu_default_accel();
+	arg(&a, "%s", cfg->binary && *cfg->binary ? cfg->binary : VMF_QEMU_DEFAULT_BINARY);
+	/* -name is how restart recovery recognises our processes. */
+	arg(&a, "-name");
+	arg(&a, "%s", cfg->name && *cfg->name ? cfg->name : cfg->id);
+	arg(&a, "-nodefaults");
+	arg(&a, "-no-user-config");
+	arg(&a, "-display");
+	arg(&a, "none");
+	arg(&a, "-sandbox");
+	arg(&a, VMF_QEMU_SANDBOX);
+	arg(&a, "-machine");
+	arg(&a, "%s,memory-backend=mem0", cfg->machine && *cfg->machine ? cfg->machine : "q35");
+	arg(&a, "-accel");
+	arg(&a, "%s", accel);
+	if (strcmp(accel, "kvm") == 0) {
+		arg(&a, "-cpu");
+		arg(&a, "host");
+	}
+	arg(&a, "-smp");
+	arg(&a, "%u,maxcpus=%u", cfg->vcpus, maxcpus);
+	arg(&a, "-m");
+	if (maxmem > cfg->memory_mib)
+		arg(&a, "%uM,slots=%u,maxmem=%uM", cfg->memory_mib,
+		    cfg->memory_slots ? cfg->memory_slots : 8, maxmem);
+	else
+		arg(&a, "%uM", cfg->memory_mib);
+	/* Template and clones map the same file: share=on while building so the
+	 * file is the RAM, share=off in clones so their writes stay private. */
+	arg(&a, "-object");
+	if (file_mem)
+		arg(&a, "memory-backend-file,id=mem0,size=%uM,mem-path=%s,share=%s", cfg->memory_mib,
+		    cfg->memory_file,
+		    cfg->memory_mode == VMF__HV__MEMORY_MODE__MEM_TEMPLATE ? "on" : "off");
+	else
+		arg(&a, "memory-backend-ram,id=mem0,size=%uM", cfg->memory_mib);
+	arg(&a, "-kernel");
+	arg(&a, "%s", cfg->kernel);
+	if (cfg->initrd && *cfg->initrd) {
+		arg(&a, "-initrd");
+		arg(&a, "%s", cfg->initrd);
+	}
+	arg(&a, "-append");
+	arg(&a, "%s", cfg->cmdline && *cfg->cmdline ? cfg->cmdline : "console=ttyS0 panic=-1");
+	/* QEMU inherits listening sockets we created: we can connect before QEMU
+	 * runs, with no window where the socket file does not exist yet. */
+	arg(&a, "-chardev");
+	arg(&a, "socket,id=qmp,fd=%d,server=on,wait=off", qmp_fd);
+	arg(&a, "-mon");
+	arg(&a, "chardev=qmp,mode=control");
+	arg(&a, "-chardev");
+	arg(&a, "file,id=serial0,path=%s/%s", cfg->run_dir, VMF_QEMU_SERIAL_LOG);
+	arg(&a, "-serial");
+	arg(&a, "chardev:serial0");
+	/* Device order fixes PCI addresses: template and clone must match. */
+	arg(&a, "-device");
+	arg(&a, "virtio-serial-pci,id=vser0");
+	arg(&a, "-chardev");
+	arg(&a, "socket,id=agent,fd=%d,server=on,wait=off", agent_fd);
+	arg(&a, "-device");
+	arg(&a, "virtserialport,bus=vser0.0,chardev=agent,name=agent");
+	arg(&a, "-object");
+	arg(&a, "rng-random,id=rng0,filename=/dev/urandom");
+	arg(&a, "-device");
+	arg(&a, "virtio-rng-pci,rng=rng0");
+	arg(&a, "-device");
+	arg(&a, "vmgenid,id=vmgenid0,guid=%s", cfg->vmgenid && *cfg->vmgenid ? cfg->vmgenid : "auto");
+	if (cfg->share_dir && *cfg->share_dir) {
+		arg(&a, "-fsdev");
+		arg(&a, "local,id=fs0,path=%s,security_model=none", cfg->share_dir);
+		arg(&a, "-device");
+		arg(&a, "virtio-9p-pci,id=share0,fsdev=fs0,mount_tag=" VMF_SHARE_TAG);
+	}
+	if (cfg->incoming) {
+		/* -S keeps the clone paused after the state is loaded. */
+		arg(&a, "-S");
+		arg(&a, "-incoming");
+		arg(&a, "defer");
+	}
+	if (cfg->runas && *cfg->runas) {
+		arg(&a, "-runas");
+		arg(&a, "%s", cfg->runas);
+	}
+	if (a.oom) {
+		vmf_qemu_free_argv(a.v);
+		return vmf_err(err, ENOMEM, "out of memory building the QEMU command line");
+	}
+	*out = a.v;
+	return 0;
+}
+
+/* ---- process handling ---- */
+
+static int
+listen_unix(const char *path, struct vmf_error *err)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	if (strlen(path) >= sizeof(sa.sun_path))
+		return vmf_err(err, ENAMETOOLONG, "socket path %s is too long", path);
+	strcpy(sa.sun_path, path);
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return vmf_err_sys(err, errno, "cannot create socket %s", path);
+	unlink(path);
+	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(fd, 4) < 0) {
+		int e = errno;
+		close(fd);
+		return vmf_err_sys(err, e, "cannot listen on %s", path);
+	}
+	/* Only the daemon's user may talk to QEMU's monitor or the agent. */
+	chmod(path, 0600);
+	return fd;
+}
+
+static int
+connect_unix(const char *path, struct vmf_error *err)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	if (strlen(path) >= sizeof(sa.sun_path))
+		return vmf_err(err, ENAMETOOLONG, "socket path %s is too long", path);
+	strcpy(sa.sun_path, path);
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return vmf_err_sys(err, errno, "cannot create socket");
+	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		int e = errno;
+		close(fd);
+		return vmf_err_sys(err, e, "cannot connect to %s", path);
+	}
+	return fd;
+}
+
+static int
+pidfd_open_(pid_t pid)
+{
+	return (int)syscall(SYS_pidfd_open, pid, 0);
+}
+
+/* Appends QEMU's stderr and the serial log tails: the usual reason a VM did
+ * not come up is in one of them. */
+static void
+append_logs(struct vmf_vm *vm, struct vmf_error *err)
+{
+	char tail[400];
+	vmf_file_tail(vm->stderr_log, tail, sizeof(tail));
+	if (tail[0])
+		vmf_error_append(err, "; QEMU stderr: %s", tail);
+	vmf_file_tail(vm->serial_log, tail, sizeof(tail));
+	if (tail[0])
+		vmf_error_append(err, "; serial log: %s", tail);
+}
+
+/* Waits until the process exits or deadline; reaps it when it is ours. */
+/* Non-blocking: true once the process is gone (reaping it when ours). */
+static bool
+check_exited(struct vmf_vm *vm)
+{
+	if (vm->exited || vm->pid <= 0)
+		return true;
+	if (vm->child) {
+		int st;
+		pid_t r = waitpid(vm->pid, &st, WNOHANG);
+		if (r == vm->pid || (r < 0 && errno == ECHILD))
+			vm->exited = true;
+	} else if (!vmf_proc_alive(vm->pid, vm->start_ticks)) {
+		vm->exited = true;
+	}
+	return vm->exited;
+}
+
+static bool
+wait_exit(struct vmf_vm *vm, int64_t deadline_ms)
+{
+	for (;;) {
+		if (check_exited(vm))
+			return true;
+		int64_t left = deadline_ms - vmf_now_ms();
+		if (left <= 0)
+			return false;
+		if (vm->pidfd >= 0) {
+			struct pollfd p = { .fd = vm->pidfd, .events = POLLIN };
+			poll(&p, 1, (int)(left > 1000 ? 1000 : left));
+		} else {
+			/* No pidfd (old kernel): bounded re-check of /proc. */
+			poll(NULL, 0, 10);
+		}
+	}
+}
+
+static void
+vm_free(struct vmf_vm *vm)
+{
+	if (!vm)
+		return;
+	if (vm->qmp)
+		vmf_qmp_close(vm->qmp);
+	if (vm->pidfd >= 0)
+		close(vm->pidfd);
+	vmf_vm_config_free(vm->cfg);
+	free(vm);
+}
+
+static struct vmf_vm *
+vm_new(const vmf_vm_config *cfg, struct vmf_error *err)
+{
+	struct vmf_vm *vm = calloc(1, sizeof(*vm));
+	if (!vm || !(vm->cfg = vmf_vm_config_dup(cfg))) {
+		free(vm);
+		vmf_err(err, ENOMEM, "out of memory for a VM handle");
+		return NULL;
+	}
+	vm->pidfd = -1;
+	snprintf(vm->qmp_path, sizeof(vm->qmp_path), "%s/%s", cfg->run_dir, VMF_QEMU_QMP_SOCK);
+	snprintf(vm->agent_path, sizeof(vm->agent_path), "%s/%s", cfg->run_dir, VMF_QEMU_AGENT_SOCK);
+	snprintf(vm->serial_log, sizeof(vm->serial_log), "%s/%s", cfg->run_dir, VMF_QEMU_SERIAL_LOG);
+	snprintf(vm->stderr_log, sizeof(vm->stderr_log), "%s/%s", cfg->run_dir, VMF_QEMU_STDERR_LOG);
+	vm->vcpus = cfg->vcpus;
+	vm->memory_mib = cfg->memory_mib;
+	return vm;
+}
+
+static void
+kill_now(struct vmf_vm *vm)
+{
+	if (!check_exited(vm))
+		kill(vm->pid, SIGKILL);
+	wait_exit(vm, vmf_now_ms() + 5000);
+}
+
+static int
+spawn(struct vmf_vm *vm, struct vmf_error *err)
+{
+	const vmf_vm_config *cfg = vm->cfg;
+	struct stat st;
+	if (stat(cfg->kernel, &st) < 0)
+		return vmf_err_sys(err, errno, "kernel %s cannot be used", cfg->kernel);
+	if (cfg->initrd && *cfg->initrd && stat(cfg->initrd, &st) < 0)
+		return vmf_err_sys(err, errno, "initrd %s cannot be used", cfg->initrd);
+	if (vmf_mkdir_p(cfg->run_dir, 0700, err) < 0)
+		return -err->code;
+	int qmp_l = listen_unix(vm->qmp_path, err);
+	if (qmp_l < 0)
+		return qmp_l;
+	int agent_l = listen_unix(vm->agent_path, err);
+	if (agent_l < 0) {
+		close(qmp_l);
+		return agent_l;
+	}
+	int logfd = open(vm->stderr_log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	int devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	char **argv = NULL;
+	int r = 0;
+	if (logfd < 0 || devnull < 0)
+		r = vmf_err_sys(err, errno, "cannot open %s", vm->stderr_log);
+	if (r == 0)
+		r = vmf_qemu_build_argv(cfg, qmp_l, agent_l, &argv, err);
+	/* The QMP client connects before fork: the connection waits in the
+	 * listen backlog until QEMU accepts it. */
+	int qmp_c = r == 0 ? connect_unix(vm->qmp_path, err) : -1;
+	if (r == 0 && qmp_c < 0)
+		r = qmp_c;
+	if (r < 0) {
+		close(qmp_l);
+		close(agent_l);
+		if (logfd >= 0)
+			close(logfd);
+		if (devnull >= 0)
+			close(devnull);
+		vmf_qemu_free_argv(argv);
+		return r;
+	}
+	if (vmf_log_get_level() <= VMF_LOG_DEBUG) {
+		char line[4096] = "";
+		for (char **p = argv; *p; p++) {
+			strncat(line, *p, sizeof(line) - strlen(line) - 2);
+			strncat(line, " ", sizeof(line) - strlen(line) - 1);
+		}
+		log_vm(VMF_LOG_DEBUG, cfg->id, "starting %s", line);
+	}
+
+	pid_t pid = fork();
+	if (pid == 0) {
+		/* Child: only async-signal-safe calls until exec. */
+		setsid(); /* own session: a daemon restart must not take QEMU down */
+		sigset_t all;
+		sigemptyset(&all);
+		sigprocmask(SIG_SETMASK, &all, NULL);
+		struct sigaction dfl = { .sa_handler = SIG_DFL };
+		for (int s = 1; s < NSIG; s++)
+			sigaction(s, &dfl, NULL);
+		dup2(devnull, 0);
+		dup2(logfd, 1);
+		dup2(logfd, 2);
+		fcntl(qmp_l, F_SETFD, 0);
+		fcntl(agent_l, F_SETFD, 0);
+		execvp(argv[0], argv);
+		static const char msg[] = "vmfactory: cannot execute the QEMU binary\n";
+		ssize_t ignored = write(2, msg, sizeof(msg) - 1);
+		(void)ignored;
+		_exit(127);
+	}
+	int fork_errno = errno;
+	close(qmp_l);
+	close(agent_l);
+	close(logfd);
+	close(devnull);
+	vmf_qemu_free_argv(argv);
+	if (pid < 0) {
+		close(qmp_c);
+		return vmf_err_sys(err, fork_errno, "cannot fork QEMU for VM %s", cfg->id);
+	}
+	vm->pid = pid;
+	vm->child = true;
+	vm->pidfd = pidfd_open_(pid);
+	vm->start_ticks = vmf_proc_start_ticks(pid);
+
+	r = vmf_qmp_open_fd(qmp_c, START_TIMEOUT_MS, &vm->qmp, err);
+	if (r < 0) {
+		bool exited = wait_exit(vm, vmf_now_ms() + 200);
+		vmf_error_prefix(err, "QEMU for VM %s %s", cfg->id,
+				 exited ? "exited during start-up" : "did not answer on QMP");
+		append_logs(vm, err);
+		kill_now(vm);
+		return r;
+	}
+	return 0;
+}
+
+static int
+qmp_cmd(struct vmf_vm *vm, const char *cmd, json_object *args, json_object **ret,
+	struct vmf_error *err)
+{
+	if (!vm->qmp)
+		return vmf_err(err, ENOTCONN, "VM %s has no QMP connection", vm->cfg->id);
+	int r = vmf_qmp_command(vm->qmp, cmd, args, -1, ret, QMP_TIMEOUT_MS, err);
+	if (r < 0) {
+		vmf_error_prefix(err, "VM %s", vm->cfg->id);
+		if (check_exited(vm))
+			append_logs(vm, err);
+	}
+	return r;
+}
+
+static int
+qemu_boot(const vmf_vm_config *cfg, struct vmf_vm **out, struct vmf_error *err)
+{
+	*out = NULL;
+	struct vmf_vm *vm = vm_new(cfg, err);
+	if (!vm)
+		return -ENOMEM;
+	int r = spawn(vm, err);
+	if (r < 0) {
+		vm_free(vm);
+		return r;
+	}
+	vm->paused = cfg->incoming;
+	log_vm(VMF_LOG_DEBUG, cfg->id, "QEMU pid %d started", (int)vm->pid);
+	*out = vm;
+	return 0;
+}
+
+static int
+set_capability(struct vmf_vm *vm, const char *cap, bool on, struct vmf_error *err)
+{
+	json_object *caps = json_object_new_array();
+	json_object *c = json_object_new_object();
+	json_object_object_add(c, "capability", json_object_new_string(cap));
+	json_object_object_add(c, "state", json_object_new_boolean(on));
+	json_object_array_add(caps, c);
+	json_object *args = json_object_new_object();
+	json_object_object_add(args, "capabilities", caps);
+	int r = qmp_cmd(vm, "migrate-set-capabilities", args, NULL, err);
+	json_object_put(args);
+	return r;
+}
+
+/* x-ignore-shared is experimental: probe for it rather than assume it. */
+static int
+has_capability(struct vmf_vm *vm, const char *cap, struct vmf_error *err)
+{
+	json_object *ret = NULL;
+	int r = qmp_cmd(vm, "query-migrate-capabilities", NULL, &ret, err);
+	if (r < 0)
+		return r;
+	int found = 0;
+	size_t n = json_object_is_type(ret, json_type_array) ? json_object_array_length(ret) : 0;
+	for (size_t i = 0; i < n; i++) {
+		json_object *name;
+		if (json_object_object_get_ex(json_object_array_get_idx(ret, i), "capability", &name) &&
+		    strcmp(json_object_get_string(name), cap) == 0)
+			found = 1;
+	}
+	json_object_put(ret);
+	return found;
+}
+
+static int
+pass_fd(struct vmf_vm *vm, const char *name, int fd, struct vmf_error *err)
+{
+	json_object *args = json_object_new_object();
+	json_object_object_add(args, "fdname", json_object_new_string(name));
+	int r = vmf_qmp_command(vm->qmp, "getfd", args, fd, NULL, QMP_TIMEOUT_MS, err);
+	json_object_put(args);
+	if (r < 0)
+		vmf_error_prefix(err, "VM %s: passing the migration fd", vm->cfg->id);
+	return r;
+}
+
+/* Waits for the MIGRATION event to reach a final state. */
+static int
+wait_migration(struct vmf_vm *vm, const char *what, struct vmf_error *err)
+{
+	int64_t deadline = vmf_now_ms() + MIGRATE_TIMEOUT_MS;
+	for (;;) {
+		int left = (int)(deadline - vmf_now_ms());
+		if (left <= 0)
+			return vmf_err(err, ETIMEDOUT, "VM %s: %s did not finish within %d s", vm->cfg->id,
+				       what, MIGRATE_TIMEOUT_MS / 1000);
+		json_object *data = NULL, *status;
+		int r = vmf_qmp_wait_event(vm->qmp, "MIGRATION", &data, left, err);
+		if (r < 0) {
+			vmf_error_prefix(err, "VM %s: %s", vm->cfg->id, what);
+			append_logs(vm, err);
+			return r;
+		}
+		const char *s = json_object_object_get_ex(data, "status", &status)
+					? json_object_get_string(status) : "";
+		if (strcmp(s, "completed") == 0) {
+			json_object_put(data);
+			return 0;
+		}
+		if (strcmp(s, "failed") == 0 || strcmp(s, "cancelled") == 0) {
+			json_object_put(data);
+			r = vmf_err(err, EIO, "VM %s: %s %s", vm->cfg->id, what, s);
+			append_logs(vm, err);
+			return r;
+		}
+		json_object_put(data);
+	}
+}
+
+static int
+qemu_save_template(struct vmf_vm *vm, int state_fd, bool full, struct vmf_error *err)
+{
+	int r;
+	if (!vm->paused && (r = qmp_cmd(vm, "stop", NULL, NULL, err)) < 0)
+		return r;
+	vm->paused = true;
+	if ((r = set_capability(vm, "events", true, err)) < 0)
+		return r;
+	if (!full) {
+		r = has_capability(vm, "x-ignore-shared", err);
+		if (r < 0)
+			return r;
+		if (r == 0)
+			return vmf_err(err, ENOTSUP, "QEMU for VM %s lacks the x-ignore-shared migration "
+				       "capability needed for shared templates", vm->cfg->id);
+		if ((r = set_capability(vm, "x-ignore-shared", true, err)) < 0)
+			return r;
+	}
+	if ((r = pass_fd(vm, "vmfstate", state_fd, err)) < 0)
+		return r;
+	json_object *args = json_object_new_object();
+	json_object_object_add(args, "uri", json_object_new_string("fd:vmfstate"));
+	r = qmp_cmd(vm, "migrate", args, NULL, err);
+	json_object_put(args);
+	if (r < 0)
+		return r;
+	return wait_migration(vm, "saving the template state", err);
+}
+
+static int
+qemu_start_from_template(const vmf_vm_config *cfg, int state_fd, struct vmf_vm **out,
+			 struct vmf_error *err)
+{
+	*out = NULL;
+	if (!cfg->incoming)
+		return vmf_err(err, EINVAL, "VM %s: a clone config must set incoming", cfg->id);
+	struct vmf_vm *vm;
+	int r = qemu_boot(cfg, &vm, err);
+	if (r < 0)
+		return r;
+	bool full = cfg->memory_mode == VMF__HV__MEMORY_MODE__MEM_FULL;
+	if ((r = set_capability(vm, "events", true, err)) < 0)
+		goto fail;
+	if (!full && (r = set_capability(vm, "x-ignore-shared", true, err)) < 0)
+		goto fail;
+	if ((r = pass_fd(vm, "vmfstate", state_fd, err)) < 0)
+		goto fail;
+	json_object *args = json_object_new_object();
+	json_object_object_add(args, "uri", json_object_new_string("fd:vmfstate"));
+	r = qmp_cmd(vm, "migrate-incoming", args, NULL, err);
+	json_object_put(args);
+	if (r < 0 || (r = wait_migration(vm, "loading the template state", err)) < 0)
+		goto fail;
+	vm->paused = true;
+	*out = vm;
+	return 0;
+fail:
+	kill_now(vm);
+	vm_free(vm);
+	return r;
+}
+
+static int
+qemu_pause(struct vmf_vm *vm, struct vmf_error *err)
+{
+	int r = qmp_cmd(vm, "stop", NULL, NULL, err);
+	if (r == 0)
+		vm->paused = true;
+	return r;
+}
+
+static int
+qemu_resume(struct vmf_vm *vm, struct vmf_error *err)
+{
+	int r = qmp_cmd(vm, "cont", NULL, NULL, err);
+	if (r == 0)
+		vm->paused = false;
+	return r;
+}
+
+static int
+qemu_hotplug_vcpus(struct vmf_vm *vm, unsigned total, struct vmf_error *err)
+{
+	if (total <= vm->vcpus)
+		return 0;
+	json_object *ret = NULL;
+	int r = qmp_cmd(vm, "query-hotpluggable-cpus", NULL, &ret, err);
+	if (r < 0)
+		return r;
+	size_t n = json_object_array_length(ret);
+	/* QEMU lists slots from the highest id down; plug in ascending order so
+	 * the guest numbers them as it would at boot. */
+	for (size_t k = n; k-- > 0 && vm->vcpus < total;) {
+		json_object *slot = json_object_array_get_idx(ret, k), *type, *props, *path;
+		if (json_object_object_get_ex(slot, "qom-path", &path))
+			continue; /* already present */
+		if (!json_object_object_get_ex(slot, "type", &type) ||
+		    !json_object_object_get_ex(slot, "props", &props)) {
+			r = vmf_err(err, EPROTO, "VM %s: query-hotpluggable-cpus returned a slot without "
+				    "type or props", vm->cfg->id);
+			break;
+		}
+		json_object *args = json_object_new_object();
+		json_object_object_add(args, "driver", json_object_get(type));
+		char id[32];
+		snprintf(id, sizeof(id), "vcpu%u", vm->vcpus);
+		json_object_object_add(args, "id", json_object_new_string(id));
+		json_object_object_foreach(props, key, val)
+			json_object_object_add(args, key, json_object_get(val));
+		r = qmp_cmd(vm, "device_add", args, NULL, err);
+		json_object_put(args);
+		if (r < 0)
+			break;
+		vm->vcpus++;
+	}
+	json_object_put(ret);
+	if (r == 0 && vm->vcpus < total)
+		r = vmf_err(err, ENOSPC, "VM %s: only %u vCPUs can be plugged, %u requested "
+			    "(max_vcpus of the template)", vm->cfg->id, vm->vcpus, total);
+	return r;
+}
+
+static int
+qemu_hotplug_memory(struct vmf_vm *vm, unsigned add_mib, struct vmf_error *err)
+{
+	if (add_mib == 0)
+		return 0;
+	unsigned max = vm->cfg->max_memory_mib;
+	if (vm->memory_mib + add_mib > max)
+		return vmf_err(err, ENOSPC, "VM %s: %u MiB + %u MiB exceeds max memory %u MiB",
+			       vm->cfg->id, vm->memory_mib, add_mib, max);
+	char mem[32], dimm[32];
+	snprintf(mem, sizeof(mem), "hotmem%u", vm->dimms);
+	snprintf(dimm, sizeof(dimm), "dimm%u", vm->dimms);
+	json_object *args = json_object_new_object();
+	json_object_object_add(args, "qom-type", json_object_new_string("memory-backend-ram"));
+	json_object_object_add(args, "id", json_object_new_string(mem));
+	json_object_object_add(args, "size", json_object_new_int64((int64_t)add_mib << 20));
+	int r = qmp_cmd(vm, "object-add", args, NULL, err);
+	json_object_put(args);
+	if (r < 0)
+		return r;
+	args = json_object_new_object();
+	json_object_object_add(args, "driver", json_object_new_string("pc-dimm"));
+	json_object_object_add(args, "id", json_object_new_string(dimm));
+	json_object_object_add(args, "memdev", json_object_new_string(mem));
+	r = qmp_cmd(vm, "device_add", args, NULL, err);
+	json_object_put(args);
+	if (r < 0) {
+		/* Leave no orphan backend that would block the next attempt's id. */
+		args = json_object_new_object();
+		json_object_object_add(args, "id", json_object_new_string(mem));
+		struct vmf_error ignored;
+		qmp_cmd(vm, "object-del", args, NULL, &ignored);
+		json_object_put(args);
+		return r;
+	}
+	vm->dimms++;
+	vm->memory_mib += add_mib;
+	return 0;
+}
+
+static int
+qemu_stop(struct vmf_vm *vm, int timeout_ms, struct vmf_error *err)
+{
+	(void)err;
+	int64_t deadline = vmf_now_ms() + timeout_ms;
+	if (check_exited(vm))
+		goto done;
+	if (vm->qmp) {
+		/* quit is QEMU's clean exit; a guest shutdown would need the guest's
+		 * cooperation, which a pooled or broken VM may not give. */
+		struct vmf_error ignored;
+		vmf_qmp_command(vm->qmp, "quit", NULL, -1, NULL, timeout_ms / 3 + 1, &ignored);
+	}
+	if (wait_exit(vm, vmf_now_ms() + timeout_ms / 3 + 1))
+		goto done;
+	if (!check_exited(vm))
+		kill(vm->pid, SIGTERM);
+	if (wait_exit(vm, deadline - timeout_ms / 6))
+		goto done;
+	log_vm(VMF_LOG_WARN, vm->cfg->id, "QEMU pid %d ignored quit and SIGTERM; sending SIGKILL", (int)vm->pid);
+	kill_now(vm);
+done:
+	if (vm->qmp) {
+		vmf_qmp_close(vm->qmp);
+		vm->qmp = NULL;
+	}
+	unlink(vm->qmp_path);
+	unlink(vm->agent_path);
+	return 0;
+}
+
+static bool
+qemu_alive(struct vmf_vm *vm)
+{
+	/* Reaps a dead child here so it is not left a zombie. */
+	return !check_exited(vm);
+}
+
+static pid_t
+qemu_pid(const struct vmf_vm *vm)
+{
+	return vm->pid;
+}
+
+static unsigned
+qemu_capabilities(const struct vmf_vm *vm)
+{
+	(void)vm;
+	return VMF_CAP_TEMPLATE_SHARE | VMF_CAP_CPU_HOTPLUG | VMF_CAP_MEM_HOTPLUG |
+	       VMF_CAP_SHARE_DEVICE | VMF_CAP_VMGENID | VMF_CAP_FULL_SNAPSHOT;
+}
+
+static int
+qemu_agent_connect(struct vmf_vm *vm, int timeout_ms, struct vmf_error *err)
+{
+	(void)timeout_ms; /* the listening socket exists for the VM's whole life */
+	int fd = connect_unix(vm->agent_path, err);
+	if (fd < 0)
+		vmf_error_prefix(err, "VM %s: agent channel", vm->cfg->id);
+	return fd;
+}
+
+static int
+qemu_watch_fd(struct vmf_vm *vm)
+{
+	return vm->pidfd;
+}
+
+static int
+qemu_serialize(const struct vmf_vm *vm, vmf_hv_state **out, struct vmf_error *err)
+{
+	*out = NULL;
+	vmf_hv_state *st = malloc(sizeof(*st));
+	Vmf__Hv__QemuState *q = malloc(sizeof(*q));
+	vmf_vm_config *cfg = vmf_vm_config_dup(vm->cfg);
+	char *paths[5] = { strdup(vm->qmp_path), strdup(vm->agent_path), strdup(vm->serial_log),
+			   strdup(vm->stderr_log), strdup("") };
+	bool ok = st && q && cfg;
+	for (int i = 0; i < 5; i++)
+		ok = ok && paths[i];
+	if (!ok) {
+		free(st);
+		free(q);
+		vmf_vm_config_free(cfg);
+		for (int i = 0; i < 5; i++)
+			free(paths[i]);
+		return vmf_err(err, ENOMEM, "out of memory serializing VM %s", vm->cfg->id);
+	}
+	vmf__hv__hypervisor_state__init(st);
+	vmf__hv__qemu_state__init(q);
+	q->qmp_socket = paths[0];
+	q->agent_socket = paths[1];
+	q->serial_log = paths[2];
+	q->stderr_log = paths[3];
+	q->pidfile = paths[4];
+	q->dimm_count = vm->dimms;
+	q->hotplugged_cpus = vm->vcpus - vm->cfg->vcpus;
+	q->hotplugged_mem_mib = vm->memory_mib - vm->cfg->memory_mib;
+	st->schema_version = STATE_SCHEMA_VERSION;
+	st->kind = VMF__HV__HYPERVISOR_KIND__HV_QEMU;
+	st->pid = qemu_pid(vm);
+	st->start_time_ticks = vm->start_ticks;
+	st->config = cfg;
+	st->qemu = q;
+	st->vcpus = vm->vcpus;
+	st->memory_mib = vm->memory_mib;
+	st->paused = vm->paused;
+	*out = st;
+	return 0;
+}
+
+/* The process must still carry our -name: pid reuse by an unrelated program
+ * must never make us adopt (and later kill) it. */
+static bool
+cmdline_has_name(pid_t pid, const char *name)
+{
+	char path[64], *buf = NULL;
+	size_t len;
+	snprintf(path, sizeof(path), "/proc/%d/cmdline", (int)pid);
+	if (vmf_read_file(path, &buf, &len, 1 << 20, NULL) < 0)
+		return false;
+	bool found = false;
+	for (size_t off = 0; off < len && !found;) {
+		const char *a = buf + off;
+		size_t l = strlen(a);
+		if (strcmp(a, "-name") == 0 && off + l + 1 < len)
+			found = strcmp(buf + off + l + 1, name) == 0;
+		off += l + 1;
+	}
+	free(buf);
+	return found;
+}
+
+static int
+qemu_adopt(const vmf_hv_state *st, struct vmf_vm **out, struct vmf_error *err)
+{
+	*out = NULL;
+	if (st->schema_version != STATE_SCHEMA_VERSION || !st->config || !st->qemu)
+		return vmf_err(err, EINVAL, "hypervisor state has schema %u, expected %u",
+			       st->schema_version, STATE_SCHEMA_VERSION);
+	const char *id = st->config->id;
+	if (!vmf_proc_alive(st->pid, st->start_time_ticks))
+		return vmf_err(err, ESRCH, "QEMU pid %d of VM %s is gone", (int)st->pid, id);
+	const char *name = st->config->name && *st->config->name ? st->config->name : id;
+	if (!cmdline_has_name(st->pid, name))
+		return vmf_err(err, ESRCH, "pid %d is not the QEMU of VM %s (no -name %s)", (int)st->pid, id, name);
+	struct vmf_vm *vm = vm_new(st->config, err);
+	if (!vm)
+		return -ENOMEM;
+	vm->pid = st->pid;
+	vm->start_ticks = st->start_time_ticks;
+	vm->child = false;
+	vm->pidfd = pidfd_open_(vm->pid);
+	vm->vcpus = st->vcpus;
+	vm->memory_mib = st->memory_mib;
+	vm->dimms = st->qemu->dimm_count;
+	vm->paused = st->paused;
+	int r = vmf_qmp_connect(vm->qmp_path, QMP_TIMEOUT_MS, &vm->qmp, err);
+	if (r < 0) {
+		vmf_error_prefix(err, "adopting VM %s", id);
+		vm_free(vm);
+		return r;
+	}
+	/* The recorded run state may be stale (crash between cont and record). */
+	json_object *ret = NULL, *running;
+	if (qmp_cmd(vm, "query-status", NULL, &ret, NULL) == 0 &&
+	    json_object_object_get_ex(ret, "running", &running))
+		vm->paused = !json_object_get_boolean(running);
+	json_object_put(ret);
+	*out = vm;
+	return 0;
+}
+
+static int
+qemu_probe(const char *binary, struct vmf_hv_info *info, struct vmf_error *err)
+{
+	memset(info, 0, sizeof(*info));
+	const char *bin = binary && *binary ? binary : VMF_QEMU_DEFAULT_BINARY;
+	char cmd[PATH_MAX + 32];
+	if (strchr(bin, '\'') )
+		return vmf_err(err, EINVAL, "QEMU binary path %s contains a quote", bin);
+	snprintf(cmd, sizeof(cmd), "'%s' --version 2>/dev/null", bin);
+	FILE *p = popen(cmd, "r");
+	if (!p)
+		return vmf_err_sys(err, errno, "cannot run %s", bin);
+	char line[256] = "";
+	char *got = fgets(line, sizeof(line), p);
+	int st = pclose(p);
+	const char *v = got ? strstr(line, "version ") : NULL;
+	if (!v || st != 0)
+		return vmf_err(err, ENOENT, "QEMU binary %s did not report a version (is qemu-system-x86 "
+			       "installed?)", bin);
+	v += strlen("version ");
+	size_t n = strcspn(v, " \n(");
+	if (n >= sizeof(info->version))
+		n = sizeof(info->version) - 1;
+	memcpy(info->version, v, n);
+	snprintf(info->accel, sizeof(info->accel), "%s", vmf_qemu_default_accel());
+	info->caps = qemu_capabilities(NULL);
+	return 0;
+}
+
+static void
+qemu_release(struct vmf_vm *vm)
+{
+	vm_free(vm);
+}
+
+const struct vmf_hv_ops vmf_qemu_ops = {
+	.name = "qemu",
+	.kind = VMF__HV__HYPERVISOR_KIND__HV_QEMU,
+	.probe = qemu_probe,
+	.boot = qemu_boot,
+	.start_from_template = qemu_start_from_template,
+	.save_template = qemu_save_template,
+	.pause = qemu_pause,
+	.resume = qemu_resume,
+	.hotplug_vcpus = qemu_hotplug_vcpus,
+	.hotplug_memory = qemu_hotplug_memory,
+	.stop = qemu_stop,
+	.alive = qemu_alive,
+	.pid = qemu_pid,
+	.capabilities = qemu_capabilities,
+	.agent_connect = qemu_agent_connect,
+	.watch_fd = qemu_watch_fd,
+	.serialize = qemu_serialize,
+	.adopt = qemu_adopt,
+	.release = qemu_release,
+};

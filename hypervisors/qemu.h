@@ -1,0 +1,31 @@
+/* QEMU driver internals exposed for tests: the command line is data built
+ * from a VmConfig, so it can be checked without starting QEMU. */
+#ifndef VMF_QEMU_H
+#define VMF_QEMU_H
+
+#include "driver.h"
+
+/* Paths inside a VM's run dir. */
+#define VMF_QEMU_QMP_SOCK "qmp.sock"
+#define VMF_QEMU_AGENT_SOCK "agent.sock"
+#define VMF_QEMU_SERIAL_LOG "serial.log"
+#define VMF_QEMU_STDERR_LOG "qemu.log"
+
+/* The 9p mount tag every VM exposes; the agent mounts it on request. */
+#define VMF_SHARE_TAG "vmfshare"
+
+#define VMF_QEMU_DEFAULT_BINARY "qemu-system-x86_64"
+
+/* "kvm" when /dev/kvm can be opened read-write, else "tcg". */
+const char *vmf_qemu_default_accel(void);
+
+/* Builds argv (NULL-terminated, each string and the array malloc'ed) for
+ * cfg.  qmp_fd and agent_fd are listening sockets QEMU inherits. */
+int vmf_qemu_build_argv(const vmf_vm_config *cfg, int qmp_fd, int agent_fd, char ***argv,
+			struct vmf_error *err);
+void vmf_qemu_free_argv(char **argv);
+
+/* The -sandbox value used for every VM. */
+#define VMF_QEMU_SANDBOX "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+
+#endif

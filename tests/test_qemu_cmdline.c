@@ -1,0 +1,143 @@
+/* The QEMU command line is data: check it without starting QEMU. */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "qemu.h"
+#include "testlib.h"
+
+static vmf_vm_config
+base_cfg(void)
+{
+	vmf_vm_config c = VMF__HV__VM_CONFIG__INIT;
+	c.id = "11111111-2222-3333-4444-555555555555";
+	c.name = "vmfactory-11111111-2222-3333-4444-555555555555";
+	c.run_dir = "/run/vmf/vms/x";
+	c.kernel = "/img/vmlinuz";
+	c.initrd = "/img/initrd.img";
+	c.cmdline = "console=ttyS0 panic=-1";
+	c.vcpus = 1;
+	c.max_vcpus = 4;
+	c.memory_mib = 256;
+	c.max_memory_mib = 2048;
+	c.memory_slots = 4;
+	c.accel = "tcg";
+	return c;
+}
+
+/* Index of the argument following opt whose value starts with prefix, or -1. */
+static int
+find(char **argv, const char *opt, const char *prefix)
+{
+	for (int i = 0; argv[i] && argv[i + 1]; i++)
+		if (strcmp(argv[i], opt) == 0 && strncmp(argv[i + 1], prefix, strlen(prefix)) == 0)
+			return i + 1;
+	return -1;
+}
+
+static bool
+has(char **argv, const char *a)
+{
+	for (int i = 0; argv[i]; i++)
+		if (strcmp(argv[i], a) == 0)
+			return true;
+	return false;
+}
+
+START_TEST(cold_boot_line)
+{
+	vmf_vm_config c = base_cfg();
+	char **argv;
+	struct vmf_error e = {0};
+	ck_assert_int_eq(vmf_qemu_build_argv(&c, 7, 8, &argv, &e), 0);
+	ck_assert_str_eq(argv[0], "qemu-system-x86_64");
+	ck_assert_int_ge(find(argv, "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"), 0);
+	ck_assert_int_ge(find(argv, "-machine", "q35,memory-backend=mem0"), 0);
+	ck_assert_int_ge(find(argv, "-accel", "tcg"), 0);
+	ck_assert_int_ge(find(argv, "-smp", "1,maxcpus=4"), 0);
+	ck_assert_int_ge(find(argv, "-m", "256M,slots=4,maxmem=2048M"), 0);
+	ck_assert_int_ge(find(argv, "-object", "memory-backend-ram,id=mem0,size=256M"), 0);
+	ck_assert_int_ge(find(argv, "-chardev", "socket,id=qmp,fd=7,server=on,wait=off"), 0);
+	ck_assert_int_ge(find(argv, "-chardev", "socket,id=agent,fd=8,server=on,wait=off"), 0);
+	ck_assert_int_ge(find(argv, "-device", "virtserialport,bus=vser0.0,chardev=agent,name=agent"), 0);
+	ck_assert_int_ge(find(argv, "-device", "virtio-rng-pci"), 0);
+	ck_assert_int_ge(find(argv, "-device", "vmgenid,id=vmgenid0,guid=auto"), 0);
+	ck_assert_int_ge(find(argv, "-chardev", "file,id=serial0,path=/run/vmf/vms/x/serial.log"), 0);
+	ck_assert_int_ge(find(argv, "-name", c.name), 0);
+	ck_assert(!has(argv, "-incoming"));
+	ck_assert(!has(argv, "-S"));
+	ck_assert_int_lt(find(argv, "-fsdev", "local"), 0);
+	vmf_qemu_free_argv(argv);
+}
+END_TEST
+
+START_TEST(template_and_clone_lines)
+{
+	vmf_vm_config c = base_cfg();
+	c.memory_mode = VMF__HV__MEMORY_MODE__MEM_TEMPLATE;
+	c.memory_file = "/var/lib/vmf/templates/abc/memory";
+	c.share_dir = "/run/vmf/vms/x/share";
+	char **argv;
+	struct vmf_error e = {0};
+	ck_assert_int_eq(vmf_qemu_build_argv(&c, 3, 4, &argv, &e), 0);
+	ck_assert_int_ge(find(argv, "-object",
+		"memory-backend-file,id=mem0,size=256M,mem-path=/var/lib/vmf/templates/abc/memory,share=on"), 0);
+	ck_assert_int_ge(find(argv, "-fsdev", "local,id=fs0,path=/run/vmf/vms/x/share,security_model=none"), 0);
+	ck_assert_int_ge(find(argv, "-device", "virtio-9p-pci,id=share0,fsdev=fs0,mount_tag=" VMF_SHARE_TAG), 0);
+	vmf_qemu_free_argv(argv);
+
+	c.memory_mode = VMF__HV__MEMORY_MODE__MEM_CLONE_COW;
+	c.incoming = true;
+	ck_assert_int_eq(vmf_qemu_build_argv(&c, 3, 4, &argv, &e), 0);
+	ck_assert_int_ge(find(argv, "-object", "memory-backend-file,id=mem0,size=256M,mem-path=/var/lib/vmf/templates/abc/memory,share=off"), 0);
+	ck_assert_int_ge(find(argv, "-incoming", "defer"), 0);
+	ck_assert(has(argv, "-S"));
+	vmf_qemu_free_argv(argv);
+
+	/* Full-memory clones carry RAM in the stream: private anonymous RAM. */
+	c.memory_mode = VMF__HV__MEMORY_MODE__MEM_FULL;
+	ck_assert_int_eq(vmf_qemu_build_argv(&c, 3, 4, &argv, &e), 0);
+	ck_assert_int_ge(find(argv, "-object", "memory-backend-ram,id=mem0,size=256M"), 0);
+	vmf_qemu_free_argv(argv);
+}
+END_TEST
+
+START_TEST(bad_configs_are_refused_clearly)
+{
+	char **argv;
+	struct vmf_error e = {0};
+	vmf_vm_config c = base_cfg();
+	c.kernel = "/img/vm,linuz";
+	ck_assert_int_eq(vmf_qemu_build_argv(&c, 3, 4, &argv, &e), -EINVAL);
+	ck_assert_ptr_nonnull(strstr(e.msg, "contains a comma"));
+	c = base_cfg();
+	c.share_dir = "relative/share";
+	ck_assert_int_eq(vmf_qemu_build_argv(&c, 3, 4, &argv, &e), -EINVAL);
+	ck_assert_ptr_nonnull(strstr(e.msg, "not an absolute path"));
+	c = base_cfg();
+	c.memory_mode = VMF__HV__MEMORY_MODE__MEM_CLONE_COW;
+	ck_assert_int_eq(vmf_qemu_build_argv(&c, 3, 4, &argv, &e), -EINVAL);
+	ck_assert_ptr_nonnull(strstr(e.msg, "memory file"));
+	c = base_cfg();
+	c.vcpus = 0;
+	ck_assert_int_eq(vmf_qemu_build_argv(&c, 3, 4, &argv, &e), -EINVAL);
+	c = base_cfg();
+	c.max_memory_mib = 256;
+	ck_assert_int_eq(vmf_qemu_build_argv(&c, 3, 4, &argv, &e), 0);
+	ck_assert_int_ge(find(argv, "-m", "256M"), 0);
+	ck_assert_int_lt(find(argv, "-m", "256M,"), 0);
+	vmf_qemu_free_argv(argv);
+}
+END_TEST
+
+int
+main(void)
+{
+	Suite *s = suite_create("qemu_cmdline");
+	TCase *tc = tcase_create("argv");
+	tcase_add_test(tc, cold_boot_line);
+	tcase_add_test(tc, template_and_clone_lines);
+	tcase_add_test(tc, bad_configs_are_refused_clearly);
+	suite_add_tcase(s, tc);
+	return vmf_test_run(s);
+}
