@@ -14,6 +14,10 @@
 #include "error.h"
 #include "hypervisor.pb-c.h"
 
+/* The mount tag of the host share every driver exposes to the guest; the
+ * agent mounts it on request. */
+#define VMF_SHARE_TAG "vmfshare"
+
 typedef Vmf__Hv__VmConfig vmf_vm_config;
 typedef Vmf__Hv__HypervisorState vmf_hv_state;
 

@@ -11,9 +11,6 @@
 #define VMF_QEMU_SERIAL_LOG "serial.log"
 #define VMF_QEMU_STDERR_LOG "qemu.log"
 
-/* The 9p mount tag every VM exposes; the agent mounts it on request. */
-#define VMF_SHARE_TAG "vmfshare"
-
 #define VMF_QEMU_DEFAULT_BINARY "qemu-system-x86_64"
 
 /* "kvm" when /dev/kvm can be opened read-write, else "tcg". */

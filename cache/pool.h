@@ -1,0 +1,92 @@
+/* Pools of paused clones: the data and the policy (how many clones to start,
+ * backoff after failures, idle replacement).  No I/O here: the daemon acts
+ * on what these functions decide, so the policy is testable on its own. */
+#ifndef VMF_POOL_H
+#define VMF_POOL_H
+
+#include <limits.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/queue.h>
+
+#include "catalog.pb-c.h"
+#include "template.h"
+
+enum vmf_pvm_state {
+	PVM_CREATING,     /* clone in progress */
+	PVM_READY,        /* paused in its pool */
+	PVM_HANDING_OUT,  /* GetVM in progress */
+	PVM_ASSIGNED,     /* handed to a sandbox */
+	PVM_RELEASING,    /* being stopped */
+	PVM_GONE,         /* its process exited while assigned */
+};
+
+const char *vmf_pvm_state_name(enum vmf_pvm_state s);
+
+struct vmf_pool;
+
+/* A VM the daemon manages. */
+struct vmf_pvm {
+	TAILQ_ENTRY(vmf_pvm) link;
+	char id[VMF_UUID_STR];
+	char template_id[VMF_SHA256_HEX];
+	struct vmf_pool *pool;
+	void *owner;                  /* the daemon, for event callbacks */
+	enum vmf_pvm_state state;
+	struct vmf_vm *hv;            /* driver handle; NULL until the clone exists */
+	struct event *watch;          /* process exit */
+	bool busy;                    /* a worker job owns hv */
+	bool dead;                    /* process exit seen */
+	int64_t created_ns, ready_ns, assigned_ns;
+	int64_t ready_mono_ms;
+	unsigned vcpus, memory_mib;
+	char sandbox_id[72];
+	char share_link[PATH_MAX], sock_link[PATH_MAX];
+	char run_dir[PATH_MAX], share_dir[PATH_MAX];
+};
+
+TAILQ_HEAD(vmf_pvm_list, vmf_pvm);
+
+struct vmf_pool {
+	TAILQ_ENTRY(vmf_pool) link;
+	char template_id[VMF_SHA256_HEX];
+	Vmf__Catalog__TemplateSpec *spec;
+	Vmf__Catalog__TemplateRecord *tpl;   /* NULL until built */
+	struct vmf_template_params params;
+	unsigned target;
+	unsigned parallelism;                /* concurrent clones while filling */
+	unsigned ready, filling;             /* current counts */
+	uint64_t failed;                     /* clone or build failures, cumulative */
+	unsigned consecutive_failures;
+	int64_t retry_at_ms;                 /* backoff: no attempt before this */
+	bool building;
+	bool verified;                       /* template digests checked this run */
+	char last_error[512];
+};
+
+TAILQ_HEAD(vmf_pool_list, vmf_pool);
+
+/* Number of clones to start now: enough to reach target, within the
+ * parallelism bound, none while backing off or without a template. */
+unsigned vmf_pool_clones_to_start(const struct vmf_pool *p, int64_t now_ms);
+
+/* Records a failure: exponential backoff from 1 s doubling to 60 s. */
+void vmf_pool_note_failure(struct vmf_pool *p, int64_t now_ms, const char *msg);
+void vmf_pool_note_success(struct vmf_pool *p);
+/* Backoff delay after n consecutive failures, in ms. */
+int64_t vmf_pool_backoff_ms(unsigned n);
+
+/* True when a ready VM has sat paused longer than max_idle_s (0 = never). */
+bool vmf_pool_vm_idle_expired(const struct vmf_pvm *vm, unsigned max_idle_s, int64_t now_ms);
+
+/* Latency samples for status: a ring of the most recent values. */
+#define VMF_LAT_SAMPLES 1024
+struct vmf_latency {
+	double ms[VMF_LAT_SAMPLES];
+	uint64_t count;
+};
+void vmf_latency_add(struct vmf_latency *l, double ms);
+/* q in [0,1]; 0 when there are no samples. */
+double vmf_latency_quantile(const struct vmf_latency *l, double q);
+
+#endif

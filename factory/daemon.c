@@ -1,0 +1,1034 @@
+/* The daemon: start-up and recovery, pools and their filling, VM lifecycle
+ * on the loop, status, destroy.  Control socket in control.c, hand-out in
+ * getvm.c. */
+#include <dirent.h>
+#include <errno.h>
+#include <event2/thread.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "catalog.h"
+#include "factory.h"
+#include "frame.h"
+#include "log.h"
+#include "qemu.h"
+
+#define VM_SCHEMA_VERSION 1
+#define WORKER_THREADS 8
+
+void
+vmf_daemon_opts_defaults(struct vmf_daemon_opts *o)
+{
+	memset(o, 0, sizeof(*o));
+	o->socket_path = VMF_DEFAULT_SOCKET;
+	o->state_dir = VMF_DEFAULT_STATE_DIR;
+	o->run_dir = VMF_DEFAULT_RUN_DIR;
+	o->image_dir = VMF_DEFAULT_IMAGE_DIR;
+	o->pool_size = 8;
+	o->vcpus = VMF_DEFAULT_VCPUS;
+	o->memory_mib = VMF_DEFAULT_MEMORY_MIB;
+	o->max_vcpus = VMF_DEFAULT_MAX_VCPUS;
+	o->max_memory_mib = VMF_DEFAULT_MAX_MEMORY_MIB;
+	o->share_memory = true;
+	o->ready_fd = -1;
+}
+
+/* ---- readiness pipe to `vmfactory init` ---- */
+
+static void
+notify(struct vmf_daemon *d, const char *line)
+{
+	if (d->ready_fd < 0)
+		return;
+	/* One write per line: progress may come from a worker thread. */
+	if (vmf_write_full(d->ready_fd, line, strlen(line), vmf_now_ms() + 1000, NULL) < 0) {
+		close(d->ready_fd);
+		d->ready_fd = -1;
+	}
+}
+
+void
+vmf_daemon_progress(struct vmf_daemon *d, const char *fmt, ...)
+{
+	char buf[600];
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsnprintf(buf, sizeof(buf) - 1, fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		return;
+	if ((size_t)n > sizeof(buf) - 2)
+		n = sizeof(buf) - 2;
+	buf[n] = '\n';
+	buf[n + 1] = '\0';
+	log_info("%.*s", n, buf);
+	notify(d, buf);
+}
+
+static void
+check_readiness(struct vmf_daemon *d)
+{
+	if (d->ready_fd < 0)
+		return;
+	bool tpl_ready = true, full = true;
+	struct vmf_pool *p;
+	TAILQ_FOREACH(p, &d->pools, link) {
+		tpl_ready = tpl_ready && p->tpl;
+		full = full && p->tpl && p->ready >= p->target;
+	}
+	if (tpl_ready && !d->ready_sent) {
+		d->ready_sent = true;
+		notify(d, "ready\n");
+	}
+	if (d->ready_sent && (full || !d->opts.notify_full)) {
+		if (full)
+			notify(d, "full\n");
+		close(d->ready_fd);
+		d->ready_fd = -1;
+	}
+}
+
+/* ---- VM records ---- */
+
+struct vmf_pvm *
+vmf_daemon_find_vm(struct vmf_daemon *d, const char *id)
+{
+	struct vmf_pvm *vm;
+	TAILQ_FOREACH(vm, &d->vms, link)
+		if (strcmp(vm->id, id) == 0)
+			return vm;
+	return NULL;
+}
+
+static Vmf__Catalog__VmState
+record_state(enum vmf_pvm_state s)
+{
+	switch (s) {
+	case PVM_CREATING: return VMF__CATALOG__VM_STATE__VM_CREATING;
+	case PVM_READY: return VMF__CATALOG__VM_STATE__VM_READY;
+	case PVM_HANDING_OUT: return VMF__CATALOG__VM_STATE__VM_HANDING_OUT;
+	case PVM_ASSIGNED: return VMF__CATALOG__VM_STATE__VM_ASSIGNED;
+	case PVM_RELEASING: return VMF__CATALOG__VM_STATE__VM_RELEASING;
+	case PVM_GONE: return VMF__CATALOG__VM_STATE__VM_GONE;
+	}
+	return VMF__CATALOG__VM_STATE__VM_GONE;
+}
+
+void
+vmf_daemon_record_vm(struct vmf_daemon *d, struct vmf_pvm *vm)
+{
+	Vmf__Catalog__VmRecord rec = VMF__CATALOG__VM_RECORD__INIT;
+	vmf_hv_state *hv = NULL;
+	struct vmf_error err = {0};
+	if (vm->hv && d->ops->serialize(vm->hv, &hv, &err) < 0)
+		log_vm(VMF_LOG_WARN, vm->id, "cannot serialize its hypervisor state: %s", err.msg);
+	rec.schema_version = VM_SCHEMA_VERSION;
+	rec.id = vm->id;
+	rec.template_id = vm->template_id;
+	rec.state = record_state(vm->state);
+	rec.hv = hv;
+	rec.sandbox_id = vm->sandbox_id;
+	rec.share_link = vm->share_link;
+	rec.sock_link = vm->sock_link;
+	rec.run_dir = vm->run_dir;
+	rec.share_dir = vm->share_dir;
+	rec.vcpus = vm->vcpus;
+	rec.memory_mib = vm->memory_mib;
+	rec.created_ns = vm->created_ns;
+	rec.assigned_ns = vm->assigned_ns;
+	rec.ready_ns = vm->ready_ns;
+	if (vmf_catalog_vm_put(d->cat, &rec, &err) < 0)
+		log_vm(VMF_LOG_ERROR, vm->id, "cannot record VM state: %s", err.msg);
+	if (hv)
+		vmf__hv__hypervisor_state__free_unpacked(hv, NULL);
+}
+
+void
+vmf_daemon_vm_free(struct vmf_daemon *d, struct vmf_pvm *vm)
+{
+	TAILQ_REMOVE(&d->vms, vm, link);
+	if (vm->watch)
+		event_free(vm->watch);
+	if (vm->hv)
+		d->ops->release(vm->hv);
+	free(vm);
+}
+
+static void finish_destroy_if_done(struct vmf_daemon *d);
+
+/* ---- stopping a VM ---- */
+
+struct stop_job {
+	struct vmf_daemon *d;
+	struct vmf_pvm *vm;
+	bool remove_links;
+};
+
+static void
+stop_work(void *arg)
+{
+	struct stop_job *j = arg;
+	struct vmf_pvm *vm = j->vm;
+	struct vmf_error err = {0};
+	if (vm->hv && j->d->ops->stop(vm->hv, VMF_STOP_TIMEOUT_MS, &err) < 0)
+		log_vm(VMF_LOG_WARN, vm->id, "stopping: %s", err.msg);
+	if (j->remove_links) {
+		vmf_unlink_if_points_to(vm->share_link, vm->share_dir);
+		vmf_unlink_if_points_to(vm->sock_link, vm->run_dir);
+	}
+	if (vm->run_dir[0] && vmf_rm_rf(vm->run_dir, &err) < 0)
+		log_vm(VMF_LOG_WARN, vm->id, "removing its run dir: %s", err.msg);
+	if (vmf_catalog_vm_delete(j->d->cat, vm->id, &err) < 0 && err.code != ENOENT)
+		log_vm(VMF_LOG_WARN, vm->id, "removing its record: %s", err.msg);
+}
+
+static void
+stop_done(void *arg)
+{
+	struct stop_job *j = arg;
+	struct vmf_daemon *d = j->d;
+	log_vm(VMF_LOG_DEBUG, j->vm->id, "stopped and removed");
+	if (d->stopping)
+		d->destroyed++;
+	vmf_daemon_vm_free(d, j->vm);
+	free(j);
+	finish_destroy_if_done(d);
+	vmf_daemon_refill(d);
+}
+
+void
+vmf_daemon_destroy_vm(struct vmf_daemon *d, struct vmf_pvm *vm, bool remove_links)
+{
+	if (vm->state == PVM_READY && vm->pool && vm->pool->ready)
+		vm->pool->ready--;
+	vm->state = PVM_RELEASING;
+	vm->busy = true;
+	if (vm->watch)
+		event_del(vm->watch);
+	struct stop_job *j = calloc(1, sizeof(*j));
+	if (j) {
+		j->d = d;
+		j->vm = vm;
+		j->remove_links = remove_links;
+	}
+	if (!j || vmf_jobs_submit(d->jobs, stop_work, stop_done, j) < 0) {
+		/* Out of memory: stop inline rather than leak a QEMU. */
+		struct stop_job tmp = { d, vm, remove_links };
+		stop_work(&tmp);
+		free(j);
+		vmf_daemon_vm_free(d, vm);
+	}
+}
+
+/* A VM's process exited (pidfd readable). */
+static void
+vm_dead_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct vmf_pvm *vm = arg;
+	struct vmf_daemon *d = vm->owner;
+	event_del(vm->watch);
+	vm->dead = true;
+	if (vm->busy)
+		return; /* the job in flight fails and cleans up */
+	log_vm(VMF_LOG_WARN, vm->id, "QEMU pid %d exited while %s", (int)d->ops->pid(vm->hv),
+	       vmf_pvm_state_name(vm->state));
+	if (vm->state == PVM_ASSIGNED) {
+		/* Keep the record so the runtime learns what happened via status
+		 * or inspect; release cleans up. */
+		d->ops->alive(vm->hv);
+		vm->state = PVM_GONE;
+		vmf_daemon_record_vm(d, vm);
+		return;
+	}
+	if (vm->state == PVM_READY && vm->pool)
+		vmf_pool_note_failure(vm->pool, vmf_now_ms(), "a pooled VM's QEMU exited");
+	vmf_daemon_destroy_vm(d, vm, false);
+}
+
+void
+vmf_daemon_watch_vm(struct vmf_daemon *d, struct vmf_pvm *vm)
+{
+	int fd = d->ops->watch_fd(vm->hv);
+	if (fd < 0)
+		return; /* the tick's liveness check covers it */
+	if (!vm->watch)
+		vm->watch = event_new(d->base, fd, EV_READ, vm_dead_cb, vm);
+	if (vm->watch)
+		event_add(vm->watch, NULL);
+}
+
+/* ---- pools ---- */
+
+struct clone_job {
+	struct vmf_daemon *d;
+	struct vmf_pvm *vm;
+	struct vmf_pool *pool;
+	Vmf__Catalog__TemplateRecord *tpl;   /* the pool's, read-only while filling */
+	bool template_broken;
+	int rc;
+	struct vmf_error err;
+};
+
+static void start_template_build(struct vmf_daemon *d, struct vmf_pool *p);
+
+static void
+clone_work(void *arg)
+{
+	struct clone_job *j = arg;
+	struct vmf_pvm *vm = j->vm;
+	/* Cheap check (sizes) on every clone; digests were checked once at start. */
+	j->rc = vmf_template_verify(j->d->cat, j->tpl, false, &j->err);
+	if (j->rc < 0) {
+		j->template_broken = true;
+		return;
+	}
+	j->rc = vmf_template_clone(&j->pool->params, j->tpl, vm->id, vm->run_dir, vm->share_dir, &vm->hv,
+				   &j->err);
+}
+
+static void
+clone_done(void *arg)
+{
+	struct clone_job *j = arg;
+	struct vmf_daemon *d = j->d;
+	struct vmf_pvm *vm = j->vm;
+	struct vmf_pool *p = j->pool;
+	p->filling--;
+	vm->busy = false;
+	if (j->rc == 0 && !vm->dead && !d->stopping) {
+		vm->state = PVM_READY;
+		vm->ready_ns = vmf_realtime_ns();
+		vm->ready_mono_ms = vmf_now_ms();
+		p->ready++;
+		vmf_pool_note_success(p);
+		vmf_daemon_record_vm(d, vm);
+		vmf_daemon_watch_vm(d, vm);
+		log_vm(VMF_LOG_DEBUG, vm->id, "ready in pool (%u/%u)", p->ready, p->target);
+	} else {
+		if (j->rc < 0) {
+			log_vm(VMF_LOG_WARN, vm->id, "clone failed: %s", j->err.msg);
+			vmf_pool_note_failure(p, vmf_now_ms(), j->err.msg);
+		}
+		if (j->template_broken && p->tpl) {
+			/* Rebuilt on the next fill: the record is already marked broken. */
+			vmf__catalog__template_record__free_unpacked(p->tpl, NULL);
+			p->tpl = NULL;
+			p->verified = false;
+		}
+		vmf_daemon_destroy_vm(d, vm, false);
+	}
+	free(j);
+	check_readiness(d);
+	vmf_daemon_refill(d);
+	finish_destroy_if_done(d);
+}
+
+static struct vmf_pvm *
+new_vm(struct vmf_daemon *d, struct vmf_pool *p)
+{
+	struct vmf_pvm *vm = calloc(1, sizeof(*vm));
+	if (!vm)
+		return NULL;
+	vmf_uuid_new(vm->id);
+	vm->owner = d;
+	vm->pool = p;
+	snprintf(vm->template_id, sizeof(vm->template_id), "%s", p->template_id);
+	snprintf(vm->run_dir, sizeof(vm->run_dir), "%s/%s", d->vm_root, vm->id);
+	snprintf(vm->share_dir, sizeof(vm->share_dir), "%s/%s/share", d->vm_root, vm->id);
+	vm->vcpus = p->spec->vcpus;
+	vm->memory_mib = p->spec->memory_mib;
+	vm->created_ns = vmf_realtime_ns();
+	vm->state = PVM_CREATING;
+	TAILQ_INSERT_TAIL(&d->vms, vm, link);
+	return vm;
+}
+
+void
+vmf_daemon_refill(struct vmf_daemon *d)
+{
+	if (d->stopping)
+		return;
+	int64_t now = vmf_now_ms();
+	struct vmf_pool *p;
+	TAILQ_FOREACH(p, &d->pools, link) {
+		if (!p->tpl && !p->building && now >= p->retry_at_ms) {
+			start_template_build(d, p);
+			continue;
+		}
+		for (unsigned n = vmf_pool_clones_to_start(p, now); n > 0; n--) {
+			struct clone_job *j = calloc(1, sizeof(*j));
+			struct vmf_pvm *vm = j ? new_vm(d, p) : NULL;
+			if (!vm) {
+				free(j);
+				break;
+			}
+			vm->busy = true;
+			j->d = d;
+			j->vm = vm;
+			j->pool = p;
+			j->tpl = p->tpl;
+			/* Recorded before the clone starts, so a crash mid-clone leaves a
+			 * record recovery can reconcile. */
+			vmf_daemon_record_vm(d, vm);
+			if (vmf_jobs_submit(d->jobs, clone_work, clone_done, j) < 0) {
+				vmf_daemon_vm_free(d, vm);
+				free(j);
+				break;
+			}
+			p->filling++;
+		}
+	}
+}
+
+/* ---- template builds ---- */
+
+struct build_job {
+	struct vmf_daemon *d;
+	struct vmf_pool *pool;
+	Vmf__Catalog__TemplateRecord *rec;
+	int rc;
+	struct vmf_error err;
+};
+
+static void
+build_progress(void *ctx, const char *step)
+{
+	struct build_job *j = ctx;
+	vmf_daemon_progress(j->d, "progress: template %.12s: %s (%.1f s)", j->pool->template_id, step,
+			    (double)(vmf_now_ms() - j->d->start_ms) / 1000.0);
+}
+
+static void
+build_work(void *arg)
+{
+	struct build_job *j = arg;
+	struct vmf_daemon *d = j->d;
+	struct vmf_pool *p = j->pool;
+	Vmf__Catalog__TemplateRecord *rec = NULL;
+	int r = vmf_catalog_template_get(d->cat, p->template_id, &rec, &j->err);
+	if (r == 0 && rec->state == VMF__CATALOG__TEMPLATE_STATE__TEMPLATE_READY) {
+		/* Digests are checked once per daemon run; afterwards clones check
+		 * sizes only. */
+		build_progress(j, "verifying the existing template");
+		if (vmf_template_verify(d->cat, rec, true, &j->err) == 0) {
+			j->rec = rec;
+			return;
+		}
+		log_tpl(VMF_LOG_WARN, p->template_id, "%s; rebuilding", j->err.msg);
+	}
+	if (rec)
+		vmf__catalog__template_record__free_unpacked(rec, NULL);
+	j->rc = vmf_template_build(d->cat, d->opts.state_dir, d->opts.run_dir, &p->params, p->spec, &d->img,
+				   build_progress, j, &j->rec, &j->err);
+}
+
+static void
+build_done(void *arg)
+{
+	struct build_job *j = arg;
+	struct vmf_daemon *d = j->d;
+	struct vmf_pool *p = j->pool;
+	p->building = false;
+	if (j->rc == 0) {
+		p->tpl = j->rec;
+		p->verified = true;
+		vmf_pool_note_success(p);
+		p->last_error[0] = '\0';
+	} else {
+		vmf_pool_note_failure(p, vmf_now_ms(), j->err.msg);
+		log_tpl(VMF_LOG_ERROR, p->template_id, "%s (retry in %lld s)", j->err.msg,
+			(long long)vmf_pool_backoff_ms(p->consecutive_failures) / 1000);
+		if (d->ready_fd >= 0 && !d->ready_sent) {
+			/* `init` is waiting: fail it now rather than retry unseen. */
+			char line[VMF_ERROR_MSG_MAX + 16];
+			snprintf(line, sizeof(line), "error: %s\n", j->err.msg);
+			notify(d, line);
+			d->exit_code = 1;
+			d->stopping = true;
+			event_base_loopexit(d->base, NULL);
+		}
+	}
+	free(j);
+	check_readiness(d);
+	vmf_daemon_refill(d);
+}
+
+static void
+start_template_build(struct vmf_daemon *d, struct vmf_pool *p)
+{
+	struct build_job *j = calloc(1, sizeof(*j));
+	if (!j)
+		return;
+	j->d = d;
+	j->pool = p;
+	p->building = true;
+	if (vmf_jobs_submit(d->jobs, build_work, build_done, j) < 0) {
+		p->building = false;
+		free(j);
+	}
+}
+
+/* ---- status ---- */
+
+void
+vmf_vm_info_fill(struct vmf_daemon *d, const struct vmf_pvm *vm, Vmf__Control__VmInfo *info)
+{
+	static __thread char qmp[PATH_MAX + 16], agent[PATH_MAX + 16];
+	vmf__control__vm_info__init(info);
+	info->id = (char *)vm->id;
+	info->pid = vm->hv && !vm->busy ? d->ops->pid(vm->hv) : 0;
+	info->vcpus = vm->vcpus;
+	info->memory_mib = vm->memory_mib;
+	snprintf(qmp, sizeof(qmp), "%s/%s", vm->run_dir, VMF_QEMU_QMP_SOCK);
+	snprintf(agent, sizeof(agent), "%s/%s", vm->run_dir, VMF_QEMU_AGENT_SOCK);
+	info->qmp_socket = strdup(qmp);
+	info->agent_socket = strdup(agent);
+	info->share_dir = (char *)vm->share_dir;
+	info->run_dir = (char *)vm->run_dir;
+	info->template_id = (char *)vm->template_id;
+	info->state = (char *)vmf_pvm_state_name(vm->state);
+	info->sandbox_id = (char *)vm->sandbox_id;
+	info->share_link = (char *)vm->share_link;
+	info->sock_link = (char *)vm->sock_link;
+	info->created_ns = vm->created_ns;
+	info->pss_kib = info->pid > 0 && !vm->dead ? vmf_proc_pss_kib(info->pid) : 0;
+	if (vm->hv && !vm->busy) {
+		struct vmf_error err;
+		d->ops->serialize(vm->hv, &info->hypervisor, &err);
+	}
+}
+
+void
+vmf_vm_info_clear(Vmf__Control__VmInfo *info)
+{
+	free(info->qmp_socket);
+	free(info->agent_socket);
+	if (info->hypervisor)
+		vmf__hv__hypervisor_state__free_unpacked(info->hypervisor, NULL);
+	info->qmp_socket = info->agent_socket = NULL;
+	info->hypervisor = NULL;
+}
+
+void
+vmf_daemon_status(struct vmf_daemon *d, Vmf__Control__Reply *reply)
+{
+	Vmf__Control__StatusReply *s = calloc(1, sizeof(*s));
+	if (!s) {
+		reply->error_code = ENOMEM;
+		reply->error_message = (char *)"out of memory";
+		return;
+	}
+	vmf__control__status_reply__init(s);
+	s->pid = getpid();
+	s->uptime_ms = (uint64_t)(vmf_now_ms() - d->start_ms);
+	s->socket = strdup(d->opts.socket_path);
+	s->hypervisor = strdup(d->ops->name);
+	s->accel = strdup(d->hv.accel);
+	s->requests = d->requests;
+	s->hits = d->hits;
+	s->misses = d->misses;
+	s->errors = d->errors;
+	s->handout_p50_ms = vmf_latency_quantile(&d->lat[STEP_TOTAL], 0.5);
+	s->handout_p99_ms = vmf_latency_quantile(&d->lat[STEP_TOTAL], 0.99);
+
+	unsigned ncaps = 0;
+	char *caps[8];
+	for (unsigned bit = 1; bit && bit <= VMF_CAP_FULL_SNAPSHOT; bit <<= 1)
+		if (d->hv.caps & bit)
+			caps[ncaps++] = strdup(vmf_cap_name(bit));
+	s->capabilities = calloc(ncaps ? ncaps : 1, sizeof(char *));
+	if (s->capabilities) {
+		memcpy(s->capabilities, caps, ncaps * sizeof(char *));
+		s->n_capabilities = ncaps;
+	}
+
+	s->steps = calloc(STEP_COUNT, sizeof(*s->steps));
+	for (int i = 0; s->steps && i < STEP_COUNT; i++) {
+		Vmf__Control__StepLatency *l = calloc(1, sizeof(*l));
+		if (!l)
+			break;
+		vmf__control__step_latency__init(l);
+		l->step = strdup(vmf_step_names[i]);
+		l->count = d->lat[i].count;
+		l->p50_ms = vmf_latency_quantile(&d->lat[i], 0.5);
+		l->p99_ms = vmf_latency_quantile(&d->lat[i], 0.99);
+		s->steps[s->n_steps++] = l;
+	}
+
+	size_t npools = 0, nvms = 0;
+	struct vmf_pool *p;
+	struct vmf_pvm *vm;
+	TAILQ_FOREACH(p, &d->pools, link)
+		npools++;
+	TAILQ_FOREACH(vm, &d->vms, link)
+		nvms++;
+	s->pools = calloc(npools + 1, sizeof(*s->pools));
+	s->templates = calloc(npools + 1, sizeof(*s->templates));
+	s->vms = calloc(nvms + 1, sizeof(*s->vms));
+	TAILQ_FOREACH(p, &d->pools, link) {
+		if (!s->pools || !s->templates)
+			break;
+		Vmf__Control__PoolStatus *ps = calloc(1, sizeof(*ps));
+		Vmf__Control__TemplateStatus *ts = calloc(1, sizeof(*ts));
+		if (!ps || !ts) {
+			free(ps);
+			free(ts);
+			break;
+		}
+		vmf__control__pool_status__init(ps);
+		ps->template_id = strdup(p->template_id);
+		ps->vcpus = p->spec->vcpus;
+		ps->memory_mib = p->spec->memory_mib;
+		ps->target = p->target;
+		ps->ready = p->ready;
+		ps->filling = p->filling;
+		ps->failed = (uint32_t)p->failed;
+		ps->last_error = strdup(p->last_error);
+		ps->share_memory = !p->spec->full_memory;
+		s->pools[s->n_pools++] = ps;
+
+		vmf__control__template_status__init(ts);
+		ts->id = strdup(p->template_id);
+		ts->state = strdup(p->tpl ? "ready" : p->building ? "building" : "failed");
+		ts->vcpus = p->spec->vcpus;
+		ts->memory_mib = p->spec->memory_mib;
+		ts->max_vcpus = p->spec->max_vcpus;
+		ts->max_memory_mib = p->spec->max_memory_mib;
+		ts->memory_size = p->tpl ? p->tpl->memory_size : 0;
+		ts->state_size = p->tpl ? p->tpl->state_size : 0;
+		ts->created_ns = p->tpl ? p->tpl->created_ns : 0;
+		ts->error = strdup(p->last_error);
+		ts->full_memory = p->spec->full_memory;
+		s->templates[s->n_templates++] = ts;
+	}
+	TAILQ_FOREACH(vm, &d->vms, link) {
+		if (!s->vms)
+			break;
+		Vmf__Control__VmInfo *info = calloc(1, sizeof(*info));
+		if (!info)
+			break;
+		Vmf__Control__VmInfo tmp;
+		vmf_vm_info_fill(d, vm, &tmp);
+		/* status_reply__free_unpacked frees every string: own them all. */
+		*info = tmp;
+		info->id = strdup(tmp.id);
+		info->share_dir = strdup(tmp.share_dir);
+		info->run_dir = strdup(tmp.run_dir);
+		info->template_id = strdup(tmp.template_id);
+		info->state = strdup(tmp.state);
+		info->sandbox_id = strdup(tmp.sandbox_id);
+		info->share_link = strdup(tmp.share_link);
+		info->sock_link = strdup(tmp.sock_link);
+		s->vms[s->n_vms++] = info;
+	}
+	reply->body_case = VMF__CONTROL__REPLY__BODY_STATUS;
+	reply->status = s;
+}
+
+/* ---- destroy ---- */
+
+static struct vmf_conn *destroy_conn;
+static bool destroy_all;
+
+static void
+finish_destroy_if_done(struct vmf_daemon *d)
+{
+	if (!d->stopping || !destroy_conn)
+		return;
+	struct vmf_pvm *vm;
+	TAILQ_FOREACH(vm, &d->vms, link)
+		if (vm->busy || destroy_all || vm->state != PVM_ASSIGNED)
+			return;
+	if (vmf_jobs_pending(d->jobs))
+		return;
+	Vmf__Control__Reply r = VMF__CONTROL__REPLY__INIT;
+	Vmf__Control__DestroyReply dr = VMF__CONTROL__DESTROY_REPLY__INIT;
+	dr.stopped = d->destroyed;
+	r.body_case = VMF__CONTROL__REPLY__BODY_DESTROY;
+	r.destroy = &dr;
+	vmf_control_reply(destroy_conn, &r);
+	destroy_conn = NULL;
+	log_info("destroyed: %u VMs stopped", d->destroyed);
+	/* Let the reply reach the client before the loop ends. */
+	struct timeval tv = { 0, 100000 };
+	event_base_loopexit(d->base, &tv);
+}
+
+void
+vmf_daemon_destroy(struct vmf_daemon *d, struct vmf_conn *c, bool all)
+{
+	if (destroy_conn) {
+		vmf_control_reply_error(c, EALREADY, "a destroy is already in progress");
+		return;
+	}
+	log_info("destroy requested%s", all ? " (all VMs, assigned included)" : "");
+	d->stopping = true;
+	destroy_conn = c;
+	destroy_all = all;
+	struct vmf_pvm *vm, *next;
+	for (vm = TAILQ_FIRST(&d->vms); vm; vm = next) {
+		next = TAILQ_NEXT(vm, link);
+		if (vm->busy)
+			continue; /* its job's completion sees d->stopping */
+		if (!all && (vm->state == PVM_ASSIGNED || vm->state == PVM_GONE))
+			continue;
+		vmf_daemon_destroy_vm(d, vm, true);
+	}
+	finish_destroy_if_done(d);
+}
+
+/* ---- recovery ---- */
+
+static struct vmf_pool *
+pool_for(struct vmf_daemon *d, const char *template_id)
+{
+	struct vmf_pool *p;
+	TAILQ_FOREACH(p, &d->pools, link)
+		if (strcmp(p->template_id, template_id) == 0)
+			return p;
+	return NULL;
+}
+
+static void
+copy_str(char *dst, size_t n, const char *src)
+{
+	snprintf(dst, n, "%s", src ? src : "");
+}
+
+/* Reconciles one recorded VM with what runs: adopt it, keep it as gone, or
+ * clean it up. */
+static int
+recover_vm(const char *id, Vmf__Catalog__VmRecord *rec, const struct vmf_error *rec_err, void *ctx)
+{
+	struct vmf_daemon *d = ctx;
+	struct vmf_error err = {0};
+	if (!rec) {
+		log_vm(VMF_LOG_WARN, id, "VM record unreadable (%s); removing it", rec_err ? rec_err->msg : "?");
+		vmf_catalog_vm_delete(d->cat, id, &err);
+		return 0;
+	}
+	struct vmf_pvm *vm = calloc(1, sizeof(*vm));
+	if (!vm)
+		return 0;
+	copy_str(vm->id, sizeof(vm->id), rec->id);
+	copy_str(vm->template_id, sizeof(vm->template_id), rec->template_id);
+	copy_str(vm->sandbox_id, sizeof(vm->sandbox_id), rec->sandbox_id);
+	copy_str(vm->share_link, sizeof(vm->share_link), rec->share_link);
+	copy_str(vm->sock_link, sizeof(vm->sock_link), rec->sock_link);
+	copy_str(vm->run_dir, sizeof(vm->run_dir), rec->run_dir);
+	copy_str(vm->share_dir, sizeof(vm->share_dir), rec->share_dir);
+	vm->owner = d;
+	vm->vcpus = rec->vcpus;
+	vm->memory_mib = rec->memory_mib;
+	vm->created_ns = rec->created_ns;
+	vm->assigned_ns = rec->assigned_ns;
+	vm->ready_ns = rec->ready_ns;
+	vm->ready_mono_ms = vmf_now_ms();
+	vm->pool = pool_for(d, vm->template_id);
+	TAILQ_INSERT_TAIL(&d->vms, vm, link);
+
+	bool live = false;
+	if (rec->hv) {
+		const struct vmf_hv_ops *ops = vmf_hv_by_kind(rec->hv->kind);
+		live = ops && ops->adopt(rec->hv, &vm->hv, &err) == 0;
+		if (!live)
+			log_vm(VMF_LOG_INFO, vm->id, "not adopted: %s", err.msg);
+	}
+	switch (rec->state) {
+	case VMF__CATALOG__VM_STATE__VM_READY:
+		if (live && vm->pool) {
+			vm->state = PVM_READY;
+			vm->pool->ready++;
+			vmf_daemon_watch_vm(d, vm);
+			log_vm(VMF_LOG_INFO, vm->id, "adopted pooled VM (pid %d)", (int)d->ops->pid(vm->hv));
+			return 0;
+		}
+		break;
+	case VMF__CATALOG__VM_STATE__VM_ASSIGNED:
+	case VMF__CATALOG__VM_STATE__VM_GONE:
+		vm->state = live ? PVM_ASSIGNED : PVM_GONE;
+		if (live)
+			vmf_daemon_watch_vm(d, vm);
+		log_vm(VMF_LOG_INFO, vm->id, "%s VM of sandbox %s", live ? "adopted assigned" : "recorded gone",
+		       vm->sandbox_id);
+		vmf_daemon_record_vm(d, vm);
+		return 0;
+	default:
+		/* Creating, handing out or releasing when the daemon died: nobody
+		 * holds it, it goes. */
+		break;
+	}
+	log_vm(VMF_LOG_INFO, vm->id, "cleaning up VM left %s", rec->state == VMF__CATALOG__VM_STATE__VM_READY
+	       ? "ready by a previous run" : "unfinished by a previous run");
+	vm->state = PVM_RELEASING;
+	vmf_daemon_destroy_vm(d, vm, rec->state == VMF__CATALOG__VM_STATE__VM_HANDING_OUT);
+	return 0;
+}
+
+/* Kills QEMU processes that run under our VM root but have no record (a
+ * daemon killed between spawning QEMU and recording it). */
+static void
+kill_orphans(struct vmf_daemon *d)
+{
+	DIR *proc = opendir("/proc");
+	if (!proc)
+		return;
+	char root[PATH_MAX + 2];
+	snprintf(root, sizeof(root), "%s/", d->vm_root);
+	char build_prefix[PATH_MAX + 8];
+	snprintf(build_prefix, sizeof(build_prefix), "%s/build-", d->opts.run_dir);
+	struct dirent *de;
+	while ((de = readdir(proc))) {
+		pid_t pid = (pid_t)atoi(de->d_name);
+		if (pid <= 0 || pid == getpid())
+			continue;
+		char path[64], *cmd = NULL;
+		size_t len;
+		snprintf(path, sizeof(path), "/proc/%d/cmdline", (int)pid);
+		if (vmf_read_file(path, &cmd, &len, 1 << 20, NULL) < 0)
+			continue;
+		const char *name = NULL;
+		bool ours = false;
+		for (size_t off = 0; off < len;) {
+			const char *a = cmd + off;
+			if (strcmp(a, "-name") == 0 && off + strlen(a) + 1 < len)
+				name = cmd + off + strlen(a) + 1;
+			if (strstr(a, root) || strstr(a, build_prefix))
+				ours = true;
+			off += strlen(a) + 1;
+		}
+		if (name && ours && strncmp(name, "vmfactory-", 10) == 0) {
+			const char *id = name + 10;
+			struct vmf_pvm *vm = vmf_daemon_find_vm(d, id);
+			bool adopted = vm && vm->hv && d->ops->pid(vm->hv) == pid;
+			if (!adopted) {
+				log_warn("killing QEMU pid %d (%s): no record of it", (int)pid, name);
+				kill(pid, SIGKILL);
+			}
+		}
+		free(cmd);
+	}
+	closedir(proc);
+}
+
+/* ---- loop plumbing ---- */
+
+static void
+tick_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct vmf_daemon *d = arg;
+	int64_t now = vmf_now_ms();
+	struct vmf_pvm *vm, *next;
+	for (vm = TAILQ_FIRST(&d->vms); vm; vm = next) {
+		next = TAILQ_NEXT(vm, link);
+		if (vmf_pool_vm_idle_expired(vm, d->opts.max_idle_s, now) && !d->stopping) {
+			log_vm(VMF_LOG_INFO, vm->id, "replacing: paused longer than %u s", d->opts.max_idle_s);
+			vmf_daemon_destroy_vm(d, vm, false);
+		}
+	}
+	vmf_daemon_refill(d);
+}
+
+static void
+signal_cb(evutil_socket_t sig, short what, void *arg)
+{
+	(void)what;
+	struct vmf_daemon *d = arg;
+	/* Pooled VMs keep running: a restarted daemon adopts them. */
+	log_info("signal %d: exiting, VMs keep running for the next daemon", (int)sig);
+	d->stopping = true;
+	event_base_loopexit(d->base, NULL);
+}
+
+static int
+setup_pool(struct vmf_daemon *d, struct vmf_error *err)
+{
+	struct vmf_pool *p = calloc(1, sizeof(*p));
+	if (!p)
+		return vmf_err(err, ENOMEM, "out of memory");
+	const struct vmf_daemon_opts *o = &d->opts;
+	p->params.ops = d->ops;
+	p->params.binary = o->qemu_binary;
+	p->params.machine = o->machine;
+	p->params.accel = o->accel;
+	p->params.cmdline = VMF_DEFAULT_CMDLINE;
+	p->params.vcpus = o->vcpus;
+	p->params.max_vcpus = o->max_vcpus > o->vcpus ? o->max_vcpus : o->vcpus;
+	p->params.memory_mib = o->memory_mib;
+	p->params.max_memory_mib = o->max_memory_mib > o->memory_mib ? o->max_memory_mib : o->memory_mib;
+	p->params.memory_slots = 8;
+	p->params.full_memory = !o->share_memory;
+	p->target = o->pool_size;
+	p->parallelism = o->fill_parallelism ? o->fill_parallelism : 2;
+	int r = vmf_template_spec_new(&p->params, &d->hv, &d->img, &p->spec, p->template_id, err);
+	if (r < 0) {
+		free(p);
+		return r;
+	}
+	TAILQ_INSERT_TAIL(&d->pools, p, link);
+	log_tpl(VMF_LOG_INFO, p->template_id, "pool of %u VMs with %u vCPU / %u MiB (max %u / %u MiB), %s memory",
+		p->target, p->params.vcpus, p->params.memory_mib, p->params.max_vcpus,
+		p->params.max_memory_mib, p->params.full_memory ? "private" : "shared");
+	return 0;
+}
+
+static int
+validate_opts(const struct vmf_daemon_opts *o, struct vmf_error *err)
+{
+	if (o->vcpus == 0 || o->memory_mib < 64)
+		return vmf_err(err, EINVAL, "the base size must be at least 1 vCPU and 64 MiB");
+	if (o->max_vcpus && o->max_vcpus < o->vcpus)
+		return vmf_err(err, EINVAL, "--max-cpus %u is below --cpus %u", o->max_vcpus, o->vcpus);
+	if (o->max_memory_mib && o->max_memory_mib < o->memory_mib)
+		return vmf_err(err, EINVAL, "--max-memory %u is below --memory %u", o->max_memory_mib, o->memory_mib);
+	if (o->max_vcpus > 255)
+		return vmf_err(err, EINVAL, "--max-cpus %u is above 255", o->max_vcpus);
+	if (o->pool_size > 256)
+		return vmf_err(err, EINVAL, "--pool %u is above 256", o->pool_size);
+	const char *dirs[] = { o->state_dir, o->run_dir, o->socket_path };
+	for (int i = 0; i < 3; i++)
+		if (!dirs[i] || dirs[i][0] != '/')
+			return vmf_err(err, EINVAL, "%s must be an absolute path", dirs[i] ? dirs[i] : "(null)");
+	return 0;
+}
+
+static void
+daemon_free(struct vmf_daemon *d)
+{
+	if (d->jobs)
+		vmf_jobs_free(d->jobs);
+	vmf_control_close(d);
+	struct vmf_pvm *vm;
+	while ((vm = TAILQ_FIRST(&d->vms)))
+		vmf_daemon_vm_free(d, vm);
+	struct vmf_pool *p;
+	while ((p = TAILQ_FIRST(&d->pools))) {
+		TAILQ_REMOVE(&d->pools, p, link);
+		if (p->tpl)
+			vmf__catalog__template_record__free_unpacked(p->tpl, NULL);
+		vmf_template_spec_free(p->spec);
+		free(p);
+	}
+	if (d->tick)
+		event_free(d->tick);
+	if (d->sig_term)
+		event_free(d->sig_term);
+	if (d->sig_int)
+		event_free(d->sig_int);
+	if (d->base)
+		event_base_free(d->base);
+	if (d->cat)
+		vmf_catalog_close(d->cat);
+	if (d->ready_fd >= 0)
+		close(d->ready_fd);
+}
+
+int
+vmf_daemon_run(const struct vmf_daemon_opts *opts, struct vmf_error *err)
+{
+	int r = validate_opts(opts, err);
+	if (r < 0)
+		return r;
+	pid_t other = vmf_control_probe_peer(opts->socket_path);
+	if (other != 0)
+		return vmf_err(err, EEXIST, "a vmfactory daemon (pid %d) is already running on %s", (int)other,
+			       opts->socket_path);
+
+	struct vmf_daemon *d = calloc(1, sizeof(*d));
+	if (!d)
+		return vmf_err(err, ENOMEM, "out of memory");
+	d->opts = *opts;
+	d->ready_fd = opts->ready_fd;
+	d->start_ms = vmf_now_ms();
+	TAILQ_INIT(&d->pools);
+	TAILQ_INIT(&d->vms);
+	snprintf(d->vm_root, sizeof(d->vm_root), "%s/vms", opts->run_dir);
+	signal(SIGPIPE, SIG_IGN);
+
+	if ((r = vmf_mkdir_p(opts->state_dir, 0700, err)) < 0 || (r = vmf_mkdir_p(opts->run_dir, 0700, err)) < 0 ||
+	    (r = vmf_mkdir_p(d->vm_root, 0700, err)) < 0)
+		goto out;
+	/* One daemon per state dir, even when two start at the same instant. */
+	char lock[PATH_MAX];
+	snprintf(lock, sizeof(lock), "%s/daemon.lock", opts->state_dir);
+	int lfd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	if (lfd < 0 || flock(lfd, LOCK_EX | LOCK_NB) < 0) {
+		r = vmf_err_sys(err, errno, "another vmfactory daemon holds %s", lock);
+		if (lfd >= 0)
+			close(lfd);
+		goto out;
+	}
+	if (opts->group) {
+		struct group *g = getgrnam(opts->group);
+		if (!g) {
+			r = vmf_err(err, ENOENT, "group %s does not exist", opts->group);
+			goto out;
+		}
+		d->group = g->gr_gid;
+		d->have_group = true;
+	}
+	d->ops = vmf_hv_by_name(opts->hypervisor ? opts->hypervisor : "qemu");
+	if (!d->ops) {
+		r = vmf_err(err, EINVAL, "unknown hypervisor %s", opts->hypervisor);
+		goto out;
+	}
+	if ((r = d->ops->probe(opts->qemu_binary, &d->hv, err)) < 0)
+		goto out;
+	if (opts->accel && *opts->accel)
+		snprintf(d->hv.accel, sizeof(d->hv.accel), "%s", opts->accel);
+	if ((r = vmf_image_load(opts->image_dir, opts->kernel, opts->initrd, &d->img, err)) < 0)
+		goto out;
+	if ((r = vmf_catalog_open(opts->state_dir, &d->cat, err)) < 0)
+		goto out;
+	if ((r = vmf_template_cleanup(d->cat, opts->state_dir, err)) < 0)
+		log_warn("%s", err->msg);
+	if ((r = setup_pool(d, err)) < 0)
+		goto out;
+
+	evthread_use_pthreads();
+	vmf_log_route_libevent();
+	d->base = event_base_new();
+	d->jobs = d->base ? vmf_jobs_new(d->base, WORKER_THREADS) : NULL;
+	if (!d->jobs) {
+		r = vmf_err(err, ENOMEM, "cannot set up the event loop");
+		goto out;
+	}
+	d->sig_term = evsignal_new(d->base, SIGTERM, signal_cb, d);
+	d->sig_int = evsignal_new(d->base, SIGINT, signal_cb, d);
+	d->tick = event_new(d->base, -1, EV_PERSIST, tick_cb, d);
+	struct timeval sec = { 1, 0 };
+	if (!d->sig_term || !d->sig_int || !d->tick || event_add(d->sig_term, NULL) || event_add(d->sig_int, NULL) ||
+	    event_add(d->tick, &sec)) {
+		r = vmf_err(err, ENOMEM, "cannot set up the event loop");
+		goto out;
+	}
+
+	if ((r = vmf_catalog_vm_list(d->cat, recover_vm, d, err)) < 0)
+		log_warn("recovery: %s", err->msg);
+	kill_orphans(d);
+	if ((r = vmf_control_listen(d, err)) < 0)
+		goto out;
+	log_info("listening on %s (pid %d, %s %s, accel %s)", opts->socket_path, (int)getpid(), d->ops->name,
+		 d->hv.version, d->hv.accel);
+	vmf_daemon_refill(d);
+	check_readiness(d);
+	event_base_dispatch(d->base);
+	r = d->exit_code ? vmf_err(err, EIO, "%s", TAILQ_FIRST(&d->pools)->last_error) : 0;
+	d->stopping = true;
+out:
+	daemon_free(d);
+	free(d);
+	return r;
+}

@@ -1,0 +1,94 @@
+/* Daemon internals shared by daemon.c, control.c and getvm.c.
+ * Everything here is owned by the event loop thread unless noted. */
+#ifndef VMF_FACTORY_H
+#define VMF_FACTORY_H
+
+#include <event2/event.h>
+#include <event2/listener.h>
+#include <sys/types.h>
+
+#include "control.pb-c.h"
+#include "daemon.h"
+#include "driver.h"
+#include "jobs.h"
+#include "pool.h"
+#include "template.h"
+
+#define VMF_CONTROL_MAX_FRAME (1u << 20)
+#define VMF_CONTROL_VERSION 1
+#define VMF_DEFAULT_GETVM_TIMEOUT_MS 60000
+#define VMF_STOP_TIMEOUT_MS 10000
+
+/* Hand-out steps, timed separately (status and metrics show each). */
+enum vmf_step {
+	STEP_RESUME, STEP_HOTPLUG, STEP_ONLINE, STEP_RESEED, STEP_TIME, STEP_MOUNT,
+	STEP_LINKS, STEP_RECORD, STEP_TOTAL, STEP_COUNT
+};
+extern const char *const vmf_step_names[STEP_COUNT];
+
+struct vmf_conn;
+
+struct vmf_daemon {
+	struct vmf_daemon_opts opts;
+	struct event_base *base;
+	struct vmf_jobs *jobs;
+	struct vmf_catalog *cat;
+	const struct vmf_hv_ops *ops;
+	struct vmf_hv_info hv;
+	struct vmf_image img;
+	struct evconnlistener *listener;
+	struct event *sig_term, *sig_int, *tick;
+	struct vmf_pool_list pools;
+	struct vmf_pvm_list vms;
+	int64_t start_ms;
+	gid_t group;
+	bool have_group;
+	bool stopping;
+	bool ready_sent, full_sent;
+	int ready_fd;
+	char vm_root[PATH_MAX];          /* <run_dir>/vms */
+	/* counters */
+	uint64_t requests, hits, misses, errors;
+	struct vmf_latency lat[STEP_COUNT];
+	/* recent guest RNG samples, to verify clones do not repeat each other */
+	uint8_t recent_rng[64][16];
+	unsigned recent_rng_n;
+	unsigned conns;
+	uint32_t destroyed;              /* VMs stopped since destroy began */
+	int exit_code;
+};
+
+/* daemon.c */
+void vmf_daemon_refill(struct vmf_daemon *d);
+void vmf_daemon_vm_free(struct vmf_daemon *d, struct vmf_pvm *vm);
+/* Stops a VM on a worker and forgets it (records, dirs, links). */
+void vmf_daemon_destroy_vm(struct vmf_daemon *d, struct vmf_pvm *vm, bool remove_links);
+struct vmf_pvm *vmf_daemon_find_vm(struct vmf_daemon *d, const char *id);
+void vmf_daemon_record_vm(struct vmf_daemon *d, struct vmf_pvm *vm);
+void vmf_daemon_watch_vm(struct vmf_daemon *d, struct vmf_pvm *vm);
+void vmf_daemon_status(struct vmf_daemon *d, Vmf__Control__Reply *reply);
+void vmf_daemon_destroy(struct vmf_daemon *d, struct vmf_conn *c, bool all);
+void vmf_daemon_progress(struct vmf_daemon *d, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+void vmf_vm_info_fill(struct vmf_daemon *d, const struct vmf_pvm *vm, Vmf__Control__VmInfo *info);
+void vmf_vm_info_clear(Vmf__Control__VmInfo *info);
+
+/* control.c */
+int vmf_control_listen(struct vmf_daemon *d, struct vmf_error *err);
+void vmf_control_close(struct vmf_daemon *d);
+/* Sends a reply on c (if still connected) and lets it read the next request;
+ * drops the connection's reference taken by a pending request. */
+void vmf_control_reply(struct vmf_conn *c, const Vmf__Control__Reply *reply);
+void vmf_control_reply_error(struct vmf_conn *c, int code, const char *msg);
+bool vmf_control_connected(const struct vmf_conn *c);
+/* Another daemon answering on path: its pid, else 0. */
+pid_t vmf_control_probe_peer(const char *path);
+
+/* getvm.c */
+void vmf_getvm_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control__GetVMRequest *req);
+void vmf_release_start(struct vmf_daemon *d, struct vmf_conn *c, const char *vm_id);
+void vmf_inspect_start(struct vmf_daemon *d, struct vmf_conn *c, const char *vm_id);
+/* Removes a sandbox link only if it still points at target. */
+void vmf_unlink_if_points_to(const char *link, const char *target);
+
+#endif

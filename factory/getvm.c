@@ -1,0 +1,587 @@
+/* The hand-out flow (GetVM), release and inspect.  Validation runs on the
+ * loop; the VM work runs on a worker; the outcome is applied on the loop. */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/openat2.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "agent.h"
+#include "catalog.h"
+#include "factory.h"
+#include "frame.h"
+#include "log.h"
+
+#define AGENT_TIMEOUT_MS 10000
+
+const char *const vmf_step_names[STEP_COUNT] = {
+	"resume", "hotplug", "online", "reseed", "time", "mount", "links", "record", "total",
+};
+
+/* ---- sandbox paths ---- */
+
+/* Opens the parent of path without following any symlink in it: a symlink a
+ * third party planted on the way must not redirect what we create. */
+static int
+open_parent(const char *path, char *name, size_t nlen, struct vmf_error *err)
+{
+	if (path[0] != '/')
+		return vmf_err(err, EINVAL, "%s is not an absolute path", path);
+	char parent[PATH_MAX];
+	if (vmf_strlcpy(parent, path, sizeof(parent), err) < 0)
+		return -ENAMETOOLONG;
+	size_t l = strlen(parent);
+	while (l > 1 && parent[l - 1] == '/')
+		parent[--l] = '\0';
+	char *slash = strrchr(parent, '/');
+	if (vmf_strlcpy(name, slash + 1, nlen, err) < 0)
+		return -ENAMETOOLONG;
+	if (!*name || !strcmp(name, ".") || !strcmp(name, ".."))
+		return vmf_err(err, EINVAL, "%s does not name a directory entry", path);
+	if (slash == parent)
+		slash[1] = '\0';
+	else
+		*slash = '\0';
+	struct open_how how = {
+		.flags = O_PATH | O_DIRECTORY | O_CLOEXEC,
+		.resolve = RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
+	};
+	int fd = (int)syscall(SYS_openat2, AT_FDCWD, parent, &how, sizeof(how));
+	if (fd < 0 && errno == ENOSYS)
+		fd = open(parent, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0) {
+		if (errno == ELOOP)
+			return vmf_err(err, ELOOP, "the parent directory of %s goes through a symlink; refused", path);
+		return vmf_err_sys(err, errno, "cannot open the parent directory of %s", path);
+	}
+	return fd;
+}
+
+/* Read-only check of a sandbox path: absent, an empty directory, or a
+ * symlink.  Anything else is refused and never removed. */
+static int
+check_sandbox_path(const char *what, const char *path, struct vmf_error *err)
+{
+	char name[NAME_MAX + 1];
+	int pfd = open_parent(path, name, sizeof(name), err);
+	if (pfd < 0)
+		return vmf_error_prefix(err, "%s", what);
+	struct stat st;
+	int r = 0;
+	if (fstatat(pfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+		if (errno != ENOENT)
+			r = vmf_err_sys(err, errno, "%s %s cannot be examined", what, path);
+	} else if (S_ISDIR(st.st_mode)) {
+		int dfd = openat(pfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+		DIR *dir = dfd >= 0 ? fdopendir(dfd) : NULL;
+		if (!dir) {
+			if (dfd >= 0)
+				close(dfd);
+			r = vmf_err_sys(err, errno, "%s %s cannot be listed", what, path);
+		} else {
+			struct dirent *de;
+			while ((de = readdir(dir)))
+				if (strcmp(de->d_name, ".") && strcmp(de->d_name, ".."))
+					break;
+			if (de)
+				r = vmf_err(err, ENOTEMPTY, "%s %s is a directory that is not empty; refused",
+					    what, path);
+			closedir(dir);
+		}
+	} else if (!S_ISLNK(st.st_mode)) {
+		r = vmf_err(err, EEXIST, "%s %s exists and is neither an empty directory nor a symlink; "
+			    "refused", what, path);
+	}
+	close(pfd);
+	return r;
+}
+
+/* Replaces path with a symlink to target. */
+static int
+install_link(const char *what, const char *path, const char *target, struct vmf_error *err)
+{
+	char name[NAME_MAX + 1];
+	int pfd = open_parent(path, name, sizeof(name), err);
+	if (pfd < 0)
+		return vmf_error_prefix(err, "%s", what);
+	struct stat st;
+	int r = 0;
+	if (fstatat(pfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0) {
+		/* AT_REMOVEDIR removes only an empty directory: a directory filled
+		 * since validation fails here instead of losing its contents. */
+		if (S_ISLNK(st.st_mode))
+			r = unlinkat(pfd, name, 0);
+		else if (S_ISDIR(st.st_mode))
+			r = unlinkat(pfd, name, AT_REMOVEDIR);
+		else
+			r = (errno = EEXIST, -1);
+		if (r < 0)
+			r = vmf_err_sys(err, errno, "%s %s cannot be replaced", what, path);
+	}
+	if (r == 0 && symlinkat(target, pfd, name) < 0)
+		r = vmf_err_sys(err, errno, "cannot create the %s symlink %s", what, path);
+	close(pfd);
+	return r;
+}
+
+void
+vmf_unlink_if_points_to(const char *link, const char *target)
+{
+	if (!link || !*link)
+		return;
+	char name[NAME_MAX + 1], buf[PATH_MAX];
+	struct vmf_error err;
+	int pfd = open_parent(link, name, sizeof(name), &err);
+	if (pfd < 0)
+		return;
+	ssize_t n = readlinkat(pfd, name, buf, sizeof(buf) - 1);
+	if (n > 0) {
+		buf[n] = '\0';
+		if (strcmp(buf, target) == 0)
+			unlinkat(pfd, name, 0);
+	}
+	close(pfd);
+}
+
+/* ---- GetVM ---- */
+
+struct getvm_job {
+	struct vmf_daemon *d;
+	struct vmf_conn *c;
+	struct vmf_pvm *vm;
+	struct vmf_pool *pool;
+	bool miss;
+	unsigned vcpus, memory_mib;
+	char sandbox_id[72];
+	char share_dir[PATH_MAX], sock_dir[PATH_MAX];
+	int64_t start_ms, deadline_ms;
+	double step_ms[STEP_COUNT];
+	uint8_t sample[16];
+	int rc;
+	struct vmf_error err;
+};
+
+static struct vmf_pool *
+choose_pool(struct vmf_daemon *d, unsigned vcpus, unsigned mem, struct vmf_error *err)
+{
+	struct vmf_pool *best = NULL, *p;
+	TAILQ_FOREACH(p, &d->pools, link) {
+		const Vmf__Catalog__TemplateSpec *s = p->spec;
+		if (vcpus < s->vcpus || vcpus > s->max_vcpus || mem < s->memory_mib || mem > s->max_memory_mib)
+			continue;
+		/* The largest base that fits leaves the least to hot-add. */
+		if (!best || s->vcpus + s->memory_mib > best->spec->vcpus + best->spec->memory_mib)
+			best = p;
+	}
+	if (!best) {
+		p = TAILQ_FIRST(&d->pools);
+		if (!p) {
+			vmf_err(err, ENOENT, "this daemon has no pool");
+			return NULL;
+		}
+		vmf_err(err, ENOSPC, "no pool serves %u vCPUs and %u MiB: the template allows %u-%u vCPUs "
+			"and %u-%u MiB", vcpus, mem, p->spec->vcpus, p->spec->max_vcpus, p->spec->memory_mib,
+			p->spec->max_memory_mib);
+	}
+	return best;
+}
+
+static int
+validate(struct vmf_daemon *d, const Vmf__Control__GetVMRequest *req, struct vmf_pool **pool,
+	 struct vmf_error *err)
+{
+	if (!vmf_valid_sandbox_id(req->sandbox_id))
+		return vmf_err(err, EINVAL, "sandbox id '%.80s' is invalid: it must match "
+			       "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", req->sandbox_id ? req->sandbox_id : "");
+	if (req->vcpus == 0 || req->memory_mib == 0)
+		return vmf_err(err, EINVAL, "vcpus and memory_mib must be given and non-zero");
+	if (!(*pool = choose_pool(d, req->vcpus, req->memory_mib, err)))
+		return -err->code;
+	/* Linux onlines memory in 128 MiB blocks on x86-64. */
+	unsigned extra = req->memory_mib - (*pool)->spec->memory_mib;
+	if (extra % 128)
+		return vmf_err(err, EINVAL, "memory above the template base (%u MiB) must be a multiple of "
+			       "128 MiB; %u MiB requested", (*pool)->spec->memory_mib, req->memory_mib);
+	if (!req->share_dir || !*req->share_dir || !req->sock_dir || !*req->sock_dir)
+		return vmf_err(err, EINVAL, "share_dir and sock_dir must be given");
+	if (strcmp(req->share_dir, req->sock_dir) == 0)
+		return vmf_err(err, EINVAL, "share_dir and sock_dir must differ");
+	int r = check_sandbox_path("share_dir", req->share_dir, err);
+	if (r == 0)
+		r = check_sandbox_path("sock_dir", req->sock_dir, err);
+	return r;
+}
+
+static double
+since(int64_t *t)
+{
+	int64_t now = vmf_monotonic_ns();
+	double ms = (double)(now - *t) / 1e6;
+	*t = now;
+	return ms;
+}
+
+static int
+left_ms(const struct getvm_job *j)
+{
+	int64_t l = j->deadline_ms - vmf_now_ms();
+	return l > 0 ? (int)l : 1;
+}
+
+static void
+getvm_work(void *arg)
+{
+	struct getvm_job *j = arg;
+	struct vmf_daemon *d = j->d;
+	struct vmf_pvm *vm = j->vm;
+	struct vmf_error *err = &j->err;
+	const struct vmf_hv_ops *ops = d->ops;
+	int64_t t = vmf_monotonic_ns();
+
+	if (j->miss) {
+		j->rc = vmf_template_clone(&j->pool->params, j->pool->tpl, vm->id, vm->run_dir,
+					   vm->share_dir, &vm->hv, err);
+		if (j->rc < 0)
+			return;
+		if (vmf_now_ms() > j->deadline_ms) {
+			j->rc = vmf_err(err, EAGAIN, "pool exhausted: no ready VM, and a new clone took longer "
+					"than the %d ms timeout", (int)(j->deadline_ms - j->start_ms));
+			return;
+		}
+		t = vmf_monotonic_ns();
+	}
+	struct vmf_agent *agent = NULL;
+	int r = ops->resume(vm->hv, err);
+	j->step_ms[STEP_RESUME] = since(&t);
+	if (r == 0 && j->vcpus > vm->vcpus)
+		r = ops->hotplug_vcpus(vm->hv, j->vcpus, err);
+	if (r == 0 && j->memory_mib > vm->memory_mib)
+		r = ops->hotplug_memory(vm->hv, j->memory_mib - vm->memory_mib, err);
+	j->step_ms[STEP_HOTPLUG] = since(&t);
+	if (r == 0) {
+		int fd = ops->agent_connect(vm->hv, left_ms(j), err);
+		r = fd < 0 ? fd : 0;
+		if (fd >= 0 && !(agent = vmf_agent_new(fd)))
+			r = vmf_err(err, ENOMEM, "out of memory for the agent channel");
+	}
+	/* The guest notices the new host connection within milliseconds of cont. */
+	if (r == 0)
+		r = vmf_agent_wait_ready(agent, left_ms(j), err);
+	if (r == 0 && (j->vcpus > vm->vcpus || j->memory_mib > vm->memory_mib)) {
+		uint32_t cpus = 0;
+		uint64_t kib = 0;
+		r = vmf_agent_online(agent, &cpus, &kib, left_ms(j), err);
+		if (r == 0 && cpus != j->vcpus)
+			r = vmf_err(err, EIO, "the guest has %u CPUs online after hot-add, %u requested", cpus, j->vcpus);
+	}
+	j->step_ms[STEP_ONLINE] = since(&t);
+	if (r == 0) {
+		uint8_t entropy[64];
+		if (getrandom(entropy, sizeof(entropy), 0) != (ssize_t)sizeof(entropy))
+			r = vmf_err_sys(err, errno, "cannot draw host entropy");
+		if (r == 0)
+			r = vmf_agent_reseed(agent, entropy, sizeof(entropy), j->sample, left_ms(j), err);
+	}
+	j->step_ms[STEP_RESEED] = since(&t);
+	if (r == 0) {
+		int64_t guest_ns = 0;
+		r = vmf_agent_set_time(agent, vmf_realtime_ns(), &guest_ns, left_ms(j), err);
+		if (r == 0 && llabs(guest_ns - vmf_realtime_ns()) > 1000000000LL)
+			r = vmf_err(err, EIO, "the guest clock is %lld ms off after SetTime",
+				    (long long)((guest_ns - vmf_realtime_ns()) / 1000000));
+	}
+	j->step_ms[STEP_TIME] = since(&t);
+	if (r == 0)
+		r = vmf_agent_mount_share(agent, VMF_SHARE_TAG, left_ms(j), err);
+	j->step_ms[STEP_MOUNT] = since(&t);
+	vmf_agent_free(agent);
+	if (r == 0)
+		vm->vcpus = j->vcpus, vm->memory_mib = j->memory_mib;
+	if (r == 0 && (r = install_link("share_dir", j->share_dir, vm->share_dir, err)) == 0) {
+		snprintf(vm->share_link, sizeof(vm->share_link), "%s", j->share_dir);
+		if ((r = install_link("sock_dir", j->sock_dir, vm->run_dir, err)) == 0)
+			snprintf(vm->sock_link, sizeof(vm->sock_link), "%s", j->sock_dir);
+	}
+	j->step_ms[STEP_LINKS] = since(&t);
+	j->rc = r;
+}
+
+static void
+getvm_done(void *arg)
+{
+	struct getvm_job *j = arg;
+	struct vmf_daemon *d = j->d;
+	struct vmf_pvm *vm = j->vm;
+	if (j->rc == 0) {
+		/* Clones that drew the same random bytes would share secrets. */
+		for (unsigned i = 0; i < d->recent_rng_n && i < 64; i++)
+			if (memcmp(d->recent_rng[i], j->sample, 16) == 0)
+				j->rc = vmf_err(&j->err, EIO, "VM %s returned a random sample seen from another "
+						"VM; clone uniqueness check failed", vm->id);
+		memcpy(d->recent_rng[d->recent_rng_n++ % 64], j->sample, 16);
+	}
+	if (j->rc == 0 && !vmf_control_connected(j->c))
+		j->rc = vmf_err(&j->err, ECONNRESET, "client disconnected during GetVM");
+	vm->busy = false;
+	if (j->rc == 0) {
+		int64_t t = vmf_monotonic_ns();
+		vm->state = PVM_ASSIGNED;
+		vm->assigned_ns = vmf_realtime_ns();
+		snprintf(vm->sandbox_id, sizeof(vm->sandbox_id), "%s", j->sandbox_id);
+		vmf_daemon_record_vm(d, vm);
+		if (vm->hv)
+			vmf_daemon_watch_vm(d, vm);
+		j->step_ms[STEP_RECORD] = since(&t);
+		j->step_ms[STEP_TOTAL] = (double)(vmf_now_ms() - j->start_ms);
+		for (int s = 0; s < STEP_COUNT; s++)
+			vmf_latency_add(&d->lat[s], j->step_ms[s]);
+		log_vm(VMF_LOG_INFO, vm->id, "handed out to sandbox %s (%u vCPU, %u MiB) in %.1f ms%s",
+		       j->sandbox_id, vm->vcpus, vm->memory_mib, j->step_ms[STEP_TOTAL], j->miss ? " (miss)" : "");
+		Vmf__Control__Reply r = VMF__CONTROL__REPLY__INIT;
+		Vmf__Control__VmInfo info = VMF__CONTROL__VM_INFO__INIT;
+		vmf_vm_info_fill(d, vm, &info);
+		r.body_case = VMF__CONTROL__REPLY__BODY_VM;
+		r.vm = &info;
+		vmf_control_reply(j->c, &r);
+		vmf_vm_info_clear(&info);
+	} else {
+		d->errors++;
+		log_vm(VMF_LOG_WARN, vm->id, "GetVM for sandbox %s failed: %s", j->sandbox_id, j->err.msg);
+		/* Never handed out half-prepared: the VM goes, with any link made. */
+		vmf_daemon_destroy_vm(d, vm, true);
+		vmf_control_reply_error(j->c, j->err.code, j->err.msg);
+	}
+	free(j);
+	vmf_daemon_refill(d);
+}
+
+void
+vmf_getvm_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control__GetVMRequest *req)
+{
+	struct vmf_error err = {0};
+	struct vmf_pool *pool = NULL;
+	if (validate(d, req, &pool, &err) < 0) {
+		d->errors++;
+		vmf_control_reply_error(c, err.code, err.msg);
+		return;
+	}
+	bool have_ready = false;
+	struct vmf_pvm *it;
+	TAILQ_FOREACH(it, &d->vms, link)
+		have_ready = have_ready || (it->pool == pool && it->state == PVM_READY && !it->busy && !it->dead);
+	if (!pool->tpl && !have_ready) {
+		d->errors++;
+		char msg[700];
+		snprintf(msg, sizeof(msg), "pool exhausted: the template for %u vCPU / %u MiB is not ready%s%s",
+			 pool->spec->vcpus, pool->spec->memory_mib, pool->last_error[0] ? ": " : " yet",
+			 pool->last_error);
+		vmf_control_reply_error(c, EAGAIN, msg);
+		return;
+	}
+	struct getvm_job *j = calloc(1, sizeof(*j));
+	if (!j) {
+		vmf_control_reply_error(c, ENOMEM, "out of memory");
+		return;
+	}
+	j->d = d;
+	j->c = c;
+	j->pool = pool;
+	j->vcpus = req->vcpus;
+	j->memory_mib = req->memory_mib;
+	snprintf(j->sandbox_id, sizeof(j->sandbox_id), "%s", req->sandbox_id);
+	snprintf(j->share_dir, sizeof(j->share_dir), "%s", req->share_dir);
+	snprintf(j->sock_dir, sizeof(j->sock_dir), "%s", req->sock_dir);
+	j->start_ms = vmf_now_ms();
+	j->deadline_ms = j->start_ms + (req->timeout_ms ? req->timeout_ms : VMF_DEFAULT_GETVM_TIMEOUT_MS);
+
+	struct vmf_pvm *vm;
+	TAILQ_FOREACH(vm, &d->vms, link)
+		if (vm->pool == pool && vm->state == PVM_READY && !vm->busy && !vm->dead)
+			break;
+	if (vm) {
+		d->hits++;
+		pool->ready--;
+	} else {
+		/* A miss: clone now, on the worker, within the request's timeout. */
+		d->misses++;
+		vm = calloc(1, sizeof(*vm));
+		if (!vm) {
+			free(j);
+			vmf_control_reply_error(c, ENOMEM, "out of memory");
+			return;
+		}
+		vmf_uuid_new(vm->id);
+		vm->owner = d;
+		vm->pool = pool;
+		snprintf(vm->template_id, sizeof(vm->template_id), "%s", pool->template_id);
+		snprintf(vm->run_dir, sizeof(vm->run_dir), "%s/%s", d->vm_root, vm->id);
+		snprintf(vm->share_dir, sizeof(vm->share_dir), "%s/%s/share", d->vm_root, vm->id);
+		vm->vcpus = pool->spec->vcpus;
+		vm->memory_mib = pool->spec->memory_mib;
+		vm->created_ns = vmf_realtime_ns();
+		TAILQ_INSERT_TAIL(&d->vms, vm, link);
+		j->miss = true;
+	}
+	vm->state = PVM_HANDING_OUT;
+	vm->busy = true;
+	j->vm = vm;
+	if (vmf_jobs_submit(d->jobs, getvm_work, getvm_done, j) < 0) {
+		j->rc = vmf_err(&j->err, ENOMEM, "cannot queue the GetVM work");
+		getvm_done(j);
+		return;
+	}
+	vmf_daemon_refill(d);
+}
+
+/* ---- release ---- */
+
+struct vm_job {
+	struct vmf_daemon *d;
+	struct vmf_conn *c;
+	struct vmf_pvm *vm;
+	Vmf__Control__GuestView guest;
+	Vmf__Agent__AgentReply *info;
+	int rc;
+	struct vmf_error err;
+};
+
+static struct vmf_pvm *
+lookup(struct vmf_daemon *d, struct vmf_conn *c, const char *id)
+{
+	if (!vmf_valid_uuid(id)) {
+		vmf_control_reply_error(c, EINVAL, "VM id is not a vmfactory VM id (a lower-case UUID)");
+		return NULL;
+	}
+	struct vmf_pvm *vm = vmf_daemon_find_vm(d, id);
+	if (!vm) {
+		char msg[96];
+		snprintf(msg, sizeof(msg), "no VM %s in this daemon", id);
+		vmf_control_reply_error(c, ENOENT, msg);
+		return NULL;
+	}
+	if (vm->busy) {
+		char msg[96];
+		snprintf(msg, sizeof(msg), "VM %s is busy (%s); try again", id, vmf_pvm_state_name(vm->state));
+		vmf_control_reply_error(c, EBUSY, msg);
+		return NULL;
+	}
+	return vm;
+}
+
+void
+vmf_release_start(struct vmf_daemon *d, struct vmf_conn *c, const char *vm_id)
+{
+	struct vmf_pvm *vm = lookup(d, c, vm_id);
+	if (!vm)
+		return;
+	if (vm->state != PVM_ASSIGNED && vm->state != PVM_GONE) {
+		char msg[96];
+		snprintf(msg, sizeof(msg), "VM %s is not assigned (it is %s)", vm->id, vmf_pvm_state_name(vm->state));
+		vmf_control_reply_error(c, EINVAL, msg);
+		return;
+	}
+	log_vm(VMF_LOG_INFO, vm->id, "releasing (sandbox %s)", vm->sandbox_id);
+	Vmf__Control__Reply r = VMF__CONTROL__REPLY__INIT;
+	Vmf__Control__ReleaseReply rr = VMF__CONTROL__RELEASE_REPLY__INIT;
+	rr.vm_id = vm->id;
+	r.body_case = VMF__CONTROL__REPLY__BODY_RELEASE;
+	r.release = &rr;
+	/* Reply first: the stop runs on a worker, and the reply's contents do
+	 * not depend on it. */
+	vmf_control_reply(c, &r);
+	vmf_daemon_destroy_vm(d, vm, true);
+}
+
+/* ---- inspect ---- */
+
+static void
+inspect_work(void *arg)
+{
+	struct vm_job *j = arg;
+	struct vmf_error *err = &j->err;
+	if (!j->vm->hv || !j->d->ops->alive(j->vm->hv)) {
+		j->rc = vmf_err(err, ESRCH, "the VM's process is not running");
+		return;
+	}
+	int fd = j->d->ops->agent_connect(j->vm->hv, AGENT_TIMEOUT_MS, err);
+	if (fd < 0) {
+		j->rc = fd;
+		return;
+	}
+	struct vmf_agent *a = vmf_agent_new(fd);
+	j->rc = a ? vmf_agent_guest_info(a, &j->info, AGENT_TIMEOUT_MS, err)
+		  : vmf_err(err, ENOMEM, "out of memory");
+	vmf_agent_free(a);
+}
+
+static void
+inspect_done(void *arg)
+{
+	struct vm_job *j = arg;
+	struct vmf_daemon *d = j->d;
+	j->vm->busy = false;
+	Vmf__Control__Reply r = VMF__CONTROL__REPLY__INIT;
+	Vmf__Control__InspectReply ir = VMF__CONTROL__INSPECT_REPLY__INIT;
+	Vmf__Control__VmInfo info = VMF__CONTROL__VM_INFO__INIT;
+	Vmf__Control__GuestView g = VMF__CONTROL__GUEST_VIEW__INIT;
+	char hex[33] = "";
+	vmf_vm_info_fill(d, j->vm, &info);
+	ir.vm = &info;
+	ir.host_realtime_ns = vmf_realtime_ns();
+	if (j->rc == 0 && j->info && j->info->guest_info) {
+		Vmf__Agent__GuestInfo *gi = j->info->guest_info;
+		g.online_cpus = gi->online_cpus;
+		g.mem_total_kib = gi->mem_total_kib;
+		g.realtime_ns = gi->realtime_ns;
+		vmf_hex(gi->random.data, gi->random.len > 16 ? 16 : gi->random.len, hex);
+		g.random_hex = hex;
+		g.boot_id = gi->boot_id;
+		g.n_share_entries = gi->n_share_entries;
+		g.share_entries = gi->share_entries;
+		g.uptime_ns = gi->uptime_ns;
+		g.agent_version = gi->agent_version;
+		ir.guest = &g;
+	} else {
+		ir.guest_error = j->err.msg;
+	}
+	r.body_case = VMF__CONTROL__REPLY__BODY_INSPECT;
+	r.inspect = &ir;
+	vmf_control_reply(j->c, &r);
+	vmf_vm_info_clear(&info);
+	if (j->info)
+		vmf__agent__agent_reply__free_unpacked(j->info, NULL);
+	free(j);
+}
+
+void
+vmf_inspect_start(struct vmf_daemon *d, struct vmf_conn *c, const char *vm_id)
+{
+	struct vmf_pvm *vm = lookup(d, c, vm_id);
+	if (!vm)
+		return;
+	struct vm_job *j = calloc(1, sizeof(*j));
+	if (!j) {
+		vmf_control_reply_error(c, ENOMEM, "out of memory");
+		return;
+	}
+	j->d = d;
+	j->c = c;
+	j->vm = vm;
+	if (vm->state != PVM_ASSIGNED) {
+		/* A paused pooled VM cannot answer; report the host view only. */
+		j->rc = vmf_err(&j->err, EAGAIN, "the VM is %s, its guest is paused", vmf_pvm_state_name(vm->state));
+		inspect_done(j);
+		return;
+	}
+	vm->busy = true;
+	if (vmf_jobs_submit(d->jobs, inspect_work, inspect_done, j) < 0) {
+		j->rc = vmf_err(&j->err, ENOMEM, "cannot queue the inspect work");
+		inspect_done(j);
+	}
+}

@@ -1,0 +1,475 @@
+/* Template build, verification and cloning. */
+#include "template.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "agent.h"
+#include "catalog.h"
+#include "frame.h"
+#include "log.h"
+
+#define TEMPLATE_SCHEMA_VERSION 1
+/* A cold boot under TCG takes ~8 s on an idle 2-core host; a loaded CI
+ * machine can take several times that. */
+#define BOOT_AGENT_TIMEOUT_MS 180000
+#define STOP_TIMEOUT_MS 10000
+
+void
+vmf_template_dir(const char *state_dir, const char *id, char *buf, size_t n)
+{
+	snprintf(buf, n, "%s/templates/%s", state_dir, id);
+}
+
+int
+vmf_image_load(const char *image_dir, const char *kernel, const char *initrd,
+	       struct vmf_image *img, struct vmf_error *err)
+{
+	memset(img, 0, sizeof(*img));
+	char agent[PATH_MAX];
+	snprintf(img->kernel, sizeof(img->kernel), "%s", kernel ? kernel : "");
+	snprintf(img->initrd, sizeof(img->initrd), "%s", initrd ? initrd : "");
+	if (!kernel)
+		snprintf(img->kernel, sizeof(img->kernel), "%s/vmlinuz", image_dir);
+	if (!initrd)
+		snprintf(img->initrd, sizeof(img->initrd), "%s/initrd.img", image_dir);
+	snprintf(agent, sizeof(agent), "%s/vmf-agent", image_dir ? image_dir : "");
+	/* Hashing ~20 MB costs tens of milliseconds: cheaper than trusting a
+	 * manifest that could be stale, and it makes the template id exact. */
+	if (vmf_sha256_file(img->kernel, img->kernel_sha256, err) < 0)
+		return vmf_error_prefix(err, "guest kernel (build the image with contrib/image/build-image)");
+	if (img->initrd[0] && vmf_sha256_file(img->initrd, img->initrd_sha256, err) < 0)
+		return vmf_error_prefix(err, "guest initrd");
+	/* The agent lives inside the initrd; its own digest is recorded so that
+	 * `template list` can say which agent a template carries. */
+	if (access(agent, R_OK) == 0 && vmf_sha256_file(agent, img->agent_sha256, err) < 0)
+		return vmf_error_prefix(err, "guest agent");
+	return 0;
+}
+
+int
+vmf_template_spec_new(const struct vmf_template_params *p, const struct vmf_hv_info *info,
+		      const struct vmf_image *img, Vmf__Catalog__TemplateSpec **out,
+		      char id[VMF_SHA256_HEX], struct vmf_error *err)
+{
+	*out = NULL;
+	Vmf__Catalog__TemplateSpec *s = calloc(1, sizeof(*s));
+	if (!s)
+		return vmf_err(err, ENOMEM, "out of memory for a template spec");
+	vmf__catalog__template_spec__init(s);
+	s->schema_version = TEMPLATE_SCHEMA_VERSION;
+	s->hypervisor = p->ops->kind;
+	s->hypervisor_version = strdup(info->version);
+	s->machine = strdup(p->machine ? p->machine : "q35");
+	s->kernel_sha256 = strdup(img->kernel_sha256);
+	s->initrd_sha256 = strdup(img->initrd_sha256);
+	s->agent_sha256 = strdup(img->agent_sha256);
+	s->cmdline = strdup(p->cmdline ? p->cmdline : "");
+	s->vcpus = p->vcpus;
+	s->max_vcpus = p->max_vcpus;
+	s->memory_mib = p->memory_mib;
+	s->max_memory_mib = p->max_memory_mib;
+	s->memory_slots = p->memory_slots;
+	s->full_memory = p->full_memory;
+	/* The device set is fixed by the driver's command line; naming it here
+	 * makes a driver change produce a new template id. */
+	static const char *devices[] = { "virtio-serial:agent", "virtio-rng", "vmgenid", "virtio-9p:share" };
+	s->n_devices = sizeof(devices) / sizeof(devices[0]);
+	s->devices = calloc(s->n_devices, sizeof(char *));
+	bool ok = s->hypervisor_version && s->machine && s->kernel_sha256 && s->initrd_sha256 &&
+		  s->agent_sha256 && s->cmdline && s->devices;
+	for (size_t i = 0; ok && i < s->n_devices; i++)
+		ok = (s->devices[i] = strdup(devices[i])) != NULL;
+	if (!ok) {
+		vmf_template_spec_free(s);
+		return vmf_err(err, ENOMEM, "out of memory for a template spec");
+	}
+	int r = vmf_template_spec_id(s, id, err);
+	if (r < 0) {
+		vmf_template_spec_free(s);
+		return r;
+	}
+	*out = s;
+	return 0;
+}
+
+void
+vmf_template_spec_free(Vmf__Catalog__TemplateSpec *s)
+{
+	if (!s)
+		return;
+	free(s->hypervisor_version);
+	free(s->machine);
+	free(s->kernel_sha256);
+	free(s->initrd_sha256);
+	free(s->agent_sha256);
+	free(s->cmdline);
+	for (size_t i = 0; s->devices && i < s->n_devices; i++)
+		free(s->devices[i]);
+	free(s->devices);
+	free(s);
+}
+
+static void
+progress(vmf_progress_fn fn, void *ctx, const char *step)
+{
+	if (fn)
+		fn(ctx, step);
+}
+
+static void
+base_config(vmf_vm_config *cfg, const struct vmf_template_params *p, const char *kernel,
+	    const char *initrd)
+{
+	vmf__hv__vm_config__init(cfg);
+	cfg->kernel = (char *)kernel;
+	cfg->initrd = (char *)initrd;
+	cfg->cmdline = (char *)(p->cmdline ? p->cmdline : "");
+	cfg->vcpus = p->vcpus;
+	cfg->max_vcpus = p->max_vcpus;
+	cfg->memory_mib = p->memory_mib;
+	cfg->max_memory_mib = p->max_memory_mib;
+	cfg->memory_slots = p->memory_slots;
+	cfg->machine = (char *)(p->machine ? p->machine : "");
+	cfg->accel = (char *)(p->accel ? p->accel : "");
+	cfg->binary = (char *)(p->binary ? p->binary : "");
+	cfg->vmgenid = (char *)"";
+	cfg->runas = (char *)"";
+	cfg->memory_file = (char *)"";
+}
+
+static int
+fsync_path(const char *path, struct vmf_error *err)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return vmf_err_sys(err, errno, "cannot open %s", path);
+	int r = fsync(fd);
+	int e = errno;
+	close(fd);
+	return r < 0 ? vmf_err_sys(err, e, "cannot fsync %s", path) : 0;
+}
+
+static uint64_t
+file_size(const char *path)
+{
+	struct stat st;
+	return stat(path, &st) == 0 ? (uint64_t)st.st_size : 0;
+}
+
+/* Boots the template VM, waits for its agent, pauses and saves it into
+ * build_dir.  The VM is stopped on every path. */
+static int
+boot_and_save(const struct vmf_template_params *p, const struct vmf_image *img, const char *id,
+	      const char *build_dir, const char *vm_run_dir, vmf_progress_fn pfn, void *ctx,
+	      struct vmf_error *err)
+{
+	char mem[PATH_MAX], share[PATH_MAX], state[PATH_MAX], name[128];
+	snprintf(mem, sizeof(mem), "%s/memory", build_dir);
+	snprintf(share, sizeof(share), "%s/share", build_dir);
+	snprintf(state, sizeof(state), "%s/state", build_dir);
+	snprintf(name, sizeof(name), "vmfactory-tpl-%.16s", id);
+	if (mkdir(share, 0700) < 0 && errno != EEXIST)
+		return vmf_err_sys(err, errno, "cannot create %s", share);
+
+	vmf_vm_config cfg;
+	base_config(&cfg, p, img->kernel, img->initrd);
+	cfg.id = (char *)id;
+	cfg.name = name;
+	cfg.run_dir = (char *)vm_run_dir;
+	/* The template carries the 9p device so clones have the same device
+	 * set; clones point it at their own directory. */
+	cfg.share_dir = share;
+	cfg.memory_mode = p->full_memory ? VMF__HV__MEMORY_MODE__MEM_PRIVATE
+					 : VMF__HV__MEMORY_MODE__MEM_TEMPLATE;
+	cfg.memory_file = p->full_memory ? (char *)"" : mem;
+
+	struct vmf_vm *vm = NULL;
+	progress(pfn, ctx, "booting the template VM");
+	int r = p->ops->boot(&cfg, &vm, err);
+	if (r < 0)
+		return r;
+	int afd = p->ops->agent_connect(vm, 5000, err);
+	if (afd < 0) {
+		r = afd;
+		goto out;
+	}
+	struct vmf_agent *agent = vmf_agent_new(afd);
+	progress(pfn, ctx, "waiting for the guest agent");
+	r = vmf_agent_wait_ready(agent, BOOT_AGENT_TIMEOUT_MS, err);
+	/* Disconnect before saving: clones must start with the agent waiting for
+	 * a new host connection, not mid-conversation with this one. */
+	vmf_agent_free(agent);
+	if (r < 0) {
+		vmf_error_prefix(err, "template %.16s: guest agent did not answer", id);
+		char tail[400];
+		char log[PATH_MAX];
+		snprintf(log, sizeof(log), "%s/serial.log", vm_run_dir);
+		vmf_file_tail(log, tail, sizeof(tail));
+		if (tail[0])
+			vmf_error_append(err, "; serial log: %s", tail);
+		goto out;
+	}
+	progress(pfn, ctx, "saving the template state");
+	int sfd = open(state, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (sfd < 0) {
+		r = vmf_err_sys(err, errno, "cannot create %s", state);
+		goto out;
+	}
+	r = p->ops->pause(vm, err);
+	if (r == 0)
+		r = p->ops->save_template(vm, sfd, p->full_memory, err);
+	if (r == 0 && fsync(sfd) < 0)
+		r = vmf_err_sys(err, errno, "cannot fsync %s", state);
+	close(sfd);
+out:
+	if (vm) {
+		struct vmf_error ignored;
+		p->ops->stop(vm, STOP_TIMEOUT_MS, &ignored);
+		p->ops->release(vm);
+	}
+	if (r == 0 && !p->full_memory)
+		r = fsync_path(mem, err);
+	return r;
+}
+
+int
+vmf_template_build(struct vmf_catalog *cat, const char *state_dir, const char *run_dir,
+		   const struct vmf_template_params *p, const Vmf__Catalog__TemplateSpec *spec,
+		   const struct vmf_image *img, vmf_progress_fn pfn, void *ctx,
+		   Vmf__Catalog__TemplateRecord **out, struct vmf_error *err)
+{
+	*out = NULL;
+	char id[VMF_SHA256_HEX];
+	int r = vmf_template_spec_id(spec, id, err);
+	if (r < 0)
+		return r;
+	Vmf__Catalog__TemplateRecord *old = NULL;
+	r = vmf_catalog_template_get(cat, id, &old, err);
+	if (r == 0 && old->state == VMF__CATALOG__TEMPLATE_STATE__TEMPLATE_READY) {
+		*out = old;
+		return 0;
+	}
+	if (r < 0 && r != -ENOENT && r != -EBADMSG)
+		return r;
+	if (old)
+		vmf__catalog__template_record__free_unpacked(old, NULL);
+
+	char tdir[PATH_MAX], final_dir[PATH_MAX], build_dir[PATH_MAX], vm_run[PATH_MAX];
+	snprintf(tdir, sizeof(tdir), "%s/templates", state_dir);
+	vmf_template_dir(state_dir, id, final_dir, sizeof(final_dir));
+	/* Hidden build directory: a crash leaves only something cleanup removes. */
+	snprintf(build_dir, sizeof(build_dir), "%s/.build-%s-%d", tdir, id, (int)getpid());
+	snprintf(vm_run, sizeof(vm_run), "%s/build-%.16s-%d", run_dir, id, (int)getpid());
+	if ((r = vmf_mkdir_p(tdir, 0700, err)) < 0)
+		return r;
+	struct vmf_error ignored;
+	vmf_rm_rf(build_dir, &ignored);
+	if (mkdir(build_dir, 0700) < 0)
+		return vmf_err_sys(err, errno, "cannot create %s", build_dir);
+
+	int64_t t0 = vmf_now_ms();
+	log_tpl(VMF_LOG_INFO, id, "building template (%u vCPU, %u MiB, %s memory)", p->vcpus,
+		p->memory_mib, p->full_memory ? "private" : "shared");
+	r = boot_and_save(p, img, id, build_dir, vm_run, pfn, ctx, err);
+	vmf_rm_rf(vm_run, &ignored);
+	if (r < 0)
+		goto fail;
+
+	Vmf__Catalog__TemplateRecord rec = VMF__CATALOG__TEMPLATE_RECORD__INIT;
+	char mem[PATH_MAX], state[PATH_MAX], mem_sha[VMF_SHA256_HEX] = "", state_sha[VMF_SHA256_HEX];
+	char bmem[PATH_MAX], bstate[PATH_MAX];
+	snprintf(bmem, sizeof(bmem), "%s/memory", build_dir);
+	snprintf(bstate, sizeof(bstate), "%s/state", build_dir);
+	progress(pfn, ctx, "computing template digests");
+	if (!p->full_memory && (r = vmf_sha256_file(bmem, mem_sha, err)) < 0)
+		goto fail;
+	if ((r = vmf_sha256_file(bstate, state_sha, err)) < 0)
+		goto fail;
+	rec.memory_size = p->full_memory ? 0 : file_size(bmem);
+	rec.state_size = file_size(bstate);
+
+	vmf_rm_rf(final_dir, &ignored);
+	if (rename(build_dir, final_dir) < 0) {
+		r = vmf_err_sys(err, errno, "cannot move %s to %s", build_dir, final_dir);
+		goto fail;
+	}
+	if ((r = vmf_fsync_dir(tdir, err)) < 0)
+		goto fail_final;
+
+	snprintf(mem, sizeof(mem), "%s/memory", final_dir);
+	snprintf(state, sizeof(state), "%s/state", final_dir);
+	rec.schema_version = TEMPLATE_SCHEMA_VERSION;
+	rec.id = id;
+	rec.spec = (Vmf__Catalog__TemplateSpec *)spec;
+	rec.state = VMF__CATALOG__TEMPLATE_STATE__TEMPLATE_READY;
+	rec.dir = final_dir;
+	rec.memory_file = p->full_memory ? (char *)"" : mem;
+	rec.memory_sha256 = mem_sha;
+	rec.state_file = state;
+	rec.state_sha256 = state_sha;
+	rec.hypervisor_version = spec->hypervisor_version;
+	rec.created_ns = vmf_realtime_ns();
+	rec.build_ms = (uint64_t)(vmf_now_ms() - t0);
+	rec.error = (char *)"";
+	rec.kernel_path = (char *)img->kernel;
+	rec.initrd_path = (char *)img->initrd;
+	if ((r = vmf_catalog_template_put(cat, &rec, err)) < 0)
+		goto fail_final;
+	log_tpl(VMF_LOG_INFO, id, "template ready in %llu ms (state %llu bytes, memory %llu bytes)",
+		(unsigned long long)rec.build_ms, (unsigned long long)rec.state_size,
+		(unsigned long long)rec.memory_size);
+	progress(pfn, ctx, "template ready");
+	return vmf_catalog_template_get(cat, id, out, err);
+
+fail_final:
+	vmf_rm_rf(final_dir, &ignored);
+fail:
+	vmf_rm_rf(build_dir, &ignored);
+	return vmf_error_prefix(err, "building template %.16s", id);
+}
+
+static int
+mark_broken(struct vmf_catalog *cat, const Vmf__Catalog__TemplateRecord *rec, struct vmf_error *err)
+{
+	if (cat) {
+		struct vmf_error e2;
+		if (vmf_catalog_template_set_state(cat, rec->id, VMF__CATALOG__TEMPLATE_STATE__TEMPLATE_BROKEN,
+						   err->msg, &e2) < 0)
+			log_tpl(VMF_LOG_WARN, rec->id, "cannot mark template broken: %s", e2.msg);
+		else
+			log_tpl(VMF_LOG_WARN, rec->id, "template marked broken: %s", err->msg);
+	}
+	return -err->code;
+}
+
+static int
+check_file(const Vmf__Catalog__TemplateRecord *rec, const char *what, const char *path,
+	   uint64_t size, const char *sha, bool full, struct vmf_error *err)
+{
+	struct stat st;
+	if (stat(path, &st) < 0)
+		return vmf_err_sys(err, errno, "template %.16s is broken: its %s file %s is missing",
+				   rec->id, what, path);
+	if ((uint64_t)st.st_size != size)
+		return vmf_err(err, EBADMSG, "template %.16s is broken: its %s file %s has %llu bytes, "
+			       "expected %llu", rec->id, what, path, (unsigned long long)st.st_size,
+			       (unsigned long long)size);
+	if (full) {
+		char got[VMF_SHA256_HEX];
+		int r = vmf_sha256_file(path, got, err);
+		if (r < 0)
+			return r;
+		if (strcmp(got, sha) != 0)
+			return vmf_err(err, EBADMSG, "template %.16s is broken: its %s file %s does not "
+				       "match its digest", rec->id, what, path);
+	}
+	return 0;
+}
+
+int
+vmf_template_verify(struct vmf_catalog *cat, const Vmf__Catalog__TemplateRecord *rec, bool full,
+		    struct vmf_error *err)
+{
+	if (rec->state != VMF__CATALOG__TEMPLATE_STATE__TEMPLATE_READY)
+		return vmf_err(err, EINVAL, "template %.16s is not ready (%s)", rec->id,
+			       rec->state == VMF__CATALOG__TEMPLATE_STATE__TEMPLATE_BROKEN ? "broken" : "building");
+	int r = check_file(rec, "state", rec->state_file, rec->state_size, rec->state_sha256, full, err);
+	if (r == 0 && rec->memory_file && *rec->memory_file)
+		r = check_file(rec, "memory", rec->memory_file, rec->memory_size, rec->memory_sha256, full, err);
+	if (r < 0 && err->code != ENOMEM)
+		return mark_broken(cat, rec, err);
+	return r;
+}
+
+int
+vmf_template_clone(const struct vmf_template_params *p, const Vmf__Catalog__TemplateRecord *rec,
+		   const char *vm_id, const char *run_dir, const char *share_dir, struct vmf_vm **out,
+		   struct vmf_error *err)
+{
+	*out = NULL;
+	if (vmf_mkdir_p(run_dir, 0700, err) < 0 || vmf_mkdir_p(share_dir, 0700, err) < 0)
+		return -err->code;
+	char name[96];
+	snprintf(name, sizeof(name), "vmfactory-%s", vm_id);
+	vmf_vm_config cfg;
+	base_config(&cfg, p, rec->kernel_path, rec->initrd_path);
+	cfg.id = (char *)vm_id;
+	cfg.name = name;
+	cfg.run_dir = (char *)run_dir;
+	cfg.share_dir = (char *)share_dir;
+	cfg.incoming = true;
+	bool full = rec->spec && rec->spec->full_memory;
+	cfg.memory_mode = full ? VMF__HV__MEMORY_MODE__MEM_FULL : VMF__HV__MEMORY_MODE__MEM_CLONE_COW;
+	cfg.memory_file = full ? (char *)"" : rec->memory_file;
+	/* The clone must match the template's shape exactly, whatever the
+	 * caller's current defaults say. */
+	if (rec->spec) {
+		cfg.vcpus = rec->spec->vcpus;
+		cfg.max_vcpus = rec->spec->max_vcpus;
+		cfg.memory_mib = rec->spec->memory_mib;
+		cfg.max_memory_mib = rec->spec->max_memory_mib;
+		cfg.memory_slots = rec->spec->memory_slots;
+		cfg.cmdline = rec->spec->cmdline;
+		if (rec->spec->machine && *rec->spec->machine)
+			cfg.machine = rec->spec->machine;
+	}
+	int fd = open(rec->state_file, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return vmf_err_sys(err, errno, "template %.16s: cannot open its state file %s", rec->id,
+				   rec->state_file);
+	int r = p->ops->start_from_template(&cfg, fd, out, err);
+	close(fd);
+	if (r < 0)
+		vmf_error_prefix(err, "cloning template %.16s", rec->id);
+	return r;
+}
+
+struct cleanup_ctx {
+	char (*ids)[VMF_SHA256_HEX];
+	size_t n, cap;
+};
+
+int
+vmf_template_cleanup(struct vmf_catalog *cat, const char *state_dir, struct vmf_error *err)
+{
+	char tdir[PATH_MAX];
+	snprintf(tdir, sizeof(tdir), "%s/templates", state_dir);
+	DIR *d = opendir(tdir);
+	if (!d)
+		return errno == ENOENT ? 0 : vmf_err_sys(err, errno, "cannot list %s", tdir);
+	struct dirent *de;
+	int r = 0;
+	while ((de = readdir(d))) {
+		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+			continue;
+		char path[PATH_MAX];
+		snprintf(path, sizeof(path), "%s/%s", tdir, de->d_name);
+		bool remove = false;
+		if (strncmp(de->d_name, ".build-", 7) == 0) {
+			/* An unfinished build of a process that is gone (or us, at start). */
+			remove = true;
+		} else if (vmf_valid_template_id(de->d_name)) {
+			Vmf__Catalog__TemplateRecord *rec = NULL;
+			struct vmf_error e2;
+			int g = vmf_catalog_template_get(cat, de->d_name, &rec, &e2);
+			remove = g == -ENOENT;
+			if (rec)
+				vmf__catalog__template_record__free_unpacked(rec, NULL);
+		}
+		if (remove) {
+			log_info("removing template leftovers %s", path);
+			struct vmf_error e2;
+			if (vmf_rm_rf(path, &e2) < 0 && r == 0)
+				r = vmf_err(err, e2.code, "%s", e2.msg);
+		}
+	}
+	closedir(d);
+	return r;
+}

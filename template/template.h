@@ -1,0 +1,79 @@
+/* Templates: build one (cold boot, pause, save), verify its files, clone it.
+ * The catalog (catalog.h) stores the records; this file makes and uses them. */
+#ifndef VMF_TEMPLATE_H
+#define VMF_TEMPLATE_H
+
+#include <limits.h>
+#include <stdbool.h>
+
+#include "catalog.pb-c.h"
+#include "driver.h"
+#include "error.h"
+#include "util.h"
+
+struct vmf_catalog;
+
+/* The guest image a template is built from. */
+struct vmf_image {
+	char kernel[PATH_MAX];
+	char initrd[PATH_MAX];
+	char kernel_sha256[VMF_SHA256_HEX];
+	char initrd_sha256[VMF_SHA256_HEX];
+	char agent_sha256[VMF_SHA256_HEX];
+};
+
+/* Loads image_dir/{vmlinuz,initrd.img,manifest} (kernel/initrd override the
+ * paths).  Digests come from the manifest when its entries match the files'
+ * sizes and mtimes are older than the manifest, else they are computed. */
+int vmf_image_load(const char *image_dir, const char *kernel, const char *initrd,
+		   struct vmf_image *img, struct vmf_error *err);
+
+/* Everything besides the image that shapes a template. */
+struct vmf_template_params {
+	const struct vmf_hv_ops *ops;
+	const char *binary;          /* NULL = driver default */
+	const char *machine;         /* NULL = q35 */
+	const char *accel;           /* NULL = auto */
+	const char *cmdline;
+	unsigned vcpus, max_vcpus;
+	unsigned memory_mib, max_memory_mib, memory_slots;
+	bool full_memory;            /* no page sharing between clones */
+};
+
+/* Fills a spec (caller frees with vmf_template_spec_free) and its id. */
+int vmf_template_spec_new(const struct vmf_template_params *p, const struct vmf_hv_info *info,
+			  const struct vmf_image *img, Vmf__Catalog__TemplateSpec **spec,
+			  char id[VMF_SHA256_HEX], struct vmf_error *err);
+void vmf_template_spec_free(Vmf__Catalog__TemplateSpec *spec);
+
+typedef void (*vmf_progress_fn)(void *ctx, const char *step);
+
+/* Builds the template for spec unless a ready one exists; *out gets the
+ * ready record (free with vmf__catalog__template_record__free_unpacked).
+ * Files are built in a hidden directory and renamed into place; the record is
+ * committed only after every file is fsynced, so a crash leaves either no
+ * record or a complete one. */
+int vmf_template_build(struct vmf_catalog *cat, const char *state_dir, const char *run_dir,
+		       const struct vmf_template_params *p, const Vmf__Catalog__TemplateSpec *spec,
+		       const struct vmf_image *img, vmf_progress_fn progress, void *ctx,
+		       Vmf__Catalog__TemplateRecord **out, struct vmf_error *err);
+
+/* Checks the template's files: existence and sizes always, SHA-256 digests
+ * when full.  On a mismatch the record is marked broken in the catalog (when
+ * cat is given) and the error names the template and the file. */
+int vmf_template_verify(struct vmf_catalog *cat, const Vmf__Catalog__TemplateRecord *rec,
+			bool full, struct vmf_error *err);
+
+/* Starts a paused clone of rec with its own id, run dir (created 0700) and
+ * share dir. */
+int vmf_template_clone(const struct vmf_template_params *p, const Vmf__Catalog__TemplateRecord *rec,
+		       const char *vm_id, const char *run_dir, const char *share_dir,
+		       struct vmf_vm **out, struct vmf_error *err);
+
+/* Removes build leftovers and template directories no record points to. */
+int vmf_template_cleanup(struct vmf_catalog *cat, const char *state_dir, struct vmf_error *err);
+
+/* Directory of a template: <state_dir>/templates/<id>. */
+void vmf_template_dir(const char *state_dir, const char *id, char *buf, size_t n);
+
+#endif
