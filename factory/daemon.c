@@ -658,6 +658,7 @@ finish_destroy_if_done(struct vmf_daemon *d)
 	r.destroy = &dr;
 	vmf_control_reply(destroy_conn, &r);
 	destroy_conn = NULL;
+	d->destroy_done = true;
 	log_info("destroyed: %u VMs stopped", d->destroyed);
 	/* Let the reply reach the client before the loop ends. */
 	struct timeval tv = { 0, 100000 };
@@ -933,6 +934,8 @@ daemon_free(struct vmf_daemon *d)
 		vmf_catalog_close(d->cat);
 	if (d->ready_fd >= 0)
 		close(d->ready_fd);
+	if (d->lock_fd > 0)
+		close(d->lock_fd);
 }
 
 int
@@ -963,11 +966,9 @@ vmf_daemon_run(const struct vmf_daemon_opts *opts, struct vmf_error *err)
 	/* One daemon per state dir, even when two start at the same instant. */
 	char lock[PATH_MAX];
 	snprintf(lock, sizeof(lock), "%s/daemon.lock", opts->state_dir);
-	int lfd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-	if (lfd < 0 || flock(lfd, LOCK_EX | LOCK_NB) < 0) {
+	d->lock_fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	if (d->lock_fd < 0 || flock(d->lock_fd, LOCK_EX | LOCK_NB) < 0) {
 		r = vmf_err_sys(err, errno, "another vmfactory daemon holds %s", lock);
-		if (lfd >= 0)
-			close(lfd);
 		goto out;
 	}
 	if (opts->group) {
@@ -1029,6 +1030,10 @@ vmf_daemon_run(const struct vmf_daemon_opts *opts, struct vmf_error *err)
 	d->stopping = true;
 out:
 	daemon_free(d);
+	/* After destroy nothing of ours stays in the run dir (rmdir: only when
+	 * empty, assigned VMs kept by a plain destroy keep theirs). */
+	if (d->destroy_done && rmdir(d->vm_root) == 0)
+		rmdir(opts->run_dir);
 	free(d);
 	return r;
 }

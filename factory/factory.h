@@ -55,6 +55,8 @@ struct vmf_daemon {
 	unsigned recent_rng_n;
 	unsigned conns;
 	uint32_t destroyed;              /* VMs stopped since destroy began */
+	bool destroy_done;
+	int lock_fd;                     /* flock on <state>/daemon.lock */
 	int exit_code;
 };
 

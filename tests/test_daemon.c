@@ -1,0 +1,324 @@
+/* End to end: a private daemon (own socket, state and run dirs) driven
+ * through the vmfactory CLI, real QEMU VMs under TCG. */
+#include <dirent.h>
+#include <errno.h>
+#include <json-c/json.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "frame.h"
+#include "testlib.h"
+#include "util.h"
+
+static char *tmp;
+static char sock[600], state[600], run[600], common_opts[2200], exe[600];
+
+static void
+setup(void)
+{
+	const char *img = vmf_test_image_dir();
+	ck_assert_msg(img != NULL, "guest image missing");
+	tmp = vmf_test_tmpdir("vmf-daemon");
+	snprintf(sock, sizeof sock, "%s/vmfactory.sock", tmp);
+	snprintf(state, sizeof state, "%s/state", tmp);
+	snprintf(run, sizeof run, "%s/run", tmp);
+	const char *b = getenv("VMFACTORY_BUILDDIR");
+	snprintf(exe, sizeof exe, "%s/vmfactory", b ? b : ".");
+	snprintf(common_opts, sizeof common_opts, "--socket %s --state-dir %s --run-dir %s", sock, state, run);
+	setenv("VMFACTORY_IMAGE_DIR", img, 1);
+}
+
+/* Runs `vmfactory ARGS`; returns the exit status, stdout in *out. */
+static int
+vmf(char **out, const char *fmt, ...)
+{
+	char args[4096], cmd[8192];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(args, sizeof args, fmt, ap);
+	va_end(ap);
+	snprintf(cmd, sizeof cmd, "%s %s %s 2>>%s/cli.err", exe, args, common_opts, tmp);
+	FILE *p = popen(cmd, "r");
+	ck_assert_ptr_nonnull(p);
+	size_t cap = 1 << 16, n = 0;
+	char *buf = malloc(cap);
+	size_t r;
+	while ((r = fread(buf + n, 1, cap - n - 1, p)) > 0) {
+		n += r;
+		if (n + 1 >= cap)
+			buf = realloc(buf, cap *= 2);
+	}
+	buf[n] = '\0';
+	int st = pclose(p);
+	if (out)
+		*out = buf;
+	else
+		free(buf);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+
+static json_object *
+vmf_json(const char *fmt, const char *arg)
+{
+	char *out;
+	int rc = vmf(&out, fmt, arg);
+	char errf[700], *err = NULL;
+	snprintf(errf, sizeof errf, "%s/cli.err", tmp);
+	vmf_read_file(errf, &err, NULL, 1 << 20, NULL);
+	ck_assert_msg(rc == 0, "vmfactory %s %s exited %d: %s", fmt, arg, rc, err ? err : "");
+	free(err);
+	json_object *j = json_tokener_parse(out);
+	ck_assert_msg(j != NULL, "not JSON: %s", out);
+	free(out);
+	return j;
+}
+
+static json_object *
+path(json_object *o, const char *a, const char *b)
+{
+	json_object *x = NULL, *y = NULL;
+	ck_assert_msg(json_object_object_get_ex(o, a, &x), "missing key %s", a);
+	if (!b)
+		return x;
+	ck_assert_msg(json_object_object_get_ex(x, b, &y), "missing key %s.%s", a, b);
+	return y;
+}
+
+static int
+pool_ready(void)
+{
+	json_object *s = vmf_json("status -o json%s", "");
+	json_object *pools = path(s, "pools", NULL);
+	int ready = json_object_get_int(path(json_object_array_get_idx(pools, 0), "ready", NULL));
+	json_object_put(s);
+	return ready;
+}
+
+/* QEMU processes whose command line mentions our run dir. */
+static int
+count_qemu(void)
+{
+	DIR *d = opendir("/proc");
+	struct dirent *de;
+	int n = 0;
+	while ((de = readdir(d))) {
+		int pid = atoi(de->d_name);
+		if (pid <= 0)
+			continue;
+		char p[64], *buf = NULL;
+		size_t len;
+		snprintf(p, sizeof p, "/proc/%d/cmdline", pid);
+		if (vmf_read_file(p, &buf, &len, 1 << 20, NULL) < 0)
+			continue;
+		bool qemu = strstr(buf, "qemu-system") != NULL;
+		for (size_t i = 0; i < len; i++)
+			if (!buf[i])
+				buf[i] = ' ';
+		if (qemu && strstr(buf, run))
+			n++;
+		free(buf);
+	}
+	closedir(d);
+	return n;
+}
+
+struct got {
+	char id[64];
+	char share[700], sockd[700];
+	json_object *rec;
+	int rc;
+};
+
+static void
+do_get(struct got *g, const char *name, int cpus, int mem)
+{
+	snprintf(g->share, sizeof g->share, "%s/%s-share", tmp, name);
+	snprintf(g->sockd, sizeof g->sockd, "%s/%s-sock", tmp, name);
+	char *out;
+	g->rc = vmf(&out, "get --cpus %d --memory %d --sandbox %s --share-dir %s --sock-dir %s --timeout 120 -o json",
+		    cpus, mem, name, g->share, g->sockd);
+	g->rec = g->rc == 0 ? json_tokener_parse(out) : NULL;
+	free(out);
+	if (g->rec)
+		snprintf(g->id, sizeof g->id, "%s", json_object_get_string(path(g->rec, "id", NULL)));
+}
+
+static void *
+get_thread(void *arg)
+{
+	struct got *g = arg;
+	do_get(g, g->id, 1, 256);
+	return NULL;
+}
+
+START_TEST(init_get_inspect_release_destroy)
+{
+	char *out;
+	int64_t t0 = vmf_now_ms();
+	int rc = vmf(&out, "init --pool 2 --wait --max-cpus 2 --max-memory 1024");
+	printf("init --pool 2 --wait: exit %d in %.1f s: %s\n", rc, (vmf_now_ms() - t0) / 1000.0, out);
+	free(out);
+	ck_assert_int_eq(rc, 0);
+	/* A second init changes nothing and names the running daemon. */
+	ck_assert_int_ne(vmf(NULL, "init --pool 3"), 0);
+
+	json_object *s = vmf_json("status -o json%s", "");
+	ck_assert_int_eq(json_object_get_int(path(s, "daemon", "pid")), json_object_get_int(path(s, "daemon", "pid")));
+	json_object *p0 = json_object_array_get_idx(path(s, "pools", NULL), 0);
+	ck_assert_int_eq(json_object_get_int(path(p0, "ready", NULL)), 2);
+	ck_assert_int_eq(json_object_get_int(path(p0, "target", NULL)), 2);
+	int base_mem = json_object_get_int(path(p0, "memory_mib", NULL));
+	json_object_put(s);
+
+	struct got a = {0}, b = {0};
+	do_get(&a, "sandbox-a", 2, base_mem + 256);
+	do_get(&b, "sandbox-b", 2, base_mem + 256);
+	ck_assert_int_eq(a.rc, 0);
+	ck_assert_int_eq(b.rc, 0);
+	ck_assert_int_eq(json_object_get_int(path(a.rec, "vcpus", NULL)), 2);
+	ck_assert_str_ne(a.id, b.id);
+
+	/* The sandbox dirs are symlinks to the VM's dirs. */
+	char target[700];
+	ssize_t n = readlink(a.share, target, sizeof target - 1);
+	ck_assert_int_gt(n, 0);
+	target[n] = 0;
+	ck_assert_str_eq(target, json_object_get_string(path(a.rec, "share_dir", NULL)));
+	char qmp[800];
+	snprintf(qmp, sizeof qmp, "%s/qmp.sock", a.sockd);
+	ck_assert_int_eq(access(qmp, F_OK), 0);
+
+	/* A file written through the sandbox's share symlink is seen by the guest. */
+	char f[800];
+	snprintf(f, sizeof f, "%s/hello-from-host", a.share);
+	struct vmf_error e;
+	ck_assert_int_eq(vmf_write_file_atomic(f, "hi", 2, 0644, &e), 0);
+
+	json_object *ia = vmf_json("inspect %s -o json", a.id), *ib = vmf_json("inspect %s -o json", b.id);
+	ck_assert_int_eq(json_object_get_int(path(ia, "guest", "online_cpus")), 2);
+	ck_assert_int_eq(json_object_get_int(path(ib, "guest", "online_cpus")), 2);
+	int64_t kib = json_object_get_int64(path(ia, "guest", "mem_total_kib"));
+	printf("guest MemTotal %lld KiB for %d MiB requested\n", (long long)kib, base_mem + 256);
+	ck_assert_int_gt(kib, (int64_t)(base_mem + 200) * 1024);
+	int64_t skew = json_object_get_int64(path(ia, "guest", "realtime_ns")) -
+		       json_object_get_int64(path(ia, "host_realtime_ns", NULL));
+	ck_assert_int_lt(llabs(skew), 1000000000LL);
+	ck_assert_str_ne(json_object_get_string(path(ia, "guest", "random_hex")),
+			 json_object_get_string(path(ib, "guest", "random_hex")));
+	json_object *ents = path(ia, "guest", "share_entries");
+	bool found = false;
+	for (size_t i = 0; i < json_object_array_length(ents); i++)
+		found = found || !strcmp(json_object_get_string(json_object_array_get_idx(ents, i)), "hello-from-host");
+	ck_assert_msg(found, "share_entries lacks hello-from-host: %s", json_object_to_json_string(ents));
+	json_object_put(ia);
+	json_object_put(ib);
+
+	/* The pool refills to its target. */
+	int64_t deadline = vmf_now_ms() + 120000;
+	while (pool_ready() < 2 && vmf_now_ms() < deadline)
+		poll(NULL, 0, 200);
+	ck_assert_int_eq(pool_ready(), 2);
+
+	ck_assert_int_eq(vmf(NULL, "release %s", a.id), 0);
+	ck_assert_int_eq(vmf(NULL, "release %s", b.id), 0);
+	ck_assert_int_ne(access(a.share, F_OK), 0);
+	ck_assert_int_ne(vmf(NULL, "release %s", a.id), 0); /* gone: clear error */
+	json_object_put(a.rec);
+	json_object_put(b.rec);
+
+	/* Four concurrent gets on a pool of two: each succeeds or fails clearly. */
+	struct got g[4] = {0};
+	pthread_t th[4];
+	for (int i = 0; i < 4; i++) {
+		snprintf(g[i].id, sizeof g[i].id, "conc-%d", i);
+		pthread_create(&th[i], NULL, get_thread, &g[i]);
+	}
+	int ok = 0;
+	for (int i = 0; i < 4; i++) {
+		pthread_join(th[i], NULL);
+		if (g[i].rc == 0) {
+			ok++;
+			ck_assert_int_eq(vmf(NULL, "release %s", g[i].id), 0);
+			json_object_put(g[i].rec);
+		}
+	}
+	printf("concurrent gets: %d of 4 succeeded\n", ok);
+	ck_assert_int_ge(ok, 2);
+
+	ck_assert_int_eq(vmf(NULL, "destroy"), 0);
+	deadline = vmf_now_ms() + 30000;
+	while ((count_qemu() > 0 || access(sock, F_OK) == 0) && vmf_now_ms() < deadline)
+		poll(NULL, 0, 100);
+	ck_assert_int_eq(count_qemu(), 0);
+	ck_assert_int_ne(access(sock, F_OK), 0);
+	char vms[700];
+	snprintf(vms, sizeof vms, "%s/vms", run);
+	ck_assert_int_ne(access(vms, F_OK), 0);
+	ck_assert_int_eq(vmf(NULL, "status"), 3);
+}
+END_TEST
+
+START_TEST(bad_requests_fail_clearly)
+{
+	ck_assert_int_eq(vmf(NULL, "init --pool 1 --wait"), 0);
+	char *out;
+	struct got g = {0};
+	/* traversal in the sandbox id */
+	ck_assert_int_ne(vmf(&out, "get --cpus 1 --memory 256 --sandbox ../x --share-dir %s/s --sock-dir %s/k", tmp, tmp), 0);
+	free(out);
+	/* above the maxima */
+	ck_assert_int_ne(vmf(&out, "get --cpus 64 --memory 256 --sandbox ok --share-dir %s/s --sock-dir %s/k", tmp, tmp), 0);
+	free(out);
+	/* a non-empty share dir is refused and left alone */
+	char d[700], f[760];
+	snprintf(d, sizeof d, "%s/full", tmp);
+	mkdir(d, 0700);
+	snprintf(f, sizeof f, "%s/keep", d);
+	struct vmf_error e;
+	vmf_write_file_atomic(f, "x", 1, 0600, &e);
+	ck_assert_int_ne(vmf(&out, "get --cpus 1 --memory 256 --sandbox ok --share-dir %s --sock-dir %s/k", d, tmp), 0);
+	free(out);
+	ck_assert_int_eq(access(f, F_OK), 0);
+	/* the daemon still serves */
+	do_get(&g, "still-ok", 1, 256);
+	ck_assert_int_eq(g.rc, 0);
+	json_object_put(g.rec);
+	ck_assert_int_eq(vmf(NULL, "destroy --all"), 0);
+	int64_t deadline = vmf_now_ms() + 30000;
+	while (count_qemu() > 0 && vmf_now_ms() < deadline)
+		poll(NULL, 0, 100);
+	ck_assert_int_eq(count_qemu(), 0);
+}
+END_TEST
+
+static void
+teardown(void)
+{
+	/* Whatever a failed test left behind must not outlive it. */
+	vmf(NULL, "destroy --all");
+	int64_t deadline = vmf_now_ms() + 20000;
+	while (count_qemu() > 0 && vmf_now_ms() < deadline)
+		poll(NULL, 0, 100);
+	struct vmf_error e;
+	vmf_rm_rf(tmp, &e);
+	free(tmp);
+}
+
+int
+main(void)
+{
+	Suite *s = suite_create("daemon");
+	TCase *tc = tcase_create("daemon");
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_set_timeout(tc, 900);
+	tcase_add_test(tc, init_get_inspect_release_destroy);
+	tcase_add_test(tc, bad_requests_fail_clearly);
+	suite_add_tcase(s, tc);
+	return vmf_test_run(s);
+}
