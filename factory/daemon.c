@@ -902,6 +902,14 @@ validate_opts(const struct vmf_daemon_opts *o, struct vmf_error *err)
 	for (int i = 0; i < 3; i++)
 		if (!dirs[i] || dirs[i][0] != '/')
 			return vmf_err(err, EINVAL, "%s must be an absolute path", dirs[i] ? dirs[i] : "(null)");
+	/* Unix socket paths hold 107 bytes: <run>/vms/<uuid>/agent.sock must fit. */
+	if (strlen(o->run_dir) > 56)
+		return vmf_err(err, ENAMETOOLONG, "run dir %s is longer than 56 characters; VM socket paths "
+			       "below it would not fit a unix socket address", o->run_dir);
+	if (strlen(o->socket_path) > 107)
+		return vmf_err(err, ENAMETOOLONG, "socket path %s is longer than 107 characters", o->socket_path);
+	if (strlen(o->state_dir) > 512)
+		return vmf_err(err, ENAMETOOLONG, "state dir %s is longer than 512 characters", o->state_dir);
 	return 0;
 }
 

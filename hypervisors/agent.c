@@ -129,9 +129,9 @@ vmf_agent_call(struct vmf_agent *a, Vmf__Agent__AgentRequest *req, Vmf__Agent__A
 	int r = send_req(a, req, deadline, err);
 	if (r < 0)
 		return vmf_error_prefix(err, "guest agent");
-	Vmf__Agent__AgentReply *rep;
+	Vmf__Agent__AgentReply *rep = NULL;
 	r = recv_reply(a, req->id, &rep, deadline, err);
-	if (r < 0)
+	if (r < 0 || !rep)
 		return vmf_error_prefix(err, "guest agent");
 	r = check_reply(rep, expected(req), err);
 	if (r < 0) {
@@ -145,7 +145,7 @@ vmf_agent_call(struct vmf_agent *a, Vmf__Agent__AgentRequest *req, Vmf__Agent__A
 static int
 simple(struct vmf_agent *a, Vmf__Agent__AgentRequest *req, int timeout_ms, struct vmf_error *err)
 {
-	Vmf__Agent__AgentReply *rep;
+	Vmf__Agent__AgentReply *rep = NULL;
 	int r = vmf_agent_call(a, req, &rep, timeout_ms, err);
 	if (r == 0)
 		vmf__agent__agent_reply__free_unpacked(rep, NULL);

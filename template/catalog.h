@@ -1,0 +1,63 @@
+/* The LMDB catalog under the state dir: template records and VM records,
+ * each a protobuf message with a schema version.  Every mutation is one
+ * LMDB write transaction; functions may be called from any thread. */
+#ifndef VMF_CATALOG_H
+#define VMF_CATALOG_H
+
+#include <stddef.h>
+
+#include "catalog.pb-c.h"
+#include "error.h"
+#include "util.h"
+
+#define VMF_CATALOG_SCHEMA_VERSION 1
+#define VMF_CATALOG_DEFAULT_MAP_MIB 256
+
+struct vmf_catalog;
+
+/* Opens (creating 0700 dirs as needed) <state_dir>/catalog, clearing stale
+ * reader slots left by crashed processes. */
+int vmf_catalog_open(const char *state_dir, struct vmf_catalog **out, struct vmf_error *err);
+int vmf_catalog_open_sized(const char *state_dir, size_t map_mib, struct vmf_catalog **out,
+			   struct vmf_error *err);
+void vmf_catalog_close(struct vmf_catalog *c);
+const char *vmf_catalog_path(const struct vmf_catalog *c);
+/* Stale reader slots cleared by the last open. */
+int vmf_catalog_stale_readers_cleared(const struct vmf_catalog *c);
+
+/* SHA-256 of the spec's canonical encoding (devices sorted). */
+int vmf_template_spec_id(const Vmf__Catalog__TemplateSpec *spec, char id[VMF_SHA256_HEX],
+			 struct vmf_error *err);
+
+/* Templates.  get returns -ENOENT when absent and -EBADMSG (naming the id)
+ * when the stored bytes do not decode or carry an unknown schema. */
+int vmf_catalog_template_put(struct vmf_catalog *c, const Vmf__Catalog__TemplateRecord *rec,
+			     struct vmf_error *err);
+int vmf_catalog_template_get(struct vmf_catalog *c, const char *id, Vmf__Catalog__TemplateRecord **out,
+			     struct vmf_error *err);
+int vmf_catalog_template_delete(struct vmf_catalog *c, const char *id, struct vmf_error *err);
+int vmf_catalog_template_set_state(struct vmf_catalog *c, const char *id, Vmf__Catalog__TemplateState state,
+				   const char *error, struct vmf_error *err);
+
+/* Listing visits every record; one that cannot be read is passed as rec ==
+ * NULL with rec_err saying why, and the listing goes on.  A callback
+ * returning non-zero stops it.  rec is freed after the callback returns. */
+typedef int (*vmf_catalog_template_fn)(const char *id, Vmf__Catalog__TemplateRecord *rec,
+				       const struct vmf_error *rec_err, void *ctx);
+int vmf_catalog_template_list(struct vmf_catalog *c, vmf_catalog_template_fn fn, void *ctx,
+			      struct vmf_error *err);
+
+/* VM records, keyed by VM id; same semantics. */
+int vmf_catalog_vm_put(struct vmf_catalog *c, const Vmf__Catalog__VmRecord *rec, struct vmf_error *err);
+int vmf_catalog_vm_get(struct vmf_catalog *c, const char *id, Vmf__Catalog__VmRecord **out,
+		       struct vmf_error *err);
+int vmf_catalog_vm_delete(struct vmf_catalog *c, const char *id, struct vmf_error *err);
+typedef int (*vmf_catalog_vm_fn)(const char *id, Vmf__Catalog__VmRecord *rec, const struct vmf_error *rec_err,
+				 void *ctx);
+int vmf_catalog_vm_list(struct vmf_catalog *c, vmf_catalog_vm_fn fn, void *ctx, struct vmf_error *err);
+
+/* Raw bytes under a key of "templates" or "vms" (tests: corruption). */
+int vmf_catalog_put_raw(struct vmf_catalog *c, const char *db, const char *key, const void *data, size_t len,
+			struct vmf_error *err);
+
+#endif
