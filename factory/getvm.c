@@ -276,7 +276,7 @@ getvm_work(void *arg)
 	if (r == 0 && (j->vcpus > vm->vcpus || j->memory_mib > vm->memory_mib)) {
 		uint32_t cpus = 0;
 		uint64_t kib = 0;
-		r = vmf_agent_online(agent, &cpus, &kib, left_ms(j), err);
+		r = vmf_agent_online(agent, j->vcpus, j->memory_mib, &cpus, &kib, left_ms(j), err);
 		if (r == 0 && cpus != j->vcpus)
 			r = vmf_err(err, EIO, "the guest has %u CPUs online after hot-add, %u requested", cpus, j->vcpus);
 	}

@@ -212,11 +212,15 @@ vmf_agent_guest_info(struct vmf_agent *a, Vmf__Agent__AgentReply **reply, int ti
 }
 
 int
-vmf_agent_online(struct vmf_agent *a, uint32_t *online_cpus, uint64_t *mem_total_kib, int timeout_ms,
-		 struct vmf_error *err)
+vmf_agent_online(struct vmf_agent *a, uint32_t want_cpus, uint32_t want_mem_mib, uint32_t *online_cpus,
+		 uint64_t *mem_total_kib, int timeout_ms, struct vmf_error *err)
 {
 	Vmf__Agent__AgentRequest req = VMF__AGENT__AGENT_REQUEST__INIT;
 	Vmf__Agent__OnlineCpuMem o = VMF__AGENT__ONLINE_CPU_MEM__INIT;
+	o.want_cpus = want_cpus;
+	o.want_mem_mib = want_mem_mib;
+	/* Leave the guest time to answer before our own deadline. */
+	o.timeout_ms = timeout_ms > 500 ? (uint32_t)(timeout_ms - 250) : (uint32_t)timeout_ms / 2;
 	req.body_case = VMF__AGENT__AGENT_REQUEST__BODY_ONLINE_CPU_MEM;
 	req.online_cpu_mem = &o;
 	Vmf__Agent__AgentReply *rep;

@@ -29,8 +29,10 @@ int vmf_agent_ping(struct vmf_agent *a, int timeout_ms, struct vmf_error *err);
 int vmf_agent_wait_ready(struct vmf_agent *a, int timeout_ms, struct vmf_error *err);
 int vmf_agent_guest_info(struct vmf_agent *a, Vmf__Agent__AgentReply **reply, int timeout_ms,
 			 struct vmf_error *err);
-int vmf_agent_online(struct vmf_agent *a, uint32_t *online_cpus, uint64_t *mem_total_kib,
-		     int timeout_ms, struct vmf_error *err);
+/* Onlines hot-added CPUs and memory, waiting in the guest until want_cpus
+ * CPUs and want_mem_mib MiB are online (or timeout_ms). */
+int vmf_agent_online(struct vmf_agent *a, uint32_t want_cpus, uint32_t want_mem_mib, uint32_t *online_cpus,
+		     uint64_t *mem_total_kib, int timeout_ms, struct vmf_error *err);
 /* Sends entropy, returns the guest's fresh 16-byte sample in sample[16]. */
 int vmf_agent_reseed(struct vmf_agent *a, const uint8_t *entropy, size_t n, uint8_t sample[16],
 		     int timeout_ms, struct vmf_error *err);
