@@ -1,0 +1,953 @@
+/* The vmfactory command line.  Commands are data (one table); `help` is
+ * generated from it.  Daemon commands only marshal requests through the
+ * client library: the daemon validates.  Errors are printed here, once. */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <json-c/json.h>
+#include <limits.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "catalog.h"
+#include "client.h"
+#include "daemon.h"
+#include "frame.h"
+#include "log.h"
+#include "qemu.h"
+#include "template.h"
+#include "util.h"
+
+#define EXIT_USAGE 2
+#define EXIT_NO_DAEMON 3
+#define CALL_TIMEOUT_MS 30000
+
+/* ---- options ---- */
+
+#define MAX_OPTS 32
+struct args {
+	const char *names[MAX_OPTS];
+	const char *vals[MAX_OPTS];
+	int n;
+	char **pos;          /* positional arguments */
+	int npos;
+	/* common */
+	const char *socket, *state_dir, *run_dir;
+	bool json;
+};
+
+static const char *
+opt(const struct args *a, const char *name)
+{
+	for (int i = 0; i < a->n; i++)
+		if (strcmp(a->names[i], name) == 0)
+			return a->vals[i];
+	return NULL;
+}
+
+static bool
+flag(const struct args *a, const char *name)
+{
+	return opt(a, name) != NULL;
+}
+
+struct cmd;
+typedef int (*handler_fn)(const struct cmd *cmd, struct args *a);
+
+struct cmd {
+	const char *name;
+	const char *usage;      /* after the name */
+	const char *summary;
+	const char *opts;       /* "pool=,wait,..." ; '=' takes a value */
+	int min_pos, max_pos;
+	handler_fn fn;
+};
+
+static const char common_opts[] = "socket=,state-dir=,run-dir=,log-level=,o=,help";
+
+static int usage_error(const struct cmd *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void print_usage(FILE *f, const struct cmd *c);
+
+static int
+usage_error(const struct cmd *c, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	fputs("vmfactory: ", stderr);
+	vfprintf(stderr, fmt, ap);
+	fputc('\n', stderr);
+	va_end(ap);
+	if (c)
+		print_usage(stderr, c);
+	return EXIT_USAGE;
+}
+
+static int
+fail(const struct vmf_error *e)
+{
+	fprintf(stderr, "vmfactory: %s\n", e->msg);
+	return e->code == ECONNREFUSED || e->code == ENOENT ? EXIT_NO_DAEMON : EXIT_FAILURE;
+}
+
+/* Parses argv (after the command name) by the command's option spec. */
+static int
+parse(const struct cmd *c, int argc, char **argv, struct args *a)
+{
+	static char spec[512];
+	static struct option lopts[MAX_OPTS + 1];
+	static char names[MAX_OPTS][32];
+	snprintf(spec, sizeof(spec), "%s%s%s", common_opts, c->opts[0] ? "," : "", c->opts);
+	int n = 0;
+	for (char *tok = strtok(spec, ","); tok && n < MAX_OPTS; tok = strtok(NULL, ",")) {
+		size_t l = strlen(tok);
+		bool val = tok[l - 1] == '=';
+		snprintf(names[n], sizeof(names[n]), "%.*s", (int)(val ? l - 1 : l), tok);
+		lopts[n] = (struct option){ names[n], val ? required_argument : no_argument, NULL, 1000 + n };
+		n++;
+	}
+	lopts[n] = (struct option){ 0 };
+	optind = 1;
+	opterr = 0;
+	int ch, idx;
+	while ((ch = getopt_long_only(argc, argv, "+", lopts, &idx)) != -1) {
+		if (ch == '?' || ch == ':')
+			return usage_error(c, "%s: unknown option or missing value: %s", c->name, argv[optind - 1]);
+		int k = ch - 1000;
+		if (a->n < MAX_OPTS) {
+			a->names[a->n] = lopts[k].name;
+			a->vals[a->n] = lopts[k].has_arg ? optarg : "";
+			a->n++;
+		}
+	}
+	a->pos = argv + optind;
+	a->npos = argc - optind;
+	if (flag(a, "help")) {
+		print_usage(stdout, c);
+		exit(0);
+	}
+	if (a->npos < c->min_pos || a->npos > c->max_pos)
+		return usage_error(c, "%s: wrong number of arguments", c->name);
+	const char *o = opt(a, "o");
+	if (o && strcmp(o, "json") != 0)
+		return usage_error(c, "-o takes 'json'");
+	a->json = o != NULL;
+	const char *e;
+	a->socket = (e = opt(a, "socket")) ? e : (e = getenv("VMFACTORY_SOCKET")) ? e : VMF_DEFAULT_SOCKET;
+	a->state_dir = (e = opt(a, "state-dir")) ? e : (e = getenv("VMFACTORY_STATE_DIR")) ? e : VMF_DEFAULT_STATE_DIR;
+	a->run_dir = (e = opt(a, "run-dir")) ? e : (e = getenv("VMFACTORY_RUN_DIR")) ? e : VMF_DEFAULT_RUN_DIR;
+	if ((e = opt(a, "log-level"))) {
+		int l = vmf_log_parse_level(e);
+		if (l < 0)
+			return usage_error(c, "unknown log level %s (debug, info, warn, error, off)", e);
+		vmf_log_set_level((enum vmf_log_level)l);
+	}
+	return 0;
+}
+
+static int
+num(const struct args *a, const char *name, unsigned *out, const struct cmd *c)
+{
+	const char *v = opt(a, name);
+	if (!v)
+		return 0;
+	char *end;
+	errno = 0;
+	unsigned long n = strtoul(v, &end, 10);
+	if (errno || !*v || *end || n > 1000000 || v[0] == '-')
+		return usage_error(c, "--%s needs a number, got '%s'", name, v);
+	*out = (unsigned)n;
+	return 0;
+}
+
+static void
+print_json(json_object *j)
+{
+	puts(json_object_to_json_string_ext(j, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE));
+	json_object_put(j);
+}
+
+#define JS(o, k, v) json_object_object_add(o, k, json_object_new_string((v) ? (v) : ""))
+#define JI(o, k, v) json_object_object_add(o, k, json_object_new_int64((int64_t)(v)))
+#define JD(o, k, v) json_object_object_add(o, k, json_object_new_double(v))
+#define JB(o, k, v) json_object_object_add(o, k, json_object_new_boolean(v))
+
+static int
+connect_daemon(const struct args *a, struct vmf_client **c, struct vmf_error *e)
+{
+	return vmf_client_connect(a->socket, c, e);
+}
+
+/* ---- VM record output ---- */
+
+static json_object *
+vm_json(const Vmf__Control__VmInfo *v)
+{
+	json_object *o = json_object_new_object();
+	JS(o, "id", v->id);
+	JI(o, "pid", v->pid);
+	JI(o, "vcpus", v->vcpus);
+	JI(o, "memory_mib", v->memory_mib);
+	JS(o, "qmp_socket", v->qmp_socket);
+	JS(o, "agent_socket", v->agent_socket);
+	JS(o, "share_dir", v->share_dir);
+	JS(o, "run_dir", v->run_dir);
+	JS(o, "template_id", v->template_id);
+	JS(o, "state", v->state);
+	JS(o, "sandbox_id", v->sandbox_id);
+	JS(o, "share_link", v->share_link);
+	JS(o, "sock_link", v->sock_link);
+	JI(o, "created_ns", v->created_ns);
+	JI(o, "age_s", v->created_ns ? (vmf_realtime_ns() - v->created_ns) / 1000000000 : 0);
+	JI(o, "pss_kib", v->pss_kib);
+	if (v->hypervisor) {
+		json_object *h = json_object_new_object();
+		JI(h, "pid", v->hypervisor->pid);
+		JI(h, "vcpus", v->hypervisor->vcpus);
+		JI(h, "memory_mib", v->hypervisor->memory_mib);
+		JB(h, "paused", v->hypervisor->paused);
+		JS(h, "kind", v->hypervisor->kind == VMF__HV__HYPERVISOR_KIND__HV_QEMU ? "qemu" : "other");
+		json_object_object_add(o, "hypervisor", h);
+	}
+	return o;
+}
+
+static void
+vm_human(const Vmf__Control__VmInfo *v)
+{
+	printf("id:           %s\n", v->id);
+	printf("state:        %s\n", v->state);
+	printf("sandbox:      %s\n", v->sandbox_id);
+	printf("pid:          %d\n", v->pid);
+	printf("vcpus:        %u\n", v->vcpus);
+	printf("memory:       %u MiB\n", v->memory_mib);
+	printf("qmp socket:   %s\n", v->qmp_socket);
+	printf("agent socket: %s\n", v->agent_socket);
+	printf("share dir:    %s (linked from %s)\n", v->share_dir, v->share_link);
+	printf("run dir:      %s (linked from %s)\n", v->run_dir, v->sock_link);
+	printf("template:     %s\n", v->template_id);
+}
+
+/* ---- commands ---- */
+
+static int
+cmd_get(const struct cmd *cmd, struct args *a)
+{
+	Vmf__Control__GetVMRequest g = VMF__CONTROL__GET_VMREQUEST__INIT;
+	unsigned timeout = 0;
+	if (num(a, "cpus", &g.vcpus, cmd) || num(a, "memory", &g.memory_mib, cmd) || num(a, "timeout", &timeout, cmd))
+		return EXIT_USAGE;
+	g.sandbox_id = (char *)(opt(a, "sandbox") ? opt(a, "sandbox") : "");
+	g.share_dir = (char *)(opt(a, "share-dir") ? opt(a, "share-dir") : "");
+	g.sock_dir = (char *)(opt(a, "sock-dir") ? opt(a, "sock-dir") : "");
+	g.timeout_ms = timeout * 1000;
+	struct vmf_client *c;
+	struct vmf_error e = {0};
+	Vmf__Control__Reply *r;
+	if (connect_daemon(a, &c, &e) < 0)
+		return fail(&e);
+	int rc = vmf_client_get_vm(c, &g, &r, (int)(timeout ? timeout * 1000 + 5000 : 120000), &e);
+	vmf_client_close(c);
+	if (rc < 0)
+		return fail(&e);
+	if (a->json)
+		print_json(vm_json(r->vm));
+	else
+		vm_human(r->vm);
+	vmf__control__reply__free_unpacked(r, NULL);
+	return 0;
+}
+
+static int
+cmd_release(const struct cmd *cmd, struct args *a)
+{
+	(void)cmd;
+	struct vmf_client *c;
+	struct vmf_error e = {0};
+	if (connect_daemon(a, &c, &e) < 0)
+		return fail(&e);
+	int rc = vmf_client_release_vm(c, a->pos[0], CALL_TIMEOUT_MS, &e);
+	vmf_client_close(c);
+	if (rc < 0)
+		return fail(&e);
+	printf("released %s\n", a->pos[0]);
+	return 0;
+}
+
+static int
+cmd_inspect(const struct cmd *cmd, struct args *a)
+{
+	(void)cmd;
+	struct vmf_client *c;
+	struct vmf_error e = {0};
+	Vmf__Control__Reply *r;
+	if (connect_daemon(a, &c, &e) < 0)
+		return fail(&e);
+	int rc = vmf_client_inspect(c, a->pos[0], &r, CALL_TIMEOUT_MS, &e);
+	vmf_client_close(c);
+	if (rc < 0)
+		return fail(&e);
+	Vmf__Control__InspectReply *ir = r->inspect;
+	Vmf__Control__GuestView *g = ir->guest;
+	if (a->json) {
+		json_object *o = json_object_new_object();
+		json_object_object_add(o, "vm", vm_json(ir->vm));
+		JI(o, "host_realtime_ns", ir->host_realtime_ns);
+		if (g) {
+			json_object *go = json_object_new_object();
+			JI(go, "online_cpus", g->online_cpus);
+			JI(go, "mem_total_kib", g->mem_total_kib);
+			JI(go, "realtime_ns", g->realtime_ns);
+			JS(go, "random_hex", g->random_hex);
+			JS(go, "boot_id", g->boot_id);
+			JI(go, "uptime_ns", g->uptime_ns);
+			JS(go, "agent_version", g->agent_version);
+			json_object *ents = json_object_new_array();
+			for (size_t i = 0; i < g->n_share_entries; i++)
+				json_object_array_add(ents, json_object_new_string(g->share_entries[i]));
+			json_object_object_add(go, "share_entries", ents);
+			json_object_object_add(o, "guest", go);
+		} else {
+			JS(o, "guest_error", ir->guest_error);
+		}
+		print_json(o);
+	} else {
+		vm_human(ir->vm);
+		if (g) {
+			printf("guest CPUs:   %u online\n", g->online_cpus);
+			printf("guest memory: %llu KiB\n", (unsigned long long)g->mem_total_kib);
+			printf("guest clock:  %+.3f s from the host\n",
+			       (double)(g->realtime_ns - ir->host_realtime_ns) / 1e9);
+			printf("guest random: %s\n", g->random_hex);
+			printf("boot id:      %s\n", g->boot_id);
+			printf("share:       ");
+			for (size_t i = 0; i < g->n_share_entries; i++)
+				printf(" %s", g->share_entries[i]);
+			printf("\n");
+		} else {
+			printf("guest view:   unavailable (%s)\n", ir->guest_error);
+		}
+	}
+	vmf__control__reply__free_unpacked(r, NULL);
+	return 0;
+}
+
+static int
+cmd_status(const struct cmd *cmd, struct args *a)
+{
+	(void)cmd;
+	struct vmf_client *c = NULL;
+	struct vmf_error e = {0};
+	Vmf__Control__Reply *r;
+	if (connect_daemon(a, &c, &e) < 0 || vmf_client_status(c, &r, CALL_TIMEOUT_MS, &e) < 0) {
+		if (c)
+			vmf_client_close(c);
+		fprintf(stderr, "vmfactory: %s\n", e.msg);
+		return EXIT_NO_DAEMON;
+	}
+	vmf_client_close(c);
+	Vmf__Control__StatusReply *s = r->status;
+	if (a->json) {
+		json_object *o = json_object_new_object(), *d = json_object_new_object();
+		JI(d, "pid", s->pid);
+		JI(d, "uptime_ms", s->uptime_ms);
+		JS(d, "socket", s->socket);
+		JS(d, "hypervisor", s->hypervisor);
+		JS(d, "accel", s->accel);
+		json_object *caps = json_object_new_array();
+		for (size_t i = 0; i < s->n_capabilities; i++)
+			json_object_array_add(caps, json_object_new_string(s->capabilities[i]));
+		json_object_object_add(d, "capabilities", caps);
+		json_object_object_add(o, "daemon", d);
+		json_object *ts = json_object_new_array();
+		for (size_t i = 0; i < s->n_templates; i++) {
+			Vmf__Control__TemplateStatus *t = s->templates[i];
+			json_object *x = json_object_new_object();
+			JS(x, "id", t->id);
+			JS(x, "state", t->state);
+			JI(x, "vcpus", t->vcpus);
+			JI(x, "memory_mib", t->memory_mib);
+			JI(x, "max_vcpus", t->max_vcpus);
+			JI(x, "max_memory_mib", t->max_memory_mib);
+			JI(x, "memory_size", t->memory_size);
+			JI(x, "state_size", t->state_size);
+			JB(x, "full_memory", t->full_memory);
+			JS(x, "error", t->error);
+			json_object_array_add(ts, x);
+		}
+		json_object_object_add(o, "templates", ts);
+		json_object *ps = json_object_new_array();
+		for (size_t i = 0; i < s->n_pools; i++) {
+			Vmf__Control__PoolStatus *p = s->pools[i];
+			json_object *x = json_object_new_object();
+			JS(x, "template_id", p->template_id);
+			JI(x, "vcpus", p->vcpus);
+			JI(x, "memory_mib", p->memory_mib);
+			JI(x, "target", p->target);
+			JI(x, "ready", p->ready);
+			JI(x, "filling", p->filling);
+			JI(x, "failed", p->failed);
+			JS(x, "last_error", p->last_error);
+			JB(x, "share_memory", p->share_memory);
+			json_object_array_add(ps, x);
+		}
+		json_object_object_add(o, "pools", ps);
+		json_object *vs = json_object_new_array();
+		for (size_t i = 0; i < s->n_vms; i++)
+			json_object_array_add(vs, vm_json(s->vms[i]));
+		json_object_object_add(o, "vms", vs);
+		json_object *cn = json_object_new_object();
+		JI(cn, "requests", s->requests);
+		JI(cn, "hits", s->hits);
+		JI(cn, "misses", s->misses);
+		JI(cn, "errors", s->errors);
+		json_object_object_add(o, "counters", cn);
+		json_object *lat = json_object_new_object();
+		JD(lat, "handout_p50_ms", s->handout_p50_ms);
+		JD(lat, "handout_p99_ms", s->handout_p99_ms);
+		json_object *steps = json_object_new_array();
+		for (size_t i = 0; i < s->n_steps; i++) {
+			json_object *x = json_object_new_object();
+			JS(x, "step", s->steps[i]->step);
+			JI(x, "count", s->steps[i]->count);
+			JD(x, "p50_ms", s->steps[i]->p50_ms);
+			JD(x, "p99_ms", s->steps[i]->p99_ms);
+			json_object_array_add(steps, x);
+		}
+		json_object_object_add(lat, "steps", steps);
+		json_object_object_add(o, "latency", lat);
+		print_json(o);
+	} else {
+		printf("daemon: pid %d, up %.0f s, socket %s, %s (%s)\n", s->pid, s->uptime_ms / 1000.0, s->socket,
+		       s->hypervisor, s->accel);
+		printf("\nTEMPLATE          STATE     VCPUS  MEMORY  MAX VCPUS  MAX MEMORY  SHARING\n");
+		for (size_t i = 0; i < s->n_templates; i++) {
+			Vmf__Control__TemplateStatus *t = s->templates[i];
+			printf("%-16.16s  %-8s  %5u  %6u  %9u  %10u  %s\n", t->id, t->state, t->vcpus, t->memory_mib,
+			       t->max_vcpus, t->max_memory_mib, t->full_memory ? "private" : "shared");
+			if (t->error && *t->error)
+				printf("  error: %s\n", t->error);
+		}
+		printf("\nPOOL              VCPUS  MEMORY  TARGET  READY  FILLING  FAILED\n");
+		for (size_t i = 0; i < s->n_pools; i++) {
+			Vmf__Control__PoolStatus *p = s->pools[i];
+			printf("%-16.16s  %5u  %6u  %6u  %5u  %7u  %6u\n", p->template_id, p->vcpus, p->memory_mib,
+			       p->target, p->ready, p->filling, p->failed);
+			if (p->last_error && *p->last_error)
+				printf("  last error: %s\n", p->last_error);
+		}
+		printf("\nVM                                    STATE        PID  AGE(s)  VCPUS  MEMORY  PSS(KiB)  SANDBOX\n");
+		for (size_t i = 0; i < s->n_vms; i++) {
+			Vmf__Control__VmInfo *v = s->vms[i];
+			printf("%-36s  %-11s  %6d  %6lld  %5u  %6u  %8llu  %s\n", v->id, v->state, v->pid,
+			       (long long)(v->created_ns ? (vmf_realtime_ns() - v->created_ns) / 1000000000 : 0), v->vcpus,
+			       v->memory_mib, (unsigned long long)v->pss_kib, v->sandbox_id);
+		}
+		printf("\nrequests %llu, hits %llu, misses %llu, errors %llu; hand-out p50 %.1f ms, p99 %.1f ms\n",
+		       (unsigned long long)s->requests, (unsigned long long)s->hits, (unsigned long long)s->misses,
+		       (unsigned long long)s->errors, s->handout_p50_ms, s->handout_p99_ms);
+		for (size_t i = 0; i < s->n_steps; i++)
+			if (s->steps[i]->count)
+				printf("  %-8s p50 %7.2f ms  p99 %7.2f ms  (%llu)\n", s->steps[i]->step, s->steps[i]->p50_ms,
+				       s->steps[i]->p99_ms, (unsigned long long)s->steps[i]->count);
+	}
+	vmf__control__reply__free_unpacked(r, NULL);
+	return 0;
+}
+
+static int
+cmd_destroy(const struct cmd *cmd, struct args *a)
+{
+	(void)cmd;
+	struct vmf_client *c;
+	struct vmf_error e = {0};
+	Vmf__Control__Reply *r;
+	if (connect_daemon(a, &c, &e) < 0)
+		return fail(&e);
+	pid_t pid = 0;
+	Vmf__Control__Reply *sr;
+	if (vmf_client_status(c, &sr, CALL_TIMEOUT_MS, &e) == 0) {
+		pid = sr->status->pid;
+		vmf__control__reply__free_unpacked(sr, NULL);
+	}
+	int rc = vmf_client_destroy(c, flag(a, "all"), &r, 120000, &e);
+	vmf_client_close(c);
+	if (rc < 0)
+		return fail(&e);
+	printf("stopped %u VMs; daemon pid %d exiting\n", r->destroy->stopped, (int)pid);
+	vmf__control__reply__free_unpacked(r, NULL);
+	/* Return once the daemon is gone and its socket removed. */
+	int64_t deadline = vmf_now_ms() + 30000;
+	while (vmf_now_ms() < deadline && (access(a->socket, F_OK) == 0 || (pid > 0 && kill(pid, 0) == 0)))
+		poll(NULL, 0, 20);
+	return 0;
+}
+
+static int
+fill_daemon_opts(const struct cmd *cmd, struct args *a, struct vmf_daemon_opts *o)
+{
+	vmf_daemon_opts_defaults(o);
+	o->socket_path = a->socket;
+	o->state_dir = a->state_dir;
+	o->run_dir = a->run_dir;
+	const char *e;
+	if ((e = opt(a, "image-dir")) || (e = getenv("VMFACTORY_IMAGE_DIR")))
+		o->image_dir = e;
+	o->kernel = opt(a, "kernel");
+	o->initrd = opt(a, "initrd");
+	o->qemu_binary = opt(a, "qemu");
+	o->group = opt(a, "group");
+	o->accel = opt(a, "accel");
+	if (num(a, "pool", &o->pool_size, cmd) || num(a, "cpus", &o->vcpus, cmd) ||
+	    num(a, "memory", &o->memory_mib, cmd) || num(a, "max-cpus", &o->max_vcpus, cmd) ||
+	    num(a, "max-memory", &o->max_memory_mib, cmd) || num(a, "max-idle", &o->max_idle_s, cmd))
+		return EXIT_USAGE;
+	o->share_memory = !flag(a, "no-share");
+	return 0;
+}
+
+/* Daemon stderr for a background init: next to the catalog it serves. */
+static int
+open_log(const char *state_dir, char *path, size_t n)
+{
+	struct vmf_error e;
+	if (vmf_mkdir_p(state_dir, 0700, &e) < 0)
+		return -1;
+	snprintf(path, n, "%s/vmfactory.log", state_dir);
+	return open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+}
+
+static int
+cmd_init(const struct cmd *cmd, struct args *a)
+{
+	struct vmf_daemon_opts o;
+	int r = fill_daemon_opts(cmd, a, &o);
+	if (r)
+		return r;
+	if (!opt(a, "pool"))
+		return usage_error(cmd, "init needs --pool N");
+	struct vmf_error e = {0};
+	if (flag(a, "foreground")) {
+		if (vmf_daemon_run(&o, &e) < 0)
+			return fail(&e);
+		return 0;
+	}
+	char logpath[PATH_MAX];
+	int logfd = open_log(a->state_dir, logpath, sizeof(logpath));
+	if (logfd < 0) {
+		fprintf(stderr, "vmfactory: cannot open the daemon log under %s: %s\n", a->state_dir, strerror(errno));
+		return EXIT_FAILURE;
+	}
+	int p[2];
+	if (pipe2(p, O_CLOEXEC) < 0) {
+		perror("vmfactory: pipe");
+		return EXIT_FAILURE;
+	}
+	fflush(NULL);
+	pid_t pid = fork();
+	if (pid < 0) {
+		perror("vmfactory: fork");
+		return EXIT_FAILURE;
+	}
+	if (pid == 0) {
+		close(p[0]);
+		setsid();
+		int devnull = open("/dev/null", O_RDWR);
+		dup2(devnull, 0);
+		dup2(devnull, 1);
+		dup2(logfd, 2);
+		o.ready_fd = p[1];
+		o.notify_full = flag(a, "wait");
+		if (vmf_daemon_run(&o, &e) < 0) {
+			char line[VMF_ERROR_MSG_MAX + 16];
+			int n = snprintf(line, sizeof(line), "error: %s\n", e.msg);
+			if (write(p[1], line, (size_t)n) < 0)
+				fprintf(stderr, "%s", line);
+			fprintf(stderr, "vmfactory: %s\n", e.msg);
+			_exit(1);
+		}
+		_exit(0);
+	}
+	close(p[1]);
+	close(logfd);
+	/* Relay the daemon's progress until it says ready (or full). */
+	FILE *f = fdopen(p[0], "r");
+	char line[2048];
+	bool ready = false, full = false;
+	int64_t t0 = vmf_now_ms();
+	while (fgets(line, sizeof(line), f)) {
+		line[strcspn(line, "\n")] = '\0';
+		if (strncmp(line, "progress: ", 10) == 0) {
+			printf("%s\n", line + 10);
+			fflush(stdout);
+		} else if (strcmp(line, "ready") == 0) {
+			ready = true;
+			if (!flag(a, "wait"))
+				break;
+			printf("template ready after %.1f s; filling the pool\n", (vmf_now_ms() - t0) / 1000.0);
+			fflush(stdout);
+		} else if (strcmp(line, "full") == 0) {
+			full = true;
+			break;
+		} else if (strncmp(line, "error: ", 7) == 0) {
+			fprintf(stderr, "vmfactory: %s\n", line + 7);
+			fclose(f);
+			return EXIT_FAILURE;
+		}
+	}
+	fclose(f);
+	if (!ready || (flag(a, "wait") && !full)) {
+		char tail[600];
+		vmf_file_tail(logpath, tail, sizeof(tail));
+		fprintf(stderr, "vmfactory: the daemon exited before it was ready; %s ends with: %s\n", logpath, tail);
+		return EXIT_FAILURE;
+	}
+	printf("vmfactory daemon pid %d ready on %s%s (%.1f s)\n", (int)pid, a->socket,
+	       full ? " with a full pool" : "", (vmf_now_ms() - t0) / 1000.0);
+	return 0;
+}
+
+/* ---- template commands (the catalog, directly) ---- */
+
+static int
+template_params(const struct cmd *cmd, struct args *a, struct vmf_daemon_opts *o, struct vmf_template_params *p,
+		struct vmf_hv_info *info, struct vmf_image *img, Vmf__Catalog__TemplateSpec **spec,
+		char id[VMF_SHA256_HEX], struct vmf_error *e)
+{
+	int r = fill_daemon_opts(cmd, a, o);
+	if (r)
+		return -EINVAL;
+	memset(p, 0, sizeof(*p));
+	p->ops = &vmf_qemu_ops;
+	p->binary = o->qemu_binary;
+	p->accel = o->accel;
+	p->cmdline = VMF_DEFAULT_CMDLINE;
+	p->vcpus = o->vcpus;
+	p->max_vcpus = o->max_vcpus > o->vcpus ? o->max_vcpus : o->vcpus;
+	p->memory_mib = o->memory_mib;
+	p->max_memory_mib = o->max_memory_mib > o->memory_mib ? o->max_memory_mib : o->memory_mib;
+	p->memory_slots = 8;
+	p->full_memory = !o->share_memory;
+	if ((r = p->ops->probe(o->qemu_binary, info, e)) < 0 ||
+	    (r = vmf_image_load(o->image_dir, o->kernel, o->initrd, img, e)) < 0 ||
+	    (r = vmf_template_spec_new(p, info, img, spec, id, e)) < 0)
+		return r;
+	return 0;
+}
+
+static void
+progress_line(void *ctx, const char *step)
+{
+	int64_t *t0 = ctx;
+	printf("%6.1f s  %s\n", (vmf_now_ms() - *t0) / 1000.0, step);
+	fflush(stdout);
+}
+
+static int
+cmd_template_build(const struct cmd *cmd, struct args *a)
+{
+	struct vmf_daemon_opts o;
+	struct vmf_template_params p;
+	struct vmf_hv_info info;
+	struct vmf_image img;
+	Vmf__Catalog__TemplateSpec *spec = NULL;
+	char id[VMF_SHA256_HEX];
+	struct vmf_error e = {0};
+	int r = template_params(cmd, a, &o, &p, &info, &img, &spec, id, &e);
+	if (r == -EINVAL && !e.code)
+		return EXIT_USAGE;
+	if (r < 0)
+		return fail(&e);
+	struct vmf_catalog *cat;
+	if (vmf_catalog_open(a->state_dir, &cat, &e) < 0) {
+		vmf_template_spec_free(spec);
+		return fail(&e);
+	}
+	Vmf__Catalog__TemplateRecord *rec = NULL;
+	int64_t t0 = vmf_now_ms();
+	r = vmf_template_build(cat, a->state_dir, a->run_dir, &p, spec, &img, progress_line, &t0, &rec, &e);
+	vmf_template_spec_free(spec);
+	vmf_catalog_close(cat);
+	if (r < 0)
+		return fail(&e);
+	printf("template %s ready (%u vCPU, %u MiB, built in %.1f s)\n", rec->id, rec->spec->vcpus,
+	       rec->spec->memory_mib, rec->build_ms / 1000.0);
+	vmf__catalog__template_record__free_unpacked(rec, NULL);
+	return 0;
+}
+
+struct list_ctx {
+	bool json;
+	json_object *arr;
+	const char *current[3];   /* kernel, initrd, hypervisor version digests for gc */
+	struct vmf_catalog *cat;
+	const char *state_dir;
+	unsigned removed;
+	int rc;
+};
+
+static const char *
+tstate(Vmf__Catalog__TemplateState s)
+{
+	return s == VMF__CATALOG__TEMPLATE_STATE__TEMPLATE_READY ? "ready"
+	       : s == VMF__CATALOG__TEMPLATE_STATE__TEMPLATE_BROKEN ? "broken" : "building";
+}
+
+static int
+list_one(const char *id, Vmf__Catalog__TemplateRecord *rec, const struct vmf_error *rec_err, void *ctx)
+{
+	struct list_ctx *l = ctx;
+	if (!rec) {
+		if (l->json) {
+			json_object *o = json_object_new_object();
+			JS(o, "id", id);
+			JS(o, "state", "unreadable");
+			JS(o, "error", rec_err->msg);
+			json_object_array_add(l->arr, o);
+		} else {
+			printf("%-16.16s  unreadable: %s\n", id, rec_err->msg);
+		}
+		return 0;
+	}
+	Vmf__Catalog__TemplateSpec *s = rec->spec;
+	double age = (vmf_realtime_ns() - rec->created_ns) / 1e9;
+	if (l->json) {
+		json_object *o = json_object_new_object();
+		JS(o, "id", rec->id);
+		JS(o, "state", tstate(rec->state));
+		JI(o, "vcpus", s ? s->vcpus : 0);
+		JI(o, "memory_mib", s ? s->memory_mib : 0);
+		JI(o, "max_vcpus", s ? s->max_vcpus : 0);
+		JI(o, "max_memory_mib", s ? s->max_memory_mib : 0);
+		JB(o, "full_memory", s && s->full_memory);
+		JS(o, "hypervisor_version", rec->hypervisor_version);
+		JI(o, "memory_size", rec->memory_size);
+		JI(o, "state_size", rec->state_size);
+		JI(o, "age_s", (int64_t)age);
+		JI(o, "build_ms", rec->build_ms);
+		JS(o, "dir", rec->dir);
+		JS(o, "error", rec->error);
+		json_object *caps = json_object_new_array();
+		for (unsigned bit = 1; bit <= VMF_CAP_FULL_SNAPSHOT; bit <<= 1)
+			if (vmf_qemu_ops.capabilities(NULL) & bit)
+				json_object_array_add(caps, json_object_new_string(vmf_cap_name(bit)));
+		json_object_object_add(o, "capabilities", caps);
+		json_object_array_add(l->arr, o);
+	} else {
+		printf("%-16.16s  %-8s  %2u/%-2u vCPU  %5u/%-5u MiB  %-7s  state %7.1f MiB  memory %5.0f MiB  %6.0f s%s%s\n",
+		       rec->id, tstate(rec->state), s ? s->vcpus : 0, s ? s->max_vcpus : 0, s ? s->memory_mib : 0,
+		       s ? s->max_memory_mib : 0, s && s->full_memory ? "private" : "shared", rec->state_size / 1048576.0,
+		       rec->memory_size / 1048576.0, age, rec->error && *rec->error ? "  error: " : "",
+		       rec->error ? rec->error : "");
+	}
+	return 0;
+}
+
+static int
+cmd_template_list(const struct cmd *cmd, struct args *a)
+{
+	(void)cmd;
+	struct vmf_catalog *cat;
+	struct vmf_error e = {0};
+	if (vmf_catalog_open(a->state_dir, &cat, &e) < 0)
+		return fail(&e);
+	struct list_ctx l = { .json = a->json, .arr = json_object_new_array() };
+	if (!a->json)
+		printf("TEMPLATE          STATE     SIZE (base/max)             MEMORY   STATE FILE       MEMORY FILE    AGE\n");
+	int r = vmf_catalog_template_list(cat, list_one, &l, &e);
+	vmf_catalog_close(cat);
+	if (r < 0) {
+		json_object_put(l.arr);
+		return fail(&e);
+	}
+	if (a->json)
+		print_json(l.arr);
+	else
+		json_object_put(l.arr);
+	return 0;
+}
+
+static int
+remove_template(struct vmf_catalog *cat, const char *state_dir, const char *id, struct vmf_error *e)
+{
+	char dir[PATH_MAX];
+	vmf_template_dir(state_dir, id, dir, sizeof(dir));
+	/* Record first: a crash in between leaves files cleanup removes. */
+	int r = vmf_catalog_template_delete(cat, id, e);
+	if (r < 0)
+		return r;
+	return vmf_rm_rf(dir, e);
+}
+
+static int
+cmd_template_rm(const struct cmd *cmd, struct args *a)
+{
+	(void)cmd;
+	const char *id = a->pos[0];
+	if (!vmf_valid_template_id(id)) {
+		fprintf(stderr, "vmfactory: '%s' is not a template id (64 hex digits; see template list)\n", id);
+		return EXIT_FAILURE;
+	}
+	struct vmf_catalog *cat;
+	struct vmf_error e = {0};
+	if (vmf_catalog_open(a->state_dir, &cat, &e) < 0)
+		return fail(&e);
+	int r = remove_template(cat, a->state_dir, id, &e);
+	vmf_catalog_close(cat);
+	if (r < 0)
+		return fail(&e);
+	printf("removed template %s\n", id);
+	return 0;
+}
+
+static int
+gc_one(const char *id, Vmf__Catalog__TemplateRecord *rec, const struct vmf_error *rec_err, void *ctx)
+{
+	(void)rec_err;
+	struct list_ctx *l = ctx;
+	/* Stale: built from a kernel, initrd or QEMU that is no longer current,
+	 * unreadable, or broken. */
+	bool stale = !rec || !rec->spec || rec->state == VMF__CATALOG__TEMPLATE_STATE__TEMPLATE_BROKEN ||
+		     strcmp(rec->spec->kernel_sha256, l->current[0]) || strcmp(rec->spec->initrd_sha256, l->current[1]) ||
+		     strcmp(rec->spec->hypervisor_version, l->current[2]);
+	if (!stale)
+		return 0;
+	struct vmf_error e = {0};
+	if (remove_template(l->cat, l->state_dir, id, &e) < 0) {
+		fprintf(stderr, "vmfactory: %s\n", e.msg);
+		l->rc = EXIT_FAILURE;
+	} else {
+		printf("removed template %s\n", id);
+		l->removed++;
+	}
+	return 0;
+}
+
+static int
+cmd_template_gc(const struct cmd *cmd, struct args *a)
+{
+	struct vmf_daemon_opts o;
+	if (fill_daemon_opts(cmd, a, &o))
+		return EXIT_USAGE;
+	struct vmf_error e = {0};
+	struct vmf_hv_info info;
+	struct vmf_image img;
+	if (vmf_qemu_ops.probe(o.qemu_binary, &info, &e) < 0 || vmf_image_load(o.image_dir, o.kernel, o.initrd, &img, &e) < 0)
+		return fail(&e);
+	struct vmf_catalog *cat;
+	if (vmf_catalog_open(a->state_dir, &cat, &e) < 0)
+		return fail(&e);
+	struct list_ctx l = { .cat = cat, .state_dir = a->state_dir,
+			      .current = { img.kernel_sha256, img.initrd_sha256, info.version } };
+	int r = vmf_catalog_template_list(cat, gc_one, &l, &e);
+	if (r == 0)
+		r = vmf_template_cleanup(cat, a->state_dir, &e);
+	vmf_catalog_close(cat);
+	if (r < 0)
+		return fail(&e);
+	printf("%u templates removed\n", l.removed);
+	return l.rc;
+}
+
+static int cmd_help(const struct cmd *cmd, struct args *a);
+
+static const struct cmd commands[] = {
+	{ "init", "--pool N [--cpus N --memory MIB --max-cpus N --max-memory MIB] [--no-share] [--foreground] [--wait]",
+	  "start the daemon and fill a pool of paused VMs",
+	  "pool=,cpus=,memory=,max-cpus=,max-memory=,no-share,foreground,wait,image-dir=,kernel=,initrd=,qemu=,accel=,group=,max-idle=",
+	  0, 0, cmd_init },
+	{ "status", "[-o json]", "show the daemon, templates, pools, VMs and latency", "", 0, 0, cmd_status },
+	{ "get", "--cpus N --memory MIB --sandbox ID --share-dir DIR --sock-dir DIR [--timeout S] [-o json]",
+	  "hand out a warm VM to a sandbox", "cpus=,memory=,sandbox=,share-dir=,sock-dir=,timeout=", 0, 0, cmd_get },
+	{ "inspect", "VMID [-o json]", "show a VM, with the guest agent's own view", "", 1, 1, cmd_inspect },
+	{ "release", "VMID", "stop an assigned VM and remove its dirs and links", "", 1, 1, cmd_release },
+	{ "destroy", "[--all]", "stop the daemon and its pooled VMs (--all: assigned VMs too)", "all", 0, 0,
+	  cmd_destroy },
+	{ "template build", "[--cpus N --memory MIB --max-cpus N --max-memory MIB] [--no-share]",
+	  "build (or find) the template for a size", "cpus=,memory=,max-cpus=,max-memory=,no-share,image-dir=,kernel=,initrd=,qemu=,accel=",
+	  0, 0, cmd_template_build },
+	{ "template list", "[-o json]", "list templates in the catalog", "", 0, 0, cmd_template_list },
+	{ "template rm", "ID", "remove a template and its files", "", 1, 1, cmd_template_rm },
+	{ "template gc", "", "remove templates of an old kernel, initrd or QEMU, and files no record points to",
+	  "image-dir=,kernel=,initrd=,qemu=", 0, 0, cmd_template_gc },
+	{ "help", "[COMMAND]", "show this help, or a command's usage", "", 0, 2, cmd_help },
+};
+#define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))
+
+static void
+print_usage(FILE *f, const struct cmd *c)
+{
+	fprintf(f, "usage: vmfactory %s %s\n", c->name, c->usage);
+	fprintf(f, "       common options: --socket PATH --state-dir DIR --run-dir DIR --log-level LEVEL\n");
+}
+
+static int
+cmd_help(const struct cmd *cmd, struct args *a)
+{
+	(void)cmd;
+	if (a->npos > 0) {
+		char name[64];
+		snprintf(name, sizeof(name), "%s%s%s", a->pos[0], a->npos > 1 ? " " : "", a->npos > 1 ? a->pos[1] : "");
+		for (size_t i = 0; i < NCOMMANDS; i++)
+			if (strcmp(commands[i].name, name) == 0) {
+				print_usage(stdout, &commands[i]);
+				printf("\n%s\n", commands[i].summary);
+				return 0;
+			}
+		return usage_error(NULL, "unknown command '%s'", name);
+	}
+	printf("usage: vmfactory COMMAND [OPTIONS]\n\ncommands:\n");
+	for (size_t i = 0; i < NCOMMANDS; i++)
+		printf("  %-15s %s\n", commands[i].name, commands[i].summary);
+	printf("\ncommon options (every command):\n"
+	       "  --socket PATH     control socket (VMFACTORY_SOCKET, default %s)\n"
+	       "  --state-dir DIR   catalog and templates (VMFACTORY_STATE_DIR, default %s)\n"
+	       "  --run-dir DIR     VM sockets and logs (VMFACTORY_RUN_DIR, default %s)\n"
+	       "  --log-level L     debug, info, warn, error (VMFACTORY_LOG_LEVEL)\n"
+	       "\n`vmfactory help COMMAND` shows a command's options.\n",
+	       VMF_DEFAULT_SOCKET, VMF_DEFAULT_STATE_DIR, VMF_DEFAULT_RUN_DIR);
+	return 0;
+}
+
+int
+main(int argc, char **argv)
+{
+	if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+		struct args a = { 0 };
+		cmd_help(NULL, &a);
+		return argc < 2 ? EXIT_USAGE : 0;
+	}
+	const struct cmd *c = NULL;
+	int skip = 1;
+	for (size_t i = 0; i < NCOMMANDS && !c; i++) {
+		const char *n = commands[i].name, *sp = strchr(n, ' ');
+		if (!sp && strcmp(n, argv[1]) == 0)
+			c = &commands[i];
+		else if (sp && argc > 2 && strncmp(n, argv[1], (size_t)(sp - n)) == 0 && argv[1][sp - n] == '\0' &&
+			 strcmp(sp + 1, argv[2]) == 0)
+			c = &commands[i], skip = 2;
+	}
+	if (!c) {
+		fprintf(stderr, "vmfactory: unknown command '%s'\n\n", argv[1]);
+		struct args a = { 0 };
+		fflush(stdout);
+		int saved = dup(1);
+		dup2(2, 1);
+		cmd_help(NULL, &a);
+		fflush(stdout);
+		dup2(saved, 1);
+		return EXIT_USAGE;
+	}
+	struct args a = { 0 };
+	/* getopt sees the command word as argv[0]. */
+	int r = parse(c, argc - skip, argv + skip, &a);
+	if (r)
+		return r;
+	return c->fn(c, &a);
+}
