@@ -116,7 +116,7 @@ parse(const struct cmd *c, int argc, char **argv, struct args *a)
 	optind = 1;
 	opterr = 0;
 	int ch, idx;
-	while ((ch = getopt_long_only(argc, argv, "+", lopts, &idx)) != -1) {
+	while ((ch = getopt_long_only(argc, argv, "", lopts, &idx)) != -1) {
 		if (ch == '?' || ch == ':')
 			return usage_error(c, "%s: unknown option or missing value: %s", c->name, argv[optind - 1]);
 		int k = ch - 1000;

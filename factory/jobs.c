@@ -68,11 +68,13 @@ run_finished(struct vmf_jobs *j)
 	}
 	while (rev) {
 		struct job *n = rev->next;
-		if (rev->done)
-			rev->done(rev->arg);
+		/* Not pending any more once done() runs: done() may ask whether
+		 * all work has finished. */
 		pthread_mutex_lock(&j->mu);
 		j->pending--;
 		pthread_mutex_unlock(&j->mu);
+		if (rev->done)
+			rev->done(rev->arg);
 		free(rev);
 		rev = n;
 	}

@@ -33,6 +33,8 @@ setup(void)
 static void
 teardown(void)
 {
+	if (vmf_test_kill_qemu_under(tmp))
+		fprintf(stderr, "teardown: killed QEMU processes left by a failed test\n");
 	struct vmf_error e;
 	vmf_rm_rf(tmp, &e);
 	free(tmp);

@@ -41,6 +41,8 @@ setup(void)
 static void
 teardown(void)
 {
+	if (vmf_test_kill_qemu_under(tmp))
+		fprintf(stderr, "teardown: killed QEMU processes left by a failed test\n");
 	vmf_catalog_close(cat);
 	struct vmf_error e;
 	vmf_rm_rf(tmp, &e);

@@ -1,6 +1,11 @@
 #include "testlib.h"
 
+#include <stdbool.h>
+
+#include <dirent.h>
 #include <limits.h>
+#include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -50,4 +55,47 @@ vmf_test_src(const char *rel)
 	const char *s = getenv("VMFACTORY_SRCDIR");
 	snprintf(buf, sizeof(buf), "%s/%s", s ? s : ".", rel);
 	return buf;
+}
+
+static int
+scan_qemu(const char *dir, bool kill_them)
+{
+	DIR *d = opendir("/proc");
+	if (!d)
+		return 0;
+	struct dirent *de;
+	int n = 0;
+	while ((de = readdir(d))) {
+		int pid = atoi(de->d_name);
+		if (pid <= 0)
+			continue;
+		char p[64], buf[65536];
+		snprintf(p, sizeof p, "/proc/%d/cmdline", pid);
+		FILE *f = fopen(p, "r");
+		if (!f)
+			continue;
+		size_t len = fread(buf, 1, sizeof buf - 1, f);
+		fclose(f);
+		buf[len] = 0;
+		bool qemu = strstr(buf, "qemu-system") != NULL;
+		for (size_t i = 0; i < len; i++)
+			if (!buf[i])
+				buf[i] = ' ';
+		if (qemu && strstr(buf, dir)) {
+			n++;
+			if (kill_them)
+				kill(pid, SIGKILL);
+		}
+	}
+	closedir(d);
+	return n;
+}
+
+int
+vmf_test_kill_qemu_under(const char *dir)
+{
+	int n = scan_qemu(dir, true);
+	for (int i = 0; i < 100 && scan_qemu(dir, false) > 0; i++)
+		poll(NULL, 0, 50);
+	return n;
 }
