@@ -1,0 +1,348 @@
+/* The LMDB catalog: records, canonical ids, corruption, full map and disk,
+ * stale readers, persistence. */
+#include <errno.h>
+#include <lmdb.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "catalog.h"
+#include "testlib.h"
+#include "util.h"
+
+static char *tmp;
+
+static void
+setup(void)
+{
+	tmp = vmf_test_tmpdir("vmf-cat");
+}
+
+static void
+teardown(void)
+{
+	struct vmf_error e;
+	vmf_rm_rf(tmp, &e);
+	free(tmp);
+}
+
+static char *devs_ab[] = { "a", "b" }, *devs_ba[] = { "b", "a" };
+
+static Vmf__Catalog__TemplateSpec
+spec(unsigned mem)
+{
+	Vmf__Catalog__TemplateSpec s = VMF__CATALOG__TEMPLATE_SPEC__INIT;
+	s.hypervisor_version = "7.2.22";
+	s.machine = "q35";
+	s.kernel_sha256 = "k";
+	s.initrd_sha256 = "i";
+	s.agent_sha256 = "a";
+	s.cmdline = "console=ttyS0";
+	s.vcpus = 1;
+	s.max_vcpus = 4;
+	s.memory_mib = mem;
+	s.max_memory_mib = 2048;
+	s.n_devices = 2;
+	s.devices = devs_ab;
+	return s;
+}
+
+static void
+record(Vmf__Catalog__TemplateRecord *r, Vmf__Catalog__TemplateSpec *s, char id[VMF_SHA256_HEX])
+{
+	struct vmf_error e = {0};
+	ck_assert_int_eq(vmf_template_spec_id(s, id, &e), 0);
+	vmf__catalog__template_record__init(r);
+	r->schema_version = VMF_CATALOG_SCHEMA_VERSION;
+	r->id = id;
+	r->spec = s;
+	r->state = VMF__CATALOG__TEMPLATE_STATE__TEMPLATE_READY;
+	r->dir = "/x";
+	r->memory_file = "/x/memory";
+	r->state_file = "/x/state";
+	r->memory_size = 256ull << 20;
+}
+
+START_TEST(spec_id_is_canonical)
+{
+	char a[VMF_SHA256_HEX], b[VMF_SHA256_HEX], c[VMF_SHA256_HEX];
+	struct vmf_error e = {0};
+	Vmf__Catalog__TemplateSpec s = spec(256);
+	ck_assert_int_eq(vmf_template_spec_id(&s, a, &e), 0);
+	s.devices = devs_ba;
+	ck_assert_int_eq(vmf_template_spec_id(&s, b, &e), 0);
+	ck_assert_str_eq(a, b); /* device order does not matter */
+	s.kernel_sha256 = "k2";
+	ck_assert_int_eq(vmf_template_spec_id(&s, c, &e), 0);
+	ck_assert_str_ne(a, c); /* a new kernel is a new template */
+	s = spec(512);
+	ck_assert_int_eq(vmf_template_spec_id(&s, c, &e), 0);
+	ck_assert_str_ne(a, c);
+	ck_assert(vmf_valid_template_id(a));
+}
+END_TEST
+
+static int
+count_cb(const char *id, Vmf__Catalog__TemplateRecord *rec, const struct vmf_error *rec_err, void *ctx)
+{
+	int *n = ctx;
+	(void)id;
+	if (rec)
+		n[0]++;
+	else {
+		n[1]++;
+		ck_assert_ptr_nonnull(strstr(rec_err->msg, "corrupt"));
+	}
+	return 0;
+}
+
+START_TEST(put_get_list_delete_and_persist)
+{
+	struct vmf_catalog *c;
+	struct vmf_error e = {0};
+	ck_assert_int_eq(vmf_catalog_open(tmp, &c, &e), 0);
+	char cat[600];
+	snprintf(cat, sizeof cat, "%s/catalog", tmp);
+	struct stat st;
+	ck_assert_int_eq(stat(cat, &st), 0);
+	ck_assert_int_eq(st.st_mode & 0777, 0700);
+	Vmf__Catalog__TemplateSpec s1 = spec(256), s2 = spec(512);
+	Vmf__Catalog__TemplateRecord r1, r2;
+	char id1[VMF_SHA256_HEX], id2[VMF_SHA256_HEX];
+	record(&r1, &s1, id1);
+	record(&r2, &s2, id2);
+	ck_assert_int_eq(vmf_catalog_template_put(c, &r1, &e), 0);
+	ck_assert_int_eq(vmf_catalog_template_put(c, &r2, &e), 0);
+	Vmf__Catalog__VmRecord vm = VMF__CATALOG__VM_RECORD__INIT;
+	char vid[VMF_UUID_STR];
+	vmf_uuid_new(vid);
+	vm.schema_version = VMF_CATALOG_SCHEMA_VERSION;
+	vm.id = vid;
+	vm.template_id = id1;
+	vm.state = VMF__CATALOG__VM_STATE__VM_ASSIGNED;
+	vm.sandbox_id = "sb";
+	ck_assert_int_eq(vmf_catalog_vm_put(c, &vm, &e), 0);
+	vm.id = "../../etc/passwd";
+	ck_assert_int_eq(vmf_catalog_vm_put(c, &vm, &e), -EINVAL);
+	vmf_catalog_close(c);
+
+	/* Reopened: everything is still there. */
+	ck_assert_int_eq(vmf_catalog_open(tmp, &c, &e), 0);
+	Vmf__Catalog__TemplateRecord *got;
+	ck_assert_int_eq(vmf_catalog_template_get(c, id2, &got, &e), 0);
+	ck_assert_uint_eq(got->spec->memory_mib, 512);
+	vmf__catalog__template_record__free_unpacked(got, NULL);
+	Vmf__Catalog__VmRecord *gv;
+	ck_assert_int_eq(vmf_catalog_vm_get(c, vid, &gv, &e), 0);
+	ck_assert_str_eq(gv->sandbox_id, "sb");
+	vmf__catalog__vm_record__free_unpacked(gv, NULL);
+
+	ck_assert_int_eq(vmf_catalog_template_set_state(c, id1, VMF__CATALOG__TEMPLATE_STATE__TEMPLATE_BROKEN,
+							"memory file missing", &e), 0);
+	ck_assert_int_eq(vmf_catalog_template_get(c, id1, &got, &e), 0);
+	ck_assert_int_eq(got->state, VMF__CATALOG__TEMPLATE_STATE__TEMPLATE_BROKEN);
+	ck_assert_str_eq(got->error, "memory file missing");
+	vmf__catalog__template_record__free_unpacked(got, NULL);
+
+	int n[2] = {0};
+	ck_assert_int_eq(vmf_catalog_template_list(c, count_cb, n, &e), 0);
+	ck_assert_int_eq(n[0], 2);
+	ck_assert_int_eq(vmf_catalog_template_delete(c, id1, &e), 0);
+	ck_assert_int_eq(vmf_catalog_template_get(c, id1, &got, &e), -ENOENT);
+	ck_assert_int_eq(vmf_catalog_template_delete(c, id1, &e), -ENOENT);
+	ck_assert_int_eq(vmf_catalog_vm_delete(c, vid, &e), 0);
+	vmf_catalog_close(c);
+}
+END_TEST
+
+START_TEST(corrupt_record_is_named_and_others_keep_working)
+{
+	struct vmf_catalog *c;
+	struct vmf_error e = {0};
+	ck_assert_int_eq(vmf_catalog_open(tmp, &c, &e), 0);
+	Vmf__Catalog__TemplateSpec s1 = spec(256), s2 = spec(512);
+	Vmf__Catalog__TemplateRecord r1, r2;
+	char id1[VMF_SHA256_HEX], id2[VMF_SHA256_HEX];
+	record(&r1, &s1, id1);
+	record(&r2, &s2, id2);
+	ck_assert_int_eq(vmf_catalog_template_put(c, &r1, &e), 0);
+	ck_assert_int_eq(vmf_catalog_template_put(c, &r2, &e), 0);
+	static const uint8_t junk[] = { 0xff, 0xff, 0xff, 0xff, 0x0f, 0x22, 0x01 };
+	ck_assert_int_eq(vmf_catalog_put_raw(c, "templates", id1, junk, sizeof junk, &e), 0);
+	Vmf__Catalog__TemplateRecord *got;
+	ck_assert_int_eq(vmf_catalog_template_get(c, id1, &got, &e), -EBADMSG);
+	printf("corrupt record: %s\n", e.msg);
+	ck_assert_ptr_nonnull(strstr(e.msg, id1));
+	ck_assert_ptr_nonnull(strstr(e.msg, "corrupt"));
+	/* The other template is still served, and listing goes on. */
+	ck_assert_int_eq(vmf_catalog_template_get(c, id2, &got, &e), 0);
+	vmf__catalog__template_record__free_unpacked(got, NULL);
+	int n[2] = {0};
+	ck_assert_int_eq(vmf_catalog_template_list(c, count_cb, n, &e), 0);
+	ck_assert_int_eq(n[0], 1);
+	ck_assert_int_eq(n[1], 1);
+
+	/* A record from a newer schema is refused, not guessed at. */
+	r2.schema_version = 99;
+	ck_assert_int_eq(vmf_catalog_template_put(c, &r2, &e), 0);
+	ck_assert_int_eq(vmf_catalog_template_get(c, id2, &got, &e), -EBADMSG);
+	ck_assert_ptr_nonnull(strstr(e.msg, "schema version 99"));
+	vmf_catalog_close(c);
+}
+END_TEST
+
+static int
+fill_until_error(struct vmf_catalog *c, int *stored, struct vmf_error *e)
+{
+	Vmf__Catalog__VmRecord vm = VMF__CATALOG__VM_RECORD__INIT;
+	static char big[2048];
+	memset(big, 'x', sizeof big - 1);
+	vm.schema_version = VMF_CATALOG_SCHEMA_VERSION;
+	vm.sandbox_id = big;
+	for (int i = 0; i < 100000; i++) {
+		char id[VMF_UUID_STR];
+		vmf_uuid_new(id);
+		vm.id = id;
+		int r = vmf_catalog_vm_put(c, &vm, e);
+		if (r < 0)
+			return r;
+		(*stored)++;
+	}
+	return 0;
+}
+
+static int
+count_vms(const char *id, Vmf__Catalog__VmRecord *rec, const struct vmf_error *rec_err, void *ctx)
+{
+	(void)id;
+	(void)rec_err;
+	if (rec)
+		(*(int *)ctx)++;
+	return 0;
+}
+
+START_TEST(map_full_is_a_clear_error_and_keeps_the_catalog)
+{
+	struct vmf_catalog *c;
+	struct vmf_error e = {0};
+	ck_assert_int_eq(vmf_catalog_open_sized(tmp, 1, &c, &e), 0);
+	int stored = 0;
+	ck_assert_int_eq(fill_until_error(c, &stored, &e), -ENOSPC);
+	printf("map full after %d records: %s\n", stored, e.msg);
+	ck_assert_ptr_nonnull(strstr(e.msg, "is full"));
+	int n = 0;
+	ck_assert_int_eq(vmf_catalog_vm_list(c, count_vms, &n, &e), 0);
+	ck_assert_int_eq(n, stored);
+	vmf_catalog_close(c);
+	/* Still usable with a larger map. */
+	ck_assert_int_eq(vmf_catalog_open_sized(tmp, 16, &c, &e), 0);
+	n = 0;
+	ck_assert_int_eq(vmf_catalog_vm_list(c, count_vms, &n, &e), 0);
+	ck_assert_int_eq(n, stored);
+	vmf_catalog_close(c);
+}
+END_TEST
+
+START_TEST(disk_full_is_a_clear_error_and_keeps_the_catalog)
+{
+	char mnt[600];
+	snprintf(mnt, sizeof mnt, "%s/small", tmp);
+	mkdir(mnt, 0700);
+	if (mount("tmpfs", mnt, "tmpfs", 0, "size=256k") < 0) {
+		printf("skipping the disk-full check: cannot mount a tmpfs (%s)\n", strerror(errno));
+		return;
+	}
+	struct vmf_catalog *c;
+	struct vmf_error e = {0};
+	int r = vmf_catalog_open_sized(mnt, 64, &c, &e);
+	if (r == 0) {
+		int stored = 0;
+		r = fill_until_error(c, &stored, &e);
+		printf("disk full after %d records: %s\n", stored, e.msg);
+		ck_assert_int_eq(r, -ENOSPC);
+		vmf_catalog_close(c);
+		ck_assert_int_eq(vmf_catalog_open_sized(mnt, 64, &c, &e), 0);
+		int n = 0;
+		ck_assert_int_eq(vmf_catalog_vm_list(c, count_vms, &n, &e), 0);
+		ck_assert_int_eq(n, stored);
+		vmf_catalog_close(c);
+	} else {
+		printf("open on a full disk: %s\n", e.msg);
+		ck_assert_int_eq(r, -ENOSPC);
+	}
+	umount(mnt);
+}
+END_TEST
+
+/* A child that opens the catalog, optionally starts a read transaction,
+ * says so on the pipe and waits to be killed. */
+static pid_t
+lmdb_child(bool reader)
+{
+	int p[2];
+	ck_assert_int_eq(pipe(p), 0);
+	pid_t pid = fork();
+	if (pid == 0) {
+		MDB_env *env;
+		MDB_txn *txn;
+		char path[600];
+		snprintf(path, sizeof path, "%s/catalog", tmp);
+		mdb_env_create(&env);
+		mdb_env_set_maxdbs(env, 4);
+		mdb_env_set_mapsize(env, (size_t)VMF_CATALOG_DEFAULT_MAP_MIB << 20);
+		if (mdb_env_open(env, path, MDB_NOTLS, 0600) || (reader && mdb_txn_begin(env, NULL, MDB_RDONLY, &txn)))
+			_exit(1);
+		ssize_t w = write(p[1], "r", 1);
+		(void)w;
+		for (;;)
+			pause();
+	}
+	char ch;
+	ck_assert_int_eq(read(p[0], &ch, 1), 1);
+	close(p[0]);
+	close(p[1]);
+	return pid;
+}
+
+START_TEST(stale_reader_slots_are_cleared)
+{
+	struct vmf_catalog *c;
+	struct vmf_error e = {0};
+	ck_assert_int_eq(vmf_catalog_open(tmp, &c, &e), 0);
+	vmf_catalog_close(c);
+	/* LMDB resets the reader table when nobody else has the catalog open,
+	 * so the case that matters has another live user (a CLI command). */
+	pid_t holder = lmdb_child(false);
+	pid_t reader = lmdb_child(true);
+	kill(reader, SIGKILL);
+	waitpid(reader, NULL, 0);
+	ck_assert_int_eq(vmf_catalog_open(tmp, &c, &e), 0);
+	ck_assert_int_ge(vmf_catalog_stale_readers_cleared(c), 1);
+	vmf_catalog_close(c);
+	kill(holder, SIGKILL);
+	waitpid(holder, NULL, 0);
+}
+END_TEST
+
+int
+main(void)
+{
+	Suite *s = suite_create("catalog");
+	TCase *tc = tcase_create("catalog");
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_set_timeout(tc, 120);
+	tcase_add_test(tc, spec_id_is_canonical);
+	tcase_add_test(tc, put_get_list_delete_and_persist);
+	tcase_add_test(tc, corrupt_record_is_named_and_others_keep_working);
+	tcase_add_test(tc, map_full_is_a_clear_error_and_keeps_the_catalog);
+	tcase_add_test(tc, disk_full_is_a_clear_error_and_keeps_the_catalog);
+	tcase_add_test(tc, stale_reader_slots_are_cleared);
+	suite_add_tcase(s, tc);
+	return vmf_test_run(s);
+}
