@@ -2,6 +2,8 @@
 
 #include <errno.h>
 #include <poll.h>
+#include <stdbool.h>
+#include <sys/socket.h>
 #include <stdlib.h>
 #include <time.h>
 #include <unistd.h>
@@ -70,8 +72,17 @@ int
 vmf_write_full(int fd, const void *buf, size_t n, int64_t deadline_ms, struct vmf_error *err)
 {
 	size_t done = 0;
+	bool sock = true;
 	while (done < n) {
-		ssize_t r = write(fd, (const char *)buf + done, n - done);
+		/* send(MSG_NOSIGNAL): a peer that went away is an EPIPE error, not
+		 * a SIGPIPE that kills the caller.  Pipes and ports use write. */
+		ssize_t r = sock ? send(fd, (const char *)buf + done, n - done, MSG_NOSIGNAL) : -1;
+		if (r < 0 && sock && errno == ENOTSOCK) {
+			sock = false;
+			r = write(fd, (const char *)buf + done, n - done);
+		} else if (!sock) {
+			r = write(fd, (const char *)buf + done, n - done);
+		}
 		if (r > 0) {
 			done += (size_t)r;
 			continue;

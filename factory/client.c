@@ -2,6 +2,7 @@
 #include "client.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -69,11 +70,20 @@ vmf_client_call(struct vmf_client *c, Vmf__Control__Request *req, Vmf__Control__
 	vmf__control__request__pack(req, buf);
 	int r = vmf_frame_write(c->fd, buf, n, deadline, err);
 	free(buf);
-	if (r < 0)
+	/* A daemon that refused us (EACCES) replied and closed before reading:
+	 * its reply is still there to read and says why. */
+	bool refused = r == -EPIPE || r == -ECONNRESET;
+	if (r < 0 && !refused)
 		return vmf_error_prefix(err, "sending to the daemon on %s", c->path);
+	struct vmf_error werr = err ? *err : (struct vmf_error){0};
 	uint8_t *in;
 	size_t len;
-	r = vmf_frame_read(c->fd, &in, &len, VMF_CLIENT_MAX_FRAME, deadline, err);
+	r = vmf_frame_read(c->fd, &in, &len, VMF_CLIENT_MAX_FRAME, refused ? vmf_now_ms() + 1000 : deadline, err);
+	if (r < 0 && refused) {
+		if (err)
+			*err = werr;
+		return vmf_error_prefix(err, "sending to the daemon on %s", c->path);
+	}
 	if (r < 0)
 		return vmf_error_prefix(err, "reading the daemon's reply on %s", c->path);
 	Vmf__Control__Reply *rep = vmf__control__reply__unpack(NULL, len, in);

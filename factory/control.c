@@ -5,6 +5,7 @@
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <grp.h>
+#include <poll.h>
 #include <pwd.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,7 +34,12 @@ static void conn_unref(struct vmf_conn *c);
 bool
 vmf_control_connected(const struct vmf_conn *c)
 {
-	return c && c->bev != NULL;
+	if (!c || !c->bev)
+		return false;
+	/* Reads are off while a request is served, so the bufferevent has not
+	 * seen an EOF: ask the socket whether the peer hung up. */
+	struct pollfd p = { .fd = bufferevent_getfd(c->bev), .events = POLLRDHUP };
+	return !(poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR)));
 }
 
 static void

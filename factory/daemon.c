@@ -170,6 +170,7 @@ struct stop_job {
 	struct vmf_daemon *d;
 	struct vmf_pvm *vm;
 	bool remove_links;
+	struct vmf_conn *reply_to;
 };
 
 static void
@@ -198,6 +199,14 @@ stop_done(void *arg)
 	log_vm(VMF_LOG_DEBUG, j->vm->id, "stopped and removed");
 	if (d->stopping)
 		d->destroyed++;
+	if (j->reply_to) {
+		Vmf__Control__Reply r = VMF__CONTROL__REPLY__INIT;
+		Vmf__Control__ReleaseReply rr = VMF__CONTROL__RELEASE_REPLY__INIT;
+		rr.vm_id = j->vm->id;
+		r.body_case = VMF__CONTROL__REPLY__BODY_RELEASE;
+		r.release = &rr;
+		vmf_control_reply(j->reply_to, &r);
+	}
 	vmf_daemon_vm_free(d, j->vm);
 	free(j);
 	finish_destroy_if_done(d);
@@ -205,7 +214,7 @@ stop_done(void *arg)
 }
 
 void
-vmf_daemon_destroy_vm(struct vmf_daemon *d, struct vmf_pvm *vm, bool remove_links)
+vmf_daemon_destroy_vm(struct vmf_daemon *d, struct vmf_pvm *vm, bool remove_links, struct vmf_conn *reply_to)
 {
 	if (vm->state == PVM_READY && vm->pool && vm->pool->ready)
 		vm->pool->ready--;
@@ -218,12 +227,15 @@ vmf_daemon_destroy_vm(struct vmf_daemon *d, struct vmf_pvm *vm, bool remove_link
 		j->d = d;
 		j->vm = vm;
 		j->remove_links = remove_links;
+		j->reply_to = reply_to;
 	}
 	if (!j || vmf_jobs_submit(d->jobs, stop_work, stop_done, j) < 0) {
 		/* Out of memory: stop inline rather than leak a QEMU. */
-		struct stop_job tmp = { d, vm, remove_links };
+		struct stop_job tmp = { d, vm, remove_links, reply_to };
 		stop_work(&tmp);
 		free(j);
+		if (reply_to)
+			vmf_control_reply_error(reply_to, ENOMEM, "out of memory; the VM was stopped");
 		vmf_daemon_vm_free(d, vm);
 	}
 }
@@ -252,7 +264,7 @@ vm_dead_cb(evutil_socket_t fd, short what, void *arg)
 	}
 	if (vm->state == PVM_READY && vm->pool)
 		vmf_pool_note_failure(vm->pool, vmf_now_ms(), "a pooled VM's QEMU exited");
-	vmf_daemon_destroy_vm(d, vm, false);
+	vmf_daemon_destroy_vm(d, vm, false, NULL);
 }
 
 void
@@ -325,7 +337,7 @@ clone_done(void *arg)
 			p->tpl = NULL;
 			p->verified = false;
 		}
-		vmf_daemon_destroy_vm(d, vm, false);
+		vmf_daemon_destroy_vm(d, vm, false, NULL);
 	}
 	free(j);
 	check_readiness(d);
@@ -683,7 +695,7 @@ vmf_daemon_destroy(struct vmf_daemon *d, struct vmf_conn *c, bool all)
 			continue; /* its job's completion sees d->stopping */
 		if (!all && (vm->state == PVM_ASSIGNED || vm->state == PVM_GONE))
 			continue;
-		vmf_daemon_destroy_vm(d, vm, true);
+		vmf_daemon_destroy_vm(d, vm, true, NULL);
 	}
 	finish_destroy_if_done(d);
 }
@@ -772,7 +784,7 @@ recover_vm(const char *id, Vmf__Catalog__VmRecord *rec, const struct vmf_error *
 	log_vm(VMF_LOG_INFO, vm->id, "cleaning up VM left %s", rec->state == VMF__CATALOG__VM_STATE__VM_READY
 	       ? "ready by a previous run" : "unfinished by a previous run");
 	vm->state = PVM_RELEASING;
-	vmf_daemon_destroy_vm(d, vm, rec->state == VMF__CATALOG__VM_STATE__VM_HANDING_OUT);
+	vmf_daemon_destroy_vm(d, vm, rec->state == VMF__CATALOG__VM_STATE__VM_HANDING_OUT, NULL);
 	return 0;
 }
 
@@ -836,7 +848,7 @@ tick_cb(evutil_socket_t fd, short what, void *arg)
 		next = TAILQ_NEXT(vm, link);
 		if (vmf_pool_vm_idle_expired(vm, d->opts.max_idle_s, now) && !d->stopping) {
 			log_vm(VMF_LOG_INFO, vm->id, "replacing: paused longer than %u s", d->opts.max_idle_s);
-			vmf_daemon_destroy_vm(d, vm, false);
+			vmf_daemon_destroy_vm(d, vm, false, NULL);
 		}
 	}
 	vmf_daemon_refill(d);

@@ -63,8 +63,10 @@ struct vmf_daemon {
 /* daemon.c */
 void vmf_daemon_refill(struct vmf_daemon *d);
 void vmf_daemon_vm_free(struct vmf_daemon *d, struct vmf_pvm *vm);
-/* Stops a VM on a worker and forgets it (records, dirs, links). */
-void vmf_daemon_destroy_vm(struct vmf_daemon *d, struct vmf_pvm *vm, bool remove_links);
+/* Stops a VM on a worker and forgets it (records, dirs, links); when
+ * reply_to is given, a ReleaseReply goes to it once all that is done. */
+void vmf_daemon_destroy_vm(struct vmf_daemon *d, struct vmf_pvm *vm, bool remove_links,
+			   struct vmf_conn *reply_to);
 struct vmf_pvm *vmf_daemon_find_vm(struct vmf_daemon *d, const char *id);
 void vmf_daemon_record_vm(struct vmf_daemon *d, struct vmf_pvm *vm);
 void vmf_daemon_watch_vm(struct vmf_daemon *d, struct vmf_pvm *vm);

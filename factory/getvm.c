@@ -354,7 +354,7 @@ getvm_done(void *arg)
 		d->errors++;
 		log_vm(VMF_LOG_WARN, vm->id, "GetVM for sandbox %s failed: %s", j->sandbox_id, j->err.msg);
 		/* Never handed out half-prepared: the VM goes, with any link made. */
-		vmf_daemon_destroy_vm(d, vm, true);
+		vmf_daemon_destroy_vm(d, vm, true, NULL);
 		vmf_control_reply_error(j->c, j->err.code, j->err.msg);
 	}
 	free(j);
@@ -487,15 +487,9 @@ vmf_release_start(struct vmf_daemon *d, struct vmf_conn *c, const char *vm_id)
 		return;
 	}
 	log_vm(VMF_LOG_INFO, vm->id, "releasing (sandbox %s)", vm->sandbox_id);
-	Vmf__Control__Reply r = VMF__CONTROL__REPLY__INIT;
-	Vmf__Control__ReleaseReply rr = VMF__CONTROL__RELEASE_REPLY__INIT;
-	rr.vm_id = vm->id;
-	r.body_case = VMF__CONTROL__REPLY__BODY_RELEASE;
-	r.release = &rr;
-	/* Reply first: the stop runs on a worker, and the reply's contents do
-	 * not depend on it. */
-	vmf_control_reply(c, &r);
-	vmf_daemon_destroy_vm(d, vm, true);
+	/* The reply comes once the VM is stopped and its dirs and links are
+	 * gone: a runtime may reuse the paths as soon as release returns. */
+	vmf_daemon_destroy_vm(d, vm, true, c);
 }
 
 /* ---- inspect ---- */

@@ -10,9 +10,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "client.h"
 #include "frame.h"
 #include "testlib.h"
 #include "util.h"
@@ -309,6 +311,144 @@ START_TEST(bad_requests_fail_clearly)
 }
 END_TEST
 
+
+static const char *
+vm_state(const char *id)
+{
+	static char st[32];
+	st[0] = 0;
+	json_object *s = vmf_json("status -o json%s", "");
+	json_object *vms = path(s, "vms", NULL);
+	for (size_t i = 0; i < json_object_array_length(vms); i++) {
+		json_object *v = json_object_array_get_idx(vms, i);
+		if (!strcmp(json_object_get_string(path(v, "id", NULL)), id))
+			snprintf(st, sizeof st, "%s", json_object_get_string(path(v, "state", NULL)));
+	}
+	json_object_put(s);
+	return st;
+}
+
+START_TEST(faults_peers_and_latency)
+{
+	/* status answers while the pool fills (no --wait) */
+	ck_assert_int_eq(vmf(NULL, "init --pool 3"), 0);
+	double worst = 0;
+	int samples = 0;
+	int64_t deadline = vmf_now_ms() + 120000;
+	while (pool_ready() < 3 && vmf_now_ms() < deadline) {
+		struct vmf_client *c;
+		struct vmf_error e = {0};
+		Vmf__Control__Reply *r;
+		ck_assert_int_eq(vmf_client_connect(sock, &c, &e), 0);
+		int64_t t0 = vmf_monotonic_ns();
+		ck_assert_int_eq(vmf_client_status(c, &r, 5000, &e), 0);
+		double ms = (vmf_monotonic_ns() - t0) / 1e6;
+		worst = ms > worst ? ms : worst;
+		samples++;
+		vmf__control__reply__free_unpacked(r, NULL);
+		vmf_client_close(c);
+		poll(NULL, 0, 20);
+	}
+	printf("status while filling: worst %.1f ms over %d calls\n", worst, samples);
+	ck_assert_int_eq(pool_ready(), 3);
+	ck_assert(worst < 500);
+
+	/* The socket is 0660; and even a foreign uid that can reach it (file
+	 * modes opened up here on purpose) is refused by its credentials. */
+	struct stat sst;
+	ck_assert_int_eq(stat(sock, &sst), 0);
+	ck_assert_int_eq(sst.st_mode & 0777, 0660);
+	ck_assert_int_eq(chmod(tmp, 0711), 0);
+	ck_assert_int_eq(chmod(sock, 0666), 0);
+	pid_t pid = fork();
+	if (pid == 0) {
+		if (setgid(65534) || setuid(65534))
+			_exit(2);
+		struct vmf_client *c;
+		struct vmf_error e = {0};
+		Vmf__Control__Reply *r;
+		if (vmf_client_connect(sock, &c, &e) < 0)
+			_exit(3);
+		int rc = vmf_client_status(c, &r, 5000, &e);
+		_exit(rc == -EACCES && strstr(e.msg, "permission denied") ? 0 : 4);
+	}
+	int st;
+	waitpid(pid, &st, 0);
+	chmod(sock, 0660);
+	chmod(tmp, 0700);
+	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "foreign uid was not refused (%d)", WEXITSTATUS(st));
+
+	/* A pooled VM's QEMU killed: noticed, removed, replaced. */
+	json_object *s = vmf_json("status -o json%s", "");
+	json_object *v0 = json_object_array_get_idx(path(s, "vms", NULL), 0);
+	char victim[64];
+	snprintf(victim, sizeof victim, "%s", json_object_get_string(path(v0, "id", NULL)));
+	int vpid = json_object_get_int(path(v0, "pid", NULL));
+	json_object_put(s);
+	int64_t t0 = vmf_now_ms();
+	kill(vpid, SIGKILL);
+	while (vm_state(victim)[0] && vmf_now_ms() - t0 < 10000)
+		poll(NULL, 0, 20);
+	printf("killed pooled VM noticed and removed in %lld ms\n", (long long)(vmf_now_ms() - t0));
+	ck_assert_str_eq(vm_state(victim), "");
+	deadline = vmf_now_ms() + 60000;
+	while (pool_ready() < 3 && vmf_now_ms() < deadline)
+		poll(NULL, 0, 100);
+	ck_assert_int_eq(pool_ready(), 3);
+
+	/* A handed-out VM whose QEMU exits is recorded as gone. */
+	struct got g = {0};
+	do_get(&g, "will-die", 1, 256);
+	ck_assert_int_eq(g.rc, 0);
+	kill(json_object_get_int(path(g.rec, "pid", NULL)), SIGKILL);
+	t0 = vmf_now_ms();
+	while (strcmp(vm_state(g.id), "gone") && vmf_now_ms() - t0 < 10000)
+		poll(NULL, 0, 20);
+	ck_assert_str_eq(vm_state(g.id), "gone");
+	ck_assert_int_eq(vmf(NULL, "release %s", g.id), 0);
+	ck_assert_int_ne(access(g.share, F_OK), 0);
+	json_object_put(g.rec);
+
+	/* A client that gives up mid-GetVM does not leak the VM. */
+	struct vmf_client *c;
+	struct vmf_error e = {0};
+	ck_assert_int_eq(vmf_client_connect(sock, &c, &e), 0);
+	Vmf__Control__GetVMRequest req = VMF__CONTROL__GET_VMREQUEST__INIT;
+	char sh[700], sk[700];
+	snprintf(sh, sizeof sh, "%s/gone-share", tmp);
+	snprintf(sk, sizeof sk, "%s/gone-sock", tmp);
+	req.vcpus = 2;
+	req.memory_mib = 512;
+	req.sandbox_id = "impatient";
+	req.share_dir = sh;
+	req.sock_dir = sk;
+	Vmf__Control__Reply *r = NULL;
+	ck_assert_int_lt(vmf_client_get_vm(c, &req, &r, 1, &e), 0);
+	vmf_client_close(c);
+	deadline = vmf_now_ms() + 30000;
+	bool leaked = true;
+	while (vmf_now_ms() < deadline) {
+		json_object *st2 = vmf_json("status -o json%s", "");
+		json_object *vms = path(st2, "vms", NULL);
+		leaked = false;
+		bool busy = false;
+		for (size_t i = 0; i < json_object_array_length(vms); i++) {
+			json_object *v = json_object_array_get_idx(vms, i);
+			const char *state = json_object_get_string(path(v, "state", NULL));
+			leaked = leaked || !strcmp(state, "assigned");
+			busy = busy || !strcmp(state, "handing-out") || !strcmp(state, "releasing");
+		}
+		json_object_put(st2);
+		if (!busy && !leaked)
+			break;
+		poll(NULL, 0, 50);
+	}
+	ck_assert_msg(!leaked, "a VM stayed assigned after its client left");
+	ck_assert_int_ne(access(sh, F_OK), 0);
+	ck_assert_int_eq(vmf(NULL, "destroy"), 0);
+}
+END_TEST
+
 static void
 teardown(void)
 {
@@ -330,6 +470,7 @@ main(void)
 	tcase_set_timeout(tc, 900);
 	tcase_add_test(tc, init_get_inspect_release_destroy);
 	tcase_add_test(tc, bad_requests_fail_clearly);
+	tcase_add_test(tc, faults_peers_and_latency);
 	suite_add_tcase(s, tc);
 	return vmf_test_run(s);
 }
