@@ -454,6 +454,9 @@ teardown(void)
 {
 	/* Whatever a failed test left behind must not outlive it. */
 	vmf(NULL, "destroy --all");
+	/* The daemon first: it would replace the VMs killed next. */
+	if (vmf_test_kill_under("vmfactory", sock))
+		fprintf(stderr, "teardown: killed a daemon left by a failed test\n");
 	if (vmf_test_kill_qemu_under(run))
 		fprintf(stderr, "teardown: killed QEMU processes left by a failed test\n");
 	struct vmf_error e;

@@ -58,7 +58,7 @@ vmf_test_src(const char *rel)
 }
 
 static int
-scan_qemu(const char *dir, bool kill_them)
+scan(const char *prog, const char *dir, bool kill_them)
 {
 	DIR *d = opendir("/proc");
 	if (!d)
@@ -77,11 +77,11 @@ scan_qemu(const char *dir, bool kill_them)
 		size_t len = fread(buf, 1, sizeof buf - 1, f);
 		fclose(f);
 		buf[len] = 0;
-		bool qemu = strstr(buf, "qemu-system") != NULL;
+		bool match = strstr(buf, prog) != NULL;
 		for (size_t i = 0; i < len; i++)
 			if (!buf[i])
 				buf[i] = ' ';
-		if (qemu && strstr(buf, dir)) {
+		if (match && strstr(buf, dir) && pid != getpid()) {
 			n++;
 			if (kill_them)
 				kill(pid, SIGKILL);
@@ -92,10 +92,10 @@ scan_qemu(const char *dir, bool kill_them)
 }
 
 int
-vmf_test_kill_qemu_under(const char *dir)
+vmf_test_kill_under(const char *prog, const char *dir)
 {
-	int n = scan_qemu(dir, true);
-	for (int i = 0; i < 100 && scan_qemu(dir, false) > 0; i++)
+	int n = scan(prog, dir, true);
+	for (int i = 0; i < 100 && scan(prog, dir, false) > 0; i++)
 		poll(NULL, 0, 50);
 	return n;
 }

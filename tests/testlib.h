@@ -18,8 +18,10 @@ char *vmf_test_tmpdir(const char *prefix);
 /* Path in the source tree (VMFACTORY_SRCDIR/rel); static buffer. */
 const char *vmf_test_src(const char *rel);
 
-/* SIGKILLs every QEMU whose command line mentions dir, and waits until they
- * are gone (a failed test must not leak VMs); returns how many it killed. */
-int vmf_test_kill_qemu_under(const char *dir);
+/* SIGKILLs every process whose command line contains both prog and dir, and
+ * waits until they are gone (a failed test must not leak VMs or daemons);
+ * returns how many it killed. */
+int vmf_test_kill_under(const char *prog, const char *dir);
+#define vmf_test_kill_qemu_under(dir) vmf_test_kill_under("qemu-system", (dir))
 
 #endif
