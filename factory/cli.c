@@ -89,11 +89,12 @@ usage_error(const struct cmd *c, const char *fmt, ...)
 	return EXIT_USAGE;
 }
 
+/* Exit 3 ("no daemon") is status's alone; every other failure is 1. */
 static int
 fail(const struct vmf_error *e)
 {
 	fprintf(stderr, "vmfactory: %s\n", e->msg);
-	return e->code == ECONNREFUSED || e->code == ENOENT ? EXIT_NO_DAEMON : EXIT_FAILURE;
+	return EXIT_FAILURE;
 }
 
 /* Parses argv (after the command name) by the command's option spec. */

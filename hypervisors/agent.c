@@ -1,25 +1,51 @@
-/* Host side of the guest agent protocol. */
+/* Host side of the guest agent protocol (proto/agent.proto).
+ *
+ * Replies are read through a buffer owned by the connection, so a deadline
+ * that expires in the middle of a frame leaves the stream in sync for the
+ * next call, and an oversized frame from the guest is skipped, not fatal. */
 #include "agent.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "frame.h"
 
-/* While the guest has not opened its port yet (booting, or just resumed),
- * bytes we send wait in QEMU; a Ping sent then is answered late.  Retrying
- * every RETRY_MS bounds how stale an answer can be. */
+/* While the guest has not opened its port (booting, agent restarting),
+ * what we send waits in QEMU's socket buffer or is lost with a dying agent;
+ * a fresh Ping every RETRY_MS bounds how long either can delay readiness. */
 #define RETRY_MS 250
+#define RBUF_SIZE (VMF_FRAME_HDR + (size_t)AGENT_MAX_FRAME)
 
 struct vmf_agent {
 	int fd;
 	uint64_t next_id;
+	uint8_t *rbuf;
+	size_t rlen;
+	uint32_t skip;                   /* bytes of an oversized frame to drop */
+	char last_error[200];            /* an id-0 error reply, for diagnosis */
 };
+
+/* Ids start at a random point: replies left over from before a template
+ * save (sent to another connection, maybe another daemon) then never match
+ * an id of this connection.  0 is what the agent uses when it cannot tell
+ * which request a reply is for. */
+static uint64_t
+random_id_base(void)
+{
+	uint64_t v = 0;
+	if (getrandom(&v, sizeof(v), GRND_NONBLOCK) != (ssize_t)sizeof(v))
+		v = ((uint64_t)getpid() << 40) ^ ((uint64_t)vmf_now_ms() << 8);
+	/* Room for 2^62 requests before wrapping towards 0. */
+	return (v >> 2) | 1;
+}
 
 struct vmf_agent *
 vmf_agent_new(int fd)
@@ -27,16 +53,20 @@ vmf_agent_new(int fd)
 	if (fd < 0)
 		return NULL;
 	struct vmf_agent *a = calloc(1, sizeof(*a));
-	if (!a) {
+	uint8_t *rbuf = malloc(RBUF_SIZE);
+	if (!a || !rbuf) {
+		free(a);
+		free(rbuf);
 		close(fd);
 		return NULL;
 	}
-	/* Non-blocking so that deadlines hold even for writes. */
-	fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+	/* Non-blocking so that deadlines hold for writes too. */
+	int fl = fcntl(fd, F_GETFL);
+	if (fl >= 0)
+		fcntl(fd, F_SETFL, fl | O_NONBLOCK);
 	a->fd = fd;
-	/* Ids from a random-ish base: replies from before a save/restore carry
-	 * ids this connection never used. */
-	a->next_id = ((uint64_t)getpid() << 32) ^ (uint64_t)vmf_now_ms();
+	a->rbuf = rbuf;
+	a->next_id = random_id_base();
 	return a;
 }
 
@@ -46,6 +76,7 @@ vmf_agent_free(struct vmf_agent *a)
 	if (!a)
 		return;
 	close(a->fd);
+	free(a->rbuf);
 	free(a);
 }
 
@@ -55,6 +86,39 @@ vmf_agent_fd(const struct vmf_agent *a)
 	return a->fd;
 }
 
+/* Like vmf_write_full, but a closed channel is EPIPE, never SIGPIPE: the
+ * caller (daemon, test, tool) need not ignore the signal. */
+static int
+write_all(int fd, const uint8_t *p, size_t n, int64_t deadline, struct vmf_error *err)
+{
+	bool sock = true;
+	while (n > 0) {
+		ssize_t w = sock ? send(fd, p, n, MSG_NOSIGNAL) : write(fd, p, n);
+		if (w < 0 && errno == ENOTSOCK && sock) {
+			sock = false;
+			continue;
+		}
+		if (w > 0) {
+			p += w;
+			n -= (size_t)w;
+			continue;
+		}
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w < 0 && errno == EPIPE)
+			return vmf_err(err, EPIPE, "the agent channel was closed by QEMU");
+		if (w < 0 && errno != EAGAIN)
+			return vmf_err_sys(err, errno, "writing to the agent channel");
+		int64_t left = deadline - vmf_now_ms();
+		if (left <= 0)
+			return vmf_err(err, ETIMEDOUT, "timed out sending to the guest agent");
+		struct pollfd pf = { .fd = fd, .events = POLLOUT };
+		if (poll(&pf, 1, left > 60000 ? 60000 : (int)left) < 0 && errno != EINTR)
+			return vmf_err_sys(err, errno, "poll on the agent channel");
+	}
+	return 0;
+}
+
 static int
 send_req(struct vmf_agent *a, Vmf__Agent__AgentRequest *req, int64_t deadline, struct vmf_error *err)
 {
@@ -62,48 +126,109 @@ send_req(struct vmf_agent *a, Vmf__Agent__AgentRequest *req, int64_t deadline, s
 	req->id = ++a->next_id;
 	size_t n = vmf__agent__agent_request__get_packed_size(req);
 	if (n > AGENT_MAX_FRAME)
-		return vmf_err(err, EMSGSIZE, "agent request of %zu bytes is too large", n);
+		return vmf_err(err, EMSGSIZE, "agent request of %zu bytes exceeds the %u byte frame limit", n,
+			       AGENT_MAX_FRAME);
 	uint8_t buf[VMF_FRAME_HDR + AGENT_MAX_FRAME];
 	vmf_frame_put_len(buf, (uint32_t)n);
 	vmf__agent__agent_request__pack(req, buf + VMF_FRAME_HDR);
-	return vmf_write_full(a->fd, buf, VMF_FRAME_HDR + n, deadline, err);
+	/* Once the first byte is out the frame must go out whole, or the
+	 * agent's parser would be left mid-frame: the deadline holds only
+	 * until then. */
+	int r = write_all(a->fd, buf, 1, deadline, err);
+	if (r < 0)
+		return r;
+	int64_t grace = vmf_now_ms() + 5000;
+	return write_all(a->fd, buf + 1, VMF_FRAME_HDR + n - 1, deadline > grace ? deadline : grace, err);
 }
 
-/* Reads replies until the one for id arrives. */
+static void
+consume(struct vmf_agent *a, size_t n)
+{
+	memmove(a->rbuf, a->rbuf + n, a->rlen - n);
+	a->rlen -= n;
+}
+
+/* Next complete reply frame, unpacked; NULL *out for a frame that does not
+ * decode (counted as junk, not fatal).  Partial frames stay buffered. */
 static int
-recv_reply(struct vmf_agent *a, uint64_t id, Vmf__Agent__AgentReply **out, int64_t deadline,
+recv_reply(struct vmf_agent *a, Vmf__Agent__AgentReply **out, int64_t deadline, struct vmf_error *err)
+{
+	*out = NULL;
+	for (;;) {
+		if (a->skip) {
+			size_t k = a->rlen < a->skip ? a->rlen : a->skip;
+			consume(a, k);
+			a->skip -= (uint32_t)k;
+		}
+		if (!a->skip && a->rlen >= VMF_FRAME_HDR) {
+			uint32_t n = vmf_frame_get_len(a->rbuf);
+			if (n > AGENT_MAX_FRAME) {
+				consume(a, VMF_FRAME_HDR);
+				a->skip = n;
+				return vmf_err(err, EMSGSIZE,
+					       "the guest agent sent a frame of %u bytes (limit %u); skipping it", n,
+					       AGENT_MAX_FRAME);
+			}
+			if (a->rlen >= VMF_FRAME_HDR + n) {
+				*out = vmf__agent__agent_reply__unpack(NULL, n, a->rbuf + VMF_FRAME_HDR);
+				consume(a, VMF_FRAME_HDR + n);
+				return 0;
+			}
+		}
+		size_t room = RBUF_SIZE - a->rlen;
+		ssize_t r = read(a->fd, a->rbuf + a->rlen, room);
+		if (r > 0) {
+			a->rlen += (size_t)r;
+			continue;
+		}
+		if (r == 0)
+			return vmf_err(err, EPIPE, "the agent channel was closed by QEMU");
+		if (errno == EINTR)
+			continue;
+		if (errno != EAGAIN)
+			return vmf_err_sys(err, errno, "reading from the agent channel");
+		int64_t left = deadline - vmf_now_ms();
+		if (left <= 0)
+			return vmf_err(err, ETIMEDOUT, "timed out waiting for the guest agent");
+		struct pollfd p = { .fd = a->fd, .events = POLLIN };
+		if (poll(&p, 1, left > 60000 ? 60000 : (int)left) < 0 && errno != EINTR)
+			return vmf_err_sys(err, errno, "poll on the agent channel");
+	}
+}
+
+/* Notes an error reply the agent could not tie to a request (id 0): it
+ * explains a later timeout, but is never taken as the answer to a call. */
+static void
+note_orphan(struct vmf_agent *a, const Vmf__Agent__AgentReply *rep)
+{
+	if (rep->id == 0 && rep->error_code)
+		snprintf(a->last_error, sizeof(a->last_error), "%s (errno %d)",
+			 rep->error_message ? rep->error_message : "", rep->error_code);
+}
+
+/* Reads replies until the one for id arrives; others are stale. */
+static int
+wait_reply(struct vmf_agent *a, uint64_t id, Vmf__Agent__AgentReply **out, int64_t deadline,
 	   struct vmf_error *err)
 {
 	for (;;) {
-		uint8_t *buf;
-		size_t n;
-		int r = vmf_frame_read(a->fd, &buf, &n, AGENT_MAX_FRAME, deadline, err);
+		Vmf__Agent__AgentReply *rep;
+		int r = recv_reply(a, &rep, deadline, err);
+		if (r == -EMSGSIZE)
+			continue;
+		if (r == -ETIMEDOUT && a->last_error[0])
+			vmf_error_append(err, "; earlier the agent reported: %s", a->last_error);
 		if (r < 0)
 			return r;
-		Vmf__Agent__AgentReply *rep = vmf__agent__agent_reply__unpack(NULL, n, buf);
-		free(buf);
 		if (!rep)
-			return vmf_err(err, EBADMSG, "the guest agent sent an undecodable reply of %zu bytes", n);
+			continue;
 		if (rep->id == id) {
 			*out = rep;
 			return 0;
 		}
-		/* A reply to an earlier request (a retried Ping, or one sent before
-		 * the template was saved). */
+		note_orphan(a, rep);
 		vmf__agent__agent_reply__free_unpacked(rep, NULL);
 	}
-}
-
-static int
-check_reply(Vmf__Agent__AgentReply *rep, Vmf__Agent__AgentReply__BodyCase want, struct vmf_error *err)
-{
-	if (rep->error_code)
-		return vmf_err(err, rep->error_code, "the guest agent reports: %s",
-			       rep->error_message && *rep->error_message ? rep->error_message : "unspecified error");
-	if (rep->body_case != want)
-		return vmf_err(err, EPROTO, "the guest agent answered with the wrong message type (%d, expected %d)",
-			       (int)rep->body_case, (int)want);
-	return 0;
 }
 
 static Vmf__Agent__AgentReply__BodyCase
@@ -126,14 +251,25 @@ vmf_agent_call(struct vmf_agent *a, Vmf__Agent__AgentRequest *req, Vmf__Agent__A
 {
 	*reply = NULL;
 	int64_t deadline = vmf_now_ms() + timeout_ms;
+	Vmf__Agent__AgentReply__BodyCase want = expected(req);
+	if (want == VMF__AGENT__AGENT_REPLY__BODY__NOT_SET)
+		return vmf_err(err, EINVAL, "guest agent: request type %d is not one this host knows",
+			       (int)req->body_case);
+	a->last_error[0] = '\0';
 	int r = send_req(a, req, deadline, err);
 	if (r < 0)
 		return vmf_error_prefix(err, "guest agent");
 	Vmf__Agent__AgentReply *rep = NULL;
-	r = recv_reply(a, req->id, &rep, deadline, err);
-	if (r < 0 || !rep)
+	r = wait_reply(a, req->id, &rep, deadline, err);
+	if (r < 0)
 		return vmf_error_prefix(err, "guest agent");
-	r = check_reply(rep, expected(req), err);
+	if (rep->error_code) {
+		r = vmf_err(err, rep->error_code, "the guest agent reports: %s",
+			    rep->error_message && *rep->error_message ? rep->error_message : "unspecified error");
+	} else if (rep->body_case != want) {
+		r = vmf_err(err, EPROTO, "the guest agent answered with message type %d, expected %d",
+			    (int)rep->body_case, (int)want);
+	}
 	if (r < 0) {
 		vmf__agent__agent_reply__free_unpacked(rep, NULL);
 		return r;
@@ -143,7 +279,7 @@ vmf_agent_call(struct vmf_agent *a, Vmf__Agent__AgentRequest *req, Vmf__Agent__A
 }
 
 static int
-simple(struct vmf_agent *a, Vmf__Agent__AgentRequest *req, int timeout_ms, struct vmf_error *err)
+call_simple(struct vmf_agent *a, Vmf__Agent__AgentRequest *req, int timeout_ms, struct vmf_error *err)
 {
 	Vmf__Agent__AgentReply *rep = NULL;
 	int r = vmf_agent_call(a, req, &rep, timeout_ms, err);
@@ -159,41 +295,49 @@ vmf_agent_ping(struct vmf_agent *a, int timeout_ms, struct vmf_error *err)
 	Vmf__Agent__Ping ping = VMF__AGENT__PING__INIT;
 	req.body_case = VMF__AGENT__AGENT_REQUEST__BODY_PING;
 	req.ping = &ping;
-	return simple(a, &req, timeout_ms, err);
+	return call_simple(a, &req, timeout_ms, err);
 }
 
 int
 vmf_agent_wait_ready(struct vmf_agent *a, int timeout_ms, struct vmf_error *err)
 {
-	int64_t deadline = vmf_now_ms() + timeout_ms;
+	int64_t start = vmf_now_ms(), deadline = start + timeout_ms;
 	uint64_t first = a->next_id + 1;
 	Vmf__Agent__AgentRequest req = VMF__AGENT__AGENT_REQUEST__INIT;
 	Vmf__Agent__Ping ping = VMF__AGENT__PING__INIT;
 	req.body_case = VMF__AGENT__AGENT_REQUEST__BODY_PING;
 	req.ping = &ping;
+	a->last_error[0] = '\0';
+	unsigned sent = 0;
 	for (;;) {
 		int64_t now = vmf_now_ms();
-		if (now >= deadline)
-			return vmf_err(err, ETIMEDOUT, "the guest agent did not answer within %d ms", timeout_ms);
+		if (now >= deadline) {
+			vmf_err(err, ETIMEDOUT, "guest agent: no answer to %u Pings within %d ms", sent, timeout_ms);
+			if (a->last_error[0])
+				vmf_error_append(err, "; the agent reported: %s", a->last_error);
+			return -ETIMEDOUT;
+		}
 		int64_t until = now + RETRY_MS < deadline ? now + RETRY_MS : deadline;
 		int r = send_req(a, &req, until, err);
 		if (r < 0 && r != -ETIMEDOUT)
 			return vmf_error_prefix(err, "guest agent");
+		sent += r == 0;
 		/* Any of our Pings answered means the agent is serving. */
 		for (;;) {
-			uint8_t *buf;
-			size_t n;
-			r = vmf_frame_read(a->fd, &buf, &n, AGENT_MAX_FRAME, until, err);
+			Vmf__Agent__AgentReply *rep;
+			r = recv_reply(a, &rep, until, err);
 			if (r == -ETIMEDOUT)
 				break;
+			if (r == -EMSGSIZE)
+				continue;
 			if (r < 0)
 				return vmf_error_prefix(err, "guest agent");
-			Vmf__Agent__AgentReply *rep = vmf__agent__agent_reply__unpack(NULL, n, buf);
-			free(buf);
-			bool ours = rep && rep->id >= first && rep->id <= a->next_id &&
+			if (!rep)
+				continue;
+			bool ours = rep->id >= first && rep->id <= a->next_id &&
 				    rep->body_case == VMF__AGENT__AGENT_REPLY__BODY_PONG;
-			if (rep)
-				vmf__agent__agent_reply__free_unpacked(rep, NULL);
+			note_orphan(a, rep);
+			vmf__agent__agent_reply__free_unpacked(rep, NULL);
 			if (ours)
 				return 0;
 		}
@@ -219,7 +363,8 @@ vmf_agent_online(struct vmf_agent *a, uint32_t want_cpus, uint32_t want_mem_mib,
 	Vmf__Agent__OnlineCpuMem o = VMF__AGENT__ONLINE_CPU_MEM__INIT;
 	o.want_cpus = want_cpus;
 	o.want_mem_mib = want_mem_mib;
-	/* Leave the guest time to answer before our own deadline. */
+	/* The guest gives up waiting first, so that its partial result
+	 * reaches us before our own deadline. */
 	o.timeout_ms = timeout_ms > 500 ? (uint32_t)(timeout_ms - 250) : (uint32_t)timeout_ms / 2;
 	req.body_case = VMF__AGENT__AGENT_REQUEST__BODY_ONLINE_CPU_MEM;
 	req.online_cpu_mem = &o;
@@ -227,8 +372,10 @@ vmf_agent_online(struct vmf_agent *a, uint32_t want_cpus, uint32_t want_mem_mib,
 	int r = vmf_agent_call(a, &req, &rep, timeout_ms, err);
 	if (r < 0)
 		return r;
-	*online_cpus = rep->online->online_cpus;
-	*mem_total_kib = rep->online->mem_total_kib;
+	if (online_cpus)
+		*online_cpus = rep->online->online_cpus;
+	if (mem_total_kib)
+		*mem_total_kib = rep->online->mem_total_kib;
 	vmf__agent__agent_reply__free_unpacked(rep, NULL);
 	return 0;
 }
@@ -248,7 +395,8 @@ vmf_agent_reseed(struct vmf_agent *a, const uint8_t *entropy, size_t n, uint8_t 
 	if (r < 0)
 		return r;
 	if (rep->rng->random.len != 16) {
-		r = vmf_err(err, EPROTO, "the guest agent returned %zu random bytes, expected 16", rep->rng->random.len);
+		r = vmf_err(err, EPROTO, "the guest agent returned %zu random bytes, expected 16",
+			    rep->rng->random.len);
 	} else {
 		static const uint8_t zero[16];
 		memcpy(sample, rep->rng->random.data, 16);
@@ -286,5 +434,5 @@ vmf_agent_mount_share(struct vmf_agent *a, const char *tag, int timeout_ms, stru
 	m.tag = (char *)tag;
 	req.body_case = VMF__AGENT__AGENT_REQUEST__BODY_MOUNT_SHARE;
 	req.mount_share = &m;
-	return simple(a, &req, timeout_ms, err);
+	return call_simple(a, &req, timeout_ms, err);
 }

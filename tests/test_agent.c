@@ -1,12 +1,23 @@
-/* The real guest agent binary, in test mode over a socketpair: framing,
- * malformed and oversized frames, stale replies, request validation. */
+/* The guest agent protocol without a VM.
+ *
+ * "agent": the real vmf-agent binary in test mode (--fd) over a socketpair,
+ * driven by the host client (hypervisors/agent.c) and by raw frames:
+ * requests, validation, malformed, oversized and truncated frames.  Test
+ * mode never touches the host: SetTime echoes, ReseedRng only samples,
+ * OnlineCpuMem and MountShare answer EPERM after validating.
+ *
+ * "client": the host client against a scripted fake agent (a thread), for
+ * what a real agent does not do on demand: stale and orphan replies, a
+ * reply cut by a deadline, an oversized reply, a late first answer. */
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/pidfd.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -16,49 +27,103 @@
 #include "testlib.h"
 #include "util.h"
 
-static pid_t pid;
-static int host_fd;
+static pid_t pid = -1;
+static int host_fd = -1;
 static char *share;
 
+static const char *
+agent_path(void)
+{
+	static char path[600];
+	const char *b = getenv("VMFACTORY_BUILDDIR");
+	snprintf(path, sizeof path, "%s/contrib/agent/vmf-agent", b ? b : ".");
+	return path;
+}
+
 static void
-setup(void)
+start_agent(void)
 {
 	int sv[2];
 	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
-	share = vmf_test_tmpdir("vmf-agent-share");
-	char f[600];
-	struct vmf_error e;
-	snprintf(f, sizeof f, "%s/visible", share);
-	vmf_write_file_atomic(f, "x", 1, 0644, &e);
-	char agent[600];
-	const char *b = getenv("VMFACTORY_BUILDDIR");
-	snprintf(agent, sizeof agent, "%s/contrib/vmf-agent", b ? b : ".");
 	pid = fork();
+	ck_assert_int_ge(pid, 0);
 	if (pid == 0) {
 		dup2(sv[1], 3);
-		execl(agent, "vmf-agent", "--fd", "3", "--share-dir", share, (char *)NULL);
+		execl(agent_path(), "vmf-agent", "--fd", "3", "--share-dir", share, (char *)NULL);
 		_exit(127);
 	}
 	close(sv[1]);
 	host_fd = sv[0];
 }
 
+/* Waits for the agent to exit (EOF on its stream ends it); its status, or
+ * -1 when it had to be killed at the deadline. */
+static int
+reap_agent(int timeout_ms)
+{
+	int st = -1, w = 0;
+	int pfd = pidfd_open(pid, 0);
+	if (pfd >= 0) {
+		struct pollfd p = { .fd = pfd, .events = POLLIN };
+		if (poll(&p, 1, timeout_ms) == 1)
+			st = 0;
+		close(pfd);
+	} else {
+		/* No pidfd (valgrind does not know the syscall): poll waitpid. */
+		int64_t deadline = vmf_now_ms() + timeout_ms;
+		pid_t r;
+		while ((r = waitpid(pid, &w, WNOHANG)) == 0 && vmf_now_ms() < deadline)
+			poll(NULL, 0, 10);
+		if (r == pid) {
+			pid = -1;
+			return w;
+		}
+	}
+	if (st < 0)
+		kill(pid, SIGKILL);
+	ck_assert_int_eq(waitpid(pid, &w, 0), pid);
+	pid = -1;
+	return st < 0 ? -1 : w;
+}
+
+static void
+setup(void)
+{
+	share = vmf_test_tmpdir("vmf-agent-share");
+	struct vmf_error e;
+	char f[600];
+	/* Names come back sorted. */
+	snprintf(f, sizeof f, "%s/visible", share);
+	ck_assert_int_eq(vmf_write_file_atomic(f, "x", 1, 0644, &e), 0);
+	snprintf(f, sizeof f, "%s/another", share);
+	ck_assert_int_eq(vmf_write_file_atomic(f, "y", 1, 0644, &e), 0);
+	start_agent();
+}
+
 static void
 teardown(void)
 {
-	close(host_fd);
-	int st;
-	/* EOF on its stream ends a test-mode agent. */
-	for (int i = 0; i < 100 && waitpid(pid, &st, WNOHANG) == 0; i++)
-		poll(NULL, 0, 20);
-	kill(pid, SIGKILL);
-	waitpid(pid, &st, 0);
+	if (host_fd >= 0)
+		close(host_fd);
+	host_fd = -1;
+	if (pid > 0)
+		reap_agent(2000);
 	struct vmf_error e;
 	vmf_rm_rf(share, &e);
 	free(share);
 }
 
-/* Reads one raw reply frame. */
+static void
+send_raw_request(uint64_t id, uint32_t version, Vmf__Agent__AgentRequest *req)
+{
+	req->protocol_version = version;
+	req->id = id;
+	uint8_t buf[1024];
+	size_t n = vmf__agent__agent_request__pack(req, buf);
+	struct vmf_error e = {0};
+	ck_assert_int_eq(vmf_frame_write(host_fd, buf, n, vmf_now_ms() + 1000, &e), 0);
+}
+
 static Vmf__Agent__AgentReply *
 read_reply(void)
 {
@@ -72,117 +137,394 @@ read_reply(void)
 	return r;
 }
 
+static void
+expect_error_reply(int code, uint64_t id)
+{
+	Vmf__Agent__AgentReply *r = read_reply();
+	ck_assert_int_eq(r->error_code, code);
+	ck_assert_uint_eq(r->id, id);
+	ck_assert_ptr_nonnull(r->error_message);
+	ck_assert_int_gt(strlen(r->error_message), 10);
+	vmf__agent__agent_reply__free_unpacked(r, NULL);
+}
+
+/* The agent still answers on the same stream. */
+static void
+assert_serving(void)
+{
+	struct vmf_agent *a = vmf_agent_new(dup(host_fd));
+	struct vmf_error e = {0};
+	ck_assert_msg(vmf_agent_ping(a, 5000, &e) == 0, "agent stopped serving: %s", e.msg);
+	vmf_agent_free(a);
+}
+
 START_TEST(ping_and_guest_info)
 {
 	struct vmf_agent *a = vmf_agent_new(dup(host_fd));
 	struct vmf_error e = {0};
 	ck_assert_msg(vmf_agent_wait_ready(a, 5000, &e) == 0, "%s", e.msg);
-	ck_assert_int_eq(vmf_agent_ping(a, 5000, &e), 0);
-	Vmf__Agent__AgentReply *r;
+	ck_assert_msg(vmf_agent_ping(a, 5000, &e) == 0, "%s", e.msg);
+	Vmf__Agent__AgentReply *r, *r2;
 	ck_assert_msg(vmf_agent_guest_info(a, &r, 5000, &e) == 0, "%s", e.msg);
+	ck_assert_msg(vmf_agent_guest_info(a, &r2, 5000, &e) == 0, "%s", e.msg);
 	Vmf__Agent__GuestInfo *g = r->guest_info;
 	ck_assert_uint_ge(g->online_cpus, 1);
-	ck_assert_uint_gt(g->mem_total_kib, 0);
+	ck_assert_uint_le(g->online_cpus, 4096);
+	ck_assert_uint_gt(g->mem_total_kib, 16 * 1024);
+	ck_assert_uint_gt(g->uptime_ns, 0);
+	ck_assert_uint_gt(g->monotonic_ns, 0);
+	ck_assert_uint_ge(g->uptime_ns + 1000000, g->monotonic_ns);
+	ck_assert_int_lt(llabs(g->realtime_ns - vmf_realtime_ns()), 2000000000LL);
+	ck_assert_uint_eq(strlen(g->boot_id), 36);
 	ck_assert_uint_eq(g->random.len, 16);
-	ck_assert_int_lt(llabs(g->realtime_ns - vmf_realtime_ns()), 1000000000LL);
-	ck_assert_uint_eq(g->n_share_entries, 1);
-	ck_assert_str_eq(g->share_entries[0], "visible");
+	ck_assert_uint_eq(r2->guest_info->random.len, 16);
+	ck_assert_int_ne(memcmp(g->random.data, r2->guest_info->random.data, 16), 0);
+	ck_assert_uint_ge(r2->guest_info->monotonic_ns, g->monotonic_ns);
+	ck_assert_uint_eq(g->n_share_entries, 2);
+	ck_assert_str_eq(g->share_entries[0], "another");
+	ck_assert_str_eq(g->share_entries[1], "visible");
 	ck_assert_ptr_nonnull(strstr(g->agent_version, "vmf-agent"));
 	vmf__agent__agent_reply__free_unpacked(r, NULL);
+	vmf__agent__agent_reply__free_unpacked(r2, NULL);
 	vmf_agent_free(a);
 }
 END_TEST
 
-START_TEST(bad_requests_get_error_replies)
+START_TEST(set_time_and_reseed)
 {
 	struct vmf_agent *a = vmf_agent_new(dup(host_fd));
 	struct vmf_error e = {0};
-	uint8_t ent[8] = {0}, sample[16];
-	/* Too little entropy is refused by the agent, with its reason. */
-	ck_assert_int_eq(vmf_agent_reseed(a, ent, sizeof ent, sample, 5000, &e), -EINVAL);
-	ck_assert_ptr_nonnull(strstr(e.msg, "16 to 512"));
-	/* Test mode never touches the host's clock or mounts. */
-	ck_assert_int_eq(vmf_agent_set_time(a, 1, NULL, 5000, &e), -EPERM);
-	ck_assert_int_eq(vmf_agent_mount_share(a, "bad/tag", 5000, &e), -EINVAL);
-	/* An unknown protocol version. */
+	/* Test mode echoes instead of setting the host's clock. */
+	int64_t want = 1700000000123456789LL, got = 0;
+	ck_assert_msg(vmf_agent_set_time(a, want, &got, 5000, &e) == 0, "%s", e.msg);
+	ck_assert_int_eq(got, want);
+	ck_assert_int_eq(vmf_agent_set_time(a, 0, &got, 5000, &e), -EINVAL);
+	ck_assert_int_eq(vmf_agent_set_time(a, -5, &got, 5000, &e), -EINVAL);
+
+	uint8_t ent[600], s1[16], s2[16];
+	memset(ent, 0xa5, sizeof ent);
+	for (size_t n = 0; n <= 15; n += 15) {
+		ck_assert_int_eq(vmf_agent_reseed(a, ent, n, s1, 5000, &e), -EINVAL);
+		ck_assert_msg(strstr(e.msg, "16 to 512") != NULL, "%s", e.msg);
+	}
+	ck_assert_int_eq(vmf_agent_reseed(a, ent, 513, s1, 5000, &e), -EINVAL);
+	ck_assert_int_eq(vmf_agent_reseed(a, ent, sizeof ent, s1, 5000, &e), -EINVAL);
+	ck_assert_msg(vmf_agent_reseed(a, ent, 16, s1, 5000, &e) == 0, "%s", e.msg);
+	ck_assert_msg(vmf_agent_reseed(a, ent, 512, s2, 5000, &e) == 0, "%s", e.msg);
+	ck_assert_int_ne(memcmp(s1, s2, 16), 0);
+	vmf_agent_free(a);
+}
+END_TEST
+
+START_TEST(validation_and_test_mode_refusals)
+{
+	struct vmf_agent *a = vmf_agent_new(dup(host_fd));
+	struct vmf_error e = {0};
+	static const char *bad[] = { "", "bad/tag", "a,trans=tcp", "..x y", "0123456789012345678901234567890123" };
+	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+		ck_assert_int_eq(vmf_agent_mount_share(a, bad[i], 5000, &e), -EINVAL);
+		ck_assert_ptr_nonnull(strstr(e.msg, "share tag"));
+	}
+	/* A valid tag reaches the mount step, which test mode refuses. */
+	ck_assert_int_eq(vmf_agent_mount_share(a, "share", 5000, &e), -EPERM);
+	uint32_t cpus;
+	uint64_t kib;
+	ck_assert_int_eq(vmf_agent_online(a, 2, 512, &cpus, &kib, 5000, &e), -EPERM);
+
+	/* A protocol version this agent does not speak. */
 	Vmf__Agent__AgentRequest req = VMF__AGENT__AGENT_REQUEST__INIT;
 	Vmf__Agent__Ping ping = VMF__AGENT__PING__INIT;
-	req.protocol_version = 99;
-	req.id = 7;
+	req.body_case = VMF__AGENT__AGENT_REQUEST__BODY_PING;
+	req.ping = &ping;
+	send_raw_request(7, 99, &req);
+	expect_error_reply(EPROTO, 7);
+	/* A request without a body (or of a type from a newer host). */
+	Vmf__Agent__AgentRequest empty = VMF__AGENT__AGENT_REQUEST__INIT;
+	send_raw_request(8, AGENT_PROTOCOL_VERSION, &empty);
+	expect_error_reply(EOPNOTSUPP, 8);
+	/* The host client refuses to send what it cannot check the reply of. */
+	Vmf__Agent__AgentReply *rep;
+	ck_assert_int_eq(vmf_agent_call(a, &empty, &rep, 1000, &e), -EINVAL);
+	ck_assert_ptr_null(rep);
+	ck_assert_msg(vmf_agent_ping(a, 5000, &e) == 0, "%s", e.msg);
+	vmf_agent_free(a);
+}
+END_TEST
+
+START_TEST(garbage_and_empty_frames)
+{
+	struct vmf_error e = {0};
+	static const uint8_t junk[] = { 0xff, 0xff, 0xff, 0xff, 0xff, 0x01 };
+	ck_assert_int_eq(vmf_frame_write(host_fd, junk, sizeof junk, vmf_now_ms() + 1000, &e), 0);
+	expect_error_reply(EBADMSG, 0);
+	assert_serving();
+	/* An empty frame decodes as a request with nothing set. */
+	ck_assert_int_eq(vmf_frame_write(host_fd, NULL, 0, vmf_now_ms() + 1000, &e), 0);
+	expect_error_reply(EPROTO, 0);
+	assert_serving();
+	/* Requests split into single bytes are reassembled. */
+	Vmf__Agent__AgentRequest req = VMF__AGENT__AGENT_REQUEST__INIT;
+	Vmf__Agent__Ping ping = VMF__AGENT__PING__INIT;
+	req.protocol_version = AGENT_PROTOCOL_VERSION;
+	req.id = 99;
 	req.body_case = VMF__AGENT__AGENT_REQUEST__BODY_PING;
 	req.ping = &ping;
 	uint8_t buf[64];
-	size_t n = vmf__agent__agent_request__pack(&req, buf);
-	ck_assert_int_eq(vmf_frame_write(host_fd, buf, n, vmf_now_ms() + 1000, &e), 0);
+	size_t n = vmf__agent__agent_request__pack(&req, buf + 4);
+	vmf_frame_put_len(buf, (uint32_t)n);
+	for (size_t i = 0; i < n + 4; i++)
+		ck_assert_int_eq(write(host_fd, buf + i, 1), 1);
 	Vmf__Agent__AgentReply *r = read_reply();
-	ck_assert_int_eq(r->error_code, EPROTO);
-	ck_assert_uint_eq(r->id, 7);
+	ck_assert_uint_eq(r->id, 99);
+	ck_assert_int_eq(r->error_code, 0);
+	ck_assert_int_eq(r->body_case, VMF__AGENT__AGENT_REPLY__BODY_PONG);
 	vmf__agent__agent_reply__free_unpacked(r, NULL);
-	ck_assert_int_eq(vmf_agent_ping(a, 5000, &e), 0);
-	vmf_agent_free(a);
 }
 END_TEST
 
-START_TEST(malformed_and_oversized_frames_keep_the_agent_serving)
+START_TEST(oversized_frames)
 {
 	struct vmf_error e = {0};
-	/* Garbage that is not a protobuf request. */
-	static const uint8_t junk[] = { 0xff, 0xff, 0xff, 0xff, 0xff, 0x01 };
-	ck_assert_int_eq(vmf_frame_write(host_fd, junk, sizeof junk, vmf_now_ms() + 1000, &e), 0);
-	Vmf__Agent__AgentReply *r = read_reply();
-	ck_assert_int_eq(r->error_code, EBADMSG);
-	vmf__agent__agent_reply__free_unpacked(r, NULL);
-
-	/* A 4 GiB length prefix: refused at once, its payload skipped. */
+	/* A 4 GiB length prefix is refused before any payload arrives... */
 	uint8_t h[4] = { 0xff, 0xff, 0xff, 0xff };
 	ck_assert_int_eq(write(host_fd, h, 4), 4);
-	r = read_reply();
-	ck_assert_int_eq(r->error_code, EMSGSIZE);
-	vmf__agent__agent_reply__free_unpacked(r, NULL);
-	/* The agent now discards what follows; a fresh stream after a
-	 * reconnect is the host's way back.  A just-over-limit frame, sent
-	 * whole, is skipped exactly and the next request is served. */
-	teardown();
-	setup();
-	uint32_t big = AGENT_MAX_FRAME + 1;
-	uint8_t *payload = calloc(1, big);
-	ck_assert_int_eq(vmf_frame_write(host_fd, payload, big, vmf_now_ms() + 5000, &e), 0);
-	free(payload);
-	r = read_reply();
-	ck_assert_int_eq(r->error_code, EMSGSIZE);
-	vmf__agent__agent_reply__free_unpacked(r, NULL);
-	struct vmf_agent *a = vmf_agent_new(dup(host_fd));
-	ck_assert_msg(vmf_agent_ping(a, 5000, &e) == 0, "%s", e.msg);
+	expect_error_reply(EMSGSIZE, 0);
+	/* ...and its payload is skipped as it streams in: the agent reads
+	 * on, allocating nothing, until the host gives up on the stream. */
+	uint8_t *chunk = calloc(1, 1 << 20);
+	for (int i = 0; i < 8; i++)
+		ck_assert_int_eq(vmf_write_full(host_fd, chunk, 1 << 20, vmf_now_ms() + 5000, &e), 0);
+	close(host_fd);
+	host_fd = -1;
+	int st = reap_agent(5000);
+	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "agent status %d", st);
 
-	/* A truncated frame followed by the peer closing: no crash, clean exit. */
-	vmf_agent_free(a);
+	/* A frame one byte over the limit, sent whole, is skipped exactly and
+	 * the next request is served. */
+	start_agent();
+	uint32_t big = AGENT_MAX_FRAME + 1;
+	ck_assert_int_eq(vmf_frame_write(host_fd, chunk, big, vmf_now_ms() + 5000, &e), 0);
+	free(chunk);
+	expect_error_reply(EMSGSIZE, 0);
+	assert_serving();
+}
+END_TEST
+
+START_TEST(truncated_frame_then_close)
+{
 	uint8_t t[6] = { 0, 0, 0, 100, 1, 2 };
 	ck_assert_int_eq(write(host_fd, t, sizeof t), (ssize_t)sizeof t);
 	close(host_fd);
 	host_fd = -1;
-	int st;
-	ck_assert_int_eq(waitpid(pid, &st, 0), pid);
-	ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
-	host_fd = socket(AF_UNIX, SOCK_STREAM, 0); /* for teardown */
+	int st = reap_agent(5000);
+	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "agent status %d", st);
 }
 END_TEST
 
 START_TEST(stale_replies_are_skipped)
 {
-	struct vmf_error e = {0};
-	/* A request whose reply the host never reads (it timed out, or came from
-	 * before a template save) must not be taken for the next answer. */
+	/* A request whose reply nobody reads (it timed out, or was sent before
+	 * the template was saved) must not be taken for the next answer. */
 	Vmf__Agent__AgentRequest req = VMF__AGENT__AGENT_REQUEST__INIT;
 	Vmf__Agent__GuestInfoRequest gi = VMF__AGENT__GUEST_INFO_REQUEST__INIT;
-	req.protocol_version = AGENT_PROTOCOL_VERSION;
-	req.id = 12345;
 	req.body_case = VMF__AGENT__AGENT_REQUEST__BODY_GUEST_INFO;
 	req.guest_info = &gi;
-	uint8_t buf[64];
-	size_t n = vmf__agent__agent_request__pack(&req, buf);
-	ck_assert_int_eq(vmf_frame_write(host_fd, buf, n, vmf_now_ms() + 1000, &e), 0);
+	send_raw_request(12345, AGENT_PROTOCOL_VERSION, &req);
 	struct vmf_agent *a = vmf_agent_new(dup(host_fd));
+	struct vmf_error e = {0};
 	ck_assert_msg(vmf_agent_ping(a, 5000, &e) == 0, "%s", e.msg);
+	int64_t t = 0;
+	ck_assert_msg(vmf_agent_set_time(a, 42, &t, 5000, &e) == 0, "%s", e.msg);
+	ck_assert_int_eq(t, 42);
+	vmf_agent_free(a);
+}
+END_TEST
+
+/* ---- the host client against a scripted fake agent ---- */
+
+enum script { SCRIPT_CUT_REPLY, SCRIPT_OVERSIZED_REPLY, SCRIPT_ORPHAN_ERROR, SCRIPT_LATE_START };
+
+struct fake {
+	int fd;
+	enum script script;
+	pthread_t thread;
+};
+
+static Vmf__Agent__AgentRequest *
+fake_read(int fd)
+{
+	uint8_t *buf;
+	size_t n;
+	if (vmf_frame_read(fd, &buf, &n, AGENT_MAX_FRAME, vmf_now_ms() + 10000, NULL) < 0)
+		return NULL;
+	Vmf__Agent__AgentRequest *r = vmf__agent__agent_request__unpack(NULL, n, buf);
+	free(buf);
+	return r;
+}
+
+/* A framed reply: pong for id, or an error when code != 0. */
+static size_t
+fake_reply(uint8_t *out, uint64_t id, int code, const char *msg)
+{
+	Vmf__Agent__AgentReply r = VMF__AGENT__AGENT_REPLY__INIT;
+	Vmf__Agent__Ping pong = VMF__AGENT__PING__INIT;
+	r.id = id;
+	if (code) {
+		r.error_code = code;
+		r.error_message = (char *)msg;
+	} else {
+		r.body_case = VMF__AGENT__AGENT_REPLY__BODY_PONG;
+		r.pong = &pong;
+	}
+	size_t n = vmf__agent__agent_reply__pack(&r, out + 4);
+	vmf_frame_put_len(out, (uint32_t)n);
+	return n + 4;
+}
+
+static void *
+fake_main(void *arg)
+{
+	struct fake *f = arg;
+	uint8_t buf[512];
+	Vmf__Agent__AgentRequest *q1, *q2;
+	size_t n;
+	switch (f->script) {
+	case SCRIPT_CUT_REPLY:
+		/* Half a reply, then nothing until the client has given up
+		 * and sent its next request; then the rest and the answer. */
+		q1 = fake_read(f->fd);
+		n = fake_reply(buf, q1->id, 0, NULL);
+		vmf_write_full(f->fd, buf, 3, -1, NULL);
+		q2 = fake_read(f->fd);
+		vmf_write_full(f->fd, buf + 3, n - 3, -1, NULL);
+		n = fake_reply(buf, q2->id, 0, NULL);
+		vmf_write_full(f->fd, buf, n, -1, NULL);
+		vmf__agent__agent_request__free_unpacked(q1, NULL);
+		vmf__agent__agent_request__free_unpacked(q2, NULL);
+		break;
+	case SCRIPT_OVERSIZED_REPLY: {
+		q1 = fake_read(f->fd);
+		size_t big = 3 * AGENT_MAX_FRAME;
+		uint8_t *junk = calloc(1, big + 4);
+		vmf_frame_put_len(junk, (uint32_t)big);
+		vmf_write_full(f->fd, junk, big + 4, -1, NULL);
+		free(junk);
+		n = fake_reply(buf, q1->id, 0, NULL);
+		vmf_write_full(f->fd, buf, n, -1, NULL);
+		vmf__agent__agent_request__free_unpacked(q1, NULL);
+		break;
+	}
+	case SCRIPT_ORPHAN_ERROR:
+		/* What the agent says to a frame it cannot parse: id 0. */
+		q1 = fake_read(f->fd);
+		n = fake_reply(buf, 0, EBADMSG, "request frame is not a valid agent request");
+		vmf_write_full(f->fd, buf, n, -1, NULL);
+		q2 = fake_read(f->fd);   /* waits for the client to hang up */
+		vmf__agent__agent_request__free_unpacked(q1, NULL);
+		if (q2)
+			vmf__agent__agent_request__free_unpacked(q2, NULL);
+		break;
+	case SCRIPT_LATE_START:
+		/* An agent that starts after the host's first Pings: those are
+		 * lost with the old agent; only a retried Ping is answered. */
+		for (int i = 0; i < 2; i++) {
+			q1 = fake_read(f->fd);
+			vmf__agent__agent_request__free_unpacked(q1, NULL);
+		}
+		q1 = fake_read(f->fd);
+		n = fake_reply(buf, q1->id, 0, NULL);
+		vmf_write_full(f->fd, buf, n, -1, NULL);
+		vmf__agent__agent_request__free_unpacked(q1, NULL);
+		break;
+	}
+	return NULL;
+}
+
+static struct vmf_agent *
+fake_start(struct fake *f, enum script s)
+{
+	int sv[2];
+	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	f->fd = sv[1];
+	f->script = s;
+	ck_assert_int_eq(pthread_create(&f->thread, NULL, fake_main, f), 0);
+	return vmf_agent_new(sv[0]);
+}
+
+static void
+fake_stop(struct fake *f, struct vmf_agent *a)
+{
+	vmf_agent_free(a);
+	pthread_join(f->thread, NULL);
+	close(f->fd);
+}
+
+START_TEST(reply_cut_by_a_deadline_keeps_the_stream_in_sync)
+{
+	struct fake f;
+	struct vmf_agent *a = fake_start(&f, SCRIPT_CUT_REPLY);
+	struct vmf_error e = {0};
+	ck_assert_int_eq(vmf_agent_ping(a, 300, &e), -ETIMEDOUT);
+	ck_assert_msg(vmf_agent_ping(a, 5000, &e) == 0, "%s", e.msg);
+	fake_stop(&f, a);
+}
+END_TEST
+
+START_TEST(oversized_reply_is_skipped)
+{
+	struct fake f;
+	struct vmf_agent *a = fake_start(&f, SCRIPT_OVERSIZED_REPLY);
+	struct vmf_error e = {0};
+	ck_assert_msg(vmf_agent_ping(a, 5000, &e) == 0, "%s", e.msg);
+	fake_stop(&f, a);
+}
+END_TEST
+
+START_TEST(orphan_error_explains_a_timeout)
+{
+	struct fake f;
+	struct vmf_agent *a = fake_start(&f, SCRIPT_ORPHAN_ERROR);
+	struct vmf_error e = {0};
+	ck_assert_int_eq(vmf_agent_ping(a, 300, &e), -ETIMEDOUT);
+	ck_assert_msg(strstr(e.msg, "not a valid agent request") != NULL, "%s", e.msg);
+	fake_stop(&f, a);
+}
+END_TEST
+
+START_TEST(wait_ready_retries_until_answered)
+{
+	struct fake f;
+	struct vmf_agent *a = fake_start(&f, SCRIPT_LATE_START);
+	struct vmf_error e = {0};
+	int64_t t0 = vmf_now_ms();
+	ck_assert_msg(vmf_agent_wait_ready(a, 5000, &e) == 0, "%s", e.msg);
+	/* Two unanswered rounds of 250 ms, then the third Ping. */
+	ck_assert_int_ge(vmf_now_ms() - t0, 400);
+	ck_assert_int_lt(vmf_now_ms() - t0, 2000);
+	fake_stop(&f, a);
+}
+END_TEST
+
+START_TEST(wait_ready_times_out)
+{
+	int sv[2];
+	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	struct vmf_agent *a = vmf_agent_new(sv[0]);
+	struct vmf_error e = {0};
+	int64_t t0 = vmf_now_ms();
+	ck_assert_int_eq(vmf_agent_wait_ready(a, 600, &e), -ETIMEDOUT);
+	ck_assert_int_lt(vmf_now_ms() - t0, 1500);
+	ck_assert_ptr_nonnull(strstr(e.msg, "Pings"));
+	vmf_agent_free(a);
+	close(sv[1]);
+	/* The peer closing is an error at once (and no SIGPIPE), not a wait
+	 * to the deadline. */
+	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	a = vmf_agent_new(sv[0]);
+	close(sv[1]);
+	t0 = vmf_now_ms();
+	ck_assert_int_eq(vmf_agent_wait_ready(a, 5000, &e), -EPIPE);
+	ck_assert_int_lt(vmf_now_ms() - t0, 1000);
 	vmf_agent_free(a);
 }
 END_TEST
@@ -191,12 +533,22 @@ int
 main(void)
 {
 	Suite *s = suite_create("agent");
-	TCase *tc = tcase_create("framing");
+	TCase *tc = tcase_create("agent");
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_add_test(tc, ping_and_guest_info);
-	tcase_add_test(tc, bad_requests_get_error_replies);
-	tcase_add_test(tc, malformed_and_oversized_frames_keep_the_agent_serving);
+	tcase_add_test(tc, set_time_and_reseed);
+	tcase_add_test(tc, validation_and_test_mode_refusals);
+	tcase_add_test(tc, garbage_and_empty_frames);
+	tcase_add_test(tc, oversized_frames);
+	tcase_add_test(tc, truncated_frame_then_close);
 	tcase_add_test(tc, stale_replies_are_skipped);
 	suite_add_tcase(s, tc);
+	TCase *tcc = tcase_create("client");
+	tcase_add_test(tcc, reply_cut_by_a_deadline_keeps_the_stream_in_sync);
+	tcase_add_test(tcc, oversized_reply_is_skipped);
+	tcase_add_test(tcc, orphan_error_explains_a_timeout);
+	tcase_add_test(tcc, wait_ready_retries_until_answered);
+	tcase_add_test(tcc, wait_ready_times_out);
+	suite_add_tcase(s, tcc);
 	return vmf_test_run(s);
 }

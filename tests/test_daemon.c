@@ -449,6 +449,54 @@ START_TEST(faults_peers_and_latency)
 }
 END_TEST
 
+START_TEST(template_commands)
+{
+	char *out;
+	ck_assert_int_eq(vmf(&out, "template build --cpus 1 --memory 256 --max-cpus 2 --max-memory 512"), 0);
+	printf("template build: %s", out);
+	ck_assert_ptr_nonnull(strstr(out, "ready"));
+	free(out);
+	json_object *l = vmf_json("template list -o json%s", "");
+	ck_assert_int_eq(json_object_array_length(l), 1);
+	json_object *t = json_object_array_get_idx(l, 0);
+	ck_assert_str_eq(json_object_get_string(path(t, "state", NULL)), "ready");
+	ck_assert_int_eq(json_object_get_int(path(t, "memory_mib", NULL)), 256);
+	ck_assert_int_eq(json_object_get_int64(path(t, "memory_size", NULL)), 256ll << 20);
+	ck_assert_int_gt(json_object_array_length(path(t, "capabilities", NULL)), 0);
+	char id[80];
+	snprintf(id, sizeof id, "%s", json_object_get_string(path(t, "id", NULL)));
+	json_object_put(l);
+	/* gc keeps a template of the current kernel, initrd and QEMU, but
+	 * removes files no record points to. */
+	char orphan[700];
+	snprintf(orphan, sizeof orphan, "%s/templates/%064d", state, 7);
+	struct vmf_error e;
+	ck_assert_int_eq(vmf_mkdir_p(orphan, 0700, &e), 0);
+	ck_assert_int_eq(vmf(NULL, "template gc"), 0);
+	ck_assert_int_ne(access(orphan, F_OK), 0);
+	l = vmf_json("template list -o json%s", "");
+	ck_assert_int_eq(json_object_array_length(l), 1);
+	json_object_put(l);
+	/* rm refuses what is not an id, then removes the template and its files. */
+	ck_assert_int_eq(vmf(NULL, "template rm ../../etc"), 1);
+	ck_assert_int_eq(vmf(NULL, "template rm %s", id), 0);
+	l = vmf_json("template list -o json%s", "");
+	ck_assert_int_eq(json_object_array_length(l), 0);
+	json_object_put(l);
+	char dir[800];
+	snprintf(dir, sizeof dir, "%s/templates/%s", state, id);
+	ck_assert_int_ne(access(dir, F_OK), 0);
+	ck_assert_int_eq(vmf(NULL, "template rm %s", id), 1);
+	/* usage errors: exit 2 */
+	ck_assert_int_eq(vmf(NULL, "no-such-command"), 2);
+	ck_assert_int_eq(vmf(NULL, "get --cpus lots"), 2);
+	ck_assert_int_eq(vmf(&out, "help"), 0);
+	ck_assert_ptr_nonnull(strstr(out, "template gc"));
+	ck_assert_ptr_nonnull(strstr(out, "destroy"));
+	free(out);
+}
+END_TEST
+
 static void
 teardown(void)
 {
@@ -474,6 +522,7 @@ main(void)
 	tcase_add_test(tc, init_get_inspect_release_destroy);
 	tcase_add_test(tc, bad_requests_fail_clearly);
 	tcase_add_test(tc, faults_peers_and_latency);
+	tcase_add_test(tc, template_commands);
 	suite_add_tcase(s, tc);
 	return vmf_test_run(s);
 }

@@ -1,15 +1,19 @@
 /* vmf-agent: the guest side of proto/agent.proto.
  *
  * Runs in the guest initramfs on the virtio-serial port named "agent".  The
- * host side comes and goes (template save, clone restore): while it is away
- * the port polls POLLHUP, so the agent waits for SIGIO, which virtio_console
- * sends on every host connect/disconnect of an O_ASYNC port.  No sleeps, so
- * a resumed clone answers within milliseconds.
+ * host side comes and goes (template save, clone restore, daemon restart):
+ * while it is away the port polls POLLHUP at once, so polling it would spin.
+ * Instead the agent blocks on a signalfd for SIGIO, which virtio_console
+ * sends to the owner of an O_ASYNC port on every host connect/disconnect
+ * (and on incoming data).  No timers, no sleeps: a resumed clone whose host
+ * socket is new answers within milliseconds.
  *
- * Test mode (--fd N) serves an already-open stream on the host and never
- * touches the host's clock, RNG or mounts. */
+ * Test mode (--fd N or --stdio) serves an already-open stream on the host so
+ * that unit tests run this very code; it never touches the host's clock, RNG,
+ * CPUs or mounts: SetTime echoes the requested time (as --no-set-time does),
+ * ReseedRng only validates and samples, OnlineCpuMem and MountShare are
+ * refused with EPERM after validation. */
 #include <ctype.h>
-#include <stdarg.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -17,6 +21,7 @@
 #include <linux/random.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,24 +32,32 @@
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/vfs.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "agent.pb-c.h"
 #include "frame.h"
 
-#define AGENT_VERSION "vmf-agent 0.1.0"
+#define AGENT_VERSION "vmf-agent 0.2.0"
 #define PORT_NAME "agent"
-#define V9FS_MAGIC 0x01021997
+/* How long to wait at boot for virtio_console to announce the port. */
+#define PORT_WAIT_MS 10000
+/* Share listing budget: leaves room in a 64 KiB reply for the other fields. */
+#define SHARE_NAMES_MAX 1024
+#define SHARE_BYTES_MAX (48u * 1024u)
+#define OBUF_SIZE (VMF_FRAME_HDR + (size_t)AGENT_MAX_FRAME)
 
 static const char *share_dir = "/mnt/share";
-static bool test_mode;
+static bool test_mode;       /* serving a host-side fd: touch nothing global */
+static bool no_set_time;     /* SetTime validates and echoes, never sets */
 
+static void logmsg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* One line on stderr, which /init points at the serial console. */
 static void
 logmsg(const char *fmt, ...)
 {
-	char buf[256];
+	char buf[300];
 	va_list ap;
 	va_start(ap, fmt);
 	vsnprintf(buf, sizeof(buf), fmt, ap);
@@ -52,7 +65,7 @@ logmsg(const char *fmt, ...)
 	fprintf(stderr, "vmf-agent: %s\n", buf);
 }
 
-/* ---- helpers ---- */
+/* ---- small file helpers ---- */
 
 static int
 read_small(const char *path, char *buf, size_t n)
@@ -61,9 +74,12 @@ read_small(const char *path, char *buf, size_t n)
 	if (fd < 0)
 		return -1;
 	ssize_t r = read(fd, buf, n - 1);
+	int e = errno;
 	close(fd);
-	if (r < 0)
+	if (r < 0) {
+		errno = e;
 		return -1;
+	}
 	buf[r] = '\0';
 	while (r > 0 && isspace((unsigned char)buf[r - 1]))
 		buf[--r] = '\0';
@@ -95,7 +111,8 @@ count_cpu_list(const char *s)
 			break;
 		if (*end == '-')
 			b = strtoul(end + 1, &end, 10);
-		n += (unsigned)(b - a + 1);
+		if (b >= a)
+			n += (unsigned)(b - a + 1);
 		s = *end == ',' ? end + 1 : end;
 	}
 	return n;
@@ -112,10 +129,10 @@ static uint64_t
 mem_total_kib(void)
 {
 	FILE *f = fopen("/proc/meminfo", "re");
-	uint64_t kib = 0;
+	unsigned long long kib = 0;
 	char line[128];
 	while (f && fgets(line, sizeof(line), f))
-		if (sscanf(line, "MemTotal: %lu kB", &kib) == 1)
+		if (sscanf(line, "MemTotal: %llu kB", &kib) == 1)
 			break;
 	if (f)
 		fclose(f);
@@ -130,50 +147,19 @@ clock_ns(clockid_t id)
 	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-/* Onlines every offline CPU and memory block; counts what is online. */
-static void
-online_all(unsigned *cpus_onlined, unsigned *blocks_onlined, uint64_t *online_mib)
+static int64_t
+now_ms(void)
 {
-	char path[300], state[32];
-	DIR *d = opendir("/sys/devices/system/cpu");
-	struct dirent *de;
-	while (d && (de = readdir(d))) {
-		if (strncmp(de->d_name, "cpu", 3) || !isdigit((unsigned char)de->d_name[3]))
-			continue;
-		snprintf(path, sizeof(path), "/sys/devices/system/cpu/%s/online", de->d_name);
-		if (read_small(path, state, sizeof(state)) == 0 && strcmp(state, "0") == 0 &&
-		    write_small(path, "1") == 0)
-			(*cpus_onlined)++;
-	}
-	if (d)
-		closedir(d);
-	uint64_t block = 128ull << 20;
-	if (read_small("/sys/devices/system/memory/block_size_bytes", state, sizeof(state)) == 0)
-		block = strtoull(state, NULL, 16);
-	unsigned online_blocks = 0;
-	d = opendir("/sys/devices/system/memory");
-	while (d && (de = readdir(d))) {
-		if (strncmp(de->d_name, "memory", 6) || !isdigit((unsigned char)de->d_name[6]))
-			continue;
-		snprintf(path, sizeof(path), "/sys/devices/system/memory/%s/state", de->d_name);
-		if (read_small(path, state, sizeof(state)) < 0)
-			continue;
-		if (strcmp(state, "offline") == 0 && write_small(path, "online") == 0) {
-			(*blocks_onlined)++;
-			strcpy(state, "online");
-		}
-		if (strcmp(state, "online") == 0)
-			online_blocks++;
-	}
-	if (d)
-		closedir(d);
-	*online_mib = (uint64_t)online_blocks * (block >> 20);
+	return clock_ns(CLOCK_MONOTONIC) / 1000000;
 }
 
+/* ---- kernel uevents ---- */
+
+/* Hot-added CPUs and memory blocks, and the virtio port's name, arrive
+ * asynchronously and are announced by uevents: waiting on them replaces
+ * polling sysfs on a timer. */
 static int uevent_fd = -1;
 
-/* Kernel uevents announce hot-added CPUs and memory blocks: the agent waits
- * on them instead of polling sysfs. */
 static void
 open_uevents(void)
 {
@@ -195,125 +181,219 @@ drain_uevents(void)
 		;
 }
 
+/* Waits for the next uevent until deadline; false when none came. */
+static bool
+wait_uevent(int64_t deadline)
+{
+	int64_t left = deadline - now_ms();
+	if (uevent_fd < 0 || left <= 0)
+		return false;
+	struct pollfd p = { .fd = uevent_fd, .events = POLLIN };
+	return poll(&p, 1, left > 60000 ? 60000 : (int)left) > 0;
+}
+
 /* ---- request handlers ---- */
 
 typedef Vmf__Agent__AgentReply Reply;
 
-static int
-fail(Reply *r, int code, const char *fmt, ...)
-{
-	static char msg[300];
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(msg, sizeof(msg), fmt, ap);
-	va_end(ap);
-	r->error_code = code ? code : EIO;
-	r->error_message = msg;
-	r->body_case = VMF__AGENT__AGENT_REPLY__BODY__NOT_SET;
-	return -1;
-}
+/* Reply bodies live until the reply is packed; one request at a time. */
+static struct {
+	char msg[400];
+	Vmf__Agent__Ping pong;
+	Vmf__Agent__GuestInfo info;
+	Vmf__Agent__OnlineResult online;
+	Vmf__Agent__RngSample rng;
+	Vmf__Agent__TimeResult time;
+	Vmf__Agent__MountResult mount;
+	uint8_t random[16];
+	char boot_id[64];
+	char *names[SHARE_NAMES_MAX];
+	size_t n_names;
+} out;
 
-static Vmf__Agent__Ping pong = VMF__AGENT__PING__INIT;
-static Vmf__Agent__GuestInfo info;
-static Vmf__Agent__OnlineResult online_res;
-static Vmf__Agent__RngSample rng;
-static Vmf__Agent__TimeResult timeres;
-static Vmf__Agent__MountResult mountres;
-static uint8_t random_buf[16];
-static char boot_id[64];
-static char *entries[256];
-static size_t n_entries;
+static void fail(Reply *r, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 static void
-free_entries(void)
+fail(Reply *r, int code, const char *fmt, ...)
 {
-	for (size_t i = 0; i < n_entries; i++)
-		free(entries[i]);
-	n_entries = 0;
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(out.msg, sizeof(out.msg), fmt, ap);
+	va_end(ap);
+	r->error_code = code > 0 ? code : EIO;
+	r->error_message = out.msg;
+	r->body_case = VMF__AGENT__AGENT_REPLY__BODY__NOT_SET;
+}
+
+static void
+free_names(void)
+{
+	for (size_t i = 0; i < out.n_names; i++)
+		free(out.names[i]);
+	out.n_names = 0;
 }
 
 static int
-fill_random(Reply *r, uint8_t *buf)
+cmp_names(const void *a, const void *b)
 {
-	if (getrandom(buf, 16, 0) != 16)
-		return fail(r, errno, "getrandom: %s", strerror(errno));
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Names at the root of the share, sorted, bounded so the reply fits a frame.
+ * Before MountShare this lists the bare directory (usually nothing). */
+static void
+list_share(void)
+{
+	free_names();
+	DIR *d = opendir(share_dir);
+	if (!d)
+		return;
+	size_t bytes = 0;
+	struct dirent *de;
+	while ((de = readdir(d)) && out.n_names < SHARE_NAMES_MAX) {
+		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+			continue;
+		size_t len = strlen(de->d_name);
+		if (bytes + len + 3 > SHARE_BYTES_MAX)
+			break;
+		char *s = strdup(de->d_name);
+		if (!s)
+			break;
+		out.names[out.n_names++] = s;
+		bytes += len + 3;
+	}
+	closedir(d);
+	qsort(out.names, out.n_names, sizeof(out.names[0]), cmp_names);
+}
+
+static int
+sample_random(Reply *r)
+{
+	/* getrandom() on a fresh guest may block until the CRNG is ready;
+	 * virtio-rng and the host's entropy make that brief. */
+	ssize_t n;
+	while ((n = getrandom(out.random, sizeof(out.random), 0)) < 0 && errno == EINTR)
+		;
+	if (n != (ssize_t)sizeof(out.random)) {
+		fail(r, n < 0 ? errno : EIO, "getrandom: %s", n < 0 ? strerror(errno) : "short read");
+		return -1;
+	}
 	return 0;
 }
 
-static int
+static void
 do_guest_info(Reply *r)
 {
-	vmf__agent__guest_info__init(&info);
-	info.online_cpus = online_cpus();
-	info.mem_total_kib = mem_total_kib();
-	info.uptime_ns = (uint64_t)clock_ns(CLOCK_BOOTTIME);
-	info.monotonic_ns = (uint64_t)clock_ns(CLOCK_MONOTONIC);
-	info.realtime_ns = clock_ns(CLOCK_REALTIME);
-	if (read_small("/proc/sys/kernel/random/boot_id", boot_id, sizeof(boot_id)) < 0)
-		boot_id[0] = '\0';
-	info.boot_id = boot_id;
-	if (fill_random(r, random_buf) < 0)
-		return -1;
-	info.random.data = random_buf;
-	info.random.len = 16;
-	free_entries();
-	DIR *d = opendir(share_dir);
+	Vmf__Agent__GuestInfo *g = &out.info;
+	vmf__agent__guest_info__init(g);
+	if (sample_random(r) < 0)
+		return;
+	g->online_cpus = online_cpus();
+	g->mem_total_kib = mem_total_kib();
+	g->uptime_ns = (uint64_t)clock_ns(CLOCK_BOOTTIME);
+	g->monotonic_ns = (uint64_t)clock_ns(CLOCK_MONOTONIC);
+	g->realtime_ns = clock_ns(CLOCK_REALTIME);
+	if (read_small("/proc/sys/kernel/random/boot_id", out.boot_id, sizeof(out.boot_id)) < 0)
+		out.boot_id[0] = '\0';
+	g->boot_id = out.boot_id;
+	g->random.data = out.random;
+	g->random.len = sizeof(out.random);
+	list_share();
+	g->share_entries = out.names;
+	g->n_share_entries = out.n_names;
+	g->agent_version = (char *)AGENT_VERSION;
+	r->body_case = VMF__AGENT__AGENT_REPLY__BODY_GUEST_INFO;
+	r->guest_info = g;
+}
+
+/* Onlines every offline CPU and memory block once; counts what is online. */
+static void
+online_pass(uint32_t *cpus_onlined, uint32_t *blocks_onlined, uint64_t *online_mib, uint64_t *block_mib)
+{
+	char path[300], state[32];
+	DIR *d = opendir("/sys/devices/system/cpu");
 	struct dirent *de;
-	while (d && (de = readdir(d)) && n_entries < 256) {
-		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+	while (d && (de = readdir(d))) {
+		if (strncmp(de->d_name, "cpu", 3) || !isdigit((unsigned char)de->d_name[3]))
 			continue;
-		entries[n_entries] = strdup(de->d_name);
-		if (entries[n_entries])
-			n_entries++;
+		snprintf(path, sizeof(path), "/sys/devices/system/cpu/%s/online", de->d_name);
+		if (read_small(path, state, sizeof(state)) == 0 && strcmp(state, "0") == 0) {
+			if (write_small(path, "1") == 0)
+				(*cpus_onlined)++;
+			else
+				logmsg("cannot online %s: %s", de->d_name, strerror(errno));
+		}
 	}
 	if (d)
 		closedir(d);
-	info.share_entries = entries;
-	info.n_share_entries = n_entries;
-	info.agent_version = (char *)AGENT_VERSION;
-	r->body_case = VMF__AGENT__AGENT_REPLY__BODY_GUEST_INFO;
-	r->guest_info = &info;
-	return 0;
+	uint64_t block = 128ull << 20;
+	if (read_small("/sys/devices/system/memory/block_size_bytes", state, sizeof(state)) == 0)
+		block = strtoull(state, NULL, 16);
+	*block_mib = block >> 20;
+	uint64_t online_blocks = 0;
+	d = opendir("/sys/devices/system/memory");
+	while (d && (de = readdir(d))) {
+		if (strncmp(de->d_name, "memory", 6) || !isdigit((unsigned char)de->d_name[6]))
+			continue;
+		snprintf(path, sizeof(path), "/sys/devices/system/memory/%s/state", de->d_name);
+		if (read_small(path, state, sizeof(state)) < 0)
+			continue;
+		if (strcmp(state, "offline") == 0) {
+			if (write_small(path, "online") == 0) {
+				(*blocks_onlined)++;
+				strcpy(state, "online");
+			} else {
+				logmsg("cannot online %s: %s", de->d_name, strerror(errno));
+			}
+		}
+		if (strcmp(state, "online") == 0)
+			online_blocks++;
+	}
+	if (d)
+		closedir(d);
+	*online_mib = online_blocks * *block_mib;
 }
 
-static int
+static void
 do_online(Reply *r, const Vmf__Agent__OnlineCpuMem *req)
 {
-	if (test_mode)
-		return fail(r, EPERM, "test mode does not change CPUs or memory");
-	vmf__agent__online_result__init(&online_res);
-	unsigned cpus_on = 0, blocks_on = 0;
-	uint64_t mib = 0;
-	struct timespec t0;
-	clock_gettime(CLOCK_MONOTONIC, &t0);
-	uint32_t timeout = req->timeout_ms > 60000 ? 60000 : req->timeout_ms;
-	for (;;) {
-		drain_uevents();
-		online_all(&cpus_on, &blocks_on, &mib);
-		/* Boot memory does not fill whole blocks: allow one block short. */
-		bool done = online_cpus() >= req->want_cpus && mib + 128 >= req->want_mem_mib;
-		int64_t elapsed = (clock_ns(CLOCK_MONOTONIC) - ((int64_t)t0.tv_sec * 1000000000 + t0.tv_nsec)) / 1000000;
-		if (done || elapsed >= timeout || uevent_fd < 0)
-			break;
-		struct pollfd p = { .fd = uevent_fd, .events = POLLIN };
-		poll(&p, 1, (int)(timeout - elapsed));
+	if (test_mode) {
+		fail(r, EPERM, "test mode does not change CPUs or memory");
+		return;
 	}
-	online_res.online_cpus = online_cpus();
-	online_res.mem_total_kib = mem_total_kib();
-	online_res.cpus_onlined = cpus_on;
-	online_res.mem_blocks_onlined = blocks_on;
-	online_res.online_mem_mib = mib;
+	Vmf__Agent__OnlineResult *o = &out.online;
+	vmf__agent__online_result__init(o);
+	uint32_t cpus_on = 0, blocks_on = 0;
+	uint64_t mib = 0, block_mib = 128;
+	int64_t deadline = now_ms() + (req->timeout_ms > 60000 ? 60000 : req->timeout_ms);
+	for (;;) {
+		/* Drain first: an event that lands during the pass wakes the
+		 * next wait instead of being lost. */
+		drain_uevents();
+		online_pass(&cpus_on, &blocks_on, &mib, &block_mib);
+		/* Boot memory rarely fills its last block: within one block
+		 * of what the host asked for is enough. */
+		bool done = online_cpus() >= req->want_cpus && mib + block_mib > req->want_mem_mib;
+		if (done || !wait_uevent(deadline))
+			break;
+	}
+	o->online_cpus = online_cpus();
+	o->mem_total_kib = mem_total_kib();
+	o->cpus_onlined = cpus_on;
+	o->mem_blocks_onlined = blocks_on;
+	o->online_mem_mib = mib;
 	r->body_case = VMF__AGENT__AGENT_REPLY__BODY_ONLINE;
-	r->online = &online_res;
-	return 0;
+	r->online = o;
 }
 
-static int
+static void
 do_reseed(Reply *r, const Vmf__Agent__ReseedRng *req)
 {
 	size_t n = req->entropy.len;
-	if (n < 16 || n > 512)
-		return fail(r, EINVAL, "reseed needs 16 to 512 bytes of entropy, got %zu", n);
+	if (n < 16 || n > 512) {
+		fail(r, EINVAL, "reseed needs 16 to 512 bytes of entropy, got %zu", n);
+		return;
+	}
 	if (!test_mode) {
 		struct {
 			int entropy_count;
@@ -324,67 +404,125 @@ do_reseed(Reply *r, const Vmf__Agent__ReseedRng *req)
 		pool.buf_size = (int)n;
 		memcpy(pool.buf, req->entropy.data, n);
 		int fd = open("/dev/urandom", O_RDWR | O_CLOEXEC);
-		if (fd < 0)
-			return fail(r, errno, "cannot open /dev/urandom: %s", strerror(errno));
+		if (fd < 0) {
+			fail(r, errno, "cannot open /dev/urandom: %s", strerror(errno));
+			return;
+		}
 		int rc = ioctl(fd, RNDADDENTROPY, &pool);
-		int e = errno;
+		const char *what = "RNDADDENTROPY";
 		/* Mix the new entropy into the CRNG now, not at its next
 		 * scheduled reseed: clones must diverge before anything reads. */
-		if (rc == 0)
-			rc = ioctl(fd, RNDRESEEDCRNG), e = errno;
+		if (rc == 0) {
+			rc = ioctl(fd, RNDRESEEDCRNG);
+			what = "RNDRESEEDCRNG";
+		}
+		int e = errno;
 		close(fd);
-		if (rc < 0)
-			return fail(r, e, "reseeding the guest RNG: %s", strerror(e));
+		explicit_bzero(pool.buf, sizeof(pool.buf));
+		if (rc < 0) {
+			fail(r, e, "reseeding the guest RNG (%s): %s", what, strerror(e));
+			return;
+		}
 	}
-	vmf__agent__rng_sample__init(&rng);
-	if (fill_random(r, random_buf) < 0)
-		return -1;
-	rng.random.data = random_buf;
-	rng.random.len = 16;
+	if (sample_random(r) < 0)
+		return;
+	vmf__agent__rng_sample__init(&out.rng);
+	out.rng.random.data = out.random;
+	out.rng.random.len = sizeof(out.random);
 	r->body_case = VMF__AGENT__AGENT_REPLY__BODY_RNG;
-	r->rng = &rng;
-	return 0;
+	r->rng = &out.rng;
 }
 
-static int
+static void
 do_set_time(Reply *r, const Vmf__Agent__SetTime *req)
 {
-	if (test_mode)
-		return fail(r, EPERM, "test mode does not set the clock");
-	struct timespec ts = { .tv_sec = req->realtime_ns / 1000000000, .tv_nsec = req->realtime_ns % 1000000000 };
-	if (req->realtime_ns <= 0 || clock_settime(CLOCK_REALTIME, &ts) < 0)
-		return fail(r, req->realtime_ns <= 0 ? EINVAL : errno, "cannot set the guest clock: %s",
-			    req->realtime_ns <= 0 ? "time must be positive" : strerror(errno));
-	vmf__agent__time_result__init(&timeres);
-	timeres.realtime_ns = clock_ns(CLOCK_REALTIME);
+	if (req->realtime_ns <= 0) {
+		fail(r, EINVAL, "cannot set the guest clock to %lld ns: time must be positive",
+		     (long long)req->realtime_ns);
+		return;
+	}
+	vmf__agent__time_result__init(&out.time);
+	if (no_set_time) {
+		out.time.realtime_ns = req->realtime_ns;
+	} else {
+		struct timespec ts = { .tv_sec = req->realtime_ns / 1000000000,
+				       .tv_nsec = req->realtime_ns % 1000000000 };
+		if (clock_settime(CLOCK_REALTIME, &ts) < 0) {
+			fail(r, errno, "cannot set the guest clock: %s", strerror(errno));
+			return;
+		}
+		out.time.realtime_ns = clock_ns(CLOCK_REALTIME);
+	}
 	r->body_case = VMF__AGENT__AGENT_REPLY__BODY_TIME;
-	r->time = &timeres;
+	r->time = &out.time;
+}
+
+/* The 9p source (tag) mounted at dir, from /proc/self/mounts; "" when dir is
+ * not a 9p mount point.  statfs() cannot tell: 9p reports the host file
+ * system's magic. */
+static int
+mounted_9p_tag(const char *dir, char *tag, size_t n)
+{
+	FILE *f = fopen("/proc/self/mounts", "re");
+	if (!f)
+		return -1;
+	char line[1024], src[256], mnt[512], type[64];
+	tag[0] = '\0';
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "%255s %511s %63s", src, mnt, type) == 3 && !strcmp(mnt, dir))
+			snprintf(tag, n, "%s", strcmp(type, "9p") == 0 ? src : "");
+	fclose(f);
 	return 0;
 }
 
-static int
+static void
 do_mount(Reply *r, const Vmf__Agent__MountShare *req)
 {
 	const char *tag = req->tag ? req->tag : "";
 	size_t n = strlen(tag);
-	if (n == 0 || n > 31)
-		return fail(r, EINVAL, "share tag must have 1 to 31 characters");
+	/* QEMU caps mount tags at 31 bytes; the character set keeps the tag
+	 * from smuggling mount options or path components. */
+	if (n == 0 || n > 31) {
+		fail(r, EINVAL, "share tag must have 1 to 31 characters, got %zu", n);
+		return;
+	}
 	for (size_t i = 0; i < n; i++)
-		if (!isalnum((unsigned char)tag[i]) && tag[i] != '_' && tag[i] != '-')
-			return fail(r, EINVAL, "share tag '%s' has a character other than letters, digits, _ and -", tag);
-	if (test_mode)
-		return fail(r, EPERM, "test mode does not mount");
-	mkdir("/mnt", 0755);
-	mkdir(share_dir, 0755);
-	struct statfs sf;
-	bool mounted = statfs(share_dir, &sf) == 0 && (unsigned long)sf.f_type == V9FS_MAGIC;
-	if (!mounted && mount(tag, share_dir, "9p", MS_NODEV | MS_NOSUID, "trans=virtio,version=9p2000.L,msize=262144") < 0)
-		return fail(r, errno, "cannot mount share %s at %s: %s", tag, share_dir, strerror(errno));
-	vmf__agent__mount_result__init(&mountres);
-	mountres.path = (char *)share_dir;
+		if (!isalnum((unsigned char)tag[i]) && !strchr("_-.", tag[i])) {
+			fail(r, EINVAL, "share tag '%s' has a character other than letters, digits, '_', '-' and '.'",
+			     tag);
+			return;
+		}
+	if (test_mode) {
+		fail(r, EPERM, "test mode does not mount");
+		return;
+	}
+	char cur[256];
+	if (mounted_9p_tag(share_dir, cur, sizeof(cur)) < 0) {
+		fail(r, errno, "cannot read /proc/self/mounts: %s", strerror(errno));
+		return;
+	}
+	if (cur[0] && strcmp(cur, tag) != 0) {
+		fail(r, EBUSY, "%s already has share '%s' mounted, not '%s'", share_dir, cur, tag);
+		return;
+	}
+	if (!cur[0]) {
+		if (mkdir(share_dir, 0755) < 0 && errno != EEXIST) {
+			fail(r, errno, "cannot create %s: %s", share_dir, strerror(errno));
+			return;
+		}
+		if (mount(tag, share_dir, "9p", MS_NODEV | MS_NOSUID,
+			  "trans=virtio,version=9p2000.L,msize=262144") < 0) {
+			int e = errno;
+			/* ENOENT here means no 9p device carries this tag. */
+			fail(r, e, "cannot mount share '%s' at %s: %s%s", tag, share_dir, strerror(e),
+			     e == ENOENT ? " (no virtio-9p device with this mount tag)" : "");
+			return;
+		}
+	}
+	vmf__agent__mount_result__init(&out.mount);
+	out.mount.path = (char *)share_dir;
 	r->body_case = VMF__AGENT__AGENT_REPLY__BODY_MOUNT;
-	r->mount = &mountres;
-	return 0;
+	r->mount = &out.mount;
 }
 
 static void
@@ -398,8 +536,9 @@ handle(const Vmf__Agent__AgentRequest *req, Reply *r)
 	}
 	switch (req->body_case) {
 	case VMF__AGENT__AGENT_REQUEST__BODY_PING:
+		vmf__agent__ping__init(&out.pong);
 		r->body_case = VMF__AGENT__AGENT_REPLY__BODY_PONG;
-		r->pong = &pong;
+		r->pong = &out.pong;
 		break;
 	case VMF__AGENT__AGENT_REQUEST__BODY_GUEST_INFO:
 		do_guest_info(r);
@@ -417,56 +556,74 @@ handle(const Vmf__Agent__AgentRequest *req, Reply *r)
 		do_mount(r, req->mount_share);
 		break;
 	default:
-		fail(r, EINVAL, "unknown request type");
+		/* A newer host, or a request without a body. */
+		fail(r, EOPNOTSUPP, "request type %d is not supported by %s", (int)req->body_case, AGENT_VERSION);
 		break;
 	}
 }
 
-/* ---- framing ---- */
+/* ---- one host connection: frame parser and reply queue ---- */
 
 struct conn {
-	int fd;
+	int rfd, wfd;
 	uint8_t hdr[VMF_FRAME_HDR];
 	size_t hdr_len;
-	uint8_t *body;
+	uint8_t *body;               /* non-NULL while a frame's payload is read */
 	uint32_t body_want, body_len;
 	uint32_t discard;            /* bytes of an oversized frame still to skip */
+	/* The reply not yet written.  Requests are parsed only while this is
+	 * empty, so a host that stops reading cannot make the agent buffer
+	 * more than one reply. */
+	uint8_t *obuf;
+	size_t olen, ooff;
 };
 
 static void
-reset(struct conn *c)
+conn_reset(struct conn *c)
 {
 	free(c->body);
 	c->body = NULL;
 	c->hdr_len = 0;
 	c->body_want = c->body_len = 0;
 	c->discard = 0;
+	c->olen = c->ooff = 0;
 }
 
 static void
-send_reply(struct conn *c, Reply *r)
+queue_reply(struct conn *c, Reply *r)
 {
-	uint8_t buf[VMF_FRAME_HDR + AGENT_MAX_FRAME];
 	size_t n = vmf__agent__agent_reply__get_packed_size(r);
 	if (n > AGENT_MAX_FRAME) {
+		uint64_t id = r->id;
 		fail(r, EMSGSIZE, "reply of %zu bytes exceeds the frame limit", n);
+		r->id = id;
 		n = vmf__agent__agent_reply__get_packed_size(r);
 	}
-	vmf_frame_put_len(buf, (uint32_t)n);
-	vmf__agent__agent_reply__pack(r, buf + VMF_FRAME_HDR);
-	/* A host that stops reading for a second has gone; drop the reply. */
-	if (vmf_write_full(c->fd, buf, VMF_FRAME_HDR + n, vmf_now_ms() + 1000, NULL) < 0)
-		logmsg("could not send a reply");
+	if (c->olen + VMF_FRAME_HDR + n > OBUF_SIZE) {
+		logmsg("reply to request %llu dropped: the reply queue is full", (unsigned long long)r->id);
+		return;
+	}
+	vmf_frame_put_len(c->obuf + c->olen, (uint32_t)n);
+	vmf__agent__agent_reply__pack(r, c->obuf + c->olen + VMF_FRAME_HDR);
+	c->olen += VMF_FRAME_HDR + n;
 }
 
+static void error_reply(struct conn *c, uint64_t id, int code, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+
 static void
-error_reply(struct conn *c, uint64_t id, int code, const char *msg)
+error_reply(struct conn *c, uint64_t id, int code, const char *fmt, ...)
 {
+	char msg[200];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
 	Reply r = VMF__AGENT__AGENT_REPLY__INIT;
 	r.id = id;
 	r.error_code = code;
-	r.error_message = (char *)msg;
-	send_reply(c, &r);
+	r.error_message = msg;
+	queue_reply(c, &r);
 }
 
 static void
@@ -474,12 +631,13 @@ frame_done(struct conn *c)
 {
 	Vmf__Agent__AgentRequest *req = vmf__agent__agent_request__unpack(NULL, c->body_len, c->body);
 	if (!req) {
-		error_reply(c, 0, EBADMSG, "request frame is not a valid agent request");
+		error_reply(c, 0, EBADMSG, "request frame of %u bytes is not a valid agent request", c->body_len);
 	} else {
 		Reply r = VMF__AGENT__AGENT_REPLY__INIT;
 		handle(req, &r);
-		send_reply(c, &r);
+		queue_reply(c, &r);
 		vmf__agent__agent_request__free_unpacked(req, NULL);
+		free_names();
 	}
 	free(c->body);
 	c->body = NULL;
@@ -487,81 +645,158 @@ frame_done(struct conn *c)
 	c->body_len = c->body_want = 0;
 }
 
-/* Consumes bytes; frames are answered as they complete. */
-static void
+/* Consumes input bytes; returns how many it took.  Stops at each queued
+ * reply so that it is written before more requests are parsed. */
+static size_t
 feed(struct conn *c, const uint8_t *p, size_t n)
 {
-	while (n > 0) {
+	size_t used = 0;
+	while (used < n && c->olen == 0) {
 		if (c->discard) {
-			size_t k = n < c->discard ? n : c->discard;
+			size_t k = n - used < c->discard ? n - used : c->discard;
 			c->discard -= (uint32_t)k;
-			p += k;
-			n -= k;
+			used += k;
 			continue;
 		}
-		if (c->hdr_len < VMF_FRAME_HDR) {
-			c->hdr[c->hdr_len++] = *p++;
-			n--;
+		if (!c->body) {
+			c->hdr[c->hdr_len++] = p[used++];
 			if (c->hdr_len < VMF_FRAME_HDR)
 				continue;
 			uint32_t len = vmf_frame_get_len(c->hdr);
+			c->hdr_len = 0;
 			if (len > AGENT_MAX_FRAME) {
-				char msg[96];
-				snprintf(msg, sizeof(msg), "frame of %u bytes exceeds the limit of %u bytes", len,
-					 AGENT_MAX_FRAME);
-				error_reply(c, 0, EMSGSIZE, msg);
-				/* Skip its payload as it streams in, without allocating. */
+				error_reply(c, 0, EMSGSIZE, "frame of %u bytes exceeds the limit of %u bytes", len,
+					    AGENT_MAX_FRAME);
+				/* Skip its payload as it streams in, without
+				 * allocating; a reconnect also ends it. */
 				c->discard = len;
-				c->hdr_len = 0;
+				continue;
+			}
+			c->body = malloc(len ? len : 1);
+			if (!c->body) {
+				error_reply(c, 0, ENOMEM, "out of memory for a %u byte request", len);
+				c->discard = len;
 				continue;
 			}
 			c->body_want = len;
 			c->body_len = 0;
-			c->body = malloc(len ? len : 1);
-			if (!c->body) {
-				error_reply(c, 0, ENOMEM, "out of memory");
-				c->discard = len;
-				c->hdr_len = 0;
-				continue;
-			}
 			if (len == 0)
 				frame_done(c);
 			continue;
 		}
 		size_t k = c->body_want - c->body_len;
-		if (k > n)
-			k = n;
-		memcpy(c->body + c->body_len, p, k);
+		if (k > n - used)
+			k = n - used;
+		memcpy(c->body + c->body_len, p + used, k);
 		c->body_len += (uint32_t)k;
-		p += k;
-		n -= k;
+		used += k;
 		if (c->body_len == c->body_want)
 			frame_done(c);
 	}
+	return used;
 }
 
-/* Serves one stream until EOF (test mode). */
+/* Writes what it can of the queued reply; -1 when the peer is gone. */
 static int
-serve_fd(int fd)
+flush(struct conn *c)
 {
-	struct conn c = { .fd = fd };
-	uint8_t buf[8192];
-	for (;;) {
-		ssize_t n = read(fd, buf, sizeof(buf));
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0 && errno == EAGAIN) {
-			struct pollfd p = { .fd = fd, .events = POLLIN };
-			poll(&p, 1, -1);
+	while (c->ooff < c->olen) {
+		ssize_t w = write(c->wfd, c->obuf + c->ooff, c->olen - c->ooff);
+		if (w > 0) {
+			c->ooff += (size_t)w;
 			continue;
 		}
-		if (n <= 0)
-			break;
-		feed(&c, buf, (size_t)n);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w < 0 && errno == EAGAIN)
+			return 0;
+		return -1;
 	}
-	reset(&c);
-	free_entries();
+	c->olen = c->ooff = 0;
 	return 0;
+}
+
+/* Serves until the stream ends (test mode: returns 0) or, on the virtio
+ * port (sfd >= 0), forever: a host that goes away resets the connection
+ * state and the agent sleeps on SIGIO until one comes back. */
+static int
+serve(struct conn *c, int sfd)
+{
+	static uint8_t ibuf[16384];
+	size_t ilen = 0, ioff = 0;
+	bool host_away = false;
+	c->obuf = malloc(OBUF_SIZE);
+	if (!c->obuf) {
+		logmsg("out of memory");
+		return 1;
+	}
+	for (;;) {
+		/* Parse what is buffered before waiting for more. */
+		if (!host_away && ioff < ilen && c->olen == 0)
+			ioff += feed(c, ibuf + ioff, ilen - ioff);
+		if (ioff == ilen)
+			ioff = ilen = 0;
+
+		struct pollfd p[2];
+		nfds_t np = 0;
+		int ir = -1, iw = -1, is = -1;
+		if (!host_away && c->olen > 0) {
+			iw = (int)np;
+			p[np++] = (struct pollfd){ .fd = c->wfd, .events = POLLOUT };
+		} else if (!host_away && ilen == 0) {
+			ir = (int)np;
+			p[np++] = (struct pollfd){ .fd = c->rfd, .events = POLLIN };
+		}
+		if (sfd >= 0) {
+			is = (int)np;
+			p[np++] = (struct pollfd){ .fd = sfd, .events = POLLIN };
+		}
+		if (poll(p, np, -1) < 0) {
+			if (errno == EINTR)
+				continue;
+			logmsg("poll: %s", strerror(errno));
+			return 1;
+		}
+		bool gone = false;
+		if (iw >= 0 && p[iw].revents) {
+			/* With the host away the port polls POLLHUP and never
+			 * POLLOUT; what is queued was for the old host. */
+			if (flush(c) < 0 || (c->olen > 0 && (p[iw].revents & (POLLHUP | POLLERR))))
+				gone = true;
+		}
+		if (ir >= 0 && p[ir].revents) {
+			ssize_t n = read(c->rfd, ibuf, sizeof(ibuf));
+			if (n > 0) {
+				ilen = (size_t)n;
+				ioff = 0;
+			} else if (n == 0 || (errno != EINTR && errno != EAGAIN)) {
+				/* EOF (the port reads 0 while the host is
+				 * away) or an error. */
+				gone = true;
+			}
+		}
+		if (gone) {
+			if (sfd < 0) {
+				conn_reset(c);
+				free(c->obuf);
+				return 0;
+			}
+			/* What the old host left half-sent or unread is void;
+			 * the next host starts a new stream. */
+			conn_reset(c);
+			ilen = ioff = 0;
+			host_away = true;
+		}
+		/* Signals are drained after the port was looked at: a host
+		 * that came back since poll() returned leaves its SIGIO here,
+		 * and any later one wakes the next poll(). */
+		if (is >= 0 && p[is].revents) {
+			struct signalfd_siginfo si;
+			while (read(sfd, &si, sizeof(si)) == (ssize_t)sizeof(si))
+				;
+			host_away = false;
+		}
+	}
 }
 
 /* ---- the virtio-serial port ---- */
@@ -574,6 +809,8 @@ find_port(char *dev, size_t n)
 	int r = -1;
 	while (d && (de = readdir(d))) {
 		char path[300], name[64];
+		if (de->d_name[0] == '.')
+			continue;
 		snprintf(path, sizeof(path), "/sys/class/virtio-ports/%s/name", de->d_name);
 		if (read_small(path, name, sizeof(name)) == 0 && strcmp(name, PORT_NAME) == 0) {
 			snprintf(dev, n, "/dev/%s", de->d_name);
@@ -590,80 +827,100 @@ static int
 serve_port(void)
 {
 	char dev[300];
-	/* /init loads virtio_console before starting us; the port shows up as
-	 * soon as the driver probes it. */
-	for (int i = 0; find_port(dev, sizeof(dev)) < 0; i++) {
-		if (i == 500) {
-			logmsg("no virtio-serial port named '%s'", PORT_NAME);
+	/* The port's name arrives from the host after the driver probes; the
+	 * kernel announces it with a uevent ("change" on the port). */
+	int64_t deadline = now_ms() + PORT_WAIT_MS;
+	while (find_port(dev, sizeof(dev)) < 0) {
+		if (!wait_uevent(deadline)) {
+			logmsg("no virtio-serial port named '%s' after %d ms", PORT_NAME, PORT_WAIT_MS);
 			return 1;
 		}
-		poll(NULL, 0, 10);
+		drain_uevents();
 	}
 	sigset_t set;
 	sigemptyset(&set);
 	sigaddset(&set, SIGIO);
 	sigprocmask(SIG_BLOCK, &set, NULL);
 	int sfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
+	if (sfd < 0) {
+		logmsg("signalfd: %s", strerror(errno));
+		return 1;
+	}
 	int fd = open(dev, O_RDWR | O_NONBLOCK | O_CLOEXEC);
-	if (fd < 0 || sfd < 0) {
+	if (fd < 0) {
 		logmsg("cannot open %s: %s", dev, strerror(errno));
 		return 1;
 	}
-	fcntl(fd, F_SETOWN, getpid());
-	fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_ASYNC);
-	logmsg("serving on %s", dev);
-	struct conn c = { .fd = fd };
-	uint8_t buf[8192];
-	bool host_away = false;
-	for (;;) {
-		struct pollfd p[2] = { { .fd = fd, .events = POLLIN }, { .fd = sfd, .events = POLLIN } };
-		/* While the host is away the port reports POLLHUP at once: wait
-		 * for SIGIO (its return) instead. */
-		int r = poll(host_away ? p + 1 : p, host_away ? 1 : 2, -1);
-		if (r < 0 && errno != EINTR)
-			return 1;
-		struct signalfd_siginfo si;
-		while (read(sfd, &si, sizeof(si)) == sizeof(si))
-			host_away = false;
-		if (host_away)
-			continue;
-		if (p[0].revents & POLLIN) {
-			ssize_t n = read(fd, buf, sizeof(buf));
-			if (n > 0) {
-				feed(&c, buf, (size_t)n);
-				continue;
-			}
-		}
-		if (p[0].revents & (POLLHUP | POLLERR)) {
-			/* A new host connection starts a new stream. */
-			reset(&c);
-			host_away = true;
-		}
+	/* SIGIO on host connect/disconnect is what ends a wait while the
+	 * host is away (see the top of this file). */
+	if (fcntl(fd, F_SETOWN, getpid()) < 0 || fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_ASYNC) < 0) {
+		logmsg("cannot enable SIGIO on %s: %s", dev, strerror(errno));
+		return 1;
 	}
+	logmsg("%s serving on %s", AGENT_VERSION, dev);
+	struct conn c = { .rfd = fd, .wfd = fd };
+	return serve(&c, sfd);
+}
+
+static int
+parse_fd(const char *s)
+{
+	char *end;
+	long v = strtol(s, &end, 10);
+	if (*s == '\0' || *end != '\0' || v < 0 || v > 65535)
+		return -1;
+	int fd = (int)v;
+	return fcntl(fd, F_GETFD) < 0 ? -1 : fd;
+}
+
+static void
+usage(void)
+{
+	fprintf(stderr,
+		"usage: vmf-agent                  serve the virtio-serial port '%s' (in the guest)\n"
+		"       vmf-agent --fd N           serve the open stream fd N (test mode)\n"
+		"       vmf-agent --stdio          serve stdin/stdout (test mode)\n"
+		"options: --share-dir PATH (default /mnt/share), --no-set-time, --version\n",
+		PORT_NAME);
 }
 
 int
 main(int argc, char **argv)
 {
-	int fd = -1;
+	int rfd = -1, wfd = -1;
 	for (int i = 1; i < argc; i++) {
-		if (!strcmp(argv[i], "--fd") && i + 1 < argc)
-			fd = atoi(argv[++i]);
-		else if (!strcmp(argv[i], "--share-dir") && i + 1 < argc)
+		if (!strcmp(argv[i], "--fd") && i + 1 < argc) {
+			rfd = wfd = parse_fd(argv[++i]);
+			if (rfd < 0) {
+				fprintf(stderr, "vmf-agent: --fd %s is not an open file descriptor\n", argv[i]);
+				return 2;
+			}
+		} else if (!strcmp(argv[i], "--stdio")) {
+			rfd = STDIN_FILENO;
+			wfd = STDOUT_FILENO;
+		} else if (!strcmp(argv[i], "--share-dir") && i + 1 < argc) {
 			share_dir = argv[++i];
-		else if (!strcmp(argv[i], "--version")) {
+		} else if (!strcmp(argv[i], "--no-set-time")) {
+			no_set_time = true;
+		} else if (!strcmp(argv[i], "--version")) {
 			puts(AGENT_VERSION);
 			return 0;
 		} else {
-			fprintf(stderr, "usage: vmf-agent [--fd N [--share-dir DIR]]\n");
+			usage();
 			return 2;
 		}
 	}
+	/* A vanished host must not kill the agent. */
 	signal(SIGPIPE, SIG_IGN);
-	if (fd >= 0) {
-		test_mode = true;
-		return serve_fd(fd);
+	if (rfd >= 0) {
+		test_mode = no_set_time = true;
+		fcntl(rfd, F_SETFL, fcntl(rfd, F_GETFL) | O_NONBLOCK);
+		if (wfd != rfd)
+			fcntl(wfd, F_SETFL, fcntl(wfd, F_GETFL) | O_NONBLOCK);
+		struct conn c = { .rfd = rfd, .wfd = wfd };
+		return serve(&c, -1);
 	}
+	/* Before looking for the port, so that no uevent is missed. */
 	open_uevents();
 	return serve_port();
 }
