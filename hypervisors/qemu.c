@@ -899,7 +899,11 @@ qemu_adopt(const vmf_hv_state *st, struct vmf_vm **out, struct vmf_error *err)
 	vm->memory_mib = st->memory_mib;
 	vm->dimms = st->qemu->dimm_count;
 	vm->paused = st->paused;
-	int r = vmf_qmp_connect(vm->qmp_path, QMP_TIMEOUT_MS, &vm->qmp, err);
+	/* Our QMP socket exists for the VM's whole life: a missing one will not
+	 * appear, so do not let the connect wait for it. */
+	struct stat sst;
+	int r = stat(vm->qmp_path, &sst) < 0 ? vmf_err_sys(err, errno, "QMP socket %s is gone", vm->qmp_path)
+					      : vmf_qmp_connect(vm->qmp_path, QMP_TIMEOUT_MS, &vm->qmp, err);
 	if (r < 0) {
 		vmf_error_prefix(err, "adopting VM %s", id);
 		vm_free(vm);
