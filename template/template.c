@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include "agent.h"
@@ -207,7 +208,8 @@ boot_and_save(const struct vmf_template_params *p, const struct vmf_image *img, 
 	 * a new host connection, not mid-conversation with this one. */
 	vmf_agent_free(agent);
 	if (r < 0) {
-		vmf_error_prefix(err, "template %.16s: guest agent did not answer", id);
+		vmf_error_prefix(err, "template %.16s: guest agent did not answer%s", id,
+				 p->ops->alive(vm) ? "" : " (QEMU exited)");
 		char tail[400];
 		char log[PATH_MAX];
 		snprintf(log, sizeof(log), "%s/serial.log", vm_run_dir);
@@ -269,6 +271,14 @@ vmf_template_build(struct vmf_catalog *cat, const char *state_dir, const char *r
 	snprintf(vm_run, sizeof(vm_run), "%s/build-%.16s-%d", run_dir, id, (int)getpid());
 	if ((r = vmf_mkdir_p(tdir, 0700, err)) < 0)
 		return r;
+	/* A shared template's RAM is a file here: on a full disk QEMU would die
+	 * of SIGBUS mid-boot, so say what is missing up front. */
+	struct statvfs vfs;
+	uint64_t need = (p->full_memory ? 0 : (uint64_t)p->memory_mib << 20) + (16ull << 20);
+	if (statvfs(tdir, &vfs) == 0 && (uint64_t)vfs.f_bavail * vfs.f_frsize < need)
+		return vmf_err(err, ENOSPC, "not enough space in %s for template %.16s: it needs %llu MiB, "
+			       "%llu MiB are free", tdir, id, (unsigned long long)(need >> 20),
+			       (unsigned long long)(((uint64_t)vfs.f_bavail * vfs.f_frsize) >> 20));
 	struct vmf_error ignored;
 	vmf_rm_rf(build_dir, &ignored);
 	if (mkdir(build_dir, 0700) < 0)

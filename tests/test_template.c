@@ -5,6 +5,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "agent.h"
@@ -299,6 +301,34 @@ START_TEST(leftovers_of_unfinished_builds_are_removed)
 }
 END_TEST
 
+
+START_TEST(full_disk_is_a_clear_error_and_changes_nothing)
+{
+	char small[700];
+	snprintf(small, sizeof small, "%s/small", tmp);
+	mkdir(small, 0700);
+	if (mount("tmpfs", small, "tmpfs", 0, "size=64m") < 0) {
+		printf("skipping: cannot mount a tmpfs (%s)\n", strerror(errno));
+		return;
+	}
+	struct vmf_catalog *c;
+	struct vmf_error e = {0};
+	ck_assert_int_eq(vmf_catalog_open(small, &c, &e), 0);
+	struct vmf_template_params p = params(false);
+	Vmf__Catalog__TemplateSpec *spec;
+	char id[VMF_SHA256_HEX];
+	ck_assert_int_eq(vmf_template_spec_new(&p, &info, &img, &spec, id, &e), 0);
+	Vmf__Catalog__TemplateRecord *rec = NULL;
+	ck_assert_int_eq(vmf_template_build(c, small, run_dir, &p, spec, &img, NULL, NULL, &rec, &e), -ENOSPC);
+	printf("full disk: %s\n", e.msg);
+	ck_assert_ptr_nonnull(strstr(e.msg, "not enough space"));
+	ck_assert_int_eq(vmf_catalog_template_get(c, id, &rec, &e), -ENOENT);
+	vmf_template_spec_free(spec);
+	vmf_catalog_close(c);
+	umount2(small, MNT_DETACH);
+}
+END_TEST
+
 int
 main(void)
 {
@@ -307,6 +337,7 @@ main(void)
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_set_timeout(tc, 900);
 	tcase_add_test(tc, leftovers_of_unfinished_builds_are_removed);
+	tcase_add_test(tc, full_disk_is_a_clear_error_and_changes_nothing);
 	tcase_add_test(tc, build_clone_two_unique_separate_small);
 	tcase_add_test(tc, missing_memory_file_marks_broken_and_rebuilds);
 	tcase_add_test(tc, full_memory_template_clones_without_sharing);
