@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+#include <signal.h>
 #include <uuid/uuid.h>
 
 int64_t
@@ -432,3 +433,15 @@ vmf_proc_fd_count(pid_t pid)
 	closedir(d);
 	return n;
 }
+
+#ifdef VMF_FAULT_INJECTION
+void
+vmf_fault_point(const char *name)
+{
+	const char *want = getenv("VMFACTORY_FAULT");
+	if (want && strcmp(want, name) == 0) {
+		fprintf(stderr, "vmfactory: fault injection: killing myself at %s\n", name);
+		kill(getpid(), SIGKILL);
+	}
+}
+#endif

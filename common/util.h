@@ -65,4 +65,14 @@ int vmf_strlcpy(char *dst, const char *src, size_t n, struct vmf_error *err);
 
 void vmf_hex(const uint8_t *in, size_t n, char *out /* 2n+1 */);
 
+/* Fault injection (test builds, -Dfault_injection=true): when
+ * VMFACTORY_FAULT names this point, the process SIGKILLs itself there, as a
+ * crash or `kill -9` would.  Compiled out of other builds. */
+#ifdef VMF_FAULT_INJECTION
+void vmf_fault_point(const char *name);
+#define VMF_FAULT(name) vmf_fault_point(name)
+#else
+#define VMF_FAULT(name) ((void)0)
+#endif
+
 #endif

@@ -181,6 +181,7 @@ stop_work(void *arg)
 	struct vmf_error err = {0};
 	if (vm->hv && j->d->ops->stop(vm->hv, VMF_STOP_TIMEOUT_MS, &err) < 0)
 		log_vm(VMF_LOG_WARN, vm->id, "stopping: %s", err.msg);
+	VMF_FAULT("mid-release");
 	if (j->remove_links) {
 		vmf_unlink_if_points_to(vm->share_link, vm->share_dir);
 		vmf_unlink_if_points_to(vm->sock_link, vm->run_dir);
@@ -219,6 +220,9 @@ vmf_daemon_destroy_vm(struct vmf_daemon *d, struct vmf_pvm *vm, bool remove_link
 	if (vm->state == PVM_READY && vm->pool && vm->pool->ready)
 		vm->pool->ready--;
 	vm->state = PVM_RELEASING;
+	/* Recorded before acting: a daemon that dies mid-release finishes the
+	 * job when it restarts. */
+	vmf_daemon_record_vm(d, vm);
 	vm->busy = true;
 	if (vm->watch)
 		event_del(vm->watch);
@@ -306,6 +310,7 @@ clone_work(void *arg)
 	}
 	j->rc = vmf_template_clone(&j->pool->params, j->tpl, vm->id, vm->run_dir, vm->share_dir, &vm->hv,
 				   &j->err);
+	VMF_FAULT("mid-clone");
 }
 
 static void

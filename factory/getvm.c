@@ -303,12 +303,12 @@ getvm_work(void *arg)
 	vmf_agent_free(agent);
 	if (r == 0)
 		vm->vcpus = j->vcpus, vm->memory_mib = j->memory_mib;
-	if (r == 0 && (r = install_link("share_dir", j->share_dir, vm->share_dir, err)) == 0) {
-		snprintf(vm->share_link, sizeof(vm->share_link), "%s", j->share_dir);
-		if ((r = install_link("sock_dir", j->sock_dir, vm->run_dir, err)) == 0)
-			snprintf(vm->sock_link, sizeof(vm->sock_link), "%s", j->sock_dir);
-	}
+	if (r == 0)
+		r = install_link("share_dir", j->share_dir, vm->share_dir, err);
+	if (r == 0)
+		r = install_link("sock_dir", j->sock_dir, vm->run_dir, err);
 	j->step_ms[STEP_LINKS] = since(&t);
+	VMF_FAULT("mid-handout");
 	j->rc = r;
 }
 
@@ -429,6 +429,12 @@ vmf_getvm_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control__Ge
 		j->miss = true;
 	}
 	vm->state = PVM_HANDING_OUT;
+	/* The links are named before they exist so that a daemon dying mid-way
+	 * can remove whichever it made (only links pointing at this VM). */
+	snprintf(vm->share_link, sizeof(vm->share_link), "%s", j->share_dir);
+	snprintf(vm->sock_link, sizeof(vm->sock_link), "%s", j->sock_dir);
+	snprintf(vm->sandbox_id, sizeof(vm->sandbox_id), "%s", j->sandbox_id);
+	vmf_daemon_record_vm(d, vm);
 	vm->busy = true;
 	j->vm = vm;
 	if (vmf_jobs_submit(d->jobs, getvm_work, getvm_done, j) < 0) {

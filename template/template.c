@@ -230,6 +230,7 @@ boot_and_save(const struct vmf_template_params *p, const struct vmf_image *img, 
 	if (r == 0 && fsync(sfd) < 0)
 		r = vmf_err_sys(err, errno, "cannot fsync %s", state);
 	close(sfd);
+	VMF_FAULT("after-migrate");
 out:
 	if (vm) {
 		struct vmf_error ignored;

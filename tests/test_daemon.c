@@ -21,6 +21,7 @@
 
 static char *tmp;
 static char sock[600], state[600], run[600], common_opts[2200], exe[600];
+static const char *fault; /* VMFACTORY_FAULT for the next commands, or NULL */
 
 static void
 setup(void)
@@ -46,7 +47,8 @@ vmf(char **out, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(args, sizeof args, fmt, ap);
 	va_end(ap);
-	snprintf(cmd, sizeof cmd, "%s %s %s 2>>%s/cli.err", exe, args, common_opts, tmp);
+	snprintf(cmd, sizeof cmd, "%s%s%s%s %s %s 2>>%s/cli.err", fault ? "VMFACTORY_FAULT=" : "", fault ? fault : "",
+		 fault ? " " : "", exe, args, common_opts, tmp);
 	FILE *p = popen(cmd, "r");
 	ck_assert_ptr_nonnull(p);
 	size_t cap = 1 << 16, n = 0;
@@ -497,15 +499,163 @@ START_TEST(template_commands)
 }
 END_TEST
 
+static int
+daemon_pid(void)
+{
+	json_object *s = vmf_json("status -o json%s", "");
+	int pid = json_object_get_int(path(s, "daemon", "pid"));
+	json_object_put(s);
+	return pid;
+}
+
+/* Pids of the VMs in status with the given state, sorted, as a string. */
+static void
+pids_in_state(const char *want, char *out, size_t n)
+{
+	json_object *s = vmf_json("status -o json%s", "");
+	json_object *vms = path(s, "vms", NULL);
+	int pids[64], k = 0;
+	for (size_t i = 0; i < json_object_array_length(vms) && k < 64; i++) {
+		json_object *v = json_object_array_get_idx(vms, i);
+		if (!strcmp(json_object_get_string(path(v, "state", NULL)), want))
+			pids[k++] = json_object_get_int(path(v, "pid", NULL));
+	}
+	json_object_put(s);
+	for (int i = 1; i < k; i++)
+		for (int j = i; j > 0 && pids[j - 1] > pids[j]; j--) {
+			int t = pids[j];
+			pids[j] = pids[j - 1];
+			pids[j - 1] = t;
+		}
+	out[0] = 0;
+	for (int i = 0; i < k; i++)
+		snprintf(out + strlen(out), n - strlen(out), "%d ", pids[i]);
+}
+
+static int
+vm_count(void)
+{
+	json_object *s = vmf_json("status -o json%s", "");
+	int n = (int)json_object_array_length(path(s, "vms", NULL));
+	json_object_put(s);
+	return n;
+}
+
+static void
+kill_daemon_hard(void)
+{
+	int pid = daemon_pid();
+	ck_assert_int_eq(kill(pid, SIGKILL), 0);
+	int64_t deadline = vmf_now_ms() + 10000;
+	while (kill(pid, 0) == 0 && vmf_now_ms() < deadline)
+		poll(NULL, 0, 20);
+}
+
+START_TEST(restart_adopts_pooled_and_assigned_vms)
+{
+	ck_assert_int_eq(vmf(NULL, "init --pool 2 --wait"), 0);
+	struct got g = {0};
+	do_get(&g, "survivor", 1, 256);
+	ck_assert_int_eq(g.rc, 0);
+	int64_t deadline = vmf_now_ms() + 60000;
+	while (pool_ready() < 2 && vmf_now_ms() < deadline)
+		poll(NULL, 0, 100);
+	char pooled[256], assigned[256], pooled2[256], assigned2[256];
+	pids_in_state("ready", pooled, sizeof pooled);
+	pids_in_state("assigned", assigned, sizeof assigned);
+
+	kill_daemon_hard();
+	ck_assert_int_eq(count_qemu(), 3); /* VMs outlive the daemon */
+	ck_assert_int_eq(vmf(NULL, "init --pool 2 --wait"), 0);
+	pids_in_state("ready", pooled2, sizeof pooled2);
+	pids_in_state("assigned", assigned2, sizeof assigned2);
+	printf("pooled before %s/after %s; assigned before %s/after %s\n", pooled, pooled2, assigned, assigned2);
+	ck_assert_str_eq(pooled, pooled2);     /* adopted, not cloned again */
+	ck_assert_str_eq(assigned, assigned2);
+	ck_assert_int_eq(count_qemu(), 3);
+	json_object *i = vmf_json("inspect %s -o json", g.id);
+	ck_assert_int_eq(json_object_get_int(path(i, "guest", "online_cpus")), 1);
+	json_object_put(i);
+	json_object_put(g.rec);
+	ck_assert_int_eq(vmf(NULL, "destroy --all"), 0);
+	ck_assert_int_eq(count_qemu(), 0);
+}
+END_TEST
+
+static void
+use_dirs(const char *sub)
+{
+	snprintf(sock, sizeof sock, "%s/%s.sock", tmp, sub);
+	snprintf(state, sizeof state, "%s/%s/state", tmp, sub);
+	snprintf(run, sizeof run, "%s/%s/run", tmp, sub);
+	snprintf(common_opts, sizeof common_opts, "--socket %s --state-dir %s --run-dir %s", sock, state, run);
+}
+
+START_TEST(crash_at_each_fault_point_recovers)
+{
+	if (strcmp(getenv("VMFACTORY_FAULT_BUILD") ? getenv("VMFACTORY_FAULT_BUILD") : "0", "1")) {
+		printf("skipping: this build has no fault injection (-Dfault_injection=true)\n");
+		return;
+	}
+	static const char *points[] = { "after-migrate", "mid-clone", "mid-handout", "mid-release" };
+	for (int k = 0; k < 4; k++) {
+		const char *pt = points[k];
+		use_dirs(pt);
+		struct got g = {0};
+		fault = pt;
+		int rc = vmf(NULL, "init --pool 2 --wait");
+		if (!strcmp(pt, "mid-handout")) {
+			ck_assert_int_eq(rc, 0);
+			do_get(&g, "crash-get", 2, 512);
+			ck_assert_int_ne(g.rc, 0);
+		} else if (!strcmp(pt, "mid-release")) {
+			ck_assert_int_eq(rc, 0);
+			do_get(&g, "crash-release", 1, 256);
+			ck_assert_int_eq(g.rc, 0);
+			ck_assert_int_ne(vmf(NULL, "release %s", g.id), 0);
+			json_object_put(g.rec);
+		} else {
+			ck_assert_int_ne(rc, 0); /* the daemon died during init */
+		}
+		fault = NULL;
+		int64_t deadline = vmf_now_ms() + 10000;
+		while (vmf(NULL, "status") != 3 && vmf_now_ms() < deadline)
+			poll(NULL, 0, 50);
+		if (!strcmp(pt, "after-migrate")) {
+			/* A template cut off before its record is not ready. */
+			json_object *l = vmf_json("template list -o json%s", "");
+			ck_assert_int_eq(json_object_array_length(l), 0);
+			json_object_put(l);
+		}
+
+		ck_assert_int_eq(vmf(NULL, "init --pool 2 --wait"), 0);
+		int vms = vm_count(), qemus = count_qemu();
+		printf("%s: after restart %d VMs, %d QEMU processes, pool ready %d\n", pt, vms, qemus, pool_ready());
+		ck_assert_int_eq(pool_ready(), 2);
+		ck_assert_int_eq(qemus, vms); /* no orphan */
+		ck_assert_int_eq(vms, 2);     /* nothing half-handed-out or half-released */
+		if (g.share[0])
+			ck_assert_int_ne(access(g.share, F_OK), 0);
+		json_object *l = vmf_json("template list -o json%s", "");
+		ck_assert_int_eq(json_object_array_length(l), 1);
+		ck_assert_str_eq(json_object_get_string(path(json_object_array_get_idx(l, 0), "state", NULL)), "ready");
+		json_object_put(l);
+		ck_assert_int_eq(vmf(NULL, "destroy --all"), 0);
+		ck_assert_int_eq(count_qemu(), 0);
+	}
+}
+END_TEST
+
 static void
 teardown(void)
 {
 	/* Whatever a failed test left behind must not outlive it. */
 	vmf(NULL, "destroy --all");
 	/* The daemon first: it would replace the VMs killed next. */
-	if (vmf_test_kill_under("vmfactory", sock))
+	fault = NULL;
+	if (vmf_test_kill_under("vmfactory", tmp))
 		fprintf(stderr, "teardown: killed a daemon left by a failed test\n");
-	if (vmf_test_kill_qemu_under(run))
+	if (vmf_test_kill_qemu_under(tmp))
 		fprintf(stderr, "teardown: killed QEMU processes left by a failed test\n");
 	struct vmf_error e;
 	vmf_rm_rf(tmp, &e);
@@ -523,6 +673,8 @@ main(void)
 	tcase_add_test(tc, bad_requests_fail_clearly);
 	tcase_add_test(tc, faults_peers_and_latency);
 	tcase_add_test(tc, template_commands);
+	tcase_add_test(tc, restart_adopts_pooled_and_assigned_vms);
+	tcase_add_test(tc, crash_at_each_fault_point_recovers);
 	suite_add_tcase(s, tc);
 	return vmf_test_run(s);
 }
