@@ -9,7 +9,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -646,6 +648,160 @@ START_TEST(crash_at_each_fault_point_recovers)
 }
 END_TEST
 
+/* A raw connection to the daemon, for what the client library never sends. */
+static int
+raw_connect(void)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	snprintf(sa.sun_path, sizeof sa.sun_path, "%s", sock);
+	int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+	ck_assert_int_eq(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+	return fd;
+}
+
+/* Reads a reply frame; returns its error_code, or -1 on EOF. */
+static int
+raw_reply(int fd)
+{
+	uint8_t *buf;
+	size_t n;
+	struct vmf_error e = {0};
+	if (vmf_frame_read(fd, &buf, &n, 1 << 20, vmf_now_ms() + 5000, &e) < 0)
+		return -1;
+	Vmf__Control__Reply *r = vmf__control__reply__unpack(NULL, n, buf);
+	free(buf);
+	ck_assert_ptr_nonnull(r);
+	int code = r->error_code;
+	vmf__control__reply__free_unpacked(r, NULL);
+	return code;
+}
+
+static bool
+closed_by_peer(int fd)
+{
+	char c;
+	struct pollfd p = { .fd = fd, .events = POLLIN };
+	return poll(&p, 1, 5000) == 1 && read(fd, &c, 1) == 0;
+}
+
+START_TEST(hostile_frames_and_paths)
+{
+	ck_assert_int_eq(vmf(NULL, "init --pool 1 --wait"), 0);
+	struct vmf_error e = {0};
+	/* unknown protocol version: a clear error, the connection stays usable */
+	int fd = raw_connect();
+	Vmf__Control__Request req = VMF__CONTROL__REQUEST__INIT;
+	Vmf__Control__StatusRequest st = VMF__CONTROL__STATUS_REQUEST__INIT;
+	req.protocol_version = 99;
+	req.body_case = VMF__CONTROL__REQUEST__BODY_STATUS;
+	req.status = &st;
+	uint8_t buf[64];
+	size_t n = vmf__control__request__pack(&req, buf);
+	ck_assert_int_eq(vmf_frame_write(fd, buf, n, vmf_now_ms() + 1000, &e), 0);
+	ck_assert_int_eq(raw_reply(fd), EPROTO);
+	req.protocol_version = 1;
+	n = vmf__control__request__pack(&req, buf);
+	ck_assert_int_eq(vmf_frame_write(fd, buf, n, vmf_now_ms() + 1000, &e), 0);
+	ck_assert_int_eq(raw_reply(fd), 0);
+	close(fd);
+	/* a 4 GiB length prefix: refused before allocating, connection closed */
+	fd = raw_connect();
+	uint8_t h[4] = { 0xff, 0xff, 0xff, 0xff };
+	ck_assert_int_eq(write(fd, h, 4), 4);
+	ck_assert_int_eq(raw_reply(fd), EMSGSIZE);
+	ck_assert(closed_by_peer(fd));
+	close(fd);
+	/* garbage that is not a request */
+	fd = raw_connect();
+	static const uint8_t junk[] = { 0, 0, 0, 3, 0xff, 0xff, 0xff };
+	ck_assert_int_eq(write(fd, junk, sizeof junk), (ssize_t)sizeof junk);
+	ck_assert_int_eq(raw_reply(fd), EBADMSG);
+	close(fd);
+	/* a truncated frame, then the client leaves */
+	fd = raw_connect();
+	static const uint8_t cut[] = { 0, 0, 0, 100, 8, 1 };
+	ck_assert_int_eq(write(fd, cut, sizeof cut), (ssize_t)sizeof cut);
+	close(fd);
+
+	/* A share_dir that is a planted symlink to elsewhere: the link itself is
+	 * replaced; its target is neither followed nor touched. */
+	char victim[700], vf[760], link[700], k[700];
+	snprintf(victim, sizeof victim, "%s/victim", tmp);
+	ck_assert_int_eq(mkdir(victim, 0700), 0);
+	snprintf(vf, sizeof vf, "%s/precious", victim);
+	ck_assert_int_eq(vmf_write_file_atomic(vf, "p", 1, 0600, &e), 0);
+	snprintf(link, sizeof link, "%s/planted", tmp);
+	ck_assert_int_eq(symlink(victim, link), 0);
+	snprintf(k, sizeof k, "%s/k1", tmp);
+	char *out;
+	ck_assert_int_eq(vmf(&out, "get --cpus 1 --memory 256 --sandbox planted --share-dir %s --sock-dir %s -o json", link, k), 0);
+	json_object *rec = json_tokener_parse(out);
+	free(out);
+	char target[700];
+	ssize_t tl = readlink(link, target, sizeof target - 1);
+	ck_assert_int_gt(tl, 0);
+	target[tl] = 0;
+	ck_assert_str_eq(target, json_object_get_string(path(rec, "share_dir", NULL)));
+	ck_assert_int_eq(access(vf, F_OK), 0);
+	/* A parent directory that goes through a symlink is refused. */
+	char viadir[700], via[760];
+	snprintf(viadir, sizeof viadir, "%s/via", tmp);
+	ck_assert_int_eq(symlink(victim, viadir), 0);
+	snprintf(via, sizeof via, "%s/share", viadir);
+	ck_assert_int_ne(vmf(NULL, "get --cpus 1 --memory 256 --sandbox via --share-dir %s --sock-dir %s/k2", via, tmp), 0);
+	ck_assert_int_ne(access(vf, F_OK) == 0 && access("/nonexistent", F_OK) == 0, 1);
+	char inside[760];
+	snprintf(inside, sizeof inside, "%s/share", victim);
+	ck_assert_int_ne(access(inside, F_OK), 0); /* nothing created through it */
+	/* relative paths */
+	ck_assert_int_ne(vmf(NULL, "get --cpus 1 --memory 256 --sandbox rel --share-dir rel/s --sock-dir rel/k"), 0);
+	/* still serving */
+	ck_assert_int_eq(vmf(NULL, "status"), 0);
+	ck_assert_int_eq(vmf(NULL, "release %s", json_object_get_string(path(rec, "id", NULL))), 0);
+	json_object_put(rec);
+	ck_assert_int_eq(vmf(NULL, "destroy --all"), 0);
+}
+END_TEST
+
+START_TEST(churn_keeps_fds_rss_flat)
+{
+	const char *env = getenv("VMFACTORY_CHURN");
+	int cycles = env ? atoi(env) : 200;
+	ck_assert_int_eq(vmf(NULL, "init --pool 2 --wait"), 0);
+	int pid = daemon_pid();
+	/* Warm up first: the first hand-outs allocate the daemon's steady state. */
+	int fds0 = 0;
+	uint64_t rss0 = 0;
+	int64_t t0 = vmf_now_ms();
+	for (int i = 0; i < cycles + 10; i++) {
+		if (i == 10) {
+			fds0 = vmf_proc_fd_count(pid);
+			rss0 = vmf_proc_rss_kib(pid);
+		}
+		struct got g = {0};
+		char name[32];
+		snprintf(name, sizeof name, "churn-%d", i);
+		do_get(&g, name, 1, 256);
+		ck_assert_msg(g.rc == 0, "get %d failed", i);
+		ck_assert_int_eq(vmf(NULL, "release %s", g.id), 0);
+		json_object_put(g.rec);
+	}
+	int64_t deadline = vmf_now_ms() + 60000;
+	while (pool_ready() < 2 && vmf_now_ms() < deadline)
+		poll(NULL, 0, 100);
+	int fds1 = vmf_proc_fd_count(pid);
+	uint64_t rss1 = vmf_proc_rss_kib(pid);
+	printf("churn: %d get/release cycles in %.1f s; daemon fds %d -> %d, RSS %llu -> %llu KiB\n", cycles,
+	       (vmf_now_ms() - t0) / 1000.0, fds0, fds1, (unsigned long long)rss0, (unsigned long long)rss1);
+	ck_assert_int_le(fds1, fds0);
+	/* Allocator noise is a few hundred KiB; a leak per cycle would be more. */
+	ck_assert_uint_le(rss1, rss0 + 2048);
+	ck_assert_int_eq(count_qemu(), 2);
+	ck_assert_int_eq(vmf(NULL, "destroy"), 0);
+	ck_assert_int_eq(count_qemu(), 0);
+}
+END_TEST
+
 static void
 teardown(void)
 {
@@ -675,6 +831,8 @@ main(void)
 	tcase_add_test(tc, template_commands);
 	tcase_add_test(tc, restart_adopts_pooled_and_assigned_vms);
 	tcase_add_test(tc, crash_at_each_fault_point_recovers);
+	tcase_add_test(tc, hostile_frames_and_paths);
+	tcase_add_test(tc, churn_keeps_fds_rss_flat);
 	suite_add_tcase(s, tc);
 	return vmf_test_run(s);
 }
