@@ -431,6 +431,9 @@ spawn(struct vmf_vm *vm, struct vmf_error *err)
 		dup2(devnull, 0);
 		dup2(logfd, 1);
 		dup2(logfd, 2);
+		/* Libraries open fds without O_CLOEXEC (LMDB's data.mdb): QEMU,
+		 * which outlives the daemon, must inherit only its two sockets. */
+		syscall(SYS_close_range, 3U, ~0U, 4U /* CLOSE_RANGE_CLOEXEC */);
 		fcntl(qmp_l, F_SETFD, 0);
 		fcntl(agent_l, F_SETFD, 0);
 		execvp(argv[0], argv);

@@ -4,9 +4,12 @@
 #include "catalog.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <lmdb.h>
 #include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -54,11 +57,16 @@ int
 vmf_catalog_open_sized(const char *state_dir, size_t map_mib, struct vmf_catalog **out, struct vmf_error *err)
 {
 	*out = NULL;
+	if (map_mib == 0 || map_mib > SIZE_MAX >> 20)
+		return vmf_err(err, EINVAL, "catalog map size of %zu MiB is out of range", map_mib);
 	struct vmf_catalog *c = calloc(1, sizeof(*c));
 	if (!c)
 		return vmf_err(err, ENOMEM, "out of memory opening the catalog");
 	c->map_mib = map_mib;
-	snprintf(c->path, sizeof(c->path), "%s/catalog", state_dir);
+	if (snprintf(c->path, sizeof(c->path), "%s/catalog", state_dir) >= (int)sizeof(c->path)) {
+		free(c);
+		return vmf_err(err, ENAMETOOLONG, "cannot open the catalog: state dir %.64s... is too long", state_dir);
+	}
 	int r = vmf_mkdir_p(c->path, 0700, err);
 	if (r < 0) {
 		free(c);
@@ -79,9 +87,28 @@ vmf_catalog_open_sized(const char *state_dir, size_t map_mib, struct vmf_catalog
 		vmf_catalog_close(c);
 		return r;
 	}
+	/* LMDB 0.9.24 leaves its data-file descriptor inheritable: every QEMU the
+	 * daemon spawns would hold the catalog open read-write.  The daemon
+	 * opens the catalog before it starts threads, so no fork slips in. */
+	int fd;
+	if (mdb_env_get_fd(c->env, &fd) == 0 && fd >= 0) {
+		int fl = fcntl(fd, F_GETFD);
+		if (fl < 0 || fcntl(fd, F_SETFD, fl | FD_CLOEXEC) < 0) {
+			r = vmf_err_sys(err, errno, "catalog %s: cannot mark its data file close-on-exec", c->path);
+			vmf_catalog_close(c);
+			return r;
+		}
+	}
+	/* LMDB raises the map to the size the data already uses: errors must
+	 * quote the size in force, not the one asked for. */
+	MDB_envinfo info;
+	if (mdb_env_info(c->env, &info) == 0)
+		c->map_mib = info.me_mapsize >> 20;
 	/* Reader slots of crashed processes would pin old pages forever. */
 	int dead = 0;
-	mdb_reader_check(c->env, &dead);
+	rc = mdb_reader_check(c->env, &dead);
+	if (rc)
+		log_warn("catalog %s: cannot check for stale reader slots: %s", c->path, mdb_strerror(rc));
 	c->stale_cleared = dead;
 	if (dead)
 		log_info("catalog %s: cleared %d stale reader slots", c->path, dead);
@@ -105,6 +132,13 @@ vmf_catalog_open_sized(const char *state_dir, size_t map_mib, struct vmf_catalog
 		} else if (rc == 0) {
 			uint32_t ver = 0;
 			memcpy(&ver, v.mv_data, v.mv_size < sizeof(ver) ? v.mv_size : sizeof(ver));
+			if (v.mv_size != sizeof(ver)) {
+				mdb_txn_abort(txn);
+				r = vmf_err(err, EBADMSG, "catalog %s is damaged: its schema marker has %zu bytes",
+					    c->path, v.mv_size);
+				vmf_catalog_close(c);
+				return r;
+			}
 			if (ver != VMF_CATALOG_SCHEMA_VERSION) {
 				mdb_txn_abort(txn);
 				r = vmf_err(err, EPROTO, "catalog %s has schema version %u; this vmfactory reads %u",
@@ -145,6 +179,40 @@ vmf_catalog_close(struct vmf_catalog *c)
 
 /* ---- generic record code ---- */
 
+/* What differs between the record tables. */
+struct table {
+	const char *kind;                       /* for messages: "template", "VM" */
+	const ProtobufCMessageDescriptor *desc;
+	bool (*valid_id)(const char *);
+	const char *id_form;
+	size_t dbi_offset;                      /* of the MDB_dbi in struct vmf_catalog */
+};
+
+static const struct table templates_table = {
+	"template", &vmf__catalog__template_record__descriptor, vmf_valid_template_id,
+	"a SHA-256 hex digest", offsetof(struct vmf_catalog, templates),
+};
+static const struct table vms_table = {
+	"VM", &vmf__catalog__vm_record__descriptor, vmf_valid_uuid, "a UUID",
+	offsetof(struct vmf_catalog, vms),
+};
+
+static MDB_dbi
+dbi_of(const struct vmf_catalog *c, const struct table *t)
+{
+	return *(const MDB_dbi *)((const char *)c + t->dbi_offset);
+}
+
+/* Ids become LMDB keys (at most 511 bytes, never empty) and directory
+ * names: a malformed one is refused before it reaches either. */
+static int
+check_id(const struct table *t, const char *id, struct vmf_error *err)
+{
+	if (!id || !t->valid_id(id))
+		return vmf_err(err, EINVAL, "%s id '%.80s' is not %s", t->kind, id ? id : "(null)", t->id_form);
+	return 0;
+}
+
 static uint32_t
 schema_of(const ProtobufCMessage *m)
 {
@@ -156,92 +224,108 @@ schema_of(const ProtobufCMessage *m)
 	return v;
 }
 
+/* One write transaction storing one value: all or nothing. */
 static int
-put(struct vmf_catalog *c, MDB_dbi dbi, const char *kind, const char *key, const ProtobufCMessage *m,
-    struct vmf_error *err)
+write_value(struct vmf_catalog *c, MDB_dbi dbi, const char *key, const void *data, size_t len,
+	    const char *what, struct vmf_error *err)
 {
-	size_t n = protobuf_c_message_get_packed_size(m);
-	uint8_t *buf = malloc(n ? n : 1);
-	if (!buf)
-		return vmf_err(err, ENOMEM, "out of memory storing %s %s", kind, key);
-	protobuf_c_message_pack(m, buf);
 	MDB_txn *txn;
 	int rc = mdb_txn_begin(c->env, NULL, 0, &txn);
 	if (rc == 0) {
-		MDB_val k = { strlen(key), (void *)key }, v = { n, buf };
+		MDB_val k = { strlen(key), (void *)key }, v = { len, (void *)data };
 		rc = mdb_put(txn, dbi, &k, &v, 0);
-		if (rc == 0)
-			rc = mdb_txn_commit(txn);
-		else
-			mdb_txn_abort(txn);
+		rc = rc ? (mdb_txn_abort(txn), rc) : mdb_txn_commit(txn);
 	}
-	free(buf);
-	if (rc) {
-		char what[160];
-		snprintf(what, sizeof(what), "storing %s %.64s", kind, key);
-		return mdb_fail(c, rc, what, err);
-	}
-	return 0;
+	return rc ? mdb_fail(c, rc, what, err) : 0;
 }
 
 static int
-decode(struct vmf_catalog *c, const ProtobufCMessageDescriptor *desc, const char *kind, const char *key,
-       const MDB_val *v, ProtobufCMessage **out, struct vmf_error *err)
+put(struct vmf_catalog *c, const struct table *t, const char *key, const ProtobufCMessage *m,
+    struct vmf_error *err)
 {
-	*out = protobuf_c_message_unpack(desc, NULL, v->mv_size, v->mv_data);
+	int r = check_id(t, key, err);
+	if (r < 0)
+		return r;
+	/* Stored under any other version, the record would be refused by the
+	 * next daemon start: better to fail the writer now. */
+	uint32_t ver = schema_of(m);
+	if (ver != VMF_CATALOG_SCHEMA_VERSION)
+		return vmf_err(err, EINVAL, "refusing to store %s %s with schema version %u; this vmfactory writes %u",
+			       t->kind, key, ver, VMF_CATALOG_SCHEMA_VERSION);
+	size_t n = protobuf_c_message_get_packed_size(m);
+	uint8_t *buf = malloc(n ? n : 1);
+	if (!buf)
+		return vmf_err(err, ENOMEM, "out of memory storing %s %s", t->kind, key);
+	protobuf_c_message_pack(m, buf);
+	char what[160];
+	snprintf(what, sizeof(what), "storing %s %s", t->kind, key);
+	r = write_value(c, dbi_of(c, t), key, buf, n, what, err);
+	free(buf);
+	return r;
+}
+
+static int
+decode(struct vmf_catalog *c, const struct table *t, const char *key, const MDB_val *v, ProtobufCMessage **out,
+       struct vmf_error *err)
+{
+	*out = protobuf_c_message_unpack(t->desc, NULL, v->mv_size, v->mv_data);
 	if (!*out)
-		return vmf_err(err, EBADMSG, "%s record %.64s in %s is corrupt: cannot decode its %zu bytes", kind,
+		return vmf_err(err, EBADMSG, "%s record %.64s in %s is corrupt: cannot decode its %zu bytes", t->kind,
 			       key, c->path, v->mv_size);
 	uint32_t ver = schema_of(*out);
 	if (ver != VMF_CATALOG_SCHEMA_VERSION) {
 		protobuf_c_message_free_unpacked(*out, NULL);
 		*out = NULL;
 		return vmf_err(err, EBADMSG, "%s record %.64s in %s has schema version %u; this vmfactory reads %u",
-			       kind, key, c->path, ver, VMF_CATALOG_SCHEMA_VERSION);
+			       t->kind, key, c->path, ver, VMF_CATALOG_SCHEMA_VERSION);
 	}
 	return 0;
 }
 
 static int
-get(struct vmf_catalog *c, MDB_dbi dbi, const ProtobufCMessageDescriptor *desc, const char *kind,
-    const char *key, ProtobufCMessage **out, struct vmf_error *err)
+get(struct vmf_catalog *c, const struct table *t, const char *key, ProtobufCMessage **out, struct vmf_error *err)
 {
 	*out = NULL;
+	int r = check_id(t, key, err);
+	if (r < 0)
+		return r;
+	char what[160];
+	snprintf(what, sizeof(what), "reading %s %s", t->kind, key);
 	MDB_txn *txn;
 	int rc = mdb_txn_begin(c->env, NULL, MDB_RDONLY, &txn);
 	if (rc)
-		return mdb_fail(c, rc, "reading", err);
+		return mdb_fail(c, rc, what, err);
 	MDB_val k = { strlen(key), (void *)key }, v;
-	rc = mdb_get(txn, dbi, &k, &v);
-	int r;
+	rc = mdb_get(txn, dbi_of(c, t), &k, &v);
 	if (rc == MDB_NOTFOUND)
-		r = vmf_err(err, ENOENT, "no %s %.64s in catalog %s", kind, key, c->path);
+		r = vmf_err(err, ENOENT, "no %s %s in catalog %s", t->kind, key, c->path);
 	else if (rc)
-		r = mdb_fail(c, rc, "reading", err);
+		r = mdb_fail(c, rc, what, err);
 	else
-		r = decode(c, desc, kind, key, &v, out, err);
+		r = decode(c, t, key, &v, out, err);
+	/* v points into the map: decode copied what it needs before this. */
 	mdb_txn_abort(txn);
 	return r;
 }
 
 static int
-del(struct vmf_catalog *c, MDB_dbi dbi, const char *kind, const char *key, struct vmf_error *err)
+del(struct vmf_catalog *c, const struct table *t, const char *key, struct vmf_error *err)
 {
+	int r = check_id(t, key, err);
+	if (r < 0)
+		return r;
 	MDB_txn *txn;
 	int rc = mdb_txn_begin(c->env, NULL, 0, &txn);
 	if (rc == 0) {
 		MDB_val k = { strlen(key), (void *)key };
-		rc = mdb_del(txn, dbi, &k, NULL);
-		if (rc == 0)
-			rc = mdb_txn_commit(txn);
-		else
-			mdb_txn_abort(txn);
+		rc = mdb_del(txn, dbi_of(c, t), &k, NULL);
+		rc = rc ? (mdb_txn_abort(txn), rc) : mdb_txn_commit(txn);
 	}
 	if (rc == MDB_NOTFOUND)
-		return vmf_err(err, ENOENT, "no %s %.64s in catalog %s", kind, key, c->path);
+		return vmf_err(err, ENOENT, "no %s %s in catalog %s", t->kind, key, c->path);
 	if (rc) {
 		char what[160];
-		snprintf(what, sizeof(what), "removing %s %.64s", kind, key);
+		snprintf(what, sizeof(what), "removing %s %s", t->kind, key);
 		return mdb_fail(c, rc, what, err);
 	}
 	return 0;
@@ -250,20 +334,19 @@ del(struct vmf_catalog *c, MDB_dbi dbi, const char *kind, const char *key, struc
 typedef int (*list_fn)(const char *id, ProtobufCMessage *rec, const struct vmf_error *rec_err, void *ctx);
 
 static int
-list(struct vmf_catalog *c, MDB_dbi dbi, const ProtobufCMessageDescriptor *desc, const char *kind, list_fn fn,
-     void *ctx, struct vmf_error *err)
+list(struct vmf_catalog *c, const struct table *t, list_fn fn, void *ctx, struct vmf_error *err)
 {
 	/* Collect first, call back after the read transaction ends: callbacks
-	 * may write to the catalog. */
+	 * may write to the catalog, and a long-lived reader would pin pages. */
 	MDB_txn *txn;
 	int rc = mdb_txn_begin(c->env, NULL, MDB_RDONLY, &txn);
 	if (rc)
-		return mdb_fail(c, rc, "listing", err);
+		return mdb_fail(c, rc, "listing its records", err);
 	MDB_cursor *cur;
-	rc = mdb_cursor_open(txn, dbi, &cur);
+	rc = mdb_cursor_open(txn, dbi_of(c, t), &cur);
 	if (rc) {
 		mdb_txn_abort(txn);
-		return mdb_fail(c, rc, "listing", err);
+		return mdb_fail(c, rc, "listing its records", err);
 	}
 	struct item {
 		char key[128];
@@ -278,7 +361,7 @@ list(struct vmf_catalog *c, MDB_dbi dbi, const ProtobufCMessageDescriptor *desc,
 			cap = cap ? cap * 2 : 16;
 			struct item *ni = realloc(items, cap * sizeof(*items));
 			if (!ni) {
-				r = vmf_err(err, ENOMEM, "out of memory listing the catalog");
+				r = vmf_err(err, ENOMEM, "out of memory listing catalog %s", c->path);
 				break;
 			}
 			items = ni;
@@ -287,14 +370,15 @@ list(struct vmf_catalog *c, MDB_dbi dbi, const ProtobufCMessageDescriptor *desc,
 		memset(it, 0, sizeof(*it));
 		size_t kl = k.mv_size < sizeof(it->key) - 1 ? k.mv_size : sizeof(it->key) - 1;
 		memcpy(it->key, k.mv_data, kl);
-		decode(c, desc, kind, it->key, &v, &it->rec, &it->e);
+		decode(c, t, it->key, &v, &it->rec, &it->e);
 	}
+	if (r == 0 && rc != MDB_NOTFOUND)
+		r = mdb_fail(c, rc, "listing its records", err);
 	mdb_cursor_close(cur);
 	mdb_txn_abort(txn);
-	bool stop = false;
 	for (size_t i = 0; i < n; i++) {
-		if (!stop && r == 0 && fn(items[i].key, items[i].rec, items[i].rec ? NULL : &items[i].e, ctx))
-			stop = true;
+		if (r == 0)
+			r = fn(items[i].key, items[i].rec, items[i].rec ? NULL : &items[i].e, ctx);
 		if (items[i].rec)
 			protobuf_c_message_free_unpacked(items[i].rec, NULL);
 	}
@@ -304,9 +388,18 @@ list(struct vmf_catalog *c, MDB_dbi dbi, const ProtobufCMessageDescriptor *desc,
 
 /* ---- templates ---- */
 
+static int
+cmp_str(const void *a, const void *b)
+{
+	const char *x = *(char *const *)a, *y = *(char *const *)b;
+	return strcmp(x ? x : "", y ? y : "");
+}
+
 int
 vmf_template_spec_id(const Vmf__Catalog__TemplateSpec *spec, char id[VMF_SHA256_HEX], struct vmf_error *err)
 {
+	if (!spec)
+		return vmf_err(err, EINVAL, "no template spec to hash");
 	Vmf__Catalog__TemplateSpec s = *spec;
 	s.schema_version = VMF_CATALOG_SCHEMA_VERSION;
 	char **devs = NULL;
@@ -316,15 +409,11 @@ vmf_template_spec_id(const Vmf__Catalog__TemplateSpec *spec, char id[VMF_SHA256_
 			return vmf_err(err, ENOMEM, "out of memory hashing a template spec");
 		memcpy(devs, spec->devices, s.n_devices * sizeof(char *));
 		/* Device order is not part of a template's identity. */
-		for (size_t i = 1; i < s.n_devices; i++)
-			for (size_t j = i; j > 0 && strcmp(devs[j - 1], devs[j]) > 0; j--) {
-				char *t = devs[j];
-				devs[j] = devs[j - 1];
-				devs[j - 1] = t;
-			}
+		qsort(devs, s.n_devices, sizeof(char *), cmp_str);
 		s.devices = devs;
 	}
-	/* protobuf-c packs fields in tag order: the encoding is canonical. */
+	/* protobuf-c packs fields in tag order and omits proto3 defaults: the
+	 * encoding is canonical. */
 	size_t n = vmf__catalog__template_spec__get_packed_size(&s);
 	uint8_t *buf = malloc(n ? n : 1);
 	if (!buf) {
@@ -341,43 +430,47 @@ vmf_template_spec_id(const Vmf__Catalog__TemplateSpec *spec, char id[VMF_SHA256_
 int
 vmf_catalog_template_put(struct vmf_catalog *c, const Vmf__Catalog__TemplateRecord *rec, struct vmf_error *err)
 {
-	if (!vmf_valid_template_id(rec->id))
-		return vmf_err(err, EINVAL, "template id '%.80s' is not a SHA-256 hex digest", rec->id);
-	return put(c, c->templates, "template", rec->id, &rec->base, err);
+	return put(c, &templates_table, rec->id, &rec->base, err);
 }
 
 int
 vmf_catalog_template_get(struct vmf_catalog *c, const char *id, Vmf__Catalog__TemplateRecord **out,
 			 struct vmf_error *err)
 {
-	return get(c, c->templates, &vmf__catalog__template_record__descriptor, "template", id,
-		   (ProtobufCMessage **)out, err);
+	return get(c, &templates_table, id, (ProtobufCMessage **)out, err);
 }
 
 int
 vmf_catalog_template_delete(struct vmf_catalog *c, const char *id, struct vmf_error *err)
 {
-	return del(c, c->templates, "template", id, err);
+	return del(c, &templates_table, id, err);
 }
 
 int
 vmf_catalog_template_set_state(struct vmf_catalog *c, const char *id, Vmf__Catalog__TemplateState state,
 			       const char *error, struct vmf_error *err)
 {
+	int r = check_id(&templates_table, id, err);
+	if (r < 0)
+		return r;
+	if (!protobuf_c_enum_descriptor_get_value(&vmf__catalog__template_state__descriptor, (int)state))
+		return vmf_err(err, EINVAL, "template %s: %d is not a template state", id, (int)state);
+	char what[160];
+	snprintf(what, sizeof(what), "updating template %s", id);
 	/* Read-modify-write in one write transaction: no lost update. */
 	MDB_txn *txn;
 	int rc = mdb_txn_begin(c->env, NULL, 0, &txn);
 	if (rc)
-		return mdb_fail(c, rc, "updating a template", err);
+		return mdb_fail(c, rc, what, err);
 	MDB_val k = { strlen(id), (void *)id }, v;
 	rc = mdb_get(txn, c->templates, &k, &v);
 	if (rc) {
 		mdb_txn_abort(txn);
-		return rc == MDB_NOTFOUND ? vmf_err(err, ENOENT, "no template %.64s in catalog %s", id, c->path)
-					  : mdb_fail(c, rc, "updating a template", err);
+		return rc == MDB_NOTFOUND ? vmf_err(err, ENOENT, "no template %s in catalog %s", id, c->path)
+					  : mdb_fail(c, rc, what, err);
 	}
 	ProtobufCMessage *m;
-	int r = decode(c, &vmf__catalog__template_record__descriptor, "template", id, &v, &m, err);
+	r = decode(c, &templates_table, id, &v, &m, err);
 	if (r < 0) {
 		mdb_txn_abort(txn);
 		return r;
@@ -396,12 +489,13 @@ vmf_catalog_template_set_state(struct vmf_catalog *c, const char *id, Vmf__Catal
 	} else {
 		mdb_txn_abort(txn);
 	}
+	/* The unpacked message owns old_err, not the caller's string. */
 	rec->error = old_err;
 	protobuf_c_message_free_unpacked(m, NULL);
 	free(buf);
 	if (!buf)
-		return vmf_err(err, ENOMEM, "out of memory updating template %.64s", id);
-	return rc ? mdb_fail(c, rc, "updating a template", err) : 0;
+		return vmf_err(err, ENOMEM, "out of memory updating template %s", id);
+	return rc ? mdb_fail(c, rc, what, err) : 0;
 }
 
 struct tpl_tramp {
@@ -420,7 +514,7 @@ int
 vmf_catalog_template_list(struct vmf_catalog *c, vmf_catalog_template_fn fn, void *ctx, struct vmf_error *err)
 {
 	struct tpl_tramp t = { fn, ctx };
-	return list(c, c->templates, &vmf__catalog__template_record__descriptor, "template", tpl_cb, &t, err);
+	return list(c, &templates_table, tpl_cb, &t, err);
 }
 
 /* ---- VMs ---- */
@@ -428,21 +522,19 @@ vmf_catalog_template_list(struct vmf_catalog *c, vmf_catalog_template_fn fn, voi
 int
 vmf_catalog_vm_put(struct vmf_catalog *c, const Vmf__Catalog__VmRecord *rec, struct vmf_error *err)
 {
-	if (!vmf_valid_uuid(rec->id))
-		return vmf_err(err, EINVAL, "VM id '%.80s' is not a UUID", rec->id);
-	return put(c, c->vms, "VM", rec->id, &rec->base, err);
+	return put(c, &vms_table, rec->id, &rec->base, err);
 }
 
 int
 vmf_catalog_vm_get(struct vmf_catalog *c, const char *id, Vmf__Catalog__VmRecord **out, struct vmf_error *err)
 {
-	return get(c, c->vms, &vmf__catalog__vm_record__descriptor, "VM", id, (ProtobufCMessage **)out, err);
+	return get(c, &vms_table, id, (ProtobufCMessage **)out, err);
 }
 
 int
 vmf_catalog_vm_delete(struct vmf_catalog *c, const char *id, struct vmf_error *err)
 {
-	return del(c, c->vms, "VM", id, err);
+	return del(c, &vms_table, id, err);
 }
 
 struct vm_tramp {
@@ -461,20 +553,26 @@ int
 vmf_catalog_vm_list(struct vmf_catalog *c, vmf_catalog_vm_fn fn, void *ctx, struct vmf_error *err)
 {
 	struct vm_tramp t = { fn, ctx };
-	return list(c, c->vms, &vmf__catalog__vm_record__descriptor, "VM", vm_cb, &t, err);
+	return list(c, &vms_table, vm_cb, &t, err);
 }
 
 int
 vmf_catalog_put_raw(struct vmf_catalog *c, const char *db, const char *key, const void *data, size_t len,
 		    struct vmf_error *err)
 {
-	MDB_dbi dbi = strcmp(db, "vms") == 0 ? c->vms : c->templates;
-	MDB_txn *txn;
-	int rc = mdb_txn_begin(c->env, NULL, 0, &txn);
-	if (rc == 0) {
-		MDB_val k = { strlen(key), (void *)key }, v = { len, (void *)data };
-		rc = mdb_put(txn, dbi, &k, &v, 0);
-		rc = rc ? (mdb_txn_abort(txn), rc) : mdb_txn_commit(txn);
-	}
-	return rc ? mdb_fail(c, rc, "storing raw bytes", err) : 0;
+	MDB_dbi dbi;
+	if (strcmp(db, "templates") == 0)
+		dbi = c->templates;
+	else if (strcmp(db, "vms") == 0)
+		dbi = c->vms;
+	else if (strcmp(db, "meta") == 0)
+		dbi = c->meta;
+	else
+		return vmf_err(err, EINVAL, "catalog %s has no table '%.32s'", c->path, db);
+	size_t kl = strlen(key);
+	if (kl == 0 || kl > (size_t)mdb_env_get_maxkeysize(c->env))
+		return vmf_err(err, EINVAL, "catalog key '%.64s' is empty or too long", key);
+	char what[160];
+	snprintf(what, sizeof(what), "storing raw bytes under %s/%.64s", db, key);
+	return write_value(c, dbi, key, data, len, what, err);
 }

@@ -16,7 +16,10 @@
 struct vmf_catalog;
 
 /* Opens (creating 0700 dirs as needed) <state_dir>/catalog, clearing stale
- * reader slots left by crashed processes. */
+ * reader slots left by crashed processes.  Refuses (-EPROTO) a catalog of
+ * another schema version.  The map size caps the catalog (LMDB raises
+ * it to what the data already uses).  Writes that do not fit fail with
+ * -ENOSPC and leave the catalog as it was. */
 int vmf_catalog_open(const char *state_dir, struct vmf_catalog **out, struct vmf_error *err);
 int vmf_catalog_open_sized(const char *state_dir, size_t map_mib, struct vmf_catalog **out,
 			   struct vmf_error *err);
@@ -25,12 +28,17 @@ const char *vmf_catalog_path(const struct vmf_catalog *c);
 /* Stale reader slots cleared by the last open. */
 int vmf_catalog_stale_readers_cleared(const struct vmf_catalog *c);
 
-/* SHA-256 of the spec's canonical encoding (devices sorted). */
+/* SHA-256 of the spec's canonical encoding (devices sorted, schema_version
+ * set): the template id, so looking a spec up is vmf_catalog_template_get
+ * with this id. */
 int vmf_template_spec_id(const Vmf__Catalog__TemplateSpec *spec, char id[VMF_SHA256_HEX],
 			 struct vmf_error *err);
 
-/* Templates.  get returns -ENOENT when absent and -EBADMSG (naming the id)
- * when the stored bytes do not decode or carry an unknown schema. */
+/* Templates.  Every call is one LMDB transaction.  A malformed id is
+ * -EINVAL; put refuses a record whose schema_version is not
+ * VMF_CATALOG_SCHEMA_VERSION.  get returns -ENOENT when absent and -EBADMSG
+ * (naming the id) when the stored bytes do not decode or carry an unknown
+ * schema; the caller frees what get returns with *_free_unpacked. */
 int vmf_catalog_template_put(struct vmf_catalog *c, const Vmf__Catalog__TemplateRecord *rec,
 			     struct vmf_error *err);
 int vmf_catalog_template_get(struct vmf_catalog *c, const char *id, Vmf__Catalog__TemplateRecord **out,
@@ -39,9 +47,12 @@ int vmf_catalog_template_delete(struct vmf_catalog *c, const char *id, struct vm
 int vmf_catalog_template_set_state(struct vmf_catalog *c, const char *id, Vmf__Catalog__TemplateState state,
 				   const char *error, struct vmf_error *err);
 
-/* Listing visits every record; one that cannot be read is passed as rec ==
- * NULL with rec_err saying why, and the listing goes on.  A callback
- * returning non-zero stops it.  rec is freed after the callback returns. */
+/* Listing visits every record, in key order, from one snapshot; one that
+ * cannot be read is passed as rec == NULL with rec_err saying why, and the
+ * listing goes on.  A callback returning non-zero stops it and list returns
+ * that value.  rec is freed after the callback returns.  Callbacks run
+ * outside any transaction, so they may write to the catalog (e.g. remove
+ * leftovers of TEMPLATE_BUILDING records at start). */
 typedef int (*vmf_catalog_template_fn)(const char *id, Vmf__Catalog__TemplateRecord *rec,
 				       const struct vmf_error *rec_err, void *ctx);
 int vmf_catalog_template_list(struct vmf_catalog *c, vmf_catalog_template_fn fn, void *ctx,
@@ -56,7 +67,8 @@ typedef int (*vmf_catalog_vm_fn)(const char *id, Vmf__Catalog__VmRecord *rec, co
 				 void *ctx);
 int vmf_catalog_vm_list(struct vmf_catalog *c, vmf_catalog_vm_fn fn, void *ctx, struct vmf_error *err);
 
-/* Raw bytes under a key of "templates" or "vms" (tests: corruption). */
+/* Raw bytes under a key of "templates", "vms" or "meta" (tests: corruption,
+ * foreign schema versions). */
 int vmf_catalog_put_raw(struct vmf_catalog *c, const char *db, const char *key, const void *data, size_t len,
 			struct vmf_error *err);
 

@@ -1,13 +1,18 @@
 /* The LMDB catalog: records, canonical ids, corruption, full map and disk,
  * stale readers, persistence. */
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <lmdb.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mount.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -28,6 +33,10 @@ static void
 teardown(void)
 {
 	struct vmf_error e;
+	char mnt[600];
+	/* A failed disk-full check must not leave its tmpfs mounted. */
+	snprintf(mnt, sizeof mnt, "%s/small", tmp);
+	umount2(mnt, MNT_DETACH);
 	vmf_rm_rf(tmp, &e);
 	free(tmp);
 }
@@ -102,16 +111,33 @@ count_cb(const char *id, Vmf__Catalog__TemplateRecord *rec, const struct vmf_err
 	return 0;
 }
 
+static int
+stop_cb(const char *id, Vmf__Catalog__TemplateRecord *rec, const struct vmf_error *rec_err, void *ctx)
+{
+	(void)id;
+	(void)rec;
+	(void)rec_err;
+	((int *)ctx)[0]++;
+	return -ECANCELED;
+}
+
 START_TEST(put_get_list_delete_and_persist)
 {
 	struct vmf_catalog *c;
 	struct vmf_error e = {0};
-	ck_assert_int_eq(vmf_catalog_open(tmp, &c, &e), 0);
-	char cat[600];
-	snprintf(cat, sizeof cat, "%s/catalog", tmp);
+	char state[600], cat[600], data[600];
+	snprintf(state, sizeof state, "%s/state", tmp);
+	ck_assert_int_eq(vmf_catalog_open(state, &c, &e), 0);
+	snprintf(cat, sizeof cat, "%s/catalog", state);
+	snprintf(data, sizeof data, "%s/data.mdb", cat);
 	struct stat st;
+	ck_assert_int_eq(stat(state, &st), 0);
+	ck_assert_int_eq(st.st_mode & 0777, 0700);
 	ck_assert_int_eq(stat(cat, &st), 0);
 	ck_assert_int_eq(st.st_mode & 0777, 0700);
+	ck_assert_int_eq(stat(data, &st), 0);
+	ck_assert_int_eq(st.st_mode & 0777, 0600);
+	ck_assert_str_eq(vmf_catalog_path(c), cat);
 	Vmf__Catalog__TemplateSpec s1 = spec(256), s2 = spec(512);
 	Vmf__Catalog__TemplateRecord r1, r2;
 	char id1[VMF_SHA256_HEX], id2[VMF_SHA256_HEX];
@@ -130,15 +156,27 @@ START_TEST(put_get_list_delete_and_persist)
 	ck_assert_int_eq(vmf_catalog_vm_put(c, &vm, &e), 0);
 	vm.id = "../../etc/passwd";
 	ck_assert_int_eq(vmf_catalog_vm_put(c, &vm, &e), -EINVAL);
+	ck_assert_ptr_nonnull(strstr(e.msg, "../../etc/passwd"));
+	/* A record without its schema version would be unreadable after a restart. */
+	vm.id = vid;
+	vm.schema_version = 0;
+	ck_assert_int_eq(vmf_catalog_vm_put(c, &vm, &e), -EINVAL);
+	ck_assert_ptr_nonnull(strstr(e.msg, "schema version 0"));
+	Vmf__Catalog__VmRecord *gv;
+	ck_assert_int_eq(vmf_catalog_vm_get(c, "", &gv, &e), -EINVAL);
+	ck_assert_ptr_null(gv);
+	ck_assert_int_eq(vmf_catalog_template_delete(c, "ABC", &e), -EINVAL);
+	Vmf__Catalog__TemplateRecord *got;
+	ck_assert_int_eq(vmf_catalog_template_get(c, vid, &got, &e), -EINVAL);
 	vmf_catalog_close(c);
 
 	/* Reopened: everything is still there. */
-	ck_assert_int_eq(vmf_catalog_open(tmp, &c, &e), 0);
-	Vmf__Catalog__TemplateRecord *got;
+	ck_assert_int_eq(vmf_catalog_open(state, &c, &e), 0);
 	ck_assert_int_eq(vmf_catalog_template_get(c, id2, &got, &e), 0);
 	ck_assert_uint_eq(got->spec->memory_mib, 512);
+	ck_assert_str_eq(got->spec->devices[1], "b");
+	ck_assert_str_eq(got->memory_file, "/x/memory");
 	vmf__catalog__template_record__free_unpacked(got, NULL);
-	Vmf__Catalog__VmRecord *gv;
 	ck_assert_int_eq(vmf_catalog_vm_get(c, vid, &gv, &e), 0);
 	ck_assert_str_eq(gv->sandbox_id, "sb");
 	vmf__catalog__vm_record__free_unpacked(gv, NULL);
@@ -148,11 +186,26 @@ START_TEST(put_get_list_delete_and_persist)
 	ck_assert_int_eq(vmf_catalog_template_get(c, id1, &got, &e), 0);
 	ck_assert_int_eq(got->state, VMF__CATALOG__TEMPLATE_STATE__TEMPLATE_BROKEN);
 	ck_assert_str_eq(got->error, "memory file missing");
+	ck_assert_str_eq(got->spec->kernel_sha256, "k");
 	vmf__catalog__template_record__free_unpacked(got, NULL);
+	ck_assert_int_eq(vmf_catalog_template_set_state(c, id1, VMF__CATALOG__TEMPLATE_STATE__TEMPLATE_READY, NULL,
+							&e), 0);
+	ck_assert_int_eq(vmf_catalog_template_get(c, id1, &got, &e), 0);
+	ck_assert_str_eq(got->error, "");
+	vmf__catalog__template_record__free_unpacked(got, NULL);
+	ck_assert_int_eq(vmf_catalog_template_set_state(c, id1, (Vmf__Catalog__TemplateState)7, NULL, &e), -EINVAL);
+	char absent[VMF_SHA256_HEX];
+	vmf_sha256_hex("absent", 6, absent);
+	ck_assert_int_eq(vmf_catalog_template_set_state(c, absent, VMF__CATALOG__TEMPLATE_STATE__TEMPLATE_BROKEN,
+							"x", &e), -ENOENT);
+	ck_assert_ptr_nonnull(strstr(e.msg, absent));
 
 	int n[2] = {0};
 	ck_assert_int_eq(vmf_catalog_template_list(c, count_cb, n, &e), 0);
 	ck_assert_int_eq(n[0], 2);
+	/* A callback's non-zero answer stops the listing and is passed on. */
+	ck_assert_int_eq(vmf_catalog_template_list(c, stop_cb, n, &e), -ECANCELED);
+	ck_assert_int_eq(n[0], 3);
 	ck_assert_int_eq(vmf_catalog_template_delete(c, id1, &e), 0);
 	ck_assert_int_eq(vmf_catalog_template_get(c, id1, &got, &e), -ENOENT);
 	ck_assert_int_eq(vmf_catalog_template_delete(c, id1, &e), -ENOENT);
@@ -160,6 +213,28 @@ START_TEST(put_get_list_delete_and_persist)
 	vmf_catalog_close(c);
 }
 END_TEST
+
+static int
+count_bad_cb(const char *id, Vmf__Catalog__TemplateRecord *rec, const struct vmf_error *rec_err, void *ctx)
+{
+	int *n = ctx;
+	n[rec ? 0 : 1]++;
+	if (!rec) {
+		ck_assert_int_eq(rec_err->code, EBADMSG);
+		ck_assert_ptr_nonnull(strstr(rec_err->msg, id));
+	}
+	return 0;
+}
+
+static int
+count_vms2(const char *id, Vmf__Catalog__VmRecord *rec, const struct vmf_error *rec_err, void *ctx)
+{
+	int *n = ctx;
+	n[rec ? 0 : 1]++;
+	if (!rec)
+		ck_assert_ptr_nonnull(strstr(rec_err->msg, id));
+	return 0;
+}
 
 START_TEST(corrupt_record_is_named_and_others_keep_working)
 {
@@ -188,11 +263,43 @@ START_TEST(corrupt_record_is_named_and_others_keep_working)
 	ck_assert_int_eq(n[0], 1);
 	ck_assert_int_eq(n[1], 1);
 
+	/* Updating a corrupt record says which one and changes nothing. */
+	ck_assert_int_eq(vmf_catalog_template_set_state(c, id1, VMF__CATALOG__TEMPLATE_STATE__TEMPLATE_READY, NULL,
+							&e), -EBADMSG);
+	ck_assert_ptr_nonnull(strstr(e.msg, id1));
+
 	/* A record from a newer schema is refused, not guessed at. */
 	r2.schema_version = 99;
-	ck_assert_int_eq(vmf_catalog_template_put(c, &r2, &e), 0);
+	uint8_t buf[1024];
+	size_t len = vmf__catalog__template_record__pack(&r2, buf);
+	ck_assert_uint_lt(len, sizeof buf);
+	ck_assert_int_eq(vmf_catalog_put_raw(c, "templates", id2, buf, len, &e), 0);
 	ck_assert_int_eq(vmf_catalog_template_get(c, id2, &got, &e), -EBADMSG);
+	printf("future record: %s\n", e.msg);
 	ck_assert_ptr_nonnull(strstr(e.msg, "schema version 99"));
+	ck_assert_ptr_nonnull(strstr(e.msg, id2));
+	n[0] = n[1] = 0;
+	ck_assert_int_eq(vmf_catalog_template_list(c, count_bad_cb, n, &e), 0);
+	ck_assert_int_eq(n[1], 2);
+
+	/* Same for VM records: the readable one is still listed. */
+	Vmf__Catalog__VmRecord vm = VMF__CATALOG__VM_RECORD__INIT;
+	char good[VMF_UUID_STR], bad[VMF_UUID_STR];
+	vmf_uuid_new(good);
+	vmf_uuid_new(bad);
+	vm.schema_version = VMF_CATALOG_SCHEMA_VERSION;
+	vm.id = good;
+	ck_assert_int_eq(vmf_catalog_vm_put(c, &vm, &e), 0);
+	ck_assert_int_eq(vmf_catalog_put_raw(c, "vms", bad, junk, sizeof junk, &e), 0);
+	int vms[2] = {0};
+	ck_assert_int_eq(vmf_catalog_vm_list(c, count_vms2, vms, &e), 0);
+	ck_assert_int_eq(vms[0], 1);
+	ck_assert_int_eq(vms[1], 1);
+	Vmf__Catalog__VmRecord *gv;
+	ck_assert_int_eq(vmf_catalog_vm_get(c, bad, &gv, &e), -EBADMSG);
+	ck_assert_ptr_nonnull(strstr(e.msg, bad));
+
+	ck_assert_int_eq(vmf_catalog_put_raw(c, "nosuch", "k", "v", 1, &e), -EINVAL);
 	vmf_catalog_close(c);
 }
 END_TEST
@@ -227,6 +334,16 @@ count_vms(const char *id, Vmf__Catalog__VmRecord *rec, const struct vmf_error *r
 	return 0;
 }
 
+static int
+delete_first(const char *id, Vmf__Catalog__VmRecord *rec, const struct vmf_error *rec_err, void *ctx)
+{
+	struct vmf_error e = {0};
+	(void)rec;
+	(void)rec_err;
+	ck_assert_int_eq(vmf_catalog_vm_delete(ctx, id, &e), 0);
+	return 1;
+}
+
 START_TEST(map_full_is_a_clear_error_and_keeps_the_catalog)
 {
 	struct vmf_catalog *c;
@@ -235,10 +352,22 @@ START_TEST(map_full_is_a_clear_error_and_keeps_the_catalog)
 	int stored = 0;
 	ck_assert_int_eq(fill_until_error(c, &stored, &e), -ENOSPC);
 	printf("map full after %d records: %s\n", stored, e.msg);
-	ck_assert_ptr_nonnull(strstr(e.msg, "is full"));
+	ck_assert_ptr_nonnull(strstr(e.msg, "is full (map size 1 MiB)"));
+	ck_assert_ptr_nonnull(strstr(e.msg, vmf_catalog_path(c)));
 	int n = 0;
 	ck_assert_int_eq(vmf_catalog_vm_list(c, count_vms, &n, &e), 0);
 	ck_assert_int_eq(n, stored);
+	/* The same handle goes on working once there is room again. */
+	ck_assert_int_eq(vmf_catalog_vm_list(c, delete_first, c, &e), 1);
+	Vmf__Catalog__VmRecord vm = VMF__CATALOG__VM_RECORD__INIT;
+	char id[VMF_UUID_STR];
+	vmf_uuid_new(id);
+	vm.schema_version = VMF_CATALOG_SCHEMA_VERSION;
+	vm.id = id;
+	ck_assert_int_eq(vmf_catalog_vm_put(c, &vm, &e), 0);
+	Vmf__Catalog__VmRecord *gv;
+	ck_assert_int_eq(vmf_catalog_vm_get(c, id, &gv, &e), 0);
+	vmf__catalog__vm_record__free_unpacked(gv, NULL);
 	vmf_catalog_close(c);
 	/* Still usable with a larger map. */
 	ck_assert_int_eq(vmf_catalog_open_sized(tmp, 16, &c, &e), 0);
@@ -266,6 +395,8 @@ START_TEST(disk_full_is_a_clear_error_and_keeps_the_catalog)
 		r = fill_until_error(c, &stored, &e);
 		printf("disk full after %d records: %s\n", stored, e.msg);
 		ck_assert_int_eq(r, -ENOSPC);
+		ck_assert_ptr_nonnull(strstr(e.msg, "disk is full"));
+		ck_assert_ptr_nonnull(strstr(e.msg, mnt));
 		vmf_catalog_close(c);
 		ck_assert_int_eq(vmf_catalog_open_sized(mnt, 64, &c, &e), 0);
 		int n = 0;
@@ -289,6 +420,8 @@ lmdb_child(bool reader)
 	ck_assert_int_eq(pipe(p), 0);
 	pid_t pid = fork();
 	if (pid == 0) {
+		/* A failed assertion in the parent must not leave it behind. */
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
 		MDB_env *env;
 		MDB_txn *txn;
 		char path[600];
@@ -330,6 +463,128 @@ START_TEST(stale_reader_slots_are_cleared)
 }
 END_TEST
 
+START_TEST(catalog_of_another_schema_is_refused)
+{
+	struct vmf_catalog *c;
+	struct vmf_error e = {0};
+	ck_assert_int_eq(vmf_catalog_open(tmp, &c, &e), 0);
+	uint32_t ver = VMF_CATALOG_SCHEMA_VERSION + 1;
+	ck_assert_int_eq(vmf_catalog_put_raw(c, "meta", "schema", &ver, sizeof ver, &e), 0);
+	vmf_catalog_close(c);
+	ck_assert_int_eq(vmf_catalog_open(tmp, &c, &e), -EPROTO);
+	ck_assert_ptr_null(c);
+	printf("foreign catalog: %s\n", e.msg);
+	char want[64];
+	snprintf(want, sizeof want, "schema version %u", ver);
+	ck_assert_ptr_nonnull(strstr(e.msg, want));
+	ck_assert_ptr_nonnull(strstr(e.msg, tmp));
+}
+END_TEST
+
+START_TEST(open_failures_name_the_path)
+{
+	struct vmf_catalog *c;
+	struct vmf_error e = {0};
+	char file[600];
+	snprintf(file, sizeof file, "%s/plain-file", tmp);
+	ck_assert_int_eq(vmf_write_file_atomic(file, "x", 1, 0600, &e), 0);
+	ck_assert_int_lt(vmf_catalog_open(file, &c, &e), 0);
+	ck_assert_ptr_null(c);
+	printf("state dir is a file: %s\n", e.msg);
+	ck_assert_ptr_nonnull(strstr(e.msg, file));
+
+	char longdir[PATH_MAX + 16];
+	memset(longdir, 'a', sizeof longdir - 1);
+	longdir[0] = '/';
+	longdir[sizeof longdir - 1] = '\0';
+	ck_assert_int_eq(vmf_catalog_open(longdir, &c, &e), -ENAMETOOLONG);
+	ck_assert_int_eq(vmf_catalog_open_sized(tmp, 0, &c, &e), -EINVAL);
+}
+END_TEST
+
+/* Every QEMU the daemon spawns would otherwise inherit the catalog. */
+START_TEST(catalog_fds_are_not_inherited)
+{
+	struct vmf_catalog *c;
+	struct vmf_error e = {0};
+	ck_assert_int_eq(vmf_catalog_open(tmp, &c, &e), 0);
+	DIR *d = opendir("/proc/self/fd");
+	ck_assert_ptr_nonnull(d);
+	struct dirent *de;
+	int seen = 0;
+	while ((de = readdir(d))) {
+		char link[64], target[PATH_MAX];
+		snprintf(link, sizeof link, "/proc/self/fd/%s", de->d_name);
+		ssize_t n = readlink(link, target, sizeof target - 1);
+		if (de->d_name[0] == '.' || n < 0)
+			continue;
+		target[n] = '\0';
+		if (strncmp(target, vmf_catalog_path(c), strlen(vmf_catalog_path(c))) != 0)
+			continue;
+		seen++;
+		int fl = fcntl(atoi(de->d_name), F_GETFD);
+		ck_assert_msg(fl >= 0 && (fl & FD_CLOEXEC), "%s (fd %s) is inherited by children", target,
+			      de->d_name);
+	}
+	closedir(d);
+	ck_assert_int_ge(seen, 2);
+	vmf_catalog_close(c);
+}
+END_TEST
+
+#define THREADS 4
+#define PER_THREAD 40
+
+static void *
+worker(void *arg)
+{
+	struct vmf_catalog *c = arg;
+	struct vmf_error e = {0};
+	for (int i = 0; i < PER_THREAD; i++) {
+		Vmf__Catalog__VmRecord vm = VMF__CATALOG__VM_RECORD__INIT;
+		char id[VMF_UUID_STR];
+		vmf_uuid_new(id);
+		vm.schema_version = VMF_CATALOG_SCHEMA_VERSION;
+		vm.id = id;
+		vm.sandbox_id = id;
+		if (vmf_catalog_vm_put(c, &vm, &e) < 0)
+			return strdup(e.msg);
+		Vmf__Catalog__VmRecord *got;
+		if (vmf_catalog_vm_get(c, id, &got, &e) < 0)
+			return strdup(e.msg);
+		bool same = strcmp(got->sandbox_id, id) == 0;
+		vmf__catalog__vm_record__free_unpacked(got, NULL);
+		if (!same)
+			return strdup("read back another record");
+		int n = 0;
+		if (vmf_catalog_vm_list(c, count_vms, &n, &e) < 0)
+			return strdup(e.msg);
+		if (n <= i)
+			return strdup("a listing missed records this thread wrote");
+	}
+	return NULL;
+}
+
+START_TEST(threads_share_one_catalog)
+{
+	struct vmf_catalog *c;
+	struct vmf_error e = {0};
+	ck_assert_int_eq(vmf_catalog_open(tmp, &c, &e), 0);
+	pthread_t th[THREADS];
+	for (int i = 0; i < THREADS; i++)
+		ck_assert_int_eq(pthread_create(&th[i], NULL, worker, c), 0);
+	for (int i = 0; i < THREADS; i++) {
+		char *msg;
+		ck_assert_int_eq(pthread_join(th[i], (void **)&msg), 0);
+		ck_assert_msg(msg == NULL, "thread %d: %s", i, msg);
+	}
+	int n = 0;
+	ck_assert_int_eq(vmf_catalog_vm_list(c, count_vms, &n, &e), 0);
+	ck_assert_int_eq(n, THREADS * PER_THREAD);
+	vmf_catalog_close(c);
+}
+END_TEST
+
 int
 main(void)
 {
@@ -343,6 +598,10 @@ main(void)
 	tcase_add_test(tc, map_full_is_a_clear_error_and_keeps_the_catalog);
 	tcase_add_test(tc, disk_full_is_a_clear_error_and_keeps_the_catalog);
 	tcase_add_test(tc, stale_reader_slots_are_cleared);
+	tcase_add_test(tc, catalog_of_another_schema_is_refused);
+	tcase_add_test(tc, open_failures_name_the_path);
+	tcase_add_test(tc, catalog_fds_are_not_inherited);
+	tcase_add_test(tc, threads_share_one_catalog);
 	suite_add_tcase(s, tc);
 	return vmf_test_run(s);
 }
