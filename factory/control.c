@@ -60,6 +60,36 @@ conn_unref(struct vmf_conn *c)
 		free(c);
 }
 
+/* The three checks a request passes before dispatch, callable on a plain
+ * buffer so that tests/fuzz/fuzz_control.c exercises this very code. */
+int
+vmf_control_frame_len(const uint8_t h[VMF_FRAME_HDR], uint32_t *n, struct vmf_error *err)
+{
+	*n = vmf_frame_get_len(h);
+	if (*n > VMF_CONTROL_MAX_FRAME)
+		return vmf_err(err, EMSGSIZE, "request frame of %u bytes exceeds the limit of %u bytes", *n,
+			       VMF_CONTROL_MAX_FRAME);
+	return 0;
+}
+
+int
+vmf_control_decode(const uint8_t *buf, size_t n, Vmf__Control__Request **out, struct vmf_error *err)
+{
+	*out = vmf__control__request__unpack(NULL, n, buf);
+	if (!*out)
+		return vmf_err(err, EBADMSG, "request frame is not a valid vmfactory request");
+	return 0;
+}
+
+int
+vmf_control_check_version(const Vmf__Control__Request *req, struct vmf_error *err)
+{
+	if (req->protocol_version != VMF_CONTROL_VERSION)
+		return vmf_err(err, EPROTO, "protocol version %u is not supported; this daemon speaks version %u",
+			       req->protocol_version, VMF_CONTROL_VERSION);
+	return 0;
+}
+
 static void
 send_reply(struct vmf_conn *c, const Vmf__Control__Reply *reply)
 {
@@ -122,11 +152,9 @@ static void
 dispatch(struct vmf_conn *c, Vmf__Control__Request *req)
 {
 	struct vmf_daemon *d = c->d;
-	if (req->protocol_version != VMF_CONTROL_VERSION) {
-		char msg[160];
-		snprintf(msg, sizeof(msg), "protocol version %u is not supported; this daemon speaks "
-			 "version %u", req->protocol_version, VMF_CONTROL_VERSION);
-		vmf_control_reply_error(c, EPROTO, msg);
+	struct vmf_error err;
+	if (vmf_control_check_version(req, &err) < 0) {
+		vmf_control_reply_error(c, err.code, err.msg);
 		return;
 	}
 	if (d->stopping && req->body_case != VMF__CONTROL__REQUEST__BODY_STATUS) {
@@ -176,24 +204,23 @@ read_cb(struct bufferevent *bev, void *arg)
 			break;
 		uint8_t h[VMF_FRAME_HDR];
 		evbuffer_copyout(in, h, sizeof(h));
-		uint32_t n = vmf_frame_get_len(h);
-		if (n > VMF_CONTROL_MAX_FRAME) {
-			char msg[128];
-			snprintf(msg, sizeof(msg), "request frame of %u bytes exceeds the limit of %u bytes",
-				 n, VMF_CONTROL_MAX_FRAME);
-			log_warn("peer pid %d: %s", (int)c->peer_pid, msg);
-			reply_error_and_close(c, EMSGSIZE, msg);
+		uint32_t n;
+		struct vmf_error err;
+		if (vmf_control_frame_len(h, &n, &err) < 0) {
+			log_warn("peer pid %d: %s", (int)c->peer_pid, err.msg);
+			reply_error_and_close(c, err.code, err.msg);
 			break;
 		}
 		if (avail < VMF_FRAME_HDR + (size_t)n)
 			break;
 		evbuffer_drain(in, VMF_FRAME_HDR);
 		uint8_t *buf = evbuffer_pullup(in, n);
-		Vmf__Control__Request *req = vmf__control__request__unpack(NULL, n, buf);
+		Vmf__Control__Request *req;
+		int r = vmf_control_decode(buf, n, &req, &err);
 		evbuffer_drain(in, n);
-		if (!req) {
+		if (r < 0) {
 			log_warn("peer pid %d sent an undecodable request of %u bytes", (int)c->peer_pid, n);
-			reply_error_and_close(c, EBADMSG, "request frame is not a valid vmfactory request");
+			reply_error_and_close(c, err.code, err.msg);
 			break;
 		}
 		c->pending = true;

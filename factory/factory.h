@@ -10,6 +10,7 @@
 #include "control.pb-c.h"
 #include "daemon.h"
 #include "driver.h"
+#include "frame.h"
 #include "jobs.h"
 #include "pool.h"
 #include "template.h"
@@ -87,8 +88,19 @@ void vmf_control_reply_error(struct vmf_conn *c, int code, const char *msg);
 bool vmf_control_connected(const struct vmf_conn *c);
 /* Another daemon answering on path: its pid, else 0. */
 pid_t vmf_control_probe_peer(const char *path);
+/* Request checks, in the order read_cb applies them: the header's length
+ * against VMF_CONTROL_MAX_FRAME (-EMSGSIZE, before anything is allocated),
+ * unpacking (-EBADMSG; free *out with vmf__control__request__free_unpacked),
+ * the protocol version (-EPROTO). */
+int vmf_control_frame_len(const uint8_t h[VMF_FRAME_HDR], uint32_t *n, struct vmf_error *err);
+int vmf_control_decode(const uint8_t *buf, size_t n, Vmf__Control__Request **out, struct vmf_error *err);
+int vmf_control_check_version(const Vmf__Control__Request *req, struct vmf_error *err);
 
 /* getvm.c */
+/* Read-only check of a GetVM sandbox path (share_dir, sock_dir): it must be
+ * absent, an empty directory or a symlink, under a parent reached without
+ * symlinks.  what names the field in the error. */
+int vmf_check_sandbox_path(const char *what, const char *path, struct vmf_error *err);
 void vmf_getvm_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control__GetVMRequest *req);
 void vmf_release_start(struct vmf_daemon *d, struct vmf_conn *c, const char *vm_id);
 void vmf_inspect_start(struct vmf_daemon *d, struct vmf_conn *c, const char *vm_id);

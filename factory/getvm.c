@@ -65,8 +65,8 @@ open_parent(const char *path, char *name, size_t nlen, struct vmf_error *err)
 
 /* Read-only check of a sandbox path: absent, an empty directory, or a
  * symlink.  Anything else is refused and never removed. */
-static int
-check_sandbox_path(const char *what, const char *path, struct vmf_error *err)
+int
+vmf_check_sandbox_path(const char *what, const char *path, struct vmf_error *err)
 {
 	char name[NAME_MAX + 1];
 	int pfd = open_parent(path, name, sizeof(name), err);
@@ -212,9 +212,9 @@ validate(struct vmf_daemon *d, const Vmf__Control__GetVMRequest *req, struct vmf
 		return vmf_err(err, EINVAL, "share_dir and sock_dir must be given");
 	if (strcmp(req->share_dir, req->sock_dir) == 0)
 		return vmf_err(err, EINVAL, "share_dir and sock_dir must differ");
-	int r = check_sandbox_path("share_dir", req->share_dir, err);
+	int r = vmf_check_sandbox_path("share_dir", req->share_dir, err);
 	if (r == 0)
-		r = check_sandbox_path("sock_dir", req->sock_dir, err);
+		r = vmf_check_sandbox_path("sock_dir", req->sock_dir, err);
 	return r;
 }
 
