@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "catalog.h"
@@ -121,11 +122,11 @@ parse(const struct cmd *c, int argc, char **argv, struct args *a)
 		if (ch == '?' || ch == ':')
 			return usage_error(c, "%s: unknown option or missing value: %s", c->name, argv[optind - 1]);
 		int k = ch - 1000;
-		if (a->n < MAX_OPTS) {
-			a->names[a->n] = lopts[k].name;
-			a->vals[a->n] = lopts[k].has_arg ? optarg : "";
-			a->n++;
-		}
+		if (a->n == MAX_OPTS)
+			return usage_error(c, "%s: more than %d options", c->name, MAX_OPTS);
+		a->names[a->n] = lopts[k].name;
+		a->vals[a->n] = lopts[k].has_arg ? optarg : "";
+		a->n++;
 	}
 	a->pos = argv + optind;
 	a->npos = argc - optind;
@@ -347,10 +348,14 @@ cmd_status(const struct cmd *cmd, struct args *a)
 	struct vmf_error e = {0};
 	Vmf__Control__Reply *r;
 	if (connect_daemon(a, &c, &e) < 0 || vmf_client_status(c, &r, CALL_TIMEOUT_MS, &e) < 0) {
-		if (c)
-			vmf_client_close(c);
+		vmf_client_close(c);
 		fprintf(stderr, "vmfactory: %s\n", e.msg);
-		return EXIT_NO_DAEMON;
+		/* 3 means "start one": nothing listens, or it went away before
+		 * answering.  A daemon that answers with an error (refused
+		 * peer, other version) or hangs is running: starting another
+		 * would not help, so that is 1. */
+		bool none = e.code == ENOENT || e.code == ECONNREFUSED || e.code == EPIPE || e.code == ECONNRESET;
+		return none ? EXIT_NO_DAEMON : EXIT_FAILURE;
 	}
 	vmf_client_close(c);
 	Vmf__Control__StatusReply *s = r->status;
@@ -379,7 +384,12 @@ cmd_status(const struct cmd *cmd, struct args *a)
 			JI(x, "memory_size", t->memory_size);
 			JI(x, "state_size", t->state_size);
 			JB(x, "full_memory", t->full_memory);
+			JI(x, "created_ns", t->created_ns);
 			JS(x, "error", t->error);
+			json_object *tc = json_object_new_array();
+			for (size_t k = 0; k < t->n_capabilities; k++)
+				json_object_array_add(tc, json_object_new_string(t->capabilities[k]));
+			json_object_object_add(x, "capabilities", tc);
 			json_object_array_add(ts, x);
 		}
 		json_object_object_add(o, "templates", ts);
@@ -427,6 +437,12 @@ cmd_status(const struct cmd *cmd, struct args *a)
 	} else {
 		printf("daemon: pid %d, up %.0f s, socket %s, %s (%s)\n", s->pid, s->uptime_ms / 1000.0, s->socket,
 		       s->hypervisor, s->accel);
+		if (s->n_capabilities) {
+			printf("capabilities:");
+			for (size_t i = 0; i < s->n_capabilities; i++)
+				printf(" %s", s->capabilities[i]);
+			printf("\n");
+		}
 		printf("\nTEMPLATE          STATE     VCPUS  MEMORY  MAX VCPUS  MAX MEMORY  SHARING\n");
 		for (size_t i = 0; i < s->n_templates; i++) {
 			Vmf__Control__TemplateStatus *t = s->templates[i];
@@ -513,15 +529,56 @@ fill_daemon_opts(const struct cmd *cmd, struct args *a, struct vmf_daemon_opts *
 	return 0;
 }
 
-/* Daemon stderr for a background init: next to the catalog it serves. */
+/* Daemon stderr for a background init.  In the state dir, not the run
+ * dir: it must survive a reboot (/run is tmpfs) and a destroy, which
+ * removes the run dir once empty.  Appended to, so that a failed start
+ * does not erase the previous daemon's last words. */
 static int
-open_log(const char *state_dir, char *path, size_t n)
+open_log(const char *state_dir, char *path, size_t n, struct vmf_error *e)
 {
-	struct vmf_error e;
-	if (vmf_mkdir_p(state_dir, 0700, &e) < 0)
-		return -1;
+	if (vmf_mkdir_p(state_dir, 0700, e) < 0)
+		return vmf_error_prefix(e, "cannot create the state dir for the daemon log");
 	snprintf(path, n, "%s/vmfactory.log", state_dir);
-	return open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+	int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return vmf_err_sys(e, errno, "cannot open the daemon log %s", path);
+	return fd;
+}
+
+/* The readiness pipe closed early: the daemon failed or died.  Its last
+ * words are in the log once it has exited. */
+static int
+daemon_start_failed(pid_t pid, const char *logpath, bool ready)
+{
+	int st = 0;
+	pid_t w;
+	int64_t deadline = vmf_now_ms() + 10000;
+	while ((w = waitpid(pid, &st, WNOHANG)) == 0 && vmf_now_ms() < deadline)
+		poll(NULL, 0, 10);
+	char tail[2048];
+	vmf_file_tail(logpath, tail, sizeof(tail));
+	if (w == pid && WIFEXITED(st) && WEXITSTATUS(st) == 1) {
+		/* The child's own "vmfactory: <error>" line ends the log. */
+		char *last = NULL;
+		for (char *p = strstr(tail, "vmfactory: "); p; p = strstr(p + 1, "vmfactory: "))
+			if (p == tail || p[-1] == '\n')
+				last = p;
+		if (last) {
+			last[strcspn(last, "\n")] = '\0';
+			fprintf(stderr, "%s\n", last);
+			return EXIT_FAILURE;
+		}
+	}
+	char how[64];
+	if (w != pid)
+		snprintf(how, sizeof(how), "closed its readiness pipe (pid %d still running)", (int)pid);
+	else if (WIFSIGNALED(st))
+		snprintf(how, sizeof(how), "was killed by signal %d", WTERMSIG(st));
+	else
+		snprintf(how, sizeof(how), "exited with status %d", WEXITSTATUS(st));
+	fprintf(stderr, "vmfactory: the daemon %s before %s; %s ends with:\n%s\n", how,
+		ready ? "the pool was full" : "it was ready", logpath, tail);
+	return EXIT_FAILURE;
 }
 
 static int
@@ -540,36 +597,40 @@ cmd_init(const struct cmd *cmd, struct args *a)
 		return 0;
 	}
 	char logpath[PATH_MAX];
-	int logfd = open_log(a->state_dir, logpath, sizeof(logpath));
-	if (logfd < 0) {
-		fprintf(stderr, "vmfactory: cannot open the daemon log under %s: %s\n", a->state_dir, strerror(errno));
-		return EXIT_FAILURE;
-	}
+	int logfd = open_log(a->state_dir, logpath, sizeof(logpath), &e);
+	if (logfd < 0)
+		return fail(&e);
 	int p[2];
 	if (pipe2(p, O_CLOEXEC) < 0) {
-		perror("vmfactory: pipe");
-		return EXIT_FAILURE;
+		vmf_err_sys(&e, errno, "cannot create the pipe the daemon reports readiness on");
+		close(logfd);
+		return fail(&e);
 	}
 	fflush(NULL);
 	pid_t pid = fork();
 	if (pid < 0) {
-		perror("vmfactory: fork");
-		return EXIT_FAILURE;
+		vmf_err_sys(&e, errno, "cannot fork the daemon");
+		close(logfd);
+		close(p[0]);
+		close(p[1]);
+		return fail(&e);
 	}
 	if (pid == 0) {
 		close(p[0]);
+		/* Its own session: the daemon outlives this terminal and its
+		 * job-control signals. */
 		setsid();
-		int devnull = open("/dev/null", O_RDWR);
-		dup2(devnull, 0);
-		dup2(devnull, 1);
+		int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
+		if (devnull >= 0) {
+			dup2(devnull, 0);
+			dup2(devnull, 1);
+		}
 		dup2(logfd, 2);
+		/* The daemon owns (and closes) ready_fd; its error goes to the
+		 * log, where the parent finds it once this process is gone. */
 		o.ready_fd = p[1];
 		o.notify_full = flag(a, "wait");
 		if (vmf_daemon_run(&o, &e) < 0) {
-			char line[VMF_ERROR_MSG_MAX + 16];
-			int n = snprintf(line, sizeof(line), "error: %s\n", e.msg);
-			if (write(p[1], line, (size_t)n) < 0)
-				fprintf(stderr, "%s", line);
 			fprintf(stderr, "vmfactory: %s\n", e.msg);
 			_exit(1);
 		}
@@ -577,21 +638,39 @@ cmd_init(const struct cmd *cmd, struct args *a)
 	}
 	close(p[1]);
 	close(logfd);
-	/* Relay the daemon's progress until it says ready (or full). */
+	/* Relay the daemon's progress until it says ready (or full).  On a
+	 * terminal progress overwrites itself; in a log every line stays. */
 	FILE *f = fdopen(p[0], "r");
+	if (!f) {
+		vmf_err_sys(&e, errno, "cannot read the daemon's readiness pipe");
+		close(p[0]);
+		return fail(&e);
+	}
+	bool tty = isatty(STDOUT_FILENO);
+	bool pending_line = false;
 	char line[2048];
 	bool ready = false, full = false;
 	int64_t t0 = vmf_now_ms();
 	while (fgets(line, sizeof(line), f)) {
 		line[strcspn(line, "\n")] = '\0';
 		if (strncmp(line, "progress: ", 10) == 0) {
-			printf("%s\n", line + 10);
+			if (tty)
+				printf("\r\033[K%s", line + 10);
+			else
+				printf("%s\n", line + 10);
+			pending_line = tty;
 			fflush(stdout);
-		} else if (strcmp(line, "ready") == 0) {
+			continue;
+		}
+		if (pending_line) {
+			putchar('\n');
+			pending_line = false;
+		}
+		if (strcmp(line, "ready") == 0) {
 			ready = true;
 			if (!flag(a, "wait"))
 				break;
-			printf("template ready after %.1f s; filling the pool\n", (vmf_now_ms() - t0) / 1000.0);
+			printf("daemon answering after %.1f s; filling the pool\n", (vmf_now_ms() - t0) / 1000.0);
 			fflush(stdout);
 		} else if (strcmp(line, "full") == 0) {
 			full = true;
@@ -603,12 +682,10 @@ cmd_init(const struct cmd *cmd, struct args *a)
 		}
 	}
 	fclose(f);
-	if (!ready || (flag(a, "wait") && !full)) {
-		char tail[600];
-		vmf_file_tail(logpath, tail, sizeof(tail));
-		fprintf(stderr, "vmfactory: the daemon exited before it was ready; %s ends with: %s\n", logpath, tail);
-		return EXIT_FAILURE;
-	}
+	if (pending_line)
+		putchar('\n');
+	if (!ready || (flag(a, "wait") && !full))
+		return daemon_start_failed(pid, logpath, ready);
 	printf("vmfactory daemon pid %d ready on %s%s (%.1f s)\n", (int)pid, a->socket,
 	       full ? " with a full pool" : "", (vmf_now_ms() - t0) / 1000.0);
 	return 0;
@@ -858,8 +935,14 @@ cmd_template_gc(const struct cmd *cmd, struct args *a)
 
 static int cmd_help(const struct cmd *cmd, struct args *a);
 
+/* The one command table: dispatch, usage errors and `help` all read it.
+ * opts lists the command's own long options ("name=" takes a value); the
+ * common ones (common_opts) are accepted everywhere. */
 static const struct cmd commands[] = {
-	{ "init", "--pool N [--cpus N --memory MIB --max-cpus N --max-memory MIB] [--no-share] [--foreground] [--wait]",
+	/* ---- daemon commands: marshal a request, print the reply ---- */
+	{ "init", "--pool N [--cpus N --memory MIB --max-cpus N --max-memory MIB] [--no-share] [--foreground] [--wait] "
+		  "[--image-dir DIR] [--kernel PATH --initrd PATH] [--qemu PATH] [--accel kvm|tcg] [--group NAME] "
+		  "[--max-idle S]",
 	  "start the daemon and fill a pool of paused VMs",
 	  "pool=,cpus=,memory=,max-cpus=,max-memory=,no-share,foreground,wait,image-dir=,kernel=,initrd=,qemu=,accel=,group=,max-idle=",
 	  0, 0, cmd_init },
@@ -870,6 +953,7 @@ static const struct cmd commands[] = {
 	{ "release", "VMID", "stop an assigned VM and remove its dirs and links", "", 1, 1, cmd_release },
 	{ "destroy", "[--all]", "stop the daemon and its pooled VMs (--all: assigned VMs too)", "all", 0, 0,
 	  cmd_destroy },
+	/* ---- template commands (owner: lead): the catalog, directly ---- */
 	{ "template build", "[--cpus N --memory MIB --max-cpus N --max-memory MIB] [--no-share]",
 	  "build (or find) the template for a size", "cpus=,memory=,max-cpus=,max-memory=,no-share,image-dir=,kernel=,initrd=,qemu=,accel=",
 	  0, 0, cmd_template_build },
@@ -877,6 +961,7 @@ static const struct cmd commands[] = {
 	{ "template rm", "ID", "remove a template and its files", "", 1, 1, cmd_template_rm },
 	{ "template gc", "", "remove templates of an old kernel, initrd or QEMU, and files no record points to",
 	  "image-dir=,kernel=,initrd=,qemu=", 0, 0, cmd_template_gc },
+	/* ---- end of template commands ---- */
 	{ "help", "[COMMAND]", "show this help, or a command's usage", "", 0, 2, cmd_help },
 };
 #define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))
@@ -884,14 +969,47 @@ static const struct cmd commands[] = {
 static void
 print_usage(FILE *f, const struct cmd *c)
 {
-	fprintf(f, "usage: vmfactory %s %s\n", c->name, c->usage);
+	fprintf(f, "usage: vmfactory %s%s%s\n", c->name, c->usage[0] ? " " : "", c->usage);
 	fprintf(f, "       common options: --socket PATH --state-dir DIR --run-dir DIR --log-level LEVEL\n");
+}
+
+static void
+print_help(FILE *f)
+{
+	fprintf(f, "usage: vmfactory COMMAND [OPTIONS]\n\ncommands:\n");
+	for (size_t i = 0; i < NCOMMANDS; i++)
+		fprintf(f, "  %-15s %s\n", commands[i].name, commands[i].summary);
+	fprintf(f, "\ncommon options (every command):\n"
+		"  --socket PATH     control socket (VMFACTORY_SOCKET, default %s)\n"
+		"  --state-dir DIR   catalog, templates, daemon log (VMFACTORY_STATE_DIR, default %s)\n"
+		"  --run-dir DIR     VM sockets and dirs (VMFACTORY_RUN_DIR, default %s)\n"
+		"  --log-level L     debug, info, warn, error, off (VMFACTORY_LOG_LEVEL)\n"
+		"\n`vmfactory help COMMAND` shows a command's usage.\n"
+		"exit status: 0 success, 1 error, 2 usage error, 3 no daemon answering (status)\n",
+		VMF_DEFAULT_SOCKET, VMF_DEFAULT_STATE_DIR, VMF_DEFAULT_RUN_DIR);
+}
+
+/* Commands whose first word is word (e.g. "template"): a group name typed
+ * alone gets the usage of its members rather than "unknown command".
+ * f NULL only asks whether word is a group. */
+static bool
+print_group(FILE *f, const char *word)
+{
+	size_t n = strlen(word);
+	bool any = false;
+	for (size_t i = 0; i < NCOMMANDS; i++)
+		if (strncmp(commands[i].name, word, n) == 0 && commands[i].name[n] == ' ') {
+			if (f)
+				fprintf(f, "usage: vmfactory %s%s%s\n", commands[i].name,
+					commands[i].usage[0] ? " " : "", commands[i].usage);
+			any = true;
+		}
+	return any;
 }
 
 static int
 cmd_help(const struct cmd *cmd, struct args *a)
 {
-	(void)cmd;
 	if (a->npos > 0) {
 		char name[64];
 		snprintf(name, sizeof(name), "%s%s%s", a->pos[0], a->npos > 1 ? " " : "", a->npos > 1 ? a->pos[1] : "");
@@ -901,28 +1019,24 @@ cmd_help(const struct cmd *cmd, struct args *a)
 				printf("\n%s\n", commands[i].summary);
 				return 0;
 			}
-		return usage_error(NULL, "unknown command '%s'", name);
+		if (a->npos == 1 && print_group(stdout, name))
+			return 0;
+		return usage_error(cmd, "unknown command '%s'", name);
 	}
-	printf("usage: vmfactory COMMAND [OPTIONS]\n\ncommands:\n");
-	for (size_t i = 0; i < NCOMMANDS; i++)
-		printf("  %-15s %s\n", commands[i].name, commands[i].summary);
-	printf("\ncommon options (every command):\n"
-	       "  --socket PATH     control socket (VMFACTORY_SOCKET, default %s)\n"
-	       "  --state-dir DIR   catalog and templates (VMFACTORY_STATE_DIR, default %s)\n"
-	       "  --run-dir DIR     VM sockets and logs (VMFACTORY_RUN_DIR, default %s)\n"
-	       "  --log-level L     debug, info, warn, error (VMFACTORY_LOG_LEVEL)\n"
-	       "\n`vmfactory help COMMAND` shows a command's options.\n",
-	       VMF_DEFAULT_SOCKET, VMF_DEFAULT_STATE_DIR, VMF_DEFAULT_RUN_DIR);
+	print_help(stdout);
 	return 0;
 }
 
 int
 main(int argc, char **argv)
 {
-	if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
-		struct args a = { 0 };
-		cmd_help(NULL, &a);
-		return argc < 2 ? EXIT_USAGE : 0;
+	if (argc < 2) {
+		print_help(stderr);
+		return EXIT_USAGE;
+	}
+	if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+		print_help(stdout);
+		return 0;
 	}
 	const struct cmd *c = NULL;
 	int skip = 1;
@@ -935,14 +1049,14 @@ main(int argc, char **argv)
 			c = &commands[i], skip = 2;
 	}
 	if (!c) {
-		fprintf(stderr, "vmfactory: unknown command '%s'\n\n", argv[1]);
-		struct args a = { 0 };
-		fflush(stdout);
-		int saved = dup(1);
-		dup2(2, 1);
-		cmd_help(NULL, &a);
-		fflush(stdout);
-		dup2(saved, 1);
+		bool group = print_group(NULL, argv[1]);
+		if (group && argc == 2) {
+			fprintf(stderr, "vmfactory: %s needs a subcommand\n", argv[1]);
+			print_group(stderr, argv[1]);
+			return EXIT_USAGE;
+		}
+		fprintf(stderr, "vmfactory: unknown command '%s%s%s'\n\n", argv[1], group ? " " : "", group ? argv[2] : "");
+		print_help(stderr);
 		return EXIT_USAGE;
 	}
 	struct args a = { 0 };

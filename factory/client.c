@@ -1,4 +1,6 @@
-/* libvmfactory-client. */
+/* libvmfactory-client: blocking request/reply over the control socket.
+ * Depends on libc, libprotobuf-c and the framing code only, so that a
+ * runtime can link it without the daemon's libraries. */
 #include "client.h"
 
 #include <errno.h>
@@ -13,7 +15,7 @@
 
 struct vmf_client {
 	int fd;
-	char path[108];
+	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
 };
 
 int
@@ -21,26 +23,31 @@ vmf_client_connect(const char *path, struct vmf_client **out, struct vmf_error *
 {
 	*out = NULL;
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	if (!path || !*path)
+		return vmf_err(err, EINVAL, "no vmfactory socket path given");
 	if (strlen(path) >= sizeof(sa.sun_path))
-		return vmf_err(err, ENAMETOOLONG, "socket path %s is too long", path);
-	strcpy(sa.sun_path, path);
+		return vmf_err(err, ENAMETOOLONG, "socket path %s is longer than %zu bytes", path,
+			       sizeof(sa.sun_path) - 1);
+	memcpy(sa.sun_path, path, strlen(path) + 1);
 	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd < 0)
-		return vmf_err_sys(err, errno, "cannot create a socket");
+		return vmf_err_sys(err, errno, "cannot create a socket to reach %s", path);
 	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
 		int e = errno;
 		close(fd);
-		if (e == ENOENT || e == ECONNREFUSED)
-			return vmf_err(err, e, "no vmfactory daemon is answering on %s", path);
+		if (e == ENOENT)
+			return vmf_err(err, e, "no vmfactory daemon is answering on %s (no such socket)", path);
+		if (e == ECONNREFUSED)
+			return vmf_err(err, e, "no vmfactory daemon is answering on %s (connection refused)", path);
 		return vmf_err_sys(err, e, "cannot connect to the vmfactory daemon on %s", path);
 	}
 	struct vmf_client *c = calloc(1, sizeof(*c));
 	if (!c) {
 		close(fd);
-		return vmf_err(err, ENOMEM, "out of memory");
+		return vmf_err(err, ENOMEM, "out of memory for a client of %s", path);
 	}
 	c->fd = fd;
-	strcpy(c->path, path);
+	memcpy(c->path, sa.sun_path, sizeof(c->path));
 	*out = c;
 	return 0;
 }
@@ -54,6 +61,47 @@ vmf_client_close(struct vmf_client *c)
 	free(c);
 }
 
+/* Reads one Reply frame.  The length is checked against the cap before the
+ * payload buffer exists: a hostile or broken peer announcing 4 GiB costs
+ * nothing. */
+static int
+read_reply(struct vmf_client *c, int64_t deadline, Vmf__Control__Reply **out, struct vmf_error *err)
+{
+	uint8_t h[VMF_FRAME_HDR];
+	struct vmf_error fe = {0};
+	int r = vmf_read_full(c->fd, h, sizeof(h), deadline, &fe);
+	if (r == -EPIPE)
+		return vmf_err(err, EPIPE, "the daemon on %s closed the connection without replying", c->path);
+	if (r == -ETIMEDOUT)
+		return vmf_err(err, ETIMEDOUT, "the daemon on %s did not reply in time", c->path);
+	if (r < 0)
+		return vmf_err(err, fe.code, "reading the reply of the daemon on %s: %s", c->path, fe.msg);
+	uint32_t n = vmf_frame_get_len(h);
+	if (n > VMF_CLIENT_MAX_FRAME)
+		return vmf_err(err, EMSGSIZE, "the daemon on %s announced a reply of %u bytes, above the limit "
+			       "of %u; not read", c->path, n, VMF_CLIENT_MAX_FRAME);
+	uint8_t *buf = malloc(n ? n : 1);
+	if (!buf)
+		return vmf_err(err, ENOMEM, "out of memory for a reply of %u bytes", n);
+	r = vmf_read_full(c->fd, buf, n, deadline, &fe);
+	if (r < 0) {
+		free(buf);
+		if (r == -EPIPE)
+			return vmf_err(err, EPIPE, "the daemon on %s closed the connection in the middle of a "
+				       "%u-byte reply", c->path, n);
+		if (r == -ETIMEDOUT)
+			return vmf_err(err, ETIMEDOUT, "the daemon on %s did not finish its %u-byte reply in time",
+				       c->path, n);
+		return vmf_err(err, fe.code, "reading the reply of the daemon on %s: %s", c->path, fe.msg);
+	}
+	*out = vmf__control__reply__unpack(NULL, n, buf);
+	free(buf);
+	if (!*out)
+		return vmf_err(err, EBADMSG, "the daemon on %s sent a reply of %u bytes that is not a "
+			       "vmfactory reply", c->path, n);
+	return 0;
+}
+
 int
 vmf_client_call(struct vmf_client *c, Vmf__Control__Request *req, Vmf__Control__Reply **reply, int timeout_ms,
 		struct vmf_error *err)
@@ -63,40 +111,61 @@ vmf_client_call(struct vmf_client *c, Vmf__Control__Request *req, Vmf__Control__
 	int64_t deadline = timeout_ms < 0 ? -1 : vmf_now_ms() + timeout_ms;
 	size_t n = vmf__control__request__get_packed_size(req);
 	if (n > VMF_CLIENT_MAX_FRAME)
-		return vmf_err(err, EMSGSIZE, "request of %zu bytes exceeds the 1 MiB limit", n);
+		return vmf_err(err, EMSGSIZE, "request of %zu bytes exceeds the limit of %u", n, VMF_CLIENT_MAX_FRAME);
 	uint8_t *buf = malloc(n ? n : 1);
 	if (!buf)
-		return vmf_err(err, ENOMEM, "out of memory");
+		return vmf_err(err, ENOMEM, "out of memory for a request of %zu bytes", n);
 	vmf__control__request__pack(req, buf);
-	int r = vmf_frame_write(c->fd, buf, n, deadline, err);
+	struct vmf_error we = {0};
+	int wr = vmf_frame_write(c->fd, buf, n, deadline, &we);
 	free(buf);
-	/* A daemon that refused us (EACCES) replied and closed before reading:
-	 * its reply is still there to read and says why. */
-	bool refused = r == -EPIPE || r == -ECONNRESET;
-	if (r < 0 && !refused)
-		return vmf_error_prefix(err, "sending to the daemon on %s", c->path);
-	struct vmf_error werr = err ? *err : (struct vmf_error){0};
-	uint8_t *in;
-	size_t len;
-	r = vmf_frame_read(c->fd, &in, &len, VMF_CLIENT_MAX_FRAME, refused ? vmf_now_ms() + 1000 : deadline, err);
-	if (r < 0 && refused) {
-		if (err)
-			*err = werr;
-		return vmf_error_prefix(err, "sending to the daemon on %s", c->path);
-	}
+	/* A daemon that refuses a peer (EACCES) replies and closes without
+	 * reading, so the write may fail while the reply saying why is
+	 * already waiting: read it before reporting the write error. */
+	bool refused = wr == -EPIPE || wr == -ECONNRESET;
+	if (wr < 0 && !refused)
+		return vmf_err(err, we.code, "sending a request to the daemon on %s: %s", c->path, we.msg);
+	Vmf__Control__Reply *rep = NULL;
+	int r = read_reply(c, refused ? vmf_now_ms() + 1000 : deadline, &rep, err);
+	if (r < 0 && refused)
+		return vmf_err(err, we.code, "sending a request to the daemon on %s: %s", c->path, we.msg);
 	if (r < 0)
-		return vmf_error_prefix(err, "reading the daemon's reply on %s", c->path);
-	Vmf__Control__Reply *rep = vmf__control__reply__unpack(NULL, len, in);
-	free(in);
-	if (!rep)
-		return vmf_err(err, EBADMSG, "the daemon on %s sent an undecodable reply of %zu bytes", c->path, len);
-	if (rep->error_code) {
-		r = vmf_err(err, rep->error_code, "%s",
-			    rep->error_message && *rep->error_message ? rep->error_message : "the daemon reports an error");
+		return r;
+	if (rep->error_code != 0) {
+		r = vmf_err(err, rep->error_code, "%s", rep->error_message && *rep->error_message
+			    ? rep->error_message : "the daemon reports an error without a message");
 		vmf__control__reply__free_unpacked(rep, NULL);
 		return r;
 	}
 	*reply = rep;
+	return 0;
+}
+
+/* Calls and checks the reply carries the body the request asks for, so
+ * that callers may dereference it. */
+static int
+call_expect(struct vmf_client *c, Vmf__Control__Request *req, Vmf__Control__Reply__BodyCase want,
+	    const char *what, Vmf__Control__Reply **reply, int timeout_ms, struct vmf_error *err)
+{
+	int r = vmf_client_call(c, req, reply, timeout_ms, err);
+	if (r < 0)
+		return r;
+	bool ok = (*reply)->body_case == want;
+	switch (want) {
+	case VMF__CONTROL__REPLY__BODY_VM: ok = ok && (*reply)->vm; break;
+	case VMF__CONTROL__REPLY__BODY_INSPECT: ok = ok && (*reply)->inspect && (*reply)->inspect->vm; break;
+	case VMF__CONTROL__REPLY__BODY_STATUS: ok = ok && (*reply)->status; break;
+	case VMF__CONTROL__REPLY__BODY_DESTROY: ok = ok && (*reply)->destroy; break;
+	case VMF__CONTROL__REPLY__BODY_RELEASE: ok = ok && (*reply)->release; break;
+	default: ok = false; break;
+	}
+	if (!ok) {
+		int got = (int)(*reply)->body_case;
+		vmf__control__reply__free_unpacked(*reply, NULL);
+		*reply = NULL;
+		return vmf_err(err, EBADMSG, "the daemon on %s answered %s without its result (reply body %d)",
+			       c->path, what, got);
+	}
 	return 0;
 }
 
@@ -106,8 +175,9 @@ vmf_client_get_vm(struct vmf_client *c, const Vmf__Control__GetVMRequest *g, Vmf
 {
 	Vmf__Control__Request req = VMF__CONTROL__REQUEST__INIT;
 	req.body_case = VMF__CONTROL__REQUEST__BODY_GET_VM;
+	/* pack only reads it */
 	req.get_vm = (Vmf__Control__GetVMRequest *)g;
-	return vmf_client_call(c, &req, reply, timeout_ms, err);
+	return call_expect(c, &req, VMF__CONTROL__REPLY__BODY_VM, "GetVM", reply, timeout_ms, err);
 }
 
 int
@@ -119,7 +189,7 @@ vmf_client_release_vm(struct vmf_client *c, const char *vm_id, int timeout_ms, s
 	req.body_case = VMF__CONTROL__REQUEST__BODY_RELEASE_VM;
 	req.release_vm = &r;
 	Vmf__Control__Reply *rep;
-	int rc = vmf_client_call(c, &req, &rep, timeout_ms, err);
+	int rc = call_expect(c, &req, VMF__CONTROL__REPLY__BODY_RELEASE, "ReleaseVM", &rep, timeout_ms, err);
 	if (rc == 0)
 		vmf__control__reply__free_unpacked(rep, NULL);
 	return rc;
@@ -134,7 +204,7 @@ vmf_client_inspect(struct vmf_client *c, const char *vm_id, Vmf__Control__Reply 
 	r.vm_id = (char *)vm_id;
 	req.body_case = VMF__CONTROL__REQUEST__BODY_INSPECT;
 	req.inspect = &r;
-	return vmf_client_call(c, &req, reply, timeout_ms, err);
+	return call_expect(c, &req, VMF__CONTROL__REPLY__BODY_INSPECT, "Inspect", reply, timeout_ms, err);
 }
 
 int
@@ -144,7 +214,7 @@ vmf_client_status(struct vmf_client *c, Vmf__Control__Reply **reply, int timeout
 	Vmf__Control__StatusRequest r = VMF__CONTROL__STATUS_REQUEST__INIT;
 	req.body_case = VMF__CONTROL__REQUEST__BODY_STATUS;
 	req.status = &r;
-	return vmf_client_call(c, &req, reply, timeout_ms, err);
+	return call_expect(c, &req, VMF__CONTROL__REPLY__BODY_STATUS, "Status", reply, timeout_ms, err);
 }
 
 int
@@ -156,5 +226,5 @@ vmf_client_destroy(struct vmf_client *c, int all, Vmf__Control__Reply **reply, i
 	r.all = all != 0;
 	req.body_case = VMF__CONTROL__REQUEST__BODY_DESTROY;
 	req.destroy = &r;
-	return vmf_client_call(c, &req, reply, timeout_ms, err);
+	return call_expect(c, &req, VMF__CONTROL__REPLY__BODY_DESTROY, "Destroy", reply, timeout_ms, err);
 }

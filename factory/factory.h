@@ -7,6 +7,7 @@
 #include <event2/listener.h>
 #include <sys/types.h>
 
+#include "client.h"
 #include "control.pb-c.h"
 #include "daemon.h"
 #include "driver.h"
@@ -15,8 +16,9 @@
 #include "pool.h"
 #include "template.h"
 
-#define VMF_CONTROL_MAX_FRAME (1u << 20)
-#define VMF_CONTROL_VERSION 1
+/* The wire constants live in the public client header: one place to bump. */
+#define VMF_CONTROL_MAX_FRAME VMF_CLIENT_MAX_FRAME
+#define VMF_CONTROL_VERSION VMF_CONTROL_PROTOCOL_VERSION
 #define VMF_DEFAULT_GETVM_TIMEOUT_MS 60000
 #define VMF_STOP_TIMEOUT_MS 10000
 
