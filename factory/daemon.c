@@ -350,8 +350,8 @@ clone_done(void *arg)
 	finish_destroy_if_done(d);
 }
 
-static struct vmf_pvm *
-new_vm(struct vmf_daemon *d, struct vmf_pool *p)
+struct vmf_pvm *
+vmf_daemon_new_vm(struct vmf_daemon *d, struct vmf_pool *p)
 {
 	struct vmf_pvm *vm = calloc(1, sizeof(*vm));
 	if (!vm)
@@ -384,7 +384,7 @@ vmf_daemon_refill(struct vmf_daemon *d)
 		}
 		for (unsigned n = vmf_pool_clones_to_start(p, now); n > 0; n--) {
 			struct clone_job *j = calloc(1, sizeof(*j));
-			struct vmf_pvm *vm = j ? new_vm(d, p) : NULL;
+			struct vmf_pvm *vm = j ? vmf_daemon_new_vm(d, p) : NULL;
 			if (!vm) {
 				free(j);
 				break;

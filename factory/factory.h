@@ -64,6 +64,8 @@ struct vmf_daemon {
 };
 
 /* daemon.c */
+/* A new VM of pool p (own UUID, run and share dirs), listed as filling. */
+struct vmf_pvm *vmf_daemon_new_vm(struct vmf_daemon *d, struct vmf_pool *p);
 void vmf_daemon_refill(struct vmf_daemon *d);
 void vmf_daemon_vm_free(struct vmf_daemon *d, struct vmf_pvm *vm);
 /* Stops a VM on a worker and forgets it (records, dirs, links); when

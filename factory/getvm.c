@@ -410,22 +410,12 @@ vmf_getvm_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control__Ge
 	} else {
 		/* A miss: clone now, on the worker, within the request's timeout. */
 		d->misses++;
-		vm = calloc(1, sizeof(*vm));
+		vm = vmf_daemon_new_vm(d, pool);
 		if (!vm) {
 			free(j);
 			vmf_control_reply_error(c, ENOMEM, "out of memory");
 			return;
 		}
-		vmf_uuid_new(vm->id);
-		vm->owner = d;
-		vm->pool = pool;
-		snprintf(vm->template_id, sizeof(vm->template_id), "%s", pool->template_id);
-		snprintf(vm->run_dir, sizeof(vm->run_dir), "%s/%s", d->vm_root, vm->id);
-		snprintf(vm->share_dir, sizeof(vm->share_dir), "%s/%s/share", d->vm_root, vm->id);
-		vm->vcpus = pool->spec->vcpus;
-		vm->memory_mib = pool->spec->memory_mib;
-		vm->created_ns = vmf_realtime_ns();
-		TAILQ_INSERT_TAIL(&d->vms, vm, link);
 		j->miss = true;
 	}
 	vm->state = PVM_HANDING_OUT;
