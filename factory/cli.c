@@ -712,8 +712,8 @@ template_params(const struct cmd *cmd, struct args *a, struct vmf_daemon_opts *o
 	p->max_memory_mib = o->max_memory_mib > o->memory_mib ? o->max_memory_mib : o->memory_mib;
 	p->memory_slots = 8;
 	p->full_memory = !o->share_memory;
-	if ((r = p->ops->probe(o->qemu_binary, info, e)) < 0 ||
-	    (r = vmf_image_load(o->image_dir, o->kernel, o->initrd, img, e)) < 0 ||
+	if ((r = vmf_image_load(o->image_dir, o->kernel, o->initrd, img, e)) < 0 ||
+	    (vmf_qemu_set_probe_kernel(img->kernel), (r = p->ops->probe(o->qemu_binary, info, e)) < 0) ||
 	    (r = vmf_template_spec_new(p, info, img, spec, id, e)) < 0)
 		return r;
 	return 0;
@@ -916,7 +916,10 @@ cmd_template_gc(const struct cmd *cmd, struct args *a)
 	struct vmf_error e = {0};
 	struct vmf_hv_info info;
 	struct vmf_image img;
-	if (vmf_qemu_ops.probe(o.qemu_binary, &info, &e) < 0 || vmf_image_load(o.image_dir, o.kernel, o.initrd, &img, &e) < 0)
+	if (vmf_image_load(o.image_dir, o.kernel, o.initrd, &img, &e) < 0)
+		return fail(&e);
+	vmf_qemu_set_probe_kernel(img.kernel);
+	if (vmf_qemu_ops.probe(o.qemu_binary, &info, &e) < 0)
 		return fail(&e);
 	struct vmf_catalog *cat;
 	if (vmf_catalog_open(a->state_dir, &cat, &e) < 0)

@@ -1010,12 +1010,14 @@ vmf_daemon_run(const struct vmf_daemon_opts *opts, struct vmf_error *err)
 		r = vmf_err(err, EINVAL, "unknown hypervisor %s", opts->hypervisor);
 		goto out;
 	}
+	if ((r = vmf_image_load(opts->image_dir, opts->kernel, opts->initrd, &d->img, err)) < 0)
+		goto out;
+	/* KVM is used only if it boots this kernel (see qemu.c). */
+	vmf_qemu_set_probe_kernel(d->img.kernel);
 	if ((r = d->ops->probe(opts->qemu_binary, &d->hv, err)) < 0)
 		goto out;
 	if (opts->accel && *opts->accel)
 		snprintf(d->hv.accel, sizeof(d->hv.accel), "%s", opts->accel);
-	if ((r = vmf_image_load(opts->image_dir, opts->kernel, opts->initrd, &d->img, err)) < 0)
-		goto out;
 	if ((r = vmf_catalog_open(opts->state_dir, &d->cat, err)) < 0)
 		goto out;
 	if ((r = vmf_template_cleanup(d->cat, opts->state_dir, err)) < 0)

@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -47,15 +48,156 @@ struct vmf_vm {
 	bool paused;
 };
 
+/* KVM CPU models, best first.  Nested KVM (a VM host that exposes
+ * /dev/kvm) can refuse MSRs that -cpu host asks for: QEMU 7.2 then aborts
+ * with "failed to set MSR 0x10a" (IA32_ARCH_CAPABILITIES), seen on these
+ * machines.  Without that MSR the guest merely assumes it needs every
+ * speculation mitigation. */
+static const char *const kvm_cpu_models[] = { "host", "host,-arch-capabilities" };
+
+static struct {
+	pthread_mutex_t lock;
+	bool probed;
+	const char *accel;
+	const char *cpu;
+	char kernel[PATH_MAX];
+} accel_probe = { PTHREAD_MUTEX_INITIALIZER, false, "tcg", NULL, "" };
+
+void
+vmf_qemu_set_probe_kernel(const char *kernel)
+{
+	pthread_mutex_lock(&accel_probe.lock);
+	snprintf(accel_probe.kernel, sizeof(accel_probe.kernel), "%s", kernel ? kernel : "");
+	pthread_mutex_unlock(&accel_probe.lock);
+}
+
+/* Whether QEMU really runs a guest with KVM and this CPU model.  Opening
+ * /dev/kvm proves little: on these machines a nested /dev/kvm runs
+ * SeaBIOS and the kernel's 16-bit setup, then hangs entering long mode.  So
+ * the probe boots the guest kernel until it prints its banner (a working
+ * KVM gets there in well under a second); without a kernel it only checks
+ * that a vCPU starts. */
+static bool
+kvm_runs(const char *cpu, const char *kernel)
+{
+	int out[2];
+	if (pipe2(out, O_CLOEXEC) < 0)
+		return false;
+	char *argv[32];
+	int n = 0;
+	argv[n++] = (char *)VMF_QEMU_DEFAULT_BINARY;
+	const char *common[] = { "-nodefaults", "-no-user-config", "-display", "none", "-machine", "q35",
+				 "-accel", "kvm", "-m", "128", "-cpu", cpu, "-no-reboot" };
+	for (size_t i = 0; i < sizeof(common) / sizeof(common[0]); i++)
+		argv[n++] = (char *)common[i];
+	if (kernel && *kernel) {
+		argv[n++] = "-kernel";
+		argv[n++] = (char *)kernel;
+		argv[n++] = "-append";
+		argv[n++] = "console=ttyS0 earlyprintk=serial,ttyS0 panic=-1";
+		argv[n++] = "-serial";
+		argv[n++] = "stdio";
+	} else {
+		/* SeaBIOS's banner on its debug port. */
+		argv[n++] = "-chardev";
+		argv[n++] = "stdio,id=dbg";
+		argv[n++] = "-device";
+		argv[n++] = "isa-debugcon,iobase=0x402,chardev=dbg";
+	}
+	argv[n] = NULL;
+	pid_t pid = fork();
+	if (pid < 0) {
+		close(out[0]);
+		close(out[1]);
+		return false;
+	}
+	if (pid == 0) {
+		int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
+		dup2(devnull, 0);
+		dup2(out[1], 1);
+		dup2(devnull, 2);
+		execvp(argv[0], argv);
+		_exit(127);
+	}
+	close(out[1]);
+	const char *want = kernel && *kernel ? "Linux version" : "SeaBIOS";
+	char buf[8192];
+	size_t len = 0;
+	bool ok = false;
+	int64_t deadline = vmf_now_ms() + 3000;
+	while (!ok && len < sizeof(buf) - 1) {
+		int64_t left = deadline - vmf_now_ms();
+		struct pollfd pfd = { .fd = out[0], .events = POLLIN };
+		if (left <= 0 || poll(&pfd, 1, (int)left) <= 0)
+			break;
+		ssize_t r = read(out[0], buf + len, sizeof(buf) - 1 - len);
+		if (r <= 0)
+			break;
+		len += (size_t)r;
+		buf[len] = '\0';
+		ok = strstr(buf, want) != NULL;
+	}
+	close(out[0]);
+	kill(pid, SIGKILL);
+	while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+		;
+	return ok;
+}
+
+static void
+probe_accel(const char *kernel)
+{
+	const char *forced = getenv("VMFACTORY_ACCEL");
+	if (forced && strcmp(forced, "tcg") == 0)
+		return;
+	int fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+	if (fd < 0)
+		return;
+	close(fd);
+	for (size_t i = 0; i < sizeof(kvm_cpu_models) / sizeof(kvm_cpu_models[0]); i++) {
+		if (kvm_runs(kvm_cpu_models[i], kernel)) {
+			accel_probe.accel = "kvm";
+			accel_probe.cpu = kvm_cpu_models[i];
+			if (i > 0)
+				log_info("KVM runs the guest with -cpu %s (not with -cpu host)", kvm_cpu_models[i]);
+			return;
+		}
+	}
+	log_warn("/dev/kvm is present but QEMU cannot boot a guest with it; using tcg");
+}
+
+const char *
+vmf_qemu_accel_for(const char *kernel)
+{
+	pthread_mutex_lock(&accel_probe.lock);
+	if (!accel_probe.probed) {
+		char img[PATH_MAX] = "";
+		const char *dir = getenv("VMFACTORY_IMAGE_DIR");
+		if (!kernel || !*kernel)
+			kernel = accel_probe.kernel[0] ? accel_probe.kernel : NULL;
+		if ((!kernel || !*kernel) && dir && *dir) {
+			snprintf(img, sizeof(img), "%s/vmlinuz", dir);
+			kernel = access(img, R_OK) == 0 ? img : NULL;
+		}
+		probe_accel(kernel);
+		accel_probe.probed = true;
+	}
+	const char *a = accel_probe.accel;
+	pthread_mutex_unlock(&accel_probe.lock);
+	return a;
+}
+
 const char *
 vmf_qemu_default_accel(void)
 {
-	int fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
-	if (fd >= 0) {
-		close(fd);
-		return "kvm";
-	}
-	return "tcg";
+	return vmf_qemu_accel_for(NULL);
+}
+
+const char *
+vmf_qemu_kvm_cpu(void)
+{
+	vmf_qemu_default_accel();
+	return accel_probe.cpu ? accel_probe.cpu : "host";
 }
 
 /* ---- command line as data ---- */
@@ -138,7 +280,7 @@ vmf_qemu_build_argv(const vmf_vm_config *cfg, int qmp_fd, int agent_fd, char ***
 		return r < 0 ? r : vmf_err(err, EINVAL, "VM %s: memory mode needs a memory file", cfg->id);
 
 	struct argv_buf a = {0};
-	const char *accel = cfg->accel && *cfg->accel ? cfg->accel : vmf_qemu_default_accel();
+	const char *accel = cfg->accel && *cfg->accel ? cfg->accel : vmf_qemu_accel_for(cfg->kernel);
 	arg(&a, "%s", cfg->binary && *cfg->binary ? cfg->binary : VMF_QEMU_DEFAULT_BINARY);
 	/* -name is how restart recovery recognises our processes. */
 	arg(&a, "-name");
@@ -155,7 +297,7 @@ vmf_qemu_build_argv(const vmf_vm_config *cfg, int qmp_fd, int agent_fd, char ***
 	arg(&a, "%s", accel);
 	if (strcmp(accel, "kvm") == 0) {
 		arg(&a, "-cpu");
-		arg(&a, "host");
+		arg(&a, "%s", vmf_qemu_kvm_cpu());
 	}
 	arg(&a, "-smp");
 	arg(&a, "%u,maxcpus=%u", cfg->vcpus, maxcpus);

@@ -875,6 +875,251 @@ START_TEST(churn_keeps_fds_rss_flat)
 }
 END_TEST
 
+/* Starts `vmfactory init --foreground` with its own socket and state dir in
+ * the background (its stderr in LOG); returns its pid. */
+static pid_t
+start_foreground(const char *socket, const char *state_dir, const char *log, const char *extra)
+{
+	char cmd[4096];
+	snprintf(cmd, sizeof cmd, "exec %s init --foreground --socket %s --state-dir %s --run-dir %s %s 2>%s", exe,
+		 socket, state_dir, run, extra, log);
+	pid_t pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0) {
+		execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+		_exit(127);
+	}
+	return pid;
+}
+
+/* The first pool of the daemon on socket, via the client library: its
+ * failure count and last error; -1 when the daemon does not answer. */
+static int
+pool_failures(const char *socket, char *last_error, size_t n)
+{
+	struct vmf_client *c;
+	struct vmf_error e = {0};
+	Vmf__Control__Reply *r = NULL;
+	if (vmf_client_connect(socket, &c, &e) < 0)
+		return -1;
+	int rc = vmf_client_status(c, &r, 5000, &e);
+	vmf_client_close(c);
+	if (rc < 0)
+		return -1;
+	int failed = -1;
+	if (r->status && r->status->n_pools > 0) {
+		failed = (int)r->status->pools[0]->failed;
+		snprintf(last_error, n, "%s", r->status->pools[0]->last_error ? r->status->pools[0]->last_error : "");
+	}
+	vmf__control__reply__free_unpacked(r, NULL);
+	return failed;
+}
+
+static void
+stop_daemon(pid_t pid)
+{
+	kill(pid, SIGTERM);
+	int st;
+	ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+}
+
+START_TEST(failing_template_backs_off_and_daemon_keeps_serving)
+{
+	/* A kernel QEMU cannot load: every template boot fails. */
+	char bad[700];
+	snprintf(bad, sizeof bad, "%s/bad-vmlinuz", tmp);
+	FILE *f = fopen(bad, "w");
+	ck_assert_ptr_nonnull(f);
+	fputs("this is not a kernel\n", f);
+	fclose(f);
+	char extra[800], log[700];
+	snprintf(extra, sizeof extra, "--pool 1 --kernel %s", bad);
+	snprintf(log, sizeof log, "%s/failing.log", tmp);
+	pid_t pid = start_foreground(sock, state, log, extra);
+	/* Failures are spaced by the backoff (1 s, 2 s, ...), and the daemon
+	 * answers throughout. */
+	int64_t seen[4] = {0};
+	char last[600] = "";
+	int64_t deadline = vmf_now_ms() + 120000;
+	int failed = 0;
+	while (failed < 3 && vmf_now_ms() < deadline) {
+		int f2 = pool_failures(sock, last, sizeof last);
+		if (f2 > failed && f2 <= 3)
+			for (int k = failed + 1; k <= f2; k++)
+				seen[k] = vmf_now_ms();
+		if (f2 > failed)
+			failed = f2;
+		poll(NULL, 0, 50);
+	}
+	printf("failing template: failures at +%lld ms, +%lld ms after the first; last error: %s\n",
+	       (long long)(seen[2] - seen[1]), (long long)(seen[3] - seen[1]), last);
+	ck_assert_int_ge(failed, 3);
+	ck_assert_msg(strstr(last, "QEMU") != NULL, "last error does not name QEMU: %s", last);
+	/* Backoff: 1 s before the second attempt, 2 s more before the third
+	 * (each attempt itself takes time, so these are lower bounds). */
+	ck_assert_int_ge(seen[2] - seen[1], 900);
+	ck_assert_int_ge(seen[3] - seen[2], 1900);
+	/* A GetVM meanwhile gets a clear error naming the failing template. */
+	char *out;
+	struct got g = {0};
+	do_get(&g, "while-failing", 1, 256);
+	ck_assert_int_ne(g.rc, 0);
+	char errf[700], *err = NULL;
+	snprintf(errf, sizeof errf, "%s/cli.err", tmp);
+	vmf_read_file(errf, &err, NULL, 1 << 20, NULL);
+	printf("GetVM while the template fails: %s", err ? strrchr(err, '\n') ? err : err : "");
+	free(err);
+	ck_assert_int_eq(vmf(&out, "status"), 0);
+	free(out);
+	ck_assert_int_eq(kill(pid, 0), 0);
+	stop_daemon(pid);
+	ck_assert_int_eq(count_qemu(), 0);
+}
+END_TEST
+
+/* Mounts a fresh ext4 of size_mib (a sparse file in tmp) on dir. */
+static int
+mount_loop_fs(const char *dir, int size_mib)
+{
+	char cmd[2000];
+	snprintf(cmd, sizeof cmd,
+		 "rm -f %s/fs.img && truncate -s %dM %s/fs.img && mkfs.ext4 -q -F %s/fs.img >/dev/null 2>&1 && "
+		 "mount -o loop %s/fs.img %s 2>/dev/null && chmod 0700 %s",
+		 tmp, size_mib, tmp, tmp, tmp, dir, dir);
+	return system(cmd);
+}
+
+START_TEST(full_disk_fails_clearly_and_catalog_survives)
+{
+	/* A state dir on a small tmpfs: the template's RAM file cannot fit. */
+	char small[700];
+	snprintf(small, sizeof small, "%s/small", tmp);
+	ck_assert_int_eq(mkdir(small, 0700), 0);
+	char cmd[1000];
+	/* ext4 on a loop device, not tmpfs: tmpfs allocates pages when a
+	 * private mapping reads a hole, so a full tmpfs kills clones with
+	 * SIGBUS, which no state dir on a real disk does. */
+	if (mount_loop_fs(small, 64) != 0) {
+		printf("full_disk test skipped: cannot mount a loop file system here (needs CAP_SYS_ADMIN)\n");
+		return;
+	}
+	char log[700];
+	snprintf(log, sizeof log, "%s/full.log", tmp);
+	pid_t pid = start_foreground(sock, small, log, "--pool 1");
+	char last[600] = "";
+	int64_t deadline = vmf_now_ms() + 60000;
+	int failed = 0;
+	while (failed < 1 && vmf_now_ms() < deadline) {
+		failed = pool_failures(sock, last, sizeof last);
+		poll(NULL, 0, 50);
+	}
+	printf("full disk: %s\n", last);
+	ck_assert_int_ge(failed, 1);
+	ck_assert_msg(strstr(last, "space") != NULL, "error does not say the disk is full: %s", last);
+	stop_daemon(pid);
+	/* No half-built template directory is left. */
+	snprintf(cmd, sizeof cmd, "test -z \"$(find %s/templates -mindepth 1 -maxdepth 1 2>/dev/null)\"", small);
+	ck_assert_int_eq(system(cmd), 0);
+
+	/* Room for the template, then the disk filled under a running pool:
+	 * hand-outs (which write the catalog) fail clearly or succeed, the
+	 * daemon stays up, and serves again once space is back. */
+	snprintf(cmd, sizeof cmd, "umount %s", small);
+	ck_assert_int_eq(system(cmd), 0);
+	ck_assert_int_eq(mount_loop_fs(small, 400), 0);
+	pid = start_foreground(sock, small, log, "--pool 1");
+	deadline = vmf_now_ms() + 120000;
+	while (vmf_now_ms() < deadline) {
+		struct vmf_client *c;
+		struct vmf_error e = {0};
+		Vmf__Control__Reply *r = NULL;
+		int ready = 0;
+		if (vmf_client_connect(sock, &c, &e) == 0) {
+			if (vmf_client_status(c, &r, 5000, &e) == 0 && r->status && r->status->n_pools)
+				ready = (int)r->status->pools[0]->ready;
+			if (r)
+				vmf__control__reply__free_unpacked(r, NULL);
+			vmf_client_close(c);
+		}
+		if (ready >= 1)
+			break;
+		poll(NULL, 0, 100);
+	}
+	snprintf(cmd, sizeof cmd, "dd if=/dev/zero of=%s/filler bs=1M count=512 2>/dev/null", small);
+	ck_assert_int_ne(system(cmd), 0); /* dd stops at ENOSPC */
+	struct got g = {0};
+	do_get(&g, "disk-full", 1, 256);
+	char errf[700], *err = NULL;
+	snprintf(errf, sizeof errf, "%s/cli.err", tmp);
+	vmf_read_file(errf, &err, NULL, 1 << 20, NULL);
+	const char *lastline = err ? err : "";
+	for (const char *q = lastline; err && (q = strstr(q, "vmfactory: ")); q++)
+		lastline = q;
+	printf("GetVM on a full disk: %s\n", g.rc == 0 ? "succeeded (LMDB reused free pages)" : lastline);
+	if (g.rc != 0)
+		ck_assert_msg(strstr(lastline, "full") || strstr(lastline, "space"), "unclear error: %s", lastline);
+	free(err);
+	ck_assert_int_eq(kill(pid, 0), 0);
+	snprintf(cmd, sizeof cmd, "%s/filler", small);
+	ck_assert_int_eq(unlink(cmd), 0);
+	if (g.rc == 0)
+		ck_assert_int_eq(vmf(NULL, "release %s", g.id), 0);
+	json_object_put(g.rec);
+	struct got g2 = {0};
+	do_get(&g2, "disk-back", 1, 256);
+	ck_assert_int_eq(g2.rc, 0);
+	ck_assert_int_eq(vmf(NULL, "release %s", g2.id), 0);
+	json_object_put(g2.rec);
+	stop_daemon(pid);
+	/* Pooled VMs outlive a daemon stop by design; clear them. */
+	vmf_test_kill_qemu_under(tmp);
+
+	char *out;
+	char opts[1600];
+	snprintf(opts, sizeof opts, "template list --state-dir %s -o json", small);
+	ck_assert_int_eq(vmf(&out, "%s", opts), 0);
+	json_object *l = json_tokener_parse(out);
+	ck_assert_ptr_nonnull(l);
+	ck_assert_int_eq(json_object_array_length(l), 1);
+	ck_assert_str_eq(json_object_get_string(path(json_object_array_get_idx(l, 0), "state", NULL)), "ready");
+	json_object_put(l);
+	free(out);
+	snprintf(cmd, sizeof cmd, "umount %s", small);
+	ck_assert_int_eq(system(cmd), 0);
+}
+END_TEST
+
+START_TEST(idle_vms_are_replaced)
+{
+	ck_assert_int_eq(vmf(NULL, "init --pool 1 --max-idle 2 --wait"), 0);
+	json_object *s = vmf_json("status -o json%s", "");
+	char first[64];
+	snprintf(first, sizeof first, "%s",
+		 json_object_get_string(path(json_object_array_get_idx(path(s, "vms", NULL), 0), "id", NULL)));
+	json_object_put(s);
+	int64_t t0 = vmf_now_ms();
+	bool replaced = false;
+	while (!replaced && vmf_now_ms() - t0 < 60000) {
+		s = vmf_json("status -o json%s", "");
+		json_object *vms = path(s, "vms", NULL);
+		for (size_t i = 0; i < json_object_array_length(vms); i++) {
+			json_object *v = json_object_array_get_idx(vms, i);
+			if (strcmp(json_object_get_string(path(v, "id", NULL)), first) &&
+			    !strcmp(json_object_get_string(path(v, "state", NULL)), "ready"))
+				replaced = true;
+		}
+		json_object_put(s);
+		poll(NULL, 0, 100);
+	}
+	printf("idle VM replaced after %lld ms (limit 2 s)\n", (long long)(vmf_now_ms() - t0));
+	ck_assert(replaced);
+	ck_assert_int_ge(vmf_now_ms() - t0, 1000);
+	ck_assert_str_eq(vm_state(first), "");
+	ck_assert_int_eq(vmf(NULL, "destroy"), 0);
+	ck_assert_int_eq(count_qemu(), 0);
+}
+END_TEST
+
 static void
 teardown(void)
 {
@@ -886,10 +1131,18 @@ teardown(void)
 		fprintf(stderr, "teardown: killed a daemon left by a failed test\n");
 	if (vmf_test_kill_qemu_under(tmp))
 		fprintf(stderr, "teardown: killed QEMU processes left by a failed test\n");
+	char cmd[800];
+	snprintf(cmd, sizeof cmd, "umount -l %s/small 2>/dev/null", tmp);
+	if (system(cmd) == 0)
+		fprintf(stderr, "teardown: unmounted a file system left by a failed test\n");
 	struct vmf_error e;
 	vmf_rm_rf(tmp, &e);
 	free(tmp);
 }
+
+/* VMFACTORY_TEST=name runs one test (a developer's shortcut). */
+#define ADD_TEST(tc, t) do { const char *only_ = getenv("VMFACTORY_TEST"); \
+	if (!only_ || !strcmp(only_, #t)) tcase_add_test(tc, t); } while (0)
 
 int
 main(void)
@@ -898,14 +1151,17 @@ main(void)
 	TCase *tc = tcase_create("daemon");
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_set_timeout(tc, 900);
-	tcase_add_test(tc, init_get_inspect_release_destroy);
-	tcase_add_test(tc, bad_requests_fail_clearly);
-	tcase_add_test(tc, faults_peers_and_latency);
-	tcase_add_test(tc, template_commands);
-	tcase_add_test(tc, restart_adopts_pooled_and_assigned_vms);
-	tcase_add_test(tc, crash_at_each_fault_point_recovers);
-	tcase_add_test(tc, hostile_frames_and_paths);
-	tcase_add_test(tc, churn_keeps_fds_rss_flat);
+	ADD_TEST(tc, init_get_inspect_release_destroy);
+	ADD_TEST(tc, bad_requests_fail_clearly);
+	ADD_TEST(tc, faults_peers_and_latency);
+	ADD_TEST(tc, template_commands);
+	ADD_TEST(tc, restart_adopts_pooled_and_assigned_vms);
+	ADD_TEST(tc, crash_at_each_fault_point_recovers);
+	ADD_TEST(tc, hostile_frames_and_paths);
+	ADD_TEST(tc, failing_template_backs_off_and_daemon_keeps_serving);
+	ADD_TEST(tc, full_disk_fails_clearly_and_catalog_survives);
+	ADD_TEST(tc, idle_vms_are_replaced);
+	ADD_TEST(tc, churn_keeps_fds_rss_flat);
 	suite_add_tcase(s, tc);
 	return vmf_test_run(s);
 }
