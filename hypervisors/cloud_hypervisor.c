@@ -302,7 +302,7 @@ retarget_config(struct vmf_vm *vm, const char *dir, struct vmf_error *err)
 	if (json_object_object_get_ex(c, "serial", &x) && json_object_is_type(x, json_type_object))
 		set_str(x, "file", vm->serial);
 	int r = 0;
-	if (json_object_to_file_ext(path, c, JSON_C_TO_STRING_PLAIN) < 0)
+	if (json_object_to_file_ext(path, c, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE) < 0)
 		r = vmf_err(err, EIO, "VM %s: cannot rewrite %s", vm->cfg->id, path);
 	json_object_put(c);
 	return r;

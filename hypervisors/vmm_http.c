@@ -82,7 +82,7 @@ vmf_vmm_http(const char *vmm, const char *sock, const char *method, const char *
 		return vmf_err(err, ENOMEM, "%s API: out of memory for an HTTP handle", vmm);
 	char url[512];
 	snprintf(url, sizeof(url), "http://localhost%s", path);
-	const char *payload = body ? json_object_to_json_string_ext(body, JSON_C_TO_STRING_PLAIN) : NULL;
+	const char *payload = body ? json_object_to_json_string_ext(body, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE) : NULL;
 	struct curl_slist *hdr = NULL;
 	hdr = curl_slist_append(hdr, "Accept: application/json");
 	if (payload)
