@@ -203,6 +203,15 @@ validate(struct vmf_daemon *d, const Vmf__Control__GetVMRequest *req, struct vmf
 		return vmf_err(err, EINVAL, "vcpus and memory_mib must be given and non-zero");
 	if (!(*pool = choose_pool(d, req->vcpus, req->memory_mib, err)))
 		return -err->code;
+	/* Growing a clone past its template needs the driver's hot-add. */
+	if (req->vcpus > (*pool)->spec->vcpus && !(d->hv.caps & VMF_CAP_CPU_HOTPLUG))
+		return vmf_err(err, ENOTSUP, "%u vCPUs requested, the template has %u: vCPU hot-add is "
+			       "unsupported by %s (no %s capability)", req->vcpus, (*pool)->spec->vcpus,
+			       d->ops->name, vmf_cap_name(VMF_CAP_CPU_HOTPLUG));
+	if (req->memory_mib > (*pool)->spec->memory_mib && !(d->hv.caps & VMF_CAP_MEM_HOTPLUG))
+		return vmf_err(err, ENOTSUP, "%u MiB requested, the template has %u MiB: memory hot-add is "
+			       "unsupported by %s (no %s capability)", req->memory_mib, (*pool)->spec->memory_mib,
+			       d->ops->name, vmf_cap_name(VMF_CAP_MEM_HOTPLUG));
 	/* Linux onlines memory in 128 MiB blocks on x86-64. */
 	unsigned extra = req->memory_mib - (*pool)->spec->memory_mib;
 	if (extra % 128)

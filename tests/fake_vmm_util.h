@@ -19,13 +19,33 @@
 #include "testlib.h"
 #include "util.h"
 
-static char *fv_dir;
+static char *fv_root;   /* per test program, made in the parent */
+static char *fv_dir;    /* per test, under fv_root */
 static char fv_fake[PATH_MAX], fv_kernel[PATH_MAX], fv_violations[PATH_MAX], fv_reqlog[PATH_MAX];
+
+/* Unchecked (parent-side) fixture: a failed test exits its forked child
+ * before its teardown, so the parent kills what it left under fv_root. */
+static void
+fv_root_setup(void)
+{
+	fv_root = vmf_test_tmpdir("vmf-fakevmm");
+}
+
+static void
+fv_root_teardown(void)
+{
+	vmf_test_kill_under("fake_vmm", fv_root);
+	vmf_rm_rf(fv_root, NULL);
+	free(fv_root);
+	fv_root = NULL;
+}
 
 static void
 fv_setup(void)
 {
-	fv_dir = vmf_test_tmpdir("vmf-fakevmm");
+	static int seq;
+	if (asprintf(&fv_dir, "%s/t%d", fv_root, ++seq) < 0 || mkdir(fv_dir, 0700) < 0)
+		ck_abort_msg("cannot create a test directory under %s", fv_root);
 	const char *b = getenv("VMFACTORY_BUILDDIR");
 	snprintf(fv_fake, sizeof(fv_fake), "%s/tests/fake_vmm", b ? b : ".");
 	ck_assert_msg(access(fv_fake, X_OK) == 0, "fake VMM %s missing", fv_fake);

@@ -198,6 +198,7 @@ suite(void)
 {
 	Suite *s = suite_create("cloud_hypervisor");
 	TCase *tc = tcase_create("fake");
+	tcase_add_unchecked_fixture(tc, fv_root_setup, fv_root_teardown);
 	tcase_add_checked_fixture(tc, fv_setup, fv_teardown);
 	tcase_set_timeout(tc, 60);
 	tcase_add_test(tc, registry);
