@@ -41,7 +41,7 @@ START_TEST(lifecycle)
 	struct vmf_vm *vm = NULL;
 	ck_assert_msg(ops->boot(&t.c, &vm, &err) == 0, "%s", err.msg);
 	ck_assert(ops->alive(vm));
-	ck_assert_int_ge(ops->watch_fd(vm), 0);
+	fv_assert_watch_fd(ops->watch_fd(vm));
 	ck_assert(fv_log_has("\"cpus\":{\"boot_vcpus\":2,\"max_vcpus\":4}"));
 	ck_assert(fv_log_has("\"memory\":{\"size\":268435456,\"hotplug_size\":268435456}"));
 	ck_assert(fv_log_has("PUT /api/v1/vm.boot"));

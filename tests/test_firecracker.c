@@ -51,7 +51,7 @@ START_TEST(lifecycle)
 	ck_assert_msg(ops->boot(&t.c, &vm, &err) == 0, "%s", err.msg);
 	ck_assert(ops->alive(vm));
 	ck_assert_int_gt(ops->pid(vm), 0);
-	ck_assert_int_ge(ops->watch_fd(vm), 0);
+	fv_assert_watch_fd(ops->watch_fd(vm));
 	ck_assert(ops->capabilities(vm) & VMF_CAP_MEM_HOTPLUG);
 	ck_assert(fv_log_has("PUT /machine-config {\"vcpu_count\":2,\"mem_size_mib\":256}"));
 	ck_assert(fv_log_has("PUT /hotplug/memory {\"total_size_mib\":256}"));
