@@ -311,20 +311,24 @@ read_all(int fd, void *p, size_t n)
 	return 0;
 }
 
+#define COPY_BUF (1 << 16)
+
 static int
 copy_n(int in, int out, uint64_t n)
 {
-	static __thread char buf[1 << 16];
-	while (n) {
-		size_t k = n > sizeof(buf) ? sizeof(buf) : (size_t)n;
-		int r = read_all(in, buf, k);
+	char *buf = malloc(COPY_BUF);
+	if (!buf)
+		return -ENOMEM;
+	int r = 0;
+	while (n && r == 0) {
+		size_t k = n > COPY_BUF ? COPY_BUF : (size_t)n;
+		r = read_all(in, buf, k);
 		if (r == 0)
 			r = write_all(out, buf, k);
-		if (r < 0)
-			return r;
 		n -= k;
 	}
-	return 0;
+	free(buf);
+	return r;
 }
 
 static int

@@ -9,6 +9,7 @@
 
 #include "frame.h"
 #include "vmm_http.h"
+#include "vmm_proc.h"
 
 static const struct vmf_hv_ops *ops = &vmf_firecracker_ops;
 
@@ -158,6 +159,12 @@ START_TEST(error_reply)
 	ck_assert_msg(strstr(err.msg, "firecracker API PUT /actions answered HTTP 400: Injected failure"), "%s",
 		      err.msg);
 	unsetenv("FAKE_VMM_FAIL_ON");
+	/* A binary that cannot run: the log tail says why. */
+	fv_config(&t, "nobin", 1, 1, 128, 128);
+	t.c.binary = (char *)"/nonexistent/firecracker";
+	ck_assert_int_lt(ops->boot(&t.c, &vm, &err), 0);
+	ck_assert_msg(strstr(err.msg, "exited before its API socket") &&
+		      strstr(err.msg, "cannot execute the VMM binary"), "%s", err.msg);
 	/* A missing kernel is the VMM's own fault message. */
 	fv_config(&t, "err2", 1, 1, 128, 128);
 	t.c.kernel = (char *)"/nonexistent/vmlinuz";
@@ -283,6 +290,58 @@ START_TEST(fake_is_strict)
 }
 END_TEST
 
+/* The state stream carries snapshot files; a hostile stream cannot write
+ * outside the directory it is unpacked into. */
+START_TEST(state_stream)
+{
+	struct vmf_error err = {0};
+	char src[PATH_MAX], dst[PATH_MAX], p[PATH_MAX];
+	snprintf(src, sizeof(src), "%s/src", fv_dir);
+	snprintf(dst, sizeof(dst), "%s/dst", fv_dir);
+	ck_assert_int_eq(vmf_mkdir_p(src, 0700, &err), 0);
+	snprintf(p, sizeof(p), "%s/a", src);
+	ck_assert_int_eq(vmf_write_file_atomic(p, "alpha", 5, 0600, &err), 0);
+	snprintf(p, sizeof(p), "%s/b", src);
+	ck_assert_int_eq(vmf_write_file_atomic(p, "", 0, 0600, &err), 0);
+	int fd = fv_open_state("stream", O_RDWR | O_CREAT | O_TRUNC);
+	ck_assert_msg(vmf_vmm_pack(fd, src, NULL, &err) == 0, "%s", err.msg);
+	ck_assert_int_eq(lseek(fd, 0, SEEK_SET), 0);
+	ck_assert_msg(vmf_vmm_unpack(fd, dst, &err) == 0, "%s", err.msg);
+	char *text = NULL;
+	size_t len;
+	snprintf(p, sizeof(p), "%s/a", dst);
+	ck_assert_int_eq(vmf_read_file(p, &text, &len, 100, &err), 0);
+	ck_assert_uint_eq(len, 5);
+	ck_assert(memcmp(text, "alpha", 5) == 0);
+	free(text);
+	snprintf(p, sizeof(p), "%s/b", dst);
+	ck_assert_int_eq(access(p, F_OK), 0);
+	/* Truncated stream. */
+	ck_assert_int_eq(ftruncate(fd, 20), 0);
+	ck_assert_int_eq(lseek(fd, 0, SEEK_SET), 0);
+	ck_assert_int_lt(vmf_vmm_unpack(fd, dst, &err), 0);
+	/* A name with a slash. */
+	ck_assert_int_eq(ftruncate(fd, 0), 0);
+	ck_assert_int_eq(lseek(fd, 0, SEEK_SET), 0);
+	uint32_t nl = 4;
+	uint64_t size = 1;
+	ck_assert_int_eq(write(fd, "VMFSNAP1", 8), 8);
+	ck_assert_int_eq(write(fd, &nl, 4), 4);
+	ck_assert_int_eq(write(fd, "../x", 4), 4);
+	ck_assert_int_eq(write(fd, &size, 8), 8);
+	ck_assert_int_eq(write(fd, "x", 1), 1);
+	ck_assert_int_eq(lseek(fd, 0, SEEK_SET), 0);
+	ck_assert_int_eq(vmf_vmm_unpack(fd, dst, &err), -EPROTO);
+	ck_assert_msg(strstr(err.msg, "bad file name '../x'"), "%s", err.msg);
+	/* Not a stream at all. */
+	ck_assert_int_eq(lseek(fd, 0, SEEK_SET), 0);
+	ck_assert_int_eq(write(fd, "QEVM", 4), 4);
+	ck_assert_int_eq(lseek(fd, 0, SEEK_SET), 0);
+	ck_assert_int_eq(vmf_vmm_unpack(fd, dst, &err), -EPROTO);
+	close(fd);
+}
+END_TEST
+
 static Suite *
 suite(void)
 {
@@ -300,6 +359,7 @@ suite(void)
 	tcase_add_test(tc, stop_escalates);
 	tcase_add_test(tc, no_hotplug_version);
 	tcase_add_test(tc, fake_is_strict);
+	tcase_add_test(tc, state_stream);
 	suite_add_tcase(s, tc);
 	return s;
 }
