@@ -123,6 +123,12 @@ vm_new(const vmf_vm_config *cfg, struct vmf_error *err)
 		vmf_err(err, EINVAL, "cloud-hypervisor VM config lacks an id or an absolute run dir");
 		return NULL;
 	}
+	if (cfg->runas && *cfg->runas) {
+		/* Never run as a different user than asked without saying so. */
+		vmf_err(err, ENOTSUP, "VM %s: running the VMM as user %s is unsupported by cloud-hypervisor", cfg->id,
+			cfg->runas);
+		return NULL;
+	}
 	struct vmf_vm *vm = calloc(1, sizeof(*vm));
 	if (!vm || !(vm->cfg = vmf_vm_config_dup(cfg))) {
 		free(vm);

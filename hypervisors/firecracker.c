@@ -136,6 +136,12 @@ vm_new(const vmf_vm_config *cfg, struct vmf_error *err)
 		vmf_err(err, EINVAL, "firecracker VM config lacks an id or an absolute run dir");
 		return NULL;
 	}
+	if (cfg->runas && *cfg->runas) {
+		/* Never run as a different user than asked without saying so. */
+		vmf_err(err, ENOTSUP, "VM %s: running the VMM as user %s is unsupported by firecracker", cfg->id,
+			cfg->runas);
+		return NULL;
+	}
 	struct vmf_vm *vm = calloc(1, sizeof(*vm));
 	if (!vm || !(vm->cfg = vmf_vm_config_dup(cfg))) {
 		free(vm);
@@ -208,6 +214,8 @@ fc_boot(const vmf_vm_config *cfg, struct vmf_vm **out, struct vmf_error *err)
 		vm_free(vm);
 		return r;
 	}
+	if (cfg->share_dir && *cfg->share_dir)
+		log_vm(VMF_LOG_DEBUG, cfg->id, "firecracker has no share device; %s not exported", cfg->share_dir);
 	if (cfg->max_vcpus > cfg->vcpus)
 		log_vm(VMF_LOG_INFO, cfg->id, "firecracker cannot hot-add vCPUs: max_vcpus %u is not usable",
 		       cfg->max_vcpus);

@@ -159,6 +159,10 @@ START_TEST(error_reply)
 	ck_assert_msg(strstr(err.msg, "firecracker API PUT /actions answered HTTP 400: Injected failure"), "%s",
 		      err.msg);
 	unsetenv("FAKE_VMM_FAIL_ON");
+	fv_config(&t, "runas", 1, 1, 128, 128);
+	t.c.runas = (char *)"nobody";
+	ck_assert_int_eq(ops->boot(&t.c, &vm, &err), -ENOTSUP);
+	ck_assert_msg(strstr(err.msg, "unsupported by firecracker"), "%s", err.msg);
 	/* A binary that cannot run: the log tail says why. */
 	fv_config(&t, "nobin", 1, 1, 128, 128);
 	t.c.binary = (char *)"/nonexistent/firecracker";
