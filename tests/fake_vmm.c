@@ -24,6 +24,7 @@
  *   FAKE_VMM_VIOLATIONS=file   violations are appended here
  *   FAKE_VMM_LOG=file          every request line + body is appended here
  *   FAKE_VMM_DIE_ON="PUT /x"   exit(3) on reading that request, unanswered
+ *   FAKE_VMM_CUT_ON="PUT /x"   exit(4) halfway through the answer
  *   FAKE_VMM_FAIL_ON="PUT /x"  answer that request with a 400 fault
  *   FAKE_VMM_IGNORE_TERM=1     ignore SIGTERM (stop must use SIGKILL)
  *   FAKE_VMM_NO_HOTPLUG=1      report Firecracker 1.10.0 (no /hotplug/memory)
@@ -748,6 +749,15 @@ serve_api(int fd)
 		/* Dies mid-request: the driver sees the connection drop unanswered. */
 		unlink(vsock_path);
 		_exit(3);
+	}
+	const char *cut = getenv("FAKE_VMM_CUT_ON");
+	if (cut && strcmp(cut, key) == 0) {
+		/* Dies halfway through its answer. */
+		static const char half[] = "HTTP/1.1 204 No Con";
+		if (write(fd, half, sizeof(half) - 1) < 0)
+			_exit(4);
+		unlink(vsock_path);
+		_exit(4);
 	}
 	violation[0] = '\0';
 	json_object *b = validate_request(method, path, body, blen);

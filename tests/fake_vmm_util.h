@@ -89,6 +89,7 @@ fv_teardown(void)
 	unsetenv("FAKE_VMM_LOG");
 	unsetenv("FAKE_VMM_DIE_ON");
 	unsetenv("FAKE_VMM_FAIL_ON");
+	unsetenv("FAKE_VMM_CUT_ON");
 	unsetenv("FAKE_VMM_IGNORE_TERM");
 	unsetenv("FAKE_VMM_NO_HOTPLUG");
 	vmf_test_kill_under("fake_vmm", fv_dir);

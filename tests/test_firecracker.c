@@ -212,6 +212,31 @@ START_TEST(dies_mid_request)
 	ck_assert_msg(strstr(err.msg, "firecracker exited"), "%s", err.msg);
 	ck_assert_int_eq(ops->stop(vm, 1000, &err), 0);
 	ops->release(vm);
+
+	/* Dying halfway through the answer: the clone's load fails cleanly. */
+	unsetenv("FAKE_VMM_DIE_ON");
+	setenv("FAKE_VMM_CUT_ON", "PUT /snapshot/load", 1);
+	fv_config(&t, "cut", 1, 1, 128, 128);
+	t.c.memory_mode = VMF__HV__MEMORY_MODE__MEM_TEMPLATE;
+	t.c.memory_file = t.mem;
+	ck_assert_msg(ops->boot(&t.c, &vm, &err) == 0, "%s", err.msg);
+	sfd = fv_open_state("cut.state", O_RDWR | O_CREAT | O_TRUNC);
+	ck_assert_msg(ops->save_template(vm, sfd, false, &err) == 0, "%s", err.msg);
+	ck_assert_int_eq(ops->stop(vm, 3000, &err), 0);
+	ops->release(vm);
+	struct fv_cfg c;
+	fv_config(&c, "cutclone", 1, 1, 128, 128);
+	c.c.memory_mode = VMF__HV__MEMORY_MODE__MEM_CLONE_COW;
+	c.c.memory_file = t.mem;
+	c.c.incoming = true;
+	ck_assert_int_eq(lseek(sfd, 0, SEEK_SET), 0);
+	r = ops->start_from_template(&c.c, sfd, &vm, &err);
+	close(sfd);
+	ck_assert_int_eq(r, -ECONNRESET);
+	ck_assert_ptr_null(vm);
+	ck_assert_msg(strstr(err.msg, "loading the template snapshot") && strstr(err.msg, "PUT /snapshot/load"),
+		      "%s", err.msg);
+	ck_assert_int_eq(vmf_test_kill_under("fake_vmm", "/cutclone/"), 0);
 }
 END_TEST
 
