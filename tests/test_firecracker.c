@@ -10,6 +10,7 @@
 #include "frame.h"
 #include "vmm_http.h"
 #include "vmm_proc.h"
+#include "factory.h"
 
 static const struct vmf_hv_ops *ops = &vmf_firecracker_ops;
 
@@ -22,6 +23,26 @@ START_TEST(registry)
 	ck_assert(!(caps & VMF_CAP_CPU_HOTPLUG));
 	ck_assert(!(caps & VMF_CAP_SHARE_DEVICE));
 	ck_assert(!(caps & VMF_CAP_VMGENID));
+}
+END_TEST
+
+/* GetVM's refusal of what the driver cannot do. */
+START_TEST(getvm_caps)
+{
+	struct vmf_error err = {0};
+	unsigned caps = ops->capabilities(NULL);
+	ck_assert_int_eq(vmf_getvm_check_caps("firecracker", caps, 2, 256, 2, 384, &err), 0);
+	ck_assert_int_eq(vmf_getvm_check_caps("firecracker", caps, 2, 256, 1, 256, &err), 0);
+	ck_assert_int_eq(vmf_getvm_check_caps("firecracker", caps, 2, 256, 3, 256, &err), -ENOTSUP);
+	ck_assert_msg(strstr(err.msg, "vCPU hot-add is unsupported by firecracker (no cpu-hotplug capability)"),
+		      "%s", err.msg);
+	ck_assert_int_eq(vmf_getvm_check_caps("firecracker", caps & ~VMF_CAP_MEM_HOTPLUG, 2, 256, 2, 384, &err),
+			 -ENOTSUP);
+	ck_assert_msg(strstr(err.msg, "memory hot-add is unsupported by firecracker (no memory-hotplug"), "%s",
+		      err.msg);
+	ck_assert_int_eq(vmf_getvm_check_caps("cloud-hypervisor", vmf_cloud_hypervisor_ops.capabilities(NULL),
+					      1, 256, 4, 1024, &err), 0);
+	ck_assert_int_eq(vmf_getvm_check_caps("qemu", vmf_qemu_ops.capabilities(NULL), 1, 256, 4, 1024, &err), 0);
 }
 END_TEST
 
@@ -380,6 +401,7 @@ suite(void)
 	tcase_add_checked_fixture(tc, fv_setup, fv_teardown);
 	tcase_set_timeout(tc, 60);
 	tcase_add_test(tc, registry);
+	tcase_add_test(tc, getvm_caps);
 	tcase_add_test(tc, probe);
 	tcase_add_test(tc, lifecycle);
 	tcase_add_test(tc, full_template);
