@@ -812,17 +812,28 @@ list_one(const char *id, Vmf__Catalog__TemplateRecord *rec, const struct vmf_err
 		JS(o, "dir", rec->dir);
 		JS(o, "error", rec->error);
 		json_object *caps = json_object_new_array();
+		/* The template's own driver: templates of different VMMs coexist. */
+		const struct vmf_hv_ops *tops = s ? vmf_hv_by_kind(s->hypervisor) : NULL;
+		unsigned tcaps = tops ? tops->capabilities(NULL) : 0;
+		JS(o, "hypervisor", tops ? tops->name : "unknown");
 		for (unsigned bit = 1; bit <= VMF_CAP_FULL_SNAPSHOT; bit <<= 1)
-			if (vmf_qemu_ops.capabilities(NULL) & bit)
+			if (tcaps & bit)
 				json_object_array_add(caps, json_object_new_string(vmf_cap_name(bit)));
 		json_object_object_add(o, "capabilities", caps);
 		json_object_array_add(l->arr, o);
 	} else {
-		printf("%-16.16s  %-8s  %2u/%-2u vCPU  %5u/%-5u MiB  %-7s  state %7.1f MiB  memory %5.0f MiB  %6.0f s%s%s\n",
+		const struct vmf_hv_ops *tops = s ? vmf_hv_by_kind(s->hypervisor) : NULL;
+		char capstr[160] = "";
+		for (unsigned bit = 1; tops && bit <= VMF_CAP_FULL_SNAPSHOT; bit <<= 1)
+			if (tops->capabilities(NULL) & bit)
+				snprintf(capstr + strlen(capstr), sizeof(capstr) - strlen(capstr), "%s%s",
+					 capstr[0] ? "," : "", vmf_cap_name(bit));
+		printf("%-16.16s  %-8s  %2u/%-2u vCPU  %5u/%-5u MiB  %-7s  state %7.1f MiB  memory %5.0f MiB  %6.0f s"
+		       "  %s [%s]%s%s\n",
 		       rec->id, tstate(rec->state), s ? s->vcpus : 0, s ? s->max_vcpus : 0, s ? s->memory_mib : 0,
 		       s ? s->max_memory_mib : 0, s && s->full_memory ? "private" : "shared", rec->state_size / 1048576.0,
-		       rec->memory_size / 1048576.0, age, rec->error && *rec->error ? "  error: " : "",
-		       rec->error ? rec->error : "");
+		       rec->memory_size / 1048576.0, age, tops ? tops->name : "unknown", capstr,
+		       rec->error && *rec->error ? "  error: " : "", rec->error ? rec->error : "");
 	}
 	return 0;
 }

@@ -105,6 +105,10 @@ int vmf_control_check_version(const Vmf__Control__Request *req, struct vmf_error
  * absent, an empty directory or a symlink, under a parent reached without
  * symlinks.  what names the field in the error. */
 int vmf_check_sandbox_path(const char *what, const char *path, struct vmf_error *err);
+/* Refuses growing a clone beyond its template (tpl_vcpus, tpl_mib) when the
+ * driver lacks cpu-hotplug / memory-hotplug, naming driver and capability. */
+int vmf_getvm_check_caps(const char *driver, unsigned caps, unsigned tpl_vcpus, unsigned tpl_mib,
+			 unsigned vcpus, unsigned mib, struct vmf_error *err);
 void vmf_getvm_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control__GetVMRequest *req);
 void vmf_release_start(struct vmf_daemon *d, struct vmf_conn *c, const char *vm_id);
 void vmf_inspect_start(struct vmf_daemon *d, struct vmf_conn *c, const char *vm_id);

@@ -192,6 +192,22 @@ choose_pool(struct vmf_daemon *d, unsigned vcpus, unsigned mem, struct vmf_error
 	return best;
 }
 
+int
+vmf_getvm_check_caps(const char *driver, unsigned caps, unsigned tpl_vcpus, unsigned tpl_mib, unsigned vcpus,
+		     unsigned mib, struct vmf_error *err)
+{
+	/* Growing a clone past its template needs the driver's hot-add. */
+	if (vcpus > tpl_vcpus && !(caps & VMF_CAP_CPU_HOTPLUG))
+		return vmf_err(err, ENOTSUP, "%u vCPUs requested, the template has %u: vCPU hot-add is "
+			       "unsupported by %s (no %s capability)", vcpus, tpl_vcpus, driver,
+			       vmf_cap_name(VMF_CAP_CPU_HOTPLUG));
+	if (mib > tpl_mib && !(caps & VMF_CAP_MEM_HOTPLUG))
+		return vmf_err(err, ENOTSUP, "%u MiB requested, the template has %u MiB: memory hot-add is "
+			       "unsupported by %s (no %s capability)", mib, tpl_mib, driver,
+			       vmf_cap_name(VMF_CAP_MEM_HOTPLUG));
+	return 0;
+}
+
 static int
 validate(struct vmf_daemon *d, const Vmf__Control__GetVMRequest *req, struct vmf_pool **pool,
 	 struct vmf_error *err)
@@ -203,6 +219,10 @@ validate(struct vmf_daemon *d, const Vmf__Control__GetVMRequest *req, struct vmf
 		return vmf_err(err, EINVAL, "vcpus and memory_mib must be given and non-zero");
 	if (!(*pool = choose_pool(d, req->vcpus, req->memory_mib, err)))
 		return -err->code;
+	int rc = vmf_getvm_check_caps(d->ops->name, d->hv.caps, (*pool)->spec->vcpus, (*pool)->spec->memory_mib,
+				      req->vcpus, req->memory_mib, err);
+	if (rc < 0)
+		return rc;
 	/* Linux onlines memory in 128 MiB blocks on x86-64. */
 	unsigned extra = req->memory_mib - (*pool)->spec->memory_mib;
 	if (extra % 128)

@@ -1,0 +1,572 @@
+/* Cloud Hypervisor driver: the process runs `cloud-hypervisor --api-socket
+ * path=PATH` and is driven over its REST API (/api/v1/vm.*, vmm.*).  Tested
+ * against the published API document (cloud-hypervisor.yaml, OpenAPI 3.0.1,
+ * at ae44c297) through tests/fake_vmm.c.
+ *
+ * Snapshots: vm.snapshot writes config, device state and all guest memory
+ * into a directory; vm.restore reads it back, copying memory into the new
+ * process (memory_restore_mode Copy, or faulting it in privately with
+ * OnDemand).  Either way a clone's RAM is its own: Cloud Hypervisor cannot
+ * share a template's memory between clones, so this driver only builds
+ * full-memory templates and does not claim template-share.  vCPUs and memory
+ * are resized with vm.resize (the VM is created with max_vcpus and a
+ * hotplug_size). */
+#include "driver.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "frame.h"
+#include "log.h"
+#include "util.h"
+#include "vmm_http.h"
+#include "vmm_proc.h"
+
+#define CH "cloud-hypervisor"
+#define CH_DEFAULT_BINARY "cloud-hypervisor"
+#define CH_API_SOCK "ch.sock"
+#define CH_VSOCK "vsock.sock"
+#define CH_LOG "cloud-hypervisor.log"
+#define CH_SERIAL_LOG "serial.log"
+#define CH_SNAP_DIR "snapshot"
+#define CH_CONFIG_JSON "config.json"
+#define API_TIMEOUT_MS 10000
+#define START_TIMEOUT_MS 10000
+#define SNAPSHOT_TIMEOUT_MS 120000
+#define STATE_SCHEMA_VERSION 1
+#define CH_CAPS (VMF_CAP_CPU_HOTPLUG | VMF_CAP_MEM_HOTPLUG | VMF_CAP_FULL_SNAPSHOT)
+
+struct vmf_vm {
+	vmf_vm_config *cfg;
+	struct vmf_vmm_proc proc;
+	char api_sock[PATH_MAX];
+	char vsock[PATH_MAX];
+	char log[PATH_MAX];
+	char serial[PATH_MAX];
+	char version[64];
+	unsigned vcpus;
+	unsigned memory_mib;
+	bool paused;
+};
+
+static int
+api(struct vmf_vm *vm, const char *method, const char *endpoint, json_object *body, json_object **reply,
+    int timeout_ms, struct vmf_error *err)
+{
+	char path[128];
+	snprintf(path, sizeof(path), "/api/v1/%s", endpoint);
+	int r = vmf_vmm_http(CH, vm->api_sock, method, path, body, reply, timeout_ms, err);
+	if (r < 0) {
+		vmf_error_prefix(err, "VM %s", vm->cfg->id);
+		if (vmf_vmm_exited(&vm->proc)) {
+			char tail[400];
+			vmf_file_tail(vm->log, tail, sizeof(tail));
+			vmf_error_append(err, "; cloud-hypervisor exited%s%s", tail[0] ? ": " : "", tail);
+		}
+	}
+	return r;
+}
+
+/* PUT with an optional body, which is consumed. */
+static int
+api_put(struct vmf_vm *vm, const char *endpoint, json_object *body, int timeout_ms, struct vmf_error *err)
+{
+	int r = api(vm, "PUT", endpoint, body, NULL, timeout_ms, err);
+	json_object_put(body);
+	return r < 0 ? r : 0;
+}
+
+static json_object *
+obj(void)
+{
+	return json_object_new_object();
+}
+
+static void
+set_str(json_object *o, const char *k, const char *v)
+{
+	json_object_object_add(o, k, json_object_new_string(v));
+}
+
+static void
+set_int(json_object *o, const char *k, int64_t v)
+{
+	json_object_object_add(o, k, json_object_new_int64(v));
+}
+
+static void
+set_bool(json_object *o, const char *k, bool v)
+{
+	json_object_object_add(o, k, json_object_new_boolean(v));
+}
+
+static void
+vm_free(struct vmf_vm *vm)
+{
+	if (!vm)
+		return;
+	vmf_vmm_close(&vm->proc);
+	vmf_vm_config_free(vm->cfg);
+	free(vm);
+}
+
+static struct vmf_vm *
+vm_new(const vmf_vm_config *cfg, struct vmf_error *err)
+{
+	if (!cfg->id || !*cfg->id || !cfg->run_dir || cfg->run_dir[0] != '/') {
+		vmf_err(err, EINVAL, "cloud-hypervisor VM config lacks an id or an absolute run dir");
+		return NULL;
+	}
+	if (cfg->runas && *cfg->runas) {
+		/* Never run as a different user than asked without saying so. */
+		vmf_err(err, ENOTSUP, "VM %s: running the VMM as user %s is unsupported by cloud-hypervisor", cfg->id,
+			cfg->runas);
+		return NULL;
+	}
+	struct vmf_vm *vm = calloc(1, sizeof(*vm));
+	if (!vm || !(vm->cfg = vmf_vm_config_dup(cfg))) {
+		free(vm);
+		vmf_err(err, ENOMEM, "out of memory for a VM handle");
+		return NULL;
+	}
+	vm->proc.pidfd = -1;
+	snprintf(vm->api_sock, sizeof(vm->api_sock), "%s/%s", cfg->run_dir, CH_API_SOCK);
+	snprintf(vm->vsock, sizeof(vm->vsock), "%s/%s", cfg->run_dir, CH_VSOCK);
+	snprintf(vm->log, sizeof(vm->log), "%s/%s", cfg->run_dir, CH_LOG);
+	snprintf(vm->serial, sizeof(vm->serial), "%s/%s", cfg->run_dir, CH_SERIAL_LOG);
+	vm->vcpus = cfg->vcpus;
+	vm->memory_mib = cfg->memory_mib;
+	return vm;
+}
+
+static void
+kill_now(struct vmf_vm *vm)
+{
+	vmf_vmm_terminate(&vm->proc, vmf_now_ms() + 2000, CH);
+}
+
+static int
+spawn(struct vmf_vm *vm, struct vmf_error *err)
+{
+	const vmf_vm_config *cfg = vm->cfg;
+	if (vmf_mkdir_p(cfg->run_dir, 0700, err) < 0)
+		return -err->code;
+	unlink(vm->api_sock);
+	unlink(vm->vsock);
+	const char *bin = cfg->binary && *cfg->binary ? cfg->binary : CH_DEFAULT_BINARY;
+	char sockarg[PATH_MAX + 8];
+	snprintf(sockarg, sizeof(sockarg), "path=%s", vm->api_sock);
+	char *const argv[] = { (char *)bin, "--api-socket", sockarg, NULL };
+	log_vm(VMF_LOG_DEBUG, cfg->id, "starting %s --api-socket %s", bin, sockarg);
+	int r = vmf_vmm_spawn(argv, vm->log, &vm->proc, err);
+	if (r < 0)
+		return vmf_error_prefix(err, "VM %s", cfg->id);
+	r = vmf_vmm_wait_socket(&vm->proc, CH, vm->api_sock, START_TIMEOUT_MS, err);
+	json_object *ping = NULL, *v;
+	if (r == 0)
+		r = api(vm, "GET", "vmm.ping", NULL, &ping, API_TIMEOUT_MS, err);
+	if (r >= 0) {
+		if (ping && json_object_object_get_ex(ping, "version", &v))
+			snprintf(vm->version, sizeof(vm->version), "%s", json_object_get_string(v));
+		json_object_put(ping);
+		return 0;
+	}
+	char tail[400];
+	vmf_file_tail(vm->log, tail, sizeof(tail));
+	vmf_error_prefix(err, "VM %s: cloud-hypervisor did not start", cfg->id);
+	if (tail[0])
+		vmf_error_append(err, "; cloud-hypervisor log: %s", tail);
+	kill_now(vm);
+	return r;
+}
+
+static json_object *
+vm_config_json(const struct vmf_vm *vm)
+{
+	const vmf_vm_config *cfg = vm->cfg;
+	unsigned maxcpus = cfg->max_vcpus > cfg->vcpus ? cfg->max_vcpus : cfg->vcpus;
+	json_object *c = obj(), *payload = obj(), *cpus = obj(), *mem = obj(), *vs = obj(), *ser = obj(),
+		    *con = obj();
+	set_str(payload, "kernel", cfg->kernel);
+	if (cfg->initrd && *cfg->initrd)
+		set_str(payload, "initramfs", cfg->initrd);
+	set_str(payload, "cmdline", cfg->cmdline && *cfg->cmdline ? cfg->cmdline : "console=ttyS0 panic=-1");
+	json_object_object_add(c, "payload", payload);
+	set_int(cpus, "boot_vcpus", cfg->vcpus);
+	set_int(cpus, "max_vcpus", maxcpus);
+	json_object_object_add(c, "cpus", cpus);
+	set_int(mem, "size", (int64_t)cfg->memory_mib << 20);
+	if (cfg->max_memory_mib > cfg->memory_mib)
+		set_int(mem, "hotplug_size", (int64_t)(cfg->max_memory_mib - cfg->memory_mib) << 20);
+	json_object_object_add(c, "memory", mem);
+	set_int(vs, "cid", VMF_GUEST_CID);
+	set_str(vs, "socket", vm->vsock);
+	json_object_object_add(c, "vsock", vs);
+	set_str(ser, "mode", "File");
+	set_str(ser, "file", vm->serial);
+	json_object_object_add(c, "serial", ser);
+	set_str(con, "mode", "Off");
+	json_object_object_add(c, "console", con);
+	return c;
+}
+
+static int
+ch_boot(const vmf_vm_config *cfg, struct vmf_vm **out, struct vmf_error *err)
+{
+	*out = NULL;
+	if (!cfg->kernel || !*cfg->kernel || cfg->vcpus == 0 || cfg->memory_mib == 0)
+		return vmf_err(err, EINVAL, "VM %s: cloud-hypervisor needs a kernel, vcpus and memory", cfg->id);
+	if (cfg->incoming)
+		return vmf_err(err, EINVAL, "VM %s: a cloud-hypervisor clone starts with start_from_template",
+			       cfg->id);
+	struct vmf_vm *vm = vm_new(cfg, err);
+	if (!vm)
+		return -err->code;
+	int r = spawn(vm, err);
+	if (r < 0) {
+		vm_free(vm);
+		return r;
+	}
+	if (cfg->share_dir && *cfg->share_dir)
+		log_vm(VMF_LOG_DEBUG, cfg->id, "cloud-hypervisor driver has no share device; %s not exported",
+		       cfg->share_dir);
+	r = api_put(vm, "vm.create", vm_config_json(vm), API_TIMEOUT_MS, err);
+	if (r == 0)
+		r = api_put(vm, "vm.boot", NULL, API_TIMEOUT_MS, err);
+	if (r < 0) {
+		kill_now(vm);
+		vm_free(vm);
+		return r;
+	}
+	log_vm(VMF_LOG_DEBUG, cfg->id, "cloud-hypervisor %s pid %d started", vm->version, (int)vm->proc.pid);
+	*out = vm;
+	return 0;
+}
+
+static int
+ch_pause(struct vmf_vm *vm, struct vmf_error *err)
+{
+	int r = api_put(vm, "vm.pause", NULL, API_TIMEOUT_MS, err);
+	if (r == 0)
+		vm->paused = true;
+	return r;
+}
+
+static int
+ch_resume(struct vmf_vm *vm, struct vmf_error *err)
+{
+	int r = api_put(vm, "vm.resume", NULL, API_TIMEOUT_MS, err);
+	if (r == 0)
+		vm->paused = false;
+	return r;
+}
+
+static int
+ch_save_template(struct vmf_vm *vm, int state_fd, bool full, struct vmf_error *err)
+{
+	if (!full)
+		return vmf_err(err, ENOTSUP, "VM %s: template memory sharing is unsupported by cloud-hypervisor "
+			       "(its restore copies guest memory into each clone); build the template with "
+			       "full memory", vm->cfg->id);
+	int r;
+	if (!vm->paused && (r = ch_pause(vm, err)) < 0)
+		return r;
+	char dir[PATH_MAX], url[PATH_MAX + 8];
+	snprintf(dir, sizeof(dir), "%s/%s", vm->cfg->run_dir, CH_SNAP_DIR);
+	snprintf(url, sizeof(url), "file://%s", dir);
+	if (vmf_rm_rf(dir, err) < 0 || vmf_mkdir_p(dir, 0700, err) < 0)
+		return -err->code;
+	json_object *b = obj();
+	set_str(b, "destination_url", url);
+	r = api_put(vm, "vm.snapshot", b, SNAPSHOT_TIMEOUT_MS, err);
+	if (r == 0 && (r = vmf_vmm_pack(state_fd, dir, NULL, err)) < 0)
+		vmf_error_prefix(err, "VM %s: saving the template state", vm->cfg->id);
+	struct vmf_error ignored;
+	vmf_rm_rf(dir, &ignored);
+	return r;
+}
+
+/* The snapshot's config names the template's vsock socket and serial file;
+ * each clone needs its own, so they are rewritten before restore. */
+static int
+retarget_config(struct vmf_vm *vm, const char *dir, struct vmf_error *err)
+{
+	char path[PATH_MAX];
+	snprintf(path, sizeof(path), "%s/%s", dir, CH_CONFIG_JSON);
+	json_object *c = json_object_from_file(path), *x;
+	if (!c)
+		return vmf_err(err, EPROTO, "VM %s: the template state holds no readable %s", vm->cfg->id,
+			       CH_CONFIG_JSON);
+	if (json_object_object_get_ex(c, "vsock", &x) && json_object_is_type(x, json_type_object))
+		set_str(x, "socket", vm->vsock);
+	if (json_object_object_get_ex(c, "serial", &x) && json_object_is_type(x, json_type_object))
+		set_str(x, "file", vm->serial);
+	int r = 0;
+	if (json_object_to_file_ext(path, c, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE) < 0)
+		r = vmf_err(err, EIO, "VM %s: cannot rewrite %s", vm->cfg->id, path);
+	json_object_put(c);
+	return r;
+}
+
+static int
+ch_start_from_template(const vmf_vm_config *cfg, int state_fd, struct vmf_vm **out, struct vmf_error *err)
+{
+	*out = NULL;
+	if (cfg->memory_mode != VMF__HV__MEMORY_MODE__MEM_FULL)
+		return vmf_err(err, ENOTSUP, "VM %s: copy-on-write clones are unsupported by cloud-hypervisor "
+			       "(template-share); only full-memory templates can be cloned", cfg->id);
+	struct vmf_vm *vm = vm_new(cfg, err);
+	if (!vm)
+		return -err->code;
+	char dir[PATH_MAX], url[PATH_MAX + 8];
+	snprintf(dir, sizeof(dir), "%s/%s", cfg->run_dir, CH_SNAP_DIR);
+	snprintf(url, sizeof(url), "file://%s", dir);
+	int r = 0;
+	if (vmf_mkdir_p(cfg->run_dir, 0700, err) < 0 || vmf_vmm_unpack(state_fd, dir, err) < 0)
+		r = vmf_error_prefix(err, "VM %s: reading the template state", cfg->id);
+	if (r == 0)
+		r = retarget_config(vm, dir, err);
+	if (r == 0)
+		r = spawn(vm, err);
+	if (r < 0) {
+		vm_free(vm);
+		return r;
+	}
+	json_object *b = obj();
+	set_str(b, "source_url", url);
+	set_str(b, "memory_restore_mode", "Copy");
+	set_bool(b, "resume", false);
+	r = api_put(vm, "vm.restore", b, SNAPSHOT_TIMEOUT_MS, err);
+	/* Copy mode has read the memory: the unpacked files are not needed. */
+	struct vmf_error ignored;
+	vmf_rm_rf(dir, &ignored);
+	if (r < 0) {
+		vmf_error_prefix(err, "restoring the template snapshot");
+		kill_now(vm);
+		vm_free(vm);
+		return r;
+	}
+	vm->paused = true;
+	*out = vm;
+	return 0;
+}
+
+static int
+ch_hotplug_vcpus(struct vmf_vm *vm, unsigned total, struct vmf_error *err)
+{
+	if (total <= vm->vcpus)
+		return 0;
+	unsigned max = vm->cfg->max_vcpus > vm->cfg->vcpus ? vm->cfg->max_vcpus : vm->cfg->vcpus;
+	if (total > max)
+		return vmf_err(err, ENOSPC, "VM %s: %u vCPUs requested, max_vcpus of the template is %u",
+			       vm->cfg->id, total, max);
+	json_object *b = obj();
+	set_int(b, "desired_vcpus", total);
+	int r = api_put(vm, "vm.resize", b, API_TIMEOUT_MS, err);
+	if (r == 0)
+		vm->vcpus = total;
+	return r;
+}
+
+static int
+ch_hotplug_memory(struct vmf_vm *vm, unsigned add_mib, struct vmf_error *err)
+{
+	if (add_mib == 0)
+		return 0;
+	unsigned max = vm->cfg->max_memory_mib;
+	if (vm->memory_mib + add_mib > max)
+		return vmf_err(err, ENOSPC, "VM %s: %u MiB + %u MiB exceeds max memory %u MiB",
+			       vm->cfg->id, vm->memory_mib, add_mib, max);
+	json_object *b = obj();
+	set_int(b, "desired_ram", (int64_t)(vm->memory_mib + add_mib) << 20);
+	int r = api_put(vm, "vm.resize", b, API_TIMEOUT_MS, err);
+	if (r == 0)
+		vm->memory_mib += add_mib;
+	return r;
+}
+
+static int
+ch_stop(struct vmf_vm *vm, int timeout_ms, struct vmf_error *err)
+{
+	(void)err;
+	int64_t deadline = vmf_now_ms() + timeout_ms;
+	if (!vmf_vmm_exited(&vm->proc)) {
+		/* vmm.shutdown ends the VMM whatever the guest does. */
+		struct vmf_error ignored;
+		char path[64] = "/api/v1/vmm.shutdown";
+		vmf_vmm_http(CH, vm->api_sock, "PUT", path, NULL, NULL, timeout_ms / 3 + 1, &ignored);
+		if (!vmf_vmm_wait_exit(&vm->proc, vmf_now_ms() + timeout_ms / 3 + 1))
+			vmf_vmm_terminate(&vm->proc, deadline, CH);
+	}
+	unlink(vm->api_sock);
+	unlink(vm->vsock);
+	return 0;
+}
+
+static bool
+ch_alive(struct vmf_vm *vm)
+{
+	return !vmf_vmm_exited(&vm->proc);
+}
+
+static pid_t
+ch_pid(const struct vmf_vm *vm)
+{
+	return vm->proc.pid;
+}
+
+static unsigned
+ch_capabilities(const struct vmf_vm *vm)
+{
+	(void)vm;
+	return CH_CAPS;
+}
+
+static int
+ch_agent_connect(struct vmf_vm *vm, int timeout_ms, struct vmf_error *err)
+{
+	int fd = vmf_vmm_vsock_connect(vm->vsock, VMF_AGENT_VSOCK_PORT, timeout_ms, err);
+	if (fd < 0)
+		vmf_error_prefix(err, "VM %s: agent channel", vm->cfg->id);
+	return fd;
+}
+
+static int
+ch_watch_fd(struct vmf_vm *vm)
+{
+	return vm->proc.pidfd;
+}
+
+static int
+ch_serialize(const struct vmf_vm *vm, vmf_hv_state **out, struct vmf_error *err)
+{
+	*out = NULL;
+	vmf_hv_state *st = malloc(sizeof(*st));
+	vmf_vm_config *cfg = vmf_vm_config_dup(vm->cfg);
+	char *sock = strdup(vm->api_sock);
+	if (!st || !cfg || !sock) {
+		free(st);
+		vmf_vm_config_free(cfg);
+		free(sock);
+		return vmf_err(err, ENOMEM, "out of memory serializing VM %s", vm->cfg->id);
+	}
+	vmf__hv__hypervisor_state__init(st);
+	st->schema_version = STATE_SCHEMA_VERSION;
+	st->kind = VMF__HV__HYPERVISOR_KIND__HV_CLOUD_HYPERVISOR;
+	st->pid = vm->proc.pid;
+	st->start_time_ticks = vm->proc.start_ticks;
+	st->config = cfg;
+	st->api_socket = sock;
+	st->vcpus = vm->vcpus;
+	st->memory_mib = vm->memory_mib;
+	st->paused = vm->paused;
+	*out = st;
+	return 0;
+}
+
+static int
+ch_adopt(const vmf_hv_state *st, struct vmf_vm **out, struct vmf_error *err)
+{
+	*out = NULL;
+	if (st->schema_version != STATE_SCHEMA_VERSION || !st->config ||
+	    st->kind != VMF__HV__HYPERVISOR_KIND__HV_CLOUD_HYPERVISOR)
+		return vmf_err(err, EINVAL, "hypervisor state is not a cloud-hypervisor state of schema %u",
+			       STATE_SCHEMA_VERSION);
+	const char *id = st->config->id;
+	if (!vmf_proc_alive(st->pid, st->start_time_ticks))
+		return vmf_err(err, ESRCH, "cloud-hypervisor pid %d of VM %s is gone", (int)st->pid, id);
+	struct vmf_vm *vm = vm_new(st->config, err);
+	if (!vm)
+		return -err->code;
+	if (!vmf_vmm_cmdline_has(st->pid, vm->api_sock)) {
+		int r = vmf_err(err, ESRCH, "pid %d is not the cloud-hypervisor of VM %s (no api socket %s)",
+				(int)st->pid, id, vm->api_sock);
+		vm_free(vm);
+		return r;
+	}
+	vmf_vmm_attach(&vm->proc, st->pid, st->start_time_ticks);
+	vm->vcpus = st->vcpus;
+	vm->memory_mib = st->memory_mib;
+	vm->paused = st->paused;
+	json_object *ping = NULL, *info = NULL, *v;
+	int r = api(vm, "GET", "vmm.ping", NULL, &ping, API_TIMEOUT_MS, err);
+	if (r >= 0 && ping && json_object_object_get_ex(ping, "version", &v))
+		snprintf(vm->version, sizeof(vm->version), "%s", json_object_get_string(v));
+	json_object_put(ping);
+	/* The recorded run state may be stale (crash between resume and record). */
+	if (r >= 0 && (r = api(vm, "GET", "vm.info", NULL, &info, API_TIMEOUT_MS, err)) >= 0 &&
+	    json_object_object_get_ex(info, "state", &v))
+		vm->paused = strcmp(json_object_get_string(v), "Paused") == 0;
+	json_object_put(info);
+	if (r < 0) {
+		vmf_error_prefix(err, "adopting VM %s", id);
+		vm_free(vm);
+		return r;
+	}
+	*out = vm;
+	return 0;
+}
+
+static int
+ch_probe(const char *binary, struct vmf_hv_info *info, struct vmf_error *err)
+{
+	memset(info, 0, sizeof(*info));
+	const char *bin = binary && *binary ? binary : CH_DEFAULT_BINARY;
+	if (strchr(bin, '\''))
+		return vmf_err(err, EINVAL, "cloud-hypervisor binary path %s contains a quote", bin);
+	char cmd[PATH_MAX + 32];
+	snprintf(cmd, sizeof(cmd), "'%s' --version 2>/dev/null", bin);
+	FILE *p = popen(cmd, "re");
+	if (!p)
+		return vmf_err_sys(err, errno, "cannot run %s", bin);
+	char line[256] = "";
+	char *got = fgets(line, sizeof(line), p);
+	int st = pclose(p);
+	/* "cloud-hypervisor v41.0.0" */
+	const char *v = got ? strstr(line, " v") : NULL;
+	if (!v || st != 0)
+		return vmf_err(err, ENOENT, "cloud-hypervisor binary %s did not report a version (is it "
+			       "installed?)", bin);
+	v += 2;
+	size_t n = strcspn(v, " \n");
+	if (n >= sizeof(info->version))
+		n = sizeof(info->version) - 1;
+	memcpy(info->version, v, n);
+	snprintf(info->accel, sizeof(info->accel), "kvm");
+	info->caps = CH_CAPS;
+	return 0;
+}
+
+static void
+ch_release(struct vmf_vm *vm)
+{
+	vm_free(vm);
+}
+
+const struct vmf_hv_ops vmf_cloud_hypervisor_ops = {
+	.name = "cloud-hypervisor",
+	.kind = VMF__HV__HYPERVISOR_KIND__HV_CLOUD_HYPERVISOR,
+	.probe = ch_probe,
+	.boot = ch_boot,
+	.start_from_template = ch_start_from_template,
+	.save_template = ch_save_template,
+	.pause = ch_pause,
+	.resume = ch_resume,
+	.hotplug_vcpus = ch_hotplug_vcpus,
+	.hotplug_memory = ch_hotplug_memory,
+	.stop = ch_stop,
+	.alive = ch_alive,
+	.pid = ch_pid,
+	.capabilities = ch_capabilities,
+	.agent_connect = ch_agent_connect,
+	.watch_fd = ch_watch_fd,
+	.serialize = ch_serialize,
+	.adopt = ch_adopt,
+	.release = ch_release,
+};

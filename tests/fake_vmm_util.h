@@ -1,0 +1,167 @@
+/* Helpers shared by test_firecracker.c and test_cloud_hypervisor.c: a
+ * scratch directory with a kernel file, VM configs pointing at the fake VMM
+ * (tests/fake_vmm.c), and the violation log the fake writes. */
+#ifndef VMF_FAKE_VMM_UTIL_H
+#define VMF_FAKE_VMM_UTIL_H
+
+#include <check.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "driver.h"
+#include "testlib.h"
+#include "util.h"
+
+static char *fv_root;   /* per test program, made in the parent */
+static char *fv_dir;    /* per test, under fv_root */
+static char fv_fake[PATH_MAX], fv_kernel[PATH_MAX], fv_violations[PATH_MAX], fv_reqlog[PATH_MAX];
+
+/* Unchecked (parent-side) fixture: a failed test exits its forked child
+ * before its teardown, so the parent kills what it left under fv_root. */
+static void
+fv_root_setup(void)
+{
+	fv_root = vmf_test_tmpdir("vmf-fakevmm");
+}
+
+static void
+fv_root_teardown(void)
+{
+	vmf_test_kill_under("fake_vmm", fv_root);
+	vmf_rm_rf(fv_root, NULL);
+	free(fv_root);
+	fv_root = NULL;
+}
+
+static void
+fv_setup(void)
+{
+	static int seq;
+	if (asprintf(&fv_dir, "%s/t%d", fv_root, ++seq) < 0 || mkdir(fv_dir, 0700) < 0)
+		ck_abort_msg("cannot create a test directory under %s", fv_root);
+	const char *b = getenv("VMFACTORY_BUILDDIR");
+	snprintf(fv_fake, sizeof(fv_fake), "%s/tests/fake_vmm", b ? b : ".");
+	ck_assert_msg(access(fv_fake, X_OK) == 0, "fake VMM %s missing", fv_fake);
+	snprintf(fv_kernel, sizeof(fv_kernel), "%s/vmlinuz", fv_dir);
+	ck_assert(vmf_write_file_atomic(fv_kernel, "kernel", 6, 0600, NULL) == 0);
+	snprintf(fv_violations, sizeof(fv_violations), "%s/violations", fv_dir);
+	snprintf(fv_reqlog, sizeof(fv_reqlog), "%s/requests", fv_dir);
+	setenv("FAKE_VMM_VIOLATIONS", fv_violations, 1);
+	setenv("FAKE_VMM_LOG", fv_reqlog, 1);
+}
+
+/* Fails the test when the fake saw anything outside the API document. */
+static void
+fv_assert_no_violations(void)
+{
+	char *text = NULL;
+	size_t len = 0;
+	if (vmf_read_file(fv_violations, &text, &len, 1 << 20, NULL) == 0) {
+		ck_assert_msg(len == 0, "fake VMM saw requests outside the API document:\n%s", text);
+		free(text);
+	}
+}
+
+static bool
+fv_log_has(const char *needle)
+{
+	char *text = NULL;
+	size_t len = 0;
+	if (vmf_read_file(fv_reqlog, &text, &len, 1 << 22, NULL) < 0)
+		return false;
+	bool found = strstr(text, needle) != NULL;
+	free(text);
+	return found;
+}
+
+static void
+fv_teardown(void)
+{
+	unsetenv("FAKE_VMM_VIOLATIONS");
+	unsetenv("FAKE_VMM_LOG");
+	unsetenv("FAKE_VMM_DIE_ON");
+	unsetenv("FAKE_VMM_FAIL_ON");
+	unsetenv("FAKE_VMM_CUT_ON");
+	unsetenv("FAKE_VMM_IGNORE_TERM");
+	unsetenv("FAKE_VMM_NO_HOTPLUG");
+	vmf_test_kill_under("fake_vmm", fv_dir);
+	vmf_rm_rf(fv_dir, NULL);
+	free(fv_dir);
+	fv_dir = NULL;
+}
+
+/* Storage for one config's strings. */
+struct fv_cfg {
+	vmf_vm_config c;
+	char id[40], name[64], run_dir[PATH_MAX], mem[PATH_MAX];
+};
+
+static void
+fv_config(struct fv_cfg *f, const char *id, unsigned vcpus, unsigned max_vcpus, unsigned mem,
+	  unsigned max_mem)
+{
+	memset(f, 0, sizeof(*f));
+	vmf__hv__vm_config__init(&f->c);
+	snprintf(f->id, sizeof(f->id), "%s", id);
+	snprintf(f->name, sizeof(f->name), "vmfactory-%s", id);
+	snprintf(f->run_dir, sizeof(f->run_dir), "%s/%s", fv_dir, id);
+	snprintf(f->mem, sizeof(f->mem), "%s/template.mem", fv_dir);
+	f->c.id = f->id;
+	f->c.name = f->name;
+	f->c.run_dir = f->run_dir;
+	f->c.kernel = fv_kernel;
+	f->c.initrd = (char *)"";
+	f->c.cmdline = (char *)"console=ttyS0";
+	f->c.vcpus = vcpus;
+	f->c.max_vcpus = max_vcpus;
+	f->c.memory_mib = mem;
+	f->c.max_memory_mib = max_mem;
+	f->c.binary = fv_fake;
+	f->c.memory_file = (char *)"";
+}
+
+/* watch_fd is -1 only where pidfd_open is unavailable (old kernels,
+ * valgrind): then nothing is required of it. */
+static void
+fv_assert_watch_fd(int fd)
+{
+	int probe = (int)syscall(SYS_pidfd_open, getpid(), 0);
+	if (probe >= 0) {
+		close(probe);
+		ck_assert_int_ge(fd, 0);
+	}
+}
+
+/* Agent stand-in: the fake's vsock echoes what it gets. */
+static void
+fv_assert_echo(int fd)
+{
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(write(fd, "ping", 4), 4);
+	char buf[8] = "";
+	struct pollfd p = { .fd = fd, .events = POLLIN };
+	ck_assert_int_eq(poll(&p, 1, 5000), 1);
+	ck_assert_int_eq(read(fd, buf, sizeof(buf)), 4);
+	ck_assert(memcmp(buf, "ping", 4) == 0);
+	close(fd);
+}
+
+static int
+fv_open_state(const char *name, int flags)
+{
+	char p[PATH_MAX];
+	snprintf(p, sizeof(p), "%s/%s", fv_dir, name);
+	int fd = open(p, flags | O_CLOEXEC, 0600);
+	ck_assert_msg(fd >= 0, "open %s: %s", p, strerror(errno));
+	return fd;
+}
+
+#endif

@@ -1,0 +1,423 @@
+/* Firecracker driver against the fake Firecracker (tests/fake_vmm.c), which
+ * accepts only what the published API document 1.17.0-dev (81b38b9d)
+ * allows.  The whole lifecycle runs on a real process: boot, agent vsock,
+ * pause, template snapshot, clone by snapshot load, resume, memory hot-add,
+ * refused vCPU hot-add, serialize/adopt, stop. */
+#include "fake_vmm_util.h"
+
+#include <signal.h>
+
+#include "frame.h"
+#include "vmm_http.h"
+#include "vmm_proc.h"
+#include "factory.h"
+
+static const struct vmf_hv_ops *ops = &vmf_firecracker_ops;
+
+START_TEST(registry)
+{
+	ck_assert_ptr_eq(vmf_hv_by_name("firecracker"), &vmf_firecracker_ops);
+	ck_assert_ptr_eq(vmf_hv_by_kind(VMF__HV__HYPERVISOR_KIND__HV_FIRECRACKER), &vmf_firecracker_ops);
+	unsigned caps = ops->capabilities(NULL);
+	ck_assert(caps & VMF_CAP_TEMPLATE_SHARE);
+	ck_assert(!(caps & VMF_CAP_CPU_HOTPLUG));
+	ck_assert(!(caps & VMF_CAP_SHARE_DEVICE));
+	ck_assert(!(caps & VMF_CAP_VMGENID));
+}
+END_TEST
+
+/* GetVM's refusal of what the driver cannot do. */
+START_TEST(getvm_caps)
+{
+	struct vmf_error err = {0};
+	unsigned caps = ops->capabilities(NULL);
+	ck_assert_int_eq(vmf_getvm_check_caps("firecracker", caps, 2, 256, 2, 384, &err), 0);
+	ck_assert_int_eq(vmf_getvm_check_caps("firecracker", caps, 2, 256, 1, 256, &err), 0);
+	ck_assert_int_eq(vmf_getvm_check_caps("firecracker", caps, 2, 256, 3, 256, &err), -ENOTSUP);
+	ck_assert_msg(strstr(err.msg, "vCPU hot-add is unsupported by firecracker (no cpu-hotplug capability)"),
+		      "%s", err.msg);
+	ck_assert_int_eq(vmf_getvm_check_caps("firecracker", caps & ~VMF_CAP_MEM_HOTPLUG, 2, 256, 2, 384, &err),
+			 -ENOTSUP);
+	ck_assert_msg(strstr(err.msg, "memory hot-add is unsupported by firecracker (no memory-hotplug"), "%s",
+		      err.msg);
+	ck_assert_int_eq(vmf_getvm_check_caps("cloud-hypervisor", vmf_cloud_hypervisor_ops.capabilities(NULL),
+					      1, 256, 4, 1024, &err), 0);
+	ck_assert_int_eq(vmf_getvm_check_caps("qemu", vmf_qemu_ops.capabilities(NULL), 1, 256, 4, 1024, &err), 0);
+}
+END_TEST
+
+START_TEST(probe)
+{
+	struct vmf_hv_info info;
+	struct vmf_error err = {0};
+	ck_assert_int_eq(ops->probe(fv_fake, &info, &err), 0);
+	ck_assert_str_eq(info.version, "1.17.0-dev");
+	ck_assert(info.caps & VMF_CAP_MEM_HOTPLUG);
+	setenv("FAKE_VMM_NO_HOTPLUG", "1", 1);
+	ck_assert_int_eq(ops->probe(fv_fake, &info, &err), 0);
+	ck_assert_str_eq(info.version, "1.10.0");
+	ck_assert(!(info.caps & VMF_CAP_MEM_HOTPLUG));
+	ck_assert_int_lt(ops->probe("/nonexistent/firecracker", &info, &err), 0);
+	ck_assert_msg(strstr(err.msg, "firecracker"), "%s", err.msg);
+}
+END_TEST
+
+START_TEST(lifecycle)
+{
+	struct vmf_error err = {0};
+	struct fv_cfg t;
+	fv_config(&t, "tpl", 2, 4, 256, 512);
+	t.c.memory_mode = VMF__HV__MEMORY_MODE__MEM_TEMPLATE;
+	t.c.memory_file = t.mem;
+	struct vmf_vm *vm = NULL;
+	ck_assert_msg(ops->boot(&t.c, &vm, &err) == 0, "%s", err.msg);
+	ck_assert(ops->alive(vm));
+	ck_assert_int_gt(ops->pid(vm), 0);
+	fv_assert_watch_fd(ops->watch_fd(vm));
+	ck_assert(ops->capabilities(vm) & VMF_CAP_MEM_HOTPLUG);
+	ck_assert(fv_log_has("PUT /machine-config {\"vcpu_count\":2,\"mem_size_mib\":256}"));
+	ck_assert(fv_log_has("PUT /hotplug/memory {\"total_size_mib\":256}"));
+	ck_assert(fv_log_has("PUT /actions {\"action_type\":\"InstanceStart\"}"));
+	fv_assert_echo(ops->agent_connect(vm, 5000, &err));
+
+	/* Template: pause, Full snapshot; memory into the template's file. */
+	ck_assert_msg(ops->pause(vm, &err) == 0, "%s", err.msg);
+	int sfd = fv_open_state("tpl.state", O_RDWR | O_CREAT | O_TRUNC);
+	ck_assert_msg(ops->save_template(vm, sfd, false, &err) == 0, "%s", err.msg);
+	close(sfd);
+	struct stat st;
+	ck_assert_int_eq(stat(t.mem, &st), 0);
+	ck_assert_int_eq(st.st_size, 256 << 20);
+	ck_assert(fv_log_has("\"snapshot_type\":\"Full\""));
+	ck_assert_int_eq(ops->stop(vm, 3000, &err), 0);
+	ck_assert(!ops->alive(vm));
+	ops->release(vm);
+
+	/* Clone: fresh process, snapshot load from the private File backend. */
+	struct fv_cfg c;
+	fv_config(&c, "clone1", 2, 4, 256, 512);
+	c.c.memory_mode = VMF__HV__MEMORY_MODE__MEM_CLONE_COW;
+	c.c.memory_file = t.mem;
+	c.c.incoming = true;
+	sfd = fv_open_state("tpl.state", O_RDONLY);
+	ck_assert_msg(ops->start_from_template(&c.c, sfd, &vm, &err) == 0, "%s", err.msg);
+	close(sfd);
+	char want[PATH_MAX * 2];
+	snprintf(want, sizeof(want), "\"mem_backend\":{\"backend_type\":\"File\",\"backend_path\":\"%s\"}", t.mem);
+	ck_assert_msg(fv_log_has(want), "no File backend load in the request log");
+	snprintf(want, sizeof(want), "\"vsock_override\":{\"uds_path\":\"%s/vsock.sock\"}", c.run_dir);
+	ck_assert_msg(fv_log_has(want), "the clone's vsock was not overridden");
+	ck_assert_msg(ops->resume(vm, &err) == 0, "%s", err.msg);
+	fv_assert_echo(ops->agent_connect(vm, 5000, &err));
+
+	/* Memory hot-add through virtio-mem; vCPU hot-add refused clearly. */
+	ck_assert_msg(ops->hotplug_memory(vm, 128, &err) == 0, "%s", err.msg);
+	ck_assert(fv_log_has("PATCH /hotplug/memory {\"requested_size_mib\":128}"));
+	ck_assert_int_eq(ops->hotplug_memory(vm, 256, &err), -ENOSPC);
+	ck_assert_int_eq(ops->hotplug_vcpus(vm, 2, &err), 0);
+	ck_assert_int_eq(ops->hotplug_vcpus(vm, 3, &err), -ENOTSUP);
+	ck_assert_msg(strstr(err.msg, "vCPU hot-add is unsupported by firecracker"), "%s", err.msg);
+
+	/* Restart recovery: serialize, adopt, drive the adopted handle. */
+	vmf_hv_state *hs = NULL;
+	ck_assert_int_eq(ops->serialize(vm, &hs, &err), 0);
+	ck_assert_int_eq(hs->kind, VMF__HV__HYPERVISOR_KIND__HV_FIRECRACKER);
+	ck_assert_int_eq(hs->memory_mib, 384);
+	struct vmf_vm *adopted = NULL;
+	ck_assert_msg(ops->adopt(hs, &adopted, &err) == 0, "%s", err.msg);
+	vmf__hv__hypervisor_state__free_unpacked(hs, NULL);
+	ck_assert_int_eq(ops->pid(adopted), ops->pid(vm));
+	ck_assert_msg(ops->pause(adopted, &err) == 0, "%s", err.msg);
+	ck_assert_int_eq(ops->pause(adopted, &err), -EINVAL);
+	ck_assert_msg(strstr(err.msg, "firecracker API PATCH /vm answered HTTP 400: Failed to pause"), "%s", err.msg);
+	ck_assert_int_eq(ops->stop(adopted, 3000, &err), 0);
+	ck_assert(!ops->alive(adopted));
+	ops->release(adopted);
+	ck_assert(!ops->alive(vm));
+	ops->release(vm);
+	fv_assert_no_violations();
+}
+END_TEST
+
+START_TEST(full_template)
+{
+	struct vmf_error err = {0};
+	struct fv_cfg t;
+	fv_config(&t, "full", 1, 1, 128, 128);
+	struct vmf_vm *vm = NULL;
+	ck_assert_msg(ops->boot(&t.c, &vm, &err) == 0, "%s", err.msg);
+	ck_assert(!fv_log_has("/hotplug/memory"));
+	int sfd = fv_open_state("full.state", O_RDWR | O_CREAT | O_TRUNC);
+	ck_assert_msg(ops->save_template(vm, sfd, true, &err) == 0, "%s", err.msg);
+	close(sfd);
+	ck_assert_int_eq(ops->stop(vm, 3000, &err), 0);
+	ops->release(vm);
+	struct fv_cfg c;
+	fv_config(&c, "fullclone", 1, 1, 128, 128);
+	c.c.memory_mode = VMF__HV__MEMORY_MODE__MEM_FULL;
+	c.c.incoming = true;
+	sfd = fv_open_state("full.state", O_RDONLY);
+	ck_assert_msg(ops->start_from_template(&c.c, sfd, &vm, &err) == 0, "%s", err.msg);
+	close(sfd);
+	ck_assert_int_eq(ops->hotplug_memory(vm, 128, &err), -ENOTSUP);
+	ck_assert_msg(strstr(err.msg, "memory hot-add is unsupported by firecracker"), "%s", err.msg);
+	ck_assert_msg(ops->resume(vm, &err) == 0, "%s", err.msg);
+	ck_assert_int_eq(ops->stop(vm, 3000, &err), 0);
+	ops->release(vm);
+	fv_assert_no_violations();
+}
+END_TEST
+
+START_TEST(error_reply)
+{
+	struct vmf_error err = {0};
+	struct fv_cfg t;
+	fv_config(&t, "err", 1, 1, 128, 128);
+	setenv("FAKE_VMM_FAIL_ON", "PUT /actions", 1);
+	struct vmf_vm *vm = NULL;
+	ck_assert_int_eq(ops->boot(&t.c, &vm, &err), -EINVAL);
+	ck_assert_ptr_null(vm);
+	ck_assert_msg(strstr(err.msg, "firecracker API PUT /actions answered HTTP 400: Injected failure"), "%s",
+		      err.msg);
+	unsetenv("FAKE_VMM_FAIL_ON");
+	fv_config(&t, "runas", 1, 1, 128, 128);
+	t.c.runas = (char *)"nobody";
+	ck_assert_int_eq(ops->boot(&t.c, &vm, &err), -ENOTSUP);
+	ck_assert_msg(strstr(err.msg, "unsupported by firecracker"), "%s", err.msg);
+	/* A binary that cannot run: the log tail says why. */
+	fv_config(&t, "nobin", 1, 1, 128, 128);
+	t.c.binary = (char *)"/nonexistent/firecracker";
+	ck_assert_int_lt(ops->boot(&t.c, &vm, &err), 0);
+	ck_assert_msg(strstr(err.msg, "exited before its API socket") &&
+		      strstr(err.msg, "cannot execute the VMM binary"), "%s", err.msg);
+	/* A missing kernel is the VMM's own fault message. */
+	fv_config(&t, "err2", 1, 1, 128, 128);
+	t.c.kernel = (char *)"/nonexistent/vmlinuz";
+	ck_assert_int_eq(ops->boot(&t.c, &vm, &err), -EINVAL);
+	ck_assert_msg(strstr(err.msg, "PUT /boot-source answered HTTP 400: Invalid kernel path"), "%s", err.msg);
+	/* A snapshot of a running VM is refused by the VMM, not faked. */
+	fv_config(&t, "err3", 1, 1, 128, 128);
+	ck_assert_msg(ops->boot(&t.c, &vm, &err) == 0, "%s", err.msg);
+	ck_assert_int_eq(ops->resume(vm, &err), -EINVAL);
+	ck_assert_msg(strstr(err.msg, "already Running"), "%s", err.msg);
+	/* No process may be left behind by a failed boot. */
+	ck_assert_int_eq(vmf_test_kill_under("fake_vmm", "/err/"), 0);
+	ck_assert_int_eq(ops->stop(vm, 3000, &err), 0);
+	ops->release(vm);
+	fv_assert_no_violations();
+}
+END_TEST
+
+START_TEST(dies_mid_request)
+{
+	struct vmf_error err = {0};
+	struct fv_cfg t;
+	fv_config(&t, "dies", 1, 1, 128, 128);
+	t.c.memory_mode = VMF__HV__MEMORY_MODE__MEM_TEMPLATE;
+	t.c.memory_file = t.mem;
+	struct vmf_vm *vm = NULL;
+	/* The fake reads its controls at start. */
+	setenv("FAKE_VMM_DIE_ON", "PUT /snapshot/create", 1);
+	ck_assert_msg(ops->boot(&t.c, &vm, &err) == 0, "%s", err.msg);
+	ck_assert_int_eq(ops->pause(vm, &err), 0);
+	int sfd = fv_open_state("dies.state", O_RDWR | O_CREAT | O_TRUNC);
+	int r = ops->save_template(vm, sfd, false, &err);
+	close(sfd);
+	ck_assert_int_eq(r, -ECONNRESET);
+	ck_assert_msg(strstr(err.msg, "PUT /snapshot/create") && strstr(err.msg, "mid-request"), "%s", err.msg);
+	int64_t deadline = vmf_now_ms() + 5000;
+	while (ops->alive(vm) && vmf_now_ms() < deadline)
+		poll(NULL, 0, 10);
+	ck_assert(!ops->alive(vm));
+	ck_assert_int_lt(ops->pause(vm, &err), 0);
+	ck_assert_msg(strstr(err.msg, "firecracker exited"), "%s", err.msg);
+	ck_assert_int_eq(ops->stop(vm, 1000, &err), 0);
+	ops->release(vm);
+
+	/* Dying halfway through the answer: the clone's load fails cleanly. */
+	unsetenv("FAKE_VMM_DIE_ON");
+	setenv("FAKE_VMM_CUT_ON", "PUT /snapshot/load", 1);
+	fv_config(&t, "cut", 1, 1, 128, 128);
+	t.c.memory_mode = VMF__HV__MEMORY_MODE__MEM_TEMPLATE;
+	t.c.memory_file = t.mem;
+	ck_assert_msg(ops->boot(&t.c, &vm, &err) == 0, "%s", err.msg);
+	sfd = fv_open_state("cut.state", O_RDWR | O_CREAT | O_TRUNC);
+	ck_assert_msg(ops->save_template(vm, sfd, false, &err) == 0, "%s", err.msg);
+	ck_assert_int_eq(ops->stop(vm, 3000, &err), 0);
+	ops->release(vm);
+	struct fv_cfg c;
+	fv_config(&c, "cutclone", 1, 1, 128, 128);
+	c.c.memory_mode = VMF__HV__MEMORY_MODE__MEM_CLONE_COW;
+	c.c.memory_file = t.mem;
+	c.c.incoming = true;
+	ck_assert_int_eq(lseek(sfd, 0, SEEK_SET), 0);
+	r = ops->start_from_template(&c.c, sfd, &vm, &err);
+	close(sfd);
+	ck_assert_int_eq(r, -ECONNRESET);
+	ck_assert_ptr_null(vm);
+	ck_assert_msg(strstr(err.msg, "loading the template snapshot") && strstr(err.msg, "PUT /snapshot/load"),
+		      "%s", err.msg);
+	ck_assert_int_eq(vmf_test_kill_under("fake_vmm", "/cutclone/"), 0);
+}
+END_TEST
+
+START_TEST(stop_escalates)
+{
+	struct vmf_error err = {0};
+	struct fv_cfg t;
+	fv_config(&t, "stubborn", 1, 1, 128, 128);
+	setenv("FAKE_VMM_IGNORE_TERM", "1", 1);
+	struct vmf_vm *vm = NULL;
+	ck_assert_msg(ops->boot(&t.c, &vm, &err) == 0, "%s", err.msg);
+	/* Paused: SendCtrlAltDel cannot work, SIGTERM is ignored: SIGKILL. */
+	ck_assert_int_eq(ops->pause(vm, &err), 0);
+	int64_t t0 = vmf_now_ms();
+	ck_assert_int_eq(ops->stop(vm, 2000, &err), 0);
+	ck_assert(!ops->alive(vm));
+	ck_assert_int_lt(vmf_now_ms() - t0, 2000 + 5000);
+	ops->release(vm);
+	/* A running one exits on SendCtrlAltDel. */
+	unsetenv("FAKE_VMM_IGNORE_TERM");
+	fv_config(&t, "polite", 1, 1, 128, 128);
+	ck_assert_msg(ops->boot(&t.c, &vm, &err) == 0, "%s", err.msg);
+	ck_assert_int_eq(ops->stop(vm, 3000, &err), 0);
+	ck_assert(!ops->alive(vm));
+	ck_assert(fv_log_has("{\"action_type\":\"SendCtrlAltDel\"}"));
+	ops->release(vm);
+	fv_assert_no_violations();
+}
+END_TEST
+
+START_TEST(no_hotplug_version)
+{
+	struct vmf_error err = {0};
+	struct fv_cfg t;
+	fv_config(&t, "old", 1, 1, 128, 512);
+	setenv("FAKE_VMM_NO_HOTPLUG", "1", 1);
+	struct vmf_vm *vm = NULL;
+	ck_assert_msg(ops->boot(&t.c, &vm, &err) == 0, "%s", err.msg);
+	ck_assert(!(ops->capabilities(vm) & VMF_CAP_MEM_HOTPLUG));
+	ck_assert_int_eq(ops->hotplug_memory(vm, 128, &err), -ENOTSUP);
+	ck_assert_msg(strstr(err.msg, "memory hot-add is unsupported by firecracker 1.10.0"), "%s", err.msg);
+	ck_assert_int_eq(ops->stop(vm, 3000, &err), 0);
+	ops->release(vm);
+	fv_assert_no_violations();
+}
+END_TEST
+
+/* The fake itself must refuse what the document does not allow. */
+START_TEST(fake_is_strict)
+{
+	struct vmf_error err = {0};
+	struct fv_cfg t;
+	fv_config(&t, "strict", 1, 1, 128, 128);
+	struct vmf_vm *vm = NULL;
+	ck_assert_msg(ops->boot(&t.c, &vm, &err) == 0, "%s", err.msg);
+	char sock[PATH_MAX];
+	snprintf(sock, sizeof(sock), "%s/firecracker.sock", t.run_dir);
+	json_object *b = json_tokener_parse("{\"state\":\"Paused\",\"bogus\":1}");
+	ck_assert_int_lt(vmf_vmm_http("firecracker", sock, "PATCH", "/vm", b, NULL, 5000, &err), 0);
+	ck_assert_msg(strstr(err.msg, "field 'bogus' is not in Vm"), "%s", err.msg);
+	json_object_put(b);
+	b = json_tokener_parse("{\"state\":\"Frozen\"}");
+	ck_assert_int_lt(vmf_vmm_http("firecracker", sock, "PATCH", "/vm", b, NULL, 5000, &err), 0);
+	ck_assert_msg(strstr(err.msg, "not one of Paused|Resumed"), "%s", err.msg);
+	json_object_put(b);
+	ck_assert_int_lt(vmf_vmm_http("firecracker", sock, "POST", "/vm", NULL, NULL, 5000, &err), 0);
+	ck_assert_msg(strstr(err.msg, "method not allowed"), "%s", err.msg);
+	ck_assert_int_lt(vmf_vmm_http("firecracker", sock, "GET", "/nope", NULL, NULL, 5000, &err), 0);
+	b = json_tokener_parse("{\"snapshot_path\":\"/x\"}");
+	ck_assert_int_lt(vmf_vmm_http("firecracker", sock, "PUT", "/snapshot/create", b, NULL, 5000, &err), 0);
+	ck_assert_msg(strstr(err.msg, "required field 'mem_file_path'"), "%s", err.msg);
+	json_object_put(b);
+	char *text = NULL;
+	size_t len;
+	ck_assert_int_eq(vmf_read_file(fv_violations, &text, &len, 1 << 20, NULL), 0);
+	ck_assert_msg(strstr(text, "GET /nope is not an endpoint"), "%s", text);
+	free(text);
+	ck_assert_int_eq(ops->stop(vm, 3000, &err), 0);
+	ops->release(vm);
+}
+END_TEST
+
+/* The state stream carries snapshot files; a hostile stream cannot write
+ * outside the directory it is unpacked into. */
+START_TEST(state_stream)
+{
+	struct vmf_error err = {0};
+	char src[PATH_MAX], dst[PATH_MAX], p[PATH_MAX];
+	snprintf(src, sizeof(src), "%s/src", fv_dir);
+	snprintf(dst, sizeof(dst), "%s/dst", fv_dir);
+	ck_assert_int_eq(vmf_mkdir_p(src, 0700, &err), 0);
+	snprintf(p, sizeof(p), "%s/a", src);
+	ck_assert_int_eq(vmf_write_file_atomic(p, "alpha", 5, 0600, &err), 0);
+	snprintf(p, sizeof(p), "%s/b", src);
+	ck_assert_int_eq(vmf_write_file_atomic(p, "", 0, 0600, &err), 0);
+	int fd = fv_open_state("stream", O_RDWR | O_CREAT | O_TRUNC);
+	ck_assert_msg(vmf_vmm_pack(fd, src, NULL, &err) == 0, "%s", err.msg);
+	ck_assert_int_eq(lseek(fd, 0, SEEK_SET), 0);
+	ck_assert_msg(vmf_vmm_unpack(fd, dst, &err) == 0, "%s", err.msg);
+	char *text = NULL;
+	size_t len;
+	snprintf(p, sizeof(p), "%s/a", dst);
+	ck_assert_int_eq(vmf_read_file(p, &text, &len, 100, &err), 0);
+	ck_assert_uint_eq(len, 5);
+	ck_assert(memcmp(text, "alpha", 5) == 0);
+	free(text);
+	snprintf(p, sizeof(p), "%s/b", dst);
+	ck_assert_int_eq(access(p, F_OK), 0);
+	/* Truncated stream. */
+	ck_assert_int_eq(ftruncate(fd, 20), 0);
+	ck_assert_int_eq(lseek(fd, 0, SEEK_SET), 0);
+	ck_assert_int_lt(vmf_vmm_unpack(fd, dst, &err), 0);
+	/* A name with a slash. */
+	ck_assert_int_eq(ftruncate(fd, 0), 0);
+	ck_assert_int_eq(lseek(fd, 0, SEEK_SET), 0);
+	uint32_t nl = 4;
+	uint64_t size = 1;
+	ck_assert_int_eq(write(fd, "VMFSNAP1", 8), 8);
+	ck_assert_int_eq(write(fd, &nl, 4), 4);
+	ck_assert_int_eq(write(fd, "../x", 4), 4);
+	ck_assert_int_eq(write(fd, &size, 8), 8);
+	ck_assert_int_eq(write(fd, "x", 1), 1);
+	ck_assert_int_eq(lseek(fd, 0, SEEK_SET), 0);
+	ck_assert_int_eq(vmf_vmm_unpack(fd, dst, &err), -EPROTO);
+	ck_assert_msg(strstr(err.msg, "bad file name '../x'"), "%s", err.msg);
+	/* Not a stream at all. */
+	ck_assert_int_eq(lseek(fd, 0, SEEK_SET), 0);
+	ck_assert_int_eq(write(fd, "QEVM", 4), 4);
+	ck_assert_int_eq(lseek(fd, 0, SEEK_SET), 0);
+	ck_assert_int_eq(vmf_vmm_unpack(fd, dst, &err), -EPROTO);
+	close(fd);
+}
+END_TEST
+
+static Suite *
+suite(void)
+{
+	Suite *s = suite_create("firecracker");
+	TCase *tc = tcase_create("fake");
+	tcase_add_unchecked_fixture(tc, fv_root_setup, fv_root_teardown);
+	tcase_add_checked_fixture(tc, fv_setup, fv_teardown);
+	tcase_set_timeout(tc, 60);
+	tcase_add_test(tc, registry);
+	tcase_add_test(tc, getvm_caps);
+	tcase_add_test(tc, probe);
+	tcase_add_test(tc, lifecycle);
+	tcase_add_test(tc, full_template);
+	tcase_add_test(tc, error_reply);
+	tcase_add_test(tc, dies_mid_request);
+	tcase_add_test(tc, stop_escalates);
+	tcase_add_test(tc, no_hotplug_version);
+	tcase_add_test(tc, fake_is_strict);
+	tcase_add_test(tc, state_stream);
+	suite_add_tcase(s, tc);
+	return s;
+}
+
+int
+main(void)
+{
+	signal(SIGPIPE, SIG_IGN);
+	return vmf_test_run(suite());
+}
