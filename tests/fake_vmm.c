@@ -8,7 +8,7 @@
  *
  * It serves HTTP/1.1 on the API socket and accepts only the endpoints,
  * methods and body fields of the VMM's published API document
- * (tests/vmm_api_tables.h, generated from the spec files; versions below).
+ * (vmm_api_tables.h, generated at build time from tests/data/specs; versions below).
  * Anything else is a violation: it is answered with HTTP 400 and appended
  * to $FAKE_VMM_VIOLATIONS, which the tests require to stay empty.
  *

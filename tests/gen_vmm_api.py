@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
-"""Generates tests/vmm_api_tables.h from the published OpenAPI documents of
+"""Generates vmm_api_tables.h (at build time, see tests/meson.build) from the published OpenAPI documents of
 Firecracker (swagger 2.0) and Cloud Hypervisor (OpenAPI 3.0.1).
 
 The fake VMM servers (tests/fake_vmm.c) accept only the endpoints, methods
 and body fields listed in these tables.  Regenerate after updating the specs:
 
-    python3 tests/gen_vmm_api.py /work/shared/specs > tests/vmm_api_tables.h
+    python3 tests/gen_vmm_api.py tests/data/specs > vmm_api_tables.h
 
-The header is committed so the build needs neither Python nor PyYAML."""
+Needs PyYAML (Debian python3-yaml, installed by contrib/setup)."""
 import os
 import sys
 
