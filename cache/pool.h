@@ -24,6 +24,7 @@ enum vmf_pvm_state {
 const char *vmf_pvm_state_name(enum vmf_pvm_state s);
 
 struct vmf_pool;
+struct vmf_agent;
 
 /* A VM the daemon manages. */
 struct vmf_pvm {
@@ -34,6 +35,7 @@ struct vmf_pvm {
 	void *owner;                  /* the daemon, for event callbacks */
 	enum vmf_pvm_state state;
 	struct vmf_vm *hv;            /* driver handle; NULL until the clone exists */
+	struct vmf_agent *agent;      /* connection opened while filling, kept for the hand-out */
 	struct event *watch;          /* process exit */
 	bool busy;                    /* a worker job owns hv */
 	bool dead;                    /* process exit seen */

@@ -18,6 +18,7 @@
 #include "catalog.h"
 #include "factory.h"
 #include "frame.h"
+#include "agent.h"
 #include "log.h"
 #include "qemu.h"
 
@@ -157,6 +158,7 @@ vmf_daemon_vm_free(struct vmf_daemon *d, struct vmf_pvm *vm)
 	TAILQ_REMOVE(&d->vms, vm, link);
 	if (vm->watch)
 		event_free(vm->watch);
+	vmf_agent_free(vm->agent);
 	if (vm->hv)
 		d->ops->release(vm->hv);
 	free(vm);
@@ -297,6 +299,32 @@ struct clone_job {
 
 static void start_template_build(struct vmf_daemon *d, struct vmf_pool *p);
 
+#define WARM_TIMEOUT_MS 60000
+
+/* Work a hand-out would otherwise wait for, done while filling: the guest
+ * notices the host's agent connection (tens of ms under TCG) and mounts
+ * the VM's share (the sandbox's share_dir becomes a link to it).  The
+ * connection stays open for the hand-out; the clone is paused again. */
+static int
+warm_clone(struct vmf_daemon *d, struct vmf_pvm *vm, struct vmf_error *err)
+{
+	const struct vmf_hv_ops *ops = d->ops;
+	int r = ops->resume(vm->hv, err);
+	int fd = r < 0 ? r : ops->agent_connect(vm->hv, WARM_TIMEOUT_MS, err);
+	if (fd < 0)
+		return vmf_error_prefix(err, "warming clone %s", vm->id);
+	if (!(vm->agent = vmf_agent_new(fd)))
+		return vmf_err(err, ENOMEM, "out of memory for the agent channel of clone %s", vm->id);
+	if ((r = vmf_agent_wait_ready(vm->agent, WARM_TIMEOUT_MS, err)) < 0 ||
+	    (r = vmf_agent_mount_share(vm->agent, VMF_SHARE_TAG, WARM_TIMEOUT_MS, err)) < 0 ||
+	    (r = ops->pause(vm->hv, err)) < 0) {
+		vmf_agent_free(vm->agent);
+		vm->agent = NULL;
+		return vmf_error_prefix(err, "warming clone %s", vm->id);
+	}
+	return 0;
+}
+
 static void
 clone_work(void *arg)
 {
@@ -311,6 +339,8 @@ clone_work(void *arg)
 	j->rc = vmf_template_clone(&j->pool->params, j->tpl, vm->id, vm->run_dir, vm->share_dir, &vm->hv,
 				   &j->err);
 	VMF_FAULT("mid-clone");
+	if (j->rc == 0)
+		j->rc = warm_clone(j->d, vm, &j->err);
 }
 
 static void

@@ -284,15 +284,20 @@ getvm_work(void *arg)
 	if (r == 0 && j->memory_mib > vm->memory_mib)
 		r = ops->hotplug_memory(vm->hv, j->memory_mib - vm->memory_mib, err);
 	j->step_ms[STEP_HOTPLUG] = since(&t);
-	if (r == 0) {
+	/* A pooled clone comes with its agent connected and its share mounted
+ * (warm_clone in daemon.c); a clone made for a miss does not. */
+	bool warm = vm->agent != NULL;
+	agent = vm->agent;
+	vm->agent = NULL;
+	if (r == 0 && !warm) {
 		int fd = ops->agent_connect(vm->hv, left_ms(j), err);
 		r = fd < 0 ? fd : 0;
 		if (fd >= 0 && !(agent = vmf_agent_new(fd)))
 			r = vmf_err(err, ENOMEM, "out of memory for the agent channel");
+		/* The guest notices the new host connection within milliseconds of cont. */
+		if (r == 0)
+			r = vmf_agent_wait_ready(agent, left_ms(j), err);
 	}
-	/* The guest notices the new host connection within milliseconds of cont. */
-	if (r == 0)
-		r = vmf_agent_wait_ready(agent, left_ms(j), err);
 	if (r == 0 && (j->vcpus > vm->vcpus || j->memory_mib > vm->memory_mib)) {
 		uint32_t cpus = 0;
 		uint64_t kib = 0;
@@ -317,7 +322,7 @@ getvm_work(void *arg)
 				    (long long)((guest_ns - vmf_realtime_ns()) / 1000000));
 	}
 	j->step_ms[STEP_TIME] = since(&t);
-	if (r == 0)
+	if (r == 0 && !warm)
 		r = vmf_agent_mount_share(agent, VMF_SHARE_TAG, left_ms(j), err);
 	j->step_ms[STEP_MOUNT] = since(&t);
 	vmf_agent_free(agent);

@@ -1,0 +1,605 @@
+/* The benchmark behind contrib/bench/run: every method measured side by side
+ * in one run, on one machine and one QEMU, so the ratios hold on a noisy host.
+ *
+ * In-process (driver and template API): cold boot, full-memory restore,
+ * template clone, the resume floor, PSS of cold VMs.  Through a private
+ * daemon (the real socket and CLI): hand-outs, refill, pooled PSS, daemon
+ * RSS and fds over many get/release cycles.
+ *
+ *   vmf-bench --vmfactory BIN --dir DIR [--samples N] [--cycles N] [--vms N] [--json FILE]
+ *
+ * Writes DIR/<method>.dat (one latency per line, ms) for the chart, the JSON
+ * to --json, and a Markdown report on stdout. */
+#include <errno.h>
+#include <getopt.h>
+#include <json-c/json.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/utsname.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "agent.h"
+#include "catalog.h"
+#include "client.h"
+#include "daemon.h"
+#include "frame.h"
+#include "log.h"
+#include "qemu.h"
+#include "template.h"
+#include "util.h"
+
+#define AGENT_TIMEOUT_MS 120000
+#define CALL_TIMEOUT_MS 120000
+
+static struct {
+	const char *bin, *dir, *json;
+	int samples, cycles, vms;
+	char state[4096], run[4096], sock[4096];
+} cfg = { .samples = 50, .cycles = 1000, .vms = 8 };
+
+static void
+die(const struct vmf_error *e, const char *what)
+{
+	fprintf(stderr, "vmf-bench: %s: %s\n", what, e ? e->msg : strerror(errno));
+	exit(1);
+}
+
+static double
+ms_since(int64_t t0)
+{
+	return (vmf_monotonic_ns() - t0) / 1e6;
+}
+
+/* ---- statistics ---- */
+
+struct series {
+	const char *name;
+	double *v;
+	int n, cap;
+};
+
+static void
+add(struct series *s, double ms)
+{
+	if (s->n == s->cap) {
+		s->cap = s->cap ? s->cap * 2 : 64;
+		s->v = realloc(s->v, s->cap * sizeof(*s->v));
+		if (!s->v)
+			die(NULL, "out of memory");
+	}
+	s->v[s->n++] = ms;
+}
+
+static int
+cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+	return x < y ? -1 : x > y;
+}
+
+/* Nearest-rank percentile of the sorted samples. */
+static double
+pct(const struct series *s, double p)
+{
+	if (s->n == 0)
+		return 0;
+	int k = (int)(p / 100.0 * s->n + 0.999999) - 1;
+	if (k < 0)
+		k = 0;
+	if (k >= s->n)
+		k = s->n - 1;
+	return s->v[k];
+}
+
+static void
+finish(struct series *s)
+{
+	qsort(s->v, s->n, sizeof(*s->v), cmp_double);
+	char path[4200];
+	snprintf(path, sizeof path, "%s/%s.dat", cfg.dir, s->name);
+	FILE *f = fopen(path, "w");
+	if (!f)
+		die(NULL, path);
+	for (int i = 0; i < s->n; i++)
+		fprintf(f, "%.3f %.4f\n", s->v[i], (i + 1.0) / s->n);
+	fclose(f);
+}
+
+/* ---- in-process VMs ---- */
+
+static struct vmf_template_params params;
+static struct vmf_image img;
+static struct vmf_hv_info hv;
+
+static void
+vm_config(vmf_vm_config *c, const char *id, char *run_dir, size_t n)
+{
+	vmf__hv__vm_config__init(c);
+	snprintf(run_dir, n, "%s/bench-%s", cfg.run, id);
+	c->id = (char *)id;
+	c->name = (char *)id;
+	c->run_dir = run_dir;
+	c->kernel = img.kernel;
+	c->initrd = img.initrd;
+	c->cmdline = (char *)VMF_DEFAULT_CMDLINE;
+	c->vcpus = params.vcpus;
+	c->max_vcpus = params.max_vcpus;
+	c->memory_mib = params.memory_mib;
+	c->max_memory_mib = params.max_memory_mib;
+	c->memory_slots = params.memory_slots;
+	c->memory_mode = VMF__HV__MEMORY_MODE__MEM_PRIVATE;
+}
+
+static struct vmf_agent *
+agent_of(struct vmf_vm *vm)
+{
+	struct vmf_error e = {0};
+	int fd = vmf_qemu_ops.agent_connect(vm, 10000, &e);
+	if (fd < 0)
+		die(&e, "agent connect");
+	return vmf_agent_new(fd);
+}
+
+static void
+stop(struct vmf_vm *vm)
+{
+	struct vmf_error e = {0};
+	vmf_qemu_ops.stop(vm, 10000, &e);
+	vmf_qemu_ops.release(vm);
+}
+
+/* Cold boot until the agent's first answer. */
+static struct vmf_vm *
+cold_boot(const char *id, double *ms)
+{
+	char run_dir[4200];
+	vmf_vm_config c;
+	vm_config(&c, id, run_dir, sizeof run_dir);
+	struct vmf_vm *vm;
+	struct vmf_error e = {0};
+	int64_t t0 = vmf_monotonic_ns();
+	if (vmf_qemu_ops.boot(&c, &vm, &e) < 0)
+		die(&e, "cold boot");
+	struct vmf_agent *a = agent_of(vm);
+	if (vmf_agent_wait_ready(a, AGENT_TIMEOUT_MS, &e) < 0)
+		die(&e, "cold boot: agent");
+	if (ms)
+		*ms = ms_since(t0);
+	vmf_agent_free(a);
+	return vm;
+}
+
+/* A clone of rec, resumed, until the agent answers. */
+static struct vmf_vm *
+clone_resume(const Vmf__Catalog__TemplateRecord *rec, const char *id, double *ms)
+{
+	char run_dir[4200], share[4300];
+	snprintf(run_dir, sizeof run_dir, "%s/bench-%s", cfg.run, id);
+	snprintf(share, sizeof share, "%s/share", run_dir);
+	struct vmf_template_params p = params;
+	p.full_memory = rec->spec && rec->spec->full_memory;
+	struct vmf_vm *vm;
+	struct vmf_error e = {0};
+	int64_t t0 = vmf_monotonic_ns();
+	if (vmf_template_clone(&p, rec, id, run_dir, share, &vm, &e) < 0)
+		die(&e, "clone");
+	if (vmf_qemu_ops.resume(vm, &e) < 0)
+		die(&e, "resume");
+	struct vmf_agent *a = agent_of(vm);
+	if (vmf_agent_wait_ready(a, AGENT_TIMEOUT_MS, &e) < 0)
+		die(&e, "clone: agent");
+	*ms = ms_since(t0);
+	vmf_agent_free(a);
+	return vm;
+}
+
+static Vmf__Catalog__TemplateRecord *
+template(struct vmf_catalog *cat, bool full)
+{
+	struct vmf_template_params p = params;
+	p.full_memory = full;
+	Vmf__Catalog__TemplateSpec *spec;
+	char id[VMF_SHA256_HEX];
+	struct vmf_error e = {0};
+	Vmf__Catalog__TemplateRecord *rec;
+	if (vmf_template_spec_new(&p, &hv, &img, &spec, id, &e) < 0 ||
+	    vmf_template_build(cat, cfg.state, cfg.run, &p, spec, &img, NULL, NULL, &rec, &e) < 0)
+		die(&e, full ? "full-memory template" : "template");
+	vmf_template_spec_free(spec);
+	return rec;
+}
+
+/* ---- the daemon ---- */
+
+static int
+run_cli(const char *args)
+{
+	char cmd[16384];
+	snprintf(cmd, sizeof cmd, "%s %s --socket %s --state-dir %s --run-dir %s >>%s/cli.log 2>&1", cfg.bin, args,
+		 cfg.sock, cfg.state, cfg.run, cfg.dir);
+	int st = system(cmd);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+
+static Vmf__Control__Reply *
+status(void)
+{
+	struct vmf_client *c;
+	struct vmf_error e = {0};
+	Vmf__Control__Reply *r;
+	if (vmf_client_connect(cfg.sock, &c, &e) < 0 || vmf_client_status(c, &r, CALL_TIMEOUT_MS, &e) < 0)
+		die(&e, "status");
+	vmf_client_close(c);
+	return r;
+}
+
+static unsigned
+pool_ready(void)
+{
+	Vmf__Control__Reply *r = status();
+	unsigned n = r->status->n_pools ? r->status->pools[0]->ready : 0;
+	vmf__control__reply__free_unpacked(r, NULL);
+	return n;
+}
+
+static void
+wait_pool(unsigned want, int64_t deadline_ms)
+{
+	while (pool_ready() < want) {
+		if (vmf_now_ms() > deadline_ms) {
+			fprintf(stderr, "vmf-bench: the pool did not reach %u ready VMs in time\n", want);
+			exit(1);
+		}
+		poll(NULL, 0, 10);
+	}
+}
+
+/* One GetVM, request to reply; the VM's id in id. */
+static double
+get_vm(struct vmf_client *c, unsigned vcpus, unsigned mib, int k, char id[64])
+{
+	char sandbox[64], share[4200], sockd[4200];
+	snprintf(sandbox, sizeof sandbox, "bench-%d", k);
+	snprintf(share, sizeof share, "%s/sb/%s-share", cfg.dir, sandbox);
+	snprintf(sockd, sizeof sockd, "%s/sb/%s-sock", cfg.dir, sandbox);
+	Vmf__Control__GetVMRequest req = VMF__CONTROL__GET_VMREQUEST__INIT;
+	req.vcpus = vcpus;
+	req.memory_mib = mib;
+	req.sandbox_id = sandbox;
+	req.share_dir = share;
+	req.sock_dir = sockd;
+	Vmf__Control__Reply *r;
+	struct vmf_error e = {0};
+	int64_t t0 = vmf_monotonic_ns();
+	if (vmf_client_get_vm(c, &req, &r, CALL_TIMEOUT_MS, &e) < 0)
+		die(&e, "GetVM");
+	double ms = ms_since(t0);
+	snprintf(id, 64, "%s", r->vm->id);
+	vmf__control__reply__free_unpacked(r, NULL);
+	return ms;
+}
+
+static void
+release_vm(struct vmf_client *c, const char *id)
+{
+	struct vmf_error e = {0};
+	if (vmf_client_release_vm(c, id, CALL_TIMEOUT_MS, &e) < 0)
+		die(&e, "ReleaseVM");
+}
+
+/* Per-step p50/p99 of the daemon's hand-outs so far, as Markdown rows. */
+static void
+steps_table(FILE *out, json_object *j)
+{
+	Vmf__Control__Reply *r = status();
+	fprintf(out, "| step | count | p50 ms | p99 ms |\n|---|---:|---:|---:|\n");
+	for (size_t i = 0; i < r->status->n_steps; i++) {
+		Vmf__Control__StepLatency *s = r->status->steps[i];
+		fprintf(out, "| %s | %llu | %.2f | %.2f |\n", s->step, (unsigned long long)s->count, s->p50_ms,
+			s->p99_ms);
+		json_object *o = json_object_new_object();
+		json_object_object_add(o, "p50_ms", json_object_new_double(s->p50_ms));
+		json_object_object_add(o, "p99_ms", json_object_new_double(s->p99_ms));
+		json_object_object_add(j, s->step, o);
+	}
+	vmf__control__reply__free_unpacked(r, NULL);
+}
+
+static uint64_t
+mean_pss_of_pooled(void)
+{
+	Vmf__Control__Reply *r = status();
+	uint64_t sum = 0;
+	unsigned n = 0;
+	for (size_t i = 0; i < r->status->n_vms; i++) {
+		uint64_t p = vmf_proc_pss_kib(r->status->vms[i]->pid);
+		if (p) {
+			sum += p;
+			n++;
+		}
+	}
+	vmf__control__reply__free_unpacked(r, NULL);
+	return n ? sum / n : 0;
+}
+
+/* ---- report ---- */
+
+static json_object *J;
+
+static void
+jnum(const char *k, double v)
+{
+	json_object_object_add(J, k, json_object_new_double(v));
+}
+
+static void
+row(const struct series *s, const char *what)
+{
+	printf("| %s | %s | %d | %.1f | %.1f | %.1f | %.1f |\n", s->name, what, s->n, pct(s, 50), pct(s, 95),
+	       pct(s, 99), s->n ? s->v[s->n - 1] : 0);
+}
+
+static void
+target(const char *what, double value, double bound, bool le, const char *unit)
+{
+	bool met = le ? value <= bound : value >= bound;
+	printf("| %s | %.2f%s | %s %.2f%s | %s |\n", what, value, unit, le ? "≤" : "≥", bound, unit,
+	       met ? "met" : "**missed**");
+}
+
+int
+main(int argc, char **argv)
+{
+	static const struct option lo[] = {
+		{ "vmfactory", required_argument, NULL, 'b' }, { "dir", required_argument, NULL, 'd' },
+		{ "samples", required_argument, NULL, 's' },   { "cycles", required_argument, NULL, 'c' },
+		{ "vms", required_argument, NULL, 'v' },       { "json", required_argument, NULL, 'j' },
+		{ NULL, 0, NULL, 0 },
+	};
+	int o;
+	while ((o = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+		switch (o) {
+		case 'b': cfg.bin = optarg; break;
+		case 'd': cfg.dir = optarg; break;
+		case 's': cfg.samples = atoi(optarg); break;
+		case 'c': cfg.cycles = atoi(optarg); break;
+		case 'v': cfg.vms = atoi(optarg); break;
+		case 'j': cfg.json = optarg; break;
+		default:
+			fprintf(stderr, "usage: vmf-bench --vmfactory BIN --dir DIR [--samples N] [--cycles N] "
+					"[--vms N] [--json FILE]\n");
+			return 2;
+		}
+	}
+	if (!cfg.bin || !cfg.dir || cfg.samples < 1 || cfg.cycles < 1 || cfg.vms < 1) {
+		fprintf(stderr, "vmf-bench: --vmfactory and --dir are required; counts must be positive\n");
+		return 2;
+	}
+	vmf_log_set_level(VMF_LOG_WARN);
+	snprintf(cfg.state, sizeof cfg.state, "%s/state", cfg.dir);
+	snprintf(cfg.run, sizeof cfg.run, "%s/run", cfg.dir);
+	snprintf(cfg.sock, sizeof cfg.sock, "%s/vmfactory.sock", cfg.dir);
+	struct vmf_error e = {0};
+	char sb[4200];
+	snprintf(sb, sizeof sb, "%s/sb", cfg.dir);
+	if (vmf_mkdir_p(cfg.run, 0700, &e) < 0 || vmf_mkdir_p(sb, 0700, &e) < 0)
+		die(&e, "dirs");
+
+	const char *image_dir = getenv("VMFACTORY_IMAGE_DIR");
+	if (vmf_image_load(image_dir ? image_dir : VMF_DEFAULT_IMAGE_DIR, NULL, NULL, &img, &e) < 0)
+		die(&e, "guest image");
+	vmf_qemu_set_probe_kernel(img.kernel);
+	if (vmf_qemu_ops.probe(NULL, &hv, &e) < 0)
+		die(&e, "QEMU");
+	/* The daemon's default template, so it finds this one ready. */
+	params = (struct vmf_template_params){
+		.ops = &vmf_qemu_ops, .cmdline = VMF_DEFAULT_CMDLINE, .vcpus = VMF_DEFAULT_VCPUS,
+		.max_vcpus = VMF_DEFAULT_MAX_VCPUS, .memory_mib = VMF_DEFAULT_MEMORY_MIB,
+		.max_memory_mib = VMF_DEFAULT_MAX_MEMORY_MIB, .memory_slots = 8,
+	};
+	struct vmf_catalog *cat;
+	if (vmf_catalog_open(cfg.state, &cat, &e) < 0)
+		die(&e, "catalog");
+	fprintf(stderr, "vmf-bench: building the templates\n");
+	Vmf__Catalog__TemplateRecord *shared = template(cat, false), *full = template(cat, true);
+
+	struct series cold = { .name = "cold" }, restore = { .name = "full-restore" }, clone = { .name = "clone" },
+		      floor_ = { .name = "floor" }, handout = { .name = "handout" },
+		      resize = { .name = "handout-resize" };
+	char id[64];
+	fprintf(stderr, "vmf-bench: cold, full-restore and clone, %d samples each\n", cfg.samples);
+	for (int i = 0; i < cfg.samples; i++) {
+		double ms;
+		snprintf(id, sizeof id, "cold-%d", i);
+		stop(cold_boot(id, &ms));
+		add(&cold, ms);
+		snprintf(id, sizeof id, "restore-%d", i);
+		stop(clone_resume(full, id, &ms));
+		add(&restore, ms);
+		snprintf(id, sizeof id, "clone-%d", i);
+		stop(clone_resume(shared, id, &ms));
+		add(&clone, ms);
+	}
+
+	fprintf(stderr, "vmf-bench: floor (cont + one agent round trip), %d samples\n", cfg.samples);
+	{
+		double ms;
+		struct vmf_vm *vm = clone_resume(shared, "floor", &ms);
+		struct vmf_agent *a = agent_of(vm);
+		if (vmf_agent_ping(a, AGENT_TIMEOUT_MS, &e) < 0)
+			die(&e, "ping");
+		for (int i = 0; i < cfg.samples; i++) {
+			if (vmf_qemu_ops.pause(vm, &e) < 0)
+				die(&e, "pause");
+			int64_t t0 = vmf_monotonic_ns();
+			if (vmf_qemu_ops.resume(vm, &e) < 0 || vmf_agent_ping(a, AGENT_TIMEOUT_MS, &e) < 0)
+				die(&e, "floor");
+			add(&floor_, ms_since(t0));
+		}
+		vmf_agent_free(a);
+		stop(vm);
+	}
+
+	fprintf(stderr, "vmf-bench: PSS of %d cold-booted VMs\n", cfg.vms);
+	uint64_t pss_cold = 0;
+	{
+		struct vmf_vm **vms = calloc(cfg.vms, sizeof(*vms));
+		for (int i = 0; i < cfg.vms; i++) {
+			snprintf(id, sizeof id, "pss-%d", i);
+			vms[i] = cold_boot(id, NULL);
+		}
+		for (int i = 0; i < cfg.vms; i++)
+			pss_cold += vmf_proc_pss_kib(vmf_qemu_ops.pid(vms[i]));
+		pss_cold /= cfg.vms;
+		for (int i = 0; i < cfg.vms; i++)
+			stop(vms[i]);
+		free(vms);
+	}
+	vmf__catalog__template_record__free_unpacked(shared, NULL);
+	vmf__catalog__template_record__free_unpacked(full, NULL);
+	vmf_catalog_close(cat);
+
+	fprintf(stderr, "vmf-bench: daemon with a pool of %d\n", cfg.vms);
+	char args[256];
+	snprintf(args, sizeof args, "init --pool %d", cfg.vms);
+	if (run_cli(args) != 0) {
+		fprintf(stderr, "vmf-bench: vmfactory init failed; see %s/cli.log\n", cfg.dir);
+		return 1;
+	}
+	int64_t t0 = vmf_monotonic_ns();
+	wait_pool(cfg.vms, vmf_now_ms() + 600000);
+	double refill_s = ms_since(t0) / 1000;
+	uint64_t pss_clone = mean_pss_of_pooled();
+
+	struct vmf_client *c;
+	if (vmf_client_connect(cfg.sock, &c, &e) < 0)
+		die(&e, "connect");
+	fprintf(stderr, "vmf-bench: hand-outs, %d samples each\n", cfg.samples);
+	for (int i = 0; i < cfg.samples; i++) {
+		wait_pool(cfg.vms, vmf_now_ms() + 120000);
+		add(&handout, get_vm(c, 1, 256, i, id));
+		release_vm(c, id);
+	}
+	json_object *steps_plain = json_object_new_object(), *steps_all = json_object_new_object();
+	char *steps1 = NULL, *steps2 = NULL;
+	size_t n1, n2;
+	FILE *m1 = open_memstream(&steps1, &n1);
+	steps_table(m1, steps_plain);
+	fclose(m1);
+	for (int i = 0; i < cfg.samples; i++) {
+		wait_pool(cfg.vms, vmf_now_ms() + 120000);
+		add(&resize, get_vm(c, 2, 512, i, id));
+		release_vm(c, id);
+	}
+	FILE *m2 = open_memstream(&steps2, &n2);
+	steps_table(m2, steps_all);
+	fclose(m2);
+
+	fprintf(stderr, "vmf-bench: %d get/release cycles\n", cfg.cycles);
+	Vmf__Control__Reply *st = status();
+	pid_t dpid = st->status->pid;
+	vmf__control__reply__free_unpacked(st, NULL);
+	wait_pool(cfg.vms, vmf_now_ms() + 120000);
+	int fds0 = vmf_proc_fd_count(dpid);
+	uint64_t rss0 = vmf_proc_rss_kib(dpid);
+	for (int i = 0; i < cfg.cycles; i++) {
+		get_vm(c, 1, 256, i, id);
+		release_vm(c, id);
+	}
+	wait_pool(cfg.vms, vmf_now_ms() + 300000);
+	int fds1 = vmf_proc_fd_count(dpid);
+	uint64_t rss1 = vmf_proc_rss_kib(dpid);
+	vmf_client_close(c);
+	if (run_cli("destroy") != 0)
+		fprintf(stderr, "vmf-bench: vmfactory destroy failed; see %s/cli.log\n", cfg.dir);
+
+	struct series *all[] = { &cold, &restore, &clone, &handout, &resize, &floor_ };
+	for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
+		finish(all[i]);
+
+	struct utsname u;
+	uname(&u);
+	J = json_object_new_object();
+	jnum("cold_s", pct(&cold, 50) / 1000);
+	jnum("full_restore_s", pct(&restore, 50) / 1000);
+	jnum("clone_s", pct(&clone, 50) / 1000);
+	jnum("handout_p50_ms", pct(&handout, 50));
+	jnum("handout_p99_ms", pct(&handout, 99));
+	jnum("handout_resize_p99_ms", pct(&resize, 99));
+	jnum("floor_ms", pct(&floor_, 50));
+	jnum("pss_cold_kib", (double)pss_cold);
+	jnum("pss_clone_kib", (double)pss_clone);
+	jnum("refill8_s", refill_s);
+	jnum("daemon_rss_kib_before", (double)rss0);
+	jnum("daemon_rss_kib_after", (double)rss1);
+	jnum("daemon_fds_before", fds0);
+	jnum("daemon_fds_after", fds1);
+	json_object *lat = json_object_new_object();
+	for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
+		json_object *o2 = json_object_new_object();
+		json_object_object_add(o2, "n", json_object_new_int(all[i]->n));
+		json_object_object_add(o2, "p50_ms", json_object_new_double(pct(all[i], 50)));
+		json_object_object_add(o2, "p95_ms", json_object_new_double(pct(all[i], 95)));
+		json_object_object_add(o2, "p99_ms", json_object_new_double(pct(all[i], 99)));
+		json_object_object_add(o2, "max_ms", json_object_new_double(all[i]->v[all[i]->n - 1]));
+		json_object_object_add(lat, all[i]->name, o2);
+	}
+	json_object_object_add(J, "latency", lat);
+	json_object_object_add(J, "handout_steps", steps_plain);
+	json_object_object_add(J, "handout_steps_with_resize", steps_all);
+	json_object *env = json_object_new_object();
+	json_object_object_add(env, "qemu_version", json_object_new_string(hv.version));
+	json_object_object_add(env, "accelerator", json_object_new_string(hv.accel));
+	json_object_object_add(env, "host_kernel", json_object_new_string(u.release));
+	json_object_object_add(env, "host_cores", json_object_new_int((int)sysconf(_SC_NPROCESSORS_ONLN)));
+	json_object_object_add(env, "guest_vcpus", json_object_new_int(VMF_DEFAULT_VCPUS));
+	json_object_object_add(env, "guest_memory_mib", json_object_new_int(VMF_DEFAULT_MEMORY_MIB));
+	json_object_object_add(env, "samples", json_object_new_int(cfg.samples));
+	json_object_object_add(env, "cycles", json_object_new_int(cfg.cycles));
+	json_object_object_add(env, "vms", json_object_new_int(cfg.vms));
+	json_object_object_add(J, "environment", env);
+	if (cfg.json && json_object_to_file_ext(cfg.json, J, JSON_C_TO_STRING_PRETTY) < 0) {
+		fprintf(stderr, "vmf-bench: cannot write %s\n", cfg.json);
+		return 1;
+	}
+
+	printf("## Latency (ms), QEMU %s, %s, %ld host cores, guest %u vCPU / %u MiB\n\n", hv.version, hv.accel,
+	       sysconf(_SC_NPROCESSORS_ONLN), VMF_DEFAULT_VCPUS, VMF_DEFAULT_MEMORY_MIB);
+	printf("| method | what is timed | n | p50 | p95 | p99 | max |\n|---|---|---:|---:|---:|---:|---:|\n");
+	row(&cold, "cold boot to the agent's first answer");
+	row(&restore, "restore of a full-RAM snapshot to the agent");
+	row(&clone, "template clone (shared RAM) to the agent");
+	row(&handout, "GetVM over the socket, pool hit, no resize");
+	row(&resize, "GetVM, +1 vCPU and +256 MiB");
+	row(&floor_, "cont + one agent round trip");
+	printf("\n## Hand-out steps (daemon's own timing; plain hand-outs)\n\n%s", steps1);
+	printf("\n## Hand-out steps (all hand-outs, with the resized ones)\n\n%s", steps2);
+	printf("\n## Memory, refill, daemon\n\n| measure | value |\n|---|---:|\n");
+	printf("| PSS per cold-booted VM (%d running) | %llu KiB |\n", cfg.vms, (unsigned long long)pss_cold);
+	printf("| PSS per pooled clone (%d paused) | %llu KiB |\n", cfg.vms, (unsigned long long)pss_clone);
+	printf("| refill of an empty pool of %d | %.2f s |\n", cfg.vms, refill_s);
+	printf("| daemon RSS before / after %d cycles | %llu / %llu KiB |\n", cfg.cycles, (unsigned long long)rss0,
+	       (unsigned long long)rss1);
+	printf("| daemon open fds before / after | %d / %d |\n", fds0, fds1);
+	printf("\n## Targets\n\n| target | measured | bound | |\n|---|---:|---:|---|\n");
+	double cold50 = pct(&cold, 50), fl = pct(&floor_, 50);
+	target("clone speed-up over cold (p50)", cold50 / pct(&clone, 50), 15, false, "×");
+	target("handout p99 / floor", pct(&handout, 99) / fl, 3, true, "×");
+	target("handout speed-up over cold (cold p50 / handout p99)", cold50 / pct(&handout, 99), 300, false, "×");
+	target("handout-resize p99 / floor", pct(&resize, 99) / fl, 10, true, "×");
+	target("pooled PSS / cold PSS", pss_cold ? 100.0 * pss_clone / pss_cold : 0, 25, true, "%");
+	target("refill of 8 (s) vs 8 × clone / 1.6", refill_s, 8 * pct(&clone, 50) / 1000 / 1.6, true, " s");
+	target("daemon RSS after cycles", rss1 / 1024.0, 16, true, " MiB");
+	target("daemon RSS growth over cycles", (double)rss1 - (double)rss0, 1024, true, " KiB");
+	free(steps1);
+	free(steps2);
+	json_object_put(J);
+	for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
+		free(all[i]->v);
+	return 0;
+}
