@@ -97,6 +97,8 @@ struct parser {
 	int pool;                           /* index into c->pools, -1 */
 	int pool_line[VMF_MAX_POOLS];
 	int key_line[VMF_MAX_POOLS][NKEYS]; /* where each pool key was set, 0 = inherited */
+	/* A value was rejected: cross-checks would only repeat that error. */
+	bool pool_bad[VMF_MAX_POOLS], guest_bad;
 	struct seen_key *seen;
 	size_t nseen, capseen;
 	struct problem *probs;
@@ -370,8 +372,10 @@ handler(void *user, const char *section, const char *name, const char *value)
 	if (p->sec == SEC_POOL) {
 		if (set_value(p, &keys[i], value, &p->c->pools[p->pool]))
 			p->key_line[p->pool][i] = p->line;
-	} else {
-		set_value(p, &keys[i], value, &p->c->opts);
+		else
+			p->pool_bad[p->pool] = true;
+	} else if (!set_value(p, &keys[i], value, &p->c->opts) && p->sec == SEC_GUEST) {
+		p->guest_bad = true;
 	}
 	return 1;
 }
@@ -543,6 +547,8 @@ finish_pools(struct parser *p)
 			ps->max_vcpus = o->max_vcpus > ps->vcpus ? o->max_vcpus : ps->vcpus;
 		if (!kl[ixm])
 			ps->max_memory_mib = o->max_memory_mib > ps->memory_mib ? o->max_memory_mib : ps->memory_mib;
+		if (p->pool_bad[i] || p->guest_bad)
+			continue;
 		if (ps->max_vcpus < ps->vcpus)
 			problem(p, kl[ixv] ? kl[ixv] : kl[iv], "pool '%s': max_vcpus %u is below vcpus %u", ps->name,
 				ps->max_vcpus, ps->vcpus);
@@ -551,7 +557,7 @@ finish_pools(struct parser *p)
 				ps->name, ps->max_memory_mib, ps->memory_mib);
 		for (unsigned j = 0; j < i; j++) {
 			const struct vmf_pool_spec *q = &c->pools[j];
-			if (q->vcpus == ps->vcpus && q->memory_mib == ps->memory_mib && q->max_vcpus == ps->max_vcpus &&
+			if (!p->pool_bad[j] && q->vcpus == ps->vcpus && q->memory_mib == ps->memory_mib && q->max_vcpus == ps->max_vcpus &&
 			    q->max_memory_mib == ps->max_memory_mib) {
 				problem(p, p->pool_line[i], "pool '%s' serves the same sizes as pool '%s' (line %d): "
 					"GetVM chooses a pool by size, so '%s' would never be used", ps->name, q->name,
@@ -575,6 +581,8 @@ finish_guest(struct parser *p)
 		if (strcmp(keys[p->seen[j].key].name, "max_memory_mib") == 0)
 			line_xm = p->seen[j].line;
 	}
+	if (p->guest_bad)
+		return;
 	if (line_xv && o->max_vcpus < o->vcpus)
 		problem(p, line_xv, "[guest]: max_vcpus %u is below vcpus %u", o->max_vcpus, o->vcpus);
 	if (line_xm && o->max_memory_mib < o->memory_mib)
