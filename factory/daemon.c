@@ -20,6 +20,7 @@
 #include "frame.h"
 #include "log.h"
 #include "qemu.h"
+#include "sdnotify.h"
 
 #define VM_SCHEMA_VERSION 1
 #define WORKER_THREADS 8
@@ -71,19 +72,37 @@ vmf_daemon_progress(struct vmf_daemon *d, const char *fmt, ...)
 	buf[n + 1] = '\0';
 	log_info("%.*s", n, buf);
 	notify(d, buf);
+	vmf_sd_notify("STATUS=%.*s", n - (strncmp(buf, "progress: ", 10) ? 0 : 10),
+		      buf + (strncmp(buf, "progress: ", 10) ? 0 : 10));
 }
 
+/* Ready once the socket answers (this runs after listen) and every
+ * pool's template is built: to `vmfactory init` on ready_fd, and to
+ * systemd (READY=1) for Type=notify. */
 static void
 check_readiness(struct vmf_daemon *d)
 {
-	if (d->ready_fd < 0)
+	if (d->ready_fd < 0 && d->sd_full_sent)
 		return;
 	bool tpl_ready = true, full = true;
+	unsigned npools = 0;
 	struct vmf_pool *p;
 	TAILQ_FOREACH(p, &d->pools, link) {
 		tpl_ready = tpl_ready && p->tpl;
 		full = full && p->tpl && p->ready >= p->target;
+		npools++;
 	}
+	if (tpl_ready && !d->sd_ready_sent && d->listener) {
+		d->sd_ready_sent = true;
+		vmf_sd_notify("READY=1\nSTATUS=ready on %s: %u pool%s, templates built, filling", d->opts.socket_path,
+			      npools, npools == 1 ? "" : "s");
+	}
+	if (full && d->sd_ready_sent && !d->sd_full_sent) {
+		d->sd_full_sent = true;
+		vmf_sd_notify("STATUS=ready on %s: %u pool%s full", d->opts.socket_path, npools, npools == 1 ? "" : "s");
+	}
+	if (d->ready_fd < 0)
+		return;
 	if (tpl_ready && !d->ready_sent) {
 		d->ready_sent = true;
 		notify(d, "ready\n");
@@ -867,6 +886,7 @@ signal_cb(evutil_socket_t sig, short what, void *arg)
 	struct vmf_daemon *d = arg;
 	/* Pooled VMs keep running: a restarted daemon adopts them. */
 	log_info("signal %d: exiting, VMs keep running for the next daemon", (int)sig);
+	vmf_sd_notify("STOPPING=1\nSTATUS=stopping on signal %d; VMs keep running", (int)sig);
 	d->stopping = true;
 	event_base_loopexit(d->base, NULL);
 }
@@ -1038,6 +1058,7 @@ vmf_daemon_run(const struct vmf_daemon_opts *opts, struct vmf_error *err)
 		return vmf_err(err, EEXIST, "a vmfactory daemon (pid %d) is already running on %s", (int)other,
 			       opts->socket_path);
 
+	vmf_sd_notify_init();
 	struct vmf_daemon *d = calloc(1, sizeof(*d));
 	if (!d)
 		return vmf_err(err, ENOMEM, "out of memory");
@@ -1118,6 +1139,8 @@ vmf_daemon_run(const struct vmf_daemon_opts *opts, struct vmf_error *err)
 	r = d->exit_code ? vmf_err(err, EIO, "%s", TAILQ_FIRST(&d->pools)->last_error) : 0;
 	d->stopping = true;
 out:
+	if (r < 0 && err)
+		vmf_sd_notify("STATUS=failed: %s\nERRNO=%d", err->msg, err->code);
 	daemon_free(d);
 	/* After destroy nothing of ours stays in the run dir (rmdir: only when
 	 * empty, assigned VMs kept by a plain destroy keep theirs). */
