@@ -3,6 +3,7 @@
  * "fuzz.conf:LINE: message" lines in line order, and an accepted file
  * yields pools the daemon's own validation accepts. */
 #include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
