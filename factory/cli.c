@@ -575,8 +575,8 @@ fill_daemon_opts(const struct cmd *cmd, struct args *a, struct vmf_daemon_opts *
 	static const char *const pool_flags[] = { "pool", "cpus", "memory", "max-cpus", "max-memory", "no-share" };
 	for (size_t i = 0; i < sizeof(pool_flags) / sizeof(pool_flags[0]); i++)
 		if (o->n_pools && flag(a, pool_flags[i])) {
-			log_info("--%s given: one pool from the command line replaces the %u pools of the config file",
-				 pool_flags[i], o->n_pools);
+			log_info("--%s given: one pool from the command line replaces the config file's %u pool%s",
+				 pool_flags[i], o->n_pools, o->n_pools == 1 ? "" : "s");
 			o->n_pools = 0;
 			o->pools = NULL;
 		}

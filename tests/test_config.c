@@ -181,9 +181,10 @@ START_TEST(length_bounded)
 }
 END_TEST
 
-/* vmfactory check-config, end to end: exit status and output. */
+/* Runs the vmfactory binary with args (NULL-terminated); exit status,
+ * stdout and stderr. */
 static int
-run_check(const char *file, char **out, char **err)
+run_cli(const char *const *args, char **out, char **err)
 {
 	const char *b = getenv("VMFACTORY_BUILDDIR");
 	char exe[700];
@@ -199,9 +200,13 @@ run_check(const char *file, char **out, char **err)
 	posix_spawn_file_actions_init(&fa);
 	posix_spawn_file_actions_adddup2(&fa, ofd, 1);
 	posix_spawn_file_actions_adddup2(&fa, efd, 2);
-	char *argv[] = { exe, (char *)"check-config", (char *)file, NULL };
+	const char *argv[32] = { exe };
+	for (int i = 0; args[i]; i++) {
+		ck_assert_int_lt(i, 30);
+		argv[i + 1] = args[i];
+	}
 	pid_t pid;
-	int sr = posix_spawn(&pid, exe, &fa, NULL, argv, environ);
+	int sr = posix_spawn(&pid, exe, &fa, NULL, (char *const *)argv, environ);
 	posix_spawn_file_actions_destroy(&fa);
 	close(ofd);
 	close(efd);
@@ -213,6 +218,12 @@ run_check(const char *file, char **out, char **err)
 	vmf_rm_rf(dir, NULL);
 	free(dir);
 	return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+
+static int
+run_check(const char *file, char **out, char **err)
+{
+	return run_cli((const char *const[]){ "check-config", file, NULL }, out, err);
 }
 
 START_TEST(cli_check_config)
@@ -257,6 +268,82 @@ START_TEST(cli_check_config)
 }
 END_TEST
 
+static void
+write_file(const char *path, const char *text)
+{
+	spit(path, text);
+}
+
+/* `vmfactory daemon --config`: the file is read, flags win over it, and
+ * the daemon's own checks see the merged options.  Every case fails before
+ * the daemon starts anything. */
+START_TEST(cli_config_and_flags)
+{
+	char *dir = vmf_test_tmpdir("vmf-cfgd");
+	char conf[800], sockp[800], state[800], run[800];
+	snprintf(conf, sizeof(conf), "%s/vmfactory.conf", dir);
+	snprintf(sockp, sizeof(sockp), "%s/s.sock", dir);
+	snprintf(state, sizeof(state), "%s/state", dir);
+	snprintf(run, sizeof(run), "%s/run", dir);
+	char *out, *err;
+
+	/* An explicit --config must exist. */
+	ck_assert_int_eq(run_cli((const char *const[]){ "daemon", "--config", "/nonexistent/v.conf", NULL }, &out, &err), 1);
+	ck_assert_str_eq(err, "vmfactory: cannot open config file /nonexistent/v.conf: No such file or directory\n");
+	free(out);
+	free(err);
+
+	/* A bad file: every error, nothing started. */
+	const char *bad = vmf_test_src("tests/data/config/bad-values.conf");
+	char badp[800];
+	snprintf(badp, sizeof(badp), "%s", bad);
+	ck_assert_int_eq(run_cli((const char *const[]){ "daemon", "--config", badp, NULL }, &out, &err), 1);
+	ck_assert_ptr_nonnull(strstr(err, ":9: share_memory: 'maybe' is not yes or no\n"));
+	ck_assert_ptr_nonnull(strstr(err, "vmfactory: "));
+	free(out);
+	free(err);
+
+	/* No pools anywhere: a usage error. */
+	ck_assert_int_eq(run_cli((const char *const[]){ "daemon", "--config", "/dev/null", NULL }, &out, &err), 2);
+	ck_assert_ptr_nonnull(strstr(err, "daemon needs --pool N, or [pool NAME] sections in the config file"));
+	free(out);
+	free(err);
+
+	/* [guest] values reach the pool the flags describe; the flag wins
+	 * where both are given. */
+	write_file(conf, "[guest]\nvcpus = 4\nmax_vcpus = 4\n[pool a]\nsize = 2\n");
+	ck_assert_int_eq(run_cli((const char *const[]){ "daemon", "--config", conf, "--pool", "1", "--max-cpus", "2",
+						  "--socket", sockp, "--state-dir", state, "--run-dir", run, NULL },
+				 &out, &err), 1);
+	ck_assert_ptr_nonnull(strstr(err, "replaces the config file's 1 pool\""));
+	ck_assert_ptr_nonnull(strstr(err, "\nvmfactory: --max-cpus 2 is below --cpus 4\n"));
+	free(out);
+	free(err);
+
+	/* --run-dir overrides [daemon] run_dir. */
+	write_file(conf, "[daemon]\nrun_dir = /run/vmfactory\n[pool a]\nsize = 2\n");
+	ck_assert_int_eq(run_cli((const char *const[]){ "daemon", "--config", conf, "--run-dir", "relative",
+						  "--socket", sockp, "--state-dir", state, NULL }, &out, &err), 1);
+	ck_assert_str_eq(err, "vmfactory: relative must be an absolute path\n");
+	free(out);
+	free(err);
+
+	/* Config pools go to the daemon's checks as they are (a pool above the
+	 * daemon's limits cannot pass check-config, so check the size flag
+	 * replacing them instead). */
+	write_file(conf, "[pool a]\nsize = 2\n[pool b]\nsize = 1\nvcpus = 2\n");
+	ck_assert_int_eq(run_cli((const char *const[]){ "daemon", "--config", conf, "--pool", "300", "--socket", sockp,
+						  "--state-dir", state, "--run-dir", run, NULL }, &out, &err), 1);
+	ck_assert_ptr_nonnull(strstr(err, "replaces the config file's 2 pools\""));
+	ck_assert_ptr_nonnull(strstr(err, "\nvmfactory: --pool 300 is above 256\n"));
+	free(out);
+	free(err);
+	ck_assert_int_ne(access(state, F_OK), 0);   /* nothing was created */
+	vmf_rm_rf(dir, NULL);
+	free(dir);
+}
+END_TEST
+
 int
 main(void)
 {
@@ -267,6 +354,7 @@ main(void)
 	tcase_add_test(t, missing_file);
 	tcase_add_test(t, length_bounded);
 	tcase_add_test(t, cli_check_config);
+	tcase_add_test(t, cli_config_and_flags);
 	suite_add_tcase(s, t);
 	return vmf_test_run(s);
 }
