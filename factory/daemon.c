@@ -916,7 +916,8 @@ setup_pool(struct vmf_daemon *d, const struct vmf_pool_spec *ps, struct vmf_erro
 	int r = vmf_template_spec_new(&p->params, &d->hv, &d->img, &p->spec, p->template_id, err);
 	if (r < 0) {
 		free(p);
-		return vmf_error_prefix(err, "pool %s", ps->name);
+		vmf_error_prefix(err, "pool %s", ps->name);
+		return r;
 	}
 	TAILQ_INSERT_TAIL(&d->pools, p, link);
 	log_tpl(VMF_LOG_INFO, p->template_id, "pool %s of %u VMs with %u vCPU / %u MiB (max %u / %u MiB), %s memory",
