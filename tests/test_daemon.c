@@ -944,7 +944,27 @@ START_TEST(systemd_notify_with_config_pools)
 	ck_assert(!json_object_get_boolean(path(priv, "share_memory", NULL)));
 	ck_assert_int_eq(json_object_get_int(path(priv, "memory_mib", NULL)), 384);
 	ck_assert_int_eq(json_object_get_int(path(priv, "target", NULL)), 0);
+	char priv_tpl[80];
+	snprintf(priv_tpl, sizeof priv_tpl, "%s", json_object_get_string(path(priv, "template_id", NULL)));
 	json_object_put(s);
+	/* Requests go by size: 384 MiB only fits "private" (an empty pool: a
+	 * clone on demand); nothing fits 8 vCPUs, and the error names both. */
+	struct got g = {0};
+	do_get(&g, "ops-private", 1, 384);
+	ck_assert_msg(g.rc == 0, "get 1 vCPU / 384 MiB failed");
+	ck_assert_str_eq(json_object_get_string(path(g.rec, "template_id", NULL)), priv_tpl);
+	ck_assert_int_eq(vmf(NULL, "release %s", g.id), 0);
+	json_object_put(g.rec);
+	char *out;
+	ck_assert_int_eq(vmf(&out, "get --cpus 8 --memory 256 --sandbox ops-big --share-dir %s/x --sock-dir %s/y", tmp, tmp),
+			 1);
+	free(out);
+	char errf[700], *cli_err = NULL;
+	snprintf(errf, sizeof errf, "%s/cli.err", tmp);
+	vmf_read_file(errf, &cli_err, NULL, 1 << 20, NULL);
+	ck_assert_msg(cli_err && strstr(cli_err, "no pool serves 8 vCPUs and 256 MiB: pools allow shared 1-4 vCPUs "
+				       "and 256-2048 MiB; private 1-4 vCPUs and 384-2048 MiB"), "%s", cli_err);
+	free(cli_err);
 	ck_assert_int_eq(vmf(NULL, "destroy"), 0);
 	int st = 0;
 	ck_assert_int_eq(waitpid(pid, &st, 0), pid);
