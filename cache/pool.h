@@ -51,6 +51,8 @@ TAILQ_HEAD(vmf_pvm_list, vmf_pvm);
 
 struct vmf_pool {
 	TAILQ_ENTRY(vmf_pool) link;
+	char name[33];                       /* from the config, "default" from flags */
+	unsigned max_idle_s;                 /* replace ready VMs older than this, 0 = never */
 	char template_id[VMF_SHA256_HEX];
 	Vmf__Catalog__TemplateSpec *spec;
 	Vmf__Catalog__TemplateRecord *tpl;   /* NULL until built */

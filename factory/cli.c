@@ -18,6 +18,7 @@
 
 #include "catalog.h"
 #include "client.h"
+#include "config.h"
 #include "daemon.h"
 #include "frame.h"
 #include "log.h"
@@ -506,26 +507,82 @@ cmd_destroy(const struct cmd *cmd, struct args *a)
 	return 0;
 }
 
+/* The config file: --config FILE, else the default one when it exists.
+ * Every problem is printed, one line each, before the summary. */
 static int
-fill_daemon_opts(const struct cmd *cmd, struct args *a, struct vmf_daemon_opts *o)
+load_config(struct args *a, struct vmf_config *cfg, bool *loaded)
+{
+	const char *path = opt(a, "config");
+	*loaded = false;
+	if (!path && access(VMF_DEFAULT_CONFIG, F_OK) < 0 && errno == ENOENT)
+		return 0;
+	if (!path)
+		path = VMF_DEFAULT_CONFIG;
+	struct vmf_error e = {0};
+	if (vmf_config_load(cfg, path, &e) < 0) {
+		if (cfg->errors)
+			fputs(cfg->errors, stderr);
+		vmf_config_free(cfg);
+		return fail(&e);
+	}
+	*loaded = true;
+	return 0;
+}
+
+/* Defaults, then the config file (cfg non-NULL), then flags and the
+ * VMFACTORY_* variables.  cfg must outlive o: o points into it. */
+static int
+fill_daemon_opts(const struct cmd *cmd, struct args *a, struct vmf_daemon_opts *o, struct vmf_config *cfg)
 {
 	vmf_daemon_opts_defaults(o);
-	o->socket_path = a->socket;
-	o->state_dir = a->state_dir;
-	o->run_dir = a->run_dir;
+	bool loaded = false;
+	if (cfg) {
+		int r = load_config(a, cfg, &loaded);
+		if (r)
+			return r;
+		if (loaded) {
+			*o = cfg->opts;
+			if (cfg->log_level >= 0 && !opt(a, "log-level") && !getenv("VMFACTORY_LOG_LEVEL"))
+				vmf_log_set_level((enum vmf_log_level)cfg->log_level);
+		}
+	}
+	if (!loaded || opt(a, "socket") || getenv("VMFACTORY_SOCKET"))
+		o->socket_path = a->socket;
+	if (!loaded || opt(a, "state-dir") || getenv("VMFACTORY_STATE_DIR"))
+		o->state_dir = a->state_dir;
+	if (!loaded || opt(a, "run-dir") || getenv("VMFACTORY_RUN_DIR"))
+		o->run_dir = a->run_dir;
 	const char *e;
 	if ((e = opt(a, "image-dir")) || (e = getenv("VMFACTORY_IMAGE_DIR")))
 		o->image_dir = e;
-	o->kernel = opt(a, "kernel");
-	o->initrd = opt(a, "initrd");
-	o->qemu_binary = opt(a, "qemu");
-	o->group = opt(a, "group");
-	o->accel = opt(a, "accel");
+	if ((e = opt(a, "kernel")))
+		o->kernel = e;
+	if ((e = opt(a, "initrd")))
+		o->initrd = e;
+	if ((e = opt(a, "qemu")))
+		o->qemu_binary = e;
+	if ((e = opt(a, "group")))
+		o->group = e;
+	if ((e = opt(a, "accel")))
+		o->accel = e;
 	if (num(a, "pool", &o->pool_size, cmd) || num(a, "cpus", &o->vcpus, cmd) ||
 	    num(a, "memory", &o->memory_mib, cmd) || num(a, "max-cpus", &o->max_vcpus, cmd) ||
 	    num(a, "max-memory", &o->max_memory_mib, cmd) || num(a, "max-idle", &o->max_idle_s, cmd))
 		return EXIT_USAGE;
-	o->share_memory = !flag(a, "no-share");
+	if (flag(a, "no-share"))
+		o->share_memory = false;
+	/* Size flags describe one pool: they replace the file's pools. */
+	static const char *const pool_flags[] = { "pool", "cpus", "memory", "max-cpus", "max-memory", "no-share" };
+	for (size_t i = 0; i < sizeof(pool_flags) / sizeof(pool_flags[0]); i++)
+		if (o->n_pools && flag(a, pool_flags[i])) {
+			log_info("--%s given: one pool from the command line replaces the config file's %u pool%s",
+				 pool_flags[i], o->n_pools, o->n_pools == 1 ? "" : "s");
+			o->n_pools = 0;
+			o->pools = NULL;
+		}
+	if (cfg && o->n_pools && flag(a, "max-idle"))
+		for (unsigned i = 0; i < cfg->n_pools; i++)
+			cfg->pools[i].max_idle_s = o->max_idle_s;
 	return 0;
 }
 
@@ -581,23 +638,39 @@ daemon_start_failed(pid_t pid, const char *logpath, bool ready)
 	return EXIT_FAILURE;
 }
 
+static int start_daemon(const struct cmd *cmd, struct args *a, struct vmf_daemon_opts *opts);
+
 static int
 cmd_init(const struct cmd *cmd, struct args *a)
 {
 	struct vmf_daemon_opts o;
-	int r = fill_daemon_opts(cmd, a, &o);
-	if (r)
+	struct vmf_config cfg = {0};
+	int r = fill_daemon_opts(cmd, a, &o, &cfg);
+	if (r) {
+		vmf_config_free(&cfg);
 		return r;
-	if (!opt(a, "pool"))
-		return usage_error(cmd, "init needs --pool N");
+	}
+	if (!opt(a, "pool") && o.n_pools == 0) {
+		vmf_config_free(&cfg);
+		return usage_error(cmd, "%s needs --pool N, or [pool NAME] sections in the config file", cmd->name);
+	}
+	r = start_daemon(cmd, a, &o);
+	vmf_config_free(&cfg);
+	return r;
+}
+
+static int
+start_daemon(const struct cmd *cmd, struct args *a, struct vmf_daemon_opts *opts)
+{
+	struct vmf_daemon_opts o = *opts;
 	struct vmf_error e = {0};
-	if (flag(a, "foreground")) {
+	if (flag(a, "foreground") || strcmp(cmd->name, "daemon") == 0) {
 		if (vmf_daemon_run(&o, &e) < 0)
 			return fail(&e);
 		return 0;
 	}
 	char logpath[PATH_MAX];
-	int logfd = open_log(a->state_dir, logpath, sizeof(logpath), &e);
+	int logfd = open_log(o.state_dir, logpath, sizeof(logpath), &e);
 	if (logfd < 0)
 		return fail(&e);
 	int p[2];
@@ -686,7 +759,7 @@ cmd_init(const struct cmd *cmd, struct args *a)
 		putchar('\n');
 	if (!ready || (flag(a, "wait") && !full))
 		return daemon_start_failed(pid, logpath, ready);
-	printf("vmfactory daemon pid %d ready on %s%s (%.1f s)\n", (int)pid, a->socket,
+	printf("vmfactory daemon pid %d ready on %s%s (%.1f s)\n", (int)pid, o.socket_path,
 	       full ? " with a full pool" : "", (vmf_now_ms() - t0) / 1000.0);
 	return 0;
 }
@@ -698,7 +771,7 @@ template_params(const struct cmd *cmd, struct args *a, struct vmf_daemon_opts *o
 		struct vmf_hv_info *info, struct vmf_image *img, Vmf__Catalog__TemplateSpec **spec,
 		char id[VMF_SHA256_HEX], struct vmf_error *e)
 {
-	int r = fill_daemon_opts(cmd, a, o);
+	int r = fill_daemon_opts(cmd, a, o, NULL);
 	if (r)
 		return -EINVAL;
 	memset(p, 0, sizeof(*p));
@@ -922,7 +995,7 @@ static int
 cmd_template_gc(const struct cmd *cmd, struct args *a)
 {
 	struct vmf_daemon_opts o;
-	if (fill_daemon_opts(cmd, a, &o))
+	if (fill_daemon_opts(cmd, a, &o, NULL))
 		return EXIT_USAGE;
 	struct vmf_error e = {0};
 	struct vmf_hv_info info;
@@ -947,6 +1020,25 @@ cmd_template_gc(const struct cmd *cmd, struct args *a)
 	return l.rc;
 }
 
+/* ---- config ---- */
+
+static int
+cmd_check_config(const struct cmd *cmd, struct args *a)
+{
+	(void)cmd;
+	const char *path = a->npos ? a->pos[0] : VMF_DEFAULT_CONFIG;
+	struct vmf_config cfg;
+	struct vmf_error e = {0};
+	int r = vmf_config_load(&cfg, path, &e);
+	if (r < 0 && cfg.errors)
+		fputs(cfg.errors, stderr);
+	vmf_config_free(&cfg);
+	if (r < 0)
+		return fail(&e);
+	printf("%s: ok\n", path);
+	return 0;
+}
+
 static int cmd_help(const struct cmd *cmd, struct args *a);
 
 /* The one command table: dispatch, usage errors and `help` all read it.
@@ -954,12 +1046,18 @@ static int cmd_help(const struct cmd *cmd, struct args *a);
  * common ones (common_opts) are accepted everywhere. */
 static const struct cmd commands[] = {
 	/* ---- daemon commands: marshal a request, print the reply ---- */
-	{ "init", "--pool N [--cpus N --memory MIB --max-cpus N --max-memory MIB] [--no-share] [--foreground] [--wait] "
+	{ "init", "[--config FILE] --pool N [--cpus N --memory MIB --max-cpus N --max-memory MIB] [--no-share] [--foreground] [--wait] "
 		  "[--image-dir DIR] [--kernel PATH --initrd PATH] [--qemu PATH] [--accel kvm|tcg] [--group NAME] "
 		  "[--max-idle S]",
 	  "start the daemon and fill a pool of paused VMs",
-	  "pool=,cpus=,memory=,max-cpus=,max-memory=,no-share,foreground,wait,image-dir=,kernel=,initrd=,qemu=,accel=,group=,max-idle=",
+	  "pool=,cpus=,memory=,max-cpus=,max-memory=,no-share,foreground,wait,image-dir=,kernel=,initrd=,qemu=,accel=,group=,max-idle=,config=",
 	  0, 0, cmd_init },
+	{ "daemon", "[--config FILE] [init's size and path options]",
+	  "run the daemon in the foreground, for systemd (Type=notify)",
+	  "pool=,cpus=,memory=,max-cpus=,max-memory=,no-share,image-dir=,kernel=,initrd=,qemu=,accel=,group=,max-idle=,config=",
+	  0, 0, cmd_init },
+	{ "check-config", "[FILE]", "check a config file (default " VMF_DEFAULT_CONFIG "), listing every error",
+	  "", 0, 1, cmd_check_config },
 	{ "status", "[-o json]", "show the daemon, templates, pools, VMs and latency", "", 0, 0, cmd_status },
 	{ "get", "--cpus N --memory MIB --sandbox ID --share-dir DIR --sock-dir DIR [--timeout S] [-o json]",
 	  "hand out a warm VM to a sandbox", "cpus=,memory=,sandbox=,share-dir=,sock-dir=,timeout=", 0, 0, cmd_get },

@@ -21,6 +21,7 @@
 #include "agent.h"
 #include "log.h"
 #include "qemu.h"
+#include "sdnotify.h"
 
 #define VM_SCHEMA_VERSION 1
 #define WORKER_THREADS 8
@@ -72,19 +73,37 @@ vmf_daemon_progress(struct vmf_daemon *d, const char *fmt, ...)
 	buf[n + 1] = '\0';
 	log_info("%.*s", n, buf);
 	notify(d, buf);
+	vmf_sd_notify("STATUS=%.*s", n - (strncmp(buf, "progress: ", 10) ? 0 : 10),
+		      buf + (strncmp(buf, "progress: ", 10) ? 0 : 10));
 }
 
+/* Ready once the socket answers (this runs after listen) and every
+ * pool's template is built: to `vmfactory init` on ready_fd, and to
+ * systemd (READY=1) for Type=notify. */
 static void
 check_readiness(struct vmf_daemon *d)
 {
-	if (d->ready_fd < 0)
+	if (d->ready_fd < 0 && d->sd_full_sent)
 		return;
 	bool tpl_ready = true, full = true;
+	unsigned npools = 0;
 	struct vmf_pool *p;
 	TAILQ_FOREACH(p, &d->pools, link) {
 		tpl_ready = tpl_ready && p->tpl;
 		full = full && p->tpl && p->ready >= p->target;
+		npools++;
 	}
+	if (tpl_ready && !d->sd_ready_sent && d->listener) {
+		d->sd_ready_sent = true;
+		vmf_sd_notify("READY=1\nSTATUS=ready on %s: %u pool%s, templates built, filling", d->opts.socket_path,
+			      npools, npools == 1 ? "" : "s");
+	}
+	if (full && d->sd_ready_sent && !d->sd_full_sent) {
+		d->sd_full_sent = true;
+		vmf_sd_notify("STATUS=ready on %s: %u pool%s full", d->opts.socket_path, npools, npools == 1 ? "" : "s");
+	}
+	if (d->ready_fd < 0)
+		return;
 	if (tpl_ready && !d->ready_sent) {
 		d->ready_sent = true;
 		notify(d, "ready\n");
@@ -881,8 +900,9 @@ tick_cb(evutil_socket_t fd, short what, void *arg)
 	struct vmf_pvm *vm, *next;
 	for (vm = TAILQ_FIRST(&d->vms); vm; vm = next) {
 		next = TAILQ_NEXT(vm, link);
-		if (vmf_pool_vm_idle_expired(vm, d->opts.max_idle_s, now) && !d->stopping) {
-			log_vm(VMF_LOG_INFO, vm->id, "replacing: paused longer than %u s", d->opts.max_idle_s);
+		unsigned max_idle = vm->pool ? vm->pool->max_idle_s : d->opts.max_idle_s;
+		if (vmf_pool_vm_idle_expired(vm, max_idle, now) && !d->stopping) {
+			log_vm(VMF_LOG_INFO, vm->id, "replacing: paused longer than %u s", max_idle);
 			vmf_daemon_destroy_vm(d, vm, false, NULL);
 		}
 	}
@@ -896,55 +916,120 @@ signal_cb(evutil_socket_t sig, short what, void *arg)
 	struct vmf_daemon *d = arg;
 	/* Pooled VMs keep running: a restarted daemon adopts them. */
 	log_info("signal %d: exiting, VMs keep running for the next daemon", (int)sig);
+	vmf_sd_notify("STOPPING=1\nSTATUS=stopping on signal %d; VMs keep running", (int)sig);
 	d->stopping = true;
 	event_base_loopexit(d->base, NULL);
 }
 
 static int
-setup_pool(struct vmf_daemon *d, struct vmf_error *err)
+setup_pool(struct vmf_daemon *d, const struct vmf_pool_spec *ps, struct vmf_error *err)
 {
 	struct vmf_pool *p = calloc(1, sizeof(*p));
 	if (!p)
 		return vmf_err(err, ENOMEM, "out of memory");
 	const struct vmf_daemon_opts *o = &d->opts;
+	snprintf(p->name, sizeof(p->name), "%s", ps->name);
+	p->max_idle_s = ps->max_idle_s;
 	p->params.ops = d->ops;
 	p->params.binary = o->qemu_binary;
 	p->params.machine = o->machine;
 	p->params.accel = o->accel;
 	p->params.cmdline = VMF_DEFAULT_CMDLINE;
-	p->params.vcpus = o->vcpus;
-	p->params.max_vcpus = o->max_vcpus > o->vcpus ? o->max_vcpus : o->vcpus;
-	p->params.memory_mib = o->memory_mib;
-	p->params.max_memory_mib = o->max_memory_mib > o->memory_mib ? o->max_memory_mib : o->memory_mib;
+	p->params.vcpus = ps->vcpus;
+	p->params.max_vcpus = ps->max_vcpus > ps->vcpus ? ps->max_vcpus : ps->vcpus;
+	p->params.memory_mib = ps->memory_mib;
+	p->params.max_memory_mib = ps->max_memory_mib > ps->memory_mib ? ps->max_memory_mib : ps->memory_mib;
 	p->params.memory_slots = 8;
-	p->params.full_memory = !o->share_memory;
-	p->target = o->pool_size;
+	p->params.full_memory = !ps->share_memory;
+	p->target = ps->size;
 	p->parallelism = o->fill_parallelism ? o->fill_parallelism : 2;
 	int r = vmf_template_spec_new(&p->params, &d->hv, &d->img, &p->spec, p->template_id, err);
 	if (r < 0) {
 		free(p);
+		vmf_error_prefix(err, "pool %s", ps->name);
 		return r;
 	}
 	TAILQ_INSERT_TAIL(&d->pools, p, link);
-	log_tpl(VMF_LOG_INFO, p->template_id, "pool of %u VMs with %u vCPU / %u MiB (max %u / %u MiB), %s memory",
-		p->target, p->params.vcpus, p->params.memory_mib, p->params.max_vcpus,
+	log_tpl(VMF_LOG_INFO, p->template_id, "pool %s of %u VMs with %u vCPU / %u MiB (max %u / %u MiB), %s memory",
+		p->name, p->target, p->params.vcpus, p->params.memory_mib, p->params.max_vcpus,
 		p->params.max_memory_mib, p->params.full_memory ? "private" : "shared");
+	return 0;
+}
+
+/* Without configured pools the flags describe one pool, "default". */
+static void
+flags_pool(const struct vmf_daemon_opts *o, struct vmf_pool_spec *ps)
+{
+	memset(ps, 0, sizeof(*ps));
+	snprintf(ps->name, sizeof(ps->name), "default");
+	ps->size = o->pool_size;
+	ps->vcpus = o->vcpus;
+	ps->memory_mib = o->memory_mib;
+	ps->max_vcpus = o->max_vcpus;
+	ps->max_memory_mib = o->max_memory_mib;
+	ps->max_idle_s = o->max_idle_s;
+	ps->share_memory = o->share_memory;
+}
+
+static int
+setup_pools(struct vmf_daemon *d, struct vmf_error *err)
+{
+	struct vmf_pool_spec one;
+	const struct vmf_pool_spec *specs = d->opts.pools;
+	unsigned n = d->opts.n_pools;
+	if (n == 0) {
+		flags_pool(&d->opts, &one);
+		specs = &one;
+		n = 1;
+	}
+	for (unsigned i = 0; i < n; i++) {
+		int r = setup_pool(d, &specs[i], err);
+		if (r < 0)
+			return r;
+	}
+	return 0;
+}
+
+static int
+validate_pool(const struct vmf_pool_spec *ps, bool flags, struct vmf_error *err)
+{
+	/* Flag names for the pool the flags describe, config keys otherwise. */
+	const char *mc = flags ? "--max-cpus" : "max_vcpus", *c = flags ? "--cpus" : "vcpus";
+	const char *mm = flags ? "--max-memory" : "max_memory_mib", *m = flags ? "--memory" : "memory_mib";
+	const char *sz = flags ? "--pool" : "size";
+	char pfx[48] = "";
+	if (!flags)
+		snprintf(pfx, sizeof(pfx), "pool %s: ", ps->name);
+	if (ps->vcpus == 0 || ps->memory_mib < 64)
+		return vmf_err(err, EINVAL, "%sthe base size must be at least 1 vCPU and 64 MiB", pfx);
+	if (ps->max_vcpus && ps->max_vcpus < ps->vcpus)
+		return vmf_err(err, EINVAL, "%s%s %u is below %s %u", pfx, mc, ps->max_vcpus, c, ps->vcpus);
+	if (ps->max_memory_mib && ps->max_memory_mib < ps->memory_mib)
+		return vmf_err(err, EINVAL, "%s%s %u is below %s %u", pfx, mm, ps->max_memory_mib, m, ps->memory_mib);
+	if (ps->max_vcpus > 255)
+		return vmf_err(err, EINVAL, "%s%s %u is above 255", pfx, mc, ps->max_vcpus);
+	if (ps->size > 256)
+		return vmf_err(err, EINVAL, "%s%s %u is above 256", pfx, sz, ps->size);
 	return 0;
 }
 
 static int
 validate_opts(const struct vmf_daemon_opts *o, struct vmf_error *err)
 {
-	if (o->vcpus == 0 || o->memory_mib < 64)
-		return vmf_err(err, EINVAL, "the base size must be at least 1 vCPU and 64 MiB");
-	if (o->max_vcpus && o->max_vcpus < o->vcpus)
-		return vmf_err(err, EINVAL, "--max-cpus %u is below --cpus %u", o->max_vcpus, o->vcpus);
-	if (o->max_memory_mib && o->max_memory_mib < o->memory_mib)
-		return vmf_err(err, EINVAL, "--max-memory %u is below --memory %u", o->max_memory_mib, o->memory_mib);
-	if (o->max_vcpus > 255)
-		return vmf_err(err, EINVAL, "--max-cpus %u is above 255", o->max_vcpus);
-	if (o->pool_size > 256)
-		return vmf_err(err, EINVAL, "--pool %u is above 256", o->pool_size);
+	if (o->n_pools > VMF_MAX_POOLS)
+		return vmf_err(err, EINVAL, "%u pools: at most %d", o->n_pools, VMF_MAX_POOLS);
+	if (o->n_pools == 0) {
+		struct vmf_pool_spec one;
+		flags_pool(o, &one);
+		int r = validate_pool(&one, true, err);
+		if (r < 0)
+			return r;
+	}
+	for (unsigned i = 0; i < o->n_pools; i++) {
+		int r = validate_pool(&o->pools[i], false, err);
+		if (r < 0)
+			return r;
+	}
 	const char *dirs[] = { o->state_dir, o->run_dir, o->socket_path };
 	for (int i = 0; i < 3; i++)
 		if (!dirs[i] || dirs[i][0] != '/')
@@ -1004,6 +1089,7 @@ vmf_daemon_run(const struct vmf_daemon_opts *opts, struct vmf_error *err)
 		return vmf_err(err, EEXIST, "a vmfactory daemon (pid %d) is already running on %s", (int)other,
 			       opts->socket_path);
 
+	vmf_sd_notify_init();
 	struct vmf_daemon *d = calloc(1, sizeof(*d));
 	if (!d)
 		return vmf_err(err, ENOMEM, "out of memory");
@@ -1052,7 +1138,7 @@ vmf_daemon_run(const struct vmf_daemon_opts *opts, struct vmf_error *err)
 		goto out;
 	if ((r = vmf_template_cleanup(d->cat, opts->state_dir, err)) < 0)
 		log_warn("%s", err->msg);
-	if ((r = setup_pool(d, err)) < 0)
+	if ((r = setup_pools(d, err)) < 0)
 		goto out;
 
 	evthread_use_pthreads();
@@ -1086,6 +1172,8 @@ vmf_daemon_run(const struct vmf_daemon_opts *opts, struct vmf_error *err)
 	r = d->exit_code ? vmf_err(err, EIO, "%s", TAILQ_FIRST(&d->pools)->last_error) : 0;
 	d->stopping = true;
 out:
+	if (r < 0 && err)
+		vmf_sd_notify("STATUS=failed: %s\nERRNO=%d", err->msg, err->code);
 	daemon_free(d);
 	/* After destroy nothing of ours stays in the run dir (rmdir: only when
 	 * empty, assigned VMs kept by a plain destroy keep theirs). */

@@ -17,6 +17,17 @@
 #define VMF_DEFAULT_MAX_MEMORY_MIB 2048
 #define VMF_DEFAULT_CMDLINE "console=ttyS0 panic=-1 quiet"
 
+/* One pool: how many paused VMs of which size to keep ready. */
+struct vmf_pool_spec {
+	char name[33];               /* [pool NAME] in the config file; "default" from flags */
+	unsigned size;               /* VMs kept ready */
+	unsigned vcpus, memory_mib, max_vcpus, max_memory_mib;
+	unsigned max_idle_s;         /* replace pooled VMs older than this, 0 = never */
+	bool share_memory;           /* false: full-form template, no pages shared with clones */
+};
+
+#define VMF_MAX_POOLS 16
+
 struct vmf_daemon_opts {
 	const char *socket_path;
 	const char *state_dir;
@@ -38,6 +49,10 @@ struct vmf_daemon_opts {
 	unsigned max_idle_s;         /* replace pooled VMs older than this, 0 = never */
 	int ready_fd;                /* written "ready\n"/"full\n" then closed, -1 = none */
 	bool notify_full;            /* report on ready_fd only once the pool is full */
+	/* The pools, from the config file.  n_pools == 0: one pool "default"
+	 * from pool_size, vcpus, memory_mib, max_*, share_memory, max_idle_s. */
+	const struct vmf_pool_spec *pools;
+	unsigned n_pools;
 };
 
 void vmf_daemon_opts_defaults(struct vmf_daemon_opts *o);

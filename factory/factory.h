@@ -48,6 +48,7 @@ struct vmf_daemon {
 	bool have_group;
 	bool stopping;
 	bool ready_sent, full_sent;
+	bool sd_ready_sent, sd_full_sent;  /* READY=1 and the "full" STATUS to systemd */
 	int ready_fd;
 	char vm_root[PATH_MAX];          /* <run_dir>/vms */
 	/* counters */

@@ -185,9 +185,24 @@ choose_pool(struct vmf_daemon *d, unsigned vcpus, unsigned mem, struct vmf_error
 			vmf_err(err, ENOENT, "this daemon has no pool");
 			return NULL;
 		}
-		vmf_err(err, ENOSPC, "no pool serves %u vCPUs and %u MiB: the template allows %u-%u vCPUs "
-			"and %u-%u MiB", vcpus, mem, p->spec->vcpus, p->spec->max_vcpus, p->spec->memory_mib,
-			p->spec->max_memory_mib);
+		if (!TAILQ_NEXT(p, link)) {
+			vmf_err(err, ENOSPC, "no pool serves %u vCPUs and %u MiB: the template allows %u-%u vCPUs "
+				"and %u-%u MiB", vcpus, mem, p->spec->vcpus, p->spec->max_vcpus, p->spec->memory_mib,
+				p->spec->max_memory_mib);
+			return NULL;
+		}
+		/* Several pools (the config file): name each one's range. */
+		char ranges[VMF_ERROR_MSG_MAX - 100] = "";
+		size_t off = 0;
+		TAILQ_FOREACH(p, &d->pools, link) {
+			int n = snprintf(ranges + off, sizeof(ranges) - off, "%s%s %u-%u vCPUs and %u-%u MiB",
+					 off ? "; " : "", p->name, p->spec->vcpus, p->spec->max_vcpus,
+					 p->spec->memory_mib, p->spec->max_memory_mib);
+			if (n < 0 || (size_t)n >= sizeof(ranges) - off)
+				break;
+			off += (size_t)n;
+		}
+		vmf_err(err, ENOSPC, "no pool serves %u vCPUs and %u MiB: pools allow %s", vcpus, mem, ranges);
 	}
 	return best;
 }

@@ -13,6 +13,8 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <signal.h>
+#include <spawn.h>
+#include <fcntl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -1120,6 +1122,103 @@ START_TEST(idle_vms_are_replaced)
 }
 END_TEST
 
+/* `vmfactory daemon --config` as systemd runs it (Type=notify): two pools
+ * from the config file, READY=1 on $NOTIFY_SOCKET once both templates are
+ * built and the socket answers. */
+START_TEST(systemd_notify_with_config_pools)
+{
+	char conf[700], note[700], logp[700];
+	snprintf(conf, sizeof conf, "%s/vmfactory.conf", tmp);
+	snprintf(note, sizeof note, "%s/notify", tmp);
+	snprintf(logp, sizeof logp, "%s/daemon.log", tmp);
+	FILE *f = fopen(conf, "w");
+	ck_assert_ptr_nonnull(f);
+	/* tcg: the same on every host (KVM inside a VM may be unusable). */
+	fputs("[daemon]\nlog_level = info\n[hypervisor]\naccelerator = tcg\n[pool shared]\nsize = 1\n"
+	      "[pool private]\nsize = 0\nmemory_mib = 384\nshare_memory = no\n", f);
+	fclose(f);
+	int nfd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_un a = { .sun_family = AF_UNIX };
+	snprintf(a.sun_path, sizeof a.sun_path, "%s", note);
+	ck_assert_int_eq(bind(nfd, (struct sockaddr *)&a, sizeof a), 0);
+
+	char env_note[800];
+	snprintf(env_note, sizeof env_note, "NOTIFY_SOCKET=%s", note);
+	const char *envp[256];
+	int ne = 0;
+	for (char **e = environ; *e && ne < 250; e++)
+		if (strncmp(*e, "NOTIFY_SOCKET=", 14))
+			envp[ne++] = *e;
+	envp[ne++] = env_note;
+	envp[ne] = NULL;
+	char *argv[] = { exe, (char *)"daemon", (char *)"--config", conf, (char *)"--socket", sock,
+			 (char *)"--state-dir", state, (char *)"--run-dir", run, NULL };
+	int lfd = open(logp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	posix_spawn_file_actions_t fa;
+	posix_spawn_file_actions_init(&fa);
+	posix_spawn_file_actions_adddup2(&fa, lfd, 2);
+	pid_t pid;
+	ck_assert_int_eq(posix_spawn(&pid, exe, &fa, NULL, argv, (char *const *)envp), 0);
+	posix_spawn_file_actions_destroy(&fa);
+	close(lfd);
+
+	char msg[1100] = "";
+	int statuses = 0;
+	int64_t deadline = vmf_now_ms() + 600000;
+	while (!strstr(msg, "READY=1") && vmf_now_ms() < deadline) {
+		struct pollfd pfd = { nfd, POLLIN, 0 };
+		if (poll(&pfd, 1, 1000) <= 0) {
+			ck_assert_msg(waitpid(pid, NULL, WNOHANG) == 0, "the daemon exited before READY=1; see %s", logp);
+			continue;
+		}
+		ssize_t n = recv(nfd, msg, sizeof msg - 1, 0);
+		ck_assert_int_gt(n, 0);
+		msg[n] = '\0';
+		statuses += strncmp(msg, "STATUS=", 7) == 0;
+	}
+	ck_assert_msg(strstr(msg, "READY=1"), "no READY=1 within 600 s; last: %s", msg);
+	printf("systemd: %d STATUS updates, then: %s\n", statuses, msg);
+	ck_assert_ptr_nonnull(strstr(msg, "2 pools"));
+	ck_assert_int_gt(statuses, 0);
+	/* Ready means answering, with both templates built. */
+	json_object *s = vmf_json("status -o json%s", "");
+	json_object *pools = path(s, "pools", NULL), *tpls = path(s, "templates", NULL);
+	ck_assert_int_eq(json_object_array_length(pools), 2);
+	ck_assert_int_eq(json_object_array_length(tpls), 2);
+	json_object *priv = json_object_array_get_idx(pools, 1);
+	ck_assert(!json_object_get_boolean(path(priv, "share_memory", NULL)));
+	ck_assert_int_eq(json_object_get_int(path(priv, "memory_mib", NULL)), 384);
+	ck_assert_int_eq(json_object_get_int(path(priv, "target", NULL)), 0);
+	char priv_tpl[80];
+	snprintf(priv_tpl, sizeof priv_tpl, "%s", json_object_get_string(path(priv, "template_id", NULL)));
+	json_object_put(s);
+	/* Requests go by size: 384 MiB only fits "private" (an empty pool: a
+	 * clone on demand); nothing fits 8 vCPUs, and the error names both. */
+	struct got g = {0};
+	do_get(&g, "ops-private", 1, 384);
+	ck_assert_msg(g.rc == 0, "get 1 vCPU / 384 MiB failed");
+	ck_assert_str_eq(json_object_get_string(path(g.rec, "template_id", NULL)), priv_tpl);
+	ck_assert_int_eq(vmf(NULL, "release %s", g.id), 0);
+	json_object_put(g.rec);
+	char *out;
+	ck_assert_int_eq(vmf(&out, "get --cpus 8 --memory 256 --sandbox ops-big --share-dir %s/x --sock-dir %s/y", tmp, tmp),
+			 1);
+	free(out);
+	char errf[700], *cli_err = NULL;
+	snprintf(errf, sizeof errf, "%s/cli.err", tmp);
+	vmf_read_file(errf, &cli_err, NULL, 1 << 20, NULL);
+	ck_assert_msg(cli_err && strstr(cli_err, "no pool serves 8 vCPUs and 256 MiB: pools allow shared 1-4 vCPUs "
+				       "and 256-2048 MiB; private 1-4 vCPUs and 384-2048 MiB"), "%s", cli_err);
+	free(cli_err);
+	ck_assert_int_eq(vmf(NULL, "destroy"), 0);
+	int st = 0;
+	ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "daemon status %d", st);
+	ck_assert_int_eq(count_qemu(), 0);
+	close(nfd);
+}
+END_TEST
+
 static void
 teardown(void)
 {
@@ -1163,5 +1262,11 @@ main(void)
 	ADD_TEST(tc, idle_vms_are_replaced);
 	ADD_TEST(tc, churn_keeps_fds_rss_flat);
 	suite_add_tcase(s, tc);
+	/* Its own case: CK_RUN_CASE=ops runs it alone (or VMFACTORY_TEST=name). */
+	TCase *ops = tcase_create("ops");
+	tcase_add_checked_fixture(ops, setup, teardown);
+	tcase_set_timeout(ops, 900);
+	ADD_TEST(ops, systemd_notify_with_config_pools);
+	suite_add_tcase(s, ops);
 	return vmf_test_run(s);
 }

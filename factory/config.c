@@ -1,0 +1,718 @@
+/* The config file.  libinih splits KEY = VALUE lines and strips comments;
+ * the line reader in front of it counts lines (the Debian libinih does not
+ * pass line numbers to the handler), reads section headers itself and
+ * catches the lines inih would reject or misread, so that every problem is
+ * reported with its line and the parse goes on after it. */
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ini.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "log.h"
+
+enum section { SEC_NONE, SEC_DAEMON, SEC_HV, SEC_GUEST, SEC_POOL, SEC_BAD };
+
+static const char *const section_names[] = { "", "daemon", "hypervisor", "guest", "pool", "" };
+
+enum kind {
+	K_ABSPATH,     /* absolute path */
+	K_PROGRAM,     /* absolute path or a bare name looked up in PATH */
+	K_UINT,
+	K_SECONDS,     /* a number with an optional s, m, h or d suffix */
+	K_BOOL,
+	K_LOGLEVEL,
+	K_ACCEL,
+	K_MACHINE,
+	K_NAME,        /* a user or group name */
+	K_LISTEN,      /* ADDR:PORT */
+};
+
+/* Where a value goes: a field of opts, or of the current pool's spec. */
+struct key {
+	enum section sec;
+	const char *name;
+	enum kind kind;
+	size_t off;
+	unsigned min, max;
+	size_t max_len;    /* strings: longest accepted, 0 = PATH_MAX-ish */
+};
+
+#define O(f) offsetof(struct vmf_daemon_opts, f)
+#define P(f) offsetof(struct vmf_pool_spec, f)
+
+static const struct key keys[] = {
+	{ SEC_DAEMON, "socket", K_ABSPATH, O(socket_path), 0, 0, 107 },
+	{ SEC_DAEMON, "group", K_NAME, O(group), 0, 0, 32 },
+	{ SEC_DAEMON, "state_dir", K_ABSPATH, O(state_dir), 0, 0, 512 },
+	{ SEC_DAEMON, "run_dir", K_ABSPATH, O(run_dir), 0, 0, 56 },
+	{ SEC_DAEMON, "log_level", K_LOGLEVEL, 0, 0, 0, 0 },
+	{ SEC_DAEMON, "metrics_listen", K_LISTEN, O(metrics_listen), 0, 0, 64 },
+	{ SEC_DAEMON, "fill_parallelism", K_UINT, O(fill_parallelism), 1, 64, 0 },
+	{ SEC_HV, "binary", K_PROGRAM, O(qemu_binary), 0, 0, 512 },
+	{ SEC_HV, "accelerator", K_ACCEL, O(accel), 0, 0, 0 },
+	{ SEC_HV, "machine", K_MACHINE, O(machine), 0, 0, 32 },
+	{ SEC_GUEST, "image_dir", K_ABSPATH, O(image_dir), 0, 0, 512 },
+	{ SEC_GUEST, "kernel", K_ABSPATH, O(kernel), 0, 0, 512 },
+	{ SEC_GUEST, "initrd", K_ABSPATH, O(initrd), 0, 0, 512 },
+	{ SEC_GUEST, "vcpus", K_UINT, O(vcpus), 1, 255, 0 },
+	{ SEC_GUEST, "memory_mib", K_UINT, O(memory_mib), 64, 1048576, 0 },
+	{ SEC_GUEST, "max_vcpus", K_UINT, O(max_vcpus), 1, 255, 0 },
+	{ SEC_GUEST, "max_memory_mib", K_UINT, O(max_memory_mib), 64, 1048576, 0 },
+	{ SEC_POOL, "size", K_UINT, P(size), 0, 256, 0 },
+	{ SEC_POOL, "vcpus", K_UINT, P(vcpus), 1, 255, 0 },
+	{ SEC_POOL, "memory_mib", K_UINT, P(memory_mib), 64, 1048576, 0 },
+	{ SEC_POOL, "max_vcpus", K_UINT, P(max_vcpus), 1, 255, 0 },
+	{ SEC_POOL, "max_memory_mib", K_UINT, P(max_memory_mib), 64, 1048576, 0 },
+	{ SEC_POOL, "max_idle", K_SECONDS, P(max_idle_s), 0, 30 * 86400, 0 },
+	{ SEC_POOL, "share_memory", K_BOOL, P(share_memory), 0, 0, 0 },
+};
+#define NKEYS (sizeof(keys) / sizeof(keys[0]))
+
+struct problem {
+	int line;
+	char *msg;
+};
+
+struct seen_key {
+	int sec;            /* enum section, or SEC_POOL + pool index */
+	unsigned key;
+	int line;
+};
+
+struct parser {
+	struct vmf_config *c;
+	const char *path;
+	const char *text;
+	size_t len, pos;
+	int line;
+	enum section sec;
+	int pool;                           /* index into c->pools, -1 */
+	int pool_line[VMF_MAX_POOLS];
+	int key_line[VMF_MAX_POOLS][NKEYS]; /* where each pool key was set, 0 = inherited */
+	/* A value was rejected: cross-checks would only repeat that error. */
+	bool pool_bad[VMF_MAX_POOLS], guest_bad;
+	struct seen_key *seen;
+	size_t nseen, capseen;
+	struct problem *probs;
+	size_t nprobs, capprobs;
+	int ini_rc;
+	bool oom;
+};
+
+static void problem(struct parser *p, int line, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+static void
+problem(struct parser *p, int line, const char *fmt, ...)
+{
+	if (p->nprobs == p->capprobs) {
+		size_t n = p->capprobs ? p->capprobs * 2 : 16;
+		struct problem *np = realloc(p->probs, n * sizeof(*np));
+		if (!np) {
+			p->oom = true;
+			return;
+		}
+		p->probs = np;
+		p->capprobs = n;
+	}
+	va_list ap;
+	va_start(ap, fmt);
+	char *msg = NULL;
+	int r = vasprintf(&msg, fmt, ap);
+	va_end(ap);
+	if (r < 0) {
+		p->oom = true;
+		return;
+	}
+	p->probs[p->nprobs++] = (struct problem){ line, msg };
+}
+
+static char *
+keep(struct parser *p, const char *s)
+{
+	struct vmf_config *c = p->c;
+	if (c->n_strings == sizeof(c->strings) / sizeof(c->strings[0])) {
+		p->oom = true;   /* cannot happen: one string per string key */
+		return NULL;
+	}
+	char *d = strdup(s);
+	if (!d)
+		p->oom = true;
+	else
+		c->strings[c->n_strings++] = d;
+	return d;
+}
+
+static const char *
+section_label(const struct parser *p, char *buf, size_t n)
+{
+	if (p->sec == SEC_POOL)
+		snprintf(buf, n, "[pool %s]", p->c->pools[p->pool].name);
+	else
+		snprintf(buf, n, "[%s]", section_names[p->sec]);
+	return buf;
+}
+
+/* ---- values ---- */
+
+static bool
+parse_uint(const char *v, unsigned long long *out)
+{
+	if (!isdigit((unsigned char)v[0]))
+		return false;
+	errno = 0;
+	char *end;
+	unsigned long long n = strtoull(v, &end, 10);
+	if (errno || *end)
+		return false;
+	*out = n;
+	return true;
+}
+
+static bool
+parse_seconds(const char *v, unsigned long long *out)
+{
+	if (!isdigit((unsigned char)v[0]))
+		return false;
+	errno = 0;
+	char *end;
+	unsigned long long n = strtoull(v, &end, 10);
+	if (errno)
+		return false;
+	unsigned long long mul = 1;
+	if (*end == 's')
+		end++;
+	else if (*end == 'm')
+		mul = 60, end++;
+	else if (*end == 'h')
+		mul = 3600, end++;
+	else if (*end == 'd')
+		mul = 86400, end++;
+	if (*end || n > (unsigned long long)-1 / mul)
+		return false;
+	*out = n * mul;
+	return true;
+}
+
+static int
+parse_bool(const char *v)
+{
+	static const char *const yes[] = { "yes", "true", "on", "1" }, *const no[] = { "no", "false", "off", "0" };
+	for (size_t i = 0; i < 4; i++) {
+		if (strcasecmp(v, yes[i]) == 0)
+			return 1;
+		if (strcasecmp(v, no[i]) == 0)
+			return 0;
+	}
+	return -1;
+}
+
+static bool
+all_chars(const char *v, const char *extra)
+{
+	for (const char *s = v; *s; s++)
+		if (!isalnum((unsigned char)*s) && !strchr(extra, *s))
+			return false;
+	return true;
+}
+
+/* Checks one value and stores it; false after reporting the problem. */
+static bool
+set_value(struct parser *p, const struct key *k, const char *v, void *base)
+{
+	const char *n = k->name;
+	int line = p->line;
+	if (!*v) {
+		problem(p, line, "%s: no value given", n);
+		return false;
+	}
+	if (k->max_len && strlen(v) > k->max_len) {
+		if (strcmp(n, "run_dir") == 0)
+			problem(p, line, "run_dir: '%s' is longer than 56 characters; VM socket paths below it "
+				"would not fit a unix socket address", v);
+		else
+			problem(p, line, "%s: the value is longer than %zu characters", n, k->max_len);
+		return false;
+	}
+	unsigned long long u;
+	switch (k->kind) {
+	case K_ABSPATH:
+	case K_PROGRAM:
+		if (v[0] != '/' && (k->kind == K_ABSPATH || strchr(v, '/'))) {
+			problem(p, line, "%s: '%s' is not an absolute path%s", n, v,
+				k->kind == K_PROGRAM ? " (give an absolute path or a program name found in PATH)" : "");
+			return false;
+		}
+		break;
+	case K_UINT:
+	case K_SECONDS:
+		if (!(k->kind == K_UINT ? parse_uint(v, &u) : parse_seconds(v, &u))) {
+			problem(p, line, "%s: '%s' is not %s", n, v,
+				k->kind == K_UINT ? "a whole number" : "a duration (seconds, or a number with s, m, h or d)");
+			return false;
+		}
+		if (u < k->min) {
+			problem(p, line, "%s: %llu is too small (at least %u)", n, u, k->min);
+			return false;
+		}
+		if (u > k->max) {
+			problem(p, line, "%s: %llu is too large (at most %u)", n, u, k->max);
+			return false;
+		}
+		*(unsigned *)((char *)base + k->off) = (unsigned)u;
+		return true;
+	case K_BOOL: {
+		int b = parse_bool(v);
+		if (b < 0) {
+			problem(p, line, "%s: '%s' is not yes or no", n, v);
+			return false;
+		}
+		*(bool *)((char *)base + k->off) = b;
+		return true;
+	}
+	case K_LOGLEVEL: {
+		int l = vmf_log_parse_level(v);
+		if (l < 0) {
+			problem(p, line, "log_level: '%s' is not a log level (debug, info, warn, error, off)", v);
+			return false;
+		}
+		p->c->log_level = l;
+		return true;
+	}
+	case K_ACCEL:
+		if (strcmp(v, "kvm") != 0 && strcmp(v, "tcg") != 0) {
+			problem(p, line, "accelerator: '%s' is not kvm or tcg", v);
+			return false;
+		}
+		break;
+	case K_MACHINE:
+		/* It goes into QEMU's -machine argument: a comma would add options. */
+		if (!all_chars(v, ".-_")) {
+			problem(p, line, "machine: '%s' may hold only letters, digits, '.', '-' and '_'", v);
+			return false;
+		}
+		break;
+	case K_NAME:
+		if (!all_chars(v, ".-_") || v[0] == '-') {
+			problem(p, line, "%s: '%s' is not a valid name", n, v);
+			return false;
+		}
+		break;
+	case K_LISTEN: {
+		const char *colon = strrchr(v, ':');
+		if (!colon || colon == v || !parse_uint(colon + 1, &u) || u == 0 || u > 65535) {
+			problem(p, line, "%s: '%s' is not ADDRESS:PORT (e.g. 127.0.0.1:9464)", n, v);
+			return false;
+		}
+		break;
+	}
+	}
+	char *s = keep(p, v);
+	if (s)
+		*(const char **)((char *)base + k->off) = s;
+	return s != NULL;
+}
+
+/* ---- inih's handler: KEY = VALUE in the section the reader saw ---- */
+
+static int
+handler(void *user, const char *section, const char *name, const char *value)
+{
+	(void)section;   /* the reader tracks sections, with their lines */
+	struct parser *p = user;
+	char label[64];
+	if (p->sec == SEC_BAD)
+		return 1;    /* its header was reported */
+	if (p->sec == SEC_NONE) {
+		problem(p, p->line, "'%s' is outside any section: put it under [daemon], [hypervisor], [guest] "
+			"or [pool NAME]", name);
+		return 1;
+	}
+	unsigned i;
+	for (i = 0; i < NKEYS; i++)
+		if (keys[i].sec == p->sec && strcmp(keys[i].name, name) == 0)
+			break;
+	if (i == NKEYS) {
+		const char *hint = "";
+		for (unsigned j = 0; j < NKEYS; j++)
+			if (strcmp(keys[j].name, name) == 0) {
+				hint = keys[j].sec == SEC_POOL ? " (it belongs in a [pool NAME] section)"
+					: keys[j].sec == SEC_DAEMON ? " (it belongs in [daemon])"
+					: keys[j].sec == SEC_HV ? " (it belongs in [hypervisor])" : " (it belongs in [guest])";
+				break;
+			}
+		problem(p, p->line, "unknown key '%s' in %s%s", name, section_label(p, label, sizeof(label)), hint);
+		return 1;
+	}
+	int sec_id = p->sec == SEC_POOL ? SEC_POOL + p->pool : (int)p->sec;
+	for (size_t j = 0; j < p->nseen; j++)
+		if (p->seen[j].sec == sec_id && p->seen[j].key == i) {
+			problem(p, p->line, "%s is given twice in %s (first on line %d)", name,
+				section_label(p, label, sizeof(label)), p->seen[j].line);
+			return 1;
+		}
+	if (p->nseen == p->capseen) {
+		size_t n = p->capseen ? p->capseen * 2 : 32;
+		struct seen_key *ns = realloc(p->seen, n * sizeof(*ns));
+		if (!ns) {
+			p->oom = true;
+			return 1;
+		}
+		p->seen = ns;
+		p->capseen = n;
+	}
+	p->seen[p->nseen++] = (struct seen_key){ sec_id, i, p->line };
+	if (p->sec == SEC_POOL) {
+		if (set_value(p, &keys[i], value, &p->c->pools[p->pool]))
+			p->key_line[p->pool][i] = p->line;
+		else
+			p->pool_bad[p->pool] = true;
+	} else if (!set_value(p, &keys[i], value, &p->c->opts) && p->sec == SEC_GUEST) {
+		p->guest_bad = true;
+	}
+	return 1;
+}
+
+/* ---- the line reader in front of inih ---- */
+
+static void
+section_header(struct parser *p, const char *s, size_t n)
+{
+	while (n && isspace((unsigned char)*s))
+		s++, n--;
+	while (n && isspace((unsigned char)s[n - 1]))
+		n--;
+	char name[256];
+	snprintf(name, sizeof(name), "%.*s", (int)n, s);
+	p->sec = SEC_BAD;
+	p->pool = -1;
+	for (int i = SEC_DAEMON; i < SEC_POOL; i++)
+		if (strcmp(name, section_names[i]) == 0) {
+			p->sec = (enum section)i;
+			return;
+		}
+	if (strcmp(name, "pool") == 0) {
+		problem(p, p->line, "[pool] needs a name, as in [pool small]");
+		return;
+	}
+	if (strncmp(name, "pool", 4) != 0 || !isspace((unsigned char)name[4])) {
+		problem(p, p->line, "unknown section [%s]; the sections are [daemon], [hypervisor], [guest] "
+			"and [pool NAME]", name);
+		return;
+	}
+	const char *pn = name + 5;
+	while (isspace((unsigned char)*pn))
+		pn++;
+	if (strlen(pn) > 32 || !all_chars(pn, "-_")) {
+		problem(p, p->line, "pool name '%s' is invalid: use 1 to 32 letters, digits, '-' or '_'", pn);
+		return;
+	}
+	struct vmf_config *c = p->c;
+	for (unsigned i = 0; i < c->n_pools; i++)
+		if (strcmp(c->pools[i].name, pn) == 0) {
+			problem(p, p->line, "duplicate pool name '%s' (first defined on line %d)", pn, p->pool_line[i]);
+			return;
+		}
+	if (c->n_pools == VMF_MAX_POOLS) {
+		problem(p, p->line, "too many pools: at most %d", VMF_MAX_POOLS);
+		return;
+	}
+	struct vmf_pool_spec *ps = &c->pools[c->n_pools];
+	memset(ps, 0, sizeof(*ps));
+	snprintf(ps->name, sizeof(ps->name), "%s", pn);
+	ps->size = 8;
+	ps->share_memory = true;
+	p->pool_line[c->n_pools] = p->line;
+	p->pool = (int)c->n_pools++;
+	p->sec = SEC_POOL;
+}
+
+/* inih's comment rule: ';' starts an inline comment after whitespace. */
+static const char *
+find_delim(const char *s)
+{
+	for (const char *q = s; *q; q++) {
+		if (*q == '=' || *q == ':')
+			return q;
+		if (*q == ';' && q > s && isspace((unsigned char)q[-1]))
+			return NULL;
+	}
+	return NULL;
+}
+
+static char *
+reader(char *buf, int num, void *stream)
+{
+	struct parser *p = stream;
+	if (p->pos >= p->len || num < 4)
+		return NULL;
+	const char *start = p->text + p->pos;
+	const char *nl = memchr(start, '\n', p->len - p->pos);
+	size_t n = nl ? (size_t)(nl - start) : p->len - p->pos;
+	p->pos += n + (nl != NULL);
+	p->line++;
+	if (n && start[n - 1] == '\r')
+		n--;
+	strcpy(buf, "\n");   /* what inih gets for a line handled (or rejected) here */
+	size_t limit = (size_t)num - 2;
+	if (n > limit) {
+		problem(p, p->line, "the line is longer than %zu characters", limit);
+		return buf;
+	}
+	if (memchr(start, '\0', n)) {
+		problem(p, p->line, "the line holds a NUL byte");
+		return buf;
+	}
+	/* Leading blanks are dropped: an indented line after a key would
+	 * otherwise become a continuation of that key's value. */
+	size_t skip = 0;
+	while (skip < n && isspace((unsigned char)start[skip]))
+		skip++;
+	if (p->line == 1 && n - skip >= 3 && memcmp(start + skip, "\xEF\xBB\xBF", 3) == 0)
+		skip += 3;
+	const char *s = start + skip;
+	size_t m = n - skip;
+	if (m == 0 || *s == ';' || *s == '#')
+		return buf;
+	if (*s == '[') {
+		const char *close = memchr(s, ']', m);
+		if (!close) {
+			problem(p, p->line, "the section header has no closing ']'");
+			p->sec = SEC_BAD;
+			return buf;
+		}
+		const char *rest = close + 1;
+		while (rest < s + m && isspace((unsigned char)*rest))
+			rest++;
+		if (rest < s + m && *rest != ';' && *rest != '#') {
+			problem(p, p->line, "text after the section header");
+			p->sec = SEC_BAD;
+			return buf;
+		}
+		section_header(p, s + 1, (size_t)(close - s - 1));
+		return buf;
+	}
+	memcpy(buf, s, m);
+	buf[m] = '\0';
+	const char *d = find_delim(buf);
+	if (!d) {
+		problem(p, p->line, "expected KEY = VALUE, a [section] header or a comment");
+		strcpy(buf, "\n");
+		return buf;
+	}
+	if (d == buf) {
+		problem(p, p->line, "no key before '%c'", *d);
+		strcpy(buf, "\n");
+		return buf;
+	}
+	buf[m] = '\n';
+	buf[m + 1] = '\0';
+	return buf;
+}
+
+/* ---- whole-file checks, once every value is known ---- */
+
+static int
+key_index(enum section sec, const char *name)
+{
+	for (unsigned i = 0; i < NKEYS; i++)
+		if (keys[i].sec == sec && strcmp(keys[i].name, name) == 0)
+			return (int)i;
+	return -1;
+}
+
+static void
+finish_pools(struct parser *p)
+{
+	struct vmf_config *c = p->c;
+	const struct vmf_daemon_opts *o = &c->opts;
+	int iv = key_index(SEC_POOL, "vcpus"), im = key_index(SEC_POOL, "memory_mib");
+	int ixv = key_index(SEC_POOL, "max_vcpus"), ixm = key_index(SEC_POOL, "max_memory_mib");
+	for (unsigned i = 0; i < c->n_pools; i++) {
+		struct vmf_pool_spec *ps = &c->pools[i];
+		int *kl = p->key_line[i];
+		/* Sizes not given in the pool come from [guest]. */
+		if (!kl[iv])
+			ps->vcpus = o->vcpus;
+		if (!kl[im])
+			ps->memory_mib = o->memory_mib;
+		if (!kl[ixv])
+			ps->max_vcpus = o->max_vcpus > ps->vcpus ? o->max_vcpus : ps->vcpus;
+		if (!kl[ixm])
+			ps->max_memory_mib = o->max_memory_mib > ps->memory_mib ? o->max_memory_mib : ps->memory_mib;
+		if (p->pool_bad[i] || p->guest_bad)
+			continue;
+		if (ps->max_vcpus < ps->vcpus)
+			problem(p, kl[ixv] ? kl[ixv] : kl[iv], "pool '%s': max_vcpus %u is below vcpus %u", ps->name,
+				ps->max_vcpus, ps->vcpus);
+		if (ps->max_memory_mib < ps->memory_mib)
+			problem(p, kl[ixm] ? kl[ixm] : kl[im], "pool '%s': max_memory_mib %u is below memory_mib %u",
+				ps->name, ps->max_memory_mib, ps->memory_mib);
+		for (unsigned j = 0; j < i; j++) {
+			const struct vmf_pool_spec *q = &c->pools[j];
+			if (!p->pool_bad[j] && q->vcpus == ps->vcpus && q->memory_mib == ps->memory_mib && q->max_vcpus == ps->max_vcpus &&
+			    q->max_memory_mib == ps->max_memory_mib) {
+				problem(p, p->pool_line[i], "pool '%s' serves the same sizes as pool '%s' (line %d): "
+					"GetVM chooses a pool by size, so '%s' would never be used", ps->name, q->name,
+					p->pool_line[j], ps->name);
+				break;
+			}
+		}
+	}
+}
+
+static void
+finish_guest(struct parser *p)
+{
+	const struct vmf_daemon_opts *o = &p->c->opts;
+	int line_xv = 0, line_xm = 0;
+	for (size_t j = 0; j < p->nseen; j++) {
+		if (p->seen[j].sec != SEC_GUEST)
+			continue;
+		if (strcmp(keys[p->seen[j].key].name, "max_vcpus") == 0)
+			line_xv = p->seen[j].line;
+		if (strcmp(keys[p->seen[j].key].name, "max_memory_mib") == 0)
+			line_xm = p->seen[j].line;
+	}
+	if (p->guest_bad)
+		return;
+	if (line_xv && o->max_vcpus < o->vcpus)
+		problem(p, line_xv, "[guest]: max_vcpus %u is below vcpus %u", o->max_vcpus, o->vcpus);
+	if (line_xm && o->max_memory_mib < o->memory_mib)
+		problem(p, line_xm, "[guest]: max_memory_mib %u is below memory_mib %u", o->max_memory_mib,
+			o->memory_mib);
+}
+
+struct order {
+	int line;
+	size_t idx;
+};
+
+int
+vmf_config_parse(struct vmf_config *c, const char *path, const char *text, size_t len, struct vmf_error *err)
+{
+	memset(c, 0, sizeof(*c));
+	vmf_daemon_opts_defaults(&c->opts);
+	c->log_level = -1;
+	struct parser *p = calloc(1, sizeof(*p));
+	if (!p)
+		return vmf_err(err, ENOMEM, "out of memory");
+	p->c = c;
+	p->path = path;
+	p->text = text;
+	p->len = len;
+	p->pool = -1;
+	p->ini_rc = ini_parse_stream(reader, p, handler, p);
+	/* The reader hands inih only lines it accepts; this is a safety net. */
+	if (p->ini_rc > 0)
+		problem(p, p->ini_rc, "syntax error");
+	finish_guest(p);
+	finish_pools(p);
+	c->opts.pools = c->pools;
+	c->opts.n_pools = c->n_pools;
+
+	int r = 0;
+	if (p->oom) {
+		r = vmf_err(err, ENOMEM, "out of memory reading %s", path);
+	} else if (p->nprobs) {
+		/* In line order; problems of one line in the order found. */
+		struct order *ord = calloc(p->nprobs, sizeof(*ord));
+		size_t total = 0;
+		for (size_t i = 0; i < p->nprobs; i++)
+			total += strlen(path) + strlen(p->probs[i].msg) + 16;
+		c->errors = malloc(total + 1);
+		if (!ord || !c->errors) {
+			free(ord);
+			r = vmf_err(err, ENOMEM, "out of memory");
+		} else {
+			for (size_t i = 0; i < p->nprobs; i++)
+				ord[i].line = p->probs[i].line, ord[i].idx = i;
+			/* insertion sort: stable, and files are small */
+			for (size_t i = 1; i < p->nprobs; i++)
+				for (size_t j = i; j > 0 && ord[j - 1].line > ord[j].line; j--) {
+					struct order t = ord[j];
+					ord[j] = ord[j - 1];
+					ord[j - 1] = t;
+				}
+			size_t off = 0;
+			for (size_t i = 0; i < p->nprobs; i++)
+				off += (size_t)sprintf(c->errors + off, "%s:%d: %s\n", path, ord[i].line,
+						       p->probs[ord[i].idx].msg);
+			free(ord);
+			c->n_errors = (unsigned)p->nprobs;
+			r = vmf_err(err, EINVAL, "%s: %u error%s", path, c->n_errors, c->n_errors == 1 ? "" : "s");
+		}
+	}
+	for (size_t i = 0; i < p->nprobs; i++)
+		free(p->probs[i].msg);
+	free(p->probs);
+	free(p->seen);
+	free(p);
+	return r;
+}
+
+int
+vmf_config_load(struct vmf_config *c, const char *path, struct vmf_error *err)
+{
+	memset(c, 0, sizeof(*c));
+	vmf_daemon_opts_defaults(&c->opts);
+	c->log_level = -1;
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return vmf_err_sys(err, errno, "cannot open config file %s", path);
+	struct stat st;
+	if (fstat(fd, &st) < 0) {
+		int e = errno;
+		close(fd);
+		return vmf_err_sys(err, e, "cannot read config file %s", path);
+	}
+	if (!S_ISREG(st.st_mode) && !S_ISCHR(st.st_mode)) {   /* /dev/null: an empty config */
+		close(fd);
+		return vmf_err(err, EINVAL, "config file %s is not a regular file", path);
+	}
+	if (st.st_size > VMF_CONFIG_MAX_SIZE) {
+		close(fd);
+		return vmf_err(err, EFBIG, "config file %s is larger than %d bytes", path, VMF_CONFIG_MAX_SIZE);
+	}
+	char *buf = malloc((size_t)st.st_size + 1);
+	if (!buf) {
+		close(fd);
+		return vmf_err(err, ENOMEM, "out of memory");
+	}
+	size_t got = 0;
+	while (got < (size_t)st.st_size) {
+		ssize_t n = read(fd, buf + got, (size_t)st.st_size - got);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			int e = errno;
+			free(buf);
+			close(fd);
+			return vmf_err_sys(err, e, "cannot read config file %s", path);
+		}
+		if (n == 0)
+			break;
+		got += (size_t)n;
+	}
+	close(fd);
+	int r = vmf_config_parse(c, path, buf, got, err);
+	free(buf);
+	return r;
+}
+
+void
+vmf_config_free(struct vmf_config *c)
+{
+	for (unsigned i = 0; i < c->n_strings; i++)
+		free(c->strings[i]);
+	c->n_strings = 0;
+	free(c->errors);
+	c->errors = NULL;
+}

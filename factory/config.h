@@ -1,0 +1,45 @@
+/* The config file (/etc/vmfactory/vmfactory.conf, INI, read with libinih):
+ * daemon options and pools.  Every problem in a file is collected, each as
+ * "PATH:LINE: message", so that `vmfactory check-config` can list them all;
+ * command-line flags are applied over the result by the CLI.
+ * vmfactory.conf(5) documents the keys. */
+#ifndef VMF_CONFIG_H
+#define VMF_CONFIG_H
+
+#include <stddef.h>
+
+#include "daemon.h"
+#include "error.h"
+
+#define VMF_DEFAULT_CONFIG "/etc/vmfactory/vmfactory.conf"
+#define VMF_CONFIG_MAX_SIZE (1024 * 1024)
+
+struct vmf_config {
+	/* Defaults overlaid with the file's [daemon], [hypervisor] and [guest];
+	 * opts.pools points at pools[] below. */
+	struct vmf_daemon_opts opts;
+	struct vmf_pool_spec pools[VMF_MAX_POOLS];
+	unsigned n_pools;
+	int log_level;               /* [daemon] log_level; -1 when not given */
+	/* Every problem found, "PATH:LINE: message\n" each, in line order;
+	 * NULL when there is none. */
+	char *errors;
+	unsigned n_errors;
+	/* internal */
+	char *strings[24];           /* values opts points at */
+	unsigned n_strings;
+};
+
+/* Parses text (len bytes, need not be NUL-terminated) named path in the
+ * messages.  Returns 0, or -EINVAL with c->errors listing every problem and
+ * err saying how many; c must be freed with vmf_config_free() either way. */
+int vmf_config_parse(struct vmf_config *c, const char *path, const char *text, size_t len,
+		     struct vmf_error *err);
+
+/* Reads and parses a file.  -ENOENT (and the like) when it cannot be read,
+ * with c->errors empty; -EINVAL as vmf_config_parse(). */
+int vmf_config_load(struct vmf_config *c, const char *path, struct vmf_error *err);
+
+void vmf_config_free(struct vmf_config *c);
+
+#endif
