@@ -90,6 +90,16 @@ struct vmf_latency {
 	uint64_t count;
 };
 void vmf_latency_add(struct vmf_latency *l, double ms);
+
+/* Cumulative histogram for the metrics endpoint (Prometheus buckets). */
+#define VMF_HIST_BUCKETS 16
+extern const double vmf_hist_bounds_s[VMF_HIST_BUCKETS];   /* upper bounds, s */
+struct vmf_histogram {
+	uint64_t bucket[VMF_HIST_BUCKETS];   /* observations <= bound (cumulative) */
+	uint64_t count;
+	double sum_s;
+};
+void vmf_histogram_add(struct vmf_histogram *h, double seconds);
 /* q in [0,1]; 0 when there are no samples. */
 double vmf_latency_quantile(const struct vmf_latency *l, double q);
 

@@ -287,8 +287,15 @@ vm_dead_cb(evutil_socket_t fd, short what, void *arg)
 		vmf_daemon_record_vm(d, vm);
 		return;
 	}
-	if (vm->state == PVM_READY && vm->pool)
-		vmf_pool_note_failure(vm->pool, vmf_now_ms(), "a pooled VM's QEMU exited");
+	if (vm->state == PVM_READY && vm->pool) {
+		/* Counted and shown, but no backoff: a pooled VM killed from
+		 * outside (an operator, the OOM killer) says nothing about the
+		 * next clone, and its replacement should start at once.  Clones
+		 * that fail to start do back off (clone_done). */
+		vm->pool->failed++;
+		snprintf(vm->pool->last_error, sizeof(vm->pool->last_error), "a pooled VM's QEMU (pid %d) exited",
+			 (int)d->ops->pid(vm->hv));
+	}
 	vmf_daemon_destroy_vm(d, vm, false, NULL);
 }
 
@@ -375,6 +382,7 @@ clone_done(void *arg)
 		vm->state = PVM_READY;
 		vm->ready_ns = vmf_realtime_ns();
 		vm->ready_mono_ms = vmf_now_ms();
+		vmf_histogram_add(&d->clone_hist, (double)(vm->ready_ns - vm->created_ns) / 1e9);
 		p->ready++;
 		vmf_pool_note_success(p);
 		vmf_daemon_record_vm(d, vm);
@@ -461,6 +469,7 @@ vmf_daemon_refill(struct vmf_daemon *d)
 struct build_job {
 	struct vmf_daemon *d;
 	struct vmf_pool *pool;
+	int64_t start_ms;
 	Vmf__Catalog__TemplateRecord *rec;
 	int rc;
 	struct vmf_error err;
@@ -506,6 +515,7 @@ build_done(void *arg)
 	struct vmf_pool *p = j->pool;
 	p->building = false;
 	if (j->rc == 0) {
+		vmf_histogram_add(&d->build_hist, (double)(vmf_now_ms() - j->start_ms) / 1000.0);
 		p->tpl = j->rec;
 		p->verified = true;
 		vmf_pool_note_success(p);
@@ -537,6 +547,7 @@ start_template_build(struct vmf_daemon *d, struct vmf_pool *p)
 		return;
 	j->d = d;
 	j->pool = p;
+	j->start_ms = vmf_now_ms();
 	p->building = true;
 	if (vmf_jobs_submit(d->jobs, build_work, build_done, j) < 0) {
 		p->building = false;
@@ -1051,6 +1062,7 @@ daemon_free(struct vmf_daemon *d)
 	if (d->jobs)
 		vmf_jobs_free(d->jobs);
 	vmf_control_close(d);
+	vmf_metrics_close(d);
 	struct vmf_pvm *vm;
 	while ((vm = TAILQ_FIRST(&d->vms)))
 		vmf_daemon_vm_free(d, vm);
@@ -1163,6 +1175,9 @@ vmf_daemon_run(const struct vmf_daemon_opts *opts, struct vmf_error *err)
 		log_warn("recovery: %s", err->msg);
 	kill_orphans(d);
 	if ((r = vmf_control_listen(d, err)) < 0)
+		goto out;
+	if (opts->metrics_listen && *opts->metrics_listen &&
+	    (r = vmf_metrics_listen(d, opts->metrics_listen, err)) < 0)
 		goto out;
 	log_info("listening on %s (pid %d, %s %s, accel %s)", opts->socket_path, (int)getpid(), d->ops->name,
 		 d->hv.version, d->hv.accel);

@@ -54,6 +54,9 @@ struct vmf_daemon {
 	/* counters */
 	uint64_t requests, hits, misses, errors;
 	struct vmf_latency lat[STEP_COUNT];
+	struct vmf_histogram hist[STEP_COUNT];
+	struct vmf_histogram clone_hist, build_hist;
+	struct evhttp *metrics;          /* NULL unless --metrics-listen */
 	/* recent guest RNG samples, to verify clones do not repeat each other */
 	uint8_t recent_rng[64][16];
 	unsigned recent_rng_n;
@@ -100,6 +103,10 @@ pid_t vmf_control_probe_peer(const char *path);
 int vmf_control_frame_len(const uint8_t h[VMF_FRAME_HDR], uint32_t *n, struct vmf_error *err);
 int vmf_control_decode(const uint8_t *buf, size_t n, Vmf__Control__Request **out, struct vmf_error *err);
 int vmf_control_check_version(const Vmf__Control__Request *req, struct vmf_error *err);
+
+/* metrics.c: Prometheus text format over libevent's HTTP server. */
+int vmf_metrics_listen(struct vmf_daemon *d, const char *addr_port, struct vmf_error *err);
+void vmf_metrics_close(struct vmf_daemon *d);
 
 /* getvm.c */
 /* Read-only check of a GetVM sandbox path (share_dir, sock_dir): it must be

@@ -379,8 +379,10 @@ getvm_done(void *arg)
 			vmf_daemon_watch_vm(d, vm);
 		j->step_ms[STEP_RECORD] = since(&t);
 		j->step_ms[STEP_TOTAL] = (double)(vmf_now_ms() - j->start_ms);
-		for (int s = 0; s < STEP_COUNT; s++)
+		for (int s = 0; s < STEP_COUNT; s++) {
 			vmf_latency_add(&d->lat[s], j->step_ms[s]);
+			vmf_histogram_add(&d->hist[s], j->step_ms[s] / 1000.0);
+		}
 		log_vm(VMF_LOG_INFO, vm->id, "handed out to sandbox %s (%u vCPU, %u MiB) in %.1f ms%s",
 		       j->sandbox_id, vm->vcpus, vm->memory_mib, j->step_ms[STEP_TOTAL], j->miss ? " (miss)" : "");
 		Vmf__Control__Reply r = VMF__CONTROL__REPLY__INIT;

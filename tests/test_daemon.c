@@ -10,6 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <signal.h>
@@ -1091,9 +1093,44 @@ START_TEST(full_disk_fails_clearly_and_catalog_survives)
 }
 END_TEST
 
-START_TEST(idle_vms_are_replaced)
+/* A free TCP port on 127.0.0.1 (bound, then released). */
+static int
+free_port(void)
 {
-	ck_assert_int_eq(vmf(NULL, "init --pool 1 --max-idle 2 --wait"), 0);
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	socklen_t n = sizeof sa;
+	ck_assert_int_eq(bind(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+	ck_assert_int_eq(getsockname(fd, (struct sockaddr *)&sa, &n), 0);
+	close(fd);
+	return ntohs(sa.sin_port);
+}
+
+/* GET http://127.0.0.1:port/path; the whole response (headers too). */
+static char *
+http_get(int port, const char *pathq)
+{
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons(port),
+				  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	ck_assert_int_eq(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+	char req[256];
+	int n = snprintf(req, sizeof req, "GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n", pathq);
+	ck_assert_int_eq(write(fd, req, n), n);
+	size_t cap = 1 << 20, len = 0;
+	char *buf = malloc(cap);
+	ssize_t r;
+	while ((r = read(fd, buf + len, cap - len - 1)) > 0)
+		len += (size_t)r;
+	buf[len] = 0;
+	close(fd);
+	return buf;
+}
+
+START_TEST(idle_vms_are_replaced_and_metrics_scraped)
+{
+	int port = free_port();
+	ck_assert_int_eq(vmf(NULL, "init --pool 1 --max-idle 2 --wait --metrics-listen 127.0.0.1:%d", port), 0);
 	json_object *s = vmf_json("status -o json%s", "");
 	char first[64];
 	snprintf(first, sizeof first, "%s",
@@ -1117,6 +1154,28 @@ START_TEST(idle_vms_are_replaced)
 	ck_assert(replaced);
 	ck_assert_int_ge(vmf_now_ms() - t0, 1000);
 	ck_assert_str_eq(vm_state(first), "");
+
+	/* Metrics: scraped as Prometheus would, after one hand-out. */
+	struct got g = {0};
+	do_get(&g, "scraped", 1, 256);
+	ck_assert_int_eq(g.rc, 0);
+	ck_assert_int_eq(vmf(NULL, "release %s", g.id), 0);
+	json_object_put(g.rec);
+	char *m = http_get(port, "/metrics");
+	static const char *const want[] = {
+		" 200 OK\r\n", "text/plain; version=0.0.4",
+		"# TYPE vmfactory_pool_ready gauge", "vmfactory_pool_target{pool=\"default\"",
+		"vmfactory_requests_total 1\n", "vmfactory_hits_total 1\n", "vmfactory_errors_total 0\n",
+		"vmfactory_handout_seconds_bucket{le=\"+Inf\"} 1\n", "vmfactory_handout_seconds_count 1\n",
+		"vmfactory_handout_step_seconds_bucket{step=\"resume\",le=\"+Inf\"} 1\n",
+		"vmfactory_template_build_seconds_count", "vmfactory_clone_seconds_count",
+	};
+	for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
+		ck_assert_msg(strstr(m, want[i]) != NULL, "metrics lack '%s':\n%.2000s", want[i], m);
+	free(m);
+	m = http_get(port, "/other");
+	ck_assert_msg(strstr(m, " 404 ") != NULL, "%.300s", m);
+	free(m);
 	ck_assert_int_eq(vmf(NULL, "destroy"), 0);
 	ck_assert_int_eq(count_qemu(), 0);
 }
@@ -1259,7 +1318,7 @@ main(void)
 	ADD_TEST(tc, hostile_frames_and_paths);
 	ADD_TEST(tc, failing_template_backs_off_and_daemon_keeps_serving);
 	ADD_TEST(tc, full_disk_fails_clearly_and_catalog_survives);
-	ADD_TEST(tc, idle_vms_are_replaced);
+	ADD_TEST(tc, idle_vms_are_replaced_and_metrics_scraped);
 	ADD_TEST(tc, churn_keeps_fds_rss_flat);
 	suite_add_tcase(s, tc);
 	/* Its own case: CK_RUN_CASE=ops runs it alone (or VMFACTORY_TEST=name). */

@@ -1,0 +1,167 @@
+/* The metrics endpoint: GET /metrics on --metrics-listen ADDR:PORT, in the
+ * Prometheus text format.  Served from the event loop (libevent's HTTP
+ * server): it reads the daemon's counters without locks, like status. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <event2/buffer.h>
+#include <event2/http.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "factory.h"
+#include "log.h"
+
+static void
+histogram(struct evbuffer *b, const char *name, const char *labels, const struct vmf_histogram *h)
+{
+	const char *sep = labels && *labels ? "," : "";
+	for (int i = 0; i < VMF_HIST_BUCKETS; i++)
+		evbuffer_add_printf(b, "%s_bucket{%s%sle=\"%g\"} %llu\n", name, labels ? labels : "", sep,
+				    vmf_hist_bounds_s[i], (unsigned long long)h->bucket[i]);
+	evbuffer_add_printf(b, "%s_bucket{%s%sle=\"+Inf\"} %llu\n", name, labels ? labels : "", sep,
+			    (unsigned long long)h->count);
+	const char *open = labels && *labels ? "{" : "", *close = labels && *labels ? "}" : "";
+	evbuffer_add_printf(b, "%s_sum%s%s%s %.6f\n", name, open, labels ? labels : "", close, h->sum_s);
+	evbuffer_add_printf(b, "%s_count%s%s%s %llu\n", name, open, labels ? labels : "", close,
+			    (unsigned long long)h->count);
+}
+
+static void
+render(struct vmf_daemon *d, struct evbuffer *b)
+{
+	static const struct {
+		const char *name, *help;
+		size_t off;
+	} gauges[] = {
+		{ "vmfactory_pool_target", "VMs the pool keeps ready", offsetof(struct vmf_pool, target) },
+		{ "vmfactory_pool_ready", "paused VMs ready to hand out", offsetof(struct vmf_pool, ready) },
+		{ "vmfactory_pool_filling", "clones being made", offsetof(struct vmf_pool, filling) },
+	};
+	struct vmf_pool *p;
+	for (size_t g = 0; g < sizeof(gauges) / sizeof(gauges[0]); g++) {
+		evbuffer_add_printf(b, "# HELP %s %s\n# TYPE %s gauge\n", gauges[g].name, gauges[g].help,
+				    gauges[g].name);
+		TAILQ_FOREACH(p, &d->pools, link)
+			evbuffer_add_printf(b, "%s{pool=\"%s\",template=\"%.16s\",vcpus=\"%u\",memory_mib=\"%u\"} %u\n",
+					    gauges[g].name, p->name, p->template_id, p->params.vcpus,
+					    p->params.memory_mib, *(const unsigned *)((const char *)p + gauges[g].off));
+	}
+	evbuffer_add_printf(b, "# HELP vmfactory_pool_failures_total clone and template build failures\n"
+			       "# TYPE vmfactory_pool_failures_total counter\n");
+	TAILQ_FOREACH(p, &d->pools, link)
+		evbuffer_add_printf(b, "vmfactory_pool_failures_total{pool=\"%s\"} %llu\n", p->name,
+				    (unsigned long long)p->failed);
+	evbuffer_add_printf(b, "# HELP vmfactory_template_ready 1 when the pool's template is built\n"
+			       "# TYPE vmfactory_template_ready gauge\n");
+	TAILQ_FOREACH(p, &d->pools, link)
+		evbuffer_add_printf(b, "vmfactory_template_ready{pool=\"%s\",template=\"%.16s\"} %d\n", p->name,
+				    p->template_id, p->tpl != NULL);
+
+	static const struct {
+		const char *name, *help;
+		size_t off;
+	} counters[] = {
+		{ "vmfactory_requests_total", "GetVM requests", offsetof(struct vmf_daemon, requests) },
+		{ "vmfactory_hits_total", "GetVM served from a pool", offsetof(struct vmf_daemon, hits) },
+		{ "vmfactory_misses_total", "GetVM served by a new clone", offsetof(struct vmf_daemon, misses) },
+		{ "vmfactory_errors_total", "GetVM requests that failed", offsetof(struct vmf_daemon, errors) },
+	};
+	for (size_t c = 0; c < sizeof(counters) / sizeof(counters[0]); c++)
+		evbuffer_add_printf(b, "# HELP %s %s\n# TYPE %s counter\n%s %llu\n", counters[c].name,
+				    counters[c].help, counters[c].name, counters[c].name,
+				    (unsigned long long)*(const uint64_t *)((const char *)d + counters[c].off));
+
+	unsigned assigned = 0;
+	struct vmf_pvm *vm;
+	TAILQ_FOREACH(vm, &d->vms, link)
+		assigned += vm->state == PVM_ASSIGNED;
+	evbuffer_add_printf(b, "# HELP vmfactory_vms_assigned VMs handed to sandboxes\n"
+			       "# TYPE vmfactory_vms_assigned gauge\nvmfactory_vms_assigned %u\n", assigned);
+
+	evbuffer_add_printf(b, "# HELP vmfactory_handout_seconds GetVM, request to reply, as the daemon times it\n"
+			       "# TYPE vmfactory_handout_seconds histogram\n");
+	histogram(b, "vmfactory_handout_seconds", NULL, &d->hist[STEP_TOTAL]);
+	evbuffer_add_printf(b, "# HELP vmfactory_handout_step_seconds each step of a hand-out\n"
+			       "# TYPE vmfactory_handout_step_seconds histogram\n");
+	for (int s = 0; s < STEP_TOTAL; s++) {
+		char label[64];
+		snprintf(label, sizeof(label), "step=\"%s\"", vmf_step_names[s]);
+		histogram(b, "vmfactory_handout_step_seconds", label, &d->hist[s]);
+	}
+	evbuffer_add_printf(b, "# HELP vmfactory_clone_seconds a pool clone, start to ready (warmed)\n"
+			       "# TYPE vmfactory_clone_seconds histogram\n");
+	histogram(b, "vmfactory_clone_seconds", NULL, &d->clone_hist);
+	evbuffer_add_printf(b, "# HELP vmfactory_template_build_seconds template builds\n"
+			       "# TYPE vmfactory_template_build_seconds histogram\n");
+	histogram(b, "vmfactory_template_build_seconds", NULL, &d->build_hist);
+}
+
+static void
+metrics_cb(struct evhttp_request *req, void *arg)
+{
+	struct vmf_daemon *d = arg;
+	if (evhttp_request_get_command(req) != EVHTTP_REQ_GET) {
+		evhttp_send_error(req, 405, "only GET is served");
+		return;
+	}
+	struct evbuffer *b = evbuffer_new();
+	if (!b) {
+		evhttp_send_error(req, 500, "out of memory");
+		return;
+	}
+	render(d, b);
+	evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
+			  "text/plain; version=0.0.4; charset=utf-8");
+	evhttp_send_reply(req, 200, "OK", b);
+	evbuffer_free(b);
+}
+
+static void
+other_cb(struct evhttp_request *req, void *arg)
+{
+	(void)arg;
+	evhttp_send_error(req, 404, "only /metrics is served here");
+}
+
+int
+vmf_metrics_listen(struct vmf_daemon *d, const char *addr_port, struct vmf_error *err)
+{
+	char host[256];
+	const char *colon = strrchr(addr_port, ':');
+	char *end;
+	long port = colon ? strtol(colon + 1, &end, 10) : -1;
+	if (!colon || colon == addr_port || (size_t)(colon - addr_port) >= sizeof(host) || *end || port < 1 ||
+	    port > 65535)
+		return vmf_err(err, EINVAL, "metrics address '%s' is not ADDRESS:PORT", addr_port);
+	memcpy(host, addr_port, (size_t)(colon - addr_port));
+	host[colon - addr_port] = '\0';
+	/* [::1]:9100 */
+	if (host[0] == '[' && host[strlen(host) - 1] == ']') {
+		memmove(host, host + 1, strlen(host) - 2);
+		host[strlen(host) - 2] = '\0';
+	}
+	d->metrics = evhttp_new(d->base);
+	if (!d->metrics)
+		return vmf_err(err, ENOMEM, "cannot create the metrics HTTP server");
+	if (!evhttp_bind_socket_with_handle(d->metrics, host, (uint16_t)port)) {
+		int e = errno ? errno : EADDRINUSE;
+		vmf_metrics_close(d);
+		return vmf_err_sys(err, e, "cannot listen for metrics on %s", addr_port);
+	}
+	evhttp_set_allowed_methods(d->metrics, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD);
+	evhttp_set_timeout(d->metrics, 10);
+	evhttp_set_cb(d->metrics, "/metrics", metrics_cb, d);
+	evhttp_set_gencb(d->metrics, other_cb, NULL);
+	log_info("metrics on http://%s/metrics", addr_port);
+	return 0;
+}
+
+void
+vmf_metrics_close(struct vmf_daemon *d)
+{
+	if (d->metrics) {
+		evhttp_free(d->metrics);
+		d->metrics = NULL;
+	}
+}
