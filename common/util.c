@@ -4,6 +4,8 @@
 #include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
+#include <sys/syscall.h>
+#include <linux/openat2.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <openssl/evp.h>
@@ -445,3 +447,27 @@ vmf_fault_point(const char *name)
 	}
 }
 #endif
+
+int
+vmf_open_beneath(const char *dir, const char *name, int flags, mode_t mode, struct vmf_error *err)
+{
+	if (!*name || strchr(name, '/') || !strcmp(name, ".") || !strcmp(name, ".."))
+		return vmf_err(err, EINVAL, "'%s' is not a plain file name", name);
+	int dfd = open(dir, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (dfd < 0)
+		return vmf_err_sys(err, errno, "cannot open directory %s", dir);
+	struct open_how how = {
+		.flags = (uint64_t)(flags | O_CLOEXEC),
+		.mode = (flags & O_CREAT) ? mode : 0,
+		.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS,
+	};
+	int fd = (int)syscall(SYS_openat2, dfd, name, &how, sizeof(how));
+	if (fd < 0 && (errno == ENOSYS || errno == EPERM))
+		fd = openat(dfd, name, flags | O_CLOEXEC | O_NOFOLLOW, mode);
+	int e = errno;
+	close(dfd);
+	if (fd < 0)
+		return vmf_err_sys(err, e, "cannot open %s/%s%s", dir, name, e == ELOOP || e == EXDEV ?
+				   " (a symlink stands there)" : "");
+	return fd;
+}

@@ -19,6 +19,12 @@ int64_t vmf_monotonic_ns(void);
  * as they are, but must be directories, not symlinks). */
 int vmf_mkdir_p(const char *path, mode_t mode, struct vmf_error *err);
 
+/* Creates or opens name inside dir (flags as for open, O_CLOEXEC added)
+ * without following any symlink on the way: openat2 with RESOLVE_BENEATH |
+ * RESOLVE_NO_SYMLINKS where the kernel has it, else O_NOFOLLOW on a dir
+ * opened with O_NOFOLLOW.  name must be a plain file name. */
+int vmf_open_beneath(const char *dir, const char *name, int flags, mode_t mode, struct vmf_error *err);
+
 /* Writes data to path via path.tmp.XXXXXX + fsync + rename + fsync(dir). */
 int vmf_write_file_atomic(const char *path, const void *data, size_t len, mode_t mode,
 			  struct vmf_error *err);

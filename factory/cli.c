@@ -567,6 +567,8 @@ fill_daemon_opts(const struct cmd *cmd, struct args *a, struct vmf_daemon_opts *
 		o->accel = e;
 	if ((e = opt(a, "metrics-listen")))
 		o->metrics_listen = e;
+	if ((e = opt(a, "runas")))
+		o->runas = e;
 	if (num(a, "pool", &o->pool_size, cmd) || num(a, "cpus", &o->vcpus, cmd) ||
 	    num(a, "memory", &o->memory_mib, cmd) || num(a, "max-cpus", &o->max_vcpus, cmd) ||
 	    num(a, "max-memory", &o->max_memory_mib, cmd) || num(a, "max-idle", &o->max_idle_s, cmd))
@@ -1050,13 +1052,13 @@ static const struct cmd commands[] = {
 	/* ---- daemon commands: marshal a request, print the reply ---- */
 	{ "init", "[--config FILE] --pool N [--cpus N --memory MIB --max-cpus N --max-memory MIB] [--no-share] [--foreground] [--wait] "
 		  "[--image-dir DIR] [--kernel PATH --initrd PATH] [--qemu PATH] [--accel kvm|tcg] [--group NAME] "
-		  "[--max-idle S] [--metrics-listen ADDR:PORT]",
+		  "[--max-idle S] [--metrics-listen ADDR:PORT] [--runas USER]",
 	  "start the daemon and fill a pool of paused VMs",
-	  "pool=,cpus=,memory=,max-cpus=,max-memory=,no-share,foreground,wait,image-dir=,kernel=,initrd=,qemu=,accel=,group=,max-idle=,config=,metrics-listen=",
+	  "pool=,cpus=,memory=,max-cpus=,max-memory=,no-share,foreground,wait,image-dir=,kernel=,initrd=,qemu=,accel=,group=,max-idle=,config=,metrics-listen=,runas=",
 	  0, 0, cmd_init },
 	{ "daemon", "[--config FILE] [init's size and path options]",
 	  "run the daemon in the foreground, for systemd (Type=notify)",
-	  "pool=,cpus=,memory=,max-cpus=,max-memory=,no-share,image-dir=,kernel=,initrd=,qemu=,accel=,group=,max-idle=,config=,metrics-listen=",
+	  "pool=,cpus=,memory=,max-cpus=,max-memory=,no-share,image-dir=,kernel=,initrd=,qemu=,accel=,group=,max-idle=,config=,metrics-listen=,runas=",
 	  0, 0, cmd_init },
 	{ "check-config", "[FILE]", "check a config file (default " VMF_DEFAULT_CONFIG "), listing every error",
 	  "", 0, 1, cmd_check_config },

@@ -59,6 +59,7 @@ static const struct key keys[] = {
 	{ SEC_HV, "binary", K_PROGRAM, O(qemu_binary), 0, 0, 512 },
 	{ SEC_HV, "accelerator", K_ACCEL, O(accel), 0, 0, 0 },
 	{ SEC_HV, "machine", K_MACHINE, O(machine), 0, 0, 32 },
+	{ SEC_HV, "runas", K_NAME, O(runas), 0, 0, 32 },
 	{ SEC_GUEST, "image_dir", K_ABSPATH, O(image_dir), 0, 0, 512 },
 	{ SEC_GUEST, "kernel", K_ABSPATH, O(kernel), 0, 0, 512 },
 	{ SEC_GUEST, "initrd", K_ABSPATH, O(initrd), 0, 0, 512 },

@@ -3,6 +3,7 @@
  * getvm.c. */
 #include <dirent.h>
 #include <errno.h>
+#include <pwd.h>
 #include <event2/thread.h>
 #include <fcntl.h>
 #include <grp.h>
@@ -952,6 +953,7 @@ setup_pool(struct vmf_daemon *d, const struct vmf_pool_spec *ps, struct vmf_erro
 	p->params.max_memory_mib = ps->max_memory_mib > ps->memory_mib ? ps->max_memory_mib : ps->memory_mib;
 	p->params.memory_slots = 8;
 	p->params.full_memory = !ps->share_memory;
+	p->params.runas = o->runas;
 	p->target = ps->size;
 	p->parallelism = o->fill_parallelism ? o->fill_parallelism : 2;
 	int r = vmf_template_spec_new(&p->params, &d->hv, &d->img, &p->spec, p->template_id, err);
@@ -1041,6 +1043,13 @@ validate_opts(const struct vmf_daemon_opts *o, struct vmf_error *err)
 		if (r < 0)
 			return r;
 	}
+	if (o->runas && *o->runas) {
+		if (!getpwnam(o->runas))
+			return vmf_err(err, ENOENT, "runas user %s does not exist", o->runas);
+		if (geteuid() != 0)
+			return vmf_err(err, EPERM, "runas %s: only a daemon running as root can start QEMU as "
+				       "another user", o->runas);
+	}
 	const char *dirs[] = { o->state_dir, o->run_dir, o->socket_path };
 	for (int i = 0; i < 3; i++)
 		if (!dirs[i] || dirs[i][0] != '/')
@@ -1119,8 +1128,12 @@ vmf_daemon_run(const struct vmf_daemon_opts *opts, struct vmf_error *err)
 	/* One daemon per state dir, even when two start at the same instant. */
 	char lock[PATH_MAX];
 	snprintf(lock, sizeof(lock), "%s/daemon.lock", opts->state_dir);
-	d->lock_fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-	if (d->lock_fd < 0 || flock(d->lock_fd, LOCK_EX | LOCK_NB) < 0) {
+	d->lock_fd = vmf_open_beneath(opts->state_dir, "daemon.lock", O_RDWR | O_CREAT, 0600, err);
+	if (d->lock_fd < 0) {
+		r = d->lock_fd;
+		goto out;
+	}
+	if (flock(d->lock_fd, LOCK_EX | LOCK_NB) < 0) {
 		r = vmf_err_sys(err, errno, "another vmfactory daemon holds %s", lock);
 		goto out;
 	}

@@ -289,8 +289,9 @@ vmf_qemu_build_argv(const vmf_vm_config *cfg, int qmp_fd, int agent_fd, char ***
 	arg(&a, "-no-user-config");
 	arg(&a, "-display");
 	arg(&a, "none");
+	bool runas = cfg->runas && *cfg->runas;
 	arg(&a, "-sandbox");
-	arg(&a, VMF_QEMU_SANDBOX);
+	arg(&a, runas ? VMF_QEMU_SANDBOX_RUNAS : VMF_QEMU_SANDBOX);
 	arg(&a, "-machine");
 	arg(&a, "%s,memory-backend=mem0", cfg->machine && *cfg->machine ? cfg->machine : "q35");
 	arg(&a, "-accel");
@@ -359,7 +360,10 @@ vmf_qemu_build_argv(const vmf_vm_config *cfg, int qmp_fd, int agent_fd, char ***
 		arg(&a, "-incoming");
 		arg(&a, "defer");
 	}
-	if (cfg->runas && *cfg->runas) {
+	if (runas) {
+		/* QEMU opens its files (memory, serial log) as us, then drops to
+		 * this user before the guest runs; the 9p share must be the
+		 * user's own (the template code chowns it). */
 		arg(&a, "-runas");
 		arg(&a, "%s", cfg->runas);
 	}
@@ -528,12 +532,12 @@ spawn(struct vmf_vm *vm, struct vmf_error *err)
 		close(qmp_l);
 		return agent_l;
 	}
-	int logfd = open(vm->stderr_log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	int logfd = vmf_open_beneath(cfg->run_dir, VMF_QEMU_STDERR_LOG, O_WRONLY | O_CREAT | O_TRUNC, 0600, err);
 	int devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
 	char **argv = NULL;
-	int r = 0;
-	if (logfd < 0 || devnull < 0)
-		r = vmf_err_sys(err, errno, "cannot open %s", vm->stderr_log);
+	int r = logfd < 0 ? logfd : 0;
+	if (r == 0 && devnull < 0)
+		r = vmf_err_sys(err, errno, "cannot open /dev/null");
 	if (r == 0)
 		r = vmf_qemu_build_argv(cfg, qmp_l, agent_l, &argv, err);
 	/* The QMP client connects before fork: the connection waits in the

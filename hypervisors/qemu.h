@@ -31,5 +31,9 @@ void vmf_qemu_free_argv(char **argv);
 
 /* The -sandbox value used for every VM. */
 #define VMF_QEMU_SANDBOX "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+/* With -runas: QEMU 7.2 drops to the user after installing its seccomp
+ * filter, and elevateprivileges=deny kills it then (SIGSYS, measured).
+ * Once dropped, QEMU holds no capabilities, so set*uid cannot raise it. */
+#define VMF_QEMU_SANDBOX_RUNAS "on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny"
 
 #endif

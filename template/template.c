@@ -3,6 +3,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <pwd.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -141,7 +142,7 @@ base_config(vmf_vm_config *cfg, const struct vmf_template_params *p, const char 
 	cfg->accel = (char *)(p->accel ? p->accel : "");
 	cfg->binary = (char *)(p->binary ? p->binary : "");
 	cfg->vmgenid = (char *)"";
-	cfg->runas = (char *)"";
+	cfg->runas = (char *)(p->runas ? p->runas : "");
 	cfg->memory_file = (char *)"";
 }
 
@@ -178,6 +179,9 @@ boot_and_save(const struct vmf_template_params *p, const struct vmf_image *img, 
 	snprintf(name, sizeof(name), "vmfactory-tpl-%.16s", id);
 	if (mkdir(share, 0700) < 0 && errno != EEXIST)
 		return vmf_err_sys(err, errno, "cannot create %s", share);
+	int r = vmf_template_own_share(p, share, err);
+	if (r < 0)
+		return r;
 
 	vmf_vm_config cfg;
 	base_config(&cfg, p, img->kernel, img->initrd);
@@ -193,7 +197,7 @@ boot_and_save(const struct vmf_template_params *p, const struct vmf_image *img, 
 
 	struct vmf_vm *vm = NULL;
 	progress(pfn, ctx, "booting the template VM");
-	int r = p->ops->boot(&cfg, &vm, err);
+	r = p->ops->boot(&cfg, &vm, err);
 	if (r < 0)
 		return r;
 	int afd = p->ops->agent_connect(vm, 5000, err);
@@ -219,9 +223,9 @@ boot_and_save(const struct vmf_template_params *p, const struct vmf_image *img, 
 		goto out;
 	}
 	progress(pfn, ctx, "saving the template state");
-	int sfd = open(state, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	int sfd = vmf_open_beneath(build_dir, "state", O_WRONLY | O_CREAT | O_EXCL, 0600, err);
 	if (sfd < 0) {
-		r = vmf_err_sys(err, errno, "cannot create %s", state);
+		r = sfd;
 		goto out;
 	}
 	r = p->ops->pause(vm, err);
@@ -405,7 +409,8 @@ vmf_template_clone(const struct vmf_template_params *p, const Vmf__Catalog__Temp
 		   struct vmf_error *err)
 {
 	*out = NULL;
-	if (vmf_mkdir_p(run_dir, 0700, err) < 0 || vmf_mkdir_p(share_dir, 0700, err) < 0)
+	if (vmf_mkdir_p(run_dir, 0700, err) < 0 || vmf_mkdir_p(share_dir, 0700, err) < 0 ||
+	    vmf_template_own_share(p, share_dir, err) < 0)
 		return -err->code;
 	char name[96];
 	snprintf(name, sizeof(name), "vmfactory-%s", vm_id);
@@ -440,6 +445,22 @@ vmf_template_clone(const struct vmf_template_params *p, const Vmf__Catalog__Temp
 	if (r < 0)
 		vmf_error_prefix(err, "cloning template %.16s", rec->id);
 	return r;
+}
+
+int
+vmf_template_own_share(const struct vmf_template_params *p, const char *dir, struct vmf_error *err)
+{
+	if (!p->runas || !*p->runas)
+		return 0;
+	struct passwd pw, *res = NULL;
+	char buf[4096];
+	int e = getpwnam_r(p->runas, &pw, buf, sizeof(buf), &res);
+	if (!res)
+		return vmf_err(err, e ? e : ENOENT, "user %s (runas) does not exist", p->runas);
+	/* The directory was just made by us, 0700: no link can stand in it. */
+	if (lchown(dir, pw.pw_uid, pw.pw_gid) < 0)
+		return vmf_err_sys(err, errno, "cannot give %s to user %s", dir, p->runas);
+	return 0;
 }
 
 struct cleanup_ctx {

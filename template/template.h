@@ -38,7 +38,12 @@ struct vmf_template_params {
 	unsigned vcpus, max_vcpus;
 	unsigned memory_mib, max_memory_mib, memory_slots;
 	bool full_memory;            /* no page sharing between clones */
+	const char *runas;           /* QEMU drops to this user; NULL = stays ours */
 };
+
+/* Gives dir to the runas user of p (the 9p share QEMU serves after
+ * dropping privileges); a no-op without runas. */
+int vmf_template_own_share(const struct vmf_template_params *p, const char *dir, struct vmf_error *err);
 
 /* Fills a spec (caller frees with vmf_template_spec_free) and its id. */
 int vmf_template_spec_new(const struct vmf_template_params *p, const struct vmf_hv_info *info,

@@ -85,6 +85,29 @@ START_TEST(atomic_write_and_rm_rf_do_not_follow_symlinks)
 }
 END_TEST
 
+START_TEST(open_beneath_refuses_planted_symlinks)
+{
+	char *dir = vmf_test_tmpdir("vmf-beneath");
+	char link[600], target[600];
+	snprintf(link, sizeof link, "%s/qemu.log", dir);
+	snprintf(target, sizeof target, "%s-outside", dir);
+	ck_assert_int_eq(symlink(target, link), 0);
+	struct vmf_error e = {0};
+	int fd = vmf_open_beneath(dir, "qemu.log", O_WRONLY | O_CREAT | O_TRUNC, 0600, &e);
+	ck_assert_int_lt(fd, 0);
+	ck_assert_msg(strstr(e.msg, "symlink") != NULL, "%s", e.msg);
+	ck_assert_int_ne(access(target, F_OK), 0);
+	ck_assert_int_lt(vmf_open_beneath(dir, "../escape", O_WRONLY | O_CREAT, 0600, &e), 0);
+	ck_assert_int_eq(e.code, EINVAL);
+	fd = vmf_open_beneath(dir, "plain", O_WRONLY | O_CREAT | O_EXCL, 0600, &e);
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_ne(fcntl(fd, F_GETFD) & FD_CLOEXEC, 0);
+	close(fd);
+	ck_assert_int_eq(vmf_rm_rf(dir, &e), 0);
+	free(dir);
+}
+END_TEST
+
 START_TEST(id_validation)
 {
 	ck_assert(vmf_valid_sandbox_id("a"));
@@ -127,6 +150,7 @@ main(void)
 	tcase_add_test(tc, error_prefix_keeps_cause);
 	tcase_add_test(tc, frame_roundtrip_and_limits);
 	tcase_add_test(tc, atomic_write_and_rm_rf_do_not_follow_symlinks);
+	tcase_add_test(tc, open_beneath_refuses_planted_symlinks);
 	tcase_add_test(tc, id_validation);
 	tcase_add_test(tc, proc_helpers);
 	suite_add_tcase(s, tc);

@@ -5,6 +5,7 @@
 #include <json-c/json.h>
 #include <poll.h>
 #include <pthread.h>
+#include <pwd.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1093,6 +1094,39 @@ START_TEST(full_disk_fails_clearly_and_catalog_survives)
 }
 END_TEST
 
+START_TEST(runas_drops_qemu_privileges)
+{
+	if (geteuid() != 0) {
+		printf("runas test skipped: only root can start QEMU as another user\n");
+		return;
+	}
+	struct passwd *pw = getpwnam("nobody");
+	ck_assert_ptr_nonnull(pw);
+	uid_t uid = pw->pw_uid;
+	ck_assert_int_ne(vmf(NULL, "init --pool 1 --runas no-such-user-here"), 0);
+	ck_assert_int_eq(vmf(NULL, "init --pool 1 --runas nobody --wait"), 0);
+	struct got g = {0};
+	do_get(&g, "unprivileged", 2, 512);
+	ck_assert_int_eq(g.rc, 0);
+	int pid = json_object_get_int(path(g.rec, "pid", NULL));
+	char p[64], *st = NULL;
+	snprintf(p, sizeof p, "/proc/%d/status", pid);
+	ck_assert_int_eq(vmf_read_file(p, &st, NULL, 1 << 16, NULL), 0);
+	char want[64];
+	snprintf(want, sizeof want, "Uid:\t%u\t%u\t%u\t%u", uid, uid, uid, uid);
+	ck_assert_msg(strstr(st, want) != NULL, "QEMU does not run as nobody: %s", st);
+	free(st);
+	/* The share it serves (through the sandbox's link) is nobody's. */
+	struct stat sst;
+	ck_assert_int_eq(stat(g.share, &sst), 0);
+	ck_assert_int_eq(sst.st_uid, uid);
+	ck_assert_int_eq(vmf(NULL, "release %s", g.id), 0);
+	json_object_put(g.rec);
+	ck_assert_int_eq(vmf(NULL, "destroy"), 0);
+	ck_assert_int_eq(count_qemu(), 0);
+}
+END_TEST
+
 /* A free TCP port on 127.0.0.1 (bound, then released). */
 static int
 free_port(void)
@@ -1319,6 +1353,7 @@ main(void)
 	ADD_TEST(tc, failing_template_backs_off_and_daemon_keeps_serving);
 	ADD_TEST(tc, full_disk_fails_clearly_and_catalog_survives);
 	ADD_TEST(tc, idle_vms_are_replaced_and_metrics_scraped);
+	ADD_TEST(tc, runas_drops_qemu_privileges);
 	ADD_TEST(tc, churn_keeps_fds_rss_flat);
 	suite_add_tcase(s, tc);
 	/* Its own case: CK_RUN_CASE=ops runs it alone (or VMFACTORY_TEST=name). */
