@@ -773,15 +773,17 @@ start_daemon(const struct cmd *cmd, struct args *a, struct vmf_daemon_opts *opts
 static int
 template_params(const struct cmd *cmd, struct args *a, struct vmf_daemon_opts *o, struct vmf_template_params *p,
 		struct vmf_hv_info *info, struct vmf_image *img, Vmf__Catalog__TemplateSpec **spec,
-		char id[VMF_SHA256_HEX], struct vmf_error *e)
+		char id[VMF_SHA256_HEX], struct vmf_config *cfg, struct vmf_error *e)
 {
-	int r = fill_daemon_opts(cmd, a, o, NULL);
+	int r = fill_daemon_opts(cmd, a, o, cfg);
 	if (r)
 		return -EINVAL;
 	memset(p, 0, sizeof(*p));
 	p->ops = &vmf_qemu_ops;
 	p->binary = o->qemu_binary;
+	p->machine = o->machine;
 	p->accel = o->accel;
+	p->runas = o->runas;
 	p->cmdline = VMF_DEFAULT_CMDLINE;
 	p->vcpus = o->vcpus;
 	p->max_vcpus = o->max_vcpus > o->vcpus ? o->max_vcpus : o->vcpus;
@@ -814,21 +816,23 @@ cmd_template_build(const struct cmd *cmd, struct args *a)
 	Vmf__Catalog__TemplateSpec *spec = NULL;
 	char id[VMF_SHA256_HEX];
 	struct vmf_error e = {0};
-	int r = template_params(cmd, a, &o, &p, &info, &img, &spec, id, &e);
-	if (r == -EINVAL && !e.code)
+	struct vmf_config cfg = {0};
+	int r = template_params(cmd, a, &o, &p, &info, &img, &spec, id, &cfg, &e);
+	if (r == -EINVAL && !e.code) {
+		vmf_config_free(&cfg);
 		return EXIT_USAGE;
-	if (r < 0)
-		return fail(&e);
-	struct vmf_catalog *cat;
-	if (vmf_catalog_open(a->state_dir, &cat, &e) < 0) {
-		vmf_template_spec_free(spec);
-		return fail(&e);
 	}
+	struct vmf_catalog *cat = NULL;
+	if (r == 0)
+		r = vmf_catalog_open(o.state_dir, &cat, &e);
 	Vmf__Catalog__TemplateRecord *rec = NULL;
 	int64_t t0 = vmf_now_ms();
-	r = vmf_template_build(cat, a->state_dir, a->run_dir, &p, spec, &img, progress_line, &t0, &rec, &e);
+	if (r == 0)
+		r = vmf_template_build(cat, o.state_dir, o.run_dir, &p, spec, &img, progress_line, &t0, &rec, &e);
 	vmf_template_spec_free(spec);
-	vmf_catalog_close(cat);
+	if (cat)
+		vmf_catalog_close(cat);
+	vmf_config_free(&cfg);
 	if (r < 0)
 		return fail(&e);
 	printf("template %s ready (%u vCPU, %u MiB, built in %.1f s)\n", rec->id, rec->spec->vcpus,
@@ -999,25 +1003,31 @@ static int
 cmd_template_gc(const struct cmd *cmd, struct args *a)
 {
 	struct vmf_daemon_opts o;
-	if (fill_daemon_opts(cmd, a, &o, NULL))
+	struct vmf_config cfg = {0};
+	if (fill_daemon_opts(cmd, a, &o, &cfg)) {
+		vmf_config_free(&cfg);
 		return EXIT_USAGE;
+	}
 	struct vmf_error e = {0};
 	struct vmf_hv_info info;
 	struct vmf_image img;
-	if (vmf_image_load(o.image_dir, o.kernel, o.initrd, &img, &e) < 0)
-		return fail(&e);
-	vmf_qemu_set_probe_kernel(img.kernel);
-	if (vmf_qemu_ops.probe(o.qemu_binary, &info, &e) < 0)
-		return fail(&e);
-	struct vmf_catalog *cat;
-	if (vmf_catalog_open(a->state_dir, &cat, &e) < 0)
-		return fail(&e);
-	struct list_ctx l = { .cat = cat, .state_dir = a->state_dir,
-			      .current = { img.kernel_sha256, img.initrd_sha256, info.version } };
-	int r = vmf_catalog_template_list(cat, gc_one, &l, &e);
+	struct vmf_catalog *cat = NULL;
+	int r = vmf_image_load(o.image_dir, o.kernel, o.initrd, &img, &e);
 	if (r == 0)
-		r = vmf_template_cleanup(cat, a->state_dir, &e);
-	vmf_catalog_close(cat);
+		vmf_qemu_set_probe_kernel(img.kernel);
+	if (r == 0)
+		r = vmf_qemu_ops.probe(o.qemu_binary, &info, &e);
+	if (r == 0)
+		r = vmf_catalog_open(o.state_dir, &cat, &e);
+	struct list_ctx l = { .cat = cat, .state_dir = o.state_dir,
+			      .current = { img.kernel_sha256, img.initrd_sha256, info.version } };
+	if (r == 0)
+		r = vmf_catalog_template_list(cat, gc_one, &l, &e);
+	if (r == 0)
+		r = vmf_template_cleanup(cat, o.state_dir, &e);
+	if (cat)
+		vmf_catalog_close(cat);
+	vmf_config_free(&cfg);
 	if (r < 0)
 		return fail(&e);
 	printf("%u templates removed\n", l.removed);
@@ -1070,13 +1080,13 @@ static const struct cmd commands[] = {
 	{ "destroy", "[--all]", "stop the daemon and its pooled VMs (--all: assigned VMs too)", "all", 0, 0,
 	  cmd_destroy },
 	/* ---- template commands (owner: lead): the catalog, directly ---- */
-	{ "template build", "[--cpus N --memory MIB --max-cpus N --max-memory MIB] [--no-share]",
-	  "build (or find) the template for a size", "cpus=,memory=,max-cpus=,max-memory=,no-share,image-dir=,kernel=,initrd=,qemu=,accel=",
+	{ "template build", "[--config FILE] [--cpus N --memory MIB --max-cpus N --max-memory MIB] [--no-share]",
+	  "build (or find) the template for a size", "cpus=,memory=,max-cpus=,max-memory=,no-share,image-dir=,kernel=,initrd=,qemu=,accel=,config=",
 	  0, 0, cmd_template_build },
 	{ "template list", "[-o json]", "list templates in the catalog", "", 0, 0, cmd_template_list },
 	{ "template rm", "ID", "remove a template and its files", "", 1, 1, cmd_template_rm },
-	{ "template gc", "", "remove templates of an old kernel, initrd or QEMU, and files no record points to",
-	  "image-dir=,kernel=,initrd=,qemu=", 0, 0, cmd_template_gc },
+	{ "template gc", "[--config FILE]", "remove templates of an old kernel, initrd or QEMU, and files no record points to",
+	  "image-dir=,kernel=,initrd=,qemu=,config=", 0, 0, cmd_template_gc },
 	/* ---- end of template commands ---- */
 	{ "help", "[COMMAND]", "show this help, or a command's usage", "", 0, 2, cmd_help },
 };
