@@ -69,6 +69,7 @@ vmf_template_spec_new(const struct vmf_template_params *p, const struct vmf_hv_i
 	s->hypervisor = p->ops->kind;
 	s->hypervisor_version = strdup(info->version);
 	s->machine = strdup(p->machine ? p->machine : "q35");
+	s->accel = strdup(p->accel && *p->accel ? p->accel : info->accel);
 	s->kernel_sha256 = strdup(img->kernel_sha256);
 	s->initrd_sha256 = strdup(img->initrd_sha256);
 	s->agent_sha256 = strdup(img->agent_sha256);
@@ -84,7 +85,7 @@ vmf_template_spec_new(const struct vmf_template_params *p, const struct vmf_hv_i
 	static const char *devices[] = { "virtio-serial:agent", "virtio-rng", "vmgenid", "virtio-9p:share" };
 	s->n_devices = sizeof(devices) / sizeof(devices[0]);
 	s->devices = calloc(s->n_devices, sizeof(char *));
-	bool ok = s->hypervisor_version && s->machine && s->kernel_sha256 && s->initrd_sha256 &&
+	bool ok = s->hypervisor_version && s->machine && s->accel && s->kernel_sha256 && s->initrd_sha256 &&
 		  s->agent_sha256 && s->cmdline && s->devices;
 	for (size_t i = 0; ok && i < s->n_devices; i++)
 		ok = (s->devices[i] = strdup(devices[i])) != NULL;
@@ -108,6 +109,7 @@ vmf_template_spec_free(Vmf__Catalog__TemplateSpec *s)
 		return;
 	free(s->hypervisor_version);
 	free(s->machine);
+	free(s->accel);
 	free(s->kernel_sha256);
 	free(s->initrd_sha256);
 	free(s->agent_sha256);
