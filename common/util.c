@@ -446,6 +446,13 @@ vmf_fault_point(const char *name)
 		kill(getpid(), SIGKILL);
 	}
 }
+
+bool
+vmf_fault_active(const char *name)
+{
+	const char *want = getenv("VMFACTORY_FAULT");
+	return want && strcmp(want, name) == 0;
+}
 #endif
 
 int

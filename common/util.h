@@ -77,8 +77,13 @@ void vmf_hex(const uint8_t *in, size_t n, char *out /* 2n+1 */);
 #ifdef VMF_FAULT_INJECTION
 void vmf_fault_point(const char *name);
 #define VMF_FAULT(name) vmf_fault_point(name)
+/* True when VMFACTORY_FAULT names this point: the caller fails there as if
+ * the resource were exhausted (e.g. "catalog-full"), without crashing. */
+bool vmf_fault_active(const char *name);
+#define VMF_FAULT_ERR(name) vmf_fault_active(name)
 #else
 #define VMF_FAULT(name) ((void)0)
+#define VMF_FAULT_ERR(name) false
 #endif
 
 #endif

@@ -234,6 +234,8 @@ write_value(struct vmf_catalog *c, MDB_dbi dbi, const char *key, const void *dat
 	if (rc == 0) {
 		MDB_val k = { strlen(key), (void *)key }, v = { len, (void *)data };
 		rc = mdb_put(txn, dbi, &k, &v, 0);
+		if (rc == 0 && VMF_FAULT_ERR("catalog-full"))
+			rc = MDB_MAP_FULL;
 		rc = rc ? (mdb_txn_abort(txn), rc) : mdb_txn_commit(txn);
 	}
 	return rc ? mdb_fail(c, rc, what, err) : 0;

@@ -1161,6 +1161,41 @@ http_get(int port, const char *pathq)
 	return buf;
 }
 
+/* LMDB's map full (injected: every catalog write fails with MDB_MAP_FULL):
+ * the template cannot be recorded, the error says so, the daemon serves on
+ * and leaves no template files behind. */
+START_TEST(full_catalog_fails_clearly)
+{
+	char log[700];
+	snprintf(log, sizeof log, "%s/catalog-full.log", tmp);
+	setenv("VMFACTORY_FAULT", "catalog-full", 1);
+	pid_t pid = start_foreground(sock, state, log, "--pool 1");
+	unsetenv("VMFACTORY_FAULT");
+	char last[600] = "";
+	int failed = 0;
+	int64_t deadline = vmf_now_ms() + 120000;
+	while (failed < 1 && vmf_now_ms() < deadline) {
+		failed = pool_failures(sock, last, sizeof last);
+		poll(NULL, 0, 50);
+	}
+	printf("catalog full: %s\n", last);
+	ck_assert_int_ge(failed, 1);
+	ck_assert_msg(strstr(last, "catalog") && strstr(last, "is full"), "unclear error: %s", last);
+	struct got g = {0};
+	do_get(&g, "catalog-full", 1, 256);
+	ck_assert_int_ne(g.rc, 0);
+	ck_assert_int_eq(kill(pid, 0), 0);
+	stop_daemon(pid);
+	char cmd[800];
+	snprintf(cmd, sizeof cmd, "test -z \"$(find %s/templates -mindepth 1 -maxdepth 1 2>/dev/null)\"", state);
+	ck_assert_int_eq(system(cmd), 0);
+	json_object *l = vmf_json("template list -o json%s", "");
+	ck_assert_int_eq(json_object_array_length(l), 0);
+	json_object_put(l);
+	ck_assert_int_eq(count_qemu(), 0);
+}
+END_TEST
+
 START_TEST(idle_vms_are_replaced_and_metrics_scraped)
 {
 	int port = free_port();
@@ -1352,6 +1387,7 @@ main(void)
 	ADD_TEST(tc, hostile_frames_and_paths);
 	ADD_TEST(tc, failing_template_backs_off_and_daemon_keeps_serving);
 	ADD_TEST(tc, full_disk_fails_clearly_and_catalog_survives);
+	ADD_TEST(tc, full_catalog_fails_clearly);
 	ADD_TEST(tc, idle_vms_are_replaced_and_metrics_scraped);
 	ADD_TEST(tc, runas_drops_qemu_privileges);
 	ADD_TEST(tc, churn_keeps_fds_rss_flat);
