@@ -42,6 +42,8 @@ static struct {
 	char state[4096], run[4096], sock[4096];
 } cfg = { .samples = 50, .cycles = 1000, .vms = 8 };
 
+static void die(const struct vmf_error *e, const char *what) __attribute__((noreturn));
+
 static void
 die(const struct vmf_error *e, const char *what)
 {
