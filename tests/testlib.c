@@ -11,13 +11,21 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "util.h"
+
+static void sweep_test_dirs(void);
+
 int
 vmf_test_run(Suite *s)
 {
+	char pid[16];
+	snprintf(pid, sizeof(pid), "%d", (int)getpid());
+	setenv("VMF_TEST_RUNNER", pid, 1);
 	SRunner *sr = srunner_create(s);
 	srunner_run_all(sr, CK_ENV);
 	int failed = srunner_ntests_failed(sr);
 	srunner_free(sr);
+	sweep_test_dirs();
 	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
 }
 
@@ -36,16 +44,54 @@ vmf_test_image_dir(void)
 	return d;
 }
 
+/* Test dirs carry the test runner's pid (".rPID."), so the runner can
+ * clear what its tests left: with CK_FORK a failed assertion ends the
+ * test's process without its teardown, and daemons and VMs (in sessions
+ * of their own) would outlive it. */
+static const char *
+tmp_root(void)
+{
+	const char *t = getenv("TMPDIR");
+	return t && *t ? t : "/tmp";
+}
+
 char *
 vmf_test_tmpdir(const char *prefix)
 {
-	const char *t = getenv("TMPDIR");
+	const char *runner = getenv("VMF_TEST_RUNNER");
 	char *p = NULL;
-	if (asprintf(&p, "%s/%s.XXXXXX", t ? t : "/tmp", prefix) < 0 || !mkdtemp(p)) {
+	if (asprintf(&p, "%s/%s.r%s.XXXXXX", tmp_root(), prefix, runner ? runner : "0") < 0 || !mkdtemp(p)) {
 		perror("mkdtemp");
 		abort();
 	}
 	return p;
+}
+
+static void
+sweep_test_dirs(void)
+{
+	char tag[32];
+	snprintf(tag, sizeof(tag), ".r%d.", (int)getpid());
+	DIR *d = opendir(tmp_root());
+	struct dirent *de;
+	while (d && (de = readdir(d))) {
+		if (!strstr(de->d_name, tag))
+			continue;
+		char dir[PATH_MAX];
+		snprintf(dir, sizeof(dir), "%s/%s", tmp_root(), de->d_name);
+		int n = vmf_test_kill_under("vmfactory", dir) + vmf_test_kill_qemu_under(dir);
+		if (n)
+			fprintf(stderr, "test runner: killed %d processes a failed test left under %s\n", n, dir);
+		/* Mounts a failed test left (lazy: nothing may hold them now). */
+		char cmd[PATH_MAX + 128];
+		snprintf(cmd, sizeof(cmd), "awk '$2 ~ \"^%s/\" {print $2}' /proc/mounts | xargs -r umount -l", dir);
+		if (system(cmd) != 0)
+			fprintf(stderr, "test runner: could not unmount below %s\n", dir);
+		struct vmf_error e;
+		vmf_rm_rf(dir, &e);
+	}
+	if (d)
+		closedir(d);
 }
 
 const char *
