@@ -955,12 +955,7 @@ setup_pool(struct vmf_daemon *d, const struct vmf_pool_spec *ps, struct vmf_erro
 	p->params.full_memory = !ps->share_memory;
 	p->params.runas = o->runas;
 	p->target = ps->size;
-	/* Two clones per core: a clone waits on QEMU start-up and the state
-	 * load part of the time (refill of 8 on 2 cores: 0.80 s at 2, 0.65 s
-	 * at 4, no better at 8). */
-	long cores = sysconf(_SC_NPROCESSORS_ONLN);
-	p->parallelism = o->fill_parallelism ? o->fill_parallelism
-			 : (unsigned)(cores < 1 ? 2 : cores > 4 ? 8 : 2 * cores);
+	p->parallelism = o->fill_parallelism ? o->fill_parallelism : 2;
 	int r = vmf_template_spec_new(&p->params, &d->hv, &d->img, &p->spec, p->template_id, err);
 	if (r < 0) {
 		free(p);
