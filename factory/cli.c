@@ -594,6 +594,15 @@ fill_daemon_opts(const struct cmd *cmd, struct args *a, struct vmf_daemon_opts *
  * dir: it must survive a reboot (/run is tmpfs) and a destroy, which
  * removes the run dir once empty.  Appended to, so that a failed start
  * does not erase the previous daemon's last words. */
+static volatile sig_atomic_t alarm_fired;
+
+static void
+on_alarm(int sig)
+{
+	(void)sig;
+	alarm_fired = 1;
+}
+
 static int
 open_log(const char *state_dir, char *path, size_t n, struct vmf_error *e)
 {
@@ -668,6 +677,11 @@ start_daemon(const struct cmd *cmd, struct args *a, struct vmf_daemon_opts *opts
 {
 	struct vmf_daemon_opts o = *opts;
 	struct vmf_error e = {0};
+	unsigned init_timeout_s = 600;
+	if (num(a, "timeout", &init_timeout_s, cmd))
+		return EXIT_USAGE;
+	if (init_timeout_s == 0)
+		return usage_error(cmd, "--timeout must be at least 1 second");
 	if (flag(a, "foreground") || strcmp(cmd->name, "daemon") == 0) {
 		if (vmf_daemon_run(&o, &e) < 0)
 			return fail(&e);
@@ -715,6 +729,11 @@ start_daemon(const struct cmd *cmd, struct args *a, struct vmf_daemon_opts *opts
 	}
 	close(p[1]);
 	close(logfd);
+	/* A deadline for the relay below: a pool that cannot fill (clones
+	 * failing, backing off) would otherwise keep `init --wait` forever. */
+	struct sigaction sa = { .sa_handler = on_alarm };  /* no SA_RESTART: fgets returns */
+	sigaction(SIGALRM, &sa, NULL);
+	alarm(init_timeout_s);
 	/* Relay the daemon's progress until it says ready (or full).  On a
 	 * terminal progress overwrites itself; in a log every line stays. */
 	FILE *f = fdopen(p[0], "r");
@@ -758,9 +777,16 @@ start_daemon(const struct cmd *cmd, struct args *a, struct vmf_daemon_opts *opts
 			return EXIT_FAILURE;
 		}
 	}
+	alarm(0);
 	fclose(f);
 	if (pending_line)
 		putchar('\n');
+	if (alarm_fired) {
+		fprintf(stderr, "vmfactory: the daemon (pid %d) %s within %u s; it keeps running: see "
+			"`vmfactory status` and %s\n", (int)pid, ready ? "did not fill its pool" : "was not ready",
+			init_timeout_s, logpath);
+		return EXIT_FAILURE;
+	}
 	if (!ready || (flag(a, "wait") && !full))
 		return daemon_start_failed(pid, logpath, ready);
 	printf("vmfactory daemon pid %d ready on %s%s (%.1f s)\n", (int)pid, o.socket_path,
@@ -1062,9 +1088,9 @@ static const struct cmd commands[] = {
 	/* ---- daemon commands: marshal a request, print the reply ---- */
 	{ "init", "[--config FILE] --pool N [--cpus N --memory MIB --max-cpus N --max-memory MIB] [--no-share] [--foreground] [--wait] "
 		  "[--image-dir DIR] [--kernel PATH --initrd PATH] [--qemu PATH] [--accel kvm|tcg] [--group NAME] "
-		  "[--max-idle S] [--metrics-listen ADDR:PORT] [--runas USER]",
+		  "[--max-idle S] [--metrics-listen ADDR:PORT] [--runas USER] [--timeout S]",
 	  "start the daemon and fill a pool of paused VMs",
-	  "pool=,cpus=,memory=,max-cpus=,max-memory=,no-share,foreground,wait,image-dir=,kernel=,initrd=,qemu=,accel=,group=,max-idle=,config=,metrics-listen=,runas=",
+	  "pool=,cpus=,memory=,max-cpus=,max-memory=,no-share,foreground,wait,image-dir=,kernel=,initrd=,qemu=,accel=,group=,max-idle=,config=,metrics-listen=,runas=,timeout=",
 	  0, 0, cmd_init },
 	{ "daemon", "[--config FILE] [init's size and path options]",
 	  "run the daemon in the foreground, for systemd (Type=notify)",
