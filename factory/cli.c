@@ -569,6 +569,8 @@ fill_daemon_opts(const struct cmd *cmd, struct args *a, struct vmf_daemon_opts *
 		o->metrics_listen = e;
 	if ((e = opt(a, "runas")))
 		o->runas = e;
+	if ((e = opt(a, "hypervisor")))
+		o->hypervisor = e;
 	if (num(a, "pool", &o->pool_size, cmd) || num(a, "cpus", &o->vcpus, cmd) ||
 	    num(a, "memory", &o->memory_mib, cmd) || num(a, "max-cpus", &o->max_vcpus, cmd) ||
 	    num(a, "max-memory", &o->max_memory_mib, cmd) || num(a, "max-idle", &o->max_idle_s, cmd))
@@ -805,7 +807,9 @@ template_params(const struct cmd *cmd, struct args *a, struct vmf_daemon_opts *o
 	if (r)
 		return -EINVAL;
 	memset(p, 0, sizeof(*p));
-	p->ops = &vmf_qemu_ops;
+	p->ops = vmf_hv_by_name(o->hypervisor ? o->hypervisor : "qemu");
+	if (!p->ops)
+		return vmf_err(e, EINVAL, "unknown hypervisor %s", o->hypervisor);
 	p->binary = o->qemu_binary;
 	p->machine = o->machine;
 	p->accel = o->accel;
@@ -1088,13 +1092,14 @@ static const struct cmd commands[] = {
 	/* ---- daemon commands: marshal a request, print the reply ---- */
 	{ "init", "[--config FILE] --pool N [--cpus N --memory MIB --max-cpus N --max-memory MIB] [--no-share] [--foreground] [--wait] "
 		  "[--image-dir DIR] [--kernel PATH --initrd PATH] [--qemu PATH] [--accel kvm|tcg] [--group NAME] "
-		  "[--max-idle S] [--metrics-listen ADDR:PORT] [--runas USER] [--timeout S]",
+		  "[--max-idle S] [--metrics-listen ADDR:PORT] [--runas USER] [--timeout S] "
+		  "[--hypervisor qemu|firecracker|cloud-hypervisor]",
 	  "start the daemon and fill a pool of paused VMs",
-	  "pool=,cpus=,memory=,max-cpus=,max-memory=,no-share,foreground,wait,image-dir=,kernel=,initrd=,qemu=,accel=,group=,max-idle=,config=,metrics-listen=,runas=,timeout=",
+	  "pool=,cpus=,memory=,max-cpus=,max-memory=,no-share,foreground,wait,image-dir=,kernel=,initrd=,qemu=,accel=,group=,max-idle=,config=,metrics-listen=,runas=,timeout=,hypervisor=",
 	  0, 0, cmd_init },
 	{ "daemon", "[--config FILE] [init's size and path options]",
 	  "run the daemon in the foreground, for systemd (Type=notify)",
-	  "pool=,cpus=,memory=,max-cpus=,max-memory=,no-share,image-dir=,kernel=,initrd=,qemu=,accel=,group=,max-idle=,config=,metrics-listen=,runas=",
+	  "pool=,cpus=,memory=,max-cpus=,max-memory=,no-share,image-dir=,kernel=,initrd=,qemu=,accel=,group=,max-idle=,config=,metrics-listen=,runas=,hypervisor=",
 	  0, 0, cmd_init },
 	{ "check-config", "[FILE]", "check a config file (default " VMF_DEFAULT_CONFIG "), listing every error",
 	  "", 0, 1, cmd_check_config },

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "driver.h"
 #include "log.h"
 
 enum section { SEC_NONE, SEC_DAEMON, SEC_HV, SEC_GUEST, SEC_POOL, SEC_BAD };
@@ -31,6 +32,7 @@ enum kind {
 	K_LOGLEVEL,
 	K_ACCEL,
 	K_MACHINE,
+	K_DRIVER,
 	K_NAME,        /* a user or group name */
 	K_LISTEN,      /* ADDR:PORT */
 };
@@ -57,6 +59,7 @@ static const struct key keys[] = {
 	{ SEC_DAEMON, "metrics_listen", K_LISTEN, O(metrics_listen), 0, 0, 64 },
 	{ SEC_DAEMON, "fill_parallelism", K_UINT, O(fill_parallelism), 1, 64, 0 },
 	{ SEC_HV, "binary", K_PROGRAM, O(qemu_binary), 0, 0, 512 },
+	{ SEC_HV, "type", K_DRIVER, O(hypervisor), 0, 0, 0 },
 	{ SEC_HV, "accelerator", K_ACCEL, O(accel), 0, 0, 0 },
 	{ SEC_HV, "machine", K_MACHINE, O(machine), 0, 0, 32 },
 	{ SEC_HV, "runas", K_NAME, O(runas), 0, 0, 32 },
@@ -290,6 +293,13 @@ set_value(struct parser *p, const struct key *k, const char *v, void *base)
 	case K_ACCEL:
 		if (strcmp(v, "kvm") != 0 && strcmp(v, "tcg") != 0) {
 			problem(p, line, "accelerator: '%s' is not kvm or tcg", v);
+			return false;
+		}
+		break;
+	case K_DRIVER:
+		if (!vmf_hv_by_name(v)) {
+			problem(p, line, "type: '%s' is not a hypervisor of this build (qemu, firecracker, "
+				"cloud-hypervisor)", v);
 			return false;
 		}
 		break;

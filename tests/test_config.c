@@ -298,7 +298,7 @@ START_TEST(cli_config_and_flags)
 	char badp[800];
 	snprintf(badp, sizeof(badp), "%s", bad);
 	ck_assert_int_eq(run_cli((const char *const[]){ "daemon", "--config", badp, NULL }, &out, &err), 1);
-	ck_assert_ptr_nonnull(strstr(err, ":9: share_memory: 'maybe' is not yes or no\n"));
+	ck_assert_ptr_nonnull(strstr(err, ":10: share_memory: 'maybe' is not yes or no\n"));
 	ck_assert_ptr_nonnull(strstr(err, "vmfactory: "));
 	free(out);
 	free(err);
