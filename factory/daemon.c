@@ -146,15 +146,24 @@ record_state(enum vmf_pvm_state s)
 void
 vmf_daemon_record_vm(struct vmf_daemon *d, struct vmf_pvm *vm)
 {
+	struct vmf_error err = {0};
+	if (vmf_daemon_put_vm_record(d, vm, vm->state, &err) < 0)
+		log_vm(VMF_LOG_ERROR, vm->id, "cannot record VM state: %s", err.msg);
+}
+
+int
+vmf_daemon_put_vm_record(struct vmf_daemon *d, struct vmf_pvm *vm, enum vmf_pvm_state state,
+			 struct vmf_error *err)
+{
 	Vmf__Catalog__VmRecord rec = VMF__CATALOG__VM_RECORD__INIT;
 	vmf_hv_state *hv = NULL;
-	struct vmf_error err = {0};
-	if (vm->hv && d->ops->serialize(vm->hv, &hv, &err) < 0)
-		log_vm(VMF_LOG_WARN, vm->id, "cannot serialize its hypervisor state: %s", err.msg);
+	struct vmf_error serr = {0};
+	if (vm->hv && d->ops->serialize(vm->hv, &hv, &serr) < 0)
+		log_vm(VMF_LOG_WARN, vm->id, "cannot serialize its hypervisor state: %s", serr.msg);
 	rec.schema_version = VM_SCHEMA_VERSION;
 	rec.id = vm->id;
 	rec.template_id = vm->template_id;
-	rec.state = record_state(vm->state);
+	rec.state = record_state(state);
 	rec.hv = hv;
 	rec.sandbox_id = vm->sandbox_id;
 	rec.share_link = vm->share_link;
@@ -166,10 +175,10 @@ vmf_daemon_record_vm(struct vmf_daemon *d, struct vmf_pvm *vm)
 	rec.created_ns = vm->created_ns;
 	rec.assigned_ns = vm->assigned_ns;
 	rec.ready_ns = vm->ready_ns;
-	if (vmf_catalog_vm_put(d->cat, &rec, &err) < 0)
-		log_vm(VMF_LOG_ERROR, vm->id, "cannot record VM state: %s", err.msg);
+	int r = vmf_catalog_vm_put(d->cat, &rec, err);
 	if (hv)
 		vmf__hv__hypervisor_state__free_unpacked(hv, NULL);
+	return r;
 }
 
 void

@@ -77,7 +77,12 @@ void vmf_daemon_vm_free(struct vmf_daemon *d, struct vmf_pvm *vm);
 void vmf_daemon_destroy_vm(struct vmf_daemon *d, struct vmf_pvm *vm, bool remove_links,
 			   struct vmf_conn *reply_to);
 struct vmf_pvm *vmf_daemon_find_vm(struct vmf_daemon *d, const char *id);
+/* Writes vm's record (durably) with vm->state; a failure is logged. */
 void vmf_daemon_record_vm(struct vmf_daemon *d, struct vmf_pvm *vm);
+/* The same with the given state, failing on error.  Safe on a worker
+ * thread that owns vm (busy): LMDB serializes writers. */
+int vmf_daemon_put_vm_record(struct vmf_daemon *d, struct vmf_pvm *vm, enum vmf_pvm_state state,
+			     struct vmf_error *err);
 void vmf_daemon_watch_vm(struct vmf_daemon *d, struct vmf_pvm *vm);
 void vmf_daemon_status(struct vmf_daemon *d, Vmf__Control__Reply *reply);
 void vmf_daemon_destroy(struct vmf_daemon *d, struct vmf_conn *c, bool all);

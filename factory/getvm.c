@@ -349,6 +349,16 @@ getvm_work(void *arg)
 		r = install_link("sock_dir", j->sock_dir, vm->run_dir, err);
 	j->step_ms[STEP_LINKS] = since(&t);
 	VMF_FAULT("mid-handout");
+	/* Durable before the reply, and here rather than on the event loop (an
+	 * fsync): a VM whose assignment is not on disk would come back as a
+	 * pooled VM after a restart and could be handed out twice. */
+	if (r == 0) {
+		vm->assigned_ns = vmf_realtime_ns();
+		r = vmf_daemon_put_vm_record(d, vm, PVM_ASSIGNED, err);
+		if (r < 0)
+			vmf_error_prefix(err, "recording VM %s as assigned", vm->id);
+	}
+	j->step_ms[STEP_RECORD] = since(&t);
 	j->rc = r;
 }
 
@@ -370,14 +380,9 @@ getvm_done(void *arg)
 		j->rc = vmf_err(&j->err, ECONNRESET, "client disconnected during GetVM");
 	vm->busy = false;
 	if (j->rc == 0) {
-		int64_t t = vmf_monotonic_ns();
 		vm->state = PVM_ASSIGNED;
-		vm->assigned_ns = vmf_realtime_ns();
-		snprintf(vm->sandbox_id, sizeof(vm->sandbox_id), "%s", j->sandbox_id);
-		vmf_daemon_record_vm(d, vm);
 		if (vm->hv)
 			vmf_daemon_watch_vm(d, vm);
-		j->step_ms[STEP_RECORD] = since(&t);
 		j->step_ms[STEP_TOTAL] = (double)(vmf_now_ms() - j->start_ms);
 		for (int s = 0; s < STEP_COUNT; s++) {
 			vmf_latency_add(&d->lat[s], j->step_ms[s]);
