@@ -279,6 +279,15 @@ getvm_work(void *arg)
 	const struct vmf_hv_ops *ops = d->ops;
 	int64_t t = vmf_monotonic_ns();
 
+	/* First, durably: a daemon that dies from here on leaves a
+	 * handing-out record, which recovery destroys (with any link made);
+	 * dying before it leaves the VM pooled, untouched. */
+	j->rc = vmf_daemon_put_vm_record(d, vm, PVM_HANDING_OUT, err);
+	if (j->rc < 0) {
+		vmf_error_prefix(err, "recording VM %s as handing out", vm->id);
+		return;
+	}
+	double record_ms = since(&t);
 	if (j->miss) {
 		j->rc = vmf_template_clone(&j->pool->params, j->pool->tpl, vm->id, vm->run_dir,
 					   vm->share_dir, &vm->hv, err);
@@ -358,7 +367,7 @@ getvm_work(void *arg)
 		if (r < 0)
 			vmf_error_prefix(err, "recording VM %s as assigned", vm->id);
 	}
-	j->step_ms[STEP_RECORD] = since(&t);
+	j->step_ms[STEP_RECORD] = since(&t) + record_ms;
 	j->rc = r;
 }
 
@@ -471,7 +480,6 @@ vmf_getvm_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control__Ge
 	snprintf(vm->share_link, sizeof(vm->share_link), "%s", j->share_dir);
 	snprintf(vm->sock_link, sizeof(vm->sock_link), "%s", j->sock_dir);
 	snprintf(vm->sandbox_id, sizeof(vm->sandbox_id), "%s", j->sandbox_id);
-	vmf_daemon_record_vm(d, vm);
 	vm->busy = true;
 	j->vm = vm;
 	if (vmf_jobs_submit(d->jobs, getvm_work, getvm_done, j) < 0) {
