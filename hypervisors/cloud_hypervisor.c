@@ -39,7 +39,6 @@
 #define API_TIMEOUT_MS 10000
 #define START_TIMEOUT_MS 10000
 #define SNAPSHOT_TIMEOUT_MS 120000
-#define STATE_SCHEMA_VERSION 1
 #define CH_CAPS (VMF_CAP_CPU_HOTPLUG | VMF_CAP_MEM_HOTPLUG | VMF_CAP_FULL_SNAPSHOT)
 
 struct vmf_vm {
@@ -82,30 +81,6 @@ api_put(struct vmf_vm *vm, const char *endpoint, json_object *body, int timeout_
 	return r < 0 ? r : 0;
 }
 
-static json_object *
-obj(void)
-{
-	return json_object_new_object();
-}
-
-static void
-set_str(json_object *o, const char *k, const char *v)
-{
-	json_object_object_add(o, k, json_object_new_string(v));
-}
-
-static void
-set_int(json_object *o, const char *k, int64_t v)
-{
-	json_object_object_add(o, k, json_object_new_int64(v));
-}
-
-static void
-set_bool(json_object *o, const char *k, bool v)
-{
-	json_object_object_add(o, k, json_object_new_boolean(v));
-}
-
 static void
 vm_free(struct vmf_vm *vm)
 {
@@ -119,16 +94,8 @@ vm_free(struct vmf_vm *vm)
 static struct vmf_vm *
 vm_new(const vmf_vm_config *cfg, struct vmf_error *err)
 {
-	if (!cfg->id || !*cfg->id || !cfg->run_dir || cfg->run_dir[0] != '/') {
-		vmf_err(err, EINVAL, "cloud-hypervisor VM config lacks an id or an absolute run dir");
+	if (vmf_vmm_check_config(cfg, "cloud-hypervisor", err) < 0)
 		return NULL;
-	}
-	if (cfg->runas && *cfg->runas) {
-		/* Never run as a different user than asked without saying so. */
-		vmf_err(err, ENOTSUP, "VM %s: running the VMM as user %s is unsupported by cloud-hypervisor", cfg->id,
-			cfg->runas);
-		return NULL;
-	}
 	struct vmf_vm *vm = calloc(1, sizeof(*vm));
 	if (!vm || !(vm->cfg = vmf_vm_config_dup(cfg))) {
 		free(vm);
@@ -191,27 +158,27 @@ vm_config_json(const struct vmf_vm *vm)
 {
 	const vmf_vm_config *cfg = vm->cfg;
 	unsigned maxcpus = cfg->max_vcpus > cfg->vcpus ? cfg->max_vcpus : cfg->vcpus;
-	json_object *c = obj(), *payload = obj(), *cpus = obj(), *mem = obj(), *vs = obj(), *ser = obj(),
-		    *con = obj();
-	set_str(payload, "kernel", cfg->kernel);
+	json_object *c = vmf_json_obj(), *payload = vmf_json_obj(), *cpus = vmf_json_obj(), *mem = vmf_json_obj(), *vs = vmf_json_obj(), *ser = vmf_json_obj(),
+		    *con = vmf_json_obj();
+	vmf_json_set_str(payload, "kernel", cfg->kernel);
 	if (cfg->initrd && *cfg->initrd)
-		set_str(payload, "initramfs", cfg->initrd);
-	set_str(payload, "cmdline", cfg->cmdline && *cfg->cmdline ? cfg->cmdline : "console=ttyS0 panic=-1");
+		vmf_json_set_str(payload, "initramfs", cfg->initrd);
+	vmf_json_set_str(payload, "cmdline", cfg->cmdline && *cfg->cmdline ? cfg->cmdline : "console=ttyS0 panic=-1");
 	json_object_object_add(c, "payload", payload);
-	set_int(cpus, "boot_vcpus", cfg->vcpus);
-	set_int(cpus, "max_vcpus", maxcpus);
+	vmf_json_set_int(cpus, "boot_vcpus", cfg->vcpus);
+	vmf_json_set_int(cpus, "max_vcpus", maxcpus);
 	json_object_object_add(c, "cpus", cpus);
-	set_int(mem, "size", (int64_t)cfg->memory_mib << 20);
+	vmf_json_set_int(mem, "size", (int64_t)cfg->memory_mib << 20);
 	if (cfg->max_memory_mib > cfg->memory_mib)
-		set_int(mem, "hotplug_size", (int64_t)(cfg->max_memory_mib - cfg->memory_mib) << 20);
+		vmf_json_set_int(mem, "hotplug_size", (int64_t)(cfg->max_memory_mib - cfg->memory_mib) << 20);
 	json_object_object_add(c, "memory", mem);
-	set_int(vs, "cid", VMF_GUEST_CID);
-	set_str(vs, "socket", vm->vsock);
+	vmf_json_set_int(vs, "cid", VMF_GUEST_CID);
+	vmf_json_set_str(vs, "socket", vm->vsock);
 	json_object_object_add(c, "vsock", vs);
-	set_str(ser, "mode", "File");
-	set_str(ser, "file", vm->serial);
+	vmf_json_set_str(ser, "mode", "File");
+	vmf_json_set_str(ser, "file", vm->serial);
 	json_object_object_add(c, "serial", ser);
-	set_str(con, "mode", "Off");
+	vmf_json_set_str(con, "mode", "Off");
 	json_object_object_add(c, "console", con);
 	return c;
 }
@@ -282,8 +249,8 @@ ch_save_template(struct vmf_vm *vm, int state_fd, bool full, struct vmf_error *e
 	snprintf(url, sizeof(url), "file://%s", dir);
 	if (vmf_rm_rf(dir, err) < 0 || vmf_mkdir_p(dir, 0700, err) < 0)
 		return -err->code;
-	json_object *b = obj();
-	set_str(b, "destination_url", url);
+	json_object *b = vmf_json_obj();
+	vmf_json_set_str(b, "destination_url", url);
 	r = api_put(vm, "vm.snapshot", b, SNAPSHOT_TIMEOUT_MS, err);
 	if (r == 0 && (r = vmf_vmm_pack(state_fd, dir, NULL, err)) < 0)
 		vmf_error_prefix(err, "VM %s: saving the template state", vm->cfg->id);
@@ -304,9 +271,9 @@ retarget_config(struct vmf_vm *vm, const char *dir, struct vmf_error *err)
 		return vmf_err(err, EPROTO, "VM %s: the template state holds no readable %s", vm->cfg->id,
 			       CH_CONFIG_JSON);
 	if (json_object_object_get_ex(c, "vsock", &x) && json_object_is_type(x, json_type_object))
-		set_str(x, "socket", vm->vsock);
+		vmf_json_set_str(x, "socket", vm->vsock);
 	if (json_object_object_get_ex(c, "serial", &x) && json_object_is_type(x, json_type_object))
-		set_str(x, "file", vm->serial);
+		vmf_json_set_str(x, "file", vm->serial);
 	int r = 0;
 	if (json_object_to_file_ext(path, c, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE) < 0)
 		r = vmf_err(err, EIO, "VM %s: cannot rewrite %s", vm->cfg->id, path);
@@ -338,10 +305,10 @@ ch_start_from_template(const vmf_vm_config *cfg, int state_fd, struct vmf_vm **o
 		vm_free(vm);
 		return r;
 	}
-	json_object *b = obj();
-	set_str(b, "source_url", url);
-	set_str(b, "memory_restore_mode", "Copy");
-	set_bool(b, "resume", false);
+	json_object *b = vmf_json_obj();
+	vmf_json_set_str(b, "source_url", url);
+	vmf_json_set_str(b, "memory_restore_mode", "Copy");
+	vmf_json_set_bool(b, "resume", false);
 	r = api_put(vm, "vm.restore", b, SNAPSHOT_TIMEOUT_MS, err);
 	/* Copy mode has read the memory: the unpacked files are not needed. */
 	struct vmf_error ignored;
@@ -366,8 +333,8 @@ ch_hotplug_vcpus(struct vmf_vm *vm, unsigned total, struct vmf_error *err)
 	if (total > max)
 		return vmf_err(err, ENOSPC, "VM %s: %u vCPUs requested, max_vcpus of the template is %u",
 			       vm->cfg->id, total, max);
-	json_object *b = obj();
-	set_int(b, "desired_vcpus", total);
+	json_object *b = vmf_json_obj();
+	vmf_json_set_int(b, "desired_vcpus", total);
 	int r = api_put(vm, "vm.resize", b, API_TIMEOUT_MS, err);
 	if (r == 0)
 		vm->vcpus = total;
@@ -383,8 +350,8 @@ ch_hotplug_memory(struct vmf_vm *vm, unsigned add_mib, struct vmf_error *err)
 	if (vm->memory_mib + add_mib > max)
 		return vmf_err(err, ENOSPC, "VM %s: %u MiB + %u MiB exceeds max memory %u MiB",
 			       vm->cfg->id, vm->memory_mib, add_mib, max);
-	json_object *b = obj();
-	set_int(b, "desired_ram", (int64_t)(vm->memory_mib + add_mib) << 20);
+	json_object *b = vmf_json_obj();
+	vmf_json_set_int(b, "desired_ram", (int64_t)(vm->memory_mib + add_mib) << 20);
 	int r = api_put(vm, "vm.resize", b, API_TIMEOUT_MS, err);
 	if (r == 0)
 		vm->memory_mib += add_mib;
@@ -446,41 +413,18 @@ ch_watch_fd(struct vmf_vm *vm)
 static int
 ch_serialize(const struct vmf_vm *vm, vmf_hv_state **out, struct vmf_error *err)
 {
-	*out = NULL;
-	vmf_hv_state *st = malloc(sizeof(*st));
-	vmf_vm_config *cfg = vmf_vm_config_dup(vm->cfg);
-	char *sock = strdup(vm->api_sock);
-	if (!st || !cfg || !sock) {
-		free(st);
-		vmf_vm_config_free(cfg);
-		free(sock);
-		return vmf_err(err, ENOMEM, "out of memory serializing VM %s", vm->cfg->id);
-	}
-	vmf__hv__hypervisor_state__init(st);
-	st->schema_version = STATE_SCHEMA_VERSION;
-	st->kind = VMF__HV__HYPERVISOR_KIND__HV_CLOUD_HYPERVISOR;
-	st->pid = vm->proc.pid;
-	st->start_time_ticks = vm->proc.start_ticks;
-	st->config = cfg;
-	st->api_socket = sock;
-	st->vcpus = vm->vcpus;
-	st->memory_mib = vm->memory_mib;
-	st->paused = vm->paused;
-	*out = st;
-	return 0;
+	return vmf_vmm_serialize(VMF__HV__HYPERVISOR_KIND__HV_CLOUD_HYPERVISOR, vm->cfg, &vm->proc, vm->api_sock, vm->vcpus,
+				 vm->memory_mib, vm->paused, out, err);
 }
 
 static int
 ch_adopt(const vmf_hv_state *st, struct vmf_vm **out, struct vmf_error *err)
 {
 	*out = NULL;
-	if (st->schema_version != STATE_SCHEMA_VERSION || !st->config ||
-	    st->kind != VMF__HV__HYPERVISOR_KIND__HV_CLOUD_HYPERVISOR)
-		return vmf_err(err, EINVAL, "hypervisor state is not a cloud-hypervisor state of schema %u",
-			       STATE_SCHEMA_VERSION);
+	int rc = vmf_vmm_adopt_check(st, VMF__HV__HYPERVISOR_KIND__HV_CLOUD_HYPERVISOR, "cloud-hypervisor", err);
+	if (rc < 0)
+		return rc;
 	const char *id = st->config->id;
-	if (!vmf_proc_alive(st->pid, st->start_time_ticks))
-		return vmf_err(err, ESRCH, "cloud-hypervisor pid %d of VM %s is gone", (int)st->pid, id);
 	struct vmf_vm *vm = vm_new(st->config, err);
 	if (!vm)
 		return -err->code;

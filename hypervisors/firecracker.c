@@ -38,7 +38,6 @@
 #define API_TIMEOUT_MS 10000
 #define START_TIMEOUT_MS 10000
 #define SNAPSHOT_TIMEOUT_MS 120000
-#define STATE_SCHEMA_VERSION 1
 /* First API version the driver was tested with /hotplug/memory. */
 #define HOTPLUG_MIN_MAJOR 1
 #define HOTPLUG_MIN_MINOR 17
@@ -95,30 +94,6 @@ api_put(struct vmf_vm *vm, const char *method, const char *path, json_object *bo
 	return r < 0 ? r : 0;
 }
 
-static json_object *
-obj(void)
-{
-	return json_object_new_object();
-}
-
-static void
-set_str(json_object *o, const char *k, const char *v)
-{
-	json_object_object_add(o, k, json_object_new_string(v));
-}
-
-static void
-set_int(json_object *o, const char *k, int64_t v)
-{
-	json_object_object_add(o, k, json_object_new_int64(v));
-}
-
-static void
-set_bool(json_object *o, const char *k, bool v)
-{
-	json_object_object_add(o, k, json_object_new_boolean(v));
-}
-
 static void
 vm_free(struct vmf_vm *vm)
 {
@@ -132,16 +107,8 @@ vm_free(struct vmf_vm *vm)
 static struct vmf_vm *
 vm_new(const vmf_vm_config *cfg, struct vmf_error *err)
 {
-	if (!cfg->id || !*cfg->id || !cfg->run_dir || cfg->run_dir[0] != '/') {
-		vmf_err(err, EINVAL, "firecracker VM config lacks an id or an absolute run dir");
+	if (vmf_vmm_check_config(cfg, "firecracker", err) < 0)
 		return NULL;
-	}
-	if (cfg->runas && *cfg->runas) {
-		/* Never run as a different user than asked without saying so. */
-		vmf_err(err, ENOTSUP, "VM %s: running the VMM as user %s is unsupported by firecracker", cfg->id,
-			cfg->runas);
-		return NULL;
-	}
 	struct vmf_vm *vm = calloc(1, sizeof(*vm));
 	if (!vm || !(vm->cfg = vmf_vm_config_dup(cfg))) {
 		free(vm);
@@ -219,35 +186,35 @@ fc_boot(const vmf_vm_config *cfg, struct vmf_vm **out, struct vmf_error *err)
 	if (cfg->max_vcpus > cfg->vcpus)
 		log_vm(VMF_LOG_INFO, cfg->id, "firecracker cannot hot-add vCPUs: max_vcpus %u is not usable",
 		       cfg->max_vcpus);
-	json_object *b = obj();
-	set_int(b, "vcpu_count", cfg->vcpus);
-	set_int(b, "mem_size_mib", cfg->memory_mib);
+	json_object *b = vmf_json_obj();
+	vmf_json_set_int(b, "vcpu_count", cfg->vcpus);
+	vmf_json_set_int(b, "mem_size_mib", cfg->memory_mib);
 	r = api_put(vm, "PUT", "/machine-config", b, err);
 	if (r == 0) {
-		b = obj();
-		set_str(b, "kernel_image_path", cfg->kernel);
+		b = vmf_json_obj();
+		vmf_json_set_str(b, "kernel_image_path", cfg->kernel);
 		if (cfg->initrd && *cfg->initrd)
-			set_str(b, "initrd_path", cfg->initrd);
-		set_str(b, "boot_args", cfg->cmdline && *cfg->cmdline ? cfg->cmdline
+			vmf_json_set_str(b, "initrd_path", cfg->initrd);
+		vmf_json_set_str(b, "boot_args", cfg->cmdline && *cfg->cmdline ? cfg->cmdline
 				       : "console=ttyS0 reboot=k panic=-1");
 		r = api_put(vm, "PUT", "/boot-source", b, err);
 	}
 	if (r == 0) {
-		b = obj();
-		set_int(b, "guest_cid", VMF_GUEST_CID);
-		set_str(b, "uds_path", vm->vsock);
+		b = vmf_json_obj();
+		vmf_json_set_int(b, "guest_cid", VMF_GUEST_CID);
+		vmf_json_set_str(b, "uds_path", vm->vsock);
 		r = api_put(vm, "PUT", "/vsock", b, err);
 	}
 	if (r == 0 && cfg->max_memory_mib > cfg->memory_mib &&
 	    (caps_for_version(vm->version) & VMF_CAP_MEM_HOTPLUG)) {
-		b = obj();
-		set_int(b, "total_size_mib", cfg->max_memory_mib - cfg->memory_mib);
+		b = vmf_json_obj();
+		vmf_json_set_int(b, "total_size_mib", cfg->max_memory_mib - cfg->memory_mib);
 		r = api_put(vm, "PUT", "/hotplug/memory", b, err);
 		vm->mem_hotplug = r == 0;
 	}
 	if (r == 0) {
-		b = obj();
-		set_str(b, "action_type", "InstanceStart");
+		b = vmf_json_obj();
+		vmf_json_set_str(b, "action_type", "InstanceStart");
 		r = api_put(vm, "PUT", "/actions", b, err);
 	}
 	if (r < 0) {
@@ -263,8 +230,8 @@ fc_boot(const vmf_vm_config *cfg, struct vmf_vm **out, struct vmf_error *err)
 static int
 set_state(struct vmf_vm *vm, const char *state, struct vmf_error *err)
 {
-	json_object *b = obj();
-	set_str(b, "state", state);
+	json_object *b = vmf_json_obj();
+	vmf_json_set_str(b, "state", state);
 	return api_put(vm, "PATCH", "/vm", b, err);
 }
 
@@ -307,10 +274,10 @@ fc_save_template(struct vmf_vm *vm, int state_fd, bool full, struct vmf_error *e
 		snprintf(mem, sizeof(mem), "%s", cfg->memory_file);
 	if (vmf_rm_rf(dir, err) < 0 || vmf_mkdir_p(dir, 0700, err) < 0)
 		return -err->code;
-	json_object *b = obj();
-	set_str(b, "snapshot_type", "Full");
-	set_str(b, "snapshot_path", vmstate);
-	set_str(b, "mem_file_path", mem);
+	json_object *b = vmf_json_obj();
+	vmf_json_set_str(b, "snapshot_type", "Full");
+	vmf_json_set_str(b, "snapshot_path", vmstate);
+	vmf_json_set_str(b, "mem_file_path", mem);
 	r = api(vm, "PUT", "/snapshot/create", b, NULL, SNAPSHOT_TIMEOUT_MS, err);
 	json_object_put(b);
 	if (r < 0)
@@ -360,14 +327,14 @@ fc_start_from_template(const vmf_vm_config *cfg, int state_fd, struct vmf_vm **o
 	}
 	/* File backend: Firecracker maps the memory file MAP_PRIVATE, so every
 	 * clone of a template shares its unmodified pages. */
-	json_object *b = obj(), *be = obj(), *vo = obj();
-	set_str(b, "snapshot_path", vmstate);
-	set_str(be, "backend_type", "File");
-	set_str(be, "backend_path", mem);
+	json_object *b = vmf_json_obj(), *be = vmf_json_obj(), *vo = vmf_json_obj();
+	vmf_json_set_str(b, "snapshot_path", vmstate);
+	vmf_json_set_str(be, "backend_type", "File");
+	vmf_json_set_str(be, "backend_path", mem);
 	json_object_object_add(b, "mem_backend", be);
-	set_bool(b, "resume_vm", false);
+	vmf_json_set_bool(b, "resume_vm", false);
 	/* The snapshot names the template's vsock socket; each clone has its own. */
-	set_str(vo, "uds_path", vm->vsock);
+	vmf_json_set_str(vo, "uds_path", vm->vsock);
 	json_object_object_add(b, "vsock_override", vo);
 	r = api(vm, "PUT", "/snapshot/load", b, NULL, SNAPSHOT_TIMEOUT_MS, err);
 	json_object_put(b);
@@ -412,8 +379,8 @@ fc_hotplug_memory(struct vmf_vm *vm, unsigned add_mib, struct vmf_error *err)
 	if (vm->memory_mib + add_mib > max)
 		return vmf_err(err, ENOSPC, "VM %s: %u MiB + %u MiB exceeds max memory %u MiB",
 			       vm->cfg->id, vm->memory_mib, add_mib, max);
-	json_object *b = obj();
-	set_int(b, "requested_size_mib", vm->memory_mib + add_mib - vm->cfg->memory_mib);
+	json_object *b = vmf_json_obj();
+	vmf_json_set_int(b, "requested_size_mib", vm->memory_mib + add_mib - vm->cfg->memory_mib);
 	int r = api_put(vm, "PATCH", "/hotplug/memory", b, err);
 	if (r == 0)
 		vm->memory_mib += add_mib;
@@ -429,8 +396,8 @@ fc_stop(struct vmf_vm *vm, int timeout_ms, struct vmf_error *err)
 		/* SendCtrlAltDel asks the guest to reboot, which Firecracker turns
 		 * into its own exit (reboot=k); a paused or hung guest ignores it. */
 		struct vmf_error ignored;
-		json_object *b = obj();
-		set_str(b, "action_type", "SendCtrlAltDel");
+		json_object *b = vmf_json_obj();
+		vmf_json_set_str(b, "action_type", "SendCtrlAltDel");
 		if (!vm->paused)
 			vmf_vmm_http(FC, vm->api_sock, "PUT", "/actions", b, NULL, timeout_ms / 3 + 1, &ignored);
 		json_object_put(b);
@@ -478,41 +445,18 @@ fc_watch_fd(struct vmf_vm *vm)
 static int
 fc_serialize(const struct vmf_vm *vm, vmf_hv_state **out, struct vmf_error *err)
 {
-	*out = NULL;
-	vmf_hv_state *st = malloc(sizeof(*st));
-	vmf_vm_config *cfg = vmf_vm_config_dup(vm->cfg);
-	char *sock = strdup(vm->api_sock);
-	if (!st || !cfg || !sock) {
-		free(st);
-		vmf_vm_config_free(cfg);
-		free(sock);
-		return vmf_err(err, ENOMEM, "out of memory serializing VM %s", vm->cfg->id);
-	}
-	vmf__hv__hypervisor_state__init(st);
-	st->schema_version = STATE_SCHEMA_VERSION;
-	st->kind = VMF__HV__HYPERVISOR_KIND__HV_FIRECRACKER;
-	st->pid = vm->proc.pid;
-	st->start_time_ticks = vm->proc.start_ticks;
-	st->config = cfg;
-	st->api_socket = sock;
-	st->vcpus = vm->vcpus;
-	st->memory_mib = vm->memory_mib;
-	st->paused = vm->paused;
-	*out = st;
-	return 0;
+	return vmf_vmm_serialize(VMF__HV__HYPERVISOR_KIND__HV_FIRECRACKER, vm->cfg, &vm->proc, vm->api_sock, vm->vcpus,
+				 vm->memory_mib, vm->paused, out, err);
 }
 
 static int
 fc_adopt(const vmf_hv_state *st, struct vmf_vm **out, struct vmf_error *err)
 {
 	*out = NULL;
-	if (st->schema_version != STATE_SCHEMA_VERSION || !st->config ||
-	    st->kind != VMF__HV__HYPERVISOR_KIND__HV_FIRECRACKER)
-		return vmf_err(err, EINVAL, "hypervisor state is not a firecracker state of schema %u",
-			       STATE_SCHEMA_VERSION);
+	int rc = vmf_vmm_adopt_check(st, VMF__HV__HYPERVISOR_KIND__HV_FIRECRACKER, "firecracker", err);
+	if (rc < 0)
+		return rc;
 	const char *id = st->config->id;
-	if (!vmf_proc_alive(st->pid, st->start_time_ticks))
-		return vmf_err(err, ESRCH, "firecracker pid %d of VM %s is gone", (int)st->pid, id);
 	struct vmf_vm *vm = vm_new(st->config, err);
 	if (!vm)
 		return -err->code;

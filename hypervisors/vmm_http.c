@@ -161,3 +161,27 @@ vmf_vmm_http(const char *vmm, const char *sock, const char *method, const char *
 	free(b.p);
 	return r < 0 ? r : (int)status;
 }
+
+json_object *
+vmf_json_obj(void)
+{
+	return json_object_new_object();
+}
+
+void
+vmf_json_set_str(json_object *o, const char *k, const char *v)
+{
+	json_object_object_add(o, k, json_object_new_string(v));
+}
+
+void
+vmf_json_set_int(json_object *o, const char *k, int64_t v)
+{
+	json_object_object_add(o, k, json_object_new_int64(v));
+}
+
+void
+vmf_json_set_bool(json_object *o, const char *k, bool v)
+{
+	json_object_object_add(o, k, json_object_new_boolean(v));
+}

@@ -7,6 +7,8 @@
 #define VMF_VMM_HTTP_H
 
 #include <json-c/json.h>
+#include <stdbool.h>
+#include <stdint.h>
 
 #include "error.h"
 
@@ -17,5 +19,11 @@
  * closes the connection mid-request returns ECONNREFUSED / ECONNRESET. */
 int vmf_vmm_http(const char *vmm, const char *sock, const char *method, const char *path,
 		 json_object *body, json_object **reply, int timeout_ms, struct vmf_error *err);
+
+/* Request bodies, one field at a time. */
+json_object *vmf_json_obj(void);
+void vmf_json_set_str(json_object *o, const char *k, const char *v);
+void vmf_json_set_int(json_object *o, const char *k, int64_t v);
+void vmf_json_set_bool(json_object *o, const char *k, bool v);
 
 #endif
