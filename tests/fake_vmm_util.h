@@ -19,6 +19,7 @@
 #include "driver.h"
 #include "testlib.h"
 #include "util.h"
+#include "vmm_http.h"
 
 static char *fv_root;   /* per test program, made in the parent */
 static char *fv_dir;    /* per test, under fv_root */
@@ -26,6 +27,21 @@ static char fv_fake[PATH_MAX], fv_kernel[PATH_MAX], fv_violations[PATH_MAX], fv_
 
 /* Unchecked (parent-side) fixture: a failed test exits its forked child
  * before its teardown, so the parent kills what it left under fv_root. */
+/* Sends a request the fake must refuse (json may be NULL); the error must
+ * contain want (NULL: any refusal). */
+static void
+fv_expect_refused(const char *vmm, const char *sock, const char *method, const char *path, const char *json,
+		  const char *want)
+{
+	struct vmf_error err = {0};
+	json_object *b = json ? json_tokener_parse(json) : NULL;
+	ck_assert_msg(vmf_vmm_http(vmm, sock, method, path, b, NULL, 5000, &err) < 0, "%s %s was accepted", method,
+		      path);
+	json_object_put(b);
+	if (want)
+		ck_assert_msg(strstr(err.msg, want) != NULL, "%s %s: %s", method, path, err.msg);
+}
+
 static void
 fv_root_setup(void)
 {

@@ -176,18 +176,13 @@ START_TEST(fake_is_strict)
 	ck_assert_msg(ops->boot(&t.c, &vm, &err) == 0, "%s", err.msg);
 	char sock[PATH_MAX];
 	snprintf(sock, sizeof(sock), "%s/ch.sock", t.run_dir);
-	json_object *b = json_tokener_parse("{\"desired_vcpus\":1,\"desired_cpus\":2}");
-	ck_assert_int_lt(vmf_vmm_http("cloud-hypervisor", sock, "PUT", "/api/v1/vm.resize", b, NULL, 5000, &err), 0);
-	ck_assert_msg(strstr(err.msg, "field 'desired_cpus' is not in VmResize"), "%s", err.msg);
-	json_object_put(b);
-	b = json_tokener_parse("{\"source_url\":\"file:///x\",\"memory_restore_mode\":\"Lazy\"}");
-	ck_assert_int_lt(vmf_vmm_http("cloud-hypervisor", sock, "PUT", "/api/v1/vm.restore", b, NULL, 5000, &err), 0);
-	ck_assert_msg(strstr(err.msg, "not one of Copy|OnDemand"), "%s", err.msg);
-	json_object_put(b);
-	ck_assert_int_lt(vmf_vmm_http("cloud-hypervisor", sock, "GET", "/api/v1/vm.pause", NULL, NULL, 5000, &err), 0);
-	ck_assert_msg(strstr(err.msg, "method not allowed"), "%s", err.msg);
-	ck_assert_int_lt(vmf_vmm_http("cloud-hypervisor", sock, "PUT", "/api/v1/vm.resize", NULL, NULL, 5000, &err), 0);
-	ck_assert_msg(strstr(err.msg, "request body (VmResize) is required"), "%s", err.msg);
+	const char *ch = "cloud-hypervisor";
+	fv_expect_refused(ch, sock, "PUT", "/api/v1/vm.resize", "{\"desired_vcpus\":1,\"desired_cpus\":2}",
+			  "field 'desired_cpus' is not in VmResize");
+	fv_expect_refused(ch, sock, "PUT", "/api/v1/vm.restore",
+			  "{\"source_url\":\"file:///x\",\"memory_restore_mode\":\"Lazy\"}", "not one of Copy|OnDemand");
+	fv_expect_refused(ch, sock, "GET", "/api/v1/vm.pause", NULL, "method not allowed");
+	fv_expect_refused(ch, sock, "PUT", "/api/v1/vm.resize", NULL, "request body (VmResize) is required");
 	ck_assert_int_eq(ops->stop(vm, 3000, &err), 0);
 	ops->release(vm);
 }
