@@ -116,6 +116,7 @@ kvm_runs(const char *cpu, const char *kernel)
 		dup2(devnull, 0);
 		dup2(out[1], 1);
 		dup2(devnull, 2);
+		syscall(SYS_close_range, 3U, ~0U, 4U /* CLOSE_RANGE_CLOEXEC */);
 		execvp(argv[0], argv);
 		_exit(127);
 	}
