@@ -309,7 +309,7 @@ getvm_work(void *arg)
 		r = ops->hotplug_memory(vm->hv, j->memory_mib - vm->memory_mib, err);
 	j->step_ms[STEP_HOTPLUG] = since(&t);
 	/* A pooled clone comes with its agent connected and its share mounted
- * (warm_clone in daemon.c); a clone made for a miss does not. */
+	 * (warm_clone in daemon.c); a clone made for a miss does not. */
 	bool warm = vm->agent != NULL;
 	agent = vm->agent;
 	vm->agent = NULL;
