@@ -1006,6 +1006,20 @@ START_TEST(failing_template_backs_off_and_daemon_keeps_serving)
 }
 END_TEST
 
+/* Unmounts dir once nothing holds it: a QEMU just killed leaves /proc
+ * (what vmf_test_kill_under watches) a moment before its files close. */
+static int
+umount_settled(const char *dir)
+{
+	char cmd[800];
+	snprintf(cmd, sizeof cmd, "umount %s 2>/dev/null", dir);
+	int64_t deadline = vmf_now_ms() + 10000;
+	int r;
+	while ((r = system(cmd)) != 0 && vmf_now_ms() < deadline)
+		poll(NULL, 0, 50);
+	return r;
+}
+
 /* Mounts a fresh ext4 of size_mib (a sparse file in tmp) on dir. */
 static int
 mount_loop_fs(const char *dir, int size_mib)
@@ -1053,8 +1067,7 @@ START_TEST(full_disk_fails_clearly_and_catalog_survives)
 	/* Room for the template, then the disk filled under a running pool:
 	 * hand-outs (which write the catalog) fail clearly or succeed, the
 	 * daemon stays up, and serves again once space is back. */
-	snprintf(cmd, sizeof cmd, "umount %s", small);
-	ck_assert_int_eq(system(cmd), 0);
+	ck_assert_int_eq(umount_settled(small), 0);
 	ck_assert_int_eq(mount_loop_fs(small, 400), 0);
 	pid = start_foreground(sock, small, log, "--pool 1");
 	deadline = vmf_now_ms() + 120000;
@@ -1113,8 +1126,7 @@ START_TEST(full_disk_fails_clearly_and_catalog_survives)
 	ck_assert_str_eq(json_object_get_string(path(json_object_array_get_idx(l, 0), "state", NULL)), "ready");
 	json_object_put(l);
 	free(out);
-	snprintf(cmd, sizeof cmd, "umount %s", small);
-	ck_assert_int_eq(system(cmd), 0);
+	ck_assert_int_eq(umount_settled(small), 0);
 }
 END_TEST
 
