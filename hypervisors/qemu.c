@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -105,6 +106,7 @@ kvm_runs(const char *cpu, const char *kernel)
 		argv[n++] = "isa-debugcon,iobase=0x402,chardev=dbg";
 	}
 	argv[n] = NULL;
+	pid_t parent = getpid();
 	pid_t pid = fork();
 	if (pid < 0) {
 		close(out[0]);
@@ -112,6 +114,11 @@ kvm_runs(const char *cpu, const char *kernel)
 		return false;
 	}
 	if (pid == 0) {
+		/* A probe QEMU on a KVM that hangs runs forever: it must not
+		 * outlive us if we are killed while we wait for it. */
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		if (getppid() != parent)
+			_exit(127);
 		int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
 		dup2(devnull, 0);
 		dup2(out[1], 1);
