@@ -151,6 +151,18 @@ count_qemu(void)
 	return n;
 }
 
+/* QEMU processes under our run dir, once the ones just stopped have
+ * finished exiting (10 s at most: a QEMU still there then was leaked). */
+static int
+qemu_gone(void)
+{
+	int64_t deadline = vmf_now_ms() + 10000;
+	int n;
+	while ((n = count_qemu()) > 0 && vmf_now_ms() < deadline)
+		poll(NULL, 0, 50);
+	return n;
+}
+
 /* No QEMU under our run dir may hold a file of the catalog: QEMU outlives
  * the daemon and must not keep its database open. */
 static void
@@ -331,7 +343,7 @@ START_TEST(init_get_inspect_release_destroy)
 	deadline = vmf_now_ms() + 30000;
 	while ((count_qemu() > 0 || access(sock, F_OK) == 0) && vmf_now_ms() < deadline)
 		poll(NULL, 0, 100);
-	ck_assert_int_eq(count_qemu(), 0);
+	ck_assert_int_eq(qemu_gone(), 0);
 	ck_assert_int_ne(access(sock, F_OK), 0);
 	char vms[700];
 	snprintf(vms, sizeof vms, "%s/vms", run);
@@ -370,7 +382,7 @@ START_TEST(bad_requests_fail_clearly)
 	int64_t deadline = vmf_now_ms() + 30000;
 	while (count_qemu() > 0 && vmf_now_ms() < deadline)
 		poll(NULL, 0, 100);
-	ck_assert_int_eq(count_qemu(), 0);
+	ck_assert_int_eq(qemu_gone(), 0);
 }
 END_TEST
 
@@ -654,7 +666,7 @@ START_TEST(restart_adopts_pooled_and_assigned_vms)
 	json_object_put(i);
 	json_object_put(g.rec);
 	ck_assert_int_eq(vmf(NULL, "destroy --all"), 0);
-	ck_assert_int_eq(count_qemu(), 0);
+	ck_assert_int_eq(qemu_gone(), 0);
 }
 END_TEST
 
@@ -717,7 +729,7 @@ START_TEST(crash_at_each_fault_point_recovers)
 		ck_assert_str_eq(json_object_get_string(path(json_object_array_get_idx(l, 0), "state", NULL)), "ready");
 		json_object_put(l);
 		ck_assert_int_eq(vmf(NULL, "destroy --all"), 0);
-		ck_assert_int_eq(count_qemu(), 0);
+		ck_assert_int_eq(qemu_gone(), 0);
 	}
 }
 END_TEST
@@ -899,7 +911,7 @@ START_TEST(churn_keeps_fds_rss_flat)
 		ck_assert_uint_le(rss1, rss0 + 2048);
 	ck_assert_int_eq(count_qemu(), 2);
 	ck_assert_int_eq(vmf(NULL, "destroy"), 0);
-	ck_assert_int_eq(count_qemu(), 0);
+	ck_assert_int_eq(qemu_gone(), 0);
 	assert_daemon_log_clean();
 }
 END_TEST
@@ -1002,7 +1014,7 @@ START_TEST(failing_template_backs_off_and_daemon_keeps_serving)
 	free(out);
 	ck_assert_int_eq(kill(pid, 0), 0);
 	stop_daemon(pid);
-	ck_assert_int_eq(count_qemu(), 0);
+	ck_assert_int_eq(qemu_gone(), 0);
 }
 END_TEST
 
@@ -1159,7 +1171,7 @@ START_TEST(runas_drops_qemu_privileges)
 	ck_assert_int_eq(vmf(NULL, "release %s", g.id), 0);
 	json_object_put(g.rec);
 	ck_assert_int_eq(vmf(NULL, "destroy"), 0);
-	ck_assert_int_eq(count_qemu(), 0);
+	ck_assert_int_eq(qemu_gone(), 0);
 }
 END_TEST
 
@@ -1228,7 +1240,7 @@ START_TEST(full_catalog_fails_clearly)
 	json_object *l = vmf_json("template list -o json%s", "");
 	ck_assert_int_eq(json_object_array_length(l), 0);
 	json_object_put(l);
-	ck_assert_int_eq(count_qemu(), 0);
+	ck_assert_int_eq(qemu_gone(), 0);
 }
 END_TEST
 
@@ -1301,7 +1313,7 @@ START_TEST(idle_vms_are_replaced_and_metrics_scraped)
 	ck_assert_msg(strstr(m, " 404 ") != NULL, "%.300s", m);
 	free(m);
 	ck_assert_int_eq(vmf(NULL, "destroy"), 0);
-	ck_assert_int_eq(count_qemu(), 0);
+	ck_assert_int_eq(qemu_gone(), 0);
 }
 END_TEST
 
@@ -1397,7 +1409,7 @@ START_TEST(systemd_notify_with_config_pools)
 	int st = 0;
 	ck_assert_int_eq(waitpid(pid, &st, 0), pid);
 	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "daemon status %d", st);
-	ck_assert_int_eq(count_qemu(), 0);
+	ck_assert_int_eq(qemu_gone(), 0);
 	close(nfd);
 }
 END_TEST
