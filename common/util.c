@@ -322,6 +322,18 @@ vmf_valid_uuid(const char *s)
 }
 
 bool
+vmf_valid_pool_name(const char *s)
+{
+	size_t n = s ? strlen(s) : 0;
+	if (n == 0 || n > 32)
+		return false;
+	for (size_t i = 0; i < n; i++)
+		if (!isalnum((unsigned char)s[i]) && s[i] != '-' && s[i] != '_')
+			return false;
+	return true;
+}
+
+bool
 vmf_valid_sandbox_id(const char *s)
 {
 	if (!s || !isalnum((unsigned char)s[0]))

@@ -52,6 +52,8 @@ void vmf_uuid_new(char out[VMF_UUID_STR]);
 bool vmf_valid_uuid(const char *s);
 /* ^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$ */
 bool vmf_valid_sandbox_id(const char *s);
+/* 1 to 32 letters, digits, '-' or '_': a [pool NAME] of the config. */
+bool vmf_valid_pool_name(const char *s);
 /* 64 lower-case hex digits. */
 bool vmf_valid_template_id(const char *s);
 

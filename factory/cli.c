@@ -202,6 +202,7 @@ vm_json(const Vmf__Control__VmInfo *v)
 	JS(o, "share_dir", v->share_dir);
 	JS(o, "run_dir", v->run_dir);
 	JS(o, "template_id", v->template_id);
+	JS(o, "pool", v->pool);
 	JS(o, "state", v->state);
 	JS(o, "sandbox_id", v->sandbox_id);
 	JS(o, "share_link", v->share_link);
@@ -235,6 +236,7 @@ vm_human(const Vmf__Control__VmInfo *v)
 	printf("share dir:    %s (linked from %s)\n", v->share_dir, v->share_link);
 	printf("run dir:      %s (linked from %s)\n", v->run_dir, v->sock_link);
 	printf("template:     %s\n", v->template_id);
+	printf("pool:         %s\n", v->pool && *v->pool ? v->pool : "(gone)");
 }
 
 /* ---- commands ---- */
@@ -249,6 +251,7 @@ cmd_get(const struct cmd *cmd, struct args *a)
 	g.sandbox_id = (char *)(opt(a, "sandbox") ? opt(a, "sandbox") : "");
 	g.share_dir = (char *)(opt(a, "share-dir") ? opt(a, "share-dir") : "");
 	g.sock_dir = (char *)(opt(a, "sock-dir") ? opt(a, "sock-dir") : "");
+	g.pool = (char *)(opt(a, "pool") ? opt(a, "pool") : "");
 	g.timeout_ms = timeout * 1000;
 	struct vmf_client *c;
 	struct vmf_error e = {0};
@@ -398,6 +401,7 @@ cmd_status(const struct cmd *cmd, struct args *a)
 		for (size_t i = 0; i < s->n_pools; i++) {
 			Vmf__Control__PoolStatus *p = s->pools[i];
 			json_object *x = json_object_new_object();
+			JS(x, "name", p->name);
 			JS(x, "template_id", p->template_id);
 			JI(x, "vcpus", p->vcpus);
 			JI(x, "memory_mib", p->memory_mib);
@@ -452,11 +456,12 @@ cmd_status(const struct cmd *cmd, struct args *a)
 			if (t->error && *t->error)
 				printf("  error: %s\n", t->error);
 		}
-		printf("\nPOOL              VCPUS  MEMORY  TARGET  READY  FILLING  FAILED\n");
+		printf("\nPOOL              TEMPLATE          VCPUS  MEMORY  TARGET  READY  FILLING  FAILED  SHARING\n");
 		for (size_t i = 0; i < s->n_pools; i++) {
 			Vmf__Control__PoolStatus *p = s->pools[i];
-			printf("%-16.16s  %5u  %6u  %6u  %5u  %7u  %6u\n", p->template_id, p->vcpus, p->memory_mib,
-			       p->target, p->ready, p->filling, p->failed);
+			printf("%-16.16s  %-16.16s  %5u  %6u  %6u  %5u  %7u  %6u  %s\n", p->name, p->template_id, p->vcpus,
+			       p->memory_mib, p->target, p->ready, p->filling, p->failed,
+			       p->share_memory ? "shared" : "private");
 			if (p->last_error && *p->last_error)
 				printf("  last error: %s\n", p->last_error);
 		}
@@ -1104,8 +1109,8 @@ static const struct cmd commands[] = {
 	{ "check-config", "[FILE]", "check a config file (default " VMF_DEFAULT_CONFIG "), listing every error",
 	  "", 0, 1, cmd_check_config },
 	{ "status", "[-o json]", "show the daemon, templates, pools, VMs and latency", "", 0, 0, cmd_status },
-	{ "get", "--cpus N --memory MIB --sandbox ID --share-dir DIR --sock-dir DIR [--timeout S] [-o json]",
-	  "hand out a warm VM to a sandbox", "cpus=,memory=,sandbox=,share-dir=,sock-dir=,timeout=", 0, 0, cmd_get },
+	{ "get", "--cpus N --memory MIB --sandbox ID --share-dir DIR --sock-dir DIR [--pool NAME] [--timeout S] [-o json]",
+	  "hand out a warm VM to a sandbox", "cpus=,memory=,sandbox=,share-dir=,sock-dir=,pool=,timeout=", 0, 0, cmd_get },
 	{ "inspect", "VMID [-o json]", "show a VM, with the guest agent's own view", "", 1, 1, cmd_inspect },
 	{ "release", "VMID", "stop an assigned VM and remove its dirs and links", "", 1, 1, cmd_release },
 	{ "destroy", "[--all]", "stop the daemon and its pooled VMs (--all: assigned VMs too)", "all", 0, 0,

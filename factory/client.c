@@ -102,12 +102,21 @@ read_reply(struct vmf_client *c, int64_t deadline, Vmf__Control__Reply **out, st
 	return 0;
 }
 
+uint32_t
+vmf_client_request_version(const Vmf__Control__Request *req)
+{
+	if (req->body_case == VMF__CONTROL__REQUEST__BODY_GET_VM && req->get_vm && req->get_vm->pool &&
+	    req->get_vm->pool[0])
+		return 2;
+	return VMF_CONTROL_PROTOCOL_VERSION_MIN;
+}
+
 int
 vmf_client_call(struct vmf_client *c, Vmf__Control__Request *req, Vmf__Control__Reply **reply, int timeout_ms,
 		struct vmf_error *err)
 {
 	*reply = NULL;
-	req->protocol_version = VMF_CONTROL_PROTOCOL_VERSION;
+	req->protocol_version = vmf_client_request_version(req);
 	int64_t deadline = timeout_ms < 0 ? -1 : vmf_now_ms() + timeout_ms;
 	size_t n = vmf__control__request__get_packed_size(req);
 	if (n > VMF_CLIENT_MAX_FRAME)

@@ -22,9 +22,15 @@
 #include "error.h"
 
 /* Bump when a message changes meaning (a field reinterpreted, a request
- * behaving differently); added fields take new tag numbers and need no
- * bump.  The daemon answers any other version with EPROTO. */
-#define VMF_CONTROL_PROTOCOL_VERSION 1
+ * behaving differently) or when a daemon ignoring an added field would do
+ * the wrong thing; other added fields take new tag numbers and need no bump.
+ * The daemon speaks every version from _MIN up and answers any other with
+ * EPROTO.  Version 2 added GetVMRequest.pool.  The library sends the lowest
+ * version a request needs (vmf_client_request_version), so that a request
+ * an older daemon serves correctly still reaches it, and one it would
+ * misread (a pool it would ignore) is refused by it instead. */
+#define VMF_CONTROL_PROTOCOL_VERSION 2
+#define VMF_CONTROL_PROTOCOL_VERSION_MIN 1
 #define VMF_CLIENT_MAX_FRAME (1u << 20)
 
 struct vmf_client;
@@ -45,6 +51,8 @@ int vmf_client_call(struct vmf_client *c, Vmf__Control__Request *req, Vmf__Contr
  * inspect, status, destroy) and its pointer is set; a reply without it
  * is -EBADMSG.  timeout_ms for get_vm should exceed req->timeout_ms (the
  * daemon's own budget, 0 = 60 s) so the daemon's error arrives first. */
+/* The lowest protocol version that carries req's meaning. */
+uint32_t vmf_client_request_version(const Vmf__Control__Request *req);
 int vmf_client_get_vm(struct vmf_client *c, const Vmf__Control__GetVMRequest *req, Vmf__Control__Reply **reply,
 		      int timeout_ms, struct vmf_error *err);
 int vmf_client_release_vm(struct vmf_client *c, const char *vm_id, int timeout_ms, struct vmf_error *err);

@@ -18,6 +18,7 @@
 #include "config.h"
 #include "driver.h"
 #include "log.h"
+#include "util.h"
 
 enum section { SEC_NONE, SEC_DAEMON, SEC_HV, SEC_GUEST, SEC_POOL, SEC_BAD };
 
@@ -421,7 +422,7 @@ section_header(struct parser *p, const char *s, size_t n)
 	const char *pn = name + 5;
 	while (isspace((unsigned char)*pn))
 		pn++;
-	if (strlen(pn) > 32 || !all_chars(pn, "-_")) {
+	if (!vmf_valid_pool_name(pn)) {
 		problem(p, p->line, "pool name '%s' is invalid: use 1 to 32 letters, digits, '-' or '_'", pn);
 		return;
 	}
@@ -568,11 +569,13 @@ finish_pools(struct parser *p)
 				ps->name, ps->max_memory_mib, ps->memory_mib);
 		for (unsigned j = 0; j < i; j++) {
 			const struct vmf_pool_spec *q = &c->pools[j];
+			/* Same sizes with and without shared memory is the
+			 * point of naming pools; twice the same pool is a slip. */
 			if (!p->pool_bad[j] && q->vcpus == ps->vcpus && q->memory_mib == ps->memory_mib && q->max_vcpus == ps->max_vcpus &&
-			    q->max_memory_mib == ps->max_memory_mib) {
-				problem(p, p->pool_line[i], "pool '%s' serves the same sizes as pool '%s' (line %d): "
-					"GetVM chooses a pool by size, so '%s' would never be used", ps->name, q->name,
-					p->pool_line[j], ps->name);
+			    q->max_memory_mib == ps->max_memory_mib && q->share_memory == ps->share_memory) {
+				problem(p, p->pool_line[i], "pool '%s' serves the same sizes as pool '%s' (line %d), with the "
+					"same memory sharing: a GetVM that names no pool would never use '%s'", ps->name,
+					q->name, p->pool_line[j], ps->name);
 				break;
 			}
 		}

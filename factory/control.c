@@ -84,9 +84,10 @@ vmf_control_decode(const uint8_t *buf, size_t n, Vmf__Control__Request **out, st
 int
 vmf_control_check_version(const Vmf__Control__Request *req, struct vmf_error *err)
 {
-	if (req->protocol_version != VMF_CONTROL_VERSION)
-		return vmf_err(err, EPROTO, "protocol version %u is not supported; this daemon speaks version %u",
-			       req->protocol_version, VMF_CONTROL_VERSION);
+	if (req->protocol_version < VMF_CONTROL_PROTOCOL_VERSION_MIN || req->protocol_version > VMF_CONTROL_VERSION)
+		return vmf_err(err, EPROTO, "protocol version %u is not supported; this daemon speaks versions "
+			       "%u to %u", req->protocol_version, VMF_CONTROL_PROTOCOL_VERSION_MIN,
+			       VMF_CONTROL_VERSION);
 	return 0;
 }
 

@@ -583,6 +583,7 @@ vmf_vm_info_fill(struct vmf_daemon *d, const struct vmf_pvm *vm, Vmf__Control__V
 	info->share_dir = (char *)vm->share_dir;
 	info->run_dir = (char *)vm->run_dir;
 	info->template_id = (char *)vm->template_id;
+	info->pool = vm->pool ? (char *)vm->pool->name : (char *)"";
 	info->state = (char *)vmf_pvm_state_name(vm->state);
 	info->sandbox_id = (char *)vm->sandbox_id;
 	info->share_link = (char *)vm->share_link;
@@ -682,6 +683,7 @@ vmf_daemon_status(struct vmf_daemon *d, Vmf__Control__Reply *reply)
 		ps->failed = (uint32_t)p->failed;
 		ps->last_error = strdup(p->last_error);
 		ps->share_memory = !p->spec->full_memory;
+		ps->name = strdup(p->name);
 		s->pools[s->n_pools++] = ps;
 
 		vmf__control__template_status__init(ts);
@@ -712,6 +714,7 @@ vmf_daemon_status(struct vmf_daemon *d, Vmf__Control__Reply *reply)
 		info->share_dir = strdup(tmp.share_dir);
 		info->run_dir = strdup(tmp.run_dir);
 		info->template_id = strdup(tmp.template_id);
+		info->pool = strdup(tmp.pool);
 		info->state = strdup(tmp.state);
 		info->sandbox_id = strdup(tmp.sandbox_id);
 		info->share_link = strdup(tmp.share_link);

@@ -113,7 +113,8 @@ reply_normal(int fd, const Vmf__Control__Request *req)
 {
 	Vmf__Control__Reply r = VMF__CONTROL__REPLY__INIT;
 	Vmf__Control__VmInfo vm = VMF__CONTROL__VM_INFO__INIT, vm2 = VMF__CONTROL__VM_INFO__INIT;
-	if (req->protocol_version != VMF_CONTROL_PROTOCOL_VERSION) {
+	if (req->protocol_version < VMF_CONTROL_PROTOCOL_VERSION_MIN ||
+	    req->protocol_version > VMF_CONTROL_PROTOCOL_VERSION) {
 		r.error_code = EPROTO;
 		r.error_message = "protocol version is not supported";
 		send_reply(fd, &r);
@@ -383,7 +384,8 @@ START_TEST(status_round_trip)
 	vmf_client_close(c);
 
 	pthread_mutex_lock(&F.mu);
-	ck_assert_uint_eq(F.last->protocol_version, VMF_CONTROL_PROTOCOL_VERSION);
+	/* Nothing in it needs more than version 1: an older daemon serves it. */
+	ck_assert_uint_eq(F.last->protocol_version, VMF_CONTROL_PROTOCOL_VERSION_MIN);
 	ck_assert_int_eq(F.last->body_case, VMF__CONTROL__REQUEST__BODY_STATUS);
 	pthread_mutex_unlock(&F.mu);
 }
@@ -580,7 +582,7 @@ START_TEST(documented_status_frame)
 {
 	Vmf__Control__Request req = VMF__CONTROL__REQUEST__INIT;
 	Vmf__Control__StatusRequest sr = VMF__CONTROL__STATUS_REQUEST__INIT;
-	req.protocol_version = VMF_CONTROL_PROTOCOL_VERSION;
+	req.protocol_version = VMF_CONTROL_PROTOCOL_VERSION_MIN;
 	req.body_case = VMF__CONTROL__REQUEST__BODY_STATUS;
 	req.status = &sr;
 	uint8_t frame[64];
@@ -708,7 +710,7 @@ has_keys(json_object *o, const char *prefix, const char *const *keys)
 
 static const char *const VM_KEYS[] = { "id", "pid", "vcpus", "memory_mib", "qmp_socket", "agent_socket",
 				       "share_dir", "run_dir", "template_id", "state", "sandbox_id",
-				       "share_link", "sock_link", NULL };
+				       "share_link", "sock_link", "pool", NULL };
 
 START_TEST(cli_status_json)
 {
@@ -722,7 +724,7 @@ START_TEST(cli_status_json)
 	ck_assert_str_eq(json_object_get_string(jget(j, "daemon.socket")), F.path);
 	ck_assert_str_eq(json_object_get_string(jget(j, "daemon.capabilities.1")), "hotplug-memory");
 	ck_assert_str_eq(json_object_get_string(jget(j, "templates.0.id")), TPL_ID);
-	has_keys(j, "pools.0.", (const char *const[]){ "template_id", "vcpus", "memory_mib", "target", "ready",
+	has_keys(j, "pools.0.", (const char *const[]){ "name", "template_id", "vcpus", "memory_mib", "target", "ready",
 						       "filling", "failed", "last_error", "share_memory", NULL });
 	ck_assert_str_eq(json_object_get_string(jget(j, "pools.0.template_id")), TPL_ID);
 	ck_assert_int_eq(json_object_get_int(jget(j, "pools.0.target")), 2);
@@ -807,6 +809,19 @@ START_TEST(cli_get_marshals_only)
 	ck_assert_str_eq(g->share_dir, "/sb/share");
 	ck_assert_str_eq(g->sock_dir, "/sb/sock");
 	ck_assert_uint_eq(g->timeout_ms, 7000);
+	ck_assert_str_eq(g->pool, "");
+	pthread_mutex_unlock(&F.mu);
+
+	/* Naming a pool needs version 2: a version-1 daemon, which would
+	 * ignore the name and might hand out a VM that shares memory, refuses
+	 * the request instead. */
+	r = CLI("get", "--cpus", "2", "--memory", "512", "--sandbox", "sb-9", "--share-dir", "/sb/share",
+		"--sock-dir", "/sb/sock", "--pool", "private", "--socket", F.path);
+	ck_assert_msg(r.rc == 0, "exit %d: %s", r.rc, r.err);
+	run_free(&r);
+	pthread_mutex_lock(&F.mu);
+	ck_assert_uint_eq(F.last->protocol_version, 2);
+	ck_assert_str_eq(F.last->get_vm->pool, "private");
 	pthread_mutex_unlock(&F.mu);
 
 	/* The daemon validates: nonsense still reaches it. */
@@ -816,7 +831,7 @@ START_TEST(cli_get_marshals_only)
 	run_free(&r);
 	pthread_mutex_lock(&F.mu);
 	ck_assert_str_eq(F.last->get_vm->sandbox_id, "../x");
-	ck_assert_int_eq(F.nreq, 2);
+	ck_assert_int_eq(F.nreq, 3);
 	pthread_mutex_unlock(&F.mu);
 }
 END_TEST

@@ -785,10 +785,17 @@ START_TEST(hostile_frames_and_paths)
 	size_t n = vmf__control__request__pack(&req, buf);
 	ck_assert_int_eq(vmf_frame_write(fd, buf, n, vmf_now_ms() + 1000, &e), 0);
 	ck_assert_int_eq(raw_reply(fd), EPROTO);
-	req.protocol_version = 1;
+	/* version 0 too; 1 and 2 are both spoken */
+	req.protocol_version = 0;
 	n = vmf__control__request__pack(&req, buf);
 	ck_assert_int_eq(vmf_frame_write(fd, buf, n, vmf_now_ms() + 1000, &e), 0);
-	ck_assert_int_eq(raw_reply(fd), 0);
+	ck_assert_int_eq(raw_reply(fd), EPROTO);
+	for (uint32_t v = 1; v <= 2; v++) {
+		req.protocol_version = v;
+		n = vmf__control__request__pack(&req, buf);
+		ck_assert_int_eq(vmf_frame_write(fd, buf, n, vmf_now_ms() + 1000, &e), 0);
+		ck_assert_int_eq(raw_reply(fd), 0);
+	}
 	close(fd);
 	/* a 4 GiB length prefix: refused before allocating, connection closed */
 	fd = raw_connect();
@@ -1329,8 +1336,9 @@ START_TEST(systemd_notify_with_config_pools)
 	FILE *f = fopen(conf, "w");
 	ck_assert_ptr_nonnull(f);
 	/* tcg: the same on every host (KVM inside a VM may be unusable). */
-	fputs("[daemon]\nlog_level = info\n[hypervisor]\naccelerator = tcg\n[pool shared]\nsize = 1\n"
-	      "[pool private]\nsize = 0\nmemory_mib = 384\nshare_memory = no\n", f);
+	/* "private" first: an unnamed request must still prefer "shared". */
+	fputs("[daemon]\nlog_level = info\n[hypervisor]\naccelerator = tcg\n[pool private]\nsize = 0\n"
+	      "share_memory = no\n[pool shared]\nsize = 1\n", f);
 	fclose(f);
 	int nfd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
 	struct sockaddr_un a = { .sun_family = AF_UNIX };
@@ -1380,30 +1388,59 @@ START_TEST(systemd_notify_with_config_pools)
 	json_object *pools = path(s, "pools", NULL), *tpls = path(s, "templates", NULL);
 	ck_assert_int_eq(json_object_array_length(pools), 2);
 	ck_assert_int_eq(json_object_array_length(tpls), 2);
-	json_object *priv = json_object_array_get_idx(pools, 1);
+	json_object *priv = json_object_array_get_idx(pools, 0);
+	ck_assert_str_eq(json_object_get_string(path(priv, "name", NULL)), "private");
 	ck_assert(!json_object_get_boolean(path(priv, "share_memory", NULL)));
-	ck_assert_int_eq(json_object_get_int(path(priv, "memory_mib", NULL)), 384);
+	ck_assert_int_eq(json_object_get_int(path(priv, "memory_mib", NULL)), 256);
 	ck_assert_int_eq(json_object_get_int(path(priv, "target", NULL)), 0);
 	char priv_tpl[80];
 	snprintf(priv_tpl, sizeof priv_tpl, "%s", json_object_get_string(path(priv, "template_id", NULL)));
 	json_object_put(s);
-	/* Requests go by size: 384 MiB only fits "private" (an empty pool: a
-	 * clone on demand); nothing fits 8 vCPUs, and the error names both. */
+	/* Both pools serve 1 vCPU / 256 MiB: unnamed, the request goes to the
+	 * one that shares memory; named, only "private" (an empty pool: a
+	 * clone on demand) may serve it. */
 	struct got g = {0};
-	do_get(&g, "ops-private", 1, 384);
-	ck_assert_msg(g.rc == 0, "get 1 vCPU / 384 MiB failed");
-	ck_assert_str_eq(json_object_get_string(path(g.rec, "template_id", NULL)), priv_tpl);
+	do_get(&g, "ops-any", 1, 256);
+	ck_assert_msg(g.rc == 0, "get 1 vCPU / 256 MiB failed");
+	ck_assert_str_eq(json_object_get_string(path(g.rec, "pool", NULL)), "shared");
+	ck_assert_str_ne(json_object_get_string(path(g.rec, "template_id", NULL)), priv_tpl);
 	ck_assert_int_eq(vmf(NULL, "release %s", g.id), 0);
 	json_object_put(g.rec);
 	char *out;
+	ck_assert_int_eq(vmf(&out, "get --cpus 1 --memory 256 --pool private --sandbox ops-private --share-dir %s/p1 "
+			     "--sock-dir %s/p2 --timeout 120 -o json", tmp, tmp), 0);
+	json_object *rec = json_tokener_parse(out);
+	free(out);
+	ck_assert_ptr_nonnull(rec);
+	ck_assert_str_eq(json_object_get_string(path(rec, "pool", NULL)), "private");
+	ck_assert_str_eq(json_object_get_string(path(rec, "template_id", NULL)), priv_tpl);
+	ck_assert_int_eq(vmf(NULL, "release %s", json_object_get_string(path(rec, "id", NULL))), 0);
+	json_object_put(rec);
+	char errf[700], *cli_err = NULL;
+	snprintf(errf, sizeof errf, "%s/cli.err", tmp);
+	/* A name that is not a pool, one that is not a name, and a size the
+	 * named pool does not serve: each refused, naming what is wrong. */
+	static const struct { const char *args, *msg; } bad[] = {
+		{ "--pool nosuch --cpus 1 --memory 256", "no pool named 'nosuch' in this daemon (pools: private, shared)" },
+		{ "--pool ../x --cpus 1 --memory 256", "pool name is invalid" },
+		{ "--pool private --cpus 8 --memory 256", "pool private does not serve 8 vCPUs and 256 MiB: it allows "
+							  "1-4 vCPUs and 256-2048 MiB" },
+	};
+	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+		ck_assert_int_ne(vmf(&out, "get %s --sandbox ops-bad --share-dir %s/b1 --sock-dir %s/b2", bad[i].args,
+				     tmp, tmp), 0);
+		free(out);
+		vmf_read_file(errf, &cli_err, NULL, 1 << 20, NULL);
+		ck_assert_msg(cli_err && strstr(cli_err, bad[i].msg), "get %s: %s", bad[i].args, cli_err);
+		free(cli_err);
+		cli_err = NULL;
+	}
 	ck_assert_int_eq(vmf(&out, "get --cpus 8 --memory 256 --sandbox ops-big --share-dir %s/x --sock-dir %s/y", tmp, tmp),
 			 1);
 	free(out);
-	char errf[700], *cli_err = NULL;
-	snprintf(errf, sizeof errf, "%s/cli.err", tmp);
 	vmf_read_file(errf, &cli_err, NULL, 1 << 20, NULL);
-	ck_assert_msg(cli_err && strstr(cli_err, "no pool serves 8 vCPUs and 256 MiB: pools allow shared 1-4 vCPUs "
-				       "and 256-2048 MiB; private 1-4 vCPUs and 384-2048 MiB"), "%s", cli_err);
+	ck_assert_msg(cli_err && strstr(cli_err, "no pool serves 8 vCPUs and 256 MiB: pools allow private 1-4 vCPUs "
+				       "and 256-2048 MiB; shared 1-4 vCPUs and 256-2048 MiB"), "%s", cli_err);
 	free(cli_err);
 	ck_assert_int_eq(vmf(NULL, "destroy"), 0);
 	int st = 0;
