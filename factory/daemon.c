@@ -210,6 +210,11 @@ stop_work(void *arg)
 	struct stop_job *j = arg;
 	struct vmf_pvm *vm = j->vm;
 	struct vmf_error err = {0};
+	/* Recorded before acting: a daemon that dies mid-release finishes the
+	 * job when it restarts.  Written here, not on the event loop, whose
+	 * every client would otherwise wait out the fsync. */
+	if (vmf_daemon_put_vm_record(j->d, vm, PVM_RELEASING, &err) < 0)
+		log_vm(VMF_LOG_ERROR, vm->id, "cannot record VM state: %s", err.msg);
 	if (vm->hv && j->d->ops->stop(vm->hv, VMF_STOP_TIMEOUT_MS, &err) < 0)
 		log_vm(VMF_LOG_WARN, vm->id, "stopping: %s", err.msg);
 	VMF_FAULT("mid-release");
@@ -250,10 +255,7 @@ vmf_daemon_destroy_vm(struct vmf_daemon *d, struct vmf_pvm *vm, bool remove_link
 {
 	if (vm->state == PVM_READY && vm->pool && vm->pool->ready)
 		vm->pool->ready--;
-	vm->state = PVM_RELEASING;
-	/* Recorded before acting: a daemon that dies mid-release finishes the
-	 * job when it restarts. */
-	vmf_daemon_record_vm(d, vm);
+	vm->state = PVM_RELEASING;   /* recorded by stop_work */
 	vm->busy = true;
 	if (vm->watch)
 		event_del(vm->watch);
@@ -366,6 +368,13 @@ clone_work(void *arg)
 {
 	struct clone_job *j = arg;
 	struct vmf_pvm *vm = j->vm;
+	struct vmf_error rerr = {0};
+	/* Recorded before the clone starts, so a crash mid-clone leaves a
+	 * record recovery can reconcile.  (A QEMU without one is found by its
+	 * name and killed all the same, so a failed write only warns.)  Both
+	 * records are written here: the event loop must not wait on fsync. */
+	if (vmf_daemon_put_vm_record(j->d, vm, PVM_CREATING, &rerr) < 0)
+		log_vm(VMF_LOG_ERROR, vm->id, "cannot record VM state: %s", rerr.msg);
 	/* Cheap check (sizes) on every clone; digests were checked once at start. */
 	j->rc = vmf_template_verify(j->d->cat, j->tpl, false, &j->err);
 	if (j->rc < 0) {
@@ -377,6 +386,11 @@ clone_work(void *arg)
 	VMF_FAULT("mid-clone");
 	if (j->rc == 0)
 		j->rc = warm_clone(j->d, vm, &j->err);
+	if (j->rc == 0) {
+		vm->ready_ns = vmf_realtime_ns();
+		if (vmf_daemon_put_vm_record(j->d, vm, PVM_READY, &rerr) < 0)
+			log_vm(VMF_LOG_ERROR, vm->id, "cannot record VM state: %s", rerr.msg);
+	}
 }
 
 static void
@@ -389,13 +403,11 @@ clone_done(void *arg)
 	p->filling--;
 	vm->busy = false;
 	if (j->rc == 0 && !vm->dead && !d->stopping) {
-		vm->state = PVM_READY;
-		vm->ready_ns = vmf_realtime_ns();
+		vm->state = PVM_READY;   /* recorded by clone_work */
 		vm->ready_mono_ms = vmf_now_ms();
 		vmf_histogram_add(&d->clone_hist, (double)(vm->ready_ns - vm->created_ns) / 1e9);
 		p->ready++;
 		vmf_pool_note_success(p);
-		vmf_daemon_record_vm(d, vm);
 		vmf_daemon_watch_vm(d, vm);
 		log_vm(VMF_LOG_DEBUG, vm->id, "ready in pool (%u/%u)", p->ready, p->target);
 	} else {
@@ -461,9 +473,6 @@ vmf_daemon_refill(struct vmf_daemon *d)
 			j->vm = vm;
 			j->pool = p;
 			j->tpl = p->tpl;
-			/* Recorded before the clone starts, so a crash mid-clone leaves a
-			 * record recovery can reconcile. */
-			vmf_daemon_record_vm(d, vm);
 			if (vmf_jobs_submit(d->jobs, clone_work, clone_done, j) < 0) {
 				vmf_daemon_vm_free(d, vm);
 				free(j);
