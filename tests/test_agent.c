@@ -46,8 +46,7 @@ start_agent(void)
 {
 	int sv[2];
 	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
-	pid = fork();
-	ck_assert_int_ge(pid, 0);
+	pid = vmf_test_fork();
 	if (pid == 0) {
 		/* Only its stream and stdio: with CK_FORK=no, check's own message
 		 * file is open in this process and must not be inherited. */

@@ -931,8 +931,7 @@ start_foreground(const char *socket, const char *state_dir, const char *log, con
 	char cmd[4096];
 	snprintf(cmd, sizeof cmd, "exec %s init --foreground --socket %s --state-dir %s --run-dir %s %s 2>%s", exe,
 		 socket, state_dir, run, extra, log);
-	pid_t pid = fork();
-	ck_assert_int_ge(pid, 0);
+	pid_t pid = vmf_test_fork();
 	if (pid == 0) {
 		execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
 		_exit(127);

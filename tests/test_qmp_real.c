@@ -48,8 +48,7 @@ spawn_qemu(const char *sock, int *exit_fd)
 	char qmp[700], log[700];
 	snprintf(qmp, sizeof(qmp), "unix:%s,server=on,wait=off", sock);
 	snprintf(log, sizeof(log), "%s/qemu.log", dir);
-	pid_t pid = fork();
-	ck_assert_int_ge(pid, 0);
+	pid_t pid = vmf_test_fork();
 	if (pid == 0) {
 		fcntl(ep[1], F_SETFD, 0);
 		int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0600);

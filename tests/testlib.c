@@ -3,6 +3,7 @@
 #include <stdbool.h>
 
 #include <dirent.h>
+#include <errno.h>
 #include <limits.h>
 #include <poll.h>
 #include <signal.h>
@@ -92,6 +93,15 @@ sweep_test_dirs(void)
 	}
 	if (d)
 		closedir(d);
+}
+
+pid_t
+vmf_test_fork(void)
+{
+	pid_t pid = fork();
+	if (pid < 0)
+		ck_abort_msg("fork: %s", strerror(errno));
+	return pid;
 }
 
 const char *

@@ -4,6 +4,7 @@
 
 #include <check.h>
 #include <stdbool.h>
+#include <sys/types.h>
 
 /* Runs a suite and returns the process exit status (Check prints its summary). */
 int vmf_test_run(Suite *s);
@@ -14,6 +15,13 @@ const char *vmf_test_image_dir(void);
 
 /* mkdtemp under $TMPDIR (or /tmp) with the given prefix; aborts on failure. */
 char *vmf_test_tmpdir(const char *prefix);
+
+/* fork(), failing the test if it fails.  Use it, never fork() followed by
+ * ck_assert: every passing assertion writes a mark to check's message
+ * file, and in the child that lands in the parent's file (with CK_FORK=no,
+ * as under valgrind, the parent then reads "Bad message type").  The child
+ * must call nothing from check. */
+pid_t vmf_test_fork(void);
 
 /* Path in the source tree (VMFACTORY_SRCDIR/rel); static buffer. */
 const char *vmf_test_src(const char *rel);
