@@ -1,5 +1,5 @@
-/* Process, vsock and snapshot-file plumbing shared by the Firecracker and
- * Cloud Hypervisor drivers (see vmm_proc.h). */
+/* Process, vsock and snapshot-file plumbing of the VMM drivers (see
+ * vmm_proc.h). */
 #include "vmm_proc.h"
 
 #include <dirent.h>
@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -32,46 +33,61 @@ pidfd_open_(pid_t pid)
 }
 
 int
-vmf_vmm_spawn(char *const argv[], const char *log_path, struct vmf_vmm_proc *p, struct vmf_error *err)
+vmf_vmm_spawn(const struct vmf_vmm_spawn *s, struct vmf_vmm_proc *p, struct vmf_error *err)
 {
 	memset(p, 0, sizeof(*p));
 	p->pidfd = -1;
-	int logfd = open(log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
-	if (logfd < 0)
-		return vmf_err_sys(err, errno, "cannot open %s", log_path);
-	int devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
-	if (devnull < 0) {
-		int e = errno;
-		close(logfd);
-		return vmf_err_sys(err, e, "cannot open /dev/null");
+	int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
+	if (devnull < 0)
+		return vmf_err_sys(err, errno, "cannot open /dev/null");
+	int logfd = -1;
+	if (s->log_name) {
+		int flags = O_WRONLY | O_CREAT | (s->log_truncate ? O_TRUNC : O_APPEND);
+		logfd = vmf_open_beneath(s->log_dir, s->log_name, flags, 0600, err);
+		if (logfd < 0) {
+			close(devnull);
+			return logfd;
+		}
 	}
+	int out = logfd >= 0 ? logfd : s->out_fd, errfd = logfd >= 0 ? logfd : devnull;
+	/* Formatted here: the child may only make async-signal-safe calls. */
+	char msg[PATH_MAX + 48];
+	int msg_len = snprintf(msg, sizeof(msg), "vmfactory: cannot execute %s\n", s->argv[0]);
+	if (msg_len < 0 || (size_t)msg_len >= sizeof(msg))
+		msg_len = (int)sizeof(msg) - 1;
+	pid_t parent = getpid();
 	pid_t pid = fork();
 	if (pid == 0) {
 		/* Child: only async-signal-safe calls until exec. */
+		if (s->die_with_parent) {
+			prctl(PR_SET_PDEATHSIG, SIGKILL);
+			if (getppid() != parent)
+				_exit(127); /* the parent is already gone */
+		}
 		setsid(); /* own session: a daemon restart must not take the VMM down */
 		sigset_t all;
 		sigemptyset(&all);
 		sigprocmask(SIG_SETMASK, &all, NULL);
 		struct sigaction dfl = { .sa_handler = SIG_DFL };
-		for (int s = 1; s < NSIG; s++)
-			sigaction(s, &dfl, NULL);
+		for (int sig = 1; sig < NSIG; sig++)
+			sigaction(sig, &dfl, NULL);
 		dup2(devnull, 0);
-		dup2(logfd, 1);
-		dup2(logfd, 2);
-		/* Libraries open fds without O_CLOEXEC: the VMM outlives the daemon
-		 * and must inherit only stdio. */
+		dup2(out, 1);
+		dup2(errfd, 2);
 		syscall(SYS_close_range, 3U, ~0U, 4U /* CLOSE_RANGE_CLOEXEC */);
-		execvp(argv[0], argv);
-		static const char msg[] = "vmfactory: cannot execute the VMM binary\n";
-		ssize_t ignored = write(2, msg, sizeof(msg) - 1);
+		for (size_t i = 0; i < s->n_keep; i++)
+			fcntl(s->keep_fds[i], F_SETFD, 0);
+		execvp(s->argv[0], s->argv);
+		ssize_t ignored = write(2, msg, (size_t)msg_len);
 		(void)ignored;
 		_exit(127);
 	}
 	int e = errno;
-	close(logfd);
+	if (logfd >= 0)
+		close(logfd);
 	close(devnull);
 	if (pid < 0)
-		return vmf_err_sys(err, e, "cannot fork %s", argv[0]);
+		return vmf_err_sys(err, e, "cannot fork %s", s->argv[0]);
 	p->pid = pid;
 	p->child = true;
 	p->pidfd = pidfd_open_(pid);
@@ -118,13 +134,34 @@ vmf_vmm_wait_exit(struct vmf_vmm_proc *p, int64_t deadline_ms)
 			struct pollfd pf = { .fd = p->pidfd, .events = POLLIN };
 			poll(&pf, 1, (int)(left > 1000 ? 1000 : left));
 		} else {
-			poll(NULL, 0, 10); /* no pidfd: bounded re-check of /proc */
+			poll(NULL, 0, 10); /* no pidfd (old kernel): bounded re-check of /proc */
 		}
 	}
 }
 
+/* The logfmt key naming a process's VM; NULL without one. */
+static const char *
+vm_kv(char *buf, size_t n, const char *id)
+{
+	if (!id)
+		return NULL;
+	snprintf(buf, n, "vm=%s", id);
+	return buf;
+}
+
 void
-vmf_vmm_terminate(struct vmf_vmm_proc *p, int64_t deadline_ms, const char *what)
+vmf_vmm_kill(struct vmf_vmm_proc *p, const char *what, const char *id)
+{
+	if (!vmf_vmm_exited(p))
+		kill(p->pid, SIGKILL);
+	char kv[96];
+	if (!vmf_vmm_wait_exit(p, vmf_now_ms() + 5000))
+		vmf_log_kv(VMF_LOG_ERROR, __func__, vm_kv(kv, sizeof(kv), id), "%s pid %d survived SIGKILL for 5 s",
+			   what, (int)p->pid);
+}
+
+void
+vmf_vmm_terminate(struct vmf_vmm_proc *p, int64_t deadline_ms, const char *what, const char *id)
 {
 	if (vmf_vmm_exited(p))
 		return;
@@ -132,11 +169,10 @@ vmf_vmm_terminate(struct vmf_vmm_proc *p, int64_t deadline_ms, const char *what)
 	int64_t now = vmf_now_ms();
 	if (vmf_vmm_wait_exit(p, now + (deadline_ms - now) / 2))
 		return;
-	log_warn("%s pid %d ignored SIGTERM; sending SIGKILL", what, (int)p->pid);
-	if (!vmf_vmm_exited(p))
-		kill(p->pid, SIGKILL);
-	if (!vmf_vmm_wait_exit(p, vmf_now_ms() + 5000))
-		log_error("%s pid %d survived SIGKILL for 5 s", what, (int)p->pid);
+	char kv[96];
+	vmf_log_kv(VMF_LOG_WARN, __func__, vm_kv(kv, sizeof(kv), id), "%s pid %d ignored SIGTERM; sending SIGKILL",
+		   what, (int)p->pid);
+	vmf_vmm_kill(p, what, id);
 }
 
 void

@@ -189,7 +189,7 @@ START_TEST(error_reply)
 	t.c.binary = (char *)"/nonexistent/firecracker";
 	ck_assert_int_lt(ops->boot(&t.c, &vm, &err), 0);
 	ck_assert_msg(strstr(err.msg, "exited before its API socket") &&
-		      strstr(err.msg, "cannot execute the VMM binary"), "%s", err.msg);
+		      strstr(err.msg, "cannot execute /nonexistent/firecracker"), "%s", err.msg);
 	/* A missing kernel is the VMM's own fault message. */
 	fv_config(&t, "err2", 1, 1, 128, 128);
 	t.c.kernel = (char *)"/nonexistent/vmlinuz";
