@@ -103,6 +103,10 @@ vmf_vmm_attach(struct vmf_vmm_proc *p, pid_t pid, uint64_t start_ticks)
 	p->start_ticks = start_ticks;
 	p->child = false;
 	p->pidfd = pidfd_open_(pid);
+	/* The pidfd follows the process it was opened on, which must still be
+	 * the recorded one (not a reuse of its pid). */
+	if (p->pidfd >= 0 && start_ticks && vmf_proc_start_ticks(pid) != start_ticks)
+		p->exited = true;
 }
 
 bool
@@ -114,6 +118,13 @@ vmf_vmm_exited(struct vmf_vmm_proc *p)
 		int st;
 		pid_t r = waitpid(p->pid, &st, WNOHANG);
 		if (r == p->pid || (r < 0 && errno == ECHILD))
+			p->exited = true;
+	} else if (p->pidfd >= 0) {
+		/* Readable once every thread has exited.  /proc shows the leader a
+		 * zombie as soon as it has exited, while the other threads may
+		 * still run. */
+		struct pollfd pf = { .fd = p->pidfd, .events = POLLIN };
+		if (poll(&pf, 1, 0) > 0)
 			p->exited = true;
 	} else if (!vmf_proc_alive(p->pid, p->start_ticks)) {
 		p->exited = true;

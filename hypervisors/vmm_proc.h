@@ -67,7 +67,8 @@ struct vmf_vmm_spawn {
 int vmf_vmm_spawn(const struct vmf_vmm_spawn *s, struct vmf_vmm_proc *p, struct vmf_error *err);
 /* Fills p for a running process we did not start (adopt). */
 void vmf_vmm_attach(struct vmf_vmm_proc *p, pid_t pid, uint64_t start_ticks);
-/* Non-blocking: true once the process is gone (reaping it when ours). */
+/* Non-blocking: true once the process is gone, every thread of it (reaping
+ * it when ours). */
 bool vmf_vmm_exited(struct vmf_vmm_proc *p);
 /* Waits for exit until deadline_ms (vmf_now_ms clock); true when gone. */
 bool vmf_vmm_wait_exit(struct vmf_vmm_proc *p, int64_t deadline_ms);
