@@ -1,5 +1,6 @@
 /* QEMU driver: command line, process lifecycle, and the QMP commands behind
- * each driver op.  The QMP transport itself is qmp.c. */
+ * each driver op.  The QMP transport itself is qmp.c; spawning, waiting for
+ * and killing the process, vmm_proc.c. */
 #include "qemu.h"
 
 #include <errno.h>
@@ -386,24 +387,6 @@ listen_unix(const char *path, struct vmf_error *err)
 	return fd;
 }
 
-static int
-connect_unix(const char *path, struct vmf_error *err)
-{
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	if (strlen(path) >= sizeof(sa.sun_path))
-		return vmf_err(err, ENAMETOOLONG, "socket path %s is too long", path);
-	strcpy(sa.sun_path, path);
-	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		return vmf_err_sys(err, errno, "cannot create socket");
-	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-		int e = errno;
-		close(fd);
-		return vmf_err_sys(err, e, "cannot connect to %s", path);
-	}
-	return fd;
-}
-
 /* Appends QEMU's stderr and the serial log tails: the usual reason a VM did
  * not come up is in one of them. */
 static void
@@ -469,7 +452,7 @@ spawn(struct vmf_vm *vm, struct vmf_error *err)
 	int r = agent_l < 0 ? agent_l : vmf_qemu_build_argv(cfg, qmp_l, agent_l, &argv, err);
 	/* The QMP client connects before fork: the connection waits in the
 	 * listen backlog until QEMU accepts it. */
-	if (r == 0 && (qmp_c = connect_unix(vm->qmp_path, err)) < 0)
+	if (r == 0 && (qmp_c = vmf_vmm_connect_unix(vm->qmp_path, err)) < 0)
 		r = qmp_c;
 	if (r == 0 && vmf_log_get_level() <= VMF_LOG_DEBUG) {
 		char line[4096] = "";
@@ -833,7 +816,7 @@ static int
 qemu_agent_connect(struct vmf_vm *vm, int timeout_ms, struct vmf_error *err)
 {
 	(void)timeout_ms; /* the listening socket exists for the VM's whole life */
-	int fd = connect_unix(vm->agent_path, err);
+	int fd = vmf_vmm_connect_unix(vm->agent_path, err);
 	if (fd < 0)
 		vmf_error_prefix(err, "VM %s: agent channel", vm->cfg->id);
 	return fd;

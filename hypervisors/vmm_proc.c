@@ -215,8 +215,8 @@ vmf_vmm_cmdline_has(pid_t pid, const char *arg)
 	return found;
 }
 
-static int
-connect_unix(const char *path, struct vmf_error *err)
+int
+vmf_vmm_connect_unix(const char *path, struct vmf_error *err)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	if (strlen(path) >= sizeof(sa.sun_path))
@@ -240,7 +240,7 @@ vmf_vmm_wait_socket(struct vmf_vmm_proc *p, const char *vmm, const char *path, i
 	int64_t deadline = vmf_now_ms() + timeout_ms;
 	for (;;) {
 		struct vmf_error e;
-		int fd = connect_unix(path, &e);
+		int fd = vmf_vmm_connect_unix(path, &e);
 		if (fd >= 0) {
 			close(fd);
 			return 0;
@@ -298,7 +298,7 @@ vmf_vmm_vsock_connect(const char *uds, unsigned port, int timeout_ms, struct vmf
 	char last[160] = "no attempt made";
 	for (;;) {
 		struct vmf_error e;
-		int fd = connect_unix(uds, &e);
+		int fd = vmf_vmm_connect_unix(uds, &e);
 		if (fd >= 0) {
 			char req[32], line[64];
 			int n = snprintf(req, sizeof(req), "CONNECT %u\n", port);

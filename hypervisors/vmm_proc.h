@@ -16,28 +16,7 @@
 #include "driver.h"
 #include "error.h"
 
-/* vsock port the guest agent listens on in Firecracker / Cloud Hypervisor
- * guests (QEMU guests use virtio-serial). */
-#define VMF_AGENT_VSOCK_PORT 1024
-/* Guest CID; the host side is a unix socket per VM, so one value fits all. */
-#define VMF_GUEST_CID 3
-
-/* What every VMM driver requires of a config: an id and an absolute run
- * dir; and a runas user is refused (never run as another user than asked
- * without saying so).  vmm names the driver in the error. */
-int vmf_vmm_check_config(const vmf_vm_config *cfg, const char *vmm, struct vmf_error *err);
-
-struct vmf_vmm_proc;
-
-/* A VMM handle's record for restart recovery (both drivers store the same
- * fields); free with vmf__hv__hypervisor_state__free_unpacked. */
-int vmf_vmm_serialize(Vmf__Hv__HypervisorKind kind, const vmf_vm_config *cfg, const struct vmf_vmm_proc *p,
-		      const char *api_sock, unsigned vcpus, unsigned memory_mib, bool paused,
-		      vmf_hv_state **out, struct vmf_error *err);
-/* Checks a record before adopting: kind and schema, and that its process
- * still runs (same pid and start time). */
-int vmf_vmm_adopt_check(const vmf_hv_state *st, Vmf__Hv__HypervisorKind kind, const char *vmm,
-			struct vmf_error *err);
+/* ---- the VMM process (all drivers) ---- */
 
 struct vmf_vmm_proc {
 	pid_t pid;
@@ -79,6 +58,32 @@ void vmf_vmm_terminate(struct vmf_vmm_proc *p, int64_t deadline_ms, const char *
 /* SIGKILL and wait for the exit (5 s at most). */
 void vmf_vmm_kill(struct vmf_vmm_proc *p, const char *what, const char *id);
 void vmf_vmm_close(struct vmf_vmm_proc *p);
+
+/* Connects to a unix stream socket; the fd is close-on-exec. */
+int vmf_vmm_connect_unix(const char *path, struct vmf_error *err);
+
+/* ---- Firecracker and Cloud Hypervisor ---- */
+
+/* vsock port the guest agent listens on in Firecracker / Cloud Hypervisor
+ * guests (QEMU guests use virtio-serial). */
+#define VMF_AGENT_VSOCK_PORT 1024
+/* Guest CID; the host side is a unix socket per VM, so one value fits all. */
+#define VMF_GUEST_CID 3
+
+/* What both drivers require of a config: an id and an absolute run
+ * dir; and a runas user is refused (never run as another user than asked
+ * without saying so).  vmm names the driver in the error. */
+int vmf_vmm_check_config(const vmf_vm_config *cfg, const char *vmm, struct vmf_error *err);
+
+/* A VMM handle's record for restart recovery (both drivers store the same
+ * fields); free with vmf__hv__hypervisor_state__free_unpacked. */
+int vmf_vmm_serialize(Vmf__Hv__HypervisorKind kind, const vmf_vm_config *cfg, const struct vmf_vmm_proc *p,
+		      const char *api_sock, unsigned vcpus, unsigned memory_mib, bool paused,
+		      vmf_hv_state **out, struct vmf_error *err);
+/* Checks a record before adopting: kind and schema, and that its process
+ * still runs (same pid and start time). */
+int vmf_vmm_adopt_check(const vmf_hv_state *st, Vmf__Hv__HypervisorKind kind, const char *vmm,
+			struct vmf_error *err);
 
 /* True when /proc/PID/cmdline has an argument equal to arg or ending in
  * "=" arg: guards adopt against pid reuse. */
