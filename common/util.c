@@ -372,7 +372,9 @@ vmf_proc_start_ticks(pid_t pid)
 	uint64_t ticks = 0;
 	if (p) {
 		int field = 2;
-		for (char *tok = strtok(p + 1, " "); tok; tok = strtok(NULL, " ")) {
+		/* strtok_r: worker threads check their VMs at the same time. */
+		char *save = NULL;
+		for (char *tok = strtok_r(p + 1, " ", &save); tok; tok = strtok_r(NULL, " ", &save)) {
 			if (++field == 22) {
 				ticks = strtoull(tok, NULL, 10);
 				break;

@@ -115,7 +115,7 @@ vm_new(const vmf_vm_config *cfg, struct vmf_error *err)
 static void
 kill_now(struct vmf_vm *vm)
 {
-	vmf_vmm_terminate(&vm->proc, vmf_now_ms() + 2000, CH);
+	vmf_vmm_terminate(&vm->proc, vmf_now_ms() + 2000, CH, vm->cfg->id);
 }
 
 static int
@@ -131,7 +131,8 @@ spawn(struct vmf_vm *vm, struct vmf_error *err)
 	snprintf(sockarg, sizeof(sockarg), "path=%s", vm->api_sock);
 	char *const argv[] = { (char *)bin, "--api-socket", sockarg, NULL };
 	log_vm(VMF_LOG_DEBUG, cfg->id, "starting %s --api-socket %s", bin, sockarg);
-	int r = vmf_vmm_spawn(argv, vm->log, &vm->proc, err);
+	struct vmf_vmm_spawn s = { .argv = argv, .log_dir = cfg->run_dir, .log_name = CH_LOG };
+	int r = vmf_vmm_spawn(&s, &vm->proc, err);
 	if (r < 0)
 		return vmf_error_prefix(err, "VM %s", cfg->id);
 	r = vmf_vmm_wait_socket(&vm->proc, CH, vm->api_sock, START_TIMEOUT_MS, err);
@@ -369,7 +370,7 @@ ch_stop(struct vmf_vm *vm, int timeout_ms, struct vmf_error *err)
 		char path[64] = "/api/v1/vmm.shutdown";
 		vmf_vmm_http(CH, vm->api_sock, "PUT", path, NULL, NULL, timeout_ms / 3 + 1, &ignored);
 		if (!vmf_vmm_wait_exit(&vm->proc, vmf_now_ms() + timeout_ms / 3 + 1))
-			vmf_vmm_terminate(&vm->proc, deadline, CH);
+			vmf_vmm_terminate(&vm->proc, deadline, CH, vm->cfg->id);
 	}
 	unlink(vm->api_sock);
 	unlink(vm->vsock);

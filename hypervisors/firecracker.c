@@ -127,7 +127,7 @@ vm_new(const vmf_vm_config *cfg, struct vmf_error *err)
 static void
 kill_now(struct vmf_vm *vm)
 {
-	vmf_vmm_terminate(&vm->proc, vmf_now_ms() + 2000, FC);
+	vmf_vmm_terminate(&vm->proc, vmf_now_ms() + 2000, FC, vm->cfg->id);
 }
 
 /* Starts the process and waits for its API to answer GET /version. */
@@ -143,7 +143,8 @@ spawn(struct vmf_vm *vm, struct vmf_error *err)
 	/* --id is how restart recovery recognises our process (with the socket). */
 	char *const argv[] = { (char *)bin, "--api-sock", vm->api_sock, "--id", cfg->id, NULL };
 	log_vm(VMF_LOG_DEBUG, cfg->id, "starting %s --api-sock %s --id %s", bin, vm->api_sock, cfg->id);
-	int r = vmf_vmm_spawn(argv, vm->log, &vm->proc, err);
+	struct vmf_vmm_spawn s = { .argv = argv, .log_dir = cfg->run_dir, .log_name = FC_LOG };
+	int r = vmf_vmm_spawn(&s, &vm->proc, err);
 	if (r < 0)
 		return vmf_error_prefix(err, "VM %s", cfg->id);
 	r = vmf_vmm_wait_socket(&vm->proc, FC, vm->api_sock, START_TIMEOUT_MS, err);
@@ -402,7 +403,7 @@ fc_stop(struct vmf_vm *vm, int timeout_ms, struct vmf_error *err)
 			vmf_vmm_http(FC, vm->api_sock, "PUT", "/actions", b, NULL, timeout_ms / 3 + 1, &ignored);
 		json_object_put(b);
 		if (vm->paused || !vmf_vmm_wait_exit(&vm->proc, vmf_now_ms() + timeout_ms / 3 + 1))
-			vmf_vmm_terminate(&vm->proc, deadline, FC);
+			vmf_vmm_terminate(&vm->proc, deadline, FC, vm->cfg->id);
 	}
 	unlink(vm->api_sock);
 	unlink(vm->vsock);

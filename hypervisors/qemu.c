@@ -1,5 +1,6 @@
 /* QEMU driver: command line, process lifecycle, and the QMP commands behind
- * each driver op.  The QMP transport itself is qmp.c. */
+ * each driver op.  The QMP transport itself is qmp.c; spawning, waiting for
+ * and killing the process, vmm_proc.c. */
 #include "qemu.h"
 
 #include <errno.h>
@@ -7,23 +8,20 @@
 #include <limits.h>
 #include <poll.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <sys/un.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "frame.h"
 #include "log.h"
 #include "qmp.h"
 #include "util.h"
+#include "vmm_proc.h"
 
 #define QMP_TIMEOUT_MS 10000
 /* A TCG QEMU on a loaded 2-core host can take seconds to reach its main loop. */
@@ -33,11 +31,7 @@
 
 struct vmf_vm {
 	vmf_vm_config *cfg;
-	pid_t pid;
-	uint64_t start_ticks;
-	int pidfd;
-	bool child;                  /* ours to reap */
-	bool exited;                 /* seen to exit (and reaped if ours) */
+	struct vmf_vmm_proc proc;
 	struct vmf_qmp *qmp;
 	char qmp_path[PATH_MAX];
 	char agent_path[PATH_MAX];
@@ -106,28 +100,16 @@ kvm_runs(const char *cpu, const char *kernel)
 		argv[n++] = "isa-debugcon,iobase=0x402,chardev=dbg";
 	}
 	argv[n] = NULL;
-	pid_t parent = getpid();
-	pid_t pid = fork();
-	if (pid < 0) {
+	/* A probe QEMU on a KVM that hangs runs forever: it must not outlive us
+	 * if we are killed while we wait for it. */
+	struct vmf_vmm_spawn s = { .argv = argv, .out_fd = out[1], .die_with_parent = true };
+	struct vmf_vmm_proc p;
+	int spawned = vmf_vmm_spawn(&s, &p, NULL);
+	close(out[1]);
+	if (spawned < 0) {
 		close(out[0]);
-		close(out[1]);
 		return false;
 	}
-	if (pid == 0) {
-		/* A probe QEMU on a KVM that hangs runs forever: it must not
-		 * outlive us if we are killed while we wait for it. */
-		prctl(PR_SET_PDEATHSIG, SIGKILL);
-		if (getppid() != parent)
-			_exit(127);
-		int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
-		dup2(devnull, 0);
-		dup2(out[1], 1);
-		dup2(devnull, 2);
-		syscall(SYS_close_range, 3U, ~0U, 4U /* CLOSE_RANGE_CLOEXEC */);
-		execvp(argv[0], argv);
-		_exit(127);
-	}
-	close(out[1]);
 	const char *want = kernel && *kernel ? "Linux version" : "SeaBIOS";
 	char buf[8192];
 	size_t len = 0;
@@ -146,9 +128,8 @@ kvm_runs(const char *cpu, const char *kernel)
 		ok = strstr(buf, want) != NULL;
 	}
 	close(out[0]);
-	kill(pid, SIGKILL);
-	while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
-		;
+	vmf_vmm_kill(&p, "KVM probe QEMU", NULL);
+	vmf_vmm_close(&p);
 	return ok;
 }
 
@@ -406,30 +387,6 @@ listen_unix(const char *path, struct vmf_error *err)
 	return fd;
 }
 
-static int
-connect_unix(const char *path, struct vmf_error *err)
-{
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	if (strlen(path) >= sizeof(sa.sun_path))
-		return vmf_err(err, ENAMETOOLONG, "socket path %s is too long", path);
-	strcpy(sa.sun_path, path);
-	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		return vmf_err_sys(err, errno, "cannot create socket");
-	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-		int e = errno;
-		close(fd);
-		return vmf_err_sys(err, e, "cannot connect to %s", path);
-	}
-	return fd;
-}
-
-static int
-pidfd_open_(pid_t pid)
-{
-	return (int)syscall(SYS_pidfd_open, pid, 0);
-}
-
 /* Appends QEMU's stderr and the serial log tails: the usual reason a VM did
  * not come up is in one of them. */
 static void
@@ -444,43 +401,6 @@ append_logs(struct vmf_vm *vm, struct vmf_error *err)
 		vmf_error_append(err, "; serial log: %s", tail);
 }
 
-/* Waits until the process exits or deadline; reaps it when it is ours. */
-/* Non-blocking: true once the process is gone (reaping it when ours). */
-static bool
-check_exited(struct vmf_vm *vm)
-{
-	if (vm->exited || vm->pid <= 0)
-		return true;
-	if (vm->child) {
-		int st;
-		pid_t r = waitpid(vm->pid, &st, WNOHANG);
-		if (r == vm->pid || (r < 0 && errno == ECHILD))
-			vm->exited = true;
-	} else if (!vmf_proc_alive(vm->pid, vm->start_ticks)) {
-		vm->exited = true;
-	}
-	return vm->exited;
-}
-
-static bool
-wait_exit(struct vmf_vm *vm, int64_t deadline_ms)
-{
-	for (;;) {
-		if (check_exited(vm))
-			return true;
-		int64_t left = deadline_ms - vmf_now_ms();
-		if (left <= 0)
-			return false;
-		if (vm->pidfd >= 0) {
-			struct pollfd p = { .fd = vm->pidfd, .events = POLLIN };
-			poll(&p, 1, (int)(left > 1000 ? 1000 : left));
-		} else {
-			/* No pidfd (old kernel): bounded re-check of /proc. */
-			poll(NULL, 0, 10);
-		}
-	}
-}
-
 static void
 vm_free(struct vmf_vm *vm)
 {
@@ -488,8 +408,7 @@ vm_free(struct vmf_vm *vm)
 		return;
 	if (vm->qmp)
 		vmf_qmp_close(vm->qmp);
-	if (vm->pidfd >= 0)
-		close(vm->pidfd);
+	vmf_vmm_close(&vm->proc);
 	vmf_vm_config_free(vm->cfg);
 	free(vm);
 }
@@ -503,7 +422,7 @@ vm_new(const vmf_vm_config *cfg, struct vmf_error *err)
 		vmf_err(err, ENOMEM, "out of memory for a VM handle");
 		return NULL;
 	}
-	vm->pidfd = -1;
+	vm->proc.pidfd = -1;
 	snprintf(vm->qmp_path, sizeof(vm->qmp_path), "%s/%s", cfg->run_dir, VMF_QEMU_QMP_SOCK);
 	snprintf(vm->agent_path, sizeof(vm->agent_path), "%s/%s", cfg->run_dir, VMF_QEMU_AGENT_SOCK);
 	snprintf(vm->serial_log, sizeof(vm->serial_log), "%s/%s", cfg->run_dir, VMF_QEMU_SERIAL_LOG);
@@ -511,14 +430,6 @@ vm_new(const vmf_vm_config *cfg, struct vmf_error *err)
 	vm->vcpus = cfg->vcpus;
 	vm->memory_mib = cfg->memory_mib;
 	return vm;
-}
-
-static void
-kill_now(struct vmf_vm *vm)
-{
-	if (!check_exited(vm))
-		kill(vm->pid, SIGKILL);
-	wait_exit(vm, vmf_now_ms() + 5000);
 }
 
 static int
@@ -536,34 +447,14 @@ spawn(struct vmf_vm *vm, struct vmf_error *err)
 	if (qmp_l < 0)
 		return qmp_l;
 	int agent_l = listen_unix(vm->agent_path, err);
-	if (agent_l < 0) {
-		close(qmp_l);
-		return agent_l;
-	}
-	int logfd = vmf_open_beneath(cfg->run_dir, VMF_QEMU_STDERR_LOG, O_WRONLY | O_CREAT | O_TRUNC, 0600, err);
-	int devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
 	char **argv = NULL;
-	int r = logfd < 0 ? logfd : 0;
-	if (r == 0 && devnull < 0)
-		r = vmf_err_sys(err, errno, "cannot open /dev/null");
-	if (r == 0)
-		r = vmf_qemu_build_argv(cfg, qmp_l, agent_l, &argv, err);
+	int qmp_c = -1;
+	int r = agent_l < 0 ? agent_l : vmf_qemu_build_argv(cfg, qmp_l, agent_l, &argv, err);
 	/* The QMP client connects before fork: the connection waits in the
 	 * listen backlog until QEMU accepts it. */
-	int qmp_c = r == 0 ? connect_unix(vm->qmp_path, err) : -1;
-	if (r == 0 && qmp_c < 0)
+	if (r == 0 && (qmp_c = vmf_vmm_connect_unix(vm->qmp_path, err)) < 0)
 		r = qmp_c;
-	if (r < 0) {
-		close(qmp_l);
-		close(agent_l);
-		if (logfd >= 0)
-			close(logfd);
-		if (devnull >= 0)
-			close(devnull);
-		vmf_qemu_free_argv(argv);
-		return r;
-	}
-	if (vmf_log_get_level() <= VMF_LOG_DEBUG) {
+	if (r == 0 && vmf_log_get_level() <= VMF_LOG_DEBUG) {
 		char line[4096] = "";
 		for (char **p = argv; *p; p++) {
 			strncat(line, *p, sizeof(line) - strlen(line) - 2);
@@ -571,53 +462,31 @@ spawn(struct vmf_vm *vm, struct vmf_error *err)
 		}
 		log_vm(VMF_LOG_DEBUG, cfg->id, "starting %s", line);
 	}
-
-	pid_t pid = fork();
-	if (pid == 0) {
-		/* Child: only async-signal-safe calls until exec. */
-		setsid(); /* own session: a daemon restart must not take QEMU down */
-		sigset_t all;
-		sigemptyset(&all);
-		sigprocmask(SIG_SETMASK, &all, NULL);
-		struct sigaction dfl = { .sa_handler = SIG_DFL };
-		for (int s = 1; s < NSIG; s++)
-			sigaction(s, &dfl, NULL);
-		dup2(devnull, 0);
-		dup2(logfd, 1);
-		dup2(logfd, 2);
-		/* Libraries open fds without O_CLOEXEC (LMDB's data.mdb): QEMU,
-		 * which outlives the daemon, must inherit only its two sockets. */
-		syscall(SYS_close_range, 3U, ~0U, 4U /* CLOSE_RANGE_CLOEXEC */);
-		fcntl(qmp_l, F_SETFD, 0);
-		fcntl(agent_l, F_SETFD, 0);
-		execvp(argv[0], argv);
-		static const char msg[] = "vmfactory: cannot execute the QEMU binary\n";
-		ssize_t ignored = write(2, msg, sizeof(msg) - 1);
-		(void)ignored;
-		_exit(127);
+	if (r == 0) {
+		/* Besides stdio, QEMU inherits only its two listening sockets. */
+		const int keep[] = { qmp_l, agent_l };
+		struct vmf_vmm_spawn s = { .argv = argv, .log_dir = cfg->run_dir, .log_name = VMF_QEMU_STDERR_LOG,
+					   .log_truncate = true, .keep_fds = keep, .n_keep = 2 };
+		if ((r = vmf_vmm_spawn(&s, &vm->proc, err)) < 0)
+			vmf_error_prefix(err, "QEMU for VM %s", cfg->id);
 	}
-	int fork_errno = errno;
 	close(qmp_l);
-	close(agent_l);
-	close(logfd);
-	close(devnull);
+	if (agent_l >= 0)
+		close(agent_l);
 	vmf_qemu_free_argv(argv);
-	if (pid < 0) {
-		close(qmp_c);
-		return vmf_err_sys(err, fork_errno, "cannot fork QEMU for VM %s", cfg->id);
+	if (r < 0) {
+		if (qmp_c >= 0)
+			close(qmp_c);
+		return r;
 	}
-	vm->pid = pid;
-	vm->child = true;
-	vm->pidfd = pidfd_open_(pid);
-	vm->start_ticks = vmf_proc_start_ticks(pid);
 
 	r = vmf_qmp_open_fd(qmp_c, START_TIMEOUT_MS, &vm->qmp, err);
 	if (r < 0) {
-		bool exited = wait_exit(vm, vmf_now_ms() + 200);
+		bool exited = vmf_vmm_wait_exit(&vm->proc, vmf_now_ms() + 200);
 		vmf_error_prefix(err, "QEMU for VM %s %s", cfg->id,
 				 exited ? "exited during start-up" : "did not answer on QMP");
 		append_logs(vm, err);
-		kill_now(vm);
+		vmf_vmm_kill(&vm->proc, "QEMU", cfg->id);
 		return r;
 	}
 	return 0;
@@ -632,7 +501,7 @@ qmp_cmd(struct vmf_vm *vm, const char *cmd, json_object *args, json_object **ret
 	int r = vmf_qmp_command(vm->qmp, cmd, args, -1, ret, QMP_TIMEOUT_MS, err);
 	if (r < 0) {
 		vmf_error_prefix(err, "VM %s", vm->cfg->id);
-		if (check_exited(vm))
+		if (vmf_vmm_exited(&vm->proc))
 			append_logs(vm, err);
 	}
 	return r;
@@ -651,7 +520,7 @@ qemu_boot(const vmf_vm_config *cfg, struct vmf_vm **out, struct vmf_error *err)
 		return r;
 	}
 	vm->paused = cfg->incoming;
-	log_vm(VMF_LOG_DEBUG, cfg->id, "QEMU pid %d started", (int)vm->pid);
+	log_vm(VMF_LOG_DEBUG, cfg->id, "QEMU pid %d started", (int)vm->proc.pid);
 	*out = vm;
 	return 0;
 }
@@ -794,7 +663,7 @@ qemu_start_from_template(const vmf_vm_config *cfg, int state_fd, struct vmf_vm *
 	*out = vm;
 	return 0;
 fail:
-	kill_now(vm);
+	vmf_vmm_kill(&vm->proc, "QEMU", cfg->id);
 	vm_free(vm);
 	return r;
 }
@@ -904,23 +773,15 @@ qemu_stop(struct vmf_vm *vm, int timeout_ms, struct vmf_error *err)
 {
 	(void)err;
 	int64_t deadline = vmf_now_ms() + timeout_ms;
-	if (check_exited(vm))
-		goto done;
-	if (vm->qmp) {
-		/* quit is QEMU's clean exit; a guest shutdown would need the guest's
-		 * cooperation, which a pooled or broken VM may not give. */
+	if (!vmf_vmm_exited(&vm->proc)) {
+		/* quit is QEMU's clean exit; a guest shutdown would need the
+		 * guest's cooperation, which a pooled or broken VM may not give. */
 		struct vmf_error ignored;
-		vmf_qmp_command(vm->qmp, "quit", NULL, -1, NULL, timeout_ms / 3 + 1, &ignored);
+		if (vm->qmp)
+			vmf_qmp_command(vm->qmp, "quit", NULL, -1, NULL, timeout_ms / 3 + 1, &ignored);
+		if (!vmf_vmm_wait_exit(&vm->proc, vmf_now_ms() + timeout_ms / 3 + 1))
+			vmf_vmm_terminate(&vm->proc, deadline, "QEMU", vm->cfg->id);
 	}
-	if (wait_exit(vm, vmf_now_ms() + timeout_ms / 3 + 1))
-		goto done;
-	if (!check_exited(vm))
-		kill(vm->pid, SIGTERM);
-	if (wait_exit(vm, deadline - timeout_ms / 6))
-		goto done;
-	log_vm(VMF_LOG_WARN, vm->cfg->id, "QEMU pid %d ignored quit and SIGTERM; sending SIGKILL", (int)vm->pid);
-	kill_now(vm);
-done:
 	if (vm->qmp) {
 		vmf_qmp_close(vm->qmp);
 		vm->qmp = NULL;
@@ -934,13 +795,13 @@ static bool
 qemu_alive(struct vmf_vm *vm)
 {
 	/* Reaps a dead child here so it is not left a zombie. */
-	return !check_exited(vm);
+	return !vmf_vmm_exited(&vm->proc);
 }
 
 static pid_t
 qemu_pid(const struct vmf_vm *vm)
 {
-	return vm->pid;
+	return vm->proc.pid;
 }
 
 static unsigned
@@ -955,7 +816,7 @@ static int
 qemu_agent_connect(struct vmf_vm *vm, int timeout_ms, struct vmf_error *err)
 {
 	(void)timeout_ms; /* the listening socket exists for the VM's whole life */
-	int fd = connect_unix(vm->agent_path, err);
+	int fd = vmf_vmm_connect_unix(vm->agent_path, err);
 	if (fd < 0)
 		vmf_error_prefix(err, "VM %s: agent channel", vm->cfg->id);
 	return fd;
@@ -964,7 +825,7 @@ qemu_agent_connect(struct vmf_vm *vm, int timeout_ms, struct vmf_error *err)
 static int
 qemu_watch_fd(struct vmf_vm *vm)
 {
-	return vm->pidfd;
+	return vm->proc.pidfd;
 }
 
 static int
@@ -1000,7 +861,7 @@ qemu_serialize(const struct vmf_vm *vm, vmf_hv_state **out, struct vmf_error *er
 	st->schema_version = STATE_SCHEMA_VERSION;
 	st->kind = VMF__HV__HYPERVISOR_KIND__HV_QEMU;
 	st->pid = qemu_pid(vm);
-	st->start_time_ticks = vm->start_ticks;
+	st->start_time_ticks = vm->proc.start_ticks;
 	st->config = cfg;
 	st->qemu = q;
 	st->vcpus = vm->vcpus;
@@ -1048,10 +909,7 @@ qemu_adopt(const vmf_hv_state *st, struct vmf_vm **out, struct vmf_error *err)
 	struct vmf_vm *vm = vm_new(st->config, err);
 	if (!vm)
 		return -ENOMEM;
-	vm->pid = st->pid;
-	vm->start_ticks = st->start_time_ticks;
-	vm->child = false;
-	vm->pidfd = pidfd_open_(vm->pid);
+	vmf_vmm_attach(&vm->proc, st->pid, st->start_time_ticks);
 	vm->vcpus = st->vcpus;
 	vm->memory_mib = st->memory_mib;
 	vm->dimms = st->qemu->dimm_count;

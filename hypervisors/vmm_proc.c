@@ -1,5 +1,5 @@
-/* Process, vsock and snapshot-file plumbing shared by the Firecracker and
- * Cloud Hypervisor drivers (see vmm_proc.h). */
+/* Process, vsock and snapshot-file plumbing of the VMM drivers (see
+ * vmm_proc.h). */
 #include "vmm_proc.h"
 
 #include <dirent.h>
@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -32,46 +33,61 @@ pidfd_open_(pid_t pid)
 }
 
 int
-vmf_vmm_spawn(char *const argv[], const char *log_path, struct vmf_vmm_proc *p, struct vmf_error *err)
+vmf_vmm_spawn(const struct vmf_vmm_spawn *s, struct vmf_vmm_proc *p, struct vmf_error *err)
 {
 	memset(p, 0, sizeof(*p));
 	p->pidfd = -1;
-	int logfd = open(log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
-	if (logfd < 0)
-		return vmf_err_sys(err, errno, "cannot open %s", log_path);
-	int devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
-	if (devnull < 0) {
-		int e = errno;
-		close(logfd);
-		return vmf_err_sys(err, e, "cannot open /dev/null");
+	int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
+	if (devnull < 0)
+		return vmf_err_sys(err, errno, "cannot open /dev/null");
+	int logfd = -1;
+	if (s->log_name) {
+		int flags = O_WRONLY | O_CREAT | (s->log_truncate ? O_TRUNC : O_APPEND);
+		logfd = vmf_open_beneath(s->log_dir, s->log_name, flags, 0600, err);
+		if (logfd < 0) {
+			close(devnull);
+			return logfd;
+		}
 	}
+	int out = logfd >= 0 ? logfd : s->out_fd, errfd = logfd >= 0 ? logfd : devnull;
+	/* Formatted here: the child may only make async-signal-safe calls. */
+	char msg[PATH_MAX + 48];
+	int msg_len = snprintf(msg, sizeof(msg), "vmfactory: cannot execute %s\n", s->argv[0]);
+	if (msg_len < 0 || (size_t)msg_len >= sizeof(msg))
+		msg_len = (int)sizeof(msg) - 1;
+	pid_t parent = getpid();
 	pid_t pid = fork();
 	if (pid == 0) {
 		/* Child: only async-signal-safe calls until exec. */
+		if (s->die_with_parent) {
+			prctl(PR_SET_PDEATHSIG, SIGKILL);
+			if (getppid() != parent)
+				_exit(127); /* the parent is already gone */
+		}
 		setsid(); /* own session: a daemon restart must not take the VMM down */
 		sigset_t all;
 		sigemptyset(&all);
 		sigprocmask(SIG_SETMASK, &all, NULL);
 		struct sigaction dfl = { .sa_handler = SIG_DFL };
-		for (int s = 1; s < NSIG; s++)
-			sigaction(s, &dfl, NULL);
+		for (int sig = 1; sig < NSIG; sig++)
+			sigaction(sig, &dfl, NULL);
 		dup2(devnull, 0);
-		dup2(logfd, 1);
-		dup2(logfd, 2);
-		/* Libraries open fds without O_CLOEXEC: the VMM outlives the daemon
-		 * and must inherit only stdio. */
+		dup2(out, 1);
+		dup2(errfd, 2);
 		syscall(SYS_close_range, 3U, ~0U, 4U /* CLOSE_RANGE_CLOEXEC */);
-		execvp(argv[0], argv);
-		static const char msg[] = "vmfactory: cannot execute the VMM binary\n";
-		ssize_t ignored = write(2, msg, sizeof(msg) - 1);
+		for (size_t i = 0; i < s->n_keep; i++)
+			fcntl(s->keep_fds[i], F_SETFD, 0);
+		execvp(s->argv[0], s->argv);
+		ssize_t ignored = write(2, msg, (size_t)msg_len);
 		(void)ignored;
 		_exit(127);
 	}
 	int e = errno;
-	close(logfd);
+	if (logfd >= 0)
+		close(logfd);
 	close(devnull);
 	if (pid < 0)
-		return vmf_err_sys(err, e, "cannot fork %s", argv[0]);
+		return vmf_err_sys(err, e, "cannot fork %s", s->argv[0]);
 	p->pid = pid;
 	p->child = true;
 	p->pidfd = pidfd_open_(pid);
@@ -87,6 +103,10 @@ vmf_vmm_attach(struct vmf_vmm_proc *p, pid_t pid, uint64_t start_ticks)
 	p->start_ticks = start_ticks;
 	p->child = false;
 	p->pidfd = pidfd_open_(pid);
+	/* The pidfd follows the process it was opened on, which must still be
+	 * the recorded one (not a reuse of its pid). */
+	if (p->pidfd >= 0 && start_ticks && vmf_proc_start_ticks(pid) != start_ticks)
+		p->exited = true;
 }
 
 bool
@@ -98,6 +118,13 @@ vmf_vmm_exited(struct vmf_vmm_proc *p)
 		int st;
 		pid_t r = waitpid(p->pid, &st, WNOHANG);
 		if (r == p->pid || (r < 0 && errno == ECHILD))
+			p->exited = true;
+	} else if (p->pidfd >= 0) {
+		/* Readable once every thread has exited.  /proc shows the leader a
+		 * zombie as soon as it has exited, while the other threads may
+		 * still run. */
+		struct pollfd pf = { .fd = p->pidfd, .events = POLLIN };
+		if (poll(&pf, 1, 0) > 0)
 			p->exited = true;
 	} else if (!vmf_proc_alive(p->pid, p->start_ticks)) {
 		p->exited = true;
@@ -118,13 +145,34 @@ vmf_vmm_wait_exit(struct vmf_vmm_proc *p, int64_t deadline_ms)
 			struct pollfd pf = { .fd = p->pidfd, .events = POLLIN };
 			poll(&pf, 1, (int)(left > 1000 ? 1000 : left));
 		} else {
-			poll(NULL, 0, 10); /* no pidfd: bounded re-check of /proc */
+			poll(NULL, 0, 10); /* no pidfd (old kernel): bounded re-check of /proc */
 		}
 	}
 }
 
+/* The logfmt key naming a process's VM; NULL without one. */
+static const char *
+vm_kv(char *buf, size_t n, const char *id)
+{
+	if (!id)
+		return NULL;
+	snprintf(buf, n, "vm=%s", id);
+	return buf;
+}
+
 void
-vmf_vmm_terminate(struct vmf_vmm_proc *p, int64_t deadline_ms, const char *what)
+vmf_vmm_kill(struct vmf_vmm_proc *p, const char *what, const char *id)
+{
+	if (!vmf_vmm_exited(p))
+		kill(p->pid, SIGKILL);
+	char kv[96];
+	if (!vmf_vmm_wait_exit(p, vmf_now_ms() + 5000))
+		vmf_log_kv(VMF_LOG_ERROR, __func__, vm_kv(kv, sizeof(kv), id), "%s pid %d survived SIGKILL for 5 s",
+			   what, (int)p->pid);
+}
+
+void
+vmf_vmm_terminate(struct vmf_vmm_proc *p, int64_t deadline_ms, const char *what, const char *id)
 {
 	if (vmf_vmm_exited(p))
 		return;
@@ -132,11 +180,10 @@ vmf_vmm_terminate(struct vmf_vmm_proc *p, int64_t deadline_ms, const char *what)
 	int64_t now = vmf_now_ms();
 	if (vmf_vmm_wait_exit(p, now + (deadline_ms - now) / 2))
 		return;
-	log_warn("%s pid %d ignored SIGTERM; sending SIGKILL", what, (int)p->pid);
-	if (!vmf_vmm_exited(p))
-		kill(p->pid, SIGKILL);
-	if (!vmf_vmm_wait_exit(p, vmf_now_ms() + 5000))
-		log_error("%s pid %d survived SIGKILL for 5 s", what, (int)p->pid);
+	char kv[96];
+	vmf_log_kv(VMF_LOG_WARN, __func__, vm_kv(kv, sizeof(kv), id), "%s pid %d ignored SIGTERM; sending SIGKILL",
+		   what, (int)p->pid);
+	vmf_vmm_kill(p, what, id);
 }
 
 void
@@ -168,8 +215,8 @@ vmf_vmm_cmdline_has(pid_t pid, const char *arg)
 	return found;
 }
 
-static int
-connect_unix(const char *path, struct vmf_error *err)
+int
+vmf_vmm_connect_unix(const char *path, struct vmf_error *err)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	if (strlen(path) >= sizeof(sa.sun_path))
@@ -193,7 +240,7 @@ vmf_vmm_wait_socket(struct vmf_vmm_proc *p, const char *vmm, const char *path, i
 	int64_t deadline = vmf_now_ms() + timeout_ms;
 	for (;;) {
 		struct vmf_error e;
-		int fd = connect_unix(path, &e);
+		int fd = vmf_vmm_connect_unix(path, &e);
 		if (fd >= 0) {
 			close(fd);
 			return 0;
@@ -251,7 +298,7 @@ vmf_vmm_vsock_connect(const char *uds, unsigned port, int timeout_ms, struct vmf
 	char last[160] = "no attempt made";
 	for (;;) {
 		struct vmf_error e;
-		int fd = connect_unix(uds, &e);
+		int fd = vmf_vmm_connect_unix(uds, &e);
 		if (fd >= 0) {
 			char req[32], line[64];
 			int n = snprintf(req, sizeof(req), "CONNECT %u\n", port);

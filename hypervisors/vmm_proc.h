@@ -1,9 +1,11 @@
-/* Process and file plumbing shared by the Firecracker and Cloud Hypervisor
- * drivers: spawning the VMM (argv as data, setsid, only stdio inherited),
- * pidfd watch, exit checks with deadlines, the hybrid vsock CONNECT
- * handshake both VMMs use for host-initiated vsock streams, and the packing
- * of a VMM's snapshot files into the single state stream of the driver
- * interface. */
+/* Process and file plumbing of the VMM drivers.  For all three (QEMU,
+ * Firecracker, Cloud Hypervisor): the VMM process, from spawn (argv as data,
+ * own session, only stdio and the fds asked for inherited) or adoption to
+ * pidfd watch, exit checks with deadlines and termination.  For Firecracker
+ * and Cloud Hypervisor: their config check and state record, the hybrid
+ * vsock CONNECT handshake both use for host-initiated vsock streams, and the
+ * packing of a VMM's snapshot files into the single state stream of the
+ * driver interface. */
 #ifndef VMF_VMM_PROC_H
 #define VMF_VMM_PROC_H
 
@@ -14,18 +16,64 @@
 #include "driver.h"
 #include "error.h"
 
+/* ---- the VMM process (all drivers) ---- */
+
+struct vmf_vmm_proc {
+	pid_t pid;
+	uint64_t start_ticks;
+	int pidfd;
+	bool child;      /* ours to reap */
+	bool exited;     /* seen to exit (and reaped if ours) */
+};
+
+/* How to start a VMM process.  It runs in its own session with default
+ * signal handling, stdin /dev/null, and every fd but stdio and keep_fds
+ * closed on exec: libraries open fds without O_CLOEXEC (LMDB's data.mdb),
+ * and a VMM outlives the daemon. */
+struct vmf_vmm_spawn {
+	char *const *argv;      /* argv[0] is searched in PATH */
+	const char *log_dir;    /* stdout and stderr: log_name beneath log_dir */
+	const char *log_name;   /* (no symlink followed), appended to */
+	bool log_truncate;      /* ... or emptied first */
+	int out_fd;             /* no log_name: stdout here, stderr /dev/null */
+	const int *keep_fds;    /* inherited too, under the same numbers */
+	size_t n_keep;
+	/* SIGKILL when the spawning thread ends: for short-lived helpers (the
+	 * KVM probe), never for a VM, which must survive a daemon restart. */
+	bool die_with_parent;
+};
+
+int vmf_vmm_spawn(const struct vmf_vmm_spawn *s, struct vmf_vmm_proc *p, struct vmf_error *err);
+/* Fills p for a running process we did not start (adopt). */
+void vmf_vmm_attach(struct vmf_vmm_proc *p, pid_t pid, uint64_t start_ticks);
+/* Non-blocking: true once the process is gone, every thread of it (reaping
+ * it when ours). */
+bool vmf_vmm_exited(struct vmf_vmm_proc *p);
+/* Waits for exit until deadline_ms (vmf_now_ms clock); true when gone. */
+bool vmf_vmm_wait_exit(struct vmf_vmm_proc *p, int64_t deadline_ms);
+/* SIGTERM, then SIGKILL, within the deadline (after the driver's own
+ * graceful request); always leaves the process gone or reports it.  what
+ * names the process in log lines, id (may be NULL) its VM. */
+void vmf_vmm_terminate(struct vmf_vmm_proc *p, int64_t deadline_ms, const char *what, const char *id);
+/* SIGKILL and wait for the exit (5 s at most). */
+void vmf_vmm_kill(struct vmf_vmm_proc *p, const char *what, const char *id);
+void vmf_vmm_close(struct vmf_vmm_proc *p);
+
+/* Connects to a unix stream socket; the fd is close-on-exec. */
+int vmf_vmm_connect_unix(const char *path, struct vmf_error *err);
+
+/* ---- Firecracker and Cloud Hypervisor ---- */
+
 /* vsock port the guest agent listens on in Firecracker / Cloud Hypervisor
  * guests (QEMU guests use virtio-serial). */
 #define VMF_AGENT_VSOCK_PORT 1024
 /* Guest CID; the host side is a unix socket per VM, so one value fits all. */
 #define VMF_GUEST_CID 3
 
-/* What every VMM driver requires of a config: an id and an absolute run
+/* What both drivers require of a config: an id and an absolute run
  * dir; and a runas user is refused (never run as another user than asked
  * without saying so).  vmm names the driver in the error. */
 int vmf_vmm_check_config(const vmf_vm_config *cfg, const char *vmm, struct vmf_error *err);
-
-struct vmf_vmm_proc;
 
 /* A VMM handle's record for restart recovery (both drivers store the same
  * fields); free with vmf__hv__hypervisor_state__free_unpacked. */
@@ -36,29 +84,6 @@ int vmf_vmm_serialize(Vmf__Hv__HypervisorKind kind, const vmf_vm_config *cfg, co
  * still runs (same pid and start time). */
 int vmf_vmm_adopt_check(const vmf_hv_state *st, Vmf__Hv__HypervisorKind kind, const char *vmm,
 			struct vmf_error *err);
-
-struct vmf_vmm_proc {
-	pid_t pid;
-	uint64_t start_ticks;
-	int pidfd;
-	bool child;      /* ours to reap */
-	bool exited;
-};
-
-/* Forks argv[0] (PATH search) in its own session with stdin /dev/null and
- * stdout+stderr appended to log_path; every other fd is closed on exec. */
-int vmf_vmm_spawn(char *const argv[], const char *log_path, struct vmf_vmm_proc *p,
-		  struct vmf_error *err);
-/* Fills p for a running process we did not start (adopt). */
-void vmf_vmm_attach(struct vmf_vmm_proc *p, pid_t pid, uint64_t start_ticks);
-/* Non-blocking: true once the process is gone (reaping it when ours). */
-bool vmf_vmm_exited(struct vmf_vmm_proc *p);
-/* Waits for exit until deadline_ms (vmf_now_ms clock); true when gone. */
-bool vmf_vmm_wait_exit(struct vmf_vmm_proc *p, int64_t deadline_ms);
-/* SIGTERM, then SIGKILL, within the deadline (after the driver's own
- * graceful request); always leaves the process gone or reports it. */
-void vmf_vmm_terminate(struct vmf_vmm_proc *p, int64_t deadline_ms, const char *what);
-void vmf_vmm_close(struct vmf_vmm_proc *p);
 
 /* True when /proc/PID/cmdline has an argument equal to arg or ending in
  * "=" arg: guards adopt against pid reuse. */

@@ -1,6 +1,7 @@
 /* Unit tests for common/: errors, framing, file helpers, id validation. */
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -142,6 +143,38 @@ START_TEST(proc_helpers)
 }
 END_TEST
 
+struct ticks_arg {
+	pid_t pid;
+	int wrong;
+};
+
+static void *
+read_ticks(void *arg)
+{
+	struct ticks_arg *a = arg;
+	uint64_t want = vmf_proc_start_ticks(a->pid);
+	for (int i = 0; i < 20000; i++)
+		a->wrong += vmf_proc_start_ticks(a->pid) != want;
+	return NULL;
+}
+
+/* The daemon's workers check their VMs' start times at the same time: a
+ * wrong one makes a running QEMU look gone. */
+START_TEST(proc_start_ticks_from_threads)
+{
+	struct ticks_arg args[4];
+	pthread_t t[4];
+	for (int i = 0; i < 4; i++) {
+		args[i] = (struct ticks_arg){ .pid = i % 2 ? 1 : getpid() };
+		ck_assert_int_eq(pthread_create(&t[i], NULL, read_ticks, &args[i]), 0);
+	}
+	for (int i = 0; i < 4; i++) {
+		pthread_join(t[i], NULL);
+		ck_assert_int_eq(args[i].wrong, 0);
+	}
+}
+END_TEST
+
 int
 main(void)
 {
@@ -153,6 +186,7 @@ main(void)
 	tcase_add_test(tc, open_beneath_refuses_planted_symlinks);
 	tcase_add_test(tc, id_validation);
 	tcase_add_test(tc, proc_helpers);
+	tcase_add_test(tc, proc_start_ticks_from_threads);
 	suite_add_tcase(s, tc);
 	return vmf_test_run(s);
 }

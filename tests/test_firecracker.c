@@ -5,7 +5,9 @@
  * refused vCPU hot-add, serialize/adopt, stop. */
 #include "fake_vmm_util.h"
 
+#include <pthread.h>
 #include <signal.h>
+#include <sys/wait.h>
 
 #include "frame.h"
 #include "vmm_http.h"
@@ -189,7 +191,7 @@ START_TEST(error_reply)
 	t.c.binary = (char *)"/nonexistent/firecracker";
 	ck_assert_int_lt(ops->boot(&t.c, &vm, &err), 0);
 	ck_assert_msg(strstr(err.msg, "exited before its API socket") &&
-		      strstr(err.msg, "cannot execute the VMM binary"), "%s", err.msg);
+		      strstr(err.msg, "cannot execute /nonexistent/firecracker"), "%s", err.msg);
 	/* A missing kernel is the VMM's own fault message. */
 	fv_config(&t, "err2", 1, 1, 128, 128);
 	t.c.kernel = (char *)"/nonexistent/vmlinuz";
@@ -384,6 +386,56 @@ START_TEST(state_stream)
 }
 END_TEST
 
+static void *
+linger(void *arg)
+{
+	(void)arg;
+	poll(NULL, 0, 2000);
+	return NULL;
+}
+
+/* A VMM we did not start (adopted after a daemon restart) has exited once
+ * all its threads have: its main thread alone is not enough, although
+ * /proc then shows the process a zombie. */
+START_TEST(adopted_process_exits_with_its_last_thread)
+{
+	int fds[2];
+	ck_assert_int_eq(pipe(fds), 0);
+	pid_t c = fork();
+	ck_assert_int_ge(c, 0);
+	if (c == 0) {
+		pid_t g = fork();
+		if (g == 0) {
+			pthread_t t;
+			if (pthread_create(&t, NULL, linger, NULL) == 0)
+				pthread_exit(NULL);
+			_exit(1);
+		}
+		_exit(write(fds[1], &g, sizeof(g)) == sizeof(g) ? 0 : 1);
+	}
+	pid_t g = -1;
+	ck_assert_int_eq(read(fds[0], &g, sizeof(g)), sizeof(g));
+	ck_assert_int_eq(waitpid(c, NULL, 0), c);
+	close(fds[0]);
+	close(fds[1]);
+	uint64_t ticks = vmf_proc_start_ticks(g);
+	ck_assert_uint_ne(ticks, 0);
+	int64_t deadline = vmf_now_ms() + 1500;
+	while (vmf_proc_alive(g, ticks) && vmf_now_ms() < deadline)
+		poll(NULL, 0, 10);
+	ck_assert_msg(!vmf_proc_alive(g, ticks), "the main thread of pid %d did not exit", (int)g);
+	struct vmf_vmm_proc p;
+	vmf_vmm_attach(&p, g, ticks);
+	ck_assert(!p.child);
+	/* Without a pidfd (valgrind does not know pidfd_open) /proc is all
+	 * there is to go by. */
+	if (p.pidfd >= 0)
+		ck_assert(!vmf_vmm_exited(&p)); /* its other thread still runs */
+	ck_assert(vmf_vmm_wait_exit(&p, vmf_now_ms() + 10000));
+	vmf_vmm_close(&p);
+}
+END_TEST
+
 static Suite *
 suite(void)
 {
@@ -403,6 +455,7 @@ suite(void)
 	tcase_add_test(tc, no_hotplug_version);
 	tcase_add_test(tc, fake_is_strict);
 	tcase_add_test(tc, state_stream);
+	tcase_add_test(tc, adopted_process_exits_with_its_last_thread);
 	suite_add_tcase(s, tc);
 	return s;
 }
