@@ -31,7 +31,6 @@
 #define CH "cloud-hypervisor"
 #define CH_DEFAULT_BINARY "cloud-hypervisor"
 #define CH_API_SOCK "ch.sock"
-#define CH_VSOCK "vsock.sock"
 #define CH_LOG "cloud-hypervisor.log"
 #define CH_SERIAL_LOG "serial.log"
 #define CH_SNAP_DIR "snapshot"
@@ -42,34 +41,15 @@
 #define CH_CAPS (VMF_CAP_CPU_HOTPLUG | VMF_CAP_MEM_HOTPLUG | VMF_CAP_FULL_SNAPSHOT)
 
 struct vmf_vm {
-	vmf_vm_config *cfg;
-	struct vmf_vmm_proc proc;
-	char api_sock[PATH_MAX];
-	char vsock[PATH_MAX];
-	char log[PATH_MAX];
+	struct vmf_vmm_vm h;
 	char serial[PATH_MAX];
-	char version[64];
-	unsigned vcpus;
-	unsigned memory_mib;
-	bool paused;
 };
 
 static int
 api(struct vmf_vm *vm, const char *method, const char *endpoint, json_object *body, json_object **reply,
     int timeout_ms, struct vmf_error *err)
 {
-	char path[128];
-	snprintf(path, sizeof(path), "/api/v1/%s", endpoint);
-	int r = vmf_vmm_http(CH, vm->api_sock, method, path, body, reply, timeout_ms, err);
-	if (r < 0) {
-		vmf_error_prefix(err, "VM %s", vm->cfg->id);
-		if (vmf_vmm_exited(&vm->proc)) {
-			char tail[400];
-			vmf_file_tail(vm->log, tail, sizeof(tail));
-			vmf_error_append(err, "; cloud-hypervisor exited%s%s", tail[0] ? ": " : "", tail);
-		}
-	}
-	return r;
+	return vmf_vmm_vm_api(&vm->h, method, endpoint, body, reply, timeout_ms, err);
 }
 
 /* PUT with an optional body, which is consumed. */
@@ -86,67 +66,61 @@ vm_free(struct vmf_vm *vm)
 {
 	if (!vm)
 		return;
-	vmf_vmm_close(&vm->proc);
-	vmf_vm_config_free(vm->cfg);
+	vmf_vmm_vm_fini(&vm->h);
 	free(vm);
 }
 
 static struct vmf_vm *
 vm_new(const vmf_vm_config *cfg, struct vmf_error *err)
 {
-	if (vmf_vmm_check_config(cfg, "cloud-hypervisor", err) < 0)
-		return NULL;
 	struct vmf_vm *vm = calloc(1, sizeof(*vm));
-	if (!vm || !(vm->cfg = vmf_vm_config_dup(cfg))) {
-		free(vm);
+	if (!vm) {
 		vmf_err(err, ENOMEM, "out of memory for a VM handle");
 		return NULL;
 	}
-	vm->proc.pidfd = -1;
-	snprintf(vm->api_sock, sizeof(vm->api_sock), "%s/%s", cfg->run_dir, CH_API_SOCK);
-	snprintf(vm->vsock, sizeof(vm->vsock), "%s/%s", cfg->run_dir, CH_VSOCK);
-	snprintf(vm->log, sizeof(vm->log), "%s/%s", cfg->run_dir, CH_LOG);
+	if (vmf_vmm_vm_init(&vm->h, CH, "/api/v1/", cfg, CH_API_SOCK, CH_LOG, err) < 0) {
+		vm_free(vm);
+		return NULL;
+	}
 	snprintf(vm->serial, sizeof(vm->serial), "%s/%s", cfg->run_dir, CH_SERIAL_LOG);
-	vm->vcpus = cfg->vcpus;
-	vm->memory_mib = cfg->memory_mib;
 	return vm;
 }
 
 static void
 kill_now(struct vmf_vm *vm)
 {
-	vmf_vmm_terminate(&vm->proc, vmf_now_ms() + 2000, CH, vm->cfg->id);
+	vmf_vmm_vm_kill(&vm->h);
 }
 
 static int
 spawn(struct vmf_vm *vm, struct vmf_error *err)
 {
-	const vmf_vm_config *cfg = vm->cfg;
+	const vmf_vm_config *cfg = vm->h.cfg;
 	if (vmf_mkdir_p(cfg->run_dir, 0700, err) < 0)
 		return -err->code;
-	unlink(vm->api_sock);
-	unlink(vm->vsock);
+	unlink(vm->h.api_sock);
+	unlink(vm->h.vsock);
 	const char *bin = cfg->binary && *cfg->binary ? cfg->binary : CH_DEFAULT_BINARY;
 	char sockarg[PATH_MAX + 8];
-	snprintf(sockarg, sizeof(sockarg), "path=%s", vm->api_sock);
+	snprintf(sockarg, sizeof(sockarg), "path=%s", vm->h.api_sock);
 	char *const argv[] = { (char *)bin, "--api-socket", sockarg, NULL };
 	log_vm(VMF_LOG_DEBUG, cfg->id, "starting %s --api-socket %s", bin, sockarg);
 	struct vmf_vmm_spawn s = { .argv = argv, .log_dir = cfg->run_dir, .log_name = CH_LOG };
-	int r = vmf_vmm_spawn(&s, &vm->proc, err);
+	int r = vmf_vmm_spawn(&s, &vm->h.proc, err);
 	if (r < 0)
 		return vmf_error_prefix(err, "VM %s", cfg->id);
-	r = vmf_vmm_wait_socket(&vm->proc, CH, vm->api_sock, START_TIMEOUT_MS, err);
+	r = vmf_vmm_wait_socket(&vm->h.proc, CH, vm->h.api_sock, START_TIMEOUT_MS, err);
 	json_object *ping = NULL, *v;
 	if (r == 0)
 		r = api(vm, "GET", "vmm.ping", NULL, &ping, API_TIMEOUT_MS, err);
 	if (r >= 0) {
 		if (ping && json_object_object_get_ex(ping, "version", &v))
-			snprintf(vm->version, sizeof(vm->version), "%s", json_object_get_string(v));
+			snprintf(vm->h.version, sizeof(vm->h.version), "%s", json_object_get_string(v));
 		json_object_put(ping);
 		return 0;
 	}
 	char tail[400];
-	vmf_file_tail(vm->log, tail, sizeof(tail));
+	vmf_file_tail(vm->h.log, tail, sizeof(tail));
 	vmf_error_prefix(err, "VM %s: cloud-hypervisor did not start", cfg->id);
 	if (tail[0])
 		vmf_error_append(err, "; cloud-hypervisor log: %s", tail);
@@ -157,7 +131,7 @@ spawn(struct vmf_vm *vm, struct vmf_error *err)
 static json_object *
 vm_config_json(const struct vmf_vm *vm)
 {
-	const vmf_vm_config *cfg = vm->cfg;
+	const vmf_vm_config *cfg = vm->h.cfg;
 	unsigned maxcpus = cfg->max_vcpus > cfg->vcpus ? cfg->max_vcpus : cfg->vcpus;
 	json_object *c = vmf_json_obj(), *payload = vmf_json_obj(), *cpus = vmf_json_obj(), *mem = vmf_json_obj(), *vs = vmf_json_obj(), *ser = vmf_json_obj(),
 		    *con = vmf_json_obj();
@@ -174,7 +148,7 @@ vm_config_json(const struct vmf_vm *vm)
 		vmf_json_set_int(mem, "hotplug_size", (int64_t)(cfg->max_memory_mib - cfg->memory_mib) << 20);
 	json_object_object_add(c, "memory", mem);
 	vmf_json_set_int(vs, "cid", VMF_GUEST_CID);
-	vmf_json_set_str(vs, "socket", vm->vsock);
+	vmf_json_set_str(vs, "socket", vm->h.vsock);
 	json_object_object_add(c, "vsock", vs);
 	vmf_json_set_str(ser, "mode", "File");
 	vmf_json_set_str(ser, "file", vm->serial);
@@ -212,7 +186,7 @@ ch_boot(const vmf_vm_config *cfg, struct vmf_vm **out, struct vmf_error *err)
 		vm_free(vm);
 		return r;
 	}
-	log_vm(VMF_LOG_DEBUG, cfg->id, "cloud-hypervisor %s pid %d started", vm->version, (int)vm->proc.pid);
+	log_vm(VMF_LOG_DEBUG, cfg->id, "cloud-hypervisor %s pid %d started", vm->h.version, (int)vm->h.proc.pid);
 	*out = vm;
 	return 0;
 }
@@ -222,7 +196,7 @@ ch_pause(struct vmf_vm *vm, struct vmf_error *err)
 {
 	int r = api_put(vm, "vm.pause", NULL, API_TIMEOUT_MS, err);
 	if (r == 0)
-		vm->paused = true;
+		vm->h.paused = true;
 	return r;
 }
 
@@ -231,7 +205,7 @@ ch_resume(struct vmf_vm *vm, struct vmf_error *err)
 {
 	int r = api_put(vm, "vm.resume", NULL, API_TIMEOUT_MS, err);
 	if (r == 0)
-		vm->paused = false;
+		vm->h.paused = false;
 	return r;
 }
 
@@ -241,12 +215,12 @@ ch_save_template(struct vmf_vm *vm, int state_fd, bool full, struct vmf_error *e
 	if (!full)
 		return vmf_err(err, ENOTSUP, "VM %s: template memory sharing is unsupported by cloud-hypervisor "
 			       "(its restore copies guest memory into each clone); build the template with "
-			       "full memory", vm->cfg->id);
+			       "full memory", vm->h.cfg->id);
 	int r;
-	if (!vm->paused && (r = ch_pause(vm, err)) < 0)
+	if (!vm->h.paused && (r = ch_pause(vm, err)) < 0)
 		return r;
 	char dir[PATH_MAX], url[PATH_MAX + 8];
-	snprintf(dir, sizeof(dir), "%s/%s", vm->cfg->run_dir, CH_SNAP_DIR);
+	snprintf(dir, sizeof(dir), "%s/%s", vm->h.cfg->run_dir, CH_SNAP_DIR);
 	snprintf(url, sizeof(url), "file://%s", dir);
 	if (vmf_rm_rf(dir, err) < 0 || vmf_mkdir_p(dir, 0700, err) < 0)
 		return -err->code;
@@ -254,7 +228,7 @@ ch_save_template(struct vmf_vm *vm, int state_fd, bool full, struct vmf_error *e
 	vmf_json_set_str(b, "destination_url", url);
 	r = api_put(vm, "vm.snapshot", b, SNAPSHOT_TIMEOUT_MS, err);
 	if (r == 0 && (r = vmf_vmm_pack(state_fd, dir, NULL, err)) < 0)
-		vmf_error_prefix(err, "VM %s: saving the template state", vm->cfg->id);
+		vmf_error_prefix(err, "VM %s: saving the template state", vm->h.cfg->id);
 	struct vmf_error ignored;
 	vmf_rm_rf(dir, &ignored);
 	return r;
@@ -269,15 +243,15 @@ retarget_config(struct vmf_vm *vm, const char *dir, struct vmf_error *err)
 	snprintf(path, sizeof(path), "%s/%s", dir, CH_CONFIG_JSON);
 	json_object *c = json_object_from_file(path), *x;
 	if (!c)
-		return vmf_err(err, EPROTO, "VM %s: the template state holds no readable %s", vm->cfg->id,
+		return vmf_err(err, EPROTO, "VM %s: the template state holds no readable %s", vm->h.cfg->id,
 			       CH_CONFIG_JSON);
 	if (json_object_object_get_ex(c, "vsock", &x) && json_object_is_type(x, json_type_object))
-		vmf_json_set_str(x, "socket", vm->vsock);
+		vmf_json_set_str(x, "socket", vm->h.vsock);
 	if (json_object_object_get_ex(c, "serial", &x) && json_object_is_type(x, json_type_object))
 		vmf_json_set_str(x, "file", vm->serial);
 	int r = 0;
 	if (json_object_to_file_ext(path, c, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE) < 0)
-		r = vmf_err(err, EIO, "VM %s: cannot rewrite %s", vm->cfg->id, path);
+		r = vmf_err(err, EIO, "VM %s: cannot rewrite %s", vm->h.cfg->id, path);
 	json_object_put(c);
 	return r;
 }
@@ -320,7 +294,7 @@ ch_start_from_template(const vmf_vm_config *cfg, int state_fd, struct vmf_vm **o
 		vm_free(vm);
 		return r;
 	}
-	vm->paused = true;
+	vm->h.paused = true;
 	*out = vm;
 	return 0;
 }
@@ -328,17 +302,17 @@ ch_start_from_template(const vmf_vm_config *cfg, int state_fd, struct vmf_vm **o
 static int
 ch_hotplug_vcpus(struct vmf_vm *vm, unsigned total, struct vmf_error *err)
 {
-	if (total <= vm->vcpus)
+	if (total <= vm->h.vcpus)
 		return 0;
-	unsigned max = vm->cfg->max_vcpus > vm->cfg->vcpus ? vm->cfg->max_vcpus : vm->cfg->vcpus;
+	unsigned max = vm->h.cfg->max_vcpus > vm->h.cfg->vcpus ? vm->h.cfg->max_vcpus : vm->h.cfg->vcpus;
 	if (total > max)
 		return vmf_err(err, ENOSPC, "VM %s: %u vCPUs requested, max_vcpus of the template is %u",
-			       vm->cfg->id, total, max);
+			       vm->h.cfg->id, total, max);
 	json_object *b = vmf_json_obj();
 	vmf_json_set_int(b, "desired_vcpus", total);
 	int r = api_put(vm, "vm.resize", b, API_TIMEOUT_MS, err);
 	if (r == 0)
-		vm->vcpus = total;
+		vm->h.vcpus = total;
 	return r;
 }
 
@@ -347,15 +321,15 @@ ch_hotplug_memory(struct vmf_vm *vm, unsigned add_mib, struct vmf_error *err)
 {
 	if (add_mib == 0)
 		return 0;
-	unsigned max = vm->cfg->max_memory_mib;
-	if (vm->memory_mib + add_mib > max)
+	unsigned max = vm->h.cfg->max_memory_mib;
+	if (vm->h.memory_mib + add_mib > max)
 		return vmf_err(err, ENOSPC, "VM %s: %u MiB + %u MiB exceeds max memory %u MiB",
-			       vm->cfg->id, vm->memory_mib, add_mib, max);
+			       vm->h.cfg->id, vm->h.memory_mib, add_mib, max);
 	json_object *b = vmf_json_obj();
-	vmf_json_set_int(b, "desired_ram", (int64_t)(vm->memory_mib + add_mib) << 20);
+	vmf_json_set_int(b, "desired_ram", (int64_t)(vm->h.memory_mib + add_mib) << 20);
 	int r = api_put(vm, "vm.resize", b, API_TIMEOUT_MS, err);
 	if (r == 0)
-		vm->memory_mib += add_mib;
+		vm->h.memory_mib += add_mib;
 	return r;
 }
 
@@ -364,29 +338,29 @@ ch_stop(struct vmf_vm *vm, int timeout_ms, struct vmf_error *err)
 {
 	(void)err;
 	int64_t deadline = vmf_now_ms() + timeout_ms;
-	if (!vmf_vmm_exited(&vm->proc)) {
+	if (!vmf_vmm_exited(&vm->h.proc)) {
 		/* vmm.shutdown ends the VMM whatever the guest does. */
 		struct vmf_error ignored;
 		char path[64] = "/api/v1/vmm.shutdown";
-		vmf_vmm_http(CH, vm->api_sock, "PUT", path, NULL, NULL, timeout_ms / 3 + 1, &ignored);
-		if (!vmf_vmm_wait_exit(&vm->proc, vmf_now_ms() + timeout_ms / 3 + 1))
-			vmf_vmm_terminate(&vm->proc, deadline, CH, vm->cfg->id);
+		vmf_vmm_http(CH, vm->h.api_sock, "PUT", path, NULL, NULL, timeout_ms / 3 + 1, &ignored);
+		if (!vmf_vmm_wait_exit(&vm->h.proc, vmf_now_ms() + timeout_ms / 3 + 1))
+			vmf_vmm_terminate(&vm->h.proc, deadline, CH, vm->h.cfg->id);
 	}
-	unlink(vm->api_sock);
-	unlink(vm->vsock);
+	unlink(vm->h.api_sock);
+	unlink(vm->h.vsock);
 	return 0;
 }
 
 static bool
 ch_alive(struct vmf_vm *vm)
 {
-	return !vmf_vmm_exited(&vm->proc);
+	return !vmf_vmm_exited(&vm->h.proc);
 }
 
 static pid_t
 ch_pid(const struct vmf_vm *vm)
 {
-	return vm->proc.pid;
+	return vm->h.proc.pid;
 }
 
 static unsigned
@@ -399,23 +373,19 @@ ch_capabilities(const struct vmf_vm *vm)
 static int
 ch_agent_connect(struct vmf_vm *vm, int timeout_ms, struct vmf_error *err)
 {
-	int fd = vmf_vmm_vsock_connect(vm->vsock, VMF_AGENT_VSOCK_PORT, timeout_ms, err);
-	if (fd < 0)
-		vmf_error_prefix(err, "VM %s: agent channel", vm->cfg->id);
-	return fd;
+	return vmf_vmm_vm_agent_connect(&vm->h, timeout_ms, err);
 }
 
 static int
 ch_watch_fd(struct vmf_vm *vm)
 {
-	return vm->proc.pidfd;
+	return vm->h.proc.pidfd;
 }
 
 static int
 ch_serialize(const struct vmf_vm *vm, vmf_hv_state **out, struct vmf_error *err)
 {
-	return vmf_vmm_serialize(VMF__HV__HYPERVISOR_KIND__HV_CLOUD_HYPERVISOR, vm->cfg, &vm->proc, vm->api_sock, vm->vcpus,
-				 vm->memory_mib, vm->paused, out, err);
+	return vmf_vmm_vm_serialize(&vm->h, VMF__HV__HYPERVISOR_KIND__HV_CLOUD_HYPERVISOR, out, err);
 }
 
 static int
@@ -425,34 +395,13 @@ ch_adopt(const vmf_hv_state *st, struct vmf_vm **out, struct vmf_error *err)
 	int rc = vmf_vmm_adopt_check(st, VMF__HV__HYPERVISOR_KIND__HV_CLOUD_HYPERVISOR, "cloud-hypervisor", err);
 	if (rc < 0)
 		return rc;
-	const char *id = st->config->id;
 	struct vmf_vm *vm = vm_new(st->config, err);
 	if (!vm)
 		return -err->code;
-	if (!vmf_vmm_cmdline_has(st->pid, vm->api_sock)) {
-		int r = vmf_err(err, ESRCH, "pid %d is not the cloud-hypervisor of VM %s (no api socket %s)",
-				(int)st->pid, id, vm->api_sock);
+	rc = vmf_vmm_vm_adopt(&vm->h, st, "vmm.ping", "version", "vm.info", err);
+	if (rc < 0) {
 		vm_free(vm);
-		return r;
-	}
-	vmf_vmm_attach(&vm->proc, st->pid, st->start_time_ticks);
-	vm->vcpus = st->vcpus;
-	vm->memory_mib = st->memory_mib;
-	vm->paused = st->paused;
-	json_object *ping = NULL, *info = NULL, *v;
-	int r = api(vm, "GET", "vmm.ping", NULL, &ping, API_TIMEOUT_MS, err);
-	if (r >= 0 && ping && json_object_object_get_ex(ping, "version", &v))
-		snprintf(vm->version, sizeof(vm->version), "%s", json_object_get_string(v));
-	json_object_put(ping);
-	/* The recorded run state may be stale (crash between resume and record). */
-	if (r >= 0 && (r = api(vm, "GET", "vm.info", NULL, &info, API_TIMEOUT_MS, err)) >= 0 &&
-	    json_object_object_get_ex(info, "state", &v))
-		vm->paused = strcmp(json_object_get_string(v), "Paused") == 0;
-	json_object_put(info);
-	if (r < 0) {
-		vmf_error_prefix(err, "adopting VM %s", id);
-		vm_free(vm);
-		return r;
+		return rc;
 	}
 	*out = vm;
 	return 0;

@@ -30,7 +30,6 @@
 #define FC "firecracker"
 #define FC_DEFAULT_BINARY "firecracker"
 #define FC_API_SOCK "firecracker.sock"
-#define FC_VSOCK "vsock.sock"
 #define FC_LOG "firecracker.log"
 #define FC_SNAP_DIR "snapshot"
 #define FC_VMSTATE "vmstate"
@@ -46,16 +45,8 @@
 #define FC_API_VERSION_TESTED "1.17.0"
 
 struct vmf_vm {
-	vmf_vm_config *cfg;
-	struct vmf_vmm_proc proc;
-	char api_sock[PATH_MAX];
-	char vsock[PATH_MAX];
-	char log[PATH_MAX];
-	char version[64];
-	unsigned vcpus;
-	unsigned memory_mib;       /* base + hot-added */
+	struct vmf_vmm_vm h;
 	bool mem_hotplug;          /* virtio-mem region configured at boot */
-	bool paused;
 };
 
 static unsigned
@@ -73,16 +64,7 @@ static int
 api(struct vmf_vm *vm, const char *method, const char *path, json_object *body, json_object **reply,
     int timeout_ms, struct vmf_error *err)
 {
-	int r = vmf_vmm_http(FC, vm->api_sock, method, path, body, reply, timeout_ms, err);
-	if (r < 0) {
-		vmf_error_prefix(err, "VM %s", vm->cfg->id);
-		if (vmf_vmm_exited(&vm->proc)) {
-			char tail[400];
-			vmf_file_tail(vm->log, tail, sizeof(tail));
-			vmf_error_append(err, "; firecracker exited%s%s", tail[0] ? ": " : "", tail);
-		}
-	}
-	return r;
+	return vmf_vmm_vm_api(&vm->h, method, path, body, reply, timeout_ms, err);
 }
 
 /* PUT/PATCH with a body built from key/value pairs; the body is consumed. */
@@ -99,66 +81,60 @@ vm_free(struct vmf_vm *vm)
 {
 	if (!vm)
 		return;
-	vmf_vmm_close(&vm->proc);
-	vmf_vm_config_free(vm->cfg);
+	vmf_vmm_vm_fini(&vm->h);
 	free(vm);
 }
 
 static struct vmf_vm *
 vm_new(const vmf_vm_config *cfg, struct vmf_error *err)
 {
-	if (vmf_vmm_check_config(cfg, "firecracker", err) < 0)
-		return NULL;
 	struct vmf_vm *vm = calloc(1, sizeof(*vm));
-	if (!vm || !(vm->cfg = vmf_vm_config_dup(cfg))) {
-		free(vm);
+	if (!vm) {
 		vmf_err(err, ENOMEM, "out of memory for a VM handle");
 		return NULL;
 	}
-	vm->proc.pidfd = -1;
-	snprintf(vm->api_sock, sizeof(vm->api_sock), "%s/%s", cfg->run_dir, FC_API_SOCK);
-	snprintf(vm->vsock, sizeof(vm->vsock), "%s/%s", cfg->run_dir, FC_VSOCK);
-	snprintf(vm->log, sizeof(vm->log), "%s/%s", cfg->run_dir, FC_LOG);
-	vm->vcpus = cfg->vcpus;
-	vm->memory_mib = cfg->memory_mib;
+	if (vmf_vmm_vm_init(&vm->h, FC, "", cfg, FC_API_SOCK, FC_LOG, err) < 0) {
+		vm_free(vm);
+		return NULL;
+	}
 	return vm;
 }
 
 static void
 kill_now(struct vmf_vm *vm)
 {
-	vmf_vmm_terminate(&vm->proc, vmf_now_ms() + 2000, FC, vm->cfg->id);
+	vmf_vmm_vm_kill(&vm->h);
 }
 
 /* Starts the process and waits for its API to answer GET /version. */
 static int
 spawn(struct vmf_vm *vm, struct vmf_error *err)
 {
-	const vmf_vm_config *cfg = vm->cfg;
+	const vmf_vm_config *cfg = vm->h.cfg;
 	if (vmf_mkdir_p(cfg->run_dir, 0700, err) < 0)
 		return -err->code;
-	unlink(vm->api_sock);
-	unlink(vm->vsock);
+	unlink(vm->h.api_sock);
+	unlink(vm->h.vsock);
 	const char *bin = cfg->binary && *cfg->binary ? cfg->binary : FC_DEFAULT_BINARY;
 	/* --id is how restart recovery recognises our process (with the socket). */
-	char *const argv[] = { (char *)bin, "--api-sock", vm->api_sock, "--id", cfg->id, NULL };
-	log_vm(VMF_LOG_DEBUG, cfg->id, "starting %s --api-sock %s --id %s", bin, vm->api_sock, cfg->id);
+	char *const argv[] = { (char *)bin, "--api-sock", vm->h.api_sock, "--id", cfg->id, NULL };
+	log_vm(VMF_LOG_DEBUG, cfg->id, "starting %s --api-sock %s --id %s", bin, vm->h.api_sock, cfg->id);
 	struct vmf_vmm_spawn s = { .argv = argv, .log_dir = cfg->run_dir, .log_name = FC_LOG };
-	int r = vmf_vmm_spawn(&s, &vm->proc, err);
+	int r = vmf_vmm_spawn(&s, &vm->h.proc, err);
 	if (r < 0)
 		return vmf_error_prefix(err, "VM %s", cfg->id);
-	r = vmf_vmm_wait_socket(&vm->proc, FC, vm->api_sock, START_TIMEOUT_MS, err);
+	r = vmf_vmm_wait_socket(&vm->h.proc, FC, vm->h.api_sock, START_TIMEOUT_MS, err);
 	json_object *ver = NULL, *v;
 	if (r == 0)
 		r = api(vm, "GET", "/version", NULL, &ver, API_TIMEOUT_MS, err);
 	if (r >= 0) {
 		if (ver && json_object_object_get_ex(ver, "firecracker_version", &v))
-			snprintf(vm->version, sizeof(vm->version), "%s", json_object_get_string(v));
+			snprintf(vm->h.version, sizeof(vm->h.version), "%s", json_object_get_string(v));
 		json_object_put(ver);
 		return 0;
 	}
 	char tail[400];
-	vmf_file_tail(vm->log, tail, sizeof(tail));
+	vmf_file_tail(vm->h.log, tail, sizeof(tail));
 	vmf_error_prefix(err, "VM %s: firecracker did not start", cfg->id);
 	if (tail[0])
 		vmf_error_append(err, "; firecracker log: %s", tail);
@@ -203,11 +179,11 @@ fc_boot(const vmf_vm_config *cfg, struct vmf_vm **out, struct vmf_error *err)
 	if (r == 0) {
 		b = vmf_json_obj();
 		vmf_json_set_int(b, "guest_cid", VMF_GUEST_CID);
-		vmf_json_set_str(b, "uds_path", vm->vsock);
+		vmf_json_set_str(b, "uds_path", vm->h.vsock);
 		r = api_put(vm, "PUT", "/vsock", b, err);
 	}
 	if (r == 0 && cfg->max_memory_mib > cfg->memory_mib &&
-	    (caps_for_version(vm->version) & VMF_CAP_MEM_HOTPLUG)) {
+	    (caps_for_version(vm->h.version) & VMF_CAP_MEM_HOTPLUG)) {
 		b = vmf_json_obj();
 		vmf_json_set_int(b, "total_size_mib", cfg->max_memory_mib - cfg->memory_mib);
 		r = api_put(vm, "PUT", "/hotplug/memory", b, err);
@@ -223,7 +199,7 @@ fc_boot(const vmf_vm_config *cfg, struct vmf_vm **out, struct vmf_error *err)
 		vm_free(vm);
 		return r;
 	}
-	log_vm(VMF_LOG_DEBUG, cfg->id, "firecracker %s pid %d started", vm->version, (int)vm->proc.pid);
+	log_vm(VMF_LOG_DEBUG, cfg->id, "firecracker %s pid %d started", vm->h.version, (int)vm->h.proc.pid);
 	*out = vm;
 	return 0;
 }
@@ -241,7 +217,7 @@ fc_pause(struct vmf_vm *vm, struct vmf_error *err)
 {
 	int r = set_state(vm, "Paused", err);
 	if (r == 0)
-		vm->paused = true;
+		vm->h.paused = true;
 	return r;
 }
 
@@ -250,7 +226,7 @@ fc_resume(struct vmf_vm *vm, struct vmf_error *err)
 {
 	int r = set_state(vm, "Resumed", err);
 	if (r == 0)
-		vm->paused = false;
+		vm->h.paused = false;
 	return r;
 }
 
@@ -260,9 +236,9 @@ static int
 fc_save_template(struct vmf_vm *vm, int state_fd, bool full, struct vmf_error *err)
 {
 	int r;
-	if (!vm->paused && (r = fc_pause(vm, err)) < 0)
+	if (!vm->h.paused && (r = fc_pause(vm, err)) < 0)
 		return r;
-	const vmf_vm_config *cfg = vm->cfg;
+	const vmf_vm_config *cfg = vm->h.cfg;
 	if (!full && (!cfg->memory_file || cfg->memory_file[0] != '/'))
 		return vmf_err(err, EINVAL, "VM %s: a shared firecracker template needs an absolute memory "
 			       "file", cfg->id);
@@ -335,7 +311,7 @@ fc_start_from_template(const vmf_vm_config *cfg, int state_fd, struct vmf_vm **o
 	json_object_object_add(b, "mem_backend", be);
 	vmf_json_set_bool(b, "resume_vm", false);
 	/* The snapshot names the template's vsock socket; each clone has its own. */
-	vmf_json_set_str(vo, "uds_path", vm->vsock);
+	vmf_json_set_str(vo, "uds_path", vm->h.vsock);
 	json_object_object_add(b, "vsock_override", vo);
 	r = api(vm, "PUT", "/snapshot/load", b, NULL, SNAPSHOT_TIMEOUT_MS, err);
 	json_object_put(b);
@@ -350,9 +326,9 @@ fc_start_from_template(const vmf_vm_config *cfg, int state_fd, struct vmf_vm **o
 		unlink(vmstate);
 		rmdir(dir);
 	}
-	vm->paused = true;
+	vm->h.paused = true;
 	vm->mem_hotplug = cfg->max_memory_mib > cfg->memory_mib &&
-			  (caps_for_version(vm->version) & VMF_CAP_MEM_HOTPLUG);
+			  (caps_for_version(vm->h.version) & VMF_CAP_MEM_HOTPLUG);
 	*out = vm;
 	return 0;
 }
@@ -360,10 +336,10 @@ fc_start_from_template(const vmf_vm_config *cfg, int state_fd, struct vmf_vm **o
 static int
 fc_hotplug_vcpus(struct vmf_vm *vm, unsigned total, struct vmf_error *err)
 {
-	if (total <= vm->vcpus)
+	if (total <= vm->h.vcpus)
 		return 0;
 	return vmf_err(err, ENOTSUP, "VM %s: vCPU hot-add is unsupported by firecracker (%u vCPUs "
-		       "requested, the VM has %u)", vm->cfg->id, total, vm->vcpus);
+		       "requested, the VM has %u)", vm->h.cfg->id, total, vm->h.vcpus);
 }
 
 static int
@@ -373,18 +349,18 @@ fc_hotplug_memory(struct vmf_vm *vm, unsigned add_mib, struct vmf_error *err)
 		return 0;
 	if (!vm->mem_hotplug)
 		return vmf_err(err, ENOTSUP, "VM %s: memory hot-add is unsupported by firecracker %s%s",
-			       vm->cfg->id, vm->version[0] ? vm->version : "(unknown version)",
-			       vm->cfg->max_memory_mib > vm->cfg->memory_mib ? ""
+			       vm->h.cfg->id, vm->h.version[0] ? vm->h.version : "(unknown version)",
+			       vm->h.cfg->max_memory_mib > vm->h.cfg->memory_mib ? ""
 				       : " for a VM built without spare memory (max_memory_mib)");
-	unsigned max = vm->cfg->max_memory_mib;
-	if (vm->memory_mib + add_mib > max)
+	unsigned max = vm->h.cfg->max_memory_mib;
+	if (vm->h.memory_mib + add_mib > max)
 		return vmf_err(err, ENOSPC, "VM %s: %u MiB + %u MiB exceeds max memory %u MiB",
-			       vm->cfg->id, vm->memory_mib, add_mib, max);
+			       vm->h.cfg->id, vm->h.memory_mib, add_mib, max);
 	json_object *b = vmf_json_obj();
-	vmf_json_set_int(b, "requested_size_mib", vm->memory_mib + add_mib - vm->cfg->memory_mib);
+	vmf_json_set_int(b, "requested_size_mib", vm->h.memory_mib + add_mib - vm->h.cfg->memory_mib);
 	int r = api_put(vm, "PATCH", "/hotplug/memory", b, err);
 	if (r == 0)
-		vm->memory_mib += add_mib;
+		vm->h.memory_mib += add_mib;
 	return r;
 }
 
@@ -393,61 +369,57 @@ fc_stop(struct vmf_vm *vm, int timeout_ms, struct vmf_error *err)
 {
 	(void)err;
 	int64_t deadline = vmf_now_ms() + timeout_ms;
-	if (!vmf_vmm_exited(&vm->proc)) {
+	if (!vmf_vmm_exited(&vm->h.proc)) {
 		/* SendCtrlAltDel asks the guest to reboot, which Firecracker turns
 		 * into its own exit (reboot=k); a paused or hung guest ignores it. */
 		struct vmf_error ignored;
 		json_object *b = vmf_json_obj();
 		vmf_json_set_str(b, "action_type", "SendCtrlAltDel");
-		if (!vm->paused)
-			vmf_vmm_http(FC, vm->api_sock, "PUT", "/actions", b, NULL, timeout_ms / 3 + 1, &ignored);
+		if (!vm->h.paused)
+			vmf_vmm_http(FC, vm->h.api_sock, "PUT", "/actions", b, NULL, timeout_ms / 3 + 1, &ignored);
 		json_object_put(b);
-		if (vm->paused || !vmf_vmm_wait_exit(&vm->proc, vmf_now_ms() + timeout_ms / 3 + 1))
-			vmf_vmm_terminate(&vm->proc, deadline, FC, vm->cfg->id);
+		if (vm->h.paused || !vmf_vmm_wait_exit(&vm->h.proc, vmf_now_ms() + timeout_ms / 3 + 1))
+			vmf_vmm_terminate(&vm->h.proc, deadline, FC, vm->h.cfg->id);
 	}
-	unlink(vm->api_sock);
-	unlink(vm->vsock);
+	unlink(vm->h.api_sock);
+	unlink(vm->h.vsock);
 	return 0;
 }
 
 static bool
 fc_alive(struct vmf_vm *vm)
 {
-	return !vmf_vmm_exited(&vm->proc);
+	return !vmf_vmm_exited(&vm->h.proc);
 }
 
 static pid_t
 fc_pid(const struct vmf_vm *vm)
 {
-	return vm->proc.pid;
+	return vm->h.proc.pid;
 }
 
 static unsigned
 fc_capabilities(const struct vmf_vm *vm)
 {
-	return caps_for_version(vm ? vm->version : FC_API_VERSION_TESTED);
+	return caps_for_version(vm ? vm->h.version : FC_API_VERSION_TESTED);
 }
 
 static int
 fc_agent_connect(struct vmf_vm *vm, int timeout_ms, struct vmf_error *err)
 {
-	int fd = vmf_vmm_vsock_connect(vm->vsock, VMF_AGENT_VSOCK_PORT, timeout_ms, err);
-	if (fd < 0)
-		vmf_error_prefix(err, "VM %s: agent channel", vm->cfg->id);
-	return fd;
+	return vmf_vmm_vm_agent_connect(&vm->h, timeout_ms, err);
 }
 
 static int
 fc_watch_fd(struct vmf_vm *vm)
 {
-	return vm->proc.pidfd;
+	return vm->h.proc.pidfd;
 }
 
 static int
 fc_serialize(const struct vmf_vm *vm, vmf_hv_state **out, struct vmf_error *err)
 {
-	return vmf_vmm_serialize(VMF__HV__HYPERVISOR_KIND__HV_FIRECRACKER, vm->cfg, &vm->proc, vm->api_sock, vm->vcpus,
-				 vm->memory_mib, vm->paused, out, err);
+	return vmf_vmm_vm_serialize(&vm->h, VMF__HV__HYPERVISOR_KIND__HV_FIRECRACKER, out, err);
 }
 
 static int
@@ -457,37 +429,16 @@ fc_adopt(const vmf_hv_state *st, struct vmf_vm **out, struct vmf_error *err)
 	int rc = vmf_vmm_adopt_check(st, VMF__HV__HYPERVISOR_KIND__HV_FIRECRACKER, "firecracker", err);
 	if (rc < 0)
 		return rc;
-	const char *id = st->config->id;
 	struct vmf_vm *vm = vm_new(st->config, err);
 	if (!vm)
 		return -err->code;
-	if (!vmf_vmm_cmdline_has(st->pid, vm->api_sock)) {
-		int r = vmf_err(err, ESRCH, "pid %d is not the firecracker of VM %s (no --api-sock %s)",
-				(int)st->pid, id, vm->api_sock);
+	rc = vmf_vmm_vm_adopt(&vm->h, st, "/version", "firecracker_version", "/", err);
+	if (rc < 0) {
 		vm_free(vm);
-		return r;
-	}
-	vmf_vmm_attach(&vm->proc, st->pid, st->start_time_ticks);
-	vm->vcpus = st->vcpus;
-	vm->memory_mib = st->memory_mib;
-	vm->paused = st->paused;
-	json_object *ver = NULL, *info = NULL, *v;
-	int r = api(vm, "GET", "/version", NULL, &ver, API_TIMEOUT_MS, err);
-	if (r >= 0 && ver && json_object_object_get_ex(ver, "firecracker_version", &v))
-		snprintf(vm->version, sizeof(vm->version), "%s", json_object_get_string(v));
-	json_object_put(ver);
-	/* The recorded run state may be stale (crash between resume and record). */
-	if (r >= 0 && (r = api(vm, "GET", "/", NULL, &info, API_TIMEOUT_MS, err)) >= 0 &&
-	    json_object_object_get_ex(info, "state", &v))
-		vm->paused = strcmp(json_object_get_string(v), "Paused") == 0;
-	json_object_put(info);
-	if (r < 0) {
-		vmf_error_prefix(err, "adopting VM %s", id);
-		vm_free(vm);
-		return r;
+		return rc;
 	}
 	vm->mem_hotplug = st->config->max_memory_mib > st->config->memory_mib &&
-			  (caps_for_version(vm->version) & VMF_CAP_MEM_HOTPLUG);
+			  (caps_for_version(vm->h.version) & VMF_CAP_MEM_HOTPLUG);
 	*out = vm;
 	return 0;
 }

@@ -11,7 +11,9 @@
 
 #include <curl/curl.h>
 
+#include "frame.h"
 #include "log.h"
+#include "util.h"
 
 #define REPLY_MAX (4 << 20)
 
@@ -184,4 +186,101 @@ void
 vmf_json_set_bool(json_object *o, const char *k, bool v)
 {
 	json_object_object_add(o, k, json_object_new_boolean(v));
+}
+
+/* ---- the per-VM handle ---- */
+
+#define API_TIMEOUT_MS 10000
+
+int
+vmf_vmm_vm_init(struct vmf_vmm_vm *h, const char *vmm, const char *api_prefix, const vmf_vm_config *cfg,
+		const char *api_sock_name, const char *log_name, struct vmf_error *err)
+{
+	memset(h, 0, sizeof(*h));
+	h->proc.pidfd = -1;
+	if (vmf_vmm_check_config(cfg, vmm, err) < 0)
+		return -err->code;
+	if (!(h->cfg = vmf_vm_config_dup(cfg)))
+		return vmf_err(err, ENOMEM, "out of memory for a VM handle");
+	h->vmm = vmm;
+	h->api_prefix = api_prefix;
+	snprintf(h->api_sock, sizeof(h->api_sock), "%s/%s", cfg->run_dir, api_sock_name);
+	snprintf(h->vsock, sizeof(h->vsock), "%s/%s", cfg->run_dir, "vsock.sock");
+	snprintf(h->log, sizeof(h->log), "%s/%s", cfg->run_dir, log_name);
+	h->vcpus = cfg->vcpus;
+	h->memory_mib = cfg->memory_mib;
+	return 0;
+}
+
+void
+vmf_vmm_vm_fini(struct vmf_vmm_vm *h)
+{
+	vmf_vmm_close(&h->proc);
+	vmf_vm_config_free(h->cfg);
+	h->cfg = NULL;
+}
+
+int
+vmf_vmm_vm_api(struct vmf_vmm_vm *h, const char *method, const char *path, json_object *body,
+	       json_object **reply, int timeout_ms, struct vmf_error *err)
+{
+	char full[256];
+	snprintf(full, sizeof(full), "%s%s", h->api_prefix, path);
+	int r = vmf_vmm_http(h->vmm, h->api_sock, method, full, body, reply, timeout_ms, err);
+	if (r < 0) {
+		vmf_error_prefix(err, "VM %s", h->cfg->id);
+		if (vmf_vmm_exited(&h->proc)) {
+			char tail[400];
+			vmf_file_tail(h->log, tail, sizeof(tail));
+			vmf_error_append(err, "; %s exited%s%s", h->vmm, tail[0] ? ": " : "", tail);
+		}
+	}
+	return r;
+}
+
+void
+vmf_vmm_vm_kill(struct vmf_vmm_vm *h)
+{
+	vmf_vmm_terminate(&h->proc, vmf_now_ms() + 2000, h->vmm, h->cfg->id);
+}
+
+int
+vmf_vmm_vm_agent_connect(struct vmf_vmm_vm *h, int timeout_ms, struct vmf_error *err)
+{
+	int fd = vmf_vmm_vsock_connect(h->vsock, VMF_AGENT_VSOCK_PORT, timeout_ms, err);
+	if (fd < 0)
+		vmf_error_prefix(err, "VM %s: agent channel", h->cfg->id);
+	return fd;
+}
+
+int
+vmf_vmm_vm_serialize(const struct vmf_vmm_vm *h, Vmf__Hv__HypervisorKind kind, vmf_hv_state **out,
+		     struct vmf_error *err)
+{
+	return vmf_vmm_serialize(kind, h->cfg, &h->proc, h->api_sock, h->vcpus, h->memory_mib, h->paused, out,
+				 err);
+}
+
+int
+vmf_vmm_vm_adopt(struct vmf_vmm_vm *h, const vmf_hv_state *st, const char *version_path,
+		 const char *version_key, const char *info_path, struct vmf_error *err)
+{
+	if (!vmf_vmm_cmdline_has(st->pid, h->api_sock))
+		return vmf_err(err, ESRCH, "pid %d is not the %s of VM %s (its command line lacks the API "
+			       "socket %s)", (int)st->pid, h->vmm, h->cfg->id, h->api_sock);
+	vmf_vmm_attach(&h->proc, st->pid, st->start_time_ticks);
+	h->vcpus = st->vcpus;
+	h->memory_mib = st->memory_mib;
+	h->paused = st->paused;
+	json_object *ver = NULL, *info = NULL, *v;
+	int r = vmf_vmm_vm_api(h, "GET", version_path, NULL, &ver, API_TIMEOUT_MS, err);
+	if (r >= 0 && ver && json_object_object_get_ex(ver, version_key, &v))
+		snprintf(h->version, sizeof(h->version), "%s", json_object_get_string(v));
+	json_object_put(ver);
+	/* The recorded run state may be stale (crash between resume and record). */
+	if (r >= 0 && (r = vmf_vmm_vm_api(h, "GET", info_path, NULL, &info, API_TIMEOUT_MS, err)) >= 0 &&
+	    json_object_object_get_ex(info, "state", &v))
+		h->paused = strcmp(json_object_get_string(v), "Paused") == 0;
+	json_object_put(info);
+	return r < 0 ? vmf_error_prefix(err, "adopting VM %s", h->cfg->id) : 0;
 }

@@ -42,6 +42,26 @@ fv_expect_refused(const char *vmm, const char *sock, const char *method, const c
 		ck_assert_msg(strstr(err.msg, want) != NULL, "%s %s: %s", method, path, err.msg);
 }
 
+/* A record whose pid is alive but not that VM's VMM (pid reuse: here the
+ * test itself) must not be adopted; want is the error with %d for the pid. */
+static void
+fv_expect_not_adopted(const struct vmf_hv_ops *ops, vmf_hv_state *st, const char *want_fmt)
+{
+	pid_t pid = st->pid;
+	uint64_t ticks = st->start_time_ticks;
+	st->pid = getpid();
+	st->start_time_ticks = vmf_proc_start_ticks(getpid());
+	struct vmf_vm *vm = NULL;
+	struct vmf_error err = {0};
+	char want[300];
+	snprintf(want, sizeof(want), want_fmt, (int)getpid());
+	ck_assert_int_eq(ops->adopt(st, &vm, &err), -ESRCH);
+	ck_assert_ptr_null(vm);
+	ck_assert_msg(strstr(err.msg, want) != NULL, "%s", err.msg);
+	st->pid = pid;
+	st->start_time_ticks = ticks;
+}
+
 static void
 fv_root_setup(void)
 {

@@ -86,6 +86,8 @@ START_TEST(lifecycle)
 	ck_assert_int_eq(hs->vcpus, 4);
 	struct vmf_vm *adopted = NULL;
 	ck_assert_msg(ops->adopt(hs, &adopted, &err) == 0, "%s", err.msg);
+	fv_expect_not_adopted(ops, hs, "pid %d is not the cloud-hypervisor of VM clone1 (its command line lacks "
+			      "the API socket ");
 	vmf__hv__hypervisor_state__free_unpacked(hs, NULL);
 	ck_assert(fv_log_has("GET /api/v1/vm.info"));
 	ck_assert_msg(ops->pause(adopted, &err) == 0, "%s", err.msg);
