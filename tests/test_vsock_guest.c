@@ -12,7 +12,8 @@
  *   /sbin/vmf-vsock-client   tests/vsock_guest_client.c.
  * The client talks to the agents over the guest's vsock_loopback (CID 1):
  * Ping on two connections (the second replacing the first), GuestInfo on a
- * third, and a refused guest-local peer on the default-policy agent.  It
+ * third, a refused guest-local peer on the default-policy agent, and Ping
+ * again once the agent has given up on the (absent) virtio port.  It
  * prints one result line on the serial console, which this test waits for
  * with a deadline. */
 #include <errno.h>
@@ -115,9 +116,9 @@ make_initrd(const char *img, char *initrd, size_t n)
 		 "\tinsmod \"/lib/modules/$m\" || echo \"init: insmod $m failed\"\n"
 		 "done\n"
 		 "mkdir -p /mnt/share\n"
-		 "/sbin/vmf-agent --vsock-allow-local &\n"
+		 "/sbin/vmf-agent --vsock-allow-local 2>&1 | /bin/busybox tee /tmp/agent.log &\n"
 		 "/sbin/vmf-agent --vsock-port %d &\n"
-		 "/sbin/vmf-vsock-client %d %d\n"
+		 "/sbin/vmf-vsock-client %d %d /tmp/agent.log\n"
 		 "/bin/busybox poweroff -f\n",
 		 REFUSING_PORT, AGENT_PORT, REFUSING_PORT);
 	snprintf(path, sizeof path, "%s/init", stage);

@@ -3,7 +3,7 @@
  * guest's own vsock, through vsock_loopback (CID 1).  Static, libc +
  * protobuf-c only, like the agent.
  *
- *   vmf-vsock-client PORT REFUSING_PORT
+ *   vmf-vsock-client PORT REFUSING_PORT AGENT_LOG
  *
  * PORT: an agent started with --vsock-allow-local.  Checks, each on a real
  * AF_VSOCK stream:
@@ -14,6 +14,10 @@
  *      this guest's boot id, an online CPU count and the agent's version.
  * REFUSING_PORT: an agent with the default policy; a guest-local peer is
  * closed without an answer.
+ * AGENT_LOG: the PORT agent's log.  Once it says the agent gave up on the
+ * virtio-serial port (there is none) and serves vsock alone, a last
+ * connection must still answer Ping: the agent of a Firecracker guest
+ * outlives its port search.
  *
  * Prints one line "VMF-VSOCK-TEST: PASS ..." or "VMF-VSOCK-TEST: FAIL: why"
  * on stdout (the serial console), exit status 0 or 1. */
@@ -164,6 +168,28 @@ closed_by_peer(int fd, int timeout_ms, char *why, size_t n)
 	}
 }
 
+/* Waits until the file contains text (the agent writes its log as it
+ * goes); false at the deadline. */
+static bool
+wait_for_text(const char *path, const char *text, int timeout_ms)
+{
+	int64_t deadline = vmf_now_ms() + timeout_ms;
+	static char buf[16384];
+	for (;;) {
+		FILE *f = fopen(path, "re");
+		size_t n = f ? fread(buf, 1, sizeof(buf) - 1, f) : 0;
+		if (f)
+			fclose(f);
+		buf[n] = '\0';
+		if (strstr(buf, text))
+			return true;
+		if (vmf_now_ms() >= deadline)
+			return false;
+		/* Nothing to wait on for a file being appended to. */
+		poll(NULL, 0, 100);
+	}
+}
+
 static int
 read_boot_id(char *buf, size_t n)
 {
@@ -184,8 +210,8 @@ main(int argc, char **argv)
 	char why[400];
 	/* A refusing agent's reset must fail a write, not kill the client. */
 	signal(SIGPIPE, SIG_IGN);
-	if (argc != 3)
-		return fail("usage: vmf-vsock-client PORT REFUSING_PORT");
+	if (argc != 4)
+		return fail("usage: vmf-vsock-client PORT REFUSING_PORT AGENT_LOG");
 	unsigned port = (unsigned)strtoul(argv[1], NULL, 10);
 	unsigned refusing = (unsigned)strtoul(argv[2], NULL, 10);
 	int64_t deadline = vmf_now_ms() + CONNECT_WAIT_MS;
@@ -261,8 +287,21 @@ main(int argc, char **argv)
 			    refusing, why);
 	close(d);
 
+	/* 5. Still served once the agent has given up on the virtio port. */
+	char only[64];
+	snprintf(only, sizeof(only), "serving vsock port %u only", port);
+	if (!wait_for_text(argv[3], only, CONNECT_WAIT_MS))
+		return fail("the agent's log %s does not say '%s' within %d ms", argv[3], only, CONNECT_WAIT_MS);
+	int f = connect_local(port, vmf_now_ms() + CONNECT_WAIT_MS, why, sizeof(why));
+	if (f < 0)
+		return fail("connection 5 (vsock only): %s", why);
+	if (!ping(f, 5, why, sizeof(why)))
+		return fail("connection 5 (vsock only): %s", why);
+	close(f);
+
 	printf("VMF-VSOCK-TEST: PASS (port %u: Ping on 2 connections, the 2nd replacing the 1st; GuestInfo "
-	       "on a 3rd: boot id %s, %u CPUs, %s; port %u refused a guest-local peer)\n",
+	       "on a 3rd: boot id %s, %u CPUs, %s; port %u refused a guest-local peer; Ping after the "
+	       "agent gave up on the virtio port)\n",
 	       port, boot_id, cpus, version, refusing);
 	fflush(stdout);
 	return 0;
