@@ -6,6 +6,11 @@
  * mode never touches the host: SetTime echoes, ReseedRng only samples,
  * OnlineCpuMem and MountShare answer EPERM after validating.
  *
+ * "listener": the same binary with --listen-fd on a unix socket listener,
+ * the code that serves the guest's vsock port 1024: connections served one
+ * at a time, a new one replacing the current one (its half-sent frame
+ * void), a closed one not making the agent spin.
+ *
  * "client": the host client against a scripted fake agent (a thread), for
  * what a real agent does not do on demand: stale and orphan replies, a
  * reply cut by a deadline, an oversized reply, a late first answer. */
@@ -20,6 +25,7 @@
 #include <string.h>
 #include <sys/pidfd.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -346,6 +352,186 @@ START_TEST(stale_replies_are_skipped)
 }
 END_TEST
 
+/* ---- the listener mode (vsock's serving code on a unix socket) ---- */
+
+static char *lis_dir;
+static struct sockaddr_un lis_addr;
+
+static void
+listener_setup(void)
+{
+	share = vmf_test_tmpdir("vmf-agent-share");
+	lis_dir = vmf_test_tmpdir("vmf-agent-lis");
+	lis_addr.sun_family = AF_UNIX;
+	snprintf(lis_addr.sun_path, sizeof lis_addr.sun_path, "%s/agent.sock", lis_dir);
+	int lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	ck_assert_int_ge(lfd, 0);
+	ck_assert_int_eq(bind(lfd, (struct sockaddr *)&lis_addr, sizeof lis_addr), 0);
+	ck_assert_int_eq(listen(lfd, 4), 0);
+	pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0) {
+		if (lfd == 3)
+			fcntl(3, F_SETFD, 0);
+		else
+			dup2(lfd, 3);
+		syscall(SYS_close_range, 4U, ~0U, 0U);
+		execl(agent_path(), "vmf-agent", "--listen-fd", "3", "--share-dir", share, (char *)NULL);
+		_exit(127);
+	}
+	close(lfd);
+}
+
+static void
+listener_teardown(void)
+{
+	if (pid > 0) {
+		/* Listener mode serves until killed. */
+		kill(pid, SIGKILL);
+		waitpid(pid, NULL, 0);
+		pid = -1;
+	}
+	struct vmf_error e;
+	vmf_rm_rf(share, &e);
+	vmf_rm_rf(lis_dir, &e);
+	free(share);
+	free(lis_dir);
+}
+
+/* The listening socket exists before the agent starts: connect succeeds
+ * at once (the backlog holds it until the agent accepts). */
+static int
+lis_connect(void)
+{
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	ck_assert_int_ge(fd, 0);
+	ck_assert_msg(connect(fd, (struct sockaddr *)&lis_addr, sizeof lis_addr) == 0, "connect: %s",
+		      strerror(errno));
+	return fd;
+}
+
+static int
+ping_on(int fd, struct vmf_error *e)
+{
+	struct vmf_agent *a = vmf_agent_new(dup(fd));
+	int r = vmf_agent_ping(a, 5000, e);
+	vmf_agent_free(a);
+	return r;
+}
+
+/* True when the agent closed its end of fd before the deadline. */
+static bool
+closed_by_agent(int fd, int timeout_ms)
+{
+	int64_t deadline = vmf_now_ms() + timeout_ms;
+	char c;
+	for (;;) {
+		int left = (int)(deadline - vmf_now_ms());
+		if (left <= 0)
+			return false;
+		struct pollfd p = { .fd = fd, .events = POLLIN };
+		if (poll(&p, 1, left) == 1) {
+			ssize_t n = read(fd, &c, 1);
+			return n == 0 || (n < 0 && errno == ECONNRESET);
+		}
+	}
+}
+
+static long
+agent_cpu_ticks(void)
+{
+	char path[64], buf[1024];
+	snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+	FILE *f = fopen(path, "r");
+	ck_assert_ptr_nonnull(f);
+	size_t n = fread(buf, 1, sizeof buf - 1, f);
+	fclose(f);
+	buf[n] = '\0';
+	/* Fields 14 and 15 (utime, stime) follow the ")" of the command name. */
+	const char *p = strrchr(buf, ')');
+	ck_assert_ptr_nonnull(p);
+	long ut = 0, st = 0;
+	ck_assert_int_eq(sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %ld %ld", &ut, &st), 2);
+	return ut + st;
+}
+
+START_TEST(listener_new_connection_replaces_the_current_one)
+{
+	struct vmf_error e = {0};
+	int a = lis_connect();
+	ck_assert_msg(ping_on(a, &e) == 0, "first connection: %s", e.msg);
+	/* Half a frame on the first connection: void once it is replaced. */
+	uint8_t half[6] = { 0, 0, 0, 100, 1, 2 };
+	ck_assert_int_eq(write(a, half, sizeof half), (ssize_t)sizeof half);
+	int b = lis_connect();
+	ck_assert_msg(ping_on(b, &e) == 0, "second connection (replacing the first): %s", e.msg);
+	ck_assert_msg(closed_by_agent(a, 5000), "the replaced connection was not closed by the agent");
+	close(a);
+	Vmf__Agent__AgentReply *r;
+	struct vmf_agent *ag = vmf_agent_new(dup(b));
+	ck_assert_msg(vmf_agent_guest_info(ag, &r, 5000, &e) == 0, "%s", e.msg);
+	ck_assert_ptr_nonnull(strstr(r->guest_info->agent_version, "vmf-agent"));
+	ck_assert_uint_eq(r->guest_info->n_share_entries, 0);
+	vmf__agent__agent_reply__free_unpacked(r, NULL);
+	vmf_agent_free(ag);
+	close(b);
+}
+END_TEST
+
+START_TEST(listener_serves_the_next_connection_after_one_ends)
+{
+	struct vmf_error e = {0};
+	for (int i = 0; i < 3; i++) {
+		int fd = lis_connect();
+		ck_assert_msg(ping_on(fd, &e) == 0, "connection %d: %s", i + 1, e.msg);
+		if (i == 1) {
+			/* Ends mid-frame: the next connection starts clean. */
+			uint8_t t[5] = { 0, 0, 0, 50, 9 };
+			ck_assert_int_eq(write(fd, t, sizeof t), (ssize_t)sizeof t);
+		}
+		close(fd);
+	}
+	/* With no connection left the agent waits in poll() on the listener
+	 * only: no spinning on the closed peer.  The idle time is the
+	 * quantity under test. */
+	long t0 = agent_cpu_ticks();
+	poll(NULL, 0, 500);
+	long used = agent_cpu_ticks() - t0;
+	ck_assert_msg(used <= 5, "the idle agent used %ld clock ticks in 0.5 s", used);
+	int fd = lis_connect();
+	ck_assert_msg(ping_on(fd, &e) == 0, "connection after idling: %s", e.msg);
+	close(fd);
+}
+END_TEST
+
+START_TEST(listener_option_errors)
+{
+	/* Refused combinations and values, before anything is served. */
+	static const char *const bad[][4] = {
+		{ "--listen-fd", "999", NULL },
+		{ "--listen-fd", "0", "--stdio", NULL },
+		{ "--vsock-port", "x1", NULL },
+		{ "--vsock-port", "4294967295", NULL },
+	};
+	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+		pid_t c = fork();
+		ck_assert_int_ge(c, 0);
+		if (c == 0) {
+			int dn = open("/dev/null", O_RDWR);
+			dup2(dn, 2);
+			char *argv[6] = { "vmf-agent" };
+			for (int k = 0; k < 4 && bad[i][k]; k++)
+				argv[k + 1] = (char *)bad[i][k];
+			execv(agent_path(), argv);
+			_exit(127);
+		}
+		int st;
+		ck_assert_int_eq(waitpid(c, &st, 0), c);
+		ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 2, "case %zu: status %d", i, st);
+	}
+}
+END_TEST
+
 /* ---- the host client against a scripted fake agent ---- */
 
 enum script { SCRIPT_CUT_REPLY, SCRIPT_OVERSIZED_REPLY, SCRIPT_ORPHAN_ERROR, SCRIPT_LATE_START };
@@ -549,6 +735,12 @@ main(void)
 	tcase_add_test(tc, truncated_frame_then_close);
 	tcase_add_test(tc, stale_replies_are_skipped);
 	suite_add_tcase(s, tc);
+	TCase *tcl = tcase_create("listener");
+	tcase_add_checked_fixture(tcl, listener_setup, listener_teardown);
+	tcase_add_test(tcl, listener_new_connection_replaces_the_current_one);
+	tcase_add_test(tcl, listener_serves_the_next_connection_after_one_ends);
+	tcase_add_test(tcl, listener_option_errors);
+	suite_add_tcase(s, tcl);
 	TCase *tcc = tcase_create("client");
 	tcase_add_test(tcc, reply_cut_by_a_deadline_keeps_the_stream_in_sync);
 	tcase_add_test(tcc, oversized_reply_is_skipped);

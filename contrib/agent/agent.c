@@ -8,17 +8,36 @@
  * (and on incoming data).  No timers, no sleeps: a resumed clone whose host
  * socket is new answers within milliseconds.
  *
+ * It also listens on AF_VSOCK port 1024 (VMADDR_CID_ANY) when the guest has
+ * vsock: Firecracker and Cloud Hypervisor guests have no virtio-serial port
+ * and their host drivers reach the agent through hybrid vsock
+ * ("CONNECT 1024").  The vsock listener is served by a child process
+ * (start_vsock_server) with the same serve()/struct conn code, one
+ * connection at a time; a new connection replaces the current one, since
+ * after a snapshot restore the VMM resets its vsock connections and the
+ * host connects again.  The child dies with the agent (PR_SET_PDEATHSIG), so
+ * init's restart loop restarts both.  The agent serves whichever transports
+ * exist: without the virtio port (searched for up to 10 s, as before) it
+ * stays alive for vsock alone.  Guest-local vsock peers (CID 1, through
+ * vsock_loopback) are refused unless --vsock-allow-local: only the host may
+ * drive a root agent.  Tested in a real guest over vsock_loopback
+ * (tests/test_vsock_guest.c); the host-to-guest path through a real
+ * Firecracker or Cloud Hypervisor has not been run (docs/hypervisors.md).
+ *
  * Test mode (--fd N or --stdio) serves an already-open stream on the host so
  * that unit tests run this very code; it never touches the host's clock, RNG,
  * CPUs or mounts: SetTime echoes the requested time (as --no-set-time does),
  * ReseedRng only validates and samples, OnlineCpuMem and MountShare are
- * refused with EPERM after validation. */
+ * refused with EPERM after validation.  --listen-fd N is the same test mode
+ * for the listener code: it serves the connections of an already-listening
+ * socket (a unit test's unix socket) exactly as the vsock child does. */
 #include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/netlink.h>
 #include <linux/random.h>
+#include <linux/vm_sockets.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -28,10 +47,12 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
+#include <sys/prctl.h>
 #include <sys/random.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -46,10 +67,17 @@
 #define SHARE_NAMES_MAX 1024
 #define SHARE_BYTES_MAX (48u * 1024u)
 #define OBUF_SIZE (VMF_FRAME_HDR + (size_t)AGENT_MAX_FRAME)
+/* The guest vsock port the Firecracker and Cloud Hypervisor drivers connect
+ * to (VMF_AGENT_VSOCK_PORT in hypervisors/vmm_proc.h). */
+#define VSOCK_PORT_DEFAULT 1024u
+/* How long a new agent retries a vsock port still held by the listener of
+ * the agent it replaces (that one dies with its parent, asynchronously). */
+#define VSOCK_BIND_RETRY_MS 2000
 
 static const char *share_dir = "/mnt/share";
 static bool test_mode;       /* serving a host-side fd: touch nothing global */
 static bool no_set_time;     /* SetTime validates and echoes, never sets */
+static bool vsock_allow_local; /* accept guest-local vsock peers (tests) */
 
 static void logmsg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
@@ -716,11 +744,47 @@ flush(struct conn *c)
 	return 0;
 }
 
+/* Accepts the next connection on a listening socket (non-blocking, close
+ * on exec); -1 when there is none to take or it was refused.  A guest-local
+ * vsock peer (CID 1, reached through vsock_loopback) is refused unless
+ * --vsock-allow-local: the agent runs as root and only the host may drive
+ * it, or replace the host's connection. */
+static int
+accept_peer(int lfd)
+{
+	struct sockaddr_storage sa;
+	socklen_t len = sizeof(sa);
+	int fd = accept4(lfd, (struct sockaddr *)&sa, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+	if (fd < 0) {
+		if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
+			logmsg("accept: %s", strerror(errno));
+		return -1;
+	}
+	if (sa.ss_family == AF_VSOCK) {
+		const struct sockaddr_vm *vm = (const struct sockaddr_vm *)&sa;
+		if (vm->svm_cid == VMADDR_CID_LOCAL && !vsock_allow_local) {
+			logmsg("refused a vsock connection from CID %u port %u: only the host may connect "
+			       "(a guest-local peer needs --vsock-allow-local)", vm->svm_cid, vm->svm_port);
+			close(fd);
+			return -1;
+		}
+	}
+	return fd;
+}
+
 /* Serves until the stream ends (test mode: returns 0) or, on the virtio
  * port (sfd >= 0), forever: a host that goes away resets the connection
- * state and the agent sleeps on SIGIO until one comes back. */
+ * state and the agent sleeps on SIGIO until one comes back.
+ *
+ * With a listening socket (lfd >= 0: vsock, or a test's unix socket) it
+ * serves forever, one accepted connection at a time: c->rfd is -1 until
+ * the first one, a connection that ends is closed, and a new one replaces
+ * the current one (after a snapshot restore the VMM resets its vsock
+ * connections and the host connects again; an old stream that was never
+ * reset must not keep the new host out).  The listener is polled only for
+ * POLLIN, so an idle listener costs nothing. */
 static int
-serve(struct conn *c, int sfd)
+serve(struct conn *c, int sfd, int lfd)
 {
 	static uint8_t ibuf[16384];
 	size_t ilen = 0, ioff = 0;
@@ -737,10 +801,12 @@ serve(struct conn *c, int sfd)
 		if (ioff == ilen)
 			ioff = ilen = 0;
 
-		struct pollfd p[2];
+		struct pollfd p[3];
 		nfds_t np = 0;
-		int ir = -1, iw = -1, is = -1;
-		if (!host_away && c->olen > 0) {
+		int ir = -1, iw = -1, is = -1, il = -1;
+		if (c->rfd < 0) {
+			/* Listener mode, no connection yet. */
+		} else if (!host_away && c->olen > 0) {
 			iw = (int)np;
 			p[np++] = (struct pollfd){ .fd = c->wfd, .events = POLLOUT };
 		} else if (!host_away && ilen == 0) {
@@ -750,6 +816,10 @@ serve(struct conn *c, int sfd)
 		if (sfd >= 0) {
 			is = (int)np;
 			p[np++] = (struct pollfd){ .fd = sfd, .events = POLLIN };
+		}
+		if (lfd >= 0) {
+			il = (int)np;
+			p[np++] = (struct pollfd){ .fd = lfd, .events = POLLIN };
 		}
 		if (poll(p, np, -1) < 0) {
 			if (errno == EINTR)
@@ -775,7 +845,13 @@ serve(struct conn *c, int sfd)
 				gone = true;
 			}
 		}
-		if (gone) {
+		if (gone && lfd >= 0) {
+			/* The peer closed or was reset: wait for the next one. */
+			close(c->rfd);
+			c->rfd = c->wfd = -1;
+			conn_reset(c);
+			ilen = ioff = 0;
+		} else if (gone) {
 			if (sfd < 0) {
 				conn_reset(c);
 				free(c->obuf);
@@ -795,6 +871,20 @@ serve(struct conn *c, int sfd)
 			while (read(sfd, &si, sizeof(si)) == (ssize_t)sizeof(si))
 				;
 			host_away = false;
+		}
+		if (il >= 0 && p[il].revents) {
+			int fd = accept_peer(lfd);
+			if (fd >= 0) {
+				/* What the old peer left half-sent or unread
+				 * is void, as on the virtio port. */
+				if (c->rfd >= 0) {
+					logmsg("a new connection replaces the current one");
+					close(c->rfd);
+				}
+				conn_reset(c);
+				ilen = ioff = 0;
+				c->rfd = c->wfd = fd;
+			}
 		}
 	}
 }
@@ -859,7 +949,70 @@ serve_port(void)
 	}
 	logmsg("%s serving on %s", AGENT_VERSION, dev);
 	struct conn c = { .rfd = fd, .wfd = fd };
-	return serve(&c, sfd);
+	return serve(&c, sfd, -1);
+}
+
+/* ---- vsock ---- */
+
+/* A listening vsock socket on VMADDR_CID_ANY:port, or -1 when the guest has
+ * no AF_VSOCK (or it fails: logged). */
+static int
+vsock_listen(unsigned port)
+{
+	int fd = socket(AF_VSOCK, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0) {
+		if (errno == EAFNOSUPPORT)
+			logmsg("vsock is not served: this guest has no AF_VSOCK (the vsock module is not loaded)");
+		else
+			logmsg("vsock is not served: cannot create a vsock socket: %s", strerror(errno));
+		return -1;
+	}
+	struct sockaddr_vm sa = { .svm_family = AF_VSOCK, .svm_cid = VMADDR_CID_ANY, .svm_port = port };
+	int64_t deadline = now_ms() + VSOCK_BIND_RETRY_MS;
+	int r;
+	while ((r = bind(fd, (struct sockaddr *)&sa, sizeof(sa))) < 0 && errno == EADDRINUSE &&
+	       now_ms() < deadline)
+		poll(NULL, 0, 50);
+	if (r < 0 || listen(fd, 4) < 0) {
+		logmsg("vsock is not served: cannot %s vsock port %u: %s", r < 0 ? "bind" : "listen on", port,
+		       strerror(errno));
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+/* Serves the vsock listener in a child process, so that neither transport
+ * can block or wake the other (an OnlineCpuMem on one waits up to a minute)
+ * and the virtio-serial path above stays as it was.  Returns the child's
+ * pid, or -1. */
+static pid_t
+start_vsock_server(int lfd, unsigned port)
+{
+	pid_t parent = getpid();
+	pid_t pid = fork();
+	if (pid < 0) {
+		logmsg("vsock is not served: fork: %s", strerror(errno));
+		close(lfd);
+		return -1;
+	}
+	if (pid > 0) {
+		close(lfd);
+		return pid;
+	}
+	/* It dies with the agent: init restarts the whole agent, and the new
+	 * one's listener needs the port. */
+	if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != parent)
+		_exit(1);
+	/* Its own uevent socket: two processes draining one would steal each
+	 * other's events. */
+	if (uevent_fd >= 0)
+		close(uevent_fd);
+	uevent_fd = -1;
+	open_uevents();
+	logmsg("%s serving vsock port %u", AGENT_VERSION, port);
+	struct conn c = { .rfd = -1, .wfd = -1 };
+	_exit(serve(&c, -1, lfd));
 }
 
 static int
@@ -877,17 +1030,22 @@ static void
 usage(void)
 {
 	fprintf(stderr,
-		"usage: vmf-agent                  serve the virtio-serial port '%s' (in the guest)\n"
+		"usage: vmf-agent                  serve the virtio-serial port '%s' and vsock port %u (in the guest)\n"
 		"       vmf-agent --fd N           serve the open stream fd N (test mode)\n"
 		"       vmf-agent --stdio          serve stdin/stdout (test mode)\n"
-		"options: --share-dir PATH (default /mnt/share), --no-set-time, --version\n",
-		PORT_NAME);
+		"       vmf-agent --listen-fd N    serve the connections of the listening socket fd N, one at a\n"
+		"                                  time, a new one replacing the current one (test mode)\n"
+		"options: --share-dir PATH (default /mnt/share), --no-set-time, --version,\n"
+		"         --vsock-port N (0: no vsock), --vsock-allow-local (accept guest-local vsock peers)\n",
+		PORT_NAME, VSOCK_PORT_DEFAULT);
 }
 
 int
 main(int argc, char **argv)
 {
-	int rfd = -1, wfd = -1;
+	int rfd = -1, wfd = -1, lfd = -1;
+	unsigned vsock_port = VSOCK_PORT_DEFAULT;
+	vsock_allow_local = false;
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--fd") && i + 1 < argc) {
 			rfd = wfd = parse_fd(argv[++i]);
@@ -898,6 +1056,23 @@ main(int argc, char **argv)
 		} else if (!strcmp(argv[i], "--stdio")) {
 			rfd = STDIN_FILENO;
 			wfd = STDOUT_FILENO;
+		} else if (!strcmp(argv[i], "--listen-fd") && i + 1 < argc) {
+			lfd = parse_fd(argv[++i]);
+			if (lfd < 0) {
+				fprintf(stderr, "vmf-agent: --listen-fd %s is not an open file descriptor\n", argv[i]);
+				return 2;
+			}
+		} else if (!strcmp(argv[i], "--vsock-port") && i + 1 < argc) {
+			char *end;
+			unsigned long v = strtoul(argv[++i], &end, 10);
+			if (!isdigit((unsigned char)argv[i][0]) || *end != '\0' || v > 0xfffffffeul) {
+				fprintf(stderr, "vmf-agent: --vsock-port %s is not a port number (0 to 4294967294)\n",
+					argv[i]);
+				return 2;
+			}
+			vsock_port = (unsigned)v;
+		} else if (!strcmp(argv[i], "--vsock-allow-local")) {
+			vsock_allow_local = true;
 		} else if (!strcmp(argv[i], "--share-dir") && i + 1 < argc) {
 			share_dir = argv[++i];
 		} else if (!strcmp(argv[i], "--no-set-time")) {
@@ -912,15 +1087,48 @@ main(int argc, char **argv)
 	}
 	/* A vanished host must not kill the agent. */
 	signal(SIGPIPE, SIG_IGN);
+	if (rfd >= 0 && lfd >= 0) {
+		fprintf(stderr, "vmf-agent: --listen-fd cannot be combined with --fd or --stdio\n");
+		return 2;
+	}
 	if (rfd >= 0) {
 		test_mode = no_set_time = true;
 		fcntl(rfd, F_SETFL, fcntl(rfd, F_GETFL) | O_NONBLOCK);
 		if (wfd != rfd)
 			fcntl(wfd, F_SETFL, fcntl(wfd, F_GETFL) | O_NONBLOCK);
 		struct conn c = { .rfd = rfd, .wfd = wfd };
-		return serve(&c, -1);
+		return serve(&c, -1, -1);
+	}
+	if (lfd >= 0) {
+		test_mode = no_set_time = true;
+		fcntl(lfd, F_SETFL, fcntl(lfd, F_GETFL) | O_NONBLOCK);
+		struct conn c = { .rfd = -1, .wfd = -1 };
+		return serve(&c, -1, lfd);
 	}
 	/* Before looking for the port, so that no uevent is missed. */
 	open_uevents();
-	return serve_port();
+	/* vsock first: a Firecracker or Cloud Hypervisor guest has no virtio
+	 * port, and its host must not wait for the port search to give up. */
+	pid_t vsock_pid = -1;
+	if (vsock_port > 0) {
+		int vfd = vsock_listen(vsock_port);
+		if (vfd >= 0)
+			vsock_pid = start_vsock_server(vfd, vsock_port);
+	}
+	int rc = serve_port();
+	if (vsock_pid < 0)
+		return rc;
+	/* No virtio-serial port (or it failed): vsock alone serves the host.
+	 * The agent lives as long as that server does, so init's restart
+	 * loop sees a vsock server that died. */
+	if (uevent_fd >= 0)
+		close(uevent_fd);
+	uevent_fd = -1;
+	logmsg("serving vsock port %u only", vsock_port);
+	int st = 0;
+	while (waitpid(vsock_pid, &st, 0) < 0 && errno == EINTR)
+		;
+	logmsg("the vsock server exited (%s %d)", WIFEXITED(st) ? "status" : "signal",
+	       WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
+	return 1;
 }
