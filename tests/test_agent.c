@@ -368,8 +368,7 @@ listener_setup(void)
 	ck_assert_int_ge(lfd, 0);
 	ck_assert_int_eq(bind(lfd, (struct sockaddr *)&lis_addr, sizeof lis_addr), 0);
 	ck_assert_int_eq(listen(lfd, 4), 0);
-	pid = fork();
-	ck_assert_int_ge(pid, 0);
+	pid = vmf_test_fork();
 	if (pid == 0) {
 		if (lfd == 3)
 			fcntl(3, F_SETFD, 0);
@@ -514,8 +513,7 @@ START_TEST(listener_option_errors)
 		{ "--vsock-port", "4294967295", NULL },
 	};
 	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-		pid_t c = fork();
-		ck_assert_int_ge(c, 0);
+		pid_t c = vmf_test_fork();
 		if (c == 0) {
 			int dn = open("/dev/null", O_RDWR);
 			dup2(dn, 2);

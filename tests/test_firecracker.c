@@ -403,8 +403,7 @@ START_TEST(adopted_process_exits_with_its_last_thread)
 {
 	int fds[2];
 	ck_assert_int_eq(pipe(fds), 0);
-	pid_t c = fork();
-	ck_assert_int_ge(c, 0);
+	pid_t c = vmf_test_fork();
 	if (c == 0) {
 		pid_t g = fork();
 		if (g == 0) {

@@ -137,8 +137,7 @@ start_qemu(const char *kernel, const char *initrd)
 {
 	int pfd[2];
 	ck_assert_int_eq(pipe2(pfd, O_CLOEXEC), 0);
-	qemu = fork();
-	ck_assert_int_ge(qemu, 0);
+	qemu = vmf_test_fork();
 	if (qemu == 0) {
 		int dn = open("/dev/null", O_RDONLY);
 		dup2(dn, 0);
