@@ -70,6 +70,16 @@ struct vmf_pool {
 
 TAILQ_HEAD(vmf_pool_list, vmf_pool);
 
+/* The pool that serves vcpus / mem: the one named (the only candidate, so
+ * that a tenant who asked for a pool that shares no memory never gets one
+ * that does), or else the fitting pool with the largest base, a sharing one
+ * before a private one of the same base.  NULL with err: ENOENT for no such
+ * pool (the message lists the pools) or no pool at all, ENOSPC when no pool
+ * serves the size (the message gives each candidate's range).  name is
+ * already validated (vmf_valid_pool_name) or empty. */
+struct vmf_pool *vmf_pool_choose(const struct vmf_pool_list *pools, const char *name, unsigned vcpus, unsigned mem,
+				 struct vmf_error *err);
+
 /* Number of clones to start now: enough to reach target, within the
  * parallelism bound, none while backing off or without a template. */
 unsigned vmf_pool_clones_to_start(const struct vmf_pool *p, int64_t now_ms);

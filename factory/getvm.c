@@ -167,84 +167,6 @@ struct getvm_job {
 	struct vmf_error err;
 };
 
-static bool
-pool_fits(const struct vmf_pool *p, unsigned vcpus, unsigned mem)
-{
-	const Vmf__Catalog__TemplateSpec *s = p->spec;
-	return vcpus >= s->vcpus && vcpus <= s->max_vcpus && mem >= s->memory_mib && mem <= s->max_memory_mib;
-}
-
-/* A named pool is the only candidate: a tenant who asked for a pool that
- * does not share memory must never get a VM from one that does. */
-static struct vmf_pool *
-named_pool(struct vmf_daemon *d, const char *name, unsigned vcpus, unsigned mem, struct vmf_error *err)
-{
-	struct vmf_pool *p;
-	char names[VMF_ERROR_MSG_MAX - 100] = "";
-	size_t off = 0;
-	TAILQ_FOREACH(p, &d->pools, link) {
-		if (strcmp(p->name, name) != 0) {
-			int n = snprintf(names + off, sizeof(names) - off, "%s%s", off ? ", " : "", p->name);
-			if (n > 0 && (size_t)n < sizeof(names) - off)
-				off += (size_t)n;
-			continue;
-		}
-		if (!pool_fits(p, vcpus, mem)) {
-			vmf_err(err, ENOSPC, "pool %s does not serve %u vCPUs and %u MiB: it allows %u-%u vCPUs and "
-				"%u-%u MiB", p->name, vcpus, mem, p->spec->vcpus, p->spec->max_vcpus,
-				p->spec->memory_mib, p->spec->max_memory_mib);
-			return NULL;
-		}
-		return p;
-	}
-	vmf_err(err, ENOENT, "no pool named '%.64s' in this daemon (pools: %s)", name, off ? names : "none");
-	return NULL;
-}
-
-static struct vmf_pool *
-choose_pool(struct vmf_daemon *d, const char *name, unsigned vcpus, unsigned mem, struct vmf_error *err)
-{
-	if (name && *name)
-		return named_pool(d, name, vcpus, mem, err);
-	struct vmf_pool *best = NULL, *p;
-	TAILQ_FOREACH(p, &d->pools, link) {
-		const Vmf__Catalog__TemplateSpec *s = p->spec;
-		if (!pool_fits(p, vcpus, mem))
-			continue;
-		/* The largest base that fits leaves the least to hot-add; of
-		 * equal ones, a pool that shares memory costs the host less. */
-		unsigned size = s->vcpus + s->memory_mib, best_size = best ? best->spec->vcpus + best->spec->memory_mib : 0;
-		if (!best || size > best_size || (size == best_size && best->spec->full_memory && !s->full_memory))
-			best = p;
-	}
-	if (!best) {
-		p = TAILQ_FIRST(&d->pools);
-		if (!p) {
-			vmf_err(err, ENOENT, "this daemon has no pool");
-			return NULL;
-		}
-		if (!TAILQ_NEXT(p, link)) {
-			vmf_err(err, ENOSPC, "no pool serves %u vCPUs and %u MiB: the template allows %u-%u vCPUs "
-				"and %u-%u MiB", vcpus, mem, p->spec->vcpus, p->spec->max_vcpus, p->spec->memory_mib,
-				p->spec->max_memory_mib);
-			return NULL;
-		}
-		/* Several pools (the config file): name each one's range. */
-		char ranges[VMF_ERROR_MSG_MAX - 100] = "";
-		size_t off = 0;
-		TAILQ_FOREACH(p, &d->pools, link) {
-			int n = snprintf(ranges + off, sizeof(ranges) - off, "%s%s %u-%u vCPUs and %u-%u MiB",
-					 off ? "; " : "", p->name, p->spec->vcpus, p->spec->max_vcpus,
-					 p->spec->memory_mib, p->spec->max_memory_mib);
-			if (n < 0 || (size_t)n >= sizeof(ranges) - off)
-				break;
-			off += (size_t)n;
-		}
-		vmf_err(err, ENOSPC, "no pool serves %u vCPUs and %u MiB: pools allow %s", vcpus, mem, ranges);
-	}
-	return best;
-}
-
 int
 vmf_getvm_check_caps(const char *driver, unsigned caps, unsigned tpl_vcpus, unsigned tpl_mib, unsigned vcpus,
 		     unsigned mib, struct vmf_error *err)
@@ -272,7 +194,7 @@ validate(struct vmf_daemon *d, const Vmf__Control__GetVMRequest *req, struct vmf
 		return vmf_err(err, EINVAL, "vcpus and memory_mib must be given and non-zero");
 	if (req->pool && *req->pool && !vmf_valid_pool_name(req->pool))
 		return vmf_err(err, EINVAL, "pool name is invalid: it must be 1 to 32 letters, digits, '-' or '_'");
-	if (!(*pool = choose_pool(d, req->pool, req->vcpus, req->memory_mib, err)))
+	if (!(*pool = vmf_pool_choose(&d->pools, req->pool, req->vcpus, req->memory_mib, err)))
 		return -err->code;
 	int rc = vmf_getvm_check_caps(d->ops->name, d->hv.caps, (*pool)->spec->vcpus, (*pool)->spec->memory_mib,
 				      req->vcpus, req->memory_mib, err);

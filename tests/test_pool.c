@@ -1,8 +1,11 @@
 /* Pool policy: how many clones to start, backoff, idle expiry, quantiles. */
+#include <errno.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "pool.h"
 #include "testlib.h"
+#include "util.h"
 
 static Vmf__Catalog__TemplateRecord tpl = VMF__CATALOG__TEMPLATE_RECORD__INIT;
 
@@ -77,6 +80,87 @@ START_TEST(idle_expiry_and_latency)
 }
 END_TEST
 
+/* Pools of the config in tests/data/config/good-pools.conf's spirit: a
+ * small shared one, the same sizes without sharing, and a bigger base. */
+struct choice_pools {
+	struct vmf_pool_list list;
+	struct vmf_pool p[3];
+	Vmf__Catalog__TemplateSpec spec[3];
+};
+
+static void
+choice_pool(struct choice_pools *c, int i, const char *name, unsigned vcpus, unsigned mem, unsigned max_vcpus,
+	    unsigned max_mem, bool full_memory)
+{
+	vmf__catalog__template_spec__init(&c->spec[i]);
+	c->spec[i].vcpus = vcpus;
+	c->spec[i].memory_mib = mem;
+	c->spec[i].max_vcpus = max_vcpus;
+	c->spec[i].max_memory_mib = max_mem;
+	c->spec[i].full_memory = full_memory;
+	memset(&c->p[i], 0, sizeof(c->p[i]));
+	snprintf(c->p[i].name, sizeof(c->p[i].name), "%s", name);
+	c->p[i].spec = &c->spec[i];
+	TAILQ_INSERT_TAIL(&c->list, &c->p[i], link);
+}
+
+START_TEST(choose_by_size_or_by_name)
+{
+	static struct choice_pools c;
+	TAILQ_INIT(&c.list);
+	struct vmf_error err = {0};
+	ck_assert_ptr_null(vmf_pool_choose(&c.list, "", 1, 256, &err));
+	ck_assert_int_eq(err.code, ENOENT);
+	ck_assert_str_eq(err.msg, "this daemon has no pool");
+	/* The private pool comes first: order must not decide a tie. */
+	choice_pool(&c, 0, "private", 1, 256, 4, 2048, true);
+	choice_pool(&c, 1, "shared", 1, 256, 4, 2048, false);
+	choice_pool(&c, 2, "big", 2, 1024, 4, 4096, false);
+
+	/* Unnamed: the largest base that fits, a sharing pool on a tie. */
+	ck_assert_ptr_eq(vmf_pool_choose(&c.list, "", 1, 256, &err), &c.p[1]);
+	ck_assert_ptr_eq(vmf_pool_choose(&c.list, NULL, 2, 512, &err), &c.p[1]);
+	ck_assert_ptr_eq(vmf_pool_choose(&c.list, "", 2, 1024, &err), &c.p[2]);
+	ck_assert_ptr_eq(vmf_pool_choose(&c.list, "", 4, 4096, &err), &c.p[2]);
+	ck_assert_ptr_null(vmf_pool_choose(&c.list, "", 8, 256, &err));
+	ck_assert_int_eq(err.code, ENOSPC);
+	ck_assert_str_eq(err.msg, "no pool serves 8 vCPUs and 256 MiB: pools allow private 1-4 vCPUs and "
+				  "256-2048 MiB; shared 1-4 vCPUs and 256-2048 MiB; big 2-4 vCPUs and 1024-4096 MiB");
+
+	/* Named: that pool only, even where another fits better. */
+	ck_assert_ptr_eq(vmf_pool_choose(&c.list, "private", 1, 256, &err), &c.p[0]);
+	ck_assert_ptr_eq(vmf_pool_choose(&c.list, "private", 2, 1024, &err), &c.p[0]);
+	ck_assert_ptr_null(vmf_pool_choose(&c.list, "big", 1, 256, &err));
+	ck_assert_int_eq(err.code, ENOSPC);
+	ck_assert_str_eq(err.msg, "pool big does not serve 1 vCPUs and 256 MiB: it allows 2-4 vCPUs and "
+				  "1024-4096 MiB");
+	ck_assert_ptr_null(vmf_pool_choose(&c.list, "Private", 1, 256, &err));
+	ck_assert_int_eq(err.code, ENOENT);
+	ck_assert_str_eq(err.msg, "no pool named 'Private' in this daemon (pools: private, shared, big)");
+
+	/* One pool: the error gives its range without naming it. */
+	TAILQ_INIT(&c.list);
+	choice_pool(&c, 0, "default", 1, 256, 2, 1024, false);
+	ck_assert_ptr_null(vmf_pool_choose(&c.list, "", 1, 2048, &err));
+	ck_assert_str_eq(err.msg, "no pool serves 1 vCPUs and 2048 MiB: the template allows 1-2 vCPUs and "
+				  "256-1024 MiB");
+}
+END_TEST
+
+START_TEST(pool_names)
+{
+	ck_assert(vmf_valid_pool_name("a"));
+	ck_assert(vmf_valid_pool_name("small-2_x"));
+	ck_assert(vmf_valid_pool_name("abcdefghijklmnopqrstuvwxyz012345"));
+	ck_assert(!vmf_valid_pool_name("abcdefghijklmnopqrstuvwxyz0123456"));
+	ck_assert(!vmf_valid_pool_name(""));
+	ck_assert(!vmf_valid_pool_name(NULL));
+	ck_assert(!vmf_valid_pool_name("../x"));
+	ck_assert(!vmf_valid_pool_name("a b"));
+	ck_assert(!vmf_valid_pool_name("a\nb"));
+}
+END_TEST
+
 int
 main(void)
 {
@@ -85,6 +169,8 @@ main(void)
 	tcase_add_test(tc, fill_respects_target_and_parallelism);
 	tcase_add_test(tc, failures_back_off_exponentially);
 	tcase_add_test(tc, idle_expiry_and_latency);
+	tcase_add_test(tc, choose_by_size_or_by_name);
+	tcase_add_test(tc, pool_names);
 	suite_add_tcase(s, tc);
 	return vmf_test_run(s);
 }

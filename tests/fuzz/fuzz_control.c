@@ -3,8 +3,9 @@
  * length cap, unpacking and the version check in read_cb's order; a frame
  * that fails the first two ends the stream, as the daemon closes the
  * connection.  GetVM requests then go through the request checks of
- * getvm.c's validate() that need no pools: the sandbox id and the
- * share_dir/sock_dir checks, the latter confined to a scratch directory. */
+ * getvm.c's validate(): the sandbox id, the pool name and the choice of a
+ * pool (among two fixed ones), and the share_dir/sock_dir checks, the
+ * latter confined to a scratch directory. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,12 +16,30 @@
 #include "factory.h"
 #include "frame.h"
 #include "log.h"
+#include "pool.h"
 #include "util.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static char root[64];
+static struct vmf_pool_list pools = TAILQ_HEAD_INITIALIZER(pools);
+static struct vmf_pool pool[2];
+static Vmf__Catalog__TemplateSpec spec[2];
+
+static void
+add_pool(int i, const char *name, unsigned vcpus, unsigned mem, bool full_memory)
+{
+	vmf__catalog__template_spec__init(&spec[i]);
+	spec[i].vcpus = vcpus;
+	spec[i].memory_mib = mem;
+	spec[i].max_vcpus = 4;
+	spec[i].max_memory_mib = 4096;
+	spec[i].full_memory = full_memory;
+	snprintf(pool[i].name, sizeof(pool[i].name), "%s", name);
+	pool[i].spec = &spec[i];
+	TAILQ_INSERT_TAIL(&pools, &pool[i], link);
+}
 
 static void
 remove_root(void)
@@ -62,6 +81,8 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
 	(void)argv;
 	vmf_log_set_level(VMF_LOG_OFF);
 	make_root();
+	add_pool(0, "private", 1, 256, true);
+	add_pool(1, "shared", 1, 256, false);
 	return 0;
 }
 
@@ -87,6 +108,12 @@ check_get_vm(const Vmf__Control__GetVMRequest *g)
 {
 	if (!vmf_valid_sandbox_id(g->sandbox_id))
 		return;
+	if (g->pool && *g->pool && !vmf_valid_pool_name(g->pool))
+		return;
+	struct vmf_error err;
+	if (g->vcpus && g->memory_mib && !vmf_pool_choose(&pools, g->pool, g->vcpus, g->memory_mib, &err) &&
+	    err.code != ENOENT && err.code != ENOSPC)
+		abort();
 	if (!g->share_dir || !*g->share_dir || !g->sock_dir || !*g->sock_dir ||
 	    strcmp(g->share_dir, g->sock_dir) == 0)
 		return;
