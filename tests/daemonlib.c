@@ -1,0 +1,395 @@
+/* End-to-end daemon tests: a private daemon (own socket, state and run dirs)
+ * driven through the vmfactory CLI, real QEMU VMs under TCG.  What every
+ * daemon test program shares: its dirs, running the CLI, reading status,
+ * counting QEMU processes, raw connections, and the cleanup that leaves
+ * nothing behind. */
+#include <dirent.h>
+#include <errno.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "daemonlib.h"
+#include "frame.h"
+#include "testlib.h"
+#include "util.h"
+
+char *tmp;
+char sock[600], state[600], run[600], common_opts[2200], exe[600];
+const char *fault;
+
+void
+setup(void)
+{
+	const char *img = vmf_test_image_dir();
+	ck_assert_msg(img != NULL, "guest image missing");
+	tmp = vmf_test_tmpdir("vmf-daemon");
+	snprintf(sock, sizeof sock, "%s/vmfactory.sock", tmp);
+	snprintf(state, sizeof state, "%s/state", tmp);
+	snprintf(run, sizeof run, "%s/run", tmp);
+	const char *b = getenv("VMFACTORY_BUILDDIR");
+	snprintf(exe, sizeof exe, "%s/vmfactory", b ? b : ".");
+	snprintf(common_opts, sizeof common_opts, "--socket %s --state-dir %s --run-dir %s", sock, state, run);
+	setenv("VMFACTORY_IMAGE_DIR", img, 1);
+}
+
+/* Runs `vmfactory ARGS`; returns the exit status, stdout in *out. */
+int
+vmf(char **out, const char *fmt, ...)
+{
+	char args[4096], cmd[8192];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(args, sizeof args, fmt, ap);
+	va_end(ap);
+	snprintf(cmd, sizeof cmd, "%s%s%s%s %s %s 2>>%s/cli.err", fault ? "VMFACTORY_FAULT=" : "", fault ? fault : "",
+		 fault ? " " : "", exe, args, common_opts, tmp);
+	FILE *p = popen(cmd, "r");
+	ck_assert_ptr_nonnull(p);
+	size_t cap = 1 << 16, n = 0;
+	char *buf = malloc(cap);
+	size_t r;
+	while ((r = fread(buf + n, 1, cap - n - 1, p)) > 0) {
+		n += r;
+		if (n + 1 >= cap)
+			buf = realloc(buf, cap *= 2);
+	}
+	buf[n] = '\0';
+	int st = pclose(p);
+	if (out)
+		*out = buf;
+	else
+		free(buf);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+
+json_object *
+vmf_json(const char *fmt, const char *arg)
+{
+	char *out;
+	int rc = vmf(&out, fmt, arg);
+	char errf[700], *err = NULL;
+	snprintf(errf, sizeof errf, "%s/cli.err", tmp);
+	vmf_read_file(errf, &err, NULL, 1 << 20, NULL);
+	ck_assert_msg(rc == 0, "vmfactory %s %s exited %d: %s", fmt, arg, rc, err ? err : "");
+	free(err);
+	json_object *j = json_tokener_parse(out);
+	ck_assert_msg(j != NULL, "not JSON: %s", out);
+	free(out);
+	return j;
+}
+
+json_object *
+path(json_object *o, const char *a, const char *b)
+{
+	json_object *x = NULL, *y = NULL;
+	ck_assert_msg(json_object_object_get_ex(o, a, &x), "missing key %s", a);
+	if (!b)
+		return x;
+	ck_assert_msg(json_object_object_get_ex(x, b, &y), "missing key %s.%s", a, b);
+	return y;
+}
+
+int
+pool_ready(void)
+{
+	json_object *s = vmf_json("status -o json%s", "");
+	json_object *pools = path(s, "pools", NULL);
+	int ready = json_object_get_int(path(json_object_array_get_idx(pools, 0), "ready", NULL));
+	json_object_put(s);
+	return ready;
+}
+
+/* QEMU processes whose command line mentions our run dir. */
+int
+count_qemu(void)
+{
+	DIR *d = opendir("/proc");
+	struct dirent *de;
+	int n = 0;
+	while ((de = readdir(d))) {
+		int pid = atoi(de->d_name);
+		if (pid <= 0)
+			continue;
+		char p[64], *buf = NULL;
+		size_t len;
+		snprintf(p, sizeof p, "/proc/%d/cmdline", pid);
+		if (vmf_read_file(p, &buf, &len, 1 << 20, NULL) < 0)
+			continue;
+		bool qemu = strstr(buf, "qemu-system") != NULL;
+		for (size_t i = 0; i < len; i++)
+			if (!buf[i])
+				buf[i] = ' ';
+		if (qemu && strstr(buf, run))
+			n++;
+		free(buf);
+	}
+	closedir(d);
+	return n;
+}
+
+/* QEMU processes under our run dir, once the ones just stopped have
+ * finished exiting (10 s at most: a QEMU still there then was leaked). */
+int
+qemu_gone(void)
+{
+	int64_t deadline = vmf_now_ms() + 10000;
+	int n;
+	while ((n = count_qemu()) > 0 && vmf_now_ms() < deadline)
+		poll(NULL, 0, 50);
+	return n;
+}
+
+/* No QEMU under our run dir may hold a file of the catalog: QEMU outlives
+ * the daemon and must not keep its database open. */
+void
+assert_qemu_fds_clean(void)
+{
+	DIR *d = opendir("/proc");
+	struct dirent *de;
+	int checked = 0;
+	while ((de = readdir(d))) {
+		int pid = atoi(de->d_name);
+		char p[64], *cmd = NULL;
+		size_t len;
+		snprintf(p, sizeof p, "/proc/%d/cmdline", pid);
+		if (pid <= 0 || vmf_read_file(p, &cmd, &len, 1 << 20, NULL) < 0)
+			continue;
+		for (size_t i = 0; i < len; i++)
+			if (!cmd[i])
+				cmd[i] = ' ';
+		bool ours = strstr(cmd, "qemu-system") && strstr(cmd, run);
+		free(cmd);
+		if (!ours)
+			continue;
+		snprintf(p, sizeof p, "/proc/%d/fd", pid);
+		DIR *fds = opendir(p);
+		struct dirent *f;
+		while (fds && (f = readdir(fds))) {
+			char lp[128], target[700];
+			snprintf(lp, sizeof lp, "/proc/%d/fd/%s", pid, f->d_name);
+			ssize_t n = readlink(lp, target, sizeof target - 1);
+			if (n <= 0)
+				continue;
+			target[n] = 0;
+			ck_assert_msg(!strstr(target, "/catalog/"), "QEMU pid %d holds %s", pid, target);
+		}
+		if (fds)
+			closedir(fds);
+		checked++;
+	}
+	closedir(d);
+	ck_assert_int_gt(checked, 0);
+}
+
+void
+do_get(struct got *g, const char *name, int cpus, int mem)
+{
+	snprintf(g->share, sizeof g->share, "%s/%s-share", tmp, name);
+	snprintf(g->sockd, sizeof g->sockd, "%s/%s-sock", tmp, name);
+	char *out;
+	g->rc = vmf(&out, "get --cpus %d --memory %d --sandbox %s --share-dir %s --sock-dir %s --timeout 120 -o json",
+		    cpus, mem, name, g->share, g->sockd);
+	g->rec = g->rc == 0 ? json_tokener_parse(out) : NULL;
+	free(out);
+	if (g->rec)
+		snprintf(g->id, sizeof g->id, "%s", json_object_get_string(path(g->rec, "id", NULL)));
+}
+
+void *
+get_thread(void *arg)
+{
+	struct got *g = arg;
+	do_get(g, g->id, 1, 256);
+	return NULL;
+}
+
+/* The daemon's stderr (a sanitizer's reports included) is its log. */
+void
+assert_daemon_log_clean(void)
+{
+	char logf[700], *log = NULL;
+	snprintf(logf, sizeof logf, "%s/vmfactory.log", state);
+	if (vmf_read_file(logf, &log, NULL, 64 << 20, NULL) < 0)
+		return;
+	const char *hit = strstr(log, "Sanitizer");
+	if (!hit)
+		hit = strstr(log, "runtime error:");
+	ck_assert_msg(!hit, "the daemon's log has a sanitizer report: %.600s", hit && hit - log > 200 ? hit - 200 : log);
+	free(log);
+}
+
+int
+daemon_pid(void)
+{
+	json_object *s = vmf_json("status -o json%s", "");
+	int pid = json_object_get_int(path(s, "daemon", "pid"));
+	json_object_put(s);
+	return pid;
+}
+
+/* Pids of the VMs in status with the given state, sorted, as a string. */
+void
+pids_in_state(const char *want, char *out, size_t n)
+{
+	json_object *s = vmf_json("status -o json%s", "");
+	json_object *vms = path(s, "vms", NULL);
+	int pids[64], k = 0;
+	for (size_t i = 0; i < json_object_array_length(vms) && k < 64; i++) {
+		json_object *v = json_object_array_get_idx(vms, i);
+		if (!strcmp(json_object_get_string(path(v, "state", NULL)), want))
+			pids[k++] = json_object_get_int(path(v, "pid", NULL));
+	}
+	json_object_put(s);
+	for (int i = 1; i < k; i++)
+		for (int j = i; j > 0 && pids[j - 1] > pids[j]; j--) {
+			int t = pids[j];
+			pids[j] = pids[j - 1];
+			pids[j - 1] = t;
+		}
+	out[0] = 0;
+	for (int i = 0; i < k; i++)
+		snprintf(out + strlen(out), n - strlen(out), "%d ", pids[i]);
+}
+
+int
+vm_count(void)
+{
+	json_object *s = vmf_json("status -o json%s", "");
+	int n = (int)json_object_array_length(path(s, "vms", NULL));
+	json_object_put(s);
+	return n;
+}
+
+void
+kill_daemon_hard(void)
+{
+	int pid = daemon_pid();
+	ck_assert_int_eq(kill(pid, SIGKILL), 0);
+	int64_t deadline = vmf_now_ms() + 10000;
+	while (kill(pid, 0) == 0 && vmf_now_ms() < deadline)
+		poll(NULL, 0, 20);
+}
+
+void
+use_dirs(const char *sub)
+{
+	snprintf(sock, sizeof sock, "%s/%s.sock", tmp, sub);
+	snprintf(state, sizeof state, "%s/%s/state", tmp, sub);
+	snprintf(run, sizeof run, "%s/%s/run", tmp, sub);
+	snprintf(common_opts, sizeof common_opts, "--socket %s --state-dir %s --run-dir %s", sock, state, run);
+}
+
+/* A raw connection to the daemon, for what the client library never sends. */
+int
+raw_connect(void)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	snprintf(sa.sun_path, sizeof sa.sun_path, "%s", sock);
+	int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+	ck_assert_int_eq(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+	return fd;
+}
+
+/* Reads a reply frame; returns its error_code, or -1 on EOF. */
+int
+raw_reply(int fd)
+{
+	uint8_t *buf;
+	size_t n;
+	struct vmf_error e = {0};
+	if (vmf_frame_read(fd, &buf, &n, 1 << 20, vmf_now_ms() + 5000, &e) < 0)
+		return -1;
+	Vmf__Control__Reply *r = vmf__control__reply__unpack(NULL, n, buf);
+	free(buf);
+	ck_assert_ptr_nonnull(r);
+	int code = r->error_code;
+	vmf__control__reply__free_unpacked(r, NULL);
+	return code;
+}
+
+bool
+closed_by_peer(int fd)
+{
+	char c;
+	struct pollfd p = { .fd = fd, .events = POLLIN };
+	return poll(&p, 1, 5000) == 1 && read(fd, &c, 1) == 0;
+}
+
+/* Starts `vmfactory init --foreground` with its own socket and state dir in
+ * the background (its stderr in LOG); returns its pid. */
+pid_t
+start_foreground(const char *socket, const char *state_dir, const char *log, const char *extra)
+{
+	char cmd[4096];
+	snprintf(cmd, sizeof cmd, "exec %s init --foreground --socket %s --state-dir %s --run-dir %s %s 2>%s", exe,
+		 socket, state_dir, run, extra, log);
+	pid_t pid = vmf_test_fork();
+	if (pid == 0) {
+		execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+		_exit(127);
+	}
+	return pid;
+}
+
+/* The first pool of the daemon on socket, via the client library: its
+ * failure count and last error; -1 when the daemon does not answer. */
+int
+pool_failures(const char *socket, char *last_error, size_t n)
+{
+	struct vmf_client *c;
+	struct vmf_error e = {0};
+	Vmf__Control__Reply *r = NULL;
+	if (vmf_client_connect(socket, &c, &e) < 0)
+		return -1;
+	int rc = vmf_client_status(c, &r, 5000, &e);
+	vmf_client_close(c);
+	if (rc < 0)
+		return -1;
+	int failed = -1;
+	if (r->status && r->status->n_pools > 0) {
+		failed = (int)r->status->pools[0]->failed;
+		snprintf(last_error, n, "%s", r->status->pools[0]->last_error ? r->status->pools[0]->last_error : "");
+	}
+	vmf__control__reply__free_unpacked(r, NULL);
+	return failed;
+}
+
+void
+stop_daemon(pid_t pid)
+{
+	kill(pid, SIGTERM);
+	int st;
+	ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+}
+
+/* Whatever a test left behind must not outlive it.  (When an assertion
+ * fails, CK_FORK skips teardown; the runner sweeps instead: testlib.c.) */
+void
+cleanup(void)
+{
+	if (!tmp)
+		return;
+	vmf(NULL, "destroy --all");
+	/* The daemon first: it would replace the VMs killed next. */
+	fault = NULL;
+	if (vmf_test_kill_under("vmfactory", tmp))
+		fprintf(stderr, "teardown: killed a daemon left by a failed test\n");
+	if (vmf_test_kill_qemu_under(tmp))
+		fprintf(stderr, "teardown: killed QEMU processes left by a failed test\n");
+	char cmd[800];
+	snprintf(cmd, sizeof cmd, "umount -l %s/small 2>/dev/null", tmp);
+	if (system(cmd) == 0)
+		fprintf(stderr, "teardown: unmounted a file system left by a failed test\n");
+	struct vmf_error e;
+	vmf_rm_rf(tmp, &e);
+	free(tmp);
+	tmp = NULL;
+}

@@ -1,0 +1,84 @@
+/* Helpers shared by the end-to-end daemon tests (daemonlib.c). */
+#ifndef VMF_DAEMONLIB_H
+#define VMF_DAEMONLIB_H
+
+#include <json-c/json.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <string.h>
+#include <sys/types.h>
+
+#include "client.h"
+
+#ifndef __has_feature
+#define __has_feature(x) 0
+#endif
+#if defined(__SANITIZE_ADDRESS__) || __has_feature(address_sanitizer)
+#define UNDER_ASAN 1
+#else
+#define UNDER_ASAN 0
+#endif
+
+/* The test's private dirs (setup() makes them under $TMPDIR) and the CLI. */
+extern char *tmp;
+extern char sock[600], state[600], run[600], common_opts[2200], exe[600];
+/* VMFACTORY_FAULT for the next commands, or NULL. */
+extern const char *fault;
+
+/* The checked fixture: a fresh tmp dir with socket, state and run dirs;
+ * cleanup() destroys and kills whatever the test left and removes tmp. */
+void setup(void);
+void cleanup(void);
+/* The socket, state and run dirs of a second daemon under tmp/sub. */
+void use_dirs(const char *sub);
+
+/* Runs `vmfactory ARGS COMMON_OPTS`; returns the exit status, stdout in
+ * *out (stderr appended to tmp/cli.err). */
+int vmf(char **out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* The same, asserting exit 0, parsed as JSON. */
+json_object *vmf_json(const char *fmt, const char *arg);
+/* o[a] or o[a][b], asserting they exist. */
+json_object *path(json_object *o, const char *a, const char *b);
+
+int pool_ready(void);
+int daemon_pid(void);
+int vm_count(void);
+/* Pids of the VMs in status with the given state, sorted, as a string. */
+void pids_in_state(const char *want, char *out, size_t n);
+void kill_daemon_hard(void);
+void assert_daemon_log_clean(void);
+
+/* QEMU processes whose command line mentions our run dir; qemu_gone()
+ * waits (10 s at most) for stopped ones to finish exiting first. */
+int count_qemu(void);
+int qemu_gone(void);
+void assert_qemu_fds_clean(void);
+
+/* A GetVM through the CLI with share and sock dirs tmp/NAME-share and
+ * tmp/NAME-sock. */
+struct got {
+	char id[64];
+	char share[700], sockd[700];
+	json_object *rec;
+	int rc;
+};
+void do_get(struct got *g, const char *name, int cpus, int mem);
+void *get_thread(void *arg);   /* do_get(arg, arg->id, 1, 256) */
+
+/* A raw connection to the daemon, for what the client library never sends;
+ * raw_reply() reads a reply frame and returns its error_code (-1 on EOF). */
+int raw_connect(void);
+int raw_reply(int fd);
+bool closed_by_peer(int fd);
+
+/* `vmfactory init --foreground` in the background (stderr in log); its pid. */
+pid_t start_foreground(const char *socket, const char *state_dir, const char *log, const char *extra);
+void stop_daemon(pid_t pid);
+/* The first pool's failure count and last error; -1 when nobody answers. */
+int pool_failures(const char *socket, char *last_error, size_t n);
+
+/* VMFACTORY_TEST=name runs one test (a developer's shortcut). */
+#define ADD_TEST(tc, t) do { const char *only_ = getenv("VMFACTORY_TEST"); \
+	if (!only_ || !strcmp(only_, #t)) tcase_add_test(tc, t); } while (0)
+
+#endif
