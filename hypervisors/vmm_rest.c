@@ -50,9 +50,10 @@ vmf_rest_new(const struct vmf_rest_vmm *vmm, const vmf_vm_config *cfg, struct vm
 	return 0;
 }
 
-int
-vmf_rest_api(struct vmf_vm *vm, const char *method, const char *path, json_object *body,
-	     json_object **reply, int timeout_ms, struct vmf_error *err)
+/* vmf_vmm_http on the VM's API socket (see vmf_rest_send). */
+static int
+api(struct vmf_vm *vm, const char *method, const char *path, json_object *body, json_object **reply,
+    int timeout_ms, struct vmf_error *err)
 {
 	char full[256];
 	snprintf(full, sizeof(full), "%s%s", vm->vmm->api_prefix, path);
@@ -72,7 +73,7 @@ int
 vmf_rest_send(struct vmf_vm *vm, const char *method, const char *path, json_object *body, int timeout_ms,
 	      struct vmf_error *err)
 {
-	int r = vmf_rest_api(vm, method, path, body, NULL, timeout_ms, err);
+	int r = api(vm, method, path, body, NULL, timeout_ms, err);
 	json_object_put(body);
 	return r < 0 ? r : 0;
 }
@@ -82,7 +83,7 @@ static int
 get_version(struct vmf_vm *vm, struct vmf_error *err)
 {
 	json_object *ver = NULL, *v;
-	int r = vmf_rest_api(vm, "GET", vm->vmm->version_path, NULL, &ver, VMF_REST_API_TIMEOUT_MS, err);
+	int r = api(vm, "GET", vm->vmm->version_path, NULL, &ver, VMF_REST_API_TIMEOUT_MS, err);
 	if (r >= 0 && ver && json_object_object_get_ex(ver, vm->vmm->version_key, &v))
 		snprintf(vm->version, sizeof(vm->version), "%s", json_object_get_string(v));
 	json_object_put(ver);
@@ -253,7 +254,7 @@ vmf_rest_adopt(const struct vmf_rest_vmm *vmm, const vmf_hv_state *st, struct vm
 	json_object *info = NULL, *v;
 	r = get_version(vm, err);
 	/* The recorded run state may be stale (crash between resume and record). */
-	if (r >= 0 && (r = vmf_rest_api(vm, "GET", vmm->info_path, NULL, &info, VMF_REST_API_TIMEOUT_MS, err)) >= 0 &&
+	if (r >= 0 && (r = api(vm, "GET", vmm->info_path, NULL, &info, VMF_REST_API_TIMEOUT_MS, err)) >= 0 &&
 	    json_object_object_get_ex(info, "state", &v))
 		vm->paused = strcmp(json_object_get_string(v), "Paused") == 0;
 	json_object_put(info);

@@ -74,12 +74,9 @@ int vmf_rest_spawn(struct vmf_vm *vm, struct vmf_error *err);
  * a start that failed half-way. */
 void vmf_rest_abort(struct vmf_vm *vm);
 
-/* vmf_vmm_http on the VM's API socket, path after api_prefix; an error
- * names the VM and, when the VMM has exited, ends with its log tail. */
-int vmf_rest_api(struct vmf_vm *vm, const char *method, const char *path, json_object *body,
-		 json_object **reply, int timeout_ms, struct vmf_error *err);
-/* The same for a request whose answer is not needed; body (may be NULL) is
- * consumed.  Returns 0 or negative. */
+/* A request on the VM's API socket, path after api_prefix, whose answer is
+ * not needed; body (may be NULL) is consumed.  Returns 0 or negative; an
+ * error names the VM and, when the VMM has exited, ends with its log tail. */
 int vmf_rest_send(struct vmf_vm *vm, const char *method, const char *path, json_object *body, int timeout_ms,
 		  struct vmf_error *err);
 
