@@ -46,6 +46,7 @@ START_TEST(lifecycle)
 	ck_assert(fv_log_has("\"memory\":{\"size\":268435456,\"hotplug_size\":268435456}"));
 	ck_assert(fv_log_has("PUT /api/v1/vm.boot"));
 	fv_assert_echo(ops->agent_connect(vm, 5000, &err));
+	fv_assert_named_sockets(ops, t.c.run_dir);
 
 	/* A shared template is refused truthfully; a full one works. */
 	ck_assert_int_eq(ops->pause(vm, &err), 0);

@@ -81,6 +81,7 @@ START_TEST(lifecycle)
 	ck_assert(fv_log_has("PUT /hotplug/memory {\"total_size_mib\":256}"));
 	ck_assert(fv_log_has("PUT /actions {\"action_type\":\"InstanceStart\"}"));
 	fv_assert_echo(ops->agent_connect(vm, 5000, &err));
+	fv_assert_named_sockets(ops, t.c.run_dir);
 
 	/* Template: pause, Full snapshot; memory into the template's file. */
 	ck_assert_msg(ops->pause(vm, &err) == 0, "%s", err.msg);
