@@ -162,22 +162,25 @@ vmf_rest_boot_start(const struct vmf_rest_vmm *vmm, const vmf_vm_config *cfg, st
 	return 0;
 }
 
+static int
+set_paused(struct vmf_vm *vm, bool paused, struct vmf_error *err)
+{
+	int r = vm->vmm->request_pause(vm, paused, err);
+	if (r == 0)
+		vm->paused = paused;
+	return r;
+}
+
 int
 vmf_rest_pause(struct vmf_vm *vm, struct vmf_error *err)
 {
-	int r = vm->vmm->request_pause(vm, true, err);
-	if (r == 0)
-		vm->paused = true;
-	return r;
+	return set_paused(vm, true, err);
 }
 
 int
 vmf_rest_resume(struct vmf_vm *vm, struct vmf_error *err)
 {
-	int r = vm->vmm->request_pause(vm, false, err);
-	if (r == 0)
-		vm->paused = false;
-	return r;
+	return set_paused(vm, false, err);
 }
 
 int
