@@ -78,12 +78,3 @@ vmf_error_append(struct vmf_error *err, const char *fmt, ...)
 	vsnprintf(err->msg + n, sizeof(err->msg) - n, fmt, ap);
 	va_end(ap);
 }
-
-void
-vmf_error_clear(struct vmf_error *err)
-{
-	if (err) {
-		err->code = 0;
-		err->msg[0] = '\0';
-	}
-}

@@ -34,6 +34,4 @@ int vmf_error_prefix(struct vmf_error *err, const char *fmt, ...)
 void vmf_error_append(struct vmf_error *err, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
 
-void vmf_error_clear(struct vmf_error *err);
-
 #endif

@@ -122,6 +122,7 @@ vmf_frame_read(int fd, uint8_t **out, size_t *len, size_t max, int64_t deadline_
 	if (r < 0)
 		return r;
 	uint32_t n = vmf_frame_get_len(h);
+	*len = n;
 	if (n > max)
 		return vmf_err(err, EMSGSIZE, "frame of %u bytes exceeds the limit of %zu bytes", n, max);
 	uint8_t *buf = malloc(n ? n : 1);
@@ -133,6 +134,5 @@ vmf_frame_read(int fd, uint8_t **out, size_t *len, size_t max, int64_t deadline_
 		return r;
 	}
 	*out = buf;
-	*len = n;
 	return 0;
 }

@@ -36,8 +36,10 @@ int vmf_frame_write(int fd, const void *buf, size_t len, int64_t deadline_ms,
 
 /* Reads one frame of at most max bytes into a malloc'ed *out.  The length is
  * checked against max before anything is allocated.  Returns 0, or negative:
- * -EPIPE when the peer closed before a header, -EMSGSIZE when too long,
- * -ETIMEDOUT at the deadline. */
+ * -EPIPE when the peer closed, -EMSGSIZE when too long, -ETIMEDOUT at the
+ * deadline.  *len is the announced length once the header is in, also on
+ * a failure after it (0 before), so a caller can tell "no reply" from "a
+ * reply cut short". */
 int vmf_frame_read(int fd, uint8_t **out, size_t *len, size_t max, int64_t deadline_ms,
 		   struct vmf_error *err);
 

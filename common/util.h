@@ -25,9 +25,6 @@ int vmf_mkdir_p(const char *path, mode_t mode, struct vmf_error *err);
  * opened with O_NOFOLLOW.  name must be a plain file name. */
 int vmf_open_beneath(const char *dir, const char *name, int flags, mode_t mode, struct vmf_error *err);
 
-/* Writes data to path via path.tmp.XXXXXX + fsync + rename + fsync(dir). */
-int vmf_write_file_atomic(const char *path, const void *data, size_t len, mode_t mode,
-			  struct vmf_error *err);
 
 /* Reads a whole file (at most max bytes) into a NUL-terminated malloc'ed buffer. */
 int vmf_read_file(const char *path, char **out, size_t *len, size_t max, struct vmf_error *err);

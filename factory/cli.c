@@ -22,7 +22,6 @@
 #include "daemon.h"
 #include "frame.h"
 #include "log.h"
-#include "qemu.h"
 #include "template.h"
 #include "util.h"
 
@@ -827,7 +826,7 @@ template_params(const struct cmd *cmd, struct args *a, struct vmf_daemon_opts *o
 	p->memory_slots = 8;
 	p->full_memory = !o->share_memory;
 	if ((r = vmf_image_load(o->image_dir, o->kernel, o->initrd, img, e)) < 0 ||
-	    (vmf_qemu_set_probe_kernel(img->kernel), (r = p->ops->probe(o->qemu_binary, info, e)) < 0) ||
+	    (r = p->ops->probe(o->qemu_binary, img->kernel, info, e)) < 0 ||
 	    (r = vmf_template_spec_new(p, info, img, spec, id, e)) < 0)
 		return r;
 	return 0;
@@ -1048,10 +1047,11 @@ cmd_template_gc(const struct cmd *cmd, struct args *a)
 	struct vmf_image img;
 	struct vmf_catalog *cat = NULL;
 	int r = vmf_image_load(o.image_dir, o.kernel, o.initrd, &img, &e);
+	const struct vmf_hv_ops *ops = vmf_hv_by_name(o.hypervisor ? o.hypervisor : "qemu");
+	if (r == 0 && !ops)
+		r = vmf_err(&e, EINVAL, "unknown hypervisor %s", o.hypervisor);
 	if (r == 0)
-		vmf_qemu_set_probe_kernel(img.kernel);
-	if (r == 0)
-		r = vmf_qemu_ops.probe(o.qemu_binary, &info, &e);
+		r = ops->probe(o.qemu_binary, img.kernel, &info, &e);
 	if (r == 0)
 		r = vmf_catalog_open(o.state_dir, &cat, &e);
 	struct list_ctx l = { .cat = cat, .state_dir = o.state_dir,

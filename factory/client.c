@@ -67,37 +67,29 @@ vmf_client_close(struct vmf_client *c)
 static int
 read_reply(struct vmf_client *c, int64_t deadline, Vmf__Control__Reply **out, struct vmf_error *err)
 {
-	uint8_t h[VMF_FRAME_HDR];
+	uint8_t *buf;
+	size_t n;
 	struct vmf_error fe = {0};
-	int r = vmf_read_full(c->fd, h, sizeof(h), deadline, &fe);
+	int r = vmf_frame_read(c->fd, &buf, &n, VMF_CLIENT_MAX_FRAME, deadline, &fe);
+	if (r == -EMSGSIZE)
+		return vmf_err(err, EMSGSIZE, "the daemon on %s announced a reply of %zu bytes, above the limit "
+			       "of %u; not read", c->path, n, VMF_CLIENT_MAX_FRAME);
+	if (r == -EPIPE && n)
+		return vmf_err(err, EPIPE, "the daemon on %s closed the connection in the middle of a "
+			       "%zu-byte reply", c->path, n);
 	if (r == -EPIPE)
 		return vmf_err(err, EPIPE, "the daemon on %s closed the connection without replying", c->path);
+	if (r == -ETIMEDOUT && n)
+		return vmf_err(err, ETIMEDOUT, "the daemon on %s did not finish its %zu-byte reply in time",
+			       c->path, n);
 	if (r == -ETIMEDOUT)
 		return vmf_err(err, ETIMEDOUT, "the daemon on %s did not reply in time", c->path);
 	if (r < 0)
 		return vmf_err(err, fe.code, "reading the reply of the daemon on %s: %s", c->path, fe.msg);
-	uint32_t n = vmf_frame_get_len(h);
-	if (n > VMF_CLIENT_MAX_FRAME)
-		return vmf_err(err, EMSGSIZE, "the daemon on %s announced a reply of %u bytes, above the limit "
-			       "of %u; not read", c->path, n, VMF_CLIENT_MAX_FRAME);
-	uint8_t *buf = malloc(n ? n : 1);
-	if (!buf)
-		return vmf_err(err, ENOMEM, "out of memory for a reply of %u bytes", n);
-	r = vmf_read_full(c->fd, buf, n, deadline, &fe);
-	if (r < 0) {
-		free(buf);
-		if (r == -EPIPE)
-			return vmf_err(err, EPIPE, "the daemon on %s closed the connection in the middle of a "
-				       "%u-byte reply", c->path, n);
-		if (r == -ETIMEDOUT)
-			return vmf_err(err, ETIMEDOUT, "the daemon on %s did not finish its %u-byte reply in time",
-				       c->path, n);
-		return vmf_err(err, fe.code, "reading the reply of the daemon on %s: %s", c->path, fe.msg);
-	}
 	*out = vmf__control__reply__unpack(NULL, n, buf);
 	free(buf);
 	if (!*out)
-		return vmf_err(err, EBADMSG, "the daemon on %s sent a reply of %u bytes that is not a "
+		return vmf_err(err, EBADMSG, "the daemon on %s sent a reply of %zu bytes that is not a "
 			       "vmfactory reply", c->path, n);
 	return 0;
 }

@@ -21,7 +21,6 @@
 #include "frame.h"
 #include "agent.h"
 #include "log.h"
-#include "qemu.h"
 #include "sdnotify.h"
 
 #define VM_SCHEMA_VERSION 1
@@ -585,8 +584,8 @@ vmf_vm_info_fill(struct vmf_daemon *d, const struct vmf_pvm *vm, Vmf__Control__V
 	info->pid = vm->hv && !vm->busy ? d->ops->pid(vm->hv) : 0;
 	info->vcpus = vm->vcpus;
 	info->memory_mib = vm->memory_mib;
-	snprintf(qmp, sizeof(qmp), "%s/%s", vm->run_dir, VMF_QEMU_QMP_SOCK);
-	snprintf(agent, sizeof(agent), "%s/%s", vm->run_dir, VMF_QEMU_AGENT_SOCK);
+	snprintf(qmp, sizeof(qmp), "%s/%s", vm->run_dir, d->ops->control_socket);
+	snprintf(agent, sizeof(agent), "%s/%s", vm->run_dir, d->ops->agent_socket);
 	info->qmp_socket = strdup(qmp);
 	info->agent_socket = strdup(agent);
 	info->share_dir = (char *)vm->share_dir;
@@ -1174,9 +1173,7 @@ vmf_daemon_run(const struct vmf_daemon_opts *opts, struct vmf_error *err)
 	}
 	if ((r = vmf_image_load(opts->image_dir, opts->kernel, opts->initrd, &d->img, err)) < 0)
 		goto out;
-	/* KVM is used only if it boots this kernel (see qemu.c). */
-	vmf_qemu_set_probe_kernel(d->img.kernel);
-	if ((r = d->ops->probe(opts->qemu_binary, &d->hv, err)) < 0)
+	if ((r = d->ops->probe(opts->qemu_binary, d->img.kernel, &d->hv, err)) < 0)
 		goto out;
 	if (opts->accel && *opts->accel)
 		snprintf(d->hv.accel, sizeof(d->hv.accel), "%s", opts->accel);

@@ -80,12 +80,6 @@ vmf_agent_free(struct vmf_agent *a)
 	free(a);
 }
 
-int
-vmf_agent_fd(const struct vmf_agent *a)
-{
-	return a->fd;
-}
-
 /* Like vmf_write_full, but a closed channel is EPIPE, never SIGPIPE: the
  * caller (daemon, test, tool) need not ignore the signal. */
 static int

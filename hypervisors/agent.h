@@ -15,7 +15,6 @@ struct vmf_agent;
 /* Takes ownership of fd. */
 struct vmf_agent *vmf_agent_new(int fd);
 void vmf_agent_free(struct vmf_agent *a);
-int vmf_agent_fd(const struct vmf_agent *a);
 
 /* Sends req (protocol_version and id are filled in) and waits for its reply.
  * A reply with error_code != 0 becomes a failure carrying the guest's

@@ -1,6 +1,7 @@
 /* Driver registry and helpers shared by all drivers. */
 #include "driver.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -73,4 +74,13 @@ vmf_vm_config_free(vmf_vm_config *cfg)
 {
 	if (cfg)
 		vmf__hv__vm_config__free_unpacked(cfg, NULL);
+}
+
+int
+vmf_hotplug_mem_check(const vmf_vm_config *cfg, unsigned current_mib, unsigned add_mib, struct vmf_error *err)
+{
+	if (current_mib + add_mib > cfg->max_memory_mib)
+		return vmf_err(err, ENOSPC, "VM %s: %u MiB + %u MiB exceeds max memory %u MiB", cfg->id,
+			       current_mib, add_mib, cfg->max_memory_mib);
+	return 0;
 }

@@ -45,9 +45,16 @@ struct vmf_vm;
 struct vmf_hv_ops {
 	const char *name;                          /* "qemu" */
 	Vmf__Hv__HypervisorKind kind;
+	/* Names, in a VM's run dir (cfg->run_dir), of the VMM's control socket
+	 * (QEMU's QMP monitor, the REST API socket of the others) and of the
+	 * host end of the guest agent channel (virtio-serial socket, hybrid
+	 * vsock socket): what status and GetVM report to a runtime. */
+	const char *control_socket;
+	const char *agent_socket;
 
-	/* Version, accelerator that will be used, capabilities. */
-	int (*probe)(const char *binary, struct vmf_hv_info *info, struct vmf_error *err);
+	/* Version, accelerator that will be used, capabilities.  kernel (may
+	 * be NULL) is the guest kernel: QEMU uses KVM only if it boots it. */
+	int (*probe)(const char *binary, const char *kernel, struct vmf_hv_info *info, struct vmf_error *err);
 
 	/* Starts a VMM process from cfg.  cfg->memory_mode selects a cold boot
 	 * (MEM_PRIVATE), a template boot (MEM_TEMPLATE: RAM in cfg->memory_file,
@@ -111,5 +118,10 @@ const struct vmf_hv_ops *vmf_hv_by_kind(Vmf__Hv__HypervisorKind kind);
 /* Deep copy of a config (protobuf pack/unpack); NULL on allocation failure. */
 vmf_vm_config *vmf_vm_config_dup(const vmf_vm_config *cfg);
 void vmf_vm_config_free(vmf_vm_config *cfg);
+
+/* For ops->hotplug_memory: ENOSPC unless current_mib + add_mib fits the
+ * config's max_memory_mib. */
+int vmf_hotplug_mem_check(const vmf_vm_config *cfg, unsigned current_mib, unsigned add_mib,
+			  struct vmf_error *err);
 
 #endif

@@ -55,16 +55,7 @@ static struct {
 	bool probed;
 	const char *accel;
 	const char *cpu;
-	char kernel[PATH_MAX];
-} accel_probe = { PTHREAD_MUTEX_INITIALIZER, false, "tcg", NULL, "" };
-
-void
-vmf_qemu_set_probe_kernel(const char *kernel)
-{
-	pthread_mutex_lock(&accel_probe.lock);
-	snprintf(accel_probe.kernel, sizeof(accel_probe.kernel), "%s", kernel ? kernel : "");
-	pthread_mutex_unlock(&accel_probe.lock);
-}
+} accel_probe = { PTHREAD_MUTEX_INITIALIZER, false, "tcg", NULL };
 
 /* Whether QEMU really runs a guest with KVM and this CPU model.  Opening
  * /dev/kvm proves little: on these machines a nested /dev/kvm runs
@@ -155,15 +146,16 @@ probe_accel(const char *kernel)
 	log_warn("/dev/kvm is present but QEMU cannot boot a guest with it; using tcg");
 }
 
-const char *
-vmf_qemu_accel_for(const char *kernel)
+/* "kvm" when QEMU boots a guest with /dev/kvm, else "tcg".  Probed once per
+ * process, on the first kernel asked about (ops->probe passes the daemon's),
+ * else $VMFACTORY_IMAGE_DIR/vmlinuz.  VMFACTORY_ACCEL=tcg skips KVM. */
+static const char *
+accel_for(const char *kernel)
 {
 	pthread_mutex_lock(&accel_probe.lock);
 	if (!accel_probe.probed) {
 		char img[PATH_MAX] = "";
 		const char *dir = getenv("VMFACTORY_IMAGE_DIR");
-		if (!kernel || !*kernel)
-			kernel = accel_probe.kernel[0] ? accel_probe.kernel : NULL;
 		if ((!kernel || !*kernel) && dir && *dir) {
 			snprintf(img, sizeof(img), "%s/vmlinuz", dir);
 			kernel = access(img, R_OK) == 0 ? img : NULL;
@@ -176,16 +168,11 @@ vmf_qemu_accel_for(const char *kernel)
 	return a;
 }
 
-const char *
-vmf_qemu_default_accel(void)
+/* The -cpu model that the probe found working with KVM. */
+static const char *
+kvm_cpu(void)
 {
-	return vmf_qemu_accel_for(NULL);
-}
-
-const char *
-vmf_qemu_kvm_cpu(void)
-{
-	vmf_qemu_default_accel();
+	accel_for(NULL);
 	return accel_probe.cpu ? accel_probe.cpu : "host";
 }
 
@@ -269,7 +256,7 @@ vmf_qemu_build_argv(const vmf_vm_config *cfg, int qmp_fd, int agent_fd, char ***
 		return r < 0 ? r : vmf_err(err, EINVAL, "VM %s: memory mode needs a memory file", cfg->id);
 
 	struct argv_buf a = {0};
-	const char *accel = cfg->accel && *cfg->accel ? cfg->accel : vmf_qemu_accel_for(cfg->kernel);
+	const char *accel = cfg->accel && *cfg->accel ? cfg->accel : accel_for(cfg->kernel);
 	arg(&a, "%s", cfg->binary && *cfg->binary ? cfg->binary : VMF_QEMU_DEFAULT_BINARY);
 	/* -name is how restart recovery recognises our processes. */
 	arg(&a, "-name");
@@ -287,7 +274,7 @@ vmf_qemu_build_argv(const vmf_vm_config *cfg, int qmp_fd, int agent_fd, char ***
 	arg(&a, "%s", accel);
 	if (strcmp(accel, "kvm") == 0) {
 		arg(&a, "-cpu");
-		arg(&a, "%s", vmf_qemu_kvm_cpu());
+		arg(&a, "%s", kvm_cpu());
 	}
 	arg(&a, "-smp");
 	arg(&a, "%u,maxcpus=%u", cfg->vcpus, maxcpus);
@@ -733,10 +720,9 @@ qemu_hotplug_memory(struct vmf_vm *vm, unsigned add_mib, struct vmf_error *err)
 {
 	if (add_mib == 0)
 		return 0;
-	unsigned max = vm->cfg->max_memory_mib;
-	if (vm->memory_mib + add_mib > max)
-		return vmf_err(err, ENOSPC, "VM %s: %u MiB + %u MiB exceeds max memory %u MiB",
-			       vm->cfg->id, vm->memory_mib, add_mib, max);
+	int r = vmf_hotplug_mem_check(vm->cfg, vm->memory_mib, add_mib, err);
+	if (r < 0)
+		return r;
 	char mem[32], dimm[32];
 	snprintf(mem, sizeof(mem), "hotmem%u", vm->dimms);
 	snprintf(dimm, sizeof(dimm), "dimm%u", vm->dimms);
@@ -744,7 +730,7 @@ qemu_hotplug_memory(struct vmf_vm *vm, unsigned add_mib, struct vmf_error *err)
 	json_object_object_add(args, "qom-type", json_object_new_string("memory-backend-ram"));
 	json_object_object_add(args, "id", json_object_new_string(mem));
 	json_object_object_add(args, "size", json_object_new_int64((int64_t)add_mib << 20));
-	int r = qmp_cmd(vm, "object-add", args, NULL, err);
+	r = qmp_cmd(vm, "object-add", args, NULL, err);
 	json_object_put(args);
 	if (r < 0)
 		return r;
@@ -935,30 +921,16 @@ qemu_adopt(const vmf_hv_state *st, struct vmf_vm **out, struct vmf_error *err)
 }
 
 static int
-qemu_probe(const char *binary, struct vmf_hv_info *info, struct vmf_error *err)
+qemu_probe(const char *binary, const char *kernel, struct vmf_hv_info *info, struct vmf_error *err)
 {
 	memset(info, 0, sizeof(*info));
 	const char *bin = binary && *binary ? binary : VMF_QEMU_DEFAULT_BINARY;
-	char cmd[PATH_MAX + 32];
-	if (strchr(bin, '\'') )
-		return vmf_err(err, EINVAL, "QEMU binary path %s contains a quote", bin);
-	snprintf(cmd, sizeof(cmd), "'%s' --version 2>/dev/null", bin);
-	FILE *p = popen(cmd, "r");
-	if (!p)
-		return vmf_err_sys(err, errno, "cannot run %s", bin);
-	char line[256] = "";
-	char *got = fgets(line, sizeof(line), p);
-	int st = pclose(p);
-	const char *v = got ? strstr(line, "version ") : NULL;
-	if (!v || st != 0)
-		return vmf_err(err, ENOENT, "QEMU binary %s did not report a version (is qemu-system-x86 "
-			       "installed?)", bin);
-	v += strlen("version ");
-	size_t n = strcspn(v, " \n(");
-	if (n >= sizeof(info->version))
-		n = sizeof(info->version) - 1;
-	memcpy(info->version, v, n);
-	snprintf(info->accel, sizeof(info->accel), "%s", vmf_qemu_default_accel());
+	/* "QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18)" */
+	int r = vmf_vmm_probe_version(bin, "QEMU", "qemu-system-x86", "version ", " \n(", info->version,
+				      sizeof(info->version), err);
+	if (r < 0)
+		return r;
+	snprintf(info->accel, sizeof(info->accel), "%s", accel_for(kernel));
 	info->caps = qemu_capabilities(NULL);
 	return 0;
 }
@@ -972,6 +944,8 @@ qemu_release(struct vmf_vm *vm)
 const struct vmf_hv_ops vmf_qemu_ops = {
 	.name = "qemu",
 	.kind = VMF__HV__HYPERVISOR_KIND__HV_QEMU,
+	.control_socket = VMF_QEMU_QMP_SOCK,
+	.agent_socket = VMF_QEMU_AGENT_SOCK,
 	.probe = qemu_probe,
 	.boot = qemu_boot,
 	.start_from_template = qemu_start_from_template,

@@ -13,16 +13,6 @@
 
 #define VMF_QEMU_DEFAULT_BINARY "qemu-system-x86_64"
 
-/* "kvm" when QEMU boots a guest with /dev/kvm, else "tcg".  Probed once per
- * process by starting QEMU on the kernel given, or the one set with
- * vmf_qemu_set_probe_kernel, or $VMFACTORY_IMAGE_DIR/vmlinuz.
- * VMFACTORY_ACCEL=tcg skips KVM. */
-const char *vmf_qemu_accel_for(const char *kernel);
-const char *vmf_qemu_default_accel(void);
-void vmf_qemu_set_probe_kernel(const char *kernel);
-/* The -cpu model that probe found working with KVM. */
-const char *vmf_qemu_kvm_cpu(void);
-
 /* Builds argv (NULL-terminated, each string and the array malloc'ed) for
  * cfg.  qmp_fd and agent_fd are listening sockets QEMU inherits. */
 int vmf_qemu_build_argv(const vmf_vm_config *cfg, int qmp_fd, int agent_fd, char ***argv,

@@ -800,12 +800,6 @@ vmf_qmp_version(const struct vmf_qmp *q, int *major, int *minor, int *micro)
 	*micro = q->micro;
 }
 
-int
-vmf_qmp_fd(const struct vmf_qmp *q)
-{
-	return q->fd;
-}
-
 void
 vmf_qmp_close(struct vmf_qmp *q)
 {

@@ -38,7 +38,6 @@ int vmf_qmp_wait_event(struct vmf_qmp *q, const char *event, json_object **data,
 /* Greeting's version, e.g. 7.2.22 -> major 7, minor 2, micro 22. */
 void vmf_qmp_version(const struct vmf_qmp *q, int *major, int *minor, int *micro);
 
-int vmf_qmp_fd(const struct vmf_qmp *q);
 void vmf_qmp_close(struct vmf_qmp *q);
 
 #endif

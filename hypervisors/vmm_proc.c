@@ -472,55 +472,29 @@ vmf_vmm_unpack(int fd, const char *dir, struct vmf_error *err)
 }
 
 int
-vmf_vmm_check_config(const vmf_vm_config *cfg, const char *vmm, struct vmf_error *err)
+vmf_vmm_probe_version(const char *bin, const char *what, const char *package, const char *marker,
+		      const char *stop, char *version, size_t n, struct vmf_error *err)
 {
-	if (!cfg->id || !*cfg->id || !cfg->run_dir || cfg->run_dir[0] != '/')
-		return vmf_err(err, EINVAL, "%s VM config lacks an id or an absolute run dir", vmm);
-	if (cfg->runas && *cfg->runas)
-		return vmf_err(err, ENOTSUP, "VM %s: running the VMM as user %s is unsupported by %s", cfg->id,
-			       cfg->runas, vmm);
-	return 0;
-}
-
-#define VMM_STATE_SCHEMA_VERSION 1
-
-int
-vmf_vmm_serialize(Vmf__Hv__HypervisorKind kind, const vmf_vm_config *cfg, const struct vmf_vmm_proc *p,
-		  const char *api_sock, unsigned vcpus, unsigned memory_mib, bool paused,
-		  vmf_hv_state **out, struct vmf_error *err)
-{
-	*out = NULL;
-	vmf_hv_state *st = malloc(sizeof(*st));
-	vmf_vm_config *c = vmf_vm_config_dup(cfg);
-	char *sock = strdup(api_sock);
-	if (!st || !c || !sock) {
-		free(st);
-		vmf_vm_config_free(c);
-		free(sock);
-		return vmf_err(err, ENOMEM, "out of memory serializing VM %s", cfg->id);
-	}
-	vmf__hv__hypervisor_state__init(st);
-	st->schema_version = VMM_STATE_SCHEMA_VERSION;
-	st->kind = kind;
-	st->pid = p->pid;
-	st->start_time_ticks = p->start_ticks;
-	st->config = c;
-	st->api_socket = sock;
-	st->vcpus = vcpus;
-	st->memory_mib = memory_mib;
-	st->paused = paused;
-	*out = st;
-	return 0;
-}
-
-int
-vmf_vmm_adopt_check(const vmf_hv_state *st, Vmf__Hv__HypervisorKind kind, const char *vmm,
-		    struct vmf_error *err)
-{
-	if (st->schema_version != VMM_STATE_SCHEMA_VERSION || !st->config || st->kind != kind)
-		return vmf_err(err, EINVAL, "hypervisor state is not a %s state of schema %u", vmm,
-			       VMM_STATE_SCHEMA_VERSION);
-	if (!vmf_proc_alive(st->pid, st->start_time_ticks))
-		return vmf_err(err, ESRCH, "%s pid %d of VM %s is gone", vmm, (int)st->pid, st->config->id);
+	version[0] = '\0';
+	if (strchr(bin, '\''))
+		return vmf_err(err, EINVAL, "%s binary path %s contains a quote", what, bin);
+	char cmd[PATH_MAX + 32];
+	snprintf(cmd, sizeof(cmd), "'%s' --version 2>/dev/null", bin);
+	FILE *p = popen(cmd, "re");
+	if (!p)
+		return vmf_err_sys(err, errno, "cannot run %s", bin);
+	char line[256] = "";
+	char *got = fgets(line, sizeof(line), p);
+	int st = pclose(p);
+	const char *v = got ? strstr(line, marker) : NULL;
+	if (!v || st != 0)
+		return vmf_err(err, ENOENT, "%s binary %s did not report a version (is %s installed?)", what, bin,
+			       package ? package : "it");
+	v += strlen(marker);
+	size_t len = strcspn(v, stop);
+	if (len >= n)
+		len = n - 1;
+	memcpy(version, v, len);
+	version[len] = '\0';
 	return 0;
 }

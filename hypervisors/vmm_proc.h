@@ -1,11 +1,11 @@
 /* Process and file plumbing of the VMM drivers.  For all three (QEMU,
  * Firecracker, Cloud Hypervisor): the VMM process, from spawn (argv as data,
  * own session, only stdio and the fds asked for inherited) or adoption to
- * pidfd watch, exit checks with deadlines and termination.  For Firecracker
- * and Cloud Hypervisor: their config check and state record, the hybrid
- * vsock CONNECT handshake both use for host-initiated vsock streams, and the
+ * pidfd watch, exit checks with deadlines and termination, and the
+ * `--version` probe.  For Firecracker and Cloud Hypervisor: the hybrid vsock
+ * CONNECT handshake both use for host-initiated vsock streams, and the
  * packing of a VMM's snapshot files into the single state stream of the
- * driver interface. */
+ * driver interface (their shared handle and ops are in vmm_rest.h). */
 #ifndef VMF_VMM_PROC_H
 #define VMF_VMM_PROC_H
 
@@ -59,6 +59,12 @@ void vmf_vmm_terminate(struct vmf_vmm_proc *p, int64_t deadline_ms, const char *
 void vmf_vmm_kill(struct vmf_vmm_proc *p, const char *what, const char *id);
 void vmf_vmm_close(struct vmf_vmm_proc *p);
 
+/* Runs `bin --version` and copies what follows marker in its first line,
+ * up to a character of stop, into version[n].  what names the VMM in
+ * errors, package (NULL: "it") what to install when bin is missing. */
+int vmf_vmm_probe_version(const char *bin, const char *what, const char *package, const char *marker,
+			  const char *stop, char *version, size_t n, struct vmf_error *err);
+
 /* Connects to a unix stream socket; the fd is close-on-exec. */
 int vmf_vmm_connect_unix(const char *path, struct vmf_error *err);
 
@@ -69,21 +75,6 @@ int vmf_vmm_connect_unix(const char *path, struct vmf_error *err);
 #define VMF_AGENT_VSOCK_PORT 1024
 /* Guest CID; the host side is a unix socket per VM, so one value fits all. */
 #define VMF_GUEST_CID 3
-
-/* What both drivers require of a config: an id and an absolute run
- * dir; and a runas user is refused (never run as another user than asked
- * without saying so).  vmm names the driver in the error. */
-int vmf_vmm_check_config(const vmf_vm_config *cfg, const char *vmm, struct vmf_error *err);
-
-/* A VMM handle's record for restart recovery (both drivers store the same
- * fields); free with vmf__hv__hypervisor_state__free_unpacked. */
-int vmf_vmm_serialize(Vmf__Hv__HypervisorKind kind, const vmf_vm_config *cfg, const struct vmf_vmm_proc *p,
-		      const char *api_sock, unsigned vcpus, unsigned memory_mib, bool paused,
-		      vmf_hv_state **out, struct vmf_error *err);
-/* Checks a record before adopting: kind and schema, and that its process
- * still runs (same pid and start time). */
-int vmf_vmm_adopt_check(const vmf_hv_state *st, Vmf__Hv__HypervisorKind kind, const char *vmm,
-			struct vmf_error *err);
 
 /* True when /proc/PID/cmdline has an argument equal to arg or ending in
  * "=" arg: guards adopt against pid reuse. */

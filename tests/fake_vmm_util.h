@@ -177,6 +177,21 @@ fv_assert_watch_fd(int fd)
 }
 
 /* Agent stand-in: the fake's vsock echoes what it gets. */
+/* The sockets the driver names for status (ops->control_socket,
+ * ops->agent_socket) are the ones its VMM listens on. */
+static void
+fv_assert_named_sockets(const struct vmf_hv_ops *o, const char *run_dir)
+{
+	const char *names[] = { o->control_socket, o->agent_socket };
+	for (size_t i = 0; i < 2; i++) {
+		char p[PATH_MAX];
+		struct stat st;
+		ck_assert_ptr_nonnull(names[i]);
+		snprintf(p, sizeof(p), "%s/%s", run_dir, names[i]);
+		ck_assert_msg(stat(p, &st) == 0 && S_ISSOCK(st.st_mode), "%s is not a socket", p);
+	}
+}
+
 static void
 fv_assert_echo(int fd)
 {

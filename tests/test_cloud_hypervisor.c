@@ -26,7 +26,7 @@ START_TEST(registry)
 	struct vmf_hv_info info;
 	struct vmf_error err = {0};
 	setenv("FAKE_VMM_KIND", "ch", 1);
-	ck_assert_int_eq(ops->probe(fv_fake, &info, &err), 0);
+	ck_assert_int_eq(ops->probe(fv_fake, NULL, &info, &err), 0);
 	unsetenv("FAKE_VMM_KIND");
 	ck_assert_str_eq(info.version, "48.0-fake");
 	ck_assert_uint_eq(info.caps, caps);
@@ -46,6 +46,7 @@ START_TEST(lifecycle)
 	ck_assert(fv_log_has("\"memory\":{\"size\":268435456,\"hotplug_size\":268435456}"));
 	ck_assert(fv_log_has("PUT /api/v1/vm.boot"));
 	fv_assert_echo(ops->agent_connect(vm, 5000, &err));
+	fv_assert_named_sockets(ops, t.c.run_dir);
 
 	/* A shared template is refused truthfully; a full one works. */
 	ck_assert_int_eq(ops->pause(vm, &err), 0);

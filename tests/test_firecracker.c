@@ -52,14 +52,14 @@ START_TEST(probe)
 {
 	struct vmf_hv_info info;
 	struct vmf_error err = {0};
-	ck_assert_int_eq(ops->probe(fv_fake, &info, &err), 0);
+	ck_assert_int_eq(ops->probe(fv_fake, NULL, &info, &err), 0);
 	ck_assert_str_eq(info.version, "1.17.0-dev");
 	ck_assert(info.caps & VMF_CAP_MEM_HOTPLUG);
 	setenv("FAKE_VMM_NO_HOTPLUG", "1", 1);
-	ck_assert_int_eq(ops->probe(fv_fake, &info, &err), 0);
+	ck_assert_int_eq(ops->probe(fv_fake, NULL, &info, &err), 0);
 	ck_assert_str_eq(info.version, "1.10.0");
 	ck_assert(!(info.caps & VMF_CAP_MEM_HOTPLUG));
-	ck_assert_int_lt(ops->probe("/nonexistent/firecracker", &info, &err), 0);
+	ck_assert_int_lt(ops->probe("/nonexistent/firecracker", NULL, &info, &err), 0);
 	ck_assert_msg(strstr(err.msg, "firecracker"), "%s", err.msg);
 }
 END_TEST
@@ -81,6 +81,7 @@ START_TEST(lifecycle)
 	ck_assert(fv_log_has("PUT /hotplug/memory {\"total_size_mib\":256}"));
 	ck_assert(fv_log_has("PUT /actions {\"action_type\":\"InstanceStart\"}"));
 	fv_assert_echo(ops->agent_connect(vm, 5000, &err));
+	fv_assert_named_sockets(ops, t.c.run_dir);
 
 	/* Template: pause, Full snapshot; memory into the template's file. */
 	ck_assert_msg(ops->pause(vm, &err) == 0, "%s", err.msg);

@@ -225,11 +225,11 @@ START_TEST(probe_reports_version_and_accel)
 {
 	struct vmf_hv_info info;
 	struct vmf_error e = {0};
-	ck_assert_msg(vmf_qemu_ops.probe(NULL, &info, &e) == 0, "probe: %s", e.msg);
+	ck_assert_msg(vmf_qemu_ops.probe(NULL, NULL, &info, &e) == 0, "probe: %s", e.msg);
 	ck_assert_str_ne(info.version, "");
 	ck_assert(strcmp(info.accel, "tcg") == 0 || strcmp(info.accel, "kvm") == 0);
 	printf("QEMU %s, accel %s\n", info.version, info.accel);
-	ck_assert_int_lt(vmf_qemu_ops.probe("/nonexistent/qemu", &info, &e), 0);
+	ck_assert_int_lt(vmf_qemu_ops.probe("/nonexistent/qemu", NULL, &info, &e), 0);
 	ck_assert_ptr_nonnull(strstr(e.msg, "/nonexistent/qemu"));
 }
 END_TEST

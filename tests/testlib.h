@@ -6,6 +6,8 @@
 #include <stdbool.h>
 #include <sys/types.h>
 
+#include "error.h"
+
 /* Runs a suite and returns the process exit status (Check prints its summary). */
 int vmf_test_run(Suite *s);
 
@@ -31,5 +33,10 @@ const char *vmf_test_src(const char *rel);
  * returns how many it killed. */
 int vmf_test_kill_under(const char *prog, const char *dir);
 #define vmf_test_kill_qemu_under(dir) vmf_test_kill_under("qemu-system", (dir))
+
+/* Writes a fixture file whole: data to path via path.tmp.XXXXXX + fsync +
+ * rename + fsync(dir). */
+int vmf_write_file_atomic(const char *path, const void *data, size_t len, mode_t mode,
+			  struct vmf_error *err);
 
 #endif

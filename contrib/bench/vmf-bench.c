@@ -29,7 +29,6 @@
 #include "daemon.h"
 #include "frame.h"
 #include "log.h"
-#include "qemu.h"
 #include "template.h"
 #include "util.h"
 
@@ -395,8 +394,7 @@ main(int argc, char **argv)
 	const char *image_dir = getenv("VMFACTORY_IMAGE_DIR");
 	if (vmf_image_load(image_dir ? image_dir : VMF_DEFAULT_IMAGE_DIR, NULL, NULL, &img, &e) < 0)
 		die(&e, "guest image");
-	vmf_qemu_set_probe_kernel(img.kernel);
-	if (vmf_qemu_ops.probe(NULL, &hv, &e) < 0)
+	if (vmf_qemu_ops.probe(NULL, img.kernel, &hv, &e) < 0)
 		die(&e, "QEMU");
 	/* The daemon's default template, so it finds this one ready. */
 	params = (struct vmf_template_params){
