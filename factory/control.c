@@ -63,7 +63,7 @@ struct vmf_control {
 	int reserve_fd;                 /* given up to refuse a client when out of fds */
 	struct event *resume;           /* re-enables accepting after a pause */
 	bool paused;
-	int64_t warned_ms;              /* last "out of connections" warning */
+	int64_t warned_cap_ms, warned_fds_ms;  /* last warnings: at the cap, out of fds */
 	struct vmf_peer_cache peers;
 };
 
@@ -528,13 +528,14 @@ refuse_fd(int fd, int code, const char *msg)
 	close(fd);
 }
 
+/* At most one warning per reason every 10 s: a flood must not flood the log. */
 static void
-warn_busy(struct vmf_control *ctl, const char *what)
+warn_busy(struct vmf_control *ctl, int64_t *warned_ms, const char *what)
 {
 	int64_t now = vmf_now_ms();
-	if (ctl->warned_ms && now - ctl->warned_ms < 10000)
+	if (*warned_ms && now - *warned_ms < 10000)
 		return;
-	ctl->warned_ms = now;
+	*warned_ms = now;
 	log_warn("%s (%u connections, limit %u); closing idle connections to admit new ones, refusing when "
 		 "none is idle", what, ctl->d->conns, ctl->max_conns);
 }
@@ -571,7 +572,7 @@ accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int
 		return;
 	}
 	if (d->conns >= ctl->max_conns) {
-		warn_busy(ctl, "the connection limit is reached");
+		warn_busy(ctl, &ctl->warned_cap_ms, "the connection limit is reached");
 		if (!evict_idle(ctl)) {
 			char msg[160];
 			snprintf(msg, sizeof(msg), "the daemon is serving its limit of %u connections (max_connections), "
@@ -625,7 +626,7 @@ accept_error_cb(struct evconnlistener *l, void *arg)
 		log_warn("accepting on %s: %s; pausing for %d ms", d->opts.socket_path, strerror(e), ACCEPT_PAUSE_MS);
 		goto pause;
 	}
-	warn_busy(ctl, e == ENFILE ? "the system is out of file descriptors"
+	warn_busy(ctl, &ctl->warned_fds_ms, e == ENFILE ? "the system is out of file descriptors"
 		  : "the daemon is out of file descriptors");
 	if (evict_idle(ctl))
 		return;

@@ -198,14 +198,14 @@ START_TEST(flood_is_held_off)
 	static int fds[FLOOD + 64];
 	int n = open_flood(fds, FLOOD, vmf_now_ms() + 30000);
 	ck_assert_int_eq(n, FLOOD);
-	/* An idle daemon with a full pool does next to nothing: a 1 s tick.
-	 * Before the fix it spun on EMFILE at 90 % and more of a CPU.  20 %
-	 * leaves room for a loaded 2-core machine's accounting noise and
-	 * for accepting and closing the flood's last connections. */
+	/* An idle daemon with a full pool does next to nothing (a 1 s tick):
+	 * 0 % measured.  Before the fix it spun on EMFILE: 92 % of a CPU on
+	 * an idle host, 25 % on this loaded 2-core one.  10 % leaves room
+	 * for accounting noise and the flood's last connections. */
 	double cpu = cpu_percent_2s(pid);
 	printf("flood: %d connections held; daemon CPU %.1f %% over 2 s, fds %d (baseline %d)\n", n, cpu,
 	       vmf_proc_fd_count(pid), base);
-	ck_assert_msg(cpu < 20.0, "the daemon used %.1f %% CPU while %d idle connections were held", cpu, n);
+	ck_assert_msg(cpu < 10.0, "the daemon used %.1f %% CPU while %d idle connections were held", cpu, n);
 	ck_assert_int_le(vmf_proc_fd_count(pid), FLOOD_LIMIT);
 	double took;
 	ck_assert_msg(status_within(10000, &took) == 0, "status was not served during the flood");
@@ -223,13 +223,13 @@ START_TEST(flood_is_held_off)
 	/* Phase 2: descriptors run out below the cap (as when VMs hold them):
 	 * the limit just under what is open now, and more connections. */
 	int now_open = vmf_proc_fd_count(pid);
-	struct rlimit tight = { (rlim_t)(now_open - 8), (rlim_t)(now_open - 8) };
+	struct rlimit tight = { (rlim_t)(now_open - 8), FLOOD_LIMIT };   /* the soft limit: raised again below */
 	ck_assert_int_eq(prlimit(pid, RLIMIT_NOFILE, &tight, NULL), 0);
 	int m = open_flood(fds + n, 64, vmf_now_ms() + 30000);
 	ck_assert_int_eq(m, 64);
 	cpu = cpu_percent_2s(pid);
 	printf("out of fds (limit %d): daemon CPU %.1f %% over 2 s\n", now_open - 8, cpu);
-	ck_assert_msg(cpu < 20.0, "the daemon used %.1f %% CPU out of descriptors", cpu);
+	ck_assert_msg(cpu < 10.0, "the daemon used %.1f %% CPU out of descriptors", cpu);
 	ck_assert_msg(status_within(10000, &took) == 0, "status was not served out of descriptors");
 	printf("out of fds: status served in %.0f ms\n", took);
 	ck_assert(log_has("out of file descriptors"));
@@ -360,7 +360,7 @@ START_TEST(timeouts_and_output_bound)
 	 * and its memory does not grow with the number of requests. */
 	uint64_t rss0 = vmf_proc_rss_kib(pid);
 	fd = raw_connect();
-	enum { PIPELINED = 20000 };
+	enum { PIPELINED = 40000 };
 	size_t total = rn * PIPELINED, sent = 0;
 	uint8_t *all = malloc(total);
 	for (int i = 0; i < PIPELINED; i++)
@@ -400,10 +400,11 @@ START_TEST(timeouts_and_output_bound)
 	close(fd);
 	ck_assert_msg(dropped, "a client that never reads its replies was not disconnected");
 	ck_assert(log_has("does not read its replies"));
-	/* The bound is 2 MiB of replies; 16 MiB leaves room for the
-	 * allocator.  Unbounded, 20000 status replies are 20 MiB and more. */
+	/* The bound is 2 MiB of replies; 8 MiB leaves room for the allocator.
+	 * Unbounded, 40000 status replies of a one-VM daemon grew it by 28 MiB. */
 	if (!UNDER_ASAN)
-		ck_assert_uint_le(rss1, rss0 + 16384);
+		ck_assert_msg(rss1 <= rss0 + 8192, "the daemon's RSS grew from %llu to %llu KiB", (unsigned long long)rss0,
+			      (unsigned long long)rss1);
 	ck_assert_int_eq(vmf(NULL, "status"), 0);
 	ck_assert_int_eq(vmf(NULL, "destroy"), 0);
 	ck_assert_int_eq(qemu_gone(), 0);
@@ -414,6 +415,7 @@ END_TEST
 int
 main(void)
 {
+	setvbuf(stdout, NULL, _IONBF, 0);
 	struct rlimit rl;
 	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_max < FLOOD + 128) {
 		printf("SKIP: the hard open file limit %llu is too low for a flood of %d connections\n",

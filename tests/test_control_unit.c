@@ -1,5 +1,10 @@
-/* The peer check's membership cache (factory/peercache.c): what the loop
- * decides without calling NSS. */
+/* The control socket's parts that need no daemon: the peer check's
+ * membership cache (factory/peercache.c), what the loop decides without
+ * calling NSS; and the config keys of the connection limits. */
+#include <errno.h>
+#include <string.h>
+
+#include "config.h"
 #include "peercache.h"
 #include "testlib.h"
 
@@ -53,11 +58,36 @@ START_TEST(full_cache_keeps_lookups_in_flight)
 }
 END_TEST
 
+START_TEST(limit_keys_parse_and_default)
+{
+	struct vmf_config c;
+	struct vmf_error e = {0};
+	ck_assert_int_eq(vmf_config_parse(&c, "t.conf", "", 0, &e), 0);
+	ck_assert_uint_eq(c.opts.max_connections, 0);   /* from the open file limit */
+	ck_assert_uint_eq(c.opts.idle_timeout_s, 60);
+	ck_assert_uint_eq(c.opts.frame_timeout_s, 10);
+	vmf_config_free(&c);
+	const char *good = "[daemon]\nmax_connections = 200\nidle_timeout = 2m\nframe_timeout = 5\n";
+	ck_assert_int_eq(vmf_config_parse(&c, "t.conf", good, strlen(good), &e), 0);
+	ck_assert_uint_eq(c.opts.max_connections, 200);
+	ck_assert_uint_eq(c.opts.idle_timeout_s, 120);
+	ck_assert_uint_eq(c.opts.frame_timeout_s, 5);
+	vmf_config_free(&c);
+	const char *bad = "[daemon]\nmax_connections = 0\nidle_timeout = 0\nframe_timeout = 2h\n";
+	ck_assert_int_eq(vmf_config_parse(&c, "t.conf", bad, strlen(bad), &e), -EINVAL);
+	ck_assert_str_eq(c.errors, "t.conf:2: max_connections: 0 is too small (at least 1)\n"
+			 "t.conf:3: idle_timeout: 0 is too small (at least 1)\n"
+			 "t.conf:4: frame_timeout: 7200 is too large (at most 3600)\n");
+	vmf_config_free(&c);
+}
+END_TEST
+
 int
 main(void)
 {
-	Suite *s = suite_create("peer_cache");
-	TCase *tc = tcase_create("peer_cache");
+	Suite *s = suite_create("control_unit");
+	TCase *tc = tcase_create("control_unit");
+	tcase_add_test(tc, limit_keys_parse_and_default);
 	tcase_add_test(tc, answers_expire_after_the_ttl);
 	tcase_add_test(tc, full_cache_keeps_lookups_in_flight);
 	suite_add_tcase(s, tc);
