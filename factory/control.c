@@ -107,7 +107,8 @@ conn_unref(struct vmf_conn *c)
 	}
 }
 
-/* Arms the connection's deadline: none while a request is served; else
+/* Arms the connection's deadline: none while a request is served or the
+ * peer check waits for NSS (the daemon is the slow one then); else
  * idle_timeout after its last activity, or frame_timeout after the first
  * byte of a request that has not fully arrived, whichever comes first.  A
  * trickle of bytes does not push the latter back. */
@@ -116,7 +117,7 @@ conn_arm(struct vmf_conn *c)
 {
 	if (!c->bev)
 		return;
-	if (c->pending) {
+	if (c->pending || c->checking) {
 		evtimer_del(c->timer);
 		return;
 	}
@@ -421,19 +422,24 @@ static void
 conn_admit(struct vmf_conn *c)
 {
 	c->checking = false;
+	c->active_ms = vmf_now_ms();
 	if (c->bev)
 		bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+	conn_arm(c);
 }
 
 static void
 conn_refuse_peer(struct vmf_conn *c)
 {
+	c->refs++;   /* the reply may drop the socket */
 	c->checking = false;
 	log_warn("refusing peer pid %d uid %u: not root, the daemon's user or the configured group",
 		 (int)c->peer_pid, (unsigned)c->peer_uid);
 	reply_error_and_close(c, EACCES, "permission denied: your user may not use this vmfactory daemon");
 	if (c->bev)
 		bufferevent_enable(c->bev, EV_WRITE);
+	conn_arm(c);
+	conn_unref(c);
 }
 
 static void
@@ -605,8 +611,8 @@ accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int
 	bufferevent_setcb(c->bev, read_cb, write_cb, event_cb, c);
 	/* More than one request frame is never buffered. */
 	bufferevent_setwatermark(c->bev, EV_READ, 0, VMF_FRAME_HDR + VMF_CONTROL_MAX_FRAME);
-	conn_arm(c);
 	peer_check(d, c, &cr);
+	conn_arm(c);
 }
 
 /* Out of descriptors: libevent would call this again at once, for ever

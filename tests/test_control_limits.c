@@ -4,7 +4,9 @@
  * client that pipelines requests without reading the replies.  A private
  * daemon with a pool of one real VM under TCG. */
 #include <errno.h>
+#include <grp.h>
 #include <poll.h>
+#include <pwd.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -12,7 +14,9 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "client.h"
@@ -274,10 +278,103 @@ status_frame(uint8_t *buf, size_t cap)
 #define IDLE_S 3
 #define FRAME_S 1
 
+/* Users made by main() (root only) for the peer check: a member of the
+ * group by the user database only (its primary group is another), and an
+ * outsider; both connect holding the group as a supplementary group of
+ * the process, which the socket's 0660 mode needs. */
+static char group_name[64], member[64], outsider[64];
+static bool have_users;
+
+/* Status as user, with its gid and the one supplementary group, in a
+ * child; status_wait() gives its exit: 0 served, 10 refused with EACCES,
+ * else a failure. */
+static pid_t
+status_start(const char *user, gid_t extra)
+{
+	struct passwd *pw = getpwnam(user);
+	ck_assert_ptr_nonnull(pw);
+	uid_t uid = pw->pw_uid;
+	gid_t gid = pw->pw_gid;
+	pid_t p = vmf_test_fork();
+	if (p == 0) {
+		if (setgroups(1, &extra) || setgid(gid) || setuid(uid))
+			_exit(2);
+		struct vmf_client *c;
+		struct vmf_error e = {0};
+		Vmf__Control__Reply *r = NULL;
+		if (vmf_client_connect(sock, &c, &e) < 0)
+			_exit(3);
+		int rc = vmf_client_status(c, &r, 20000, &e);
+		_exit(rc == 0 && !r->error_code ? 0 : rc == -EACCES ? 10 : 4);
+	}
+	return p;
+}
+
+static int
+status_wait(pid_t p)
+{
+	int st = 0;
+	ck_assert_int_eq(waitpid(p, &st, 0), p);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+
+static int
+status_as(const char *user, gid_t extra)
+{
+	return status_wait(status_start(user, extra));
+}
+
+#define SLOW_NSS_MS 4000
+
 START_TEST(timeouts_and_output_bound)
 {
-	start_daemon("idle_timeout = 3\nframe_timeout = 1");
+	char keys[256];
+	snprintf(keys, sizeof keys, "idle_timeout = 3\nframe_timeout = 1%s%s", have_users ? "\ngroup = " : "",
+		 have_users ? group_name : "");
+	/* The daemon's getgrouplist() takes 4 s (the CLI forks it: it
+	 * inherits the preload).  Not under ASan, whose runtime must come
+	 * first. */
+	char preload[700];
+	const char *b = getenv("VMFACTORY_BUILDDIR");
+	snprintf(preload, sizeof preload, "%s/tests/libvmf_nss_slow.so", b ? b : ".");
+	bool slow_nss = have_users && !UNDER_ASAN && access(preload, R_OK) == 0;
+	if (slow_nss) {
+		setenv("LD_PRELOAD", preload, 1);
+		setenv("VMF_TEST_SLOW_NSS_MS", "4000", 1);
+	}
+	start_daemon(keys);
+	unsetenv("LD_PRELOAD");
+	unsetenv("VMF_TEST_SLOW_NSS_MS");
 	int pid = daemon_pid();
+
+	/* The peer check: group membership as the user database says, asked on
+	 * a worker (factory/control.c, peer_check). */
+	if (have_users) {
+		struct group *gr = getgrnam(group_name);
+		ck_assert_ptr_nonnull(gr);
+		gid_t g = gr->gr_gid;
+		ck_assert_int_eq(chmod(tmp, 0711), 0);
+		if (slow_nss) {
+			/* While the outsider's lookup hangs, others are served. */
+			int64_t t0 = vmf_now_ms();
+			pid_t p = status_start(outsider, g);
+			poll(NULL, 0, 300);
+			double took;
+			ck_assert_int_eq(status_within(10000, &took), 0);
+			printf("status served in %.0f ms while a peer's NSS lookup hangs for %d ms\n", took, SLOW_NSS_MS);
+			ck_assert_msg(took < SLOW_NSS_MS / 2, "status took %.0f ms while an NSS lookup hung", took);
+			ck_assert_int_eq(status_wait(p), 10);
+			ck_assert_int_ge(vmf_now_ms() - t0, SLOW_NSS_MS);
+		} else {
+			printf("SKIP the hung NSS check: %s\n", UNDER_ASAN ? "ASan" : "no preload library");
+		}
+		ck_assert_int_eq(status_as(member, g), 0);
+		ck_assert_int_eq(status_as(member, g), 0);   /* from the cache */
+		ck_assert_int_eq(status_as(outsider, g), 10);
+		ck_assert_int_eq(chmod(tmp, 0700), 0);
+	} else {
+		printf("SKIP the group member check: needs root and useradd\n");
+	}
 
 	/* Three bytes of a header, then nothing: dropped after frame_timeout,
 	 * well before idle_timeout. */
@@ -422,6 +519,18 @@ main(void)
 		       (unsigned long long)rl.rlim_max, FLOOD);
 		return 77;
 	}
+	/* Made and removed here, in the parent: a failed test (a forked
+	 * child) skips its teardown. */
+	int me = (int)getpid();
+	snprintf(group_name, sizeof group_name, "vmft-ctlg%d", me);
+	snprintf(member, sizeof member, "vmft-ctlm%d", me);
+	snprintf(outsider, sizeof outsider, "vmft-ctlo%d", me);
+	char cmd[512];
+	if (geteuid() == 0 && access("/usr/sbin/useradd", X_OK) == 0) {
+		snprintf(cmd, sizeof cmd, "groupadd %s && useradd -M -N -s /usr/sbin/nologin -G %s %s && "
+			 "useradd -M -N -s /usr/sbin/nologin %s", group_name, group_name, member, outsider);
+		have_users = system(cmd) == 0;
+	}
 	Suite *s = suite_create("control_limits");
 	TCase *tc = tcase_create("control_limits");
 	tcase_add_checked_fixture(tc, setup, cleanup);
@@ -429,5 +538,10 @@ main(void)
 	ADD_TEST(tc, flood_is_held_off);
 	ADD_TEST(tc, timeouts_and_output_bound);
 	suite_add_tcase(s, tc);
-	return vmf_test_run(s);
+	int rc = vmf_test_run(s);
+	snprintf(cmd, sizeof cmd, "{ userdel %s; userdel %s; groupdel %s; } >/dev/null 2>&1", member, outsider,
+		 group_name);
+	if (geteuid() == 0)
+		(void)!system(cmd);
+	return rc;
 }
