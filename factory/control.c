@@ -466,7 +466,9 @@ peer_done(void *arg)
 				conn_refuse_peer(c);
 		}
 	}
+	struct vmf_daemon *d = j->d;
 	free(j);
+	vmf_daemon_job_done(d);
 }
 
 /* Root, the daemon's own user, and members of the configured group: the

@@ -629,6 +629,7 @@ vmf_vm_info_clear(Vmf__Control__VmInfo *info)
  * read of /proc/PID/smaps_rollup that can take long for a large process,
  * is done on a worker, for the pids the loop copied. */
 struct status_job {
+	struct vmf_daemon *d;
 	struct vmf_conn *c;
 	Vmf__Control__Reply reply;
 	size_t n;
@@ -654,9 +655,11 @@ status_done(void *arg)
 	vmf_control_reply(j->c, &j->reply);
 	if (s)
 		vmf__control__status_reply__free_unpacked(s, NULL);
+	struct vmf_daemon *d = j->d;
 	free(j->pids);
 	free(j->pss);
 	free(j);
+	vmf_daemon_job_done(d);
 }
 
 static void status_build(struct vmf_daemon *d, Vmf__Control__Reply *reply, pid_t *pids);
@@ -679,6 +682,7 @@ vmf_daemon_status(struct vmf_daemon *d, struct vmf_conn *c)
 		return;
 	}
 	vmf__control__reply__init(&j->reply);
+	j->d = d;
 	j->c = c;
 	j->pids = pids;
 	j->pss = pss;
@@ -811,6 +815,12 @@ status_build(struct vmf_daemon *d, Vmf__Control__Reply *reply, pid_t *pids)
 }
 
 /* ---- destroy ---- */
+
+void
+vmf_daemon_job_done(struct vmf_daemon *d)
+{
+	finish_destroy_if_done(d);
+}
 
 static struct vmf_conn *destroy_conn;
 static bool destroy_all;

@@ -90,6 +90,9 @@ void vmf_daemon_watch_vm(struct vmf_daemon *d, struct vmf_pvm *vm);
  * (smaps_rollup) on a worker, replied from its done callback. */
 void vmf_daemon_status(struct vmf_daemon *d, struct vmf_conn *c);
 void vmf_daemon_destroy(struct vmf_daemon *d, struct vmf_conn *c, bool all);
+/* Called by the done callback of a job that is not a VM's (status, the
+ * peer check): a destroy waits for every job before it replies. */
+void vmf_daemon_job_done(struct vmf_daemon *d);
 void vmf_daemon_progress(struct vmf_daemon *d, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
 void vmf_vm_info_fill(struct vmf_daemon *d, const struct vmf_pvm *vm, Vmf__Control__VmInfo *info);
