@@ -340,7 +340,9 @@ read_cb(struct bufferevent *bev, void *arg)
 		vmf__control__request__free_unpacked(req, NULL);
 	}
 	c->in_read = false;
-	if (c->bev && evbuffer_get_length(in) > 0 && !c->partial_ms)
+	/* The clock of a request that has not fully arrived starts once the
+	 * daemon would read it: not while the previous one is served. */
+	if (c->bev && !c->pending && evbuffer_get_length(in) > 0 && !c->partial_ms)
 		c->partial_ms = vmf_now_ms();
 	conn_arm(c);
 	conn_unref(c);
@@ -350,6 +352,7 @@ static void
 write_cb(struct bufferevent *bev, void *arg)
 {
 	struct vmf_conn *c = arg;
+	(void)bev;
 	if (c->close_after_write && evbuffer_get_length(bufferevent_get_output(bev)) == 0)
 		conn_drop_socket(c);
 }
