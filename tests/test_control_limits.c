@@ -347,6 +347,18 @@ START_TEST(timeouts_and_output_bound)
 	unsetenv("VMF_TEST_SLOW_NSS_MS");
 	int pid = daemon_pid();
 
+	/* Status reads each VM's PSS on a worker: it still lands in that VM's
+	 * entry, as the loop read it before. */
+	json_object *st = vmf_json("status -o json%s", "");
+	json_object *v0 = json_object_array_get_idx(path(st, "vms", NULL), 0);
+	ck_assert_ptr_nonnull(v0);
+	int vpid = json_object_get_int(path(v0, "pid", NULL));
+	long long pss = json_object_get_int64(path(v0, "pss_kib", NULL));
+	ck_assert_int_gt(vpid, 0);
+	ck_assert_msg(pss > 0 && (uint64_t)pss <= vmf_proc_rss_kib(vpid) + 1024, "pss_kib %lld of VM pid %d", pss,
+		      vpid);
+	json_object_put(st);
+
 	/* The peer check: group membership as the user database says, asked on
 	 * a worker (factory/control.c, peer_check). */
 	if (have_users) {
