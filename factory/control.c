@@ -1,14 +1,23 @@
 /* The control socket: accept, check the peer, decode frames, dispatch.
  * Every incoming message is checked before dispatch: the length cap before
- * allocating, unpack must succeed, known version, known type; then one switch. */
+ * allocating, unpack must succeed, known version, known type; then one switch.
+ *
+ * A local client must not be able to starve the others: connections are
+ * capped (max_connections), the one idle longest making room for a new one;
+ * running out of descriptors pauses accepting instead of spinning; idle
+ * connections and requests that stop half-way time out; replies a client
+ * does not read are bounded.  Group membership is asked of NSS on a worker. */
 #include <errno.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <fcntl.h>
 #include <grp.h>
 #include <poll.h>
 #include <pwd.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/queue.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -17,19 +26,49 @@
 #include "factory.h"
 #include "frame.h"
 #include "log.h"
+#include "peercache.h"
+
+/* Replies queued for a client that does not read them: two full-size
+ * replies' worth, then the connection goes. */
+#define MAX_OUTPUT (2 * (VMF_FRAME_HDR + VMF_CONTROL_MAX_FRAME))
+/* Descriptors kept for the daemon's own use per pooled VM (QMP, agent,
+ * pidfd, and one for a clone's files), and for everything else. */
+#define FDS_PER_VM 4
+#define FDS_SPARE 64
+#define AUTO_MAX_CONNECTIONS 1024
+#define ACCEPT_PAUSE_MS 1000
 
 struct vmf_conn {
 	struct vmf_daemon *d;
 	struct bufferevent *bev;        /* NULL once the peer is gone */
+	struct event *timer;            /* idle / partial-request deadline */
+	TAILQ_ENTRY(vmf_conn) link;     /* in ctl->conns while bev is set */
 	unsigned refs;                  /* 1 for the socket + 1 per pending request */
 	bool pending;                   /* a request is being served */
 	bool close_after_write;
 	bool in_read;                   /* read_cb is on the stack */
+	bool checking;                  /* waiting for the peer check's NSS lookup */
+	int64_t active_ms;              /* connected, last request or last reply */
+	int64_t partial_ms;             /* first byte of an incomplete request, 0 = none */
 	pid_t peer_pid;
 	uid_t peer_uid;
 };
 
+TAILQ_HEAD(vmf_conn_list, vmf_conn);
+
+struct vmf_control {
+	struct vmf_daemon *d;
+	struct vmf_conn_list conns;     /* least recently active first */
+	unsigned max_conns;
+	int reserve_fd;                 /* given up to refuse a client when out of fds */
+	struct event *resume;           /* re-enables accepting after a pause */
+	bool paused;
+	int64_t warned_cap_ms, warned_fds_ms;  /* last warnings: at the cap, out of fds */
+	struct vmf_peer_cache peers;
+};
+
 static void conn_unref(struct vmf_conn *c);
+static void accept_resume(struct vmf_control *ctl);
 
 bool
 vmf_control_connected(const struct vmf_conn *c)
@@ -46,9 +85,15 @@ static void
 conn_drop_socket(struct vmf_conn *c)
 {
 	if (c->bev) {
+		struct vmf_control *ctl = c->d->ctl;
 		bufferevent_free(c->bev);
 		c->bev = NULL;
+		evtimer_del(c->timer);
+		TAILQ_REMOVE(&ctl->conns, c, link);
 		c->d->conns--;
+		/* A descriptor is free again. */
+		if (ctl->paused)
+			accept_resume(ctl);
 		conn_unref(c);
 	}
 }
@@ -56,8 +101,62 @@ conn_drop_socket(struct vmf_conn *c)
 static void
 conn_unref(struct vmf_conn *c)
 {
-	if (--c->refs == 0)
+	if (--c->refs == 0) {
+		event_free(c->timer);
 		free(c);
+	}
+}
+
+/* Arms the connection's deadline: none while a request is served or the
+ * peer check waits for NSS (the daemon is the slow one then); else
+ * idle_timeout after its last activity, or frame_timeout after the first
+ * byte of a request that has not fully arrived, whichever comes first.  A
+ * trickle of bytes does not push the latter back. */
+static void
+conn_arm(struct vmf_conn *c)
+{
+	if (!c->bev)
+		return;
+	if (c->pending || c->checking) {
+		evtimer_del(c->timer);
+		return;
+	}
+	const struct vmf_daemon_opts *o = &c->d->opts;
+	int64_t deadline = c->active_ms + (int64_t)o->idle_timeout_s * 1000;
+	if (c->partial_ms && c->partial_ms + (int64_t)o->frame_timeout_s * 1000 < deadline)
+		deadline = c->partial_ms + (int64_t)o->frame_timeout_s * 1000;
+	int64_t left = deadline - vmf_now_ms();
+	if (left < 0)
+		left = 0;
+	struct timeval tv = { (time_t)(left / 1000), (suseconds_t)(left % 1000) * 1000 };
+	evtimer_add(c->timer, &tv);
+}
+
+static void
+conn_touch(struct vmf_conn *c)
+{
+	c->active_ms = vmf_now_ms();
+	if (c->bev) {
+		TAILQ_REMOVE(&c->d->ctl->conns, c, link);
+		TAILQ_INSERT_TAIL(&c->d->ctl->conns, c, link);
+	}
+}
+
+static void
+conn_timeout_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct vmf_conn *c = arg;
+	if (!c->bev || c->pending)
+		return;
+	const struct vmf_daemon_opts *o = &c->d->opts;
+	if (c->partial_ms && vmf_now_ms() >= c->partial_ms + (int64_t)o->frame_timeout_s * 1000)
+		log_info("peer pid %d sent part of a request and nothing more for %u s; closing the connection",
+			 (int)c->peer_pid, o->frame_timeout_s);
+	else
+		log_debug("peer pid %d: connection idle for %u s; closing it", (int)c->peer_pid, o->idle_timeout_s);
+	conn_drop_socket(c);
 }
 
 /* The three checks a request passes before dispatch, callable on a plain
@@ -91,22 +190,33 @@ vmf_control_check_version(const Vmf__Control__Request *req, struct vmf_error *er
 	return 0;
 }
 
-static void
+/* False when the connection was dropped instead. */
+static bool
 send_reply(struct vmf_conn *c, const Vmf__Control__Reply *reply)
 {
 	if (!c->bev)
-		return;
+		return false;
 	size_t n = vmf__control__reply__get_packed_size(reply);
+	struct evbuffer *out = bufferevent_get_output(c->bev);
+	if (evbuffer_get_length(out) + VMF_FRAME_HDR + n > MAX_OUTPUT) {
+		log_warn("peer pid %d does not read its replies: %zu bytes are queued, and %zu more would exceed "
+			 "the limit of %u bytes; closing the connection", (int)c->peer_pid, evbuffer_get_length(out),
+			 VMF_FRAME_HDR + n, (unsigned)MAX_OUTPUT);
+		conn_drop_socket(c);
+		return false;
+	}
 	uint8_t *buf = malloc(VMF_FRAME_HDR + n);
 	if (!buf) {
 		log_error("out of memory for a %zu byte reply; closing the connection", n);
 		conn_drop_socket(c);
-		return;
+		return false;
 	}
 	vmf_frame_put_len(buf, (uint32_t)n);
 	vmf__control__reply__pack(reply, buf + VMF_FRAME_HDR);
 	bufferevent_write(c->bev, buf, VMF_FRAME_HDR + n);
 	free(buf);
+	conn_touch(c);
+	return true;
 }
 
 static void read_cb(struct bufferevent *bev, void *arg);
@@ -120,7 +230,7 @@ vmf_control_reply(struct vmf_conn *c, const Vmf__Control__Reply *reply)
 		if (c->bev) {
 			bufferevent_enable(c->bev, EV_READ);
 			/* Requests that arrived while this one was served; from
-			 * inside read_cb its own loop picks them up. */
+			 * inside read_cb its own loop picks them up (and arms). */
 			if (!c->in_read)
 				read_cb(c->bev, c);
 		}
@@ -143,10 +253,10 @@ reply_error_and_close(struct vmf_conn *c, int code, const char *msg)
 	Vmf__Control__Reply r = VMF__CONTROL__REPLY__INIT;
 	r.error_code = code;
 	r.error_message = (char *)msg;
-	send_reply(c, &r);
+	if (!send_reply(c, &r))
+		return;
 	c->close_after_write = true;
-	if (c->bev)
-		bufferevent_disable(c->bev, EV_READ);
+	bufferevent_disable(c->bev, EV_READ);
 }
 
 static void
@@ -163,13 +273,9 @@ dispatch(struct vmf_conn *c, Vmf__Control__Request *req)
 		return;
 	}
 	switch (req->body_case) {
-	case VMF__CONTROL__REQUEST__BODY_STATUS: {
-		Vmf__Control__Reply r = VMF__CONTROL__REPLY__INIT;
-		vmf_daemon_status(d, &r);
-		vmf_control_reply(c, &r);
-		vmf__control__status_reply__free_unpacked(r.status, NULL);
+	case VMF__CONTROL__REQUEST__BODY_STATUS:
+		vmf_daemon_status(d, c);
 		break;
-	}
 	case VMF__CONTROL__REQUEST__BODY_GET_VM:
 		vmf_getvm_start(d, c, req->get_vm);
 		break;
@@ -215,6 +321,8 @@ read_cb(struct bufferevent *bev, void *arg)
 		if (avail < VMF_FRAME_HDR + (size_t)n)
 			break;
 		evbuffer_drain(in, VMF_FRAME_HDR);
+		c->partial_ms = 0;
+		conn_touch(c);
 		uint8_t *buf = evbuffer_pullup(in, n);
 		Vmf__Control__Request *req;
 		int r = vmf_control_decode(buf, n, &req, &err);
@@ -232,6 +340,11 @@ read_cb(struct bufferevent *bev, void *arg)
 		vmf__control__request__free_unpacked(req, NULL);
 	}
 	c->in_read = false;
+	/* The clock of a request that has not fully arrived starts once the
+	 * daemon would read it: not while the previous one is served. */
+	if (c->bev && !c->pending && evbuffer_get_length(in) > 0 && !c->partial_ms)
+		c->partial_ms = vmf_now_ms();
+	conn_arm(c);
 	conn_unref(c);
 }
 
@@ -256,26 +369,201 @@ event_cb(struct bufferevent *bev, short what, void *arg)
 	}
 }
 
-/* Root, the daemon's own user, and members of the configured group. */
+/* ---- the peer check ---- */
+
+/* NSS's answer (getpwuid_r + getgrouplist): whether uid's user has group
+ * as its primary or a supplementary group.  On a worker: NSS may be LDAP or
+ * sssd and hang. */
 static bool
-peer_allowed(struct vmf_daemon *d, const struct ucred *cr)
+user_in_group(uid_t uid, gid_t group)
 {
-	if (cr->uid == 0 || cr->uid == geteuid())
-		return true;
-	if (!d->have_group)
-		return false;
-	if (cr->gid == d->group)
-		return true;
-	struct passwd *pw = getpwuid(cr->uid);
-	if (!pw)
-		return false;
-	gid_t groups[256];
-	int n = 256;
-	if (getgrouplist(pw->pw_name, pw->pw_gid, groups, &n) < 0)
-		return false;
-	for (int i = 0; i < n; i++)
-		if (groups[i] == d->group)
+	size_t sz = 16384;
+	char *buf = NULL;
+	struct passwd pw, *res = NULL;
+	for (;;) {
+		char *nb = realloc(buf, sz);
+		if (!nb)
+			break;
+		buf = nb;
+		int r = getpwuid_r(uid, &pw, buf, sz, &res);
+		if (r != ERANGE || sz >= (1u << 20))
+			break;
+		sz *= 2;
+	}
+	bool in = false;
+	int n = 64;
+	gid_t *groups = NULL;
+	while (res) {
+		gid_t *ng = realloc(groups, (size_t)n * sizeof(*ng));
+		if (!ng)
+			break;
+		groups = ng;
+		int m = n;
+		if (getgrouplist(pw.pw_name, pw.pw_gid, groups, &m) >= 0) {
+			for (int i = 0; i < m && !in; i++)
+				in = groups[i] == group;
+			break;
+		}
+		/* -1: the list is longer; m says how long. */
+		if (m <= n || m > 65536)
+			break;
+		n = m;
+	}
+	free(groups);
+	free(buf);
+	return in;
+}
+
+struct peer_job {
+	struct vmf_daemon *d;
+	uid_t uid;
+	gid_t group;
+	bool allowed;
+};
+
+static void
+conn_admit(struct vmf_conn *c)
+{
+	c->checking = false;
+	c->active_ms = vmf_now_ms();
+	if (c->bev)
+		bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+	conn_arm(c);
+}
+
+static void
+conn_refuse_peer(struct vmf_conn *c)
+{
+	c->refs++;   /* the reply may drop the socket */
+	c->checking = false;
+	log_warn("refusing peer pid %d uid %u: not root, the daemon's user or the configured group",
+		 (int)c->peer_pid, (unsigned)c->peer_uid);
+	reply_error_and_close(c, EACCES, "permission denied: your user may not use this vmfactory daemon");
+	if (c->bev)
+		bufferevent_enable(c->bev, EV_WRITE);
+	conn_arm(c);
+	conn_unref(c);
+}
+
+static void
+peer_work(void *arg)
+{
+	struct peer_job *j = arg;
+	j->allowed = user_in_group(j->uid, j->group);
+}
+
+/* Every connection of that uid waiting for the answer gets it. */
+static void
+peer_done(void *arg)
+{
+	struct peer_job *j = arg;
+	struct vmf_control *ctl = j->d->ctl;
+	vmf_peer_cache_put(&ctl->peers, j->uid, j->allowed, vmf_now_ms());
+	struct vmf_conn *c, *next;
+	for (c = TAILQ_FIRST(&ctl->conns); c; c = next) {
+		next = TAILQ_NEXT(c, link);
+		if (c->checking && c->peer_uid == j->uid) {
+			if (j->allowed)
+				conn_admit(c);
+			else
+				conn_refuse_peer(c);
+		}
+	}
+	struct vmf_daemon *d = j->d;
+	free(j);
+	vmf_daemon_job_done(d);
+}
+
+/* Root, the daemon's own user, and members of the configured group: the
+ * first three from the credentials, membership from NSS through the cache
+ * or a lookup on a worker; until it answers the connection reads nothing. */
+static void
+peer_check(struct vmf_daemon *d, struct vmf_conn *c, const struct ucred *cr)
+{
+	struct vmf_control *ctl = d->ctl;
+	if (cr->uid == 0 || cr->uid == geteuid() || (d->have_group && cr->gid == d->group)) {
+		conn_admit(c);
+		return;
+	}
+	if (!d->have_group) {
+		conn_refuse_peer(c);
+		return;
+	}
+	int64_t now = vmf_now_ms();
+	switch (vmf_peer_cache_get(&ctl->peers, cr->uid, now)) {
+	case VMF_PEER_ALLOWED:
+		conn_admit(c);
+		return;
+	case VMF_PEER_DENIED:
+		conn_refuse_peer(c);
+		return;
+	case VMF_PEER_LOOKING_UP:
+		c->checking = true;
+		return;
+	case VMF_PEER_UNKNOWN:
+		break;
+	}
+	struct peer_job *j = calloc(1, sizeof(*j));
+	if (!j) {
+		conn_refuse_peer(c);
+		return;
+	}
+	*j = (struct peer_job){ .d = d, .uid = cr->uid, .group = d->group };
+	c->checking = true;
+	vmf_peer_cache_begin(&ctl->peers, cr->uid, now);
+	if (vmf_jobs_submit(d->jobs, peer_work, peer_done, j) < 0) {
+		free(j);
+		vmf_peer_cache_put(&ctl->peers, cr->uid, false, now - ctl->peers.ttl_ms);  /* expired at once */
+		conn_refuse_peer(c);
+	}
+}
+
+/* ---- accepting ---- */
+
+/* A short error reply written straight to a connection that gets no
+ * vmf_conn, then closed: its client learns why. */
+static void
+refuse_fd(int fd, int code, const char *msg)
+{
+	Vmf__Control__Reply r = VMF__CONTROL__REPLY__INIT;
+	r.error_code = code;
+	r.error_message = (char *)msg;
+	uint8_t buf[512];
+	size_t n = vmf__control__reply__get_packed_size(&r);
+	if (VMF_FRAME_HDR + n <= sizeof(buf)) {
+		vmf_frame_put_len(buf, (uint32_t)n);
+		vmf__control__reply__pack(&r, buf + VMF_FRAME_HDR);
+		/* A new socket's buffer is empty: this does not block or cut. */
+		(void)!send(fd, buf, VMF_FRAME_HDR + n, MSG_DONTWAIT | MSG_NOSIGNAL);
+	}
+	close(fd);
+}
+
+/* At most one warning per reason every 10 s: a flood must not flood the log. */
+static void
+warn_busy(struct vmf_control *ctl, int64_t *warned_ms, const char *what)
+{
+	int64_t now = vmf_now_ms();
+	if (*warned_ms && now - *warned_ms < 10000)
+		return;
+	*warned_ms = now;
+	log_warn("%s (%u connections, limit %u); closing idle connections to admit new ones, refusing when "
+		 "none is idle", what, ctl->d->conns, ctl->max_conns);
+}
+
+/* Closes the connection idle longest (no request in progress; one that
+ * sent only part of a request counts as idle) to make room. */
+static bool
+evict_idle(struct vmf_control *ctl)
+{
+	struct vmf_conn *c;
+	TAILQ_FOREACH(c, &ctl->conns, link)
+		if (!c->pending) {
+			log_debug("closing the connection of peer pid %d, idle %lld ms, to make room",
+				  (int)c->peer_pid, (long long)(vmf_now_ms() - c->active_ms));
+			conn_drop_socket(c);
 			return true;
+		}
 	return false;
 }
 
@@ -286,12 +574,23 @@ accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int
 	(void)sa;
 	(void)len;
 	struct vmf_daemon *d = arg;
+	struct vmf_control *ctl = d->ctl;
 	struct ucred cr;
 	socklen_t cl = sizeof(cr);
 	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &cl) < 0) {
 		log_warn("cannot read peer credentials: %s", strerror(errno));
 		close(fd);
 		return;
+	}
+	if (d->conns >= ctl->max_conns) {
+		warn_busy(ctl, &ctl->warned_cap_ms, "the connection limit is reached");
+		if (!evict_idle(ctl)) {
+			char msg[160];
+			snprintf(msg, sizeof(msg), "the daemon is serving its limit of %u connections (max_connections), "
+				 "each with a request in progress; try again later", ctl->max_conns);
+			refuse_fd(fd, EAGAIN, msg);
+			return;
+		}
 	}
 	struct vmf_conn *c = calloc(1, sizeof(*c));
 	if (!c) {
@@ -302,22 +601,125 @@ accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int
 	c->refs = 1;
 	c->peer_pid = cr.pid;
 	c->peer_uid = cr.uid;
-	c->bev = bufferevent_socket_new(d->base, fd, BEV_OPT_CLOSE_ON_FREE);
+	c->active_ms = vmf_now_ms();
+	c->timer = evtimer_new(d->base, conn_timeout_cb, c);
+	c->bev = c->timer ? bufferevent_socket_new(d->base, fd, BEV_OPT_CLOSE_ON_FREE) : NULL;
 	if (!c->bev) {
+		if (c->timer)
+			event_free(c->timer);
 		close(fd);
 		free(c);
 		return;
 	}
 	d->conns++;
+	TAILQ_INSERT_TAIL(&ctl->conns, c, link);
 	bufferevent_setcb(c->bev, read_cb, write_cb, event_cb, c);
-	if (!peer_allowed(d, &cr)) {
-		log_warn("refusing peer pid %d uid %u: not root, the daemon's user or the configured group",
-			 (int)cr.pid, (unsigned)cr.uid);
-		reply_error_and_close(c, EACCES, "permission denied: your user may not use this vmfactory daemon");
-		bufferevent_enable(c->bev, EV_WRITE);
-		return;
+	/* More than one request frame is never buffered. */
+	bufferevent_setwatermark(c->bev, EV_READ, 0, VMF_FRAME_HDR + VMF_CONTROL_MAX_FRAME);
+	peer_check(d, c, &cr);
+	conn_arm(c);
+}
+
+/* Out of descriptors: libevent would call this again at once, for ever
+ * (the pending connection keeps the socket readable).  Make progress
+ * instead: close the connection idle longest, so the next accept succeeds;
+ * else refuse the waiting client through the reserve descriptor (close
+ * it, accept, answer, close, reopen: OpenBSD's accept_reserve idea); else,
+ * as vmd's control.c does, stop accepting for a second or until a
+ * connection closes. */
+static void
+accept_error_cb(struct evconnlistener *l, void *arg)
+{
+	struct vmf_daemon *d = arg;
+	struct vmf_control *ctl = d->ctl;
+	int e = EVUTIL_SOCKET_ERROR();
+	if (e != EMFILE && e != ENFILE && e != ENOBUFS && e != ENOMEM) {
+		log_warn("accepting on %s: %s; pausing for %d ms", d->opts.socket_path, strerror(e), ACCEPT_PAUSE_MS);
+		goto pause;
 	}
-	bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+	warn_busy(ctl, &ctl->warned_fds_ms, e == ENFILE ? "the system is out of file descriptors"
+		  : "the daemon is out of file descriptors");
+	if (evict_idle(ctl))
+		return;
+	if (ctl->reserve_fd >= 0) {
+		close(ctl->reserve_fd);
+		ctl->reserve_fd = -1;
+		int fd = accept4(evconnlistener_get_fd(l), NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+		if (fd >= 0)
+			refuse_fd(fd, EMFILE, "the daemon is out of file descriptors; try again later");
+		/* A worker may take the freed number first: then pause. */
+		ctl->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+		if (fd >= 0 && ctl->reserve_fd >= 0)
+			return;
+	}
+pause:
+	if (ctl->paused)
+		return;
+	evconnlistener_disable(l);
+	ctl->paused = true;
+	struct timeval tv = { ACCEPT_PAUSE_MS / 1000, (ACCEPT_PAUSE_MS % 1000) * 1000 };
+	evtimer_add(ctl->resume, &tv);
+}
+
+static void
+accept_resume(struct vmf_control *ctl)
+{
+	evtimer_del(ctl->resume);
+	ctl->paused = false;
+	if (ctl->reserve_fd < 0)
+		ctl->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	if (ctl->d->listener)
+		evconnlistener_enable(ctl->d->listener);
+}
+
+static void
+resume_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	accept_resume(arg);
+}
+
+void
+vmf_control_raise_fd_limit(void)
+{
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur >= rl.rlim_max)
+		return;
+	rlim_t old = rl.rlim_cur;
+	rl.rlim_cur = rl.rlim_max;
+	if (setrlimit(RLIMIT_NOFILE, &rl) == 0)
+		log_info("raised the open file limit from %llu to its hard limit %llu", (unsigned long long)old,
+			 (unsigned long long)rl.rlim_max);
+	else
+		log_warn("cannot raise the open file limit from %llu to %llu: %s", (unsigned long long)old,
+			 (unsigned long long)rl.rlim_max, strerror(errno));
+}
+
+/* max_connections, or from the open file limit: what the pooled VMs and
+ * the daemon need set aside, then half of the rest (the other half for
+ * VMs handed out and clones on demand). */
+static unsigned
+max_connections(const struct vmf_daemon *d)
+{
+	struct rlimit rl;
+	unsigned long long nofile = getrlimit(RLIMIT_NOFILE, &rl) == 0 ? (unsigned long long)rl.rlim_cur : 1024;
+	unsigned long long vms = 0;
+	const struct vmf_pool *p;
+	TAILQ_FOREACH(p, &d->pools, link)
+		vms += p->target;
+	unsigned long long need = FDS_SPARE + FDS_PER_VM * vms;
+	if (d->opts.max_connections) {
+		if (d->opts.max_connections + need > nofile)
+			log_warn("max_connections %u and %llu pooled VMs may need more than the open file limit of %llu "
+				 "descriptors: when they run out, idle connections are closed and accepting pauses",
+				 d->opts.max_connections, vms, nofile);
+		return d->opts.max_connections;
+	}
+	unsigned long long n = nofile > need ? (nofile - need) / 2 : 0;
+	if (n > AUTO_MAX_CONNECTIONS)
+		n = AUTO_MAX_CONNECTIONS;
+	return n < 16 ? 16 : (unsigned)n;
 }
 
 pid_t
@@ -383,13 +785,27 @@ vmf_control_listen(struct vmf_daemon *d, struct vmf_error *err)
 	}
 	if (d->have_group && chown(path, (uid_t)-1, d->group) < 0)
 		log_warn("cannot give socket %s to group %u: %s", path, (unsigned)d->group, strerror(errno));
-	d->listener = evconnlistener_new(d->base, accept_cb, d, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC,
-					 -1, fd);
+	struct vmf_control *ctl = calloc(1, sizeof(*ctl));
+	if (ctl) {
+		TAILQ_INIT(&ctl->conns);
+		ctl->d = d;
+		ctl->max_conns = max_connections(d);
+		ctl->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+		ctl->resume = evtimer_new(d->base, resume_cb, ctl);
+		vmf_peer_cache_init(&ctl->peers, VMF_PEER_CACHE_TTL_MS);
+		d->ctl = ctl;
+	}
+	d->listener = ctl && ctl->resume ? evconnlistener_new(d->base, accept_cb, d, LEV_OPT_CLOSE_ON_FREE |
+							      LEV_OPT_CLOSE_ON_EXEC, -1, fd) : NULL;
 	if (!d->listener) {
 		close(fd);
 		unlink(path);
+		vmf_control_close(d);
 		return vmf_err(err, ENOMEM, "cannot set up the listener on %s", path);
 	}
+	evconnlistener_set_error_cb(d->listener, accept_error_cb);
+	log_info("control socket: at most %u connections, idle ones closed after %u s, a request must arrive "
+		 "within %u s of its first byte", ctl->max_conns, d->opts.idle_timeout_s, d->opts.frame_timeout_s);
 	return 0;
 }
 
@@ -401,4 +817,16 @@ vmf_control_close(struct vmf_daemon *d)
 		d->listener = NULL;
 		unlink(d->opts.socket_path);
 	}
+	struct vmf_control *ctl = d->ctl;
+	if (!ctl)
+		return;
+	/* Replies still pending were sent by the workers' done callbacks. */
+	while (!TAILQ_EMPTY(&ctl->conns))
+		conn_drop_socket(TAILQ_FIRST(&ctl->conns));
+	if (ctl->resume)
+		event_free(ctl->resume);
+	if (ctl->reserve_fd >= 0)
+		close(ctl->reserve_fd);
+	free(ctl);
+	d->ctl = NULL;
 }

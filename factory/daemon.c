@@ -41,6 +41,8 @@ vmf_daemon_opts_defaults(struct vmf_daemon_opts *o)
 	o->max_memory_mib = VMF_DEFAULT_MAX_MEMORY_MIB;
 	o->share_memory = true;
 	o->ready_fd = -1;
+	o->idle_timeout_s = VMF_DEFAULT_IDLE_TIMEOUT_S;
+	o->frame_timeout_s = VMF_DEFAULT_FRAME_TIMEOUT_S;
 }
 
 /* ---- readiness pipe to `vmfactory init` ---- */
@@ -575,8 +577,9 @@ start_template_build(struct vmf_daemon *d, struct vmf_pool *p)
 
 /* ---- status ---- */
 
-void
-vmf_vm_info_fill(struct vmf_daemon *d, const struct vmf_pvm *vm, Vmf__Control__VmInfo *info)
+/* With read_pss false, pss_kib is left 0: status reads it on a worker. */
+static void
+vm_info_fill(struct vmf_daemon *d, const struct vmf_pvm *vm, Vmf__Control__VmInfo *info, bool read_pss)
 {
 	static __thread char qmp[PATH_MAX + 16], agent[PATH_MAX + 16];
 	vmf__control__vm_info__init(info);
@@ -597,11 +600,17 @@ vmf_vm_info_fill(struct vmf_daemon *d, const struct vmf_pvm *vm, Vmf__Control__V
 	info->share_link = (char *)vm->share_link;
 	info->sock_link = (char *)vm->sock_link;
 	info->created_ns = vm->created_ns;
-	info->pss_kib = info->pid > 0 && !vm->dead ? vmf_proc_pss_kib(info->pid) : 0;
+	info->pss_kib = read_pss && info->pid > 0 && !vm->dead ? vmf_proc_pss_kib(info->pid) : 0;
 	if (vm->hv && !vm->busy) {
 		struct vmf_error err;
 		d->ops->serialize(vm->hv, &info->hypervisor, &err);
 	}
+}
+
+void
+vmf_vm_info_fill(struct vmf_daemon *d, const struct vmf_pvm *vm, Vmf__Control__VmInfo *info)
+{
+	vm_info_fill(d, vm, info, true);
 }
 
 void
@@ -615,8 +624,78 @@ vmf_vm_info_clear(Vmf__Control__VmInfo *info)
 	info->hypervisor = NULL;
 }
 
+/* The reply is built on the loop; only the PSS of each VM's process, a
+ * read of /proc/PID/smaps_rollup that can take long for a large process,
+ * is done on a worker, for the pids the loop copied. */
+struct status_job {
+	struct vmf_daemon *d;
+	struct vmf_conn *c;
+	Vmf__Control__Reply reply;
+	size_t n;
+	pid_t *pids;         /* per s->vms[i], 0 = no PSS to read */
+	uint64_t *pss;
+};
+
+static void
+status_work(void *arg)
+{
+	struct status_job *j = arg;
+	for (size_t i = 0; i < j->n; i++)
+		j->pss[i] = j->pids[i] > 0 ? vmf_proc_pss_kib(j->pids[i]) : 0;
+}
+
+static void
+status_done(void *arg)
+{
+	struct status_job *j = arg;
+	Vmf__Control__StatusReply *s = j->reply.status;
+	for (size_t i = 0; s && i < j->n && i < s->n_vms; i++)
+		s->vms[i]->pss_kib = j->pss[i];
+	vmf_control_reply(j->c, &j->reply);
+	if (s)
+		vmf__control__status_reply__free_unpacked(s, NULL);
+	struct vmf_daemon *d = j->d;
+	free(j->pids);
+	free(j->pss);
+	free(j);
+	vmf_daemon_job_done(d);
+}
+
+static void status_build(struct vmf_daemon *d, Vmf__Control__Reply *reply, pid_t *pids);
+
 void
-vmf_daemon_status(struct vmf_daemon *d, Vmf__Control__Reply *reply)
+vmf_daemon_status(struct vmf_daemon *d, struct vmf_conn *c)
+{
+	size_t nvms = 0;
+	struct vmf_pvm *vm;
+	TAILQ_FOREACH(vm, &d->vms, link)
+		nvms++;
+	struct status_job *j = calloc(1, sizeof(*j));
+	pid_t *pids = calloc(nvms + 1, sizeof(*pids));
+	uint64_t *pss = calloc(nvms + 1, sizeof(*pss));
+	if (!j || !pids || !pss) {
+		free(j);
+		free(pids);
+		free(pss);
+		vmf_control_reply_error(c, ENOMEM, "out of memory");
+		return;
+	}
+	vmf__control__reply__init(&j->reply);
+	j->d = d;
+	j->c = c;
+	j->pids = pids;
+	j->pss = pss;
+	status_build(d, &j->reply, pids);
+	j->n = j->reply.status ? j->reply.status->n_vms : 0;
+	if (!j->reply.status || vmf_jobs_submit(d->jobs, status_work, status_done, j) < 0) {
+		status_work(j);
+		status_done(j);
+	}
+}
+
+/* pids[i] gets the pid whose PSS belongs in vms[i]. */
+static void
+status_build(struct vmf_daemon *d, Vmf__Control__Reply *reply, pid_t *pids)
 {
 	Vmf__Control__StatusReply *s = calloc(1, sizeof(*s));
 	if (!s) {
@@ -715,7 +794,8 @@ vmf_daemon_status(struct vmf_daemon *d, Vmf__Control__Reply *reply)
 		if (!info)
 			break;
 		Vmf__Control__VmInfo tmp;
-		vmf_vm_info_fill(d, vm, &tmp);
+		vm_info_fill(d, vm, &tmp, false);
+		pids[s->n_vms] = tmp.pid > 0 && !vm->dead ? (pid_t)tmp.pid : 0;
 		/* status_reply__free_unpacked frees every string: own them all. */
 		*info = tmp;
 		info->id = strdup(tmp.id);
@@ -734,6 +814,12 @@ vmf_daemon_status(struct vmf_daemon *d, Vmf__Control__Reply *reply)
 }
 
 /* ---- destroy ---- */
+
+void
+vmf_daemon_job_done(struct vmf_daemon *d)
+{
+	finish_destroy_if_done(d);
+}
 
 static struct vmf_conn *destroy_conn;
 static bool destroy_all;
@@ -1131,6 +1217,8 @@ vmf_daemon_run(const struct vmf_daemon_opts *opts, struct vmf_error *err)
 			       opts->socket_path);
 
 	vmf_sd_notify_init();
+	/* Before recovery adopts VMs, each holding descriptors. */
+	vmf_control_raise_fd_limit();
 	struct vmf_daemon *d = calloc(1, sizeof(*d));
 	if (!d)
 		return vmf_err(err, ENOMEM, "out of memory");

@@ -15,6 +15,8 @@
 #define VMF_DEFAULT_MEMORY_MIB 256
 #define VMF_DEFAULT_MAX_VCPUS 4
 #define VMF_DEFAULT_MAX_MEMORY_MIB 2048
+#define VMF_DEFAULT_IDLE_TIMEOUT_S 60
+#define VMF_DEFAULT_FRAME_TIMEOUT_S 10
 #define VMF_DEFAULT_CMDLINE "console=ttyS0 panic=-1 quiet"
 
 /* One pool: how many paused VMs of which size to keep ready. */
@@ -49,6 +51,11 @@ struct vmf_daemon_opts {
 	unsigned max_idle_s;         /* replace pooled VMs older than this, 0 = never */
 	int ready_fd;                /* written "ready\n"/"full\n" then closed, -1 = none */
 	bool notify_full;            /* report on ready_fd only once the pool is full */
+	/* Control socket limits (vmfactory.conf(5)): connections at once, 0 =
+	 * from the open file limit; seconds a connection may sit idle, and a
+	 * request may take to arrive once its first byte has. */
+	unsigned max_connections;
+	unsigned idle_timeout_s, frame_timeout_s;
 	/* The pools, from the config file.  n_pools == 0: one pool "default"
 	 * from pool_size, vcpus, memory_mib, max_*, share_memory, max_idle_s. */
 	const struct vmf_pool_spec *pools;

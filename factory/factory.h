@@ -30,6 +30,7 @@ enum vmf_step {
 extern const char *const vmf_step_names[STEP_COUNT];
 
 struct vmf_conn;
+struct vmf_control;
 
 struct vmf_daemon {
 	struct vmf_daemon_opts opts;
@@ -61,6 +62,7 @@ struct vmf_daemon {
 	uint8_t recent_rng[64][16];
 	unsigned recent_rng_n;
 	unsigned conns;
+	struct vmf_control *ctl;         /* control.c's connection table */
 	uint32_t destroyed;              /* VMs stopped since destroy began */
 	bool destroy_done;
 	int lock_fd;                     /* flock on <state>/daemon.lock */
@@ -84,14 +86,21 @@ void vmf_daemon_record_vm(struct vmf_daemon *d, struct vmf_pvm *vm);
 int vmf_daemon_put_vm_record(struct vmf_daemon *d, struct vmf_pvm *vm, enum vmf_pvm_state state,
 			     struct vmf_error *err);
 void vmf_daemon_watch_vm(struct vmf_daemon *d, struct vmf_pvm *vm);
-void vmf_daemon_status(struct vmf_daemon *d, Vmf__Control__Reply *reply);
+/* Answers a status request on c: built on the loop, the VMs' PSS read
+ * (smaps_rollup) on a worker, replied from its done callback. */
+void vmf_daemon_status(struct vmf_daemon *d, struct vmf_conn *c);
 void vmf_daemon_destroy(struct vmf_daemon *d, struct vmf_conn *c, bool all);
+/* Called by the done callback of a job that is not a VM's (status, the
+ * peer check): a destroy waits for every job before it replies. */
+void vmf_daemon_job_done(struct vmf_daemon *d);
 void vmf_daemon_progress(struct vmf_daemon *d, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
 void vmf_vm_info_fill(struct vmf_daemon *d, const struct vmf_pvm *vm, Vmf__Control__VmInfo *info);
 void vmf_vm_info_clear(Vmf__Control__VmInfo *info);
 
 /* control.c */
+/* Soft open file limit up to the hard one (at start, before VMs are adopted). */
+void vmf_control_raise_fd_limit(void);
 int vmf_control_listen(struct vmf_daemon *d, struct vmf_error *err);
 void vmf_control_close(struct vmf_daemon *d);
 /* Sends a reply on c (if still connected) and lets it read the next request;
