@@ -6,6 +6,7 @@
 #include <event2/bufferevent.h>
 #include <grp.h>
 #include <poll.h>
+#include <stdio.h>
 #include <pwd.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,6 +31,12 @@ struct vmf_conn {
 };
 
 static void conn_unref(struct vmf_conn *c);
+
+uid_t
+vmf_control_peer_uid(const struct vmf_conn *c)
+{
+	return c->peer_uid;
+}
 
 bool
 vmf_control_connected(const struct vmf_conn *c)
@@ -165,7 +172,7 @@ dispatch(struct vmf_conn *c, Vmf__Control__Request *req)
 	switch (req->body_case) {
 	case VMF__CONTROL__REQUEST__BODY_STATUS: {
 		Vmf__Control__Reply r = VMF__CONTROL__REPLY__INIT;
-		vmf_daemon_status(d, &r);
+		vmf_daemon_status(d, c->peer_uid, &r);
 		vmf_control_reply(c, &r);
 		vmf__control__status_reply__free_unpacked(r.status, NULL);
 		break;
@@ -180,6 +187,14 @@ dispatch(struct vmf_conn *c, Vmf__Control__Request *req)
 		vmf_inspect_start(d, c, req->inspect->vm_id);
 		break;
 	case VMF__CONTROL__REQUEST__BODY_DESTROY:
+		/* It stops every tenant's VMs and the daemon itself. */
+		if (!vmf_daemon_peer_admin(d, c->peer_uid)) {
+			char msg[160];
+			snprintf(msg, sizeof(msg), "permission denied: only root and the daemon's user may destroy "
+				 "the daemon; uid %u may not", (unsigned)c->peer_uid);
+			vmf_control_reply_error(c, EPERM, msg);
+			break;
+		}
 		vmf_daemon_destroy(d, c, req->destroy->all);
 		break;
 	default:
