@@ -8,6 +8,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/queue.h>
+#include <sys/types.h>
 
 #include "catalog.pb-c.h"
 #include "template.h"
@@ -42,6 +43,7 @@ struct vmf_pvm {
 	int64_t created_ns, ready_ns, assigned_ns;
 	int64_t ready_mono_ms;
 	unsigned vcpus, memory_mib;
+	uid_t owner_uid;              /* the peer that got it; 0 while pooled */
 	char sandbox_id[72];
 	char share_link[PATH_MAX], sock_link[PATH_MAX];
 	char run_dir[PATH_MAX], share_dir[PATH_MAX];

@@ -22,6 +22,7 @@
 #include "daemon.h"
 #include "frame.h"
 #include "log.h"
+#include "sandbox.h"
 #include "template.h"
 #include "util.h"
 
@@ -209,6 +210,7 @@ vm_json(const Vmf__Control__VmInfo *v)
 	JI(o, "created_ns", v->created_ns);
 	JI(o, "age_s", v->created_ns ? (vmf_realtime_ns() - v->created_ns) / 1000000000 : 0);
 	JI(o, "pss_kib", v->pss_kib);
+	JI(o, "owner_uid", v->owner_uid);
 	if (v->hypervisor) {
 		json_object *h = json_object_new_object();
 		JI(h, "pid", v->hypervisor->pid);
@@ -227,6 +229,7 @@ vm_human(const Vmf__Control__VmInfo *v)
 	printf("id:           %s\n", v->id);
 	printf("state:        %s\n", v->state);
 	printf("sandbox:      %s\n", v->sandbox_id);
+	printf("owner:        uid %u\n", v->owner_uid);
 	printf("pid:          %d\n", v->pid);
 	printf("vcpus:        %u\n", v->vcpus);
 	printf("memory:       %u MiB\n", v->memory_mib);
@@ -464,12 +467,12 @@ cmd_status(const struct cmd *cmd, struct args *a)
 			if (p->last_error && *p->last_error)
 				printf("  last error: %s\n", p->last_error);
 		}
-		printf("\nVM                                    STATE        PID  AGE(s)  VCPUS  MEMORY  PSS(KiB)  SANDBOX\n");
+		printf("\nVM                                    STATE        PID  AGE(s)  VCPUS  MEMORY  PSS(KiB)  OWNER  SANDBOX\n");
 		for (size_t i = 0; i < s->n_vms; i++) {
 			Vmf__Control__VmInfo *v = s->vms[i];
-			printf("%-36s  %-11s  %6d  %6lld  %5u  %6u  %8llu  %s\n", v->id, v->state, v->pid,
+			printf("%-36s  %-11s  %6d  %6lld  %5u  %6u  %8llu  %5u  %s\n", v->id, v->state, v->pid,
 			       (long long)(v->created_ns ? (vmf_realtime_ns() - v->created_ns) / 1000000000 : 0), v->vcpus,
-			       v->memory_mib, (unsigned long long)v->pss_kib, v->sandbox_id);
+			       v->memory_mib, (unsigned long long)v->pss_kib, v->owner_uid, v->sandbox_id);
 		}
 		printf("\nrequests %llu, hits %llu, misses %llu, errors %llu; hand-out p50 %.1f ms, p99 %.1f ms\n",
 		       (unsigned long long)s->requests, (unsigned long long)s->hits, (unsigned long long)s->misses,
@@ -567,6 +570,23 @@ fill_daemon_opts(const struct cmd *cmd, struct args *a, struct vmf_daemon_opts *
 		o->qemu_binary = e;
 	if ((e = opt(a, "group")))
 		o->group = e;
+	/* --sandbox-root, repeated, replaces VMFACTORY_SANDBOX_ROOTS, which
+	 * replaces the config file's list. */
+	static char roots[VMF_MAX_SANDBOX_ROOTS * VMF_SANDBOX_ROOT_MAX];
+	roots[0] = '\0';
+	for (int i = 0; i < a->n; i++)
+		if (strcmp(a->names[i], "sandbox-root") == 0) {
+			if (strchr(a->vals[i], ':'))
+				return usage_error(cmd, "--sandbox-root %s: a root may not contain ':'", a->vals[i]);
+			size_t l = strlen(roots);
+			if (l + strlen(a->vals[i]) + 2 > sizeof(roots))
+				return usage_error(cmd, "--sandbox-root: too many roots");
+			snprintf(roots + l, sizeof(roots) - l, "%s%s", l ? ":" : "", a->vals[i]);
+		}
+	if (roots[0])
+		o->sandbox_roots = roots;
+	else if ((e = getenv("VMFACTORY_SANDBOX_ROOTS")) && *e)
+		o->sandbox_roots = e;
 	if ((e = opt(a, "accel")))
 		o->accel = e;
 	if ((e = opt(a, "metrics-listen")))
@@ -1097,14 +1117,14 @@ static const struct cmd commands[] = {
 	/* ---- daemon commands: marshal a request, print the reply ---- */
 	{ "init", "[--config FILE] --pool N [--cpus N --memory MIB --max-cpus N --max-memory MIB] [--no-share] [--foreground] [--wait] "
 		  "[--image-dir DIR] [--kernel PATH --initrd PATH] [--qemu PATH] [--accel kvm|tcg] [--group NAME] "
-		  "[--max-idle S] [--metrics-listen ADDR:PORT] [--runas USER] [--timeout S] "
+		  "[--max-idle S] [--metrics-listen ADDR:PORT] [--runas USER] [--sandbox-root DIR]... [--timeout S] "
 		  "[--hypervisor qemu|firecracker|cloud-hypervisor]",
 	  "start the daemon and fill a pool of paused VMs",
-	  "pool=,cpus=,memory=,max-cpus=,max-memory=,no-share,foreground,wait,image-dir=,kernel=,initrd=,qemu=,accel=,group=,max-idle=,config=,metrics-listen=,runas=,timeout=,hypervisor=",
+	  "pool=,cpus=,memory=,max-cpus=,max-memory=,no-share,foreground,wait,image-dir=,kernel=,initrd=,qemu=,accel=,group=,max-idle=,config=,metrics-listen=,runas=,timeout=,hypervisor=,sandbox-root=",
 	  0, 0, cmd_init },
 	{ "daemon", "[--config FILE] [init's size and path options]",
 	  "run the daemon in the foreground, for systemd (Type=notify)",
-	  "pool=,cpus=,memory=,max-cpus=,max-memory=,no-share,image-dir=,kernel=,initrd=,qemu=,accel=,group=,max-idle=,config=,metrics-listen=,runas=,hypervisor=",
+	  "pool=,cpus=,memory=,max-cpus=,max-memory=,no-share,image-dir=,kernel=,initrd=,qemu=,accel=,group=,max-idle=,config=,metrics-listen=,runas=,hypervisor=,sandbox-root=",
 	  0, 0, cmd_init },
 	{ "check-config", "[FILE]", "check a config file (default " VMF_DEFAULT_CONFIG "), listing every error",
 	  "", 0, 1, cmd_check_config },

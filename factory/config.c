@@ -18,6 +18,7 @@
 #include "config.h"
 #include "driver.h"
 #include "log.h"
+#include "sandbox.h"
 #include "util.h"
 
 enum section { SEC_NONE, SEC_DAEMON, SEC_HV, SEC_GUEST, SEC_POOL, SEC_BAD };
@@ -36,6 +37,7 @@ enum kind {
 	K_DRIVER,
 	K_NAME,        /* a user or group name */
 	K_LISTEN,      /* ADDR:PORT */
+	K_ROOTS,       /* absolute paths separated by ':' */
 };
 
 /* Where a value goes: a field of opts, or of the current pool's spec. */
@@ -58,6 +60,7 @@ static const struct key keys[] = {
 	{ SEC_DAEMON, "run_dir", K_ABSPATH, O(run_dir), 0, 0, 56 },
 	{ SEC_DAEMON, "log_level", K_LOGLEVEL, 0, 0, 0, 0 },
 	{ SEC_DAEMON, "metrics_listen", K_LISTEN, O(metrics_listen), 0, 0, 64 },
+	{ SEC_DAEMON, "sandbox_roots", K_ROOTS, O(sandbox_roots), 0, 0, VMF_MAX_SANDBOX_ROOTS * VMF_SANDBOX_ROOT_MAX - 1 },
 	{ SEC_DAEMON, "fill_parallelism", K_UINT, O(fill_parallelism), 1, 64, 0 },
 	{ SEC_DAEMON, "max_connections", K_UINT, O(max_connections), 1, 65536, 0 },
 	{ SEC_DAEMON, "idle_timeout", K_SECONDS, O(idle_timeout_s), 1, 86400, 0 },
@@ -319,6 +322,9 @@ set_value(struct parser *p, const struct key *k, const char *v, void *base)
 			problem(p, line, "%s: '%s' is not a valid name", n, v);
 			return false;
 		}
+		break;
+	case K_ROOTS:
+		/* Checked against the state and run dirs once all is read. */
 		break;
 	case K_LISTEN: {
 		const char *colon = strrchr(v, ':');
@@ -607,6 +613,29 @@ finish_guest(struct parser *p)
 			o->memory_mib);
 }
 
+/* Sandbox roots against the state and run dirs, which may come later in
+ * [daemon] than the roots. */
+static void
+finish_daemon(struct parser *p)
+{
+	const struct vmf_daemon_opts *o = &p->c->opts;
+	int line = 0;
+	for (size_t j = 0; j < p->nseen; j++)
+		if (p->seen[j].sec == SEC_DAEMON && strcmp(keys[p->seen[j].key].name, "sandbox_roots") == 0)
+			line = p->seen[j].line;
+	if (!line || !o->sandbox_roots)
+		return;
+	struct vmf_sandbox_policy *sp = malloc(sizeof(*sp));
+	struct vmf_error err;
+	if (!sp) {
+		p->oom = true;
+		return;
+	}
+	if (vmf_sandbox_policy_init(sp, o->sandbox_roots, o->state_dir, o->run_dir, &err) < 0)
+		problem(p, line, "sandbox_roots: %s", err.msg);
+	free(sp);
+}
+
 struct order {
 	int line;
 	size_t idx;
@@ -632,6 +661,7 @@ vmf_config_parse(struct vmf_config *c, const char *path, const char *text, size_
 		problem(p, p->ini_rc, "syntax error");
 	finish_guest(p);
 	finish_pools(p);
+	finish_daemon(p);
 	c->opts.pools = c->pools;
 	c->opts.n_pools = c->n_pools;
 

@@ -13,6 +13,7 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <poll.h>
+#include <stdio.h>
 #include <pwd.h>
 #include <stdlib.h>
 #include <string.h>
@@ -69,6 +70,12 @@ struct vmf_control {
 
 static void conn_unref(struct vmf_conn *c);
 static void accept_resume(struct vmf_control *ctl);
+
+uid_t
+vmf_control_peer_uid(const struct vmf_conn *c)
+{
+	return c->peer_uid;
+}
 
 bool
 vmf_control_connected(const struct vmf_conn *c)
@@ -286,6 +293,14 @@ dispatch(struct vmf_conn *c, Vmf__Control__Request *req)
 		vmf_inspect_start(d, c, req->inspect->vm_id);
 		break;
 	case VMF__CONTROL__REQUEST__BODY_DESTROY:
+		/* It stops every tenant's VMs and the daemon itself. */
+		if (!vmf_daemon_peer_admin(d, c->peer_uid)) {
+			char msg[160];
+			snprintf(msg, sizeof(msg), "permission denied: only root and the daemon's user may destroy "
+				 "the daemon; uid %u may not", (unsigned)c->peer_uid);
+			vmf_control_reply_error(c, EPERM, msg);
+			break;
+		}
 		vmf_daemon_destroy(d, c, req->destroy->all);
 		break;
 	default:

@@ -176,6 +176,7 @@ vmf_daemon_put_vm_record(struct vmf_daemon *d, struct vmf_pvm *vm, enum vmf_pvm_
 	rec.created_ns = vm->created_ns;
 	rec.assigned_ns = vm->assigned_ns;
 	rec.ready_ns = vm->ready_ns;
+	rec.owner_uid = (uint32_t)vm->owner_uid;
 	int r = vmf_catalog_vm_put(d->cat, &rec, err);
 	if (hv)
 		vmf__hv__hypervisor_state__free_unpacked(hv, NULL);
@@ -220,8 +221,15 @@ stop_work(void *arg)
 		log_vm(VMF_LOG_WARN, vm->id, "stopping: %s", err.msg);
 	VMF_FAULT("mid-release");
 	if (j->remove_links) {
-		vmf_unlink_if_points_to(vm->share_link, vm->share_dir);
-		vmf_unlink_if_points_to(vm->sock_link, vm->run_dir);
+		/* Confined as when it was made, in the owner's directories: a
+		 * link outside today's roots is left, not followed there. */
+		struct vmf_error lerr = {0};
+		if (vmf_sandbox_unlink_if_points_to(&j->d->sandbox, vm->share_link, vm->share_dir, vm->owner_uid,
+						    &lerr) < 0)
+			log_vm(VMF_LOG_WARN, vm->id, "%s", lerr.msg);
+		if (vmf_sandbox_unlink_if_points_to(&j->d->sandbox, vm->sock_link, vm->run_dir, vm->owner_uid,
+						    &lerr) < 0)
+			log_vm(VMF_LOG_WARN, vm->id, "%s", lerr.msg);
 	}
 	if (vm->run_dir[0] && vmf_rm_rf(vm->run_dir, &err) < 0)
 		log_vm(VMF_LOG_WARN, vm->id, "removing its run dir: %s", err.msg);
@@ -600,6 +608,7 @@ vm_info_fill(struct vmf_daemon *d, const struct vmf_pvm *vm, Vmf__Control__VmInf
 	info->share_link = (char *)vm->share_link;
 	info->sock_link = (char *)vm->sock_link;
 	info->created_ns = vm->created_ns;
+	info->owner_uid = (uint32_t)vm->owner_uid;
 	info->pss_kib = read_pss && info->pid > 0 && !vm->dead ? vmf_proc_pss_kib(info->pid) : 0;
 	if (vm->hv && !vm->busy) {
 		struct vmf_error err;
@@ -622,6 +631,12 @@ vmf_vm_info_clear(Vmf__Control__VmInfo *info)
 		vmf__hv__hypervisor_state__free_unpacked(info->hypervisor, NULL);
 	info->qmp_socket = info->agent_socket = NULL;
 	info->hypervisor = NULL;
+}
+
+bool
+vmf_daemon_peer_admin(const struct vmf_daemon *d, uid_t uid)
+{
+	return uid == 0 || uid == d->sandbox.daemon_uid;
 }
 
 /* The reply is built on the loop; only the PSS of each VM's process, a
@@ -661,7 +676,7 @@ status_done(void *arg)
 	vmf_daemon_job_done(d);
 }
 
-static void status_build(struct vmf_daemon *d, Vmf__Control__Reply *reply, pid_t *pids);
+static void status_build(struct vmf_daemon *d, uid_t peer, Vmf__Control__Reply *reply, pid_t *pids);
 
 void
 vmf_daemon_status(struct vmf_daemon *d, struct vmf_conn *c)
@@ -685,7 +700,7 @@ vmf_daemon_status(struct vmf_daemon *d, struct vmf_conn *c)
 	j->c = c;
 	j->pids = pids;
 	j->pss = pss;
-	status_build(d, &j->reply, pids);
+	status_build(d, vmf_control_peer_uid(c), &j->reply, pids);
 	j->n = j->reply.status ? j->reply.status->n_vms : 0;
 	if (!j->reply.status || vmf_jobs_submit(d->jobs, status_work, status_done, j) < 0) {
 		status_work(j);
@@ -695,8 +710,9 @@ vmf_daemon_status(struct vmf_daemon *d, struct vmf_conn *c)
 
 /* pids[i] gets the pid whose PSS belongs in vms[i]. */
 static void
-status_build(struct vmf_daemon *d, Vmf__Control__Reply *reply, pid_t *pids)
+status_build(struct vmf_daemon *d, uid_t peer, Vmf__Control__Reply *reply, pid_t *pids)
 {
+	bool all = vmf_daemon_peer_admin(d, peer);
 	Vmf__Control__StatusReply *s = calloc(1, sizeof(*s));
 	if (!s) {
 		reply->error_code = ENOMEM;
@@ -790,6 +806,8 @@ status_build(struct vmf_daemon *d, Vmf__Control__Reply *reply, pid_t *pids)
 	TAILQ_FOREACH(vm, &d->vms, link) {
 		if (!s->vms)
 			break;
+		if (!all && (vm->owner_uid != peer || vm->state == PVM_READY || vm->state == PVM_CREATING))
+			continue;
 		Vmf__Control__VmInfo *info = calloc(1, sizeof(*info));
 		if (!info)
 			break;
@@ -918,6 +936,7 @@ recover_vm(const char *id, Vmf__Catalog__VmRecord *rec, const struct vmf_error *
 	vm->created_ns = rec->created_ns;
 	vm->assigned_ns = rec->assigned_ns;
 	vm->ready_ns = rec->ready_ns;
+	vm->owner_uid = (uid_t)rec->owner_uid;
 	vm->ready_mono_ms = vmf_now_ms();
 	vm->pool = pool_for(d, vm->template_id);
 	TAILQ_INSERT_TAIL(&d->vms, vm, link);
@@ -1168,6 +1187,30 @@ validate_opts(const struct vmf_daemon_opts *o, struct vmf_error *err)
 		return vmf_err(err, ENAMETOOLONG, "socket path %s is longer than 107 characters", o->socket_path);
 	if (strlen(o->state_dir) > 512)
 		return vmf_err(err, ENAMETOOLONG, "state dir %s is longer than 512 characters", o->state_dir);
+	struct vmf_sandbox_policy *sp = malloc(sizeof(*sp));
+	if (!sp)
+		return vmf_err(err, ENOMEM, "out of memory");
+	int r = vmf_sandbox_policy_init(sp, o->sandbox_roots, o->state_dir, o->run_dir, err);
+	free(sp);
+	return r;
+}
+
+/* The default root <run_dir>/sandboxes: group members create their own
+ * sandbox dirs in it (sticky, like /tmp, so none removes another's). */
+static int
+make_default_sandbox_root(struct vmf_daemon *d, struct vmf_error *err)
+{
+	if (d->opts.sandbox_roots && *d->opts.sandbox_roots)
+		return 0;
+	char dir[PATH_MAX];
+	snprintf(dir, sizeof(dir), "%s/sandboxes", d->opts.run_dir);
+	if (mkdir(dir, 0700) < 0) {
+		if (errno == EEXIST)
+			return 0;   /* the operator's, as it is */
+		return vmf_err_sys(err, errno, "cannot create the sandbox root %s", dir);
+	}
+	if (d->have_group && (chown(dir, (uid_t)-1, d->group) < 0 || chmod(dir, 01770) < 0))
+		return vmf_err_sys(err, errno, "cannot give the sandbox root %s to group %u", dir, (unsigned)d->group);
 	return 0;
 }
 
@@ -1229,10 +1272,18 @@ vmf_daemon_run(const struct vmf_daemon_opts *opts, struct vmf_error *err)
 	TAILQ_INIT(&d->vms);
 	snprintf(d->vm_root, sizeof(d->vm_root), "%s/vms", opts->run_dir);
 	signal(SIGPIPE, SIG_IGN);
-
-	if ((r = vmf_mkdir_p(opts->state_dir, 0700, err)) < 0 || (r = vmf_mkdir_p(opts->run_dir, 0700, err)) < 0 ||
-	    (r = vmf_mkdir_p(d->vm_root, 0700, err)) < 0)
+	if ((r = vmf_sandbox_policy_init(&d->sandbox, opts->sandbox_roots, opts->state_dir, opts->run_dir, err)) < 0)
 		goto out;
+
+	/* Run dir and vms/ 0711: a VM's owner reaches its sockets through
+	 * them (its own VM dir grants it that, by ACL) without listing them. */
+	if ((r = vmf_mkdir_p(opts->state_dir, 0700, err)) < 0 || (r = vmf_mkdir_p(opts->run_dir, 0711, err)) < 0 ||
+	    (r = vmf_mkdir_p(d->vm_root, 0711, err)) < 0)
+		goto out;
+	if (chmod(d->vm_root, 0711) < 0) {
+		r = vmf_err_sys(err, errno, "cannot make %s searchable", d->vm_root);
+		goto out;
+	}
 	/* One daemon per state dir, even when two start at the same instant. */
 	char lock[PATH_MAX];
 	snprintf(lock, sizeof(lock), "%s/daemon.lock", opts->state_dir);
@@ -1254,6 +1305,18 @@ vmf_daemon_run(const struct vmf_daemon_opts *opts, struct vmf_error *err)
 		d->group = g->gr_gid;
 		d->have_group = true;
 	}
+	d->runas_uid = (uid_t)-1;
+	if (opts->runas && *opts->runas) {
+		struct passwd *pw = getpwnam(opts->runas);
+		if (pw)
+			d->runas_uid = pw->pw_uid;
+	}
+	if ((r = make_default_sandbox_root(d, err)) < 0)
+		goto out;
+	struct stat rst;
+	if (d->have_group && stat(opts->run_dir, &rst) == 0 && !(rst.st_mode & S_IXOTH))
+		log_warn("run dir %s is not searchable by others (mode %04o): clients of group %s will not reach "
+			 "their VMs' sockets; make it 0711", opts->run_dir, (unsigned)(rst.st_mode & 07777), opts->group);
 	d->ops = vmf_hv_by_name(opts->hypervisor ? opts->hypervisor : "qemu");
 	if (!d->ops) {
 		r = vmf_err(err, EINVAL, "unknown hypervisor %s", opts->hypervisor);

@@ -42,6 +42,9 @@ struct vmf_daemon_opts {
 	const char *machine;         /* NULL = q35 */
 	const char *hypervisor;      /* NULL = "qemu" */
 	const char *group;           /* extra group allowed on the socket */
+	/* Where GetVM may create sandbox links: absolute dirs separated by ':';
+	 * NULL = <run_dir>/sandboxes and Kata's (factory/sandbox.h). */
+	const char *sandbox_roots;
 	const char *runas;           /* QEMU -runas user */
 	const char *metrics_listen;  /* ADDR:PORT, NULL = off */
 	unsigned pool_size;

@@ -14,6 +14,7 @@
 #include "frame.h"
 #include "jobs.h"
 #include "pool.h"
+#include "sandbox.h"
 #include "template.h"
 
 /* The wire constants live in the public client header: one place to bump. */
@@ -52,6 +53,8 @@ struct vmf_daemon {
 	bool sd_ready_sent, sd_full_sent;  /* READY=1 and the "full" STATUS to systemd */
 	int ready_fd;
 	char vm_root[PATH_MAX];          /* <run_dir>/vms */
+	struct vmf_sandbox_policy sandbox;  /* where GetVM may put links; read-only once running */
+	uid_t runas_uid;                 /* QEMU's user with runas, else (uid_t)-1 */
 	/* counters */
 	uint64_t requests, hits, misses, errors;
 	struct vmf_latency lat[STEP_COUNT];
@@ -86,9 +89,13 @@ void vmf_daemon_record_vm(struct vmf_daemon *d, struct vmf_pvm *vm);
 int vmf_daemon_put_vm_record(struct vmf_daemon *d, struct vmf_pvm *vm, enum vmf_pvm_state state,
 			     struct vmf_error *err);
 void vmf_daemon_watch_vm(struct vmf_daemon *d, struct vmf_pvm *vm);
-/* Answers a status request on c: built on the loop, the VMs' PSS read
+/* Answers a status request on c as its peer may see it: root and the
+ * daemon's user see every VM, anyone else only the VMs it got (pools and
+ * counters alike for all).  Built on the loop, the VMs' PSS read
  * (smaps_rollup) on a worker, replied from its done callback. */
 void vmf_daemon_status(struct vmf_daemon *d, struct vmf_conn *c);
+/* Root and the daemon's own user act on every VM (and may destroy). */
+bool vmf_daemon_peer_admin(const struct vmf_daemon *d, uid_t uid);
 void vmf_daemon_destroy(struct vmf_daemon *d, struct vmf_conn *c, bool all);
 /* Called by the done callback of a job that is not a VM's (status, the
  * peer check): a destroy waits for every job before it replies. */
@@ -108,6 +115,8 @@ void vmf_control_close(struct vmf_daemon *d);
 void vmf_control_reply(struct vmf_conn *c, const Vmf__Control__Reply *reply);
 void vmf_control_reply_error(struct vmf_conn *c, int code, const char *msg);
 bool vmf_control_connected(const struct vmf_conn *c);
+/* The connection's peer uid (SO_PEERCRED at accept). */
+uid_t vmf_control_peer_uid(const struct vmf_conn *c);
 /* Another daemon answering on path: its pid, else 0. */
 pid_t vmf_control_probe_peer(const char *path);
 /* Request checks, in the order read_cb applies them: the header's length
@@ -123,10 +132,6 @@ int vmf_metrics_listen(struct vmf_daemon *d, const char *addr_port, struct vmf_e
 void vmf_metrics_close(struct vmf_daemon *d);
 
 /* getvm.c */
-/* Read-only check of a GetVM sandbox path (share_dir, sock_dir): it must be
- * absent, an empty directory or a symlink, under a parent reached without
- * symlinks.  what names the field in the error. */
-int vmf_check_sandbox_path(const char *what, const char *path, struct vmf_error *err);
 /* Refuses growing a clone beyond its template (tpl_vcpus, tpl_mib) when the
  * driver lacks cpu-hotplug / memory-hotplug, naming driver and capability. */
 int vmf_getvm_check_caps(const char *driver, unsigned caps, unsigned tpl_vcpus, unsigned tpl_mib,
@@ -134,7 +139,5 @@ int vmf_getvm_check_caps(const char *driver, unsigned caps, unsigned tpl_vcpus, 
 void vmf_getvm_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control__GetVMRequest *req);
 void vmf_release_start(struct vmf_daemon *d, struct vmf_conn *c, const char *vm_id);
 void vmf_inspect_start(struct vmf_daemon *d, struct vmf_conn *c, const char *vm_id);
-/* Removes a sandbox link only if it still points at target. */
-void vmf_unlink_if_points_to(const char *link, const char *target);
 
 #endif

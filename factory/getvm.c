@@ -1,15 +1,12 @@
-/* The hand-out flow (GetVM), release and inspect.  Validation runs on the
- * loop; the VM work runs on a worker; the outcome is applied on the loop. */
-#include <dirent.h>
+/* The hand-out flow (GetVM), release and inspect.  The request's fields are
+ * checked on the loop, its paths on a worker (they may sit on a hung
+ * mount) before any VM is taken; the VM work runs on a worker; the outcome
+ * is applied on the loop. */
 #include <errno.h>
-#include <fcntl.h>
-#include <linux/openat2.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
-#include <sys/stat.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "agent.h"
@@ -17,137 +14,13 @@
 #include "factory.h"
 #include "frame.h"
 #include "log.h"
+#include "qemu.h"
 
 #define AGENT_TIMEOUT_MS 10000
 
 const char *const vmf_step_names[STEP_COUNT] = {
 	"resume", "hotplug", "online", "reseed", "time", "mount", "links", "record", "total",
 };
-
-/* ---- sandbox paths ---- */
-
-/* Opens the parent of path without following any symlink in it: a symlink a
- * third party planted on the way must not redirect what we create. */
-static int
-open_parent(const char *path, char *name, size_t nlen, struct vmf_error *err)
-{
-	if (path[0] != '/')
-		return vmf_err(err, EINVAL, "%s is not an absolute path", path);
-	char parent[PATH_MAX];
-	if (vmf_strlcpy(parent, path, sizeof(parent), err) < 0)
-		return -ENAMETOOLONG;
-	size_t l = strlen(parent);
-	while (l > 1 && parent[l - 1] == '/')
-		parent[--l] = '\0';
-	char *slash = strrchr(parent, '/');
-	if (vmf_strlcpy(name, slash + 1, nlen, err) < 0)
-		return -ENAMETOOLONG;
-	if (!*name || !strcmp(name, ".") || !strcmp(name, ".."))
-		return vmf_err(err, EINVAL, "%s does not name a directory entry", path);
-	if (slash == parent)
-		slash[1] = '\0';
-	else
-		*slash = '\0';
-	struct open_how how = {
-		.flags = O_PATH | O_DIRECTORY | O_CLOEXEC,
-		.resolve = RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
-	};
-	int fd = (int)syscall(SYS_openat2, AT_FDCWD, parent, &how, sizeof(how));
-	if (fd < 0 && errno == ENOSYS)
-		fd = open(parent, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-	if (fd < 0) {
-		if (errno == ELOOP)
-			return vmf_err(err, ELOOP, "the parent directory of %s goes through a symlink; refused", path);
-		return vmf_err_sys(err, errno, "cannot open the parent directory of %s", path);
-	}
-	return fd;
-}
-
-/* Read-only check of a sandbox path: absent, an empty directory, or a
- * symlink.  Anything else is refused and never removed. */
-int
-vmf_check_sandbox_path(const char *what, const char *path, struct vmf_error *err)
-{
-	char name[NAME_MAX + 1];
-	int pfd = open_parent(path, name, sizeof(name), err);
-	if (pfd < 0)
-		return vmf_error_prefix(err, "%s", what);
-	struct stat st;
-	int r = 0;
-	if (fstatat(pfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
-		if (errno != ENOENT)
-			r = vmf_err_sys(err, errno, "%s %s cannot be examined", what, path);
-	} else if (S_ISDIR(st.st_mode)) {
-		int dfd = openat(pfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-		DIR *dir = dfd >= 0 ? fdopendir(dfd) : NULL;
-		if (!dir) {
-			if (dfd >= 0)
-				close(dfd);
-			r = vmf_err_sys(err, errno, "%s %s cannot be listed", what, path);
-		} else {
-			struct dirent *de;
-			while ((de = readdir(dir)))
-				if (strcmp(de->d_name, ".") && strcmp(de->d_name, ".."))
-					break;
-			if (de)
-				r = vmf_err(err, ENOTEMPTY, "%s %s is a directory that is not empty; refused",
-					    what, path);
-			closedir(dir);
-		}
-	} else if (!S_ISLNK(st.st_mode)) {
-		r = vmf_err(err, EEXIST, "%s %s exists and is neither an empty directory nor a symlink; "
-			    "refused", what, path);
-	}
-	close(pfd);
-	return r;
-}
-
-/* Replaces path with a symlink to target. */
-static int
-install_link(const char *what, const char *path, const char *target, struct vmf_error *err)
-{
-	char name[NAME_MAX + 1];
-	int pfd = open_parent(path, name, sizeof(name), err);
-	if (pfd < 0)
-		return vmf_error_prefix(err, "%s", what);
-	struct stat st;
-	int r = 0;
-	if (fstatat(pfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0) {
-		/* AT_REMOVEDIR removes only an empty directory: a directory filled
-		 * since validation fails here instead of losing its contents. */
-		if (S_ISLNK(st.st_mode))
-			r = unlinkat(pfd, name, 0);
-		else if (S_ISDIR(st.st_mode))
-			r = unlinkat(pfd, name, AT_REMOVEDIR);
-		else
-			r = (errno = EEXIST, -1);
-		if (r < 0)
-			r = vmf_err_sys(err, errno, "%s %s cannot be replaced", what, path);
-	}
-	if (r == 0 && symlinkat(target, pfd, name) < 0)
-		r = vmf_err_sys(err, errno, "cannot create the %s symlink %s", what, path);
-	close(pfd);
-	return r;
-}
-
-void
-vmf_unlink_if_points_to(const char *link, const char *target)
-{
-	if (!link || !*link)
-		return;
-	char name[NAME_MAX + 1], buf[PATH_MAX];
-	struct vmf_error err;
-	int pfd = open_parent(link, name, sizeof(name), &err);
-	if (pfd < 0)
-		return;
-	ssize_t n = readlinkat(pfd, name, buf, sizeof(buf) - 1);
-	if (n > 0) {
-		buf[n] = '\0';
-		if (strcmp(buf, target) == 0)
-			unlinkat(pfd, name, 0);
-	}
-	close(pfd);
-}
 
 /* ---- GetVM ---- */
 
@@ -157,6 +30,7 @@ struct getvm_job {
 	struct vmf_pvm *vm;
 	struct vmf_pool *pool;
 	bool miss;
+	uid_t peer;
 	unsigned vcpus, memory_mib;
 	char sandbox_id[72];
 	char share_dir[PATH_MAX], sock_dir[PATH_MAX];
@@ -209,10 +83,9 @@ validate(struct vmf_daemon *d, const Vmf__Control__GetVMRequest *req, struct vmf
 		return vmf_err(err, EINVAL, "share_dir and sock_dir must be given");
 	if (strcmp(req->share_dir, req->sock_dir) == 0)
 		return vmf_err(err, EINVAL, "share_dir and sock_dir must differ");
-	int r = vmf_check_sandbox_path("share_dir", req->share_dir, err);
-	if (r == 0)
-		r = vmf_check_sandbox_path("sock_dir", req->sock_dir, err);
-	return r;
+	if (strlen(req->share_dir) >= PATH_MAX || strlen(req->sock_dir) >= PATH_MAX)
+		return vmf_err(err, ENAMETOOLONG, "share_dir and sock_dir must be shorter than %d bytes", PATH_MAX);
+	return 0;
 }
 
 static double
@@ -314,10 +187,15 @@ getvm_work(void *arg)
 	vmf_agent_free(agent);
 	if (r == 0)
 		vm->vcpus = j->vcpus, vm->memory_mib = j->memory_mib;
+	/* Before the links exist: a runtime that finds them can use them. */
+	if (r == 0 && !vmf_daemon_peer_admin(d, j->peer)) {
+		static const char *const socks[] = { VMF_QEMU_QMP_SOCK, VMF_QEMU_AGENT_SOCK };
+		r = vmf_sandbox_grant(vm->run_dir, socks, 2, vm->share_dir, j->peer, d->runas_uid, err);
+	}
 	if (r == 0)
-		r = install_link("share_dir", j->share_dir, vm->share_dir, err);
+		r = vmf_sandbox_install_link(&d->sandbox, "share_dir", j->share_dir, vm->share_dir, j->peer, err);
 	if (r == 0)
-		r = install_link("sock_dir", j->sock_dir, vm->run_dir, err);
+		r = vmf_sandbox_install_link(&d->sandbox, "sock_dir", j->sock_dir, vm->run_dir, j->peer, err);
 	j->step_ms[STEP_LINKS] = since(&t);
 	VMF_FAULT("mid-handout");
 	/* Durable before the reply, and here rather than on the event loop (an
@@ -379,6 +257,39 @@ getvm_done(void *arg)
 	vmf_daemon_refill(d);
 }
 
+static void getvm_take(struct getvm_job *j);
+
+/* The request's paths, on a worker: opening them may block (a hung FUSE
+ * or NFS mount), and no VM is taken until they pass, so a bad request
+ * costs no pooled VM. */
+static void
+paths_work(void *arg)
+{
+	struct getvm_job *j = arg;
+	const struct vmf_sandbox_policy *p = &j->d->sandbox;
+	j->rc = vmf_sandbox_check_path(p, "share_dir", j->share_dir, j->peer, &j->err);
+	if (j->rc == 0)
+		j->rc = vmf_sandbox_check_path(p, "sock_dir", j->sock_dir, j->peer, &j->err);
+}
+
+static void
+paths_done(void *arg)
+{
+	struct getvm_job *j = arg;
+	struct vmf_daemon *d = j->d;
+	if (j->rc == 0 && d->stopping)
+		j->rc = vmf_err(&j->err, ESHUTDOWN, "the daemon is shutting down");
+	if (j->rc == 0 && !vmf_control_connected(j->c))
+		j->rc = vmf_err(&j->err, ECONNRESET, "client disconnected during GetVM");
+	if (j->rc < 0) {
+		d->errors++;
+		vmf_control_reply_error(j->c, j->err.code, j->err.msg);
+		free(j);
+		return;
+	}
+	getvm_take(j);
+}
+
 void
 vmf_getvm_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control__GetVMRequest *req)
 {
@@ -389,6 +300,35 @@ vmf_getvm_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control__Ge
 		vmf_control_reply_error(c, err.code, err.msg);
 		return;
 	}
+	struct getvm_job *j = calloc(1, sizeof(*j));
+	if (!j) {
+		vmf_control_reply_error(c, ENOMEM, "out of memory");
+		return;
+	}
+	j->d = d;
+	j->c = c;
+	j->pool = pool;
+	j->peer = vmf_control_peer_uid(c);
+	j->vcpus = req->vcpus;
+	j->memory_mib = req->memory_mib;
+	snprintf(j->sandbox_id, sizeof(j->sandbox_id), "%s", req->sandbox_id);
+	snprintf(j->share_dir, sizeof(j->share_dir), "%s", req->share_dir);
+	snprintf(j->sock_dir, sizeof(j->sock_dir), "%s", req->sock_dir);
+	j->start_ms = vmf_now_ms();
+	j->deadline_ms = j->start_ms + (req->timeout_ms ? req->timeout_ms : VMF_DEFAULT_GETVM_TIMEOUT_MS);
+	if (vmf_jobs_submit(d->jobs, paths_work, paths_done, j) < 0) {
+		free(j);
+		vmf_control_reply_error(c, ENOMEM, "cannot queue the GetVM work");
+	}
+}
+
+/* On the loop, once the paths passed: take a ready VM (or clone one). */
+static void
+getvm_take(struct getvm_job *j)
+{
+	struct vmf_daemon *d = j->d;
+	struct vmf_conn *c = j->c;
+	struct vmf_pool *pool = j->pool;
 	bool have_ready = false;
 	struct vmf_pvm *it;
 	TAILQ_FOREACH(it, &d->vms, link)
@@ -400,24 +340,9 @@ vmf_getvm_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control__Ge
 			 pool->spec->vcpus, pool->spec->memory_mib, pool->last_error[0] ? ": " : " yet",
 			 pool->last_error);
 		vmf_control_reply_error(c, EAGAIN, msg);
+		free(j);
 		return;
 	}
-	struct getvm_job *j = calloc(1, sizeof(*j));
-	if (!j) {
-		vmf_control_reply_error(c, ENOMEM, "out of memory");
-		return;
-	}
-	j->d = d;
-	j->c = c;
-	j->pool = pool;
-	j->vcpus = req->vcpus;
-	j->memory_mib = req->memory_mib;
-	snprintf(j->sandbox_id, sizeof(j->sandbox_id), "%s", req->sandbox_id);
-	snprintf(j->share_dir, sizeof(j->share_dir), "%s", req->share_dir);
-	snprintf(j->sock_dir, sizeof(j->sock_dir), "%s", req->sock_dir);
-	j->start_ms = vmf_now_ms();
-	j->deadline_ms = j->start_ms + (req->timeout_ms ? req->timeout_ms : VMF_DEFAULT_GETVM_TIMEOUT_MS);
-
 	struct vmf_pvm *vm;
 	TAILQ_FOREACH(vm, &d->vms, link)
 		if (vm->pool == pool && vm->state == PVM_READY && !vm->busy && !vm->dead)
@@ -437,6 +362,7 @@ vmf_getvm_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control__Ge
 		j->miss = true;
 	}
 	vm->state = PVM_HANDING_OUT;
+	vm->owner_uid = j->peer;
 	/* The links are named before they exist so that a daemon dying mid-way
 	 * can remove whichever it made (only links pointing at this VM). */
 	snprintf(vm->share_link, sizeof(vm->share_link), "%s", j->share_dir);
@@ -476,6 +402,16 @@ lookup(struct vmf_daemon *d, struct vmf_conn *c, const char *id)
 		char msg[96];
 		snprintf(msg, sizeof(msg), "no VM %s in this daemon", id);
 		vmf_control_reply_error(c, ENOENT, msg);
+		return NULL;
+	}
+	/* Another tenant's VM (or a pooled one, nobody's yet) is named but
+	 * nothing about it is told. */
+	uid_t peer = vmf_control_peer_uid(c);
+	if (!vmf_daemon_peer_admin(d, peer) && (vm->owner_uid != peer || vm->state == PVM_READY ||
+						vm->state == PVM_CREATING)) {
+		char msg[160];
+		snprintf(msg, sizeof(msg), "permission denied: VM %s is not yours (uid %u)", id, (unsigned)peer);
+		vmf_control_reply_error(c, EACCES, msg);
 		return NULL;
 	}
 	if (vm->busy) {

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -22,7 +23,7 @@
 #include "util.h"
 
 char *tmp;
-char sock[600], state[600], run[600], common_opts[2200], exe[600];
+char svc[600], sock[600], state[600], run[600], common_opts[2200], exe[600];
 const char *fault;
 
 void
@@ -31,9 +32,15 @@ setup(void)
 	const char *img = vmf_test_image_dir();
 	ck_assert_msg(img != NULL, "guest image missing");
 	tmp = vmf_test_tmpdir("vmf-daemon");
+	/* Sandbox paths go in tmp, the sandbox root; the daemon's own dirs
+	 * beside it (a root may not contain them).  Its name starts with
+	 * tmp's, so every sweep by tmp's name covers it. */
+	snprintf(svc, sizeof svc, "%s-svc", tmp);
+	ck_assert_int_eq(mkdir(svc, 0700), 0);
 	snprintf(sock, sizeof sock, "%s/vmfactory.sock", tmp);
-	snprintf(state, sizeof state, "%s/state", tmp);
-	snprintf(run, sizeof run, "%s/run", tmp);
+	snprintf(state, sizeof state, "%s/state", svc);
+	snprintf(run, sizeof run, "%s/run", svc);
+	setenv("VMFACTORY_SANDBOX_ROOTS", tmp, 1);
 	const char *b = getenv("VMFACTORY_BUILDDIR");
 	snprintf(exe, sizeof exe, "%s/vmfactory", b ? b : ".");
 	snprintf(common_opts, sizeof common_opts, "--socket %s --state-dir %s --run-dir %s", sock, state, run);
@@ -282,8 +289,8 @@ void
 use_dirs(const char *sub)
 {
 	snprintf(sock, sizeof sock, "%s/%s.sock", tmp, sub);
-	snprintf(state, sizeof state, "%s/%s/state", tmp, sub);
-	snprintf(run, sizeof run, "%s/%s/run", tmp, sub);
+	snprintf(state, sizeof state, "%s/%s/state", svc, sub);
+	snprintf(run, sizeof run, "%s/%s/run", svc, sub);
 	snprintf(common_opts, sizeof common_opts, "--socket %s --state-dir %s --run-dir %s", sock, state, run);
 }
 
@@ -385,10 +392,11 @@ cleanup(void)
 	if (vmf_test_kill_qemu_under(tmp))
 		fprintf(stderr, "teardown: killed QEMU processes left by a failed test\n");
 	char cmd[800];
-	snprintf(cmd, sizeof cmd, "umount -l %s/small 2>/dev/null", tmp);
+	snprintf(cmd, sizeof cmd, "umount -l %s/small 2>/dev/null", svc);
 	if (system(cmd) == 0)
 		fprintf(stderr, "teardown: unmounted a file system left by a failed test\n");
 	struct vmf_error e;
+	vmf_rm_rf(svc, &e);
 	vmf_rm_rf(tmp, &e);
 	free(tmp);
 	tmp = NULL;

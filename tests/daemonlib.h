@@ -19,9 +19,11 @@
 #define UNDER_ASAN 0
 #endif
 
-/* The test's private dirs (setup() makes them under $TMPDIR) and the CLI. */
+/* The test's private dirs (setup() makes them under $TMPDIR) and the CLI:
+ * tmp is the daemon's sandbox root (VMFACTORY_SANDBOX_ROOTS) and holds the
+ * socket; svc (tmp's name + "-svc") holds the state and run dirs. */
 extern char *tmp;
-extern char sock[600], state[600], run[600], common_opts[2200], exe[600];
+extern char svc[600], sock[600], state[600], run[600], common_opts[2200], exe[600];
 /* VMFACTORY_FAULT for the next commands, or NULL. */
 extern const char *fault;
 
@@ -29,7 +31,7 @@ extern const char *fault;
  * cleanup() destroys and kills whatever the test left and removes tmp. */
 void setup(void);
 void cleanup(void);
-/* The socket, state and run dirs of a second daemon under tmp/sub. */
+/* The socket (tmp/sub.sock), state and run dirs (svc/sub/) of a second daemon. */
 void use_dirs(const char *sub);
 
 /* Runs `vmfactory ARGS COMMON_OPTS`; returns the exit status, stdout in

@@ -687,7 +687,7 @@ START_TEST(full_disk_fails_clearly_and_catalog_survives)
 {
 	/* A state dir on a small tmpfs: the template's RAM file cannot fit. */
 	char small[700];
-	snprintf(small, sizeof small, "%s/small", tmp);
+	snprintf(small, sizeof small, "%s/small", svc);
 	ck_assert_int_eq(mkdir(small, 0700), 0);
 	char cmd[1000];
 	/* ext4 on a loop device, not tmpfs: tmpfs allocates pages when a

@@ -390,6 +390,8 @@ main(int argc, char **argv)
 	snprintf(sb, sizeof sb, "%s/sb", cfg.dir);
 	if (vmf_mkdir_p(cfg.run, 0700, &e) < 0 || vmf_mkdir_p(sb, 0700, &e) < 0)
 		die(&e, "dirs");
+	/* The sandboxes' dirs are the daemon's only sandbox root. */
+	setenv("VMFACTORY_SANDBOX_ROOTS", sb, 1);
 
 	const char *image_dir = getenv("VMFACTORY_IMAGE_DIR");
 	if (vmf_image_load(image_dir ? image_dir : VMF_DEFAULT_IMAGE_DIR, NULL, NULL, &img, &e) < 0)

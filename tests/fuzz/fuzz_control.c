@@ -23,6 +23,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static char root[64];
+static struct vmf_sandbox_policy policy;   /* root is the only sandbox root */
 static struct vmf_pool_list pools = TAILQ_HEAD_INITIALIZER(pools);
 static struct vmf_pool pool[2];
 static Vmf__Catalog__TemplateSpec spec[2];
@@ -57,6 +58,8 @@ make_root(void)
 	if (!mkdtemp(root))
 		abort();
 	atexit(remove_root);
+	if (vmf_sandbox_policy_init(&policy, root, "/nonexistent/state", "/nonexistent/run", NULL) < 0)
+		abort();
 	char p[128];
 	snprintf(p, sizeof(p), "%s/empty", root);
 	mkdir(p, 0755);
@@ -100,7 +103,9 @@ check_path(const char *what, const char *path)
 		snprintf(full, sizeof(full), "%s%s", root, path);
 	else
 		snprintf(full, sizeof(full), "%s", path);
-	vmf_check_sandbox_path(what, full, &err);
+	/* As a tenant (uid 12345) and as root: both refusals are exercised. */
+	vmf_sandbox_check_path(&policy, what, full, 12345, &err);
+	vmf_sandbox_check_path(&policy, what, full, 0, &err);
 }
 
 static void
