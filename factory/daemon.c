@@ -1032,7 +1032,9 @@ tick_cb(evutil_socket_t fd, short what, void *arg)
 			vmf_daemon_destroy_vm(d, vm, false, NULL);
 		}
 	}
-	vmf_daemon_refill(d);
+	/* Also a backstop for a destroy or shutdown waiting on a job whose
+	 * done callback does not settle. */
+	vmf_daemon_settle(d);
 }
 
 static int
