@@ -26,6 +26,7 @@ const char *vmf_pvm_state_name(enum vmf_pvm_state s);
 
 struct vmf_pool;
 struct vmf_agent;
+struct vmf_hv_ops;
 
 /* A VM the daemon manages. */
 struct vmf_pvm {
@@ -35,6 +36,8 @@ struct vmf_pvm {
 	struct vmf_pool *pool;
 	void *owner;                  /* the daemon, for event callbacks */
 	enum vmf_pvm_state state;
+	const struct vmf_hv_ops *ops; /* the driver of hv: the configured one, or for an
+				       * adopted VM the one its record names */
 	struct vmf_vm *hv;            /* driver handle; NULL until the clone exists */
 	struct vmf_agent *agent;      /* connection opened while filling, kept for the hand-out */
 	struct event *watch;          /* process exit */

@@ -15,6 +15,7 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+#include <poll.h>
 #include <signal.h>
 #include <uuid/uuid.h>
 
@@ -431,6 +432,26 @@ vmf_fault_active(const char *name)
 {
 	const char *want = getenv("VMFACTORY_FAULT");
 	return want && strcmp(want, name) == 0;
+}
+
+void
+vmf_fault_pause(const char *name)
+{
+	const char *dir = getenv("VMFACTORY_FAULT_DIR");
+	if (!vmf_fault_active(name) || !dir || !*dir)
+		return;
+	char paused[PATH_MAX], go[PATH_MAX];
+	snprintf(paused, sizeof(paused), "%s/%s.paused", dir, name);
+	snprintf(go, sizeof(go), "%s/%s.go", dir, name);
+	/* An empty marker: the test only waits for it to exist. */
+	int fd = open(paused, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return;
+	close(fd);
+	fprintf(stderr, "vmfactory: fault injection: paused at %s until %s exists\n", name, go);
+	int64_t deadline = vmf_now_ms() + 120000;
+	while (access(go, F_OK) != 0 && vmf_now_ms() < deadline)
+		poll(NULL, 0, 20);
 }
 #endif
 

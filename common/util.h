@@ -80,9 +80,17 @@ void vmf_fault_point(const char *name);
  * the resource were exhausted (e.g. "catalog-full"), without crashing. */
 bool vmf_fault_active(const char *name);
 #define VMF_FAULT_ERR(name) vmf_fault_active(name)
+/* When VMFACTORY_FAULT names this point, the calling thread stops there so
+ * that a test can act in the window (kill a VM, send a signal, a second
+ * request): it creates $VMFACTORY_FAULT_DIR/<name>.paused and waits (120 s
+ * at most) until $VMFACTORY_FAULT_DIR/<name>.go exists.  Without
+ * VMFACTORY_FAULT_DIR it does nothing. */
+void vmf_fault_pause(const char *name);
+#define VMF_FAULT_PAUSE(name) vmf_fault_pause(name)
 #else
 #define VMF_FAULT(name) ((void)0)
 #define VMF_FAULT_ERR(name) false
+#define VMF_FAULT_PAUSE(name) ((void)0)
 #endif
 
 #endif

@@ -486,7 +486,7 @@ peer_done(void *arg)
 	}
 	struct vmf_daemon *d = j->d;
 	free(j);
-	vmf_daemon_job_done(d);
+	vmf_daemon_settle(d);
 }
 
 /* Root, the daemon's own user, and members of the configured group: the

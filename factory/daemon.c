@@ -159,7 +159,7 @@ vmf_daemon_put_vm_record(struct vmf_daemon *d, struct vmf_pvm *vm, enum vmf_pvm_
 	Vmf__Catalog__VmRecord rec = VMF__CATALOG__VM_RECORD__INIT;
 	vmf_hv_state *hv = NULL;
 	struct vmf_error serr = {0};
-	if (vm->hv && d->ops->serialize(vm->hv, &hv, &serr) < 0)
+	if (vm->hv && vm->ops->serialize(vm->hv, &hv, &serr) < 0)
 		log_vm(VMF_LOG_WARN, vm->id, "cannot serialize its hypervisor state: %s", serr.msg);
 	rec.schema_version = VM_SCHEMA_VERSION;
 	rec.id = vm->id;
@@ -191,11 +191,9 @@ vmf_daemon_vm_free(struct vmf_daemon *d, struct vmf_pvm *vm)
 		event_free(vm->watch);
 	vmf_agent_free(vm->agent);
 	if (vm->hv)
-		d->ops->release(vm->hv);
+		vm->ops->release(vm->hv);
 	free(vm);
 }
-
-static void finish_destroy_if_done(struct vmf_daemon *d);
 
 /* ---- stopping a VM ---- */
 
@@ -217,7 +215,7 @@ stop_work(void *arg)
 	 * every client would otherwise wait out the fsync. */
 	if (vmf_daemon_put_vm_record(j->d, vm, PVM_RELEASING, &err) < 0)
 		log_vm(VMF_LOG_ERROR, vm->id, "cannot record VM state: %s", err.msg);
-	if (vm->hv && j->d->ops->stop(vm->hv, VMF_STOP_TIMEOUT_MS, &err) < 0)
+	if (vm->hv && vm->ops->stop(vm->hv, VMF_STOP_TIMEOUT_MS, &err) < 0)
 		log_vm(VMF_LOG_WARN, vm->id, "stopping: %s", err.msg);
 	VMF_FAULT("mid-release");
 	if (j->remove_links) {
@@ -243,7 +241,7 @@ stop_done(void *arg)
 	struct stop_job *j = arg;
 	struct vmf_daemon *d = j->d;
 	log_vm(VMF_LOG_DEBUG, j->vm->id, "stopped and removed");
-	if (d->stopping)
+	if (d->destroying)
 		d->destroyed++;
 	if (j->reply_to) {
 		Vmf__Control__Reply r = VMF__CONTROL__REPLY__INIT;
@@ -255,8 +253,7 @@ stop_done(void *arg)
 	}
 	vmf_daemon_vm_free(d, j->vm);
 	free(j);
-	finish_destroy_if_done(d);
-	vmf_daemon_refill(d);
+	vmf_daemon_settle(d);
 }
 
 void
@@ -275,8 +272,9 @@ vmf_daemon_destroy_vm(struct vmf_daemon *d, struct vmf_pvm *vm, bool remove_link
 		j->remove_links = remove_links;
 		j->reply_to = reply_to;
 	}
-	if (!j || vmf_jobs_submit(d->jobs, stop_work, stop_done, j) < 0) {
-		/* Out of memory: stop inline rather than leak a QEMU. */
+	/* Inline when out of memory, or once the loop has ended (the workers
+	 * are gone): rather than leak a QEMU. */
+	if (!j || d->loop_done || vmf_jobs_submit(d->jobs, stop_work, stop_done, j) < 0) {
 		struct stop_job tmp = { d, vm, remove_links, reply_to };
 		stop_work(&tmp);
 		free(j);
@@ -286,24 +284,20 @@ vmf_daemon_destroy_vm(struct vmf_daemon *d, struct vmf_pvm *vm, bool remove_link
 	}
 }
 
-/* A VM's process exited (pidfd readable). */
-static void
-vm_dead_cb(evutil_socket_t fd, short what, void *arg)
+void
+vmf_daemon_vm_exited(struct vmf_daemon *d, struct vmf_pvm *vm)
 {
-	(void)fd;
-	(void)what;
-	struct vmf_pvm *vm = arg;
-	struct vmf_daemon *d = vm->owner;
-	event_del(vm->watch);
+	if (vm->watch)
+		event_del(vm->watch);
 	vm->dead = true;
-	if (vm->busy)
-		return; /* the job in flight fails and cleans up */
-	log_vm(VMF_LOG_WARN, vm->id, "QEMU pid %d exited while %s", (int)d->ops->pid(vm->hv),
+	if (vm->busy || vm->state == PVM_GONE || vm->state == PVM_RELEASING)
+		return; /* the job in flight sees vm->dead when it completes */
+	log_vm(VMF_LOG_WARN, vm->id, "%s pid %d exited while %s", vm->ops->name, (int)vm->ops->pid(vm->hv),
 	       vmf_pvm_state_name(vm->state));
 	if (vm->state == PVM_ASSIGNED) {
 		/* Keep the record so the runtime learns what happened via status
 		 * or inspect; release cleans up. */
-		d->ops->alive(vm->hv);
+		vm->ops->alive(vm->hv);
 		vm->state = PVM_GONE;
 		vmf_daemon_record_vm(d, vm);
 		return;
@@ -314,18 +308,29 @@ vm_dead_cb(evutil_socket_t fd, short what, void *arg)
 		 * next clone, and its replacement should start at once.  Clones
 		 * that fail to start do back off (clone_done). */
 		vm->pool->failed++;
-		snprintf(vm->pool->last_error, sizeof(vm->pool->last_error), "a pooled VM's QEMU (pid %d) exited",
-			 (int)d->ops->pid(vm->hv));
+		snprintf(vm->pool->last_error, sizeof(vm->pool->last_error), "a pooled VM's %s (pid %d) exited",
+			 vm->ops->name, (int)vm->ops->pid(vm->hv));
 	}
 	vmf_daemon_destroy_vm(d, vm, false, NULL);
+}
+
+/* A VM's process exited (pidfd readable). */
+static void
+vm_dead_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct vmf_pvm *vm = arg;
+	vmf_daemon_vm_exited(vm->owner, vm);
 }
 
 void
 vmf_daemon_watch_vm(struct vmf_daemon *d, struct vmf_pvm *vm)
 {
-	int fd = d->ops->watch_fd(vm->hv);
+	/* The no-pidfd fault stands for a kernel without pidfd_open. */
+	int fd = VMF_FAULT_ERR("no-pidfd") ? -1 : vm->ops->watch_fd(vm->hv);
 	if (fd < 0)
-		return; /* the tick's liveness check covers it */
+		return; /* the tick's liveness check covers it (no watch) */
 	if (!vm->watch)
 		vm->watch = event_new(d->base, fd, EV_READ, vm_dead_cb, vm);
 	if (vm->watch)
@@ -353,9 +358,9 @@ static void start_template_build(struct vmf_daemon *d, struct vmf_pool *p);
  * the VM's share (the sandbox's share_dir becomes a link to it).  The
  * connection stays open for the hand-out; the clone is paused again. */
 static int
-warm_clone(struct vmf_daemon *d, struct vmf_pvm *vm, struct vmf_error *err)
+warm_clone(struct vmf_pvm *vm, struct vmf_error *err)
 {
-	const struct vmf_hv_ops *ops = d->ops;
+	const struct vmf_hv_ops *ops = vm->ops;
 	int r = ops->resume(vm->hv, err);
 	int fd = r < 0 ? r : ops->agent_connect(vm->hv, WARM_TIMEOUT_MS, err);
 	if (fd < 0)
@@ -394,7 +399,7 @@ clone_work(void *arg)
 				   &j->err);
 	VMF_FAULT("mid-clone");
 	if (j->rc == 0)
-		j->rc = warm_clone(j->d, vm, &j->err);
+		j->rc = warm_clone(vm, &j->err);
 	if (j->rc == 0) {
 		vm->ready_ns = vmf_realtime_ns();
 		if (vmf_daemon_put_vm_record(j->d, vm, PVM_READY, &rerr) < 0)
@@ -411,7 +416,9 @@ clone_done(void *arg)
 	struct vmf_pool *p = j->pool;
 	p->filling--;
 	vm->busy = false;
-	if (j->rc == 0 && !vm->dead && !d->stopping) {
+	/* A clone finished during a SIGTERM shutdown joins the pool, which the
+	 * next daemon adopts; during a destroy it is stopped. */
+	if (j->rc == 0 && !vm->dead && !d->destroying) {
 		vm->state = PVM_READY;   /* recorded by clone_work */
 		vm->ready_mono_ms = vmf_now_ms();
 		vmf_histogram_add(&d->clone_hist, (double)(vm->ready_ns - vm->created_ns) / 1e9);
@@ -434,8 +441,7 @@ clone_done(void *arg)
 	}
 	free(j);
 	check_readiness(d);
-	vmf_daemon_refill(d);
-	finish_destroy_if_done(d);
+	vmf_daemon_settle(d);
 }
 
 struct vmf_pvm *
@@ -446,6 +452,7 @@ vmf_daemon_new_vm(struct vmf_daemon *d, struct vmf_pool *p)
 		return NULL;
 	vmf_uuid_new(vm->id);
 	vm->owner = d;
+	vm->ops = p->params.ops;
 	vm->pool = p;
 	snprintf(vm->template_id, sizeof(vm->template_id), "%s", p->template_id);
 	snprintf(vm->run_dir, sizeof(vm->run_dir), "%s/%s", d->vm_root, vm->id);
@@ -564,7 +571,7 @@ build_done(void *arg)
 	}
 	free(j);
 	check_readiness(d);
-	vmf_daemon_refill(d);
+	vmf_daemon_settle(d);
 }
 
 static void
@@ -589,14 +596,15 @@ start_template_build(struct vmf_daemon *d, struct vmf_pool *p)
 static void
 vm_info_fill(struct vmf_daemon *d, const struct vmf_pvm *vm, Vmf__Control__VmInfo *info, bool read_pss)
 {
+	(void)d; /* every driver call goes through the VM's own driver */
 	static __thread char qmp[PATH_MAX + 16], agent[PATH_MAX + 16];
 	vmf__control__vm_info__init(info);
 	info->id = (char *)vm->id;
-	info->pid = vm->hv && !vm->busy ? d->ops->pid(vm->hv) : 0;
+	info->pid = vm->hv && !vm->busy ? vm->ops->pid(vm->hv) : 0;
 	info->vcpus = vm->vcpus;
 	info->memory_mib = vm->memory_mib;
-	snprintf(qmp, sizeof(qmp), "%s/%s", vm->run_dir, d->ops->control_socket);
-	snprintf(agent, sizeof(agent), "%s/%s", vm->run_dir, d->ops->agent_socket);
+	snprintf(qmp, sizeof(qmp), "%s/%s", vm->run_dir, vm->ops->control_socket);
+	snprintf(agent, sizeof(agent), "%s/%s", vm->run_dir, vm->ops->agent_socket);
 	info->qmp_socket = strdup(qmp);
 	info->agent_socket = strdup(agent);
 	info->share_dir = (char *)vm->share_dir;
@@ -612,7 +620,7 @@ vm_info_fill(struct vmf_daemon *d, const struct vmf_pvm *vm, Vmf__Control__VmInf
 	info->pss_kib = read_pss && info->pid > 0 && !vm->dead ? vmf_proc_pss_kib(info->pid) : 0;
 	if (vm->hv && !vm->busy) {
 		struct vmf_error err;
-		d->ops->serialize(vm->hv, &info->hypervisor, &err);
+		vm->ops->serialize(vm->hv, &info->hypervisor, &err);
 	}
 }
 
@@ -673,7 +681,7 @@ status_done(void *arg)
 	free(j->pids);
 	free(j->pss);
 	free(j);
-	vmf_daemon_job_done(d);
+	vmf_daemon_settle(d);
 }
 
 static void status_build(struct vmf_daemon *d, uid_t peer, Vmf__Control__Reply *reply, pid_t *pids);
@@ -831,63 +839,122 @@ status_build(struct vmf_daemon *d, uid_t peer, Vmf__Control__Reply *reply, pid_t
 	reply->status = s;
 }
 
-/* ---- destroy ---- */
+/* ---- destroy and shutdown ---- */
 
-void
-vmf_daemon_job_done(struct vmf_daemon *d)
+/* Jobs queued or running, or a VM some job owns. */
+static bool
+work_in_flight(struct vmf_daemon *d)
 {
-	finish_destroy_if_done(d);
+	struct vmf_pvm *vm;
+	TAILQ_FOREACH(vm, &d->vms, link)
+		if (vm->busy)
+			return true;
+	return vmf_jobs_pending(d->jobs) > 0;
 }
 
-static struct vmf_conn *destroy_conn;
-static bool destroy_all;
+static void
+exit_loop_soon(struct vmf_daemon *d)
+{
+	/* Let the replies just written reach their clients first. */
+	struct timeval tv = { 0, 100000 };
+	event_base_loopexit(d->base, &tv);
+}
 
+/* A destroy stops every VM but the assigned and gone ones (all of them
+ * with all); a VM a job owns is left to the job and looked at again when
+ * the job completes.  The reply goes once nothing is left to stop and no
+ * job runs. */
 static void
 finish_destroy_if_done(struct vmf_daemon *d)
 {
-	if (!d->stopping || !destroy_conn)
-		return;
-	struct vmf_pvm *vm;
-	TAILQ_FOREACH(vm, &d->vms, link)
-		if (vm->busy || destroy_all || vm->state != PVM_ASSIGNED)
-			return;
-	if (vmf_jobs_pending(d->jobs))
+	struct vmf_pvm *vm, *next;
+	for (vm = TAILQ_FIRST(&d->vms); vm; vm = next) {
+		next = TAILQ_NEXT(vm, link);
+		if (!vm->busy && (d->destroy_all || (vm->state != PVM_ASSIGNED && vm->state != PVM_GONE)))
+			vmf_daemon_destroy_vm(d, vm, true, NULL);
+	}
+	if (work_in_flight(d))
 		return;
 	Vmf__Control__Reply r = VMF__CONTROL__REPLY__INIT;
 	Vmf__Control__DestroyReply dr = VMF__CONTROL__DESTROY_REPLY__INIT;
 	dr.stopped = d->destroyed;
 	r.body_case = VMF__CONTROL__REPLY__BODY_DESTROY;
 	r.destroy = &dr;
-	vmf_control_reply(destroy_conn, &r);
-	destroy_conn = NULL;
+	vmf_control_reply(d->destroy_conn, &r);
+	d->destroy_conn = NULL;
 	d->destroy_done = true;
 	log_info("destroyed: %u VMs stopped", d->destroyed);
-	/* Let the reply reach the client before the loop ends. */
-	struct timeval tv = { 0, 100000 };
-	event_base_loopexit(d->base, &tv);
+	exit_loop_soon(d);
+}
+
+void
+vmf_daemon_settle(struct vmf_daemon *d)
+{
+	if (d->loop_done)
+		return;
+	if (d->destroy_conn) {
+		finish_destroy_if_done(d);
+	} else if (d->draining && !d->destroy_done && !work_in_flight(d)) {
+		log_info("shutdown: work in flight done; exiting, VMs keep running for the next daemon");
+		exit_loop_soon(d);
+	} else {
+		vmf_daemon_refill(d);
+	}
 }
 
 void
 vmf_daemon_destroy(struct vmf_daemon *d, struct vmf_conn *c, bool all)
 {
-	if (destroy_conn) {
+	if (d->destroy_conn) {
 		vmf_control_reply_error(c, EALREADY, "a destroy is already in progress");
 		return;
 	}
 	log_info("destroy requested%s", all ? " (all VMs, assigned included)" : "");
 	d->stopping = true;
-	destroy_conn = c;
-	destroy_all = all;
-	struct vmf_pvm *vm, *next;
-	for (vm = TAILQ_FIRST(&d->vms); vm; vm = next) {
-		next = TAILQ_NEXT(vm, link);
-		if (vm->busy)
-			continue; /* its job's completion sees d->stopping */
-		if (!all && (vm->state == PVM_ASSIGNED || vm->state == PVM_GONE))
-			continue;
-		vmf_daemon_destroy_vm(d, vm, true, NULL);
-	}
+	d->destroying = true;
+	d->destroy_conn = c;
+	d->destroy_all = all;
 	finish_destroy_if_done(d);
+}
+
+static void
+drain_timeout_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct vmf_daemon *d = arg;
+	log_warn("shutdown: work still in flight after %d s; exiting without waiting for it",
+		 (VMF_DEFAULT_GETVM_TIMEOUT_MS + VMF_STOP_TIMEOUT_MS) / 1000);
+	event_base_loopexit(d->base, NULL);
+}
+
+static void
+signal_cb(evutil_socket_t sig, short what, void *arg)
+{
+	(void)what;
+	struct vmf_daemon *d = arg;
+	if (d->draining) {
+		log_warn("signal %d again: exiting now, without waiting for the work in flight", (int)sig);
+		event_base_loopexit(d->base, NULL);
+		return;
+	}
+	/* Pooled and assigned VMs keep running: a restarted daemon adopts
+	 * them.  Work in flight finishes first: a GetVM whose VM is recorded
+	 * assigned must reach its client, and a VM being stopped must stop.
+	 * Bounded by a GetVM's default timeout plus a stop's. */
+	log_info("signal %d: finishing the work in flight, then exiting; VMs keep running for the next daemon",
+		 (int)sig);
+	vmf_sd_notify("STOPPING=1\nSTATUS=stopping on signal %d; VMs keep running", (int)sig);
+	d->stopping = true;
+	d->draining = true;
+	struct timeval tv = { (VMF_DEFAULT_GETVM_TIMEOUT_MS + VMF_STOP_TIMEOUT_MS) / 1000, 0 };
+	d->drain_timer = evtimer_new(d->base, drain_timeout_cb, d);
+	if (!d->drain_timer || evtimer_add(d->drain_timer, &tv) < 0) {
+		log_warn("shutdown: cannot arm the shutdown deadline; exiting now");
+		event_base_loopexit(d->base, NULL);
+		return;
+	}
+	vmf_daemon_settle(d);
 }
 
 /* ---- recovery ---- */
@@ -921,8 +988,11 @@ recover_vm(const char *id, Vmf__Catalog__VmRecord *rec, const struct vmf_error *
 		return 0;
 	}
 	struct vmf_pvm *vm = calloc(1, sizeof(*vm));
-	if (!vm)
-		return 0;
+	if (!vm) {
+		/* Skipping it would make its process look like an orphan. */
+		log_vm(VMF_LOG_ERROR, id, "out of memory recovering it");
+		return -ENOMEM;
+	}
 	copy_str(vm->id, sizeof(vm->id), rec->id);
 	copy_str(vm->template_id, sizeof(vm->template_id), rec->template_id);
 	copy_str(vm->sandbox_id, sizeof(vm->sandbox_id), rec->sandbox_id);
@@ -941,20 +1011,30 @@ recover_vm(const char *id, Vmf__Catalog__VmRecord *rec, const struct vmf_error *
 	vm->pool = pool_for(d, vm->template_id);
 	TAILQ_INSERT_TAIL(&d->vms, vm, link);
 
+	/* A VM keeps the driver that started it, even when the daemon is now
+	 * configured for another: every later call on it goes through
+	 * vm->ops.  Only a pool's own driver makes pooled VMs (below). */
+	const struct vmf_hv_ops *ops = rec->hv ? vmf_hv_by_kind(rec->hv->kind) : NULL;
+	vm->ops = ops ? ops : d->ops;
 	bool live = false;
-	if (rec->hv) {
-		const struct vmf_hv_ops *ops = vmf_hv_by_kind(rec->hv->kind);
-		live = ops && ops->adopt(rec->hv, &vm->hv, &err) == 0;
+	if (rec->hv && !ops) {
+		log_vm(VMF_LOG_WARN, vm->id, "not adopted: its record names hypervisor kind %d, for which this "
+		       "vmfactory has no driver", (int)rec->hv->kind);
+	} else if (rec->hv) {
+		live = ops->adopt(rec->hv, &vm->hv, &err) == 0;
 		if (!live)
 			log_vm(VMF_LOG_INFO, vm->id, "not adopted: %s", err.msg);
+		else if (ops != d->ops)
+			log_vm(VMF_LOG_INFO, vm->id, "adopted with the %s driver; the daemon is configured for %s",
+			       ops->name, d->ops->name);
 	}
 	switch (rec->state) {
 	case VMF__CATALOG__VM_STATE__VM_READY:
-		if (live && vm->pool) {
+		if (live && vm->pool && vm->ops == vm->pool->params.ops) {
 			vm->state = PVM_READY;
 			vm->pool->ready++;
 			vmf_daemon_watch_vm(d, vm);
-			log_vm(VMF_LOG_INFO, vm->id, "adopted pooled VM (pid %d)", (int)d->ops->pid(vm->hv));
+			log_vm(VMF_LOG_INFO, vm->id, "adopted pooled VM (pid %d)", (int)vm->ops->pid(vm->hv));
 			return 0;
 		}
 		break;
@@ -1014,7 +1094,7 @@ kill_orphans(struct vmf_daemon *d)
 		if (name && ours && strncmp(name, "vmfactory-", 10) == 0) {
 			const char *id = name + 10;
 			struct vmf_pvm *vm = vmf_daemon_find_vm(d, id);
-			bool adopted = vm && vm->hv && d->ops->pid(vm->hv) == pid;
+			bool adopted = vm && vm->hv && vm->ops->pid(vm->hv) == pid;
 			if (!adopted) {
 				log_warn("killing QEMU pid %d (%s): no record of it", (int)pid, name);
 				kill(pid, SIGKILL);
@@ -1037,25 +1117,22 @@ tick_cb(evutil_socket_t fd, short what, void *arg)
 	struct vmf_pvm *vm, *next;
 	for (vm = TAILQ_FIRST(&d->vms); vm; vm = next) {
 		next = TAILQ_NEXT(vm, link);
+		/* Without a pidfd nothing else notices an exit.  A VM a job owns
+		 * is left alone: its handle is the job's, and the job's done
+		 * callback looks at it. */
+		if (vm->hv && !vm->watch && !vm->busy && !vm->dead && !vm->ops->alive(vm->hv)) {
+			vmf_daemon_vm_exited(d, vm);
+			continue;
+		}
 		unsigned max_idle = vm->pool ? vm->pool->max_idle_s : d->opts.max_idle_s;
 		if (vmf_pool_vm_idle_expired(vm, max_idle, now) && !d->stopping) {
 			log_vm(VMF_LOG_INFO, vm->id, "replacing: paused longer than %u s", max_idle);
 			vmf_daemon_destroy_vm(d, vm, false, NULL);
 		}
 	}
-	vmf_daemon_refill(d);
-}
-
-static void
-signal_cb(evutil_socket_t sig, short what, void *arg)
-{
-	(void)what;
-	struct vmf_daemon *d = arg;
-	/* Pooled VMs keep running: a restarted daemon adopts them. */
-	log_info("signal %d: exiting, VMs keep running for the next daemon", (int)sig);
-	vmf_sd_notify("STOPPING=1\nSTATUS=stopping on signal %d; VMs keep running", (int)sig);
-	d->stopping = true;
-	event_base_loopexit(d->base, NULL);
+	/* Also a backstop for a destroy or shutdown waiting on a job whose
+	 * done callback does not settle. */
+	vmf_daemon_settle(d);
 }
 
 static int
@@ -1234,6 +1311,8 @@ daemon_free(struct vmf_daemon *d)
 	}
 	if (d->tick)
 		event_free(d->tick);
+	if (d->drain_timer)
+		event_free(d->drain_timer);
 	if (d->sig_term)
 		event_free(d->sig_term);
 	if (d->sig_int)
@@ -1353,8 +1432,16 @@ vmf_daemon_run(const struct vmf_daemon_opts *opts, struct vmf_error *err)
 		goto out;
 	}
 
-	if ((r = vmf_catalog_vm_list(d->cat, recover_vm, d, err)) < 0)
-		log_warn("recovery: %s", err->msg);
+	/* Without every record no running VM can be told from an orphan:
+	 * an assigned one would be killed.  Stop before touching any. */
+	struct vmf_error lerr = {0};
+	if ((r = vmf_catalog_vm_list(d->cat, recover_vm, d, &lerr)) < 0) {
+		if (!lerr.msg[0])
+			vmf_err(&lerr, -r, "out of memory recovering the VMs");
+		r = vmf_err(err, lerr.code, "recovery cannot read the VM records, so the daemon stops without "
+			    "stopping or killing any VM: %s", lerr.msg);
+		goto out;
+	}
 	kill_orphans(d);
 	if ((r = vmf_control_listen(d, err)) < 0)
 		goto out;
@@ -1367,8 +1454,11 @@ vmf_daemon_run(const struct vmf_daemon_opts *opts, struct vmf_error *err)
 	check_readiness(d);
 	event_base_dispatch(d->base);
 	r = d->exit_code ? vmf_err(err, EIO, "%s", TAILQ_FIRST(&d->pools)->last_error) : 0;
-	d->stopping = true;
 out:
+	/* Jobs still running complete in daemon_free (vmf_jobs_free), with no
+	 * loop to reply on or workers to run more jobs: see loop_done. */
+	d->stopping = true;
+	d->loop_done = true;
 	if (r < 0 && err)
 		vmf_sd_notify("STATUS=failed: %s\nERRNO=%d", err->msg, err->code);
 	daemon_free(d);

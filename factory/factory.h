@@ -67,7 +67,16 @@ struct vmf_daemon {
 	unsigned conns;
 	struct vmf_control *ctl;         /* control.c's connection table */
 	uint32_t destroyed;              /* VMs stopped since destroy began */
+	struct vmf_conn *destroy_conn;   /* the Destroy waiting for its reply */
+	bool destroying;                 /* a Destroy was accepted (stopping is set too) */
+	bool destroy_all;                /* ... with all: assigned VMs stop too */
 	bool destroy_done;
+	/* SIGTERM/SIGINT: no new work; the loop runs on until the work in
+	 * flight is done (replies sent, VMs being stopped stopped) or the
+	 * deadline timer fires. */
+	bool draining;
+	struct event *drain_timer;
+	bool loop_done;                  /* the loop has ended: jobs' done() run from vmf_jobs_free */
 	int lock_fd;                     /* flock on <state>/daemon.lock */
 	int exit_code;
 };
@@ -89,6 +98,13 @@ void vmf_daemon_record_vm(struct vmf_daemon *d, struct vmf_pvm *vm);
 int vmf_daemon_put_vm_record(struct vmf_daemon *d, struct vmf_pvm *vm, enum vmf_pvm_state state,
 			     struct vmf_error *err);
 void vmf_daemon_watch_vm(struct vmf_daemon *d, struct vmf_pvm *vm);
+/* vm's process has exited (seen by its watch, the tick, or a job): a pooled
+ * VM is replaced, an assigned one becomes gone.  While a job owns vm (busy)
+ * only vm->dead is set; the job's done callback calls this again. */
+void vmf_daemon_vm_exited(struct vmf_daemon *d, struct vmf_pvm *vm);
+/* Every job's done callback ends with this: a destroy or a shutdown in
+ * progress may be complete now, or the pools want refilling. */
+void vmf_daemon_settle(struct vmf_daemon *d);
 /* Answers a status request on c as its peer may see it: root and the
  * daemon's user see every VM, anyone else only the VMs it got (pools and
  * counters alike for all).  Built on the loop, the VMs' PSS read
@@ -97,9 +113,6 @@ void vmf_daemon_status(struct vmf_daemon *d, struct vmf_conn *c);
 /* Root and the daemon's own user act on every VM (and may destroy). */
 bool vmf_daemon_peer_admin(const struct vmf_daemon *d, uid_t uid);
 void vmf_daemon_destroy(struct vmf_daemon *d, struct vmf_conn *c, bool all);
-/* Called by the done callback of a job that is not a VM's (status, the
- * peer check): a destroy waits for every job before it replies. */
-void vmf_daemon_job_done(struct vmf_daemon *d);
 void vmf_daemon_progress(struct vmf_daemon *d, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
 void vmf_vm_info_fill(struct vmf_daemon *d, const struct vmf_pvm *vm, Vmf__Control__VmInfo *info);

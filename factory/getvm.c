@@ -111,7 +111,7 @@ getvm_work(void *arg)
 	struct vmf_daemon *d = j->d;
 	struct vmf_pvm *vm = j->vm;
 	struct vmf_error *err = &j->err;
-	const struct vmf_hv_ops *ops = d->ops;
+	const struct vmf_hv_ops *ops = vm->ops;
 	int64_t t = vmf_monotonic_ns();
 
 	/* First, durably: a daemon that dies from here on leaves a
@@ -209,6 +209,8 @@ getvm_work(void *arg)
 	}
 	j->step_ms[STEP_RECORD] = since(&t) + record_ms;
 	j->rc = r;
+	/* The window between the assigned record and the reply. */
+	VMF_FAULT_PAUSE("handout-pause");
 }
 
 static void
@@ -227,6 +229,17 @@ getvm_done(void *arg)
 	}
 	if (j->rc == 0 && !vmf_control_connected(j->c))
 		j->rc = vmf_err(&j->err, ECONNRESET, "client disconnected during GetVM");
+	if (j->rc == 0 && vm->dead)
+		j->rc = vmf_err(&j->err, EIO, "VM %s: its %s process exited during the hand-out", vm->id,
+				vm->ops->name);
+	/* A destroy of every VM would stop this one right after the reply, and
+	 * once the loop has ended no reply reaches the client: either way
+	 * nobody may be left holding a VM that is not theirs. */
+	if (j->rc == 0 && d->destroying && d->destroy_all)
+		j->rc = vmf_err(&j->err, ESHUTDOWN, "the daemon is being destroyed with all its VMs; the VM "
+				"prepared for this request was stopped");
+	if (j->rc == 0 && d->loop_done)
+		j->rc = vmf_err(&j->err, ESHUTDOWN, "the daemon exited before the hand-out completed");
 	vm->busy = false;
 	if (j->rc == 0) {
 		vm->state = PVM_ASSIGNED;
@@ -254,7 +267,7 @@ getvm_done(void *arg)
 		vmf_control_reply_error(j->c, j->err.code, j->err.msg);
 	}
 	free(j);
-	vmf_daemon_refill(d);
+	vmf_daemon_settle(d);
 }
 
 static void getvm_take(struct getvm_job *j);
@@ -448,11 +461,12 @@ inspect_work(void *arg)
 {
 	struct vm_job *j = arg;
 	struct vmf_error *err = &j->err;
-	if (!j->vm->hv || !j->d->ops->alive(j->vm->hv)) {
+	VMF_FAULT_PAUSE("inspect-pause");
+	if (!j->vm->hv || !j->vm->ops->alive(j->vm->hv)) {
 		j->rc = vmf_err(err, ESRCH, "the VM's process is not running");
 		return;
 	}
-	int fd = j->d->ops->agent_connect(j->vm->hv, AGENT_TIMEOUT_MS, err);
+	int fd = j->vm->ops->agent_connect(j->vm->hv, AGENT_TIMEOUT_MS, err);
 	if (fd < 0) {
 		j->rc = fd;
 		return;
@@ -468,7 +482,12 @@ inspect_done(void *arg)
 {
 	struct vm_job *j = arg;
 	struct vmf_daemon *d = j->d;
+	bool was_busy = j->vm->busy;
 	j->vm->busy = false;
+	/* Its process exited while the job held it (the watch then only marks
+	 * it dead): it becomes gone now, before the reply shows its state. */
+	if (j->vm->dead)
+		vmf_daemon_vm_exited(d, j->vm);
 	Vmf__Control__Reply r = VMF__CONTROL__REPLY__INIT;
 	Vmf__Control__InspectReply ir = VMF__CONTROL__INSPECT_REPLY__INIT;
 	Vmf__Control__VmInfo info = VMF__CONTROL__VM_INFO__INIT;
@@ -500,6 +519,8 @@ inspect_done(void *arg)
 	if (j->info)
 		vmf__agent__agent_reply__free_unpacked(j->info, NULL);
 	free(j);
+	if (was_busy)
+		vmf_daemon_settle(d);
 }
 
 void

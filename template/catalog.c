@@ -555,6 +555,9 @@ int
 vmf_catalog_vm_list(struct vmf_catalog *c, vmf_catalog_vm_fn fn, void *ctx, struct vmf_error *err)
 {
 	struct vm_tramp t = { fn, ctx };
+	/* A damaged table, as a test sees it (the daemon's recovery must stop). */
+	if (VMF_FAULT_ERR("catalog-vm-list"))
+		return mdb_fail(c, MDB_CORRUPTED, "listing its VM records", err);
 	return list(c, &vms_table, vm_cb, &t, err);
 }
 
