@@ -14,7 +14,6 @@
 #include "factory.h"
 #include "frame.h"
 #include "log.h"
-#include "qemu.h"
 
 #define AGENT_TIMEOUT_MS 10000
 
@@ -189,7 +188,7 @@ getvm_work(void *arg)
 		vm->vcpus = j->vcpus, vm->memory_mib = j->memory_mib;
 	/* Before the links exist: a runtime that finds them can use them. */
 	if (r == 0 && !vmf_daemon_peer_admin(d, j->peer)) {
-		static const char *const socks[] = { VMF_QEMU_QMP_SOCK, VMF_QEMU_AGENT_SOCK };
+		const char *const socks[] = { vm->ops->control_socket, vm->ops->agent_socket };
 		r = vmf_sandbox_grant(vm->run_dir, socks, 2, vm->share_dir, j->peer, d->runas_uid, err);
 	}
 	if (r == 0)
