@@ -233,7 +233,10 @@ vm_human(const Vmf__Control__VmInfo *v)
 	printf("memory:       %u MiB\n", v->memory_mib);
 	printf("qmp socket:   %s\n", v->qmp_socket);
 	printf("agent socket: %s\n", v->agent_socket);
-	printf("share dir:    %s (linked from %s)\n", v->share_dir, v->share_link);
+	if (v->share_dir && *v->share_dir)
+		printf("share dir:    %s (linked from %s)\n", v->share_dir, v->share_link);
+	else
+		printf("share dir:    none (the hypervisor has no share device)\n");
 	printf("run dir:      %s (linked from %s)\n", v->run_dir, v->sock_link);
 	printf("template:     %s\n", v->template_id);
 	printf("pool:         %s\n", v->pool && *v->pool ? v->pool : "(gone)");

@@ -353,8 +353,10 @@ warm_clone(struct vmf_daemon *d, struct vmf_pvm *vm, struct vmf_error *err)
 		return vmf_error_prefix(err, "warming clone %s", vm->id);
 	if (!(vm->agent = vmf_agent_new(fd)))
 		return vmf_err(err, ENOMEM, "out of memory for the agent channel of clone %s", vm->id);
+	/* Firecracker and Cloud Hypervisor have no share device to mount. */
 	if ((r = vmf_agent_wait_ready(vm->agent, WARM_TIMEOUT_MS, err)) < 0 ||
-	    (r = vmf_agent_mount_share(vm->agent, VMF_SHARE_TAG, WARM_TIMEOUT_MS, err)) < 0 ||
+	    ((d->hv.caps & VMF_CAP_SHARE_DEVICE) &&
+	     (r = vmf_agent_mount_share(vm->agent, VMF_SHARE_TAG, WARM_TIMEOUT_MS, err)) < 0) ||
 	    (r = ops->pause(vm->hv, err)) < 0) {
 		vmf_agent_free(vm->agent);
 		vm->agent = NULL;
@@ -589,7 +591,7 @@ vmf_vm_info_fill(struct vmf_daemon *d, const struct vmf_pvm *vm, Vmf__Control__V
 	snprintf(agent, sizeof(agent), "%s/%s", vm->run_dir, VMF_QEMU_AGENT_SOCK);
 	info->qmp_socket = strdup(qmp);
 	info->agent_socket = strdup(agent);
-	info->share_dir = (char *)vm->share_dir;
+	info->share_dir = d->hv.caps & VMF_CAP_SHARE_DEVICE ? (char *)vm->share_dir : (char *)"";
 	info->run_dir = (char *)vm->run_dir;
 	info->template_id = (char *)vm->template_id;
 	info->pool = vm->pool ? (char *)vm->pool->name : (char *)"";
