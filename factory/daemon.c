@@ -1148,18 +1148,10 @@ vmf_daemon_run(const struct vmf_daemon_opts *opts, struct vmf_error *err)
 	if ((r = vmf_mkdir_p(opts->state_dir, 0700, err)) < 0 || (r = vmf_mkdir_p(opts->run_dir, 0700, err)) < 0 ||
 	    (r = vmf_mkdir_p(d->vm_root, 0700, err)) < 0)
 		goto out;
-	/* One daemon per state dir, even when two start at the same instant. */
-	char lock[PATH_MAX];
-	snprintf(lock, sizeof(lock), "%s/daemon.lock", opts->state_dir);
-	d->lock_fd = vmf_open_beneath(opts->state_dir, "daemon.lock", O_RDWR | O_CREAT, 0600, err);
-	if (d->lock_fd < 0) {
-		r = d->lock_fd;
+	/* One daemon per state dir, even when two start at the same instant;
+	 * template gc/rm/build take the same lock (cli.c). */
+	if ((d->lock_fd = r = vmf_lock_state_dir(opts->state_dir, err)) < 0)
 		goto out;
-	}
-	if (flock(d->lock_fd, LOCK_EX | LOCK_NB) < 0) {
-		r = vmf_err_sys(err, errno, "another vmfactory daemon holds %s", lock);
-		goto out;
-	}
 	if (opts->group) {
 		struct group *g = getgrnam(opts->group);
 		if (!g) {
