@@ -357,8 +357,16 @@ START_TEST(map_full_is_a_clear_error_and_keeps_the_catalog)
 	int n = 0;
 	ck_assert_int_eq(vmf_catalog_vm_list(c, count_vms, &n, &e), 0);
 	ck_assert_int_eq(n, stored);
-	/* The same handle goes on working once there is room again. */
-	ck_assert_int_eq(vmf_catalog_vm_list(c, delete_first, c, &e), 1);
+	/* The same handle goes on working once there is room again.  LMDB
+	 * never reuses the pages the last committed write freed (a reader may
+	 * still begin on that snapshot), so a put right after one delete has
+	 * only what older writes freed, and whether that covers its leaf split
+	 * depends on where the random ids fell: about 1 run in 100 got ENOSPC.
+	 * Deleting several records, each in its own write, frees pages the put
+	 * can use whatever the tree's shape. */
+	const int deleted = 8;
+	for (int k = 0; k < deleted; k++)
+		ck_assert_int_eq(vmf_catalog_vm_list(c, delete_first, c, &e), 1);
 	Vmf__Catalog__VmRecord vm = VMF__CATALOG__VM_RECORD__INIT;
 	char id[VMF_UUID_STR];
 	vmf_uuid_new(id);
@@ -373,7 +381,7 @@ START_TEST(map_full_is_a_clear_error_and_keeps_the_catalog)
 	ck_assert_int_eq(vmf_catalog_open_sized(tmp, 16, &c, &e), 0);
 	n = 0;
 	ck_assert_int_eq(vmf_catalog_vm_list(c, count_vms, &n, &e), 0);
-	ck_assert_int_eq(n, stored);
+	ck_assert_int_eq(n, stored - deleted + 1);
 	vmf_catalog_close(c);
 }
 END_TEST
