@@ -132,7 +132,10 @@ sweep_test_dirs(void)
 			continue;
 		char dir[PATH_MAX];
 		snprintf(dir, sizeof(dir), "%s/%s", tmp_root(), de->d_name);
-		int n = vmf_test_kill_under("vmfactory", dir) + vmf_test_kill_qemu_under(dir);
+		/* The daemon first (it would replace what is killed next), then
+		 * its VMMs: QEMU, or the fake Firecracker of tests/fake_vmm.c. */
+		int n = vmf_test_kill_under("vmfactory", dir) + vmf_test_kill_qemu_under(dir) +
+			vmf_test_kill_under("fake_vmm", dir);
 		if (n)
 			fprintf(stderr, "test runner: killed %d processes a failed test left under %s\n", n, dir);
 		/* Mounts a failed test left (lazy: nothing may hold them now). */
