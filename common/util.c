@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -476,5 +477,22 @@ vmf_open_beneath(const char *dir, const char *name, int flags, mode_t mode, stru
 	if (fd < 0)
 		return vmf_err_sys(err, e, "cannot open %s/%s%s", dir, name, e == ELOOP || e == EXDEV ?
 				   " (a symlink stands there)" : "");
+	return fd;
+}
+
+int
+vmf_lock_state_dir(const char *state_dir, struct vmf_error *err)
+{
+	int fd = vmf_open_beneath(state_dir, "daemon.lock", O_RDWR | O_CREAT, 0600, err);
+	if (fd < 0)
+		return fd;
+	if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+		int e = errno;
+		close(fd);
+		if (e == EWOULDBLOCK)
+			return vmf_err(err, EWOULDBLOCK, "%s/daemon.lock is held by another vmfactory process (a daemon "
+				       "on this state dir, or a template command)", state_dir);
+		return vmf_err_sys(err, e, "cannot lock %s/daemon.lock", state_dir);
+	}
 	return fd;
 }

@@ -25,6 +25,13 @@ int vmf_mkdir_p(const char *path, mode_t mode, struct vmf_error *err);
  * opened with O_NOFOLLOW.  name must be a plain file name. */
 int vmf_open_beneath(const char *dir, const char *name, int flags, mode_t mode, struct vmf_error *err);
 
+/* Takes the exclusive flock on <state_dir>/daemon.lock without waiting:
+ * one daemon per state dir, and no CLI command that writes the catalog or
+ * removes template files beside it.  Returns the fd that holds the lock
+ * (closing it releases it); -EWOULDBLOCK, with a sentence naming the lock
+ * file, when another process holds it. */
+int vmf_lock_state_dir(const char *state_dir, struct vmf_error *err);
+
 
 /* Reads a whole file (at most max bytes) into a NUL-terminated malloc'ed buffer. */
 int vmf_read_file(const char *path, char **out, size_t *len, size_t max, struct vmf_error *err);

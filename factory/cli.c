@@ -235,7 +235,10 @@ vm_human(const Vmf__Control__VmInfo *v)
 	printf("memory:       %u MiB\n", v->memory_mib);
 	printf("qmp socket:   %s\n", v->qmp_socket);
 	printf("agent socket: %s\n", v->agent_socket);
-	printf("share dir:    %s (linked from %s)\n", v->share_dir, v->share_link);
+	if (v->share_dir && *v->share_dir)
+		printf("share dir:    %s (linked from %s)\n", v->share_dir, v->share_link);
+	else
+		printf("share dir:    none (the hypervisor has no share device)\n");
 	printf("run dir:      %s (linked from %s)\n", v->run_dir, v->sock_link);
 	printf("template:     %s\n", v->template_id);
 	printf("pool:         %s\n", v->pool && *v->pool ? v->pool : "(gone)");
@@ -822,6 +825,23 @@ start_daemon(const struct cmd *cmd, struct args *a, struct vmf_daemon_opts *opts
 
 /* ---- template commands (the catalog, directly) ---- */
 
+/* build, rm and gc write the catalog and remove template files, which a
+ * running daemon also does (its builds in progress are .build-* dirs that
+ * gc's cleanup would delete): they take the daemon's lock and refuse while
+ * a daemon holds it.  The fd holds the lock until the command exits. */
+static int
+lock_state(const char *state_dir, const char *what, struct vmf_error *e)
+{
+	if (vmf_mkdir_p(state_dir, 0700, e) < 0)
+		return -e->code;
+	int fd = vmf_lock_state_dir(state_dir, e);
+	if (fd == -EWOULDBLOCK)
+		vmf_err(e, EWOULDBLOCK, "a vmfactory daemon (or another template command) is using state dir %s: "
+			"stop it before template %s (systemctl stop vmfactory, or vmfactory destroy; assigned VMs "
+			"keep running and the next daemon adopts them)", state_dir, what);
+	return fd;
+}
+
 static int
 template_params(const struct cmd *cmd, struct args *a, struct vmf_daemon_opts *o, struct vmf_template_params *p,
 		struct vmf_hv_info *info, struct vmf_image *img, Vmf__Catalog__TemplateSpec **spec,
@@ -877,7 +897,8 @@ cmd_template_build(const struct cmd *cmd, struct args *a)
 		return EXIT_USAGE;
 	}
 	struct vmf_catalog *cat = NULL;
-	if (r == 0)
+	int lock = -1;
+	if (r == 0 && (lock = r = lock_state(o.state_dir, "build", &e)) >= 0)
 		r = vmf_catalog_open(o.state_dir, &cat, &e);
 	Vmf__Catalog__TemplateRecord *rec = NULL;
 	int64_t t0 = vmf_now_ms();
@@ -886,6 +907,8 @@ cmd_template_build(const struct cmd *cmd, struct args *a)
 	vmf_template_spec_free(spec);
 	if (cat)
 		vmf_catalog_close(cat);
+	if (lock >= 0)
+		close(lock);
 	vmf_config_free(&cfg);
 	if (r < 0)
 		return fail(&e);
@@ -901,7 +924,8 @@ struct list_ctx {
 	const char *current[3];   /* kernel, initrd, hypervisor version digests for gc */
 	struct vmf_catalog *cat;
 	const char *state_dir;
-	unsigned removed;
+	const struct vmf_hv_ops *ops;   /* gc: the configured driver */
+	unsigned removed, other;
 	int rc;
 };
 
@@ -1020,10 +1044,16 @@ cmd_template_rm(const struct cmd *cmd, struct args *a)
 	}
 	struct vmf_catalog *cat;
 	struct vmf_error e = {0};
-	if (vmf_catalog_open(a->state_dir, &cat, &e) < 0)
+	int lock = lock_state(a->state_dir, "rm", &e);
+	if (lock < 0)
 		return fail(&e);
+	if (vmf_catalog_open(a->state_dir, &cat, &e) < 0) {
+		close(lock);
+		return fail(&e);
+	}
 	int r = remove_template(cat, a->state_dir, id, &e);
 	vmf_catalog_close(cat);
+	close(lock);
 	if (r < 0)
 		return fail(&e);
 	printf("removed template %s\n", id);
@@ -1037,6 +1067,14 @@ gc_one(const char *id, Vmf__Catalog__TemplateRecord *rec, const struct vmf_error
 	struct list_ctx *l = ctx;
 	/* Stale: built from a kernel, initrd or QEMU that is no longer current,
 	 * unreadable, or broken. */
+	/* Another driver's template: its version cannot be compared with this
+	 * one's, and a daemon configured for that driver may still use it.
+	 * (A record naming no driver is judged: no daemon can use it.) */
+	const struct vmf_hv_ops *tops = rec && rec->spec ? vmf_hv_by_kind(rec->spec->hypervisor) : NULL;
+	if (tops && tops != l->ops) {
+		l->other++;
+		return 0;
+	}
 	bool stale = !rec || !rec->spec || rec->state == VMF__CATALOG__TEMPLATE_STATE__TEMPLATE_BROKEN ||
 		     strcmp(rec->spec->kernel_sha256, l->current[0]) || strcmp(rec->spec->initrd_sha256, l->current[1]) ||
 		     strcmp(rec->spec->hypervisor_version, l->current[2]);
@@ -1066,15 +1104,20 @@ cmd_template_gc(const struct cmd *cmd, struct args *a)
 	struct vmf_hv_info info;
 	struct vmf_image img;
 	struct vmf_catalog *cat = NULL;
-	int r = vmf_image_load(o.image_dir, o.kernel, o.initrd, &img, &e);
+	/* The daemon's driver, from the config as the daemon reads it: the
+	 * current version is that driver's, and only its templates are judged. */
 	const struct vmf_hv_ops *ops = vmf_hv_by_name(o.hypervisor ? o.hypervisor : "qemu");
-	if (r == 0 && !ops)
-		r = vmf_err(&e, EINVAL, "unknown hypervisor %s", o.hypervisor);
+	int lock = -1;
+	int r = ops ? 0 : vmf_err(&e, EINVAL, "unknown hypervisor %s", o.hypervisor);
+	if (r == 0)
+		r = lock = lock_state(o.state_dir, "gc", &e);
+	if (r >= 0)
+		r = vmf_image_load(o.image_dir, o.kernel, o.initrd, &img, &e);
 	if (r == 0)
 		r = ops->probe(o.qemu_binary, img.kernel, &info, &e);
 	if (r == 0)
 		r = vmf_catalog_open(o.state_dir, &cat, &e);
-	struct list_ctx l = { .cat = cat, .state_dir = o.state_dir,
+	struct list_ctx l = { .cat = cat, .state_dir = o.state_dir, .ops = ops,
 			      .current = { img.kernel_sha256, img.initrd_sha256, info.version } };
 	if (r == 0)
 		r = vmf_catalog_template_list(cat, gc_one, &l, &e);
@@ -1082,10 +1125,15 @@ cmd_template_gc(const struct cmd *cmd, struct args *a)
 		r = vmf_template_cleanup(cat, o.state_dir, &e);
 	if (cat)
 		vmf_catalog_close(cat);
+	if (lock >= 0)
+		close(lock);
 	vmf_config_free(&cfg);
 	if (r < 0)
 		return fail(&e);
-	printf("%u templates removed\n", l.removed);
+	printf("%u templates removed", l.removed);
+	if (l.other)
+		printf("; %u of another hypervisor than %s kept", l.other, ops->name);
+	printf("\n");
 	return l.rc;
 }
 

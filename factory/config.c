@@ -110,6 +110,12 @@ struct parser {
 	int key_line[VMF_MAX_POOLS][NKEYS]; /* where each pool key was set, 0 = inherited */
 	/* A value was rejected: cross-checks would only repeat that error. */
 	bool pool_bad[VMF_MAX_POOLS], guest_bad;
+	/* Keys under a pool header that was refused (no name, a bad or
+	 * duplicate name, one pool too many) are still checked, into this
+	 * spec that the config never uses: every error is listed at once. */
+	struct vmf_pool_spec scratch;
+	char scratch_label[300];
+	int scratch_line;
 	struct seen_key *seen;
 	size_t nseen, capseen;
 	struct problem *probs;
@@ -164,7 +170,9 @@ keep(struct parser *p, const char *s)
 static const char *
 section_label(const struct parser *p, char *buf, size_t n)
 {
-	if (p->sec == SEC_POOL)
+	if (p->sec == SEC_POOL && p->pool < 0)
+		snprintf(buf, n, "%s", p->scratch_label);
+	else if (p->sec == SEC_POOL)
 		snprintf(buf, n, "[pool %s]", p->c->pools[p->pool].name);
 	else
 		snprintf(buf, n, "[%s]", section_names[p->sec]);
@@ -348,7 +356,7 @@ handler(void *user, const char *section, const char *name, const char *value)
 {
 	(void)section;   /* the reader tracks sections, with their lines */
 	struct parser *p = user;
-	char label[64];
+	char label[320];
 	if (p->sec == SEC_BAD)
 		return 1;    /* its header was reported */
 	if (p->sec == SEC_NONE) {
@@ -372,7 +380,8 @@ handler(void *user, const char *section, const char *name, const char *value)
 		problem(p, p->line, "unknown key '%s' in %s%s", name, section_label(p, label, sizeof(label)), hint);
 		return 1;
 	}
-	int sec_id = p->sec == SEC_POOL ? SEC_POOL + p->pool : (int)p->sec;
+	int sec_id = p->sec != SEC_POOL ? (int)p->sec
+		: p->pool >= 0 ? SEC_POOL + p->pool : SEC_POOL + VMF_MAX_POOLS + p->scratch_line;
 	for (size_t j = 0; j < p->nseen; j++)
 		if (p->seen[j].sec == sec_id && p->seen[j].key == i) {
 			problem(p, p->line, "%s is given twice in %s (first on line %d)", name,
@@ -390,7 +399,9 @@ handler(void *user, const char *section, const char *name, const char *value)
 		p->capseen = n;
 	}
 	p->seen[p->nseen++] = (struct seen_key){ sec_id, i, p->line };
-	if (p->sec == SEC_POOL) {
+	if (p->sec == SEC_POOL && p->pool < 0) {
+		set_value(p, &keys[i], value, &p->scratch);
+	} else if (p->sec == SEC_POOL) {
 		if (set_value(p, &keys[i], value, &p->c->pools[p->pool]))
 			p->key_line[p->pool][i] = p->line;
 		else
@@ -402,6 +413,17 @@ handler(void *user, const char *section, const char *name, const char *value)
 }
 
 /* ---- the line reader in front of inih ---- */
+
+/* A refused pool header (already reported): its keys go to the scratch spec. */
+static void
+scratch_pool(struct parser *p, const char *label)
+{
+	memset(&p->scratch, 0, sizeof(p->scratch));
+	snprintf(p->scratch_label, sizeof(p->scratch_label), "%s", label);
+	p->scratch_line = p->line;
+	p->pool = -1;
+	p->sec = SEC_POOL;
+}
 
 static void
 section_header(struct parser *p, const char *s, size_t n)
@@ -421,6 +443,7 @@ section_header(struct parser *p, const char *s, size_t n)
 		}
 	if (strcmp(name, "pool") == 0) {
 		problem(p, p->line, "[pool] needs a name, as in [pool small]");
+		scratch_pool(p, "[pool]");
 		return;
 	}
 	if (strncmp(name, "pool", 4) != 0 || !isspace((unsigned char)name[4])) {
@@ -431,18 +454,23 @@ section_header(struct parser *p, const char *s, size_t n)
 	const char *pn = name + 5;
 	while (isspace((unsigned char)*pn))
 		pn++;
+	char label[300];
+	snprintf(label, sizeof(label), "[pool %s]", pn);
 	if (!vmf_valid_pool_name(pn)) {
 		problem(p, p->line, "pool name '%s' is invalid: use 1 to 32 letters, digits, '-' or '_'", pn);
+		scratch_pool(p, label);
 		return;
 	}
 	struct vmf_config *c = p->c;
 	for (unsigned i = 0; i < c->n_pools; i++)
 		if (strcmp(c->pools[i].name, pn) == 0) {
 			problem(p, p->line, "duplicate pool name '%s' (first defined on line %d)", pn, p->pool_line[i]);
+			scratch_pool(p, label);
 			return;
 		}
 	if (c->n_pools == VMF_MAX_POOLS) {
 		problem(p, p->line, "too many pools: at most %d", VMF_MAX_POOLS);
+		scratch_pool(p, label);
 		return;
 	}
 	struct vmf_pool_spec *ps = &c->pools[c->n_pools];
@@ -512,11 +540,10 @@ reader(char *buf, int num, void *stream)
 		const char *rest = close + 1;
 		while (rest < s + m && isspace((unsigned char)*rest))
 			rest++;
-		if (rest < s + m && *rest != ';' && *rest != '#') {
+		bool trailing = rest < s + m && *rest != ';' && *rest != '#';
+		if (trailing)
 			problem(p, p->line, "text after the section header");
-			p->sec = SEC_BAD;
-			return buf;
-		}
+		/* The name is clear either way: the keys below are checked too. */
 		section_header(p, s + 1, (size_t)(close - s - 1));
 		return buf;
 	}

@@ -367,8 +367,10 @@ warm_clone(struct vmf_pvm *vm, struct vmf_error *err)
 		return vmf_error_prefix(err, "warming clone %s", vm->id);
 	if (!(vm->agent = vmf_agent_new(fd)))
 		return vmf_err(err, ENOMEM, "out of memory for the agent channel of clone %s", vm->id);
+	/* Firecracker and Cloud Hypervisor have no share device to mount. */
 	if ((r = vmf_agent_wait_ready(vm->agent, WARM_TIMEOUT_MS, err)) < 0 ||
-	    (r = vmf_agent_mount_share(vm->agent, VMF_SHARE_TAG, WARM_TIMEOUT_MS, err)) < 0 ||
+	    ((ops->capabilities(vm->hv) & VMF_CAP_SHARE_DEVICE) &&
+	     (r = vmf_agent_mount_share(vm->agent, VMF_SHARE_TAG, WARM_TIMEOUT_MS, err)) < 0) ||
 	    (r = ops->pause(vm->hv, err)) < 0) {
 		vmf_agent_free(vm->agent);
 		vm->agent = NULL;
@@ -607,7 +609,7 @@ vm_info_fill(struct vmf_daemon *d, const struct vmf_pvm *vm, Vmf__Control__VmInf
 	snprintf(agent, sizeof(agent), "%s/%s", vm->run_dir, vm->ops->agent_socket);
 	info->qmp_socket = strdup(qmp);
 	info->agent_socket = strdup(agent);
-	info->share_dir = (char *)vm->share_dir;
+	info->share_dir = d->hv.caps & VMF_CAP_SHARE_DEVICE ? (char *)vm->share_dir : (char *)"";
 	info->run_dir = (char *)vm->run_dir;
 	info->template_id = (char *)vm->template_id;
 	info->pool = vm->pool ? (char *)vm->pool->name : (char *)"";
@@ -1363,18 +1365,10 @@ vmf_daemon_run(const struct vmf_daemon_opts *opts, struct vmf_error *err)
 		r = vmf_err_sys(err, errno, "cannot make %s searchable", d->vm_root);
 		goto out;
 	}
-	/* One daemon per state dir, even when two start at the same instant. */
-	char lock[PATH_MAX];
-	snprintf(lock, sizeof(lock), "%s/daemon.lock", opts->state_dir);
-	d->lock_fd = vmf_open_beneath(opts->state_dir, "daemon.lock", O_RDWR | O_CREAT, 0600, err);
-	if (d->lock_fd < 0) {
-		r = d->lock_fd;
+	/* One daemon per state dir, even when two start at the same instant;
+	 * template gc/rm/build take the same lock (cli.c). */
+	if ((d->lock_fd = r = vmf_lock_state_dir(opts->state_dir, err)) < 0)
 		goto out;
-	}
-	if (flock(d->lock_fd, LOCK_EX | LOCK_NB) < 0) {
-		r = vmf_err_sys(err, errno, "another vmfactory daemon holds %s", lock);
-		goto out;
-	}
 	if (opts->group) {
 		struct group *g = getgrnam(opts->group);
 		if (!g) {

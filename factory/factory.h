@@ -149,6 +149,13 @@ void vmf_metrics_close(struct vmf_daemon *d);
  * driver lacks cpu-hotplug / memory-hotplug, naming driver and capability. */
 int vmf_getvm_check_caps(const char *driver, unsigned caps, unsigned tpl_vcpus, unsigned tpl_mib,
 			 unsigned vcpus, unsigned mib, struct vmf_error *err);
+/* GetVM's share_dir against the driver: with the share-device capability
+ * share_dir and sock_dir are both required and differ (returns 1: the share
+ * is mounted and linked); without it share_dir must be empty (ENOTSUP
+ * otherwise) and only sock_dir is required (returns 0: nothing mounted, no
+ * share link, the reply's share_dir empty). */
+int vmf_getvm_check_share(const char *driver, unsigned caps, const char *share_dir, const char *sock_dir,
+			  struct vmf_error *err);
 void vmf_getvm_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control__GetVMRequest *req);
 void vmf_release_start(struct vmf_daemon *d, struct vmf_conn *c, const char *vm_id);
 void vmf_inspect_start(struct vmf_daemon *d, struct vmf_conn *c, const char *vm_id);

@@ -56,6 +56,22 @@ vmf_getvm_check_caps(const char *driver, unsigned caps, unsigned tpl_vcpus, unsi
 	return 0;
 }
 
+int
+vmf_getvm_check_share(const char *driver, unsigned caps, const char *share_dir, const char *sock_dir,
+		      struct vmf_error *err)
+{
+	bool dev = caps & VMF_CAP_SHARE_DEVICE, share = share_dir && *share_dir;
+	/* A link to a directory the guest never sees would only mislead. */
+	if (!dev && share)
+		return vmf_err(err, ENOTSUP, "share_dir was given, but %s has no share device (no %s capability): "
+			       "leave share_dir empty", driver, vmf_cap_name(VMF_CAP_SHARE_DEVICE));
+	if ((dev && !share) || !sock_dir || !*sock_dir)
+		return vmf_err(err, EINVAL, dev ? "share_dir and sock_dir must be given" : "sock_dir must be given");
+	if (dev && strcmp(share_dir, sock_dir) == 0)
+		return vmf_err(err, EINVAL, "share_dir and sock_dir must differ");
+	return dev;
+}
+
 static int
 validate(struct vmf_daemon *d, const Vmf__Control__GetVMRequest *req, struct vmf_pool **pool,
 	 struct vmf_error *err)
@@ -78,11 +94,10 @@ validate(struct vmf_daemon *d, const Vmf__Control__GetVMRequest *req, struct vmf
 	if (extra % 128)
 		return vmf_err(err, EINVAL, "memory above the template base (%u MiB) must be a multiple of "
 			       "128 MiB; %u MiB requested", (*pool)->spec->memory_mib, req->memory_mib);
-	if (!req->share_dir || !*req->share_dir || !req->sock_dir || !*req->sock_dir)
-		return vmf_err(err, EINVAL, "share_dir and sock_dir must be given");
-	if (strcmp(req->share_dir, req->sock_dir) == 0)
-		return vmf_err(err, EINVAL, "share_dir and sock_dir must differ");
-	if (strlen(req->share_dir) >= PATH_MAX || strlen(req->sock_dir) >= PATH_MAX)
+	int share = vmf_getvm_check_share(d->ops->name, d->hv.caps, req->share_dir, req->sock_dir, err);
+	if (share < 0)
+		return share;
+	if (strlen(req->share_dir ? req->share_dir : "") >= PATH_MAX || strlen(req->sock_dir) >= PATH_MAX)
 		return vmf_err(err, ENAMETOOLONG, "share_dir and sock_dir must be shorter than %d bytes", PATH_MAX);
 	return 0;
 }
@@ -180,7 +195,8 @@ getvm_work(void *arg)
 				    (long long)((guest_ns - vmf_realtime_ns()) / 1000000));
 	}
 	j->step_ms[STEP_TIME] = since(&t);
-	if (r == 0 && !warm)
+	/* No share_dir passed validation: the driver has no share device. */
+	if (r == 0 && !warm && j->share_dir[0])
 		r = vmf_agent_mount_share(agent, VMF_SHARE_TAG, left_ms(j), err);
 	j->step_ms[STEP_MOUNT] = since(&t);
 	vmf_agent_free(agent);
@@ -189,9 +205,11 @@ getvm_work(void *arg)
 	/* Before the links exist: a runtime that finds them can use them. */
 	if (r == 0 && !vmf_daemon_peer_admin(d, j->peer)) {
 		const char *const socks[] = { vm->ops->control_socket, vm->ops->agent_socket };
-		r = vmf_sandbox_grant(vm->run_dir, socks, 2, vm->share_dir, j->peer, d->runas_uid, err);
+		r = vmf_sandbox_grant(vm->run_dir, socks, 2, j->share_dir[0] ? vm->share_dir : NULL, j->peer,
+				      d->runas_uid, err);
 	}
-	if (r == 0)
+	/* No share_dir passed validation: the driver has no share device. */
+	if (r == 0 && j->share_dir[0])
 		r = vmf_sandbox_install_link(&d->sandbox, "share_dir", j->share_dir, vm->share_dir, j->peer, err);
 	if (r == 0)
 		r = vmf_sandbox_install_link(&d->sandbox, "sock_dir", j->sock_dir, vm->run_dir, j->peer, err);
@@ -279,7 +297,7 @@ paths_work(void *arg)
 {
 	struct getvm_job *j = arg;
 	const struct vmf_sandbox_policy *p = &j->d->sandbox;
-	j->rc = vmf_sandbox_check_path(p, "share_dir", j->share_dir, j->peer, &j->err);
+	j->rc = j->share_dir[0] ? vmf_sandbox_check_path(p, "share_dir", j->share_dir, j->peer, &j->err) : 0;
 	if (j->rc == 0)
 		j->rc = vmf_sandbox_check_path(p, "sock_dir", j->sock_dir, j->peer, &j->err);
 }

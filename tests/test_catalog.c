@@ -357,8 +357,16 @@ START_TEST(map_full_is_a_clear_error_and_keeps_the_catalog)
 	int n = 0;
 	ck_assert_int_eq(vmf_catalog_vm_list(c, count_vms, &n, &e), 0);
 	ck_assert_int_eq(n, stored);
-	/* The same handle goes on working once there is room again. */
-	ck_assert_int_eq(vmf_catalog_vm_list(c, delete_first, c, &e), 1);
+	/* The same handle goes on working once there is room again.  LMDB
+	 * never reuses the pages the last committed write freed (a reader may
+	 * still begin on that snapshot), so a put right after one delete has
+	 * only what older writes freed, and whether that covers its leaf split
+	 * depends on where the random ids fell: about 1 run in 100 got ENOSPC.
+	 * Deleting several records, each in its own write, frees pages the put
+	 * can use whatever the tree's shape. */
+	const int deleted = 8;
+	for (int k = 0; k < deleted; k++)
+		ck_assert_int_eq(vmf_catalog_vm_list(c, delete_first, c, &e), 1);
 	Vmf__Catalog__VmRecord vm = VMF__CATALOG__VM_RECORD__INIT;
 	char id[VMF_UUID_STR];
 	vmf_uuid_new(id);
@@ -373,7 +381,7 @@ START_TEST(map_full_is_a_clear_error_and_keeps_the_catalog)
 	ck_assert_int_eq(vmf_catalog_open_sized(tmp, 16, &c, &e), 0);
 	n = 0;
 	ck_assert_int_eq(vmf_catalog_vm_list(c, count_vms, &n, &e), 0);
-	ck_assert_int_eq(n, stored);
+	ck_assert_int_eq(n, stored - deleted + 1);
 	vmf_catalog_close(c);
 }
 END_TEST
@@ -384,7 +392,8 @@ START_TEST(disk_full_is_a_clear_error_and_keeps_the_catalog)
 	snprintf(mnt, sizeof mnt, "%s/small", tmp);
 	mkdir(mnt, 0700);
 	if (mount("tmpfs", mnt, "tmpfs", 0, "size=256k") < 0) {
-		printf("skipping the disk-full check: cannot mount a tmpfs (%s)\n", strerror(errno));
+		vmf_test_skip("the disk-full check needs a tmpfs mount, which failed here (%s; needs CAP_SYS_ADMIN)",
+			      strerror(errno));
 		return;
 	}
 	struct vmf_catalog *c;
@@ -596,12 +605,18 @@ main(void)
 	tcase_add_test(tc, put_get_list_delete_and_persist);
 	tcase_add_test(tc, corrupt_record_is_named_and_others_keep_working);
 	tcase_add_test(tc, map_full_is_a_clear_error_and_keeps_the_catalog);
-	tcase_add_test(tc, disk_full_is_a_clear_error_and_keeps_the_catalog);
 	tcase_add_test(tc, stale_reader_slots_are_cleared);
 	tcase_add_test(tc, catalog_of_another_schema_is_refused);
 	tcase_add_test(tc, open_failures_name_the_path);
 	tcase_add_test(tc, catalog_fds_are_not_inherited);
 	tcase_add_test(tc, threads_share_one_catalog);
 	suite_add_tcase(s, tc);
+	/* Skips without CAP_SYS_ADMIN: its own meson test (tests/meson.build). */
+	TCase *df = tcase_create("disk_full");
+	tcase_set_tags(df, VMF_TEST_OWN_CASE);
+	tcase_add_checked_fixture(df, setup, teardown);
+	tcase_set_timeout(df, 120);
+	tcase_add_test(df, disk_full_is_a_clear_error_and_keeps_the_catalog);
+	suite_add_tcase(s, df);
 	return vmf_test_run(s);
 }

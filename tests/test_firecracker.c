@@ -48,6 +48,31 @@ START_TEST(getvm_caps)
 }
 END_TEST
 
+/* No share device, no share: pools fill without MountShare and GetVM
+ * refuses a share_dir instead of linking a directory the guest never sees. */
+START_TEST(getvm_share)
+{
+	struct vmf_error err = {0};
+	unsigned fc = ops->capabilities(NULL), ch = vmf_cloud_hypervisor_ops.capabilities(NULL);
+	unsigned qemu = vmf_qemu_ops.capabilities(NULL);
+	ck_assert_int_eq(vmf_getvm_check_share("firecracker", fc, "", "/run/s/sock", &err), 0);
+	ck_assert_int_eq(vmf_getvm_check_share("firecracker", fc, NULL, "/run/s/sock", &err), 0);
+	ck_assert_int_eq(vmf_getvm_check_share("cloud-hypervisor", ch, "", "/run/s/sock", &err), 0);
+	ck_assert_int_eq(vmf_getvm_check_share("firecracker", fc, "/run/s/share", "/run/s/sock", &err), -ENOTSUP);
+	ck_assert_msg(strstr(err.msg, "firecracker has no share device (no share-device capability)"), "%s", err.msg);
+	ck_assert_int_eq(vmf_getvm_check_share("cloud-hypervisor", ch, "/run/s/share", "/run/s/sock", &err),
+			 -ENOTSUP);
+	ck_assert_int_eq(vmf_getvm_check_share("firecracker", fc, "", "", &err), -EINVAL);
+	ck_assert_str_eq(err.msg, "sock_dir must be given");
+	/* QEMU has the device: both paths, and different. */
+	ck_assert_int_eq(vmf_getvm_check_share("qemu", qemu, "/run/s/share", "/run/s/sock", &err), 1);
+	ck_assert_int_eq(vmf_getvm_check_share("qemu", qemu, "", "/run/s/sock", &err), -EINVAL);
+	ck_assert_str_eq(err.msg, "share_dir and sock_dir must be given");
+	ck_assert_int_eq(vmf_getvm_check_share("qemu", qemu, "/run/s/x", "/run/s/x", &err), -EINVAL);
+	ck_assert_str_eq(err.msg, "share_dir and sock_dir must differ");
+}
+END_TEST
+
 START_TEST(probe)
 {
 	struct vmf_hv_info info;
@@ -448,6 +473,7 @@ suite(void)
 	tcase_set_timeout(tc, 60);
 	tcase_add_test(tc, registry);
 	tcase_add_test(tc, getvm_caps);
+	tcase_add_test(tc, getvm_share);
 	tcase_add_test(tc, probe);
 	tcase_add_test(tc, lifecycle);
 	tcase_add_test(tc, full_template);

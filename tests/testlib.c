@@ -8,6 +8,7 @@
 #include <limits.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,19 +19,70 @@
 #include "util.h"
 
 static void sweep_test_dirs(void);
+static const char *tmp_root(void);
+
+/* Skips are lines in a file: with CK_FORK each test runs in a child. */
+static void
+skip_file(char *buf, size_t n)
+{
+	const char *runner = getenv("VMF_TEST_RUNNER");
+	snprintf(buf, n, "%s/vmftest-skips-%s", tmp_root(), runner ? runner : "0");
+}
+
+void
+vmf_test_skip(const char *fmt, ...)
+{
+	char reason[512], path[PATH_MAX];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(reason, sizeof(reason), fmt, ap);
+	va_end(ap);
+	printf("SKIP: %s\n", reason);
+	fflush(stdout);
+	skip_file(path, sizeof(path));
+	FILE *f = fopen(path, "a");
+	if (!f) {
+		perror(path);
+		abort();   /* a skip that cannot be recorded would pass silently */
+	}
+	fprintf(f, "%s\n", reason);
+	fclose(f);
+}
 
 int
 vmf_test_run(Suite *s)
 {
-	char pid[16];
+	char pid[16], path[PATH_MAX];
 	snprintf(pid, sizeof(pid), "%d", (int)getpid());
 	setenv("VMF_TEST_RUNNER", pid, 1);
+	skip_file(path, sizeof(path));
+	unlink(path);
 	SRunner *sr = srunner_create(s);
 	srunner_run_all(sr, CK_ENV);
-	int failed = srunner_ntests_failed(sr);
+	int failed = srunner_ntests_failed(sr), ran = srunner_ntests_run(sr), skipped = 0;
 	srunner_free(sr);
+	FILE *f = fopen(path, "r");
+	for (int ch; f && (ch = getc(f)) != EOF;)
+		skipped += ch == '\n';
+	if (f)
+		fclose(f);
+	unlink(path);
 	sweep_test_dirs();
-	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+	if (failed)
+		return EXIT_FAILURE;
+	if (ran == 0) {
+		const char *only = getenv("VMFACTORY_TEST");
+		const char *rc = getenv("CK_RUN_CASE");
+		fprintf(stderr, "no test ran (CK_RUN_CASE=%s, VMFACTORY_TEST=%s)\n", rc ? rc : "", only ? only : "");
+		return only ? 77 : EXIT_FAILURE;
+	}
+	if (skipped) {
+		printf("%d of %d tests skipped%s\n", skipped, ran,
+		       skipped == ran ? "" : " (they pass here: give each one a case of its own, see testlib.h)");
+		if (skipped == ran)
+			return 77;
+	}
+	return EXIT_SUCCESS;
 }
 
 const char *
@@ -83,7 +135,10 @@ sweep_test_dirs(void)
 			continue;
 		char dir[PATH_MAX];
 		snprintf(dir, sizeof(dir), "%s/%s", tmp_root(), de->d_name);
-		int n = vmf_test_kill_under("vmfactory", dir) + vmf_test_kill_qemu_under(dir);
+		/* The daemon first (it would replace what is killed next), then
+		 * its VMMs: QEMU, or the fake Firecracker of tests/fake_vmm.c. */
+		int n = vmf_test_kill_under("vmfactory", dir) + vmf_test_kill_qemu_under(dir) +
+			vmf_test_kill_under("fake_vmm", dir);
 		if (n)
 			fprintf(stderr, "test runner: killed %d processes a failed test left under %s\n", n, dir);
 		/* Mounts a failed test left (lazy: nothing may hold them now). */

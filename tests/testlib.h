@@ -8,8 +8,20 @@
 
 #include "error.h"
 
-/* Runs a suite and returns the process exit status (Check prints its summary). */
+/* Runs a suite and returns the process exit status (Check prints its summary):
+ * failure if a test failed; 77 (meson: SKIP) if every test that ran called
+ * vmf_test_skip(); failure if no test ran at all (a CK_RUN_CASE naming no
+ * case), unless VMFACTORY_TEST picked a test of another case (77). */
 int vmf_test_run(Suite *s);
+
+/* Records that the running test cannot run here and why (printed as
+ * "SKIP: reason"); the test then returns.  Check has no skip result, so a
+ * test that may skip goes in a TCase of its own, tagged VMF_TEST_OWN_CASE,
+ * that tests/meson.build registers as its own test (CK_RUN_CASE=name) and
+ * leaves out of the program's main entry (CK_EXCLUDE_TAGS): its skip is then
+ * a SKIP in meson's summary, and the program's other tests still count. */
+void vmf_test_skip(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+#define VMF_TEST_OWN_CASE "own"
 
 /* Directory holding vmlinuz/initrd.img; NULL (and a printed reason) when the
  * guest image is missing, so integration tests can fail clearly. */
