@@ -59,6 +59,7 @@ static const struct key keys[] = {
 	{ SEC_DAEMON, "log_level", K_LOGLEVEL, 0, 0, 0, 0 },
 	{ SEC_DAEMON, "metrics_listen", K_LISTEN, O(metrics_listen), 0, 0, 64 },
 	{ SEC_DAEMON, "fill_parallelism", K_UINT, O(fill_parallelism), 1, 64, 0 },
+	{ SEC_DAEMON, "max_miss_clones", K_UINT, O(max_miss_clones), 0, 64, 0 },
 	{ SEC_HV, "binary", K_PROGRAM, O(qemu_binary), 0, 0, 512 },
 	{ SEC_HV, "type", K_DRIVER, O(hypervisor), 0, 0, 0 },
 	{ SEC_HV, "accelerator", K_ACCEL, O(accel), 0, 0, 0 },
