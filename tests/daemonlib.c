@@ -26,6 +26,19 @@ char *tmp;
 char sock[600], state[600], run[600], common_opts[2200], exe[600];
 const char *fault;
 
+bool
+test_selected(const char *name)
+{
+	const char *only = getenv("VMFACTORY_TEST");
+	if (!only)
+		return true;
+	size_t n = strlen(name);
+	for (const char *p = only; (p = strstr(p, name)); p += n)
+		if ((p == only || p[-1] == ' ' || p[-1] == ',') && (!p[n] || p[n] == ' ' || p[n] == ','))
+			return true;
+	return false;
+}
+
 void
 setup(void)
 {
