@@ -445,9 +445,13 @@ vmf_getvm_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control__Ge
 			d->errors++;
 			free(j);
 			char msg[200];
-			snprintf(msg, sizeof(msg), "pool %s exhausted: no ready VM, and %u clone%s on demand already in "
-				 "flight (max_miss_clones = %u); retry later", pool->name, d->miss_clones,
-				 d->miss_clones == 1 ? "" : "s", d->opts.max_miss_clones);
+			if (d->opts.max_miss_clones == 0)
+				snprintf(msg, sizeof(msg), "pool %s exhausted: no ready VM, and this daemon does not "
+					 "clone on demand (max_miss_clones = 0); retry later", pool->name);
+			else
+				snprintf(msg, sizeof(msg), "pool %s exhausted: no ready VM, and %u clone%s on demand "
+					 "already in flight (max_miss_clones = %u); retry later", pool->name,
+					 d->miss_clones, d->miss_clones == 1 ? "" : "s", d->opts.max_miss_clones);
 			vmf_control_reply_error(c, EAGAIN, msg);
 			return;
 		}
