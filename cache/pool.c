@@ -1,6 +1,7 @@
 #include "pool.h"
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +18,36 @@ vmf_pvm_state_name(enum vmf_pvm_state s)
 	case PVM_GONE: return "gone";
 	}
 	return "unknown";
+}
+
+struct vmf_tpl *
+vmf_tpl_new(Vmf__Catalog__TemplateRecord *rec)
+{
+	struct vmf_tpl *t = calloc(1, sizeof(*t));
+	if (!t) {
+		vmf__catalog__template_record__free_unpacked(rec, NULL);
+		return NULL;
+	}
+	atomic_init(&t->refs, 1);
+	t->rec = rec;
+	return t;
+}
+
+struct vmf_tpl *
+vmf_tpl_ref(struct vmf_tpl *t)
+{
+	if (t)
+		atomic_fetch_add(&t->refs, 1);
+	return t;
+}
+
+void
+vmf_tpl_unref(struct vmf_tpl *t)
+{
+	if (!t || atomic_fetch_sub(&t->refs, 1) != 1)
+		return;
+	vmf__catalog__template_record__free_unpacked(t->rec, NULL);
+	free(t);
 }
 
 unsigned

@@ -28,6 +28,22 @@ struct vmf_pool;
 struct vmf_agent;
 struct vmf_hv_ops;
 
+/* A template record shared by its pool and the jobs that clone from it.
+ * A job takes a reference on the loop before it is queued and drops it in
+ * its done callback; the pool drops its own when the template is found
+ * broken.  The last reference frees the record, so a clone still running
+ * when another finds the template broken keeps a valid record. */
+struct vmf_tpl {
+	_Atomic unsigned refs;
+	Vmf__Catalog__TemplateRecord *rec;
+};
+
+/* Takes rec (freed with the last reference); one reference, NULL when out
+ * of memory (rec is freed then). */
+struct vmf_tpl *vmf_tpl_new(Vmf__Catalog__TemplateRecord *rec);
+struct vmf_tpl *vmf_tpl_ref(struct vmf_tpl *t);
+void vmf_tpl_unref(struct vmf_tpl *t);
+
 /* A VM the daemon manages. */
 struct vmf_pvm {
 	TAILQ_ENTRY(vmf_pvm) link;
@@ -60,7 +76,7 @@ struct vmf_pool {
 	unsigned max_idle_s;                 /* replace ready VMs older than this, 0 = never */
 	char template_id[VMF_SHA256_HEX];
 	Vmf__Catalog__TemplateSpec *spec;
-	Vmf__Catalog__TemplateRecord *tpl;   /* NULL until built */
+	struct vmf_tpl *tpl;                 /* NULL until built, and once found broken */
 	struct vmf_template_params params;
 	unsigned target;
 	unsigned parallelism;                /* concurrent clones while filling */

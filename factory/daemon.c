@@ -7,8 +7,10 @@
 #include <event2/thread.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,6 +42,7 @@ vmf_daemon_opts_defaults(struct vmf_daemon_opts *o)
 	o->max_vcpus = VMF_DEFAULT_MAX_VCPUS;
 	o->max_memory_mib = VMF_DEFAULT_MAX_MEMORY_MIB;
 	o->share_memory = true;
+	o->max_miss_clones = VMF_DEFAULT_MAX_MISS_CLONES;
 	o->ready_fd = -1;
 	o->idle_timeout_s = VMF_DEFAULT_IDLE_TIMEOUT_S;
 	o->frame_timeout_s = VMF_DEFAULT_FRAME_TIMEOUT_S;
@@ -47,36 +50,60 @@ vmf_daemon_opts_defaults(struct vmf_daemon_opts *o)
 
 /* ---- readiness pipe to `vmfactory init` ---- */
 
+/* On the loop only: the loop owns ready_fd and closes it. */
 static void
 notify(struct vmf_daemon *d, const char *line)
 {
 	if (d->ready_fd < 0)
 		return;
-	/* One write per line: progress may come from a worker thread. */
 	if (vmf_write_full(d->ready_fd, line, strlen(line), vmf_now_ms() + 1000, NULL) < 0) {
 		close(d->ready_fd);
 		d->ready_fd = -1;
 	}
 }
 
+struct progress {
+	struct vmf_daemon *d;
+	int n;
+	char buf[600];
+};
+
+static void
+progress_on_loop(void *arg)
+{
+	struct progress *m = arg;
+	const char *b = m->buf;
+	int skip = strncmp(b, "progress: ", 10) ? 0 : 10;
+	notify(m->d, b);
+	vmf_sd_notify("STATUS=%.*s", m->n - skip, b + skip);
+	free(m);
+}
+
 void
 vmf_daemon_progress(struct vmf_daemon *d, const char *fmt, ...)
 {
-	char buf[600];
+	struct progress *m = calloc(1, sizeof(*m));
+	if (!m)
+		return;
 	va_list ap;
 	va_start(ap, fmt);
-	int n = vsnprintf(buf, sizeof(buf) - 1, fmt, ap);
+	int n = vsnprintf(m->buf, sizeof(m->buf) - 1, fmt, ap);
 	va_end(ap);
-	if (n < 0)
+	if (n < 0) {
+		free(m);
 		return;
-	if ((size_t)n > sizeof(buf) - 2)
-		n = sizeof(buf) - 2;
-	buf[n] = '\n';
-	buf[n + 1] = '\0';
-	log_info("%.*s", n, buf);
-	notify(d, buf);
-	vmf_sd_notify("STATUS=%.*s", n - (strncmp(buf, "progress: ", 10) ? 0 : 10),
-		      buf + (strncmp(buf, "progress: ", 10) ? 0 : 10));
+	}
+	if ((size_t)n > sizeof(m->buf) - 2)
+		n = sizeof(m->buf) - 2;
+	m->buf[n] = '\n';
+	m->buf[n + 1] = '\0';
+	m->n = n;
+	m->d = d;
+	log_info("%.*s", n, m->buf);
+	/* Through the jobs' completion list: a line posted by a build job
+	 * reaches the pipe before that job's done callback runs. */
+	if (!d->jobs || vmf_jobs_post(d->jobs, progress_on_loop, m) < 0)
+		free(m);
 }
 
 /* Ready once the socket answers (this runs after listen) and every
@@ -272,9 +299,11 @@ vmf_daemon_destroy_vm(struct vmf_daemon *d, struct vmf_pvm *vm, bool remove_link
 		j->remove_links = remove_links;
 		j->reply_to = reply_to;
 	}
-	/* Inline when out of memory, or once the loop has ended (the workers
-	 * are gone): rather than leak a QEMU. */
-	if (!j || d->loop_done || vmf_jobs_submit(d->jobs, stop_work, stop_done, j) < 0) {
+	/* A client waits for a release or a destroy; replacing a pooled VM is
+	 * pool work.  Inline when out of memory, or once the loop has ended
+	 * (the workers are gone): rather than leak a QEMU. */
+	enum vmf_job_class cls = reply_to || d->stopping ? VMF_JOB_INTERACTIVE : VMF_JOB_POOL;
+	if (!j || d->loop_done || vmf_jobs_submit_class(d->jobs, cls, stop_work, stop_done, j) < 0) {
 		struct stop_job tmp = { d, vm, remove_links, reply_to };
 		stop_work(&tmp);
 		free(j);
@@ -341,15 +370,44 @@ vmf_daemon_watch_vm(struct vmf_daemon *d, struct vmf_pvm *vm)
 
 struct clone_job {
 	struct vmf_daemon *d;
-	struct vmf_pvm *vm;
-	struct vmf_pool *pool;
-	Vmf__Catalog__TemplateRecord *tpl;   /* the pool's, read-only while filling */
+	struct vmf_pvm *vm;                  /* the loop's: the worker touches only snap */
+	struct vmf_pvm snap;                 /* the worker's copy; clone_done applies it */
+	struct vmf_pool *pool;               /* the worker reads only its params */
+	struct vmf_tpl *tpl;                 /* a reference, dropped by clone_done */
 	bool template_broken;
 	int rc;
 	struct vmf_error err;
 };
 
 static void start_template_build(struct vmf_daemon *d, struct vmf_pool *p);
+
+#ifdef VMF_FAULT_INJECTION
+static atomic_uint gate_tickets[2];
+
+int
+vmf_daemon_fault_gate(struct vmf_daemon *d, const char *name, struct vmf_error *err)
+{
+	if (!VMF_FAULT_ERR("gates"))
+		return 0;
+	unsigned ticket = atomic_fetch_add(&gate_tickets[strcmp(name, "miss") == 0], 1);
+	char path[PATH_MAX];
+	snprintf(path, sizeof(path), "%s/gate-%s", d->opts.run_dir, name);
+	int64_t deadline = vmf_now_ms() + 600000;
+	for (;;) {
+		char *s = NULL;
+		if (vmf_read_file(path, &s, NULL, 64, NULL) < 0)
+			return 0;
+		bool fail = strncmp(s, "fail", 4) == 0;
+		unsigned long open = strtoul(s, NULL, 10);
+		free(s);
+		if (fail || vmf_now_ms() > deadline)
+			return vmf_err(err, EIO, "fault injection: the %s gate failed clone %u", name, ticket);
+		if (open > ticket)
+			return 0;
+		poll(NULL, 0, 20);
+	}
+}
+#endif
 
 #define WARM_TIMEOUT_MS 60000
 
@@ -383,7 +441,7 @@ static void
 clone_work(void *arg)
 {
 	struct clone_job *j = arg;
-	struct vmf_pvm *vm = j->vm;
+	struct vmf_pvm *vm = &j->snap;
 	struct vmf_error rerr = {0};
 	/* Recorded before the clone starts, so a crash mid-clone leaves a
 	 * record recovery can reconcile.  (A QEMU without one is found by its
@@ -391,13 +449,15 @@ clone_work(void *arg)
 	 * records are written here: the event loop must not wait on fsync. */
 	if (vmf_daemon_put_vm_record(j->d, vm, PVM_CREATING, &rerr) < 0)
 		log_vm(VMF_LOG_ERROR, vm->id, "cannot record VM state: %s", rerr.msg);
+	if ((j->rc = VMF_FAULT_GATE(j->d, "clone", &j->err)) < 0)
+		return;
 	/* Cheap check (sizes) on every clone; digests were checked once at start. */
-	j->rc = vmf_template_verify(j->d->cat, j->tpl, false, &j->err);
+	j->rc = vmf_template_verify(j->d->cat, j->tpl->rec, false, &j->err);
 	if (j->rc < 0) {
 		j->template_broken = true;
 		return;
 	}
-	j->rc = vmf_template_clone(&j->pool->params, j->tpl, vm->id, vm->run_dir, vm->share_dir, &vm->hv,
+	j->rc = vmf_template_clone(&j->pool->params, j->tpl->rec, vm->id, vm->run_dir, vm->share_dir, &vm->hv,
 				   &j->err);
 	VMF_FAULT("mid-clone");
 	if (j->rc == 0)
@@ -417,6 +477,9 @@ clone_done(void *arg)
 	struct vmf_pvm *vm = j->vm;
 	struct vmf_pool *p = j->pool;
 	p->filling--;
+	vm->hv = j->snap.hv;
+	vm->agent = j->snap.agent;
+	vm->ready_ns = j->snap.ready_ns;
 	vm->busy = false;
 	/* A clone finished during a SIGTERM shutdown joins the pool, which the
 	 * next daemon adopts; during a destroy it is stopped. */
@@ -433,14 +496,16 @@ clone_done(void *arg)
 			log_vm(VMF_LOG_WARN, vm->id, "clone failed: %s", j->err.msg);
 			vmf_pool_note_failure(p, vmf_now_ms(), j->err.msg);
 		}
-		if (j->template_broken && p->tpl) {
-			/* Rebuilt on the next fill: the record is already marked broken. */
-			vmf__catalog__template_record__free_unpacked(p->tpl, NULL);
+		if (j->template_broken && p->tpl == j->tpl) {
+			/* Rebuilt on the next fill: the record is already marked
+			 * broken.  Jobs still using it hold their references. */
+			vmf_tpl_unref(p->tpl);
 			p->tpl = NULL;
 			p->verified = false;
 		}
 		vmf_daemon_destroy_vm(d, vm, false, NULL);
 	}
+	vmf_tpl_unref(j->tpl);
 	free(j);
 	check_readiness(d);
 	vmf_daemon_settle(d);
@@ -489,9 +554,11 @@ vmf_daemon_refill(struct vmf_daemon *d)
 			vm->busy = true;
 			j->d = d;
 			j->vm = vm;
+			j->snap = *vm;
 			j->pool = p;
-			j->tpl = p->tpl;
-			if (vmf_jobs_submit(d->jobs, clone_work, clone_done, j) < 0) {
+			j->tpl = vmf_tpl_ref(p->tpl);
+			if (vmf_jobs_submit_class(d->jobs, VMF_JOB_POOL, clone_work, clone_done, j) < 0) {
+				vmf_tpl_unref(j->tpl);
 				vmf_daemon_vm_free(d, vm);
 				free(j);
 				break;
@@ -553,7 +620,7 @@ build_done(void *arg)
 	p->building = false;
 	if (j->rc == 0) {
 		vmf_histogram_add(&d->build_hist, (double)(vmf_now_ms() - j->start_ms) / 1000.0);
-		p->tpl = j->rec;
+		p->tpl = vmf_tpl_new(j->rec);   /* NULL (out of memory): built again */
 		p->verified = true;
 		vmf_pool_note_success(p);
 		p->last_error[0] = '\0';
@@ -586,7 +653,7 @@ start_template_build(struct vmf_daemon *d, struct vmf_pool *p)
 	j->pool = p;
 	j->start_ms = vmf_now_ms();
 	p->building = true;
-	if (vmf_jobs_submit(d->jobs, build_work, build_done, j) < 0) {
+	if (vmf_jobs_submit_class(d->jobs, VMF_JOB_POOL, build_work, build_done, j) < 0) {
 		p->building = false;
 		free(j);
 	}
@@ -602,7 +669,8 @@ vm_info_fill(struct vmf_daemon *d, const struct vmf_pvm *vm, Vmf__Control__VmInf
 	static __thread char qmp[PATH_MAX + 16], agent[PATH_MAX + 16];
 	vmf__control__vm_info__init(info);
 	info->id = (char *)vm->id;
-	info->pid = vm->hv && !vm->busy ? vm->ops->pid(vm->hv) : 0;
+	/* While busy a worker owns hv (and may be setting it). */
+	info->pid = !vm->busy && vm->hv ? vm->ops->pid(vm->hv) : 0;
 	info->vcpus = vm->vcpus;
 	info->memory_mib = vm->memory_mib;
 	snprintf(qmp, sizeof(qmp), "%s/%s", vm->run_dir, vm->ops->control_socket);
@@ -620,7 +688,7 @@ vm_info_fill(struct vmf_daemon *d, const struct vmf_pvm *vm, Vmf__Control__VmInf
 	info->created_ns = vm->created_ns;
 	info->owner_uid = (uint32_t)vm->owner_uid;
 	info->pss_kib = read_pss && info->pid > 0 && !vm->dead ? vmf_proc_pss_kib(info->pid) : 0;
-	if (vm->hv && !vm->busy) {
+	if (!vm->busy && vm->hv) {
 		struct vmf_error err;
 		vm->ops->serialize(vm->hv, &info->hypervisor, &err);
 	}
@@ -806,9 +874,9 @@ status_build(struct vmf_daemon *d, uid_t peer, Vmf__Control__Reply *reply, pid_t
 		ts->memory_mib = p->spec->memory_mib;
 		ts->max_vcpus = p->spec->max_vcpus;
 		ts->max_memory_mib = p->spec->max_memory_mib;
-		ts->memory_size = p->tpl ? p->tpl->memory_size : 0;
-		ts->state_size = p->tpl ? p->tpl->state_size : 0;
-		ts->created_ns = p->tpl ? p->tpl->created_ns : 0;
+		ts->memory_size = p->tpl ? p->tpl->rec->memory_size : 0;
+		ts->state_size = p->tpl ? p->tpl->rec->state_size : 0;
+		ts->created_ns = p->tpl ? p->tpl->rec->created_ns : 0;
 		ts->error = strdup(p->last_error);
 		ts->full_memory = p->spec->full_memory;
 		s->templates[s->n_templates++] = ts;
@@ -1306,8 +1374,7 @@ daemon_free(struct vmf_daemon *d)
 	struct vmf_pool *p;
 	while ((p = TAILQ_FIRST(&d->pools))) {
 		TAILQ_REMOVE(&d->pools, p, link);
-		if (p->tpl)
-			vmf__catalog__template_record__free_unpacked(p->tpl, NULL);
+		vmf_tpl_unref(p->tpl);
 		vmf_template_spec_free(p->spec);
 		free(p);
 	}
@@ -1411,7 +1478,11 @@ vmf_daemon_run(const struct vmf_daemon_opts *opts, struct vmf_error *err)
 	evthread_use_pthreads();
 	vmf_log_route_libevent();
 	d->base = event_base_new();
-	d->jobs = d->base ? vmf_jobs_new(d->base, WORKER_THREADS) : NULL;
+	/* Pool work may take WORKER_THREADS - 1 workers; misses have one each
+	 * besides, and one more stays for hand-outs of ready VMs, releases and
+	 * inspects: none of these waits for a clone. */
+	unsigned reserve = 1 + opts->max_miss_clones;
+	d->jobs = d->base ? vmf_jobs_new(d->base, WORKER_THREADS + opts->max_miss_clones, reserve) : NULL;
 	if (!d->jobs) {
 		r = vmf_err(err, ENOMEM, "cannot set up the event loop");
 		goto out;

@@ -18,6 +18,8 @@
 #define VMF_DEFAULT_IDLE_TIMEOUT_S 60
 #define VMF_DEFAULT_FRAME_TIMEOUT_S 10
 #define VMF_DEFAULT_CMDLINE "console=ttyS0 panic=-1 quiet"
+/* GetVM misses cloning at once; beyond it a miss fails with EAGAIN. */
+#define VMF_DEFAULT_MAX_MISS_CLONES 2
 
 /* One pool: how many paused VMs of which size to keep ready. */
 struct vmf_pool_spec {
@@ -51,6 +53,7 @@ struct vmf_daemon_opts {
 	unsigned vcpus, memory_mib, max_vcpus, max_memory_mib;
 	bool share_memory;           /* false = --no-share (full-form templates) */
 	unsigned fill_parallelism;   /* concurrent clones while filling, 0 = auto */
+	unsigned max_miss_clones;    /* concurrent clones for GetVM misses; 0 = no misses */
 	unsigned max_idle_s;         /* replace pooled VMs older than this, 0 = never */
 	int ready_fd;                /* written "ready\n"/"full\n" then closed, -1 = none */
 	bool notify_full;            /* report on ready_fd only once the pool is full */

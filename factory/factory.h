@@ -1,5 +1,16 @@
 /* Daemon internals shared by daemon.c, control.c and getvm.c.
- * Everything here is owned by the event loop thread unless noted. */
+ *
+ * Ownership: the event loop thread owns all daemon state (this struct,
+ * pools, VMs, connections, the readiness pipe); nothing here has a lock.
+ * A worker job (jobs.h) gets what it needs by value (a copy of the VM
+ * record, the request's fields) or by reference count (the template record,
+ * struct vmf_tpl), and returns its results in its job struct; its done
+ * callback, which runs on the loop, applies them.  While a VM is busy its
+ * driver handle (hv) and agent belong to the job: the loop reads neither.
+ * What a worker must tell the loop mid-job (a progress line) it posts with
+ * vmf_jobs_post().  Read-only after start-up, and so free to read on a
+ * worker: opts, ops, hv, img, cat (LMDB serializes writers), start_ms, and
+ * each pool's name, template_id, spec and params. */
 #ifndef VMF_FACTORY_H
 #define VMF_FACTORY_H
 
@@ -66,6 +77,7 @@ struct vmf_daemon {
 	unsigned recent_rng_n;
 	unsigned conns;
 	struct vmf_control *ctl;         /* control.c's connection table */
+	unsigned miss_clones;            /* GetVM misses cloning now (bounded by opts.max_miss_clones) */
 	uint32_t destroyed;              /* VMs stopped since destroy began */
 	struct vmf_conn *destroy_conn;   /* the Destroy waiting for its reply */
 	bool destroying;                 /* a Destroy was accepted (stopping is set too) */
@@ -113,8 +125,21 @@ void vmf_daemon_status(struct vmf_daemon *d, struct vmf_conn *c);
 /* Root and the daemon's own user act on every VM (and may destroy). */
 bool vmf_daemon_peer_admin(const struct vmf_daemon *d, uid_t uid);
 void vmf_daemon_destroy(struct vmf_daemon *d, struct vmf_conn *c, bool all);
+/* From any thread: logs a progress line; the loop writes it to `vmfactory
+ * init`'s pipe and to systemd (STATUS=). */
 void vmf_daemon_progress(struct vmf_daemon *d, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
+/* Test builds, VMFACTORY_FAULT=gates: clone work named name ("clone" for
+ * the pool's, "miss" for GetVM's) waits at a gate, the file
+ * <run_dir>/gate-NAME: it holds how many clones may pass, in the order they
+ * arrive, or "fail" (they fail, EIO); no file, no gate.  How end-to-end
+ * tests order clones against other work deterministically. */
+#ifdef VMF_FAULT_INJECTION
+int vmf_daemon_fault_gate(struct vmf_daemon *d, const char *name, struct vmf_error *err);
+#define VMF_FAULT_GATE(d, name, err) vmf_daemon_fault_gate((d), (name), (err))
+#else
+#define VMF_FAULT_GATE(d, name, err) 0
+#endif
 void vmf_vm_info_fill(struct vmf_daemon *d, const struct vmf_pvm *vm, Vmf__Control__VmInfo *info);
 void vmf_vm_info_clear(Vmf__Control__VmInfo *info);
 

@@ -26,8 +26,10 @@ const char *const vmf_step_names[STEP_COUNT] = {
 struct getvm_job {
 	struct vmf_daemon *d;
 	struct vmf_conn *c;
-	struct vmf_pvm *vm;
-	struct vmf_pool *pool;
+	struct vmf_pvm *vm;          /* the loop's: the worker touches only snap */
+	struct vmf_pvm snap;         /* the worker's copy; getvm_done applies it */
+	struct vmf_pool *pool;       /* the worker reads only its params */
+	struct vmf_tpl *tpl;         /* a miss clones from it: a reference */
 	bool miss;
 	uid_t peer;
 	unsigned vcpus, memory_mib;
@@ -123,7 +125,7 @@ getvm_work(void *arg)
 {
 	struct getvm_job *j = arg;
 	struct vmf_daemon *d = j->d;
-	struct vmf_pvm *vm = j->vm;
+	struct vmf_pvm *vm = &j->snap;
 	struct vmf_error *err = &j->err;
 	const struct vmf_hv_ops *ops = vm->ops;
 	int64_t t = vmf_monotonic_ns();
@@ -138,7 +140,9 @@ getvm_work(void *arg)
 	}
 	double record_ms = since(&t);
 	if (j->miss) {
-		j->rc = vmf_template_clone(&j->pool->params, j->pool->tpl, vm->id, vm->run_dir,
+		if ((j->rc = VMF_FAULT_GATE(d, "miss", err)) < 0)
+			return;
+		j->rc = vmf_template_clone(&j->pool->params, j->tpl->rec, vm->id, vm->run_dir,
 					   vm->share_dir, &vm->hv, err);
 		if (j->rc < 0)
 			return;
@@ -236,6 +240,15 @@ getvm_done(void *arg)
 	struct getvm_job *j = arg;
 	struct vmf_daemon *d = j->d;
 	struct vmf_pvm *vm = j->vm;
+	vm->hv = j->snap.hv;
+	vm->agent = j->snap.agent;
+	vm->vcpus = j->snap.vcpus;
+	vm->memory_mib = j->snap.memory_mib;
+	vm->assigned_ns = j->snap.assigned_ns;
+	if (j->miss)
+		d->miss_clones--;
+	vmf_tpl_unref(j->tpl);
+	j->tpl = NULL;
 	if (j->rc == 0) {
 		/* Clones that drew the same random bytes would share secrets. */
 		for (unsigned i = 0; i < d->recent_rng_n && i < 64; i++)
@@ -381,7 +394,22 @@ getvm_take(struct getvm_job *j)
 		d->hits++;
 		pool->ready--;
 	} else {
-		/* A miss: clone now, on the worker, within the request's timeout. */
+		/* A miss: clone now, on a worker, within the request's timeout.
+		 * Bounded: the daemon has a worker for each (vmf_daemon_run). */
+		if (d->miss_clones >= d->opts.max_miss_clones) {
+			d->errors++;
+			free(j);
+			char msg[200];
+			if (d->opts.max_miss_clones == 0)
+				snprintf(msg, sizeof(msg), "pool %s exhausted: no ready VM, and this daemon does not "
+					 "clone on demand (max_miss_clones = 0); retry later", pool->name);
+			else
+				snprintf(msg, sizeof(msg), "pool %s exhausted: no ready VM, and %u clone%s on demand "
+					 "already in flight (max_miss_clones = %u); retry later", pool->name,
+					 d->miss_clones, d->miss_clones == 1 ? "" : "s", d->opts.max_miss_clones);
+			vmf_control_reply_error(c, EAGAIN, msg);
+			return;
+		}
 		d->misses++;
 		vm = vmf_daemon_new_vm(d, pool);
 		if (!vm) {
@@ -390,6 +418,8 @@ getvm_take(struct getvm_job *j)
 			return;
 		}
 		j->miss = true;
+		j->tpl = vmf_tpl_ref(pool->tpl);
+		d->miss_clones++;
 	}
 	vm->state = PVM_HANDING_OUT;
 	vm->owner_uid = j->peer;
@@ -400,6 +430,7 @@ getvm_take(struct getvm_job *j)
 	snprintf(vm->sandbox_id, sizeof(vm->sandbox_id), "%s", j->sandbox_id);
 	vm->busy = true;
 	j->vm = vm;
+	j->snap = *vm;
 	if (vmf_jobs_submit(d->jobs, getvm_work, getvm_done, j) < 0) {
 		j->rc = vmf_err(&j->err, ENOMEM, "cannot queue the GetVM work");
 		getvm_done(j);

@@ -8,7 +8,13 @@
 struct job {
 	vmf_job_fn work, done;
 	void *arg;
+	enum vmf_job_class cls;
+	bool counted;                 /* in pending: not a posted callback */
 	struct job *next;
+};
+
+struct queue {
+	struct job *head, **tailp;
 };
 
 struct vmf_jobs {
@@ -16,13 +22,44 @@ struct vmf_jobs {
 	struct event *wake;           /* activated by workers when jobs finish */
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
-	struct job *queue, *queue_tail;
+	struct queue high, low;       /* interactive jobs; pool work */
 	struct job *finished;
 	unsigned pending;
+	unsigned pool_running, pool_max;
 	bool stopping;
 	unsigned nthreads;
 	pthread_t *threads;
 };
+
+static void
+queue_push(struct queue *q, struct job *job)
+{
+	job->next = NULL;
+	*q->tailp = job;
+	q->tailp = &job->next;
+}
+
+static struct job *
+queue_pop(struct queue *q)
+{
+	struct job *job = q->head;
+	q->head = job->next;
+	if (!q->head)
+		q->tailp = &q->head;
+	return job;
+}
+
+/* The next job a worker may start, under mu: the oldest interactive job,
+ * else the oldest pool job if pool work may grow. */
+static struct job *
+take(struct vmf_jobs *j)
+{
+	if (j->high.head)
+		return queue_pop(&j->high);
+	if (j->low.head && j->pool_running < j->pool_max)
+		return queue_pop(&j->low);
+	return NULL;
+}
 
 static void *
 worker(void *arg)
@@ -30,18 +67,24 @@ worker(void *arg)
 	struct vmf_jobs *j = arg;
 	pthread_mutex_lock(&j->mu);
 	for (;;) {
-		while (!j->queue && !j->stopping)
+		struct job *job = take(j);
+		if (!job) {
+			if (j->stopping && !j->high.head && !j->low.head)
+				break;
 			pthread_cond_wait(&j->cv, &j->mu);
-		if (!j->queue && j->stopping)
-			break;
-		struct job *job = j->queue;
-		j->queue = job->next;
-		if (!j->queue)
-			j->queue_tail = NULL;
+			continue;
+		}
+		if (job->cls == VMF_JOB_POOL)
+			j->pool_running++;
 		pthread_mutex_unlock(&j->mu);
 		if (job->work)
 			job->work(job->arg);
 		pthread_mutex_lock(&j->mu);
+		if (job->cls == VMF_JOB_POOL) {
+			j->pool_running--;
+			/* A pool job held back by the bound may start now. */
+			pthread_cond_broadcast(&j->cv);
+		}
 		job->next = j->finished;
 		j->finished = job;
 		event_active(j->wake, EV_READ, 0);
@@ -57,8 +100,8 @@ run_finished(struct vmf_jobs *j)
 	struct job *list = j->finished;
 	j->finished = NULL;
 	pthread_mutex_unlock(&j->mu);
-	/* Completion order within a batch does not matter to callers, but keep
-	 * it FIFO-ish for readable logs. */
+	/* In the order they finished: a line a job posted (vmf_jobs_post)
+	 * comes before that job's done(). */
 	struct job *rev = NULL;
 	while (list) {
 		struct job *n = list->next;
@@ -70,9 +113,11 @@ run_finished(struct vmf_jobs *j)
 		struct job *n = rev->next;
 		/* Not pending any more once done() runs: done() may ask whether
 		 * all work has finished. */
-		pthread_mutex_lock(&j->mu);
-		j->pending--;
-		pthread_mutex_unlock(&j->mu);
+		if (rev->counted) {
+			pthread_mutex_lock(&j->mu);
+			j->pending--;
+			pthread_mutex_unlock(&j->mu);
+		}
 		if (rev->done)
 			rev->done(rev->arg);
 		free(rev);
@@ -89,7 +134,7 @@ wake_cb(evutil_socket_t fd, short what, void *arg)
 }
 
 struct vmf_jobs *
-vmf_jobs_new(struct event_base *base, unsigned n)
+vmf_jobs_new(struct event_base *base, unsigned n, unsigned reserve)
 {
 	struct vmf_jobs *j = calloc(1, sizeof(*j));
 	if (!j)
@@ -97,6 +142,9 @@ vmf_jobs_new(struct event_base *base, unsigned n)
 	j->base = base;
 	pthread_mutex_init(&j->mu, NULL);
 	pthread_cond_init(&j->cv, NULL);
+	j->high.tailp = &j->high.head;
+	j->low.tailp = &j->low.head;
+	j->pool_max = n > reserve ? n - reserve : 1;
 	j->wake = event_new(base, -1, 0, wake_cb, j);
 	j->threads = calloc(n, sizeof(*j->threads));
 	if (!j->wake || !j->threads) {
@@ -116,7 +164,7 @@ vmf_jobs_new(struct event_base *base, unsigned n)
 }
 
 int
-vmf_jobs_submit(struct vmf_jobs *j, vmf_job_fn work, vmf_job_fn done, void *arg)
+vmf_jobs_submit_class(struct vmf_jobs *j, enum vmf_job_class cls, vmf_job_fn work, vmf_job_fn done, void *arg)
 {
 	struct job *job = calloc(1, sizeof(*job));
 	if (!job) {
@@ -126,14 +174,36 @@ vmf_jobs_submit(struct vmf_jobs *j, vmf_job_fn work, vmf_job_fn done, void *arg)
 	job->work = work;
 	job->done = done;
 	job->arg = arg;
+	job->cls = cls;
+	job->counted = true;
 	pthread_mutex_lock(&j->mu);
-	if (j->queue_tail)
-		j->queue_tail->next = job;
-	else
-		j->queue = job;
-	j->queue_tail = job;
+	queue_push(cls == VMF_JOB_POOL ? &j->low : &j->high, job);
 	j->pending++;
 	pthread_cond_signal(&j->cv);
+	pthread_mutex_unlock(&j->mu);
+	return 0;
+}
+
+int
+vmf_jobs_submit(struct vmf_jobs *j, vmf_job_fn work, vmf_job_fn done, void *arg)
+{
+	return vmf_jobs_submit_class(j, VMF_JOB_INTERACTIVE, work, done, arg);
+}
+
+int
+vmf_jobs_post(struct vmf_jobs *j, vmf_job_fn fn, void *arg)
+{
+	struct job *job = calloc(1, sizeof(*job));
+	if (!job) {
+		errno = ENOMEM;
+		return -1;
+	}
+	job->done = fn;
+	job->arg = arg;
+	pthread_mutex_lock(&j->mu);
+	job->next = j->finished;
+	j->finished = job;
+	event_active(j->wake, EV_READ, 0);
 	pthread_mutex_unlock(&j->mu);
 	return 0;
 }

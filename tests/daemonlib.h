@@ -18,6 +18,11 @@
 #else
 #define UNDER_ASAN 0
 #endif
+#if defined(__SANITIZE_THREAD__) || __has_feature(thread_sanitizer)
+#define UNDER_TSAN 1
+#else
+#define UNDER_TSAN 0
+#endif
 
 /* The test's private dirs (setup() makes them under $TMPDIR) and the CLI:
  * tmp is the daemon's sandbox root (VMFACTORY_SANDBOX_ROOTS) and holds the
@@ -79,8 +84,9 @@ void stop_daemon(pid_t pid);
 /* The first pool's failure count and last error; -1 when nobody answers. */
 int pool_failures(const char *socket, char *last_error, size_t n);
 
-/* VMFACTORY_TEST=name runs one test (a developer's shortcut). */
-#define ADD_TEST(tc, t) do { const char *only_ = getenv("VMFACTORY_TEST"); \
-	if (!only_ || !strcmp(only_, #t)) tcase_add_test(tc, t); } while (0)
+/* VMFACTORY_TEST="name ..." runs only the tests named (a developer's
+ * shortcut, and how contrib/test picks the cases it runs under TSan). */
+bool test_selected(const char *name);
+#define ADD_TEST(tc, t) do { if (test_selected(#t)) tcase_add_test(tc, t); } while (0)
 
 #endif

@@ -44,6 +44,7 @@ dump(const struct vmf_config *c)
 	U(max_vcpus);
 	U(max_memory_mib);
 	U(fill_parallelism);
+	U(max_miss_clones);
 	fprintf(f, "log_level = %d\n", c->log_level);
 	ck_assert_ptr_eq(o->pools, c->pools);
 	ck_assert_uint_eq(o->n_pools, c->n_pools);

@@ -206,6 +206,12 @@ scan(const char *prog, const char *dir, bool kill_them)
 }
 
 int
+vmf_test_count_under(const char *prog, const char *dir)
+{
+	return scan(prog, dir, false);
+}
+
+int
 vmf_test_kill_under(const char *prog, const char *dir)
 {
 	int n = scan(prog, dir, true);

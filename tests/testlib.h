@@ -44,6 +44,8 @@ const char *vmf_test_src(const char *rel);
  * waits until they are gone (a failed test must not leak VMs or daemons);
  * returns how many it killed. */
 int vmf_test_kill_under(const char *prog, const char *dir);
+/* Processes whose command line contains both prog and dir. */
+int vmf_test_count_under(const char *prog, const char *dir);
 #define vmf_test_kill_qemu_under(dir) vmf_test_kill_under("qemu-system", (dir))
 
 /* Writes a fixture file whole: data to path via path.tmp.XXXXXX + fsync +
