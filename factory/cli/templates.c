@@ -30,6 +30,20 @@ lock_state(const char *state_dir, const char *what, struct vmf_error *e)
 	return fd;
 }
 
+/* Closes what a template command opened (NULL, -1: nothing) and prints
+ * r's error: the command's exit status. */
+static int
+close_offline(struct vmf_catalog *cat, int lock, struct vmf_config *cfg, int r, const struct vmf_error *e)
+{
+	if (cat)
+		vmf_catalog_close(cat);
+	if (lock >= 0)
+		close(lock);
+	if (cfg)
+		vmf_config_free(cfg);
+	return r < 0 ? fail(e) : 0;
+}
+
 static int
 template_params(const struct cmd *cmd, struct args *a, struct vmf_daemon_opts *o, struct vmf_template_params *p,
 		struct vmf_hv_info *info, struct vmf_image *img, Vmf__Catalog__TemplateSpec **spec,
@@ -93,13 +107,8 @@ cmd_template_build(const struct cmd *cmd, struct args *a)
 	if (r == 0)
 		r = vmf_template_build(cat, o.state_dir, o.run_dir, &p, spec, &img, progress_line, &t0, &rec, &e);
 	vmf_template_spec_free(spec);
-	if (cat)
-		vmf_catalog_close(cat);
-	if (lock >= 0)
-		close(lock);
-	vmf_config_free(&cfg);
-	if (r < 0)
-		return fail(&e);
+	if (close_offline(cat, lock, &cfg, r, &e))
+		return EXIT_FAILURE;
 	printf("template %s ready (%u vCPU, %u MiB, built in %.1f s)\n", rec->id, rec->spec->vcpus,
 	       rec->spec->memory_mib, rec->build_ms / 1000.0);
 	vmf__catalog__template_record__free_unpacked(rec, NULL);
@@ -173,20 +182,15 @@ cmd_template_rm(const struct cmd *cmd, struct args *a)
 		fprintf(stderr, "vmfactory: '%s' is not a template id (64 hex digits; see template list)\n", id);
 		return EXIT_FAILURE;
 	}
-	struct vmf_catalog *cat;
+	struct vmf_catalog *cat = NULL;
 	struct vmf_error e = {0};
-	int lock = lock_state(a->state_dir, "rm", &e);
-	if (lock < 0)
-		return fail(&e);
-	if (vmf_catalog_open(a->state_dir, &cat, &e) < 0) {
-		close(lock);
-		return fail(&e);
-	}
-	int r = remove_template(cat, a->state_dir, id, &e);
-	vmf_catalog_close(cat);
-	close(lock);
-	if (r < 0)
-		return fail(&e);
+	int lock = lock_state(a->state_dir, "rm", &e), r = lock;
+	if (r >= 0)
+		r = vmf_catalog_open(a->state_dir, &cat, &e);
+	if (r == 0)
+		r = remove_template(cat, a->state_dir, id, &e);
+	if (close_offline(cat, lock, NULL, r, &e))
+		return EXIT_FAILURE;
 	printf("removed template %s\n", id);
 	return 0;
 }
@@ -254,13 +258,8 @@ cmd_template_gc(const struct cmd *cmd, struct args *a)
 		r = vmf_catalog_template_list(cat, gc_one, &l, &e);
 	if (r == 0)
 		r = vmf_template_cleanup(cat, o.state_dir, &e);
-	if (cat)
-		vmf_catalog_close(cat);
-	if (lock >= 0)
-		close(lock);
-	vmf_config_free(&cfg);
-	if (r < 0)
-		return fail(&e);
+	if (close_offline(cat, lock, &cfg, r, &e))
+		return EXIT_FAILURE;
 	printf("%u templates removed", l.removed);
 	if (l.other)
 		printf("; %u of another hypervisor than %s kept", l.other, ops->name);
