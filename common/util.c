@@ -92,30 +92,23 @@ vmf_fsync_dir(const char *dir, struct vmf_error *err)
 }
 
 int
-vmf_read_file(const char *path, char **out, size_t *len, size_t max, struct vmf_error *err)
+vmf_read_fd(int fd, const char *path, char **out, size_t *len, size_t max, struct vmf_error *err)
 {
 	*out = NULL;
-	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-	if (fd < 0)
-		return vmf_err_sys(err, errno, "cannot open %s", path);
 	size_t cap = 4096, n = 0;
 	char *buf = malloc(cap + 1);
-	if (!buf) {
-		close(fd);
+	if (!buf)
 		return vmf_err(err, ENOMEM, "out of memory reading %s", path);
-	}
 	for (;;) {
 		if (n == cap) {
 			if (cap >= max) {
 				free(buf);
-				close(fd);
 				return vmf_err(err, EFBIG, "%s is larger than %zu bytes", path, max);
 			}
 			cap = cap * 2 > max ? max : cap * 2;
 			char *nb = realloc(buf, cap + 1);
 			if (!nb) {
 				free(buf);
-				close(fd);
 				return vmf_err(err, ENOMEM, "out of memory reading %s", path);
 			}
 			buf = nb;
@@ -126,19 +119,29 @@ vmf_read_file(const char *path, char **out, size_t *len, size_t max, struct vmf_
 		if (r < 0) {
 			int e = errno;
 			free(buf);
-			close(fd);
 			return vmf_err_sys(err, e, "cannot read %s", path);
 		}
 		if (r == 0)
 			break;
 		n += (size_t)r;
 	}
-	close(fd);
 	buf[n] = '\0';
 	*out = buf;
 	if (len)
 		*len = n;
 	return 0;
+}
+
+int
+vmf_read_file(const char *path, char **out, size_t *len, size_t max, struct vmf_error *err)
+{
+	*out = NULL;
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	if (fd < 0)
+		return vmf_err_sys(err, errno, "cannot open %s", path);
+	int r = vmf_read_fd(fd, path, out, len, max, err);
+	close(fd);
+	return r;
 }
 
 static int

@@ -35,6 +35,9 @@ int vmf_lock_state_dir(const char *state_dir, struct vmf_error *err);
 
 /* Reads a whole file (at most max bytes) into a NUL-terminated malloc'ed buffer. */
 int vmf_read_file(const char *path, char **out, size_t *len, size_t max, struct vmf_error *err);
+/* The same from an open fd (left open; path names it in errors), for a
+ * caller that checks what it opened first. */
+int vmf_read_fd(int fd, const char *path, char **out, size_t *len, size_t max, struct vmf_error *err);
 
 /* Removes path recursively without following symlinks (a symlink is removed,
  * not its target).  Missing path is success. */

@@ -756,28 +756,13 @@ vmf_config_load(struct vmf_config *c, const char *path, struct vmf_error *err)
 		close(fd);
 		return vmf_err(err, EFBIG, "config file %s is larger than %d bytes", path, VMF_CONFIG_MAX_SIZE);
 	}
-	char *buf = malloc((size_t)st.st_size + 1);
-	if (!buf) {
-		close(fd);
-		return vmf_err(err, ENOMEM, "out of memory");
-	}
-	size_t got = 0;
-	while (got < (size_t)st.st_size) {
-		ssize_t n = read(fd, buf + got, (size_t)st.st_size - got);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0) {
-			int e = errno;
-			free(buf);
-			close(fd);
-			return vmf_err_sys(err, e, "cannot read config file %s", path);
-		}
-		if (n == 0)
-			break;
-		got += (size_t)n;
-	}
+	char *buf;
+	size_t got;
+	int r = vmf_read_fd(fd, path, &buf, &got, (size_t)VMF_CONFIG_MAX_SIZE + 1, err);
 	close(fd);
-	int r = vmf_config_parse(c, path, buf, got, err);
+	if (r < 0)
+		return vmf_error_prefix(err, "config file");
+	r = vmf_config_parse(c, path, buf, got, err);
 	free(buf);
 	return r;
 }

@@ -28,6 +28,7 @@
 #include "frame.h"
 #include "log.h"
 #include "peercache.h"
+#include "sockaddr.h"
 
 /* Replies queued for a client that does not read them: two full-size
  * replies' worth, then the connection goes. */
@@ -740,10 +741,9 @@ max_connections(const struct vmf_daemon *d)
 pid_t
 vmf_control_probe_peer(const char *path)
 {
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	if (strlen(path) >= sizeof(sa.sun_path))
+	struct sockaddr_un sa;
+	if (vmf_unix_addr(&sa, NULL, path, NULL) < 0)
 		return 0;
-	strcpy(sa.sun_path, path);
 	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return 0;
@@ -765,10 +765,10 @@ int
 vmf_control_listen(struct vmf_daemon *d, struct vmf_error *err)
 {
 	const char *path = d->opts.socket_path;
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	if (strlen(path) >= sizeof(sa.sun_path))
-		return vmf_err(err, ENAMETOOLONG, "socket path %s is too long", path);
-	strcpy(sa.sun_path, path);
+	struct sockaddr_un sa;
+	int ar = vmf_unix_addr(&sa, NULL, path, err);
+	if (ar < 0)
+		return ar;
 	char dir[PATH_MAX];
 	snprintf(dir, sizeof(dir), "%s", path);
 	char *slash = strrchr(dir, '/');

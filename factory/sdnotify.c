@@ -10,6 +10,7 @@
 
 #include "log.h"
 #include "sdnotify.h"
+#include "sockaddr.h"
 
 static struct sockaddr_un notify_addr;
 static socklen_t notify_len;   /* 0: no socket */
@@ -21,19 +22,18 @@ vmf_sd_notify_init(void)
 	const char *e = getenv("NOTIFY_SOCKET");
 	if (!e || !*e)
 		return false;
-	size_t n = strlen(e);
-	if ((e[0] != '/' && e[0] != '@') || n >= sizeof(notify_addr.sun_path)) {
+	socklen_t len;
+	if ((e[0] != '/' && e[0] != '@') || vmf_unix_addr(&notify_addr, &len, e, NULL) < 0) {
 		log_warn("ignoring NOTIFY_SOCKET=%s: not an absolute path or @abstract name that fits a socket "
 			 "address", e);
 		unsetenv("NOTIFY_SOCKET");
 		return false;
 	}
-	memset(&notify_addr, 0, sizeof(notify_addr));
-	notify_addr.sun_family = AF_UNIX;
-	memcpy(notify_addr.sun_path, e, n);
-	if (e[0] == '@')
+	if (e[0] == '@') {
 		notify_addr.sun_path[0] = '\0';   /* abstract namespace: no trailing NUL counted */
-	notify_len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n + (e[0] == '/'));
+		len--;
+	}
+	notify_len = len;
 	unsetenv("NOTIFY_SOCKET");
 	return true;
 }

@@ -26,6 +26,7 @@
 
 #include "frame.h"
 #include "log.h"
+#include "sockaddr.h"
 
 #define EVENT_QUEUE_MAX 64
 #define ABANDONED_MAX 16
@@ -735,15 +736,13 @@ int
 vmf_qmp_connect(const char *path, int timeout_ms, struct vmf_qmp **out, struct vmf_error *err)
 {
 	*out = NULL;
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	if (strlen(path) >= sizeof(sa.sun_path))
-		return vmf_err(err, ENAMETOOLONG, "QMP socket path %s is longer than %zu bytes", path,
-			       sizeof(sa.sun_path) - 1);
-	strcpy(sa.sun_path, path);
+	struct sockaddr_un sa;
+	int r = vmf_unix_addr(&sa, NULL, path, err);
+	if (r < 0)
+		return vmf_error_prefix(err, "cannot reach QMP");
 	int64_t deadline = deadline_after(timeout_ms);
 	int ino = -1, backoff = 5;
 	bool watching = false;
-	int r;
 	for (;;) {
 		int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 		if (fd < 0) {

@@ -21,6 +21,7 @@
 
 #include "frame.h"
 #include "log.h"
+#include "sockaddr.h"
 #include "util.h"
 
 #define PACK_MAGIC "VMFSNAP1"
@@ -218,10 +219,10 @@ vmf_vmm_cmdline_has(pid_t pid, const char *arg)
 int
 vmf_vmm_connect_unix(const char *path, struct vmf_error *err)
 {
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	if (strlen(path) >= sizeof(sa.sun_path))
-		return vmf_err(err, ENAMETOOLONG, "socket path %s is too long", path);
-	strcpy(sa.sun_path, path);
+	struct sockaddr_un sa;
+	int r = vmf_unix_addr(&sa, NULL, path, err);
+	if (r < 0)
+		return r;
 	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return vmf_err_sys(err, errno, "cannot create socket");

@@ -2,6 +2,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,6 +12,7 @@
 
 #include "error.h"
 #include "frame.h"
+#include "sockaddr.h"
 #include "testlib.h"
 #include "util.h"
 
@@ -52,6 +54,43 @@ START_TEST(frame_roundtrip_and_limits)
 	close(sv[0]);
 	ck_assert_int_eq(vmf_frame_read(sv[1], &buf, &n, 100, vmf_now_ms() + 1000, &e), -EPIPE);
 	close(sv[1]);
+}
+END_TEST
+
+/* vmf_unix_addr: the longest path that fits is taken whole with its NUL
+ * counted; one byte more is refused, never cut; the vmf_read_fd reader
+ * config.c uses stops at its limit. */
+START_TEST(unix_addr_and_read_fd)
+{
+	struct sockaddr_un sa;
+	socklen_t len = 0;
+	struct vmf_error e = {0};
+	char p[sizeof(sa.sun_path) + 1];
+	memset(p, 'x', sizeof(p) - 1);
+	p[0] = '/';
+	p[sizeof(sa.sun_path) - 1] = '\0';
+	ck_assert_int_eq(vmf_unix_addr(&sa, &len, p, &e), 0);
+	ck_assert_int_eq(sa.sun_family, AF_UNIX);
+	ck_assert_str_eq(sa.sun_path, p);
+	ck_assert_uint_eq(len, offsetof(struct sockaddr_un, sun_path) + sizeof(sa.sun_path));
+	p[sizeof(sa.sun_path) - 1] = 'x';
+	p[sizeof(sa.sun_path)] = '\0';
+	ck_assert_int_eq(vmf_unix_addr(&sa, &len, p, &e), -ENAMETOOLONG);
+	ck_assert_ptr_nonnull(strstr(e.msg, "longer than 107 bytes"));
+	ck_assert_int_eq(vmf_unix_addr(&sa, NULL, "", NULL), -EINVAL);
+
+	int fd = open("/dev/zero", O_RDONLY | O_CLOEXEC);
+	ck_assert_int_ge(fd, 0);
+	char *buf;
+	size_t n;
+	ck_assert_int_eq(vmf_read_fd(fd, "/dev/zero", &buf, &n, 10000, &e), -EFBIG);
+	close(fd);
+	fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	ck_assert_int_eq(vmf_read_fd(fd, "/dev/null", &buf, &n, 10000, &e), 0);
+	ck_assert_uint_eq(n, 0);
+	ck_assert_str_eq(buf, "");
+	free(buf);
+	close(fd);
 }
 END_TEST
 
@@ -182,6 +221,7 @@ main(void)
 	TCase *tc = tcase_create("core");
 	tcase_add_test(tc, error_prefix_keeps_cause);
 	tcase_add_test(tc, frame_roundtrip_and_limits);
+	tcase_add_test(tc, unix_addr_and_read_fd);
 	tcase_add_test(tc, atomic_write_and_rm_rf_do_not_follow_symlinks);
 	tcase_add_test(tc, open_beneath_refuses_planted_symlinks);
 	tcase_add_test(tc, id_validation);

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "frame.h"
+#include "sockaddr.h"
 
 struct vmf_client {
 	int fd;
@@ -22,17 +23,17 @@ int
 vmf_client_connect(const char *path, struct vmf_client **out, struct vmf_error *err)
 {
 	*out = NULL;
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	struct sockaddr_un sa;
+	socklen_t salen;
 	if (!path || !*path)
 		return vmf_err(err, EINVAL, "no vmfactory socket path given");
-	if (strlen(path) >= sizeof(sa.sun_path))
-		return vmf_err(err, ENAMETOOLONG, "socket path %s is longer than %zu bytes", path,
-			       sizeof(sa.sun_path) - 1);
-	memcpy(sa.sun_path, path, strlen(path) + 1);
+	int r = vmf_unix_addr(&sa, &salen, path, err);
+	if (r < 0)
+		return r;
 	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return vmf_err_sys(err, errno, "cannot create a socket to reach %s", path);
-	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+	if (connect(fd, (struct sockaddr *)&sa, salen) < 0) {
 		int e = errno;
 		close(fd);
 		if (e == ENOENT)

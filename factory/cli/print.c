@@ -1,0 +1,326 @@
+/* Output: every reply and template record as JSON (-o json) or for people.
+ * The JSON field names are an interface (scripts and tests read them). */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+#include "driver.h"
+#include "util.h"
+
+void
+print_json(json_object *j)
+{
+	puts(json_object_to_json_string_ext(j, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE));
+	json_object_put(j);
+}
+
+static json_object *
+vminfo_json(const Vmf__Control__VmInfo *v)
+{
+	json_object *o = json_object_new_object();
+	JS(o, "id", v->id);
+	JI(o, "pid", v->pid);
+	JI(o, "vcpus", v->vcpus);
+	JI(o, "memory_mib", v->memory_mib);
+	JS(o, "qmp_socket", v->qmp_socket);
+	JS(o, "agent_socket", v->agent_socket);
+	JS(o, "share_dir", v->share_dir);
+	JS(o, "run_dir", v->run_dir);
+	JS(o, "template_id", v->template_id);
+	JS(o, "pool", v->pool);
+	JS(o, "state", v->state);
+	JS(o, "sandbox_id", v->sandbox_id);
+	JS(o, "share_link", v->share_link);
+	JS(o, "sock_link", v->sock_link);
+	JI(o, "created_ns", v->created_ns);
+	JI(o, "age_s", v->created_ns ? (vmf_realtime_ns() - v->created_ns) / 1000000000 : 0);
+	JI(o, "pss_kib", v->pss_kib);
+	JI(o, "owner_uid", v->owner_uid);
+	if (v->hypervisor) {
+		json_object *h = json_object_new_object();
+		JI(h, "pid", v->hypervisor->pid);
+		JI(h, "vcpus", v->hypervisor->vcpus);
+		JI(h, "memory_mib", v->hypervisor->memory_mib);
+		JB(h, "paused", v->hypervisor->paused);
+		JS(h, "kind", v->hypervisor->kind == VMF__HV__HYPERVISOR_KIND__HV_QEMU ? "qemu" : "other");
+		json_object_object_add(o, "hypervisor", h);
+	}
+	return o;
+}
+
+static void
+vminfo_human(const Vmf__Control__VmInfo *v)
+{
+	printf("id:           %s\n", v->id);
+	printf("state:        %s\n", v->state);
+	printf("sandbox:      %s\n", v->sandbox_id);
+	printf("owner:        uid %u\n", v->owner_uid);
+	printf("pid:          %d\n", v->pid);
+	printf("vcpus:        %u\n", v->vcpus);
+	printf("memory:       %u MiB\n", v->memory_mib);
+	printf("qmp socket:   %s\n", v->qmp_socket);
+	printf("agent socket: %s\n", v->agent_socket);
+	if (v->share_dir && *v->share_dir)
+		printf("share dir:    %s (linked from %s)\n", v->share_dir, v->share_link);
+	else
+		printf("share dir:    none (the hypervisor has no share device)\n");
+	printf("run dir:      %s (linked from %s)\n", v->run_dir, v->sock_link);
+	printf("template:     %s\n", v->template_id);
+	printf("pool:         %s\n", v->pool && *v->pool ? v->pool : "(gone)");
+}
+
+json_object *
+vm_json(const Vmf__Control__Reply *r)
+{
+	return vminfo_json(r->vm);
+}
+
+void
+vm_human(const Vmf__Control__Reply *r)
+{
+	vminfo_human(r->vm);
+}
+
+json_object *
+inspect_json(const Vmf__Control__Reply *r)
+{
+	const Vmf__Control__InspectReply *ir = r->inspect;
+	const Vmf__Control__GuestView *g = ir->guest;
+	json_object *o = json_object_new_object();
+	json_object_object_add(o, "vm", vminfo_json(ir->vm));
+	JI(o, "host_realtime_ns", ir->host_realtime_ns);
+	if (g) {
+		json_object *go = json_object_new_object();
+		JI(go, "online_cpus", g->online_cpus);
+		JI(go, "mem_total_kib", g->mem_total_kib);
+		JI(go, "realtime_ns", g->realtime_ns);
+		JS(go, "random_hex", g->random_hex);
+		JS(go, "boot_id", g->boot_id);
+		JI(go, "uptime_ns", g->uptime_ns);
+		JS(go, "agent_version", g->agent_version);
+		json_object *ents = json_object_new_array();
+		for (size_t i = 0; i < g->n_share_entries; i++)
+			json_object_array_add(ents, json_object_new_string(g->share_entries[i]));
+		json_object_object_add(go, "share_entries", ents);
+		json_object_object_add(o, "guest", go);
+	} else {
+		JS(o, "guest_error", ir->guest_error);
+	}
+	return o;
+}
+
+void
+inspect_human(const Vmf__Control__Reply *r)
+{
+	const Vmf__Control__InspectReply *ir = r->inspect;
+	const Vmf__Control__GuestView *g = ir->guest;
+	vminfo_human(ir->vm);
+	if (g) {
+		printf("guest CPUs:   %u online\n", g->online_cpus);
+		printf("guest memory: %llu KiB\n", (unsigned long long)g->mem_total_kib);
+		printf("guest clock:  %+.3f s from the host\n",
+		       (double)(g->realtime_ns - ir->host_realtime_ns) / 1e9);
+		printf("guest random: %s\n", g->random_hex);
+		printf("boot id:      %s\n", g->boot_id);
+		printf("share:       ");
+		for (size_t i = 0; i < g->n_share_entries; i++)
+			printf(" %s", g->share_entries[i]);
+		printf("\n");
+	} else {
+		printf("guest view:   unavailable (%s)\n", ir->guest_error);
+	}
+}
+
+json_object *
+status_json(const Vmf__Control__Reply *r)
+{
+	const Vmf__Control__StatusReply *s = r->status;
+	json_object *o = json_object_new_object(), *d = json_object_new_object();
+	JI(d, "pid", s->pid);
+	JI(d, "uptime_ms", s->uptime_ms);
+	JS(d, "socket", s->socket);
+	JS(d, "hypervisor", s->hypervisor);
+	JS(d, "accel", s->accel);
+	json_object *caps = json_object_new_array();
+	for (size_t i = 0; i < s->n_capabilities; i++)
+		json_object_array_add(caps, json_object_new_string(s->capabilities[i]));
+	json_object_object_add(d, "capabilities", caps);
+	json_object_object_add(o, "daemon", d);
+	json_object *ts = json_object_new_array();
+	for (size_t i = 0; i < s->n_templates; i++) {
+		Vmf__Control__TemplateStatus *t = s->templates[i];
+		json_object *x = json_object_new_object();
+		JS(x, "id", t->id);
+		JS(x, "state", t->state);
+		JI(x, "vcpus", t->vcpus);
+		JI(x, "memory_mib", t->memory_mib);
+		JI(x, "max_vcpus", t->max_vcpus);
+		JI(x, "max_memory_mib", t->max_memory_mib);
+		JI(x, "memory_size", t->memory_size);
+		JI(x, "state_size", t->state_size);
+		JB(x, "full_memory", t->full_memory);
+		JI(x, "created_ns", t->created_ns);
+		JS(x, "error", t->error);
+		json_object *tc = json_object_new_array();
+		for (size_t k = 0; k < t->n_capabilities; k++)
+			json_object_array_add(tc, json_object_new_string(t->capabilities[k]));
+		json_object_object_add(x, "capabilities", tc);
+		json_object_array_add(ts, x);
+	}
+	json_object_object_add(o, "templates", ts);
+	json_object *ps = json_object_new_array();
+	for (size_t i = 0; i < s->n_pools; i++) {
+		Vmf__Control__PoolStatus *p = s->pools[i];
+		json_object *x = json_object_new_object();
+		JS(x, "name", p->name);
+		JS(x, "template_id", p->template_id);
+		JI(x, "vcpus", p->vcpus);
+		JI(x, "memory_mib", p->memory_mib);
+		JI(x, "target", p->target);
+		JI(x, "ready", p->ready);
+		JI(x, "filling", p->filling);
+		JI(x, "failed", p->failed);
+		JS(x, "last_error", p->last_error);
+		JB(x, "share_memory", p->share_memory);
+		json_object_array_add(ps, x);
+	}
+	json_object_object_add(o, "pools", ps);
+	json_object *vs = json_object_new_array();
+	for (size_t i = 0; i < s->n_vms; i++)
+		json_object_array_add(vs, vminfo_json(s->vms[i]));
+	json_object_object_add(o, "vms", vs);
+	json_object *cn = json_object_new_object();
+	JI(cn, "requests", s->requests);
+	JI(cn, "hits", s->hits);
+	JI(cn, "misses", s->misses);
+	JI(cn, "errors", s->errors);
+	json_object_object_add(o, "counters", cn);
+	json_object *lat = json_object_new_object();
+	JD(lat, "handout_p50_ms", s->handout_p50_ms);
+	JD(lat, "handout_p99_ms", s->handout_p99_ms);
+	json_object *steps = json_object_new_array();
+	for (size_t i = 0; i < s->n_steps; i++) {
+		json_object *x = json_object_new_object();
+		JS(x, "step", s->steps[i]->step);
+		JI(x, "count", s->steps[i]->count);
+		JD(x, "p50_ms", s->steps[i]->p50_ms);
+		JD(x, "p99_ms", s->steps[i]->p99_ms);
+		json_object_array_add(steps, x);
+	}
+	json_object_object_add(lat, "steps", steps);
+	json_object_object_add(o, "latency", lat);
+	return o;
+}
+
+void
+status_human(const Vmf__Control__Reply *r)
+{
+	const Vmf__Control__StatusReply *s = r->status;
+	printf("daemon: pid %d, up %.0f s, socket %s, %s (%s)\n", s->pid, s->uptime_ms / 1000.0, s->socket,
+	       s->hypervisor, s->accel);
+	if (s->n_capabilities) {
+		printf("capabilities:");
+		for (size_t i = 0; i < s->n_capabilities; i++)
+			printf(" %s", s->capabilities[i]);
+		printf("\n");
+	}
+	printf("\nTEMPLATE          STATE     VCPUS  MEMORY  MAX VCPUS  MAX MEMORY  SHARING\n");
+	for (size_t i = 0; i < s->n_templates; i++) {
+		Vmf__Control__TemplateStatus *t = s->templates[i];
+		printf("%-16.16s  %-8s  %5u  %6u  %9u  %10u  %s\n", t->id, t->state, t->vcpus, t->memory_mib,
+		       t->max_vcpus, t->max_memory_mib, t->full_memory ? "private" : "shared");
+		if (t->error && *t->error)
+			printf("  error: %s\n", t->error);
+	}
+	printf("\nPOOL              TEMPLATE          VCPUS  MEMORY  TARGET  READY  FILLING  FAILED  SHARING\n");
+	for (size_t i = 0; i < s->n_pools; i++) {
+		Vmf__Control__PoolStatus *p = s->pools[i];
+		printf("%-16.16s  %-16.16s  %5u  %6u  %6u  %5u  %7u  %6u  %s\n", p->name, p->template_id, p->vcpus,
+		       p->memory_mib, p->target, p->ready, p->filling, p->failed,
+		       p->share_memory ? "shared" : "private");
+		if (p->last_error && *p->last_error)
+			printf("  last error: %s\n", p->last_error);
+	}
+	printf("\nVM                                    STATE        PID  AGE(s)  VCPUS  MEMORY  PSS(KiB)  OWNER  SANDBOX\n");
+	for (size_t i = 0; i < s->n_vms; i++) {
+		Vmf__Control__VmInfo *v = s->vms[i];
+		printf("%-36s  %-11s  %6d  %6lld  %5u  %6u  %8llu  %5u  %s\n", v->id, v->state, v->pid,
+		       (long long)(v->created_ns ? (vmf_realtime_ns() - v->created_ns) / 1000000000 : 0), v->vcpus,
+		       v->memory_mib, (unsigned long long)v->pss_kib, v->owner_uid, v->sandbox_id);
+	}
+	printf("\nrequests %llu, hits %llu, misses %llu, errors %llu; hand-out p50 %.1f ms, p99 %.1f ms\n",
+	       (unsigned long long)s->requests, (unsigned long long)s->hits, (unsigned long long)s->misses,
+	       (unsigned long long)s->errors, s->handout_p50_ms, s->handout_p99_ms);
+	for (size_t i = 0; i < s->n_steps; i++)
+		if (s->steps[i]->count)
+			printf("  %-8s p50 %7.2f ms  p99 %7.2f ms  (%llu)\n", s->steps[i]->step, s->steps[i]->p50_ms,
+			       s->steps[i]->p99_ms, (unsigned long long)s->steps[i]->count);
+}
+
+static const char *
+tstate(Vmf__Catalog__TemplateState s)
+{
+	return s == VMF__CATALOG__TEMPLATE_STATE__TEMPLATE_READY ? "ready"
+	       : s == VMF__CATALOG__TEMPLATE_STATE__TEMPLATE_BROKEN ? "broken" : "building";
+}
+
+json_object *
+template_json(const char *id, const Vmf__Catalog__TemplateRecord *rec, const struct vmf_error *rec_err)
+{
+	json_object *o = json_object_new_object();
+	if (!rec) {
+		JS(o, "id", id);
+		JS(o, "state", "unreadable");
+		JS(o, "error", rec_err->msg);
+		return o;
+	}
+	const Vmf__Catalog__TemplateSpec *s = rec->spec;
+	double age = (vmf_realtime_ns() - rec->created_ns) / 1e9;
+	JS(o, "id", rec->id);
+	JS(o, "state", tstate(rec->state));
+	JI(o, "vcpus", s ? s->vcpus : 0);
+	JI(o, "memory_mib", s ? s->memory_mib : 0);
+	JI(o, "max_vcpus", s ? s->max_vcpus : 0);
+	JI(o, "max_memory_mib", s ? s->max_memory_mib : 0);
+	JB(o, "full_memory", s && s->full_memory);
+	JS(o, "hypervisor_version", rec->hypervisor_version);
+	JI(o, "memory_size", rec->memory_size);
+	JI(o, "state_size", rec->state_size);
+	JI(o, "age_s", (int64_t)age);
+	JI(o, "build_ms", rec->build_ms);
+	JS(o, "dir", rec->dir);
+	JS(o, "error", rec->error);
+	json_object *caps = json_object_new_array();
+	/* The template's own driver: templates of different VMMs coexist. */
+	const struct vmf_hv_ops *tops = s ? vmf_hv_by_kind(s->hypervisor) : NULL;
+	unsigned tcaps = tops ? tops->capabilities(NULL) : 0;
+	JS(o, "hypervisor", tops ? tops->name : "unknown");
+	for (unsigned bit = 1; bit <= VMF_CAP_FULL_SNAPSHOT; bit <<= 1)
+		if (tcaps & bit)
+			json_object_array_add(caps, json_object_new_string(vmf_cap_name(bit)));
+	json_object_object_add(o, "capabilities", caps);
+	return o;
+}
+
+void
+template_human(const char *id, const Vmf__Catalog__TemplateRecord *rec, const struct vmf_error *rec_err)
+{
+	if (!rec) {
+		printf("%-16.16s  unreadable: %s\n", id, rec_err->msg);
+		return;
+	}
+	const Vmf__Catalog__TemplateSpec *s = rec->spec;
+	double age = (vmf_realtime_ns() - rec->created_ns) / 1e9;
+	const struct vmf_hv_ops *tops = s ? vmf_hv_by_kind(s->hypervisor) : NULL;
+	char capstr[160] = "";
+	for (unsigned bit = 1; tops && bit <= VMF_CAP_FULL_SNAPSHOT; bit <<= 1)
+		if (tops->capabilities(NULL) & bit)
+			snprintf(capstr + strlen(capstr), sizeof(capstr) - strlen(capstr), "%s%s",
+				 capstr[0] ? "," : "", vmf_cap_name(bit));
+	printf("%-16.16s  %-8s  %2u/%-2u vCPU  %5u/%-5u MiB  %-7s  state %7.1f MiB  memory %5.0f MiB  %6.0f s"
+	       "  %s [%s]%s%s\n",
+	       rec->id, tstate(rec->state), s ? s->vcpus : 0, s ? s->max_vcpus : 0, s ? s->memory_mib : 0,
+	       s ? s->max_memory_mib : 0, s && s->full_memory ? "private" : "shared", rec->state_size / 1048576.0,
+	       rec->memory_size / 1048576.0, age, tops ? tops->name : "unknown", capstr,
+	       rec->error && *rec->error ? "  error: " : "", rec->error ? rec->error : "");
+}

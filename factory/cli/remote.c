@@ -1,0 +1,165 @@
+/* Commands that ask the daemon: each builds its request and hands it to
+ * remote(), the one place that connects, calls, prints and maps errors to
+ * exit codes.  The daemon validates; nothing is checked twice here. */
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "frame.h"
+
+/* What differs between daemon commands. */
+struct remote_call {
+	/* Sends the request on c; *r is its reply (left NULL by a call that has none). */
+	int (*send)(struct vmf_client *c, struct args *a, void *req, int timeout_ms, Vmf__Control__Reply **r,
+		    struct vmf_error *e);
+	void *req;
+	int timeout_ms;
+	json_object *(*json)(const Vmf__Control__Reply *r);   /* -o json */
+	void (*human)(const Vmf__Control__Reply *r);          /* NULL: the caller prints */
+	/* status alone: exit 3 means "start one": nothing listens, or it
+	 * went away before answering.  A daemon that answers with an error
+	 * (refused peer, other version) or hangs is running: starting another
+	 * would not help, so that is 1. */
+	bool no_daemon_exit;
+};
+
+static int
+remote(struct args *a, const struct remote_call *k)
+{
+	struct vmf_client *c = NULL;
+	struct vmf_error e = {0};
+	Vmf__Control__Reply *r = NULL;
+	int rc = vmf_client_connect(a->socket, &c, &e);
+	if (rc == 0)
+		rc = k->send(c, a, k->req, k->timeout_ms, &r, &e);
+	vmf_client_close(c);
+	if (rc < 0) {
+		bool none = e.code == ENOENT || e.code == ECONNREFUSED || e.code == EPIPE || e.code == ECONNRESET;
+		if (k->no_daemon_exit && none) {
+			fprintf(stderr, "vmfactory: %s\n", e.msg);
+			return EXIT_NO_DAEMON;
+		}
+		return fail(&e);
+	}
+	if (a->json && k->json)
+		print_json(k->json(r));
+	else if (k->human)
+		k->human(r);
+	if (r)
+		vmf__control__reply__free_unpacked(r, NULL);
+	return 0;
+}
+
+static int
+send_status(struct vmf_client *c, struct args *a, void *req, int timeout_ms, Vmf__Control__Reply **r,
+	    struct vmf_error *e)
+{
+	(void)a, (void)req;
+	return vmf_client_status(c, r, timeout_ms, e);
+}
+
+int
+cmd_status(const struct cmd *cmd, struct args *a)
+{
+	(void)cmd;
+	return remote(a, &(struct remote_call){ send_status, NULL, CALL_TIMEOUT_MS, status_json, status_human, true });
+}
+
+static int
+send_get(struct vmf_client *c, struct args *a, void *req, int timeout_ms, Vmf__Control__Reply **r,
+	 struct vmf_error *e)
+{
+	(void)a;
+	return vmf_client_get_vm(c, req, r, timeout_ms, e);
+}
+
+int
+cmd_get(const struct cmd *cmd, struct args *a)
+{
+	Vmf__Control__GetVMRequest g = VMF__CONTROL__GET_VMREQUEST__INIT;
+	unsigned timeout = 0;
+	if (num(a, "cpus", &g.vcpus, cmd) || num(a, "memory", &g.memory_mib, cmd) || num(a, "timeout", &timeout, cmd))
+		return EXIT_USAGE;
+	g.sandbox_id = (char *)(opt(a, "sandbox") ? opt(a, "sandbox") : "");
+	g.share_dir = (char *)(opt(a, "share-dir") ? opt(a, "share-dir") : "");
+	g.sock_dir = (char *)(opt(a, "sock-dir") ? opt(a, "sock-dir") : "");
+	g.pool = (char *)(opt(a, "pool") ? opt(a, "pool") : "");
+	g.timeout_ms = timeout * 1000;
+	/* Longer than the daemon's own budget, so that its error arrives first. */
+	int call_ms = (int)(timeout ? timeout * 1000 + 5000 : 120000);
+	return remote(a, &(struct remote_call){ send_get, &g, call_ms, vm_json, vm_human, false });
+}
+
+static int
+send_inspect(struct vmf_client *c, struct args *a, void *req, int timeout_ms, Vmf__Control__Reply **r,
+	     struct vmf_error *e)
+{
+	(void)req;
+	return vmf_client_inspect(c, a->pos[0], r, timeout_ms, e);
+}
+
+int
+cmd_inspect(const struct cmd *cmd, struct args *a)
+{
+	(void)cmd;
+	return remote(a, &(struct remote_call){ send_inspect, NULL, CALL_TIMEOUT_MS, inspect_json, inspect_human, false });
+}
+
+static int
+send_release(struct vmf_client *c, struct args *a, void *req, int timeout_ms, Vmf__Control__Reply **r,
+	     struct vmf_error *e)
+{
+	(void)req, (void)r;
+	return vmf_client_release_vm(c, a->pos[0], timeout_ms, e);
+}
+
+int
+cmd_release(const struct cmd *cmd, struct args *a)
+{
+	(void)cmd;
+	int rc = remote(a, &(struct remote_call){ send_release, NULL, CALL_TIMEOUT_MS, NULL, NULL, false });
+	if (rc == 0)
+		printf("released %s\n", a->pos[0]);
+	return rc;
+}
+
+struct destroy_req {
+	pid_t pid;            /* the daemon's, from a status first: destroy waits for it to exit */
+	unsigned stopped;
+};
+
+static int
+send_destroy(struct vmf_client *c, struct args *a, void *req, int timeout_ms, Vmf__Control__Reply **r,
+	     struct vmf_error *e)
+{
+	struct destroy_req *d = req;
+	Vmf__Control__Reply *sr;
+	if (vmf_client_status(c, &sr, CALL_TIMEOUT_MS, e) == 0) {
+		d->pid = sr->status->pid;
+		vmf__control__reply__free_unpacked(sr, NULL);
+	}
+	int rc = vmf_client_destroy(c, flag(a, "all"), r, timeout_ms, e);
+	if (rc == 0)
+		d->stopped = (*r)->destroy->stopped;
+	return rc;
+}
+
+int
+cmd_destroy(const struct cmd *cmd, struct args *a)
+{
+	(void)cmd;
+	struct destroy_req d = {0};
+	int rc = remote(a, &(struct remote_call){ send_destroy, &d, 120000, NULL, NULL, false });
+	if (rc)
+		return rc;
+	printf("stopped %u VMs; daemon pid %d exiting\n", d.stopped, (int)d.pid);
+	/* Return once the daemon is gone and its socket removed. */
+	int64_t deadline = vmf_now_ms() + 30000;
+	while (vmf_now_ms() < deadline && (access(a->socket, F_OK) == 0 || (d.pid > 0 && kill(d.pid, 0) == 0)))
+		poll(NULL, 0, 20);
+	return 0;
+}
