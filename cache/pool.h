@@ -54,7 +54,7 @@ struct vmf_pvm {
 	enum vmf_pvm_state state;
 	const struct vmf_hv_ops *ops; /* the driver of hv: the configured one, or for an
 				       * adopted VM the one its record names */
-	struct vmf_vm *hv;            /* driver handle; NULL until the clone exists */
+	struct vmf_vmm *hv;            /* driver handle; NULL until the clone exists */
 	struct vmf_agent *agent;      /* connection opened while filling, kept for the hand-out */
 	struct event *watch;          /* process exit */
 	bool busy;                    /* a worker job owns hv */
