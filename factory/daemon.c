@@ -147,10 +147,10 @@ check_readiness(struct vmf_daemon *d)
 
 /* ---- VM records ---- */
 
-struct vmf_pvm *
+struct vmf_vm *
 vmf_daemon_find_vm(struct vmf_daemon *d, const char *id)
 {
-	struct vmf_pvm *vm;
+	struct vmf_vm *vm;
 	TAILQ_FOREACH(vm, &d->vms, link)
 		if (strcmp(vm->id, id) == 0)
 			return vm;
@@ -158,21 +158,21 @@ vmf_daemon_find_vm(struct vmf_daemon *d, const char *id)
 }
 
 static Vmf__Catalog__VmState
-record_state(enum vmf_pvm_state s)
+record_state(enum vmf_vm_state s)
 {
 	switch (s) {
-	case PVM_CREATING: return VMF__CATALOG__VM_STATE__VM_CREATING;
-	case PVM_READY: return VMF__CATALOG__VM_STATE__VM_READY;
-	case PVM_HANDING_OUT: return VMF__CATALOG__VM_STATE__VM_HANDING_OUT;
-	case PVM_ASSIGNED: return VMF__CATALOG__VM_STATE__VM_ASSIGNED;
-	case PVM_RELEASING: return VMF__CATALOG__VM_STATE__VM_RELEASING;
-	case PVM_GONE: return VMF__CATALOG__VM_STATE__VM_GONE;
+	case VMF_VM_CREATING: return VMF__CATALOG__VM_STATE__VM_CREATING;
+	case VMF_VM_READY: return VMF__CATALOG__VM_STATE__VM_READY;
+	case VMF_VM_HANDING_OUT: return VMF__CATALOG__VM_STATE__VM_HANDING_OUT;
+	case VMF_VM_ASSIGNED: return VMF__CATALOG__VM_STATE__VM_ASSIGNED;
+	case VMF_VM_RELEASING: return VMF__CATALOG__VM_STATE__VM_RELEASING;
+	case VMF_VM_GONE: return VMF__CATALOG__VM_STATE__VM_GONE;
 	}
 	return VMF__CATALOG__VM_STATE__VM_GONE;
 }
 
 void
-vmf_daemon_record_vm(struct vmf_daemon *d, struct vmf_pvm *vm)
+vmf_daemon_record_vm(struct vmf_daemon *d, struct vmf_vm *vm)
 {
 	struct vmf_error err = {0};
 	if (vmf_daemon_put_vm_record(d, vm, vm->state, &err) < 0)
@@ -180,7 +180,7 @@ vmf_daemon_record_vm(struct vmf_daemon *d, struct vmf_pvm *vm)
 }
 
 int
-vmf_daemon_put_vm_record(struct vmf_daemon *d, struct vmf_pvm *vm, enum vmf_pvm_state state,
+vmf_daemon_put_vm_record(struct vmf_daemon *d, struct vmf_vm *vm, enum vmf_vm_state state,
 			 struct vmf_error *err)
 {
 	Vmf__Catalog__VmRecord rec = VMF__CATALOG__VM_RECORD__INIT;
@@ -211,7 +211,7 @@ vmf_daemon_put_vm_record(struct vmf_daemon *d, struct vmf_pvm *vm, enum vmf_pvm_
 }
 
 void
-vmf_daemon_vm_free(struct vmf_daemon *d, struct vmf_pvm *vm)
+vmf_daemon_vm_free(struct vmf_daemon *d, struct vmf_vm *vm)
 {
 	TAILQ_REMOVE(&d->vms, vm, link);
 	if (vm->watch)
@@ -226,7 +226,7 @@ vmf_daemon_vm_free(struct vmf_daemon *d, struct vmf_pvm *vm)
 
 struct stop_job {
 	struct vmf_daemon *d;
-	struct vmf_pvm *vm;
+	struct vmf_vm *vm;
 	bool remove_links;
 	struct vmf_conn *reply_to;
 };
@@ -235,12 +235,12 @@ static void
 stop_work(void *arg)
 {
 	struct stop_job *j = arg;
-	struct vmf_pvm *vm = j->vm;
+	struct vmf_vm *vm = j->vm;
 	struct vmf_error err = {0};
 	/* Recorded before acting: a daemon that dies mid-release finishes the
 	 * job when it restarts.  Written here, not on the event loop, whose
 	 * every client would otherwise wait out the fsync. */
-	if (vmf_daemon_put_vm_record(j->d, vm, PVM_RELEASING, &err) < 0)
+	if (vmf_daemon_put_vm_record(j->d, vm, VMF_VM_RELEASING, &err) < 0)
 		log_vm(VMF_LOG_ERROR, vm->id, "cannot record VM state: %s", err.msg);
 	if (vm->hv && vm->ops->stop(vm->hv, VMF_STOP_TIMEOUT_MS, &err) < 0)
 		log_vm(VMF_LOG_WARN, vm->id, "stopping: %s", err.msg);
@@ -284,11 +284,11 @@ stop_done(void *arg)
 }
 
 void
-vmf_daemon_destroy_vm(struct vmf_daemon *d, struct vmf_pvm *vm, bool remove_links, struct vmf_conn *reply_to)
+vmf_daemon_destroy_vm(struct vmf_daemon *d, struct vmf_vm *vm, bool remove_links, struct vmf_conn *reply_to)
 {
-	if (vm->state == PVM_READY && vm->pool && vm->pool->ready)
+	if (vm->state == VMF_VM_READY && vm->pool && vm->pool->ready)
 		vm->pool->ready--;
-	vm->state = PVM_RELEASING;   /* recorded by stop_work */
+	vm->state = VMF_VM_RELEASING;   /* recorded by stop_work */
 	vm->busy = true;
 	if (vm->watch)
 		event_del(vm->watch);
@@ -314,24 +314,24 @@ vmf_daemon_destroy_vm(struct vmf_daemon *d, struct vmf_pvm *vm, bool remove_link
 }
 
 void
-vmf_daemon_vm_exited(struct vmf_daemon *d, struct vmf_pvm *vm)
+vmf_daemon_vm_exited(struct vmf_daemon *d, struct vmf_vm *vm)
 {
 	if (vm->watch)
 		event_del(vm->watch);
 	vm->dead = true;
-	if (vm->busy || vm->state == PVM_GONE || vm->state == PVM_RELEASING)
+	if (vm->busy || vm->state == VMF_VM_GONE || vm->state == VMF_VM_RELEASING)
 		return; /* the job in flight sees vm->dead when it completes */
 	log_vm(VMF_LOG_WARN, vm->id, "%s pid %d exited while %s", vm->ops->name, (int)vm->ops->pid(vm->hv),
-	       vmf_pvm_state_name(vm->state));
-	if (vm->state == PVM_ASSIGNED) {
+	       vmf_vm_state_name(vm->state));
+	if (vm->state == VMF_VM_ASSIGNED) {
 		/* Keep the record so the runtime learns what happened via status
 		 * or inspect; release cleans up. */
 		vm->ops->alive(vm->hv);
-		vm->state = PVM_GONE;
+		vm->state = VMF_VM_GONE;
 		vmf_daemon_record_vm(d, vm);
 		return;
 	}
-	if (vm->state == PVM_READY && vm->pool) {
+	if (vm->state == VMF_VM_READY && vm->pool) {
 		/* Counted and shown, but no backoff: a pooled VM killed from
 		 * outside (an operator, the OOM killer) says nothing about the
 		 * next clone, and its replacement should start at once.  Clones
@@ -349,12 +349,12 @@ vm_dead_cb(evutil_socket_t fd, short what, void *arg)
 {
 	(void)fd;
 	(void)what;
-	struct vmf_pvm *vm = arg;
+	struct vmf_vm *vm = arg;
 	vmf_daemon_vm_exited(vm->owner, vm);
 }
 
 void
-vmf_daemon_watch_vm(struct vmf_daemon *d, struct vmf_pvm *vm)
+vmf_daemon_watch_vm(struct vmf_daemon *d, struct vmf_vm *vm)
 {
 	/* The no-pidfd fault stands for a kernel without pidfd_open. */
 	int fd = VMF_FAULT_ERR("no-pidfd") ? -1 : vm->ops->watch_fd(vm->hv);
@@ -370,8 +370,8 @@ vmf_daemon_watch_vm(struct vmf_daemon *d, struct vmf_pvm *vm)
 
 struct clone_job {
 	struct vmf_daemon *d;
-	struct vmf_pvm *vm;                  /* the loop's: the worker touches only snap */
-	struct vmf_pvm snap;                 /* the worker's copy; clone_done applies it */
+	struct vmf_vm *vm;                  /* the loop's: the worker touches only snap */
+	struct vmf_vm snap;                 /* the worker's copy; clone_done applies it */
 	struct vmf_pool *pool;               /* the worker reads only its params */
 	struct vmf_tpl *tpl;                 /* a reference, dropped by clone_done */
 	bool template_broken;
@@ -416,7 +416,7 @@ vmf_daemon_fault_gate(struct vmf_daemon *d, const char *name, struct vmf_error *
  * the VM's share (the sandbox's share_dir becomes a link to it).  The
  * connection stays open for the hand-out; the clone is paused again. */
 static int
-warm_clone(struct vmf_pvm *vm, struct vmf_error *err)
+warm_clone(struct vmf_vm *vm, struct vmf_error *err)
 {
 	const struct vmf_hv_ops *ops = vm->ops;
 	int r = ops->resume(vm->hv, err);
@@ -441,13 +441,13 @@ static void
 clone_work(void *arg)
 {
 	struct clone_job *j = arg;
-	struct vmf_pvm *vm = &j->snap;
+	struct vmf_vm *vm = &j->snap;
 	struct vmf_error rerr = {0};
 	/* Recorded before the clone starts, so a crash mid-clone leaves a
 	 * record recovery can reconcile.  (A QEMU without one is found by its
 	 * name and killed all the same, so a failed write only warns.)  Both
 	 * records are written here: the event loop must not wait on fsync. */
-	if (vmf_daemon_put_vm_record(j->d, vm, PVM_CREATING, &rerr) < 0)
+	if (vmf_daemon_put_vm_record(j->d, vm, VMF_VM_CREATING, &rerr) < 0)
 		log_vm(VMF_LOG_ERROR, vm->id, "cannot record VM state: %s", rerr.msg);
 	if ((j->rc = VMF_FAULT_GATE(j->d, "clone", &j->err)) < 0)
 		return;
@@ -464,7 +464,7 @@ clone_work(void *arg)
 		j->rc = warm_clone(vm, &j->err);
 	if (j->rc == 0) {
 		vm->ready_ns = vmf_realtime_ns();
-		if (vmf_daemon_put_vm_record(j->d, vm, PVM_READY, &rerr) < 0)
+		if (vmf_daemon_put_vm_record(j->d, vm, VMF_VM_READY, &rerr) < 0)
 			log_vm(VMF_LOG_ERROR, vm->id, "cannot record VM state: %s", rerr.msg);
 	}
 }
@@ -474,7 +474,7 @@ clone_done(void *arg)
 {
 	struct clone_job *j = arg;
 	struct vmf_daemon *d = j->d;
-	struct vmf_pvm *vm = j->vm;
+	struct vmf_vm *vm = j->vm;
 	struct vmf_pool *p = j->pool;
 	p->filling--;
 	vm->hv = j->snap.hv;
@@ -484,7 +484,7 @@ clone_done(void *arg)
 	/* A clone finished during a SIGTERM shutdown joins the pool, which the
 	 * next daemon adopts; during a destroy it is stopped. */
 	if (j->rc == 0 && !vm->dead && !d->destroying) {
-		vm->state = PVM_READY;   /* recorded by clone_work */
+		vm->state = VMF_VM_READY;   /* recorded by clone_work */
 		vm->ready_mono_ms = vmf_now_ms();
 		vmf_histogram_add(&d->clone_hist, (double)(vm->ready_ns - vm->created_ns) / 1e9);
 		p->ready++;
@@ -511,10 +511,10 @@ clone_done(void *arg)
 	vmf_daemon_settle(d);
 }
 
-struct vmf_pvm *
+struct vmf_vm *
 vmf_daemon_new_vm(struct vmf_daemon *d, struct vmf_pool *p)
 {
-	struct vmf_pvm *vm = calloc(1, sizeof(*vm));
+	struct vmf_vm *vm = calloc(1, sizeof(*vm));
 	if (!vm)
 		return NULL;
 	vmf_uuid_new(vm->id);
@@ -527,7 +527,7 @@ vmf_daemon_new_vm(struct vmf_daemon *d, struct vmf_pool *p)
 	vm->vcpus = p->spec->vcpus;
 	vm->memory_mib = p->spec->memory_mib;
 	vm->created_ns = vmf_realtime_ns();
-	vm->state = PVM_CREATING;
+	vm->state = VMF_VM_CREATING;
 	TAILQ_INSERT_TAIL(&d->vms, vm, link);
 	return vm;
 }
@@ -546,7 +546,7 @@ vmf_daemon_refill(struct vmf_daemon *d)
 		}
 		for (unsigned n = vmf_pool_clones_to_start(p, now); n > 0; n--) {
 			struct clone_job *j = calloc(1, sizeof(*j));
-			struct vmf_pvm *vm = j ? vmf_daemon_new_vm(d, p) : NULL;
+			struct vmf_vm *vm = j ? vmf_daemon_new_vm(d, p) : NULL;
 			if (!vm) {
 				free(j);
 				break;
@@ -663,7 +663,7 @@ start_template_build(struct vmf_daemon *d, struct vmf_pool *p)
 
 /* With read_pss false, pss_kib is left 0: status reads it on a worker. */
 static void
-vm_info_fill(struct vmf_daemon *d, const struct vmf_pvm *vm, Vmf__Control__VmInfo *info, bool read_pss)
+vm_info_fill(struct vmf_daemon *d, const struct vmf_vm *vm, Vmf__Control__VmInfo *info, bool read_pss)
 {
 	(void)d; /* every driver call goes through the VM's own driver */
 	static __thread char qmp[PATH_MAX + 16], agent[PATH_MAX + 16];
@@ -681,7 +681,7 @@ vm_info_fill(struct vmf_daemon *d, const struct vmf_pvm *vm, Vmf__Control__VmInf
 	info->run_dir = (char *)vm->run_dir;
 	info->template_id = (char *)vm->template_id;
 	info->pool = vm->pool ? (char *)vm->pool->name : (char *)"";
-	info->state = (char *)vmf_pvm_state_name(vm->state);
+	info->state = (char *)vmf_vm_state_name(vm->state);
 	info->sandbox_id = (char *)vm->sandbox_id;
 	info->share_link = (char *)vm->share_link;
 	info->sock_link = (char *)vm->sock_link;
@@ -695,7 +695,7 @@ vm_info_fill(struct vmf_daemon *d, const struct vmf_pvm *vm, Vmf__Control__VmInf
 }
 
 void
-vmf_vm_info_fill(struct vmf_daemon *d, const struct vmf_pvm *vm, Vmf__Control__VmInfo *info)
+vmf_vm_info_fill(struct vmf_daemon *d, const struct vmf_vm *vm, Vmf__Control__VmInfo *info)
 {
 	vm_info_fill(d, vm, info, true);
 }
@@ -760,7 +760,7 @@ void
 vmf_daemon_status(struct vmf_daemon *d, struct vmf_conn *c)
 {
 	size_t nvms = 0;
-	struct vmf_pvm *vm;
+	struct vmf_vm *vm;
 	TAILQ_FOREACH(vm, &d->vms, link)
 		nvms++;
 	struct status_job *j = calloc(1, sizeof(*j));
@@ -807,8 +807,8 @@ status_build(struct vmf_daemon *d, uid_t peer, Vmf__Control__Reply *reply, pid_t
 	s->hits = d->hits;
 	s->misses = d->misses;
 	s->errors = d->errors;
-	s->handout_p50_ms = vmf_latency_quantile(&d->lat[STEP_TOTAL], 0.5);
-	s->handout_p99_ms = vmf_latency_quantile(&d->lat[STEP_TOTAL], 0.99);
+	s->handout_p50_ms = vmf_latency_quantile(&d->lat[VMF_STEP_TOTAL], 0.5);
+	s->handout_p99_ms = vmf_latency_quantile(&d->lat[VMF_STEP_TOTAL], 0.99);
 
 	unsigned ncaps = 0;
 	char *caps[8];
@@ -821,8 +821,8 @@ status_build(struct vmf_daemon *d, uid_t peer, Vmf__Control__Reply *reply, pid_t
 		s->n_capabilities = ncaps;
 	}
 
-	s->steps = calloc(STEP_COUNT, sizeof(*s->steps));
-	for (int i = 0; s->steps && i < STEP_COUNT; i++) {
+	s->steps = calloc(VMF_STEP_COUNT, sizeof(*s->steps));
+	for (int i = 0; s->steps && i < VMF_STEP_COUNT; i++) {
 		Vmf__Control__StepLatency *l = calloc(1, sizeof(*l));
 		if (!l)
 			break;
@@ -836,7 +836,7 @@ status_build(struct vmf_daemon *d, uid_t peer, Vmf__Control__Reply *reply, pid_t
 
 	size_t npools = 0, nvms = 0;
 	struct vmf_pool *p;
-	struct vmf_pvm *vm;
+	struct vmf_vm *vm;
 	TAILQ_FOREACH(p, &d->pools, link)
 		npools++;
 	TAILQ_FOREACH(vm, &d->vms, link)
@@ -884,7 +884,7 @@ status_build(struct vmf_daemon *d, uid_t peer, Vmf__Control__Reply *reply, pid_t
 	TAILQ_FOREACH(vm, &d->vms, link) {
 		if (!s->vms)
 			break;
-		if (!all && (vm->owner_uid != peer || vm->state == PVM_READY || vm->state == PVM_CREATING))
+		if (!all && (vm->owner_uid != peer || vm->state == VMF_VM_READY || vm->state == VMF_VM_CREATING))
 			continue;
 		Vmf__Control__VmInfo *info = calloc(1, sizeof(*info));
 		if (!info)
@@ -915,7 +915,7 @@ status_build(struct vmf_daemon *d, uid_t peer, Vmf__Control__Reply *reply, pid_t
 static bool
 work_in_flight(struct vmf_daemon *d)
 {
-	struct vmf_pvm *vm;
+	struct vmf_vm *vm;
 	TAILQ_FOREACH(vm, &d->vms, link)
 		if (vm->busy)
 			return true;
@@ -937,10 +937,10 @@ exit_loop_soon(struct vmf_daemon *d)
 static void
 finish_destroy_if_done(struct vmf_daemon *d)
 {
-	struct vmf_pvm *vm, *next;
+	struct vmf_vm *vm, *next;
 	for (vm = TAILQ_FIRST(&d->vms); vm; vm = next) {
 		next = TAILQ_NEXT(vm, link);
-		if (!vm->busy && (d->destroy_all || (vm->state != PVM_ASSIGNED && vm->state != PVM_GONE)))
+		if (!vm->busy && (d->destroy_all || (vm->state != VMF_VM_ASSIGNED && vm->state != VMF_VM_GONE)))
 			vmf_daemon_destroy_vm(d, vm, true, NULL);
 	}
 	if (work_in_flight(d))
@@ -1057,7 +1057,7 @@ recover_vm(const char *id, Vmf__Catalog__VmRecord *rec, const struct vmf_error *
 		vmf_catalog_vm_delete(d->cat, id, &err);
 		return 0;
 	}
-	struct vmf_pvm *vm = calloc(1, sizeof(*vm));
+	struct vmf_vm *vm = calloc(1, sizeof(*vm));
 	if (!vm) {
 		/* Skipping it would make its process look like an orphan. */
 		log_vm(VMF_LOG_ERROR, id, "out of memory recovering it");
@@ -1101,7 +1101,7 @@ recover_vm(const char *id, Vmf__Catalog__VmRecord *rec, const struct vmf_error *
 	switch (rec->state) {
 	case VMF__CATALOG__VM_STATE__VM_READY:
 		if (live && vm->pool && vm->ops == vm->pool->params.ops) {
-			vm->state = PVM_READY;
+			vm->state = VMF_VM_READY;
 			vm->pool->ready++;
 			vmf_daemon_watch_vm(d, vm);
 			log_vm(VMF_LOG_INFO, vm->id, "adopted pooled VM (pid %d)", (int)vm->ops->pid(vm->hv));
@@ -1110,7 +1110,7 @@ recover_vm(const char *id, Vmf__Catalog__VmRecord *rec, const struct vmf_error *
 		break;
 	case VMF__CATALOG__VM_STATE__VM_ASSIGNED:
 	case VMF__CATALOG__VM_STATE__VM_GONE:
-		vm->state = live ? PVM_ASSIGNED : PVM_GONE;
+		vm->state = live ? VMF_VM_ASSIGNED : VMF_VM_GONE;
 		if (live)
 			vmf_daemon_watch_vm(d, vm);
 		log_vm(VMF_LOG_INFO, vm->id, "%s VM of sandbox %s", live ? "adopted assigned" : "recorded gone",
@@ -1124,7 +1124,7 @@ recover_vm(const char *id, Vmf__Catalog__VmRecord *rec, const struct vmf_error *
 	}
 	log_vm(VMF_LOG_INFO, vm->id, "cleaning up VM left %s", rec->state == VMF__CATALOG__VM_STATE__VM_READY
 	       ? "ready by a previous run" : "unfinished by a previous run");
-	vm->state = PVM_RELEASING;
+	vm->state = VMF_VM_RELEASING;
 	vmf_daemon_destroy_vm(d, vm, rec->state == VMF__CATALOG__VM_STATE__VM_HANDING_OUT, NULL);
 	return 0;
 }
@@ -1163,7 +1163,7 @@ kill_orphans(struct vmf_daemon *d)
 		}
 		if (name && ours && strncmp(name, "vmfactory-", 10) == 0) {
 			const char *id = name + 10;
-			struct vmf_pvm *vm = vmf_daemon_find_vm(d, id);
+			struct vmf_vm *vm = vmf_daemon_find_vm(d, id);
 			bool adopted = vm && vm->hv && vm->ops->pid(vm->hv) == pid;
 			if (!adopted) {
 				log_warn("killing QEMU pid %d (%s): no record of it", (int)pid, name);
@@ -1184,7 +1184,7 @@ tick_cb(evutil_socket_t fd, short what, void *arg)
 	(void)what;
 	struct vmf_daemon *d = arg;
 	int64_t now = vmf_now_ms();
-	struct vmf_pvm *vm, *next;
+	struct vmf_vm *vm, *next;
 	for (vm = TAILQ_FIRST(&d->vms); vm; vm = next) {
 		next = TAILQ_NEXT(vm, link);
 		/* Without a pidfd nothing else notices an exit.  A VM a job owns
@@ -1368,7 +1368,7 @@ daemon_free(struct vmf_daemon *d)
 		vmf_jobs_free(d->jobs);
 	vmf_control_close(d);
 	vmf_metrics_close(d);
-	struct vmf_pvm *vm;
+	struct vmf_vm *vm;
 	while ((vm = TAILQ_FIRST(&d->vms)))
 		vmf_daemon_vm_free(d, vm);
 	struct vmf_pool *p;

@@ -36,10 +36,10 @@
 
 /* Hand-out steps, timed separately (status and metrics show each). */
 enum vmf_step {
-	STEP_RESUME, STEP_HOTPLUG, STEP_ONLINE, STEP_RESEED, STEP_TIME, STEP_MOUNT,
-	STEP_LINKS, STEP_RECORD, STEP_TOTAL, STEP_COUNT
+	VMF_STEP_RESUME, VMF_STEP_HOTPLUG, VMF_STEP_ONLINE, VMF_STEP_RESEED, VMF_STEP_TIME, VMF_STEP_MOUNT,
+	VMF_STEP_LINKS, VMF_STEP_RECORD, VMF_STEP_TOTAL, VMF_STEP_COUNT
 };
-extern const char *const vmf_step_names[STEP_COUNT];
+extern const char *const vmf_step_names[VMF_STEP_COUNT];
 
 struct vmf_conn;
 struct vmf_control;
@@ -55,7 +55,7 @@ struct vmf_daemon {
 	struct evconnlistener *listener;
 	struct event *sig_term, *sig_int, *tick;
 	struct vmf_pool_list pools;
-	struct vmf_pvm_list vms;
+	struct vmf_vm_list vms;
 	int64_t start_ms;
 	gid_t group;
 	bool have_group;
@@ -68,8 +68,8 @@ struct vmf_daemon {
 	uid_t runas_uid;                 /* QEMU's user with runas, else (uid_t)-1 */
 	/* counters */
 	uint64_t requests, hits, misses, errors;
-	struct vmf_latency lat[STEP_COUNT];
-	struct vmf_histogram hist[STEP_COUNT];
+	struct vmf_latency lat[VMF_STEP_COUNT];
+	struct vmf_histogram hist[VMF_STEP_COUNT];
 	struct vmf_histogram clone_hist, build_hist;
 	struct evhttp *metrics;          /* NULL unless --metrics-listen */
 	/* recent guest RNG samples, to verify clones do not repeat each other */
@@ -95,25 +95,25 @@ struct vmf_daemon {
 
 /* daemon.c */
 /* A new VM of pool p (own UUID, run and share dirs), listed as filling. */
-struct vmf_pvm *vmf_daemon_new_vm(struct vmf_daemon *d, struct vmf_pool *p);
+struct vmf_vm *vmf_daemon_new_vm(struct vmf_daemon *d, struct vmf_pool *p);
 void vmf_daemon_refill(struct vmf_daemon *d);
-void vmf_daemon_vm_free(struct vmf_daemon *d, struct vmf_pvm *vm);
+void vmf_daemon_vm_free(struct vmf_daemon *d, struct vmf_vm *vm);
 /* Stops a VM on a worker and forgets it (records, dirs, links); when
  * reply_to is given, a ReleaseReply goes to it once all that is done. */
-void vmf_daemon_destroy_vm(struct vmf_daemon *d, struct vmf_pvm *vm, bool remove_links,
+void vmf_daemon_destroy_vm(struct vmf_daemon *d, struct vmf_vm *vm, bool remove_links,
 			   struct vmf_conn *reply_to);
-struct vmf_pvm *vmf_daemon_find_vm(struct vmf_daemon *d, const char *id);
+struct vmf_vm *vmf_daemon_find_vm(struct vmf_daemon *d, const char *id);
 /* Writes vm's record (durably) with vm->state; a failure is logged. */
-void vmf_daemon_record_vm(struct vmf_daemon *d, struct vmf_pvm *vm);
+void vmf_daemon_record_vm(struct vmf_daemon *d, struct vmf_vm *vm);
 /* The same with the given state, failing on error.  Safe on a worker
  * thread that owns vm (busy): LMDB serializes writers. */
-int vmf_daemon_put_vm_record(struct vmf_daemon *d, struct vmf_pvm *vm, enum vmf_pvm_state state,
+int vmf_daemon_put_vm_record(struct vmf_daemon *d, struct vmf_vm *vm, enum vmf_vm_state state,
 			     struct vmf_error *err);
-void vmf_daemon_watch_vm(struct vmf_daemon *d, struct vmf_pvm *vm);
+void vmf_daemon_watch_vm(struct vmf_daemon *d, struct vmf_vm *vm);
 /* vm's process has exited (seen by its watch, the tick, or a job): a pooled
  * VM is replaced, an assigned one becomes gone.  While a job owns vm (busy)
  * only vm->dead is set; the job's done callback calls this again. */
-void vmf_daemon_vm_exited(struct vmf_daemon *d, struct vmf_pvm *vm);
+void vmf_daemon_vm_exited(struct vmf_daemon *d, struct vmf_vm *vm);
 /* Every job's done callback ends with this: a destroy or a shutdown in
  * progress may be complete now, or the pools want refilling. */
 void vmf_daemon_settle(struct vmf_daemon *d);
@@ -140,7 +140,7 @@ int vmf_daemon_fault_gate(struct vmf_daemon *d, const char *name, struct vmf_err
 #else
 #define VMF_FAULT_GATE(d, name, err) 0
 #endif
-void vmf_vm_info_fill(struct vmf_daemon *d, const struct vmf_pvm *vm, Vmf__Control__VmInfo *info);
+void vmf_vm_info_fill(struct vmf_daemon *d, const struct vmf_vm *vm, Vmf__Control__VmInfo *info);
 void vmf_vm_info_clear(Vmf__Control__VmInfo *info);
 
 /* control.c */

@@ -17,7 +17,7 @@
 
 #define AGENT_TIMEOUT_MS 10000
 
-const char *const vmf_step_names[STEP_COUNT] = {
+const char *const vmf_step_names[VMF_STEP_COUNT] = {
 	"resume", "hotplug", "online", "reseed", "time", "mount", "links", "record", "total",
 };
 
@@ -26,8 +26,8 @@ const char *const vmf_step_names[STEP_COUNT] = {
 struct getvm_job {
 	struct vmf_daemon *d;
 	struct vmf_conn *c;
-	struct vmf_pvm *vm;          /* the loop's: the worker touches only snap */
-	struct vmf_pvm snap;         /* the worker's copy; getvm_done applies it */
+	struct vmf_vm *vm;          /* the loop's: the worker touches only snap */
+	struct vmf_vm snap;         /* the worker's copy; getvm_done applies it */
 	struct vmf_pool *pool;       /* the worker reads only its params */
 	struct vmf_tpl *tpl;         /* a miss clones from it: a reference */
 	bool miss;
@@ -36,7 +36,7 @@ struct getvm_job {
 	char sandbox_id[72];
 	char share_dir[PATH_MAX], sock_dir[PATH_MAX];
 	int64_t start_ms, deadline_ms;
-	double step_ms[STEP_COUNT];
+	double step_ms[VMF_STEP_COUNT];
 	uint8_t sample[16];
 	int rc;
 	struct vmf_error err;
@@ -125,7 +125,7 @@ getvm_work(void *arg)
 {
 	struct getvm_job *j = arg;
 	struct vmf_daemon *d = j->d;
-	struct vmf_pvm *vm = &j->snap;
+	struct vmf_vm *vm = &j->snap;
 	struct vmf_error *err = &j->err;
 	const struct vmf_hv_ops *ops = vm->ops;
 	int64_t t = vmf_monotonic_ns();
@@ -133,7 +133,7 @@ getvm_work(void *arg)
 	/* First, durably: a daemon that dies from here on leaves a
 	 * handing-out record, which recovery destroys (with any link made);
 	 * dying before it leaves the VM pooled, untouched. */
-	j->rc = vmf_daemon_put_vm_record(d, vm, PVM_HANDING_OUT, err);
+	j->rc = vmf_daemon_put_vm_record(d, vm, VMF_VM_HANDING_OUT, err);
 	if (j->rc < 0) {
 		vmf_error_prefix(err, "recording VM %s as handing out", vm->id);
 		return;
@@ -155,12 +155,12 @@ getvm_work(void *arg)
 	}
 	struct vmf_agent *agent = NULL;
 	int r = ops->resume(vm->hv, err);
-	j->step_ms[STEP_RESUME] = since(&t);
+	j->step_ms[VMF_STEP_RESUME] = since(&t);
 	if (r == 0 && j->vcpus > vm->vcpus)
 		r = ops->hotplug_vcpus(vm->hv, j->vcpus, err);
 	if (r == 0 && j->memory_mib > vm->memory_mib)
 		r = ops->hotplug_memory(vm->hv, j->memory_mib - vm->memory_mib, err);
-	j->step_ms[STEP_HOTPLUG] = since(&t);
+	j->step_ms[VMF_STEP_HOTPLUG] = since(&t);
 	/* A pooled clone comes with its agent connected and its share mounted
 	 * (warm_clone in daemon.c); a clone made for a miss does not. */
 	bool warm = vm->agent != NULL;
@@ -182,7 +182,7 @@ getvm_work(void *arg)
 		if (r == 0 && cpus != j->vcpus)
 			r = vmf_err(err, EIO, "the guest has %u CPUs online after hot-add, %u requested", cpus, j->vcpus);
 	}
-	j->step_ms[STEP_ONLINE] = since(&t);
+	j->step_ms[VMF_STEP_ONLINE] = since(&t);
 	if (r == 0) {
 		uint8_t entropy[64];
 		if (getrandom(entropy, sizeof(entropy), 0) != (ssize_t)sizeof(entropy))
@@ -190,7 +190,7 @@ getvm_work(void *arg)
 		if (r == 0)
 			r = vmf_agent_reseed(agent, entropy, sizeof(entropy), j->sample, left_ms(j), err);
 	}
-	j->step_ms[STEP_RESEED] = since(&t);
+	j->step_ms[VMF_STEP_RESEED] = since(&t);
 	if (r == 0) {
 		int64_t guest_ns = 0;
 		r = vmf_agent_set_time(agent, vmf_realtime_ns(), &guest_ns, left_ms(j), err);
@@ -198,11 +198,11 @@ getvm_work(void *arg)
 			r = vmf_err(err, EIO, "the guest clock is %lld ms off after SetTime",
 				    (long long)((guest_ns - vmf_realtime_ns()) / 1000000));
 	}
-	j->step_ms[STEP_TIME] = since(&t);
+	j->step_ms[VMF_STEP_TIME] = since(&t);
 	/* No share_dir passed validation: the driver has no share device. */
 	if (r == 0 && !warm && j->share_dir[0])
 		r = vmf_agent_mount_share(agent, VMF_SHARE_TAG, left_ms(j), err);
-	j->step_ms[STEP_MOUNT] = since(&t);
+	j->step_ms[VMF_STEP_MOUNT] = since(&t);
 	vmf_agent_free(agent);
 	if (r == 0)
 		vm->vcpus = j->vcpus, vm->memory_mib = j->memory_mib;
@@ -217,18 +217,18 @@ getvm_work(void *arg)
 		r = vmf_sandbox_install_link(&d->sandbox, "share_dir", j->share_dir, vm->share_dir, j->peer, err);
 	if (r == 0)
 		r = vmf_sandbox_install_link(&d->sandbox, "sock_dir", j->sock_dir, vm->run_dir, j->peer, err);
-	j->step_ms[STEP_LINKS] = since(&t);
+	j->step_ms[VMF_STEP_LINKS] = since(&t);
 	VMF_FAULT("mid-handout");
 	/* Durable before the reply, and here rather than on the event loop (an
 	 * fsync): a VM whose assignment is not on disk would come back as a
 	 * pooled VM after a restart and could be handed out twice. */
 	if (r == 0) {
 		vm->assigned_ns = vmf_realtime_ns();
-		r = vmf_daemon_put_vm_record(d, vm, PVM_ASSIGNED, err);
+		r = vmf_daemon_put_vm_record(d, vm, VMF_VM_ASSIGNED, err);
 		if (r < 0)
 			vmf_error_prefix(err, "recording VM %s as assigned", vm->id);
 	}
-	j->step_ms[STEP_RECORD] = since(&t) + record_ms;
+	j->step_ms[VMF_STEP_RECORD] = since(&t) + record_ms;
 	j->rc = r;
 	/* The window between the assigned record and the reply. */
 	VMF_FAULT_PAUSE("handout-pause");
@@ -239,7 +239,7 @@ getvm_done(void *arg)
 {
 	struct getvm_job *j = arg;
 	struct vmf_daemon *d = j->d;
-	struct vmf_pvm *vm = j->vm;
+	struct vmf_vm *vm = j->vm;
 	vm->hv = j->snap.hv;
 	vm->agent = j->snap.agent;
 	vm->vcpus = j->snap.vcpus;
@@ -272,16 +272,16 @@ getvm_done(void *arg)
 		j->rc = vmf_err(&j->err, ESHUTDOWN, "the daemon exited before the hand-out completed");
 	vm->busy = false;
 	if (j->rc == 0) {
-		vm->state = PVM_ASSIGNED;
+		vm->state = VMF_VM_ASSIGNED;
 		if (vm->hv)
 			vmf_daemon_watch_vm(d, vm);
-		j->step_ms[STEP_TOTAL] = (double)(vmf_now_ms() - j->start_ms);
-		for (int s = 0; s < STEP_COUNT; s++) {
+		j->step_ms[VMF_STEP_TOTAL] = (double)(vmf_now_ms() - j->start_ms);
+		for (int s = 0; s < VMF_STEP_COUNT; s++) {
 			vmf_latency_add(&d->lat[s], j->step_ms[s]);
 			vmf_histogram_add(&d->hist[s], j->step_ms[s] / 1000.0);
 		}
 		log_vm(VMF_LOG_INFO, vm->id, "handed out to sandbox %s (%u vCPU, %u MiB) in %.1f ms%s",
-		       j->sandbox_id, vm->vcpus, vm->memory_mib, j->step_ms[STEP_TOTAL], j->miss ? " (miss)" : "");
+		       j->sandbox_id, vm->vcpus, vm->memory_mib, j->step_ms[VMF_STEP_TOTAL], j->miss ? " (miss)" : "");
 		Vmf__Control__Reply r = VMF__CONTROL__REPLY__INIT;
 		Vmf__Control__VmInfo info = VMF__CONTROL__VM_INFO__INIT;
 		vmf_vm_info_fill(d, vm, &info);
@@ -373,9 +373,9 @@ getvm_take(struct getvm_job *j)
 	struct vmf_conn *c = j->c;
 	struct vmf_pool *pool = j->pool;
 	bool have_ready = false;
-	struct vmf_pvm *it;
+	struct vmf_vm *it;
 	TAILQ_FOREACH(it, &d->vms, link)
-		have_ready = have_ready || (it->pool == pool && it->state == PVM_READY && !it->busy && !it->dead);
+		have_ready = have_ready || (it->pool == pool && it->state == VMF_VM_READY && !it->busy && !it->dead);
 	if (!pool->tpl && !have_ready) {
 		d->errors++;
 		char msg[700];
@@ -386,9 +386,9 @@ getvm_take(struct getvm_job *j)
 		free(j);
 		return;
 	}
-	struct vmf_pvm *vm;
+	struct vmf_vm *vm;
 	TAILQ_FOREACH(vm, &d->vms, link)
-		if (vm->pool == pool && vm->state == PVM_READY && !vm->busy && !vm->dead)
+		if (vm->pool == pool && vm->state == VMF_VM_READY && !vm->busy && !vm->dead)
 			break;
 	if (vm) {
 		d->hits++;
@@ -421,7 +421,7 @@ getvm_take(struct getvm_job *j)
 		j->tpl = vmf_tpl_ref(pool->tpl);
 		d->miss_clones++;
 	}
-	vm->state = PVM_HANDING_OUT;
+	vm->state = VMF_VM_HANDING_OUT;
 	vm->owner_uid = j->peer;
 	/* The links are named before they exist so that a daemon dying mid-way
 	 * can remove whichever it made (only links pointing at this VM). */
@@ -444,21 +444,21 @@ getvm_take(struct getvm_job *j)
 struct vm_job {
 	struct vmf_daemon *d;
 	struct vmf_conn *c;
-	struct vmf_pvm *vm;
+	struct vmf_vm *vm;
 	Vmf__Control__GuestView guest;
 	Vmf__Agent__AgentReply *info;
 	int rc;
 	struct vmf_error err;
 };
 
-static struct vmf_pvm *
+static struct vmf_vm *
 lookup(struct vmf_daemon *d, struct vmf_conn *c, const char *id)
 {
 	if (!vmf_valid_uuid(id)) {
 		vmf_control_reply_error(c, EINVAL, "VM id is not a vmfactory VM id (a lower-case UUID)");
 		return NULL;
 	}
-	struct vmf_pvm *vm = vmf_daemon_find_vm(d, id);
+	struct vmf_vm *vm = vmf_daemon_find_vm(d, id);
 	if (!vm) {
 		char msg[96];
 		snprintf(msg, sizeof(msg), "no VM %s in this daemon", id);
@@ -468,8 +468,8 @@ lookup(struct vmf_daemon *d, struct vmf_conn *c, const char *id)
 	/* Another tenant's VM (or a pooled one, nobody's yet) is named but
 	 * nothing about it is told. */
 	uid_t peer = vmf_control_peer_uid(c);
-	if (!vmf_daemon_peer_admin(d, peer) && (vm->owner_uid != peer || vm->state == PVM_READY ||
-						vm->state == PVM_CREATING)) {
+	if (!vmf_daemon_peer_admin(d, peer) && (vm->owner_uid != peer || vm->state == VMF_VM_READY ||
+						vm->state == VMF_VM_CREATING)) {
 		char msg[160];
 		snprintf(msg, sizeof(msg), "permission denied: VM %s is not yours (uid %u)", id, (unsigned)peer);
 		vmf_control_reply_error(c, EACCES, msg);
@@ -477,7 +477,7 @@ lookup(struct vmf_daemon *d, struct vmf_conn *c, const char *id)
 	}
 	if (vm->busy) {
 		char msg[96];
-		snprintf(msg, sizeof(msg), "VM %s is busy (%s); try again", id, vmf_pvm_state_name(vm->state));
+		snprintf(msg, sizeof(msg), "VM %s is busy (%s); try again", id, vmf_vm_state_name(vm->state));
 		vmf_control_reply_error(c, EBUSY, msg);
 		return NULL;
 	}
@@ -487,12 +487,12 @@ lookup(struct vmf_daemon *d, struct vmf_conn *c, const char *id)
 void
 vmf_release_start(struct vmf_daemon *d, struct vmf_conn *c, const char *vm_id)
 {
-	struct vmf_pvm *vm = lookup(d, c, vm_id);
+	struct vmf_vm *vm = lookup(d, c, vm_id);
 	if (!vm)
 		return;
-	if (vm->state != PVM_ASSIGNED && vm->state != PVM_GONE) {
+	if (vm->state != VMF_VM_ASSIGNED && vm->state != VMF_VM_GONE) {
 		char msg[96];
-		snprintf(msg, sizeof(msg), "VM %s is not assigned (it is %s)", vm->id, vmf_pvm_state_name(vm->state));
+		snprintf(msg, sizeof(msg), "VM %s is not assigned (it is %s)", vm->id, vmf_vm_state_name(vm->state));
 		vmf_control_reply_error(c, EINVAL, msg);
 		return;
 	}
@@ -574,7 +574,7 @@ inspect_done(void *arg)
 void
 vmf_inspect_start(struct vmf_daemon *d, struct vmf_conn *c, const char *vm_id)
 {
-	struct vmf_pvm *vm = lookup(d, c, vm_id);
+	struct vmf_vm *vm = lookup(d, c, vm_id);
 	if (!vm)
 		return;
 	struct vm_job *j = calloc(1, sizeof(*j));
@@ -585,9 +585,9 @@ vmf_inspect_start(struct vmf_daemon *d, struct vmf_conn *c, const char *vm_id)
 	j->d = d;
 	j->c = c;
 	j->vm = vm;
-	if (vm->state != PVM_ASSIGNED) {
+	if (vm->state != VMF_VM_ASSIGNED) {
 		/* A paused pooled VM cannot answer; report the host view only. */
-		j->rc = vmf_err(&j->err, EAGAIN, "the VM is %s, its guest is paused", vmf_pvm_state_name(vm->state));
+		j->rc = vmf_err(&j->err, EAGAIN, "the VM is %s, its guest is paused", vmf_vm_state_name(vm->state));
 		inspect_done(j);
 		return;
 	}

@@ -73,18 +73,18 @@ render(struct vmf_daemon *d, struct evbuffer *b)
 				    (unsigned long long)*(const uint64_t *)((const char *)d + counters[c].off));
 
 	unsigned assigned = 0;
-	struct vmf_pvm *vm;
+	struct vmf_vm *vm;
 	TAILQ_FOREACH(vm, &d->vms, link)
-		assigned += vm->state == PVM_ASSIGNED;
+		assigned += vm->state == VMF_VM_ASSIGNED;
 	evbuffer_add_printf(b, "# HELP vmfactory_vms_assigned VMs handed to sandboxes\n"
 			       "# TYPE vmfactory_vms_assigned gauge\nvmfactory_vms_assigned %u\n", assigned);
 
 	evbuffer_add_printf(b, "# HELP vmfactory_handout_seconds GetVM, request to reply, as the daemon times it\n"
 			       "# TYPE vmfactory_handout_seconds histogram\n");
-	histogram(b, "vmfactory_handout_seconds", NULL, &d->hist[STEP_TOTAL]);
+	histogram(b, "vmfactory_handout_seconds", NULL, &d->hist[VMF_STEP_TOTAL]);
 	evbuffer_add_printf(b, "# HELP vmfactory_handout_step_seconds each step of a hand-out\n"
 			       "# TYPE vmfactory_handout_step_seconds histogram\n");
-	for (int s = 0; s < STEP_TOTAL; s++) {
+	for (int s = 0; s < VMF_STEP_TOTAL; s++) {
 		char label[64];
 		snprintf(label, sizeof(label), "step=\"%s\"", vmf_step_names[s]);
 		histogram(b, "vmfactory_handout_step_seconds", label, &d->hist[s]);
