@@ -1,4 +1,5 @@
-/* Daemon internals shared by daemon.c, control.c and getvm.c.
+/* Daemon internals shared by the files of factory/ (one role each; see
+ * docs/architecture.md).
  *
  * Ownership: the event loop thread owns all daemon state (this struct,
  * pools, VMs, connections, the readiness pipe); nothing here has a lock.
@@ -94,9 +95,19 @@ struct vmf_daemon {
 };
 
 /* daemon.c */
+/* From any thread: logs a progress line; the loop writes it to `vmfactory
+ * init`'s pipe and to systemd (STATUS=). */
+void vmf_daemon_progress(struct vmf_daemon *d, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+/* On the loop: writes line to `vmfactory init`'s pipe, if it is open. */
+void vmf_daemon_notify(struct vmf_daemon *d, const char *line);
+/* Ready once the socket answers and every pool's template is built: to
+ * `vmfactory init` on ready_fd, and to systemd (READY=1). */
+void vmf_daemon_check_readiness(struct vmf_daemon *d);
+
+/* vm.c: the VM list, records, exit watch, stop. */
 /* A new VM of pool p (own UUID, run and share dirs), listed as filling. */
 struct vmf_vm *vmf_daemon_new_vm(struct vmf_daemon *d, struct vmf_pool *p);
-void vmf_daemon_refill(struct vmf_daemon *d);
 void vmf_daemon_vm_free(struct vmf_daemon *d, struct vmf_vm *vm);
 /* Stops a VM on a worker and forgets it (records, dirs, links); when
  * reply_to is given, a ReleaseReply goes to it once all that is done. */
@@ -114,21 +125,10 @@ void vmf_daemon_watch_vm(struct vmf_daemon *d, struct vmf_vm *vm);
  * VM is replaced, an assigned one becomes gone.  While a job owns vm (busy)
  * only vm->dead is set; the job's done callback calls this again. */
 void vmf_daemon_vm_exited(struct vmf_daemon *d, struct vmf_vm *vm);
-/* Every job's done callback ends with this: a destroy or a shutdown in
- * progress may be complete now, or the pools want refilling. */
-void vmf_daemon_settle(struct vmf_daemon *d);
-/* Answers a status request on c as its peer may see it: root and the
- * daemon's user see every VM, anyone else only the VMs it got (pools and
- * counters alike for all).  Built on the loop, the VMs' PSS read
- * (smaps_rollup) on a worker, replied from its done callback. */
-void vmf_daemon_status(struct vmf_daemon *d, struct vmf_conn *c);
-/* Root and the daemon's own user act on every VM (and may destroy). */
-bool vmf_daemon_peer_admin(const struct vmf_daemon *d, uid_t uid);
-void vmf_daemon_destroy(struct vmf_daemon *d, struct vmf_conn *c, bool all);
-/* From any thread: logs a progress line; the loop writes it to `vmfactory
- * init`'s pipe and to systemd (STATUS=). */
-void vmf_daemon_progress(struct vmf_daemon *d, const char *fmt, ...)
-	__attribute__((format(printf, 2, 3)));
+
+/* fill.c: the pool engine. */
+/* Starts template builds and clones as each pool's policy says. */
+void vmf_daemon_refill(struct vmf_daemon *d);
 /* Test builds, VMFACTORY_FAULT=gates: clone work named name ("clone" for
  * the pool's, "miss" for GetVM's) waits at a gate, the file
  * <run_dir>/gate-NAME: it holds how many clones may pass, in the order they
@@ -140,8 +140,28 @@ int vmf_daemon_fault_gate(struct vmf_daemon *d, const char *name, struct vmf_err
 #else
 #define VMF_FAULT_GATE(d, name, err) 0
 #endif
+
+/* destroy.c: destroy, and the end of a shutdown. */
+/* Every job's done callback ends with this: a destroy or a shutdown in
+ * progress may be complete now, or the pools want refilling. */
+void vmf_daemon_settle(struct vmf_daemon *d);
+void vmf_daemon_destroy(struct vmf_daemon *d, struct vmf_conn *c, bool all);
+
+/* status.c */
+/* Answers a status request on c as its peer may see it: root and the
+ * daemon's user see every VM, anyone else only the VMs it got (pools and
+ * counters alike for all).  Built on the loop, the VMs' PSS read
+ * (smaps_rollup) on a worker, replied from its done callback. */
+void vmf_daemon_status(struct vmf_daemon *d, struct vmf_conn *c);
+/* Root and the daemon's own user act on every VM (and may destroy). */
+bool vmf_daemon_peer_admin(const struct vmf_daemon *d, uid_t uid);
 void vmf_vm_info_fill(struct vmf_daemon *d, const struct vmf_vm *vm, Vmf__Control__VmInfo *info);
 void vmf_vm_info_clear(Vmf__Control__VmInfo *info);
+
+/* recovery.c: reconciles the VM records with the VMMs that run, then kills
+ * those under our run dir without a record.  Fails, stopping nothing, when
+ * the records cannot all be read. */
+int vmf_recovery_run(struct vmf_daemon *d, struct vmf_error *err);
 
 /* control.c */
 /* Soft open file limit up to the hard one (at start, before VMs are adopted). */

@@ -1,0 +1,256 @@
+/* The daemon's VMs on the loop: the list, their records in the catalog,
+ * watching their processes, stopping them on a worker. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "agent.h"
+#include "catalog.h"
+#include "factory.h"
+#include "log.h"
+
+#define VM_SCHEMA_VERSION 1
+
+struct vmf_vm *
+vmf_daemon_find_vm(struct vmf_daemon *d, const char *id)
+{
+	struct vmf_vm *vm;
+	TAILQ_FOREACH(vm, &d->vms, link)
+		if (strcmp(vm->id, id) == 0)
+			return vm;
+	return NULL;
+}
+
+static Vmf__Catalog__VmState
+record_state(enum vmf_vm_state s)
+{
+	switch (s) {
+	case VMF_VM_CREATING: return VMF__CATALOG__VM_STATE__VM_CREATING;
+	case VMF_VM_READY: return VMF__CATALOG__VM_STATE__VM_READY;
+	case VMF_VM_HANDING_OUT: return VMF__CATALOG__VM_STATE__VM_HANDING_OUT;
+	case VMF_VM_ASSIGNED: return VMF__CATALOG__VM_STATE__VM_ASSIGNED;
+	case VMF_VM_RELEASING: return VMF__CATALOG__VM_STATE__VM_RELEASING;
+	case VMF_VM_GONE: return VMF__CATALOG__VM_STATE__VM_GONE;
+	}
+	return VMF__CATALOG__VM_STATE__VM_GONE;
+}
+
+void
+vmf_daemon_record_vm(struct vmf_daemon *d, struct vmf_vm *vm)
+{
+	struct vmf_error err = {0};
+	if (vmf_daemon_put_vm_record(d, vm, vm->state, &err) < 0)
+		log_vm(VMF_LOG_ERROR, vm->id, "cannot record VM state: %s", err.msg);
+}
+
+int
+vmf_daemon_put_vm_record(struct vmf_daemon *d, struct vmf_vm *vm, enum vmf_vm_state state,
+			 struct vmf_error *err)
+{
+	Vmf__Catalog__VmRecord rec = VMF__CATALOG__VM_RECORD__INIT;
+	vmf_hv_state *hv = NULL;
+	struct vmf_error serr = {0};
+	if (vm->hv && vm->ops->serialize(vm->hv, &hv, &serr) < 0)
+		log_vm(VMF_LOG_WARN, vm->id, "cannot serialize its hypervisor state: %s", serr.msg);
+	rec.schema_version = VM_SCHEMA_VERSION;
+	rec.id = vm->id;
+	rec.template_id = vm->template_id;
+	rec.state = record_state(state);
+	rec.hv = hv;
+	rec.sandbox_id = vm->sandbox_id;
+	rec.share_link = vm->share_link;
+	rec.sock_link = vm->sock_link;
+	rec.run_dir = vm->run_dir;
+	rec.share_dir = vm->share_dir;
+	rec.vcpus = vm->vcpus;
+	rec.memory_mib = vm->memory_mib;
+	rec.created_ns = vm->created_ns;
+	rec.assigned_ns = vm->assigned_ns;
+	rec.ready_ns = vm->ready_ns;
+	rec.owner_uid = (uint32_t)vm->owner_uid;
+	int r = vmf_catalog_vm_put(d->cat, &rec, err);
+	if (hv)
+		vmf__hv__hypervisor_state__free_unpacked(hv, NULL);
+	return r;
+}
+
+void
+vmf_daemon_vm_free(struct vmf_daemon *d, struct vmf_vm *vm)
+{
+	TAILQ_REMOVE(&d->vms, vm, link);
+	if (vm->watch)
+		event_free(vm->watch);
+	vmf_agent_free(vm->agent);
+	if (vm->hv)
+		vm->ops->release(vm->hv);
+	free(vm);
+}
+
+
+/* ---- stopping a VM ---- */
+
+struct stop_job {
+	struct vmf_daemon *d;
+	struct vmf_vm *vm;
+	bool remove_links;
+	struct vmf_conn *reply_to;
+};
+
+static void
+stop_work(void *arg)
+{
+	struct stop_job *j = arg;
+	struct vmf_vm *vm = j->vm;
+	struct vmf_error err = {0};
+	/* Recorded before acting: a daemon that dies mid-release finishes the
+	 * job when it restarts.  Written here, not on the event loop, whose
+	 * every client would otherwise wait out the fsync. */
+	if (vmf_daemon_put_vm_record(j->d, vm, VMF_VM_RELEASING, &err) < 0)
+		log_vm(VMF_LOG_ERROR, vm->id, "cannot record VM state: %s", err.msg);
+	if (vm->hv && vm->ops->stop(vm->hv, VMF_STOP_TIMEOUT_MS, &err) < 0)
+		log_vm(VMF_LOG_WARN, vm->id, "stopping: %s", err.msg);
+	VMF_FAULT("mid-release");
+	if (j->remove_links) {
+		/* Confined as when it was made, in the owner's directories: a
+		 * link outside today's roots is left, not followed there. */
+		struct vmf_error lerr = {0};
+		if (vmf_sandbox_unlink_if_points_to(&j->d->sandbox, vm->share_link, vm->share_dir, vm->owner_uid,
+						    &lerr) < 0)
+			log_vm(VMF_LOG_WARN, vm->id, "%s", lerr.msg);
+		if (vmf_sandbox_unlink_if_points_to(&j->d->sandbox, vm->sock_link, vm->run_dir, vm->owner_uid,
+						    &lerr) < 0)
+			log_vm(VMF_LOG_WARN, vm->id, "%s", lerr.msg);
+	}
+	if (vm->run_dir[0] && vmf_rm_rf(vm->run_dir, &err) < 0)
+		log_vm(VMF_LOG_WARN, vm->id, "removing its run dir: %s", err.msg);
+	if (vmf_catalog_vm_delete(j->d->cat, vm->id, &err) < 0 && err.code != ENOENT)
+		log_vm(VMF_LOG_WARN, vm->id, "removing its record: %s", err.msg);
+}
+
+static void
+stop_done(void *arg)
+{
+	struct stop_job *j = arg;
+	struct vmf_daemon *d = j->d;
+	log_vm(VMF_LOG_DEBUG, j->vm->id, "stopped and removed");
+	if (d->destroying)
+		d->destroyed++;
+	if (j->reply_to) {
+		Vmf__Control__Reply r = VMF__CONTROL__REPLY__INIT;
+		Vmf__Control__ReleaseReply rr = VMF__CONTROL__RELEASE_REPLY__INIT;
+		rr.vm_id = j->vm->id;
+		r.body_case = VMF__CONTROL__REPLY__BODY_RELEASE;
+		r.release = &rr;
+		vmf_control_reply(j->reply_to, &r);
+	}
+	vmf_daemon_vm_free(d, j->vm);
+	free(j);
+	vmf_daemon_settle(d);
+}
+
+void
+vmf_daemon_destroy_vm(struct vmf_daemon *d, struct vmf_vm *vm, bool remove_links, struct vmf_conn *reply_to)
+{
+	if (vm->state == VMF_VM_READY && vm->pool && vm->pool->ready)
+		vm->pool->ready--;
+	vm->state = VMF_VM_RELEASING;   /* recorded by stop_work */
+	vm->busy = true;
+	if (vm->watch)
+		event_del(vm->watch);
+	struct stop_job *j = calloc(1, sizeof(*j));
+	if (j) {
+		j->d = d;
+		j->vm = vm;
+		j->remove_links = remove_links;
+		j->reply_to = reply_to;
+	}
+	/* A client waits for a release or a destroy; replacing a pooled VM is
+	 * pool work.  Inline when out of memory, or once the loop has ended
+	 * (the workers are gone): rather than leak a QEMU. */
+	enum vmf_job_class cls = reply_to || d->stopping ? VMF_JOB_INTERACTIVE : VMF_JOB_POOL;
+	if (!j || d->loop_done || vmf_jobs_submit_class(d->jobs, cls, stop_work, stop_done, j) < 0) {
+		struct stop_job tmp = { d, vm, remove_links, reply_to };
+		stop_work(&tmp);
+		free(j);
+		if (reply_to)
+			vmf_control_reply_error(reply_to, ENOMEM, "out of memory; the VM was stopped");
+		vmf_daemon_vm_free(d, vm);
+	}
+}
+
+void
+vmf_daemon_vm_exited(struct vmf_daemon *d, struct vmf_vm *vm)
+{
+	if (vm->watch)
+		event_del(vm->watch);
+	vm->dead = true;
+	if (vm->busy || vm->state == VMF_VM_GONE || vm->state == VMF_VM_RELEASING)
+		return; /* the job in flight sees vm->dead when it completes */
+	log_vm(VMF_LOG_WARN, vm->id, "%s pid %d exited while %s", vm->ops->name, (int)vm->ops->pid(vm->hv),
+	       vmf_vm_state_name(vm->state));
+	if (vm->state == VMF_VM_ASSIGNED) {
+		/* Keep the record so the runtime learns what happened via status
+		 * or inspect; release cleans up. */
+		vm->ops->alive(vm->hv);
+		vm->state = VMF_VM_GONE;
+		vmf_daemon_record_vm(d, vm);
+		return;
+	}
+	if (vm->state == VMF_VM_READY && vm->pool) {
+		/* Counted and shown, but no backoff: a pooled VM killed from
+		 * outside (an operator, the OOM killer) says nothing about the
+		 * next clone, and its replacement should start at once.  Clones
+		 * that fail to start do back off (clone_done). */
+		vm->pool->failed++;
+		snprintf(vm->pool->last_error, sizeof(vm->pool->last_error), "a pooled VM's %s (pid %d) exited",
+			 vm->ops->name, (int)vm->ops->pid(vm->hv));
+	}
+	vmf_daemon_destroy_vm(d, vm, false, NULL);
+}
+
+/* A VM's process exited (pidfd readable). */
+static void
+vm_dead_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct vmf_vm *vm = arg;
+	vmf_daemon_vm_exited(vm->owner, vm);
+}
+
+void
+vmf_daemon_watch_vm(struct vmf_daemon *d, struct vmf_vm *vm)
+{
+	/* The no-pidfd fault stands for a kernel without pidfd_open. */
+	int fd = VMF_FAULT_ERR("no-pidfd") ? -1 : vm->ops->watch_fd(vm->hv);
+	if (fd < 0)
+		return; /* the tick's liveness check covers it (no watch) */
+	if (!vm->watch)
+		vm->watch = event_new(d->base, fd, EV_READ, vm_dead_cb, vm);
+	if (vm->watch)
+		event_add(vm->watch, NULL);
+}
+
+
+struct vmf_vm *
+vmf_daemon_new_vm(struct vmf_daemon *d, struct vmf_pool *p)
+{
+	struct vmf_vm *vm = calloc(1, sizeof(*vm));
+	if (!vm)
+		return NULL;
+	vmf_uuid_new(vm->id);
+	vm->owner = d;
+	vm->ops = p->params.ops;
+	vm->pool = p;
+	snprintf(vm->template_id, sizeof(vm->template_id), "%s", p->template_id);
+	snprintf(vm->run_dir, sizeof(vm->run_dir), "%s/%s", d->vm_root, vm->id);
+	snprintf(vm->share_dir, sizeof(vm->share_dir), "%s/%s/share", d->vm_root, vm->id);
+	vm->vcpus = p->spec->vcpus;
+	vm->memory_mib = p->spec->memory_mib;
+	vm->created_ns = vmf_realtime_ns();
+	vm->state = VMF_VM_CREATING;
+	TAILQ_INSERT_TAIL(&d->vms, vm, link);
+	return vm;
+}
+
