@@ -133,6 +133,18 @@ vmf_daemon_status(struct vmf_daemon *d, struct vmf_conn *c)
 	}
 }
 
+/* The names of caps' bits, every string owned (freed with the reply). */
+static char **
+cap_names(unsigned caps, size_t *n)
+{
+	char **names = calloc(sizeof(unsigned) * 8, sizeof(char *));
+	*n = 0;
+	for (unsigned bit = 1; names && bit && bit <= VMF_CAP_FULL_SNAPSHOT; bit <<= 1)
+		if ((caps & bit) && (names[*n] = strdup(vmf_cap_name(bit))))
+			(*n)++;
+	return names;
+}
+
 /* pids[i] gets the pid whose PSS belongs in vms[i]. */
 static void
 status_build(struct vmf_daemon *d, uid_t peer, Vmf__Control__Reply *reply, pid_t *pids)
@@ -157,16 +169,7 @@ status_build(struct vmf_daemon *d, uid_t peer, Vmf__Control__Reply *reply, pid_t
 	s->handout_p50_ms = vmf_latency_quantile(&d->lat[VMF_STEP_TOTAL], 0.5);
 	s->handout_p99_ms = vmf_latency_quantile(&d->lat[VMF_STEP_TOTAL], 0.99);
 
-	unsigned ncaps = 0;
-	char *caps[8];
-	for (unsigned bit = 1; bit && bit <= VMF_CAP_FULL_SNAPSHOT; bit <<= 1)
-		if (d->hv.caps & bit)
-			caps[ncaps++] = strdup(vmf_cap_name(bit));
-	s->capabilities = calloc(ncaps ? ncaps : 1, sizeof(char *));
-	if (s->capabilities) {
-		memcpy(s->capabilities, caps, ncaps * sizeof(char *));
-		s->n_capabilities = ncaps;
-	}
+	s->capabilities = cap_names(d->hv.caps, &s->n_capabilities);
 
 	s->steps = calloc(VMF_STEP_COUNT, sizeof(*s->steps));
 	for (int i = 0; s->steps && i < VMF_STEP_COUNT; i++) {
@@ -226,6 +229,10 @@ status_build(struct vmf_daemon *d, uid_t peer, Vmf__Control__Reply *reply, pid_t
 		ts->created_ns = p->tpl ? p->tpl->rec->created_ns : 0;
 		ts->error = strdup(p->last_error);
 		ts->full_memory = p->spec->full_memory;
+		/* The driver that builds and clones it: the probed capabilities
+		 * when it is the daemon's, else what the driver always has. */
+		ts->capabilities = cap_names(p->params.ops == d->ops ? d->hv.caps : p->params.ops->capabilities(NULL),
+					     &ts->n_capabilities);
 		s->templates[s->n_templates++] = ts;
 	}
 	TAILQ_FOREACH(vm, &d->vms, link) {
