@@ -120,6 +120,8 @@ void vmf_daemon_record_vm(struct vmf_daemon *d, struct vmf_vm *vm);
  * thread that owns vm (busy): LMDB serializes writers. */
 int vmf_daemon_put_vm_record(struct vmf_daemon *d, struct vmf_vm *vm, enum vmf_vm_state state,
 			     struct vmf_error *err);
+/* Fills vm's recorded fields from rec (the inverse of what put writes). */
+void vmf_vm_from_record(struct vmf_vm *vm, const Vmf__Catalog__VmRecord *rec);
 void vmf_daemon_watch_vm(struct vmf_daemon *d, struct vmf_vm *vm);
 /* vm's process has exited (seen by its watch, the tick, or a job): a pooled
  * VM is replaced, an assigned one becomes gone.  While a job owns vm (busy)

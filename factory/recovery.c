@@ -22,12 +22,6 @@ pool_for(struct vmf_daemon *d, const char *template_id)
 	return NULL;
 }
 
-static void
-copy_str(char *dst, size_t n, const char *src)
-{
-	snprintf(dst, n, "%s", src ? src : "");
-}
-
 /* Reconciles one recorded VM with what runs: adopt it, keep it as gone, or
  * clean it up. */
 static int
@@ -46,20 +40,8 @@ recover_vm(const char *id, Vmf__Catalog__VmRecord *rec, const struct vmf_error *
 		log_vm(VMF_LOG_ERROR, id, "out of memory recovering it");
 		return -ENOMEM;
 	}
-	copy_str(vm->id, sizeof(vm->id), rec->id);
-	copy_str(vm->template_id, sizeof(vm->template_id), rec->template_id);
-	copy_str(vm->sandbox_id, sizeof(vm->sandbox_id), rec->sandbox_id);
-	copy_str(vm->share_link, sizeof(vm->share_link), rec->share_link);
-	copy_str(vm->sock_link, sizeof(vm->sock_link), rec->sock_link);
-	copy_str(vm->run_dir, sizeof(vm->run_dir), rec->run_dir);
-	copy_str(vm->share_dir, sizeof(vm->share_dir), rec->share_dir);
+	vmf_vm_from_record(vm, rec);
 	vm->owner = d;
-	vm->vcpus = rec->vcpus;
-	vm->memory_mib = rec->memory_mib;
-	vm->created_ns = rec->created_ns;
-	vm->assigned_ns = rec->assigned_ns;
-	vm->ready_ns = rec->ready_ns;
-	vm->owner_uid = (uid_t)rec->owner_uid;
 	vm->ready_mono_ms = vmf_now_ms();
 	vm->pool = pool_for(d, vm->template_id);
 	TAILQ_INSERT_TAIL(&d->vms, vm, link);

@@ -8,15 +8,17 @@
 #include "factory.h"
 #include "log.h"
 
-/* With read_pss false, pss_kib is left 0: status reads it on a worker. */
+/* Every string of info is its own (vmf_vm_info_clear or the status reply's
+ * free_unpacked frees them).  With read_pss false, pss_kib is left 0:
+ * status reads it on a worker. */
 static void
 vm_info_fill(struct vmf_daemon *d, const struct vmf_vm *vm, Vmf__Control__VmInfo *info, bool read_pss)
 {
-	(void)d; /* every driver call goes through the VM's own driver */
-	static __thread char qmp[PATH_MAX + 16], agent[PATH_MAX + 16];
+	char qmp[PATH_MAX + 16], agent[PATH_MAX + 16];
 	vmf__control__vm_info__init(info);
-	info->id = (char *)vm->id;
-	/* While busy a worker owns hv (and may be setting it). */
+	info->id = strdup(vm->id);
+	/* While busy a worker owns hv (and may be setting it).  Every driver
+	 * call goes through the VM's own driver. */
 	info->pid = !vm->busy && vm->hv ? vm->ops->pid(vm->hv) : 0;
 	info->vcpus = vm->vcpus;
 	info->memory_mib = vm->memory_mib;
@@ -24,14 +26,14 @@ vm_info_fill(struct vmf_daemon *d, const struct vmf_vm *vm, Vmf__Control__VmInfo
 	snprintf(agent, sizeof(agent), "%s/%s", vm->run_dir, vm->ops->agent_socket);
 	info->qmp_socket = strdup(qmp);
 	info->agent_socket = strdup(agent);
-	info->share_dir = d->hv.caps & VMF_CAP_SHARE_DEVICE ? (char *)vm->share_dir : (char *)"";
-	info->run_dir = (char *)vm->run_dir;
-	info->template_id = (char *)vm->template_id;
-	info->pool = vm->pool ? (char *)vm->pool->name : (char *)"";
-	info->state = (char *)vmf_vm_state_name(vm->state);
-	info->sandbox_id = (char *)vm->sandbox_id;
-	info->share_link = (char *)vm->share_link;
-	info->sock_link = (char *)vm->sock_link;
+	info->share_dir = strdup(d->hv.caps & VMF_CAP_SHARE_DEVICE ? vm->share_dir : "");
+	info->run_dir = strdup(vm->run_dir);
+	info->template_id = strdup(vm->template_id);
+	info->pool = strdup(vm->pool ? vm->pool->name : "");
+	info->state = strdup(vmf_vm_state_name(vm->state));
+	info->sandbox_id = strdup(vm->sandbox_id);
+	info->share_link = strdup(vm->share_link);
+	info->sock_link = strdup(vm->sock_link);
 	info->created_ns = vm->created_ns;
 	info->owner_uid = (uint32_t)vm->owner_uid;
 	info->pss_kib = read_pss && info->pid > 0 && !vm->dead ? vmf_proc_pss_kib(info->pid) : 0;
@@ -50,11 +52,15 @@ vmf_vm_info_fill(struct vmf_daemon *d, const struct vmf_vm *vm, Vmf__Control__Vm
 void
 vmf_vm_info_clear(Vmf__Control__VmInfo *info)
 {
-	free(info->qmp_socket);
-	free(info->agent_socket);
+	char **strs[] = { &info->id, &info->qmp_socket, &info->agent_socket, &info->share_dir, &info->run_dir,
+			  &info->template_id, &info->pool, &info->state, &info->sandbox_id, &info->share_link,
+			  &info->sock_link };
+	for (size_t i = 0; i < sizeof(strs) / sizeof(strs[0]); i++) {
+		free(*strs[i]);
+		*strs[i] = NULL;
+	}
 	if (info->hypervisor)
 		vmf__hv__hypervisor_state__free_unpacked(info->hypervisor, NULL);
-	info->qmp_socket = info->agent_socket = NULL;
 	info->hypervisor = NULL;
 }
 
@@ -243,20 +249,8 @@ status_build(struct vmf_daemon *d, uid_t peer, Vmf__Control__Reply *reply, pid_t
 		Vmf__Control__VmInfo *info = calloc(1, sizeof(*info));
 		if (!info)
 			break;
-		Vmf__Control__VmInfo tmp;
-		vm_info_fill(d, vm, &tmp, false);
-		pids[s->n_vms] = tmp.pid > 0 && !vm->dead ? (pid_t)tmp.pid : 0;
-		/* status_reply__free_unpacked frees every string: own them all. */
-		*info = tmp;
-		info->id = strdup(tmp.id);
-		info->share_dir = strdup(tmp.share_dir);
-		info->run_dir = strdup(tmp.run_dir);
-		info->template_id = strdup(tmp.template_id);
-		info->pool = strdup(tmp.pool);
-		info->state = strdup(tmp.state);
-		info->sandbox_id = strdup(tmp.sandbox_id);
-		info->share_link = strdup(tmp.share_link);
-		info->sock_link = strdup(tmp.sock_link);
+		vm_info_fill(d, vm, info, false);
+		pids[s->n_vms] = info->pid > 0 && !vm->dead ? (pid_t)info->pid : 0;
 		s->vms[s->n_vms++] = info;
 	}
 	reply->body_case = VMF__CONTROL__REPLY__BODY_STATUS;

@@ -44,6 +44,52 @@ vmf_daemon_record_vm(struct vmf_daemon *d, struct vmf_vm *vm)
 		log_vm(VMF_LOG_ERROR, vm->id, "cannot record VM state: %s", err.msg);
 }
 
+/* The one mapping between a VM and its record, both ways.  rec borrows
+ * vm's strings. */
+static void
+vm_to_record(const struct vmf_vm *vm, enum vmf_vm_state state, Vmf__Catalog__VmRecord *rec)
+{
+	rec->schema_version = VM_SCHEMA_VERSION;
+	rec->id = (char *)vm->id;
+	rec->template_id = (char *)vm->template_id;
+	rec->state = record_state(state);
+	rec->sandbox_id = (char *)vm->sandbox_id;
+	rec->share_link = (char *)vm->share_link;
+	rec->sock_link = (char *)vm->sock_link;
+	rec->run_dir = (char *)vm->run_dir;
+	rec->share_dir = (char *)vm->share_dir;
+	rec->vcpus = vm->vcpus;
+	rec->memory_mib = vm->memory_mib;
+	rec->created_ns = vm->created_ns;
+	rec->assigned_ns = vm->assigned_ns;
+	rec->ready_ns = vm->ready_ns;
+	rec->owner_uid = (uint32_t)vm->owner_uid;
+}
+
+static void
+copy_str(char *dst, size_t n, const char *src)
+{
+	snprintf(dst, n, "%s", src ? src : "");
+}
+
+void
+vmf_vm_from_record(struct vmf_vm *vm, const Vmf__Catalog__VmRecord *rec)
+{
+	copy_str(vm->id, sizeof(vm->id), rec->id);
+	copy_str(vm->template_id, sizeof(vm->template_id), rec->template_id);
+	copy_str(vm->sandbox_id, sizeof(vm->sandbox_id), rec->sandbox_id);
+	copy_str(vm->share_link, sizeof(vm->share_link), rec->share_link);
+	copy_str(vm->sock_link, sizeof(vm->sock_link), rec->sock_link);
+	copy_str(vm->run_dir, sizeof(vm->run_dir), rec->run_dir);
+	copy_str(vm->share_dir, sizeof(vm->share_dir), rec->share_dir);
+	vm->vcpus = rec->vcpus;
+	vm->memory_mib = rec->memory_mib;
+	vm->created_ns = rec->created_ns;
+	vm->assigned_ns = rec->assigned_ns;
+	vm->ready_ns = rec->ready_ns;
+	vm->owner_uid = (uid_t)rec->owner_uid;
+}
+
 int
 vmf_daemon_put_vm_record(struct vmf_daemon *d, struct vmf_vm *vm, enum vmf_vm_state state,
 			 struct vmf_error *err)
@@ -53,22 +99,8 @@ vmf_daemon_put_vm_record(struct vmf_daemon *d, struct vmf_vm *vm, enum vmf_vm_st
 	struct vmf_error serr = {0};
 	if (vm->hv && vm->ops->serialize(vm->hv, &hv, &serr) < 0)
 		log_vm(VMF_LOG_WARN, vm->id, "cannot serialize its hypervisor state: %s", serr.msg);
-	rec.schema_version = VM_SCHEMA_VERSION;
-	rec.id = vm->id;
-	rec.template_id = vm->template_id;
-	rec.state = record_state(state);
+	vm_to_record(vm, state, &rec);
 	rec.hv = hv;
-	rec.sandbox_id = vm->sandbox_id;
-	rec.share_link = vm->share_link;
-	rec.sock_link = vm->sock_link;
-	rec.run_dir = vm->run_dir;
-	rec.share_dir = vm->share_dir;
-	rec.vcpus = vm->vcpus;
-	rec.memory_mib = vm->memory_mib;
-	rec.created_ns = vm->created_ns;
-	rec.assigned_ns = vm->assigned_ns;
-	rec.ready_ns = vm->ready_ns;
-	rec.owner_uid = (uint32_t)vm->owner_uid;
 	int r = vmf_catalog_vm_put(d->cat, &rec, err);
 	if (hv)
 		vmf__hv__hypervisor_state__free_unpacked(hv, NULL);
