@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "catalog.h"
+#include "config.h"
 #include "factory.h"
 #include "frame.h"
 #include "agent.h"
@@ -292,16 +293,21 @@ validate_pool(const struct vmf_pool_spec *ps, bool flags, struct vmf_error *err)
 	char pfx[48] = "";
 	if (!flags)
 		snprintf(pfx, sizeof(pfx), "pool %s: ", ps->name);
-	if (ps->vcpus == 0 || ps->memory_mib < 64)
-		return vmf_err(err, EINVAL, "%sthe base size must be at least 1 vCPU and 64 MiB", pfx);
+	unsigned vmin, mmin, xvmax, szmax, dummy;
+	vmf_config_pool_range("vcpus", &vmin, &dummy);
+	vmf_config_pool_range("memory_mib", &mmin, &dummy);
+	vmf_config_pool_range("max_vcpus", &dummy, &xvmax);
+	vmf_config_pool_range("size", &dummy, &szmax);
+	if (ps->vcpus < vmin || ps->memory_mib < mmin)
+		return vmf_err(err, EINVAL, "%sthe base size must be at least %u vCPU and %u MiB", pfx, vmin, mmin);
 	if (ps->max_vcpus && ps->max_vcpus < ps->vcpus)
 		return vmf_err(err, EINVAL, "%s%s %u is below %s %u", pfx, mc, ps->max_vcpus, c, ps->vcpus);
 	if (ps->max_memory_mib && ps->max_memory_mib < ps->memory_mib)
 		return vmf_err(err, EINVAL, "%s%s %u is below %s %u", pfx, mm, ps->max_memory_mib, m, ps->memory_mib);
-	if (ps->max_vcpus > 255)
-		return vmf_err(err, EINVAL, "%s%s %u is above 255", pfx, mc, ps->max_vcpus);
-	if (ps->size > 256)
-		return vmf_err(err, EINVAL, "%s%s %u is above 256", pfx, sz, ps->size);
+	if (ps->max_vcpus > xvmax)
+		return vmf_err(err, EINVAL, "%s%s %u is above %u", pfx, mc, ps->max_vcpus, xvmax);
+	if (ps->size > szmax)
+		return vmf_err(err, EINVAL, "%s%s %u is above %u", pfx, sz, ps->size, szmax);
 	return 0;
 }
 
@@ -334,13 +340,17 @@ validate_opts(const struct vmf_daemon_opts *o, struct vmf_error *err)
 		if (!dirs[i] || dirs[i][0] != '/')
 			return vmf_err(err, EINVAL, "%s must be an absolute path", dirs[i] ? dirs[i] : "(null)");
 	/* Unix socket paths hold 107 bytes: <run>/vms/<uuid>/agent.sock must fit. */
-	if (strlen(o->run_dir) > 56)
-		return vmf_err(err, ENAMETOOLONG, "run dir %s is longer than 56 characters; VM socket paths "
-			       "below it would not fit a unix socket address", o->run_dir);
-	if (strlen(o->socket_path) > 107)
-		return vmf_err(err, ENAMETOOLONG, "socket path %s is longer than 107 characters", o->socket_path);
-	if (strlen(o->state_dir) > 512)
-		return vmf_err(err, ENAMETOOLONG, "state dir %s is longer than 512 characters", o->state_dir);
+	size_t run_max = vmf_config_daemon_max_len("run_dir"), sock_max = vmf_config_daemon_max_len("socket");
+	size_t state_max = vmf_config_daemon_max_len("state_dir");
+	if (strlen(o->run_dir) > run_max)
+		return vmf_err(err, ENAMETOOLONG, "run dir %s is longer than %zu characters; VM socket paths "
+			       "below it would not fit a unix socket address", o->run_dir, run_max);
+	if (strlen(o->socket_path) > sock_max)
+		return vmf_err(err, ENAMETOOLONG, "socket path %s is longer than %zu characters", o->socket_path,
+			       sock_max);
+	if (strlen(o->state_dir) > state_max)
+		return vmf_err(err, ENAMETOOLONG, "state dir %s is longer than %zu characters", o->state_dir,
+			       state_max);
 	struct vmf_sandbox_policy *sp = malloc(sizeof(*sp));
 	if (!sp)
 		return vmf_err(err, ENOMEM, "out of memory");
