@@ -50,7 +50,7 @@ struct vmf_vm {
 	char id[VMF_UUID_STR];
 	char template_id[VMF_SHA256_HEX];
 	struct vmf_pool *pool;
-	void *owner;                  /* the daemon, for event callbacks */
+	void *owner;                  /* its struct vmf_cache, for event callbacks */
 	enum vmf_vm_state state;
 	const struct vmf_hv_ops *ops; /* the driver of hv: the configured one, or for an
 				       * adopted VM the one its record names */

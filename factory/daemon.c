@@ -99,7 +99,7 @@ vmf_daemon_progress(struct vmf_daemon *d, const char *fmt, ...)
 	log_info("%.*s", n, m->buf);
 	/* Through the jobs' completion list: a line posted by a build job
 	 * reaches the pipe before that job's done callback runs. */
-	if (!d->jobs || vmf_jobs_post(d->jobs, progress_on_loop, m) < 0)
+	if (!d->cache.jobs || vmf_jobs_post(d->cache.jobs, progress_on_loop, m) < 0)
 		free(m);
 }
 
@@ -114,7 +114,7 @@ vmf_daemon_check_readiness(struct vmf_daemon *d)
 	bool tpl_ready = true, full = true;
 	unsigned npools = 0;
 	struct vmf_pool *p;
-	TAILQ_FOREACH(p, &d->pools, link) {
+	TAILQ_FOREACH(p, &d->cache.pools, link) {
 		tpl_ready = tpl_ready && p->tpl;
 		full = full && p->tpl && p->ready >= p->target;
 		npools++;
@@ -151,7 +151,7 @@ drain_timeout_cb(evutil_socket_t fd, short what, void *arg)
 	struct vmf_daemon *d = arg;
 	log_warn("shutdown: work still in flight after %d s; exiting without waiting for it",
 		 (VMF_DEFAULT_GETVM_TIMEOUT_MS + VMF_STOP_TIMEOUT_MS) / 1000);
-	event_base_loopexit(d->base, NULL);
+	event_base_loopexit(d->cache.base, NULL);
 }
 
 static void
@@ -161,7 +161,7 @@ signal_cb(evutil_socket_t sig, short what, void *arg)
 	struct vmf_daemon *d = arg;
 	if (d->draining) {
 		log_warn("signal %d again: exiting now, without waiting for the work in flight", (int)sig);
-		event_base_loopexit(d->base, NULL);
+		event_base_loopexit(d->cache.base, NULL);
 		return;
 	}
 	/* Pooled and assigned VMs keep running: a restarted daemon adopts
@@ -171,13 +171,13 @@ signal_cb(evutil_socket_t sig, short what, void *arg)
 	log_info("signal %d: finishing the work in flight, then exiting; VMs keep running for the next daemon",
 		 (int)sig);
 	vmf_sd_notify("STOPPING=1\nSTATUS=stopping on signal %d; VMs keep running", (int)sig);
-	d->stopping = true;
+	d->cache.stopping = true;
 	d->draining = true;
 	struct timeval tv = { (VMF_DEFAULT_GETVM_TIMEOUT_MS + VMF_STOP_TIMEOUT_MS) / 1000, 0 };
-	d->drain_timer = evtimer_new(d->base, drain_timeout_cb, d);
+	d->drain_timer = evtimer_new(d->cache.base, drain_timeout_cb, d);
 	if (!d->drain_timer || evtimer_add(d->drain_timer, &tv) < 0) {
 		log_warn("shutdown: cannot arm the shutdown deadline; exiting now");
-		event_base_loopexit(d->base, NULL);
+		event_base_loopexit(d->cache.base, NULL);
 		return;
 	}
 	vmf_daemon_settle(d);
@@ -193,19 +193,19 @@ tick_cb(evutil_socket_t fd, short what, void *arg)
 	struct vmf_daemon *d = arg;
 	int64_t now = vmf_now_ms();
 	struct vmf_vm *vm, *next;
-	for (vm = TAILQ_FIRST(&d->vms); vm; vm = next) {
+	for (vm = TAILQ_FIRST(&d->cache.vms); vm; vm = next) {
 		next = TAILQ_NEXT(vm, link);
 		/* Without a pidfd nothing else notices an exit.  A VM a job owns
 		 * is left alone: its handle is the job's, and the job's done
 		 * callback looks at it. */
 		if (vm->hv && !vm->watch && !vm->busy && !vm->dead && !vm->ops->alive(vm->hv)) {
-			vmf_daemon_vm_exited(d, vm);
+			vmf_cache_vm_exited(&d->cache, vm);
 			continue;
 		}
 		unsigned max_idle = vm->pool ? vm->pool->max_idle_s : d->opts.max_idle_s;
-		if (vmf_pool_vm_idle_expired(vm, max_idle, now) && !d->stopping) {
+		if (vmf_pool_vm_idle_expired(vm, max_idle, now) && !d->cache.stopping) {
 			log_vm(VMF_LOG_INFO, vm->id, "replacing: paused longer than %u s", max_idle);
-			vmf_daemon_destroy_vm(d, vm, false, NULL);
+			vmf_cache_destroy_vm(&d->cache, vm, false, NULL);
 		}
 	}
 	/* Also a backstop for a destroy or shutdown waiting on a job whose
@@ -242,7 +242,7 @@ setup_pool(struct vmf_daemon *d, const struct vmf_pool_spec *ps, struct vmf_erro
 		vmf_error_prefix(err, "pool %s", ps->name);
 		return r;
 	}
-	TAILQ_INSERT_TAIL(&d->pools, p, link);
+	TAILQ_INSERT_TAIL(&d->cache.pools, p, link);
 	log_tpl(VMF_LOG_INFO, p->template_id, "pool %s of %u VMs with %u vCPU / %u MiB (max %u / %u MiB), %s memory",
 		p->name, p->target, p->params.vcpus, p->params.memory_mib, p->params.max_vcpus,
 		p->params.max_memory_mib, p->params.full_memory ? "private" : "shared");
@@ -378,19 +378,91 @@ make_default_sandbox_root(struct vmf_daemon *d, struct vmf_error *err)
 	return 0;
 }
 
+/* ---- what the cache tells the daemon (cache/cache.h) ---- */
+
+static void
+cache_settle(void *ctx)
+{
+	vmf_daemon_settle(ctx);
+}
+
+static void
+cache_readiness(void *ctx)
+{
+	vmf_daemon_check_readiness(ctx);
+}
+
+static void
+cache_build_failed(void *ctx, const char *msg)
+{
+	struct vmf_daemon *d = ctx;
+	if (d->ready_fd >= 0 && !d->ready_sent) {
+		/* `init` is waiting: fail it now rather than retry unseen. */
+		char line[VMF_ERROR_MSG_MAX + 16];
+		snprintf(line, sizeof(line), "error: %s\n", msg);
+		vmf_daemon_notify(d, line);
+		d->exit_code = 1;
+		d->cache.stopping = true;
+		event_base_loopexit(d->cache.base, NULL);
+	}
+}
+
+static void
+cache_progress(void *ctx, const char *line)
+{
+	struct vmf_daemon *d = ctx;
+	vmf_daemon_progress(d, "progress: %s (%.1f s)", line, (double)(vmf_now_ms() - d->start_ms) / 1000.0);
+}
+
+/* On a worker: sandbox is read-only once running. */
+static void
+cache_remove_links(void *ctx, const struct vmf_vm *vm)
+{
+	struct vmf_daemon *d = ctx;
+	/* Confined as when it was made, in the owner's directories: a link
+	 * outside today's roots is left, not followed there. */
+	struct vmf_error lerr = {0};
+	if (vmf_sandbox_unlink_if_points_to(&d->sandbox, vm->share_link, vm->share_dir, vm->owner_uid, &lerr) < 0)
+		log_vm(VMF_LOG_WARN, vm->id, "%s", lerr.msg);
+	if (vmf_sandbox_unlink_if_points_to(&d->sandbox, vm->sock_link, vm->run_dir, vm->owner_uid, &lerr) < 0)
+		log_vm(VMF_LOG_WARN, vm->id, "%s", lerr.msg);
+}
+
+/* reply_to is the Release's connection, if any. */
+static void
+cache_stopped(void *ctx, struct vmf_vm *vm, void *reply_to, int err)
+{
+	struct vmf_daemon *d = ctx;
+	if (err) {
+		if (reply_to)
+			vmf_control_reply_error(reply_to, err, "out of memory; the VM was stopped");
+		return;
+	}
+	if (d->cache.destroying)
+		d->destroyed++;
+	if (reply_to) {
+		Vmf__Control__Reply r = VMF__CONTROL__REPLY__INIT;
+		Vmf__Control__ReleaseReply rr = VMF__CONTROL__RELEASE_REPLY__INIT;
+		rr.vm_id = vm->id;
+		r.body_case = VMF__CONTROL__REPLY__BODY_RELEASE;
+		r.release = &rr;
+		vmf_control_reply(reply_to, &r);
+	}
+}
+
 static void
 daemon_free(struct vmf_daemon *d)
 {
-	if (d->jobs)
-		vmf_jobs_free(d->jobs);
+	if (d->cache.jobs)
+		vmf_jobs_free(d->cache.jobs);
 	vmf_control_close(d);
 	vmf_metrics_close(d);
 	struct vmf_vm *vm;
-	while ((vm = TAILQ_FIRST(&d->vms)))
-		vmf_daemon_vm_free(d, vm);
+	while ((vm = TAILQ_FIRST(&d->cache.vms)))
+		vmf_cache_vm_free(&d->cache, vm);
 	struct vmf_pool *p;
-	while ((p = TAILQ_FIRST(&d->pools))) {
-		TAILQ_REMOVE(&d->pools, p, link);
+	while ((p = TAILQ_FIRST(&d->cache.pools))) {
+		TAILQ_REMOVE(&d->cache.pools, p, link);
 		vmf_tpl_unref(p->tpl);
 		vmf_template_spec_free(p->spec);
 		free(p);
@@ -403,10 +475,10 @@ daemon_free(struct vmf_daemon *d)
 		event_free(d->sig_term);
 	if (d->sig_int)
 		event_free(d->sig_int);
-	if (d->base)
-		event_base_free(d->base);
-	if (d->cat)
-		vmf_catalog_close(d->cat);
+	if (d->cache.base)
+		event_base_free(d->cache.base);
+	if (d->cache.cat)
+		vmf_catalog_close(d->cache.cat);
 	if (d->ready_fd >= 0)
 		close(d->ready_fd);
 	if (d->lock_fd > 0)
@@ -433,9 +505,16 @@ vmf_daemon_run(const struct vmf_daemon_opts *opts, struct vmf_error *err)
 	d->opts = *opts;
 	d->ready_fd = opts->ready_fd;
 	d->start_ms = vmf_now_ms();
-	TAILQ_INIT(&d->pools);
-	TAILQ_INIT(&d->vms);
-	snprintf(d->vm_root, sizeof(d->vm_root), "%s/vms", opts->run_dir);
+	TAILQ_INIT(&d->cache.pools);
+	TAILQ_INIT(&d->cache.vms);
+	snprintf(d->cache.vm_root, sizeof(d->cache.vm_root), "%s/vms", opts->run_dir);
+	d->cache.state_dir = d->opts.state_dir;
+	d->cache.run_dir = d->opts.run_dir;
+	d->cache.img = &d->img;
+	d->cache.hooks = (struct vmf_cache_hooks){
+		.ctx = d, .settle = cache_settle, .readiness = cache_readiness, .build_failed = cache_build_failed,
+		.progress = cache_progress, .remove_links = cache_remove_links, .stopped = cache_stopped,
+	};
 	signal(SIGPIPE, SIG_IGN);
 	if ((r = vmf_sandbox_policy_init(&d->sandbox, opts->sandbox_roots, opts->state_dir, opts->run_dir, err)) < 0)
 		goto out;
@@ -443,10 +522,10 @@ vmf_daemon_run(const struct vmf_daemon_opts *opts, struct vmf_error *err)
 	/* Run dir and vms/ 0711: a VM's owner reaches its sockets through
 	 * them (its own VM dir grants it that, by ACL) without listing them. */
 	if ((r = vmf_mkdir_p(opts->state_dir, 0700, err)) < 0 || (r = vmf_mkdir_p(opts->run_dir, 0711, err)) < 0 ||
-	    (r = vmf_mkdir_p(d->vm_root, 0711, err)) < 0)
+	    (r = vmf_mkdir_p(d->cache.vm_root, 0711, err)) < 0)
 		goto out;
-	if (chmod(d->vm_root, 0711) < 0) {
-		r = vmf_err_sys(err, errno, "cannot make %s searchable", d->vm_root);
+	if (chmod(d->cache.vm_root, 0711) < 0) {
+		r = vmf_err_sys(err, errno, "cannot make %s searchable", d->cache.vm_root);
 		goto out;
 	}
 	/* One daemon per state dir, even when two start at the same instant;
@@ -485,28 +564,28 @@ vmf_daemon_run(const struct vmf_daemon_opts *opts, struct vmf_error *err)
 		goto out;
 	if (opts->accel && *opts->accel)
 		snprintf(d->hv.accel, sizeof(d->hv.accel), "%s", opts->accel);
-	if ((r = vmf_catalog_open(opts->state_dir, &d->cat, err)) < 0)
+	if ((r = vmf_catalog_open(opts->state_dir, &d->cache.cat, err)) < 0)
 		goto out;
-	if ((r = vmf_template_cleanup(d->cat, opts->state_dir, err)) < 0)
+	if ((r = vmf_template_cleanup(d->cache.cat, opts->state_dir, err)) < 0)
 		log_warn("%s", err->msg);
 	if ((r = setup_pools(d, err)) < 0)
 		goto out;
 
 	evthread_use_pthreads();
 	vmf_log_route_libevent();
-	d->base = event_base_new();
+	d->cache.base = event_base_new();
 	/* Pool work may take WORKER_THREADS - 1 workers; misses have one each
 	 * besides, and one more stays for hand-outs of ready VMs, releases and
 	 * inspects: none of these waits for a clone. */
 	unsigned reserve = 1 + opts->max_miss_clones;
-	d->jobs = d->base ? vmf_jobs_new(d->base, WORKER_THREADS + opts->max_miss_clones, reserve) : NULL;
-	if (!d->jobs) {
+	d->cache.jobs = d->cache.base ? vmf_jobs_new(d->cache.base, WORKER_THREADS + opts->max_miss_clones, reserve) : NULL;
+	if (!d->cache.jobs) {
 		r = vmf_err(err, ENOMEM, "cannot set up the event loop");
 		goto out;
 	}
-	d->sig_term = evsignal_new(d->base, SIGTERM, signal_cb, d);
-	d->sig_int = evsignal_new(d->base, SIGINT, signal_cb, d);
-	d->tick = event_new(d->base, -1, EV_PERSIST, tick_cb, d);
+	d->sig_term = evsignal_new(d->cache.base, SIGTERM, signal_cb, d);
+	d->sig_int = evsignal_new(d->cache.base, SIGINT, signal_cb, d);
+	d->tick = event_new(d->cache.base, -1, EV_PERSIST, tick_cb, d);
 	struct timeval sec = { 1, 0 };
 	if (!d->sig_term || !d->sig_int || !d->tick || event_add(d->sig_term, NULL) || event_add(d->sig_int, NULL) ||
 	    event_add(d->tick, &sec)) {
@@ -523,21 +602,21 @@ vmf_daemon_run(const struct vmf_daemon_opts *opts, struct vmf_error *err)
 		goto out;
 	log_info("listening on %s (pid %d, %s %s, accel %s)", opts->socket_path, (int)getpid(), d->ops->name,
 		 d->hv.version, d->hv.accel);
-	vmf_daemon_refill(d);
+	vmf_cache_refill(&d->cache);
 	vmf_daemon_check_readiness(d);
-	event_base_dispatch(d->base);
-	r = d->exit_code ? vmf_err(err, EIO, "%s", TAILQ_FIRST(&d->pools)->last_error) : 0;
+	event_base_dispatch(d->cache.base);
+	r = d->exit_code ? vmf_err(err, EIO, "%s", TAILQ_FIRST(&d->cache.pools)->last_error) : 0;
 out:
 	/* Jobs still running complete in daemon_free (vmf_jobs_free), with no
 	 * loop to reply on or workers to run more jobs: see loop_done. */
-	d->stopping = true;
-	d->loop_done = true;
+	d->cache.stopping = true;
+	d->cache.loop_done = true;
 	if (r < 0 && err)
 		vmf_sd_notify("STATUS=failed: %s\nERRNO=%d", err->msg, err->code);
 	daemon_free(d);
 	/* After destroy nothing of ours stays in the run dir (rmdir: only when
 	 * empty, assigned VMs kept by a plain destroy keep theirs). */
-	if (d->destroy_done && rmdir(d->vm_root) == 0)
+	if (d->destroy_done && rmdir(d->cache.vm_root) == 0)
 		rmdir(opts->run_dir);
 	free(d);
 	return r;

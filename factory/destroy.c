@@ -13,10 +13,10 @@ static bool
 work_in_flight(struct vmf_daemon *d)
 {
 	struct vmf_vm *vm;
-	TAILQ_FOREACH(vm, &d->vms, link)
+	TAILQ_FOREACH(vm, &d->cache.vms, link)
 		if (vm->busy)
 			return true;
-	return vmf_jobs_pending(d->jobs) > 0;
+	return vmf_jobs_pending(d->cache.jobs) > 0;
 }
 
 static void
@@ -24,7 +24,7 @@ exit_loop_soon(struct vmf_daemon *d)
 {
 	/* Let the replies just written reach their clients first. */
 	struct timeval tv = { 0, 100000 };
-	event_base_loopexit(d->base, &tv);
+	event_base_loopexit(d->cache.base, &tv);
 }
 
 /* A destroy stops every VM but the assigned and gone ones (all of them
@@ -35,10 +35,10 @@ static void
 finish_destroy_if_done(struct vmf_daemon *d)
 {
 	struct vmf_vm *vm, *next;
-	for (vm = TAILQ_FIRST(&d->vms); vm; vm = next) {
+	for (vm = TAILQ_FIRST(&d->cache.vms); vm; vm = next) {
 		next = TAILQ_NEXT(vm, link);
 		if (!vm->busy && (d->destroy_all || (vm->state != VMF_VM_ASSIGNED && vm->state != VMF_VM_GONE)))
-			vmf_daemon_destroy_vm(d, vm, true, NULL);
+			vmf_cache_destroy_vm(&d->cache, vm, true, NULL);
 	}
 	if (work_in_flight(d))
 		return;
@@ -57,7 +57,7 @@ finish_destroy_if_done(struct vmf_daemon *d)
 void
 vmf_daemon_settle(struct vmf_daemon *d)
 {
-	if (d->loop_done)
+	if (d->cache.loop_done)
 		return;
 	if (d->destroy_conn) {
 		finish_destroy_if_done(d);
@@ -65,7 +65,7 @@ vmf_daemon_settle(struct vmf_daemon *d)
 		log_info("shutdown: work in flight done; exiting, VMs keep running for the next daemon");
 		exit_loop_soon(d);
 	} else {
-		vmf_daemon_refill(d);
+		vmf_cache_refill(&d->cache);
 	}
 }
 
@@ -77,8 +77,8 @@ vmf_daemon_destroy(struct vmf_daemon *d, struct vmf_conn *c, bool all)
 		return;
 	}
 	log_info("destroy requested%s", all ? " (all VMs, assigned included)" : "");
-	d->stopping = true;
-	d->destroying = true;
+	d->cache.stopping = true;
+	d->cache.destroying = true;
 	d->destroy_conn = c;
 	d->destroy_all = all;
 	finish_destroy_if_done(d);

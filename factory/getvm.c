@@ -85,7 +85,7 @@ validate(struct vmf_daemon *d, const Vmf__Control__GetVMRequest *req, struct vmf
 		return vmf_err(err, EINVAL, "vcpus and memory_mib must be given and non-zero");
 	if (req->pool && *req->pool && !vmf_valid_pool_name(req->pool))
 		return vmf_err(err, EINVAL, "pool name is invalid: it must be 1 to 32 letters, digits, '-' or '_'");
-	if (!(*pool = vmf_pool_choose(&d->pools, req->pool, req->vcpus, req->memory_mib, err)))
+	if (!(*pool = vmf_pool_choose(&d->cache.pools, req->pool, req->vcpus, req->memory_mib, err)))
 		return -err->code;
 	int rc = vmf_getvm_check_caps(d->ops->name, d->hv.caps, (*pool)->spec->vcpus, (*pool)->spec->memory_mib,
 				      req->vcpus, req->memory_mib, err);
@@ -133,14 +133,14 @@ getvm_work(void *arg)
 	/* First, durably: a daemon that dies from here on leaves a
 	 * handing-out record, which recovery destroys (with any link made);
 	 * dying before it leaves the VM pooled, untouched. */
-	j->rc = vmf_daemon_put_vm_record(d, vm, VMF_VM_HANDING_OUT, err);
+	j->rc = vmf_cache_put_vm_record(&d->cache, vm, VMF_VM_HANDING_OUT, err);
 	if (j->rc < 0) {
 		vmf_error_prefix(err, "recording VM %s as handing out", vm->id);
 		return;
 	}
 	double record_ms = since(&t);
 	if (j->miss) {
-		if ((j->rc = VMF_FAULT_GATE(d, "miss", err)) < 0)
+		if ((j->rc = VMF_FAULT_GATE(&d->cache, "miss", err)) < 0)
 			return;
 		j->rc = vmf_template_clone(&j->pool->params, j->tpl->rec, vm->id, vm->run_dir,
 					   vm->share_dir, &vm->hv, err);
@@ -224,7 +224,7 @@ getvm_work(void *arg)
 	 * pooled VM after a restart and could be handed out twice. */
 	if (r == 0) {
 		vm->assigned_ns = vmf_realtime_ns();
-		r = vmf_daemon_put_vm_record(d, vm, VMF_VM_ASSIGNED, err);
+		r = vmf_cache_put_vm_record(&d->cache, vm, VMF_VM_ASSIGNED, err);
 		if (r < 0)
 			vmf_error_prefix(err, "recording VM %s as assigned", vm->id);
 	}
@@ -265,16 +265,16 @@ getvm_done(void *arg)
 	/* A destroy of every VM would stop this one right after the reply, and
 	 * once the loop has ended no reply reaches the client: either way
 	 * nobody may be left holding a VM that is not theirs. */
-	if (j->rc == 0 && d->destroying && d->destroy_all)
+	if (j->rc == 0 && d->cache.destroying && d->destroy_all)
 		j->rc = vmf_err(&j->err, ESHUTDOWN, "the daemon is being destroyed with all its VMs; the VM "
 				"prepared for this request was stopped");
-	if (j->rc == 0 && d->loop_done)
+	if (j->rc == 0 && d->cache.loop_done)
 		j->rc = vmf_err(&j->err, ESHUTDOWN, "the daemon exited before the hand-out completed");
 	vm->busy = false;
 	if (j->rc == 0) {
 		vm->state = VMF_VM_ASSIGNED;
 		if (vm->hv)
-			vmf_daemon_watch_vm(d, vm);
+			vmf_cache_watch_vm(&d->cache, vm);
 		j->step_ms[VMF_STEP_TOTAL] = (double)(vmf_now_ms() - j->start_ms);
 		for (int s = 0; s < VMF_STEP_COUNT; s++) {
 			vmf_latency_add(&d->lat[s], j->step_ms[s]);
@@ -293,7 +293,7 @@ getvm_done(void *arg)
 		d->errors++;
 		log_vm(VMF_LOG_WARN, vm->id, "GetVM for sandbox %s failed: %s", j->sandbox_id, j->err.msg);
 		/* Never handed out half-prepared: the VM goes, with any link made. */
-		vmf_daemon_destroy_vm(d, vm, true, NULL);
+		vmf_cache_destroy_vm(&d->cache, vm, true, NULL);
 		vmf_control_reply_error(j->c, j->err.code, j->err.msg);
 	}
 	free(j);
@@ -320,7 +320,7 @@ paths_done(void *arg)
 {
 	struct getvm_job *j = arg;
 	struct vmf_daemon *d = j->d;
-	if (j->rc == 0 && d->stopping)
+	if (j->rc == 0 && d->cache.stopping)
 		j->rc = vmf_err(&j->err, ESHUTDOWN, "the daemon is shutting down");
 	if (j->rc == 0 && !vmf_control_connected(j->c))
 		j->rc = vmf_err(&j->err, ECONNRESET, "client disconnected during GetVM");
@@ -359,7 +359,7 @@ vmf_getvm_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control__Ge
 	snprintf(j->sock_dir, sizeof(j->sock_dir), "%s", req->sock_dir);
 	j->start_ms = vmf_now_ms();
 	j->deadline_ms = j->start_ms + (req->timeout_ms ? req->timeout_ms : VMF_DEFAULT_GETVM_TIMEOUT_MS);
-	if (vmf_jobs_submit(d->jobs, paths_work, paths_done, j) < 0) {
+	if (vmf_jobs_submit(d->cache.jobs, paths_work, paths_done, j) < 0) {
 		free(j);
 		vmf_control_reply_error(c, ENOMEM, "cannot queue the GetVM work");
 	}
@@ -374,7 +374,7 @@ getvm_take(struct getvm_job *j)
 	struct vmf_pool *pool = j->pool;
 	bool have_ready = false;
 	struct vmf_vm *it;
-	TAILQ_FOREACH(it, &d->vms, link)
+	TAILQ_FOREACH(it, &d->cache.vms, link)
 		have_ready = have_ready || (it->pool == pool && it->state == VMF_VM_READY && !it->busy && !it->dead);
 	if (!pool->tpl && !have_ready) {
 		d->errors++;
@@ -387,7 +387,7 @@ getvm_take(struct getvm_job *j)
 		return;
 	}
 	struct vmf_vm *vm;
-	TAILQ_FOREACH(vm, &d->vms, link)
+	TAILQ_FOREACH(vm, &d->cache.vms, link)
 		if (vm->pool == pool && vm->state == VMF_VM_READY && !vm->busy && !vm->dead)
 			break;
 	if (vm) {
@@ -411,7 +411,7 @@ getvm_take(struct getvm_job *j)
 			return;
 		}
 		d->misses++;
-		vm = vmf_daemon_new_vm(d, pool);
+		vm = vmf_cache_new_vm(&d->cache, pool);
 		if (!vm) {
 			free(j);
 			vmf_control_reply_error(c, ENOMEM, "out of memory");
@@ -431,12 +431,12 @@ getvm_take(struct getvm_job *j)
 	vm->busy = true;
 	j->vm = vm;
 	j->snap = *vm;
-	if (vmf_jobs_submit(d->jobs, getvm_work, getvm_done, j) < 0) {
+	if (vmf_jobs_submit(d->cache.jobs, getvm_work, getvm_done, j) < 0) {
 		j->rc = vmf_err(&j->err, ENOMEM, "cannot queue the GetVM work");
 		getvm_done(j);
 		return;
 	}
-	vmf_daemon_refill(d);
+	vmf_cache_refill(&d->cache);
 }
 
 /* ---- release ---- */
@@ -458,7 +458,7 @@ lookup(struct vmf_daemon *d, struct vmf_conn *c, const char *id)
 		vmf_control_reply_error(c, EINVAL, "VM id is not a vmfactory VM id (a lower-case UUID)");
 		return NULL;
 	}
-	struct vmf_vm *vm = vmf_daemon_find_vm(d, id);
+	struct vmf_vm *vm = vmf_cache_find_vm(&d->cache, id);
 	if (!vm) {
 		char msg[96];
 		snprintf(msg, sizeof(msg), "no VM %s in this daemon", id);
@@ -499,7 +499,7 @@ vmf_release_start(struct vmf_daemon *d, struct vmf_conn *c, const char *vm_id)
 	log_vm(VMF_LOG_INFO, vm->id, "releasing (sandbox %s)", vm->sandbox_id);
 	/* The reply comes once the VM is stopped and its dirs and links are
 	 * gone: a runtime may reuse the paths as soon as release returns. */
-	vmf_daemon_destroy_vm(d, vm, true, c);
+	vmf_cache_destroy_vm(&d->cache, vm, true, c);
 }
 
 /* ---- inspect ---- */
@@ -535,7 +535,7 @@ inspect_done(void *arg)
 	/* Its process exited while the job held it (the watch then only marks
 	 * it dead): it becomes gone now, before the reply shows its state. */
 	if (j->vm->dead)
-		vmf_daemon_vm_exited(d, j->vm);
+		vmf_cache_vm_exited(&d->cache, j->vm);
 	Vmf__Control__Reply r = VMF__CONTROL__REPLY__INIT;
 	Vmf__Control__InspectReply ir = VMF__CONTROL__INSPECT_REPLY__INIT;
 	Vmf__Control__VmInfo info = VMF__CONTROL__VM_INFO__INIT;
@@ -592,7 +592,7 @@ vmf_inspect_start(struct vmf_daemon *d, struct vmf_conn *c, const char *vm_id)
 		return;
 	}
 	vm->busy = true;
-	if (vmf_jobs_submit(d->jobs, inspect_work, inspect_done, j) < 0) {
+	if (vmf_jobs_submit(d->cache.jobs, inspect_work, inspect_done, j) < 0) {
 		j->rc = vmf_err(&j->err, ENOMEM, "cannot queue the inspect work");
 		inspect_done(j);
 	}

@@ -16,7 +16,7 @@ static struct vmf_pool *
 pool_for(struct vmf_daemon *d, const char *template_id)
 {
 	struct vmf_pool *p;
-	TAILQ_FOREACH(p, &d->pools, link)
+	TAILQ_FOREACH(p, &d->cache.pools, link)
 		if (strcmp(p->template_id, template_id) == 0)
 			return p;
 	return NULL;
@@ -31,7 +31,7 @@ recover_vm(const char *id, Vmf__Catalog__VmRecord *rec, const struct vmf_error *
 	struct vmf_error err = {0};
 	if (!rec) {
 		log_vm(VMF_LOG_WARN, id, "VM record unreadable (%s); removing it", rec_err ? rec_err->msg : "?");
-		vmf_catalog_vm_delete(d->cat, id, &err);
+		vmf_catalog_vm_delete(d->cache.cat, id, &err);
 		return 0;
 	}
 	struct vmf_vm *vm = calloc(1, sizeof(*vm));
@@ -41,10 +41,10 @@ recover_vm(const char *id, Vmf__Catalog__VmRecord *rec, const struct vmf_error *
 		return -ENOMEM;
 	}
 	vmf_vm_from_record(vm, rec);
-	vm->owner = d;
+	vm->owner = &d->cache;
 	vm->ready_mono_ms = vmf_now_ms();
 	vm->pool = pool_for(d, vm->template_id);
-	TAILQ_INSERT_TAIL(&d->vms, vm, link);
+	TAILQ_INSERT_TAIL(&d->cache.vms, vm, link);
 
 	/* A VM keeps the driver that started it, even when the daemon is now
 	 * configured for another: every later call on it goes through
@@ -68,7 +68,7 @@ recover_vm(const char *id, Vmf__Catalog__VmRecord *rec, const struct vmf_error *
 		if (live && vm->pool && vm->ops == vm->pool->params.ops) {
 			vm->state = VMF_VM_READY;
 			vm->pool->ready++;
-			vmf_daemon_watch_vm(d, vm);
+			vmf_cache_watch_vm(&d->cache, vm);
 			log_vm(VMF_LOG_INFO, vm->id, "adopted pooled VM (pid %d)", (int)vm->ops->pid(vm->hv));
 			return 0;
 		}
@@ -77,10 +77,10 @@ recover_vm(const char *id, Vmf__Catalog__VmRecord *rec, const struct vmf_error *
 	case VMF__CATALOG__VM_STATE__VM_GONE:
 		vm->state = live ? VMF_VM_ASSIGNED : VMF_VM_GONE;
 		if (live)
-			vmf_daemon_watch_vm(d, vm);
+			vmf_cache_watch_vm(&d->cache, vm);
 		log_vm(VMF_LOG_INFO, vm->id, "%s VM of sandbox %s", live ? "adopted assigned" : "recorded gone",
 		       vm->sandbox_id);
-		vmf_daemon_record_vm(d, vm);
+		vmf_cache_record_vm(&d->cache, vm);
 		return 0;
 	default:
 		/* Creating, handing out or releasing when the daemon died: nobody
@@ -90,7 +90,7 @@ recover_vm(const char *id, Vmf__Catalog__VmRecord *rec, const struct vmf_error *
 	log_vm(VMF_LOG_INFO, vm->id, "cleaning up VM left %s", rec->state == VMF__CATALOG__VM_STATE__VM_READY
 	       ? "ready by a previous run" : "unfinished by a previous run");
 	vm->state = VMF_VM_RELEASING;
-	vmf_daemon_destroy_vm(d, vm, rec->state == VMF__CATALOG__VM_STATE__VM_HANDING_OUT, NULL);
+	vmf_cache_destroy_vm(&d->cache, vm, rec->state == VMF__CATALOG__VM_STATE__VM_HANDING_OUT, NULL);
 	return 0;
 }
 
@@ -103,7 +103,7 @@ kill_orphans(struct vmf_daemon *d)
 	if (!proc)
 		return;
 	char root[PATH_MAX + 2];
-	snprintf(root, sizeof(root), "%s/", d->vm_root);
+	snprintf(root, sizeof(root), "%s/", d->cache.vm_root);
 	char build_prefix[PATH_MAX + 8];
 	snprintf(build_prefix, sizeof(build_prefix), "%s/build-", d->opts.run_dir);
 	struct dirent *de;
@@ -128,7 +128,7 @@ kill_orphans(struct vmf_daemon *d)
 		}
 		if (name && ours && strncmp(name, "vmfactory-", 10) == 0) {
 			const char *id = name + 10;
-			struct vmf_vm *vm = vmf_daemon_find_vm(d, id);
+			struct vmf_vm *vm = vmf_cache_find_vm(&d->cache, id);
 			bool adopted = vm && vm->hv && vm->ops->pid(vm->hv) == pid;
 			if (!adopted) {
 				log_warn("killing QEMU pid %d (%s): no record of it", (int)pid, name);
@@ -147,7 +147,7 @@ vmf_recovery_run(struct vmf_daemon *d, struct vmf_error *err)
 	/* Without every record no running VM can be told from an orphan:
 	 * an assigned one would be killed.  Stop before touching any. */
 	struct vmf_error lerr = {0};
-	if ((r = vmf_catalog_vm_list(d->cat, recover_vm, d, &lerr)) < 0) {
+	if ((r = vmf_catalog_vm_list(d->cache.cat, recover_vm, d, &lerr)) < 0) {
 		if (!lerr.msg[0])
 			vmf_err(&lerr, -r, "out of memory recovering the VMs");
 		r = vmf_err(err, lerr.code, "recovery cannot read the VM records, so the daemon stops without "

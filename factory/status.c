@@ -114,7 +114,7 @@ vmf_daemon_status(struct vmf_daemon *d, struct vmf_conn *c)
 {
 	size_t nvms = 0;
 	struct vmf_vm *vm;
-	TAILQ_FOREACH(vm, &d->vms, link)
+	TAILQ_FOREACH(vm, &d->cache.vms, link)
 		nvms++;
 	struct status_job *j = calloc(1, sizeof(*j));
 	pid_t *pids = calloc(nvms + 1, sizeof(*pids));
@@ -133,7 +133,7 @@ vmf_daemon_status(struct vmf_daemon *d, struct vmf_conn *c)
 	j->pss = pss;
 	status_build(d, vmf_control_peer_uid(c), &j->reply, pids);
 	j->n = j->reply.status ? j->reply.status->n_vms : 0;
-	if (!j->reply.status || vmf_jobs_submit(d->jobs, status_work, status_done, j) < 0) {
+	if (!j->reply.status || vmf_jobs_submit(d->cache.jobs, status_work, status_done, j) < 0) {
 		status_work(j);
 		status_done(j);
 	}
@@ -193,14 +193,14 @@ status_build(struct vmf_daemon *d, uid_t peer, Vmf__Control__Reply *reply, pid_t
 	size_t npools = 0, nvms = 0;
 	struct vmf_pool *p;
 	struct vmf_vm *vm;
-	TAILQ_FOREACH(p, &d->pools, link)
+	TAILQ_FOREACH(p, &d->cache.pools, link)
 		npools++;
-	TAILQ_FOREACH(vm, &d->vms, link)
+	TAILQ_FOREACH(vm, &d->cache.vms, link)
 		nvms++;
 	s->pools = calloc(npools + 1, sizeof(*s->pools));
 	s->templates = calloc(npools + 1, sizeof(*s->templates));
 	s->vms = calloc(nvms + 1, sizeof(*s->vms));
-	TAILQ_FOREACH(p, &d->pools, link) {
+	TAILQ_FOREACH(p, &d->cache.pools, link) {
 		if (!s->pools || !s->templates)
 			break;
 		Vmf__Control__PoolStatus *ps = calloc(1, sizeof(*ps));
@@ -241,7 +241,7 @@ status_build(struct vmf_daemon *d, uid_t peer, Vmf__Control__Reply *reply, pid_t
 					     &ts->n_capabilities);
 		s->templates[s->n_templates++] = ts;
 	}
-	TAILQ_FOREACH(vm, &d->vms, link) {
+	TAILQ_FOREACH(vm, &d->cache.vms, link) {
 		if (!s->vms)
 			break;
 		if (!all && (vm->owner_uid != peer || vm->state == VMF_VM_READY || vm->state == VMF_VM_CREATING))

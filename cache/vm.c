@@ -1,22 +1,26 @@
-/* The daemon's VMs on the loop: the list, their records in the catalog,
- * watching their processes, stopping them on a worker. */
+/* The cache's VMs on the loop: the list, their records in the catalog,
+ * watching their processes, stopping them on a worker.  The daemon's
+ * request handlers use these as the pool engine does. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "agent.h"
+#include "cache.h"
 #include "catalog.h"
-#include "factory.h"
+#include "driver.h"
+#include "frame.h"
 #include "log.h"
+#include "util.h"
 
 #define VM_SCHEMA_VERSION 1
 
 struct vmf_vm *
-vmf_daemon_find_vm(struct vmf_daemon *d, const char *id)
+vmf_cache_find_vm(struct vmf_cache *c, const char *id)
 {
 	struct vmf_vm *vm;
-	TAILQ_FOREACH(vm, &d->vms, link)
+	TAILQ_FOREACH(vm, &c->vms, link)
 		if (strcmp(vm->id, id) == 0)
 			return vm;
 	return NULL;
@@ -37,10 +41,10 @@ record_state(enum vmf_vm_state s)
 }
 
 void
-vmf_daemon_record_vm(struct vmf_daemon *d, struct vmf_vm *vm)
+vmf_cache_record_vm(struct vmf_cache *c, struct vmf_vm *vm)
 {
 	struct vmf_error err = {0};
-	if (vmf_daemon_put_vm_record(d, vm, vm->state, &err) < 0)
+	if (vmf_cache_put_vm_record(c, vm, vm->state, &err) < 0)
 		log_vm(VMF_LOG_ERROR, vm->id, "cannot record VM state: %s", err.msg);
 }
 
@@ -91,7 +95,7 @@ vmf_vm_from_record(struct vmf_vm *vm, const Vmf__Catalog__VmRecord *rec)
 }
 
 int
-vmf_daemon_put_vm_record(struct vmf_daemon *d, struct vmf_vm *vm, enum vmf_vm_state state,
+vmf_cache_put_vm_record(struct vmf_cache *c, struct vmf_vm *vm, enum vmf_vm_state state,
 			 struct vmf_error *err)
 {
 	Vmf__Catalog__VmRecord rec = VMF__CATALOG__VM_RECORD__INIT;
@@ -101,16 +105,16 @@ vmf_daemon_put_vm_record(struct vmf_daemon *d, struct vmf_vm *vm, enum vmf_vm_st
 		log_vm(VMF_LOG_WARN, vm->id, "cannot serialize its hypervisor state: %s", serr.msg);
 	vm_to_record(vm, state, &rec);
 	rec.hv = hv;
-	int r = vmf_catalog_vm_put(d->cat, &rec, err);
+	int r = vmf_catalog_vm_put(c->cat, &rec, err);
 	if (hv)
 		vmf__hv__hypervisor_state__free_unpacked(hv, NULL);
 	return r;
 }
 
 void
-vmf_daemon_vm_free(struct vmf_daemon *d, struct vmf_vm *vm)
+vmf_cache_vm_free(struct vmf_cache *c, struct vmf_vm *vm)
 {
-	TAILQ_REMOVE(&d->vms, vm, link);
+	TAILQ_REMOVE(&c->vms, vm, link);
 	if (vm->watch)
 		event_free(vm->watch);
 	vmf_agent_free(vm->agent);
@@ -119,14 +123,11 @@ vmf_daemon_vm_free(struct vmf_daemon *d, struct vmf_vm *vm)
 	free(vm);
 }
 
-
-/* ---- stopping a VM ---- */
-
 struct stop_job {
-	struct vmf_daemon *d;
+	struct vmf_cache *c;
 	struct vmf_vm *vm;
 	bool remove_links;
-	struct vmf_conn *reply_to;
+	void *reply_to;
 };
 
 static void
@@ -138,25 +139,16 @@ stop_work(void *arg)
 	/* Recorded before acting: a daemon that dies mid-release finishes the
 	 * job when it restarts.  Written here, not on the event loop, whose
 	 * every client would otherwise wait out the fsync. */
-	if (vmf_daemon_put_vm_record(j->d, vm, VMF_VM_RELEASING, &err) < 0)
+	if (vmf_cache_put_vm_record(j->c, vm, VMF_VM_RELEASING, &err) < 0)
 		log_vm(VMF_LOG_ERROR, vm->id, "cannot record VM state: %s", err.msg);
 	if (vm->hv && vm->ops->stop(vm->hv, VMF_STOP_TIMEOUT_MS, &err) < 0)
 		log_vm(VMF_LOG_WARN, vm->id, "stopping: %s", err.msg);
 	VMF_FAULT("mid-release");
-	if (j->remove_links) {
-		/* Confined as when it was made, in the owner's directories: a
-		 * link outside today's roots is left, not followed there. */
-		struct vmf_error lerr = {0};
-		if (vmf_sandbox_unlink_if_points_to(&j->d->sandbox, vm->share_link, vm->share_dir, vm->owner_uid,
-						    &lerr) < 0)
-			log_vm(VMF_LOG_WARN, vm->id, "%s", lerr.msg);
-		if (vmf_sandbox_unlink_if_points_to(&j->d->sandbox, vm->sock_link, vm->run_dir, vm->owner_uid,
-						    &lerr) < 0)
-			log_vm(VMF_LOG_WARN, vm->id, "%s", lerr.msg);
-	}
+	if (j->remove_links)
+		j->c->hooks.remove_links(j->c->hooks.ctx, vm);
 	if (vm->run_dir[0] && vmf_rm_rf(vm->run_dir, &err) < 0)
 		log_vm(VMF_LOG_WARN, vm->id, "removing its run dir: %s", err.msg);
-	if (vmf_catalog_vm_delete(j->d->cat, vm->id, &err) < 0 && err.code != ENOENT)
+	if (vmf_catalog_vm_delete(j->c->cat, vm->id, &err) < 0 && err.code != ENOENT)
 		log_vm(VMF_LOG_WARN, vm->id, "removing its record: %s", err.msg);
 }
 
@@ -164,25 +156,16 @@ static void
 stop_done(void *arg)
 {
 	struct stop_job *j = arg;
-	struct vmf_daemon *d = j->d;
+	struct vmf_cache *c = j->c;
 	log_vm(VMF_LOG_DEBUG, j->vm->id, "stopped and removed");
-	if (d->destroying)
-		d->destroyed++;
-	if (j->reply_to) {
-		Vmf__Control__Reply r = VMF__CONTROL__REPLY__INIT;
-		Vmf__Control__ReleaseReply rr = VMF__CONTROL__RELEASE_REPLY__INIT;
-		rr.vm_id = j->vm->id;
-		r.body_case = VMF__CONTROL__REPLY__BODY_RELEASE;
-		r.release = &rr;
-		vmf_control_reply(j->reply_to, &r);
-	}
-	vmf_daemon_vm_free(d, j->vm);
+	c->hooks.stopped(c->hooks.ctx, j->vm, j->reply_to, 0);
+	vmf_cache_vm_free(c, j->vm);
 	free(j);
-	vmf_daemon_settle(d);
+	c->hooks.settle(c->hooks.ctx);
 }
 
 void
-vmf_daemon_destroy_vm(struct vmf_daemon *d, struct vmf_vm *vm, bool remove_links, struct vmf_conn *reply_to)
+vmf_cache_destroy_vm(struct vmf_cache *c, struct vmf_vm *vm, bool remove_links, void *reply_to)
 {
 	if (vm->state == VMF_VM_READY && vm->pool && vm->pool->ready)
 		vm->pool->ready--;
@@ -192,7 +175,7 @@ vmf_daemon_destroy_vm(struct vmf_daemon *d, struct vmf_vm *vm, bool remove_links
 		event_del(vm->watch);
 	struct stop_job *j = calloc(1, sizeof(*j));
 	if (j) {
-		j->d = d;
+		j->c = c;
 		j->vm = vm;
 		j->remove_links = remove_links;
 		j->reply_to = reply_to;
@@ -200,33 +183,32 @@ vmf_daemon_destroy_vm(struct vmf_daemon *d, struct vmf_vm *vm, bool remove_links
 	/* A client waits for a release or a destroy; replacing a pooled VM is
 	 * pool work.  Inline when out of memory, or once the loop has ended
 	 * (the workers are gone): rather than leak a QEMU. */
-	enum vmf_job_class cls = reply_to || d->stopping ? VMF_JOB_INTERACTIVE : VMF_JOB_POOL;
-	if (!j || d->loop_done || vmf_jobs_submit_class(d->jobs, cls, stop_work, stop_done, j) < 0) {
-		struct stop_job tmp = { d, vm, remove_links, reply_to };
+	enum vmf_job_class cls = reply_to || c->stopping ? VMF_JOB_INTERACTIVE : VMF_JOB_POOL;
+	if (!j || c->loop_done || vmf_jobs_submit_class(c->jobs, cls, stop_work, stop_done, j) < 0) {
+		struct stop_job tmp = { c, vm, remove_links, reply_to };
 		stop_work(&tmp);
 		free(j);
-		if (reply_to)
-			vmf_control_reply_error(reply_to, ENOMEM, "out of memory; the VM was stopped");
-		vmf_daemon_vm_free(d, vm);
+		c->hooks.stopped(c->hooks.ctx, vm, reply_to, ENOMEM);
+		vmf_cache_vm_free(c, vm);
 	}
 }
 
 void
-vmf_daemon_vm_exited(struct vmf_daemon *d, struct vmf_vm *vm)
+vmf_cache_vm_exited(struct vmf_cache *c, struct vmf_vm *vm)
 {
 	if (vm->watch)
 		event_del(vm->watch);
 	vm->dead = true;
 	if (vm->busy || vm->state == VMF_VM_GONE || vm->state == VMF_VM_RELEASING)
 		return; /* the job in flight sees vm->dead when it completes */
-	log_vm(VMF_LOG_WARN, vm->id, "%s pid %d exited while %s", vm->ops->name, (int)vm->ops->pid(vm->hv),
+	log_vm(VMF_LOG_WARN, vm->id, "%s pid %c exited while %s", vm->ops->name, (int)vm->ops->pid(vm->hv),
 	       vmf_vm_state_name(vm->state));
 	if (vm->state == VMF_VM_ASSIGNED) {
 		/* Keep the record so the runtime learns what happened via status
 		 * or inspect; release cleans up. */
 		vm->ops->alive(vm->hv);
 		vm->state = VMF_VM_GONE;
-		vmf_daemon_record_vm(d, vm);
+		vmf_cache_record_vm(c, vm);
 		return;
 	}
 	if (vm->state == VMF_VM_READY && vm->pool) {
@@ -235,10 +217,10 @@ vmf_daemon_vm_exited(struct vmf_daemon *d, struct vmf_vm *vm)
 		 * next clone, and its replacement should start at once.  Clones
 		 * that fail to start do back off (clone_done). */
 		vm->pool->failed++;
-		snprintf(vm->pool->last_error, sizeof(vm->pool->last_error), "a pooled VM's %s (pid %d) exited",
+		snprintf(vm->pool->last_error, sizeof(vm->pool->last_error), "a pooled VM's %s (pid %c) exited",
 			 vm->ops->name, (int)vm->ops->pid(vm->hv));
 	}
-	vmf_daemon_destroy_vm(d, vm, false, NULL);
+	vmf_cache_destroy_vm(c, vm, false, NULL);
 }
 
 /* A VM's process exited (pidfd readable). */
@@ -248,41 +230,41 @@ vm_dead_cb(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	struct vmf_vm *vm = arg;
-	vmf_daemon_vm_exited(vm->owner, vm);
+	vmf_cache_vm_exited(vm->owner, vm);
 }
 
 void
-vmf_daemon_watch_vm(struct vmf_daemon *d, struct vmf_vm *vm)
+vmf_cache_watch_vm(struct vmf_cache *c, struct vmf_vm *vm)
 {
 	/* The no-pidfd fault stands for a kernel without pidfd_open. */
 	int fd = VMF_FAULT_ERR("no-pidfd") ? -1 : vm->ops->watch_fd(vm->hv);
 	if (fd < 0)
 		return; /* the tick's liveness check covers it (no watch) */
 	if (!vm->watch)
-		vm->watch = event_new(d->base, fd, EV_READ, vm_dead_cb, vm);
+		vm->watch = event_new(c->base, fd, EV_READ, vm_dead_cb, vm);
 	if (vm->watch)
 		event_add(vm->watch, NULL);
 }
 
 
 struct vmf_vm *
-vmf_daemon_new_vm(struct vmf_daemon *d, struct vmf_pool *p)
+vmf_cache_new_vm(struct vmf_cache *c, struct vmf_pool *p)
 {
 	struct vmf_vm *vm = calloc(1, sizeof(*vm));
 	if (!vm)
 		return NULL;
 	vmf_uuid_new(vm->id);
-	vm->owner = d;
+	vm->owner = c;
 	vm->ops = p->params.ops;
 	vm->pool = p;
 	snprintf(vm->template_id, sizeof(vm->template_id), "%s", p->template_id);
-	snprintf(vm->run_dir, sizeof(vm->run_dir), "%s/%s", d->vm_root, vm->id);
-	snprintf(vm->share_dir, sizeof(vm->share_dir), "%s/%s/share", d->vm_root, vm->id);
+	snprintf(vm->run_dir, sizeof(vm->run_dir), "%s/%s", c->vm_root, vm->id);
+	snprintf(vm->share_dir, sizeof(vm->share_dir), "%s/%s/share", c->vm_root, vm->id);
 	vm->vcpus = p->spec->vcpus;
 	vm->memory_mib = p->spec->memory_mib;
 	vm->created_ns = vmf_realtime_ns();
 	vm->state = VMF_VM_CREATING;
-	TAILQ_INSERT_TAIL(&d->vms, vm, link);
+	TAILQ_INSERT_TAIL(&c->vms, vm, link);
 	return vm;
 }
 

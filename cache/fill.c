@@ -1,5 +1,5 @@
 /* The pool engine: template builds, clones and their warm-up on workers,
- * refilling each pool as its policy (cache/pool.c) says. */
+ * refilling each pool as its policy (pool.c) says. */
 #include <errno.h>
 #include <poll.h>
 #include <stdatomic.h>
@@ -8,12 +8,15 @@
 #include <string.h>
 
 #include "agent.h"
+#include "cache.h"
 #include "catalog.h"
-#include "factory.h"
+#include "driver.h"
+#include "frame.h"
 #include "log.h"
+#include "util.h"
 
 struct clone_job {
-	struct vmf_daemon *d;
+	struct vmf_cache *c;
 	struct vmf_vm *vm;                  /* the loop's: the worker touches only snap */
 	struct vmf_vm snap;                 /* the worker's copy; clone_done applies it */
 	struct vmf_pool *pool;               /* the worker reads only its params */
@@ -23,19 +26,17 @@ struct clone_job {
 	struct vmf_error err;
 };
 
-static void start_template_build(struct vmf_daemon *d, struct vmf_pool *p);
+static void start_template_build(struct vmf_cache *c, struct vmf_pool *p);
 
 #ifdef VMF_FAULT_INJECTION
-static atomic_uint gate_tickets[2];
-
 int
-vmf_daemon_fault_gate(struct vmf_daemon *d, const char *name, struct vmf_error *err)
+vmf_cache_fault_gate(struct vmf_cache *c, const char *name, struct vmf_error *err)
 {
 	if (!VMF_FAULT_ERR("gates"))
 		return 0;
-	unsigned ticket = atomic_fetch_add(&gate_tickets[strcmp(name, "miss") == 0], 1);
+	unsigned ticket = atomic_fetch_add(&c->gate_tickets[strcmp(name, "miss") == 0], 1);
 	char path[PATH_MAX];
-	snprintf(path, sizeof(path), "%s/gate-%s", d->opts.run_dir, name);
+	snprintf(path, sizeof(path), "%s/gate-%s", c->run_dir, name);
 	int64_t deadline = vmf_now_ms() + 600000;
 	for (;;) {
 		char *s = NULL;
@@ -91,12 +92,12 @@ clone_work(void *arg)
 	 * record recovery can reconcile.  (A QEMU without one is found by its
 	 * name and killed all the same, so a failed write only warns.)  Both
 	 * records are written here: the event loop must not wait on fsync. */
-	if (vmf_daemon_put_vm_record(j->d, vm, VMF_VM_CREATING, &rerr) < 0)
+	if (vmf_cache_put_vm_record(j->c, vm, VMF_VM_CREATING, &rerr) < 0)
 		log_vm(VMF_LOG_ERROR, vm->id, "cannot record VM state: %s", rerr.msg);
-	if ((j->rc = VMF_FAULT_GATE(j->d, "clone", &j->err)) < 0)
+	if ((j->rc = VMF_FAULT_GATE(j->c, "clone", &j->err)) < 0)
 		return;
 	/* Cheap check (sizes) on every clone; digests were checked once at start. */
-	j->rc = vmf_template_verify(j->d->cat, j->tpl->rec, false, &j->err);
+	j->rc = vmf_template_verify(j->c->cat, j->tpl->rec, false, &j->err);
 	if (j->rc < 0) {
 		j->template_broken = true;
 		return;
@@ -108,7 +109,7 @@ clone_work(void *arg)
 		j->rc = warm_clone(vm, &j->err);
 	if (j->rc == 0) {
 		vm->ready_ns = vmf_realtime_ns();
-		if (vmf_daemon_put_vm_record(j->d, vm, VMF_VM_READY, &rerr) < 0)
+		if (vmf_cache_put_vm_record(j->c, vm, VMF_VM_READY, &rerr) < 0)
 			log_vm(VMF_LOG_ERROR, vm->id, "cannot record VM state: %s", rerr.msg);
 	}
 }
@@ -117,7 +118,7 @@ static void
 clone_done(void *arg)
 {
 	struct clone_job *j = arg;
-	struct vmf_daemon *d = j->d;
+	struct vmf_cache *c = j->c;
 	struct vmf_vm *vm = j->vm;
 	struct vmf_pool *p = j->pool;
 	p->filling--;
@@ -127,13 +128,13 @@ clone_done(void *arg)
 	vm->busy = false;
 	/* A clone finished during a SIGTERM shutdown joins the pool, which the
 	 * next daemon adopts; during a destroy it is stopped. */
-	if (j->rc == 0 && !vm->dead && !d->destroying) {
+	if (j->rc == 0 && !vm->dead && !c->destroying) {
 		vm->state = VMF_VM_READY;   /* recorded by clone_work */
 		vm->ready_mono_ms = vmf_now_ms();
-		vmf_histogram_add(&d->clone_hist, (double)(vm->ready_ns - vm->created_ns) / 1e9);
+		vmf_histogram_add(&c->clone_hist, (double)(vm->ready_ns - vm->created_ns) / 1e9);
 		p->ready++;
 		vmf_pool_note_success(p);
-		vmf_daemon_watch_vm(d, vm);
+		vmf_cache_watch_vm(c, vm);
 		log_vm(VMF_LOG_DEBUG, vm->id, "ready in pool (%u/%u)", p->ready, p->target);
 	} else {
 		if (j->rc < 0) {
@@ -147,42 +148,42 @@ clone_done(void *arg)
 			p->tpl = NULL;
 			p->verified = false;
 		}
-		vmf_daemon_destroy_vm(d, vm, false, NULL);
+		vmf_cache_destroy_vm(c, vm, false, NULL);
 	}
 	vmf_tpl_unref(j->tpl);
 	free(j);
-	vmf_daemon_check_readiness(d);
-	vmf_daemon_settle(d);
+	c->hooks.readiness(c->hooks.ctx);
+	c->hooks.settle(c->hooks.ctx);
 }
 
 void
-vmf_daemon_refill(struct vmf_daemon *d)
+vmf_cache_refill(struct vmf_cache *c)
 {
-	if (d->stopping)
+	if (c->stopping)
 		return;
 	int64_t now = vmf_now_ms();
 	struct vmf_pool *p;
-	TAILQ_FOREACH(p, &d->pools, link) {
+	TAILQ_FOREACH(p, &c->pools, link) {
 		if (!p->tpl && !p->building && now >= p->retry_at_ms) {
-			start_template_build(d, p);
+			start_template_build(c, p);
 			continue;
 		}
 		for (unsigned n = vmf_pool_clones_to_start(p, now); n > 0; n--) {
 			struct clone_job *j = calloc(1, sizeof(*j));
-			struct vmf_vm *vm = j ? vmf_daemon_new_vm(d, p) : NULL;
+			struct vmf_vm *vm = j ? vmf_cache_new_vm(c, p) : NULL;
 			if (!vm) {
 				free(j);
 				break;
 			}
 			vm->busy = true;
-			j->d = d;
+			j->c = c;
 			j->vm = vm;
 			j->snap = *vm;
 			j->pool = p;
 			j->tpl = vmf_tpl_ref(p->tpl);
-			if (vmf_jobs_submit_class(d->jobs, VMF_JOB_POOL, clone_work, clone_done, j) < 0) {
+			if (vmf_jobs_submit_class(c->jobs, VMF_JOB_POOL, clone_work, clone_done, j) < 0) {
 				vmf_tpl_unref(j->tpl);
-				vmf_daemon_vm_free(d, vm);
+				vmf_cache_vm_free(c, vm);
 				free(j);
 				break;
 			}
@@ -194,7 +195,7 @@ vmf_daemon_refill(struct vmf_daemon *d)
 /* ---- template builds ---- */
 
 struct build_job {
-	struct vmf_daemon *d;
+	struct vmf_cache *c;
 	struct vmf_pool *pool;
 	int64_t start_ms;
 	Vmf__Catalog__TemplateRecord *rec;
@@ -206,23 +207,24 @@ static void
 build_progress(void *ctx, const char *step)
 {
 	struct build_job *j = ctx;
-	vmf_daemon_progress(j->d, "progress: template %.12s: %s (%.1f s)", j->pool->template_id, step,
-			    (double)(vmf_now_ms() - j->d->start_ms) / 1000.0);
+	char line[160];
+	snprintf(line, sizeof(line), "template %.12s: %s", j->pool->template_id, step);
+	j->c->hooks.progress(j->c->hooks.ctx, line);
 }
 
 static void
 build_work(void *arg)
 {
 	struct build_job *j = arg;
-	struct vmf_daemon *d = j->d;
+	struct vmf_cache *c = j->c;
 	struct vmf_pool *p = j->pool;
 	Vmf__Catalog__TemplateRecord *rec = NULL;
-	int r = vmf_catalog_template_get(d->cat, p->template_id, &rec, &j->err);
+	int r = vmf_catalog_template_get(c->cat, p->template_id, &rec, &j->err);
 	if (r == 0 && rec->state == VMF__CATALOG__TEMPLATE_STATE__TEMPLATE_READY) {
 		/* Digests are checked once per daemon run; afterwards clones check
 		 * sizes only. */
 		build_progress(j, "verifying the existing template");
-		if (vmf_template_verify(d->cat, rec, true, &j->err) == 0) {
+		if (vmf_template_verify(c->cat, rec, true, &j->err) == 0) {
 			j->rec = rec;
 			return;
 		}
@@ -230,7 +232,7 @@ build_work(void *arg)
 	}
 	if (rec)
 		vmf__catalog__template_record__free_unpacked(rec, NULL);
-	j->rc = vmf_template_build(d->cat, d->opts.state_dir, d->opts.run_dir, &p->params, p->spec, &d->img,
+	j->rc = vmf_template_build(c->cat, c->state_dir, c->run_dir, &p->params, p->spec, c->img,
 				   build_progress, j, &j->rec, &j->err);
 }
 
@@ -238,11 +240,11 @@ static void
 build_done(void *arg)
 {
 	struct build_job *j = arg;
-	struct vmf_daemon *d = j->d;
+	struct vmf_cache *c = j->c;
 	struct vmf_pool *p = j->pool;
 	p->building = false;
 	if (j->rc == 0) {
-		vmf_histogram_add(&d->build_hist, (double)(vmf_now_ms() - j->start_ms) / 1000.0);
+		vmf_histogram_add(&c->build_hist, (double)(vmf_now_ms() - j->start_ms) / 1000.0);
 		p->tpl = vmf_tpl_new(j->rec);   /* NULL (out of memory): built again */
 		p->verified = true;
 		vmf_pool_note_success(p);
@@ -251,32 +253,24 @@ build_done(void *arg)
 		vmf_pool_note_failure(p, vmf_now_ms(), j->err.msg);
 		log_tpl(VMF_LOG_ERROR, p->template_id, "%s (retry in %lld s)", j->err.msg,
 			(long long)vmf_pool_backoff_ms(p->consecutive_failures) / 1000);
-		if (d->ready_fd >= 0 && !d->ready_sent) {
-			/* `init` is waiting: fail it now rather than retry unseen. */
-			char line[VMF_ERROR_MSG_MAX + 16];
-			snprintf(line, sizeof(line), "error: %s\n", j->err.msg);
-			vmf_daemon_notify(d, line);
-			d->exit_code = 1;
-			d->stopping = true;
-			event_base_loopexit(d->base, NULL);
-		}
+		c->hooks.build_failed(c->hooks.ctx, j->err.msg);
 	}
 	free(j);
-	vmf_daemon_check_readiness(d);
-	vmf_daemon_settle(d);
+	c->hooks.readiness(c->hooks.ctx);
+	c->hooks.settle(c->hooks.ctx);
 }
 
 static void
-start_template_build(struct vmf_daemon *d, struct vmf_pool *p)
+start_template_build(struct vmf_cache *c, struct vmf_pool *p)
 {
 	struct build_job *j = calloc(1, sizeof(*j));
 	if (!j)
 		return;
-	j->d = d;
+	j->c = c;
 	j->pool = p;
 	j->start_ms = vmf_now_ms();
 	p->building = true;
-	if (vmf_jobs_submit_class(d->jobs, VMF_JOB_POOL, build_work, build_done, j) < 0) {
+	if (vmf_jobs_submit_class(c->jobs, VMF_JOB_POOL, build_work, build_done, j) < 0) {
 		p->building = false;
 		free(j);
 	}
