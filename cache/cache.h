@@ -1,7 +1,8 @@
 /* The cache: pools of paused clones, end to end.  The engine (fill.c:
- * template builds, clones and their warm-up, refill) acts on what the pool
- * policy (pool.h) decides; vm.c holds the VM list, the VMs' records, their
- * exit watch and the stop job, which the daemon's request handlers use too.
+ * template builds, clones and their warm-up, refill, idle expiry) acts on
+ * what the pool policy (pool.h) decides; vm.c holds the VM list, the VMs'
+ * records, their exit watch and the stop job, which the daemon's request
+ * handlers use too.
  *
  * Ownership: the event loop thread owns the cache (this struct, pools, VMs);
  * nothing here has a lock.  A worker job (jobs.h) gets what it needs by
@@ -96,6 +97,10 @@ void vmf_cache_vm_exited(struct vmf_cache *c, struct vmf_vm *vm);
 /* fill.c: the pool engine. */
 /* Starts template builds and clones as each pool's policy says. */
 void vmf_cache_refill(struct vmf_cache *c);
+/* Once a second, on the loop: an exit no pidfd reported (liveness check),
+ * pooled VMs idle beyond their pool's max_idle (default_max_idle_s for a VM
+ * of no pool) replaced. */
+void vmf_cache_tick(struct vmf_cache *c, unsigned default_max_idle_s);
 /* Test builds, VMFACTORY_FAULT=gates: clone work named name ("clone" for
  * the pool's, "miss" for GetVM's) waits at a gate, the file
  * <run_dir>/gate-NAME: it holds how many clones may pass, in the order they

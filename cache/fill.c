@@ -276,3 +276,25 @@ start_template_build(struct vmf_cache *c, struct vmf_pool *p)
 	}
 }
 
+
+void
+vmf_cache_tick(struct vmf_cache *c, unsigned default_max_idle_s)
+{
+	int64_t now = vmf_now_ms();
+	struct vmf_vm *vm, *next;
+	for (vm = TAILQ_FIRST(&c->vms); vm; vm = next) {
+		next = TAILQ_NEXT(vm, link);
+		/* Without a pidfd nothing else notices an exit.  A VM a job owns
+		 * is left alone: its handle is the job's, and the job's done
+		 * callback looks at it. */
+		if (vm->hv && !vm->watch && !vm->busy && !vm->dead && !vm->ops->alive(vm->hv)) {
+			vmf_cache_vm_exited(c, vm);
+			continue;
+		}
+		unsigned max_idle = vm->pool ? vm->pool->max_idle_s : default_max_idle_s;
+		if (vmf_pool_vm_idle_expired(vm, max_idle, now) && !c->stopping) {
+			log_vm(VMF_LOG_INFO, vm->id, "replacing: paused longer than %u s", max_idle);
+			vmf_cache_destroy_vm(c, vm, false, NULL);
+		}
+	}
+}

@@ -191,23 +191,7 @@ tick_cb(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	struct vmf_daemon *d = arg;
-	int64_t now = vmf_now_ms();
-	struct vmf_vm *vm, *next;
-	for (vm = TAILQ_FIRST(&d->cache.vms); vm; vm = next) {
-		next = TAILQ_NEXT(vm, link);
-		/* Without a pidfd nothing else notices an exit.  A VM a job owns
-		 * is left alone: its handle is the job's, and the job's done
-		 * callback looks at it. */
-		if (vm->hv && !vm->watch && !vm->busy && !vm->dead && !vm->ops->alive(vm->hv)) {
-			vmf_cache_vm_exited(&d->cache, vm);
-			continue;
-		}
-		unsigned max_idle = vm->pool ? vm->pool->max_idle_s : d->opts.max_idle_s;
-		if (vmf_pool_vm_idle_expired(vm, max_idle, now) && !d->cache.stopping) {
-			log_vm(VMF_LOG_INFO, vm->id, "replacing: paused longer than %u s", max_idle);
-			vmf_cache_destroy_vm(&d->cache, vm, false, NULL);
-		}
-	}
+	vmf_cache_tick(&d->cache, d->opts.max_idle_s);
 	/* Also a backstop for a destroy or shutdown waiting on a job whose
 	 * done callback does not settle. */
 	vmf_daemon_settle(d);
