@@ -159,7 +159,14 @@ int vmf_getvm_check_caps(const char *driver, unsigned caps, unsigned tpl_vcpus, 
 int vmf_getvm_check_share(const char *driver, unsigned caps, const char *share_dir, const char *sock_dir,
 			  struct vmf_error *err);
 void vmf_getvm_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control__GetVMRequest *req);
+
+/* release.c */
+/* The VM id names, when c's peer may act on it and no job holds it; else
+ * NULL, with the error already replied on c. */
+struct vmf_vm *vmf_daemon_lookup_vm(struct vmf_daemon *d, struct vmf_conn *c, const char *id);
 void vmf_release_start(struct vmf_daemon *d, struct vmf_conn *c, const char *vm_id);
+
+/* inspect.c */
 void vmf_inspect_start(struct vmf_daemon *d, struct vmf_conn *c, const char *vm_id);
 
 #endif
