@@ -7,15 +7,15 @@
 #include <string.h>
 
 const char *
-vmf_pvm_state_name(enum vmf_pvm_state s)
+vmf_vm_state_name(enum vmf_vm_state s)
 {
 	switch (s) {
-	case PVM_CREATING: return "filling";
-	case PVM_READY: return "ready";
-	case PVM_HANDING_OUT: return "handing-out";
-	case PVM_ASSIGNED: return "assigned";
-	case PVM_RELEASING: return "releasing";
-	case PVM_GONE: return "gone";
+	case VMF_VM_CREATING: return "filling";
+	case VMF_VM_READY: return "ready";
+	case VMF_VM_HANDING_OUT: return "handing-out";
+	case VMF_VM_ASSIGNED: return "assigned";
+	case VMF_VM_RELEASING: return "releasing";
+	case VMF_VM_GONE: return "gone";
 	}
 	return "unknown";
 }
@@ -97,9 +97,9 @@ vmf_pool_note_success(struct vmf_pool *p)
 }
 
 bool
-vmf_pool_vm_idle_expired(const struct vmf_pvm *vm, unsigned max_idle_s, int64_t now_ms)
+vmf_pool_vm_idle_expired(const struct vmf_vm *vm, unsigned max_idle_s, int64_t now_ms)
 {
-	return max_idle_s && vm->state == PVM_READY && !vm->busy &&
+	return max_idle_s && vm->state == VMF_VM_READY && !vm->busy &&
 	       now_ms - vm->ready_mono_ms > (int64_t)max_idle_s * 1000;
 }
 

@@ -13,16 +13,16 @@
 #include "catalog.pb-c.h"
 #include "template.h"
 
-enum vmf_pvm_state {
-	PVM_CREATING,     /* clone in progress */
-	PVM_READY,        /* paused in its pool */
-	PVM_HANDING_OUT,  /* GetVM in progress */
-	PVM_ASSIGNED,     /* handed to a sandbox */
-	PVM_RELEASING,    /* being stopped */
-	PVM_GONE,         /* its process exited while assigned */
+enum vmf_vm_state {
+	VMF_VM_CREATING,     /* clone in progress */
+	VMF_VM_READY,        /* paused in its pool */
+	VMF_VM_HANDING_OUT,  /* GetVM in progress */
+	VMF_VM_ASSIGNED,     /* handed to a sandbox */
+	VMF_VM_RELEASING,    /* being stopped */
+	VMF_VM_GONE,         /* its process exited while assigned */
 };
 
-const char *vmf_pvm_state_name(enum vmf_pvm_state s);
+const char *vmf_vm_state_name(enum vmf_vm_state s);
 
 struct vmf_pool;
 struct vmf_agent;
@@ -45,16 +45,16 @@ struct vmf_tpl *vmf_tpl_ref(struct vmf_tpl *t);
 void vmf_tpl_unref(struct vmf_tpl *t);
 
 /* A VM the daemon manages. */
-struct vmf_pvm {
-	TAILQ_ENTRY(vmf_pvm) link;
+struct vmf_vm {
+	TAILQ_ENTRY(vmf_vm) link;
 	char id[VMF_UUID_STR];
 	char template_id[VMF_SHA256_HEX];
 	struct vmf_pool *pool;
-	void *owner;                  /* the daemon, for event callbacks */
-	enum vmf_pvm_state state;
+	void *owner;                  /* its struct vmf_cache, for event callbacks */
+	enum vmf_vm_state state;
 	const struct vmf_hv_ops *ops; /* the driver of hv: the configured one, or for an
 				       * adopted VM the one its record names */
-	struct vmf_vm *hv;            /* driver handle; NULL until the clone exists */
+	struct vmf_vmm *hv;            /* driver handle; NULL until the clone exists */
 	struct vmf_agent *agent;      /* connection opened while filling, kept for the hand-out */
 	struct event *watch;          /* process exit */
 	bool busy;                    /* a worker job owns hv */
@@ -68,7 +68,7 @@ struct vmf_pvm {
 	char run_dir[PATH_MAX], share_dir[PATH_MAX];
 };
 
-TAILQ_HEAD(vmf_pvm_list, vmf_pvm);
+TAILQ_HEAD(vmf_vm_list, vmf_vm);
 
 struct vmf_pool {
 	TAILQ_ENTRY(vmf_pool) link;
@@ -112,7 +112,7 @@ void vmf_pool_note_success(struct vmf_pool *p);
 int64_t vmf_pool_backoff_ms(unsigned n);
 
 /* True when a ready VM has sat paused longer than max_idle_s (0 = never). */
-bool vmf_pool_vm_idle_expired(const struct vmf_pvm *vm, unsigned max_idle_s, int64_t now_ms);
+bool vmf_pool_vm_idle_expired(const struct vmf_vm *vm, unsigned max_idle_s, int64_t now_ms);
 
 /* Latency samples for status: a ring of the most recent values. */
 #define VMF_LAT_SAMPLES 1024

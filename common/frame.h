@@ -10,7 +10,7 @@
 #include "error.h"
 
 #define VMF_FRAME_HDR 4
-#define AGENT_MAX_FRAME (64u * 1024u)
+#define VMF_AGENT_MAX_FRAME (64u * 1024u)
 #define AGENT_PROTOCOL_VERSION 1
 
 static inline uint32_t

@@ -5,6 +5,7 @@
  * reported with its line and the parse goes on after it. */
 #include <ctype.h>
 #include <errno.h>
+#include <limits.h>
 #include <fcntl.h>
 #include <ini.h>
 #include <stdarg.h>
@@ -575,6 +576,21 @@ key_index(enum section sec, const char *name)
 		if (keys[i].sec == sec && strcmp(keys[i].name, name) == 0)
 			return (int)i;
 	return -1;
+}
+
+void
+vmf_config_pool_range(const char *key, unsigned *min, unsigned *max)
+{
+	int i = key_index(SEC_POOL, key);
+	*min = i < 0 ? 0 : keys[i].min;
+	*max = i < 0 ? UINT_MAX : keys[i].max;
+}
+
+size_t
+vmf_config_daemon_max_len(const char *key)
+{
+	int i = key_index(SEC_DAEMON, key);
+	return i < 0 ? 0 : keys[i].max_len;
 }
 
 static void

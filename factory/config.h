@@ -42,4 +42,10 @@ int vmf_config_load(struct vmf_config *c, const char *path, struct vmf_error *er
 
 void vmf_config_free(struct vmf_config *c);
 
+/* The range a [pool] key (vcpus, memory_mib, max_vcpus, size, ...) accepts:
+ * one table for the file and for the flags the daemon checks. */
+void vmf_config_pool_range(const char *key, unsigned *min, unsigned *max);
+/* The longest value a [daemon] key (socket, run_dir, state_dir, ...) accepts. */
+size_t vmf_config_daemon_max_len(const char *key);
+
 #endif

@@ -276,7 +276,7 @@ dispatch(struct vmf_conn *c, Vmf__Control__Request *req)
 		vmf_control_reply_error(c, err.code, err.msg);
 		return;
 	}
-	if (d->stopping && req->body_case != VMF__CONTROL__REQUEST__BODY_STATUS) {
+	if (d->cache.stopping && req->body_case != VMF__CONTROL__REQUEST__BODY_STATUS) {
 		vmf_control_reply_error(c, ESHUTDOWN, "the daemon is shutting down");
 		return;
 	}
@@ -527,7 +527,7 @@ peer_check(struct vmf_daemon *d, struct vmf_conn *c, const struct ucred *cr)
 	*j = (struct peer_job){ .d = d, .uid = cr->uid, .group = d->group };
 	c->checking = true;
 	vmf_peer_cache_begin(&ctl->peers, cr->uid, now);
-	if (vmf_jobs_submit(d->jobs, peer_work, peer_done, j) < 0) {
+	if (vmf_jobs_submit(d->cache.jobs, peer_work, peer_done, j) < 0) {
 		free(j);
 		vmf_peer_cache_put(&ctl->peers, cr->uid, false, now - ctl->peers.ttl_ms);  /* expired at once */
 		conn_refuse_peer(c);
@@ -618,8 +618,8 @@ accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int
 	c->peer_pid = cr.pid;
 	c->peer_uid = cr.uid;
 	c->active_ms = vmf_now_ms();
-	c->timer = evtimer_new(d->base, conn_timeout_cb, c);
-	c->bev = c->timer ? bufferevent_socket_new(d->base, fd, BEV_OPT_CLOSE_ON_FREE) : NULL;
+	c->timer = evtimer_new(d->cache.base, conn_timeout_cb, c);
+	c->bev = c->timer ? bufferevent_socket_new(d->cache.base, fd, BEV_OPT_CLOSE_ON_FREE) : NULL;
 	if (!c->bev) {
 		if (c->timer)
 			event_free(c->timer);
@@ -722,7 +722,7 @@ max_connections(const struct vmf_daemon *d)
 	unsigned long long nofile = getrlimit(RLIMIT_NOFILE, &rl) == 0 ? (unsigned long long)rl.rlim_cur : 1024;
 	unsigned long long vms = 0;
 	const struct vmf_pool *p;
-	TAILQ_FOREACH(p, &d->pools, link)
+	TAILQ_FOREACH(p, &d->cache.pools, link)
 		vms += p->target;
 	unsigned long long need = FDS_SPARE + FDS_PER_VM * vms;
 	if (d->opts.max_connections) {
@@ -806,11 +806,11 @@ vmf_control_listen(struct vmf_daemon *d, struct vmf_error *err)
 		ctl->d = d;
 		ctl->max_conns = max_connections(d);
 		ctl->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-		ctl->resume = evtimer_new(d->base, resume_cb, ctl);
+		ctl->resume = evtimer_new(d->cache.base, resume_cb, ctl);
 		vmf_peer_cache_init(&ctl->peers, VMF_PEER_CACHE_TTL_MS);
 		d->ctl = ctl;
 	}
-	d->listener = ctl && ctl->resume ? evconnlistener_new(d->base, accept_cb, d, LEV_OPT_CLOSE_ON_FREE |
+	d->listener = ctl && ctl->resume ? evconnlistener_new(d->cache.base, accept_cb, d, LEV_OPT_CLOSE_ON_FREE |
 							      LEV_OPT_CLOSE_ON_EXEC, -1, fd) : NULL;
 	if (!d->listener) {
 		close(fd);

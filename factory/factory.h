@@ -1,16 +1,17 @@
-/* Daemon internals shared by daemon.c, control.c and getvm.c.
+/* Daemon internals shared by the files of factory/ (one role each; see
+ * docs/architecture.md).
  *
- * Ownership: the event loop thread owns all daemon state (this struct,
- * pools, VMs, connections, the readiness pipe); nothing here has a lock.
- * A worker job (jobs.h) gets what it needs by value (a copy of the VM
- * record, the request's fields) or by reference count (the template record,
- * struct vmf_tpl), and returns its results in its job struct; its done
- * callback, which runs on the loop, applies them.  While a VM is busy its
- * driver handle (hv) and agent belong to the job: the loop reads neither.
- * What a worker must tell the loop mid-job (a progress line) it posts with
- * vmf_jobs_post().  Read-only after start-up, and so free to read on a
- * worker: opts, ops, hv, img, cat (LMDB serializes writers), start_ms, and
- * each pool's name, template_id, spec and params. */
+ * Ownership: the event loop thread owns all daemon state (this struct, the
+ * cache inside it with its pools and VMs, connections, the readiness pipe);
+ * nothing here has a lock.  A worker job (common/jobs.h) gets what it needs
+ * by value (a copy of the VM record, the request's fields) or by reference
+ * count (the template record, struct vmf_tpl), and returns its results in
+ * its job struct; its done callback, which runs on the loop, applies them.
+ * While a VM is busy its driver handle (hv) and agent belong to the job:
+ * the loop reads neither.  What a worker must tell the loop mid-job (a
+ * progress line) it posts with vmf_jobs_post().  Read-only after start-up,
+ * and so free to read on a worker: opts, ops, hv, img, sandbox, start_ms,
+ * and what cache/cache.h lists for the cache. */
 #ifndef VMF_FACTORY_H
 #define VMF_FACTORY_H
 
@@ -23,6 +24,7 @@
 #include "daemon.h"
 #include "driver.h"
 #include "frame.h"
+#include "cache.h"
 #include "jobs.h"
 #include "pool.h"
 #include "sandbox.h"
@@ -32,45 +34,39 @@
 #define VMF_CONTROL_MAX_FRAME VMF_CLIENT_MAX_FRAME
 #define VMF_CONTROL_VERSION VMF_CONTROL_PROTOCOL_VERSION
 #define VMF_DEFAULT_GETVM_TIMEOUT_MS 60000
-#define VMF_STOP_TIMEOUT_MS 10000
 
 /* Hand-out steps, timed separately (status and metrics show each). */
 enum vmf_step {
-	STEP_RESUME, STEP_HOTPLUG, STEP_ONLINE, STEP_RESEED, STEP_TIME, STEP_MOUNT,
-	STEP_LINKS, STEP_RECORD, STEP_TOTAL, STEP_COUNT
+	VMF_STEP_RESUME, VMF_STEP_HOTPLUG, VMF_STEP_ONLINE, VMF_STEP_RESEED, VMF_STEP_TIME, VMF_STEP_MOUNT,
+	VMF_STEP_LINKS, VMF_STEP_RECORD, VMF_STEP_TOTAL, VMF_STEP_COUNT
 };
-extern const char *const vmf_step_names[STEP_COUNT];
+extern const char *const vmf_step_names[VMF_STEP_COUNT];
 
 struct vmf_conn;
 struct vmf_control;
 
 struct vmf_daemon {
 	struct vmf_daemon_opts opts;
-	struct event_base *base;
-	struct vmf_jobs *jobs;
-	struct vmf_catalog *cat;
+	/* Pools and VMs, the event base, the workers, the catalog; its
+	 * stopping, destroying and loop_done flags are the daemon's too. */
+	struct vmf_cache cache;
 	const struct vmf_hv_ops *ops;
 	struct vmf_hv_info hv;
 	struct vmf_image img;
 	struct evconnlistener *listener;
 	struct event *sig_term, *sig_int, *tick;
-	struct vmf_pool_list pools;
-	struct vmf_pvm_list vms;
 	int64_t start_ms;
 	gid_t group;
 	bool have_group;
-	bool stopping;
 	bool ready_sent, full_sent;
 	bool sd_ready_sent, sd_full_sent;  /* READY=1 and the "full" STATUS to systemd */
 	int ready_fd;
-	char vm_root[PATH_MAX];          /* <run_dir>/vms */
 	struct vmf_sandbox_policy sandbox;  /* where GetVM may put links; read-only once running */
 	uid_t runas_uid;                 /* QEMU's user with runas, else (uid_t)-1 */
 	/* counters */
 	uint64_t requests, hits, misses, errors;
-	struct vmf_latency lat[STEP_COUNT];
-	struct vmf_histogram hist[STEP_COUNT];
-	struct vmf_histogram clone_hist, build_hist;
+	struct vmf_latency lat[VMF_STEP_COUNT];
+	struct vmf_histogram hist[VMF_STEP_COUNT];
 	struct evhttp *metrics;          /* NULL unless --metrics-listen */
 	/* recent guest RNG samples, to verify clones do not repeat each other */
 	uint8_t recent_rng[64][16];
@@ -80,7 +76,6 @@ struct vmf_daemon {
 	unsigned miss_clones;            /* GetVM misses cloning now (bounded by opts.max_miss_clones) */
 	uint32_t destroyed;              /* VMs stopped since destroy began */
 	struct vmf_conn *destroy_conn;   /* the Destroy waiting for its reply */
-	bool destroying;                 /* a Destroy was accepted (stopping is set too) */
 	bool destroy_all;                /* ... with all: assigned VMs stop too */
 	bool destroy_done;
 	/* SIGTERM/SIGINT: no new work; the loop runs on until the work in
@@ -88,35 +83,28 @@ struct vmf_daemon {
 	 * deadline timer fires. */
 	bool draining;
 	struct event *drain_timer;
-	bool loop_done;                  /* the loop has ended: jobs' done() run from vmf_jobs_free */
 	int lock_fd;                     /* flock on <state>/daemon.lock */
 	int exit_code;
 };
 
 /* daemon.c */
-/* A new VM of pool p (own UUID, run and share dirs), listed as filling. */
-struct vmf_pvm *vmf_daemon_new_vm(struct vmf_daemon *d, struct vmf_pool *p);
-void vmf_daemon_refill(struct vmf_daemon *d);
-void vmf_daemon_vm_free(struct vmf_daemon *d, struct vmf_pvm *vm);
-/* Stops a VM on a worker and forgets it (records, dirs, links); when
- * reply_to is given, a ReleaseReply goes to it once all that is done. */
-void vmf_daemon_destroy_vm(struct vmf_daemon *d, struct vmf_pvm *vm, bool remove_links,
-			   struct vmf_conn *reply_to);
-struct vmf_pvm *vmf_daemon_find_vm(struct vmf_daemon *d, const char *id);
-/* Writes vm's record (durably) with vm->state; a failure is logged. */
-void vmf_daemon_record_vm(struct vmf_daemon *d, struct vmf_pvm *vm);
-/* The same with the given state, failing on error.  Safe on a worker
- * thread that owns vm (busy): LMDB serializes writers. */
-int vmf_daemon_put_vm_record(struct vmf_daemon *d, struct vmf_pvm *vm, enum vmf_pvm_state state,
-			     struct vmf_error *err);
-void vmf_daemon_watch_vm(struct vmf_daemon *d, struct vmf_pvm *vm);
-/* vm's process has exited (seen by its watch, the tick, or a job): a pooled
- * VM is replaced, an assigned one becomes gone.  While a job owns vm (busy)
- * only vm->dead is set; the job's done callback calls this again. */
-void vmf_daemon_vm_exited(struct vmf_daemon *d, struct vmf_pvm *vm);
+/* From any thread: logs a progress line; the loop writes it to `vmfactory
+ * init`'s pipe and to systemd (STATUS=). */
+void vmf_daemon_progress(struct vmf_daemon *d, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+/* On the loop: writes line to `vmfactory init`'s pipe, if it is open. */
+void vmf_daemon_notify(struct vmf_daemon *d, const char *line);
+/* Ready once the socket answers and every pool's template is built: to
+ * `vmfactory init` on ready_fd, and to systemd (READY=1). */
+void vmf_daemon_check_readiness(struct vmf_daemon *d);
+
+/* destroy.c: destroy, and the end of a shutdown. */
 /* Every job's done callback ends with this: a destroy or a shutdown in
  * progress may be complete now, or the pools want refilling. */
 void vmf_daemon_settle(struct vmf_daemon *d);
+void vmf_daemon_destroy(struct vmf_daemon *d, struct vmf_conn *c, bool all);
+
+/* status.c */
 /* Answers a status request on c as its peer may see it: root and the
  * daemon's user see every VM, anyone else only the VMs it got (pools and
  * counters alike for all).  Built on the loop, the VMs' PSS read
@@ -124,24 +112,13 @@ void vmf_daemon_settle(struct vmf_daemon *d);
 void vmf_daemon_status(struct vmf_daemon *d, struct vmf_conn *c);
 /* Root and the daemon's own user act on every VM (and may destroy). */
 bool vmf_daemon_peer_admin(const struct vmf_daemon *d, uid_t uid);
-void vmf_daemon_destroy(struct vmf_daemon *d, struct vmf_conn *c, bool all);
-/* From any thread: logs a progress line; the loop writes it to `vmfactory
- * init`'s pipe and to systemd (STATUS=). */
-void vmf_daemon_progress(struct vmf_daemon *d, const char *fmt, ...)
-	__attribute__((format(printf, 2, 3)));
-/* Test builds, VMFACTORY_FAULT=gates: clone work named name ("clone" for
- * the pool's, "miss" for GetVM's) waits at a gate, the file
- * <run_dir>/gate-NAME: it holds how many clones may pass, in the order they
- * arrive, or "fail" (they fail, EIO); no file, no gate.  How end-to-end
- * tests order clones against other work deterministically. */
-#ifdef VMF_FAULT_INJECTION
-int vmf_daemon_fault_gate(struct vmf_daemon *d, const char *name, struct vmf_error *err);
-#define VMF_FAULT_GATE(d, name, err) vmf_daemon_fault_gate((d), (name), (err))
-#else
-#define VMF_FAULT_GATE(d, name, err) 0
-#endif
-void vmf_vm_info_fill(struct vmf_daemon *d, const struct vmf_pvm *vm, Vmf__Control__VmInfo *info);
+void vmf_vm_info_fill(struct vmf_daemon *d, const struct vmf_vm *vm, Vmf__Control__VmInfo *info);
 void vmf_vm_info_clear(Vmf__Control__VmInfo *info);
+
+/* recovery.c: reconciles the VM records with the VMMs that run, then kills
+ * those under our run dir without a record.  Fails, stopping nothing, when
+ * the records cannot all be read. */
+int vmf_recovery_run(struct vmf_daemon *d, struct vmf_error *err);
 
 /* control.c */
 /* Soft open file limit up to the hard one (at start, before VMs are adopted). */
@@ -182,7 +159,14 @@ int vmf_getvm_check_caps(const char *driver, unsigned caps, unsigned tpl_vcpus, 
 int vmf_getvm_check_share(const char *driver, unsigned caps, const char *share_dir, const char *sock_dir,
 			  struct vmf_error *err);
 void vmf_getvm_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control__GetVMRequest *req);
+
+/* release.c */
+/* The VM id names, when c's peer may act on it and no job holds it; else
+ * NULL, with the error already replied on c. */
+struct vmf_vm *vmf_daemon_lookup_vm(struct vmf_daemon *d, struct vmf_conn *c, const char *id);
 void vmf_release_start(struct vmf_daemon *d, struct vmf_conn *c, const char *vm_id);
+
+/* inspect.c */
 void vmf_inspect_start(struct vmf_daemon *d, struct vmf_conn *c, const char *vm_id);
 
 #endif

@@ -1,4 +1,4 @@
-/* The hand-out flow (GetVM), release and inspect.  The request's fields are
+/* The hand-out flow (GetVM).  The request's fields are
  * checked on the loop, its paths on a worker (they may sit on a hung
  * mount) before any VM is taken; the VM work runs on a worker; the outcome
  * is applied on the loop. */
@@ -15,9 +15,7 @@
 #include "frame.h"
 #include "log.h"
 
-#define AGENT_TIMEOUT_MS 10000
-
-const char *const vmf_step_names[STEP_COUNT] = {
+const char *const vmf_step_names[VMF_STEP_COUNT] = {
 	"resume", "hotplug", "online", "reseed", "time", "mount", "links", "record", "total",
 };
 
@@ -26,8 +24,8 @@ const char *const vmf_step_names[STEP_COUNT] = {
 struct getvm_job {
 	struct vmf_daemon *d;
 	struct vmf_conn *c;
-	struct vmf_pvm *vm;          /* the loop's: the worker touches only snap */
-	struct vmf_pvm snap;         /* the worker's copy; getvm_done applies it */
+	struct vmf_vm *vm;          /* the loop's: the worker touches only snap */
+	struct vmf_vm snap;         /* the worker's copy; getvm_done applies it */
 	struct vmf_pool *pool;       /* the worker reads only its params */
 	struct vmf_tpl *tpl;         /* a miss clones from it: a reference */
 	bool miss;
@@ -36,7 +34,7 @@ struct getvm_job {
 	char sandbox_id[72];
 	char share_dir[PATH_MAX], sock_dir[PATH_MAX];
 	int64_t start_ms, deadline_ms;
-	double step_ms[STEP_COUNT];
+	double step_ms[VMF_STEP_COUNT];
 	uint8_t sample[16];
 	int rc;
 	struct vmf_error err;
@@ -85,7 +83,7 @@ validate(struct vmf_daemon *d, const Vmf__Control__GetVMRequest *req, struct vmf
 		return vmf_err(err, EINVAL, "vcpus and memory_mib must be given and non-zero");
 	if (req->pool && *req->pool && !vmf_valid_pool_name(req->pool))
 		return vmf_err(err, EINVAL, "pool name is invalid: it must be 1 to 32 letters, digits, '-' or '_'");
-	if (!(*pool = vmf_pool_choose(&d->pools, req->pool, req->vcpus, req->memory_mib, err)))
+	if (!(*pool = vmf_pool_choose(&d->cache.pools, req->pool, req->vcpus, req->memory_mib, err)))
 		return -err->code;
 	int rc = vmf_getvm_check_caps(d->ops->name, d->hv.caps, (*pool)->spec->vcpus, (*pool)->spec->memory_mib,
 				      req->vcpus, req->memory_mib, err);
@@ -125,7 +123,7 @@ getvm_work(void *arg)
 {
 	struct getvm_job *j = arg;
 	struct vmf_daemon *d = j->d;
-	struct vmf_pvm *vm = &j->snap;
+	struct vmf_vm *vm = &j->snap;
 	struct vmf_error *err = &j->err;
 	const struct vmf_hv_ops *ops = vm->ops;
 	int64_t t = vmf_monotonic_ns();
@@ -133,14 +131,14 @@ getvm_work(void *arg)
 	/* First, durably: a daemon that dies from here on leaves a
 	 * handing-out record, which recovery destroys (with any link made);
 	 * dying before it leaves the VM pooled, untouched. */
-	j->rc = vmf_daemon_put_vm_record(d, vm, PVM_HANDING_OUT, err);
+	j->rc = vmf_cache_put_vm_record(&d->cache, vm, VMF_VM_HANDING_OUT, err);
 	if (j->rc < 0) {
 		vmf_error_prefix(err, "recording VM %s as handing out", vm->id);
 		return;
 	}
 	double record_ms = since(&t);
 	if (j->miss) {
-		if ((j->rc = VMF_FAULT_GATE(d, "miss", err)) < 0)
+		if ((j->rc = VMF_FAULT_GATE(&d->cache, "miss", err)) < 0)
 			return;
 		j->rc = vmf_template_clone(&j->pool->params, j->tpl->rec, vm->id, vm->run_dir,
 					   vm->share_dir, &vm->hv, err);
@@ -155,12 +153,12 @@ getvm_work(void *arg)
 	}
 	struct vmf_agent *agent = NULL;
 	int r = ops->resume(vm->hv, err);
-	j->step_ms[STEP_RESUME] = since(&t);
+	j->step_ms[VMF_STEP_RESUME] = since(&t);
 	if (r == 0 && j->vcpus > vm->vcpus)
 		r = ops->hotplug_vcpus(vm->hv, j->vcpus, err);
 	if (r == 0 && j->memory_mib > vm->memory_mib)
 		r = ops->hotplug_memory(vm->hv, j->memory_mib - vm->memory_mib, err);
-	j->step_ms[STEP_HOTPLUG] = since(&t);
+	j->step_ms[VMF_STEP_HOTPLUG] = since(&t);
 	/* A pooled clone comes with its agent connected and its share mounted
 	 * (warm_clone in daemon.c); a clone made for a miss does not. */
 	bool warm = vm->agent != NULL;
@@ -182,7 +180,7 @@ getvm_work(void *arg)
 		if (r == 0 && cpus != j->vcpus)
 			r = vmf_err(err, EIO, "the guest has %u CPUs online after hot-add, %u requested", cpus, j->vcpus);
 	}
-	j->step_ms[STEP_ONLINE] = since(&t);
+	j->step_ms[VMF_STEP_ONLINE] = since(&t);
 	if (r == 0) {
 		uint8_t entropy[64];
 		if (getrandom(entropy, sizeof(entropy), 0) != (ssize_t)sizeof(entropy))
@@ -190,7 +188,7 @@ getvm_work(void *arg)
 		if (r == 0)
 			r = vmf_agent_reseed(agent, entropy, sizeof(entropy), j->sample, left_ms(j), err);
 	}
-	j->step_ms[STEP_RESEED] = since(&t);
+	j->step_ms[VMF_STEP_RESEED] = since(&t);
 	if (r == 0) {
 		int64_t guest_ns = 0;
 		r = vmf_agent_set_time(agent, vmf_realtime_ns(), &guest_ns, left_ms(j), err);
@@ -198,11 +196,11 @@ getvm_work(void *arg)
 			r = vmf_err(err, EIO, "the guest clock is %lld ms off after SetTime",
 				    (long long)((guest_ns - vmf_realtime_ns()) / 1000000));
 	}
-	j->step_ms[STEP_TIME] = since(&t);
+	j->step_ms[VMF_STEP_TIME] = since(&t);
 	/* No share_dir passed validation: the driver has no share device. */
 	if (r == 0 && !warm && j->share_dir[0])
 		r = vmf_agent_mount_share(agent, VMF_SHARE_TAG, left_ms(j), err);
-	j->step_ms[STEP_MOUNT] = since(&t);
+	j->step_ms[VMF_STEP_MOUNT] = since(&t);
 	vmf_agent_free(agent);
 	if (r == 0)
 		vm->vcpus = j->vcpus, vm->memory_mib = j->memory_mib;
@@ -217,18 +215,18 @@ getvm_work(void *arg)
 		r = vmf_sandbox_install_link(&d->sandbox, "share_dir", j->share_dir, vm->share_dir, j->peer, err);
 	if (r == 0)
 		r = vmf_sandbox_install_link(&d->sandbox, "sock_dir", j->sock_dir, vm->run_dir, j->peer, err);
-	j->step_ms[STEP_LINKS] = since(&t);
+	j->step_ms[VMF_STEP_LINKS] = since(&t);
 	VMF_FAULT("mid-handout");
 	/* Durable before the reply, and here rather than on the event loop (an
 	 * fsync): a VM whose assignment is not on disk would come back as a
 	 * pooled VM after a restart and could be handed out twice. */
 	if (r == 0) {
 		vm->assigned_ns = vmf_realtime_ns();
-		r = vmf_daemon_put_vm_record(d, vm, PVM_ASSIGNED, err);
+		r = vmf_cache_put_vm_record(&d->cache, vm, VMF_VM_ASSIGNED, err);
 		if (r < 0)
 			vmf_error_prefix(err, "recording VM %s as assigned", vm->id);
 	}
-	j->step_ms[STEP_RECORD] = since(&t) + record_ms;
+	j->step_ms[VMF_STEP_RECORD] = since(&t) + record_ms;
 	j->rc = r;
 	/* The window between the assigned record and the reply. */
 	VMF_FAULT_PAUSE("handout-pause");
@@ -239,7 +237,7 @@ getvm_done(void *arg)
 {
 	struct getvm_job *j = arg;
 	struct vmf_daemon *d = j->d;
-	struct vmf_pvm *vm = j->vm;
+	struct vmf_vm *vm = j->vm;
 	vm->hv = j->snap.hv;
 	vm->agent = j->snap.agent;
 	vm->vcpus = j->snap.vcpus;
@@ -265,23 +263,23 @@ getvm_done(void *arg)
 	/* A destroy of every VM would stop this one right after the reply, and
 	 * once the loop has ended no reply reaches the client: either way
 	 * nobody may be left holding a VM that is not theirs. */
-	if (j->rc == 0 && d->destroying && d->destroy_all)
+	if (j->rc == 0 && d->cache.destroying && d->destroy_all)
 		j->rc = vmf_err(&j->err, ESHUTDOWN, "the daemon is being destroyed with all its VMs; the VM "
 				"prepared for this request was stopped");
-	if (j->rc == 0 && d->loop_done)
+	if (j->rc == 0 && d->cache.loop_done)
 		j->rc = vmf_err(&j->err, ESHUTDOWN, "the daemon exited before the hand-out completed");
 	vm->busy = false;
 	if (j->rc == 0) {
-		vm->state = PVM_ASSIGNED;
+		vm->state = VMF_VM_ASSIGNED;
 		if (vm->hv)
-			vmf_daemon_watch_vm(d, vm);
-		j->step_ms[STEP_TOTAL] = (double)(vmf_now_ms() - j->start_ms);
-		for (int s = 0; s < STEP_COUNT; s++) {
+			vmf_cache_watch_vm(&d->cache, vm);
+		j->step_ms[VMF_STEP_TOTAL] = (double)(vmf_now_ms() - j->start_ms);
+		for (int s = 0; s < VMF_STEP_COUNT; s++) {
 			vmf_latency_add(&d->lat[s], j->step_ms[s]);
 			vmf_histogram_add(&d->hist[s], j->step_ms[s] / 1000.0);
 		}
 		log_vm(VMF_LOG_INFO, vm->id, "handed out to sandbox %s (%u vCPU, %u MiB) in %.1f ms%s",
-		       j->sandbox_id, vm->vcpus, vm->memory_mib, j->step_ms[STEP_TOTAL], j->miss ? " (miss)" : "");
+		       j->sandbox_id, vm->vcpus, vm->memory_mib, j->step_ms[VMF_STEP_TOTAL], j->miss ? " (miss)" : "");
 		Vmf__Control__Reply r = VMF__CONTROL__REPLY__INIT;
 		Vmf__Control__VmInfo info = VMF__CONTROL__VM_INFO__INIT;
 		vmf_vm_info_fill(d, vm, &info);
@@ -293,7 +291,7 @@ getvm_done(void *arg)
 		d->errors++;
 		log_vm(VMF_LOG_WARN, vm->id, "GetVM for sandbox %s failed: %s", j->sandbox_id, j->err.msg);
 		/* Never handed out half-prepared: the VM goes, with any link made. */
-		vmf_daemon_destroy_vm(d, vm, true, NULL);
+		vmf_cache_destroy_vm(&d->cache, vm, true, NULL);
 		vmf_control_reply_error(j->c, j->err.code, j->err.msg);
 	}
 	free(j);
@@ -320,7 +318,7 @@ paths_done(void *arg)
 {
 	struct getvm_job *j = arg;
 	struct vmf_daemon *d = j->d;
-	if (j->rc == 0 && d->stopping)
+	if (j->rc == 0 && d->cache.stopping)
 		j->rc = vmf_err(&j->err, ESHUTDOWN, "the daemon is shutting down");
 	if (j->rc == 0 && !vmf_control_connected(j->c))
 		j->rc = vmf_err(&j->err, ECONNRESET, "client disconnected during GetVM");
@@ -359,7 +357,7 @@ vmf_getvm_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control__Ge
 	snprintf(j->sock_dir, sizeof(j->sock_dir), "%s", req->sock_dir);
 	j->start_ms = vmf_now_ms();
 	j->deadline_ms = j->start_ms + (req->timeout_ms ? req->timeout_ms : VMF_DEFAULT_GETVM_TIMEOUT_MS);
-	if (vmf_jobs_submit(d->jobs, paths_work, paths_done, j) < 0) {
+	if (vmf_jobs_submit(d->cache.jobs, paths_work, paths_done, j) < 0) {
 		free(j);
 		vmf_control_reply_error(c, ENOMEM, "cannot queue the GetVM work");
 	}
@@ -373,9 +371,9 @@ getvm_take(struct getvm_job *j)
 	struct vmf_conn *c = j->c;
 	struct vmf_pool *pool = j->pool;
 	bool have_ready = false;
-	struct vmf_pvm *it;
-	TAILQ_FOREACH(it, &d->vms, link)
-		have_ready = have_ready || (it->pool == pool && it->state == PVM_READY && !it->busy && !it->dead);
+	struct vmf_vm *it;
+	TAILQ_FOREACH(it, &d->cache.vms, link)
+		have_ready = have_ready || (it->pool == pool && it->state == VMF_VM_READY && !it->busy && !it->dead);
 	if (!pool->tpl && !have_ready) {
 		d->errors++;
 		char msg[700];
@@ -386,9 +384,9 @@ getvm_take(struct getvm_job *j)
 		free(j);
 		return;
 	}
-	struct vmf_pvm *vm;
-	TAILQ_FOREACH(vm, &d->vms, link)
-		if (vm->pool == pool && vm->state == PVM_READY && !vm->busy && !vm->dead)
+	struct vmf_vm *vm;
+	TAILQ_FOREACH(vm, &d->cache.vms, link)
+		if (vm->pool == pool && vm->state == VMF_VM_READY && !vm->busy && !vm->dead)
 			break;
 	if (vm) {
 		d->hits++;
@@ -411,7 +409,7 @@ getvm_take(struct getvm_job *j)
 			return;
 		}
 		d->misses++;
-		vm = vmf_daemon_new_vm(d, pool);
+		vm = vmf_cache_new_vm(&d->cache, pool);
 		if (!vm) {
 			free(j);
 			vmf_control_reply_error(c, ENOMEM, "out of memory");
@@ -421,7 +419,7 @@ getvm_take(struct getvm_job *j)
 		j->tpl = vmf_tpl_ref(pool->tpl);
 		d->miss_clones++;
 	}
-	vm->state = PVM_HANDING_OUT;
+	vm->state = VMF_VM_HANDING_OUT;
 	vm->owner_uid = j->peer;
 	/* The links are named before they exist so that a daemon dying mid-way
 	 * can remove whichever it made (only links pointing at this VM). */
@@ -431,169 +429,10 @@ getvm_take(struct getvm_job *j)
 	vm->busy = true;
 	j->vm = vm;
 	j->snap = *vm;
-	if (vmf_jobs_submit(d->jobs, getvm_work, getvm_done, j) < 0) {
+	if (vmf_jobs_submit(d->cache.jobs, getvm_work, getvm_done, j) < 0) {
 		j->rc = vmf_err(&j->err, ENOMEM, "cannot queue the GetVM work");
 		getvm_done(j);
 		return;
 	}
-	vmf_daemon_refill(d);
-}
-
-/* ---- release ---- */
-
-struct vm_job {
-	struct vmf_daemon *d;
-	struct vmf_conn *c;
-	struct vmf_pvm *vm;
-	Vmf__Control__GuestView guest;
-	Vmf__Agent__AgentReply *info;
-	int rc;
-	struct vmf_error err;
-};
-
-static struct vmf_pvm *
-lookup(struct vmf_daemon *d, struct vmf_conn *c, const char *id)
-{
-	if (!vmf_valid_uuid(id)) {
-		vmf_control_reply_error(c, EINVAL, "VM id is not a vmfactory VM id (a lower-case UUID)");
-		return NULL;
-	}
-	struct vmf_pvm *vm = vmf_daemon_find_vm(d, id);
-	if (!vm) {
-		char msg[96];
-		snprintf(msg, sizeof(msg), "no VM %s in this daemon", id);
-		vmf_control_reply_error(c, ENOENT, msg);
-		return NULL;
-	}
-	/* Another tenant's VM (or a pooled one, nobody's yet) is named but
-	 * nothing about it is told. */
-	uid_t peer = vmf_control_peer_uid(c);
-	if (!vmf_daemon_peer_admin(d, peer) && (vm->owner_uid != peer || vm->state == PVM_READY ||
-						vm->state == PVM_CREATING)) {
-		char msg[160];
-		snprintf(msg, sizeof(msg), "permission denied: VM %s is not yours (uid %u)", id, (unsigned)peer);
-		vmf_control_reply_error(c, EACCES, msg);
-		return NULL;
-	}
-	if (vm->busy) {
-		char msg[96];
-		snprintf(msg, sizeof(msg), "VM %s is busy (%s); try again", id, vmf_pvm_state_name(vm->state));
-		vmf_control_reply_error(c, EBUSY, msg);
-		return NULL;
-	}
-	return vm;
-}
-
-void
-vmf_release_start(struct vmf_daemon *d, struct vmf_conn *c, const char *vm_id)
-{
-	struct vmf_pvm *vm = lookup(d, c, vm_id);
-	if (!vm)
-		return;
-	if (vm->state != PVM_ASSIGNED && vm->state != PVM_GONE) {
-		char msg[96];
-		snprintf(msg, sizeof(msg), "VM %s is not assigned (it is %s)", vm->id, vmf_pvm_state_name(vm->state));
-		vmf_control_reply_error(c, EINVAL, msg);
-		return;
-	}
-	log_vm(VMF_LOG_INFO, vm->id, "releasing (sandbox %s)", vm->sandbox_id);
-	/* The reply comes once the VM is stopped and its dirs and links are
-	 * gone: a runtime may reuse the paths as soon as release returns. */
-	vmf_daemon_destroy_vm(d, vm, true, c);
-}
-
-/* ---- inspect ---- */
-
-static void
-inspect_work(void *arg)
-{
-	struct vm_job *j = arg;
-	struct vmf_error *err = &j->err;
-	VMF_FAULT_PAUSE("inspect-pause");
-	if (!j->vm->hv || !j->vm->ops->alive(j->vm->hv)) {
-		j->rc = vmf_err(err, ESRCH, "the VM's process is not running");
-		return;
-	}
-	int fd = j->vm->ops->agent_connect(j->vm->hv, AGENT_TIMEOUT_MS, err);
-	if (fd < 0) {
-		j->rc = fd;
-		return;
-	}
-	struct vmf_agent *a = vmf_agent_new(fd);
-	j->rc = a ? vmf_agent_guest_info(a, &j->info, AGENT_TIMEOUT_MS, err)
-		  : vmf_err(err, ENOMEM, "out of memory");
-	vmf_agent_free(a);
-}
-
-static void
-inspect_done(void *arg)
-{
-	struct vm_job *j = arg;
-	struct vmf_daemon *d = j->d;
-	bool was_busy = j->vm->busy;
-	j->vm->busy = false;
-	/* Its process exited while the job held it (the watch then only marks
-	 * it dead): it becomes gone now, before the reply shows its state. */
-	if (j->vm->dead)
-		vmf_daemon_vm_exited(d, j->vm);
-	Vmf__Control__Reply r = VMF__CONTROL__REPLY__INIT;
-	Vmf__Control__InspectReply ir = VMF__CONTROL__INSPECT_REPLY__INIT;
-	Vmf__Control__VmInfo info = VMF__CONTROL__VM_INFO__INIT;
-	Vmf__Control__GuestView g = VMF__CONTROL__GUEST_VIEW__INIT;
-	char hex[33] = "";
-	vmf_vm_info_fill(d, j->vm, &info);
-	ir.vm = &info;
-	ir.host_realtime_ns = vmf_realtime_ns();
-	if (j->rc == 0 && j->info && j->info->guest_info) {
-		Vmf__Agent__GuestInfo *gi = j->info->guest_info;
-		g.online_cpus = gi->online_cpus;
-		g.mem_total_kib = gi->mem_total_kib;
-		g.realtime_ns = gi->realtime_ns;
-		vmf_hex(gi->random.data, gi->random.len > 16 ? 16 : gi->random.len, hex);
-		g.random_hex = hex;
-		g.boot_id = gi->boot_id;
-		g.n_share_entries = gi->n_share_entries;
-		g.share_entries = gi->share_entries;
-		g.uptime_ns = gi->uptime_ns;
-		g.agent_version = gi->agent_version;
-		ir.guest = &g;
-	} else {
-		ir.guest_error = j->err.msg;
-	}
-	r.body_case = VMF__CONTROL__REPLY__BODY_INSPECT;
-	r.inspect = &ir;
-	vmf_control_reply(j->c, &r);
-	vmf_vm_info_clear(&info);
-	if (j->info)
-		vmf__agent__agent_reply__free_unpacked(j->info, NULL);
-	free(j);
-	if (was_busy)
-		vmf_daemon_settle(d);
-}
-
-void
-vmf_inspect_start(struct vmf_daemon *d, struct vmf_conn *c, const char *vm_id)
-{
-	struct vmf_pvm *vm = lookup(d, c, vm_id);
-	if (!vm)
-		return;
-	struct vm_job *j = calloc(1, sizeof(*j));
-	if (!j) {
-		vmf_control_reply_error(c, ENOMEM, "out of memory");
-		return;
-	}
-	j->d = d;
-	j->c = c;
-	j->vm = vm;
-	if (vm->state != PVM_ASSIGNED) {
-		/* A paused pooled VM cannot answer; report the host view only. */
-		j->rc = vmf_err(&j->err, EAGAIN, "the VM is %s, its guest is paused", vmf_pvm_state_name(vm->state));
-		inspect_done(j);
-		return;
-	}
-	vm->busy = true;
-	if (vmf_jobs_submit(d->jobs, inspect_work, inspect_done, j) < 0) {
-		j->rc = vmf_err(&j->err, ENOMEM, "cannot queue the inspect work");
-		inspect_done(j);
-	}
+	vmf_cache_refill(&d->cache);
 }

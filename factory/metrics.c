@@ -42,19 +42,19 @@ render(struct vmf_daemon *d, struct evbuffer *b)
 	for (size_t g = 0; g < sizeof(gauges) / sizeof(gauges[0]); g++) {
 		evbuffer_add_printf(b, "# HELP %s %s\n# TYPE %s gauge\n", gauges[g].name, gauges[g].help,
 				    gauges[g].name);
-		TAILQ_FOREACH(p, &d->pools, link)
+		TAILQ_FOREACH(p, &d->cache.pools, link)
 			evbuffer_add_printf(b, "%s{pool=\"%s\",template=\"%.16s\",vcpus=\"%u\",memory_mib=\"%u\"} %u\n",
 					    gauges[g].name, p->name, p->template_id, p->params.vcpus,
 					    p->params.memory_mib, *(const unsigned *)((const char *)p + gauges[g].off));
 	}
 	evbuffer_add_printf(b, "# HELP vmfactory_pool_failures_total clone and template build failures\n"
 			       "# TYPE vmfactory_pool_failures_total counter\n");
-	TAILQ_FOREACH(p, &d->pools, link)
+	TAILQ_FOREACH(p, &d->cache.pools, link)
 		evbuffer_add_printf(b, "vmfactory_pool_failures_total{pool=\"%s\"} %llu\n", p->name,
 				    (unsigned long long)p->failed);
 	evbuffer_add_printf(b, "# HELP vmfactory_template_ready 1 when the pool's template is built\n"
 			       "# TYPE vmfactory_template_ready gauge\n");
-	TAILQ_FOREACH(p, &d->pools, link)
+	TAILQ_FOREACH(p, &d->cache.pools, link)
 		evbuffer_add_printf(b, "vmfactory_template_ready{pool=\"%s\",template=\"%.16s\"} %d\n", p->name,
 				    p->template_id, p->tpl != NULL);
 
@@ -73,28 +73,28 @@ render(struct vmf_daemon *d, struct evbuffer *b)
 				    (unsigned long long)*(const uint64_t *)((const char *)d + counters[c].off));
 
 	unsigned assigned = 0;
-	struct vmf_pvm *vm;
-	TAILQ_FOREACH(vm, &d->vms, link)
-		assigned += vm->state == PVM_ASSIGNED;
+	struct vmf_vm *vm;
+	TAILQ_FOREACH(vm, &d->cache.vms, link)
+		assigned += vm->state == VMF_VM_ASSIGNED;
 	evbuffer_add_printf(b, "# HELP vmfactory_vms_assigned VMs handed to sandboxes\n"
 			       "# TYPE vmfactory_vms_assigned gauge\nvmfactory_vms_assigned %u\n", assigned);
 
 	evbuffer_add_printf(b, "# HELP vmfactory_handout_seconds GetVM, request to reply, as the daemon times it\n"
 			       "# TYPE vmfactory_handout_seconds histogram\n");
-	histogram(b, "vmfactory_handout_seconds", NULL, &d->hist[STEP_TOTAL]);
+	histogram(b, "vmfactory_handout_seconds", NULL, &d->hist[VMF_STEP_TOTAL]);
 	evbuffer_add_printf(b, "# HELP vmfactory_handout_step_seconds each step of a hand-out\n"
 			       "# TYPE vmfactory_handout_step_seconds histogram\n");
-	for (int s = 0; s < STEP_TOTAL; s++) {
+	for (int s = 0; s < VMF_STEP_TOTAL; s++) {
 		char label[64];
 		snprintf(label, sizeof(label), "step=\"%s\"", vmf_step_names[s]);
 		histogram(b, "vmfactory_handout_step_seconds", label, &d->hist[s]);
 	}
 	evbuffer_add_printf(b, "# HELP vmfactory_clone_seconds a pool clone, start to ready (warmed)\n"
 			       "# TYPE vmfactory_clone_seconds histogram\n");
-	histogram(b, "vmfactory_clone_seconds", NULL, &d->clone_hist);
+	histogram(b, "vmfactory_clone_seconds", NULL, &d->cache.clone_hist);
 	evbuffer_add_printf(b, "# HELP vmfactory_template_build_seconds template builds\n"
 			       "# TYPE vmfactory_template_build_seconds histogram\n");
-	histogram(b, "vmfactory_template_build_seconds", NULL, &d->build_hist);
+	histogram(b, "vmfactory_template_build_seconds", NULL, &d->cache.build_hist);
 }
 
 static void
@@ -141,7 +141,7 @@ vmf_metrics_listen(struct vmf_daemon *d, const char *addr_port, struct vmf_error
 		memmove(host, host + 1, strlen(host) - 2);
 		host[strlen(host) - 2] = '\0';
 	}
-	d->metrics = evhttp_new(d->base);
+	d->metrics = evhttp_new(d->cache.base);
 	if (!d->metrics)
 		return vmf_err(err, ENOMEM, "cannot create the metrics HTTP server");
 	if (!evhttp_bind_socket_with_handle(d->metrics, host, (uint16_t)port)) {

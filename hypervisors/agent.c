@@ -22,7 +22,7 @@
  * what we send waits in QEMU's socket buffer or is lost with a dying agent;
  * a fresh Ping every RETRY_MS bounds how long either can delay readiness. */
 #define RETRY_MS 250
-#define RBUF_SIZE (VMF_FRAME_HDR + (size_t)AGENT_MAX_FRAME)
+#define RBUF_SIZE (VMF_FRAME_HDR + (size_t)VMF_AGENT_MAX_FRAME)
 
 struct vmf_agent {
 	int fd;
@@ -119,10 +119,10 @@ send_req(struct vmf_agent *a, Vmf__Agent__AgentRequest *req, int64_t deadline, s
 	req->protocol_version = AGENT_PROTOCOL_VERSION;
 	req->id = ++a->next_id;
 	size_t n = vmf__agent__agent_request__get_packed_size(req);
-	if (n > AGENT_MAX_FRAME)
+	if (n > VMF_AGENT_MAX_FRAME)
 		return vmf_err(err, EMSGSIZE, "agent request of %zu bytes exceeds the %u byte frame limit", n,
-			       AGENT_MAX_FRAME);
-	uint8_t buf[VMF_FRAME_HDR + AGENT_MAX_FRAME];
+			       VMF_AGENT_MAX_FRAME);
+	uint8_t buf[VMF_FRAME_HDR + VMF_AGENT_MAX_FRAME];
 	vmf_frame_put_len(buf, (uint32_t)n);
 	vmf__agent__agent_request__pack(req, buf + VMF_FRAME_HDR);
 	/* Once the first byte is out the frame must go out whole, or the
@@ -156,12 +156,12 @@ recv_reply(struct vmf_agent *a, Vmf__Agent__AgentReply **out, int64_t deadline, 
 		}
 		if (!a->skip && a->rlen >= VMF_FRAME_HDR) {
 			uint32_t n = vmf_frame_get_len(a->rbuf);
-			if (n > AGENT_MAX_FRAME) {
+			if (n > VMF_AGENT_MAX_FRAME) {
 				consume(a, VMF_FRAME_HDR);
 				a->skip = n;
 				return vmf_err(err, EMSGSIZE,
 					       "the guest agent sent a frame of %u bytes (limit %u); skipping it", n,
-					       AGENT_MAX_FRAME);
+					       VMF_AGENT_MAX_FRAME);
 			}
 			if (a->rlen >= VMF_FRAME_HDR + n) {
 				*out = vmf__agent__agent_reply__unpack(NULL, n, a->rbuf + VMF_FRAME_HDR);

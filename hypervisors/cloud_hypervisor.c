@@ -27,13 +27,13 @@
 #define CH_CAPS (VMF_CAP_CPU_HOTPLUG | VMF_CAP_MEM_HOTPLUG | VMF_CAP_FULL_SNAPSHOT)
 
 static int
-ch_request_pause(struct vmf_vm *vm, bool paused, struct vmf_error *err)
+ch_request_pause(struct vmf_vmm *vm, bool paused, struct vmf_error *err)
 {
 	return vmf_rest_send(vm, "PUT", paused ? "vm.pause" : "vm.resume", NULL, VMF_REST_API_TIMEOUT_MS, err);
 }
 
 static void
-ch_argv(const struct vmf_vm *vm, const char *bin, char *arg, size_t n, char **argv)
+ch_argv(const struct vmf_vmm *vm, const char *bin, char *arg, size_t n, char **argv)
 {
 	snprintf(arg, n, "path=%s", vm->api_sock);
 	argv[0] = (char *)bin;
@@ -43,7 +43,7 @@ ch_argv(const struct vmf_vm *vm, const char *bin, char *arg, size_t n, char **ar
 
 /* vmm.shutdown ends the VMM whatever the guest does. */
 static bool
-ch_ask_exit(struct vmf_vm *vm, int timeout_ms)
+ch_ask_exit(struct vmf_vmm *vm, int timeout_ms)
 {
 	struct vmf_error ignored;
 	vmf_rest_send(vm, "PUT", "vmm.shutdown", NULL, timeout_ms, &ignored);
@@ -66,19 +66,19 @@ static const struct vmf_rest_vmm ch = {
 
 /* PUT with an optional body, which is consumed. */
 static int
-api_put(struct vmf_vm *vm, const char *endpoint, json_object *body, int timeout_ms, struct vmf_error *err)
+api_put(struct vmf_vmm *vm, const char *endpoint, json_object *body, int timeout_ms, struct vmf_error *err)
 {
 	return vmf_rest_send(vm, "PUT", endpoint, body, timeout_ms, err);
 }
 
 static void
-serial_path(const struct vmf_vm *vm, char *path)
+serial_path(const struct vmf_vmm *vm, char *path)
 {
 	snprintf(path, PATH_MAX, "%s/%s", vm->cfg->run_dir, CH_SERIAL_LOG);
 }
 
 static json_object *
-vm_config_json(const struct vmf_vm *vm)
+vm_config_json(const struct vmf_vmm *vm)
 {
 	const vmf_vm_config *cfg = vm->cfg;
 	unsigned maxcpus = cfg->max_vcpus > cfg->vcpus ? cfg->max_vcpus : cfg->vcpus;
@@ -110,9 +110,9 @@ vm_config_json(const struct vmf_vm *vm)
 }
 
 static int
-ch_boot(const vmf_vm_config *cfg, struct vmf_vm **out, struct vmf_error *err)
+ch_boot(const vmf_vm_config *cfg, struct vmf_vmm **out, struct vmf_error *err)
 {
-	struct vmf_vm *vm;
+	struct vmf_vmm *vm;
 	int r = vmf_rest_boot_start(&ch, cfg, &vm, err);
 	if (r < 0)
 		return r;
@@ -129,7 +129,7 @@ ch_boot(const vmf_vm_config *cfg, struct vmf_vm **out, struct vmf_error *err)
 }
 
 static int
-ch_save_template(struct vmf_vm *vm, int state_fd, bool full, struct vmf_error *err)
+ch_save_template(struct vmf_vmm *vm, int state_fd, bool full, struct vmf_error *err)
 {
 	if (!full)
 		return vmf_err(err, ENOTSUP, "VM %s: template memory sharing is unsupported by cloud-hypervisor "
@@ -153,7 +153,7 @@ ch_save_template(struct vmf_vm *vm, int state_fd, bool full, struct vmf_error *e
 /* The snapshot's config names the template's vsock socket and serial file;
  * each clone needs its own, so they are rewritten before restore. */
 static int
-retarget_config(struct vmf_vm *vm, const char *dir, struct vmf_error *err)
+retarget_config(struct vmf_vmm *vm, const char *dir, struct vmf_error *err)
 {
 	char path[PATH_MAX], serial[PATH_MAX];
 	snprintf(path, sizeof(path), "%s/%s", dir, CH_CONFIG_JSON);
@@ -174,13 +174,13 @@ retarget_config(struct vmf_vm *vm, const char *dir, struct vmf_error *err)
 }
 
 static int
-ch_start_from_template(const vmf_vm_config *cfg, int state_fd, struct vmf_vm **out, struct vmf_error *err)
+ch_start_from_template(const vmf_vm_config *cfg, int state_fd, struct vmf_vmm **out, struct vmf_error *err)
 {
 	*out = NULL;
 	if (cfg->memory_mode != VMF__HV__MEMORY_MODE__MEM_FULL)
 		return vmf_err(err, ENOTSUP, "VM %s: copy-on-write clones are unsupported by cloud-hypervisor "
 			       "(template-share); only full-memory templates can be cloned", cfg->id);
-	struct vmf_vm *vm;
+	struct vmf_vmm *vm;
 	int r = vmf_rest_new(&ch, cfg, &vm, err);
 	if (r < 0)
 		return r;
@@ -214,7 +214,7 @@ ch_start_from_template(const vmf_vm_config *cfg, int state_fd, struct vmf_vm **o
 }
 
 static int
-ch_hotplug_vcpus(struct vmf_vm *vm, unsigned total, struct vmf_error *err)
+ch_hotplug_vcpus(struct vmf_vmm *vm, unsigned total, struct vmf_error *err)
 {
 	if (total <= vm->vcpus)
 		return 0;
@@ -231,7 +231,7 @@ ch_hotplug_vcpus(struct vmf_vm *vm, unsigned total, struct vmf_error *err)
 }
 
 static int
-ch_hotplug_memory(struct vmf_vm *vm, unsigned add_mib, struct vmf_error *err)
+ch_hotplug_memory(struct vmf_vmm *vm, unsigned add_mib, struct vmf_error *err)
 {
 	if (add_mib == 0)
 		return 0;
@@ -247,14 +247,14 @@ ch_hotplug_memory(struct vmf_vm *vm, unsigned add_mib, struct vmf_error *err)
 }
 
 static unsigned
-ch_capabilities(const struct vmf_vm *vm)
+ch_capabilities(const struct vmf_vmm *vm)
 {
 	(void)vm;
 	return CH_CAPS;
 }
 
 static int
-ch_adopt(const vmf_hv_state *st, struct vmf_vm **out, struct vmf_error *err)
+ch_adopt(const vmf_hv_state *st, struct vmf_vmm **out, struct vmf_error *err)
 {
 	return vmf_rest_adopt(&ch, st, out, err);
 }

@@ -2,7 +2,7 @@
  * build and clone, pools, GetVM) talks to a VMM only through these ops, so
  * QEMU, Firecracker and Cloud Hypervisor are interchangeable.
  *
- * A struct vmf_vm is a driver-owned handle to one VMM process.  Handles are
+ * A struct vmf_vmm is a driver-owned handle to one VMM process.  Handles are
  * not thread-safe: one thread drives a given VM at a time. */
 #ifndef VMF_DRIVER_H
 #define VMF_DRIVER_H
@@ -40,7 +40,7 @@ struct vmf_hv_info {
 	unsigned caps;
 };
 
-struct vmf_vm;
+struct vmf_vmm;
 
 struct vmf_hv_ops {
 	const char *name;                          /* "qemu" */
@@ -61,50 +61,50 @@ struct vmf_hv_ops {
 	 * shared) or, with cfg->incoming, a VMM waiting for state (use
 	 * start_from_template instead).  Returns once the control channel
 	 * answers; the guest may still be booting. */
-	int (*boot)(const vmf_vm_config *cfg, struct vmf_vm **out, struct vmf_error *err);
+	int (*boot)(const vmf_vm_config *cfg, struct vmf_vmm **out, struct vmf_error *err);
 
 	/* Starts a clone: a VMM with cfg (MEM_CLONE_COW or MEM_FULL) that loads
 	 * the device state read from state_fd.  The result is paused. */
-	int (*start_from_template)(const vmf_vm_config *cfg, int state_fd, struct vmf_vm **out,
+	int (*start_from_template)(const vmf_vm_config *cfg, int state_fd, struct vmf_vmm **out,
 				   struct vmf_error *err);
 
 	/* Saves a paused VM's device state to state_fd.  full: all guest RAM in
 	 * the stream; otherwise shared RAM is skipped (x-ignore-shared). */
-	int (*save_template)(struct vmf_vm *vm, int state_fd, bool full, struct vmf_error *err);
+	int (*save_template)(struct vmf_vmm *vm, int state_fd, bool full, struct vmf_error *err);
 
-	int (*pause)(struct vmf_vm *vm, struct vmf_error *err);
-	int (*resume)(struct vmf_vm *vm, struct vmf_error *err);
+	int (*pause)(struct vmf_vmm *vm, struct vmf_error *err);
+	int (*resume)(struct vmf_vmm *vm, struct vmf_error *err);
 
 	/* Brings the VM to total_vcpus / adds add_mib of memory.  The guest
 	 * still has to online them (agent OnlineCpuMem). */
-	int (*hotplug_vcpus)(struct vmf_vm *vm, unsigned total_vcpus, struct vmf_error *err);
-	int (*hotplug_memory)(struct vmf_vm *vm, unsigned add_mib, struct vmf_error *err);
+	int (*hotplug_vcpus)(struct vmf_vmm *vm, unsigned total_vcpus, struct vmf_error *err);
+	int (*hotplug_memory)(struct vmf_vmm *vm, unsigned add_mib, struct vmf_error *err);
 
 	/* Graceful shutdown, then SIGTERM, then SIGKILL, within timeout_ms in all.
 	 * Reaps the process when it is our child.  Safe on a dead VM. */
-	int (*stop)(struct vmf_vm *vm, int timeout_ms, struct vmf_error *err);
+	int (*stop)(struct vmf_vmm *vm, int timeout_ms, struct vmf_error *err);
 
 	/* True while the VMM process runs (not a zombie, same start time). */
-	bool (*alive)(struct vmf_vm *vm);
-	pid_t (*pid)(const struct vmf_vm *vm);
-	unsigned (*capabilities)(const struct vmf_vm *vm);
+	bool (*alive)(struct vmf_vmm *vm);
+	pid_t (*pid)(const struct vmf_vmm *vm);
+	unsigned (*capabilities)(const struct vmf_vmm *vm);
 
 	/* Connects a fresh stream to the guest agent; the caller owns the fd. */
-	int (*agent_connect)(struct vmf_vm *vm, int timeout_ms, struct vmf_error *err);
+	int (*agent_connect)(struct vmf_vmm *vm, int timeout_ms, struct vmf_error *err);
 
 	/* A fd that becomes readable (EOF) when the VMM dies, for the event loop;
 	 * -1 if none.  Owned by the handle. */
-	int (*watch_fd)(struct vmf_vm *vm);
+	int (*watch_fd)(struct vmf_vmm *vm);
 
 	/* Snapshot of the handle for LMDB; free with
 	 * vmf__hv__hypervisor_state__free_unpacked(st, NULL). */
-	int (*serialize)(const struct vmf_vm *vm, vmf_hv_state **out, struct vmf_error *err);
+	int (*serialize)(const struct vmf_vmm *vm, vmf_hv_state **out, struct vmf_error *err);
 	/* Rebuilds a handle to a running VMM from a serialized state: checks the
 	 * pid, its start time and name, and reconnects the control channel. */
-	int (*adopt)(const vmf_hv_state *st, struct vmf_vm **out, struct vmf_error *err);
+	int (*adopt)(const vmf_hv_state *st, struct vmf_vmm **out, struct vmf_error *err);
 
 	/* Frees the handle (closes sockets) without touching the process. */
-	void (*release)(struct vmf_vm *vm);
+	void (*release)(struct vmf_vmm *vm);
 };
 
 extern const struct vmf_hv_ops vmf_qemu_ops;

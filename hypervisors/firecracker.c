@@ -47,19 +47,19 @@ caps_for_version(const char *v)
 /* Whether the VM has the virtio-mem region: boot configures it (and fails
  * if it cannot) exactly when this holds. */
 static bool
-mem_hotplug(const struct vmf_vm *vm)
+mem_hotplug(const struct vmf_vmm *vm)
 {
 	return vm->cfg->max_memory_mib > vm->cfg->memory_mib && (caps_for_version(vm->version) & VMF_CAP_MEM_HOTPLUG);
 }
 
 static int
-api_put(struct vmf_vm *vm, const char *method, const char *path, json_object *body, struct vmf_error *err)
+api_put(struct vmf_vmm *vm, const char *method, const char *path, json_object *body, struct vmf_error *err)
 {
 	return vmf_rest_send(vm, method, path, body, VMF_REST_API_TIMEOUT_MS, err);
 }
 
 static int
-fc_request_pause(struct vmf_vm *vm, bool paused, struct vmf_error *err)
+fc_request_pause(struct vmf_vmm *vm, bool paused, struct vmf_error *err)
 {
 	json_object *b = vmf_json_obj();
 	vmf_json_set_str(b, "state", paused ? "Paused" : "Resumed");
@@ -68,7 +68,7 @@ fc_request_pause(struct vmf_vm *vm, bool paused, struct vmf_error *err)
 
 /* --id is how restart recovery recognises our process (with the socket). */
 static void
-fc_argv(const struct vmf_vm *vm, const char *bin, char *arg, size_t n, char **argv)
+fc_argv(const struct vmf_vmm *vm, const char *bin, char *arg, size_t n, char **argv)
 {
 	(void)arg, (void)n;
 	argv[0] = (char *)bin;
@@ -81,7 +81,7 @@ fc_argv(const struct vmf_vm *vm, const char *bin, char *arg, size_t n, char **ar
 /* SendCtrlAltDel asks the guest to reboot, which Firecracker turns into its
  * own exit (reboot=k); a paused or hung guest ignores it. */
 static bool
-fc_ask_exit(struct vmf_vm *vm, int timeout_ms)
+fc_ask_exit(struct vmf_vmm *vm, int timeout_ms)
 {
 	if (vm->paused)
 		return false;
@@ -107,9 +107,9 @@ static const struct vmf_rest_vmm fc = {
 };
 
 static int
-fc_boot(const vmf_vm_config *cfg, struct vmf_vm **out, struct vmf_error *err)
+fc_boot(const vmf_vm_config *cfg, struct vmf_vmm **out, struct vmf_error *err)
 {
-	struct vmf_vm *vm;
+	struct vmf_vmm *vm;
 	int r = vmf_rest_boot_start(&fc, cfg, &vm, err);
 	if (r < 0)
 		return r;
@@ -169,7 +169,7 @@ snap_paths(const vmf_vm_config *cfg, const char *dir, bool full, char *vmstate, 
 /* Full snapshot of the paused VM: memory to the template's memory file (or,
  * for full templates, into the stream), vmstate into the stream. */
 static int
-fc_save_template(struct vmf_vm *vm, int state_fd, bool full, struct vmf_error *err)
+fc_save_template(struct vmf_vmm *vm, int state_fd, bool full, struct vmf_error *err)
 {
 	const vmf_vm_config *cfg = vm->cfg;
 	if (!full && (!cfg->memory_file || cfg->memory_file[0] != '/'))
@@ -193,7 +193,7 @@ fc_save_template(struct vmf_vm *vm, int state_fd, bool full, struct vmf_error *e
 }
 
 static int
-fc_start_from_template(const vmf_vm_config *cfg, int state_fd, struct vmf_vm **out, struct vmf_error *err)
+fc_start_from_template(const vmf_vm_config *cfg, int state_fd, struct vmf_vmm **out, struct vmf_error *err)
 {
 	*out = NULL;
 	bool full = cfg->memory_mode == VMF__HV__MEMORY_MODE__MEM_FULL;
@@ -201,7 +201,7 @@ fc_start_from_template(const vmf_vm_config *cfg, int state_fd, struct vmf_vm **o
 		      cfg->memory_file[0] != '/'))
 		return vmf_err(err, EINVAL, "VM %s: a firecracker clone needs MEM_FULL or MEM_CLONE_COW with "
 			       "an absolute memory file", cfg->id);
-	struct vmf_vm *vm;
+	struct vmf_vmm *vm;
 	int r = vmf_rest_new(&fc, cfg, &vm, err);
 	if (r < 0)
 		return r;
@@ -247,7 +247,7 @@ fc_start_from_template(const vmf_vm_config *cfg, int state_fd, struct vmf_vm **o
 }
 
 static int
-fc_hotplug_vcpus(struct vmf_vm *vm, unsigned total, struct vmf_error *err)
+fc_hotplug_vcpus(struct vmf_vmm *vm, unsigned total, struct vmf_error *err)
 {
 	if (total <= vm->vcpus)
 		return 0;
@@ -256,7 +256,7 @@ fc_hotplug_vcpus(struct vmf_vm *vm, unsigned total, struct vmf_error *err)
 }
 
 static int
-fc_hotplug_memory(struct vmf_vm *vm, unsigned add_mib, struct vmf_error *err)
+fc_hotplug_memory(struct vmf_vmm *vm, unsigned add_mib, struct vmf_error *err)
 {
 	if (add_mib == 0)
 		return 0;
@@ -277,13 +277,13 @@ fc_hotplug_memory(struct vmf_vm *vm, unsigned add_mib, struct vmf_error *err)
 }
 
 static unsigned
-fc_capabilities(const struct vmf_vm *vm)
+fc_capabilities(const struct vmf_vmm *vm)
 {
 	return caps_for_version(vm ? vm->version : FC_API_VERSION_TESTED);
 }
 
 static int
-fc_adopt(const vmf_hv_state *st, struct vmf_vm **out, struct vmf_error *err)
+fc_adopt(const vmf_hv_state *st, struct vmf_vmm **out, struct vmf_error *err)
 {
 	return vmf_rest_adopt(&fc, st, out, err);
 }

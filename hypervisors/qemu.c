@@ -30,7 +30,7 @@
 #define MIGRATE_TIMEOUT_MS 120000
 #define STATE_SCHEMA_VERSION 1
 
-struct vmf_vm {
+struct vmf_vmm {
 	vmf_vm_config *cfg;
 	struct vmf_vmm_proc proc;
 	struct vmf_qmp *qmp;
@@ -378,7 +378,7 @@ listen_unix(const char *path, struct vmf_error *err)
 /* Appends QEMU's stderr and the serial log tails: the usual reason a VM did
  * not come up is in one of them. */
 static void
-append_logs(struct vmf_vm *vm, struct vmf_error *err)
+append_logs(struct vmf_vmm *vm, struct vmf_error *err)
 {
 	char tail[400];
 	vmf_file_tail(vm->stderr_log, tail, sizeof(tail));
@@ -390,7 +390,7 @@ append_logs(struct vmf_vm *vm, struct vmf_error *err)
 }
 
 static void
-vm_free(struct vmf_vm *vm)
+vm_free(struct vmf_vmm *vm)
 {
 	if (!vm)
 		return;
@@ -401,10 +401,10 @@ vm_free(struct vmf_vm *vm)
 	free(vm);
 }
 
-static struct vmf_vm *
+static struct vmf_vmm *
 vm_new(const vmf_vm_config *cfg, struct vmf_error *err)
 {
-	struct vmf_vm *vm = calloc(1, sizeof(*vm));
+	struct vmf_vmm *vm = calloc(1, sizeof(*vm));
 	if (!vm || !(vm->cfg = vmf_vm_config_dup(cfg))) {
 		free(vm);
 		vmf_err(err, ENOMEM, "out of memory for a VM handle");
@@ -421,7 +421,7 @@ vm_new(const vmf_vm_config *cfg, struct vmf_error *err)
 }
 
 static int
-spawn(struct vmf_vm *vm, struct vmf_error *err)
+spawn(struct vmf_vmm *vm, struct vmf_error *err)
 {
 	const vmf_vm_config *cfg = vm->cfg;
 	struct stat st;
@@ -481,7 +481,7 @@ spawn(struct vmf_vm *vm, struct vmf_error *err)
 }
 
 static int
-qmp_cmd(struct vmf_vm *vm, const char *cmd, json_object *args, json_object **ret,
+qmp_cmd(struct vmf_vmm *vm, const char *cmd, json_object *args, json_object **ret,
 	struct vmf_error *err)
 {
 	if (!vm->qmp)
@@ -496,10 +496,10 @@ qmp_cmd(struct vmf_vm *vm, const char *cmd, json_object *args, json_object **ret
 }
 
 static int
-qemu_boot(const vmf_vm_config *cfg, struct vmf_vm **out, struct vmf_error *err)
+qemu_boot(const vmf_vm_config *cfg, struct vmf_vmm **out, struct vmf_error *err)
 {
 	*out = NULL;
-	struct vmf_vm *vm = vm_new(cfg, err);
+	struct vmf_vmm *vm = vm_new(cfg, err);
 	if (!vm)
 		return -ENOMEM;
 	int r = spawn(vm, err);
@@ -514,7 +514,7 @@ qemu_boot(const vmf_vm_config *cfg, struct vmf_vm **out, struct vmf_error *err)
 }
 
 static int
-set_capability(struct vmf_vm *vm, const char *cap, bool on, struct vmf_error *err)
+set_capability(struct vmf_vmm *vm, const char *cap, bool on, struct vmf_error *err)
 {
 	json_object *caps = json_object_new_array();
 	json_object *c = json_object_new_object();
@@ -530,7 +530,7 @@ set_capability(struct vmf_vm *vm, const char *cap, bool on, struct vmf_error *er
 
 /* x-ignore-shared is experimental: probe for it rather than assume it. */
 static int
-has_capability(struct vmf_vm *vm, const char *cap, struct vmf_error *err)
+has_capability(struct vmf_vmm *vm, const char *cap, struct vmf_error *err)
 {
 	json_object *ret = NULL;
 	int r = qmp_cmd(vm, "query-migrate-capabilities", NULL, &ret, err);
@@ -549,7 +549,7 @@ has_capability(struct vmf_vm *vm, const char *cap, struct vmf_error *err)
 }
 
 static int
-pass_fd(struct vmf_vm *vm, const char *name, int fd, struct vmf_error *err)
+pass_fd(struct vmf_vmm *vm, const char *name, int fd, struct vmf_error *err)
 {
 	json_object *args = json_object_new_object();
 	json_object_object_add(args, "fdname", json_object_new_string(name));
@@ -562,7 +562,7 @@ pass_fd(struct vmf_vm *vm, const char *name, int fd, struct vmf_error *err)
 
 /* Waits for the MIGRATION event to reach a final state. */
 static int
-wait_migration(struct vmf_vm *vm, const char *what, struct vmf_error *err)
+wait_migration(struct vmf_vmm *vm, const char *what, struct vmf_error *err)
 {
 	int64_t deadline = vmf_now_ms() + MIGRATE_TIMEOUT_MS;
 	for (;;) {
@@ -594,7 +594,7 @@ wait_migration(struct vmf_vm *vm, const char *what, struct vmf_error *err)
 }
 
 static int
-qemu_save_template(struct vmf_vm *vm, int state_fd, bool full, struct vmf_error *err)
+qemu_save_template(struct vmf_vmm *vm, int state_fd, bool full, struct vmf_error *err)
 {
 	int r;
 	if (!vm->paused && (r = qmp_cmd(vm, "stop", NULL, NULL, err)) < 0)
@@ -624,13 +624,13 @@ qemu_save_template(struct vmf_vm *vm, int state_fd, bool full, struct vmf_error 
 }
 
 static int
-qemu_start_from_template(const vmf_vm_config *cfg, int state_fd, struct vmf_vm **out,
+qemu_start_from_template(const vmf_vm_config *cfg, int state_fd, struct vmf_vmm **out,
 			 struct vmf_error *err)
 {
 	*out = NULL;
 	if (!cfg->incoming)
 		return vmf_err(err, EINVAL, "VM %s: a clone config must set incoming", cfg->id);
-	struct vmf_vm *vm;
+	struct vmf_vmm *vm;
 	int r = qemu_boot(cfg, &vm, err);
 	if (r < 0)
 		return r;
@@ -657,7 +657,7 @@ fail:
 }
 
 static int
-qemu_pause(struct vmf_vm *vm, struct vmf_error *err)
+qemu_pause(struct vmf_vmm *vm, struct vmf_error *err)
 {
 	int r = qmp_cmd(vm, "stop", NULL, NULL, err);
 	if (r == 0)
@@ -666,7 +666,7 @@ qemu_pause(struct vmf_vm *vm, struct vmf_error *err)
 }
 
 static int
-qemu_resume(struct vmf_vm *vm, struct vmf_error *err)
+qemu_resume(struct vmf_vmm *vm, struct vmf_error *err)
 {
 	int r = qmp_cmd(vm, "cont", NULL, NULL, err);
 	if (r == 0)
@@ -675,7 +675,7 @@ qemu_resume(struct vmf_vm *vm, struct vmf_error *err)
 }
 
 static int
-qemu_hotplug_vcpus(struct vmf_vm *vm, unsigned total, struct vmf_error *err)
+qemu_hotplug_vcpus(struct vmf_vmm *vm, unsigned total, struct vmf_error *err)
 {
 	if (total <= vm->vcpus)
 		return 0;
@@ -717,7 +717,7 @@ qemu_hotplug_vcpus(struct vmf_vm *vm, unsigned total, struct vmf_error *err)
 }
 
 static int
-qemu_hotplug_memory(struct vmf_vm *vm, unsigned add_mib, struct vmf_error *err)
+qemu_hotplug_memory(struct vmf_vmm *vm, unsigned add_mib, struct vmf_error *err)
 {
 	if (add_mib == 0)
 		return 0;
@@ -756,7 +756,7 @@ qemu_hotplug_memory(struct vmf_vm *vm, unsigned add_mib, struct vmf_error *err)
 }
 
 static int
-qemu_stop(struct vmf_vm *vm, int timeout_ms, struct vmf_error *err)
+qemu_stop(struct vmf_vmm *vm, int timeout_ms, struct vmf_error *err)
 {
 	(void)err;
 	int64_t deadline = vmf_now_ms() + timeout_ms;
@@ -779,20 +779,20 @@ qemu_stop(struct vmf_vm *vm, int timeout_ms, struct vmf_error *err)
 }
 
 static bool
-qemu_alive(struct vmf_vm *vm)
+qemu_alive(struct vmf_vmm *vm)
 {
 	/* Reaps a dead child here so it is not left a zombie. */
 	return !vmf_vmm_exited(&vm->proc);
 }
 
 static pid_t
-qemu_pid(const struct vmf_vm *vm)
+qemu_pid(const struct vmf_vmm *vm)
 {
 	return vm->proc.pid;
 }
 
 static unsigned
-qemu_capabilities(const struct vmf_vm *vm)
+qemu_capabilities(const struct vmf_vmm *vm)
 {
 	(void)vm;
 	return VMF_CAP_TEMPLATE_SHARE | VMF_CAP_CPU_HOTPLUG | VMF_CAP_MEM_HOTPLUG |
@@ -800,7 +800,7 @@ qemu_capabilities(const struct vmf_vm *vm)
 }
 
 static int
-qemu_agent_connect(struct vmf_vm *vm, int timeout_ms, struct vmf_error *err)
+qemu_agent_connect(struct vmf_vmm *vm, int timeout_ms, struct vmf_error *err)
 {
 	(void)timeout_ms; /* the listening socket exists for the VM's whole life */
 	int fd = vmf_vmm_connect_unix(vm->agent_path, err);
@@ -810,13 +810,13 @@ qemu_agent_connect(struct vmf_vm *vm, int timeout_ms, struct vmf_error *err)
 }
 
 static int
-qemu_watch_fd(struct vmf_vm *vm)
+qemu_watch_fd(struct vmf_vmm *vm)
 {
 	return vm->proc.pidfd;
 }
 
 static int
-qemu_serialize(const struct vmf_vm *vm, vmf_hv_state **out, struct vmf_error *err)
+qemu_serialize(const struct vmf_vmm *vm, vmf_hv_state **out, struct vmf_error *err)
 {
 	*out = NULL;
 	vmf_hv_state *st = malloc(sizeof(*st));
@@ -881,7 +881,7 @@ cmdline_has_name(pid_t pid, const char *name)
 }
 
 static int
-qemu_adopt(const vmf_hv_state *st, struct vmf_vm **out, struct vmf_error *err)
+qemu_adopt(const vmf_hv_state *st, struct vmf_vmm **out, struct vmf_error *err)
 {
 	*out = NULL;
 	if (st->schema_version != STATE_SCHEMA_VERSION || !st->config || !st->qemu)
@@ -893,7 +893,7 @@ qemu_adopt(const vmf_hv_state *st, struct vmf_vm **out, struct vmf_error *err)
 	const char *name = st->config->name && *st->config->name ? st->config->name : id;
 	if (!cmdline_has_name(st->pid, name))
 		return vmf_err(err, ESRCH, "pid %d is not the QEMU of VM %s (no -name %s)", (int)st->pid, id, name);
-	struct vmf_vm *vm = vm_new(st->config, err);
+	struct vmf_vmm *vm = vm_new(st->config, err);
 	if (!vm)
 		return -ENOMEM;
 	vmf_vmm_attach(&vm->proc, st->pid, st->start_time_ticks);
@@ -937,7 +937,7 @@ qemu_probe(const char *binary, const char *kernel, struct vmf_hv_info *info, str
 }
 
 static void
-qemu_release(struct vmf_vm *vm)
+qemu_release(struct vmf_vmm *vm)
 {
 	vm_free(vm);
 }

@@ -14,7 +14,7 @@
 #define STATE_SCHEMA_VERSION 1
 
 static void
-vm_free(struct vmf_vm *vm)
+vm_free(struct vmf_vmm *vm)
 {
 	if (!vm)
 		return;
@@ -24,7 +24,7 @@ vm_free(struct vmf_vm *vm)
 }
 
 int
-vmf_rest_new(const struct vmf_rest_vmm *vmm, const vmf_vm_config *cfg, struct vmf_vm **out,
+vmf_rest_new(const struct vmf_rest_vmm *vmm, const vmf_vm_config *cfg, struct vmf_vmm **out,
 	     struct vmf_error *err)
 {
 	*out = NULL;
@@ -34,7 +34,7 @@ vmf_rest_new(const struct vmf_rest_vmm *vmm, const vmf_vm_config *cfg, struct vm
 	if (cfg->runas && *cfg->runas)
 		return vmf_err(err, ENOTSUP, "VM %s: running the VMM as user %s is unsupported by %s", cfg->id,
 			       cfg->runas, vmm->name);
-	struct vmf_vm *vm = calloc(1, sizeof(*vm));
+	struct vmf_vmm *vm = calloc(1, sizeof(*vm));
 	if (!vm || !(vm->cfg = vmf_vm_config_dup(cfg))) {
 		free(vm);
 		return vmf_err(err, ENOMEM, "out of memory for a VM handle");
@@ -52,7 +52,7 @@ vmf_rest_new(const struct vmf_rest_vmm *vmm, const vmf_vm_config *cfg, struct vm
 
 /* vmf_vmm_http on the VM's API socket (see vmf_rest_send). */
 static int
-api(struct vmf_vm *vm, const char *method, const char *path, json_object *body, json_object **reply,
+api(struct vmf_vmm *vm, const char *method, const char *path, json_object *body, json_object **reply,
     int timeout_ms, struct vmf_error *err)
 {
 	char full[256];
@@ -70,7 +70,7 @@ api(struct vmf_vm *vm, const char *method, const char *path, json_object *body, 
 }
 
 int
-vmf_rest_send(struct vmf_vm *vm, const char *method, const char *path, json_object *body, int timeout_ms,
+vmf_rest_send(struct vmf_vmm *vm, const char *method, const char *path, json_object *body, int timeout_ms,
 	      struct vmf_error *err)
 {
 	int r = api(vm, method, path, body, NULL, timeout_ms, err);
@@ -80,7 +80,7 @@ vmf_rest_send(struct vmf_vm *vm, const char *method, const char *path, json_obje
 
 /* The VMM's version, from version_path; kept empty when it names none. */
 static int
-get_version(struct vmf_vm *vm, struct vmf_error *err)
+get_version(struct vmf_vmm *vm, struct vmf_error *err)
 {
 	json_object *ver = NULL, *v;
 	int r = api(vm, "GET", vm->vmm->version_path, NULL, &ver, VMF_REST_API_TIMEOUT_MS, err);
@@ -91,20 +91,20 @@ get_version(struct vmf_vm *vm, struct vmf_error *err)
 }
 
 static void
-kill_now(struct vmf_vm *vm)
+kill_now(struct vmf_vmm *vm)
 {
 	vmf_vmm_terminate(&vm->proc, vmf_now_ms() + 2000, vm->vmm->name, vm->cfg->id);
 }
 
 void
-vmf_rest_abort(struct vmf_vm *vm)
+vmf_rest_abort(struct vmf_vmm *vm)
 {
 	kill_now(vm);
 	vm_free(vm);
 }
 
 int
-vmf_rest_spawn(struct vmf_vm *vm, struct vmf_error *err)
+vmf_rest_spawn(struct vmf_vmm *vm, struct vmf_error *err)
 {
 	const vmf_vm_config *cfg = vm->cfg;
 	const char *name = vm->vmm->name;
@@ -138,7 +138,7 @@ vmf_rest_spawn(struct vmf_vm *vm, struct vmf_error *err)
 }
 
 int
-vmf_rest_boot_start(const struct vmf_rest_vmm *vmm, const vmf_vm_config *cfg, struct vmf_vm **out,
+vmf_rest_boot_start(const struct vmf_rest_vmm *vmm, const vmf_vm_config *cfg, struct vmf_vmm **out,
 		    struct vmf_error *err)
 {
 	*out = NULL;
@@ -147,7 +147,7 @@ vmf_rest_boot_start(const struct vmf_rest_vmm *vmm, const vmf_vm_config *cfg, st
 	if (cfg->incoming)
 		return vmf_err(err, EINVAL, "VM %s: a %s clone starts with start_from_template", cfg->id,
 			       vmm->name);
-	struct vmf_vm *vm;
+	struct vmf_vmm *vm;
 	int r = vmf_rest_new(vmm, cfg, &vm, err);
 	if (r < 0)
 		return r;
@@ -163,7 +163,7 @@ vmf_rest_boot_start(const struct vmf_rest_vmm *vmm, const vmf_vm_config *cfg, st
 }
 
 static int
-set_paused(struct vmf_vm *vm, bool paused, struct vmf_error *err)
+set_paused(struct vmf_vmm *vm, bool paused, struct vmf_error *err)
 {
 	int r = vm->vmm->request_pause(vm, paused, err);
 	if (r == 0)
@@ -172,19 +172,19 @@ set_paused(struct vmf_vm *vm, bool paused, struct vmf_error *err)
 }
 
 int
-vmf_rest_pause(struct vmf_vm *vm, struct vmf_error *err)
+vmf_rest_pause(struct vmf_vmm *vm, struct vmf_error *err)
 {
 	return set_paused(vm, true, err);
 }
 
 int
-vmf_rest_resume(struct vmf_vm *vm, struct vmf_error *err)
+vmf_rest_resume(struct vmf_vmm *vm, struct vmf_error *err)
 {
 	return set_paused(vm, false, err);
 }
 
 int
-vmf_rest_snap_begin(struct vmf_vm *vm, char *dir, struct vmf_error *err)
+vmf_rest_snap_begin(struct vmf_vmm *vm, char *dir, struct vmf_error *err)
 {
 	int r;
 	if (!vm->paused && (r = vmf_rest_pause(vm, err)) < 0)
@@ -196,7 +196,7 @@ vmf_rest_snap_begin(struct vmf_vm *vm, char *dir, struct vmf_error *err)
 }
 
 int
-vmf_rest_snap_pack(struct vmf_vm *vm, int state_fd, const char *dir, const char *const *names,
+vmf_rest_snap_pack(struct vmf_vmm *vm, int state_fd, const char *dir, const char *const *names,
 		   struct vmf_error *err)
 {
 	int r = vmf_vmm_pack(state_fd, dir, names, err);
@@ -208,7 +208,7 @@ vmf_rest_snap_pack(struct vmf_vm *vm, int state_fd, const char *dir, const char 
 }
 
 int
-vmf_rest_snap_unpack(struct vmf_vm *vm, int state_fd, char *dir, struct vmf_error *err)
+vmf_rest_snap_unpack(struct vmf_vmm *vm, int state_fd, char *dir, struct vmf_error *err)
 {
 	snprintf(dir, PATH_MAX, "%s/%s", vm->cfg->run_dir, VMF_REST_SNAP_DIR);
 	if (vmf_mkdir_p(vm->cfg->run_dir, 0700, err) < 0 || vmf_vmm_unpack(state_fd, dir, err) < 0)
@@ -231,7 +231,7 @@ vmf_rest_probe(const struct vmf_rest_vmm *vmm, const char *binary, struct vmf_hv
 }
 
 int
-vmf_rest_adopt(const struct vmf_rest_vmm *vmm, const vmf_hv_state *st, struct vmf_vm **out,
+vmf_rest_adopt(const struct vmf_rest_vmm *vmm, const vmf_hv_state *st, struct vmf_vmm **out,
 	       struct vmf_error *err)
 {
 	*out = NULL;
@@ -240,7 +240,7 @@ vmf_rest_adopt(const struct vmf_rest_vmm *vmm, const vmf_hv_state *st, struct vm
 			       STATE_SCHEMA_VERSION);
 	if (!vmf_proc_alive(st->pid, st->start_time_ticks))
 		return vmf_err(err, ESRCH, "%s pid %d of VM %s is gone", vmm->name, (int)st->pid, st->config->id);
-	struct vmf_vm *vm;
+	struct vmf_vmm *vm;
 	int r = vmf_rest_new(vmm, st->config, &vm, err);
 	if (r < 0)
 		return r;
@@ -271,7 +271,7 @@ vmf_rest_adopt(const struct vmf_rest_vmm *vmm, const vmf_hv_state *st, struct vm
 }
 
 int
-vmf_rest_stop(struct vmf_vm *vm, int timeout_ms, struct vmf_error *err)
+vmf_rest_stop(struct vmf_vmm *vm, int timeout_ms, struct vmf_error *err)
 {
 	(void)err;
 	int64_t deadline = vmf_now_ms() + timeout_ms;
@@ -285,19 +285,19 @@ vmf_rest_stop(struct vmf_vm *vm, int timeout_ms, struct vmf_error *err)
 }
 
 bool
-vmf_rest_alive(struct vmf_vm *vm)
+vmf_rest_alive(struct vmf_vmm *vm)
 {
 	return !vmf_vmm_exited(&vm->proc);
 }
 
 pid_t
-vmf_rest_pid(const struct vmf_vm *vm)
+vmf_rest_pid(const struct vmf_vmm *vm)
 {
 	return vm->proc.pid;
 }
 
 int
-vmf_rest_agent_connect(struct vmf_vm *vm, int timeout_ms, struct vmf_error *err)
+vmf_rest_agent_connect(struct vmf_vmm *vm, int timeout_ms, struct vmf_error *err)
 {
 	int fd = vmf_vmm_vsock_connect(vm->vsock, VMF_AGENT_VSOCK_PORT, timeout_ms, err);
 	if (fd < 0)
@@ -306,13 +306,13 @@ vmf_rest_agent_connect(struct vmf_vm *vm, int timeout_ms, struct vmf_error *err)
 }
 
 int
-vmf_rest_watch_fd(struct vmf_vm *vm)
+vmf_rest_watch_fd(struct vmf_vmm *vm)
 {
 	return vm->proc.pidfd;
 }
 
 int
-vmf_rest_serialize(const struct vmf_vm *vm, vmf_hv_state **out, struct vmf_error *err)
+vmf_rest_serialize(const struct vmf_vmm *vm, vmf_hv_state **out, struct vmf_error *err)
 {
 	*out = NULL;
 	vmf_hv_state *st = malloc(sizeof(*st));
@@ -339,7 +339,7 @@ vmf_rest_serialize(const struct vmf_vm *vm, vmf_hv_state **out, struct vmf_error
 }
 
 void
-vmf_rest_release(struct vmf_vm *vm)
+vmf_rest_release(struct vmf_vmm *vm)
 {
 	vm_free(vm);
 }

@@ -4,7 +4,7 @@
  * keeps only what differs: boot, snapshot and restore, pause/resume,
  * hot-plug, the graceful stop request and its capabilities.
  *
- * driver.h leaves struct vmf_vm to each driver; these two share the one
+ * driver.h leaves struct vmf_vmm to each driver; these two share the one
  * below (qemu.c has its own and never sees this header). */
 #ifndef VMF_VMM_REST_H
 #define VMF_VMM_REST_H
@@ -38,15 +38,15 @@ struct vmf_rest_vmm {
 	const char *info_path;
 	/* The VMM's command line (NULL-terminated, at most 7 entries) for vm
 	 * with binary bin; arg is room for one built argument. */
-	void (*argv)(const struct vmf_vm *vm, const char *bin, char *arg, size_t n, char **argv);
+	void (*argv)(const struct vmf_vmm *vm, const char *bin, char *arg, size_t n, char **argv);
 	/* Sends the request that pauses (paused) or resumes the VM. */
-	int (*request_pause)(struct vmf_vm *vm, bool paused, struct vmf_error *err);
+	int (*request_pause)(struct vmf_vmm *vm, bool paused, struct vmf_error *err);
 	/* Asks a live VMM to exit (stop, before SIGTERM); false when it sent
 	 * nothing worth waiting for. */
-	bool (*ask_exit)(struct vmf_vm *vm, int timeout_ms);
+	bool (*ask_exit)(struct vmf_vmm *vm, int timeout_ms);
 };
 
-struct vmf_vm {
+struct vmf_vmm {
 	const struct vmf_rest_vmm *vmm;
 	vmf_vm_config *cfg;
 	struct vmf_vmm_proc proc;
@@ -63,21 +63,21 @@ struct vmf_vm {
 
 /* The first steps of ops->boot: checks cfg (a kernel, vCPUs and memory,
  * not incoming), starts the VMM and waits for its API. */
-int vmf_rest_boot_start(const struct vmf_rest_vmm *vmm, const vmf_vm_config *cfg, struct vmf_vm **out,
+int vmf_rest_boot_start(const struct vmf_rest_vmm *vmm, const vmf_vm_config *cfg, struct vmf_vmm **out,
 			struct vmf_error *err);
 /* A handle for cfg, no process yet; then vmf_rest_spawn starts the VMM and
  * waits for its API (killing it if that does not answer). */
-int vmf_rest_new(const struct vmf_rest_vmm *vmm, const vmf_vm_config *cfg, struct vmf_vm **out,
+int vmf_rest_new(const struct vmf_rest_vmm *vmm, const vmf_vm_config *cfg, struct vmf_vmm **out,
 		 struct vmf_error *err);
-int vmf_rest_spawn(struct vmf_vm *vm, struct vmf_error *err);
+int vmf_rest_spawn(struct vmf_vmm *vm, struct vmf_error *err);
 /* Kills the VMM (SIGTERM, then SIGKILL, within 2 s) and frees the handle:
  * a start that failed half-way. */
-void vmf_rest_abort(struct vmf_vm *vm);
+void vmf_rest_abort(struct vmf_vmm *vm);
 
 /* A request on the VM's API socket, path after api_prefix, whose answer is
  * not needed; body (may be NULL) is consumed.  Returns 0 or negative; an
  * error names the VM and, when the VMM has exited, ends with its log tail. */
-int vmf_rest_send(struct vmf_vm *vm, const char *method, const char *path, json_object *body, int timeout_ms,
+int vmf_rest_send(struct vmf_vmm *vm, const char *method, const char *path, json_object *body, int timeout_ms,
 		  struct vmf_error *err);
 
 /* Snapshots go through <run_dir>/snapshot.  save_template: snap_begin
@@ -86,10 +86,10 @@ int vmf_rest_send(struct vmf_vm *vm, const char *method, const char *path, json_
  * snap_pack packs the named files (NULL: all) into the state stream and
  * removes the directory.  start_from_template: snap_unpack recreates the
  * files there from the stream. */
-int vmf_rest_snap_begin(struct vmf_vm *vm, char *dir, struct vmf_error *err);
-int vmf_rest_snap_pack(struct vmf_vm *vm, int state_fd, const char *dir, const char *const *names,
+int vmf_rest_snap_begin(struct vmf_vmm *vm, char *dir, struct vmf_error *err);
+int vmf_rest_snap_pack(struct vmf_vmm *vm, int state_fd, const char *dir, const char *const *names,
 		       struct vmf_error *err);
-int vmf_rest_snap_unpack(struct vmf_vm *vm, int state_fd, char *dir, struct vmf_error *err);
+int vmf_rest_snap_unpack(struct vmf_vmm *vm, int state_fd, char *dir, struct vmf_error *err);
 
 /* ops->probe up to the capabilities: runs `bin --version`, which both
  * VMMs answer with "NAME vX.Y.Z"; accel is kvm. */
@@ -99,18 +99,18 @@ int vmf_rest_probe(const struct vmf_rest_vmm *vmm, const char *binary, struct vm
  * record and that the process is that VM's (its command line names the API
  * socket), then asks the API for its version and its run state, since the
  * recorded one may be stale. */
-int vmf_rest_adopt(const struct vmf_rest_vmm *vmm, const vmf_hv_state *st, struct vmf_vm **out,
+int vmf_rest_adopt(const struct vmf_rest_vmm *vmm, const vmf_hv_state *st, struct vmf_vmm **out,
 		   struct vmf_error *err);
 
 /* ---- ops the same for both ---- */
-int vmf_rest_pause(struct vmf_vm *vm, struct vmf_error *err);
-int vmf_rest_resume(struct vmf_vm *vm, struct vmf_error *err);
-int vmf_rest_stop(struct vmf_vm *vm, int timeout_ms, struct vmf_error *err);
-bool vmf_rest_alive(struct vmf_vm *vm);
-pid_t vmf_rest_pid(const struct vmf_vm *vm);
-int vmf_rest_agent_connect(struct vmf_vm *vm, int timeout_ms, struct vmf_error *err);
-int vmf_rest_watch_fd(struct vmf_vm *vm);
-int vmf_rest_serialize(const struct vmf_vm *vm, vmf_hv_state **out, struct vmf_error *err);
-void vmf_rest_release(struct vmf_vm *vm);
+int vmf_rest_pause(struct vmf_vmm *vm, struct vmf_error *err);
+int vmf_rest_resume(struct vmf_vmm *vm, struct vmf_error *err);
+int vmf_rest_stop(struct vmf_vmm *vm, int timeout_ms, struct vmf_error *err);
+bool vmf_rest_alive(struct vmf_vmm *vm);
+pid_t vmf_rest_pid(const struct vmf_vmm *vm);
+int vmf_rest_agent_connect(struct vmf_vmm *vm, int timeout_ms, struct vmf_error *err);
+int vmf_rest_watch_fd(struct vmf_vmm *vm);
+int vmf_rest_serialize(const struct vmf_vmm *vm, vmf_hv_state **out, struct vmf_error *err);
+void vmf_rest_release(struct vmf_vmm *vm);
 
 #endif

@@ -25,6 +25,7 @@ struct vmf_catalog {
 	int stale_cleared;
 };
 
+/* Test hooks (tests/catalog_hooks.h): only tests use these three. */
 const char *
 vmf_catalog_path(const struct vmf_catalog *c)
 {
@@ -561,6 +562,7 @@ vmf_catalog_vm_list(struct vmf_catalog *c, vmf_catalog_vm_fn fn, void *ctx, stru
 	return list(c, &vms_table, vm_cb, &t, err);
 }
 
+/* A test hook (tests/catalog_hooks.h). */
 int
 vmf_catalog_put_raw(struct vmf_catalog *c, const char *db, const char *key, const void *data, size_t len,
 		    struct vmf_error *err)

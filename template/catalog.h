@@ -24,9 +24,6 @@ int vmf_catalog_open(const char *state_dir, struct vmf_catalog **out, struct vmf
 int vmf_catalog_open_sized(const char *state_dir, size_t map_mib, struct vmf_catalog **out,
 			   struct vmf_error *err);
 void vmf_catalog_close(struct vmf_catalog *c);
-const char *vmf_catalog_path(const struct vmf_catalog *c);
-/* Stale reader slots cleared by the last open. */
-int vmf_catalog_stale_readers_cleared(const struct vmf_catalog *c);
 
 /* SHA-256 of the spec's canonical encoding (devices sorted, schema_version
  * set): the template id, so looking a spec up is vmf_catalog_template_get
@@ -66,10 +63,5 @@ int vmf_catalog_vm_delete(struct vmf_catalog *c, const char *id, struct vmf_erro
 typedef int (*vmf_catalog_vm_fn)(const char *id, Vmf__Catalog__VmRecord *rec, const struct vmf_error *rec_err,
 				 void *ctx);
 int vmf_catalog_vm_list(struct vmf_catalog *c, vmf_catalog_vm_fn fn, void *ctx, struct vmf_error *err);
-
-/* Raw bytes under a key of "templates", "vms" or "meta" (tests: corruption,
- * foreign schema versions). */
-int vmf_catalog_put_raw(struct vmf_catalog *c, const char *db, const char *key, const void *data, size_t len,
-			struct vmf_error *err);
 
 #endif

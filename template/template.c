@@ -197,7 +197,7 @@ boot_and_save(const struct vmf_template_params *p, const struct vmf_image *img, 
 					 : VMF__HV__MEMORY_MODE__MEM_TEMPLATE;
 	cfg.memory_file = p->full_memory ? (char *)"" : mem;
 
-	struct vmf_vm *vm = NULL;
+	struct vmf_vmm *vm = NULL;
 	progress(pfn, ctx, "booting the template VM");
 	r = p->ops->boot(&cfg, &vm, err);
 	if (r < 0)
@@ -407,7 +407,7 @@ vmf_template_verify(struct vmf_catalog *cat, const Vmf__Catalog__TemplateRecord 
 
 int
 vmf_template_clone(const struct vmf_template_params *p, const Vmf__Catalog__TemplateRecord *rec,
-		   const char *vm_id, const char *run_dir, const char *share_dir, struct vmf_vm **out,
+		   const char *vm_id, const char *run_dir, const char *share_dir, struct vmf_vmm **out,
 		   struct vmf_error *err)
 {
 	*out = NULL;

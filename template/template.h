@@ -73,7 +73,7 @@ int vmf_template_verify(struct vmf_catalog *cat, const Vmf__Catalog__TemplateRec
  * share dir. */
 int vmf_template_clone(const struct vmf_template_params *p, const Vmf__Catalog__TemplateRecord *rec,
 		       const char *vm_id, const char *run_dir, const char *share_dir,
-		       struct vmf_vm **out, struct vmf_error *err);
+		       struct vmf_vmm **out, struct vmf_error *err);
 
 /* Removes build leftovers and template directories no record points to. */
 int vmf_template_cleanup(struct vmf_catalog *cat, const char *state_dir, struct vmf_error *err);

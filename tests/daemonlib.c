@@ -455,3 +455,19 @@ cleanup(void)
 	tmp = NULL;
 	ck_assert_msg(!report, "%s", msg);
 }
+
+void
+setup_fake_firecracker(char *cfg, size_t cfg_n, char *fake, size_t fake_n)
+{
+	setup();
+	const char *b = getenv("VMFACTORY_BUILDDIR");
+	snprintf(fake, fake_n, "%s/tests/fake_vmm", b ? b : ".");
+	ck_assert_msg(access(fake, X_OK) == 0, "fake VMM %s missing", fake);
+	snprintf(cfg, cfg_n, "%s/vmfactory.conf", tmp);
+	FILE *f = fopen(cfg, "w");
+	ck_assert_ptr_nonnull(f);
+	fprintf(f, "[hypervisor]\ntype = firecracker\nbinary = %s\n[guest]\nimage_dir = %s\n[pool one]\nsize = 1\n",
+		fake, getenv("VMFACTORY_IMAGE_DIR"));
+	ck_assert_int_eq(fclose(f), 0);
+	ck_assert_int_eq(mkdir(state, 0700), 0);
+}

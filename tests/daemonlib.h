@@ -36,6 +36,10 @@ extern const char *fault;
  * cleanup() destroys and kills whatever the test left and removes tmp. */
 void setup(void);
 void cleanup(void);
+/* setup() for a daemon on the fake Firecracker (tests/fake_vmm; no VM
+ * boots): fake gets the VMM's path, cfg a config file naming it with one
+ * pool "one" of size 1; the state dir is made. */
+void setup_fake_firecracker(char *cfg, size_t cfg_n, char *fake, size_t fake_n);
 /* The socket (tmp/sub.sock), state and run dirs (svc/sub/) of a second daemon. */
 void use_dirs(const char *sub);
 

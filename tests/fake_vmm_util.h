@@ -51,7 +51,7 @@ fv_expect_not_adopted(const struct vmf_hv_ops *ops, vmf_hv_state *st, const char
 	uint64_t ticks = st->start_time_ticks;
 	st->pid = getpid();
 	st->start_time_ticks = vmf_proc_start_ticks(getpid());
-	struct vmf_vm *vm = NULL;
+	struct vmf_vmm *vm = NULL;
 	struct vmf_error err = {0};
 	char want[300];
 	snprintf(want, sizeof(want), want_fmt, (int)getpid());

@@ -142,7 +142,7 @@ read_reply(void)
 	uint8_t *buf;
 	size_t n;
 	struct vmf_error e = {0};
-	ck_assert_msg(vmf_frame_read(host_fd, &buf, &n, AGENT_MAX_FRAME, vmf_now_ms() + 5000, &e) == 0, "%s", e.msg);
+	ck_assert_msg(vmf_frame_read(host_fd, &buf, &n, VMF_AGENT_MAX_FRAME, vmf_now_ms() + 5000, &e) == 0, "%s", e.msg);
 	Vmf__Agent__AgentReply *r = vmf__agent__agent_reply__unpack(NULL, n, buf);
 	free(buf);
 	ck_assert_ptr_nonnull(r);
@@ -314,7 +314,7 @@ START_TEST(oversized_frames)
 	/* A frame one byte over the limit, sent whole, is skipped exactly and
 	 * the next request is served. */
 	start_agent();
-	uint32_t big = AGENT_MAX_FRAME + 1;
+	uint32_t big = VMF_AGENT_MAX_FRAME + 1;
 	ck_assert_int_eq(vmf_frame_write(host_fd, chunk, big, vmf_now_ms() + 5000, &e), 0);
 	free(chunk);
 	expect_error_reply(EMSGSIZE, 0);
@@ -545,7 +545,7 @@ fake_read(int fd)
 {
 	uint8_t *buf;
 	size_t n;
-	if (vmf_frame_read(fd, &buf, &n, AGENT_MAX_FRAME, vmf_now_ms() + 10000, NULL) < 0)
+	if (vmf_frame_read(fd, &buf, &n, VMF_AGENT_MAX_FRAME, vmf_now_ms() + 10000, NULL) < 0)
 		return NULL;
 	Vmf__Agent__AgentRequest *r = vmf__agent__agent_request__unpack(NULL, n, buf);
 	free(buf);
@@ -594,7 +594,7 @@ fake_main(void *arg)
 		break;
 	case SCRIPT_OVERSIZED_REPLY: {
 		q1 = fake_read(f->fd);
-		size_t big = 3 * AGENT_MAX_FRAME;
+		size_t big = 3 * VMF_AGENT_MAX_FRAME;
 		uint8_t *junk = calloc(1, big + 4);
 		vmf_frame_put_len(junk, (uint32_t)big);
 		vmf_write_full(f->fd, junk, big + 4, -1, NULL);

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "catalog.h"
+#include "catalog_hooks.h"
 #include "testlib.h"
 #include "util.h"
 

@@ -38,7 +38,7 @@ START_TEST(lifecycle)
 	struct vmf_error err = {0};
 	struct fv_cfg t;
 	fv_config(&t, "tpl", 2, 4, 256, 512);
-	struct vmf_vm *vm = NULL;
+	struct vmf_vmm *vm = NULL;
 	ck_assert_msg(ops->boot(&t.c, &vm, &err) == 0, "%s", err.msg);
 	ck_assert(ops->alive(vm));
 	fv_assert_watch_fd(ops->watch_fd(vm));
@@ -85,7 +85,7 @@ START_TEST(lifecycle)
 	vmf_hv_state *hs = NULL;
 	ck_assert_int_eq(ops->serialize(vm, &hs, &err), 0);
 	ck_assert_int_eq(hs->vcpus, 4);
-	struct vmf_vm *adopted = NULL;
+	struct vmf_vmm *adopted = NULL;
 	ck_assert_msg(ops->adopt(hs, &adopted, &err) == 0, "%s", err.msg);
 	fv_expect_not_adopted(ops, hs, "pid %d is not the cloud-hypervisor of VM clone1 (its command line lacks "
 			      "the API socket ");
@@ -110,7 +110,7 @@ START_TEST(error_reply)
 	struct fv_cfg t;
 	fv_config(&t, "err", 1, 1, 128, 128);
 	t.c.kernel = (char *)"/nonexistent/vmlinuz";
-	struct vmf_vm *vm = NULL;
+	struct vmf_vmm *vm = NULL;
 	ck_assert_int_eq(ops->boot(&t.c, &vm, &err), -EIO);
 	ck_assert_msg(strstr(err.msg, "PUT /api/v1/vm.create answered HTTP 500: Error from API"), "%s", err.msg);
 	ck_assert_int_eq(vmf_test_kill_under("fake_vmm", "/err/"), 0);
@@ -134,7 +134,7 @@ START_TEST(dies_mid_request)
 	struct vmf_error err = {0};
 	struct fv_cfg t;
 	fv_config(&t, "dies", 1, 2, 128, 256);
-	struct vmf_vm *vm = NULL;
+	struct vmf_vmm *vm = NULL;
 	/* The fake reads its controls at start. */
 	setenv("FAKE_VMM_DIE_ON", "PUT /api/v1/vm.resize", 1);
 	ck_assert_msg(ops->boot(&t.c, &vm, &err) == 0, "%s", err.msg);
@@ -159,7 +159,7 @@ START_TEST(stop_escalates)
 	setenv("FAKE_VMM_IGNORE_TERM", "1", 1);
 	/* vmm.shutdown refused, SIGTERM ignored: only SIGKILL ends it. */
 	setenv("FAKE_VMM_FAIL_ON", "PUT /api/v1/vmm.shutdown", 1);
-	struct vmf_vm *vm = NULL;
+	struct vmf_vmm *vm = NULL;
 	ck_assert_msg(ops->boot(&t.c, &vm, &err) == 0, "%s", err.msg);
 	int64_t t0 = vmf_now_ms();
 	ck_assert_int_eq(ops->stop(vm, 2000, &err), 0);
@@ -175,7 +175,7 @@ START_TEST(fake_is_strict)
 	struct vmf_error err = {0};
 	struct fv_cfg t;
 	fv_config(&t, "strict", 1, 1, 128, 128);
-	struct vmf_vm *vm = NULL;
+	struct vmf_vmm *vm = NULL;
 	ck_assert_msg(ops->boot(&t.c, &vm, &err) == 0, "%s", err.msg);
 	char sock[PATH_MAX];
 	snprintf(sock, sizeof(sock), "%s/ch.sock", t.run_dir);

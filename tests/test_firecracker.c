@@ -96,7 +96,7 @@ START_TEST(lifecycle)
 	fv_config(&t, "tpl", 2, 4, 256, 512);
 	t.c.memory_mode = VMF__HV__MEMORY_MODE__MEM_TEMPLATE;
 	t.c.memory_file = t.mem;
-	struct vmf_vm *vm = NULL;
+	struct vmf_vmm *vm = NULL;
 	ck_assert_msg(ops->boot(&t.c, &vm, &err) == 0, "%s", err.msg);
 	ck_assert(ops->alive(vm));
 	ck_assert_int_gt(ops->pid(vm), 0);
@@ -151,7 +151,7 @@ START_TEST(lifecycle)
 	ck_assert_int_eq(ops->serialize(vm, &hs, &err), 0);
 	ck_assert_int_eq(hs->kind, VMF__HV__HYPERVISOR_KIND__HV_FIRECRACKER);
 	ck_assert_int_eq(hs->memory_mib, 384);
-	struct vmf_vm *adopted = NULL;
+	struct vmf_vmm *adopted = NULL;
 	ck_assert_msg(ops->adopt(hs, &adopted, &err) == 0, "%s", err.msg);
 	fv_expect_not_adopted(ops, hs, "pid %d is not the firecracker of VM clone1 (its command line lacks the "
 			      "API socket ");
@@ -174,7 +174,7 @@ START_TEST(full_template)
 	struct vmf_error err = {0};
 	struct fv_cfg t;
 	fv_config(&t, "full", 1, 1, 128, 128);
-	struct vmf_vm *vm = NULL;
+	struct vmf_vmm *vm = NULL;
 	ck_assert_msg(ops->boot(&t.c, &vm, &err) == 0, "%s", err.msg);
 	ck_assert(!fv_log_has("/hotplug/memory"));
 	int sfd = fv_open_state("full.state", O_RDWR | O_CREAT | O_TRUNC);
@@ -204,7 +204,7 @@ START_TEST(error_reply)
 	struct fv_cfg t;
 	fv_config(&t, "err", 1, 1, 128, 128);
 	setenv("FAKE_VMM_FAIL_ON", "PUT /actions", 1);
-	struct vmf_vm *vm = NULL;
+	struct vmf_vmm *vm = NULL;
 	ck_assert_int_eq(ops->boot(&t.c, &vm, &err), -EINVAL);
 	ck_assert_ptr_null(vm);
 	ck_assert_msg(strstr(err.msg, "firecracker API PUT /actions answered HTTP 400: Injected failure"), "%s",
@@ -245,7 +245,7 @@ START_TEST(dies_mid_request)
 	fv_config(&t, "dies", 1, 1, 128, 128);
 	t.c.memory_mode = VMF__HV__MEMORY_MODE__MEM_TEMPLATE;
 	t.c.memory_file = t.mem;
-	struct vmf_vm *vm = NULL;
+	struct vmf_vmm *vm = NULL;
 	/* The fake reads its controls at start. */
 	setenv("FAKE_VMM_DIE_ON", "PUT /snapshot/create", 1);
 	ck_assert_msg(ops->boot(&t.c, &vm, &err) == 0, "%s", err.msg);
@@ -297,7 +297,7 @@ START_TEST(stop_escalates)
 	struct fv_cfg t;
 	fv_config(&t, "stubborn", 1, 1, 128, 128);
 	setenv("FAKE_VMM_IGNORE_TERM", "1", 1);
-	struct vmf_vm *vm = NULL;
+	struct vmf_vmm *vm = NULL;
 	ck_assert_msg(ops->boot(&t.c, &vm, &err) == 0, "%s", err.msg);
 	/* Paused: SendCtrlAltDel cannot work, SIGTERM is ignored: SIGKILL. */
 	ck_assert_int_eq(ops->pause(vm, &err), 0);
@@ -324,7 +324,7 @@ START_TEST(no_hotplug_version)
 	struct fv_cfg t;
 	fv_config(&t, "old", 1, 1, 128, 512);
 	setenv("FAKE_VMM_NO_HOTPLUG", "1", 1);
-	struct vmf_vm *vm = NULL;
+	struct vmf_vmm *vm = NULL;
 	ck_assert_msg(ops->boot(&t.c, &vm, &err) == 0, "%s", err.msg);
 	ck_assert(!(ops->capabilities(vm) & VMF_CAP_MEM_HOTPLUG));
 	ck_assert_int_eq(ops->hotplug_memory(vm, 128, &err), -ENOTSUP);
@@ -341,7 +341,7 @@ START_TEST(fake_is_strict)
 	struct vmf_error err = {0};
 	struct fv_cfg t;
 	fv_config(&t, "strict", 1, 1, 128, 128);
-	struct vmf_vm *vm = NULL;
+	struct vmf_vmm *vm = NULL;
 	ck_assert_msg(ops->boot(&t.c, &vm, &err) == 0, "%s", err.msg);
 	char sock[PATH_MAX];
 	snprintf(sock, sizeof(sock), "%s/firecracker.sock", t.run_dir);

@@ -1,4 +1,4 @@
-/* factory/jobs.c: the order in which queued jobs start (interactive before
+/* common/jobs.c: the order in which queued jobs start (interactive before
  * pool work, one worker kept free of clone work) and callbacks posted from
  * a worker to the loop.  Jobs here block on gates the test opens. */
 #include <errno.h>

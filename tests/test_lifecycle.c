@@ -505,7 +505,7 @@ START_TEST(foreign_driver_vm_is_adopted_and_managed)
 	cfg.binary = bin;
 	cfg.memory_file = (char *)"";
 	const struct vmf_hv_ops *fc = &vmf_firecracker_ops;
-	struct vmf_vm *vm = NULL;
+	struct vmf_vmm *vm = NULL;
 	ck_assert_msg(fc->boot(&cfg, &vm, &e) == 0, "%s", e.msg);
 	pid_t fpid = fc->pid(vm);
 	vmf_hv_state *hs = NULL;

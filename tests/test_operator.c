@@ -26,17 +26,7 @@ static char cfg[700], fake[700];
 static void
 op_setup(void)
 {
-	setup();
-	const char *b = getenv("VMFACTORY_BUILDDIR");
-	snprintf(fake, sizeof fake, "%s/tests/fake_vmm", b ? b : ".");
-	ck_assert_msg(access(fake, X_OK) == 0, "fake VMM %s missing", fake);
-	snprintf(cfg, sizeof cfg, "%s/vmfactory.conf", tmp);
-	FILE *f = fopen(cfg, "w");
-	ck_assert_ptr_nonnull(f);
-	fprintf(f, "[hypervisor]\ntype = firecracker\nbinary = %s\n[guest]\nimage_dir = %s\n[pool one]\nsize = 1\n",
-		fake, getenv("VMFACTORY_IMAGE_DIR"));
-	ck_assert_int_eq(fclose(f), 0);
-	ck_assert_int_eq(mkdir(state, 0700), 0);
+	setup_fake_firecracker(cfg, sizeof cfg, fake, sizeof fake);
 }
 
 static void

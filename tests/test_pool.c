@@ -81,14 +81,14 @@ END_TEST
 
 START_TEST(idle_expiry_and_latency)
 {
-	struct vmf_pvm vm;
+	struct vmf_vm vm;
 	memset(&vm, 0, sizeof vm);
-	vm.state = PVM_READY;
+	vm.state = VMF_VM_READY;
 	vm.ready_mono_ms = 1000;
 	ck_assert(!vmf_pool_vm_idle_expired(&vm, 0, 1000000));
 	ck_assert(!vmf_pool_vm_idle_expired(&vm, 10, 10000));
 	ck_assert(vmf_pool_vm_idle_expired(&vm, 10, 11001));
-	vm.state = PVM_ASSIGNED;
+	vm.state = VMF_VM_ASSIGNED;
 	ck_assert(!vmf_pool_vm_idle_expired(&vm, 10, 11001));
 
 	static struct vmf_latency l;

@@ -63,7 +63,7 @@ config(const char *name, char *run_dir, size_t n)
 }
 
 static struct vmf_agent *
-agent_for(struct vmf_vm *vm)
+agent_for(struct vmf_vmm *vm)
 {
 	struct vmf_error e = {0};
 	int fd = vmf_qemu_ops.agent_connect(vm, 5000, &e);
@@ -82,7 +82,7 @@ guest_info(struct vmf_agent *a, Vmf__Agent__AgentReply **reply)
 
 /* Waits until the process is gone, reaping through the driver. */
 static bool
-wait_dead(struct vmf_vm *vm, int timeout_ms)
+wait_dead(struct vmf_vmm *vm, int timeout_ms)
 {
 	int64_t deadline = vmf_now_ms() + timeout_ms;
 	int pfd = vmf_qemu_ops.watch_fd(vm);
@@ -99,7 +99,7 @@ START_TEST(cold_boot_hotplug_pause_time_stop)
 {
 	char run[512];
 	vmf_vm_config c = config("cold", run, sizeof run);
-	struct vmf_vm *vm = NULL;
+	struct vmf_vmm *vm = NULL;
 	struct vmf_error e = {0};
 	int64_t t0 = vmf_now_ms();
 	ck_assert_msg(vmf_qemu_ops.boot(&c, &vm, &e) == 0, "boot: %s", e.msg);
@@ -173,7 +173,7 @@ START_TEST(kill9_is_reported_dead)
 {
 	char run[512];
 	vmf_vm_config c = config("kill", run, sizeof run);
-	struct vmf_vm *vm = NULL;
+	struct vmf_vmm *vm = NULL;
 	struct vmf_error e = {0};
 	ck_assert_msg(vmf_qemu_ops.boot(&c, &vm, &e) == 0, "boot: %s", e.msg);
 	ck_assert(vmf_qemu_ops.alive(vm));
@@ -189,7 +189,7 @@ START_TEST(bad_kernel_and_bad_binary_fail_clearly)
 {
 	char run[512];
 	vmf_vm_config c = config("bad", run, sizeof run);
-	struct vmf_vm *vm = NULL;
+	struct vmf_vmm *vm = NULL;
 	struct vmf_error e = {0};
 	c.kernel = "/nonexistent/vmlinuz";
 	ck_assert_int_lt(vmf_qemu_ops.boot(&c, &vm, &e), 0);

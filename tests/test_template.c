@@ -84,7 +84,7 @@ build(struct vmf_template_params *p, char id[VMF_SHA256_HEX], double *secs)
 struct clone {
 	char id[VMF_UUID_STR];
 	char run[700], share[720];
-	struct vmf_vm *vm;
+	struct vmf_vmm *vm;
 	struct vmf_agent *agent;
 };
 
@@ -152,7 +152,7 @@ cold_pss(void)
 	c.memory_mib = 256;
 	c.max_memory_mib = 1024;
 	c.memory_slots = 4;
-	struct vmf_vm *vm;
+	struct vmf_vmm *vm;
 	struct vmf_error e = {0};
 	ck_assert_msg(vmf_qemu_ops.boot(&c, &vm, &e) == 0, "cold boot: %s", e.msg);
 	struct vmf_agent *a = vmf_agent_new(vmf_qemu_ops.agent_connect(vm, 5000, &e));
@@ -244,7 +244,7 @@ START_TEST(missing_memory_file_marks_broken_and_rebuilds)
 	Vmf__Catalog__TemplateRecord *rec = build(&p, id, NULL);
 	ck_assert_int_eq(unlink(rec->memory_file), 0);
 	struct vmf_error e = {0};
-	struct vmf_vm *vm = NULL;
+	struct vmf_vmm *vm = NULL;
 	/* verify refuses with a clear error and marks the record broken */
 	ck_assert_int_lt(vmf_template_verify(cat, rec, false, &e), 0);
 	printf("verify: %s\n", e.msg);

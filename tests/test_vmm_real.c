@@ -99,7 +99,7 @@ START_TEST(lifecycle)
 		c.memory_mode = VMF__HV__MEMORY_MODE__MEM_TEMPLATE;
 		c.memory_file = mem;
 	}
-	struct vmf_vm *vm = NULL;
+	struct vmf_vmm *vm = NULL;
 	ck_assert_msg(cur->boot(&c, &vm, &err) == 0, "%s", err.msg);
 	ck_assert_msg(cur->pause(vm, &err) == 0, "%s", err.msg);
 	snprintf(state, sizeof(state), "%s/state", tmp);

@@ -101,7 +101,7 @@ call(int fd, Vmf__Agent__AgentRequest *req, uint64_t id, char *why, size_t n)
 	}
 	uint8_t *in;
 	size_t in_len;
-	if (vmf_frame_read(fd, &in, &in_len, AGENT_MAX_FRAME, vmf_now_ms() + REPLY_WAIT_MS, &e) < 0) {
+	if (vmf_frame_read(fd, &in, &in_len, VMF_AGENT_MAX_FRAME, vmf_now_ms() + REPLY_WAIT_MS, &e) < 0) {
 		snprintf(why, n, "reading the reply to request %llu: %s", (unsigned long long)id, e.msg);
 		return NULL;
 	}

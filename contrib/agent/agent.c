@@ -66,7 +66,7 @@
 /* Share listing budget: leaves room in a 64 KiB reply for the other fields. */
 #define SHARE_NAMES_MAX 1024
 #define SHARE_BYTES_MAX (48u * 1024u)
-#define OBUF_SIZE (VMF_FRAME_HDR + (size_t)AGENT_MAX_FRAME)
+#define OBUF_SIZE (VMF_FRAME_HDR + (size_t)VMF_AGENT_MAX_FRAME)
 /* The guest vsock port the Firecracker and Cloud Hypervisor drivers connect
  * to (VMF_AGENT_VSOCK_PORT in hypervisors/vmm_proc.h). */
 #define VSOCK_PORT_DEFAULT 1024u
@@ -621,7 +621,7 @@ static void
 queue_reply(struct conn *c, Reply *r)
 {
 	size_t n = vmf__agent__agent_reply__get_packed_size(r);
-	if (n > AGENT_MAX_FRAME) {
+	if (n > VMF_AGENT_MAX_FRAME) {
 		uint64_t id = r->id;
 		fail(r, EMSGSIZE, "reply of %zu bytes exceeds the frame limit", n);
 		r->id = id;
@@ -692,9 +692,9 @@ feed(struct conn *c, const uint8_t *p, size_t n)
 				continue;
 			uint32_t len = vmf_frame_get_len(c->hdr);
 			c->hdr_len = 0;
-			if (len > AGENT_MAX_FRAME) {
+			if (len > VMF_AGENT_MAX_FRAME) {
 				error_reply(c, 0, EMSGSIZE, "frame of %u bytes exceeds the limit of %u bytes", len,
-					    AGENT_MAX_FRAME);
+					    VMF_AGENT_MAX_FRAME);
 				/* Skip its payload as it streams in, without
 				 * allocating; a reconnect also ends it. */
 				c->discard = len;

@@ -137,7 +137,7 @@ vm_config(vmf_vm_config *c, const char *id, char *run_dir, size_t n)
 }
 
 static struct vmf_agent *
-agent_of(struct vmf_vm *vm)
+agent_of(struct vmf_vmm *vm)
 {
 	struct vmf_error e = {0};
 	int fd = vmf_qemu_ops.agent_connect(vm, 10000, &e);
@@ -147,7 +147,7 @@ agent_of(struct vmf_vm *vm)
 }
 
 static void
-stop(struct vmf_vm *vm)
+stop(struct vmf_vmm *vm)
 {
 	struct vmf_error e = {0};
 	vmf_qemu_ops.stop(vm, 10000, &e);
@@ -155,13 +155,13 @@ stop(struct vmf_vm *vm)
 }
 
 /* Cold boot until the agent's first answer. */
-static struct vmf_vm *
+static struct vmf_vmm *
 cold_boot(const char *id, double *ms)
 {
 	char run_dir[4200];
 	vmf_vm_config c;
 	vm_config(&c, id, run_dir, sizeof run_dir);
-	struct vmf_vm *vm;
+	struct vmf_vmm *vm;
 	struct vmf_error e = {0};
 	int64_t t0 = vmf_monotonic_ns();
 	if (vmf_qemu_ops.boot(&c, &vm, &e) < 0)
@@ -176,7 +176,7 @@ cold_boot(const char *id, double *ms)
 }
 
 /* A clone of rec, resumed, until the agent answers. */
-static struct vmf_vm *
+static struct vmf_vmm *
 clone_resume(const Vmf__Catalog__TemplateRecord *rec, const char *id, double *ms)
 {
 	char run_dir[4200], share[4300];
@@ -184,7 +184,7 @@ clone_resume(const Vmf__Catalog__TemplateRecord *rec, const char *id, double *ms
 	snprintf(share, sizeof share, "%s/share", run_dir);
 	struct vmf_template_params p = params;
 	p.full_memory = rec->spec && rec->spec->full_memory;
-	struct vmf_vm *vm;
+	struct vmf_vmm *vm;
 	struct vmf_error e = {0};
 	int64_t t0 = vmf_monotonic_ns();
 	if (vmf_template_clone(&p, rec, id, run_dir, share, &vm, &e) < 0)
@@ -431,7 +431,7 @@ main(int argc, char **argv)
 	fprintf(stderr, "vmf-bench: floor (cont + one agent round trip), %d samples\n", cfg.samples);
 	{
 		double ms;
-		struct vmf_vm *vm = clone_resume(shared, "floor", &ms);
+		struct vmf_vmm *vm = clone_resume(shared, "floor", &ms);
 		struct vmf_agent *a = agent_of(vm);
 		if (vmf_agent_ping(a, AGENT_TIMEOUT_MS, &e) < 0)
 			die(&e, "ping");
@@ -450,7 +450,7 @@ main(int argc, char **argv)
 	fprintf(stderr, "vmf-bench: PSS of %d cold-booted VMs\n", cfg.vms);
 	uint64_t pss_cold = 0;
 	{
-		struct vmf_vm **vms = calloc(cfg.vms, sizeof(*vms));
+		struct vmf_vmm **vms = calloc(cfg.vms, sizeof(*vms));
 		for (int i = 0; i < cfg.vms; i++) {
 			snprintf(id, sizeof id, "pss-%d", i);
 			vms[i] = cold_boot(id, NULL);

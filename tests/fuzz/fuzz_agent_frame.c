@@ -27,7 +27,7 @@ send_renumbered(struct fuzz_peer *p)
 	uint8_t *req_buf = NULL;
 	size_t req_len = 0;
 	struct vmf_error err;
-	if (vmf_frame_read(p->fd, &req_buf, &req_len, AGENT_MAX_FRAME, vmf_now_ms() + TIMEOUT_MS, &err) < 0)
+	if (vmf_frame_read(p->fd, &req_buf, &req_len, VMF_AGENT_MAX_FRAME, vmf_now_ms() + TIMEOUT_MS, &err) < 0)
 		return;
 	Vmf__Agent__AgentRequest *req = vmf__agent__agent_request__unpack(NULL, req_len, req_buf);
 	free(req_buf);
@@ -38,17 +38,17 @@ send_renumbered(struct fuzz_peer *p)
 
 	const uint8_t *d = p->data;
 	size_t left = p->len;
-	static uint8_t out[VMF_FRAME_HDR + AGENT_MAX_FRAME];
+	static uint8_t out[VMF_FRAME_HDR + VMF_AGENT_MAX_FRAME];
 	while (left >= VMF_FRAME_HDR) {
 		uint32_t n = vmf_frame_get_len(d);
-		if (n > AGENT_MAX_FRAME || n > left - VMF_FRAME_HDR)
+		if (n > VMF_AGENT_MAX_FRAME || n > left - VMF_FRAME_HDR)
 			break;
 		Vmf__Agent__AgentReply *rep = vmf__agent__agent_reply__unpack(NULL, n, d + VMF_FRAME_HDR);
 		bool ok;
 		if (rep && rep->id >= 1 && rep->id <= RENUMBER_MAX) {
 			rep->id = base + rep->id - 1;
 			size_t m = vmf__agent__agent_reply__get_packed_size(rep);
-			ok = m <= AGENT_MAX_FRAME;
+			ok = m <= VMF_AGENT_MAX_FRAME;
 			if (ok) {
 				vmf_frame_put_len(out, (uint32_t)m);
 				vmf__agent__agent_reply__pack(rep, out + VMF_FRAME_HDR);

@@ -1,0 +1,116 @@
+/* The cache: pools of paused clones, end to end.  The engine (fill.c:
+ * template builds, clones and their warm-up, refill, idle expiry) acts on
+ * what the pool policy (pool.h) decides; vm.c holds the VM list, the VMs'
+ * records, their exit watch and the stop job, which the daemon's request
+ * handlers use too.
+ *
+ * Ownership: the event loop thread owns the cache (this struct, pools, VMs);
+ * nothing here has a lock.  A worker job (jobs.h) gets what it needs by
+ * value (a copy of the VM, the pool's read-only params) or by reference
+ * count (the template record, struct vmf_tpl), and returns its results in
+ * its job struct; its done callback, which runs on the loop, applies them.
+ * While a VM is busy its driver handle (hv) and agent belong to the job:
+ * the loop reads neither.  Read-only once running, and so free to read on a
+ * worker: base, jobs, cat (LMDB serializes writers), img, the paths, and
+ * each pool's name, template_id, spec and params.
+ *
+ * Layering: the cache knows nothing of the daemon above it (factory/); what
+ * the daemon must hear it hears through the hooks. */
+#ifndef VMF_CACHE_H
+#define VMF_CACHE_H
+
+#include <limits.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <event2/event.h>
+
+#include "error.h"
+#include "jobs.h"
+#include "pool.h"
+#include "template.h"
+
+#define VMF_STOP_TIMEOUT_MS 10000
+
+/* What the daemon must hear.  ctx is passed back to each. */
+struct vmf_cache_hooks {
+	void *ctx;
+	/* On the loop, at the end of every done callback of the cache's jobs:
+	 * a destroy or shutdown may be complete now, or pools want refilling. */
+	void (*settle)(void *ctx);
+	/* On the loop: a template was built, or a pool's fill level changed. */
+	void (*readiness)(void *ctx);
+	/* On the loop: a pool's template could not be built (msg says why). */
+	void (*build_failed)(void *ctx, const char *msg);
+	/* From a worker: a progress line of a template build. */
+	void (*progress)(void *ctx, const char *line);
+	/* On a worker, while stopping vm: remove the sandbox links made for it. */
+	void (*remove_links)(void *ctx, const struct vmf_vm *vm);
+	/* On the loop: vm is stopped, about to be freed; reply_to is what
+	 * vmf_cache_destroy_vm got.  err is 0, or ENOMEM when the stop could not
+	 * be queued and was done inline. */
+	void (*stopped)(void *ctx, struct vmf_vm *vm, void *reply_to, int err);
+};
+
+struct vmf_cache {
+	struct event_base *base;
+	struct vmf_jobs *jobs;
+	struct vmf_catalog *cat;
+	const struct vmf_image *img;
+	const char *state_dir, *run_dir;
+	char vm_root[PATH_MAX];          /* <run_dir>/vms */
+	struct vmf_pool_list pools;
+	struct vmf_vm_list vms;
+	struct vmf_histogram clone_hist, build_hist;
+	bool stopping;                   /* the daemon stops: no new pool work */
+	bool destroying;                 /* a Destroy: finished clones are stopped, not pooled */
+	bool loop_done;                  /* the loop has ended: jobs' done() run from vmf_jobs_free */
+#ifdef VMF_FAULT_INJECTION
+	atomic_uint gate_tickets[2];     /* see vmf_cache_fault_gate */
+#endif
+	struct vmf_cache_hooks hooks;
+};
+
+/* vm.c: the VM list, records, exit watch, stop. */
+/* A new VM of pool p (own UUID, run and share dirs), listed as filling. */
+struct vmf_vm *vmf_cache_new_vm(struct vmf_cache *c, struct vmf_pool *p);
+void vmf_cache_vm_free(struct vmf_cache *c, struct vmf_vm *vm);
+/* Stops a VM on a worker and forgets it (records, dirs, links); the
+ * stopped hook gets reply_to once all that is done. */
+void vmf_cache_destroy_vm(struct vmf_cache *c, struct vmf_vm *vm, bool remove_links, void *reply_to);
+struct vmf_vm *vmf_cache_find_vm(struct vmf_cache *c, const char *id);
+/* Writes vm's record (durably) with vm->state; a failure is logged. */
+void vmf_cache_record_vm(struct vmf_cache *c, struct vmf_vm *vm);
+/* The same with the given state, failing on error.  Safe on a worker
+ * thread that owns vm (busy): LMDB serializes writers. */
+int vmf_cache_put_vm_record(struct vmf_cache *c, struct vmf_vm *vm, enum vmf_vm_state state,
+			    struct vmf_error *err);
+/* Fills vm's recorded fields from rec (the inverse of what put writes). */
+void vmf_vm_from_record(struct vmf_vm *vm, const Vmf__Catalog__VmRecord *rec);
+void vmf_cache_watch_vm(struct vmf_cache *c, struct vmf_vm *vm);
+/* vm's process has exited (seen by its watch, the tick, or a job): a pooled
+ * VM is replaced, an assigned one becomes gone.  While a job owns vm (busy)
+ * only vm->dead is set; the job's done callback calls this again. */
+void vmf_cache_vm_exited(struct vmf_cache *c, struct vmf_vm *vm);
+
+/* fill.c: the pool engine. */
+/* Starts template builds and clones as each pool's policy says. */
+void vmf_cache_refill(struct vmf_cache *c);
+/* Once a second, on the loop: an exit no pidfd reported (liveness check),
+ * pooled VMs idle beyond their pool's max_idle (default_max_idle_s for a VM
+ * of no pool) replaced. */
+void vmf_cache_tick(struct vmf_cache *c, unsigned default_max_idle_s);
+/* Test builds, VMFACTORY_FAULT=gates: clone work named name ("clone" for
+ * the pool's, "miss" for GetVM's) waits at a gate, the file
+ * <run_dir>/gate-NAME: it holds how many clones may pass, in the order they
+ * arrive, or "fail" (they fail, EIO); no file, no gate.  How end-to-end
+ * tests order clones against other work deterministically. */
+#ifdef VMF_FAULT_INJECTION
+int vmf_cache_fault_gate(struct vmf_cache *c, const char *name, struct vmf_error *err);
+#define VMF_FAULT_GATE(c, name, err) vmf_cache_fault_gate((c), (name), (err))
+#else
+#define VMF_FAULT_GATE(c, name, err) 0
+#endif
+
+#endif

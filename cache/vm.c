@@ -1,0 +1,270 @@
+/* The cache's VMs on the loop: the list, their records in the catalog,
+ * watching their processes, stopping them on a worker.  The daemon's
+ * request handlers use these as the pool engine does. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "agent.h"
+#include "cache.h"
+#include "catalog.h"
+#include "driver.h"
+#include "frame.h"
+#include "log.h"
+#include "util.h"
+
+#define VM_SCHEMA_VERSION 1
+
+struct vmf_vm *
+vmf_cache_find_vm(struct vmf_cache *c, const char *id)
+{
+	struct vmf_vm *vm;
+	TAILQ_FOREACH(vm, &c->vms, link)
+		if (strcmp(vm->id, id) == 0)
+			return vm;
+	return NULL;
+}
+
+static Vmf__Catalog__VmState
+record_state(enum vmf_vm_state s)
+{
+	switch (s) {
+	case VMF_VM_CREATING: return VMF__CATALOG__VM_STATE__VM_CREATING;
+	case VMF_VM_READY: return VMF__CATALOG__VM_STATE__VM_READY;
+	case VMF_VM_HANDING_OUT: return VMF__CATALOG__VM_STATE__VM_HANDING_OUT;
+	case VMF_VM_ASSIGNED: return VMF__CATALOG__VM_STATE__VM_ASSIGNED;
+	case VMF_VM_RELEASING: return VMF__CATALOG__VM_STATE__VM_RELEASING;
+	case VMF_VM_GONE: return VMF__CATALOG__VM_STATE__VM_GONE;
+	}
+	return VMF__CATALOG__VM_STATE__VM_GONE;
+}
+
+void
+vmf_cache_record_vm(struct vmf_cache *c, struct vmf_vm *vm)
+{
+	struct vmf_error err = {0};
+	if (vmf_cache_put_vm_record(c, vm, vm->state, &err) < 0)
+		log_vm(VMF_LOG_ERROR, vm->id, "cannot record VM state: %s", err.msg);
+}
+
+/* The one mapping between a VM and its record, both ways.  rec borrows
+ * vm's strings. */
+static void
+vm_to_record(const struct vmf_vm *vm, enum vmf_vm_state state, Vmf__Catalog__VmRecord *rec)
+{
+	rec->schema_version = VM_SCHEMA_VERSION;
+	rec->id = (char *)vm->id;
+	rec->template_id = (char *)vm->template_id;
+	rec->state = record_state(state);
+	rec->sandbox_id = (char *)vm->sandbox_id;
+	rec->share_link = (char *)vm->share_link;
+	rec->sock_link = (char *)vm->sock_link;
+	rec->run_dir = (char *)vm->run_dir;
+	rec->share_dir = (char *)vm->share_dir;
+	rec->vcpus = vm->vcpus;
+	rec->memory_mib = vm->memory_mib;
+	rec->created_ns = vm->created_ns;
+	rec->assigned_ns = vm->assigned_ns;
+	rec->ready_ns = vm->ready_ns;
+	rec->owner_uid = (uint32_t)vm->owner_uid;
+}
+
+static void
+copy_str(char *dst, size_t n, const char *src)
+{
+	snprintf(dst, n, "%s", src ? src : "");
+}
+
+void
+vmf_vm_from_record(struct vmf_vm *vm, const Vmf__Catalog__VmRecord *rec)
+{
+	copy_str(vm->id, sizeof(vm->id), rec->id);
+	copy_str(vm->template_id, sizeof(vm->template_id), rec->template_id);
+	copy_str(vm->sandbox_id, sizeof(vm->sandbox_id), rec->sandbox_id);
+	copy_str(vm->share_link, sizeof(vm->share_link), rec->share_link);
+	copy_str(vm->sock_link, sizeof(vm->sock_link), rec->sock_link);
+	copy_str(vm->run_dir, sizeof(vm->run_dir), rec->run_dir);
+	copy_str(vm->share_dir, sizeof(vm->share_dir), rec->share_dir);
+	vm->vcpus = rec->vcpus;
+	vm->memory_mib = rec->memory_mib;
+	vm->created_ns = rec->created_ns;
+	vm->assigned_ns = rec->assigned_ns;
+	vm->ready_ns = rec->ready_ns;
+	vm->owner_uid = (uid_t)rec->owner_uid;
+}
+
+int
+vmf_cache_put_vm_record(struct vmf_cache *c, struct vmf_vm *vm, enum vmf_vm_state state,
+			 struct vmf_error *err)
+{
+	Vmf__Catalog__VmRecord rec = VMF__CATALOG__VM_RECORD__INIT;
+	vmf_hv_state *hv = NULL;
+	struct vmf_error serr = {0};
+	if (vm->hv && vm->ops->serialize(vm->hv, &hv, &serr) < 0)
+		log_vm(VMF_LOG_WARN, vm->id, "cannot serialize its hypervisor state: %s", serr.msg);
+	vm_to_record(vm, state, &rec);
+	rec.hv = hv;
+	int r = vmf_catalog_vm_put(c->cat, &rec, err);
+	if (hv)
+		vmf__hv__hypervisor_state__free_unpacked(hv, NULL);
+	return r;
+}
+
+void
+vmf_cache_vm_free(struct vmf_cache *c, struct vmf_vm *vm)
+{
+	TAILQ_REMOVE(&c->vms, vm, link);
+	if (vm->watch)
+		event_free(vm->watch);
+	vmf_agent_free(vm->agent);
+	if (vm->hv)
+		vm->ops->release(vm->hv);
+	free(vm);
+}
+
+struct stop_job {
+	struct vmf_cache *c;
+	struct vmf_vm *vm;
+	bool remove_links;
+	void *reply_to;
+};
+
+static void
+stop_work(void *arg)
+{
+	struct stop_job *j = arg;
+	struct vmf_vm *vm = j->vm;
+	struct vmf_error err = {0};
+	/* Recorded before acting: a daemon that dies mid-release finishes the
+	 * job when it restarts.  Written here, not on the event loop, whose
+	 * every client would otherwise wait out the fsync. */
+	if (vmf_cache_put_vm_record(j->c, vm, VMF_VM_RELEASING, &err) < 0)
+		log_vm(VMF_LOG_ERROR, vm->id, "cannot record VM state: %s", err.msg);
+	if (vm->hv && vm->ops->stop(vm->hv, VMF_STOP_TIMEOUT_MS, &err) < 0)
+		log_vm(VMF_LOG_WARN, vm->id, "stopping: %s", err.msg);
+	VMF_FAULT("mid-release");
+	if (j->remove_links)
+		j->c->hooks.remove_links(j->c->hooks.ctx, vm);
+	if (vm->run_dir[0] && vmf_rm_rf(vm->run_dir, &err) < 0)
+		log_vm(VMF_LOG_WARN, vm->id, "removing its run dir: %s", err.msg);
+	if (vmf_catalog_vm_delete(j->c->cat, vm->id, &err) < 0 && err.code != ENOENT)
+		log_vm(VMF_LOG_WARN, vm->id, "removing its record: %s", err.msg);
+}
+
+static void
+stop_done(void *arg)
+{
+	struct stop_job *j = arg;
+	struct vmf_cache *c = j->c;
+	log_vm(VMF_LOG_DEBUG, j->vm->id, "stopped and removed");
+	c->hooks.stopped(c->hooks.ctx, j->vm, j->reply_to, 0);
+	vmf_cache_vm_free(c, j->vm);
+	free(j);
+	c->hooks.settle(c->hooks.ctx);
+}
+
+void
+vmf_cache_destroy_vm(struct vmf_cache *c, struct vmf_vm *vm, bool remove_links, void *reply_to)
+{
+	if (vm->state == VMF_VM_READY && vm->pool && vm->pool->ready)
+		vm->pool->ready--;
+	vm->state = VMF_VM_RELEASING;   /* recorded by stop_work */
+	vm->busy = true;
+	if (vm->watch)
+		event_del(vm->watch);
+	struct stop_job *j = calloc(1, sizeof(*j));
+	if (j) {
+		j->c = c;
+		j->vm = vm;
+		j->remove_links = remove_links;
+		j->reply_to = reply_to;
+	}
+	/* A client waits for a release or a destroy; replacing a pooled VM is
+	 * pool work.  Inline when out of memory, or once the loop has ended
+	 * (the workers are gone): rather than leak a QEMU. */
+	enum vmf_job_class cls = reply_to || c->stopping ? VMF_JOB_INTERACTIVE : VMF_JOB_POOL;
+	if (!j || c->loop_done || vmf_jobs_submit_class(c->jobs, cls, stop_work, stop_done, j) < 0) {
+		struct stop_job tmp = { c, vm, remove_links, reply_to };
+		stop_work(&tmp);
+		free(j);
+		c->hooks.stopped(c->hooks.ctx, vm, reply_to, ENOMEM);
+		vmf_cache_vm_free(c, vm);
+	}
+}
+
+void
+vmf_cache_vm_exited(struct vmf_cache *c, struct vmf_vm *vm)
+{
+	if (vm->watch)
+		event_del(vm->watch);
+	vm->dead = true;
+	if (vm->busy || vm->state == VMF_VM_GONE || vm->state == VMF_VM_RELEASING)
+		return; /* the job in flight sees vm->dead when it completes */
+	log_vm(VMF_LOG_WARN, vm->id, "%s pid %c exited while %s", vm->ops->name, (int)vm->ops->pid(vm->hv),
+	       vmf_vm_state_name(vm->state));
+	if (vm->state == VMF_VM_ASSIGNED) {
+		/* Keep the record so the runtime learns what happened via status
+		 * or inspect; release cleans up. */
+		vm->ops->alive(vm->hv);
+		vm->state = VMF_VM_GONE;
+		vmf_cache_record_vm(c, vm);
+		return;
+	}
+	if (vm->state == VMF_VM_READY && vm->pool) {
+		/* Counted and shown, but no backoff: a pooled VM killed from
+		 * outside (an operator, the OOM killer) says nothing about the
+		 * next clone, and its replacement should start at once.  Clones
+		 * that fail to start do back off (clone_done). */
+		vm->pool->failed++;
+		snprintf(vm->pool->last_error, sizeof(vm->pool->last_error), "a pooled VM's %s (pid %c) exited",
+			 vm->ops->name, (int)vm->ops->pid(vm->hv));
+	}
+	vmf_cache_destroy_vm(c, vm, false, NULL);
+}
+
+/* A VM's process exited (pidfd readable). */
+static void
+vm_dead_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct vmf_vm *vm = arg;
+	vmf_cache_vm_exited(vm->owner, vm);
+}
+
+void
+vmf_cache_watch_vm(struct vmf_cache *c, struct vmf_vm *vm)
+{
+	/* The no-pidfd fault stands for a kernel without pidfd_open. */
+	int fd = VMF_FAULT_ERR("no-pidfd") ? -1 : vm->ops->watch_fd(vm->hv);
+	if (fd < 0)
+		return; /* the tick's liveness check covers it (no watch) */
+	if (!vm->watch)
+		vm->watch = event_new(c->base, fd, EV_READ, vm_dead_cb, vm);
+	if (vm->watch)
+		event_add(vm->watch, NULL);
+}
+
+
+struct vmf_vm *
+vmf_cache_new_vm(struct vmf_cache *c, struct vmf_pool *p)
+{
+	struct vmf_vm *vm = calloc(1, sizeof(*vm));
+	if (!vm)
+		return NULL;
+	vmf_uuid_new(vm->id);
+	vm->owner = c;
+	vm->ops = p->params.ops;
+	vm->pool = p;
+	snprintf(vm->template_id, sizeof(vm->template_id), "%s", p->template_id);
+	snprintf(vm->run_dir, sizeof(vm->run_dir), "%s/%s", c->vm_root, vm->id);
+	snprintf(vm->share_dir, sizeof(vm->share_dir), "%s/%s/share", c->vm_root, vm->id);
+	vm->vcpus = p->spec->vcpus;
+	vm->memory_mib = p->spec->memory_mib;
+	vm->created_ns = vmf_realtime_ns();
+	vm->state = VMF_VM_CREATING;
+	TAILQ_INSERT_TAIL(&c->vms, vm, link);
+	return vm;
+}
+

@@ -1,0 +1,115 @@
+/* Inspect: the host's view of a VM and, from its agent on a worker, the
+ * guest's. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "agent.h"
+#include "factory.h"
+#include "log.h"
+
+#define AGENT_TIMEOUT_MS 10000
+
+struct inspect_job {
+	struct vmf_daemon *d;
+	struct vmf_conn *c;
+	struct vmf_vm *vm;
+	Vmf__Agent__AgentReply *info;
+	int rc;
+	struct vmf_error err;
+};
+
+static void
+inspect_work(void *arg)
+{
+	struct inspect_job *j = arg;
+	struct vmf_error *err = &j->err;
+	VMF_FAULT_PAUSE("inspect-pause");
+	if (!j->vm->hv || !j->vm->ops->alive(j->vm->hv)) {
+		j->rc = vmf_err(err, ESRCH, "the VM's process is not running");
+		return;
+	}
+	int fd = j->vm->ops->agent_connect(j->vm->hv, AGENT_TIMEOUT_MS, err);
+	if (fd < 0) {
+		j->rc = fd;
+		return;
+	}
+	struct vmf_agent *a = vmf_agent_new(fd);
+	j->rc = a ? vmf_agent_guest_info(a, &j->info, AGENT_TIMEOUT_MS, err)
+		  : vmf_err(err, ENOMEM, "out of memory");
+	vmf_agent_free(a);
+}
+
+static void
+inspect_done(void *arg)
+{
+	struct inspect_job *j = arg;
+	struct vmf_daemon *d = j->d;
+	bool was_busy = j->vm->busy;
+	j->vm->busy = false;
+	/* Its process exited while the job held it (the watch then only marks
+	 * it dead): it becomes gone now, before the reply shows its state. */
+	if (j->vm->dead)
+		vmf_cache_vm_exited(&d->cache, j->vm);
+	Vmf__Control__Reply r = VMF__CONTROL__REPLY__INIT;
+	Vmf__Control__InspectReply ir = VMF__CONTROL__INSPECT_REPLY__INIT;
+	Vmf__Control__VmInfo info = VMF__CONTROL__VM_INFO__INIT;
+	Vmf__Control__GuestView g = VMF__CONTROL__GUEST_VIEW__INIT;
+	char hex[33] = "";
+	vmf_vm_info_fill(d, j->vm, &info);
+	ir.vm = &info;
+	ir.host_realtime_ns = vmf_realtime_ns();
+	if (j->rc == 0 && j->info && j->info->guest_info) {
+		Vmf__Agent__GuestInfo *gi = j->info->guest_info;
+		g.online_cpus = gi->online_cpus;
+		g.mem_total_kib = gi->mem_total_kib;
+		g.realtime_ns = gi->realtime_ns;
+		vmf_hex(gi->random.data, gi->random.len > 16 ? 16 : gi->random.len, hex);
+		g.random_hex = hex;
+		g.boot_id = gi->boot_id;
+		g.n_share_entries = gi->n_share_entries;
+		g.share_entries = gi->share_entries;
+		g.uptime_ns = gi->uptime_ns;
+		g.agent_version = gi->agent_version;
+		ir.guest = &g;
+	} else {
+		ir.guest_error = j->err.msg;
+	}
+	r.body_case = VMF__CONTROL__REPLY__BODY_INSPECT;
+	r.inspect = &ir;
+	vmf_control_reply(j->c, &r);
+	vmf_vm_info_clear(&info);
+	if (j->info)
+		vmf__agent__agent_reply__free_unpacked(j->info, NULL);
+	free(j);
+	if (was_busy)
+		vmf_daemon_settle(d);
+}
+
+void
+vmf_inspect_start(struct vmf_daemon *d, struct vmf_conn *c, const char *vm_id)
+{
+	struct vmf_vm *vm = vmf_daemon_lookup_vm(d, c, vm_id);
+	if (!vm)
+		return;
+	struct inspect_job *j = calloc(1, sizeof(*j));
+	if (!j) {
+		vmf_control_reply_error(c, ENOMEM, "out of memory");
+		return;
+	}
+	j->d = d;
+	j->c = c;
+	j->vm = vm;
+	if (vm->state != VMF_VM_ASSIGNED) {
+		/* A paused pooled VM cannot answer; report the host view only. */
+		j->rc = vmf_err(&j->err, EAGAIN, "the VM is %s, its guest is paused", vmf_vm_state_name(vm->state));
+		inspect_done(j);
+		return;
+	}
+	vm->busy = true;
+	if (vmf_jobs_submit(d->cache.jobs, inspect_work, inspect_done, j) < 0) {
+		j->rc = vmf_err(&j->err, ENOMEM, "cannot queue the inspect work");
+		inspect_done(j);
+	}
+}

@@ -1,0 +1,259 @@
+/* Status: each VM's VmInfo, and the status reply as its peer may see it. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "factory.h"
+#include "log.h"
+
+/* Every string of info is its own (vmf_vm_info_clear or the status reply's
+ * free_unpacked frees them).  With read_pss false, pss_kib is left 0:
+ * status reads it on a worker. */
+static void
+vm_info_fill(struct vmf_daemon *d, const struct vmf_vm *vm, Vmf__Control__VmInfo *info, bool read_pss)
+{
+	char qmp[PATH_MAX + 16], agent[PATH_MAX + 16];
+	vmf__control__vm_info__init(info);
+	info->id = strdup(vm->id);
+	/* While busy a worker owns hv (and may be setting it).  Every driver
+	 * call goes through the VM's own driver. */
+	info->pid = !vm->busy && vm->hv ? vm->ops->pid(vm->hv) : 0;
+	info->vcpus = vm->vcpus;
+	info->memory_mib = vm->memory_mib;
+	snprintf(qmp, sizeof(qmp), "%s/%s", vm->run_dir, vm->ops->control_socket);
+	snprintf(agent, sizeof(agent), "%s/%s", vm->run_dir, vm->ops->agent_socket);
+	info->qmp_socket = strdup(qmp);
+	info->agent_socket = strdup(agent);
+	info->share_dir = strdup(d->hv.caps & VMF_CAP_SHARE_DEVICE ? vm->share_dir : "");
+	info->run_dir = strdup(vm->run_dir);
+	info->template_id = strdup(vm->template_id);
+	info->pool = strdup(vm->pool ? vm->pool->name : "");
+	info->state = strdup(vmf_vm_state_name(vm->state));
+	info->sandbox_id = strdup(vm->sandbox_id);
+	info->share_link = strdup(vm->share_link);
+	info->sock_link = strdup(vm->sock_link);
+	info->created_ns = vm->created_ns;
+	info->owner_uid = (uint32_t)vm->owner_uid;
+	info->pss_kib = read_pss && info->pid > 0 && !vm->dead ? vmf_proc_pss_kib(info->pid) : 0;
+	if (!vm->busy && vm->hv) {
+		struct vmf_error err;
+		vm->ops->serialize(vm->hv, &info->hypervisor, &err);
+	}
+}
+
+void
+vmf_vm_info_fill(struct vmf_daemon *d, const struct vmf_vm *vm, Vmf__Control__VmInfo *info)
+{
+	vm_info_fill(d, vm, info, true);
+}
+
+void
+vmf_vm_info_clear(Vmf__Control__VmInfo *info)
+{
+	char **strs[] = { &info->id, &info->qmp_socket, &info->agent_socket, &info->share_dir, &info->run_dir,
+			  &info->template_id, &info->pool, &info->state, &info->sandbox_id, &info->share_link,
+			  &info->sock_link };
+	for (size_t i = 0; i < sizeof(strs) / sizeof(strs[0]); i++) {
+		free(*strs[i]);
+		*strs[i] = NULL;
+	}
+	if (info->hypervisor)
+		vmf__hv__hypervisor_state__free_unpacked(info->hypervisor, NULL);
+	info->hypervisor = NULL;
+}
+
+bool
+vmf_daemon_peer_admin(const struct vmf_daemon *d, uid_t uid)
+{
+	return uid == 0 || uid == d->sandbox.daemon_uid;
+}
+
+/* The reply is built on the loop; only the PSS of each VM's process, a
+ * read of /proc/PID/smaps_rollup that can take long for a large process,
+ * is done on a worker, for the pids the loop copied. */
+struct status_job {
+	struct vmf_daemon *d;
+	struct vmf_conn *c;
+	Vmf__Control__Reply reply;
+	size_t n;
+	pid_t *pids;         /* per s->vms[i], 0 = no PSS to read */
+	uint64_t *pss;
+};
+
+static void
+status_work(void *arg)
+{
+	struct status_job *j = arg;
+	for (size_t i = 0; i < j->n; i++)
+		j->pss[i] = j->pids[i] > 0 ? vmf_proc_pss_kib(j->pids[i]) : 0;
+}
+
+static void
+status_done(void *arg)
+{
+	struct status_job *j = arg;
+	Vmf__Control__StatusReply *s = j->reply.status;
+	for (size_t i = 0; s && i < j->n && i < s->n_vms; i++)
+		s->vms[i]->pss_kib = j->pss[i];
+	vmf_control_reply(j->c, &j->reply);
+	if (s)
+		vmf__control__status_reply__free_unpacked(s, NULL);
+	struct vmf_daemon *d = j->d;
+	free(j->pids);
+	free(j->pss);
+	free(j);
+	vmf_daemon_settle(d);
+}
+
+static void status_build(struct vmf_daemon *d, uid_t peer, Vmf__Control__Reply *reply, pid_t *pids);
+
+void
+vmf_daemon_status(struct vmf_daemon *d, struct vmf_conn *c)
+{
+	size_t nvms = 0;
+	struct vmf_vm *vm;
+	TAILQ_FOREACH(vm, &d->cache.vms, link)
+		nvms++;
+	struct status_job *j = calloc(1, sizeof(*j));
+	pid_t *pids = calloc(nvms + 1, sizeof(*pids));
+	uint64_t *pss = calloc(nvms + 1, sizeof(*pss));
+	if (!j || !pids || !pss) {
+		free(j);
+		free(pids);
+		free(pss);
+		vmf_control_reply_error(c, ENOMEM, "out of memory");
+		return;
+	}
+	vmf__control__reply__init(&j->reply);
+	j->d = d;
+	j->c = c;
+	j->pids = pids;
+	j->pss = pss;
+	status_build(d, vmf_control_peer_uid(c), &j->reply, pids);
+	j->n = j->reply.status ? j->reply.status->n_vms : 0;
+	if (!j->reply.status || vmf_jobs_submit(d->cache.jobs, status_work, status_done, j) < 0) {
+		status_work(j);
+		status_done(j);
+	}
+}
+
+/* The names of caps' bits, every string owned (freed with the reply). */
+static char **
+cap_names(unsigned caps, size_t *n)
+{
+	char **names = calloc(sizeof(unsigned) * 8, sizeof(char *));
+	*n = 0;
+	for (unsigned bit = 1; names && bit && bit <= VMF_CAP_FULL_SNAPSHOT; bit <<= 1)
+		if ((caps & bit) && (names[*n] = strdup(vmf_cap_name(bit))))
+			(*n)++;
+	return names;
+}
+
+/* pids[i] gets the pid whose PSS belongs in vms[i]. */
+static void
+status_build(struct vmf_daemon *d, uid_t peer, Vmf__Control__Reply *reply, pid_t *pids)
+{
+	bool all = vmf_daemon_peer_admin(d, peer);
+	Vmf__Control__StatusReply *s = calloc(1, sizeof(*s));
+	if (!s) {
+		reply->error_code = ENOMEM;
+		reply->error_message = (char *)"out of memory";
+		return;
+	}
+	vmf__control__status_reply__init(s);
+	s->pid = getpid();
+	s->uptime_ms = (uint64_t)(vmf_now_ms() - d->start_ms);
+	s->socket = strdup(d->opts.socket_path);
+	s->hypervisor = strdup(d->ops->name);
+	s->accel = strdup(d->hv.accel);
+	s->requests = d->requests;
+	s->hits = d->hits;
+	s->misses = d->misses;
+	s->errors = d->errors;
+	s->handout_p50_ms = vmf_latency_quantile(&d->lat[VMF_STEP_TOTAL], 0.5);
+	s->handout_p99_ms = vmf_latency_quantile(&d->lat[VMF_STEP_TOTAL], 0.99);
+
+	s->capabilities = cap_names(d->hv.caps, &s->n_capabilities);
+
+	s->steps = calloc(VMF_STEP_COUNT, sizeof(*s->steps));
+	for (int i = 0; s->steps && i < VMF_STEP_COUNT; i++) {
+		Vmf__Control__StepLatency *l = calloc(1, sizeof(*l));
+		if (!l)
+			break;
+		vmf__control__step_latency__init(l);
+		l->step = strdup(vmf_step_names[i]);
+		l->count = d->lat[i].count;
+		l->p50_ms = vmf_latency_quantile(&d->lat[i], 0.5);
+		l->p99_ms = vmf_latency_quantile(&d->lat[i], 0.99);
+		s->steps[s->n_steps++] = l;
+	}
+
+	size_t npools = 0, nvms = 0;
+	struct vmf_pool *p;
+	struct vmf_vm *vm;
+	TAILQ_FOREACH(p, &d->cache.pools, link)
+		npools++;
+	TAILQ_FOREACH(vm, &d->cache.vms, link)
+		nvms++;
+	s->pools = calloc(npools + 1, sizeof(*s->pools));
+	s->templates = calloc(npools + 1, sizeof(*s->templates));
+	s->vms = calloc(nvms + 1, sizeof(*s->vms));
+	TAILQ_FOREACH(p, &d->cache.pools, link) {
+		if (!s->pools || !s->templates)
+			break;
+		Vmf__Control__PoolStatus *ps = calloc(1, sizeof(*ps));
+		Vmf__Control__TemplateStatus *ts = calloc(1, sizeof(*ts));
+		if (!ps || !ts) {
+			free(ps);
+			free(ts);
+			break;
+		}
+		vmf__control__pool_status__init(ps);
+		ps->template_id = strdup(p->template_id);
+		ps->vcpus = p->spec->vcpus;
+		ps->memory_mib = p->spec->memory_mib;
+		ps->target = p->target;
+		ps->ready = p->ready;
+		ps->filling = p->filling;
+		ps->failed = (uint32_t)p->failed;
+		ps->last_error = strdup(p->last_error);
+		ps->share_memory = !p->spec->full_memory;
+		ps->name = strdup(p->name);
+		s->pools[s->n_pools++] = ps;
+
+		vmf__control__template_status__init(ts);
+		ts->id = strdup(p->template_id);
+		ts->state = strdup(p->tpl ? "ready" : p->building ? "building" : "failed");
+		ts->vcpus = p->spec->vcpus;
+		ts->memory_mib = p->spec->memory_mib;
+		ts->max_vcpus = p->spec->max_vcpus;
+		ts->max_memory_mib = p->spec->max_memory_mib;
+		ts->memory_size = p->tpl ? p->tpl->rec->memory_size : 0;
+		ts->state_size = p->tpl ? p->tpl->rec->state_size : 0;
+		ts->created_ns = p->tpl ? p->tpl->rec->created_ns : 0;
+		ts->error = strdup(p->last_error);
+		ts->full_memory = p->spec->full_memory;
+		/* The driver that builds and clones it: the probed capabilities
+		 * when it is the daemon's, else what the driver always has. */
+		ts->capabilities = cap_names(p->params.ops == d->ops ? d->hv.caps : p->params.ops->capabilities(NULL),
+					     &ts->n_capabilities);
+		s->templates[s->n_templates++] = ts;
+	}
+	TAILQ_FOREACH(vm, &d->cache.vms, link) {
+		if (!s->vms)
+			break;
+		if (!all && (vm->owner_uid != peer || vm->state == VMF_VM_READY || vm->state == VMF_VM_CREATING))
+			continue;
+		Vmf__Control__VmInfo *info = calloc(1, sizeof(*info));
+		if (!info)
+			break;
+		vm_info_fill(d, vm, info, false);
+		pids[s->n_vms] = info->pid > 0 && !vm->dead ? (pid_t)info->pid : 0;
+		s->vms[s->n_vms++] = info;
+	}
+	reply->body_case = VMF__CONTROL__REPLY__BODY_STATUS;
+	reply->status = s;
+}
+
