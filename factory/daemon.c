@@ -513,7 +513,7 @@ vmf_daemon_run(const struct vmf_daemon_opts *opts, struct vmf_error *err)
 		goto out;
 	}
 	/* One daemon per state dir, even when two start at the same instant;
-	 * template gc/rm/build take the same lock (cli.c). */
+	 * template gc/rm/build take the same lock (factory/cli/templates.c). */
 	if ((d->lock_fd = r = vmf_lock_state_dir(opts->state_dir, err)) < 0)
 		goto out;
 	if (opts->group) {

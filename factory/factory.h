@@ -112,7 +112,8 @@ void vmf_daemon_destroy(struct vmf_daemon *d, struct vmf_conn *c, bool all);
 void vmf_daemon_status(struct vmf_daemon *d, struct vmf_conn *c);
 /* Root and the daemon's own user act on every VM (and may destroy). */
 bool vmf_daemon_peer_admin(const struct vmf_daemon *d, uid_t uid);
-void vmf_vm_info_fill(struct vmf_daemon *d, const struct vmf_vm *vm, Vmf__Control__VmInfo *info);
+/* vm as a reply shows it, with pss_kib read on a worker (vmf_proc_pss_kib). */
+void vmf_vm_info_fill(struct vmf_daemon *d, const struct vmf_vm *vm, uint64_t pss_kib, Vmf__Control__VmInfo *info);
 void vmf_vm_info_clear(Vmf__Control__VmInfo *info);
 
 /* recovery.c: reconciles the VM records with the VMMs that run, then kills

@@ -36,6 +36,7 @@ struct getvm_job {
 	int64_t start_ms, deadline_ms;
 	double step_ms[VMF_STEP_COUNT];
 	uint8_t sample[16];
+	uint64_t pss_kib;        /* read on the worker, for the reply */
 	int rc;
 	struct vmf_error err;
 };
@@ -228,6 +229,9 @@ getvm_work(void *arg)
 	}
 	j->step_ms[VMF_STEP_RECORD] = since(&t) + record_ms;
 	j->rc = r;
+	/* For the reply, here: smaps_rollup walks the whole address space. */
+	if (r == 0)
+		j->pss_kib = vmf_proc_pss_kib(ops->pid(vm->hv));
 	/* The window between the assigned record and the reply. */
 	VMF_FAULT_PAUSE("handout-pause");
 }
@@ -282,7 +286,7 @@ getvm_done(void *arg)
 		       j->sandbox_id, vm->vcpus, vm->memory_mib, j->step_ms[VMF_STEP_TOTAL], j->miss ? " (miss)" : "");
 		Vmf__Control__Reply r = VMF__CONTROL__REPLY__INIT;
 		Vmf__Control__VmInfo info = VMF__CONTROL__VM_INFO__INIT;
-		vmf_vm_info_fill(d, vm, &info);
+		vmf_vm_info_fill(d, vm, j->pss_kib, &info);
 		r.body_case = VMF__CONTROL__REPLY__BODY_VM;
 		r.vm = &info;
 		vmf_control_reply(j->c, &r);

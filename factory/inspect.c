@@ -15,6 +15,9 @@ struct inspect_job {
 	struct vmf_daemon *d;
 	struct vmf_conn *c;
 	struct vmf_vm *vm;
+	bool guest;              /* assigned: ask its agent too */
+	pid_t pid;               /* taken on the loop, for the PSS read */
+	uint64_t pss_kib;
 	Vmf__Agent__AgentReply *info;
 	int rc;
 	struct vmf_error err;
@@ -25,6 +28,9 @@ inspect_work(void *arg)
 {
 	struct inspect_job *j = arg;
 	struct vmf_error *err = &j->err;
+	j->pss_kib = j->pid > 0 ? vmf_proc_pss_kib(j->pid) : 0;
+	if (!j->guest)
+		return;
 	VMF_FAULT_PAUSE("inspect-pause");
 	if (!j->vm->hv || !j->vm->ops->alive(j->vm->hv)) {
 		j->rc = vmf_err(err, ESRCH, "the VM's process is not running");
@@ -57,7 +63,7 @@ inspect_done(void *arg)
 	Vmf__Control__VmInfo info = VMF__CONTROL__VM_INFO__INIT;
 	Vmf__Control__GuestView g = VMF__CONTROL__GUEST_VIEW__INIT;
 	char hex[33] = "";
-	vmf_vm_info_fill(d, j->vm, &info);
+	vmf_vm_info_fill(d, j->vm, j->pss_kib, &info);
 	ir.vm = &info;
 	ir.host_realtime_ns = vmf_realtime_ns();
 	if (j->rc == 0 && j->info && j->info->guest_info) {
@@ -101,12 +107,12 @@ vmf_inspect_start(struct vmf_daemon *d, struct vmf_conn *c, const char *vm_id)
 	j->d = d;
 	j->c = c;
 	j->vm = vm;
-	if (vm->state != VMF_VM_ASSIGNED) {
-		/* A paused pooled VM cannot answer; report the host view only. */
+	j->pid = vm->hv ? vm->ops->pid(vm->hv) : 0;
+	j->guest = vm->state == VMF_VM_ASSIGNED;
+	/* A paused pooled VM cannot answer: the host view only, its PSS
+	 * still read on the worker. */
+	if (!j->guest)
 		j->rc = vmf_err(&j->err, EAGAIN, "the VM is %s, its guest is paused", vmf_vm_state_name(vm->state));
-		inspect_done(j);
-		return;
-	}
 	vm->busy = true;
 	if (vmf_jobs_submit(d->cache.jobs, inspect_work, inspect_done, j) < 0) {
 		j->rc = vmf_err(&j->err, ENOMEM, "cannot queue the inspect work");

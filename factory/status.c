@@ -9,10 +9,10 @@
 #include "log.h"
 
 /* Every string of info is its own (vmf_vm_info_clear or the status reply's
- * free_unpacked frees them).  With read_pss false, pss_kib is left 0:
- * status reads it on a worker. */
-static void
-vm_info_fill(struct vmf_daemon *d, const struct vmf_vm *vm, Vmf__Control__VmInfo *info, bool read_pss)
+ * free_unpacked frees them).  pss_kib comes from a worker: reading
+ * /proc/PID/smaps_rollup walks the whole address space, so not on the loop. */
+void
+vmf_vm_info_fill(struct vmf_daemon *d, const struct vmf_vm *vm, uint64_t pss_kib, Vmf__Control__VmInfo *info)
 {
 	char qmp[PATH_MAX + 16], agent[PATH_MAX + 16];
 	vmf__control__vm_info__init(info);
@@ -36,17 +36,11 @@ vm_info_fill(struct vmf_daemon *d, const struct vmf_vm *vm, Vmf__Control__VmInfo
 	info->sock_link = strdup(vm->sock_link);
 	info->created_ns = vm->created_ns;
 	info->owner_uid = (uint32_t)vm->owner_uid;
-	info->pss_kib = read_pss && info->pid > 0 && !vm->dead ? vmf_proc_pss_kib(info->pid) : 0;
+	info->pss_kib = info->pid > 0 && !vm->dead ? pss_kib : 0;
 	if (!vm->busy && vm->hv) {
 		struct vmf_error err;
 		vm->ops->serialize(vm->hv, &info->hypervisor, &err);
 	}
-}
-
-void
-vmf_vm_info_fill(struct vmf_daemon *d, const struct vmf_vm *vm, Vmf__Control__VmInfo *info)
-{
-	vm_info_fill(d, vm, info, true);
 }
 
 void
@@ -249,7 +243,7 @@ status_build(struct vmf_daemon *d, uid_t peer, Vmf__Control__Reply *reply, pid_t
 		Vmf__Control__VmInfo *info = calloc(1, sizeof(*info));
 		if (!info)
 			break;
-		vm_info_fill(d, vm, info, false);
+		vmf_vm_info_fill(d, vm, 0, info);
 		pids[s->n_vms] = info->pid > 0 && !vm->dead ? (pid_t)info->pid : 0;
 		s->vms[s->n_vms++] = info;
 	}

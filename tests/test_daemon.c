@@ -73,6 +73,9 @@ START_TEST(init_get_inspect_release_destroy)
 	json_object *ia = vmf_json("inspect %s -o json", a.id), *ib = vmf_json("inspect %s -o json", b.id);
 	ck_assert_int_eq(json_object_get_int(path(ia, "guest", "online_cpus")), 2);
 	ck_assert_int_eq(json_object_get_int(path(ib, "guest", "online_cpus")), 2);
+	/* The VM's PSS, read on a worker for the hand-out and inspect replies. */
+	ck_assert_int_gt(json_object_get_int64(path(a.rec, "pss_kib", NULL)), 0);
+	ck_assert_int_gt(json_object_get_int64(path(ia, "vm", "pss_kib")), 0);
 	/* The added memory: compared with a VM of the base size, since the
 	 * kernel keeps part of the base memory for itself. */
 	struct got base = {0};
