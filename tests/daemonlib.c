@@ -471,3 +471,18 @@ setup_fake_firecracker(char *cfg, size_t cfg_n, char *fake, size_t fake_n)
 	ck_assert_int_eq(fclose(f), 0);
 	ck_assert_int_eq(mkdir(state, 0700), 0);
 }
+
+bool
+daemon_answers(void)
+{
+	struct vmf_client *c;
+	struct vmf_error e = {0};
+	if (vmf_client_connect(sock, &c, &e) < 0)
+		return false;
+	Vmf__Control__Reply *r = NULL;
+	bool ok = vmf_client_status(c, &r, 5000, &e) == 0;
+	if (r)
+		vmf__control__reply__free_unpacked(r, NULL);
+	vmf_client_close(c);
+	return ok;
+}

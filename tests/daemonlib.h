@@ -51,6 +51,8 @@ json_object *vmf_json(const char *fmt, const char *arg);
 /* o[a] or o[a][b], asserting they exist. */
 json_object *path(json_object *o, const char *a, const char *b);
 
+/* The daemon on sock answers a status request (5 s at most). */
+bool daemon_answers(void);
 int pool_ready(void);
 int daemon_pid(void);
 int vm_count(void);

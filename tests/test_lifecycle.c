@@ -204,20 +204,6 @@ wait_pool_ready(int n)
 	ck_assert_int_eq(pool_ready(), n);
 }
 
-static bool
-daemon_answers(void)
-{
-	struct vmf_client *c;
-	struct vmf_error e = {0};
-	if (vmf_client_connect(sock, &c, &e) < 0)
-		return false;
-	Vmf__Control__Reply *r = NULL;
-	int rc = vmf_client_status(c, &r, 5000, &e);
-	vmf_client_close(c);
-	if (r)
-		vmf__control__reply__free_unpacked(r, NULL);
-	return rc == 0;
-}
 
 static void
 wait_daemon_gone(int pid)

@@ -130,20 +130,6 @@ START_TEST(gc_judges_the_configured_drivers_templates)
 }
 END_TEST
 
-static bool
-daemon_answers(void)
-{
-	struct vmf_client *c;
-	struct vmf_error e = {0};
-	if (vmf_client_connect(sock, &c, &e) < 0)
-		return false;
-	Vmf__Control__Reply *r = NULL;
-	bool ok = vmf_client_status(c, &r, 5000, &e) == 0;
-	if (r)
-		vmf__control__reply__free_unpacked(r, NULL);
-	vmf_client_close(c);
-	return ok;
-}
 
 /* gc removed every templates/.build-* directory, including those of a
  * running daemon's builds in progress; rm and build wrote the catalog
