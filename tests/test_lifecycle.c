@@ -195,6 +195,18 @@ wait_vm_state(const char *id, const char *want)
 	ck_abort_msg("VM %s is %s after 30 s, expected %s", id, st[0] ? st : "not listed", want);
 }
 
+/* The end of a test whose VM a went gone: its record is still there for the
+ * runtime, release removes it, and nothing is left running. */
+static void
+release_gone_and_destroy_all(struct got *a)
+{
+	wait_vm_state(a->id, "gone");
+	ck_assert_int_eq(vmf(NULL, "release %s", a->id), 0);
+	json_object_put(a->rec);
+	ck_assert_int_eq(vmf(NULL, "destroy --all"), 0);
+	ck_assert_int_eq(qemu_gone(), 0);
+}
+
 static void
 wait_pool_ready(int n)
 {
@@ -287,11 +299,7 @@ START_TEST(destroy_finishes_with_a_gone_vm)
 
 	/* The gone VM's record was kept, for its runtime to see and release. */
 	ck_assert_int_eq(vmf(NULL, "init --pool 1 --wait"), 0);
-	wait_vm_state(a.id, "gone");
-	ck_assert_int_eq(vmf(NULL, "release %s", a.id), 0);
-	json_object_put(a.rec);
-	ck_assert_int_eq(vmf(NULL, "destroy --all"), 0);
-	ck_assert_int_eq(qemu_gone(), 0);
+	release_gone_and_destroy_all(&a);
 }
 END_TEST
 
@@ -573,11 +581,7 @@ START_TEST(exits_are_noticed_without_pidfd)
 	ck_assert_msg(atoi(now) > 0 && atoi(now) != ppid, "the dead pooled VM (pid %d) was not replaced", ppid);
 
 	kill_and_wait(json_object_get_int(path(a.rec, "pid", NULL)));
-	wait_vm_state(a.id, "gone");
-	ck_assert_int_eq(vmf(NULL, "release %s", a.id), 0);
-	json_object_put(a.rec);
-	ck_assert_int_eq(vmf(NULL, "destroy --all"), 0);
-	ck_assert_int_eq(qemu_gone(), 0);
+	release_gone_and_destroy_all(&a);
 }
 END_TEST
 
@@ -601,11 +605,7 @@ START_TEST(vm_dying_during_inspect_becomes_gone)
 	printf("inspect of a VM that died: %s\n", i->inspect->guest_error);
 	vmf__control__reply__free_unpacked(i, NULL);
 	close(ifd);
-	wait_vm_state(a.id, "gone");
-	ck_assert_int_eq(vmf(NULL, "release %s", a.id), 0);
-	json_object_put(a.rec);
-	ck_assert_int_eq(vmf(NULL, "destroy --all"), 0);
-	ck_assert_int_eq(qemu_gone(), 0);
+	release_gone_and_destroy_all(&a);
 }
 END_TEST
 
