@@ -95,13 +95,41 @@ struct get_arg {
 	const char *share, *sockd, *sandbox;
 };
 
-/* GetVM; the VM id (or the error) in msg. */
+enum req_kind { REQ_GET, REQ_RELEASE, REQ_INSPECT, REQ_STATUS, REQ_DESTROY };
+
+/* One request on a fresh connection, as the calling (possibly
+ * unprivileged) process; on failure the error's sentence is in msg and *r
+ * is NULL. */
+static int
+call(enum req_kind kind, const void *arg, Vmf__Control__Reply **r, char *msg, size_t n)
+{
+	struct vmf_client *c;
+	struct vmf_error e = {0};
+	*r = NULL;
+	int rc = vmf_client_connect(sock, &c, &e);
+	if (rc == 0) {
+		switch (kind) {
+		case REQ_GET: rc = vmf_client_get_vm(c, arg, r, 180000, &e); break;
+		case REQ_RELEASE: rc = vmf_client_release_vm(c, arg, 60000, &e); break;
+		case REQ_INSPECT: rc = vmf_client_inspect(c, arg, r, 60000, &e); break;
+		case REQ_STATUS: rc = vmf_client_status(c, r, 30000, &e); break;
+		case REQ_DESTROY: rc = vmf_client_destroy(c, 0, r, 60000, &e); break;
+		}
+		vmf_client_close(c);
+	}
+	snprintf(msg, n, "%s", rc < 0 ? e.msg : "");
+	if (rc < 0 && *r) {
+		vmf__control__reply__free_unpacked(*r, NULL);
+		*r = NULL;
+	}
+	return rc;
+}
+
+/* GetVM; the VM id and its owner uid (or the error) in msg. */
 static int
 act_get(const void *arg, char *msg, size_t n)
 {
 	const struct get_arg *g = arg;
-	struct vmf_client *c;
-	struct vmf_error e = {0};
 	Vmf__Control__Reply *r;
 	Vmf__Control__GetVMRequest req = VMF__CONTROL__GET_VMREQUEST__INIT;
 	req.vcpus = 1;
@@ -110,15 +138,9 @@ act_get(const void *arg, char *msg, size_t n)
 	req.share_dir = (char *)g->share;
 	req.sock_dir = (char *)g->sockd;
 	req.timeout_ms = 120000;
-	int rc = vmf_client_connect(sock, &c, &e);
-	if (rc == 0) {
-		rc = vmf_client_get_vm(c, &req, &r, 180000, &e);
-		vmf_client_close(c);
-	}
-	if (rc < 0) {
-		snprintf(msg, n, "%s", e.msg);
+	int rc = call(REQ_GET, &req, &r, msg, n);
+	if (rc < 0)
 		return rc;
-	}
 	snprintf(msg, n, "%s %u", r->vm->id, r->vm->owner_uid);
 	vmf__control__reply__free_unpacked(r, NULL);
 	return 0;
@@ -127,33 +149,18 @@ act_get(const void *arg, char *msg, size_t n)
 static int
 act_release(const void *arg, char *msg, size_t n)
 {
-	struct vmf_client *c;
-	struct vmf_error e = {0};
-	int rc = vmf_client_connect(sock, &c, &e);
-	if (rc == 0) {
-		rc = vmf_client_release_vm(c, arg, 60000, &e);
-		vmf_client_close(c);
-	}
-	snprintf(msg, n, "%s", rc < 0 ? e.msg : "");
-	return rc;
+	Vmf__Control__Reply *r;
+	return call(REQ_RELEASE, arg, &r, msg, n);
 }
 
 /* Inspect; on success msg holds the VM's sandbox id (host view). */
 static int
 act_inspect(const void *arg, char *msg, size_t n)
 {
-	struct vmf_client *c;
-	struct vmf_error e = {0};
 	Vmf__Control__Reply *r;
-	int rc = vmf_client_connect(sock, &c, &e);
-	if (rc == 0) {
-		rc = vmf_client_inspect(c, arg, &r, 60000, &e);
-		vmf_client_close(c);
-	}
-	if (rc < 0) {
-		snprintf(msg, n, "%s", e.msg);
+	int rc = call(REQ_INSPECT, arg, &r, msg, n);
+	if (rc < 0)
 		return rc;
-	}
 	snprintf(msg, n, "%s", r->inspect->vm->sandbox_id);
 	vmf__control__reply__free_unpacked(r, NULL);
 	return 0;
@@ -163,20 +170,10 @@ act_inspect(const void *arg, char *msg, size_t n)
 static int
 act_status(const void *arg, char *msg, size_t n)
 {
-	(void)arg;
-	struct vmf_client *c;
-	struct vmf_error e = {0};
 	Vmf__Control__Reply *r;
-	int rc = vmf_client_connect(sock, &c, &e);
-	if (rc == 0) {
-		rc = vmf_client_status(c, &r, 30000, &e);
-		vmf_client_close(c);
-	}
-	if (rc < 0) {
-		snprintf(msg, n, "%s", e.msg);
+	int rc = call(REQ_STATUS, arg, &r, msg, n);
+	if (rc < 0)
 		return rc;
-	}
-	msg[0] = '\0';
 	for (size_t i = 0; i < r->status->n_vms; i++)
 		snprintf(msg + strlen(msg), n - strlen(msg), "%s ", r->status->vms[i]->id);
 	snprintf(msg + strlen(msg), n - strlen(msg), "ready=%u", r->status->n_pools ? r->status->pools[0]->ready : 0);
@@ -187,18 +184,10 @@ act_status(const void *arg, char *msg, size_t n)
 static int
 act_destroy(const void *arg, char *msg, size_t n)
 {
-	(void)arg;
-	struct vmf_client *c;
-	struct vmf_error e = {0};
 	Vmf__Control__Reply *r;
-	int rc = vmf_client_connect(sock, &c, &e);
-	if (rc == 0) {
-		rc = vmf_client_destroy(c, 0, &r, 60000, &e);
-		vmf_client_close(c);
-	}
-	if (rc == 0)
+	int rc = call(REQ_DESTROY, arg, &r, msg, n);
+	if (rc == 0 && r)
 		vmf__control__reply__free_unpacked(r, NULL);
-	snprintf(msg, n, "%s", rc < 0 ? e.msg : "");
 	return rc;
 }
 
