@@ -1080,6 +1080,20 @@ child_failure(Reply *r, const Vmf__Agent__ExecStart *x, const struct child_error
 	}
 }
 
+/* The guest's /init mounts no devpts; the first tty needs one.  Never in
+ * test mode: the host has its own. */
+static void
+ensure_devpts(void)
+{
+	struct stat st;
+	if (test_mode || stat("/dev/pts/ptmx", &st) == 0)
+		return;
+	if (mkdir("/dev/pts", 0755) < 0 && errno != EEXIST)
+		logmsg("cannot create /dev/pts: %s", strerror(errno));
+	else if (mount("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "ptmxmode=0666,mode=0620") < 0)
+		logmsg("cannot mount devpts on /dev/pts: %s", strerror(errno));
+}
+
 static bool
 valid_id(uint32_t id)
 {
@@ -1138,6 +1152,7 @@ do_exec_start(struct conn *c, Reply *r, const Vmf__Agent__ExecStart *x)
 	} else if (pipe2(errp, O_CLOEXEC) < 0) {
 		e = errno, what = "a pipe";
 	} else if (x->tty) {
+		ensure_devpts();
 		struct winsize ws = { .ws_row = (unsigned short)(x->rows ? x->rows : 24),
 				      .ws_col = (unsigned short)(x->cols ? x->cols : 80) };
 		if ((master = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC)) < 0 || grantpt(master) < 0 ||
@@ -1156,7 +1171,7 @@ do_exec_start(struct conn *c, Reply *r, const Vmf__Agent__ExecStart *x)
 	close_fd(&out[1]);
 	close_fd(&err2[1]);
 	if (e) {
-		fail(r, e, "cannot start '%s': no %s: %s", x->argv[0], what, strerror(e));
+		fail(r, e, "cannot start '%s': cannot get %s: %s", x->argv[0], what, strerror(e));
 		goto out;
 	}
 	/* exec closed the error pipe (CLOEXEC): nothing on it means it ran. */
