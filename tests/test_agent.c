@@ -471,6 +471,11 @@ START_TEST(listener_serves_several_connections_at_once)
 	ck_assert_uint_eq(r->guest_info->n_share_entries, 0);
 	vmf__agent__agent_reply__free_unpacked(r, NULL);
 	vmf_agent_free(ag);
+	/* The first is still served: the rest of its frame (garbage, answered
+	 * with an error of id 0), then a Ping. */
+	uint8_t rest[98] = { 0xff };
+	ck_assert_int_eq(write(a, rest, sizeof rest), (ssize_t)sizeof rest);
+	ck_assert_msg(ping_on(a, &e) == 0, "first connection, after the second came: %s", e.msg);
 	close(a);
 	close(b);
 }

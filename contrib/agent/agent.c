@@ -108,6 +108,7 @@ static const char *share_dir = "/mnt/share";
 static bool test_mode;       /* serving a host-side fd: touch nothing global */
 static bool no_set_time;     /* SetTime validates and echoes, never sets */
 static bool vsock_allow_local; /* accept guest-local vsock peers (tests) */
+static bool no_exec;         /* ExecStart refused (the fuzz target: no host commands) */
 
 static void logmsg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
@@ -812,9 +813,8 @@ proc_free(struct proc *p)
 }
 
 /* Reaps the exec processes that exited.  Only their own pids: the vsock
- * server is a child of the agent too.  A process that exited is waited
- * for only after its group got SIGKILL (timeout, connection gone) or not:
- * an unreaped zombie keeps the pid, and with it the group id, ours. */
+ * server is a child of the agent too.  Until it is reaped a process's pid,
+ * and with it its group id, cannot be reused: proc_kill relies on that. */
 static void
 reap_procs(void)
 {
@@ -1106,6 +1106,10 @@ do_exec_start(struct conn *c, Reply *r, const Vmf__Agent__ExecStart *x)
 {
 	if (x->n_argv == 0 || !x->argv[0][0]) {
 		fail(r, EINVAL, "exec needs a command: argv is empty");
+		return;
+	}
+	if (no_exec) {
+		fail(r, EPERM, "this agent was started with --no-exec");
 		return;
 	}
 	if (x->n_argv > EXEC_ARGS_MAX || x->n_env > EXEC_ARGS_MAX) {
@@ -1532,6 +1536,25 @@ poll_timeout(int64_t now)
 	return t > 60000 ? 60000 : (int)t;
 }
 
+/* The end of a test stream: its fd is the caller's, its processes were
+ * killed (conn_gone) and are reaped here, so that a caller that serves
+ * again (the fuzz target runs main over and over) starts clean. */
+static void
+serve_end(int sfd)
+{
+	while (conns) {
+		conns->rfd = conns->wfd = -1;
+		conn_free(conns);
+	}
+	while (procs) {
+		if (procs->pid > 0 && !procs->exited)
+			while (waitpid(procs->pid, NULL, 0) < 0 && errno == EINTR)
+				;
+		proc_free(procs);
+	}
+	close(sfd);
+}
+
 /* Serves every connection in conns, the processes they start and, with a
  * listening socket (lfd >= 0: vsock, or a test's unix socket), the
  * connections it accepts, several at once.  Returns when a test stream
@@ -1672,8 +1695,10 @@ serve(int lfd, bool sigio)
 					read_output(p, &p->err_fd, 2);
 			}
 		}
-		if (ended)
+		if (ended) {
+			serve_end(sfd);
 			return 0;
+		}
 		if (sig) {
 			/* Drained after the ports were looked at: a host that
 			 * came back since poll() returned leaves its SIGIO here,
@@ -1849,7 +1874,7 @@ usage(void)
 		"       vmf-agent --stdio          serve stdin/stdout (test mode)\n"
 		"       vmf-agent --listen-fd N    serve the connections of the listening socket fd N, one at a\n"
 		"                                  time, a new one replacing the current one (test mode)\n"
-		"options: --share-dir PATH (default /mnt/share), --no-set-time, --version,\n"
+		"options: --share-dir PATH (default /mnt/share), --no-set-time, --no-exec, --version,\n"
 		"         --vsock-port N (0: no vsock), --vsock-allow-local (accept guest-local vsock peers)\n",
 		PORT_NAME, VSOCK_PORT_DEFAULT);
 }
@@ -1889,6 +1914,8 @@ main(int argc, char **argv)
 			vsock_allow_local = true;
 		} else if (!strcmp(argv[i], "--share-dir") && i + 1 < argc) {
 			share_dir = argv[++i];
+		} else if (!strcmp(argv[i], "--no-exec")) {
+			no_exec = true;
 		} else if (!strcmp(argv[i], "--no-set-time")) {
 			no_set_time = true;
 		} else if (!strcmp(argv[i], "--version")) {

@@ -365,8 +365,8 @@ vmf_client_agent_connect(const char *path, const char *transport, unsigned vsock
 		r = vmf_err(err, EBUSY, "the agent on %s did not answer within %d ms: another client holds the "
 			    "VM's agent port, or the guest is not running", path, timeout_ms);
 	else if (r == -EOPNOTSUPP)
-		r = vmf_err(err, EOPNOTSUPP, "the agent on %s does not support exec (an older guest image): %s",
-			    path, err ? err->msg : "");
+		r = vmf_err(err, EOPNOTSUPP, "the agent on %s does not support exec (an older guest image: "
+			    "rebuild the image and its templates)", path);
 	if (r < 0) {
 		vmf_client_agent_close(a);
 		return r;
