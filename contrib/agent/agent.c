@@ -1923,11 +1923,11 @@ static void
 usage(void)
 {
 	fprintf(stderr,
-		"usage: vmf-agent                  serve the virtio-serial port '%s' and vsock port %u (in the guest)\n"
+		"usage: vmf-agent                  serve the virtio-serial ports '%s' and '" DAEMON_PORT_NAME "' and vsock port %u (in the guest)\n"
 		"       vmf-agent --fd N           serve the open stream fd N (test mode)\n"
 		"       vmf-agent --stdio          serve stdin/stdout (test mode)\n"
-		"       vmf-agent --listen-fd N    serve the connections of the listening socket fd N, one at a\n"
-		"                                  time, a new one replacing the current one (test mode)\n"
+		"       vmf-agent --listen-fd N    serve the connections of the listening socket fd N, several at\n"
+		"                                  once (test mode)\n"
 		"options: --share-dir PATH (default /mnt/share), --no-set-time, --no-exec, --version,\n"
 		"         --vsock-port N (0: no vsock), --vsock-allow-local (accept guest-local vsock peers)\n",
 		PORT_NAME, VSOCK_PORT_DEFAULT);
