@@ -192,7 +192,7 @@ cmd_exec(const struct cmd *cmd, struct args *a)
 	}
 
 	static uint8_t buf[65536];
-	bool stdin_open = true;
+	bool stdin_open = true, out_gone[2] = { false, false };
 	int status = EXIT_EXEC_FAILED;
 	for (;;) {
 		/* What is buffered first, then wait for more. */
@@ -202,10 +202,15 @@ cmd_exec(const struct cmd *cmd, struct args *a)
 			break;
 		if (ev.type == VMF_EXEC_EV_OUTPUT && ev.exec_id == id) {
 			/* Blocking: a slow reader of ours holds the process back. */
-			if (write_all(ev.fd == 2 ? STDERR_FILENO : STDOUT_FILENO, ev.data, ev.len) < 0 && ev.fd == 1)
-				/* Our stdout is gone (a closed pipe): the rest of
-				 * its output has nowhere to go. */
-				vmf_client_exec_signal(ag, id, SIGPIPE, &e);
+			int fd = ev.fd == 2 ? STDERR_FILENO : STDOUT_FILENO;
+			if (!out_gone[ev.fd == 2] && write_all(fd, ev.data, ev.len) < 0) {
+				/* Ours is closed (`| head`): as for a local pipe,
+				 * the writer gets SIGPIPE, once; what it still
+				 * writes is dropped. */
+				out_gone[ev.fd == 2] = true;
+				if (ev.fd == 1)
+					vmf_client_exec_signal(ag, id, SIGPIPE, &e);
+			}
 			continue;
 		}
 		if (ev.type == VMF_EXEC_EV_EXIT && ev.exec_id == id) {
