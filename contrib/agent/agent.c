@@ -772,6 +772,8 @@ close_fd(int *fd)
 static void
 proc_close_fds(struct proc *p)
 {
+	if (p->in_fd == p->out_fd)
+		p->in_fd = -1;   /* a tty's one fd, closed once */
 	close_fd(&p->in_fd);
 	close_fd(&p->out_fd);
 	close_fd(&p->err_fd);
