@@ -420,6 +420,109 @@ START_TEST(disconnect_kills_the_process_group)
 }
 END_TEST
 
+static Vmf__Agent__AgentReply *
+raw_call(int fd, Vmf__Agent__AgentRequest *req, uint64_t id)
+{
+	req->protocol_version = AGENT_PROTOCOL_VERSION;
+	req->id = id;
+	uint8_t buf[1024];
+	size_t n = vmf__agent__agent_request__pack(req, buf);
+	struct vmf_error e = {0};
+	ck_assert_int_eq(vmf_frame_write(fd, buf, n, vmf_now_ms() + 5000, &e), 0);
+	for (;;) {
+		uint8_t *in;
+		ck_assert_msg(vmf_frame_read(fd, &in, &n, VMF_AGENT_MAX_FRAME, vmf_now_ms() + 5000, &e) == 0, "%s",
+			      e.msg);
+		Vmf__Agent__AgentReply *r = vmf__agent__agent_reply__unpack(NULL, n, in);
+		free(in);
+		ck_assert_ptr_nonnull(r);
+		if (r->id == id)
+			return r;
+		/* Unsolicited (stdin acknowledgements) or an earlier refusal. */
+		vmf__agent__agent_reply__free_unpacked(r, NULL);
+	}
+}
+
+/* Requests for a process that is not there, or out of bounds, are answered
+ * with their id and a sentence; a stdin beyond the window is refused. */
+START_TEST(stray_and_oversized_exec_requests)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	snprintf(sa.sun_path, sizeof sa.sun_path, "%s", sock);
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	ck_assert_int_eq(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+	Vmf__Agent__AgentRequest req = VMF__AGENT__AGENT_REQUEST__INIT;
+	Vmf__Agent__ExecInput in = VMF__AGENT__EXEC_INPUT__INIT;
+	in.exec_id = 999;
+	req.body_case = VMF__AGENT__AGENT_REQUEST__BODY_EXEC_INPUT;
+	req.exec_input = &in;
+	Vmf__Agent__AgentReply *r = raw_call(fd, &req, 41);
+	ck_assert_int_eq(r->error_code, ESRCH);
+	ck_assert_ptr_nonnull(strstr(r->error_message, "999"));
+	vmf__agent__agent_reply__free_unpacked(r, NULL);
+
+	Vmf__Agent__ExecStart x = VMF__AGENT__EXEC_START__INIT;
+	char *argv[] = { "sleep", "30" };
+	x.n_argv = 2;
+	x.argv = argv;
+	req.body_case = VMF__AGENT__AGENT_REQUEST__BODY_EXEC_START;
+	req.exec_start = &x;
+	r = raw_call(fd, &req, 42);
+	ck_assert_int_eq(r->error_code, 0);
+	ck_assert_int_eq(r->body_case, VMF__AGENT__AGENT_REPLY__BODY_EXEC_STARTED);
+	uint64_t id = r->exec_started->exec_id;
+	vmf__agent__agent_reply__free_unpacked(r, NULL);
+
+	Vmf__Agent__ExecSignal sg = VMF__AGENT__EXEC_SIGNAL__INIT;
+	sg.exec_id = id;
+	sg.signal = 0;
+	req.body_case = VMF__AGENT__AGENT_REQUEST__BODY_EXEC_SIGNAL;
+	req.exec_signal = &sg;
+	r = raw_call(fd, &req, 43);
+	ck_assert_int_eq(r->error_code, EINVAL);
+	vmf__agent__agent_reply__free_unpacked(r, NULL);
+
+	/* sleep does not read: its pipe and then the agent's window fill, and
+	 * what goes beyond the window is refused (a host that ignores it). */
+	static uint8_t chunk[32768];
+	in.exec_id = id;
+	in.data.data = chunk;
+	in.data.len = sizeof chunk;
+	req.body_case = VMF__AGENT__AGENT_REQUEST__BODY_EXEC_INPUT;
+	req.exec_input = &in;
+	uint8_t *buf = malloc(65536);
+	for (int i = 0; i < 16; i++) {
+		req.protocol_version = AGENT_PROTOCOL_VERSION;
+		req.id = 100 + (uint64_t)i;
+		size_t n = vmf__agent__agent_request__pack(&req, buf);
+		struct vmf_error e = {0};
+		ck_assert_int_eq(vmf_frame_write(fd, buf, n, vmf_now_ms() + 5000, &e), 0);
+	}
+	free(buf);
+	bool refused = false;
+	while (!refused) {
+		uint8_t *f;
+		size_t n;
+		struct vmf_error e = {0};
+		ck_assert_msg(vmf_frame_read(fd, &f, &n, VMF_AGENT_MAX_FRAME, vmf_now_ms() + 5000, &e) == 0,
+			      "no refusal of stdin beyond the window: %s", e.msg);
+		r = vmf__agent__agent_reply__unpack(NULL, n, f);
+		free(f);
+		ck_assert_ptr_nonnull(r);
+		refused = r->error_code == ENOBUFS && r->id >= 100 && strstr(r->error_message, "window");
+		vmf__agent__agent_reply__free_unpacked(r, NULL);
+	}
+
+	Vmf__Agent__ExecReset rs = VMF__AGENT__EXEC_RESET__INIT;
+	req.body_case = VMF__AGENT__AGENT_REQUEST__BODY_EXEC_RESET;
+	req.exec_reset = &rs;
+	r = raw_call(fd, &req, 45);
+	ck_assert_int_eq(r->body_case, VMF__AGENT__AGENT_REPLY__BODY_EXEC_ACK);
+	vmf__agent__agent_reply__free_unpacked(r, NULL);
+	close(fd);
+}
+END_TEST
+
 int
 main(void)
 {
@@ -435,6 +538,7 @@ main(void)
 	tcase_add_test(tc, several_processes_on_one_connection);
 	tcase_add_test(tc, start_errors_are_sentences);
 	tcase_add_test(tc, disconnect_kills_the_process_group);
+	tcase_add_test(tc, stray_and_oversized_exec_requests);
 	suite_add_tcase(s, tc);
 	return vmf_test_run(s);
 }
