@@ -472,6 +472,9 @@ vmf_agent_new_identity(struct vmf_agent *a, struct vmf_agent_identity *out, int 
 	Vmf__Agent__AgentReply *rep;
 	int r = vmf_agent_call(a, &req, &rep, timeout_ms, err);
 	explicit_bzero(entropy, sizeof(entropy));
+	if (r == -EOPNOTSUPP)
+		vmf_error_append(err, " (an agent older than this host: rebuild the guest image with this build's "
+				 "agent, contrib/image/build-image)");
 	if (r < 0)
 		return r;
 	const Vmf__Agent__Identity *id = rep->identity;
@@ -518,6 +521,9 @@ vmf_agent_recv_handout(struct vmf_agent *a, struct vmf_agent_handout *h, int tim
 	Vmf__Agent__AgentReply *rep;
 	int r = vmf_agent_recv(a, &req, &rep, timeout_ms, err);
 	h->host_recv_ns = vmf_realtime_ns();
+	if (r == -EOPNOTSUPP)
+		vmf_error_append(err, " (an agent older than this host: rebuild the guest image with this build's "
+				 "agent, contrib/image/build-image)");
 	if (r < 0)
 		return r;
 	const Vmf__Agent__HandoutResult *res = rep->handout;

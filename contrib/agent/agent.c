@@ -683,7 +683,7 @@ do_handout(Reply *r, const Vmf__Agent__Handout *req)
 		snprintf(out.hostname, sizeof(out.hostname), "%s", name);
 	else
 		read_hostname();
-	if (read_small(BOOT_ID_PATH, out.boot_id, sizeof(out.boot_id)) < 0 || test_mode)
+	if (test_mode || read_small(BOOT_ID_PATH, out.boot_id, sizeof(out.boot_id)) < 0)
 		out.boot_id[0] = '\0';
 	h->hostname = out.hostname;
 	h->boot_id = out.boot_id;
