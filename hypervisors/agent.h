@@ -25,7 +25,8 @@ int vmf_agent_call(struct vmf_agent *a, Vmf__Agent__AgentRequest *req,
 /* vmf_agent_call in two halves, so that work can happen in between: a
  * request sent to a paused guest waits in the channel and is read the moment
  * the guest runs.  vmf_agent_recv waits for the reply to req (its id as
- * vmf_agent_send set it). */
+ * vmf_agent_send set it).  No other call may go in between: its wait would
+ * discard the pending reply as stale. */
 int vmf_agent_send(struct vmf_agent *a, Vmf__Agent__AgentRequest *req, int timeout_ms, struct vmf_error *err);
 int vmf_agent_recv(struct vmf_agent *a, const Vmf__Agent__AgentRequest *req, Vmf__Agent__AgentReply **reply,
 		   int timeout_ms, struct vmf_error *err);
