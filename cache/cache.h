@@ -63,6 +63,10 @@ struct vmf_cache {
 	struct vmf_pool_list pools;
 	struct vmf_vm_list vms;
 	struct vmf_histogram clone_hist, build_hist;
+	/* Recent clones' random samples after their reseed: a repeat means
+	 * two clones share RNG state. */
+	uint8_t recent_rng[64][16];
+	unsigned recent_rng_n;
 	bool stopping;                   /* the daemon stops: no new pool work */
 	bool destroying;                 /* a Destroy: finished clones are stopped, not pooled */
 	bool loop_done;                  /* the loop has ended: jobs' done() run from vmf_jobs_free */
@@ -97,6 +101,10 @@ void vmf_cache_vm_exited(struct vmf_cache *c, struct vmf_vm *vm);
 /* fill.c: the pool engine. */
 /* Starts template builds and clones as each pool's policy says. */
 void vmf_cache_refill(struct vmf_cache *c);
+/* On the loop, with the random sample a clone drew after its reseed:
+ * fails (EIO) when a recent clone drew the same, else remembers it. */
+int vmf_cache_check_sample(struct vmf_cache *c, const char *vm_id, const uint8_t sample[16],
+			   struct vmf_error *err);
 /* Once a second, on the loop: an exit no pidfd reported (liveness check),
  * pooled VMs idle beyond their pool's max_idle (default_max_idle_s for a VM
  * of no pool) replaced. */

@@ -22,6 +22,7 @@ struct clone_job {
 	struct vmf_pool *pool;               /* the worker reads only its params */
 	struct vmf_tpl *tpl;                 /* a reference, dropped by clone_done */
 	bool template_broken;
+	uint8_t sample[16];                 /* the guest's random bytes after its reseed */
 	int rc;
 	struct vmf_error err;
 };
@@ -57,11 +58,15 @@ vmf_cache_fault_gate(struct vmf_cache *c, const char *name, struct vmf_error *er
 #define WARM_TIMEOUT_MS 60000
 
 /* Work a hand-out would otherwise wait for, done while filling: the guest
- * notices the host's agent connection (tens of ms under TCG) and mounts
- * the VM's share (the sandbox's share_dir becomes a link to it).  The
- * connection stays open for the hand-out; the clone is paused again. */
+ * notices the host's agent connection (tens of ms under TCG), gets an
+ * identity of its own (its RNG reseeded with fresh host entropy, then a
+ * boot id and machine id: nothing else is ever cloned from it, so its RNG
+ * state stays its own) and mounts the VM's share (the sandbox's share_dir
+ * becomes a link to it).  The connection stays open for the hand-out; the
+ * clone is paused again.  sample gets the guest's random bytes after the
+ * reseed, which clone_done checks against other clones'. */
 static int
-warm_clone(struct vmf_vm *vm, struct vmf_error *err)
+warm_clone(struct vmf_vm *vm, uint8_t sample[16], struct vmf_error *err)
 {
 	const struct vmf_hv_ops *ops = vm->ops;
 	int r = ops->resume(vm->hv, err);
@@ -70,8 +75,10 @@ warm_clone(struct vmf_vm *vm, struct vmf_error *err)
 		return vmf_error_prefix(err, "warming clone %s", vm->id);
 	if (!(vm->agent = vmf_agent_new(fd)))
 		return vmf_err(err, ENOMEM, "out of memory for the agent channel of clone %s", vm->id);
+	struct vmf_agent_identity id;
 	/* Firecracker and Cloud Hypervisor have no share device to mount. */
 	if ((r = vmf_agent_wait_ready(vm->agent, WARM_TIMEOUT_MS, err)) < 0 ||
+	    (r = vmf_agent_new_identity(vm->agent, &id, WARM_TIMEOUT_MS, err)) < 0 ||
 	    ((ops->capabilities(vm->hv) & VMF_CAP_SHARE_DEVICE) &&
 	     (r = vmf_agent_mount_share(vm->agent, VMF_SHARE_TAG, WARM_TIMEOUT_MS, err)) < 0) ||
 	    (r = ops->pause(vm->hv, err)) < 0) {
@@ -79,6 +86,21 @@ warm_clone(struct vmf_vm *vm, struct vmf_error *err)
 		vm->agent = NULL;
 		return vmf_error_prefix(err, "warming clone %s", vm->id);
 	}
+	memcpy(sample, id.sample, 16);
+	snprintf(vm->boot_id, sizeof(vm->boot_id), "%s", id.boot_id);
+	snprintf(vm->machine_id, sizeof(vm->machine_id), "%s", id.machine_id);
+	return 0;
+}
+
+int
+vmf_cache_check_sample(struct vmf_cache *c, const char *vm_id, const uint8_t sample[16], struct vmf_error *err)
+{
+	/* Clones that drew the same random bytes would share secrets. */
+	for (unsigned i = 0; i < c->recent_rng_n && i < 64; i++)
+		if (memcmp(c->recent_rng[i], sample, 16) == 0)
+			return vmf_err(err, EIO, "VM %s returned a random sample seen from another VM; clone "
+				       "uniqueness check failed", vm_id);
+	memcpy(c->recent_rng[c->recent_rng_n++ % 64], sample, 16);
 	return 0;
 }
 
@@ -106,7 +128,7 @@ clone_work(void *arg)
 				   &j->err);
 	VMF_FAULT("mid-clone");
 	if (j->rc == 0)
-		j->rc = warm_clone(vm, &j->err);
+		j->rc = warm_clone(vm, j->sample, &j->err);
 	if (j->rc == 0) {
 		vm->ready_ns = vmf_realtime_ns();
 		if (vmf_cache_put_vm_record(j->c, vm, VMF_VM_READY, &rerr) < 0)
@@ -125,7 +147,11 @@ clone_done(void *arg)
 	vm->hv = j->snap.hv;
 	vm->agent = j->snap.agent;
 	vm->ready_ns = j->snap.ready_ns;
+	memcpy(vm->boot_id, j->snap.boot_id, sizeof(vm->boot_id));
+	memcpy(vm->machine_id, j->snap.machine_id, sizeof(vm->machine_id));
 	vm->busy = false;
+	if (j->rc == 0 && !vm->dead && !c->destroying)
+		j->rc = vmf_cache_check_sample(c, vm->id, j->sample, &j->err);
 	/* A clone finished during a SIGTERM shutdown joins the pool, which the
 	 * next daemon adopts; during a destroy it is stopped. */
 	if (j->rc == 0 && !vm->dead && !c->destroying) {

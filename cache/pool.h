@@ -66,6 +66,9 @@ struct vmf_vm {
 	char sandbox_id[72];
 	char share_link[PATH_MAX], sock_link[PATH_MAX];
 	char run_dir[PATH_MAX], share_dir[PATH_MAX];
+	/* Its own identity (warm-up, or a miss's hand-out) and hostname. */
+	char boot_id[40], machine_id[40], hostname[72];
+	double clock_error_ms;        /* at the hand-out's reply */
 };
 
 TAILQ_HEAD(vmf_vm_list, vmf_vm);

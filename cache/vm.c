@@ -68,6 +68,10 @@ vm_to_record(const struct vmf_vm *vm, enum vmf_vm_state state, Vmf__Catalog__VmR
 	rec->assigned_ns = vm->assigned_ns;
 	rec->ready_ns = vm->ready_ns;
 	rec->owner_uid = (uint32_t)vm->owner_uid;
+	rec->boot_id = (char *)vm->boot_id;
+	rec->machine_id = (char *)vm->machine_id;
+	rec->hostname = (char *)vm->hostname;
+	rec->clock_error_ms = vm->clock_error_ms;
 }
 
 static void
@@ -92,6 +96,10 @@ vmf_vm_from_record(struct vmf_vm *vm, const Vmf__Catalog__VmRecord *rec)
 	vm->assigned_ns = rec->assigned_ns;
 	vm->ready_ns = rec->ready_ns;
 	vm->owner_uid = (uid_t)rec->owner_uid;
+	copy_str(vm->boot_id, sizeof(vm->boot_id), rec->boot_id);
+	copy_str(vm->machine_id, sizeof(vm->machine_id), rec->machine_id);
+	copy_str(vm->hostname, sizeof(vm->hostname), rec->hostname);
+	vm->clock_error_ms = rec->clock_error_ms;
 }
 
 int

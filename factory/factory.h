@@ -68,9 +68,6 @@ struct vmf_daemon {
 	struct vmf_latency lat[VMF_STEP_COUNT];
 	struct vmf_histogram hist[VMF_STEP_COUNT];
 	struct evhttp *metrics;          /* NULL unless --metrics-listen */
-	/* recent guest RNG samples, to verify clones do not repeat each other */
-	uint8_t recent_rng[64][16];
-	unsigned recent_rng_n;
 	unsigned conns;
 	struct vmf_control *ctl;         /* control.c's connection table */
 	unsigned miss_clones;            /* GetVM misses cloning now (bounded by opts.max_miss_clones) */

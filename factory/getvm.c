@@ -6,7 +6,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <unistd.h>
 
 #include "agent.h"
@@ -35,7 +34,8 @@ struct getvm_job {
 	char share_dir[PATH_MAX], sock_dir[PATH_MAX];
 	int64_t start_ms, deadline_ms;
 	double step_ms[VMF_STEP_COUNT];
-	uint8_t sample[16];
+	uint8_t sample[16];      /* a clone made now: its random bytes after the reseed */
+	bool reseeded;
 	uint64_t pss_kib;        /* read on the worker, for the reply */
 	int rc;
 	struct vmf_error err;
@@ -152,19 +152,21 @@ getvm_work(void *arg)
 		}
 		t = vmf_monotonic_ns();
 	}
-	struct vmf_agent *agent = NULL;
-	int r = ops->resume(vm->hv, err);
-	j->step_ms[VMF_STEP_RESUME] = since(&t);
-	if (r == 0 && j->vcpus > vm->vcpus)
-		r = ops->hotplug_vcpus(vm->hv, j->vcpus, err);
-	if (r == 0 && j->memory_mib > vm->memory_mib)
-		r = ops->hotplug_memory(vm->hv, j->memory_mib - vm->memory_mib, err);
-	j->step_ms[VMF_STEP_HOTPLUG] = since(&t);
-	/* A pooled clone comes with its agent connected and its share mounted
-	 * (warm_clone in daemon.c); a clone made for a miss does not. */
-	bool warm = vm->agent != NULL;
-	agent = vm->agent;
+	/* A pooled clone comes with its agent connected, its identity fresh
+	 * and its share mounted (warm_clone in cache/fill.c); a clone made for
+	 * a miss, or one adopted after a restart, has none of these. */
+	struct vmf_agent *agent = vm->agent;
+	bool warm = agent != NULL;
 	vm->agent = NULL;
+	struct vmf_agent_handout ho;
+	int r = 0;
+	/* The hand-out request goes out before cont: the paused guest reads it
+	 * the moment it runs, so resume, clock and hostname cost one round
+	 * trip. */
+	if (warm)
+		r = vmf_agent_send_handout(agent, j->sandbox_id, &ho, left_ms(j), err);
+	if (r == 0)
+		r = ops->resume(vm->hv, err);
 	if (r == 0 && !warm) {
 		int fd = ops->agent_connect(vm->hv, left_ms(j), err);
 		r = fd < 0 ? fd : 0;
@@ -174,6 +176,38 @@ getvm_work(void *arg)
 		if (r == 0)
 			r = vmf_agent_wait_ready(agent, left_ms(j), err);
 	}
+	j->step_ms[VMF_STEP_RESUME] = since(&t);
+	if (r == 0 && !warm) {
+		struct vmf_agent_identity id;
+		r = vmf_agent_new_identity(agent, &id, left_ms(j), err);
+		if (r == 0) {
+			memcpy(j->sample, id.sample, 16);
+			j->reseeded = true;
+			snprintf(vm->boot_id, sizeof(vm->boot_id), "%s", id.boot_id);
+			snprintf(vm->machine_id, sizeof(vm->machine_id), "%s", id.machine_id);
+		}
+	}
+	j->step_ms[VMF_STEP_RESEED] = since(&t);
+	if (r == 0 && !warm)
+		r = vmf_agent_send_handout(agent, j->sandbox_id, &ho, left_ms(j), err);
+	if (r == 0)
+		r = vmf_agent_recv_handout(agent, &ho, left_ms(j), err);
+	if (r == 0) {
+		vm->clock_error_ms = vmf_agent_handout_clock_error_ms(&ho);
+		snprintf(vm->hostname, sizeof(vm->hostname), "%s", ho.hostname);
+		if (vm->clock_error_ms > 1000)
+			r = vmf_err(err, EIO, "the guest clock is %lld ms off after the hand-out set it",
+				    (long long)((ho.guest_ns - ho.host_recv_ns) / 1000000));
+		else if (strcmp(ho.hostname, j->sandbox_id) != 0)
+			r = vmf_err(err, EIO, "the guest's hostname is '%s' after the hand-out set it to '%s'",
+				    ho.hostname, j->sandbox_id);
+	}
+	j->step_ms[VMF_STEP_TIME] = since(&t);
+	if (r == 0 && j->vcpus > vm->vcpus)
+		r = ops->hotplug_vcpus(vm->hv, j->vcpus, err);
+	if (r == 0 && j->memory_mib > vm->memory_mib)
+		r = ops->hotplug_memory(vm->hv, j->memory_mib - vm->memory_mib, err);
+	j->step_ms[VMF_STEP_HOTPLUG] = since(&t);
 	if (r == 0 && (j->vcpus > vm->vcpus || j->memory_mib > vm->memory_mib)) {
 		uint32_t cpus = 0;
 		uint64_t kib = 0;
@@ -182,22 +216,6 @@ getvm_work(void *arg)
 			r = vmf_err(err, EIO, "the guest has %u CPUs online after hot-add, %u requested", cpus, j->vcpus);
 	}
 	j->step_ms[VMF_STEP_ONLINE] = since(&t);
-	if (r == 0) {
-		uint8_t entropy[64];
-		if (getrandom(entropy, sizeof(entropy), 0) != (ssize_t)sizeof(entropy))
-			r = vmf_err_sys(err, errno, "cannot draw host entropy");
-		if (r == 0)
-			r = vmf_agent_reseed(agent, entropy, sizeof(entropy), j->sample, left_ms(j), err);
-	}
-	j->step_ms[VMF_STEP_RESEED] = since(&t);
-	if (r == 0) {
-		int64_t guest_ns = 0;
-		r = vmf_agent_set_time(agent, vmf_realtime_ns(), &guest_ns, left_ms(j), err);
-		if (r == 0 && llabs(guest_ns - vmf_realtime_ns()) > 1000000000LL)
-			r = vmf_err(err, EIO, "the guest clock is %lld ms off after SetTime",
-				    (long long)((guest_ns - vmf_realtime_ns()) / 1000000));
-	}
-	j->step_ms[VMF_STEP_TIME] = since(&t);
 	/* No share_dir passed validation: the driver has no share device. */
 	if (r == 0 && !warm && j->share_dir[0])
 		r = vmf_agent_mount_share(agent, VMF_SHARE_TAG, left_ms(j), err);
@@ -247,18 +265,17 @@ getvm_done(void *arg)
 	vm->vcpus = j->snap.vcpus;
 	vm->memory_mib = j->snap.memory_mib;
 	vm->assigned_ns = j->snap.assigned_ns;
+	memcpy(vm->boot_id, j->snap.boot_id, sizeof(vm->boot_id));
+	memcpy(vm->machine_id, j->snap.machine_id, sizeof(vm->machine_id));
+	memcpy(vm->hostname, j->snap.hostname, sizeof(vm->hostname));
+	vm->clock_error_ms = j->snap.clock_error_ms;
 	if (j->miss)
 		d->miss_clones--;
 	vmf_tpl_unref(j->tpl);
 	j->tpl = NULL;
-	if (j->rc == 0) {
-		/* Clones that drew the same random bytes would share secrets. */
-		for (unsigned i = 0; i < d->recent_rng_n && i < 64; i++)
-			if (memcmp(d->recent_rng[i], j->sample, 16) == 0)
-				j->rc = vmf_err(&j->err, EIO, "VM %s returned a random sample seen from another "
-						"VM; clone uniqueness check failed", vm->id);
-		memcpy(d->recent_rng[d->recent_rng_n++ % 64], j->sample, 16);
-	}
+	/* A pooled clone's sample was checked when its warm-up landed. */
+	if (j->rc == 0 && j->reseeded)
+		j->rc = vmf_cache_check_sample(&d->cache, vm->id, j->sample, &j->err);
 	if (j->rc == 0 && !vmf_control_connected(j->c))
 		j->rc = vmf_err(&j->err, ECONNRESET, "client disconnected during GetVM");
 	if (j->rc == 0 && vm->dead)
@@ -282,8 +299,9 @@ getvm_done(void *arg)
 			vmf_latency_add(&d->lat[s], j->step_ms[s]);
 			vmf_histogram_add(&d->hist[s], j->step_ms[s] / 1000.0);
 		}
-		log_vm(VMF_LOG_INFO, vm->id, "handed out to sandbox %s (%u vCPU, %u MiB) in %.1f ms%s",
-		       j->sandbox_id, vm->vcpus, vm->memory_mib, j->step_ms[VMF_STEP_TOTAL], j->miss ? " (miss)" : "");
+		log_vm(VMF_LOG_INFO, vm->id, "handed out to sandbox %s (%u vCPU, %u MiB) in %.1f ms%s, clock "
+		       "error %.3f ms, boot id %s", j->sandbox_id, vm->vcpus, vm->memory_mib,
+		       j->step_ms[VMF_STEP_TOTAL], j->miss ? " (miss)" : "", vm->clock_error_ms, vm->boot_id);
 		Vmf__Control__Reply r = VMF__CONTROL__REPLY__INIT;
 		Vmf__Control__VmInfo info = VMF__CONTROL__VM_INFO__INIT;
 		vmf_vm_info_fill(d, vm, j->pss_kib, &info);

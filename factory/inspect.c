@@ -74,6 +74,8 @@ inspect_done(void *arg)
 		vmf_hex(gi->random.data, gi->random.len > 16 ? 16 : gi->random.len, hex);
 		g.random_hex = hex;
 		g.boot_id = gi->boot_id;
+		g.hostname = gi->hostname;
+		g.machine_id = gi->machine_id;
 		g.n_share_entries = gi->n_share_entries;
 		g.share_entries = gi->share_entries;
 		g.uptime_ns = gi->uptime_ns;

@@ -38,6 +38,10 @@ vmf_vm_info_fill(struct vmf_daemon *d, const struct vmf_vm *vm, uint64_t pss_kib
 	info->sock_link = strdup(vm->sock_link);
 	info->created_ns = vm->created_ns;
 	info->owner_uid = (uint32_t)vm->owner_uid;
+	info->boot_id = strdup(vm->boot_id);
+	info->machine_id = strdup(vm->machine_id);
+	info->hostname = strdup(vm->hostname);
+	info->clock_error_ms = vm->clock_error_ms;
 	info->pss_kib = info->pid > 0 && !vm->dead ? pss_kib : 0;
 	if (!vm->busy && vm->hv) {
 		struct vmf_error err;
@@ -51,7 +55,7 @@ vmf_vm_info_clear(Vmf__Control__VmInfo *info)
 	char **strs[] = { &info->id, &info->qmp_socket, &info->agent_socket, &info->agent_transport,
 			  &info->share_dir, &info->run_dir,
 			  &info->template_id, &info->pool, &info->state, &info->sandbox_id, &info->share_link,
-			  &info->sock_link };
+			  &info->sock_link, &info->boot_id, &info->machine_id, &info->hostname };
 	for (size_t i = 0; i < sizeof(strs) / sizeof(strs[0]); i++) {
 		free(*strs[i]);
 		*strs[i] = NULL;

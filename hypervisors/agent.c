@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "frame.h"
+#include "util.h"
 
 /* While the guest has not opened its port (booting, agent restarting),
  * what we send waits in QEMU's socket buffer or is lost with a dying agent;
@@ -235,8 +236,50 @@ expected(const Vmf__Agent__AgentRequest *req)
 	case VMF__AGENT__AGENT_REQUEST__BODY_RESEED_RNG: return VMF__AGENT__AGENT_REPLY__BODY_RNG;
 	case VMF__AGENT__AGENT_REQUEST__BODY_SET_TIME: return VMF__AGENT__AGENT_REPLY__BODY_TIME;
 	case VMF__AGENT__AGENT_REQUEST__BODY_MOUNT_SHARE: return VMF__AGENT__AGENT_REPLY__BODY_MOUNT;
+	case VMF__AGENT__AGENT_REQUEST__BODY_NEW_IDENTITY: return VMF__AGENT__AGENT_REPLY__BODY_IDENTITY;
+	case VMF__AGENT__AGENT_REQUEST__BODY_HANDOUT: return VMF__AGENT__AGENT_REPLY__BODY_HANDOUT;
 	default: return VMF__AGENT__AGENT_REPLY__BODY__NOT_SET;
 	}
+}
+
+static int
+check_reply(Vmf__Agent__AgentReply *rep, Vmf__Agent__AgentReply__BodyCase want, struct vmf_error *err)
+{
+	if (rep->error_code)
+		return vmf_err(err, rep->error_code, "the guest agent reports: %s",
+			       rep->error_message && *rep->error_message ? rep->error_message : "unspecified error");
+	if (rep->body_case != want)
+		return vmf_err(err, EPROTO, "the guest agent answered with message type %d, expected %d",
+			       (int)rep->body_case, (int)want);
+	return 0;
+}
+
+int
+vmf_agent_send(struct vmf_agent *a, Vmf__Agent__AgentRequest *req, int timeout_ms, struct vmf_error *err)
+{
+	if (expected(req) == VMF__AGENT__AGENT_REPLY__BODY__NOT_SET)
+		return vmf_err(err, EINVAL, "guest agent: request type %d is not one this host knows",
+			       (int)req->body_case);
+	a->last_error[0] = '\0';
+	int r = send_req(a, req, vmf_now_ms() + timeout_ms, err);
+	return r < 0 ? vmf_error_prefix(err, "guest agent") : 0;
+}
+
+int
+vmf_agent_recv(struct vmf_agent *a, const Vmf__Agent__AgentRequest *req, Vmf__Agent__AgentReply **reply,
+	       int timeout_ms, struct vmf_error *err)
+{
+	*reply = NULL;
+	Vmf__Agent__AgentReply *rep = NULL;
+	int r = wait_reply(a, req->id, &rep, vmf_now_ms() + timeout_ms, err);
+	if (r < 0)
+		return vmf_error_prefix(err, "guest agent");
+	if ((r = check_reply(rep, expected(req), err)) < 0) {
+		vmf__agent__agent_reply__free_unpacked(rep, NULL);
+		return r;
+	}
+	*reply = rep;
+	return 0;
 }
 
 int
@@ -245,31 +288,11 @@ vmf_agent_call(struct vmf_agent *a, Vmf__Agent__AgentRequest *req, Vmf__Agent__A
 {
 	*reply = NULL;
 	int64_t deadline = vmf_now_ms() + timeout_ms;
-	Vmf__Agent__AgentReply__BodyCase want = expected(req);
-	if (want == VMF__AGENT__AGENT_REPLY__BODY__NOT_SET)
-		return vmf_err(err, EINVAL, "guest agent: request type %d is not one this host knows",
-			       (int)req->body_case);
-	a->last_error[0] = '\0';
-	int r = send_req(a, req, deadline, err);
+	int r = vmf_agent_send(a, req, timeout_ms, err);
 	if (r < 0)
-		return vmf_error_prefix(err, "guest agent");
-	Vmf__Agent__AgentReply *rep = NULL;
-	r = wait_reply(a, req->id, &rep, deadline, err);
-	if (r < 0)
-		return vmf_error_prefix(err, "guest agent");
-	if (rep->error_code) {
-		r = vmf_err(err, rep->error_code, "the guest agent reports: %s",
-			    rep->error_message && *rep->error_message ? rep->error_message : "unspecified error");
-	} else if (rep->body_case != want) {
-		r = vmf_err(err, EPROTO, "the guest agent answered with message type %d, expected %d",
-			    (int)rep->body_case, (int)want);
-	}
-	if (r < 0) {
-		vmf__agent__agent_reply__free_unpacked(rep, NULL);
 		return r;
-	}
-	*reply = rep;
-	return 0;
+	int64_t left = deadline - vmf_now_ms();
+	return vmf_agent_recv(a, req, reply, left > 0 ? (int)left : 0, err);
 }
 
 static int
@@ -429,4 +452,90 @@ vmf_agent_mount_share(struct vmf_agent *a, const char *tag, int timeout_ms, stru
 	req.body_case = VMF__AGENT__AGENT_REQUEST__BODY_MOUNT_SHARE;
 	req.mount_share = &m;
 	return call_simple(a, &req, timeout_ms, err);
+}
+
+int
+vmf_agent_new_identity(struct vmf_agent *a, struct vmf_agent_identity *out, int timeout_ms, struct vmf_error *err)
+{
+	uint8_t entropy[64], mid[16];
+	if (getrandom(entropy, sizeof(entropy), 0) != (ssize_t)sizeof(entropy) ||
+	    getrandom(mid, sizeof(mid), 0) != (ssize_t)sizeof(mid))
+		return vmf_err_sys(err, errno, "cannot draw host entropy for a clone's identity");
+	Vmf__Agent__AgentRequest req = VMF__AGENT__AGENT_REQUEST__INIT;
+	Vmf__Agent__NewIdentity ni = VMF__AGENT__NEW_IDENTITY__INIT;
+	ni.entropy.data = entropy;
+	ni.entropy.len = sizeof(entropy);
+	ni.machine_id.data = mid;
+	ni.machine_id.len = sizeof(mid);
+	req.body_case = VMF__AGENT__AGENT_REQUEST__BODY_NEW_IDENTITY;
+	req.new_identity = &ni;
+	Vmf__Agent__AgentReply *rep;
+	int r = vmf_agent_call(a, &req, &rep, timeout_ms, err);
+	explicit_bzero(entropy, sizeof(entropy));
+	if (r == -EOPNOTSUPP)
+		vmf_error_append(err, " (an agent older than this host: rebuild the guest image with this build's "
+				 "agent, contrib/image/build-image)");
+	if (r < 0)
+		return r;
+	const Vmf__Agent__Identity *id = rep->identity;
+	static const uint8_t zero[16];
+	if (id->random.len != 16)
+		r = vmf_err(err, EPROTO, "the guest agent returned %zu random bytes, expected 16", id->random.len);
+	else if (memcmp(id->random.data, zero, 16) == 0)
+		r = vmf_err(err, EIO, "the guest's random sample after reseeding is all zeros");
+	else if (!id->boot_id || strlen(id->boot_id) != 36)
+		r = vmf_err(err, EPROTO, "the guest agent returned boot id '%.40s', not a UUID",
+			    id->boot_id ? id->boot_id : "");
+	if (r == 0) {
+		memcpy(out->sample, id->random.data, 16);
+		snprintf(out->boot_id, sizeof(out->boot_id), "%s", id->boot_id);
+		snprintf(out->machine_id, sizeof(out->machine_id), "%s", id->machine_id ? id->machine_id : "");
+	}
+	vmf__agent__agent_reply__free_unpacked(rep, NULL);
+	return r;
+}
+
+int
+vmf_agent_send_handout(struct vmf_agent *a, const char *hostname, struct vmf_agent_handout *h, int timeout_ms,
+		       struct vmf_error *err)
+{
+	memset(h, 0, sizeof(*h));
+	Vmf__Agent__AgentRequest req = VMF__AGENT__AGENT_REQUEST__INIT;
+	Vmf__Agent__Handout ho = VMF__AGENT__HANDOUT__INIT;
+	ho.hostname = (char *)(hostname ? hostname : "");
+	req.body_case = VMF__AGENT__AGENT_REQUEST__BODY_HANDOUT;
+	req.handout = &ho;
+	/* As late as possible: the guest sets exactly this. */
+	ho.realtime_ns = h->host_sent_ns = vmf_realtime_ns();
+	int r = vmf_agent_send(a, &req, timeout_ms, err);
+	h->id = req.id;
+	return r;
+}
+
+int
+vmf_agent_recv_handout(struct vmf_agent *a, struct vmf_agent_handout *h, int timeout_ms, struct vmf_error *err)
+{
+	Vmf__Agent__AgentRequest req = VMF__AGENT__AGENT_REQUEST__INIT;
+	req.body_case = VMF__AGENT__AGENT_REQUEST__BODY_HANDOUT;
+	req.id = h->id;
+	Vmf__Agent__AgentReply *rep;
+	int r = vmf_agent_recv(a, &req, &rep, timeout_ms, err);
+	h->host_recv_ns = vmf_realtime_ns();
+	if (r == -EOPNOTSUPP)
+		vmf_error_append(err, " (an agent older than this host: rebuild the guest image with this build's "
+				 "agent, contrib/image/build-image)");
+	if (r < 0)
+		return r;
+	const Vmf__Agent__HandoutResult *res = rep->handout;
+	h->guest_ns = res->realtime_ns;
+	snprintf(h->hostname, sizeof(h->hostname), "%s", res->hostname ? res->hostname : "");
+	snprintf(h->boot_id, sizeof(h->boot_id), "%s", res->boot_id ? res->boot_id : "");
+	vmf__agent__agent_reply__free_unpacked(rep, NULL);
+	return 0;
+}
+
+double
+vmf_agent_handout_clock_error_ms(const struct vmf_agent_handout *h)
+{
+	return (double)llabs(h->guest_ns - h->host_recv_ns) / 1e6;
 }

@@ -22,6 +22,15 @@ void vmf_agent_free(struct vmf_agent *a);
 int vmf_agent_call(struct vmf_agent *a, Vmf__Agent__AgentRequest *req,
 		   Vmf__Agent__AgentReply **reply, int timeout_ms, struct vmf_error *err);
 
+/* vmf_agent_call in two halves, so that work can happen in between: a
+ * request sent to a paused guest waits in the channel and is read the moment
+ * the guest runs.  vmf_agent_recv waits for the reply to req (its id as
+ * vmf_agent_send set it).  No other call may go in between: its wait would
+ * discard the pending reply as stale. */
+int vmf_agent_send(struct vmf_agent *a, Vmf__Agent__AgentRequest *req, int timeout_ms, struct vmf_error *err);
+int vmf_agent_recv(struct vmf_agent *a, const Vmf__Agent__AgentRequest *req, Vmf__Agent__AgentReply **reply,
+		   int timeout_ms, struct vmf_error *err);
+
 /* Convenience wrappers over vmf_agent_call. */
 int vmf_agent_ping(struct vmf_agent *a, int timeout_ms, struct vmf_error *err);
 /* Retries Ping until the guest answers or timeout_ms passes (boot, restore). */
@@ -37,6 +46,32 @@ int vmf_agent_reseed(struct vmf_agent *a, const uint8_t *entropy, size_t n, uint
 		     int timeout_ms, struct vmf_error *err);
 int vmf_agent_set_time(struct vmf_agent *a, int64_t realtime_ns, int64_t *guest_ns,
 		       int timeout_ms, struct vmf_error *err);
+/* A clone's own identity, once per clone: reseeds the guest RNG with fresh
+ * host entropy, then a fresh boot id and (where the image has one)
+ * /etc/machine-id from host bytes (NewIdentity in proto/agent.proto). */
+struct vmf_agent_identity {
+	uint8_t sample[16];          /* the guest's random bytes after the reseed */
+	char boot_id[40];
+	char machine_id[40];         /* "" when the image has none */
+};
+int vmf_agent_new_identity(struct vmf_agent *a, struct vmf_agent_identity *out, int timeout_ms,
+			   struct vmf_error *err);
+/* The hand-out request (clock and hostname), split: send it, resume the
+ * guest, then receive its reply.  send takes the host's realtime as late
+ * as it can (host_sent_ns); recv notes the host's at the reply's arrival. */
+struct vmf_agent_handout {
+	uint64_t id;
+	int64_t host_sent_ns, host_recv_ns, guest_ns;
+	char hostname[72];
+	char boot_id[40];
+};
+int vmf_agent_send_handout(struct vmf_agent *a, const char *hostname, struct vmf_agent_handout *h, int timeout_ms,
+			   struct vmf_error *err);
+int vmf_agent_recv_handout(struct vmf_agent *a, struct vmf_agent_handout *h, int timeout_ms, struct vmf_error *err);
+/* |guest - host| realtime when the reply arrived: an upper bound of how far
+ * the guest's clock is from the host's (the guest's is set to the time the
+ * request was sent, so it lags by at most the round trip). */
+double vmf_agent_handout_clock_error_ms(const struct vmf_agent_handout *h);
 int vmf_agent_mount_share(struct vmf_agent *a, const char *tag, int timeout_ms,
 			  struct vmf_error *err);
 

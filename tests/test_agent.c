@@ -3,7 +3,8 @@
  * "agent": the real vmf-agent binary in test mode (--fd) over a socketpair,
  * driven by the host client (hypervisors/agent.c) and by raw frames:
  * requests, validation, malformed, oversized and truncated frames.  Test
- * mode never touches the host: SetTime echoes, ReseedRng only samples,
+ * mode never touches the host: SetTime and Handout echo, ReseedRng and
+ * NewIdentity only sample (a machine id only in a file given to it),
  * OnlineCpuMem and MountShare answer EPERM after validating.
  *
  * "listener": the same binary with --listen-fd on a unix socket listener,
@@ -37,6 +38,7 @@
 static pid_t pid = -1;
 static int host_fd = -1;
 static char *share;
+static const char *machine_id_file;  /* --machine-id-file for the next start_agent */
 
 static const char *
 agent_path(void)
@@ -61,7 +63,11 @@ start_agent(void)
 		else
 			dup2(sv[1], 3);
 		syscall(SYS_close_range, 4U, ~0U, 0U);
-		execl(agent_path(), "vmf-agent", "--fd", "3", "--share-dir", share, (char *)NULL);
+		if (machine_id_file)
+			execl(agent_path(), "vmf-agent", "--fd", "3", "--share-dir", share, "--machine-id-file",
+			      machine_id_file, (char *)NULL);
+		else
+			execl(agent_path(), "vmf-agent", "--fd", "3", "--share-dir", share, (char *)NULL);
 		_exit(127);
 	}
 	close(sv[1]);
@@ -224,6 +230,96 @@ START_TEST(set_time_and_reseed)
 	ck_assert_msg(vmf_agent_reseed(a, ent, 16, s1, 5000, &e) == 0, "%s", e.msg);
 	ck_assert_msg(vmf_agent_reseed(a, ent, 512, s2, 5000, &e) == 0, "%s", e.msg);
 	ck_assert_int_ne(memcmp(s1, s2, 16), 0);
+	vmf_agent_free(a);
+}
+END_TEST
+
+START_TEST(new_identity_and_handout)
+{
+	struct vmf_agent *a = vmf_agent_new(dup(host_fd));
+	struct vmf_error e = {0};
+	char host_before[256] = "", host_after[256] = "";
+	gethostname(host_before, sizeof host_before);
+	/* Each NewIdentity: a fresh sample and boot id; no machine id where
+	 * none was given (test mode never touches the host's). */
+	struct vmf_agent_identity i1, i2;
+	ck_assert_msg(vmf_agent_new_identity(a, &i1, 5000, &e) == 0, "%s", e.msg);
+	ck_assert_msg(vmf_agent_new_identity(a, &i2, 5000, &e) == 0, "%s", e.msg);
+	ck_assert_uint_eq(strlen(i1.boot_id), 36);
+	ck_assert_int_eq(i1.boot_id[14], '4');
+	ck_assert_str_ne(i1.boot_id, i2.boot_id);
+	ck_assert_int_ne(memcmp(i1.sample, i2.sample, 16), 0);
+	ck_assert_str_eq(i1.machine_id, "");
+
+	/* Handout, split: sent, then (after the host's resume) received; test
+	 * mode echoes the time and hostname and sets neither. */
+	struct vmf_agent_handout h;
+	ck_assert_msg(vmf_agent_send_handout(a, "sb-1.x_y", &h, 5000, &e) == 0, "%s", e.msg);
+	ck_assert_int_gt(h.host_sent_ns, 0);
+	ck_assert_msg(vmf_agent_recv_handout(a, &h, 5000, &e) == 0, "%s", e.msg);
+	ck_assert_int_eq(h.guest_ns, h.host_sent_ns);
+	ck_assert_int_ge(h.host_recv_ns, h.host_sent_ns);
+	ck_assert_str_eq(h.hostname, "sb-1.x_y");
+	ck_assert(vmf_agent_handout_clock_error_ms(&h) < 1000);
+	gethostname(host_after, sizeof host_after);
+	ck_assert_str_eq(host_before, host_after);
+
+	/* Bad hostnames are refused, and the stream stays in sync. */
+	static const char *bad[] = { "-lead", "a b", "a/b", "x;reboot",
+				     "0123456789012345678901234567890123456789012345678901234567890123x" };
+	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+		ck_assert_int_eq(vmf_agent_send_handout(a, bad[i], &h, 5000, &e), 0);
+		ck_assert_int_eq(vmf_agent_recv_handout(a, &h, 5000, &e), -EINVAL);
+		ck_assert_msg(strstr(e.msg, "hostname") != NULL, "%s", e.msg);
+	}
+	ck_assert_msg(vmf_agent_ping(a, 5000, &e) == 0, "%s", e.msg);
+	vmf_agent_free(a);
+
+	/* Raw: entropy outside 16..512 bytes, a machine id not 16 bytes. */
+	Vmf__Agent__AgentRequest req = VMF__AGENT__AGENT_REQUEST__INIT;
+	Vmf__Agent__NewIdentity ni = VMF__AGENT__NEW_IDENTITY__INIT;
+	uint8_t ent[16] = { 1 };
+	ni.entropy.data = ent;
+	ni.entropy.len = 15;
+	req.body_case = VMF__AGENT__AGENT_REQUEST__BODY_NEW_IDENTITY;
+	req.new_identity = &ni;
+	send_raw_request(77, AGENT_PROTOCOL_VERSION, &req);
+	expect_error_reply(EINVAL, 77);
+	ni.entropy.len = 16;
+	ni.machine_id.data = ent;
+	ni.machine_id.len = 8;
+	send_raw_request(78, AGENT_PROTOCOL_VERSION, &req);
+	expect_error_reply(EINVAL, 78);
+}
+END_TEST
+
+/* Where the image has a machine id (here a scratch file given with
+ * --machine-id-file), NewIdentity rewrites it from the host's bytes. */
+START_TEST(new_identity_rewrites_an_existing_machine_id)
+{
+	char f[700];
+	snprintf(f, sizeof f, "%s/machine-id", share);
+	struct vmf_error e = {0};
+	ck_assert_int_eq(vmf_write_file_atomic(f, "uninitialized\n", 14, 0444, &e), 0);
+	close(host_fd);
+	host_fd = -1;
+	reap_agent(2000);
+	machine_id_file = f;
+	start_agent();
+	machine_id_file = NULL;
+	struct vmf_agent *a = vmf_agent_new(dup(host_fd));
+	struct vmf_agent_identity i1, i2;
+	ck_assert_msg(vmf_agent_new_identity(a, &i1, 5000, &e) == 0, "%s", e.msg);
+	char *got = NULL;
+	ck_assert_int_eq(vmf_read_file(f, &got, NULL, 100, &e), 0);
+	ck_assert_uint_eq(strlen(i1.machine_id), 32);
+	ck_assert_int_eq(i1.machine_id[12], '4');
+	ck_assert_uint_eq(strspn(i1.machine_id, "0123456789abcdef"), 32);
+	ck_assert_int_eq(strncmp(got, i1.machine_id, 32), 0);
+	ck_assert_str_eq(got + 32, "\n");
+	free(got);
+	ck_assert_msg(vmf_agent_new_identity(a, &i2, 5000, &e) == 0, "%s", e.msg);
+	ck_assert_str_ne(i1.machine_id, i2.machine_id);
 	vmf_agent_free(a);
 }
 END_TEST
@@ -749,6 +845,8 @@ main(void)
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_add_test(tc, ping_and_guest_info);
 	tcase_add_test(tc, set_time_and_reseed);
+	tcase_add_test(tc, new_identity_and_handout);
+	tcase_add_test(tc, new_identity_rewrites_an_existing_machine_id);
 	tcase_add_test(tc, validation_and_test_mode_refusals);
 	tcase_add_test(tc, garbage_and_empty_frames);
 	tcase_add_test(tc, oversized_frames);

@@ -616,7 +616,7 @@ make_users(void)
 	return NULL;
 }
 
-/* The image's agent must know exec (vmf-agent 0.3 and later): its version
+/* The image's agent must know exec (vmf-agent 0.4 and later): its version
  * string, read from the copy beside the initrd (not executable there). */
 static const char *
 image_has_exec(void)
@@ -632,7 +632,7 @@ image_has_exec(void)
 		len = 0;
 	int major = 0, minor = 0;
 	const char *v = bin ? memmem(bin, len, "vmf-agent 0.", 12) : NULL;
-	bool ok = v && sscanf(v, "vmf-agent %d.%d", &major, &minor) == 2 && (major > 0 || minor >= 3);
+	bool ok = v && sscanf(v, "vmf-agent %d.%d", &major, &minor) == 2 && (major > 0 || minor >= 4);
 	free(bin);
 	if (ok)
 		return NULL;

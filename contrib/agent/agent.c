@@ -30,9 +30,12 @@
  *
  * Test mode (--fd N or --stdio) serves an already-open stream on the host so
  * that unit tests run this very code; it never touches the host's clock, RNG,
- * CPUs or mounts: SetTime echoes the requested time (as --no-set-time does),
- * ReseedRng only validates and samples, OnlineCpuMem and MountShare are
- * refused with EPERM after validation.  --listen-fd N is the same test mode
+ * CPUs, mounts, hostname or machine id: SetTime and Handout echo the
+ * requested time (as --no-set-time does) and hostname, ReseedRng and
+ * NewIdentity only validate and sample (NewIdentity makes up a boot id
+ * without mounting it, and writes a machine id only to a
+ * --machine-id-file given on the command line), OnlineCpuMem and MountShare
+ * are refused with EPERM after validation.  --listen-fd N is the same test mode
  * for the listener code: it serves the connections of an already-listening
  * socket (a unit test's unix socket) exactly as the vsock child does.
  *
@@ -48,6 +51,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <linux/netlink.h>
 #include <linux/random.h>
 #include <linux/vm_sockets.h>
@@ -74,7 +78,7 @@
 #include "agent.pb-c.h"
 #include "frame.h"
 
-#define AGENT_VERSION "vmf-agent 0.3.0"
+#define AGENT_VERSION "vmf-agent 0.4.0"
 /* The owner's port (what a VM's agent_socket reaches) and the daemon's
  * private one (its warm-up, hand-out and inspect). */
 #define PORT_NAME "agent"
@@ -105,8 +109,14 @@
 /* How long a new agent retries a vsock port still held by the listener of
  * the agent it replaces (that one dies with its parent, asynchronously). */
 #define VSOCK_BIND_RETRY_MS 2000
+#define BOOT_ID_PATH "/proc/sys/kernel/random/boot_id"
+/* Where a clone's own boot id lives, bind-mounted over BOOT_ID_PATH. */
+#define BOOT_ID_DIR "/run/vmf-agent"
+#define BOOT_ID_FILE BOOT_ID_DIR "/boot_id"
 
 static const char *share_dir = "/mnt/share";
+static const char *machine_id_file = "/etc/machine-id";
+static bool machine_id_given;  /* --machine-id-file: test mode may write it */
 static bool test_mode;       /* serving a host-side fd: touch nothing global */
 static bool no_set_time;     /* SetTime validates and echoes, never sets */
 static bool vsock_allow_local; /* accept guest-local vsock peers (tests) */
@@ -266,8 +276,12 @@ static struct {
 	Vmf__Agent__RngSample rng;
 	Vmf__Agent__TimeResult time;
 	Vmf__Agent__MountResult mount;
+	Vmf__Agent__Identity identity;
+	Vmf__Agent__HandoutResult handout;
 	uint8_t random[16];
 	char boot_id[64];
+	char machine_id[64];
+	char hostname[72];
 	char *names[SHARE_NAMES_MAX];
 	size_t n_names;
 } out;
@@ -345,6 +359,22 @@ sample_random(Reply *r)
 }
 
 static void
+read_hostname(void)
+{
+	if (gethostname(out.hostname, sizeof(out.hostname) - 1) < 0)
+		out.hostname[0] = '\0';
+	out.hostname[sizeof(out.hostname) - 1] = '\0';
+}
+
+/* "" when the image has no machine id (or an empty one). */
+static void
+read_machine_id(void)
+{
+	if (read_small(machine_id_file, out.machine_id, sizeof(out.machine_id)) < 0)
+		out.machine_id[0] = '\0';
+}
+
+static void
 do_guest_info(Reply *r)
 {
 	Vmf__Agent__GuestInfo *g = &out.info;
@@ -359,6 +389,10 @@ do_guest_info(Reply *r)
 	if (read_small("/proc/sys/kernel/random/boot_id", out.boot_id, sizeof(out.boot_id)) < 0)
 		out.boot_id[0] = '\0';
 	g->boot_id = out.boot_id;
+	read_hostname();
+	g->hostname = out.hostname;
+	read_machine_id();
+	g->machine_id = out.machine_id;
 	g->random.data = out.random;
 	g->random.len = sizeof(out.random);
 	list_share();
@@ -449,45 +483,13 @@ do_online(Reply *r, const Vmf__Agent__OnlineCpuMem *req)
 	r->online = o;
 }
 
+static int reseed(Reply *r, const uint8_t *entropy, size_t n);
+static int set_clock(Reply *r, int64_t ns, int64_t *now);
+
 static void
 do_reseed(Reply *r, const Vmf__Agent__ReseedRng *req)
 {
-	size_t n = req->entropy.len;
-	if (n < 16 || n > 512) {
-		fail(r, EINVAL, "reseed needs 16 to 512 bytes of entropy, got %zu", n);
-		return;
-	}
-	if (!test_mode) {
-		struct {
-			int entropy_count;
-			int buf_size;
-			uint8_t buf[512];
-		} pool;
-		pool.entropy_count = (int)(n * 8);
-		pool.buf_size = (int)n;
-		memcpy(pool.buf, req->entropy.data, n);
-		int fd = open("/dev/urandom", O_RDWR | O_CLOEXEC);
-		if (fd < 0) {
-			fail(r, errno, "cannot open /dev/urandom: %s", strerror(errno));
-			return;
-		}
-		int rc = ioctl(fd, RNDADDENTROPY, &pool);
-		const char *what = "RNDADDENTROPY";
-		/* Mix the new entropy into the CRNG now, not at its next
-		 * scheduled reseed: clones must diverge before anything reads. */
-		if (rc == 0) {
-			rc = ioctl(fd, RNDRESEEDCRNG);
-			what = "RNDRESEEDCRNG";
-		}
-		int e = errno;
-		close(fd);
-		explicit_bzero(pool.buf, sizeof(pool.buf));
-		if (rc < 0) {
-			fail(r, e, "reseeding the guest RNG (%s): %s", what, strerror(e));
-			return;
-		}
-	}
-	if (sample_random(r) < 0)
+	if (reseed(r, req->entropy.data, req->entropy.len) < 0 || sample_random(r) < 0)
 		return;
 	vmf__agent__rng_sample__init(&out.rng);
 	out.rng.random.data = out.random;
@@ -499,25 +501,229 @@ do_reseed(Reply *r, const Vmf__Agent__ReseedRng *req)
 static void
 do_set_time(Reply *r, const Vmf__Agent__SetTime *req)
 {
-	if (req->realtime_ns <= 0) {
-		fail(r, EINVAL, "cannot set the guest clock to %lld ns: time must be positive",
-		     (long long)req->realtime_ns);
-		return;
-	}
 	vmf__agent__time_result__init(&out.time);
-	if (no_set_time) {
-		out.time.realtime_ns = req->realtime_ns;
-	} else {
-		struct timespec ts = { .tv_sec = req->realtime_ns / 1000000000,
-				       .tv_nsec = req->realtime_ns % 1000000000 };
-		if (clock_settime(CLOCK_REALTIME, &ts) < 0) {
-			fail(r, errno, "cannot set the guest clock: %s", strerror(errno));
-			return;
-		}
-		out.time.realtime_ns = clock_ns(CLOCK_REALTIME);
-	}
+	if (set_clock(r, req->realtime_ns, &out.time.realtime_ns) < 0)
+		return;
 	r->body_case = VMF__AGENT__AGENT_REPLY__BODY_TIME;
 	r->time = &out.time;
+}
+
+/* Mixes n host bytes into the input pool and reseeds the CRNG from it at
+ * once, not at its next scheduled reseed: clones must diverge before
+ * anything reads.  Test mode validates only. */
+static int
+reseed(Reply *r, const uint8_t *entropy, size_t n)
+{
+	if (n < 16 || n > 512) {
+		fail(r, EINVAL, "reseed needs 16 to 512 bytes of entropy, got %zu", n);
+		return -1;
+	}
+	if (test_mode)
+		return 0;
+	struct {
+		int entropy_count;
+		int buf_size;
+		uint8_t buf[512];
+	} pool;
+	pool.entropy_count = (int)(n * 8);
+	pool.buf_size = (int)n;
+	memcpy(pool.buf, entropy, n);
+	int fd = open("/dev/urandom", O_RDWR | O_CLOEXEC);
+	if (fd < 0) {
+		fail(r, errno, "cannot open /dev/urandom: %s", strerror(errno));
+		return -1;
+	}
+	int rc = ioctl(fd, RNDADDENTROPY, &pool);
+	const char *what = "RNDADDENTROPY";
+	if (rc == 0) {
+		rc = ioctl(fd, RNDRESEEDCRNG);
+		what = "RNDRESEEDCRNG";
+	}
+	int e = errno;
+	close(fd);
+	explicit_bzero(pool.buf, sizeof(pool.buf));
+	if (rc < 0) {
+		fail(r, e, "reseeding the guest RNG (%s): %s", what, strerror(e));
+		return -1;
+	}
+	return 0;
+}
+
+/* 16 bytes as a version 4 UUID's bits (what systemd does to machine ids). */
+static void
+make_v4(uint8_t b[16])
+{
+	b[6] = (uint8_t)((b[6] & 0x0f) | 0x40);
+	b[8] = (uint8_t)((b[8] & 0x3f) | 0x80);
+}
+
+static int
+write_file_atomic(const char *path, const char *s)
+{
+	char tmp[PATH_MAX];
+	snprintf(tmp, sizeof(tmp), "%s.vmf-agent.tmp", path);
+	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0444);
+	if (fd < 0)
+		return -1;
+	ssize_t w = write(fd, s, strlen(s));
+	int e = errno;
+	if (close(fd) < 0 && w == (ssize_t)strlen(s))
+		e = errno, w = -1;
+	if (w != (ssize_t)strlen(s) || rename(tmp, path) < 0) {
+		e = w != (ssize_t)strlen(s) ? e : errno;
+		unlink(tmp);
+		errno = e;
+		return -1;
+	}
+	return 0;
+}
+
+/* A fresh boot id, bind-mounted over the kernel's.  The kernel makes its
+ * own on the first read and keeps it: in an image where anything read it
+ * before the template was saved (systemd does at boot), every clone would
+ * read the same one.  Drawn after the reseed, so clones differ. */
+static int
+new_boot_id(Reply *r)
+{
+	uint8_t b[16];
+	if (getrandom(b, sizeof(b), 0) != (ssize_t)sizeof(b)) {
+		fail(r, errno, "getrandom for a boot id: %s", strerror(errno));
+		return -1;
+	}
+	make_v4(b);
+	snprintf(out.boot_id, sizeof(out.boot_id),
+		 "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0], b[1], b[2], b[3],
+		 b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]);
+	if (test_mode)
+		return 0;
+	char line[48];
+	snprintf(line, sizeof(line), "%s\n", out.boot_id);
+	/* The default image's initramfs has no /run. */
+	if ((mkdir("/run", 0755) < 0 && errno != EEXIST) || (mkdir(BOOT_ID_DIR, 0755) < 0 && errno != EEXIST) ||
+	    write_file_atomic(BOOT_ID_FILE, line) < 0) {
+		fail(r, errno, "cannot write %s: %s", BOOT_ID_FILE, strerror(errno));
+		return -1;
+	}
+	/* A second identity replaces the first rather than stacking on it. */
+	umount2(BOOT_ID_PATH, MNT_DETACH);
+	if (mount(BOOT_ID_FILE, BOOT_ID_PATH, NULL, MS_BIND, NULL) < 0) {
+		fail(r, errno, "cannot bind-mount %s over %s: %s", BOOT_ID_FILE, BOOT_ID_PATH, strerror(errno));
+		return -1;
+	}
+	char now[64];
+	if (read_small(BOOT_ID_PATH, now, sizeof(now)) < 0 || strcmp(now, out.boot_id) != 0) {
+		fail(r, EIO, "%s reads '%s' after mounting the clone's boot id '%s'", BOOT_ID_PATH, now, out.boot_id);
+		return -1;
+	}
+	return 0;
+}
+
+/* Rewrites the machine id where the image has one: a systemd-less image
+ * (the default busybox one) has none and nothing that would read it. */
+static int
+new_machine_id(Reply *r, const uint8_t *bytes, size_t n)
+{
+	out.machine_id[0] = '\0';
+	if (n == 0 || (test_mode && !machine_id_given) || access(machine_id_file, F_OK) < 0)
+		return 0;
+	if (n != 16) {
+		fail(r, EINVAL, "a machine id needs 16 bytes, got %zu", n);
+		return -1;
+	}
+	uint8_t b[16];
+	memcpy(b, bytes, 16);
+	make_v4(b);
+	char line[40];
+	for (int i = 0; i < 16; i++)
+		snprintf(line + 2 * i, 3, "%02x", b[i]);
+	snprintf(line + 32, sizeof(line) - 32, "\n");
+	if (write_file_atomic(machine_id_file, line) < 0) {
+		fail(r, errno, "cannot write %s: %s", machine_id_file, strerror(errno));
+		return -1;
+	}
+	read_machine_id();
+	return 0;
+}
+
+static void
+do_new_identity(Reply *r, const Vmf__Agent__NewIdentity *req)
+{
+	if (req->machine_id.len != 0 && req->machine_id.len != 16) {
+		fail(r, EINVAL, "a machine id needs 16 bytes, got %zu", req->machine_id.len);
+		return;
+	}
+	/* The reseed first: the boot id and the sample are drawn from the
+	 * clone's own CRNG state. */
+	if (reseed(r, req->entropy.data, req->entropy.len) < 0 || new_boot_id(r) < 0 ||
+	    new_machine_id(r, req->machine_id.data, req->machine_id.len) < 0 || sample_random(r) < 0)
+		return;
+	Vmf__Agent__Identity *id = &out.identity;
+	vmf__agent__identity__init(id);
+	id->random.data = out.random;
+	id->random.len = sizeof(out.random);
+	id->boot_id = out.boot_id;
+	id->machine_id = out.machine_id;
+	r->body_case = VMF__AGENT__AGENT_REPLY__BODY_IDENTITY;
+	r->identity = id;
+}
+
+/* Sets the clock (--no-set-time and test mode: only validates); *now is
+ * the guest's realtime afterwards. */
+static int
+set_clock(Reply *r, int64_t ns, int64_t *now)
+{
+	if (ns <= 0) {
+		fail(r, EINVAL, "cannot set the guest clock to %lld ns: time must be positive", (long long)ns);
+		return -1;
+	}
+	if (no_set_time) {
+		*now = ns;
+		return 0;
+	}
+	struct timespec ts = { .tv_sec = ns / 1000000000, .tv_nsec = ns % 1000000000 };
+	if (clock_settime(CLOCK_REALTIME, &ts) < 0) {
+		fail(r, errno, "cannot set the guest clock: %s", strerror(errno));
+		return -1;
+	}
+	*now = clock_ns(CLOCK_REALTIME);
+	return 0;
+}
+
+static void
+do_handout(Reply *r, const Vmf__Agent__Handout *req)
+{
+	const char *name = req->hostname ? req->hostname : "";
+	size_t n = strlen(name);
+	/* A sandbox id's character set (the daemon checks it too). */
+	if (n > 64 || (n > 0 && !isalnum((unsigned char)name[0]))) {
+		fail(r, EINVAL, "hostname must be 1 to 64 characters starting with a letter or digit");
+		return;
+	}
+	for (size_t i = 0; i < n; i++)
+		if (!isalnum((unsigned char)name[i]) && !strchr("_-.", name[i])) {
+			fail(r, EINVAL, "hostname '%s' has a character other than letters, digits, '_', '-' and '.'",
+			     name);
+			return;
+		}
+	Vmf__Agent__HandoutResult *h = &out.handout;
+	vmf__agent__handout_result__init(h);
+	/* The clock first: it is what the host timed. */
+	if (set_clock(r, req->realtime_ns, &h->realtime_ns) < 0)
+		return;
+	if (n > 0 && !test_mode && sethostname(name, n) < 0) {
+		fail(r, errno, "cannot set the hostname to '%s': %s", name, strerror(errno));
+		return;
+	}
+	if (test_mode && n > 0)
+		snprintf(out.hostname, sizeof(out.hostname), "%s", name);
+	else
+		read_hostname();
+	if (test_mode || read_small(BOOT_ID_PATH, out.boot_id, sizeof(out.boot_id)) < 0)
+		out.boot_id[0] = '\0';
+	h->hostname = out.hostname;
+	h->boot_id = out.boot_id;
+	r->body_case = VMF__AGENT__AGENT_REPLY__BODY_HANDOUT;
+	r->handout = h;
 }
 
 /* The 9p source (tag) mounted at dir, from /proc/self/mounts; "" when dir is
@@ -1403,6 +1609,12 @@ handle(struct conn *c, const Vmf__Agent__AgentRequest *req, Reply *r)
 	case VMF__AGENT__AGENT_REQUEST__BODY_MOUNT_SHARE:
 		do_mount(r, req->mount_share);
 		break;
+	case VMF__AGENT__AGENT_REQUEST__BODY_NEW_IDENTITY:
+		do_new_identity(r, req->new_identity);
+		break;
+	case VMF__AGENT__AGENT_REQUEST__BODY_HANDOUT:
+		do_handout(r, req->handout);
+		break;
 	case VMF__AGENT__AGENT_REQUEST__BODY_EXEC_START:
 		do_exec_start(c, r, req->exec_start);
 		break;
@@ -1931,6 +2143,7 @@ usage(void)
 		"       vmf-agent --listen-fd N    serve the connections of the listening socket fd N, several at\n"
 		"                                  once (test mode)\n"
 		"options: --share-dir PATH (default /mnt/share), --no-set-time, --no-exec, --version,\n"
+		"         --machine-id-file PATH (default /etc/machine-id; in test mode written only when given),\n"
 		"         --vsock-port N (0: no vsock), --vsock-allow-local (accept guest-local vsock peers)\n",
 		PORT_NAME, VSOCK_PORT_DEFAULT);
 }
@@ -1972,6 +2185,9 @@ main(int argc, char **argv)
 			share_dir = argv[++i];
 		} else if (!strcmp(argv[i], "--no-exec")) {
 			no_exec = true;
+		} else if (!strcmp(argv[i], "--machine-id-file") && i + 1 < argc) {
+			machine_id_file = argv[++i];
+			machine_id_given = true;
 		} else if (!strcmp(argv[i], "--no-set-time")) {
 			no_set_time = true;
 		} else if (!strcmp(argv[i], "--version")) {

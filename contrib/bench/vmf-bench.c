@@ -266,6 +266,10 @@ static struct agent_addr {
 	unsigned port;
 } last_agent;
 
+/* Each hand-out's clock error as the daemon measured it (|guest - host|
+ * realtime when the guest's reply to the hand-out arrived), in ms. */
+static struct series clock_err = { .name = "clock-error" };
+
 /* One GetVM, request to reply; the VM's id in id (and its agent's address
  * in last_agent). */
 static double
@@ -291,6 +295,7 @@ get_vm(struct vmf_client *c, unsigned vcpus, unsigned mib, int k, char id[64])
 	snprintf(last_agent.path, sizeof last_agent.path, "%s", r->vm->agent_socket);
 	snprintf(last_agent.transport, sizeof last_agent.transport, "%s", r->vm->agent_transport);
 	last_agent.port = r->vm->agent_vsock_port;
+	add(&clock_err, r->vm->clock_error_ms);
 	vmf__control__reply__free_unpacked(r, NULL);
 	return ms;
 }
@@ -603,6 +608,7 @@ main(int argc, char **argv)
 	struct series *all[] = { &cold, &restore, &clone, &handout, &resize, &floor_, &exec };
 	for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
 		finish(all[i]);
+	finish(&clock_err);
 
 	struct utsname u;
 	uname(&u);
@@ -623,6 +629,8 @@ main(int argc, char **argv)
 	jnum("daemon_rss_kib_after", (double)rss1);
 	jnum("daemon_fds_before", fds0);
 	jnum("daemon_fds_after", fds1);
+	jnum("clock_error_ms", pct(&clock_err, 99));
+	jnum("clock_error_p50_ms", pct(&clock_err, 50));
 	json_object *lat = json_object_new_object();
 	for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
 		json_object *o2 = json_object_new_object();
@@ -671,6 +679,8 @@ main(int argc, char **argv)
 	printf("| daemon RSS before / after %d cycles | %llu / %llu KiB |\n", cfg.cycles, (unsigned long long)rss0,
 	       (unsigned long long)rss1);
 	printf("| daemon open fds before / after | %d / %d |\n", fds0, fds1);
+	printf("| guest clock error at hand-out, p50 / p99 over %d hand-outs | %.3f / %.3f ms |\n", clock_err.n,
+	       pct(&clock_err, 50), pct(&clock_err, 99));
 	printf("\n## Targets\n\n| target | measured | bound | |\n|---|---:|---:|---|\n");
 	double cold50 = pct(&cold, 50), fl = pct(&floor_, 50);
 	target("clone speed-up over cold (p50)", cold50 / pct(&clone, 50), 15, false, "×");
@@ -679,8 +689,10 @@ main(int argc, char **argv)
 	target("handout-resize p99 / floor", pct(&resize, 99) / fl, 10, true, "×");
 	target("pooled PSS / cold PSS", pss_cold ? 100.0 * pss_clone / pss_cold : 0, 25, true, "%");
 	target("refill of 8 (s) vs 8 × clone / 1.6", refill_s, 8 * pct(&clone, 50) / 1000 / 1.6, true, " s");
+	target("guest clock error after hand-out (p99)", pct(&clock_err, 99), 5, true, " ms");
 	target("daemon RSS after cycles", rss1 / 1024.0, 16, true, " MiB");
 	target("daemon RSS growth over cycles", (double)rss1 - (double)rss0, 1024, true, " KiB");
+	free(clock_err.v);
 	free(steps1);
 	free(steps2);
 	json_object_put(J);

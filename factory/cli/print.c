@@ -38,6 +38,10 @@ vminfo_json(const Vmf__Control__VmInfo *v)
 	JI(o, "age_s", v->created_ns ? (vmf_realtime_ns() - v->created_ns) / 1000000000 : 0);
 	JI(o, "pss_kib", v->pss_kib);
 	JI(o, "owner_uid", v->owner_uid);
+	JS(o, "boot_id", v->boot_id);
+	JS(o, "machine_id", v->machine_id);
+	JS(o, "hostname", v->hostname);
+	JD(o, "clock_error_ms", v->clock_error_ms);
 	if (v->hypervisor) {
 		json_object *h = json_object_new_object();
 		JI(h, "pid", v->hypervisor->pid);
@@ -69,6 +73,12 @@ vminfo_human(const Vmf__Control__VmInfo *v)
 	printf("run dir:      %s (linked from %s)\n", v->run_dir, v->sock_link);
 	printf("template:     %s\n", v->template_id);
 	printf("pool:         %s\n", v->pool && *v->pool ? v->pool : "(gone)");
+	printf("boot id:      %s\n", v->boot_id && *v->boot_id ? v->boot_id : "(not yet warmed)");
+	printf("machine id:   %s\n", v->machine_id && *v->machine_id ? v->machine_id : "none (the image has none)");
+	if (v->hostname && *v->hostname) {
+		printf("hostname:     %s\n", v->hostname);
+		printf("clock error:  %.3f ms at hand-out\n", v->clock_error_ms);
+	}
 }
 
 json_object *
@@ -98,6 +108,8 @@ inspect_json(const Vmf__Control__Reply *r)
 		JI(go, "realtime_ns", g->realtime_ns);
 		JS(go, "random_hex", g->random_hex);
 		JS(go, "boot_id", g->boot_id);
+		JS(go, "machine_id", g->machine_id);
+		JS(go, "hostname", g->hostname);
 		JI(go, "uptime_ns", g->uptime_ns);
 		JS(go, "agent_version", g->agent_version);
 		json_object *ents = json_object_new_array();
@@ -123,7 +135,9 @@ inspect_human(const Vmf__Control__Reply *r)
 		printf("guest clock:  %+.3f s from the host\n",
 		       (double)(g->realtime_ns - ir->host_realtime_ns) / 1e9);
 		printf("guest random: %s\n", g->random_hex);
-		printf("boot id:      %s\n", g->boot_id);
+		printf("guest boot:   %s\n", g->boot_id);
+		printf("guest mach.:  %s\n", g->machine_id && *g->machine_id ? g->machine_id : "none");
+		printf("guest host:   %s\n", g->hostname);
 		printf("share:       ");
 		for (size_t i = 0; i < g->n_share_entries; i++)
 			printf(" %s", g->share_entries[i]);
