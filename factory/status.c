@@ -26,6 +26,8 @@ vmf_vm_info_fill(struct vmf_daemon *d, const struct vmf_vm *vm, uint64_t pss_kib
 	snprintf(agent, sizeof(agent), "%s/%s", vm->run_dir, vm->ops->agent_socket);
 	info->qmp_socket = strdup(qmp);
 	info->agent_socket = strdup(agent);
+	info->agent_transport = strdup(vm->ops->agent_transport ? vm->ops->agent_transport : "unix");
+	info->agent_vsock_port = vm->ops->agent_vsock_port;
 	info->share_dir = strdup(d->hv.caps & VMF_CAP_SHARE_DEVICE ? vm->share_dir : "");
 	info->run_dir = strdup(vm->run_dir);
 	info->template_id = strdup(vm->template_id);
@@ -50,7 +52,8 @@ vmf_vm_info_fill(struct vmf_daemon *d, const struct vmf_vm *vm, uint64_t pss_kib
 void
 vmf_vm_info_clear(Vmf__Control__VmInfo *info)
 {
-	char **strs[] = { &info->id, &info->qmp_socket, &info->agent_socket, &info->share_dir, &info->run_dir,
+	char **strs[] = { &info->id, &info->qmp_socket, &info->agent_socket, &info->agent_transport,
+			  &info->share_dir, &info->run_dir,
 			  &info->template_id, &info->pool, &info->state, &info->sandbox_id, &info->share_link,
 			  &info->sock_link, &info->boot_id, &info->machine_id, &info->hostname };
 	for (size_t i = 0; i < sizeof(strs) / sizeof(strs[0]); i++) {

@@ -51,6 +51,11 @@ struct vmf_hv_ops {
 	 * vsock socket): what status and GetVM report to a runtime. */
 	const char *control_socket;
 	const char *agent_socket;
+	/* How a runtime reaches the agent through agent_socket: "unix" (a
+	 * stream straight to the guest's port) or "hybrid-vsock" ("CONNECT
+	 * <agent_vsock_port>\n", then "OK ..."). */
+	const char *agent_transport;
+	unsigned agent_vsock_port;
 
 	/* Version, accelerator that will be used, capabilities.  kernel (may
 	 * be NULL) is the guest kernel: QEMU uses KVM only if it boots it. */

@@ -36,6 +36,7 @@ struct vmf_vmm {
 	struct vmf_qmp *qmp;
 	char qmp_path[PATH_MAX];
 	char agent_path[PATH_MAX];
+	char vmf_agent_path[PATH_MAX];
 	char serial_log[PATH_MAX];
 	char stderr_log[PATH_MAX];
 	unsigned vcpus;
@@ -233,7 +234,7 @@ check_optval(const char *what, const char *v, struct vmf_error *err)
 }
 
 int
-vmf_qemu_build_argv(const vmf_vm_config *cfg, int qmp_fd, int agent_fd, char ***out,
+vmf_qemu_build_argv(const vmf_vm_config *cfg, int qmp_fd, int agent_fd, int vmf_agent_fd, char ***out,
 		    struct vmf_error *err)
 {
 	*out = NULL;
@@ -319,6 +320,10 @@ vmf_qemu_build_argv(const vmf_vm_config *cfg, int qmp_fd, int agent_fd, char ***
 	arg(&a, "socket,id=agent,fd=%d,server=on,wait=off", agent_fd);
 	arg(&a, "-device");
 	arg(&a, "virtserialport,bus=vser0.0,chardev=agent,name=agent");
+	arg(&a, "-chardev");
+	arg(&a, "socket,id=vmf,fd=%d,server=on,wait=off", vmf_agent_fd);
+	arg(&a, "-device");
+	arg(&a, "virtserialport,bus=vser0.0,chardev=vmf,name=vmf");
 	arg(&a, "-object");
 	arg(&a, "rng-random,id=rng0,filename=/dev/urandom");
 	arg(&a, "-device");
@@ -413,6 +418,7 @@ vm_new(const vmf_vm_config *cfg, struct vmf_error *err)
 	vm->proc.pidfd = -1;
 	snprintf(vm->qmp_path, sizeof(vm->qmp_path), "%s/%s", cfg->run_dir, VMF_QEMU_QMP_SOCK);
 	snprintf(vm->agent_path, sizeof(vm->agent_path), "%s/%s", cfg->run_dir, VMF_QEMU_AGENT_SOCK);
+	snprintf(vm->vmf_agent_path, sizeof(vm->vmf_agent_path), "%s/%s", cfg->run_dir, VMF_QEMU_DAEMON_AGENT_SOCK);
 	snprintf(vm->serial_log, sizeof(vm->serial_log), "%s/%s", cfg->run_dir, VMF_QEMU_SERIAL_LOG);
 	snprintf(vm->stderr_log, sizeof(vm->stderr_log), "%s/%s", cfg->run_dir, VMF_QEMU_STDERR_LOG);
 	vm->vcpus = cfg->vcpus;
@@ -435,9 +441,10 @@ spawn(struct vmf_vmm *vm, struct vmf_error *err)
 	if (qmp_l < 0)
 		return qmp_l;
 	int agent_l = listen_unix(vm->agent_path, err);
+	int vmf_l = agent_l < 0 ? agent_l : listen_unix(vm->vmf_agent_path, err);
 	char **argv = NULL;
 	int qmp_c = -1;
-	int r = agent_l < 0 ? agent_l : vmf_qemu_build_argv(cfg, qmp_l, agent_l, &argv, err);
+	int r = vmf_l < 0 ? vmf_l : vmf_qemu_build_argv(cfg, qmp_l, agent_l, vmf_l, &argv, err);
 	/* The QMP client connects before fork: the connection waits in the
 	 * listen backlog until QEMU accepts it. */
 	if (r == 0 && (qmp_c = vmf_vmm_connect_unix(vm->qmp_path, err)) < 0)
@@ -451,16 +458,18 @@ spawn(struct vmf_vmm *vm, struct vmf_error *err)
 		log_vm(VMF_LOG_DEBUG, cfg->id, "starting %s", line);
 	}
 	if (r == 0) {
-		/* Besides stdio, QEMU inherits only its two listening sockets. */
-		const int keep[] = { qmp_l, agent_l };
+		/* Besides stdio, QEMU inherits only its listening sockets. */
+		const int keep[] = { qmp_l, agent_l, vmf_l };
 		struct vmf_vmm_spawn s = { .argv = argv, .log_dir = cfg->run_dir, .log_name = VMF_QEMU_STDERR_LOG,
-					   .log_truncate = true, .keep_fds = keep, .n_keep = 2 };
+					   .log_truncate = true, .keep_fds = keep, .n_keep = 3 };
 		if ((r = vmf_vmm_spawn(&s, &vm->proc, err)) < 0)
 			vmf_error_prefix(err, "QEMU for VM %s", cfg->id);
 	}
 	close(qmp_l);
 	if (agent_l >= 0)
 		close(agent_l);
+	if (vmf_l >= 0)
+		close(vmf_l);
 	vmf_qemu_free_argv(argv);
 	if (r < 0) {
 		if (qmp_c >= 0)
@@ -775,6 +784,7 @@ qemu_stop(struct vmf_vmm *vm, int timeout_ms, struct vmf_error *err)
 	}
 	unlink(vm->qmp_path);
 	unlink(vm->agent_path);
+	unlink(vm->vmf_agent_path);
 	return 0;
 }
 
@@ -803,7 +813,11 @@ static int
 qemu_agent_connect(struct vmf_vmm *vm, int timeout_ms, struct vmf_error *err)
 {
 	(void)timeout_ms; /* the listening socket exists for the VM's whole life */
-	int fd = vmf_vmm_connect_unix(vm->agent_path, err);
+	/* The daemon's own port: the owner's may be held by the sandbox. */
+	int fd = vmf_vmm_connect_unix(vm->vmf_agent_path, err);
+	/* A VM adopted from a daemon before the private port has only one. */
+	if (fd == -ENOENT)
+		fd = vmf_vmm_connect_unix(vm->agent_path, err);
 	if (fd < 0)
 		vmf_error_prefix(err, "VM %s: agent channel", vm->cfg->id);
 	return fd;
@@ -947,6 +961,7 @@ const struct vmf_hv_ops vmf_qemu_ops = {
 	.kind = VMF__HV__HYPERVISOR_KIND__HV_QEMU,
 	.control_socket = VMF_QEMU_QMP_SOCK,
 	.agent_socket = VMF_QEMU_AGENT_SOCK,
+	.agent_transport = "unix",
 	.probe = qemu_probe,
 	.boot = qemu_boot,
 	.start_from_template = qemu_start_from_template,

@@ -8,14 +8,18 @@
 /* Paths inside a VM's run dir. */
 #define VMF_QEMU_QMP_SOCK "qmp.sock"
 #define VMF_QEMU_AGENT_SOCK "agent.sock"
+/* The daemon's own agent port ("vmf"): no one else gets access to it, so
+ * the owner holding "agent" never keeps the daemon out, nor the reverse. */
+#define VMF_QEMU_DAEMON_AGENT_SOCK "vmf-agent.sock"
 #define VMF_QEMU_SERIAL_LOG "serial.log"
 #define VMF_QEMU_STDERR_LOG "qemu.log"
 
 #define VMF_QEMU_DEFAULT_BINARY "qemu-system-x86_64"
 
 /* Builds argv (NULL-terminated, each string and the array malloc'ed) for
- * cfg.  qmp_fd and agent_fd are listening sockets QEMU inherits. */
-int vmf_qemu_build_argv(const vmf_vm_config *cfg, int qmp_fd, int agent_fd, char ***argv,
+ * cfg.  qmp_fd, agent_fd (the owner's agent port) and vmf_agent_fd (the
+ * daemon's) are listening sockets QEMU inherits. */
+int vmf_qemu_build_argv(const vmf_vm_config *cfg, int qmp_fd, int agent_fd, int vmf_agent_fd, char ***argv,
 			struct vmf_error *err);
 void vmf_qemu_free_argv(char **argv);
 

@@ -8,9 +8,9 @@
  * OnlineCpuMem and MountShare answer EPERM after validating.
  *
  * "listener": the same binary with --listen-fd on a unix socket listener,
- * the code that serves the guest's vsock port 1024: connections served one
- * at a time, a new one replacing the current one (its half-sent frame
- * void), a closed one not making the agent spin.
+ * the code that serves the guest's vsock port 1024: several connections
+ * at once (a half-sent frame on one not disturbing another), the oldest
+ * closed beyond the limit, a closed one not making the agent spin.
  *
  * "client": the host client against a scripted fake agent (a thread), for
  * what a real agent does not do on demand: stale and orphan replies, a
@@ -550,18 +550,16 @@ agent_cpu_ticks(void)
 	return ut + st;
 }
 
-START_TEST(listener_new_connection_replaces_the_current_one)
+START_TEST(listener_serves_several_connections_at_once)
 {
 	struct vmf_error e = {0};
 	int a = lis_connect();
 	ck_assert_msg(ping_on(a, &e) == 0, "first connection: %s", e.msg);
-	/* Half a frame on the first connection: void once it is replaced. */
+	/* Half a frame on the first connection does not disturb the second. */
 	uint8_t half[6] = { 0, 0, 0, 100, 1, 2 };
 	ck_assert_int_eq(write(a, half, sizeof half), (ssize_t)sizeof half);
 	int b = lis_connect();
-	ck_assert_msg(ping_on(b, &e) == 0, "second connection (replacing the first): %s", e.msg);
-	ck_assert_msg(closed_by_agent(a, 5000), "the replaced connection was not closed by the agent");
-	close(a);
+	ck_assert_msg(ping_on(b, &e) == 0, "second connection (beside the first): %s", e.msg);
 	Vmf__Agent__AgentReply *r;
 	struct vmf_agent *ag = vmf_agent_new(dup(b));
 	ck_assert_msg(vmf_agent_guest_info(ag, &r, 5000, &e) == 0, "%s", e.msg);
@@ -569,7 +567,31 @@ START_TEST(listener_new_connection_replaces_the_current_one)
 	ck_assert_uint_eq(r->guest_info->n_share_entries, 0);
 	vmf__agent__agent_reply__free_unpacked(r, NULL);
 	vmf_agent_free(ag);
+	/* The first is still served: the rest of its frame (garbage, answered
+	 * with an error of id 0), then a Ping. */
+	uint8_t rest[98] = { 0xff };
+	ck_assert_int_eq(write(a, rest, sizeof rest), (ssize_t)sizeof rest);
+	ck_assert_msg(ping_on(a, &e) == 0, "first connection, after the second came: %s", e.msg);
+	close(a);
 	close(b);
+}
+END_TEST
+
+/* After a snapshot restore the VMM resets its vsock connections and the
+ * host connects again; one that was never reset must not keep the host
+ * out: beyond the limit (16) the oldest is closed. */
+START_TEST(listener_closes_the_oldest_beyond_the_limit)
+{
+	struct vmf_error e = {0};
+	int fds[17];
+	for (int i = 0; i < 17; i++) {
+		fds[i] = lis_connect();
+		ck_assert_msg(ping_on(fds[i], &e) == 0, "connection %d: %s", i + 1, e.msg);
+	}
+	ck_assert_msg(closed_by_agent(fds[0], 5000), "the oldest connection was not closed");
+	ck_assert_msg(ping_on(fds[1], &e) == 0, "the second oldest: %s", e.msg);
+	for (int i = 0; i < 17; i++)
+		close(fds[i]);
 }
 END_TEST
 
@@ -833,7 +855,8 @@ main(void)
 	suite_add_tcase(s, tc);
 	TCase *tcl = tcase_create("listener");
 	tcase_add_checked_fixture(tcl, listener_setup, listener_teardown);
-	tcase_add_test(tcl, listener_new_connection_replaces_the_current_one);
+	tcase_add_test(tcl, listener_serves_several_connections_at_once);
+	tcase_add_test(tcl, listener_closes_the_oldest_beyond_the_limit);
 	tcase_add_test(tcl, listener_serves_the_next_connection_after_one_ends);
 	tcase_add_test(tcl, listener_option_errors);
 	suite_add_tcase(s, tcl);

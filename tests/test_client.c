@@ -98,6 +98,7 @@ fill_vm(Vmf__Control__VmInfo *v, const char *id, const char *state, int pid, con
 	v->memory_mib = 256;
 	v->qmp_socket = "/run/vmf/vms/x/qmp.sock";
 	v->agent_socket = "/run/vmf/vms/x/agent.sock";
+	v->agent_transport = "unix";
 	v->share_dir = "/run/vmf/vms/x/share";
 	v->run_dir = "/run/vmf/vms/x";
 	v->template_id = TPL_ID;
@@ -709,6 +710,7 @@ has_keys(json_object *o, const char *prefix, const char *const *keys)
 }
 
 static const char *const VM_KEYS[] = { "id", "pid", "vcpus", "memory_mib", "qmp_socket", "agent_socket",
+				       "agent_transport", "agent_vsock_port",
 				       "share_dir", "run_dir", "template_id", "state", "sandbox_id",
 				       "share_link", "sock_link", "pool", NULL };
 
@@ -870,6 +872,17 @@ START_TEST(cli_inspect_json)
 	ck_assert_str_eq(json_object_get_string(jget(j, "guest_error")), "the VM is ready, its guest is paused");
 	json_object_put(j);
 	run_free(&r);
+
+	/* exec asks Inspect first: a pooled VM is refused with a sentence, and
+	 * an assigned one whose agent socket does not exist says so. */
+	r = CLI("exec", VM_READY, "--socket", F.path, "--", "true");
+	ck_assert_int_eq(r.rc, 125);
+	ck_assert_msg(strstr(r.err, "is ready: exec runs in handed-out"), "%s", r.err);
+	run_free(&r);
+	r = CLI("exec", VM_ASSIGNED, "--socket", F.path, "--", "true");
+	ck_assert_int_eq(r.rc, 125);
+	ck_assert_msg(strstr(r.err, "/run/vmf/vms/x/agent.sock") && strstr(r.err, "not running"), "%s", r.err);
+	run_free(&r);
 }
 END_TEST
 
@@ -954,6 +967,19 @@ START_TEST(cli_usage_errors_exit_2)
 	run_free(&r);
 
 	r = CLI("status", "-o", "yaml", "--socket", F.path);
+	ck_assert_int_eq(r.rc, 2);
+	run_free(&r);
+
+	/* exec: its options are checked before the daemon is asked. */
+	r = CLI("exec", VM_ASSIGNED, "--env", "NOVALUE", "--socket", F.path, "--", "true");
+	ck_assert_int_eq(r.rc, 2);
+	ck_assert_msg(strstr(r.err, "--env needs KEY=VALUE"), "%s", r.err);
+	run_free(&r);
+	r = CLI("exec", VM_ASSIGNED, "--user", "root", "--socket", F.path, "--", "true");
+	ck_assert_int_eq(r.rc, 2);
+	ck_assert_msg(strstr(r.err, "--user needs UID"), "%s", r.err);
+	run_free(&r);
+	r = CLI("exec", VM_ASSIGNED, "--socket", F.path);
 	ck_assert_int_eq(r.rc, 2);
 	run_free(&r);
 

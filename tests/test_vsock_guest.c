@@ -11,7 +11,7 @@
  *   /sbin/vmf-agent          the agent of this build (not the image's);
  *   /sbin/vmf-vsock-client   tests/vsock_guest_client.c.
  * The client talks to the agents over the guest's vsock_loopback (CID 1):
- * Ping on two connections (the second replacing the first), GuestInfo on a
+ * Ping on two connections at once, exec of echo, GuestInfo on a
  * third, a refused guest-local peer on the default-policy agent, and Ping
  * again once the agent has given up on the (absent) virtio port.  It
  * prints one result line on the serial console, which this test waits for

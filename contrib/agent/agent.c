@@ -1,7 +1,10 @@
 /* vmf-agent: the guest side of proto/agent.proto.
  *
- * Runs in the guest initramfs on the virtio-serial port named "agent".  The
- * host side comes and goes (template save, clone restore, daemon restart):
+ * Runs in the guest initramfs on two virtio-serial ports: "agent", the
+ * VM owner's (its socket is what a handed-out VM's agent_socket names), and
+ * "vmf", the daemon's private one (warm-up, hand-out, inspect), so that
+ * neither holds the other out of a QEMU chardev that serves one host
+ * connection at a time.  The host side of each comes and goes (template save, clone restore, daemon restart):
  * while it is away the port polls POLLHUP at once, so polling it would spin.
  * Instead the agent blocks on a signalfd for SIGIO, which virtio_console
  * sends to the owner of an O_ASYNC port on every host connect/disconnect
@@ -12,10 +15,11 @@
  * vsock: Firecracker and Cloud Hypervisor guests have no virtio-serial port
  * and their host drivers reach the agent through hybrid vsock
  * ("CONNECT 1024").  The vsock listener is served by a child process
- * (start_vsock_server) with the same serve()/struct conn code, one
- * connection at a time; a new connection replaces the current one, since
- * after a snapshot restore the VMM resets its vsock connections and the
- * host connects again.  The child dies with the agent (PR_SET_PDEATHSIG), so
+ * (start_vsock_server) with the same serve()/struct conn code, up to
+ * CONNS_MAX connections at once (the daemon's and the owner's).  After a
+ * snapshot restore the VMM resets its vsock connections: the stale ones
+ * read EOF or ECONNRESET and are dropped, and one that is never reset is
+ * the oldest, closed when a connection beyond the limit arrives.  The child dies with the agent (PR_SET_PDEATHSIG), so
  * init's restart loop restarts both.  The agent serves whichever transports
  * exist: without the virtio port (searched for up to 10 s, as before) it
  * stays alive for vsock alone.  Guest-local vsock peers (CID 1, through
@@ -33,8 +37,17 @@
  * --machine-id-file given on the command line), OnlineCpuMem and MountShare
  * are refused with EPERM after validation.  --listen-fd N is the same test mode
  * for the listener code: it serves the connections of an already-listening
- * socket (a unit test's unix socket) exactly as the vsock child does. */
+ * socket (a unit test's unix socket) exactly as the vsock child does.
+ *
+ * Exec (ExecStart and friends, docs/protocol.md): processes run under the
+ * same poll loop, their pipes (or pty) non-blocking.  Output is read only
+ * within the host's credit and while the connection's reply queue is below
+ * OUTQ_HIGH, stdin is buffered up to its window: a process writing
+ * gigabytes blocks on its pipe, nothing grows.  A connection that ends
+ * kills the process groups it started.  In test mode exec runs host
+ * processes as the test's user. */
 #include <ctype.h>
+#include <grp.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -50,6 +63,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <limits.h>
+#include <sched.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/random.h>
@@ -63,14 +78,31 @@
 #include "agent.pb-c.h"
 #include "frame.h"
 
-#define AGENT_VERSION "vmf-agent 0.3.0"
+#define AGENT_VERSION "vmf-agent 0.4.0"
+/* The owner's port (what a VM's agent_socket reaches) and the daemon's
+ * private one (its warm-up, hand-out and inspect). */
 #define PORT_NAME "agent"
-/* How long to wait at boot for virtio_console to announce the port. */
+#define DAEMON_PORT_NAME "vmf"
+/* How long to wait at boot for virtio_console to announce the port, and
+ * then for the daemon's port, announced with it. */
 #define PORT_WAIT_MS 10000
+#define DAEMON_PORT_WAIT_MS 2000
+/* Accepted (vsock) connections served at once. */
+#define CONNS_MAX 16
+/* Exec bounds: the reply queue of a connection (above OUTQ_HIGH nothing new
+ * is read for it), one output frame's data, the stdin a host may have in
+ * flight per process, output credit, processes, argv/env entries. */
+#define OUTQ_HIGH (256u * 1024u)
+#define OUTQ_SIZE (OUTQ_HIGH + VMF_FRAME_HDR + (size_t)VMF_AGENT_MAX_FRAME)
+#define OUT_CHUNK (32u * 1024u)
+#define STDIN_WINDOW ((size_t)256 * 1024)
+#define OUTPUT_WINDOW_DEFAULT (256u * 1024u)
+#define OUTPUT_WINDOW_MAX (16u << 20)
+#define PROCS_MAX 256u
+#define EXEC_ARGS_MAX 4096u
 /* Share listing budget: leaves room in a 64 KiB reply for the other fields. */
 #define SHARE_NAMES_MAX 1024
 #define SHARE_BYTES_MAX (48u * 1024u)
-#define OBUF_SIZE (VMF_FRAME_HDR + (size_t)VMF_AGENT_MAX_FRAME)
 /* The guest vsock port the Firecracker and Cloud Hypervisor drivers connect
  * to (VMF_AGENT_VSOCK_PORT in hypervisors/vmm_proc.h). */
 #define VSOCK_PORT_DEFAULT 1024u
@@ -88,6 +120,7 @@ static bool machine_id_given;  /* --machine-id-file: test mode may write it */
 static bool test_mode;       /* serving a host-side fd: touch nothing global */
 static bool no_set_time;     /* SetTime validates and echoes, never sets */
 static bool vsock_allow_local; /* accept guest-local vsock peers (tests) */
+static bool no_exec;         /* ExecStart refused (the fuzz target: no host commands) */
 
 static void logmsg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
@@ -252,6 +285,8 @@ static struct {
 	char *names[SHARE_NAMES_MAX];
 	size_t n_names;
 } out;
+static Vmf__Agent__ExecStarted out_started;
+static Vmf__Agent__ExecAck out_ack = VMF__AGENT__EXEC_ACK__INIT;
 
 static void fail(Reply *r, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
@@ -759,14 +794,799 @@ do_mount(Reply *r, const Vmf__Agent__MountShare *req)
 	r->mount = &out.mount;
 }
 
+/* ---- host connections: frame parser and reply queue ---- */
+
+/* What ends a connection decides what happens next: a test stream ends
+ * the agent, a virtio port waits for its host to come back, an accepted
+ * socket (vsock) is closed. */
+enum conn_kind { CONN_STREAM, CONN_PORT, CONN_ACCEPTED };
+
+struct conn {
+	enum conn_kind kind;
+	int rfd, wfd;
+	const char *name;            /* for log lines */
+	bool away;                   /* port: the host is not connected */
+	bool closed;                 /* accepted: ended, to be freed */
+	uint8_t hdr[VMF_FRAME_HDR];
+	size_t hdr_len;
+	uint8_t *body;               /* non-NULL while a frame's payload is read */
+	uint32_t body_want, body_len;
+	uint32_t discard;            /* bytes of an oversized frame still to skip */
+	/* Frames not yet written.  Requests are parsed, and process output
+	 * read, only while less than OUTQ_HIGH is queued, and no frame is
+	 * larger than a frame's limit: a host that stops reading cannot make
+	 * the agent buffer more than OUTQ_SIZE per connection. */
+	uint8_t *obuf;
+	size_t olen, ooff;
+	uint8_t ibuf[16384];
+	size_t ilen, ioff;
+	struct conn *next;
+};
+
+static struct conn *conns;
+
+static size_t
+outq(const struct conn *c)
+{
+	return c->olen - c->ooff;
+}
+
+static bool
+outq_open(const struct conn *c)
+{
+	return !c->away && !c->closed && outq(c) < OUTQ_HIGH;
+}
+
+static void procs_of_conn_gone(struct conn *c);
+
 static void
-handle(const Vmf__Agent__AgentRequest *req, Reply *r)
+conn_reset(struct conn *c)
+{
+	procs_of_conn_gone(c);
+	free(c->body);
+	c->body = NULL;
+	c->hdr_len = 0;
+	c->body_want = c->body_len = 0;
+	c->discard = 0;
+	c->olen = c->ooff = 0;
+	c->ilen = c->ioff = 0;
+}
+
+static struct conn *
+conn_add(enum conn_kind kind, int rfd, int wfd, const char *name)
+{
+	struct conn *c = calloc(1, sizeof(*c));
+	if (c)
+		c->obuf = malloc(OUTQ_SIZE);
+	if (!c || !c->obuf) {
+		free(c);
+		logmsg("out of memory for a connection");
+		return NULL;
+	}
+	c->kind = kind;
+	c->rfd = rfd;
+	c->wfd = wfd;
+	c->name = name;
+	c->next = conns;
+	conns = c;
+	return c;
+}
+
+static void
+conn_free(struct conn *c)
+{
+	conn_reset(c);
+	for (struct conn **pp = &conns; *pp; pp = &(*pp)->next)
+		if (*pp == c) {
+			*pp = c->next;
+			break;
+		}
+	if (c->rfd >= 0)
+		close(c->rfd);
+	if (c->wfd >= 0 && c->wfd != c->rfd)
+		close(c->wfd);
+	free(c->obuf);
+	free(c);
+}
+
+static void
+queue_reply(struct conn *c, Reply *r)
+{
+	size_t n = vmf__agent__agent_reply__get_packed_size(r);
+	if (n > VMF_AGENT_MAX_FRAME) {
+		uint64_t id = r->id;
+		fail(r, EMSGSIZE, "reply of %zu bytes exceeds the frame limit", n);
+		r->id = id;
+		n = vmf__agent__agent_reply__get_packed_size(r);
+	}
+	if (c->away || c->closed)
+		return;
+	if (c->olen + VMF_FRAME_HDR + n > OUTQ_SIZE && c->ooff > 0) {
+		memmove(c->obuf, c->obuf + c->ooff, c->olen - c->ooff);
+		c->olen -= c->ooff;
+		c->ooff = 0;
+	}
+	if (c->olen + VMF_FRAME_HDR + n > OUTQ_SIZE) {
+		logmsg("reply to request %llu dropped: the reply queue is full", (unsigned long long)r->id);
+		return;
+	}
+	vmf_frame_put_len(c->obuf + c->olen, (uint32_t)n);
+	vmf__agent__agent_reply__pack(r, c->obuf + c->olen + VMF_FRAME_HDR);
+	c->olen += VMF_FRAME_HDR + n;
+}
+
+static void error_reply(struct conn *c, uint64_t id, int code, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+
+static void
+error_reply(struct conn *c, uint64_t id, int code, const char *fmt, ...)
+{
+	char msg[200];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	Reply r = VMF__AGENT__AGENT_REPLY__INIT;
+	r.id = id;
+	r.error_code = code;
+	r.error_message = msg;
+	queue_reply(c, &r);
+}
+
+/* ---- exec: processes started for a connection ---- */
+
+struct proc {
+	uint64_t id;
+	pid_t pid;                   /* 0 once reaped */
+	struct conn *c;              /* NULL once its connection is gone */
+	bool tty;
+	int in_fd;                   /* -1 once closed */
+	int out_fd, err_fd;          /* -1 at EOF (tty: out_fd is the master) */
+	uint64_t credit[3];          /* output credit, indexed by fd number */
+	uint8_t *inbuf;              /* STDIN_WINDOW bytes */
+	size_t inlen;
+	uint32_t in_ack;             /* written or dropped, not yet acknowledged */
+	bool in_close;               /* close stdin once inbuf is written */
+	bool exited;
+	int status;
+	bool timed_out;
+	int64_t deadline;            /* ms on CLOCK_MONOTONIC; 0 = none */
+	struct proc *next;
+};
+
+static struct proc *procs;
+static uint64_t next_exec_id;
+static unsigned n_procs;
+
+static struct proc *
+proc_find(const struct conn *c, uint64_t id)
+{
+	for (struct proc *p = procs; p; p = p->next)
+		if (p->c == c && p->id == id)
+			return p;
+	return NULL;
+}
+
+static void
+close_fd(int *fd)
+{
+	if (*fd >= 0)
+		close(*fd);
+	*fd = -1;
+}
+
+static void
+proc_close_fds(struct proc *p)
+{
+	if (p->in_fd == p->out_fd)
+		p->in_fd = -1;   /* a tty's one fd, closed once */
+	close_fd(&p->in_fd);
+	close_fd(&p->out_fd);
+	close_fd(&p->err_fd);
+}
+
+/* Its whole process group: a shell's children go with it.  Only while it is
+ * unreaped, so the pid cannot belong to someone else. */
+static void
+proc_kill(struct proc *p, int sig)
+{
+	if (p->pid > 0 && !p->exited && kill(-p->pid, sig) < 0)
+		kill(p->pid, sig);
+}
+
+/* A connection that ended takes its processes with it; they are reaped
+ * (and freed) when they exit. */
+static void
+procs_of_conn_gone(struct conn *c)
+{
+	for (struct proc *p = procs; p; p = p->next) {
+		if (p->c != c)
+			continue;
+		proc_kill(p, SIGKILL);
+		proc_close_fds(p);
+		p->c = NULL;
+	}
+}
+
+static void
+proc_free(struct proc *p)
+{
+	for (struct proc **pp = &procs; *pp; pp = &(*pp)->next)
+		if (*pp == p) {
+			*pp = p->next;
+			break;
+		}
+	proc_close_fds(p);
+	free(p->inbuf);
+	free(p);
+	n_procs--;
+}
+
+/* Reaps the exec processes that exited.  Only their own pids: the vsock
+ * server is a child of the agent too.  Until it is reaped a process's pid,
+ * and with it its group id, cannot be reused: proc_kill relies on that. */
+static void
+reap_procs(void)
+{
+	for (struct proc *p = procs; p; p = p->next) {
+		if (p->pid <= 0 || p->exited)
+			continue;
+		int st;
+		pid_t r = waitpid(p->pid, &st, WNOHANG);
+		if (r == p->pid) {
+			p->exited = true;
+			p->status = st;
+		} else if (r < 0 && errno == ECHILD) {
+			p->exited = true;
+			p->status = 0;
+		}
+	}
+}
+
+static void
+send_output(struct proc *p, int fd, const uint8_t *data, size_t n)
+{
+	Vmf__Agent__ExecOutput o = VMF__AGENT__EXEC_OUTPUT__INIT;
+	o.exec_id = p->id;
+	o.fd = (uint32_t)fd;
+	o.data.data = (uint8_t *)data;
+	o.data.len = n;
+	Reply r = VMF__AGENT__AGENT_REPLY__INIT;
+	r.body_case = VMF__AGENT__AGENT_REPLY__BODY_EXEC_OUTPUT;
+	r.exec_output = &o;
+	queue_reply(p->c, &r);
+}
+
+/* Reads one chunk of a process's output within its credit.  After the
+ * process exited, an empty pipe is its end: what its descendants write
+ * later is not waited for (a pty waits for EIO instead, since its output
+ * may still be on its way through the line discipline). */
+static void
+read_output(struct proc *p, int *fdp, int fd)
+{
+	static uint8_t buf[OUT_CHUNK];
+	size_t want = p->credit[fd] < sizeof(buf) ? (size_t)p->credit[fd] : sizeof(buf);
+	if (want == 0)
+		return;
+	ssize_t n = read(*fdp, buf, want);
+	if (n > 0) {
+		p->credit[fd] -= (uint64_t)n;
+		send_output(p, fd, buf, (size_t)n);
+		return;
+	}
+	if (n < 0 && errno == EINTR)
+		return;
+	if (n < 0 && errno == EAGAIN && !(p->exited && !p->tty))
+		return;
+	/* EOF, EIO (a pty whose other side is closed) or drained after exit. */
+	if (p->tty && fdp == &p->out_fd && p->in_fd == p->out_fd)
+		p->in_fd = -1;
+	close_fd(fdp);
+}
+
+static void
+write_input(struct proc *p)
+{
+	while (p->inlen > 0 && p->in_fd >= 0) {
+		ssize_t w = write(p->in_fd, p->inbuf, p->inlen);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w < 0 && errno == EAGAIN)
+			return;
+		if (w < 0) {
+			/* EPIPE: it closed its stdin; what was sent is dropped. */
+			p->in_ack += (uint32_t)p->inlen;
+			p->inlen = 0;
+			if (!p->tty)
+				close_fd(&p->in_fd);
+			return;
+		}
+		memmove(p->inbuf, p->inbuf + w, p->inlen - (size_t)w);
+		p->inlen -= (size_t)w;
+		p->in_ack += (uint32_t)w;
+	}
+}
+
+/* Everything that moves a process along without an fd event: stdin
+ * acknowledgements, a closed stdin, the timeout, its exit frame. */
+static void
+proc_progress(struct proc *p, int64_t now)
+{
+	if (!p->c) {
+		if (p->exited)
+			proc_free(p);
+		return;
+	}
+	if (p->deadline && now >= p->deadline && !p->exited && !p->timed_out) {
+		p->timed_out = true;
+		proc_kill(p, SIGKILL);
+	}
+	if (p->in_close && p->inlen == 0 && p->in_fd >= 0) {
+		if (p->tty) {
+			/* A pty has no half-close: EOF is ^D at a line start. */
+			static const uint8_t eot = 4;
+			if (write(p->in_fd, &eot, 1) == 1)
+				p->in_close = false;
+		} else {
+			close_fd(&p->in_fd);
+		}
+	}
+	if (!outq_open(p->c))
+		return;
+	if (p->in_ack && (p->in_ack >= STDIN_WINDOW / 4 || p->inlen == 0)) {
+		Vmf__Agent__ExecWindow w = VMF__AGENT__EXEC_WINDOW__INIT;
+		w.exec_id = p->id;
+		w.stdin_bytes = p->in_ack;
+		Reply r = VMF__AGENT__AGENT_REPLY__INIT;
+		r.body_case = VMF__AGENT__AGENT_REPLY__BODY_EXEC_WINDOW;
+		r.exec_window = &w;
+		queue_reply(p->c, &r);
+		p->in_ack = 0;
+	}
+	/* The exit frame follows all output: both streams at their end. */
+	if (p->exited && p->out_fd < 0 && p->err_fd < 0) {
+		Vmf__Agent__ExecExit e = VMF__AGENT__EXEC_EXIT__INIT;
+		e.exec_id = p->id;
+		if (WIFSIGNALED(p->status)) {
+			e.exit_code = -1;
+			e.signal = WTERMSIG(p->status);
+		} else {
+			e.exit_code = WEXITSTATUS(p->status);
+		}
+		e.timed_out = p->timed_out;
+		Reply r = VMF__AGENT__AGENT_REPLY__INIT;
+		r.body_case = VMF__AGENT__AGENT_REPLY__BODY_EXEC_EXIT;
+		r.exec_exit = &e;
+		queue_reply(p->c, &r);
+		proc_free(p);
+	}
+}
+
+/* What failed in the child before exec, sent back on the error pipe. */
+enum { STEP_PTY = 1, STEP_CWD, STEP_GROUPS, STEP_GID, STEP_UID, STEP_EXEC };
+
+struct child_error {
+	int step;
+	int err;
+};
+
+static void
+set_nonblock(int fd)
+{
+	fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+}
+
+/* The environment a process starts with: a usable default, then the
+ * request's KEY=VALUE entries (a key given twice: the last wins). */
+static char **
+build_env(const Vmf__Agent__ExecStart *x, Reply *r)
+{
+	static const char *const defaults[] = { "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+						"HOME=/root", "TERM=xterm" };
+	size_t nd = sizeof(defaults) / sizeof(defaults[0]);
+	char **env = calloc(nd + x->n_env + 1, sizeof(char *));
+	if (!env) {
+		fail(r, ENOMEM, "out of memory for the environment");
+		return NULL;
+	}
+	size_t n = 0;
+	for (size_t i = 0; i < nd; i++)
+		env[n++] = (char *)defaults[i];
+	for (size_t i = 0; i < x->n_env; i++) {
+		const char *kv = x->env[i], *eq = strchr(kv, '=');
+		if (!eq || eq == kv) {
+			fail(r, EINVAL, "environment entry '%.60s' is not KEY=VALUE", kv);
+			free(env);
+			return NULL;
+		}
+		size_t k = 0;
+		while (k < n && !(strncmp(env[k], kv, (size_t)(eq - kv) + 1) == 0))
+			k++;
+		env[k] = (char *)kv;
+		if (k == n)
+			n++;
+	}
+	env[n] = NULL;
+	return env;
+}
+
+struct child_args {
+	const Vmf__Agent__ExecStart *x;
+	char **argv, **env;
+	const char *path;            /* the environment's PATH */
+	const char *slave;           /* a tty's, or NULL */
+	int errfd, in, out, errout;
+};
+
+/* execvp without touching environ (the child shares the agent's memory):
+ * argv[0] in each PATH entry, the first EACCES kept as execvp does. */
+static int
+exec_path(const struct child_args *c)
+{
+	const char *cmd = c->argv[0];
+	if (strchr(cmd, '/')) {
+		execve(cmd, c->argv, c->env);
+		return errno;
+	}
+	int err = ENOENT;
+	size_t clen = strlen(cmd);
+	for (const char *p = c->path; ; p++) {
+		const char *end = strchr(p, ':');
+		size_t dlen = end ? (size_t)(end - p) : strlen(p);
+		char full[PATH_MAX];
+		if (dlen + 1 + clen < sizeof(full)) {
+			memcpy(full, dlen ? p : ".", dlen ? dlen : 1);
+			size_t n = dlen ? dlen : 1;
+			full[n] = '/';
+			memcpy(full + n + 1, cmd, clen + 1);
+			execve(full, c->argv, c->env);
+			if (errno == EACCES)
+				err = EACCES;
+			else if (errno != ENOENT && errno != ENOTDIR && err != EACCES)
+				err = errno;
+		}
+		if (!end)
+			break;
+		p = end;
+	}
+	return err;
+}
+
+/* The child's side: never returns.  It runs in the agent's memory until
+ * exec (clone with CLONE_VM | CLONE_VFORK, as posix_spawn does): no page
+ * is copied, which under TCG is most of a fork's cost in a fresh clone.  So
+ * it writes no global and allocates nothing.  Signals the agent blocks
+ * (for its signalfd) or ignores (SIGPIPE) are back to normal for the
+ * program. */
+static int
+child_exec(void *arg)
+{
+	const struct child_args *c = arg;
+	const Vmf__Agent__ExecStart *x = c->x;
+	int in = c->in, out = c->out, errout = c->errout;
+	struct child_error ce = { 0, 0 };
+	sigset_t none;
+	sigemptyset(&none);
+	sigprocmask(SIG_SETMASK, &none, NULL);
+	struct sigaction dfl = { .sa_handler = SIG_DFL };
+	sigaction(SIGPIPE, &dfl, NULL);
+	setsid();
+	if (c->slave) {
+		int s = open(c->slave, O_RDWR);
+		if (s < 0 || ioctl(s, TIOCSCTTY, 0) < 0) {
+			ce = (struct child_error){ STEP_PTY, errno };
+			goto failed;
+		}
+		in = out = errout = s;
+	}
+	if (dup2(in, 0) < 0 || dup2(out, 1) < 0 || dup2(errout, 2) < 0) {
+		ce = (struct child_error){ STEP_PTY, errno };
+		goto failed;
+	}
+	if (chdir(x->cwd && *x->cwd ? x->cwd : "/") < 0) {
+		ce = (struct child_error){ STEP_CWD, errno };
+		goto failed;
+	}
+	if (x->set_user) {
+		if (setgroups(0, NULL) < 0 && errno != EPERM) {
+			ce = (struct child_error){ STEP_GROUPS, errno };
+			goto failed;
+		}
+		if (setgid(x->gid) < 0) {
+			ce = (struct child_error){ STEP_GID, errno };
+			goto failed;
+		}
+		if (setuid(x->uid) < 0) {
+			ce = (struct child_error){ STEP_UID, errno };
+			goto failed;
+		}
+	}
+	ce = (struct child_error){ STEP_EXEC, exec_path(c) };
+failed:
+	while (write(c->errfd, &ce, sizeof(ce)) < 0 && errno == EINTR)
+		;
+	_exit(127);
+}
+
+/* The sentence for a child's failure, naming what it was given. */
+static void
+child_failure(Reply *r, const Vmf__Agent__ExecStart *x, const struct child_error *ce, const char *path)
+{
+	const char *e = strerror(ce->err);
+	switch (ce->step) {
+	case STEP_PTY:
+		fail(r, ce->err, "cannot set up the terminal of '%s': %s", x->argv[0], e);
+		break;
+	case STEP_CWD:
+		fail(r, ce->err, "cannot change to directory '%s': %s", x->cwd, e);
+		break;
+	case STEP_GROUPS:
+	case STEP_GID:
+		fail(r, ce->err, "cannot switch to group id %u: %s", x->gid, e);
+		break;
+	case STEP_UID:
+		fail(r, ce->err, "cannot switch to user id %u: %s", x->uid, e);
+		break;
+	default:
+		if (ce->err == ENOENT && !strchr(x->argv[0], '/'))
+			fail(r, ENOENT, "cannot run '%s': no such command in PATH (%s)", x->argv[0], path);
+		else if (ce->err == ENOENT)
+			fail(r, ENOENT, "cannot run '%s': no such file", x->argv[0]);
+		else
+			fail(r, ce->err, "cannot run '%s': %s", x->argv[0], e);
+		break;
+	}
+}
+
+/* The guest's /init mounts no devpts; the first tty needs one.  Never in
+ * test mode: the host has its own. */
+static void
+ensure_devpts(void)
+{
+	struct stat st;
+	if (test_mode || stat("/dev/pts/ptmx", &st) == 0)
+		return;
+	if (mkdir("/dev/pts", 0755) < 0 && errno != EEXIST)
+		logmsg("cannot create /dev/pts: %s", strerror(errno));
+	else if (mount("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "ptmxmode=0666,mode=0620") < 0)
+		logmsg("cannot mount devpts on /dev/pts: %s", strerror(errno));
+}
+
+static bool
+valid_id(uint32_t id)
+{
+	/* (uid_t)-1 means "unchanged" to setuid(2), never a user. */
+	return id != UINT32_MAX;
+}
+
+static void
+do_exec_start(struct conn *c, Reply *r, const Vmf__Agent__ExecStart *x)
+{
+	if (x->n_argv == 0 || !x->argv[0][0]) {
+		fail(r, EINVAL, "exec needs a command: argv is empty");
+		return;
+	}
+	if (no_exec) {
+		fail(r, EPERM, "this agent was started with --no-exec");
+		return;
+	}
+	if (x->n_argv > EXEC_ARGS_MAX || x->n_env > EXEC_ARGS_MAX) {
+		fail(r, E2BIG, "argument list too long: %zu arguments and %zu environment entries (at most %u each)",
+		     x->n_argv, x->n_env, EXEC_ARGS_MAX);
+		return;
+	}
+	if (x->set_user && (!valid_id(x->uid) || !valid_id(x->gid))) {
+		fail(r, EINVAL, "user id %u / group id %u: 4294967295 is not a valid id", x->uid, x->gid);
+		return;
+	}
+	if (x->tty && (x->rows > 0xffff || x->cols > 0xffff)) {
+		fail(r, EINVAL, "terminal size %ux%u is out of range (at most 65535x65535)", x->rows, x->cols);
+		return;
+	}
+	if (x->output_window > OUTPUT_WINDOW_MAX) {
+		fail(r, EINVAL, "output window of %u bytes exceeds the limit of %u", x->output_window,
+		     OUTPUT_WINDOW_MAX);
+		return;
+	}
+	if (n_procs >= PROCS_MAX) {
+		fail(r, EAGAIN, "%u processes are running already, the agent's limit", n_procs);
+		return;
+	}
+	char **env = build_env(x, r);
+	if (!env)
+		return;
+	/* protobuf-c's arrays have no terminating NULL. */
+	char **argv = calloc(x->n_argv + 1, sizeof(char *));
+	if (!argv) {
+		fail(r, ENOMEM, "out of memory for the arguments");
+		free(env);
+		return;
+	}
+	memcpy(argv, x->argv, x->n_argv * sizeof(char *));
+	struct proc *p = calloc(1, sizeof(*p));
+	uint8_t *inbuf = malloc(STDIN_WINDOW);
+	int errp[2] = { -1, -1 }, in[2] = { -1, -1 }, out[2] = { -1, -1 }, err2[2] = { -1, -1 }, master = -1;
+	const char *slave = NULL;
+	int e = 0;
+	const char *what = "";
+	if (!p || !inbuf) {
+		e = ENOMEM, what = "memory";
+	} else if (pipe2(errp, O_CLOEXEC) < 0) {
+		e = errno, what = "a pipe";
+	} else if (x->tty) {
+		ensure_devpts();
+		struct winsize ws = { .ws_row = (unsigned short)(x->rows ? x->rows : 24),
+				      .ws_col = (unsigned short)(x->cols ? x->cols : 80) };
+		if ((master = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC)) < 0 || grantpt(master) < 0 ||
+		    unlockpt(master) < 0 || !(slave = ptsname(master)) || ioctl(master, TIOCSWINSZ, &ws) < 0)
+			e = errno, what = "a pseudo-terminal";
+	} else if (pipe2(in, O_CLOEXEC) < 0 || pipe2(out, O_CLOEXEC) < 0 || pipe2(err2, O_CLOEXEC) < 0) {
+		e = errno, what = "pipes";
+	}
+	const char *path = env[0] + 5;
+	for (char **v = env; *v; v++)
+		if (!strncmp(*v, "PATH=", 5))
+			path = *v + 5;
+	struct child_args ca = { .x = x, .argv = argv, .env = env, .path = path, .slave = slave,
+				 .errfd = errp[1], .in = in[0], .out = out[1], .errout = err2[1] };
+	/* The child's stack; the agent waits (CLONE_VFORK) until it has
+	 * exec'd or exited, so one serves every start. */
+	static uint8_t child_stack[64 * 1024] __attribute__((aligned(16)));
+	pid_t pid = -1;
+	if (!e && (pid = clone(child_exec, child_stack + sizeof(child_stack), CLONE_VM | CLONE_VFORK | SIGCHLD,
+			       &ca)) < 0)
+		e = errno, what = "a process (clone)";
+	close_fd(&errp[1]);
+	close_fd(&in[0]);
+	close_fd(&out[1]);
+	close_fd(&err2[1]);
+	if (e) {
+		fail(r, e, "cannot start '%s': cannot get %s: %s", x->argv[0], what, strerror(e));
+		goto out;
+	}
+	/* exec closed the error pipe (CLOEXEC): nothing on it means it ran. */
+	struct child_error ce;
+	ssize_t n;
+	while ((n = read(errp[0], &ce, sizeof(ce))) < 0 && errno == EINTR)
+		;
+	if (n == (ssize_t)sizeof(ce)) {
+		while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+			;
+		child_failure(r, x, &ce, path);
+		goto out;
+	}
+	p->id = ++next_exec_id;
+	p->pid = pid;
+	p->c = c;
+	p->tty = x->tty;
+	p->inbuf = inbuf;
+	inbuf = NULL;
+	if (x->tty) {
+		set_nonblock(master);
+		p->in_fd = p->out_fd = master;
+		master = -1;
+		p->err_fd = -1;
+	} else {
+		p->in_fd = in[1], p->out_fd = out[0], p->err_fd = err2[0];
+		in[1] = out[0] = err2[0] = -1;
+		set_nonblock(p->in_fd);
+		set_nonblock(p->out_fd);
+		set_nonblock(p->err_fd);
+	}
+	uint32_t win = x->output_window ? x->output_window : OUTPUT_WINDOW_DEFAULT;
+	p->credit[1] = p->credit[2] = win;
+	p->deadline = x->timeout_ms ? now_ms() + x->timeout_ms : 0;
+	p->next = procs;
+	procs = p;
+	n_procs++;
+	p = NULL;
+	vmf__agent__exec_started__init(&out_started);
+	out_started.exec_id = next_exec_id;
+	out_started.pid = pid;
+	out_started.stdin_window = STDIN_WINDOW;
+	r->body_case = VMF__AGENT__AGENT_REPLY__BODY_EXEC_STARTED;
+	r->exec_started = &out_started;
+out:
+	close_fd(&errp[0]);
+	close_fd(&in[1]);
+	close_fd(&out[0]);
+	close_fd(&err2[0]);
+	close_fd(&master);
+	free(inbuf);
+	free(p);
+	free(env);
+	free(argv);
+}
+
+/* Returns false when there is nothing to reply (ExecInput and ExecWindow
+ * answer only when they fail). */
+static bool
+do_exec_request(struct conn *c, const Vmf__Agent__AgentRequest *req, Reply *r)
+{
+	uint64_t id = 0;
+	switch (req->body_case) {
+	case VMF__AGENT__AGENT_REQUEST__BODY_EXEC_INPUT: id = req->exec_input->exec_id; break;
+	case VMF__AGENT__AGENT_REQUEST__BODY_EXEC_WINDOW: id = req->exec_window->exec_id; break;
+	case VMF__AGENT__AGENT_REQUEST__BODY_EXEC_SIGNAL: id = req->exec_signal->exec_id; break;
+	case VMF__AGENT__AGENT_REQUEST__BODY_EXEC_RESIZE: id = req->exec_resize->exec_id; break;
+	case VMF__AGENT__AGENT_REQUEST__BODY_EXEC_RESET:
+		procs_of_conn_gone(c);
+		r->body_case = VMF__AGENT__AGENT_REPLY__BODY_EXEC_ACK;
+		r->exec_ack = &out_ack;
+		return true;
+	default: break;
+	}
+	struct proc *p = proc_find(c, id);
+	if (!p) {
+		fail(r, ESRCH, "no process with exec id %llu on this connection (it exited, or never started)",
+		     (unsigned long long)id);
+		return true;
+	}
+	switch (req->body_case) {
+	case VMF__AGENT__AGENT_REQUEST__BODY_EXEC_INPUT: {
+		const Vmf__Agent__ExecInput *in = req->exec_input;
+		if (in->data.len > STDIN_WINDOW - p->inlen) {
+			fail(r, ENOBUFS, "stdin data of %zu bytes for exec %llu exceeds its window (%zu bytes free)",
+			     in->data.len, (unsigned long long)id, STDIN_WINDOW - p->inlen);
+			return true;
+		}
+		if (p->in_fd < 0 || p->in_close) {
+			/* Its stdin is closed: acknowledged, dropped. */
+			p->in_ack += (uint32_t)in->data.len;
+		} else {
+			memcpy(p->inbuf + p->inlen, in->data.data, in->data.len);
+			p->inlen += in->data.len;
+		}
+		if (in->close)
+			p->in_close = true;
+		return false;
+	}
+	case VMF__AGENT__AGENT_REQUEST__BODY_EXEC_WINDOW: {
+		const Vmf__Agent__ExecWindow *w = req->exec_window;
+		p->credit[1] += w->stdout_bytes;
+		p->credit[2] += w->stderr_bytes;
+		return false;
+	}
+	case VMF__AGENT__AGENT_REQUEST__BODY_EXEC_SIGNAL: {
+		int sig = req->exec_signal->signal;
+		if (sig < 1 || sig > 64) {
+			fail(r, EINVAL, "signal %d is not a signal number (1 to 64)", sig);
+			return true;
+		}
+		proc_kill(p, sig);
+		break;
+	}
+	case VMF__AGENT__AGENT_REQUEST__BODY_EXEC_RESIZE: {
+		const Vmf__Agent__ExecResize *z = req->exec_resize;
+		struct winsize ws = { .ws_row = (unsigned short)z->rows, .ws_col = (unsigned short)z->cols };
+		if (!p->tty || p->out_fd < 0) {
+			fail(r, ENOTTY, "exec %llu has no terminal to resize", (unsigned long long)id);
+			return true;
+		}
+		if (z->rows > 0xffff || z->cols > 0xffff || ioctl(p->out_fd, TIOCSWINSZ, &ws) < 0) {
+			fail(r, EINVAL, "cannot resize the terminal of exec %llu to %ux%u", (unsigned long long)id,
+			     z->rows, z->cols);
+			return true;
+		}
+		break;
+	}
+	default:
+		break;
+	}
+	r->body_case = VMF__AGENT__AGENT_REPLY__BODY_EXEC_ACK;
+	r->exec_ack = &out_ack;
+	return true;
+}
+
+/* Returns false when the request has no reply. */
+static bool
+handle(struct conn *c, const Vmf__Agent__AgentRequest *req, Reply *r)
 {
 	r->id = req->id;
 	if (req->protocol_version != AGENT_PROTOCOL_VERSION) {
 		fail(r, EPROTO, "agent protocol version %u is not supported (this agent speaks %u)",
 		     req->protocol_version, AGENT_PROTOCOL_VERSION);
-		return;
+		return true;
 	}
 	switch (req->body_case) {
 	case VMF__AGENT__AGENT_REQUEST__BODY_PING:
@@ -795,75 +1615,21 @@ handle(const Vmf__Agent__AgentRequest *req, Reply *r)
 	case VMF__AGENT__AGENT_REQUEST__BODY_HANDOUT:
 		do_handout(r, req->handout);
 		break;
+	case VMF__AGENT__AGENT_REQUEST__BODY_EXEC_START:
+		do_exec_start(c, r, req->exec_start);
+		break;
+	case VMF__AGENT__AGENT_REQUEST__BODY_EXEC_INPUT:
+	case VMF__AGENT__AGENT_REQUEST__BODY_EXEC_WINDOW:
+	case VMF__AGENT__AGENT_REQUEST__BODY_EXEC_SIGNAL:
+	case VMF__AGENT__AGENT_REQUEST__BODY_EXEC_RESIZE:
+	case VMF__AGENT__AGENT_REQUEST__BODY_EXEC_RESET:
+		return do_exec_request(c, req, r);
 	default:
 		/* A newer host, or a request without a body. */
 		fail(r, EOPNOTSUPP, "request type %d is not supported by %s", (int)req->body_case, AGENT_VERSION);
 		break;
 	}
-}
-
-/* ---- one host connection: frame parser and reply queue ---- */
-
-struct conn {
-	int rfd, wfd;
-	uint8_t hdr[VMF_FRAME_HDR];
-	size_t hdr_len;
-	uint8_t *body;               /* non-NULL while a frame's payload is read */
-	uint32_t body_want, body_len;
-	uint32_t discard;            /* bytes of an oversized frame still to skip */
-	/* The reply not yet written.  Requests are parsed only while this is
-	 * empty, so a host that stops reading cannot make the agent buffer
-	 * more than one reply. */
-	uint8_t *obuf;
-	size_t olen, ooff;
-};
-
-static void
-conn_reset(struct conn *c)
-{
-	free(c->body);
-	c->body = NULL;
-	c->hdr_len = 0;
-	c->body_want = c->body_len = 0;
-	c->discard = 0;
-	c->olen = c->ooff = 0;
-}
-
-static void
-queue_reply(struct conn *c, Reply *r)
-{
-	size_t n = vmf__agent__agent_reply__get_packed_size(r);
-	if (n > VMF_AGENT_MAX_FRAME) {
-		uint64_t id = r->id;
-		fail(r, EMSGSIZE, "reply of %zu bytes exceeds the frame limit", n);
-		r->id = id;
-		n = vmf__agent__agent_reply__get_packed_size(r);
-	}
-	if (c->olen + VMF_FRAME_HDR + n > OBUF_SIZE) {
-		logmsg("reply to request %llu dropped: the reply queue is full", (unsigned long long)r->id);
-		return;
-	}
-	vmf_frame_put_len(c->obuf + c->olen, (uint32_t)n);
-	vmf__agent__agent_reply__pack(r, c->obuf + c->olen + VMF_FRAME_HDR);
-	c->olen += VMF_FRAME_HDR + n;
-}
-
-static void error_reply(struct conn *c, uint64_t id, int code, const char *fmt, ...)
-	__attribute__((format(printf, 4, 5)));
-
-static void
-error_reply(struct conn *c, uint64_t id, int code, const char *fmt, ...)
-{
-	char msg[200];
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(msg, sizeof(msg), fmt, ap);
-	va_end(ap);
-	Reply r = VMF__AGENT__AGENT_REPLY__INIT;
-	r.id = id;
-	r.error_code = code;
-	r.error_message = msg;
-	queue_reply(c, &r);
+	return true;
 }
 
 static void
@@ -874,8 +1640,8 @@ frame_done(struct conn *c)
 		error_reply(c, 0, EBADMSG, "request frame of %u bytes is not a valid agent request", c->body_len);
 	} else {
 		Reply r = VMF__AGENT__AGENT_REPLY__INIT;
-		handle(req, &r);
-		queue_reply(c, &r);
+		if (handle(c, req, &r))
+			queue_reply(c, &r);
 		vmf__agent__agent_request__free_unpacked(req, NULL);
 		free_names();
 	}
@@ -885,13 +1651,14 @@ frame_done(struct conn *c)
 	c->body_len = c->body_want = 0;
 }
 
-/* Consumes input bytes; returns how many it took.  Stops at each queued
- * reply so that it is written before more requests are parsed. */
+/* Consumes input bytes; returns how many it took.  Stops while the reply
+ * queue is at its high mark, so that replies are written before more
+ * requests are parsed. */
 static size_t
 feed(struct conn *c, const uint8_t *p, size_t n)
 {
 	size_t used = 0;
-	while (used < n && c->olen == 0) {
+	while (used < n && outq_open(c)) {
 		if (c->discard) {
 			size_t k = n - used < c->discard ? n - used : c->discard;
 			c->discard -= (uint32_t)k;
@@ -936,12 +1703,15 @@ feed(struct conn *c, const uint8_t *p, size_t n)
 	return used;
 }
 
-/* Writes what it can of the queued reply; -1 when the peer is gone. */
+/* Writes what it can of the queue without blocking; -1 when the peer is
+ * gone. */
 static int
 flush(struct conn *c)
 {
 	while (c->ooff < c->olen) {
-		ssize_t w = write(c->wfd, c->obuf + c->ooff, c->olen - c->ooff);
+		ssize_t w = c->kind == CONN_ACCEPTED
+				    ? send(c->wfd, c->obuf + c->ooff, c->olen - c->ooff, MSG_NOSIGNAL)
+				    : write(c->wfd, c->obuf + c->ooff, c->olen - c->ooff);
 		if (w > 0) {
 			c->ooff += (size_t)w;
 			continue;
@@ -960,7 +1730,7 @@ flush(struct conn *c)
  * on exec); -1 when there is none to take or it was refused.  A guest-local
  * vsock peer (CID 1, reached through vsock_loopback) is refused unless
  * --vsock-allow-local: the agent runs as root and only the host may drive
- * it, or replace the host's connection. */
+ * it. */
 static int
 accept_peer(int lfd)
 {
@@ -984,127 +1754,237 @@ accept_peer(int lfd)
 	return fd;
 }
 
-/* Serves until the stream ends (test mode: returns 0) or, on the virtio
- * port (sfd >= 0), forever: a host that goes away resets the connection
- * state and the agent sleeps on SIGIO until one comes back.
- *
- * With a listening socket (lfd >= 0: vsock, or a test's unix socket) it
- * serves forever, one accepted connection at a time: c->rfd is -1 until
- * the first one, a connection that ends is closed, and a new one replaces
- * the current one (after a snapshot restore the VMM resets its vsock
- * connections and the host connects again; an old stream that was never
- * reset must not keep the new host out).  The listener is polled only for
- * POLLIN, so an idle listener costs nothing. */
-static int
-serve(struct conn *c, int sfd, int lfd)
+/* A connection's end: the test stream ends the agent (returns true), a
+ * port waits for its host, an accepted socket is closed. */
+static bool
+conn_gone(struct conn *c)
 {
-	static uint8_t ibuf[16384];
-	size_t ilen = 0, ioff = 0;
-	bool host_away = false;
-	c->obuf = malloc(OBUF_SIZE);
-	if (!c->obuf) {
-		logmsg("out of memory");
+	conn_reset(c);
+	if (c->kind == CONN_PORT)
+		c->away = true;
+	else
+		c->closed = true;
+	return c->kind == CONN_STREAM;
+}
+
+static void
+accept_new(int lfd)
+{
+	int fd = accept_peer(lfd);
+	if (fd < 0)
+		return;
+	unsigned n = 0;
+	struct conn *oldest = NULL;
+	for (struct conn *c = conns; c; c = c->next)
+		if (c->kind == CONN_ACCEPTED && !c->closed) {
+			n++;
+			oldest = c;   /* new connections go to the front */
+		}
+	/* After a snapshot restore the VMM resets its vsock connections and
+	 * the host connects again; a stale one that was never reset is the
+	 * oldest, and must not keep the new host out. */
+	if (n >= CONNS_MAX && oldest) {
+		logmsg("%u connections open: the oldest is closed for the new one", n);
+		conn_gone(oldest);
+	}
+	if (!conn_add(CONN_ACCEPTED, fd, fd, "socket"))
+		close(fd);
+}
+
+static int
+poll_timeout(int64_t now)
+{
+	int64_t t = -1;
+	for (struct proc *p = procs; p; p = p->next)
+		if (p->c && p->deadline && !p->exited && !p->timed_out) {
+			int64_t left = p->deadline > now ? p->deadline - now : 0;
+			if (t < 0 || left < t)
+				t = left;
+		}
+	return t > 60000 ? 60000 : (int)t;
+}
+
+/* The end of a test stream: its fd is the caller's, its processes were
+ * killed (conn_gone) and are reaped here, so that a caller that serves
+ * again (the fuzz target runs main over and over) starts clean. */
+static void
+serve_end(int sfd)
+{
+	while (conns) {
+		conns->rfd = conns->wfd = -1;
+		conn_free(conns);
+	}
+	while (procs) {
+		if (procs->pid > 0 && !procs->exited)
+			while (waitpid(procs->pid, NULL, 0) < 0 && errno == EINTR)
+				;
+		proc_free(procs);
+	}
+	close(sfd);
+}
+
+/* Serves every connection in conns, the processes they start and, with a
+ * listening socket (lfd >= 0: vsock, or a test's unix socket), the
+ * connections it accepts, several at once.  Returns when a test stream
+ * ends (0), else never.
+ *
+ * Ports (virtio-serial): a host that goes away resets the port's state and
+ * kills its processes; while every port's host is away the agent sleeps on
+ * SIGIO (sigio true: the caller blocked it and armed O_ASYNC).  SIGCHLD,
+ * through the same signalfd, reaps exec processes.  The listener is polled
+ * only for POLLIN, so an idle agent costs nothing. */
+static int
+serve(int lfd, bool sigio)
+{
+	sigset_t set;
+	sigemptyset(&set);
+	sigaddset(&set, SIGCHLD);
+	if (sigio)
+		sigaddset(&set, SIGIO);
+	sigprocmask(SIG_BLOCK, &set, NULL);
+	int sfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
+	if (sfd < 0) {
+		logmsg("signalfd: %s", strerror(errno));
 		return 1;
 	}
 	for (;;) {
-		/* Parse what is buffered before waiting for more. */
-		if (!host_away && ioff < ilen && c->olen == 0)
-			ioff += feed(c, ibuf + ioff, ilen - ioff);
-		if (ioff == ilen)
-			ioff = ilen = 0;
+		int64_t now = now_ms();
+		for (struct conn *c = conns, *nx; c; c = nx) {
+			nx = c->next;
+			if (c->closed) {
+				conn_free(c);
+				continue;
+			}
+			/* Parse what is buffered before waiting for more. */
+			if (c->ioff < c->ilen)
+				c->ioff += feed(c, c->ibuf + c->ioff, c->ilen - c->ioff);
+			if (c->ioff == c->ilen)
+				c->ioff = c->ilen = 0;
+		}
+		for (struct proc *p = procs, *nx; p; p = nx) {
+			nx = p->next;
+			proc_progress(p, now);
+		}
 
-		struct pollfd p[3];
+		size_t cap = 2 + CONNS_MAX + 2 + 3 * (size_t)n_procs;
+		for (struct conn *c = conns; c; c = c->next)
+			cap++;
+		struct pollfd pv[cap];
+		void *who[cap];
+		int kind[cap];        /* 0 conn, 1 stdin, 2 stdout, 3 stderr, 4 signals, 5 listener */
 		nfds_t np = 0;
-		int ir = -1, iw = -1, is = -1, il = -1;
-		if (c->rfd < 0) {
-			/* Listener mode, no connection yet. */
-		} else if (!host_away && c->olen > 0) {
-			iw = (int)np;
-			p[np++] = (struct pollfd){ .fd = c->wfd, .events = POLLOUT };
-		} else if (!host_away && ilen == 0) {
-			ir = (int)np;
-			p[np++] = (struct pollfd){ .fd = c->rfd, .events = POLLIN };
-		}
-		if (sfd >= 0) {
-			is = (int)np;
-			p[np++] = (struct pollfd){ .fd = sfd, .events = POLLIN };
-		}
+		pv[np] = (struct pollfd){ .fd = sfd, .events = POLLIN };
+		kind[np] = 4, who[np++] = NULL;
 		if (lfd >= 0) {
-			il = (int)np;
-			p[np++] = (struct pollfd){ .fd = lfd, .events = POLLIN };
+			pv[np] = (struct pollfd){ .fd = lfd, .events = POLLIN };
+			kind[np] = 5, who[np++] = NULL;
 		}
-		if (poll(p, np, -1) < 0) {
+		for (struct conn *c = conns; c; c = c->next) {
+			if (c->away || c->closed || c->rfd < 0)
+				continue;
+			short ev = 0;
+			if (c->ilen == 0 && outq_open(c))
+				ev |= POLLIN;
+			if (outq(c) > 0)
+				ev |= POLLOUT;
+			/* A read and a write fd (--stdio) are polled apart. */
+			if (c->wfd != c->rfd && (ev & POLLOUT)) {
+				pv[np] = (struct pollfd){ .fd = c->wfd, .events = POLLOUT };
+				kind[np] = 0, who[np++] = c;
+				ev &= (short)~POLLOUT;
+			}
+			pv[np] = (struct pollfd){ .fd = c->rfd, .events = ev };
+			kind[np] = 0, who[np++] = c;
+		}
+		for (struct proc *p = procs; p; p = p->next) {
+			if (!p->c || !outq_open(p->c))
+				continue;
+			if (p->in_fd >= 0 && p->inlen > 0 && !p->tty) {
+				pv[np] = (struct pollfd){ .fd = p->in_fd, .events = POLLOUT };
+				kind[np] = 1, who[np++] = p;
+			}
+			short tty_out = p->tty && p->inlen > 0 && p->out_fd >= 0 ? POLLOUT : 0;
+			if (p->out_fd >= 0 && (p->credit[1] > 0 || tty_out)) {
+				pv[np] = (struct pollfd){ .fd = p->out_fd,
+							  .events = (short)((p->credit[1] > 0 ? POLLIN : 0) | tty_out) };
+				kind[np] = 2, who[np++] = p;
+			}
+			if (p->err_fd >= 0 && p->credit[2] > 0) {
+				pv[np] = (struct pollfd){ .fd = p->err_fd, .events = POLLIN };
+				kind[np] = 3, who[np++] = p;
+			}
+		}
+		if (poll(pv, np, poll_timeout(now)) < 0) {
 			if (errno == EINTR)
 				continue;
 			logmsg("poll: %s", strerror(errno));
 			return 1;
 		}
-		bool gone = false;
-		if (iw >= 0 && p[iw].revents) {
-			/* With the host away the port polls POLLHUP and never
-			 * POLLOUT; what is queued was for the old host. */
-			if (flush(c) < 0 || (c->olen > 0 && (p[iw].revents & (POLLHUP | POLLERR))))
-				gone = true;
-		}
-		if (ir >= 0 && p[ir].revents) {
-			ssize_t n = read(c->rfd, ibuf, sizeof(ibuf));
-			if (n > 0) {
-				ilen = (size_t)n;
-				ioff = 0;
-			} else if (n == 0 || (errno != EINTR && errno != EAGAIN)) {
-				/* EOF (the port reads 0 while the host is
-				 * away) or an error. */
-				gone = true;
+		bool sig = false, ended = false;
+		for (nfds_t i = 0; i < np; i++) {
+			short re = pv[i].revents;
+			if (!re)
+				continue;
+			if (kind[i] == 4) {
+				sig = true;
+			} else if (kind[i] == 5) {
+				accept_new(lfd);
+			} else if (kind[i] == 0) {
+				struct conn *c = who[i];
+				if (c->away || c->closed)
+					continue;
+				bool gone = false;
+				if (re & POLLOUT)
+					gone = flush(c) < 0;
+				if (!gone && (re & POLLIN) && c->ilen == 0) {
+					ssize_t n = read(c->rfd, c->ibuf, sizeof(c->ibuf));
+					if (n > 0)
+						c->ilen = (size_t)n, c->ioff = 0;
+					else if (n == 0 || (errno != EINTR && errno != EAGAIN))
+						/* EOF (a port reads 0 while its host is
+						 * away) or an error. */
+						gone = true;
+				} else if (!gone && (re & (POLLHUP | POLLERR)) && !(re & POLLIN)) {
+					/* A port whose host went away polls
+					 * POLLHUP, never POLLIN or POLLOUT. */
+					gone = true;
+				}
+				if (gone)
+					ended = conn_gone(c) || ended;
+			} else {
+				struct proc *p = who[i];
+				if (!p->c)
+					continue;
+				if (kind[i] == 1 || (kind[i] == 2 && (re & POLLOUT)))
+					write_input(p);
+				if (kind[i] == 2 && (re & (POLLIN | POLLHUP | POLLERR)) && p->out_fd >= 0)
+					read_output(p, &p->out_fd, 1);
+				if (kind[i] == 3 && p->err_fd >= 0)
+					read_output(p, &p->err_fd, 2);
 			}
 		}
-		if (gone && lfd >= 0) {
-			/* The peer closed or was reset: wait for the next one. */
-			close(c->rfd);
-			c->rfd = c->wfd = -1;
-			conn_reset(c);
-			ilen = ioff = 0;
-		} else if (gone) {
-			if (sfd < 0) {
-				conn_reset(c);
-				free(c->obuf);
-				return 0;
-			}
-			/* What the old host left half-sent or unread is void;
-			 * the next host starts a new stream. */
-			conn_reset(c);
-			ilen = ioff = 0;
-			host_away = true;
+		if (ended) {
+			serve_end(sfd);
+			return 0;
 		}
-		/* Signals are drained after the port was looked at: a host
-		 * that came back since poll() returned leaves its SIGIO here,
-		 * and any later one wakes the next poll(). */
-		if (is >= 0 && p[is].revents) {
+		if (sig) {
+			/* Drained after the ports were looked at: a host that
+			 * came back since poll() returned leaves its SIGIO here,
+			 * and any later one wakes the next poll(). */
 			struct signalfd_siginfo si;
 			while (read(sfd, &si, sizeof(si)) == (ssize_t)sizeof(si))
 				;
-			host_away = false;
-		}
-		if (il >= 0 && p[il].revents) {
-			int fd = accept_peer(lfd);
-			if (fd >= 0) {
-				/* What the old peer left half-sent or unread
-				 * is void, as on the virtio port. */
-				if (c->rfd >= 0) {
-					logmsg("a new connection replaces the current one");
-					close(c->rfd);
-				}
-				conn_reset(c);
-				ilen = ioff = 0;
-				c->rfd = c->wfd = fd;
-			}
+			for (struct conn *c = conns; c; c = c->next)
+				c->away = false;
+			reap_procs();
 		}
 	}
 }
 
-/* ---- the virtio-serial port ---- */
+/* ---- the virtio-serial ports ---- */
 
 static int
-find_port(char *dev, size_t n)
+find_port(const char *want, char *dev, size_t n)
 {
 	DIR *d = opendir("/sys/class/virtio-ports");
 	struct dirent *de;
@@ -1114,7 +1994,7 @@ find_port(char *dev, size_t n)
 		if (de->d_name[0] == '.')
 			continue;
 		snprintf(path, sizeof(path), "/sys/class/virtio-ports/%s/name", de->d_name);
-		if (read_small(path, name, sizeof(name)) == 0 && strcmp(name, PORT_NAME) == 0) {
+		if (read_small(path, name, sizeof(name)) == 0 && strcmp(name, want) == 0) {
 			snprintf(dev, n, "/dev/%s", de->d_name);
 			r = 0;
 			break;
@@ -1126,42 +2006,58 @@ find_port(char *dev, size_t n)
 }
 
 static int
+open_port(const char *dev, const char *name)
+{
+	int fd = open(dev, O_RDWR | O_NONBLOCK | O_CLOEXEC);
+	if (fd < 0) {
+		logmsg("cannot open %s: %s", dev, strerror(errno));
+		return -1;
+	}
+	/* SIGIO on host connect/disconnect is what ends a wait while the
+	 * host is away (see the top of this file). */
+	if (fcntl(fd, F_SETOWN, getpid()) < 0 || fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_ASYNC) < 0) {
+		logmsg("cannot enable SIGIO on %s: %s", dev, strerror(errno));
+		close(fd);
+		return -1;
+	}
+	if (!conn_add(CONN_PORT, fd, fd, name)) {
+		close(fd);
+		return -1;
+	}
+	logmsg("%s serving port '%s' on %s", AGENT_VERSION, name, dev);
+	return 0;
+}
+
+/* Serves the owner's port ("agent") and the daemon's ("vmf").  The ports'
+ * names arrive from the host after the driver probes; the kernel announces
+ * each with a uevent ("change" on the port).  The daemon's port comes with
+ * the owner's in every VM this agent's hosts start; a VM without it (an
+ * older command line) is served on "agent" alone. */
+static int
 serve_port(void)
 {
-	char dev[300];
-	/* The port's name arrives from the host after the driver probes; the
-	 * kernel announces it with a uevent ("change" on the port). */
+	char dev[300], dev2[300];
 	int64_t deadline = now_ms() + PORT_WAIT_MS;
-	while (find_port(dev, sizeof(dev)) < 0) {
+	while (find_port(PORT_NAME, dev, sizeof(dev)) < 0) {
 		if (!wait_uevent(deadline)) {
 			logmsg("no virtio-serial port named '%s' after %d ms", PORT_NAME, PORT_WAIT_MS);
 			return 1;
 		}
 		drain_uevents();
 	}
+	int64_t deadline2 = now_ms() + DAEMON_PORT_WAIT_MS;
+	bool have2;
+	while (!(have2 = find_port(DAEMON_PORT_NAME, dev2, sizeof(dev2)) == 0) && wait_uevent(deadline2))
+		drain_uevents();
 	sigset_t set;
 	sigemptyset(&set);
 	sigaddset(&set, SIGIO);
 	sigprocmask(SIG_BLOCK, &set, NULL);
-	int sfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
-	if (sfd < 0) {
-		logmsg("signalfd: %s", strerror(errno));
+	if (open_port(dev, PORT_NAME) < 0 || (have2 && open_port(dev2, DAEMON_PORT_NAME) < 0))
 		return 1;
-	}
-	int fd = open(dev, O_RDWR | O_NONBLOCK | O_CLOEXEC);
-	if (fd < 0) {
-		logmsg("cannot open %s: %s", dev, strerror(errno));
-		return 1;
-	}
-	/* SIGIO on host connect/disconnect is what ends a wait while the
-	 * host is away (see the top of this file). */
-	if (fcntl(fd, F_SETOWN, getpid()) < 0 || fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_ASYNC) < 0) {
-		logmsg("cannot enable SIGIO on %s: %s", dev, strerror(errno));
-		return 1;
-	}
-	logmsg("%s serving on %s", AGENT_VERSION, dev);
-	struct conn c = { .rfd = fd, .wfd = fd };
-	return serve(&c, sfd, -1);
+	if (!have2)
+		logmsg("no virtio-serial port named '%s': the daemon shares '%s'", DAEMON_PORT_NAME, PORT_NAME);
+	return serve(-1, true);
 }
 
 /* ---- vsock ---- */
@@ -1223,8 +2119,7 @@ start_vsock_server(int lfd, unsigned port)
 	uevent_fd = -1;
 	open_uevents();
 	logmsg("%s serving vsock port %u", AGENT_VERSION, port);
-	struct conn c = { .rfd = -1, .wfd = -1 };
-	_exit(serve(&c, -1, lfd));
+	_exit(serve(lfd, false));
 }
 
 static int
@@ -1242,12 +2137,12 @@ static void
 usage(void)
 {
 	fprintf(stderr,
-		"usage: vmf-agent                  serve the virtio-serial port '%s' and vsock port %u (in the guest)\n"
+		"usage: vmf-agent                  serve the virtio-serial ports '%s' and '" DAEMON_PORT_NAME "' and vsock port %u (in the guest)\n"
 		"       vmf-agent --fd N           serve the open stream fd N (test mode)\n"
 		"       vmf-agent --stdio          serve stdin/stdout (test mode)\n"
-		"       vmf-agent --listen-fd N    serve the connections of the listening socket fd N, one at a\n"
-		"                                  time, a new one replacing the current one (test mode)\n"
-		"options: --share-dir PATH (default /mnt/share), --no-set-time, --version,\n"
+		"       vmf-agent --listen-fd N    serve the connections of the listening socket fd N, several at\n"
+		"                                  once (test mode)\n"
+		"options: --share-dir PATH (default /mnt/share), --no-set-time, --no-exec, --version,\n"
 		"         --machine-id-file PATH (default /etc/machine-id; in test mode written only when given),\n"
 		"         --vsock-port N (0: no vsock), --vsock-allow-local (accept guest-local vsock peers)\n",
 		PORT_NAME, VSOCK_PORT_DEFAULT);
@@ -1288,6 +2183,8 @@ main(int argc, char **argv)
 			vsock_allow_local = true;
 		} else if (!strcmp(argv[i], "--share-dir") && i + 1 < argc) {
 			share_dir = argv[++i];
+		} else if (!strcmp(argv[i], "--no-exec")) {
+			no_exec = true;
 		} else if (!strcmp(argv[i], "--machine-id-file") && i + 1 < argc) {
 			machine_id_file = argv[++i];
 			machine_id_given = true;
@@ -1312,14 +2209,14 @@ main(int argc, char **argv)
 		fcntl(rfd, F_SETFL, fcntl(rfd, F_GETFL) | O_NONBLOCK);
 		if (wfd != rfd)
 			fcntl(wfd, F_SETFL, fcntl(wfd, F_GETFL) | O_NONBLOCK);
-		struct conn c = { .rfd = rfd, .wfd = wfd };
-		return serve(&c, -1, -1);
+		if (!conn_add(CONN_STREAM, rfd, wfd, "stream"))
+			return 1;
+		return serve(-1, false);
 	}
 	if (lfd >= 0) {
 		test_mode = no_set_time = true;
 		fcntl(lfd, F_SETFL, fcntl(lfd, F_GETFL) | O_NONBLOCK);
-		struct conn c = { .rfd = -1, .wfd = -1 };
-		return serve(&c, -1, lfd);
+		return serve(lfd, false);
 	}
 	/* Before looking for the port, so that no uevent is missed. */
 	open_uevents();

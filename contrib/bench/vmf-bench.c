@@ -260,11 +260,18 @@ wait_pool(unsigned want, int64_t deadline_ms)
 	}
 }
 
+static struct agent_addr {
+	char path[4200];
+	char transport[32];
+	unsigned port;
+} last_agent;
+
 /* Each hand-out's clock error as the daemon measured it (|guest - host|
  * realtime when the guest's reply to the hand-out arrived), in ms. */
 static struct series clock_err = { .name = "clock-error" };
 
-/* One GetVM, request to reply; the VM's id in id. */
+/* One GetVM, request to reply; the VM's id in id (and its agent's address
+ * in last_agent). */
 static double
 get_vm(struct vmf_client *c, unsigned vcpus, unsigned mib, int k, char id[64])
 {
@@ -285,8 +292,42 @@ get_vm(struct vmf_client *c, unsigned vcpus, unsigned mib, int k, char id[64])
 		die(&e, "GetVM");
 	double ms = ms_since(t0);
 	snprintf(id, 64, "%s", r->vm->id);
+	snprintf(last_agent.path, sizeof last_agent.path, "%s", r->vm->agent_socket);
+	snprintf(last_agent.transport, sizeof last_agent.transport, "%s", r->vm->agent_transport);
+	last_agent.port = r->vm->agent_vsock_port;
 	add(&clock_err, r->vm->clock_error_ms);
 	vmf__control__reply__free_unpacked(r, NULL);
+	return ms;
+}
+
+/* `true` in the VM of the last GetVM, through its agent as a runtime would
+ * (connect, ExecStart, wait for the exit): connect to exit frame, in ms. */
+static double
+exec_true(void)
+{
+	struct vmf_error e = {0};
+	int64_t t0 = vmf_monotonic_ns();
+	struct vmf_client_agent *a;
+	if (vmf_client_agent_connect(last_agent.path, last_agent.transport, last_agent.port, CALL_TIMEOUT_MS, NULL,
+				     NULL, &a, &e) < 0)
+		die(&e, "agent connect");
+	uint64_t xid;
+	struct vmf_exec_opts o = { .argv = (const char *const[]){ "true", NULL } };
+	if (vmf_client_exec_start(a, &o, &xid, CALL_TIMEOUT_MS, &e) < 0)
+		die(&e, "exec true");
+	for (;;) {
+		struct vmf_exec_event ev;
+		if (vmf_client_agent_next_event(a, &ev, CALL_TIMEOUT_MS, &e) < 0)
+			die(&e, "exec true");
+		if (ev.type == VMF_EXEC_EV_NONE) {
+			vmf_err(&e, ETIMEDOUT, "no exit of true within %d ms", CALL_TIMEOUT_MS);
+			die(&e, "exec true");
+		}
+		if (ev.type == VMF_EXEC_EV_EXIT && ev.exec_id == xid)
+			break;
+	}
+	double ms = ms_since(t0);
+	vmf_client_agent_close(a);
 	return ms;
 }
 
@@ -417,7 +458,7 @@ main(int argc, char **argv)
 
 	struct series cold = { .name = "cold" }, restore = { .name = "full-restore" }, clone = { .name = "clone" },
 		      floor_ = { .name = "floor" }, handout = { .name = "handout" },
-		      resize = { .name = "handout-resize" };
+		      resize = { .name = "handout-resize" }, exec = { .name = "exec" };
 	char id[64];
 	fprintf(stderr, "vmf-bench: cold, full-restore and clone, %d samples each\n", cfg.samples);
 	for (int i = 0; i < cfg.samples; i++) {
@@ -536,6 +577,15 @@ main(int argc, char **argv)
 	FILE *m2 = open_memstream(&steps2, &n2);
 	steps_table(m2, steps_all);
 	fclose(m2);
+	/* What a runtime waits for before its first command has run: the
+	 * hand-out, then `true` through the agent to its exit status. */
+	fprintf(stderr, "vmf-bench: hand-out + exec of true, %d samples\n", cfg.samples);
+	for (int i = 0; i < cfg.samples; i++) {
+		wait_pool(cfg.vms, vmf_now_ms() + 120000);
+		double ms = get_vm(c, 1, 256, i, id);
+		add(&exec, ms + exec_true());
+		release_vm(c, id);
+	}
 
 	fprintf(stderr, "vmf-bench: %d get/release cycles\n", cfg.cycles);
 	Vmf__Control__Reply *st = status();
@@ -555,7 +605,7 @@ main(int argc, char **argv)
 	if (run_cli("destroy") != 0)
 		fprintf(stderr, "vmf-bench: vmfactory destroy failed; see %s/cli.log\n", cfg.dir);
 
-	struct series *all[] = { &cold, &restore, &clone, &handout, &resize, &floor_ };
+	struct series *all[] = { &cold, &restore, &clone, &handout, &resize, &floor_, &exec };
 	for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
 		finish(all[i]);
 	finish(&clock_err);
@@ -570,6 +620,8 @@ main(int argc, char **argv)
 	jnum("handout_p99_ms", pct(&handout, 99));
 	jnum("handout_resize_p99_ms", pct(&resize, 99));
 	jnum("floor_ms", pct(&floor_, 50));
+	jnum("exec_p50_ms", pct(&exec, 50));
+	jnum("exec_p99_ms", pct(&exec, 99));
 	jnum("pss_cold_kib", (double)pss_cold);
 	jnum("pss_clone_kib", (double)pss_clone);
 	jnum("refill8_s", refill_s);
@@ -617,6 +669,7 @@ main(int argc, char **argv)
 	row(&handout, "GetVM over the socket, pool hit, no resize");
 	row(&resize, "GetVM, +1 vCPU and +256 MiB");
 	row(&floor_, "cont + one agent round trip");
+	row(&exec, "GetVM, then `true` through the agent to its exit status");
 	printf("\n## Hand-out steps (daemon's own timing; plain hand-outs)\n\n%s", steps1);
 	printf("\n## Hand-out steps (all hand-outs, with the resized ones)\n\n%s", steps2);
 	printf("\n## Memory, refill, daemon\n\n| measure | value |\n|---|---:|\n");

@@ -4,6 +4,8 @@
  *   remote.c     status, get, inspect, release, destroy: requests through the
  *                client library over one call/print helper (the daemon
  *                validates)
+ *   exec.c       exec: the agent's address from the daemon, then the agent
+ *                directly (stdin, output, exit status)
  *   start.c      init, daemon: options and config merged, the daemon started
  *   templates.c  template build/list/rm/gc, check-config: offline, on the
  *                catalog under the daemon's lock
@@ -62,6 +64,9 @@ int cmd_get(const struct cmd *cmd, struct args *a);
 int cmd_inspect(const struct cmd *cmd, struct args *a);
 int cmd_release(const struct cmd *cmd, struct args *a);
 int cmd_destroy(const struct cmd *cmd, struct args *a);
+
+/* exec.c: exec, straight to the VM's agent */
+int cmd_exec(const struct cmd *cmd, struct args *a);
 
 /* start.c */
 int cmd_init(const struct cmd *cmd, struct args *a);

@@ -24,6 +24,8 @@ vminfo_json(const Vmf__Control__VmInfo *v)
 	JI(o, "memory_mib", v->memory_mib);
 	JS(o, "qmp_socket", v->qmp_socket);
 	JS(o, "agent_socket", v->agent_socket);
+	JS(o, "agent_transport", v->agent_transport);
+	JI(o, "agent_vsock_port", v->agent_vsock_port);
 	JS(o, "share_dir", v->share_dir);
 	JS(o, "run_dir", v->run_dir);
 	JS(o, "template_id", v->template_id);

@@ -18,6 +18,9 @@
 
 #include <stdint.h>
 
+#include <stddef.h>
+
+#include "agent.pb-c.h"
 #include "control.pb-c.h"
 #include "error.h"
 
@@ -61,5 +64,97 @@ int vmf_client_inspect(struct vmf_client *c, const char *vm_id, Vmf__Control__Re
 int vmf_client_status(struct vmf_client *c, Vmf__Control__Reply **reply, int timeout_ms, struct vmf_error *err);
 int vmf_client_destroy(struct vmf_client *c, int all, Vmf__Control__Reply **reply, int timeout_ms,
 		       struct vmf_error *err);
+
+/* ---- the guest agent of a handed-out VM (docs/protocol.md, "The guest
+ * agent") ----
+ *
+ * After hand-out the VM's owner talks to its agent directly: the socket is
+ * VmInfo.agent_socket, its transport VmInfo.agent_transport ("unix": a
+ * QEMU virtio-serial socket; "hybrid-vsock": a Firecracker or Cloud
+ * Hypervisor vsock socket, reached with "CONNECT <port>\n").  The daemon is
+ * not in the data path.
+ *
+ * Processes: start any number on one connection, then drive them with
+ * vmf_client_agent_next_event (output, exits), vmf_client_exec_input
+ * (stdin, within the window the agent grants) and the fd from
+ * vmf_client_agent_fd for poll().  Output credit is given back to the
+ * agent when the next event is asked for: a caller that consumes slowly
+ * holds the process back, and neither side buffers more than the windows. */
+struct vmf_client_agent;
+
+/* Called once when the agent has not answered within a second: on a QEMU
+ * VM another client holds the port and this one waits its turn. */
+typedef void (*vmf_client_agent_wait_fn)(void *arg);
+
+/* Connects and starts a clean session (ExecReset: what an earlier client
+ * of the port left running is killed).  transport "unix" or
+ * "hybrid-vsock" (vsock_port 0 = 1024); timeout_ms bounds the whole
+ * connect, waiting for another client included (-EBUSY then). */
+int vmf_client_agent_connect(const char *path, const char *transport, unsigned vsock_port, int timeout_ms,
+			     vmf_client_agent_wait_fn waiting, void *arg, struct vmf_client_agent **out,
+			     struct vmf_error *err);
+/* Closing the connection kills every process it started. */
+void vmf_client_agent_close(struct vmf_client_agent *a);
+int vmf_client_agent_fd(const struct vmf_client_agent *a);
+int vmf_client_agent_ping(struct vmf_client_agent *a, int timeout_ms, struct vmf_error *err);
+
+struct vmf_exec_opts {
+	const char *const *argv;     /* NULL-terminated, at least one entry */
+	const char *const *env;      /* NULL-terminated "KEY=VALUE", or NULL */
+	const char *cwd;             /* NULL or "" = / */
+	int set_user;
+	uint32_t uid, gid;
+	int tty;
+	uint32_t rows, cols;
+	uint32_t timeout_ms;         /* 0 = none */
+	uint32_t output_window;      /* per stream, bytes; 0 = the agent's default (256 KiB) */
+};
+
+/* Starts a process; *exec_id names it in the calls and events below.  An
+ * argv/env that does not fit a frame is -E2BIG before anything is sent;
+ * the agent's failures (no such command, a bad cwd or user) carry its
+ * sentence. */
+int vmf_client_exec_start(struct vmf_client_agent *a, const struct vmf_exec_opts *o, uint64_t *exec_id,
+			  int timeout_ms, struct vmf_error *err);
+
+enum vmf_exec_event_type {
+	VMF_EXEC_EV_NONE = 0,        /* timeout_ms passed */
+	VMF_EXEC_EV_OUTPUT,          /* fd 1 or 2, data/len valid until the next call */
+	VMF_EXEC_EV_EXIT,            /* after all of the process's output */
+	VMF_EXEC_EV_ERROR,           /* the agent refused a stdin or signal request */
+};
+
+struct vmf_exec_event {
+	enum vmf_exec_event_type type;
+	uint64_t exec_id;
+	int fd;
+	const uint8_t *data;
+	size_t len;
+	int exit_code;               /* -1 when a signal ended it */
+	int signal;
+	int timed_out;
+	int error_code;
+	char message[256];
+};
+
+/* The next event of any process on this connection, waiting up to
+ * timeout_ms (0: only what is buffered, or readable now; <0: forever).
+ * Queued stdin is sent meanwhile.  The connection failing (the VM gone) is
+ * a negative return. */
+int vmf_client_agent_next_event(struct vmf_client_agent *a, struct vmf_exec_event *ev, int timeout_ms,
+				struct vmf_error *err);
+/* Queues up to n bytes of stdin within the process's window and returns how
+ * many it took (0 when the window is used up: wait for events, which bring
+ * the agent's acknowledgements).  eof closes the process's stdin once all
+ * of data is taken. */
+long vmf_client_exec_input(struct vmf_client_agent *a, uint64_t exec_id, const void *data, size_t n, int eof,
+			   struct vmf_error *err);
+/* Stdin bytes the window still has room for. */
+size_t vmf_client_exec_stdin_room(const struct vmf_client_agent *a, uint64_t exec_id);
+/* Sends queued frames without blocking (1: some remain, 0: all sent). */
+int vmf_client_agent_flush(struct vmf_client_agent *a, struct vmf_error *err);
+int vmf_client_exec_signal(struct vmf_client_agent *a, uint64_t exec_id, int sig, struct vmf_error *err);
+int vmf_client_exec_resize(struct vmf_client_agent *a, uint64_t exec_id, unsigned rows, unsigned cols,
+			   struct vmf_error *err);
 
 #endif

@@ -53,8 +53,9 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		abort();
 	char fdarg[16];
 	snprintf(fdarg, sizeof(fdarg), "%d", fd);
-	char *argv[] = { "vmf-agent", "--fd", fdarg, "--share-dir", share, NULL };
-	if (vmf_agent_main(5, argv) != 0)
+	/* --no-exec: arbitrary bytes must not become host commands. */
+	char *argv[] = { "vmf-agent", "--fd", fdarg, "--share-dir", share, "--no-exec", NULL };
+	if (vmf_agent_main(6, argv) != 0)
 		abort(); /* in test mode only an allocation failure ends it so */
 	close(fd);
 	fuzz_peer_join(&p);

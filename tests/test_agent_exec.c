@@ -1,0 +1,544 @@
+/* Exec through the guest agent without a VM: the real vmf-agent in test
+ * mode (--listen-fd on a unix socket, the code that serves vsock), driven
+ * by the client library's agent calls (factory/client/agent_client.c).
+ * In test mode exec runs host processes as the test's user: the commands
+ * here only read, write their pipes and sleep. */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "client.h"
+#include "frame.h"
+#include "testlib.h"
+#include "util.h"
+
+static pid_t agent_pid = -1;
+static char *dir;
+static char sock[600];
+
+static const char *
+agent_path(void)
+{
+	static char path[600];
+	const char *b = getenv("VMFACTORY_BUILDDIR");
+	snprintf(path, sizeof path, "%s/contrib/agent/vmf-agent", b ? b : ".");
+	return path;
+}
+
+static void
+setup(void)
+{
+	dir = vmf_test_tmpdir("vmf-agent-exec");
+	snprintf(sock, sizeof sock, "%s/agent.sock", dir);
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	snprintf(sa.sun_path, sizeof sa.sun_path, "%s", sock);
+	int lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	ck_assert_int_ge(lfd, 0);
+	ck_assert_int_eq(bind(lfd, (struct sockaddr *)&sa, sizeof sa), 0);
+	ck_assert_int_eq(listen(lfd, 4), 0);
+	agent_pid = vmf_test_fork();
+	if (agent_pid == 0) {
+		if (lfd == 3)
+			fcntl(3, F_SETFD, 0);
+		else
+			dup2(lfd, 3);
+		syscall(SYS_close_range, 4U, ~0U, 0U);
+		execl(agent_path(), "vmf-agent", "--listen-fd", "3", "--share-dir", dir, (char *)NULL);
+		_exit(127);
+	}
+	close(lfd);
+}
+
+static void
+teardown(void)
+{
+	if (agent_pid > 0) {
+		kill(agent_pid, SIGKILL);
+		waitpid(agent_pid, NULL, 0);
+		agent_pid = -1;
+	}
+	struct vmf_error e;
+	vmf_rm_rf(dir, &e);
+	free(dir);
+}
+
+static struct vmf_client_agent *
+conn(void)
+{
+	struct vmf_client_agent *a;
+	struct vmf_error e = {0};
+	ck_assert_msg(vmf_client_agent_connect(sock, "unix", 0, 10000, NULL, NULL, &a, &e) == 0, "%s", e.msg);
+	return a;
+}
+
+struct result {
+	char *out, *err;
+	size_t nout, nerr;
+	int exit_code, signal, timed_out;
+};
+
+static void
+append(char **buf, size_t *n, const uint8_t *d, size_t len)
+{
+	*buf = realloc(*buf, *n + len + 1);
+	memcpy(*buf + *n, d, len);
+	*n += len;
+	(*buf)[*n] = '\0';
+}
+
+/* Runs events until exec id exits; output collected. */
+static void
+wait_exit(struct vmf_client_agent *a, uint64_t id, struct result *r)
+{
+	memset(r, 0, sizeof(*r));
+	r->out = calloc(1, 1);
+	r->err = calloc(1, 1);
+	for (;;) {
+		struct vmf_exec_event ev;
+		struct vmf_error e = {0};
+		int rc = vmf_client_agent_next_event(a, &ev, 30000, &e);
+		ck_assert_msg(rc == 0, "%s", e.msg);
+		ck_assert_msg(ev.type != VMF_EXEC_EV_NONE, "no event within 30 s");
+		ck_assert_msg(ev.type != VMF_EXEC_EV_ERROR, "agent error: %s", ev.message);
+		if (ev.exec_id != id)
+			continue;
+		if (ev.type == VMF_EXEC_EV_OUTPUT && ev.fd == 1)
+			append(&r->out, &r->nout, ev.data, ev.len);
+		else if (ev.type == VMF_EXEC_EV_OUTPUT)
+			append(&r->err, &r->nerr, ev.data, ev.len);
+		if (ev.type == VMF_EXEC_EV_EXIT) {
+			r->exit_code = ev.exit_code;
+			r->signal = ev.signal;
+			r->timed_out = ev.timed_out;
+			return;
+		}
+	}
+}
+
+static void
+result_free(struct result *r)
+{
+	free(r->out);
+	free(r->err);
+}
+
+static uint64_t
+start(struct vmf_client_agent *a, const char *const *argv, const struct vmf_exec_opts *base)
+{
+	struct vmf_exec_opts o = base ? *base : (struct vmf_exec_opts){0};
+	o.argv = argv;
+	uint64_t id;
+	struct vmf_error e = {0};
+	ck_assert_msg(vmf_client_exec_start(a, &o, &id, 10000, &e) == 0, "%s: %s", argv[0], e.msg);
+	return id;
+}
+
+static void
+run(struct vmf_client_agent *a, const char *const *argv, const struct vmf_exec_opts *o, struct result *r)
+{
+	wait_exit(a, start(a, argv, o), r);
+}
+
+START_TEST(stdout_stderr_and_exit_status)
+{
+	struct vmf_client_agent *a = conn();
+	struct result r;
+	run(a, (const char *const[]){ "sh", "-c", "echo out; echo err >&2; exit 3", NULL }, NULL, &r);
+	ck_assert_str_eq(r.out, "out\n");
+	ck_assert_str_eq(r.err, "err\n");
+	ck_assert_int_eq(r.exit_code, 3);
+	ck_assert_int_eq(r.signal, 0);
+	result_free(&r);
+	vmf_client_agent_close(a);
+}
+END_TEST
+
+START_TEST(signal_timeout_and_signal_request)
+{
+	struct vmf_client_agent *a = conn();
+	struct result r;
+	run(a, (const char *const[]){ "sh", "-c", "kill -TERM $$", NULL }, NULL, &r);
+	ck_assert_int_eq(r.exit_code, -1);
+	ck_assert_int_eq(r.signal, SIGTERM);
+	ck_assert_int_eq(r.timed_out, 0);
+	result_free(&r);
+	int64_t t0 = vmf_now_ms();
+	run(a, (const char *const[]){ "sleep", "30", NULL }, &(struct vmf_exec_opts){ .timeout_ms = 300 }, &r);
+	ck_assert_int_eq(r.signal, SIGKILL);
+	ck_assert_int_eq(r.timed_out, 1);
+	ck_assert_int_lt(vmf_now_ms() - t0, 10000);
+	result_free(&r);
+	uint64_t id = start(a, (const char *const[]){ "sleep", "30", NULL }, NULL);
+	struct vmf_error e = {0};
+	ck_assert_msg(vmf_client_exec_signal(a, id, SIGINT, &e) == 0, "%s", e.msg);
+	wait_exit(a, id, &r);
+	ck_assert_int_eq(r.signal, SIGINT);
+	result_free(&r);
+	vmf_client_agent_close(a);
+}
+END_TEST
+
+START_TEST(env_cwd_and_tty)
+{
+	struct vmf_client_agent *a = conn();
+	struct result r;
+	const char *const env[] = { "FOO=bar baz", "PATH=/usr/bin:/bin", NULL };
+	run(a, (const char *const[]){ "sh", "-c", "echo \"$FOO\"; pwd; echo $PATH", NULL },
+	    &(struct vmf_exec_opts){ .env = env, .cwd = "/tmp" }, &r);
+	ck_assert_str_eq(r.out, "bar baz\n/tmp\n/usr/bin:/bin\n");
+	result_free(&r);
+	run(a, (const char *const[]){ "sh", "-c", "test -t 0 && test -t 1 && stty size", NULL },
+	    &(struct vmf_exec_opts){ .tty = 1, .rows = 33, .cols = 101 }, &r);
+	ck_assert_int_eq(r.exit_code, 0);
+	ck_assert_msg(strstr(r.out, "33 101"), "tty output: '%s'", r.out);
+	result_free(&r);
+	vmf_client_agent_close(a);
+}
+END_TEST
+
+static uint64_t
+fnv(uint64_t h, const uint8_t *d, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		h = (h ^ d[i]) * 1099511628211ull;
+	return h;
+}
+
+static long
+rss_kib(pid_t p)
+{
+	char path[64], line[256];
+	snprintf(path, sizeof path, "/proc/%d/status", (int)p);
+	FILE *f = fopen(path, "r");
+	long kib = -1;
+	while (f && fgets(line, sizeof line, f))
+		if (sscanf(line, "VmRSS: %ld kB", &kib) == 1)
+			break;
+	if (f)
+		fclose(f);
+	return kib;
+}
+
+/* 32 MiB through cat: stdin in within its window, stdout back, checked
+ * byte for byte (a checksum), both ways at once. */
+START_TEST(stdin_streamed_through_cat)
+{
+	struct vmf_client_agent *a = conn();
+	uint64_t id = start(a, (const char *const[]){ "cat", NULL }, NULL);
+	const size_t total = 32u << 20;
+	static uint8_t chunk[65536];
+	for (size_t i = 0; i < sizeof chunk; i++)
+		chunk[i] = (uint8_t)(i * 7 + 3);
+	size_t sent = 0, got = 0;
+	uint64_t hin = 14695981039346656037ull, hout = hin;
+	struct vmf_error e = {0};
+	for (;;) {
+		while (sent < total) {
+			size_t off = sent % sizeof chunk, n = sizeof chunk - off;
+			if (n > total - sent)
+				n = total - sent;
+			long k = vmf_client_exec_input(a, id, chunk + off, n, sent + n == total, &e);
+			ck_assert_msg(k >= 0, "%s", e.msg);
+			if (k == 0)
+				break;
+			hin = fnv(hin, chunk + off, (size_t)k);
+			sent += (size_t)k;
+		}
+		struct vmf_exec_event ev;
+		ck_assert_msg(vmf_client_agent_next_event(a, &ev, 30000, &e) == 0, "%s", e.msg);
+		ck_assert_msg(ev.type != VMF_EXEC_EV_NONE && ev.type != VMF_EXEC_EV_ERROR, "event %d: %s", ev.type,
+			      ev.message);
+		if (ev.type == VMF_EXEC_EV_OUTPUT) {
+			hout = fnv(hout, ev.data, ev.len);
+			got += ev.len;
+		}
+		if (ev.type == VMF_EXEC_EV_EXIT) {
+			ck_assert_int_eq(ev.exit_code, 0);
+			break;
+		}
+	}
+	ck_assert_uint_eq(sent, total);
+	ck_assert_uint_eq(got, total);
+	ck_assert_msg(hin == hout, "checksum differs");
+	vmf_client_agent_close(a);
+}
+END_TEST
+
+/* A process writing without end while nobody reads: the agent stops
+ * reading its pipe at the window, so its memory stays flat; what comes
+ * later still arrives in full when the host reads again. */
+START_TEST(output_back_pressure)
+{
+	struct vmf_client_agent *a = conn();
+	uint64_t id = start(a, (const char *const[]){ "head", "-c", "67108864", "/dev/zero", NULL }, NULL);
+	long base = rss_kib(agent_pid);
+	/* The host stays away long enough for an unbounded agent to take it all. */
+	poll(NULL, 0, 1500);
+	long held = rss_kib(agent_pid);
+	ck_assert_msg(held - base < 4096, "the agent grew from %ld to %ld KiB while the host did not read", base,
+		      held);
+	struct result r;
+	wait_exit(a, id, &r);
+	ck_assert_uint_eq(r.nout, 67108864u);
+	ck_assert_int_eq(r.exit_code, 0);
+	result_free(&r);
+	vmf_client_agent_close(a);
+}
+END_TEST
+
+START_TEST(several_processes_on_one_connection)
+{
+	struct vmf_client_agent *a = conn();
+	uint64_t ids[4];
+	for (int i = 0; i < 4; i++) {
+		char script[64];
+		snprintf(script, sizeof script, "sleep 0.%d; echo p%d; exit %d", 4 - i, i, 10 + i);
+		ids[i] = start(a, (const char *const[]){ "sh", "-c", script, NULL }, NULL);
+	}
+	/* Answered while they run. */
+	struct vmf_error e = {0};
+	ck_assert_msg(vmf_client_agent_ping(a, 5000, &e) == 0, "%s", e.msg);
+	int exited = 0;
+	char out[4][16] = { "", "", "", "" };
+	while (exited < 4) {
+		struct vmf_exec_event ev;
+		ck_assert_msg(vmf_client_agent_next_event(a, &ev, 30000, &e) == 0, "%s", e.msg);
+		ck_assert_int_ne(ev.type, VMF_EXEC_EV_NONE);
+		int i = 0;
+		while (i < 4 && ids[i] != ev.exec_id)
+			i++;
+		ck_assert_int_lt(i, 4);
+		if (ev.type == VMF_EXEC_EV_OUTPUT)
+			snprintf(out[i], sizeof out[i], "%.*s", (int)ev.len, (const char *)ev.data);
+		if (ev.type == VMF_EXEC_EV_EXIT) {
+			/* Its output came first. */
+			char want[16];
+			snprintf(want, sizeof want, "p%d\n", i);
+			ck_assert_str_eq(out[i], want);
+			ck_assert_int_eq(ev.exit_code, 10 + i);
+			exited++;
+		}
+	}
+	vmf_client_agent_close(a);
+}
+END_TEST
+
+static void
+expect_start_error(struct vmf_client_agent *a, const struct vmf_exec_opts *o, int code, const char *needle)
+{
+	uint64_t id;
+	struct vmf_error e = {0};
+	int r = vmf_client_exec_start(a, o, &id, 10000, &e);
+	ck_assert_msg(r == -code, "%s: expected errno %d, got %d (%s)", o->argv[0], code, -r, e.msg);
+	ck_assert_msg(strstr(e.msg, needle), "error '%s' does not name '%s'", e.msg, needle);
+	ck_assert_msg(vmf_client_agent_ping(a, 5000, &e) == 0, "agent stopped serving: %s", e.msg);
+}
+
+START_TEST(start_errors_are_sentences)
+{
+	struct vmf_client_agent *a = conn();
+	expect_start_error(a, &(struct vmf_exec_opts){ .argv = (const char *const[]){ "no-such-cmd-vmf", NULL } },
+			   ENOENT, "no-such-cmd-vmf");
+	expect_start_error(a, &(struct vmf_exec_opts){ .argv = (const char *const[]){ "/no/such/file", NULL } },
+			   ENOENT, "/no/such/file");
+	expect_start_error(a, &(struct vmf_exec_opts){ .argv = (const char *const[]){ "true", NULL },
+						       .cwd = "/no/such/dir" },
+			   ENOENT, "/no/such/dir");
+	expect_start_error(a, &(struct vmf_exec_opts){ .argv = (const char *const[]){ "true", NULL },
+						       .set_user = 1, .uid = 4294967295u },
+			   EINVAL, "4294967295");
+	expect_start_error(a, &(struct vmf_exec_opts){ .argv = (const char *const[]){ "true", NULL },
+						       .env = (const char *const[]){ "NOEQUALS", NULL } },
+			   EINVAL, "NOEQUALS");
+	/* An argv beyond the frame: refused by the library before sending. */
+	static char big[70000];
+	memset(big, 'x', sizeof big - 1);
+	expect_start_error(a, &(struct vmf_exec_opts){ .argv = (const char *const[]){ "echo", big, NULL } }, E2BIG,
+			   "argument list too long");
+	static const char *many[5000];
+	for (int i = 0; i < 4999; i++)
+		many[i] = "A=1";
+	expect_start_error(a, &(struct vmf_exec_opts){ .argv = (const char *const[]){ "true", NULL }, .env = many },
+			   E2BIG, "argument list too long");
+	vmf_client_agent_close(a);
+}
+END_TEST
+
+/* A client that goes away mid-stream: the agent kills the process (its
+ * whole group) and reaps it, and serves the next client. */
+START_TEST(disconnect_kills_the_process_group)
+{
+	struct vmf_client_agent *a = conn();
+	struct vmf_error e = {0};
+	uint64_t id = start(a, (const char *const[]){ "sh", "-c", "sleep 1000 & echo $!; yes", NULL }, NULL);
+	pid_t child = 0;
+	while (!child) {
+		struct vmf_exec_event ev;
+		ck_assert_msg(vmf_client_agent_next_event(a, &ev, 30000, &e) == 0, "%s", e.msg);
+		ck_assert_int_eq(ev.type, VMF_EXEC_EV_OUTPUT);
+		ck_assert_uint_eq(ev.exec_id, id);
+		child = (pid_t)atoi((const char *)ev.data);
+	}
+	ck_assert_int_gt(child, 1);
+	ck_assert_int_eq(kill(child, 0), 0);
+	vmf_client_agent_close(a);
+	int64_t deadline = vmf_now_ms() + 10000;
+	/* The background sleep is not the agent's child: gone once killed and
+	 * reaped by whoever adopted it. */
+	char path[64];
+	snprintf(path, sizeof path, "/proc/%d/stat", (int)child);
+	for (;;) {
+		char buf[512] = "";
+		FILE *f = fopen(path, "r");
+		if (f) {
+			size_t n = fread(buf, 1, sizeof buf - 1, f);
+			buf[n] = '\0';
+			fclose(f);
+		}
+		const char *p = strrchr(buf, ')');
+		if (!f || (p && p[2] == 'Z'))
+			break;
+		ck_assert_msg(vmf_now_ms() < deadline, "the exec's background process %d outlived its client",
+			      (int)child);
+		poll(NULL, 0, 20);
+	}
+	a = conn();
+	struct result r;
+	run(a, (const char *const[]){ "echo", "next", NULL }, NULL, &r);
+	ck_assert_str_eq(r.out, "next\n");
+	result_free(&r);
+	vmf_client_agent_close(a);
+}
+END_TEST
+
+static Vmf__Agent__AgentReply *
+raw_call(int fd, Vmf__Agent__AgentRequest *req, uint64_t id)
+{
+	req->protocol_version = AGENT_PROTOCOL_VERSION;
+	req->id = id;
+	uint8_t buf[1024];
+	size_t n = vmf__agent__agent_request__pack(req, buf);
+	struct vmf_error e = {0};
+	ck_assert_int_eq(vmf_frame_write(fd, buf, n, vmf_now_ms() + 5000, &e), 0);
+	for (;;) {
+		uint8_t *in;
+		ck_assert_msg(vmf_frame_read(fd, &in, &n, VMF_AGENT_MAX_FRAME, vmf_now_ms() + 5000, &e) == 0, "%s",
+			      e.msg);
+		Vmf__Agent__AgentReply *r = vmf__agent__agent_reply__unpack(NULL, n, in);
+		free(in);
+		ck_assert_ptr_nonnull(r);
+		if (r->id == id)
+			return r;
+		/* Unsolicited (stdin acknowledgements) or an earlier refusal. */
+		vmf__agent__agent_reply__free_unpacked(r, NULL);
+	}
+}
+
+/* Requests for a process that is not there, or out of bounds, are answered
+ * with their id and a sentence; a stdin beyond the window is refused. */
+START_TEST(stray_and_oversized_exec_requests)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	snprintf(sa.sun_path, sizeof sa.sun_path, "%s", sock);
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	ck_assert_int_eq(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+	Vmf__Agent__AgentRequest req = VMF__AGENT__AGENT_REQUEST__INIT;
+	Vmf__Agent__ExecInput in = VMF__AGENT__EXEC_INPUT__INIT;
+	in.exec_id = 999;
+	req.body_case = VMF__AGENT__AGENT_REQUEST__BODY_EXEC_INPUT;
+	req.exec_input = &in;
+	Vmf__Agent__AgentReply *r = raw_call(fd, &req, 41);
+	ck_assert_int_eq(r->error_code, ESRCH);
+	ck_assert_ptr_nonnull(strstr(r->error_message, "999"));
+	vmf__agent__agent_reply__free_unpacked(r, NULL);
+
+	Vmf__Agent__ExecStart x = VMF__AGENT__EXEC_START__INIT;
+	char *argv[] = { "sleep", "30" };
+	x.n_argv = 2;
+	x.argv = argv;
+	req.body_case = VMF__AGENT__AGENT_REQUEST__BODY_EXEC_START;
+	req.exec_start = &x;
+	r = raw_call(fd, &req, 42);
+	ck_assert_int_eq(r->error_code, 0);
+	ck_assert_int_eq(r->body_case, VMF__AGENT__AGENT_REPLY__BODY_EXEC_STARTED);
+	uint64_t id = r->exec_started->exec_id;
+	vmf__agent__agent_reply__free_unpacked(r, NULL);
+
+	Vmf__Agent__ExecSignal sg = VMF__AGENT__EXEC_SIGNAL__INIT;
+	sg.exec_id = id;
+	sg.signal = 0;
+	req.body_case = VMF__AGENT__AGENT_REQUEST__BODY_EXEC_SIGNAL;
+	req.exec_signal = &sg;
+	r = raw_call(fd, &req, 43);
+	ck_assert_int_eq(r->error_code, EINVAL);
+	vmf__agent__agent_reply__free_unpacked(r, NULL);
+
+	/* sleep does not read: its pipe and then the agent's window fill, and
+	 * what goes beyond the window is refused (a host that ignores it). */
+	static uint8_t chunk[32768];
+	in.exec_id = id;
+	in.data.data = chunk;
+	in.data.len = sizeof chunk;
+	req.body_case = VMF__AGENT__AGENT_REQUEST__BODY_EXEC_INPUT;
+	req.exec_input = &in;
+	uint8_t *buf = malloc(65536);
+	for (int i = 0; i < 16; i++) {
+		req.protocol_version = AGENT_PROTOCOL_VERSION;
+		req.id = 100 + (uint64_t)i;
+		size_t n = vmf__agent__agent_request__pack(&req, buf);
+		struct vmf_error e = {0};
+		ck_assert_int_eq(vmf_frame_write(fd, buf, n, vmf_now_ms() + 5000, &e), 0);
+	}
+	free(buf);
+	bool refused = false;
+	while (!refused) {
+		uint8_t *f;
+		size_t n;
+		struct vmf_error e = {0};
+		ck_assert_msg(vmf_frame_read(fd, &f, &n, VMF_AGENT_MAX_FRAME, vmf_now_ms() + 5000, &e) == 0,
+			      "no refusal of stdin beyond the window: %s", e.msg);
+		r = vmf__agent__agent_reply__unpack(NULL, n, f);
+		free(f);
+		ck_assert_ptr_nonnull(r);
+		refused = r->error_code == ENOBUFS && r->id >= 100 && strstr(r->error_message, "window");
+		vmf__agent__agent_reply__free_unpacked(r, NULL);
+	}
+
+	Vmf__Agent__ExecReset rs = VMF__AGENT__EXEC_RESET__INIT;
+	req.body_case = VMF__AGENT__AGENT_REQUEST__BODY_EXEC_RESET;
+	req.exec_reset = &rs;
+	r = raw_call(fd, &req, 45);
+	ck_assert_int_eq(r->body_case, VMF__AGENT__AGENT_REPLY__BODY_EXEC_ACK);
+	vmf__agent__agent_reply__free_unpacked(r, NULL);
+	close(fd);
+}
+END_TEST
+
+int
+main(void)
+{
+	Suite *s = suite_create("agent_exec");
+	TCase *tc = tcase_create("exec");
+	tcase_set_timeout(tc, 120);
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_add_test(tc, stdout_stderr_and_exit_status);
+	tcase_add_test(tc, signal_timeout_and_signal_request);
+	tcase_add_test(tc, env_cwd_and_tty);
+	tcase_add_test(tc, stdin_streamed_through_cat);
+	tcase_add_test(tc, output_back_pressure);
+	tcase_add_test(tc, several_processes_on_one_connection);
+	tcase_add_test(tc, start_errors_are_sentences);
+	tcase_add_test(tc, disconnect_kills_the_process_group);
+	tcase_add_test(tc, stray_and_oversized_exec_requests);
+	suite_add_tcase(s, tc);
+	return vmf_test_run(s);
+}
