@@ -207,7 +207,8 @@ getvm_work(void *arg)
 		vm->vcpus = j->vcpus, vm->memory_mib = j->memory_mib;
 	/* Before the links exist: a runtime that finds them can use them. */
 	if (r == 0 && !vmf_daemon_peer_admin(d, j->peer)) {
-		const char *const socks[] = { vm->ops->control_socket, vm->ops->agent_socket };
+		/* The sandbox's control socket, never the daemon's own. */
+		const char *const socks[] = { vm->ops->sandbox_control_socket, vm->ops->agent_socket };
 		r = vmf_sandbox_grant(vm->run_dir, socks, 2, j->share_dir[0] ? vm->share_dir : NULL, j->peer,
 				      d->runas_uid, err);
 	}

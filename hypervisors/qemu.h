@@ -5,8 +5,12 @@
 
 #include "driver.h"
 
-/* Paths inside a VM's run dir. */
+/* Paths inside a VM's run dir.  qmp.sock is the sandbox's monitor, the one
+ * GetVM names; the daemon keeps the private one, which its owner is never
+ * granted.  A VM started before the second monitor existed has qmp.sock
+ * alone, and its record names it as the daemon's. */
 #define VMF_QEMU_QMP_SOCK "qmp.sock"
+#define VMF_QEMU_DAEMON_QMP_SOCK "daemon-qmp.sock"
 #define VMF_QEMU_AGENT_SOCK "agent.sock"
 #define VMF_QEMU_SERIAL_LOG "serial.log"
 #define VMF_QEMU_STDERR_LOG "qemu.log"
@@ -14,8 +18,9 @@
 #define VMF_QEMU_DEFAULT_BINARY "qemu-system-x86_64"
 
 /* Builds argv (NULL-terminated, each string and the array malloc'ed) for
- * cfg.  qmp_fd and agent_fd are listening sockets QEMU inherits. */
-int vmf_qemu_build_argv(const vmf_vm_config *cfg, int qmp_fd, int agent_fd, char ***argv,
+ * cfg.  qmp_fd (the daemon's monitor), mon_fd (the sandbox's monitor, -1
+ * for none) and agent_fd are listening sockets QEMU inherits. */
+int vmf_qemu_build_argv(const vmf_vm_config *cfg, int qmp_fd, int mon_fd, int agent_fd, char ***argv,
 			struct vmf_error *err);
 void vmf_qemu_free_argv(char **argv);
 
