@@ -4,7 +4,8 @@
  * the daemon keeps inspecting, recovering and finally stopping the VM; and
  * as real unprivileged tenants, the owner reaches that monitor through its
  * sock_dir link, another tenant does not, and nobody but the daemon
- * reaches the daemon's own monitor.
+ * reaches the daemon's own monitor.  And VM records an earlier vmfactory
+ * kept in the state dir are adopted after an upgrade.
  *
  * The users and the group (vmft-mo<pid>{a,b,g}) are made by main() and
  * removed before it returns, also when a check fails; without root or
@@ -25,6 +26,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "catalog.h"
+#include "catalog_hooks.h"
 #include "daemonlib.h"
 #include "frame.h"
 #include "testlib.h"
@@ -371,6 +374,60 @@ START_TEST(only_the_owner_reaches_the_sandbox_monitor)
 }
 END_TEST
 
+/* Moves every VM record from the run dir's environment into the state-dir
+ * catalog's table of an earlier vmfactory, and removes the run-dir
+ * environment: the layout a daemon of that version leaves behind. */
+static int
+move_back(const char *id, Vmf__Catalog__VmRecord *rec, const struct vmf_error *rec_err, void *ctx)
+{
+	(void)rec_err;
+	struct vmf_catalog *c = ctx;
+	struct vmf_error e = {0};
+	ck_assert_ptr_nonnull(rec);
+	uint8_t buf[8192];
+	ck_assert_uint_lt(vmf__catalog__vm_record__get_packed_size(rec), sizeof buf);
+	size_t len = vmf__catalog__vm_record__pack(rec, buf);
+	ck_assert_msg(vmf_catalog_put_raw(c, "legacy-vms", id, buf, len, &e) == 0, "%s", e.msg);
+	return 0;
+}
+
+/* An upgrade from a vmfactory that kept VM records in the state dir: the
+ * new daemon adopts the VMs those records describe (the assigned one keeps
+ * running, owned as before) rather than killing them as orphans. */
+START_TEST(vm_records_of_an_earlier_state_catalog_are_adopted)
+{
+	start_daemon();
+	struct got g = {0};
+	do_get(&g, "upgrade", 1, 256);
+	ck_assert_int_eq(g.rc, 0);
+	pid_t pid = (pid_t)json_object_get_int(path(g.rec, "pid", NULL));
+	kill_daemon_hard();
+
+	struct vmf_catalog *c;
+	struct vmf_error e = {0};
+	ck_assert_msg(vmf_catalog_open(state, &c, &e) == 0, "%s", e.msg);
+	ck_assert_msg(vmf_catalog_open_runtime(c, run, &e) == 0, "%s", e.msg);
+	ck_assert_int_eq(vmf_catalog_vm_list(c, move_back, c, &e), 0);
+	vmf_catalog_close(c);
+	char rt[700];
+	snprintf(rt, sizeof rt, "%s/vms.lmdb", run);
+	ck_assert_int_eq(vmf_rm_rf(rt, &e), 0);
+
+	start_daemon();
+	ck_assert_str_eq(vm_state(g.id), "assigned");
+	ck_assert_int_eq(kill(pid, 0), 0);
+	json_object *ins = vmf_json("inspect %s -o json", g.id);
+	ck_assert_int_eq(json_object_get_int(path(path(ins, "vm", NULL), "pid", NULL)), pid);
+	json_object_put(ins);
+	ck_assert_int_eq(access(rt, F_OK), 0);
+	ck_assert_int_eq(vmf(NULL, "release %s", g.id), 0);
+	ck_assert_msg(pid_gone(pid), "QEMU pid %d still runs after release", (int)pid);
+	json_object_put(g.rec);
+	ck_assert_int_eq(vmf(NULL, "destroy"), 0);
+	ck_assert_int_eq(qemu_gone(), 0);
+}
+END_TEST
+
 /* ---- users ---- */
 
 static int
@@ -458,6 +515,7 @@ main(void)
 	tcase_set_timeout(tc, 1200);
 	ADD_TEST(tc, the_runtime_drives_its_own_monitor);
 	ADD_TEST(tc, only_the_owner_reaches_the_sandbox_monitor);
+	ADD_TEST(tc, vm_records_of_an_earlier_state_catalog_are_adopted);
 	suite_add_tcase(s, tc);
 	int rc = vmf_test_run(s);
 	remove_users();
