@@ -113,7 +113,8 @@ clone_work(void *arg)
 	/* Recorded before the clone starts, so a crash mid-clone leaves a
 	 * record recovery can reconcile.  (A QEMU without one is found by its
 	 * name and killed all the same, so a failed write only warns.)  Both
-	 * records are written here: the event loop must not wait on fsync. */
+	 * records are written here: the event loop must not wait on a file
+	 * system, not even the run dir's. */
 	if (vmf_cache_put_vm_record(j->c, vm, VMF_VM_CREATING, &rerr) < 0)
 		log_vm(VMF_LOG_ERROR, vm->id, "cannot record VM state: %s", rerr.msg);
 	if ((j->rc = VMF_FAULT_GATE(j->c, "clone", &j->err)) < 0)

@@ -146,7 +146,7 @@ stop_work(void *arg)
 	struct vmf_error err = {0};
 	/* Recorded before acting: a daemon that dies mid-release finishes the
 	 * job when it restarts.  Written here, not on the event loop, whose
-	 * every client would otherwise wait out the fsync. */
+	 * every client would otherwise wait on the run dir's file system. */
 	if (vmf_cache_put_vm_record(j->c, vm, VMF_VM_RELEASING, &err) < 0)
 		log_vm(VMF_LOG_ERROR, vm->id, "cannot record VM state: %s", err.msg);
 	if (vm->hv && vm->ops->stop(vm->hv, VMF_STOP_TIMEOUT_MS, &err) < 0)

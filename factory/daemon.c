@@ -548,7 +548,8 @@ vmf_daemon_run(const struct vmf_daemon_opts *opts, struct vmf_error *err)
 		goto out;
 	if (opts->accel && *opts->accel)
 		snprintf(d->hv.accel, sizeof(d->hv.accel), "%s", opts->accel);
-	if ((r = vmf_catalog_open(opts->state_dir, &d->cache.cat, err)) < 0)
+	if ((r = vmf_catalog_open(opts->state_dir, &d->cache.cat, err)) < 0 ||
+	    (r = vmf_catalog_open_runtime(d->cache.cat, opts->run_dir, err)) < 0)
 		goto out;
 	if ((r = vmf_template_cleanup(d->cache.cat, opts->state_dir, err)) < 0)
 		log_warn("%s", err->msg);
@@ -600,8 +601,14 @@ out:
 	daemon_free(d);
 	/* After destroy nothing of ours stays in the run dir (rmdir: only when
 	 * empty, assigned VMs kept by a plain destroy keep theirs). */
-	if (d->destroy_done && rmdir(d->cache.vm_root) == 0)
+	if (d->destroy_done && rmdir(d->cache.vm_root) == 0) {
+		/* No VM dir left: no VM record either (the catalog is closed). */
+		char rt[PATH_MAX + 16];
+		struct vmf_error ignored;
+		snprintf(rt, sizeof(rt), "%s/%s", opts->run_dir, VMF_CATALOG_RUNTIME_NAME);
+		vmf_rm_rf(rt, &ignored);
 		rmdir(opts->run_dir);
+	}
 	free(d);
 	return r;
 }

@@ -225,7 +225,8 @@ getvm_work(void *arg)
 		vm->vcpus = j->vcpus, vm->memory_mib = j->memory_mib;
 	/* Before the links exist: a runtime that finds them can use them. */
 	if (r == 0 && !vmf_daemon_peer_admin(d, j->peer)) {
-		const char *const socks[] = { vm->ops->control_socket, vm->ops->agent_socket };
+		/* The sandbox's control socket, never the daemon's own. */
+		const char *const socks[] = { vm->ops->sandbox_control_socket, vm->ops->agent_socket };
 		r = vmf_sandbox_grant(vm->run_dir, socks, 2, j->share_dir[0] ? vm->share_dir : NULL, j->peer,
 				      d->runas_uid, err);
 	}
@@ -236,9 +237,11 @@ getvm_work(void *arg)
 		r = vmf_sandbox_install_link(&d->sandbox, "sock_dir", j->sock_dir, vm->run_dir, j->peer, err);
 	j->step_ms[VMF_STEP_LINKS] = since(&t);
 	VMF_FAULT("mid-handout");
-	/* Durable before the reply, and here rather than on the event loop (an
-	 * fsync): a VM whose assignment is not on disk would come back as a
-	 * pooled VM after a restart and could be handed out twice. */
+	/* Recorded before the reply (in the run dir, no fsync: the page cache
+	 * outlives a daemon crash, the VM does not outlive a reboot), and here
+	 * rather than on the event loop: a VM whose assignment is not recorded
+	 * would come back as a pooled VM after a restart and could be handed
+	 * out twice. */
 	if (r == 0) {
 		vm->assigned_ns = vmf_realtime_ns();
 		r = vmf_cache_put_vm_record(&d->cache, vm, VMF_VM_ASSIGNED, err);

@@ -22,7 +22,7 @@ vmf_vm_info_fill(struct vmf_daemon *d, const struct vmf_vm *vm, uint64_t pss_kib
 	info->pid = !vm->busy && vm->hv ? vm->ops->pid(vm->hv) : 0;
 	info->vcpus = vm->vcpus;
 	info->memory_mib = vm->memory_mib;
-	snprintf(qmp, sizeof(qmp), "%s/%s", vm->run_dir, vm->ops->control_socket);
+	snprintf(qmp, sizeof(qmp), "%s/%s", vm->run_dir, vm->ops->sandbox_control_socket);
 	snprintf(agent, sizeof(agent), "%s/%s", vm->run_dir, vm->ops->agent_socket);
 	info->qmp_socket = strdup(qmp);
 	info->agent_socket = strdup(agent);

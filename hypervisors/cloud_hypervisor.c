@@ -273,6 +273,7 @@ const struct vmf_hv_ops vmf_cloud_hypervisor_ops = {
 	.name = "cloud-hypervisor",
 	.kind = VMF__HV__HYPERVISOR_KIND__HV_CLOUD_HYPERVISOR,
 	.control_socket = CH_API_SOCK,
+	.sandbox_control_socket = CH_API_SOCK,
 	.agent_socket = VMF_REST_VSOCK,
 	.agent_transport = "hybrid-vsock",
 	.agent_vsock_port = VMF_AGENT_VSOCK_PORT,

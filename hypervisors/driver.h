@@ -46,10 +46,16 @@ struct vmf_hv_ops {
 	const char *name;                          /* "qemu" */
 	Vmf__Hv__HypervisorKind kind;
 	/* Names, in a VM's run dir (cfg->run_dir), of the VMM's control socket
-	 * (QEMU's QMP monitor, the REST API socket of the others) and of the
-	 * host end of the guest agent channel (virtio-serial socket, hybrid
-	 * vsock socket): what status and GetVM report to a runtime. */
+	 * the daemon drives (QEMU's private QMP monitor, the REST API socket of
+	 * the others), of the control socket a sandbox runtime drives after
+	 * hand-out (QEMU's second monitor; the REST drivers' API socket again,
+	 * since a REST VMM has one API and each request is its own
+	 * connection), and of the host end of the guest agent channel
+	 * (virtio-serial socket, hybrid vsock socket).  Status and GetVM report
+	 * sandbox_control_socket and agent_socket; the owner is granted those
+	 * two and never control_socket unless it is the same name. */
 	const char *control_socket;
+	const char *sandbox_control_socket;
 	const char *agent_socket;
 	/* How a runtime reaches the agent through agent_socket: "unix" (a
 	 * stream straight to the guest's port) or "hybrid-vsock" ("CONNECT

@@ -302,6 +302,7 @@ const struct vmf_hv_ops vmf_firecracker_ops = {
 	.name = "firecracker",
 	.kind = VMF__HV__HYPERVISOR_KIND__HV_FIRECRACKER,
 	.control_socket = FC_API_SOCK,
+	.sandbox_control_socket = FC_API_SOCK,
 	.agent_socket = VMF_REST_VSOCK,
 	.agent_transport = "hybrid-vsock",
 	.agent_vsock_port = VMF_AGENT_VSOCK_PORT,

@@ -34,7 +34,8 @@ struct vmf_vmm {
 	vmf_vm_config *cfg;
 	struct vmf_vmm_proc proc;
 	struct vmf_qmp *qmp;
-	char qmp_path[PATH_MAX];
+	char qmp_path[PATH_MAX];      /* the daemon's monitor */
+	char mon_path[PATH_MAX];      /* the sandbox's monitor */
 	char agent_path[PATH_MAX];
 	char vmf_agent_path[PATH_MAX];
 	char serial_log[PATH_MAX];
@@ -234,7 +235,7 @@ check_optval(const char *what, const char *v, struct vmf_error *err)
 }
 
 int
-vmf_qemu_build_argv(const vmf_vm_config *cfg, int qmp_fd, int agent_fd, int vmf_agent_fd, char ***out,
+vmf_qemu_build_argv(const vmf_vm_config *cfg, const struct vmf_qemu_fds *fds, char ***out,
 		    struct vmf_error *err)
 {
 	*out = NULL;
@@ -306,9 +307,19 @@ vmf_qemu_build_argv(const vmf_vm_config *cfg, int qmp_fd, int agent_fd, int vmf_
 	/* QEMU inherits listening sockets we created: we can connect before QEMU
 	 * runs, with no window where the socket file does not exist yet. */
 	arg(&a, "-chardev");
-	arg(&a, "socket,id=qmp,fd=%d,server=on,wait=off", qmp_fd);
+	arg(&a, "socket,id=qmp,fd=%d,server=on,wait=off", fds->qmp);
 	arg(&a, "-mon");
 	arg(&a, "chardev=qmp,mode=control");
+	/* QEMU serves one client per monitor: the sandbox's runtime gets its
+	 * own, so the daemon keeps stopping and inspecting the VM while the
+	 * runtime is connected.  A monitor is no migrated device state, so
+	 * clones of a template built without it get one too. */
+	if (fds->mon >= 0) {
+		arg(&a, "-chardev");
+		arg(&a, "socket,id=mon1,fd=%d,server=on,wait=off", fds->mon);
+		arg(&a, "-mon");
+		arg(&a, "chardev=mon1,mode=control");
+	}
 	arg(&a, "-chardev");
 	arg(&a, "file,id=serial0,path=%s/%s", cfg->run_dir, VMF_QEMU_SERIAL_LOG);
 	arg(&a, "-serial");
@@ -317,11 +328,11 @@ vmf_qemu_build_argv(const vmf_vm_config *cfg, int qmp_fd, int agent_fd, int vmf_
 	arg(&a, "-device");
 	arg(&a, "virtio-serial-pci,id=vser0");
 	arg(&a, "-chardev");
-	arg(&a, "socket,id=agent,fd=%d,server=on,wait=off", agent_fd);
+	arg(&a, "socket,id=agent,fd=%d,server=on,wait=off", fds->agent);
 	arg(&a, "-device");
 	arg(&a, "virtserialport,bus=vser0.0,chardev=agent,name=agent");
 	arg(&a, "-chardev");
-	arg(&a, "socket,id=vmf,fd=%d,server=on,wait=off", vmf_agent_fd);
+	arg(&a, "socket,id=vmf,fd=%d,server=on,wait=off", fds->vmf_agent);
 	arg(&a, "-device");
 	arg(&a, "virtserialport,bus=vser0.0,chardev=vmf,name=vmf");
 	arg(&a, "-object");
@@ -416,7 +427,8 @@ vm_new(const vmf_vm_config *cfg, struct vmf_error *err)
 		return NULL;
 	}
 	vm->proc.pidfd = -1;
-	snprintf(vm->qmp_path, sizeof(vm->qmp_path), "%s/%s", cfg->run_dir, VMF_QEMU_QMP_SOCK);
+	snprintf(vm->qmp_path, sizeof(vm->qmp_path), "%s/%s", cfg->run_dir, VMF_QEMU_DAEMON_QMP_SOCK);
+	snprintf(vm->mon_path, sizeof(vm->mon_path), "%s/%s", cfg->run_dir, VMF_QEMU_QMP_SOCK);
 	snprintf(vm->agent_path, sizeof(vm->agent_path), "%s/%s", cfg->run_dir, VMF_QEMU_AGENT_SOCK);
 	snprintf(vm->vmf_agent_path, sizeof(vm->vmf_agent_path), "%s/%s", cfg->run_dir, VMF_QEMU_DAEMON_AGENT_SOCK);
 	snprintf(vm->serial_log, sizeof(vm->serial_log), "%s/%s", cfg->run_dir, VMF_QEMU_SERIAL_LOG);
@@ -440,11 +452,13 @@ spawn(struct vmf_vmm *vm, struct vmf_error *err)
 	int qmp_l = listen_unix(vm->qmp_path, err);
 	if (qmp_l < 0)
 		return qmp_l;
-	int agent_l = listen_unix(vm->agent_path, err);
+	int mon_l = listen_unix(vm->mon_path, err);
+	int agent_l = mon_l < 0 ? mon_l : listen_unix(vm->agent_path, err);
 	int vmf_l = agent_l < 0 ? agent_l : listen_unix(vm->vmf_agent_path, err);
 	char **argv = NULL;
 	int qmp_c = -1;
-	int r = vmf_l < 0 ? vmf_l : vmf_qemu_build_argv(cfg, qmp_l, agent_l, vmf_l, &argv, err);
+	const struct vmf_qemu_fds fds = { .qmp = qmp_l, .mon = mon_l, .agent = agent_l, .vmf_agent = vmf_l };
+	int r = vmf_l < 0 ? vmf_l : vmf_qemu_build_argv(cfg, &fds, &argv, err);
 	/* The QMP client connects before fork: the connection waits in the
 	 * listen backlog until QEMU accepts it. */
 	if (r == 0 && (qmp_c = vmf_vmm_connect_unix(vm->qmp_path, err)) < 0)
@@ -459,13 +473,15 @@ spawn(struct vmf_vmm *vm, struct vmf_error *err)
 	}
 	if (r == 0) {
 		/* Besides stdio, QEMU inherits only its listening sockets. */
-		const int keep[] = { qmp_l, agent_l, vmf_l };
+		const int keep[] = { qmp_l, mon_l, agent_l, vmf_l };
 		struct vmf_vmm_spawn s = { .argv = argv, .log_dir = cfg->run_dir, .log_name = VMF_QEMU_STDERR_LOG,
-					   .log_truncate = true, .keep_fds = keep, .n_keep = 3 };
+					   .log_truncate = true, .keep_fds = keep, .n_keep = 4 };
 		if ((r = vmf_vmm_spawn(&s, &vm->proc, err)) < 0)
 			vmf_error_prefix(err, "QEMU for VM %s", cfg->id);
 	}
 	close(qmp_l);
+	if (mon_l >= 0)
+		close(mon_l);
 	if (agent_l >= 0)
 		close(agent_l);
 	if (vmf_l >= 0)
@@ -783,6 +799,7 @@ qemu_stop(struct vmf_vmm *vm, int timeout_ms, struct vmf_error *err)
 		vm->qmp = NULL;
 	}
 	unlink(vm->qmp_path);
+	unlink(vm->mon_path);
 	unlink(vm->agent_path);
 	unlink(vm->vmf_agent_path);
 	return 0;
@@ -915,6 +932,10 @@ qemu_adopt(const vmf_hv_state *st, struct vmf_vmm **out, struct vmf_error *err)
 	vm->memory_mib = st->memory_mib;
 	vm->dimms = st->qemu->dimm_count;
 	vm->paused = st->paused;
+	/* The record names the daemon's monitor: qmp.sock for a VM started
+	 * before the sandbox got its own monitor, which then has no other. */
+	if (st->qemu->qmp_socket && *st->qemu->qmp_socket)
+		snprintf(vm->qmp_path, sizeof(vm->qmp_path), "%s", st->qemu->qmp_socket);
 	/* Our QMP socket exists for the VM's whole life: a missing one will not
 	 * appear, so do not let the connect wait for it. */
 	struct stat sst;
@@ -959,7 +980,8 @@ qemu_release(struct vmf_vmm *vm)
 const struct vmf_hv_ops vmf_qemu_ops = {
 	.name = "qemu",
 	.kind = VMF__HV__HYPERVISOR_KIND__HV_QEMU,
-	.control_socket = VMF_QEMU_QMP_SOCK,
+	.control_socket = VMF_QEMU_DAEMON_QMP_SOCK,
+	.sandbox_control_socket = VMF_QEMU_QMP_SOCK,
 	.agent_socket = VMF_QEMU_AGENT_SOCK,
 	.agent_transport = "unix",
 	.probe = qemu_probe,

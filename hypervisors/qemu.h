@@ -5,8 +5,12 @@
 
 #include "driver.h"
 
-/* Paths inside a VM's run dir. */
+/* Paths inside a VM's run dir.  qmp.sock is the sandbox's monitor, the one
+ * GetVM names; the daemon keeps the private one, which its owner is never
+ * granted.  A VM started before the second monitor existed has qmp.sock
+ * alone, and its record names it as the daemon's. */
 #define VMF_QEMU_QMP_SOCK "qmp.sock"
+#define VMF_QEMU_DAEMON_QMP_SOCK "daemon-qmp.sock"
 #define VMF_QEMU_AGENT_SOCK "agent.sock"
 /* The daemon's own agent port ("vmf"): no one else gets access to it, so
  * the owner holding "agent" never keeps the daemon out, nor the reverse. */
@@ -17,9 +21,13 @@
 #define VMF_QEMU_DEFAULT_BINARY "qemu-system-x86_64"
 
 /* Builds argv (NULL-terminated, each string and the array malloc'ed) for
- * cfg.  qmp_fd, agent_fd (the owner's agent port) and vmf_agent_fd (the
- * daemon's) are listening sockets QEMU inherits. */
-int vmf_qemu_build_argv(const vmf_vm_config *cfg, int qmp_fd, int agent_fd, int vmf_agent_fd, char ***argv,
+ * cfg from the listening sockets QEMU inherits: the daemon's monitor, the
+ * sandbox's (-1 for none: a template build), the owner's agent port and the
+ * daemon's. */
+struct vmf_qemu_fds {
+	int qmp, mon, agent, vmf_agent;
+};
+int vmf_qemu_build_argv(const vmf_vm_config *cfg, const struct vmf_qemu_fds *fds, char ***argv,
 			struct vmf_error *err);
 void vmf_qemu_free_argv(char **argv);
 

@@ -1,6 +1,9 @@
-/* The LMDB catalog under the state dir: template records and VM records,
- * each a protobuf message with a schema version.  Every mutation is one
- * LMDB write transaction; functions may be called from any thread. */
+/* The LMDB catalog: template records in the durable environment under the
+ * state dir (<state_dir>/catalog), VM records in the runtime environment
+ * under the run dir (<run_dir>/vms.lmdb, written without fsync: it
+ * describes processes that do not survive a reboot).  Each record is a
+ * protobuf message with a schema version.  Every mutation is one LMDB
+ * write transaction; functions may be called from any thread. */
 #ifndef VMF_CATALOG_H
 #define VMF_CATALOG_H
 
@@ -10,7 +13,11 @@
 #include "error.h"
 #include "util.h"
 
+/* The records' schema_version, and the state-dir environment's marker. */
 #define VMF_CATALOG_SCHEMA_VERSION 1
+/* The run-dir environment's marker. */
+#define VMF_CATALOG_RUNTIME_SCHEMA_VERSION 1
+#define VMF_CATALOG_RUNTIME_NAME "vms.lmdb"
 #define VMF_CATALOG_DEFAULT_MAP_MIB 256
 
 struct vmf_catalog;
@@ -24,6 +31,13 @@ int vmf_catalog_open(const char *state_dir, struct vmf_catalog **out, struct vmf
 int vmf_catalog_open_sized(const char *state_dir, size_t map_mib, struct vmf_catalog **out,
 			   struct vmf_error *err);
 void vmf_catalog_close(struct vmf_catalog *c);
+
+/* Opens the VM records of c: <run_dir>/vms.lmdb (made 0700 as needed),
+ * MDB_NOSYNC, schema VMF_CATALOG_RUNTIME_SCHEMA_VERSION.  VM records that
+ * a state-dir catalog of an earlier vmfactory still holds move there once
+ * (their VMs may still run).  Until this is called, the vm_* functions
+ * fail with -EBADF. */
+int vmf_catalog_open_runtime(struct vmf_catalog *c, const char *run_dir, struct vmf_error *err);
 
 /* SHA-256 of the spec's canonical encoding (devices sorted, schema_version
  * set): the template id, so looking a spec up is vmf_catalog_template_get

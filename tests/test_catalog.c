@@ -139,6 +139,20 @@ START_TEST(put_get_list_delete_and_persist)
 	ck_assert_int_eq(stat(data, &st), 0);
 	ck_assert_int_eq(st.st_mode & 0777, 0600);
 	ck_assert_str_eq(vmf_catalog_path(c), cat);
+	/* VM records live in the run dir's environment, opened on its own. */
+	Vmf__Catalog__VmRecord *gv;
+	char vid0[VMF_UUID_STR], run[600], rt[700];
+	vmf_uuid_new(vid0);
+	ck_assert_int_eq(vmf_catalog_vm_get(c, vid0, &gv, &e), -EBADF);
+	ck_assert_ptr_nonnull(strstr(e.msg, "not open"));
+	snprintf(run, sizeof run, "%s/run", tmp);
+	ck_assert_int_eq(vmf_catalog_open_runtime(c, run, &e), 0);
+	snprintf(rt, sizeof rt, "%s/vms.lmdb", run);
+	ck_assert_str_eq(vmf_catalog_runtime_path(c), rt);
+	ck_assert_int_eq(stat(rt, &st), 0);
+	ck_assert_int_eq(st.st_mode & 0777, 0700);
+	ck_assert_uint_ne(vmf_catalog_runtime_flags(c) & MDB_NOSYNC, 0);
+	ck_assert_int_eq(vmf_catalog_open_runtime(c, run, &e), -EBUSY);
 	Vmf__Catalog__TemplateSpec s1 = spec(256), s2 = spec(512);
 	Vmf__Catalog__TemplateRecord r1, r2;
 	char id1[VMF_SHA256_HEX], id2[VMF_SHA256_HEX];
@@ -163,7 +177,6 @@ START_TEST(put_get_list_delete_and_persist)
 	vm.schema_version = 0;
 	ck_assert_int_eq(vmf_catalog_vm_put(c, &vm, &e), -EINVAL);
 	ck_assert_ptr_nonnull(strstr(e.msg, "schema version 0"));
-	Vmf__Catalog__VmRecord *gv;
 	ck_assert_int_eq(vmf_catalog_vm_get(c, "", &gv, &e), -EINVAL);
 	ck_assert_ptr_null(gv);
 	ck_assert_int_eq(vmf_catalog_template_delete(c, "ABC", &e), -EINVAL);
@@ -178,6 +191,7 @@ START_TEST(put_get_list_delete_and_persist)
 	ck_assert_str_eq(got->spec->devices[1], "b");
 	ck_assert_str_eq(got->memory_file, "/x/memory");
 	vmf__catalog__template_record__free_unpacked(got, NULL);
+	ck_assert_int_eq(vmf_catalog_open_runtime(c, run, &e), 0);
 	ck_assert_int_eq(vmf_catalog_vm_get(c, vid, &gv, &e), 0);
 	ck_assert_str_eq(gv->sandbox_id, "sb");
 	vmf__catalog__vm_record__free_unpacked(gv, NULL);
@@ -242,6 +256,7 @@ START_TEST(corrupt_record_is_named_and_others_keep_working)
 	struct vmf_catalog *c;
 	struct vmf_error e = {0};
 	ck_assert_int_eq(vmf_catalog_open(tmp, &c, &e), 0);
+	ck_assert_int_eq(vmf_catalog_open_runtime(c, tmp, &e), 0);
 	Vmf__Catalog__TemplateSpec s1 = spec(256), s2 = spec(512);
 	Vmf__Catalog__TemplateRecord r1, r2;
 	char id1[VMF_SHA256_HEX], id2[VMF_SHA256_HEX];
@@ -350,11 +365,12 @@ START_TEST(map_full_is_a_clear_error_and_keeps_the_catalog)
 	struct vmf_catalog *c;
 	struct vmf_error e = {0};
 	ck_assert_int_eq(vmf_catalog_open_sized(tmp, 1, &c, &e), 0);
+	ck_assert_int_eq(vmf_catalog_open_runtime(c, tmp, &e), 0);
 	int stored = 0;
 	ck_assert_int_eq(fill_until_error(c, &stored, &e), -ENOSPC);
 	printf("map full after %d records: %s\n", stored, e.msg);
 	ck_assert_ptr_nonnull(strstr(e.msg, "is full (map size 1 MiB)"));
-	ck_assert_ptr_nonnull(strstr(e.msg, vmf_catalog_path(c)));
+	ck_assert_ptr_nonnull(strstr(e.msg, vmf_catalog_runtime_path(c)));
 	int n = 0;
 	ck_assert_int_eq(vmf_catalog_vm_list(c, count_vms, &n, &e), 0);
 	ck_assert_int_eq(n, stored);
@@ -380,6 +396,7 @@ START_TEST(map_full_is_a_clear_error_and_keeps_the_catalog)
 	vmf_catalog_close(c);
 	/* Still usable with a larger map. */
 	ck_assert_int_eq(vmf_catalog_open_sized(tmp, 16, &c, &e), 0);
+	ck_assert_int_eq(vmf_catalog_open_runtime(c, tmp, &e), 0);
 	n = 0;
 	ck_assert_int_eq(vmf_catalog_vm_list(c, count_vms, &n, &e), 0);
 	ck_assert_int_eq(n, stored - deleted + 1);
@@ -400,6 +417,8 @@ START_TEST(disk_full_is_a_clear_error_and_keeps_the_catalog)
 	struct vmf_catalog *c;
 	struct vmf_error e = {0};
 	int r = vmf_catalog_open_sized(mnt, 64, &c, &e);
+	if (r == 0 && (r = vmf_catalog_open_runtime(c, mnt, &e)) < 0)
+		vmf_catalog_close(c);
 	if (r == 0) {
 		int stored = 0;
 		r = fill_until_error(c, &stored, &e);
@@ -409,6 +428,7 @@ START_TEST(disk_full_is_a_clear_error_and_keeps_the_catalog)
 		ck_assert_ptr_nonnull(strstr(e.msg, mnt));
 		vmf_catalog_close(c);
 		ck_assert_int_eq(vmf_catalog_open_sized(mnt, 64, &c, &e), 0);
+		ck_assert_int_eq(vmf_catalog_open_runtime(c, mnt, &e), 0);
 		int n = 0;
 		ck_assert_int_eq(vmf_catalog_vm_list(c, count_vms, &n, &e), 0);
 		ck_assert_int_eq(n, stored);
@@ -518,6 +538,7 @@ START_TEST(catalog_fds_are_not_inherited)
 	struct vmf_catalog *c;
 	struct vmf_error e = {0};
 	ck_assert_int_eq(vmf_catalog_open(tmp, &c, &e), 0);
+	ck_assert_int_eq(vmf_catalog_open_runtime(c, tmp, &e), 0);
 	DIR *d = opendir("/proc/self/fd");
 	ck_assert_ptr_nonnull(d);
 	struct dirent *de;
@@ -529,7 +550,8 @@ START_TEST(catalog_fds_are_not_inherited)
 		if (de->d_name[0] == '.' || n < 0)
 			continue;
 		target[n] = '\0';
-		if (strncmp(target, vmf_catalog_path(c), strlen(vmf_catalog_path(c))) != 0)
+		if (strncmp(target, vmf_catalog_path(c), strlen(vmf_catalog_path(c))) != 0 &&
+		    strncmp(target, vmf_catalog_runtime_path(c), strlen(vmf_catalog_runtime_path(c))) != 0)
 			continue;
 		seen++;
 		int fl = fcntl(atoi(de->d_name), F_GETFD);
@@ -537,7 +559,7 @@ START_TEST(catalog_fds_are_not_inherited)
 			      de->d_name);
 	}
 	closedir(d);
-	ck_assert_int_ge(seen, 2);
+	ck_assert_int_ge(seen, 4);
 	vmf_catalog_close(c);
 }
 END_TEST
@@ -580,6 +602,7 @@ START_TEST(threads_share_one_catalog)
 	struct vmf_catalog *c;
 	struct vmf_error e = {0};
 	ck_assert_int_eq(vmf_catalog_open(tmp, &c, &e), 0);
+	ck_assert_int_eq(vmf_catalog_open_runtime(c, tmp, &e), 0);
 	pthread_t th[THREADS];
 	for (int i = 0; i < THREADS; i++)
 		ck_assert_int_eq(pthread_create(&th[i], NULL, worker, c), 0);
@@ -591,6 +614,90 @@ START_TEST(threads_share_one_catalog)
 	int n = 0;
 	ck_assert_int_eq(vmf_catalog_vm_list(c, count_vms, &n, &e), 0);
 	ck_assert_int_eq(n, THREADS * PER_THREAD);
+	vmf_catalog_close(c);
+}
+END_TEST
+
+/* VM records a state-dir catalog of an earlier vmfactory holds move to the
+ * run dir once, unreadable ones too (recovery decides about them); a record
+ * already in the run dir is the newer and stays. */
+START_TEST(vm_records_of_an_earlier_catalog_move_to_the_run_dir)
+{
+	struct vmf_catalog *c;
+	struct vmf_error e = {0};
+	char run2[600];
+	snprintf(run2, sizeof run2, "%s/run2", tmp);
+	Vmf__Catalog__VmRecord vm = VMF__CATALOG__VM_RECORD__INIT;
+	char old[VMF_UUID_STR], both[VMF_UUID_STR], bad[VMF_UUID_STR];
+	vmf_uuid_new(old);
+	vmf_uuid_new(both);
+	vmf_uuid_new(bad);
+	vm.schema_version = VMF_CATALOG_SCHEMA_VERSION;
+	vm.state = VMF__CATALOG__VM_STATE__VM_ASSIGNED;
+	/* The run dir already holds a newer record of one of them. */
+	ck_assert_int_eq(vmf_catalog_open(tmp, &c, &e), 0);
+	ck_assert_int_eq(vmf_catalog_open_runtime(c, run2, &e), 0);
+	vm.id = both;
+	vm.sandbox_id = "newer";
+	ck_assert_int_eq(vmf_catalog_vm_put(c, &vm, &e), 0);
+	vmf_catalog_close(c);
+	/* What an earlier vmfactory left in the state dir. */
+	ck_assert_int_eq(vmf_catalog_open(tmp, &c, &e), 0);
+	uint8_t buf[512];
+	vm.sandbox_id = "from-state-dir";
+	vm.id = old;
+	size_t len = vmf__catalog__vm_record__pack(&vm, buf);
+	ck_assert_int_eq(vmf_catalog_put_raw(c, "legacy-vms", old, buf, len, &e), 0);
+	vm.id = both;
+	len = vmf__catalog__vm_record__pack(&vm, buf);
+	ck_assert_int_eq(vmf_catalog_put_raw(c, "legacy-vms", both, buf, len, &e), 0);
+	ck_assert_int_eq(vmf_catalog_put_raw(c, "legacy-vms", bad, "\xff\xff", 2, &e), 0);
+	vmf_catalog_close(c);
+
+	ck_assert_int_eq(vmf_catalog_open(tmp, &c, &e), 0);
+	ck_assert_int_eq(vmf_catalog_open_runtime(c, run2, &e), 0);
+	int n[2] = {0};
+	ck_assert_int_eq(vmf_catalog_vm_list(c, count_vms2, n, &e), 0);
+	ck_assert_int_eq(n[0], 2);
+	ck_assert_int_eq(n[1], 1);
+	Vmf__Catalog__VmRecord *gv;
+	ck_assert_int_eq(vmf_catalog_vm_get(c, old, &gv, &e), 0);
+	ck_assert_str_eq(gv->sandbox_id, "from-state-dir");
+	vmf__catalog__vm_record__free_unpacked(gv, NULL);
+	ck_assert_int_eq(vmf_catalog_vm_get(c, both, &gv, &e), 0);
+	ck_assert_str_eq(gv->sandbox_id, "newer");
+	vmf__catalog__vm_record__free_unpacked(gv, NULL);
+	vmf_catalog_close(c);
+
+	/* Moved, not copied: a fresh run dir (a reboot) finds none. */
+	vmf_rm_rf(run2, &e);
+	ck_assert_int_eq(vmf_catalog_open(tmp, &c, &e), 0);
+	ck_assert_int_eq(vmf_catalog_open_runtime(c, run2, &e), 0);
+	n[0] = n[1] = 0;
+	ck_assert_int_eq(vmf_catalog_vm_list(c, count_vms2, n, &e), 0);
+	ck_assert_int_eq(n[0] + n[1], 0);
+	vmf_catalog_close(c);
+}
+END_TEST
+
+START_TEST(runtime_records_of_another_schema_are_refused)
+{
+	struct vmf_catalog *c;
+	struct vmf_error e = {0};
+	ck_assert_int_eq(vmf_catalog_open(tmp, &c, &e), 0);
+	ck_assert_int_eq(vmf_catalog_open_runtime(c, tmp, &e), 0);
+	uint32_t ver = VMF_CATALOG_RUNTIME_SCHEMA_VERSION + 1;
+	ck_assert_int_eq(vmf_catalog_put_raw(c, "runtime-meta", "schema", &ver, sizeof ver, &e), 0);
+	vmf_catalog_close(c);
+	ck_assert_int_eq(vmf_catalog_open(tmp, &c, &e), 0);
+	ck_assert_int_eq(vmf_catalog_open_runtime(c, tmp, &e), -EPROTO);
+	printf("foreign runtime records: %s\n", e.msg);
+	ck_assert_ptr_nonnull(strstr(e.msg, "vms.lmdb"));
+	/* The templates stay usable; the VM calls say what is missing. */
+	Vmf__Catalog__VmRecord *gv;
+	char id[VMF_UUID_STR];
+	vmf_uuid_new(id);
+	ck_assert_int_eq(vmf_catalog_vm_get(c, id, &gv, &e), -EBADF);
 	vmf_catalog_close(c);
 }
 END_TEST
@@ -611,6 +718,8 @@ main(void)
 	tcase_add_test(tc, open_failures_name_the_path);
 	tcase_add_test(tc, catalog_fds_are_not_inherited);
 	tcase_add_test(tc, threads_share_one_catalog);
+	tcase_add_test(tc, vm_records_of_an_earlier_catalog_move_to_the_run_dir);
+	tcase_add_test(tc, runtime_records_of_another_schema_are_refused);
 	suite_add_tcase(s, tc);
 	/* Skips without CAP_SYS_ADMIN: its own meson test (tests/meson.build). */
 	TCase *df = tcase_create("disk_full");

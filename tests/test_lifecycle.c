@@ -508,6 +508,7 @@ START_TEST(foreign_driver_vm_is_adopted_and_managed)
 
 	struct vmf_catalog *cat;
 	ck_assert_msg(vmf_catalog_open(state, &cat, &e) == 0, "%s", e.msg);
+	ck_assert_msg(vmf_catalog_open_runtime(cat, run, &e) == 0, "%s", e.msg);
 	Vmf__Catalog__VmRecord rec = VMF__CATALOG__VM_RECORD__INIT;
 	rec.schema_version = VMF_CATALOG_SCHEMA_VERSION;
 	rec.id = id;

@@ -44,12 +44,16 @@ has(char **argv, const char *a)
 	return false;
 }
 
+/* A template build's descriptors: no sandbox monitor. */
+static const struct vmf_qemu_fds fds3 = { .qmp = 3, .mon = -1, .agent = 4, .vmf_agent = 5 };
+
 START_TEST(cold_boot_line)
 {
 	vmf_vm_config c = base_cfg();
 	char **argv;
 	struct vmf_error e = {0};
-	ck_assert_int_eq(vmf_qemu_build_argv(&c, 7, 8, 9, &argv, &e), 0);
+	const struct vmf_qemu_fds fds = { .qmp = 7, .mon = 10, .agent = 8, .vmf_agent = 9 };
+	ck_assert_int_eq(vmf_qemu_build_argv(&c, &fds, &argv, &e), 0);
 	ck_assert_str_eq(argv[0], "qemu-system-x86_64");
 	ck_assert_int_ge(find(argv, "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"), 0);
 	ck_assert_int_ge(find(argv, "-machine", "q35,memory-backend=mem0"), 0);
@@ -59,6 +63,10 @@ START_TEST(cold_boot_line)
 	ck_assert_int_ge(find(argv, "-object", "memory-backend-ram,id=mem0,size=256M"), 0);
 	ck_assert_int_ge(find(argv, "-chardev", "socket,id=qmp,fd=7,server=on,wait=off"), 0);
 	ck_assert_int_ge(find(argv, "-chardev", "socket,id=agent,fd=8,server=on,wait=off"), 0);
+	/* The sandbox's own monitor beside the daemon's. */
+	ck_assert_int_ge(find(argv, "-chardev", "socket,id=mon1,fd=10,server=on,wait=off"), 0);
+	ck_assert_int_ge(find(argv, "-mon", "chardev=mon1,mode=control"), 0);
+	ck_assert_int_ge(find(argv, "-mon", "chardev=qmp,mode=control"), 0);
 	ck_assert_int_ge(find(argv, "-device", "virtserialport,bus=vser0.0,chardev=agent,name=agent"), 0);
 	/* The daemon's private agent port beside the owner's. */
 	ck_assert_int_ge(find(argv, "-chardev", "socket,id=vmf,fd=9,server=on,wait=off"), 0);
@@ -82,7 +90,7 @@ START_TEST(template_and_clone_lines)
 	c.share_dir = "/run/vmf/vms/x/share";
 	char **argv;
 	struct vmf_error e = {0};
-	ck_assert_int_eq(vmf_qemu_build_argv(&c, 3, 4, 5, &argv, &e), 0);
+	ck_assert_int_eq(vmf_qemu_build_argv(&c, &fds3, &argv, &e), 0);
 	ck_assert_int_ge(find(argv, "-object",
 		"memory-backend-file,id=mem0,size=256M,mem-path=/var/lib/vmf/templates/abc/memory,share=on"), 0);
 	ck_assert_int_ge(find(argv, "-fsdev", "local,id=fs0,path=/run/vmf/vms/x/share,security_model=none"), 0);
@@ -91,7 +99,7 @@ START_TEST(template_and_clone_lines)
 
 	c.memory_mode = VMF__HV__MEMORY_MODE__MEM_CLONE_COW;
 	c.incoming = true;
-	ck_assert_int_eq(vmf_qemu_build_argv(&c, 3, 4, 5, &argv, &e), 0);
+	ck_assert_int_eq(vmf_qemu_build_argv(&c, &fds3, &argv, &e), 0);
 	ck_assert_int_ge(find(argv, "-object", "memory-backend-file,id=mem0,size=256M,mem-path=/var/lib/vmf/templates/abc/memory,share=off"), 0);
 	ck_assert_int_ge(find(argv, "-incoming", "defer"), 0);
 	ck_assert(has(argv, "-S"));
@@ -99,7 +107,7 @@ START_TEST(template_and_clone_lines)
 
 	/* Full-memory clones carry RAM in the stream: private anonymous RAM. */
 	c.memory_mode = VMF__HV__MEMORY_MODE__MEM_FULL;
-	ck_assert_int_eq(vmf_qemu_build_argv(&c, 3, 4, 5, &argv, &e), 0);
+	ck_assert_int_eq(vmf_qemu_build_argv(&c, &fds3, &argv, &e), 0);
 	ck_assert_int_ge(find(argv, "-object", "memory-backend-ram,id=mem0,size=256M"), 0);
 	vmf_qemu_free_argv(argv);
 }
@@ -111,22 +119,22 @@ START_TEST(bad_configs_are_refused_clearly)
 	struct vmf_error e = {0};
 	vmf_vm_config c = base_cfg();
 	c.kernel = "/img/vm,linuz";
-	ck_assert_int_eq(vmf_qemu_build_argv(&c, 3, 4, 5, &argv, &e), -EINVAL);
+	ck_assert_int_eq(vmf_qemu_build_argv(&c, &fds3, &argv, &e), -EINVAL);
 	ck_assert_ptr_nonnull(strstr(e.msg, "contains a comma"));
 	c = base_cfg();
 	c.share_dir = "relative/share";
-	ck_assert_int_eq(vmf_qemu_build_argv(&c, 3, 4, 5, &argv, &e), -EINVAL);
+	ck_assert_int_eq(vmf_qemu_build_argv(&c, &fds3, &argv, &e), -EINVAL);
 	ck_assert_ptr_nonnull(strstr(e.msg, "not an absolute path"));
 	c = base_cfg();
 	c.memory_mode = VMF__HV__MEMORY_MODE__MEM_CLONE_COW;
-	ck_assert_int_eq(vmf_qemu_build_argv(&c, 3, 4, 5, &argv, &e), -EINVAL);
+	ck_assert_int_eq(vmf_qemu_build_argv(&c, &fds3, &argv, &e), -EINVAL);
 	ck_assert_ptr_nonnull(strstr(e.msg, "memory file"));
 	c = base_cfg();
 	c.vcpus = 0;
-	ck_assert_int_eq(vmf_qemu_build_argv(&c, 3, 4, 5, &argv, &e), -EINVAL);
+	ck_assert_int_eq(vmf_qemu_build_argv(&c, &fds3, &argv, &e), -EINVAL);
 	c = base_cfg();
 	c.max_memory_mib = 256;
-	ck_assert_int_eq(vmf_qemu_build_argv(&c, 3, 4, 5, &argv, &e), 0);
+	ck_assert_int_eq(vmf_qemu_build_argv(&c, &fds3, &argv, &e), 0);
 	ck_assert_int_ge(find(argv, "-m", "256M"), 0);
 	ck_assert_int_lt(find(argv, "-m", "256M,"), 0);
 	vmf_qemu_free_argv(argv);

@@ -122,9 +122,48 @@ struct list_ctx {
 	struct vmf_catalog *cat;
 	const char *state_dir;
 	const struct vmf_hv_ops *ops;   /* gc: the configured driver */
-	unsigned removed, other;
+	unsigned removed, other, in_use;
 	int rc;
 };
+
+/* Counts the VM records (in the run dir) that name a template: a recorded
+ * VM may still run on the template's memory file, and a restarted daemon
+ * adopts it with that template. */
+struct use_ctx {
+	const char *template_id;
+	unsigned n;
+	char vm[64];               /* the first such VM */
+};
+
+static int
+count_use(const char *id, Vmf__Catalog__VmRecord *rec, const struct vmf_error *rec_err, void *ctx)
+{
+	(void)rec_err;
+	struct use_ctx *u = ctx;
+	if (!rec || !rec->template_id || strcmp(rec->template_id, u->template_id))
+		return 0;
+	if (u->n++ == 0)
+		snprintf(u->vm, sizeof(u->vm), "%s", id);
+	return 0;
+}
+
+static int
+template_users(struct vmf_catalog *cat, const char *id, struct use_ctx *u, struct vmf_error *e)
+{
+	*u = (struct use_ctx){ .template_id = id };
+	return vmf_catalog_vm_list(cat, count_use, u, e);
+}
+
+/* The catalog with its VM records: the run dir is made as the daemon makes
+ * it, searchable, since the daemon does not change a dir that exists. */
+static int
+open_with_vms(const char *state_dir, const char *run_dir, struct vmf_catalog **cat, struct vmf_error *e)
+{
+	int r = vmf_catalog_open(state_dir, cat, e);
+	if (r == 0 && (r = vmf_mkdir_p(run_dir, 0711, e)) == 0)
+		r = vmf_catalog_open_runtime(*cat, run_dir, e);
+	return r;
+}
 
 static int
 list_one(const char *id, Vmf__Catalog__TemplateRecord *rec, const struct vmf_error *rec_err, void *ctx)
@@ -186,7 +225,11 @@ cmd_template_rm(const struct cmd *cmd, struct args *a)
 	struct vmf_error e = {0};
 	int lock = lock_state(a->state_dir, "rm", &e), r = lock;
 	if (r >= 0)
-		r = vmf_catalog_open(a->state_dir, &cat, &e);
+		r = open_with_vms(a->state_dir, a->run_dir, &cat, &e);
+	struct use_ctx u;
+	if (r == 0 && (r = template_users(cat, id, &u, &e)) == 0 && u.n)
+		r = vmf_err(&e, EBUSY, "template %s is in use by %u VM record(s), VM %s first: release or destroy "
+			    "them (a daemon started on this state dir adopts them) before removing it", id, u.n, u.vm);
 	if (r == 0)
 		r = remove_template(cat, a->state_dir, id, &e);
 	if (close_offline(cat, lock, NULL, r, &e))
@@ -216,6 +259,17 @@ gc_one(const char *id, Vmf__Catalog__TemplateRecord *rec, const struct vmf_error
 	if (!stale)
 		return 0;
 	struct vmf_error e = {0};
+	struct use_ctx u;
+	if (template_users(l->cat, id, &u, &e) < 0) {
+		fprintf(stderr, "vmfactory: %s\n", e.msg);
+		l->rc = EXIT_FAILURE;
+		return 0;
+	}
+	if (u.n) {
+		printf("kept template %s: in use by %u VM record(s), VM %s first\n", id, u.n, u.vm);
+		l->in_use++;
+		return 0;
+	}
 	if (remove_template(l->cat, l->state_dir, id, &e) < 0) {
 		fprintf(stderr, "vmfactory: %s\n", e.msg);
 		l->rc = EXIT_FAILURE;
@@ -251,7 +305,7 @@ cmd_template_gc(const struct cmd *cmd, struct args *a)
 	if (r == 0)
 		r = ops->probe(o.qemu_binary, img.kernel, &info, &e);
 	if (r == 0)
-		r = vmf_catalog_open(o.state_dir, &cat, &e);
+		r = open_with_vms(o.state_dir, o.run_dir, &cat, &e);
 	struct list_ctx l = { .cat = cat, .state_dir = o.state_dir, .ops = ops,
 			      .current = { img.kernel_sha256, img.initrd_sha256, info.version } };
 	if (r == 0)
@@ -263,6 +317,8 @@ cmd_template_gc(const struct cmd *cmd, struct args *a)
 	printf("%u templates removed", l.removed);
 	if (l.other)
 		printf("; %u of another hypervisor than %s kept", l.other, ops->name);
+	if (l.in_use)
+		printf("; %u stale kept while VMs use them", l.in_use);
 	printf("\n");
 	return l.rc;
 }

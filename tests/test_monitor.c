@@ -1,0 +1,523 @@
+/* The sandbox's own QMP monitor, end to end on real QEMU under TCG, pool of
+ * 1: after hand-out a runtime drives the VM through the monitor the reply
+ * names (greeting, capabilities, a hot-plugged device it then sees) while
+ * the daemon keeps inspecting, recovering and finally stopping the VM; and
+ * as real unprivileged tenants, the owner reaches that monitor through its
+ * sock_dir link, another tenant does not, and nobody but the daemon
+ * reaches the daemon's own monitor.  And VM records an earlier vmfactory
+ * kept in the state dir are adopted after an upgrade.
+ *
+ * The users and the group (vmft-mo<pid>{a,b,g}) are made by main() and
+ * removed before it returns, also when a check fails; without root or
+ * useradd the program exits 77 and says why. */
+#include <dirent.h>
+#include <errno.h>
+#include <grp.h>
+#include <poll.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "catalog.h"
+#include "catalog_hooks.h"
+#include "daemonlib.h"
+#include "frame.h"
+#include "testlib.h"
+#include "util.h"
+
+static char user_a[32], user_b[32], group_name[32];
+static uid_t uid_a, uid_b;
+static gid_t gid;
+
+/* ---- a tiny QMP client ---- */
+
+struct qmp {
+	int fd;
+	char buf[65536];
+	size_t len;
+};
+
+/* Connects; 0 or -errno (EACCES for a socket we may not use). */
+static int
+qmp_connect(struct qmp *q, const char *path)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path);
+	q->len = 0;
+	q->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (q->fd < 0)
+		return -errno;
+	if (connect(q->fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+		int e = errno;
+		close(q->fd);
+		q->fd = -1;
+		return -e;
+	}
+	return 0;
+}
+
+/* The next JSON line that is not an event, or NULL after timeout_ms. */
+static json_object *
+qmp_read(struct qmp *q, int timeout_ms)
+{
+	int64_t deadline = vmf_now_ms() + timeout_ms;
+	for (;;) {
+		char *nl = memchr(q->buf, '\n', q->len);
+		if (nl) {
+			*nl = 0;
+			json_object *o = json_tokener_parse(q->buf);
+			size_t used = (size_t)(nl - q->buf) + 1;
+			memmove(q->buf, nl + 1, q->len - used);
+			q->len -= used;
+			json_object *ev;
+			if (o && json_object_object_get_ex(o, "event", &ev)) {
+				json_object_put(o);
+				continue;
+			}
+			if (o)
+				return o;
+			continue;
+		}
+		int left = (int)(deadline - vmf_now_ms());
+		struct pollfd p = { q->fd, POLLIN, 0 };
+		if (left <= 0 || poll(&p, 1, left) <= 0 || q->len >= sizeof q->buf - 1)
+			return NULL;
+		ssize_t n = read(q->fd, q->buf + q->len, sizeof q->buf - 1 - q->len);
+		if (n <= 0)
+			return NULL;
+		q->len += (size_t)n;
+	}
+}
+
+/* The greeting, then qmp_capabilities: true when both came. */
+static bool
+qmp_handshake(struct qmp *q, int timeout_ms)
+{
+	json_object *g = qmp_read(q, timeout_ms), *x;
+	bool ok = g && json_object_object_get_ex(g, "QMP", &x);
+	json_object_put(g);
+	const char *cap = "{\"execute\":\"qmp_capabilities\"}\n";
+	if (!ok || write(q->fd, cap, strlen(cap)) != (ssize_t)strlen(cap))
+		return false;
+	json_object *r = qmp_read(q, timeout_ms);
+	ok = r && json_object_object_get_ex(r, "return", &x);
+	json_object_put(r);
+	return ok;
+}
+
+/* Runs a command; its "return" (owned by the caller) or NULL, with the
+ * reply's text in why. */
+static json_object *
+qmp_cmd(struct qmp *q, const char *json, char *why, size_t n)
+{
+	snprintf(why, n, "no reply");
+	char line[4096];
+	snprintf(line, sizeof line, "%s\n", json);
+	if (write(q->fd, line, strlen(line)) != (ssize_t)strlen(line))
+		return NULL;
+	json_object *r = qmp_read(q, 30000), *ret = NULL;
+	if (r)
+		snprintf(why, n, "%s", json_object_to_json_string(r));
+	if (r && json_object_object_get_ex(r, "return", &ret))
+		json_object_get(ret);
+	json_object_put(r);
+	return ret;
+}
+
+static void
+qmp_close(struct qmp *q)
+{
+	if (q->fd >= 0)
+		close(q->fd);
+	q->fd = -1;
+}
+
+/* ---- acting as a user ---- */
+
+/* In a child as uid (with the test group): connects to path and reads the
+ * QMP greeting; 0, -errno of the connect, or -ETIMEDOUT without greeting. */
+static int
+greeting_as(uid_t uid, const char *path)
+{
+	pid_t pid = vmf_test_fork();
+	if (pid == 0) {
+		if (setgroups(1, &gid) < 0 || setgid(gid) < 0 || setuid(uid) < 0)
+			_exit(100);
+		struct qmp q;
+		int r = qmp_connect(&q, path);
+		if (r == 0)
+			r = qmp_handshake(&q, 15000) ? 0 : -ETIMEDOUT;
+		_exit(-r);
+	}
+	int st;
+	ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+	ck_assert(WIFEXITED(st) && WEXITSTATUS(st) != 100);
+	return -WEXITSTATUS(st);
+}
+
+/* GetVM as uid into sockd/share; the VM id in id. */
+static int
+get_as(uid_t uid, const char *share, const char *sockd, char *id, size_t n)
+{
+	int p[2];
+	ck_assert_int_eq(pipe(p), 0);
+	pid_t pid = vmf_test_fork();
+	if (pid == 0) {
+		close(p[0]);
+		char out[64] = "";
+		int rc = -EPERM;
+		if (setgroups(1, &gid) == 0 && setgid(gid) == 0 && setuid(uid) == 0) {
+			struct vmf_client *c;
+			struct vmf_error e = {0};
+			Vmf__Control__Reply *r = NULL;
+			Vmf__Control__GetVMRequest req = VMF__CONTROL__GET_VMREQUEST__INIT;
+			req.vcpus = 1;
+			req.memory_mib = 256;
+			req.sandbox_id = "tenant";
+			req.share_dir = (char *)share;
+			req.sock_dir = (char *)sockd;
+			req.timeout_ms = 120000;
+			rc = vmf_client_connect(sock, &c, &e);
+			if (rc == 0) {
+				rc = vmf_client_get_vm(c, &req, &r, 180000, &e);
+				vmf_client_close(c);
+			}
+			if (rc == 0)
+				snprintf(out, sizeof out, "%s", r->vm->id);
+			else
+				fprintf(stderr, "GetVM as uid %u: %s\n", (unsigned)uid, e.msg);
+		}
+		ssize_t w = write(p[1], out, strlen(out) + 1);
+		_exit(rc == 0 && w > 0 ? 0 : 1);
+	}
+	close(p[1]);
+	ssize_t got = read(p[0], id, n - 1);
+	id[got > 0 ? got : 0] = 0;
+	close(p[0]);
+	int st;
+	waitpid(pid, &st, 0);
+	return WIFEXITED(st) && WEXITSTATUS(st) == 0 && id[0] ? 0 : -1;
+}
+
+static void
+start_daemon(void)
+{
+	if (vmf(NULL, "init --pool 1 --group %s --wait --timeout 600", group_name) != 0) {
+		char errf[700], *err = NULL;
+		snprintf(errf, sizeof errf, "%s/cli.err", tmp);
+		vmf_read_file(errf, &err, NULL, 1 << 20, NULL);
+		ck_abort_msg("the daemon did not start: %s", err ? err : "");
+	}
+}
+
+static const char *
+vm_state(const char *id)
+{
+	static char state_s[32];
+	json_object *s = vmf_json("status -o json%s", "");
+	json_object *vms = path(s, "vms", NULL);
+	snprintf(state_s, sizeof state_s, "none");
+	for (size_t i = 0; i < json_object_array_length(vms); i++) {
+		json_object *v = json_object_array_get_idx(vms, i);
+		if (!strcmp(json_object_get_string(path(v, "id", NULL)), id))
+			snprintf(state_s, sizeof state_s, "%s", json_object_get_string(path(v, "state", NULL)));
+	}
+	json_object_put(s);
+	return state_s;
+}
+
+static bool
+pid_gone(pid_t pid)
+{
+	int64_t deadline = vmf_now_ms() + 60000;
+	while (kill(pid, 0) == 0 && vmf_now_ms() < deadline)
+		poll(NULL, 0, 100);
+	return kill(pid, 0) < 0;
+}
+
+/* ---- the tests ---- */
+
+START_TEST(the_runtime_drives_its_own_monitor)
+{
+	start_daemon();
+	struct got g = {0};
+	do_get(&g, "mon", 1, 256);
+	ck_assert_int_eq(g.rc, 0);
+	const char *qmp_path = json_object_get_string(path(g.rec, "qmp_socket", NULL));
+	const char *run_dir = json_object_get_string(path(g.rec, "run_dir", NULL));
+	pid_t pid = (pid_t)json_object_get_int(path(g.rec, "pid", NULL));
+	ck_assert_int_gt(pid, 0);
+	/* In the run dir, so in the sandbox's sock_dir too. */
+	ck_assert_int_eq(strncmp(qmp_path, run_dir, strlen(run_dir)), 0);
+	char via_link[900];
+	snprintf(via_link, sizeof via_link, "%s/%s", g.sockd, strrchr(qmp_path, '/') + 1);
+
+	struct qmp q;
+	ck_assert_int_eq(qmp_connect(&q, via_link), 0);
+	ck_assert_msg(qmp_handshake(&q, 15000), "no QMP greeting on the monitor the hand-out names (%s): the "
+		      "daemon holds it", qmp_path);
+	char why[2048];
+	json_object *r = qmp_cmd(&q, "{\"execute\":\"chardev-add\",\"arguments\":{\"id\":\"rt0\","
+				 "\"backend\":{\"type\":\"null\",\"data\":{}}}}", why, sizeof why);
+	ck_assert_msg(r, "chardev-add: %s", why);
+	json_object_put(r);
+	/* A port on the VM's virtio-serial bus: hot-pluggable on q35 under
+	 * TCG, where the root complex takes no hot-plugged PCI device. */
+	r = qmp_cmd(&q, "{\"execute\":\"device_add\",\"arguments\":{\"driver\":\"virtserialport\","
+		    "\"bus\":\"vser0.0\",\"chardev\":\"rt0\",\"id\":\"rtport0\",\"name\":\"org.test.rt0\"}}",
+		    why, sizeof why);
+	ck_assert_msg(r, "device_add: %s", why);
+	json_object_put(r);
+	r = qmp_cmd(&q, "{\"execute\":\"qom-list\",\"arguments\":{\"path\":\"/machine/peripheral\"}}", why,
+		    sizeof why);
+	ck_assert_msg(r && strstr(json_object_to_json_string(r), "\"rtport0\""),
+		      "the hot-plugged port is not in /machine/peripheral: %s", why);
+	json_object_put(r);
+
+	/* The daemon's own work goes on while the runtime holds its monitor. */
+	int64_t t0 = vmf_now_ms();
+	json_object *ins = vmf_json("inspect %s -o json", g.id);
+	ck_assert_str_eq(json_object_get_string(path(path(ins, "vm", NULL), "state", NULL)), "assigned");
+	json_object_put(ins);
+	ck_assert_str_eq(vm_state(g.id), "assigned");
+	printf("inspect and status while the runtime is connected: %lld ms\n", (long long)(vmf_now_ms() - t0));
+
+	/* A restart: recovery finds the daemon's monitor, not the runtime's. */
+	kill_daemon_hard();
+	start_daemon();
+	ck_assert_str_eq(vm_state(g.id), "assigned");
+	ins = vmf_json("inspect %s -o json", g.id);
+	json_object_put(ins);
+	r = qmp_cmd(&q, "{\"execute\":\"query-status\"}", why, sizeof why);
+	ck_assert_msg(r && strstr(json_object_to_json_string(r), "running"),
+		      "the runtime's monitor after the daemon's restart: %s", why);
+	json_object_put(r);
+
+	ck_assert_int_eq(vmf(NULL, "release %s", g.id), 0);
+	ck_assert_msg(pid_gone(pid), "QEMU pid %d still runs after release", (int)pid);
+	/* Our end sees the monitor go. */
+	ck_assert_ptr_null(qmp_read(&q, 5000));
+	qmp_close(&q);
+	json_object_put(g.rec);
+	ck_assert_int_eq(vmf(NULL, "destroy"), 0);
+	ck_assert_int_eq(qemu_gone(), 0);
+}
+END_TEST
+
+START_TEST(only_the_owner_reaches_the_sandbox_monitor)
+{
+	/* The users reach the socket (in tmp) and, through the links, their
+	 * VM's dir (in svc/run). */
+	ck_assert_int_eq(chmod(tmp, 0711), 0);
+	ck_assert_int_eq(chmod(svc, 0711), 0);
+	start_daemon();
+	char a_dir[700], a_share[800], a_sock[800], id[64];
+	snprintf(a_dir, sizeof a_dir, "%s/%s", tmp, user_a);
+	ck_assert_int_eq(mkdir(a_dir, 0755), 0);
+	ck_assert_int_eq(chown(a_dir, uid_a, gid), 0);
+	snprintf(a_share, sizeof a_share, "%s/share", a_dir);
+	snprintf(a_sock, sizeof a_sock, "%s/sock", a_dir);
+	ck_assert_int_eq(get_as(uid_a, a_share, a_sock, id, sizeof id), 0);
+
+	json_object *ins = vmf_json("inspect %s -o json", id);
+	json_object *vm = path(ins, "vm", NULL);
+	char mon[800], agent[800], run_dir[700];
+	snprintf(mon, sizeof mon, "%s", strrchr(json_object_get_string(path(vm, "qmp_socket", NULL)), '/') + 1);
+	snprintf(agent, sizeof agent, "%s", strrchr(json_object_get_string(path(vm, "agent_socket", NULL)), '/') + 1);
+	snprintf(run_dir, sizeof run_dir, "%s", json_object_get_string(path(vm, "run_dir", NULL)));
+	json_object_put(ins);
+
+	char p[900];
+	snprintf(p, sizeof p, "%s/%s", a_sock, mon);
+	int rc = greeting_as(uid_a, p);
+	ck_assert_msg(rc == 0, "%s gets no QMP greeting on its VM's monitor %s: %s", user_a, p, strerror(-rc));
+	rc = greeting_as(uid_b, p);
+	ck_assert_msg(rc == -EACCES, "%s reaches %s's monitor: %s", user_b, user_a, strerror(-rc));
+
+	/* Every other socket in the VM's dir is the daemon's: no tenant gets
+	 * in, the owner included. */
+	int others = 0;
+	DIR *d = opendir(run_dir);
+	ck_assert_ptr_nonnull(d);
+	struct dirent *de;
+	while ((de = readdir(d))) {
+		struct stat st;
+		char f[1000];
+		snprintf(f, sizeof f, "%s/%s", run_dir, de->d_name);
+		if (lstat(f, &st) < 0 || !S_ISSOCK(st.st_mode) || !strcmp(de->d_name, mon) || !strcmp(de->d_name, agent))
+			continue;
+		others++;
+		snprintf(p, sizeof p, "%s/%s", a_sock, de->d_name);
+		rc = greeting_as(uid_a, p);
+		ck_assert_msg(rc == -EACCES, "the owner %s reaches the daemon's socket %s: %s", user_a, de->d_name,
+			      strerror(-rc));
+		/* The daemon's monitor works: root, as the daemon, gets a greeting
+		 * only while the daemon is not connected, so just connect. */
+		struct qmp q;
+		ck_assert_int_eq(qmp_connect(&q, f), 0);
+		qmp_close(&q);
+	}
+	closedir(d);
+	ck_assert_msg(others >= 1, "the VM's dir holds no private monitor of the daemon's");
+
+	ck_assert_int_eq(vmf(NULL, "release %s", id), 0);
+	ck_assert_int_eq(vmf(NULL, "destroy"), 0);
+	ck_assert_int_eq(qemu_gone(), 0);
+}
+END_TEST
+
+/* Moves every VM record from the run dir's environment into the state-dir
+ * catalog's table of an earlier vmfactory, and removes the run-dir
+ * environment: the layout a daemon of that version leaves behind. */
+static int
+move_back(const char *id, Vmf__Catalog__VmRecord *rec, const struct vmf_error *rec_err, void *ctx)
+{
+	(void)rec_err;
+	struct vmf_catalog *c = ctx;
+	struct vmf_error e = {0};
+	ck_assert_ptr_nonnull(rec);
+	uint8_t buf[8192];
+	ck_assert_uint_lt(vmf__catalog__vm_record__get_packed_size(rec), sizeof buf);
+	size_t len = vmf__catalog__vm_record__pack(rec, buf);
+	ck_assert_msg(vmf_catalog_put_raw(c, "legacy-vms", id, buf, len, &e) == 0, "%s", e.msg);
+	return 0;
+}
+
+/* An upgrade from a vmfactory that kept VM records in the state dir: the
+ * new daemon adopts the VMs those records describe (the assigned one keeps
+ * running, owned as before) rather than killing them as orphans. */
+START_TEST(vm_records_of_an_earlier_state_catalog_are_adopted)
+{
+	start_daemon();
+	struct got g = {0};
+	do_get(&g, "upgrade", 1, 256);
+	ck_assert_int_eq(g.rc, 0);
+	pid_t pid = (pid_t)json_object_get_int(path(g.rec, "pid", NULL));
+	kill_daemon_hard();
+
+	struct vmf_catalog *c;
+	struct vmf_error e = {0};
+	ck_assert_msg(vmf_catalog_open(state, &c, &e) == 0, "%s", e.msg);
+	ck_assert_msg(vmf_catalog_open_runtime(c, run, &e) == 0, "%s", e.msg);
+	ck_assert_int_eq(vmf_catalog_vm_list(c, move_back, c, &e), 0);
+	vmf_catalog_close(c);
+	char rt[700];
+	snprintf(rt, sizeof rt, "%s/vms.lmdb", run);
+	ck_assert_int_eq(vmf_rm_rf(rt, &e), 0);
+
+	start_daemon();
+	ck_assert_str_eq(vm_state(g.id), "assigned");
+	ck_assert_int_eq(kill(pid, 0), 0);
+	json_object *ins = vmf_json("inspect %s -o json", g.id);
+	ck_assert_int_eq(json_object_get_int(path(path(ins, "vm", NULL), "pid", NULL)), pid);
+	json_object_put(ins);
+	ck_assert_int_eq(access(rt, F_OK), 0);
+	ck_assert_int_eq(vmf(NULL, "release %s", g.id), 0);
+	ck_assert_msg(pid_gone(pid), "QEMU pid %d still runs after release", (int)pid);
+	json_object_put(g.rec);
+	ck_assert_int_eq(vmf(NULL, "destroy"), 0);
+	ck_assert_int_eq(qemu_gone(), 0);
+}
+END_TEST
+
+/* ---- users ---- */
+
+static int
+sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+static int
+sh(const char *fmt, ...)
+{
+	char cmd[1024];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(cmd, sizeof cmd, fmt, ap);
+	va_end(ap);
+	int st = system(cmd);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static pid_t main_pid;
+
+/* Only in main's process: Check runs each test in a child. */
+static void
+remove_users(void)
+{
+	if (getpid() != main_pid)
+		return;
+	sh("userdel %s >/dev/null 2>&1", user_a);
+	sh("userdel %s >/dev/null 2>&1", user_b);
+	sh("groupdel %s >/dev/null 2>&1", group_name);
+}
+
+static void
+on_signal(int sig)
+{
+	remove_users();
+	signal(sig, SIG_DFL);
+	raise(sig);
+}
+
+static const char *
+make_users(void)
+{
+	if (geteuid() != 0)
+		return "creating users needs root";
+	if (access("/usr/sbin/useradd", X_OK) != 0 || access("/usr/sbin/groupadd", X_OK) != 0)
+		return "useradd/groupadd are not installed";
+	int pid = (int)getpid();
+	snprintf(group_name, sizeof group_name, "vmft-mo%dg", pid);
+	snprintf(user_a, sizeof user_a, "vmft-mo%da", pid);
+	snprintf(user_b, sizeof user_b, "vmft-mo%db", pid);
+	atexit(remove_users);
+	signal(SIGTERM, on_signal);
+	signal(SIGINT, on_signal);
+	if (sh("groupadd %s", group_name) != 0)
+		return "groupadd failed";
+	if (sh("useradd -M -N -g %s -s /usr/sbin/nologin %s", group_name, user_a) != 0 ||
+	    sh("useradd -M -N -g %s -s /usr/sbin/nologin %s", group_name, user_b) != 0)
+		return "useradd failed";
+	struct passwd *pw = getpwnam(user_a);
+	if (!pw)
+		return "the new users are not found through NSS";
+	uid_a = pw->pw_uid;
+	if (!(pw = getpwnam(user_b)))
+		return "the new users are not found through NSS";
+	uid_b = pw->pw_uid;
+	struct group *gr = getgrnam(group_name);
+	if (!gr)
+		return "the new group is not found through NSS";
+	gid = gr->gr_gid;
+	return NULL;
+}
+
+int
+main(void)
+{
+	main_pid = getpid();
+	const char *why = make_users();
+	if (why) {
+		printf("monitor tests skipped: %s\n", why);
+		remove_users();
+		return 77;
+	}
+	Suite *s = suite_create("monitor");
+	TCase *tc = tcase_create("monitor");
+	tcase_add_checked_fixture(tc, setup, cleanup);
+	tcase_set_timeout(tc, 1200);
+	ADD_TEST(tc, the_runtime_drives_its_own_monitor);
+	ADD_TEST(tc, only_the_owner_reaches_the_sandbox_monitor);
+	ADD_TEST(tc, vm_records_of_an_earlier_state_catalog_are_adopted);
+	suite_add_tcase(s, tc);
+	int rc = vmf_test_run(s);
+	remove_users();
+	return rc;
+}
