@@ -23,6 +23,7 @@ struct clone_job {
 	struct vmf_tpl *tpl;                 /* a reference, dropped by clone_done */
 	bool template_broken;
 	uint8_t sample[16];                 /* the guest's random bytes after its reseed */
+	bool shape_failed;
 	int rc;
 	struct vmf_error err;
 };
@@ -104,6 +105,36 @@ vmf_cache_check_sample(struct vmf_cache *c, const char *vm_id, const uint8_t sam
 	return 0;
 }
 
+/* Demand shaping (pool.h): a warmed clone grown to a size the pool is
+ * often asked for, so that its hand-out needs no hot-add.  Resumed once
+ * more, the vCPUs and DIMMs hot-added and onlined by the agent, paused
+ * again; vm's size is then the shaped one (its record says so). */
+static int
+shape_clone(struct vmf_vm *vm, struct vmf_error *err)
+{
+	const struct vmf_hv_ops *ops = vm->ops;
+	unsigned cpus = vm->shape_vcpus > vm->vcpus ? vm->shape_vcpus : vm->vcpus;
+	unsigned mib = vm->shape_mib > vm->memory_mib ? vm->shape_mib : vm->memory_mib;
+	uint32_t online = 0;
+	uint64_t kib = 0;
+	int r = ops->resume(vm->hv, err);
+	if (r == 0 && cpus > vm->vcpus)
+		r = ops->hotplug_vcpus(vm->hv, cpus, err);
+	if (r == 0 && mib > vm->memory_mib)
+		r = ops->hotplug_memory(vm->hv, mib - vm->memory_mib, err);
+	if (r == 0)
+		r = vmf_agent_online(vm->agent, cpus, mib, &online, &kib, WARM_TIMEOUT_MS, err);
+	if (r == 0 && online != cpus)
+		r = vmf_err(err, EIO, "the guest has %u CPUs online after hot-add, %u wanted", online, cpus);
+	if (r == 0)
+		r = ops->pause(vm->hv, err);
+	if (r < 0)
+		return vmf_error_prefix(err, "shaping clone %s to %u vCPUs and %u MiB", vm->id, cpus, mib);
+	vm->vcpus = cpus;
+	vm->memory_mib = mib;
+	return 0;
+}
+
 static void
 clone_work(void *arg)
 {
@@ -130,6 +161,8 @@ clone_work(void *arg)
 	VMF_FAULT("mid-clone");
 	if (j->rc == 0)
 		j->rc = warm_clone(vm, j->sample, &j->err);
+	if (j->rc == 0 && (vm->shape_vcpus || vm->shape_mib))
+		j->shape_failed = (j->rc = shape_clone(vm, &j->err)) < 0;
 	if (j->rc == 0) {
 		vm->ready_ns = vmf_realtime_ns();
 		if (vmf_cache_put_vm_record(j->c, vm, VMF_VM_READY, &rerr) < 0)
@@ -150,6 +183,8 @@ clone_done(void *arg)
 	vm->ready_ns = j->snap.ready_ns;
 	memcpy(vm->boot_id, j->snap.boot_id, sizeof(vm->boot_id));
 	memcpy(vm->machine_id, j->snap.machine_id, sizeof(vm->machine_id));
+	vm->vcpus = j->snap.vcpus;
+	vm->memory_mib = j->snap.memory_mib;
 	vm->busy = false;
 	if (j->rc == 0 && !vm->dead && !c->destroying)
 		j->rc = vmf_cache_check_sample(c, vm->id, j->sample, &j->err);
@@ -167,6 +202,10 @@ clone_done(void *arg)
 		if (j->rc < 0) {
 			log_vm(VMF_LOG_WARN, vm->id, "clone failed: %s", j->err.msg);
 			vmf_pool_note_failure(p, vmf_now_ms(), j->err.msg);
+			/* Base clones meanwhile: a guest that cannot online
+			 * what was added must not keep the pool empty. */
+			if (j->shape_failed)
+				p->shape.retry_at_ms = vmf_now_ms() + VMF_SHAPE_RETRY_MS;
 		}
 		if (j->template_broken && p->tpl == j->tpl) {
 			/* Rebuilt on the next fill: the record is already marked
@@ -201,6 +240,11 @@ vmf_cache_refill(struct vmf_cache *c)
 			if (!vm) {
 				free(j);
 				break;
+			}
+			unsigned sv, sm;
+			if (vmf_pool_next_shape(p, &c->vms, now, &sv, &sm)) {
+				vm->shape_vcpus = sv;
+				vm->shape_mib = sm;
 			}
 			vm->busy = true;
 			j->c = c;
@@ -309,6 +353,15 @@ vmf_cache_tick(struct vmf_cache *c, unsigned default_max_idle_s)
 {
 	int64_t now = vmf_now_ms();
 	struct vmf_vm *vm, *next;
+	/* Demand moved on: one shaped clone per pool and tick makes room for
+	 * a clone of a size now wanted (refilled as the plan says). */
+	struct vmf_pool *p;
+	TAILQ_FOREACH(p, &c->pools, link)
+		if (!c->stopping && (vm = vmf_pool_stale_shaped(p, &c->vms, now))) {
+			log_vm(VMF_LOG_INFO, vm->id, "replacing: pool %s no longer wants clones of %u vCPUs and %u MiB",
+			       p->name, vm->vcpus, vm->memory_mib);
+			vmf_cache_destroy_vm(c, vm, false, NULL);
+		}
 	for (vm = TAILQ_FIRST(&c->vms); vm; vm = next) {
 		next = TAILQ_NEXT(vm, link);
 		/* Without a pidfd nothing else notices an exit.  A VM a job owns

@@ -225,3 +225,215 @@ vmf_pool_choose(const struct vmf_pool_list *pools, const char *name, unsigned vc
 	}
 	return best;
 }
+
+/* ---- demand-shaped pools ---- */
+
+const char *
+vmf_handout_kind_name(enum vmf_handout_kind k)
+{
+	switch (k) {
+	case VMF_HANDOUT_SHAPED: return "shaped";
+	case VMF_HANDOUT_BASE: return "base";
+	case VMF_HANDOUT_RESIZE: return "resize";
+	case VMF_HANDOUT_MISS: return "miss";
+	case VMF_HANDOUT_KINDS: break;
+	}
+	return "unknown";
+}
+
+/* The entry of vcpus / mib, made when missing: a full table gives up the
+ * entry of least demand (its hand-out counts go to other). */
+static struct vmf_shape_size *
+shape_entry(struct vmf_shape *s, unsigned vcpus, unsigned mib)
+{
+	for (unsigned i = 0; i < s->n; i++)
+		if (s->sizes[i].vcpus == vcpus && s->sizes[i].memory_mib == mib)
+			return &s->sizes[i];
+	unsigned i = s->n;
+	if (s->n == VMF_SHAPE_SIZES) {
+		i = 0;
+		for (unsigned k = 1; k < s->n; k++)
+			if (s->sizes[k].demand < s->sizes[i].demand)
+				i = k;
+		for (int k = 0; k < VMF_HANDOUT_KINDS; k++)
+			s->other[k] += s->sizes[i].handouts[k];
+	} else {
+		s->n++;
+	}
+	s->sizes[i] = (struct vmf_shape_size){ .vcpus = vcpus, .memory_mib = mib };
+	return &s->sizes[i];
+}
+
+void
+vmf_shape_note_request(struct vmf_shape *s, unsigned vcpus, unsigned mib)
+{
+	/* 2^(-1/32): a request counts half after VMF_SHAPE_HALF_LIFE (32) more */
+	const double decay = 0.9785720620877001;
+	for (unsigned i = 0; i < s->n; i++)
+		s->sizes[i].demand *= decay;
+	shape_entry(s, vcpus, mib)->demand += 1.0;
+}
+
+void
+vmf_shape_note_handout(struct vmf_shape *s, unsigned vcpus, unsigned mib, enum vmf_handout_kind k)
+{
+	if (k < VMF_HANDOUT_KINDS)
+		shape_entry(s, vcpus, mib)->handouts[k]++;
+}
+
+static bool
+is_base(const struct vmf_pool *p, unsigned vcpus, unsigned mib)
+{
+	return vcpus == p->spec->vcpus && mib == p->spec->memory_mib;
+}
+
+static unsigned
+extra_mib(const struct vmf_pool *p, unsigned mib)
+{
+	return mib > p->spec->memory_mib ? mib - p->spec->memory_mib : 0;
+}
+
+unsigned
+vmf_shape_plan(const struct vmf_pool *p, struct vmf_shape_want *out, unsigned n)
+{
+	const struct vmf_shape *s = &p->shape;
+	if (!s->enabled || !p->spec)
+		return 0;
+	double total = 0;
+	unsigned order[VMF_SHAPE_SIZES];
+	for (unsigned i = 0; i < s->n; i++) {
+		total += s->sizes[i].demand;
+		/* insertion sort by demand, most wanted first; ties keep table order */
+		unsigned k = i;
+		for (; k > 0 && s->sizes[order[k - 1]].demand < s->sizes[i].demand; k--)
+			order[k] = order[k - 1];
+		order[k] = i;
+	}
+	unsigned slots = s->max, mem_left = s->memory_mib, used = 0;
+	for (unsigned o = 0; o < s->n && used < n && slots > 0 && total > 0; o++) {
+		const struct vmf_shape_size *z = &s->sizes[order[o]];
+		double share = z->demand / total;
+		if (is_base(p, z->vcpus, z->memory_mib) || z->demand < VMF_SHAPE_MIN_DEMAND ||
+		    share < VMF_SHAPE_MIN_SHARE)
+			continue;
+		/* Its share of the pool, rounded up: a size asked for now and
+		 * then still finds one clone ready. */
+		double x = share * p->target;
+		unsigned want = (unsigned)x;
+		if (x - want > 1e-9)
+			want++;
+		if (want > slots)
+			want = slots;
+		unsigned extra = extra_mib(p, z->memory_mib);
+		if (extra && want > mem_left / extra)
+			want = mem_left / extra;
+		if (!want)
+			continue;
+		out[used++] = (struct vmf_shape_want){ z->vcpus, z->memory_mib, want };
+		slots -= want;
+		mem_left -= want * extra;
+	}
+	return used;
+}
+
+/* A VM of p that counts toward its shape: ready, or filling toward one. */
+static bool
+pool_vm_size(const struct vmf_pool *p, const struct vmf_vm *vm, unsigned *vcpus, unsigned *mib)
+{
+	if (vm->pool != p || vm->dead)
+		return false;
+	if (vm->state == VMF_VM_READY) {
+		*vcpus = vm->vcpus;
+		*mib = vm->memory_mib;
+		return true;
+	}
+	if (vm->state == VMF_VM_CREATING) {
+		*vcpus = vm->shape_vcpus ? vm->shape_vcpus : p->spec->vcpus;
+		*mib = vm->shape_mib ? vm->shape_mib : p->spec->memory_mib;
+		return true;
+	}
+	return false;
+}
+
+bool
+vmf_pool_next_shape(const struct vmf_pool *p, const struct vmf_vm_list *vms, int64_t now_ms, unsigned *vcpus,
+		    unsigned *mib)
+{
+	struct vmf_shape_want plan[VMF_SHAPE_SIZES];
+	unsigned n = now_ms < p->shape.retry_at_ms ? 0 : vmf_shape_plan(p, plan, VMF_SHAPE_SIZES);
+	if (!n)
+		return false;
+	unsigned have[VMF_SHAPE_SIZES] = {0}, shaped = 0;
+	uint64_t held = 0;
+	const struct vmf_vm *vm;
+	TAILQ_FOREACH(vm, vms, link) {
+		unsigned v, m;
+		if (!pool_vm_size(p, vm, &v, &m) || is_base(p, v, m))
+			continue;
+		shaped++;
+		held += extra_mib(p, m);
+		for (unsigned i = 0; i < n; i++)
+			if (plan[i].vcpus == v && plan[i].memory_mib == m)
+				have[i]++;
+	}
+	for (unsigned i = 0; i < n; i++) {
+		/* Shaped clones the plan no longer wants still count against
+		 * the cap and the budget until they are used or replaced. */
+		if (have[i] >= plan[i].count || shaped >= p->shape.max ||
+		    held + extra_mib(p, plan[i].memory_mib) > p->shape.memory_mib)
+			continue;
+		*vcpus = plan[i].vcpus;
+		*mib = plan[i].memory_mib;
+		return true;
+	}
+	return false;
+}
+
+struct vmf_vm *
+vmf_pool_pick(const struct vmf_pool *p, const struct vmf_vm_list *vms, unsigned vcpus, unsigned mib,
+	      enum vmf_handout_kind *kind)
+{
+	struct vmf_vm *best = NULL, *vm;
+	int best_rank = 3;
+	uint64_t best_cost = 0;
+	TAILQ_FOREACH(vm, vms, link) {
+		if (vm->pool != p || vm->state != VMF_VM_READY || vm->busy || vm->dead)
+			continue;
+		uint64_t miss_v = vcpus > vm->vcpus ? vcpus - vm->vcpus : 0;
+		uint64_t miss_m = mib > vm->memory_mib ? mib - vm->memory_mib : 0;
+		uint64_t over_v = vm->vcpus > vcpus ? vm->vcpus - vcpus : 0;
+		uint64_t over_m = vm->memory_mib > mib ? vm->memory_mib - mib : 0;
+		/* 0: exact; 1: larger, nothing to hot-add; 2: hot-add needed,
+		 * least first (a vCPU weighs as 256 MiB), then least excess. */
+		int rank = miss_v || miss_m ? 2 : over_v || over_m ? 1 : 0;
+		uint64_t cost = ((miss_v * 256 + miss_m) << 32) + over_v * 256 + over_m;
+		if (rank < best_rank || (rank == best_rank && cost < best_cost)) {
+			best = vm;
+			best_rank = rank;
+			best_cost = cost;
+		}
+	}
+	*kind = !best ? VMF_HANDOUT_MISS
+		: best_rank == 2 ? VMF_HANDOUT_RESIZE
+		: best_rank == 0 && is_base(p, vcpus, mib) ? VMF_HANDOUT_BASE : VMF_HANDOUT_SHAPED;
+	return best;
+}
+
+struct vmf_vm *
+vmf_pool_stale_shaped(const struct vmf_pool *p, const struct vmf_vm_list *vms, int64_t now_ms)
+{
+	struct vmf_shape_want plan[VMF_SHAPE_SIZES];
+	unsigned n = vmf_shape_plan(p, plan, VMF_SHAPE_SIZES);
+	struct vmf_vm *vm;
+	TAILQ_FOREACH(vm, vms, link) {
+		if (vm->pool != p || vm->state != VMF_VM_READY || vm->busy || vm->dead ||
+		    is_base(p, vm->vcpus, vm->memory_mib) || now_ms - vm->ready_mono_ms < VMF_SHAPE_STALE_MS)
+			continue;
+		bool wanted = false;
+		for (unsigned i = 0; i < n; i++)
+			wanted = wanted || (plan[i].vcpus == vm->vcpus && plan[i].memory_mib == vm->memory_mib);
+		if (!wanted)
+			return vm;
+	}
+	return NULL;
+}

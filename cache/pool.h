@@ -61,7 +61,8 @@ struct vmf_vm {
 	bool dead;                    /* process exit seen */
 	int64_t created_ns, ready_ns, assigned_ns;
 	int64_t ready_mono_ms;
-	unsigned vcpus, memory_mib;
+	unsigned vcpus, memory_mib;   /* its size now: base, shaped, or as handed out */
+	unsigned shape_vcpus, shape_mib; /* while filling: the size its warm-up grows it to, 0 = base */
 	uid_t owner_uid;              /* the peer that got it; 0 while pooled */
 	char sandbox_id[72];
 	char share_link[PATH_MAX], sock_link[PATH_MAX];
@@ -72,6 +73,50 @@ struct vmf_vm {
 };
 
 TAILQ_HEAD(vmf_vm_list, vmf_vm);
+
+/* ---- demand-shaped pools ----
+ * Each pool learns the sizes it is asked for (a histogram whose counts
+ * decay by half every VMF_SHAPE_HALF_LIFE requests) and keeps some of its
+ * clones grown to the popular ones during warm-up, so that a request of
+ * such a size is served with no hot-add on the hand-out path. */
+
+/* How a hand-out was served (status, metrics, the reply's VmInfo.handout). */
+enum vmf_handout_kind {
+	VMF_HANDOUT_SHAPED,   /* a clone pre-grown to the size (or larger): no hot-add */
+	VMF_HANDOUT_BASE,     /* a base clone for a base-size request */
+	VMF_HANDOUT_RESIZE,   /* a pooled clone grown on the hand-out path */
+	VMF_HANDOUT_MISS,     /* no pooled clone: cloned on demand */
+	VMF_HANDOUT_KINDS,
+};
+const char *vmf_handout_kind_name(enum vmf_handout_kind k);
+
+#define VMF_SHAPE_SIZES 16        /* sizes a pool tracks; the least wanted makes room */
+#define VMF_SHAPE_HALF_LIFE 32    /* requests after which a size's demand counts half */
+#define VMF_SHAPE_MIN_DEMAND 2.5  /* a size is shaped only after about three recent requests */
+#define VMF_SHAPE_MIN_SHARE 0.05  /* ... and at least 5% of the pool's recent requests */
+#define VMF_SHAPE_STALE_MS 30000  /* a shaped clone no longer wanted is replaced after this */
+#define VMF_SHAPE_RETRY_MS 60000  /* after a failed shaping, clones stay at base this long */
+
+struct vmf_shape_size {
+	unsigned vcpus, memory_mib;
+	double demand;                          /* decayed request count */
+	uint64_t handouts[VMF_HANDOUT_KINDS];   /* cumulative, by how they were served */
+};
+
+struct vmf_shape {
+	bool enabled;                 /* shape = auto */
+	unsigned max;                 /* shape_max: clones of the pool that may be shaped at once */
+	unsigned memory_mib;          /* shape_memory_mib: guest memory above base they may hold, in total */
+	int64_t retry_at_ms;          /* no shaping before this (a shaping failed) */
+	unsigned n;
+	struct vmf_shape_size sizes[VMF_SHAPE_SIZES];
+	uint64_t other[VMF_HANDOUT_KINDS];   /* hand-outs of sizes that lost their entry */
+};
+
+/* How many clones of one size the pool wants shaped. */
+struct vmf_shape_want {
+	unsigned vcpus, memory_mib, count;
+};
 
 struct vmf_pool {
 	TAILQ_ENTRY(vmf_pool) link;
@@ -90,6 +135,7 @@ struct vmf_pool {
 	bool building;
 	bool verified;                       /* template digests checked this run */
 	char last_error[512];
+	struct vmf_shape shape;
 };
 
 TAILQ_HEAD(vmf_pool_list, vmf_pool);
@@ -116,6 +162,31 @@ int64_t vmf_pool_backoff_ms(unsigned n);
 
 /* True when a ready VM has sat paused longer than max_idle_s (0 = never). */
 bool vmf_pool_vm_idle_expired(const struct vmf_vm *vm, unsigned max_idle_s, int64_t now_ms);
+
+/* A GetVM for vcpus / mib reached the pool: decays every size's demand
+ * and counts this one. */
+void vmf_shape_note_request(struct vmf_shape *s, unsigned vcpus, unsigned mib);
+/* A hand-out of the requested size succeeded, served as k. */
+void vmf_shape_note_handout(struct vmf_shape *s, unsigned vcpus, unsigned mib, enum vmf_handout_kind k);
+/* The sizes p wants shaped clones of, most wanted first, within shape_max
+ * and the memory budget; returns how many entries of out (at most n) it
+ * filled.  Nothing while shaping is off. */
+unsigned vmf_shape_plan(const struct vmf_pool *p, struct vmf_shape_want *out, unsigned n);
+/* The size the next clone of p should be grown to during its warm-up:
+ * true with *vcpus / *mib when the plan wants more of a size than the
+ * pool's ready and filling clones have, and one more shaped clone keeps
+ * within shape_max and shape_memory_mib; false for a base clone. */
+bool vmf_pool_next_shape(const struct vmf_pool *p, const struct vmf_vm_list *vms, int64_t now_ms,
+			 unsigned *vcpus, unsigned *mib);
+/* The ready VM of p a request for vcpus / mib gets, NULL for none (a miss):
+ * one of exactly that size; else the smallest that needs no hot-add; else
+ * the one with the least to hot-add.  A request never gets fewer vCPUs or
+ * MiB than it asked for.  *kind says which. */
+struct vmf_vm *vmf_pool_pick(const struct vmf_pool *p, const struct vmf_vm_list *vms, unsigned vcpus,
+			     unsigned mib, enum vmf_handout_kind *kind);
+/* A ready shaped clone of p whose size the plan no longer wants, pooled
+ * longer than VMF_SHAPE_STALE_MS: to be replaced.  NULL for none. */
+struct vmf_vm *vmf_pool_stale_shaped(const struct vmf_pool *p, const struct vmf_vm_list *vms, int64_t now_ms);
 
 /* Latency samples for status: a ring of the most recent values. */
 #define VMF_LAT_SAMPLES 1024

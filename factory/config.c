@@ -39,6 +39,7 @@ enum kind {
 	K_NAME,        /* a user or group name */
 	K_LISTEN,      /* ADDR:PORT */
 	K_ROOTS,       /* absolute paths separated by ':' */
+	K_SHAPE,       /* auto or off */
 };
 
 /* Where a value goes: a field of opts, or of the current pool's spec. */
@@ -67,6 +68,10 @@ static const struct key keys[] = {
 	{ SEC_DAEMON, "idle_timeout", K_SECONDS, O(idle_timeout_s), 1, 86400, 0 },
 	{ SEC_DAEMON, "frame_timeout", K_SECONDS, O(frame_timeout_s), 1, 3600, 0 },
 	{ SEC_DAEMON, "max_miss_clones", K_UINT, O(max_miss_clones), 0, 64, 0 },
+	/* Every pool's defaults; a [pool] may set its own. */
+	{ SEC_DAEMON, "shape", K_SHAPE, O(shape), 0, 0, 0 },
+	{ SEC_DAEMON, "shape_max", K_UINT, O(shape_max), 0, 256, 0 },
+	{ SEC_DAEMON, "shape_memory_mib", K_UINT, O(shape_memory_mib), 0, 268435456, 0 },
 	{ SEC_HV, "binary", K_PROGRAM, O(qemu_binary), 0, 0, 512 },
 	{ SEC_HV, "type", K_DRIVER, O(hypervisor), 0, 0, 0 },
 	{ SEC_HV, "accelerator", K_ACCEL, O(accel), 0, 0, 0 },
@@ -86,6 +91,9 @@ static const struct key keys[] = {
 	{ SEC_POOL, "max_memory_mib", K_UINT, P(max_memory_mib), 64, 1048576, 0 },
 	{ SEC_POOL, "max_idle", K_SECONDS, P(max_idle_s), 0, 30 * 86400, 0 },
 	{ SEC_POOL, "share_memory", K_BOOL, P(share_memory), 0, 0, 0 },
+	{ SEC_POOL, "shape", K_SHAPE, P(shape), 0, 0, 0 },
+	{ SEC_POOL, "shape_max", K_UINT, P(shape_max), 0, 256, 0 },
+	{ SEC_POOL, "shape_memory_mib", K_UINT, P(shape_memory_mib), 0, 268435456, 0 },
 };
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
 
@@ -298,6 +306,13 @@ set_value(struct parser *p, const struct key *k, const char *v, void *base)
 		*(bool *)((char *)base + k->off) = b;
 		return true;
 	}
+	case K_SHAPE:
+		if (strcmp(v, "auto") != 0 && strcmp(v, "off") != 0) {
+			problem(p, line, "%s: '%s' is not auto or off", n, v);
+			return false;
+		}
+		*(bool *)((char *)base + k->off) = strcmp(v, "auto") == 0;
+		return true;
 	case K_LOGLEVEL: {
 		int l = vmf_log_parse_level(v);
 		if (l < 0) {
@@ -600,6 +615,8 @@ finish_pools(struct parser *p)
 	const struct vmf_daemon_opts *o = &c->opts;
 	int iv = key_index(SEC_POOL, "vcpus"), im = key_index(SEC_POOL, "memory_mib");
 	int ixv = key_index(SEC_POOL, "max_vcpus"), ixm = key_index(SEC_POOL, "max_memory_mib");
+	int ish = key_index(SEC_POOL, "shape"), ishx = key_index(SEC_POOL, "shape_max");
+	int ishm = key_index(SEC_POOL, "shape_memory_mib");
 	for (unsigned i = 0; i < c->n_pools; i++) {
 		struct vmf_pool_spec *ps = &c->pools[i];
 		int *kl = p->key_line[i];
@@ -612,6 +629,13 @@ finish_pools(struct parser *p)
 			ps->max_vcpus = o->max_vcpus > ps->vcpus ? o->max_vcpus : ps->vcpus;
 		if (!kl[ixm])
 			ps->max_memory_mib = o->max_memory_mib > ps->memory_mib ? o->max_memory_mib : ps->memory_mib;
+		/* Shaping not set in the pool comes from [daemon]. */
+		if (!kl[ish])
+			ps->shape = o->shape;
+		if (!kl[ishx])
+			ps->shape_max = o->shape_max;
+		if (!kl[ishm])
+			ps->shape_memory_mib = o->shape_memory_mib;
 		if (p->pool_bad[i] || p->guest_bad)
 			continue;
 		if (ps->max_vcpus < ps->vcpus)

@@ -40,6 +40,11 @@ vmf_daemon_opts_defaults(struct vmf_daemon_opts *o)
 	o->max_memory_mib = VMF_DEFAULT_MAX_MEMORY_MIB;
 	o->share_memory = true;
 	o->max_miss_clones = VMF_DEFAULT_MAX_MISS_CLONES;
+	/* On: it only acts once requests above a pool's base come, and then
+	 * within shape_max and shape_memory_mib, off the hand-out path. */
+	o->shape = true;
+	o->shape_max = VMF_SHAPE_AUTO;
+	o->shape_memory_mib = VMF_SHAPE_AUTO;
 	o->ready_fd = -1;
 	o->idle_timeout_s = VMF_DEFAULT_IDLE_TIMEOUT_S;
 	o->frame_timeout_s = VMF_DEFAULT_FRAME_TIMEOUT_S;
@@ -219,6 +224,10 @@ setup_pool(struct vmf_daemon *d, const struct vmf_pool_spec *ps, struct vmf_erro
 	p->params.full_memory = !ps->share_memory;
 	p->params.runas = o->runas;
 	p->target = ps->size;
+	p->shape.enabled = ps->shape;
+	p->shape.max = ps->shape_max == VMF_SHAPE_AUTO ? ps->size / 2 : ps->shape_max;
+	p->shape.memory_mib = ps->shape_memory_mib == VMF_SHAPE_AUTO ? ps->size * ps->memory_mib / 2
+		: ps->shape_memory_mib;
 	p->parallelism = o->fill_parallelism ? o->fill_parallelism : 2;
 	int r = vmf_template_spec_new(&p->params, &d->hv, &d->img, &p->spec, p->template_id, err);
 	if (r < 0) {
@@ -246,6 +255,9 @@ flags_pool(const struct vmf_daemon_opts *o, struct vmf_pool_spec *ps)
 	ps->max_memory_mib = o->max_memory_mib;
 	ps->max_idle_s = o->max_idle_s;
 	ps->share_memory = o->share_memory;
+	ps->shape = o->shape;
+	ps->shape_max = o->shape_max;
+	ps->shape_memory_mib = o->shape_memory_mib;
 }
 
 static int

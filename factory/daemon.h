@@ -3,6 +3,7 @@
 #ifndef VMF_DAEMON_H
 #define VMF_DAEMON_H
 
+#include <limits.h>
 #include <stdbool.h>
 
 #include "error.h"
@@ -20,6 +21,9 @@
 #define VMF_DEFAULT_CMDLINE "console=ttyS0 panic=-1 quiet"
 /* GetVM misses cloning at once; beyond it a miss fails with EAGAIN. */
 #define VMF_DEFAULT_MAX_MISS_CLONES 2
+/* shape_max / shape_memory_mib not configured: half the pool's size, and
+ * half its base memory (size × memory_mib / 2). */
+#define VMF_SHAPE_AUTO UINT_MAX
 
 /* One pool: how many paused VMs of which size to keep ready. */
 struct vmf_pool_spec {
@@ -28,6 +32,11 @@ struct vmf_pool_spec {
 	unsigned vcpus, memory_mib, max_vcpus, max_memory_mib;
 	unsigned max_idle_s;         /* replace pooled VMs older than this, 0 = never */
 	bool share_memory;           /* false: full-form template, no pages shared with clones */
+	/* Demand shaping (vmfactory.conf(5)): shape = auto; at most shape_max
+	 * clones shaped at once, holding at most shape_memory_mib MiB above
+	 * the base in total (VMF_SHAPE_AUTO: the defaults). */
+	bool shape;
+	unsigned shape_max, shape_memory_mib;
 };
 
 #define VMF_MAX_POOLS 16
@@ -55,6 +64,8 @@ struct vmf_daemon_opts {
 	unsigned fill_parallelism;   /* concurrent clones while filling, 0 = auto */
 	unsigned max_miss_clones;    /* concurrent clones for GetVM misses; 0 = no misses */
 	unsigned max_idle_s;         /* replace pooled VMs older than this, 0 = never */
+	bool shape;                  /* [daemon] shape, shape_max, shape_memory_mib: */
+	unsigned shape_max, shape_memory_mib;   /* every pool's defaults */
 	int ready_fd;                /* written "ready\n"/"full\n" then closed, -1 = none */
 	bool notify_full;            /* report on ready_fd only once the pool is full */
 	/* Control socket limits (vmfactory.conf(5)): connections at once, 0 =

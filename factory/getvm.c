@@ -28,6 +28,7 @@ struct getvm_job {
 	struct vmf_pool *pool;       /* the worker reads only its params */
 	struct vmf_tpl *tpl;         /* a miss clones from it: a reference */
 	bool miss;
+	enum vmf_handout_kind kind;  /* how it is served (demand shaping, pool.h) */
 	uid_t peer;
 	unsigned vcpus, memory_mib;
 	char sandbox_id[72];
@@ -157,6 +158,9 @@ getvm_work(void *arg)
 	 * a miss, or one adopted after a restart, has none of these. */
 	struct vmf_agent *agent = vm->agent;
 	bool warm = agent != NULL;
+	/* A shaped clone may be larger than asked: it keeps its size. */
+	unsigned cpus = j->vcpus > vm->vcpus ? j->vcpus : vm->vcpus;
+	unsigned mib = j->memory_mib > vm->memory_mib ? j->memory_mib : vm->memory_mib;
 	vm->agent = NULL;
 	struct vmf_agent_handout ho;
 	int r = 0;
@@ -203,17 +207,17 @@ getvm_work(void *arg)
 				    ho.hostname, j->sandbox_id);
 	}
 	j->step_ms[VMF_STEP_TIME] = since(&t);
-	if (r == 0 && j->vcpus > vm->vcpus)
-		r = ops->hotplug_vcpus(vm->hv, j->vcpus, err);
-	if (r == 0 && j->memory_mib > vm->memory_mib)
-		r = ops->hotplug_memory(vm->hv, j->memory_mib - vm->memory_mib, err);
+	if (r == 0 && cpus > vm->vcpus)
+		r = ops->hotplug_vcpus(vm->hv, cpus, err);
+	if (r == 0 && mib > vm->memory_mib)
+		r = ops->hotplug_memory(vm->hv, mib - vm->memory_mib, err);
 	j->step_ms[VMF_STEP_HOTPLUG] = since(&t);
-	if (r == 0 && (j->vcpus > vm->vcpus || j->memory_mib > vm->memory_mib)) {
-		uint32_t cpus = 0;
+	if (r == 0 && (cpus > vm->vcpus || mib > vm->memory_mib)) {
+		uint32_t online = 0;
 		uint64_t kib = 0;
-		r = vmf_agent_online(agent, j->vcpus, j->memory_mib, &cpus, &kib, left_ms(j), err);
-		if (r == 0 && cpus != j->vcpus)
-			r = vmf_err(err, EIO, "the guest has %u CPUs online after hot-add, %u requested", cpus, j->vcpus);
+		r = vmf_agent_online(agent, cpus, mib, &online, &kib, left_ms(j), err);
+		if (r == 0 && online != cpus)
+			r = vmf_err(err, EIO, "the guest has %u CPUs online after hot-add, %u requested", online, cpus);
 	}
 	j->step_ms[VMF_STEP_ONLINE] = since(&t);
 	/* No share_dir passed validation: the driver has no share device. */
@@ -222,7 +226,7 @@ getvm_work(void *arg)
 	j->step_ms[VMF_STEP_MOUNT] = since(&t);
 	vmf_agent_free(agent);
 	if (r == 0)
-		vm->vcpus = j->vcpus, vm->memory_mib = j->memory_mib;
+		vm->vcpus = cpus, vm->memory_mib = mib;
 	/* Before the links exist: a runtime that finds them can use them. */
 	if (r == 0 && !vmf_daemon_peer_admin(d, j->peer)) {
 		/* The sandbox's control socket, never the daemon's own. */
@@ -302,12 +306,14 @@ getvm_done(void *arg)
 			vmf_latency_add(&d->lat[s], j->step_ms[s]);
 			vmf_histogram_add(&d->hist[s], j->step_ms[s] / 1000.0);
 		}
-		log_vm(VMF_LOG_INFO, vm->id, "handed out to sandbox %s (%u vCPU, %u MiB) in %.1f ms%s, clock "
+		vmf_shape_note_handout(&j->pool->shape, j->vcpus, j->memory_mib, j->kind);
+		log_vm(VMF_LOG_INFO, vm->id, "handed out to sandbox %s (%u vCPU, %u MiB) in %.1f ms (%s), clock "
 		       "error %.3f ms, boot id %s", j->sandbox_id, vm->vcpus, vm->memory_mib,
-		       j->step_ms[VMF_STEP_TOTAL], j->miss ? " (miss)" : "", vm->clock_error_ms, vm->boot_id);
+		       j->step_ms[VMF_STEP_TOTAL], vmf_handout_kind_name(j->kind), vm->clock_error_ms, vm->boot_id);
 		Vmf__Control__Reply r = VMF__CONTROL__REPLY__INIT;
 		Vmf__Control__VmInfo info = VMF__CONTROL__VM_INFO__INIT;
 		vmf_vm_info_fill(d, vm, j->pss_kib, &info);
+		info.handout = (char *)vmf_handout_kind_name(j->kind);   /* static: not cleared */
 		r.body_case = VMF__CONTROL__REPLY__BODY_VM;
 		r.vm = &info;
 		vmf_control_reply(j->c, &r);
@@ -397,6 +403,8 @@ getvm_take(struct getvm_job *j)
 	struct vmf_pool *pool = j->pool;
 	bool have_ready = false;
 	struct vmf_vm *it;
+	/* Before the refill below: what the pool learns shapes its next clones. */
+	vmf_shape_note_request(&pool->shape, j->vcpus, j->memory_mib);
 	TAILQ_FOREACH(it, &d->cache.vms, link)
 		have_ready = have_ready || (it->pool == pool && it->state == VMF_VM_READY && !it->busy && !it->dead);
 	if (!pool->tpl && !have_ready) {
@@ -409,10 +417,7 @@ getvm_take(struct getvm_job *j)
 		free(j);
 		return;
 	}
-	struct vmf_vm *vm;
-	TAILQ_FOREACH(vm, &d->cache.vms, link)
-		if (vm->pool == pool && vm->state == VMF_VM_READY && !vm->busy && !vm->dead)
-			break;
+	struct vmf_vm *vm = vmf_pool_pick(pool, &d->cache.vms, j->vcpus, j->memory_mib, &j->kind);
 	if (vm) {
 		d->hits++;
 		pool->ready--;

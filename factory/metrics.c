@@ -79,6 +79,51 @@ render(struct vmf_daemon *d, struct evbuffer *b)
 	evbuffer_add_printf(b, "# HELP vmfactory_vms_assigned VMs handed to sandboxes\n"
 			       "# TYPE vmfactory_vms_assigned gauge\nvmfactory_vms_assigned %u\n", assigned);
 
+	/* Demand shaping: hand-outs by requested size and how they were
+	 * served; ready shaped clones by size.  size is VCPUSxMIB. */
+	evbuffer_add_printf(b, "# HELP vmfactory_handouts_total GetVM hand-outs by pool, requested size and how "
+			       "served (shaped, base, resize, miss)\n# TYPE vmfactory_handouts_total counter\n");
+	TAILQ_FOREACH(p, &d->cache.pools, link) {
+		for (unsigned i = 0; i <= p->shape.n; i++) {
+			const uint64_t *h = i < p->shape.n ? p->shape.sizes[i].handouts : p->shape.other;
+			char size[48] = "other";
+			if (i < p->shape.n)
+				snprintf(size, sizeof(size), "%ux%u", p->shape.sizes[i].vcpus, p->shape.sizes[i].memory_mib);
+			for (int k = 0; k < VMF_HANDOUT_KINDS; k++)
+				if (i < p->shape.n || h[k])
+					evbuffer_add_printf(b, "vmfactory_handouts_total{pool=\"%s\",size=\"%s\",hit=\"%s\"} "
+							    "%llu\n", p->name, size, vmf_handout_kind_name(k),
+							    (unsigned long long)h[k]);
+		}
+	}
+	evbuffer_add_printf(b, "# HELP vmfactory_pool_shaped ready clones a pool holds grown above its base, by size\n"
+			       "# TYPE vmfactory_pool_shaped gauge\n");
+	TAILQ_FOREACH(p, &d->cache.pools, link) {
+		struct shaped { unsigned v, m, n; } seen[VMF_SHAPE_SIZES];
+		unsigned ns = 0;
+		struct vmf_vm *v2;
+		/* Sizes the plan wants show up at 0 while their clones fill. */
+		struct vmf_shape_want plan[VMF_SHAPE_SIZES];
+		unsigned np = vmf_shape_plan(p, plan, VMF_SHAPE_SIZES);
+		for (unsigned i = 0; i < np; i++)
+			seen[ns++] = (struct shaped){ plan[i].vcpus, plan[i].memory_mib, 0 };
+		TAILQ_FOREACH(v2, &d->cache.vms, link) {
+			if (v2->pool != p || v2->state != VMF_VM_READY ||
+			    (v2->vcpus == p->spec->vcpus && v2->memory_mib == p->spec->memory_mib))
+				continue;
+			unsigned i = 0;
+			while (i < ns && (seen[i].v != v2->vcpus || seen[i].m != v2->memory_mib))
+				i++;
+			if (i == ns && ns < VMF_SHAPE_SIZES)
+				seen[ns++] = (struct shaped){ v2->vcpus, v2->memory_mib, 0 };
+			if (i < ns)
+				seen[i].n++;
+		}
+		for (unsigned i = 0; i < ns; i++)
+			evbuffer_add_printf(b, "vmfactory_pool_shaped{pool=\"%s\",size=\"%ux%u\"} %u\n", p->name,
+					    seen[i].v, seen[i].m, seen[i].n);
+	}
+
 	evbuffer_add_printf(b, "# HELP vmfactory_handout_seconds GetVM, request to reply, as the daemon times it\n"
 			       "# TYPE vmfactory_handout_seconds histogram\n");
 	histogram(b, "vmfactory_handout_seconds", NULL, &d->hist[VMF_STEP_TOTAL]);

@@ -110,6 +110,55 @@ status_done(void *arg)
 
 static void status_build(struct vmf_daemon *d, uid_t peer, Vmf__Control__Reply *reply, pid_t *pids);
 
+/* The row of vcpus / mib in ps->sizes, added when missing. */
+static Vmf__Control__PoolSize *
+size_row(Vmf__Control__PoolStatus *ps, unsigned vcpus, unsigned mib)
+{
+	for (size_t i = 0; i < ps->n_sizes; i++)
+		if (ps->sizes[i]->vcpus == vcpus && ps->sizes[i]->memory_mib == mib)
+			return ps->sizes[i];
+	Vmf__Control__PoolSize **n = realloc(ps->sizes, (ps->n_sizes + 1) * sizeof(*n));
+	Vmf__Control__PoolSize *z = n ? calloc(1, sizeof(*z)) : NULL;
+	if (n)
+		ps->sizes = n;
+	if (!z)
+		return NULL;
+	vmf__control__pool_size__init(z);
+	z->vcpus = vcpus;
+	z->memory_mib = mib;
+	ps->sizes[ps->n_sizes++] = z;
+	return z;
+}
+
+/* Demand shaping: each size the pool was asked for or holds clones of. */
+static void
+pool_sizes(struct vmf_daemon *d, const struct vmf_pool *p, Vmf__Control__PoolStatus *ps)
+{
+	ps->shape = p->shape.enabled;
+	ps->shape_max = p->shape.max;
+	ps->shape_memory_mib = p->shape.memory_mib;
+	Vmf__Control__PoolSize *z;
+	for (unsigned i = 0; i < p->shape.n; i++) {
+		const struct vmf_shape_size *s = &p->shape.sizes[i];
+		if (!(z = size_row(ps, s->vcpus, s->memory_mib)))
+			return;
+		z->demand = s->demand;
+		z->handouts_shaped = s->handouts[VMF_HANDOUT_SHAPED];
+		z->handouts_base = s->handouts[VMF_HANDOUT_BASE];
+		z->handouts_resize = s->handouts[VMF_HANDOUT_RESIZE];
+		z->handouts_miss = s->handouts[VMF_HANDOUT_MISS];
+	}
+	struct vmf_shape_want plan[VMF_SHAPE_SIZES];
+	unsigned n = vmf_shape_plan(p, plan, VMF_SHAPE_SIZES);
+	for (unsigned i = 0; i < n; i++)
+		if ((z = size_row(ps, plan[i].vcpus, plan[i].memory_mib)))
+			z->planned = plan[i].count;
+	const struct vmf_vm *vm;
+	TAILQ_FOREACH(vm, &d->cache.vms, link)
+		if (vm->pool == p && vm->state == VMF_VM_READY && (z = size_row(ps, vm->vcpus, vm->memory_mib)))
+			z->ready++;
+}
+
 void
 vmf_daemon_status(struct vmf_daemon *d, struct vmf_conn *c)
 {
@@ -222,6 +271,7 @@ status_build(struct vmf_daemon *d, uid_t peer, Vmf__Control__Reply *reply, pid_t
 		ps->last_error = strdup(p->last_error);
 		ps->share_memory = !p->spec->full_memory;
 		ps->name = strdup(p->name);
+		pool_sizes(d, p, ps);
 		s->pools[s->n_pools++] = ps;
 
 		vmf__control__template_status__init(ts);

@@ -11,6 +11,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -485,4 +487,38 @@ daemon_answers(void)
 		vmf__control__reply__free_unpacked(r, NULL);
 	vmf_client_close(c);
 	return ok;
+}
+
+/* A free TCP port on 127.0.0.1 (bound, then released). */
+int
+free_port(void)
+{
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	socklen_t n = sizeof sa;
+	ck_assert_int_eq(bind(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+	ck_assert_int_eq(getsockname(fd, (struct sockaddr *)&sa, &n), 0);
+	close(fd);
+	return ntohs(sa.sin_port);
+}
+
+/* GET http://127.0.0.1:port/path; the whole response (headers too). */
+char *
+http_get(int port, const char *pathq)
+{
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons(port),
+				  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	ck_assert_int_eq(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+	char req[256];
+	int n = snprintf(req, sizeof req, "GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n", pathq);
+	ck_assert_int_eq(write(fd, req, n), n);
+	size_t cap = 1 << 20, len = 0;
+	char *buf = malloc(cap);
+	ssize_t r;
+	while ((r = read(fd, buf + len, cap - len - 1)) > 0)
+		len += (size_t)r;
+	buf[len] = 0;
+	close(fd);
+	return buf;
 }

@@ -90,6 +90,11 @@ void stop_daemon(pid_t pid);
 /* The first pool's failure count and last error; -1 when nobody answers. */
 int pool_failures(const char *socket, char *last_error, size_t n);
 
+/* A free TCP port on 127.0.0.1 (bound, then released). */
+int free_port(void);
+/* GET http://127.0.0.1:port/path; the whole response (headers too). */
+char *http_get(int port, const char *pathq);
+
 /* VMFACTORY_TEST="name ..." runs only the tests named (a developer's
  * shortcut, and how contrib/test picks the cases it runs under TSan). */
 bool test_selected(const char *name);

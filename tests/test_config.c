@@ -345,6 +345,32 @@ START_TEST(cli_config_and_flags)
 }
 END_TEST
 
+/* Demand shaping: [daemon] gives every pool's defaults, a pool its own;
+ * unset they are auto with VMF_SHAPE_AUTO (half the size, half the base
+ * memory, resolved when the pool is made). */
+START_TEST(shape_keys)
+{
+	static const char text[] = "[daemon]\nshape_max = 3\n[pool a]\nsize = 4\n[pool b]\nsize = 2\nvcpus = 2\n"
+				   "shape = off\nshape_memory_mib = 512\n[pool c]\nsize = 2\nmemory_mib = 512\n";
+	struct vmf_config c;
+	struct vmf_error e = {0};
+	ck_assert_int_eq(vmf_config_parse(&c, "t.conf", text, strlen(text), &e), 0);
+	ck_assert_uint_eq(c.n_pools, 3);
+	ck_assert(c.pools[0].shape && c.pools[0].shape_max == 3 && c.pools[0].shape_memory_mib == VMF_SHAPE_AUTO);
+	ck_assert(!c.pools[1].shape && c.pools[1].shape_max == 3 && c.pools[1].shape_memory_mib == 512);
+	vmf_config_free(&c);
+	ck_assert_int_eq(vmf_config_parse(&c, "t.conf", "[pool a]\nsize = 1\n", 18, &e), 0);
+	ck_assert(c.pools[0].shape && c.pools[0].shape_max == VMF_SHAPE_AUTO);
+	vmf_config_free(&c);
+	static const char bad[] = "[daemon]\nshape = sometimes\n[pool a]\nshape_max = 257\nshape_memory_mib = x\n";
+	ck_assert_int_eq(vmf_config_parse(&c, "t.conf", bad, strlen(bad), &e), -EINVAL);
+	ck_assert_str_eq(c.errors, "t.conf:2: shape: 'sometimes' is not auto or off\n"
+				   "t.conf:4: shape_max: 257 is too large (at most 256)\n"
+				   "t.conf:5: shape_memory_mib: 'x' is not a whole number\n");
+	vmf_config_free(&c);
+}
+END_TEST
+
 int
 main(void)
 {
@@ -356,6 +382,7 @@ main(void)
 	tcase_add_test(t, length_bounded);
 	tcase_add_test(t, cli_check_config);
 	tcase_add_test(t, cli_config_and_flags);
+	tcase_add_test(t, shape_keys);
 	suite_add_tcase(s, t);
 	return vmf_test_run(s);
 }

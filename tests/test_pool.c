@@ -185,6 +185,254 @@ START_TEST(pool_names)
 }
 END_TEST
 
+/* ---- demand shaping ---- */
+
+static Vmf__Catalog__TemplateSpec shape_spec = VMF__CATALOG__TEMPLATE_SPEC__INIT;
+
+/* A pool of base 1 vCPU / 256 MiB, max 4 / 1280, size target. */
+static void
+shape_pool(struct vmf_pool *p, unsigned target, unsigned max, unsigned mem)
+{
+	memset(p, 0, sizeof(*p));
+	shape_spec.vcpus = 1;
+	shape_spec.memory_mib = 256;
+	shape_spec.max_vcpus = 4;
+	shape_spec.max_memory_mib = 1280;
+	p->spec = &shape_spec;
+	p->target = target;
+	p->shape.enabled = true;
+	p->shape.max = max;
+	p->shape.memory_mib = mem;
+}
+
+static double
+demand_of(const struct vmf_pool *p, unsigned v, unsigned m)
+{
+	for (unsigned i = 0; i < p->shape.n; i++)
+		if (p->shape.sizes[i].vcpus == v && p->shape.sizes[i].memory_mib == m)
+			return p->shape.sizes[i].demand;
+	return 0;
+}
+
+static void
+ask(struct vmf_pool *p, unsigned n, unsigned v, unsigned m)
+{
+	for (unsigned i = 0; i < n; i++)
+		vmf_shape_note_request(&p->shape, v, m);
+}
+
+START_TEST(shape_demand_decays_by_half_every_half_life)
+{
+	struct vmf_pool p;
+	shape_pool(&p, 4, 2, 4096);
+	ask(&p, 1, 2, 512);
+	ck_assert_double_eq_tol(demand_of(&p, 2, 512), 1.0, 1e-9);
+	ask(&p, VMF_SHAPE_HALF_LIFE, 1, 256);
+	ck_assert_double_eq_tol(demand_of(&p, 2, 512), 0.5, 1e-6);
+	ask(&p, VMF_SHAPE_HALF_LIFE, 1, 256);
+	ck_assert_double_eq_tol(demand_of(&p, 2, 512), 0.25, 1e-6);
+	/* A full table gives up its least wanted size; its hand-outs go to other. */
+	vmf_shape_note_handout(&p.shape, 2, 512, VMF_HANDOUT_RESIZE);
+	for (unsigned i = 0; i < VMF_SHAPE_SIZES - 1; i++)
+		ask(&p, 1, 1, 384 + 128 * i);
+	ck_assert_uint_eq(p.shape.n, VMF_SHAPE_SIZES);
+	ck_assert_double_eq_tol(demand_of(&p, 2, 512), 0, 1e-12);
+	ck_assert_uint_eq(p.shape.other[VMF_HANDOUT_RESIZE], 1);
+}
+END_TEST
+
+START_TEST(shape_plan_follows_the_mix_within_cap_and_budget)
+{
+	struct vmf_pool p;
+	struct vmf_shape_want w[VMF_SHAPE_SIZES];
+	shape_pool(&p, 4, 2, 4096);
+	/* Nothing asked above base: nothing shaped. */
+	ask(&p, 20, 1, 256);
+	ck_assert_uint_eq(vmf_shape_plan(&p, w, VMF_SHAPE_SIZES), 0);
+	/* Two requests are not yet a pattern; three are. */
+	ask(&p, 2, 2, 512);
+	ck_assert_uint_eq(vmf_shape_plan(&p, w, VMF_SHAPE_SIZES), 0);
+	ask(&p, 1, 2, 512);
+	ck_assert_uint_eq(vmf_shape_plan(&p, w, VMF_SHAPE_SIZES), 1);
+	ck_assert_uint_eq(w[0].vcpus, 2);
+	ck_assert_uint_eq(w[0].memory_mib, 512);
+	ck_assert_uint_eq(w[0].count, 1);
+	/* 70% base, 20% +1/+256, 10% +3/+768 of a pool of 4: one of each
+	 * larger size (their shares rounded up), the more wanted first. */
+	shape_pool(&p, 4, 2, 4096);
+	for (int r = 0; r < 10; r++) {
+		ask(&p, 7, 1, 256);
+		ask(&p, 2, 2, 512);
+		ask(&p, 1, 4, 1024);
+	}
+	ck_assert_uint_eq(vmf_shape_plan(&p, w, VMF_SHAPE_SIZES), 2);
+	ck_assert(w[0].vcpus == 2 && w[0].memory_mib == 512 && w[0].count == 1);
+	ck_assert(w[1].vcpus == 4 && w[1].memory_mib == 1024 && w[1].count == 1);
+	/* shape_max caps the count; the memory budget the larger size. */
+	p.shape.max = 1;
+	ck_assert_uint_eq(vmf_shape_plan(&p, w, VMF_SHAPE_SIZES), 1);
+	p.shape.max = 2;
+	p.shape.memory_mib = 512;
+	ck_assert_uint_eq(vmf_shape_plan(&p, w, VMF_SHAPE_SIZES), 1);
+	ck_assert_uint_eq(w[0].memory_mib, 512);
+	p.shape.memory_mib = 255;
+	ck_assert_uint_eq(vmf_shape_plan(&p, w, VMF_SHAPE_SIZES), 0);
+	/* A vCPU-only size costs no budget. */
+	ask(&p, 40, 3, 256);
+	ck_assert_uint_ge(vmf_shape_plan(&p, w, VMF_SHAPE_SIZES), 1);
+	ck_assert(w[0].vcpus == 3 && w[0].memory_mib == 256);
+	/* Off: nothing. */
+	p.shape.enabled = false;
+	ck_assert_uint_eq(vmf_shape_plan(&p, w, VMF_SHAPE_SIZES), 0);
+}
+END_TEST
+
+static struct vmf_vm *
+add_vm(struct vmf_vm_list *l, struct vmf_pool *p, enum vmf_vm_state st, unsigned v, unsigned m)
+{
+	struct vmf_vm *vm = calloc(1, sizeof(*vm));
+	ck_assert_ptr_nonnull(vm);
+	vm->pool = p;
+	vm->state = st;
+	if (st == VMF_VM_CREATING) {
+		vm->vcpus = p->spec->vcpus;
+		vm->memory_mib = p->spec->memory_mib;
+		if (v != p->spec->vcpus || m != p->spec->memory_mib)
+			vm->shape_vcpus = v, vm->shape_mib = m;
+	} else {
+		vm->vcpus = v;
+		vm->memory_mib = m;
+	}
+	TAILQ_INSERT_TAIL(l, vm, link);
+	return vm;
+}
+
+static void
+free_vms(struct vmf_vm_list *l)
+{
+	struct vmf_vm *vm;
+	while ((vm = TAILQ_FIRST(l))) {
+		TAILQ_REMOVE(l, vm, link);
+		free(vm);
+	}
+}
+
+START_TEST(shape_next_clone_fills_the_plan_within_cap_and_budget)
+{
+	struct vmf_pool p;
+	struct vmf_vm_list l = TAILQ_HEAD_INITIALIZER(l);
+	TAILQ_INIT(&l);
+	unsigned v = 0, m = 0;
+	shape_pool(&p, 4, 2, 4096);
+	ck_assert(!vmf_pool_next_shape(&p, &l, 0, &v, &m));
+	for (int r = 0; r < 10; r++) {
+		ask(&p, 7, 1, 256);
+		ask(&p, 2, 2, 512);
+		ask(&p, 1, 4, 1024);
+	}
+	ck_assert(vmf_pool_next_shape(&p, &l, 0, &v, &m));
+	ck_assert(v == 2 && m == 512);
+	/* One of that size filling: the next wanted is the larger one. */
+	add_vm(&l, &p, VMF_VM_CREATING, 2, 512);
+	ck_assert(vmf_pool_next_shape(&p, &l, 0, &v, &m));
+	ck_assert(v == 4 && m == 1024);
+	add_vm(&l, &p, VMF_VM_READY, 4, 1024);
+	/* The plan is met: base clones from here on. */
+	ck_assert(!vmf_pool_next_shape(&p, &l, 0, &v, &m));
+	free_vms(&l);
+	/* A shaped clone the plan no longer wants still counts against shape_max. */
+	add_vm(&l, &p, VMF_VM_READY, 3, 256);
+	p.shape.max = 1;
+	ck_assert(!vmf_pool_next_shape(&p, &l, 0, &v, &m));
+	/* ... and against the budget. */
+	free_vms(&l);
+	p.shape.max = 2;
+	p.shape.memory_mib = 1000;
+	add_vm(&l, &p, VMF_VM_READY, 1, 1024);   /* 768 MiB above base */
+	ck_assert(!vmf_pool_next_shape(&p, &l, 0, &v, &m));
+	/* After a failed shaping, base clones until retry_at. */
+	free_vms(&l);
+	p.shape.memory_mib = 4096;
+	p.shape.retry_at_ms = 1000;
+	ck_assert(!vmf_pool_next_shape(&p, &l, 999, &v, &m));
+	ck_assert(vmf_pool_next_shape(&p, &l, 1000, &v, &m));
+	free_vms(&l);
+}
+END_TEST
+
+START_TEST(shape_pick_prefers_exact_then_no_hot_add_never_smaller)
+{
+	struct vmf_pool p, other;
+	struct vmf_vm_list l = TAILQ_HEAD_INITIALIZER(l);
+	TAILQ_INIT(&l);
+	enum vmf_handout_kind k;
+	shape_pool(&p, 4, 2, 4096);
+	shape_pool(&other, 4, 2, 4096);
+	ck_assert_ptr_null(vmf_pool_pick(&p, &l, 1, 256, &k));
+	ck_assert_int_eq(k, VMF_HANDOUT_MISS);
+	add_vm(&l, &other, VMF_VM_READY, 2, 512);          /* another pool's */
+	struct vmf_vm *base = add_vm(&l, &p, VMF_VM_READY, 1, 256);
+	struct vmf_vm *big = add_vm(&l, &p, VMF_VM_READY, 4, 1024);
+	struct vmf_vm *two = add_vm(&l, &p, VMF_VM_READY, 2, 512);
+	add_vm(&l, &p, VMF_VM_CREATING, 2, 512);            /* not ready */
+	ck_assert_ptr_eq(vmf_pool_pick(&p, &l, 1, 256, &k), base);
+	ck_assert_int_eq(k, VMF_HANDOUT_BASE);
+	ck_assert_ptr_eq(vmf_pool_pick(&p, &l, 2, 512, &k), two);
+	ck_assert_int_eq(k, VMF_HANDOUT_SHAPED);
+	/* No exact one: the smallest that needs no hot-add. */
+	ck_assert_ptr_eq(vmf_pool_pick(&p, &l, 2, 384, &k), two);
+	ck_assert_int_eq(k, VMF_HANDOUT_SHAPED);
+	two->busy = true;
+	ck_assert_ptr_eq(vmf_pool_pick(&p, &l, 2, 512, &k), big);
+	ck_assert_int_eq(k, VMF_HANDOUT_SHAPED);
+	/* A base request with no base clone left gets a larger one, not a miss. */
+	base->dead = true;
+	ck_assert_ptr_eq(vmf_pool_pick(&p, &l, 1, 256, &k), big);
+	ck_assert_int_eq(k, VMF_HANDOUT_SHAPED);
+	/* Larger than any: the one with least to hot-add. */
+	two->busy = false;
+	ck_assert_ptr_eq(vmf_pool_pick(&p, &l, 4, 1280, &k), big);
+	ck_assert_int_eq(k, VMF_HANDOUT_RESIZE);
+	big->state = VMF_VM_HANDING_OUT;
+	ck_assert_ptr_eq(vmf_pool_pick(&p, &l, 3, 512, &k), two);
+	ck_assert_int_eq(k, VMF_HANDOUT_RESIZE);
+	/* Never one with more of one and less of the other when a fitting
+	 * one exists; and a pick never serves fewer than asked without hot-add. */
+	struct vmf_vm *wide = add_vm(&l, &p, VMF_VM_READY, 3, 256);
+	ck_assert_ptr_eq(vmf_pool_pick(&p, &l, 2, 512, &k), two);
+	two->busy = true;
+	struct vmf_vm *got = vmf_pool_pick(&p, &l, 2, 512, &k);
+	ck_assert_ptr_eq(got, wide);
+	ck_assert_int_eq(k, VMF_HANDOUT_RESIZE);
+	free_vms(&l);
+}
+END_TEST
+
+START_TEST(shape_stale_clones_are_replaced_once_unwanted)
+{
+	struct vmf_pool p;
+	struct vmf_vm_list l = TAILQ_HEAD_INITIALIZER(l);
+	TAILQ_INIT(&l);
+	shape_pool(&p, 2, 1, 4096);
+	ask(&p, 4, 2, 512);
+	struct vmf_vm *s = add_vm(&l, &p, VMF_VM_READY, 2, 512);
+	add_vm(&l, &p, VMF_VM_READY, 1, 256);
+	s->ready_mono_ms = 0;
+	/* Wanted: kept. */
+	ck_assert_ptr_null(vmf_pool_stale_shaped(&p, &l, VMF_SHAPE_STALE_MS * 10));
+	/* Demand moved to the base size: replaced, but only once it has sat
+	 * pooled for VMF_SHAPE_STALE_MS (a burst does not churn clones). */
+	ask(&p, 200, 1, 256);
+	ck_assert_ptr_null(vmf_pool_stale_shaped(&p, &l, VMF_SHAPE_STALE_MS - 1));
+	ck_assert_ptr_eq(vmf_pool_stale_shaped(&p, &l, VMF_SHAPE_STALE_MS), s);
+	/* Shaping off: shaped clones go too. */
+	ask(&p, 4, 2, 512);
+	p.shape.enabled = false;
+	ck_assert_ptr_eq(vmf_pool_stale_shaped(&p, &l, VMF_SHAPE_STALE_MS), s);
+	free_vms(&l);
+}
+END_TEST
+
 int
 main(void)
 {
@@ -196,6 +444,11 @@ main(void)
 	tcase_add_test(tc, idle_expiry_and_latency);
 	tcase_add_test(tc, choose_by_size_or_by_name);
 	tcase_add_test(tc, pool_names);
+	tcase_add_test(tc, shape_demand_decays_by_half_every_half_life);
+	tcase_add_test(tc, shape_plan_follows_the_mix_within_cap_and_budget);
+	tcase_add_test(tc, shape_next_clone_fills_the_plan_within_cap_and_budget);
+	tcase_add_test(tc, shape_pick_prefers_exact_then_no_hot_add_never_smaller);
+	tcase_add_test(tc, shape_stale_clones_are_replaced_once_unwanted);
 	suite_add_tcase(s, tc);
 	return vmf_test_run(s);
 }

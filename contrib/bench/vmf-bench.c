@@ -13,7 +13,9 @@
 #include <errno.h>
 #include <getopt.h>
 #include <json-c/json.h>
+#include <math.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,11 +37,24 @@
 #define AGENT_TIMEOUT_MS 120000
 #define CALL_TIMEOUT_MS 120000
 
+/* The trace run's size mix: weight, vCPUs and MiB above the base. */
+struct mix {
+	unsigned weight, vcpus, mib;
+};
+
 static struct {
 	const char *bin, *dir, *json;
 	int samples, cycles, vms;
 	char state[4096], run[4096], sock[4096];
-} cfg = { .samples = 50, .cycles = 1000, .vms = 8 };
+	/* The trace run: arrivals per pool, Poisson rate, hold time, pool
+	 * size and shaping cap, the size mix; ramp steps of ramp_n arrivals. */
+	bool trace_only;
+	int trace_n, trace_pool, trace_shape_max, ramp_n, ramp_steps;
+	double trace_rate, trace_hold_ms;
+	struct mix mix[8];
+	int nmix;
+} cfg = { .samples = 50, .cycles = 1000, .vms = 8, .trace_n = 160, .trace_pool = 6, .trace_shape_max = 3,
+	  .ramp_n = 24, .ramp_steps = 6, .trace_rate = 0.5, .trace_hold_ms = 2000 };
 
 static void die(const struct vmf_error *e, const char *what) __attribute__((noreturn));
 
@@ -399,6 +414,342 @@ target(const char *what, double value, double bound, bool le, const char *unit)
 	       met ? "met" : "**missed**");
 }
 
+/* ---- the trace run ----
+ * Open-loop arrivals (Poisson at trace_rate), each request drawn from the
+ * size mix, held trace_hold_ms, then released; once against a static pool
+ * (shape = off), once against a demand-shaped one, then a ramp of rates
+ * on the shaped pool.  Each request runs on its own thread and connection,
+ * so a slow hand-out never delays the next arrival. */
+
+struct treq {
+	int k;
+	unsigned vcpus, mib;
+	double at_ms;          /* arrival, from the run's start */
+	double ms;             /* GetVM, request to reply */
+	char handout[16];      /* shaped, base, resize, miss; "error" */
+	char err[200];
+	pthread_t th;
+};
+
+static void *
+trace_thread(void *arg)
+{
+	struct treq *q = arg;
+	char sandbox[64], share[4200], sockd[4200];
+	snprintf(sandbox, sizeof sandbox, "trace-%d", q->k);
+	snprintf(share, sizeof share, "%s/sb/%s-share", cfg.dir, sandbox);
+	snprintf(sockd, sizeof sockd, "%s/sb/%s-sock", cfg.dir, sandbox);
+	Vmf__Control__GetVMRequest req = VMF__CONTROL__GET_VMREQUEST__INIT;
+	req.vcpus = q->vcpus;
+	req.memory_mib = q->mib;
+	req.sandbox_id = sandbox;
+	req.share_dir = share;
+	req.sock_dir = sockd;
+	struct vmf_client *c;
+	struct vmf_error e = {0};
+	Vmf__Control__Reply *r = NULL;
+	snprintf(q->handout, sizeof q->handout, "error");
+	if (vmf_client_connect(cfg.sock, &c, &e) < 0) {
+		snprintf(q->err, sizeof q->err, "%s", e.msg);
+		return NULL;
+	}
+	int64_t t0 = vmf_monotonic_ns();
+	int rc = vmf_client_get_vm(c, &req, &r, CALL_TIMEOUT_MS, &e);
+	q->ms = ms_since(t0);
+	if (rc < 0) {
+		snprintf(q->err, sizeof q->err, "%s", e.msg);
+		vmf_client_close(c);
+		return NULL;
+	}
+	snprintf(q->handout, sizeof q->handout, "%s", r->vm->handout && *r->vm->handout ? r->vm->handout : "?");
+	char id[64];
+	snprintf(id, sizeof id, "%s", r->vm->id);
+	vmf__control__reply__free_unpacked(r, NULL);
+	poll(NULL, 0, (int)cfg.trace_hold_ms);
+	if (vmf_client_release_vm(c, id, CALL_TIMEOUT_MS, &e) < 0)
+		fprintf(stderr, "vmf-bench: trace: release of %s: %s\n", id, e.msg);
+	vmf_client_close(c);
+	return NULL;
+}
+
+static unsigned base_vcpus = VMF_DEFAULT_VCPUS, base_mib = VMF_DEFAULT_MEMORY_MIB;
+
+/* n arrivals at rate per second, numbered from k0; q[] gets them. */
+static void
+trace_arrivals(struct treq *q, int n, int k0, double rate, unsigned *seed)
+{
+	unsigned total = 0;
+	for (int m = 0; m < cfg.nmix; m++)
+		total += cfg.mix[m].weight;
+	int64_t start = vmf_monotonic_ns();
+	double at = 0;
+	for (int i = 0; i < n; i++) {
+		/* exponential gaps: -ln(U)/rate */
+		double u = (rand_r(seed) + 1.0) / ((double)RAND_MAX + 2.0);
+		at += -log(u) / rate * 1000;
+		unsigned pick = (unsigned)rand_r(seed) % total, m = 0;
+		while (pick >= cfg.mix[m].weight)
+			pick -= cfg.mix[m++].weight;
+		q[i] = (struct treq){ .k = k0 + i, .vcpus = base_vcpus + cfg.mix[m].vcpus,
+				      .mib = base_mib + cfg.mix[m].mib, .at_ms = at };
+		double wait = at - ms_since(start);
+		if (wait > 0)
+			poll(NULL, 0, (int)wait);
+		if (pthread_create(&q[i].th, NULL, trace_thread, &q[i]) != 0)
+			die(NULL, "pthread_create");
+	}
+	for (int i = 0; i < n; i++)
+		pthread_join(q[i].th, NULL);
+}
+
+struct trace_result {
+	int n;                 /* counted (after warm-up) */
+	int shaped, base, resize, miss, errors;
+	double hit_rate, p50, p99;
+};
+
+/* Over q[from..n): a hit is a hand-out with no hot-add and no clone. */
+static struct trace_result
+trace_sum(const struct treq *q, int from, int n)
+{
+	struct trace_result t = {0};
+	struct series s = {0};
+	for (int i = from; i < n; i++) {
+		t.n++;
+		const char *h = q[i].handout;
+		t.shaped += !strcmp(h, "shaped");
+		t.base += !strcmp(h, "base");
+		t.resize += !strcmp(h, "resize");
+		t.miss += !strcmp(h, "miss");
+		if (!strcmp(h, "error")) {
+			t.errors++;
+			continue;
+		}
+		add(&s, q[i].ms);
+	}
+	qsort(s.v, s.n, sizeof(*s.v), cmp_double);
+	t.hit_rate = t.n ? (double)(t.shaped + t.base) / t.n : 0;
+	t.p50 = pct(&s, 50);
+	t.p99 = pct(&s, 99);   /* of the hand-outs served; errors are counted apart */
+	free(s.v);
+	return t;
+}
+
+/* p50 / p99 of the hand-outs of q[from..n) served as kind, as a table row. */
+static void
+kind_row(FILE *out, const char *pool, const struct treq *q, int from, int n, const char *kind)
+{
+	struct series s = {0};
+	for (int i = from; i < n; i++)
+		if (!strcmp(q[i].handout, kind))
+			add(&s, q[i].ms);
+	if (!s.n)
+		return;
+	qsort(s.v, s.n, sizeof(*s.v), cmp_double);
+	fprintf(out, "| %s | %s | %d | %.1f | %.1f |\n", pool, kind, s.n, pct(&s, 50), pct(&s, 99));
+	free(s.v);
+}
+
+static void
+trace_daemon(bool shape)
+{
+	char conf[4200], text[256], args[4400];
+	snprintf(conf, sizeof conf, "%s/trace.conf", cfg.dir);
+	snprintf(text, sizeof text, "[daemon]\nshape = %s\nshape_max = %d\nshape_memory_mib = 4096\n",
+		 shape ? "auto" : "off", cfg.trace_shape_max);
+	FILE *f = fopen(conf, "w");
+	if (!f || fputs(text, f) < 0 || fclose(f) != 0)
+		die(NULL, conf);
+	snprintf(args, sizeof args, "init --config %s --pool %d", conf, cfg.trace_pool);
+	if (run_cli(args) != 0) {
+		fprintf(stderr, "vmf-bench: vmfactory init failed; see %s/cli.log\n", cfg.dir);
+		exit(1);
+	}
+	wait_pool(cfg.trace_pool, vmf_now_ms() + 600000);
+}
+
+static void
+trace_errors(const char *what, const struct treq *q, int n)
+{
+	for (int i = 0; i < n; i++)
+		if (!strcmp(q[i].handout, "error")) {
+			fprintf(stderr, "vmf-bench: %s: request %d (%u vCPUs, %u MiB) failed: %s\n", what, q[i].k,
+				q[i].vcpus, q[i].mib, q[i].err);
+			break;
+		}
+}
+
+/* Runs the trace and the ramp; fills J and appends the report to out. */
+static void
+trace_run(double floor_ms, FILE *out)
+{
+	int n = cfg.trace_n, warm = n / 4;
+	struct treq *q = calloc(2 * n, sizeof(*q));
+	if (!q)
+		die(NULL, "out of memory");
+	unsigned seed;
+	struct trace_result r[2];
+	for (int shaped = 0; shaped < 2; shaped++) {
+		fprintf(stderr, "vmf-bench: trace, %s pool of %d: %d arrivals at %.2f/s, hold %.0f ms\n",
+			shaped ? "demand-shaped" : "static", cfg.trace_pool, n, cfg.trace_rate, cfg.trace_hold_ms);
+		trace_daemon(shaped);
+		seed = 14;   /* the same trace against both pools */
+		trace_arrivals(q + shaped * n, n, shaped * 100000, cfg.trace_rate, &seed);
+		trace_errors("trace", q + shaped * n, n);
+		r[shaped] = trace_sum(q + shaped * n, warm, n);
+		if (!shaped && run_cli("destroy") != 0)
+			fprintf(stderr, "vmf-bench: vmfactory destroy failed; see %s/cli.log\n", cfg.dir);
+	}
+	/* The ramp, on the shaped pool that learned the mix above: each step
+	 * starts from a full pool and runs ramp_n arrivals (several times the
+	 * pool, so the pool's reserve cannot carry it). */
+	fprintf(out, "\n## Trace run: open-loop Poisson arrivals, size mix");
+	for (int m = 0; m < cfg.nmix; m++)
+		fprintf(out, "%s %u%% +%u vCPU/+%u MiB", m ? "," : "", cfg.mix[m].weight, cfg.mix[m].vcpus,
+			cfg.mix[m].mib);
+	fprintf(out, "\n\n%d arrivals at %.2f/s, each held %.0f ms then released; pool of %d (shape_max %d); "
+		"the first %d arrivals are warm-up.  A hit is a hand-out with no hot-add and no clone (served "
+		"shaped or base).\n\n", n, cfg.trace_rate, cfg.trace_hold_ms, cfg.trace_pool, cfg.trace_shape_max,
+		warm);
+	fprintf(out, "| pool | n | hit rate | shaped | base | resize | miss | errors | p50 ms | p99 ms | p99 / floor |\n"
+		"|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+	for (int i = 0; i < 2; i++)
+		fprintf(out, "| %s | %d | %.1f%% | %d | %d | %d | %d | %d | %.1f | %.1f | %.1f× |\n",
+			i ? "demand-shaped" : "static (shape = off)", r[i].n, 100 * r[i].hit_rate, r[i].shaped, r[i].base,
+			r[i].resize, r[i].miss, r[i].errors, r[i].p50, r[i].p99, r[i].p99 / floor_ms);
+	/* Whether a shaped hit costs what a base hit does, and what a resize costs. */
+	fprintf(out, "\n| pool | served as | n | p50 ms | p99 ms |\n|---|---|---:|---:|---:|\n");
+	static const char *const kinds[] = { "shaped", "base", "resize", "miss" };
+	for (int i = 0; i < 2; i++)
+		for (int k = 0; k < 4; k++)
+			kind_row(out, i ? "demand-shaped" : "static", q + i * n, warm, n, kinds[k]);
+
+	double rates[16], sustained = 0, sustained_hits = 0, best_ratio = INFINITY;
+	bool within = true, hits_ok = true;
+	int nr = 0;
+	for (double x = cfg.trace_rate; nr < cfg.ramp_steps && nr < 16; x *= 2)
+		rates[nr++] = x;
+	struct treq *rq = calloc(cfg.ramp_n, sizeof(*rq));
+	if (!rq)
+		die(NULL, "out of memory");
+	fprintf(out, "\n### Ramp (demand-shaped pool, %d arrivals a step from a full pool; doubling the rate "
+		"until a request fails or fewer than half are hits; the floor is %.2f ms)\n\n| rate /s | n | hit rate | misses | errors | p50 ms | p99 ms | p99 / floor |\n"
+		"|---:|---:|---:|---:|---:|---:|---:|---:|\n", cfg.ramp_n, floor_ms);
+	for (int i = 0; i < nr; i++) {
+		wait_pool(cfg.trace_pool, vmf_now_ms() + 600000);
+		fprintf(stderr, "vmf-bench: ramp step %.2f/s, %d arrivals\n", rates[i], cfg.ramp_n);
+		seed = 1400 + i;
+		trace_arrivals(rq, cfg.ramp_n, 200000 + i * 1000, rates[i], &seed);
+		trace_errors("ramp", rq, cfg.ramp_n);
+		struct trace_result t = trace_sum(rq, 0, cfg.ramp_n);
+		fprintf(out, "| %.2f | %d | %.1f%% | %d | %d | %.1f | %.1f | %.1f× |\n", rates[i], t.n, 100 * t.hit_rate,
+			t.miss, t.errors, t.p50, t.p99, t.p99 / floor_ms);
+		/* Sustained: this step and every slower one kept within the bound;
+		 * a failed request (misses beyond max_miss_clones) never is. */
+		within = within && !t.errors && t.p99 <= 10 * floor_ms;
+		hits_ok = hits_ok && !t.errors && t.hit_rate >= 0.95;
+		if (within)
+			sustained = rates[i];
+		if (hits_ok)
+			sustained_hits = rates[i];
+		if (!t.errors && t.p99 / floor_ms < best_ratio)
+			best_ratio = t.p99 / floor_ms;
+		if (t.errors || t.hit_rate < 0.5)
+			break;
+	}
+	if (run_cli("destroy") != 0)
+		fprintf(stderr, "vmf-bench: vmfactory destroy failed; see %s/cli.log\n", cfg.dir);
+	fprintf(out, "\nHighest sustained hand-out rate with p99 ≤ 10× the floor: %s%.2f/s (the lowest p99 of a "
+		"step was %.1f× the floor); with ≥ 95%% hits and no failure: %s%.2f/s\n", sustained ? "" : "below ",
+		sustained ? sustained : cfg.trace_rate, best_ratio, sustained_hits ? "" : "below ",
+		sustained_hits ? sustained_hits : cfg.trace_rate);
+
+	jnum("trace_rate_per_s", cfg.trace_rate);
+	jnum("trace_hold_ms", cfg.trace_hold_ms);
+	jnum("trace_hit_rate", r[1].hit_rate);
+	jnum("trace_p50_ms", r[1].p50);
+	jnum("trace_p99_ms", r[1].p99);
+	jnum("trace_static_hit_rate", r[0].hit_rate);
+	jnum("trace_static_p50_ms", r[0].p50);
+	jnum("trace_static_p99_ms", r[0].p99);
+	jnum("sustained_handouts_per_s", sustained);
+	jnum("sustained_hit_handouts_per_s", sustained_hits);
+	jnum("ramp_best_p99_over_floor", isfinite(best_ratio) ? best_ratio : 0);
+	fprintf(out, "\n| target | measured | bound | |\n|---|---:|---:|---|\n");
+	fprintf(out, "| trace hit rate after warm-up, shaped pool | %.1f%% | ≥ 95%% | %s |\n", 100 * r[1].hit_rate,
+		r[1].hit_rate >= 0.95 ? "met" : "**missed**");
+	fprintf(out, "| trace p99 / floor, shaped pool | %.2f× | ≤ 5× | %s |\n", r[1].p99 / floor_ms,
+		r[1].p99 <= 5 * floor_ms ? "met" : "**missed**");
+	fprintf(out, "| static pool's p99 / floor, same trace | %.2f× | (reported) | |\n", r[0].p99 / floor_ms);
+	free(q);
+	free(rq);
+}
+
+static json_object *
+environment(json_object *j)
+{
+	struct utsname u;
+	uname(&u);
+	json_object *env = json_object_new_object();
+	json_object_object_add(env, "qemu_version", json_object_new_string(hv.version));
+	json_object_object_add(env, "accelerator", json_object_new_string(hv.accel));
+	json_object_object_add(env, "host_kernel", json_object_new_string(u.release));
+	json_object_object_add(env, "host_cores", json_object_new_int((int)sysconf(_SC_NPROCESSORS_ONLN)));
+	json_object_object_add(env, "guest_vcpus", json_object_new_int(VMF_DEFAULT_VCPUS));
+	json_object_object_add(env, "guest_memory_mib", json_object_new_int(VMF_DEFAULT_MEMORY_MIB));
+	json_object_object_add(env, "trace_only", json_object_new_boolean(cfg.trace_only));
+	json_object_object_add(j, "environment", env);
+	return env;
+}
+
+/* --trace-only: the floor and the trace run, nothing else. */
+static int
+trace_only(Vmf__Catalog__TemplateRecord *shared, Vmf__Catalog__TemplateRecord *full, struct vmf_catalog *cat,
+	   struct series *floor_)
+{
+	vmf__catalog__template_record__free_unpacked(shared, NULL);
+	vmf__catalog__template_record__free_unpacked(full, NULL);
+	vmf_catalog_close(cat);
+	finish(floor_);
+	J = json_object_new_object();
+	jnum("floor_ms", pct(floor_, 50));
+	printf("## Floor (cont + one agent round trip), QEMU %s, %s: p50 %.2f ms, p99 %.2f ms (n %d)\n", hv.version,
+	       hv.accel, pct(floor_, 50), pct(floor_, 99), floor_->n);
+	fflush(stdout);
+	trace_run(pct(floor_, 50), stdout);
+	environment(J);
+	if (cfg.json && json_object_to_file_ext(cfg.json, J, JSON_C_TO_STRING_PRETTY) < 0) {
+		fprintf(stderr, "vmf-bench: cannot write %s\n", cfg.json);
+		return 1;
+	}
+	json_object_put(J);
+	free(floor_->v);
+	return 0;
+}
+
+/* --mix W:V:M,...: weight, vCPUs and MiB above the pool's base. */
+static int
+parse_mix(const char *s)
+{
+	cfg.nmix = 0;
+	while (*s && cfg.nmix < 8) {
+		struct mix *m = &cfg.mix[cfg.nmix];
+		int used = 0;
+		if (sscanf(s, "%u:%u:%u%n", &m->weight, &m->vcpus, &m->mib, &used) != 3 || m->mib % 128)
+			return -1;
+		cfg.nmix++;
+		s += used;
+		if (*s == ',')
+			s++;
+		else if (*s)
+			return -1;
+	}
+	unsigned total = 0;
+	for (int i = 0; i < cfg.nmix; i++)
+		total += cfg.mix[i].weight;
+	return total ? 0 : -1;
+}
+
 int
 main(int argc, char **argv)
 {
@@ -406,6 +757,11 @@ main(int argc, char **argv)
 		{ "vmfactory", required_argument, NULL, 'b' }, { "dir", required_argument, NULL, 'd' },
 		{ "samples", required_argument, NULL, 's' },   { "cycles", required_argument, NULL, 'c' },
 		{ "vms", required_argument, NULL, 'v' },       { "json", required_argument, NULL, 'j' },
+		{ "trace-only", no_argument, NULL, 'T' },      { "trace-arrivals", required_argument, NULL, 'n' },
+		{ "trace-rate", required_argument, NULL, 'r' }, { "trace-hold-ms", required_argument, NULL, 'h' },
+		{ "trace-pool", required_argument, NULL, 'p' }, { "trace-shape-max", required_argument, NULL, 'x' },
+		{ "ramp-arrivals", required_argument, NULL, 'R' }, { "ramp-steps", required_argument, NULL, 'S' },
+		{ "mix", required_argument, NULL, 'm' },
 		{ NULL, 0, NULL, 0 },
 	};
 	int o;
@@ -417,11 +773,35 @@ main(int argc, char **argv)
 		case 'c': cfg.cycles = atoi(optarg); break;
 		case 'v': cfg.vms = atoi(optarg); break;
 		case 'j': cfg.json = optarg; break;
+		case 'T': cfg.trace_only = true; break;
+		case 'n': cfg.trace_n = atoi(optarg); break;
+		case 'r': cfg.trace_rate = atof(optarg); break;
+		case 'h': cfg.trace_hold_ms = atof(optarg); break;
+		case 'p': cfg.trace_pool = atoi(optarg); break;
+		case 'x': cfg.trace_shape_max = atoi(optarg); break;
+		case 'R': cfg.ramp_n = atoi(optarg); break;
+		case 'S': cfg.ramp_steps = atoi(optarg); break;
+		case 'm':
+			if (parse_mix(optarg) < 0) {
+				fprintf(stderr, "vmf-bench: --mix %s: give WEIGHT:VCPUS:MIB,... (extra vCPUs and MiB "
+						"above the base, MiB a multiple of 128)\n", optarg);
+				return 2;
+			}
+			break;
 		default:
 			fprintf(stderr, "usage: vmf-bench --vmfactory BIN --dir DIR [--samples N] [--cycles N] "
-					"[--vms N] [--json FILE]\n");
+					"[--vms N] [--json FILE] [--trace-only] [--trace-arrivals N] [--trace-rate PER_S] "
+					"[--trace-hold-ms MS] [--trace-pool N] [--trace-shape-max N] [--ramp-arrivals N] "
+					"[--ramp-steps N] [--mix W:V:M,...]\n");
 			return 2;
 		}
+	}
+	if (!cfg.nmix)
+		parse_mix("70:0:0,20:1:256,10:3:768");
+	if (cfg.trace_n < 4 || cfg.ramp_n < 1 || cfg.ramp_steps < 1 || cfg.trace_pool < 1 || !(cfg.trace_rate > 0) ||
+	    cfg.trace_hold_ms < 0) {
+		fprintf(stderr, "vmf-bench: the trace needs at least 4 arrivals, a pool, a positive rate\n");
+		return 2;
 	}
 	if (!cfg.bin || !cfg.dir || cfg.samples < 1 || cfg.cycles < 1 || cfg.vms < 1) {
 		fprintf(stderr, "vmf-bench: --vmfactory and --dir are required; counts must be positive\n");
@@ -461,7 +841,7 @@ main(int argc, char **argv)
 		      resize = { .name = "handout-resize" }, exec = { .name = "exec" };
 	char id[64];
 	fprintf(stderr, "vmf-bench: cold, full-restore and clone, %d samples each\n", cfg.samples);
-	for (int i = 0; i < cfg.samples; i++) {
+	for (int i = 0; i < (cfg.trace_only ? 0 : cfg.samples); i++) {
 		double ms;
 		snprintf(id, sizeof id, "cold-%d", i);
 		stop(cold_boot(id, &ms));
@@ -493,6 +873,9 @@ main(int argc, char **argv)
 		stop(vm);
 	}
 
+	if (cfg.trace_only)
+		return trace_only(shared, full, cat, &floor_);
+
 	fprintf(stderr, "vmf-bench: PSS of %d cold-booted VMs\n", cfg.vms);
 	uint64_t pss_cold = 0;
 	{
@@ -513,8 +896,14 @@ main(int argc, char **argv)
 	vmf_catalog_close(cat);
 
 	fprintf(stderr, "vmf-bench: daemon with a pool of %d\n", cfg.vms);
-	char args[256];
-	snprintf(args, sizeof args, "init --pool %d", cfg.vms);
+	/* shape = off: the resize figures below measure hot-add on the
+	 * hand-out path, which a demand-shaped pool would learn to avoid. */
+	char args[4400], conf[4200];
+	snprintf(conf, sizeof conf, "%s/static.conf", cfg.dir);
+	FILE *cf = fopen(conf, "w");
+	if (!cf || fputs("[daemon]\nshape = off\n", cf) < 0 || fclose(cf) != 0)
+		die(NULL, conf);
+	snprintf(args, sizeof args, "init --config %s --pool %d", conf, cfg.vms);
 	if (run_cli(args) != 0) {
 		fprintf(stderr, "vmf-bench: vmfactory init failed; see %s/cli.log\n", cfg.dir);
 		return 1;
@@ -610,8 +999,6 @@ main(int argc, char **argv)
 		finish(all[i]);
 	finish(&clock_err);
 
-	struct utsname u;
-	uname(&u);
 	J = json_object_new_object();
 	jnum("cold_s", pct(&cold, 50) / 1000);
 	jnum("full_restore_s", pct(&restore, 50) / 1000);
@@ -631,6 +1018,11 @@ main(int argc, char **argv)
 	jnum("daemon_fds_after", fds1);
 	jnum("clock_error_ms", pct(&clock_err, 99));
 	jnum("clock_error_p50_ms", pct(&clock_err, 50));
+	char *trace_md = NULL;
+	size_t trace_len;
+	FILE *tm = open_memstream(&trace_md, &trace_len);
+	trace_run(pct(&floor_, 50), tm);
+	fclose(tm);
 	json_object *lat = json_object_new_object();
 	for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
 		json_object *o2 = json_object_new_object();
@@ -644,17 +1036,10 @@ main(int argc, char **argv)
 	json_object_object_add(J, "latency", lat);
 	json_object_object_add(J, "handout_steps", steps_plain);
 	json_object_object_add(J, "handout_steps_with_resize", steps_all);
-	json_object *env = json_object_new_object();
-	json_object_object_add(env, "qemu_version", json_object_new_string(hv.version));
-	json_object_object_add(env, "accelerator", json_object_new_string(hv.accel));
-	json_object_object_add(env, "host_kernel", json_object_new_string(u.release));
-	json_object_object_add(env, "host_cores", json_object_new_int((int)sysconf(_SC_NPROCESSORS_ONLN)));
-	json_object_object_add(env, "guest_vcpus", json_object_new_int(VMF_DEFAULT_VCPUS));
-	json_object_object_add(env, "guest_memory_mib", json_object_new_int(VMF_DEFAULT_MEMORY_MIB));
+	json_object *env = environment(J);
 	json_object_object_add(env, "samples", json_object_new_int(cfg.samples));
 	json_object_object_add(env, "cycles", json_object_new_int(cfg.cycles));
 	json_object_object_add(env, "vms", json_object_new_int(cfg.vms));
-	json_object_object_add(J, "environment", env);
 	if (cfg.json && json_object_to_file_ext(cfg.json, J, JSON_C_TO_STRING_PRETTY) < 0) {
 		fprintf(stderr, "vmf-bench: cannot write %s\n", cfg.json);
 		return 1;
@@ -693,6 +1078,8 @@ main(int argc, char **argv)
 	target("daemon RSS after cycles", rss1 / 1024.0, 16, true, " MiB");
 	target("daemon RSS growth over cycles", (double)rss1 - (double)rss0, 1024, true, " KiB");
 	free(clock_err.v);
+	printf("%s", trace_md);
+	free(trace_md);
 	free(steps1);
 	free(steps2);
 	json_object_put(J);

@@ -42,6 +42,8 @@ vminfo_json(const Vmf__Control__VmInfo *v)
 	JS(o, "machine_id", v->machine_id);
 	JS(o, "hostname", v->hostname);
 	JD(o, "clock_error_ms", v->clock_error_ms);
+	if (v->handout && *v->handout)
+		JS(o, "handout", v->handout);
 	if (v->hypervisor) {
 		json_object *h = json_object_new_object();
 		JI(h, "pid", v->hypervisor->pid);
@@ -79,6 +81,8 @@ vminfo_human(const Vmf__Control__VmInfo *v)
 		printf("hostname:     %s\n", v->hostname);
 		printf("clock error:  %.3f ms at hand-out\n", v->clock_error_ms);
 	}
+	if (v->handout && *v->handout)
+		printf("hand-out:     %s\n", v->handout);
 }
 
 json_object *
@@ -198,6 +202,26 @@ status_json(const Vmf__Control__Reply *r)
 		JI(x, "failed", p->failed);
 		JS(x, "last_error", p->last_error);
 		JB(x, "share_memory", p->share_memory);
+		JS(x, "shape", p->shape ? "auto" : "off");
+		JI(x, "shape_max", p->shape_max);
+		JI(x, "shape_memory_mib", p->shape_memory_mib);
+		json_object *sz = json_object_new_array();
+		for (size_t k = 0; k < p->n_sizes; k++) {
+			const Vmf__Control__PoolSize *z = p->sizes[k];
+			json_object *y = json_object_new_object(), *h = json_object_new_object();
+			JI(y, "vcpus", z->vcpus);
+			JI(y, "memory_mib", z->memory_mib);
+			JI(y, "ready", z->ready);
+			JI(y, "planned", z->planned);
+			JD(y, "demand", z->demand);
+			JI(h, "shaped", z->handouts_shaped);
+			JI(h, "base", z->handouts_base);
+			JI(h, "resize", z->handouts_resize);
+			JI(h, "miss", z->handouts_miss);
+			json_object_object_add(y, "handouts", h);
+			json_object_array_add(sz, y);
+		}
+		json_object_object_add(x, "sizes", sz);
 		json_object_array_add(ps, x);
 	}
 	json_object_object_add(o, "pools", ps);
@@ -256,6 +280,18 @@ status_human(const Vmf__Control__Reply *r)
 		       p->share_memory ? "shared" : "private");
 		if (p->last_error && *p->last_error)
 			printf("  last error: %s\n", p->last_error);
+		if (p->shape)
+			printf("  shaping: auto, at most %u clones and %u MiB above base\n", p->shape_max,
+			       p->shape_memory_mib);
+		else
+			printf("  shaping: off\n");
+		for (size_t k = 0; k < p->n_sizes; k++) {
+			const Vmf__Control__PoolSize *z = p->sizes[k];
+			printf("  size %u vCPU / %u MiB: %u ready, %u planned, demand %.1f; hand-outs %llu shaped, "
+			       "%llu base, %llu resized, %llu missed\n", z->vcpus, z->memory_mib, z->ready, z->planned,
+			       z->demand, (unsigned long long)z->handouts_shaped, (unsigned long long)z->handouts_base,
+			       (unsigned long long)z->handouts_resize, (unsigned long long)z->handouts_miss);
+		}
 	}
 	printf("\nVM                                    STATE        PID  AGE(s)  VCPUS  MEMORY  PSS(KiB)  OWNER  SANDBOX\n");
 	for (size_t i = 0; i < s->n_vms; i++) {
