@@ -28,6 +28,9 @@ struct vmf_pool_spec {
 	unsigned vcpus, memory_mib, max_vcpus, max_memory_mib;
 	unsigned max_idle_s;         /* replace pooled VMs older than this, 0 = never */
 	bool share_memory;           /* false: full-form template, no pages shared with clones */
+	/* Its own guest image ([pool NAME] image_dir); NULL = the daemon's
+	 * (image_dir, with the kernel and initrd overrides). */
+	const char *image_dir;
 };
 
 #define VMF_MAX_POOLS 16
