@@ -11,8 +11,8 @@
  * its job struct; its done callback, which runs on the loop, applies them.
  * While a VM is busy its driver handle (hv) and agent belong to the job:
  * the loop reads neither.  Read-only once running, and so free to read on a
- * worker: base, jobs, cat (LMDB serializes writers), img, the paths, and
- * each pool's name, template_id, spec and params.
+ * worker: base, jobs, cat (LMDB serializes writers), the paths, and each
+ * pool's name, template_id, spec, params and img.
  *
  * Layering: the cache knows nothing of the daemon above it (factory/); what
  * the daemon must hear it hears through the hooks. */
@@ -57,7 +57,6 @@ struct vmf_cache {
 	struct event_base *base;
 	struct vmf_jobs *jobs;
 	struct vmf_catalog *cat;
-	const struct vmf_image *img;
 	const char *state_dir, *run_dir;
 	char vm_root[PATH_MAX];          /* <run_dir>/vms */
 	struct vmf_pool_list pools;

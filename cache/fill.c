@@ -303,7 +303,7 @@ build_work(void *arg)
 	}
 	if (rec)
 		vmf__catalog__template_record__free_unpacked(rec, NULL);
-	j->rc = vmf_template_build(c->cat, c->state_dir, c->run_dir, &p->params, p->spec, c->img,
+	j->rc = vmf_template_build(c->cat, c->state_dir, c->run_dir, &p->params, p->spec, &p->img,
 				   build_progress, j, &j->rec, &j->err);
 }
 

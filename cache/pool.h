@@ -126,6 +126,7 @@ struct vmf_pool {
 	Vmf__Catalog__TemplateSpec *spec;
 	struct vmf_tpl *tpl;                 /* NULL until built, and once found broken */
 	struct vmf_template_params params;
+	struct vmf_image img;                /* its guest image: the daemon's or its own */
 	unsigned target;
 	unsigned parallelism;                /* concurrent clones while filling */
 	unsigned ready, filling;             /* current counts */

@@ -94,6 +94,7 @@ static const struct key keys[] = {
 	{ SEC_POOL, "shape", K_SHAPE, P(shape), 0, 0, 0 },
 	{ SEC_POOL, "shape_max", K_UINT, P(shape_max), 0, 256, 0 },
 	{ SEC_POOL, "shape_memory_mib", K_UINT, P(shape_memory_mib), 0, 268435456, 0 },
+	{ SEC_POOL, "image_dir", K_ABSPATH, P(image_dir), 0, 0, 512 },
 };
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
 
@@ -360,6 +361,10 @@ set_value(struct parser *p, const struct key *k, const char *v, void *base)
 		break;
 	}
 	}
+	/* A refused pool's values are checked, never used: nothing to keep
+	 * (and no bound on how many such pools a file has). */
+	if (base == &p->scratch)
+		return true;
 	char *s = keep(p, v);
 	if (s)
 		*(const char **)((char *)base + k->off) = s;
@@ -646,13 +651,17 @@ finish_pools(struct parser *p)
 				ps->name, ps->max_memory_mib, ps->memory_mib);
 		for (unsigned j = 0; j < i; j++) {
 			const struct vmf_pool_spec *q = &c->pools[j];
-			/* Same sizes with and without shared memory is the
-			 * point of naming pools; twice the same pool is a slip. */
+			/* Same sizes with and without shared memory, or of two
+			 * images, is the point of naming pools; twice the same
+			 * pool is a slip. */
+			const char *qi = q->image_dir ? q->image_dir : o->image_dir;
+			const char *pi = ps->image_dir ? ps->image_dir : o->image_dir;
 			if (!p->pool_bad[j] && q->vcpus == ps->vcpus && q->memory_mib == ps->memory_mib && q->max_vcpus == ps->max_vcpus &&
-			    q->max_memory_mib == ps->max_memory_mib && q->share_memory == ps->share_memory) {
+			    q->max_memory_mib == ps->max_memory_mib && q->share_memory == ps->share_memory &&
+			    strcmp(qi, pi) == 0) {
 				problem(p, p->pool_line[i], "pool '%s' serves the same sizes as pool '%s' (line %d), with the "
-					"same memory sharing: a GetVM that names no pool would never use '%s'", ps->name,
-					q->name, p->pool_line[j], ps->name);
+					"same memory sharing and image: a GetVM that names no pool would never use '%s'",
+					ps->name, q->name, p->pool_line[j], ps->name);
 				break;
 			}
 		}

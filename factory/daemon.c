@@ -229,16 +229,23 @@ setup_pool(struct vmf_daemon *d, const struct vmf_pool_spec *ps, struct vmf_erro
 	p->shape.memory_mib = ps->shape_memory_mib == VMF_SHAPE_AUTO ? ps->size * ps->memory_mib / 2
 		: ps->shape_memory_mib;
 	p->parallelism = o->fill_parallelism ? o->fill_parallelism : 2;
-	int r = vmf_template_spec_new(&p->params, &d->hv, &d->img, &p->spec, p->template_id, err);
+	/* Its own image, or the daemon's (loaded once, overrides and all). */
+	int r = 0;
+	if (ps->image_dir)
+		r = vmf_image_load(ps->image_dir, NULL, NULL, &p->img, err);
+	else
+		p->img = d->img;
+	if (r == 0)
+		r = vmf_template_spec_new(&p->params, &d->hv, &p->img, &p->spec, p->template_id, err);
 	if (r < 0) {
 		free(p);
 		vmf_error_prefix(err, "pool %s", ps->name);
 		return r;
 	}
 	TAILQ_INSERT_TAIL(&d->cache.pools, p, link);
-	log_tpl(VMF_LOG_INFO, p->template_id, "pool %s of %u VMs with %u vCPU / %u MiB (max %u / %u MiB), %s memory",
-		p->name, p->target, p->params.vcpus, p->params.memory_mib, p->params.max_vcpus,
-		p->params.max_memory_mib, p->params.full_memory ? "private" : "shared");
+	log_tpl(VMF_LOG_INFO, p->template_id, "pool %s of %u VMs with %u vCPU / %u MiB (max %u / %u MiB), %s memory, "
+		"image %s", p->name, p->target, p->params.vcpus, p->params.memory_mib, p->params.max_vcpus,
+		p->params.max_memory_mib, p->params.full_memory ? "private" : "shared", p->img.dir);
 	return 0;
 }
 
@@ -506,7 +513,6 @@ vmf_daemon_run(const struct vmf_daemon_opts *opts, struct vmf_error *err)
 	snprintf(d->cache.vm_root, sizeof(d->cache.vm_root), "%s/vms", opts->run_dir);
 	d->cache.state_dir = d->opts.state_dir;
 	d->cache.run_dir = d->opts.run_dir;
-	d->cache.img = &d->img;
 	d->cache.hooks = (struct vmf_cache_hooks){
 		.ctx = d, .settle = cache_settle, .readiness = cache_readiness, .build_failed = cache_build_failed,
 		.progress = cache_progress, .remove_links = cache_remove_links, .stopped = cache_stopped,
@@ -554,8 +560,21 @@ vmf_daemon_run(const struct vmf_daemon_opts *opts, struct vmf_error *err)
 		r = vmf_err(err, EINVAL, "unknown hypervisor %s", opts->hypervisor);
 		goto out;
 	}
-	if ((r = vmf_image_load(opts->image_dir, opts->kernel, opts->initrd, &d->img, err)) < 0)
+	/* The daemon's image, unless every pool has its own: then the first
+	 * pool's stands in for the probe, and a missing default image does
+	 * not stop a daemon that does not use it. */
+	bool own = opts->n_pools > 0;
+	for (unsigned i = 0; i < opts->n_pools; i++)
+		own = own && opts->pools[i].image_dir;
+	if (own)
+		r = vmf_image_load(opts->pools[0].image_dir, NULL, NULL, &d->img, err);
+	else
+		r = vmf_image_load(opts->image_dir, opts->kernel, opts->initrd, &d->img, err);
+	if (r < 0) {
+		if (own)
+			vmf_error_prefix(err, "pool %s", opts->pools[0].name);
 		goto out;
+	}
 	if ((r = d->ops->probe(opts->qemu_binary, d->img.kernel, &d->hv, err)) < 0)
 		goto out;
 	if (opts->accel && *opts->accel)

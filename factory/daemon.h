@@ -37,6 +37,9 @@ struct vmf_pool_spec {
 	 * the base in total (VMF_SHAPE_AUTO: the defaults). */
 	bool shape;
 	unsigned shape_max, shape_memory_mib;
+	/* Its own guest image ([pool NAME] image_dir); NULL = the daemon's
+	 * (image_dir, with the kernel and initrd overrides). */
+	const char *image_dir;
 };
 
 #define VMF_MAX_POOLS 16

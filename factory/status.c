@@ -272,6 +272,7 @@ status_build(struct vmf_daemon *d, uid_t peer, Vmf__Control__Reply *reply, pid_t
 		ps->share_memory = !p->spec->full_memory;
 		ps->name = strdup(p->name);
 		pool_sizes(d, p, ps);
+		ps->image_dir = strdup(p->img.dir);
 		s->pools[s->n_pools++] = ps;
 
 		vmf__control__template_status__init(ts);
@@ -286,6 +287,9 @@ status_build(struct vmf_daemon *d, uid_t peer, Vmf__Control__Reply *reply, pid_t
 		ts->created_ns = p->tpl ? p->tpl->rec->created_ns : 0;
 		ts->error = strdup(p->last_error);
 		ts->full_memory = p->spec->full_memory;
+		/* What the record says once built: the pool's image otherwise. */
+		ts->image_dir = strdup(p->tpl && p->tpl->rec->image_dir && *p->tpl->rec->image_dir
+				       ? p->tpl->rec->image_dir : p->img.dir);
 		/* The driver that builds and clones it: the probed capabilities
 		 * when it is the daemon's, else what the driver always has. */
 		ts->capabilities = cap_names(p->params.ops == d->ops ? d->hv.caps : p->params.ops->capabilities(NULL),

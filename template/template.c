@@ -29,18 +29,48 @@ vmf_template_dir(const char *state_dir, const char *id, char *buf, size_t n)
 	snprintf(buf, n, "%s/templates/%s", state_dir, id);
 }
 
+/* The image directory holds what build-image makes; a file missing there is
+ * named with the directory, so a mistyped image_dir reads as such. */
+static int
+image_dir_check(const char *dir, bool kernel, bool initrd, struct vmf_error *err)
+{
+	struct stat st;
+	if (stat(dir, &st) < 0)
+		return vmf_err_sys(err, errno, "guest image %s cannot be used (build it with "
+				   "contrib/image/build-image --out %s)", dir, dir);
+	if (!S_ISDIR(st.st_mode))
+		return vmf_err(err, ENOTDIR, "guest image %s is not a directory", dir);
+	const char *need[] = { kernel ? "vmlinuz" : NULL, initrd ? "initrd.img" : NULL, "manifest" };
+	for (size_t i = 0; i < sizeof(need) / sizeof(need[0]); i++) {
+		char path[PATH_MAX];
+		if (!need[i])
+			continue;
+		snprintf(path, sizeof(path), "%s/%s", dir, need[i]);
+		if (access(path, R_OK) < 0)
+			return vmf_err_sys(err, errno, "guest image %s has no readable %s (not an image of "
+					   "contrib/image/build-image, or its build did not finish)", dir, need[i]);
+	}
+	return 0;
+}
+
 int
 vmf_image_load(const char *image_dir, const char *kernel, const char *initrd,
 	       struct vmf_image *img, struct vmf_error *err)
 {
 	memset(img, 0, sizeof(*img));
 	char agent[PATH_MAX];
+	snprintf(img->dir, sizeof(img->dir), "%s", image_dir ? image_dir : "");
 	snprintf(img->kernel, sizeof(img->kernel), "%s", kernel ? kernel : "");
 	snprintf(img->initrd, sizeof(img->initrd), "%s", initrd ? initrd : "");
 	if (!kernel)
 		snprintf(img->kernel, sizeof(img->kernel), "%s/vmlinuz", image_dir);
 	if (!initrd)
 		snprintf(img->initrd, sizeof(img->initrd), "%s/initrd.img", image_dir);
+	if ((!kernel || !initrd) && image_dir) {
+		int r = image_dir_check(image_dir, !kernel, !initrd, err);
+		if (r < 0)
+			return r;
+	}
 	snprintf(agent, sizeof(agent), "%s/vmf-agent", image_dir ? image_dir : "");
 	/* Hashing ~20 MB costs tens of milliseconds: cheaper than trusting a
 	 * manifest that could be stale, and it makes the template id exact. */
@@ -337,6 +367,7 @@ vmf_template_build(struct vmf_catalog *cat, const char *state_dir, const char *r
 	rec.error = (char *)"";
 	rec.kernel_path = (char *)img->kernel;
 	rec.initrd_path = (char *)img->initrd;
+	rec.image_dir = (char *)img->dir;
 	if ((r = vmf_catalog_template_put(cat, &rec, err)) < 0)
 		goto fail_final;
 	log_tpl(VMF_LOG_INFO, id, "template ready in %llu ms (state %llu bytes, memory %llu bytes)",

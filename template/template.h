@@ -15,6 +15,7 @@ struct vmf_catalog;
 
 /* The guest image a template is built from. */
 struct vmf_image {
+	char dir[PATH_MAX];          /* the image directory, as configured */
 	char kernel[PATH_MAX];
 	char initrd[PATH_MAX];
 	char kernel_sha256[VMF_SHA256_HEX];
@@ -22,9 +23,11 @@ struct vmf_image {
 	char agent_sha256[VMF_SHA256_HEX];
 };
 
-/* Loads image_dir/{vmlinuz,initrd.img,manifest} (kernel/initrd override the
- * paths).  Digests come from the manifest when its entries match the files'
- * sizes and mtimes are older than the manifest, else they are computed. */
+/* Loads image_dir/{vmlinuz,initrd.img} (kernel/initrd override the paths)
+ * and hashes them: the initrd's digest is part of the template spec, so an
+ * image with other packages or overlay files makes another template.  While
+ * a file comes from image_dir, the directory must hold a manifest too (an
+ * image of contrib/image/build-image); the error names what is missing. */
 int vmf_image_load(const char *image_dir, const char *kernel, const char *initrd,
 		   struct vmf_image *img, struct vmf_error *err);
 

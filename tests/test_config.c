@@ -53,6 +53,8 @@ dump(const struct vmf_config *c)
 		fprintf(f, "[pool %s] size=%u vcpus=%u memory_mib=%u max_vcpus=%u max_memory_mib=%u max_idle_s=%u "
 			"share_memory=%s\n", p->name, p->size, p->vcpus, p->memory_mib, p->max_vcpus,
 			p->max_memory_mib, p->max_idle_s, p->share_memory ? "yes" : "no");
+		if (p->image_dir)
+			fprintf(f, "[pool %s] image_dir=%s\n", p->name, p->image_dir);
 	}
 #undef S
 #undef U

@@ -157,7 +157,7 @@ static const struct cmd commands[] = {
 	  0, 0, cmd_template_build },
 	{ "template list", "[-o json]", "list templates in the catalog", "", 0, 0, cmd_template_list },
 	{ "template rm", "ID", "remove a template and its files", "", 1, 1, cmd_template_rm },
-	{ "template gc", "[--config FILE]", "remove templates of an old kernel, initrd or QEMU, and files no record points to",
+	{ "template gc", "[--config FILE]", "remove templates of an image no pool uses or an old QEMU, and files no record points to",
 	  "image-dir=,kernel=,initrd=,qemu=,config=", 0, 0, cmd_template_gc },
 	{ "help", "[COMMAND]", "show this help, or a command's usage", "", 0, 2, cmd_help },
 };

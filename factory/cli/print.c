@@ -181,6 +181,7 @@ status_json(const Vmf__Control__Reply *r)
 		JB(x, "full_memory", t->full_memory);
 		JI(x, "created_ns", t->created_ns);
 		JS(x, "error", t->error);
+		JS(x, "image_dir", t->image_dir);
 		json_object *tc = json_object_new_array();
 		for (size_t k = 0; k < t->n_capabilities; k++)
 			json_object_array_add(tc, json_object_new_string(t->capabilities[k]));
@@ -222,6 +223,7 @@ status_json(const Vmf__Control__Reply *r)
 			json_object_array_add(sz, y);
 		}
 		json_object_object_add(x, "sizes", sz);
+		JS(x, "image_dir", p->image_dir);
 		json_object_array_add(ps, x);
 	}
 	json_object_object_add(o, "pools", ps);
@@ -269,6 +271,8 @@ status_human(const Vmf__Control__Reply *r)
 		Vmf__Control__TemplateStatus *t = s->templates[i];
 		printf("%-16.16s  %-8s  %5u  %6u  %9u  %10u  %s\n", t->id, t->state, t->vcpus, t->memory_mib,
 		       t->max_vcpus, t->max_memory_mib, t->full_memory ? "private" : "shared");
+		if (t->image_dir && *t->image_dir)
+			printf("  image: %s\n", t->image_dir);
 		if (t->error && *t->error)
 			printf("  error: %s\n", t->error);
 	}
@@ -278,6 +282,8 @@ status_human(const Vmf__Control__Reply *r)
 		printf("%-16.16s  %-16.16s  %5u  %6u  %6u  %5u  %7u  %6u  %s\n", p->name, p->template_id, p->vcpus,
 		       p->memory_mib, p->target, p->ready, p->filling, p->failed,
 		       p->share_memory ? "shared" : "private");
+		if (p->image_dir && *p->image_dir)
+			printf("  image: %s\n", p->image_dir);
 		if (p->last_error && *p->last_error)
 			printf("  last error: %s\n", p->last_error);
 		if (p->shape)
@@ -341,6 +347,7 @@ template_json(const char *id, const Vmf__Catalog__TemplateRecord *rec, const str
 	JI(o, "age_s", (int64_t)age);
 	JI(o, "build_ms", rec->build_ms);
 	JS(o, "dir", rec->dir);
+	JS(o, "image_dir", rec->image_dir);
 	JS(o, "error", rec->error);
 	json_object *caps = json_object_new_array();
 	/* The template's own driver: templates of different VMMs coexist. */
@@ -370,9 +377,10 @@ template_human(const char *id, const Vmf__Catalog__TemplateRecord *rec, const st
 			snprintf(capstr + strlen(capstr), sizeof(capstr) - strlen(capstr), "%s%s",
 				 capstr[0] ? "," : "", vmf_cap_name(bit));
 	printf("%-16.16s  %-8s  %2u/%-2u vCPU  %5u/%-5u MiB  %-7s  state %7.1f MiB  memory %5.0f MiB  %6.0f s"
-	       "  %s [%s]%s%s\n",
+	       "  %s [%s]%s%s%s%s\n",
 	       rec->id, tstate(rec->state), s ? s->vcpus : 0, s ? s->max_vcpus : 0, s ? s->memory_mib : 0,
 	       s ? s->max_memory_mib : 0, s && s->full_memory ? "private" : "shared", rec->state_size / 1048576.0,
 	       rec->memory_size / 1048576.0, age, tops ? tops->name : "unknown", capstr,
+	       rec->image_dir && *rec->image_dir ? "  image " : "", rec->image_dir ? rec->image_dir : "",
 	       rec->error && *rec->error ? "  error: " : "", rec->error ? rec->error : "");
 }

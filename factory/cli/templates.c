@@ -118,7 +118,11 @@ cmd_template_build(const struct cmd *cmd, struct args *a)
 struct list_ctx {
 	bool json;
 	json_object *arr;
-	const char *current[3];   /* kernel, initrd, hypervisor version digests for gc */
+	/* gc: the images the daemon's pools use, and the current hypervisor
+	 * version; a template of another image or version is stale. */
+	const struct vmf_image *images;
+	unsigned n_images;
+	const char *hv_version;
 	struct vmf_catalog *cat;
 	const char *state_dir;
 	const struct vmf_hv_ops *ops;   /* gc: the configured driver */
@@ -243,8 +247,8 @@ gc_one(const char *id, Vmf__Catalog__TemplateRecord *rec, const struct vmf_error
 {
 	(void)rec_err;
 	struct list_ctx *l = ctx;
-	/* Stale: built from a kernel, initrd or QEMU that is no longer current,
-	 * unreadable, or broken. */
+	/* Stale: built from an image no pool uses (kernel and initrd) or a QEMU
+	 * that is no longer current, unreadable, or broken. */
 	/* Another driver's template: its version cannot be compared with this
 	 * one's, and a daemon configured for that driver may still use it.
 	 * (A record naming no driver is judged: no daemon can use it.) */
@@ -254,8 +258,12 @@ gc_one(const char *id, Vmf__Catalog__TemplateRecord *rec, const struct vmf_error
 		return 0;
 	}
 	bool stale = !rec || !rec->spec || rec->state == VMF__CATALOG__TEMPLATE_STATE__TEMPLATE_BROKEN ||
-		     strcmp(rec->spec->kernel_sha256, l->current[0]) || strcmp(rec->spec->initrd_sha256, l->current[1]) ||
-		     strcmp(rec->spec->hypervisor_version, l->current[2]);
+		     strcmp(rec->spec->hypervisor_version, l->hv_version);
+	bool used = false;
+	for (unsigned i = 0; !stale && !used && i < l->n_images; i++)
+		used = strcmp(rec->spec->kernel_sha256, l->images[i].kernel_sha256) == 0 &&
+		       strcmp(rec->spec->initrd_sha256, l->images[i].initrd_sha256) == 0;
+	stale = stale || !used;
 	if (!stale)
 		return 0;
 	struct vmf_error e = {0};
@@ -291,7 +299,9 @@ cmd_template_gc(const struct cmd *cmd, struct args *a)
 	}
 	struct vmf_error e = {0};
 	struct vmf_hv_info info;
-	struct vmf_image img;
+	/* The daemon's image (for pools without their own) and each pool's. */
+	static struct vmf_image imgs[VMF_MAX_POOLS + 1];
+	unsigned nimg = 0;
 	struct vmf_catalog *cat = NULL;
 	/* The daemon's driver, from the config as the daemon reads it: the
 	 * current version is that driver's, and only its templates are judged. */
@@ -300,14 +310,24 @@ cmd_template_gc(const struct cmd *cmd, struct args *a)
 	int r = ops ? 0 : vmf_err(&e, EINVAL, "unknown hypervisor %s", o.hypervisor);
 	if (r == 0)
 		r = lock = lock_state(o.state_dir, "gc", &e);
+	bool daemon_image = o.n_pools == 0;
+	for (unsigned i = 0; r >= 0 && i < o.n_pools; i++) {
+		if (!o.pools[i].image_dir) {
+			daemon_image = true;
+			continue;
+		}
+		r = vmf_image_load(o.pools[i].image_dir, NULL, NULL, &imgs[nimg++], &e);
+		if (r < 0)
+			vmf_error_prefix(&e, "pool %s", o.pools[i].name);
+	}
+	if (r >= 0 && daemon_image)
+		r = vmf_image_load(o.image_dir, o.kernel, o.initrd, &imgs[nimg++], &e);
 	if (r >= 0)
-		r = vmf_image_load(o.image_dir, o.kernel, o.initrd, &img, &e);
-	if (r == 0)
-		r = ops->probe(o.qemu_binary, img.kernel, &info, &e);
+		r = ops->probe(o.qemu_binary, imgs[0].kernel, &info, &e);
 	if (r == 0)
 		r = open_with_vms(o.state_dir, o.run_dir, &cat, &e);
 	struct list_ctx l = { .cat = cat, .state_dir = o.state_dir, .ops = ops,
-			      .current = { img.kernel_sha256, img.initrd_sha256, info.version } };
+			      .images = imgs, .n_images = nimg, .hv_version = info.version };
 	if (r == 0)
 		r = vmf_catalog_template_list(cat, gc_one, &l, &e);
 	if (r == 0)
