@@ -18,6 +18,8 @@
 #include <sys/un.h>
 #include <signal.h>
 #include <sys/wait.h>
+#include <grp.h>
+#include <pwd.h>
 #include <unistd.h>
 
 #include "daemonlib.h"
@@ -521,4 +523,84 @@ http_get(int port, const char *pathq)
 	buf[len] = 0;
 	close(fd);
 	return buf;
+}
+
+struct tenant_users tu;
+static pid_t tenant_main_pid;
+
+static int
+sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+static int
+sh(const char *fmt, ...)
+{
+	char cmd[1024];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(cmd, sizeof cmd, fmt, ap);
+	va_end(ap);
+	int st = system(cmd);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* Only in the process that made them: Check runs each test in a child that
+ * exits through exit(), atexit handlers and all. */
+void
+tenant_users_remove(void)
+{
+	if (getpid() != tenant_main_pid || !tu.group[0])
+		return;
+	sh("userdel %s >/dev/null 2>&1", tu.a);
+	sh("userdel %s >/dev/null 2>&1", tu.b);
+	sh("groupdel %s >/dev/null 2>&1", tu.group);
+	tu.group[0] = '\0';
+}
+
+static void
+tenant_on_signal(int sig)
+{
+	tenant_users_remove();
+	signal(sig, SIG_DFL);
+	raise(sig);
+}
+
+const char *
+tenant_users_make(const char *prefix)
+{
+	if (geteuid() != 0)
+		return "creating users needs root";
+	if (access("/usr/sbin/useradd", X_OK) != 0 || access("/usr/sbin/groupadd", X_OK) != 0)
+		return "useradd/groupadd are not installed";
+	int pid = (int)getpid();
+	tenant_main_pid = getpid();
+	snprintf(tu.group, sizeof tu.group, "%s%dg", prefix, pid);
+	snprintf(tu.a, sizeof tu.a, "%s%da", prefix, pid);
+	snprintf(tu.b, sizeof tu.b, "%s%db", prefix, pid);
+	atexit(tenant_users_remove);
+	signal(SIGTERM, tenant_on_signal);
+	signal(SIGINT, tenant_on_signal);
+	if (sh("groupadd %s", tu.group) != 0)
+		return "groupadd failed";
+	if (sh("useradd -M -N -g %s -s /usr/sbin/nologin %s", tu.group, tu.a) != 0 ||
+	    sh("useradd -M -N -g %s -s /usr/sbin/nologin %s", tu.group, tu.b) != 0)
+		return "useradd failed";
+	/* getpwnam's result is overwritten by the next call. */
+	struct passwd *pw = getpwnam(tu.a);
+	if (!pw)
+		return "the new users are not found through NSS";
+	tu.uid_a = pw->pw_uid;
+	if (!(pw = getpwnam(tu.b)))
+		return "the new users are not found through NSS";
+	tu.uid_b = pw->pw_uid;
+	struct group *gr = getgrnam(tu.group);
+	if (!gr)
+		return "the new group is not found through NSS";
+	tu.gid = gr->gr_gid;
+	return NULL;
+}
+
+bool
+become_tenant(uid_t uid)
+{
+	return setgroups(1, &tu.gid) == 0 && setgid(tu.gid) == 0 && setuid(uid) == 0;
 }

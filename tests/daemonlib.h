@@ -95,6 +95,22 @@ int free_port(void);
 /* GET http://127.0.0.1:port/path; the whole response (headers too). */
 char *http_get(int port, const char *pathq);
 
+/* Two tenants and their group for tests that act as unprivileged peers:
+ * PREFIX<pid>a, PREFIX<pid>b in group PREFIX<pid>g (prefixes per test, so
+ * parallel tests never share users).  tenant_users_make() returns NULL or
+ * why it cannot (the test then skips); the users go at the main process's
+ * exit, on SIGINT/SIGTERM, or at tenant_users_remove().  become_tenant()
+ * drops a forked child to uid with the group. */
+struct tenant_users {
+	char a[32], b[32], group[32];
+	uid_t uid_a, uid_b;
+	gid_t gid;
+};
+extern struct tenant_users tu;
+const char *tenant_users_make(const char *prefix);
+void tenant_users_remove(void);
+bool become_tenant(uid_t uid);
+
 /* VMFACTORY_TEST="name ..." runs only the tests named (a developer's
  * shortcut, and how contrib/test picks the cases it runs under TSan). */
 bool test_selected(const char *name);

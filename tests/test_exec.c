@@ -30,11 +30,7 @@
 #include "testlib.h"
 #include "util.h"
 
-static char user_a[32], user_b[32], group_name[32];
-static uid_t uid_a, uid_b;
-static gid_t gid;
 static int failures;
-static pid_t main_pid;
 
 static void check(bool ok, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
@@ -101,7 +97,7 @@ spawn_exec(uid_t uid, int in_fd, int *out_fd, int *err_fd, const char *const *ar
 		dup2(in, 0);
 		dup2(o[1], 1);
 		dup2(e[1], 2);
-		if (uid && (setgroups(1, &gid) < 0 || setgid(gid) < 0 || setuid(uid) < 0))
+		if (uid && (!become_tenant(uid)))
 			_exit(99);
 		const char *v[64] = { exe, "exec", "--socket", sock, "--state-dir", state, "--run-dir", run };
 		int n = 8;
@@ -325,7 +321,7 @@ as_user_connect(uid_t uid, const char *path, char *msg, size_t n)
 		close(p[0]);
 		char m[600] = "";
 		int rc = -EPERM;
-		if (setgroups(1, &gid) == 0 && setgid(gid) == 0 && setuid(uid) == 0)
+		if (become_tenant(uid))
 			rc = act_agent_connect(path, m, sizeof m);
 		ssize_t w = write(p[1], &rc, sizeof rc);
 		w += write(p[1], m, strlen(m) + 1);
@@ -353,7 +349,7 @@ vm_field(json_object *rec, const char *key)
 static void
 start_daemon(void)
 {
-	if (vmf(NULL, "init --pool 1 --group %s --wait --timeout 600", group_name) != 0) {
+	if (vmf(NULL, "init --pool 1 --group %s --wait --timeout 600", tu.group) != 0) {
 		char errf[700], *err = NULL;
 		snprintf(errf, sizeof errf, "%s/cli.err", tmp);
 		vmf_read_file(errf, &err, NULL, 1 << 20, NULL);
@@ -373,7 +369,7 @@ get_as(uid_t uid, const char *dir, const char *name)
 	pid_t pid = vmf_test_fork();
 	if (pid == 0) {
 		dup2(o[1], 1);
-		if (uid && (setgroups(1, &gid) < 0 || setgid(gid) < 0 || setuid(uid) < 0))
+		if (uid && (!become_tenant(uid)))
 			_exit(99);
 		execl(exe, exe, "get", "--cpus", "1", "--memory", "256", "--sandbox", name, "--share-dir", share,
 		      "--sock-dir", sockd, "--timeout", "300", "-o", "json", "--socket", sock, "--state-dir", state,
@@ -515,21 +511,21 @@ START_TEST(exec_end_to_end)
 
 	/* ---- tenants: the owner's agent, nobody else's ---- */
 	char a_dir[700];
-	snprintf(a_dir, sizeof a_dir, "%s/%s", tmp, user_a);
+	snprintf(a_dir, sizeof a_dir, "%s/%s", tmp, tu.a);
 	ck_assert_int_eq(mkdir(a_dir, 0755), 0);
-	ck_assert_int_eq(chown(a_dir, uid_a, gid), 0);
-	json_object *avm = get_as(uid_a, a_dir, "tenant-a");
+	ck_assert_int_eq(chown(a_dir, tu.uid_a, tu.gid), 0);
+	json_object *avm = get_as(tu.uid_a, a_dir, "tenant-a");
 	const char *aid = vm_field(avm, "id"), *a_agent = vm_field(avm, "agent_socket");
-	ex_as(uid_a, &r, NULL, (const char *const[]){ aid, "--", "echo", "mine", NULL });
-	check(r.rc == 0 && strcmp(r.out, "mine\n") == 0, "%s runs a command in its own VM (%d: %s)", user_a, r.rc, r.err);
+	ex_as(tu.uid_a, &r, NULL, (const char *const[]){ aid, "--", "echo", "mine", NULL });
+	check(r.rc == 0 && strcmp(r.out, "mine\n") == 0, "%s runs a command in its own VM (%d: %s)", tu.a, r.rc, r.err);
 	run_free(&r);
-	ex_as(uid_b, &r, NULL, (const char *const[]){ aid, "--", "echo", "theirs", NULL });
-	check(r.rc == 125 && strstr(r.err, "not yours"), "%s cannot exec in %s's VM: the CLI says why (%d: %s)", user_b,
-	      user_a, r.rc, r.err);
+	ex_as(tu.uid_b, &r, NULL, (const char *const[]){ aid, "--", "echo", "theirs", NULL });
+	check(r.rc == 125 && strstr(r.err, "not yours"), "%s cannot exec in %s's VM: the CLI says why (%d: %s)", tu.b,
+	      tu.a, r.rc, r.err);
 	run_free(&r);
 	char msg[600];
-	rc = as_user_connect(uid_b, a_agent, msg, sizeof msg);
-	check(rc == -EACCES && strstr(msg, "not yours"), "%s cannot connect to %s's agent socket (%d: %s)", user_b, user_a,
+	rc = as_user_connect(tu.uid_b, a_agent, msg, sizeof msg);
+	check(rc == -EACCES && strstr(msg, "not yours"), "%s cannot connect to %s's agent socket (%d: %s)", tu.b, tu.a,
 	      rc, msg);
 	json_object_put(avm);
 
@@ -548,73 +544,6 @@ START_TEST(exec_end_to_end)
 	ck_assert_msg(failures == 0, "%d check(s) failed; see the FAIL lines above", failures);
 }
 END_TEST
-
-/* ---- users ---- */
-
-static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-
-static int
-sh(const char *fmt, ...)
-{
-	char cmd[1024];
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(cmd, sizeof cmd, fmt, ap);
-	va_end(ap);
-	int st = system(cmd);
-	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
-static void
-remove_users(void)
-{
-	if (getpid() != main_pid || !user_a[0])
-		return;
-	sh("userdel %s >/dev/null 2>&1", user_a);
-	sh("userdel %s >/dev/null 2>&1", user_b);
-	sh("groupdel %s >/dev/null 2>&1", group_name);
-}
-
-static void
-on_signal(int sig)
-{
-	remove_users();
-	signal(sig, SIG_DFL);
-	raise(sig);
-}
-
-static const char *
-make_users(void)
-{
-	if (geteuid() != 0)
-		return "creating users needs root";
-	if (access("/usr/sbin/useradd", X_OK) != 0 || access("/usr/sbin/groupadd", X_OK) != 0)
-		return "useradd/groupadd are not installed";
-	int pid = (int)getpid();
-	snprintf(group_name, sizeof group_name, "vmft-ex%dg", pid);
-	snprintf(user_a, sizeof user_a, "vmft-ex%da", pid);
-	snprintf(user_b, sizeof user_b, "vmft-ex%db", pid);
-	atexit(remove_users);
-	signal(SIGTERM, on_signal);
-	signal(SIGINT, on_signal);
-	if (sh("groupadd %s", group_name) != 0)
-		return "groupadd failed";
-	if (sh("useradd -M -N -g %s -s /usr/sbin/nologin %s", group_name, user_a) != 0 ||
-	    sh("useradd -M -N -g %s -s /usr/sbin/nologin %s", group_name, user_b) != 0)
-		return "useradd failed";
-	struct passwd *pw = getpwnam(user_a);
-	if (!pw)
-		return "the new users are not found through NSS";
-	uid_a = pw->pw_uid;
-	if (!(pw = getpwnam(user_b)))
-		return "the new users are not found through NSS";
-	uid_b = pw->pw_uid;
-	struct group *gr = getgrnam(group_name);
-	if (!gr)
-		return "the new group is not found through NSS";
-	gid = gr->gr_gid;
-	return NULL;
-}
 
 /* The image's agent must know exec (vmf-agent 0.4 and later): its version
  * string, read from the copy beside the initrd (not executable there). */
@@ -644,13 +573,12 @@ image_has_exec(void)
 int
 main(void)
 {
-	main_pid = getpid();
 	const char *why = image_has_exec();
 	if (!why)
-		why = make_users();
+		why = tenant_users_make("vmft-ex");
 	if (why) {
 		printf("exec tests skipped: %s\n", why);
-		remove_users();
+		tenant_users_remove();
 		return 77;
 	}
 	Suite *s = suite_create("exec");
@@ -660,6 +588,6 @@ main(void)
 	ADD_TEST(tc, exec_end_to_end);
 	suite_add_tcase(s, tc);
 	int rc = vmf_test_run(s);
-	remove_users();
+	tenant_users_remove();
 	return rc;
 }

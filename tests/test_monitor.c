@@ -33,9 +33,6 @@
 #include "testlib.h"
 #include "util.h"
 
-static char user_a[32], user_b[32], group_name[32];
-static uid_t uid_a, uid_b;
-static gid_t gid;
 
 /* ---- a tiny QMP client ---- */
 
@@ -149,7 +146,7 @@ greeting_as(uid_t uid, const char *path)
 {
 	pid_t pid = vmf_test_fork();
 	if (pid == 0) {
-		if (setgroups(1, &gid) < 0 || setgid(gid) < 0 || setuid(uid) < 0)
+		if (!become_tenant(uid))
 			_exit(100);
 		struct qmp q;
 		int r = qmp_connect(&q, path);
@@ -174,7 +171,7 @@ get_as(uid_t uid, const char *share, const char *sockd, char *id, size_t n)
 		close(p[0]);
 		char out[64] = "";
 		int rc = -EPERM;
-		if (setgroups(1, &gid) == 0 && setgid(gid) == 0 && setuid(uid) == 0) {
+		if (become_tenant(uid)) {
 			struct vmf_client *c;
 			struct vmf_error e = {0};
 			Vmf__Control__Reply *r = NULL;
@@ -210,7 +207,7 @@ get_as(uid_t uid, const char *share, const char *sockd, char *id, size_t n)
 static void
 start_daemon(void)
 {
-	if (vmf(NULL, "init --pool 1 --group %s --wait --timeout 600", group_name) != 0) {
+	if (vmf(NULL, "init --pool 1 --group %s --wait --timeout 600", tu.group) != 0) {
 		char errf[700], *err = NULL;
 		snprintf(errf, sizeof errf, "%s/cli.err", tmp);
 		vmf_read_file(errf, &err, NULL, 1 << 20, NULL);
@@ -320,12 +317,12 @@ START_TEST(only_the_owner_reaches_the_sandbox_monitor)
 	ck_assert_int_eq(chmod(svc, 0711), 0);
 	start_daemon();
 	char a_dir[700], a_share[800], a_sock[800], id[64];
-	snprintf(a_dir, sizeof a_dir, "%s/%s", tmp, user_a);
+	snprintf(a_dir, sizeof a_dir, "%s/%s", tmp, tu.a);
 	ck_assert_int_eq(mkdir(a_dir, 0755), 0);
-	ck_assert_int_eq(chown(a_dir, uid_a, gid), 0);
+	ck_assert_int_eq(chown(a_dir, tu.uid_a, tu.gid), 0);
 	snprintf(a_share, sizeof a_share, "%s/share", a_dir);
 	snprintf(a_sock, sizeof a_sock, "%s/sock", a_dir);
-	ck_assert_int_eq(get_as(uid_a, a_share, a_sock, id, sizeof id), 0);
+	ck_assert_int_eq(get_as(tu.uid_a, a_share, a_sock, id, sizeof id), 0);
 
 	json_object *ins = vmf_json("inspect %s -o json", id);
 	json_object *vm = path(ins, "vm", NULL);
@@ -337,10 +334,10 @@ START_TEST(only_the_owner_reaches_the_sandbox_monitor)
 
 	char p[900];
 	snprintf(p, sizeof p, "%s/%s", a_sock, mon);
-	int rc = greeting_as(uid_a, p);
-	ck_assert_msg(rc == 0, "%s gets no QMP greeting on its VM's monitor %s: %s", user_a, p, strerror(-rc));
-	rc = greeting_as(uid_b, p);
-	ck_assert_msg(rc == -EACCES, "%s reaches %s's monitor: %s", user_b, user_a, strerror(-rc));
+	int rc = greeting_as(tu.uid_a, p);
+	ck_assert_msg(rc == 0, "%s gets no QMP greeting on its VM's monitor %s: %s", tu.a, p, strerror(-rc));
+	rc = greeting_as(tu.uid_b, p);
+	ck_assert_msg(rc == -EACCES, "%s reaches %s's monitor: %s", tu.b, tu.a, strerror(-rc));
 
 	/* Every other socket in the VM's dir is the daemon's: no tenant gets
 	 * in, the owner included. */
@@ -356,8 +353,8 @@ START_TEST(only_the_owner_reaches_the_sandbox_monitor)
 			continue;
 		others++;
 		snprintf(p, sizeof p, "%s/%s", a_sock, de->d_name);
-		rc = greeting_as(uid_a, p);
-		ck_assert_msg(rc == -EACCES, "the owner %s reaches the daemon's socket %s: %s", user_a, de->d_name,
+		rc = greeting_as(tu.uid_a, p);
+		ck_assert_msg(rc == -EACCES, "the owner %s reaches the daemon's socket %s: %s", tu.a, de->d_name,
 			      strerror(-rc));
 		/* The daemon's monitor works: root, as the daemon, gets a greeting
 		 * only while the daemon is not connected, so just connect. */
@@ -428,85 +425,13 @@ START_TEST(vm_records_of_an_earlier_state_catalog_are_adopted)
 }
 END_TEST
 
-/* ---- users ---- */
-
-static int
-sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-
-static int
-sh(const char *fmt, ...)
-{
-	char cmd[1024];
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(cmd, sizeof cmd, fmt, ap);
-	va_end(ap);
-	int st = system(cmd);
-	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
-static pid_t main_pid;
-
-/* Only in main's process: Check runs each test in a child. */
-static void
-remove_users(void)
-{
-	if (getpid() != main_pid)
-		return;
-	sh("userdel %s >/dev/null 2>&1", user_a);
-	sh("userdel %s >/dev/null 2>&1", user_b);
-	sh("groupdel %s >/dev/null 2>&1", group_name);
-}
-
-static void
-on_signal(int sig)
-{
-	remove_users();
-	signal(sig, SIG_DFL);
-	raise(sig);
-}
-
-static const char *
-make_users(void)
-{
-	if (geteuid() != 0)
-		return "creating users needs root";
-	if (access("/usr/sbin/useradd", X_OK) != 0 || access("/usr/sbin/groupadd", X_OK) != 0)
-		return "useradd/groupadd are not installed";
-	int pid = (int)getpid();
-	snprintf(group_name, sizeof group_name, "vmft-mo%dg", pid);
-	snprintf(user_a, sizeof user_a, "vmft-mo%da", pid);
-	snprintf(user_b, sizeof user_b, "vmft-mo%db", pid);
-	atexit(remove_users);
-	signal(SIGTERM, on_signal);
-	signal(SIGINT, on_signal);
-	if (sh("groupadd %s", group_name) != 0)
-		return "groupadd failed";
-	if (sh("useradd -M -N -g %s -s /usr/sbin/nologin %s", group_name, user_a) != 0 ||
-	    sh("useradd -M -N -g %s -s /usr/sbin/nologin %s", group_name, user_b) != 0)
-		return "useradd failed";
-	struct passwd *pw = getpwnam(user_a);
-	if (!pw)
-		return "the new users are not found through NSS";
-	uid_a = pw->pw_uid;
-	if (!(pw = getpwnam(user_b)))
-		return "the new users are not found through NSS";
-	uid_b = pw->pw_uid;
-	struct group *gr = getgrnam(group_name);
-	if (!gr)
-		return "the new group is not found through NSS";
-	gid = gr->gr_gid;
-	return NULL;
-}
-
 int
 main(void)
 {
-	main_pid = getpid();
-	const char *why = make_users();
+	const char *why = tenant_users_make("vmft-mo");
 	if (why) {
 		printf("monitor tests skipped: %s\n", why);
-		remove_users();
+		tenant_users_remove();
 		return 77;
 	}
 	Suite *s = suite_create("monitor");
@@ -518,6 +443,6 @@ main(void)
 	ADD_TEST(tc, vm_records_of_an_earlier_state_catalog_are_adopted);
 	suite_add_tcase(s, tc);
 	int rc = vmf_test_run(s);
-	remove_users();
+	tenant_users_remove();
 	return rc;
 }

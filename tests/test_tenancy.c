@@ -31,9 +31,6 @@
 #include "testlib.h"
 #include "util.h"
 
-static char user_a[32], user_b[32], group_name[32];
-static uid_t uid_a, uid_b;
-static gid_t gid;
 static int failures;
 
 static void check(bool ok, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -71,7 +68,7 @@ as_user(uid_t uid, act_fn fn, const void *arg, struct act *out)
 		close(p[0]);
 		char msg[1100] = "";
 		int rc = -EPERM;
-		if (setgroups(1, &gid) == 0 && setgid(gid) == 0 && setuid(uid) == 0)
+		if (become_tenant(uid))
 			rc = fn(arg, msg, sizeof msg);
 		else
 			snprintf(msg, sizeof msg, "cannot become uid %u: %s", (unsigned)uid, strerror(errno));
@@ -240,7 +237,7 @@ wait_ready(int want)
 static void
 start_daemon(void)
 {
-	if (vmf(NULL, "init --pool 1 --group %s --wait --timeout 600", group_name) != 0) {
+	if (vmf(NULL, "init --pool 1 --group %s --wait --timeout 600", tu.group) != 0) {
 		char errf[700], *err = NULL;
 		snprintf(errf, sizeof errf, "%s/cli.err", tmp);
 		vmf_read_file(errf, &err, NULL, 1 << 20, NULL);
@@ -279,49 +276,49 @@ START_TEST(tenants_are_confined_and_own_their_vms)
 	wait_ready(1);
 
 	char a_dir[700], b_dir[700], a_link[700], etc_share[200], etc_sock[200], p1[800], p2[800];
-	snprintf(a_dir, sizeof a_dir, "%s/%s", tmp, user_a);
-	snprintf(b_dir, sizeof b_dir, "%s/%s", tmp, user_b);
-	snprintf(a_link, sizeof a_link, "%s/%s-link", tmp, user_a);
+	snprintf(a_dir, sizeof a_dir, "%s/%s", tmp, tu.a);
+	snprintf(b_dir, sizeof b_dir, "%s/%s", tmp, tu.b);
+	snprintf(a_link, sizeof a_link, "%s/%s-link", tmp, tu.a);
 	/* Each user's own sandbox dir, as a runtime would set it up. */
 	struct act a;
 	ck_assert_int_eq(mkdir(a_dir, 0755), 0);
-	ck_assert_int_eq(chown(a_dir, uid_a, gid), 0);
+	ck_assert_int_eq(chown(a_dir, tu.uid_a, tu.gid), 0);
 	ck_assert_int_eq(mkdir(b_dir, 0755), 0);
-	ck_assert_int_eq(chown(b_dir, uid_b, gid), 0);
+	ck_assert_int_eq(chown(b_dir, tu.uid_b, tu.gid), 0);
 	ck_assert_int_eq(symlink(a_dir, a_link), 0);
 
 	/* ---- where links may go ---- */
-	snprintf(etc_share, sizeof etc_share, "/etc/%s-share", user_a);
-	snprintf(etc_sock, sizeof etc_sock, "/etc/%s-sock", user_a);
-	refused(uid_a, "a link in /etc", etc_share, etc_sock, "sandbox root");
+	snprintf(etc_share, sizeof etc_share, "/etc/%s-share", tu.a);
+	snprintf(etc_sock, sizeof etc_sock, "/etc/%s-sock", tu.a);
+	refused(tu.uid_a, "a link in /etc", etc_share, etc_sock, "sandbox root");
 	unlink(etc_share);
 	unlink(etc_sock);
-	snprintf(p1, sizeof p1, "%s/../%s/share", a_dir, user_a);
+	snprintf(p1, sizeof p1, "%s/../%s/share", a_dir, tu.a);
 	snprintf(p2, sizeof p2, "%s/sock", a_dir);
-	refused(uid_a, "a path with '..'", p1, p2, "..");
+	refused(tu.uid_a, "a path with '..'", p1, p2, "..");
 	snprintf(p1, sizeof p1, "%s/share", a_link);
 	snprintf(p2, sizeof p2, "%s/sock", a_link);
-	refused(uid_a, "a parent reached through a symlink", p1, p2, "symlink");
+	refused(tu.uid_a, "a parent reached through a symlink", p1, p2, "symlink");
 	snprintf(p1, sizeof p1, "%s/share", b_dir);
 	snprintf(p2, sizeof p2, "%s/sock", b_dir);
-	refused(uid_a, "a parent owned by another user", p1, p2, "belongs to uid");
+	refused(tu.uid_a, "a parent owned by another user", p1, p2, "belongs to uid");
 	snprintf(p1, sizeof p1, "%s/a-share", tmp);
 	snprintf(p2, sizeof p2, "%s/a-sock", tmp);
-	refused(uid_a, "a parent owned by root (the root itself)", p1, p2, "belongs to uid");
+	refused(tu.uid_a, "a parent owned by root (the root itself)", p1, p2, "belongs to uid");
 	snprintf(p1, sizeof p1, "%s/vms/share", run);
 	snprintf(p2, sizeof p2, "%s/sock", state);
-	refused(uid_a, "paths in the daemon's run and state dirs", p1, p2, NULL);
+	refused(tu.uid_a, "paths in the daemon's run and state dirs", p1, p2, NULL);
 
 	/* ---- a good path: the user's own dir below the root ---- */
 	char a_share[800], a_sock[800], a_id[64] = "";
 	snprintf(a_share, sizeof a_share, "%s/share", a_dir);
 	snprintf(a_sock, sizeof a_sock, "%s/sock", a_dir);
 	struct get_arg g = { a_share, a_sock, "tenant-a" };
-	as_user(uid_a, act_get, &g, &a);
-	ck_assert_msg(a.rc == 0, "GetVM as %s into its own dir failed: %s", user_a, a.msg);
+	as_user(tu.uid_a, act_get, &g, &a);
+	ck_assert_msg(a.rc == 0, "GetVM as %s into its own dir failed: %s", tu.a, a.msg);
 	unsigned owner = 0;
 	sscanf(a.msg, "%63s %u", a_id, &owner);
-	check(owner == uid_a, "the reply names the owner uid %u (got %u)", (unsigned)uid_a, owner);
+	check(owner == tu.uid_a, "the reply names the owner uid %u (got %u)", (unsigned)tu.uid_a, owner);
 
 	/* root's VM */
 	struct got root_vm = {0};
@@ -332,30 +329,30 @@ START_TEST(tenants_are_confined_and_own_their_vms)
 	const char *names[] = { "qmp.sock", "agent.sock" };
 	for (int i = 0; i < 2; i++) {
 		snprintf(p1, sizeof p1, "%s/%s", a_sock, names[i]);
-		as_user(uid_a, act_connect, p1, &a);
-		check(a.rc == 0, "%s connects to its VM's %s through the sock_dir link (%s)", user_a, names[i], a.msg);
-		as_user(uid_b, act_connect, p1, &a);
-		check(a.rc == -EACCES, "%s cannot connect to %s's %s (%s)", user_b, user_a, names[i], a.msg);
+		as_user(tu.uid_a, act_connect, p1, &a);
+		check(a.rc == 0, "%s connects to its VM's %s through the sock_dir link (%s)", tu.a, names[i], a.msg);
+		as_user(tu.uid_b, act_connect, p1, &a);
+		check(a.rc == -EACCES, "%s cannot connect to %s's %s (%s)", tu.b, tu.a, names[i], a.msg);
 	}
 	/* Search, not list; and nothing but the sockets and the share. */
 	snprintf(p1, sizeof p1, "%s/", a_sock);
-	as_user(uid_a, act_open, p1, &a);
-	check(a.rc == -EACCES, "%s cannot list its VM's dir (%s)", user_a, a.msg);
+	as_user(tu.uid_a, act_open, p1, &a);
+	check(a.rc == -EACCES, "%s cannot list its VM's dir (%s)", tu.a, a.msg);
 	snprintf(p1, sizeof p1, "%s/qemu.log", a_sock);
-	as_user(uid_a, act_open, p1, &a);
-	check(a.rc == -EACCES, "%s cannot read QEMU's log in its VM's dir (%s)", user_a, a.msg);
+	as_user(tu.uid_a, act_open, p1, &a);
+	check(a.rc == -EACCES, "%s cannot read QEMU's log in its VM's dir (%s)", tu.a, a.msg);
 	snprintf(p1, sizeof p1, "%s/", a_share);
-	as_user(uid_a, act_open, p1, &a);
-	check(a.rc == 0, "%s opens its VM's share (%s)", user_a, a.msg);
-	as_user(uid_b, act_open, p1, &a);
-	check(a.rc == -EACCES, "%s cannot open %s's share (%s)", user_b, user_a, a.msg);
+	as_user(tu.uid_a, act_open, p1, &a);
+	check(a.rc == 0, "%s opens its VM's share (%s)", tu.a, a.msg);
+	as_user(tu.uid_b, act_open, p1, &a);
+	check(a.rc == -EACCES, "%s cannot open %s's share (%s)", tu.b, tu.a, a.msg);
 	snprintf(p1, sizeof p1, "%s/qmp.sock", root_vm.sockd);
-	as_user(uid_a, act_connect, p1, &a);
-	check(a.rc == -EACCES, "%s cannot connect to root's VM's QMP socket (%s)", user_a, a.msg);
+	as_user(tu.uid_a, act_connect, p1, &a);
+	check(a.rc == -EACCES, "%s cannot connect to root's VM's QMP socket (%s)", tu.a, a.msg);
 
 	/* ---- ownership, also after the daemon restarts ---- */
-	as_user(uid_a, act_release, root_vm.id, &a);
-	check(a.rc == -EACCES && strstr(a.msg, root_vm.id), "%s cannot release root's VM (%d: %s)", user_a, a.rc,
+	as_user(tu.uid_a, act_release, root_vm.id, &a);
+	check(a.rc == -EACCES && strstr(a.msg, root_vm.id), "%s cannot release root's VM (%d: %s)", tu.a, a.rc,
 	      a.msg);
 	kill_daemon_hard();
 	start_daemon();
@@ -367,31 +364,31 @@ START_TEST(tenants_are_confined_and_own_their_vms)
 		const char *id = json_object_get_string(path(v, "id", NULL));
 		json_object *o = NULL;
 		unsigned uid = json_object_object_get_ex(v, "owner_uid", &o) ? (unsigned)json_object_get_int64(o) : 99999;
-		owners_ok += (!strcmp(id, a_id) && uid == uid_a) + (!strcmp(id, root_vm.id) && uid == 0);
+		owners_ok += (!strcmp(id, a_id) && uid == tu.uid_a) + (!strcmp(id, root_vm.id) && uid == 0);
 	}
 	json_object_put(s);
 	check(owners_ok == 2, "after a restart root's status shows both owners");
 
-	as_user(uid_a, act_inspect, root_vm.id, &a);
-	check(a.rc == -EACCES && strstr(a.msg, root_vm.id), "%s cannot inspect root's VM (%d: %s)", user_a, a.rc, a.msg);
-	as_user(uid_a, act_release, root_vm.id, &a);
+	as_user(tu.uid_a, act_inspect, root_vm.id, &a);
+	check(a.rc == -EACCES && strstr(a.msg, root_vm.id), "%s cannot inspect root's VM (%d: %s)", tu.a, a.rc, a.msg);
+	as_user(tu.uid_a, act_release, root_vm.id, &a);
 	check(a.rc == -EACCES && strstr(a.msg, root_vm.id), "%s cannot release root's VM after the restart (%d: %s)",
-	      user_a, a.rc, a.msg);
-	as_user(uid_b, act_inspect, a_id, &a);
-	check(a.rc == -EACCES, "%s cannot inspect %s's VM (%d: %s)", user_b, user_a, a.rc, a.msg);
-	as_user(uid_a, act_inspect, a_id, &a);
-	check(a.rc == 0 && !strcmp(a.msg, "tenant-a"), "%s inspects its own VM (%d: %s)", user_a, a.rc, a.msg);
-	as_user(uid_a, act_status, NULL, &a);
+	      tu.a, a.rc, a.msg);
+	as_user(tu.uid_b, act_inspect, a_id, &a);
+	check(a.rc == -EACCES, "%s cannot inspect %s's VM (%d: %s)", tu.b, tu.a, a.rc, a.msg);
+	as_user(tu.uid_a, act_inspect, a_id, &a);
+	check(a.rc == 0 && !strcmp(a.msg, "tenant-a"), "%s inspects its own VM (%d: %s)", tu.a, a.rc, a.msg);
+	as_user(tu.uid_a, act_status, NULL, &a);
 	char want[100];
 	snprintf(want, sizeof want, "%s ready=", a_id);
-	check(a.rc == 0 && strncmp(a.msg, want, strlen(want)) == 0, "%s's status lists its own VM only (%s)", user_a,
+	check(a.rc == 0 && strncmp(a.msg, want, strlen(want)) == 0, "%s's status lists its own VM only (%s)", tu.a,
 	      a.msg);
-	as_user(uid_a, act_destroy, NULL, &a);
-	check(a.rc == -EPERM, "%s cannot destroy the daemon (%d: %s)", user_a, a.rc, a.msg);
+	as_user(tu.uid_a, act_destroy, NULL, &a);
+	check(a.rc == -EPERM, "%s cannot destroy the daemon (%d: %s)", tu.a, a.rc, a.msg);
 	check(kill(daemon_pid(), 0) == 0, "the daemon still runs");
 
-	as_user(uid_a, act_release, a_id, &a);
-	check(a.rc == 0, "%s releases its own VM (%s)", user_a, a.msg);
+	as_user(tu.uid_a, act_release, a_id, &a);
+	check(a.rc == 0, "%s releases its own VM (%s)", tu.a, a.msg);
 	struct stat st;
 	check(lstat(a_share, &st) < 0 && lstat(a_sock, &st) < 0, "its links are gone");
 	ck_assert_int_eq(vmf(NULL, "release %s", root_vm.id), 0);
@@ -480,88 +477,13 @@ START_TEST(roots_overlapping_daemon_dirs_are_refused)
 }
 END_TEST
 
-/* ---- users ---- */
-
-static int
-sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-
-static int
-sh(const char *fmt, ...)
-{
-	char cmd[1024];
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(cmd, sizeof cmd, fmt, ap);
-	va_end(ap);
-	int st = system(cmd);
-	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
-static pid_t main_pid;
-
-/* Only in main's process: Check runs each test in a child that exits
- * through exit(), atexit handlers and all. */
-static void
-remove_users(void)
-{
-	if (getpid() != main_pid)
-		return;
-	sh("userdel %s >/dev/null 2>&1", user_a);
-	sh("userdel %s >/dev/null 2>&1", user_b);
-	sh("groupdel %s >/dev/null 2>&1", group_name);
-}
-
-static void
-on_signal(int sig)
-{
-	remove_users();
-	signal(sig, SIG_DFL);
-	raise(sig);
-}
-
-static const char *
-make_users(void)
-{
-	if (geteuid() != 0)
-		return "creating users needs root";
-	if (access("/usr/sbin/useradd", X_OK) != 0 || access("/usr/sbin/groupadd", X_OK) != 0)
-		return "useradd/groupadd are not installed";
-	int pid = (int)getpid();
-	main_pid = getpid();
-	snprintf(group_name, sizeof group_name, "vmft-ten%dg", pid);
-	snprintf(user_a, sizeof user_a, "vmft-ten%da", pid);
-	snprintf(user_b, sizeof user_b, "vmft-ten%db", pid);
-	atexit(remove_users);
-	signal(SIGTERM, on_signal);
-	signal(SIGINT, on_signal);
-	if (sh("groupadd %s", group_name) != 0)
-		return "groupadd failed";
-	if (sh("useradd -M -N -g %s -s /usr/sbin/nologin %s", group_name, user_a) != 0 ||
-	    sh("useradd -M -N -g %s -s /usr/sbin/nologin %s", group_name, user_b) != 0)
-		return "useradd failed";
-	/* getpwnam's result is overwritten by the next call. */
-	struct passwd *pw = getpwnam(user_a);
-	if (!pw)
-		return "the new users are not found through NSS";
-	uid_a = pw->pw_uid;
-	if (!(pw = getpwnam(user_b)))
-		return "the new users are not found through NSS";
-	uid_b = pw->pw_uid;
-	struct group *gr = getgrnam(group_name);
-	if (!gr)
-		return "the new group is not found through NSS";
-	gid = gr->gr_gid;
-	return NULL;
-}
-
 int
 main(void)
 {
-	main_pid = getpid();
-	const char *why = make_users();
+	const char *why = tenant_users_make("vmft-ten");
 	if (why) {
 		printf("tenancy tests skipped: %s\n", why);
-		remove_users();
+		tenant_users_remove();
 		return 77;
 	}
 	Suite *s = suite_create("tenancy");
@@ -573,6 +495,6 @@ main(void)
 	ADD_TEST(tc, a_hung_sandbox_path_blocks_only_its_request);
 	suite_add_tcase(s, tc);
 	int rc = vmf_test_run(s);
-	remove_users();
+	tenant_users_remove();
 	return rc;
 }
