@@ -604,3 +604,18 @@ become_tenant(uid_t uid)
 {
 	return setgroups(1, &tu.gid) == 0 && setgid(tu.gid) == 0 && setuid(uid) == 0;
 }
+
+int failures;
+
+void
+check(bool ok, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	fputs(ok ? "ok:   " : "FAIL: ", stdout);
+	vprintf(fmt, ap);
+	fputc('\n', stdout);
+	va_end(ap);
+	fflush(stdout);
+	failures += !ok;
+}

@@ -95,6 +95,11 @@ int free_port(void);
 /* GET http://127.0.0.1:port/path; the whole response (headers too). */
 char *http_get(int port, const char *pathq);
 
+/* One line per check, "ok:" or "FAIL:", for tests that report many checks
+ * and fail once at the end (ck_assert_msg(failures == 0, ...)). */
+extern int failures;
+void check(bool ok, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
 /* Two tenants and their group for tests that act as unprivileged peers:
  * PREFIX<pid>a, PREFIX<pid>b in group PREFIX<pid>g (prefixes per test, so
  * parallel tests never share users).  tenant_users_make() returns NULL or

@@ -40,15 +40,6 @@ static int host_fd = -1;
 static char *share;
 static const char *machine_id_file;  /* --machine-id-file for the next start_agent */
 
-static const char *
-agent_path(void)
-{
-	static char path[600];
-	const char *b = getenv("VMFACTORY_BUILDDIR");
-	snprintf(path, sizeof path, "%s/contrib/agent/vmf-agent", b ? b : ".");
-	return path;
-}
-
 static void
 start_agent(void)
 {
@@ -64,10 +55,10 @@ start_agent(void)
 			dup2(sv[1], 3);
 		syscall(SYS_close_range, 4U, ~0U, 0U);
 		if (machine_id_file)
-			execl(agent_path(), "vmf-agent", "--fd", "3", "--share-dir", share, "--machine-id-file",
+			execl(vmf_test_agent_path(), "vmf-agent", "--fd", "3", "--share-dir", share, "--machine-id-file",
 			      machine_id_file, (char *)NULL);
 		else
-			execl(agent_path(), "vmf-agent", "--fd", "3", "--share-dir", share, (char *)NULL);
+			execl(vmf_test_agent_path(), "vmf-agent", "--fd", "3", "--share-dir", share, (char *)NULL);
 		_exit(127);
 	}
 	close(sv[1]);
@@ -460,21 +451,7 @@ listener_setup(void)
 	lis_dir = vmf_test_tmpdir("vmf-agent-lis");
 	lis_addr.sun_family = AF_UNIX;
 	snprintf(lis_addr.sun_path, sizeof lis_addr.sun_path, "%s/agent.sock", lis_dir);
-	int lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	ck_assert_int_ge(lfd, 0);
-	ck_assert_int_eq(bind(lfd, (struct sockaddr *)&lis_addr, sizeof lis_addr), 0);
-	ck_assert_int_eq(listen(lfd, 4), 0);
-	pid = vmf_test_fork();
-	if (pid == 0) {
-		if (lfd == 3)
-			fcntl(3, F_SETFD, 0);
-		else
-			dup2(lfd, 3);
-		syscall(SYS_close_range, 4U, ~0U, 0U);
-		execl(agent_path(), "vmf-agent", "--listen-fd", "3", "--share-dir", share, (char *)NULL);
-		_exit(127);
-	}
-	close(lfd);
+	pid = vmf_test_agent_listener(lis_addr.sun_path, share);
 }
 
 static void
@@ -638,7 +615,7 @@ START_TEST(listener_option_errors)
 			char *argv[6] = { "vmf-agent" };
 			for (int k = 0; k < 4 && bad[i][k]; k++)
 				argv[k + 1] = (char *)bad[i][k];
-			execv(agent_path(), argv);
+			execv(vmf_test_agent_path(), argv);
 			_exit(127);
 		}
 		int st;

@@ -25,37 +25,12 @@ static pid_t agent_pid = -1;
 static char *dir;
 static char sock[600];
 
-static const char *
-agent_path(void)
-{
-	static char path[600];
-	const char *b = getenv("VMFACTORY_BUILDDIR");
-	snprintf(path, sizeof path, "%s/contrib/agent/vmf-agent", b ? b : ".");
-	return path;
-}
-
 static void
 setup(void)
 {
 	dir = vmf_test_tmpdir("vmf-agent-exec");
 	snprintf(sock, sizeof sock, "%s/agent.sock", dir);
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	snprintf(sa.sun_path, sizeof sa.sun_path, "%s", sock);
-	int lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	ck_assert_int_ge(lfd, 0);
-	ck_assert_int_eq(bind(lfd, (struct sockaddr *)&sa, sizeof sa), 0);
-	ck_assert_int_eq(listen(lfd, 4), 0);
-	agent_pid = vmf_test_fork();
-	if (agent_pid == 0) {
-		if (lfd == 3)
-			fcntl(3, F_SETFD, 0);
-		else
-			dup2(lfd, 3);
-		syscall(SYS_close_range, 4U, ~0U, 0U);
-		execl(agent_path(), "vmf-agent", "--listen-fd", "3", "--share-dir", dir, (char *)NULL);
-		_exit(127);
-	}
-	close(lfd);
+	agent_pid = vmf_test_agent_listener(sock, dir);
 }
 
 static void

@@ -30,23 +30,6 @@
 #include "testlib.h"
 #include "util.h"
 
-static int failures;
-
-static void check(bool ok, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static void
-check(bool ok, const char *fmt, ...)
-{
-	va_list ap;
-	va_start(ap, fmt);
-	fputs(ok ? "ok:   " : "FAIL: ", stdout);
-	vprintf(fmt, ap);
-	fputc('\n', stdout);
-	va_end(ap);
-	fflush(stdout);
-	failures += !ok;
-}
-
 /* ---- running the CLI ---- */
 
 struct run {

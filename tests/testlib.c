@@ -12,7 +12,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "frame.h"
@@ -253,4 +256,36 @@ vmf_write_file_atomic(const char *path, const void *data, size_t len, mode_t mod
 		return vmf_fsync_dir(dir, err);
 	}
 	return vmf_fsync_dir(".", err);
+}
+
+const char *
+vmf_test_agent_path(void)
+{
+	static char path[600];
+	const char *b = getenv("VMFACTORY_BUILDDIR");
+	snprintf(path, sizeof path, "%s/contrib/agent/vmf-agent", b ? b : ".");
+	return path;
+}
+
+pid_t
+vmf_test_agent_listener(const char *sock_path, const char *share_dir)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	snprintf(sa.sun_path, sizeof sa.sun_path, "%s", sock_path);
+	int lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	ck_assert_int_ge(lfd, 0);
+	ck_assert_int_eq(bind(lfd, (struct sockaddr *)&sa, sizeof sa), 0);
+	ck_assert_int_eq(listen(lfd, 4), 0);
+	pid_t pid = vmf_test_fork();
+	if (pid == 0) {
+		if (lfd == 3)
+			fcntl(3, F_SETFD, 0);
+		else
+			dup2(lfd, 3);
+		syscall(SYS_close_range, 4U, ~0U, 0U);
+		execl(vmf_test_agent_path(), "vmf-agent", "--listen-fd", "3", "--share-dir", share_dir, (char *)NULL);
+		_exit(127);
+	}
+	close(lfd);
+	return pid;
 }

@@ -37,6 +37,12 @@ char *vmf_test_tmpdir(const char *prefix);
  * must call nothing from check. */
 pid_t vmf_test_fork(void);
 
+/* This build's guest agent (VMFACTORY_BUILDDIR/contrib/agent/vmf-agent). */
+const char *vmf_test_agent_path(void);
+/* The agent in listener test mode (--listen-fd) on a new unix socket at
+ * sock_path, sharing share_dir; its pid (the caller kills it). */
+pid_t vmf_test_agent_listener(const char *sock_path, const char *share_dir);
+
 /* Path in the source tree (VMFACTORY_SRCDIR/rel); static buffer. */
 const char *vmf_test_src(const char *rel);
 
