@@ -188,21 +188,6 @@ fnv(uint64_t h, const uint8_t *d, size_t n)
 	return h;
 }
 
-static long
-rss_kib(pid_t p)
-{
-	char path[64], line[256];
-	snprintf(path, sizeof path, "/proc/%d/status", (int)p);
-	FILE *f = fopen(path, "r");
-	long kib = -1;
-	while (f && fgets(line, sizeof line, f))
-		if (sscanf(line, "VmRSS: %ld kB", &kib) == 1)
-			break;
-	if (f)
-		fclose(f);
-	return kib;
-}
-
 /* 32 MiB through cat: stdin in within its window, stdout back, checked
  * byte for byte (a checksum), both ways at once. */
 START_TEST(stdin_streamed_through_cat)
@@ -255,10 +240,10 @@ START_TEST(output_back_pressure)
 {
 	struct vmf_client_agent *a = conn();
 	uint64_t id = start(a, (const char *const[]){ "head", "-c", "67108864", "/dev/zero", NULL }, NULL);
-	long base = rss_kib(agent_pid);
+	long base = (long)vmf_proc_rss_kib(agent_pid);
 	/* The host stays away long enough for an unbounded agent to take it all. */
 	poll(NULL, 0, 1500);
-	long held = rss_kib(agent_pid);
+	long held = (long)vmf_proc_rss_kib(agent_pid);
 	ck_assert_msg(held - base < 4096, "the agent grew from %ld to %ld KiB while the host did not read", base,
 		      held);
 	struct result r;

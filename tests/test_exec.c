@@ -171,21 +171,6 @@ feed_thread(void *arg)
 	return NULL;
 }
 
-static long
-rss_kib(pid_t p)
-{
-	char path[64], line[256];
-	snprintf(path, sizeof path, "/proc/%d/status", (int)p);
-	FILE *f = fopen(path, "r");
-	long kib = -1;
-	while (f && fgets(line, sizeof line, f))
-		if (sscanf(line, "VmRSS: %ld kB", &kib) == 1)
-			break;
-	if (f)
-		fclose(f);
-	return kib;
-}
-
 static void
 hundred_mib_through_cat(const char *id)
 {
@@ -214,7 +199,7 @@ hundred_mib_through_cat(const char *id)
 		sum = fnv(sum, buf, (size_t)n);
 		got += (size_t)n;
 		if (slow) {
-			long r = rss_kib(pid);
+			long r = (long)vmf_proc_rss_kib(pid);
 			if (first < 0)
 				first = r;
 			worst = r > worst ? r : worst;
