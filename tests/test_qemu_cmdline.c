@@ -106,6 +106,17 @@ START_TEST(template_and_clone_lines)
 }
 END_TEST
 
+/* <run_dir (56 at most)>/vms/<uuid>/NAME must fit sun_path (107 bytes):
+ * a longer name made clones fail under long test dirs. */
+START_TEST(socket_names_fit_a_run_dir_at_its_limit)
+{
+	const char *names[] = { vmf_qemu_ops.control_socket, vmf_qemu_ops.sandbox_control_socket };
+	for (int i = 0; i < 2; i++)
+		ck_assert_msg(56 + strlen("/vms/") + 36 + 1 + strlen(names[i]) <= 107,
+			      "socket name %s does not fit below a run dir of 56 characters", names[i]);
+}
+END_TEST
+
 START_TEST(bad_configs_are_refused_clearly)
 {
 	char **argv;
@@ -142,6 +153,7 @@ main(void)
 	tcase_add_test(tc, cold_boot_line);
 	tcase_add_test(tc, template_and_clone_lines);
 	tcase_add_test(tc, bad_configs_are_refused_clearly);
+	tcase_add_test(tc, socket_names_fit_a_run_dir_at_its_limit);
 	suite_add_tcase(s, tc);
 	return vmf_test_run(s);
 }
