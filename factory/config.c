@@ -59,7 +59,7 @@ static const struct key keys[] = {
 	{ SEC_DAEMON, "socket", K_ABSPATH, O(socket_path), 0, 0, 107 },
 	{ SEC_DAEMON, "group", K_NAME, O(group), 0, 0, 32 },
 	{ SEC_DAEMON, "state_dir", K_ABSPATH, O(state_dir), 0, 0, 512 },
-	{ SEC_DAEMON, "run_dir", K_ABSPATH, O(run_dir), 0, 0, 56 },
+	{ SEC_DAEMON, "run_dir", K_ABSPATH, O(run_dir), 0, 0, VMF_RUN_DIR_MAX },
 	{ SEC_DAEMON, "log_level", K_LOGLEVEL, 0, 0, 0, 0 },
 	{ SEC_DAEMON, "metrics_listen", K_LISTEN, O(metrics_listen), 0, 0, 64 },
 	{ SEC_DAEMON, "sandbox_roots", K_ROOTS, O(sandbox_roots), 0, 0, VMF_MAX_SANDBOX_ROOTS * VMF_SANDBOX_ROOT_MAX - 1 },
@@ -265,8 +265,8 @@ set_value(struct parser *p, const struct key *k, const char *v, void *base)
 	}
 	if (k->max_len && strlen(v) > k->max_len) {
 		if (strcmp(n, "run_dir") == 0)
-			problem(p, line, "run_dir: '%s' is longer than 56 characters; VM socket paths below it "
-				"would not fit a unix socket address", v);
+			problem(p, line, "run_dir: '%s' is longer than %d characters; VM socket paths below it "
+				"would not fit a unix socket address", v, VMF_RUN_DIR_MAX);
 		else
 			problem(p, line, "%s: the value is longer than %zu characters", n, k->max_len);
 		return false;

@@ -21,6 +21,12 @@
 typedef Vmf__Hv__VmConfig vmf_vm_config;
 typedef Vmf__Hv__HypervisorState vmf_hv_state;
 
+/* The longest run dir the daemon accepts: <run_dir>/vms/<uuid>/NAME must fit
+ * a unix socket address (107 bytes), which leaves a driver's socket names
+ * VMF_SOCK_NAME_MAX characters (firecracker.sock is the longest). */
+#define VMF_RUN_DIR_MAX 48
+#define VMF_SOCK_NAME_MAX (107 - VMF_RUN_DIR_MAX - 42)
+
 /* Capabilities a driver may have; GetVM refuses what a driver lacks. */
 enum vmf_cap {
 	VMF_CAP_TEMPLATE_SHARE = 1u << 0,  /* clones map template RAM copy-on-write */

@@ -10,7 +10,9 @@
  * granted.  A VM started before the second monitor existed has qmp.sock
  * alone, and its record names it as the daemon's. */
 #define VMF_QEMU_QMP_SOCK "qmp.sock"
-#define VMF_QEMU_DAEMON_QMP_SOCK "daemon-qmp.sock"
+/* No longer than the names before it: a run dir at its length limit
+ * (config.c) leaves a socket name 9 bytes of sun_path. */
+#define VMF_QEMU_DAEMON_QMP_SOCK "dqmp.sock"
 #define VMF_QEMU_AGENT_SOCK "agent.sock"
 /* The daemon's own agent port ("vmf"): no one else gets access to it, so
  * the owner holding "agent" never keeps the daemon out, nor the reverse. */

@@ -407,7 +407,10 @@ START_TEST(crash_at_each_fault_point_recovers)
 	static const char *points[] = { "after-migrate", "mid-clone", "mid-handout", "mid-release" };
 	for (int k = 0; k < 4; k++) {
 		const char *pt = points[k];
-		use_dirs(pt);
+		/* A short name: the run dir below it has VMF_RUN_DIR_MAX characters. */
+		char sub[8];
+		snprintf(sub, sizeof sub, "f%d", k);
+		use_dirs(sub);
 		struct got g = {0};
 		fault = pt;
 		int rc = vmf(NULL, "init --pool 2 --wait");

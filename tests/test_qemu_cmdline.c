@@ -113,6 +113,28 @@ START_TEST(template_and_clone_lines)
 }
 END_TEST
 
+/* <run_dir (VMF_RUN_DIR_MAX at most)>/vms/<uuid>/NAME must fit sun_path
+ * (107 bytes): a longer name made clones fail under long test dirs. */
+START_TEST(socket_names_fit_a_run_dir_at_its_limit)
+{
+	const char *names[] = { VMF_QEMU_DAEMON_AGENT_SOCK, VMF_QEMU_SERIAL_LOG, NULL };
+	for (const char *const *n = names; *n; n++)
+		ck_assert_msg(strlen(*n) <= VMF_SOCK_NAME_MAX, "%s does not fit below a run dir of %d characters", *n,
+			      VMF_RUN_DIR_MAX);
+	const char *drivers[] = { "qemu", "firecracker", "cloud-hypervisor" };
+	for (int i = 0; i < 3; i++) {
+		const struct vmf_hv_ops *o = vmf_hv_by_name(drivers[i]);
+		if (!o)
+			continue;
+		const char *socks[] = { o->control_socket, o->sandbox_control_socket, o->agent_socket };
+		for (int k = 0; k < 3; k++)
+			ck_assert_msg(strlen(socks[k]) <= VMF_SOCK_NAME_MAX, "%s's %s does not fit below a run dir of "
+				      "%d characters", o->name, socks[k], VMF_RUN_DIR_MAX);
+		ck_assert_int_eq(VMF_RUN_DIR_MAX + (int)strlen("/vms/") + 36 + 1 + VMF_SOCK_NAME_MAX, 107);
+	}
+}
+END_TEST
+
 START_TEST(bad_configs_are_refused_clearly)
 {
 	char **argv;
@@ -149,6 +171,7 @@ main(void)
 	tcase_add_test(tc, cold_boot_line);
 	tcase_add_test(tc, template_and_clone_lines);
 	tcase_add_test(tc, bad_configs_are_refused_clearly);
+	tcase_add_test(tc, socket_names_fit_a_run_dir_at_its_limit);
 	suite_add_tcase(s, tc);
 	return vmf_test_run(s);
 }
