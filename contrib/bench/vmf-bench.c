@@ -1070,7 +1070,7 @@ main(int argc, char **argv)
 	double cold50 = pct(&cold, 50), fl = pct(&floor_, 50);
 	target("clone speed-up over cold (p50)", cold50 / pct(&clone, 50), 15, false, "×");
 	target("handout p99 / floor", pct(&handout, 99) / fl, 3, true, "×");
-	target("handout speed-up over cold (cold p50 / handout p99)", cold50 / pct(&handout, 99), 300, false, "×");
+	target("handout speed-up over cold (cold p50 / handout p99)", cold50 / pct(&handout, 99), 1000, false, "×");
 	target("handout-resize p99 / floor", pct(&resize, 99) / fl, 10, true, "×");
 	target("pooled PSS / cold PSS", pss_cold ? 100.0 * pss_clone / pss_cold : 0, 25, true, "%");
 	target("refill of 8 (s) vs 8 × clone / 1.6", refill_s, 8 * pct(&clone, 50) / 1000 / 1.6, true, " s");
