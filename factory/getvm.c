@@ -245,9 +245,13 @@ getvm_work(void *arg)
 		vm->vcpus = cpus, vm->memory_mib = mib;
 	/* Before the links exist: a runtime that finds them can use them. */
 	if (r == 0 && !vmf_daemon_peer_admin(d, j->peer)) {
-		/* The sandbox's control socket, never the daemon's own. */
-		const char *const socks[] = { vm->ops->sandbox_control_socket, vm->ops->agent_socket };
-		r = vmf_sandbox_grant(vm->run_dir, socks, 2, j->share_dir[0] ? vm->share_dir : NULL, j->peer,
+		/* The agent only: a VMM's control socket (QMP's blockdev-add and
+		 * chardev-add, a REST API's drives) makes the VMM open host paths
+		 * its client names, as QEMU's user, which a tenant must not do.
+		 * A runtime running as root or as the daemon's user drives the
+		 * sandbox's monitor. */
+		const char *const socks[] = { vm->ops->agent_socket };
+		r = vmf_sandbox_grant(vm->run_dir, socks, 1, j->share_dir[0] ? vm->share_dir : NULL, j->peer,
 				      d->runas_uid, err);
 	}
 	/* No share_dir passed validation: the driver has no share device. */

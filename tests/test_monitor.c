@@ -160,6 +160,24 @@ greeting_as(uid_t uid, const char *path)
 	return -WEXITSTATUS(st);
 }
 
+/* Connects to the unix socket at path as uid: 0 or -errno. */
+static int
+connect_as(uid_t uid, const char *path)
+{
+	pid_t pid = vmf_test_fork();
+	if (pid == 0) {
+		if (!become_tenant(uid))
+			_exit(100);
+		struct qmp q;
+		int r = qmp_connect(&q, path);
+		_exit(-r);
+	}
+	int st;
+	ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+	ck_assert(WIFEXITED(st) && WEXITSTATUS(st) != 100);
+	return -WEXITSTATUS(st);
+}
+
 /* GetVM as uid into sockd/share; the VM id in id. */
 static int
 get_as(uid_t uid, const char *share, const char *sockd, char *id, size_t n)
@@ -309,7 +327,7 @@ START_TEST(the_runtime_drives_its_own_monitor)
 }
 END_TEST
 
-START_TEST(only_the_owner_reaches_the_sandbox_monitor)
+START_TEST(a_tenant_gets_its_agent_but_no_monitor)
 {
 	/* The users reach the socket (in tmp) and, through the links, their
 	 * VM's dir (in svc/run). */
@@ -332,12 +350,19 @@ START_TEST(only_the_owner_reaches_the_sandbox_monitor)
 	snprintf(run_dir, sizeof run_dir, "%s", json_object_get_string(path(vm, "run_dir", NULL)));
 	json_object_put(ins);
 
+	/* QMP lets its client make QEMU open host files (blockdev-add,
+	 * chardev-add): a tenant gets its VM's agent, never a monitor. */
 	char p[900];
 	snprintf(p, sizeof p, "%s/%s", a_sock, mon);
 	int rc = greeting_as(tu.uid_a, p);
-	ck_assert_msg(rc == 0, "%s gets no QMP greeting on its VM's monitor %s: %s", tu.a, p, strerror(-rc));
+	ck_assert_msg(rc == -EACCES, "the tenant %s reaches its VM's monitor %s: %s", tu.a, p, strerror(-rc));
 	rc = greeting_as(tu.uid_b, p);
 	ck_assert_msg(rc == -EACCES, "%s reaches %s's monitor: %s", tu.b, tu.a, strerror(-rc));
+	snprintf(p, sizeof p, "%s/%s", a_sock, agent);
+	rc = connect_as(tu.uid_a, p);
+	ck_assert_msg(rc == 0, "the tenant %s cannot connect to its VM's agent %s: %s", tu.a, p, strerror(-rc));
+	rc = connect_as(tu.uid_b, p);
+	ck_assert_msg(rc == -EACCES, "%s reaches %s's agent: %s", tu.b, tu.a, strerror(-rc));
 
 	/* Every other socket in the VM's dir is the daemon's: no tenant gets
 	 * in, the owner included. */
@@ -439,7 +464,7 @@ main(void)
 	tcase_add_checked_fixture(tc, setup, cleanup);
 	tcase_set_timeout(tc, 1200);
 	ADD_TEST(tc, the_runtime_drives_its_own_monitor);
-	ADD_TEST(tc, only_the_owner_reaches_the_sandbox_monitor);
+	ADD_TEST(tc, a_tenant_gets_its_agent_but_no_monitor);
 	ADD_TEST(tc, vm_records_of_an_earlier_state_catalog_are_adopted);
 	suite_add_tcase(s, tc);
 	int rc = vmf_test_run(s);
