@@ -150,6 +150,8 @@ open_disk_file(const struct vmf_daemon *d, const char *path, uid_t peer, bool ad
 	}
 	if (fd < 0) {
 		int e = errno;
+		if (e == EISDIR)
+			return vmf_err(err, EINVAL, "disk %s is not a regular file (it is a directory)", path);
 		return vmf_err_sys(err, e, "cannot open disk %s%s", path,
 				   e == ELOOP ? " (a symbolic link; name the file itself)" : "");
 	}
