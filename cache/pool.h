@@ -48,11 +48,12 @@ void vmf_tpl_unref(struct vmf_tpl *t);
 /* A block device attached to a handed-out VM (factory/disk.c), in the
  * VM's slot of that number.  Set on the loop; a worker job of the VM reads
  * it. */
-enum vmf_disk_kind { VMF_DISK_FILE, VMF_DISK_SCRATCH };
+enum vmf_disk_kind { VMF_DISK_FILE, VMF_DISK_SCRATCH, VMF_DISK_COW };
 struct vmf_vm_disk {
 	enum vmf_disk_kind kind;
 	char path[PATH_MAX];          /* as the caller named it; scratch: the file in the run dir */
 	char guest_path[PATH_MAX];    /* "" = not mounted */
+	char overlay[PATH_MAX];       /* cow: the overlay in the run dir; path is only read */
 	char format[8], fstype[32], guest_device[64];
 	bool read_only;
 	/* An attach in flight: its job owns the fields but dev, ino and

@@ -107,7 +107,9 @@ vmf_vm_from_record(struct vmf_vm *vm, const Vmf__Catalog__VmRecord *rec)
 		struct vmf_vm_disk *dk = calloc(1, sizeof(*dk));
 		if (!dk)
 			continue;
-		dk->kind = rd->kind == VMF__CATALOG__DISK_KIND__DISK_SCRATCH ? VMF_DISK_SCRATCH : VMF_DISK_FILE;
+		dk->kind = rd->kind == VMF__CATALOG__DISK_KIND__DISK_SCRATCH ? VMF_DISK_SCRATCH
+			   : rd->kind == VMF__CATALOG__DISK_KIND__DISK_COW ? VMF_DISK_COW : VMF_DISK_FILE;
+		copy_str(dk->overlay, sizeof(dk->overlay), rd->overlay);
 		copy_str(dk->path, sizeof(dk->path), rd->path);
 		copy_str(dk->guest_path, sizeof(dk->guest_path), rd->guest_path);
 		copy_str(dk->format, sizeof(dk->format), rd->format);
@@ -142,7 +144,8 @@ vmf_cache_put_vm_record(struct vmf_cache *c, struct vmf_vm *vm, enum vmf_vm_stat
 		vmf__catalog__vm_disk__init(rd);
 		rd->slot = i;
 		rd->kind = dk->kind == VMF_DISK_SCRATCH ? VMF__CATALOG__DISK_KIND__DISK_SCRATCH
-							: VMF__CATALOG__DISK_KIND__DISK_FILE;
+			   : dk->kind == VMF_DISK_COW ? VMF__CATALOG__DISK_KIND__DISK_COW : VMF__CATALOG__DISK_KIND__DISK_FILE;
+		rd->overlay = (char *)dk->overlay;
 		rd->path = (char *)dk->path;
 		rd->guest_path = (char *)dk->guest_path;
 		rd->format = (char *)dk->format;

@@ -40,6 +40,7 @@ struct disk_job {
 	bool admin;
 	uint32_t scratch_mib;
 	int fd;
+	int base_fd;                  /* cow: the caller's file; fd is the overlay */
 	uint64_t dev, ino;
 	int rc;
 	struct vmf_error err;
@@ -48,7 +49,7 @@ struct disk_job {
 static const char *
 kind_name(enum vmf_disk_kind k)
 {
-	return k == VMF_DISK_SCRATCH ? "scratch" : "disk";
+	return k == VMF_DISK_SCRATCH ? "scratch" : k == VMF_DISK_COW ? "cow" : "disk";
 }
 
 static void
@@ -229,6 +230,95 @@ make_scratch(const char *file, const char *run_dir, uint32_t mib, struct stat *s
 	return fd;
 }
 
+/* An empty qcow2 (version 3) image of size bytes with no backing file
+ * named: QEMU gets the base as a node of its own.  64 KiB clusters: the
+ * header, the refcount table, one refcount block (16-bit refcounts of the
+ * four metadata clusters), then the L1 table; nothing allocated yet. */
+static void
+be32(uint8_t *p, uint32_t v)
+{
+	for (int i = 0; i < 4; i++)
+		p[i] = (uint8_t)(v >> (24 - 8 * i));
+}
+
+static void
+be64(uint8_t *p, uint64_t v)
+{
+	be32(p, (uint32_t)(v >> 32));
+	be32(p + 4, (uint32_t)v);
+}
+
+#define QCOW2_CLUSTER 65536u
+
+static int
+write_qcow2_overlay(int fd, uint64_t size, const char *path, struct vmf_error *err)
+{
+	uint64_t l2_covers = (uint64_t)QCOW2_CLUSTER * (QCOW2_CLUSTER / 8);
+	uint64_t l1_size = (size + l2_covers - 1) / l2_covers;
+	if (l1_size * 8 > QCOW2_CLUSTER)
+		return vmf_err(err, EFBIG, "copy-on-write base of %llu bytes is above 4 TiB", (unsigned long long)size);
+	const size_t len = 4 * QCOW2_CLUSTER;
+	uint8_t *buf = calloc(1, len);
+	if (!buf)
+		return vmf_err(err, ENOMEM, "out of memory");
+	memcpy(buf, "QFI\xfb", 4);
+	be32(buf + 4, 3);                        /* version */
+	be32(buf + 20, 16);                      /* cluster_bits */
+	be64(buf + 24, size);
+	be32(buf + 36, (uint32_t)l1_size);
+	be64(buf + 40, 3 * QCOW2_CLUSTER);       /* l1_table_offset */
+	be64(buf + 48, QCOW2_CLUSTER);           /* refcount_table_offset */
+	be32(buf + 56, 1);                       /* refcount_table_clusters */
+	be32(buf + 96, 4);                       /* refcount_order: 16 bits */
+	be32(buf + 100, 104);                    /* header_length; no extensions */
+	be64(buf + QCOW2_CLUSTER, 2 * QCOW2_CLUSTER);
+	for (int i = 0; i < 4; i++)
+		buf[2 * QCOW2_CLUSTER + 2 * i + 1] = 1;
+	ssize_t w = pwrite(fd, buf, len, 0);
+	int e = errno;
+	free(buf);
+	if (w != (ssize_t)len)
+		return vmf_err_sys(err, w < 0 ? e : EIO, "cannot write the copy-on-write overlay %s", path);
+	return 0;
+}
+
+/* The guest-visible size of the base: a raw file's length, a qcow2's
+ * virtual size (its header). */
+static int
+base_size(int fd, const struct stat *st, const char *format, const char *path, uint64_t *size,
+	  struct vmf_error *err)
+{
+	if (strcmp(format, "qcow2") != 0) {
+		*size = (uint64_t)st->st_size;
+		return 0;
+	}
+	uint8_t h[32];
+	if (pread(fd, h, sizeof(h), 0) != (ssize_t)sizeof(h) || memcmp(h, "QFI\xfb", 4) != 0)
+		return vmf_err(err, EINVAL, "disk %s is not a qcow2 image", path);
+	*size = 0;
+	for (int i = 24; i < 32; i++)
+		*size = *size << 8 | h[i];
+	return 0;
+}
+
+static int
+make_overlay(struct disk_job *j, const struct stat *st, struct vmf_error *err)
+{
+	uint64_t size = 0;
+	int r = base_size(j->base_fd, st, j->dk->format, j->dk->path, &size, err);
+	if (r < 0)
+		return r;
+	int fd = open(j->dk->overlay, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return vmf_err_sys(err, errno, "cannot create the copy-on-write overlay %s", j->dk->overlay);
+	if ((r = write_qcow2_overlay(fd, size, j->dk->overlay, err)) < 0) {
+		close(fd);
+		unlink(j->dk->overlay);
+		return r;
+	}
+	return fd;
+}
+
 static void
 open_work(void *arg)
 {
@@ -238,7 +328,12 @@ open_work(void *arg)
 	if (j->scratch_mib)
 		j->fd = make_scratch(j->dk->path, j->vm->run_dir, j->scratch_mib, &st, &j->err);
 	else
-		j->fd = open_disk_file(j->d, j->dk->path, j->peer, j->admin, j->dk->read_only, &st, &j->err);
+		j->fd = open_disk_file(j->d, j->dk->path, j->peer, j->admin, j->dk->read_only || j->dk->kind == VMF_DISK_COW,
+				       &st, &j->err);
+	if (j->fd >= 0 && j->dk->kind == VMF_DISK_COW) {
+		j->base_fd = j->fd;
+		j->fd = make_overlay(j, &st, &j->err);
+	}
 	if (j->fd < 0) {
 		j->rc = j->fd;
 		return;
@@ -273,6 +368,11 @@ attach_work(void *arg)
 		.slot = j->slot, .fd = j->fd, .read_only = dk->read_only, .format = dk->format, .serial = serial,
 		.backing_fd = -1,
 	};
+	if (dk->kind == VMF_DISK_COW) {
+		spec.format = "qcow2";
+		spec.backing_fd = j->base_fd;
+		spec.backing_format = dk->format;
+	}
 	if (!vm->hv || !vm->ops->alive(vm->hv)) {
 		j->rc = vmf_err(err, ESRCH, "the VM's process is not running");
 		return;
@@ -322,8 +422,12 @@ attach_failed(struct disk_job *j)
 {
 	if (j->fd >= 0)
 		close(j->fd);
+	if (j->base_fd >= 0)
+		close(j->base_fd);
 	if (j->dk->kind == VMF_DISK_SCRATCH && j->scratch_mib && j->rc != -EEXIST)
 		unlink(j->dk->path);
+	if (j->dk->kind == VMF_DISK_COW && j->fd >= 0)
+		unlink(j->dk->overlay);
 	j->vm->disks[j->slot] = NULL;
 	free(j->dk);
 	vmf_control_reply_error(j->c, -j->rc, j->err.msg);
@@ -334,15 +438,25 @@ static void
 attach_done(void *arg)
 {
 	struct disk_job *j = arg;
-	close(j->fd);
-	j->fd = -1;
+	if (j->base_fd >= 0)
+		close(j->base_fd);
+	j->base_fd = -1;
 	if (j->rc < 0) {
 		attach_failed(j);
 		return;
 	}
+	close(j->fd);
+	j->fd = -1;
 	j->dk->attaching = false;
 	reply_disk(j->c, j->dk, j->slot);
 	release_vm_job(j);
+}
+
+/* Whether the disk writes to its file (a cow disk writes to its overlay). */
+static bool
+writes_file(const struct vmf_vm_disk *dk)
+{
+	return !dk->read_only && dk->kind != VMF_DISK_COW;
 }
 
 /* Another VM's disk (or this VM's, under another name) that is the same
@@ -357,12 +471,13 @@ check_conflict(struct vmf_daemon *d, const struct disk_job *j, struct vmf_error 
 			const struct vmf_vm_disk *o = v->disks[i];
 			if (!o || o == j->dk || o->dev != j->dev || o->ino != j->ino)
 				continue;
-			if (o->read_only && j->dk->read_only)
+			if (!writes_file(o) && !writes_file(j->dk))
 				continue;
 			const char *where = v == j->vm ? "this VM" : "another VM";
 			return vmf_err(err, EBUSY, "disk %s is already attached %s to %s (as %s); a disk "
 				       "attached read-write is attached nowhere else", j->dk->path,
-				       o->read_only ? "read-only" : "read-write", where, o->path);
+				       writes_file(o) ? "read-write" : o->kind == VMF_DISK_COW ? "read-only (copy-on-write)"
+				       : "read-only", where, o->path);
 		}
 	return 0;
 }
@@ -437,8 +552,10 @@ vmf_attach_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control__A
 		bad = "scratch volume size is above 1048576 MiB";
 	else if (strcmp(format, "raw") != 0 && strcmp(format, "qcow2") != 0)
 		bad = "disk format must be raw or qcow2";
-	else if (scratch && (strcmp(format, "raw") != 0 || req->read_only || (*fstype && strcmp(fstype, "ext4"))))
+	else if (scratch && (strcmp(format, "raw") != 0 || req->read_only || req->cow || (*fstype && strcmp(fstype, "ext4"))))
 		bad = "a scratch volume is raw, read-write and ext4";
+	else if (req->cow && req->read_only)
+		bad = "a copy-on-write disk is written to its overlay: not read-only";
 	else if (!valid_guest_path(guest_path))
 		bad = "guest mount path must be absolute, not /, without . or .. components";
 	else if (!valid_fstype(fstype))
@@ -489,11 +606,13 @@ vmf_attach_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control__A
 		vmf_control_reply_error(c, ENOMEM, "out of memory");
 		return;
 	}
-	dk->kind = scratch ? VMF_DISK_SCRATCH : VMF_DISK_FILE;
+	dk->kind = scratch ? VMF_DISK_SCRATCH : req->cow ? VMF_DISK_COW : VMF_DISK_FILE;
 	if (scratch)
 		snprintf(dk->path, sizeof(dk->path), "%s/scratch-%u.img", vm->run_dir, slot);
 	else
 		snprintf(dk->path, sizeof(dk->path), "%s", path);
+	if (req->cow)
+		snprintf(dk->overlay, sizeof(dk->overlay), "%s/cow-%u.qcow2", vm->run_dir, slot);
 	snprintf(dk->guest_path, sizeof(dk->guest_path), "%s", guest_path);
 	snprintf(dk->format, sizeof(dk->format), "%s", format);
 	snprintf(dk->fstype, sizeof(dk->fstype), "%s", *fstype ? fstype : "ext4");
@@ -506,6 +625,7 @@ vmf_attach_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control__A
 	j->slot = slot;
 	j->dk = dk;
 	j->fd = -1;
+	j->base_fd = -1;
 	j->peer = vmf_control_peer_uid(c);
 	j->admin = vmf_daemon_peer_admin(d, j->peer);
 	j->scratch_mib = req->scratch_mib;
@@ -544,6 +664,8 @@ detach_work(void *arg)
 		return;
 	if (dk->kind == VMF_DISK_SCRATCH && unlink(dk->path) < 0 && errno != ENOENT)
 		log_vm(VMF_LOG_WARN, vm->id, "removing scratch volume %s: %s", dk->path, strerror(errno));
+	if (dk->kind == VMF_DISK_COW && unlink(dk->overlay) < 0 && errno != ENOENT)
+		log_vm(VMF_LOG_WARN, vm->id, "removing overlay %s: %s", dk->overlay, strerror(errno));
 	if (vmf_cache_put_vm_record(&j->d->cache, vm, vm->state, err) < 0)
 		log_vm(VMF_LOG_ERROR, vm->id, "cannot record the detach of %s: %s", dk->path, err->msg);
 	j->rc = 0;
@@ -605,6 +727,7 @@ vmf_detach_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control__D
 	j->slot = slot;
 	j->dk = vm->disks[slot];
 	j->fd = -1;
+	j->base_fd = -1;
 	j->dk->detaching = true;
 	vm->busy = true;
 	if (vmf_jobs_submit(d->cache.jobs, detach_work, detach_done, j) < 0) {

@@ -1,7 +1,8 @@
 /* Disks of handed-out VMs end to end, real QEMU under TCG, one pool of 1
  * and one template for every step: an ext4 image attached and read through
  * exec; written through, detached and read on the host; read-only refusing
- * writes; a scratch volume mounted and gone at release; the daemon killed
+ * writes; a copy-on-write disk leaving its base as it was; a scratch
+ * volume mounted and gone at release; the daemon killed
  * after attaches and restarted, the attachments still recorded and release
  * cleaning up; and the bad input (missing file, directory, another user's
  * file for a non-root peer, a disk attached read-write elsewhere, detach of
@@ -263,7 +264,20 @@ START_TEST(disks_end_to_end)
 	ck_assert_msg(strstr(err, "already attached read-only"), "rw over a read-only one, by another name: %s", err);
 	snprintf(cmd, sizeof cmd, "attach %s --disk %s --ro --mount /mnt/shared", h.id, hard);
 	ck_assert_int_eq(vmf(NULL, "%s", cmd), 0);
-	ck_assert_int_eq(n_disks(h.id), 1);
+	/* Copy-on-write over the same base: the guest writes to an overlay
+	 * in its run dir, the base stays as it was. */
+	snprintf(cmd, sizeof cmd, "attach %s --disk %s --cow --mount /mnt/cow -o json", h.id, img);
+	dj = vmf_json("%s", cmd);
+	ck_assert_str_eq(json_object_get_string(path(dj, "kind", NULL)), "cow");
+	json_object_put(dj);
+	ck_assert_int_eq(guest_sh(h.id, "cat /mnt/cow/hello.txt && echo cow > /mnt/cow/cow.txt && sync", out,
+				  sizeof out), 0);
+	ck_assert_str_eq(out, "hello disk\n");
+	host_cat(img, "cow.txt", out, sizeof out);
+	ck_assert_msg(out[0] == 0, "the guest's write reached the base: '%s'", out);
+	ck_assert_int_ne(vmf_e(err, sizeof err, "attach %s --disk %s", g.id, hard), 0);
+	ck_assert_msg(strstr(err, "already attached read-only"), "rw over a cow base: %s", err);
+	ck_assert_int_eq(n_disks(h.id), 2);
 	ck_assert_int_eq(vmf(NULL, "release %s", h.id), 0);
 
 	/* ---- a non-root peer: only its own regular files ---- */

@@ -97,7 +97,7 @@ send_get_disks(struct vmf_client *c, struct args *a, void *req, int timeout_ms, 
 	return vmf_client_get_vm_with_disks(c, &q->g, q->atp, q->n, r, timeout_ms, e);
 }
 
-/* PATH[:ro][:GUESTPATH] (a GUESTPATH is absolute, so "ro" is never one). */
+/* PATH[:ro|:cow][:GUESTPATH] (a GUESTPATH is absolute, so "ro" is never one). */
 static int
 parse_disk(char *s, Vmf__Control__AttachRequest *at)
 {
@@ -110,6 +110,9 @@ parse_disk(char *s, Vmf__Control__AttachRequest *at)
 	if (n > 3 && strcmp(s + n - 3, ":ro") == 0) {
 		s[n - 3] = '\0';
 		at->read_only = true;
+	} else if (n > 4 && strcmp(s + n - 4, ":cow") == 0) {
+		s[n - 4] = '\0';
+		at->cow = true;
 	}
 	at->path = s;
 	return *s ? 0 : -1;
@@ -141,7 +144,7 @@ cmd_get(const struct cmd *cmd, struct args *a)
 		Vmf__Control__AttachRequest *at = &q.at[q.n];
 		vmf__control__attach_request__init(at);
 		if (disk ? parse_disk((char *)a->vals[i], at) : parse_scratch((char *)a->vals[i], at))
-			return usage_error(cmd, disk ? "get: --disk takes PATH[:ro][:GUESTPATH], got '%s'"
+			return usage_error(cmd, disk ? "get: --disk takes PATH[:ro|:cow][:GUESTPATH], got '%s'"
 						     : "get: --scratch takes SIZE_MIB:GUESTPATH, got '%s'",
 					   a->vals[i]);
 		q.atp[q.n] = at;
@@ -226,6 +229,7 @@ cmd_attach(const struct cmd *cmd, struct args *a)
 	at.vm_id = a->pos[0];
 	at.path = (char *)(opt(a, "disk") ? opt(a, "disk") : "");
 	at.read_only = flag(a, "ro");
+	at.cow = flag(a, "cow");
 	at.format = (char *)(opt(a, "format") ? opt(a, "format") : "");
 	at.guest_path = (char *)(opt(a, "mount") ? opt(a, "mount") : "");
 	at.fstype = (char *)(opt(a, "fstype") ? opt(a, "fstype") : "");
