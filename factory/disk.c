@@ -378,6 +378,10 @@ attach_work(void *arg)
 		return;
 	}
 	int64_t t0 = vmf_now_ms();
+	/* A daemon killed mid-attach (before the record) may have left the
+	 * slot's device behind in the VMM: it goes first. */
+	struct vmf_error e0 = {0};
+	vm->ops->detach_disk(vm->hv, j->slot, &e0);
 	if ((j->rc = vm->ops->attach_disk(vm->hv, &spec, err)) < 0)
 		return;
 	struct vmf_agent *a = NULL;
