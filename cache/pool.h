@@ -45,6 +45,24 @@ struct vmf_tpl *vmf_tpl_ref(struct vmf_tpl *t);
 void vmf_tpl_unref(struct vmf_tpl *t);
 
 /* A VM the daemon manages. */
+/* A block device attached to a handed-out VM (factory/disk.c), in the
+ * VM's slot of that number.  Set on the loop; a worker job of the VM reads
+ * it. */
+enum vmf_disk_kind { VMF_DISK_FILE, VMF_DISK_SCRATCH, VMF_DISK_COW };
+struct vmf_vm_disk {
+	enum vmf_disk_kind kind;
+	char path[PATH_MAX];          /* as the caller named it; scratch: the file in the run dir */
+	char guest_path[PATH_MAX];    /* "" = not mounted */
+	char overlay[PATH_MAX];       /* cow: the overlay in the run dir; path is only read */
+	char format[8], fstype[32], guest_device[64];
+	bool read_only;
+	/* An attach in flight: its job owns the fields but dev, ino and
+	 * read_only (set before), and reports show it only once attached. */
+	bool attaching;
+	bool detaching;               /* a detach in flight: no longer recorded */
+	uint64_t dev, ino;            /* the file opened (0, 0 until known) */
+};
+
 struct vmf_vm {
 	TAILQ_ENTRY(vmf_vm) link;
 	char id[VMF_UUID_STR];
@@ -70,6 +88,7 @@ struct vmf_vm {
 	/* Its own identity (warm-up, or a miss's hand-out) and hostname. */
 	char boot_id[40], machine_id[40], hostname[72];
 	double clock_error_ms;        /* at the hand-out's reply */
+	struct vmf_vm_disk *disks[VMF_DISK_SLOTS];  /* NULL: slot free */
 };
 
 TAILQ_HEAD(vmf_vm_list, vmf_vm);

@@ -100,6 +100,26 @@ vmf_vm_from_record(struct vmf_vm *vm, const Vmf__Catalog__VmRecord *rec)
 	copy_str(vm->machine_id, sizeof(vm->machine_id), rec->machine_id);
 	copy_str(vm->hostname, sizeof(vm->hostname), rec->hostname);
 	vm->clock_error_ms = rec->clock_error_ms;
+	for (size_t i = 0; i < rec->n_disks; i++) {
+		const Vmf__Catalog__VmDisk *rd = rec->disks[i];
+		if (rd->slot >= VMF_DISK_SLOTS || vm->disks[rd->slot])
+			continue;
+		struct vmf_vm_disk *dk = calloc(1, sizeof(*dk));
+		if (!dk)
+			continue;
+		dk->kind = rd->kind == VMF__CATALOG__DISK_KIND__DISK_SCRATCH ? VMF_DISK_SCRATCH
+			   : rd->kind == VMF__CATALOG__DISK_KIND__DISK_COW ? VMF_DISK_COW : VMF_DISK_FILE;
+		copy_str(dk->overlay, sizeof(dk->overlay), rd->overlay);
+		copy_str(dk->path, sizeof(dk->path), rd->path);
+		copy_str(dk->guest_path, sizeof(dk->guest_path), rd->guest_path);
+		copy_str(dk->format, sizeof(dk->format), rd->format);
+		copy_str(dk->fstype, sizeof(dk->fstype), rd->fstype);
+		copy_str(dk->guest_device, sizeof(dk->guest_device), rd->guest_device);
+		dk->read_only = rd->read_only;
+		dk->dev = rd->dev;
+		dk->ino = rd->ino;
+		vm->disks[rd->slot] = dk;
+	}
 }
 
 int
@@ -113,6 +133,30 @@ vmf_cache_put_vm_record(struct vmf_cache *c, struct vmf_vm *vm, enum vmf_vm_stat
 		log_vm(VMF_LOG_WARN, vm->id, "cannot serialize its hypervisor state: %s", serr.msg);
 	vm_to_record(vm, state, &rec);
 	rec.hv = hv;
+	/* Disks being attached are recorded once attached (the attach job
+	 * writes the record then); those being detached no longer are. */
+	Vmf__Catalog__VmDisk disks[VMF_DISK_SLOTS], *dp[VMF_DISK_SLOTS];
+	for (unsigned i = 0; i < VMF_DISK_SLOTS; i++) {
+		const struct vmf_vm_disk *dk = vm->disks[i];
+		if (!dk || dk->detaching)
+			continue;
+		Vmf__Catalog__VmDisk *rd = &disks[rec.n_disks];
+		vmf__catalog__vm_disk__init(rd);
+		rd->slot = i;
+		rd->kind = dk->kind == VMF_DISK_SCRATCH ? VMF__CATALOG__DISK_KIND__DISK_SCRATCH
+			   : dk->kind == VMF_DISK_COW ? VMF__CATALOG__DISK_KIND__DISK_COW : VMF__CATALOG__DISK_KIND__DISK_FILE;
+		rd->overlay = (char *)dk->overlay;
+		rd->path = (char *)dk->path;
+		rd->guest_path = (char *)dk->guest_path;
+		rd->format = (char *)dk->format;
+		rd->fstype = (char *)dk->fstype;
+		rd->guest_device = (char *)dk->guest_device;
+		rd->read_only = dk->read_only;
+		rd->dev = dk->dev;
+		rd->ino = dk->ino;
+		dp[rec.n_disks++] = rd;
+	}
+	rec.disks = dp;
 	int r = vmf_catalog_vm_put(c->cat, &rec, err);
 	if (hv)
 		vmf__hv__hypervisor_state__free_unpacked(hv, NULL);
@@ -128,6 +172,8 @@ vmf_cache_vm_free(struct vmf_cache *c, struct vmf_vm *vm)
 	vmf_agent_free(vm->agent);
 	if (vm->hv)
 		vm->ops->release(vm->hv);
+	for (unsigned i = 0; i < VMF_DISK_SLOTS; i++)
+		free(vm->disks[i]);
 	free(vm);
 }
 

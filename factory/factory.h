@@ -167,4 +167,12 @@ void vmf_release_start(struct vmf_daemon *d, struct vmf_conn *c, const char *vm_
 /* inspect.c */
 void vmf_inspect_start(struct vmf_daemon *d, struct vmf_conn *c, const char *vm_id);
 
+/* disk.c: Attach and Detach, each a job of the VM; the VM's disks in a
+ * reply. */
+void vmf_attach_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control__AttachRequest *req);
+void vmf_detach_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control__DetachRequest *req);
+/* info->disks from vm's; freed by vmf_disk_info_clear (or free_unpacked). */
+void vmf_disk_info_fill(const struct vmf_vm *vm, Vmf__Control__VmInfo *info);
+void vmf_disk_info_clear(Vmf__Control__VmInfo *info);
+
 #endif

@@ -43,6 +43,7 @@ vmf_vm_info_fill(struct vmf_daemon *d, const struct vmf_vm *vm, uint64_t pss_kib
 	info->hostname = strdup(vm->hostname);
 	info->clock_error_ms = vm->clock_error_ms;
 	info->pss_kib = info->pid > 0 && !vm->dead ? pss_kib : 0;
+	vmf_disk_info_fill(vm, info);
 	if (!vm->busy && vm->hv) {
 		struct vmf_error err;
 		vm->ops->serialize(vm->hv, &info->hypervisor, &err);
@@ -63,6 +64,7 @@ vmf_vm_info_clear(Vmf__Control__VmInfo *info)
 	if (info->hypervisor)
 		vmf__hv__hypervisor_state__free_unpacked(info->hypervisor, NULL);
 	info->hypervisor = NULL;
+	vmf_disk_info_clear(info);
 }
 
 bool

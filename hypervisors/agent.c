@@ -238,6 +238,8 @@ expected(const Vmf__Agent__AgentRequest *req)
 	case VMF__AGENT__AGENT_REQUEST__BODY_MOUNT_SHARE: return VMF__AGENT__AGENT_REPLY__BODY_MOUNT;
 	case VMF__AGENT__AGENT_REQUEST__BODY_NEW_IDENTITY: return VMF__AGENT__AGENT_REPLY__BODY_IDENTITY;
 	case VMF__AGENT__AGENT_REQUEST__BODY_HANDOUT: return VMF__AGENT__AGENT_REPLY__BODY_HANDOUT;
+	case VMF__AGENT__AGENT_REQUEST__BODY_MOUNT_DISK: return VMF__AGENT__AGENT_REPLY__BODY_DISK_MOUNTED;
+	case VMF__AGENT__AGENT_REQUEST__BODY_UNMOUNT_DISK: return VMF__AGENT__AGENT_REPLY__BODY_DISK_UNMOUNTED;
 	default: return VMF__AGENT__AGENT_REPLY__BODY__NOT_SET;
 	}
 }
@@ -538,4 +540,45 @@ double
 vmf_agent_handout_clock_error_ms(const struct vmf_agent_handout *h)
 {
 	return (double)llabs(h->guest_ns - h->host_recv_ns) / 1e6;
+}
+
+int
+vmf_agent_mount_disk(struct vmf_agent *a, const char *serial, const char *path, const char *fstype, bool read_only,
+		     char *device, size_t device_n, int timeout_ms, struct vmf_error *err)
+{
+	Vmf__Agent__AgentRequest req = VMF__AGENT__AGENT_REQUEST__INIT;
+	Vmf__Agent__MountDisk m = VMF__AGENT__MOUNT_DISK__INIT;
+	m.serial = (char *)serial;
+	m.path = (char *)(path ? path : "");
+	m.fstype = (char *)(fstype ? fstype : "");
+	m.read_only = read_only;
+	/* The guest's own wait ends first: its error says what it saw. */
+	m.timeout_ms = timeout_ms > 2000 ? (uint32_t)timeout_ms - 1000 : (uint32_t)timeout_ms;
+	req.body_case = VMF__AGENT__AGENT_REQUEST__BODY_MOUNT_DISK;
+	req.mount_disk = &m;
+	Vmf__Agent__AgentReply *rep;
+	int r = vmf_agent_call(a, &req, &rep, timeout_ms, err);
+	if (r < 0)
+		return r;
+	if (rep->body_case != VMF__AGENT__AGENT_REPLY__BODY_DISK_MOUNTED) {
+		vmf__agent__agent_reply__free_unpacked(rep, NULL);
+		return vmf_err(err, EPROTO, "agent answered MountDisk with reply type %d", (int)rep->body_case);
+	}
+	if (device)
+		snprintf(device, device_n, "%s", rep->disk_mounted->device ? rep->disk_mounted->device : "");
+	vmf__agent__agent_reply__free_unpacked(rep, NULL);
+	return 0;
+}
+
+int
+vmf_agent_unmount_disk(struct vmf_agent *a, const char *serial, const char *path, int timeout_ms,
+		       struct vmf_error *err)
+{
+	Vmf__Agent__AgentRequest req = VMF__AGENT__AGENT_REQUEST__INIT;
+	Vmf__Agent__UnmountDisk u = VMF__AGENT__UNMOUNT_DISK__INIT;
+	u.serial = (char *)serial;
+	u.path = (char *)(path ? path : "");
+	req.body_case = VMF__AGENT__AGENT_REQUEST__BODY_UNMOUNT_DISK;
+	req.unmount_disk = &u;
+	return call_simple(a, &req, timeout_ms, err);
 }

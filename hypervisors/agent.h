@@ -4,6 +4,7 @@
 #ifndef VMF_AGENT_H
 #define VMF_AGENT_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -74,5 +75,14 @@ int vmf_agent_recv_handout(struct vmf_agent *a, struct vmf_agent_handout *h, int
 double vmf_agent_handout_clock_error_ms(const struct vmf_agent_handout *h);
 int vmf_agent_mount_share(struct vmf_agent *a, const char *tag, int timeout_ms,
 			  struct vmf_error *err);
+/* Waits (in the guest) for the block device with this serial, then mounts
+ * it at path unless path is NULL or "" (fstype NULL: ext4); device gets its
+ * guest node (/dev/sda). */
+int vmf_agent_mount_disk(struct vmf_agent *a, const char *serial, const char *path, const char *fstype, bool read_only,
+			 char *device, size_t device_n, int timeout_ms, struct vmf_error *err);
+/* Unmounts path (when the disk is what is mounted there) and lets the
+ * device go, before the host detaches it. */
+int vmf_agent_unmount_disk(struct vmf_agent *a, const char *serial, const char *path, int timeout_ms,
+			   struct vmf_error *err);
 
 #endif

@@ -2,6 +2,7 @@
 #include "driver.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -83,4 +84,10 @@ vmf_hotplug_mem_check(const vmf_vm_config *cfg, unsigned current_mib, unsigned a
 		return vmf_err(err, ENOSPC, "VM %s: %u MiB + %u MiB exceeds max memory %u MiB", cfg->id,
 			       current_mib, add_mib, cfg->max_memory_mib);
 	return 0;
+}
+
+void
+vmf_disk_serial(unsigned slot, char out[VMF_DISK_SERIAL_MAX + 1])
+{
+	snprintf(out, VMF_DISK_SERIAL_MAX + 1, "vmfd%u", slot);
 }

@@ -48,6 +48,25 @@ struct vmf_hv_info {
 
 struct vmf_vmm;
 
+/* A disk to attach.  slot (< VMF_DISK_SLOTS) names it to the driver: its
+ * device and node names, its fd set; the serial the guest finds it by is
+ * vmf_disk_serial(slot). */
+#define VMF_DISK_SLOTS 16
+#define VMF_DISK_SERIAL_MAX 20
+struct vmf_disk_spec {
+	unsigned slot;
+	int fd;                  /* the file, opened O_RDONLY or O_RDWR as read_only says */
+	bool read_only;
+	const char *format;      /* "raw" or "qcow2" */
+	const char *serial;
+	/* A copy-on-write disk: fd is the overlay (qcow2, read-write) and
+	 * backing_fd the base (read-only, backing_format). */
+	int backing_fd;          /* -1: none */
+	const char *backing_format;
+};
+/* "vmfdN": the serial of slot N. */
+void vmf_disk_serial(unsigned slot, char out[VMF_DISK_SERIAL_MAX + 1]);
+
 struct vmf_hv_ops {
 	const char *name;                          /* "qemu" */
 	Vmf__Hv__HypervisorKind kind;
@@ -119,6 +138,15 @@ struct vmf_hv_ops {
 	/* Rebuilds a handle to a running VMM from a serialized state: checks the
 	 * pid, its start time and name, and reconnects the control channel. */
 	int (*adopt)(const vmf_hv_state *st, struct vmf_vmm **out, struct vmf_error *err);
+
+	/* Disks (vmfactory attach; NULL: the driver has none).  attach_disk
+	 * gives the guest the file open on d->fd (the driver keeps what it
+	 * needs; the caller closes fd) as a block device with serial
+	 * d->serial; nothing is left attached when it fails.  detach_disk
+	 * removes what attach_disk added for slot; a slot with nothing
+	 * attached is no error (a cleanup after a half-done attach). */
+	int (*attach_disk)(struct vmf_vmm *vm, const struct vmf_disk_spec *d, struct vmf_error *err);
+	int (*detach_disk)(struct vmf_vmm *vm, unsigned slot, struct vmf_error *err);
 
 	/* Frees the handle (closes sockets) without touching the process. */
 	void (*release)(struct vmf_vmm *vm);

@@ -17,6 +17,8 @@
 /* The daemon's own agent port ("vmf"): no one else gets access to it, so
  * the owner holding "agent" never keeps the daemon out, nor the reverse. */
 #define VMF_QEMU_DAEMON_AGENT_SOCK "vmf-agent.sock"
+/* The template's virtio-scsi controller: disks are hot-plugged onto its bus. */
+#define VMF_QEMU_SCSI_BUS "scsi0"
 #define VMF_QEMU_SERIAL_LOG "serial.log"
 #define VMF_QEMU_STDERR_LOG "qemu.log"
 

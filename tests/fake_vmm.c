@@ -372,6 +372,29 @@ file_exists(const char *p)
 	return p && stat(p, &st) == 0;
 }
 
+/* Cloud Hypervisor's hot-plugged disks, by id ("" = free). */
+static char fake_disks[16][64];
+
+static int
+fake_disk_find(const char *id)
+{
+	for (int i = 0; i < 16; i++)
+		if (fake_disks[i][0] && strcmp(fake_disks[i], id) == 0)
+			return i;
+	return -1;
+}
+
+static bool
+fake_disk_add(const char *id)
+{
+	for (int i = 0; i < 16; i++)
+		if (!fake_disks[i][0]) {
+			snprintf(fake_disks[i], sizeof(fake_disks[i]), "%s", id);
+			return true;
+		}
+	return false;
+}
+
 static bool
 write_text(const char *path, const char *text)
 {
@@ -685,6 +708,35 @@ ch_handle(int fd, const char *m, const char *p, json_object *b)
 						       json_object_new_int64(dr - jint(mem, "size", 0)));
 			respond(fd, 204, NULL, NULL);
 		}
+	} else if (strcmp(ep, "vm.add-disk") == 0) {
+		/* Like Cloud Hypervisor: the path is opened (a missing one is a
+		 * 500), ids are unique; a running VM answers the PCI address. */
+		const char *id = jstr(b, "id"), *path = jstr(b, "path");
+		if (!ch_cfg || state == ST_CREATED)
+			fault(fd, 404, "Error from API: The disk could not be added to the VM: VM is not running");
+		else if (!path || !file_exists(path))
+			fault(fd, 500, "Error from API: The disk could not be added to the VM: cannot open %s",
+			      path ? path : "(no path)");
+		else if (id && fake_disk_find(id) >= 0)
+			fault(fd, 409, "Error from API: The disk could not be added to the VM: identifier %s is in use", id);
+		else if (!fake_disk_add(id ? id : "_disk"))
+			fault(fd, 500, "Error from API: The disk could not be added to the VM: too many disks");
+		else
+		{
+			json_object *o = json_object_new_object();
+			json_object_object_add(o, "id", json_object_new_string(id ? id : "_disk"));
+			json_object_object_add(o, "bdf", json_object_new_string("0000:00:06.0"));
+			respond(fd, 200, o, NULL);
+			json_object_put(o);
+		}
+	} else if (strcmp(ep, "vm.remove-device") == 0) {
+		const char *id = jstr(b, "id");
+		int i = id ? fake_disk_find(id) : -1;
+		if (!ch_cfg || i < 0)
+			fault(fd, 404, "Error from API: The device could not be removed from the VM: no device %s",
+			      id ? id : "(no id)");
+		else
+			fake_disks[i][0] = '\0', respond(fd, 204, NULL, NULL);
 	} else {
 		violate("%s %s is in the API document but not used by the driver (unexpected call)", m, p);
 	}

@@ -326,6 +326,19 @@ START_TEST(validation_and_test_mode_refusals)
 	}
 	/* A valid tag reaches the mount step, which test mode refuses. */
 	ck_assert_int_eq(vmf_agent_mount_share(a, "share", 5000, &e), -EPERM);
+	/* Disks: the serial and file system type cannot smuggle paths or
+	 * options; valid ones reach the wait, which test mode refuses. */
+	static const char *bad_serial[] = { "", "../sda", "a b", "vmfd0,ro", "012345678901234567890" };
+	for (size_t i = 0; i < sizeof bad_serial / sizeof bad_serial[0]; i++) {
+		ck_assert_int_eq(vmf_agent_mount_disk(a, bad_serial[i], "/mnt/d", NULL, false, NULL, 0, 5000, &e), -EINVAL);
+		ck_assert_msg(strstr(e.msg, "disk serial"), "%s", e.msg);
+		ck_assert_int_eq(vmf_agent_unmount_disk(a, bad_serial[i], "/mnt/d", 5000, &e), -EINVAL);
+	}
+	ck_assert_int_eq(vmf_agent_mount_disk(a, "vmfd0", "/mnt/d", "ext4,errors=panic", false, NULL, 0, 5000, &e),
+			 -EINVAL);
+	ck_assert_msg(strstr(e.msg, "file system type"), "%s", e.msg);
+	ck_assert_int_eq(vmf_agent_mount_disk(a, "vmfd0", "/mnt/d", "ext4", true, NULL, 0, 5000, &e), -EPERM);
+	ck_assert_int_eq(vmf_agent_unmount_disk(a, "vmfd0", "/mnt/d", 5000, &e), -EPERM);
 	uint32_t cpus;
 	uint64_t kib;
 	ck_assert_int_eq(vmf_agent_online(a, 2, 512, &cpus, &kib, 5000, &e), -EPERM);

@@ -82,6 +82,26 @@ START_TEST(lifecycle)
 	ck_assert_msg(ops->hotplug_memory(vm, 128, &err) == 0, "%s", err.msg);
 	ck_assert(fv_log_has("PUT /api/v1/vm.resize {\"desired_ram\":402653184}"));
 
+	/* A disk: the daemon's open descriptor through /proc, its serial and
+	 * id from the slot; removed by id, a second removal no error. */
+	char dpath[] = "/tmp/vmf-ch-disk.XXXXXX";
+	int dfd = mkstemp(dpath);
+	ck_assert_int_ge(dfd, 0);
+	struct vmf_disk_spec ds = { .slot = 3, .fd = dfd, .read_only = true, .format = "raw", .serial = "vmfd3",
+				    .backing_fd = -1 };
+	ck_assert_msg(ops->attach_disk(vm, &ds, &err) == 0, "%s", err.msg);
+	char want[160];
+	snprintf(want, sizeof want, "PUT /api/v1/vm.add-disk {\"path\":\"/proc/%d/fd/%d\",\"readonly\":true,"
+		 "\"id\":\"vmfd3\",\"serial\":\"vmfd3\",\"image_type\":\"Raw\"}", (int)getpid(), dfd);
+	ck_assert_msg(fv_log_has(want), "no %s", want);
+	ck_assert_int_lt(ops->attach_disk(vm, &ds, &err), 0);
+	ck_assert_msg(strstr(err.msg, "identifier vmfd3 is in use"), "%s", err.msg);
+	ck_assert_msg(ops->detach_disk(vm, 3, &err) == 0, "%s", err.msg);
+	ck_assert(fv_log_has("PUT /api/v1/vm.remove-device {\"id\":\"vmfd3\"}"));
+	ck_assert_msg(ops->detach_disk(vm, 3, &err) == 0, "%s", err.msg);
+	close(dfd);
+	unlink(dpath);
+
 	vmf_hv_state *hs = NULL;
 	ck_assert_int_eq(ops->serialize(vm, &hs, &err), 0);
 	ck_assert_int_eq(hs->vcpus, 4);

@@ -95,7 +95,17 @@ START_TEST(template_and_clone_lines)
 		"memory-backend-file,id=mem0,size=256M,mem-path=/var/lib/vmf/templates/abc/memory,share=on"), 0);
 	ck_assert_int_ge(find(argv, "-fsdev", "local,id=fs0,path=/run/vmf/vms/x/share,security_model=none"), 0);
 	ck_assert_int_ge(find(argv, "-device", "virtio-9p-pci,id=share0,fsdev=fs0,mount_tag=" VMF_SHARE_TAG), 0);
+	/* The disks' controller (vmfactory attach), before the share, which
+	 * only clones have: template and clone PCI addresses must match. */
+	int scsi = find(argv, "-device", "virtio-scsi-pci,id=" VMF_QEMU_SCSI_BUS);
+	ck_assert_int_ge(scsi, 0);
+	ck_assert_int_lt(scsi, find(argv, "-device", "virtio-9p-pci"));
 	vmf_qemu_free_argv(argv);
+	c.share_dir = "";
+	ck_assert_int_eq(vmf_qemu_build_argv(&c, &fds3, &argv, &e), 0);
+	ck_assert_int_ge(find(argv, "-device", "virtio-scsi-pci,id=" VMF_QEMU_SCSI_BUS), 0);
+	vmf_qemu_free_argv(argv);
+	c.share_dir = "/run/vmf/vms/x/share";
 
 	c.memory_mode = VMF__HV__MEMORY_MODE__MEM_CLONE_COW;
 	c.incoming = true;

@@ -278,6 +278,9 @@ static struct {
 	Vmf__Agent__MountResult mount;
 	Vmf__Agent__Identity identity;
 	Vmf__Agent__HandoutResult handout;
+	Vmf__Agent__DiskMounted disk;
+	char disk_dev[64];
+	char disk_path[PATH_MAX];
 	uint8_t random[16];
 	char boot_id[64];
 	char machine_id[64];
@@ -792,6 +795,227 @@ do_mount(Reply *r, const Vmf__Agent__MountShare *req)
 	out.mount.path = (char *)share_dir;
 	r->body_case = VMF__AGENT__AGENT_REPLY__BODY_MOUNT;
 	r->mount = &out.mount;
+}
+
+/* ---- block devices the host attached ---- */
+
+#define DISK_SERIAL_MAX 20
+
+/* The serial of /sys/block/NAME: virtio-blk's "serial" attribute, or the
+ * unit serial number of a SCSI disk (VPD page 0x80: a 4-byte header, then
+ * the serial). */
+static bool
+disk_has_serial(const char *name, const char *serial)
+{
+	char p[PATH_MAX], buf[256];
+	snprintf(p, sizeof(p), "/sys/block/%s/serial", name);
+	if (read_small(p, buf, sizeof(buf)) == 0 && strcmp(buf, serial) == 0)
+		return true;
+	snprintf(p, sizeof(p), "/sys/block/%s/device/vpd_pg80", name);
+	int fd = open(p, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return false;
+	unsigned char v[128];
+	ssize_t n = read(fd, v, sizeof(v));
+	close(fd);
+	if (n < 4)
+		return false;
+	size_t len = ((size_t)v[2] << 8 | v[3]);
+	if (len > (size_t)n - 4)
+		len = (size_t)n - 4;
+	/* QEMU pads nothing, other targets pad with spaces. */
+	while (len > 0 && (v[4 + len - 1] == ' ' || v[4 + len - 1] == '\0'))
+		len--;
+	return len == strlen(serial) && memcmp(v + 4, serial, len) == 0;
+}
+
+/* /sys/block's entry with this serial into name; false when none. */
+static bool
+find_disk(const char *serial, char *name, size_t n)
+{
+	DIR *d = opendir("/sys/block");
+	if (!d)
+		return false;
+	struct dirent *de;
+	bool found = false;
+	while (!found && (de = readdir(d)))
+		if (de->d_name[0] != '.' && disk_has_serial(de->d_name, serial)) {
+			snprintf(name, n, "%s", de->d_name);
+			found = true;
+		}
+	closedir(d);
+	return found;
+}
+
+static bool
+valid_serial(Reply *r, const char *serial)
+{
+	size_t n = strlen(serial);
+	if (n == 0 || n > DISK_SERIAL_MAX) {
+		fail(r, EINVAL, "disk serial must have 1 to %d characters, got %zu", DISK_SERIAL_MAX, n);
+		return false;
+	}
+	for (size_t i = 0; i < n; i++)
+		if (!isalnum((unsigned char)serial[i]) && serial[i] != '-' && serial[i] != '_') {
+			fail(r, EINVAL, "disk serial '%s' has a character other than letters, digits, '-' and '_'", serial);
+			return false;
+		}
+	return true;
+}
+
+/* An absolute path with no "." or ".." component, of which every existing
+ * component is a directory (made 0755 where missing). */
+static int
+make_mount_point(Reply *r, const char *path)
+{
+	if (path[0] != '/' || strlen(path) >= PATH_MAX) {
+		fail(r, EINVAL, "guest mount point '%s' is not an absolute path", path);
+		return -1;
+	}
+	char p[PATH_MAX];
+	snprintf(p, sizeof(p), "%s", path);
+	for (char *c = p + 1;; c++) {
+		if (*c != '/' && *c != '\0')
+			continue;
+		char save = *c;
+		*c = '\0';
+		const char *last = strrchr(p, '/') + 1;
+		if (!strcmp(last, ".") || !strcmp(last, "..")) {
+			fail(r, EINVAL, "guest mount point '%s' has a '.' or '..' component", path);
+			return -1;
+		}
+		if (*last && mkdir(p, 0755) < 0 && errno != EEXIST) {
+			fail(r, errno, "cannot create %s: %s", p, strerror(errno));
+			return -1;
+		}
+		*c = save;
+		if (save == '\0')
+			break;
+	}
+	return 0;
+}
+
+static void
+do_mount_disk(Reply *r, const Vmf__Agent__MountDisk *req)
+{
+	const char *serial = req->serial ? req->serial : "";
+	const char *path = req->path ? req->path : "";
+	const char *fstype = req->fstype && *req->fstype ? req->fstype : "ext4";
+	if (!valid_serial(r, serial))
+		return;
+	for (const char *c = fstype; *c; c++)
+		if (!isalnum((unsigned char)*c) && *c != '_') {
+			fail(r, EINVAL, "file system type '%s' is not a file system type name", fstype);
+			return;
+		}
+	if (test_mode) {
+		fail(r, EPERM, "test mode does not mount");
+		return;
+	}
+	/* The host adds the device just before asking: its uevent may not
+	 * have come yet (SCSI hot-plug scans on the controller's event). */
+	int64_t deadline = now_ms() + (req->timeout_ms ? req->timeout_ms : 10000);
+	char name[64];
+	drain_uevents();
+	while (!find_disk(serial, name, sizeof(name))) {
+		if (now_ms() >= deadline) {
+			fail(r, ETIMEDOUT, "no block device with serial '%s' appeared within %u ms", serial,
+			     req->timeout_ms ? req->timeout_ms : 10000);
+			return;
+		}
+		if (uevent_fd < 0 || !wait_uevent(deadline))
+			usleep(20000);
+		drain_uevents();
+	}
+	snprintf(out.disk_dev, sizeof(out.disk_dev), "/dev/%s", name);
+	/* The sysfs entry comes before the disk is usable: devtmpfs makes
+	 * the node a moment later, and sd opens it only once probed (ENXIO
+	 * until then). */
+	for (;;) {
+		int fd = open(out.disk_dev, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+		if (fd >= 0) {
+			close(fd);
+			break;
+		}
+		if (now_ms() >= deadline) {
+			fail(r, errno, "block device %s (serial %s) cannot be opened: %s", out.disk_dev, serial,
+			     strerror(errno));
+			return;
+		}
+		usleep(5000);
+	}
+	out.disk_path[0] = '\0';
+	if (*path) {
+		if (make_mount_point(r, path) < 0)
+			return;
+		unsigned long flags = MS_NODEV | MS_NOSUID | (req->read_only ? MS_RDONLY : 0);
+		int rc;
+		while ((rc = mount(out.disk_dev, path, fstype, flags, NULL)) < 0 && errno == ENXIO && now_ms() < deadline)
+			usleep(5000);
+		if (rc < 0) {
+			int e = errno;
+			fail(r, e, "cannot mount %s (serial %s) as %s at %s: %s", out.disk_dev, serial, fstype, path,
+			     strerror(e));
+			return;
+		}
+		snprintf(out.disk_path, sizeof(out.disk_path), "%s", path);
+	}
+	vmf__agent__disk_mounted__init(&out.disk);
+	out.disk.device = out.disk_dev;
+	out.disk.path = out.disk_path;
+	r->body_case = VMF__AGENT__AGENT_REPLY__BODY_DISK_MOUNTED;
+	r->disk_mounted = &out.disk;
+}
+
+static void
+do_unmount_disk(Reply *r, const Vmf__Agent__UnmountDisk *req)
+{
+	const char *serial = req->serial ? req->serial : "";
+	const char *path = req->path ? req->path : "";
+	if (!valid_serial(r, serial))
+		return;
+	if (test_mode) {
+		fail(r, EPERM, "test mode does not unmount");
+		return;
+	}
+	char name[64] = "";
+	bool present = find_disk(serial, name, sizeof(name));
+	out.disk_dev[0] = out.disk_path[0] = '\0';
+	if (present)
+		snprintf(out.disk_dev, sizeof(out.disk_dev), "/dev/%s", name);
+	if (*path) {
+		/* Only if the disk is what is mounted there: never another
+		 * file system the guest put at the same path. */
+		struct stat mst, dst;
+		if (present && stat(path, &mst) == 0 && stat(out.disk_dev, &dst) == 0 && mst.st_dev == dst.st_rdev) {
+			sync();
+			if (umount2(path, 0) < 0) {
+				int e = errno;
+				fail(r, e, "cannot unmount %s from %s: %s%s", out.disk_dev, path, strerror(e),
+				     e == EBUSY ? " (a process in the guest uses it)" : "");
+				return;
+			}
+			snprintf(out.disk_path, sizeof(out.disk_path), "%s", path);
+		}
+	}
+	if (present) {
+		char p[PATH_MAX];
+		int fd = open(out.disk_dev, O_RDONLY | O_CLOEXEC);
+		if (fd >= 0) {
+			fsync(fd);
+			close(fd);
+		}
+		/* A SCSI disk leaves before the host unplugs it: no I/O
+		 * errors from a device that vanished under the kernel. */
+		snprintf(p, sizeof(p), "/sys/block/%s/device/delete", name);
+		if (access(p, W_OK) == 0)
+			write_small(p, "1");
+	}
+	vmf__agent__disk_mounted__init(&out.disk);
+	out.disk.device = out.disk_dev;
+	out.disk.path = out.disk_path;
+	r->body_case = VMF__AGENT__AGENT_REPLY__BODY_DISK_UNMOUNTED;
+	r->disk_unmounted = &out.disk;
 }
 
 /* ---- host connections: frame parser and reply queue ---- */
@@ -1614,6 +1838,12 @@ handle(struct conn *c, const Vmf__Agent__AgentRequest *req, Reply *r)
 		break;
 	case VMF__AGENT__AGENT_REQUEST__BODY_HANDOUT:
 		do_handout(r, req->handout);
+		break;
+	case VMF__AGENT__AGENT_REQUEST__BODY_MOUNT_DISK:
+		do_mount_disk(r, req->mount_disk);
+		break;
+	case VMF__AGENT__AGENT_REQUEST__BODY_UNMOUNT_DISK:
+		do_unmount_disk(r, req->unmount_disk);
 		break;
 	case VMF__AGENT__AGENT_REQUEST__BODY_EXEC_START:
 		do_exec_start(c, r, req->exec_start);

@@ -354,6 +354,89 @@ release_vm(struct vmf_client *c, const char *id)
 		die(&e, "ReleaseVM");
 }
 
+/* ---- disks ---- */
+
+/* Guest seconds (CLOCK_BOOTTIME, 10 ms steps: busybox has no %N) of a
+ * sequential read of the same 64 MiB file from an attached ext4 disk and
+ * from the 9p share, page cache dropped before each; by `vmfactory exec`
+ * in the VM id.  0 on failure. */
+static int
+guest_read_times(const char *id, double *disk_s, double *share_s)
+{
+	char cmd[16384];
+	snprintf(cmd, sizeof cmd, "%s exec --socket %s --state-dir %s --run-dir %s %s -- sh -c '"
+		 "echo 3 > /proc/sys/vm/drop_caches; read a x < /proc/uptime; "
+		 "dd if=/mnt/bench/data.bin of=/dev/null bs=1M 2>/dev/null; read b x < /proc/uptime; "
+		 "echo 3 > /proc/sys/vm/drop_caches; read c x < /proc/uptime; "
+		 "dd if=/mnt/share/data.bin of=/dev/null bs=1M 2>/dev/null; read d x < /proc/uptime; "
+		 "echo $a $b $c $d' 2>>%s/cli.log", cfg.bin, cfg.sock, cfg.state, cfg.run, id, cfg.dir);
+	FILE *p = popen(cmd, "r");
+	double a, b, c2, d;
+	int n = p ? fscanf(p, "%lf %lf %lf %lf", &a, &b, &c2, &d) : 0;
+	if (p)
+		pclose(p);
+	if (n != 4)
+		return -1;
+	*disk_s = b - a;
+	*share_s = d - c2;
+	return 0;
+}
+
+/* Attach + mount latency (read-only ext4 image, request to reply: the
+ * guest has it mounted), samples times on one VM; then the read
+ * throughputs.  False (and the keys left out) when the image has no disk
+ * support. */
+static bool
+disk_bench(struct vmf_client *c, struct series *attach, double *disk_mib_s, double *share_mib_s)
+{
+	char cmd[16384], img[4200], id[64], share[4300];
+	snprintf(img, sizeof img, "%s/disk.img", cfg.dir);
+	snprintf(cmd, sizeof cmd, "set -e; mkdir -p %s/diskroot; head -c 64M /dev/urandom > %s/diskroot/data.bin; "
+		 "truncate -s 80M %s; PATH=$PATH:/sbin:/usr/sbin mkfs.ext4 -q -F -d %s/diskroot %s",
+		 cfg.dir, cfg.dir, img, cfg.dir, img);
+	if (system(cmd) != 0) {
+		fprintf(stderr, "vmf-bench: cannot make the disk image (mkfs.ext4 -d); disk bench skipped\n");
+		return false;
+	}
+	wait_pool(cfg.vms, vmf_now_ms() + 120000);
+	get_vm(c, 1, 256, 9000, id);
+	snprintf(share, sizeof share, "%s/sb/bench-9000-share/data.bin", cfg.dir);
+	snprintf(cmd, sizeof cmd, "cp %s/diskroot/data.bin %s", cfg.dir, share);
+	bool ok = system(cmd) == 0;
+	for (int i = 0; ok && i < cfg.samples; i++) {
+		Vmf__Control__AttachRequest at = VMF__CONTROL__ATTACH_REQUEST__INIT;
+		Vmf__Control__Reply *r;
+		struct vmf_error e = {0};
+		at.vm_id = id;
+		at.path = img;
+		at.read_only = true;
+		at.guest_path = "/mnt/bench";
+		int64_t t0 = vmf_monotonic_ns();
+		if (vmf_client_attach(c, &at, &r, CALL_TIMEOUT_MS, &e) < 0) {
+			fprintf(stderr, "vmf-bench: attach: %s; disk bench skipped\n", e.msg);
+			ok = false;
+			break;
+		}
+		add(attach, ms_since(t0));
+		vmf__control__reply__free_unpacked(r, NULL);
+		if (i + 1 < cfg.samples) {
+			if (vmf_client_detach(c, id, img, &r, CALL_TIMEOUT_MS, &e) < 0)
+				die(&e, "detach");
+			vmf__control__reply__free_unpacked(r, NULL);
+		}
+	}
+	double ds, ss;
+	if (ok && guest_read_times(id, &ds, &ss) == 0 && ds > 0 && ss > 0) {
+		*disk_mib_s = 64 / ds;
+		*share_mib_s = 64 / ss;
+	} else if (ok) {
+		fprintf(stderr, "vmf-bench: the guest read could not be timed; see %s/cli.log\n", cfg.dir);
+		ok = false;
+	}
+	release_vm(c, id);
+	return ok;
+}
+
 /* Per-step p50/p99 of the daemon's hand-outs so far, as Markdown rows. */
 static void
 steps_table(FILE *out, json_object *j)
@@ -976,6 +1059,11 @@ main(int argc, char **argv)
 		release_vm(c, id);
 	}
 
+	fprintf(stderr, "vmf-bench: disk attach + mount, %d samples; disk and 9p reads\n", cfg.samples);
+	struct series disk_attach = { .name = "disk-attach" };
+	double disk_mib_s = 0, share_mib_s = 0;
+	bool disks = disk_bench(c, &disk_attach, &disk_mib_s, &share_mib_s);
+
 	fprintf(stderr, "vmf-bench: %d get/release cycles\n", cfg.cycles);
 	Vmf__Control__Reply *st = status();
 	pid_t dpid = st->status->pid;
@@ -1018,6 +1106,13 @@ main(int argc, char **argv)
 	jnum("daemon_fds_after", fds1);
 	jnum("clock_error_ms", pct(&clock_err, 99));
 	jnum("clock_error_p50_ms", pct(&clock_err, 50));
+	if (disks) {
+		finish(&disk_attach);
+		jnum("disk_attach_mount_p50_ms", pct(&disk_attach, 50));
+		jnum("disk_attach_mount_p99_ms", pct(&disk_attach, 99));
+		jnum("disk_read_mib_s", disk_mib_s);
+		jnum("share9p_read_mib_s", share_mib_s);
+	}
 	char *trace_md = NULL;
 	size_t trace_len;
 	FILE *tm = open_memstream(&trace_md, &trace_len);
@@ -1066,6 +1161,12 @@ main(int argc, char **argv)
 	printf("| daemon open fds before / after | %d / %d |\n", fds0, fds1);
 	printf("| guest clock error at hand-out, p50 / p99 over %d hand-outs | %.3f / %.3f ms |\n", clock_err.n,
 	       pct(&clock_err, 50), pct(&clock_err, 99));
+	if (disks) {
+		printf("| disk attach + mount (read-only ext4, request to reply), p50 / p99 over %d | %.1f / %.1f ms |\n",
+		       disk_attach.n, pct(&disk_attach, 50), pct(&disk_attach, 99));
+		printf("| sequential read of a 64 MiB file in the guest: disk (virtio-scsi) / 9p share | %.0f / %.0f MiB/s |\n",
+		       disk_mib_s, share_mib_s);
+	}
 	printf("\n## Targets\n\n| target | measured | bound | |\n|---|---:|---:|---|\n");
 	double cold50 = pct(&cold, 50), fl = pct(&floor_, 50);
 	target("clone speed-up over cold (p50)", cold50 / pct(&clone, 50), 15, false, "×");

@@ -64,6 +64,8 @@ int cmd_get(const struct cmd *cmd, struct args *a);
 int cmd_inspect(const struct cmd *cmd, struct args *a);
 int cmd_release(const struct cmd *cmd, struct args *a);
 int cmd_destroy(const struct cmd *cmd, struct args *a);
+int cmd_attach(const struct cmd *cmd, struct args *a);
+int cmd_detach(const struct cmd *cmd, struct args *a);
 
 /* exec.c: exec, straight to the VM's agent */
 int cmd_exec(const struct cmd *cmd, struct args *a);
@@ -89,6 +91,8 @@ int cmd_check_config(const struct cmd *cmd, struct args *a);
 #define JD(o, k, v) json_object_object_add(o, k, json_object_new_double(v))
 #define JB(o, k, v) json_object_object_add(o, k, json_object_new_boolean(v))
 void print_json(json_object *j);
+json_object *disk_json(const Vmf__Control__Reply *r);
+void disk_human(const Vmf__Control__Reply *r);
 json_object *vm_json(const Vmf__Control__Reply *r);
 void vm_human(const Vmf__Control__Reply *r);
 json_object *inspect_json(const Vmf__Control__Reply *r);

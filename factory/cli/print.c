@@ -15,6 +15,41 @@ print_json(json_object *j)
 }
 
 static json_object *
+diskinfo_json(const Vmf__Control__DiskInfo *d)
+{
+	json_object *o = json_object_new_object();
+	JS(o, "path", d->path);
+	JS(o, "kind", d->kind);
+	JB(o, "read_only", d->read_only);
+	JS(o, "format", d->format);
+	JS(o, "guest_path", d->guest_path);
+	JS(o, "fstype", d->fstype);
+	JS(o, "serial", d->serial);
+	JS(o, "guest_device", d->guest_device);
+	return o;
+}
+
+static void
+diskinfo_human(const Vmf__Control__DiskInfo *d, const char *lead)
+{
+	printf("%s%s %s (%s, %s) as %s%s%s\n", lead, d->kind, d->path, d->format, d->read_only ? "read-only" : "read-write",
+	       d->guest_device && *d->guest_device ? d->guest_device : d->serial,
+	       d->guest_path && *d->guest_path ? " mounted at " : "", d->guest_path ? d->guest_path : "");
+}
+
+json_object *
+disk_json(const Vmf__Control__Reply *r)
+{
+	return diskinfo_json(r->disk);
+}
+
+void
+disk_human(const Vmf__Control__Reply *r)
+{
+	diskinfo_human(r->disk, "");
+}
+
+static json_object *
 vminfo_json(const Vmf__Control__VmInfo *v)
 {
 	json_object *o = json_object_new_object();
@@ -44,6 +79,10 @@ vminfo_json(const Vmf__Control__VmInfo *v)
 	JD(o, "clock_error_ms", v->clock_error_ms);
 	if (v->handout && *v->handout)
 		JS(o, "handout", v->handout);
+	json_object *disks = json_object_new_array();
+	for (size_t i = 0; i < v->n_disks; i++)
+		json_object_array_add(disks, diskinfo_json(v->disks[i]));
+	json_object_object_add(o, "disks", disks);
 	if (v->hypervisor) {
 		json_object *h = json_object_new_object();
 		JI(h, "pid", v->hypervisor->pid);
@@ -83,6 +122,8 @@ vminfo_human(const Vmf__Control__VmInfo *v)
 	}
 	if (v->handout && *v->handout)
 		printf("hand-out:     %s\n", v->handout);
+	for (size_t i = 0; i < v->n_disks; i++)
+		diskinfo_human(v->disks[i], "disk:         ");
 }
 
 json_object *

@@ -5,7 +5,9 @@
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "cli.h"
@@ -77,9 +79,91 @@ send_get(struct vmf_client *c, struct args *a, void *req, int timeout_ms, Vmf__C
 	return vmf_client_get_vm(c, req, r, timeout_ms, e);
 }
 
+/* get's --disk and --scratch, in the order given. */
+#define GET_DISKS_MAX 16
+struct get_req {
+	Vmf__Control__GetVMRequest g;
+	Vmf__Control__AttachRequest at[GET_DISKS_MAX];
+	Vmf__Control__AttachRequest *atp[GET_DISKS_MAX];
+	size_t n;
+};
+
+static int
+send_get_disks(struct vmf_client *c, struct args *a, void *req, int timeout_ms, Vmf__Control__Reply **r,
+	       struct vmf_error *e)
+{
+	(void)a;
+	struct get_req *q = req;
+	return vmf_client_get_vm_with_disks(c, &q->g, q->atp, q->n, r, timeout_ms, e);
+}
+
+/* PATH[:ro|:cow][:GUESTPATH] (a GUESTPATH is absolute, so "ro" is never one). */
+static int
+parse_disk(char *s, Vmf__Control__AttachRequest *at)
+{
+	char *guest = strstr(s, ":/");
+	if (guest) {
+		*guest = '\0';
+		at->guest_path = guest + 1;
+	}
+	size_t n = strlen(s);
+	if (n > 3 && strcmp(s + n - 3, ":ro") == 0) {
+		s[n - 3] = '\0';
+		at->read_only = true;
+	} else if (n > 4 && strcmp(s + n - 4, ":cow") == 0) {
+		s[n - 4] = '\0';
+		at->cow = true;
+	}
+	at->path = s;
+	return *s ? 0 : -1;
+}
+
+/* SIZE_MIB:GUESTPATH */
+static int
+parse_scratch(char *s, Vmf__Control__AttachRequest *at)
+{
+	char *end;
+	unsigned long mib = strtoul(s, &end, 10);
+	if (end == s || mib == 0 || mib > UINT32_MAX || (*end != ':' && *end != '\0'))
+		return -1;
+	at->scratch_mib = (uint32_t)mib;
+	at->guest_path = *end == ':' ? end + 1 : "";
+	return 0;
+}
+
 int
 cmd_get(const struct cmd *cmd, struct args *a)
 {
+	struct get_req q = { .g = VMF__CONTROL__GET_VMREQUEST__INIT };
+	for (int i = 0; i < a->n; i++) {
+		bool disk = strcmp(a->names[i], "disk") == 0, scratch = strcmp(a->names[i], "scratch") == 0;
+		if (!disk && !scratch)
+			continue;
+		if (q.n == GET_DISKS_MAX)
+			return usage_error(cmd, "get: more than %d disks", GET_DISKS_MAX);
+		Vmf__Control__AttachRequest *at = &q.at[q.n];
+		vmf__control__attach_request__init(at);
+		if (disk ? parse_disk((char *)a->vals[i], at) : parse_scratch((char *)a->vals[i], at))
+			return usage_error(cmd, disk ? "get: --disk takes PATH[:ro|:cow][:GUESTPATH], got '%s'"
+						     : "get: --scratch takes SIZE_MIB:GUESTPATH, got '%s'",
+					   a->vals[i]);
+		q.atp[q.n] = at;
+		q.n++;
+	}
+	if (q.n) {
+		Vmf__Control__GetVMRequest *g = &q.g;
+		unsigned timeout = 0;
+		if (num(a, "cpus", &g->vcpus, cmd) || num(a, "memory", &g->memory_mib, cmd) ||
+		    num(a, "timeout", &timeout, cmd))
+			return EXIT_USAGE;
+		g->sandbox_id = (char *)(opt(a, "sandbox") ? opt(a, "sandbox") : "");
+		g->share_dir = (char *)(opt(a, "share-dir") ? opt(a, "share-dir") : "");
+		g->sock_dir = (char *)(opt(a, "sock-dir") ? opt(a, "sock-dir") : "");
+		g->pool = (char *)(opt(a, "pool") ? opt(a, "pool") : "");
+		g->timeout_ms = timeout * 1000;
+		int call_ms = (int)(timeout ? timeout * 1000 + 5000 : 120000);
+		return remote(a, &(struct remote_call){ send_get_disks, &q, call_ms, vm_json, vm_human, false });
+	}
 	Vmf__Control__GetVMRequest g = VMF__CONTROL__GET_VMREQUEST__INIT;
 	unsigned timeout = 0;
 	if (num(a, "cpus", &g.vcpus, cmd) || num(a, "memory", &g.memory_mib, cmd) || num(a, "timeout", &timeout, cmd))
@@ -125,6 +209,48 @@ cmd_release(const struct cmd *cmd, struct args *a)
 	if (rc == 0)
 		printf("released %s\n", a->pos[0]);
 	return rc;
+}
+
+static int
+send_attach(struct vmf_client *c, struct args *a, void *req, int timeout_ms, Vmf__Control__Reply **r,
+	    struct vmf_error *e)
+{
+	(void)a;
+	return vmf_client_attach(c, req, r, timeout_ms, e);
+}
+
+int
+cmd_attach(const struct cmd *cmd, struct args *a)
+{
+	Vmf__Control__AttachRequest at = VMF__CONTROL__ATTACH_REQUEST__INIT;
+	unsigned timeout = 0;
+	if (num(a, "scratch", &at.scratch_mib, cmd) || num(a, "timeout", &timeout, cmd))
+		return EXIT_USAGE;
+	at.vm_id = a->pos[0];
+	at.path = (char *)(opt(a, "disk") ? opt(a, "disk") : "");
+	at.read_only = flag(a, "ro");
+	at.cow = flag(a, "cow");
+	at.format = (char *)(opt(a, "format") ? opt(a, "format") : "");
+	at.guest_path = (char *)(opt(a, "mount") ? opt(a, "mount") : "");
+	at.fstype = (char *)(opt(a, "fstype") ? opt(a, "fstype") : "");
+	return remote(a, &(struct remote_call){ send_attach, &at, (int)timeout * 1000, disk_json, disk_human, false });
+}
+
+static int
+send_detach(struct vmf_client *c, struct args *a, void *req, int timeout_ms, Vmf__Control__Reply **r,
+	    struct vmf_error *e)
+{
+	(void)req;
+	return vmf_client_detach(c, a->pos[0], opt(a, "disk") ? opt(a, "disk") : "", r, timeout_ms, e);
+}
+
+int
+cmd_detach(const struct cmd *cmd, struct args *a)
+{
+	unsigned timeout = 0;
+	if (num(a, "timeout", &timeout, cmd))
+		return EXIT_USAGE;
+	return remote(a, &(struct remote_call){ send_detach, NULL, (int)timeout * 1000, disk_json, disk_human, false });
 }
 
 struct destroy_req {

@@ -159,6 +159,7 @@ call_expect(struct vmf_client *c, Vmf__Control__Request *req, Vmf__Control__Repl
 	case VMF__CONTROL__REPLY__BODY_STATUS: ok = ok && (*reply)->status; break;
 	case VMF__CONTROL__REPLY__BODY_DESTROY: ok = ok && (*reply)->destroy; break;
 	case VMF__CONTROL__REPLY__BODY_RELEASE: ok = ok && (*reply)->release; break;
+	case VMF__CONTROL__REPLY__BODY_DISK: ok = ok && (*reply)->disk; break;
 	default: ok = false; break;
 	}
 	if (!ok) {
@@ -207,6 +208,75 @@ vmf_client_inspect(struct vmf_client *c, const char *vm_id, Vmf__Control__Reply 
 	req.body_case = VMF__CONTROL__REQUEST__BODY_INSPECT;
 	req.inspect = &r;
 	return call_expect(c, &req, VMF__CONTROL__REPLY__BODY_INSPECT, "Inspect", reply, timeout_ms, err);
+}
+
+int
+vmf_client_attach(struct vmf_client *c, const Vmf__Control__AttachRequest *r, Vmf__Control__Reply **reply,
+		  int timeout_ms, struct vmf_error *err)
+{
+	Vmf__Control__Request req = VMF__CONTROL__REQUEST__INIT;
+	req.body_case = VMF__CONTROL__REQUEST__BODY_ATTACH;
+	req.attach = (Vmf__Control__AttachRequest *)r;
+	return call_expect(c, &req, VMF__CONTROL__REPLY__BODY_DISK, "Attach", reply, timeout_ms ? timeout_ms : 60000,
+			   err);
+}
+
+int
+vmf_client_detach(struct vmf_client *c, const char *vm_id, const char *path, Vmf__Control__Reply **reply,
+		  int timeout_ms, struct vmf_error *err)
+{
+	Vmf__Control__Request req = VMF__CONTROL__REQUEST__INIT;
+	Vmf__Control__DetachRequest r = VMF__CONTROL__DETACH_REQUEST__INIT;
+	r.vm_id = (char *)vm_id;
+	r.path = (char *)path;
+	req.body_case = VMF__CONTROL__REQUEST__BODY_DETACH;
+	req.detach = &r;
+	return call_expect(c, &req, VMF__CONTROL__REPLY__BODY_DISK, "Detach", reply, timeout_ms ? timeout_ms : 60000,
+			   err);
+}
+
+int
+vmf_client_get_vm_with_disks(struct vmf_client *c, const Vmf__Control__GetVMRequest *req,
+			     Vmf__Control__AttachRequest *const *attach, size_t n, Vmf__Control__Reply **reply,
+			     int timeout_ms, struct vmf_error *err)
+{
+	Vmf__Control__Reply *vr;
+	int rc = vmf_client_get_vm(c, req, &vr, timeout_ms, err);
+	if (rc < 0 || n == 0) {
+		*reply = rc < 0 ? NULL : vr;
+		return rc;
+	}
+	Vmf__Control__VmInfo *vm = vr->vm;
+	Vmf__Control__DiskInfo **disks = realloc(vm->disks, (vm->n_disks + n) * sizeof(*disks));
+	if (!disks)
+		rc = vmf_err(err, ENOMEM, "out of memory");
+	else
+		vm->disks = disks;
+	for (size_t i = 0; rc == 0 && i < n; i++) {
+		Vmf__Control__Reply *ar;
+		attach[i]->vm_id = vm->id;
+		rc = vmf_client_attach(c, attach[i], &ar, timeout_ms, err);
+		if (rc < 0) {
+			vmf_error_prefix(err, "VM %s released again: %s %s", vm->id,
+					 attach[i]->scratch_mib ? "scratch volume for" : "disk",
+					 attach[i]->scratch_mib ? attach[i]->guest_path : attach[i]->path);
+			break;
+		}
+		/* The attach reply's disk moves into the VM's record. */
+		vm->disks[vm->n_disks++] = ar->disk;
+		ar->disk = NULL;
+		ar->body_case = VMF__CONTROL__REPLY__BODY__NOT_SET;
+		vmf__control__reply__free_unpacked(ar, NULL);
+	}
+	if (rc < 0) {
+		struct vmf_error e2 = {0};
+		vmf_client_release_vm(c, vm->id, timeout_ms, &e2);
+		vmf__control__reply__free_unpacked(vr, NULL);
+		*reply = NULL;
+		return rc;
+	}
+	*reply = vr;
+	return 0;
 }
 
 int

@@ -62,6 +62,20 @@ int vmf_client_release_vm(struct vmf_client *c, const char *vm_id, int timeout_m
 int vmf_client_inspect(struct vmf_client *c, const char *vm_id, Vmf__Control__Reply **reply, int timeout_ms,
 		       struct vmf_error *err);
 int vmf_client_status(struct vmf_client *c, Vmf__Control__Reply **reply, int timeout_ms, struct vmf_error *err);
+/* Disks of a handed-out VM (docs/protocol.md, "Disks"): the reply's disk
+ * is what was attached or detached.  Attaching waits for the guest to see
+ * the device and mount it (budget timeout_ms, 0 = 60 s). */
+int vmf_client_attach(struct vmf_client *c, const Vmf__Control__AttachRequest *req, Vmf__Control__Reply **reply,
+		      int timeout_ms, struct vmf_error *err);
+int vmf_client_detach(struct vmf_client *c, const char *vm_id, const char *path, Vmf__Control__Reply **reply,
+		      int timeout_ms, struct vmf_error *err);
+/* GetVM, then each of the n attaches (their vm_id filled in) in order; the
+ * VM's record in the reply lists the disks.  When an attach fails the VM is
+ * released again and err says which disk failed: the caller gets a VM with
+ * all its disks or none. */
+int vmf_client_get_vm_with_disks(struct vmf_client *c, const Vmf__Control__GetVMRequest *req,
+				 Vmf__Control__AttachRequest *const *attach, size_t n, Vmf__Control__Reply **reply,
+				 int timeout_ms, struct vmf_error *err);
 int vmf_client_destroy(struct vmf_client *c, int all, Vmf__Control__Reply **reply, int timeout_ms,
 		       struct vmf_error *err);
 
