@@ -582,6 +582,11 @@ configure_nic(const Vmf__Agent__Handout *req, char *why, size_t whylen)
 		}
 	}
 	if (req->n_net_dns) {
+		/* A busybox initramfs may have no /etc at all. */
+		if (mkdir("/etc", 0755) < 0 && errno != EEXIST) {
+			snprintf(why, whylen, "cannot create /etc: %s", strerror(errno));
+			goto out;
+		}
 		FILE *f = fopen("/etc/resolv.conf", "we");
 		if (!f) {
 			snprintf(why, whylen, "cannot write /etc/resolv.conf: %s", strerror(errno));
