@@ -470,6 +470,8 @@ paths_work(void *arg)
 			j->rc = fd;
 		else
 			j->nsfd = fd;
+		if (fd >= 0)
+			j->rc = vmf_netns_check_link(fd, j->netns, j->netns_link, &j->err);
 	}
 	if (j->rc == 0 && j->net.n_hostfwd)
 		j->rc = vmf_net_check_fwd_ports(&j->net, &j->err);

@@ -435,6 +435,27 @@ read_dns(const char *path, struct vmf_guest_net *gn)
 }
 
 int
+vmf_netns_check_link(int nsfd, const char *path, const char *link, struct vmf_error *err)
+{
+	struct nl *nl = calloc(1, sizeof(*nl));
+	if (!nl)
+		return vmf_err(err, ENOMEM, "out of memory");
+	struct inside in = { .link = link, .tap = NULL };
+	int r = enter(nsfd, &in, nl, err);
+	if (r == 0) {
+		struct ifreq ifr = { 0 };
+		snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", link);
+		if (ioctl(in.ioc, SIOCGIFINDEX, &ifr) < 0)
+			r = errno == ENODEV ? vmf_err(err, ENODEV, "the network namespace %.200s has no interface %s",
+						      path, link)
+					    : vmf_err_sys(err, errno, "interface %s in %.200s", link, path);
+		inside_close(&in);
+	}
+	free(nl);
+	return r;
+}
+
+int
 vmf_netns_setup(int nsfd, const char *path, const char *link, const char *tap, struct vmf_guest_net *gn,
 		int *tapfd, struct vmf_error *err)
 {
