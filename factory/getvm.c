@@ -51,6 +51,7 @@ struct getvm_job {
 	char netns[PATH_MAX], netns_link[16];
 	int nsfd;
 	uint64_t netns_dev, netns_ino;
+	bool net_busy;           /* the interface is another VM's: nothing of ours to undo */
 	int rc;
 	struct vmf_error err;
 };
@@ -161,6 +162,7 @@ attach_net(struct getvm_job *j, struct vmf_guest_net *gn, struct vmf_error *err)
 	int r;
 	if (j->nsfd >= 0) {
 		r = vmf_netns_setup(j->nsfd, j->netns, j->netns_link, vm->tap, gn, &nb.tap_fd, err);
+		j->net_busy = r == -EBUSY;
 		if (r < 0)
 			return r;
 		VMF_FAULT("mid-net");
@@ -441,6 +443,8 @@ getvm_done(void *arg)
 		d->errors++;
 		log_vm(VMF_LOG_WARN, vm->id, "GetVM for sandbox %s failed: %s", j->sandbox_id, j->err.msg);
 		/* Never handed out half-prepared: the VM goes, with any link made. */
+		if (j->net_busy)
+			vm->net[0] = '\0';
 		vmf_cache_destroy_vm(&d->cache, vm, true, NULL);
 		vmf_control_reply_error(j->c, j->err.code, j->err.msg);
 	}

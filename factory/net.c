@@ -319,9 +319,19 @@ count_cb(const struct nlmsghdr *h, void *data)
 	return MNL_CB_OK;
 }
 
-/* Filters left on from's ingress (someone else's). */
 static int
-ingress_filters(struct nl *nl, unsigned from, unsigned *n)
+ours_cb(const struct nlmsghdr *h, void *data)
+{
+	struct tcmsg *t = mnl_nlmsg_get_payload(h);
+	if (TC_H_MAJ(t->tcm_info) >> 16 == MIRROR_PRIO)
+		(*(unsigned *)data)++;
+	return MNL_CB_OK;
+}
+
+/* Filters left on from's ingress (someone else's); with ours, only those of
+ * our priority. */
+static int
+ingress_filters_cb(struct nl *nl, unsigned from, unsigned *n, mnl_cb_t cb)
 {
 	struct nlmsghdr *h = mnl_nlmsg_put_header(nl->buf);
 	h->nlmsg_type = RTM_GETTFILTER;
@@ -331,7 +341,13 @@ ingress_filters(struct nl *nl, unsigned from, unsigned *n)
 	t->tcm_ifindex = (int)from;
 	t->tcm_parent = TC_H_MAKE(TC_H_INGRESS, 0);
 	*n = 0;
-	return nl_talk(nl, h, count_cb, n);
+	return nl_talk(nl, h, cb, n);
+}
+
+static int
+ingress_filters(struct nl *nl, unsigned from, unsigned *n)
+{
+	return ingress_filters_cb(nl, from, n, count_cb);
 }
 
 /* Enters ns (the calling thread only), runs fn there to open what must be
@@ -445,10 +461,14 @@ vmf_netns_check_link(int nsfd, const char *path, const char *link, struct vmf_er
 	if (r == 0) {
 		struct ifreq ifr = { 0 };
 		snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", link);
+		unsigned ours = 0;
 		if (ioctl(in.ioc, SIOCGIFINDEX, &ifr) < 0)
 			r = errno == ENODEV ? vmf_err(err, ENODEV, "the network namespace %.200s has no interface %s",
 						      path, link)
 					    : vmf_err_sys(err, errno, "interface %s in %.200s", link, path);
+		/* One VM per interface: a second mirror would get nothing. */
+		else if (ingress_filters_cb(nl, (unsigned)ifr.ifr_ifindex, &ours, ours_cb) == 0 && ours)
+			r = vmf_err(err, EBUSY, "interface %s in %.200s is mirrored to another VM already", link, path);
 		inside_close(&in);
 	}
 	free(nl);
@@ -524,8 +544,11 @@ vmf_netns_setup(int nsfd, const char *path, const char *link, const char *tap, s
 		goto out;
 	}
 	if ((r = mirror(nl, lidx, tidx)) < 0) {
-		vmf_err_sys(err, -r, r == -EEXIST ? "interface %s in %.200s is mirrored by another VM already"
-			    : "cannot mirror interface %s in %.200s to the VM's tap", link, path);
+		/* Another hand-out's, made since the check: it is not ours to undo. */
+		if (r == -EEXIST)
+			r = vmf_err(err, EBUSY, "interface %s in %.200s is mirrored to another VM already", link, path);
+		else
+			vmf_err_sys(err, -r, "cannot mirror interface %s in %.200s to the VM's tap", link, path);
 		goto out;
 	}
 	if ((r = mirror(nl, tidx, lidx)) < 0) {

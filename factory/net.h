@@ -28,14 +28,16 @@ int vmf_net_check_fwd_ports(const struct vmf_net_request *r, struct vmf_error *e
  * owned by peer (docs/security.md). */
 int vmf_netns_open(const char *path, uid_t peer, bool admin, uint64_t *dev, uint64_t *ino,
 		   struct vmf_error *err);
-/* On a worker: ENODEV unless the namespace nsfd has the interface link
- * (checked before a pooled VM is taken for the hand-out). */
+/* On a worker: ENODEV unless the namespace nsfd has the interface link,
+ * EBUSY when it is mirrored to a VM already (checked before a pooled VM is
+ * taken for the hand-out). */
 int vmf_netns_check_link(int nsfd, const char *path, const char *link, struct vmf_error *err);
 /* On a worker: in the namespace nsfd, reads interface link's MAC, IPv4
  * addresses and default gateway (and DNS from /etc/netns/NAME/resolv.conf)
  * into gn, creates the tap (not persistent: it goes with QEMU) and mirrors
  * the two with tc.  *tapfd for QEMU; on failure what was made is left for
- * vmf_netns_undo (the caller's record names it). */
+ * vmf_netns_undo (the caller's record names it), except on EBUSY: the
+ * interface is mirrored to another VM, whose filter must stay. */
 int vmf_netns_setup(int nsfd, const char *path, const char *link, const char *tap, struct vmf_guest_net *gn,
 		    int *tapfd, struct vmf_error *err);
 /* On a worker: removes the mirror (and the ingress qdisc, once no other

@@ -443,9 +443,16 @@ START_TEST(net_end_to_end)
 	check(a.rc == 0 && strstr(podmac, a.mac) != NULL, "the guest has the pod interface's MAC %s (%s)", a.mac,
 	      podmac);
 	free(podmac);
-	char *out = guest_sh(a.id, "ip addr show eth0 2>/dev/null || cat /sys/class/net/eth0/address");
-	free(out);
-	out = guest_sh(a.id, "wget -q -O - http://10.231.0.1:8000/");
+	/* One VM per interface: a second is refused before a VM is taken,
+	 * and the first one's mirror stays (its fetch below). */
+	wait_ready(2);
+	struct vmgot c;
+	snprintf(opt, sizeof opt, "--netns /run/netns/%s", ns_pod);
+	get_vm(&c, "podc", opt);
+	check(c.rc != 0 && strstr(c.err, "mirrored to another VM"), "a second VM into the same pod is refused: %s",
+	      c.err);
+	check(ready_now() == 2, "no pooled VM was lost to it (%d ready)", ready_now());
+	char *out = guest_sh(a.id, "wget -q -O - http://10.231.0.1:8000/");
 	check(strstr(out, "from-peer-1") != NULL, "the guest in pod 1 fetches from its peer: '%s'", out);
 	free(out);
 	out = guest_sh(b.id, "wget -q -O - http://10.232.0.1:8000/");
