@@ -429,6 +429,30 @@ list_interfaces(void)
 	return n;
 }
 
+/* Every NIC up, without addresses, once at boot: the template is saved
+ * with it up (its rx ring filled, which costs tens of ms under TCG), so a
+ * hand-out only changes its MAC live and adds addresses.  Its hub has no
+ * backend until a hand-out plugs one: an up link reaches nothing. */
+static void
+nics_up(void)
+{
+	struct if_nameindex *ni = if_nameindex();
+	int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	for (struct if_nameindex *i = ni; ni && s >= 0 && i->if_index; i++) {
+		struct ifreq ifr = {0};
+		snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", i->if_name);
+		if (strcmp(i->if_name, "lo") == 0 || ioctl(s, SIOCGIFFLAGS, &ifr) < 0 || (ifr.ifr_flags & IFF_UP))
+			continue;
+		ifr.ifr_flags |= IFF_UP;
+		if (ioctl(s, SIOCSIFFLAGS, &ifr) < 0)
+			logmsg("cannot bring %s up: %s", i->if_name, strerror(errno));
+	}
+	if (s >= 0)
+		close(s);
+	if (ni)
+		if_freenameindex(ni);
+}
+
 /* One rtnetlink request, its ack awaited. */
 static int
 rtnl_do(int fd, struct nlmsghdr *h)
@@ -511,20 +535,28 @@ configure_nic(const Vmf__Agent__Handout *req, char *why, size_t whylen)
 		goto out;
 	}
 	short flags = ifr.ifr_flags;
-	if (flags & IFF_UP) {
-		ifr.ifr_flags = flags & ~IFF_UP;
-		ioctl(s, SIOCSIFFLAGS, &ifr);
-	}
+	/* Live (virtio-net's control queue): the link stays up, as the
+	 * template left it; a device that refuses is taken down for it. */
 	ifr.ifr_hwaddr.sa_family = ARPHRD_ETHER;
 	memcpy(ifr.ifr_hwaddr.sa_data, req->net_mac.data, 6);
-	if (ioctl(s, SIOCSIFHWADDR, &ifr) < 0) {
+	int mac = ioctl(s, SIOCSIFHWADDR, &ifr);
+	if (mac < 0 && errno == EBUSY) {
+		struct ifreq down = ifr;
+		down.ifr_flags = flags & ~IFF_UP;
+		ioctl(s, SIOCSIFFLAGS, &down);
+		flags &= ~IFF_UP;
+		mac = ioctl(s, SIOCSIFHWADDR, &ifr);
+	}
+	if (mac < 0) {
 		snprintf(why, whylen, "%s: cannot set its MAC: %s", name, strerror(errno));
 		goto out;
 	}
-	ifr.ifr_flags = flags | IFF_UP;
-	if (ioctl(s, SIOCSIFFLAGS, &ifr) < 0) {
-		snprintf(why, whylen, "%s: cannot bring it up: %s", name, strerror(errno));
-		goto out;
+	if (!(flags & IFF_UP)) {
+		ifr.ifr_flags = flags | IFF_UP;
+		if (ioctl(s, SIOCSIFFLAGS, &ifr) < 0) {
+			snprintf(why, whylen, "%s: cannot bring it up: %s", name, strerror(errno));
+			goto out;
+		}
 	}
 	for (size_t i = 0; i < req->n_net_addrs; i++) {
 		struct in_addr a;
@@ -2462,6 +2494,7 @@ main(int argc, char **argv)
 		fcntl(lfd, F_SETFL, fcntl(lfd, F_GETFL) | O_NONBLOCK);
 		return serve(lfd, false);
 	}
+	nics_up();
 	/* Before looking for the port, so that no uevent is missed. */
 	open_uevents();
 	/* vsock first: a Firecracker or Cloud Hypervisor guest has no virtio
