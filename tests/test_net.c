@@ -27,6 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -133,6 +134,8 @@ serve(const char *ns, const char *addr, int port, const char *body)
 {
 	pid_t pid = vmf_test_fork();
 	if (pid == 0) {
+		/* Gone with the test, however it ends. */
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
 		if (ns && enter_ns(ns) < 0)
 			_exit(1);
 		int s = socket(AF_INET, SOCK_STREAM, 0), one = 1;
@@ -343,6 +346,7 @@ tenant_netns(uid_t uid)
 	pid_t pid = vmf_test_fork();
 	if (pid == 0) {
 		close(p[0]);
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
 		char ok = become_tenant(uid) && unshare(CLONE_NEWUSER | CLONE_NEWNET) == 0 ? 1 : 0;
 		if (write(p[1], &ok, 1) != 1 || !ok)
 			_exit(1);
@@ -415,10 +419,6 @@ START_TEST(net_end_to_end)
 {
 	ck_assert_int_eq(chmod(tmp, 0711), 0);
 	ck_assert_int_eq(chmod(svc, 0711), 0);
-	snprintf(ns_pod, sizeof ns_pod, "vfn%dpod", (int)getpid());
-	snprintf(ns_peer, sizeof ns_peer, "vfn%dpeer", (int)getpid());
-	snprintf(ns_pod2, sizeof ns_pod2, "vfn%dpod2", (int)getpid());
-	snprintf(ns_peer2, sizeof ns_peer2, "vfn%dpeer2", (int)getpid());
 	atexit(at_exit_cleanup);
 	make_pair(ns_pod, ns_peer, "10.231.0");
 	make_pair(ns_pod2, ns_peer2, "10.232.0");
@@ -555,6 +555,12 @@ main(void)
 		printf("net tests skipped: %s\n", why);
 		return 77;
 	}
+	/* Named by the main process, which removes them after the test
+	 * however it ended (a failed check ends its forked child early). */
+	snprintf(ns_pod, sizeof ns_pod, "vfn%dpod", (int)getpid());
+	snprintf(ns_peer, sizeof ns_peer, "vfn%dpeer", (int)getpid());
+	snprintf(ns_pod2, sizeof ns_pod2, "vfn%dpod2", (int)getpid());
+	snprintf(ns_peer2, sizeof ns_peer2, "vfn%dpeer2", (int)getpid());
 	Suite *s = suite_create("net");
 	TCase *tc = tcase_create("net");
 	tcase_add_checked_fixture(tc, setup, cleanup);
@@ -562,6 +568,7 @@ main(void)
 	ADD_TEST(tc, net_end_to_end);
 	suite_add_tcase(s, tc);
 	int rc = vmf_test_run(s);
+	remove_namespaces();
 	tenant_users_remove();
 	return rc;
 }
