@@ -279,13 +279,15 @@ mirror(struct nl *nl, unsigned from, unsigned to)
 	t->tcm_info = TC_H_MAKE((uint32_t)MIRROR_PRIO << 16, htons(ETH_P_ALL));
 	mnl_attr_put_strz(h, TCA_KIND, "u32");
 	struct nlattr *opts = mnl_attr_nest_start(h, TCA_OPTIONS);
-	struct {
+	/* A selector with one key, all zero: "match u8 0 0", every packet. */
+	union {
 		struct tc_u32_sel sel;
-		struct tc_u32_key key;
-	} sel = { 0 };
+		char bytes[sizeof(struct tc_u32_sel) + sizeof(struct tc_u32_key)];
+	} sel;
+	memset(&sel, 0, sizeof(sel));
 	sel.sel.flags = TC_U32_TERMINAL;
 	sel.sel.nkeys = 1;
-	mnl_attr_put(h, TCA_U32_SEL, sizeof(sel), &sel);
+	mnl_attr_put(h, TCA_U32_SEL, sizeof(sel.bytes), &sel);
 	struct nlattr *acts = mnl_attr_nest_start(h, TCA_U32_ACT);
 	struct nlattr *act = mnl_attr_nest_start(h, 1);
 	mnl_attr_put_strz(h, TCA_ACT_KIND, "mirred");
