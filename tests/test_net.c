@@ -7,7 +7,8 @@
  *   pod interface's MAC and address.  Two VMs in two pods at once.
  * - user mode: the guest reaches a server on the host's loopback through
  *   the gateway 10.0.2.2, and a forward serves a guest port on loopback.
- * - release, and a daemon killed (SIGKILL) mid-hand-out then restarted,
+ * - release, and a daemon killed (SIGKILL) mid-hand-out (holding the tap
+ *   alone, and with QEMU holding it) then restarted,
  *   leave no tap, no tc filter or ingress qdisc, no namespace file.
  * - bad input: a path that does not exist, a regular file, a missing
  *   interface, a namespace a tenant does not own, a forward to a port in
@@ -503,23 +504,32 @@ START_TEST(net_end_to_end)
 		release_vm(u2.id, "userb");
 	wait_ready(2);
 
-	/* ---- SIGKILL mid-hand-out, then recovery ---- */
-	vmf(NULL, "destroy --all");
-	int64_t deadline = vmf_now_ms() + 60000;
-	while (daemon_answers() && vmf_now_ms() < deadline)
-		poll(NULL, 0, 100);
-	fault = "mid-handout";
-	ck_assert_int_eq(vmf(NULL, "init --pool 2 --group %s --wait --timeout 600", tu.group), 0);
-	fault = NULL;
-	snprintf(opt, sizeof opt, "--netns /run/netns/%s", ns_pod);
-	get_vm(&a, "killed", opt);
-	check(a.rc != 0, "the hand-out dies with its daemon");
-	check(ns_has_tap(ns_pod), "the tap QEMU holds outlived the daemon (recovery has work to do)");
-	ck_assert_int_eq(vmf(NULL, "init --pool 2 --group %s --wait --timeout 600", tu.group), 0);
-	deadline = vmf_now_ms() + 30000;
-	while (!ns_clean(ns_pod, why, sizeof why) && vmf_now_ms() < deadline)
-		poll(NULL, 0, 200);
-	check(ns_clean(ns_pod, why, sizeof why), "recovery leaves nothing in the pod: %s", why);
+	/* ---- SIGKILL mid-hand-out, then recovery: once with the tap held by
+	 * the daemon alone (mid-net: gone with it, the mirror left), once with
+	 * QEMU holding it (mid-handout: the tap outlives the daemon) ---- */
+	const char *points[] = { "mid-net", "mid-handout" };
+	for (size_t k = 0; k < 2; k++) {
+		vmf(NULL, "destroy --all");
+		int64_t deadline = vmf_now_ms() + 60000;
+		while (daemon_answers() && vmf_now_ms() < deadline)
+			poll(NULL, 0, 100);
+		fault = points[k];
+		ck_assert_int_eq(vmf(NULL, "init --pool 2 --group %s --wait --timeout 600", tu.group), 0);
+		fault = NULL;
+		snprintf(opt, sizeof opt, "--netns /run/netns/%s", ns_pod);
+		get_vm(&a, "killed", opt);
+		check(a.rc != 0, "%s: the hand-out dies with its daemon", points[k]);
+		if (k == 0)
+			check(!ns_clean(ns_pod, why, sizeof why) && !ns_has_tap(ns_pod),
+			      "%s: the mirror is left, the tap went with the daemon's fd: %s", points[k], why);
+		else
+			check(ns_has_tap(ns_pod), "%s: the tap QEMU holds outlived the daemon", points[k]);
+		ck_assert_int_eq(vmf(NULL, "init --pool 2 --group %s --wait --timeout 600", tu.group), 0);
+		deadline = vmf_now_ms() + 30000;
+		while (!ns_clean(ns_pod, why, sizeof why) && vmf_now_ms() < deadline)
+			poll(NULL, 0, 200);
+		check(ns_clean(ns_pod, why, sizeof why), "%s: recovery leaves nothing in the pod: %s", points[k], why);
+	}
 	char *files = sh_out("ls /run/netns");
 	check(strstr(files, "vmf") == NULL, "no namespace file of the daemon's: %s", files);
 	free(files);
