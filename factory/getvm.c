@@ -478,7 +478,7 @@ paths_work(void *arg)
 			j->rc = vmf_netns_check_link(fd, j->netns, j->netns_link, &j->err);
 	}
 	if (j->rc == 0 && j->net.n_hostfwd)
-		j->rc = vmf_net_check_fwd_ports(&j->net, &j->err);
+		j->rc = vmf_net_check_fwd_ports(&j->net, !vmf_daemon_peer_admin(j->d, j->peer), &j->err);
 }
 
 static void

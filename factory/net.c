@@ -99,7 +99,7 @@ vmf_net_parse(const char *spec, struct vmf_net_request *out, struct vmf_error *e
 }
 
 int
-vmf_net_check_fwd_ports(const struct vmf_net_request *r, struct vmf_error *err)
+vmf_net_check_fwd_ports(const struct vmf_net_request *r, bool tenant, struct vmf_error *err)
 {
 	/* QEMU's own refusal names no port; this check names it (a port taken
 	 * between here and netdev_add still fails there, less clearly). */
@@ -108,6 +108,9 @@ vmf_net_check_fwd_ports(const struct vmf_net_request *r, struct vmf_error *err)
 		unsigned hp, gp;
 		if (sscanf(r->hostfwd[i], "tcp:%63[^:]:%u-:%u", addr, &hp, &gp) != 3)
 			continue;
+		if (tenant && hp < 1024)
+			return vmf_err(err, EACCES, "forward %s: host port %u is privileged (below 1024): only root "
+				       "and the daemon's user may forward it", r->hostfwd[i], hp);
 		struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)hp) };
 		inet_pton(AF_INET, addr, &sa.sin_addr);
 		int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -381,12 +384,14 @@ struct inside {
 	struct mnl_socket *nl;
 	int ioc, tapfd;
 	int err;
+	const char *what;     /* what failed inside */
 };
 
 static int
 open_inside(void *arg)
 {
 	struct inside *in = arg;
+	in->what = "cannot open sockets in the network namespace";
 	in->nl = mnl_socket_open(NETLINK_ROUTE);
 	if (!in->nl || mnl_socket_bind(in->nl, 0, MNL_SOCKET_AUTOPID) < 0)
 		return in->err = -errno;
@@ -395,6 +400,7 @@ open_inside(void *arg)
 		return in->err = -errno;
 	if (!in->tap)
 		return 0;
+	in->what = "cannot create the VM's tap in the network namespace";
 	/* The tap is made in the namespace of the thread that asks: here.
 	 * Not persistent: it goes with the last fd, QEMU's. */
 	in->tapfd = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
@@ -415,6 +421,8 @@ inside_close(struct inside *in)
 		mnl_socket_close(in->nl);
 	if (in->ioc >= 0)
 		close(in->ioc);
+	in->nl = NULL;
+	in->ioc = -1;
 }
 
 static int
@@ -423,10 +431,11 @@ enter(int nsfd, struct inside *in, struct nl *nl, struct vmf_error *err)
 	in->ioc = in->tapfd = -1;
 	int r = in_netns(nsfd, open_inside, in, err);
 	if (r < 0 && !err->code)
-		vmf_err_sys(err, -r, in->tapfd >= 0 || !in->tap || !in->ioc ? "cannot create the tap %s" :
-			    "cannot open sockets in the namespace", in->tap ? in->tap : "");
-	if (r < 0)
+		vmf_err_sys(err, -r, "%s", in->what);
+	if (r < 0) {
+		inside_close(in);
 		return r;
+	}
 	nl->s = in->nl;
 	nl->seq = (unsigned)time(NULL);
 	nl->portid = mnl_socket_get_portid(in->nl);

@@ -19,8 +19,10 @@ struct vmf_net_request {
 	unsigned n_hostfwd;
 };
 int vmf_net_parse(const char *spec, struct vmf_net_request *out, struct vmf_error *err);
-/* On a worker: each forward's host port can be bound now (EADDRINUSE names it). */
-int vmf_net_check_fwd_ports(const struct vmf_net_request *r, struct vmf_error *err);
+/* On a worker: each forward's host port can be bound now (EADDRINUSE names
+ * it); for a tenant, no port below 1024 (QEMU, root or runas, would bind
+ * what the tenant could not). */
+int vmf_net_check_fwd_ports(const struct vmf_net_request *r, bool tenant, struct vmf_error *err);
 
 /* On a worker: opens the network namespace at path (a nsfs file; nothing
  * else is opened for real) and returns its fd; dev/ino identify it.  For a

@@ -406,6 +406,9 @@ bad_input(void)
 	rc = vmf_as(tu.uid_a, why, sizeof why, "get --cpus 1 --memory 256 --sandbox ten --share-dir %s/share "
 		    "--sock-dir %s/sock --netns /run/netns/%s", a_dir, a_dir, ns_pod);
 	check(rc != 0 && strstr(why, "is not yours"), "a tenant naming root's pod namespace is refused: %s", why);
+	rc = vmf_as(tu.uid_a, why, sizeof why, "get --cpus 1 --memory 256 --sandbox ten --share-dir %s/share "
+		    "--sock-dir %s/sock --net user,hostfwd=tcp::80-:80", a_dir, a_dir);
+	check(rc != 0 && strstr(why, "privileged"), "a tenant's forward of a privileged port is refused: %s", why);
 	pid_t own = tenant_netns(tu.uid_a);
 	rc = vmf_as(tu.uid_a, why, sizeof why, "get --cpus 1 --memory 256 --sandbox ten --share-dir %s/share "
 		    "--sock-dir %s/sock --netns /proc/%d/ns/net", a_dir, a_dir, (int)own);
