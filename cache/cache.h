@@ -47,6 +47,8 @@ struct vmf_cache_hooks {
 	void (*progress)(void *ctx, const char *line);
 	/* On a worker, while stopping vm: remove the sandbox links made for it. */
 	void (*remove_links)(void *ctx, const struct vmf_vm *vm);
+	/* On a worker, once vm's VMM is stopped: undo its network (vm->net). */
+	void (*undo_net)(void *ctx, const struct vmf_vm *vm);
 	/* On the loop: vm is stopped, about to be freed; reply_to is what
 	 * vmf_cache_destroy_vm got.  err is 0, or ENOMEM when the stop could not
 	 * be queued and was done inline. */

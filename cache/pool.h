@@ -44,6 +44,9 @@ struct vmf_tpl *vmf_tpl_new(Vmf__Catalog__TemplateRecord *rec);
 struct vmf_tpl *vmf_tpl_ref(struct vmf_tpl *t);
 void vmf_tpl_unref(struct vmf_tpl *t);
 
+/* Port forwards one user-mode hand-out may ask for. */
+#define VMF_MAX_HOSTFWD 8
+
 /* A VM the daemon manages. */
 /* A block device attached to a handed-out VM (factory/disk.c), in the
  * VM's slot of that number.  Set on the loop; a worker job of the VM reads
@@ -89,9 +92,21 @@ struct vmf_vm {
 	char boot_id[40], machine_id[40], hostname[72];
 	double clock_error_ms;        /* at the hand-out's reply */
 	struct vmf_vm_disk *disks[VMF_DISK_SLOTS];  /* NULL: slot free */
+	/* Its network (issue 16), named in the record before the hand-out
+	 * makes any of it, so that release and recovery undo exactly this:
+	 * net "" (none), "user" or "netns"; the namespace (path, identity),
+	 * its interface whose traffic is mirrored, the tap made in it. */
+	char net[8];
+	char netns[PATH_MAX];
+	uint64_t netns_dev, netns_ino;
+	char netns_link[16], tap[16];
+	char hostfwd[VMF_MAX_HOSTFWD][80];
+	unsigned n_hostfwd;
+	char mac[18];
 };
 
 TAILQ_HEAD(vmf_vm_list, vmf_vm);
+
 
 /* ---- demand-shaped pools ----
  * Each pool learns the sizes it is asked for (a histogram whose counts
@@ -147,6 +162,7 @@ struct vmf_pool {
 	struct vmf_template_params params;
 	struct vmf_image img;                /* its guest image: the daemon's or its own */
 	unsigned target;
+	bool net_user;                /* net = user: a GetVM without network gets user-mode */
 	unsigned parallelism;                /* concurrent clones while filling */
 	unsigned ready, filling;             /* current counts */
 	uint64_t failed;                     /* clone or build failures, cumulative */

@@ -72,6 +72,13 @@ vm_to_record(const struct vmf_vm *vm, enum vmf_vm_state state, Vmf__Catalog__VmR
 	rec->machine_id = (char *)vm->machine_id;
 	rec->hostname = (char *)vm->hostname;
 	rec->clock_error_ms = vm->clock_error_ms;
+	rec->net = (char *)vm->net;
+	rec->netns = (char *)vm->netns;
+	rec->netns_dev = vm->netns_dev;
+	rec->netns_ino = vm->netns_ino;
+	rec->netns_link = (char *)vm->netns_link;
+	rec->tap = (char *)vm->tap;
+	rec->mac = (char *)vm->mac;
 }
 
 static void
@@ -120,6 +127,16 @@ vmf_vm_from_record(struct vmf_vm *vm, const Vmf__Catalog__VmRecord *rec)
 		dk->ino = rd->ino;
 		vm->disks[rd->slot] = dk;
 	}
+	copy_str(vm->net, sizeof(vm->net), rec->net);
+	copy_str(vm->netns, sizeof(vm->netns), rec->netns);
+	vm->netns_dev = rec->netns_dev;
+	vm->netns_ino = rec->netns_ino;
+	copy_str(vm->netns_link, sizeof(vm->netns_link), rec->netns_link);
+	copy_str(vm->tap, sizeof(vm->tap), rec->tap);
+	copy_str(vm->mac, sizeof(vm->mac), rec->mac);
+	vm->n_hostfwd = 0;
+	for (size_t i = 0; i < rec->n_hostfwd && i < VMF_MAX_HOSTFWD; i++)
+		copy_str(vm->hostfwd[vm->n_hostfwd++], sizeof(vm->hostfwd[0]), rec->hostfwd[i]);
 }
 
 int
@@ -132,6 +149,11 @@ vmf_cache_put_vm_record(struct vmf_cache *c, struct vmf_vm *vm, enum vmf_vm_stat
 	if (vm->hv && vm->ops->serialize(vm->hv, &hv, &serr) < 0)
 		log_vm(VMF_LOG_WARN, vm->id, "cannot serialize its hypervisor state: %s", serr.msg);
 	vm_to_record(vm, state, &rec);
+	char *fw[VMF_MAX_HOSTFWD];
+	for (unsigned i = 0; i < vm->n_hostfwd && i < VMF_MAX_HOSTFWD; i++)
+		fw[i] = (char *)vm->hostfwd[i];
+	rec.hostfwd = fw;
+	rec.n_hostfwd = vm->n_hostfwd;
 	rec.hv = hv;
 	/* Disks being attached are recorded once attached (the attach job
 	 * writes the record then); those being detached no longer are. */
@@ -200,6 +222,9 @@ stop_work(void *arg)
 	VMF_FAULT("mid-release");
 	if (j->remove_links)
 		j->c->hooks.remove_links(j->c->hooks.ctx, vm);
+	/* Whatever the stop's cause: a namespace keeps no qdisc of ours. */
+	if (vm->net[0] && j->c->hooks.undo_net)
+		j->c->hooks.undo_net(j->c->hooks.ctx, vm);
 	if (vm->run_dir[0] && vmf_rm_rf(vm->run_dir, &err) < 0)
 		log_vm(VMF_LOG_WARN, vm->id, "removing its run dir: %s", err.msg);
 	if (vmf_catalog_vm_delete(j->c->cat, vm->id, &err) < 0 && err.code != ENOENT)

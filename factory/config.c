@@ -40,6 +40,7 @@ enum kind {
 	K_LISTEN,      /* ADDR:PORT */
 	K_ROOTS,       /* absolute paths separated by ':' */
 	K_SHAPE,       /* auto or off */
+	K_NETMODE,     /* none or user: the pool's default network (issue 16) */
 };
 
 /* Where a value goes: a field of opts, or of the current pool's spec. */
@@ -91,6 +92,8 @@ static const struct key keys[] = {
 	{ SEC_POOL, "max_memory_mib", K_UINT, P(max_memory_mib), 64, 1048576, 0 },
 	{ SEC_POOL, "max_idle", K_SECONDS, P(max_idle_s), 0, 30 * 86400, 0 },
 	{ SEC_POOL, "share_memory", K_BOOL, P(share_memory), 0, 0, 0 },
+	{ SEC_POOL, "nic", K_BOOL, P(nic), 0, 0, 0 },
+	{ SEC_POOL, "net", K_NETMODE, P(net_user), 0, 0, 0 },
 	{ SEC_POOL, "shape", K_SHAPE, P(shape), 0, 0, 0 },
 	{ SEC_POOL, "shape_max", K_UINT, P(shape_max), 0, 256, 0 },
 	{ SEC_POOL, "shape_memory_mib", K_UINT, P(shape_memory_mib), 0, 268435456, 0 },
@@ -314,6 +317,14 @@ set_value(struct parser *p, const struct key *k, const char *v, void *base)
 		}
 		*(bool *)((char *)base + k->off) = strcmp(v, "auto") == 0;
 		return true;
+	case K_NETMODE:
+		if (strcmp(v, "none") != 0 && strcmp(v, "user") != 0) {
+			problem(p, line, "%s: '%s' is not none or user (a namespace is named per request: "
+				"get --netns)", n, v);
+			return false;
+		}
+		*(bool *)((char *)base + k->off) = strcmp(v, "user") == 0;
+		return true;
 	case K_LOGLEVEL: {
 		int l = vmf_log_parse_level(v);
 		if (l < 0) {
@@ -500,6 +511,7 @@ section_header(struct parser *p, const char *s, size_t n)
 	snprintf(ps->name, sizeof(ps->name), "%s", pn);
 	ps->size = 8;
 	ps->share_memory = true;
+	ps->nic = true;
 	p->pool_line[c->n_pools] = p->line;
 	p->pool = (int)c->n_pools++;
 	p->sec = SEC_POOL;

@@ -21,6 +21,7 @@
 #include "frame.h"
 #include "agent.h"
 #include "log.h"
+#include "net.h"
 #include "sdnotify.h"
 
 #define WORKER_THREADS 8
@@ -39,6 +40,7 @@ vmf_daemon_opts_defaults(struct vmf_daemon_opts *o)
 	o->max_vcpus = VMF_DEFAULT_MAX_VCPUS;
 	o->max_memory_mib = VMF_DEFAULT_MAX_MEMORY_MIB;
 	o->share_memory = true;
+	o->nic = true;
 	o->max_miss_clones = VMF_DEFAULT_MAX_MISS_CLONES;
 	/* On: it only acts once requests above a pool's base come, and then
 	 * within shape_max and shape_memory_mib, off the hand-out path. */
@@ -222,6 +224,8 @@ setup_pool(struct vmf_daemon *d, const struct vmf_pool_spec *ps, struct vmf_erro
 	p->params.max_memory_mib = ps->max_memory_mib > ps->memory_mib ? ps->max_memory_mib : ps->memory_mib;
 	p->params.memory_slots = 8;
 	p->params.full_memory = !ps->share_memory;
+	p->params.nic = ps->nic;
+	p->net_user = ps->net_user && vmf_template_params_nic(&p->params);
 	p->params.runas = o->runas;
 	p->target = ps->size;
 	p->shape.enabled = ps->shape;
@@ -262,6 +266,8 @@ flags_pool(const struct vmf_daemon_opts *o, struct vmf_pool_spec *ps)
 	ps->max_memory_mib = o->max_memory_mib;
 	ps->max_idle_s = o->max_idle_s;
 	ps->share_memory = o->share_memory;
+	ps->nic = o->nic;
+	ps->net_user = o->net_user;
 	ps->shape = o->shape;
 	ps->shape_max = o->shape_max;
 	ps->shape_memory_mib = o->shape_memory_mib;
@@ -431,6 +437,18 @@ cache_remove_links(void *ctx, const struct vmf_vm *vm)
 		log_vm(VMF_LOG_WARN, vm->id, "%s", lerr.msg);
 }
 
+/* On a worker, the VM's VMM stopped: nothing of its network is left. */
+static void
+cache_undo_net(void *ctx, const struct vmf_vm *vm)
+{
+	(void)ctx;
+	if (strcmp(vm->net, "netns") != 0)
+		return;
+	struct vmf_error nerr = {0};
+	if (vmf_netns_undo(vm->netns, vm->netns_dev, vm->netns_ino, vm->netns_link, vm->tap, &nerr) < 0)
+		log_vm(VMF_LOG_WARN, vm->id, "undoing its network in %s: %s", vm->netns, nerr.msg);
+}
+
 /* reply_to is the Release's connection, if any. */
 static void
 cache_stopped(void *ctx, struct vmf_vm *vm, void *reply_to, int err)
@@ -515,7 +533,8 @@ vmf_daemon_run(const struct vmf_daemon_opts *opts, struct vmf_error *err)
 	d->cache.run_dir = d->opts.run_dir;
 	d->cache.hooks = (struct vmf_cache_hooks){
 		.ctx = d, .settle = cache_settle, .readiness = cache_readiness, .build_failed = cache_build_failed,
-		.progress = cache_progress, .remove_links = cache_remove_links, .stopped = cache_stopped,
+		.progress = cache_progress, .remove_links = cache_remove_links,
+		.undo_net = cache_undo_net, .stopped = cache_stopped,
 	};
 	signal(SIGPIPE, SIG_IGN);
 	if ((r = vmf_sandbox_policy_init(&d->sandbox, opts->sandbox_roots, opts->state_dir, opts->run_dir, err)) < 0)

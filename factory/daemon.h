@@ -32,6 +32,9 @@ struct vmf_pool_spec {
 	unsigned vcpus, memory_mib, max_vcpus, max_memory_mib;
 	unsigned max_idle_s;         /* replace pooled VMs older than this, 0 = never */
 	bool share_memory;           /* false: full-form template, no pages shared with clones */
+	/* Network (issue 16): nic: the template carries a NIC (default yes);
+	 * net_user: a GetVM that asks for no network gets user-mode (net = user). */
+	bool nic, net_user;
 	/* Demand shaping (vmfactory.conf(5)): shape = auto; at most shape_max
 	 * clones shaped at once, holding at most shape_memory_mib MiB above
 	 * the base in total (VMF_SHAPE_AUTO: the defaults). */
@@ -64,6 +67,7 @@ struct vmf_daemon_opts {
 	unsigned pool_size;
 	unsigned vcpus, memory_mib, max_vcpus, max_memory_mib;
 	bool share_memory;           /* false = --no-share (full-form templates) */
+	bool nic, net_user;          /* the pools' defaults for nic and net */
 	unsigned fill_parallelism;   /* concurrent clones while filling, 0 = auto */
 	unsigned max_miss_clones;    /* concurrent clones for GetVM misses; 0 = no misses */
 	unsigned max_idle_s;         /* replace pooled VMs older than this, 0 = never */

@@ -38,7 +38,7 @@
 /* Hand-out steps, timed separately (status and metrics show each). */
 enum vmf_step {
 	VMF_STEP_RESUME, VMF_STEP_HOTPLUG, VMF_STEP_ONLINE, VMF_STEP_RESEED, VMF_STEP_TIME, VMF_STEP_MOUNT,
-	VMF_STEP_LINKS, VMF_STEP_RECORD, VMF_STEP_TOTAL, VMF_STEP_COUNT
+	VMF_STEP_LINKS, VMF_STEP_RECORD, VMF_STEP_NET, VMF_STEP_TOTAL, VMF_STEP_COUNT
 };
 extern const char *const vmf_step_names[VMF_STEP_COUNT];
 

@@ -3,9 +3,11 @@
  * mount) before any VM is taken; the VM work runs on a worker; the outcome
  * is applied on the loop. */
 #include <errno.h>
+#include <net/if.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <unistd.h>
 
 #include "agent.h"
@@ -13,13 +15,14 @@
 #include "factory.h"
 #include "frame.h"
 #include "log.h"
+#include "net.h"
 
 /* A guest clock further off than this after the hand-out's one round trip
  * is set again (see getvm_work). */
 #define CLOCK_RESYNC_MS 50
 
 const char *const vmf_step_names[VMF_STEP_COUNT] = {
-	"resume", "hotplug", "online", "reseed", "time", "mount", "links", "record", "total",
+	"resume", "hotplug", "online", "reseed", "time", "mount", "links", "record", "net", "total",
 };
 
 /* ---- GetVM ---- */
@@ -42,6 +45,13 @@ struct getvm_job {
 	uint8_t sample[16];      /* a clone made now: its random bytes after the reseed */
 	bool reseeded;
 	uint64_t pss_kib;        /* read on the worker, for the reply */
+	/* Network (issue 16): the request's, and the namespace opened on a
+	 * worker before any VM is taken. */
+	struct vmf_net_request net;
+	char netns[PATH_MAX], netns_link[16];
+	int nsfd;
+	uint64_t netns_dev, netns_ino;
+	bool net_busy;           /* the interface is another VM's: nothing of ours to undo */
 	int rc;
 	struct vmf_error err;
 };
@@ -108,6 +118,87 @@ validate(struct vmf_daemon *d, const Vmf__Control__GetVMRequest *req, struct vmf
 	return 0;
 }
 
+/* The request's network, against the pool: user-mode (asked, or the pool's
+ * default), a namespace, or none. */
+static int
+validate_net(const Vmf__Control__GetVMRequest *req, const struct vmf_pool *pool, struct getvm_job *j,
+	     struct vmf_error *err)
+{
+	int r = vmf_net_parse(req->net, &j->net, err);
+	if (r < 0)
+		return r;
+	bool ns = req->netns && *req->netns;
+	if (ns && (j->net.user || j->net.none))
+		return vmf_err(err, EINVAL, "netns and net %s exclude each other", req->net);
+	if (!ns && req->netns_link && *req->netns_link)
+		return vmf_err(err, EINVAL, "netns_link names an interface of netns, which was not given");
+	if (!ns && !j->net.user && !j->net.none && pool->net_user)
+		j->net.user = true;
+	if ((ns || j->net.user) && !vmf_template_params_nic(&pool->params))
+		return vmf_err(err, ENOTSUP, "pool %s has no NIC (nic = no, or the %s driver has none): no network "
+			       "for its VMs", pool->name, pool->params.ops->name);
+	if (!ns)
+		return 0;
+	const char *link = req->netns_link && *req->netns_link ? req->netns_link : "eth0";
+	size_t ll = strlen(link);
+	if (ll >= IF_NAMESIZE || strchr(link, '/') || strchr(link, ' ') || strcmp(link, ".") == 0 ||
+	    strcmp(link, "..") == 0)
+		return vmf_err(err, EINVAL, "netns_link '%.40s' is no interface name (1 to 15 characters, no '/' "
+			       "or space)", link);
+	if (strlen(req->netns) >= PATH_MAX || strchr(req->netns, ','))
+		return vmf_err(err, EINVAL, "netns path is too long or has a comma");
+	snprintf(j->netns, sizeof(j->netns), "%s", req->netns);
+	snprintf(j->netns_link, sizeof(j->netns_link), "%s", link);
+	return 0;
+}
+
+/* On a worker, with the VM's record naming all of it: the namespace's tap
+ * and mirror, or user-mode, plugged into the VM's NIC; gn for the guest. */
+static int
+attach_net(struct getvm_job *j, struct vmf_guest_net *gn, struct vmf_error *err)
+{
+	struct vmf_vm *vm = &j->snap;
+	struct vmf_net_backend nb = { .tap_fd = -1 };
+	int r;
+	if (j->nsfd >= 0) {
+		r = vmf_netns_setup(j->nsfd, j->netns, j->netns_link, vm->tap, gn, &nb.tap_fd, err);
+		j->net_busy = r == -EBUSY;
+		if (r < 0)
+			return r;
+		VMF_FAULT("mid-net");
+	} else {
+		const char *fw[VMF_MAX_HOSTFWD];
+		for (unsigned i = 0; i < vm->n_hostfwd; i++)
+			fw[i] = vm->hostfwd[i];
+		nb.hostfwd = fw;
+		nb.n_hostfwd = vm->n_hostfwd;
+		/* QEMU's slirp defaults: the guest 10.0.2.15, the host 10.0.2.2,
+		 * DNS 10.0.2.3.  A fresh, locally administered MAC: every clone
+		 * has the template's until the guest is told otherwise. */
+		memset(gn, 0, sizeof(*gn));
+		if (getrandom(gn->mac, 6, 0) != 6)
+			return vmf_err_sys(err, errno, "cannot draw a MAC address");
+		gn->mac[0] = (uint8_t)((gn->mac[0] & 0xfe) | 0x02);
+		snprintf(gn->addrs[0], sizeof(gn->addrs[0]), "10.0.2.15/24");
+		gn->n_addrs = 1;
+		snprintf(gn->gateway, sizeof(gn->gateway), "10.0.2.2");
+		snprintf(gn->dns[0], sizeof(gn->dns[0]), "10.0.2.3");
+		gn->n_dns = 1;
+		r = vm->ops->net_attach(vm->hv, &nb, err);
+		if (r < 0)
+			return vmf_error_prefix(err, "user-mode network");
+		goto mac;
+	}
+	r = vm->ops->net_attach(vm->hv, &nb, err);
+	close(nb.tap_fd);
+	if (r < 0)
+		return vmf_error_prefix(err, "network namespace %s", j->netns);
+mac:
+	snprintf(vm->mac, sizeof(vm->mac), "%02x:%02x:%02x:%02x:%02x:%02x", gn->mac[0], gn->mac[1], gn->mac[2],
+		 gn->mac[3], gn->mac[4], gn->mac[5]);
+	return 0;
+}
+
 static double
 since(int64_t *t)
 {
@@ -167,12 +258,17 @@ getvm_work(void *arg)
 	unsigned mib = j->memory_mib > vm->memory_mib ? j->memory_mib : vm->memory_mib;
 	vm->agent = NULL;
 	struct vmf_agent_handout ho;
+	struct vmf_guest_net gn;
+	bool net = vm->net[0] != '\0';
 	int r = 0;
+	if (net)
+		r = attach_net(j, &gn, err);
+	j->step_ms[VMF_STEP_NET] = since(&t);
 	/* The hand-out request goes out before cont: the paused guest reads it
 	 * the moment it runs, so resume, clock and hostname cost one round
 	 * trip. */
-	if (warm)
-		r = vmf_agent_send_handout(agent, j->sandbox_id, &ho, left_ms(j), err);
+	if (r == 0 && warm)
+		r = vmf_agent_send_handout_net(agent, j->sandbox_id, net ? &gn : NULL, &ho, left_ms(j), err);
 	if (r == 0)
 		r = ops->resume(vm->hv, err);
 	if (r == 0 && !warm) {
@@ -197,7 +293,7 @@ getvm_work(void *arg)
 	}
 	j->step_ms[VMF_STEP_RESEED] = since(&t);
 	if (r == 0 && !warm)
-		r = vmf_agent_send_handout(agent, j->sandbox_id, &ho, left_ms(j), err);
+		r = vmf_agent_send_handout_net(agent, j->sandbox_id, net ? &gn : NULL, &ho, left_ms(j), err);
 	if (r == 0)
 		r = vmf_agent_recv_handout(agent, &ho, left_ms(j), err);
 	if (r == 0) {
@@ -218,6 +314,8 @@ getvm_work(void *arg)
 		if (r == 0 && vm->clock_error_ms > 1000)
 			r = vmf_err(err, EIO, "the guest clock is %lld ms off after the hand-out set it",
 				    (long long)((ho.guest_ns - ho.host_recv_ns) / 1000000));
+		else if (r == 0 && ho.net_error[0])
+			r = vmf_err(err, EIO, "the guest could not configure its NIC: %s", ho.net_error);
 		else if (r == 0 && strcmp(ho.hostname, j->sandbox_id) != 0)
 			r = vmf_err(err, EIO, "the guest's hostname is '%s' after the hand-out set it to '%s'",
 				    ho.hostname, j->sandbox_id);
@@ -295,6 +393,9 @@ getvm_done(void *arg)
 	memcpy(vm->boot_id, j->snap.boot_id, sizeof(vm->boot_id));
 	memcpy(vm->machine_id, j->snap.machine_id, sizeof(vm->machine_id));
 	memcpy(vm->hostname, j->snap.hostname, sizeof(vm->hostname));
+	memcpy(vm->mac, j->snap.mac, sizeof(vm->mac));
+	if (j->nsfd >= 0)
+		close(j->nsfd);
 	vm->clock_error_ms = j->snap.clock_error_ms;
 	if (j->miss)
 		d->miss_clones--;
@@ -342,6 +443,8 @@ getvm_done(void *arg)
 		d->errors++;
 		log_vm(VMF_LOG_WARN, vm->id, "GetVM for sandbox %s failed: %s", j->sandbox_id, j->err.msg);
 		/* Never handed out half-prepared: the VM goes, with any link made. */
+		if (j->net_busy)
+			vm->net[0] = '\0';
 		vmf_cache_destroy_vm(&d->cache, vm, true, NULL);
 		vmf_control_reply_error(j->c, j->err.code, j->err.msg);
 	}
@@ -362,6 +465,20 @@ paths_work(void *arg)
 	j->rc = j->share_dir[0] ? vmf_sandbox_check_path(p, "share_dir", j->share_dir, j->peer, &j->err) : 0;
 	if (j->rc == 0)
 		j->rc = vmf_sandbox_check_path(p, "sock_dir", j->sock_dir, j->peer, &j->err);
+	/* The namespace is opened here, as it is now: the hand-out acts on
+	 * this one, whatever its path names later. */
+	if (j->rc == 0 && j->netns[0]) {
+		int fd = vmf_netns_open(j->netns, j->peer, vmf_daemon_peer_admin(j->d, j->peer), &j->netns_dev,
+					&j->netns_ino, &j->err);
+		if (fd < 0)
+			j->rc = fd;
+		else
+			j->nsfd = fd;
+		if (fd >= 0)
+			j->rc = vmf_netns_check_link(fd, j->netns, j->netns_link, &j->err);
+	}
+	if (j->rc == 0 && j->net.n_hostfwd)
+		j->rc = vmf_net_check_fwd_ports(&j->net, !vmf_daemon_peer_admin(j->d, j->peer), &j->err);
 }
 
 static void
@@ -376,6 +493,8 @@ paths_done(void *arg)
 	if (j->rc < 0) {
 		d->errors++;
 		vmf_control_reply_error(j->c, j->err.code, j->err.msg);
+		if (j->nsfd >= 0)
+			close(j->nsfd);
 		free(j);
 		return;
 	}
@@ -400,6 +519,13 @@ vmf_getvm_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control__Ge
 	j->d = d;
 	j->c = c;
 	j->pool = pool;
+	j->nsfd = -1;
+	if (validate_net(req, pool, j, &err) < 0) {
+		d->errors++;
+		free(j);
+		vmf_control_reply_error(c, err.code, err.msg);
+		return;
+	}
 	j->peer = vmf_control_peer_uid(c);
 	j->vcpus = req->vcpus;
 	j->memory_mib = req->memory_mib;
@@ -476,6 +602,20 @@ getvm_take(struct getvm_job *j)
 	snprintf(vm->share_link, sizeof(vm->share_link), "%s", j->share_dir);
 	snprintf(vm->sock_link, sizeof(vm->sock_link), "%s", j->sock_dir);
 	snprintf(vm->sandbox_id, sizeof(vm->sandbox_id), "%s", j->sandbox_id);
+	/* Named, like the links, before any of it is made (getvm_work records
+	 * it first): release and recovery undo exactly this. */
+	if (j->nsfd >= 0) {
+		snprintf(vm->net, sizeof(vm->net), "netns");
+		snprintf(vm->netns, sizeof(vm->netns), "%s", j->netns);
+		vm->netns_dev = j->netns_dev, vm->netns_ino = j->netns_ino;
+		snprintf(vm->netns_link, sizeof(vm->netns_link), "%s", j->netns_link);
+		snprintf(vm->tap, sizeof(vm->tap), "vmf%.12s", vm->id);
+	} else if (j->net.user) {
+		snprintf(vm->net, sizeof(vm->net), "user");
+		for (unsigned i = 0; i < j->net.n_hostfwd; i++)
+			snprintf(vm->hostfwd[i], sizeof(vm->hostfwd[i]), "%s", j->net.hostfwd[i]);
+		vm->n_hostfwd = j->net.n_hostfwd;
+	}
 	vm->busy = true;
 	j->vm = vm;
 	j->snap = *vm;

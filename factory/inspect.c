@@ -80,6 +80,8 @@ inspect_done(void *arg)
 		g.share_entries = gi->share_entries;
 		g.uptime_ns = gi->uptime_ns;
 		g.agent_version = gi->agent_version;
+		g.n_interfaces = gi->n_interfaces;
+		g.interfaces = gi->interfaces;
 		ir.guest = &g;
 	} else {
 		ir.guest_error = j->err.msg;

@@ -42,6 +42,13 @@ vmf_vm_info_fill(struct vmf_daemon *d, const struct vmf_vm *vm, uint64_t pss_kib
 	info->machine_id = strdup(vm->machine_id);
 	info->hostname = strdup(vm->hostname);
 	info->clock_error_ms = vm->clock_error_ms;
+	info->net = strdup(vm->net[0] ? vm->net : "none");
+	info->netns = strdup(vm->netns);
+	info->netns_link = strdup(vm->netns_link);
+	info->mac = strdup(vm->mac);
+	info->hostfwd = vm->n_hostfwd ? calloc(vm->n_hostfwd, sizeof(char *)) : NULL;
+	for (unsigned i = 0; info->hostfwd && i < vm->n_hostfwd; i++)
+		info->hostfwd[info->n_hostfwd++] = strdup(vm->hostfwd[i]);
 	info->pss_kib = info->pid > 0 && !vm->dead ? pss_kib : 0;
 	vmf_disk_info_fill(vm, info);
 	if (!vm->busy && vm->hv) {
@@ -56,11 +63,17 @@ vmf_vm_info_clear(Vmf__Control__VmInfo *info)
 	char **strs[] = { &info->id, &info->qmp_socket, &info->agent_socket, &info->agent_transport,
 			  &info->share_dir, &info->run_dir,
 			  &info->template_id, &info->pool, &info->state, &info->sandbox_id, &info->share_link,
-			  &info->sock_link, &info->boot_id, &info->machine_id, &info->hostname };
+			  &info->sock_link, &info->boot_id, &info->machine_id, &info->hostname, &info->net,
+			  &info->netns, &info->netns_link, &info->mac };
 	for (size_t i = 0; i < sizeof(strs) / sizeof(strs[0]); i++) {
 		free(*strs[i]);
 		*strs[i] = NULL;
 	}
+	for (size_t i = 0; i < info->n_hostfwd; i++)
+		free(info->hostfwd[i]);
+	free(info->hostfwd);
+	info->hostfwd = NULL;
+	info->n_hostfwd = 0;
 	if (info->hypervisor)
 		vmf__hv__hypervisor_state__free_unpacked(info->hypervisor, NULL);
 	info->hypervisor = NULL;

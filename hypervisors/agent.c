@@ -501,10 +501,31 @@ int
 vmf_agent_send_handout(struct vmf_agent *a, const char *hostname, struct vmf_agent_handout *h, int timeout_ms,
 		       struct vmf_error *err)
 {
+	return vmf_agent_send_handout_net(a, hostname, NULL, h, timeout_ms, err);
+}
+
+int
+vmf_agent_send_handout_net(struct vmf_agent *a, const char *hostname, const struct vmf_guest_net *net,
+			   struct vmf_agent_handout *h, int timeout_ms, struct vmf_error *err)
+{
 	memset(h, 0, sizeof(*h));
 	Vmf__Agent__AgentRequest req = VMF__AGENT__AGENT_REQUEST__INIT;
 	Vmf__Agent__Handout ho = VMF__AGENT__HANDOUT__INIT;
 	ho.hostname = (char *)(hostname ? hostname : "");
+	char *addrs[8], *dns[4];
+	if (net) {
+		ho.net_mac.data = (uint8_t *)net->mac;
+		ho.net_mac.len = 6;
+		for (unsigned i = 0; i < net->n_addrs && i < 8; i++)
+			addrs[i] = (char *)net->addrs[i];
+		ho.net_addrs = addrs;
+		ho.n_net_addrs = net->n_addrs;
+		ho.net_gateway = (char *)net->gateway;
+		for (unsigned i = 0; i < net->n_dns && i < 4; i++)
+			dns[i] = (char *)net->dns[i];
+		ho.net_dns = dns;
+		ho.n_net_dns = net->n_dns;
+	}
 	req.body_case = VMF__AGENT__AGENT_REQUEST__BODY_HANDOUT;
 	req.handout = &ho;
 	/* As late as possible: the guest sets exactly this. */
@@ -532,6 +553,7 @@ vmf_agent_recv_handout(struct vmf_agent *a, struct vmf_agent_handout *h, int tim
 	h->guest_ns = res->realtime_ns;
 	snprintf(h->hostname, sizeof(h->hostname), "%s", res->hostname ? res->hostname : "");
 	snprintf(h->boot_id, sizeof(h->boot_id), "%s", res->boot_id ? res->boot_id : "");
+	snprintf(h->net_error, sizeof(h->net_error), "%s", res->net_error ? res->net_error : "");
 	vmf__agent__agent_reply__free_unpacked(rep, NULL);
 	return 0;
 }

@@ -64,10 +64,24 @@ struct vmf_agent_handout {
 	uint64_t id;
 	int64_t host_sent_ns, host_recv_ns, guest_ns;
 	char hostname[72];
+	char net_error[300];
 	char boot_id[40];
 };
 int vmf_agent_send_handout(struct vmf_agent *a, const char *hostname, struct vmf_agent_handout *h, int timeout_ms,
 			   struct vmf_error *err);
+/* The guest NIC's configuration a hand-out sends with the clock (issue 16). */
+struct vmf_guest_net {
+	uint8_t mac[6];
+	char addrs[8][24];          /* "a.b.c.d/len" */
+	unsigned n_addrs;
+	char gateway[16];           /* "" = no default route */
+	char dns[4][46];
+	unsigned n_dns;
+};
+/* The same with the NIC's configuration (net may be NULL); the guest's
+ * answer to it is h->net_error after recv ("" = configured). */
+int vmf_agent_send_handout_net(struct vmf_agent *a, const char *hostname, const struct vmf_guest_net *net,
+			       struct vmf_agent_handout *h, int timeout_ms, struct vmf_error *err);
 int vmf_agent_recv_handout(struct vmf_agent *a, struct vmf_agent_handout *h, int timeout_ms, struct vmf_error *err);
 /* |guest - host| realtime when the reply arrived: an upper bound of how far
  * the guest's clock is from the host's (the guest's is set to the time the

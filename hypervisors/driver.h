@@ -66,6 +66,14 @@ struct vmf_disk_spec {
 };
 /* "vmfdN": the serial of slot N. */
 void vmf_disk_serial(unsigned slot, char out[VMF_DISK_SERIAL_MAX + 1]);
+/* The backend a hand-out plugs into a VM's NIC (issue 16): a tap fd (the
+ * caller keeps it and closes it after the call) or, with tap_fd < 0,
+ * user-mode networking with QEMU hostfwd rules ("tcp:ADDR:PORT-:GPORT"). */
+struct vmf_net_backend {
+	int tap_fd;
+	const char *const *hostfwd;
+	size_t n_hostfwd;
+};
 
 struct vmf_hv_ops {
 	const char *name;                          /* "qemu" */
@@ -115,6 +123,10 @@ struct vmf_hv_ops {
 	 * still has to online them (agent OnlineCpuMem). */
 	int (*hotplug_vcpus)(struct vmf_vmm *vm, unsigned total_vcpus, struct vmf_error *err);
 	int (*hotplug_memory)(struct vmf_vmm *vm, unsigned add_mib, struct vmf_error *err);
+
+	/* Plugs a network backend into the template's NIC (cfg->nic).  NULL
+	 * when the driver has none: GetVM refuses network then. */
+	int (*net_attach)(struct vmf_vmm *vm, const struct vmf_net_backend *nb, struct vmf_error *err);
 
 	/* Graceful shutdown, then SIGTERM, then SIGKILL, within timeout_ms in all.
 	 * Reaps the process when it is our child.  Safe on a dead VM. */

@@ -246,6 +246,22 @@ append_disk_devices(struct argv_buf *a)
 	arg(a, "virtio-scsi-pci,id=" VMF_QEMU_SCSI_BUS);
 }
 
+/* The network block (issue 16): a virtio-net NIC whose backend is a port of
+ * hub 0.  The hub is no device state, so the template and every clone have
+ * the NIC, probed once at the template's boot, and a hand-out only plugs a
+ * backend (tap or user-mode) into the hub with netdev_add: no PCI hot-plug,
+ * no guest driver probe on the hand-out path (qemu_net_attach). */
+static void
+append_nic(struct argv_buf *a, const vmf_vm_config *cfg)
+{
+	if (!cfg->nic)
+		return;
+	arg(a, "-netdev");
+	arg(a, "hubport,id=" VMF_QEMU_NIC_HUBPORT ",hubid=0");
+	arg(a, "-device");
+	arg(a, "virtio-net-pci,id=nic0,netdev=" VMF_QEMU_NIC_HUBPORT);
+}
+
 int
 vmf_qemu_build_argv(const vmf_vm_config *cfg, const struct vmf_qemu_fds *fds, char ***out,
 		    struct vmf_error *err)
@@ -354,6 +370,7 @@ vmf_qemu_build_argv(const vmf_vm_config *cfg, const struct vmf_qemu_fds *fds, ch
 	arg(&a, "-device");
 	arg(&a, "vmgenid,id=vmgenid0,guid=%s", cfg->vmgenid && *cfg->vmgenid ? cfg->vmgenid : "auto");
 	append_disk_devices(&a);
+	append_nic(&a, cfg);
 	if (cfg->share_dir && *cfg->share_dir) {
 		arg(&a, "-fsdev");
 		arg(&a, "local,id=fs0,path=%s,security_model=none", cfg->share_dir);
@@ -710,6 +727,59 @@ qemu_resume(struct vmf_vmm *vm, struct vmf_error *err)
 	if (r == 0)
 		vm->paused = false;
 	return r;
+}
+
+static int
+netdev_add(struct vmf_vmm *vm, json_object *args, struct vmf_error *err)
+{
+	int r = qmp_cmd(vm, "netdev_add", args, NULL, err);
+	json_object_put(args);
+	return r;
+}
+
+/* Plugs the hand-out's backend into the NIC's hub: a tap (its fd passed
+ * with getfd; the tap lives in the sandbox's namespace) or user-mode
+ * networking with the forwards. */
+static int
+qemu_net_attach(struct vmf_vmm *vm, const struct vmf_net_backend *nb, struct vmf_error *err)
+{
+	if (!vm->cfg->nic)
+		return vmf_err(err, ENOTSUP, "VM %s has no NIC: its template was built with nic = no",
+			       vm->cfg->id);
+	json_object *args = json_object_new_object();
+	json_object_object_add(args, "id", json_object_new_string(VMF_QEMU_NET_BACKEND));
+	if (nb->tap_fd >= 0) {
+		json_object *fa = json_object_new_object();
+		json_object_object_add(fa, "fdname", json_object_new_string("nettap"));
+		int r = vmf_qmp_command(vm->qmp, "getfd", fa, nb->tap_fd, NULL, QMP_TIMEOUT_MS, err);
+		json_object_put(fa);
+		if (r < 0) {
+			json_object_put(args);
+			return vmf_error_prefix(err, "VM %s: passing the tap fd", vm->cfg->id);
+		}
+		json_object_object_add(args, "type", json_object_new_string("tap"));
+		json_object_object_add(args, "fd", json_object_new_string("nettap"));
+	} else {
+		json_object_object_add(args, "type", json_object_new_string("user"));
+		if (nb->n_hostfwd) {
+			json_object *fw = json_object_new_array();
+			for (size_t i = 0; i < nb->n_hostfwd; i++) {
+				json_object *o = json_object_new_object();
+				json_object_object_add(o, "str", json_object_new_string(nb->hostfwd[i]));
+				json_object_array_add(fw, o);
+			}
+			json_object_object_add(args, "hostfwd", fw);
+		}
+	}
+	int r = netdev_add(vm, args, err);
+	if (r < 0)
+		return r;
+	args = json_object_new_object();
+	json_object_object_add(args, "type", json_object_new_string("hubport"));
+	json_object_object_add(args, "id", json_object_new_string(VMF_QEMU_NET_BACKEND "hub"));
+	json_object_object_add(args, "hubid", json_object_new_int(0));
+	json_object_object_add(args, "netdev", json_object_new_string(VMF_QEMU_NET_BACKEND));
+	return netdev_add(vm, args, err);
 }
 
 static int
@@ -1180,6 +1250,7 @@ const struct vmf_hv_ops vmf_qemu_ops = {
 	.resume = qemu_resume,
 	.hotplug_vcpus = qemu_hotplug_vcpus,
 	.hotplug_memory = qemu_hotplug_memory,
+	.net_attach = qemu_net_attach,
 	.stop = qemu_stop,
 	.alive = qemu_alive,
 	.pid = qemu_pid,

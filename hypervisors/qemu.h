@@ -28,6 +28,11 @@
  * cfg from the listening sockets QEMU inherits: the daemon's monitor, the
  * sandbox's (-1 for none: a template build), the owner's agent port and the
  * daemon's. */
+/* QEMU ids of the NIC's hub port (command line) and of the backend a
+ * hand-out plugs in (netdev_add). */
+#define VMF_QEMU_NIC_HUBPORT "nic0hub"
+#define VMF_QEMU_NET_BACKEND "net1"
+
 struct vmf_qemu_fds {
 	int qmp, mon, agent, vmf_agent;
 };

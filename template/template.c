@@ -113,8 +113,8 @@ vmf_template_spec_new(const struct vmf_template_params *p, const struct vmf_hv_i
 	/* The device set is fixed by the driver's command line; naming it here
 	 * makes a driver change produce a new template id. */
 	static const char *devices[] = { "virtio-serial:agent", "virtio-serial:vmf", "virtio-rng", "vmgenid", "virtio-9p:share",
-					 "virtio-scsi:disks" };
-	s->n_devices = sizeof(devices) / sizeof(devices[0]);
+					 "virtio-scsi:disks", VMF_TEMPLATE_NIC_DEVICE };
+	s->n_devices = sizeof(devices) / sizeof(devices[0]) - !vmf_template_params_nic(p);
 	s->devices = calloc(s->n_devices, sizeof(char *));
 	bool ok = s->hypervisor_version && s->machine && s->accel && s->kernel_sha256 && s->initrd_sha256 &&
 		  s->agent_sha256 && s->cmdline && s->devices;
@@ -177,6 +177,23 @@ base_config(vmf_vm_config *cfg, const struct vmf_template_params *p, const char 
 	cfg->vmgenid = (char *)"";
 	cfg->runas = (char *)(p->runas ? p->runas : "");
 	cfg->memory_file = (char *)"";
+	cfg->nic = vmf_template_params_nic(p);
+}
+
+bool
+vmf_template_params_nic(const struct vmf_template_params *p)
+{
+	/* The REST drivers have no hub to plug a backend into at hand-out. */
+	return p->nic && p->ops->net_attach;
+}
+
+bool
+vmf_template_has_nic(const Vmf__Catalog__TemplateRecord *rec)
+{
+	for (size_t i = 0; rec->spec && i < rec->spec->n_devices; i++)
+		if (strcmp(rec->spec->devices[i], VMF_TEMPLATE_NIC_DEVICE) == 0)
+			return true;
+	return false;
 }
 
 static int
@@ -467,6 +484,7 @@ vmf_template_clone(const struct vmf_template_params *p, const Vmf__Catalog__Temp
 		cfg.max_memory_mib = rec->spec->max_memory_mib;
 		cfg.memory_slots = rec->spec->memory_slots;
 		cfg.cmdline = rec->spec->cmdline;
+		cfg.nic = vmf_template_has_nic(rec);
 		if (rec->spec->machine && *rec->spec->machine)
 			cfg.machine = rec->spec->machine;
 	}

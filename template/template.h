@@ -42,7 +42,13 @@ struct vmf_template_params {
 	unsigned memory_mib, max_memory_mib, memory_slots;
 	bool full_memory;            /* no page sharing between clones */
 	const char *runas;           /* QEMU drops to this user; NULL = stays ours */
+	bool nic;                    /* a NIC for hand-out network (issue 16), where the driver can */
 };
+
+/* The spec's device name of the NIC; whether a template has it. */
+#define VMF_TEMPLATE_NIC_DEVICE "virtio-net:hub"
+bool vmf_template_params_nic(const struct vmf_template_params *p);
+bool vmf_template_has_nic(const Vmf__Catalog__TemplateRecord *rec);
 
 /* Gives dir to the runas user of p (the 9p share QEMU serves after
  * dropping privileges); a no-op without runas. */

@@ -285,6 +285,10 @@ static struct agent_addr {
  * realtime when the guest's reply to the hand-out arrived), in ms. */
 static struct series clock_err = { .name = "clock-error" };
 
+/* The network the next hand-outs ask for (issue 16): a namespace path, or
+ * a --net value; NULL for none. */
+static const char *get_netns, *get_net;
+
 /* One GetVM, request to reply; the VM's id in id (and its agent's address
  * in last_agent). */
 static double
@@ -300,6 +304,8 @@ get_vm(struct vmf_client *c, unsigned vcpus, unsigned mib, int k, char id[64])
 	req.sandbox_id = sandbox;
 	req.share_dir = share;
 	req.sock_dir = sockd;
+	req.netns = (char *)(get_netns ? get_netns : "");
+	req.net = (char *)(get_net ? get_net : "");
 	Vmf__Control__Reply *r;
 	struct vmf_error e = {0};
 	int64_t t0 = vmf_monotonic_ns();
@@ -911,7 +917,7 @@ main(int argc, char **argv)
 	params = (struct vmf_template_params){
 		.ops = &vmf_qemu_ops, .cmdline = VMF_DEFAULT_CMDLINE, .vcpus = VMF_DEFAULT_VCPUS,
 		.max_vcpus = VMF_DEFAULT_MAX_VCPUS, .memory_mib = VMF_DEFAULT_MEMORY_MIB,
-		.max_memory_mib = VMF_DEFAULT_MAX_MEMORY_MIB, .memory_slots = 8,
+		.max_memory_mib = VMF_DEFAULT_MAX_MEMORY_MIB, .memory_slots = 8, .nic = true,
 	};
 	struct vmf_catalog *cat;
 	if (vmf_catalog_open(cfg.state, &cat, &e) < 0)
@@ -921,7 +927,8 @@ main(int argc, char **argv)
 
 	struct series cold = { .name = "cold" }, restore = { .name = "full-restore" }, clone = { .name = "clone" },
 		      floor_ = { .name = "floor" }, handout = { .name = "handout" },
-		      resize = { .name = "handout-resize" }, exec = { .name = "exec" };
+		      resize = { .name = "handout-resize" }, exec = { .name = "exec" },
+		      hnetns = { .name = "handout-netns" }, husernet = { .name = "handout-usernet" };
 	char id[64];
 	fprintf(stderr, "vmf-bench: cold, full-restore and clone, %d samples each\n", cfg.samples);
 	for (int i = 0; i < (cfg.trace_only ? 0 : cfg.samples); i++) {
@@ -1063,6 +1070,40 @@ main(int argc, char **argv)
 	struct series disk_attach = { .name = "disk-attach" };
 	double disk_mib_s = 0, share_mib_s = 0;
 	bool disks = disk_bench(c, &disk_attach, &disk_mib_s, &share_mib_s);
+	/* Network at hand-out (issue 16): into a namespace (a pod joined to a
+	 * peer by a veth pair, as CNI leaves it), and user-mode. */
+	fprintf(stderr, "vmf-bench: hand-outs with network (netns, user), %d samples each\n", cfg.samples);
+	char pod[64], nspath[128];
+	const char *tail = strrchr(cfg.dir, '.');
+	snprintf(pod, sizeof pod, "vmfb-%s", tail ? tail + 1 : "x");
+	snprintf(nspath, sizeof nspath, "/run/netns/%s", pod);
+	char netcmd[1024];
+	snprintf(netcmd, sizeof netcmd, "ip netns add %s && ip netns add %sp && ip link add vmfb0 netns %s type veth "
+		 "peer name vmfb1 netns %sp && ip -n %s link set vmfb0 name eth0 && ip -n %s addr add 10.233.0.2/24 "
+		 "dev eth0 && ip -n %s link set eth0 up && ip -n %s route add default via 10.233.0.1 && "
+		 "ip -n %sp addr add 10.233.0.1/24 dev vmfb1 && ip -n %sp link set vmfb1 up", pod, pod, pod, pod, pod,
+		 pod, pod, pod, pod, pod);
+	if (system(netcmd) != 0) {
+		fprintf(stderr, "vmf-bench: cannot make the network namespaces (%s)\n", netcmd);
+		return 1;
+	}
+	get_netns = nspath;
+	for (int i = 0; i < cfg.samples; i++) {
+		wait_pool(cfg.vms, vmf_now_ms() + 120000);
+		add(&hnetns, get_vm(c, 1, 256, i, id));
+		release_vm(c, id);
+	}
+	get_netns = NULL;
+	get_net = "user";
+	for (int i = 0; i < cfg.samples; i++) {
+		wait_pool(cfg.vms, vmf_now_ms() + 120000);
+		add(&husernet, get_vm(c, 1, 256, i, id));
+		release_vm(c, id);
+	}
+	get_net = NULL;
+	snprintf(netcmd, sizeof netcmd, "ip netns del %s; ip netns del %sp", pod, pod);
+	if (system(netcmd) != 0)
+		fprintf(stderr, "vmf-bench: cannot remove the network namespaces %s, %sp\n", pod, pod);
 
 	fprintf(stderr, "vmf-bench: %d get/release cycles\n", cfg.cycles);
 	Vmf__Control__Reply *st = status();
@@ -1082,7 +1123,7 @@ main(int argc, char **argv)
 	if (run_cli("destroy") != 0)
 		fprintf(stderr, "vmf-bench: vmfactory destroy failed; see %s/cli.log\n", cfg.dir);
 
-	struct series *all[] = { &cold, &restore, &clone, &handout, &resize, &floor_, &exec };
+	struct series *all[] = { &cold, &restore, &clone, &handout, &resize, &floor_, &exec, &hnetns, &husernet };
 	for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
 		finish(all[i]);
 	finish(&clock_err);
@@ -1094,6 +1135,8 @@ main(int argc, char **argv)
 	jnum("handout_p50_ms", pct(&handout, 50));
 	jnum("handout_p99_ms", pct(&handout, 99));
 	jnum("handout_resize_p99_ms", pct(&resize, 99));
+	jnum("handout_netns_p99_ms", pct(&hnetns, 99));
+	jnum("handout_usernet_p99_ms", pct(&husernet, 99));
 	jnum("floor_ms", pct(&floor_, 50));
 	jnum("exec_p50_ms", pct(&exec, 50));
 	jnum("exec_p99_ms", pct(&exec, 99));
@@ -1150,6 +1193,8 @@ main(int argc, char **argv)
 	row(&resize, "GetVM, +1 vCPU and +256 MiB");
 	row(&floor_, "cont + one agent round trip");
 	row(&exec, "GetVM, then `true` through the agent to its exit status");
+	row(&hnetns, "GetVM --netns (tap + tc mirror, guest NIC configured)");
+	row(&husernet, "GetVM --net user (slirp, guest NIC configured)");
 	printf("\n## Hand-out steps (daemon's own timing; plain hand-outs)\n\n%s", steps1);
 	printf("\n## Hand-out steps (all hand-outs, with the resized ones)\n\n%s", steps2);
 	printf("\n## Memory, refill, daemon\n\n| measure | value |\n|---|---:|\n");
@@ -1173,6 +1218,8 @@ main(int argc, char **argv)
 	target("handout p99 / floor", pct(&handout, 99) / fl, 3, true, "×");
 	target("handout speed-up over cold (cold p50 / handout p99)", cold50 / pct(&handout, 99), 1000, false, "×");
 	target("handout-resize p99 / floor", pct(&resize, 99) / fl, 10, true, "×");
+	target("handout-netns p99 / handout p99", pct(&hnetns, 99) / pct(&handout, 99), 2, true, "×");
+	target("handout-usernet p99 / handout p99", pct(&husernet, 99) / pct(&handout, 99), 2, true, "×");
 	target("pooled PSS / cold PSS", pss_cold ? 100.0 * pss_clone / pss_cold : 0, 25, true, "%");
 	target("refill of 8 (s) vs 8 × clone / 1.6", refill_s, 8 * pct(&clone, 50) / 1000 / 1.6, true, " s");
 	target("guest clock error after hand-out (p99)", pct(&clock_err, 99), 5, true, " ms");

@@ -144,8 +144,9 @@ static const struct cmd commands[] = {
 	  "", 0, 1, cmd_check_config },
 	{ "status", "[-o json]", "show the daemon, templates, pools, VMs and latency", "", 0, 0, cmd_status },
 	{ "get", "--cpus N --memory MIB --sandbox ID --share-dir DIR --sock-dir DIR [--pool NAME] [--timeout S] "
-		 "[--disk PATH[:ro|:cow][:GUESTPATH]]... [--scratch SIZE_MIB:GUESTPATH]... [-o json]",
-	  "hand out a warm VM to a sandbox", "cpus=,memory=,sandbox=,share-dir=,sock-dir=,pool=,timeout=,disk=,scratch=", 0, 0,
+		 "[--disk PATH[:ro|:cow][:GUESTPATH]]... [--scratch SIZE_MIB:GUESTPATH]... "
+		 "[--netns PATH [--netns-link NAME] | --net none|user[,hostfwd=tcp:[ADDR]:PORT-:GUESTPORT...]] [-o json]",
+	  "hand out a warm VM to a sandbox", "cpus=,memory=,sandbox=,share-dir=,sock-dir=,pool=,timeout=,disk=,scratch=,netns=,netns-link=,net=", 0, 0,
 	  cmd_get },
 	{ "attach", "VMID (--disk PATH [--ro|--cow] [--format raw|qcow2] | --scratch SIZE_MIB) [--mount GUESTPATH [--fstype T]] "
 		    "[--timeout S] [-o json]",

@@ -83,6 +83,17 @@ vminfo_json(const Vmf__Control__VmInfo *v)
 	for (size_t i = 0; i < v->n_disks; i++)
 		json_object_array_add(disks, diskinfo_json(v->disks[i]));
 	json_object_object_add(o, "disks", disks);
+	JS(o, "net", v->net && *v->net ? v->net : "none");
+	if (v->netns && *v->netns) {
+		JS(o, "netns", v->netns);
+		JS(o, "netns_link", v->netns_link);
+	}
+	if (v->mac && *v->mac)
+		JS(o, "mac", v->mac);
+	json_object *fw = json_object_new_array();
+	for (size_t i = 0; i < v->n_hostfwd; i++)
+		json_object_array_add(fw, json_object_new_string(v->hostfwd[i]));
+	json_object_object_add(o, "hostfwd", fw);
 	if (v->hypervisor) {
 		json_object *h = json_object_new_object();
 		JI(h, "pid", v->hypervisor->pid);
@@ -124,6 +135,14 @@ vminfo_human(const Vmf__Control__VmInfo *v)
 		printf("hand-out:     %s\n", v->handout);
 	for (size_t i = 0; i < v->n_disks; i++)
 		diskinfo_human(v->disks[i], "disk:         ");
+	if (v->netns && *v->netns)
+		printf("network:      namespace %s, interface %s, MAC %s\n", v->netns, v->netns_link, v->mac);
+	else if (v->net && strcmp(v->net, "user") == 0) {
+		printf("network:      user-mode, MAC %s", v->mac);
+		for (size_t i = 0; i < v->n_hostfwd; i++)
+			printf("%s%s", i ? ", " : "; forwards ", v->hostfwd[i]);
+		printf("\n");
+	}
 }
 
 json_object *
@@ -161,6 +180,10 @@ inspect_json(const Vmf__Control__Reply *r)
 		for (size_t i = 0; i < g->n_share_entries; i++)
 			json_object_array_add(ents, json_object_new_string(g->share_entries[i]));
 		json_object_object_add(go, "share_entries", ents);
+		json_object *ifs = json_object_new_array();
+		for (size_t i = 0; i < g->n_interfaces; i++)
+			json_object_array_add(ifs, json_object_new_string(g->interfaces[i]));
+		json_object_object_add(go, "interfaces", ifs);
 		json_object_object_add(o, "guest", go);
 	} else {
 		JS(o, "guest_error", ir->guest_error);
@@ -187,6 +210,8 @@ inspect_human(const Vmf__Control__Reply *r)
 		for (size_t i = 0; i < g->n_share_entries; i++)
 			printf(" %s", g->share_entries[i]);
 		printf("\n");
+		for (size_t i = 0; i < g->n_interfaces; i++)
+			printf("%s%s\n", i ? "              " : "guest NICs:   ", g->interfaces[i]);
 	} else {
 		printf("guest view:   unavailable (%s)\n", ir->guest_error);
 	}

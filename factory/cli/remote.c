@@ -172,6 +172,9 @@ cmd_get(const struct cmd *cmd, struct args *a)
 	g.share_dir = (char *)(opt(a, "share-dir") ? opt(a, "share-dir") : "");
 	g.sock_dir = (char *)(opt(a, "sock-dir") ? opt(a, "sock-dir") : "");
 	g.pool = (char *)(opt(a, "pool") ? opt(a, "pool") : "");
+	g.netns = (char *)(opt(a, "netns") ? opt(a, "netns") : "");
+	g.netns_link = (char *)(opt(a, "netns-link") ? opt(a, "netns-link") : "");
+	g.net = (char *)(opt(a, "net") ? opt(a, "net") : "");
 	g.timeout_ms = timeout * 1000;
 	/* Longer than the daemon's own budget, so that its error arrives first. */
 	int call_ms = (int)(timeout ? timeout * 1000 + 5000 : 120000);

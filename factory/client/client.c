@@ -98,8 +98,12 @@ read_reply(struct vmf_client *c, int64_t deadline, Vmf__Control__Reply **out, st
 uint32_t
 vmf_client_request_version(const Vmf__Control__Request *req)
 {
-	if (req->body_case == VMF__CONTROL__REQUEST__BODY_GET_VM && req->get_vm && req->get_vm->pool &&
-	    req->get_vm->pool[0])
+	const Vmf__Control__GetVMRequest *g = req->body_case == VMF__CONTROL__REQUEST__BODY_GET_VM ? req->get_vm : NULL;
+	/* A daemon that ignored the network fields would hand out a VM
+	 * without the network asked for. */
+	if (g && ((g->netns && g->netns[0]) || (g->net && g->net[0]) || (g->netns_link && g->netns_link[0])))
+		return 3;
+	if (g && g->pool && g->pool[0])
 		return 2;
 	return VMF_CONTROL_PROTOCOL_VERSION_MIN;
 }

@@ -28,11 +28,11 @@
  * behaving differently) or when a daemon ignoring an added field would do
  * the wrong thing; other added fields take new tag numbers and need no bump.
  * The daemon speaks every version from _MIN up and answers any other with
- * EPROTO.  Version 2 added GetVMRequest.pool.  The library sends the lowest
+ * EPROTO.  Version 2 added GetVMRequest.pool, 3 its network (netns, netns_link, net).  The library sends the lowest
  * version a request needs (vmf_client_request_version), so that a request
  * an older daemon serves correctly still reaches it, and one it would
  * misread (a pool it would ignore) is refused by it instead. */
-#define VMF_CONTROL_PROTOCOL_VERSION 2
+#define VMF_CONTROL_PROTOCOL_VERSION 3
 #define VMF_CONTROL_PROTOCOL_VERSION_MIN 1
 #define VMF_CLIENT_MAX_FRAME (1u << 20)
 
