@@ -95,6 +95,11 @@ void vmf_daemon_notify(struct vmf_daemon *d, const char *line);
  * `vmfactory init` on ready_fd, and to systemd (READY=1). */
 void vmf_daemon_check_readiness(struct vmf_daemon *d);
 
+/* On the loop: a pool of template rec (taken; vmf_template_find_name)
+ * named pool_name, of size clones; NULL with err when out of memory. */
+struct vmf_pool *vmf_daemon_template_pool(struct vmf_daemon *d, const char *pool_name, unsigned size,
+					  Vmf__Catalog__TemplateRecord *rec, struct vmf_error *err);
+
 /* destroy.c: destroy, and the end of a shutdown. */
 /* Every job's done callback ends with this: a destroy or a shutdown in
  * progress may be complete now, or the pools want refilling. */
@@ -166,5 +171,8 @@ void vmf_release_start(struct vmf_daemon *d, struct vmf_conn *c, const char *vm_
 
 /* inspect.c */
 void vmf_inspect_start(struct vmf_daemon *d, struct vmf_conn *c, const char *vm_id);
+
+/* snapshot.c */
+void vmf_snapshot_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control__SnapshotRequest *req);
 
 #endif

@@ -238,6 +238,7 @@ expected(const Vmf__Agent__AgentRequest *req)
 	case VMF__AGENT__AGENT_REQUEST__BODY_MOUNT_SHARE: return VMF__AGENT__AGENT_REPLY__BODY_MOUNT;
 	case VMF__AGENT__AGENT_REQUEST__BODY_NEW_IDENTITY: return VMF__AGENT__AGENT_REPLY__BODY_IDENTITY;
 	case VMF__AGENT__AGENT_REQUEST__BODY_HANDOUT: return VMF__AGENT__AGENT_REPLY__BODY_HANDOUT;
+	case VMF__AGENT__AGENT_REQUEST__BODY_EXEC_START: return VMF__AGENT__AGENT_REPLY__BODY_EXEC_STARTED;
 	default: return VMF__AGENT__AGENT_REPLY__BODY__NOT_SET;
 	}
 }
@@ -538,4 +539,39 @@ double
 vmf_agent_handout_clock_error_ms(const struct vmf_agent_handout *h)
 {
 	return (double)llabs(h->guest_ns - h->host_recv_ns) / 1e6;
+}
+
+int
+vmf_agent_run(struct vmf_agent *a, const char *const *argv, int *exit_code, int timeout_ms, struct vmf_error *err)
+{
+	int64_t deadline = vmf_now_ms() + timeout_ms;
+	size_t n = 0;
+	while (argv[n])
+		n++;
+	Vmf__Agent__AgentRequest req = VMF__AGENT__AGENT_REQUEST__INIT;
+	Vmf__Agent__ExecStart x = VMF__AGENT__EXEC_START__INIT;
+	x.n_argv = n;
+	x.argv = (char **)argv;
+	x.timeout_ms = (uint32_t)timeout_ms;
+	req.body_case = VMF__AGENT__AGENT_REQUEST__BODY_EXEC_START;
+	req.exec_start = &x;
+	Vmf__Agent__AgentReply *rep = NULL;
+	int r = vmf_agent_call(a, &req, &rep, timeout_ms, err);
+	if (r < 0)
+		return vmf_error_prefix(err, "running %s in the guest", argv[0]);
+	uint64_t exec_id = rep->exec_started->exec_id;
+	vmf__agent__agent_reply__free_unpacked(rep, NULL);
+	/* Its output (a line at most for the commands run here) fits the
+	 * agent's initial window, so only the exit matters. */
+	for (;;) {
+		if ((r = wait_reply(a, 0, &rep, deadline, err)) < 0)
+			return vmf_error_prefix(err, "running %s in the guest", argv[0]);
+		bool done = rep->body_case == VMF__AGENT__AGENT_REPLY__BODY_EXEC_EXIT &&
+			    rep->exec_exit->exec_id == exec_id;
+		if (done)
+			*exit_code = rep->exec_exit->exit_code;
+		vmf__agent__agent_reply__free_unpacked(rep, NULL);
+		if (done)
+			return 0;
+	}
 }

@@ -74,5 +74,8 @@ int vmf_agent_recv_handout(struct vmf_agent *a, struct vmf_agent_handout *h, int
 double vmf_agent_handout_clock_error_ms(const struct vmf_agent_handout *h);
 int vmf_agent_mount_share(struct vmf_agent *a, const char *tag, int timeout_ms,
 			  struct vmf_error *err);
+/* Runs argv in the guest (as root, no stdin) and waits for its exit code. */
+int vmf_agent_run(struct vmf_agent *a, const char *const *argv, int *exit_code, int timeout_ms,
+		  struct vmf_error *err);
 
 #endif

@@ -384,3 +384,27 @@ template_human(const char *id, const Vmf__Catalog__TemplateRecord *rec, const st
 	       rec->image_dir && *rec->image_dir ? "  image " : "", rec->image_dir ? rec->image_dir : "",
 	       rec->error && *rec->error ? "  error: " : "", rec->error ? rec->error : "");
 }
+
+json_object *
+snapshot_json(const Vmf__Control__Reply *r)
+{
+	const Vmf__Control__SnapshotReply *s = r->snapshot;
+	json_object *o = json_object_new_object();
+	JS(o, "template_id", s->template_id);
+	JS(o, "name", s->name);
+	JI(o, "total_ms", s->total_ms);
+	JI(o, "paused_ms", s->paused_ms);
+	JI(o, "memory_size", s->memory_size);
+	JI(o, "state_size", s->state_size);
+	JS(o, "method", s->method);
+	return o;
+}
+
+void
+snapshot_human(const Vmf__Control__Reply *r)
+{
+	const Vmf__Control__SnapshotReply *s = r->snapshot;
+	printf("template %s (%s) in %llu ms, VM paused %llu ms, memory %llu MiB, state %llu KiB (%s)\n", s->name,
+	       s->template_id, (unsigned long long)s->total_ms, (unsigned long long)s->paused_ms,
+	       (unsigned long long)(s->memory_size >> 20), (unsigned long long)(s->state_size >> 10), s->method);
+}

@@ -88,6 +88,7 @@ cmd_get(const struct cmd *cmd, struct args *a)
 	g.share_dir = (char *)(opt(a, "share-dir") ? opt(a, "share-dir") : "");
 	g.sock_dir = (char *)(opt(a, "sock-dir") ? opt(a, "sock-dir") : "");
 	g.pool = (char *)(opt(a, "pool") ? opt(a, "pool") : "");
+	g.template_ = (char *)(opt(a, "template") ? opt(a, "template") : "");
 	g.timeout_ms = timeout * 1000;
 	/* Longer than the daemon's own budget, so that its error arrives first. */
 	int call_ms = (int)(timeout ? timeout * 1000 + 5000 : 120000);
@@ -125,6 +126,23 @@ cmd_release(const struct cmd *cmd, struct args *a)
 	if (rc == 0)
 		printf("released %s\n", a->pos[0]);
 	return rc;
+}
+
+static int
+send_snapshot(struct vmf_client *c, struct args *a, void *req, int timeout_ms, Vmf__Control__Reply **r,
+	      struct vmf_error *e)
+{
+	(void)req;
+	return vmf_client_snapshot(c, a->pos[0], opt(a, "template"), r, timeout_ms, e);
+}
+
+int
+cmd_snapshot(const struct cmd *cmd, struct args *a)
+{
+	if (!opt(a, "template"))
+		return usage_error(cmd, "--template NAME is required");
+	/* The copy of a large VM under TCG takes a while. */
+	return remote(a, &(struct remote_call){ send_snapshot, NULL, 600000, snapshot_json, snapshot_human, false });
 }
 
 struct destroy_req {

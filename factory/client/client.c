@@ -98,6 +98,11 @@ read_reply(struct vmf_client *c, int64_t deadline, Vmf__Control__Reply **out, st
 uint32_t
 vmf_client_request_version(const Vmf__Control__Request *req)
 {
+	/* An older daemon would ignore the template and hand out any pool, or
+	 * not know the snapshot request. */
+	if ((req->body_case == VMF__CONTROL__REQUEST__BODY_GET_VM && req->get_vm && req->get_vm->template_ &&
+	     req->get_vm->template_[0]) || req->body_case == VMF__CONTROL__REQUEST__BODY_SNAPSHOT)
+		return 3;
 	if (req->body_case == VMF__CONTROL__REQUEST__BODY_GET_VM && req->get_vm && req->get_vm->pool &&
 	    req->get_vm->pool[0])
 		return 2;
@@ -207,6 +212,19 @@ vmf_client_inspect(struct vmf_client *c, const char *vm_id, Vmf__Control__Reply 
 	req.body_case = VMF__CONTROL__REQUEST__BODY_INSPECT;
 	req.inspect = &r;
 	return call_expect(c, &req, VMF__CONTROL__REPLY__BODY_INSPECT, "Inspect", reply, timeout_ms, err);
+}
+
+int
+vmf_client_snapshot(struct vmf_client *c, const char *vm_id, const char *template_name, Vmf__Control__Reply **reply,
+		    int timeout_ms, struct vmf_error *err)
+{
+	Vmf__Control__Request req = VMF__CONTROL__REQUEST__INIT;
+	Vmf__Control__SnapshotRequest r = VMF__CONTROL__SNAPSHOT_REQUEST__INIT;
+	r.vm_id = (char *)vm_id;
+	r.template_ = (char *)template_name;
+	req.body_case = VMF__CONTROL__REQUEST__BODY_SNAPSHOT;
+	req.snapshot = &r;
+	return call_expect(c, &req, VMF__CONTROL__REPLY__BODY_SNAPSHOT, "Snapshot", reply, timeout_ms, err);
 }
 
 int

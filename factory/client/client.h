@@ -32,7 +32,7 @@
  * version a request needs (vmf_client_request_version), so that a request
  * an older daemon serves correctly still reaches it, and one it would
  * misread (a pool it would ignore) is refused by it instead. */
-#define VMF_CONTROL_PROTOCOL_VERSION 2
+#define VMF_CONTROL_PROTOCOL_VERSION 3
 #define VMF_CONTROL_PROTOCOL_VERSION_MIN 1
 #define VMF_CLIENT_MAX_FRAME (1u << 20)
 
@@ -61,6 +61,10 @@ int vmf_client_get_vm(struct vmf_client *c, const Vmf__Control__GetVMRequest *re
 int vmf_client_release_vm(struct vmf_client *c, const char *vm_id, int timeout_ms, struct vmf_error *err);
 int vmf_client_inspect(struct vmf_client *c, const char *vm_id, Vmf__Control__Reply **reply, int timeout_ms,
 		       struct vmf_error *err);
+/* Turns assigned VM vm_id's current state into a new template named
+ * template_name (protocol version 3); reply->snapshot says what it cost. */
+int vmf_client_snapshot(struct vmf_client *c, const char *vm_id, const char *template_name,
+			Vmf__Control__Reply **reply, int timeout_ms, struct vmf_error *err);
 int vmf_client_status(struct vmf_client *c, Vmf__Control__Reply **reply, int timeout_ms, struct vmf_error *err);
 int vmf_client_destroy(struct vmf_client *c, int all, Vmf__Control__Reply **reply, int timeout_ms,
 		       struct vmf_error *err);
