@@ -164,6 +164,7 @@ call_expect(struct vmf_client *c, Vmf__Control__Request *req, Vmf__Control__Repl
 	case VMF__CONTROL__REPLY__BODY_STATUS: ok = ok && (*reply)->status; break;
 	case VMF__CONTROL__REPLY__BODY_DESTROY: ok = ok && (*reply)->destroy; break;
 	case VMF__CONTROL__REPLY__BODY_RELEASE: ok = ok && (*reply)->release; break;
+	case VMF__CONTROL__REPLY__BODY_SNAPSHOT: ok = ok && (*reply)->snapshot; break;
 	default: ok = false; break;
 	}
 	if (!ok) {

@@ -1,0 +1,171 @@
+/* vmfactory snapshot, end to end (real QEMU under TCG): an assigned VM's
+ * state becomes a template; VMs of it (get --template) see what the VM had
+ * written, each with its own identity; the VM keeps running.  Then what a
+ * snapshot refuses, and a daemon killed mid-snapshot. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "daemonlib.h"
+#include "frame.h"
+#include "testlib.h"
+
+static const char *
+str(json_object *o, const char *a, const char *b)
+{
+	return json_object_get_string(path(o, a, b));
+}
+
+static void
+get_template(struct got *g, const char *name, const char *tpl)
+{
+	snprintf(g->share, sizeof g->share, "%s/%s-share", tmp, name);
+	snprintf(g->sockd, sizeof g->sockd, "%s/%s-sock", tmp, name);
+	char *out = NULL;
+	g->rc = vmf(&out, "get --template %s --sandbox %s --share-dir %s --sock-dir %s --timeout 120 -o json", tpl,
+		    name, g->share, g->sockd);
+	g->rec = g->rc == 0 ? json_tokener_parse(out) : NULL;
+	free(out);
+	if (g->rec)
+		snprintf(g->id, sizeof g->id, "%s", str(g->rec, "id", NULL));
+}
+
+/* stdout of a command in the VM, trailing newline dropped. */
+static char *
+run_in(const char *id, const char *cmd)
+{
+	/* The CLI's options before "--": everything after it is the command's. */
+	char line[4096];
+	snprintf(line, sizeof line, "%s exec %s %s -- sh -c '%s' 2>>%s/cli.err", exe, id, common_opts, cmd, tmp);
+	FILE *p = popen(line, "r");
+	ck_assert_ptr_nonnull(p);
+	char *out = calloc(1, 4096);
+	size_t n = fread(out, 1, 4095, p);
+	int st = pclose(p);
+	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "exec in %s: %s failed (status %d)", id, cmd, st);
+	out[n] = '\0';
+	if (n && out[n - 1] == '\n')
+		out[n - 1] = '\0';
+	return out;
+}
+
+START_TEST(snapshot_forks_a_running_vm_into_a_template)
+{
+	ck_assert_int_eq(vmf(NULL, "init --pool 1 --wait"), 0);
+	struct got a = {0};
+	do_get(&a, "fork-a", 1, 256);
+	ck_assert_int_eq(a.rc, 0);
+	free(run_in(a.id, "echo forked-$$ > /tmp/forkfile; cat /tmp/forkfile"));
+	char *want = run_in(a.id, "cat /tmp/forkfile");
+
+	json_object *s = vmf_json("snapshot %s --template snap1 -o json", a.id);
+	printf("snapshot: %s\n", json_object_to_json_string(s));
+	ck_assert_uint_eq(strlen(str(s, "template_id", NULL)), 64);
+	ck_assert_str_eq(str(s, "name", NULL), "snap1");
+	char tid[80];
+	snprintf(tid, sizeof tid, "%s", str(s, "template_id", NULL));
+	json_object_put(s);
+	/* The original runs on, its share mounted again. */
+	char *after = run_in(a.id, "cat /tmp/forkfile; grep -c vmfshare /proc/mounts");
+	ck_assert_msg(strstr(after, want) && strstr(after, "\n1"), "the original after the snapshot: '%s'", after);
+	free(after);
+
+	/* Bad input, the VM running all along. */
+	char *out = NULL;
+	ck_assert_int_ne(vmf(&out, "snapshot %s --template snap1", a.id), 0);
+	free(out);
+	ck_assert_int_ne(vmf(&out, "snapshot %s --template 'bad name'", a.id), 0);
+	free(out);
+	json_object *st = vmf_json("status -o json%s", "");
+	json_object *vms = path(st, "vms", NULL);
+	for (size_t i = 0; i < json_object_array_length(vms); i++) {
+		json_object *v = json_object_array_get_idx(vms, i);
+		if (strcmp(str(v, "state", NULL), "ready") == 0) {
+			ck_assert_int_ne(vmf(&out, "snapshot %s --template snap2", str(v, "id", NULL)), 0);
+			free(out);
+		}
+	}
+	json_object_put(st);
+	ck_assert_int_ne(vmf(&out, "snapshot 00000000-0000-4000-8000-000000000000 --template snap3"), 0);
+	free(out);
+
+	/* Two VMs of it: both see the file, each its own identity. */
+	struct got b = {0}, c = {0};
+	get_template(&b, "fork-b", "snap1");
+	ck_assert_msg(b.rc == 0, "get --template snap1 failed");
+	get_template(&c, "fork-c", "snap1");
+	ck_assert_msg(c.rc == 0, "second get --template snap1 failed");
+	ck_assert_str_eq(str(b.rec, "template_id", NULL), tid);
+	for (int k = 0; k < 2; k++) {
+		char *got = run_in(k ? c.id : b.id, "cat /tmp/forkfile");
+		ck_assert_str_eq(got, want);
+		free(got);
+	}
+	json_object *ia = vmf_json("inspect %s -o json", a.id), *ib = vmf_json("inspect %s -o json", b.id),
+		    *ic = vmf_json("inspect %s -o json", c.id);
+	ck_assert_str_ne(str(ib, "guest", "boot_id"), str(ic, "guest", "boot_id"));
+	ck_assert_str_ne(str(ib, "guest", "boot_id"), str(ia, "guest", "boot_id"));
+	ck_assert_str_ne(str(ib, "guest", "random_hex"), str(ic, "guest", "random_hex"));
+	json_object_put(ia);
+	json_object_put(ib);
+	json_object_put(ic);
+	free(run_in(a.id, "true"));
+	free(want);
+	json_object_put(a.rec);
+	json_object_put(b.rec);
+	json_object_put(c.rec);
+}
+END_TEST
+
+/* Killed after the copy, before the record: a restarted daemon finds no
+ * template of that name, no receiving QEMU, no half-made files; the VM runs. */
+START_TEST(sigkill_mid_snapshot_leaves_nothing_half_made)
+{
+	ck_assert_int_eq(vmf(NULL, "init --pool 1 --wait"), 0);
+	struct got a = {0};
+	do_get(&a, "kill-a", 1, 256);
+	ck_assert_int_eq(a.rc, 0);
+	int before = count_qemu();
+	fault = "snapshot-received";
+	char *out = NULL;
+	ck_assert_int_ne(vmf(&out, "snapshot %s --template snapk", a.id), 0);
+	free(out);
+	fault = NULL;
+	ck_assert_msg(!daemon_answers(), "the daemon survived its fault point");
+	ck_assert_int_eq(vmf(NULL, "init --pool 1 --wait"), 0);
+	ck_assert_int_eq(qemu_gone(), 0);
+	ck_assert_int_eq(count_qemu(), before);
+	char *ls = NULL;
+	char cmd[1400];
+	snprintf(cmd, sizeof cmd, "ls -a %s/templates | grep -c '^\\.build' || true", state);
+	FILE *f = popen(cmd, "r");
+	char line[32] = "";
+	ck_assert_ptr_nonnull(fgets(line, sizeof line, f));
+	pclose(f);
+	ck_assert_int_eq(atoi(line), 0);
+	free(ls);
+	/* No such template; the name is free again. */
+	struct got b = {0};
+	get_template(&b, "kill-b", "snapk");
+	ck_assert_int_ne(b.rc, 0);
+	free(run_in(a.id, "true"));
+	json_object *s = vmf_json("snapshot %s --template snapk -o json", a.id);
+	json_object_put(s);
+	json_object_put(a.rec);
+}
+END_TEST
+
+int
+main(void)
+{
+	Suite *s = suite_create("fork");
+	TCase *tc = tcase_create("fork");
+	tcase_add_checked_fixture(tc, setup, cleanup);
+	tcase_set_timeout(tc, 600);
+	ADD_TEST(tc, snapshot_forks_a_running_vm_into_a_template);
+	ADD_TEST(tc, sigkill_mid_snapshot_leaves_nothing_half_made);
+	suite_add_tcase(s, tc);
+	return vmf_test_run(s);
+}
