@@ -21,6 +21,7 @@ struct snapshot_job {
 	char vm_id[VMF_UUID_STR];
 	char template_id[VMF_SHA256_HEX];
 	char name[33];
+	unsigned memory_mib;
 	bool share;                  /* its 9p share is mounted in the guest */
 	int64_t start_ms;
 	Vmf__Catalog__TemplateRecord *rec;
@@ -101,7 +102,7 @@ snapshot_work(void *arg)
 	}
 	if (r >= 0) {
 		struct vmf_snapshot_req q = { .p = &j->params, .vm = vm->hv, .vm_id = j->vm_id, .parent = parent,
-					      .name = j->name };
+					      .name = j->name, .memory_mib = j->memory_mib };
 		r = vmf_template_snapshot(d->cache.cat, d->opts.state_dir, d->opts.run_dir, &q, &j->rec, &j->res, err);
 	}
 	if (unmounted) {
@@ -206,6 +207,7 @@ vmf_snapshot_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control_
 	snprintf(j->vm_id, sizeof(j->vm_id), "%s", vm->id);
 	snprintf(j->template_id, sizeof(j->template_id), "%s", vm->template_id);
 	snprintf(j->name, sizeof(j->name), "%s", name);
+	j->memory_mib = vm->memory_mib;
 	j->share = (vm->ops->capabilities(vm->hv) & VMF_CAP_SHARE_DEVICE) && vm->share_link[0];
 	j->start_ms = vmf_now_ms();
 	snprintf(inflight[slot], sizeof(inflight[slot]), "%s", name);

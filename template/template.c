@@ -558,7 +558,7 @@ vmf_template_snapshot(struct vmf_catalog *cat, const char *state_dir, const char
 		return r;
 	/* The RAM files are written as the VM is copied: on a full disk the
 	 * receiving QEMU would die of SIGBUS mid-copy, so say so up front. */
-	uint64_t need = ((uint64_t)parent->spec->max_memory_mib << 20) + (16ull << 20);
+	uint64_t need = ((uint64_t)q->memory_mib << 20) + (16ull << 20);
 	struct statvfs vfs;
 	if (statvfs(tdir, &vfs) == 0 && (uint64_t)vfs.f_bavail * vfs.f_frsize < need)
 		return vmf_err(err, ENOSPC, "not enough space in %s for snapshot %s of VM %s: it may need %llu MiB, "

@@ -90,6 +90,7 @@ struct vmf_snapshot_req {
 	const char *vm_id;
 	const Vmf__Catalog__TemplateRecord *parent;  /* the VM's template */
 	const char *name;                            /* validated (vmf_valid_pool_name) */
+	unsigned memory_mib;                         /* the VM's now, hot-added included */
 };
 
 /* Turns q->vm's current state into a new ready template named q->name

@@ -11,6 +11,7 @@
 #include "daemonlib.h"
 #include "frame.h"
 #include "testlib.h"
+#include "util.h"
 
 static const char *
 str(json_object *o, const char *a, const char *b)
@@ -175,6 +176,73 @@ START_TEST(sigkill_mid_snapshot_leaves_nothing_half_made)
 }
 END_TEST
 
+/* Unmounts dir once nothing holds it (a QEMU just killed closes its files
+ * a moment after it leaves /proc). */
+static int
+umount_settled(const char *dir)
+{
+	char cmd[800];
+	snprintf(cmd, sizeof cmd, "umount %s 2>/dev/null", dir);
+	int64_t deadline = vmf_now_ms() + 10000;
+	int r;
+	while ((r = system(cmd)) != 0 && vmf_now_ms() < deadline)
+		usleep(50000);
+	return r;
+}
+
+static bool state_mounted;
+
+static void
+cleanup_full_disk(void)
+{
+	if (state_mounted) {
+		char *out = NULL;
+		vmf(&out, "destroy --all");
+		free(out);
+		qemu_gone();
+		umount_settled(state);
+		state_mounted = false;
+	}
+	cleanup();
+}
+
+/* The state dir on a small ext4 with the template in it, then filled: the
+ * snapshot is refused before any work, saying why, and the VM runs on. */
+START_TEST(snapshot_on_a_full_disk_is_a_clear_error)
+{
+	char cmd[2400];
+	snprintf(cmd, sizeof cmd,
+		 "mkdir -p %s && truncate -s 400M %s/fs.img && mkfs.ext4 -q -F %s/fs.img >/dev/null 2>&1 && "
+		 "mount -o loop %s/fs.img %s 2>/dev/null && chmod 0700 %s", state, tmp, tmp, tmp, state, state);
+	if (system(cmd) != 0) {
+		vmf_test_skip("cannot mount a loop file system here (needs CAP_SYS_ADMIN)");
+		return;
+	}
+	state_mounted = true;
+	ck_assert_int_eq(vmf(NULL, "init --pool 0 --wait"), 0);
+	struct got a = {0};
+	do_get(&a, "full-a", 1, 256);
+	ck_assert_int_eq(a.rc, 0);
+	/* 100 MiB left: less than the VM's 256 MiB of RAM. */
+	snprintf(cmd, sizeof cmd, "fallocate -l $(( $(df -B1 --output=avail %s | tail -1) - 104857600 )) %s/filler",
+		 state, state);
+	ck_assert_int_eq(system(cmd), 0);
+	char *out = NULL;
+	ck_assert_int_ne(vmf(&out, "snapshot %s --template full1", a.id), 0);
+	free(out);
+	char errf[700], *err = NULL;
+	snprintf(errf, sizeof errf, "%s/cli.err", tmp);
+	vmf_read_file(errf, &err, NULL, 1 << 20, NULL);
+	printf("full disk: %s", err ? err : "");
+	ck_assert_msg(err && strstr(err, "not enough space") && strstr(err, "keeps running"), "unclear: %s", err);
+	free(err);
+	free(run_in(a.id, "true"));
+	snprintf(cmd, sizeof cmd, "test -z \"$(find %s/templates -mindepth 1 -maxdepth 1 -name '.build*')\"", state);
+	ck_assert_int_eq(system(cmd), 0);
+	json_object_put(a.rec);
+}
+END_TEST
+
 int
 main(void)
 {
@@ -185,5 +253,13 @@ main(void)
 	ADD_TEST(tc, snapshot_forks_a_running_vm_into_a_template);
 	ADD_TEST(tc, sigkill_mid_snapshot_leaves_nothing_half_made);
 	suite_add_tcase(s, tc);
+	if (test_selected("snapshot_on_a_full_disk_is_a_clear_error")) {
+		TCase *fd = tcase_create("full_disk");
+		tcase_set_tags(fd, VMF_TEST_OWN_CASE);
+		tcase_add_checked_fixture(fd, setup, cleanup_full_disk);
+		tcase_set_timeout(fd, 600);
+		tcase_add_test(fd, snapshot_on_a_full_disk_is_a_clear_error);
+		suite_add_tcase(s, fd);
+	}
 	return vmf_test_run(s);
 }
