@@ -2,9 +2,11 @@
  * state becomes a template; VMs of it (get --template) see what the VM had
  * written, each with its own identity; the VM keeps running.  Then what a
  * snapshot refuses, and a daemon killed mid-snapshot. */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -66,9 +68,39 @@ receivers(void)
 	return atoi(line);
 }
 
+static bool have_tenants;
+
+/* vmf_client_snapshot as uid: its error code (0 on success). */
+static int
+snapshot_as(uid_t uid, const char *vm_id, const char *name)
+{
+	pid_t pid = vmf_test_fork();
+	if (pid == 0) {
+		if (!become_tenant(uid))
+			_exit(100);
+		struct vmf_client *c;
+		struct vmf_error e = {0};
+		Vmf__Control__Reply *r = NULL;
+		int rc = vmf_client_connect(sock, &c, &e);
+		if (rc == 0) {
+			rc = vmf_client_snapshot(c, vm_id, name, &r, 60000, &e);
+			vmf_client_close(c);
+		}
+		fprintf(stderr, "snapshot as uid %u: %s\n", (unsigned)uid, rc ? e.msg : "ok");
+		_exit(rc < 0 ? -rc : 0);
+	}
+	int st;
+	ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+	ck_assert(WIFEXITED(st) && WEXITSTATUS(st) != 100);
+	return WEXITSTATUS(st);
+}
+
 START_TEST(snapshot_forks_a_running_vm_into_a_template)
 {
-	ck_assert_int_eq(vmf(NULL, "init --pool 1 --wait"), 0);
+	if (have_tenants)
+		ck_assert_int_eq(vmf(NULL, "init --pool 1 --group %s --wait", tu.group), 0);
+	else
+		ck_assert_int_eq(vmf(NULL, "init --pool 1 --wait"), 0);
 	struct got a = {0};
 	do_get(&a, "fork-a", 1, 256);
 	ck_assert_int_eq(a.rc, 0);
@@ -105,6 +137,14 @@ START_TEST(snapshot_forks_a_running_vm_into_a_template)
 	json_object_put(st);
 	ck_assert_int_ne(vmf(&out, "snapshot 00000000-0000-4000-8000-000000000000 --template snap3"), 0);
 	free(out);
+	/* Another user's VM (root's here). */
+	if (have_tenants) {
+		/* The socket's dir reachable: the daemon, not the file system, refuses. */
+		ck_assert_int_eq(chmod(tmp, 0711), 0);
+		ck_assert_int_eq(snapshot_as(tu.uid_b, a.id, "snap4"), EACCES);
+	}
+	else
+		printf("not-yours check skipped: no tenant users\n");
 
 	/* Two VMs of it: both see the file, each its own identity. */
 	struct got b = {0}, c = {0};
@@ -246,6 +286,10 @@ END_TEST
 int
 main(void)
 {
+	const char *why = tenant_users_make("vfrk");
+	have_tenants = why == NULL;
+	if (why)
+		printf("tenant checks skipped: %s\n", why);
 	Suite *s = suite_create("fork");
 	TCase *tc = tcase_create("fork");
 	tcase_add_checked_fixture(tc, setup, cleanup);
@@ -261,5 +305,7 @@ main(void)
 		tcase_add_test(fd, snapshot_on_a_full_disk_is_a_clear_error);
 		suite_add_tcase(s, fd);
 	}
-	return vmf_test_run(s);
+	int rc = vmf_test_run(s);
+	tenant_users_remove();
+	return rc;
 }
