@@ -167,10 +167,44 @@ START_TEST(snapshot_forks_a_running_vm_into_a_template)
 	json_object_put(ib);
 	json_object_put(ic);
 	free(run_in(a.id, "true"));
-	free(want);
 	json_object_put(a.rec);
 	json_object_put(b.rec);
 	json_object_put(c.rec);
+
+	/* A pool of it ([pool X] template = NAME) fills with its clones. */
+	ck_assert_int_eq(vmf(NULL, "destroy --all"), 0);
+	ck_assert_int_eq(qemu_gone(), 0);
+	char conf[800];
+	snprintf(conf, sizeof conf, "%s/fork.conf", tmp);
+	FILE *f = fopen(conf, "w");
+	ck_assert_ptr_nonnull(f);
+	fprintf(f, "[pool forked]\nsize = 1\ntemplate = snap1\n");
+	fclose(f);
+	ck_assert_int_eq(vmf(NULL, "init --config %s --wait", conf), 0);
+	struct got d = {0};
+	get_template(&d, "fork-d", "snap1");
+	ck_assert_int_eq(d.rc, 0);
+	ck_assert_str_eq(str(d.rec, "handout", NULL), "base");
+	char *got = run_in(d.id, "cat /tmp/forkfile");
+	ck_assert_str_eq(got, want);
+	free(got);
+	json_object_put(d.rec);
+	ck_assert_int_eq(vmf(NULL, "destroy --all"), 0);
+	ck_assert_int_eq(qemu_gone(), 0);
+
+	/* template rm refuses it while a pool of the config uses it; gc keeps it. */
+	ck_assert_int_ne(vmf(&out, "template rm snap1 --config %s", conf), 0);
+	free(out);
+	ck_assert_int_eq(vmf(&out, "template gc --config %s", conf), 0);
+	ck_assert_msg(strstr(out, "kept template") && strstr(out, "snap1"), "gc: %s", out);
+	free(out);
+	ck_assert_int_eq(vmf(&out, "template rm snap1"), 0);
+	free(out);
+	json_object *l = vmf_json("template list -o json%s", "");
+	for (size_t i = 0; i < json_object_array_length(l); i++)
+		ck_assert_str_ne(str(json_object_array_get_idx(l, i), "name", NULL), "snap1");
+	json_object_put(l);
+	free(want);
 }
 END_TEST
 

@@ -349,6 +349,12 @@ template_json(const char *id, const Vmf__Catalog__TemplateRecord *rec, const str
 	JS(o, "dir", rec->dir);
 	JS(o, "image_dir", rec->image_dir);
 	JS(o, "error", rec->error);
+	/* A snapshot's name and lineage ("" for a built template). */
+	JS(o, "name", rec->name);
+	JS(o, "parent_template_id", rec->parent_template_id);
+	JS(o, "source_vm_id", rec->source_vm_id);
+	JI(o, "hotplugged_vcpus", rec->hotplugged_vcpus);
+	JI(o, "dimms", rec->n_dimms);
 	json_object *caps = json_object_new_array();
 	/* The template's own driver: templates of different VMMs coexist. */
 	const struct vmf_hv_ops *tops = s ? vmf_hv_by_kind(s->hypervisor) : NULL;
@@ -377,12 +383,15 @@ template_human(const char *id, const Vmf__Catalog__TemplateRecord *rec, const st
 			snprintf(capstr + strlen(capstr), sizeof(capstr) - strlen(capstr), "%s%s",
 				 capstr[0] ? "," : "", vmf_cap_name(bit));
 	printf("%-16.16s  %-8s  %2u/%-2u vCPU  %5u/%-5u MiB  %-7s  state %7.1f MiB  memory %5.0f MiB  %6.0f s"
-	       "  %s [%s]%s%s%s%s\n",
+	       "  %s [%s]%s%s%s%s%s%s%s%.16s%s%s\n",
 	       rec->id, tstate(rec->state), s ? s->vcpus : 0, s ? s->max_vcpus : 0, s ? s->memory_mib : 0,
 	       s ? s->max_memory_mib : 0, s && s->full_memory ? "private" : "shared", rec->state_size / 1048576.0,
 	       rec->memory_size / 1048576.0, age, tops ? tops->name : "unknown", capstr,
 	       rec->image_dir && *rec->image_dir ? "  image " : "", rec->image_dir ? rec->image_dir : "",
-	       rec->error && *rec->error ? "  error: " : "", rec->error ? rec->error : "");
+	       rec->error && *rec->error ? "  error: " : "", rec->error ? rec->error : "",
+	       rec->name && *rec->name ? "  snapshot " : "", rec->name ? rec->name : "",
+	       rec->name && *rec->name ? " of template " : "", rec->parent_template_id ? rec->parent_template_id : "",
+	       rec->name && *rec->name ? " VM " : "", rec->source_vm_id ? rec->source_vm_id : "");
 }
 
 json_object *
