@@ -208,6 +208,43 @@ START_TEST(snapshot_forks_a_running_vm_into_a_template)
 }
 END_TEST
 
+/* A VM grown at hand-out (a vCPU and a DIMM hot-added): the template's
+ * clones start with both, online in the guest, its DIMM's contents too. */
+START_TEST(hot_added_cpus_and_dimms_reach_the_clones)
+{
+	ck_assert_int_eq(vmf(NULL, "init --pool 0 --max-cpus 2 --max-memory 512 --wait"), 0);
+	struct got a = {0};
+	do_get(&a, "hot-a", 2, 384);
+	ck_assert_int_eq(a.rc, 0);
+	free(run_in(a.id, "echo hot > /tmp/hotfile"));
+	json_object *s = vmf_json("snapshot %s --template hot1 -o json", a.id);
+	printf("snapshot of 2 vCPU / 384 MiB: %s\n", json_object_to_json_string(s));
+	ck_assert_int_eq(json_object_get_int64(path(s, "memory_size", NULL)), 384ll << 20);
+	json_object_put(s);
+	struct got b = {0};
+	get_template(&b, "hot-b", "hot1");
+	ck_assert_int_eq(b.rc, 0);
+	ck_assert_int_eq(json_object_get_int(path(b.rec, "vcpus", NULL)), 2);
+	ck_assert_int_eq(json_object_get_int(path(b.rec, "memory_mib", NULL)), 384);
+	json_object *i = vmf_json("inspect %s -o json", b.id), *ia = vmf_json("inspect %s -o json", a.id);
+	ck_assert_int_eq(json_object_get_int(path(i, "guest", "online_cpus")), 2);
+	printf("guest memory: original %lld KiB, clone %lld KiB\n",
+	       (long long)json_object_get_int64(path(ia, "guest", "mem_total_kib")),
+	       (long long)json_object_get_int64(path(i, "guest", "mem_total_kib")));
+	ck_assert_int_eq(json_object_get_int64(path(i, "guest", "mem_total_kib")),
+			 json_object_get_int64(path(ia, "guest", "mem_total_kib")));
+	json_object_put(i);
+	json_object_put(ia);
+	char *got = run_in(b.id, "cat /tmp/hotfile");
+	ck_assert_str_eq(got, "hot");
+	free(got);
+	/* Still growable: a DIMM id after the ones it started with. */
+	free(run_in(a.id, "true"));
+	json_object_put(a.rec);
+	json_object_put(b.rec);
+}
+END_TEST
+
 /* Killed after the copy, before the record: a restarted daemon finds no
  * template of that name, no receiving QEMU, no half-made files; the VM runs. */
 START_TEST(sigkill_mid_snapshot_leaves_nothing_half_made)
@@ -329,6 +366,7 @@ main(void)
 	tcase_add_checked_fixture(tc, setup, cleanup);
 	tcase_set_timeout(tc, 600);
 	ADD_TEST(tc, snapshot_forks_a_running_vm_into_a_template);
+	ADD_TEST(tc, hot_added_cpus_and_dimms_reach_the_clones);
 	ADD_TEST(tc, sigkill_mid_snapshot_leaves_nothing_half_made);
 	suite_add_tcase(s, tc);
 	if (test_selected("snapshot_on_a_full_disk_is_a_clear_error")) {
