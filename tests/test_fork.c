@@ -235,6 +235,20 @@ START_TEST(hot_added_cpus_and_dimms_reach_the_clones)
 			 json_object_get_int64(path(ia, "guest", "mem_total_kib")));
 	json_object_put(i);
 	json_object_put(ia);
+	/* Status names the template's lineage. */
+	json_object *st = vmf_json("status -o json%s", "");
+	json_object *ts = path(st, "templates", NULL);
+	bool found = false;
+	for (size_t k = 0; k < json_object_array_length(ts); k++) {
+		json_object *t = json_object_array_get_idx(ts, k);
+		if (strcmp(str(t, "name", NULL), "hot1") == 0) {
+			found = true;
+			ck_assert_str_eq(str(t, "source_vm_id", NULL), a.id);
+			ck_assert_uint_eq(strlen(str(t, "parent_template_id", NULL)), 64);
+		}
+	}
+	ck_assert_msg(found, "status lists no template hot1");
+	json_object_put(st);
 	char *got = run_in(b.id, "cat /tmp/hotfile");
 	ck_assert_str_eq(got, "hot");
 	free(got);

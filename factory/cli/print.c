@@ -182,6 +182,9 @@ status_json(const Vmf__Control__Reply *r)
 		JI(x, "created_ns", t->created_ns);
 		JS(x, "error", t->error);
 		JS(x, "image_dir", t->image_dir);
+		JS(x, "name", t->name);
+		JS(x, "parent_template_id", t->parent_template_id);
+		JS(x, "source_vm_id", t->source_vm_id);
 		json_object *tc = json_object_new_array();
 		for (size_t k = 0; k < t->n_capabilities; k++)
 			json_object_array_add(tc, json_object_new_string(t->capabilities[k]));
