@@ -792,6 +792,11 @@ qemu_snapshot(struct vmf_vmm *vm, const struct vmf_snapshot_to *to, int state_fd
 	json_object *args;
 	if ((r = set_capability(rcv, "events", true, err)) < 0 || (r = pass_fd(rcv, "vmfsnap", sp[1], err)) < 0)
 		goto out;
+	/* Only the two QEMUs may hold the ends: a receiver that dies must
+	 * fail the sender at once (EPIPE), not leave it writing into a
+	 * buffer we keep open while the VM stands still. */
+	close(sp[1]);
+	sp[1] = -1;
 	args = json_object_new_object();
 	json_object_object_add(args, "uri", json_object_new_string("fd:vmfsnap"));
 	r = qmp_cmd(rcv, "migrate-incoming", args, NULL, err);
@@ -803,6 +808,8 @@ qemu_snapshot(struct vmf_vmm *vm, const struct vmf_snapshot_to *to, int state_fd
 	if ((r = set_capability(vm, "events", true, err)) < 0 || (r = set_capability(vm, "x-ignore-shared", false, err)) < 0 ||
 	    (r = set_bandwidth(vm, err)) < 0 || (r = pass_fd(vm, "vmfsnap", sp[0], err)) < 0)
 		goto out;
+	close(sp[0]);
+	sp[0] = -1;
 	t0 = vmf_now_ms();
 	if (was_running) {
 		if ((r = qmp_cmd(vm, "stop", NULL, NULL, err)) < 0)
@@ -813,8 +820,13 @@ qemu_snapshot(struct vmf_vmm *vm, const struct vmf_snapshot_to *to, int state_fd
 	json_object_object_add(args, "uri", json_object_new_string("fd:vmfsnap"));
 	r = qmp_cmd(vm, "migrate", args, NULL, err);
 	json_object_put(args);
-	if (r == 0)
-		r = wait_migration(vm, "copying its state into the snapshot", err);
+	if (r == 0 && (r = wait_migration(vm, "copying its state into the snapshot", err)) < 0) {
+		/* The receiver usually says why. */
+		char tail[400];
+		vmf_file_tail(rcv->stderr_log, tail, sizeof(tail));
+		if (tail[0])
+			vmf_error_append(err, "; receiving QEMU: %s", tail);
+	}
 	if (r == 0)
 		r = wait_migration(rcv, "receiving the snapshot", err);
 	if (r < 0)
