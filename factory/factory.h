@@ -173,6 +173,8 @@ void vmf_release_start(struct vmf_daemon *d, struct vmf_conn *c, const char *vm_
 void vmf_inspect_start(struct vmf_daemon *d, struct vmf_conn *c, const char *vm_id);
 
 /* snapshot.c */
+/* In a VM's run dir while a snapshot of it runs (recovery.c resumes it). */
+#define VMF_SNAPSHOT_MARKER "snapshotting"
 void vmf_snapshot_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control__SnapshotRequest *req);
 
 #endif

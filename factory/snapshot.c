@@ -2,9 +2,12 @@
  * (template/template.c, vmf_template_snapshot), on a worker; the VM keeps
  * running, stopped only while its state is copied. */
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "agent.h"
 #include "catalog.h"
@@ -100,6 +103,13 @@ snapshot_work(void *arg)
 			r = share_umount(a, path, sizeof(path), err);
 		unmounted = r >= 0;
 	}
+	/* While it exists the VM may stand paused by us: a daemon killed then
+	 * leaves it for restart recovery, which resumes the VM. */
+	char marker[PATH_MAX];
+	snprintf(marker, sizeof(marker), "%s/%s", vm->run_dir, VMF_SNAPSHOT_MARKER);
+	int mfd = r >= 0 ? open(marker, O_WRONLY | O_CREAT | O_CLOEXEC, 0600) : -1;
+	if (mfd >= 0)
+		close(mfd);
 	if (r >= 0) {
 		struct vmf_snapshot_req q = { .p = &j->params, .vm = vm->hv, .vm_id = j->vm_id, .parent = parent,
 					      .name = j->name, .memory_mib = j->memory_mib };
@@ -114,6 +124,7 @@ snapshot_work(void *arg)
 					    me.msg);
 		}
 	}
+	unlink(marker);
 	vmf_agent_free(a);
 	vmf__catalog__template_record__free_unpacked(parent, NULL);
 	j->rc = r < 0 ? r : 0;

@@ -816,6 +816,7 @@ qemu_snapshot(struct vmf_vmm *vm, const struct vmf_snapshot_to *to, int state_fd
 			goto out;
 		stopped = true;
 	}
+	VMF_FAULT("snapshot-paused");
 	args = json_object_new_object();
 	json_object_object_add(args, "uri", json_object_new_string("fd:vmfsnap"));
 	r = qmp_cmd(vm, "migrate", args, NULL, err);

@@ -259,42 +259,55 @@ START_TEST(hot_added_cpus_and_dimms_reach_the_clones)
 }
 END_TEST
 
-/* Killed after the copy, before the record: a restarted daemon finds no
- * template of that name, no receiving QEMU, no half-made files; the VM runs. */
+/* Killed while the VM stands paused for the copy, then after the copy
+ * before the record: a restarted daemon finds no template of that name,
+ * no receiving QEMU, no half-made files, and the VM running. */
 START_TEST(sigkill_mid_snapshot_leaves_nothing_half_made)
 {
-	/* The daemon inherits the fault point from init. */
-	fault = "snapshot-received";
-	ck_assert_int_eq(vmf(NULL, "init --pool 1 --wait"), 0);
-	fault = NULL;
+	static const char *const points[] = { "snapshot-paused", "snapshot-received" };
 	struct got a = {0};
-	do_get(&a, "kill-a", 1, 256);
-	ck_assert_int_eq(a.rc, 0);
-	char *out = NULL;
-	ck_assert_int_ne(vmf(&out, "snapshot %s --template snapk", a.id), 0);
-	free(out);
-	/* The receiving QEMU outlived the daemon. */
-	ck_assert_int_eq(receivers(), 1);
-	ck_assert_msg(!daemon_answers(), "the daemon survived its fault point");
+	for (int k = 0; k < 2; k++) {
+		/* The daemon inherits the fault point from init. */
+		fault = points[k];
+		ck_assert_int_eq(vmf(NULL, "init --pool 1 --wait"), 0);
+		fault = NULL;
+		if (k == 0) {
+			do_get(&a, "kill-a", 1, 256);
+			ck_assert_int_eq(a.rc, 0);
+		}
+		char *out = NULL;
+		ck_assert_int_ne(vmf(&out, "snapshot %s --template snapk", a.id), 0);
+		free(out);
+		/* The receiving QEMU outlived the daemon. */
+		ck_assert_int_eq(receivers(), 1);
+		ck_assert_msg(!daemon_answers(), "the daemon survived its fault point %s", points[k]);
+		ck_assert_int_eq(vmf(NULL, "init --pool 1 --wait"), 0);
+		int64_t deadline = vmf_now_ms() + 30000;
+		while (receivers() > 0 && vmf_now_ms() < deadline)
+			usleep(50000);
+		ck_assert_int_eq(receivers(), 0);
+		char cmd[1400];
+		snprintf(cmd, sizeof cmd, "ls -a %s/templates | grep -c '^\\.build' || true", state);
+		FILE *f = popen(cmd, "r");
+		char line[32] = "";
+		ck_assert_ptr_nonnull(fgets(line, sizeof line, f));
+		pclose(f);
+		ck_assert_int_eq(atoi(line), 0);
+		/* No such template; the VM runs: its agent answers inspect
+		 * (within the daemon's 10 s), which a paused guest cannot. */
+		struct got b = {0};
+		get_template(&b, "kill-b", "snapk");
+		ck_assert_int_ne(b.rc, 0);
+		json_object *i = vmf_json("inspect %s -o json", a.id);
+		json_object *g = NULL;
+		ck_assert_msg(json_object_object_get_ex(i, "guest", &g), "VM %s does not run after a kill at %s: %s", a.id,
+			      points[k], json_object_to_json_string(i));
+		json_object_put(i);
+		free(run_in(a.id, "true"));
+		ck_assert_int_eq(vmf(NULL, "destroy"), 0);
+	}
+	/* The name is free again. */
 	ck_assert_int_eq(vmf(NULL, "init --pool 1 --wait"), 0);
-	int64_t deadline = vmf_now_ms() + 30000;
-	while (receivers() > 0 && vmf_now_ms() < deadline)
-		usleep(50000);
-	ck_assert_int_eq(receivers(), 0);
-	char *ls = NULL;
-	char cmd[1400];
-	snprintf(cmd, sizeof cmd, "ls -a %s/templates | grep -c '^\\.build' || true", state);
-	FILE *f = popen(cmd, "r");
-	char line[32] = "";
-	ck_assert_ptr_nonnull(fgets(line, sizeof line, f));
-	pclose(f);
-	ck_assert_int_eq(atoi(line), 0);
-	free(ls);
-	/* No such template; the name is free again. */
-	struct got b = {0};
-	get_template(&b, "kill-b", "snapk");
-	ck_assert_int_ne(b.rc, 0);
-	free(run_in(a.id, "true"));
 	json_object *s = vmf_json("snapshot %s --template snapk -o json", a.id);
 	json_object_put(s);
 	json_object_put(a.rec);
