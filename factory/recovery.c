@@ -9,6 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "agent.h"
 #include "catalog.h"
 #include "factory.h"
 #include "log.h"
@@ -38,6 +39,17 @@ resume_after_snapshot(struct vmf_vm *vm, bool live)
 		log_vm(VMF_LOG_WARN, vm->id, "cannot resume after an interrupted snapshot: %s", err.msg);
 	else if (live)
 		log_vm(VMF_LOG_INFO, vm->id, "resumed: a snapshot of it was interrupted");
+	/* The guest let go of its share for the copy: it gets it back. */
+	if (live && vm->share_link[0] && (vm->ops->capabilities(vm->hv) & VMF_CAP_SHARE_DEVICE)) {
+		int fd = vm->ops->agent_connect(vm->hv, 5000, &err);
+		struct vmf_agent *a = fd >= 0 ? vmf_agent_new(fd) : NULL;
+		if (!a && fd >= 0)
+			close(fd);
+		if (!a || vmf_agent_wait_ready(a, 10000, &err) < 0 || vmf_agent_mount_share(a, VMF_SHARE_TAG, 10000, &err) < 0)
+			log_vm(VMF_LOG_WARN, vm->id, "cannot mount its share again after an interrupted snapshot: %s",
+			       err.msg);
+		vmf_agent_free(a);
+	}
 	unlink(marker);
 }
 

@@ -99,6 +99,11 @@ snapshot_work(void *arg)
 		r = fd;
 		if (fd >= 0 && !(a = vmf_agent_new(fd)))
 			r = vmf_err(err, ENOMEM, "out of memory for the agent channel");
+		/* The guest reopens its port when a host connection ends (the
+		 * previous one's, or a restarted daemon's): a request sent in
+		 * between is lost, so wait until it answers. */
+		if (r >= 0)
+			r = vmf_agent_wait_ready(a, AGENT_TIMEOUT_MS, err);
 		if (r >= 0)
 			r = share_umount(a, path, sizeof(path), err);
 		unmounted = r >= 0;

@@ -279,7 +279,20 @@ START_TEST(sigkill_mid_snapshot_leaves_nothing_half_made)
 		ck_assert_int_ne(vmf(&out, "snapshot %s --template snapk", a.id), 0);
 		free(out);
 		/* The receiving QEMU outlived the daemon. */
-		ck_assert_int_eq(receivers(), 1);
+		char errf[700], *err = NULL;
+		snprintf(errf, sizeof errf, "%s/cli.err", tmp);
+		vmf_read_file(errf, &err, NULL, 1 << 20, NULL);
+		if (receivers() != 1) {
+			char logc[800], log[3001] = "";
+			snprintf(logc, sizeof logc, "tail -c 3000 %s/vmfactory.log", state);
+			FILE *lf = popen(logc, "r");
+			size_t n = lf ? fread(log, 1, 3000, lf) : 0;
+			log[n] = '\0';
+			if (lf)
+				pclose(lf);
+			ck_abort_msg("no receiver after a kill at %s: %s; daemon log: %s", points[k], err ? err : "", log);
+		}
+		free(err);
 		ck_assert_msg(!daemon_answers(), "the daemon survived its fault point %s", points[k]);
 		ck_assert_int_eq(vmf(NULL, "init --pool 1 --wait"), 0);
 		int64_t deadline = vmf_now_ms() + 30000;
@@ -303,7 +316,9 @@ START_TEST(sigkill_mid_snapshot_leaves_nothing_half_made)
 		ck_assert_msg(json_object_object_get_ex(i, "guest", &g), "VM %s does not run after a kill at %s: %s", a.id,
 			      points[k], json_object_to_json_string(i));
 		json_object_put(i);
-		free(run_in(a.id, "true"));
+		char *m = run_in(a.id, "grep -c vmfshare /proc/mounts || true");
+		ck_assert_msg(strcmp(m, "1") == 0, "the share after a kill at %s: %s mounts", points[k], m);
+		free(m);
 		ck_assert_int_eq(vmf(NULL, "destroy"), 0);
 	}
 	/* The name is free again. */
