@@ -255,16 +255,14 @@ vmf_daemon_template_pool(struct vmf_daemon *d, const char *pool_name, unsigned s
 {
 	struct vmf_pool *p = calloc(1, sizeof(*p));
 	uint8_t *buf = rec->spec ? malloc(vmf__catalog__template_spec__get_packed_size(rec->spec) + 1) : NULL;
-	if (buf)
+	if (p && buf)
 		p->spec = vmf__catalog__template_spec__unpack(NULL, vmf__catalog__template_spec__pack(rec->spec, buf),
 							      buf);
 	free(buf);
 	if (!p || !p->spec) {
-		if (p)
-			vmf_template_spec_free(p->spec);
 		free(p);
-		vmf__catalog__template_record__free_unpacked(rec, NULL);
 		vmf_err(err, ENOMEM, "out of memory for the pool of template %s", rec->name);
+		vmf__catalog__template_record__free_unpacked(rec, NULL);
 		return NULL;
 	}
 	snprintf(p->name, sizeof(p->name), "%s", pool_name);
@@ -526,7 +524,12 @@ daemon_free(struct vmf_daemon *d)
 	while ((p = TAILQ_FIRST(&d->cache.pools))) {
 		TAILQ_REMOVE(&d->cache.pools, p, link);
 		vmf_tpl_unref(p->tpl);
-		vmf_template_spec_free(p->spec);
+		/* A template pool's spec was unpacked (its empty strings are
+		 * protobuf-c's static one): freed as protobuf-c allocated it. */
+		if (p->template_name[0])
+			vmf__catalog__template_spec__free_unpacked(p->spec, NULL);
+		else
+			vmf_template_spec_free(p->spec);
 		free(p);
 	}
 	if (d->tick)
