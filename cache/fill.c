@@ -303,6 +303,15 @@ build_work(void *arg)
 	}
 	if (rec)
 		vmf__catalog__template_record__free_unpacked(rec, NULL);
+	/* A snapshot's state cannot be made again. */
+	if (p->template_name[0]) {
+		if (r == 0 || r == -ENOENT)
+			j->rc = vmf_err(&j->err, ENOENT, "template %s (%.16s) is broken or gone; make it again with "
+					"vmfactory snapshot", p->template_name, p->template_id);
+		else
+			j->rc = r;
+		return;
+	}
 	j->rc = vmf_template_build(c->cat, c->state_dir, c->run_dir, &p->params, p->spec, &p->img,
 				   build_progress, j, &j->rec, &j->err);
 }

@@ -190,7 +190,7 @@ vmf_pool_choose(const struct vmf_pool_list *pools, const char *name, unsigned vc
 	struct vmf_pool *best = NULL, *p;
 	TAILQ_FOREACH(p, pools, link) {
 		const Vmf__Catalog__TemplateSpec *s = p->spec;
-		if (!pool_fits(p, vcpus, mem))
+		if (p->template_name[0] || !pool_fits(p, vcpus, mem))
 			continue;
 		/* The largest base that fits leaves the least to hot-add; of
 		 * equal ones, a pool that shares memory costs the host less. */

@@ -155,6 +155,10 @@ struct vmf_shape_want {
 struct vmf_pool {
 	TAILQ_ENTRY(vmf_pool) link;
 	char name[33];                       /* from the config, "default" from flags */
+	/* A pool of a named template (vmfactory snapshot): [pool X] template =
+	 * NAME, or made on demand by a GetVM naming it.  Its template is found,
+	 * never built; a request must name it (its VMs carry a VM's state). */
+	char template_name[33];
 	unsigned max_idle_s;                 /* replace ready VMs older than this, 0 = never */
 	char template_id[VMF_SHA256_HEX];
 	Vmf__Catalog__TemplateSpec *spec;

@@ -98,6 +98,7 @@ static const struct key keys[] = {
 	{ SEC_POOL, "shape_max", K_UINT, P(shape_max), 0, 256, 0 },
 	{ SEC_POOL, "shape_memory_mib", K_UINT, P(shape_memory_mib), 0, 268435456, 0 },
 	{ SEC_POOL, "image_dir", K_ABSPATH, P(image_dir), 0, 0, 512 },
+	{ SEC_POOL, "template", K_NAME, P(template_name), 0, 0, 32 },
 };
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
 
@@ -668,7 +669,8 @@ finish_pools(struct parser *p)
 			 * pool is a slip. */
 			const char *qi = q->image_dir ? q->image_dir : o->image_dir;
 			const char *pi = ps->image_dir ? ps->image_dir : o->image_dir;
-			if (!p->pool_bad[j] && q->vcpus == ps->vcpus && q->memory_mib == ps->memory_mib && q->max_vcpus == ps->max_vcpus &&
+			/* A template pool is reached by name only. */
+			if (!p->pool_bad[j] && !q->template_name && !ps->template_name && q->vcpus == ps->vcpus && q->memory_mib == ps->memory_mib && q->max_vcpus == ps->max_vcpus &&
 			    q->max_memory_mib == ps->max_memory_mib && q->share_memory == ps->share_memory &&
 			    strcmp(qi, pi) == 0) {
 				problem(p, p->pool_line[i], "pool '%s' serves the same sizes as pool '%s' (line %d), with the "

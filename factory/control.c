@@ -299,6 +299,9 @@ dispatch(struct vmf_conn *c, Vmf__Control__Request *req)
 	case VMF__CONTROL__REQUEST__BODY_DETACH:
 		vmf_detach_start(d, c, req->detach);
 		break;
+	case VMF__CONTROL__REQUEST__BODY_SNAPSHOT:
+		vmf_snapshot_start(d, c, req->snapshot);
+		break;
 	case VMF__CONTROL__REQUEST__BODY_DESTROY:
 		/* It stops every tenant's VMs and the daemon itself. */
 		if (!vmf_daemon_peer_admin(d, c->peer_uid)) {

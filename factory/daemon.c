@@ -253,6 +253,54 @@ setup_pool(struct vmf_daemon *d, const struct vmf_pool_spec *ps, struct vmf_erro
 	return 0;
 }
 
+struct vmf_pool *
+vmf_daemon_template_pool(struct vmf_daemon *d, const char *pool_name, unsigned size,
+			 Vmf__Catalog__TemplateRecord *rec, struct vmf_error *err)
+{
+	struct vmf_pool *p = calloc(1, sizeof(*p));
+	uint8_t *buf = rec->spec ? malloc(vmf__catalog__template_spec__get_packed_size(rec->spec) + 1) : NULL;
+	if (p && buf)
+		p->spec = vmf__catalog__template_spec__unpack(NULL, vmf__catalog__template_spec__pack(rec->spec, buf),
+							      buf);
+	free(buf);
+	if (!p || !p->spec) {
+		free(p);
+		vmf_err(err, ENOMEM, "out of memory for the pool of template %s", rec->name);
+		vmf__catalog__template_record__free_unpacked(rec, NULL);
+		return NULL;
+	}
+	snprintf(p->name, sizeof(p->name), "%s", pool_name);
+	snprintf(p->template_name, sizeof(p->template_name), "%s", rec->name);
+	snprintf(p->template_id, sizeof(p->template_id), "%s", rec->id);
+	/* Its clones start with what the VM had hot-added: that is its base. */
+	p->spec->vcpus += rec->hotplugged_vcpus;
+	for (size_t i = 0; i < rec->n_dimms; i++)
+		p->spec->memory_mib += rec->dimms[i]->size_mib;
+	if (p->spec->max_vcpus < p->spec->vcpus)
+		p->spec->max_vcpus = p->spec->vcpus;
+	const struct vmf_daemon_opts *o = &d->opts;
+	p->params.ops = d->ops;
+	p->params.binary = o->qemu_binary;
+	p->params.machine = o->machine;
+	p->params.accel = o->accel;
+	p->params.cmdline = VMF_DEFAULT_CMDLINE;
+	p->params.vcpus = p->spec->vcpus;
+	p->params.max_vcpus = p->spec->max_vcpus;
+	p->params.memory_mib = p->spec->memory_mib;
+	p->params.max_memory_mib = p->spec->max_memory_mib;
+	p->params.memory_slots = p->spec->memory_slots;
+	p->params.runas = o->runas;
+	p->target = size;
+	p->parallelism = o->fill_parallelism ? o->fill_parallelism : 2;
+	p->img = d->img;
+	p->tpl = vmf_tpl_new(rec);
+	p->verified = p->tpl != NULL;
+	TAILQ_INSERT_TAIL(&d->cache.pools, p, link);
+	log_tpl(VMF_LOG_INFO, p->template_id, "pool %s of %u VMs of template %s (%u vCPU / %u MiB)", p->name, size,
+		p->template_name, p->spec->vcpus, p->spec->memory_mib);
+	return p;
+}
+
 /* Without configured pools the flags describe one pool, "default". */
 static void
 flags_pool(const struct vmf_daemon_opts *o, struct vmf_pool_spec *ps)
@@ -285,7 +333,16 @@ setup_pools(struct vmf_daemon *d, struct vmf_error *err)
 		n = 1;
 	}
 	for (unsigned i = 0; i < n; i++) {
-		int r = setup_pool(d, &specs[i], err);
+		int r;
+		if (specs[i].template_name) {
+			/* At start, before the loop runs: the catalog may be read here. */
+			Vmf__Catalog__TemplateRecord *rec = NULL;
+			if ((r = vmf_template_find_name(d->cache.cat, specs[i].template_name, &rec, err)) < 0)
+				return vmf_error_prefix(err, "pool %s", specs[i].name);
+			r = vmf_daemon_template_pool(d, specs[i].name, specs[i].size, rec, err) ? 0 : -err->code;
+		} else {
+			r = setup_pool(d, &specs[i], err);
+		}
 		if (r < 0)
 			return r;
 	}
@@ -485,7 +542,12 @@ daemon_free(struct vmf_daemon *d)
 	while ((p = TAILQ_FIRST(&d->cache.pools))) {
 		TAILQ_REMOVE(&d->cache.pools, p, link);
 		vmf_tpl_unref(p->tpl);
-		vmf_template_spec_free(p->spec);
+		/* A template pool's spec was unpacked (its empty strings are
+		 * protobuf-c's static one): freed as protobuf-c allocated it. */
+		if (p->template_name[0])
+			vmf__catalog__template_spec__free_unpacked(p->spec, NULL);
+		else
+			vmf_template_spec_free(p->spec);
 		free(p);
 	}
 	if (d->tick)

@@ -43,6 +43,9 @@ struct vmf_pool_spec {
 	/* Its own guest image ([pool NAME] image_dir); NULL = the daemon's
 	 * (image_dir, with the kernel and initrd overrides). */
 	const char *image_dir;
+	/* [pool NAME] template: a snapshot's name (vmfactory snapshot); the
+	 * pool clones it, its sizes and image are the template's. */
+	const char *template_name;
 };
 
 #define VMF_MAX_POOLS 16

@@ -95,6 +95,11 @@ void vmf_daemon_notify(struct vmf_daemon *d, const char *line);
  * `vmfactory init` on ready_fd, and to systemd (READY=1). */
 void vmf_daemon_check_readiness(struct vmf_daemon *d);
 
+/* On the loop: a pool of template rec (taken; vmf_template_find_name)
+ * named pool_name, of size clones; NULL with err when out of memory. */
+struct vmf_pool *vmf_daemon_template_pool(struct vmf_daemon *d, const char *pool_name, unsigned size,
+					  Vmf__Catalog__TemplateRecord *rec, struct vmf_error *err);
+
 /* destroy.c: destroy, and the end of a shutdown. */
 /* Every job's done callback ends with this: a destroy or a shutdown in
  * progress may be complete now, or the pools want refilling. */
@@ -174,5 +179,9 @@ void vmf_detach_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Contr
 /* info->disks from vm's; freed by vmf_disk_info_clear (or free_unpacked). */
 void vmf_disk_info_fill(const struct vmf_vm *vm, Vmf__Control__VmInfo *info);
 void vmf_disk_info_clear(Vmf__Control__VmInfo *info);
+/* snapshot.c */
+/* In a VM's run dir while a snapshot of it runs (recovery.c resumes it). */
+#define VMF_SNAPSHOT_MARKER "snapshotting"
+void vmf_snapshot_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control__SnapshotRequest *req);
 
 #endif

@@ -35,6 +35,8 @@ struct getvm_job {
 	struct vmf_pool *pool;       /* the worker reads only its params */
 	struct vmf_tpl *tpl;         /* a miss clones from it: a reference */
 	bool miss;
+	char template_name[33];      /* the request's template ("" = none) */
+	Vmf__Catalog__TemplateRecord *rec;  /* found on a worker: no pool had it yet */
 	enum vmf_handout_kind kind;  /* how it is served (demand shaping, pool.h) */
 	uid_t peer;
 	unsigned vcpus, memory_mib;
@@ -88,6 +90,33 @@ vmf_getvm_check_share(const char *driver, unsigned caps, const char *share_dir, 
 	return dev;
 }
 
+/* The size a request for a template's clone gets: 0 is the template's. */
+static int
+template_size(struct vmf_daemon *d, const struct vmf_pool *p, unsigned *vcpus, unsigned *mib, struct vmf_error *err)
+{
+	const Vmf__Catalog__TemplateSpec *s = p->spec;
+	*vcpus = *vcpus ? *vcpus : s->vcpus;
+	*mib = *mib ? *mib : s->memory_mib;
+	if (*vcpus < s->vcpus || *vcpus > s->max_vcpus || *mib < s->memory_mib || *mib > s->max_memory_mib)
+		return vmf_err(err, ENOSPC, "template %s does not serve %u vCPUs and %u MiB: it allows %u-%u vCPUs and "
+			       "%u-%u MiB", p->template_name, *vcpus, *mib, s->vcpus, s->max_vcpus, s->memory_mib,
+			       s->max_memory_mib);
+	if ((*mib - s->memory_mib) % 128)
+		return vmf_err(err, EINVAL, "memory above the template base (%u MiB) must be a multiple of "
+			       "128 MiB; %u MiB requested", s->memory_mib, *mib);
+	return vmf_getvm_check_caps(d->ops->name, d->hv.caps, s->vcpus, s->memory_mib, *vcpus, *mib, err);
+}
+
+static struct vmf_pool *
+template_pool(struct vmf_daemon *d, const char *name)
+{
+	struct vmf_pool *p;
+	TAILQ_FOREACH(p, &d->cache.pools, link)
+		if (strcmp(p->template_name, name) == 0)
+			return p;
+	return NULL;
+}
+
 static int
 validate(struct vmf_daemon *d, const Vmf__Control__GetVMRequest *req, struct vmf_pool **pool,
 	 struct vmf_error *err)
@@ -95,26 +124,53 @@ validate(struct vmf_daemon *d, const Vmf__Control__GetVMRequest *req, struct vmf
 	if (!vmf_valid_sandbox_id(req->sandbox_id))
 		return vmf_err(err, EINVAL, "sandbox id '%.80s' is invalid: it must match "
 			       "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", req->sandbox_id ? req->sandbox_id : "");
-	if (req->vcpus == 0 || req->memory_mib == 0)
+	if (req->template_ && *req->template_) {
+		if (req->pool && *req->pool)
+			return vmf_err(err, EINVAL, "name a pool or a template, not both");
+		if (!vmf_valid_pool_name(req->template_))
+			return vmf_err(err, EINVAL, "template name is invalid: it must be 1 to 32 letters, digits, '-' "
+				       "or '_'");
+		/* No pool has it yet: the catalog is read on a worker. */
+		unsigned v = req->vcpus, m = req->memory_mib;
+		int rc;
+		if ((*pool = template_pool(d, req->template_)) && (rc = template_size(d, *pool, &v, &m, err)) < 0)
+			return rc;
+	} else if (req->vcpus == 0 || req->memory_mib == 0)
 		return vmf_err(err, EINVAL, "vcpus and memory_mib must be given and non-zero");
-	if (req->pool && *req->pool && !vmf_valid_pool_name(req->pool))
-		return vmf_err(err, EINVAL, "pool name is invalid: it must be 1 to 32 letters, digits, '-' or '_'");
-	if (!(*pool = vmf_pool_choose(&d->cache.pools, req->pool, req->vcpus, req->memory_mib, err)))
-		return -err->code;
-	int rc = vmf_getvm_check_caps(d->ops->name, d->hv.caps, (*pool)->spec->vcpus, (*pool)->spec->memory_mib,
-				      req->vcpus, req->memory_mib, err);
-	if (rc < 0)
-		return rc;
-	/* Linux onlines memory in 128 MiB blocks on x86-64. */
-	unsigned extra = req->memory_mib - (*pool)->spec->memory_mib;
-	if (extra % 128)
-		return vmf_err(err, EINVAL, "memory above the template base (%u MiB) must be a multiple of "
-			       "128 MiB; %u MiB requested", (*pool)->spec->memory_mib, req->memory_mib);
+	if (!(req->template_ && *req->template_)) {
+		if (req->pool && *req->pool && !vmf_valid_pool_name(req->pool))
+			return vmf_err(err, EINVAL, "pool name is invalid: it must be 1 to 32 letters, digits, '-' or '_'");
+		if (!(*pool = vmf_pool_choose(&d->cache.pools, req->pool, req->vcpus, req->memory_mib, err)))
+			return -err->code;
+		int rc = vmf_getvm_check_caps(d->ops->name, d->hv.caps, (*pool)->spec->vcpus,
+					      (*pool)->spec->memory_mib, req->vcpus, req->memory_mib, err);
+		if (rc < 0)
+			return rc;
+		/* Linux onlines memory in 128 MiB blocks on x86-64. */
+		unsigned extra = req->memory_mib - (*pool)->spec->memory_mib;
+		if (extra % 128)
+			return vmf_err(err, EINVAL, "memory above the template base (%u MiB) must be a multiple of "
+				       "128 MiB; %u MiB requested", (*pool)->spec->memory_mib, req->memory_mib);
+	}
 	int share = vmf_getvm_check_share(d->ops->name, d->hv.caps, req->share_dir, req->sock_dir, err);
 	if (share < 0)
 		return share;
 	if (strlen(req->share_dir ? req->share_dir : "") >= PATH_MAX || strlen(req->sock_dir) >= PATH_MAX)
 		return vmf_err(err, ENAMETOOLONG, "share_dir and sock_dir must be shorter than %d bytes", PATH_MAX);
+	return 0;
+}
+
+/* The pool's part of the request's network: its default mode, its NIC.
+ * A request for a template no pool has learns its pool only after the
+ * catalog lookup (paths_done), so this runs then. */
+static int
+net_against_pool(struct getvm_job *j, const struct vmf_pool *pool, bool ns, struct vmf_error *err)
+{
+	if (!ns && !j->net.user && !j->net.none && pool->net_user)
+		j->net.user = true;
+	if ((ns || j->net.user) && !vmf_template_params_nic(&pool->params))
+		return vmf_err(err, ENOTSUP, "pool %s has no NIC (nic = no, or the %s driver has none): no network "
+			       "for its VMs", pool->name, pool->params.ops->name);
 	return 0;
 }
 
@@ -132,11 +188,8 @@ validate_net(const Vmf__Control__GetVMRequest *req, const struct vmf_pool *pool,
 		return vmf_err(err, EINVAL, "netns and net %s exclude each other", req->net);
 	if (!ns && req->netns_link && *req->netns_link)
 		return vmf_err(err, EINVAL, "netns_link names an interface of netns, which was not given");
-	if (!ns && !j->net.user && !j->net.none && pool->net_user)
-		j->net.user = true;
-	if ((ns || j->net.user) && !vmf_template_params_nic(&pool->params))
-		return vmf_err(err, ENOTSUP, "pool %s has no NIC (nic = no, or the %s driver has none): no network "
-			       "for its VMs", pool->name, pool->params.ops->name);
+	if (pool && (r = net_against_pool(j, pool, ns, err)) < 0)
+		return r;
 	if (!ns)
 		return 0;
 	const char *link = req->netns_link && *req->netns_link ? req->netns_link : "eth0";
@@ -479,6 +532,12 @@ paths_work(void *arg)
 	}
 	if (j->rc == 0 && j->net.n_hostfwd)
 		j->rc = vmf_net_check_fwd_ports(&j->net, !vmf_daemon_peer_admin(j->d, j->peer), &j->err);
+	if (j->rc == 0 && j->template_name[0] && !j->pool &&
+	    (j->rc = vmf_template_find_name(j->d->cache.cat, j->template_name, &j->rec, &j->err)) == 0 &&
+	    (j->rc = vmf_template_verify(j->d->cache.cat, j->rec, false, &j->err)) < 0) {
+		vmf__catalog__template_record__free_unpacked(j->rec, NULL);
+		j->rec = NULL;
+	}
 }
 
 static void
@@ -490,6 +549,20 @@ paths_done(void *arg)
 		j->rc = vmf_err(&j->err, ESHUTDOWN, "the daemon is shutting down");
 	if (j->rc == 0 && !vmf_control_connected(j->c))
 		j->rc = vmf_err(&j->err, ECONNRESET, "client disconnected during GetVM");
+	/* A template no pool has: a pool of it, of no ready clones, whose
+	 * requests are misses (unless another request made one meanwhile). */
+	if (j->rc == 0 && j->template_name[0] && !j->pool && !(j->pool = template_pool(d, j->template_name))) {
+		j->pool = vmf_daemon_template_pool(d, j->template_name, 0, j->rec, &j->err);
+		j->rec = NULL;
+		j->rc = j->pool ? 0 : -j->err.code;
+	}
+	if (j->rc == 0 && j->template_name[0])
+		j->rc = template_size(d, j->pool, &j->vcpus, &j->memory_mib, &j->err);
+	if (j->rc == 0 && j->template_name[0])
+		j->rc = net_against_pool(j, j->pool, j->netns[0] != 0, &j->err);
+	if (j->rec)
+		vmf__catalog__template_record__free_unpacked(j->rec, NULL);
+	j->rec = NULL;
 	if (j->rc < 0) {
 		d->errors++;
 		vmf_control_reply_error(j->c, j->err.code, j->err.msg);
@@ -529,6 +602,7 @@ vmf_getvm_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control__Ge
 	j->peer = vmf_control_peer_uid(c);
 	j->vcpus = req->vcpus;
 	j->memory_mib = req->memory_mib;
+	snprintf(j->template_name, sizeof(j->template_name), "%s", req->template_ ? req->template_ : "");
 	snprintf(j->sandbox_id, sizeof(j->sandbox_id), "%s", req->sandbox_id);
 	snprintf(j->share_dir, sizeof(j->share_dir), "%s", req->share_dir);
 	snprintf(j->sock_dir, sizeof(j->sock_dir), "%s", req->sock_dir);

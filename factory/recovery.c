@@ -1,6 +1,7 @@
 /* Restart recovery: reconcile each VM record with what runs (adopt, keep as
  * gone, clean up), then kill VMMs under our run dir that have no record. */
 #include <dirent.h>
+#include <limits.h>
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
@@ -8,6 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "agent.h"
 #include "catalog.h"
 #include "factory.h"
 #include "log.h"
@@ -20,6 +22,35 @@ pool_for(struct vmf_daemon *d, const char *template_id)
 		if (strcmp(p->template_id, template_id) == 0)
 			return p;
 	return NULL;
+}
+
+/* A daemon killed during a snapshot may have left the VM paused for its
+ * copy (snapshot.c's marker): it runs again.  A cont of a running VM is a
+ * no-op. */
+static void
+resume_after_snapshot(struct vmf_vm *vm, bool live)
+{
+	char marker[PATH_MAX];
+	snprintf(marker, sizeof(marker), "%s/%s", vm->run_dir, VMF_SNAPSHOT_MARKER);
+	if (access(marker, F_OK) < 0)
+		return;
+	struct vmf_error err = {0};
+	if (live && vm->ops->resume(vm->hv, &err) < 0)
+		log_vm(VMF_LOG_WARN, vm->id, "cannot resume after an interrupted snapshot: %s", err.msg);
+	else if (live)
+		log_vm(VMF_LOG_INFO, vm->id, "resumed: a snapshot of it was interrupted");
+	/* The guest let go of its share for the copy: it gets it back. */
+	if (live && vm->share_link[0] && (vm->ops->capabilities(vm->hv) & VMF_CAP_SHARE_DEVICE)) {
+		int fd = vm->ops->agent_connect(vm->hv, 5000, &err);
+		struct vmf_agent *a = fd >= 0 ? vmf_agent_new(fd) : NULL;
+		if (!a && fd >= 0)
+			close(fd);
+		if (!a || vmf_agent_wait_ready(a, 10000, &err) < 0 || vmf_agent_mount_share(a, VMF_SHARE_TAG, 10000, &err) < 0)
+			log_vm(VMF_LOG_WARN, vm->id, "cannot mount its share again after an interrupted snapshot: %s",
+			       err.msg);
+		vmf_agent_free(a);
+	}
+	unlink(marker);
 }
 
 /* Reconciles one recorded VM with what runs: adopt it, keep it as gone, or
@@ -78,6 +109,7 @@ recover_vm(const char *id, Vmf__Catalog__VmRecord *rec, const struct vmf_error *
 		vm->state = live ? VMF_VM_ASSIGNED : VMF_VM_GONE;
 		if (live)
 			vmf_cache_watch_vm(&d->cache, vm);
+		resume_after_snapshot(vm, live);
 		log_vm(VMF_LOG_INFO, vm->id, "%s VM of sandbox %s", live ? "adopted assigned" : "recorded gone",
 		       vm->sandbox_id);
 		vmf_cache_record_vm(&d->cache, vm);

@@ -305,6 +305,11 @@ status_build(struct vmf_daemon *d, uid_t peer, Vmf__Control__Reply *reply, pid_t
 		/* What the record says once built: the pool's image otherwise. */
 		ts->image_dir = strdup(p->tpl && p->tpl->rec->image_dir && *p->tpl->rec->image_dir
 				       ? p->tpl->rec->image_dir : p->img.dir);
+		/* A snapshot's name and lineage. */
+		const Vmf__Catalog__TemplateRecord *tr = p->tpl ? p->tpl->rec : NULL;
+		ts->name = strdup(p->template_name);
+		ts->parent_template_id = strdup(tr && tr->parent_template_id ? tr->parent_template_id : "");
+		ts->source_vm_id = strdup(tr && tr->source_vm_id ? tr->source_vm_id : "");
 		/* The driver that builds and clones it: the probed capabilities
 		 * when it is the daemon's, else what the driver always has. */
 		ts->capabilities = cap_names(p->params.ops == d->ops ? d->hv.caps : p->params.ops->capabilities(NULL),

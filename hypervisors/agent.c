@@ -240,6 +240,7 @@ expected(const Vmf__Agent__AgentRequest *req)
 	case VMF__AGENT__AGENT_REQUEST__BODY_HANDOUT: return VMF__AGENT__AGENT_REPLY__BODY_HANDOUT;
 	case VMF__AGENT__AGENT_REQUEST__BODY_MOUNT_DISK: return VMF__AGENT__AGENT_REPLY__BODY_DISK_MOUNTED;
 	case VMF__AGENT__AGENT_REQUEST__BODY_UNMOUNT_DISK: return VMF__AGENT__AGENT_REPLY__BODY_DISK_UNMOUNTED;
+	case VMF__AGENT__AGENT_REQUEST__BODY_EXEC_START: return VMF__AGENT__AGENT_REPLY__BODY_EXEC_STARTED;
 	default: return VMF__AGENT__AGENT_REPLY__BODY__NOT_SET;
 	}
 }
@@ -603,4 +604,39 @@ vmf_agent_unmount_disk(struct vmf_agent *a, const char *serial, const char *path
 	req.body_case = VMF__AGENT__AGENT_REQUEST__BODY_UNMOUNT_DISK;
 	req.unmount_disk = &u;
 	return call_simple(a, &req, timeout_ms, err);
+}
+
+int
+vmf_agent_run(struct vmf_agent *a, const char *const *argv, int *exit_code, int timeout_ms, struct vmf_error *err)
+{
+	int64_t deadline = vmf_now_ms() + timeout_ms;
+	size_t n = 0;
+	while (argv[n])
+		n++;
+	Vmf__Agent__AgentRequest req = VMF__AGENT__AGENT_REQUEST__INIT;
+	Vmf__Agent__ExecStart x = VMF__AGENT__EXEC_START__INIT;
+	x.n_argv = n;
+	x.argv = (char **)argv;
+	x.timeout_ms = (uint32_t)timeout_ms;
+	req.body_case = VMF__AGENT__AGENT_REQUEST__BODY_EXEC_START;
+	req.exec_start = &x;
+	Vmf__Agent__AgentReply *rep = NULL;
+	int r = vmf_agent_call(a, &req, &rep, timeout_ms, err);
+	if (r < 0)
+		return vmf_error_prefix(err, "running %s in the guest", argv[0]);
+	uint64_t exec_id = rep->exec_started->exec_id;
+	vmf__agent__agent_reply__free_unpacked(rep, NULL);
+	/* Its output (a line at most for the commands run here) fits the
+	 * agent's initial window, so only the exit matters. */
+	for (;;) {
+		if ((r = wait_reply(a, 0, &rep, deadline, err)) < 0)
+			return vmf_error_prefix(err, "running %s in the guest", argv[0]);
+		bool done = rep->body_case == VMF__AGENT__AGENT_REPLY__BODY_EXEC_EXIT &&
+			    rep->exec_exit->exec_id == exec_id;
+		if (done)
+			*exit_code = rep->exec_exit->exit_code;
+		vmf__agent__agent_reply__free_unpacked(rep, NULL);
+		if (done)
+			return 0;
+	}
 }

@@ -98,5 +98,8 @@ int vmf_agent_mount_disk(struct vmf_agent *a, const char *serial, const char *pa
  * device go, before the host detaches it. */
 int vmf_agent_unmount_disk(struct vmf_agent *a, const char *serial, const char *path, int timeout_ms,
 			   struct vmf_error *err);
+/* Runs argv in the guest (as root, no stdin) and waits for its exit code. */
+int vmf_agent_run(struct vmf_agent *a, const char *const *argv, int *exit_code, int timeout_ms,
+		  struct vmf_error *err);
 
 #endif

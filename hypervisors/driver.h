@@ -74,6 +74,17 @@ struct vmf_net_backend {
 	const char *const *hostfwd;
 	size_t n_hostfwd;
 };
+#define VMF_SNAPSHOT_MAX_DIMMS 32
+struct vmf_snapshot_to {
+	const vmf_vm_config *cfg;      /* the receiving VMM (see ops->snapshot) */
+};
+struct vmf_snapshot_result {
+	const char *method;            /* which path ran (static) */
+	unsigned hotplugged_vcpus;
+	unsigned n_dimms;
+	struct { unsigned size_mib; uint64_t addr; char path[4096]; } dimms[VMF_SNAPSHOT_MAX_DIMMS];
+	uint64_t paused_ms;
+};
 
 struct vmf_hv_ops {
 	const char *name;                          /* "qemu" */
@@ -115,6 +126,17 @@ struct vmf_hv_ops {
 	/* Saves a paused VM's device state to state_fd.  full: all guest RAM in
 	 * the stream; otherwise shared RAM is skipped (x-ignore-shared). */
 	int (*save_template)(struct vmf_vmm *vm, int state_fd, bool full, struct vmf_error *err);
+
+	/* Copies a running VM's current state into a new template (NULL: the
+	 * driver cannot).  to->cfg is the receiving side: a VM config with
+	 * memory_mode MEM_TEMPLATE, memory_file the new template's RAM file,
+	 * and its own id, name and run dir; the driver adds what the VM has
+	 * hot-added (res->dimms get their files beside memory_file).  The
+	 * device state goes to state_fd as save_template writes it.  The VM
+	 * is paused only while its state is copied and runs again afterwards
+	 * on every path where it ran before. */
+	int (*snapshot)(struct vmf_vmm *vm, const struct vmf_snapshot_to *to, int state_fd,
+			struct vmf_snapshot_result *res, struct vmf_error *err);
 
 	int (*pause)(struct vmf_vmm *vm, struct vmf_error *err);
 	int (*resume)(struct vmf_vmm *vm, struct vmf_error *err);

@@ -262,6 +262,37 @@ append_nic(struct argv_buf *a, const vmf_vm_config *cfg)
 	arg(a, "virtio-net-pci,id=nic0,netdev=" VMF_QEMU_NIC_HUBPORT);
 }
 
+/* What a VM hot-added, on the command line of a VMM that must start with
+ * it: the receiving side of a snapshot (share=on, the new template's files)
+ * and a snapshot template's clones (share=off).  Ids, CPU slots and DIMM
+ * addresses are the ones qemu_hotplug_vcpus and qemu_hotplug_memory give,
+ * in the same order, so the migrated device state finds its devices. */
+void
+vmf_qemu_append_hotplugged(struct argv_buf *a, const vmf_vm_config *cfg, const char *accel)
+{
+	/* -smp N,maxcpus=M on q35 7.2: one socket, a core per vCPU. */
+	const char *type = strcmp(accel, "kvm") == 0 ? "host-x86_64-cpu" : "qemu64-x86_64-cpu";
+	for (unsigned k = cfg->vcpus; k < cfg->vcpus + cfg->hotplugged_vcpus; k++) {
+		arg(a, "-device");
+		arg(a, "%s,id=vcpu%u,socket-id=0,core-id=%u,thread-id=0", type, k, k);
+	}
+	const char *share = cfg->memory_mode == VMF__HV__MEMORY_MODE__MEM_TEMPLATE ? "on" : "off";
+	for (size_t i = 0; i < cfg->n_dimms; i++) {
+		const Vmf__Hv__HotDimm *dm = cfg->dimms[i];
+		arg(a, "-object");
+		if (dm->mem_path && *dm->mem_path)
+			arg(a, "memory-backend-file,id=hotmem%zu,size=%uM,mem-path=%s,share=%s", i, dm->size_mib,
+			    dm->mem_path, share);
+		else
+			arg(a, "memory-backend-ram,id=hotmem%zu,size=%uM", i, dm->size_mib);
+		arg(a, "-device");
+		if (dm->addr)
+			arg(a, "pc-dimm,id=dimm%zu,memdev=hotmem%zu,addr=%llu", i, i, (unsigned long long)dm->addr);
+		else
+			arg(a, "pc-dimm,id=dimm%zu,memdev=hotmem%zu", i, i);
+	}
+}
+
 int
 vmf_qemu_build_argv(const vmf_vm_config *cfg, const struct vmf_qemu_fds *fds, char ***out,
 		    struct vmf_error *err)
@@ -286,6 +317,10 @@ vmf_qemu_build_argv(const vmf_vm_config *cfg, const struct vmf_qemu_fds *fds, ch
 	if (file_mem && (!cfg->memory_file || (r = check_optval("memory file", cfg->memory_file, err)) < 0))
 		return r < 0 ? r : vmf_err(err, EINVAL, "VM %s: memory mode needs a memory file", cfg->id);
 
+	for (size_t i = 0; i < cfg->n_dimms; i++)
+		if (cfg->dimms[i]->mem_path && *cfg->dimms[i]->mem_path &&
+		    (r = check_optval("DIMM memory file", cfg->dimms[i]->mem_path, err)) < 0)
+			return r;
 	struct argv_buf a = {0};
 	const char *accel = cfg->accel && *cfg->accel ? cfg->accel : accel_for(cfg->kernel);
 	arg(&a, "%s", cfg->binary && *cfg->binary ? cfg->binary : VMF_QEMU_DEFAULT_BINARY);
@@ -377,6 +412,7 @@ vmf_qemu_build_argv(const vmf_vm_config *cfg, const struct vmf_qemu_fds *fds, ch
 		arg(&a, "-device");
 		arg(&a, "virtio-9p-pci,id=share0,fsdev=fs0,mount_tag=" VMF_SHARE_TAG);
 	}
+	vmf_qemu_append_hotplugged(&a, cfg, accel);
 	if (cfg->incoming) {
 		/* -S keeps the clone paused after the state is loaded. */
 		arg(&a, "-S");
@@ -463,8 +499,11 @@ vm_new(const vmf_vm_config *cfg, struct vmf_error *err)
 	snprintf(vm->vmf_agent_path, sizeof(vm->vmf_agent_path), "%s/%s", cfg->run_dir, VMF_QEMU_DAEMON_AGENT_SOCK);
 	snprintf(vm->serial_log, sizeof(vm->serial_log), "%s/%s", cfg->run_dir, VMF_QEMU_SERIAL_LOG);
 	snprintf(vm->stderr_log, sizeof(vm->stderr_log), "%s/%s", cfg->run_dir, VMF_QEMU_STDERR_LOG);
-	vm->vcpus = cfg->vcpus;
+	vm->vcpus = cfg->vcpus + cfg->hotplugged_vcpus;
 	vm->memory_mib = cfg->memory_mib;
+	for (size_t i = 0; i < cfg->n_dimms; i++)
+		vm->memory_mib += cfg->dimms[i]->size_mib;
+	vm->dimms = (unsigned)cfg->n_dimms;
 	return vm;
 }
 
@@ -676,6 +715,181 @@ qemu_save_template(struct vmf_vmm *vm, int state_fd, bool full, struct vmf_error
 	if (r < 0)
 		return r;
 	return wait_migration(vm, "saving the template state", err);
+}
+
+static int qemu_stop(struct vmf_vmm *vm, int timeout_ms, struct vmf_error *err);
+
+/* The DIMMs qemu_hotplug_memory added, by their index (dimmN): size and
+ * the address the guest knows them at. */
+static int
+query_dimms(struct vmf_vmm *vm, struct vmf_snapshot_result *res, struct vmf_error *err)
+{
+	res->n_dimms = 0;
+	if (vm->dimms == 0)
+		return 0;
+	if (vm->dimms > VMF_SNAPSHOT_MAX_DIMMS)
+		return vmf_err(err, ENOTSUP, "VM %s has %u DIMMs; a snapshot takes at most %d", vm->cfg->id,
+			       vm->dimms, VMF_SNAPSHOT_MAX_DIMMS);
+	json_object *ret = NULL;
+	int r = qmp_cmd(vm, "query-memory-devices", NULL, &ret, err);
+	if (r < 0)
+		return r;
+	size_t n = json_object_is_type(ret, json_type_array) ? json_object_array_length(ret) : 0;
+	for (size_t i = 0; i < n; i++) {
+		json_object *dev = json_object_array_get_idx(ret, i), *data, *id, *size, *addr;
+		unsigned k;
+		if (!json_object_object_get_ex(dev, "data", &data) || !json_object_object_get_ex(data, "id", &id) ||
+		    sscanf(json_object_get_string(id), "dimm%u", &k) != 1 || k >= vm->dimms ||
+		    !json_object_object_get_ex(data, "size", &size) || !json_object_object_get_ex(data, "addr", &addr))
+			continue;
+		res->dimms[k].size_mib = (unsigned)((uint64_t)json_object_get_int64(size) >> 20);
+		res->dimms[k].addr = (uint64_t)json_object_get_int64(addr);
+		res->n_dimms = res->n_dimms > k + 1 ? res->n_dimms : k + 1;
+	}
+	json_object_put(ret);
+	for (unsigned k = 0; k < vm->dimms; k++)
+		if (k >= res->n_dimms || res->dimms[k].size_mib == 0)
+			return vmf_err(err, EPROTO, "VM %s: query-memory-devices does not list DIMM dimm%u", vm->cfg->id, k);
+	return 0;
+}
+
+static int
+set_bandwidth(struct vmf_vmm *vm, struct vmf_error *err)
+{
+	/* QEMU 7.2 limits migration to 32 MiB/s by default: a local copy of a
+	 * paused VM should run at memory speed. */
+	json_object *args = json_object_new_object();
+	json_object_object_add(args, "max-bandwidth", json_object_new_int64(INT64_C(1) << 40));
+	int r = qmp_cmd(vm, "migrate-set-parameters", args, NULL, err);
+	json_object_put(args);
+	return r;
+}
+
+/* QEMU 7.2 has no mapped-ram: a clone's RAM is a private copy-on-write
+ * mapping that x-ignore-shared cannot skip.  So the paused VM migrates
+ * into a fresh QEMU whose RAM (and DIMMs) are the new template's files,
+ * mapped share=on; the VM runs again as soon as the copy completes, and
+ * the receiver is then saved as a template build is. */
+static int
+qemu_snapshot(struct vmf_vmm *vm, const struct vmf_snapshot_to *to, int state_fd,
+	      struct vmf_snapshot_result *res, struct vmf_error *err)
+{
+	res->method = "qemu-migrate-to-shared";
+	res->paused_ms = 0;
+	const vmf_vm_config *tc = to->cfg;
+	if (tc->memory_mode != VMF__HV__MEMORY_MODE__MEM_TEMPLATE || !tc->memory_file || !*tc->memory_file ||
+	    !tc->incoming)
+		return vmf_err(err, EINVAL, "VM %s: a snapshot's receiver needs a template memory file and "
+			       "incoming", vm->cfg->id);
+	int r = query_dimms(vm, res, err);
+	if (r < 0)
+		return r;
+	res->hotplugged_vcpus = vm->vcpus - vm->cfg->vcpus;
+	char dir[PATH_MAX];
+	snprintf(dir, sizeof(dir), "%s", tc->memory_file);
+	char *slash = strrchr(dir, '/');
+	if (slash)
+		*slash = '\0';
+	Vmf__Hv__HotDimm dimms[VMF_SNAPSHOT_MAX_DIMMS], *dimmp[VMF_SNAPSHOT_MAX_DIMMS];
+	for (unsigned k = 0; k < res->n_dimms; k++) {
+		snprintf(res->dimms[k].path, sizeof(res->dimms[k].path), "%s/dimm%u", dir, k);
+		vmf__hv__hot_dimm__init(&dimms[k]);
+		dimms[k].size_mib = res->dimms[k].size_mib;
+		dimms[k].addr = res->dimms[k].addr;
+		dimms[k].mem_path = res->dimms[k].path;
+		dimmp[k] = &dimms[k];
+	}
+	vmf_vm_config rcfg = *tc;
+	/* Its base shape is the VM's template's, whatever the caller filled. */
+	rcfg.vcpus = vm->cfg->vcpus;
+	rcfg.max_vcpus = vm->cfg->max_vcpus;
+	rcfg.memory_mib = vm->cfg->memory_mib;
+	rcfg.max_memory_mib = vm->cfg->max_memory_mib;
+	rcfg.memory_slots = vm->cfg->memory_slots;
+	rcfg.hotplugged_vcpus = res->hotplugged_vcpus;
+	rcfg.n_dimms = res->n_dimms;
+	rcfg.dimms = dimmp;
+	struct vmf_vmm *rcv = NULL;
+	if ((r = qemu_boot(&rcfg, &rcv, err)) < 0)
+		return vmf_error_prefix(err, "VM %s: starting the snapshot's receiving QEMU", vm->cfg->id);
+	int sp[2] = { -1, -1 };
+	bool was_running = !vm->paused, stopped = false;
+	int64_t t0 = 0;
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp) < 0) {
+		r = vmf_err_sys(err, errno, "VM %s: cannot create the migration socket pair", vm->cfg->id);
+		goto out;
+	}
+	json_object *args;
+	if ((r = set_capability(rcv, "events", true, err)) < 0 || (r = pass_fd(rcv, "vmfsnap", sp[1], err)) < 0)
+		goto out;
+	/* Only the two QEMUs may hold the ends: a receiver that dies must
+	 * fail the sender at once (EPIPE), not leave it writing into a
+	 * buffer we keep open while the VM stands still. */
+	close(sp[1]);
+	sp[1] = -1;
+	args = json_object_new_object();
+	json_object_object_add(args, "uri", json_object_new_string("fd:vmfsnap"));
+	r = qmp_cmd(rcv, "migrate-incoming", args, NULL, err);
+	json_object_put(args);
+	if (r < 0)
+		goto out;
+	/* The VM's own RAM is private, so it would be sent either way; off, the
+	 * stream matches the receiver's default. */
+	if ((r = set_capability(vm, "events", true, err)) < 0 || (r = set_capability(vm, "x-ignore-shared", false, err)) < 0 ||
+	    (r = set_bandwidth(vm, err)) < 0 || (r = pass_fd(vm, "vmfsnap", sp[0], err)) < 0)
+		goto out;
+	close(sp[0]);
+	sp[0] = -1;
+	t0 = vmf_now_ms();
+	if (was_running) {
+		if ((r = qmp_cmd(vm, "stop", NULL, NULL, err)) < 0)
+			goto out;
+		stopped = true;
+	}
+	VMF_FAULT("snapshot-paused");
+	args = json_object_new_object();
+	json_object_object_add(args, "uri", json_object_new_string("fd:vmfsnap"));
+	r = qmp_cmd(vm, "migrate", args, NULL, err);
+	json_object_put(args);
+	if (r == 0 && (r = wait_migration(vm, "copying its state into the snapshot", err)) < 0) {
+		/* The receiver usually says why. */
+		char tail[400];
+		vmf_file_tail(rcv->stderr_log, tail, sizeof(tail));
+		if (tail[0])
+			vmf_error_append(err, "; receiving QEMU: %s", tail);
+	}
+	if (r == 0)
+		r = wait_migration(rcv, "receiving the snapshot", err);
+	if (r < 0)
+		goto out;
+	/* Running again before the template is saved: the copy is all it waits for. */
+	if (stopped) {
+		r = qmp_cmd(vm, "cont", NULL, NULL, err);
+		stopped = false;
+		res->paused_ms = (uint64_t)(vmf_now_ms() - t0);
+		if (r < 0)
+			goto out;
+	}
+	/* A daemon killed here leaves a receiving QEMU and a half-made
+	 * template, both of which restart recovery removes. */
+	VMF_FAULT("snapshot-received");
+	rcv->paused = true;
+	r = qemu_save_template(rcv, state_fd, false, err);
+out:
+	if (stopped) {
+		struct vmf_error e2;
+		if (qmp_cmd(vm, "cont", NULL, NULL, &e2) < 0)
+			log_vm(VMF_LOG_WARN, vm->cfg->id, "cannot resume after a failed snapshot: %s", e2.msg);
+		res->paused_ms = (uint64_t)(vmf_now_ms() - t0);
+	}
+	if (sp[0] >= 0)
+		close(sp[0]);
+	if (sp[1] >= 0)
+		close(sp[1]);
+	struct vmf_error ignored;
+	qemu_stop(rcv, 10000, &ignored);
+	vm_free(rcv);
+	return r;
 }
 
 static int
@@ -1246,6 +1460,7 @@ const struct vmf_hv_ops vmf_qemu_ops = {
 	.boot = qemu_boot,
 	.start_from_template = qemu_start_from_template,
 	.save_template = qemu_save_template,
+	.snapshot = qemu_snapshot,
 	.pause = qemu_pause,
 	.resume = qemu_resume,
 	.hotplug_vcpus = qemu_hotplug_vcpus,

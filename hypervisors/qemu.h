@@ -39,6 +39,10 @@ struct vmf_qemu_fds {
 int vmf_qemu_build_argv(const vmf_vm_config *cfg, const struct vmf_qemu_fds *fds, char ***argv,
 			struct vmf_error *err);
 void vmf_qemu_free_argv(char **argv);
+/* Appends cfg's hot-added vCPUs and DIMMs (hotplugged_vcpus, dimms) to a
+ * command line being built; accel is the one the command line uses. */
+struct argv_buf;
+void vmf_qemu_append_hotplugged(struct argv_buf *a, const vmf_vm_config *cfg, const char *accel);
 
 /* The -sandbox value used for every VM. */
 #define VMF_QEMU_SANDBOX "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"

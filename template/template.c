@@ -488,6 +488,10 @@ vmf_template_clone(const struct vmf_template_params *p, const Vmf__Catalog__Temp
 		if (rec->spec->machine && *rec->spec->machine)
 			cfg.machine = rec->spec->machine;
 	}
+	/* A snapshot's clone starts with what its VM had hot-added. */
+	cfg.hotplugged_vcpus = rec->hotplugged_vcpus;
+	cfg.n_dimms = rec->n_dimms;
+	cfg.dimms = rec->dimms;
 	int fd = open(rec->state_file, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return vmf_err_sys(err, errno, "template %.16s: cannot open its state file %s", rec->id,
@@ -497,6 +501,206 @@ vmf_template_clone(const struct vmf_template_params *p, const Vmf__Catalog__Temp
 	if (r < 0)
 		vmf_error_prefix(err, "cloning template %.16s", rec->id);
 	return r;
+}
+
+/* ---- snapshots ---- */
+
+struct name_ctx {
+	const char *name;
+	char id[VMF_SHA256_HEX];
+};
+
+static int
+match_name(const char *id, Vmf__Catalog__TemplateRecord *rec, const struct vmf_error *rec_err, void *ctx)
+{
+	(void)rec_err;
+	struct name_ctx *n = ctx;
+	if (rec && rec->name && strcmp(rec->name, n->name) == 0)
+		snprintf(n->id, sizeof(n->id), "%s", id);
+	return 0;
+}
+
+int
+vmf_template_find_name(struct vmf_catalog *cat, const char *name, Vmf__Catalog__TemplateRecord **out,
+		       struct vmf_error *err)
+{
+	*out = NULL;
+	struct name_ctx n = { .name = name };
+	int r = vmf_catalog_template_list(cat, match_name, &n, err);
+	if (r < 0)
+		return r;
+	if (!n.id[0])
+		return vmf_err(err, ENOENT, "no template is named %s (vmfactory snapshot makes one; see "
+			       "template list)", name);
+	return vmf_catalog_template_get(cat, n.id, out, err);
+}
+
+int
+vmf_template_snapshot(struct vmf_catalog *cat, const char *state_dir, const char *run_dir,
+		      const struct vmf_snapshot_req *q, Vmf__Catalog__TemplateRecord **out,
+		      struct vmf_snapshot_result *res, struct vmf_error *err)
+{
+	*out = NULL;
+	memset(res, 0, sizeof(*res));
+	const Vmf__Catalog__TemplateRecord *parent = q->parent;
+	if (!q->p->ops->snapshot)
+		return vmf_err(err, ENOTSUP, "the %s driver cannot snapshot a running VM into a template",
+			       q->p->ops->name);
+	if (!parent->spec || parent->spec->full_memory)
+		return vmf_err(err, ENOTSUP, "VM %s comes from a template without shared memory (share_memory = "
+			       "no): its clones could not share a snapshot's RAM", q->vm_id);
+	Vmf__Catalog__TemplateRecord *old = NULL;
+	struct vmf_error e2;
+	int r = vmf_template_find_name(cat, q->name, &old, &e2);
+	if (old)
+		vmf__catalog__template_record__free_unpacked(old, NULL);
+	if (r == 0)
+		return vmf_err(err, EEXIST, "template name %s is in use (template rm it first, or choose another)",
+			       q->name);
+	if (r != -ENOENT)
+		return vmf_err(err, e2.code, "%s", e2.msg);
+
+	/* Not the spec's digest: a snapshot's state is not determined by its
+	 * spec, and every snapshot is its own template. */
+	char seed[512], id[VMF_SHA256_HEX];
+	snprintf(seed, sizeof(seed), "snapshot\n%s\n%s\n%s\n%lld", q->name, parent->id, q->vm_id,
+		 (long long)vmf_realtime_ns());
+	vmf_sha256_hex(seed, strlen(seed), id);
+	char tdir[PATH_MAX], final_dir[PATH_MAX], build_dir[PATH_MAX], rcv_run[PATH_MAX], bmem[PATH_MAX];
+	snprintf(tdir, sizeof(tdir), "%s/templates", state_dir);
+	vmf_template_dir(state_dir, id, final_dir, sizeof(final_dir));
+	snprintf(build_dir, sizeof(build_dir), "%s/.build-%s-%d", tdir, id, (int)getpid());
+	/* build-: restart recovery kills a QEMU left running under it. */
+	snprintf(rcv_run, sizeof(rcv_run), "%s/build-%.16s-%d", run_dir, id, (int)getpid());
+	snprintf(bmem, sizeof(bmem), "%s/memory", build_dir);
+	if ((r = vmf_mkdir_p(tdir, 0700, err)) < 0)
+		return r;
+	/* The RAM files are written as the VM is copied: on a full disk the
+	 * receiving QEMU would die of SIGBUS mid-copy, so say so up front. */
+	uint64_t need = ((uint64_t)q->memory_mib << 20) + (16ull << 20);
+	struct statvfs vfs;
+	if (statvfs(tdir, &vfs) == 0 && (uint64_t)vfs.f_bavail * vfs.f_frsize < need)
+		return vmf_err(err, ENOSPC, "not enough space in %s for snapshot %s of VM %s: it may need %llu MiB, "
+			       "%llu MiB are free; the VM keeps running", tdir, q->name, q->vm_id,
+			       (unsigned long long)(need >> 20),
+			       (unsigned long long)(((uint64_t)vfs.f_bavail * vfs.f_frsize) >> 20));
+	struct vmf_error ignored;
+	if (mkdir(build_dir, 0700) < 0)
+		return vmf_err_sys(err, errno, "cannot create %s", build_dir);
+	if (q->p->runas && *q->p->runas && (r = vmf_template_own_share(q->p, build_dir, err)) < 0)
+		goto fail;
+
+	int64_t t0 = vmf_now_ms();
+	char name[128];
+	snprintf(name, sizeof(name), "vmfactory-tpl-%.16s", id);
+	vmf_vm_config cfg;
+	base_config(&cfg, q->p, parent->kernel_path, parent->initrd_path);
+	cfg.id = id;
+	cfg.name = name;
+	cfg.run_dir = rcv_run;
+	cfg.cmdline = parent->spec->cmdline;
+	if (parent->spec->machine && *parent->spec->machine)
+		cfg.machine = parent->spec->machine;
+	/* The 9p device without a mount: a template's clones each point it at
+	 * their own directory. */
+	char share[PATH_MAX];
+	snprintf(share, sizeof(share), "%s/share", build_dir);
+	if (mkdir(share, 0700) < 0 || vmf_template_own_share(q->p, share, err) < 0) {
+		r = err->code ? -err->code : vmf_err_sys(err, errno, "cannot create %s", share);
+		goto fail;
+	}
+	cfg.share_dir = share;
+	cfg.memory_mode = VMF__HV__MEMORY_MODE__MEM_TEMPLATE;
+	cfg.memory_file = bmem;
+	cfg.incoming = true;
+	int sfd = vmf_open_beneath(build_dir, "state", O_WRONLY | O_CREAT | O_EXCL, 0600, err);
+	if (sfd < 0) {
+		r = sfd;
+		goto fail;
+	}
+	struct vmf_snapshot_to to = { .cfg = &cfg };
+	r = q->p->ops->snapshot(q->vm, &to, sfd, res, err);
+	if (r == 0 && fsync(sfd) < 0)
+		r = vmf_err_sys(err, errno, "cannot fsync the snapshot's state file");
+	close(sfd);
+	vmf_rm_rf(rcv_run, &ignored);
+	if (r < 0)
+		goto fail;
+
+	Vmf__Catalog__TemplateRecord rec = VMF__CATALOG__TEMPLATE_RECORD__INIT;
+	Vmf__Catalog__TemplateSpec spec = *parent->spec;
+	char mem_sha[VMF_SHA256_HEX], state_sha[VMF_SHA256_HEX], bstate[PATH_MAX], mem[PATH_MAX], state[PATH_MAX];
+	char dimm_sha[VMF_SNAPSHOT_MAX_DIMMS][VMF_SHA256_HEX], dimm_path[VMF_SNAPSHOT_MAX_DIMMS][PATH_MAX];
+	char *dimm_shap[VMF_SNAPSHOT_MAX_DIMMS];
+	Vmf__Hv__HotDimm dimms[VMF_SNAPSHOT_MAX_DIMMS], *dimmp[VMF_SNAPSHOT_MAX_DIMMS];
+	snprintf(bstate, sizeof(bstate), "%s/state", build_dir);
+	uint64_t memory_size = 0;
+	if ((r = fsync_path(bmem, err)) < 0 || (r = vmf_sha256_file(bmem, mem_sha, err)) < 0 ||
+	    (r = vmf_sha256_file(bstate, state_sha, err)) < 0)
+		goto fail;
+	for (unsigned k = 0; k < res->n_dimms; k++) {
+		if ((r = fsync_path(res->dimms[k].path, err)) < 0 ||
+		    (r = vmf_sha256_file(res->dimms[k].path, dimm_sha[k], err)) < 0)
+			goto fail;
+		memory_size += file_size(res->dimms[k].path);
+		snprintf(dimm_path[k], sizeof(dimm_path[k]), "%s/dimm%u", final_dir, k);
+		vmf__hv__hot_dimm__init(&dimms[k]);
+		dimms[k].size_mib = res->dimms[k].size_mib;
+		dimms[k].addr = res->dimms[k].addr;
+		dimms[k].mem_path = dimm_path[k];
+		dimmp[k] = &dimms[k];
+		dimm_shap[k] = dimm_sha[k];
+	}
+	rec.memory_size = file_size(bmem);
+	rec.state_size = file_size(bstate);
+	memory_size += rec.memory_size;
+	if (rename(build_dir, final_dir) < 0) {
+		r = vmf_err_sys(err, errno, "cannot move %s to %s", build_dir, final_dir);
+		goto fail;
+	}
+	if ((r = vmf_fsync_dir(tdir, err)) < 0)
+		goto fail_final;
+	VMF_FAULT("snapshot-before-record");
+	snprintf(mem, sizeof(mem), "%s/memory", final_dir);
+	snprintf(state, sizeof(state), "%s/state", final_dir);
+	rec.schema_version = TEMPLATE_SCHEMA_VERSION;
+	rec.id = id;
+	rec.spec = &spec;
+	rec.state = VMF__CATALOG__TEMPLATE_STATE__TEMPLATE_READY;
+	rec.dir = final_dir;
+	rec.memory_file = mem;
+	rec.memory_sha256 = mem_sha;
+	rec.state_file = state;
+	rec.state_sha256 = state_sha;
+	rec.hypervisor_version = parent->hypervisor_version;
+	rec.created_ns = vmf_realtime_ns();
+	rec.build_ms = (uint64_t)(vmf_now_ms() - t0);
+	rec.error = (char *)"";
+	rec.kernel_path = parent->kernel_path;
+	rec.initrd_path = parent->initrd_path;
+	rec.image_dir = parent->image_dir;
+	rec.name = (char *)q->name;
+	rec.parent_template_id = parent->id;
+	rec.source_vm_id = (char *)q->vm_id;
+	rec.hotplugged_vcpus = res->hotplugged_vcpus;
+	rec.n_dimms = res->n_dimms;
+	rec.dimms = dimmp;
+	rec.n_dimm_sha256 = res->n_dimms;
+	rec.dimm_sha256 = dimm_shap;
+	if ((r = vmf_catalog_template_put(cat, &rec, err)) < 0)
+		goto fail_final;
+	log_tpl(VMF_LOG_INFO, id, "template %s made from VM %s in %llu ms (VM paused %llu ms, memory %llu bytes, "
+		"state %llu bytes)", q->name, q->vm_id, (unsigned long long)rec.build_ms,
+		(unsigned long long)res->paused_ms, (unsigned long long)memory_size,
+		(unsigned long long)rec.state_size);
+	return vmf_catalog_template_get(cat, id, out, err);
+
+fail_final:
+	vmf_rm_rf(final_dir, &ignored);
+fail:
+	vmf_rm_rf(rcv_run, &ignored);
+	vmf_rm_rf(build_dir, &ignored);
+	return vmf_error_prefix(err, "snapshot of VM %s into template %s", q->vm_id, q->name);
 }
 
 int

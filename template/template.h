@@ -84,6 +84,30 @@ int vmf_template_clone(const struct vmf_template_params *p, const Vmf__Catalog__
 		       const char *vm_id, const char *run_dir, const char *share_dir,
 		       struct vmf_vmm **out, struct vmf_error *err);
 
+/* ---- snapshots: a running VM's state as a new template ---- */
+
+/* The ready template named name (a snapshot's), or -ENOENT. */
+int vmf_template_find_name(struct vmf_catalog *cat, const char *name, Vmf__Catalog__TemplateRecord **out,
+			   struct vmf_error *err);
+
+struct vmf_snapshot_req {
+	const struct vmf_template_params *p;         /* ops, binary, runas of the VM's pool */
+	struct vmf_vmm *vm;                          /* running; the caller's job owns it */
+	const char *vm_id;
+	const Vmf__Catalog__TemplateRecord *parent;  /* the VM's template */
+	const char *name;                            /* validated (vmf_valid_pool_name) */
+	unsigned memory_mib;                         /* the VM's now, hot-added included */
+};
+
+/* Turns q->vm's current state into a new ready template named q->name
+ * (ops->snapshot).  Refuses a name in use, or too little space, before any
+ * work.  Files are made in a hidden .build- directory (cleanup removes it
+ * after a crash) and the record is committed last, after every file is
+ * fsynced.  *out gets the record; res says how long the VM was paused. */
+int vmf_template_snapshot(struct vmf_catalog *cat, const char *state_dir, const char *run_dir,
+			  const struct vmf_snapshot_req *q, Vmf__Catalog__TemplateRecord **out,
+			  struct vmf_snapshot_result *res, struct vmf_error *err);
+
 /* Removes build leftovers and template directories no record points to. */
 int vmf_template_cleanup(struct vmf_catalog *cat, const char *state_dir, struct vmf_error *err);
 

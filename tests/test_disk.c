@@ -246,6 +246,10 @@ START_TEST(disks_end_to_end)
 	ck_assert_msg(strstr(err, "could not mount") && strstr(err, "vfat"), "failed mount: %s", err);
 	ck_assert_int_eq(n_disks(g.id), 2);
 	ck_assert_int_eq(guest_sh(g.id, "true", NULL, 0), 0);
+	/* A template cannot carry a host file: snapshot is refused, the VM runs on. */
+	ck_assert_int_ne(vmf_e(err, sizeof err, "snapshot %s --template %s", g.id, "withdisk"), 0);
+	ck_assert_msg(strstr(err, "attached") && strstr(err, "detach it first"), "snapshot with a disk: %s", err);
+	ck_assert_int_eq(guest_sh(g.id, "true", NULL, 0), 0);
 	/* The slot it had is free in QEMU too: the same disk attaches now. */
 	snprintf(cmd, sizeof cmd, "attach %s --disk %s --mount /mnt/other", g.id, img2);
 	ck_assert_int_eq(vmf(NULL, "%s", cmd), 0);

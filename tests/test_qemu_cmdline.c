@@ -125,6 +125,46 @@ END_TEST
 
 /* <run_dir (VMF_RUN_DIR_MAX at most)>/vms/<uuid>/NAME must fit sun_path
  * (107 bytes): a longer name made clones fail under long test dirs. */
+/* vmf_qemu_append_hotplugged: a snapshot's receiver (share=on) and its
+ * clones (share=off) start with the VM's hot-added vCPUs and DIMMs, with
+ * the ids, slots and addresses hot-add gave them; none without. */
+START_TEST(hot_added_parts_on_the_command_line)
+{
+	vmf_vm_config c = base_cfg();
+	char **argv;
+	struct vmf_error e = {0};
+	ck_assert_int_eq(vmf_qemu_build_argv(&c, &fds3, &argv, &e), 0);
+	ck_assert_int_lt(find(argv, "-device", "pc-dimm"), 0);
+	ck_assert_int_lt(find(argv, "-device", "qemu64-x86_64-cpu"), 0);
+	vmf_qemu_free_argv(argv);
+
+	Vmf__Hv__HotDimm d0 = VMF__HV__HOT_DIMM__INIT, d1 = VMF__HV__HOT_DIMM__INIT, *dp[] = { &d0, &d1 };
+	d0.size_mib = 128, d0.addr = 4294967296ull, d0.mem_path = "/state/templates/t/dimm0";
+	d1.size_mib = 256, d1.addr = 4429185024ull, d1.mem_path = "/state/templates/t/dimm1";
+	c.hotplugged_vcpus = 2;
+	c.n_dimms = 2;
+	c.dimms = dp;
+	c.memory_mode = VMF__HV__MEMORY_MODE__MEM_TEMPLATE;
+	c.memory_file = "/state/templates/t/memory";
+	c.incoming = true;
+	ck_assert_int_eq(vmf_qemu_build_argv(&c, &fds3, &argv, &e), 0);
+	ck_assert_int_ge(find(argv, "-device", "qemu64-x86_64-cpu,id=vcpu1,socket-id=0,core-id=1,thread-id=0"), 0);
+	ck_assert_int_ge(find(argv, "-device", "qemu64-x86_64-cpu,id=vcpu2,socket-id=0,core-id=2,thread-id=0"), 0);
+	ck_assert_int_lt(find(argv, "-device", "qemu64-x86_64-cpu,id=vcpu3"), 0);
+	ck_assert_int_ge(find(argv, "-object", "memory-backend-file,id=hotmem0,size=128M,mem-path=/state/templates/t/dimm0,share=on"), 0);
+	ck_assert_int_ge(find(argv, "-device", "pc-dimm,id=dimm1,memdev=hotmem1,addr=4429185024"), 0);
+	vmf_qemu_free_argv(argv);
+	c.memory_mode = VMF__HV__MEMORY_MODE__MEM_CLONE_COW;
+	ck_assert_int_eq(vmf_qemu_build_argv(&c, &fds3, &argv, &e), 0);
+	ck_assert_int_ge(find(argv, "-object", "memory-backend-file,id=hotmem1,size=256M,mem-path=/state/templates/t/dimm1,share=off"), 0);
+	vmf_qemu_free_argv(argv);
+	/* A DIMM file path QEMU could not carry is refused. */
+	d1.mem_path = "/state/a,b/dimm1";
+	ck_assert_int_eq(vmf_qemu_build_argv(&c, &fds3, &argv, &e), -EINVAL);
+	ck_assert_ptr_nonnull(strstr(e.msg, "DIMM memory file"));
+}
+END_TEST
+
 START_TEST(socket_names_fit_a_run_dir_at_its_limit)
 {
 	const char *names[] = { VMF_QEMU_DAEMON_AGENT_SOCK, VMF_QEMU_SERIAL_LOG, NULL };
@@ -182,6 +222,7 @@ main(void)
 	tcase_add_test(tc, template_and_clone_lines);
 	tcase_add_test(tc, bad_configs_are_refused_clearly);
 	tcase_add_test(tc, socket_names_fit_a_run_dir_at_its_limit);
+	tcase_add_test(tc, hot_added_parts_on_the_command_line);
 	suite_add_tcase(s, tc);
 	return vmf_test_run(s);
 }

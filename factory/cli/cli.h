@@ -66,6 +66,7 @@ int cmd_release(const struct cmd *cmd, struct args *a);
 int cmd_destroy(const struct cmd *cmd, struct args *a);
 int cmd_attach(const struct cmd *cmd, struct args *a);
 int cmd_detach(const struct cmd *cmd, struct args *a);
+int cmd_snapshot(const struct cmd *cmd, struct args *a);
 
 /* exec.c: exec, straight to the VM's agent */
 int cmd_exec(const struct cmd *cmd, struct args *a);
@@ -99,6 +100,8 @@ json_object *inspect_json(const Vmf__Control__Reply *r);
 void inspect_human(const Vmf__Control__Reply *r);
 json_object *status_json(const Vmf__Control__Reply *r);
 void status_human(const Vmf__Control__Reply *r);
+json_object *snapshot_json(const Vmf__Control__Reply *r);
+void snapshot_human(const Vmf__Control__Reply *r);
 /* A catalog record (rec NULL: unreadable, rec_err says why). */
 json_object *template_json(const char *id, const Vmf__Catalog__TemplateRecord *rec, const struct vmf_error *rec_err);
 void template_human(const char *id, const Vmf__Catalog__TemplateRecord *rec, const struct vmf_error *rec_err);

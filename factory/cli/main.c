@@ -143,10 +143,10 @@ static const struct cmd commands[] = {
 	{ "check-config", "[FILE]", "check a config file (default " VMF_DEFAULT_CONFIG "), listing every error",
 	  "", 0, 1, cmd_check_config },
 	{ "status", "[-o json]", "show the daemon, templates, pools, VMs and latency", "", 0, 0, cmd_status },
-	{ "get", "--cpus N --memory MIB --sandbox ID --share-dir DIR --sock-dir DIR [--pool NAME] [--timeout S] "
+	{ "get", "--cpus N --memory MIB --sandbox ID --share-dir DIR --sock-dir DIR [--pool NAME | --template NAME] [--timeout S] "
 		 "[--disk PATH[:ro|:cow][:GUESTPATH]]... [--scratch SIZE_MIB:GUESTPATH]... "
 		 "[--netns PATH [--netns-link NAME] | --net none|user[,hostfwd=tcp:[ADDR]:PORT-:GUESTPORT...]] [-o json]",
-	  "hand out a warm VM to a sandbox", "cpus=,memory=,sandbox=,share-dir=,sock-dir=,pool=,timeout=,disk=,scratch=,netns=,netns-link=,net=", 0, 0,
+	  "hand out a warm VM to a sandbox", "cpus=,memory=,sandbox=,share-dir=,sock-dir=,pool=,template=,timeout=,disk=,scratch=,netns=,netns-link=,net=", 0, 0,
 	  cmd_get },
 	{ "attach", "VMID (--disk PATH [--ro|--cow] [--format raw|qcow2] | --scratch SIZE_MIB) [--mount GUESTPATH [--fstype T]] "
 		    "[--timeout S] [-o json]",
@@ -154,6 +154,8 @@ static const struct cmd commands[] = {
 	  "disk=,ro,cow,format=,scratch=,mount=,fstype=,timeout=", 1, 1, cmd_attach },
 	{ "detach", "VMID --disk PATH|GUESTPATH [--timeout S]", "unmount and detach a disk from a handed-out VM",
 	  "disk=,timeout=", 1, 1, cmd_detach },
+	{ "snapshot", "VMID --template NAME [-o json]", "turn an assigned VM's current state into a new template",
+	  "template=", 1, 1, cmd_snapshot },
 	{ "inspect", "VMID [-o json]", "show a VM, with the guest agent's own view", "", 1, 1, cmd_inspect },
 	{ "release", "VMID", "stop an assigned VM and remove its dirs and links", "", 1, 1, cmd_release },
 	{ "exec", "VMID [--timeout S] [--env K=V]... [--cwd DIR] [--user UID[:GID]] [--tty] -- CMD [ARG...]",
@@ -165,7 +167,8 @@ static const struct cmd commands[] = {
 	  "build (or find) the template for a size", "cpus=,memory=,max-cpus=,max-memory=,no-share,image-dir=,kernel=,initrd=,qemu=,accel=,config=",
 	  0, 0, cmd_template_build },
 	{ "template list", "[-o json]", "list templates in the catalog", "", 0, 0, cmd_template_list },
-	{ "template rm", "ID", "remove a template and its files", "", 1, 1, cmd_template_rm },
+	{ "template rm", "ID|NAME [--config FILE]", "remove a template and its files (not one a configured pool uses)",
+	  "config=", 1, 1, cmd_template_rm },
 	{ "template gc", "[--config FILE]", "remove templates of an image no pool uses or an old QEMU, and files no record points to",
 	  "image-dir=,kernel=,initrd=,qemu=,config=", 0, 0, cmd_template_gc },
 	{ "help", "[COMMAND]", "show this help, or a command's usage", "", 0, 2, cmd_help },

@@ -248,6 +248,9 @@ status_json(const Vmf__Control__Reply *r)
 		JI(x, "created_ns", t->created_ns);
 		JS(x, "error", t->error);
 		JS(x, "image_dir", t->image_dir);
+		JS(x, "name", t->name);
+		JS(x, "parent_template_id", t->parent_template_id);
+		JS(x, "source_vm_id", t->source_vm_id);
 		json_object *tc = json_object_new_array();
 		for (size_t k = 0; k < t->n_capabilities; k++)
 			json_object_array_add(tc, json_object_new_string(t->capabilities[k]));
@@ -415,6 +418,12 @@ template_json(const char *id, const Vmf__Catalog__TemplateRecord *rec, const str
 	JS(o, "dir", rec->dir);
 	JS(o, "image_dir", rec->image_dir);
 	JS(o, "error", rec->error);
+	/* A snapshot's name and lineage ("" for a built template). */
+	JS(o, "name", rec->name);
+	JS(o, "parent_template_id", rec->parent_template_id);
+	JS(o, "source_vm_id", rec->source_vm_id);
+	JI(o, "hotplugged_vcpus", rec->hotplugged_vcpus);
+	JI(o, "dimms", rec->n_dimms);
 	json_object *caps = json_object_new_array();
 	/* The template's own driver: templates of different VMMs coexist. */
 	const struct vmf_hv_ops *tops = s ? vmf_hv_by_kind(s->hypervisor) : NULL;
@@ -443,10 +452,37 @@ template_human(const char *id, const Vmf__Catalog__TemplateRecord *rec, const st
 			snprintf(capstr + strlen(capstr), sizeof(capstr) - strlen(capstr), "%s%s",
 				 capstr[0] ? "," : "", vmf_cap_name(bit));
 	printf("%-16.16s  %-8s  %2u/%-2u vCPU  %5u/%-5u MiB  %-7s  state %7.1f MiB  memory %5.0f MiB  %6.0f s"
-	       "  %s [%s]%s%s%s%s\n",
+	       "  %s [%s]%s%s%s%s%s%s%s%.16s%s%s\n",
 	       rec->id, tstate(rec->state), s ? s->vcpus : 0, s ? s->max_vcpus : 0, s ? s->memory_mib : 0,
 	       s ? s->max_memory_mib : 0, s && s->full_memory ? "private" : "shared", rec->state_size / 1048576.0,
 	       rec->memory_size / 1048576.0, age, tops ? tops->name : "unknown", capstr,
 	       rec->image_dir && *rec->image_dir ? "  image " : "", rec->image_dir ? rec->image_dir : "",
-	       rec->error && *rec->error ? "  error: " : "", rec->error ? rec->error : "");
+	       rec->error && *rec->error ? "  error: " : "", rec->error ? rec->error : "",
+	       rec->name && *rec->name ? "  snapshot " : "", rec->name ? rec->name : "",
+	       rec->name && *rec->name ? " of template " : "", rec->parent_template_id ? rec->parent_template_id : "",
+	       rec->name && *rec->name ? " VM " : "", rec->source_vm_id ? rec->source_vm_id : "");
+}
+
+json_object *
+snapshot_json(const Vmf__Control__Reply *r)
+{
+	const Vmf__Control__SnapshotReply *s = r->snapshot;
+	json_object *o = json_object_new_object();
+	JS(o, "template_id", s->template_id);
+	JS(o, "name", s->name);
+	JI(o, "total_ms", s->total_ms);
+	JI(o, "paused_ms", s->paused_ms);
+	JI(o, "memory_size", s->memory_size);
+	JI(o, "state_size", s->state_size);
+	JS(o, "method", s->method);
+	return o;
+}
+
+void
+snapshot_human(const Vmf__Control__Reply *r)
+{
+	const Vmf__Control__SnapshotReply *s = r->snapshot;
+	printf("template %s (%s) in %llu ms, VM paused %llu ms, memory %llu MiB, state %llu KiB (%s)\n", s->name,
+	       s->template_id, (unsigned long long)s->total_ms, (unsigned long long)s->paused_ms,
+	       (unsigned long long)(s->memory_size >> 20), (unsigned long long)(s->state_size >> 10), s->method);
 }

@@ -175,6 +175,7 @@ cmd_get(const struct cmd *cmd, struct args *a)
 	g.netns = (char *)(opt(a, "netns") ? opt(a, "netns") : "");
 	g.netns_link = (char *)(opt(a, "netns-link") ? opt(a, "netns-link") : "");
 	g.net = (char *)(opt(a, "net") ? opt(a, "net") : "");
+	g.template_ = (char *)(opt(a, "template") ? opt(a, "template") : "");
 	g.timeout_ms = timeout * 1000;
 	/* Longer than the daemon's own budget, so that its error arrives first. */
 	int call_ms = (int)(timeout ? timeout * 1000 + 5000 : 120000);
@@ -254,6 +255,23 @@ cmd_detach(const struct cmd *cmd, struct args *a)
 	if (num(a, "timeout", &timeout, cmd))
 		return EXIT_USAGE;
 	return remote(a, &(struct remote_call){ send_detach, NULL, (int)timeout * 1000, disk_json, disk_human, false });
+}
+
+static int
+send_snapshot(struct vmf_client *c, struct args *a, void *req, int timeout_ms, Vmf__Control__Reply **r,
+	      struct vmf_error *e)
+{
+	(void)req;
+	return vmf_client_snapshot(c, a->pos[0], opt(a, "template"), r, timeout_ms, e);
+}
+
+int
+cmd_snapshot(const struct cmd *cmd, struct args *a)
+{
+	if (!opt(a, "template"))
+		return usage_error(cmd, "--template NAME is required");
+	/* The copy of a large VM under TCG takes a while. */
+	return remote(a, &(struct remote_call){ send_snapshot, NULL, 600000, snapshot_json, snapshot_human, false });
 }
 
 struct destroy_req {

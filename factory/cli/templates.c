@@ -219,24 +219,44 @@ remove_template(struct vmf_catalog *cat, const char *state_dir, const char *id, 
 int
 cmd_template_rm(const struct cmd *cmd, struct args *a)
 {
-	(void)cmd;
-	const char *id = a->pos[0];
-	if (!vmf_valid_template_id(id)) {
-		fprintf(stderr, "vmfactory: '%s' is not a template id (64 hex digits; see template list)\n", id);
+	const char *arg = a->pos[0];
+	if (!vmf_valid_template_id(arg) && !vmf_valid_pool_name(arg)) {
+		fprintf(stderr, "vmfactory: '%s' is not a template id (64 hex digits) or name; see template list\n",
+			arg);
 		return EXIT_FAILURE;
+	}
+	/* The config's pools: one of a snapshot's name keeps it. */
+	struct vmf_daemon_opts o;
+	struct vmf_config cfg = {0};
+	if (fill_daemon_opts(cmd, a, &o, &cfg)) {
+		vmf_config_free(&cfg);
+		return EXIT_USAGE;
 	}
 	struct vmf_catalog *cat = NULL;
 	struct vmf_error e = {0};
 	int lock = lock_state(a->state_dir, "rm", &e), r = lock;
 	if (r >= 0)
 		r = open_with_vms(a->state_dir, a->run_dir, &cat, &e);
+	char id[VMF_SHA256_HEX];
+	snprintf(id, sizeof(id), "%s", arg);
+	Vmf__Catalog__TemplateRecord *rec = NULL;
+	if (r == 0 && !vmf_valid_template_id(arg) && (r = vmf_template_find_name(cat, arg, &rec, &e)) == 0)
+		snprintf(id, sizeof(id), "%s", rec->id);
+	else if (r == 0 && vmf_catalog_template_get(cat, id, &rec, NULL) < 0)
+		rec = NULL;
+	for (unsigned i = 0; r == 0 && rec && rec->name && *rec->name && i < o.n_pools; i++)
+		if (o.pools[i].template_name && strcmp(o.pools[i].template_name, rec->name) == 0)
+			r = vmf_err(&e, EBUSY, "template %s (%s) is used by pool %s of the config: remove the pool's "
+				    "template = %s first", rec->name, id, o.pools[i].name, rec->name);
+	if (rec)
+		vmf__catalog__template_record__free_unpacked(rec, NULL);
 	struct use_ctx u;
 	if (r == 0 && (r = template_users(cat, id, &u, &e)) == 0 && u.n)
 		r = vmf_err(&e, EBUSY, "template %s is in use by %u VM record(s), VM %s first: release or destroy "
 			    "them (a daemon started on this state dir adopts them) before removing it", id, u.n, u.vm);
 	if (r == 0)
 		r = remove_template(cat, a->state_dir, id, &e);
-	if (close_offline(cat, lock, NULL, r, &e))
+	if (close_offline(cat, lock, &cfg, r, &e))
 		return EXIT_FAILURE;
 	printf("removed template %s\n", id);
 	return 0;
@@ -255,6 +275,11 @@ gc_one(const char *id, Vmf__Catalog__TemplateRecord *rec, const struct vmf_error
 	const struct vmf_hv_ops *tops = rec && rec->spec ? vmf_hv_by_kind(rec->spec->hypervisor) : NULL;
 	if (tops && tops != l->ops) {
 		l->other++;
+		return 0;
+	}
+	/* A snapshot cannot be made again: only template rm removes it. */
+	if (rec && rec->name && *rec->name && rec->state == VMF__CATALOG__TEMPLATE_STATE__TEMPLATE_READY) {
+		printf("kept template %s: snapshot %s\n", id, rec->name);
 		return 0;
 	}
 	bool stale = !rec || !rec->spec || rec->state == VMF__CATALOG__TEMPLATE_STATE__TEMPLATE_BROKEN ||

@@ -100,8 +100,11 @@ vmf_client_request_version(const Vmf__Control__Request *req)
 {
 	const Vmf__Control__GetVMRequest *g = req->body_case == VMF__CONTROL__REQUEST__BODY_GET_VM ? req->get_vm : NULL;
 	/* A daemon that ignored the network fields would hand out a VM
-	 * without the network asked for. */
-	if (g && ((g->netns && g->netns[0]) || (g->net && g->net[0]) || (g->netns_link && g->netns_link[0])))
+	 * without the network asked for, or any pool's VM for a template; an
+	 * older daemon does not know the snapshot request. */
+	if (req->body_case == VMF__CONTROL__REQUEST__BODY_SNAPSHOT ||
+	    (g && ((g->netns && g->netns[0]) || (g->net && g->net[0]) || (g->netns_link && g->netns_link[0]) ||
+		   (g->template_ && g->template_[0]))))
 		return 3;
 	if (g && g->pool && g->pool[0])
 		return 2;
@@ -164,6 +167,7 @@ call_expect(struct vmf_client *c, Vmf__Control__Request *req, Vmf__Control__Repl
 	case VMF__CONTROL__REPLY__BODY_DESTROY: ok = ok && (*reply)->destroy; break;
 	case VMF__CONTROL__REPLY__BODY_RELEASE: ok = ok && (*reply)->release; break;
 	case VMF__CONTROL__REPLY__BODY_DISK: ok = ok && (*reply)->disk; break;
+	case VMF__CONTROL__REPLY__BODY_SNAPSHOT: ok = ok && (*reply)->snapshot; break;
 	default: ok = false; break;
 	}
 	if (!ok) {
@@ -281,6 +285,19 @@ vmf_client_get_vm_with_disks(struct vmf_client *c, const Vmf__Control__GetVMRequ
 	}
 	*reply = vr;
 	return 0;
+}
+
+int
+vmf_client_snapshot(struct vmf_client *c, const char *vm_id, const char *template_name, Vmf__Control__Reply **reply,
+		    int timeout_ms, struct vmf_error *err)
+{
+	Vmf__Control__Request req = VMF__CONTROL__REQUEST__INIT;
+	Vmf__Control__SnapshotRequest r = VMF__CONTROL__SNAPSHOT_REQUEST__INIT;
+	r.vm_id = (char *)vm_id;
+	r.template_ = (char *)template_name;
+	req.body_case = VMF__CONTROL__REQUEST__BODY_SNAPSHOT;
+	req.snapshot = &r;
+	return call_expect(c, &req, VMF__CONTROL__REPLY__BODY_SNAPSHOT, "Snapshot", reply, timeout_ms, err);
 }
 
 int

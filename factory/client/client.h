@@ -61,6 +61,10 @@ int vmf_client_get_vm(struct vmf_client *c, const Vmf__Control__GetVMRequest *re
 int vmf_client_release_vm(struct vmf_client *c, const char *vm_id, int timeout_ms, struct vmf_error *err);
 int vmf_client_inspect(struct vmf_client *c, const char *vm_id, Vmf__Control__Reply **reply, int timeout_ms,
 		       struct vmf_error *err);
+/* Turns assigned VM vm_id's current state into a new template named
+ * template_name (protocol version 3); reply->snapshot says what it cost. */
+int vmf_client_snapshot(struct vmf_client *c, const char *vm_id, const char *template_name,
+			Vmf__Control__Reply **reply, int timeout_ms, struct vmf_error *err);
 int vmf_client_status(struct vmf_client *c, Vmf__Control__Reply **reply, int timeout_ms, struct vmf_error *err);
 /* Disks of a handed-out VM (docs/protocol.md, "Disks"): the reply's disk
  * is what was attached or detached.  Attaching waits for the guest to see

@@ -1,0 +1,247 @@
+/* Snapshot: an assigned VM's current state becomes a new catalog template
+ * (template/template.c, vmf_template_snapshot), on a worker; the VM keeps
+ * running, stopped only while its state is copied. */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "agent.h"
+#include "catalog.h"
+#include "factory.h"
+#include "log.h"
+
+#define AGENT_TIMEOUT_MS 20000
+
+struct snapshot_job {
+	struct vmf_daemon *d;
+	struct vmf_conn *c;
+	struct vmf_vm *vm;           /* the loop's: the worker uses only its hv and ids */
+	struct vmf_template_params params;
+	char vm_id[VMF_UUID_STR];
+	char template_id[VMF_SHA256_HEX];
+	char name[33];
+	unsigned memory_mib;
+	bool share;                  /* its 9p share is mounted in the guest */
+	int64_t start_ms;
+	Vmf__Catalog__TemplateRecord *rec;
+	struct vmf_snapshot_result res;
+	int rc;
+	struct vmf_error err;
+};
+
+/* Names being snapshot into now: a second request for one is refused
+ * before the catalog could tell (loop only). */
+#define MAX_INFLIGHT 16
+static char inflight[MAX_INFLIGHT][33];
+
+/* QEMU refuses to migrate while a 9p share is mounted: the guest lets go of
+ * it for the copy and mounts it again after.  *path gets where it was. */
+static int
+share_umount(struct vmf_agent *a, char *path, size_t n, struct vmf_error *err)
+{
+	Vmf__Agent__AgentRequest req = VMF__AGENT__AGENT_REQUEST__INIT;
+	Vmf__Agent__MountShare m = VMF__AGENT__MOUNT_SHARE__INIT;
+	m.tag = (char *)VMF_SHARE_TAG;
+	req.body_case = VMF__AGENT__AGENT_REQUEST__BODY_MOUNT_SHARE;
+	req.mount_share = &m;
+	Vmf__Agent__AgentReply *rep = NULL;
+	int r = vmf_agent_call(a, &req, &rep, AGENT_TIMEOUT_MS, err);
+	if (r < 0)
+		return r;
+	snprintf(path, n, "%s", rep->mount->path ? rep->mount->path : "");
+	vmf__agent__agent_reply__free_unpacked(rep, NULL);
+	const char *argv[] = { "umount", path, NULL };
+	int code = -1;
+	if ((r = vmf_agent_run(a, argv, &code, AGENT_TIMEOUT_MS, err)) < 0)
+		return r;
+	if (code != 0)
+		return vmf_err(err, EBUSY, "the guest cannot unmount its share at %s (umount exit %d): a "
+			       "snapshot needs it unmounted while the VM is copied (no process may use it)",
+			       path, code);
+	return 0;
+}
+
+static void
+snapshot_work(void *arg)
+{
+	struct snapshot_job *j = arg;
+	struct vmf_daemon *d = j->d;
+	struct vmf_vm *vm = j->vm;
+	struct vmf_error *err = &j->err;
+	Vmf__Catalog__TemplateRecord *parent = NULL, *old = NULL;
+	struct vmf_agent *a = NULL;
+	/* Refused before any work: a name in use, a parent that is gone. */
+	struct vmf_error e2;
+	int r = vmf_template_find_name(d->cache.cat, j->name, &old, &e2);
+	if (old)
+		vmf__catalog__template_record__free_unpacked(old, NULL);
+	if (r == 0) {
+		j->rc = vmf_err(err, EEXIST, "template name %s is in use (template rm it first, or choose another)",
+				j->name);
+		return;
+	}
+	if (r != -ENOENT) {
+		j->rc = vmf_err(err, e2.code, "%s", e2.msg);
+		return;
+	}
+	if ((r = vmf_catalog_template_get(d->cache.cat, j->template_id, &parent, err)) < 0) {
+		j->rc = vmf_error_prefix(err, "VM %s: its template %.16s", j->vm_id, j->template_id);
+		return;
+	}
+	char path[256] = "";
+	bool unmounted = false;
+	if (j->share) {
+		int fd = vm->ops->agent_connect(vm->hv, AGENT_TIMEOUT_MS, err);
+		r = fd;
+		if (fd >= 0 && !(a = vmf_agent_new(fd)))
+			r = vmf_err(err, ENOMEM, "out of memory for the agent channel");
+		/* The guest reopens its port when a host connection ends (the
+		 * previous one's, or a restarted daemon's): a request sent in
+		 * between is lost, so wait until it answers. */
+		if (r >= 0)
+			r = vmf_agent_wait_ready(a, AGENT_TIMEOUT_MS, err);
+		if (r >= 0)
+			r = share_umount(a, path, sizeof(path), err);
+		unmounted = r >= 0;
+	}
+	/* While it exists the VM may stand paused by us: a daemon killed then
+	 * leaves it for restart recovery, which resumes the VM. */
+	char marker[PATH_MAX];
+	snprintf(marker, sizeof(marker), "%s/%s", vm->run_dir, VMF_SNAPSHOT_MARKER);
+	int mfd = r >= 0 ? open(marker, O_WRONLY | O_CREAT | O_CLOEXEC, 0600) : -1;
+	if (mfd >= 0)
+		close(mfd);
+	if (r >= 0) {
+		struct vmf_snapshot_req q = { .p = &j->params, .vm = vm->hv, .vm_id = j->vm_id, .parent = parent,
+					      .name = j->name, .memory_mib = j->memory_mib };
+		r = vmf_template_snapshot(d->cache.cat, d->opts.state_dir, d->opts.run_dir, &q, &j->rec, &j->res, err);
+	}
+	if (unmounted) {
+		struct vmf_error me;
+		if (vmf_agent_mount_share(a, VMF_SHARE_TAG, AGENT_TIMEOUT_MS, &me) < 0) {
+			log_vm(VMF_LOG_WARN, j->vm_id, "cannot mount its share again after the snapshot: %s", me.msg);
+			if (r >= 0)
+				r = vmf_err(err, me.code, "the snapshot was made, but the VM's share is not mounted again: %s",
+					    me.msg);
+		}
+	}
+	unlink(marker);
+	vmf_agent_free(a);
+	vmf__catalog__template_record__free_unpacked(parent, NULL);
+	j->rc = r < 0 ? r : 0;
+}
+
+static void
+snapshot_done(void *arg)
+{
+	struct snapshot_job *j = arg;
+	struct vmf_daemon *d = j->d;
+	for (int i = 0; i < MAX_INFLIGHT; i++)
+		if (strcmp(inflight[i], j->name) == 0)
+			inflight[i][0] = '\0';
+	j->vm->busy = false;
+	if (j->vm->dead)
+		vmf_cache_vm_exited(&d->cache, j->vm);
+	if (j->rc == 0) {
+		Vmf__Control__Reply r = VMF__CONTROL__REPLY__INIT;
+		Vmf__Control__SnapshotReply sr = VMF__CONTROL__SNAPSHOT_REPLY__INIT;
+		sr.template_id = j->rec->id;
+		sr.name = j->rec->name;
+		sr.total_ms = (uint64_t)(vmf_now_ms() - j->start_ms);
+		sr.paused_ms = j->res.paused_ms;
+		sr.memory_size = j->rec->memory_size;
+		for (size_t i = 0; i < j->res.n_dimms; i++)
+			sr.memory_size += (uint64_t)j->res.dimms[i].size_mib << 20;
+		sr.state_size = j->rec->state_size;
+		sr.method = (char *)j->res.method;
+		r.body_case = VMF__CONTROL__REPLY__BODY_SNAPSHOT;
+		r.snapshot = &sr;
+		log_vm(VMF_LOG_INFO, j->vm_id, "snapshot into template %s (%.16s) in %llu ms, paused %llu ms", j->name,
+		       j->rec->id, (unsigned long long)sr.total_ms, (unsigned long long)sr.paused_ms);
+		vmf_control_reply(j->c, &r);
+	} else {
+		d->errors++;
+		log_vm(VMF_LOG_WARN, j->vm_id, "snapshot into template %s failed: %s", j->name, j->err.msg);
+		vmf_control_reply_error(j->c, j->err.code, j->err.msg);
+	}
+	if (j->rec)
+		vmf__catalog__template_record__free_unpacked(j->rec, NULL);
+	free(j);
+	vmf_daemon_settle(d);
+}
+
+void
+vmf_snapshot_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control__SnapshotRequest *req)
+{
+	const char *name = req->template_ ? req->template_ : "";
+	if (!vmf_valid_pool_name(name)) {
+		vmf_control_reply_error(c, EINVAL, "template name is invalid: it must be 1 to 32 letters, digits, "
+					"'-' or '_'");
+		return;
+	}
+	struct vmf_vm *vm = vmf_daemon_lookup_vm(d, c, req->vm_id);
+	if (!vm)
+		return;
+	if (vm->state != VMF_VM_ASSIGNED || !vm->hv || vm->dead) {
+		char msg[128];
+		snprintf(msg, sizeof(msg), "VM %s is not assigned and running (it is %s)", vm->id,
+			 vmf_vm_state_name(vm->state));
+		vmf_control_reply_error(c, EINVAL, msg);
+		return;
+	}
+	/* An attached disk is a device the receiving VMM and the template's
+	 * clones do not have, and a host file a template must not name. */
+	for (unsigned i = 0; i < VMF_DISK_SLOTS; i++) {
+		if (vm->disks[i]) {
+			char msg[PATH_MAX + 160];
+			snprintf(msg, sizeof(msg), "VM %s has the disk %s attached; a template cannot carry it: "
+				 "detach it first", vm->id, vm->disks[i]->path);
+			vmf_control_reply_error(c, EBUSY, msg);
+			return;
+		}
+	}
+	int slot = -1;
+	for (int i = 0; i < MAX_INFLIGHT; i++) {
+		if (strcmp(inflight[i], name) == 0) {
+			char msg[96];
+			snprintf(msg, sizeof(msg), "template name %s is in use (a snapshot into it is running)", name);
+			vmf_control_reply_error(c, EEXIST, msg);
+			return;
+		}
+		if (slot < 0 && !inflight[i][0])
+			slot = i;
+	}
+	if (slot < 0) {
+		vmf_control_reply_error(c, EAGAIN, "too many snapshots running; try again");
+		return;
+	}
+	struct snapshot_job *j = calloc(1, sizeof(*j));
+	if (!j) {
+		vmf_control_reply_error(c, ENOMEM, "out of memory");
+		return;
+	}
+	j->d = d;
+	j->c = c;
+	j->vm = vm;
+	/* The VM's pool's driver settings; its own driver. */
+	struct vmf_pool *p = vm->pool ? vm->pool : TAILQ_FIRST(&d->cache.pools);
+	j->params = p->params;
+	j->params.ops = vm->ops;
+	snprintf(j->vm_id, sizeof(j->vm_id), "%s", vm->id);
+	snprintf(j->template_id, sizeof(j->template_id), "%s", vm->template_id);
+	snprintf(j->name, sizeof(j->name), "%s", name);
+	j->memory_mib = vm->memory_mib;
+	j->share = (vm->ops->capabilities(vm->hv) & VMF_CAP_SHARE_DEVICE) && vm->share_link[0];
+	j->start_ms = vmf_now_ms();
+	snprintf(inflight[slot], sizeof(inflight[slot]), "%s", name);
+	vm->busy = true;
+	log_vm(VMF_LOG_INFO, vm->id, "snapshot into template %s", name);
+	if (vmf_jobs_submit(d->cache.jobs, snapshot_work, snapshot_done, j) < 0) {
+		j->rc = vmf_err(&j->err, ENOMEM, "cannot queue the snapshot work");
+		snapshot_done(j);
+	}
+}
