@@ -20,6 +20,9 @@ enum vmf_vm_state {
 	VMF_VM_ASSIGNED,     /* handed to a sandbox */
 	VMF_VM_RELEASING,    /* being stopped */
 	VMF_VM_GONE,         /* its process exited while assigned */
+	VMF_VM_SUSPENDING,   /* an assigned VM's state being saved (factory/suspend.c) */
+	VMF_VM_SUSPENDED,    /* its state in state_file, no process */
+	VMF_VM_RESUMING,     /* a process loading state_file */
 };
 
 const char *vmf_vm_state_name(enum vmf_vm_state s);
@@ -70,6 +73,13 @@ struct vmf_vm {
 	/* Its own identity (warm-up, or a miss's hand-out) and hostname. */
 	char boot_id[40], machine_id[40], hostname[72];
 	double clock_error_ms;        /* at the hand-out's reply */
+	/* Suspended (and while suspending or resuming): its saved state, and
+	 * the driver state it resumes from (config, hot-added devices; no
+	 * process), written to its record while hv is NULL. */
+	char state_file[PATH_MAX];
+	uint64_t state_size;
+	int64_t suspended_ns;
+	Vmf__Hv__HypervisorState *saved_hv;
 };
 
 TAILQ_HEAD(vmf_vm_list, vmf_vm);

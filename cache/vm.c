@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "agent.h"
 #include "cache.h"
@@ -36,6 +37,9 @@ record_state(enum vmf_vm_state s)
 	case VMF_VM_ASSIGNED: return VMF__CATALOG__VM_STATE__VM_ASSIGNED;
 	case VMF_VM_RELEASING: return VMF__CATALOG__VM_STATE__VM_RELEASING;
 	case VMF_VM_GONE: return VMF__CATALOG__VM_STATE__VM_GONE;
+	case VMF_VM_SUSPENDING: return VMF__CATALOG__VM_STATE__VM_SUSPENDING;
+	case VMF_VM_SUSPENDED: return VMF__CATALOG__VM_STATE__VM_SUSPENDED;
+	case VMF_VM_RESUMING: return VMF__CATALOG__VM_STATE__VM_RESUMING;
 	}
 	return VMF__CATALOG__VM_STATE__VM_GONE;
 }
@@ -72,6 +76,9 @@ vm_to_record(const struct vmf_vm *vm, enum vmf_vm_state state, Vmf__Catalog__VmR
 	rec->machine_id = (char *)vm->machine_id;
 	rec->hostname = (char *)vm->hostname;
 	rec->clock_error_ms = vm->clock_error_ms;
+	rec->state_file = (char *)vm->state_file;
+	rec->state_size = vm->state_size;
+	rec->suspended_ns = vm->suspended_ns;
 }
 
 static void
@@ -100,6 +107,9 @@ vmf_vm_from_record(struct vmf_vm *vm, const Vmf__Catalog__VmRecord *rec)
 	copy_str(vm->machine_id, sizeof(vm->machine_id), rec->machine_id);
 	copy_str(vm->hostname, sizeof(vm->hostname), rec->hostname);
 	vm->clock_error_ms = rec->clock_error_ms;
+	copy_str(vm->state_file, sizeof(vm->state_file), rec->state_file);
+	vm->state_size = rec->state_size;
+	vm->suspended_ns = rec->suspended_ns;
 }
 
 int
@@ -112,7 +122,8 @@ vmf_cache_put_vm_record(struct vmf_cache *c, struct vmf_vm *vm, enum vmf_vm_stat
 	if (vm->hv && vm->ops->serialize(vm->hv, &hv, &serr) < 0)
 		log_vm(VMF_LOG_WARN, vm->id, "cannot serialize its hypervisor state: %s", serr.msg);
 	vm_to_record(vm, state, &rec);
-	rec.hv = hv;
+	/* A suspended VM has no process: what it resumes from is recorded. */
+	rec.hv = hv ? hv : vm->saved_hv;
 	int r = vmf_catalog_vm_put(c->cat, &rec, err);
 	if (hv)
 		vmf__hv__hypervisor_state__free_unpacked(hv, NULL);
@@ -128,6 +139,8 @@ vmf_cache_vm_free(struct vmf_cache *c, struct vmf_vm *vm)
 	vmf_agent_free(vm->agent);
 	if (vm->hv)
 		vm->ops->release(vm->hv);
+	if (vm->saved_hv)
+		vmf__hv__hypervisor_state__free_unpacked(vm->saved_hv, NULL);
 	free(vm);
 }
 
@@ -156,6 +169,14 @@ stop_work(void *arg)
 		j->c->hooks.remove_links(j->c->hooks.ctx, vm);
 	if (vm->run_dir[0] && vmf_rm_rf(vm->run_dir, &err) < 0)
 		log_vm(VMF_LOG_WARN, vm->id, "removing its run dir: %s", err.msg);
+	/* A suspended VM's saved state, and what a suspend cut short left. */
+	if (vm->state_file[0]) {
+		char tmp[PATH_MAX + 8];
+		snprintf(tmp, sizeof(tmp), "%s.tmp", vm->state_file);
+		if (unlink(vm->state_file) < 0 && errno != ENOENT)
+			log_vm(VMF_LOG_WARN, vm->id, "removing its saved state %s: %s", vm->state_file, strerror(errno));
+		unlink(tmp);
+	}
 	if (vmf_catalog_vm_delete(j->c->cat, vm->id, &err) < 0 && err.code != ENOENT)
 		log_vm(VMF_LOG_WARN, vm->id, "removing its record: %s", err.msg);
 }

@@ -42,6 +42,9 @@ vmf_vm_info_fill(struct vmf_daemon *d, const struct vmf_vm *vm, uint64_t pss_kib
 	info->machine_id = strdup(vm->machine_id);
 	info->hostname = strdup(vm->hostname);
 	info->clock_error_ms = vm->clock_error_ms;
+	info->state_file = strdup(vm->state == VMF_VM_SUSPENDED ? vm->state_file : "");
+	info->state_size = vm->state == VMF_VM_SUSPENDED ? vm->state_size : 0;
+	info->suspended_ns = vm->state == VMF_VM_SUSPENDED ? vm->suspended_ns : 0;
 	info->pss_kib = info->pid > 0 && !vm->dead ? pss_kib : 0;
 	if (!vm->busy && vm->hv) {
 		struct vmf_error err;
@@ -55,7 +58,8 @@ vmf_vm_info_clear(Vmf__Control__VmInfo *info)
 	char **strs[] = { &info->id, &info->qmp_socket, &info->agent_socket, &info->agent_transport,
 			  &info->share_dir, &info->run_dir,
 			  &info->template_id, &info->pool, &info->state, &info->sandbox_id, &info->share_link,
-			  &info->sock_link, &info->boot_id, &info->machine_id, &info->hostname };
+			  &info->sock_link, &info->boot_id, &info->machine_id, &info->hostname,
+			  &info->state_file };
 	for (size_t i = 0; i < sizeof(strs) / sizeof(strs[0]); i++) {
 		free(*strs[i]);
 		*strs[i] = NULL;

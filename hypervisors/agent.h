@@ -74,5 +74,7 @@ int vmf_agent_recv_handout(struct vmf_agent *a, struct vmf_agent_handout *h, int
 double vmf_agent_handout_clock_error_ms(const struct vmf_agent_handout *h);
 int vmf_agent_mount_share(struct vmf_agent *a, const char *tag, int timeout_ms,
 			  struct vmf_error *err);
+/* Unmounts the share (nothing mounted is no error); EBUSY while in use. */
+int vmf_agent_unmount_share(struct vmf_agent *a, int timeout_ms, struct vmf_error *err);
 
 #endif

@@ -32,6 +32,11 @@ struct vmf_qemu_fds {
 int vmf_qemu_build_argv(const vmf_vm_config *cfg, const struct vmf_qemu_fds *fds, char ***argv,
 			struct vmf_error *err);
 void vmf_qemu_free_argv(char **argv);
+/* Appends to argv (as vmf_qemu_build_argv made it) the vCPUs and DIMMs q
+ * says were hot-added, as -device / -object options with the ids and in the
+ * order the hot-adds gave them: a QEMU loading a VM's saved state must have
+ * the devices the stream carries. */
+int vmf_qemu_append_hotplugged(char ***argv, const Vmf__Hv__QemuState *q, struct vmf_error *err);
 
 /* The -sandbox value used for every VM. */
 #define VMF_QEMU_SANDBOX "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
