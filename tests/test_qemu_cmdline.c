@@ -115,6 +115,33 @@ END_TEST
 
 /* <run_dir (VMF_RUN_DIR_MAX at most)>/vms/<uuid>/NAME must fit sun_path
  * (107 bytes): a longer name made clones fail under long test dirs. */
+/* A QEMU resuming a suspended VM carries its hot-added vCPUs and DIMMs
+ * on its command line, with the ids and in the order the hot-adds gave
+ * them (DIMM addresses follow the order). */
+START_TEST(hotplugged_devices_for_a_resume)
+{
+	vmf_vm_config c = base_cfg();
+	c.incoming = true;
+	char **argv;
+	struct vmf_error e = {0};
+	ck_assert_int_eq(vmf_qemu_build_argv(&c, &fds3, &argv, &e), 0);
+	Vmf__Hv__QemuState q = VMF__HV__QEMU_STATE__INIT;
+	char *cpus[] = { "qemu64-x86_64-cpu,id=vcpu1,socket-id=1,core-id=0,thread-id=0" };
+	uint32_t dimms[] = { 128, 256 };
+	q.cpu_devices = cpus, q.n_cpu_devices = 1;
+	q.dimm_mib = dimms, q.n_dimm_mib = 2;
+	ck_assert_int_eq(vmf_qemu_append_hotplugged(&argv, &q, &e), 0);
+	ck_assert_int_ge(find(argv, "-device", cpus[0]), 0);
+	int m0 = find(argv, "-object", "memory-backend-ram,id=hotmem0,size=128M");
+	int m1 = find(argv, "-object", "memory-backend-ram,id=hotmem1,size=256M");
+	int d0 = find(argv, "-device", "pc-dimm,id=dimm0,memdev=hotmem0");
+	int d1 = find(argv, "-device", "pc-dimm,id=dimm1,memdev=hotmem1");
+	ck_assert(m0 > 0 && d0 > m0 && m1 > d0 && d1 > m1);
+	ck_assert_int_ge(find(argv, "-incoming", "defer"), 0);
+	vmf_qemu_free_argv(argv);
+}
+END_TEST
+
 START_TEST(socket_names_fit_a_run_dir_at_its_limit)
 {
 	const char *names[] = { VMF_QEMU_DAEMON_AGENT_SOCK, VMF_QEMU_SERIAL_LOG, NULL };
@@ -172,6 +199,7 @@ main(void)
 	tcase_add_test(tc, template_and_clone_lines);
 	tcase_add_test(tc, bad_configs_are_refused_clearly);
 	tcase_add_test(tc, socket_names_fit_a_run_dir_at_its_limit);
+	tcase_add_test(tc, hotplugged_devices_for_a_resume);
 	suite_add_tcase(s, tc);
 	return vmf_test_run(s);
 }

@@ -62,7 +62,7 @@ static int
 qemu_of(const char *id)
 {
 	char cmd[200];
-	snprintf(cmd, sizeof cmd, "pgrep -f 'qemu-system.*%s' | wc -l", id);
+	snprintf(cmd, sizeof cmd, "pgrep -f '[q]emu-system.*%s' | wc -l", id);
 	FILE *f = popen(cmd, "r");
 	int n = -1;
 	if (f) {
@@ -102,12 +102,20 @@ saved_files(char *names, size_t n)
 	return k;
 }
 
+/* vmfactory exec ID -- sh -c SCRIPT: the daemon's options go before the
+ * "--" (what vmf() appends after it, sh takes as $0 and arguments). */
+static int
+gexec(char **out, const char *id, const char *script)
+{
+	return vmf(out, "exec %s %s --timeout 60 -- sh -c '%s'", common_opts, id, script);
+}
+
 /* The guest's counter (a shell loop writing /tmp/cnt). */
 static long
 counter(const char *id)
 {
 	char *out = NULL;
-	int rc = vmf(&out, "exec %s --timeout 30 -- cat /tmp/cnt", id);
+	int rc = gexec(&out, id, "cat /tmp/cnt");
 	long v = rc == 0 && out ? strtol(out, NULL, 10) : -1;
 	free(out);
 	ck_assert_msg(v > 0, "the guest's counter cannot be read (exit %d)", rc);
@@ -124,6 +132,18 @@ counter_runs(const char *id, long after)
 		poll(NULL, 0, 200);
 	ck_assert_msg(v > after, "the guest's counter stays at %ld", v);
 	return v;
+}
+
+/* rc of a command that must succeed; on failure the CLI's stderr says why. */
+static void
+must(int rc, const char *what)
+{
+	if (rc == 0)
+		return;
+	char errf[700], *err = NULL;
+	snprintf(errf, sizeof errf, "%s/cli.err", tmp);
+	vmf_read_file(errf, &err, NULL, 1 << 20, NULL);
+	ck_abort_msg("%s: exit %d: %s", what, rc, err ? err : "");
 }
 
 static void
@@ -215,10 +235,10 @@ START_TEST(suspend_resume_survive_crashes_and_refuse_bad_input)
 	do_get(&g, "s", 2, 384);
 	ck_assert_int_eq(g.rc, 0);
 	const char *id = g.id;
-	ck_assert_int_eq(vmf(NULL, "exec %s -- sh -c 'echo kept-in-tmpfs > /tmp/f'", id), 0);
+	must(gexec(NULL, id, "echo kept-in-tmpfs > /tmp/f"), "exec");
 	/* Its own session, so that no exec connection holds it. */
-	ck_assert_int_eq(vmf(NULL, "exec %s -- sh -c 'setsid sh -c \"i=0; while :; do i=\\$((i+1)); echo \\$i > "
-			     "/tmp/cnt; sleep 0.1; done\" </dev/null >/dev/null 2>&1 &'", id), 0);
+	must(gexec(NULL, id, "setsid sh -c \"i=0; while :; do i=\\$((i+1)); echo \\$i > /tmp/cnt; sleep 0.1; "
+		   "done\" </dev/null >/dev/null 2>&1 &"), "exec");
 	long c0 = counter_runs(id, 0);
 
 	/* Bad input: each refused with a sentence, the VM keeps running. */
@@ -288,7 +308,7 @@ START_TEST(suspend_resume_survive_crashes_and_refuse_bad_input)
 	json_object_put(r);
 	ck_assert_int_eq(saved_files(names, sizeof names), 0);
 	char *out = NULL;
-	ck_assert_int_eq(vmf(&out, "exec %s -- sh -c 'cat /tmp/f; nproc'", id), 0);
+	must(gexec(&out, id, "cat /tmp/f; nproc"), "exec");
 	ck_assert_msg(strstr(out, "kept-in-tmpfs\n2\n"), "after resume the guest says: %s", out);
 	free(out);
 	long c1 = counter(id);
