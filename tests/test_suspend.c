@@ -8,7 +8,8 @@
  * the suspended record) and during resume (the QEMU loaded and running):
  * after each restart nothing is half-made.  Bad input gets clear errors and
  * the VM keeps running: a VM that is not assigned, not the peer's, running
- * when resumed, a state dir that is full.
+ * when resumed, a state dir that is full; a suspend or resume while another
+ * job (an inspect held at a gate) has the VM.
  *
  * The tenant users and group (vsus<pid>{a,b,g}) are made by main() and
  * removed before it returns; without root the program exits 77. */
@@ -319,7 +320,15 @@ START_TEST(suspend_resume_survive_crashes_and_refuse_bad_input)
 	 * no QEMU, the state kept. */
 	ck_assert_int_ne(vmf(NULL, "resume %s", id), 0);
 	wait_daemon_gone();
-	start_daemon(NULL);
+	/* The next daemon holds inspects at a gate: a job on the VM then. */
+	char gate_dir[700], paused[800], go[800];
+	snprintf(gate_dir, sizeof gate_dir, "%s/gates", tmp);
+	ck_assert_int_eq(mkdir(gate_dir, 0700), 0);
+	snprintf(paused, sizeof paused, "%s/inspect-pause.paused", gate_dir);
+	snprintf(go, sizeof go, "%s/inspect-pause.go", gate_dir);
+	setenv("VMFACTORY_FAULT_DIR", gate_dir, 1);
+	start_daemon("inspect-pause");
+	unsetenv("VMFACTORY_FAULT_DIR");
 	expect_state(id, "suspended");
 	ck_assert_int_eq(qemu_of_gone(id), 0);
 	ck_assert_int_eq(saved_files(names, sizeof names), 1);
@@ -329,6 +338,24 @@ START_TEST(suspend_resume_survive_crashes_and_refuse_bad_input)
 	ck_assert_str_eq(str(r, "state", NULL), "assigned");
 	ck_assert_int_eq(json_object_get_int(path(r, "vcpus", NULL)), 2);
 	json_object_put(r);
+	/* One job per VM: a suspend or resume while an inspect holds it is
+	 * refused, and the inspect completes. */
+	pid_t insp = vmf_test_fork();
+	if (insp == 0)
+		_exit(vmf(NULL, "inspect %s", id) == 0 ? 0 : 1);
+	int64_t deadline = vmf_now_ms() + 30000;
+	while (access(paused, F_OK) != 0 && vmf_now_ms() < deadline)
+		poll(NULL, 0, 50);
+	ck_assert_msg(access(paused, F_OK) == 0, "the inspect did not reach its gate");
+	expect_error("suspend", id, "is busy");
+	expect_error("resume", id, "is busy");
+	FILE *gf = fopen(go, "w");
+	ck_assert_ptr_nonnull(gf);
+	fclose(gf);
+	int ist;
+	ck_assert_int_eq(waitpid(insp, &ist, 0), insp);
+	ck_assert(WIFEXITED(ist) && WEXITSTATUS(ist) == 0);
+
 	ck_assert_int_eq(saved_files(names, sizeof names), 0);
 	char *out = NULL;
 	must(gexec(&out, id, "cat /tmp/f; nproc"), "exec");
