@@ -16,6 +16,9 @@ vmf_vm_state_name(enum vmf_vm_state s)
 	case VMF_VM_ASSIGNED: return "assigned";
 	case VMF_VM_RELEASING: return "releasing";
 	case VMF_VM_GONE: return "gone";
+	case VMF_VM_SUSPENDING: return "suspending";
+	case VMF_VM_SUSPENDED: return "suspended";
+	case VMF_VM_RESUMING: return "resuming";
 	}
 	return "unknown";
 }

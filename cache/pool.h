@@ -20,6 +20,9 @@ enum vmf_vm_state {
 	VMF_VM_ASSIGNED,     /* handed to a sandbox */
 	VMF_VM_RELEASING,    /* being stopped */
 	VMF_VM_GONE,         /* its process exited while assigned */
+	VMF_VM_SUSPENDING,   /* an assigned VM's state being saved (factory/suspend.c) */
+	VMF_VM_SUSPENDED,    /* its state in state_file, no process */
+	VMF_VM_RESUMING,     /* a process loading state_file */
 };
 
 const char *vmf_vm_state_name(enum vmf_vm_state s);
@@ -103,7 +106,20 @@ struct vmf_vm {
 	char hostfwd[VMF_MAX_HOSTFWD][80];
 	unsigned n_hostfwd;
 	char mac[18];
+	/* Suspended (and while suspending or resuming): its saved state, and
+	 * the driver state it resumes from (config, hot-added devices; no
+	 * process), written to its record while hv is NULL. */
+	char state_file[PATH_MAX];
+	uint64_t state_size;
+	int64_t suspended_ns;
+	Vmf__Hv__HypervisorState *saved_hv;
 };
+
+/* Whether vm holds something outside its own memory and devices that a
+ * saved state cannot carry (an attached disk: a host file; a network
+ * backend: a tap in someone's namespace, host ports): what names it in
+ * what, for an error ("the disk /x", "network (netns /run/netns/p)"). */
+bool vmf_vm_has_host_parts(const struct vmf_vm *vm, char *what, size_t n);
 
 TAILQ_HEAD(vmf_vm_list, vmf_vm);
 

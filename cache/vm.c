@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "agent.h"
 #include "cache.h"
@@ -36,6 +37,9 @@ record_state(enum vmf_vm_state s)
 	case VMF_VM_ASSIGNED: return VMF__CATALOG__VM_STATE__VM_ASSIGNED;
 	case VMF_VM_RELEASING: return VMF__CATALOG__VM_STATE__VM_RELEASING;
 	case VMF_VM_GONE: return VMF__CATALOG__VM_STATE__VM_GONE;
+	case VMF_VM_SUSPENDING: return VMF__CATALOG__VM_STATE__VM_SUSPENDING;
+	case VMF_VM_SUSPENDED: return VMF__CATALOG__VM_STATE__VM_SUSPENDED;
+	case VMF_VM_RESUMING: return VMF__CATALOG__VM_STATE__VM_RESUMING;
 	}
 	return VMF__CATALOG__VM_STATE__VM_GONE;
 }
@@ -79,6 +83,9 @@ vm_to_record(const struct vmf_vm *vm, enum vmf_vm_state state, Vmf__Catalog__VmR
 	rec->netns_link = (char *)vm->netns_link;
 	rec->tap = (char *)vm->tap;
 	rec->mac = (char *)vm->mac;
+	rec->state_file = (char *)vm->state_file;
+	rec->state_size = vm->state_size;
+	rec->suspended_ns = vm->suspended_ns;
 }
 
 static void
@@ -137,6 +144,9 @@ vmf_vm_from_record(struct vmf_vm *vm, const Vmf__Catalog__VmRecord *rec)
 	vm->n_hostfwd = 0;
 	for (size_t i = 0; i < rec->n_hostfwd && i < VMF_MAX_HOSTFWD; i++)
 		copy_str(vm->hostfwd[vm->n_hostfwd++], sizeof(vm->hostfwd[0]), rec->hostfwd[i]);
+	copy_str(vm->state_file, sizeof(vm->state_file), rec->state_file);
+	vm->state_size = rec->state_size;
+	vm->suspended_ns = rec->suspended_ns;
 }
 
 int
@@ -154,7 +164,8 @@ vmf_cache_put_vm_record(struct vmf_cache *c, struct vmf_vm *vm, enum vmf_vm_stat
 		fw[i] = (char *)vm->hostfwd[i];
 	rec.hostfwd = fw;
 	rec.n_hostfwd = vm->n_hostfwd;
-	rec.hv = hv;
+	/* A suspended VM has no process: what it resumes from is recorded. */
+	rec.hv = hv ? hv : vm->saved_hv;
 	/* Disks being attached are recorded once attached (the attach job
 	 * writes the record then); those being detached no longer are. */
 	Vmf__Catalog__VmDisk disks[VMF_DISK_SLOTS], *dp[VMF_DISK_SLOTS];
@@ -196,6 +207,8 @@ vmf_cache_vm_free(struct vmf_cache *c, struct vmf_vm *vm)
 		vm->ops->release(vm->hv);
 	for (unsigned i = 0; i < VMF_DISK_SLOTS; i++)
 		free(vm->disks[i]);
+	if (vm->saved_hv)
+		vmf__hv__hypervisor_state__free_unpacked(vm->saved_hv, NULL);
 	free(vm);
 }
 
@@ -227,6 +240,14 @@ stop_work(void *arg)
 		j->c->hooks.undo_net(j->c->hooks.ctx, vm);
 	if (vm->run_dir[0] && vmf_rm_rf(vm->run_dir, &err) < 0)
 		log_vm(VMF_LOG_WARN, vm->id, "removing its run dir: %s", err.msg);
+	/* A suspended VM's saved state, and what a suspend cut short left. */
+	if (vm->state_file[0]) {
+		char tmp[PATH_MAX + 8];
+		snprintf(tmp, sizeof(tmp), "%s.tmp", vm->state_file);
+		if (unlink(vm->state_file) < 0 && errno != ENOENT)
+			log_vm(VMF_LOG_WARN, vm->id, "removing its saved state %s: %s", vm->state_file, strerror(errno));
+		unlink(tmp);
+	}
 	if (vmf_catalog_vm_delete(j->c->cat, vm->id, &err) < 0 && err.code != ENOENT)
 		log_vm(VMF_LOG_WARN, vm->id, "removing its record: %s", err.msg);
 }
@@ -347,3 +368,19 @@ vmf_cache_new_vm(struct vmf_cache *c, struct vmf_pool *p)
 	return vm;
 }
 
+
+bool
+vmf_vm_has_host_parts(const struct vmf_vm *vm, char *what, size_t n)
+{
+	for (unsigned i = 0; i < VMF_DISK_SLOTS; i++) {
+		if (vm->disks[i]) {
+			snprintf(what, n, "the disk %s attached", vm->disks[i]->path);
+			return true;
+		}
+	}
+	if (vm->net[0]) {
+		snprintf(what, n, "network (%s%s%s)", vm->net, vm->netns[0] ? " " : "", vm->netns);
+		return true;
+	}
+	return false;
+}

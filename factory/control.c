@@ -302,6 +302,12 @@ dispatch(struct vmf_conn *c, Vmf__Control__Request *req)
 	case VMF__CONTROL__REQUEST__BODY_SNAPSHOT:
 		vmf_snapshot_start(d, c, req->snapshot);
 		break;
+	case VMF__CONTROL__REQUEST__BODY_SUSPEND_VM:
+		vmf_suspend_start(d, c, req->suspend_vm->vm_id);
+		break;
+	case VMF__CONTROL__REQUEST__BODY_RESUME_VM:
+		vmf_resume_start(d, c, req->resume_vm->vm_id);
+		break;
 	case VMF__CONTROL__REQUEST__BODY_DESTROY:
 		/* It stops every tenant's VMs and the daemon itself. */
 		if (!vmf_daemon_peer_admin(d, c->peer_uid)) {

@@ -37,7 +37,8 @@ finish_destroy_if_done(struct vmf_daemon *d)
 	struct vmf_vm *vm, *next;
 	for (vm = TAILQ_FIRST(&d->cache.vms); vm; vm = next) {
 		next = TAILQ_NEXT(vm, link);
-		if (!vm->busy && (d->destroy_all || (vm->state != VMF_VM_ASSIGNED && vm->state != VMF_VM_GONE)))
+		if (!vm->busy && (d->destroy_all || (vm->state != VMF_VM_ASSIGNED && vm->state != VMF_VM_GONE &&
+						     vm->state != VMF_VM_SUSPENDED)))
 			vmf_cache_destroy_vm(&d->cache, vm, true, NULL);
 	}
 	if (work_in_flight(d))

@@ -169,6 +169,18 @@ void vmf_getvm_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Contro
 struct vmf_vm *vmf_daemon_lookup_vm(struct vmf_daemon *d, struct vmf_conn *c, const char *id);
 void vmf_release_start(struct vmf_daemon *d, struct vmf_conn *c, const char *vm_id);
 
+/* suspend.c: suspend and resume, each a job owning the VM (busy). */
+void vmf_suspend_start(struct vmf_daemon *d, struct vmf_conn *c, const char *vm_id);
+void vmf_resume_start(struct vmf_daemon *d, struct vmf_conn *c, const char *vm_id);
+/* Restart recovery of a VM recorded suspending, suspended or resuming
+ * (live: its recorded process was adopted, into vm->hv): the state it
+ * is in now (assigned: rolled back and running; suspended; gone). */
+enum vmf_vm_state vmf_suspend_recover(struct vmf_daemon *d, struct vmf_vm *vm, const Vmf__Catalog__VmRecord *rec,
+				      bool live);
+/* After recovery: removes files under <state_dir>/suspended that no
+ * suspended VM names (a suspend or resume cut short, a reboot). */
+void vmf_suspend_sweep(struct vmf_daemon *d);
+
 /* inspect.c */
 void vmf_inspect_start(struct vmf_daemon *d, struct vmf_conn *c, const char *vm_id);
 

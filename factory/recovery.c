@@ -83,10 +83,14 @@ recover_vm(const char *id, Vmf__Catalog__VmRecord *rec, const struct vmf_error *
 	const struct vmf_hv_ops *ops = rec->hv ? vmf_hv_by_kind(rec->hv->kind) : NULL;
 	vm->ops = ops ? ops : d->ops;
 	bool live = false;
+	/* A suspended VM's record keeps the driver state it resumes from, not
+	 * a process: whatever runs under its name is an orphan. */
+	bool saved = rec->state == VMF__CATALOG__VM_STATE__VM_SUSPENDED ||
+		     rec->state == VMF__CATALOG__VM_STATE__VM_RESUMING;
 	if (rec->hv && !ops) {
 		log_vm(VMF_LOG_WARN, vm->id, "not adopted: its record names hypervisor kind %d, for which this "
 		       "vmfactory has no driver", (int)rec->hv->kind);
-	} else if (rec->hv) {
+	} else if (rec->hv && !saved) {
 		live = ops->adopt(rec->hv, &vm->hv, &err) == 0;
 		if (!live)
 			log_vm(VMF_LOG_INFO, vm->id, "not adopted: %s", err.msg);
@@ -112,6 +116,20 @@ recover_vm(const char *id, Vmf__Catalog__VmRecord *rec, const struct vmf_error *
 		resume_after_snapshot(vm, live);
 		log_vm(VMF_LOG_INFO, vm->id, "%s VM of sandbox %s", live ? "adopted assigned" : "recorded gone",
 		       vm->sandbox_id);
+		vmf_cache_record_vm(&d->cache, vm);
+		return 0;
+	case VMF__CATALOG__VM_STATE__VM_SUSPENDING:
+	case VMF__CATALOG__VM_STATE__VM_SUSPENDED:
+	case VMF__CATALOG__VM_STATE__VM_RESUMING:
+		vm->state = vmf_suspend_recover(d, vm, rec, live);
+		if (vm->state == VMF_VM_ASSIGNED) {
+			vmf_cache_watch_vm(&d->cache, vm);
+		} else if (vm->hv) {
+			/* Its process (a suspend cut short after the file was
+			 * complete) goes with the orphans. */
+			vm->ops->release(vm->hv);
+			vm->hv = NULL;
+		}
 		vmf_cache_record_vm(&d->cache, vm);
 		return 0;
 	default:
@@ -187,5 +205,6 @@ vmf_recovery_run(struct vmf_daemon *d, struct vmf_error *err)
 		return r;
 	}
 	kill_orphans(d);
+	vmf_suspend_sweep(d);
 	return 0;
 }

@@ -46,7 +46,7 @@ vmf_release_start(struct vmf_daemon *d, struct vmf_conn *c, const char *vm_id)
 	struct vmf_vm *vm = vmf_daemon_lookup_vm(d, c, vm_id);
 	if (!vm)
 		return;
-	if (vm->state != VMF_VM_ASSIGNED && vm->state != VMF_VM_GONE) {
+	if (vm->state != VMF_VM_ASSIGNED && vm->state != VMF_VM_GONE && vm->state != VMF_VM_SUSPENDED) {
 		char msg[96];
 		snprintf(msg, sizeof(msg), "VM %s is not assigned (it is %s)", vm->id, vmf_vm_state_name(vm->state));
 		vmf_control_reply_error(c, EINVAL, msg);

@@ -193,16 +193,15 @@ vmf_snapshot_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control_
 		vmf_control_reply_error(c, EINVAL, msg);
 		return;
 	}
-	/* An attached disk is a device the receiving VMM and the template's
-	 * clones do not have, and a host file a template must not name. */
-	for (unsigned i = 0; i < VMF_DISK_SLOTS; i++) {
-		if (vm->disks[i]) {
-			char msg[PATH_MAX + 160];
-			snprintf(msg, sizeof(msg), "VM %s has the disk %s attached; a template cannot carry it: "
-				 "detach it first", vm->id, vm->disks[i]->path);
-			vmf_control_reply_error(c, EBUSY, msg);
-			return;
-		}
+	/* An attached disk or a network backend is a device the receiving VMM
+	 * and the template's clones do not have, and a host resource a
+	 * template must not name. */
+	char what[PATH_MAX + 64];
+	if (vmf_vm_has_host_parts(vm, what, sizeof(what))) {
+		char msg[PATH_MAX + 160];
+		snprintf(msg, sizeof(msg), "VM %s has %s; a template cannot carry it: detach it first", vm->id, what);
+		vmf_control_reply_error(c, EBUSY, msg);
+		return;
 	}
 	int slot = -1;
 	for (int i = 0; i < MAX_INFLIGHT; i++) {

@@ -49,6 +49,9 @@ vmf_vm_info_fill(struct vmf_daemon *d, const struct vmf_vm *vm, uint64_t pss_kib
 	info->hostfwd = vm->n_hostfwd ? calloc(vm->n_hostfwd, sizeof(char *)) : NULL;
 	for (unsigned i = 0; info->hostfwd && i < vm->n_hostfwd; i++)
 		info->hostfwd[info->n_hostfwd++] = strdup(vm->hostfwd[i]);
+	info->state_file = strdup(vm->state == VMF_VM_SUSPENDED ? vm->state_file : "");
+	info->state_size = vm->state == VMF_VM_SUSPENDED ? vm->state_size : 0;
+	info->suspended_ns = vm->state == VMF_VM_SUSPENDED ? vm->suspended_ns : 0;
 	info->pss_kib = info->pid > 0 && !vm->dead ? pss_kib : 0;
 	vmf_disk_info_fill(vm, info);
 	if (!vm->busy && vm->hv) {
@@ -64,7 +67,7 @@ vmf_vm_info_clear(Vmf__Control__VmInfo *info)
 			  &info->share_dir, &info->run_dir,
 			  &info->template_id, &info->pool, &info->state, &info->sandbox_id, &info->share_link,
 			  &info->sock_link, &info->boot_id, &info->machine_id, &info->hostname, &info->net,
-			  &info->netns, &info->netns_link, &info->mac };
+			  &info->netns, &info->netns_link, &info->mac, &info->state_file };
 	for (size_t i = 0; i < sizeof(strs) / sizeof(strs[0]); i++) {
 		free(*strs[i]);
 		*strs[i] = NULL;

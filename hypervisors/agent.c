@@ -236,6 +236,7 @@ expected(const Vmf__Agent__AgentRequest *req)
 	case VMF__AGENT__AGENT_REQUEST__BODY_RESEED_RNG: return VMF__AGENT__AGENT_REPLY__BODY_RNG;
 	case VMF__AGENT__AGENT_REQUEST__BODY_SET_TIME: return VMF__AGENT__AGENT_REPLY__BODY_TIME;
 	case VMF__AGENT__AGENT_REQUEST__BODY_MOUNT_SHARE: return VMF__AGENT__AGENT_REPLY__BODY_MOUNT;
+	case VMF__AGENT__AGENT_REQUEST__BODY_UNMOUNT_SHARE: return VMF__AGENT__AGENT_REPLY__BODY_MOUNT;
 	case VMF__AGENT__AGENT_REQUEST__BODY_NEW_IDENTITY: return VMF__AGENT__AGENT_REPLY__BODY_IDENTITY;
 	case VMF__AGENT__AGENT_REQUEST__BODY_HANDOUT: return VMF__AGENT__AGENT_REPLY__BODY_HANDOUT;
 	case VMF__AGENT__AGENT_REQUEST__BODY_MOUNT_DISK: return VMF__AGENT__AGENT_REPLY__BODY_DISK_MOUNTED;
@@ -454,6 +455,16 @@ vmf_agent_mount_share(struct vmf_agent *a, const char *tag, int timeout_ms, stru
 	m.tag = (char *)tag;
 	req.body_case = VMF__AGENT__AGENT_REQUEST__BODY_MOUNT_SHARE;
 	req.mount_share = &m;
+	return call_simple(a, &req, timeout_ms, err);
+}
+
+int
+vmf_agent_unmount_share(struct vmf_agent *a, int timeout_ms, struct vmf_error *err)
+{
+	Vmf__Agent__AgentRequest req = VMF__AGENT__AGENT_REQUEST__INIT;
+	Vmf__Agent__UnmountShare u = VMF__AGENT__UNMOUNT_SHARE__INIT;
+	req.body_case = VMF__AGENT__AGENT_REQUEST__BODY_UNMOUNT_SHARE;
+	req.unmount_share = &u;
 	return call_simple(a, &req, timeout_ms, err);
 }
 

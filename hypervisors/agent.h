@@ -101,5 +101,7 @@ int vmf_agent_unmount_disk(struct vmf_agent *a, const char *serial, const char *
 /* Runs argv in the guest (as root, no stdin) and waits for its exit code. */
 int vmf_agent_run(struct vmf_agent *a, const char *const *argv, int *exit_code, int timeout_ms,
 		  struct vmf_error *err);
+/* Unmounts the share (nothing mounted is no error); EBUSY while in use. */
+int vmf_agent_unmount_share(struct vmf_agent *a, int timeout_ms, struct vmf_error *err);
 
 #endif

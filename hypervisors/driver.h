@@ -137,6 +137,16 @@ struct vmf_hv_ops {
 	 * on every path where it ran before. */
 	int (*snapshot)(struct vmf_vmm *vm, const struct vmf_snapshot_to *to, int state_fd,
 			struct vmf_snapshot_result *res, struct vmf_error *err);
+	/* Suspend and resume (NULL: the driver cannot).  save_state pauses the
+	 * VM and saves its whole state to state_fd: devices and every byte of
+	 * guest RAM, hot-added memory included, none skipped as shared (a
+	 * clone's RAM is a private copy of its template's file).  The VM stays
+	 * paused and can be resumed (a failed suspend).  restore_state starts
+	 * a VMM for the VM st describes (a serialize of the saved handle: its
+	 * config, its hot-added vCPUs and memory, same sockets) that loads
+	 * state_fd; the result is paused. */
+	int (*save_state)(struct vmf_vmm *vm, int state_fd, struct vmf_error *err);
+	int (*restore_state)(const vmf_hv_state *st, int state_fd, struct vmf_vmm **out, struct vmf_error *err);
 
 	int (*pause)(struct vmf_vmm *vm, struct vmf_error *err);
 	int (*resume)(struct vmf_vmm *vm, struct vmf_error *err);

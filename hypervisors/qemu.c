@@ -44,6 +44,13 @@ struct vmf_vmm {
 	unsigned memory_mib;         /* base + hot-added */
 	unsigned dimms;
 	bool paused;
+	/* What was hot-added, in order, for a QEMU that loads its saved state
+	 * (vmf_qemu_append_hotplugged): each vCPU's -device value, each DIMM's
+	 * MiB. */
+	char **cpu_devs;
+	size_t n_cpu_devs;
+	uint32_t *dimm_mib;
+	size_t n_dimm_mib;
 };
 
 /* KVM CPU models, best first.  Nested KVM (a VM host that exposes
@@ -480,7 +487,29 @@ vm_free(struct vmf_vmm *vm)
 		vmf_qmp_close(vm->qmp);
 	vmf_vmm_close(&vm->proc);
 	vmf_vm_config_free(vm->cfg);
+	for (size_t i = 0; i < vm->n_cpu_devs; i++)
+		free(vm->cpu_devs[i]);
+	free(vm->cpu_devs);
+	free(vm->dimm_mib);
 	free(vm);
+}
+
+/* Copies what q says was hot-added into the handle. */
+static int
+take_hotplugged(struct vmf_vmm *vm, const Vmf__Hv__QemuState *q, struct vmf_error *err)
+{
+	if (q->n_cpu_devices && !(vm->cpu_devs = calloc(q->n_cpu_devices, sizeof(char *))))
+		return vmf_err(err, ENOMEM, "out of memory for VM %s's hot-added vCPUs", vm->cfg->id);
+	for (size_t i = 0; i < q->n_cpu_devices; i++) {
+		if (!(vm->cpu_devs[i] = strdup(q->cpu_devices[i])))
+			return vmf_err(err, ENOMEM, "out of memory for VM %s's hot-added vCPUs", vm->cfg->id);
+		vm->n_cpu_devs++;
+	}
+	if (q->n_dimm_mib && !(vm->dimm_mib = calloc(q->n_dimm_mib, sizeof(uint32_t))))
+		return vmf_err(err, ENOMEM, "out of memory for VM %s's hot-added DIMMs", vm->cfg->id);
+	for (size_t i = 0; i < q->n_dimm_mib; i++)
+		vm->dimm_mib[vm->n_dimm_mib++] = q->dimm_mib[i];
+	return 0;
 }
 
 static struct vmf_vmm *
@@ -527,7 +556,34 @@ spawn(struct vmf_vmm *vm, struct vmf_error *err)
 	char **argv = NULL;
 	int qmp_c = -1;
 	const struct vmf_qemu_fds fds = { .qmp = qmp_l, .mon = mon_l, .agent = agent_l, .vmf_agent = vmf_l };
-	int r = vmf_l < 0 ? vmf_l : vmf_qemu_build_argv(cfg, &fds, &argv, err);
+	/* A resume: what was hot-added after the VM started (on top of what
+	 * its config already carries, a snapshot template's parts) must be on
+	 * the command line too, as vmf_qemu_append_hotplugged writes it, with
+	 * the ids the hot-adds gave (vcpuN and dimmN count on from the
+	 * config's). */
+	vmf_vm_config more;
+	Vmf__Hv__HotDimm hot[VMF_SNAPSHOT_MAX_DIMMS], *hotp[VMF_SNAPSHOT_MAX_DIMMS];
+	int r = vmf_l;
+	if (r >= 0 && (vm->n_cpu_devs || vm->n_dimm_mib)) {
+		if (cfg->n_dimms + vm->n_dimm_mib > VMF_SNAPSHOT_MAX_DIMMS)
+			r = vmf_err(err, E2BIG, "VM %s has more than %d DIMMs", cfg->id, VMF_SNAPSHOT_MAX_DIMMS);
+		more = *cfg;
+		more.hotplugged_vcpus = cfg->hotplugged_vcpus + (uint32_t)vm->n_cpu_devs;
+		size_t n = 0;
+		for (size_t i = 0; r >= 0 && i < cfg->n_dimms; i++)
+			hotp[n++] = cfg->dimms[i];
+		for (size_t i = 0; r >= 0 && i < vm->n_dimm_mib; i++) {
+			vmf__hv__hot_dimm__init(&hot[i]);
+			hot[i].size_mib = vm->dimm_mib[i];
+			hotp[n++] = &hot[i];
+		}
+		more.dimms = hotp;
+		more.n_dimms = n;
+		cfg = &more;
+	}
+	if (r >= 0)
+		r = vmf_qemu_build_argv(cfg, &fds, &argv, err);
+	cfg = vm->cfg;
 	/* The QMP client connects before fork: the connection waits in the
 	 * listen backlog until QEMU accepts it. */
 	if (r == 0 && (qmp_c = vmf_vmm_connect_unix(vm->qmp_path, err)) < 0)
@@ -654,6 +710,32 @@ pass_fd(struct vmf_vmm *vm, const char *name, int fd, struct vmf_error *err)
 	return r;
 }
 
+/* QEMU sends MIGRATION "completed" before its main loop leaves the
+ * finish-migrate (source) or inmigrate (destination) run state, and a
+ * `cont` in between fails ("Migration is not finalized yet"): wait for the
+ * run state that follows. */
+static int
+wait_runstate_settled(struct vmf_vmm *vm, int64_t deadline, struct vmf_error *err)
+{
+	for (;;) {
+		json_object *ret = NULL, *st;
+		int r = qmp_cmd(vm, "query-status", NULL, &ret, err);
+		if (r < 0)
+			return r;
+		char s[32];
+		snprintf(s, sizeof(s), "%s", json_object_object_get_ex(ret, "status", &st) ? json_object_get_string(st) : "");
+		bool settled = strcmp(s, "finish-migrate") != 0 && strcmp(s, "inmigrate") != 0;
+		json_object_put(ret);
+		if (settled)
+			return 0;
+		if (vmf_now_ms() >= deadline)
+			return vmf_err(err, ETIMEDOUT, "VM %s: QEMU stayed in run state %s after its migration "
+				       "completed", vm->cfg->id, s);
+		struct timespec ts = { 0, 2 * 1000 * 1000 };
+		nanosleep(&ts, NULL);
+	}
+}
+
 /* Waits for the MIGRATION event to reach a final state. */
 static int
 wait_migration(struct vmf_vmm *vm, const char *what, struct vmf_error *err)
@@ -675,7 +757,7 @@ wait_migration(struct vmf_vmm *vm, const char *what, struct vmf_error *err)
 					? json_object_get_string(status) : "";
 		if (strcmp(s, "completed") == 0) {
 			json_object_put(data);
-			return 0;
+			return wait_runstate_settled(vm, deadline, err);
 		}
 		if (strcmp(s, "failed") == 0 || strcmp(s, "cancelled") == 0) {
 			json_object_put(data);
@@ -925,6 +1007,95 @@ fail:
 	return r;
 }
 
+/* Suspend: every byte of guest RAM into the stream.  A clone loaded its
+ * template with x-ignore-shared, which QEMU keeps set: cleared here so that
+ * the stream is the plain format the resuming QEMU reads (the clone's RAM,
+ * a share=off mapping, was never skipped by it anyway). */
+static int
+qemu_save_state(struct vmf_vmm *vm, int state_fd, struct vmf_error *err)
+{
+	if (vm->n_cpu_devs != vm->vcpus - vm->cfg->vcpus - vm->cfg->hotplugged_vcpus ||
+	    vm->n_dimm_mib != vm->dimms - vm->cfg->n_dimms)
+		return vmf_err(err, ENOTSUP, "VM %s was grown by a vmfactory that did not record its hot-added "
+			       "devices, which a resuming QEMU needs: it cannot be suspended", vm->cfg->id);
+	int r;
+	if (!vm->paused && (r = qmp_cmd(vm, "stop", NULL, NULL, err)) < 0)
+		return r;
+	vm->paused = true;
+	if ((r = set_capability(vm, "events", true, err)) < 0 || (r = has_capability(vm, "x-ignore-shared", err)) < 0)
+		return r;
+	if (r == 1 && (r = set_capability(vm, "x-ignore-shared", false, err)) < 0)
+		return r;
+	/* QEMU's default limit (128 MiB/s) would make the save of a paused VM
+	 * wait on a rate, not on the disk. */
+	json_object *p = json_object_new_object();
+	json_object_object_add(p, "max-bandwidth", json_object_new_int64(INT64_C(1) << 40));
+	r = qmp_cmd(vm, "migrate-set-parameters", p, NULL, err);
+	json_object_put(p);
+	if (r < 0 || (r = pass_fd(vm, "vmfstate", state_fd, err)) < 0)
+		return r;
+	json_object *args = json_object_new_object();
+	json_object_object_add(args, "uri", json_object_new_string("fd:vmfstate"));
+	r = qmp_cmd(vm, "migrate", args, NULL, err);
+	json_object_put(args);
+	if (r < 0)
+		return r;
+	return wait_migration(vm, "saving its state", err);
+}
+
+/* Resume: a QEMU with the saved VM's config (same sockets, template memory
+ * file mapped share=off as before) and its hot-added vCPUs and DIMMs on
+ * the command line, loading the whole state. */
+static int
+qemu_restore_state(const vmf_hv_state *st, int state_fd, struct vmf_vmm **out, struct vmf_error *err)
+{
+	*out = NULL;
+	if (st->schema_version != STATE_SCHEMA_VERSION || !st->config || !st->qemu)
+		return vmf_err(err, EINVAL, "saved hypervisor state has schema %u, expected %u", st->schema_version,
+			       STATE_SCHEMA_VERSION);
+	vmf_vm_config *cfg = vmf_vm_config_dup(st->config);
+	if (!cfg)
+		return vmf_err(err, ENOMEM, "out of memory for a VM config");
+	cfg->incoming = true;
+	struct vmf_vmm *vm = vm_new(cfg, err);
+	vmf_vm_config_free(cfg);
+	if (!vm)
+		return -ENOMEM;
+	int r = take_hotplugged(vm, st->qemu, err);
+	if (r == 0 && (vm->n_cpu_devs + vm->cfg->vcpus + vm->cfg->hotplugged_vcpus != st->vcpus ||
+			 vm->n_dimm_mib + vm->cfg->n_dimms != st->qemu->dimm_count))
+		r = vmf_err(err, EINVAL, "VM %s: its saved state records %u vCPUs and %u DIMMs but names %zu "
+			    "hot-added vCPUs and %zu DIMMs", vm->cfg->id, st->vcpus, st->qemu->dimm_count,
+			    vm->n_cpu_devs, vm->n_dimm_mib);
+	if (r < 0) {
+		vm_free(vm);
+		return r;
+	}
+	vm->vcpus = st->vcpus;
+	vm->memory_mib = st->memory_mib;
+	vm->dimms = st->qemu->dimm_count;
+	if ((r = spawn(vm, err)) < 0) {
+		vm_free(vm);
+		return r;
+	}
+	vm->paused = true;
+	log_vm(VMF_LOG_DEBUG, vm->cfg->id, "QEMU pid %d started to resume", (int)vm->proc.pid);
+	if ((r = set_capability(vm, "events", true, err)) < 0 || (r = pass_fd(vm, "vmfstate", state_fd, err)) < 0)
+		goto fail;
+	json_object *args = json_object_new_object();
+	json_object_object_add(args, "uri", json_object_new_string("fd:vmfstate"));
+	r = qmp_cmd(vm, "migrate-incoming", args, NULL, err);
+	json_object_put(args);
+	if (r < 0 || (r = wait_migration(vm, "loading its saved state", err)) < 0)
+		goto fail;
+	*out = vm;
+	return 0;
+fail:
+	vmf_vmm_kill(&vm->proc, "QEMU", vm->cfg->id);
+	vm_free(vm);
+	return r;
+}
+
 static int
 qemu_pause(struct vmf_vmm *vm, struct vmf_error *err)
 {
@@ -1020,15 +1191,31 @@ qemu_hotplug_vcpus(struct vmf_vmm *vm, unsigned total, struct vmf_error *err)
 		}
 		json_object *args = json_object_new_object();
 		json_object_object_add(args, "driver", json_object_get(type));
-		char id[32];
+		char id[32], dev[256];
 		snprintf(id, sizeof(id), "vcpu%u", vm->vcpus);
 		json_object_object_add(args, "id", json_object_new_string(id));
-		json_object_object_foreach(props, key, val)
+		int len = snprintf(dev, sizeof(dev), "%s,id=%s", json_object_get_string(type), id);
+		json_object_object_foreach(props, key, val) {
 			json_object_object_add(args, key, json_object_get(val));
+			if (len > 0 && (size_t)len < sizeof(dev))
+				len += snprintf(dev + len, sizeof(dev) - (size_t)len, ",%s=%s", key,
+						json_object_get_string(val));
+		}
+		char **devs = realloc(vm->cpu_devs, (vm->n_cpu_devs + 1) * sizeof(char *));
+		if (devs)
+			vm->cpu_devs = devs;
+		if (!devs || len < 0 || (size_t)len >= sizeof(dev) || !(devs[vm->n_cpu_devs] = strdup(dev))) {
+			json_object_put(args);
+			r = vmf_err(err, ENOMEM, "VM %s: out of memory recording a hot-added vCPU", vm->cfg->id);
+			break;
+		}
 		r = qmp_cmd(vm, "device_add", args, NULL, err);
 		json_object_put(args);
-		if (r < 0)
+		if (r < 0) {
+			free(devs[vm->n_cpu_devs]);
 			break;
+		}
+		vm->n_cpu_devs++;
 		vm->vcpus++;
 	}
 	json_object_put(ret);
@@ -1046,6 +1233,10 @@ qemu_hotplug_memory(struct vmf_vmm *vm, unsigned add_mib, struct vmf_error *err)
 	int r = vmf_hotplug_mem_check(vm->cfg, vm->memory_mib, add_mib, err);
 	if (r < 0)
 		return r;
+	uint32_t *sizes = realloc(vm->dimm_mib, (vm->n_dimm_mib + 1) * sizeof(uint32_t));
+	if (!sizes)
+		return vmf_err(err, ENOMEM, "VM %s: out of memory recording a hot-added DIMM", vm->cfg->id);
+	vm->dimm_mib = sizes;
 	char mem[32], dimm[32];
 	snprintf(mem, sizeof(mem), "hotmem%u", vm->dimms);
 	snprintf(dimm, sizeof(dimm), "dimm%u", vm->dimms);
@@ -1072,6 +1263,7 @@ qemu_hotplug_memory(struct vmf_vmm *vm, unsigned add_mib, struct vmf_error *err)
 		json_object_put(args);
 		return r;
 	}
+	vm->dimm_mib[vm->n_dimm_mib++] = add_mib;
 	vm->dimms++;
 	vm->memory_mib += add_mib;
 	return 0;
@@ -1173,6 +1365,14 @@ qemu_serialize(const struct vmf_vmm *vm, vmf_hv_state **out, struct vmf_error *e
 	q->dimm_count = vm->dimms;
 	q->hotplugged_cpus = vm->vcpus - vm->cfg->vcpus;
 	q->hotplugged_mem_mib = vm->memory_mib - vm->cfg->memory_mib;
+	/* Owned by st (free_unpacked frees each): copies. */
+	if (vm->n_cpu_devs && (q->cpu_devices = calloc(vm->n_cpu_devs, sizeof(char *))))
+		for (size_t i = 0; i < vm->n_cpu_devs && (q->cpu_devices[i] = strdup(vm->cpu_devs[i])); i++)
+			q->n_cpu_devices++;
+	if (vm->n_dimm_mib && (q->dimm_mib = malloc(vm->n_dimm_mib * sizeof(uint32_t)))) {
+		memcpy(q->dimm_mib, vm->dimm_mib, vm->n_dimm_mib * sizeof(uint32_t));
+		q->n_dimm_mib = vm->n_dimm_mib;
+	}
 	st->schema_version = STATE_SCHEMA_VERSION;
 	st->kind = VMF__HV__HYPERVISOR_KIND__HV_QEMU;
 	st->pid = qemu_pid(vm);
@@ -1183,6 +1383,11 @@ qemu_serialize(const struct vmf_vmm *vm, vmf_hv_state **out, struct vmf_error *e
 	st->memory_mib = vm->memory_mib;
 	st->paused = vm->paused;
 	*out = st;
+	if (q->n_cpu_devices != vm->n_cpu_devs || q->n_dimm_mib != vm->n_dimm_mib) {
+		vmf__hv__hypervisor_state__free_unpacked(st, NULL);
+		*out = NULL;
+		return vmf_err(err, ENOMEM, "out of memory serializing VM %s", vm->cfg->id);
+	}
 	return 0;
 }
 
@@ -1229,6 +1434,10 @@ qemu_adopt(const vmf_hv_state *st, struct vmf_vmm **out, struct vmf_error *err)
 	vm->memory_mib = st->memory_mib;
 	vm->dimms = st->qemu->dimm_count;
 	vm->paused = st->paused;
+	if (take_hotplugged(vm, st->qemu, err) < 0) {
+		vm_free(vm);
+		return -err->code;
+	}
 	/* The record names the daemon's monitor: qmp.sock for a VM started
 	 * before the sandbox got its own monitor, which then has no other. */
 	if (st->qemu->qmp_socket && *st->qemu->qmp_socket)
@@ -1461,6 +1670,8 @@ const struct vmf_hv_ops vmf_qemu_ops = {
 	.start_from_template = qemu_start_from_template,
 	.save_template = qemu_save_template,
 	.snapshot = qemu_snapshot,
+	.save_state = qemu_save_state,
+	.restore_state = qemu_restore_state,
 	.pause = qemu_pause,
 	.resume = qemu_resume,
 	.hotplug_vcpus = qemu_hotplug_vcpus,

@@ -249,6 +249,8 @@ START_TEST(disks_end_to_end)
 	/* A template cannot carry a host file: snapshot is refused, the VM runs on. */
 	ck_assert_int_ne(vmf_e(err, sizeof err, "snapshot %s --template %s", g.id, "withdisk"), 0);
 	ck_assert_msg(strstr(err, "attached") && strstr(err, "detach it first"), "snapshot with a disk: %s", err);
+	ck_assert_int_ne(vmf_e(err, sizeof err, "suspend %s%s", g.id, ""), 0);
+	ck_assert_msg(strstr(err, "disk") && strstr(err, "cannot keep"), "suspend with a disk: %s", err);
 	ck_assert_int_eq(guest_sh(g.id, "true", NULL, 0), 0);
 	/* The slot it had is free in QEMU too: the same disk attaches now. */
 	snprintf(cmd, sizeof cmd, "attach %s --disk %s --mount /mnt/other", g.id, img2);

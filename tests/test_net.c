@@ -472,6 +472,17 @@ START_TEST(net_end_to_end)
 	vmf(&insp, "inspect %s", a.id);
 	check(strstr(insp, "10.231.0.2/24") && strstr(insp, a.mac), "inspect shows the guest NIC: %s", insp);
 	free(insp);
+	/* A tap in someone's namespace cannot go into a saved state or a
+	 * template: both refused, the VM runs on. */
+	char *rs = NULL;
+	check(vmf(&rs, "suspend %s", a.id) != 0, "suspend of a VM with network is refused");
+	free(rs);
+	rs = NULL;
+	check(vmf(&rs, "snapshot %s --template netsnap", a.id) != 0, "snapshot of a VM with network is refused");
+	free(rs);
+	out = guest_sh(a.id, "echo still-here");
+	check(strstr(out, "still-here") != NULL, "the VM runs on after the refusals: '%s'", out);
+	free(out);
 	char why[2048];
 	if (a.rc == 0)
 		release_vm(a.id, "poda");

@@ -1294,6 +1294,29 @@ do_unmount_disk(Reply *r, const Vmf__Agent__UnmountDisk *req)
 	r->disk_unmounted = &out.disk;
 }
 
+/* Suspend asks this first: QEMU refuses to migrate while the 9p share is
+ * mounted.  A plain umount, never a lazy one: a lazily detached share stays
+ * attached (and migration blocked) as long as a file in it is open. */
+static void
+do_unmount(Reply *r)
+{
+	char cur[256];
+	if (mounted_9p_tag(share_dir, cur, sizeof(cur)) < 0) {
+		fail(r, errno, "cannot read /proc/self/mounts: %s", strerror(errno));
+		return;
+	}
+	if (cur[0] && umount(share_dir) < 0) {
+		int e = errno;
+		fail(r, e, "cannot unmount the share at %s: %s%s", share_dir, strerror(e),
+		     e == EBUSY ? " (a process has a file or its working directory in it)" : "");
+		return;
+	}
+	vmf__agent__mount_result__init(&out.mount);
+	out.mount.path = (char *)share_dir;
+	r->body_case = VMF__AGENT__AGENT_REPLY__BODY_MOUNT;
+	r->mount = &out.mount;
+}
+
 /* ---- host connections: frame parser and reply queue ---- */
 
 /* What ends a connection decides what happens next: a test stream ends
@@ -2108,6 +2131,9 @@ handle(struct conn *c, const Vmf__Agent__AgentRequest *req, Reply *r)
 		break;
 	case VMF__AGENT__AGENT_REQUEST__BODY_MOUNT_SHARE:
 		do_mount(r, req->mount_share);
+		break;
+	case VMF__AGENT__AGENT_REQUEST__BODY_UNMOUNT_SHARE:
+		do_unmount(r);
 		break;
 	case VMF__AGENT__AGENT_REQUEST__BODY_NEW_IDENTITY:
 		do_new_identity(r, req->new_identity);

@@ -63,6 +63,8 @@ int cmd_status(const struct cmd *cmd, struct args *a);
 int cmd_get(const struct cmd *cmd, struct args *a);
 int cmd_inspect(const struct cmd *cmd, struct args *a);
 int cmd_release(const struct cmd *cmd, struct args *a);
+int cmd_suspend(const struct cmd *cmd, struct args *a);
+int cmd_resume(const struct cmd *cmd, struct args *a);
 int cmd_destroy(const struct cmd *cmd, struct args *a);
 int cmd_attach(const struct cmd *cmd, struct args *a);
 int cmd_detach(const struct cmd *cmd, struct args *a);

@@ -126,7 +126,7 @@ static int cmd_help(const struct cmd *cmd, struct args *a);
 /* The one command table: dispatch, usage errors and `help` all read it.
  * opts lists the command's own long options ("name=" takes a value); the
  * common ones (common_opts) are accepted everywhere.  Handlers: init and
- * daemon in start.c; status, get, inspect, release, destroy in remote.c;
+ * daemon in start.c; status, get, inspect, release, suspend, resume, destroy in remote.c;
  * check-config and template * in templates.c; help here. */
 static const struct cmd commands[] = {
 	{ "init", "[--config FILE] --pool N [--cpus N --memory MIB --max-cpus N --max-memory MIB] [--no-share] [--foreground] [--wait] "
@@ -158,6 +158,9 @@ static const struct cmd commands[] = {
 	  "template=", 1, 1, cmd_snapshot },
 	{ "inspect", "VMID [-o json]", "show a VM, with the guest agent's own view", "", 1, 1, cmd_inspect },
 	{ "release", "VMID", "stop an assigned VM and remove its dirs and links", "", 1, 1, cmd_release },
+	{ "suspend", "VMID [-o json]", "save an assigned VM's whole state to disk and stop its process", "", 1, 1,
+	  cmd_suspend },
+	{ "resume", "VMID [-o json]", "run a suspended VM again from its saved state", "", 1, 1, cmd_resume },
 	{ "exec", "VMID [--timeout S] [--env K=V]... [--cwd DIR] [--user UID[:GID]] [--tty] -- CMD [ARG...]",
 	  "run a command in a handed-out VM through its agent", "timeout=,env=,cwd=,user=,tty", 2, 1 << 20,
 	  cmd_exec },

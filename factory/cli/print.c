@@ -94,6 +94,11 @@ vminfo_json(const Vmf__Control__VmInfo *v)
 	for (size_t i = 0; i < v->n_hostfwd; i++)
 		json_object_array_add(fw, json_object_new_string(v->hostfwd[i]));
 	json_object_object_add(o, "hostfwd", fw);
+	if (v->state_file && *v->state_file) {
+		JS(o, "state_file", v->state_file);
+		JI(o, "state_size", v->state_size);
+		JI(o, "suspended_ns", v->suspended_ns);
+	}
 	if (v->hypervisor) {
 		json_object *h = json_object_new_object();
 		JI(h, "pid", v->hypervisor->pid);
@@ -143,6 +148,8 @@ vminfo_human(const Vmf__Control__VmInfo *v)
 			printf("%s%s", i ? ", " : "; forwards ", v->hostfwd[i]);
 		printf("\n");
 	}
+	if (v->state_file && *v->state_file)
+		printf("saved state:  %s, %.1f MiB on disk\n", v->state_file, v->state_size / 1048576.0);
 }
 
 json_object *
@@ -374,6 +381,8 @@ status_human(const Vmf__Control__Reply *r)
 		printf("%-36s  %-11s  %6d  %6lld  %5u  %6u  %8llu  %5u  %s\n", v->id, v->state, v->pid,
 		       (long long)(v->created_ns ? (vmf_realtime_ns() - v->created_ns) / 1000000000 : 0), v->vcpus,
 		       v->memory_mib, (unsigned long long)v->pss_kib, v->owner_uid, v->sandbox_id);
+		if (v->state_file && *v->state_file)
+			printf("  saved state: %.1f MiB on disk in %s\n", v->state_size / 1048576.0, v->state_file);
 	}
 	printf("\nrequests %llu, hits %llu, misses %llu, errors %llu; hand-out p50 %.1f ms, p99 %.1f ms\n",
 	       (unsigned long long)s->requests, (unsigned long long)s->hits, (unsigned long long)s->misses,

@@ -274,6 +274,53 @@ cmd_snapshot(const struct cmd *cmd, struct args *a)
 	return remote(a, &(struct remote_call){ send_snapshot, NULL, 600000, snapshot_json, snapshot_human, false });
 }
 
+static int
+send_suspend(struct vmf_client *c, struct args *a, void *req, int timeout_ms, Vmf__Control__Reply **r,
+	     struct vmf_error *e)
+{
+	(void)req;
+	return vmf_client_suspend_vm(c, a->pos[0], r, timeout_ms, e);
+}
+
+static int
+send_resume(struct vmf_client *c, struct args *a, void *req, int timeout_ms, Vmf__Control__Reply **r,
+	    struct vmf_error *e)
+{
+	(void)req;
+	return vmf_client_resume_vm(c, a->pos[0], r, timeout_ms, e);
+}
+
+static void
+suspended_human(const Vmf__Control__Reply *r)
+{
+	printf("suspended %s: %.1f MiB of state in %s\n", r->vm->id, r->vm->state_size / 1048576.0,
+	       r->vm->state_file);
+}
+
+static void
+resumed_human(const Vmf__Control__Reply *r)
+{
+	printf("resumed %s (pid %d), clock error %.3f ms\n", r->vm->id, r->vm->pid, r->vm->clock_error_ms);
+}
+
+/* A save or load moves the guest's whole memory: minutes for large VMs on
+ * a slow disk, not the default call timeout. */
+#define SUSPEND_TIMEOUT_MS 600000
+
+int
+cmd_suspend(const struct cmd *cmd, struct args *a)
+{
+	(void)cmd;
+	return remote(a, &(struct remote_call){ send_suspend, NULL, SUSPEND_TIMEOUT_MS, vm_json, suspended_human, false });
+}
+
+int
+cmd_resume(const struct cmd *cmd, struct args *a)
+{
+	(void)cmd;
+	return remote(a, &(struct remote_call){ send_resume, NULL, SUSPEND_TIMEOUT_MS, vm_json, resumed_human, false });
+}
+
 struct destroy_req {
 	pid_t pid;            /* the daemon's, from a status first: destroy waits for it to exit */
 	unsigned stopped;

@@ -206,6 +206,40 @@ vmf_client_release_vm(struct vmf_client *c, const char *vm_id, int timeout_ms, s
 	return rc;
 }
 
+/* Suspend and resume answer the VM's VmInfo. */
+static int
+suspend_resume(struct vmf_client *c, const char *vm_id, bool resume, Vmf__Control__Reply **reply, int timeout_ms,
+	       struct vmf_error *err)
+{
+	Vmf__Control__Request req = VMF__CONTROL__REQUEST__INIT;
+	Vmf__Control__SuspendVMRequest s = VMF__CONTROL__SUSPEND_VMREQUEST__INIT;
+	Vmf__Control__ResumeVMRequest r = VMF__CONTROL__RESUME_VMREQUEST__INIT;
+	s.vm_id = r.vm_id = (char *)vm_id;
+	if (resume) {
+		req.body_case = VMF__CONTROL__REQUEST__BODY_RESUME_VM;
+		req.resume_vm = &r;
+	} else {
+		req.body_case = VMF__CONTROL__REQUEST__BODY_SUSPEND_VM;
+		req.suspend_vm = &s;
+	}
+	return call_expect(c, &req, VMF__CONTROL__REPLY__BODY_VM, resume ? "ResumeVM" : "SuspendVM", reply,
+			   timeout_ms, err);
+}
+
+int
+vmf_client_suspend_vm(struct vmf_client *c, const char *vm_id, Vmf__Control__Reply **reply, int timeout_ms,
+		      struct vmf_error *err)
+{
+	return suspend_resume(c, vm_id, false, reply, timeout_ms, err);
+}
+
+int
+vmf_client_resume_vm(struct vmf_client *c, const char *vm_id, Vmf__Control__Reply **reply, int timeout_ms,
+		     struct vmf_error *err)
+{
+	return suspend_resume(c, vm_id, true, reply, timeout_ms, err);
+}
+
 int
 vmf_client_inspect(struct vmf_client *c, const char *vm_id, Vmf__Control__Reply **reply, int timeout_ms,
 		   struct vmf_error *err)

@@ -59,6 +59,14 @@ uint32_t vmf_client_request_version(const Vmf__Control__Request *req);
 int vmf_client_get_vm(struct vmf_client *c, const Vmf__Control__GetVMRequest *req, Vmf__Control__Reply **reply,
 		      int timeout_ms, struct vmf_error *err);
 int vmf_client_release_vm(struct vmf_client *c, const char *vm_id, int timeout_ms, struct vmf_error *err);
+/* Suspend: the VM's whole state saved by the daemon, its process stopped;
+ * resume: running again from it (same id, sockets, links, share; clock
+ * set).  The reply's vm shows the VM (suspended: state_file, state_size).
+ * A save or load takes seconds per GiB of guest memory: allow for it. */
+int vmf_client_suspend_vm(struct vmf_client *c, const char *vm_id, Vmf__Control__Reply **reply, int timeout_ms,
+			  struct vmf_error *err);
+int vmf_client_resume_vm(struct vmf_client *c, const char *vm_id, Vmf__Control__Reply **reply, int timeout_ms,
+			 struct vmf_error *err);
 int vmf_client_inspect(struct vmf_client *c, const char *vm_id, Vmf__Control__Reply **reply, int timeout_ms,
 		       struct vmf_error *err);
 /* Turns assigned VM vm_id's current state into a new template named

@@ -1,0 +1,603 @@
+/* Suspend and resume of an assigned VM, each a job on a worker that owns
+ * the VM (busy) while it runs, as libvirt runs one job per domain.
+ *
+ * Suspend saves the VM's whole state into <state_dir>/suspended/<id>.state
+ * and stops its process; resume starts a process that loads it.  The
+ * record and the files change in an order that leaves every crash point a
+ * state recovery (vmf_suspend_recover) finishes or rolls back:
+ *
+ *   suspend: record SUSPENDING -> unmount the share -> save into
+ *            <id>.state.tmp, fsync, rename, fsync the dir -> record
+ *            SUSPENDED (no pid) -> stop the process
+ *   resume:  record RESUMING (no pid) -> start a process loading the file
+ *            -> cont, clock, share, ACLs -> record ASSIGNED -> remove the file
+ *
+ * Recovery: SUSPENDING with the process alive rolls back (the saved or
+ * partial file goes, the VM runs on, assigned); with it dead, a renamed
+ * file makes it SUSPENDED, else it is gone.  SUSPENDED and RESUMING are
+ * never adopted: a process of theirs is killed as an orphan, and RESUMING
+ * is SUSPENDED again (the file is still there).  A file under suspended/
+ * that no such record names is removed. */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/socket.h>
+#include <sys/statvfs.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "agent.h"
+#include "factory.h"
+#include "log.h"
+#include "sockaddr.h"
+
+#define AGENT_TIMEOUT_MS 10000
+#define SUSPEND_DIR "suspended"
+
+struct suspend_job {
+	struct vmf_daemon *d;
+	struct vmf_conn *c;
+	struct vmf_vm *vm;           /* the loop's: the worker touches only snap */
+	struct vmf_vm snap;          /* the worker's copy; the done callback applies it */
+	bool resume;
+	bool share;                  /* the driver has a share device: unmount, mount again */
+	bool owner_admin;            /* the owner is root or the daemon's user: no ACLs */
+	double ms;
+	uint64_t pss_kib;
+	int rc;
+	struct vmf_error err;
+};
+
+static void
+state_path(const struct vmf_daemon *d, const char *id, char *out, size_t n)
+{
+	snprintf(out, n, "%s/%s/%s.state", d->opts.state_dir, SUSPEND_DIR, id);
+}
+
+static void
+remove_state_files(const char *file)
+{
+	char tmp[PATH_MAX + 8];
+	snprintf(tmp, sizeof(tmp), "%s.tmp", file);
+	unlink(tmp);
+	unlink(file);
+}
+
+/* The driver state a suspended VM resumes from: the handle's, with no
+ * process (a pid in a suspended record would be adopted, or taken for a
+ * live one). */
+static int
+saved_hv_of(struct vmf_vm *vm, Vmf__Hv__HypervisorState **out, struct vmf_error *err)
+{
+	int r = vm->ops->serialize(vm->hv, out, err);
+	if (r < 0)
+		return r;
+	(*out)->pid = 0;
+	(*out)->start_time_ticks = 0;
+	(*out)->paused = true;
+	return 0;
+}
+
+static struct vmf_agent *
+agent_open(struct vmf_vm *vm, struct vmf_error *err)
+{
+	int fd = vm->ops->agent_connect(vm->hv, AGENT_TIMEOUT_MS, err);
+	if (fd < 0)
+		return NULL;
+	struct vmf_agent *a = vmf_agent_new(fd);
+	if (!a) {
+		vmf_err(err, ENOMEM, "out of memory for the agent channel");
+		return NULL;
+	}
+	if (vmf_agent_wait_ready(a, AGENT_TIMEOUT_MS, err) < 0) {
+		vmf_agent_free(a);
+		return NULL;
+	}
+	return a;
+}
+
+/* The owner's agent port answers a ping.  The first host connection to a
+ * virtio-serial port after the VM's state was saved (a resume, or a save
+ * rolled back) now and then goes unread for good (measured: about one
+ * resume in eight, QEMU 7.2 under TCG; a second connection is served), so
+ * the daemon makes that connection, and the owner's first exec is not the
+ * one left hanging.  Unix-socket agents only (QEMU). */
+static void
+prime_owner_port(const struct vmf_vm *vm)
+{
+	if (!vm->ops->agent_transport || strcmp(vm->ops->agent_transport, "unix") != 0)
+		return;
+	char path[PATH_MAX + 64];
+	snprintf(path, sizeof(path), "%s/%s", vm->run_dir, vm->ops->agent_socket);
+	for (int attempt = 0; attempt < 3; attempt++) {
+		struct sockaddr_un sa;
+		struct vmf_error err = {0};
+		if (vmf_unix_addr(&sa, NULL, path, &err) < 0)
+			return;
+		int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		if (fd < 0)
+			return;
+		if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+			close(fd);
+			return;
+		}
+		struct vmf_agent *a = vmf_agent_new(fd);
+		if (!a)
+			return;
+		int r = vmf_agent_wait_ready(a, 2000, &err);
+		vmf_agent_free(a);
+		if (r == 0)
+			return;
+		log_vm(VMF_LOG_DEBUG, vm->id, "its agent port did not answer the first connection: %s", err.msg);
+	}
+	log_vm(VMF_LOG_WARN, vm->id, "its owner's agent port does not answer after three connections");
+}
+
+/* Sets the guest's clock (it stood still while suspended) and mounts the
+ * share again; the VM runs. */
+static int
+guest_back(struct suspend_job *j, struct vmf_vm *vm, struct vmf_error *err)
+{
+	struct vmf_agent *a = agent_open(vm, err);
+	if (!a)
+		return -err->code;
+	int64_t guest_ns = 0;
+	int r = vmf_agent_set_time(a, vmf_realtime_ns(), &guest_ns, AGENT_TIMEOUT_MS, err);
+	if (r == 0) {
+		int64_t off = guest_ns - vmf_realtime_ns();
+		vm->clock_error_ms = (double)(off < 0 ? -off : off) / 1e6;
+		if (vm->clock_error_ms > 1000)
+			r = vmf_err(err, EIO, "the guest clock is %.0f ms off after setting it", vm->clock_error_ms);
+	}
+	if (r == 0 && j->share)
+		r = vmf_agent_mount_share(a, VMF_SHARE_TAG, AGENT_TIMEOUT_MS, err);
+	vmf_agent_free(a);
+	return r;
+}
+
+/* ---- suspend ---- */
+
+/* Why the save failed, when it is the state dir's space. */
+static void
+explain_full(const char *dir, const char *tmp, struct vmf_error *err)
+{
+	struct statvfs sv;
+	struct stat st;
+	if (statvfs(dir, &sv) < 0 || (uint64_t)sv.f_bavail * sv.f_frsize >= (1u << 20))
+		return;
+	uint64_t written = stat(tmp, &st) == 0 ? (uint64_t)st.st_size : 0;
+	vmf_err(err, ENOSPC, "no space left in %s: the VM's state did not fit (%llu MiB written when the file "
+		"system filled up)", dir, (unsigned long long)(written >> 20));
+}
+
+static void
+suspend_work(void *arg)
+{
+	struct suspend_job *j = arg;
+	struct vmf_daemon *d = j->d;
+	struct vmf_vm *vm = &j->snap;
+	struct vmf_error *err = &j->err;
+	int64_t t0 = vmf_monotonic_ns();
+	char dir[PATH_MAX], tmp[PATH_MAX + 8];
+	snprintf(dir, sizeof(dir), "%s/%s", d->opts.state_dir, SUSPEND_DIR);
+	snprintf(tmp, sizeof(tmp), "%s.tmp", vm->state_file);
+	bool unmounted = false, saved = false;
+	int fd = -1, r;
+
+	/* First: a daemon dying from here on leaves a record recovery rolls
+	 * back (the process still runs) or forward (the file is complete). */
+	if ((r = vmf_cache_put_vm_record(&d->cache, vm, VMF_VM_SUSPENDING, err)) < 0) {
+		vmf_error_prefix(err, "recording VM %s as suspending", vm->id);
+		goto out;
+	}
+	if ((r = vmf_mkdir_p(dir, 0700, err)) < 0)
+		goto rollback;
+	/* QEMU refuses to migrate a VM whose guest has its 9p share mounted. */
+	if (j->share) {
+		struct vmf_agent *a = agent_open(vm, err);
+		r = a ? vmf_agent_unmount_share(a, AGENT_TIMEOUT_MS, err) : -err->code;
+		vmf_agent_free(a);
+		if (r < 0) {
+			vmf_error_prefix(err, "the guest cannot unmount its share");
+			goto rollback;
+		}
+		unmounted = true;
+	}
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fd < 0) {
+		r = vmf_err_sys(err, errno, "cannot create %s", tmp);
+		goto rollback;
+	}
+	saved = true;   /* from here the VM is paused by the save */
+	r = vm->ops->save_state(vm->hv, fd, err);
+	if (r == 0 && fsync(fd) < 0)
+		r = vmf_err_sys(err, errno, "cannot write %s", tmp);
+	if (r < 0) {
+		explain_full(dir, tmp, err);
+		goto rollback;
+	}
+	struct stat st;
+	if (fstat(fd, &st) == 0)
+		vm->state_size = (uint64_t)st.st_size;
+	close(fd);
+	fd = -1;
+	VMF_FAULT("suspend-saving");
+	if (rename(tmp, vm->state_file) < 0) {
+		r = vmf_err_sys(err, errno, "cannot rename %s to %s", tmp, vm->state_file);
+		goto rollback;
+	}
+	if ((r = vmf_fsync_dir(dir, err)) < 0)
+		goto rollback;
+	VMF_FAULT("suspend-saved");
+	if ((r = saved_hv_of(vm, &vm->saved_hv, err)) < 0)
+		goto rollback;
+	vm->suspended_ns = vmf_realtime_ns();
+	{
+		/* Recorded without its process, which stops next: from here on
+		 * the VM is suspended whatever happens to the daemon. */
+		struct vmf_vm rec = *vm;
+		rec.hv = NULL;
+		r = vmf_cache_put_vm_record(&d->cache, &rec, VMF_VM_SUSPENDED, err);
+	}
+	if (r < 0) {
+		vmf_error_prefix(err, "recording VM %s as suspended", vm->id);
+		goto rollback;
+	}
+	VMF_FAULT("suspend-recorded");
+	struct vmf_error serr = {0};
+	if (vm->ops->stop(vm->hv, VMF_STOP_TIMEOUT_MS, &serr) < 0)
+		log_vm(VMF_LOG_WARN, vm->id, "stopping its suspended process: %s", serr.msg);
+	vm->ops->release(vm->hv);
+	vm->hv = NULL;
+	j->ms = (double)(vmf_monotonic_ns() - t0) / 1e6;
+	j->rc = 0;
+	return;
+
+rollback:
+	/* The VM keeps running as it was: no file of the attempt is left. */
+	if (fd >= 0)
+		close(fd);
+	remove_state_files(vm->state_file);
+	if (vm->saved_hv) {
+		vmf__hv__hypervisor_state__free_unpacked(vm->saved_hv, NULL);
+		vm->saved_hv = NULL;
+	}
+	vm->state_size = 0;
+	struct vmf_error rerr = {0};
+	if (saved && vm->ops->resume(vm->hv, &rerr) < 0)
+		log_vm(VMF_LOG_WARN, vm->id, "resuming it after the failed suspend: %s", rerr.msg);
+	if (unmounted) {
+		struct vmf_agent *a = agent_open(vm, &rerr);
+		if (!a || vmf_agent_mount_share(a, VMF_SHARE_TAG, AGENT_TIMEOUT_MS, &rerr) < 0)
+			log_vm(VMF_LOG_WARN, vm->id, "mounting its share again after the failed suspend: %s", rerr.msg);
+		vmf_agent_free(a);
+	}
+	if (saved)
+		prime_owner_port(vm);
+	vm->state_file[0] = '\0';
+	if (vmf_cache_put_vm_record(&d->cache, vm, VMF_VM_ASSIGNED, &rerr) < 0)
+		log_vm(VMF_LOG_ERROR, vm->id, "recording it assigned again: %s", rerr.msg);
+out:
+	j->rc = r;
+}
+
+/* ---- resume ---- */
+
+static void
+resume_work(void *arg)
+{
+	struct suspend_job *j = arg;
+	struct vmf_daemon *d = j->d;
+	struct vmf_vm *vm = &j->snap;
+	struct vmf_error *err = &j->err;
+	int64_t t0 = vmf_monotonic_ns();
+	int r;
+
+	/* First: a daemon dying from here on leaves the VM suspended (recovery
+	 * kills a process this job started). */
+	if ((r = vmf_cache_put_vm_record(&d->cache, vm, VMF_VM_RESUMING, err)) < 0) {
+		vmf_error_prefix(err, "recording VM %s as resuming", vm->id);
+		goto out;
+	}
+	int fd = open(vm->state_file, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		r = vmf_err_sys(err, errno, "cannot open VM %s's saved state %s", vm->id, vm->state_file);
+		goto back;
+	}
+	r = vm->ops->restore_state(vm->saved_hv, fd, &vm->hv, err);
+	close(fd);
+	if (r < 0)
+		goto back;
+	if ((r = vm->ops->resume(vm->hv, err)) < 0)
+		goto back;
+	VMF_FAULT("resume-running");
+	if ((r = guest_back(j, vm, err)) < 0)
+		goto back;
+	prime_owner_port(vm);
+	/* New sockets: the owner's ACL on the agent's is granted again. */
+	if (!j->owner_admin) {
+		const char *const socks[] = { vm->ops->agent_socket };
+		r = vmf_sandbox_grant(vm->run_dir, socks, 1, j->share ? vm->share_dir : NULL, vm->owner_uid,
+				      d->runas_uid, err);
+		if (r < 0)
+			goto back;
+	}
+	char file[PATH_MAX];
+	snprintf(file, sizeof(file), "%s", vm->state_file);
+	vm->state_file[0] = '\0';
+	vm->state_size = 0;
+	vm->suspended_ns = 0;
+	if ((r = vmf_cache_put_vm_record(&d->cache, vm, VMF_VM_ASSIGNED, err)) < 0) {
+		snprintf(vm->state_file, sizeof(vm->state_file), "%s", file);
+		vmf_error_prefix(err, "recording VM %s as assigned", vm->id);
+		goto back;
+	}
+	VMF_FAULT("resume-recorded");
+	unlink(file);
+	j->ms = (double)(vmf_monotonic_ns() - t0) / 1e6;
+	j->pss_kib = vmf_proc_pss_kib(vm->ops->pid(vm->hv));
+	j->rc = 0;
+	return;
+
+back:
+	/* Suspended as before: the file stays, a process started goes. */
+	if (vm->hv) {
+		struct vmf_error serr = {0};
+		vm->ops->stop(vm->hv, VMF_STOP_TIMEOUT_MS, &serr);
+		vm->ops->release(vm->hv);
+		vm->hv = NULL;
+	}
+	struct vmf_error rerr = {0};
+	if (vmf_cache_put_vm_record(&d->cache, vm, VMF_VM_SUSPENDED, &rerr) < 0)
+		log_vm(VMF_LOG_ERROR, vm->id, "recording it suspended again: %s", rerr.msg);
+out:
+	j->rc = r;
+}
+
+/* ---- on the loop ---- */
+
+static void
+suspend_done(void *arg)
+{
+	struct suspend_job *j = arg;
+	struct vmf_daemon *d = j->d;
+	struct vmf_vm *vm = j->vm;
+	vm->hv = j->snap.hv;
+	vm->saved_hv = j->snap.saved_hv;
+	vm->clock_error_ms = j->snap.clock_error_ms;
+	memcpy(vm->state_file, j->snap.state_file, sizeof(vm->state_file));
+	vm->state_size = j->snap.state_size;
+	vm->suspended_ns = j->snap.suspended_ns;
+	vm->busy = false;
+	const char *what = j->resume ? "resume" : "suspend";
+	bool ok = j->rc == 0;
+	if (j->resume) {
+		if (ok) {
+			vmf__hv__hypervisor_state__free_unpacked(vm->saved_hv, NULL);
+			vm->saved_hv = NULL;
+			vm->dead = false;
+		}
+		vm->state = ok ? VMF_VM_ASSIGNED : VMF_VM_SUSPENDED;
+	} else {
+		vm->state = ok ? VMF_VM_SUSPENDED : VMF_VM_ASSIGNED;
+		if (ok && vm->watch) {
+			/* Its process is gone, and with it the pidfd watched. */
+			event_free(vm->watch);
+			vm->watch = NULL;
+		}
+		vm->dead = false;
+	}
+	if (vm->state == VMF_VM_ASSIGNED) {
+		vmf_cache_watch_vm(&d->cache, vm);
+		if (!vm->ops->alive(vm->hv))
+			vmf_cache_vm_exited(&d->cache, vm);
+	}
+	if (ok) {
+		if (j->resume)
+			log_vm(VMF_LOG_INFO, vm->id, "resumed in %.1f ms, clock error %.3f ms", j->ms, vm->clock_error_ms);
+		else
+			log_vm(VMF_LOG_INFO, vm->id, "suspended in %.1f ms: %llu MiB of state in %s", j->ms,
+			       (unsigned long long)(vm->state_size >> 20), vm->state_file);
+		Vmf__Control__Reply r = VMF__CONTROL__REPLY__INIT;
+		Vmf__Control__VmInfo info = VMF__CONTROL__VM_INFO__INIT;
+		vmf_vm_info_fill(d, vm, j->pss_kib, &info);
+		r.body_case = VMF__CONTROL__REPLY__BODY_VM;
+		r.vm = &info;
+		vmf_control_reply(j->c, &r);
+		vmf_vm_info_clear(&info);
+	} else {
+		d->errors++;
+		log_vm(VMF_LOG_WARN, vm->id, "%s failed: %s", what, j->err.msg);
+		char msg[sizeof(j->err.msg) + 96];
+		snprintf(msg, sizeof(msg), "cannot %s VM %s (it stays %s): %s", what, vm->id,
+			 vmf_vm_state_name(vm->state), j->err.msg);
+		vmf_control_reply_error(j->c, j->err.code, msg);
+	}
+	free(j);
+	vmf_daemon_settle(d);
+}
+
+static void
+start(struct vmf_daemon *d, struct vmf_conn *c, const char *vm_id, bool resume)
+{
+	struct vmf_vm *vm = vmf_daemon_lookup_vm(d, c, vm_id);
+	if (!vm)
+		return;
+	enum vmf_vm_state want = resume ? VMF_VM_SUSPENDED : VMF_VM_ASSIGNED;
+	if (vm->state != want || (!resume && (vm->dead || !vm->hv))) {
+		char msg[160];
+		snprintf(msg, sizeof(msg), "VM %s is not %s (it is %s)", vm->id, resume ? "suspended" : "assigned",
+			 vm->dead && vm->state == VMF_VM_ASSIGNED ? "gone" : vmf_vm_state_name(vm->state));
+		vmf_control_reply_error(c, EINVAL, msg);
+		return;
+	}
+	if (!vm->ops->save_state || !vm->ops->restore_state) {
+		char msg[160];
+		snprintf(msg, sizeof(msg), "VM %s runs on %s, which vmfactory cannot suspend", vm->id, vm->ops->name);
+		vmf_control_reply_error(c, ENOTSUP, msg);
+		return;
+	}
+	/* Its disks and network would not come back with the state: a resumed
+	 * QEMU has neither the disk devices nor the backend (the tap dies with
+	 * the process).  Refused rather than half-resumed. */
+	char what[PATH_MAX + 64];
+	if (!resume && vmf_vm_has_host_parts(vm, what, sizeof(what))) {
+		char msg[PATH_MAX + 160];
+		snprintf(msg, sizeof(msg), "VM %s has %s, which a suspended VM cannot keep yet: detach it or "
+			 "release the VM instead", vm->id, what);
+		vmf_control_reply_error(c, EBUSY, msg);
+		return;
+	}
+	if (resume && !vm->saved_hv) {
+		vmf_control_reply_error(c, EIO, "the suspended VM's record has no hypervisor state to resume from");
+		return;
+	}
+	struct suspend_job *j = calloc(1, sizeof(*j));
+	if (!j) {
+		vmf_control_reply_error(c, ENOMEM, "out of memory");
+		return;
+	}
+	j->d = d;
+	j->c = c;
+	j->vm = vm;
+	j->resume = resume;
+	j->share = d->hv.caps & VMF_CAP_SHARE_DEVICE && vm->share_link[0];
+	j->owner_admin = vmf_daemon_peer_admin(d, vm->owner_uid);
+	if (!resume)
+		state_path(d, vm->id, vm->state_file, sizeof(vm->state_file));
+	vm->state = resume ? VMF_VM_RESUMING : VMF_VM_SUSPENDING;
+	vm->busy = true;
+	/* The job owns the process: its exit is the job's to see. */
+	if (vm->watch)
+		event_del(vm->watch);
+	j->snap = *vm;
+	/* The worker's copy owns it while the job runs. */
+	vm->saved_hv = NULL;
+	log_vm(VMF_LOG_INFO, vm->id, "%s (sandbox %s)", resume ? "resuming" : "suspending", vm->sandbox_id);
+	if (vmf_jobs_submit(d->cache.jobs, resume ? resume_work : suspend_work, suspend_done, j) < 0) {
+		j->rc = vmf_err(&j->err, ENOMEM, "cannot queue the %s work", resume ? "resume" : "suspend");
+		if (!resume)
+			vm->state_file[0] = j->snap.state_file[0] = '\0';
+		suspend_done(j);
+	}
+}
+
+void
+vmf_suspend_start(struct vmf_daemon *d, struct vmf_conn *c, const char *vm_id)
+{
+	start(d, c, vm_id, false);
+}
+
+void
+vmf_resume_start(struct vmf_daemon *d, struct vmf_conn *c, const char *vm_id)
+{
+	start(d, c, vm_id, true);
+}
+
+/* ---- restart recovery ---- */
+
+static bool
+file_exists(const char *path)
+{
+	struct stat st;
+	return path[0] && stat(path, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+enum vmf_vm_state
+vmf_suspend_recover(struct vmf_daemon *d, struct vmf_vm *vm, const Vmf__Catalog__VmRecord *rec, bool live)
+{
+	/* The driver state to resume from, without the pid of whatever ran. */
+	if (rec->hv && !vm->saved_hv) {
+		size_t n = vmf__hv__hypervisor_state__get_packed_size(rec->hv);
+		uint8_t *buf = malloc(n ? n : 1);
+		if (buf) {
+			vmf__hv__hypervisor_state__pack(rec->hv, buf);
+			vm->saved_hv = vmf__hv__hypervisor_state__unpack(NULL, n, buf);
+			free(buf);
+		}
+		if (vm->saved_hv) {
+			vm->saved_hv->pid = 0;
+			vm->saved_hv->start_time_ticks = 0;
+		}
+	}
+	if (rec->state == VMF__CATALOG__VM_STATE__VM_SUSPENDING && live) {
+		/* The save did not complete: the VM runs on, assigned. */
+		log_vm(VMF_LOG_INFO, vm->id, "suspend cut short by the daemon's end: rolled back, the VM runs on");
+		remove_state_files(vm->state_file);
+		vm->state_file[0] = '\0';
+		vm->state_size = 0;
+		vm->suspended_ns = 0;
+		struct vmf_error err = {0};
+		if (vm->ops->resume(vm->hv, &err) < 0)
+			log_vm(VMF_LOG_WARN, vm->id, "resuming it: %s", err.msg);
+		if (d->hv.caps & VMF_CAP_SHARE_DEVICE && vm->share_link[0]) {
+			struct vmf_agent *a = agent_open(vm, &err);
+			if (!a || vmf_agent_mount_share(a, VMF_SHARE_TAG, AGENT_TIMEOUT_MS, &err) < 0)
+				log_vm(VMF_LOG_WARN, vm->id, "mounting its share again: %s", err.msg);
+			vmf_agent_free(a);
+		}
+		prime_owner_port(vm);
+		if (vm->saved_hv) {
+			vmf__hv__hypervisor_state__free_unpacked(vm->saved_hv, NULL);
+			vm->saved_hv = NULL;
+		}
+		return VMF_VM_ASSIGNED;
+	}
+	char tmp[PATH_MAX + 8];
+	snprintf(tmp, sizeof(tmp), "%s.tmp", vm->state_file);
+	unlink(tmp);
+	if (!file_exists(vm->state_file) || !vm->saved_hv) {
+		log_vm(VMF_LOG_WARN, vm->id, "recorded %s but its saved state %s is missing: gone",
+		       rec->state == VMF__CATALOG__VM_STATE__VM_SUSPENDING ? "suspending" : "suspended",
+		       vm->state_file[0] ? vm->state_file : "(none)");
+		if (vm->saved_hv) {
+			vmf__hv__hypervisor_state__free_unpacked(vm->saved_hv, NULL);
+			vm->saved_hv = NULL;
+		}
+		vm->state_file[0] = '\0';
+		return VMF_VM_GONE;
+	}
+	/* SUSPENDED, RESUMING, or SUSPENDING whose process died after the
+	 * file was complete: suspended, and a process of it is an orphan. */
+	if (vm->state_size == 0) {
+		struct stat st;
+		if (stat(vm->state_file, &st) == 0)
+			vm->state_size = (uint64_t)st.st_size;
+	}
+	if (!vm->suspended_ns)
+		vm->suspended_ns = vmf_realtime_ns();
+	log_vm(VMF_LOG_INFO, vm->id, "suspended VM of sandbox %s (%llu MiB in %s)%s", vm->sandbox_id,
+	       (unsigned long long)(vm->state_size >> 20), vm->state_file,
+	       rec->state == VMF__CATALOG__VM_STATE__VM_RESUMING ? ": a resume was cut short" : "");
+	return VMF_VM_SUSPENDED;
+}
+
+void
+vmf_suspend_sweep(struct vmf_daemon *d)
+{
+	char dir[PATH_MAX];
+	snprintf(dir, sizeof(dir), "%s/%s", d->opts.state_dir, SUSPEND_DIR);
+	DIR *dp = opendir(dir);
+	if (!dp)
+		return;
+	struct dirent *de;
+	while ((de = readdir(dp))) {
+		if (de->d_name[0] == '.')
+			continue;
+		char path[PATH_MAX + 256];
+		snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
+		bool kept = false;
+		struct vmf_vm *vm;
+		TAILQ_FOREACH(vm, &d->cache.vms, link)
+			kept = kept || (vm->state == VMF_VM_SUSPENDED && strcmp(vm->state_file, path) == 0);
+		if (!kept) {
+			log_info("removing %s: no suspended VM's state", path);
+			unlink(path);
+		}
+	}
+	closedir(dp);
+}
