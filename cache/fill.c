@@ -71,15 +71,13 @@ warm_clone(struct vmf_vm *vm, uint8_t sample[16], struct vmf_error *err)
 {
 	const struct vmf_hv_ops *ops = vm->ops;
 	int r = ops->resume(vm->hv, err);
-	int fd = r < 0 ? r : ops->agent_connect(vm->hv, WARM_TIMEOUT_MS, err);
-	if (fd < 0)
+	if (r == 0)
+		r = vmf_agent_open(ops->agent_connect, vm->hv, WARM_TIMEOUT_MS, &vm->agent, err);
+	if (r < 0)
 		return vmf_error_prefix(err, "warming clone %s", vm->id);
-	if (!(vm->agent = vmf_agent_new(fd)))
-		return vmf_err(err, ENOMEM, "out of memory for the agent channel of clone %s", vm->id);
 	struct vmf_agent_identity id;
 	/* Firecracker and Cloud Hypervisor have no share device to mount. */
-	if ((r = vmf_agent_wait_ready(vm->agent, WARM_TIMEOUT_MS, err)) < 0 ||
-	    (r = vmf_agent_new_identity(vm->agent, &id, WARM_TIMEOUT_MS, err)) < 0 ||
+	if ((r = vmf_agent_new_identity(vm->agent, &id, WARM_TIMEOUT_MS, err)) < 0 ||
 	    ((ops->capabilities(vm->hv) & VMF_CAP_SHARE_DEVICE) &&
 	     (r = vmf_agent_mount_share(vm->agent, VMF_SHARE_TAG, WARM_TIMEOUT_MS, err)) < 0) ||
 	    (r = ops->pause(vm->hv, err)) < 0) {

@@ -344,17 +344,6 @@ open_work(void *arg)
 
 /* ---- attaching, on a worker ---- */
 
-static int
-agent_open(struct vmf_vm *vm, struct vmf_agent **out, struct vmf_error *err)
-{
-	int fd = vm->ops->agent_connect(vm->hv, DISK_AGENT_TIMEOUT_MS, err);
-	if (fd < 0)
-		return fd;
-	if (!(*out = vmf_agent_new(fd)))
-		return vmf_err(err, ENOMEM, "out of memory for the agent channel");
-	return 0;
-}
-
 static void
 attach_work(void *arg)
 {
@@ -386,7 +375,7 @@ attach_work(void *arg)
 		return;
 	struct vmf_agent *a = NULL;
 	struct vmf_error e2 = {0};
-	if ((j->rc = agent_open(vm, &a, err)) == 0 &&
+	if ((j->rc = vmf_agent_open(vm->ops->agent_connect, vm->hv, DISK_AGENT_TIMEOUT_MS, &a, err)) == 0 &&
 	    (j->rc = vmf_agent_mount_disk(a, serial, dk->guest_path, dk->fstype, dk->read_only, dk->guest_device,
 					  sizeof(dk->guest_device), DISK_AGENT_TIMEOUT_MS, err)) < 0)
 		vmf_error_prefix(err, "the guest could not %s disk %s", dk->guest_path[0] ? "mount" : "find",
@@ -658,7 +647,7 @@ detach_work(void *arg)
 	/* The guest first: a file system still mounted on a device that
 	 * vanishes loses what it had not written. */
 	struct vmf_agent *a = NULL;
-	if ((j->rc = agent_open(vm, &a, err)) == 0 &&
+	if ((j->rc = vmf_agent_open(vm->ops->agent_connect, vm->hv, DISK_AGENT_TIMEOUT_MS, &a, err)) == 0 &&
 	    (j->rc = vmf_agent_unmount_disk(a, serial, dk->guest_path, DISK_AGENT_TIMEOUT_MS, err)) < 0)
 		vmf_error_prefix(err, "disk %s stays attached: the guest could not let it go", dk->path);
 	vmf_agent_free(a);

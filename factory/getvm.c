@@ -325,13 +325,8 @@ getvm_work(void *arg)
 	if (r == 0)
 		r = ops->resume(vm->hv, err);
 	if (r == 0 && !warm) {
-		int fd = ops->agent_connect(vm->hv, left_ms(j), err);
-		r = fd < 0 ? fd : 0;
-		if (fd >= 0 && !(agent = vmf_agent_new(fd)))
-			r = vmf_err(err, ENOMEM, "out of memory for the agent channel");
 		/* The guest notices the new host connection within milliseconds of cont. */
-		if (r == 0)
-			r = vmf_agent_wait_ready(agent, left_ms(j), err);
+		r = vmf_agent_open(ops->agent_connect, vm->hv, left_ms(j), &agent, err);
 	}
 	j->step_ms[VMF_STEP_RESUME] = since(&t);
 	if (r == 0 && !warm) {

@@ -36,14 +36,10 @@ inspect_work(void *arg)
 		j->rc = vmf_err(err, ESRCH, "the VM's process is not running");
 		return;
 	}
-	int fd = j->vm->ops->agent_connect(j->vm->hv, AGENT_TIMEOUT_MS, err);
-	if (fd < 0) {
-		j->rc = fd;
-		return;
-	}
-	struct vmf_agent *a = vmf_agent_new(fd);
-	j->rc = a ? vmf_agent_guest_info(a, &j->info, AGENT_TIMEOUT_MS, err)
-		  : vmf_err(err, ENOMEM, "out of memory");
+	struct vmf_agent *a;
+	j->rc = vmf_agent_open(j->vm->ops->agent_connect, j->vm->hv, AGENT_TIMEOUT_MS, &a, err);
+	if (j->rc == 0)
+		j->rc = vmf_agent_guest_info(a, &j->info, AGENT_TIMEOUT_MS, err);
 	vmf_agent_free(a);
 }
 

@@ -41,11 +41,9 @@ resume_after_snapshot(struct vmf_vm *vm, bool live)
 		log_vm(VMF_LOG_INFO, vm->id, "resumed: a snapshot of it was interrupted");
 	/* The guest let go of its share for the copy: it gets it back. */
 	if (live && vm->share_link[0] && (vm->ops->capabilities(vm->hv) & VMF_CAP_SHARE_DEVICE)) {
-		int fd = vm->ops->agent_connect(vm->hv, 5000, &err);
-		struct vmf_agent *a = fd >= 0 ? vmf_agent_new(fd) : NULL;
-		if (!a && fd >= 0)
-			close(fd);
-		if (!a || vmf_agent_wait_ready(a, 10000, &err) < 0 || vmf_agent_mount_share(a, VMF_SHARE_TAG, 10000, &err) < 0)
+		struct vmf_agent *a = NULL;
+		if (vmf_agent_open(vm->ops->agent_connect, vm->hv, 10000, &a, &err) < 0 ||
+		    vmf_agent_mount_share(a, VMF_SHARE_TAG, 10000, &err) < 0)
 			log_vm(VMF_LOG_WARN, vm->id, "cannot mount its share again after an interrupted snapshot: %s",
 			       err.msg);
 		vmf_agent_free(a);

@@ -95,15 +95,10 @@ snapshot_work(void *arg)
 	char path[256] = "";
 	bool unmounted = false;
 	if (j->share) {
-		int fd = vm->ops->agent_connect(vm->hv, AGENT_TIMEOUT_MS, err);
-		r = fd;
-		if (fd >= 0 && !(a = vmf_agent_new(fd)))
-			r = vmf_err(err, ENOMEM, "out of memory for the agent channel");
 		/* The guest reopens its port when a host connection ends (the
 		 * previous one's, or a restarted daemon's): a request sent in
 		 * between is lost, so wait until it answers. */
-		if (r >= 0)
-			r = vmf_agent_wait_ready(a, AGENT_TIMEOUT_MS, err);
+		r = vmf_agent_open(vm->ops->agent_connect, vm->hv, AGENT_TIMEOUT_MS, &a, err);
 		if (r >= 0)
 			r = share_umount(a, path, sizeof(path), err);
 		unmounted = r >= 0;

@@ -85,18 +85,8 @@ saved_hv_of(struct vmf_vm *vm, Vmf__Hv__HypervisorState **out, struct vmf_error 
 static struct vmf_agent *
 agent_open(struct vmf_vm *vm, struct vmf_error *err)
 {
-	int fd = vm->ops->agent_connect(vm->hv, AGENT_TIMEOUT_MS, err);
-	if (fd < 0)
-		return NULL;
-	struct vmf_agent *a = vmf_agent_new(fd);
-	if (!a) {
-		vmf_err(err, ENOMEM, "out of memory for the agent channel");
-		return NULL;
-	}
-	if (vmf_agent_wait_ready(a, AGENT_TIMEOUT_MS, err) < 0) {
-		vmf_agent_free(a);
-		return NULL;
-	}
+	struct vmf_agent *a = NULL;
+	vmf_agent_open(vm->ops->agent_connect, vm->hv, AGENT_TIMEOUT_MS, &a, err);
 	return a;
 }
 

@@ -320,6 +320,37 @@ vmf_agent_ping(struct vmf_agent *a, int timeout_ms, struct vmf_error *err)
 }
 
 int
+vmf_agent_open(vmf_agent_connect_fn connect, struct vmf_vmm *vm, int timeout_ms, struct vmf_agent **out,
+	       struct vmf_error *err)
+{
+	*out = NULL;
+	int64_t deadline = vmf_now_ms() + timeout_ms;
+	int attempt_ms = 1000;
+	for (;;) {
+		int left = (int)(deadline - vmf_now_ms());
+		if (left <= 0)
+			left = 1;
+		int fd = connect(vm, left, err);
+		if (fd < 0)
+			return fd;
+		struct vmf_agent *a = vmf_agent_new(fd);
+		if (!a)
+			return vmf_err(err, ENOMEM, "out of memory for the agent channel");
+		left = (int)(deadline - vmf_now_ms());
+		bool last = left <= attempt_ms;
+		int r = vmf_agent_wait_ready(a, last ? (left > 0 ? left : 1) : attempt_ms, err);
+		if (r == 0) {
+			*out = a;
+			return 0;
+		}
+		vmf_agent_free(a);
+		if (r != -ETIMEDOUT || last)
+			return r;
+		attempt_ms *= 2;
+	}
+}
+
+int
 vmf_agent_wait_ready(struct vmf_agent *a, int timeout_ms, struct vmf_error *err)
 {
 	int64_t start = vmf_now_ms(), deadline = start + timeout_ms;

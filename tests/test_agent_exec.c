@@ -123,6 +123,45 @@ run(struct vmf_client_agent *a, const char *const *argv, const struct vmf_exec_o
 	wait_exit(a, start(a, argv, o), r);
 }
 
+/* A QEMU virtio-serial port now and then leaves a host connection unserved
+ * while it serves the next one: the client replaces a connection whose
+ * first request goes unanswered (after 1 s) instead of waiting on it for
+ * good.  Here the listener takes the first connection and never reads it;
+ * the second is served by the agent. */
+START_TEST(unanswered_connection_is_replaced)
+{
+	char sock2[700];
+	snprintf(sock2, sizeof sock2, "%s/stuck.sock", dir);
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	snprintf(sa.sun_path, sizeof sa.sun_path, "%s", sock2);
+	int lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	ck_assert_int_ge(lfd, 0);
+	ck_assert_int_eq(bind(lfd, (struct sockaddr *)&sa, sizeof sa), 0);
+	ck_assert_int_eq(listen(lfd, 4), 0);
+	pid_t pid = vmf_test_fork();
+	if (pid == 0) {
+		int stuck = accept(lfd, NULL, NULL);
+		int c = accept(lfd, NULL, NULL);
+		if (stuck < 0 || c < 0)
+			_exit(1);
+		dup2(c, 3);
+		execl(vmf_test_agent_path(), "vmf-agent", "--fd", "3", "--share-dir", dir, (char *)NULL);
+		_exit(127);
+	}
+	close(lfd);
+	struct vmf_client_agent *a = NULL;
+	struct vmf_error e = {0};
+	int64_t t0 = vmf_now_ms();
+	int r = vmf_client_agent_connect(sock2, "unix", 0, 10000, NULL, NULL, &a, &e);
+	int64_t ms = vmf_now_ms() - t0;
+	kill(pid, SIGKILL);
+	waitpid(pid, NULL, 0);
+	ck_assert_msg(r == 0, "connect behind an unserved connection: %s", e.msg);
+	ck_assert_msg(ms >= 1000 && ms < 8000, "replaced after %lld ms", (long long)ms);
+	vmf_client_agent_close(a);
+}
+END_TEST
+
 START_TEST(stdout_stderr_and_exit_status)
 {
 	struct vmf_client_agent *a = conn();
@@ -500,6 +539,7 @@ main(void)
 	tcase_add_test(tc, start_errors_are_sentences);
 	tcase_add_test(tc, disconnect_kills_the_process_group);
 	tcase_add_test(tc, stray_and_oversized_exec_requests);
+	tcase_add_test(tc, unanswered_connection_is_replaced);
 	suite_add_tcase(s, tc);
 	return vmf_test_run(s);
 }

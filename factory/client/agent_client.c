@@ -325,15 +325,12 @@ connect_fd(const char *path, const char *transport, unsigned port, int64_t deadl
 	return fd;
 }
 
-int
-vmf_client_agent_connect(const char *path, const char *transport, unsigned vsock_port, int timeout_ms,
-			 vmf_client_agent_wait_fn waiting, void *arg, struct vmf_client_agent **out,
-			 struct vmf_error *err)
+/* One connection, its ExecReset answered within attempt_ms (-1: until
+ * deadline); -ETIMEDOUT when it was not. */
+static int
+connect_once(const char *path, const char *transport, unsigned vsock_port, int64_t deadline, int attempt_ms,
+	     vmf_client_agent_wait_fn waiting, void *arg, struct vmf_client_agent **out, struct vmf_error *err)
 {
-	*out = NULL;
-	if (!path || !*path)
-		return vmf_err(err, EINVAL, "no agent socket path given");
-	int64_t deadline = timeout_ms < 0 ? -1 : vmf_now_ms() + timeout_ms;
 	int fd = connect_fd(path, transport, vsock_port, deadline, err);
 	if (fd < 0)
 		return fd;
@@ -359,12 +356,12 @@ vmf_client_agent_connect(const char *path, const char *transport, unsigned vsock
 	req.exec_reset = &rs;
 	Vmf__Agent__AgentReply *rep;
 	int left = deadline < 0 ? -1 : (int)(deadline - vmf_now_ms());
-	int r = call(a, &req, VMF__AGENT__AGENT_REPLY__BODY_EXEC_ACK, &rep, left < 0 && deadline >= 0 ? 0 : left,
-		     waiting, arg, err);
-	if (r == -ETIMEDOUT)
-		r = vmf_err(err, EBUSY, "the agent on %s did not answer within %d ms: another client holds the "
-			    "VM's agent port, or the guest is not running", path, timeout_ms);
-	else if (r == -EOPNOTSUPP)
+	if (left < 0 && deadline >= 0)
+		left = 0;
+	if (attempt_ms >= 0 && (left < 0 || attempt_ms < left))
+		left = attempt_ms;
+	int r = call(a, &req, VMF__AGENT__AGENT_REPLY__BODY_EXEC_ACK, &rep, left, waiting, arg, err);
+	if (r == -EOPNOTSUPP)
 		r = vmf_err(err, EOPNOTSUPP, "the agent on %s does not support exec (an older guest image: "
 			    "rebuild the image and its templates)", path);
 	if (r < 0) {
@@ -382,6 +379,38 @@ vmf_client_agent_connect(const char *path, const char *transport, unsigned vsock
 	a->tail = NULL;
 	*out = a;
 	return 0;
+}
+
+/* A host connection to a QEMU virtio-serial port is now and then never
+ * served by the guest (seen on the first exec after a hand-out and after a
+ * resume, and between execs: a few in a hundred connections under TCG
+ * load; the cause is not found), while the next connection is.  So an
+ * unanswered connection is replaced after 1 s, then 2, 4, ... until the
+ * deadline: a port another client holds keeps ours in its listen backlog
+ * either way, and a slow guest gets ever longer to answer. */
+int
+vmf_client_agent_connect(const char *path, const char *transport, unsigned vsock_port, int timeout_ms,
+			 vmf_client_agent_wait_fn waiting, void *arg, struct vmf_client_agent **out,
+			 struct vmf_error *err)
+{
+	*out = NULL;
+	if (!path || !*path)
+		return vmf_err(err, EINVAL, "no agent socket path given");
+	int64_t deadline = timeout_ms < 0 ? -1 : vmf_now_ms() + timeout_ms;
+	int attempt_ms = 1000;
+	for (;;) {
+		int r = connect_once(path, transport, vsock_port, deadline, attempt_ms, NULL, NULL, out, err);
+		if (r != -ETIMEDOUT)
+			return r;
+		/* The notice is said once. */
+		if (waiting)
+			waiting(arg);
+		waiting = NULL;
+		if (deadline >= 0 && vmf_now_ms() >= deadline)
+			return vmf_err(err, EBUSY, "the agent on %s did not answer within %d ms: another client "
+				       "holds the VM's agent port, or the guest is not running", path, timeout_ms);
+		attempt_ms = attempt_ms < (1 << 20) ? attempt_ms * 2 : attempt_ms;
+	}
 }
 
 void
