@@ -706,7 +706,7 @@ pass_fd(struct vmf_vmm *vm, const char *name, int fd, struct vmf_error *err)
 	int r = vmf_qmp_command(vm->qmp, "getfd", args, fd, NULL, QMP_TIMEOUT_MS, err);
 	json_object_put(args);
 	if (r < 0)
-		vmf_error_prefix(err, "VM %s: passing the migration fd", vm->cfg->id);
+		vmf_error_prefix(err, "VM %s: passing QEMU the file descriptor %s", vm->cfg->id, name);
 	return r;
 }
 
@@ -1134,13 +1134,10 @@ qemu_net_attach(struct vmf_vmm *vm, const struct vmf_net_backend *nb, struct vmf
 	json_object *args = json_object_new_object();
 	json_object_object_add(args, "id", json_object_new_string(VMF_QEMU_NET_BACKEND));
 	if (nb->tap_fd >= 0) {
-		json_object *fa = json_object_new_object();
-		json_object_object_add(fa, "fdname", json_object_new_string("nettap"));
-		int r = vmf_qmp_command(vm->qmp, "getfd", fa, nb->tap_fd, NULL, QMP_TIMEOUT_MS, err);
-		json_object_put(fa);
+		int r = pass_fd(vm, "nettap", nb->tap_fd, err);
 		if (r < 0) {
 			json_object_put(args);
-			return vmf_error_prefix(err, "VM %s: passing the tap fd", vm->cfg->id);
+			return r;
 		}
 		json_object_object_add(args, "type", json_object_new_string("tap"));
 		json_object_object_add(args, "fd", json_object_new_string("nettap"));
