@@ -486,8 +486,10 @@ static json_object *J;
  * a VM of each size (hot-added above the 256 MiB base) forked once; the
  * whole request and the time the VM stood still. */
 static const unsigned snap_sizes[] = { 256, 512, 1024 };
-#define N_SNAP (sizeof(snap_sizes) / sizeof(snap_sizes[0]))
-static double snap_ms[N_SNAP], snap_paused_ms[N_SNAP];
+#define SNAP_SIZES (sizeof(snap_sizes) / sizeof(snap_sizes[0]))
+/* --snapshot-sizes N: the first N sizes (the quick run takes one). */
+static size_t N_SNAP = SNAP_SIZES;
+static double snap_ms[SNAP_SIZES], snap_paused_ms[SNAP_SIZES];
 static char snap_method[64];
 
 static int run_cli(const char *args);
@@ -896,7 +898,7 @@ main(int argc, char **argv)
 		{ "trace-rate", required_argument, NULL, 'r' }, { "trace-hold-ms", required_argument, NULL, 'h' },
 		{ "trace-pool", required_argument, NULL, 'p' }, { "trace-shape-max", required_argument, NULL, 'x' },
 		{ "ramp-arrivals", required_argument, NULL, 'R' }, { "ramp-steps", required_argument, NULL, 'S' },
-		{ "mix", required_argument, NULL, 'm' },
+		{ "mix", required_argument, NULL, 'm' },      { "snapshot-sizes", required_argument, NULL, 'Z' },
 		{ NULL, 0, NULL, 0 },
 	};
 	int o;
@@ -916,6 +918,14 @@ main(int argc, char **argv)
 		case 'x': cfg.trace_shape_max = atoi(optarg); break;
 		case 'R': cfg.ramp_n = atoi(optarg); break;
 		case 'S': cfg.ramp_steps = atoi(optarg); break;
+		case 'Z':
+			N_SNAP = (size_t)atoi(optarg);
+			if (N_SNAP < 1 || N_SNAP > SNAP_SIZES) {
+				fprintf(stderr, "vmf-bench: --snapshot-sizes takes 1 to %zu (of 256, 512, 1024 MiB)\n",
+					SNAP_SIZES);
+				return 2;
+			}
+			break;
 		case 'm':
 			if (parse_mix(optarg) < 0) {
 				fprintf(stderr, "vmf-bench: --mix %s: give WEIGHT:VCPUS:MIB,... (extra vCPUs and MiB "
@@ -927,7 +937,7 @@ main(int argc, char **argv)
 			fprintf(stderr, "usage: vmf-bench --vmfactory BIN --dir DIR [--samples N] [--cycles N] "
 					"[--vms N] [--json FILE] [--trace-only] [--trace-arrivals N] [--trace-rate PER_S] "
 					"[--trace-hold-ms MS] [--trace-pool N] [--trace-shape-max N] [--ramp-arrivals N] "
-					"[--ramp-steps N] [--mix W:V:M,...]\n");
+					"[--ramp-steps N] [--mix W:V:M,...] [--snapshot-sizes N]\n");
 			return 2;
 		}
 	}
