@@ -325,7 +325,9 @@ vmf_agent_open(vmf_agent_connect_fn connect, struct vmf_vmm *vm, int timeout_ms,
 {
 	*out = NULL;
 	int64_t deadline = vmf_now_ms() + timeout_ms;
-	int attempt_ms = 1000;
+	/* Longer than the client's first 1 s: a clone just continued under
+	 * load may take that long to run its agent at all. */
+	int attempt_ms = 2000;
 	for (;;) {
 		int left = (int)(deadline - vmf_now_ms());
 		if (left <= 0)

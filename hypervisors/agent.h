@@ -40,7 +40,7 @@ int vmf_agent_wait_ready(struct vmf_agent *a, int timeout_ms, struct vmf_error *
  * its Ping answered.  A host connection to a QEMU virtio-serial port is now
  * and then never served by the guest while the next one is (the cause is
  * not found; docs/hypervisors.md), so a connection left unanswered is
- * replaced after 1 s, then 2, 4, ... within timeout_ms. */
+ * replaced after 2 s, then 4, 8, ... within timeout_ms. */
 struct vmf_vmm;
 typedef int (*vmf_agent_connect_fn)(struct vmf_vmm *vm, int timeout_ms, struct vmf_error *err);
 int vmf_agent_open(vmf_agent_connect_fn connect, struct vmf_vmm *vm, int timeout_ms, struct vmf_agent **out,
