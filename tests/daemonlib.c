@@ -619,3 +619,14 @@ check(bool ok, const char *fmt, ...)
 	fflush(stdout);
 	failures += !ok;
 }
+
+void
+start_tenant_daemon(const char *extra)
+{
+	if (vmf(NULL, "init --pool 1 --group %s %s --wait --timeout 600", tu.group, extra) != 0) {
+		char errf[700], *err = NULL;
+		snprintf(errf, sizeof errf, "%s/cli.err", tmp);
+		vmf_read_file(errf, &err, NULL, 1 << 20, NULL);
+		ck_abort_msg("the daemon did not start: %s", err ? err : "");
+	}
+}

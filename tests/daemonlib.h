@@ -31,6 +31,10 @@ extern char *tmp;
 extern char svc[600], sock[600], state[600], run[600], common_opts[2200], exe[600];
 /* VMFACTORY_FAULT for the next commands, or NULL. */
 extern const char *fault;
+/* vmfactory init --pool 1 --group (the tenant group) EXTRA --wait: a
+ * daemon whose tenants are tu's users; the test fails with the CLI's
+ * stderr when it does not start. */
+void start_tenant_daemon(const char *extra);
 
 /* The checked fixture: a fresh tmp dir with socket, state and run dirs;
  * cleanup() destroys and kills whatever the test left and removes tmp. */

@@ -27,16 +27,6 @@
 #include "testlib.h"
 #include "util.h"
 
-static void
-start_daemon(void)
-{
-	if (vmf(NULL, "init --pool 1 --group %s --wait --timeout 600", tu.group) != 0) {
-		char errf[700], *err = NULL;
-		snprintf(errf, sizeof errf, "%s/cli.err", tmp);
-		vmf_read_file(errf, &err, NULL, 1 << 20, NULL);
-		ck_abort_msg("the daemon did not start: %s", err ? err : "");
-	}
-}
 
 /* Runs `vmfactory ARGS`, its stderr (this call's only) in err. */
 static int
@@ -178,7 +168,7 @@ tenant_attaches(uid_t uid, const char *dir, const char *const *paths, int n, int
 START_TEST(disks_end_to_end)
 {
 	ck_assert_int_eq(chmod(tmp, 0711), 0);
-	start_daemon();
+	start_tenant_daemon("");
 	char img[700], img2[700], out[4096], err[4096];
 	snprintf(img, sizeof img, "%s/data.img", tmp);
 	snprintf(img2, sizeof img2, "%s/other.img", tmp);
@@ -311,7 +301,7 @@ START_TEST(disks_end_to_end)
 	 * removes the scratch volume ---- */
 	pid_t qpid = (pid_t)json_object_get_int(path(g.rec, "pid", NULL));
 	kill_daemon_hard();
-	start_daemon();
+	start_tenant_daemon("");
 	ck_assert_int_eq(n_disks(g.id), 3);
 	ck_assert_int_eq(guest_sh(g.id, "cat /work/f /mnt/ro/hello.txt", out, sizeof out), 0);
 	ck_assert_str_eq(out, "w\nhello disk\n");
@@ -324,14 +314,14 @@ START_TEST(disks_end_to_end)
 		make_image(img3, 16);
 		fault = "attach-record";   /* the daemon's environment */
 		kill_daemon_hard();
-		start_daemon();
+		start_tenant_daemon("");
 		snprintf(cmd, sizeof cmd, "attach %s --disk %s --mount /mnt/third", g.id, img3);
 		ck_assert_int_ne(vmf(NULL, "%s", cmd), 0);
 		fault = NULL;
 		int64_t dl = vmf_now_ms() + 20000;
 		while (daemon_answers() && vmf_now_ms() < dl)
 			poll(NULL, 0, 100);
-		start_daemon();
+		start_tenant_daemon("");
 		ck_assert_int_eq(n_disks(g.id), 3);
 		snprintf(cmd, sizeof cmd, "attach %s --disk %s --mount /mnt/third-again", g.id, img3);
 		ck_assert_int_eq(vmf_e(err, sizeof err, "%s%s", cmd, ""), 0);

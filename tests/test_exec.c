@@ -314,16 +314,6 @@ vm_field(json_object *rec, const char *key)
 	return json_object_get_string(path(rec, key, NULL));
 }
 
-static void
-start_daemon(void)
-{
-	if (vmf(NULL, "init --pool 1 --group %s --wait --timeout 600", tu.group) != 0) {
-		char errf[700], *err = NULL;
-		snprintf(errf, sizeof errf, "%s/cli.err", tmp);
-		vmf_read_file(errf, &err, NULL, 1 << 20, NULL);
-		ck_abort_msg("the daemon did not start: %s", err ? err : "");
-	}
-}
 
 /* GetVM as uid into dir/share and dir/sock, through the CLI. */
 static json_object *
@@ -359,7 +349,7 @@ START_TEST(exec_end_to_end)
 {
 	ck_assert_int_eq(chmod(tmp, 0711), 0);
 	ck_assert_int_eq(chmod(svc, 0711), 0);
-	start_daemon();
+	start_tenant_daemon("");
 	struct run r;
 
 	/* ---- root's VM: output, statuses, options ---- */

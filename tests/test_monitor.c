@@ -219,16 +219,6 @@ get_as(uid_t uid, const char *share, const char *sockd, char *id, size_t n)
 	return WIFEXITED(st) && WEXITSTATUS(st) == 0 && id[0] ? 0 : -1;
 }
 
-static void
-start_daemon(void)
-{
-	if (vmf(NULL, "init --pool 1 --group %s --wait --timeout 600", tu.group) != 0) {
-		char errf[700], *err = NULL;
-		snprintf(errf, sizeof errf, "%s/cli.err", tmp);
-		vmf_read_file(errf, &err, NULL, 1 << 20, NULL);
-		ck_abort_msg("the daemon did not start: %s", err ? err : "");
-	}
-}
 
 static const char *
 vm_state(const char *id)
@@ -259,7 +249,7 @@ pid_gone(pid_t pid)
 
 START_TEST(the_runtime_drives_its_own_monitor)
 {
-	start_daemon();
+	start_tenant_daemon("");
 	struct got g = {0};
 	do_get(&g, "mon", 1, 256);
 	ck_assert_int_eq(g.rc, 0);
@@ -304,7 +294,7 @@ START_TEST(the_runtime_drives_its_own_monitor)
 
 	/* A restart: recovery finds the daemon's monitor, not the runtime's. */
 	kill_daemon_hard();
-	start_daemon();
+	start_tenant_daemon("");
 	ck_assert_str_eq(vm_state(g.id), "assigned");
 	ins = vmf_json("inspect %s -o json", g.id);
 	json_object_put(ins);
@@ -330,7 +320,7 @@ START_TEST(a_tenant_gets_its_agent_but_no_monitor)
 	 * VM's dir (in svc/run). */
 	ck_assert_int_eq(chmod(tmp, 0711), 0);
 	ck_assert_int_eq(chmod(svc, 0711), 0);
-	start_daemon();
+	start_tenant_daemon("");
 	char a_dir[700], a_share[800], a_sock[800], id[64];
 	snprintf(a_dir, sizeof a_dir, "%s/%s", tmp, tu.a);
 	ck_assert_int_eq(mkdir(a_dir, 0755), 0);
@@ -415,7 +405,7 @@ move_back(const char *id, Vmf__Catalog__VmRecord *rec, const struct vmf_error *r
  * running, owned as before) rather than killing them as orphans. */
 START_TEST(vm_records_of_an_earlier_state_catalog_are_adopted)
 {
-	start_daemon();
+	start_tenant_daemon("");
 	struct got g = {0};
 	do_get(&g, "upgrade", 1, 256);
 	ck_assert_int_eq(g.rc, 0);
@@ -432,7 +422,7 @@ START_TEST(vm_records_of_an_earlier_state_catalog_are_adopted)
 	snprintf(rt, sizeof rt, "%s/vms.lmdb", run);
 	ck_assert_int_eq(vmf_rm_rf(rt, &e), 0);
 
-	start_daemon();
+	start_tenant_daemon("");
 	ck_assert_str_eq(vm_state(g.id), "assigned");
 	ck_assert_int_eq(kill(pid, 0), 0);
 	json_object *ins = vmf_json("inspect %s -o json", g.id);

@@ -173,14 +173,8 @@ static void
 start_daemon(const char *fault_point)
 {
 	fault = fault_point;
-	int rc = vmf(NULL, "init --pool 1 --max-cpus 2 --max-memory 512 --group %s --wait --timeout 600", tu.group);
+	start_tenant_daemon("--max-cpus 2 --max-memory 512");
 	fault = NULL;
-	if (rc != 0) {
-		char errf[700], *err = NULL;
-		snprintf(errf, sizeof errf, "%s/cli.err", tmp);
-		vmf_read_file(errf, &err, NULL, 1 << 20, NULL);
-		ck_abort_msg("the daemon did not start: %s", err ? err : "");
-	}
 }
 
 /* vmfactory CMD ID as uid b, through the library: 0 or -errno, the

@@ -217,16 +217,6 @@ wait_ready(int want)
 	ck_assert_int_ge(pool_ready_now(), want);
 }
 
-static void
-start_daemon(void)
-{
-	if (vmf(NULL, "init --pool 1 --group %s --wait --timeout 600", tu.group) != 0) {
-		char errf[700], *err = NULL;
-		snprintf(errf, sizeof errf, "%s/cli.err", tmp);
-		vmf_read_file(errf, &err, NULL, 1 << 20, NULL);
-		ck_abort_msg("the daemon did not start: %s", err ? err : "");
-	}
-}
 
 /* A GetVM as user that must be refused; no pooled VM may be lost to it. */
 static void
@@ -255,7 +245,7 @@ START_TEST(tenants_are_confined_and_own_their_vms)
 	 * VM's dir (in svc/run); neither lets it list anything. */
 	ck_assert_int_eq(chmod(tmp, 0711), 0);
 	ck_assert_int_eq(chmod(svc, 0711), 0);
-	start_daemon();
+	start_tenant_daemon("");
 	wait_ready(1);
 
 	char a_dir[700], b_dir[700], a_link[700], etc_share[200], etc_sock[200], p1[800], p2[800];
@@ -339,7 +329,7 @@ START_TEST(tenants_are_confined_and_own_their_vms)
 	check(a.rc == -EACCES && strstr(a.msg, root_vm.id), "%s cannot release root's VM (%d: %s)", tu.a, a.rc,
 	      a.msg);
 	kill_daemon_hard();
-	start_daemon();
+	start_tenant_daemon("");
 	json_object *s = vmf_json("status -o json%s", "");
 	json_object *vms = path(s, "vms", NULL);
 	int owners_ok = 0;
@@ -403,7 +393,7 @@ START_TEST(a_hung_sandbox_path_blocks_only_its_request)
 		return;
 	}
 	fault = "sandbox-path-hang";
-	start_daemon();
+	start_tenant_daemon("");
 	fault = NULL;
 	wait_ready(1);
 	struct got g = {0};
