@@ -112,8 +112,8 @@ vmf_template_spec_new(const struct vmf_template_params *p, const struct vmf_hv_i
 	s->full_memory = p->full_memory;
 	/* The device set is fixed by the driver's command line; naming it here
 	 * makes a driver change produce a new template id. */
-	static const char *devices[] = { "virtio-serial:agent", "virtio-serial:vmf", "virtio-rng", "vmgenid", "virtio-9p:share",
-					 "virtio-scsi:disks", VMF_TEMPLATE_NIC_DEVICE };
+	const char *devices[] = { "virtio-serial:agent", "virtio-serial:vmf", "virtio-rng", "vmgenid", "virtio-9p:share",
+				  p->ops->disk_device ? p->ops->disk_device : "virtio-scsi:disks", VMF_TEMPLATE_NIC_DEVICE };
 	s->n_devices = sizeof(devices) / sizeof(devices[0]) - !vmf_template_params_nic(p);
 	s->devices = calloc(s->n_devices, sizeof(char *));
 	bool ok = s->hypervisor_version && s->machine && s->accel && s->kernel_sha256 && s->initrd_sha256 &&
