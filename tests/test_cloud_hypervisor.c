@@ -211,6 +211,159 @@ START_TEST(fake_is_strict)
 }
 END_TEST
 
+/* vm.info of the fake: the state and the config's cpus/memory. */
+static void
+ch_info(const char *run_dir, char *state, size_t n, int64_t *vcpus, int64_t *hotplugged)
+{
+	char sock[PATH_MAX];
+	snprintf(sock, sizeof(sock), "%s/ch.sock", run_dir);
+	json_object *o = NULL, *v, *c, *x;
+	struct vmf_error err = {0};
+	state[0] = '\0';
+	*vcpus = *hotplugged = -1;
+	if (vmf_vmm_http("cloud-hypervisor", sock, "GET", "/api/v1/vm.info", NULL, &o, 5000, &err) < 0)
+		return;
+	if (json_object_object_get_ex(o, "state", &v))
+		snprintf(state, n, "%s", json_object_get_string(v));
+	if (json_object_object_get_ex(o, "config", &c)) {
+		if (json_object_object_get_ex(c, "cpus", &x) && json_object_object_get_ex(x, "boot_vcpus", &v))
+			*vcpus = json_object_get_int64(v);
+		if (json_object_object_get_ex(c, "memory", &x) && json_object_object_get_ex(x, "hotplugged_size", &v))
+			*hotplugged = json_object_get_int64(v);
+	}
+	json_object_put(o);
+}
+
+/* Suspend and resume (issue 18): vm.snapshot into the stream, vm.restore
+ * of it with the VM's own sockets; the resized vCPUs and memory return. */
+START_TEST(suspend_resume)
+{
+	struct vmf_error err = {0};
+	struct fv_cfg t;
+	fv_config(&t, "s", 1, 2, 128, 256);
+	struct vmf_vmm *vm = NULL;
+	ck_assert_msg(ops->boot(&t.c, &vm, &err) == 0, "%s", err.msg);
+	ck_assert_msg(ops->hotplug_vcpus(vm, 2, &err) == 0, "%s", err.msg);
+	ck_assert_msg(ops->hotplug_memory(vm, 64, &err) == 0, "%s", err.msg);
+	int sfd = fv_open_state("s.state", O_RDWR | O_CREAT | O_TRUNC);
+	ck_assert_msg(ops->save_state(vm, sfd, &err) == 0, "%s", err.msg);
+	char want[PATH_MAX * 2], st[32];
+	snprintf(want, sizeof(want), "PUT /api/v1/vm.snapshot {\"destination_url\":\"file://%s/snapshot\"}", t.run_dir);
+	ck_assert_msg(fv_log_has(want), "no vm.snapshot into the run dir");
+	vmf_hv_state *hs = NULL;
+	ck_assert_int_eq(ops->serialize(vm, &hs, &err), 0);
+	ck_assert(hs->paused);
+	ck_assert_int_eq(ops->stop(vm, 3000, &err), 0);
+	ops->release(vm);
+	ck_assert_int_eq(lseek(sfd, 0, SEEK_SET), 0);
+	ck_assert_msg(ops->restore_state(hs, sfd, &vm, &err) == 0, "%s", err.msg);
+	close(sfd);
+	int64_t vcpus, hot;
+	ch_info(t.run_dir, st, sizeof(st), &vcpus, &hot);
+	ck_assert_str_eq(st, "Paused");
+	ck_assert_int_eq(vcpus, 2);
+	ck_assert_int_eq(hot, 64 << 20);
+	vmf_hv_state *hs2 = NULL;
+	ck_assert_int_eq(ops->serialize(vm, &hs2, &err), 0);
+	ck_assert(hs2->paused);
+	ck_assert_int_eq(hs2->vcpus, 2);
+	ck_assert_int_eq(hs2->memory_mib, 192);
+	vmf__hv__hypervisor_state__free_unpacked(hs2, NULL);
+	ck_assert_msg(ops->resume(vm, &err) == 0, "%s", err.msg);
+	fv_assert_echo(ops->agent_connect(vm, 5000, &err));
+	ck_assert_int_eq(ops->stop(vm, 3000, &err), 0);
+	ops->release(vm);
+	vmf__hv__hypervisor_state__free_unpacked(hs, NULL);
+
+	/* A refused save: the VM stays paused and resumable, nothing left. */
+	struct fv_cfg f;
+	fv_config(&f, "sfail", 1, 1, 128, 128);
+	setenv("FAKE_VMM_FAIL_ON", "PUT /api/v1/vm.snapshot", 1);
+	ck_assert_msg(ops->boot(&f.c, &vm, &err) == 0, "%s", err.msg);
+	unsetenv("FAKE_VMM_FAIL_ON");
+	sfd = fv_open_state("f.state", O_RDWR | O_CREAT | O_TRUNC);
+	ck_assert_int_eq(ops->save_state(vm, sfd, &err), -EINVAL);
+	ck_assert_msg(strstr(err.msg, "suspending VM sfail") && strstr(err.msg, "Injected failure"), "%s", err.msg);
+	close(sfd);
+	snprintf(want, sizeof(want), "%s/snapshot", f.run_dir);
+	ck_assert_int_ne(access(want, F_OK), 0);
+	ck_assert_msg(ops->resume(vm, &err) == 0, "%s", err.msg);
+	ck_assert_int_eq(ops->stop(vm, 3000, &err), 0);
+	ops->release(vm);
+	fv_assert_no_violations();
+}
+END_TEST
+
+/* Snapshot into a template (issue 18): a full-memory template from
+ * vm.snapshot; the source runs again; a clone starts from it. */
+START_TEST(snapshot_into_template)
+{
+	struct vmf_error err = {0};
+	struct fv_cfg t;
+	fv_config(&t, "p", 1, 2, 128, 128);
+	struct vmf_vmm *vm = NULL;
+	char st[32];
+	int64_t vcpus, hot;
+	ck_assert_msg(ops->boot(&t.c, &vm, &err) == 0, "%s", err.msg);
+	ck_assert_msg(ops->hotplug_vcpus(vm, 2, &err) == 0, "%s", err.msg);
+	struct fv_cfg to;
+	fv_config(&to, "newtpl", 1, 2, 128, 128);
+	to.c.memory_mode = VMF__HV__MEMORY_MODE__MEM_TEMPLATE;
+	to.c.memory_file = to.mem;
+	struct vmf_snapshot_to dst = { .cfg = &to.c };
+	struct vmf_snapshot_result res = {0};
+	int sfd = fv_open_state("p.state", O_RDWR | O_CREAT | O_TRUNC);
+	ck_assert_msg(ops->snapshot(vm, &dst, sfd, &res, &err) == 0, "%s", err.msg);
+	close(sfd);
+	ck_assert_str_eq(res.method, "cloud-hypervisor-vm.snapshot");
+	ch_info(t.run_dir, st, sizeof(st), &vcpus, &hot);
+	ck_assert_str_eq(st, "Running");
+	fv_assert_echo(ops->agent_connect(vm, 5000, &err));
+	ck_assert_int_eq(ops->stop(vm, 3000, &err), 0);
+	ops->release(vm);
+
+	struct fv_cfg c;
+	fv_config(&c, "pclone", 1, 2, 128, 128);
+	c.c.memory_mode = VMF__HV__MEMORY_MODE__MEM_FULL;
+	c.c.incoming = true;
+	sfd = fv_open_state("p.state", O_RDONLY);
+	ck_assert_msg(ops->start_from_template(&c.c, sfd, &vm, &err) == 0, "%s", err.msg);
+	close(sfd);
+	ch_info(c.run_dir, st, sizeof(st), &vcpus, &hot);
+	ck_assert_str_eq(st, "Paused");
+	ck_assert_int_eq(vcpus, 2);
+	ck_assert_msg(ops->resume(vm, &err) == 0, "%s", err.msg);
+	fv_assert_echo(ops->agent_connect(vm, 5000, &err));
+	ck_assert_int_eq(ops->stop(vm, 3000, &err), 0);
+	ops->release(vm);
+
+	/* Refused and dying snapshot requests: errors; a refused one leaves
+	 * the source running and no snapshot directory. */
+	const char *envs[] = { "FAKE_VMM_FAIL_ON", "FAKE_VMM_DIE_ON" };
+	for (int i = 0; i < 2; i++) {
+		struct fv_cfg f;
+		char id[16], dir[PATH_MAX];
+		snprintf(id, sizeof(id), "pfail%d", i);
+		fv_config(&f, id, 1, 1, 128, 128);
+		setenv(envs[i], "PUT /api/v1/vm.snapshot", 1);
+		ck_assert_msg(ops->boot(&f.c, &vm, &err) == 0, "%s", err.msg);
+		unsetenv(envs[i]);
+		sfd = fv_open_state("pf.state", O_RDWR | O_CREAT | O_TRUNC);
+		ck_assert_int_lt(ops->snapshot(vm, &dst, sfd, &res, &err), 0);
+		close(sfd);
+		snprintf(dir, sizeof(dir), "%s/snapshot", f.run_dir);
+		ck_assert_int_ne(access(dir, F_OK), 0);
+		if (i == 0) {
+			ch_info(f.run_dir, st, sizeof(st), &vcpus, &hot);
+			ck_assert_str_eq(st, "Running");
+		}
+		ck_assert_int_eq(ops->stop(vm, 3000, &err), 0);
+		ops->release(vm);
+	}
+	fv_assert_no_violations();
+}
+END_TEST
+
 static Suite *
 suite(void)
 {
@@ -225,6 +378,8 @@ suite(void)
 	tcase_add_test(tc, dies_mid_request);
 	tcase_add_test(tc, stop_escalates);
 	tcase_add_test(tc, fake_is_strict);
+	tcase_add_test(tc, suspend_resume);
+	tcase_add_test(tc, snapshot_into_template);
 	suite_add_tcase(s, tc);
 	return s;
 }
