@@ -710,6 +710,35 @@ START_TEST(snapshot_through_catalog)
 }
 END_TEST
 
+/* The placeholder drives shape a template: they are in the spec's device
+ * list, so changing them gives a new template id. */
+START_TEST(drives_in_template_spec)
+{
+	struct vmf_error err = {0};
+	struct vmf_hv_info info = { .version = "1.17.0", .accel = "kvm" };
+	struct vmf_image img = {0};
+	struct vmf_template_params p = { .ops = ops, .vcpus = 1, .max_vcpus = 1, .memory_mib = 128,
+					 .max_memory_mib = 128 };
+	Vmf__Catalog__TemplateSpec *spec = NULL, *qspec = NULL;
+	char id[VMF_SHA256_HEX], qid[VMF_SHA256_HEX];
+	ck_assert_msg(vmf_template_spec_new(&p, &info, &img, &spec, id, &err) == 0, "%s", err.msg);
+	bool has = false;
+	for (size_t i = 0; i < spec->n_devices; i++)
+		has = has || strcmp(spec->devices[i], ops->disk_device) == 0;
+	ck_assert_msg(has, "the template spec does not name the placeholder drives");
+	ck_assert(strstr(ops->disk_device, "vmfd0-1-rw,vmfd2-3-ro"));
+	/* QEMU's spec is unchanged (its template ids stay). */
+	p.ops = &vmf_qemu_ops;
+	ck_assert_int_eq(vmf_template_spec_new(&p, &info, &img, &qspec, qid, &err), 0);
+	has = false;
+	for (size_t i = 0; i < qspec->n_devices; i++)
+		has = has || strcmp(qspec->devices[i], "virtio-scsi:disks") == 0;
+	ck_assert(has);
+	vmf_template_spec_free(spec);
+	vmf_template_spec_free(qspec);
+}
+END_TEST
+
 /* The state stream carries snapshot files; a hostile stream cannot write
  * outside the directory it is unpacked into. */
 START_TEST(state_stream)
@@ -835,6 +864,7 @@ suite(void)
 	tcase_add_test(tc, suspend_resume);
 	tcase_add_test(tc, snapshot_into_template);
 	tcase_add_test(tc, snapshot_through_catalog);
+	tcase_add_test(tc, drives_in_template_spec);
 	tcase_add_test(tc, adopted_process_exits_with_its_last_thread);
 	suite_add_tcase(s, tc);
 	return s;
