@@ -16,6 +16,10 @@
  * Firecracker; none / Created / Running / Paused for Cloud Hypervisor) and
  * answers invalid transitions as the real VMM does: 4xx with
  * {"fault_message": ...} (Firecracker) or an error text (Cloud Hypervisor).
+ * Firecracker drives: PUT /drives/{id} only before boot, PATCH only after
+ * it and only on an existing drive, each opening its path (relative ones
+ * from the fake's working directory) as the drive's is_read_only says; a
+ * snapshot records them and a load reopens them.
  * Snapshots are real files in the directories the driver names.  The vsock
  * socket answers "CONNECT 1024" with "OK ..." and then echoes bytes, standing
  * in for the guest agent.
