@@ -575,7 +575,8 @@ vmf_attach_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control__A
 	for (unsigned i = 0; i < VMF_DISK_SLOTS; i++) {
 		const struct vmf_vm_disk *o = vm->disks[i];
 		if (!o) {
-			if (slot == VMF_DISK_SLOTS)
+			if (slot == VMF_DISK_SLOTS &&
+			    (!vm->ops->disk_slot_fits || vm->ops->disk_slot_fits(i, req->read_only)))
 				slot = i;
 			continue;
 		}
@@ -585,6 +586,12 @@ vmf_attach_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control__A
 			vmf_control_reply_error(c, EBUSY, msg);
 			return;
 		}
+	}
+	if (slot == VMF_DISK_SLOTS && vm->ops->disk_slot_fits) {
+		snprintf(msg, sizeof(msg), "VM %s has no free %s disk slot left (driver %s has a fixed number of "
+			 "each)", vm->id, req->read_only ? "read-only" : "read-write", vm->ops->name);
+		vmf_control_reply_error(c, ENOSPC, msg);
+		return;
 	}
 	if (slot == VMF_DISK_SLOTS) {
 		snprintf(msg, sizeof(msg), "VM %s has %d disks attached, the most it may have", vm->id, VMF_DISK_SLOTS);

@@ -155,8 +155,9 @@ snapshot_done(void *arg)
 		sr.method = (char *)j->res.method;
 		r.body_case = VMF__CONTROL__REPLY__BODY_SNAPSHOT;
 		r.snapshot = &sr;
-		log_vm(VMF_LOG_INFO, j->vm_id, "snapshot into template %s (%.16s) in %llu ms, paused %llu ms", j->name,
-		       j->rec->id, (unsigned long long)sr.total_ms, (unsigned long long)sr.paused_ms);
+		log_vm(VMF_LOG_INFO, j->vm_id, "snapshot into template %s (%.16s) in %llu ms, paused %llu ms (%s)",
+		       j->name, j->rec->id, (unsigned long long)sr.total_ms, (unsigned long long)sr.paused_ms,
+		       j->res.method ? j->res.method : "unknown method");
 		vmf_control_reply(j->c, &r);
 	} else {
 		d->errors++;

@@ -19,6 +19,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "frame.h"
 #include "log.h"
 #include "util.h"
 
@@ -174,6 +175,25 @@ retarget_config(struct vmf_vmm *vm, const char *dir, struct vmf_error *err)
 	return r;
 }
 
+/* vm.restore from dir, paused; Copy mode has read the memory, so the
+ * unpacked files go whatever the outcome. */
+static int
+restore_from(struct vmf_vmm *vm, const char *dir, struct vmf_error *err)
+{
+	char url[PATH_MAX + 8];
+	snprintf(url, sizeof(url), "file://%s", dir);
+	json_object *b = vmf_json_obj();
+	vmf_json_set_str(b, "source_url", url);
+	vmf_json_set_str(b, "memory_restore_mode", "Copy");
+	vmf_json_set_bool(b, "resume", false);
+	int r = api_put(vm, "vm.restore", b, VMF_REST_SNAPSHOT_TIMEOUT_MS, err);
+	struct vmf_error ignored;
+	vmf_rm_rf(dir, &ignored);
+	if (r == 0)
+		vm->paused = true;
+	return r;
+}
+
 static int
 ch_start_from_template(const vmf_vm_config *cfg, int state_fd, struct vmf_vmm **out, struct vmf_error *err)
 {
@@ -185,9 +205,8 @@ ch_start_from_template(const vmf_vm_config *cfg, int state_fd, struct vmf_vmm **
 	int r = vmf_rest_new(&ch, cfg, &vm, err);
 	if (r < 0)
 		return r;
-	char dir[PATH_MAX], url[PATH_MAX + 8];
+	char dir[PATH_MAX];
 	r = vmf_rest_snap_unpack(vm, state_fd, dir, err);
-	snprintf(url, sizeof(url), "file://%s", dir);
 	if (r == 0)
 		r = retarget_config(vm, dir, err);
 	if (r == 0)
@@ -196,14 +215,7 @@ ch_start_from_template(const vmf_vm_config *cfg, int state_fd, struct vmf_vmm **
 		vmf_rest_release(vm);
 		return r;
 	}
-	json_object *b = vmf_json_obj();
-	vmf_json_set_str(b, "source_url", url);
-	vmf_json_set_str(b, "memory_restore_mode", "Copy");
-	vmf_json_set_bool(b, "resume", false);
-	r = api_put(vm, "vm.restore", b, VMF_REST_SNAPSHOT_TIMEOUT_MS, err);
-	/* Copy mode has read the memory: the unpacked files are not needed. */
-	struct vmf_error ignored;
-	vmf_rm_rf(dir, &ignored);
+	r = restore_from(vm, dir, err);
 	if (r < 0) {
 		vmf_error_prefix(err, "restoring the template snapshot");
 		vmf_rest_abort(vm);
@@ -212,6 +224,96 @@ ch_start_from_template(const vmf_vm_config *cfg, int state_fd, struct vmf_vmm **
 	vm->paused = true;
 	*out = vm;
 	return 0;
+}
+
+/* vm.snapshot of the paused VM into the run dir's snapshot directory. */
+static int
+snapshot_to_dir(struct vmf_vmm *vm, char *dir, struct vmf_error *err)
+{
+	char url[PATH_MAX + 8];
+	int r = vmf_rest_snap_begin(vm, dir, err);
+	if (r < 0)
+		return r;
+	snprintf(url, sizeof(url), "file://%s", dir);
+	json_object *b = vmf_json_obj();
+	vmf_json_set_str(b, "destination_url", url);
+	r = api_put(vm, "vm.snapshot", b, VMF_REST_SNAPSHOT_TIMEOUT_MS, err);
+	if (r < 0) {
+		struct vmf_error ignored;
+		vmf_rm_rf(dir, &ignored);
+	}
+	return r;
+}
+
+/* Suspend: vm.snapshot writes config (as resized: boot_vcpus, the
+ * hotplugged memory), device state and all guest memory; the directory
+ * goes into the stream.  The VM stays paused. */
+static int
+ch_save_state(struct vmf_vmm *vm, int state_fd, struct vmf_error *err)
+{
+	char dir[PATH_MAX];
+	int r = vmf_rest_no_disks(vm, "suspend", err);
+	if (r == 0)
+		r = snapshot_to_dir(vm, dir, err);
+	if (r == 0)
+		r = vmf_rest_snap_pack(vm, state_fd, dir, NULL, err);
+	return r < 0 ? vmf_error_prefix(err, "suspending VM %s", vm->cfg->id) : 0;
+}
+
+/* Resume: the saved directory, its config retargeted to this VM's sockets,
+ * vm.restore'd (Copy) into a fresh process; the config brings back the
+ * vCPUs and memory it was resized to. */
+static int
+ch_restore_state(const vmf_hv_state *st, int state_fd, struct vmf_vmm **out, struct vmf_error *err)
+{
+	struct vmf_vmm *vm;
+	char dir[PATH_MAX];
+	int r = vmf_rest_restore_begin(&ch, st, state_fd, &vm, dir, err);
+	if (r < 0)
+		return r;
+	if ((r = retarget_config(vm, dir, err)) == 0)
+		r = vmf_rest_spawn(vm, err);
+	if (r < 0) {
+		struct vmf_error ignored;
+		vmf_rm_rf(dir, &ignored);
+		vmf_rest_release(vm);
+		return r;
+	}
+	r = restore_from(vm, dir, err);
+	if (r < 0) {
+		vmf_error_prefix(err, "resuming VM %s from its saved state", st->config->id);
+		vmf_rest_abort(vm);
+		return r;
+	}
+	*out = vm;
+	return 0;
+}
+
+/* Into a template: Cloud Hypervisor has no template-share, so the new
+ * template is a full-memory one: the whole snapshot directory goes into the
+ * stream and nothing to to->cfg->memory_file.  Its config.json is the
+ * resized one, so clones get the vCPUs and memory the VM was grown by
+ * without hotplugged_vcpus or dimms in res. */
+static int
+ch_snapshot(struct vmf_vmm *vm, const struct vmf_snapshot_to *to, int state_fd, struct vmf_snapshot_result *res,
+	    struct vmf_error *err)
+{
+	(void)to;
+	res->method = "cloud-hypervisor-vm.snapshot";
+	int r = vmf_rest_no_disks(vm, "a snapshot", err);
+	if (r < 0)
+		return r;
+	bool was_running = !vm->paused;
+	int64_t t0 = vmf_now_ms();
+	char dir[PATH_MAX];
+	r = snapshot_to_dir(vm, dir, err);
+	if (r == 0)
+		r = vmf_rest_snap_pack(vm, state_fd, dir, NULL, err);
+	struct vmf_error e2 = {0};
+	if (was_running && vmf_rest_resume(vm, &e2) < 0 && r == 0)
+		r = vmf_err(err, e2.code, "%s", e2.msg);
+	res->paused_ms = (uint64_t)(vmf_now_ms() - t0);
+	return r;
 }
 
 static int
@@ -268,8 +370,9 @@ ch_attach_disk(struct vmf_vmm *vm, const struct vmf_disk_spec *d, struct vmf_err
 	vmf_json_set_str(b, "image_type", strcmp(d->format, "qcow2") == 0 ? "Qcow2" : "Raw");
 	int r = api_put(vm, "vm.add-disk", b, VMF_REST_API_TIMEOUT_MS, err);
 	if (r < 0)
-		vmf_error_prefix(err, "attaching disk %s", id);
-	return r;
+		return vmf_error_prefix(err, "attaching disk %s", id);
+	vm->disks |= 1u << d->slot;
+	return 0;
 }
 
 static int
@@ -286,6 +389,7 @@ ch_detach_disk(struct vmf_vmm *vm, unsigned slot, struct vmf_error *err)
 		*err = e;
 		return vmf_error_prefix(err, "detaching disk %s", id);
 	}
+	vm->disks &= ~(1u << slot);
 	return 0;
 }
 
@@ -324,6 +428,9 @@ const struct vmf_hv_ops vmf_cloud_hypervisor_ops = {
 	.boot = ch_boot,
 	.start_from_template = ch_start_from_template,
 	.save_template = ch_save_template,
+	.snapshot = ch_snapshot,
+	.save_state = ch_save_state,
+	.restore_state = ch_restore_state,
 	.pause = vmf_rest_pause,
 	.resume = vmf_rest_resume,
 	.hotplug_vcpus = ch_hotplug_vcpus,

@@ -191,6 +191,14 @@ struct vmf_hv_ops {
 	 * attached is no error (a cleanup after a half-done attach). */
 	int (*attach_disk)(struct vmf_vmm *vm, const struct vmf_disk_spec *d, struct vmf_error *err);
 	int (*detach_disk)(struct vmf_vmm *vm, unsigned slot, struct vmf_error *err);
+	/* Whether slot can take a disk read_only says (NULL: every slot takes
+	 * any): Firecracker's drives are made at boot, each read-only or not
+	 * for good, so the daemon picks the first free slot that fits. */
+	bool (*disk_slot_fits)(unsigned slot, bool read_only);
+	/* The disk device a template of this driver carries, in the template
+	 * spec's device list (so a change of it is a new template id); NULL:
+	 * "virtio-scsi:disks". */
+	const char *disk_device;
 
 	/* Frees the handle (closes sockets) without touching the process. */
 	void (*release)(struct vmf_vmm *vm);

@@ -13,6 +13,7 @@
 #include "vmm_rest.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,12 +21,19 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "frame.h"
 #include "log.h"
 #include "util.h"
 
 #define FC_API_SOCK "firecracker.sock"
 #define FC_VMSTATE "vmstate"
 #define FC_MEMORY "memory"
+/* Placeholder drives vmfd0..vmfdN-1 (disks, see attach_disk): the first
+ * FC_DISKS_RW read-write, the rest read-only.  Each is backed by an empty
+ * file named relative to the VMM's working directory, its run dir. */
+#define FC_DISKS 4
+#define FC_DISKS_RW 2
+#define FC_DISK_DEVICE "virtio-blk:vmfd0-1-rw,vmfd2-3-ro,empty-placeholders"
 /* First API version the driver was tested with /hotplug/memory. */
 #define HOTPLUG_MIN_MAJOR 1
 #define HOTPLUG_MIN_MINOR 17
@@ -92,6 +100,32 @@ fc_ask_exit(struct vmf_vmm *vm, int timeout_ms)
 	return true;
 }
 
+/* Drive id (the serial the guest sees: virtio-blk's GET_ID answers the
+ * drive id) and placeholder file of slot i. */
+static void
+placeholder(unsigned i, char id[16], char path[32])
+{
+	snprintf(id, 16, "vmfd%u", i);
+	snprintf(path, 32, "vmfd%u.empty", i);
+}
+
+/* The empty files behind the placeholder drives, in the run dir: made
+ * before boot, which opens them, and before every snapshot load, since the
+ * snapshot names them relative to the VMM's working directory. */
+static int
+make_placeholders(struct vmf_vmm *vm, struct vmf_error *err)
+{
+	for (unsigned i = 0; i < FC_DISKS; i++) {
+		char id[16], name[32];
+		placeholder(i, id, name);
+		int fd = vmf_open_beneath(vm->cfg->run_dir, name, O_WRONLY | O_CREAT | O_TRUNC, 0600, err);
+		if (fd < 0)
+			return vmf_error_prefix(err, "VM %s: placeholder drive %s", vm->cfg->id, id);
+		close(fd);
+	}
+	return 0;
+}
+
 static const struct vmf_rest_vmm fc = {
 	.name = "firecracker",
 	.kind = VMF__HV__HYPERVISOR_KIND__HV_FIRECRACKER,
@@ -116,10 +150,14 @@ fc_boot(const vmf_vm_config *cfg, struct vmf_vmm **out, struct vmf_error *err)
 	if (cfg->max_vcpus > cfg->vcpus)
 		log_vm(VMF_LOG_INFO, cfg->id, "firecracker cannot hot-add vCPUs: max_vcpus %u is not usable",
 		       cfg->max_vcpus);
+	r = make_placeholders(vm, err);
 	json_object *b = vmf_json_obj();
 	vmf_json_set_int(b, "vcpu_count", cfg->vcpus);
 	vmf_json_set_int(b, "mem_size_mib", cfg->memory_mib);
-	r = api_put(vm, "PUT", "/machine-config", b, err);
+	if (r == 0)
+		r = api_put(vm, "PUT", "/machine-config", b, err);
+	else
+		json_object_put(b);
 	if (r == 0) {
 		b = vmf_json_obj();
 		vmf_json_set_str(b, "kernel_image_path", cfg->kernel);
@@ -140,6 +178,18 @@ fc_boot(const vmf_vm_config *cfg, struct vmf_vmm **out, struct vmf_error *err)
 		vmf_json_set_int(b, "total_size_mib", cfg->max_memory_mib - cfg->memory_mib);
 		r = api_put(vm, "PUT", "/hotplug/memory", b, err);
 	}
+	for (unsigned i = 0; r == 0 && i < FC_DISKS; i++) {
+		char id[16], path[32];
+		placeholder(i, id, path);
+		b = vmf_json_obj();
+		vmf_json_set_str(b, "drive_id", id);
+		vmf_json_set_bool(b, "is_root_device", false);
+		vmf_json_set_bool(b, "is_read_only", i >= FC_DISKS_RW);
+		vmf_json_set_str(b, "path_on_host", path);
+		char ep[32];
+		snprintf(ep, sizeof(ep), "/drives/%s", id);
+		r = api_put(vm, "PUT", ep, b, err);
+	}
 	if (r == 0) {
 		b = vmf_json_obj();
 		vmf_json_set_str(b, "action_type", "InstanceStart");
@@ -154,6 +204,9 @@ fc_boot(const vmf_vm_config *cfg, struct vmf_vmm **out, struct vmf_error *err)
 	return 0;
 }
 
+static const char *const with_mem[] = { FC_VMSTATE, FC_MEMORY, NULL };
+static const char *const state_only[] = { FC_VMSTATE, NULL };
+
 /* The snapshot's files in dir: the vmstate, and the memory image unless
  * the template's memory file holds it. */
 static void
@@ -164,6 +217,34 @@ snap_paths(const vmf_vm_config *cfg, const char *dir, bool full, char *vmstate, 
 		snprintf(mem, PATH_MAX, "%s/%s", dir, FC_MEMORY);
 	else
 		snprintf(mem, PATH_MAX, "%s", cfg->memory_file);
+}
+
+/* File backend: Firecracker maps the memory file MAP_PRIVATE, so every
+ * clone of a template shares its unmodified pages (and a resumed VM's
+ * file stays mapped even once unlinked). */
+static int
+load_snapshot(struct vmf_vmm *vm, const char *vmstate, const char *mem, struct vmf_error *err)
+{
+	json_object *b = vmf_json_obj(), *be = vmf_json_obj(), *vo = vmf_json_obj();
+	vmf_json_set_str(b, "snapshot_path", vmstate);
+	vmf_json_set_str(be, "backend_type", "File");
+	vmf_json_set_str(be, "backend_path", mem);
+	json_object_object_add(b, "mem_backend", be);
+	vmf_json_set_bool(b, "resume_vm", false);
+	/* The snapshot names the template's vsock socket; each clone has its own. */
+	vmf_json_set_str(vo, "uds_path", vm->vsock);
+	json_object_object_add(b, "vsock_override", vo);
+	return vmf_rest_send(vm, "PUT", "/snapshot/load", b, VMF_REST_SNAPSHOT_TIMEOUT_MS, err);
+}
+
+static int
+create_snapshot(struct vmf_vmm *vm, const char *vmstate, const char *mem, struct vmf_error *err)
+{
+	json_object *b = vmf_json_obj();
+	vmf_json_set_str(b, "snapshot_type", "Full");
+	vmf_json_set_str(b, "snapshot_path", vmstate);
+	vmf_json_set_str(b, "mem_file_path", mem);
+	return vmf_rest_send(vm, "PUT", "/snapshot/create", b, VMF_REST_SNAPSHOT_TIMEOUT_MS, err);
 }
 
 /* Full snapshot of the paused VM: memory to the template's memory file (or,
@@ -180,13 +261,7 @@ fc_save_template(struct vmf_vmm *vm, int state_fd, bool full, struct vmf_error *
 	if (r < 0)
 		return r;
 	snap_paths(cfg, dir, full, vmstate, mem);
-	json_object *b = vmf_json_obj();
-	vmf_json_set_str(b, "snapshot_type", "Full");
-	vmf_json_set_str(b, "snapshot_path", vmstate);
-	vmf_json_set_str(b, "mem_file_path", mem);
-	r = vmf_rest_send(vm, "PUT", "/snapshot/create", b, VMF_REST_SNAPSHOT_TIMEOUT_MS, err);
-	static const char *const with_mem[] = { FC_VMSTATE, FC_MEMORY, NULL };
-	static const char *const state_only[] = { FC_VMSTATE, NULL };
+	r = create_snapshot(vm, vmstate, mem, err);
 	if (r == 0)
 		r = vmf_rest_snap_pack(vm, state_fd, dir, full ? with_mem : state_only, err);
 	return r;
@@ -214,23 +289,14 @@ fc_start_from_template(const vmf_vm_config *cfg, int state_fd, struct vmf_vmm **
 	if (r == 0 && full && stat(mem, &st) < 0)
 		r = vmf_err(err, EPROTO, "VM %s: the full template state holds no memory image", cfg->id);
 	if (r == 0)
+		r = make_placeholders(vm, err);
+	if (r == 0)
 		r = vmf_rest_spawn(vm, err);
 	if (r < 0) {
 		vmf_rest_release(vm);
 		return r;
 	}
-	/* File backend: Firecracker maps the memory file MAP_PRIVATE, so every
-	 * clone of a template shares its unmodified pages. */
-	json_object *b = vmf_json_obj(), *be = vmf_json_obj(), *vo = vmf_json_obj();
-	vmf_json_set_str(b, "snapshot_path", vmstate);
-	vmf_json_set_str(be, "backend_type", "File");
-	vmf_json_set_str(be, "backend_path", mem);
-	json_object_object_add(b, "mem_backend", be);
-	vmf_json_set_bool(b, "resume_vm", false);
-	/* The snapshot names the template's vsock socket; each clone has its own. */
-	vmf_json_set_str(vo, "uds_path", vm->vsock);
-	json_object_object_add(b, "vsock_override", vo);
-	r = vmf_rest_send(vm, "PUT", "/snapshot/load", b, VMF_REST_SNAPSHOT_TIMEOUT_MS, err);
+	r = load_snapshot(vm, vmstate, mem, err);
 	if (r < 0) {
 		vmf_error_prefix(err, "loading the template snapshot");
 		vmf_rest_abort(vm);
@@ -243,6 +309,164 @@ fc_start_from_template(const vmf_vm_config *cfg, int state_fd, struct vmf_vmm **
 	}
 	vm->paused = true;
 	*out = vm;
+	return 0;
+}
+
+/* Suspend: a Full snapshot with the memory in the run dir's snapshot
+ * directory (all of it: the File backend of a clone is a private mapping,
+ * and a Full snapshot writes every page, the virtio-mem region included),
+ * both files into the stream.  The VM stays paused. */
+static int
+fc_save_state(struct vmf_vmm *vm, int state_fd, struct vmf_error *err)
+{
+	int r = vmf_rest_no_disks(vm, "suspend", err);
+	char dir[PATH_MAX], vmstate[PATH_MAX], mem[PATH_MAX];
+	if (r == 0)
+		r = vmf_rest_snap_begin(vm, dir, err);
+	if (r < 0)
+		return r;
+	snap_paths(vm->cfg, dir, true, vmstate, mem);
+	r = create_snapshot(vm, vmstate, mem, err);
+	if (r == 0)
+		return vmf_rest_snap_pack(vm, state_fd, dir, with_mem, err);
+	struct vmf_error ignored;
+	vmf_rm_rf(dir, &ignored);
+	return vmf_error_prefix(err, "suspending VM %s", vm->cfg->id);
+}
+
+/* Resume: a fresh process loads the saved snapshot, its memory from the
+ * unpacked file; the vmstate brings back the machine config and the
+ * virtio-mem region with what was plugged (the handle's memory_mib). */
+static int
+fc_restore_state(const vmf_hv_state *st, int state_fd, struct vmf_vmm **out, struct vmf_error *err)
+{
+	struct vmf_vmm *vm;
+	char dir[PATH_MAX], vmstate[PATH_MAX], mem[PATH_MAX];
+	int r = vmf_rest_restore_begin(&fc, st, state_fd, &vm, dir, err);
+	if (r < 0)
+		return r;
+	snap_paths(vm->cfg, dir, true, vmstate, mem);
+	struct stat sb;
+	if (stat(vmstate, &sb) < 0 || stat(mem, &sb) < 0)
+		r = vmf_err(err, EPROTO, "VM %s: the saved state lacks the firecracker vmstate or memory", vm->cfg->id);
+	if (r == 0)
+		r = make_placeholders(vm, err);
+	if (r == 0)
+		r = vmf_rest_spawn(vm, err);
+	if (r < 0) {
+		vmf_rest_release(vm);
+		return r;
+	}
+	if ((r = load_snapshot(vm, vmstate, mem, err)) < 0) {
+		vmf_error_prefix(err, "resuming VM %s from its saved state", st->config->id);
+		vmf_rest_abort(vm);
+		return r;
+	}
+	/* Mapped privately: the memory file may go, the mapping keeps it. */
+	unlink(vmstate);
+	unlink(mem);
+	rmdir(dir);
+	vm->paused = true;
+	*out = vm;
+	return 0;
+}
+
+/* Into a template: a Full snapshot whose memory goes straight to the new
+ * template's memory file (clones map it, template-share), the vmstate into
+ * the stream as save_template writes it.  Firecracker cannot add vCPUs;
+ * memory plugged through virtio-mem is in the vmstate and the file. */
+static int
+fc_snapshot(struct vmf_vmm *vm, const struct vmf_snapshot_to *to, int state_fd, struct vmf_snapshot_result *res,
+	    struct vmf_error *err)
+{
+	const char *mem = to->cfg->memory_file;
+	res->method = "firecracker-snapshot-create";
+	if (!mem || mem[0] != '/')
+		return vmf_err(err, EINVAL, "VM %s: a firecracker snapshot needs an absolute memory file", vm->cfg->id);
+	int r = vmf_rest_no_disks(vm, "a snapshot", err);
+	if (r < 0)
+		return r;
+	bool was_running = !vm->paused;
+	int64_t t0 = vmf_now_ms();
+	char dir[PATH_MAX], vmstate[PATH_MAX];
+	if ((r = vmf_rest_snap_begin(vm, dir, err)) < 0)
+		return r;
+	snprintf(vmstate, sizeof(vmstate), "%s/%s", dir, FC_VMSTATE);
+	r = create_snapshot(vm, vmstate, mem, err);
+	if (r == 0)
+		r = vmf_rest_snap_pack(vm, state_fd, dir, state_only, err);
+	if (r < 0) {
+		struct vmf_error ignored;
+		vmf_rm_rf(dir, &ignored);
+		unlink(mem);
+	}
+	struct vmf_error e2 = {0};
+	if (was_running && vmf_rest_resume(vm, &e2) < 0 && r == 0)
+		r = vmf_err(err, e2.code, "%s", e2.msg);
+	res->paused_ms = (uint64_t)(vmf_now_ms() - t0);
+	return r;
+}
+
+/* Disks: PATCH /drives/vmfdN points a placeholder drive at the daemon's
+ * descriptor as /proc/<daemon>/fd/N (Firecracker opens a path; that one
+ * reopens the very file the daemon checked, so a path swapped since cannot
+ * matter; the caller keeps fd open until this returns).  Firecracker adds
+ * drives only before boot and a PATCH keeps is_read_only, hence the fixed
+ * slots of both kinds. */
+static bool
+fc_disk_slot_fits(unsigned slot, bool read_only)
+{
+	return slot < FC_DISKS && (slot >= FC_DISKS_RW) == read_only;
+}
+
+static int
+patch_drive(struct vmf_vmm *vm, unsigned slot, const char *path, struct vmf_error *err)
+{
+	char id[16], name[32], ep[32];
+	placeholder(slot, id, name);
+	snprintf(ep, sizeof(ep), "/drives/%s", id);
+	json_object *b = vmf_json_obj();
+	vmf_json_set_str(b, "drive_id", id);
+	vmf_json_set_str(b, "path_on_host", path ? path : name);
+	return api_put(vm, "PATCH", ep, b, err);
+}
+
+static int
+fc_attach_disk(struct vmf_vmm *vm, const struct vmf_disk_spec *d, struct vmf_error *err)
+{
+	const char *id = vm->cfg->id;
+	if (d->backing_fd >= 0)
+		return vmf_err(err, ENOTSUP, "VM %s: firecracker takes no copy-on-write disk (its drives are raw "
+			       "files without a backing chain)", id);
+	if (d->format && strcmp(d->format, "raw") != 0)
+		return vmf_err(err, ENOTSUP, "VM %s: firecracker takes only raw disks, not %s", id, d->format);
+	if (d->slot >= FC_DISKS)
+		return vmf_err(err, ENOSPC, "VM %s: firecracker has %u disk slots (vmfd0-vmfd%u), slot %u is none of "
+			       "them", id, FC_DISKS, FC_DISKS - 1, d->slot);
+	if (!fc_disk_slot_fits(d->slot, d->read_only))
+		return vmf_err(err, EINVAL, "VM %s: firecracker disk slot vmfd%u is %s, the disk is %s (slots "
+			       "vmfd0-vmfd%u are read-write, vmfd%u-vmfd%u read-only)", id, d->slot,
+			       d->read_only ? "read-write" : "read-only", d->read_only ? "read-only" : "read-write",
+			       FC_DISKS_RW - 1, FC_DISKS_RW, FC_DISKS - 1);
+	char path[64];
+	snprintf(path, sizeof(path), "/proc/%d/fd/%d", (int)getpid(), d->fd);
+	int r = patch_drive(vm, d->slot, path, err);
+	if (r < 0)
+		return vmf_error_prefix(err, "attaching disk vmfd%u", d->slot);
+	vm->disks |= 1u << d->slot;
+	return 0;
+}
+
+/* The placeholder back: the VMM lets go of the disk's file. */
+static int
+fc_detach_disk(struct vmf_vmm *vm, unsigned slot, struct vmf_error *err)
+{
+	if (slot >= FC_DISKS)
+		return 0;
+	int r = patch_drive(vm, slot, NULL, err);
+	if (r < 0)
+		return vmf_error_prefix(err, "detaching disk vmfd%u", slot);
+	vm->disks &= ~(1u << slot);
 	return 0;
 }
 
@@ -310,6 +534,9 @@ const struct vmf_hv_ops vmf_firecracker_ops = {
 	.boot = fc_boot,
 	.start_from_template = fc_start_from_template,
 	.save_template = fc_save_template,
+	.snapshot = fc_snapshot,
+	.save_state = fc_save_state,
+	.restore_state = fc_restore_state,
 	.pause = vmf_rest_pause,
 	.resume = vmf_rest_resume,
 	.hotplug_vcpus = fc_hotplug_vcpus,
@@ -322,5 +549,9 @@ const struct vmf_hv_ops vmf_firecracker_ops = {
 	.watch_fd = vmf_rest_watch_fd,
 	.serialize = vmf_rest_serialize,
 	.adopt = fc_adopt,
+	.attach_disk = fc_attach_disk,
+	.detach_disk = fc_detach_disk,
+	.disk_slot_fits = fc_disk_slot_fits,
+	.disk_device = FC_DISK_DEVICE,
 	.release = vmf_rest_release,
 };

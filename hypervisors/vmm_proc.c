@@ -75,6 +75,8 @@ vmf_vmm_spawn(const struct vmf_vmm_spawn *s, struct vmf_vmm_proc *p, struct vmf_
 		dup2(devnull, 0);
 		dup2(out, 1);
 		dup2(errfd, 2);
+		if (s->cwd && chdir(s->cwd) < 0)
+			_exit(127);
 		syscall(SYS_close_range, 3U, ~0U, 4U /* CLOSE_RANGE_CLOEXEC */);
 		for (size_t i = 0; i < s->n_keep; i++)
 			fcntl(s->keep_fds[i], F_SETFD, 0);

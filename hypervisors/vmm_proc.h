@@ -36,6 +36,7 @@ struct vmf_vmm_spawn {
 	const char *log_name;   /* (no symlink followed), appended to */
 	bool log_truncate;      /* ... or emptied first */
 	int out_fd;             /* no log_name: stdout here, stderr /dev/null */
+	const char *cwd;        /* working directory (NULL: the caller's) */
 	const int *keep_fds;    /* inherited too, under the same numbers */
 	size_t n_keep;
 	/* SIGKILL when the spawning thread ends: for short-lived helpers (the

@@ -119,7 +119,10 @@ vmf_rest_spawn(struct vmf_vmm *vm, struct vmf_error *err)
 	for (size_t i = 0, n = 0; argv[i] && n < sizeof(line); i++)
 		n += (size_t)snprintf(line + n, sizeof(line) - n, "%s%s", i ? " " : "", argv[i]);
 	log_vm(VMF_LOG_DEBUG, cfg->id, "starting %s", line);
-	struct vmf_vmm_spawn s = { .argv = argv, .log_dir = cfg->run_dir, .log_name = vm->vmm->log };
+	/* The run dir as working directory: Firecracker's placeholder drives
+	 * are named relative to it, so a snapshot finds each clone's own. */
+	struct vmf_vmm_spawn s = { .argv = argv, .log_dir = cfg->run_dir, .log_name = vm->vmm->log,
+				   .cwd = cfg->run_dir };
 	int r = vmf_vmm_spawn(&s, &vm->proc, err);
 	if (r < 0)
 		return vmf_error_prefix(err, "VM %s", cfg->id);
@@ -213,6 +216,38 @@ vmf_rest_snap_unpack(struct vmf_vmm *vm, int state_fd, char *dir, struct vmf_err
 	snprintf(dir, PATH_MAX, "%s/%s", vm->cfg->run_dir, VMF_REST_SNAP_DIR);
 	if (vmf_mkdir_p(vm->cfg->run_dir, 0700, err) < 0 || vmf_vmm_unpack(state_fd, dir, err) < 0)
 		return vmf_error_prefix(err, "VM %s: reading the template state", vm->cfg->id);
+	return 0;
+}
+
+int
+vmf_rest_no_disks(const struct vmf_vmm *vm, const char *what, struct vmf_error *err)
+{
+	if (!vm->disks)
+		return 0;
+	return vmf_err(err, ENOTSUP, "VM %s: %s of a %s VM with a disk attached is unsupported (its snapshot "
+		       "would name the daemon's descriptors); detach the disks first", vm->cfg->id, what,
+		       vm->vmm->name);
+}
+
+int
+vmf_rest_restore_begin(const struct vmf_rest_vmm *vmm, const vmf_hv_state *st, int state_fd,
+		       struct vmf_vmm **out, char *dir, struct vmf_error *err)
+{
+	*out = NULL;
+	if (st->schema_version != STATE_SCHEMA_VERSION || !st->config || st->kind != vmm->kind)
+		return vmf_err(err, EINVAL, "hypervisor state is not a %s state of schema %u", vmm->name,
+			       STATE_SCHEMA_VERSION);
+	struct vmf_vmm *vm;
+	int r = vmf_rest_new(vmm, st->config, &vm, err);
+	if (r < 0)
+		return r;
+	if ((r = vmf_rest_snap_unpack(vm, state_fd, dir, err)) < 0) {
+		vm_free(vm);
+		return vmf_error_prefix(err, "resuming VM %s", st->config->id);
+	}
+	vm->vcpus = st->vcpus;
+	vm->memory_mib = st->memory_mib;
+	*out = vm;
 	return 0;
 }
 

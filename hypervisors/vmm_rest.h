@@ -57,6 +57,10 @@ struct vmf_vmm {
 	unsigned vcpus;
 	unsigned memory_mib;       /* base + hot-added */
 	bool paused;
+	/* Slots with a disk attached (bit N: slot N), for the snapshot ops,
+	 * which refuse such a VM: its snapshot would name the daemon's
+	 * /proc/<pid>/fd paths.  Not recorded: an adopted handle starts at 0. */
+	unsigned disks;
 };
 
 /* ---- for the driver files ---- */
@@ -90,6 +94,14 @@ int vmf_rest_snap_begin(struct vmf_vmm *vm, char *dir, struct vmf_error *err);
 int vmf_rest_snap_pack(struct vmf_vmm *vm, int state_fd, const char *dir, const char *const *names,
 		       struct vmf_error *err);
 int vmf_rest_snap_unpack(struct vmf_vmm *vm, int state_fd, char *dir, struct vmf_error *err);
+/* For save_state and snapshot: ENOTSUP while a disk is attached (what
+ * names the operation in the sentence). */
+int vmf_rest_no_disks(const struct vmf_vmm *vm, const char *what, struct vmf_error *err);
+/* ops->restore_state up to the load request: a handle for the VM st
+ * describes (its config, vCPUs and memory, same sockets), its snapshot
+ * unpacked from state_fd into dir, no process yet. */
+int vmf_rest_restore_begin(const struct vmf_rest_vmm *vmm, const vmf_hv_state *st, int state_fd,
+			   struct vmf_vmm **out, char *dir, struct vmf_error *err);
 
 /* ops->probe up to the capabilities: runs `bin --version`, which both
  * VMMs answer with "NAME vX.Y.Z"; accel is kvm. */

@@ -112,8 +112,8 @@ vmf_template_spec_new(const struct vmf_template_params *p, const struct vmf_hv_i
 	s->full_memory = p->full_memory;
 	/* The device set is fixed by the driver's command line; naming it here
 	 * makes a driver change produce a new template id. */
-	static const char *devices[] = { "virtio-serial:agent", "virtio-serial:vmf", "virtio-rng", "vmgenid", "virtio-9p:share",
-					 "virtio-scsi:disks", VMF_TEMPLATE_NIC_DEVICE };
+	const char *devices[] = { "virtio-serial:agent", "virtio-serial:vmf", "virtio-rng", "vmgenid", "virtio-9p:share",
+				  p->ops->disk_device ? p->ops->disk_device : "virtio-scsi:disks", VMF_TEMPLATE_NIC_DEVICE };
 	s->n_devices = sizeof(devices) / sizeof(devices[0]) - !vmf_template_params_nic(p);
 	s->devices = calloc(s->n_devices, sizeof(char *));
 	bool ok = s->hypervisor_version && s->machine && s->accel && s->kernel_sha256 && s->initrd_sha256 &&
@@ -546,7 +546,11 @@ vmf_template_snapshot(struct vmf_catalog *cat, const char *state_dir, const char
 	if (!q->p->ops->snapshot)
 		return vmf_err(err, ENOTSUP, "the %s driver cannot snapshot a running VM into a template",
 			       q->p->ops->name);
-	if (!parent->spec || parent->spec->full_memory)
+	/* A driver without template-share (Cloud Hypervisor) carries all RAM
+	 * in the state stream: its templates, and snapshots of their clones,
+	 * are full-memory ones. */
+	bool full = !(q->p->ops->capabilities(q->vm) & VMF_CAP_TEMPLATE_SHARE);
+	if (!parent->spec || (parent->spec->full_memory && !full))
 		return vmf_err(err, ENOTSUP, "VM %s comes from a template without shared memory (share_memory = "
 			       "no): its clones could not share a snapshot's RAM", q->vm_id);
 	Vmf__Catalog__TemplateRecord *old = NULL;
@@ -635,7 +639,8 @@ vmf_template_snapshot(struct vmf_catalog *cat, const char *state_dir, const char
 	Vmf__Hv__HotDimm dimms[VMF_SNAPSHOT_MAX_DIMMS], *dimmp[VMF_SNAPSHOT_MAX_DIMMS];
 	snprintf(bstate, sizeof(bstate), "%s/state", build_dir);
 	uint64_t memory_size = 0;
-	if ((r = fsync_path(bmem, err)) < 0 || (r = vmf_sha256_file(bmem, mem_sha, err)) < 0 ||
+	spec.full_memory = spec.full_memory || full;
+	if ((!full && ((r = fsync_path(bmem, err)) < 0 || (r = vmf_sha256_file(bmem, mem_sha, err)) < 0)) ||
 	    (r = vmf_sha256_file(bstate, state_sha, err)) < 0)
 		goto fail;
 	for (unsigned k = 0; k < res->n_dimms; k++) {
@@ -651,7 +656,7 @@ vmf_template_snapshot(struct vmf_catalog *cat, const char *state_dir, const char
 		dimmp[k] = &dimms[k];
 		dimm_shap[k] = dimm_sha[k];
 	}
-	rec.memory_size = file_size(bmem);
+	rec.memory_size = full ? 0 : file_size(bmem);
 	rec.state_size = file_size(bstate);
 	memory_size += rec.memory_size;
 	if (rename(build_dir, final_dir) < 0) {
@@ -668,8 +673,8 @@ vmf_template_snapshot(struct vmf_catalog *cat, const char *state_dir, const char
 	rec.spec = &spec;
 	rec.state = VMF__CATALOG__TEMPLATE_STATE__TEMPLATE_READY;
 	rec.dir = final_dir;
-	rec.memory_file = mem;
-	rec.memory_sha256 = mem_sha;
+	rec.memory_file = full ? (char *)"" : mem;
+	rec.memory_sha256 = full ? (char *)"" : mem_sha;
 	rec.state_file = state;
 	rec.state_sha256 = state_sha;
 	rec.hypervisor_version = parent->hypervisor_version;

@@ -16,6 +16,10 @@
  * Firecracker; none / Created / Running / Paused for Cloud Hypervisor) and
  * answers invalid transitions as the real VMM does: 4xx with
  * {"fault_message": ...} (Firecracker) or an error text (Cloud Hypervisor).
+ * Firecracker drives: PUT /drives/{id} only before boot, PATCH only after
+ * it and only on an existing drive, each opening its path (relative ones
+ * from the fake's working directory) as the drive's is_read_only says; a
+ * snapshot records them and a load reopens them.
  * Snapshots are real files in the directories the driver names.  The vsock
  * socket answers "CONNECT 1024" with "OK ..." and then echoes bytes, standing
  * in for the guest agent.
@@ -416,10 +420,106 @@ make_sparse(const char *path, uint64_t size)
 	return ok;
 }
 
+/* Firecracker's block devices: PUT /drives/{id} before boot only (it
+ * opens path_on_host then, as is_read_only says), PATCH /drives/{id} after
+ * boot only and only on a drive that exists (it reopens the new path with
+ * the drive's is_read_only, which a PATCH cannot change).  A snapshot names
+ * the drives; a load reopens their paths. */
+static bool
+fc_drive_opens(const char *path, bool ro)
+{
+	return path && access(path, ro ? R_OK : R_OK | W_OK) == 0;
+}
+
+static json_object *
+fc_drives(void)
+{
+	json_object *d;
+	if (!json_object_object_get_ex(fc_cfg, "/drives", &d)) {
+		d = json_object_new_object();
+		json_object_object_add(fc_cfg, "/drives", d);
+	}
+	return d;
+}
+
+static void
+fc_drive_request(int fd, const char *m, const char *p, json_object *b, bool pre)
+{
+	const char *id = p + strlen("/drives/"), *path = jstr(b, "path_on_host");
+	if (!jstr(b, "drive_id") || strcmp(jstr(b, "drive_id"), id) != 0) {
+		fault(fd, 400, "The drive_id in the body does not match the one in the path.");
+		return;
+	}
+	json_object *d = fc_drives(), *drive = NULL, *ro;
+	json_object_object_get_ex(d, id, &drive);
+	if (strcmp(m, "PUT") == 0) {
+		if (!pre) {
+			fault(fd, 400, "The requested operation is not supported after starting the microVM.");
+			return;
+		}
+		bool rdonly = json_object_object_get_ex(b, "is_read_only", &ro) && json_object_get_boolean(ro);
+		if (!path || !json_object_object_get_ex(b, "is_read_only", NULL)) {
+			fault(fd, 400, "Unable to create the block device: path_on_host and is_read_only are required "
+			      "for a virtio-block drive");
+			return;
+		}
+		if (!fc_drive_opens(path, rdonly)) {
+			fault(fd, 400, "Unable to create the block device BackingFile(Os { code: 2, kind: NotFound }, "
+			      "\"%s\")", path);
+			return;
+		}
+		json_object *o = json_object_new_object();
+		json_object_object_add(o, "path_on_host", json_object_new_string(path));
+		json_object_object_add(o, "is_read_only", json_object_new_boolean(rdonly));
+		json_object_object_add(d, id, o);
+		fc_configured = true;
+		respond(fd, 204, NULL, NULL);
+		return;
+	}
+	if (state == ST_NONE) {
+		fault(fd, 400, "The requested operation is not supported before starting the microVM.");
+		return;
+	}
+	if (!drive) {
+		fault(fd, 400, "Unable to patch the block device: Invalid block device ID: %s", id);
+		return;
+	}
+	bool rdonly = json_object_object_get_ex(drive, "is_read_only", &ro) && json_object_get_boolean(ro);
+	if (path && !fc_drive_opens(path, rdonly)) {
+		fault(fd, 400, "Unable to patch the block device: BackingFile(Os { code: 2, kind: NotFound }, \"%s\")",
+		      path);
+		return;
+	}
+	if (path)
+		json_object_object_add(drive, "path_on_host", json_object_new_string(path));
+	respond(fd, 204, NULL, NULL);
+}
+
+/* A snapshot load reopens every drive's path (relative to the working
+ * directory, as Firecracker's File::open does). */
+static const char *
+fc_drives_missing(json_object *cfg)
+{
+	json_object *d;
+	if (!json_object_object_get_ex(cfg, "/drives", &d))
+		return NULL;
+	json_object_object_foreach(d, id, drive) {
+		json_object *ro;
+		bool rdonly = json_object_object_get_ex(drive, "is_read_only", &ro) && json_object_get_boolean(ro);
+		if (!fc_drive_opens(jstr(drive, "path_on_host"), rdonly))
+			return id;
+	}
+	return NULL;
+}
+
 static void
 fc_handle(int fd, const char *m, const char *p, json_object *b)
 {
 	bool pre = state == ST_NONE && !fc_loaded;
+	if ((strcmp(m, "PUT") == 0 || strcmp(m, "PATCH") == 0) && strncmp(p, "/drives/", 8) == 0) {
+		fc_drive_request(fd, m, p, b, pre);
+		return;
+	}
 	if (strcmp(m, "GET") == 0 && strcmp(p, "/") == 0) {
 		json_object *o = json_object_new_object();
 		json_object_object_add(o, "app_name", json_object_new_string("Firecracker"));
@@ -532,6 +632,13 @@ fc_handle(int fd, const char *m, const char *p, json_object *b)
 		}
 		json_object *cfg = NULL, *vo = NULL;
 		json_object_object_get_ex(snap, "config", &cfg);
+		const char *gone = fc_drives_missing(cfg);
+		if (gone) {
+			fault(fd, 400, "Load snapshot error: Failed to restore from snapshot: cannot open the backing "
+			      "file of drive %s", gone);
+			json_object_put(snap);
+			return;
+		}
 		json_object_put(fc_cfg);
 		fc_cfg = json_object_get(cfg);
 		hp_total = (uint64_t)jint(snap, "hotplug_total", 0);

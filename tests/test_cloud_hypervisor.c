@@ -7,7 +7,9 @@
 
 #include <signal.h>
 
+#include "catalog.h"
 #include "frame.h"
+#include "template.h"
 #include "vmm_http.h"
 
 static const struct vmf_hv_ops *ops = &vmf_cloud_hypervisor_ops;
@@ -211,6 +213,227 @@ START_TEST(fake_is_strict)
 }
 END_TEST
 
+/* vm.info of the fake: the state and the config's cpus/memory. */
+static void
+ch_info(const char *run_dir, char *state, size_t n, int64_t *vcpus, int64_t *hotplugged)
+{
+	char sock[PATH_MAX];
+	snprintf(sock, sizeof(sock), "%s/ch.sock", run_dir);
+	json_object *o = NULL, *v, *c, *x;
+	struct vmf_error err = {0};
+	state[0] = '\0';
+	*vcpus = *hotplugged = -1;
+	if (vmf_vmm_http("cloud-hypervisor", sock, "GET", "/api/v1/vm.info", NULL, &o, 5000, &err) < 0)
+		return;
+	if (json_object_object_get_ex(o, "state", &v))
+		snprintf(state, n, "%s", json_object_get_string(v));
+	if (json_object_object_get_ex(o, "config", &c)) {
+		if (json_object_object_get_ex(c, "cpus", &x) && json_object_object_get_ex(x, "boot_vcpus", &v))
+			*vcpus = json_object_get_int64(v);
+		if (json_object_object_get_ex(c, "memory", &x) && json_object_object_get_ex(x, "hotplugged_size", &v))
+			*hotplugged = json_object_get_int64(v);
+	}
+	json_object_put(o);
+}
+
+/* Suspend and resume (issue 18): vm.snapshot into the stream, vm.restore
+ * of it with the VM's own sockets; the resized vCPUs and memory return. */
+START_TEST(suspend_resume)
+{
+	struct vmf_error err = {0};
+	struct fv_cfg t;
+	fv_config(&t, "s", 1, 2, 128, 256);
+	struct vmf_vmm *vm = NULL;
+	ck_assert_msg(ops->boot(&t.c, &vm, &err) == 0, "%s", err.msg);
+	ck_assert_msg(ops->hotplug_vcpus(vm, 2, &err) == 0, "%s", err.msg);
+	ck_assert_msg(ops->hotplug_memory(vm, 64, &err) == 0, "%s", err.msg);
+	int sfd = fv_open_state("s.state", O_RDWR | O_CREAT | O_TRUNC);
+	ck_assert_msg(ops->save_state(vm, sfd, &err) == 0, "%s", err.msg);
+	char want[PATH_MAX * 2], st[32];
+	snprintf(want, sizeof(want), "PUT /api/v1/vm.snapshot {\"destination_url\":\"file://%s/snapshot\"}", t.run_dir);
+	ck_assert_msg(fv_log_has(want), "no vm.snapshot into the run dir");
+	vmf_hv_state *hs = NULL;
+	ck_assert_int_eq(ops->serialize(vm, &hs, &err), 0);
+	ck_assert(hs->paused);
+	ck_assert_int_eq(ops->stop(vm, 3000, &err), 0);
+	ops->release(vm);
+	ck_assert_int_eq(lseek(sfd, 0, SEEK_SET), 0);
+	ck_assert_msg(ops->restore_state(hs, sfd, &vm, &err) == 0, "%s", err.msg);
+	close(sfd);
+	int64_t vcpus, hot;
+	ch_info(t.run_dir, st, sizeof(st), &vcpus, &hot);
+	ck_assert_str_eq(st, "Paused");
+	ck_assert_int_eq(vcpus, 2);
+	ck_assert_int_eq(hot, 64 << 20);
+	vmf_hv_state *hs2 = NULL;
+	ck_assert_int_eq(ops->serialize(vm, &hs2, &err), 0);
+	ck_assert(hs2->paused);
+	ck_assert_int_eq(hs2->vcpus, 2);
+	ck_assert_int_eq(hs2->memory_mib, 192);
+	vmf__hv__hypervisor_state__free_unpacked(hs2, NULL);
+	ck_assert_msg(ops->resume(vm, &err) == 0, "%s", err.msg);
+	fv_assert_echo(ops->agent_connect(vm, 5000, &err));
+	ck_assert_int_eq(ops->stop(vm, 3000, &err), 0);
+	ops->release(vm);
+	vmf__hv__hypervisor_state__free_unpacked(hs, NULL);
+
+	/* A refused save: the VM stays paused and resumable, nothing left. */
+	struct fv_cfg f;
+	fv_config(&f, "sfail", 1, 1, 128, 128);
+	setenv("FAKE_VMM_FAIL_ON", "PUT /api/v1/vm.snapshot", 1);
+	ck_assert_msg(ops->boot(&f.c, &vm, &err) == 0, "%s", err.msg);
+	unsetenv("FAKE_VMM_FAIL_ON");
+	sfd = fv_open_state("f.state", O_RDWR | O_CREAT | O_TRUNC);
+	ck_assert_int_eq(ops->save_state(vm, sfd, &err), -EINVAL);
+	ck_assert_msg(strstr(err.msg, "suspending VM sfail") && strstr(err.msg, "Injected failure"), "%s", err.msg);
+	close(sfd);
+	snprintf(want, sizeof(want), "%s/snapshot", f.run_dir);
+	ck_assert_int_ne(access(want, F_OK), 0);
+	ck_assert_msg(ops->resume(vm, &err) == 0, "%s", err.msg);
+	ck_assert_int_eq(ops->stop(vm, 3000, &err), 0);
+	ops->release(vm);
+	fv_assert_no_violations();
+}
+END_TEST
+
+/* Snapshot into a template (issue 18): a full-memory template from
+ * vm.snapshot; the source runs again; a clone starts from it. */
+START_TEST(snapshot_into_template)
+{
+	struct vmf_error err = {0};
+	struct fv_cfg t;
+	fv_config(&t, "p", 1, 2, 128, 128);
+	struct vmf_vmm *vm = NULL;
+	char st[32];
+	int64_t vcpus, hot;
+	ck_assert_msg(ops->boot(&t.c, &vm, &err) == 0, "%s", err.msg);
+	ck_assert_msg(ops->hotplug_vcpus(vm, 2, &err) == 0, "%s", err.msg);
+	struct fv_cfg to;
+	fv_config(&to, "newtpl", 1, 2, 128, 128);
+	to.c.memory_mode = VMF__HV__MEMORY_MODE__MEM_TEMPLATE;
+	to.c.memory_file = to.mem;
+	struct vmf_snapshot_to dst = { .cfg = &to.c };
+	struct vmf_snapshot_result res = {0};
+	int sfd = fv_open_state("p.state", O_RDWR | O_CREAT | O_TRUNC);
+	ck_assert_msg(ops->snapshot(vm, &dst, sfd, &res, &err) == 0, "%s", err.msg);
+	close(sfd);
+	ck_assert_str_eq(res.method, "cloud-hypervisor-vm.snapshot");
+	ch_info(t.run_dir, st, sizeof(st), &vcpus, &hot);
+	ck_assert_str_eq(st, "Running");
+	fv_assert_echo(ops->agent_connect(vm, 5000, &err));
+	ck_assert_int_eq(ops->stop(vm, 3000, &err), 0);
+	ops->release(vm);
+
+	struct fv_cfg c;
+	fv_config(&c, "pclone", 1, 2, 128, 128);
+	c.c.memory_mode = VMF__HV__MEMORY_MODE__MEM_FULL;
+	c.c.incoming = true;
+	sfd = fv_open_state("p.state", O_RDONLY);
+	ck_assert_msg(ops->start_from_template(&c.c, sfd, &vm, &err) == 0, "%s", err.msg);
+	close(sfd);
+	ch_info(c.run_dir, st, sizeof(st), &vcpus, &hot);
+	ck_assert_str_eq(st, "Paused");
+	ck_assert_int_eq(vcpus, 2);
+	ck_assert_msg(ops->resume(vm, &err) == 0, "%s", err.msg);
+	fv_assert_echo(ops->agent_connect(vm, 5000, &err));
+	ck_assert_int_eq(ops->stop(vm, 3000, &err), 0);
+	ops->release(vm);
+
+	/* Refused and dying snapshot requests: errors; a refused one leaves
+	 * the source running and no snapshot directory. */
+	const char *envs[] = { "FAKE_VMM_FAIL_ON", "FAKE_VMM_DIE_ON" };
+	for (int i = 0; i < 2; i++) {
+		struct fv_cfg f;
+		char id[16], dir[PATH_MAX];
+		snprintf(id, sizeof(id), "pfail%d", i);
+		fv_config(&f, id, 1, 1, 128, 128);
+		setenv(envs[i], "PUT /api/v1/vm.snapshot", 1);
+		ck_assert_msg(ops->boot(&f.c, &vm, &err) == 0, "%s", err.msg);
+		unsetenv(envs[i]);
+		sfd = fv_open_state("pf.state", O_RDWR | O_CREAT | O_TRUNC);
+		ck_assert_int_lt(ops->snapshot(vm, &dst, sfd, &res, &err), 0);
+		close(sfd);
+		snprintf(dir, sizeof(dir), "%s/snapshot", f.run_dir);
+		ck_assert_int_ne(access(dir, F_OK), 0);
+		if (i == 0) {
+			ch_info(f.run_dir, st, sizeof(st), &vcpus, &hot);
+			ck_assert_str_eq(st, "Running");
+		}
+		ck_assert_int_eq(ops->stop(vm, 3000, &err), 0);
+		ops->release(vm);
+	}
+	fv_assert_no_violations();
+}
+END_TEST
+
+/* The template side (vmf_template_snapshot, the daemon's snapshot work):
+ * a Cloud Hypervisor VM of a full-memory template becomes a full-memory
+ * template (no memory file) from which vmf_template_clone starts a clone. */
+START_TEST(snapshot_through_catalog)
+{
+	struct vmf_error err = {0};
+	char state[PATH_MAX], run[PATH_MAX];
+	snprintf(state, sizeof(state), "%s/state", fv_dir);
+	snprintf(run, sizeof(run), "%s/run", fv_dir);
+	ck_assert_int_eq(vmf_mkdir_p(state, 0700, &err), 0);
+	struct vmf_catalog *cat = NULL;
+	ck_assert_msg(vmf_catalog_open(state, &cat, &err) == 0, "%s", err.msg);
+	struct fv_cfg t;
+	fv_config(&t, "src", 1, 2, 128, 128);
+	struct vmf_vmm *vm = NULL;
+	ck_assert_msg(ops->boot(&t.c, &vm, &err) == 0, "%s", err.msg);
+	ck_assert_msg(ops->hotplug_vcpus(vm, 2, &err) == 0, "%s", err.msg);
+
+	Vmf__Catalog__TemplateSpec spec = VMF__CATALOG__TEMPLATE_SPEC__INIT;
+	spec.hypervisor = ops->kind;
+	spec.cmdline = (char *)"console=ttyS0";
+	spec.vcpus = 1;
+	spec.max_vcpus = 2;
+	spec.memory_mib = spec.max_memory_mib = 128;
+	spec.full_memory = true;
+	Vmf__Catalog__TemplateRecord parent = VMF__CATALOG__TEMPLATE_RECORD__INIT;
+	parent.id = (char *)"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+	parent.spec = &spec;
+	parent.kernel_path = fv_kernel;
+	parent.initrd_path = (char *)"";
+	parent.hypervisor_version = (char *)"fake";
+	struct vmf_template_params p = { .ops = ops, .binary = fv_fake, .vcpus = 1, .max_vcpus = 2,
+					 .memory_mib = 128, .max_memory_mib = 128, .full_memory = true };
+	struct vmf_snapshot_req q = { .p = &p, .vm = vm, .vm_id = "src", .parent = &parent, .name = "snap1",
+				      .memory_mib = 128 };
+	Vmf__Catalog__TemplateRecord *rec = NULL;
+	struct vmf_snapshot_result res;
+	ck_assert_msg(vmf_template_snapshot(cat, state, run, &q, &rec, &res, &err) == 0, "%s", err.msg);
+	ck_assert_str_eq(res.method, "cloud-hypervisor-vm.snapshot");
+	ck_assert(rec->spec->full_memory);
+	ck_assert_str_eq(rec->memory_file, "");
+	ck_assert_int_gt(rec->state_size, 0);
+	ck_assert_int_eq(vmf_template_verify(cat, rec, true, &err), 0);
+	char st[32];
+	int64_t vcpus, hot;
+	ch_info(t.run_dir, st, sizeof(st), &vcpus, &hot);
+	ck_assert_str_eq(st, "Running");
+
+	char crun[PATH_MAX], share[PATH_MAX];
+	snprintf(crun, sizeof(crun), "%s/c1", fv_dir);
+	snprintf(share, sizeof(share), "%s/c1share", fv_dir);
+	struct vmf_vmm *cl = NULL;
+	ck_assert_msg(vmf_template_clone(&p, rec, "c1", crun, share, &cl, &err) == 0, "%s", err.msg);
+	ch_info(crun, st, sizeof(st), &vcpus, &hot);
+	ck_assert_str_eq(st, "Paused");
+	ck_assert_int_eq(vcpus, 2);
+	ck_assert_msg(ops->resume(cl, &err) == 0, "%s", err.msg);
+	fv_assert_echo(ops->agent_connect(cl, 5000, &err));
+	ck_assert_int_eq(ops->stop(cl, 3000, &err), 0);
+	ops->release(cl);
+	vmf__catalog__template_record__free_unpacked(rec, NULL);
+	ck_assert_int_eq(ops->stop(vm, 3000, &err), 0);
+	ops->release(vm);
+	vmf_catalog_close(cat);
+	fv_assert_no_violations();
+}
+END_TEST
+
 static Suite *
 suite(void)
 {
@@ -225,6 +448,9 @@ suite(void)
 	tcase_add_test(tc, dies_mid_request);
 	tcase_add_test(tc, stop_escalates);
 	tcase_add_test(tc, fake_is_strict);
+	tcase_add_test(tc, suspend_resume);
+	tcase_add_test(tc, snapshot_into_template);
+	tcase_add_test(tc, snapshot_through_catalog);
 	suite_add_tcase(s, tc);
 	return s;
 }

@@ -5,6 +5,9 @@
  * refused vCPU hot-add, serialize/adopt, stop. */
 #include "fake_vmm_util.h"
 
+#include "catalog.h"
+#include "template.h"
+
 #include <pthread.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -362,6 +365,380 @@ START_TEST(fake_is_strict)
 }
 END_TEST
 
+/* Disks (issue 17): placeholder drives made at boot, swapped by PATCH to
+ * the daemon's descriptor and back; clones of the template have them. */
+START_TEST(disks)
+{
+	struct vmf_error err = {0};
+	struct fv_cfg t;
+	fv_config(&t, "dtpl", 1, 1, 128, 128);
+	t.c.memory_mode = VMF__HV__MEMORY_MODE__MEM_TEMPLATE;
+	t.c.memory_file = t.mem;
+	struct vmf_vmm *vm = NULL;
+	ck_assert_msg(ops->boot(&t.c, &vm, &err) == 0, "%s", err.msg);
+	ck_assert(fv_log_has("PUT /drives/vmfd0 {\"drive_id\":\"vmfd0\",\"is_root_device\":false,\"is_read_only\":false,"
+			     "\"path_on_host\":\"vmfd0.empty\"}"));
+	ck_assert(fv_log_has("PUT /drives/vmfd3 {\"drive_id\":\"vmfd3\",\"is_root_device\":false,\"is_read_only\":true,"
+			     "\"path_on_host\":\"vmfd3.empty\"}"));
+	ck_assert_msg(ops->pause(vm, &err) == 0, "%s", err.msg);
+	int sfd = fv_open_state("d.state", O_RDWR | O_CREAT | O_TRUNC);
+	ck_assert_msg(ops->save_template(vm, sfd, false, &err) == 0, "%s", err.msg);
+	close(sfd);
+	ck_assert_int_eq(ops->stop(vm, 3000, &err), 0);
+	ops->release(vm);
+
+	/* The clone loads a snapshot naming the placeholders: its own run dir
+	 * has them (the load fails if not, as Firecracker's does). */
+	struct fv_cfg c;
+	fv_config(&c, "dclone", 1, 1, 128, 128);
+	c.c.memory_mode = VMF__HV__MEMORY_MODE__MEM_CLONE_COW;
+	c.c.memory_file = t.mem;
+	c.c.incoming = true;
+	sfd = fv_open_state("d.state", O_RDONLY);
+	ck_assert_msg(ops->start_from_template(&c.c, sfd, &vm, &err) == 0, "%s", err.msg);
+	close(sfd);
+	ck_assert_msg(ops->resume(vm, &err) == 0, "%s", err.msg);
+
+	ck_assert(ops->disk_slot_fits && ops->disk_device);
+	ck_assert(ops->disk_slot_fits(0, false) && ops->disk_slot_fits(1, false) && !ops->disk_slot_fits(2, false));
+	ck_assert(ops->disk_slot_fits(2, true) && ops->disk_slot_fits(3, true) && !ops->disk_slot_fits(0, true));
+	ck_assert(!ops->disk_slot_fits(4, false) && !ops->disk_slot_fits(4, true));
+
+	char disk[PATH_MAX], want[PATH_MAX * 2];
+	snprintf(disk, sizeof(disk), "%s/disk.img", fv_dir);
+	ck_assert(vmf_write_file_atomic(disk, "data", 4, 0600, NULL) == 0);
+	int fd = open(disk, O_RDWR | O_CLOEXEC);
+	ck_assert_int_ge(fd, 0);
+	char serial[VMF_DISK_SERIAL_MAX + 1];
+	vmf_disk_serial(1, serial);
+	struct vmf_disk_spec d = { .slot = 1, .fd = fd, .format = "raw", .serial = serial, .backing_fd = -1 };
+	ck_assert_msg(ops->attach_disk(vm, &d, &err) == 0, "%s", err.msg);
+	snprintf(want, sizeof(want), "PATCH /drives/vmfd1 {\"drive_id\":\"vmfd1\",\"path_on_host\":\"/proc/%d/fd/%d\"}",
+		 (int)getpid(), fd);
+	ck_assert_msg(fv_log_has(want), "no PATCH of vmfd1 to the descriptor");
+
+	/* No suspend or snapshot with a disk attached: the snapshot would
+	 * name the daemon's descriptor. */
+	sfd = fv_open_state("d.saved", O_RDWR | O_CREAT | O_TRUNC);
+	ck_assert_int_eq(ops->save_state(vm, sfd, &err), -ENOTSUP);
+	ck_assert_msg(strstr(err.msg, "with a disk attached is unsupported"), "%s", err.msg);
+	close(sfd);
+
+	ck_assert_msg(ops->detach_disk(vm, 1, &err) == 0, "%s", err.msg);
+	ck_assert(fv_log_has("PATCH /drives/vmfd1 {\"drive_id\":\"vmfd1\",\"path_on_host\":\"vmfd1.empty\"}"));
+	ck_assert_int_eq(ops->detach_disk(vm, 9, &err), 0);
+
+	/* Bad input: sentences, nothing sent. */
+	d.read_only = true;
+	ck_assert_int_eq(ops->attach_disk(vm, &d, &err), -EINVAL);
+	ck_assert_msg(strstr(err.msg, "slot vmfd1 is read-write, the disk is read-only"), "%s", err.msg);
+	d.read_only = false;
+	d.slot = 5;
+	ck_assert_int_eq(ops->attach_disk(vm, &d, &err), -ENOSPC);
+	ck_assert_msg(strstr(err.msg, "firecracker has 4 disk slots"), "%s", err.msg);
+	d.slot = 0;
+	d.backing_fd = fd;
+	ck_assert_int_eq(ops->attach_disk(vm, &d, &err), -ENOTSUP);
+	ck_assert_msg(strstr(err.msg, "firecracker takes no copy-on-write disk"), "%s", err.msg);
+	d.backing_fd = -1;
+	d.format = "qcow2";
+	ck_assert_int_eq(ops->attach_disk(vm, &d, &err), -ENOTSUP);
+	ck_assert_msg(strstr(err.msg, "only raw disks"), "%s", err.msg);
+	close(fd);
+
+	/* The fake is as strict as Firecracker: no drive added after boot, no
+	 * PATCH of a drive that does not exist. */
+	char sock[PATH_MAX];
+	snprintf(sock, sizeof(sock), "%s/firecracker.sock", c.run_dir);
+	fv_expect_refused("firecracker", sock, "PUT", "/drives/vmfd9",
+			  "{\"drive_id\":\"vmfd9\",\"is_root_device\":false,\"is_read_only\":false,\"path_on_host\":\"vmfd0.empty\"}",
+			  "not supported after starting the microVM");
+	fv_expect_refused("firecracker", sock, "PATCH", "/drives/vmfd9",
+			  "{\"drive_id\":\"vmfd9\",\"path_on_host\":\"vmfd0.empty\"}", "Invalid block device ID: vmfd9");
+	ck_assert_int_eq(ops->stop(vm, 3000, &err), 0);
+	ops->release(vm);
+	fv_assert_no_violations();
+}
+END_TEST
+
+/* Suspend and resume (issue 18): a Full snapshot with all memory into the
+ * stream, loaded by a fresh process with the VM's own sockets. */
+START_TEST(suspend_resume)
+{
+	struct vmf_error err = {0};
+	struct fv_cfg t;
+	fv_config(&t, "stpl", 1, 1, 128, 256);
+	t.c.memory_mode = VMF__HV__MEMORY_MODE__MEM_TEMPLATE;
+	t.c.memory_file = t.mem;
+	struct vmf_vmm *vm = NULL;
+	ck_assert_msg(ops->boot(&t.c, &vm, &err) == 0, "%s", err.msg);
+	ck_assert_msg(ops->hotplug_memory(vm, 64, &err) == 0, "%s", err.msg);
+
+	/* A failed save leaves the VM paused and resumable, no files behind
+	 * (the fake reads FAKE_VMM_FAIL_ON at its start: its own VM). */
+	char snapdir[PATH_MAX];
+	snprintf(snapdir, sizeof(snapdir), "%s/snapshot", t.run_dir);
+	struct fv_cfg f;
+	fv_config(&f, "sfail", 1, 1, 128, 128);
+	setenv("FAKE_VMM_FAIL_ON", "PUT /snapshot/create", 1);
+	struct vmf_vmm *fvm = NULL;
+	ck_assert_msg(ops->boot(&f.c, &fvm, &err) == 0, "%s", err.msg);
+	unsetenv("FAKE_VMM_FAIL_ON");
+	int sfd = fv_open_state("s.state", O_RDWR | O_CREAT | O_TRUNC);
+	ck_assert_int_eq(ops->save_state(fvm, sfd, &err), -EINVAL);
+	ck_assert_msg(strstr(err.msg, "suspending VM sfail") && strstr(err.msg, "Injected failure"), "%s", err.msg);
+	char fdir[PATH_MAX];
+	snprintf(fdir, sizeof(fdir), "%s/snapshot", f.run_dir);
+	ck_assert_int_ne(access(fdir, F_OK), 0);
+	ck_assert_msg(ops->resume(fvm, &err) == 0, "%s", err.msg);
+	ck_assert_int_eq(ops->stop(fvm, 3000, &err), 0);
+	ops->release(fvm);
+
+	ck_assert_msg(ops->save_state(vm, sfd, &err) == 0, "%s", err.msg);
+	ck_assert_int_ne(access(snapdir, F_OK), 0);
+	char want[PATH_MAX * 2];
+	snprintf(want, sizeof(want), "PUT /snapshot/create {\"snapshot_type\":\"Full\",\"snapshot_path\":\"%s/vmstate\","
+		 "\"mem_file_path\":\"%s/memory\"}", snapdir, snapdir);
+	ck_assert_msg(fv_log_has(want), "no Full snapshot with the memory in the run dir");
+	vmf_hv_state *hs = NULL;
+	ck_assert_int_eq(ops->serialize(vm, &hs, &err), 0);
+	ck_assert(hs->paused);
+	ck_assert_int_eq(ops->stop(vm, 3000, &err), 0);
+	ops->release(vm);
+	ck_assert_int_eq(lseek(sfd, 0, SEEK_SET), 0);
+	ck_assert_msg(ops->restore_state(hs, sfd, &vm, &err) == 0, "%s", err.msg);
+	close(sfd);
+	snprintf(want, sizeof(want), "\"mem_backend\":{\"backend_type\":\"File\",\"backend_path\":\"%s/memory\"},"
+		 "\"resume_vm\":false,\"vsock_override\":{\"uds_path\":\"%s/vsock.sock\"}", snapdir, t.run_dir);
+	ck_assert_msg(fv_log_has(want), "no load of the saved memory with the VM's vsock");
+	vmf_hv_state *hs2 = NULL;
+	ck_assert_int_eq(ops->serialize(vm, &hs2, &err), 0);
+	ck_assert(hs2->paused);
+	ck_assert_int_eq(hs2->vcpus, 1);
+	ck_assert_int_eq(hs2->memory_mib, 192);
+	vmf__hv__hypervisor_state__free_unpacked(hs2, NULL);
+	/* The virtio-mem state came back with the vmstate. */
+	char sock[PATH_MAX];
+	snprintf(sock, sizeof(sock), "%s/firecracker.sock", t.run_dir);
+	json_object *hp = NULL;
+	ck_assert_int_eq(vmf_vmm_http("firecracker", sock, "GET", "/hotplug/memory", NULL, &hp, 5000, &err), 200);
+	json_object *v;
+	ck_assert(json_object_object_get_ex(hp, "requested_size_mib", &v) && json_object_get_int(v) == 64);
+	json_object_put(hp);
+	ck_assert_msg(ops->resume(vm, &err) == 0, "%s", err.msg);
+	fv_assert_echo(ops->agent_connect(vm, 5000, &err));
+	ck_assert_int_eq(ops->stop(vm, 3000, &err), 0);
+	ops->release(vm);
+
+	/* A VMM dying in the load leaves no process. */
+	sfd = fv_open_state("s.state", O_RDONLY);
+	setenv("FAKE_VMM_DIE_ON", "PUT /snapshot/load", 1);
+	vm = NULL;
+	ck_assert_int_lt(ops->restore_state(hs, sfd, &vm, &err), 0);
+	ck_assert_ptr_null(vm);
+	ck_assert_msg(strstr(err.msg, "resuming VM stpl"), "%s", err.msg);
+	unsetenv("FAKE_VMM_DIE_ON");
+	close(sfd);
+	ck_assert_int_eq(vmf_test_kill_under("fake_vmm", "/stpl/"), 0);
+	vmf__hv__hypervisor_state__free_unpacked(hs, NULL);
+	fv_assert_no_violations();
+}
+END_TEST
+
+/* The VMM's state machine as the fake keeps it ("Running", "Paused"). */
+static const char *
+fc_state(const char *run_dir, char *buf, size_t n)
+{
+	char sock[PATH_MAX];
+	snprintf(sock, sizeof(sock), "%s/firecracker.sock", run_dir);
+	json_object *o = NULL, *v;
+	struct vmf_error err = {0};
+	buf[0] = '\0';
+	if (vmf_vmm_http("firecracker", sock, "GET", "/", NULL, &o, 5000, &err) >= 0 &&
+	    json_object_object_get_ex(o, "state", &v))
+		snprintf(buf, n, "%s", json_object_get_string(v));
+	json_object_put(o);
+	return buf;
+}
+
+/* Snapshot into a template (issue 18): memory into the new template's
+ * file, the vmstate into the stream; the source runs again on every path. */
+START_TEST(snapshot_into_template)
+{
+	struct vmf_error err = {0};
+	struct fv_cfg t;
+	fv_config(&t, "ptpl", 1, 1, 128, 128);
+	t.c.memory_mode = VMF__HV__MEMORY_MODE__MEM_TEMPLATE;
+	t.c.memory_file = t.mem;
+	struct vmf_vmm *vm = NULL;
+	char st[32];
+	ck_assert_msg(ops->boot(&t.c, &vm, &err) == 0, "%s", err.msg);
+	struct fv_cfg to;
+	fv_config(&to, "newtpl", 1, 1, 128, 128);
+	snprintf(to.mem, sizeof(to.mem), "%s/new.mem", fv_dir);
+	to.c.memory_mode = VMF__HV__MEMORY_MODE__MEM_TEMPLATE;
+	to.c.memory_file = to.mem;
+	struct vmf_snapshot_to dst = { .cfg = &to.c };
+	struct vmf_snapshot_result res = {0};
+
+	/* Refused and dying snapshot requests (the fake reads its controls at
+	 * start: a source VM of their own): an error, no memory file left,
+	 * and a refused one leaves the source running. */
+	const char *envs[] = { "FAKE_VMM_FAIL_ON", "FAKE_VMM_DIE_ON" };
+	for (int i = 0; i < 2; i++) {
+		struct fv_cfg f;
+		char id[16];
+		snprintf(id, sizeof(id), "pfail%d", i);
+		fv_config(&f, id, 1, 1, 128, 128);
+		setenv(envs[i], "PUT /snapshot/create", 1);
+		struct vmf_vmm *fvm = NULL;
+		ck_assert_msg(ops->boot(&f.c, &fvm, &err) == 0, "%s", err.msg);
+		unsetenv(envs[i]);
+		int sfd = fv_open_state("p.state", O_RDWR | O_CREAT | O_TRUNC);
+		memset(&res, 0, sizeof(res));
+		ck_assert_int_lt(ops->snapshot(fvm, &dst, sfd, &res, &err), 0);
+		close(sfd);
+		ck_assert_str_eq(res.method, "firecracker-snapshot-create");
+		ck_assert_int_ne(access(to.mem, F_OK), 0);
+		if (i == 0) {
+			ck_assert_msg(strstr(err.msg, "Injected failure"), "%s", err.msg);
+			ck_assert_str_eq(fc_state(f.run_dir, st, sizeof(st)), "Running");
+		}
+		ck_assert_int_eq(ops->stop(fvm, 3000, &err), 0);
+		ops->release(fvm);
+	}
+
+	int sfd = fv_open_state("p.state", O_RDWR | O_CREAT | O_TRUNC);
+	memset(&res, 0, sizeof(res));
+	ck_assert_msg(ops->snapshot(vm, &dst, sfd, &res, &err) == 0, "%s", err.msg);
+	close(sfd);
+	ck_assert_str_eq(res.method, "firecracker-snapshot-create");
+	ck_assert_str_eq(fc_state(t.run_dir, st, sizeof(st)), "Running");
+	char want[PATH_MAX * 2];
+	snprintf(want, sizeof(want), "\"mem_file_path\":\"%s\"", to.mem);
+	ck_assert_msg(fv_log_has(want), "the memory did not go to the new template's file");
+	fv_assert_echo(ops->agent_connect(vm, 5000, &err));
+
+	/* A paused source stays paused. */
+	ck_assert_msg(ops->pause(vm, &err) == 0, "%s", err.msg);
+	sfd = fv_open_state("p2.state", O_RDWR | O_CREAT | O_TRUNC);
+	ck_assert_msg(ops->snapshot(vm, &dst, sfd, &res, &err) == 0, "%s", err.msg);
+	close(sfd);
+	ck_assert_str_eq(fc_state(t.run_dir, st, sizeof(st)), "Paused");
+	ck_assert_msg(ops->resume(vm, &err) == 0, "%s", err.msg);
+
+	/* A clone of the new template. */
+	struct fv_cfg c;
+	fv_config(&c, "pclone", 1, 1, 128, 128);
+	c.c.memory_mode = VMF__HV__MEMORY_MODE__MEM_CLONE_COW;
+	c.c.memory_file = to.mem;
+	c.c.incoming = true;
+	struct vmf_vmm *cl = NULL;
+	sfd = fv_open_state("p.state", O_RDONLY);
+	ck_assert_msg(ops->start_from_template(&c.c, sfd, &cl, &err) == 0, "%s", err.msg);
+	close(sfd);
+	ck_assert_msg(ops->resume(cl, &err) == 0, "%s", err.msg);
+	fv_assert_echo(ops->agent_connect(cl, 5000, &err));
+	ck_assert_int_eq(ops->stop(cl, 3000, &err), 0);
+	ops->release(cl);
+
+	ck_assert_int_eq(ops->stop(vm, 3000, &err), 0);
+	ops->release(vm);
+	fv_assert_no_violations();
+}
+END_TEST
+
+/* The template side (vmf_template_snapshot, the daemon's snapshot work):
+ * a shared template whose memory file is the one Firecracker wrote, and a
+ * clone of it through vmf_template_clone, placeholders and all. */
+START_TEST(snapshot_through_catalog)
+{
+	struct vmf_error err = {0};
+	char state[PATH_MAX], run[PATH_MAX];
+	snprintf(state, sizeof(state), "%s/state", fv_dir);
+	snprintf(run, sizeof(run), "%s/run", fv_dir);
+	ck_assert_int_eq(vmf_mkdir_p(state, 0700, &err), 0);
+	struct vmf_catalog *cat = NULL;
+	ck_assert_msg(vmf_catalog_open(state, &cat, &err) == 0, "%s", err.msg);
+	struct fv_cfg t;
+	fv_config(&t, "src", 1, 1, 128, 128);
+	t.c.memory_mode = VMF__HV__MEMORY_MODE__MEM_TEMPLATE;
+	t.c.memory_file = t.mem;
+	struct vmf_vmm *vm = NULL;
+	ck_assert_msg(ops->boot(&t.c, &vm, &err) == 0, "%s", err.msg);
+
+	Vmf__Catalog__TemplateSpec spec = VMF__CATALOG__TEMPLATE_SPEC__INIT;
+	spec.hypervisor = ops->kind;
+	spec.cmdline = (char *)"console=ttyS0";
+	spec.vcpus = spec.max_vcpus = 1;
+	spec.memory_mib = spec.max_memory_mib = 128;
+	Vmf__Catalog__TemplateRecord parent = VMF__CATALOG__TEMPLATE_RECORD__INIT;
+	parent.id = (char *)"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+	parent.spec = &spec;
+	parent.kernel_path = fv_kernel;
+	parent.initrd_path = (char *)"";
+	parent.hypervisor_version = (char *)"fake";
+	struct vmf_template_params p = { .ops = ops, .binary = fv_fake, .vcpus = 1, .max_vcpus = 1,
+					 .memory_mib = 128, .max_memory_mib = 128 };
+	struct vmf_snapshot_req q = { .p = &p, .vm = vm, .vm_id = "src", .parent = &parent, .name = "snap1",
+				      .memory_mib = 128 };
+	Vmf__Catalog__TemplateRecord *rec = NULL;
+	struct vmf_snapshot_result res;
+	ck_assert_msg(vmf_template_snapshot(cat, state, run, &q, &rec, &res, &err) == 0, "%s", err.msg);
+	ck_assert_str_eq(res.method, "firecracker-snapshot-create");
+	ck_assert(!rec->spec->full_memory);
+	ck_assert_int_eq(rec->memory_size, 128 << 20);
+	ck_assert_int_eq(vmf_template_verify(cat, rec, true, &err), 0);
+	char st[32];
+	ck_assert_str_eq(fc_state(t.run_dir, st, sizeof(st)), "Running");
+
+	char crun[PATH_MAX], share[PATH_MAX];
+	snprintf(crun, sizeof(crun), "%s/c1", fv_dir);
+	snprintf(share, sizeof(share), "%s/c1share", fv_dir);
+	struct vmf_vmm *cl = NULL;
+	ck_assert_msg(vmf_template_clone(&p, rec, "c1", crun, share, &cl, &err) == 0, "%s", err.msg);
+	ck_assert_str_eq(fc_state(crun, st, sizeof(st)), "Paused");
+	ck_assert_msg(ops->resume(cl, &err) == 0, "%s", err.msg);
+	fv_assert_echo(ops->agent_connect(cl, 5000, &err));
+	ck_assert_int_eq(ops->stop(cl, 3000, &err), 0);
+	ops->release(cl);
+	vmf__catalog__template_record__free_unpacked(rec, NULL);
+	ck_assert_int_eq(ops->stop(vm, 3000, &err), 0);
+	ops->release(vm);
+	vmf_catalog_close(cat);
+	fv_assert_no_violations();
+}
+END_TEST
+
+/* The placeholder drives shape a template: they are in the spec's device
+ * list, so changing them gives a new template id. */
+START_TEST(drives_in_template_spec)
+{
+	struct vmf_error err = {0};
+	struct vmf_hv_info info = { .version = "1.17.0", .accel = "kvm" };
+	struct vmf_image img = {0};
+	struct vmf_template_params p = { .ops = ops, .vcpus = 1, .max_vcpus = 1, .memory_mib = 128,
+					 .max_memory_mib = 128 };
+	Vmf__Catalog__TemplateSpec *spec = NULL, *qspec = NULL;
+	char id[VMF_SHA256_HEX], qid[VMF_SHA256_HEX];
+	ck_assert_msg(vmf_template_spec_new(&p, &info, &img, &spec, id, &err) == 0, "%s", err.msg);
+	bool has = false;
+	for (size_t i = 0; i < spec->n_devices; i++)
+		has = has || strcmp(spec->devices[i], ops->disk_device) == 0;
+	ck_assert_msg(has, "the template spec does not name the placeholder drives");
+	ck_assert(strstr(ops->disk_device, "vmfd0-1-rw,vmfd2-3-ro"));
+	/* QEMU's spec is unchanged (its template ids stay). */
+	p.ops = &vmf_qemu_ops;
+	ck_assert_int_eq(vmf_template_spec_new(&p, &info, &img, &qspec, qid, &err), 0);
+	has = false;
+	for (size_t i = 0; i < qspec->n_devices; i++)
+		has = has || strcmp(qspec->devices[i], "virtio-scsi:disks") == 0;
+	ck_assert(has);
+	vmf_template_spec_free(spec);
+	vmf_template_spec_free(qspec);
+}
+END_TEST
+
 /* The state stream carries snapshot files; a hostile stream cannot write
  * outside the directory it is unpacked into. */
 START_TEST(state_stream)
@@ -483,6 +860,11 @@ suite(void)
 	tcase_add_test(tc, no_hotplug_version);
 	tcase_add_test(tc, fake_is_strict);
 	tcase_add_test(tc, state_stream);
+	tcase_add_test(tc, disks);
+	tcase_add_test(tc, suspend_resume);
+	tcase_add_test(tc, snapshot_into_template);
+	tcase_add_test(tc, snapshot_through_catalog);
+	tcase_add_test(tc, drives_in_template_spec);
 	tcase_add_test(tc, adopted_process_exits_with_its_last_thread);
 	suite_add_tcase(s, tc);
 	return s;
