@@ -37,10 +37,10 @@ int vmf_agent_ping(struct vmf_agent *a, int timeout_ms, struct vmf_error *err);
 /* Retries Ping until the guest answers or timeout_ms passes (boot, restore). */
 int vmf_agent_wait_ready(struct vmf_agent *a, int timeout_ms, struct vmf_error *err);
 /* A new channel from connect (a driver's agent_connect with its VM), ready:
- * its Ping answered.  A host connection to a QEMU virtio-serial port is now
- * and then never served by the guest while the next one is (the cause is
- * not found; docs/hypervisors.md), so a connection left unanswered is
- * replaced after 2 s, then 4, 8, ... within timeout_ms. */
+ * its Ping answered.  A connection left unanswered is replaced after 2 s,
+ * then 4, 8, ... within timeout_ms: an agent older than the fix for the
+ * port's late open notice (docs/hypervisors.md) drops the answer to a new
+ * host's first request now and then, and serves the next connection. */
 struct vmf_vmm;
 typedef int (*vmf_agent_connect_fn)(struct vmf_vmm *vm, int timeout_ms, struct vmf_error *err);
 int vmf_agent_open(vmf_agent_connect_fn connect, struct vmf_vmm *vm, int timeout_ms, struct vmf_agent **out,

@@ -7,10 +7,12 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -22,6 +24,7 @@
 #include "util.h"
 
 static pid_t agent_pid = -1;
+static pid_t port_pid = -1;      /* an agent on --port-fds */
 static char *dir;
 static char sock[600];
 
@@ -40,6 +43,11 @@ teardown(void)
 		kill(agent_pid, SIGKILL);
 		waitpid(agent_pid, NULL, 0);
 		agent_pid = -1;
+	}
+	if (port_pid > 0) {
+		kill(port_pid, SIGKILL);
+		waitpid(port_pid, NULL, 0);
+		port_pid = -1;
 	}
 	struct vmf_error e;
 	vmf_rm_rf(dir, &e);
@@ -420,8 +428,8 @@ START_TEST(disconnect_kills_the_process_group)
 }
 END_TEST
 
-static Vmf__Agent__AgentReply *
-raw_call(int fd, Vmf__Agent__AgentRequest *req, uint64_t id)
+static void
+raw_send(int fd, Vmf__Agent__AgentRequest *req, uint64_t id)
 {
 	req->protocol_version = AGENT_PROTOCOL_VERSION;
 	req->id = id;
@@ -429,10 +437,18 @@ raw_call(int fd, Vmf__Agent__AgentRequest *req, uint64_t id)
 	size_t n = vmf__agent__agent_request__pack(req, buf);
 	struct vmf_error e = {0};
 	ck_assert_int_eq(vmf_frame_write(fd, buf, n, vmf_now_ms() + 5000, &e), 0);
+}
+
+/* The reply with id read from rfd, others skipped. */
+static Vmf__Agent__AgentReply *
+raw_reply(int rfd, uint64_t id)
+{
+	struct vmf_error e = {0};
 	for (;;) {
 		uint8_t *in;
-		ck_assert_msg(vmf_frame_read(fd, &in, &n, VMF_AGENT_MAX_FRAME, vmf_now_ms() + 5000, &e) == 0, "%s",
-			      e.msg);
+		size_t n;
+		ck_assert_msg(vmf_frame_read(rfd, &in, &n, VMF_AGENT_MAX_FRAME, vmf_now_ms() + 5000, &e) == 0,
+			      "no reply with id %llu: %s", (unsigned long long)id, e.msg);
 		Vmf__Agent__AgentReply *r = vmf__agent__agent_reply__unpack(NULL, n, in);
 		free(in);
 		ck_assert_ptr_nonnull(r);
@@ -441,6 +457,13 @@ raw_call(int fd, Vmf__Agent__AgentRequest *req, uint64_t id)
 		/* Unsolicited (stdin acknowledgements) or an earlier refusal. */
 		vmf__agent__agent_reply__free_unpacked(r, NULL);
 	}
+}
+
+static Vmf__Agent__AgentReply *
+raw_call(int fd, Vmf__Agent__AgentRequest *req, uint64_t id)
+{
+	raw_send(fd, req, id);
+	return raw_reply(fd, id);
 }
 
 /* Requests for a process that is not there, or out of bounds, are answered
@@ -523,6 +546,120 @@ START_TEST(stray_and_oversized_exec_requests)
 }
 END_TEST
 
+/* True once pid is gone or a zombie. */
+static bool
+proc_ended(pid_t pid)
+{
+	char path[64], *st = NULL;
+	snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+	struct vmf_error e = {0};
+	if (vmf_read_file(path, &st, NULL, 4096, &e) < 0)
+		return true;
+	const char *p = strrchr(st, ')');
+	bool z = p && p[1] == ' ' && p[2] == 'Z';
+	free(st);
+	return z;
+}
+
+/* A virtio-serial port's host coming and going as the guest kernel shows
+ * it, played with --port-fds: a FIFO towards the agent (a read of 0 while
+ * it has no writer: the host away) and a pipe back.  virtio_console learns
+ * of a new host connection after that host's first bytes (contrib/agent/
+ * agent.c, conn_gone), so the first request of a host can be read and
+ * answered while the port still says the host is away: the answer cannot
+ * be written (here: the pipe back is full), then the read is 0.  Once the
+ * port opens (SIGIO) the answer must go out; the agent used to drop it at
+ * the read of 0, and the host waited for good. */
+START_TEST(port_answers_a_request_read_before_its_host_shows)
+{
+	char fifo[700];
+	snprintf(fifo, sizeof fifo, "%s/port.in", dir);
+	ck_assert_int_eq(mkfifo(fifo, 0600), 0);
+	int in_r = open(fifo, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+	ck_assert_int_ge(in_r, 0);
+	int in_w = open(fifo, O_WRONLY | O_CLOEXEC);
+	ck_assert_int_ge(in_w, 0);
+	int out[2];
+	ck_assert_int_eq(pipe2(out, O_CLOEXEC), 0);
+	int r_hi = fcntl(in_r, F_DUPFD_CLOEXEC, 100), w_hi = fcntl(out[1], F_DUPFD_CLOEXEC, 100);
+	ck_assert(r_hi >= 100 && w_hi >= 100);
+	port_pid = vmf_test_fork();
+	if (port_pid == 0) {
+		dup2(r_hi, 3);
+		dup2(w_hi, 4);
+		syscall(SYS_close_range, 5U, ~0U, 0U);
+		execl(vmf_test_agent_path(), "vmf-agent", "--port-fds", "3", "4", "--share-dir", dir, (char *)NULL);
+		_exit(127);
+	}
+	close(r_hi);
+	close(w_hi);
+	close(in_r);
+
+	/* The first host starts a process: the agent kills it when it takes
+	 * that host as gone, which tells this test when it has. */
+	Vmf__Agent__AgentRequest req = VMF__AGENT__AGENT_REQUEST__INIT;
+	Vmf__Agent__ExecStart x = VMF__AGENT__EXEC_START__INIT;
+	char *argv[] = { "sleep", "60" };
+	x.argv = argv;
+	x.n_argv = 2;
+	x.cwd = "";
+	req.body_case = VMF__AGENT__AGENT_REQUEST__BODY_EXEC_START;
+	req.exec_start = &x;
+	raw_send(in_w, &req, 1);
+	Vmf__Agent__AgentReply *r = raw_reply(out[0], 1);
+	ck_assert_msg(r->body_case == VMF__AGENT__AGENT_REPLY__BODY_EXEC_STARTED, "%s",
+		      r->error_message ? r->error_message : "");
+	pid_t child = r->exec_started->pid;
+	vmf__agent__agent_reply__free_unpacked(r, NULL);
+
+	/* The host's next request, read while the port says it is away: the
+	 * answer waits behind a full pipe, then the FIFO reads 0. */
+	ck_assert_int_eq(fcntl(out[1], F_SETFL, O_NONBLOCK), 0);
+	static const uint8_t junk[4096];
+	size_t filled = 0;
+	for (size_t chunk = sizeof junk; chunk > 0; chunk = chunk > 1 ? 1 : 0) {
+		ssize_t w;
+		while ((w = write(out[1], junk, chunk)) > 0)
+			filled += (size_t)w;
+		ck_assert_int_eq(errno, EAGAIN);
+	}
+	Vmf__Agent__Ping ping = VMF__AGENT__PING__INIT;
+	req.body_case = VMF__AGENT__AGENT_REQUEST__BODY_PING;
+	req.ping = &ping;
+	raw_send(in_w, &req, 2);
+	close(in_w);
+	int64_t deadline = vmf_now_ms() + 10000;
+	while (!proc_ended(child)) {
+		ck_assert_msg(vmf_now_ms() < deadline, "the agent never took the port's host as gone");
+		poll(NULL, 0, 10);
+	}
+
+	/* The port opens: room to write, a writer on the FIFO, SIGIO. */
+	for (size_t left = filled; left > 0;) {
+		uint8_t buf[4096];
+		struct pollfd pf = { .fd = out[0], .events = POLLIN };
+		ck_assert_int_eq(poll(&pf, 1, 5000), 1);
+		ssize_t n = read(out[0], buf, left < sizeof buf ? left : sizeof buf);
+		ck_assert_int_gt(n, 0);
+		left -= (size_t)n;
+	}
+	in_w = open(fifo, O_WRONLY | O_CLOEXEC);
+	ck_assert_int_ge(in_w, 0);
+	ck_assert_int_eq(kill(port_pid, SIGIO), 0);
+	r = raw_reply(out[0], 2);
+	ck_assert_int_eq(r->body_case, VMF__AGENT__AGENT_REPLY__BODY_PONG);
+	vmf__agent__agent_reply__free_unpacked(r, NULL);
+	/* And the port serves on. */
+	raw_send(in_w, &req, 3);
+	r = raw_reply(out[0], 3);
+	ck_assert_int_eq(r->body_case, VMF__AGENT__AGENT_REPLY__BODY_PONG);
+	vmf__agent__agent_reply__free_unpacked(r, NULL);
+	close(in_w);
+	close(out[0]);
+	close(out[1]);
+}
+END_TEST
+
 int
 main(void)
 {
@@ -540,6 +677,7 @@ main(void)
 	tcase_add_test(tc, disconnect_kills_the_process_group);
 	tcase_add_test(tc, stray_and_oversized_exec_requests);
 	tcase_add_test(tc, unanswered_connection_is_replaced);
+	tcase_add_test(tc, port_answers_a_request_read_before_its_host_shows);
 	suite_add_tcase(s, tc);
 	return vmf_test_run(s);
 }

@@ -37,7 +37,9 @@
  * --machine-id-file given on the command line), OnlineCpuMem and MountShare
  * are refused with EPERM after validation.  --listen-fd N is the same test mode
  * for the listener code: it serves the connections of an already-listening
- * socket (a unit test's unix socket) exactly as the vsock child does.
+ * socket (a unit test's unix socket) exactly as the vsock child does, and
+ * --port-fds R W for a port: a test plays its host coming and going (a
+ * FIFO reads 0 without a writer, SIGIO when it is back).
  *
  * Exec (ExecStart and friends, docs/protocol.md): processes run under the
  * same poll loop, their pipes (or pty) non-blocking.  Output is read only
@@ -1341,6 +1343,7 @@ struct conn {
 	 * the agent buffer more than OUTQ_SIZE per connection. */
 	uint8_t *obuf;
 	size_t olen, ooff;
+	bool osent;                  /* bytes of the queue went out since it was empty */
 	uint8_t ibuf[16384];
 	size_t ilen, ioff;
 	struct conn *next;
@@ -1372,6 +1375,7 @@ conn_reset(struct conn *c)
 	c->body_want = c->body_len = 0;
 	c->discard = 0;
 	c->olen = c->ooff = 0;
+	c->osent = false;
 	c->ilen = c->ioff = 0;
 }
 
@@ -2246,6 +2250,7 @@ flush(struct conn *c)
 				    : write(c->wfd, c->obuf + c->ooff, c->olen - c->ooff);
 		if (w > 0) {
 			c->ooff += (size_t)w;
+			c->osent = true;
 			continue;
 		}
 		if (w < 0 && errno == EINTR)
@@ -2255,6 +2260,7 @@ flush(struct conn *c)
 		return -1;
 	}
 	c->olen = c->ooff = 0;
+	c->osent = false;
 	return 0;
 }
 
@@ -2287,11 +2293,26 @@ accept_peer(int lfd)
 }
 
 /* A connection's end: the test stream ends the agent (returns true), a
- * port waits for its host, an accepted socket is closed. */
+ * port waits for its host, an accepted socket is closed.
+ *
+ * A port's end is only what the guest kernel believes now, and it learns
+ * of a new host connection late: virtio_console reads a host's bytes in
+ * the virtqueue interrupt but its VIRTIO_CONSOLE_PORT_OPEN in a
+ * workqueue, so a new host's first request can be read and answered
+ * while the port still says the host is away (writes EAGAIN, reads 0).
+ * Dropping that answer here left the host waiting for good (a few
+ * connections in a hundred under TCG).  So a port keeps its replies when
+ * none of their bytes went out: they reach that host once the port opens
+ * (SIGIO), or, when the host did leave, the next one, which skips replies
+ * that are not its own by id (a client's ExecReset answer, the daemon's
+ * Ping).  Replies a host got part of are dropped with it, so the next
+ * host starts at a frame. */
 static bool
 conn_gone(struct conn *c)
 {
+	size_t keep = c->kind == CONN_PORT && !c->osent ? c->olen : 0;
 	conn_reset(c);
+	c->olen = keep;
 	if (c->kind == CONN_PORT)
 		c->away = true;
 	else
@@ -2537,6 +2558,19 @@ find_port(const char *want, char *dev, size_t n)
 	return r;
 }
 
+/* Serves rfd/wfd as a port.  SIGIO on host connect/disconnect is what
+ * ends a wait while the host is away (see the top of this file). */
+static int
+add_port(int rfd, int wfd, const char *name, const char *what)
+{
+	if (fcntl(rfd, F_SETOWN, getpid()) < 0 || fcntl(rfd, F_SETFL, fcntl(rfd, F_GETFL) | O_ASYNC | O_NONBLOCK) < 0 ||
+	    (wfd != rfd && fcntl(wfd, F_SETFL, fcntl(wfd, F_GETFL) | O_NONBLOCK) < 0)) {
+		logmsg("cannot enable SIGIO on %s: %s", what, strerror(errno));
+		return -1;
+	}
+	return conn_add(CONN_PORT, rfd, wfd, name) ? 0 : -1;
+}
+
 static int
 open_port(const char *dev, const char *name)
 {
@@ -2545,14 +2579,7 @@ open_port(const char *dev, const char *name)
 		logmsg("cannot open %s: %s", dev, strerror(errno));
 		return -1;
 	}
-	/* SIGIO on host connect/disconnect is what ends a wait while the
-	 * host is away (see the top of this file). */
-	if (fcntl(fd, F_SETOWN, getpid()) < 0 || fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_ASYNC) < 0) {
-		logmsg("cannot enable SIGIO on %s: %s", dev, strerror(errno));
-		close(fd);
-		return -1;
-	}
-	if (!conn_add(CONN_PORT, fd, fd, name)) {
+	if (add_port(fd, fd, name, dev) < 0) {
 		close(fd);
 		return -1;
 	}
@@ -2674,6 +2701,8 @@ usage(void)
 		"       vmf-agent --stdio          serve stdin/stdout (test mode)\n"
 		"       vmf-agent --listen-fd N    serve the connections of the listening socket fd N, several at\n"
 		"                                  once (test mode)\n"
+		"       vmf-agent --port-fds R W   serve fds R (read) and W (write) as a virtio-serial port: a read\n"
+		"                                  of 0 is its host away, SIGIO wakes (test mode)\n"
 		"options: --share-dir PATH (default /mnt/share), --no-set-time, --no-exec, --version,\n"
 		"         --machine-id-file PATH (default /etc/machine-id; in test mode written only when given),\n"
 		"         --vsock-port N (0: no vsock), --vsock-allow-local (accept guest-local vsock peers)\n",
@@ -2683,7 +2712,7 @@ usage(void)
 int
 main(int argc, char **argv)
 {
-	int rfd = -1, wfd = -1, lfd = -1;
+	int rfd = -1, wfd = -1, lfd = -1, port_rfd = -1, port_wfd = -1;
 	unsigned vsock_port = VSOCK_PORT_DEFAULT;
 	vsock_allow_local = false;
 	for (int i = 1; i < argc; i++) {
@@ -2696,6 +2725,14 @@ main(int argc, char **argv)
 		} else if (!strcmp(argv[i], "--stdio")) {
 			rfd = STDIN_FILENO;
 			wfd = STDOUT_FILENO;
+		} else if (!strcmp(argv[i], "--port-fds") && i + 2 < argc) {
+			port_rfd = parse_fd(argv[++i]);
+			port_wfd = parse_fd(argv[++i]);
+			if (port_rfd < 0 || port_wfd < 0) {
+				fprintf(stderr, "vmf-agent: --port-fds %s %s: not two open file descriptors\n", argv[i - 1],
+					argv[i]);
+				return 2;
+			}
 		} else if (!strcmp(argv[i], "--listen-fd") && i + 1 < argc) {
 			lfd = parse_fd(argv[++i]);
 			if (lfd < 0) {
@@ -2732,8 +2769,8 @@ main(int argc, char **argv)
 	}
 	/* A vanished host must not kill the agent. */
 	signal(SIGPIPE, SIG_IGN);
-	if (rfd >= 0 && lfd >= 0) {
-		fprintf(stderr, "vmf-agent: --listen-fd cannot be combined with --fd or --stdio\n");
+	if ((rfd >= 0) + (lfd >= 0) + (port_rfd >= 0) > 1) {
+		fprintf(stderr, "vmf-agent: --fd/--stdio, --listen-fd and --port-fds exclude each other\n");
 		return 2;
 	}
 	if (rfd >= 0) {
@@ -2744,6 +2781,18 @@ main(int argc, char **argv)
 		if (!conn_add(CONN_STREAM, rfd, wfd, "stream"))
 			return 1;
 		return serve(-1, false);
+	}
+	if (port_rfd >= 0) {
+		/* A port's host coming and going, played by the test: reads
+		 * of 0 while it is away, SIGIO when it is back. */
+		test_mode = no_set_time = true;
+		sigset_t set;
+		sigemptyset(&set);
+		sigaddset(&set, SIGIO);
+		sigprocmask(SIG_BLOCK, &set, NULL);
+		if (add_port(port_rfd, port_wfd, PORT_NAME, "--port-fds") < 0)
+			return 1;
+		return serve(-1, true);
 	}
 	if (lfd >= 0) {
 		test_mode = no_set_time = true;

@@ -381,13 +381,13 @@ connect_once(const char *path, const char *transport, unsigned vsock_port, int64
 	return 0;
 }
 
-/* A host connection to a QEMU virtio-serial port is now and then never
- * served by the guest (seen on the first exec after a hand-out and after a
- * resume, and between execs: a few in a hundred connections under TCG
- * load; the cause is not found), while the next connection is.  So an
- * unanswered connection is replaced after 1 s, then 2, 4, ... until the
- * deadline: a port another client holds keeps ours in its listen backlog
- * either way, and a slow guest gets ever longer to answer. */
+/* An unanswered connection is replaced after 1 s, then 2, 4, ... until the
+ * deadline.  An agent older than the fix for the virtio-serial port's late
+ * open notice (docs/hypervisors.md) drops the answer to a new host's first
+ * request now and then (a few connections in a hundred under TCG) and
+ * serves the next connection; a port another client holds keeps ours in
+ * its listen backlog either way, and a slow guest gets ever longer to
+ * answer. */
 int
 vmf_client_agent_connect(const char *path, const char *transport, unsigned vsock_port, int timeout_ms,
 			 vmf_client_agent_wait_fn waiting, void *arg, struct vmf_client_agent **out,
