@@ -1224,6 +1224,21 @@ do_mount_disk(Reply *r, const Vmf__Agent__MountDisk *req)
 	}
 	out.disk_path[0] = '\0';
 	if (*path) {
+		/* Firecracker gives a disk by swapping the file behind a
+		 * zero-size placeholder drive: the guest sees the new size only
+		 * once it has handled the config-change interrupt.  A mount
+		 * before that fails, so wait for a size (a disk that stays
+		 * empty could not be mounted anyway). */
+		char sz[32], sp[96];
+		snprintf(sp, sizeof(sp), "/sys/block/%s/size", name);
+		while (read_small(sp, sz, sizeof(sz)) < 0 || strtoull(sz, NULL, 10) == 0) {
+			if (now_ms() >= deadline) {
+				fail(r, ENOSPC, "block device %s (serial %s) has size 0: nothing to mount at %s",
+				     out.disk_dev, serial, path);
+				return;
+			}
+			usleep(5000);
+		}
 		if (make_mount_point(r, path) < 0)
 			return;
 		unsigned long flags = MS_NODEV | MS_NOSUID | (req->read_only ? MS_RDONLY : 0);
