@@ -188,10 +188,22 @@ vmf_snapshot_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control_
 		vmf_control_reply_error(c, EINVAL, msg);
 		return;
 	}
-	/* An attached disk or a network backend is a device the receiving VMM
-	 * and the template's clones do not have, and a host resource a
-	 * template must not name. */
+	/* An attached disk is a tenant's file: a template carrying it would
+	 * give it (or the guest's cached view of it) to every clone, other
+	 * tenants' VMs.  A network backend is a host resource of this sandbox
+	 * the receiving VMM does not have. */
 	char what[PATH_MAX + 64];
+	for (unsigned i = 0; i < VMF_DISK_SLOTS; i++) {
+		if (!vm->disks[i])
+			continue;
+		char msg[2 * PATH_MAX + 300];
+		snprintf(msg, sizeof(msg), "VM %s has the disk %s attached; a template cannot carry it, since its "
+			 "clones would be other VMs (other tenants') given this VM's file: detach it first "
+			 "(vmfactory detach %s --disk %s), then snapshot", vm->id, vm->disks[i]->path, vm->id,
+			 vm->disks[i]->guest_path[0] ? vm->disks[i]->guest_path : vm->disks[i]->path);
+		vmf_control_reply_error(c, EBUSY, msg);
+		return;
+	}
 	if (vmf_vm_has_host_parts(vm, what, sizeof(what))) {
 		char msg[PATH_MAX + 160];
 		snprintf(msg, sizeof(msg), "VM %s has %s; a template cannot carry it: detach it first", vm->id, what);

@@ -46,6 +46,8 @@ struct suspend_job {
 	bool resume;
 	bool share;                  /* the driver has a share device: unmount, mount again */
 	bool owner_admin;            /* the owner is root or the daemon's user: no ACLs */
+	uid_t peer;                  /* who resumes: its disks reopen under its attach rules */
+	bool peer_admin;
 	double ms;
 	uint64_t pss_kib;
 	int rc;
@@ -293,13 +295,22 @@ resume_work(void *arg)
 		vmf_error_prefix(err, "recording VM %s as resuming", vm->id);
 		goto out;
 	}
+	/* Its disks, opened again as an attach would, and the same files. */
+	struct vmf_disk_reopened disks;
+	if ((r = vmf_disk_reopen(d, vm, j->peer, j->peer_admin, &disks, err)) < 0)
+		goto back;
 	int fd = open(vm->state_file, O_RDONLY | O_CLOEXEC);
 	if (fd < 0) {
+		vmf_disk_reopened_close(&disks);
 		r = vmf_err_sys(err, errno, "cannot open VM %s's saved state %s", vm->id, vm->state_file);
 		goto back;
 	}
-	r = vm->ops->restore_state(vm->saved_hv, fd, &vm->hv, err);
+	if (disks.n)
+		r = vm->ops->restore_state_disks(vm->saved_hv, fd, disks.specs, disks.n, &vm->hv, err);
+	else
+		r = vm->ops->restore_state(vm->saved_hv, fd, &vm->hv, err);
 	close(fd);
+	vmf_disk_reopened_close(&disks);
 	if (r < 0)
 		goto back;
 	if ((r = vm->ops->resume(vm->hv, err)) < 0)
@@ -431,14 +442,20 @@ start(struct vmf_daemon *d, struct vmf_conn *c, const char *vm_id, bool resume)
 		vmf_control_reply_error(c, ENOTSUP, msg);
 		return;
 	}
-	/* Its disks and network would not come back with the state: a resumed
-	 * QEMU has neither the disk devices nor the backend (the tap dies with
-	 * the process).  Refused rather than half-resumed. */
-	char what[PATH_MAX + 64];
-	if (!resume && vmf_vm_has_host_parts(vm, what, sizeof(what))) {
-		char msg[PATH_MAX + 160];
-		snprintf(msg, sizeof(msg), "VM %s has %s, which a suspended VM cannot keep yet: detach it or "
-			 "release the VM instead", vm->id, what);
+	/* Disks come back only with a driver that gives the resuming VMM its
+	 * devices before it loads the state; a network backend (the tap dies
+	 * with the process) not yet.  Refused rather than half-resumed. */
+	bool has_disks = false;
+	for (unsigned i = 0; i < VMF_DISK_SLOTS; i++)
+		has_disks = has_disks || vm->disks[i];
+	if (!resume && (vm->net[0] || (has_disks && !vm->ops->restore_state_disks))) {
+		char what[PATH_MAX + 64], msg[PATH_MAX + 200];
+		if (vm->net[0])
+			snprintf(what, sizeof(what), "network (%s%s%s)", vm->net, vm->netns[0] ? " " : "", vm->netns);
+		else
+			vmf_vm_has_host_parts(vm, what, sizeof(what));
+		snprintf(msg, sizeof(msg), "VM %s has %s, which a suspended %s VM cannot keep yet: %s", vm->id, what,
+			 vm->ops->name, vm->net[0] ? "release the VM instead" : "detach it or release the VM instead");
 		vmf_control_reply_error(c, EBUSY, msg);
 		return;
 	}
@@ -457,6 +474,8 @@ start(struct vmf_daemon *d, struct vmf_conn *c, const char *vm_id, bool resume)
 	j->resume = resume;
 	j->share = d->hv.caps & VMF_CAP_SHARE_DEVICE && vm->share_link[0];
 	j->owner_admin = vmf_daemon_peer_admin(d, vm->owner_uid);
+	j->peer = vmf_control_peer_uid(c);
+	j->peer_admin = vmf_daemon_peer_admin(d, j->peer);
 	if (!resume)
 		state_path(d, vm->id, vm->state_file, sizeof(vm->state_file));
 	vm->state = resume ? VMF_VM_RESUMING : VMF_VM_SUSPENDING;

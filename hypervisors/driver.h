@@ -147,6 +147,13 @@ struct vmf_hv_ops {
 	 * state_fd; the result is paused. */
 	int (*save_state)(struct vmf_vmm *vm, int state_fd, struct vmf_error *err);
 	int (*restore_state)(const vmf_hv_state *st, int state_fd, struct vmf_vmm **out, struct vmf_error *err);
+	/* restore_state for a VM that had disks attached (NULL: the driver
+	 * cannot suspend such a VM): the new VMM gets disks[] (their fds
+	 * reopened by the caller, who closes them after the call) as the
+	 * saved one had them, same slots and serials, before it loads the
+	 * state, so the saved device state finds its devices. */
+	int (*restore_state_disks)(const vmf_hv_state *st, int state_fd, const struct vmf_disk_spec *disks,
+				   size_t n_disks, struct vmf_vmm **out, struct vmf_error *err);
 
 	int (*pause)(struct vmf_vmm *vm, struct vmf_error *err);
 	int (*resume)(struct vmf_vmm *vm, struct vmf_error *err);
