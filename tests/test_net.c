@@ -468,16 +468,34 @@ START_TEST(net_end_to_end)
 	check(strstr(out, "served-by-guest") != NULL, "the peer reaches the guest's port: '%.200s'", out);
 	free(out);
 	/* inspect shows the guest's view of its NIC. */
-	char *insp;
+	char *insp, why0[2048];
 	vmf(&insp, "inspect %s", a.id);
 	check(strstr(insp, "10.231.0.2/24") && strstr(insp, a.mac), "inspect shows the guest NIC: %s", insp);
 	free(insp);
-	/* A tap in someone's namespace cannot go into a saved state or a
-	 * template: both refused, the VM runs on. */
+	/* Suspended: the tap goes with its QEMU, the interface stays this
+	 * VM's (another hand-out into the pod is refused); resumed: a new tap
+	 * in the same namespace, mirrored again, the guest's server still
+	 * there. */
+	int64_t t0 = vmf_now_ms();
+	check(vmf(NULL, "suspend %s", a.id) == 0, "suspend of a VM in a pod: %s", (read_cli_err(why0, sizeof why0), why0));
+	printf("suspend with netns: %lld ms\n", (long long)(vmf_now_ms() - t0));
+	check(!ns_has_tap(ns_pod), "the suspended VM's tap went with its QEMU");
+	get_vm(&c, "podc", opt);
+	check(c.rc != 0 && strstr(c.err, "mirrored to another VM"), "the pod of a suspended VM is still its: %s",
+	      c.err);
+	t0 = vmf_now_ms();
+	check(vmf(NULL, "resume %s", a.id) == 0, "resume of a VM in a pod: %s", (read_cli_err(why0, sizeof why0), why0));
+	printf("resume with netns: %lld ms\n", (long long)(vmf_now_ms() - t0));
+	check(ns_has_tap(ns_pod), "the resumed VM has a tap in its pod again");
+	out = fetch(ns_peer, "10.231.0.2", 8080, "i.html");
+	check(strstr(out, "served-by-guest") != NULL, "the peer reaches the resumed guest's port: '%.200s'", out);
+	free(out);
+	out = guest_sh(a.id, "wget -q -O - http://10.231.0.1:8000/");
+	check(strstr(out, "from-peer-1") != NULL, "the resumed guest fetches from its peer: '%s'", out);
+	free(out);
+	/* A template cannot carry a tap in someone's namespace: refused, the
+	 * VM runs on. */
 	char *rs = NULL;
-	check(vmf(&rs, "suspend %s", a.id) != 0, "suspend of a VM with network is refused");
-	free(rs);
-	rs = NULL;
 	check(vmf(&rs, "snapshot %s --template netsnap", a.id) != 0, "snapshot of a VM with network is refused");
 	free(rs);
 	out = guest_sh(a.id, "echo still-here");
@@ -512,6 +530,30 @@ START_TEST(net_end_to_end)
 	out = fetch(NULL, "127.0.0.1", fport, "i.html");
 	check(strstr(out, "fwd-served") != NULL, "the forward serves the guest's port: '%.200s'", out);
 	free(out);
+	/* Suspended and resumed: slirp again with the same forward. */
+	check(vmf(NULL, "suspend %s", u.id) == 0, "suspend of a user-mode VM: %s", (read_cli_err(why0, sizeof why0), why0));
+	check(vmf(NULL, "resume %s", u.id) == 0, "resume of a user-mode VM: %s", (read_cli_err(why0, sizeof why0), why0));
+	out = fetch(NULL, "127.0.0.1", fport, "i.html");
+	check(strstr(out, "fwd-served") != NULL, "the forward serves the resumed guest's port: '%.200s'", out);
+	free(out);
+	/* Its forward's port taken while it is suspended: the resume fails
+	 * saying so, the VM stays suspended (released as such). */
+	check(vmf(NULL, "suspend %s", u.id) == 0, "second suspend of a user-mode VM: %s",
+	      (read_cli_err(why0, sizeof why0), why0));
+	int busy = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
+	setsockopt(busy, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);   /* the fetches' TIME_WAIT */
+	struct sockaddr_in bsa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)fport) };
+	inet_pton(AF_INET, "127.0.0.1", &bsa.sin_addr);
+	ck_assert_int_eq(bind(busy, (struct sockaddr *)&bsa, sizeof bsa), 0);
+	ck_assert_int_eq(listen(busy, 1), 0);
+	check(vmf(NULL, "resume %s", u.id) != 0, "resume with its forward's port taken fails");
+	read_cli_err(why0, sizeof why0);
+	check(strstr(why0, "in use") && strstr(why0, "stays suspended"), "the failed resume says why: %s", why0);
+	close(busy);
+	char *st = NULL;
+	vmf(&st, "inspect %s", u.id);
+	check(st && strstr(st, "suspended"), "the VM stays suspended: %s", st);
+	free(st);
 	if (u.rc == 0)
 		release_vm(u.id, "usera");
 	if (u2.rc == 0)
