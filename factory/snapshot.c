@@ -190,9 +190,11 @@ vmf_snapshot_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control_
 	}
 	/* An attached disk is a tenant's file: a template carrying it would
 	 * give it (or the guest's cached view of it) to every clone, other
-	 * tenants' VMs.  A network backend is a host resource of this sandbox
-	 * the receiving VMM does not have. */
-	char what[PATH_MAX + 64];
+	 * tenants' VMs.  A tap in the sandbox's namespace has no state in the
+	 * stream: the receiver has the NIC and its hub without a backend, as
+	 * every template, and each clone gets its own at its hand-out (the
+	 * agent clears this VM's addresses there).  User-mode networking's
+	 * slirp state is in the stream, and no clone could load it. */
 	for (unsigned i = 0; i < VMF_DISK_SLOTS; i++) {
 		if (!vm->disks[i])
 			continue;
@@ -204,9 +206,10 @@ vmf_snapshot_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control_
 		vmf_control_reply_error(c, EBUSY, msg);
 		return;
 	}
-	if (vmf_vm_has_host_parts(vm, what, sizeof(what))) {
-		char msg[PATH_MAX + 160];
-		snprintf(msg, sizeof(msg), "VM %s has %s; a template cannot carry it: detach it first", vm->id, what);
+	if (vm->net[0] && strcmp(vm->net, "netns") != 0) {
+		char msg[200];
+		snprintf(msg, sizeof(msg), "VM %s has user-mode network, whose state (connections, forwards) a "
+			 "template cannot carry: snapshot a VM with --netns or without network", vm->id);
 		vmf_control_reply_error(c, EBUSY, msg);
 		return;
 	}
