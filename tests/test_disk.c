@@ -345,7 +345,18 @@ START_TEST(disks_end_to_end)
 
 	/* ---- SIGKILL after attaching, restart: still recorded; release
 	 * removes the scratch volume ---- */
-	pid_t qpid = (pid_t)json_object_get_int(path(g.rec, "pid", NULL));
+	/* Suspended when the daemon dies: the restarted one resumes it from
+	 * the record's disks. */
+	ck_assert_int_eq(vmf_e(err, sizeof err, "suspend %s%s", g.id, ""), 0);
+	kill_daemon_hard();
+	start_tenant_daemon("");
+	ck_assert_int_eq(n_disks(g.id), 3);
+	ck_assert_int_eq(disk_state(g.id, out, sizeof out), 0);
+	ck_assert_str_eq(out, "suspended");
+	ck_assert_msg(vmf_e(err, sizeof err, "resume %s%s", g.id, "") == 0, "resume after a restart: %s", err);
+	ins = vmf_json("inspect %s -o json", g.id);
+	pid_t qpid = (pid_t)json_object_get_int(path(path(ins, "vm", NULL), "pid", NULL));
+	json_object_put(ins);
 	kill_daemon_hard();
 	start_tenant_daemon("");
 	ck_assert_int_eq(n_disks(g.id), 3);
