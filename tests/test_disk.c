@@ -317,6 +317,11 @@ START_TEST(disks_end_to_end)
 	ck_assert_str_eq(out, "hello disk\n");
 	host_cat(img, "cow.txt", out, sizeof out);
 	ck_assert_msg(out[0] == 0, "the guest's write reached the base: '%s'", out);
+	/* Suspended and resumed: the overlay and its base come back. */
+	ck_assert_msg(vmf_e(err, sizeof err, "suspend %s%s", h.id, "") == 0, "suspend with a cow disk: %s", err);
+	ck_assert_msg(vmf_e(err, sizeof err, "resume %s%s", h.id, "") == 0, "resume with a cow disk: %s", err);
+	ck_assert_int_eq(guest_sh(h.id, "cat /mnt/cow/cow.txt /mnt/shared/hello.txt", out, sizeof out), 0);
+	ck_assert_str_eq(out, "cow\nhello disk\n");
 	ck_assert_int_ne(vmf_e(err, sizeof err, "attach %s --disk %s", g.id, hard), 0);
 	ck_assert_msg(strstr(err, "already attached read-only"), "rw over a cow base: %s", err);
 	ck_assert_int_eq(n_disks(h.id), 2);
