@@ -171,7 +171,7 @@ user_net(struct suspend_job *j, const struct vmf_vm *vm, const char **fw, struct
 
 /* A namespace's tap for a resumed VM, plugged into its NIC's hub while it
  * is still paused (the hub is on the command line; a tap has no state in
- * the saved stream).  A namespace's tap went with the suspended QEMU, but the
+ * the saved stream).  The old tap went with the suspended QEMU, but the
  * interface's mirror filter stayed: it keeps the interface this VM's while
  * it is suspended (another hand-out finds it mirrored), and is made again
  * here for the new tap.  The guest's addresses are in its RAM. */
@@ -506,9 +506,10 @@ start(struct vmf_daemon *d, struct vmf_conn *c, const char *vm_id, bool resume)
 		vmf_control_reply_error(c, ENOTSUP, msg);
 		return;
 	}
-	/* Disks come back only with a driver that gives the resuming VMM its
-	 * devices before it loads the state; a network backend (the tap dies
-	 * with the process) not yet.  Refused rather than half-resumed. */
+	/* Disks and user-mode networking come back only with a driver that
+	 * gives the resuming VMM them before it loads the state, a namespace's
+	 * tap (it dies with the process) only with one that plugs a backend
+	 * into a running VM.  Refused rather than half-resumed. */
 	bool has_disks = false;
 	for (unsigned i = 0; i < VMF_DISK_SLOTS; i++)
 		has_disks = has_disks || vm->disks[i];
@@ -521,7 +522,7 @@ start(struct vmf_daemon *d, struct vmf_conn *c, const char *vm_id, bool resume)
 		else
 			vmf_vm_has_host_parts(vm, what, sizeof(what));
 		snprintf(msg, sizeof(msg), "VM %s has %s, which a suspended %s VM cannot keep yet: %s", vm->id, what,
-			 vm->ops->name, vm->net[0] ? "release the VM instead" : "detach it or release the VM instead");
+			 vm->ops->name, !net_ok ? "release the VM instead" : "detach it or release the VM instead");
 		vmf_control_reply_error(c, EBUSY, msg);
 		return;
 	}
