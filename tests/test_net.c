@@ -594,6 +594,10 @@ START_TEST(net_end_to_end)
 	out = fetch(NULL, "127.0.0.1", fport, "i.html");
 	check(strstr(out, "fwd-served") != NULL, "the forward serves the guest's port: '%.200s'", out);
 	free(out);
+	/* slirp's state cannot go into a template: snapshot refused, saying so. */
+	check(vmf(NULL, "snapshot %s --template usersnap", u.id) != 0, "snapshot of a user-mode VM is refused");
+	read_cli_err(why0, sizeof why0);
+	check(strstr(why0, "user-mode network") != NULL, "the refusal says why: %s", why0);
 	/* Suspended and resumed: slirp again with the same forward. */
 	check(vmf(NULL, "suspend %s", u.id) == 0, "suspend of a user-mode VM: %s", (read_cli_err(why0, sizeof why0), why0));
 	check(vmf(NULL, "resume %s", u.id) == 0, "resume of a user-mode VM: %s", (read_cli_err(why0, sizeof why0), why0));
