@@ -1088,10 +1088,10 @@ do_handout(Reply *r, const Vmf__Agent__Handout *req)
 	out.net_error[0] = '\0';
 	if (req->net_mac.len == 6 && !test_mode)
 		configure_nic(req, out.net_error, sizeof(out.net_error));
-	else if (nic_configured && !test_mode)
-		reset_nic(out.net_error, sizeof(out.net_error));
 	else if (req->net_mac.len && req->net_mac.len != 6)
 		snprintf(out.net_error, sizeof(out.net_error), "net_mac has %zu bytes, not 6", req->net_mac.len);
+	else if (nic_configured && !test_mode)
+		reset_nic(out.net_error, sizeof(out.net_error));
 	h->net_error = out.net_error;
 	r->body_case = VMF__AGENT__AGENT_REPLY__BODY_HANDOUT;
 	r->handout = h;
