@@ -115,10 +115,11 @@ struct vmf_vm {
 	Vmf__Hv__HypervisorState *saved_hv;
 };
 
-/* Whether vm holds something outside its own memory and devices that a
- * saved state cannot carry (an attached disk: a host file; a network
- * backend: a tap in someone's namespace, host ports): what names it in
- * what, for an error ("the disk /x", "network (netns /run/netns/p)"). */
+/* Whether vm holds something outside its own memory and devices (an
+ * attached disk: a host file; a network backend: a tap in someone's
+ * namespace, host ports), which a suspend or snapshot must handle: what
+ * names it in what, for an error ("the disk /x", "network (netns
+ * /run/netns/p)"). */
 bool vmf_vm_has_host_parts(const struct vmf_vm *vm, char *what, size_t n);
 
 TAILQ_HEAD(vmf_vm_list, vmf_vm);

@@ -290,6 +290,9 @@ vmf_daemon_template_pool(struct vmf_daemon *d, const char *pool_name, unsigned s
 	p->params.max_memory_mib = p->spec->max_memory_mib;
 	p->params.memory_slots = p->spec->memory_slots;
 	p->params.runas = o->runas;
+	/* A snapshot of a VM with network has the NIC: its clones may get a
+	 * backend at hand-out as any clone. */
+	p->params.nic = vmf_template_has_nic(rec);
 	p->target = size;
 	p->parallelism = o->fill_parallelism ? o->fill_parallelism : 2;
 	p->img = d->img;

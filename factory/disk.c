@@ -342,6 +342,83 @@ open_work(void *arg)
 	j->ino = (uint64_t)st.st_ino;
 }
 
+/* ---- reopening for a resume, on a worker ---- */
+
+/* A file of the run dir (a scratch volume, a cow overlay): the daemon's
+ * own, never a link. */
+static int
+open_run_file(const char *path, const char *what, struct stat *st, struct vmf_error *err)
+{
+	int fd = open(path, O_RDWR | O_NOFOLLOW | O_NOCTTY | O_CLOEXEC);
+	if (fd < 0)
+		return vmf_err_sys(err, errno, "cannot open %s %s", what, path);
+	if (fstat(fd, st) < 0 || !S_ISREG(st->st_mode)) {
+		close(fd);
+		return vmf_err(err, EINVAL, "%s %s is not a regular file", what, path);
+	}
+	return fd;
+}
+
+void
+vmf_disk_reopened_close(struct vmf_disk_reopened *r)
+{
+	for (size_t i = 0; i < r->n; i++) {
+		if (r->specs[i].fd >= 0)
+			close(r->specs[i].fd);
+		if (r->specs[i].backing_fd >= 0)
+			close(r->specs[i].backing_fd);
+	}
+	r->n = 0;
+}
+
+int
+vmf_disk_reopen(const struct vmf_daemon *d, const struct vmf_vm *vm, uid_t peer, bool admin,
+		struct vmf_disk_reopened *out, struct vmf_error *err)
+{
+	out->n = 0;
+	for (unsigned slot = 0; slot < VMF_DISK_SLOTS; slot++) {
+		const struct vmf_vm_disk *dk = vm->disks[slot];
+		if (!dk)
+			continue;
+		struct vmf_disk_spec *s = &out->specs[out->n];
+		*s = (struct vmf_disk_spec){ .slot = slot, .fd = -1, .backing_fd = -1, .read_only = dk->read_only,
+					     .format = dk->format, .serial = out->serials[out->n] };
+		vmf_disk_serial(slot, out->serials[out->n]);
+		out->n++;
+		struct stat st;
+		int fd;
+		if (dk->kind == VMF_DISK_SCRATCH)
+			fd = open_run_file(dk->path, "scratch volume", &st, err);
+		else
+			fd = open_disk_file(d, dk->path, peer, admin, dk->read_only || dk->kind == VMF_DISK_COW, &st, err);
+		if (fd < 0)
+			goto fail;
+		/* The same file the attach opened, not whatever bears its name
+		 * now: the saved guest has that file's blocks in its caches. */
+		if ((uint64_t)st.st_dev != dk->dev || (uint64_t)st.st_ino != dk->ino) {
+			close(fd);
+			vmf_err(err, ESTALE, "disk %s is not the file attached before the suspend (it was replaced: "
+				"inode %llu, not %llu): put that file back, or release the VM", dk->path,
+				(unsigned long long)st.st_ino, (unsigned long long)dk->ino);
+			goto fail;
+		}
+		if (dk->kind != VMF_DISK_COW) {
+			s->fd = fd;
+			continue;
+		}
+		s->backing_fd = fd;
+		s->backing_format = dk->format;
+		s->format = "qcow2";
+		s->read_only = false;
+		if ((s->fd = open_run_file(dk->overlay, "copy-on-write overlay", &st, err)) < 0)
+			goto fail;
+	}
+	return 0;
+fail:
+	vmf_disk_reopened_close(out);
+	return -err->code;
+}
+
 /* ---- attaching, on a worker ---- */
 
 static void

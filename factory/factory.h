@@ -191,6 +191,19 @@ void vmf_detach_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Contr
 /* info->disks from vm's; freed by vmf_disk_info_clear (or free_unpacked). */
 void vmf_disk_info_fill(const struct vmf_vm *vm, Vmf__Control__VmInfo *info);
 void vmf_disk_info_clear(Vmf__Control__VmInfo *info);
+/* A suspended VM's disks opened again for its resume, on a worker: each
+ * under the rules an attach by peer follows, and only if it is the file
+ * the record names (its st_dev, st_ino); scratch volumes and cow overlays
+ * from the run dir.  specs[] in slot order; closed by
+ * vmf_disk_reopened_close (also after a failure: nothing left open). */
+struct vmf_disk_reopened {
+	struct vmf_disk_spec specs[VMF_DISK_SLOTS];
+	char serials[VMF_DISK_SLOTS][VMF_DISK_SERIAL_MAX + 1];
+	size_t n;
+};
+int vmf_disk_reopen(const struct vmf_daemon *d, const struct vmf_vm *vm, uid_t peer, bool admin,
+		    struct vmf_disk_reopened *out, struct vmf_error *err);
+void vmf_disk_reopened_close(struct vmf_disk_reopened *r);
 /* snapshot.c */
 /* In a VM's run dir while a snapshot of it runs (recovery.c resumes it). */
 #define VMF_SNAPSHOT_MARKER "snapshotting"

@@ -189,13 +189,28 @@ vmf_snapshot_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control_
 		vmf_control_reply_error(c, EINVAL, msg);
 		return;
 	}
-	/* An attached disk or a network backend is a device the receiving VMM
-	 * and the template's clones do not have, and a host resource a
-	 * template must not name. */
-	char what[PATH_MAX + 64];
-	if (vmf_vm_has_host_parts(vm, what, sizeof(what))) {
-		char msg[PATH_MAX + 160];
-		snprintf(msg, sizeof(msg), "VM %s has %s; a template cannot carry it: detach it first", vm->id, what);
+	/* An attached disk is a tenant's file: a template carrying it would
+	 * give it (or the guest's cached view of it) to every clone, other
+	 * tenants' VMs.  A tap in the sandbox's namespace has no state in the
+	 * stream: the receiver has the NIC and its hub without a backend, as
+	 * every template, and each clone gets its own at its hand-out (the
+	 * agent clears this VM's addresses there).  User-mode networking's
+	 * slirp state is in the stream, and no clone could load it. */
+	for (unsigned i = 0; i < VMF_DISK_SLOTS; i++) {
+		if (!vm->disks[i])
+			continue;
+		char msg[2 * PATH_MAX + 300];
+		snprintf(msg, sizeof(msg), "VM %s has the disk %s attached; a template cannot carry it, since its "
+			 "clones would be other VMs (other tenants') given this VM's file: detach it first "
+			 "(vmfactory detach %s --disk %s), then snapshot", vm->id, vm->disks[i]->path, vm->id,
+			 vm->disks[i]->guest_path[0] ? vm->disks[i]->guest_path : vm->disks[i]->path);
+		vmf_control_reply_error(c, EBUSY, msg);
+		return;
+	}
+	if (vm->net[0] && strcmp(vm->net, "netns") != 0) {
+		char msg[200];
+		snprintf(msg, sizeof(msg), "VM %s has user-mode network, whose state (connections, forwards) a "
+			 "template cannot carry: snapshot a VM with --netns or without network", vm->id);
 		vmf_control_reply_error(c, EBUSY, msg);
 		return;
 	}

@@ -33,6 +33,7 @@
 #include "agent.h"
 #include "factory.h"
 #include "log.h"
+#include "net.h"
 #include "sockaddr.h"
 
 #define AGENT_TIMEOUT_MS 10000
@@ -46,6 +47,8 @@ struct suspend_job {
 	bool resume;
 	bool share;                  /* the driver has a share device: unmount, mount again */
 	bool owner_admin;            /* the owner is root or the daemon's user: no ACLs */
+	uid_t peer;                  /* who resumes: its disks reopen under its attach rules */
+	bool peer_admin;
 	double ms;
 	uint64_t pss_kib;
 	int rc;
@@ -147,6 +150,61 @@ guest_back(struct suspend_job *j, struct vmf_vm *vm, struct vmf_error *err)
 		r = vmf_agent_mount_share(a, VMF_SHARE_TAG, AGENT_TIMEOUT_MS, err);
 	vmf_agent_free(a);
 	return r;
+}
+
+/* User-mode networking is the resuming QEMU's before it loads the state
+ * (slirp's state is in it): the same forwards, their ports checked free
+ * first for a clear error.  fw points into vm. */
+static int
+user_net(struct suspend_job *j, const struct vmf_vm *vm, const char **fw, struct vmf_net_backend *nb,
+	 struct vmf_error *err)
+{
+	struct vmf_net_request req = { .user = true, .n_hostfwd = vm->n_hostfwd };
+	for (unsigned i = 0; i < vm->n_hostfwd; i++) {
+		snprintf(req.hostfwd[i], sizeof(req.hostfwd[i]), "%s", vm->hostfwd[i]);
+		fw[i] = vm->hostfwd[i];
+	}
+	*nb = (struct vmf_net_backend){ .tap_fd = -1, .hostfwd = fw, .n_hostfwd = vm->n_hostfwd };
+	int r = vmf_net_check_fwd_ports(&req, !j->owner_admin, err);
+	return r < 0 ? vmf_error_prefix(err, "user-mode network") : 0;
+}
+
+/* A namespace's tap for a resumed VM, plugged into its NIC's hub while it
+ * is still paused (the hub is on the command line; a tap has no state in
+ * the saved stream).  The old tap went with the suspended QEMU, but the
+ * interface's mirror filter stayed: it keeps the interface this VM's while
+ * it is suspended (another hand-out finds it mirrored), and is made again
+ * here for the new tap.  The guest's addresses are in its RAM. */
+static int
+net_back(struct suspend_job *j, struct vmf_vm *vm, struct vmf_error *err)
+{
+	struct vmf_net_backend nb = { .tap_fd = -1 };
+	int r;
+	if (strcmp(vm->net, "netns") != 0)
+		return 0;
+	/* The namespace it was handed out in, and still the owner's. */
+	uint64_t dev = 0, ino = 0;
+	int nsfd = vmf_netns_open(vm->netns, vm->owner_uid, j->owner_admin, &dev, &ino, err);
+	if (nsfd < 0)
+		return nsfd;
+	if (dev != vm->netns_dev || ino != vm->netns_ino) {
+		close(nsfd);
+		return vmf_err(err, ESTALE, "network namespace %s is not the one the VM was handed out in (it was "
+			       "replaced): release the VM", vm->netns);
+	}
+	struct vmf_error uerr = {0};
+	vmf_netns_undo(vm->netns, dev, ino, vm->netns_link, vm->tap, &uerr);
+	struct vmf_guest_net gn;
+	r = vmf_netns_setup(nsfd, vm->netns, vm->netns_link, vm->tap, &gn, &nb.tap_fd, err);
+	close(nsfd);
+	if (r < 0)
+		return vmf_error_prefix(err, "network namespace %s", vm->netns);
+	VMF_FAULT("resume-net");
+	r = vm->ops->net_attach(vm->hv, &nb, err);
+	close(nb.tap_fd);
+	if (r < 0)
+		return vmf_error_prefix(err, "network namespace %s", vm->netns);
+	return 0;
 }
 
 /* ---- suspend ---- */
@@ -293,14 +351,31 @@ resume_work(void *arg)
 		vmf_error_prefix(err, "recording VM %s as resuming", vm->id);
 		goto out;
 	}
+	/* Its disks, opened again as an attach would, and the same files. */
+	struct vmf_disk_reopened disks;
+	if ((r = vmf_disk_reopen(d, vm, j->peer, j->peer_admin, &disks, err)) < 0)
+		goto back;
 	int fd = open(vm->state_file, O_RDONLY | O_CLOEXEC);
 	if (fd < 0) {
+		vmf_disk_reopened_close(&disks);
 		r = vmf_err_sys(err, errno, "cannot open VM %s's saved state %s", vm->id, vm->state_file);
 		goto back;
 	}
-	r = vm->ops->restore_state(vm->saved_hv, fd, &vm->hv, err);
+	const char *fw[VMF_MAX_HOSTFWD];
+	struct vmf_net_backend nb;
+	struct vmf_restore_parts parts = { .disks = disks.specs, .n_disks = disks.n };
+	if (strcmp(vm->net, "user") == 0) {
+		r = user_net(j, vm, fw, &nb, err);
+		parts.net = &nb;
+	}
+	if (r == 0)
+		r = parts.n_disks || parts.net ? vm->ops->restore_state_with(vm->saved_hv, fd, &parts, &vm->hv, err)
+					       : vm->ops->restore_state(vm->saved_hv, fd, &vm->hv, err);
 	close(fd);
+	vmf_disk_reopened_close(&disks);
 	if (r < 0)
+		goto back;
+	if (vm->net[0] && (r = net_back(j, vm, err)) < 0)
 		goto back;
 	if ((r = vm->ops->resume(vm->hv, err)) < 0)
 		goto back;
@@ -431,14 +506,23 @@ start(struct vmf_daemon *d, struct vmf_conn *c, const char *vm_id, bool resume)
 		vmf_control_reply_error(c, ENOTSUP, msg);
 		return;
 	}
-	/* Its disks and network would not come back with the state: a resumed
-	 * QEMU has neither the disk devices nor the backend (the tap dies with
-	 * the process).  Refused rather than half-resumed. */
-	char what[PATH_MAX + 64];
-	if (!resume && vmf_vm_has_host_parts(vm, what, sizeof(what))) {
-		char msg[PATH_MAX + 160];
-		snprintf(msg, sizeof(msg), "VM %s has %s, which a suspended VM cannot keep yet: detach it or "
-			 "release the VM instead", vm->id, what);
+	/* Disks and user-mode networking come back only with a driver that
+	 * gives the resuming VMM them before it loads the state, a namespace's
+	 * tap (it dies with the process) only with one that plugs a backend
+	 * into a running VM.  Refused rather than half-resumed. */
+	bool has_disks = false;
+	for (unsigned i = 0; i < VMF_DISK_SLOTS; i++)
+		has_disks = has_disks || vm->disks[i];
+	bool net_ok = !vm->net[0] || (strcmp(vm->net, "netns") == 0 && vm->ops->net_attach) ||
+		      (strcmp(vm->net, "user") == 0 && vm->ops->restore_state_with);
+	if (!resume && (!net_ok || (has_disks && !vm->ops->restore_state_with))) {
+		char what[PATH_MAX + 64], msg[PATH_MAX + 200];
+		if (!net_ok)
+			snprintf(what, sizeof(what), "network (%s%s%s)", vm->net, vm->netns[0] ? " " : "", vm->netns);
+		else
+			vmf_vm_has_host_parts(vm, what, sizeof(what));
+		snprintf(msg, sizeof(msg), "VM %s has %s, which a suspended %s VM cannot keep yet: %s", vm->id, what,
+			 vm->ops->name, !net_ok ? "release the VM instead" : "detach it or release the VM instead");
 		vmf_control_reply_error(c, EBUSY, msg);
 		return;
 	}
@@ -457,6 +541,8 @@ start(struct vmf_daemon *d, struct vmf_conn *c, const char *vm_id, bool resume)
 	j->resume = resume;
 	j->share = d->hv.caps & VMF_CAP_SHARE_DEVICE && vm->share_link[0];
 	j->owner_admin = vmf_daemon_peer_admin(d, vm->owner_uid);
+	j->peer = vmf_control_peer_uid(c);
+	j->peer_admin = vmf_daemon_peer_admin(d, j->peer);
 	if (!resume)
 		state_path(d, vm->id, vm->state_file, sizeof(vm->state_file));
 	vm->state = resume ? VMF_VM_RESUMING : VMF_VM_SUSPENDING;

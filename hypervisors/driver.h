@@ -64,6 +64,14 @@ struct vmf_disk_spec {
 	int backing_fd;          /* -1: none */
 	const char *backing_format;
 };
+/* What a VM had attached that its resuming VMM needs before it loads the
+ * saved state (restore_state_with). */
+struct vmf_net_backend;
+struct vmf_restore_parts {
+	const struct vmf_disk_spec *disks;
+	size_t n_disks;
+	const struct vmf_net_backend *net;
+};
 /* "vmfdN": the serial of slot N. */
 void vmf_disk_serial(unsigned slot, char out[VMF_DISK_SERIAL_MAX + 1]);
 /* The backend a hand-out plugs into a VM's NIC (issue 16): a tap fd (the
@@ -147,6 +155,15 @@ struct vmf_hv_ops {
 	 * state_fd; the result is paused. */
 	int (*save_state)(struct vmf_vmm *vm, int state_fd, struct vmf_error *err);
 	int (*restore_state)(const vmf_hv_state *st, int state_fd, struct vmf_vmm **out, struct vmf_error *err);
+	/* restore_state for a VM that had disks attached or a backend whose
+	 * state is in the saved stream (NULL: the driver cannot suspend such
+	 * a VM): the new VMM gets parts' disks (their fds reopened by the
+	 * caller, who closes them after the call) as the saved one had them,
+	 * same slots and serials, and parts' net backend (net_attach's; NULL:
+	 * none) before it loads the state, so the saved device state finds
+	 * its devices. */
+	int (*restore_state_with)(const vmf_hv_state *st, int state_fd, const struct vmf_restore_parts *parts,
+				  struct vmf_vmm **out, struct vmf_error *err);
 
 	int (*pause)(struct vmf_vmm *vm, struct vmf_error *err);
 	int (*resume)(struct vmf_vmm *vm, struct vmf_error *err);

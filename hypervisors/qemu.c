@@ -1046,8 +1046,18 @@ qemu_save_state(struct vmf_vmm *vm, int state_fd, struct vmf_error *err)
 /* Resume: a QEMU with the saved VM's config (same sockets, template memory
  * file mapped share=off as before) and its hot-added vCPUs and DIMMs on
  * the command line, loading the whole state. */
+static int qemu_attach_disk(struct vmf_vmm *vm, const struct vmf_disk_spec *d, struct vmf_error *err);
+static int qemu_net_attach(struct vmf_vmm *vm, const struct vmf_net_backend *nb, struct vmf_error *err);
+
+/* The disks go in before migrate-incoming: the stream's scsi-hd state
+ * needs its devices (their ids, bus addresses and serials derive from the
+ * slot, as at the attach); so does user-mode networking, whose slirp
+ * state is a section of the stream (a tap has none).  Nodes added while QEMU waits for the stream
+ * open inactive and are activated when it is loaded; the source flushed
+ * and inactivated its own when it stopped and completed the save. */
 static int
-qemu_restore_state(const vmf_hv_state *st, int state_fd, struct vmf_vmm **out, struct vmf_error *err)
+qemu_restore_state_with(const vmf_hv_state *st, int state_fd, const struct vmf_restore_parts *parts,
+			struct vmf_vmm **out, struct vmf_error *err)
 {
 	*out = NULL;
 	if (st->schema_version != STATE_SCHEMA_VERSION || !st->config || !st->qemu)
@@ -1082,6 +1092,13 @@ qemu_restore_state(const vmf_hv_state *st, int state_fd, struct vmf_vmm **out, s
 	log_vm(VMF_LOG_DEBUG, vm->cfg->id, "QEMU pid %d started to resume", (int)vm->proc.pid);
 	if ((r = set_capability(vm, "events", true, err)) < 0 || (r = pass_fd(vm, "vmfstate", state_fd, err)) < 0)
 		goto fail;
+	for (size_t i = 0; parts && i < parts->n_disks; i++)
+		if ((r = qemu_attach_disk(vm, &parts->disks[i], err)) < 0) {
+			vmf_error_prefix(err, "giving the resuming QEMU its disk in slot %u", parts->disks[i].slot);
+			goto fail;
+		}
+	if (parts && parts->net && (r = qemu_net_attach(vm, parts->net, err)) < 0)
+		goto fail;
 	json_object *args = json_object_new_object();
 	json_object_object_add(args, "uri", json_object_new_string("fd:vmfstate"));
 	r = qmp_cmd(vm, "migrate-incoming", args, NULL, err);
@@ -1094,6 +1111,12 @@ fail:
 	vmf_vmm_kill(&vm->proc, "QEMU", vm->cfg->id);
 	vm_free(vm);
 	return r;
+}
+
+static int
+qemu_restore_state(const vmf_hv_state *st, int state_fd, struct vmf_vmm **out, struct vmf_error *err)
+{
+	return qemu_restore_state_with(st, state_fd, NULL, out, err);
 }
 
 static int
@@ -1669,6 +1692,7 @@ const struct vmf_hv_ops vmf_qemu_ops = {
 	.snapshot = qemu_snapshot,
 	.save_state = qemu_save_state,
 	.restore_state = qemu_restore_state,
+	.restore_state_with = qemu_restore_state_with,
 	.pause = qemu_pause,
 	.resume = qemu_resume,
 	.hotplug_vcpus = qemu_hotplug_vcpus,

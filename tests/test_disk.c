@@ -91,6 +91,16 @@ host_cat(const char *img, const char *file, char *out, size_t n)
 	pclose(p);
 }
 
+/* The VM's state (inspect's). */
+static int
+disk_state(const char *id, char *out, size_t n)
+{
+	json_object *ins = vmf_json("inspect %s -o json", id);
+	snprintf(out, n, "%s", json_object_get_string(path(path(ins, "vm", NULL), "state", NULL)));
+	json_object_put(ins);
+	return 0;
+}
+
 static int
 n_disks(const char *id)
 {
@@ -239,14 +249,50 @@ START_TEST(disks_end_to_end)
 	/* A template cannot carry a host file: snapshot is refused, the VM runs on. */
 	ck_assert_int_ne(vmf_e(err, sizeof err, "snapshot %s --template %s", g.id, "withdisk"), 0);
 	ck_assert_msg(strstr(err, "attached") && strstr(err, "detach it first"), "snapshot with a disk: %s", err);
-	ck_assert_int_ne(vmf_e(err, sizeof err, "suspend %s%s", g.id, ""), 0);
-	ck_assert_msg(strstr(err, "disk") && strstr(err, "cannot keep"), "suspend with a disk: %s", err);
 	ck_assert_int_eq(guest_sh(g.id, "true", NULL, 0), 0);
 	/* The slot it had is free in QEMU too: the same disk attaches now. */
 	snprintf(cmd, sizeof cmd, "attach %s --disk %s --mount /mnt/other", g.id, img2);
 	ck_assert_int_eq(vmf(NULL, "%s", cmd), 0);
 	ck_assert_int_eq(guest_sh(g.id, "cat /mnt/other/hello.txt", out, sizeof out), 0);
 	ck_assert_str_eq(out, "hello disk\n");
+
+	/* ---- suspended and resumed with its three disks (read-only, scratch,
+	 * read-write), mounted all along ---- */
+	ck_assert_int_eq(guest_sh(g.id, "echo before > /mnt/other/before.txt && echo s > /work/s", NULL, 0), 0);
+	t0 = vmf_now_ms();
+	ck_assert_int_eq(vmf_e(err, sizeof err, "suspend %s%s", g.id, ""), 0);
+	printf("suspend with 3 disks: %lld ms\n", (long long)(vmf_now_ms() - t0));
+	ck_assert_int_eq(disk_state(g.id, out, sizeof out), 0);
+	ck_assert_str_eq(out, "suspended");
+	/* The read-write disk's file replaced meanwhile: the resume fails
+	 * naming it, the VM stays suspended; the file back, it resumes. */
+	char aside[800];
+	snprintf(aside, sizeof aside, "%s.aside", img2);
+	ck_assert_int_eq(rename(img2, aside), 0);
+	snprintf(cmd, sizeof cmd, "cp %s %s", aside, img2);
+	ck_assert_int_eq(system(cmd), 0);
+	ck_assert_int_ne(vmf_e(err, sizeof err, "resume %s%s", g.id, ""), 0);
+	ck_assert_msg(strstr(err, img2) && strstr(err, "replaced") && strstr(err, "stays suspended"),
+		      "resume with a replaced disk: %s", err);
+	ck_assert_int_eq(disk_state(g.id, out, sizeof out), 0);
+	ck_assert_str_eq(out, "suspended");
+	ck_assert_int_eq(rename(aside, img2), 0);
+	t0 = vmf_now_ms();
+	ck_assert_int_eq(vmf_e(err, sizeof err, "resume %s%s", g.id, ""), 0);
+	printf("resume with 3 disks: %lld ms\n", (long long)(vmf_now_ms() - t0));
+	ck_assert_int_eq(guest_sh(g.id, "cat /mnt/other/before.txt /work/s /mnt/ro/hello.txt && "
+				  "echo after > /mnt/other/after.txt && sync", out, sizeof out), 0);
+	ck_assert_str_eq(out, "before\ns\nhello disk\n");
+	/* Detach works on the resumed QEMU's devices; attached again. */
+	ck_assert_int_eq(vmf_e(err, sizeof err, "detach %s --disk %s", g.id, "/mnt/ro"), 0);
+	snprintf(cmd, sizeof cmd, "attach %s --disk %s --ro --mount /mnt/ro", g.id, img);
+	ck_assert_int_eq(vmf(NULL, "%s", cmd), 0);
+	ck_assert_int_eq(guest_sh(g.id, "cat /mnt/ro/hello.txt", out, sizeof out), 0);
+	ck_assert_str_eq(out, "hello disk\n");
+	/* A new QEMU: the one to wait for at the release. */
+	json_object *ins = vmf_json("inspect %s -o json", g.id);
+	json_object_object_add(g.rec, "pid", json_object_get(path(path(ins, "vm", NULL), "pid", NULL)));
+	json_object_put(ins);
 
 	/* Read-write is exclusive: img2 is read-write on g, img read-only. */
 	do_get(&h, "d2", 1, 256);
@@ -271,6 +317,11 @@ START_TEST(disks_end_to_end)
 	ck_assert_str_eq(out, "hello disk\n");
 	host_cat(img, "cow.txt", out, sizeof out);
 	ck_assert_msg(out[0] == 0, "the guest's write reached the base: '%s'", out);
+	/* Suspended and resumed: the overlay and its base come back. */
+	ck_assert_msg(vmf_e(err, sizeof err, "suspend %s%s", h.id, "") == 0, "suspend with a cow disk: %s", err);
+	ck_assert_msg(vmf_e(err, sizeof err, "resume %s%s", h.id, "") == 0, "resume with a cow disk: %s", err);
+	ck_assert_int_eq(guest_sh(h.id, "cat /mnt/cow/cow.txt /mnt/shared/hello.txt", out, sizeof out), 0);
+	ck_assert_str_eq(out, "cow\nhello disk\n");
 	ck_assert_int_ne(vmf_e(err, sizeof err, "attach %s --disk %s", g.id, hard), 0);
 	ck_assert_msg(strstr(err, "already attached read-only"), "rw over a cow base: %s", err);
 	ck_assert_int_eq(n_disks(h.id), 2);
@@ -299,7 +350,18 @@ START_TEST(disks_end_to_end)
 
 	/* ---- SIGKILL after attaching, restart: still recorded; release
 	 * removes the scratch volume ---- */
-	pid_t qpid = (pid_t)json_object_get_int(path(g.rec, "pid", NULL));
+	/* Suspended when the daemon dies: the restarted one resumes it from
+	 * the record's disks. */
+	ck_assert_int_eq(vmf_e(err, sizeof err, "suspend %s%s", g.id, ""), 0);
+	kill_daemon_hard();
+	start_tenant_daemon("");
+	ck_assert_int_eq(n_disks(g.id), 3);
+	ck_assert_int_eq(disk_state(g.id, out, sizeof out), 0);
+	ck_assert_str_eq(out, "suspended");
+	ck_assert_msg(vmf_e(err, sizeof err, "resume %s%s", g.id, "") == 0, "resume after a restart: %s", err);
+	ins = vmf_json("inspect %s -o json", g.id);
+	pid_t qpid = (pid_t)json_object_get_int(path(path(ins, "vm", NULL), "pid", NULL));
+	json_object_put(ins);
 	kill_daemon_hard();
 	start_tenant_daemon("");
 	ck_assert_int_eq(n_disks(g.id), 3);

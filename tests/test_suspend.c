@@ -128,10 +128,16 @@ gexec(char **out, const char *id, const char *script)
 static long
 counter(const char *id)
 {
-	char *out = NULL;
-	int rc = gexec(&out, id, "cat /tmp/cnt");
-	long v = rc == 0 && out ? strtol(out, NULL, 10) : -1;
-	free(out);
+	/* The loop's `echo > /tmp/cnt` truncates before it writes: a read
+	 * between the two finds the file empty, and is made again. */
+	long v = -1;
+	int rc = 0;
+	for (int attempt = 0; attempt < 5 && v <= 0 && rc == 0; attempt++) {
+		char *out = NULL;
+		rc = gexec(&out, id, "cat /tmp/cnt");
+		v = rc == 0 && out ? strtol(out, NULL, 10) : -1;
+		free(out);
+	}
 	ck_assert_msg(v > 0, "the guest's counter cannot be read (exit %d)", rc);
 	return v;
 }

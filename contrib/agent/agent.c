@@ -508,12 +508,96 @@ parse_prefix(const char *s, struct in_addr *a, unsigned *plen)
 	return inet_pton(AF_INET, buf, a) == 1 ? 0 : -1;
 }
 
+/* Set once a hand-out configured the NIC, with the MAC it had before.
+ * In the agent's memory, so a template snapshotted from a VM with network
+ * has it set in every clone: their hand-outs clear what the source VM's
+ * hand-out configured.  A clone of a booted template has it clear, and its
+ * hand-out without network costs one test. */
+static bool nic_configured;
+static unsigned char nic_boot_mac[6];
+
+/* The first NIC besides lo, its name and index (0: none). */
+static unsigned
+first_nic(char name[IF_NAMESIZE])
+{
+	struct if_nameindex *ni = if_nameindex();
+	unsigned idx = 0;
+	for (struct if_nameindex *i = ni; ni && i->if_index; i++)
+		if (strcmp(i->if_name, "lo") != 0 && !idx) {
+			idx = i->if_index;
+			snprintf(name, IF_NAMESIZE, "%s", i->if_name);
+		}
+	if (ni)
+		if_freenameindex(ni);
+	return idx;
+}
+
+/* Undoes a former hand-out's configuration: its IPv4 addresses go (the
+ * kernel drops the routes through the NIC with its last address), its
+ * resolv.conf goes, its MAC is the one it had at boot. */
+static int
+reset_nic(char *why, size_t whylen)
+{
+	char name[IF_NAMESIZE] = "";
+	unsigned idx = first_nic(name);
+	if (!idx)
+		return 0;
+	int nl = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
+	int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	struct ifaddrs *ifa = NULL;
+	int rc = -1;
+	if (nl < 0 || s < 0 || getifaddrs(&ifa) < 0) {
+		snprintf(why, whylen, "%s: cannot read its addresses: %s", name, strerror(errno));
+		goto out;
+	}
+	for (struct ifaddrs *a = ifa; a; a = a->ifa_next) {
+		if (!a->ifa_addr || a->ifa_addr->sa_family != AF_INET || strcmp(a->ifa_name, name))
+			continue;
+		struct {
+			struct nlmsghdr h;
+			struct ifaddrmsg m;
+			char attrs[64];
+		} q = {0};
+		uint32_t m = a->ifa_netmask ? ntohl(((struct sockaddr_in *)a->ifa_netmask)->sin_addr.s_addr) : 0;
+		q.h.nlmsg_len = NLMSG_LENGTH(sizeof(q.m));
+		q.h.nlmsg_type = RTM_DELADDR;
+		q.m.ifa_family = AF_INET;
+		q.m.ifa_prefixlen = (unsigned char)__builtin_popcount(m);
+		q.m.ifa_index = idx;
+		rta_add(&q.h, IFA_LOCAL, &((struct sockaddr_in *)a->ifa_addr)->sin_addr, 4);
+		int e = rtnl_do(nl, &q.h);
+		if (e < 0 && e != -EADDRNOTAVAIL) {
+			snprintf(why, whylen, "%s: cannot remove a former hand-out's address: %s", name, strerror(-e));
+			goto out;
+		}
+	}
+	unlink("/etc/resolv.conf");
+	struct ifreq ifr = {0};
+	snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", name);
+	ifr.ifr_hwaddr.sa_family = ARPHRD_ETHER;
+	memcpy(ifr.ifr_hwaddr.sa_data, nic_boot_mac, 6);
+	if (ioctl(s, SIOCSIFHWADDR, &ifr) < 0)
+		logmsg("%s: cannot set its MAC back: %s", name, strerror(errno));
+	nic_configured = false;
+	rc = 0;
+out:
+	if (ifa)
+		freeifaddrs(ifa);
+	if (nl >= 0)
+		close(nl);
+	if (s >= 0)
+		close(s);
+	return rc;
+}
+
 /* The template's NIC takes the hand-out's identity: MAC (while down: no
  * peer saw the old one), addresses, default route, DNS; then up.  netlink
  * and ioctl, no exec: this is on the hand-out's one round trip. */
 static int
 configure_nic(const Vmf__Agent__Handout *req, char *why, size_t whylen)
 {
+	if (nic_configured && reset_nic(why, whylen) < 0)
+		return -1;
 	struct if_nameindex *ni = if_nameindex();
 	char name[IF_NAMESIZE] = "";
 	unsigned idx = 0;
@@ -540,6 +624,12 @@ configure_nic(const Vmf__Agent__Handout *req, char *why, size_t whylen)
 		goto out;
 	}
 	short flags = ifr.ifr_flags;
+	if (!nic_configured) {
+		struct ifreq hw = ifr;
+		if (ioctl(s, SIOCGIFHWADDR, &hw) == 0)
+			memcpy(nic_boot_mac, hw.ifr_hwaddr.sa_data, 6);
+	}
+	nic_configured = true;
 	/* Live (virtio-net's control queue): the link stays up, as the
 	 * template left it; a device that refuses is taken down for it. */
 	ifr.ifr_hwaddr.sa_family = ARPHRD_ETHER;
@@ -1002,6 +1092,8 @@ do_handout(Reply *r, const Vmf__Agent__Handout *req)
 		configure_nic(req, out.net_error, sizeof(out.net_error));
 	else if (req->net_mac.len && req->net_mac.len != 6)
 		snprintf(out.net_error, sizeof(out.net_error), "net_mac has %zu bytes, not 6", req->net_mac.len);
+	else if (nic_configured && !test_mode)
+		reset_nic(out.net_error, sizeof(out.net_error));
 	h->net_error = out.net_error;
 	r->body_case = VMF__AGENT__AGENT_REPLY__BODY_HANDOUT;
 	r->handout = h;
