@@ -445,6 +445,10 @@ cleanup(void)
 		fprintf(stderr, "teardown: killed a daemon left by a failed test\n");
 	if (vmf_test_kill_qemu_under(tmp))
 		fprintf(stderr, "teardown: killed QEMU processes left by a failed test\n");
+	/* A fake Firecracker's template build never ends (no guest agent), so
+	 * the daemon killed above may leave its VMM: after the daemon, or a
+	 * build started meanwhile would outlive the test. */
+	vmf_test_kill_under("fake_vmm", tmp);
 	char cmd[800];
 	snprintf(cmd, sizeof cmd, "umount -l %s/small 2>/dev/null", svc);
 	if (system(cmd) == 0)

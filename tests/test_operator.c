@@ -29,12 +29,6 @@ op_setup(void)
 	setup_fake_firecracker(cfg, sizeof cfg, fake, sizeof fake);
 }
 
-static void
-op_cleanup(void)
-{
-	vmf_test_kill_under("fake_vmm", tmp);
-	cleanup();
-}
 
 /* A template record of the given driver and version, with a directory. */
 static void
@@ -201,7 +195,7 @@ main(void)
 {
 	Suite *s = suite_create("operator");
 	TCase *tc = tcase_create("operator");
-	tcase_add_checked_fixture(tc, op_setup, op_cleanup);
+	tcase_add_checked_fixture(tc, op_setup, cleanup);
 	tcase_set_timeout(tc, 300);
 	ADD_TEST(tc, gc_judges_the_configured_drivers_templates);
 	ADD_TEST(tc, template_commands_refuse_while_a_daemon_runs);

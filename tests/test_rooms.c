@@ -23,12 +23,6 @@ rooms_setup(void)
 	setup_fake_firecracker(cfg, sizeof cfg, fake, sizeof fake);
 }
 
-static void
-rooms_cleanup(void)
-{
-	vmf_test_kill_under("fake_vmm", tmp);
-	cleanup();
-}
 
 /* The status reply, or NULL while the daemon does not answer. */
 static Vmf__Control__Reply *
@@ -83,7 +77,7 @@ main(void)
 {
 	Suite *s = suite_create("rooms");
 	TCase *tc = tcase_create("rooms");
-	tcase_add_checked_fixture(tc, rooms_setup, rooms_cleanup);
+	tcase_add_checked_fixture(tc, rooms_setup, cleanup);
 	tcase_set_timeout(tc, 300);
 	ADD_TEST(tc, template_status_names_its_drivers_capabilities);
 	suite_add_tcase(s, tc);
