@@ -57,9 +57,11 @@ struct vmf_vmm {
 	unsigned vcpus;
 	unsigned memory_mib;       /* base + hot-added */
 	bool paused;
-	/* Slots with a disk attached (bit N: slot N), for the snapshot ops,
-	 * which refuse such a VM: its snapshot would name the daemon's
-	 * /proc/<pid>/fd paths.  Not recorded: an adopted handle starts at 0. */
+	/* Slots with a disk attached (bit N: slot N): ops->snapshot refuses
+	 * such a VM (a template's clones could not open its disks), save_state
+	 * records them for restore_state_with to check against the disks it
+	 * is given.  Not recorded in the hypervisor state: an adopted handle
+	 * starts at 0. */
 	unsigned disks;
 };
 
@@ -94,8 +96,8 @@ int vmf_rest_snap_begin(struct vmf_vmm *vm, char *dir, struct vmf_error *err);
 int vmf_rest_snap_pack(struct vmf_vmm *vm, int state_fd, const char *dir, const char *const *names,
 		       struct vmf_error *err);
 int vmf_rest_snap_unpack(struct vmf_vmm *vm, int state_fd, char *dir, struct vmf_error *err);
-/* For save_state and snapshot: ENOTSUP while a disk is attached (what
- * names the operation in the sentence). */
+/* For snapshot: ENOTSUP while a disk is attached (what names the
+ * operation in the sentence). */
 int vmf_rest_no_disks(const struct vmf_vmm *vm, const char *what, struct vmf_error *err);
 /* ops->restore_state up to the load request: a handle for the VM st
  * describes (its config, vCPUs and memory, same sockets), its snapshot
