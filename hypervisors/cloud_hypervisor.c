@@ -52,6 +52,8 @@ ch_ask_exit(struct vmf_vmm *vm, int timeout_ms)
 	return true;
 }
 
+static int ch_read_disks(struct vmf_vmm *vm, struct vmf_error *err);
+
 static const struct vmf_rest_vmm ch = {
 	.name = "cloud-hypervisor",
 	.kind = VMF__HV__HYPERVISOR_KIND__HV_CLOUD_HYPERVISOR,
@@ -64,7 +66,31 @@ static const struct vmf_rest_vmm ch = {
 	.argv = ch_argv,
 	.request_pause = ch_request_pause,
 	.ask_exit = ch_ask_exit,
+	.read_disks = ch_read_disks,
 };
+
+/* vm.info's config lists the added disks (ids vmfdN). */
+static int
+ch_read_disks(struct vmf_vmm *vm, struct vmf_error *err)
+{
+	json_object *info = NULL, *c, *disks;
+	int r = vmf_rest_get(vm, "vm.info", &info, err);
+	if (r < 0)
+		return r;
+	vm->disks = 0;
+	if (json_object_object_get_ex(info, "config", &c) && json_object_object_get_ex(c, "disks", &disks) &&
+	    json_object_is_type(disks, json_type_array))
+		for (size_t i = 0; i < json_object_array_length(disks); i++) {
+			json_object *x, *d = json_object_array_get_idx(disks, i);
+			const char *id = json_object_object_get_ex(d, "id", &x) ? json_object_get_string(x) : "";
+			unsigned slot;
+			char end;
+			if (id && sscanf(id, "vmfd%u%c", &slot, &end) == 1 && slot < 32)
+				vm->disks |= 1u << slot;
+		}
+	json_object_put(info);
+	return 0;
+}
 
 /* PUT with an optional body, which is consumed. */
 static int

@@ -155,6 +155,29 @@ make_placeholders(struct vmf_vmm *vm, struct vmf_error *err)
 	return 0;
 }
 
+/* The drives PATCHed to a disk's link (vmfdN.disk) are the attached
+ * ones; the others have their placeholder. */
+static int
+fc_read_disks(struct vmf_vmm *vm, struct vmf_error *err)
+{
+	json_object *c = NULL, *drives;
+	int r = vmf_rest_get(vm, "/vm/config", &c, err);
+	if (r < 0)
+		return r;
+	vm->disks = 0;
+	if (json_object_object_get_ex(c, "drives", &drives) && json_object_is_type(drives, json_type_array))
+		for (size_t i = 0; i < json_object_array_length(drives); i++) {
+			json_object *x, *d = json_object_array_get_idx(drives, i);
+			const char *p = json_object_object_get_ex(d, "path_on_host", &x) ? json_object_get_string(x) : "";
+			unsigned slot;
+			char end[8];
+			if (p && sscanf(p, "vmfd%u.%7s", &slot, end) == 2 && strcmp(end, "disk") == 0 && slot < FC_DISKS)
+				vm->disks |= 1u << slot;
+		}
+	json_object_put(c);
+	return 0;
+}
+
 static const struct vmf_rest_vmm fc = {
 	.name = "firecracker",
 	.kind = VMF__HV__HYPERVISOR_KIND__HV_FIRECRACKER,
@@ -167,6 +190,7 @@ static const struct vmf_rest_vmm fc = {
 	.argv = fc_argv,
 	.request_pause = fc_request_pause,
 	.ask_exit = fc_ask_exit,
+	.read_disks = fc_read_disks,
 };
 
 static int

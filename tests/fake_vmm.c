@@ -541,6 +541,25 @@ fc_handle(int fd, const char *m, const char *p, json_object *b)
 		json_object_object_add(o, "vmm_version", json_object_new_string(FC_FAKE_VERSION));
 		respond(fd, 200, o, NULL);
 		json_object_put(o);
+	} else if (strcmp(m, "GET") == 0 && strcmp(p, "/vm/config") == 0) {
+		/* FullVmConfiguration: the drives as configured (the rest is not
+		 * simulated: the driver reads only the drives). */
+		json_object *o = json_object_new_object(), *arr = json_object_new_array(), *d;
+		if (json_object_object_get_ex(fc_cfg, "/drives", &d)) {
+			json_object_object_foreach(d, id, drive) {
+				json_object *e = json_object_new_object(), *ro;
+				json_object_object_add(e, "drive_id", json_object_new_string(id));
+				json_object_object_add(e, "path_on_host", json_object_new_string(jstr(drive, "path_on_host")));
+				json_object_object_add(e, "is_root_device", json_object_new_boolean(false));
+				json_object_object_add(e, "is_read_only",
+						       json_object_new_boolean(json_object_object_get_ex(drive, "is_read_only", &ro) &&
+									       json_object_get_boolean(ro)));
+				json_object_array_add(arr, e);
+			}
+		}
+		json_object_object_add(o, "drives", arr);
+		respond(fd, 200, o, NULL);
+		json_object_put(o);
 	} else if (strcmp(m, "GET") == 0 && strcmp(p, "/version") == 0) {
 		json_object *o = json_object_new_object();
 		json_object_object_add(o, "firecracker_version",

@@ -315,7 +315,20 @@ START_TEST(suspend_with_disk)
 	struct vmf_disk_spec d = { .slot = 2, .fd = fd, .read_only = true, .format = "raw", .serial = "vmfd2",
 				   .backing_fd = -1 };
 	ck_assert_msg(ops->attach_disk(vm, &d, &err) == 0, "%s", err.msg);
-	int sfd = fv_open_state("sd.state", O_RDWR | O_CREAT | O_TRUNC);
+	/* A restarted daemon's handle learns the disk from the VMM. */
+	vmf_hv_state *ha = NULL;
+	ck_assert_int_eq(ops->serialize(vm, &ha, &err), 0);
+	struct vmf_vmm *adopted = NULL;
+	ck_assert_msg(ops->adopt(ha, &adopted, &err) == 0, "%s", err.msg);
+	vmf__hv__hypervisor_state__free_unpacked(ha, NULL);
+	ops->release(vm);
+	vm = adopted;
+	struct vmf_snapshot_to dest = { .cfg = &t.c };
+	struct vmf_snapshot_result res = {0};
+	int sfd = fv_open_state("sd.tpl", O_RDWR | O_CREAT | O_TRUNC);
+	ck_assert_int_eq(ops->snapshot(vm, &dest, sfd, &res, &err), -ENOTSUP);
+	close(sfd);
+	sfd = fv_open_state("sd.state", O_RDWR | O_CREAT | O_TRUNC);
 	ck_assert_msg(ops->save_state(vm, sfd, &err) == 0, "%s", err.msg);
 	vmf_hv_state *hs = NULL;
 	ck_assert_int_eq(ops->serialize(vm, &hs, &err), 0);
@@ -353,8 +366,6 @@ START_TEST(suspend_with_disk)
 	close(fd2);
 	/* The handle knows the disk: no template snapshot of it, and it
 	 * detaches. */
-	struct vmf_snapshot_to dest = { .cfg = &t.c };
-	struct vmf_snapshot_result res = {0};
 	sfd = fv_open_state("sd.tpl", O_RDWR | O_CREAT | O_TRUNC);
 	ck_assert_int_eq(ops->snapshot(vm, &dest, sfd, &res, &err), -ENOTSUP);
 	ck_assert_msg(strstr(err.msg, "with a disk attached is unsupported"), "%s", err.msg);
