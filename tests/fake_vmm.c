@@ -19,7 +19,10 @@
  * Firecracker drives: PUT /drives/{id} only before boot, PATCH only after
  * it and only on an existing drive, each opening its path (relative ones
  * from the fake's working directory) as the drive's is_read_only says; a
- * snapshot records them and a load reopens them.
+ * snapshot records them and a load reopens them.  Cloud Hypervisor disks:
+ * vm.add-disk opens the path and lists the disk in the config (vm.info, a
+ * snapshot's config.json); vm.restore opens the config's disks.  Opened
+ * disks are logged to $FAKE_VMM_LOG with the resolved path.
  * Snapshots are real files in the directories the driver names.  The vsock
  * socket answers "CONNECT 1024" with "OK ..." and then echoes bytes, standing
  * in for the guest agent.
