@@ -383,11 +383,11 @@ fc_save_state(struct vmf_vmm *vm, int state_fd, struct vmf_error *err)
 	snprintf(mask, sizeof(mask), "%u\n", vm->disks);
 	errno = 0;
 	FILE *f = fopen(disks, "we");
-	if (!f || fputs(mask, f) < 0 || fclose(f) != 0) {
+	bool ok = f && fputs(mask, f) >= 0;
+	if (f && fclose(f) != 0)
+		ok = false;
+	if (!ok)
 		r = vmf_err_sys(err, errno ? errno : EIO, "VM %s: cannot write %s", vm->cfg->id, disks);
-		if (f)
-			fclose(f);
-	}
 	if (r == 0)
 		r = create_snapshot(vm, vmstate, mem, err);
 	if (r == 0)
