@@ -52,6 +52,8 @@ ch_ask_exit(struct vmf_vmm *vm, int timeout_ms)
 	return true;
 }
 
+static int ch_read_disks(struct vmf_vmm *vm, struct vmf_error *err);
+
 static const struct vmf_rest_vmm ch = {
 	.name = "cloud-hypervisor",
 	.kind = VMF__HV__HYPERVISOR_KIND__HV_CLOUD_HYPERVISOR,
@@ -64,7 +66,31 @@ static const struct vmf_rest_vmm ch = {
 	.argv = ch_argv,
 	.request_pause = ch_request_pause,
 	.ask_exit = ch_ask_exit,
+	.read_disks = ch_read_disks,
 };
+
+/* vm.info's config lists the added disks (ids vmfdN). */
+static int
+ch_read_disks(struct vmf_vmm *vm, struct vmf_error *err)
+{
+	json_object *info = NULL, *c, *disks;
+	int r = vmf_rest_get(vm, "vm.info", &info, err);
+	if (r < 0)
+		return r;
+	vm->disks = 0;
+	if (json_object_object_get_ex(info, "config", &c) && json_object_object_get_ex(c, "disks", &disks) &&
+	    json_object_is_type(disks, json_type_array))
+		for (size_t i = 0; i < json_object_array_length(disks); i++) {
+			json_object *x, *d = json_object_array_get_idx(disks, i);
+			const char *id = json_object_object_get_ex(d, "id", &x) ? json_object_get_string(x) : "";
+			unsigned slot;
+			char end;
+			if (id && sscanf(id, "vmfd%u%c", &slot, &end) == 1 && slot < 32)
+				vm->disks |= 1u << slot;
+		}
+	json_object_put(info);
+	return 0;
+}
 
 /* PUT with an optional body, which is consumed. */
 static int
@@ -152,10 +178,61 @@ ch_save_template(struct vmf_vmm *vm, int state_fd, bool full, struct vmf_error *
 	return r;
 }
 
-/* The snapshot's config names the template's vsock socket and serial file;
- * each clone needs its own, so they are rewritten before restore. */
+/* The saved config's disks (vm.add-disk's, ids vmfdN) must be the ones
+ * parts give; each path becomes the descriptor the daemon reopened, as
+ * /proc/<daemon>/fd/N (the saved one named a descriptor closed since).
+ * Cloud Hypervisor opens them at vm.restore. */
 static int
-retarget_config(struct vmf_vmm *vm, const char *dir, struct vmf_error *err)
+retarget_disks(struct vmf_vmm *vm, json_object *c, const struct vmf_restore_parts *parts, unsigned *given,
+	       struct vmf_error *err)
+{
+	const char *id = vm->cfg->id;
+	json_object *disks = NULL;
+	size_t n = json_object_object_get_ex(c, "disks", &disks) && json_object_is_type(disks, json_type_array)
+			   ? json_object_array_length(disks)
+			   : 0;
+	*given = 0;
+	for (size_t i = 0; parts && i < parts->n_disks; i++) {
+		unsigned slot = parts->disks[i].slot;
+		if (slot >= 32 || *given & 1u << slot)
+			return vmf_err(err, EINVAL, "VM %s: disk vmfd%u is given twice or is out of range for the resume",
+				       id, slot);
+		*given |= 1u << slot;
+	}
+	unsigned saved = 0;
+	for (size_t i = 0; i < n; i++) {
+		json_object *d = json_object_array_get_idx(disks, i), *x;
+		const char *did = json_object_object_get_ex(d, "id", &x) ? json_object_get_string(x) : NULL;
+		unsigned slot;
+		char end;
+		if (!did || sscanf(did, "vmfd%u%c", &slot, &end) != 1 || slot >= 32)
+			return vmf_err(err, EPROTO, "VM %s: the saved state has a disk %s that vmfactory did not attach",
+				       id, did ? did : "without an id");
+		const struct vmf_disk_spec *spec = NULL;
+		for (size_t j = 0; parts && j < parts->n_disks; j++)
+			if (parts->disks[j].slot == slot)
+				spec = &parts->disks[j];
+		if (!spec)
+			return vmf_err(err, EINVAL, "VM %s: the saved VM had disk %s attached, which the resume was not "
+				       "given", id, did);
+		char path[64];
+		snprintf(path, sizeof(path), "/proc/%d/fd/%d", (int)getpid(), spec->fd);
+		vmf_json_set_str(d, "path", path);
+		saved |= 1u << slot;
+	}
+	for (unsigned s = 0; s < 32; s++)
+		if (*given & ~saved & 1u << s)
+			return vmf_err(err, EINVAL, "VM %s: disk vmfd%u is given for the resume, but the saved VM had no "
+				       "disk in that slot", id, s);
+	return 0;
+}
+
+/* The snapshot's config names the template's vsock socket and serial file;
+ * each clone needs its own, so they are rewritten before restore, and so
+ * are the disks' paths (retarget_disks; parts NULL: none). */
+static int
+retarget_config(struct vmf_vmm *vm, const char *dir, const struct vmf_restore_parts *parts, unsigned *given,
+		struct vmf_error *err)
 {
 	char path[PATH_MAX], serial[PATH_MAX];
 	snprintf(path, sizeof(path), "%s/%s", dir, CH_CONFIG_JSON);
@@ -168,7 +245,11 @@ retarget_config(struct vmf_vmm *vm, const char *dir, struct vmf_error *err)
 		vmf_json_set_str(x, "socket", vm->vsock);
 	if (json_object_object_get_ex(c, "serial", &x) && json_object_is_type(x, json_type_object))
 		vmf_json_set_str(x, "file", serial);
-	int r = 0;
+	int r = retarget_disks(vm, c, parts, given, err);
+	if (r < 0) {
+		json_object_put(c);
+		return r;
+	}
 	if (json_object_to_file_ext(path, c, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE) < 0)
 		r = vmf_err(err, EIO, "VM %s: cannot rewrite %s", vm->cfg->id, path);
 	json_object_put(c);
@@ -206,9 +287,10 @@ ch_start_from_template(const vmf_vm_config *cfg, int state_fd, struct vmf_vmm **
 	if (r < 0)
 		return r;
 	char dir[PATH_MAX];
+	unsigned no_disks;
 	r = vmf_rest_snap_unpack(vm, state_fd, dir, err);
 	if (r == 0)
-		r = retarget_config(vm, dir, err);
+		r = retarget_config(vm, dir, NULL, &no_disks, err);
 	if (r == 0)
 		r = vmf_rest_spawn(vm, err);
 	if (r < 0) {
@@ -252,26 +334,31 @@ static int
 ch_save_state(struct vmf_vmm *vm, int state_fd, struct vmf_error *err)
 {
 	char dir[PATH_MAX];
-	int r = vmf_rest_no_disks(vm, "suspend", err);
-	if (r == 0)
-		r = snapshot_to_dir(vm, dir, err);
+	int r = snapshot_to_dir(vm, dir, err);
 	if (r == 0)
 		r = vmf_rest_snap_pack(vm, state_fd, dir, NULL, err);
 	return r < 0 ? vmf_error_prefix(err, "suspending VM %s", vm->cfg->id) : 0;
 }
 
-/* Resume: the saved directory, its config retargeted to this VM's sockets,
- * vm.restore'd (Copy) into a fresh process; the config brings back the
- * vCPUs and memory it was resized to. */
+/* Resume: the saved directory, its config retargeted to this VM's sockets
+ * and to the disks' reopened descriptors, vm.restore'd (Copy) into a fresh
+ * process; the config brings back the vCPUs and memory it was resized to,
+ * and the disks. */
 static int
-ch_restore_state(const vmf_hv_state *st, int state_fd, struct vmf_vmm **out, struct vmf_error *err)
+ch_restore_state_with(const vmf_hv_state *st, int state_fd, const struct vmf_restore_parts *parts,
+		      struct vmf_vmm **out, struct vmf_error *err)
 {
+	*out = NULL;
+	if (parts && parts->net)
+		return vmf_err(err, ENOTSUP, "VM %s: cloud-hypervisor keeps no network backend across a suspend",
+			       st->config ? st->config->id : "?");
 	struct vmf_vmm *vm;
 	char dir[PATH_MAX];
+	unsigned given = 0;
 	int r = vmf_rest_restore_begin(&ch, st, state_fd, &vm, dir, err);
 	if (r < 0)
 		return r;
-	if ((r = retarget_config(vm, dir, err)) == 0)
+	if ((r = retarget_config(vm, dir, parts, &given, err)) == 0)
 		r = vmf_rest_spawn(vm, err);
 	if (r < 0) {
 		struct vmf_error ignored;
@@ -285,8 +372,15 @@ ch_restore_state(const vmf_hv_state *st, int state_fd, struct vmf_vmm **out, str
 		vmf_rest_abort(vm);
 		return r;
 	}
+	vm->disks = given;
 	*out = vm;
 	return 0;
+}
+
+static int
+ch_restore_state(const vmf_hv_state *st, int state_fd, struct vmf_vmm **out, struct vmf_error *err)
+{
+	return ch_restore_state_with(st, state_fd, NULL, out, err);
 }
 
 /* Into a template: Cloud Hypervisor has no template-share, so the new
@@ -431,6 +525,7 @@ const struct vmf_hv_ops vmf_cloud_hypervisor_ops = {
 	.snapshot = ch_snapshot,
 	.save_state = ch_save_state,
 	.restore_state = ch_restore_state,
+	.restore_state_with = ch_restore_state_with,
 	.pause = vmf_rest_pause,
 	.resume = vmf_rest_resume,
 	.hotplug_vcpus = ch_hotplug_vcpus,

@@ -34,6 +34,9 @@
 #define FC_DISKS 4
 #define FC_DISKS_RW 2
 #define FC_DISK_DEVICE "virtio-blk:vmfd0-1-rw,vmfd2-3-ro,empty-placeholders"
+/* In a suspended VM's snapshot directory: which slots had a disk (the
+ * vmstate is Firecracker's own format, so the driver records it). */
+#define FC_DISKS_FILE "vmf-disks"
 /* First API version the driver was tested with /hotplug/memory. */
 #define HOTPLUG_MIN_MAJOR 1
 #define HOTPLUG_MIN_MINOR 17
@@ -109,6 +112,32 @@ placeholder(unsigned i, char id[16], char path[32])
 	snprintf(path, 32, "vmfd%u.empty", i);
 }
 
+/* An attached disk's path_on_host: a symlink, relative to the run dir
+ * (the VMM's working directory), to the daemon's descriptor as
+ * /proc/<daemon>/fd/N.  Firecracker opens it when the PATCH or a snapshot
+ * load names it, and a snapshot records the name, not the descriptor, so a
+ * resume points the same name at the descriptor the daemon reopened (see
+ * fc_restore_state_with).  The link is removed once the VMM has opened it. */
+static int
+disk_link(struct vmf_vmm *vm, unsigned slot, int fd, char name[32], struct vmf_error *err)
+{
+	char link[PATH_MAX], target[64];
+	snprintf(name, 32, "vmfd%u.disk", slot);
+	snprintf(link, sizeof(link), "%s/%s", vm->cfg->run_dir, name);
+	snprintf(target, sizeof(target), "/proc/%d/fd/%d", (int)getpid(), fd);
+	if ((unlink(link) < 0 && errno != ENOENT) || symlink(target, link) < 0)
+		return vmf_err_sys(err, errno, "VM %s: cannot link %s to the disk's descriptor", vm->cfg->id, link);
+	return 0;
+}
+
+static void
+disk_unlink(struct vmf_vmm *vm, unsigned slot)
+{
+	char link[PATH_MAX];
+	snprintf(link, sizeof(link), "%s/vmfd%u.disk", vm->cfg->run_dir, slot);
+	unlink(link);
+}
+
 /* The empty files behind the placeholder drives, in the run dir: made
  * before boot, which opens them, and before every snapshot load, since the
  * snapshot names them relative to the VMM's working directory. */
@@ -126,6 +155,29 @@ make_placeholders(struct vmf_vmm *vm, struct vmf_error *err)
 	return 0;
 }
 
+/* The drives PATCHed to a disk's link (vmfdN.disk) are the attached
+ * ones; the others have their placeholder. */
+static int
+fc_read_disks(struct vmf_vmm *vm, struct vmf_error *err)
+{
+	json_object *c = NULL, *drives;
+	int r = vmf_rest_get(vm, "/vm/config", &c, err);
+	if (r < 0)
+		return r;
+	vm->disks = 0;
+	if (json_object_object_get_ex(c, "drives", &drives) && json_object_is_type(drives, json_type_array))
+		for (size_t i = 0; i < json_object_array_length(drives); i++) {
+			json_object *x, *d = json_object_array_get_idx(drives, i);
+			const char *p = json_object_object_get_ex(d, "path_on_host", &x) ? json_object_get_string(x) : "";
+			unsigned slot;
+			char end[8];
+			if (p && sscanf(p, "vmfd%u.%7s", &slot, end) == 2 && strcmp(end, "disk") == 0 && slot < FC_DISKS)
+				vm->disks |= 1u << slot;
+		}
+	json_object_put(c);
+	return 0;
+}
+
 static const struct vmf_rest_vmm fc = {
 	.name = "firecracker",
 	.kind = VMF__HV__HYPERVISOR_KIND__HV_FIRECRACKER,
@@ -138,6 +190,7 @@ static const struct vmf_rest_vmm fc = {
 	.argv = fc_argv,
 	.request_pause = fc_request_pause,
 	.ask_exit = fc_ask_exit,
+	.read_disks = fc_read_disks,
 };
 
 static int
@@ -315,31 +368,92 @@ fc_start_from_template(const vmf_vm_config *cfg, int state_fd, struct vmf_vmm **
 /* Suspend: a Full snapshot with the memory in the run dir's snapshot
  * directory (all of it: the File backend of a clone is a private mapping,
  * and a Full snapshot writes every page, the virtio-mem region included),
- * both files into the stream.  The VM stays paused. */
+ * both files into the stream with the slots that have a disk.  The VM
+ * stays paused. */
 static int
 fc_save_state(struct vmf_vmm *vm, int state_fd, struct vmf_error *err)
 {
-	int r = vmf_rest_no_disks(vm, "suspend", err);
-	char dir[PATH_MAX], vmstate[PATH_MAX], mem[PATH_MAX];
-	if (r == 0)
-		r = vmf_rest_snap_begin(vm, dir, err);
+	static const char *const saved[] = { FC_VMSTATE, FC_MEMORY, FC_DISKS_FILE, NULL };
+	char dir[PATH_MAX], vmstate[PATH_MAX], mem[PATH_MAX], disks[PATH_MAX + 16], mask[16];
+	int r = vmf_rest_snap_begin(vm, dir, err);
 	if (r < 0)
 		return r;
 	snap_paths(vm->cfg, dir, true, vmstate, mem);
-	r = create_snapshot(vm, vmstate, mem, err);
+	snprintf(disks, sizeof(disks), "%s/%s", dir, FC_DISKS_FILE);
+	snprintf(mask, sizeof(mask), "%u\n", vm->disks);
+	errno = 0;
+	FILE *f = fopen(disks, "we");
+	bool ok = f && fputs(mask, f) >= 0;
+	if (f && fclose(f) != 0)
+		ok = false;
+	if (!ok)
+		r = vmf_err_sys(err, errno ? errno : EIO, "VM %s: cannot write %s", vm->cfg->id, disks);
 	if (r == 0)
-		return vmf_rest_snap_pack(vm, state_fd, dir, with_mem, err);
+		r = create_snapshot(vm, vmstate, mem, err);
+	if (r == 0)
+		return vmf_rest_snap_pack(vm, state_fd, dir, saved, err);
 	struct vmf_error ignored;
 	vmf_rm_rf(dir, &ignored);
 	return vmf_error_prefix(err, "suspending VM %s", vm->cfg->id);
 }
 
+static int fc_check_disk(const struct vmf_vmm *vm, const struct vmf_disk_spec *d, struct vmf_error *err);
+
+/* The slots parts give must be the ones the saved VM had (its vmstate
+ * names their drives' links; a state saved before disks were recorded had
+ * none). */
+static int
+check_saved_disks(struct vmf_vmm *vm, const char *dir, const struct vmf_restore_parts *parts, unsigned *given,
+		  struct vmf_error *err)
+{
+	char path[PATH_MAX + 16], text[16] = "";
+	snprintf(path, sizeof(path), "%s/%s", dir, FC_DISKS_FILE);
+	unsigned saved = 0;
+	FILE *f = fopen(path, "re");
+	if (f) {
+		bool ok = fgets(text, sizeof(text), f) && sscanf(text, "%u", &saved) == 1 && saved < 1u << FC_DISKS;
+		fclose(f);
+		if (!ok)
+			return vmf_err(err, EPROTO, "VM %s: the saved state's disk record %s is malformed", vm->cfg->id,
+				       FC_DISKS_FILE);
+	} else if (errno != ENOENT) {
+		return vmf_err_sys(err, errno, "VM %s: cannot read the saved state's disk record", vm->cfg->id);
+	}
+	*given = 0;
+	for (size_t i = 0; parts && i < parts->n_disks; i++) {
+		const struct vmf_disk_spec *d = &parts->disks[i];
+		int r = fc_check_disk(vm, d, err);
+		if (r < 0)
+			return r;
+		if (*given & 1u << d->slot)
+			return vmf_err(err, EINVAL, "VM %s: disk vmfd%u is given twice for the resume", vm->cfg->id,
+				       d->slot);
+		if (!(saved & 1u << d->slot))
+			return vmf_err(err, EINVAL, "VM %s: disk vmfd%u is given for the resume, but the saved VM had "
+				       "no disk in that slot", vm->cfg->id, d->slot);
+		*given |= 1u << d->slot;
+	}
+	for (unsigned s = 0; s < FC_DISKS; s++)
+		if (saved & ~*given & 1u << s)
+			return vmf_err(err, EINVAL, "VM %s: the saved VM had disk vmfd%u attached, which the resume "
+				       "was not given", vm->cfg->id, s);
+	return 0;
+}
+
 /* Resume: a fresh process loads the saved snapshot, its memory from the
  * unpacked file; the vmstate brings back the machine config and the
- * virtio-mem region with what was plugged (the handle's memory_mib). */
+ * virtio-mem region with what was plugged (the handle's memory_mib), and
+ * the drives, which Firecracker reopens by the paths they had: the
+ * placeholders, and each disk's vmfdN.disk link, pointed now at the
+ * descriptor the daemon reopened. */
 static int
-fc_restore_state(const vmf_hv_state *st, int state_fd, struct vmf_vmm **out, struct vmf_error *err)
+fc_restore_state_with(const vmf_hv_state *st, int state_fd, const struct vmf_restore_parts *parts,
+		      struct vmf_vmm **out, struct vmf_error *err)
 {
+	*out = NULL;
+	if (parts && parts->net)
+		return vmf_err(err, ENOTSUP, "VM %s: firecracker keeps no network backend across a suspend",
+			       st->config ? st->config->id : "?");
 	struct vmf_vmm *vm;
 	char dir[PATH_MAX], vmstate[PATH_MAX], mem[PATH_MAX];
 	int r = vmf_rest_restore_begin(&fc, st, state_fd, &vm, dir, err);
@@ -347,28 +461,50 @@ fc_restore_state(const vmf_hv_state *st, int state_fd, struct vmf_vmm **out, str
 		return r;
 	snap_paths(vm->cfg, dir, true, vmstate, mem);
 	struct stat sb;
+	unsigned given = 0;
 	if (stat(vmstate, &sb) < 0 || stat(mem, &sb) < 0)
 		r = vmf_err(err, EPROTO, "VM %s: the saved state lacks the firecracker vmstate or memory", vm->cfg->id);
 	if (r == 0)
-		r = make_placeholders(vm, err);
+		r = check_saved_disks(vm, dir, parts, &given, err);
 	if (r == 0)
-		r = vmf_rest_spawn(vm, err);
-	if (r < 0) {
-		vmf_rest_release(vm);
-		return r;
+		r = make_placeholders(vm, err);
+	for (unsigned s = 0; s < FC_DISKS; s++)
+		disk_unlink(vm, s);
+	for (size_t i = 0; r == 0 && parts && i < parts->n_disks; i++) {
+		char name[32];
+		r = disk_link(vm, parts->disks[i].slot, parts->disks[i].fd, name, err);
 	}
-	if ((r = load_snapshot(vm, vmstate, mem, err)) < 0) {
+	bool started = r == 0 && (r = vmf_rest_spawn(vm, err)) == 0;
+	if (started && (r = load_snapshot(vm, vmstate, mem, err)) < 0)
 		vmf_error_prefix(err, "resuming VM %s from its saved state", st->config->id);
-		vmf_rest_abort(vm);
+	for (unsigned s = 0; s < FC_DISKS; s++)
+		disk_unlink(vm, s);
+	if (r < 0) {
+		if (started)
+			vmf_rest_abort(vm);
+		else
+			vmf_rest_release(vm);
+		struct vmf_error ignored;
+		vmf_rm_rf(dir, &ignored);
 		return r;
 	}
 	/* Mapped privately: the memory file may go, the mapping keeps it. */
 	unlink(vmstate);
 	unlink(mem);
+	char disks[PATH_MAX + 16];
+	snprintf(disks, sizeof(disks), "%s/%s", dir, FC_DISKS_FILE);
+	unlink(disks);
 	rmdir(dir);
 	vm->paused = true;
+	vm->disks = given;
 	*out = vm;
 	return 0;
+}
+
+static int
+fc_restore_state(const vmf_hv_state *st, int state_fd, struct vmf_vmm **out, struct vmf_error *err)
+{
+	return fc_restore_state_with(st, state_fd, NULL, out, err);
 }
 
 /* Into a template: a Full snapshot whose memory goes straight to the new
@@ -408,11 +544,11 @@ fc_snapshot(struct vmf_vmm *vm, const struct vmf_snapshot_to *to, int state_fd, 
 }
 
 /* Disks: PATCH /drives/vmfdN points a placeholder drive at the daemon's
- * descriptor as /proc/<daemon>/fd/N (Firecracker opens a path; that one
- * reopens the very file the daemon checked, so a path swapped since cannot
- * matter; the caller keeps fd open until this returns).  Firecracker adds
- * drives only before boot and a PATCH keeps is_read_only, hence the fixed
- * slots of both kinds. */
+ * descriptor as /proc/<daemon>/fd/N through the link vmfdN.disk
+ * (disk_link; Firecracker opens a path; that one reopens the very file the
+ * daemon checked, so a path swapped since cannot matter; the caller keeps
+ * fd open until this returns).  Firecracker adds drives only before boot
+ * and a PATCH keeps is_read_only, hence the fixed slots of both kinds. */
 static bool
 fc_disk_slot_fits(unsigned slot, bool read_only)
 {
@@ -432,7 +568,7 @@ patch_drive(struct vmf_vmm *vm, unsigned slot, const char *path, struct vmf_erro
 }
 
 static int
-fc_attach_disk(struct vmf_vmm *vm, const struct vmf_disk_spec *d, struct vmf_error *err)
+fc_check_disk(const struct vmf_vmm *vm, const struct vmf_disk_spec *d, struct vmf_error *err)
 {
 	const char *id = vm->cfg->id;
 	if (d->backing_fd >= 0)
@@ -448,9 +584,18 @@ fc_attach_disk(struct vmf_vmm *vm, const struct vmf_disk_spec *d, struct vmf_err
 			       "vmfd0-vmfd%u are read-write, vmfd%u-vmfd%u read-only)", id, d->slot,
 			       d->read_only ? "read-write" : "read-only", d->read_only ? "read-only" : "read-write",
 			       FC_DISKS_RW - 1, FC_DISKS_RW, FC_DISKS - 1);
-	char path[64];
-	snprintf(path, sizeof(path), "/proc/%d/fd/%d", (int)getpid(), d->fd);
-	int r = patch_drive(vm, d->slot, path, err);
+	return 0;
+}
+
+static int
+fc_attach_disk(struct vmf_vmm *vm, const struct vmf_disk_spec *d, struct vmf_error *err)
+{
+	char name[32];
+	int r = fc_check_disk(vm, d, err);
+	if (r < 0 || (r = disk_link(vm, d->slot, d->fd, name, err)) < 0)
+		return r;
+	r = patch_drive(vm, d->slot, name, err);
+	disk_unlink(vm, d->slot);
 	if (r < 0)
 		return vmf_error_prefix(err, "attaching disk vmfd%u", d->slot);
 	vm->disks |= 1u << d->slot;
@@ -537,6 +682,7 @@ const struct vmf_hv_ops vmf_firecracker_ops = {
 	.snapshot = fc_snapshot,
 	.save_state = fc_save_state,
 	.restore_state = fc_restore_state,
+	.restore_state_with = fc_restore_state_with,
 	.pause = vmf_rest_pause,
 	.resume = vmf_rest_resume,
 	.hotplug_vcpus = fc_hotplug_vcpus,

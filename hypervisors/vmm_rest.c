@@ -78,6 +78,14 @@ vmf_rest_send(struct vmf_vmm *vm, const char *method, const char *path, json_obj
 	return r < 0 ? r : 0;
 }
 
+int
+vmf_rest_get(struct vmf_vmm *vm, const char *path, json_object **reply, struct vmf_error *err)
+{
+	*reply = NULL;
+	int r = api(vm, "GET", path, NULL, reply, VMF_REST_API_TIMEOUT_MS, err);
+	return r < 0 ? r : 0;
+}
+
 /* The VMM's version, from version_path; kept empty when it names none. */
 static int
 get_version(struct vmf_vmm *vm, struct vmf_error *err)
@@ -296,6 +304,8 @@ vmf_rest_adopt(const struct vmf_rest_vmm *vmm, const vmf_hv_state *st, struct vm
 	    json_object_object_get_ex(info, "state", &v))
 		vm->paused = strcmp(json_object_get_string(v), "Paused") == 0;
 	json_object_put(info);
+	if (r >= 0)
+		r = vmm->read_disks(vm, err);
 	if (r < 0) {
 		vmf_error_prefix(err, "adopting VM %s", vm->cfg->id);
 		vm_free(vm);

@@ -44,6 +44,8 @@ struct vmf_rest_vmm {
 	/* Asks a live VMM to exit (stop, before SIGTERM); false when it sent
 	 * nothing worth waiting for. */
 	bool (*ask_exit)(struct vmf_vmm *vm, int timeout_ms);
+	/* Sets vm->disks from what the running VMM has attached (adopt). */
+	int (*read_disks)(struct vmf_vmm *vm, struct vmf_error *err);
 };
 
 struct vmf_vmm {
@@ -57,9 +59,11 @@ struct vmf_vmm {
 	unsigned vcpus;
 	unsigned memory_mib;       /* base + hot-added */
 	bool paused;
-	/* Slots with a disk attached (bit N: slot N), for the snapshot ops,
-	 * which refuse such a VM: its snapshot would name the daemon's
-	 * /proc/<pid>/fd paths.  Not recorded: an adopted handle starts at 0. */
+	/* Slots with a disk attached (bit N: slot N): ops->snapshot refuses
+	 * such a VM (a template's clones could not open its disks), save_state
+	 * records them for restore_state_with to check against the disks it
+	 * is given.  Not in the hypervisor state: adopt asks the VMM
+	 * (read_disks). */
 	unsigned disks;
 };
 
@@ -83,6 +87,8 @@ void vmf_rest_abort(struct vmf_vmm *vm);
  * error names the VM and, when the VMM has exited, ends with its log tail. */
 int vmf_rest_send(struct vmf_vmm *vm, const char *method, const char *path, json_object *body, int timeout_ms,
 		  struct vmf_error *err);
+/* A GET whose JSON answer goes to *reply (the caller puts it). */
+int vmf_rest_get(struct vmf_vmm *vm, const char *path, json_object **reply, struct vmf_error *err);
 
 /* Snapshots go through <run_dir>/snapshot.  save_template: snap_begin
  * pauses the VM if it runs, names the directory in dir (PATH_MAX) and
@@ -94,8 +100,8 @@ int vmf_rest_snap_begin(struct vmf_vmm *vm, char *dir, struct vmf_error *err);
 int vmf_rest_snap_pack(struct vmf_vmm *vm, int state_fd, const char *dir, const char *const *names,
 		       struct vmf_error *err);
 int vmf_rest_snap_unpack(struct vmf_vmm *vm, int state_fd, char *dir, struct vmf_error *err);
-/* For save_state and snapshot: ENOTSUP while a disk is attached (what
- * names the operation in the sentence). */
+/* For snapshot: ENOTSUP while a disk is attached (what names the
+ * operation in the sentence). */
 int vmf_rest_no_disks(const struct vmf_vmm *vm, const char *what, struct vmf_error *err);
 /* ops->restore_state up to the load request: a handle for the VM st
  * describes (its config, vCPUs and memory, same sockets), its snapshot
@@ -109,8 +115,8 @@ int vmf_rest_probe(const struct vmf_rest_vmm *vmm, const char *binary, struct vm
 		   struct vmf_error *err);
 /* ops->adopt: takes over the running VMM a record describes.  Checks the
  * record and that the process is that VM's (its command line names the API
- * socket), then asks the API for its version and its run state, since the
- * recorded one may be stale. */
+ * socket), then asks the API for its version, its run state, since the
+ * recorded one may be stale, and its disks. */
 int vmf_rest_adopt(const struct vmf_rest_vmm *vmm, const vmf_hv_state *st, struct vmf_vmm **out,
 		   struct vmf_error *err);
 

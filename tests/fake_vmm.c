@@ -19,7 +19,10 @@
  * Firecracker drives: PUT /drives/{id} only before boot, PATCH only after
  * it and only on an existing drive, each opening its path (relative ones
  * from the fake's working directory) as the drive's is_read_only says; a
- * snapshot records them and a load reopens them.
+ * snapshot records them and a load reopens them.  Cloud Hypervisor disks:
+ * vm.add-disk opens the path and lists the disk in the config (vm.info, a
+ * snapshot's config.json); vm.restore opens the config's disks.  Opened
+ * disks are logged to $FAKE_VMM_LOG with the resolved path.
  * Snapshots are real files in the directories the driver names.  The vsock
  * socket answers "CONNECT 1024" with "OK ..." and then echoes bytes, standing
  * in for the guest agent.
@@ -35,6 +38,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -420,6 +424,17 @@ make_sparse(const char *path, uint64_t size)
 	return ok;
 }
 
+/* For the tests: which file a path opened (links resolved, /proc/PID/fd/N
+ * included). */
+static void
+log_opened(const char *what, const char *id, const char *path)
+{
+	char real[PATH_MAX];
+	if (!realpath(path, real))
+		snprintf(real, sizeof(real), "(unresolved %s)", path);
+	append_to("FAKE_VMM_LOG", "%s %s %s", what, id, real);
+}
+
 /* Firecracker's block devices: PUT /drives/{id} before boot only (it
  * opens path_on_host then, as is_read_only says), PATCH /drives/{id} after
  * boot only and only on a drive that exists (it reopens the new path with
@@ -508,6 +523,7 @@ fc_drives_missing(json_object *cfg)
 		bool rdonly = json_object_object_get_ex(drive, "is_read_only", &ro) && json_object_get_boolean(ro);
 		if (!fc_drive_opens(jstr(drive, "path_on_host"), rdonly))
 			return id;
+		log_opened("load opened drive", id, jstr(drive, "path_on_host"));
 	}
 	return NULL;
 }
@@ -526,6 +542,25 @@ fc_handle(int fd, const char *m, const char *p, json_object *b)
 		json_object_object_add(o, "id", json_object_new_string(instance_id));
 		json_object_object_add(o, "state", json_object_new_string(fc_state_name()));
 		json_object_object_add(o, "vmm_version", json_object_new_string(FC_FAKE_VERSION));
+		respond(fd, 200, o, NULL);
+		json_object_put(o);
+	} else if (strcmp(m, "GET") == 0 && strcmp(p, "/vm/config") == 0) {
+		/* FullVmConfiguration: the drives as configured (the rest is not
+		 * simulated: the driver reads only the drives). */
+		json_object *o = json_object_new_object(), *arr = json_object_new_array(), *d;
+		if (json_object_object_get_ex(fc_cfg, "/drives", &d)) {
+			json_object_object_foreach(d, id, drive) {
+				json_object *e = json_object_new_object(), *ro;
+				json_object_object_add(e, "drive_id", json_object_new_string(id));
+				json_object_object_add(e, "path_on_host", json_object_new_string(jstr(drive, "path_on_host")));
+				json_object_object_add(e, "is_root_device", json_object_new_boolean(false));
+				json_object_object_add(e, "is_read_only",
+						       json_object_new_boolean(json_object_object_get_ex(drive, "is_read_only", &ro) &&
+									       json_object_get_boolean(ro)));
+				json_object_array_add(arr, e);
+			}
+		}
+		json_object_object_add(o, "drives", arr);
 		respond(fd, 200, o, NULL);
 		json_object_put(o);
 	} else if (strcmp(m, "GET") == 0 && strcmp(p, "/version") == 0) {
@@ -785,6 +820,27 @@ ch_handle(int fd, const char *m, const char *p, json_object *b)
 			fault(fd, 400, "Error from API: The VM could not be restored: cannot read snapshot in %s", dir);
 			return;
 		}
+		/* Like Cloud Hypervisor, the restored VM's disks are opened by the
+		 * paths its config names. */
+		json_object *disks = NULL;
+		size_t nd = json_object_object_get_ex(cfg, "disks", &disks) &&
+				    json_object_is_type(disks, json_type_array)
+			    ? json_object_array_length(disks)
+			    : 0;
+		for (size_t i = 0; i < nd; i++) {
+			json_object *d = json_object_array_get_idx(disks, i), *ro;
+			bool rdonly = json_object_object_get_ex(d, "readonly", &ro) && json_object_get_boolean(ro);
+			const char *dp = jstr(d, "path");
+			if (!dp || access(dp, rdonly ? R_OK : R_OK | W_OK) != 0) {
+				fault(fd, 500, "Error from API: The VM could not be restored: cannot open disk %s",
+				      dp ? dp : "(no path)");
+				json_object_put(cfg);
+				memset(fake_disks, 0, sizeof(fake_disks));
+				return;
+			}
+			log_opened("restore opened disk", jstr(d, "id") ? jstr(d, "id") : "_disk", dp);
+			fake_disk_add(jstr(d, "id") ? jstr(d, "id") : "_disk");
+		}
 		ch_cfg = cfg;
 		json_object *vs, *sock, *rs;
 		if (json_object_object_get_ex(ch_cfg, "vsock", &vs) && json_object_object_get_ex(vs, "socket", &sock))
@@ -830,6 +886,16 @@ ch_handle(int fd, const char *m, const char *p, json_object *b)
 			fault(fd, 500, "Error from API: The disk could not be added to the VM: too many disks");
 		else
 		{
+			/* The config (vm.info, a snapshot's config.json) lists it. */
+			json_object *disks, *dc = json_object_get(b);
+			if (!json_object_object_get_ex(ch_cfg, "disks", &disks) ||
+			    !json_object_is_type(disks, json_type_array)) {
+				disks = json_object_new_array();
+				json_object_object_add(ch_cfg, "disks", disks);
+			}
+			if (!id)
+				json_object_object_add(dc, "id", json_object_new_string("_disk"));
+			json_object_array_add(disks, dc);
 			json_object *o = json_object_new_object();
 			json_object_object_add(o, "id", json_object_new_string(id ? id : "_disk"));
 			json_object_object_add(o, "bdf", json_object_new_string("0000:00:06.0"));
@@ -842,8 +908,19 @@ ch_handle(int fd, const char *m, const char *p, json_object *b)
 		if (!ch_cfg || i < 0)
 			fault(fd, 404, "Error from API: The device could not be removed from the VM: no device %s",
 			      id ? id : "(no id)");
-		else
-			fake_disks[i][0] = '\0', respond(fd, 204, NULL, NULL);
+		else {
+			fake_disks[i][0] = '\0';
+			json_object *disks;
+			if (json_object_object_get_ex(ch_cfg, "disks", &disks) && json_object_is_type(disks, json_type_array))
+				for (size_t k = 0; k < json_object_array_length(disks); k++) {
+					const char *kid = jstr(json_object_array_get_idx(disks, k), "id");
+					if (kid && strcmp(kid, id) == 0) {
+						json_object_array_del_idx(disks, k, 1);
+						break;
+					}
+				}
+			respond(fd, 204, NULL, NULL);
+		}
 	} else {
 		violate("%s %s is in the API document but not used by the driver (unexpected call)", m, p);
 	}

@@ -80,8 +80,9 @@ fv_root_teardown(void)
 static void
 fv_setup(void)
 {
-	static int seq;
-	if (asprintf(&fv_dir, "%s/t%d", fv_root, ++seq) < 0 || mkdir(fv_dir, 0700) < 0)
+	/* A unique name: each test runs in a forked child (a counter would
+	 * restart there), and a failed test never reaches its teardown. */
+	if (asprintf(&fv_dir, "%s/tXXXXXX", fv_root) < 0 || !mkdtemp(fv_dir))
 		ck_abort_msg("cannot create a test directory under %s", fv_root);
 	const char *b = getenv("VMFACTORY_BUILDDIR");
 	snprintf(fv_fake, sizeof(fv_fake), "%s/tests/fake_vmm", b ? b : ".");

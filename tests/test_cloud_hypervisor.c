@@ -296,6 +296,92 @@ START_TEST(suspend_resume)
 }
 END_TEST
 
+/* Suspend of a VM with a disk: the saved config.json names the attach's
+ * /proc/<daemon>/fd/N, dead after the suspend; the resume rewrites each
+ * disk's path (by id vmfdN) to the descriptor the daemon reopened. */
+START_TEST(suspend_with_disk)
+{
+	struct vmf_error err = {0};
+	struct fv_cfg t;
+	fv_config(&t, "sdisk", 1, 1, 128, 128);
+	struct vmf_vmm *vm = NULL;
+	ck_assert_msg(ops->boot(&t.c, &vm, &err) == 0, "%s", err.msg);
+	char disk[PATH_MAX], real[PATH_MAX], want[PATH_MAX * 2];
+	snprintf(disk, sizeof(disk), "%s/sdisk.img", fv_dir);
+	ck_assert(vmf_write_file_atomic(disk, "data", 4, 0600, NULL) == 0);
+	ck_assert_ptr_nonnull(realpath(disk, real));
+	int fd = open(disk, O_RDONLY | O_CLOEXEC);
+	ck_assert_int_ge(fd, 0);
+	struct vmf_disk_spec d = { .slot = 2, .fd = fd, .read_only = true, .format = "raw", .serial = "vmfd2",
+				   .backing_fd = -1 };
+	ck_assert_msg(ops->attach_disk(vm, &d, &err) == 0, "%s", err.msg);
+	/* A restarted daemon's handle learns the disk from the VMM. */
+	vmf_hv_state *ha = NULL;
+	ck_assert_int_eq(ops->serialize(vm, &ha, &err), 0);
+	struct vmf_vmm *adopted = NULL;
+	ck_assert_msg(ops->adopt(ha, &adopted, &err) == 0, "%s", err.msg);
+	vmf__hv__hypervisor_state__free_unpacked(ha, NULL);
+	ops->release(vm);
+	vm = adopted;
+	struct vmf_snapshot_to dest = { .cfg = &t.c };
+	struct vmf_snapshot_result res = {0};
+	int sfd = fv_open_state("sd.tpl", O_RDWR | O_CREAT | O_TRUNC);
+	ck_assert_int_eq(ops->snapshot(vm, &dest, sfd, &res, &err), -ENOTSUP);
+	close(sfd);
+	sfd = fv_open_state("sd.state", O_RDWR | O_CREAT | O_TRUNC);
+	ck_assert_msg(ops->save_state(vm, sfd, &err) == 0, "%s", err.msg);
+	vmf_hv_state *hs = NULL;
+	ck_assert_int_eq(ops->serialize(vm, &hs, &err), 0);
+	ck_assert_int_eq(ops->stop(vm, 3000, &err), 0);
+	ops->release(vm);
+	/* The daemon's descriptor dies with the suspend; the resume reopens
+	 * the file under another number. */
+	int fd2 = open(disk, O_RDONLY | O_CLOEXEC);
+	ck_assert_int_ge(fd2, 0);
+	close(fd);
+
+	/* The disks given must be the saved VM's: sentences, no process. */
+	vm = NULL;
+	ck_assert_int_eq(lseek(sfd, 0, SEEK_SET), 0);
+	ck_assert_int_eq(ops->restore_state(hs, sfd, &vm, &err), -EINVAL);
+	ck_assert_ptr_null(vm);
+	ck_assert_msg(strstr(err.msg, "the saved VM had disk vmfd2 attached, which the resume was not given"), "%s",
+		      err.msg);
+	struct vmf_disk_spec d2[2] = { d, d };
+	d2[0].fd = d2[1].fd = fd2;
+	d2[1].slot = 3;
+	struct vmf_restore_parts parts = { .disks = d2, .n_disks = 2 };
+	ck_assert_int_eq(lseek(sfd, 0, SEEK_SET), 0);
+	ck_assert_int_eq(ops->restore_state_with(hs, sfd, &parts, &vm, &err), -EINVAL);
+	ck_assert_msg(strstr(err.msg, "disk vmfd3 is given for the resume, but the saved VM had no disk in that slot"),
+		      "%s", err.msg);
+	ck_assert_int_eq(vmf_test_kill_under("fake_vmm", "/sdisk/"), 0);
+
+	parts.n_disks = 1;
+	ck_assert_int_eq(lseek(sfd, 0, SEEK_SET), 0);
+	ck_assert_msg(ops->restore_state_with(hs, sfd, &parts, &vm, &err) == 0, "%s", err.msg);
+	close(sfd);
+	snprintf(want, sizeof(want), "restore opened disk vmfd2 %s", real);
+	ck_assert_msg(fv_log_has(want), "the restore did not open the disk file");
+	close(fd2);
+	/* The handle knows the disk: no template snapshot of it, and it
+	 * detaches. */
+	sfd = fv_open_state("sd.tpl", O_RDWR | O_CREAT | O_TRUNC);
+	ck_assert_int_eq(ops->snapshot(vm, &dest, sfd, &res, &err), -ENOTSUP);
+	ck_assert_msg(strstr(err.msg, "with a disk attached is unsupported"), "%s", err.msg);
+	ck_assert_msg(ops->detach_disk(vm, 2, &err) == 0, "%s", err.msg);
+	ck_assert(fv_log_has("PUT /api/v1/vm.remove-device {\"id\":\"vmfd2\"}"));
+	ck_assert_msg(ops->snapshot(vm, &dest, sfd, &res, &err) == 0, "%s", err.msg);
+	close(sfd);
+	ck_assert_msg(ops->resume(vm, &err) == 0, "%s", err.msg);
+	fv_assert_echo(ops->agent_connect(vm, 5000, &err));
+	ck_assert_int_eq(ops->stop(vm, 3000, &err), 0);
+	ops->release(vm);
+	vmf__hv__hypervisor_state__free_unpacked(hs, NULL);
+	fv_assert_no_violations();
+}
+END_TEST
+
 /* Snapshot into a template (issue 18): a full-memory template from
  * vm.snapshot; the source runs again; a clone starts from it. */
 START_TEST(snapshot_into_template)
@@ -449,6 +535,7 @@ suite(void)
 	tcase_add_test(tc, stop_escalates);
 	tcase_add_test(tc, fake_is_strict);
 	tcase_add_test(tc, suspend_resume);
+	tcase_add_test(tc, suspend_with_disk);
 	tcase_add_test(tc, snapshot_into_template);
 	tcase_add_test(tc, snapshot_through_catalog);
 	suite_add_tcase(s, tc);

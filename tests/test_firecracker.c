@@ -413,16 +413,10 @@ START_TEST(disks)
 	vmf_disk_serial(1, serial);
 	struct vmf_disk_spec d = { .slot = 1, .fd = fd, .format = "raw", .serial = serial, .backing_fd = -1 };
 	ck_assert_msg(ops->attach_disk(vm, &d, &err) == 0, "%s", err.msg);
-	snprintf(want, sizeof(want), "PATCH /drives/vmfd1 {\"drive_id\":\"vmfd1\",\"path_on_host\":\"/proc/%d/fd/%d\"}",
-		 (int)getpid(), fd);
-	ck_assert_msg(fv_log_has(want), "no PATCH of vmfd1 to the descriptor");
-
-	/* No suspend or snapshot with a disk attached: the snapshot would
-	 * name the daemon's descriptor. */
-	sfd = fv_open_state("d.saved", O_RDWR | O_CREAT | O_TRUNC);
-	ck_assert_int_eq(ops->save_state(vm, sfd, &err), -ENOTSUP);
-	ck_assert_msg(strstr(err.msg, "with a disk attached is unsupported"), "%s", err.msg);
-	close(sfd);
+	/* Through the link vmfd1.disk to the descriptor, gone once opened. */
+	ck_assert(fv_log_has("PATCH /drives/vmfd1 {\"drive_id\":\"vmfd1\",\"path_on_host\":\"vmfd1.disk\"}"));
+	snprintf(want, sizeof(want), "%s/vmfd1.disk", c.run_dir);
+	ck_assert_int_ne(access(want, F_OK), 0);
 
 	ck_assert_msg(ops->detach_disk(vm, 1, &err) == 0, "%s", err.msg);
 	ck_assert(fv_log_has("PATCH /drives/vmfd1 {\"drive_id\":\"vmfd1\",\"path_on_host\":\"vmfd1.empty\"}"));
@@ -457,6 +451,98 @@ START_TEST(disks)
 			  "{\"drive_id\":\"vmfd9\",\"path_on_host\":\"vmfd0.empty\"}", "Invalid block device ID: vmfd9");
 	ck_assert_int_eq(ops->stop(vm, 3000, &err), 0);
 	ops->release(vm);
+	fv_assert_no_violations();
+}
+END_TEST
+
+/* Suspend of a VM with a disk: the snapshot names the drive's link
+ * vmfdN.disk, which the resume points at the descriptor the daemon
+ * reopened (here: the file opened again, under another number). */
+START_TEST(suspend_with_disk)
+{
+	struct vmf_error err = {0};
+	struct fv_cfg t;
+	fv_config(&t, "sdisk", 1, 1, 128, 128);
+	struct vmf_vmm *vm = NULL;
+	ck_assert_msg(ops->boot(&t.c, &vm, &err) == 0, "%s", err.msg);
+	char disk[PATH_MAX], real[PATH_MAX], want[PATH_MAX * 2], link[PATH_MAX];
+	snprintf(disk, sizeof(disk), "%s/sdisk.img", fv_dir);
+	ck_assert(vmf_write_file_atomic(disk, "data", 4, 0600, NULL) == 0);
+	ck_assert_ptr_nonnull(realpath(disk, real));
+	int fd = open(disk, O_RDWR | O_CLOEXEC);
+	ck_assert_int_ge(fd, 0);
+	char serial[VMF_DISK_SERIAL_MAX + 1];
+	vmf_disk_serial(0, serial);
+	struct vmf_disk_spec d = { .slot = 0, .fd = fd, .format = "raw", .serial = serial, .backing_fd = -1 };
+	ck_assert_msg(ops->attach_disk(vm, &d, &err) == 0, "%s", err.msg);
+	/* A restarted daemon's handle learns the disk from the VMM. */
+	vmf_hv_state *ha = NULL;
+	ck_assert_int_eq(ops->serialize(vm, &ha, &err), 0);
+	struct vmf_vmm *adopted = NULL;
+	ck_assert_msg(ops->adopt(ha, &adopted, &err) == 0, "%s", err.msg);
+	vmf__hv__hypervisor_state__free_unpacked(ha, NULL);
+	ops->release(vm);
+	vm = adopted;
+	int sfd = fv_open_state("sd.state", O_RDWR | O_CREAT | O_TRUNC);
+	ck_assert_msg(ops->save_state(vm, sfd, &err) == 0, "%s", err.msg);
+	vmf_hv_state *hs = NULL;
+	ck_assert_int_eq(ops->serialize(vm, &hs, &err), 0);
+	ck_assert_int_eq(ops->stop(vm, 3000, &err), 0);
+	ops->release(vm);
+	/* The daemon's descriptor dies with the suspend; the resume reopens
+	 * the file under another number. */
+	int fd2 = open(disk, O_RDWR | O_CLOEXEC);
+	ck_assert_int_ge(fd2, 0);
+	close(fd);
+
+	/* The disks given must be the saved VM's: sentences, no process. */
+	vm = NULL;
+	ck_assert_int_eq(lseek(sfd, 0, SEEK_SET), 0);
+	ck_assert_int_eq(ops->restore_state(hs, sfd, &vm, &err), -EINVAL);
+	ck_assert_ptr_null(vm);
+	ck_assert_msg(strstr(err.msg, "the saved VM had disk vmfd0 attached, which the resume was not given"), "%s",
+		      err.msg);
+	struct vmf_disk_spec d2 = d;
+	d2.fd = fd2;
+	d2.slot = 1;
+	struct vmf_restore_parts parts = { .disks = &d2, .n_disks = 1 };
+	ck_assert_int_eq(lseek(sfd, 0, SEEK_SET), 0);
+	ck_assert_int_eq(ops->restore_state_with(hs, sfd, &parts, &vm, &err), -EINVAL);
+	ck_assert_msg(strstr(err.msg, "disk vmfd1 is given for the resume, but the saved VM had no disk in that slot"),
+		      "%s", err.msg);
+	ck_assert_int_eq(vmf_test_kill_under("fake_vmm", "/sdisk/"), 0);
+
+	d2.slot = 0;
+	ck_assert_int_eq(lseek(sfd, 0, SEEK_SET), 0);
+	ck_assert_msg(ops->restore_state_with(hs, sfd, &parts, &vm, &err) == 0, "%s", err.msg);
+	close(sfd);
+	/* The load opened the disk file through the new descriptor's link,
+	 * which is gone afterwards. */
+	snprintf(want, sizeof(want), "load opened drive vmfd0 %s", real);
+	ck_assert_msg(fv_log_has(want), "the load did not open the disk file");
+	snprintf(link, sizeof(link), "%s/vmfd0.disk", t.run_dir);
+	ck_assert_int_ne(access(link, F_OK), 0);
+	close(fd2);
+	/* The handle knows the disk: no template snapshot of it, and it
+	 * detaches. */
+	struct fv_cfg to;
+	fv_config(&to, "sdisk-to", 1, 1, 128, 128);
+	to.c.memory_mode = VMF__HV__MEMORY_MODE__MEM_TEMPLATE;
+	to.c.memory_file = to.mem;
+	struct vmf_snapshot_to dest = { .cfg = &to.c };
+	struct vmf_snapshot_result res = {0};
+	sfd = fv_open_state("sd.tpl", O_RDWR | O_CREAT | O_TRUNC);
+	ck_assert_int_eq(ops->snapshot(vm, &dest, sfd, &res, &err), -ENOTSUP);
+	ck_assert_msg(strstr(err.msg, "with a disk attached is unsupported"), "%s", err.msg);
+	ck_assert_msg(ops->detach_disk(vm, 0, &err) == 0, "%s", err.msg);
+	ck_assert(fv_log_has("PATCH /drives/vmfd0 {\"drive_id\":\"vmfd0\",\"path_on_host\":\"vmfd0.empty\"}"));
+	ck_assert_msg(ops->snapshot(vm, &dest, sfd, &res, &err) == 0, "%s", err.msg);
+	close(sfd);
+	ck_assert_msg(ops->resume(vm, &err) == 0, "%s", err.msg);
+	fv_assert_echo(ops->agent_connect(vm, 5000, &err));
+	ck_assert_int_eq(ops->stop(vm, 3000, &err), 0);
+	ops->release(vm);
+	vmf__hv__hypervisor_state__free_unpacked(hs, NULL);
 	fv_assert_no_violations();
 }
 END_TEST
@@ -862,6 +948,7 @@ suite(void)
 	tcase_add_test(tc, state_stream);
 	tcase_add_test(tc, disks);
 	tcase_add_test(tc, suspend_resume);
+	tcase_add_test(tc, suspend_with_disk);
 	tcase_add_test(tc, snapshot_into_template);
 	tcase_add_test(tc, snapshot_through_catalog);
 	tcase_add_test(tc, drives_in_template_spec);
