@@ -507,14 +507,15 @@ start(struct vmf_daemon *d, struct vmf_conn *c, const char *vm_id, bool resume)
 		return;
 	}
 	/* Disks and user-mode networking come back only with a driver that
-	 * gives the resuming VMM them before it loads the state, a namespace's
+	 * gives the resuming VMM them before it loads the state (and, for
+	 * networking, has a NIC backend to give), a namespace's
 	 * tap (it dies with the process) only with one that plugs a backend
 	 * into a running VM.  Refused rather than half-resumed. */
 	bool has_disks = false;
 	for (unsigned i = 0; i < VMF_DISK_SLOTS; i++)
 		has_disks = has_disks || vm->disks[i];
 	bool net_ok = !vm->net[0] || (strcmp(vm->net, "netns") == 0 && vm->ops->net_attach) ||
-		      (strcmp(vm->net, "user") == 0 && vm->ops->restore_state_with);
+		      (strcmp(vm->net, "user") == 0 && vm->ops->restore_state_with && vm->ops->net_attach);
 	if (!resume && (!net_ok || (has_disks && !vm->ops->restore_state_with))) {
 		char what[PATH_MAX + 64], msg[PATH_MAX + 200];
 		if (!net_ok)
