@@ -95,6 +95,17 @@ fv_setup(void)
 	setenv("FAKE_VMM_LOG", fv_reqlog, 1);
 }
 
+/* Kills the fake VMMs of this test's VM NAME and returns how many there
+ * were.  The match is this test's own directory: the firecracker and
+ * cloud_hypervisor programs run at the same time and name VMs alike. */
+static int
+fv_kill_left(const char *name)
+{
+	char under[PATH_MAX];
+	snprintf(under, sizeof(under), "%s/%s/", fv_dir, name);
+	return vmf_test_kill_under("fake_vmm", under);
+}
+
 /* Fails the test when the fake saw anything outside the API document. */
 static void
 fv_assert_no_violations(void)

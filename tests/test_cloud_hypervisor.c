@@ -135,7 +135,7 @@ START_TEST(error_reply)
 	struct vmf_vmm *vm = NULL;
 	ck_assert_int_eq(ops->boot(&t.c, &vm, &err), -EIO);
 	ck_assert_msg(strstr(err.msg, "PUT /api/v1/vm.create answered HTTP 500: Error from API"), "%s", err.msg);
-	ck_assert_int_eq(vmf_test_kill_under("fake_vmm", "/err/"), 0);
+	ck_assert_int_eq(fv_kill_left("err"), 0);
 	fv_config(&t, "err2", 1, 1, 128, 128);
 	setenv("FAKE_VMM_FAIL_ON", "PUT /api/v1/vm.boot", 1);
 	ck_assert_int_eq(ops->boot(&t.c, &vm, &err), -EINVAL);
@@ -355,7 +355,7 @@ START_TEST(suspend_with_disk)
 	ck_assert_int_eq(ops->restore_state_with(hs, sfd, &parts, &vm, &err), -EINVAL);
 	ck_assert_msg(strstr(err.msg, "disk vmfd3 is given for the resume, but the saved VM had no disk in that slot"),
 		      "%s", err.msg);
-	ck_assert_int_eq(vmf_test_kill_under("fake_vmm", "/sdisk/"), 0);
+	ck_assert_int_eq(fv_kill_left("sdisk"), 0);
 
 	parts.n_disks = 1;
 	ck_assert_int_eq(lseek(sfd, 0, SEEK_SET), 0);

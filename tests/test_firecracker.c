@@ -234,7 +234,7 @@ START_TEST(error_reply)
 	ck_assert_int_eq(ops->resume(vm, &err), -EINVAL);
 	ck_assert_msg(strstr(err.msg, "already Running"), "%s", err.msg);
 	/* No process may be left behind by a failed boot. */
-	ck_assert_int_eq(vmf_test_kill_under("fake_vmm", "/err/"), 0);
+	ck_assert_int_eq(fv_kill_left("err"), 0);
 	ck_assert_int_eq(ops->stop(vm, 3000, &err), 0);
 	ops->release(vm);
 	fv_assert_no_violations();
@@ -290,7 +290,7 @@ START_TEST(dies_mid_request)
 	ck_assert_ptr_null(vm);
 	ck_assert_msg(strstr(err.msg, "loading the template snapshot") && strstr(err.msg, "PUT /snapshot/load"),
 		      "%s", err.msg);
-	ck_assert_int_eq(vmf_test_kill_under("fake_vmm", "/cutclone/"), 0);
+	ck_assert_int_eq(fv_kill_left("cutclone"), 0);
 }
 END_TEST
 
@@ -510,7 +510,7 @@ START_TEST(suspend_with_disk)
 	ck_assert_int_eq(ops->restore_state_with(hs, sfd, &parts, &vm, &err), -EINVAL);
 	ck_assert_msg(strstr(err.msg, "disk vmfd1 is given for the resume, but the saved VM had no disk in that slot"),
 		      "%s", err.msg);
-	ck_assert_int_eq(vmf_test_kill_under("fake_vmm", "/sdisk/"), 0);
+	ck_assert_int_eq(fv_kill_left("sdisk"), 0);
 
 	d2.slot = 0;
 	ck_assert_int_eq(lseek(sfd, 0, SEEK_SET), 0);
@@ -625,7 +625,7 @@ START_TEST(suspend_resume)
 	ck_assert_msg(strstr(err.msg, "resuming VM stpl"), "%s", err.msg);
 	unsetenv("FAKE_VMM_DIE_ON");
 	close(sfd);
-	ck_assert_int_eq(vmf_test_kill_under("fake_vmm", "/stpl/"), 0);
+	ck_assert_int_eq(fv_kill_left("stpl"), 0);
 	vmf__hv__hypervisor_state__free_unpacked(hs, NULL);
 	fv_assert_no_violations();
 }
