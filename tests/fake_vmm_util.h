@@ -16,7 +16,9 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "catalog.h"
 #include "driver.h"
+#include "template.h"
 #include "testlib.h"
 #include "util.h"
 #include "vmm_http.h"
@@ -225,6 +227,65 @@ fv_open_state(const char *name, int flags)
 	int fd = open(p, flags | O_CLOEXEC, 0600);
 	ck_assert_msg(fd >= 0, "open %s: %s", p, strerror(errno));
 	return fd;
+}
+
+/* The template side of a snapshot (vmf_template_snapshot, the daemon's
+ * snapshot work) for either REST driver: vm, a VM booted from src (a VM of
+ * a template shaped as spec says), becomes template "snap1"; the record
+ * must verify, method must be the path that ran, the source must run on
+ * (run_state names the fake's state of a run dir) and a clone through
+ * vmf_template_clone starts paused and answers.  check (may be NULL) sees
+ * the record and the paused clone's run dir first. */
+static void
+fv_snapshot_through_catalog(const struct vmf_hv_ops *ops, struct vmf_vmm *vm, const struct fv_cfg *src,
+			    const Vmf__Catalog__TemplateSpec *spec, const char *method,
+			    const char *(*run_state)(const char *run_dir, char *buf, size_t n),
+			    void (*check)(const Vmf__Catalog__TemplateRecord *rec, const char *crun))
+{
+	struct vmf_error err = {0};
+	char state[PATH_MAX], run[PATH_MAX];
+	snprintf(state, sizeof(state), "%s/state", fv_dir);
+	snprintf(run, sizeof(run), "%s/run", fv_dir);
+	ck_assert_int_eq(vmf_mkdir_p(state, 0700, &err), 0);
+	struct vmf_catalog *cat = NULL;
+	ck_assert_msg(vmf_catalog_open(state, &cat, &err) == 0, "%s", err.msg);
+	Vmf__Catalog__TemplateRecord parent = VMF__CATALOG__TEMPLATE_RECORD__INIT;
+	parent.id = (char *)"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+	parent.spec = (Vmf__Catalog__TemplateSpec *)spec;
+	parent.kernel_path = fv_kernel;
+	parent.initrd_path = (char *)"";
+	parent.hypervisor_version = (char *)"fake";
+	struct vmf_template_params p = { .ops = ops, .binary = fv_fake, .vcpus = spec->vcpus,
+					 .max_vcpus = spec->max_vcpus, .memory_mib = spec->memory_mib,
+					 .max_memory_mib = spec->max_memory_mib, .full_memory = spec->full_memory };
+	struct vmf_snapshot_req q = { .p = &p, .vm = vm, .vm_id = src->c.id, .parent = &parent, .name = "snap1",
+				      .memory_mib = spec->memory_mib };
+	Vmf__Catalog__TemplateRecord *rec = NULL;
+	struct vmf_snapshot_result res;
+	ck_assert_msg(vmf_template_snapshot(cat, state, run, &q, &rec, &res, &err) == 0, "%s", err.msg);
+	ck_assert_str_eq(res.method, method);
+	ck_assert_int_eq(rec->spec->full_memory, spec->full_memory);
+	ck_assert_int_eq(vmf_template_verify(cat, rec, true, &err), 0);
+	char st[32];
+	ck_assert_str_eq(run_state(src->run_dir, st, sizeof(st)), "Running");
+
+	char crun[PATH_MAX], share[PATH_MAX];
+	snprintf(crun, sizeof(crun), "%s/c1", fv_dir);
+	snprintf(share, sizeof(share), "%s/c1share", fv_dir);
+	struct vmf_vmm *cl = NULL;
+	ck_assert_msg(vmf_template_clone(&p, rec, "c1", crun, share, &cl, &err) == 0, "%s", err.msg);
+	ck_assert_str_eq(run_state(crun, st, sizeof(st)), "Paused");
+	if (check)
+		check(rec, crun);
+	ck_assert_msg(ops->resume(cl, &err) == 0, "%s", err.msg);
+	fv_assert_echo(ops->agent_connect(cl, 5000, &err));
+	ck_assert_int_eq(ops->stop(cl, 3000, &err), 0);
+	ops->release(cl);
+	vmf__catalog__template_record__free_unpacked(rec, NULL);
+	ck_assert_int_eq(ops->stop(vm, 3000, &err), 0);
+	ops->release(vm);
+	vmf_catalog_close(cat);
+	fv_assert_no_violations();
 }
 
 #endif

@@ -455,21 +455,34 @@ END_TEST
 /* The template side (vmf_template_snapshot, the daemon's snapshot work):
  * a Cloud Hypervisor VM of a full-memory template becomes a full-memory
  * template (no memory file) from which vmf_template_clone starts a clone. */
+static const char *
+ch_state(const char *run_dir, char *buf, size_t n)
+{
+	int64_t vcpus, hot;
+	ch_info(run_dir, buf, n, &vcpus, &hot);
+	return buf;
+}
+
+/* A full-memory record, and the clone has the source's hot-added vCPU. */
+static void
+ch_snapshot_checks(const Vmf__Catalog__TemplateRecord *rec, const char *crun)
+{
+	ck_assert_str_eq(rec->memory_file, "");
+	ck_assert_int_gt(rec->state_size, 0);
+	char st[32];
+	int64_t vcpus, hot;
+	ch_info(crun, st, sizeof(st), &vcpus, &hot);
+	ck_assert_int_eq(vcpus, 2);
+}
+
 START_TEST(snapshot_through_catalog)
 {
 	struct vmf_error err = {0};
-	char state[PATH_MAX], run[PATH_MAX];
-	snprintf(state, sizeof(state), "%s/state", fv_dir);
-	snprintf(run, sizeof(run), "%s/run", fv_dir);
-	ck_assert_int_eq(vmf_mkdir_p(state, 0700, &err), 0);
-	struct vmf_catalog *cat = NULL;
-	ck_assert_msg(vmf_catalog_open(state, &cat, &err) == 0, "%s", err.msg);
 	struct fv_cfg t;
 	fv_config(&t, "src", 1, 2, 128, 128);
 	struct vmf_vmm *vm = NULL;
 	ck_assert_msg(ops->boot(&t.c, &vm, &err) == 0, "%s", err.msg);
 	ck_assert_msg(ops->hotplug_vcpus(vm, 2, &err) == 0, "%s", err.msg);
-
 	Vmf__Catalog__TemplateSpec spec = VMF__CATALOG__TEMPLATE_SPEC__INIT;
 	spec.hypervisor = ops->kind;
 	spec.cmdline = (char *)"console=ttyS0";
@@ -477,46 +490,7 @@ START_TEST(snapshot_through_catalog)
 	spec.max_vcpus = 2;
 	spec.memory_mib = spec.max_memory_mib = 128;
 	spec.full_memory = true;
-	Vmf__Catalog__TemplateRecord parent = VMF__CATALOG__TEMPLATE_RECORD__INIT;
-	parent.id = (char *)"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
-	parent.spec = &spec;
-	parent.kernel_path = fv_kernel;
-	parent.initrd_path = (char *)"";
-	parent.hypervisor_version = (char *)"fake";
-	struct vmf_template_params p = { .ops = ops, .binary = fv_fake, .vcpus = 1, .max_vcpus = 2,
-					 .memory_mib = 128, .max_memory_mib = 128, .full_memory = true };
-	struct vmf_snapshot_req q = { .p = &p, .vm = vm, .vm_id = "src", .parent = &parent, .name = "snap1",
-				      .memory_mib = 128 };
-	Vmf__Catalog__TemplateRecord *rec = NULL;
-	struct vmf_snapshot_result res;
-	ck_assert_msg(vmf_template_snapshot(cat, state, run, &q, &rec, &res, &err) == 0, "%s", err.msg);
-	ck_assert_str_eq(res.method, "cloud-hypervisor-vm.snapshot");
-	ck_assert(rec->spec->full_memory);
-	ck_assert_str_eq(rec->memory_file, "");
-	ck_assert_int_gt(rec->state_size, 0);
-	ck_assert_int_eq(vmf_template_verify(cat, rec, true, &err), 0);
-	char st[32];
-	int64_t vcpus, hot;
-	ch_info(t.run_dir, st, sizeof(st), &vcpus, &hot);
-	ck_assert_str_eq(st, "Running");
-
-	char crun[PATH_MAX], share[PATH_MAX];
-	snprintf(crun, sizeof(crun), "%s/c1", fv_dir);
-	snprintf(share, sizeof(share), "%s/c1share", fv_dir);
-	struct vmf_vmm *cl = NULL;
-	ck_assert_msg(vmf_template_clone(&p, rec, "c1", crun, share, &cl, &err) == 0, "%s", err.msg);
-	ch_info(crun, st, sizeof(st), &vcpus, &hot);
-	ck_assert_str_eq(st, "Paused");
-	ck_assert_int_eq(vcpus, 2);
-	ck_assert_msg(ops->resume(cl, &err) == 0, "%s", err.msg);
-	fv_assert_echo(ops->agent_connect(cl, 5000, &err));
-	ck_assert_int_eq(ops->stop(cl, 3000, &err), 0);
-	ops->release(cl);
-	vmf__catalog__template_record__free_unpacked(rec, NULL);
-	ck_assert_int_eq(ops->stop(vm, 3000, &err), 0);
-	ops->release(vm);
-	vmf_catalog_close(cat);
-	fv_assert_no_violations();
+	fv_snapshot_through_catalog(ops, vm, &t, &spec, "cloud-hypervisor-vm.snapshot", ch_state, ch_snapshot_checks);
 }
 END_TEST
 

@@ -737,62 +737,28 @@ END_TEST
 /* The template side (vmf_template_snapshot, the daemon's snapshot work):
  * a shared template whose memory file is the one Firecracker wrote, and a
  * clone of it through vmf_template_clone, placeholders and all. */
+static void
+fc_snapshot_checks(const Vmf__Catalog__TemplateRecord *rec, const char *crun)
+{
+	(void)crun;
+	ck_assert_int_eq(rec->memory_size, 128 << 20);
+}
+
 START_TEST(snapshot_through_catalog)
 {
 	struct vmf_error err = {0};
-	char state[PATH_MAX], run[PATH_MAX];
-	snprintf(state, sizeof(state), "%s/state", fv_dir);
-	snprintf(run, sizeof(run), "%s/run", fv_dir);
-	ck_assert_int_eq(vmf_mkdir_p(state, 0700, &err), 0);
-	struct vmf_catalog *cat = NULL;
-	ck_assert_msg(vmf_catalog_open(state, &cat, &err) == 0, "%s", err.msg);
 	struct fv_cfg t;
 	fv_config(&t, "src", 1, 1, 128, 128);
 	t.c.memory_mode = VMF__HV__MEMORY_MODE__MEM_TEMPLATE;
 	t.c.memory_file = t.mem;
 	struct vmf_vmm *vm = NULL;
 	ck_assert_msg(ops->boot(&t.c, &vm, &err) == 0, "%s", err.msg);
-
 	Vmf__Catalog__TemplateSpec spec = VMF__CATALOG__TEMPLATE_SPEC__INIT;
 	spec.hypervisor = ops->kind;
 	spec.cmdline = (char *)"console=ttyS0";
 	spec.vcpus = spec.max_vcpus = 1;
 	spec.memory_mib = spec.max_memory_mib = 128;
-	Vmf__Catalog__TemplateRecord parent = VMF__CATALOG__TEMPLATE_RECORD__INIT;
-	parent.id = (char *)"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
-	parent.spec = &spec;
-	parent.kernel_path = fv_kernel;
-	parent.initrd_path = (char *)"";
-	parent.hypervisor_version = (char *)"fake";
-	struct vmf_template_params p = { .ops = ops, .binary = fv_fake, .vcpus = 1, .max_vcpus = 1,
-					 .memory_mib = 128, .max_memory_mib = 128 };
-	struct vmf_snapshot_req q = { .p = &p, .vm = vm, .vm_id = "src", .parent = &parent, .name = "snap1",
-				      .memory_mib = 128 };
-	Vmf__Catalog__TemplateRecord *rec = NULL;
-	struct vmf_snapshot_result res;
-	ck_assert_msg(vmf_template_snapshot(cat, state, run, &q, &rec, &res, &err) == 0, "%s", err.msg);
-	ck_assert_str_eq(res.method, "firecracker-snapshot-create");
-	ck_assert(!rec->spec->full_memory);
-	ck_assert_int_eq(rec->memory_size, 128 << 20);
-	ck_assert_int_eq(vmf_template_verify(cat, rec, true, &err), 0);
-	char st[32];
-	ck_assert_str_eq(fc_state(t.run_dir, st, sizeof(st)), "Running");
-
-	char crun[PATH_MAX], share[PATH_MAX];
-	snprintf(crun, sizeof(crun), "%s/c1", fv_dir);
-	snprintf(share, sizeof(share), "%s/c1share", fv_dir);
-	struct vmf_vmm *cl = NULL;
-	ck_assert_msg(vmf_template_clone(&p, rec, "c1", crun, share, &cl, &err) == 0, "%s", err.msg);
-	ck_assert_str_eq(fc_state(crun, st, sizeof(st)), "Paused");
-	ck_assert_msg(ops->resume(cl, &err) == 0, "%s", err.msg);
-	fv_assert_echo(ops->agent_connect(cl, 5000, &err));
-	ck_assert_int_eq(ops->stop(cl, 3000, &err), 0);
-	ops->release(cl);
-	vmf__catalog__template_record__free_unpacked(rec, NULL);
-	ck_assert_int_eq(ops->stop(vm, 3000, &err), 0);
-	ops->release(vm);
-	vmf_catalog_close(cat);
-	fv_assert_no_violations();
+	fv_snapshot_through_catalog(ops, vm, &t, &spec, "firecracker-snapshot-create", fc_state, fc_snapshot_checks);
 }
 END_TEST
 
