@@ -156,14 +156,11 @@ ch_boot(const vmf_vm_config *cfg, struct vmf_vmm **out, struct vmf_error *err)
 	return 0;
 }
 
+/* vm.snapshot of the paused VM into the run dir's snapshot directory. */
 static int
-ch_save_template(struct vmf_vmm *vm, int state_fd, bool full, struct vmf_error *err)
+snapshot_to_dir(struct vmf_vmm *vm, char *dir, struct vmf_error *err)
 {
-	if (!full)
-		return vmf_err(err, ENOTSUP, "VM %s: template memory sharing is unsupported by cloud-hypervisor "
-			       "(its restore copies guest memory into each clone); build the template with "
-			       "full memory", vm->cfg->id);
-	char dir[PATH_MAX], url[PATH_MAX + 8];
+	char url[PATH_MAX + 8];
 	int r = vmf_rest_snap_begin(vm, dir, err);
 	if (r < 0)
 		return r;
@@ -171,11 +168,23 @@ ch_save_template(struct vmf_vmm *vm, int state_fd, bool full, struct vmf_error *
 	json_object *b = vmf_json_obj();
 	vmf_json_set_str(b, "destination_url", url);
 	r = api_put(vm, "vm.snapshot", b, VMF_REST_SNAPSHOT_TIMEOUT_MS, err);
-	if (r == 0)
-		return vmf_rest_snap_pack(vm, state_fd, dir, NULL, err);
-	struct vmf_error ignored;
-	vmf_rm_rf(dir, &ignored);
+	if (r < 0) {
+		struct vmf_error ignored;
+		vmf_rm_rf(dir, &ignored);
+	}
 	return r;
+}
+
+static int
+ch_save_template(struct vmf_vmm *vm, int state_fd, bool full, struct vmf_error *err)
+{
+	if (!full)
+		return vmf_err(err, ENOTSUP, "VM %s: template memory sharing is unsupported by cloud-hypervisor "
+			       "(its restore copies guest memory into each clone); build the template with "
+			       "full memory", vm->cfg->id);
+	char dir[PATH_MAX];
+	int r = snapshot_to_dir(vm, dir, err);
+	return r < 0 ? r : vmf_rest_snap_pack(vm, state_fd, dir, NULL, err);
 }
 
 /* The saved config's disks (vm.add-disk's, ids vmfdN) must be the ones
@@ -306,25 +315,6 @@ ch_start_from_template(const vmf_vm_config *cfg, int state_fd, struct vmf_vmm **
 	vm->paused = true;
 	*out = vm;
 	return 0;
-}
-
-/* vm.snapshot of the paused VM into the run dir's snapshot directory. */
-static int
-snapshot_to_dir(struct vmf_vmm *vm, char *dir, struct vmf_error *err)
-{
-	char url[PATH_MAX + 8];
-	int r = vmf_rest_snap_begin(vm, dir, err);
-	if (r < 0)
-		return r;
-	snprintf(url, sizeof(url), "file://%s", dir);
-	json_object *b = vmf_json_obj();
-	vmf_json_set_str(b, "destination_url", url);
-	r = api_put(vm, "vm.snapshot", b, VMF_REST_SNAPSHOT_TIMEOUT_MS, err);
-	if (r < 0) {
-		struct vmf_error ignored;
-		vmf_rm_rf(dir, &ignored);
-	}
-	return r;
 }
 
 /* Suspend: vm.snapshot writes config (as resized: boot_vcpus, the
