@@ -229,6 +229,36 @@ fv_open_state(const char *name, int flags)
 	return fd;
 }
 
+/* What a restarted daemon does: a handle adopted from vm's serialized
+ * state replaces vm (which is released). */
+static struct vmf_vmm *
+fv_readopt(const struct vmf_hv_ops *ops, struct vmf_vmm *vm)
+{
+	struct vmf_error err = {0};
+	vmf_hv_state *ha = NULL;
+	ck_assert_int_eq(ops->serialize(vm, &ha, &err), 0);
+	struct vmf_vmm *adopted = NULL;
+	ck_assert_msg(ops->adopt(ha, &adopted, &err) == 0, "%s", err.msg);
+	vmf__hv__hypervisor_state__free_unpacked(ha, NULL);
+	ops->release(vm);
+	return adopted;
+}
+
+/* A suspend: vm's whole state into the state file NAME (returned open, for
+ * the resume to read), its handle serialized into *hs, the VMM stopped and
+ * the handle released. */
+static int
+fv_suspend(const struct vmf_hv_ops *ops, struct vmf_vmm *vm, const char *name, vmf_hv_state **hs)
+{
+	struct vmf_error err = {0};
+	int sfd = fv_open_state(name, O_RDWR | O_CREAT | O_TRUNC);
+	ck_assert_msg(ops->save_state(vm, sfd, &err) == 0, "%s", err.msg);
+	ck_assert_int_eq(ops->serialize(vm, hs, &err), 0);
+	ck_assert_int_eq(ops->stop(vm, 3000, &err), 0);
+	ops->release(vm);
+	return sfd;
+}
+
 /* The template side of a snapshot (vmf_template_snapshot, the daemon's
  * snapshot work) for either REST driver: vm, a VM booted from src (a VM of
  * a template shaped as spec says), becomes template "snap1"; the record

@@ -316,24 +316,14 @@ START_TEST(suspend_with_disk)
 				   .backing_fd = -1 };
 	ck_assert_msg(ops->attach_disk(vm, &d, &err) == 0, "%s", err.msg);
 	/* A restarted daemon's handle learns the disk from the VMM. */
-	vmf_hv_state *ha = NULL;
-	ck_assert_int_eq(ops->serialize(vm, &ha, &err), 0);
-	struct vmf_vmm *adopted = NULL;
-	ck_assert_msg(ops->adopt(ha, &adopted, &err) == 0, "%s", err.msg);
-	vmf__hv__hypervisor_state__free_unpacked(ha, NULL);
-	ops->release(vm);
-	vm = adopted;
+	vm = fv_readopt(ops, vm);
 	struct vmf_snapshot_to dest = { .cfg = &t.c };
 	struct vmf_snapshot_result res = {0};
 	int sfd = fv_open_state("sd.tpl", O_RDWR | O_CREAT | O_TRUNC);
 	ck_assert_int_eq(ops->snapshot(vm, &dest, sfd, &res, &err), -ENOTSUP);
 	close(sfd);
-	sfd = fv_open_state("sd.state", O_RDWR | O_CREAT | O_TRUNC);
-	ck_assert_msg(ops->save_state(vm, sfd, &err) == 0, "%s", err.msg);
-	vmf_hv_state *hs = NULL;
-	ck_assert_int_eq(ops->serialize(vm, &hs, &err), 0);
-	ck_assert_int_eq(ops->stop(vm, 3000, &err), 0);
-	ops->release(vm);
+		vmf_hv_state *hs = NULL;
+	sfd = fv_suspend(ops, vm, "sd.state", &hs);
 	/* The daemon's descriptor dies with the suspend; the resume reopens
 	 * the file under another number. */
 	int fd2 = open(disk, O_RDONLY | O_CLOEXEC);

@@ -476,19 +476,9 @@ START_TEST(suspend_with_disk)
 	struct vmf_disk_spec d = { .slot = 0, .fd = fd, .format = "raw", .serial = serial, .backing_fd = -1 };
 	ck_assert_msg(ops->attach_disk(vm, &d, &err) == 0, "%s", err.msg);
 	/* A restarted daemon's handle learns the disk from the VMM. */
-	vmf_hv_state *ha = NULL;
-	ck_assert_int_eq(ops->serialize(vm, &ha, &err), 0);
-	struct vmf_vmm *adopted = NULL;
-	ck_assert_msg(ops->adopt(ha, &adopted, &err) == 0, "%s", err.msg);
-	vmf__hv__hypervisor_state__free_unpacked(ha, NULL);
-	ops->release(vm);
-	vm = adopted;
-	int sfd = fv_open_state("sd.state", O_RDWR | O_CREAT | O_TRUNC);
-	ck_assert_msg(ops->save_state(vm, sfd, &err) == 0, "%s", err.msg);
+	vm = fv_readopt(ops, vm);
 	vmf_hv_state *hs = NULL;
-	ck_assert_int_eq(ops->serialize(vm, &hs, &err), 0);
-	ck_assert_int_eq(ops->stop(vm, 3000, &err), 0);
-	ops->release(vm);
+		int sfd = fv_suspend(ops, vm, "sd.state", &hs);
 	/* The daemon's descriptor dies with the suspend; the resume reopens
 	 * the file under another number. */
 	int fd2 = open(disk, O_RDWR | O_CLOEXEC);
