@@ -200,40 +200,29 @@ retarget_disks(struct vmf_vmm *vm, json_object *c, const struct vmf_restore_part
 	size_t n = json_object_object_get_ex(c, "disks", &disks) && json_object_is_type(disks, json_type_array)
 			   ? json_object_array_length(disks)
 			   : 0;
-	*given = 0;
-	for (size_t i = 0; parts && i < parts->n_disks; i++) {
-		unsigned slot = parts->disks[i].slot;
-		if (slot >= 32 || *given & 1u << slot)
-			return vmf_err(err, EINVAL, "VM %s: disk vmfd%u is given twice or is out of range for the resume",
-				       id, slot);
-		*given |= 1u << slot;
-	}
-	unsigned saved = 0;
+	unsigned saved = 0, slots[32];
+	if (n > 32)
+		return vmf_err(err, EPROTO, "VM %s: the saved state has %zu disks, more than vmfactory attaches", id, n);
 	for (size_t i = 0; i < n; i++) {
-		json_object *d = json_object_array_get_idx(disks, i), *x;
-		const char *did = json_object_object_get_ex(d, "id", &x) ? json_object_get_string(x) : NULL;
-		unsigned slot;
+		json_object *x;
+		const char *did = json_object_object_get_ex(json_object_array_get_idx(disks, i), "id", &x)
+					  ? json_object_get_string(x)
+					  : NULL;
 		char end;
-		if (!did || sscanf(did, "vmfd%u%c", &slot, &end) != 1 || slot >= 32)
+		if (!did || sscanf(did, "vmfd%u%c", &slots[i], &end) != 1 || slots[i] >= 32)
 			return vmf_err(err, EPROTO, "VM %s: the saved state has a disk %s that vmfactory did not attach",
 				       id, did ? did : "without an id");
-		const struct vmf_disk_spec *spec = NULL;
-		for (size_t j = 0; parts && j < parts->n_disks; j++)
-			if (parts->disks[j].slot == slot)
-				spec = &parts->disks[j];
-		if (!spec)
-			return vmf_err(err, EINVAL, "VM %s: the saved VM had disk %s attached, which the resume was not "
-				       "given", id, did);
-		char path[64];
-		snprintf(path, sizeof(path), "/proc/%d/fd/%d", (int)getpid(), spec->fd);
-		vmf_json_set_str(d, "path", path);
-		saved |= 1u << slot;
+		saved |= 1u << slots[i];
 	}
-	for (unsigned s = 0; s < 32; s++)
-		if (*given & ~saved & 1u << s)
-			return vmf_err(err, EINVAL, "VM %s: disk vmfd%u is given for the resume, but the saved VM had no "
-				       "disk in that slot", id, s);
-	return 0;
+	int r = vmf_rest_match_disks(vm, saved, parts, given, err);
+	for (size_t i = 0; r == 0 && i < n; i++)
+		for (size_t j = 0; j < parts->n_disks; j++)
+			if (parts->disks[j].slot == slots[i]) {
+				char path[64];
+				snprintf(path, sizeof(path), "/proc/%d/fd/%d", (int)getpid(), parts->disks[j].fd);
+				vmf_json_set_str(json_object_array_get_idx(disks, i), "path", path);
+			}
+	return r;
 }
 
 /* The snapshot's config names the template's vsock socket and serial file;

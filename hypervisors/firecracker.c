@@ -419,25 +419,12 @@ check_saved_disks(struct vmf_vmm *vm, const char *dir, const struct vmf_restore_
 	} else if (errno != ENOENT) {
 		return vmf_err_sys(err, errno, "VM %s: cannot read the saved state's disk record", vm->cfg->id);
 	}
-	*given = 0;
 	for (size_t i = 0; parts && i < parts->n_disks; i++) {
-		const struct vmf_disk_spec *d = &parts->disks[i];
-		int r = fc_check_disk(vm, d, err);
+		int r = fc_check_disk(vm, &parts->disks[i], err);
 		if (r < 0)
 			return r;
-		if (*given & 1u << d->slot)
-			return vmf_err(err, EINVAL, "VM %s: disk vmfd%u is given twice for the resume", vm->cfg->id,
-				       d->slot);
-		if (!(saved & 1u << d->slot))
-			return vmf_err(err, EINVAL, "VM %s: disk vmfd%u is given for the resume, but the saved VM had "
-				       "no disk in that slot", vm->cfg->id, d->slot);
-		*given |= 1u << d->slot;
 	}
-	for (unsigned s = 0; s < FC_DISKS; s++)
-		if (saved & ~*given & 1u << s)
-			return vmf_err(err, EINVAL, "VM %s: the saved VM had disk vmfd%u attached, which the resume "
-				       "was not given", vm->cfg->id, s);
-	return 0;
+	return vmf_rest_match_disks(vm, saved, parts, given, err);
 }
 
 /* Resume: a fresh process loads the saved snapshot, its memory from the

@@ -388,3 +388,26 @@ vmf_rest_release(struct vmf_vmm *vm)
 {
 	vm_free(vm);
 }
+
+int
+vmf_rest_match_disks(const struct vmf_vmm *vm, unsigned saved, const struct vmf_restore_parts *parts,
+		     unsigned *given, struct vmf_error *err)
+{
+	const char *id = vm->cfg->id;
+	*given = 0;
+	for (size_t i = 0; parts && i < parts->n_disks; i++) {
+		unsigned slot = parts->disks[i].slot;
+		if (slot >= 32 || *given & 1u << slot)
+			return vmf_err(err, EINVAL, "VM %s: disk vmfd%u is given twice or is out of range for the resume",
+				       id, slot);
+		if (!(saved & 1u << slot))
+			return vmf_err(err, EINVAL, "VM %s: disk vmfd%u is given for the resume, but the saved VM had no "
+				       "disk in that slot", id, slot);
+		*given |= 1u << slot;
+	}
+	for (unsigned s = 0; s < 32; s++)
+		if (saved & ~*given & 1u << s)
+			return vmf_err(err, EINVAL, "VM %s: the saved VM had disk vmfd%u attached, which the resume was "
+				       "not given", id, s);
+	return 0;
+}

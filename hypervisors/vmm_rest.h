@@ -120,6 +120,12 @@ int vmf_rest_probe(const struct vmf_rest_vmm *vmm, const char *binary, struct vm
 int vmf_rest_adopt(const struct vmf_rest_vmm *vmm, const vmf_hv_state *st, struct vmf_vmm **out,
 		   struct vmf_error *err);
 
+/* A resume's disks (parts, may be NULL) against the slots the saved VM had
+ * (saved, a mask): each slot given once, none the VM did not have, none of
+ * its own missing.  *given gets the mask of the slots given. */
+int vmf_rest_match_disks(const struct vmf_vmm *vm, unsigned saved, const struct vmf_restore_parts *parts,
+			 unsigned *given, struct vmf_error *err);
+
 /* ---- ops the same for both ---- */
 int vmf_rest_pause(struct vmf_vmm *vm, struct vmf_error *err);
 int vmf_rest_resume(struct vmf_vmm *vm, struct vmf_error *err);
