@@ -218,8 +218,8 @@ retarget_disks(struct vmf_vmm *vm, json_object *c, const struct vmf_restore_part
 	for (size_t i = 0; r == 0 && i < n; i++)
 		for (size_t j = 0; j < parts->n_disks; j++)
 			if (parts->disks[j].slot == slots[i]) {
-				char path[64];
-				snprintf(path, sizeof(path), "/proc/%d/fd/%d", (int)getpid(), parts->disks[j].fd);
+				char path[VMF_REST_FD_PATH_MAX];
+				vmf_rest_fd_path(parts->disks[j].fd, path);
 				vmf_json_set_str(json_object_array_get_idx(disks, i), "path", path);
 			}
 	return r;
@@ -432,8 +432,8 @@ ch_attach_disk(struct vmf_vmm *vm, const struct vmf_disk_spec *d, struct vmf_err
 {
 	if (d->backing_fd >= 0)
 		return vmf_err(err, ENOTSUP, "VM %s: cloud-hypervisor takes no copy-on-write disk", vm->cfg->id);
-	char path[64], id[24];
-	snprintf(path, sizeof(path), "/proc/%d/fd/%d", (int)getpid(), d->fd);
+	char path[VMF_REST_FD_PATH_MAX], id[24];
+	vmf_rest_fd_path(d->fd, path);
 	snprintf(id, sizeof(id), "vmfd%u", d->slot);
 	json_object *b = vmf_json_obj();
 	vmf_json_set_str(b, "path", path);

@@ -121,10 +121,10 @@ placeholder(unsigned i, char id[16], char path[32])
 static int
 disk_link(struct vmf_vmm *vm, unsigned slot, int fd, char name[32], struct vmf_error *err)
 {
-	char link[PATH_MAX], target[64];
+	char link[PATH_MAX], target[VMF_REST_FD_PATH_MAX];
 	snprintf(name, 32, "vmfd%u.disk", slot);
 	snprintf(link, sizeof(link), "%s/%s", vm->cfg->run_dir, name);
-	snprintf(target, sizeof(target), "/proc/%d/fd/%d", (int)getpid(), fd);
+	vmf_rest_fd_path(fd, target);
 	if ((unlink(link) < 0 && errno != ENOENT) || symlink(target, link) < 0)
 		return vmf_err_sys(err, errno, "VM %s: cannot link %s to the disk's descriptor", vm->cfg->id, link);
 	return 0;

@@ -411,3 +411,9 @@ vmf_rest_match_disks(const struct vmf_vmm *vm, unsigned saved, const struct vmf_
 				       "not given", id, s);
 	return 0;
 }
+
+void
+vmf_rest_fd_path(int fd, char out[VMF_REST_FD_PATH_MAX])
+{
+	snprintf(out, VMF_REST_FD_PATH_MAX, "/proc/%d/fd/%d", (int)getpid(), fd);
+}

@@ -120,6 +120,12 @@ int vmf_rest_probe(const struct vmf_rest_vmm *vmm, const char *binary, struct vm
 int vmf_rest_adopt(const struct vmf_rest_vmm *vmm, const vmf_hv_state *st, struct vmf_vmm **out,
 		   struct vmf_error *err);
 
+/* How a REST VMM, which opens disks by path, gets the file the daemon
+ * opened and checked: the descriptor's /proc/<daemon pid>/fd/N, which
+ * reopens that very file whatever its name has become. */
+#define VMF_REST_FD_PATH_MAX 64
+void vmf_rest_fd_path(int fd, char out[VMF_REST_FD_PATH_MAX]);
+
 /* A resume's disks (parts, may be NULL) against the slots the saved VM had
  * (saved, a mask): each slot given once, none the VM did not have, none of
  * its own missing.  *given gets the mask of the slots given. */
