@@ -17,7 +17,11 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <signal.h>
+#include <sys/inotify.h>
 #include <sys/wait.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdint.h>
 #include <grp.h>
 #include <pwd.h>
 #include <unistd.h>
@@ -44,6 +48,123 @@ test_selected(const char *name)
 	return false;
 }
 
+/* A sanitized guest agent (the ASan stage's test image) reports on the
+ * guest's console: serial.log in its VM's run dir, which goes with the VM
+ * at its release.  While VMFACTORY_KEEP_CONSOLES is set, a thread
+ * hard-links every serial.log that appears below svc into svc/consoles, so
+ * that the report outlives its VM and cleanup() finds it. */
+static pthread_t keeper;
+static int keeper_stop[2] = { -1, -1 };
+static bool keeper_on;
+
+struct watch {
+	int wd, depth;
+	char path[PATH_MAX];
+};
+
+static void
+keep_one(const char *dir, const char *name)
+{
+	static int n;
+	char from[PATH_MAX], to[PATH_MAX];
+	snprintf(from, sizeof from, "%s/%s", dir, name);
+	snprintf(to, sizeof to, "%s/consoles/%d-%s", svc, ++n, name);
+	if (link(from, to) < 0 && errno != ENOENT)
+		fprintf(stderr, "keep_consoles: link %s: %s\n", from, strerror(errno));
+}
+
+static void keep_watch(int in, struct watch *w, int *nw, const char *dir, int depth);
+
+static void
+keep_entry(int in, struct watch *w, int *nw, const char *dir, const char *name, bool is_dir, int depth)
+{
+	if (is_dir && depth > 0 && strcmp(name, "consoles")) {
+		char p[PATH_MAX];
+		snprintf(p, sizeof p, "%s/%s", dir, name);
+		keep_watch(in, w, nw, p, depth - 1);
+	} else if (!is_dir && !strcmp(name, "serial.log")) {
+		keep_one(dir, name);
+	}
+}
+
+/* Watches dir, then looks at what it holds already (made before the watch). */
+static void
+keep_watch(int in, struct watch *w, int *nw, const char *dir, int depth)
+{
+	if (*nw >= 4096)
+		return;
+	int wd = inotify_add_watch(in, dir, IN_CREATE | IN_MOVED_TO | IN_ONLYDIR);
+	if (wd < 0)
+		return;
+	w[*nw].wd = wd;
+	w[*nw].depth = depth;
+	snprintf(w[*nw].path, sizeof w[*nw].path, "%s", dir);
+	(*nw)++;
+	DIR *d = opendir(dir);
+	struct dirent *de;
+	while (d && (de = readdir(d)))
+		if (strcmp(de->d_name, ".") && strcmp(de->d_name, ".."))
+			keep_entry(in, w, nw, dir, de->d_name, de->d_type == DT_DIR, depth);
+	if (d)
+		closedir(d);
+}
+
+static void *
+keeper_main(void *arg)
+{
+	int in = (int)(intptr_t)arg, nw = 0;
+	static struct watch w[4096];
+	keep_watch(in, w, &nw, svc, 4);
+	for (;;) {
+		struct pollfd p[2] = { { in, POLLIN, 0 }, { keeper_stop[0], POLLIN, 0 } };
+		if (poll(p, 2, -1) < 0 && errno != EINTR)
+			break;
+		if (p[1].revents)
+			break;
+		char buf[8192] __attribute__((aligned(__alignof__(struct inotify_event))));
+		ssize_t len = read(in, buf, sizeof buf);
+		for (ssize_t off = 0; len > 0 && off < len;) {
+			struct inotify_event *ev = (struct inotify_event *)(buf + off);
+			off += (ssize_t)sizeof *ev + ev->len;
+			for (int i = 0; ev->len && i < nw; i++)
+				if (w[i].wd == ev->wd) {
+					keep_entry(in, w, &nw, w[i].path, ev->name, ev->mask & IN_ISDIR, w[i].depth);
+					break;
+				}
+		}
+	}
+	close(in);
+	return NULL;
+}
+
+static void
+keep_consoles(void)
+{
+	const char *on = getenv("VMFACTORY_KEEP_CONSOLES");
+	if (!on || strcmp(on, "1"))
+		return;
+	char d[700];
+	snprintf(d, sizeof d, "%s/consoles", svc);
+	ck_assert_int_eq(mkdir(d, 0700), 0);
+	int in = inotify_init1(IN_CLOEXEC);
+	ck_assert_int_ge(in, 0);
+	ck_assert_int_eq(pipe2(keeper_stop, O_CLOEXEC), 0);
+	ck_assert_int_eq(pthread_create(&keeper, NULL, keeper_main, (void *)(intptr_t)in), 0);
+	keeper_on = true;
+}
+
+static void
+keep_consoles_stop(void)
+{
+	if (!keeper_on)
+		return;
+	keeper_on = false;
+	(void)!write(keeper_stop[1], "x", 1);
+	pthread_join(keeper, NULL);
+	close(keeper_stop[0]);
+	close(keeper_stop[1]);
+}
+
 void
 setup(void)
 {
@@ -63,19 +184,33 @@ setup(void)
 	snprintf(exe, sizeof exe, "%s/vmfactory", b ? b : ".");
 	snprintf(common_opts, sizeof common_opts, "--socket %s --state-dir %s --run-dir %s", sock, state, run);
 	setenv("VMFACTORY_IMAGE_DIR", img, 1);
+	keep_consoles();
 }
 
-/* Runs `vmfactory ARGS`; returns the exit status, stdout in *out. */
+/* The stderr of this thread's last vmf() (threads run the CLI side by side). */
+static _Thread_local char last_err[16384];
+
+const char *
+cli_stderr(void)
+{
+	return last_err;
+}
+
+/* Runs `vmfactory ARGS`; returns the exit status, stdout in *out, stderr in
+ * last_err and appended to tmp/cli.err. */
 int
 vmf(char **out, const char *fmt, ...)
 {
-	char args[4096], cmd[8192];
+	char args[4096], cmd[8192], errp[700];
 	va_list ap;
 	va_start(ap, fmt);
 	vsnprintf(args, sizeof args, fmt, ap);
 	va_end(ap);
-	snprintf(cmd, sizeof cmd, "%s%s%s%s %s %s 2>>%s/cli.err", fault ? "VMFACTORY_FAULT=" : "", fault ? fault : "",
-		 fault ? " " : "", exe, args, common_opts, tmp);
+	snprintf(errp, sizeof errp, "%s/cli.XXXXXX", tmp);
+	int efd = mkostemp(errp, O_CLOEXEC);
+	ck_assert_int_ge(efd, 0);
+	snprintf(cmd, sizeof cmd, "%s%s%s%s %s %s 2>%s", fault ? "VMFACTORY_FAULT=" : "", fault ? fault : "",
+		 fault ? " " : "", exe, args, common_opts, errp);
 	FILE *p = popen(cmd, "r");
 	ck_assert_ptr_nonnull(p);
 	size_t cap = 1 << 16, n = 0;
@@ -88,6 +223,18 @@ vmf(char **out, const char *fmt, ...)
 	}
 	buf[n] = '\0';
 	int st = pclose(p);
+	ssize_t el = pread(efd, last_err, sizeof last_err - 1, 0);
+	last_err[el > 0 ? el : 0] = '\0';
+	close(efd);
+	unlink(errp);
+	/* Kept whole: the sanitizer scan reads it (a CLI's leak report too). */
+	char logp[700];
+	snprintf(logp, sizeof logp, "%s/cli.err", tmp);
+	int lfd = open(logp, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+	if (lfd >= 0) {
+		(void)!write(lfd, last_err, strlen(last_err));
+		close(lfd);
+	}
 	if (out)
 		*out = buf;
 	else
@@ -95,16 +242,34 @@ vmf(char **out, const char *fmt, ...)
 	return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
 }
 
+void
+vmf_refused(const char *words, const char *fmt, ...)
+{
+	char args[4096];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(args, sizeof args, fmt, ap);
+	va_end(ap);
+	int rc = vmf(NULL, "%s", args);
+	ck_assert_msg(rc == 1, "vmfactory %s: exit %d, not a refusal (1): %s", args, rc, last_err);
+	assert_words(last_err, words, args);
+}
+
+void
+assert_words(const char *text, const char *words, const char *what)
+{
+	char w[1024];
+	snprintf(w, sizeof w, "%s", words);
+	for (char *save = NULL, *t = strtok_r(w, "|", &save); t; t = strtok_r(NULL, "|", &save))
+		ck_assert_msg(strstr(text, t), "%s: the error lacks '%s': %s", what, t, text);
+}
+
 json_object *
 vmf_json(const char *fmt, const char *arg)
 {
 	char *out;
 	int rc = vmf(&out, fmt, arg);
-	char errf[700], *err = NULL;
-	snprintf(errf, sizeof errf, "%s/cli.err", tmp);
-	vmf_read_file(errf, &err, NULL, 1 << 20, NULL);
-	ck_assert_msg(rc == 0, "vmfactory %s %s exited %d: %s", fmt, arg, rc, err ? err : "");
-	free(err);
+	ck_assert_msg(rc == 0, "vmfactory %s %s exited %d: %s", fmt, arg, rc, last_err);
 	json_object *j = json_tokener_parse(out);
 	ck_assert_msg(j != NULL, "not JSON: %s", out);
 	free(out);
@@ -236,43 +401,15 @@ get_thread(void *arg)
 	return NULL;
 }
 
-/* The first sanitizer report in a daemon log under dir (each daemon's
- * <state>/vmfactory.log, and the NAME.log a test gives start_foreground),
- * with some context, into msg; false when there is none. */
+/* Every daemon a test starts logs below tmp or svc: the state dirs
+ * (<svc>/state, <svc>/SUB/state of use_dirs()) hold vmfactory.log, a
+ * foreground daemon's log is where the test put it (in tmp), the CLI's
+ * stderr is tmp/cli.err, and the guests' consoles are kept in svc/consoles
+ * (keep_consoles()).  The first report found, into msg. */
 static bool
-find_report(const char *dir, int depth, char *msg, size_t n)
+find_report(char *msg, size_t n)
 {
-	DIR *d = opendir(dir);
-	struct dirent *de;
-	bool found = false;
-	while (d && !found && (de = readdir(d))) {
-		if (de->d_name[0] == '.')
-			continue;
-		char p[PATH_MAX];
-		snprintf(p, sizeof p, "%s/%s", dir, de->d_name);
-		size_t l = strlen(de->d_name);
-		if (de->d_type == DT_DIR && depth > 0) {
-			found = find_report(p, depth - 1, msg, n);
-			continue;
-		}
-		if (de->d_type != DT_REG || l < 4 || strcmp(de->d_name + l - 4, ".log"))
-			continue;
-		char *log = NULL;
-		if (vmf_read_file(p, &log, NULL, 64 << 20, NULL) < 0)
-			continue;
-		const char *hit = strstr(log, "Sanitizer");
-		if (!hit)
-			hit = strstr(log, "runtime error:");
-		if (hit) {
-			const char *from = hit - log > 200 ? hit - 200 : log;
-			snprintf(msg, n, "%s has a sanitizer report: %.1500s", p, from);
-			found = true;
-		}
-		free(log);
-	}
-	if (d)
-		closedir(d);
-	return found;
+	return vmf_test_sanitizer_report(tmp, 4, msg, n) || vmf_test_sanitizer_report(svc, 4, msg, n);
 }
 
 /* The daemons' stderr (a sanitizer's reports included) is their log. */
@@ -280,7 +417,7 @@ void
 assert_daemon_log_clean(void)
 {
 	static char msg[2000];
-	ck_assert_msg(!find_report(tmp, 4, msg, sizeof msg), "%s", msg);
+	ck_assert_msg(!find_report(msg, sizeof msg), "%s", msg);
 }
 
 int
@@ -455,7 +592,8 @@ cleanup(void)
 		fprintf(stderr, "teardown: unmounted a file system left by a failed test\n");
 	/* Every daemon test checks its daemons' logs, whatever it ran. */
 	static char msg[2000];
-	bool report = find_report(tmp, 4, msg, sizeof msg);
+	keep_consoles_stop();
+	bool report = find_report(msg, sizeof msg);
 	struct vmf_error e;
 	vmf_rm_rf(svc, &e);
 	vmf_rm_rf(tmp, &e);
@@ -609,6 +747,242 @@ become_tenant(uid_t uid)
 	return setgroups(1, &tu.gid) == 0 && setgid(tu.gid) == 0 && setuid(uid) == 0;
 }
 
+/* ---- acting as a tenant ---- */
+
+int
+as_tenant(uid_t uid, tenant_fn fn, const void *arg, char *msg, size_t n)
+{
+	int p[2];
+	ck_assert_int_eq(pipe2(p, O_CLOEXEC), 0);
+	pid_t pid = vmf_test_fork();
+	if (pid == 0) {
+		close(p[0]);
+		char m[2048] = "";
+		int rc = -EPERM;
+		if (become_tenant(uid))
+			rc = fn(arg, m, sizeof m);
+		else
+			snprintf(m, sizeof m, "cannot become uid %u: %s", (unsigned)uid, strerror(errno));
+		ssize_t w = write(p[1], &rc, sizeof rc);
+		w += write(p[1], m, strlen(m) + 1);
+		_exit(w > 0 ? 0 : 1);
+	}
+	close(p[1]);
+	int rc = -EIO;
+	if (read(p[0], &rc, sizeof rc) != (ssize_t)sizeof rc)
+		rc = -EIO;
+	size_t got = 0;
+	ssize_t r;
+	char *out = n ? msg : NULL;
+	while (out && got < n - 1 && (r = read(p[0], out + got, n - 1 - got)) > 0)
+		got += (size_t)r;
+	if (out)
+		out[got] = '\0';
+	close(p[0]);
+	int st;
+	ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the child acting as uid %u died (status %d)",
+		      (unsigned)uid, st);
+	return rc;
+}
+
+struct call_arg {
+	tenant_call_fn fn;
+	const void *arg;
+};
+
+static int
+call_in_child(const void *arg, char *msg, size_t n)
+{
+	const struct call_arg *a = arg;
+	struct vmf_client *c;
+	struct vmf_error e = {0};
+	int rc = vmf_client_connect(sock, &c, &e);
+	if (rc == 0) {
+		rc = a->fn(c, a->arg, msg, n, &e);
+		vmf_client_close(c);
+	}
+	if (rc < 0)
+		snprintf(msg, n, "%s", e.msg);
+	return rc;
+}
+
+int
+call_as(uid_t uid, tenant_call_fn fn, const void *arg, char *msg, size_t n)
+{
+	struct call_arg a = { fn, arg };
+	return as_tenant(uid, call_in_child, &a, msg, n);
+}
+
+/* The requests, for call_as().  A reply freed here; what a test needs of
+ * it goes into out. */
+static int
+reply_done(int rc, Vmf__Control__Reply *r)
+{
+	if (r)
+		vmf__control__reply__free_unpacked(r, NULL);
+	return rc;
+}
+
+int
+req_get(struct vmf_client *c, const void *arg, char *out, size_t n, struct vmf_error *e)
+{
+	Vmf__Control__Reply *r = NULL;
+	int rc = vmf_client_get_vm(c, arg, &r, 300000, e);
+	if (rc == 0)
+		snprintf(out, n, "%s %u", r->vm->id, r->vm->owner_uid);
+	return reply_done(rc, r);
+}
+
+int
+req_release(struct vmf_client *c, const void *arg, char *out, size_t n, struct vmf_error *e)
+{
+	(void)out, (void)n;
+	return vmf_client_release_vm(c, arg, 120000, e);
+}
+
+int
+req_inspect(struct vmf_client *c, const void *arg, char *out, size_t n, struct vmf_error *e)
+{
+	Vmf__Control__Reply *r = NULL;
+	int rc = vmf_client_inspect(c, arg, &r, 120000, e);
+	if (rc == 0)
+		snprintf(out, n, "%s", r->inspect->vm->sandbox_id);
+	return reply_done(rc, r);
+}
+
+int
+req_status(struct vmf_client *c, const void *arg, char *out, size_t n, struct vmf_error *e)
+{
+	(void)arg;
+	Vmf__Control__Reply *r = NULL;
+	int rc = vmf_client_status(c, &r, 30000, e);
+	if (rc == 0) {
+		out[0] = '\0';
+		for (size_t i = 0; i < r->status->n_vms; i++)
+			snprintf(out + strlen(out), n - strlen(out), "%s ", r->status->vms[i]->id);
+		snprintf(out + strlen(out), n - strlen(out), "ready=%u",
+			 r->status->n_pools ? r->status->pools[0]->ready : 0);
+	}
+	return reply_done(rc, r);
+}
+
+int
+req_destroy(struct vmf_client *c, const void *arg, char *out, size_t n, struct vmf_error *e)
+{
+	(void)arg, (void)out, (void)n;
+	Vmf__Control__Reply *r = NULL;
+	return reply_done(vmf_client_destroy(c, 0, &r, 120000, e), r);
+}
+
+int
+req_suspend(struct vmf_client *c, const void *arg, char *out, size_t n, struct vmf_error *e)
+{
+	(void)out, (void)n;
+	Vmf__Control__Reply *r = NULL;
+	return reply_done(vmf_client_suspend_vm(c, arg, &r, 300000, e), r);
+}
+
+int
+req_resume(struct vmf_client *c, const void *arg, char *out, size_t n, struct vmf_error *e)
+{
+	(void)out, (void)n;
+	Vmf__Control__Reply *r = NULL;
+	return reply_done(vmf_client_resume_vm(c, arg, &r, 300000, e), r);
+}
+
+int
+req_attach(struct vmf_client *c, const void *arg, char *out, size_t n, struct vmf_error *e)
+{
+	Vmf__Control__Reply *r = NULL;
+	int rc = vmf_client_attach(c, arg, &r, 120000, e);
+	if (rc == 0 && r->disk)
+		snprintf(out, n, "%s", r->disk->guest_path ? r->disk->guest_path : "");
+	return reply_done(rc, r);
+}
+
+int
+req_detach(struct vmf_client *c, const void *arg, char *out, size_t n, struct vmf_error *e)
+{
+	(void)out, (void)n;
+	const char *const *a = arg;
+	Vmf__Control__Reply *r = NULL;
+	return reply_done(vmf_client_detach(c, a[0], a[1], &r, 120000, e), r);
+}
+
+int
+req_snapshot(struct vmf_client *c, const void *arg, char *out, size_t n, struct vmf_error *e)
+{
+	const char *const *a = arg;
+	Vmf__Control__Reply *r = NULL;
+	int rc = vmf_client_snapshot(c, a[0], a[1], &r, 300000, e);
+	if (rc == 0 && r->snapshot)
+		snprintf(out, n, "%s", r->snapshot->template_id);
+	return reply_done(rc, r);
+}
+
+void
+assert_refused(int rc, const char *msg, int err, const char *words, const char *what)
+{
+	ck_assert_msg(rc == -err, "%s: %d (%s), not refused with %s", what, rc, msg, strerror(err));
+	assert_words(msg, words, what);
+}
+
+int
+vmf_as(uid_t uid, char **out, const char *fmt, ...)
+{
+	char args[4096], cmd[8192], errp[700];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(args, sizeof args, fmt, ap);
+	va_end(ap);
+	snprintf(cmd, sizeof cmd, "exec %s %s %s", exe, args, common_opts);
+	snprintf(errp, sizeof errp, "%s/cli.XXXXXX", tmp);
+	int efd = mkostemp(errp, O_CLOEXEC);
+	ck_assert_int_ge(efd, 0);
+	unlink(errp);
+	int o[2];
+	ck_assert_int_eq(pipe2(o, O_CLOEXEC), 0);
+	pid_t pid = vmf_test_fork();
+	if (pid == 0) {
+		dup2(o[1], 1);
+		dup2(efd, 2);
+		if (fault)
+			setenv("VMFACTORY_FAULT", fault, 1);
+		if (!become_tenant(uid))
+			_exit(99);
+		execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+		_exit(98);
+	}
+	close(o[1]);
+	size_t cap = 1 << 16, n = 0;
+	char *buf = malloc(cap);
+	ssize_t r;
+	while ((r = read(o[0], buf + n, cap - n - 1)) > 0)
+		if ((n += (size_t)r) + 1 >= cap)
+			buf = realloc(buf, cap *= 2);
+	buf[n] = '\0';
+	close(o[0]);
+	int st;
+	ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+	ssize_t el = pread(efd, last_err, sizeof last_err - 1, 0);
+	last_err[el > 0 ? el : 0] = '\0';
+	close(efd);
+	char logp[700];
+	snprintf(logp, sizeof logp, "%s/cli.err", tmp);
+	int lfd = open(logp, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+	if (lfd >= 0) {
+		(void)!write(lfd, last_err, strlen(last_err));
+		close(lfd);
+	}
+	if (out)
+		*out = buf;
+	else
+		free(buf);
+	ck_assert_msg(!WIFEXITED(st) || WEXITSTATUS(st) != 99, "cannot become uid %u", (unsigned)uid);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+
 int failures;
 
 void
@@ -627,10 +1001,6 @@ check(bool ok, const char *fmt, ...)
 void
 start_tenant_daemon(const char *extra)
 {
-	if (vmf(NULL, "init --pool 1 --group %s %s --wait --timeout 600", tu.group, extra) != 0) {
-		char errf[700], *err = NULL;
-		snprintf(errf, sizeof errf, "%s/cli.err", tmp);
-		vmf_read_file(errf, &err, NULL, 1 << 20, NULL);
-		ck_abort_msg("the daemon did not start: %s", err ? err : "");
-	}
+	if (vmf(NULL, "init --pool 1 --group %s %s --wait --timeout 600", tu.group, extra) != 0)
+		ck_abort_msg("the daemon did not start: %s", last_err);
 }

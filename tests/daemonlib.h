@@ -50,6 +50,13 @@ void use_dirs(const char *sub);
 /* Runs `vmfactory ARGS COMMON_OPTS`; returns the exit status, stdout in
  * *out (stderr appended to tmp/cli.err). */
 int vmf(char **out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* The stderr of this thread's last vmf(). */
+const char *cli_stderr(void);
+/* A refusal: `vmfactory ARGS` exits 1 and its stderr holds each of words
+ * ('|'-separated key words of the sentence, e.g. "belongs to uid|share"). */
+void vmf_refused(const char *words, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* text holds each '|'-separated word; what names the call in the failure. */
+void assert_words(const char *text, const char *words, const char *what);
 /* The same, asserting exit 0, parsed as JSON. */
 json_object *vmf_json(const char *fmt, const char *arg);
 /* o[a] or o[a][b], asserting they exist. */
@@ -119,6 +126,37 @@ extern struct tenant_users tu;
 const char *tenant_users_make(const char *prefix);
 void tenant_users_remove(void);
 bool become_tenant(uid_t uid);
+
+/* Acting as a tenant (or another uid with the tenant group; 0: root).
+ * as_tenant() runs fn in a child as uid and returns its return (0 or
+ * -errno), with the message it wrote in msg.  call_as() does so for one
+ * control request on a fresh connection: fn calls the client library on c
+ * and may write what it got into out; on failure msg holds the error's
+ * sentence.  vmf_as() is vmf() as uid (stderr in cli_stderr()).
+ * assert_refused() asserts a refusal's errno and its sentence's key words
+ * ('|'-separated). */
+typedef int (*tenant_fn)(const void *arg, char *msg, size_t n);
+typedef int (*tenant_call_fn)(struct vmf_client *c, const void *arg, char *out, size_t n, struct vmf_error *e);
+int as_tenant(uid_t uid, tenant_fn fn, const void *arg, char *msg, size_t n);
+int call_as(uid_t uid, tenant_call_fn fn, const void *arg, char *msg, size_t n);
+int vmf_as(uid_t uid, char **out, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+void assert_refused(int rc, const char *msg, int err, const char *words, const char *what);
+/* Each request type for call_as().  arg: get a GetVMRequest (out: "ID
+ * OWNER_UID"), attach an AttachRequest (out: the guest path), detach and
+ * snapshot a const char *[2] {vm id, path or template name} (snapshot's
+ * out: the template id), status nothing (out: the VM ids listed, then
+ * "ready=N" of the first pool), destroy nothing, the others the VM id
+ * (inspect's out: the VM's sandbox id). */
+int req_get(struct vmf_client *c, const void *arg, char *out, size_t n, struct vmf_error *e);
+int req_release(struct vmf_client *c, const void *arg, char *out, size_t n, struct vmf_error *e);
+int req_inspect(struct vmf_client *c, const void *arg, char *out, size_t n, struct vmf_error *e);
+int req_status(struct vmf_client *c, const void *arg, char *out, size_t n, struct vmf_error *e);
+int req_destroy(struct vmf_client *c, const void *arg, char *out, size_t n, struct vmf_error *e);
+int req_suspend(struct vmf_client *c, const void *arg, char *out, size_t n, struct vmf_error *e);
+int req_resume(struct vmf_client *c, const void *arg, char *out, size_t n, struct vmf_error *e);
+int req_attach(struct vmf_client *c, const void *arg, char *out, size_t n, struct vmf_error *e);
+int req_detach(struct vmf_client *c, const void *arg, char *out, size_t n, struct vmf_error *e);
+int req_snapshot(struct vmf_client *c, const void *arg, char *out, size_t n, struct vmf_error *e);
 
 /* VMFACTORY_TEST="name ..." runs only the tests named (a developer's
  * shortcut, and how contrib/test picks the cases it runs under TSan). */

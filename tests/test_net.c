@@ -304,39 +304,6 @@ ns_has_tap(const char *ns)
 	return has;
 }
 
-/* `vmfactory ARGS` as uid; its stderr in err. */
-static int
-vmf_as(uid_t uid, char *err, size_t n, const char *fmt, ...)
-{
-	char args[2048], cmd[4096];
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(args, sizeof args, fmt, ap);
-	va_end(ap);
-	snprintf(cmd, sizeof cmd, "%s %s %s 2>&1 >/dev/null", exe, args, common_opts);
-	int p[2];
-	ck_assert_int_eq(pipe(p), 0);
-	pid_t pid = vmf_test_fork();
-	if (pid == 0) {
-		dup2(p[1], 1);
-		close(p[0]);
-		if (!become_tenant(uid))
-			_exit(99);
-		execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
-		_exit(98);
-	}
-	close(p[1]);
-	size_t got = 0;
-	ssize_t r;
-	while (got < n - 1 && (r = read(p[0], err + got, n - 1 - got)) > 0)
-		got += (size_t)r;
-	err[got] = '\0';
-	close(p[0]);
-	int st;
-	waitpid(pid, &st, 0);
-	return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
-}
-
 /* A child that made its own user and network namespace (as the tenant
  * uid) and waits; its /proc/PID/ns/net is a namespace the tenant owns. */
 static pid_t
@@ -400,18 +367,22 @@ bad_input(void)
 	snprintf(a_dir, sizeof a_dir, "%s/%s", tmp, tu.a);
 	ck_assert_int_eq(mkdir(a_dir, 0755), 0);
 	ck_assert_int_eq(chown(a_dir, tu.uid_a, tu.gid), 0);
-	int rc = vmf_as(tu.uid_a, why, sizeof why, "get --cpus 1 --memory 256 --sandbox ten --share-dir %s/share "
+	int rc = vmf_as(tu.uid_a, NULL, "get --cpus 1 --memory 256 --sandbox ten --share-dir %s/share "
 			"--sock-dir %s/sock --netns /proc/%d/ns/net", a_dir, a_dir, (int)getpid());
+	snprintf(why, sizeof why, "%s", cli_stderr());
 	check(rc != 0 && strstr(why, "is not yours"), "a tenant naming the host's namespace is refused: %s", why);
-	rc = vmf_as(tu.uid_a, why, sizeof why, "get --cpus 1 --memory 256 --sandbox ten --share-dir %s/share "
+	rc = vmf_as(tu.uid_a, NULL, "get --cpus 1 --memory 256 --sandbox ten --share-dir %s/share "
 		    "--sock-dir %s/sock --netns /run/netns/%s", a_dir, a_dir, ns_pod);
+	snprintf(why, sizeof why, "%s", cli_stderr());
 	check(rc != 0 && strstr(why, "is not yours"), "a tenant naming root's pod namespace is refused: %s", why);
-	rc = vmf_as(tu.uid_a, why, sizeof why, "get --cpus 1 --memory 256 --sandbox ten --share-dir %s/share "
+	rc = vmf_as(tu.uid_a, NULL, "get --cpus 1 --memory 256 --sandbox ten --share-dir %s/share "
 		    "--sock-dir %s/sock --net user,hostfwd=tcp::80-:80", a_dir, a_dir);
+	snprintf(why, sizeof why, "%s", cli_stderr());
 	check(rc != 0 && strstr(why, "privileged"), "a tenant's forward of a privileged port is refused: %s", why);
 	pid_t own = tenant_netns(tu.uid_a);
-	rc = vmf_as(tu.uid_a, why, sizeof why, "get --cpus 1 --memory 256 --sandbox ten --share-dir %s/share "
+	rc = vmf_as(tu.uid_a, NULL, "get --cpus 1 --memory 256 --sandbox ten --share-dir %s/share "
 		    "--sock-dir %s/sock --netns /proc/%d/ns/net", a_dir, a_dir, (int)own);
+	snprintf(why, sizeof why, "%s", cli_stderr());
 	/* Its own namespace passes the owner rule; it has no eth0. */
 	check(rc != 0 && strstr(why, "no interface eth0"), "a tenant's own namespace passes the owner rule: %s",
 	      why);

@@ -71,27 +71,17 @@ get_as(struct got *g, const char *name, int vcpus, int mib, const char *want_han
 	ck_assert_int_ge(json_object_get_int(path(g->rec, "memory_mib", NULL)), mib);
 }
 
-static bool wait_until(bool (*cond)(void), int ms);
 static bool pool_full(void);
 
 /* From a full pool, so that the request is never a miss. */
 static void
 get_release(const char *name, int vcpus, int mib, const char *want_handout)
 {
-	ck_assert_msg(wait_until(pool_full, 180000), "the pool did not refill");
+	wait_until(pool_full(), 180000, "the pool did not refill");
 	struct got g = {0};
 	get_as(&g, name, vcpus, mib, want_handout);
 	ck_assert_int_eq(vmf(NULL, "release %s", g.id), 0);
 	json_object_put(g.rec);
-}
-
-static bool
-wait_until(bool (*cond)(void), int ms)
-{
-	int64_t deadline = vmf_now_ms() + ms;
-	while (!cond() && vmf_now_ms() < deadline)
-		poll(NULL, 0, 200);
-	return cond();
 }
 
 static bool
@@ -117,7 +107,7 @@ START_TEST(popular_size_is_served_shaped_and_off_never_shapes)
 		snprintf(name, sizeof name, "off-%d", i);
 		get_release(name, 2, 512, "resize");
 	}
-	ck_assert_msg(wait_until(pool_full, 180000), "the pool did not refill");
+	wait_until(pool_full(), 180000, "the pool did not refill");
 	json_object *s, *z = size_row(&s, 2, 512);
 	ck_assert_ptr_nonnull(z);
 	ck_assert_int_eq(json_object_get_int(path(z, "ready", NULL)), 0);
@@ -145,9 +135,9 @@ START_TEST(popular_size_is_served_shaped_and_off_never_shapes)
 		get_release(name, 2, 512, "resize");
 	}
 	int64_t t0 = vmf_now_ms();
-	ck_assert_msg(wait_until(shaped_ready, 180000), "no clone of 2 vCPUs / 512 MiB appeared in the pool");
+	wait_until(shaped_ready(), 180000, "no clone of 2 vCPUs / 512 MiB appeared in the pool");
 	printf("a shaped clone was ready %lld ms after the third request\n", (long long)(vmf_now_ms() - t0));
-	ck_assert_msg(wait_until(pool_full, 180000), "the pool did not refill");
+	wait_until(pool_full(), 180000, "the pool did not refill");
 	/* shape_max = 1: one shaped clone, one base. */
 	ck_assert_int_eq(ready_of_size(2, 512), 1);
 	ck_assert_int_eq(ready_of_size(1, 256), 1);

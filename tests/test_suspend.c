@@ -183,43 +183,6 @@ start_daemon(const char *fault_point)
 	fault = NULL;
 }
 
-/* vmfactory CMD ID as uid b, through the library: 0 or -errno, the
- * daemon's message in msg. */
-static int
-as_tenant(const char *what, const char *id, char *msg, size_t n)
-{
-	int p[2];
-	ck_assert_int_eq(pipe(p), 0);
-	pid_t pid = vmf_test_fork();
-	if (pid == 0) {
-		close(p[0]);
-		struct vmf_error e = {0};
-		int rc = -EPERM;
-		if (become_tenant(tu.uid_b)) {
-			struct vmf_client *c;
-			Vmf__Control__Reply *r = NULL;
-			rc = vmf_client_connect(sock, &c, &e);
-			if (rc == 0) {
-				rc = !strcmp(what, "suspend") ? vmf_client_suspend_vm(c, id, &r, 60000, &e)
-							      : vmf_client_resume_vm(c, id, &r, 60000, &e);
-				vmf_client_close(c);
-			}
-			if (r)
-				vmf__control__reply__free_unpacked(r, NULL);
-		}
-		ssize_t w = write(p[1], e.msg, strlen(e.msg) + 1);
-		(void)w;
-		_exit(-rc);
-	}
-	close(p[1]);
-	ssize_t got = read(p[0], msg, n - 1);
-	msg[got > 0 ? got : 0] = 0;
-	close(p[0]);
-	int st;
-	ck_assert_int_eq(waitpid(pid, &st, 0), pid);
-	return WIFEXITED(st) ? -WEXITSTATUS(st) : -EIO;
-}
-
 static void
 expect_error(const char *cmd, const char *id, const char *want)
 {
@@ -269,9 +232,9 @@ START_TEST(suspend_resume_survive_crashes_and_refuse_bad_input)
 	}
 	json_object_put(s);
 	char msg[600];
-	int rc = as_tenant("suspend", id, msg, sizeof msg);
+	int rc = call_as(tu.uid_b, req_suspend, id, msg, sizeof msg);
 	ck_assert_msg(rc == -EACCES && strstr(msg, "is not yours"), "another tenant's suspend: %s (%d)", msg, rc);
-	rc = as_tenant("resume", id, msg, sizeof msg);
+	rc = call_as(tu.uid_b, req_resume, id, msg, sizeof msg);
 	ck_assert_msg(rc == -EACCES, "another tenant's resume: %s (%d)", msg, rc);
 	/* A full state dir: the save fails, no file stays, the VM runs on. */
 	char sdir[700], names[2000];
