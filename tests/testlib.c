@@ -244,6 +244,20 @@ vmf_test_fork(void)
 	return pid;
 }
 
+int
+vmf_test_dir_entries(const char *path)
+{
+	DIR *d = opendir(path);
+	if (!d)
+		return -1;
+	int n = 0;
+	struct dirent *de;
+	while ((de = readdir(d)))
+		n += strcmp(de->d_name, ".") && strcmp(de->d_name, "..");
+	closedir(d);
+	return n;
+}
+
 const char *
 vmf_test_src(const char *rel)
 {

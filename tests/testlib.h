@@ -94,6 +94,9 @@ const char *vmf_test_agent_path(void);
  * sock_path, sharing share_dir; its pid (the caller kills it). */
 pid_t vmf_test_agent_listener(const char *sock_path, const char *share_dir);
 
+/* Entries of directory path but . and ..; -1 when it cannot be read. */
+int vmf_test_dir_entries(const char *path);
+
 /* Path in the source tree (VMFACTORY_SRCDIR/rel); static buffer. */
 const char *vmf_test_src(const char *rel);
 
