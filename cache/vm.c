@@ -301,7 +301,7 @@ vmf_cache_vm_exited(struct vmf_cache *c, struct vmf_vm *vm)
 	vm->dead = true;
 	if (vm->busy || vm->state == VMF_VM_GONE || vm->state == VMF_VM_RELEASING)
 		return; /* the job in flight sees vm->dead when it completes */
-	log_vm(VMF_LOG_WARN, vm->id, "%s pid %c exited while %s", vm->ops->name, (int)vm->ops->pid(vm->hv),
+	log_vm(VMF_LOG_WARN, vm->id, "%s pid %d exited while %s", vm->ops->name, (int)vm->ops->pid(vm->hv),
 	       vmf_vm_state_name(vm->state));
 	if (vm->state == VMF_VM_ASSIGNED) {
 		/* Keep the record so the runtime learns what happened via status
@@ -317,7 +317,7 @@ vmf_cache_vm_exited(struct vmf_cache *c, struct vmf_vm *vm)
 		 * next clone, and its replacement should start at once.  Clones
 		 * that fail to start do back off (clone_done). */
 		vm->pool->failed++;
-		snprintf(vm->pool->last_error, sizeof(vm->pool->last_error), "a pooled VM's %s (pid %c) exited",
+		snprintf(vm->pool->last_error, sizeof(vm->pool->last_error), "a pooled VM's %s (pid %d) exited",
 			 vm->ops->name, (int)vm->ops->pid(vm->hv));
 	}
 	vmf_cache_destroy_vm(c, vm, false, NULL);
