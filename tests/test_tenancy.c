@@ -39,78 +39,26 @@ struct act {
 	char msg[1100];
 };
 
-typedef int (*act_fn)(const void *arg, char *msg, size_t n);
+static void
+as_user(uid_t uid, tenant_fn fn, const void *arg, struct act *out)
+{
+	out->rc = as_tenant(uid, fn, arg, out->msg, sizeof out->msg);
+}
 
 static void
-as_user(uid_t uid, act_fn fn, const void *arg, struct act *out)
+call_as_user(uid_t uid, tenant_call_fn fn, const void *arg, struct act *out)
 {
-	int p[2];
-	ck_assert_int_eq(pipe(p), 0);
-	pid_t pid = vmf_test_fork();
-	if (pid == 0) {
-		close(p[0]);
-		char msg[1100] = "";
-		int rc = -EPERM;
-		if (become_tenant(uid))
-			rc = fn(arg, msg, sizeof msg);
-		else
-			snprintf(msg, sizeof msg, "cannot become uid %u: %s", (unsigned)uid, strerror(errno));
-		ssize_t w = write(p[1], &rc, sizeof rc);
-		w += write(p[1], msg, strlen(msg) + 1);
-		_exit(w > 0 ? 0 : 1);
-	}
-	close(p[1]);
-	memset(out, 0, sizeof *out);
-	out->rc = -EIO;
-	ssize_t n = read(p[0], &out->rc, sizeof out->rc);
-	size_t got = 0;
-	while (n > 0 && got < sizeof out->msg - 1 && (n = read(p[0], out->msg + got, sizeof out->msg - 1 - got)) > 0)
-		got += (size_t)n;
-	close(p[0]);
-	int st;
-	waitpid(pid, &st, 0);
+	out->rc = call_as(uid, fn, arg, out->msg, sizeof out->msg);
 }
 
 struct get_arg {
 	const char *share, *sockd, *sandbox;
 };
 
-enum req_kind { REQ_GET, REQ_RELEASE, REQ_INSPECT, REQ_STATUS, REQ_DESTROY };
-
-/* One request on a fresh connection, as the calling (possibly
- * unprivileged) process; on failure the error's sentence is in msg and *r
- * is NULL. */
-static int
-call(enum req_kind kind, const void *arg, Vmf__Control__Reply **r, char *msg, size_t n)
-{
-	struct vmf_client *c;
-	struct vmf_error e = {0};
-	*r = NULL;
-	int rc = vmf_client_connect(sock, &c, &e);
-	if (rc == 0) {
-		switch (kind) {
-		case REQ_GET: rc = vmf_client_get_vm(c, arg, r, 180000, &e); break;
-		case REQ_RELEASE: rc = vmf_client_release_vm(c, arg, 60000, &e); break;
-		case REQ_INSPECT: rc = vmf_client_inspect(c, arg, r, 60000, &e); break;
-		case REQ_STATUS: rc = vmf_client_status(c, r, 30000, &e); break;
-		case REQ_DESTROY: rc = vmf_client_destroy(c, 0, r, 60000, &e); break;
-		}
-		vmf_client_close(c);
-	}
-	snprintf(msg, n, "%s", rc < 0 ? e.msg : "");
-	if (rc < 0 && *r) {
-		vmf__control__reply__free_unpacked(*r, NULL);
-		*r = NULL;
-	}
-	return rc;
-}
-
 /* GetVM; the VM id and its owner uid (or the error) in msg. */
-static int
-act_get(const void *arg, char *msg, size_t n)
+static void
+get_as_user(uid_t uid, const struct get_arg *g, struct act *out)
 {
-	const struct get_arg *g = arg;
-	Vmf__Control__Reply *r;
 	Vmf__Control__GetVMRequest req = VMF__CONTROL__GET_VMREQUEST__INIT;
 	req.vcpus = 1;
 	req.memory_mib = 256;
@@ -118,57 +66,7 @@ act_get(const void *arg, char *msg, size_t n)
 	req.share_dir = (char *)g->share;
 	req.sock_dir = (char *)g->sockd;
 	req.timeout_ms = 120000;
-	int rc = call(REQ_GET, &req, &r, msg, n);
-	if (rc < 0)
-		return rc;
-	snprintf(msg, n, "%s %u", r->vm->id, r->vm->owner_uid);
-	vmf__control__reply__free_unpacked(r, NULL);
-	return 0;
-}
-
-static int
-act_release(const void *arg, char *msg, size_t n)
-{
-	Vmf__Control__Reply *r;
-	return call(REQ_RELEASE, arg, &r, msg, n);
-}
-
-/* Inspect; on success msg holds the VM's sandbox id (host view). */
-static int
-act_inspect(const void *arg, char *msg, size_t n)
-{
-	Vmf__Control__Reply *r;
-	int rc = call(REQ_INSPECT, arg, &r, msg, n);
-	if (rc < 0)
-		return rc;
-	snprintf(msg, n, "%s", r->inspect->vm->sandbox_id);
-	vmf__control__reply__free_unpacked(r, NULL);
-	return 0;
-}
-
-/* Status; msg: the ids of the VMs it lists, then "ready=N". */
-static int
-act_status(const void *arg, char *msg, size_t n)
-{
-	Vmf__Control__Reply *r;
-	int rc = call(REQ_STATUS, arg, &r, msg, n);
-	if (rc < 0)
-		return rc;
-	for (size_t i = 0; i < r->status->n_vms; i++)
-		snprintf(msg + strlen(msg), n - strlen(msg), "%s ", r->status->vms[i]->id);
-	snprintf(msg + strlen(msg), n - strlen(msg), "ready=%u", r->status->n_pools ? r->status->pools[0]->ready : 0);
-	vmf__control__reply__free_unpacked(r, NULL);
-	return 0;
-}
-
-static int
-act_destroy(const void *arg, char *msg, size_t n)
-{
-	Vmf__Control__Reply *r;
-	int rc = call(REQ_DESTROY, arg, &r, msg, n);
-	if (rc == 0 && r)
-		vmf__control__reply__free_unpacked(r, NULL);
-	return rc;
+	call_as_user(uid, req_get, &req, out);
 }
 
 /* connect(2) to a unix socket path. */
@@ -203,7 +101,7 @@ static int
 pool_ready_now(void)
 {
 	struct act a;
-	as_user(0, act_status, NULL, &a);
+	call_as_user(0, req_status, NULL, &a);
 	const char *r = strstr(a.msg, "ready=");
 	return r ? atoi(r + 6) : -1;
 }
@@ -211,10 +109,7 @@ pool_ready_now(void)
 static void
 wait_ready(int want)
 {
-	int64_t deadline = vmf_now_ms() + 300000;
-	while (pool_ready_now() < want && vmf_now_ms() < deadline)
-		poll(NULL, 0, 200);
-	ck_assert_int_ge(pool_ready_now(), want);
+	wait_until(pool_ready_now() >= want, 300000, "the pool has not %d ready VMs", want);
 }
 
 
@@ -224,7 +119,7 @@ refused(uid_t uid, const char *what, const char *share, const char *sockd, const
 {
 	struct get_arg g = { share, sockd, "refused" };
 	struct act a;
-	as_user(uid, act_get, &g, &a);
+	get_as_user(uid, &g, &a);
 	check(a.rc < 0 && (!want || strstr(a.msg, want)), "%s is refused (%d: %s)", what, a.rc, a.msg);
 	if (a.rc == 0) {
 		/* Today's code made the links: take them away again. */
@@ -280,14 +175,14 @@ START_TEST(tenants_are_confined_and_own_their_vms)
 	refused(tu.uid_a, "a parent owned by root (the root itself)", p1, p2, "belongs to uid");
 	snprintf(p1, sizeof p1, "%s/vms/share", run);
 	snprintf(p2, sizeof p2, "%s/sock", state);
-	refused(tu.uid_a, "paths in the daemon's run and state dirs", p1, p2, NULL);
+	refused(tu.uid_a, "paths in the daemon's run and state dirs", p1, p2, "inside the daemon's own");
 
 	/* ---- a good path: the user's own dir below the root ---- */
 	char a_share[800], a_sock[800], a_id[64] = "";
 	snprintf(a_share, sizeof a_share, "%s/share", a_dir);
 	snprintf(a_sock, sizeof a_sock, "%s/sock", a_dir);
 	struct get_arg g = { a_share, a_sock, "tenant-a" };
-	as_user(tu.uid_a, act_get, &g, &a);
+	get_as_user(tu.uid_a, &g, &a);
 	ck_assert_msg(a.rc == 0, "GetVM as %s into its own dir failed: %s", tu.a, a.msg);
 	unsigned owner = 0;
 	sscanf(a.msg, "%63s %u", a_id, &owner);
@@ -325,7 +220,7 @@ START_TEST(tenants_are_confined_and_own_their_vms)
 	check(a.rc == -EACCES, "%s cannot connect to root's VM's QMP socket (%s)", tu.a, a.msg);
 
 	/* ---- ownership, also after the daemon restarts ---- */
-	as_user(tu.uid_a, act_release, root_vm.id, &a);
+	call_as_user(tu.uid_a, req_release, root_vm.id, &a);
 	check(a.rc == -EACCES && strstr(a.msg, root_vm.id), "%s cannot release root's VM (%d: %s)", tu.a, a.rc,
 	      a.msg);
 	kill_daemon_hard();
@@ -343,25 +238,25 @@ START_TEST(tenants_are_confined_and_own_their_vms)
 	json_object_put(s);
 	check(owners_ok == 2, "after a restart root's status shows both owners");
 
-	as_user(tu.uid_a, act_inspect, root_vm.id, &a);
+	call_as_user(tu.uid_a, req_inspect, root_vm.id, &a);
 	check(a.rc == -EACCES && strstr(a.msg, root_vm.id), "%s cannot inspect root's VM (%d: %s)", tu.a, a.rc, a.msg);
-	as_user(tu.uid_a, act_release, root_vm.id, &a);
+	call_as_user(tu.uid_a, req_release, root_vm.id, &a);
 	check(a.rc == -EACCES && strstr(a.msg, root_vm.id), "%s cannot release root's VM after the restart (%d: %s)",
 	      tu.a, a.rc, a.msg);
-	as_user(tu.uid_b, act_inspect, a_id, &a);
-	check(a.rc == -EACCES, "%s cannot inspect %s's VM (%d: %s)", tu.b, tu.a, a.rc, a.msg);
-	as_user(tu.uid_a, act_inspect, a_id, &a);
+	call_as_user(tu.uid_b, req_inspect, a_id, &a);
+	check(a.rc == -EACCES && strstr(a.msg, a_id), "%s cannot inspect %s's VM (%d: %s)", tu.b, tu.a, a.rc, a.msg);
+	call_as_user(tu.uid_a, req_inspect, a_id, &a);
 	check(a.rc == 0 && !strcmp(a.msg, "tenant-a"), "%s inspects its own VM (%d: %s)", tu.a, a.rc, a.msg);
-	as_user(tu.uid_a, act_status, NULL, &a);
+	call_as_user(tu.uid_a, req_status, NULL, &a);
 	char want[100];
 	snprintf(want, sizeof want, "%s ready=", a_id);
 	check(a.rc == 0 && strncmp(a.msg, want, strlen(want)) == 0, "%s's status lists its own VM only (%s)", tu.a,
 	      a.msg);
-	as_user(tu.uid_a, act_destroy, NULL, &a);
-	check(a.rc == -EPERM, "%s cannot destroy the daemon (%d: %s)", tu.a, a.rc, a.msg);
+	call_as_user(tu.uid_a, req_destroy, NULL, &a);
+	check(a.rc == -EPERM && strstr(a.msg, "destroy"), "%s cannot destroy the daemon (%d: %s)", tu.a, a.rc, a.msg);
 	check(kill(daemon_pid(), 0) == 0, "the daemon still runs");
 
-	as_user(tu.uid_a, act_release, a_id, &a);
+	call_as_user(tu.uid_a, req_release, a_id, &a);
 	check(a.rc == 0, "%s releases its own VM (%s)", tu.a, a.msg);
 	struct stat st;
 	check(lstat(a_share, &st) < 0 && lstat(a_sock, &st) < 0, "its links are gone");
@@ -388,10 +283,7 @@ get_then_flag(void *arg)
  * answering meanwhile, because the check runs on a worker. */
 START_TEST(a_hung_sandbox_path_blocks_only_its_request)
 {
-	if (strcmp(getenv("VMFACTORY_FAULT_BUILD") ? getenv("VMFACTORY_FAULT_BUILD") : "0", "1")) {
-		printf("hung path test skipped: build without -Dfault_injection=true\n");
-		return;
-	}
+	REQUIRE_FAULT_BUILD();
 	fault = "sandbox-path-hang";
 	start_tenant_daemon("");
 	fault = NULL;
@@ -437,16 +329,9 @@ END_TEST
  * starts, with a sentence saying so. */
 START_TEST(roots_overlapping_daemon_dirs_are_refused)
 {
-	char *out;
-	ck_assert_int_ne(vmf(&out, "init --pool 1 --sandbox-root %s", svc), 0);
-	free(out);
-	char errf[700], *err = NULL;
-	snprintf(errf, sizeof errf, "%s/cli.err", tmp);
-	ck_assert_int_eq(vmf_read_file(errf, &err, NULL, 1 << 20, NULL), 0);
-	ck_assert_msg(strstr(err, "contains the daemon's state dir"), "unclear error: %s", err);
-	free(err);
-	ck_assert_int_ne(vmf(NULL, "init --pool 1 --sandbox-root %s/vms/x", run), 0);
-	ck_assert_int_ne(vmf(NULL, "init --pool 1 --sandbox-root relative/dir"), 0);
+	vmf_refused("contains the daemon's state dir", "init --pool 1 --sandbox-root %s", svc);
+	vmf_refused("lies inside the daemon's VM dir", "init --pool 1 --sandbox-root %s/vms/x", run);
+	vmf_refused("relative/dir is not an absolute path", "init --pool 1 --sandbox-root relative/dir");
 	ck_assert_int_eq(count_qemu(), 0);
 }
 END_TEST
@@ -456,9 +341,8 @@ main(void)
 {
 	const char *why = tenant_users_make("vmft-ten");
 	if (why) {
-		printf("tenancy tests skipped: %s\n", why);
 		tenant_users_remove();
-		return 77;
+		return vmf_test_skip_all("tenancy tests: %s", why);
 	}
 	Suite *s = suite_create("tenancy");
 	TCase *tc = tcase_create("tenancy");
