@@ -1,9 +1,13 @@
-/* The control socket under a hostile local client (issue 12, item 4): a
- * flood of idle connections beyond the connection cap and the daemon's
- * open file limit, requests that stop half-way, idle connections, and a
- * client that pipelines requests without reading the replies.  A private
- * daemon with a pool of one real VM under TCG. */
+/* The control socket under a hostile local client: a flood of idle
+ * connections beyond the connection cap and the daemon's open file limit,
+ * requests that stop half-way, idle connections, and a client that
+ * pipelines requests without reading the replies; each made by a tenant
+ * (a member of the daemon's group by the user database only), so that
+ * the daemon's peer check runs for every connection.  A private daemon with
+ * a pool of one real VM under TCG.  Without root (users, groups) the
+ * program exits 77. */
 #include <errno.h>
+#include <fcntl.h>
 #include <grp.h>
 #include <poll.h>
 #include <pwd.h>
@@ -91,33 +95,97 @@ steady_fds(int pid)
 static void
 wait_pool_full(void)
 {
-	int64_t deadline = vmf_now_ms() + 300000;
-	while (pool_ready() < 1 && vmf_now_ms() < deadline)
-		poll(NULL, 0, 200);
-	ck_assert_int_eq(pool_ready(), 1);
+	wait_until(pool_ready() == 1, 300000, "the pool did not refill");
 }
 
-/* Nonblocking connects (a full backlog says EAGAIN instead of blocking):
- * how many of n were made before the deadline. */
+/* Users made by main() for the peer check: a member of the group by the
+ * user database only (its primary group is another), and an outsider;
+ * both connect holding the group as a supplementary group of the process,
+ * which the socket's 0660 mode needs. */
+static char group_name[64], member[64], outsider[64];
+static uid_t member_uid;
+static gid_t member_gid, group_gid;
+
+/* Nonblocking connects as the member (a full backlog says EAGAIN instead
+ * of blocking), made in a child and passed back over SCM_RIGHTS: the
+ * daemon sees the member's credentials.  How many of n were made before
+ * the deadline. */
 static int
-open_flood(int *fds, int n, int64_t deadline)
+member_connects(int *fds, int n, int64_t deadline)
 {
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	snprintf(sa.sun_path, sizeof sa.sun_path, "%s", sock);
-	int got = 0;
-	while (got < n && vmf_now_ms() < deadline) {
-		int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-		ck_assert_int_ge(fd, 0);
-		if (connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0) {
-			fds[got++] = fd;
-			continue;
+	int sp[2];
+	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sp), 0);
+	pid_t pid = vmf_test_fork();
+	if (pid == 0) {
+		close(sp[0]);
+		if (setgroups(1, &group_gid) || setgid(member_gid) || setuid(member_uid))
+			_exit(2);
+		struct sockaddr_un sa = { .sun_family = AF_UNIX };
+		snprintf(sa.sun_path, sizeof sa.sun_path, "%s", sock);
+		int batch[64], k = 0, made = 0;
+		while (made < n && vmf_now_ms() < deadline) {
+			int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+			if (fd < 0)
+				_exit(3);
+			if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+				close(fd);
+				if (errno != EAGAIN)
+					_exit(4);
+				poll(NULL, 0, 10);
+				continue;
+			}
+			batch[k++] = fd;
+			made++;
+			if (k < 64 && made < n)
+				continue;
+			char cbuf[CMSG_SPACE(sizeof batch)] = {0}, one = 'f';
+			struct iovec iov = { &one, 1 };
+			struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf,
+					     .msg_controllen = CMSG_SPACE(k * sizeof(int)) };
+			struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+			cm->cmsg_level = SOL_SOCKET;
+			cm->cmsg_type = SCM_RIGHTS;
+			cm->cmsg_len = CMSG_LEN(k * sizeof(int));
+			memcpy(CMSG_DATA(cm), batch, k * sizeof(int));
+			if (sendmsg(sp[1], &mh, 0) != 1)
+				_exit(5);
+			while (k)
+				close(batch[--k]);
 		}
-		int e = errno;
-		close(fd);
-		ck_assert_msg(e == EAGAIN, "connect: %s", strerror(e));
-		poll(NULL, 0, 10);
+		_exit(0);
 	}
+	close(sp[1]);
+	int got = 0;
+	for (;;) {
+		char cbuf[CMSG_SPACE(64 * sizeof(int))], one;
+		struct iovec iov = { &one, 1 };
+		struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof cbuf };
+		ssize_t r = recvmsg(sp[0], &mh, MSG_CMSG_CLOEXEC);
+		if (r <= 0)
+			break;
+		struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+		ck_assert_msg(cm && cm->cmsg_type == SCM_RIGHTS, "no descriptors from the member's child");
+		int k = (int)((cm->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+		ck_assert_int_le(got + k, n);
+		memcpy(fds + got, CMSG_DATA(cm), k * sizeof(int));
+		got += k;
+	}
+	close(sp[0]);
+	int st;
+	ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the member's child failed (status %d)", st);
 	return got;
+}
+
+/* One blocking connection of the member's. */
+static int
+member_connect(void)
+{
+	int fd;
+	ck_assert_int_eq(member_connects(&fd, 1, vmf_now_ms() + 10000), 1);
+	int fl = fcntl(fd, F_GETFL);
+	ck_assert_int_eq(fcntl(fd, F_SETFL, fl & ~O_NONBLOCK), 0);
+	return fd;
 }
 
 /* Status through the client library within a deadline; 0 when served. */
@@ -186,7 +254,11 @@ START_TEST(flood_is_held_off)
 	low = orig;
 	low.rlim_cur = FLOOD_LIMIT;
 	ck_assert_int_eq(setrlimit(RLIMIT_NOFILE, &low), 0);
-	start_daemon("max_connections = 64\nidle_timeout = 25\nframe_timeout = 2");
+	char keys[256];
+	snprintf(keys, sizeof keys, "max_connections = 64\nidle_timeout = 25\nframe_timeout = 2\ngroup = %s",
+		 group_name);
+	start_daemon(keys);
+	ck_assert_int_eq(chmod(tmp, 0711), 0);
 	ck_assert_int_eq(setrlimit(RLIMIT_NOFILE, &orig), 0);
 	int pid = daemon_pid();
 	struct rlimit dl;
@@ -198,9 +270,10 @@ START_TEST(flood_is_held_off)
 	ck_assert_int_eq(prlimit(pid, RLIMIT_NOFILE, &lim, NULL), 0);
 	int base = steady_fds(pid);
 
-	/* Phase 1: FLOOD idle connections (> the cap of 64 and > 256 fds). */
+	/* Phase 1: FLOOD idle connections (> the cap of 64 and > 256 fds),
+	 * the member's. */
 	static int fds[FLOOD + 64];
-	int n = open_flood(fds, FLOOD, vmf_now_ms() + 30000);
+	int n = member_connects(fds, FLOOD, vmf_now_ms() + 30000);
 	ck_assert_int_eq(n, FLOOD);
 	/* An idle daemon with a full pool does next to nothing (a 1 s tick):
 	 * 0 % measured.  Before the fix it spun on EMFILE: 92 % of a CPU on
@@ -229,7 +302,7 @@ START_TEST(flood_is_held_off)
 	int now_open = vmf_proc_fd_count(pid);
 	struct rlimit tight = { (rlim_t)(now_open - 8), FLOOD_LIMIT };   /* the soft limit: raised again below */
 	ck_assert_int_eq(prlimit(pid, RLIMIT_NOFILE, &tight, NULL), 0);
-	int m = open_flood(fds + n, 64, vmf_now_ms() + 30000);
+	int m = member_connects(fds + n, 64, vmf_now_ms() + 30000);
 	ck_assert_int_eq(m, 64);
 	cpu = cpu_percent_2s(pid);
 	printf("out of fds (limit %d): daemon CPU %.1f %% over 2 s\n", now_open - 8, cpu);
@@ -278,13 +351,6 @@ status_frame(uint8_t *buf, size_t cap)
 #define IDLE_S 3
 #define FRAME_S 1
 
-/* Users made by main() (root only) for the peer check: a member of the
- * group by the user database only (its primary group is another), and an
- * outsider; both connect holding the group as a supplementary group of
- * the process, which the socket's 0660 mode needs. */
-static char group_name[64], member[64], outsider[64];
-static bool have_users;
-
 /* Status as user, with its gid and the one supplementary group, in a
  * child; status_wait() gives its exit: 0 served, 10 refused with EACCES,
  * else a failure. */
@@ -329,22 +395,22 @@ status_as(const char *user, gid_t extra)
 START_TEST(timeouts_and_output_bound)
 {
 	char keys[256];
-	snprintf(keys, sizeof keys, "idle_timeout = 3\nframe_timeout = 1%s%s", have_users ? "\ngroup = " : "",
-		 have_users ? group_name : "");
+	snprintf(keys, sizeof keys, "idle_timeout = 3\nframe_timeout = 1\ngroup = %s", group_name);
 	/* The daemon's getgrouplist() takes 4 s (the CLI forks it: it
-	 * inherits the preload).  Not under ASan, whose runtime must come
-	 * first. */
-	char preload[700];
+	 * inherits the preload) and leaves a mark in tmp/nss as it starts. */
+	char preload[700], marks[700];
 	const char *b = getenv("VMFACTORY_BUILDDIR");
 	snprintf(preload, sizeof preload, "%s/tests/libvmf_nss_slow.so", b ? b : ".");
-	bool slow_nss = have_users && !UNDER_ASAN && access(preload, R_OK) == 0;
-	if (slow_nss) {
-		setenv("LD_PRELOAD", preload, 1);
-		setenv("VMF_TEST_SLOW_NSS_MS", "4000", 1);
-	}
+	ck_assert_msg(access(preload, R_OK) == 0, "%s is missing", preload);
+	snprintf(marks, sizeof marks, "%s/nss", tmp);
+	ck_assert_int_eq(mkdir(marks, 0700), 0);
+	setenv("LD_PRELOAD", preload, 1);
+	setenv("VMF_TEST_SLOW_NSS_MS", "4000", 1);
+	setenv("VMF_TEST_SLOW_NSS_MARK", marks, 1);
 	start_daemon(keys);
 	unsetenv("LD_PRELOAD");
 	unsetenv("VMF_TEST_SLOW_NSS_MS");
+	unsetenv("VMF_TEST_SLOW_NSS_MARK");
 	int pid = daemon_pid();
 
 	/* Status reads each VM's PSS on a worker: it still lands in that VM's
@@ -361,37 +427,28 @@ START_TEST(timeouts_and_output_bound)
 
 	/* The peer check: group membership as the user database says, asked on
 	 * a worker (factory/control.c, peer_check). */
-	if (have_users) {
-		struct group *gr = getgrnam(group_name);
-		ck_assert_ptr_nonnull(gr);
-		gid_t g = gr->gr_gid;
-		ck_assert_int_eq(chmod(tmp, 0711), 0);
-		if (slow_nss) {
-			/* While the outsider's lookup hangs, others are served. */
-			int64_t t0 = vmf_now_ms();
-			pid_t p = status_start(outsider, g);
-			poll(NULL, 0, 300);
-			double took;
-			ck_assert_int_eq(status_within(10000, &took), 0);
-			printf("status served in %.0f ms while a peer's NSS lookup hangs for %d ms\n", took, SLOW_NSS_MS);
-			ck_assert_msg(took < SLOW_NSS_MS / 2, "status took %.0f ms while an NSS lookup hung", took);
-			ck_assert_int_eq(status_wait(p), 10);
-			ck_assert_int_ge(vmf_now_ms() - t0, SLOW_NSS_MS);
-		} else {
-			printf("SKIP the hung NSS check: %s\n", UNDER_ASAN ? "ASan" : "no preload library");
-		}
-		ck_assert_int_eq(status_as(member, g), 0);
-		ck_assert_int_eq(status_as(member, g), 0);   /* from the cache */
-		ck_assert_int_eq(status_as(outsider, g), 10);
-		ck_assert_int_eq(chmod(tmp, 0700), 0);
-	} else {
-		printf("SKIP the group member check: needs root and useradd\n");
-	}
+	ck_assert_int_eq(chmod(tmp, 0711), 0);
+	/* While the outsider's lookup hangs, others are served. */
+	int64_t t0 = vmf_now_ms();
+	pid_t p = status_start(outsider, group_gid);
+	char mark[800];
+	snprintf(mark, sizeof mark, "%s/%s", marks, outsider);
+	wait_until(access(mark, F_OK) == 0, 10000, "the daemon did not look up %s", outsider);
+	double took;
+	ck_assert_int_eq(status_within(10000, &took), 0);
+	printf("status served in %.0f ms while a peer's NSS lookup hangs for %d ms\n", took, SLOW_NSS_MS);
+	ck_assert_msg(took < SLOW_NSS_MS / 2, "status took %.0f ms while an NSS lookup hung", took);
+	ck_assert_int_eq(status_wait(p), 10);
+	ck_assert_int_ge(vmf_now_ms() - t0, SLOW_NSS_MS);
+	ck_assert_int_eq(status_as(member, group_gid), 0);
+	ck_assert_int_eq(status_as(member, group_gid), 0);   /* from the cache */
+	ck_assert_int_eq(status_as(outsider, group_gid), 10);
 
+	/* The hostile client below is the member. */
 	/* Three bytes of a header, then nothing: dropped after frame_timeout,
 	 * well before idle_timeout. */
-	int fd = raw_connect();
-	int64_t t0 = vmf_now_ms();
+	int fd = member_connect();
+	t0 = vmf_now_ms();
 	ck_assert_int_eq(write(fd, "\0\0\0", 3), 3);
 	int64_t ms = ms_until_closed(fd, t0, 15000);
 	printf("half-sent header closed after %lld ms (frame_timeout %d s)\n", (long long)ms, FRAME_S);
@@ -401,7 +458,7 @@ START_TEST(timeouts_and_output_bound)
 	close(fd);
 
 	/* A trickle (one byte every 200 ms) does not push the deadline back. */
-	fd = raw_connect();
+	fd = member_connect();
 	uint8_t hdr[4] = { 0, 0, 0x10, 0 };   /* a 4 KiB request, never completed */
 	t0 = vmf_now_ms();
 	ms = -1;
@@ -422,7 +479,7 @@ START_TEST(timeouts_and_output_bound)
 	close(fd);
 
 	/* Connected, nothing sent: dropped after idle_timeout. */
-	fd = raw_connect();
+	fd = member_connect();
 	t0 = vmf_now_ms();
 	ms = ms_until_closed(fd, t0, 20000);
 	printf("idle connection closed after %lld ms (idle_timeout %d s)\n", (long long)ms, IDLE_S);
@@ -431,7 +488,7 @@ START_TEST(timeouts_and_output_bound)
 	close(fd);
 
 	/* A connection between requests counts from its last reply. */
-	fd = raw_connect();
+	fd = member_connect();
 	uint8_t req[64];
 	size_t rn = status_frame(req, sizeof req);
 	ck_assert_int_eq(write(fd, req, rn), (ssize_t)rn);
@@ -468,7 +525,7 @@ START_TEST(timeouts_and_output_bound)
 	 * connection once the replies queued for it pass its bound (2 MiB),
 	 * and its memory does not grow with the number of requests. */
 	uint64_t rss0 = vmf_proc_rss_kib(pid);
-	fd = raw_connect();
+	fd = member_connect();
 	enum { PIPELINED = 40000 };
 	size_t total = rn * PIPELINED, sent = 0;
 	uint8_t *all = malloc(total);
@@ -526,11 +583,11 @@ main(void)
 {
 	setvbuf(stdout, NULL, _IONBF, 0);
 	struct rlimit rl;
-	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_max < FLOOD + 128) {
-		printf("SKIP: the hard open file limit %llu is too low for a flood of %d connections\n",
-		       (unsigned long long)rl.rlim_max, FLOOD);
-		return 77;
-	}
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_max < FLOOD + 128)
+		return vmf_test_skip_all("the hard open file limit %llu is too low for a flood of %d connections",
+					 (unsigned long long)rl.rlim_max, FLOOD);
+	if (geteuid() != 0 || access("/usr/sbin/useradd", X_OK) != 0)
+		return vmf_test_skip_all("the tenants' users and group need root and useradd");
 	/* Made and removed here, in the parent: a failed test (a forked
 	 * child) skips its teardown. */
 	int me = (int)getpid();
@@ -538,10 +595,15 @@ main(void)
 	snprintf(member, sizeof member, "vmft-ctlm%d", me);
 	snprintf(outsider, sizeof outsider, "vmft-ctlo%d", me);
 	char cmd[512];
-	if (geteuid() == 0 && access("/usr/sbin/useradd", X_OK) == 0) {
-		snprintf(cmd, sizeof cmd, "groupadd %s && useradd -M -N -s /usr/sbin/nologin -G %s %s && "
-			 "useradd -M -N -s /usr/sbin/nologin %s", group_name, group_name, member, outsider);
-		have_users = system(cmd) == 0;
+	snprintf(cmd, sizeof cmd, "groupadd %s && useradd -M -N -s /usr/sbin/nologin -G %s %s && "
+		 "useradd -M -N -s /usr/sbin/nologin %s", group_name, group_name, member, outsider);
+	bool made = system(cmd) == 0;
+	struct passwd *pw = made ? getpwnam(member) : NULL;
+	struct group *gr = made ? getgrnam(group_name) : NULL;
+	if (pw && gr) {
+		member_uid = pw->pw_uid;
+		member_gid = pw->pw_gid;
+		group_gid = gr->gr_gid;
 	}
 	Suite *s = suite_create("control_limits");
 	TCase *tc = tcase_create("control_limits");
@@ -550,10 +612,9 @@ main(void)
 	ADD_TEST(tc, flood_is_held_off);
 	ADD_TEST(tc, timeouts_and_output_bound);
 	suite_add_tcase(s, tc);
-	int rc = vmf_test_run(s);
+	int rc = pw && gr ? vmf_test_run(s) : vmf_test_skip_all("groupadd/useradd failed");
 	snprintf(cmd, sizeof cmd, "{ userdel %s; userdel %s; groupdel %s; } >/dev/null 2>&1", member, outsider,
 		 group_name);
-	if (geteuid() == 0)
-		(void)!system(cmd);
+	(void)!system(cmd);
 	return rc;
 }
