@@ -28,18 +28,12 @@
 #include "util.h"
 
 
-/* Runs `vmfactory ARGS`, its stderr (this call's only) in err. */
+/* Runs `vmfactory ARGS`, its stderr in err. */
 static int
 vmf_e(char *err, size_t n, const char *fmt, const char *a1, const char *a2)
 {
-	char errf[700];
-	snprintf(errf, sizeof errf, "%s/cli.err", tmp);
-	truncate(errf, 0);
 	int rc = vmf(NULL, fmt, a1, a2);
-	char *e = NULL;
-	vmf_read_file(errf, &e, NULL, 1 << 20, NULL);
-	snprintf(err, n, "%s", e ? e : "");
-	free(e);
+	snprintf(err, n, "%s", cli_stderr());
 	return rc;
 }
 
@@ -110,71 +104,6 @@ n_disks(const char *id)
 	return n;
 }
 
-/* As a tenant in a child: GetVM into a_dir, then an attach of each path
- * (read-write, no mount); the errno of each (0: attached) in codes, the
- * VM's id in id.  Its messages go to stderr. */
-static void
-tenant_attaches(uid_t uid, const char *dir, const char *const *paths, int n, int *codes, char *id, size_t idn)
-{
-	int p[2];
-	ck_assert_int_eq(pipe(p), 0);
-	pid_t pid = vmf_test_fork();
-	if (pid == 0) {
-		close(p[0]);
-		char buf[512] = "";
-		if (!become_tenant(uid))
-			_exit(1);
-		struct vmf_client *c;
-		struct vmf_error e = {0};
-		Vmf__Control__Reply *r = NULL;
-		char share[800], sockd[800];
-		snprintf(share, sizeof share, "%s/share", dir);
-		snprintf(sockd, sizeof sockd, "%s/sock", dir);
-		Vmf__Control__GetVMRequest req = VMF__CONTROL__GET_VMREQUEST__INIT;
-		req.vcpus = 1;
-		req.memory_mib = 256;
-		req.sandbox_id = "tenant";
-		req.share_dir = share;
-		req.sock_dir = sockd;
-		req.timeout_ms = 120000;
-		if (vmf_client_connect(sock, &c, &e) < 0 || vmf_client_get_vm(c, &req, &r, 180000, &e) < 0) {
-			fprintf(stderr, "GetVM as uid %u: %s\n", (unsigned)uid, e.msg);
-			_exit(1);
-		}
-		size_t len = (size_t)snprintf(buf, sizeof buf, "%s", r->vm->id);
-		for (int i = 0; i < n; i++) {
-			Vmf__Control__AttachRequest at = VMF__CONTROL__ATTACH_REQUEST__INIT;
-			Vmf__Control__Reply *ar = NULL;
-			at.vm_id = r->vm->id;
-			at.path = (char *)paths[i];
-			int rc = vmf_client_attach(c, &at, &ar, 60000, &e);
-			if (rc < 0)
-				fprintf(stderr, "attach %s as uid %u: %s\n", paths[i], (unsigned)uid, e.msg);
-			else
-				vmf__control__reply__free_unpacked(ar, NULL);
-			len += (size_t)snprintf(buf + len, sizeof buf - len, " %d", -rc);
-		}
-		vmf_client_close(c);
-		ssize_t w = write(p[1], buf, strlen(buf) + 1);
-		_exit(w > 0 ? 0 : 1);
-	}
-	close(p[1]);
-	char buf[512];
-	ssize_t got = read(p[0], buf, sizeof buf - 1);
-	buf[got > 0 ? got : 0] = 0;
-	close(p[0]);
-	int st;
-	waitpid(pid, &st, 0);
-	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the tenant's GetVM failed (see the log)");
-	char *s = buf, *end;
-	snprintf(id, idn, "%.*s", (int)strcspn(s, " "), s);
-	s += strcspn(s, " ");
-	for (int i = 0; i < n; i++) {
-		codes[i] = (int)strtol(s, &end, 10);
-		s = end;
-	}
-}
-
 START_TEST(disks_end_to_end)
 {
 	ck_assert_int_eq(chmod(tmp, 0711), 0);
@@ -235,20 +164,15 @@ START_TEST(disks_end_to_end)
 	/* ---- bad input: a clear error, the VM runs on, nothing attached ---- */
 	char missing[800];
 	snprintf(missing, sizeof missing, "%s/nope.img", tmp);
-	ck_assert_int_ne(vmf_e(err, sizeof err, "attach %s --disk %s", g.id, missing), 0);
-	ck_assert_msg(strstr(err, "cannot open disk") && strstr(err, "No such file"), "missing file: %s", err);
-	ck_assert_int_ne(vmf_e(err, sizeof err, "attach %s --disk %s", g.id, tmp), 0);
-	ck_assert_msg(strstr(err, "not a regular file") && strstr(err, "directory"), "directory: %s", err);
-	ck_assert_int_ne(vmf_e(err, sizeof err, "detach %s --disk %s", g.id, img2), 0);
-	ck_assert_msg(strstr(err, "no disk") && strstr(err, "is attached"), "detach of nothing: %s", err);
+	vmf_refused("cannot open disk|No such file", "attach %s --disk %s", g.id, missing);
+	vmf_refused("not a regular file|directory", "attach %s --disk %s", g.id, tmp);
+	vmf_refused("no disk|is attached", "detach %s --disk %s", g.id, img2);
 	/* A mount that fails in the guest: detached again, nothing left. */
-	ck_assert_int_ne(vmf_e(err, sizeof err, "attach %s --disk %s --mount /mnt/bad --fstype vfat", g.id, img2), 0);
-	ck_assert_msg(strstr(err, "could not mount") && strstr(err, "vfat"), "failed mount: %s", err);
+	vmf_refused("could not mount|vfat", "attach %s --disk %s --mount /mnt/bad --fstype vfat", g.id, img2);
 	ck_assert_int_eq(n_disks(g.id), 2);
 	ck_assert_int_eq(guest_sh(g.id, "true", NULL, 0), 0);
 	/* A template cannot carry a host file: snapshot is refused, the VM runs on. */
-	ck_assert_int_ne(vmf_e(err, sizeof err, "snapshot %s --template %s", g.id, "withdisk"), 0);
-	ck_assert_msg(strstr(err, "attached") && strstr(err, "detach it first"), "snapshot with a disk: %s", err);
+	vmf_refused("attached|detach it first", "snapshot %s --template %s", g.id, "withdisk");
 	ck_assert_int_eq(guest_sh(g.id, "true", NULL, 0), 0);
 	/* The slot it had is free in QEMU too: the same disk attaches now. */
 	snprintf(cmd, sizeof cmd, "attach %s --disk %s --mount /mnt/other", g.id, img2);
@@ -271,9 +195,8 @@ START_TEST(disks_end_to_end)
 	ck_assert_int_eq(rename(img2, aside), 0);
 	snprintf(cmd, sizeof cmd, "cp %s %s", aside, img2);
 	ck_assert_int_eq(system(cmd), 0);
-	ck_assert_int_ne(vmf_e(err, sizeof err, "resume %s%s", g.id, ""), 0);
-	ck_assert_msg(strstr(err, img2) && strstr(err, "replaced") && strstr(err, "stays suspended"),
-		      "resume with a replaced disk: %s", err);
+	vmf_refused("replaced|stays suspended", "resume %s%s", g.id, "");
+	assert_words(cli_stderr(), img2, "resume with a replaced disk");
 	ck_assert_int_eq(disk_state(g.id, out, sizeof out), 0);
 	ck_assert_str_eq(out, "suspended");
 	ck_assert_int_eq(rename(aside, img2), 0);
@@ -297,13 +220,11 @@ START_TEST(disks_end_to_end)
 	/* Read-write is exclusive: img2 is read-write on g, img read-only. */
 	do_get(&h, "d2", 1, 256);
 	ck_assert_int_eq(h.rc, 0);
-	ck_assert_int_ne(vmf_e(err, sizeof err, "attach %s --disk %s --ro", h.id, img2), 0);
-	ck_assert_msg(strstr(err, "already attached read-write"), "rw elsewhere: %s", err);
+	vmf_refused("already attached read-write", "attach %s --disk %s --ro", h.id, img2);
 	char hard[800];
 	snprintf(hard, sizeof hard, "%s/data-link.img", tmp);
 	ck_assert_int_eq(link(img, hard), 0);
-	ck_assert_int_ne(vmf_e(err, sizeof err, "attach %s --disk %s", h.id, hard), 0);
-	ck_assert_msg(strstr(err, "already attached read-only"), "rw over a read-only one, by another name: %s", err);
+	vmf_refused("already attached read-only", "attach %s --disk %s", h.id, hard);
 	snprintf(cmd, sizeof cmd, "attach %s --disk %s --ro --mount /mnt/shared", h.id, hard);
 	ck_assert_int_eq(vmf(NULL, "%s", cmd), 0);
 	/* Copy-on-write over the same base: the guest writes to an overlay
@@ -322,8 +243,7 @@ START_TEST(disks_end_to_end)
 	ck_assert_msg(vmf_e(err, sizeof err, "resume %s%s", h.id, "") == 0, "resume with a cow disk: %s", err);
 	ck_assert_int_eq(guest_sh(h.id, "cat /mnt/cow/cow.txt /mnt/shared/hello.txt", out, sizeof out), 0);
 	ck_assert_str_eq(out, "cow\nhello disk\n");
-	ck_assert_int_ne(vmf_e(err, sizeof err, "attach %s --disk %s", g.id, hard), 0);
-	ck_assert_msg(strstr(err, "already attached read-only"), "rw over a cow base: %s", err);
+	vmf_refused("already attached read-only", "attach %s --disk %s", g.id, hard);
 	ck_assert_int_eq(n_disks(h.id), 2);
 	ck_assert_int_eq(vmf(NULL, "release %s", h.id), 0);
 
@@ -338,15 +258,40 @@ START_TEST(disks_end_to_end)
 	make_image(theirs, 16);
 	ck_assert_int_eq(chown(mine, tu.uid_a, tu.gid), 0);
 	ck_assert_int_eq(chown(theirs, tu.uid_b, tu.gid), 0);
-	const char *paths[] = { theirs, img, mine };
-	int codes[3];
-	char tid[64];
-	tenant_attaches(tu.uid_a, a_dir, paths, 3, codes, tid, sizeof tid);
-	ck_assert_msg(codes[0] == EACCES, "another user's file in the tenant's dir: errno %d", codes[0]);
-	ck_assert_msg(codes[1] != 0, "a root-owned file outside the tenant's dirs was attached");
-	ck_assert_msg(codes[2] == 0, "the tenant's own file: errno %d", codes[2]);
+	char msg[1100], tid[64], a_share[800], a_sock[800];
+	snprintf(a_share, sizeof a_share, "%s/share", a_dir);
+	snprintf(a_sock, sizeof a_sock, "%s/sock", a_dir);
+	Vmf__Control__GetVMRequest req = VMF__CONTROL__GET_VMREQUEST__INIT;
+	req.vcpus = 1;
+	req.memory_mib = 256;
+	req.sandbox_id = "tenant";
+	req.share_dir = a_share;
+	req.sock_dir = a_sock;
+	req.timeout_ms = 120000;
+	ck_assert_msg(call_as(tu.uid_a, req_get, &req, msg, sizeof msg) == 0, "GetVM as a tenant: %s", msg);
+	sscanf(msg, "%63s", tid);
+	Vmf__Control__AttachRequest at = VMF__CONTROL__ATTACH_REQUEST__INIT;
+	at.vm_id = tid;
+	at.path = theirs;
+	assert_refused(call_as(tu.uid_a, req_attach, &at, msg, sizeof msg), msg, EACCES, "theirs.img|belongs to uid",
+		       "another user's file in the tenant's dir");
+	at.path = img;
+	assert_refused(call_as(tu.uid_a, req_attach, &at, msg, sizeof msg), msg, EACCES, "data.img|belongs to uid 0",
+		       "a root-owned file outside the tenant's dirs");
+	/* Another tenant can neither attach to the VM nor detach from it. */
+	assert_refused(call_as(tu.uid_b, req_attach, &at, msg, sizeof msg), msg, EACCES, "is not yours",
+		       "an attach to another tenant's VM");
+	at.path = mine;
+	at.guest_path = "/mnt/mine";
+	ck_assert_msg(call_as(tu.uid_a, req_attach, &at, msg, sizeof msg) == 0, "the tenant's own file: %s", msg);
+	ck_assert_str_eq(msg, "/mnt/mine");
 	ck_assert_int_eq(n_disks(tid), 1);
-	ck_assert_int_eq(vmf(NULL, "release %s", tid), 0);
+	const char *mine_of[2] = { tid, "/mnt/mine" };
+	assert_refused(call_as(tu.uid_b, req_detach, mine_of, msg, sizeof msg), msg, EACCES, "is not yours",
+		       "a detach from another tenant's VM");
+	ck_assert_msg(call_as(tu.uid_a, req_detach, mine_of, msg, sizeof msg) == 0, "the tenant's detach: %s", msg);
+	ck_assert_int_eq(n_disks(tid), 0);
+	ck_assert_msg(call_as(tu.uid_a, req_release, tid, msg, sizeof msg) == 0, "the tenant's release: %s", msg);
 
 	/* ---- SIGKILL after attaching, restart: still recorded; release
 	 * removes the scratch volume ---- */
@@ -370,19 +315,16 @@ START_TEST(disks_end_to_end)
 	/* Killed between the guest's mount and the record: the restarted
 	 * daemon does not know the disk, and the slot's leftover device in
 	 * QEMU must not stop the next attach. */
-	if (getenv("VMFACTORY_FAULT_BUILD")) {
+	if (vmf_test_fault_build()) {
 		char img3[700];
 		snprintf(img3, sizeof img3, "%s/third.img", tmp);
 		make_image(img3, 16);
 		fault = "attach-record";   /* the daemon's environment */
 		kill_daemon_hard();
 		start_tenant_daemon("");
-		snprintf(cmd, sizeof cmd, "attach %s --disk %s --mount /mnt/third", g.id, img3);
-		ck_assert_int_ne(vmf(NULL, "%s", cmd), 0);
+		vmf_refused("closed the connection", "attach %s --disk %s --mount /mnt/third", g.id, img3);
 		fault = NULL;
-		int64_t dl = vmf_now_ms() + 20000;
-		while (daemon_answers() && vmf_now_ms() < dl)
-			poll(NULL, 0, 100);
+		wait_until(!daemon_answers(), 20000, "the daemon survived its fault point attach-record");
 		start_tenant_daemon("");
 		ck_assert_int_eq(n_disks(g.id), 3);
 		snprintf(cmd, sizeof cmd, "attach %s --disk %s --mount /mnt/third-again", g.id, img3);
@@ -391,19 +333,15 @@ START_TEST(disks_end_to_end)
 		ck_assert_str_eq(out, "hello disk\n");
 		ck_assert_int_eq(vmf(NULL, "detach %s --disk /mnt/third-again", g.id), 0);
 	} else {
-		printf("the kill between mount and record is not tested: a build without fault points\n");
+		vmf_test_skip("the kill between mount and record: this build has no fault points");
 	}
 
 	/* The recorded read-write disk still excludes others. */
 	do_get(&h, "d3", 1, 256);
 	ck_assert_int_eq(h.rc, 0);
-	ck_assert_int_ne(vmf_e(err, sizeof err, "attach %s --disk %s --ro", h.id, img2), 0);
-	ck_assert_msg(strstr(err, "already attached read-write"), "rw elsewhere after a restart: %s", err);
+	vmf_refused("already attached read-write", "attach %s --disk %s --ro", h.id, img2);
 	ck_assert_int_eq(vmf(NULL, "release %s", g.id), 0);
-	int64_t deadline = vmf_now_ms() + 60000;
-	while (kill(qpid, 0) == 0 && vmf_now_ms() < deadline)
-		poll(NULL, 0, 100);
-	ck_assert_int_ne(kill(qpid, 0), 0);
+	wait_until(kill(qpid, 0) != 0, 60000, "the released VM's QEMU %d still runs", (int)qpid);
 	ck_assert_int_ne(access(scratch, F_OK), 0);
 	/* Released: its disks are free again. */
 	snprintf(cmd, sizeof cmd, "attach %s --disk %s --mount /mnt/again", h.id, img2);
@@ -424,8 +362,7 @@ START_TEST(disks_end_to_end)
 	/* One disk of a get fails: no VM is left handed out. */
 	snprintf(cmd, sizeof cmd, "get --cpus 1 --memory 256 --sandbox d5 --share-dir %s/d5-share --sock-dir %s/d5-sock "
 		 "--disk %s --timeout 120", tmp, tmp, missing);
-	ck_assert_int_ne(vmf_e(err, sizeof err, "%s%s", cmd, ""), 0);
-	ck_assert_msg(strstr(err, "released again"), "get with a missing disk: %s", err);
+	vmf_refused("released again", "%s%s", cmd, "");
 	ck_assert_int_eq(vm_count(), 2); /* id4 and the pool's */
 	ck_assert_int_eq(vmf(NULL, "release %s", id4), 0);
 
@@ -445,17 +382,15 @@ main(void)
 	snprintf(manifest, sizeof manifest, "%s/manifest", img ? img : "");
 	if (!img || vmf_read_file(manifest, &m, NULL, 1 << 20, NULL) < 0 || !strstr(m, "sd_mod") ||
 	    !strstr(m, "ext4")) {
-		printf("disk tests skipped: the guest image %s lacks the disk modules (sd_mod, ext4); rebuild it "
-		       "with contrib/image/build-image\n", img ? img : "(none)");
 		free(m);
-		return 77;
+		return vmf_test_skip_all("the guest image %s lacks the disk modules (sd_mod, ext4); rebuild it with "
+					 "contrib/image/build-image", img ? img : "(none)");
 	}
 	free(m);
 	const char *why = tenant_users_make("vdsk");
 	if (why) {
-		printf("disk tests skipped: %s\n", why);
 		tenant_users_remove();
-		return 77;
+		return vmf_test_skip_all("disk tests: %s", why);
 	}
 	Suite *s = suite_create("disk");
 	TCase *tc = tcase_create("disk");
