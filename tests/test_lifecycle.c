@@ -25,13 +25,6 @@
 
 #define WAIT_MS 120000
 
-static bool
-fault_build(void)
-{
-	const char *b = getenv("VMFACTORY_FAULT_BUILD");
-	return b && strcmp(b, "1") == 0;
-}
-
 /* `vmfactory init ARGS` with VMFACTORY_FAULT=point for the daemon; pause
  * points report in and wait in tmp. */
 static int
@@ -57,10 +50,7 @@ wait_paused(const char *point)
 {
 	char p[700];
 	fault_file(p, sizeof p, point, "paused");
-	int64_t deadline = vmf_now_ms() + WAIT_MS;
-	while (access(p, F_OK) != 0 && vmf_now_ms() < deadline)
-		poll(NULL, 0, 20);
-	ck_assert_msg(access(p, F_OK) == 0, "the daemon never reached fault point %s", point);
+	wait_until(access(p, F_OK) == 0, WAIT_MS, "the daemon never reached fault point %s", point);
 	unlink(p);
 }
 
@@ -161,9 +151,10 @@ reply_within(int fd, int ms)
 
 /* ---- the daemon's view ---- */
 
-/* State and pid of VM id in status; false when status does not list it. */
+/* State, pid and PSS of VM id in status; false when status does not list
+ * it.  A VM whose exit the daemon has seen shows no PSS. */
 static bool
-vm_state(const char *id, char *state, size_t n, int *pid)
+vm_status(const char *id, char *state, size_t n, int *pid, long long *pss_kib)
 {
 	json_object *s = vmf_json("status -o json%s", "");
 	json_object *vms = path(s, "vms", NULL);
@@ -177,22 +168,33 @@ vm_state(const char *id, char *state, size_t n, int *pid)
 			snprintf(state, n, "%s", json_object_get_string(path(v, "state", NULL)));
 		if (pid)
 			*pid = json_object_get_int(path(v, "pid", NULL));
+		if (pss_kib)
+			*pss_kib = json_object_get_int64(path(v, "pss_kib", NULL));
 	}
 	json_object_put(s);
 	return found;
+}
+
+static bool
+vm_state(const char *id, char *state, size_t n, int *pid)
+{
+	return vm_status(id, state, n, pid, NULL);
+}
+
+/* The daemon has seen VM id's process exit. */
+static bool
+exit_seen(const char *id)
+{
+	long long pss = -1;
+	return vm_status(id, NULL, 0, NULL, &pss) && pss == 0;
 }
 
 static void
 wait_vm_state(const char *id, const char *want)
 {
 	char st[32] = "";
-	int64_t deadline = vmf_now_ms() + 30000;
-	while (vmf_now_ms() < deadline) {
-		if (vm_state(id, st, sizeof st, NULL) && !strcmp(st, want))
-			return;
-		poll(NULL, 0, 100);
-	}
-	ck_abort_msg("VM %s is %s after 30 s, expected %s", id, st[0] ? st : "not listed", want);
+	wait_until(vm_state(id, st, sizeof st, NULL) && !strcmp(st, want), 30000, "VM %s is %s after 30 s, expected %s",
+		   id, st[0] ? st : "not listed", want);
 }
 
 /* The end of a test whose VM a went gone: its record is still there for the
@@ -210,20 +212,15 @@ release_gone_and_destroy_all(struct got *a)
 static void
 wait_pool_ready(int n)
 {
-	int64_t deadline = vmf_now_ms() + WAIT_MS;
-	while (pool_ready() < n && vmf_now_ms() < deadline)
-		poll(NULL, 0, 100);
-	ck_assert_int_eq(pool_ready(), n);
+	wait_until(pool_ready() == n, WAIT_MS, "the pool has not %d ready VMs", n);
 }
 
 
 static void
 wait_daemon_gone(int pid)
 {
-	int64_t deadline = vmf_now_ms() + WAIT_MS;
-	while ((kill(pid, 0) == 0 || access(sock, F_OK) == 0) && vmf_now_ms() < deadline)
-		poll(NULL, 0, 50);
-	ck_assert_msg(kill(pid, 0) != 0, "daemon pid %d still runs", pid);
+	wait_until(kill(pid, 0) != 0 && access(sock, F_OK) != 0, WAIT_MS, "daemon pid %d still runs (or left its socket)",
+		   pid);
 }
 
 /* Until the daemon has seen the signal: a release of an unknown VM fails
@@ -234,8 +231,8 @@ wait_shutting_down(void)
 	char unknown[VMF_UUID_STR];
 	vmf_uuid_new(unknown);
 	int code = 0;
-	int64_t deadline = vmf_now_ms() + 30000;
-	while (code != ESHUTDOWN && vmf_now_ms() < deadline) {
+	struct vmf_wait w = vmf_wait_start(30000);
+	while (code != ESHUTDOWN && vmf_wait_more(&w)) {
 		int fd = raw_connect();
 		Vmf__Control__Request req = VMF__CONTROL__REQUEST__INIT;
 		Vmf__Control__ReleaseVMRequest rr = VMF__CONTROL__RELEASE_VMREQUEST__INIT;
@@ -248,8 +245,6 @@ wait_shutting_down(void)
 		code = r ? r->error_code : -1;
 		if (r)
 			vmf__control__reply__free_unpacked(r, NULL);
-		if (code != ESHUTDOWN)
-			poll(NULL, 0, 50);
 	}
 	ck_assert_msg(code == ESHUTDOWN, "the daemon does not refuse work after SIGTERM (last answer %d)", code);
 }
@@ -267,9 +262,7 @@ kill_and_wait(int pid)
 {
 	ck_assert_int_gt(pid, 0);
 	ck_assert_int_eq(kill(pid, SIGKILL), 0);
-	int64_t deadline = vmf_now_ms() + 10000;
-	while (vmf_proc_alive(pid, 0) && vmf_now_ms() < deadline)
-		poll(NULL, 0, 20);
+	wait_until(!vmf_proc_alive(pid, 0), 10000, "pid %d survived SIGKILL", pid);
 }
 
 /* ---- item 8: destroy ---- */
@@ -318,10 +311,7 @@ START_TEST(destroy_waits_for_a_handout_in_flight)
 	int dfd = send_destroy(false);
 	/* The destroy has stopped the pooled VM: the hand-out's completion is
 	 * the last thing it waits for.  Status answers meanwhile. */
-	int64_t deadline = vmf_now_ms() + 60000;
-	while (vm_count() > 1 && vmf_now_ms() < deadline)
-		poll(NULL, 0, 100);
-	ck_assert_int_eq(vm_count(), 1);
+	wait_until(vm_count() == 1, 60000, "the destroy did not stop the pooled VM");
 	release_pause("handout-pause");
 	Vmf__Control__Reply *g = reply_within(gfd, 60000);
 	ck_assert_msg(g != NULL, "the GetVM racing a destroy got no reply");
@@ -543,11 +533,8 @@ START_TEST(foreign_driver_vm_is_adopted_and_managed)
 	json_object_put(i);
 	ck_assert_int_eq(vmf(NULL, "release %s", id), 0);
 	int status;
-	int64_t deadline = vmf_now_ms() + 10000;
-	pid_t w = 0;
-	while ((w = waitpid(fpid, &status, WNOHANG)) == 0 && vmf_now_ms() < deadline)
-		poll(NULL, 0, 20);
-	ck_assert_msg(w == fpid, "release left the fake firecracker (pid %d) running", (int)fpid);
+	wait_until(waitpid(fpid, &status, WNOHANG) == fpid, 10000, "release left the fake firecracker (pid %d) running",
+		   (int)fpid);
 	ck_assert(!vm_state(id, NULL, 0, NULL));
 	ck_assert_int_ne(access(rundir, F_OK), 0);
 	ck_assert_int_eq(vmf(NULL, "destroy --all"), 0);
@@ -570,14 +557,8 @@ START_TEST(exits_are_noticed_without_pidfd)
 	pids_in_state("ready", pooled, sizeof pooled);
 	int ppid = atoi(pooled);
 	kill_and_wait(ppid);
-	int64_t deadline = vmf_now_ms() + 60000;
 	char now[64] = "";
-	while (vmf_now_ms() < deadline) {
-		pids_in_state("ready", now, sizeof now);
-		if (atoi(now) > 0 && atoi(now) != ppid)
-			break;
-		poll(NULL, 0, 200);
-	}
+	poll_until((pids_in_state("ready", now, sizeof now), atoi(now) > 0 && atoi(now) != ppid), 60000);
 	printf("pooled VM pid %d killed; ready now: %s\n", ppid, now);
 	ck_assert_msg(atoi(now) > 0 && atoi(now) != ppid, "the dead pooled VM (pid %d) was not replaced", ppid);
 
@@ -597,7 +578,8 @@ START_TEST(vm_dying_during_inspect_becomes_gone)
 	int ifd = send_inspect(a.id);
 	wait_paused("inspect-pause");
 	kill_and_wait(json_object_get_int(path(a.rec, "pid", NULL)));
-	poll(NULL, 0, 200);   /* not needed for the outcome: lets the watch fire first, the case that hung */
+	/* The exit seen while the inspect holds the VM: the case that hung. */
+	wait_until(exit_seen(a.id), 30000, "the daemon did not see VM %s exit", a.id);
 	release_pause("inspect-pause");
 	Vmf__Control__Reply *i = reply_within(ifd, 60000);
 	ck_assert_ptr_nonnull(i);
@@ -625,16 +607,10 @@ START_TEST(unreadable_catalog_stops_recovery_and_kills_nothing)
 	int ppid = atoi(pooled);
 	kill_daemon_hard();
 
-	char errf[700], *err = NULL;
-	snprintf(errf, sizeof errf, "%s/cli.err", tmp);
-	unlink(errf);
 	int rc = init_with_fault("catalog-vm-list", "--pool 1 --wait");
-	vmf_read_file(errf, &err, NULL, 1 << 20, NULL);
-	printf("init with an unreadable catalog: exit %d: %s\n", rc, err ? err : "");
-	ck_assert_int_ne(rc, 0);
-	ck_assert_msg(err && strstr(err, "recovery cannot read the VM records") && strstr(err, "damaged"),
-		      "unclear error: %s", err ? err : "");
-	free(err);
+	printf("init with an unreadable catalog: exit %d: %s\n", rc, cli_stderr());
+	ck_assert_int_eq(rc, 1);
+	assert_words(cli_stderr(), "recovery cannot read the VM records|damaged", "init with an unreadable catalog");
 	ck_assert(!daemon_answers());
 	ck_assert_msg(vmf_proc_alive(apid, 0), "the assigned VM's QEMU (pid %d) was killed", apid);
 	ck_assert_msg(vmf_proc_alive(ppid, 0), "the pooled VM's QEMU (pid %d) was killed", ppid);
@@ -662,10 +638,8 @@ int
 main(void)
 {
 	/* Most races here are forced with fault points. */
-	if (!fault_build()) {
-		printf("skipping: this build has no fault injection (-Dfault_injection=true)\n");
-		return 77;
-	}
+	if (!vmf_test_fault_build())
+		return vmf_test_skip_all("this build has no fault points (-Dfault_injection=true)");
 	Suite *s = suite_create("lifecycle");
 	TCase *tc = tcase_create("lifecycle");
 	tcase_add_checked_fixture(tc, setup, lc_cleanup);
