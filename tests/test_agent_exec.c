@@ -3,6 +3,7 @@
  * by the client library's agent calls (factory/client/agent_client.c).
  * In test mode exec runs host processes as the test's user: the commands
  * here only read, write their pipes and sleep. */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -280,6 +281,37 @@ START_TEST(stdin_streamed_through_cat)
 }
 END_TEST
 
+/* A child of parent named comm is blocked in write(2): its pipe is full,
+ * nobody reads it. */
+static bool
+child_blocked_writing(pid_t parent, const char *comm)
+{
+	DIR *d = opendir("/proc");
+	struct dirent *de;
+	bool blocked = false;
+	while (d && !blocked && (de = readdir(d))) {
+		int pid = atoi(de->d_name);
+		char p[64], *st = NULL, *sc = NULL;
+		snprintf(p, sizeof p, "/proc/%d/stat", pid);
+		if (pid <= 0 || vmf_read_file(p, &st, NULL, 4096, NULL) < 0)
+			continue;
+		/* "pid (comm) state ppid ..." */
+		char *close_paren = strrchr(st, ')'), name[64] = "", state = 0;
+		int ppid = 0;
+		if (close_paren && sscanf(st, "%*d (%63[^)]", name) == 1 &&
+		    sscanf(close_paren + 2, "%c %d", &state, &ppid) == 2 && ppid == parent && !strcmp(name, comm)) {
+			snprintf(p, sizeof p, "/proc/%d/syscall", pid);
+			/* x86-64 write(2) is syscall 1. */
+			blocked = state == 'S' && vmf_read_file(p, &sc, NULL, 4096, NULL) == 0 && !strncmp(sc, "1 ", 2);
+		}
+		free(st);
+		free(sc);
+	}
+	if (d)
+		closedir(d);
+	return blocked;
+}
+
 /* A process writing 16 MiB (four times the growth allowed below; the
  * 100 MiB run is test_exec's, in a guest) while nobody reads: the agent stops
  * reading its pipe at the window, so its memory stays flat; what comes
@@ -289,8 +321,11 @@ START_TEST(output_back_pressure)
 	struct vmf_client_agent *a = conn();
 	uint64_t id = start(a, (const char *const[]){ "head", "-c", "16777216", "/dev/zero", NULL }, NULL);
 	long base = (long)vmf_proc_rss_kib(agent_pid);
-	/* The host stays away long enough for an unbounded agent to take it all. */
-	poll(NULL, 0, 1500);
+	/* The host stays away until the agent stops reading: the writer then
+	 * blocks on its full pipe (an unbounded agent would read all 16 MiB
+	 * and let it exit). */
+	wait_until(child_blocked_writing(agent_pid, "head"), 30000,
+		   "the writer never blocked: the agent keeps reading while nobody reads it");
 	long held = (long)vmf_proc_rss_kib(agent_pid);
 	ck_assert_msg(held - base < 4096, "the agent grew from %ld to %ld KiB while the host did not read", base,
 		      held);
