@@ -129,14 +129,17 @@ enter_ns(const char *name)
 }
 
 /* A TCP server (in namespace ns, or the host's when NULL) answering every
- * connection with body, until killed. */
+ * connection with body, until killed; listening when serve() returns. */
 static void
 serve(const char *ns, const char *addr, int port, const char *body)
 {
+	int ready[2];
+	ck_assert_int_eq(pipe2(ready, O_CLOEXEC), 0);
 	pid_t pid = vmf_test_fork();
 	if (pid == 0) {
 		/* Gone with the test, however it ends. */
 		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		close(ready[0]);
 		if (ns && enter_ns(ns) < 0)
 			_exit(1);
 		int s = socket(AF_INET, SOCK_STREAM, 0), one = 1;
@@ -145,6 +148,9 @@ serve(const char *ns, const char *addr, int port, const char *body)
 		inet_pton(AF_INET, addr, &sa.sin_addr);
 		if (bind(s, (struct sockaddr *)&sa, sizeof sa) < 0 || listen(s, 8) < 0)
 			_exit(2);
+		if (write(ready[1], "l", 1) != 1)
+			_exit(4);
+		close(ready[1]);
 		for (;;) {
 			int c = accept(s, NULL, NULL);
 			if (c < 0)
@@ -160,6 +166,10 @@ serve(const char *ns, const char *addr, int port, const char *body)
 			close(c);
 		}
 	}
+	close(ready[1]);
+	char l = 0;
+	ck_assert_msg(read(ready[0], &l, 1) == 1, "the server on %s:%d did not start listening", addr, port);
+	close(ready[0]);
 	servers[n_servers++] = pid;
 }
 
@@ -214,25 +224,13 @@ struct vmgot {
 };
 
 static void
-read_cli_err(char *buf, size_t n)
-{
-	char errf[700], *err = NULL;
-	snprintf(errf, sizeof errf, "%s/cli.err", tmp);
-	vmf_read_file(errf, &err, NULL, 1 << 20, NULL);
-	snprintf(buf, n, "%s", err ? err : "");
-	free(err);
-	if (truncate(errf, 0) < 0)
-		return;
-}
-
-static void
 get_vm(struct vmgot *g, const char *name, const char *netopts)
 {
 	char *out;
 	memset(g, 0, sizeof *g);
 	g->rc = vmf(&out, "get --cpus 1 --memory 256 --sandbox %s --share-dir %s/%s-share --sock-dir %s/%s-sock "
 		    "--timeout 120 %s -o json", name, tmp, name, tmp, name, netopts);
-	read_cli_err(g->err, sizeof g->err);
+	snprintf(g->err, sizeof g->err, "%s", cli_stderr());
 	json_object *j = g->rc == 0 ? json_tokener_parse(out) : NULL;
 	free(out);
 	if (!j)
@@ -273,10 +271,7 @@ ready_now(void)
 static void
 wait_ready(int want)
 {
-	int64_t deadline = vmf_now_ms() + 180000;
-	while (ready_now() < want && vmf_now_ms() < deadline)
-		poll(NULL, 0, 200);
-	ck_assert_int_ge(ready_now(), want);
+	wait_until(ready_now() >= want, 180000, "the pool has not %d ready VMs", want);
 }
 
 /* Nothing of a VM's network in namespace ns: no tap, no ingress qdisc,
@@ -353,7 +348,6 @@ bad_input(void)
 	/* ---- a forward to a port in use ---- */
 	int port = free_port();
 	serve(NULL, "127.0.0.1", port, "busy");
-	poll(NULL, 0, 200);
 	snprintf(why, sizeof why, "--net user,hostfwd=tcp::%d-:80", port);
 	get_vm(&g, "bad5", why);
 	check(g.rc != 0 && strstr(g.err, "in use"), "a forward to a port in use is refused: %s", g.err);
@@ -383,10 +377,55 @@ bad_input(void)
 	rc = vmf_as(tu.uid_a, NULL, "get --cpus 1 --memory 256 --sandbox ten --share-dir %s/share "
 		    "--sock-dir %s/sock --netns /proc/%d/ns/net", a_dir, a_dir, (int)own);
 	snprintf(why, sizeof why, "%s", cli_stderr());
-	/* Its own namespace passes the owner rule; it has no eth0. */
-	check(rc != 0 && strstr(why, "no interface eth0"), "a tenant's own namespace passes the owner rule: %s",
-	      why);
+	/* Its own namespace passes the owner rule; it has no eth0 yet. */
+	check(rc == 1 && strstr(why, "no interface eth0"), "a tenant's own namespace without eth0 is refused for "
+	      "that alone: %s", why);
 	check(ready_now() == 2, "no pooled VM was lost to the bad requests (%d ready)", ready_now());
+	wait_ready(2);
+
+	/* ---- a tenant's network that works: its own namespace (an eth0
+	 * given to it), then user-mode with a forward of a port of its own ---- */
+	ck_assert_int_eq(sh("ip link add vfn%dt type veth peer name vfn%du && ip link set vfn%dt netns %d && "
+			    "nsenter -t %d -n ip link set vfn%dt name eth0 && nsenter -t %d -n ip addr add "
+			    "10.233.0.2/24 dev eth0 && nsenter -t %d -n ip link set eth0 up", (int)getpid(),
+			    (int)getpid(), (int)getpid(), (int)own, (int)own, (int)getpid(), (int)own, (int)own), 0);
+	char *out = NULL;
+	rc = vmf_as(tu.uid_a, &out, "get --cpus 1 --memory 256 --sandbox ten --share-dir %s/share --sock-dir %s/sock "
+		    "--netns /proc/%d/ns/net -o json", a_dir, a_dir, (int)own);
+	json_object *j = rc == 0 ? json_tokener_parse(out) : NULL;
+	free(out);
+	check(j != NULL, "a tenant's GetVM into its own namespace: %s", cli_stderr());
+	if (j) {
+		char id[64];
+		snprintf(id, sizeof id, "%s", json_object_get_string(path(j, "id", NULL)));
+		json_object_put(j);
+		char *links = sh_out("nsenter -t %d -n ip -o link show", (int)own);
+		check(strstr(links, " vmf") != NULL, "the tenant's VM has its tap in the tenant's namespace: %s", links);
+		free(links);
+		out = guest_sh(id, "ip -o addr show eth0");
+		check(strstr(out, "10.233.0.2/24") != NULL, "the guest has its namespace's address: %s", out);
+		free(out);
+		check(vmf_as(tu.uid_a, NULL, "release %s", id) == 0, "the tenant releases it: %s", cli_stderr());
+		links = sh_out("nsenter -t %d -n ip -o link show", (int)own);
+		check(strstr(links, " vmf") == NULL, "its tap went with it: %s", links);
+		free(links);
+	}
+	port = free_port();
+	rc = vmf_as(tu.uid_a, &out, "get --cpus 1 --memory 256 --sandbox ten --share-dir %s/share --sock-dir %s/sock "
+		    "--net user,hostfwd=tcp::%d-:8080 -o json", a_dir, a_dir, port);
+	j = rc == 0 ? json_tokener_parse(out) : NULL;
+	free(out);
+	check(j != NULL, "a tenant's GetVM with user-mode network and a forward of port %d: %s", port, cli_stderr());
+	if (j) {
+		char id[64];
+		snprintf(id, sizeof id, "%s", json_object_get_string(path(j, "id", NULL)));
+		json_object_put(j);
+		free(guest_sh(id, "mkdir -p /tmp/t && echo tenant-forward > /tmp/t/t.html && busybox httpd -p 8080 -h /tmp/t"));
+		out = fetch(NULL, "127.0.0.1", port, "t.html");
+		check(strstr(out, "tenant-forward") != NULL, "the tenant's forward reaches its guest: '%.200s'", out);
+		free(out);
+		check(vmf_as(tu.uid_a, NULL, "release %s", id) == 0, "the tenant releases it: %s", cli_stderr());
+	}
 	wait_ready(2);
 }
 
@@ -448,14 +487,14 @@ START_TEST(net_end_to_end)
 	 * in the same namespace, mirrored again, the guest's server still
 	 * there. */
 	int64_t t0 = vmf_now_ms();
-	check(vmf(NULL, "suspend %s", a.id) == 0, "suspend of a VM in a pod: %s", (read_cli_err(why0, sizeof why0), why0));
+	check(vmf(NULL, "suspend %s", a.id) == 0, "suspend of a VM in a pod: %s", cli_stderr());
 	printf("suspend with netns: %lld ms\n", (long long)(vmf_now_ms() - t0));
 	check(!ns_has_tap(ns_pod), "the suspended VM's tap went with its QEMU");
 	get_vm(&c, "podc", opt);
 	check(c.rc != 0 && strstr(c.err, "mirrored to another VM"), "the pod of a suspended VM is still its: %s",
 	      c.err);
 	t0 = vmf_now_ms();
-	check(vmf(NULL, "resume %s", a.id) == 0, "resume of a VM in a pod: %s", (read_cli_err(why0, sizeof why0), why0));
+	check(vmf(NULL, "resume %s", a.id) == 0, "resume of a VM in a pod: %s", cli_stderr());
 	printf("resume with netns: %lld ms\n", (long long)(vmf_now_ms() - t0));
 	check(ns_has_tap(ns_pod), "the resumed VM has a tap in its pod again");
 	out = fetch(ns_peer, "10.231.0.2", 8080, "i.html");
@@ -466,39 +505,35 @@ START_TEST(net_end_to_end)
 	free(out);
 	/* SIGKILL in a resume, its tap made and not yet plugged: restarted,
 	 * the VM is suspended, no tap is left, and it resumes. */
-	const char *fb = getenv("VMFACTORY_FAULT_BUILD");
-	if (fb && strcmp(fb, "0") != 0) {
+	if (vmf_test_fault_build()) {
 		check(vmf(NULL, "suspend %s", a.id) == 0, "suspend before the killed resume");
 		kill_daemon_hard();
 		fault = "resume-net";
 		ck_assert_int_eq(vmf(NULL, "init --pool 2 --group %s --wait --timeout 600", tu.group), 0);
-		check(vmf(NULL, "resume %s", a.id) != 0, "the resume dies with its daemon");
+		check(vmf(NULL, "resume %s", a.id) == 1 && strstr(cli_stderr(), "closed the connection"),
+		      "the resume dies with its daemon: %s", cli_stderr());
 		fault = NULL;
-		int64_t dl = vmf_now_ms() + 20000;
-		while (daemon_answers() && vmf_now_ms() < dl)
-			poll(NULL, 0, 100);
+		wait_until(!daemon_answers(), 20000, "the daemon survived its fault point resume-net");
 		ck_assert_int_eq(vmf(NULL, "init --pool 2 --group %s --wait --timeout 600", tu.group), 0);
 		vmf(&insp, "inspect %s", a.id);
 		check(strstr(insp, "suspended") != NULL, "after the killed resume the VM is suspended: %s", insp);
 		free(insp);
-		dl = vmf_now_ms() + 20000;
-		while (ns_has_tap(ns_pod) && vmf_now_ms() < dl)
-			poll(NULL, 0, 100);
+		poll_until(!ns_has_tap(ns_pod), 20000);
 		check(!ns_has_tap(ns_pod), "no tap is left of the killed resume");
 		check(vmf(NULL, "resume %s", a.id) == 0, "resume after the killed one: %s",
-		      (read_cli_err(why0, sizeof why0), why0));
+		      cli_stderr());
 		out = guest_sh(a.id, "wget -q -O - http://10.231.0.1:8000/");
 		check(strstr(out, "from-peer-1") != NULL, "resumed after a restart, it fetches from its peer: '%s'",
 		      out);
 		free(out);
 	} else {
-		printf("the kill in a resume with network is not tested: a build without fault points\n");
+		vmf_test_skip("the kill in a resume with network: this build has no fault points");
 	}
 	/* Forked into a template: the tap has no state in the stream, so the
 	 * template has the NIC without a backend; the VM keeps its network. */
 	t0 = vmf_now_ms();
 	check(vmf(NULL, "snapshot %s --template netsnap", a.id) == 0, "snapshot of a VM in a pod: %s",
-	      (read_cli_err(why0, sizeof why0), why0));
+	      cli_stderr());
 	printf("snapshot with netns: %lld ms\n", (long long)(vmf_now_ms() - t0));
 	out = guest_sh(a.id, "wget -q -O - http://10.231.0.1:8000/");
 	check(strstr(out, "from-peer-1") != NULL, "the VM keeps its network after the snapshot: '%s'", out);
@@ -567,18 +602,18 @@ START_TEST(net_end_to_end)
 	free(out);
 	/* slirp's state cannot go into a template: snapshot refused, saying so. */
 	check(vmf(NULL, "snapshot %s --template usersnap", u.id) != 0, "snapshot of a user-mode VM is refused");
-	read_cli_err(why0, sizeof why0);
+	snprintf(why0, sizeof why0, "%s", cli_stderr());
 	check(strstr(why0, "user-mode network") != NULL, "the refusal says why: %s", why0);
 	/* Suspended and resumed: slirp again with the same forward. */
-	check(vmf(NULL, "suspend %s", u.id) == 0, "suspend of a user-mode VM: %s", (read_cli_err(why0, sizeof why0), why0));
-	check(vmf(NULL, "resume %s", u.id) == 0, "resume of a user-mode VM: %s", (read_cli_err(why0, sizeof why0), why0));
+	check(vmf(NULL, "suspend %s", u.id) == 0, "suspend of a user-mode VM: %s", cli_stderr());
+	check(vmf(NULL, "resume %s", u.id) == 0, "resume of a user-mode VM: %s", cli_stderr());
 	out = fetch(NULL, "127.0.0.1", fport, "i.html");
 	check(strstr(out, "fwd-served") != NULL, "the forward serves the resumed guest's port: '%.200s'", out);
 	free(out);
 	/* Its forward's port taken while it is suspended: the resume fails
 	 * saying so, the VM stays suspended (released as such). */
 	check(vmf(NULL, "suspend %s", u.id) == 0, "second suspend of a user-mode VM: %s",
-	      (read_cli_err(why0, sizeof why0), why0));
+	      cli_stderr());
 	int busy = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
 	setsockopt(busy, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);   /* the fetches' TIME_WAIT */
 	struct sockaddr_in bsa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)fport) };
@@ -586,7 +621,7 @@ START_TEST(net_end_to_end)
 	ck_assert_int_eq(bind(busy, (struct sockaddr *)&bsa, sizeof bsa), 0);
 	ck_assert_int_eq(listen(busy, 1), 0);
 	check(vmf(NULL, "resume %s", u.id) != 0, "resume with its forward's port taken fails");
-	read_cli_err(why0, sizeof why0);
+	snprintf(why0, sizeof why0, "%s", cli_stderr());
 	check(strstr(why0, "in use") && strstr(why0, "stays suspended"), "the failed resume says why: %s", why0);
 	close(busy);
 	char *st = NULL;
@@ -603,28 +638,27 @@ START_TEST(net_end_to_end)
 	 * the daemon alone (mid-net: gone with it, the mirror left), once with
 	 * QEMU holding it (mid-handout: the tap outlives the daemon) ---- */
 	const char *points[] = { "mid-net", "mid-handout" };
-	for (size_t k = 0; k < 2; k++) {
+	for (size_t k = 0; k < 2 && vmf_test_fault_build(); k++) {
 		vmf(NULL, "destroy --all");
-		int64_t deadline = vmf_now_ms() + 60000;
-		while (daemon_answers() && vmf_now_ms() < deadline)
-			poll(NULL, 0, 100);
+		wait_until(!daemon_answers(), 60000, "the daemon did not stop");
 		fault = points[k];
 		ck_assert_int_eq(vmf(NULL, "init --pool 2 --group %s --wait --timeout 600", tu.group), 0);
 		fault = NULL;
 		snprintf(opt, sizeof opt, "--netns /run/netns/%s", ns_pod);
 		get_vm(&a, "killed", opt);
-		check(a.rc != 0, "%s: the hand-out dies with its daemon", points[k]);
+		check(a.rc == 1 && strstr(a.err, "closed the connection"), "%s: the hand-out dies with its daemon: %s",
+		      points[k], a.err);
 		if (k == 0)
 			check(!ns_clean(ns_pod, why, sizeof why) && !ns_has_tap(ns_pod),
 			      "%s: the mirror is left, the tap went with the daemon's fd: %s", points[k], why);
 		else
 			check(ns_has_tap(ns_pod), "%s: the tap QEMU holds outlived the daemon", points[k]);
 		ck_assert_int_eq(vmf(NULL, "init --pool 2 --group %s --wait --timeout 600", tu.group), 0);
-		deadline = vmf_now_ms() + 30000;
-		while (!ns_clean(ns_pod, why, sizeof why) && vmf_now_ms() < deadline)
-			poll(NULL, 0, 200);
+		poll_until(ns_clean(ns_pod, why, sizeof why), 30000);
 		check(ns_clean(ns_pod, why, sizeof why), "%s: recovery leaves nothing in the pod: %s", points[k], why);
 	}
+	if (!vmf_test_fault_build())
+		vmf_test_skip("the kills mid-hand-out: this build has no fault points");
 	char *files = sh_out("ls /run/netns");
 	check(strstr(files, "vmf") == NULL, "no namespace file of the daemon's: %s", files);
 	free(files);
