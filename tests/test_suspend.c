@@ -77,10 +77,8 @@ qemu_of(const char *id)
 static int
 qemu_of_gone(const char *id)
 {
-	int64_t deadline = vmf_now_ms() + 15000;
 	int n;
-	while ((n = qemu_of(id)) > 0 && vmf_now_ms() < deadline)
-		poll(NULL, 0, 50);
+	poll_until((n = qemu_of(id)) <= 0, 15000);
 	return n;
 }
 
@@ -146,10 +144,8 @@ counter(const char *id)
 static long
 counter_runs(const char *id, long after)
 {
-	int64_t deadline = vmf_now_ms() + 20000;
 	long v;
-	while ((v = counter(id)) <= after && vmf_now_ms() < deadline)
-		poll(NULL, 0, 200);
+	poll_until((v = counter(id)) > after, 20000);
 	ck_assert_msg(v > after, "the guest's counter stays at %ld", v);
 	return v;
 }
@@ -169,10 +165,7 @@ must(int rc, const char *what)
 static void
 wait_daemon_gone(void)
 {
-	int64_t deadline = vmf_now_ms() + 15000;
-	while (vmf(NULL, "status") != 3 && vmf_now_ms() < deadline)
-		poll(NULL, 0, 50);
-	ck_assert_int_eq(vmf(NULL, "status"), 3);
+	wait_until(vmf(NULL, "status") == 3, 15000, "the daemon still answers after its fault point");
 }
 
 static void
@@ -186,25 +179,21 @@ start_daemon(const char *fault_point)
 static void
 expect_error(const char *cmd, const char *id, const char *want)
 {
-	char *out = NULL, errf[700], *err = NULL;
-	snprintf(errf, sizeof errf, "%s/cli.err", tmp);
-	if (truncate(errf, 0) < 0 && errno != ENOENT)
-		ck_abort_msg("cannot truncate %s", errf);
-	ck_assert_int_ne(vmf(&out, "%s %s", cmd, id), 0);
-	free(out);
-	vmf_read_file(errf, &err, NULL, 1 << 20, NULL);
-	ck_assert_msg(err && strstr(err, want), "%s %s: expected an error saying '%s', got: %s", cmd, id, want,
-		      err ? err : "");
-	printf("%s %s refused: %s", cmd, id, err);
-	free(err);
+	vmf_refused(want, "%s %s", cmd, id);
+	printf("%s %s refused: %s", cmd, id, cli_stderr());
+}
+
+/* cmd on id dies with the daemon at its fault point. */
+static void
+dies(const char *cmd, const char *id)
+{
+	expect_error(cmd, id, "closed the connection");
+	wait_daemon_gone();
 }
 
 START_TEST(suspend_resume_survive_crashes_and_refuse_bad_input)
 {
-	if (strcmp(getenv("VMFACTORY_FAULT_BUILD") ? getenv("VMFACTORY_FAULT_BUILD") : "0", "1")) {
-		vmf_test_skip("this build has no fault points (-Dfault_injection=true)");
-		return;
-	}
+	REQUIRE_FAULT_BUILD();
 	/* The tenant reaches the socket (in tmp). */
 	ck_assert_int_eq(chmod(tmp, 0711), 0);
 	start_daemon("suspend-saving");
@@ -235,7 +224,7 @@ START_TEST(suspend_resume_survive_crashes_and_refuse_bad_input)
 	int rc = call_as(tu.uid_b, req_suspend, id, msg, sizeof msg);
 	ck_assert_msg(rc == -EACCES && strstr(msg, "is not yours"), "another tenant's suspend: %s (%d)", msg, rc);
 	rc = call_as(tu.uid_b, req_resume, id, msg, sizeof msg);
-	ck_assert_msg(rc == -EACCES, "another tenant's resume: %s (%d)", msg, rc);
+	ck_assert_msg(rc == -EACCES && strstr(msg, "is not yours"), "another tenant's resume: %s (%d)", msg, rc);
 	/* A full state dir: the save fails, no file stays, the VM runs on. */
 	char sdir[700], names[2000];
 	snprintf(sdir, sizeof sdir, "%s/suspended", state);
@@ -247,19 +236,24 @@ START_TEST(suspend_resume_survive_crashes_and_refuse_bad_input)
 	expect_state(id, "assigned");
 	c0 = counter_runs(id, c0);
 
-	/* SIGKILL before the saved state is renamed: rolled back, running. */
-	ck_assert_int_ne(vmf(NULL, "suspend %s", id), 0);
-	wait_daemon_gone();
-	start_daemon("suspend-recorded");
+	/* SIGKILL before the saved state is renamed, then after (its record
+	 * still says suspending): rolled back each time, running, no file. */
+	dies("suspend", id);
+	start_daemon("suspend-saved");
 	expect_state(id, "assigned");
 	ck_assert_int_eq(qemu_of(id), 1);
 	ck_assert_msg(saved_files(names, sizeof names) == 0, "left after a suspend cut short: %s", names);
 	c0 = counter_runs(id, c0);
+	dies("suspend", id);
+	start_daemon("suspend-recorded");
+	expect_state(id, "assigned");
+	ck_assert_int_eq(qemu_of(id), 1);
+	ck_assert_msg(saved_files(names, sizeof names) == 0, "left after a suspend cut short once saved: %s", names);
+	c0 = counter_runs(id, c0);
 
 	/* SIGKILL once recorded suspended, its QEMU not yet stopped: it stays
 	 * suspended and the QEMU goes. */
-	ck_assert_int_ne(vmf(NULL, "suspend %s", id), 0);
-	wait_daemon_gone();
+	dies("suspend", id);
 	start_daemon("resume-running");
 	expect_state(id, "suspended");
 	ck_assert_int_eq(qemu_of_gone(id), 0);
@@ -271,8 +265,22 @@ START_TEST(suspend_resume_survive_crashes_and_refuse_bad_input)
 
 	/* SIGKILL with the resumed QEMU running, not yet recorded: suspended,
 	 * no QEMU, the state kept. */
-	ck_assert_int_ne(vmf(NULL, "resume %s", id), 0);
-	wait_daemon_gone();
+	dies("resume", id);
+	start_daemon("resume-recorded");
+	expect_state(id, "suspended");
+	ck_assert_int_eq(qemu_of_gone(id), 0);
+	ck_assert_int_eq(saved_files(names, sizeof names), 1);
+
+	/* SIGKILL once the resume is recorded, before its state file goes:
+	 * adopted running, the stray file swept. */
+	dies("resume", id);
+	start_daemon(NULL);
+	expect_state(id, "assigned");
+	ck_assert_int_eq(qemu_of(id), 1);
+	ck_assert_msg(saved_files(names, sizeof names) == 0, "the state file outlived a recorded resume: %s", names);
+	c0 = counter_runs(id, c0);
+	must(vmf(NULL, "suspend %s", id), "suspend after the recovered resume");
+	kill_daemon_hard();
 	/* The next daemon holds inspects at a gate: a job on the VM then. */
 	char gate_dir[700], paused[800], go[800];
 	snprintf(gate_dir, sizeof gate_dir, "%s/gates", tmp);
@@ -296,10 +304,7 @@ START_TEST(suspend_resume_survive_crashes_and_refuse_bad_input)
 	pid_t insp = vmf_test_fork();
 	if (insp == 0)
 		_exit(vmf(NULL, "inspect %s", id) == 0 ? 0 : 1);
-	int64_t deadline = vmf_now_ms() + 30000;
-	while (access(paused, F_OK) != 0 && vmf_now_ms() < deadline)
-		poll(NULL, 0, 50);
-	ck_assert_msg(access(paused, F_OK) == 0, "the inspect did not reach its gate");
+	wait_until(access(paused, F_OK) == 0, 30000, "the inspect did not reach its gate");
 	expect_error("suspend", id, "is busy");
 	expect_error("resume", id, "is busy");
 	FILE *gf = fopen(go, "w");
@@ -344,9 +349,8 @@ main(void)
 {
 	const char *why = tenant_users_make("vsus");
 	if (why) {
-		printf("suspend tests skipped: %s\n", why);
 		tenant_users_remove();
-		return 77;
+		return vmf_test_skip_all("suspend tests: %s", why);
 	}
 	Suite *s = suite_create("suspend");
 	TCase *tc = tcase_create("suspend");
