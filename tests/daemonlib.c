@@ -921,6 +921,26 @@ req_snapshot(struct vmf_client *c, const void *arg, char *out, size_t n, struct 
 	return reply_done(rc, r);
 }
 
+int
+tenant_get(uid_t uid, const char *dir, const char *sandbox, char *id, size_t n)
+{
+	char share[700], sockd[700], msg[1100];
+	snprintf(share, sizeof share, "%s/share", dir);
+	snprintf(sockd, sizeof sockd, "%s/sock", dir);
+	Vmf__Control__GetVMRequest req = VMF__CONTROL__GET_VMREQUEST__INIT;
+	req.vcpus = 1;
+	req.memory_mib = 256;
+	req.sandbox_id = (char *)sandbox;
+	req.share_dir = share;
+	req.sock_dir = sockd;
+	req.timeout_ms = 120000;
+	int rc = call_as(uid, req_get, &req, msg, sizeof msg);
+	if (rc == 0)
+		msg[strcspn(msg, " ")] = '\0';
+	snprintf(id, n, "%s", msg);
+	return rc;
+}
+
 void
 assert_refused(int rc, const char *msg, int err, const char *words, const char *what)
 {

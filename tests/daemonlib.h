@@ -141,6 +141,9 @@ int as_tenant(uid_t uid, tenant_fn fn, const void *arg, char *msg, size_t n);
 int call_as(uid_t uid, tenant_call_fn fn, const void *arg, char *msg, size_t n);
 int vmf_as(uid_t uid, char **out, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 void assert_refused(int rc, const char *msg, int err, const char *words, const char *what);
+/* GetVM of 1 vCPU and 256 MiB as uid into dir/share and dir/sock: 0 with
+ * the VM's id in id, or -errno with the error's sentence there. */
+int tenant_get(uid_t uid, const char *dir, const char *sandbox, char *id, size_t n);
 /* Each request type for call_as().  arg: get a GetVMRequest (out: "ID
  * OWNER_UID"), attach an AttachRequest (out: the guest path), detach and
  * snapshot a const char *[2] {vm id, path or template name} (snapshot's
