@@ -175,51 +175,6 @@ connect_as(uid_t uid, const char *path)
 	return reach_as(uid, path, false);
 }
 
-/* GetVM as uid into sockd/share; the VM id in id. */
-static int
-get_as(uid_t uid, const char *share, const char *sockd, char *id, size_t n)
-{
-	int p[2];
-	ck_assert_int_eq(pipe(p), 0);
-	pid_t pid = vmf_test_fork();
-	if (pid == 0) {
-		close(p[0]);
-		char out[64] = "";
-		int rc = -EPERM;
-		if (become_tenant(uid)) {
-			struct vmf_client *c;
-			struct vmf_error e = {0};
-			Vmf__Control__Reply *r = NULL;
-			Vmf__Control__GetVMRequest req = VMF__CONTROL__GET_VMREQUEST__INIT;
-			req.vcpus = 1;
-			req.memory_mib = 256;
-			req.sandbox_id = "tenant";
-			req.share_dir = (char *)share;
-			req.sock_dir = (char *)sockd;
-			req.timeout_ms = 120000;
-			rc = vmf_client_connect(sock, &c, &e);
-			if (rc == 0) {
-				rc = vmf_client_get_vm(c, &req, &r, 180000, &e);
-				vmf_client_close(c);
-			}
-			if (rc == 0)
-				snprintf(out, sizeof out, "%s", r->vm->id);
-			else
-				fprintf(stderr, "GetVM as uid %u: %s\n", (unsigned)uid, e.msg);
-		}
-		ssize_t w = write(p[1], out, strlen(out) + 1);
-		_exit(rc == 0 && w > 0 ? 0 : 1);
-	}
-	close(p[1]);
-	ssize_t got = read(p[0], id, n - 1);
-	id[got > 0 ? got : 0] = 0;
-	close(p[0]);
-	int st;
-	waitpid(pid, &st, 0);
-	return WIFEXITED(st) && WEXITSTATUS(st) == 0 && id[0] ? 0 : -1;
-}
-
-
 static const char *
 vm_state(const char *id)
 {
@@ -239,9 +194,7 @@ vm_state(const char *id)
 static bool
 pid_gone(pid_t pid)
 {
-	int64_t deadline = vmf_now_ms() + 60000;
-	while (kill(pid, 0) == 0 && vmf_now_ms() < deadline)
-		poll(NULL, 0, 100);
+	poll_until(kill(pid, 0) < 0, 60000);
 	return kill(pid, 0) < 0;
 }
 
@@ -327,7 +280,7 @@ START_TEST(a_tenant_gets_its_agent_but_no_monitor)
 	ck_assert_int_eq(chown(a_dir, tu.uid_a, tu.gid), 0);
 	snprintf(a_share, sizeof a_share, "%s/share", a_dir);
 	snprintf(a_sock, sizeof a_sock, "%s/sock", a_dir);
-	ck_assert_int_eq(get_as(tu.uid_a, a_share, a_sock, id, sizeof id), 0);
+	ck_assert_msg(tenant_get(tu.uid_a, a_dir, "tenant", id, sizeof id) == 0, "GetVM as a tenant: %s", id);
 
 	json_object *ins = vmf_json("inspect %s -o json", id);
 	json_object *vm = path(ins, "vm", NULL);
@@ -442,9 +395,8 @@ main(void)
 {
 	const char *why = tenant_users_make("vmft-mo");
 	if (why) {
-		printf("monitor tests skipped: %s\n", why);
 		tenant_users_remove();
-		return 77;
+		return vmf_test_skip_all("monitor tests: %s", why);
 	}
 	Suite *s = suite_create("monitor");
 	TCase *tc = tcase_create("monitor");
