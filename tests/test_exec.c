@@ -317,28 +317,12 @@ vm_field(json_object *rec, const char *key)
 
 /* GetVM as uid into dir/share and dir/sock, through the CLI. */
 static json_object *
-get_as(uid_t uid, const char *dir, const char *name)
+get_json_as(uid_t uid, const char *dir, const char *name)
 {
-	char share[800], sockd[800];
-	snprintf(share, sizeof share, "%s/share", dir);
-	snprintf(sockd, sizeof sockd, "%s/sock", dir);
-	int o[2];
-	ck_assert_int_eq(pipe2(o, O_CLOEXEC), 0);
-	pid_t pid = vmf_test_fork();
-	if (pid == 0) {
-		dup2(o[1], 1);
-		if (uid && (!become_tenant(uid)))
-			_exit(99);
-		execl(exe, exe, "get", "--cpus", "1", "--memory", "256", "--sandbox", name, "--share-dir", share,
-		      "--sock-dir", sockd, "--timeout", "300", "-o", "json", "--socket", sock, "--state-dir", state,
-		      "--run-dir", run, (char *)NULL);
-		_exit(98);
-	}
-	close(o[1]);
-	char *out = slurp(o[0], NULL);
-	close(o[0]);
-	int rc = wait_rc(pid);
-	ck_assert_msg(rc == 0, "GetVM as uid %u exited %d", (unsigned)uid, rc);
+	char *out = NULL;
+	int rc = vmf_as(uid, &out, "get --cpus 1 --memory 256 --sandbox %s --share-dir %s/share --sock-dir %s/sock "
+			"--timeout 300 -o json", name, dir, dir);
+	ck_assert_msg(rc == 0, "GetVM as uid %u exited %d: %s", (unsigned)uid, rc, cli_stderr());
 	json_object *j = json_tokener_parse(out);
 	ck_assert_ptr_nonnull(j);
 	free(out);
@@ -356,7 +340,7 @@ START_TEST(exec_end_to_end)
 	char root_dir[700];
 	snprintf(root_dir, sizeof root_dir, "%s/root", tmp);
 	ck_assert_int_eq(mkdir(root_dir, 0700), 0);
-	json_object *vm = get_as(0, root_dir, "root-vm");
+	json_object *vm = get_json_as(0, root_dir, "root-vm");
 	char id[64], agent_sock[700];
 	snprintf(id, sizeof id, "%s", vm_field(vm, "id"));
 	snprintf(agent_sock, sizeof agent_sock, "%s", vm_field(vm, "agent_socket"));
@@ -475,7 +459,7 @@ START_TEST(exec_end_to_end)
 	snprintf(a_dir, sizeof a_dir, "%s/%s", tmp, tu.a);
 	ck_assert_int_eq(mkdir(a_dir, 0755), 0);
 	ck_assert_int_eq(chown(a_dir, tu.uid_a, tu.gid), 0);
-	json_object *avm = get_as(tu.uid_a, a_dir, "tenant-a");
+	json_object *avm = get_json_as(tu.uid_a, a_dir, "tenant-a");
 	const char *aid = vm_field(avm, "id"), *a_agent = vm_field(avm, "agent_socket");
 	ex_as(tu.uid_a, &r, NULL, (const char *const[]){ aid, "--", "echo", "mine", NULL });
 	check(r.rc == 0 && strcmp(r.out, "mine\n") == 0, "%s runs a command in its own VM (%d: %s)", tu.a, r.rc, r.err);
