@@ -74,15 +74,6 @@ have_template(const char *id)
 	return r == 0;
 }
 
-static char *
-cli_err(void)
-{
-	char p[700], *s = NULL;
-	snprintf(p, sizeof p, "%s/cli.err", tmp);
-	vmf_read_file(p, &s, NULL, 1 << 20, NULL);
-	return s ? s : strdup("");
-}
-
 static void
 make_id(char out[VMF_SHA256_HEX], char c)
 {
@@ -110,9 +101,8 @@ START_TEST(gc_judges_the_configured_drivers_templates)
 
 	char *out = NULL;
 	int rc = vmf(&out, "template gc --config %s", cfg);
-	char *err = cli_err();
-	printf("template gc: %s%s", out, err);
-	ck_assert_msg(rc == 0, "template gc exited %d: %s", rc, err);
+	printf("template gc: %s%s", out, cli_stderr());
+	ck_assert_msg(rc == 0, "template gc exited %d: %s", rc, cli_stderr());
 	/* The fake Firecracker reports 1.17.0-dev: the current template stays. */
 	ck_assert_msg(have_template(fc_current), "gc removed a current firecracker template");
 	ck_assert_msg(!have_template(fc_old), "gc kept a firecracker template of another kernel");
@@ -120,7 +110,6 @@ START_TEST(gc_judges_the_configured_drivers_templates)
 	ck_assert_msg(have_template(qemu), "gc removed another hypervisor's template");
 	ck_assert_ptr_nonnull(strstr(out, "1 templates removed; 1 of another hypervisor than firecracker kept"));
 	free(out);
-	free(err);
 }
 END_TEST
 
@@ -139,10 +128,7 @@ START_TEST(template_commands_refuse_while_a_daemon_runs)
 	/* A real daemon on the state dir (its builds fail against the fake
 	 * VMM, which has no guest agent; it keeps running and retrying). */
 	pid_t pid = start_foreground(sock, state, log, extra);
-	int64_t deadline = vmf_now_ms() + 60000;
-	while (!daemon_answers() && vmf_now_ms() < deadline)
-		poll(NULL, 0, 50);
-	ck_assert_msg(daemon_answers(), "the daemon did not answer");
+	wait_until(daemon_answers(), 60000, "the daemon did not answer");
 	/* Stands for the daemon's build in progress (made after its start-up
 	 * cleanup, as a build's directory is). */
 	char build_dir[800];
@@ -152,18 +138,13 @@ START_TEST(template_commands_refuse_while_a_daemon_runs)
 
 	const char *cmds[] = { "template gc --config", "template rm", "template build --config" };
 	for (int i = 0; i < 3; i++) {
-		char *out = NULL;
-		int rc = i == 1 ? vmf(&out, "template rm %s", id) : vmf(&out, "%s %s", cmds[i], cfg);
-		char *err = cli_err();
-		printf("%s while a daemon runs: exit %d, %s", cmds[i], rc, err);
-		ck_assert_int_eq(rc, 1);
-		ck_assert_msg(strstr(err, "a vmfactory daemon (or another template command) is using state dir") &&
-			      strstr(err, "stop it before template"), "unclear refusal: %s", err);
-		free(err);
-		free(out);
-		char p[700];
-		snprintf(p, sizeof p, "%s/cli.err", tmp);
-		unlink(p);
+		const char *words = "a vmfactory daemon (or another template command) is using state dir|"
+				    "stop it before template";
+		if (i == 1)
+			vmf_refused(words, "template rm %s", id);
+		else
+			vmf_refused(words, "%s %s", cmds[i], cfg);
+		printf("%s while a daemon runs: %s", cmds[i], cli_stderr());
 	}
 	ck_assert_msg(access(build_dir, F_OK) == 0, "gc removed the daemon's build in progress");
 	ck_assert(have_template(id));
@@ -182,10 +163,7 @@ START_TEST(template_commands_refuse_while_a_daemon_runs)
 	/* And a daemon cannot start while a template command holds the lock. */
 	int fd = vmf_lock_state_dir(state, &e);
 	ck_assert_int_ge(fd, 0);
-	ck_assert_int_ne(vmf(NULL, "daemon --config %s", cfg), 0);
-	char *err = cli_err();
-	ck_assert_msg(strstr(err, "daemon.lock is held by another vmfactory process"), "%s", err);
-	free(err);
+	vmf_refused("daemon.lock is held by another vmfactory process", "daemon --config %s", cfg);
 	close(fd);
 }
 END_TEST
