@@ -129,11 +129,8 @@ wait_share_file(const struct handed *h, const char *name)
 {
 	char p[800];
 	snprintf(p, sizeof p, "%s/%s", h->share, name);
-	int64_t deadline = vmf_now_ms() + 180000;
-	while (access(p, F_OK) < 0 && vmf_now_ms() < deadline)
-		poll(NULL, 0, 200);
-	ck_assert_msg(access(p, F_OK) == 0, "VM %s: its boot script left no %s in its share %s", h->id, name,
-		      h->share);
+	wait_until(access(p, F_OK) == 0, 180000, "VM %s: its boot script left no %s in its share %s", h->id, name,
+		   h->share);
 	return read_text(p);
 }
 

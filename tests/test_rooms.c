@@ -50,10 +50,8 @@ START_TEST(template_status_names_its_drivers_capabilities)
 	 * template is listed all the same. */
 	pid_t pid = start_foreground(sock, state, log, extra);
 	Vmf__Control__Reply *r = NULL;
-	int64_t deadline = vmf_now_ms() + 60000;
-	while (!(r = status()) && vmf_now_ms() < deadline)
-		poll(NULL, 0, 50);
-	ck_assert_msg(r && r->status, "the daemon did not answer status");
+	wait_until((r = status()) != NULL, 60000, "the daemon did not answer status");
+	ck_assert_msg(r->status, "the daemon's status reply has no status");
 	Vmf__Control__StatusReply *s = r->status;
 	ck_assert_uint_eq(s->n_templates, 1);
 	Vmf__Control__TemplateStatus *t = s->templates[0];
