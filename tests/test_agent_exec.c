@@ -40,6 +40,18 @@ setup(void)
 static void
 teardown(void)
 {
+	/* A failed ledger test leaves the dead agent's sessions: the ledger
+	 * names their groups. */
+	char ledger[700];
+	snprintf(ledger, sizeof ledger, "%s/ledger", dir);
+	DIR *d = opendir(ledger);
+	struct dirent *de;
+	int pgid;
+	while (d && (de = readdir(d)))
+		if (sscanf(de->d_name, "%d.", &pgid) == 1 && pgid > 1)
+			kill(-pgid, SIGKILL);
+	if (d)
+		closedir(d);
 	if (agent_pid > 0) {
 		kill(agent_pid, SIGKILL);
 		waitpid(agent_pid, NULL, 0);
@@ -695,6 +707,52 @@ START_TEST(port_answers_a_request_read_before_its_host_shows)
 }
 END_TEST
 
+/* The agent killed mid-exec (its exec-started fault point: the session
+ * started, the reply not yet sent), as a crash or the OOM killer would: the
+ * client sees its connection go, the session's processes (a shell and its
+ * child) outlive the agent, and the agent started next (as init does)
+ * kills them before it serves. */
+START_TEST(a_dead_agents_sessions_are_killed_by_the_next)
+{
+	REQUIRE_FAULT_BUILD();
+	char ledger[700];
+	snprintf(ledger, sizeof ledger, "%s/ledger", dir);
+	ck_assert_int_eq(mkdir(ledger, 0700), 0);
+	kill(agent_pid, SIGKILL);
+	waitpid(agent_pid, NULL, 0);
+	unlink(sock);
+	setenv("VMFACTORY_FAULT", "exec-started", 1);
+	agent_pid = vmf_test_agent_listener_with(sock, dir, ledger);
+	unsetenv("VMFACTORY_FAULT");
+	struct vmf_client_agent *a = conn();
+	struct vmf_exec_opts o = { .argv = (const char *const[]){ "sh", "-c", "sleep 987654 & exec sleep 987655",
+								   NULL } };
+	uint64_t id;
+	struct vmf_error e = {0};
+	ck_assert_int_lt(vmf_client_exec_start(a, &o, &id, 10000, &e), 0);
+	printf("exec start when the agent dies: %s\n", e.msg);
+	vmf_client_agent_close(a);
+	int st;
+	ck_assert_int_eq(waitpid(agent_pid, &st, 0), agent_pid);
+	ck_assert_msg(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL, "the agent did not die at its fault point (%d)", st);
+	agent_pid = -1;
+	wait_until(vmf_test_count_under("sleep", "98765") == 2, 10000, "the session's two processes did not start");
+	ck_assert_int_eq(vmf_test_dir_entries(ledger), 1);
+
+	unlink(sock);
+	agent_pid = vmf_test_agent_listener_with(sock, dir, ledger);
+	wait_until(vmf_test_count_under("sleep", "98765") == 0, 10000,
+		   "the sessions of the agent that died outlived the next one");
+	a = conn();
+	struct result r;
+	run(a, (const char *const[]){ "echo", "serving", NULL }, NULL, &r);
+	ck_assert_str_eq(r.out, "serving\n");
+	result_free(&r);
+	vmf_client_agent_close(a);
+	ck_assert_int_eq(vmf_test_dir_entries(ledger), 0);
+}
+END_TEST
+
 int
 main(void)
 {
@@ -714,5 +772,12 @@ main(void)
 	tcase_add_test(tc, unanswered_connection_is_replaced);
 	tcase_add_test(tc, port_answers_a_request_read_before_its_host_shows);
 	suite_add_tcase(s, tc);
+	/* Needs fault points: its own case, so that a skip shows (testlib.h). */
+	TCase *fc = tcase_create("fault");
+	tcase_set_tags(fc, VMF_TEST_OWN_CASE);
+	tcase_set_timeout(fc, 120);
+	tcase_add_checked_fixture(fc, setup, teardown);
+	tcase_add_test(fc, a_dead_agents_sessions_are_killed_by_the_next);
+	suite_add_tcase(s, fc);
 	return vmf_test_run(s);
 }

@@ -363,6 +363,12 @@ vmf_test_agent_path(void)
 pid_t
 vmf_test_agent_listener(const char *sock_path, const char *share_dir)
 {
+	return vmf_test_agent_listener_with(sock_path, share_dir, NULL);
+}
+
+pid_t
+vmf_test_agent_listener_with(const char *sock_path, const char *share_dir, const char *ledger)
+{
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	snprintf(sa.sun_path, sizeof sa.sun_path, "%s", sock_path);
 	int lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -376,7 +382,12 @@ vmf_test_agent_listener(const char *sock_path, const char *share_dir)
 		else
 			dup2(lfd, 3);
 		syscall(SYS_close_range, 4U, ~0U, 0U);
-		execl(vmf_test_agent_path(), "vmf-agent", "--listen-fd", "3", "--share-dir", share_dir, (char *)NULL);
+		if (ledger)
+			execl(vmf_test_agent_path(), "vmf-agent", "--listen-fd", "3", "--share-dir", share_dir,
+			      "--exec-ledger", ledger, (char *)NULL);
+		else
+			execl(vmf_test_agent_path(), "vmf-agent", "--listen-fd", "3", "--share-dir", share_dir,
+			      (char *)NULL);
 		_exit(127);
 	}
 	close(lfd);

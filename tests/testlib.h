@@ -93,6 +93,8 @@ const char *vmf_test_agent_path(void);
 /* The agent in listener test mode (--listen-fd) on a new unix socket at
  * sock_path, sharing share_dir; its pid (the caller kills it). */
 pid_t vmf_test_agent_listener(const char *sock_path, const char *share_dir);
+/* The same with an exec ledger dir (--exec-ledger), or none when NULL. */
+pid_t vmf_test_agent_listener_with(const char *sock_path, const char *share_dir, const char *ledger);
 
 /* Entries of directory path but . and ..; -1 when it cannot be read. */
 int vmf_test_dir_entries(const char *path);

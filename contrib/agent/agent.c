@@ -46,8 +46,12 @@
  * within the host's credit and while the connection's reply queue is below
  * OUTQ_HIGH, stdin is buffered up to its window: a process writing
  * gigabytes blocks on its pipe, nothing grows.  A connection that ends
- * kills the process groups it started.  In test mode exec runs host
- * processes as the test's user. */
+ * kills the process groups it started.  An agent that dies itself (a crash,
+ * the OOM killer) cannot: each group it starts has a file in the exec
+ * ledger (/run/vmf-agent/execs, root's alone), and the agent init starts
+ * next kills those groups before it serves.  In test mode exec runs host
+ * processes as the test's user, with a ledger only when given one
+ * (--exec-ledger). */
 #include <ctype.h>
 #include <grp.h>
 #include <dirent.h>
@@ -1585,12 +1589,118 @@ struct proc {
 	int status;
 	bool timed_out;
 	int64_t deadline;            /* ms on CLOCK_MONOTONIC; 0 = none */
+	unsigned long long ticks;    /* its start time: its exec ledger entry */
 	struct proc *next;
 };
 
 static struct proc *procs;
 static uint64_t next_exec_id;
 static unsigned n_procs;
+
+/* ---- the exec ledger: PGID.START files, START the group leader's start
+ * time (/proc/PGID/stat), so that a pid used again is never taken for one
+ * of ours ---- */
+
+#define EXEC_LEDGER_GUEST "/run/vmf-agent/execs"
+static const char *exec_ledger;
+
+static unsigned long long
+start_ticks(pid_t pid)
+{
+	char path[64], buf[1024];
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 0;
+	ssize_t n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return 0;
+	buf[n] = '\0';
+	/* Field 22, counted after the command name, which may hold blanks. */
+	char *f = strrchr(buf, ')');
+	for (int i = 2; f && i < 22; i++)
+		f = strchr(f + 1, ' ');
+	return f ? strtoull(f + 1, NULL, 10) : 0;
+}
+
+static void
+ledger_name(char *buf, size_t n, pid_t pgid, unsigned long long ticks)
+{
+	snprintf(buf, n, "%s/%d.%llu", exec_ledger, (int)pgid, ticks);
+}
+
+/* The leader's start time, for ledger_remove(). */
+static unsigned long long
+ledger_add(pid_t pgid)
+{
+	unsigned long long ticks = start_ticks(pgid);
+	if (!exec_ledger)
+		return ticks;
+	char path[PATH_MAX];
+	ledger_name(path, sizeof(path), pgid, ticks);
+	int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+	if (fd < 0)
+		logmsg("exec ledger: cannot create %s: %s", path, strerror(errno));
+	else
+		close(fd);
+	return ticks;
+}
+
+static void
+ledger_remove(pid_t pgid, unsigned long long ticks)
+{
+	if (!exec_ledger)
+		return;
+	char path[PATH_MAX];
+	ledger_name(path, sizeof(path), pgid, ticks);
+	unlink(path);
+}
+
+/* The groups a dead agent left: killed, unless their id now names a
+ * process of another start time (a group that still existed would have
+ * kept its id from being used again). */
+static void
+ledger_sweep(void)
+{
+	if (!exec_ledger)
+		return;
+	DIR *d = opendir(exec_ledger);
+	struct dirent *de;
+	while (d && (de = readdir(d))) {
+		int pgid;
+		unsigned long long ticks;
+		char tail;
+		if (sscanf(de->d_name, "%d.%llu%c", &pgid, &ticks, &tail) != 2 || pgid <= 1)
+			continue;
+		unsigned long long now = start_ticks(pgid);
+		if (!now || now == ticks) {
+			if (kill(-pgid, SIGKILL) == 0)
+				logmsg("killed process group %d, left by an agent that died", pgid);
+		}
+		char path[PATH_MAX];
+		snprintf(path, sizeof(path), "%s/%s", exec_ledger, de->d_name);
+		unlink(path);
+	}
+	if (d)
+		closedir(d);
+}
+
+/* Test builds: VMFACTORY_FAULT=name kills the agent at that point, as a
+ * crash would. */
+static void
+fault_point(const char *name)
+{
+#ifdef VMF_FAULT_INJECTION
+	const char *want = getenv("VMFACTORY_FAULT");
+	if (want && !strcmp(want, name)) {
+		logmsg("fault injection: killing myself at %s", name);
+		kill(getpid(), SIGKILL);
+	}
+#else
+	(void)name;
+#endif
+}
 
 static struct proc *
 proc_find(const struct conn *c, uint64_t id)
@@ -1667,6 +1777,8 @@ reap_procs(void)
 			continue;
 		int st;
 		pid_t r = waitpid(p->pid, &st, WNOHANG);
+		if (r == p->pid || (r < 0 && errno == ECHILD))
+			ledger_remove(p->pid, p->ticks);
 		if (r == p->pid) {
 			p->exited = true;
 			p->status = st;
@@ -2091,6 +2203,8 @@ do_exec_start(struct conn *c, Reply *r, const Vmf__Agent__ExecStart *x)
 	}
 	p->id = ++next_exec_id;
 	p->pid = pid;
+	p->ticks = ledger_add(pid);
+	fault_point("exec-started");
 	p->c = c;
 	p->tty = x->tty;
 	p->inbuf = inbuf;
@@ -2812,7 +2926,9 @@ usage(void)
 		"                                  of 0 is its host away, SIGIO wakes (test mode)\n"
 		"options: --share-dir PATH (default /mnt/share), --no-set-time, --no-exec, --version,\n"
 		"         --machine-id-file PATH (default /etc/machine-id; in test mode written only when given),\n"
-		"         --vsock-port N (0: no vsock), --vsock-allow-local (accept guest-local vsock peers)\n",
+		"         --vsock-port N (0: no vsock), --vsock-allow-local (accept guest-local vsock peers),\n"
+		"         --exec-ledger DIR (where started exec sessions are noted; default " EXEC_LEDGER_GUEST "\n"
+		"         in the guest, none in test mode)\n",
 		PORT_NAME, VSOCK_PORT_DEFAULT);
 }
 
@@ -2866,6 +2982,8 @@ main(int argc, char **argv)
 			machine_id_given = true;
 		} else if (!strcmp(argv[i], "--no-set-time")) {
 			no_set_time = true;
+		} else if (!strcmp(argv[i], "--exec-ledger") && i + 1 < argc) {
+			exec_ledger = argv[++i];
 		} else if (!strcmp(argv[i], "--version")) {
 			puts(AGENT_VERSION);
 			return 0;
@@ -2880,6 +2998,18 @@ main(int argc, char **argv)
 		fprintf(stderr, "vmf-agent: --fd/--stdio, --listen-fd and --port-fds exclude each other\n");
 		return 2;
 	}
+	bool guest = rfd < 0 && lfd < 0 && port_rfd < 0;
+	if (guest && !exec_ledger) {
+		exec_ledger = EXEC_LEDGER_GUEST;
+		if ((mkdir("/run", 0755) < 0 && errno != EEXIST) || (mkdir("/run/vmf-agent", 0700) < 0 && errno != EEXIST) ||
+		    (mkdir(exec_ledger, 0700) < 0 && errno != EEXIST)) {
+			logmsg("exec ledger %s: %s; processes of an agent that dies will not be killed", exec_ledger,
+			       strerror(errno));
+			exec_ledger = NULL;
+		}
+	}
+	/* What the previous agent started goes before anything is served. */
+	ledger_sweep();
 	if (rfd >= 0) {
 		test_mode = no_set_time = true;
 		fcntl(rfd, F_SETFL, fcntl(rfd, F_GETFL) | O_NONBLOCK);
