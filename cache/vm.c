@@ -248,6 +248,14 @@ stop_work(void *arg)
 			log_vm(VMF_LOG_WARN, vm->id, "removing its saved state %s: %s", vm->state_file, strerror(errno));
 		unlink(tmp);
 	}
+	/* Killed here, the record (releasing, its disks listed) outlives the
+	 * files: recovery reaps it, and the disks it held are free again.  A
+	 * point of VMs with disks alone: pooled VMs stop here too. */
+	for (unsigned i = 0; i < VMF_DISK_SLOTS; i++)
+		if (vm->disks[i]) {
+			VMF_FAULT("release-files-gone");
+			break;
+		}
 	if (vmf_catalog_vm_delete(j->c->cat, vm->id, &err) < 0 && err.code != ENOENT)
 		log_vm(VMF_LOG_WARN, vm->id, "removing its record: %s", err.msg);
 }

@@ -739,6 +739,9 @@ detach_work(void *arg)
 		return;
 	if ((j->rc = vm->ops->detach_disk(vm->hv, j->slot, err)) < 0)
 		return;
+	/* A daemon killed here leaves the disk recorded, its device gone from
+	 * the guest and the VMM: a detach of it again finishes the job. */
+	VMF_FAULT("detach-unplugged");
 	if (dk->kind == VMF_DISK_SCRATCH && unlink(dk->path) < 0 && errno != ENOENT)
 		log_vm(VMF_LOG_WARN, vm->id, "removing scratch volume %s: %s", dk->path, strerror(errno));
 	if (dk->kind == VMF_DISK_COW && unlink(dk->overlay) < 0 && errno != ENOENT)

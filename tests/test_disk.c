@@ -104,6 +104,18 @@ n_disks(const char *id)
 	return n;
 }
 
+/* The daemon killed and started again, with point as its fault point (or
+ * none); when the last one died at its point, it is gone first. */
+static void
+restart_with_fault(const char *point)
+{
+	if (daemon_answers())
+		kill_daemon_hard();
+	fault = point;   /* the daemon's environment */
+	start_tenant_daemon("");
+	fault = NULL;
+}
+
 START_TEST(disks_end_to_end)
 {
 	ck_assert_int_eq(chmod(tmp, 0711), 0);
@@ -309,28 +321,46 @@ START_TEST(disks_end_to_end)
 		char img3[700];
 		snprintf(img3, sizeof img3, "%s/third.img", tmp);
 		make_image(img3, 16);
-		fault = "attach-record";   /* the daemon's environment */
-		kill_daemon_hard();
-		start_tenant_daemon("");
+		restart_with_fault("attach-record");
 		vmf_refused("closed the connection", "attach %s --disk %s --mount /mnt/third", g.id, img3);
-		fault = NULL;
-		wait_until(!daemon_answers(), 20000, "the daemon survived its fault point attach-record");
-		start_tenant_daemon("");
+		restart_with_fault(NULL);
 		ck_assert_int_eq(n_disks(g.id), 3);
 		snprintf(cmd, sizeof cmd, "attach %s --disk %s --mount /mnt/third-again", g.id, img3);
 		ck_assert_int_eq(vmf_e(err, sizeof err, "%s%s", cmd, ""), 0);
 		ck_assert_int_eq(guest_sh(g.id, "cat /mnt/third-again/hello.txt", out, sizeof out), 0);
 		ck_assert_str_eq(out, "hello disk\n");
 		ck_assert_int_eq(vmf(NULL, "detach %s --disk /mnt/third-again", g.id), 0);
+		/* Killed in a detach with the device gone from the guest and
+		 * QEMU, before the record: the restarted daemon still lists
+		 * the disk, and a detach of it again finishes the job. */
+		restart_with_fault("detach-unplugged");
+		vmf_refused("closed the connection", "detach %s --disk /mnt/ro", g.id);
+		restart_with_fault(NULL);
+		ck_assert_msg(vmf_e(err, sizeof err, "detach %s --disk %s", g.id, "/mnt/ro") == 0,
+			      "a detach after one cut short: %s", err);
+		ck_assert_int_eq(n_disks(g.id), 2);
+		ck_assert_int_eq(guest_sh(g.id, "grep -c \" /mnt/ro \" /proc/mounts", out, sizeof out), 1);
+		snprintf(cmd, sizeof cmd, "attach %s --disk %s --ro --mount /mnt/ro", g.id, img);
+		ck_assert_int_eq(vmf(NULL, "%s", cmd), 0);
 	} else {
-		vmf_test_skip("the kill between mount and record: this build has no fault points");
+		vmf_test_skip("the kills mid-attach, mid-detach and mid-release: this build has no fault points");
 	}
 
 	/* The recorded read-write disk still excludes others. */
 	do_get(&h, "d3", 1, 256);
 	ck_assert_int_eq(h.rc, 0);
 	vmf_refused("already attached read-write", "attach %s --disk %s --ro", h.id, img2);
-	ck_assert_int_eq(vmf(NULL, "release %s", g.id), 0);
+	if (vmf_test_fault_build()) {
+		/* Killed releasing it (three disks) once its files are gone,
+		 * before its record: the restarted daemon reaps the record, and
+		 * the disks are free (below). */
+		restart_with_fault("release-files-gone");
+		vmf_refused("closed the connection", "release %s", g.id);
+		restart_with_fault(NULL);
+		vmf_refused("no VM", "inspect %s", g.id);
+	} else {
+		ck_assert_int_eq(vmf(NULL, "release %s", g.id), 0);
+	}
 	wait_until(kill(qpid, 0) != 0, 60000, "the released VM's QEMU %d still runs", (int)qpid);
 	ck_assert_int_ne(access(scratch, F_OK), 0);
 	/* Released: its disks are free again. */
