@@ -321,6 +321,28 @@ START_TEST(disks_end_to_end)
 		char img3[700];
 		snprintf(img3, sizeof img3, "%s/third.img", tmp);
 		make_image(img3, 16);
+		/* An attach held while it opens the file (a hung file system):
+		 * the daemon answers meanwhile, the VM takes no other job. */
+		char paused[800], go[800];
+		snprintf(paused, sizeof paused, "%s/attach-pause.paused", tmp);
+		snprintf(go, sizeof go, "%s/attach-pause.go", tmp);
+		setenv("VMFACTORY_FAULT_DIR", tmp, 1);
+		restart_with_fault("attach-pause");
+		unsetenv("VMFACTORY_FAULT_DIR");
+		pid_t at = vmf_test_fork();
+		if (at == 0)
+			_exit(vmf(NULL, "attach %s --disk %s --mount /mnt/held", g.id, img3) == 0 ? 0 : 1);
+		wait_until(access(paused, F_OK) == 0, 30000, "the attach did not reach its pause");
+		ck_assert_int_eq(vmf(NULL, "status"), 0);
+		vmf_refused("is busy", "detach %s --disk /mnt/ro", g.id);
+		vmf_refused("is busy", "suspend %s", g.id);
+		ck_assert_int_eq(vmf_write_file_atomic(go, "", 0, 0600, NULL), 0);
+		int st;
+		ck_assert_int_eq(waitpid(at, &st, 0), at);
+		ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the held attach failed: %s", cli_stderr());
+		ck_assert_int_eq(guest_sh(g.id, "cat /mnt/held/hello.txt", out, sizeof out), 0);
+		ck_assert_str_eq(out, "hello disk\n");
+		ck_assert_int_eq(vmf(NULL, "detach %s --disk /mnt/held", g.id), 0);
 		restart_with_fault("attach-record");
 		vmf_refused("closed the connection", "attach %s --disk %s --mount /mnt/third", g.id, img3);
 		restart_with_fault(NULL);
