@@ -249,11 +249,13 @@ start_daemon(const struct cmd *cmd, struct args *a, struct vmf_daemon_opts *opts
 		 * log, where the parent finds it once this process is gone. */
 		o.ready_fd = p[1];
 		o.notify_full = flag(a, "wait");
+		/* exit, not _exit: this is the daemon's own end (stdio was
+		 * flushed before the fork), and LeakSanitizer checks at exit. */
 		if (vmf_daemon_run(&o, &e) < 0) {
 			fprintf(stderr, "vmfactory: %s\n", e.msg);
-			_exit(1);
+			exit(1);
 		}
-		_exit(0);
+		exit(0);
 	}
 	close(p[1]);
 	close(logfd);
