@@ -531,8 +531,33 @@ cache_stopped(void *ctx, struct vmf_vm *vm, void *reply_to, int err)
 	}
 }
 
-static void
-daemon_free(struct vmf_daemon *d)
+struct vmf_daemon *
+vmf_daemon_new(const struct vmf_daemon_opts *opts, struct vmf_error *err)
+{
+	struct vmf_daemon *d = calloc(1, sizeof(*d));
+	if (!d) {
+		vmf_err(err, ENOMEM, "out of memory");
+		return NULL;
+	}
+	d->opts = *opts;
+	d->ready_fd = opts->ready_fd;
+	d->lock_fd = -1;
+	d->start_ms = vmf_now_ms();
+	TAILQ_INIT(&d->cache.pools);
+	TAILQ_INIT(&d->cache.vms);
+	snprintf(d->cache.vm_root, sizeof(d->cache.vm_root), "%s/vms", opts->run_dir);
+	d->cache.state_dir = d->opts.state_dir;
+	d->cache.run_dir = d->opts.run_dir;
+	d->cache.hooks = (struct vmf_cache_hooks){
+		.ctx = d, .settle = cache_settle, .readiness = cache_readiness, .build_failed = cache_build_failed,
+		.progress = cache_progress, .remove_links = cache_remove_links,
+		.undo_net = cache_undo_net, .stopped = cache_stopped,
+	};
+	return d;
+}
+
+void
+vmf_daemon_free(struct vmf_daemon *d)
 {
 	if (d->cache.jobs)
 		vmf_jobs_free(d->cache.jobs);
@@ -585,22 +610,9 @@ vmf_daemon_run(const struct vmf_daemon_opts *opts, struct vmf_error *err)
 	vmf_sd_notify_init();
 	/* Before recovery adopts VMs, each holding descriptors. */
 	vmf_control_raise_fd_limit();
-	struct vmf_daemon *d = calloc(1, sizeof(*d));
+	struct vmf_daemon *d = vmf_daemon_new(opts, err);
 	if (!d)
-		return vmf_err(err, ENOMEM, "out of memory");
-	d->opts = *opts;
-	d->ready_fd = opts->ready_fd;
-	d->start_ms = vmf_now_ms();
-	TAILQ_INIT(&d->cache.pools);
-	TAILQ_INIT(&d->cache.vms);
-	snprintf(d->cache.vm_root, sizeof(d->cache.vm_root), "%s/vms", opts->run_dir);
-	d->cache.state_dir = d->opts.state_dir;
-	d->cache.run_dir = d->opts.run_dir;
-	d->cache.hooks = (struct vmf_cache_hooks){
-		.ctx = d, .settle = cache_settle, .readiness = cache_readiness, .build_failed = cache_build_failed,
-		.progress = cache_progress, .remove_links = cache_remove_links,
-		.undo_net = cache_undo_net, .stopped = cache_stopped,
-	};
+		return -err->code;
 	signal(SIGPIPE, SIG_IGN);
 	if ((r = vmf_sandbox_policy_init(&d->sandbox, opts->sandbox_roots, opts->state_dir, opts->run_dir, err)) < 0)
 		goto out;
@@ -713,7 +725,7 @@ out:
 	d->cache.loop_done = true;
 	if (r < 0 && err)
 		vmf_sd_notify("STATUS=failed: %s\nERRNO=%d", err->msg, err->code);
-	daemon_free(d);
+	vmf_daemon_free(d);
 	/* After destroy nothing of ours stays in the run dir (rmdir: only when
 	 * empty, assigned VMs kept by a plain destroy keep theirs). */
 	if (d->destroy_done && rmdir(d->cache.vm_root) == 0) {

@@ -85,6 +85,13 @@ struct vmf_daemon {
 };
 
 /* daemon.c */
+/* The daemon's state, its hooks set, nothing started (vmf_daemon_run does
+ * the rest; the fuzz targets of the control socket and the metrics
+ * listener start only what they need).  vmf_daemon_free() stops the
+ * workers (their jobs complete), closes the listeners, the loop and the
+ * catalog, and frees the VMs and pools; not d itself. */
+struct vmf_daemon *vmf_daemon_new(const struct vmf_daemon_opts *opts, struct vmf_error *err);
+void vmf_daemon_free(struct vmf_daemon *d);
 /* From any thread: logs a progress line; the loop writes it to `vmfactory
  * init`'s pipe and to systemd (STATUS=). */
 void vmf_daemon_progress(struct vmf_daemon *d, const char *fmt, ...)
