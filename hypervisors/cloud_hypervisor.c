@@ -521,3 +521,5 @@ const struct vmf_hv_ops vmf_cloud_hypervisor_ops = {
 	.detach_disk = ch_detach_disk,
 	.release = vmf_rest_release,
 };
+
+const struct vmf_rest_vmm *const vmf_rest_cloud_hypervisor = &ch;

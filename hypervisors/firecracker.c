@@ -688,3 +688,5 @@ const struct vmf_hv_ops vmf_firecracker_ops = {
 	.disk_device = FC_DISK_DEVICE,
 	.release = vmf_rest_release,
 };
+
+const struct vmf_rest_vmm *const vmf_rest_firecracker = &fc;

@@ -536,6 +536,16 @@ vm_new(const vmf_vm_config *cfg, struct vmf_error *err)
 	return vm;
 }
 
+int
+vmf_qemu_on_qmp(const vmf_vm_config *cfg, struct vmf_qmp *qmp, struct vmf_vmm **out, struct vmf_error *err)
+{
+	*out = vm_new(cfg, err);
+	if (!*out)
+		return -ENOMEM;
+	(*out)->qmp = qmp;
+	return 0;
+}
+
 static int
 spawn(struct vmf_vmm *vm, struct vmf_error *err)
 {

@@ -44,6 +44,13 @@ void vmf_qemu_free_argv(char **argv);
 struct argv_buf;
 void vmf_qemu_append_hotplugged(struct argv_buf *a, const vmf_vm_config *cfg, const char *accel);
 
+/* A handle of the QEMU driver for cfg on an open QMP connection (taken:
+ * ops->release closes it), with no process behind it: what the driver
+ * makes of QEMU's replies, tested without QEMU (tests/fuzz/fuzz_qemu.c).
+ * Only the ops that talk QMP may be used on it. */
+struct vmf_qmp;
+int vmf_qemu_on_qmp(const vmf_vm_config *cfg, struct vmf_qmp *qmp, struct vmf_vmm **out, struct vmf_error *err);
+
 /* The -sandbox value used for every VM. */
 #define VMF_QEMU_SANDBOX "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
 /* With -runas: QEMU 7.2 drops to the user after installing its seccomp

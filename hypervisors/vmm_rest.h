@@ -67,6 +67,11 @@ struct vmf_vmm {
 	unsigned disks;
 };
 
+/* The two drivers' descriptions (firecracker.c, cloud_hypervisor.c): with
+ * vmf_rest_new, a handle on an API socket and no process, for the fuzz
+ * target of the VMMs' replies (tests/fuzz/fuzz_rest.c). */
+extern const struct vmf_rest_vmm *const vmf_rest_firecracker, *const vmf_rest_cloud_hypervisor;
+
 /* ---- for the driver files ---- */
 
 /* The first steps of ops->boot: checks cfg (a kernel, vCPUs and memory,
