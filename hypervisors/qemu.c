@@ -688,6 +688,16 @@ set_capability(struct vmf_vmm *vm, const char *cap, bool on, struct vmf_error *e
 	return r;
 }
 
+/* A string member of a QMP reply, "" when it is missing or no string (a
+ * JSON null among them): what QEMU sends is checked before it is used. */
+static const char *
+member_str(json_object *o, const char *key)
+{
+	json_object *v;
+	return json_object_is_type(o, json_type_object) && json_object_object_get_ex(o, key, &v) &&
+	       json_object_is_type(v, json_type_string) ? json_object_get_string(v) : "";
+}
+
 /* x-ignore-shared is experimental: probe for it rather than assume it. */
 static int
 has_capability(struct vmf_vmm *vm, const char *cap, struct vmf_error *err)
@@ -698,12 +708,9 @@ has_capability(struct vmf_vmm *vm, const char *cap, struct vmf_error *err)
 		return r;
 	int found = 0;
 	size_t n = json_object_is_type(ret, json_type_array) ? json_object_array_length(ret) : 0;
-	for (size_t i = 0; i < n; i++) {
-		json_object *name;
-		if (json_object_object_get_ex(json_object_array_get_idx(ret, i), "capability", &name) &&
-		    strcmp(json_object_get_string(name), cap) == 0)
+	for (size_t i = 0; i < n; i++)
+		if (strcmp(member_str(json_object_array_get_idx(ret, i), "capability"), cap) == 0)
 			found = 1;
-	}
 	json_object_put(ret);
 	return found;
 }
@@ -728,12 +735,12 @@ static int
 wait_runstate_settled(struct vmf_vmm *vm, int64_t deadline, struct vmf_error *err)
 {
 	for (;;) {
-		json_object *ret = NULL, *st;
+		json_object *ret = NULL;
 		int r = qmp_cmd(vm, "query-status", NULL, &ret, err);
 		if (r < 0)
 			return r;
 		char s[32];
-		snprintf(s, sizeof(s), "%s", json_object_object_get_ex(ret, "status", &st) ? json_object_get_string(st) : "");
+		snprintf(s, sizeof(s), "%s", member_str(ret, "status"));
 		bool settled = strcmp(s, "finish-migrate") != 0 && strcmp(s, "inmigrate") != 0;
 		json_object_put(ret);
 		if (settled)
@@ -756,15 +763,14 @@ wait_migration(struct vmf_vmm *vm, const char *what, struct vmf_error *err)
 		if (left <= 0)
 			return vmf_err(err, ETIMEDOUT, "VM %s: %s did not finish within %d s", vm->cfg->id,
 				       what, MIGRATE_TIMEOUT_MS / 1000);
-		json_object *data = NULL, *status;
+		json_object *data = NULL;
 		int r = vmf_qmp_wait_event(vm->qmp, "MIGRATION", &data, left, err);
 		if (r < 0) {
 			vmf_error_prefix(err, "VM %s: %s", vm->cfg->id, what);
 			append_logs(vm, err);
 			return r;
 		}
-		const char *s = json_object_object_get_ex(data, "status", &status)
-					? json_object_get_string(status) : "";
+		const char *s = member_str(data, "status");
 		if (strcmp(s, "completed") == 0) {
 			json_object_put(data);
 			return wait_runstate_settled(vm, deadline, err);
@@ -828,10 +834,10 @@ query_dimms(struct vmf_vmm *vm, struct vmf_snapshot_result *res, struct vmf_erro
 		return r;
 	size_t n = json_object_is_type(ret, json_type_array) ? json_object_array_length(ret) : 0;
 	for (size_t i = 0; i < n; i++) {
-		json_object *dev = json_object_array_get_idx(ret, i), *data, *id, *size, *addr;
+		json_object *dev = json_object_array_get_idx(ret, i), *data, *size, *addr;
 		unsigned k;
-		if (!json_object_object_get_ex(dev, "data", &data) || !json_object_object_get_ex(data, "id", &id) ||
-		    sscanf(json_object_get_string(id), "dimm%u", &k) != 1 || k >= vm->dimms ||
+		if (!json_object_is_type(dev, json_type_object) || !json_object_object_get_ex(dev, "data", &data) ||
+		    sscanf(member_str(data, "id"), "dimm%u", &k) != 1 || k >= vm->dimms ||
 		    !json_object_object_get_ex(data, "size", &size) || !json_object_object_get_ex(data, "addr", &addr))
 			continue;
 		res->dimms[k].size_mib = (unsigned)((uint64_t)json_object_get_int64(size) >> 20);
@@ -1206,17 +1212,22 @@ qemu_hotplug_vcpus(struct vmf_vmm *vm, unsigned total, struct vmf_error *err)
 	int r = qmp_cmd(vm, "query-hotpluggable-cpus", NULL, &ret, err);
 	if (r < 0)
 		return r;
+	if (!json_object_is_type(ret, json_type_array)) {
+		json_object_put(ret);
+		return vmf_err(err, EPROTO, "VM %s: query-hotpluggable-cpus returned no list", vm->cfg->id);
+	}
 	size_t n = json_object_array_length(ret);
 	/* QEMU lists slots from the highest id down; plug in ascending order so
 	 * the guest numbers them as it would at boot. */
 	for (size_t k = n; k-- > 0 && vm->vcpus < total;) {
 		json_object *slot = json_object_array_get_idx(ret, k), *type, *props, *path;
-		if (json_object_object_get_ex(slot, "qom-path", &path))
+		if (json_object_is_type(slot, json_type_object) && json_object_object_get_ex(slot, "qom-path", &path))
 			continue; /* already present */
-		if (!json_object_object_get_ex(slot, "type", &type) ||
-		    !json_object_object_get_ex(slot, "props", &props)) {
+		if (!json_object_is_type(slot, json_type_object) || !json_object_object_get_ex(slot, "type", &type) ||
+		    !json_object_is_type(type, json_type_string) || !json_object_object_get_ex(slot, "props", &props) ||
+		    !json_object_is_type(props, json_type_object)) {
 			r = vmf_err(err, EPROTO, "VM %s: query-hotpluggable-cpus returned a slot without "
-				    "type or props", vm->cfg->id);
+				    "a type name and props", vm->cfg->id);
 			break;
 		}
 		json_object *args = json_object_new_object();
@@ -1661,14 +1672,13 @@ qemu_detach_disk(struct vmf_vmm *vm, unsigned slot, struct vmf_error *err)
 	/* A SCSI unplug needs nothing from the guest: the device is gone when
 	 * DEVICE_DELETED comes, and only then may its nodes go. */
 	for (int64_t deadline = vmf_now_ms() + QMP_TIMEOUT_MS; r == 0;) {
-		json_object *data = NULL, *id;
+		json_object *data = NULL;
 		int left = (int)(deadline - vmf_now_ms());
 		if (left <= 0 || vmf_qmp_wait_event(vm->qmp, "DEVICE_DELETED", &data, left, &e) < 0) {
 			*err = e;
 			return vmf_error_prefix(err, "VM %s: detaching disk %s", vm->cfg->id, node);
 		}
-		bool ours = json_object_object_get_ex(data, "device", &id) &&
-			    strcmp(json_object_get_string(id), node) == 0;
+		bool ours = strcmp(member_str(data, "device"), node) == 0;
 		json_object_put(data);
 		if (ours)
 			break;
