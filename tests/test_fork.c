@@ -113,12 +113,28 @@ START_TEST(snapshot_forks_a_running_vm_into_a_template)
 	int rc = call_as(tu.uid_b, req_snapshot, snap4, msg, sizeof msg);
 	assert_refused(rc, msg, EACCES, "is not yours", "a tenant's snapshot of root's VM");
 
-	/* Two VMs of it: both see the file, each its own identity. */
+	/* Two VMs of it, root's and a tenant's: both see the file, each its
+	 * own identity. */
 	struct got b = {0}, c = {0};
 	get_template(&b, "fork-b", "snap1");
 	ck_assert_msg(b.rc == 0, "get --template snap1 failed");
-	get_template(&c, "fork-c", "snap1");
-	ck_assert_msg(c.rc == 0, "second get --template snap1 failed");
+	char a_dir[700], a_share[800], a_sock[800];
+	snprintf(a_dir, sizeof a_dir, "%s/%s", tmp, tu.a);
+	ck_assert_int_eq(mkdir(a_dir, 0755), 0);
+	ck_assert_int_eq(chown(a_dir, tu.uid_a, tu.gid), 0);
+	snprintf(a_share, sizeof a_share, "%s/share", a_dir);
+	snprintf(a_sock, sizeof a_sock, "%s/sock", a_dir);
+	Vmf__Control__GetVMRequest treq = VMF__CONTROL__GET_VMREQUEST__INIT;
+	treq.vcpus = 1;
+	treq.memory_mib = 256;
+	treq.template_ = "snap1";
+	treq.sandbox_id = "fork-c";
+	treq.share_dir = a_share;
+	treq.sock_dir = a_sock;
+	treq.timeout_ms = 120000;
+	rc = call_as(tu.uid_a, req_get, &treq, msg, sizeof msg);
+	ck_assert_msg(rc == 0, "a tenant's get --template snap1 failed: %s", msg);
+	sscanf(msg, "%63s", c.id);
 	ck_assert_str_eq(str(b.rec, "template_id", NULL), tid);
 	for (int k = 0; k < 2; k++) {
 		char *got = run_in(k ? c.id : b.id, "cat /tmp/forkfile");
@@ -134,9 +150,13 @@ START_TEST(snapshot_forks_a_running_vm_into_a_template)
 	json_object_put(ib);
 	json_object_put(ic);
 	free(run_in(a.id, "true"));
+	/* The tenant forks its own VM, and releases it. */
+	const char *snapt[2] = { c.id, "snapt" };
+	rc = call_as(tu.uid_a, req_snapshot, snapt, msg, sizeof msg);
+	ck_assert_msg(rc == 0 && strlen(msg) == 64, "a tenant's snapshot of its own VM: %d %s", rc, msg);
+	ck_assert_msg(call_as(tu.uid_a, req_release, c.id, msg, sizeof msg) == 0, "the tenant's release: %s", msg);
 	json_object_put(a.rec);
 	json_object_put(b.rec);
-	json_object_put(c.rec);
 
 	/* A pool of it ([pool X] template = NAME) fills with its clones. */
 	ck_assert_int_eq(vmf(NULL, "destroy --all"), 0);
