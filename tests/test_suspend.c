@@ -339,6 +339,21 @@ START_TEST(suspend_resume_survive_crashes_and_refuse_bad_input)
 	ck_assert_int_eq(vmf(NULL, "release %s", id), 0);
 	ck_assert_int_eq(saved_files(names, sizeof names), 0);
 	json_object_put(g.rec);
+
+	/* A tenant suspends and resumes its own VM. */
+	char b_dir[700], bid[1100];
+	snprintf(b_dir, sizeof b_dir, "%s/%s", tmp, tu.b);
+	ck_assert_int_eq(mkdir(b_dir, 0755), 0);
+	ck_assert_int_eq(chown(b_dir, tu.uid_b, tu.gid), 0);
+	ck_assert_int_eq(chmod(svc, 0711), 0);
+	ck_assert_msg(tenant_get(tu.uid_b, b_dir, "tenant-b", bid, sizeof bid) == 0, "GetVM as a tenant: %s", bid);
+	rc = call_as(tu.uid_b, req_suspend, bid, msg, sizeof msg);
+	ck_assert_msg(rc == 0, "a tenant's suspend of its own VM: %s", msg);
+	expect_state(bid, "suspended");
+	rc = call_as(tu.uid_b, req_resume, bid, msg, sizeof msg);
+	ck_assert_msg(rc == 0, "a tenant's resume of its own VM: %s", msg);
+	expect_state(bid, "assigned");
+	ck_assert_msg(call_as(tu.uid_b, req_release, bid, msg, sizeof msg) == 0, "the tenant's release: %s", msg);
 	ck_assert_int_eq(vmf(NULL, "destroy"), 0);
 	ck_assert_int_eq(qemu_gone(), 0);
 }
