@@ -355,7 +355,9 @@ const char *
 vmf_test_agent_path(void)
 {
 	static char path[600];
-	const char *b = getenv("VMFACTORY_BUILDDIR");
+	const char *a = getenv("VMFACTORY_AGENT"), *b = getenv("VMFACTORY_BUILDDIR");
+	if (a && *a)
+		return a;
 	snprintf(path, sizeof path, "%s/contrib/agent/vmf-agent", b ? b : ".");
 	return path;
 }

@@ -88,7 +88,8 @@ char *vmf_test_tmpdir(const char *prefix);
  * must call nothing from check. */
 pid_t vmf_test_fork(void);
 
-/* This build's guest agent (VMFACTORY_BUILDDIR/contrib/agent/vmf-agent). */
+/* This build's guest agent (VMFACTORY_BUILDDIR/contrib/agent/vmf-agent, or
+ * $VMFACTORY_AGENT: the sanitizer stage's vmf-agent-sanitized). */
 const char *vmf_test_agent_path(void);
 /* The agent in listener test mode (--listen-fd) on a new unix socket at
  * sock_path, sharing share_dir; its pid (the caller kills it). */
