@@ -31,7 +31,7 @@ static char fv_fake[PATH_MAX], fv_kernel[PATH_MAX], fv_violations[PATH_MAX], fv_
  * before its teardown, so the parent kills what it left under fv_root. */
 /* Sends a request the fake must refuse (json may be NULL); the error must
  * contain want (NULL: any refusal). */
-static void
+static inline void
 fv_expect_refused(const char *vmm, const char *sock, const char *method, const char *path, const char *json,
 		  const char *want)
 {
@@ -46,7 +46,7 @@ fv_expect_refused(const char *vmm, const char *sock, const char *method, const c
 
 /* A record whose pid is alive but not that VM's VMM (pid reuse: here the
  * test itself) must not be adopted; want is the error with %d for the pid. */
-static void
+static inline void
 fv_expect_not_adopted(const struct vmf_hv_ops *ops, vmf_hv_state *st, const char *want_fmt)
 {
 	pid_t pid = st->pid;
@@ -64,13 +64,13 @@ fv_expect_not_adopted(const struct vmf_hv_ops *ops, vmf_hv_state *st, const char
 	st->start_time_ticks = ticks;
 }
 
-static void
+static inline void
 fv_root_setup(void)
 {
 	fv_root = vmf_test_tmpdir("vmf-fakevmm");
 }
 
-static void
+static inline void
 fv_root_teardown(void)
 {
 	vmf_test_kill_under("fake_vmm", fv_root);
@@ -79,7 +79,7 @@ fv_root_teardown(void)
 	fv_root = NULL;
 }
 
-static void
+static inline void
 fv_setup(void)
 {
 	/* A unique name: each test runs in a forked child (a counter would
@@ -100,7 +100,7 @@ fv_setup(void)
 /* Kills the fake VMMs of this test's VM NAME and returns how many there
  * were.  The match is this test's own directory: the firecracker and
  * cloud_hypervisor programs run at the same time and name VMs alike. */
-static int
+static inline int
 fv_kill_left(const char *name)
 {
 	char under[PATH_MAX];
@@ -109,7 +109,7 @@ fv_kill_left(const char *name)
 }
 
 /* Fails the test when the fake saw anything outside the API document. */
-static void
+static inline void
 fv_assert_no_violations(void)
 {
 	char *text = NULL;
@@ -120,7 +120,7 @@ fv_assert_no_violations(void)
 	}
 }
 
-static bool
+static inline bool
 fv_log_has(const char *needle)
 {
 	char *text = NULL;
@@ -132,7 +132,7 @@ fv_log_has(const char *needle)
 	return found;
 }
 
-static void
+static inline void
 fv_teardown(void)
 {
 	unsetenv("FAKE_VMM_VIOLATIONS");
@@ -154,7 +154,7 @@ struct fv_cfg {
 	char id[40], name[64], run_dir[PATH_MAX], mem[PATH_MAX];
 };
 
-static void
+static inline void
 fv_config(struct fv_cfg *f, const char *id, unsigned vcpus, unsigned max_vcpus, unsigned mem,
 	  unsigned max_mem)
 {
@@ -180,7 +180,7 @@ fv_config(struct fv_cfg *f, const char *id, unsigned vcpus, unsigned max_vcpus, 
 
 /* watch_fd is -1 only where pidfd_open is unavailable (old kernels,
  * valgrind): then nothing is required of it. */
-static void
+static inline void
 fv_assert_watch_fd(int fd)
 {
 	int probe = (int)syscall(SYS_pidfd_open, getpid(), 0);
@@ -193,7 +193,7 @@ fv_assert_watch_fd(int fd)
 /* Agent stand-in: the fake's vsock echoes what it gets. */
 /* The sockets the driver names for status (ops->control_socket,
  * ops->agent_socket) are the ones its VMM listens on. */
-static void
+static inline void
 fv_assert_named_sockets(const struct vmf_hv_ops *o, const char *run_dir)
 {
 	const char *names[] = { o->control_socket, o->agent_socket };
@@ -206,7 +206,7 @@ fv_assert_named_sockets(const struct vmf_hv_ops *o, const char *run_dir)
 	}
 }
 
-static void
+static inline void
 fv_assert_echo(int fd)
 {
 	ck_assert_int_ge(fd, 0);
@@ -219,7 +219,7 @@ fv_assert_echo(int fd)
 	close(fd);
 }
 
-static int
+static inline int
 fv_open_state(const char *name, int flags)
 {
 	char p[PATH_MAX];
@@ -231,7 +231,7 @@ fv_open_state(const char *name, int flags)
 
 /* What a restarted daemon does: a handle adopted from vm's serialized
  * state replaces vm (which is released). */
-static struct vmf_vmm *
+static inline struct vmf_vmm *
 fv_readopt(const struct vmf_hv_ops *ops, struct vmf_vmm *vm)
 {
 	struct vmf_error err = {0};
@@ -247,7 +247,7 @@ fv_readopt(const struct vmf_hv_ops *ops, struct vmf_vmm *vm)
 /* A suspend: vm's whole state into the state file NAME (returned open, for
  * the resume to read), its handle serialized into *hs, the VMM stopped and
  * the handle released. */
-static int
+static inline int
 fv_suspend(const struct vmf_hv_ops *ops, struct vmf_vmm *vm, const char *name, vmf_hv_state **hs)
 {
 	struct vmf_error err = {0};
@@ -266,7 +266,7 @@ fv_suspend(const struct vmf_hv_ops *ops, struct vmf_vmm *vm, const char *name, v
  * (run_state names the fake's state of a run dir) and a clone through
  * vmf_template_clone starts paused and answers.  check (may be NULL) sees
  * the record and the paused clone's run dir first. */
-static void
+static inline void
 fv_snapshot_through_catalog(const struct vmf_hv_ops *ops, struct vmf_vmm *vm, const struct fv_cfg *src,
 			    const Vmf__Catalog__TemplateSpec *spec, const char *method,
 			    const char *(*run_state)(const char *run_dir, char *buf, size_t n),
