@@ -97,6 +97,20 @@
 #ifdef VMF_AGENT_LEAK_CHECK
 #include <sanitizer/lsan_interface.h>
 #define leak_check() __lsan_do_recoverable_leak_check()
+/* A guest has no symbolizer (addresses and the build id are reported; the
+ * build's binary resolves them) and its console no terminal. */
+const char *__asan_default_options(void);
+const char *
+__asan_default_options(void)
+{
+	return "symbolize=0:color=never";
+}
+const char *__ubsan_default_options(void);
+const char *
+__ubsan_default_options(void)
+{
+	return "symbolize=0:color=never:print_stacktrace=1";
+}
 #else
 #define leak_check() ((void)0)
 #endif
