@@ -2306,7 +2306,8 @@ do_exec_request(struct conn *c, const Vmf__Agent__AgentRequest *req, Reply *r)
 		if (p->in_fd < 0 || p->in_close) {
 			/* Its stdin is closed: acknowledged, dropped. */
 			p->in_ack += (uint32_t)in->data.len;
-		} else {
+		} else if (in->data.len) {
+			/* (An EOF alone has no data: no memcpy from NULL.) */
 			memcpy(p->inbuf + p->inlen, in->data.data, in->data.len);
 			p->inlen += in->data.len;
 		}
