@@ -369,6 +369,7 @@ START_TEST(disks_end_to_end)
 	}
 
 	/* The recorded read-write disk still excludes others. */
+	json_object_put(h.rec);
 	do_get(&h, "d3", 1, 256);
 	ck_assert_int_eq(h.rc, 0);
 	vmf_refused("already attached read-write", "attach %s --disk %s --ro", h.id, img2);
