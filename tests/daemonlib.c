@@ -196,6 +196,23 @@ cli_stderr(void)
 	return last_err;
 }
 
+/* A CLI's stderr from efd (closed) into last_err, and kept whole in
+ * $tmp/cli.err: the sanitizer scan reads it (a CLI's leak report too). */
+static void
+keep_cli_err(int efd)
+{
+	ssize_t el = pread(efd, last_err, sizeof last_err - 1, 0);
+	last_err[el > 0 ? el : 0] = '\0';
+	close(efd);
+	char logp[700];
+	snprintf(logp, sizeof logp, "%s/cli.err", tmp);
+	int lfd = open(logp, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+	if (lfd >= 0) {
+		(void)!write(lfd, last_err, strlen(last_err));
+		close(lfd);
+	}
+}
+
 /* Runs `vmfactory ARGS`; returns the exit status, stdout in *out, stderr in
  * last_err and appended to tmp/cli.err. */
 int
@@ -223,18 +240,8 @@ vmf(char **out, const char *fmt, ...)
 	}
 	buf[n] = '\0';
 	int st = pclose(p);
-	ssize_t el = pread(efd, last_err, sizeof last_err - 1, 0);
-	last_err[el > 0 ? el : 0] = '\0';
-	close(efd);
+	keep_cli_err(efd);
 	unlink(errp);
-	/* Kept whole: the sanitizer scan reads it (a CLI's leak report too). */
-	char logp[700];
-	snprintf(logp, sizeof logp, "%s/cli.err", tmp);
-	int lfd = open(logp, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
-	if (lfd >= 0) {
-		(void)!write(lfd, last_err, strlen(last_err));
-		close(lfd);
-	}
 	if (out)
 		*out = buf;
 	else
@@ -921,6 +928,14 @@ req_snapshot(struct vmf_client *c, const void *arg, char *out, size_t n, struct 
 	return reply_done(rc, r);
 }
 
+void
+tenant_dir(const char *user, uid_t uid, char *dir, size_t n)
+{
+	snprintf(dir, n, "%s/%s", tmp, user);
+	ck_assert_msg(mkdir(dir, 0755) == 0, "mkdir %s: %s", dir, strerror(errno));
+	ck_assert_msg(chown(dir, uid, tu.gid) == 0, "chown %s: %s", dir, strerror(errno));
+}
+
 int
 tenant_get(uid_t uid, const char *dir, const char *sandbox, char *id, size_t n)
 {
@@ -985,16 +1000,7 @@ vmf_as(uid_t uid, char **out, const char *fmt, ...)
 	close(o[0]);
 	int st;
 	ck_assert_int_eq(waitpid(pid, &st, 0), pid);
-	ssize_t el = pread(efd, last_err, sizeof last_err - 1, 0);
-	last_err[el > 0 ? el : 0] = '\0';
-	close(efd);
-	char logp[700];
-	snprintf(logp, sizeof logp, "%s/cli.err", tmp);
-	int lfd = open(logp, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
-	if (lfd >= 0) {
-		(void)!write(lfd, last_err, strlen(last_err));
-		close(lfd);
-	}
+	keep_cli_err(efd);
 	if (out)
 		*out = buf;
 	else

@@ -141,6 +141,9 @@ int as_tenant(uid_t uid, tenant_fn fn, const void *arg, char *msg, size_t n);
 int call_as(uid_t uid, tenant_call_fn fn, const void *arg, char *msg, size_t n);
 int vmf_as(uid_t uid, char **out, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 void assert_refused(int rc, const char *msg, int err, const char *words, const char *what);
+/* A tenant's own dir, as a runtime would set it up: $tmp/USER, mode 0755,
+ * owned by uid and the tenant group; its path in dir. */
+void tenant_dir(const char *user, uid_t uid, char *dir, size_t n);
 /* GetVM of 1 vCPU and 256 MiB as uid into dir/share and dir/sock: 0 with
  * the VM's id in id, or -errno with the error's sentence there. */
 int tenant_get(uid_t uid, const char *dir, const char *sandbox, char *id, size_t n);

@@ -261,9 +261,7 @@ START_TEST(disks_end_to_end)
 
 	/* ---- a non-root peer: only its own regular files ---- */
 	char a_dir[700], mine[800], theirs[800];
-	snprintf(a_dir, sizeof a_dir, "%s/%s", tmp, tu.a);
-	ck_assert_int_eq(mkdir(a_dir, 0755), 0);
-	ck_assert_int_eq(chown(a_dir, tu.uid_a, tu.gid), 0);
+	tenant_dir(tu.a, tu.uid_a, a_dir, sizeof a_dir);
 	snprintf(mine, sizeof mine, "%s/mine.img", a_dir);
 	snprintf(theirs, sizeof theirs, "%s/theirs.img", a_dir);
 	make_image(mine, 16);

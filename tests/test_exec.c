@@ -459,9 +459,7 @@ START_TEST(exec_end_to_end)
 
 	/* ---- tenants: the owner's agent, nobody else's ---- */
 	char a_dir[700];
-	snprintf(a_dir, sizeof a_dir, "%s/%s", tmp, tu.a);
-	ck_assert_int_eq(mkdir(a_dir, 0755), 0);
-	ck_assert_int_eq(chown(a_dir, tu.uid_a, tu.gid), 0);
+	tenant_dir(tu.a, tu.uid_a, a_dir, sizeof a_dir);
 	json_object *avm = get_json_as(tu.uid_a, a_dir, "tenant-a");
 	const char *aid = vm_field(avm, "id"), *a_agent = vm_field(avm, "agent_socket");
 	ex_as(tu.uid_a, &r, NULL, (const char *const[]){ aid, "--", "echo", "mine", NULL });

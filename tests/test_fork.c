@@ -119,9 +119,7 @@ START_TEST(snapshot_forks_a_running_vm_into_a_template)
 	get_template(&b, "fork-b", "snap1");
 	ck_assert_msg(b.rc == 0, "get --template snap1 failed");
 	char a_dir[700], a_share[800], a_sock[800];
-	snprintf(a_dir, sizeof a_dir, "%s/%s", tmp, tu.a);
-	ck_assert_int_eq(mkdir(a_dir, 0755), 0);
-	ck_assert_int_eq(chown(a_dir, tu.uid_a, tu.gid), 0);
+	tenant_dir(tu.a, tu.uid_a, a_dir, sizeof a_dir);
 	snprintf(a_share, sizeof a_share, "%s/share", a_dir);
 	snprintf(a_sock, sizeof a_sock, "%s/sock", a_dir);
 	Vmf__Control__GetVMRequest treq = VMF__CONTROL__GET_VMREQUEST__INIT;

@@ -275,9 +275,7 @@ START_TEST(a_tenant_gets_its_agent_but_no_monitor)
 	ck_assert_int_eq(chmod(svc, 0711), 0);
 	start_tenant_daemon("");
 	char a_dir[700], a_share[800], a_sock[800], id[64];
-	snprintf(a_dir, sizeof a_dir, "%s/%s", tmp, tu.a);
-	ck_assert_int_eq(mkdir(a_dir, 0755), 0);
-	ck_assert_int_eq(chown(a_dir, tu.uid_a, tu.gid), 0);
+	tenant_dir(tu.a, tu.uid_a, a_dir, sizeof a_dir);
 	snprintf(a_share, sizeof a_share, "%s/share", a_dir);
 	snprintf(a_sock, sizeof a_sock, "%s/sock", a_dir);
 	ck_assert_msg(tenant_get(tu.uid_a, a_dir, "tenant", id, sizeof id) == 0, "GetVM as a tenant: %s", id);

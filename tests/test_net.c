@@ -358,9 +358,7 @@ bad_input(void)
 	check(g.rc != 0 && strstr(g.err, "exclude"), "netns with net user is refused: %s", g.err);
 	/* ---- a tenant: the host's namespace, and its own ---- */
 	char a_dir[700];
-	snprintf(a_dir, sizeof a_dir, "%s/%s", tmp, tu.a);
-	ck_assert_int_eq(mkdir(a_dir, 0755), 0);
-	ck_assert_int_eq(chown(a_dir, tu.uid_a, tu.gid), 0);
+	tenant_dir(tu.a, tu.uid_a, a_dir, sizeof a_dir);
 	int rc = vmf_as(tu.uid_a, NULL, "get --cpus 1 --memory 256 --sandbox ten --share-dir %s/share "
 			"--sock-dir %s/sock --netns /proc/%d/ns/net", a_dir, a_dir, (int)getpid());
 	snprintf(why, sizeof why, "%s", cli_stderr());

@@ -342,9 +342,7 @@ START_TEST(suspend_resume_survive_crashes_and_refuse_bad_input)
 
 	/* A tenant suspends and resumes its own VM. */
 	char b_dir[700], bid[1100];
-	snprintf(b_dir, sizeof b_dir, "%s/%s", tmp, tu.b);
-	ck_assert_int_eq(mkdir(b_dir, 0755), 0);
-	ck_assert_int_eq(chown(b_dir, tu.uid_b, tu.gid), 0);
+	tenant_dir(tu.b, tu.uid_b, b_dir, sizeof b_dir);
 	ck_assert_int_eq(chmod(svc, 0711), 0);
 	ck_assert_msg(tenant_get(tu.uid_b, b_dir, "tenant-b", bid, sizeof bid) == 0, "GetVM as a tenant: %s", bid);
 	rc = call_as(tu.uid_b, req_suspend, bid, msg, sizeof msg);

@@ -144,15 +144,11 @@ START_TEST(tenants_are_confined_and_own_their_vms)
 	wait_ready(1);
 
 	char a_dir[700], b_dir[700], a_link[700], etc_share[200], etc_sock[200], p1[800], p2[800];
-	snprintf(a_dir, sizeof a_dir, "%s/%s", tmp, tu.a);
-	snprintf(b_dir, sizeof b_dir, "%s/%s", tmp, tu.b);
 	snprintf(a_link, sizeof a_link, "%s/%s-link", tmp, tu.a);
 	/* Each user's own sandbox dir, as a runtime would set it up. */
 	struct act a;
-	ck_assert_int_eq(mkdir(a_dir, 0755), 0);
-	ck_assert_int_eq(chown(a_dir, tu.uid_a, tu.gid), 0);
-	ck_assert_int_eq(mkdir(b_dir, 0755), 0);
-	ck_assert_int_eq(chown(b_dir, tu.uid_b, tu.gid), 0);
+	tenant_dir(tu.a, tu.uid_a, a_dir, sizeof a_dir);
+	tenant_dir(tu.b, tu.uid_b, b_dir, sizeof b_dir);
 	ck_assert_int_eq(symlink(a_dir, a_link), 0);
 
 	/* ---- where links may go ---- */

@@ -32,16 +32,23 @@ skip_file(char *buf, size_t n)
 	snprintf(buf, n, "%s/vmftest-skips-%s", tmp_root(), runner ? runner : "0");
 }
 
+/* "SKIP: reason" on stdout; the reason in buf. */
+static void
+say_skip(char *buf, size_t n, const char *fmt, va_list ap)
+{
+	vsnprintf(buf, n, fmt, ap);
+	printf("SKIP: %s\n", buf);
+	fflush(stdout);
+}
+
 void
 vmf_test_skip(const char *fmt, ...)
 {
 	char reason[512], path[PATH_MAX];
 	va_list ap;
 	va_start(ap, fmt);
-	vsnprintf(reason, sizeof(reason), fmt, ap);
+	say_skip(reason, sizeof(reason), fmt, ap);
 	va_end(ap);
-	printf("SKIP: %s\n", reason);
-	fflush(stdout);
 	skip_file(path, sizeof(path));
 	FILE *f = fopen(path, "a");
 	if (!f) {
@@ -96,10 +103,8 @@ vmf_test_skip_all(const char *fmt, ...)
 	char reason[512];
 	va_list ap;
 	va_start(ap, fmt);
-	vsnprintf(reason, sizeof(reason), fmt, ap);
+	say_skip(reason, sizeof(reason), fmt, ap);
 	va_end(ap);
-	printf("SKIP: %s\n", reason);
-	fflush(stdout);
 	return 77;
 }
 
