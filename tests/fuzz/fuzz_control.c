@@ -16,23 +16,4 @@
 
 #include "fuzz_daemon.h"
 
-int LLVMFuzzerInitialize(int *argc, char ***argv);
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-static struct vmf_daemon *d;
-
-int
-LLVMFuzzerInitialize(int *argc, char ***argv)
-{
-	(void)argc;
-	(void)argv;
-	d = fuzz_daemon_start(false);
-	return 0;
-}
-
-int
-LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
-{
-	fuzz_daemon_exchange(d, false, data, size);
-	return 0;
-}
+FUZZ_DAEMON_TARGET(false)

@@ -31,4 +31,23 @@ struct vmf_daemon *fuzz_daemon_start(bool metrics);
  * dropped.  Then puts the daemon back as it was (the VM, a destroy undone). */
 void fuzz_daemon_exchange(struct vmf_daemon *d, bool metrics, const uint8_t *data, size_t len);
 
+/* A target's libFuzzer entry points: the daemon started once, each input
+ * one exchange on the control socket (metrics false) or the metrics port. */
+#define FUZZ_DAEMON_TARGET(metrics)                                          \
+	int LLVMFuzzerInitialize(int *argc, char ***argv);                   \
+	int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);       \
+	static struct vmf_daemon *fuzz_d;                                    \
+	int LLVMFuzzerInitialize(int *argc, char ***argv)                    \
+	{                                                                    \
+		(void)argc;                                                  \
+		(void)argv;                                                  \
+		fuzz_d = fuzz_daemon_start(metrics);                         \
+		return 0;                                                    \
+	}                                                                    \
+	int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)        \
+	{                                                                    \
+		fuzz_daemon_exchange(fuzz_d, metrics, data, size);           \
+		return 0;                                                    \
+	}
+
 #endif
