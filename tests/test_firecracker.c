@@ -438,10 +438,7 @@ START_TEST(adopted_process_exits_with_its_last_thread)
 	close(fds[1]);
 	uint64_t ticks = vmf_proc_start_ticks(g);
 	ck_assert_uint_ne(ticks, 0);
-	int64_t deadline = vmf_now_ms() + 1500;
-	while (vmf_proc_alive(g, ticks) && vmf_now_ms() < deadline)
-		poll(NULL, 0, 10);
-	ck_assert_msg(!vmf_proc_alive(g, ticks), "the main thread of pid %d did not exit", (int)g);
+	wait_until(!vmf_proc_alive(g, ticks), 1500, "the main thread of pid %d did not exit", (int)g);
 	struct vmf_vmm_proc p;
 	vmf_vmm_attach(&p, g, ticks);
 	ck_assert(!p.child);
