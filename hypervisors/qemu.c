@@ -776,8 +776,9 @@ wait_migration(struct vmf_vmm *vm, const char *what, struct vmf_error *err)
 			return wait_runstate_settled(vm, deadline, err);
 		}
 		if (strcmp(s, "failed") == 0 || strcmp(s, "cancelled") == 0) {
-			json_object_put(data);
+			/* s is data's: the sentence first. */
 			r = vmf_err(err, EIO, "VM %s: %s %s", vm->cfg->id, what, s);
+			json_object_put(data);
 			append_logs(vm, err);
 			return r;
 		}
