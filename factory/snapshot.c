@@ -156,17 +156,17 @@ snapshot_done(void *arg)
 		       j->name, (unsigned)j->owner, j->rec->id, (unsigned long long)sr.total_ms,
 		       (unsigned long long)sr.paused_ms, j->res.method ? j->res.method : "unknown method");
 		vmf_control_reply(j->c, &r);
-		/* The index keeps the record. */
-		vmf_snap_made(j->snap, j->rec);
-		j->rec = NULL;
 	} else {
 		d->errors++;
 		log_vm(VMF_LOG_WARN, j->vm_id, "snapshot into template %s failed: %s", j->name, j->err.msg);
 		vmf_control_reply_error(j->c, j->err.code, j->err.msg);
-		vmf_snap_drop(d, j->snap);
 	}
+	/* A template made is the index's (its record taken), even when what
+	 * followed failed (the share not mounted again): it is in the catalog. */
 	if (j->rec)
-		vmf__catalog__template_record__free_unpacked(j->rec, NULL);
+		vmf_snap_made(j->snap, j->rec);
+	else
+		vmf_snap_drop(d, j->snap);
 	free(j);
 	vmf_daemon_settle(d);
 }
