@@ -37,6 +37,7 @@
 
 struct req {
 	const char *vm, *name, *pool, *sandbox;
+	const char *tail;            /* act_cli: after the common options */
 	const char *needles[3];      /* status: strings another tenant must not find */
 	char share[700], sockd[700];
 	unsigned mib;
@@ -133,13 +134,14 @@ cli_err(void)
 	return err ? err : "";
 }
 
-/* Reading a VM's file as a tenant, through its own agent (vmfactory exec). */
+/* The vmfactory command as a tenant: `vmfactory NAME COMMON_OPTS TAIL`;
+ * stdout and stderr in msg, -EIO when it fails. */
 static int
-act_cat(const void *arg, char *msg, size_t n)
+act_cli(const void *arg, char *msg, size_t n)
 {
 	const struct req *q = arg;
 	char line[4096];
-	snprintf(line, sizeof line, "%s exec %s %s -- cat /tmp/secret 2>&1", exe, q->vm, common_opts);
+	snprintf(line, sizeof line, "%s %s %s %s 2>&1", exe, q->name, common_opts, q->tail ? q->tail : "");
 	FILE *p = popen(line, "r");
 	size_t got = p ? fread(msg, 1, n - 1, p) : 0;
 	msg[got] = '\0';
@@ -319,9 +321,11 @@ START_TEST(snapshots_are_their_owners_and_tenants_stay_within_limits)
 		check(a.rc == -ENOENT, "%s cannot clone %s's template by its %s (%d: %s)", tu.b, tu.a,
 		      i ? "id" : "name", a.rc, a.msg);
 		if (a.rc == 0) {
-			struct req c = { .vm = a.msg };
+			char args[200];
+			snprintf(args, sizeof args, "exec %s", a.msg);
+			struct req c = { .name = args, .tail = "-- cat /tmp/secret" };
 			struct act got;
-			as_user(tu.uid_b, act_cat, &c, &got);
+			as_user(tu.uid_b, act_cli, &c, &got);
 			check(strstr(got.msg, secret) == NULL, "%s read %s's secret in its clone: %s", tu.b, tu.a,
 			      got.msg);
 			vmf(NULL, "release %s", a.msg);
@@ -330,6 +334,13 @@ START_TEST(snapshots_are_their_owners_and_tenants_stay_within_limits)
 		check(a.rc == -ENOENT, "%s cannot remove %s's template by its %s (%d: %s)", tu.b, tu.a,
 		      i ? "id" : "name", a.rc, a.msg);
 	}
+	q = (struct req){ .name = "template list -o json" };
+	as_user(tu.uid_a, act_cli, &q, &a);
+	check(a.rc == 0 && strstr(a.msg, tid), "%s's template list (through the daemon) shows its template (%d: %.300s)",
+	      tu.a, a.rc, a.msg);
+	as_user(tu.uid_b, act_cli, &q, &a);
+	check(a.rc == 0 && !strstr(a.msg, tid) && !strstr(a.msg, "tpl-of-a"),
+	      "%s's template list does not show %s's (%d: %.300s)", tu.b, tu.a, a.rc, a.msg);
 	char still[80];
 	template_of("tpl-of-a", tu.uid_a, still, sizeof still);
 	check(!strcmp(still, tid), "root's status lists %s's template, owner uid %u", tu.a, (unsigned)tu.uid_a);
@@ -435,8 +446,10 @@ START_TEST(snapshots_are_their_owners_and_tenants_stay_within_limits)
 	q.vm = a2;
 	as_user(tu.uid_a, act_RELEASE, &q, &a);
 	check(a.rc == 0, "%s releases its suspended clone (%s)", tu.a, a.msg);
-	as_user(tu.uid_a, act_RM, &q, &a);
-	check(a.rc == 0, "%s removes its template while the daemon runs (%s)", tu.a, a.msg);
+	q = (struct req){ .name = "template rm tpl-of-a" };
+	as_user(tu.uid_a, act_cli, &q, &a);
+	check(a.rc == 0 && strstr(a.msg, "removed template tpl-of-a"),
+	      "%s removes its template with vmfactory template rm while the daemon runs (%s)", tu.a, a.msg);
 	char tdir[900];
 	struct stat st;
 	snprintf(tdir, sizeof tdir, "%s/templates/%s", state, tid);

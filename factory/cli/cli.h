@@ -73,6 +73,10 @@ int cmd_snapshot(const struct cmd *cmd, struct args *a);
 /* template rm through the daemon; EXIT_NO_DAEMON (nothing printed) when
  * none answers on a->socket. */
 int template_rm_remote(struct args *a);
+/* template list through the daemon, for a caller that cannot read the
+ * catalog: the templates the daemon shows it; EXIT_NO_DAEMON (nothing
+ * printed) when none answers. */
+int template_list_remote(struct args *a);
 
 /* exec.c: exec, straight to the VM's agent */
 int cmd_exec(const struct cmd *cmd, struct args *a);
@@ -106,6 +110,9 @@ json_object *inspect_json(const Vmf__Control__Reply *r);
 void inspect_human(const Vmf__Control__Reply *r);
 json_object *status_json(const Vmf__Control__Reply *r);
 void status_human(const Vmf__Control__Reply *r);
+/* A status reply's templates alone (template list through the daemon). */
+json_object *template_status_json(const Vmf__Control__Reply *r);
+void template_status_human(const Vmf__Control__Reply *r);
 json_object *snapshot_json(const Vmf__Control__Reply *r);
 void snapshot_human(const Vmf__Control__Reply *r);
 json_object *template_rm_json(const Vmf__Control__Reply *r);

@@ -239,33 +239,7 @@ status_json(const Vmf__Control__Reply *r)
 		json_object_array_add(caps, json_object_new_string(s->capabilities[i]));
 	json_object_object_add(d, "capabilities", caps);
 	json_object_object_add(o, "daemon", d);
-	json_object *ts = json_object_new_array();
-	for (size_t i = 0; i < s->n_templates; i++) {
-		Vmf__Control__TemplateStatus *t = s->templates[i];
-		json_object *x = json_object_new_object();
-		JS(x, "id", t->id);
-		JS(x, "state", t->state);
-		JI(x, "vcpus", t->vcpus);
-		JI(x, "memory_mib", t->memory_mib);
-		JI(x, "max_vcpus", t->max_vcpus);
-		JI(x, "max_memory_mib", t->max_memory_mib);
-		JI(x, "memory_size", t->memory_size);
-		JI(x, "state_size", t->state_size);
-		JB(x, "full_memory", t->full_memory);
-		JI(x, "created_ns", t->created_ns);
-		JS(x, "error", t->error);
-		JS(x, "image_dir", t->image_dir);
-		JS(x, "name", t->name);
-		JS(x, "parent_template_id", t->parent_template_id);
-		JS(x, "source_vm_id", t->source_vm_id);
-		JI(x, "owner_uid", t->owner_uid);
-		json_object *tc = json_object_new_array();
-		for (size_t k = 0; k < t->n_capabilities; k++)
-			json_object_array_add(tc, json_object_new_string(t->capabilities[k]));
-		json_object_object_add(x, "capabilities", tc);
-		json_object_array_add(ts, x);
-	}
-	json_object_object_add(o, "templates", ts);
+	json_object_object_add(o, "templates", template_status_json(r));
 	json_object *ps = json_object_new_array();
 	for (size_t i = 0; i < s->n_pools; i++) {
 		Vmf__Control__PoolStatus *p = s->pools[i];
@@ -393,19 +367,44 @@ tenants_human(const Vmf__Control__StatusReply *s)
 	}
 }
 
-void
-status_human(const Vmf__Control__Reply *r)
+json_object *
+template_status_json(const Vmf__Control__Reply *r)
 {
 	const Vmf__Control__StatusReply *s = r->status;
-	printf("daemon: pid %d, up %.0f s, socket %s, %s (%s)\n", s->pid, s->uptime_ms / 1000.0, s->socket,
-	       s->hypervisor, s->accel);
-	if (s->n_capabilities) {
-		printf("capabilities:");
-		for (size_t i = 0; i < s->n_capabilities; i++)
-			printf(" %s", s->capabilities[i]);
-		printf("\n");
+	json_object *ts = json_object_new_array();
+	for (size_t i = 0; i < s->n_templates; i++) {
+		Vmf__Control__TemplateStatus *t = s->templates[i];
+		json_object *x = json_object_new_object();
+		JS(x, "id", t->id);
+		JS(x, "state", t->state);
+		JI(x, "vcpus", t->vcpus);
+		JI(x, "memory_mib", t->memory_mib);
+		JI(x, "max_vcpus", t->max_vcpus);
+		JI(x, "max_memory_mib", t->max_memory_mib);
+		JI(x, "memory_size", t->memory_size);
+		JI(x, "state_size", t->state_size);
+		JB(x, "full_memory", t->full_memory);
+		JI(x, "created_ns", t->created_ns);
+		JS(x, "error", t->error);
+		JS(x, "image_dir", t->image_dir);
+		JS(x, "name", t->name);
+		JS(x, "parent_template_id", t->parent_template_id);
+		JS(x, "source_vm_id", t->source_vm_id);
+		JI(x, "owner_uid", t->owner_uid);
+		json_object *tc = json_object_new_array();
+		for (size_t k = 0; k < t->n_capabilities; k++)
+			json_object_array_add(tc, json_object_new_string(t->capabilities[k]));
+		json_object_object_add(x, "capabilities", tc);
+		json_object_array_add(ts, x);
 	}
-	printf("\nTEMPLATE          STATE     VCPUS  MEMORY  MAX VCPUS  MAX MEMORY  SHARING\n");
+	return ts;
+}
+
+void
+template_status_human(const Vmf__Control__Reply *r)
+{
+	const Vmf__Control__StatusReply *s = r->status;
+	printf("TEMPLATE          STATE     VCPUS  MEMORY  MAX VCPUS  MAX MEMORY  SHARING\n");
 	for (size_t i = 0; i < s->n_templates; i++) {
 		Vmf__Control__TemplateStatus *t = s->templates[i];
 		printf("%-16.16s  %-8s  %5u  %6u  %9u  %10u  %s\n", t->id, t->state, t->vcpus, t->memory_mib,
@@ -418,6 +417,22 @@ status_human(const Vmf__Control__Reply *r)
 		if (t->error && *t->error)
 			printf("  error: %s\n", t->error);
 	}
+}
+
+void
+status_human(const Vmf__Control__Reply *r)
+{
+	const Vmf__Control__StatusReply *s = r->status;
+	printf("daemon: pid %d, up %.0f s, socket %s, %s (%s)\n", s->pid, s->uptime_ms / 1000.0, s->socket,
+	       s->hypervisor, s->accel);
+	if (s->n_capabilities) {
+		printf("capabilities:");
+		for (size_t i = 0; i < s->n_capabilities; i++)
+			printf(" %s", s->capabilities[i]);
+		printf("\n");
+	}
+	printf("\n");
+	template_status_human(r);
 	printf("\nPOOL              TEMPLATE          VCPUS  MEMORY  TARGET  READY  FILLING  FAILED  SHARING\n");
 	for (size_t i = 0; i < s->n_pools; i++) {
 		Vmf__Control__PoolStatus *p = s->pools[i];

@@ -187,12 +187,17 @@ cmd_template_list(const struct cmd *cmd, struct args *a)
 	(void)cmd;
 	struct vmf_catalog *cat;
 	struct vmf_error e = {0};
-	if (vmf_catalog_open(a->state_dir, &cat, &e) < 0)
+	int r = vmf_catalog_open(a->state_dir, &cat, &e), rc;
+	/* A tenant cannot read the catalog: it sees the templates the daemon
+	 * shows it (its own snapshots, the pools'). */
+	if ((r == -EACCES || r == -EPERM) && (rc = template_list_remote(a)) != EXIT_NO_DAEMON)
+		return rc;
+	if (r < 0)
 		return fail(&e);
 	struct list_ctx l = { .json = a->json, .arr = json_object_new_array() };
 	if (!a->json)
 		printf("TEMPLATE          STATE     SIZE (base/max)             MEMORY   STATE FILE       MEMORY FILE    AGE\n");
-	int r = vmf_catalog_template_list(cat, list_one, &l, &e);
+	r = vmf_catalog_template_list(cat, list_one, &l, &e);
 	vmf_catalog_close(cat);
 	if (r < 0) {
 		json_object_put(l.arr);
