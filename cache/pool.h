@@ -176,6 +176,10 @@ struct vmf_pool {
 	 * NAME, or made on demand by a GetVM naming it.  Its template is found,
 	 * never built; a request must name it (its VMs carry a VM's state). */
 	char template_name[33];
+	/* Made by a GetVM, not the config: it serves its template's owner (and
+	 * the operator) through the template alone, never by pool name. */
+	bool on_demand;
+	uid_t template_owner;                /* the snapshot's owner; 0 = the operator */
 	unsigned max_idle_s;                 /* replace ready VMs older than this, 0 = never */
 	char template_id[VMF_SHA256_HEX];
 	Vmf__Catalog__TemplateSpec *spec;

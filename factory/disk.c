@@ -648,6 +648,13 @@ vmf_attach_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control__A
 		vmf_control_reply_error(c, ENOTSUP, msg);
 		return;
 	}
+	/* In the run dir, a tmpfs in production: its size is the host's RAM
+	 * once the guest writes it. */
+	struct vmf_error lerr;
+	if (scratch && vmf_limit_scratch(d, vm, req->scratch_mib, &lerr) < 0) {
+		vmf_control_reply_error(c, lerr.code, lerr.msg);
+		return;
+	}
 	unsigned slot = VMF_DISK_SLOTS;
 	for (unsigned i = 0; i < VMF_DISK_SLOTS; i++) {
 		const struct vmf_vm_disk *o = vm->disks[i];

@@ -531,6 +531,15 @@ start(struct vmf_daemon *d, struct vmf_conn *c, const char *vm_id, bool resume)
 		vmf_control_reply_error(c, EIO, "the suspended VM's record has no hypervisor state to resume from");
 		return;
 	}
+	/* Its saved state is about all its RAM, in the state dir. */
+	struct vmf_error lerr;
+	if (!resume && vmf_limit_tenant(d, vmf_control_peer_uid(c), VMF_LIMIT_SUSPENDED,
+					(uint64_t)vm->memory_mib << 20, &lerr) < 0) {
+		char msg[sizeof(lerr.msg) + 64];
+		snprintf(msg, sizeof(msg), "cannot suspend VM %s (it stays assigned): %s", vm->id, lerr.msg);
+		vmf_control_reply_error(c, lerr.code, msg);
+		return;
+	}
 	struct suspend_job *j = calloc(1, sizeof(*j));
 	if (!j) {
 		vmf_control_reply_error(c, ENOMEM, "out of memory");

@@ -5,6 +5,8 @@
 
 #include <limits.h>
 #include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
 
 #include "catalog.pb-c.h"
 #include "driver.h"
@@ -86,9 +88,15 @@ int vmf_template_clone(const struct vmf_template_params *p, const Vmf__Catalog__
 
 /* ---- snapshots: a running VM's state as a new template ---- */
 
-/* The ready template named name (a snapshot's), or -ENOENT. */
-int vmf_template_find_name(struct vmf_catalog *cat, const char *name, Vmf__Catalog__TemplateRecord **out,
-			   struct vmf_error *err);
+/* The snapshot of owner named name (names are unique per owner; 0 is the
+ * operator: root and the daemon's user), or -ENOENT. */
+int vmf_template_find_name(struct vmf_catalog *cat, uid_t owner, const char *name,
+			   Vmf__Catalog__TemplateRecord **out, struct vmf_error *err);
+/* A template's files and record bytes: memory file, DIMMs and state. */
+uint64_t vmf_template_bytes(const Vmf__Catalog__TemplateRecord *rec);
+/* Removes template id: its record first (a crash in between leaves files
+ * vmf_template_cleanup removes), then its directory. */
+int vmf_template_remove(struct vmf_catalog *cat, const char *state_dir, const char *id, struct vmf_error *err);
 
 struct vmf_snapshot_req {
 	const struct vmf_template_params *p;         /* ops, binary, runas of the VM's pool */
@@ -96,6 +104,7 @@ struct vmf_snapshot_req {
 	const char *vm_id;
 	const Vmf__Catalog__TemplateRecord *parent;  /* the VM's template */
 	const char *name;                            /* validated (vmf_valid_pool_name) */
+	uid_t owner;                                 /* recorded; 0 for the operator */
 	unsigned memory_mib;                         /* the VM's now, hot-added included */
 };
 

@@ -228,6 +228,28 @@ do_get(struct got *g, const char *name, int cpus, int mem)
 		snprintf(g->id, sizeof g->id, "%s", json_object_get_string(path(g->rec, "id", NULL)));
 }
 
+char *
+vm_sh(const char *id, const char *cmd)
+{
+	/* The CLI's options before "--": everything after it is the command's. */
+	char line[4096];
+	snprintf(line, sizeof line, "%s exec %s %s -- sh -c '%s' 2>>%s/cli.err", exe, id, common_opts, cmd, tmp);
+	FILE *p = popen(line, "r");
+	ck_assert_ptr_nonnull(p);
+	char *out = calloc(1, 4096);
+	size_t n = fread(out, 1, 4095, p);
+	int st = pclose(p);
+	if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+		char errf[700], *err = NULL;
+		snprintf(errf, sizeof errf, "%s/cli.err", tmp);
+		vmf_read_file(errf, &err, NULL, 1 << 20, NULL);
+		ck_abort_msg("exec in %s: %s failed (status %d): %s", id, cmd, st, err ? err : "");
+	}
+	while (n && out[n - 1] == '\n')
+		out[--n] = '\0';
+	return out;
+}
+
 void *
 get_thread(void *arg)
 {
@@ -607,6 +629,36 @@ bool
 become_tenant(uid_t uid)
 {
 	return setgroups(1, &tu.gid) == 0 && setgid(tu.gid) == 0 && setuid(uid) == 0;
+}
+
+void
+as_user(uid_t uid, act_fn fn, const void *arg, struct act *out)
+{
+	int p[2];
+	ck_assert_int_eq(pipe(p), 0);
+	pid_t pid = vmf_test_fork();
+	if (pid == 0) {
+		close(p[0]);
+		char msg[1100] = "";
+		int rc = -EPERM;
+		if (become_tenant(uid))
+			rc = fn(arg, msg, sizeof msg);
+		else
+			snprintf(msg, sizeof msg, "cannot become uid %u: %s", (unsigned)uid, strerror(errno));
+		ssize_t w = write(p[1], &rc, sizeof rc);
+		w += write(p[1], msg, strlen(msg) + 1);
+		_exit(w > 0 ? 0 : 1);
+	}
+	close(p[1]);
+	memset(out, 0, sizeof *out);
+	out->rc = -EIO;
+	ssize_t n = read(p[0], &out->rc, sizeof out->rc);
+	size_t got = 0;
+	while (n > 0 && got < sizeof out->msg - 1 && (n = read(p[0], out->msg + got, sizeof out->msg - 1 - got)) > 0)
+		got += (size_t)n;
+	close(p[0]);
+	int st;
+	waitpid(pid, &st, 0);
 }
 
 int failures;

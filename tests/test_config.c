@@ -46,6 +46,11 @@ dump(const struct vmf_config *c)
 	U(fill_parallelism);
 	U(max_miss_clones);
 	fprintf(f, "log_level = %d\n", c->log_level);
+	fprintf(f, "limits = serial_log_kib=%u scratch_max_mib=%u scratch_max_volumes=%u tenant_max_vms=%u "
+		"tenant_max_suspended=%u tenant_max_suspended_mib=%u tenant_max_snapshots=%u "
+		"tenant_max_snapshot_mib=%u\n", o->serial_log_kib, o->scratch_max_mib, o->scratch_max_volumes,
+		o->tenant_max_vms, o->tenant_max_suspended, o->tenant_max_suspended_mib, o->tenant_max_snapshots,
+		o->tenant_max_snapshot_mib);
 	ck_assert_ptr_eq(o->pools, c->pools);
 	ck_assert_uint_eq(o->n_pools, c->n_pools);
 	for (unsigned i = 0; i < c->n_pools; i++) {
