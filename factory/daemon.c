@@ -602,6 +602,10 @@ vmf_daemon_run(const struct vmf_daemon_opts *opts, struct vmf_error *err)
 		.undo_net = cache_undo_net, .stopped = cache_stopped,
 	};
 	signal(SIGPIPE, SIG_IGN);
+	/* A lease on a caller's disk image (disk.c) signals its holder when
+	 * someone opens the file meanwhile; the open just waits for the
+	 * lease's end, and the signal's default would end the daemon. */
+	signal(SIGIO, SIG_IGN);
 	if ((r = vmf_sandbox_policy_init(&d->sandbox, opts->sandbox_roots, opts->state_dir, opts->run_dir, err)) < 0)
 		goto out;
 

@@ -216,6 +216,11 @@ struct vmf_hv_ops {
 	 * spec's device list (so a change of it is a new template id); NULL:
 	 * "virtio-scsi:disks". */
 	const char *disk_device;
+	/* The VMM parses a qcow2 disk's header when attach_disk (or
+	 * restore_state_with) opens it, and would open a file the header
+	 * names: the caller keeps the image from being written between its
+	 * own check of the header and the end of that call. */
+	bool parses_image_header;
 
 	/* Frees the handle (closes sockets) without touching the process. */
 	void (*release)(struct vmf_vmm *vm);

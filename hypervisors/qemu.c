@@ -1708,5 +1708,6 @@ const struct vmf_hv_ops vmf_qemu_ops = {
 	.adopt = qemu_adopt,
 	.attach_disk = qemu_attach_disk,
 	.detach_disk = qemu_detach_disk,
+	.parses_image_header = true,
 	.release = qemu_release,
 };
