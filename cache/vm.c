@@ -238,7 +238,11 @@ stop_work(void *arg)
 	/* Whatever the stop's cause: a namespace keeps no qdisc of ours. */
 	if (vm->net[0] && j->c->hooks.undo_net)
 		j->c->hooks.undo_net(j->c->hooks.ctx, vm);
-	if (vm->run_dir[0] && vmf_rm_rf(vm->run_dir, &err) < 0)
+	/* Its share's own mount comes off first: nothing is removed through
+	 * a mount, and none is left behind. */
+	if (vm->run_dir[0] && vmf_share_unmount(vm->run_dir, vm->share_dir, &err) < 0)
+		log_vm(VMF_LOG_WARN, vm->id, "%s; its run dir %s stays", err.msg, vm->run_dir);
+	else if (vm->run_dir[0] && vmf_rm_rf(vm->run_dir, &err) < 0)
 		log_vm(VMF_LOG_WARN, vm->id, "removing its run dir: %s", err.msg);
 	/* A suspended VM's saved state, and what a suspend cut short left. */
 	if (vm->state_file[0]) {

@@ -389,6 +389,11 @@ getvm_work(void *arg)
 	vmf_agent_free(agent);
 	if (r == 0)
 		vm->vcpus = cpus, vm->memory_mib = mib;
+	/* A share whose files could run setuid on the host, open devices or
+	 * grow without bound (a clone from a daemon that made no mounts) is
+	 * for the trusted only. */
+	if (r == 0 && j->share_dir[0] && !vmf_daemon_peer_admin(d, j->peer))
+		r = vmf_share_check(vm->run_dir, vm->share_dir, err);
 	/* Before the links exist: a runtime that finds them can use them. */
 	if (r == 0 && !vmf_daemon_peer_admin(d, j->peer)) {
 		/* The agent only: a VMM's control socket (QMP's blockdev-add and
@@ -588,13 +593,21 @@ vmf_getvm_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control__Ge
 	j->c = c;
 	j->pool = pool;
 	j->nsfd = -1;
+	j->peer = vmf_control_peer_uid(c);
 	if (validate_net(req, pool, j, &err) < 0) {
 		d->errors++;
 		free(j);
 		vmf_control_reply_error(c, err.code, err.msg);
 		return;
 	}
-	j->peer = vmf_control_peer_uid(c);
+	if (req->share_dir && *req->share_dir && !d->share_mib && !vmf_daemon_peer_admin(d, j->peer)) {
+		d->errors++;
+		free(j);
+		vmf_control_reply_error(c, EPERM, "this daemon gives VMs no share of their own mount (share_max_mib "
+					"= 0, or it does not run as root), so it gives a share to root and its own user "
+					"only: leave share_dir empty");
+		return;
+	}
 	j->vcpus = req->vcpus;
 	j->memory_mib = req->memory_mib;
 	snprintf(j->template_name, sizeof(j->template_name), "%s", req->template_ ? req->template_ : "");

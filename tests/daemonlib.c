@@ -14,6 +14,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <signal.h>
@@ -429,6 +430,31 @@ stop_daemon(pid_t pid)
 
 /* Whatever a test left behind must not outlive it.  (When an assertion
  * fails, CK_FORK skips teardown; the runner sweeps instead: testlib.c.) */
+/* Detaches every mount below dir, the deepest first; how many. */
+static int
+unmount_under(const char *dir)
+{
+	int total = 0;
+	for (int round = 0; round < 8; round++) {
+		char *mi = NULL;
+		if (vmf_read_file("/proc/self/mountinfo", &mi, NULL, 1 << 22, NULL) < 0)
+			return total;
+		int n = 0;
+		size_t l = strlen(dir);
+		for (char *line = strtok(mi, "\n"); line; line = strtok(NULL, "\n")) {
+			char mp[PATH_MAX];
+			if (sscanf(line, "%*s %*s %*s %*s %4095s", mp) == 1 && !strncmp(mp, dir, l) && mp[l] == '/' &&
+			    umount2(mp, MNT_DETACH) == 0)
+				n++;
+		}
+		free(mi);
+		total += n;
+		if (n == 0)
+			break;
+	}
+	return total;
+}
+
 void
 cleanup(void)
 {
@@ -449,10 +475,11 @@ cleanup(void)
 	 * the daemon killed above may leave its VMM: after the daemon, or a
 	 * build started meanwhile would outlive the test. */
 	vmf_test_kill_under("fake_vmm", tmp);
-	char cmd[800];
-	snprintf(cmd, sizeof cmd, "umount -l %s/small 2>/dev/null", svc);
-	if (system(cmd) == 0)
-		fprintf(stderr, "teardown: unmounted a file system left by a failed test\n");
+	/* A test's own mounts, and VM shares' (each a tmpfs) whose daemon was
+	 * killed with them: never removed through. */
+	int n = unmount_under(svc);
+	if (n)
+		fprintf(stderr, "teardown: unmounted %d file system%s left under %s\n", n, n == 1 ? "" : "s", svc);
 	/* Every daemon test checks its daemons' logs, whatever it ran. */
 	static char msg[2000];
 	bool report = find_report(tmp, 4, msg, sizeof msg);
