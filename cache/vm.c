@@ -141,6 +141,7 @@ vmf_vm_from_record(struct vmf_vm *vm, const Vmf__Catalog__VmRecord *rec)
 	copy_str(vm->netns_link, sizeof(vm->netns_link), rec->netns_link);
 	copy_str(vm->tap, sizeof(vm->tap), rec->tap);
 	copy_str(vm->mac, sizeof(vm->mac), rec->mac);
+	vm->net_outbound = rec->net_outbound;
 	vm->n_hostfwd = 0;
 	for (size_t i = 0; i < rec->n_hostfwd && i < VMF_MAX_HOSTFWD; i++)
 		copy_str(vm->hostfwd[vm->n_hostfwd++], sizeof(vm->hostfwd[0]), rec->hostfwd[i]);
@@ -164,6 +165,7 @@ vmf_cache_put_vm_record(struct vmf_cache *c, struct vmf_vm *vm, enum vmf_vm_stat
 		fw[i] = (char *)vm->hostfwd[i];
 	rec.hostfwd = fw;
 	rec.n_hostfwd = vm->n_hostfwd;
+	rec.net_outbound = vm->net_outbound;
 	/* A suspended VM has no process: what it resumes from is recorded. */
 	rec.hv = hv ? hv : vm->saved_hv;
 	/* Disks being attached are recorded once attached (the attach job

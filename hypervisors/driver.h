@@ -81,6 +81,10 @@ struct vmf_net_backend {
 	int tap_fd;
 	const char *const *hostfwd;
 	size_t n_hostfwd;
+	/* User mode: the guest may open connections out.  Off, it reaches
+	 * nothing but answers through its forwards (slirp's restrict=on):
+	 * slirp's outbound NAT reaches the host's loopback services too. */
+	bool outbound;
 };
 #define VMF_SNAPSHOT_MAX_DIMMS 32
 struct vmf_snapshot_to {

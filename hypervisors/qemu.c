@@ -1166,6 +1166,7 @@ qemu_net_attach(struct vmf_vmm *vm, const struct vmf_net_backend *nb, struct vmf
 		json_object_object_add(args, "fd", json_object_new_string("nettap"));
 	} else {
 		json_object_object_add(args, "type", json_object_new_string("user"));
+		json_object_object_add(args, "restrict", json_object_new_boolean(!nb->outbound));
 		if (nb->n_hostfwd) {
 			json_object *fw = json_object_new_array();
 			for (size_t i = 0; i < nb->n_hostfwd; i++) {
