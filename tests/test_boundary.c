@@ -20,7 +20,8 @@
  *   loopback (10.0.2.2 and another address of slirp's network), while its
  *   forward serves; outbound, a non-loopback forward, and forwards beyond
  *   the tenant's bound are refused with a sentence, no VM lost to them;
- * - a daemon with share_max_mib = 0 gives no share to a tenant.
+ * - a daemon with share_max_mib = 0 gives no share to a tenant, and nor
+ *   does one with mounts that adopted such a daemon's clone.
  *
  * Users and group vbnd<pid>{a,b,g} are made by main() and removed before
  * it returns; without root, useradd, qemu-img, or a guest image with the
@@ -556,6 +557,23 @@ START_TEST(tenant_and_guest_stay_inside)
 			"--sock-dir %s", share, sockd);
 	check(rc != 0 && strstr(out, "share_max_mib = 0"), "a daemon without share mounts gives a tenant no share "
 	      "(%d: %s)", rc, out);
+	/* Its clones' shares are plain dirs; a daemon with mounts adopting
+	 * one still gives it to no tenant. */
+	struct got root_vm = { 0 };
+	do_get(&root_vm, "root-takes-it", 1, 256);
+	ck_assert_int_eq(root_vm.rc, 0);
+	json_object_put(root_vm.rec);
+	deadline = vmf_now_ms() + 300000;
+	while (pool_ready() < 1 && vmf_now_ms() < deadline)
+		poll(NULL, 0, 200);
+	write_config(conf, "[daemon]\nshare_max_mib = 16\n");
+	kill_daemon_hard();
+	start_tenant_daemon(start);
+	int pool_was = pool_ready();
+	rc = tenant_vmf(tu.uid_a, out, sizeof out, "get --cpus 1 --memory 256 --sandbox plain --share-dir %s "
+			"--sock-dir %s", share, sockd);
+	check(pool_was == 1 && rc != 0 && strstr(out, "not on a nosuid,nodev file system of its own"),
+	      "an adopted clone with a plain share is no tenant's (%d: %s)", rc, out);
 
 	__atomic_store_n(&srv_stop, 1, __ATOMIC_SEQ_CST);
 	pthread_join(srv, NULL);
