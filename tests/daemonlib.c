@@ -5,6 +5,7 @@
  * nothing behind. */
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
 #include <stdarg.h>
@@ -634,6 +635,64 @@ bool
 become_tenant(uid_t uid)
 {
 	return setgroups(1, &tu.gid) == 0 && setgid(tu.gid) == 0 && setuid(uid) == 0;
+}
+
+int
+tenant_sh(uid_t uid, const char *script, char *out, size_t n)
+{
+	int p[2];
+	ck_assert_int_eq(pipe2(p, O_CLOEXEC), 0);
+	pid_t pid = vmf_test_fork();
+	if (pid == 0) {
+		dup2(p[1], 1);
+		dup2(p[1], 2);
+		if (!become_tenant(uid))
+			_exit(99);
+		execl("/bin/sh", "sh", "-c", script, (char *)NULL);
+		_exit(98);
+	}
+	close(p[1]);
+	size_t got = 0;
+	ssize_t r;
+	while (got < n - 1 && (r = read(p[0], out + got, n - 1 - got)) > 0)
+		got += (size_t)r;
+	out[got] = '\0';
+	char sink[512];
+	while (read(p[0], sink, sizeof sink) > 0)
+		;
+	close(p[0]);
+	int st;
+	while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
+		;
+	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+int
+tenant_vmf(uid_t uid, char *out, size_t n, const char *fmt, ...)
+{
+	char args[3000], script[6000];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(args, sizeof args, fmt, ap);
+	va_end(ap);
+	snprintf(script, sizeof script, "exec %s %s %s", exe, args, common_opts);
+	return tenant_sh(uid, script, out, n);
+}
+
+const char *
+guest_image_lacks(const char *const *modules)
+{
+	const char *img = vmf_test_image_dir();
+	char manifest[700], *m = NULL;
+	snprintf(manifest, sizeof manifest, "%s/manifest", img ? img : "/nonexistent");
+	if (!img || vmf_read_file(manifest, &m, NULL, 1 << 20, NULL) < 0)
+		return "a guest image";
+	const char *missing = NULL;
+	for (size_t i = 0; modules[i] && !missing; i++)
+		if (!strstr(m, modules[i]))
+			missing = modules[i];
+	free(m);
+	return missing;
 }
 
 int failures;

@@ -34,10 +34,10 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
@@ -52,53 +52,6 @@
 #define SHARE_MIB 16
 
 /* ---- acting as the tenant ---- */
-
-/* `sh -c script` as uid, stdout and stderr into out; its exit status. */
-static int
-tenant_sh(uid_t uid, const char *script, char *out, size_t n)
-{
-	int p[2];
-	ck_assert_int_eq(pipe2(p, O_CLOEXEC), 0);
-	pid_t pid = vmf_test_fork();
-	if (pid == 0) {
-		dup2(p[1], 1);
-		dup2(p[1], 2);
-		if (!become_tenant(uid))
-			_exit(99);
-		execl("/bin/sh", "sh", "-c", script, (char *)NULL);
-		_exit(98);
-	}
-	close(p[1]);
-	size_t got = 0;
-	ssize_t r;
-	while (got < n - 1 && (r = read(p[0], out + got, n - 1 - got)) > 0)
-		got += (size_t)r;
-	out[got] = '\0';
-	char sink[512];
-	while (read(p[0], sink, sizeof sink) > 0)
-		;
-	close(p[0]);
-	int st;
-	while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
-		;
-	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-}
-
-/* The tenant's `vmfactory ARGS`. */
-static int
-tenant_vmf(uid_t uid, char *out, size_t n, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
-
-static int
-tenant_vmf(uid_t uid, char *out, size_t n, const char *fmt, ...)
-{
-	char args[3000], script[6000];
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(args, sizeof args, fmt, ap);
-	va_end(ap);
-	snprintf(script, sizeof script, "exec %s %s %s", exe, args, common_opts);
-	return tenant_sh(uid, script, out, n);
-}
 
 /* `vmfactory exec ID -- sh -c SCRIPT` as the tenant: root in its guest. */
 static int
@@ -145,7 +98,9 @@ tenant_writer(uid_t uid, const char *path)
 	pid_t pid = vmf_test_fork();
 	if (pid == 0) {
 		close(p[0]);
-		char ok = become_tenant(uid) && open(path, O_RDWR | O_CLOEXEC) >= 0;
+		/* After the change of uid, which clears it. */
+		char ok = become_tenant(uid) && prctl(PR_SET_PDEATHSIG, SIGKILL) == 0 &&
+			  open(path, O_RDWR | O_CLOEXEC) >= 0;
 		if (write(p[1], &ok, 1) != 1)
 			_exit(1);
 		pause();
@@ -178,7 +133,7 @@ race_start(struct racer *r, uid_t uid, const char *path)
 		close(r->ctl[1]);
 		close(r->res[0]);
 		long counts[3] = { 0, 0, 0 };
-		if (!become_tenant(uid))
+		if (!become_tenant(uid) || prctl(PR_SET_PDEATHSIG, SIGKILL) < 0)
 			_exit(1);
 		fcntl(r->ctl[0], F_SETFL, O_NONBLOCK);
 		for (long i = 0;; i++) {
@@ -578,7 +533,7 @@ START_TEST(tenant_and_guest_stay_inside)
 	__atomic_store_n(&srv_stop, 1, __ATOMIC_SEQ_CST);
 	pthread_join(srv, NULL);
 	close(srv_fd);
-	ck_assert_int_eq(vmf(NULL, "destroy"), 0);
+	ck_assert_int_eq(vmf(NULL, "destroy --all"), 0);
 	ck_assert_int_eq(qemu_gone(), 0);
 	check(mounts_under(svc) == 0, "no mount is left under the daemon's dirs");
 	assert_daemon_log_clean();
@@ -589,17 +544,12 @@ END_TEST
 int
 main(void)
 {
-	const char *img = vmf_test_image_dir();
-	char manifest[700], *m = NULL;
-	snprintf(manifest, sizeof manifest, "%s/manifest", img ? img : "");
-	if (!img || vmf_read_file(manifest, &m, NULL, 1 << 20, NULL) < 0 || !strstr(m, "sd_mod") ||
-	    !strstr(m, "virtio_net")) {
-		printf("boundary tests skipped: the guest image %s lacks the disk or network modules; rebuild it "
-		       "with contrib/image/build-image\n", img ? img : "(none)");
-		free(m);
+	const char *lacks = guest_image_lacks((const char *const[]){ "sd_mod", "virtio_net", NULL });
+	if (lacks) {
+		printf("boundary tests skipped: the guest image lacks %s; rebuild it with contrib/image/build-image\n",
+		       lacks);
 		return 77;
 	}
-	free(m);
 	if (access("/usr/bin/qemu-img", X_OK) != 0) {
 		printf("boundary tests skipped: qemu-img is not installed (qemu-utils; contrib/setup installs it)\n");
 		return 77;

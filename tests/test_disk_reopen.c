@@ -60,6 +60,22 @@ disk(enum vmf_disk_kind kind, const char *name, const char *overlay)
 	return dk;
 }
 
+/* The disks' files, the VM, the daemon and the test's dir. */
+static void
+free_all(struct vmf_daemon *d, struct vmf_vm *vm)
+{
+	for (unsigned i = 0; i < VMF_DISK_SLOTS; i++)
+		if (vm->disks[i]) {
+			unlink(vm->disks[i]->path);
+			if (vm->disks[i]->overlay[0])
+				unlink(vm->disks[i]->overlay);
+			free(vm->disks[i]);
+		}
+	free(vm);
+	free(d);
+	ck_assert_int_eq(rmdir(dir), 0);
+}
+
 START_TEST(reopen)
 {
 	ck_assert_ptr_nonnull(mkdtemp(dir));
@@ -124,16 +140,7 @@ START_TEST(reopen)
 	unlink(scratch);
 	unlink(aside);
 
-	for (unsigned i = 0; i < VMF_DISK_SLOTS; i++)
-		if (vm->disks[i]) {
-			unlink(vm->disks[i]->path);
-			if (vm->disks[i]->overlay[0])
-				unlink(vm->disks[i]->overlay);
-			free(vm->disks[i]);
-		}
-	free(vm);
-	free(d);
-	ck_assert_int_eq(rmdir(dir), 0);
+	free_all(d, vm);
 }
 END_TEST
 
@@ -205,15 +212,7 @@ START_TEST(qcow2_checked_and_held)
 	w = open(base, O_RDWR | O_NONBLOCK | O_CLOEXEC);
 	ck_assert_msg(w >= 0, "a refused image stays leased: %s", strerror(errno));
 	close(w);
-	for (unsigned i = 0; i <= 2; i += 2) {
-		unlink(vm->disks[i]->path);
-		if (vm->disks[i]->overlay[0])
-			unlink(vm->disks[i]->overlay);
-		free(vm->disks[i]);
-	}
-	free(vm);
-	free(d);
-	ck_assert_int_eq(rmdir(dir), 0);
+	free_all(d, vm);
 }
 END_TEST
 
