@@ -241,7 +241,7 @@ START_TEST(from_a_file)
 	int fd = open(img, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 	ck_assert_int_ge(fd, 0);
 	ck_assert_int_eq(pwrite(fd, b, 4096, 0), 4096);
-	uint8_t x[16];
+	uint8_t x[16] = { 0 };
 	put32(x, 0x44415441);
 	put32(x + 4, 8);
 	ck_assert_int_eq(pwrite(fd, x, 16, 1024), 16);   /* past the first cluster */
