@@ -631,7 +631,7 @@ vmf_getvm_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control__Ge
 		free(j);
 		vmf_control_reply_error(c, EPERM, "this daemon gives VMs no share of their own mount (share_max_mib "
 					"= 0, or it does not run as root), so it gives a share to root and its own user "
-					"only: leave share_dir empty");
+					"only; a daemon running as root with share_max_mib above 0 gives one to you");
 		return;
 	}
 	j->vcpus = req->vcpus;
