@@ -105,6 +105,7 @@ struct vmf_vm {
 	char netns_link[16], tap[16];
 	char hostfwd[VMF_MAX_HOSTFWD][80];
 	unsigned n_hostfwd;
+	bool net_outbound;            /* user: connections out allowed (else only its forwards) */
 	char mac[18];
 	/* Suspended (and while suspending or resuming): its saved state, and
 	 * the driver state it resumes from (config, hot-added devices; no

@@ -145,6 +145,7 @@ vmf_vm_from_record(struct vmf_vm *vm, const Vmf__Catalog__VmRecord *rec)
 	copy_str(vm->netns_link, sizeof(vm->netns_link), rec->netns_link);
 	copy_str(vm->tap, sizeof(vm->tap), rec->tap);
 	copy_str(vm->mac, sizeof(vm->mac), rec->mac);
+	vm->net_outbound = rec->net_outbound;
 	vm->n_hostfwd = 0;
 	for (size_t i = 0; i < rec->n_hostfwd && i < VMF_MAX_HOSTFWD; i++)
 		copy_str(vm->hostfwd[vm->n_hostfwd++], sizeof(vm->hostfwd[0]), rec->hostfwd[i]);
@@ -168,6 +169,7 @@ vmf_cache_put_vm_record(struct vmf_cache *c, struct vmf_vm *vm, enum vmf_vm_stat
 		fw[i] = (char *)vm->hostfwd[i];
 	rec.hostfwd = fw;
 	rec.n_hostfwd = vm->n_hostfwd;
+	rec.net_outbound = vm->net_outbound;
 	/* A suspended VM has no process: what it resumes from is recorded. */
 	rec.hv = hv ? hv : vm->saved_hv;
 	/* Disks being attached are recorded once attached (the attach job
@@ -242,7 +244,11 @@ stop_work(void *arg)
 	/* Whatever the stop's cause: a namespace keeps no qdisc of ours. */
 	if (vm->net[0] && j->c->hooks.undo_net)
 		j->c->hooks.undo_net(j->c->hooks.ctx, vm);
-	if (vm->run_dir[0] && vmf_rm_rf(vm->run_dir, &err) < 0)
+	/* Its share's own mount comes off first: nothing is removed through
+	 * a mount, and none is left behind. */
+	if (vm->run_dir[0] && vmf_share_unmount(vm->run_dir, vm->share_dir, &err) < 0)
+		log_vm(VMF_LOG_WARN, vm->id, "%s; its run dir %s stays", err.msg, vm->run_dir);
+	else if (vm->run_dir[0] && vmf_rm_rf(vm->run_dir, &err) < 0)
 		log_vm(VMF_LOG_WARN, vm->id, "removing its run dir: %s", err.msg);
 	/* A suspended VM's saved state, and what a suspend cut short left. */
 	if (vm->state_file[0]) {

@@ -58,6 +58,9 @@ vmf_daemon_opts_defaults(struct vmf_daemon_opts *o)
 	o->tenant_max_suspended_mib = VMF_DEFAULT_TENANT_MAX_SUSPENDED_MIB;
 	o->tenant_max_snapshots = VMF_DEFAULT_TENANT_MAX_SNAPSHOTS;
 	o->tenant_max_snapshot_mib = VMF_DEFAULT_TENANT_MAX_SNAPSHOT_MIB;
+	o->share_max_mib = VMF_DEFAULT_SHARE_MAX_MIB;
+	o->hostfwd_addresses = VMF_DEFAULT_HOSTFWD_ADDRESSES;
+	o->max_hostfwd = VMF_DEFAULT_MAX_HOSTFWD;
 }
 
 /* ---- readiness pipe to `vmfactory init` ---- */
@@ -235,6 +238,7 @@ setup_pool(struct vmf_daemon *d, const struct vmf_pool_spec *ps, struct vmf_erro
 	p->params.nic = ps->nic;
 	p->net_user = ps->net_user && vmf_template_params_nic(&p->params);
 	p->params.runas = o->runas;
+	p->params.share_mib = d->share_mib;
 	p->target = ps->size;
 	p->shape.enabled = ps->shape;
 	p->shape.max = ps->shape_max == VMF_SHAPE_AUTO ? ps->size / 2 : ps->shape_max;
@@ -300,6 +304,7 @@ vmf_daemon_template_pool(struct vmf_daemon *d, const char *pool_name, unsigned s
 	p->params.max_memory_mib = p->spec->max_memory_mib;
 	p->params.memory_slots = p->spec->memory_slots;
 	p->params.runas = o->runas;
+	p->params.share_mib = d->share_mib;
 	/* A snapshot of a VM with network has the NIC: its clones may get a
 	 * backend at hand-out as any clone. */
 	p->params.nic = vmf_template_has_nic(rec);
@@ -623,6 +628,10 @@ vmf_daemon_run(const struct vmf_daemon_opts *opts, struct vmf_error *err)
 		.undo_net = cache_undo_net, .stopped = cache_stopped,
 	};
 	signal(SIGPIPE, SIG_IGN);
+	/* A lease on a caller's disk image (disk.c) signals its holder when
+	 * someone opens the file meanwhile; the open just waits for the
+	 * lease's end, and the signal's default would end the daemon. */
+	signal(SIGIO, SIG_IGN);
 	if ((r = vmf_sandbox_policy_init(&d->sandbox, opts->sandbox_roots, opts->state_dir, opts->run_dir, err)) < 0)
 		goto out;
 
@@ -684,6 +693,13 @@ vmf_daemon_run(const struct vmf_daemon_opts *opts, struct vmf_error *err)
 		goto out;
 	if (opts->accel && *opts->accel)
 		snprintf(d->hv.accel, sizeof(d->hv.accel), "%s", opts->accel);
+	/* Only root mounts a clone's share; elsewhere shares are plain
+	 * directories, which GetVM gives to no tenant. */
+	if (d->hv.caps & VMF_CAP_SHARE_DEVICE)
+		d->share_mib = geteuid() == 0 ? opts->share_max_mib : 0;
+	if ((d->hv.caps & VMF_CAP_SHARE_DEVICE) && opts->share_max_mib && geteuid() != 0)
+		log_warn("not running as root: VM shares are plain directories, not tmpfs mounts of %u MiB, so "
+			 "GetVM gives a share to root and uid %u only", opts->share_max_mib, (unsigned)geteuid());
 	if ((r = vmf_catalog_open(opts->state_dir, &d->cache.cat, err)) < 0 ||
 	    (r = vmf_catalog_open_runtime(d->cache.cat, opts->run_dir, err)) < 0)
 		goto out;

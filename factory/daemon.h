@@ -18,6 +18,11 @@
 #define VMF_DEFAULT_MAX_MEMORY_MIB 2048
 #define VMF_DEFAULT_IDLE_TIMEOUT_S 60
 #define VMF_DEFAULT_FRAME_TIMEOUT_S 10
+/* A VM's share, in RAM when the run dir is /run: bounded by default. */
+#define VMF_DEFAULT_SHARE_MAX_MIB 256
+/* A tenant's forwards listen on loopback only unless the config says. */
+#define VMF_DEFAULT_HOSTFWD_ADDRESSES "127.0.0.1"
+#define VMF_DEFAULT_MAX_HOSTFWD 8
 #define VMF_DEFAULT_CMDLINE "console=ttyS0 panic=-1 quiet"
 /* GetVM misses cloning at once; beyond it a miss fails with EAGAIN. */
 #define VMF_DEFAULT_MAX_MISS_CLONES 2
@@ -103,6 +108,15 @@ struct vmf_daemon_opts {
 	unsigned serial_log_kib, scratch_max_mib, scratch_max_volumes;
 	unsigned tenant_max_vms, tenant_max_suspended, tenant_max_suspended_mib;
 	unsigned tenant_max_snapshots, tenant_max_snapshot_mib;
+	/* The tenant boundary (docs/security.md): each clone's share is a
+	 * tmpfs of share_max_mib (0: a plain directory, and no share for a
+	 * tenant).  User-mode network: whether a tenant may ask for outbound
+	 * connections; the host addresses a tenant's forwards may listen on
+	 * (IPv4, comma-separated); the forwards a tenant may hold in all. */
+	unsigned share_max_mib;
+	bool user_net_outbound;
+	const char *hostfwd_addresses;
+	unsigned max_hostfwd;
 	/* The pools, from the config file.  n_pools == 0: one pool "default"
 	 * from pool_size, vcpus, memory_mib, max_*, share_memory, max_idle_s. */
 	const struct vmf_pool_spec *pools;

@@ -86,6 +86,7 @@ struct vmf_daemon {
 	int ready_fd;
 	struct vmf_sandbox_policy sandbox;  /* where GetVM may put links; read-only once running */
 	uid_t runas_uid;                 /* QEMU's user with runas, else (uid_t)-1 */
+	unsigned share_mib;              /* clones' shares: tmpfs of this size; 0 = plain dirs */
 	/* counters */
 	uint64_t requests, hits, misses, errors;
 	struct vmf_latency lat[VMF_STEP_COUNT];

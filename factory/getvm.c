@@ -240,6 +240,31 @@ validate_net(const Vmf__Control__GetVMRequest *req, const struct vmf_pool *pool,
 	return 0;
 }
 
+/* The forwards uid's VMs hold (handed out, being handed out, suspended). */
+static unsigned
+tenant_forwards(struct vmf_daemon *d, uid_t uid)
+{
+	unsigned n = 0;
+	struct vmf_vm *vm;
+	TAILQ_FOREACH(vm, &d->cache.vms, link)
+		if (vm->owner_uid == uid)
+			n += vm->n_hostfwd;
+	return n;
+}
+
+/* What user-mode networking a tenant may have (vmf_net_check_tenant); on
+ * the loop, which knows every VM's forwards, so that two requests at once
+ * cannot both take the last ones: getvm_take checks again as it claims. */
+static int
+tenant_net(struct vmf_daemon *d, const struct getvm_job *j, struct vmf_error *err)
+{
+	if (!j->net.user || vmf_daemon_peer_admin(d, j->peer))
+		return 0;
+	const struct vmf_daemon_opts *o = &d->opts;
+	return vmf_net_check_tenant(&j->net, o->user_net_outbound, o->hostfwd_addresses, tenant_forwards(d, j->peer),
+				    o->max_hostfwd, err);
+}
+
 /* On a worker, with the VM's record naming all of it: the namespace's tap
  * and mirror, or user-mode, plugged into the VM's NIC; gn for the guest. */
 static int
@@ -260,6 +285,7 @@ attach_net(struct getvm_job *j, struct vmf_guest_net *gn, struct vmf_error *err)
 			fw[i] = vm->hostfwd[i];
 		nb.hostfwd = fw;
 		nb.n_hostfwd = vm->n_hostfwd;
+		nb.outbound = vm->net_outbound;
 		/* QEMU's slirp defaults: the guest 10.0.2.15, the host 10.0.2.2,
 		 * DNS 10.0.2.3.  A fresh, locally administered MAC: every clone
 		 * has the template's until the guest is told otherwise. */
@@ -435,6 +461,11 @@ getvm_work(void *arg)
 	vmf_agent_free(agent);
 	if (r == 0)
 		vm->vcpus = cpus, vm->memory_mib = mib;
+	/* A share whose files could run setuid on the host, open devices or
+	 * grow without bound (a clone from a daemon that made no mounts) is
+	 * for the trusted only. */
+	if (r == 0 && j->share_dir[0] && !vmf_daemon_peer_admin(d, j->peer))
+		r = vmf_share_check(vm->run_dir, vm->share_dir, err);
 	/* Before the links exist: a runtime that finds them can use them. */
 	if (r == 0 && !vmf_daemon_peer_admin(d, j->peer)) {
 		/* The agent only: a VMM's control socket (QMP's blockdev-add and
@@ -646,13 +677,21 @@ vmf_getvm_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control__Ge
 		snprintf(j->template_id, sizeof(j->template_id), "%s", snap->id);
 		snap->getvms++;
 	}
-	if (validate_net(req, pool, j, &err) < 0) {
+	j->peer = vmf_control_peer_uid(c);
+	if (validate_net(req, pool, j, &err) < 0 || tenant_net(d, j, &err) < 0) {
 		d->errors++;
 		getvm_free(j);
 		vmf_control_reply_error(c, err.code, err.msg);
 		return;
 	}
-	j->peer = vmf_control_peer_uid(c);
+	if (req->share_dir && *req->share_dir && !d->share_mib && !vmf_daemon_peer_admin(d, j->peer)) {
+		d->errors++;
+		getvm_free(j);
+		vmf_control_reply_error(c, EPERM, "this daemon gives VMs no share of their own mount (share_max_mib "
+					"= 0, or it does not run as root), so it gives a share to root and its own user "
+					"only; a daemon running as root with share_max_mib above 0 gives one to you");
+		return;
+	}
 	j->vcpus = req->vcpus;
 	j->memory_mib = req->memory_mib;
 	snprintf(j->template_name, sizeof(j->template_name), "%s", req->template_ ? req->template_ : "");
@@ -687,6 +726,15 @@ getvm_take(struct getvm_job *j)
 			 pool->spec->vcpus, pool->spec->memory_mib, pool->last_error[0] ? ": " : " yet",
 			 pool->last_error);
 		vmf_control_reply_error(c, EAGAIN, msg);
+		getvm_free(j);
+		return;
+	}
+	struct vmf_error nerr = {0};
+	if (tenant_net(d, j, &nerr) < 0) {
+		d->errors++;
+		vmf_control_reply_error(c, nerr.code, nerr.msg);
+		if (j->nsfd >= 0)
+			close(j->nsfd);
 		getvm_free(j);
 		return;
 	}
@@ -742,6 +790,7 @@ getvm_take(struct getvm_job *j)
 		for (unsigned i = 0; i < j->net.n_hostfwd; i++)
 			snprintf(vm->hostfwd[i], sizeof(vm->hostfwd[i]), "%s", j->net.hostfwd[i]);
 		vm->n_hostfwd = j->net.n_hostfwd;
+		vm->net_outbound = j->net.outbound;
 	}
 	vm->busy = true;
 	j->vm = vm;

@@ -46,6 +46,7 @@ vmf_vm_info_fill(struct vmf_daemon *d, const struct vmf_vm *vm, uint64_t pss_kib
 	info->netns = strdup(vm->netns);
 	info->netns_link = strdup(vm->netns_link);
 	info->mac = strdup(vm->mac);
+	info->net_outbound = vm->net_outbound;
 	info->hostfwd = vm->n_hostfwd ? calloc(vm->n_hostfwd, sizeof(char *)) : NULL;
 	for (unsigned i = 0; info->hostfwd && i < vm->n_hostfwd; i++)
 		info->hostfwd[info->n_hostfwd++] = strdup(vm->hostfwd[i]);

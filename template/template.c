@@ -461,6 +461,7 @@ vmf_template_clone(const struct vmf_template_params *p, const Vmf__Catalog__Temp
 {
 	*out = NULL;
 	if (vmf_mkdir_p(run_dir, 0700, err) < 0 || vmf_mkdir_p(share_dir, 0700, err) < 0 ||
+	    (p->share_mib && vmf_share_mount(share_dir, p->share_mib, err) < 0) ||
 	    vmf_template_own_share(p, share_dir, err) < 0)
 		return -err->code;
 	char name[96];

@@ -45,6 +45,7 @@ struct vmf_template_params {
 	bool full_memory;            /* no page sharing between clones */
 	const char *runas;           /* QEMU drops to this user; NULL = stays ours */
 	bool nic;                    /* a NIC for hand-out network (issue 16), where the driver can */
+	unsigned share_mib;          /* a clone's share: its own tmpfs of this size; 0 = a plain dir */
 };
 
 /* The spec's device name of the NIC; whether a template has it. */
@@ -55,6 +56,17 @@ bool vmf_template_has_nic(const Vmf__Catalog__TemplateRecord *rec);
 /* Gives dir to the runas user of p (the 9p share QEMU serves after
  * dropping privileges); a no-op without runas. */
 int vmf_template_own_share(const struct vmf_template_params *p, const char *dir, struct vmf_error *err);
+
+/* A clone's share on a file system of its own (template/share.c): a tmpfs
+ * of mib MiB mounted nosuid,nodev on dir (an empty directory), made before
+ * the VMM opens dir.  vmf_share_check: EPERM unless share_dir is such a
+ * mount (a hand-out to a tenant needs one).  vmf_share_unmount takes it
+ * off (a no-op where there is none) before run_dir is removed; on failure
+ * share_dir may still be a mount point, and nothing may be removed
+ * through it. */
+int vmf_share_mount(const char *dir, unsigned mib, struct vmf_error *err);
+int vmf_share_check(const char *run_dir, const char *share_dir, struct vmf_error *err);
+int vmf_share_unmount(const char *run_dir, const char *share_dir, struct vmf_error *err);
 
 /* Fills a spec (caller frees with vmf_template_spec_free) and its id. */
 int vmf_template_spec_new(const struct vmf_template_params *p, const struct vmf_hv_info *info,

@@ -134,6 +134,16 @@ struct act {
 typedef int (*act_fn)(const void *arg, char *msg, size_t n);
 void as_user(uid_t uid, act_fn fn, const void *arg, struct act *out);
 
+/* `sh -c script` as uid (become_tenant) with stdout and stderr into out
+ * (n bytes, NUL-terminated, the rest read and dropped); its exit status. */
+int tenant_sh(uid_t uid, const char *script, char *out, size_t n);
+/* The same for `vmfactory ARGS COMMON_OPTS`. */
+int tenant_vmf(uid_t uid, char *out, size_t n, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+
+/* NULL when the guest image's manifest lists every module named (a
+ * NULL-terminated list), else the first one missing (or "a guest image"). */
+const char *guest_image_lacks(const char *const *modules);
+
 /* VMFACTORY_TEST="name ..." runs only the tests named (a developer's
  * shortcut, and how contrib/test picks the cases it runs under TSan). */
 bool test_selected(const char *name);

@@ -145,7 +145,7 @@ static const struct cmd commands[] = {
 	{ "status", "[-o json]", "show the daemon, templates, pools, VMs and latency", "", 0, 0, cmd_status },
 	{ "get", "--cpus N --memory MIB --sandbox ID --share-dir DIR --sock-dir DIR [--pool NAME | --template NAME|ID] [--timeout S] "
 		 "[--disk PATH[:ro|:cow][:GUESTPATH]]... [--scratch SIZE_MIB:GUESTPATH]... "
-		 "[--netns PATH [--netns-link NAME] | --net none|user[,hostfwd=tcp:[ADDR]:PORT-:GUESTPORT...]] [-o json]",
+		 "[--netns PATH [--netns-link NAME] | --net none|user[,outbound][,hostfwd=tcp:[ADDR]:PORT-:GUESTPORT...]] [-o json]",
 	  "hand out a warm VM to a sandbox", "cpus=,memory=,sandbox=,share-dir=,sock-dir=,pool=,template=,timeout=,disk=,scratch=,netns=,netns-link=,net=", 0, 0,
 	  cmd_get },
 	{ "attach", "VMID (--disk PATH [--ro|--cow] [--format raw|qcow2] | --scratch SIZE_MIB) [--mount GUESTPATH [--fstype T]] "

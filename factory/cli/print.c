@@ -94,6 +94,8 @@ vminfo_json(const Vmf__Control__VmInfo *v)
 	for (size_t i = 0; i < v->n_hostfwd; i++)
 		json_object_array_add(fw, json_object_new_string(v->hostfwd[i]));
 	json_object_object_add(o, "hostfwd", fw);
+	if (v->net && strcmp(v->net, "user") == 0)
+		json_object_object_add(o, "net_outbound", json_object_new_boolean(v->net_outbound));
 	if (v->state_file && *v->state_file) {
 		JS(o, "state_file", v->state_file);
 		JI(o, "state_size", v->state_size);
@@ -143,7 +145,8 @@ vminfo_human(const Vmf__Control__VmInfo *v)
 	if (v->netns && *v->netns)
 		printf("network:      namespace %s, interface %s, MAC %s\n", v->netns, v->netns_link, v->mac);
 	else if (v->net && strcmp(v->net, "user") == 0) {
-		printf("network:      user-mode, MAC %s", v->mac);
+		printf("network:      user-mode, %s, MAC %s", v->net_outbound ? "outbound allowed" : "no outbound",
+		       v->mac);
 		for (size_t i = 0; i < v->n_hostfwd; i++)
 			printf("%s%s", i ? ", " : "; forwards ", v->hostfwd[i]);
 		printf("\n");
