@@ -321,6 +321,8 @@ getvm_free(struct getvm_job *j)
 	struct vmf_snap *s = j->template_id[0] ? vmf_snap_by_id(j->d, j->template_id) : NULL;
 	if (s && s->getvms)
 		s->getvms--;
+	if (j->nsfd >= 0)
+		close(j->nsfd);
 	free(j);
 }
 
@@ -521,6 +523,7 @@ getvm_done(void *arg)
 	memcpy(vm->mac, j->snap.mac, sizeof(vm->mac));
 	if (j->nsfd >= 0)
 		close(j->nsfd);
+	j->nsfd = -1;
 	vm->clock_error_ms = j->snap.clock_error_ms;
 	if (j->miss)
 		d->miss_clones--;
@@ -645,8 +648,6 @@ paths_done(void *arg)
 	if (j->rc < 0) {
 		d->errors++;
 		vmf_control_reply_error(j->c, j->err.code, j->err.msg);
-		if (j->nsfd >= 0)
-			close(j->nsfd);
 		getvm_free(j);
 		return;
 	}
@@ -733,8 +734,6 @@ getvm_take(struct getvm_job *j)
 	if (tenant_net(d, j, &nerr) < 0) {
 		d->errors++;
 		vmf_control_reply_error(c, nerr.code, nerr.msg);
-		if (j->nsfd >= 0)
-			close(j->nsfd);
 		getvm_free(j);
 		return;
 	}
