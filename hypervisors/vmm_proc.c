@@ -120,6 +120,10 @@ vmf_vmm_exited(struct vmf_vmm_proc *p)
 	if (p->child) {
 		int st;
 		pid_t r = waitpid(p->pid, &st, WNOHANG);
+		if (r == p->pid) {
+			p->wstatus = st;
+			p->status_known = true;
+		}
 		if (r == p->pid || (r < 0 && errno == ECHILD))
 			p->exited = true;
 	} else if (p->pidfd >= 0) {

@@ -24,6 +24,8 @@ struct vmf_vmm_proc {
 	int pidfd;
 	bool child;      /* ours to reap */
 	bool exited;     /* seen to exit (and reaped if ours) */
+	bool status_known;  /* reaped here: wstatus is its wait() status */
+	int wstatus;
 };
 
 /* How to start a VMM process.  It runs in its own session with default

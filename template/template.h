@@ -43,6 +43,7 @@ struct vmf_template_params {
 	bool full_memory;            /* no page sharing between clones */
 	const char *runas;           /* QEMU drops to this user; NULL = stays ours */
 	bool nic;                    /* a NIC for hand-out network (issue 16), where the driver can */
+	const char *on_guest_reset;  /* "stop" (NULL) or "keep": its clones' VmConfig */
 };
 
 /* The spec's device name of the NIC; whether a template has it. */
