@@ -305,7 +305,8 @@ vmf_cache_guest_stop(struct vmf_cache *c, struct vmf_vm *vm, int mode, bool powe
 	}
 	for (size_t i = 0; i < n; i++) {
 		if (r < 0)
-			lost(rep, host[i], "%s", err.msg);
+			lost(rep, host[i], "the guest did not confirm its %s within %u ms (%s)", poweroff ? "poweroff" : "flush",
+			     timeout_ms, err.msg);
 		else if (!d[i].answered)
 			lost(rep, host[i], "the guest did not report on it (serial %s)", d[i].serial);
 		else if (!d[i].done)
