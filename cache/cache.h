@@ -108,6 +108,10 @@ void vmf_cache_record_vm(struct vmf_cache *c, struct vmf_vm *vm);
  * thread that owns vm (busy): LMDB serializes writers. */
 int vmf_cache_put_vm_record(struct vmf_cache *c, struct vmf_vm *vm, enum vmf_vm_state state,
 			    struct vmf_error *err);
+/* The same with exit as the record's (a job's report, which the loop's vm
+ * gets only in its done callback). */
+int vmf_cache_put_vm_record_exit(struct vmf_cache *c, const struct vmf_vm *vm, enum vmf_vm_state state,
+				 const Vmf__Hv__VmExit *exit, struct vmf_error *err);
 /* Fills vm's recorded fields from rec (the inverse of what put writes). */
 void vmf_vm_from_record(struct vmf_vm *vm, const Vmf__Catalog__VmRecord *rec);
 void vmf_cache_watch_vm(struct vmf_cache *c, struct vmf_vm *vm);

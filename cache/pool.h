@@ -127,6 +127,7 @@ struct vmf_vm {
 	 * own it. */
 	Vmf__Hv__VmExit *exit;
 	unsigned resets;              /* guest resets seen (on_guest_reset = keep) */
+	bool keep_resets;             /* its VMM resets the guest in place (keep when it was cloned) */
 	struct event *events;         /* the VMM's event fd (a VM kept across resets) */
 	/* The cgroups its VMM joined at hand-out, and each one's oom_kill
 	 * count then. */

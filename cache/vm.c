@@ -57,7 +57,8 @@ vmf_cache_record_vm(struct vmf_cache *c, struct vmf_vm *vm)
 /* The one mapping between a VM and its record, both ways.  rec borrows
  * vm's strings. */
 static void
-vm_to_record(const struct vmf_vm *vm, enum vmf_vm_state state, Vmf__Catalog__VmRecord *rec)
+vm_to_record(const struct vmf_vm *vm, enum vmf_vm_state state, const Vmf__Hv__VmExit *exit,
+	     Vmf__Catalog__VmRecord *rec)
 {
 	rec->schema_version = VM_SCHEMA_VERSION;
 	rec->id = (char *)vm->id;
@@ -88,7 +89,7 @@ vm_to_record(const struct vmf_vm *vm, enum vmf_vm_state state, Vmf__Catalog__VmR
 	rec->state_file = (char *)vm->state_file;
 	rec->state_size = vm->state_size;
 	rec->suspended_ns = vm->suspended_ns;
-	rec->exit = vm->exit;
+	rec->exit = (Vmf__Hv__VmExit *)exit;
 }
 
 static void
@@ -163,12 +164,19 @@ int
 vmf_cache_put_vm_record(struct vmf_cache *c, struct vmf_vm *vm, enum vmf_vm_state state,
 			 struct vmf_error *err)
 {
+	return vmf_cache_put_vm_record_exit(c, vm, state, vm->exit, err);
+}
+
+int
+vmf_cache_put_vm_record_exit(struct vmf_cache *c, const struct vmf_vm *vm, enum vmf_vm_state state,
+			      const Vmf__Hv__VmExit *exit, struct vmf_error *err)
+{
 	Vmf__Catalog__VmRecord rec = VMF__CATALOG__VM_RECORD__INIT;
 	vmf_hv_state *hv = NULL;
 	struct vmf_error serr = {0};
 	if (vm->hv && vm->ops->serialize(vm->hv, &hv, &serr) < 0)
 		log_vm(VMF_LOG_WARN, vm->id, "cannot serialize its hypervisor state: %s", serr.msg);
-	vm_to_record(vm, state, &rec);
+	vm_to_record(vm, state, exit, &rec);
 	char *fw[VMF_MAX_HOSTFWD];
 	for (unsigned i = 0; i < vm->n_hostfwd && i < VMF_MAX_HOSTFWD; i++)
 		fw[i] = (char *)vm->hostfwd[i];
@@ -465,10 +473,8 @@ vmf_cache_vm_death(struct vmf_cache *c, const struct vmf_vm *vm)
 		cg[i] = (char *)vm->cgroups[i];
 	Vmf__Hv__VmExit *e = vm->hv ? vmf_vm_exit_read(vm->ops, vm->hv, cg, vm->cgroup_oom, vm->n_cgroups) : NULL;
 	/* Its record says why before anyone is told it is gone. */
-	struct vmf_vm rec = *vm;
-	rec.exit = e;
 	struct vmf_error err = {0};
-	if (vmf_cache_put_vm_record(c, &rec, VMF_VM_GONE, &err) < 0)
+	if (vmf_cache_put_vm_record_exit(c, vm, VMF_VM_GONE, e, &err) < 0)
 		log_vm(VMF_LOG_ERROR, vm->id, "cannot record VM state: %s", err.msg);
 	return e;
 }
@@ -613,10 +619,8 @@ reset_work(void *arg)
 		j->exit->detail = d2;
 	}
 	j->rc = r;
-	struct vmf_vm rec = *vm;
-	rec.exit = j->exit;
 	struct vmf_error rerr = {0};
-	if (vmf_cache_put_vm_record(c, &rec, VMF_VM_ASSIGNED, &rerr) < 0)
+	if (vmf_cache_put_vm_record_exit(c, vm, VMF_VM_ASSIGNED, j->exit ? j->exit : vm->exit, &rerr) < 0)
 		log_vm(VMF_LOG_ERROR, vm->id, "cannot record VM state: %s", rerr.msg);
 }
 
@@ -687,8 +691,9 @@ vm_events_cb(evutil_socket_t fd, short what, void *arg)
 void
 vmf_cache_watch_events(struct vmf_cache *c, struct vmf_vm *vm)
 {
-	if (!vm->hv || vm->busy || vm->dead || vm->state != VMF_VM_ASSIGNED || !vm->ops->poll_events ||
-	    !vmf_cache_stop_policy(c, vm)->keep_on_reset)
+	/* What its VMM does is what it was started with, whatever the pool
+	 * says now (a VM adopted after the config changed). */
+	if (!vm->hv || vm->busy || vm->dead || vm->state != VMF_VM_ASSIGNED || !vm->ops->poll_events || !vm->keep_resets)
 		return;
 	int fd = vm->ops->event_fd(vm->hv);
 	if (fd < 0)
@@ -740,6 +745,7 @@ vmf_cache_new_vm(struct vmf_cache *c, struct vmf_pool *p)
 	vm->owner = c;
 	vm->ops = p->params.ops;
 	vm->pool = p;
+	vm->keep_resets = p->stop.keep_on_reset;
 	snprintf(vm->template_id, sizeof(vm->template_id), "%s", p->template_id);
 	snprintf(vm->run_dir, sizeof(vm->run_dir), "%s/%s", c->vm_root, vm->id);
 	snprintf(vm->share_dir, sizeof(vm->share_dir), "%s/%s/share", c->vm_root, vm->id);

@@ -286,6 +286,11 @@ void vmf_vm_config_free(vmf_vm_config *cfg);
  * memory. */
 Vmf__Hv__VmExit *vmf_vm_exit_read(const struct vmf_hv_ops *ops, struct vmf_vmm *vm, char *const *cgroups,
 				  const uint64_t *oom_before, size_t n);
+/* A VMM found gone at a daemon's start (it ended while no daemon ran):
+ * what can be known without a handle: the OOM killer (cgroups, the kernel
+ * log: pid), the serial log at serial_log ("" = none). */
+Vmf__Hv__VmExit *vmf_vm_exit_unseen(const char *vmm, pid_t pid, const char *serial_log, char *const *cgroups,
+				    const uint64_t *oom_before, size_t n);
 /* The guest reset and the VM runs on (on_guest_reset = keep): cause
  * guest-reset or guest-panic, the serial log's tail; resets is the count
  * so far. */

@@ -15,7 +15,6 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "frame.h"
@@ -1403,17 +1402,9 @@ last_event(struct vmf_vmm *vm, struct vmf_vmm_exit *out)
 static int
 qemu_exit_info(struct vmf_vmm *vm, struct vmf_vmm_exit *out)
 {
-	memset(out, 0, sizeof(*out));
-	out->pid = vm->proc.pid;
-	out->exit_code = -1;
-	if (!vmf_vmm_exited(&vm->proc))
+	if (!vmf_vmm_exit_status(&vm->proc, out)) {
+		snprintf(out->serial_log, sizeof(out->serial_log), "%s", vm->serial_log);
 		return -EBUSY;
-	if (vm->proc.status_known) {
-		out->status_known = true;
-		if (WIFEXITED(vm->proc.wstatus))
-			out->exit_code = WEXITSTATUS(vm->proc.wstatus);
-		else if (WIFSIGNALED(vm->proc.wstatus))
-			out->signal = WTERMSIG(vm->proc.wstatus);
 	}
 	if (vm->qmp) {
 		/* Whatever QEMU wrote before it exited waits in the socket. */

@@ -108,6 +108,22 @@ sig_name(int sig, char *buf, size_t n)
 	return buf;
 }
 
+/* The OOM killer's trace of pid: a memory cgroup's count that grew, or
+ * the kernel log; "" when none. */
+static void
+oom_trace(pid_t pid, char *const *cgroups, const uint64_t *oom_before, size_t n, char *oom, size_t on)
+{
+	oom[0] = '\0';
+	for (size_t i = 0; i < n && !oom[0]; i++) {
+		uint64_t now = vmf_cgroup_oom_kills(cgroups[i]);
+		if (now > oom_before[i])
+			snprintf(oom, on, "memory cgroup %s (oom_kill %llu -> %llu)", cgroups[i],
+				 (unsigned long long)oom_before[i], (unsigned long long)now);
+	}
+	if (!oom[0] && pid > 0 && kmsg_oom_killed(pid))
+		snprintf(oom, on, "the kernel log");
+}
+
 Vmf__Hv__VmExit *
 vmf_vm_exit_read(const struct vmf_hv_ops *ops, struct vmf_vmm *vm, char *const *cgroups, const uint64_t *oom_before,
 		 size_t n)
@@ -125,16 +141,8 @@ vmf_vm_exit_read(const struct vmf_hv_ops *ops, struct vmf_vmm *vm, char *const *
 	/* A SIGKILL (or an end whose status nobody saw) the OOM killer may
 	 * have sent: a memory cgroup the VMM joined counted a kill since, or
 	 * the kernel log names its pid. */
-	if (!x.status_known || x.signal == SIGKILL) {
-		for (size_t i = 0; i < n && !oom[0]; i++) {
-			uint64_t now = vmf_cgroup_oom_kills(cgroups[i]);
-			if (now > oom_before[i])
-				snprintf(oom, sizeof(oom), "memory cgroup %s (oom_kill %llu -> %llu)", cgroups[i],
-					 (unsigned long long)oom_before[i], (unsigned long long)now);
-		}
-		if (!oom[0] && kmsg_oom_killed(x.pid))
-			snprintf(oom, sizeof(oom), "the kernel log");
-	}
+	if (!x.status_known || x.signal == SIGKILL)
+		oom_trace(x.pid, cgroups, oom_before, n, oom, sizeof(oom));
 	e->oom_killed = oom[0] != '\0';
 	char *tail = serial_tail(x.serial_log);
 	bool panic_text = tail && strstr(tail, "Kernel panic - not syncing");
@@ -187,6 +195,26 @@ vmf_vm_exit_read(const struct vmf_hv_ops *ops, struct vmf_vmm *vm, char *const *
 			 "log", who, pid);
 	}
 	return finish(e, cause, detail, oom, x.event, tail);
+}
+
+Vmf__Hv__VmExit *
+vmf_vm_exit_unseen(const char *vmm, pid_t pid, const char *serial_log, char *const *cgroups,
+		   const uint64_t *oom_before, size_t n)
+{
+	Vmf__Hv__VmExit *e = new_exit();
+	if (!e)
+		return NULL;
+	e->exit_code = -1;
+	char oom[VMF_CGROUP_PATH_MAX + 96], detail[512];
+	oom_trace(pid, cgroups, oom_before, n, oom, sizeof(oom));
+	e->oom_killed = oom[0] != '\0';
+	if (e->oom_killed)
+		snprintf(detail, sizeof(detail), "the kernel's OOM killer killed %s pid %d while no daemon ran (seen in "
+			 "%s)", vmm, (int)pid, oom);
+	else
+		snprintf(detail, sizeof(detail), "%s pid %d ended while no daemon ran: its exit status and last event "
+			 "are unknown, and the kernel log names no OOM kill of it", vmm, (int)pid);
+	return finish(e, e->oom_killed ? "oom-killed" : "unknown", detail, oom, "", serial_tail(serial_log));
 }
 
 Vmf__Hv__VmExit *

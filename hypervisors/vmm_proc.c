@@ -140,6 +140,24 @@ vmf_vmm_exited(struct vmf_vmm_proc *p)
 }
 
 bool
+vmf_vmm_exit_status(struct vmf_vmm_proc *p, struct vmf_vmm_exit *out)
+{
+	memset(out, 0, sizeof(*out));
+	out->pid = p->pid;
+	out->exit_code = -1;
+	if (!vmf_vmm_exited(p))
+		return false;
+	if (p->status_known) {
+		out->status_known = true;
+		if (WIFEXITED(p->wstatus))
+			out->exit_code = WEXITSTATUS(p->wstatus);
+		else if (WIFSIGNALED(p->wstatus))
+			out->signal = WTERMSIG(p->wstatus);
+	}
+	return true;
+}
+
+bool
 vmf_vmm_wait_exit(struct vmf_vmm_proc *p, int64_t deadline_ms)
 {
 	for (;;) {

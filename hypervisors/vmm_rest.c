@@ -5,7 +5,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "frame.h"
@@ -360,21 +359,10 @@ vmf_rest_watch_fd(struct vmf_vmm *vm)
 int
 vmf_rest_exit_info(struct vmf_vmm *vm, struct vmf_vmm_exit *out)
 {
-	memset(out, 0, sizeof(*out));
-	out->pid = vm->proc.pid;
-	out->exit_code = -1;
-	if (!vmf_vmm_exited(&vm->proc))
-		return -EBUSY;
-	if (vm->proc.status_known) {
-		out->status_known = true;
-		if (WIFEXITED(vm->proc.wstatus))
-			out->exit_code = WEXITSTATUS(vm->proc.wstatus);
-		else if (WIFSIGNALED(vm->proc.wstatus))
-			out->signal = WTERMSIG(vm->proc.wstatus);
-	}
+	bool gone = vmf_vmm_exit_status(&vm->proc, out);
 	/* The VMM's log holds the guest's console (its serial on stdout). */
 	snprintf(out->serial_log, sizeof(out->serial_log), "%s", vm->log);
-	return 0;
+	return gone ? 0 : -EBUSY;
 }
 
 int

@@ -603,6 +603,31 @@ tenant_users_make(const char *prefix)
 	return NULL;
 }
 
+const char *
+tenant_image_check(const char *const *mods, const char *prefix)
+{
+	static char why[900];
+	const char *img = vmf_test_image_dir();
+	char manifest[700], *m = NULL;
+	snprintf(manifest, sizeof manifest, "%s/manifest", img ? img : "");
+	if (!img || vmf_read_file(manifest, &m, NULL, 1 << 20, NULL) < 0) {
+		snprintf(why, sizeof why, "the guest image %s has no manifest", img ? img : "(none)");
+		return why;
+	}
+	for (; *mods; mods++)
+		if (!strstr(m, *mods)) {
+			snprintf(why, sizeof why, "the guest image %s lacks the module %s; rebuild it with "
+				 "contrib/image/build-image", img, *mods);
+			free(m);
+			return why;
+		}
+	free(m);
+	const char *t = tenant_users_make(prefix);
+	if (t)
+		tenant_users_remove();
+	return t;
+}
+
 bool
 become_tenant(uid_t uid)
 {

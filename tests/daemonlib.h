@@ -116,6 +116,11 @@ struct tenant_users {
 	gid_t gid;
 };
 extern struct tenant_users tu;
+/* Why a test cannot run here: the guest image (VMFACTORY_IMAGE_DIR) lacks
+ * one of mods (NULL-terminated module names its manifest must list), or
+ * the tenant users PREFIX<pid>... cannot be made; NULL when it can run.
+ * The caller prints it and exits 77. */
+const char *tenant_image_check(const char *const *mods, const char *prefix);
 const char *tenant_users_make(const char *prefix);
 void tenant_users_remove(void);
 bool become_tenant(uid_t uid);

@@ -440,21 +440,9 @@ END_TEST
 int
 main(void)
 {
-	const char *img = vmf_test_image_dir();
-	char manifest[700], *m = NULL;
-	snprintf(manifest, sizeof manifest, "%s/manifest", img ? img : "");
-	if (!img || vmf_read_file(manifest, &m, NULL, 1 << 20, NULL) < 0 || !strstr(m, "sd_mod") ||
-	    !strstr(m, "ext4")) {
-		printf("disk tests skipped: the guest image %s lacks the disk modules (sd_mod, ext4); rebuild it "
-		       "with contrib/image/build-image\n", img ? img : "(none)");
-		free(m);
-		return 77;
-	}
-	free(m);
-	const char *why = tenant_users_make("vdsk");
+	const char *why = tenant_image_check((const char *const[]){ "sd_mod", "ext4", NULL }, "vdsk");
 	if (why) {
 		printf("disk tests skipped: %s\n", why);
-		tenant_users_remove();
 		return 77;
 	}
 	Suite *s = suite_create("disk");

@@ -21,7 +21,11 @@
  *   cgroup's count) and in a v2 cgroup; refused for root's cgroup, the
  *   other tenant's, a path outside /sys/fs/cgroup, a symlink, "..", a
  *   directory of no cgroup file system;
- * - destroy --all of an assigned VM: its unsynced writes on the image.
+ * - after a daemon restart, an adopted VM SIGKILLed: cause unknown (no
+ *   exit status for a VM that is not the daemon's child), said so; one
+ *   killed while no daemon ran: said so, with its serial tail;
+ * - destroy --all of an assigned (adopted) VM: its unsynced writes on the
+ *   image.
  *
  * Users and group vstp<pid>{a,b,g} and cgroups vmfst<pid>* are made here and
  * removed before it returns; without root or useradd, or with a guest image
@@ -179,21 +183,31 @@ str_at(json_object *o, const char *a, const char *b)
 	return json_object_get_string(x);
 }
 
+/* id's entry in status (which answers while the VM is busy), NULL when
+ * it has none; put it. */
+static json_object *
+status_vm(const char *id)
+{
+	json_object *s = vmf_json("status -o json%s", ""), *found = NULL;
+	json_object *vms = path(s, "vms", NULL);
+	for (size_t i = 0; !found && i < json_object_array_length(vms); i++) {
+		json_object *v = json_object_array_get_idx(vms, i);
+		if (!strcmp(json_object_get_string(path(v, "id", NULL)), id))
+			found = json_object_get(v);
+	}
+	json_object_put(s);
+	return found;
+}
+
 /* Waits (deadline_s) until id's state is want; its inspect then. */
 static json_object *
 wait_state(const char *id, const char *want, int deadline_s)
 {
 	int64_t deadline = vmf_now_ms() + deadline_s * 1000;
 	for (;;) {
-		json_object *s = vmf_json("status -o json%s", "");
-		json_object *vms = path(s, "vms", NULL);
-		bool there = false;
-		for (size_t i = 0; i < json_object_array_length(vms); i++) {
-			json_object *v = json_object_array_get_idx(vms, i);
-			there = there || (!strcmp(json_object_get_string(path(v, "id", NULL)), id) &&
-					  !strcmp(json_object_get_string(path(v, "state", NULL)), want));
-		}
-		json_object_put(s);
+		json_object *v = status_vm(id);
+		bool there = v && !strcmp(json_object_get_string(path(v, "state", NULL)), want);
+		json_object_put(v);
 		if (there)
 			return inspect(id);
 		ck_assert_msg(vmf_now_ms() < deadline, "VM %s did not become %s within %d s", id, want, deadline_s);
@@ -444,15 +458,9 @@ START_TEST(stop_end_to_end)
 	 * busy meanwhile, which inspect would refuse). */
 	int64_t deadline = vmf_now_ms() + 120000;
 	for (bool done = false; !done;) {
-		json_object *s = vmf_json("status -o json%s", "");
-		json_object *vms = path(s, "vms", NULL), *e;
-		for (size_t i = 0; i < json_object_array_length(vms); i++) {
-			json_object *v = json_object_array_get_idx(vms, i);
-			done = done || (!strcmp(json_object_get_string(path(v, "id", NULL)), v5.id) &&
-					json_object_object_get_ex(v, "exit", &e) &&
-					json_object_get_int(path(e, "resets", NULL)) >= 1);
-		}
-		json_object_put(s);
+		json_object *v = status_vm(v5.id), *e;
+		done = v && json_object_object_get_ex(v, "exit", &e) && json_object_get_int(path(e, "resets", NULL)) >= 1;
+		json_object_put(v);
 		ck_assert_msg(done || vmf_now_ms() < deadline, "keep: the reset was not seen within 120 s");
 		if (!done)
 			poll(NULL, 0, 300);
@@ -468,8 +476,9 @@ START_TEST(stop_end_to_end)
 	      out, err);
 	/* A process that saves its state on SIGTERM, and writes not synced. */
 	ck_assert_int_eq(guest_sh(v5.id, "setsid sh -c \"trap \\\"echo term > /mnt/d/term; exit 0\\\" TERM; "
-				  "while :; do usleep 200000; done\" </dev/null >/dev/null 2>&1 & echo unsynced > /mnt/d/after",
-				  NULL, 0, NULL, 0, 60), 0);
+				  "echo trap-set > /dev/ttyS0; while :; do usleep 200000; done\" </dev/null >/dev/null 2>&1 & "
+				  "echo unsynced > /mnt/d/after", NULL, 0, NULL, 0, 60), 0);
+	ck_assert_msg(serial_has(&v5, "trap-set", 30), "the guest process did not set its trap");
 	t0 = vmf_now_ms();
 	ck_assert_int_eq(vmf_e(err, sizeof err, &o, "release %s -o json", v5.id), 0);
 	printf("release with poweroff: %lld ms\n", (long long)(vmf_now_ms() - t0));
@@ -563,9 +572,39 @@ START_TEST(stop_end_to_end)
 		printf("SKIP: cgroup v2 (no %s): placement not tested\n", CG_V2);
 	}
 
-	/* ---- destroy --all: the assigned VM's writes on the image ---- */
-	struct got v6 = {0};
+	/* ---- VMs adopted after a daemon restart: no exit status (not the
+	 * daemon's children), but still flushed ---- */
+	struct got v6 = {0}, v7 = {0}, v8 = {0};
 	get_vm(&v6, "destroy", "flush", img[3]);
+	get_vm(&v7, "adopted", "flush", NULL);
+	get_vm(&v8, "unseen", "flush", NULL);
+	ck_assert_int_eq(guest_sh(v8.id, "echo vmf-unseen-marker > /dev/ttyS0", NULL, 0, NULL, 0, 60), 0);
+	ck_assert(serial_has(&v8, "vmf-unseen-marker", 30));
+	kill_daemon_hard();
+	/* One ends while no daemon runs: the next one says what it can. */
+	pid_t p8 = json_object_get_int(path(v8.rec, "pid", NULL));
+	ck_assert_int_eq(kill(p8, SIGKILL), 0);
+	for (int64_t dl = vmf_now_ms() + 10000; kill(p8, 0) == 0 && vmf_now_ms() < dl;)
+		poll(NULL, 0, 20);
+	ck_assert_msg(vmf(NULL, "init --config %s --wait --timeout 600", cfg) == 0, "the daemon did not restart");
+	ins = inspect(v8.id);
+	ex = path(path(ins, "vm", NULL), "exit", NULL);
+	check(!strcmp(str_at(ins, "vm", "state"), "gone") && !strcmp(json_object_get_string(path(ex, "cause", NULL)), "unknown")
+	      && strstr(json_object_get_string(path(ex, "detail", NULL)), "while no daemon ran") &&
+	      strstr(json_object_get_string(path(ex, "serial_tail", NULL)), "vmf-unseen-marker"),
+	      "ended while no daemon ran: %s: %s", json_object_get_string(path(ex, "cause", NULL)),
+	      json_object_get_string(path(ex, "detail", NULL)));
+	json_object_put(ins);
+	ck_assert_int_eq(kill(json_object_get_int(path(v7.rec, "pid", NULL)), SIGKILL), 0);
+	ins = wait_state(v7.id, "gone", 60);
+	ex = path(path(ins, "vm", NULL), "exit", NULL);
+	check(!strcmp(json_object_get_string(path(ex, "cause", NULL)), "unknown") &&
+	      !json_object_get_boolean(path(ex, "status_known", NULL)) &&
+	      strstr(json_object_get_string(path(ex, "detail", NULL)), "adopted"), "adopted, SIGKILL: %s: %s",
+	      json_object_get_string(path(ex, "cause", NULL)), json_object_get_string(path(ex, "detail", NULL)));
+	json_object_put(ins);
+
+	/* ---- destroy --all: the (adopted) assigned VM's writes on the image ---- */
 	ck_assert_int_eq(guest_sh(v6.id, "echo at-destroy > /mnt/d/last", NULL, 0, NULL, 0, 60), 0);
 	ck_assert_int_eq(vmf_e(err, sizeof err, NULL, "destroy --all%s", ""), 0);
 	check(!strstr(err, "lost writes"), "destroy --all: no disk named as losing writes: %s", err);
@@ -574,7 +613,7 @@ START_TEST(stop_end_to_end)
 	check(fsck_clean(img[3]), "destroy --all: e2fsck finds the image clean");
 	ck_assert_int_eq(qemu_gone(), 0);
 
-	json_object *recs[] = { v1.rec, v2.rec, v3.rec, v4.rec, v5.rec, v6.rec };
+	json_object *recs[] = { v1.rec, v2.rec, v3.rec, v4.rec, v5.rec, v6.rec, v7.rec, v8.rec };
 	for (size_t i = 0; i < sizeof(recs) / sizeof(recs[0]); i++)
 		json_object_put(recs[i]);
 	remove_cgroups();
@@ -586,21 +625,9 @@ END_TEST
 int
 main(void)
 {
-	const char *img = vmf_test_image_dir();
-	char manifest[700], *m = NULL;
-	snprintf(manifest, sizeof manifest, "%s/manifest", img ? img : "");
-	if (!img || vmf_read_file(manifest, &m, NULL, 1 << 20, NULL) < 0 || !strstr(m, "ext4") ||
-	    !strstr(m, "pvpanic-mmio")) {
-		printf("stop tests skipped: the guest image %s lacks the disk or pvpanic modules; rebuild it with "
-		       "contrib/image/build-image\n", img ? img : "(none)");
-		free(m);
-		return 77;
-	}
-	free(m);
-	const char *why = tenant_users_make("vstp");
+	const char *why = tenant_image_check((const char *const[]){ "ext4", "pvpanic-mmio", NULL }, "vstp");
 	if (why) {
 		printf("stop tests skipped: %s\n", why);
-		tenant_users_remove();
 		return 77;
 	}
 	main_pid = getpid();
