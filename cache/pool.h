@@ -128,6 +128,9 @@ struct vmf_vm {
 	Vmf__Hv__VmExit *exit;
 	unsigned resets;              /* guest resets seen (on_guest_reset = keep) */
 	bool keep_resets;             /* its VMM resets the guest in place (keep when it was cloned) */
+	int64_t reset_window_ms;      /* resets counted since (vmf_now_ms) */
+	unsigned window_resets;
+	char end_why[200];            /* the daemon ended its VMM: why, for its exit */
 	struct event *events;         /* the VMM's event fd (a VM kept across resets) */
 	/* The cgroups its VMM joined at hand-out, and each one's oom_kill
 	 * count then. */

@@ -3,6 +3,7 @@
  * request handlers use these as the pool engine does. */
 #include <errno.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -472,6 +473,17 @@ vmf_cache_vm_death(struct vmf_cache *c, const struct vmf_vm *vm)
 	for (unsigned i = 0; i < vm->n_cgroups; i++)
 		cg[i] = (char *)vm->cgroups[i];
 	Vmf__Hv__VmExit *e = vm->hv ? vmf_vm_exit_read(vm->ops, vm->hv, cg, vm->cgroup_oom, vm->n_cgroups) : NULL;
+	/* The daemon ended it, and says why. */
+	char *why = vm->end_why[0] && e ? strdup(vm->end_why) : NULL, *cause = why ? strdup("guest-reset") : NULL;
+	if (why && cause) {
+		free(e->detail);
+		free(e->cause);
+		e->detail = why;
+		e->cause = cause;
+	} else {
+		free(why);
+		free(cause);
+	}
 	/* Its record says why before anyone is told it is gone. */
 	struct vmf_error err = {0};
 	if (vmf_cache_put_vm_record_exit(c, vm, VMF_VM_GONE, e, &err) < 0)
@@ -559,6 +571,8 @@ vmf_cache_vm_exited(struct vmf_cache *c, struct vmf_vm *vm)
 /* ---- a VM kept across guest resets (on_guest_reset = keep) ---- */
 
 #define RESET_AGENT_TIMEOUT_MS 60000
+#define RESET_STORM 3
+#define RESET_STORM_MS 60000
 
 struct reset_job {
 	struct vmf_cache *c;
@@ -658,6 +672,26 @@ take_events(struct vmf_cache *c, struct vmf_vm *vm)
 		event_del(vm->events);   /* the VMM is gone: its pidfd tells */
 	if (!ev.resets && !ev.panics)
 		return;
+	/* A guest that resets again and again would keep its VM busy (its
+	 * owner's release refused): beyond RESET_STORM resets in
+	 * RESET_STORM_MS it is ended as on_guest_reset = stop would, and its
+	 * exit says why. */
+	int64_t now = vmf_now_ms();
+	if (vm->reset_window_ms && now - vm->reset_window_ms < RESET_STORM_MS && vm->window_resets >= RESET_STORM) {
+		snprintf(vm->end_why, sizeof(vm->end_why), "the guest reset %u times within %d s; the daemon ended it "
+			 "(on_guest_reset = keep keeps a VM across a reset, not a reset loop)", vm->window_resets + 1,
+			 RESET_STORM_MS / 1000);
+		log_vm(VMF_LOG_WARN, vm->id, "%s", vm->end_why);
+		if (vm->events)
+			event_del(vm->events);
+		kill(vm->ops->pid(vm->hv), SIGKILL);   /* its pidfd reports the end */
+		return;
+	}
+	if (!vm->reset_window_ms || now - vm->reset_window_ms >= RESET_STORM_MS) {
+		vm->reset_window_ms = now;
+		vm->window_resets = 0;
+	}
+	vm->window_resets++;
 	struct reset_job *j = calloc(1, sizeof(*j));
 	if (!j)
 		return;

@@ -177,13 +177,18 @@ signal_cb(evutil_socket_t sig, short what, void *arg)
 	/* Pooled and assigned VMs keep running: a restarted daemon adopts
 	 * them.  Work in flight finishes first: a GetVM whose VM is recorded
 	 * assigned must reach its client, and a VM being stopped must stop.
-	 * Bounded by a GetVM's default timeout plus a stop's. */
+	 * Bounded by a GetVM's default timeout plus a stop's, the guest's
+	 * part (the longest stop_timeout) included. */
 	log_info("signal %d: finishing the work in flight, then exiting; VMs keep running for the next daemon",
 		 (int)sig);
 	vmf_sd_notify("STOPPING=1\nSTATUS=stopping on signal %d; VMs keep running", (int)sig);
 	d->cache.stopping = true;
 	d->draining = true;
-	struct timeval tv = { (VMF_DEFAULT_GETVM_TIMEOUT_MS + VMF_STOP_TIMEOUT_MS) / 1000, 0 };
+	unsigned guest_ms = d->cache.stop_default.timeout_ms;
+	struct vmf_pool *p;
+	TAILQ_FOREACH(p, &d->cache.pools, link)
+		guest_ms = p->stop.timeout_ms > guest_ms ? p->stop.timeout_ms : guest_ms;
+	struct timeval tv = { (VMF_DEFAULT_GETVM_TIMEOUT_MS + VMF_STOP_TIMEOUT_MS + guest_ms) / 1000, 0 };
 	d->drain_timer = evtimer_new(d->cache.base, drain_timeout_cb, d);
 	if (!d->drain_timer || evtimer_add(d->drain_timer, &tv) < 0) {
 		log_warn("shutdown: cannot arm the shutdown deadline; exiting now");

@@ -346,9 +346,10 @@ START_TEST(stop_end_to_end)
 	/* ---- release: every write of the guest on the host image ---- */
 	struct got v1 = {0};
 	get_vm(&v1, "flush1", "flush", img[0]);
-	ck_assert_int_eq(guest_sh(v1.id, "printf 13-byte-file! > /mnt/d/small && "
-				  "dd if=/dev/urandom of=/mnt/d/big bs=64k count=16 2>/dev/null && md5sum /mnt/d/big", out,
-				  sizeof out, err, sizeof err, 60), 0);
+	int rc = guest_sh(v1.id, "printf 13-byte-file! > /mnt/d/small && "
+			  "dd if=/dev/urandom of=/mnt/d/big bs=64k count=16 2>/dev/null && md5sum /mnt/d/big", out, sizeof out,
+			  err, sizeof err, 60);
+	ck_assert_msg(rc == 0, "the guest's writes failed (%d): %s", rc, err);
 	char md5[40];
 	snprintf(md5, sizeof md5, "%.32s", out);
 	int64_t t0 = vmf_now_ms();
@@ -405,7 +406,7 @@ START_TEST(stop_end_to_end)
 	struct got v3 = {0};
 	get_vm(&v3, "panic", "flush", NULL);
 	t0 = vmf_now_ms();
-	int rc = guest_sh(v3.id, "(sleep 1; echo c > /proc/sysrq-trigger) & sleep 100", NULL, 0, err, sizeof err, 90);
+	rc = guest_sh(v3.id, "(sleep 1; echo c > /proc/sysrq-trigger) & sleep 100", NULL, 0, err, sizeof err, 90);
 	took = vmf_now_ms() - t0;
 	check(rc == 125, "panic: the exec running returned %d after %lld ms (want 125): %s", rc, (long long)took, err);
 	json_object *ins = wait_state(v3.id, "gone", 60);
