@@ -297,9 +297,10 @@ Vmf__Hv__VmExit *vmf_vm_exit_unseen(const char *vmm, pid_t pid, const char *seri
 Vmf__Hv__VmExit *vmf_vm_exit_reset(const struct vmf_hv_ops *ops, struct vmf_vmm *vm, unsigned resets,
 				   unsigned panics);
 /* For the error of a template build, a clone's warm-up or a hand-out
- * whose VMM has died: appends the cause and as much of the serial log's
- * end as the message holds.  Nothing while the VMM runs. */
-void vmf_vm_exit_explain(const struct vmf_hv_ops *ops, struct vmf_vmm *vm, struct vmf_error *err);
+ * whose VMM has died (or is dying: it waits a second for that): appends
+ * the cause and as much of the serial log's end as the message holds;
+ * true then.  Nothing (false) while the VMM runs. */
+bool vmf_vm_exit_explain(const struct vmf_hv_ops *ops, struct vmf_vmm *vm, struct vmf_error *err);
 /* A deep copy (pack, unpack); NULL when e is NULL or out of memory. */
 Vmf__Hv__VmExit *vmf_vm_exit_dup(const Vmf__Hv__VmExit *e);
 

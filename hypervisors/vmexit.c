@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -12,11 +13,14 @@
 #include <unistd.h>
 
 #include "cgroup.h"
+#include "frame.h"
 #include "util.h"
 
 /* The kernel's ring buffer is read at most this far (records, bytes). */
 #define KMSG_RECORDS_MAX 100000
 #define KMSG_BYTES_MAX (4u << 20)
+/* How long an error's explanation waits for a VMM on its way out. */
+#define EXPLAIN_WAIT_MS 1000
 
 /* Whether the kernel log says the OOM killer killed pid: "Out of memory:
  * Killed process PID (...)", or "Memory cgroup out of memory: ...". */
@@ -241,20 +245,26 @@ vmf_vm_exit_reset(const struct vmf_hv_ops *ops, struct vmf_vmm *vm, unsigned res
 		      tail);
 }
 
-void
+bool
 vmf_vm_exit_explain(const struct vmf_hv_ops *ops, struct vmf_vmm *vm, struct vmf_error *err)
 {
-	if (!vm || !ops->alive || ops->alive(vm))
-		return;
+	if (!vm || !ops->alive)
+		return false;
+	/* A channel that broke first (EOF, a reset) is often the VMM on its
+	 * way out: it gets a moment to finish. */
+	for (int64_t deadline = vmf_now_ms() + EXPLAIN_WAIT_MS; ops->alive(vm) && vmf_now_ms() < deadline;)
+		poll(NULL, 0, 20);
+	if (ops->alive(vm))
+		return false;
 	Vmf__Hv__VmExit *e = vmf_vm_exit_read(ops, vm, NULL, NULL, 0);
 	if (!e)
-		return;
+		return true;
 	vmf_error_append(err, "; %s", e->detail);
 	/* The tail's end, on one line: what fits the message. */
 	size_t have = strlen(err->msg), room = have + 40 < sizeof(err->msg) ? sizeof(err->msg) - have - 40 : 0;
 	const char *t = e->serial_tail;
 	size_t tl = strlen(t);
-	if (room > 64 && tl && !strstr(err->msg, "serial log")) {
+	if (room > 64 && tl && !strstr(err->msg, "serial log:") && !strstr(err->msg, "serial log ends:")) {
 		/* Already escaped but for its newlines, which become "\n". */
 		char *one = malloc(room + 1);
 		if (one) {
@@ -272,6 +282,7 @@ vmf_vm_exit_explain(const struct vmf_hv_ops *ops, struct vmf_vmm *vm, struct vmf
 		}
 	}
 	vmf__hv__vm_exit__free_unpacked(e, NULL);
+	return true;
 }
 
 Vmf__Hv__VmExit *

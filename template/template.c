@@ -267,14 +267,11 @@ boot_and_save(const struct vmf_template_params *p, const struct vmf_image *img, 
 	 * a new host connection, not mid-conversation with this one. */
 	vmf_agent_free(agent);
 	if (r < 0) {
-		bool alive = p->ops->alive(vm);
-		vmf_error_prefix(err, "template %.16s: guest agent did not answer%s", id, alive ? "" : " (QEMU exited)");
+		vmf_error_prefix(err, "template %.16s: guest agent did not answer", id);
 		/* Why it died (exit status, its last event, the OOM killer) and
 		 * the serial log's end, escaped. */
-		if (!alive) {
-			vmf_vm_exit_explain(p->ops, vm, err);
+		if (vmf_vm_exit_explain(p->ops, vm, err))
 			goto out;
-		}
 		char tail[400];
 		char log[PATH_MAX];
 		snprintf(log, sizeof(log), "%s/serial.log", vm_run_dir);

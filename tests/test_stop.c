@@ -3,6 +3,8 @@
  * flush, on_guest_reset = stop; "off": stop = poweroff, on_guest_reset =
  * keep; stop_timeout 3 s) for every step:
  *
+ * - a template build whose guest kernel panics (a garbage initrd): its
+ *   error says so, with the serial log's end;
  * - a guest writes to a read-write disk without sync and is released: the
  *   host image holds every write (debugfs), e2fsck clean;
  * - a guest whose agent is stopped ignores the flush: the release returns
@@ -336,6 +338,17 @@ START_TEST(stop_end_to_end)
 		 "[pool off]\nsize = 1\nmemory_mib = 384\nstop = poweroff\non_guest_reset = keep\n", tu.group);
 	write_file(cfg, conf);
 	ck_assert_int_eq(vmf(NULL, "check-config %s", cfg), 0);
+
+	/* ---- a template build whose guest panics says why ---- */
+	char bad[700], kernel[700], err0[4096];
+	snprintf(bad, sizeof bad, "%s/garbage-initrd.img", tmp);
+	snprintf(kernel, sizeof kernel, "%s/vmlinuz", vmf_test_image_dir());
+	write_file(bad, "not an initramfs");
+	snprintf(conf, sizeof conf, "template build --kernel %s --initrd %s", kernel, bad);
+	ck_assert_int_ne(vmf_e(err0, sizeof err0, NULL, "%s", conf), 0);
+	check(strstr(err0, "panicked") && strstr(err0, "serial log ends") && !strchr(err0, '\r'),
+	      "template build: the error says the guest panicked, with the serial log's end: %s", err0);
+
 	ck_assert_msg(vmf(NULL, "init --config %s --wait --timeout 600", cfg) == 0, "the daemon did not start");
 	char img[6][700], out[8192], err[8192], *o = NULL;
 	for (int i = 0; i < 6; i++) {
