@@ -603,6 +603,18 @@ tenant_users_make(const char *prefix)
 	return NULL;
 }
 
+void
+host_cat(const char *img, const char *file, char *out, size_t n)
+{
+	char cmd[1200];
+	snprintf(cmd, sizeof cmd, "PATH=$PATH:/sbin:/usr/sbin debugfs -R 'cat %s' %s 2>/dev/null", file, img);
+	FILE *p = popen(cmd, "r");
+	ck_assert_ptr_nonnull(p);
+	size_t got = fread(out, 1, n - 1, p);
+	out[got] = 0;
+	pclose(p);
+}
+
 const char *
 tenant_image_check(const char *const *mods, const char *prefix)
 {

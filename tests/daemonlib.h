@@ -94,6 +94,9 @@ void stop_daemon(pid_t pid);
 /* The first pool's failure count and last error; -1 when nobody answers. */
 int pool_failures(const char *socket, char *last_error, size_t n);
 
+/* The content of file in the ext4 image img, read on the host (debugfs). */
+void host_cat(const char *img, const char *file, char *out, size_t n);
+
 /* A free TCP port on 127.0.0.1 (bound, then released). */
 int free_port(void);
 /* GET http://127.0.0.1:port/path; the whole response (headers too). */

@@ -78,19 +78,6 @@ make_image(const char *img, unsigned mib)
 	ck_assert_int_eq(system(cmd), 0);
 }
 
-/* The content of file in the ext4 image, read on the host (debugfs). */
-static void
-host_cat(const char *img, const char *file, char *out, size_t n)
-{
-	char cmd[1200];
-	snprintf(cmd, sizeof cmd, "PATH=$PATH:/sbin:/usr/sbin debugfs -R 'cat %s' %s 2>/dev/null", file, img);
-	FILE *p = popen(cmd, "r");
-	ck_assert_ptr_nonnull(p);
-	size_t got = fread(out, 1, n - 1, p);
-	out[got] = 0;
-	pclose(p);
-}
-
 /* The VM's state (inspect's). */
 static int
 disk_state(const char *id, char *out, size_t n)

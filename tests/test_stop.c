@@ -116,19 +116,6 @@ make_image(const char *img)
 	ck_assert_int_eq(system(cmd), 0);
 }
 
-/* The content of file in the ext4 image, read on the host (debugfs). */
-static void
-host_cat(const char *img, const char *file, char *out, size_t n)
-{
-	char cmd[1200];
-	snprintf(cmd, sizeof cmd, "PATH=$PATH:/sbin:/usr/sbin debugfs -R 'cat %s' %s 2>/dev/null", file, img);
-	FILE *p = popen(cmd, "r");
-	ck_assert_ptr_nonnull(p);
-	size_t got = fread(out, 1, n - 1, p);
-	out[got] = 0;
-	pclose(p);
-}
-
 /* Bytes of file in the image (debugfs stat), -1 when it is not there. */
 static long
 host_size(const char *img, const char *file)
@@ -295,15 +282,24 @@ tenant_get(uid_t uid, const char *dir, const char *cgroup, char *msg, size_t mn,
 	return code;
 }
 
-/* /proc/PID/cgroup holds line. */
-static bool
-in_cgroup(int pid, const char *line)
+/* As tenant a, a VM in the cgroup cg (whose line in /proc/PID/cgroup is
+ * line): its QEMU runs there, inspect names it.  The VM's id in id. */
+static void
+tenant_in_cgroup(const char *dir, const char *cg, const char *line, char *id, size_t idn)
 {
+	char msg[1200];
+	int code = tenant_get(tu.uid_a, dir, cg, msg, sizeof msg, id, idn);
+	ck_assert_msg(code == 0, "get --cgroup %s: %s", cg, msg);
+	json_object *ins = vmf_json("inspect %s -o json", id);
+	int qpid = json_object_get_int(path(path(ins, "vm", NULL), "pid", NULL));
 	char f[64], *s = NULL;
-	snprintf(f, sizeof f, "/proc/%d/cgroup", pid);
-	bool in = vmf_read_file(f, &s, NULL, 1 << 16, NULL) == 0 && strstr(s, line);
+	snprintf(f, sizeof f, "/proc/%d/cgroup", qpid);
+	check(vmf_read_file(f, &s, NULL, 1 << 16, NULL) == 0 && strstr(s, line), "QEMU pid %d runs in %s", qpid, cg);
 	free(s);
-	return in;
+	json_object *cgs = path(path(ins, "vm", NULL), "cgroups", NULL);
+	check(json_object_array_length(cgs) == 1 && !strcmp(json_object_get_string(json_object_array_get_idx(cgs, 0)), cg),
+	      "inspect names the cgroup %s", cg);
+	json_object_put(ins);
 }
 
 static void
@@ -539,15 +535,9 @@ START_TEST(stop_end_to_end)
 			      msg);
 		}
 		/* The tenant's own v1 memory cgroup: QEMU runs in it. */
-		int code = tenant_get(tu.uid_a, a_dir, cg_a, msg, sizeof msg, id, sizeof id);
-		ck_assert_msg(code == 0, "get --cgroup %s: %s", cg_a, msg);
-		ins = inspect(id);
-		int qpid = json_object_get_int(path(path(ins, "vm", NULL), "pid", NULL));
 		char line[200];
 		snprintf(line, sizeof line, ":memory:/vmfst%da\n", pid);
-		check(in_cgroup(qpid, line), "v1: QEMU pid %d runs in %s", qpid, cg_a);
-		check(json_object_array_length(path(path(ins, "vm", NULL), "cgroups", NULL)) == 1, "v1: inspect names the cgroup");
-		json_object_put(ins);
+		tenant_in_cgroup(a_dir, cg_a, line, id, sizeof id);
 		/* A limit the guest's next writes exceed: the OOM killer ends
 		 * QEMU in the cgroup, and the cgroup's count says so. */
 		char f[300];
@@ -573,14 +563,9 @@ START_TEST(stop_end_to_end)
 	if (stat(CG_V2 "/cgroup.procs", &st) == 0) {
 		ck_assert_int_eq(mkdir(cg_v2, 0755), 0);
 		delegate(cg_v2, tu.uid_a);
-		int code = tenant_get(tu.uid_a, a_dir, cg_v2, msg, sizeof msg, id, sizeof id);
-		ck_assert_msg(code == 0, "get --cgroup %s: %s", cg_v2, msg);
-		ins = inspect(id);
-		int qpid = json_object_get_int(path(path(ins, "vm", NULL), "pid", NULL));
 		char line[200];
 		snprintf(line, sizeof line, "0::/vmfst%dv2\n", pid);
-		check(in_cgroup(qpid, line), "v2: QEMU pid %d runs in %s", qpid, cg_v2);
-		json_object_put(ins);
+		tenant_in_cgroup(a_dir, cg_v2, line, id, sizeof id);
 		ck_assert_int_eq(vmf(NULL, "release %s", id), 0);
 	} else {
 		printf("SKIP: cgroup v2 (no %s): placement not tested\n", CG_V2);
