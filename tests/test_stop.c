@@ -18,6 +18,7 @@
  *   the VM stays assigned, marked, its disk mounted again; then its
  *   release powers the guest off cleanly (a process's SIGTERM trap runs,
  *   unsynced writes on the image);
+ * - a pool's cgroup: its VM's QEMU runs in it;
  * - get --cgroup as a real tenant: QEMU in the tenant's v1 memory cgroup
  *   (then OOM-killed there by a limit: inspect says oom-killed, from the
  *   cgroup's count) and in a v2 cgroup; refused for root's cgroup, the
@@ -51,13 +52,13 @@
 #define CG_V2 "/sys/fs/cgroup/unified"
 
 /* Named in main: its exit removes what a failed test (a child) left. */
-static char cg_a[128], cg_b[128], cg_root[128], cg_v2[128], cg_link[128], cg_plain[128];
+static char cg_a[128], cg_b[128], cg_root[128], cg_v2[128], cg_link[128], cg_plain[128], cg_pool[128];
 static pid_t main_pid;
 
 static void
 remove_cgroups(void)
 {
-	const char *dirs[] = { cg_a, cg_b, cg_root, cg_v2 };
+	const char *dirs[] = { cg_a, cg_b, cg_root, cg_v2, cg_pool };
 	for (size_t i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++)
 		if (dirs[i][0])
 			rmdir(dirs[i]);
@@ -330,8 +331,13 @@ START_TEST(stop_end_to_end)
 	ck_assert_int_eq(chmod(tmp, 0711), 0);
 	char cfg[700], conf[600];
 	snprintf(cfg, sizeof cfg, "%s/vmfactory.conf", tmp);
+	/* The "off" pool's VMs join the operator's cgroup (the pool's own). */
+	bool have_v1 = access(CG_V1 "/cgroup.procs", W_OK) == 0;
+	if (have_v1)
+		ck_assert_int_eq(mkdir(cg_pool, 0755), 0);
 	snprintf(conf, sizeof conf, "[daemon]\ngroup = %s\nstop_timeout = 3\n\n[pool flush]\nsize = 2\nmemory_mib = 256\n\n"
-		 "[pool off]\nsize = 1\nmemory_mib = 384\nstop = poweroff\non_guest_reset = keep\n", tu.group);
+		 "[pool off]\nsize = 1\nmemory_mib = 384\nstop = poweroff\non_guest_reset = keep\n%s%s\n", tu.group,
+		 have_v1 ? "cgroup = " : "", have_v1 ? cg_pool : "");
 	write_file(cfg, conf);
 	ck_assert_int_eq(vmf(NULL, "check-config %s", cfg), 0);
 
@@ -458,6 +464,14 @@ START_TEST(stop_end_to_end)
 	/* ---- on_guest_reset = keep, then stop = poweroff ---- */
 	struct got v5 = {0};
 	get_vm(&v5, "keep", "off", img[2]);
+	if (have_v1) {
+		char f[64], *cgs = NULL, line[160];
+		snprintf(f, sizeof f, "/proc/%d/cgroup", json_object_get_int(path(v5.rec, "pid", NULL)));
+		snprintf(line, sizeof line, ":memory:%s\n", cg_pool + strlen(CG_V1));
+		check(vmf_read_file(f, &cgs, NULL, 1 << 16, NULL) == 0 && strstr(cgs, line), "the pool's cgroup %s holds its "
+		      "VM's QEMU", cg_pool);
+		free(cgs);
+	}
 	ck_assert_int_eq(guest_sh(v5.id, "echo before > /mnt/d/before && sync", NULL, 0, NULL, 0, 60), 0);
 	t0 = vmf_now_ms();
 	rc = guest_sh(v5.id, "(sleep 1; echo c > /proc/sysrq-trigger) & sleep 100", NULL, 0, err, sizeof err, 90);
@@ -511,7 +525,6 @@ START_TEST(stop_end_to_end)
 	ck_assert_int_eq(mkdir(a_dir, 0755), 0);
 	ck_assert_int_eq(chown(a_dir, tu.uid_a, tu.gid), 0);
 	char id[64], msg[1200];
-	bool have_v1 = access(CG_V1 "/cgroup.procs", W_OK) == 0;
 	if (have_v1) {
 		ck_assert_int_eq(mkdir(cg_a, 0755), 0);
 		ck_assert_int_eq(mkdir(cg_b, 0755), 0);
@@ -637,6 +650,7 @@ main(void)
 	snprintf(cg_link, sizeof cg_link, "/sys/fs/cgroup/vmfst%dlink", pid);
 	snprintf(cg_plain, sizeof cg_plain, "/sys/fs/cgroup/vmfst%dplain", pid);
 	snprintf(cg_v2, sizeof cg_v2, CG_V2 "/vmfst%dv2", pid);
+	snprintf(cg_pool, sizeof cg_pool, CG_V1 "/vmfst%dpool", pid);
 	atexit(remove_cgroups);
 	Suite *s = suite_create("stop");
 	TCase *tc = tcase_create("stop");
