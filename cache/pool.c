@@ -23,6 +23,17 @@ vmf_vm_state_name(enum vmf_vm_state s)
 	return "unknown";
 }
 
+const char *
+vmf_stop_mode_name(enum vmf_stop_mode m)
+{
+	switch (m) {
+	case VMF_STOP_FLUSH: return "flush";
+	case VMF_STOP_KILL: return "kill";
+	case VMF_STOP_POWEROFF: return "poweroff";
+	}
+	return "unknown";
+}
+
 struct vmf_tpl *
 vmf_tpl_new(Vmf__Catalog__TemplateRecord *rec)
 {

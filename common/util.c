@@ -267,6 +267,37 @@ vmf_file_tail(const char *path, char *buf, size_t max)
 			buf[i] = ' ';
 }
 
+size_t
+vmf_escape(const char *in, size_t n, char *out, size_t outn, bool multiline)
+{
+	size_t k = 0;
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)in[i];
+		char esc[5];
+		size_t el = 1;
+		/* A console's "\r\n" is a line end. */
+		if (c == '\r' && multiline && i + 1 < n && in[i + 1] == '\n')
+			continue;
+		if (c == '\\')
+			memcpy(esc, "\\\\", el = 2);
+		else if (c == '\n' && !multiline)
+			memcpy(esc, "\\n", el = 2);
+		else if (c == '\t')
+			memcpy(esc, "\\t", el = 2);
+		else if (c == '\n' || (c >= 0x20 && c < 0x7f))
+			esc[0] = (char)c;
+		else
+			el = (size_t)snprintf(esc, sizeof(esc), "\\x%02x", c);
+		if (k + el + 1 > outn)
+			break;
+		memcpy(out + k, esc, el);
+		k += el;
+	}
+	if (outn)
+		out[k] = '\0';
+	return k;
+}
+
 void
 vmf_uuid_new(char out[VMF_UUID_STR])
 {

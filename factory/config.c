@@ -16,6 +16,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "cgroup.h"
 #include "config.h"
 #include "driver.h"
 #include "log.h"
@@ -43,6 +44,9 @@ enum kind {
 	K_SHAPE,       /* auto or off */
 	K_NETMODE,     /* none or user: the pool's default network (issue 16) */
 	K_ADDRS,       /* IPv4 addresses separated by ',' */
+	K_STOPMODE,    /* kill, flush or poweroff */
+	K_RESET,       /* stop or keep */
+	K_CGROUPS,     /* cgroup directories below /sys/fs/cgroup, separated by ':' */
 };
 
 /* Where a value goes: a field of opts, or of the current pool's spec. */
@@ -89,6 +93,10 @@ static const struct key keys[] = {
 	{ SEC_DAEMON, "tenant_max_suspended_mib", K_UINT, O(tenant_max_suspended_mib), 0, 268435456, 0 },
 	{ SEC_DAEMON, "tenant_max_snapshots", K_UINT, O(tenant_max_snapshots), 0, 65536, 0 },
 	{ SEC_DAEMON, "tenant_max_snapshot_mib", K_UINT, O(tenant_max_snapshot_mib), 0, 268435456, 0 },
+	{ SEC_DAEMON, "stop", K_STOPMODE, O(stop), 0, 0, 0 },
+	{ SEC_DAEMON, "stop_timeout", K_SECONDS, O(stop_timeout_s), 1, 600, 0 },
+	{ SEC_DAEMON, "on_guest_reset", K_RESET, O(on_guest_reset), 0, 0, 0 },
+	{ SEC_DAEMON, "cgroup", K_CGROUPS, O(cgroup), 0, 0, VMF_CGROUPS_MAX * VMF_CGROUP_PATH_MAX },
 	{ SEC_HV, "binary", K_PROGRAM, O(qemu_binary), 0, 0, 512 },
 	{ SEC_HV, "type", K_DRIVER, O(hypervisor), 0, 0, 0 },
 	{ SEC_HV, "accelerator", K_ACCEL, O(accel), 0, 0, 0 },
@@ -115,6 +123,10 @@ static const struct key keys[] = {
 	{ SEC_POOL, "shape_memory_mib", K_UINT, P(shape_memory_mib), 0, 268435456, 0 },
 	{ SEC_POOL, "image_dir", K_ABSPATH, P(image_dir), 0, 0, 512 },
 	{ SEC_POOL, "template", K_NAME, P(template_name), 0, 0, 32 },
+	{ SEC_POOL, "stop", K_STOPMODE, P(stop), 0, 0, 0 },
+	{ SEC_POOL, "stop_timeout", K_SECONDS, P(stop_timeout_s), 1, 600, 0 },
+	{ SEC_POOL, "on_guest_reset", K_RESET, P(on_guest_reset), 0, 0, 0 },
+	{ SEC_POOL, "cgroup", K_CGROUPS, P(cgroup), 0, 0, VMF_CGROUPS_MAX * VMF_CGROUP_PATH_MAX },
 };
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
 
@@ -342,6 +354,37 @@ set_value(struct parser *p, const struct key *k, const char *v, void *base)
 		}
 		*(bool *)((char *)base + k->off) = strcmp(v, "user") == 0;
 		return true;
+	case K_STOPMODE:
+		if (strcmp(v, "kill") != 0 && strcmp(v, "flush") != 0 && strcmp(v, "poweroff") != 0) {
+			problem(p, line, "%s: '%s' is not kill, flush or poweroff", n, v);
+			return false;
+		}
+		break;
+	case K_RESET:
+		if (strcmp(v, "stop") != 0 && strcmp(v, "keep") != 0) {
+			problem(p, line, "%s: '%s' is not stop or keep", n, v);
+			return false;
+		}
+		break;
+	case K_CGROUPS: {
+		unsigned count = 0;
+		for (const char *c = v; *c;) {
+			size_t l = strcspn(c, ":");
+			char one[VMF_CGROUP_PATH_MAX + 1];
+			struct vmf_error cerr;
+			snprintf(one, sizeof(one), "%.*s", (int)(l < sizeof(one) - 1 ? l : sizeof(one) - 1), c);
+			if (l && (l >= VMF_CGROUP_PATH_MAX || vmf_cgroup_check_path(one, &cerr) < 0)) {
+				problem(p, line, "%s: %s", n, l >= VMF_CGROUP_PATH_MAX ? "a path is too long" : cerr.msg);
+				return false;
+			}
+			if (l && ++count > VMF_CGROUPS_MAX) {
+				problem(p, line, "%s: more than %d cgroups", n, VMF_CGROUPS_MAX);
+				return false;
+			}
+			c += l + (c[l] == ':');
+		}
+		break;
+	}
 	case K_LOGLEVEL: {
 		int l = vmf_log_parse_level(v);
 		if (l < 0) {
@@ -658,6 +701,8 @@ finish_pools(struct parser *p)
 	int ixv = key_index(SEC_POOL, "max_vcpus"), ixm = key_index(SEC_POOL, "max_memory_mib");
 	int ish = key_index(SEC_POOL, "shape"), ishx = key_index(SEC_POOL, "shape_max");
 	int ishm = key_index(SEC_POOL, "shape_memory_mib");
+	int ist = key_index(SEC_POOL, "stop"), istt = key_index(SEC_POOL, "stop_timeout");
+	int ire = key_index(SEC_POOL, "on_guest_reset"), icg = key_index(SEC_POOL, "cgroup");
 	for (unsigned i = 0; i < c->n_pools; i++) {
 		struct vmf_pool_spec *ps = &c->pools[i];
 		int *kl = p->key_line[i];
@@ -677,6 +722,15 @@ finish_pools(struct parser *p)
 			ps->shape_max = o->shape_max;
 		if (!kl[ishm])
 			ps->shape_memory_mib = o->shape_memory_mib;
+		/* So do the stop policy and the cgroups. */
+		if (!kl[ist])
+			ps->stop = o->stop;
+		if (!kl[istt])
+			ps->stop_timeout_s = o->stop_timeout_s;
+		if (!kl[ire])
+			ps->on_guest_reset = o->on_guest_reset;
+		if (!kl[icg])
+			ps->cgroup = o->cgroup;
 		if (p->pool_bad[i] || p->guest_bad)
 			continue;
 		if (ps->max_vcpus < ps->vcpus)

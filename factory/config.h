@@ -26,7 +26,7 @@ struct vmf_config {
 	char *errors;
 	unsigned n_errors;
 	/* internal */
-	char *strings[24 + VMF_MAX_POOLS];   /* values opts and pools point at */
+	char *strings[32 + 5 * VMF_MAX_POOLS];   /* values opts and pools point at: one per string key */
 	unsigned n_strings;
 };
 

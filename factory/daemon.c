@@ -47,6 +47,9 @@ vmf_daemon_opts_defaults(struct vmf_daemon_opts *o)
 	o->shape = true;
 	o->shape_max = VMF_SHAPE_AUTO;
 	o->shape_memory_mib = VMF_SHAPE_AUTO;
+	o->stop = "flush";
+	o->stop_timeout_s = VMF_DEFAULT_STOP_TIMEOUT_S;
+	o->on_guest_reset = "stop";
 	o->ready_fd = -1;
 	o->idle_timeout_s = VMF_DEFAULT_IDLE_TIMEOUT_S;
 	o->frame_timeout_s = VMF_DEFAULT_FRAME_TIMEOUT_S;
@@ -185,13 +188,18 @@ signal_cb(evutil_socket_t sig, short what, void *arg)
 	/* Pooled and assigned VMs keep running: a restarted daemon adopts
 	 * them.  Work in flight finishes first: a GetVM whose VM is recorded
 	 * assigned must reach its client, and a VM being stopped must stop.
-	 * Bounded by a GetVM's default timeout plus a stop's. */
+	 * Bounded by a GetVM's default timeout plus a stop's, the guest's
+	 * part (the longest stop_timeout) included. */
 	log_info("signal %d: finishing the work in flight, then exiting; VMs keep running for the next daemon",
 		 (int)sig);
 	vmf_sd_notify("STOPPING=1\nSTATUS=stopping on signal %d; VMs keep running", (int)sig);
 	d->cache.stopping = true;
 	d->draining = true;
-	struct timeval tv = { (VMF_DEFAULT_GETVM_TIMEOUT_MS + VMF_STOP_TIMEOUT_MS) / 1000, 0 };
+	unsigned guest_ms = d->cache.stop_default.timeout_ms;
+	struct vmf_pool *p;
+	TAILQ_FOREACH(p, &d->cache.pools, link)
+		guest_ms = p->stop.timeout_ms > guest_ms ? p->stop.timeout_ms : guest_ms;
+	struct timeval tv = { (VMF_DEFAULT_GETVM_TIMEOUT_MS + VMF_STOP_TIMEOUT_MS + guest_ms) / 1000, 0 };
 	d->drain_timer = evtimer_new(d->cache.base, drain_timeout_cb, d);
 	if (!d->drain_timer || evtimer_add(d->drain_timer, &tv) < 0) {
 		log_warn("shutdown: cannot arm the shutdown deadline; exiting now");
@@ -213,6 +221,37 @@ tick_cb(evutil_socket_t fd, short what, void *arg)
 	/* Also a backstop for a destroy or shutdown waiting on a job whose
 	 * done callback does not settle. */
 	vmf_daemon_settle(d);
+}
+
+/* A pool's (or the daemon's default) stop policy and cgroups from the
+ * config's strings, checked by the config (or here, for flags). */
+static int
+set_policy(struct vmf_stop_policy *pol, char (*cgroups)[VMF_CGROUP_PATH_MAX], unsigned *n_cgroups, const char *stop,
+	   unsigned timeout_s, const char *reset, const char *cgroup, struct vmf_error *err)
+{
+	pol->mode = stop && !strcmp(stop, "kill") ? VMF_STOP_KILL
+		: stop && !strcmp(stop, "poweroff") ? VMF_STOP_POWEROFF : VMF_STOP_FLUSH;
+	pol->timeout_ms = (timeout_s ? timeout_s : VMF_DEFAULT_STOP_TIMEOUT_S) * 1000u;
+	pol->keep_on_reset = reset && !strcmp(reset, "keep");
+	if (!cgroups)
+		return 0;
+	*n_cgroups = 0;
+	for (const char *c = cgroup ? cgroup : ""; *c;) {
+		size_t l = strcspn(c, ":");
+		if (l && *n_cgroups == VMF_CGROUPS_MAX)
+			return vmf_err(err, E2BIG, "cgroup: more than %d cgroups", VMF_CGROUPS_MAX);
+		if (l >= VMF_CGROUP_PATH_MAX)
+			return vmf_err(err, ENAMETOOLONG, "cgroup: a path is longer than %d bytes", VMF_CGROUP_PATH_MAX - 1);
+		if (l) {
+			snprintf(cgroups[*n_cgroups], VMF_CGROUP_PATH_MAX, "%.*s", (int)l, c);
+			int r = vmf_cgroup_check_path(cgroups[*n_cgroups], err);
+			if (r < 0)
+				return r;
+			(*n_cgroups)++;
+		}
+		c += l + (c[l] == ':');
+	}
+	return 0;
 }
 
 static int
@@ -245,9 +284,11 @@ setup_pool(struct vmf_daemon *d, const struct vmf_pool_spec *ps, struct vmf_erro
 	p->shape.memory_mib = ps->shape_memory_mib == VMF_SHAPE_AUTO ? ps->size * ps->memory_mib / 2
 		: ps->shape_memory_mib;
 	p->parallelism = o->fill_parallelism ? o->fill_parallelism : 2;
+	int r = set_policy(&p->stop, p->cgroups, &p->n_cgroups, ps->stop, ps->stop_timeout_s, ps->on_guest_reset,
+			   ps->cgroup, err);
+	p->params.on_guest_reset = p->stop.keep_on_reset ? "keep" : "stop";
 	/* Its own image, or the daemon's (loaded once, overrides and all). */
-	int r = 0;
-	if (ps->image_dir)
+	if (r == 0 && ps->image_dir)
 		r = vmf_image_load(ps->image_dir, NULL, NULL, &p->img, err);
 	else
 		p->img = d->img;
@@ -310,6 +351,8 @@ vmf_daemon_template_pool(struct vmf_daemon *d, const char *pool_name, unsigned s
 	p->params.nic = vmf_template_has_nic(rec);
 	p->target = size;
 	p->parallelism = o->fill_parallelism ? o->fill_parallelism : 2;
+	p->stop = d->cache.stop_default;
+	p->params.on_guest_reset = p->stop.keep_on_reset ? "keep" : "stop";
 	p->img = d->img;
 	p->tpl = vmf_tpl_new(rec);
 	p->verified = p->tpl != NULL;
@@ -337,11 +380,19 @@ flags_pool(const struct vmf_daemon_opts *o, struct vmf_pool_spec *ps)
 	ps->shape = o->shape;
 	ps->shape_max = o->shape_max;
 	ps->shape_memory_mib = o->shape_memory_mib;
+	ps->stop = o->stop;
+	ps->stop_timeout_s = o->stop_timeout_s;
+	ps->on_guest_reset = o->on_guest_reset;
+	ps->cgroup = o->cgroup;
 }
 
 static int
 setup_pools(struct vmf_daemon *d, struct vmf_error *err)
 {
+	const struct vmf_daemon_opts *o = &d->opts;
+	int rp = set_policy(&d->cache.stop_default, NULL, NULL, o->stop, o->stop_timeout_s, o->on_guest_reset, NULL, err);
+	if (rp < 0)
+		return rp;
 	struct vmf_pool_spec one;
 	const struct vmf_pool_spec *specs = d->opts.pools;
 	unsigned n = d->opts.n_pools;
@@ -359,7 +410,11 @@ setup_pools(struct vmf_daemon *d, struct vmf_error *err)
 			Vmf__Catalog__TemplateRecord *rec = NULL;
 			if ((r = vmf_template_find_name(d->cache.cat, 0, specs[i].template_name, &rec, err)) < 0)
 				return vmf_error_prefix(err, "pool %s", specs[i].name);
-			r = vmf_daemon_template_pool(d, specs[i].name, specs[i].size, false, rec, err) ? 0 : -err->code;
+			struct vmf_pool *tp = vmf_daemon_template_pool(d, specs[i].name, specs[i].size, false, rec, err);
+			r = tp ? set_policy(&tp->stop, tp->cgroups, &tp->n_cgroups, specs[i].stop, specs[i].stop_timeout_s,
+					    specs[i].on_guest_reset, specs[i].cgroup, err) : -err->code;
+			if (tp)
+				tp->params.on_guest_reset = tp->stop.keep_on_reset ? "keep" : "stop";
 		} else {
 			r = setup_pool(d, &specs[i], err);
 		}
@@ -514,6 +569,19 @@ cache_remove_links(void *ctx, const struct vmf_vm *vm)
 		log_vm(VMF_LOG_WARN, vm->id, "%s", lerr.msg);
 }
 
+/* On a worker: a kept VM's agent socket, made again at its guest's reset,
+ * is its owner's as the first one was. */
+static int
+cache_regrant(void *ctx, const struct vmf_vm *vm, struct vmf_error *err)
+{
+	struct vmf_daemon *d = ctx;
+	if (vmf_daemon_peer_admin(d, vm->owner_uid))
+		return 0;
+	const char *const socks[] = { vm->ops->agent_socket };
+	return vmf_sandbox_grant(vm->run_dir, socks, 1, vm->share_link[0] ? vm->share_dir : NULL, vm->owner_uid,
+				 d->runas_uid, err);
+}
+
 /* On a worker, the VM's VMM stopped: nothing of its network is left. */
 static void
 cache_undo_net(void *ctx, const struct vmf_vm *vm)
@@ -526,11 +594,31 @@ cache_undo_net(void *ctx, const struct vmf_vm *vm)
 		log_vm(VMF_LOG_WARN, vm->id, "undoing its network in %s: %s", vm->netns, nerr.msg);
 }
 
+/* The StopReport of a reply (strings borrowed from rep). */
+void
+vmf_stop_report_fill(const struct vmf_stop_report *rep, Vmf__Control__StopReport *sr, char **lost)
+{
+	vmf__control__stop_report__init(sr);
+	sr->method = (char *)rep->method;
+	for (unsigned i = 0; i < rep->n_lost; i++)
+		lost[i] = (char *)rep->lost[i];
+	sr->lost_writes = lost;
+	sr->n_lost_writes = rep->n_lost;
+	sr->guest_ms = rep->guest_ms;
+	sr->forced = rep->forced;
+}
+
 /* reply_to is the Release's connection, if any. */
 static void
-cache_stopped(void *ctx, struct vmf_vm *vm, void *reply_to, int err)
+cache_stopped(void *ctx, struct vmf_vm *vm, void *reply_to, const struct vmf_stop_report *rep, int err)
 {
 	struct vmf_daemon *d = ctx;
+	/* A destroy's reply names every disk that may have lost writes. */
+	for (unsigned i = 0; d->cache.destroying && i < rep->n_lost && d->n_destroy_lost < VMF_DESTROY_LOST_MAX; i++) {
+		char *l = NULL;
+		if (asprintf(&l, "%s %s", vm->id, rep->lost[i]) >= 0)
+			d->destroy_lost[d->n_destroy_lost++] = l;
+	}
 	if (err) {
 		if (reply_to)
 			vmf_control_reply_error(reply_to, err, "out of memory; the VM was stopped");
@@ -541,7 +629,14 @@ cache_stopped(void *ctx, struct vmf_vm *vm, void *reply_to, int err)
 	if (reply_to) {
 		Vmf__Control__Reply r = VMF__CONTROL__REPLY__INIT;
 		Vmf__Control__ReleaseReply rr = VMF__CONTROL__RELEASE_REPLY__INIT;
+		Vmf__Control__StopReport sr;
+		char *lost[VMF_STOP_LOST_MAX];
 		rr.vm_id = vm->id;
+		if (rep->method[0]) {
+			vmf_stop_report_fill(rep, &sr, lost);
+			rr.stop = &sr;
+		}
+		rr.exit = vm->exit;
 		r.body_case = VMF__CONTROL__REPLY__BODY_RELEASE;
 		r.release = &rr;
 		vmf_control_reply(reply_to, &r);
@@ -564,6 +659,8 @@ vmf_daemon_pool_free(struct vmf_pool *p)
 static void
 daemon_free(struct vmf_daemon *d)
 {
+	for (size_t i = 0; i < d->n_destroy_lost; i++)
+		free(d->destroy_lost[i]);
 	if (d->cache.jobs)
 		vmf_jobs_free(d->cache.jobs);
 	vmf_control_close(d);
@@ -625,7 +722,7 @@ vmf_daemon_run(const struct vmf_daemon_opts *opts, struct vmf_error *err)
 	d->cache.hooks = (struct vmf_cache_hooks){
 		.ctx = d, .settle = cache_settle, .readiness = cache_readiness, .build_failed = cache_build_failed,
 		.progress = cache_progress, .remove_links = cache_remove_links,
-		.undo_net = cache_undo_net, .stopped = cache_stopped,
+		.undo_net = cache_undo_net, .stopped = cache_stopped, .regrant = cache_regrant,
 	};
 	signal(SIGPIPE, SIG_IGN);
 	/* A lease on a caller's disk image (disk.c) signals its holder when

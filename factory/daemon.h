@@ -24,6 +24,7 @@
 #define VMF_DEFAULT_HOSTFWD_ADDRESSES "127.0.0.1"
 #define VMF_DEFAULT_MAX_HOSTFWD 8
 #define VMF_DEFAULT_CMDLINE "console=ttyS0 panic=-1 quiet"
+#define VMF_DEFAULT_STOP_TIMEOUT_S 10
 /* GetVM misses cloning at once; beyond it a miss fails with EAGAIN. */
 #define VMF_DEFAULT_MAX_MISS_CLONES 2
 /* shape_max / shape_memory_mib not configured: half the pool's size, and
@@ -62,6 +63,15 @@ struct vmf_pool_spec {
 	/* [pool NAME] template: a snapshot's name (vmfactory snapshot); the
 	 * pool clones it, its sizes and image are the template's. */
 	const char *template_name;
+	/* Stopping its VMs and their guest resets (vmfactory.conf(5)): stop
+	 * "kill", "flush" or "poweroff"; the guest's part bounded by
+	 * stop_timeout_s; on_guest_reset "stop" or "keep"; cgroup: the
+	 * cgroups (':'-separated) its VMs' VMMs join at a hand-out that names
+	 * none (NULL: none). */
+	const char *stop;
+	unsigned stop_timeout_s;
+	const char *on_guest_reset;
+	const char *cgroup;
 };
 
 #define VMF_MAX_POOLS 16
@@ -92,6 +102,12 @@ struct vmf_daemon_opts {
 	unsigned max_idle_s;         /* replace pooled VMs older than this, 0 = never */
 	bool shape;                  /* [daemon] shape, shape_max, shape_memory_mib: */
 	unsigned shape_max, shape_memory_mib;   /* every pool's defaults */
+	/* [daemon] stop, stop_timeout, on_guest_reset, cgroup: every pool's
+	 * defaults, and what a VM of no pool gets. */
+	const char *stop;
+	unsigned stop_timeout_s;
+	const char *on_guest_reset;
+	const char *cgroup;
 	int ready_fd;                /* written "ready\n"/"full\n" then closed, -1 = none */
 	bool notify_full;            /* report on ready_fd only once the pool is full */
 	/* Control socket limits (vmfactory.conf(5)): connections at once, 0 =

@@ -672,8 +672,9 @@ vmf_attach_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control__A
 	if (!vm)
 		return;
 	if (vm->state != VMF_VM_ASSIGNED) {
+		char st[900];
 		snprintf(msg, sizeof(msg), "VM %s is not assigned (it is %s): only a handed-out VM gets disks", vm->id,
-			 vmf_vm_state_name(vm->state));
+			 vmf_vm_state_desc(vm, st, sizeof(st)));
 		vmf_control_reply_error(c, EINVAL, msg);
 		return;
 	}
@@ -828,9 +829,9 @@ vmf_detach_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control__D
 		return;
 	}
 	if (vm->state != VMF_VM_ASSIGNED) {
-		char msg[160];
+		char msg[1024], st[900];
 		snprintf(msg, sizeof(msg), "VM %s is %s: release it, which detaches its disks", vm->id,
-			 vmf_vm_state_name(vm->state));
+			 vmf_vm_state_desc(vm, st, sizeof(st)));
 		vmf_control_reply_error(c, EINVAL, msg);
 		return;
 	}

@@ -34,6 +34,7 @@
 #define VMF_CONTROL_MAX_FRAME VMF_CLIENT_MAX_FRAME
 #define VMF_CONTROL_VERSION VMF_CONTROL_PROTOCOL_VERSION
 #define VMF_DEFAULT_GETVM_TIMEOUT_MS 60000
+#define VMF_DESTROY_LOST_MAX 64
 
 /* Hand-out steps, timed separately (status and metrics show each). */
 enum vmf_step {
@@ -100,6 +101,9 @@ struct vmf_daemon {
 	uint32_t destroyed;              /* VMs stopped since destroy began */
 	struct vmf_conn *destroy_conn;   /* the Destroy waiting for its reply */
 	bool destroy_all;                /* ... with all: assigned VMs stop too */
+	/* "VMID PATH: why" of each disk whose writes may be lost, for its reply. */
+	char *destroy_lost[VMF_DESTROY_LOST_MAX];
+	size_t n_destroy_lost;
 	bool destroy_done;
 	/* SIGTERM/SIGINT: no new work; the loop runs on until the work in
 	 * flight is done (replies sent, VMs being stopped stopped) or the
@@ -134,6 +138,12 @@ void vmf_daemon_pool_free(struct vmf_pool *p);
  * progress may be complete now, or the pools want refilling. */
 void vmf_daemon_settle(struct vmf_daemon *d);
 void vmf_daemon_destroy(struct vmf_daemon *d, struct vmf_conn *c, bool all);
+
+/* A reply's StopReport from rep: strings borrowed, lost has
+ * VMF_STOP_LOST_MAX entries. */
+void vmf_stop_report_fill(const struct vmf_stop_report *rep, Vmf__Control__StopReport *sr, char **lost);
+/* "gone (why)" or the state's name, for a message about vm's state. */
+const char *vmf_vm_state_desc(const struct vmf_vm *vm, char *buf, size_t n);
 
 /* status.c */
 /* Answers a status request on c as its peer may see it: root and the

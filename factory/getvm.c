@@ -58,6 +58,13 @@ struct getvm_job {
 	int nsfd;
 	uint64_t netns_dev, netns_ino;
 	bool net_busy;           /* the interface is another VM's: nothing of ours to undo */
+	/* The cgroups the VMM joins before it runs: the request's (checked
+	 * against the peer) or the pool's, opened on a worker before any VM
+	 * is taken (their cgroup.procs). */
+	char cgroups[VMF_CGROUPS_MAX][VMF_CGROUP_PATH_MAX];
+	int cg_fd[VMF_CGROUPS_MAX];
+	unsigned n_cgroups;
+	unsigned cg_open;                /* cg_fd[0 .. cg_open) are open: the job's to close */
 	int rc;
 	struct vmf_error err;
 };
@@ -323,6 +330,8 @@ getvm_free(struct getvm_job *j)
 		s->getvms--;
 	if (j->nsfd >= 0)
 		close(j->nsfd);
+	for (unsigned i = 0; i < j->cg_open; i++)
+		close(j->cg_fd[i]);
 	free(j);
 }
 
@@ -374,6 +383,15 @@ getvm_work(void *arg)
 			return;
 		}
 		t = vmf_monotonic_ns();
+	}
+	/* Into its cgroups before it runs again: the limits hold from its
+	 * first instruction for the sandbox. */
+	for (unsigned i = 0; i < j->n_cgroups; i++) {
+		if ((j->rc = vmf_cgroup_join(j->cg_fd[i], j->cgroups[i], ops->pid(vm->hv), err)) < 0)
+			return;
+		snprintf(vm->cgroups[i], sizeof(vm->cgroups[i]), "%s", j->cgroups[i]);
+		vm->cgroup_oom[i] = vmf_cgroup_oom_kills(j->cgroups[i]);
+		vm->n_cgroups = i + 1;
 	}
 	/* A pooled clone comes with its agent connected, its identity fresh
 	 * and its share mounted (warm_clone in cache/fill.c); a clone made for
@@ -498,6 +516,9 @@ getvm_work(void *arg)
 			vmf_error_prefix(err, "recording VM %s as assigned", vm->id);
 	}
 	j->step_ms[VMF_STEP_RECORD] = since(&t) + record_ms;
+	/* Its VMM died under the hand-out: the error says why. */
+	if (r < 0 && vm->hv)
+		vmf_vm_exit_explain(ops, vm->hv, err);
 	j->rc = r;
 	/* For the reply, here: smaps_rollup walks the whole address space. */
 	if (r == 0)
@@ -524,6 +545,12 @@ getvm_done(void *arg)
 	if (j->nsfd >= 0)
 		close(j->nsfd);
 	j->nsfd = -1;
+	for (unsigned i = 0; i < j->cg_open; i++)
+		close(j->cg_fd[i]);
+	j->cg_open = 0;
+	memcpy(vm->cgroups, j->snap.cgroups, sizeof(vm->cgroups));
+	memcpy(vm->cgroup_oom, j->snap.cgroup_oom, sizeof(vm->cgroup_oom));
+	vm->n_cgroups = j->snap.n_cgroups;
 	vm->clock_error_ms = j->snap.clock_error_ms;
 	if (j->miss)
 		d->miss_clones--;
@@ -548,8 +575,10 @@ getvm_done(void *arg)
 	vm->busy = false;
 	if (j->rc == 0) {
 		vm->state = VMF_VM_ASSIGNED;
-		if (vm->hv)
+		if (vm->hv) {
 			vmf_cache_watch_vm(&d->cache, vm);
+			vmf_cache_watch_events(&d->cache, vm);
+		}
 		j->step_ms[VMF_STEP_TOTAL] = (double)(vmf_now_ms() - j->start_ms);
 		for (int s = 0; s < VMF_STEP_COUNT; s++) {
 			vmf_latency_add(&d->lat[s], j->step_ms[s]);
@@ -607,6 +636,29 @@ paths_work(void *arg)
 	}
 	if (j->rc == 0 && j->net.n_hostfwd)
 		j->rc = vmf_net_check_fwd_ports(&j->net, !vmf_daemon_peer_admin(j->d, j->peer), &j->err);
+	/* The request's cgroups as its peer may name them; else the pool's,
+	 * which the operator configured. */
+	bool pool_cg = j->n_cgroups == 0 && j->pool && j->pool->n_cgroups;
+	if (pool_cg) {
+		memcpy(j->cgroups, j->pool->cgroups, sizeof(j->cgroups));
+		j->n_cgroups = j->pool->n_cgroups;
+	}
+	unsigned opened = 0;
+	for (; j->rc == 0 && opened < j->n_cgroups; opened++) {
+		int fd = vmf_cgroup_open(j->cgroups[opened], j->peer, pool_cg || vmf_daemon_peer_admin(j->d, j->peer),
+					 &j->err);
+		if (fd < 0)
+			j->rc = fd;
+		else
+			j->cg_fd[opened] = fd;
+	}
+	if (j->rc < 0) {
+		for (unsigned i = 0; i + 1 < opened; i++)
+			close(j->cg_fd[i]);
+		j->n_cgroups = 0;
+	} else {
+		j->cg_open = opened;
+	}
 	if (j->rc == 0 && j->template_id[0] && !j->pool &&
 	    (j->rc = vmf_catalog_template_get(j->d->cache.cat, j->template_id, &j->rec, &j->err)) == 0 &&
 	    (j->rc = vmf_template_verify(j->d->cache.cat, j->rec, false, &j->err)) < 0) {
@@ -685,6 +737,24 @@ vmf_getvm_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control__Ge
 		vmf_control_reply_error(c, err.code, err.msg);
 		return;
 	}
+	if (req->n_cgroups > VMF_CGROUPS_MAX) {
+		d->errors++;
+		getvm_free(j);
+		char msg[96];
+		snprintf(msg, sizeof(msg), "%zu cgroups named: at most %d", req->n_cgroups, VMF_CGROUPS_MAX);
+		vmf_control_reply_error(c, E2BIG, msg);
+		return;
+	}
+	for (size_t i = 0; i < req->n_cgroups; i++) {
+		if (vmf_cgroup_check_path(req->cgroups[i], &err) < 0) {
+			d->errors++;
+			getvm_free(j);
+			vmf_control_reply_error(c, err.code, err.msg);
+			return;
+		}
+		snprintf(j->cgroups[i], sizeof(j->cgroups[i]), "%s", req->cgroups[i]);
+	}
+	j->n_cgroups = (unsigned)req->n_cgroups;
 	if (req->share_dir && *req->share_dir && !d->share_mib && !vmf_daemon_peer_admin(d, j->peer)) {
 		d->errors++;
 		getvm_free(j);

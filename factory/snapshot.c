@@ -184,9 +184,9 @@ vmf_snapshot_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control_
 	if (!vm)
 		return;
 	if (vm->state != VMF_VM_ASSIGNED || !vm->hv || vm->dead) {
-		char msg[128];
+		char msg[1024], st[900];
 		snprintf(msg, sizeof(msg), "VM %s is not assigned and running (it is %s)", vm->id,
-			 vmf_vm_state_name(vm->state));
+			 vmf_vm_state_desc(vm, st, sizeof(st)));
 		vmf_control_reply_error(c, EINVAL, msg);
 		return;
 	}

@@ -55,6 +55,11 @@ vmf_vm_info_fill(struct vmf_daemon *d, const struct vmf_vm *vm, uint64_t pss_kib
 	info->suspended_ns = vm->state == VMF_VM_SUSPENDED ? vm->suspended_ns : 0;
 	info->pss_kib = info->pid > 0 && !vm->dead ? pss_kib : 0;
 	vmf_disk_info_fill(vm, info);
+	info->exit = vmf_vm_exit_dup(vm->exit);
+	info->cgroups = vm->n_cgroups ? calloc(vm->n_cgroups, sizeof(char *)) : NULL;
+	for (unsigned i = 0; info->cgroups && i < vm->n_cgroups; i++)
+		if ((info->cgroups[info->n_cgroups] = strdup(vm->cgroups[i])))
+			info->n_cgroups++;
 	if (!vm->busy && vm->hv) {
 		struct vmf_error err;
 		vm->ops->serialize(vm->hv, &info->hypervisor, &err);
@@ -81,6 +86,14 @@ vmf_vm_info_clear(Vmf__Control__VmInfo *info)
 	if (info->hypervisor)
 		vmf__hv__hypervisor_state__free_unpacked(info->hypervisor, NULL);
 	info->hypervisor = NULL;
+	if (info->exit)
+		vmf__hv__vm_exit__free_unpacked(info->exit, NULL);
+	info->exit = NULL;
+	for (size_t i = 0; i < info->n_cgroups; i++)
+		free(info->cgroups[i]);
+	free(info->cgroups);
+	info->cgroups = NULL;
+	info->n_cgroups = 0;
 	vmf_disk_info_clear(info);
 }
 

@@ -113,8 +113,13 @@ vmf_template_spec_new(const struct vmf_template_params *p, const struct vmf_hv_i
 	/* The device set is fixed by the driver's command line; naming it here
 	 * makes a driver change produce a new template id. */
 	const char *devices[] = { "virtio-serial:agent", "virtio-serial:vmf", "virtio-rng", "vmgenid", "virtio-9p:share",
-				  p->ops->disk_device ? p->ops->disk_device : "virtio-scsi:disks", VMF_TEMPLATE_NIC_DEVICE };
-	s->n_devices = sizeof(devices) / sizeof(devices[0]) - !vmf_template_params_nic(p);
+				  p->ops->disk_device ? p->ops->disk_device : "virtio-scsi:disks", VMF_TEMPLATE_NIC_DEVICE,
+				  p->ops->panic_device };
+	size_t n = sizeof(devices) / sizeof(devices[0]) - !p->ops->panic_device;
+	/* The NIC is left out by moving the last entry into its place. */
+	if (!vmf_template_params_nic(p))
+		devices[6] = devices[--n];
+	s->n_devices = n;
 	s->devices = calloc(s->n_devices, sizeof(char *));
 	bool ok = s->hypervisor_version && s->machine && s->accel && s->kernel_sha256 && s->initrd_sha256 &&
 		  s->agent_sha256 && s->cmdline && s->devices;
@@ -262,8 +267,11 @@ boot_and_save(const struct vmf_template_params *p, const struct vmf_image *img, 
 	 * a new host connection, not mid-conversation with this one. */
 	vmf_agent_free(agent);
 	if (r < 0) {
-		vmf_error_prefix(err, "template %.16s: guest agent did not answer%s", id,
-				 p->ops->alive(vm) ? "" : " (QEMU exited)");
+		vmf_error_prefix(err, "template %.16s: guest agent did not answer", id);
+		/* Why it died (exit status, its last event, the OOM killer) and
+		 * the serial log's end, escaped. */
+		if (vmf_vm_exit_explain(p->ops, vm, err))
+			goto out;
 		char tail[400];
 		char log[PATH_MAX];
 		snprintf(log, sizeof(log), "%s/serial.log", vm_run_dir);
@@ -475,6 +483,7 @@ vmf_template_clone(const struct vmf_template_params *p, const Vmf__Catalog__Temp
 	cfg.incoming = true;
 	bool full = rec->spec && rec->spec->full_memory;
 	cfg.memory_mode = full ? VMF__HV__MEMORY_MODE__MEM_FULL : VMF__HV__MEMORY_MODE__MEM_CLONE_COW;
+	cfg.on_guest_reset = (char *)(p->on_guest_reset ? p->on_guest_reset : "");
 	cfg.memory_file = full ? (char *)"" : rec->memory_file;
 	/* The clone must match the template's shape exactly, whatever the
 	 * caller's current defaults say. */

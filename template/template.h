@@ -46,6 +46,7 @@ struct vmf_template_params {
 	const char *runas;           /* QEMU drops to this user; NULL = stays ours */
 	bool nic;                    /* a NIC for hand-out network (issue 16), where the driver can */
 	unsigned share_mib;          /* a clone's share: its own tmpfs of this size; 0 = a plain dir */
+	const char *on_guest_reset;  /* "stop" (NULL) or "keep": its clones' VmConfig */
 };
 
 /* The spec's device name of the NIC; whether a template has it. */

@@ -653,6 +653,43 @@ tenant_users_make(const char *prefix)
 	return NULL;
 }
 
+void
+host_cat(const char *img, const char *file, char *out, size_t n)
+{
+	char cmd[1200];
+	snprintf(cmd, sizeof cmd, "PATH=$PATH:/sbin:/usr/sbin debugfs -R 'cat %s' %s 2>/dev/null", file, img);
+	FILE *p = popen(cmd, "r");
+	ck_assert_ptr_nonnull(p);
+	size_t got = fread(out, 1, n - 1, p);
+	out[got] = 0;
+	pclose(p);
+}
+
+const char *
+tenant_image_check(const char *const *mods, const char *prefix)
+{
+	static char why[900];
+	const char *img = vmf_test_image_dir();
+	char manifest[700], *m = NULL;
+	snprintf(manifest, sizeof manifest, "%s/manifest", img ? img : "");
+	if (!img || vmf_read_file(manifest, &m, NULL, 1 << 20, NULL) < 0) {
+		snprintf(why, sizeof why, "the guest image %s has no manifest", img ? img : "(none)");
+		return why;
+	}
+	for (; *mods; mods++)
+		if (!strstr(m, *mods)) {
+			snprintf(why, sizeof why, "the guest image %s lacks the module %s; rebuild it with "
+				 "contrib/image/build-image", img, *mods);
+			free(m);
+			return why;
+		}
+	free(m);
+	const char *t = tenant_users_make(prefix);
+	if (t)
+		tenant_users_remove();
+	return t;
+}
+
 bool
 become_tenant(uid_t uid)
 {

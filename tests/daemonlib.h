@@ -99,6 +99,9 @@ void stop_daemon(pid_t pid);
 /* The first pool's failure count and last error; -1 when nobody answers. */
 int pool_failures(const char *socket, char *last_error, size_t n);
 
+/* The content of file in the ext4 image img, read on the host (debugfs). */
+void host_cat(const char *img, const char *file, char *out, size_t n);
+
 /* A free TCP port on 127.0.0.1 (bound, then released). */
 int free_port(void);
 /* GET http://127.0.0.1:port/path; the whole response (headers too). */
@@ -121,6 +124,11 @@ struct tenant_users {
 	gid_t gid;
 };
 extern struct tenant_users tu;
+/* Why a test cannot run here: the guest image (VMFACTORY_IMAGE_DIR) lacks
+ * one of mods (NULL-terminated module names its manifest must list), or
+ * the tenant users PREFIX<pid>... cannot be made; NULL when it can run.
+ * The caller prints it and exits 77. */
+const char *tenant_image_check(const char *const *mods, const char *prefix);
 const char *tenant_users_make(const char *prefix);
 void tenant_users_remove(void);
 bool become_tenant(uid_t uid);

@@ -51,6 +51,10 @@ dump(const struct vmf_config *c)
 		"tenant_max_snapshot_mib=%u\n", o->serial_log_kib, o->scratch_max_mib, o->scratch_max_volumes,
 		o->tenant_max_vms, o->tenant_max_suspended, o->tenant_max_suspended_mib, o->tenant_max_snapshots,
 		o->tenant_max_snapshot_mib);
+	/* The stop policy and cgroups, where not the defaults. */
+	if (strcmp(o->stop, "flush") || o->stop_timeout_s != 10 || strcmp(o->on_guest_reset, "stop") || o->cgroup)
+		fprintf(f, "stop = %s, stop_timeout = %u, on_guest_reset = %s, cgroup = %s\n", o->stop, o->stop_timeout_s,
+			o->on_guest_reset, o->cgroup ? o->cgroup : "(unset)");
 	ck_assert_ptr_eq(o->pools, c->pools);
 	ck_assert_uint_eq(o->n_pools, c->n_pools);
 	for (unsigned i = 0; i < c->n_pools; i++) {
@@ -60,6 +64,9 @@ dump(const struct vmf_config *c)
 			p->max_memory_mib, p->max_idle_s, p->share_memory ? "yes" : "no");
 		if (p->image_dir)
 			fprintf(f, "[pool %s] image_dir=%s\n", p->name, p->image_dir);
+		if (strcmp(p->stop, "flush") || p->stop_timeout_s != 10 || strcmp(p->on_guest_reset, "stop") || p->cgroup)
+			fprintf(f, "[pool %s] stop=%s stop_timeout=%u on_guest_reset=%s cgroup=%s\n", p->name, p->stop,
+				p->stop_timeout_s, p->on_guest_reset, p->cgroup ? p->cgroup : "(unset)");
 	}
 #undef S
 #undef U

@@ -78,19 +78,6 @@ make_image(const char *img, unsigned mib)
 	ck_assert_int_eq(system(cmd), 0);
 }
 
-/* The content of file in the ext4 image, read on the host (debugfs). */
-static void
-host_cat(const char *img, const char *file, char *out, size_t n)
-{
-	char cmd[1200];
-	snprintf(cmd, sizeof cmd, "PATH=$PATH:/sbin:/usr/sbin debugfs -R 'cat %s' %s 2>/dev/null", file, img);
-	FILE *p = popen(cmd, "r");
-	ck_assert_ptr_nonnull(p);
-	size_t got = fread(out, 1, n - 1, p);
-	out[got] = 0;
-	pclose(p);
-}
-
 /* The VM's state (inspect's). */
 static int
 disk_state(const char *id, char *out, size_t n)
@@ -440,16 +427,9 @@ END_TEST
 int
 main(void)
 {
-	const char *lacks = guest_image_lacks((const char *const[]){ "sd_mod", "ext4", NULL });
-	if (lacks) {
-		printf("disk tests skipped: the guest image lacks %s (the disk modules are sd_mod and ext4); rebuild "
-		       "it with contrib/image/build-image\n", lacks);
-		return 77;
-	}
-	const char *why = tenant_users_make("vdsk");
+	const char *why = tenant_image_check((const char *const[]){ "sd_mod", "ext4", NULL }, "vdsk");
 	if (why) {
 		printf("disk tests skipped: %s\n", why);
-		tenant_users_remove();
 		return 77;
 	}
 	Suite *s = suite_create("disk");

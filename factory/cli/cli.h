@@ -105,6 +105,8 @@ void print_json(json_object *j);
 json_object *disk_json(const Vmf__Control__Reply *r);
 void disk_human(const Vmf__Control__Reply *r);
 json_object *vm_json(const Vmf__Control__Reply *r);
+json_object *release_json(const Vmf__Control__Reply *r);
+void release_human(const Vmf__Control__Reply *r);
 void vm_human(const Vmf__Control__Reply *r);
 json_object *inspect_json(const Vmf__Control__Reply *r);
 void inspect_human(const Vmf__Control__Reply *r);

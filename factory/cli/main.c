@@ -145,8 +145,9 @@ static const struct cmd commands[] = {
 	{ "status", "[-o json]", "show the daemon, templates, pools, VMs and latency", "", 0, 0, cmd_status },
 	{ "get", "--cpus N --memory MIB --sandbox ID --share-dir DIR --sock-dir DIR [--pool NAME | --template NAME|ID] [--timeout S] "
 		 "[--disk PATH[:ro|:cow][:GUESTPATH]]... [--scratch SIZE_MIB:GUESTPATH]... "
-		 "[--netns PATH [--netns-link NAME] | --net none|user[,outbound][,hostfwd=tcp:[ADDR]:PORT-:GUESTPORT...]] [-o json]",
-	  "hand out a warm VM to a sandbox", "cpus=,memory=,sandbox=,share-dir=,sock-dir=,pool=,template=,timeout=,disk=,scratch=,netns=,netns-link=,net=", 0, 0,
+		 "[--netns PATH [--netns-link NAME] | --net none|user[,outbound][,hostfwd=tcp:[ADDR]:PORT-:GUESTPORT...]] "
+		 "[--cgroup PATH]... [-o json]",
+	  "hand out a warm VM to a sandbox", "cpus=,memory=,sandbox=,share-dir=,sock-dir=,pool=,template=,timeout=,disk=,scratch=,netns=,netns-link=,net=,cgroup=", 0, 0,
 	  cmd_get },
 	{ "attach", "VMID (--disk PATH [--ro|--cow] [--format raw|qcow2] | --scratch SIZE_MIB) [--mount GUESTPATH [--fstype T]] "
 		    "[--timeout S] [-o json]",
@@ -157,7 +158,8 @@ static const struct cmd commands[] = {
 	{ "snapshot", "VMID --template NAME [-o json]", "turn an assigned VM's current state into a new template",
 	  "template=", 1, 1, cmd_snapshot },
 	{ "inspect", "VMID [-o json]", "show a VM, with the guest agent's own view", "", 1, 1, cmd_inspect },
-	{ "release", "VMID", "stop an assigned VM and remove its dirs and links", "", 1, 1, cmd_release },
+	{ "release", "VMID [-o json]", "stop an assigned VM (its read-write disks written back first) and remove its dirs and links",
+	  "", 1, 1, cmd_release },
 	{ "suspend", "VMID [-o json]", "save an assigned VM's whole state to disk and stop its process", "", 1, 1,
 	  cmd_suspend },
 	{ "resume", "VMID [-o json]", "run a suspended VM again from its saved state", "", 1, 1, cmd_resume },

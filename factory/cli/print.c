@@ -50,6 +50,91 @@ disk_human(const Vmf__Control__Reply *r)
 }
 
 static json_object *
+exit_json(const Vmf__Hv__VmExit *e)
+{
+	json_object *o = json_object_new_object();
+	JS(o, "cause", e->cause);
+	JS(o, "detail", e->detail);
+	JB(o, "status_known", e->status_known);
+	JI(o, "exit_code", e->exit_code);
+	JI(o, "signal", e->signal);
+	JB(o, "oom_killed", e->oom_killed);
+	JS(o, "oom_source", e->oom_source);
+	JS(o, "event", e->event);
+	JI(o, "at_ns", e->at_ns);
+	JI(o, "resets", e->resets);
+	JS(o, "serial_tail", e->serial_tail);
+	return o;
+}
+
+static json_object *
+stop_json(const Vmf__Control__StopReport *sr)
+{
+	json_object *o = json_object_new_object(), *l = json_object_new_array();
+	JS(o, "method", sr->method);
+	JI(o, "guest_ms", sr->guest_ms);
+	JB(o, "forced", sr->forced);
+	for (size_t i = 0; i < sr->n_lost_writes; i++)
+		json_object_array_add(l, json_object_new_string(sr->lost_writes[i]));
+	json_object_object_add(o, "lost_writes", l);
+	return o;
+}
+
+/* The serial log's tail: already escaped by the daemon, so it is printed
+ * as it is, indented. */
+static void
+exit_human(const Vmf__Hv__VmExit *e, bool tail)
+{
+	printf("%-14s%s: %s\n", e->resets ? "last reset:" : "exit:", e->cause, e->detail);
+	if (tail && e->serial_tail && *e->serial_tail) {
+		printf("serial log (its last 4 KiB):\n");
+		for (const char *l = e->serial_tail; *l;) {
+			size_t n = strcspn(l, "\n");
+			printf("  | %.*s\n", (int)n, l);
+			l += n + (l[n] == '\n');
+		}
+	}
+}
+
+static void
+stop_human(const Vmf__Control__StopReport *sr)
+{
+	if (sr->forced)
+		fprintf(stderr, "vmfactory: the guest did not finish its %s within the stop timeout: stopped anyway\n",
+			sr->method);
+	for (size_t i = 0; i < sr->n_lost_writes; i++)
+		fprintf(stderr, "vmfactory: may have lost writes: %s\n", sr->lost_writes[i]);
+}
+
+json_object *
+release_json(const Vmf__Control__Reply *r)
+{
+	const Vmf__Control__ReleaseReply *rr = r->release;
+	json_object *o = json_object_new_object();
+	JS(o, "vm_id", rr->vm_id);
+	if (rr->stop)
+		json_object_object_add(o, "stop", stop_json(rr->stop));
+	if (rr->exit)
+		json_object_object_add(o, "exit", exit_json(rr->exit));
+	return o;
+}
+
+void
+release_human(const Vmf__Control__Reply *r)
+{
+	const Vmf__Control__ReleaseReply *rr = r->release;
+	if (rr->exit)
+		printf("VM %s had ended: %s: %s\n", rr->vm_id, rr->exit->cause, rr->exit->detail);
+	if (rr->stop)
+		stop_human(rr->stop);
+	if (rr->stop && rr->stop->method[0])
+		printf("released %s (stop: %s, the guest's part %llu ms)\n", rr->vm_id, rr->stop->method,
+		       (unsigned long long)rr->stop->guest_ms);
+	else
+		printf("released %s\n", rr->vm_id);
+}
+
+static json_object *
 vminfo_json(const Vmf__Control__VmInfo *v)
 {
 	json_object *o = json_object_new_object();
@@ -101,6 +186,14 @@ vminfo_json(const Vmf__Control__VmInfo *v)
 		JI(o, "state_size", v->state_size);
 		JI(o, "suspended_ns", v->suspended_ns);
 	}
+	if (v->exit)
+		json_object_object_add(o, "exit", exit_json(v->exit));
+	json_object *cg = json_object_new_array();
+	for (size_t i = 0; i < v->n_cgroups; i++)
+		json_object_array_add(cg, json_object_new_string(v->cgroups[i]));
+	json_object_object_add(o, "cgroups", cg);
+	if (v->stop)
+		json_object_object_add(o, "stop", stop_json(v->stop));
 	if (v->hypervisor) {
 		json_object *h = json_object_new_object();
 		JI(h, "pid", v->hypervisor->pid);
@@ -153,6 +246,12 @@ vminfo_human(const Vmf__Control__VmInfo *v)
 	}
 	if (v->state_file && *v->state_file)
 		printf("saved state:  %s, %.1f MiB on disk\n", v->state_file, v->state_size / 1048576.0);
+	for (size_t i = 0; i < v->n_cgroups; i++)
+		printf("%s%s\n", i ? "              " : "cgroup:       ", v->cgroups[i]);
+	if (v->exit)
+		exit_human(v->exit, true);
+	if (v->stop)
+		stop_human(v->stop);
 }
 
 json_object *
@@ -467,6 +566,8 @@ status_human(const Vmf__Control__Reply *r)
 		       v->memory_mib, (unsigned long long)v->pss_kib, v->owner_uid, v->sandbox_id);
 		if (v->state_file && *v->state_file)
 			printf("  saved state: %.1f MiB on disk in %s\n", v->state_size / 1048576.0, v->state_file);
+		if (v->exit)
+			printf("  %s %s: %s\n", v->exit->resets ? "last reset" : "exit", v->exit->cause, v->exit->detail);
 	}
 	printf("\nrequests %llu, hits %llu, misses %llu, errors %llu; hand-out p50 %.1f ms, p99 %.1f ms\n",
 	       (unsigned long long)s->requests, (unsigned long long)s->hits, (unsigned long long)s->misses,

@@ -101,7 +101,10 @@ vmf_client_request_version(const Vmf__Control__Request *req)
 	const Vmf__Control__GetVMRequest *g = req->body_case == VMF__CONTROL__REQUEST__BODY_GET_VM ? req->get_vm : NULL;
 	/* A daemon that ignored the network fields would hand out a VM
 	 * without the network asked for, or any pool's VM for a template; an
-	 * older daemon does not know the snapshot request. */
+	 * older daemon does not know the snapshot request; one that ignored
+	 * the cgroups would hand out a VM without the limits asked for. */
+	if (g && g->n_cgroups)
+		return 4;
 	if (req->body_case == VMF__CONTROL__REQUEST__BODY_SNAPSHOT ||
 	    req->body_case == VMF__CONTROL__REQUEST__BODY_TEMPLATE_RM ||
 	    (g && ((g->netns && g->netns[0]) || (g->net && g->net[0]) || (g->netns_link && g->netns_link[0]) ||
@@ -194,15 +197,22 @@ vmf_client_get_vm(struct vmf_client *c, const Vmf__Control__GetVMRequest *g, Vmf
 }
 
 int
-vmf_client_release_vm(struct vmf_client *c, const char *vm_id, int timeout_ms, struct vmf_error *err)
+vmf_client_release(struct vmf_client *c, const char *vm_id, Vmf__Control__Reply **reply, int timeout_ms,
+		   struct vmf_error *err)
 {
 	Vmf__Control__Request req = VMF__CONTROL__REQUEST__INIT;
 	Vmf__Control__ReleaseVMRequest r = VMF__CONTROL__RELEASE_VMREQUEST__INIT;
 	r.vm_id = (char *)vm_id;
 	req.body_case = VMF__CONTROL__REQUEST__BODY_RELEASE_VM;
 	req.release_vm = &r;
+	return call_expect(c, &req, VMF__CONTROL__REPLY__BODY_RELEASE, "ReleaseVM", reply, timeout_ms, err);
+}
+
+int
+vmf_client_release_vm(struct vmf_client *c, const char *vm_id, int timeout_ms, struct vmf_error *err)
+{
 	Vmf__Control__Reply *rep;
-	int rc = call_expect(c, &req, VMF__CONTROL__REPLY__BODY_RELEASE, "ReleaseVM", &rep, timeout_ms, err);
+	int rc = vmf_client_release(c, vm_id, &rep, timeout_ms, err);
 	if (rc == 0)
 		vmf__control__reply__free_unpacked(rep, NULL);
 	return rc;
