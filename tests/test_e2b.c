@@ -25,6 +25,9 @@
 
 #define KEY_A "e2b_0a1b2c3d4e5f60718293a4b5c6d7e8f9"
 #define KEY_B "e2b_f9e8d7c6b5a4938271605f4e3d2c1b0a"
+/* The gateway's idle timeout here ([gateway] idle_timeout): short, for the
+ * client that stops reading; longer than undici's keep-alive (4 s). */
+#define IDLE_S 8
 
 static pid_t gw_pid = -1;
 static char gw_url[128], gw_dir[700], gw_log[700];
@@ -99,8 +102,10 @@ start_gateway(void)
 			_exit(126);
 		char sbdir[800];
 		snprintf(sbdir, sizeof sbdir, "%s/sandboxes", gw_dir);
-		execl(exe, exe, "gateway", "--socket", sock, "--run-dir", run, "--api-keys", keys, "--sandbox-dir",
-		      sbdir, "--listen", "127.0.0.1:0", (char *)NULL);
+		char conf[800];
+		snprintf(conf, sizeof conf, "%s/gateway.conf", gw_dir);
+		execl(exe, exe, "gateway", "--config", conf, "--socket", sock, "--run-dir", run, "--api-keys", keys,
+		      "--sandbox-dir", sbdir, "--listen", "127.0.0.1:0", (char *)NULL);
 		_exit(127);
 	}
 	close(fds[1]);
@@ -152,8 +157,9 @@ run_sdk(const char *phase)
 	char cmd[4096], line[4096];
 	snprintf(cmd, sizeof cmd,
 		 "cd '%s' && E2B_API_URL=%s E2B_SANDBOX_URL=%s E2B_API_KEY=%s E2B_TEST_KEY_B=%s "
-		 "E2B_TEST_STATE='%s/sdk-state.json' timeout 900 node sdk-test.mjs %s 2>&1",
-		 vmf_test_src("tests/e2b"), gw_url, gw_url, KEY_A, KEY_B, tmp, phase);
+		 "E2B_TEST_STATE='%s/sdk-state.json' E2B_TEST_GATEWAY_PID=%d E2B_TEST_IDLE_S=%d "
+		 "timeout 900 node sdk-test.mjs %s 2>&1",
+		 vmf_test_src("tests/e2b"), gw_url, gw_url, KEY_A, KEY_B, tmp, (int)gw_pid, IDLE_S, phase);
 	FILE *p = popen(cmd, "r");
 	ck_assert_ptr_nonnull(p);
 	int fails = 0;
@@ -211,6 +217,11 @@ START_TEST(sdk_drives_the_gateway)
 	const char *text = "# the test's keys\n" KEY_A " team-a\n" KEY_B " team-b base\n";
 	ck_assert_msg(vmf_write_file_atomic(keys, text, strlen(text), 0600, &e) == 0, "%s", e.msg);
 	ck_assert_int_eq(chown(keys, tu.uid_a, tu.gid), 0);
+	char conf[800], conftext[200];
+	snprintf(conf, sizeof conf, "%s/gateway.conf", gw_dir);
+	snprintf(conftext, sizeof conftext, "[gateway]\nidle_timeout = %ds\nmax_sandboxes_per_key = 4\n", IDLE_S);
+	ck_assert_msg(vmf_write_file_atomic(conf, conftext, strlen(conftext), 0644, &e) == 0, "%s", e.msg);
+	ck_assert_msg(vmf(NULL, "check-config %s", conf) == 0, "check-config %s", conf);
 	ck_assert_int_eq(chown(gw_dir, tu.uid_a, tu.gid), 0);
 
 	char extra[1200];

@@ -259,6 +259,11 @@ set_response(struct gw_req *r, unsigned status, struct MHD_Response *resp)
 	}
 	for (unsigned i = 0; i < r->n_xh; i++)
 		MHD_add_response_header(resp, r->xh_name[i], r->xh_value[i]);
+	/* Clients that keep connections (undici) close them before we do:
+	 * a request sent on a connection being closed would be lost. */
+	char ka[32];
+	snprintf(ka, sizeof(ka), "timeout=%u", r->h->gw->o.idle_timeout_s);
+	MHD_add_response_header(resp, "Keep-Alive", ka);
 	r->resp = resp;
 	r->status = status;
 	r->replied = true;

@@ -4,9 +4,12 @@
 //   node sdk-test.mjs after-restart   ...a restarted gateway, which must
 //                                     still know it, its metadata and key
 // Environment: E2B_API_URL, E2B_SANDBOX_URL, E2B_API_KEY (team a),
-// E2B_TEST_KEY_B (team b), E2B_TEST_STATE (a file between the phases).
+// E2B_TEST_KEY_B (team b), E2B_TEST_STATE (a file between the phases),
+// E2B_TEST_GATEWAY_PID (its memory is watched), E2B_TEST_IDLE_S (the
+// gateway's idle_timeout).
 // Prints one "ok:" or "FAIL:" line per check; exits 1 if any failed.
 import { readFileSync, writeFileSync } from 'node:fs'
+import http from 'node:http'
 import { Sandbox, CommandExitError, NotFoundError, TimeoutError, SandboxError } from 'e2b'
 
 const api = process.env.E2B_API_URL
@@ -49,6 +52,38 @@ async function raw(method, path, { key = keyA, body, headers = {} } = {}) {
   return { status: res.status, json, text }
 }
 
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
+
+function gatewayRssKiB() {
+  const m = /VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${process.env.E2B_TEST_GATEWAY_PID}/status`, 'utf8'))
+  return m ? +m[1] : -1
+}
+
+// A Start stream read by nobody: the client stops after the first bytes.
+// Resolves with what it got once the gateway drops it (or the stream ends).
+function stalledStart(sbx, cmd) {
+  const msg = Buffer.from(JSON.stringify({ process: { cmd: '/bin/bash', args: ['-l', '-c', cmd] } }))
+  const body = Buffer.concat([Buffer.from([0, msg.length >>> 24, (msg.length >>> 16) & 255, (msg.length >>> 8) & 255, msg.length & 255]), msg])
+  const url = new URL(process.env.E2B_SANDBOX_URL + '/process.Process/Start')
+  let res, got = 0, ended = false
+  const done = new Promise((resolve) => {
+    const req = http.request(url, {
+      method: 'POST', agent: false,
+      headers: { 'Content-Type': 'application/connect+json', 'E2b-Sandbox-Id': sbx.sandboxId, 'E2b-Sandbox-Port': '49983',
+        'X-Access-Token': sbx.envdAccessToken, 'Content-Length': body.length },
+    }, (r) => {
+      res = r
+      r.on('data', (d) => { got += d.length; if (got > 0 && !ended) r.pause() })
+      r.on('end', () => resolve({ got, complete: true }))
+      r.on('error', () => resolve({ got, complete: false }))
+      r.on('aborted', () => resolve({ got, complete: false }))
+    })
+    req.on('error', () => resolve({ got, complete: false }))
+    req.end(body)
+  })
+  return { done, resume: () => { ended = true; res?.resume() }, bytes: () => got }
+}
+
 const errorBody = (r, status) =>
   r.status === status && r.json && r.json.code === status && typeof r.json.message === 'string' && r.json.message.length > 0
 
@@ -89,6 +124,10 @@ async function main() {
     const cwd = await sbx.commands.run('pwd', { cwd: '/tmp' })
     check(cwd.stdout === '/tmp\n', `cwd /tmp: ${JSON.stringify(cwd.stdout)}`)
   })
+  await step('large output', async () => {
+    const r = await sbx.commands.run("head -c 3000000 /dev/zero | tr '\\0' x")
+    check(r.stdout.length === 3000000 && /^x+$/.test(r.stdout), `3 MB of stdout, whole: ${r.stdout.length} bytes`)
+  })
   await throws('a command over its timeoutMs is killed: TimeoutError',
     () => sbx.commands.run('sleep 60', { timeoutMs: 3000 }), (e) => e instanceof TimeoutError)
   await throws('files.read (not served yet) says so', () => sbx.files.read('/etc/hostname'),
@@ -114,6 +153,27 @@ async function main() {
     const info = await Sandbox.getInfo(sbx2.sandboxId)
     check(info.metadata.n === '2' && info.state === 'running' && info.templateId === 'base' && info.cpuCount >= 1,
       `getInfo: ${JSON.stringify({ metadata: info.metadata, state: info.state, template: info.templateId })}`)
+  })
+
+  // A client that stops reading holds its sandbox's processes, not the
+  // gateway: other sandboxes are served, memory stays flat, and the
+  // client is dropped after the gateway's idle timeout.
+  await step('a client that stops reading', async () => {
+    const rss0 = gatewayRssKiB()
+    const slow = stalledStart(sbx2, 'head -c 40000000 /dev/zero')
+    await sleep(4000)
+    const t = Date.now()
+    const other = await sbx.commands.run('echo other')
+    check(other.stdout === 'other\n' && Date.now() - t < 10000, `another sandbox is served meanwhile (${Date.now() - t} ms)`)
+    const rss1 = gatewayRssKiB()
+    check(rss1 - rss0 < 32 * 1024, `the gateway's memory stays flat: ${rss0} -> ${rss1} KiB, the client took ${slow.bytes()} bytes`)
+    await sleep((+process.env.E2B_TEST_IDLE_S + 3) * 1000)
+    slow.resume()
+    const got = await Promise.race([slow.done, sleep(60000).then(() => ({ timeout: true }))])
+    check(!got.timeout && !got.complete && got.got < 40000000,
+      `it is dropped after the idle timeout (${JSON.stringify(got)})`)
+    const after = await sbx2.commands.run('echo after')
+    check(after.stdout === 'after\n', 'its sandbox serves the next command')
   })
 
   // Two keys cannot see each other's sandboxes.
@@ -190,6 +250,21 @@ async function main() {
     check(envd.status === 502, `envd of an unknown sandbox: ${envd.status}`)
     const left = await Sandbox.list({ query: { metadata: { suite: 'e2b' } } }).nextItems()
     check(left.length === 1 && left[0].sandboxId === sbx.sandboxId, `after bad input, key a has only its first sandbox (${left.length})`)
+  })
+
+  // Leases: a sandbox ends when its timeout runs out, killed or paused.
+  await step('timeouts', async () => {
+    const short = await Sandbox.create({ timeoutMs: 2000, metadata: { suite: 'e2b-lease' } })
+    const paused = await Sandbox.create({ timeoutMs: 2000, lifecycle: { onTimeout: 'pause' }, metadata: { suite: 'e2b-lease' } })
+    let gone = false, nowPaused = false
+    for (const deadline = Date.now() + 60000; Date.now() < deadline && !(gone && nowPaused);) {
+      await sleep(500)
+      gone = gone || !(await Sandbox.list({ query: { metadata: { suite: 'e2b-lease' } } }).nextItems()).some((x) => x.sandboxId === short.sandboxId)
+      nowPaused = nowPaused || (await Sandbox.getInfo(paused.sandboxId)).state === 'paused'
+    }
+    check(gone, 'a sandbox whose timeout ran out is killed')
+    check(nowPaused, 'one created with onTimeout pause is paused instead')
+    check(await paused.kill(), 'the paused one is killed')
   })
 
   // For the restarted gateway: the first sandbox stays.
