@@ -255,6 +255,7 @@ START_TEST(sdk_drives_the_gateway)
 	check(log && !strstr(log, "level=error"), "no error in the gateway's log");
 	if (failures)
 		printf("--- gateway log:\n%s\n", log ? log : "");
+	fflush(stdout);
 	free(log);
 	ck_assert_msg(failures == 0, "%d check(s) failed", failures);
 	ck_assert_int_eq(vmf(NULL, "destroy --all"), 0);

@@ -667,7 +667,8 @@ mhd_log(void *cls, const char *fmt, va_list ap)
 	size_t n = strlen(msg);
 	while (n && msg[n - 1] == '\n')
 		msg[--n] = '\0';
-	log_warn("http: %s", msg);
+	/* Mostly clients that went away mid-reply: theirs, not ours. */
+	log_info("http: %s", msg);
 }
 
 /* ADDR:PORT, ADDR a dotted IPv4 address or [IPv6]. */

@@ -129,7 +129,7 @@ start_after(struct gw_guest_job *g)
 		}
 		/* No stdin asked for: the process reads end of file at once. */
 		struct vmf_error err;
-		if (!s->stdin_open && vmf_client_exec_input(gg->a, p->exec_id, NULL, 0, 1, &err) < 0)
+		if (!s->stdin_open && vmf_client_exec_input(gg->a, p->exec_id, "", 0, 1, &err) < 0)
 			log_warn("sandbox %s: closing the stdin of %s: %s", sb->id, s->argv[0], err.msg);
 	}
 	strv_free(s->argv);
@@ -338,7 +338,9 @@ gw_proc_event(struct gw *gw, struct gw_sandbox *sb, const struct vmf_exec_event 
 {
 	(void)gw;
 	if (ev->type == VMF_EXEC_EV_ERROR) {
-		log_warn("sandbox %s: the agent refused a request: %s", sb->id, ev->message);
+		/* ESRCH: stdin closed for a process that had exited already. */
+		vmf_log_kv(ev->error_code == ESRCH ? VMF_LOG_DEBUG : VMF_LOG_WARN, __func__, NULL,
+			   "sandbox %s: the agent refused a request: %s", sb->id, ev->message);
 		return;
 	}
 	struct gw_proc *p = find(sb, ev->exec_id);

@@ -270,7 +270,8 @@ vm_done(struct gw_job *j)
 	if (v->agent)
 		vmf_client_agent_close(v->agent);
 	if (j->rc < 0)
-		log_warn("sandbox %s: %s", sb->id, j->err.msg);
+		vmf_log_kv(j->rc == -ENOENT || j->rc == -EALREADY ? VMF_LOG_INFO : VMF_LOG_WARN, __func__, NULL,
+			   "sandbox %s: %s", sb->id, j->err.msg);
 	v->done(gw, sb, j->rc, &j->err, v->arg);
 	free(v);
 }
