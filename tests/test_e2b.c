@@ -263,6 +263,89 @@ START_TEST(sdk_drives_the_gateway)
 }
 END_TEST
 
+/* Runs the gateway as uid (0: as root) with args; its exit status, stderr
+ * in *err. */
+static int
+gateway_once(uid_t uid, const char *args, char **err)
+{
+	char cmd[4096], errf[700], who[200] = "";
+	snprintf(errf, sizeof errf, "%s/once.err", tmp);
+	unlink(errf);
+	if (uid)
+		snprintf(who, sizeof who, "setpriv --reuid=%s --regid=%s --init-groups ", tu.a, tu.group);
+	snprintf(cmd, sizeof cmd, "%s%s gateway --socket %s --run-dir %s --listen 127.0.0.1:0 %s </dev/null "
+		 ">/dev/null 2>%s", who, exe, sock, run, args, errf);
+	int st = system(cmd);
+	*err = NULL;
+	vmf_read_file(errf, err, NULL, 1 << 20, NULL);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* Each refusal at start names its cause; nothing is left running. */
+START_TEST(gateway_refuses_bad_setup)
+{
+	const char *why = geteuid() != 0 ? "the gateway's user needs root to be made" : tenant_users_make("ve2r");
+	if (why) {
+		vmf_test_skip("%s", why);
+		return;
+	}
+	ck_assert_int_eq(chmod(tmp, 0711), 0);
+	char dir[700], keys[800], loose[800], bad[800], dup[800], state[800], args[4096];
+	snprintf(dir, sizeof dir, "%s/gw", tmp);
+	ck_assert_int_eq(mkdir(dir, 0700), 0);
+	ck_assert_int_eq(chown(dir, tu.uid_a, tu.gid), 0);
+	struct {
+		char *path;
+		const char *text;
+		mode_t mode;
+	} files[] = {
+		{ keys, KEY_A " team-a\n", 0600 },
+		{ loose, KEY_A " team-a\n", 0644 },
+		{ bad, "# comment\n\nshort team-a\n", 0600 },
+		{ dup, KEY_A " team-a\n" KEY_A " team-b\n", 0600 },
+		{ state, "{\"version\": 1, \"sandboxes\": [{\"id\": \"x\"}]}", 0600 },
+	};
+	const char *names[] = { "keys", "loose", "bad", "dup", "state.json" };
+	for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
+		snprintf(files[i].path, 800, "%s/%s", dir, names[i]);
+		struct vmf_error e = {0};
+		ck_assert_msg(vmf_write_file_atomic(files[i].path, files[i].text, strlen(files[i].text), files[i].mode,
+						    &e) == 0, "%s", e.msg);
+		ck_assert_int_eq(chown(files[i].path, tu.uid_a, tu.gid), 0);
+	}
+	struct {
+		uid_t uid;
+		const char *args, *want;
+	} cases[] = {
+		{ 0, "--api-keys %s/keys", "must not run as root" },
+		{ 1, "", "no API keys" },
+		{ 1, "--api-keys %s/missing", "cannot open the API keys file" },
+		{ 1, "--api-keys %s/loose", "not readable or writable by others" },
+		{ 1, "--api-keys %s/bad", "bad:3: a key must be 16 to 256" },
+		{ 1, "--api-keys %s/dup", "dup:2: the same key as on line 1" },
+		{ 1, "--api-keys %s/keys --sandbox-dir /var/tmp", "belongs to uid 0, not to this user" },
+		{ 1, "--api-keys %s/keys --state-file %s/state.json", "an entry is incomplete or malformed" },
+		/* No daemon on the socket: said, not retried forever. */
+		{ 1, "--api-keys %s/keys", "no vmfactory daemon is answering" },
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char *err = NULL;
+		snprintf(args, sizeof args, cases[i].args, dir, dir);
+		char full[4400];
+		if (strstr(args, "--sandbox-dir"))
+			snprintf(full, sizeof full, "%s", args);
+		else
+			snprintf(full, sizeof full, "%s --sandbox-dir %s/sandboxes", args, dir);
+		int rc = gateway_once(cases[i].uid ? tu.uid_a : 0, full, &err);
+		check(rc != 0 && err && strstr(err, cases[i].want), "gateway %s: exit %d, '%s'", args, rc,
+		      err ? strtok(err, "\n") : "");
+		free(err);
+	}
+	ck_assert_int_eq(vmf_test_count_under("vmfactory", tmp), 0);
+	ck_assert_msg(failures == 0, "%d check(s) failed", failures);
+}
+END_TEST
+
 static void
 teardown(void)
 {
@@ -281,6 +364,7 @@ main(void)
 	TCase *tc = tcase_create("e2b");
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_set_timeout(tc, 1500);
+	ADD_TEST(tc, gateway_refuses_bad_setup);
 	ADD_TEST(tc, sdk_drives_the_gateway);
 	suite_add_tcase(s, tc);
 	return vmf_test_run(s);

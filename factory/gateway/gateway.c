@@ -61,15 +61,6 @@ gw_now_ms(void)
 	return vmf_realtime_ns() / 1000000;
 }
 
-int
-gw_daemon_connect(struct gw *gw, struct vmf_client **c, struct vmf_error *err)
-{
-	int r = vmf_client_connect(gw->o.socket, c, err);
-	if (r < 0)
-		vmf_error_prefix(err, "the vmfactory daemon");
-	return r;
-}
-
 /* ---- jobs ---- */
 
 static void job_start(struct gw *gw, struct gw_job *j);
@@ -215,12 +206,34 @@ own_dir(struct gw *gw, struct vmf_error *err)
 	return 0;
 }
 
+/* Jobs not started yet end as refused (their done callbacks answer their
+ * requests), then the running ones finish: their replies still have a
+ * server to go out on. */
+static void
+jobs_stop(struct gw *gw)
+{
+	while (gw->waiting) {
+		struct gw_job *j = gw->waiting;
+		gw->waiting = j->next;
+		gw->n_waiting--;
+		j->cancelled = true;
+		j->rc = vmf_err(&j->err, ESHUTDOWN, "the gateway is shutting down; retry shortly");
+		struct gw_sandbox *sb = j->sb;
+		j->done(j);
+		if (sb)
+			gw_sb_unref(gw, sb);
+	}
+	gw->waiting_tail = &gw->waiting;
+	if (gw->jobs)
+		vmf_jobs_free(gw->jobs);
+	gw->jobs = NULL;
+}
+
 static void
 gw_free(struct gw *gw)
 {
+	jobs_stop(gw);
 	gw_http_stop(gw);
-	if (gw->jobs)
-		vmf_jobs_free(gw->jobs);
 	while (gw->sandboxes) {
 		struct gw_sandbox *sb = gw->sandboxes;
 		gw_guest_close(gw, sb, "unavailable", "the gateway stopped");

@@ -200,6 +200,7 @@ gjob_start(struct gw_job *j)
 	snprintf(gj->transport, sizeof(gj->transport), "%s", sb->agent_transport);
 	gj->vsock_port = sb->vsock_port;
 	g->busy = true;
+	gj->holds = true;
 	if (g->rd)
 		event_del(g->rd);
 	if (g->wr)
@@ -229,8 +230,9 @@ gjob_done(struct gw_job *j)
 	struct gw *gw = j->gw;
 	struct gw_sandbox *sb = j->sb;
 	struct gw_guest *g = &sb->guest;
-	bool was_busy = g->busy;
-	g->busy = false;
+	bool was_busy = gj->holds;
+	if (gj->holds)
+		g->busy = false;
 	struct vmf_client_agent *made = gj->made;
 	gj->made = NULL;
 	/* An error of the connection itself (not of the request) ends it. */
@@ -243,7 +245,7 @@ gjob_done(struct gw_job *j)
 			       : "the sandbox is not running");
 		return;
 	}
-	if (g->rd && !g->held) {
+	if (g->rd && !g->held && !g->busy) {
 		event_add(g->rd, NULL);
 		event_active(g->pump, EV_TIMEOUT, 0);
 	}

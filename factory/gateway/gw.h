@@ -99,8 +99,6 @@ struct gw {
 /* Queues a job (embedded first in the caller's struct).  -EAGAIN when too
  * many wait: the caller answers 503. */
 int gw_job_submit(struct gw *gw, struct gw_job *j);
-/* The daemon, for a job: connect and call; the client is closed after. */
-int gw_daemon_connect(struct gw *gw, struct vmf_client **c, struct vmf_error *err);
 
 /* ---- http.c ---- */
 struct gw_http;
@@ -260,6 +258,7 @@ struct gw_guest_job {
 	char socket[108], transport[16];
 	unsigned vsock_port;
 	struct vmf_client_agent *made;
+	bool holds;                  /* it holds the connection (started) */
 };
 int gw_guest_run(struct gw *gw, struct gw_sandbox *sb, struct gw_guest_job *g);
 /* Reading again once a full stream drained. */

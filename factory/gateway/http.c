@@ -355,7 +355,9 @@ begin(struct gw_http *h, struct gw_req *r)
 static void
 too_large(struct gw_req *r)
 {
-	if (r->envd)
+	/* A Connect call (/pkg.Service/Method) gets a Connect error. */
+	const char *slash = strchr(r->url + 1, '/'), *dot = strchr(r->url + 1, '.');
+	if (r->envd && slash && dot && dot < slash)
 		gw_rpc_error(r, "resource_exhausted", "the request body is larger than %zu bytes", r->cap);
 	else
 		gw_reply_error(r, 413, "the request body is larger than %zu bytes, this gateway's limit for %s %s",

@@ -441,7 +441,7 @@ gw_reconcile(struct gw *gw, struct vmf_error *err)
 	struct vmf_client *c;
 	int r = vmf_client_connect(gw->o.socket, &c, err);
 	if (r < 0)
-		return vmf_error_prefix(err, "the vmfactory daemon");
+		return r;
 	Vmf__Control__Reply *rep;
 	if ((r = vmf_client_status(c, &rep, 10000, err)) < 0) {
 		vmf_client_close(c);
