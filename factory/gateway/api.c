@@ -162,6 +162,14 @@ template_name_ok(const char *s)
 	return true;
 }
 
+const char *
+gw_json_str(json_object *o, const char *k)
+{
+	json_object *v;
+	return json_object_object_get_ex(o, k, &v) && json_object_is_type(v, json_type_string)
+		? json_object_get_string(v) : NULL;
+}
+
 /* ---- what a sandbox looks like ---- */
 
 static json_object *
@@ -330,7 +338,7 @@ create(struct gw *gw, struct gw_req *r, char args[MAX_ARGS][128])
 	sb->auto_pause = json_object_object_get_ex(b, "autoPause", &v) && json_object_get_boolean(v);
 	c->r = r;
 	c->timeout_s = gw_lease_timeout(gw, timeout);
-	if (gw_vm_create(gw, sb, created, c) < 0) {
+	if (gw_vm_run(gw, sb, GW_VM_CREATE, created, c) < 0) {
 		free(c);
 		gw_sb_remove(gw, sb);
 		gw_reply_error(r, 503, "too many requests wait in the gateway; retry shortly");
@@ -384,7 +392,7 @@ kill_one(struct gw *gw, struct gw_req *r, char args[MAX_ARGS][128])
 	struct gw_sandbox *sb = find_or_404(gw, r, args[0]);
 	if (!sb)
 		return;
-	if (gw_vm_kill(gw, sb, killed, r) < 0)
+	if (gw_vm_run(gw, sb, GW_VM_KILL, killed, r) < 0)
 		gw_reply_error(r, 503, "too many requests wait in the gateway; retry shortly");
 	else
 		gw_defer(r);
@@ -418,7 +426,7 @@ pause_one(struct gw *gw, struct gw_req *r, char args[MAX_ARGS][128])
 		gw_reply_error(r, 400, "memory false (a filesystem-only pause) is not served: a pause keeps the memory");
 	else if (sb->state != GW_SB_RUNNING)
 		gw_reply_error(r, 409, "sandbox %s is already paused", sb->id);
-	else if (gw_vm_pause(gw, sb, paused, r) < 0)
+	else if (gw_vm_run(gw, sb, GW_VM_PAUSE, paused, r) < 0)
 		gw_reply_error(r, 503, "too many requests wait in the gateway; retry shortly");
 	else
 		gw_defer(r);
@@ -455,19 +463,30 @@ resumed(struct gw *gw, struct gw_sandbox *sb, int rc, const struct vmf_error *er
 	free(c);
 }
 
+/* The sandbox the path names and the number k of the body (0 when absent,
+ * unless required); NULL when the request was answered (404, 400). */
+static struct gw_sandbox *
+sandbox_and(struct gw *gw, struct gw_req *r, const char *id, const char *k, bool required, int64_t *v)
+{
+	*v = 0;
+	struct gw_sandbox *sb = find_or_404(gw, r, id);
+	json_object *b = sb ? body_json(r, required) : NULL;
+	if (!b)
+		return NULL;
+	int has = opt_uint(r, b, k, v);
+	json_object_put(b);
+	if (has == 0 && required)
+		gw_reply_error(r, 400, "%s (seconds) is required", k);
+	return has < 0 || (has == 0 && required) ? NULL : sb;
+}
+
 static void
 connect_common(struct gw *gw, struct gw_req *r, const char *id, bool v1)
 {
-	struct gw_sandbox *sb = find_or_404(gw, r, id);
-	json_object *b = sb ? body_json(r, false) : NULL;
-	int64_t timeout = 0;
-	if (!b)
+	int64_t timeout;
+	struct gw_sandbox *sb = sandbox_and(gw, r, id, "timeout", false, &timeout);
+	if (!sb)
 		return;
-	if (opt_uint(r, b, "timeout", &timeout) < 0) {
-		json_object_put(b);
-		return;
-	}
-	json_object_put(b);
 	unsigned t = gw_lease_timeout(gw, timeout);
 	if (sb->state == GW_SB_RUNNING) {
 		if (v1) {
@@ -487,7 +506,7 @@ connect_common(struct gw *gw, struct gw_req *r, const char *id, bool v1)
 	c->r = r;
 	c->timeout_s = t;
 	c->v1 = v1;
-	if (gw_vm_resume(gw, sb, resumed, c) < 0) {
+	if (gw_vm_run(gw, sb, GW_VM_RESUME, resumed, c) < 0) {
 		free(c);
 		gw_reply_error(r, 503, "too many requests wait in the gateway; retry shortly");
 		return;
@@ -510,19 +529,10 @@ resume_one(struct gw *gw, struct gw_req *r, char args[MAX_ARGS][128])
 static void
 set_timeout(struct gw *gw, struct gw_req *r, char args[MAX_ARGS][128])
 {
-	struct gw_sandbox *sb = find_or_404(gw, r, args[0]);
-	json_object *b = sb ? body_json(r, true) : NULL;
-	int64_t timeout = 0;
-	if (!b)
+	int64_t timeout;
+	struct gw_sandbox *sb = sandbox_and(gw, r, args[0], "timeout", true, &timeout);
+	if (!sb)
 		return;
-	int has = opt_uint(r, b, "timeout", &timeout);
-	json_object_put(b);
-	if (has < 0)
-		return;
-	if (has == 0) {
-		gw_reply_error(r, 400, "timeout (seconds) is required");
-		return;
-	}
 	gw_lease_set(gw, sb, gw_lease_timeout(gw, timeout ? timeout : 1));
 	gw_state_save(gw, NULL, NULL);
 	gw_reply(r, 204, NULL, "", 0);
@@ -531,14 +541,9 @@ set_timeout(struct gw *gw, struct gw_req *r, char args[MAX_ARGS][128])
 static void
 refresh(struct gw *gw, struct gw_req *r, char args[MAX_ARGS][128])
 {
-	struct gw_sandbox *sb = find_or_404(gw, r, args[0]);
-	json_object *b = sb ? body_json(r, false) : NULL;
-	int64_t d = 0;
-	if (!b)
-		return;
-	int has = opt_uint(r, b, "duration", &d);
-	json_object_put(b);
-	if (has < 0)
+	int64_t d;
+	struct gw_sandbox *sb = sandbox_and(gw, r, args[0], "duration", false, &d);
+	if (!sb)
 		return;
 	if (d > 3600) {
 		gw_reply_error(r, 400, "duration %lld is above 3600 seconds", (long long)d);

@@ -231,13 +231,12 @@ unsigned gw_lease_timeout(const struct gw *gw, int64_t asked);
 void gw_lease_tick(struct gw *gw);
 
 /* ---- vm.c: jobs that talk to the daemon ---- */
-/* Creation: the sandbox (state CREATING, in the table) gets a VM of its
- * template; done(gw, sb, rc, err, arg) on the loop. */
+/* CREATE: the sandbox (state CREATING, in the table) gets a VM of its
+ * template; KILL, PAUSE, RESUME: release, suspend, resume its VM.  done on
+ * the loop; -EAGAIN when the job cannot be queued. */
+enum gw_vm_op { GW_VM_CREATE, GW_VM_KILL, GW_VM_PAUSE, GW_VM_RESUME };
 typedef void (*gw_vm_done_fn)(struct gw *gw, struct gw_sandbox *sb, int rc, const struct vmf_error *err, void *arg);
-int gw_vm_create(struct gw *gw, struct gw_sandbox *sb, gw_vm_done_fn done, void *arg);
-int gw_vm_kill(struct gw *gw, struct gw_sandbox *sb, gw_vm_done_fn done, void *arg);
-int gw_vm_pause(struct gw *gw, struct gw_sandbox *sb, gw_vm_done_fn done, void *arg);
-int gw_vm_resume(struct gw *gw, struct gw_sandbox *sb, gw_vm_done_fn done, void *arg);
+int gw_vm_run(struct gw *gw, struct gw_sandbox *sb, enum gw_vm_op op, gw_vm_done_fn done, void *arg);
 /* The HTTP status for a daemon errno. */
 unsigned gw_status_for_errno(int code);
 
@@ -312,6 +311,8 @@ int gw_envd_user(struct gw_req *r, struct gw_user *u, char *why, size_t n);
 
 /* ---- small helpers (api.c) ---- */
 void gw_iso_time(int64_t ms, char *out, size_t n);
+/* o[k] when it is a string, else NULL. */
+const char *gw_json_str(json_object *o, const char *k);
 int64_t gw_now_ms(void);
 
 #endif

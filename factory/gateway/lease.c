@@ -58,7 +58,7 @@ gw_lease_tick(struct gw *gw)
 		sb->expiring = true;
 		log_info("sandbox %s (team %s): its lease ran out: %s", sb->id, sb->team,
 			 sb->auto_pause ? "pausing it" : "killing it");
-		int r = sb->auto_pause ? gw_vm_pause(gw, sb, expired, NULL) : gw_vm_kill(gw, sb, expired, NULL);
+		int r = sb->auto_pause ? gw_vm_run(gw, sb, GW_VM_PAUSE, expired, NULL) : gw_vm_run(gw, sb, GW_VM_KILL, expired, NULL);
 		if (r < 0)
 			sb->expiring = false;
 	}

@@ -187,14 +187,6 @@ build_env(struct gw_sandbox *sb, const struct gw_user *u, json_object *envs, cha
 	return env;
 }
 
-static const char *
-jstring(json_object *o, const char *k)
-{
-	json_object *v;
-	return json_object_object_get_ex(o, k, &v) && json_object_is_type(v, json_type_string)
-		? json_object_get_string(v) : NULL;
-}
-
 static void
 do_start(struct gw *gw, struct gw_req *r, struct gw_sandbox *sb, json_object *msg)
 {
@@ -203,7 +195,7 @@ do_start(struct gw *gw, struct gw_req *r, struct gw_sandbox *sb, json_object *ms
 		gw_rpc_error(r, "invalid_argument", "process.Process/Start: no process given");
 		return;
 	}
-	const char *cmd = jstring(proc, "cmd"), *cwd = jstring(proc, "cwd"), *tag = jstring(msg, "tag");
+	const char *cmd = gw_json_str(proc, "cmd"), *cwd = gw_json_str(proc, "cwd"), *tag = gw_json_str(msg, "tag");
 	if (!cmd || !*cmd) {
 		gw_rpc_error(r, "invalid_argument", "process.Process/Start: process.cmd is missing");
 		return;

@@ -313,14 +313,6 @@ gw_state_save_now(struct gw *gw)
 	json_object_put(j);
 }
 
-static const char *
-jstr(json_object *o, const char *k)
-{
-	json_object *v;
-	return json_object_object_get_ex(o, k, &v) && json_object_is_type(v, json_type_string)
-		? json_object_get_string(v) : NULL;
-}
-
 static bool
 is_hex64(const char *s)
 {
@@ -335,8 +327,8 @@ is_hex64(const char *s)
 static int
 load_entry(struct gw *gw, json_object *o, struct vmf_error *err)
 {
-	const char *id = jstr(o, "id"), *vm = jstr(o, "vm"), *key = jstr(o, "key"), *team = jstr(o, "team");
-	const char *tpl = jstr(o, "template"), *token = jstr(o, "token"), *st = jstr(o, "state");
+	const char *id = gw_json_str(o, "id"), *vm = gw_json_str(o, "vm"), *key = gw_json_str(o, "key"), *team = gw_json_str(o, "team");
+	const char *tpl = gw_json_str(o, "template"), *token = gw_json_str(o, "token"), *st = gw_json_str(o, "state");
 	json_object *meta, *env, *v;
 	if (!id || !gw_valid_sandbox_id(id) || !vm || !vmf_valid_uuid(vm) || !is_hex64(key) || !team ||
 	    strlen(team) > GW_TEAM_MAX || !tpl || strlen(tpl) > GW_TEMPLATE_MAX || !token ||

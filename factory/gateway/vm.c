@@ -19,11 +19,9 @@
 #define RELEASE_MS 60000
 #define AGENT_CONNECT_MS 10000
 
-enum vm_op { OP_CREATE, OP_KILL, OP_PAUSE, OP_RESUME };
-
 struct vm_job {
 	struct gw_job job;
-	enum vm_op op;
+	enum gw_vm_op op;
 	gw_vm_done_fn done;
 	void *arg;
 	char socket[108];
@@ -188,10 +186,10 @@ vm_work(struct gw_job *j)
 		return;
 	Vmf__Control__Reply *rep = NULL;
 	switch (v->op) {
-	case OP_CREATE:
+	case GW_VM_CREATE:
 		create_work(v, c);
 		break;
-	case OP_KILL:
+	case GW_VM_KILL:
 		j->rc = vmf_client_release_vm(c, v->vm_id, RELEASE_MS, &j->err);
 		/* Gone already (the daemon was reset, an operator released it):
 		 * the sandbox goes all the same. */
@@ -200,10 +198,10 @@ vm_work(struct gw_job *j)
 		if (j->rc == 0)
 			vmf_rm_rf(v->dir, NULL);
 		break;
-	case OP_PAUSE:
+	case GW_VM_PAUSE:
 		j->rc = vmf_client_suspend_vm(c, v->vm_id, &rep, SUSPEND_MS, &j->err);
 		break;
-	case OP_RESUME:
+	case GW_VM_RESUME:
 		if ((j->rc = vmf_client_resume_vm(c, v->vm_id, &rep, SUSPEND_MS, &j->err)) < 0)
 			break;
 		copy_vm(v, rep->vm);
@@ -223,7 +221,7 @@ vm_start(struct gw_job *j)
 	struct gw_sandbox *sb = j->sb;
 	snprintf(v->vm_id, sizeof(v->vm_id), "%s", sb->vm_id);
 	/* Another request got there first (two pauses, two connects). */
-	if ((v->op == OP_PAUSE && sb->state != GW_SB_RUNNING) || (v->op == OP_RESUME && sb->state != GW_SB_PAUSED)) {
+	if ((v->op == GW_VM_PAUSE && sb->state != GW_SB_RUNNING) || (v->op == GW_VM_RESUME && sb->state != GW_SB_PAUSED)) {
 		j->cancelled = true;
 		j->rc = vmf_err(&j->err, EALREADY, "sandbox %s is %s already", sb->id,
 				sb->state == GW_SB_PAUSED ? "paused" : "running");
@@ -231,9 +229,9 @@ vm_start(struct gw_job *j)
 	}
 	/* What a pause or kill ends must end before the VM stops: each
 	 * process's stream gets its reason. */
-	if (v->op == OP_PAUSE)
+	if (v->op == GW_VM_PAUSE)
 		gw_guest_close(j->gw, sb, "unavailable", "the sandbox was paused");
-	else if (v->op == OP_KILL)
+	else if (v->op == GW_VM_KILL)
 		gw_guest_close(j->gw, sb, "not_found", "the sandbox was killed");
 }
 
@@ -245,8 +243,8 @@ vm_done(struct gw_job *j)
 	struct gw_sandbox *sb = j->sb;
 	if (j->rc == 0) {
 		switch (v->op) {
-		case OP_CREATE:
-		case OP_RESUME:
+		case GW_VM_CREATE:
+		case GW_VM_RESUME:
 			snprintf(sb->vm_id, sizeof(sb->vm_id), "%s", v->vm_id);
 			snprintf(sb->agent_socket, sizeof(sb->agent_socket), "%s", v->agent_socket);
 			snprintf(sb->agent_transport, sizeof(sb->agent_transport), "%s", v->agent_transport);
@@ -257,14 +255,14 @@ vm_done(struct gw_job *j)
 			gw_guest_attach(gw, sb, v->agent);
 			v->agent = NULL;
 			break;
-		case OP_PAUSE:
+		case GW_VM_PAUSE:
 			sb->state = GW_SB_PAUSED;
 			break;
-		case OP_KILL:
+		case GW_VM_KILL:
 			gw_sb_remove(gw, sb);
 			break;
 		}
-	} else if (v->op == OP_KILL) {
+	} else if (v->op == GW_VM_KILL) {
 		sb->dying = false;
 	}
 	if (v->agent)
@@ -276,8 +274,8 @@ vm_done(struct gw_job *j)
 	free(v);
 }
 
-static int
-submit(struct gw *gw, struct gw_sandbox *sb, enum vm_op op, gw_vm_done_fn done, void *arg)
+int
+gw_vm_run(struct gw *gw, struct gw_sandbox *sb, enum gw_vm_op op, gw_vm_done_fn done, void *arg)
 {
 	struct vm_job *v = calloc(1, sizeof(*v));
 	if (!v)
@@ -297,31 +295,7 @@ submit(struct gw *gw, struct gw_sandbox *sb, enum vm_op op, gw_vm_done_fn done, 
 	int r = gw_job_submit(gw, &v->job);
 	if (r < 0)
 		free(v);
-	else if (op == OP_KILL)
+	else if (op == GW_VM_KILL)
 		sb->dying = true;
 	return r;
-}
-
-int
-gw_vm_create(struct gw *gw, struct gw_sandbox *sb, gw_vm_done_fn done, void *arg)
-{
-	return submit(gw, sb, OP_CREATE, done, arg);
-}
-
-int
-gw_vm_kill(struct gw *gw, struct gw_sandbox *sb, gw_vm_done_fn done, void *arg)
-{
-	return submit(gw, sb, OP_KILL, done, arg);
-}
-
-int
-gw_vm_pause(struct gw *gw, struct gw_sandbox *sb, gw_vm_done_fn done, void *arg)
-{
-	return submit(gw, sb, OP_PAUSE, done, arg);
-}
-
-int
-gw_vm_resume(struct gw *gw, struct gw_sandbox *sb, gw_vm_done_fn done, void *arg)
-{
-	return submit(gw, sb, OP_RESUME, done, arg);
 }
