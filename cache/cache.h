@@ -71,6 +71,11 @@ struct vmf_cache {
 	bool stopping;                   /* the daemon stops: no new pool work */
 	bool destroying;                 /* a Destroy: finished clones are stopped, not pooled */
 	bool loop_done;                  /* the loop has ended: jobs' done() run from vmf_jobs_free */
+	/* Each VM's logs keep their newest log_keep_bytes (read-only once
+	 * running); a trim job is in flight (the loop's). */
+	uint64_t log_keep_bytes;
+	bool trimming;
+	bool trim_warned;                /* the run dir cannot punch holes: said once */
 #ifdef VMF_FAULT_INJECTION
 	atomic_uint gate_tickets[2];     /* see vmf_cache_fault_gate */
 #endif
@@ -98,6 +103,12 @@ void vmf_cache_watch_vm(struct vmf_cache *c, struct vmf_vm *vm);
  * VM is replaced, an assigned one becomes gone.  While a job owns vm (busy)
  * only vm->dead is set; the job's done callback calls this again. */
 void vmf_cache_vm_exited(struct vmf_cache *c, struct vmf_vm *vm);
+/* Once a second: every VM's logs under vm_root (the serial console a guest
+ * writes without end, the VMM's stderr) cut to their newest log_keep_bytes
+ * on a worker, by punching a hole where their oldest bytes were.  The VMM
+ * keeps appending to the same file, so the newest bytes are at its end
+ * whenever it dies, and the bound holds for VMs adopted after a restart. */
+void vmf_cache_trim_logs(struct vmf_cache *c);
 
 /* fill.c: the pool engine. */
 /* Starts template builds and clones as each pool's policy says. */

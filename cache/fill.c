@@ -359,6 +359,7 @@ void
 vmf_cache_tick(struct vmf_cache *c, unsigned default_max_idle_s)
 {
 	int64_t now = vmf_now_ms();
+	vmf_cache_trim_logs(c);
 	struct vmf_vm *vm, *next;
 	/* Demand moved on: one shaped clone per pool and tick makes room for
 	 * a clone of a size now wanted (refilled as the plan says). */

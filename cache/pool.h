@@ -105,6 +105,7 @@ struct vmf_vm {
 	char netns_link[16], tap[16];
 	char hostfwd[VMF_MAX_HOSTFWD][80];
 	unsigned n_hostfwd;
+	bool net_outbound;            /* user: connections out allowed (else only its forwards) */
 	char mac[18];
 	/* Suspended (and while suspending or resuming): its saved state, and
 	 * the driver state it resumes from (config, hot-added devices; no
@@ -176,6 +177,10 @@ struct vmf_pool {
 	 * NAME, or made on demand by a GetVM naming it.  Its template is found,
 	 * never built; a request must name it (its VMs carry a VM's state). */
 	char template_name[33];
+	/* Made by a GetVM, not the config: it serves its template's owner (and
+	 * the operator) through the template alone, never by pool name. */
+	bool on_demand;
+	uid_t template_owner;                /* the snapshot's owner; 0 = the operator */
 	unsigned max_idle_s;                 /* replace ready VMs older than this, 0 = never */
 	char template_id[VMF_SHA256_HEX];
 	Vmf__Catalog__TemplateSpec *spec;

@@ -1,10 +1,14 @@
 /* The cache's VMs on the loop: the list, their records in the catalog,
  * watching their processes, stopping them on a worker.  The daemon's
  * request handlers use these as the pool engine does. */
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <linux/falloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "agent.h"
@@ -141,6 +145,7 @@ vmf_vm_from_record(struct vmf_vm *vm, const Vmf__Catalog__VmRecord *rec)
 	copy_str(vm->netns_link, sizeof(vm->netns_link), rec->netns_link);
 	copy_str(vm->tap, sizeof(vm->tap), rec->tap);
 	copy_str(vm->mac, sizeof(vm->mac), rec->mac);
+	vm->net_outbound = rec->net_outbound;
 	vm->n_hostfwd = 0;
 	for (size_t i = 0; i < rec->n_hostfwd && i < VMF_MAX_HOSTFWD; i++)
 		copy_str(vm->hostfwd[vm->n_hostfwd++], sizeof(vm->hostfwd[0]), rec->hostfwd[i]);
@@ -164,6 +169,7 @@ vmf_cache_put_vm_record(struct vmf_cache *c, struct vmf_vm *vm, enum vmf_vm_stat
 		fw[i] = (char *)vm->hostfwd[i];
 	rec.hostfwd = fw;
 	rec.n_hostfwd = vm->n_hostfwd;
+	rec.net_outbound = vm->net_outbound;
 	/* A suspended VM has no process: what it resumes from is recorded. */
 	rec.hv = hv ? hv : vm->saved_hv;
 	/* Disks being attached are recorded once attached (the attach job
@@ -238,7 +244,11 @@ stop_work(void *arg)
 	/* Whatever the stop's cause: a namespace keeps no qdisc of ours. */
 	if (vm->net[0] && j->c->hooks.undo_net)
 		j->c->hooks.undo_net(j->c->hooks.ctx, vm);
-	if (vm->run_dir[0] && vmf_rm_rf(vm->run_dir, &err) < 0)
+	/* Its share's own mount comes off first: nothing is removed through
+	 * a mount, and none is left behind. */
+	if (vm->run_dir[0] && vmf_share_unmount(vm->run_dir, vm->share_dir, &err) < 0)
+		log_vm(VMF_LOG_WARN, vm->id, "%s; its run dir %s stays", err.msg, vm->run_dir);
+	else if (vm->run_dir[0] && vmf_rm_rf(vm->run_dir, &err) < 0)
 		log_vm(VMF_LOG_WARN, vm->id, "removing its run dir: %s", err.msg);
 	/* A suspended VM's saved state, and what a suspend cut short left. */
 	if (vm->state_file[0]) {
@@ -383,4 +393,105 @@ vmf_vm_has_host_parts(const struct vmf_vm *vm, char *what, size_t n)
 		return true;
 	}
 	return false;
+}
+
+/* ---- bounded logs ----
+ * A guest writes its serial console as fast as it likes (11 MB in 20 s
+ * under TCG), into the run dir, a tmpfs in production.  QEMU (and the
+ * other VMMs) keep writing the file at their own offset; cutting its
+ * oldest bytes with a hole leaves the path, the offset and the newest
+ * bytes where a reader of the file's end (a VM's death explained) finds
+ * them, frees the memory, and needs no process or descriptor per VM: the
+ * file itself is the state, so a restarted daemon bounds the logs of the
+ * VMs it adopts as it did before.  Its apparent size keeps growing (holes
+ * read as zeros): read a log's end, not all of it. */
+
+struct trim_job {
+	struct vmf_cache *c;
+	int unsupported;              /* errno of a file system that cannot punch holes, 0 */
+	char path[PATH_MAX];          /* ... and the file it was */
+};
+
+/* Cuts fd's file (dir/name) to its newest keep bytes, page-aligned. */
+static void
+trim_file(struct trim_job *j, int dfd, const char *dir, const char *name)
+{
+	int fd = openat(dfd, name, O_WRONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+	if (fd < 0)
+		return;
+	struct stat st;
+	uint64_t keep = j->c->log_keep_bytes;
+	if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && (uint64_t)st.st_blocks * 512 > keep &&
+	    (uint64_t)st.st_size > keep) {
+		off_t end = (off_t)(((uint64_t)st.st_size - keep) & ~(uint64_t)4095);
+		if (end > 0 && fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, end) < 0 &&
+		    !j->unsupported) {
+			j->unsupported = errno;
+			snprintf(j->path, sizeof(j->path), "%s/%s", dir, name);
+		}
+	}
+	close(fd);
+}
+
+static void
+trim_work(void *arg)
+{
+	struct trim_job *j = arg;
+	DIR *root = opendir(j->c->vm_root);
+	if (!root)
+		return;
+	struct dirent *de;
+	while ((de = readdir(root))) {
+		if (!vmf_valid_uuid(de->d_name))
+			continue;
+		int dfd = openat(dirfd(root), de->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+		DIR *vd = dfd >= 0 ? fdopendir(dfd) : NULL;
+		if (!vd) {
+			if (dfd >= 0)
+				close(dfd);
+			continue;
+		}
+		char dir[PATH_MAX];
+		snprintf(dir, sizeof(dir), "%s/%s", j->c->vm_root, de->d_name);
+		struct dirent *le;
+		while ((le = readdir(vd))) {
+			size_t n = strlen(le->d_name);
+			if (n > 4 && strcmp(le->d_name + n - 4, ".log") == 0)
+				trim_file(j, dirfd(vd), dir, le->d_name);
+		}
+		closedir(vd);
+	}
+	closedir(root);
+}
+
+static void
+trim_done(void *arg)
+{
+	struct trim_job *j = arg;
+	struct vmf_cache *c = j->c;
+	c->trimming = false;
+	if (j->unsupported && !c->trim_warned) {
+		c->trim_warned = true;
+		log_warn("cannot cut VM log %s to its newest %llu KiB: %s (the run dir's file system must punch "
+			 "holes: tmpfs, ext4, xfs, btrfs); VM logs there grow without bound", j->path,
+			 (unsigned long long)(c->log_keep_bytes >> 10), strerror(j->unsupported));
+	}
+	free(j);
+	c->hooks.settle(c->hooks.ctx);
+}
+
+void
+vmf_cache_trim_logs(struct vmf_cache *c)
+{
+	if (c->trimming || c->stopping || !c->log_keep_bytes)
+		return;
+	struct trim_job *j = calloc(1, sizeof(*j));
+	if (!j)
+		return;
+	j->c = c;
+	c->trimming = true;
+	if (vmf_jobs_submit(c->jobs, trim_work, trim_done, j) < 0) {
+		c->trimming = false;
+		free(j);
+	}
 }

@@ -19,6 +19,7 @@
 #include "config.h"
 #include "driver.h"
 #include "log.h"
+#include "net.h"
 #include "sandbox.h"
 #include "util.h"
 
@@ -41,6 +42,7 @@ enum kind {
 	K_ROOTS,       /* absolute paths separated by ':' */
 	K_SHAPE,       /* auto or off */
 	K_NETMODE,     /* none or user: the pool's default network (issue 16) */
+	K_ADDRS,       /* IPv4 addresses separated by ',' */
 };
 
 /* Where a value goes: a field of opts, or of the current pool's spec. */
@@ -70,10 +72,24 @@ static const struct key keys[] = {
 	{ SEC_DAEMON, "idle_timeout", K_SECONDS, O(idle_timeout_s), 1, 86400, 0 },
 	{ SEC_DAEMON, "frame_timeout", K_SECONDS, O(frame_timeout_s), 1, 3600, 0 },
 	{ SEC_DAEMON, "max_miss_clones", K_UINT, O(max_miss_clones), 0, 64, 0 },
+	/* The tenant boundary (docs/security.md). */
+	{ SEC_DAEMON, "share_max_mib", K_UINT, O(share_max_mib), 0, 1048576, 0 },
+	{ SEC_DAEMON, "user_net_outbound", K_BOOL, O(user_net_outbound), 0, 0, 0 },
+	{ SEC_DAEMON, "hostfwd_addresses", K_ADDRS, O(hostfwd_addresses), 0, 0, 255 },
+	{ SEC_DAEMON, "max_hostfwd_per_tenant", K_UINT, O(max_hostfwd), 0, 1024, 0 },
 	/* Every pool's defaults; a [pool] may set its own. */
 	{ SEC_DAEMON, "shape", K_SHAPE, O(shape), 0, 0, 0 },
 	{ SEC_DAEMON, "shape_max", K_UINT, O(shape_max), 0, 256, 0 },
 	{ SEC_DAEMON, "shape_memory_mib", K_UINT, O(shape_memory_mib), 0, 268435456, 0 },
+	/* Limits: per VM, then per tenant (0: none allowed). */
+	{ SEC_DAEMON, "serial_log_kib", K_UINT, O(serial_log_kib), 16, 1048576, 0 },
+	{ SEC_DAEMON, "scratch_max_mib", K_UINT, O(scratch_max_mib), 1, 1048576, 0 },
+	{ SEC_DAEMON, "scratch_max_volumes", K_UINT, O(scratch_max_volumes), 0, VMF_DISK_SLOTS, 0 },
+	{ SEC_DAEMON, "tenant_max_vms", K_UINT, O(tenant_max_vms), 0, 65536, 0 },
+	{ SEC_DAEMON, "tenant_max_suspended", K_UINT, O(tenant_max_suspended), 0, 65536, 0 },
+	{ SEC_DAEMON, "tenant_max_suspended_mib", K_UINT, O(tenant_max_suspended_mib), 0, 268435456, 0 },
+	{ SEC_DAEMON, "tenant_max_snapshots", K_UINT, O(tenant_max_snapshots), 0, 65536, 0 },
+	{ SEC_DAEMON, "tenant_max_snapshot_mib", K_UINT, O(tenant_max_snapshot_mib), 0, 268435456, 0 },
 	{ SEC_HV, "binary", K_PROGRAM, O(qemu_binary), 0, 0, 512 },
 	{ SEC_HV, "type", K_DRIVER, O(hypervisor), 0, 0, 0 },
 	{ SEC_HV, "accelerator", K_ACCEL, O(accel), 0, 0, 0 },
@@ -377,6 +393,13 @@ set_value(struct parser *p, const struct key *k, const char *v, void *base)
 		break;
 	case K_ROOTS:
 		/* Checked against the state and run dirs once all is read. */
+		break;
+	case K_ADDRS:
+		if (!vmf_net_valid_addrs(v)) {
+			problem(p, line, "%s: '%s' is not a list of IPv4 addresses separated by commas (e.g. "
+				"127.0.0.1,10.0.0.5; 0.0.0.0 for any)", n, v);
+			return false;
+		}
 		break;
 	case K_LISTEN: {
 		const char *colon = strrchr(v, ':');

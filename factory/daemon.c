@@ -50,6 +50,17 @@ vmf_daemon_opts_defaults(struct vmf_daemon_opts *o)
 	o->ready_fd = -1;
 	o->idle_timeout_s = VMF_DEFAULT_IDLE_TIMEOUT_S;
 	o->frame_timeout_s = VMF_DEFAULT_FRAME_TIMEOUT_S;
+	o->serial_log_kib = VMF_DEFAULT_SERIAL_LOG_KIB;
+	o->scratch_max_mib = VMF_DEFAULT_SCRATCH_MAX_MIB;
+	o->scratch_max_volumes = VMF_DEFAULT_SCRATCH_MAX_VOLUMES;
+	o->tenant_max_vms = VMF_DEFAULT_TENANT_MAX_VMS;
+	o->tenant_max_suspended = VMF_DEFAULT_TENANT_MAX_SUSPENDED;
+	o->tenant_max_suspended_mib = VMF_DEFAULT_TENANT_MAX_SUSPENDED_MIB;
+	o->tenant_max_snapshots = VMF_DEFAULT_TENANT_MAX_SNAPSHOTS;
+	o->tenant_max_snapshot_mib = VMF_DEFAULT_TENANT_MAX_SNAPSHOT_MIB;
+	o->share_max_mib = VMF_DEFAULT_SHARE_MAX_MIB;
+	o->hostfwd_addresses = VMF_DEFAULT_HOSTFWD_ADDRESSES;
+	o->max_hostfwd = VMF_DEFAULT_MAX_HOSTFWD;
 }
 
 /* ---- readiness pipe to `vmfactory init` ---- */
@@ -227,6 +238,7 @@ setup_pool(struct vmf_daemon *d, const struct vmf_pool_spec *ps, struct vmf_erro
 	p->params.nic = ps->nic;
 	p->net_user = ps->net_user && vmf_template_params_nic(&p->params);
 	p->params.runas = o->runas;
+	p->params.share_mib = d->share_mib;
 	p->target = ps->size;
 	p->shape.enabled = ps->shape;
 	p->shape.max = ps->shape_max == VMF_SHAPE_AUTO ? ps->size / 2 : ps->shape_max;
@@ -254,7 +266,7 @@ setup_pool(struct vmf_daemon *d, const struct vmf_pool_spec *ps, struct vmf_erro
 }
 
 struct vmf_pool *
-vmf_daemon_template_pool(struct vmf_daemon *d, const char *pool_name, unsigned size,
+vmf_daemon_template_pool(struct vmf_daemon *d, const char *pool_name, unsigned size, bool on_demand,
 			 Vmf__Catalog__TemplateRecord *rec, struct vmf_error *err)
 {
 	struct vmf_pool *p = calloc(1, sizeof(*p));
@@ -272,6 +284,8 @@ vmf_daemon_template_pool(struct vmf_daemon *d, const char *pool_name, unsigned s
 	snprintf(p->name, sizeof(p->name), "%s", pool_name);
 	snprintf(p->template_name, sizeof(p->template_name), "%s", rec->name);
 	snprintf(p->template_id, sizeof(p->template_id), "%s", rec->id);
+	p->on_demand = on_demand;
+	p->template_owner = (uid_t)rec->owner_uid;
 	/* Its clones start with what the VM had hot-added: that is its base. */
 	p->spec->vcpus += rec->hotplugged_vcpus;
 	for (size_t i = 0; i < rec->n_dimms; i++)
@@ -290,6 +304,7 @@ vmf_daemon_template_pool(struct vmf_daemon *d, const char *pool_name, unsigned s
 	p->params.max_memory_mib = p->spec->max_memory_mib;
 	p->params.memory_slots = p->spec->memory_slots;
 	p->params.runas = o->runas;
+	p->params.share_mib = d->share_mib;
 	/* A snapshot of a VM with network has the NIC: its clones may get a
 	 * backend at hand-out as any clone. */
 	p->params.nic = vmf_template_has_nic(rec);
@@ -299,8 +314,8 @@ vmf_daemon_template_pool(struct vmf_daemon *d, const char *pool_name, unsigned s
 	p->tpl = vmf_tpl_new(rec);
 	p->verified = p->tpl != NULL;
 	TAILQ_INSERT_TAIL(&d->cache.pools, p, link);
-	log_tpl(VMF_LOG_INFO, p->template_id, "pool %s of %u VMs of template %s (%u vCPU / %u MiB)", p->name, size,
-		p->template_name, p->spec->vcpus, p->spec->memory_mib);
+	log_tpl(VMF_LOG_INFO, p->template_id, "pool %s of %u VMs of template %s of uid %u (%u vCPU / %u MiB)", p->name,
+		size, p->template_name, (unsigned)p->template_owner, p->spec->vcpus, p->spec->memory_mib);
 	return p;
 }
 
@@ -338,11 +353,13 @@ setup_pools(struct vmf_daemon *d, struct vmf_error *err)
 	for (unsigned i = 0; i < n; i++) {
 		int r;
 		if (specs[i].template_name) {
-			/* At start, before the loop runs: the catalog may be read here. */
+			/* At start, before the loop runs: the catalog may be read here.
+			 * The config is root's: its names are the operator's, never a
+			 * tenant's snapshot of the same name. */
 			Vmf__Catalog__TemplateRecord *rec = NULL;
-			if ((r = vmf_template_find_name(d->cache.cat, specs[i].template_name, &rec, err)) < 0)
+			if ((r = vmf_template_find_name(d->cache.cat, 0, specs[i].template_name, &rec, err)) < 0)
 				return vmf_error_prefix(err, "pool %s", specs[i].name);
-			r = vmf_daemon_template_pool(d, specs[i].name, specs[i].size, rec, err) ? 0 : -err->code;
+			r = vmf_daemon_template_pool(d, specs[i].name, specs[i].size, false, rec, err) ? 0 : -err->code;
 		} else {
 			r = setup_pool(d, &specs[i], err);
 		}
@@ -531,6 +548,19 @@ cache_stopped(void *ctx, struct vmf_vm *vm, void *reply_to, int err)
 	}
 }
 
+void
+vmf_daemon_pool_free(struct vmf_pool *p)
+{
+	vmf_tpl_unref(p->tpl);
+	/* A template pool's spec was unpacked (its empty strings are
+	 * protobuf-c's static one): freed as protobuf-c allocated it. */
+	if (p->template_name[0])
+		vmf__catalog__template_spec__free_unpacked(p->spec, NULL);
+	else
+		vmf_template_spec_free(p->spec);
+	free(p);
+}
+
 static void
 daemon_free(struct vmf_daemon *d)
 {
@@ -544,15 +574,9 @@ daemon_free(struct vmf_daemon *d)
 	struct vmf_pool *p;
 	while ((p = TAILQ_FIRST(&d->cache.pools))) {
 		TAILQ_REMOVE(&d->cache.pools, p, link);
-		vmf_tpl_unref(p->tpl);
-		/* A template pool's spec was unpacked (its empty strings are
-		 * protobuf-c's static one): freed as protobuf-c allocated it. */
-		if (p->template_name[0])
-			vmf__catalog__template_spec__free_unpacked(p->spec, NULL);
-		else
-			vmf_template_spec_free(p->spec);
-		free(p);
+		vmf_daemon_pool_free(p);
 	}
+	vmf_snaps_free(d);
 	if (d->tick)
 		event_free(d->tick);
 	if (d->drain_timer)
@@ -593,6 +617,8 @@ vmf_daemon_run(const struct vmf_daemon_opts *opts, struct vmf_error *err)
 	d->start_ms = vmf_now_ms();
 	TAILQ_INIT(&d->cache.pools);
 	TAILQ_INIT(&d->cache.vms);
+	TAILQ_INIT(&d->snaps);
+	d->cache.log_keep_bytes = (uint64_t)opts->serial_log_kib << 10;
 	snprintf(d->cache.vm_root, sizeof(d->cache.vm_root), "%s/vms", opts->run_dir);
 	d->cache.state_dir = d->opts.state_dir;
 	d->cache.run_dir = d->opts.run_dir;
@@ -602,6 +628,10 @@ vmf_daemon_run(const struct vmf_daemon_opts *opts, struct vmf_error *err)
 		.undo_net = cache_undo_net, .stopped = cache_stopped,
 	};
 	signal(SIGPIPE, SIG_IGN);
+	/* A lease on a caller's disk image (disk.c) signals its holder when
+	 * someone opens the file meanwhile; the open just waits for the
+	 * lease's end, and the signal's default would end the daemon. */
+	signal(SIGIO, SIG_IGN);
 	if ((r = vmf_sandbox_policy_init(&d->sandbox, opts->sandbox_roots, opts->state_dir, opts->run_dir, err)) < 0)
 		goto out;
 
@@ -663,12 +693,19 @@ vmf_daemon_run(const struct vmf_daemon_opts *opts, struct vmf_error *err)
 		goto out;
 	if (opts->accel && *opts->accel)
 		snprintf(d->hv.accel, sizeof(d->hv.accel), "%s", opts->accel);
+	/* Only root mounts a clone's share; elsewhere shares are plain
+	 * directories, which GetVM gives to no tenant. */
+	if (d->hv.caps & VMF_CAP_SHARE_DEVICE)
+		d->share_mib = geteuid() == 0 ? opts->share_max_mib : 0;
+	if ((d->hv.caps & VMF_CAP_SHARE_DEVICE) && opts->share_max_mib && geteuid() != 0)
+		log_warn("not running as root: VM shares are plain directories, not tmpfs mounts of %u MiB, so "
+			 "GetVM gives a share to root and uid %u only", opts->share_max_mib, (unsigned)geteuid());
 	if ((r = vmf_catalog_open(opts->state_dir, &d->cache.cat, err)) < 0 ||
 	    (r = vmf_catalog_open_runtime(d->cache.cat, opts->run_dir, err)) < 0)
 		goto out;
 	if ((r = vmf_template_cleanup(d->cache.cat, opts->state_dir, err)) < 0)
 		log_warn("%s", err->msg);
-	if ((r = setup_pools(d, err)) < 0)
+	if ((r = setup_pools(d, err)) < 0 || (r = vmf_snaps_load(d, err)) < 0)
 		goto out;
 
 	evthread_use_pthreads();

@@ -21,6 +21,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -159,13 +160,20 @@ static int
 user_net(struct suspend_job *j, const struct vmf_vm *vm, const char **fw, struct vmf_net_backend *nb,
 	 struct vmf_error *err)
 {
-	struct vmf_net_request req = { .user = true, .n_hostfwd = vm->n_hostfwd };
+	struct vmf_net_request req = { .user = true, .outbound = vm->net_outbound, .n_hostfwd = vm->n_hostfwd };
 	for (unsigned i = 0; i < vm->n_hostfwd; i++) {
 		snprintf(req.hostfwd[i], sizeof(req.hostfwd[i]), "%s", vm->hostfwd[i]);
 		fw[i] = vm->hostfwd[i];
 	}
-	*nb = (struct vmf_net_backend){ .tap_fd = -1, .hostfwd = fw, .n_hostfwd = vm->n_hostfwd };
-	int r = vmf_net_check_fwd_ports(&req, !j->owner_admin, err);
+	*nb = (struct vmf_net_backend){ .tap_fd = -1, .hostfwd = fw, .n_hostfwd = vm->n_hostfwd,
+					.outbound = vm->net_outbound };
+	/* Under today's config: what a tenant may no longer have, it does not
+	 * get back (its forwards were counted when it got them). */
+	const struct vmf_daemon_opts *o = &j->d->opts;
+	int r = j->owner_admin ? 0 : vmf_net_check_tenant(&req, o->user_net_outbound, o->hostfwd_addresses, 0,
+							   UINT_MAX, err);
+	if (r == 0)
+		r = vmf_net_check_fwd_ports(&req, !j->owner_admin, err);
 	return r < 0 ? vmf_error_prefix(err, "user-mode network") : 0;
 }
 
@@ -529,6 +537,15 @@ start(struct vmf_daemon *d, struct vmf_conn *c, const char *vm_id, bool resume)
 	}
 	if (resume && !vm->saved_hv) {
 		vmf_control_reply_error(c, EIO, "the suspended VM's record has no hypervisor state to resume from");
+		return;
+	}
+	/* Its saved state is about all its RAM, in the state dir. */
+	struct vmf_error lerr;
+	if (!resume && vmf_limit_tenant(d, vmf_control_peer_uid(c), VMF_LIMIT_SUSPENDED,
+					(uint64_t)vm->memory_mib << 20, &lerr) < 0) {
+		char msg[sizeof(lerr.msg) + 64];
+		snprintf(msg, sizeof(msg), "cannot suspend VM %s (it stays assigned): %s", vm->id, lerr.msg);
+		vmf_control_reply_error(c, lerr.code, msg);
 		return;
 	}
 	struct suspend_job *j = calloc(1, sizeof(*j));

@@ -81,6 +81,10 @@ struct vmf_net_backend {
 	int tap_fd;
 	const char *const *hostfwd;
 	size_t n_hostfwd;
+	/* User mode: the guest may open connections out.  Off, it reaches
+	 * nothing but answers through its forwards (slirp's restrict=on):
+	 * slirp's outbound NAT reaches the host's loopback services too. */
+	bool outbound;
 };
 #define VMF_SNAPSHOT_MAX_DIMMS 32
 struct vmf_snapshot_to {
@@ -216,6 +220,11 @@ struct vmf_hv_ops {
 	 * spec's device list (so a change of it is a new template id); NULL:
 	 * "virtio-scsi:disks". */
 	const char *disk_device;
+	/* The VMM parses a qcow2 disk's header when attach_disk (or
+	 * restore_state_with) opens it, and would open a file the header
+	 * names: the caller keeps the image from being written between its
+	 * own check of the header and the end of that call. */
+	bool parses_image_header;
 
 	/* Frees the handle (closes sockets) without touching the process. */
 	void (*release)(struct vmf_vmm *vm);

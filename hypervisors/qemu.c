@@ -1166,6 +1166,7 @@ qemu_net_attach(struct vmf_vmm *vm, const struct vmf_net_backend *nb, struct vmf
 		json_object_object_add(args, "fd", json_object_new_string("nettap"));
 	} else {
 		json_object_object_add(args, "type", json_object_new_string("user"));
+		json_object_object_add(args, "restrict", json_object_new_boolean(!nb->outbound));
 		if (nb->n_hostfwd) {
 			json_object *fw = json_object_new_array();
 			for (size_t i = 0; i < nb->n_hostfwd; i++) {
@@ -1708,5 +1709,6 @@ const struct vmf_hv_ops vmf_qemu_ops = {
 	.adopt = qemu_adopt,
 	.attach_disk = qemu_attach_disk,
 	.detach_disk = qemu_detach_disk,
+	.parses_image_header = true,
 	.release = qemu_release,
 };

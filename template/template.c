@@ -461,6 +461,7 @@ vmf_template_clone(const struct vmf_template_params *p, const Vmf__Catalog__Temp
 {
 	*out = NULL;
 	if (vmf_mkdir_p(run_dir, 0700, err) < 0 || vmf_mkdir_p(share_dir, 0700, err) < 0 ||
+	    (p->share_mib && vmf_share_mount(share_dir, p->share_mib, err) < 0) ||
 	    vmf_template_own_share(p, share_dir, err) < 0)
 		return -err->code;
 	char name[96];
@@ -507,6 +508,7 @@ vmf_template_clone(const struct vmf_template_params *p, const Vmf__Catalog__Temp
 
 struct name_ctx {
 	const char *name;
+	uid_t owner;
 	char id[VMF_SHA256_HEX];
 };
 
@@ -515,24 +517,46 @@ match_name(const char *id, Vmf__Catalog__TemplateRecord *rec, const struct vmf_e
 {
 	(void)rec_err;
 	struct name_ctx *n = ctx;
-	if (rec && rec->name && strcmp(rec->name, n->name) == 0)
+	if (rec && rec->name && strcmp(rec->name, n->name) == 0 && rec->owner_uid == (uint32_t)n->owner)
 		snprintf(n->id, sizeof(n->id), "%s", id);
 	return 0;
 }
 
 int
-vmf_template_find_name(struct vmf_catalog *cat, const char *name, Vmf__Catalog__TemplateRecord **out,
+vmf_template_find_name(struct vmf_catalog *cat, uid_t owner, const char *name, Vmf__Catalog__TemplateRecord **out,
 		       struct vmf_error *err)
 {
 	*out = NULL;
-	struct name_ctx n = { .name = name };
+	struct name_ctx n = { .name = name, .owner = owner };
 	int r = vmf_catalog_template_list(cat, match_name, &n, err);
 	if (r < 0)
 		return r;
-	if (!n.id[0])
+	if (!n.id[0] && owner == 0)
 		return vmf_err(err, ENOENT, "no template is named %s (vmfactory snapshot makes one; see "
 			       "template list)", name);
+	if (!n.id[0])
+		return vmf_err(err, ENOENT, "uid %u has no template named %s", (unsigned)owner, name);
 	return vmf_catalog_template_get(cat, n.id, out, err);
+}
+
+uint64_t
+vmf_template_bytes(const Vmf__Catalog__TemplateRecord *rec)
+{
+	uint64_t n = rec->memory_size + rec->state_size;
+	for (size_t i = 0; i < rec->n_dimms; i++)
+		n += (uint64_t)rec->dimms[i]->size_mib << 20;
+	return n;
+}
+
+int
+vmf_template_remove(struct vmf_catalog *cat, const char *state_dir, const char *id, struct vmf_error *err)
+{
+	char dir[PATH_MAX];
+	vmf_template_dir(state_dir, id, dir, sizeof(dir));
+	int r = vmf_catalog_template_delete(cat, id, err);
+	if (r < 0)
+		return r;
+	return vmf_rm_rf(dir, err);
 }
 
 int
@@ -555,7 +579,7 @@ vmf_template_snapshot(struct vmf_catalog *cat, const char *state_dir, const char
 			       "no): its clones could not share a snapshot's RAM", q->vm_id);
 	Vmf__Catalog__TemplateRecord *old = NULL;
 	struct vmf_error e2;
-	int r = vmf_template_find_name(cat, q->name, &old, &e2);
+	int r = vmf_template_find_name(cat, q->owner, q->name, &old, &e2);
 	if (old)
 		vmf__catalog__template_record__free_unpacked(old, NULL);
 	if (r == 0)
@@ -687,6 +711,7 @@ vmf_template_snapshot(struct vmf_catalog *cat, const char *state_dir, const char
 	rec.name = (char *)q->name;
 	rec.parent_template_id = parent->id;
 	rec.source_vm_id = (char *)q->vm_id;
+	rec.owner_uid = (uint32_t)q->owner;
 	rec.hotplugged_vcpus = res->hotplugged_vcpus;
 	rec.n_dimms = res->n_dimms;
 	rec.dimms = dimmp;

@@ -82,6 +82,11 @@ struct got {
 void do_get(struct got *g, const char *name, int cpus, int mem);
 void *get_thread(void *arg);   /* do_get(arg, arg->id, 1, 256) */
 
+/* stdout of `sh -c cmd` in VM id through its agent (vmfactory exec, as
+ * root), trailing newlines dropped; the test fails, with the CLI's errors,
+ * when it exits non-zero.  The caller frees it. */
+char *vm_sh(const char *id, const char *cmd);
+
 /* A raw connection to the daemon, for what the client library never sends;
  * raw_reply() reads a reply frame and returns its error_code (-1 on EOF). */
 int raw_connect(void);
@@ -119,6 +124,25 @@ extern struct tenant_users tu;
 const char *tenant_users_make(const char *prefix);
 void tenant_users_remove(void);
 bool become_tenant(uid_t uid);
+/* What a forked child did as a user: its return code (0 or -errno) and
+ * message.  as_user() runs fn(arg, msg, n) in a child dropped to uid (with
+ * the tenants' group; uid 0 stays root) and waits for it. */
+struct act {
+	int rc;
+	char msg[1100];
+};
+typedef int (*act_fn)(const void *arg, char *msg, size_t n);
+void as_user(uid_t uid, act_fn fn, const void *arg, struct act *out);
+
+/* `sh -c script` as uid (become_tenant) with stdout and stderr into out
+ * (n bytes, NUL-terminated, the rest read and dropped); its exit status. */
+int tenant_sh(uid_t uid, const char *script, char *out, size_t n);
+/* The same for `vmfactory ARGS COMMON_OPTS`. */
+int tenant_vmf(uid_t uid, char *out, size_t n, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+
+/* NULL when the guest image's manifest lists every module named (a
+ * NULL-terminated list), else the first one missing (or "a guest image"). */
+const char *guest_image_lacks(const char *const *modules);
 
 /* VMFACTORY_TEST="name ..." runs only the tests named (a developer's
  * shortcut, and how contrib/test picks the cases it runs under TSan). */

@@ -440,17 +440,12 @@ END_TEST
 int
 main(void)
 {
-	const char *img = vmf_test_image_dir();
-	char manifest[700], *m = NULL;
-	snprintf(manifest, sizeof manifest, "%s/manifest", img ? img : "");
-	if (!img || vmf_read_file(manifest, &m, NULL, 1 << 20, NULL) < 0 || !strstr(m, "sd_mod") ||
-	    !strstr(m, "ext4")) {
-		printf("disk tests skipped: the guest image %s lacks the disk modules (sd_mod, ext4); rebuild it "
-		       "with contrib/image/build-image\n", img ? img : "(none)");
-		free(m);
+	const char *lacks = guest_image_lacks((const char *const[]){ "sd_mod", "ext4", NULL });
+	if (lacks) {
+		printf("disk tests skipped: the guest image lacks %s (the disk modules are sd_mod and ext4); rebuild "
+		       "it with contrib/image/build-image\n", lacks);
 		return 77;
 	}
-	free(m);
 	const char *why = tenant_users_make("vdsk");
 	if (why) {
 		printf("disk tests skipped: %s\n", why);

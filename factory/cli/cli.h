@@ -9,7 +9,8 @@
  *   start.c      init, daemon: options and config merged, the daemon started
  *   gateway.c    gateway: [gateway] and flags merged, the E2B gateway run
  *   templates.c  template build/list/rm/gc, check-config: offline, on the
- *                catalog under the daemon's lock
+ *                catalog under the daemon's lock (rm through a running
+ *                daemon first)
  *   print.c      JSON and human output of replies and template records
  * Errors are printed here, once, at the edge. */
 #ifndef VMF_CLI_H
@@ -70,6 +71,13 @@ int cmd_destroy(const struct cmd *cmd, struct args *a);
 int cmd_attach(const struct cmd *cmd, struct args *a);
 int cmd_detach(const struct cmd *cmd, struct args *a);
 int cmd_snapshot(const struct cmd *cmd, struct args *a);
+/* template rm through the daemon; EXIT_NO_DAEMON (nothing printed) when
+ * none answers on a->socket. */
+int template_rm_remote(struct args *a);
+/* template list through the daemon, for a caller that cannot read the
+ * catalog: the templates the daemon shows it; EXIT_NO_DAEMON (nothing
+ * printed) when none answers. */
+int template_list_remote(struct args *a);
 
 /* exec.c: exec, straight to the VM's agent */
 int cmd_exec(const struct cmd *cmd, struct args *a);
@@ -110,8 +118,13 @@ json_object *inspect_json(const Vmf__Control__Reply *r);
 void inspect_human(const Vmf__Control__Reply *r);
 json_object *status_json(const Vmf__Control__Reply *r);
 void status_human(const Vmf__Control__Reply *r);
+/* A status reply's templates alone (template list through the daemon). */
+json_object *template_status_json(const Vmf__Control__Reply *r);
+void template_status_human(const Vmf__Control__Reply *r);
 json_object *snapshot_json(const Vmf__Control__Reply *r);
 void snapshot_human(const Vmf__Control__Reply *r);
+json_object *template_rm_json(const Vmf__Control__Reply *r);
+void template_rm_human(const Vmf__Control__Reply *r);
 /* A catalog record (rec NULL: unreadable, rec_err says why). */
 json_object *template_json(const char *id, const Vmf__Catalog__TemplateRecord *rec, const struct vmf_error *rec_err);
 void template_human(const char *id, const Vmf__Catalog__TemplateRecord *rec, const struct vmf_error *rec_err);

@@ -147,9 +147,9 @@ static const struct cmd commands[] = {
 	{ "check-config", "[FILE]", "check a config file (default " VMF_DEFAULT_CONFIG "), listing every error",
 	  "", 0, 1, cmd_check_config },
 	{ "status", "[-o json]", "show the daemon, templates, pools, VMs and latency", "", 0, 0, cmd_status },
-	{ "get", "--cpus N --memory MIB --sandbox ID --share-dir DIR --sock-dir DIR [--pool NAME | --template NAME] [--timeout S] "
+	{ "get", "--cpus N --memory MIB --sandbox ID --share-dir DIR --sock-dir DIR [--pool NAME | --template NAME|ID] [--timeout S] "
 		 "[--disk PATH[:ro|:cow][:GUESTPATH]]... [--scratch SIZE_MIB:GUESTPATH]... "
-		 "[--netns PATH [--netns-link NAME] | --net none|user[,hostfwd=tcp:[ADDR]:PORT-:GUESTPORT...]] [-o json]",
+		 "[--netns PATH [--netns-link NAME] | --net none|user[,outbound][,hostfwd=tcp:[ADDR]:PORT-:GUESTPORT...]] [-o json]",
 	  "hand out a warm VM to a sandbox", "cpus=,memory=,sandbox=,share-dir=,sock-dir=,pool=,template=,timeout=,disk=,scratch=,netns=,netns-link=,net=", 0, 0,
 	  cmd_get },
 	{ "attach", "VMID (--disk PATH [--ro|--cow] [--format raw|qcow2] | --scratch SIZE_MIB) [--mount GUESTPATH [--fstype T]] "
@@ -174,8 +174,9 @@ static const struct cmd commands[] = {
 	  "build (or find) the template for a size", "cpus=,memory=,max-cpus=,max-memory=,no-share,image-dir=,kernel=,initrd=,qemu=,accel=,config=",
 	  0, 0, cmd_template_build },
 	{ "template list", "[-o json]", "list templates in the catalog", "", 0, 0, cmd_template_list },
-	{ "template rm", "ID|NAME [--config FILE]", "remove a template and its files (not one a configured pool uses)",
-	  "config=", 1, 1, cmd_template_rm },
+	{ "template rm", "ID|NAME [--config FILE] [-o json]",
+	  "remove a template and its files: your own snapshot through a running daemon; with none, root's offline "
+	  "(never one a configured pool or a VM uses)", "config=", 1, 1, cmd_template_rm },
 	{ "template gc", "[--config FILE]", "remove templates of an image no pool uses or an old QEMU, and files no record points to",
 	  "image-dir=,kernel=,initrd=,qemu=,config=", 0, 0, cmd_template_gc },
 	{ "help", "[COMMAND]", "show this help, or a command's usage", "", 0, 2, cmd_help },

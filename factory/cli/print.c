@@ -94,6 +94,8 @@ vminfo_json(const Vmf__Control__VmInfo *v)
 	for (size_t i = 0; i < v->n_hostfwd; i++)
 		json_object_array_add(fw, json_object_new_string(v->hostfwd[i]));
 	json_object_object_add(o, "hostfwd", fw);
+	if (v->net && strcmp(v->net, "user") == 0)
+		json_object_object_add(o, "net_outbound", json_object_new_boolean(v->net_outbound));
 	if (v->state_file && *v->state_file) {
 		JS(o, "state_file", v->state_file);
 		JI(o, "state_size", v->state_size);
@@ -143,7 +145,8 @@ vminfo_human(const Vmf__Control__VmInfo *v)
 	if (v->netns && *v->netns)
 		printf("network:      namespace %s, interface %s, MAC %s\n", v->netns, v->netns_link, v->mac);
 	else if (v->net && strcmp(v->net, "user") == 0) {
-		printf("network:      user-mode, MAC %s", v->mac);
+		printf("network:      user-mode, %s, MAC %s", v->net_outbound ? "outbound allowed" : "no outbound",
+		       v->mac);
 		for (size_t i = 0; i < v->n_hostfwd; i++)
 			printf("%s%s", i ? ", " : "; forwards ", v->hostfwd[i]);
 		printf("\n");
@@ -239,32 +242,7 @@ status_json(const Vmf__Control__Reply *r)
 		json_object_array_add(caps, json_object_new_string(s->capabilities[i]));
 	json_object_object_add(d, "capabilities", caps);
 	json_object_object_add(o, "daemon", d);
-	json_object *ts = json_object_new_array();
-	for (size_t i = 0; i < s->n_templates; i++) {
-		Vmf__Control__TemplateStatus *t = s->templates[i];
-		json_object *x = json_object_new_object();
-		JS(x, "id", t->id);
-		JS(x, "state", t->state);
-		JI(x, "vcpus", t->vcpus);
-		JI(x, "memory_mib", t->memory_mib);
-		JI(x, "max_vcpus", t->max_vcpus);
-		JI(x, "max_memory_mib", t->max_memory_mib);
-		JI(x, "memory_size", t->memory_size);
-		JI(x, "state_size", t->state_size);
-		JB(x, "full_memory", t->full_memory);
-		JI(x, "created_ns", t->created_ns);
-		JS(x, "error", t->error);
-		JS(x, "image_dir", t->image_dir);
-		JS(x, "name", t->name);
-		JS(x, "parent_template_id", t->parent_template_id);
-		JS(x, "source_vm_id", t->source_vm_id);
-		json_object *tc = json_object_new_array();
-		for (size_t k = 0; k < t->n_capabilities; k++)
-			json_object_array_add(tc, json_object_new_string(t->capabilities[k]));
-		json_object_object_add(x, "capabilities", tc);
-		json_object_array_add(ts, x);
-	}
-	json_object_object_add(o, "templates", ts);
+	json_object_object_add(o, "templates", template_status_json(r));
 	json_object *ps = json_object_new_array();
 	for (size_t i = 0; i < s->n_pools; i++) {
 		Vmf__Control__PoolStatus *p = s->pools[i];
@@ -327,7 +305,121 @@ status_json(const Vmf__Control__Reply *r)
 	}
 	json_object_object_add(lat, "steps", steps);
 	json_object_object_add(o, "latency", lat);
+	const Vmf__Control__Limits *l = s->limits;
+	json_object *lim = json_object_new_object();
+	JI(lim, "serial_log_kib", l ? l->serial_log_kib : 0);
+	JI(lim, "scratch_max_mib", l ? l->scratch_max_mib : 0);
+	JI(lim, "scratch_max_volumes", l ? l->scratch_max_volumes : 0);
+	JI(lim, "tenant_max_vms", l ? l->tenant_max_vms : 0);
+	JI(lim, "tenant_max_suspended", l ? l->tenant_max_suspended : 0);
+	JI(lim, "tenant_max_suspended_bytes", l ? l->tenant_max_suspended_bytes : 0);
+	JI(lim, "tenant_max_snapshots", l ? l->tenant_max_snapshots : 0);
+	JI(lim, "tenant_max_snapshot_bytes", l ? l->tenant_max_snapshot_bytes : 0);
+	json_object_object_add(o, "limits", lim);
+	json_object *tn = json_object_new_array();
+	for (size_t i = 0; i < s->n_tenants; i++) {
+		const Vmf__Control__TenantUsage *u = s->tenants[i];
+		json_object *x = json_object_new_object();
+		JI(x, "uid", u->uid);
+		JB(x, "limited", u->limited);
+		JI(x, "vms", u->vms);
+		JI(x, "suspended", u->suspended);
+		JI(x, "suspended_bytes", u->suspended_bytes);
+		JI(x, "snapshots", u->snapshots);
+		JI(x, "snapshot_bytes", u->snapshot_bytes);
+		json_object_array_add(tn, x);
+	}
+	json_object_object_add(o, "tenants", tn);
 	return o;
+}
+
+/* "used/limit" for a tenant's row, "used" for root's and the daemon's. */
+static const char *
+of(char *buf, size_t n, bool limited, uint64_t used, uint64_t max)
+{
+	if (limited)
+		snprintf(buf, n, "%llu/%llu", (unsigned long long)used, (unsigned long long)max);
+	else
+		snprintf(buf, n, "%llu", (unsigned long long)used);
+	return buf;
+}
+
+static void
+tenants_human(const Vmf__Control__StatusReply *s)
+{
+	const Vmf__Control__Limits *l = s->limits;
+	if (!l)
+		return;
+	printf("\nlimits: per VM a serial log of %u KiB and %u scratch volume%s of at most %u MiB; per tenant VMs %u, "
+	       "suspended %u (%llu MiB), snapshots %u (%llu MiB)\n", l->serial_log_kib, l->scratch_max_volumes,
+	       l->scratch_max_volumes == 1 ? "" : "s", l->scratch_max_mib, l->tenant_max_vms, l->tenant_max_suspended,
+	       (unsigned long long)(l->tenant_max_suspended_bytes >> 20), l->tenant_max_snapshots,
+	       (unsigned long long)(l->tenant_max_snapshot_bytes >> 20));
+	if (!s->n_tenants)
+		return;
+	printf("UID         VMS     SUSPENDED  SUSPENDED MiB  SNAPSHOTS  SNAPSHOT MiB\n");
+	for (size_t i = 0; i < s->n_tenants; i++) {
+		const Vmf__Control__TenantUsage *u = s->tenants[i];
+		char a[32], b[32], c[48], d[32], e[48];
+		printf("%-10u  %-6s  %-9s  %-13s  %-9s  %s%s\n", u->uid, of(a, sizeof(a), u->limited, u->vms, l->tenant_max_vms),
+		       of(b, sizeof(b), u->limited, u->suspended, l->tenant_max_suspended),
+		       of(c, sizeof(c), u->limited, u->suspended_bytes >> 20, l->tenant_max_suspended_bytes >> 20),
+		       of(d, sizeof(d), u->limited, u->snapshots, l->tenant_max_snapshots),
+		       of(e, sizeof(e), u->limited, u->snapshot_bytes >> 20, l->tenant_max_snapshot_bytes >> 20),
+		       u->limited ? "" : "  (not limited)");
+	}
+}
+
+json_object *
+template_status_json(const Vmf__Control__Reply *r)
+{
+	const Vmf__Control__StatusReply *s = r->status;
+	json_object *ts = json_object_new_array();
+	for (size_t i = 0; i < s->n_templates; i++) {
+		Vmf__Control__TemplateStatus *t = s->templates[i];
+		json_object *x = json_object_new_object();
+		JS(x, "id", t->id);
+		JS(x, "state", t->state);
+		JI(x, "vcpus", t->vcpus);
+		JI(x, "memory_mib", t->memory_mib);
+		JI(x, "max_vcpus", t->max_vcpus);
+		JI(x, "max_memory_mib", t->max_memory_mib);
+		JI(x, "memory_size", t->memory_size);
+		JI(x, "state_size", t->state_size);
+		JB(x, "full_memory", t->full_memory);
+		JI(x, "created_ns", t->created_ns);
+		JS(x, "error", t->error);
+		JS(x, "image_dir", t->image_dir);
+		JS(x, "name", t->name);
+		JS(x, "parent_template_id", t->parent_template_id);
+		JS(x, "source_vm_id", t->source_vm_id);
+		JI(x, "owner_uid", t->owner_uid);
+		json_object *tc = json_object_new_array();
+		for (size_t k = 0; k < t->n_capabilities; k++)
+			json_object_array_add(tc, json_object_new_string(t->capabilities[k]));
+		json_object_object_add(x, "capabilities", tc);
+		json_object_array_add(ts, x);
+	}
+	return ts;
+}
+
+void
+template_status_human(const Vmf__Control__Reply *r)
+{
+	const Vmf__Control__StatusReply *s = r->status;
+	printf("TEMPLATE          STATE     VCPUS  MEMORY  MAX VCPUS  MAX MEMORY  SHARING\n");
+	for (size_t i = 0; i < s->n_templates; i++) {
+		Vmf__Control__TemplateStatus *t = s->templates[i];
+		printf("%-16.16s  %-8s  %5u  %6u  %9u  %10u  %s\n", t->id, t->state, t->vcpus, t->memory_mib,
+		       t->max_vcpus, t->max_memory_mib, t->full_memory ? "private" : "shared");
+		if (t->name && *t->name)
+			printf("  snapshot %s of uid %u%s%.16s\n", t->name, t->owner_uid,
+			       t->source_vm_id && *t->source_vm_id ? ", from VM " : "", t->source_vm_id ? t->source_vm_id : "");
+		if (t->image_dir && *t->image_dir)
+			printf("  image: %s\n", t->image_dir);
+		if (t->error && *t->error)
+			printf("  error: %s\n", t->error);
+	}
 }
 
 void
@@ -342,16 +434,8 @@ status_human(const Vmf__Control__Reply *r)
 			printf(" %s", s->capabilities[i]);
 		printf("\n");
 	}
-	printf("\nTEMPLATE          STATE     VCPUS  MEMORY  MAX VCPUS  MAX MEMORY  SHARING\n");
-	for (size_t i = 0; i < s->n_templates; i++) {
-		Vmf__Control__TemplateStatus *t = s->templates[i];
-		printf("%-16.16s  %-8s  %5u  %6u  %9u  %10u  %s\n", t->id, t->state, t->vcpus, t->memory_mib,
-		       t->max_vcpus, t->max_memory_mib, t->full_memory ? "private" : "shared");
-		if (t->image_dir && *t->image_dir)
-			printf("  image: %s\n", t->image_dir);
-		if (t->error && *t->error)
-			printf("  error: %s\n", t->error);
-	}
+	printf("\n");
+	template_status_human(r);
 	printf("\nPOOL              TEMPLATE          VCPUS  MEMORY  TARGET  READY  FILLING  FAILED  SHARING\n");
 	for (size_t i = 0; i < s->n_pools; i++) {
 		Vmf__Control__PoolStatus *p = s->pools[i];
@@ -391,6 +475,7 @@ status_human(const Vmf__Control__Reply *r)
 		if (s->steps[i]->count)
 			printf("  %-8s p50 %7.2f ms  p99 %7.2f ms  (%llu)\n", s->steps[i]->step, s->steps[i]->p50_ms,
 			       s->steps[i]->p99_ms, (unsigned long long)s->steps[i]->count);
+	tenants_human(s);
 }
 
 static const char *
@@ -494,4 +579,24 @@ snapshot_human(const Vmf__Control__Reply *r)
 	printf("template %s (%s) in %llu ms, VM paused %llu ms, memory %llu MiB, state %llu KiB (%s)\n", s->name,
 	       s->template_id, (unsigned long long)s->total_ms, (unsigned long long)s->paused_ms,
 	       (unsigned long long)(s->memory_size >> 20), (unsigned long long)(s->state_size >> 10), s->method);
+}
+
+json_object *
+template_rm_json(const Vmf__Control__Reply *r)
+{
+	const Vmf__Control__TemplateRmReply *t = r->template_rm;
+	json_object *o = json_object_new_object();
+	JS(o, "template_id", t->template_id);
+	JS(o, "name", t->name);
+	JI(o, "owner_uid", t->owner_uid);
+	JI(o, "bytes", t->bytes);
+	return o;
+}
+
+void
+template_rm_human(const Vmf__Control__Reply *r)
+{
+	const Vmf__Control__TemplateRmReply *t = r->template_rm;
+	printf("removed template %s (%s) of uid %u, %.1f MiB\n", t->name, t->template_id, t->owner_uid,
+	       t->bytes / 1048576.0);
 }

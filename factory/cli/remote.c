@@ -275,6 +275,45 @@ cmd_snapshot(const struct cmd *cmd, struct args *a)
 }
 
 static int
+send_template_rm(struct vmf_client *c, struct args *a, void *req, int timeout_ms, Vmf__Control__Reply **r,
+		 struct vmf_error *e)
+{
+	(void)req;
+	return vmf_client_template_rm(c, a->pos[0], r, timeout_ms, e);
+}
+
+/* A connection the daemon closes before answering is a daemon that answers
+ * on the socket: only "nothing listens" is no daemon. */
+static bool
+no_daemon(const struct args *a)
+{
+	struct vmf_client *c = NULL;
+	struct vmf_error e = {0};
+	if (vmf_client_connect(a->socket, &c, &e) < 0 && (e.code == ENOENT || e.code == ECONNREFUSED))
+		return true;
+	vmf_client_close(c);
+	return false;
+}
+
+int
+template_rm_remote(struct args *a)
+{
+	if (no_daemon(a))
+		return EXIT_NO_DAEMON;
+	return remote(a, &(struct remote_call){ send_template_rm, NULL, CALL_TIMEOUT_MS, template_rm_json,
+						template_rm_human, false });
+}
+
+int
+template_list_remote(struct args *a)
+{
+	if (no_daemon(a))
+		return EXIT_NO_DAEMON;
+	return remote(a, &(struct remote_call){ send_status, NULL, CALL_TIMEOUT_MS, template_status_json,
+						template_status_human, false });
+}
+
+static int
 send_suspend(struct vmf_client *c, struct args *a, void *req, int timeout_ms, Vmf__Control__Reply **r,
 	     struct vmf_error *e)
 {

@@ -73,6 +73,12 @@ int vmf_client_inspect(struct vmf_client *c, const char *vm_id, Vmf__Control__Re
  * template_name (protocol version 3); reply->snapshot says what it cost. */
 int vmf_client_snapshot(struct vmf_client *c, const char *vm_id, const char *template_name,
 			Vmf__Control__Reply **reply, int timeout_ms, struct vmf_error *err);
+/* Removes a snapshot template by name or id: the caller's own, or (root,
+ * the daemon's user) the operator's by name and any by id; refused
+ * (EBUSY) while a configured pool or a VM uses it.  reply->template_rm
+ * names what went. */
+int vmf_client_template_rm(struct vmf_client *c, const char *template_name, Vmf__Control__Reply **reply,
+			   int timeout_ms, struct vmf_error *err);
 int vmf_client_status(struct vmf_client *c, Vmf__Control__Reply **reply, int timeout_ms, struct vmf_error *err);
 /* Disks of a handed-out VM (docs/protocol.md, "Disks"): the reply's disk
  * is what was attached or detached.  Attaching waits for the guest to see
