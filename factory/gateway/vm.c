@@ -44,6 +44,8 @@ gw_status_for_errno(int code)
 	case EINVAL: case E2BIG: case ENAMETOOLONG: return 400;
 	case EBUSY: case EALREADY: return 409;
 	case EAGAIN: case ECONNREFUSED: case ESHUTDOWN: case EMFILE: return 503;
+	/* The daemon's limits on the gateway, one tenant (tenant_max_vms, ...). */
+	case EDQUOT: case EFBIG: return 429;
 	case ETIMEDOUT: return 504;
 	case EACCES: case EPERM: return 403;
 	default: return 500;
