@@ -180,6 +180,10 @@ on_signal(evutil_socket_t sig, short what, void *arg)
 		event_base_loopbreak(gw->base);
 		return;
 	}
+	if (sig == SIGHUP) {
+		log_info("SIGHUP: the keys file is read at start only; restart the gateway to read it again");
+		return;
+	}
 	log_info("signal %d: stopping (new requests are refused; jobs in flight finish)", (int)sig);
 	gw->stopping = true;
 	event_base_loopexit(gw->base, NULL);
@@ -245,6 +249,8 @@ gw_free(struct gw *gw)
 		event_free(gw->sigterm);
 	if (gw->sigint)
 		event_free(gw->sigint);
+	if (gw->sighup)
+		event_free(gw->sighup);
 	if (gw->base)
 		event_base_free(gw->base);
 	gw_keys_free(&gw->keys);
@@ -292,8 +298,9 @@ vmf_gateway_run(const struct vmf_gateway_opts *o, void (*ready)(const char *addr
 	gw->tick = event_new(gw->base, -1, EV_PERSIST, on_tick, gw);
 	gw->sigterm = evsignal_new(gw->base, SIGTERM, on_signal, gw);
 	gw->sigint = evsignal_new(gw->base, SIGINT, on_signal, gw);
-	if (!gw->tick || !gw->sigterm || !gw->sigint || event_add(gw->tick, &sec) < 0 ||
-	    event_add(gw->sigterm, NULL) < 0 || event_add(gw->sigint, NULL) < 0) {
+	gw->sighup = evsignal_new(gw->base, SIGHUP, on_signal, gw);
+	if (!gw->tick || !gw->sigterm || !gw->sigint || !gw->sighup || event_add(gw->tick, &sec) < 0 ||
+	    event_add(gw->sigterm, NULL) < 0 || event_add(gw->sigint, NULL) < 0 || event_add(gw->sighup, NULL) < 0) {
 		r = vmf_err(err, ENOMEM, "cannot set up the gateway's events");
 		goto out;
 	}

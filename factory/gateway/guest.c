@@ -24,11 +24,23 @@ struct guest_arg {
 	struct gw_sandbox *sb;
 };
 
+/* Events a sandbox gets per turn of the loop: a guest that writes as fast
+ * as it is read (nobody listening, its output dropped) must not keep the
+ * loop from everything else. */
+#define PUMP_BUDGET 64
+
 static void
 pump(struct gw *gw, struct gw_sandbox *sb)
 {
 	struct gw_guest *g = &sb->guest;
-	while (g->a && !g->busy && !g->held) {
+	for (unsigned n = 0; g->a && !g->busy && !g->held; n++) {
+		if (n == PUMP_BUDGET) {
+			/* A timer, not an activation: the loop polls for I/O
+			 * before it runs. */
+			struct timeval now = { 0, 0 };
+			evtimer_add(g->pump, &now);
+			break;
+		}
 		struct vmf_exec_event ev;
 		struct vmf_error err;
 		if (vmf_client_agent_next_event(g->a, &ev, 0, &err) < 0) {
@@ -190,7 +202,7 @@ gjob_start(struct gw_job *j)
 	struct gw_sandbox *sb = j->sb;
 	if (sb->state != GW_SB_RUNNING) {
 		j->cancelled = true;
-		j->rc = vmf_err(&j->err, EAGAIN, "sandbox %s is %s", sb->id,
+		j->rc = vmf_err(&j->err, EHOSTDOWN, "sandbox %s is %s", sb->id,
 				sb->state == GW_SB_PAUSED ? "paused" : "not running");
 		return;
 	}

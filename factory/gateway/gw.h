@@ -87,7 +87,7 @@ struct gw {
 	unsigned n_sandboxes;
 	struct gw_job *waiting, **waiting_tail;
 	unsigned n_waiting, key_job_cap;
-	struct event *tick, *sigterm, *sigint;
+	struct event *tick, *sigterm, *sigint, *sighup;
 	bool stopping;
 	/* the state file: writes in order, one at a time */
 	uint64_t state_gen, state_written;
