@@ -251,9 +251,13 @@ state_done(void *arg)
 		w->fn(gw, s->rc, w->arg);
 		free(w);
 	}
+	uint64_t gen = s->gen;
 	free(s->text);
 	free(s);
-	if (gw->state_gen > gw->state_written && !gw->stopping)
+	/* Changes made while this write ran go out next (stopping too: a
+	 * create waits for its write to be answered).  A failed write is not
+	 * retried by itself: the next change writes everything again. */
+	if (gw->state_gen > gen)
 		state_write_start(gw);
 }
 
