@@ -30,6 +30,8 @@
 #define IDLE_S 8
 
 static pid_t gw_pid = -1;
+/* Why the gateway's users could not be made (main); NULL when they were. */
+static const char *users_why;
 static char gw_url[128], gw_dir[700], gw_log[700];
 
 /* The node the SDK needs (its package.json: 20.18 or later). */
@@ -192,11 +194,9 @@ gateway_vms(void)
 
 START_TEST(sdk_drives_the_gateway)
 {
-	const char *why = geteuid() != 0 ? "the gateway's user and group need root" : NULL;
+	const char *why = users_why;
 	if (!why && !have_node())
 		why = "node 20.18 or later is not installed (the E2B SDK needs it): contrib/setup installs it";
-	if (!why)
-		why = tenant_users_make("ve2b");
 	if (why) {
 		vmf_test_skip("%s", why);
 		return;
@@ -284,7 +284,7 @@ gateway_once(uid_t uid, const char *args, char **err)
 /* Each refusal at start names its cause; nothing is left running. */
 START_TEST(gateway_refuses_bad_setup)
 {
-	const char *why = geteuid() != 0 ? "the gateway's user needs root to be made" : tenant_users_make("ve2r");
+	const char *why = users_why;
 	if (why) {
 		vmf_test_skip("%s", why);
 		return;
@@ -360,6 +360,8 @@ teardown(void)
 int
 main(void)
 {
+	/* In the main process: its exit removes them, whatever the tests did. */
+	users_why = geteuid() != 0 ? "the gateway's user and group need root" : tenant_users_make("ve2b");
 	Suite *s = suite_create("e2b");
 	TCase *tc = tcase_create("e2b");
 	tcase_add_checked_fixture(tc, setup, teardown);
@@ -367,5 +369,7 @@ main(void)
 	ADD_TEST(tc, gateway_refuses_bad_setup);
 	ADD_TEST(tc, sdk_drives_the_gateway);
 	suite_add_tcase(s, tc);
-	return vmf_test_run(s);
+	int rc = vmf_test_run(s);
+	tenant_users_remove();
+	return rc;
 }
