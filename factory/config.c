@@ -24,9 +24,9 @@
 #include "sandbox.h"
 #include "util.h"
 
-enum section { SEC_NONE, SEC_DAEMON, SEC_HV, SEC_GUEST, SEC_POOL, SEC_BAD };
+enum section { SEC_NONE, SEC_DAEMON, SEC_HV, SEC_GUEST, SEC_GATEWAY, SEC_POOL, SEC_BAD };
 
-static const char *const section_names[] = { "", "daemon", "hypervisor", "guest", "pool", "" };
+static const char *const section_names[] = { "", "daemon", "hypervisor", "guest", "gateway", "pool", "" };
 
 enum kind {
 	K_ABSPATH,     /* absolute path */
@@ -61,6 +61,7 @@ struct key {
 
 #define O(f) offsetof(struct vmf_daemon_opts, f)
 #define P(f) offsetof(struct vmf_pool_spec, f)
+#define G(f) offsetof(struct vmf_gateway_opts, f)
 
 static const struct key keys[] = {
 	{ SEC_DAEMON, "socket", K_ABSPATH, O(socket_path), 0, 0, 107 },
@@ -109,6 +110,19 @@ static const struct key keys[] = {
 	{ SEC_GUEST, "memory_mib", K_UINT, O(memory_mib), 64, 1048576, 0 },
 	{ SEC_GUEST, "max_vcpus", K_UINT, O(max_vcpus), 1, 255, 0 },
 	{ SEC_GUEST, "max_memory_mib", K_UINT, O(max_memory_mib), 64, 1048576, 0 },
+	/* vmfactory gateway's (factory/gateway); the daemon reads past them. */
+	{ SEC_GATEWAY, "listen", K_LISTEN, G(listen), 0, 0, 64 },
+	{ SEC_GATEWAY, "api_keys", K_ABSPATH, G(api_keys), 0, 0, 512 },
+	{ SEC_GATEWAY, "sandbox_dir", K_ABSPATH, G(sandbox_dir), 0, 0, 512 },
+	{ SEC_GATEWAY, "state_file", K_ABSPATH, G(state_file), 0, 0, 512 },
+	{ SEC_GATEWAY, "max_connections", K_UINT, G(max_connections), 1, 65536, 0 },
+	{ SEC_GATEWAY, "max_sandboxes", K_UINT, G(max_sandboxes), 1, 4096, 0 },
+	{ SEC_GATEWAY, "max_sandboxes_per_key", K_UINT, G(max_sandboxes_per_key), 1, 4096, 0 },
+	{ SEC_GATEWAY, "workers", K_UINT, G(workers), 2, 64, 0 },
+	{ SEC_GATEWAY, "idle_timeout", K_SECONDS, G(idle_timeout_s), 1, 3600, 0 },
+	{ SEC_GATEWAY, "default_timeout", K_SECONDS, G(default_timeout_s), 1, 30 * 86400, 0 },
+	{ SEC_GATEWAY, "max_timeout", K_SECONDS, G(max_timeout_s), 1, 30 * 86400, 0 },
+	{ SEC_GATEWAY, "max_body", K_UINT, G(max_body), 1024, 64u << 20, 0 },
 	{ SEC_POOL, "size", K_UINT, P(size), 0, 256, 0 },
 	{ SEC_POOL, "vcpus", K_UINT, P(vcpus), 1, 255, 0 },
 	{ SEC_POOL, "memory_mib", K_UINT, P(memory_mib), 64, 1048576, 0 },
@@ -460,8 +474,8 @@ handler(void *user, const char *section, const char *name, const char *value)
 	if (p->sec == SEC_BAD)
 		return 1;    /* its header was reported */
 	if (p->sec == SEC_NONE) {
-		problem(p, p->line, "'%s' is outside any section: put it under [daemon], [hypervisor], [guest] "
-			"or [pool NAME]", name);
+		problem(p, p->line, "'%s' is outside any section: put it under [daemon], [hypervisor], [guest], "
+			"[gateway] or [pool NAME]", name);
 		return 1;
 	}
 	unsigned i;
@@ -474,7 +488,8 @@ handler(void *user, const char *section, const char *name, const char *value)
 			if (strcmp(keys[j].name, name) == 0) {
 				hint = keys[j].sec == SEC_POOL ? " (it belongs in a [pool NAME] section)"
 					: keys[j].sec == SEC_DAEMON ? " (it belongs in [daemon])"
-					: keys[j].sec == SEC_HV ? " (it belongs in [hypervisor])" : " (it belongs in [guest])";
+					: keys[j].sec == SEC_HV ? " (it belongs in [hypervisor])"
+					: keys[j].sec == SEC_GATEWAY ? " (it belongs in [gateway])" : " (it belongs in [guest])";
 				break;
 			}
 		problem(p, p->line, "unknown key '%s' in %s%s", name, section_label(p, label, sizeof(label)), hint);
@@ -506,6 +521,8 @@ handler(void *user, const char *section, const char *name, const char *value)
 			p->key_line[p->pool][i] = p->line;
 		else
 			p->pool_bad[p->pool] = true;
+	} else if (p->sec == SEC_GATEWAY) {
+		set_value(p, &keys[i], value, &p->c->gateway);
 	} else if (!set_value(p, &keys[i], value, &p->c->opts) && p->sec == SEC_GUEST) {
 		p->guest_bad = true;
 	}
@@ -547,8 +564,8 @@ section_header(struct parser *p, const char *s, size_t n)
 		return;
 	}
 	if (strncmp(name, "pool", 4) != 0 || !isspace((unsigned char)name[4])) {
-		problem(p, p->line, "unknown section [%s]; the sections are [daemon], [hypervisor], [guest] "
-			"and [pool NAME]", name);
+		problem(p, p->line, "unknown section [%s]; the sections are [daemon], [hypervisor], [guest], "
+			"[gateway] and [pool NAME]", name);
 		return;
 	}
 	const char *pn = name + 5;
@@ -681,6 +698,14 @@ void
 vmf_config_pool_range(const char *key, unsigned *min, unsigned *max)
 {
 	int i = key_index(SEC_POOL, key);
+	*min = i < 0 ? 0 : keys[i].min;
+	*max = i < 0 ? UINT_MAX : keys[i].max;
+}
+
+void
+vmf_config_gateway_range(const char *key, unsigned *min, unsigned *max)
+{
+	int i = key_index(SEC_GATEWAY, key);
 	*min = i < 0 ? 0 : keys[i].min;
 	*max = i < 0 ? UINT_MAX : keys[i].max;
 }

@@ -68,6 +68,16 @@ dump(const struct vmf_config *c)
 			fprintf(f, "[pool %s] stop=%s stop_timeout=%u on_guest_reset=%s cgroup=%s\n", p->name, p->stop,
 				p->stop_timeout_s, p->on_guest_reset, p->cgroup ? p->cgroup : "(unset)");
 	}
+	/* [gateway], when the file has it (the gateway's; the daemon reads past). */
+	const struct vmf_gateway_opts *g = &c->gateway;
+	if (g->listen || g->api_keys || g->max_sandboxes)
+		fprintf(f, "[gateway] listen=%s api_keys=%s sandbox_dir=%s state_file=%s max_connections=%u "
+			"max_sandboxes=%u max_sandboxes_per_key=%u workers=%u idle_timeout_s=%u default_timeout_s=%u "
+			"max_timeout_s=%u max_body=%u\n", g->listen ? g->listen : "(unset)",
+			g->api_keys ? g->api_keys : "(unset)", g->sandbox_dir ? g->sandbox_dir : "(unset)",
+			g->state_file ? g->state_file : "(unset)", g->max_connections, g->max_sandboxes,
+			g->max_sandboxes_per_key, g->workers, g->idle_timeout_s, g->default_timeout_s, g->max_timeout_s,
+			g->max_body);
 #undef S
 #undef U
 	fclose(f);

@@ -7,6 +7,7 @@
  *   exec.c       exec: the agent's address from the daemon, then the agent
  *                directly (stdin, output, exit status)
  *   start.c      init, daemon: options and config merged, the daemon started
+ *   gateway.c    gateway: [gateway] and flags merged, the E2B gateway run
  *   templates.c  template build/list/rm/gc, check-config: offline, on the
  *                catalog under the daemon's lock (rm through a running
  *                daemon first)
@@ -83,6 +84,13 @@ int cmd_exec(const struct cmd *cmd, struct args *a);
 
 /* start.c */
 int cmd_init(const struct cmd *cmd, struct args *a);
+/* --config FILE, else the default file when it exists (*loaded false
+ * without one); a bad file is printed, every problem, and is the exit
+ * status.  cfg is freed on failure. */
+int load_config(struct args *a, struct vmf_config *cfg, bool *loaded);
+
+/* gateway.c: vmfactory gateway, the E2B API (factory/gateway) */
+int cmd_gateway(const struct cmd *cmd, struct args *a);
 /* Defaults, then the config file (cfg non-NULL), then flags and the
  * VMFACTORY_* variables.  cfg must outlive o: o points into it.  Non-zero
  * is the exit status (the error printed). */

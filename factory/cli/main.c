@@ -126,7 +126,7 @@ static int cmd_help(const struct cmd *cmd, struct args *a);
 /* The one command table: dispatch, usage errors and `help` all read it.
  * opts lists the command's own long options ("name=" takes a value); the
  * common ones (common_opts) are accepted everywhere.  Handlers: init and
- * daemon in start.c; status, get, inspect, release, suspend, resume, destroy in remote.c;
+ * daemon in start.c; gateway in gateway.c; status, get, inspect, release, suspend, resume, destroy in remote.c;
  * check-config and template * in templates.c; help here. */
 static const struct cmd commands[] = {
 	{ "init", "[--config FILE] --pool N [--cpus N --memory MIB --max-cpus N --max-memory MIB] [--no-share] [--foreground] [--wait] "
@@ -140,6 +140,10 @@ static const struct cmd commands[] = {
 	  "run the daemon in the foreground, for systemd (Type=notify)",
 	  "pool=,cpus=,memory=,max-cpus=,max-memory=,no-share,image-dir=,kernel=,initrd=,qemu=,accel=,group=,max-idle=,config=,metrics-listen=,runas=,hypervisor=,sandbox-root=",
 	  0, 0, cmd_init },
+	{ "gateway", "[--config FILE] --api-keys FILE [--listen ADDR:PORT] [--sandbox-dir DIR] [--state-file FILE]",
+	  "serve the E2B sandbox API (SDKs unchanged) as a client of the daemon; run as an unprivileged user "
+	  "in its group",
+	  "config=,api-keys=,listen=,sandbox-dir=,state-file=", 0, 0, cmd_gateway },
 	{ "check-config", "[FILE]", "check a config file (default " VMF_DEFAULT_CONFIG "), listing every error",
 	  "", 0, 1, cmd_check_config },
 	{ "status", "[-o json]", "show the daemon, templates, pools, VMs and latency", "", 0, 0, cmd_status },
