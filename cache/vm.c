@@ -217,7 +217,14 @@ struct stop_job {
 	struct vmf_vm *vm;
 	bool remove_links;
 	void *reply_to;
+	bool rm_failed;               /* its run dir is still there: err says why */
+	struct vmf_error rm_err;
 };
+
+/* A run dir that cannot be removed is tried again after 10 s, then twice
+ * as long each time, up to 5 minutes. */
+#define RM_RETRY_FIRST_MS 10000
+#define RM_RETRY_MAX_MS 300000
 
 static void
 stop_work(void *arg)
@@ -233,13 +240,17 @@ stop_work(void *arg)
 	if (vm->hv && vm->ops->stop(vm->hv, VMF_STOP_TIMEOUT_MS, &err) < 0)
 		log_vm(VMF_LOG_WARN, vm->id, "stopping: %s", err.msg);
 	VMF_FAULT("mid-release");
-	if (j->remove_links)
+	/* A retry of the run dir's removal (rm_pending) did the rest before. */
+	if (j->remove_links && !vm->rm_pending)
 		j->c->hooks.remove_links(j->c->hooks.ctx, vm);
 	/* Whatever the stop's cause: a namespace keeps no qdisc of ours. */
-	if (vm->net[0] && j->c->hooks.undo_net)
+	if (vm->net[0] && j->c->hooks.undo_net && !vm->rm_pending)
 		j->c->hooks.undo_net(j->c->hooks.ctx, vm);
-	if (vm->run_dir[0] && vmf_rm_rf(vm->run_dir, &err) < 0)
-		log_vm(VMF_LOG_WARN, vm->id, "removing its run dir: %s", err.msg);
+	/* What the guest built in its share may be anything (vmf_rm_rf).  A
+	 * removal that fails keeps the record, releasing: the tick tries
+	 * again, and so does recovery after a restart. */
+	if (vm->run_dir[0] && vmf_rm_rf(vm->run_dir, &j->rm_err) < 0)
+		j->rm_failed = true;
 	/* A suspended VM's saved state, and what a suspend cut short left. */
 	if (vm->state_file[0]) {
 		char tmp[PATH_MAX + 8];
@@ -248,8 +259,39 @@ stop_work(void *arg)
 			log_vm(VMF_LOG_WARN, vm->id, "removing its saved state %s: %s", vm->state_file, strerror(errno));
 		unlink(tmp);
 	}
-	if (vmf_catalog_vm_delete(j->c->cat, vm->id, &err) < 0 && err.code != ENOENT)
+	if (!j->rm_failed && vmf_catalog_vm_delete(j->c->cat, vm->id, &err) < 0 && err.code != ENOENT)
 		log_vm(VMF_LOG_WARN, vm->id, "removing its record: %s", err.msg);
+}
+
+/* The VM is stopped and its links are gone, but its run dir is not: it
+ * stays in the list (releasing, nothing running) until a retry removes
+ * it. */
+static void
+keep_for_removal(struct vmf_cache *c, struct vmf_vm *vm, const struct vmf_error *why)
+{
+	(void)c;
+	if (vm->watch) {
+		event_free(vm->watch);
+		vm->watch = NULL;
+	}
+	vmf_agent_free(vm->agent);
+	vm->agent = NULL;
+	if (vm->hv) {
+		vm->ops->release(vm->hv);
+		vm->hv = NULL;
+	}
+	int64_t wait = RM_RETRY_FIRST_MS;
+	for (unsigned i = 0; i < vm->rm_tries && wait < RM_RETRY_MAX_MS; i++)
+		wait *= 2;
+	if (wait > RM_RETRY_MAX_MS)
+		wait = RM_RETRY_MAX_MS;
+	vm->rm_tries++;
+	vm->rm_pending = true;
+	vm->rm_retry_ms = vmf_now_ms() + wait;
+	vm->state = VMF_VM_RELEASING;
+	vm->busy = false;
+	log_vm(VMF_LOG_WARN, vm->id, "stopped, but its run dir is still there (try %u; again in %lld s): %s",
+	       vm->rm_tries, (long long)(wait / 1000), why->msg);
 }
 
 static void
@@ -257,9 +299,18 @@ stop_done(void *arg)
 {
 	struct stop_job *j = arg;
 	struct vmf_cache *c = j->c;
-	log_vm(VMF_LOG_DEBUG, j->vm->id, "stopped and removed");
-	c->hooks.stopped(c->hooks.ctx, j->vm, j->reply_to, 0);
-	vmf_cache_vm_free(c, j->vm);
+	struct vmf_vm *vm = j->vm;
+	c->hooks.stopped(c->hooks.ctx, vm, j->reply_to, 0);
+	if (j->rm_failed && !c->stopping && !c->loop_done) {
+		keep_for_removal(c, vm, &j->rm_err);
+	} else {
+		if (j->rm_failed)
+			log_vm(VMF_LOG_WARN, vm->id, "its run dir is left for the next start to remove: %s",
+			       j->rm_err.msg);
+		else
+			log_vm(VMF_LOG_DEBUG, vm->id, "stopped and removed");
+		vmf_cache_vm_free(c, vm);
+	}
 	free(j);
 	c->hooks.settle(c->hooks.ctx);
 }
@@ -285,7 +336,7 @@ vmf_cache_destroy_vm(struct vmf_cache *c, struct vmf_vm *vm, bool remove_links, 
 	 * (the workers are gone): rather than leak a QEMU. */
 	enum vmf_job_class cls = reply_to || c->stopping ? VMF_JOB_INTERACTIVE : VMF_JOB_POOL;
 	if (!j || c->loop_done || vmf_jobs_submit_class(c->jobs, cls, stop_work, stop_done, j) < 0) {
-		struct stop_job tmp = { c, vm, remove_links, reply_to };
+		struct stop_job tmp = { .c = c, .vm = vm, .remove_links = remove_links, .reply_to = reply_to };
 		stop_work(&tmp);
 		free(j);
 		c->hooks.stopped(c->hooks.ctx, vm, reply_to, ENOMEM);
