@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "frame.h"
+#include "pbtext.h"
 #include "text.h"
 
 /* Two frames: after moving the part of a frame left at the end to the
@@ -303,7 +304,7 @@ vmf_agent_conn_recv(struct vmf_agent_conn *c, Vmf__Agent__AgentReply **out, int6
 					c->roff = c->rlen = 0;
 				c->last_frame = need;
 				if (rep)
-					vmf_agent_fix_strings(&rep->base);
+					vmf_pb_fix_utf8(&rep->base);
 				*out = rep;
 				return 1;
 			}
@@ -469,64 +470,4 @@ vmf_agent_conn_retry(vmf_agent_attempt_fn attempt, void *arg, int first_ms, int6
 		waiting = NULL;
 		attempt_ms = attempt_ms * 2 > VMF_AGENT_ATTEMPT_MAX_MS ? VMF_AGENT_ATTEMPT_MAX_MS : attempt_ms * 2;
 	}
-}
-
-/* ---- strings ---- */
-
-static void
-fix_string(char **s)
-{
-	size_t n = *s ? strlen(*s) : 0;
-	if (!n || vmf_utf8_valid(*s, n))
-		return;
-	/* At most three bytes (U+FFFD) for each one replaced. */
-	char *fixed = malloc(3 * n + 1);
-	if (!fixed) {
-		for (char *p = *s; *p; p++)
-			if ((unsigned char)*p >= 0x80)
-				*p = '?';
-		return;
-	}
-	vmf_utf8_fix(*s, n, fixed, 3 * n + 1);
-	/* Only a string from the wire can be invalid, never a descriptor's
-	 * default: it was allocated by the unpack, with malloc. */
-	free(*s);
-	*s = fixed;
-}
-
-static void
-fix_message(ProtobufCMessage *m, unsigned depth)
-{
-	if (!m || depth > 16)
-		return;
-	const ProtobufCMessageDescriptor *d = m->descriptor;
-	for (unsigned i = 0; i < d->n_fields; i++) {
-		const ProtobufCFieldDescriptor *f = &d->fields[i];
-		if (f->type != PROTOBUF_C_TYPE_STRING && f->type != PROTOBUF_C_TYPE_MESSAGE)
-			continue;
-		char *base = (char *)m;
-		if (f->label == PROTOBUF_C_LABEL_REPEATED) {
-			size_t n = *(size_t *)(base + f->quantifier_offset);
-			void **v = *(void ***)(base + f->offset);
-			for (size_t k = 0; v && k < n; k++) {
-				if (f->type == PROTOBUF_C_TYPE_STRING)
-					fix_string((char **)&v[k]);
-				else
-					fix_message(v[k], depth + 1);
-			}
-			continue;
-		}
-		if ((f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) && *(uint32_t *)(base + f->quantifier_offset) != f->id)
-			continue;
-		if (f->type == PROTOBUF_C_TYPE_STRING)
-			fix_string((char **)(base + f->offset));
-		else
-			fix_message(*(ProtobufCMessage **)(base + f->offset), depth + 1);
-	}
-}
-
-void
-vmf_agent_fix_strings(ProtobufCMessage *m)
-{
-	fix_message(m, 0);
 }

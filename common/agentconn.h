@@ -112,9 +112,4 @@ typedef int (*vmf_agent_attempt_fn)(void *arg, int64_t until, void **out, struct
 int vmf_agent_conn_retry(vmf_agent_attempt_fn attempt, void *arg, int first_ms, int64_t deadline,
 			 void (*waiting)(void *), void *warg, void **out, struct vmf_error *err);
 
-/* Every string field of m (nested messages too) made valid UTF-8: invalid
- * sequences become U+FFFD.  m must come from an unpack with the default
- * allocator. */
-void vmf_agent_fix_strings(ProtobufCMessage *m);
-
 #endif

@@ -96,6 +96,8 @@ escape_one(const unsigned char *p, size_t k, uint32_t cp, unsigned flags, char b
 		return buf[0] = '\\', buf[1] = '\\', 2;
 	if (cp == '"' && (flags & VMF_ESC_QUOTE))
 		return buf[0] = '\\', buf[1] = '"', 2;
+	if (cp == '\n' && (flags & VMF_ESC_NEWLINE))
+		return 0;
 	if (cp == '\n')
 		return buf[0] = '\\', buf[1] = 'n', 2;
 	if (cp == '\t')

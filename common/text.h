@@ -25,6 +25,7 @@ size_t vmf_utf8_fix(const char *s, size_t n, char *out, size_t outn);
 /* Escaping (vmf_escape's flags). */
 #define VMF_ESC_BACKSLASH 1u   /* '\' as "\\" (a log line's logfmt value) */
 #define VMF_ESC_QUOTE 2u       /* '"' as "\"" */
+#define VMF_ESC_NEWLINE 4u     /* '\n' kept as it is (a message of several lines) */
 
 /* s as printable text, NUL-terminated into out (size outn > 0): every C0
  * control byte and DEL as \n, \t, \r or \xNN, every byte that is not part

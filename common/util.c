@@ -1,5 +1,6 @@
 #include "util.h"
 #include "frame.h"
+#include "text.h"
 
 #include <ctype.h>
 #include <dirent.h>
@@ -520,20 +521,45 @@ vmf_file_tail(const char *path, char *buf, size_t max)
 	off_t size = lseek(fd, 0, SEEK_END);
 	size_t want = max - 4;
 	off_t start = size > (off_t)want ? size - (off_t)want : 0;
-	ssize_t n = pread(fd, buf + (start ? 3 : 0), want, start);
+	char *raw = malloc(want + 1), *esc = malloc(4 * want + 8);
+	ssize_t n = raw && esc ? pread(fd, raw, want, start) : -1;
 	close(fd);
 	if (n <= 0) {
-		buf[0] = '\0';
+		free(raw);
+		free(esc);
 		return;
 	}
-	if (start)
-		memcpy(buf, "...", 3);
-	size_t end = (size_t)n + (start ? 3 : 0);
-	buf[end] = '\0';
-	/* Control characters from a serial console would garble a one-line error. */
-	for (size_t i = 0; i < end; i++)
-		if ((unsigned char)buf[i] < 0x20 && buf[i] != '\n')
-			buf[i] = ' ';
+	raw[n] = '\0';
+	/* A serial console is the guest's to write: its lines escaped (a
+	 * terminal, a log and a protobuf string all see this), the line
+	 * breaks kept for reading; then the end that fits. */
+	size_t e = 0;
+	for (char *line = raw, *next; line; line = next) {
+		next = strchr(line, '\n');
+		if (next)
+			*next++ = '\0';
+		e += vmf_escape(line, esc + e, 4 * want + 8 - e - 1, 0);
+		if (next)
+			esc[e++] = '\n';
+		esc[e] = '\0';
+	}
+	const char *from = esc;
+	bool cut = start > 0;
+	if (e > want) {
+		/* At a line's start if there is one, else at a character's:
+		 * what is left is text, valid UTF-8 whatever the cut. */
+		from = esc + (e - want);
+		const char *nl = strchr(from, '\n');
+		if (nl && nl + 1 < esc + e)
+			from = nl + 1;
+		else
+			while ((*from & 0xc0) == 0x80)
+				from++;
+		cut = true;
+	}
+	snprintf(buf, max, "%s%s", cut ? "..." : "", from);
+	free(raw);
+	free(esc);
 }
 
 void

@@ -16,6 +16,7 @@
 
 #include "agentconn.h"
 #include "frame.h"
+#include "pbtext.h"
 #include "text.h"
 #include "util.h"
 
@@ -246,7 +247,11 @@ vmf_agent_guest_info(struct vmf_agent *a, Vmf__Agent__AgentReply **reply, int ti
 	Vmf__Agent__GuestInfoRequest gi = VMF__AGENT__GUEST_INFO_REQUEST__INIT;
 	req.body_case = VMF__AGENT__AGENT_REQUEST__BODY_GUEST_INFO;
 	req.guest_info = &gi;
-	return vmf_agent_call(a, &req, reply, timeout_ms, err);
+	int r = vmf_agent_call(a, &req, reply, timeout_ms, err);
+	/* All of it is shown (inspect), none of it used. */
+	if (r == 0)
+		vmf_pb_escape_strings(&(*reply)->base);
+	return r;
 }
 
 int

@@ -45,6 +45,8 @@ struct vmf_vmm;
 typedef int (*vmf_agent_connect_fn)(struct vmf_vmm *vm, int timeout_ms, struct vmf_error *err);
 int vmf_agent_open(vmf_agent_connect_fn connect, struct vmf_vmm *vm, int timeout_ms, struct vmf_agent **out,
 		   struct vmf_error *err);
+/* The guest's view of itself, every string in it escaped (common/text.h):
+ * text to show. */
 int vmf_agent_guest_info(struct vmf_agent *a, Vmf__Agent__AgentReply **reply, int timeout_ms,
 			 struct vmf_error *err);
 /* Onlines hot-added CPUs and memory, waiting in the guest until want_cpus

@@ -280,7 +280,7 @@ START_TEST(rm_rf_any_depth_few_fds_small_stack)
 	ck_assert_int_eq(mkdir(tree, 0700), 0);
 	ck_assert_int_eq(mkdir(victim, 0700), 0);
 	ck_assert_int_eq(vmf_write_file_atomic(keep, "k", 1, 0600, &e), 0);
-	unsigned depth = under_valgrind() ? 3000 : 20000;
+	unsigned depth = under_valgrind() ? 3000 : 10000;
 	snprintf(p, sizeof p, "%s/chain", tree);
 	ck_assert_int_eq(mkdir(p, 0700), 0);
 	make_chain(p, depth);

@@ -42,7 +42,7 @@ remote(struct args *a, const struct remote_call *k)
 	if (rc < 0) {
 		bool none = e.code == ENOENT || e.code == ECONNREFUSED || e.code == EPIPE || e.code == ECONNRESET;
 		if (k->no_daemon_exit && none) {
-			fprintf(stderr, "vmfactory: %s\n", e.msg);
+			print_error("%s", e.msg);
 			return EXIT_NO_DAEMON;
 		}
 		return fail(&e);
