@@ -212,19 +212,49 @@ vmf_cache_vm_free(struct vmf_cache *c, struct vmf_vm *vm)
 	free(vm);
 }
 
+/* Removing a stopped VM's run dir, state file and record.  What the guest
+ * built in its share may take long to remove (a chain of 50,000
+ * directories: seconds): the stop job gives it STOP_RM_MS, and what is
+ * left then goes on in a job of its own after the reply (nothing a client
+ * could reuse is in it: its links are gone), the VM listed as releasing
+ * (busy) meanwhile.  A removal that fails keeps the VM and its record
+ * (releasing): the tick tries again after 10 s, then twice as long each
+ * time up to 5 minutes, and recovery after a restart. */
+#define STOP_RM_MS 2000
+#define RM_RETRY_FIRST_MS 10000
+#define RM_RETRY_MAX_MS 300000
+
 struct stop_job {
 	struct vmf_cache *c;
 	struct vmf_vm *vm;
 	bool remove_links;
 	void *reply_to;
-	bool rm_failed;               /* its run dir is still there: err says why */
+	int rm;                       /* 0 removed, 1 not yet, negative failed */
 	struct vmf_error rm_err;
 };
 
-/* A run dir that cannot be removed is tried again after 10 s, then twice
- * as long each time, up to 5 minutes. */
-#define RM_RETRY_FIRST_MS 10000
-#define RM_RETRY_MAX_MS 300000
+/* The run dir (until deadline: 1 when some is left), then the state
+ * file and, once nothing is left, the record. */
+static int
+remove_vm_files(struct vmf_cache *c, struct vmf_vm *vm, int64_t deadline, struct vmf_error *rm_err)
+{
+	struct vmf_error err = {0};
+	int64_t t0 = vmf_now_ms();
+	int r = vm->run_dir[0] ? vmf_rm_rf_until(vm->run_dir, deadline, rm_err) : 0;
+	if (r == 0 && vmf_now_ms() - t0 > 1000)
+		log_vm(VMF_LOG_INFO, vm->id, "its run dir took %lld ms to remove", (long long)(vmf_now_ms() - t0));
+	/* A suspended VM's saved state, and what a suspend cut short left. */
+	if (vm->state_file[0]) {
+		char tmp[PATH_MAX + 8];
+		snprintf(tmp, sizeof(tmp), "%s.tmp", vm->state_file);
+		if (unlink(vm->state_file) < 0 && errno != ENOENT)
+			log_vm(VMF_LOG_WARN, vm->id, "removing its saved state %s: %s", vm->state_file, strerror(errno));
+		unlink(tmp);
+	}
+	if (r == 0 && vmf_catalog_vm_delete(c->cat, vm->id, &err) < 0 && err.code != ENOENT)
+		log_vm(VMF_LOG_WARN, vm->id, "removing its record: %s", err.msg);
+	return r;
+}
 
 static void
 stop_work(void *arg)
@@ -240,36 +270,35 @@ stop_work(void *arg)
 	if (vm->hv && vm->ops->stop(vm->hv, VMF_STOP_TIMEOUT_MS, &err) < 0)
 		log_vm(VMF_LOG_WARN, vm->id, "stopping: %s", err.msg);
 	VMF_FAULT("mid-release");
-	/* A retry of the run dir's removal (rm_pending) did the rest before. */
+	/* A VM whose run dir is left to remove did the rest before. */
 	if (j->remove_links && !vm->rm_pending)
 		j->c->hooks.remove_links(j->c->hooks.ctx, vm);
 	/* Whatever the stop's cause: a namespace keeps no qdisc of ours. */
 	if (vm->net[0] && j->c->hooks.undo_net && !vm->rm_pending)
 		j->c->hooks.undo_net(j->c->hooks.ctx, vm);
-	/* What the guest built in its share may be anything (vmf_rm_rf).  A
-	 * removal that fails keeps the record, releasing: the tick tries
-	 * again, and so does recovery after a restart. */
-	if (vm->run_dir[0] && vmf_rm_rf(vm->run_dir, &j->rm_err) < 0)
-		j->rm_failed = true;
-	/* A suspended VM's saved state, and what a suspend cut short left. */
-	if (vm->state_file[0]) {
-		char tmp[PATH_MAX + 8];
-		snprintf(tmp, sizeof(tmp), "%s.tmp", vm->state_file);
-		if (unlink(vm->state_file) < 0 && errno != ENOENT)
-			log_vm(VMF_LOG_WARN, vm->id, "removing its saved state %s: %s", vm->state_file, strerror(errno));
-		unlink(tmp);
-	}
-	if (!j->rm_failed && vmf_catalog_vm_delete(j->c->cat, vm->id, &err) < 0 && err.code != ENOENT)
-		log_vm(VMF_LOG_WARN, vm->id, "removing its record: %s", err.msg);
+	j->rm = remove_vm_files(j->c, vm, vmf_now_ms() + STOP_RM_MS, &j->rm_err);
+}
+
+struct remove_job {
+	struct vmf_cache *c;
+	struct vmf_vm *vm;
+	int rc;
+	struct vmf_error err;
+};
+
+static void
+remove_work(void *arg)
+{
+	struct remove_job *j = arg;
+	j->rc = remove_vm_files(j->c, j->vm, -1, &j->err);
 }
 
 /* The VM is stopped and its links are gone, but its run dir is not: it
  * stays in the list (releasing, nothing running) until a retry removes
  * it. */
 static void
-keep_for_removal(struct vmf_cache *c, struct vmf_vm *vm, const struct vmf_error *why)
+keep_for_removal(struct vmf_vm *vm, const struct vmf_error *why)
 {
-	(void)c;
 	if (vm->watch) {
 		event_free(vm->watch);
 		vm->watch = NULL;
@@ -294,25 +323,69 @@ keep_for_removal(struct vmf_cache *c, struct vmf_vm *vm, const struct vmf_error 
 	       vm->rm_tries, (long long)(wait / 1000), why->msg);
 }
 
+/* After a removal: the VM forgotten, or kept for a retry (rc < 0). */
+static void
+removal_done(struct vmf_cache *c, struct vmf_vm *vm, int rc, const struct vmf_error *err)
+{
+	if (rc < 0 && !c->stopping && !c->loop_done) {
+		keep_for_removal(vm, err);
+	} else {
+		if (rc < 0)
+			log_vm(VMF_LOG_WARN, vm->id, "its run dir is left for the next start to remove: %s", err->msg);
+		else
+			log_vm(VMF_LOG_DEBUG, vm->id, "stopped and removed");
+		vmf_cache_vm_free(c, vm);
+	}
+	c->hooks.settle(c->hooks.ctx);
+}
+
+static void
+remove_done(void *arg)
+{
+	struct remove_job *j = arg;
+	removal_done(j->c, j->vm, j->rc, &j->err);
+	free(j);
+}
+
+/* Removes a stopped VM's run dir, state file and record on a worker, then
+ * frees it (or keeps it for a retry). */
+static void
+remove_start(struct vmf_cache *c, struct vmf_vm *vm)
+{
+	vm->busy = true;
+	vm->state = VMF_VM_RELEASING;
+	struct remove_job *j = calloc(1, sizeof(*j));
+	if (j) {
+		j->c = c;
+		j->vm = vm;
+	}
+	if (!j || c->loop_done || vmf_jobs_submit_class(c->jobs, VMF_JOB_POOL, remove_work, remove_done, j) < 0) {
+		struct remove_job tmp = { .c = c, .vm = vm };
+		remove_work(&tmp);
+		free(j);
+		removal_done(c, vm, tmp.rc, &tmp.err);
+	}
+}
+
+void
+vmf_cache_retry_removal(struct vmf_cache *c, struct vmf_vm *vm)
+{
+	remove_start(c, vm);
+}
+
 static void
 stop_done(void *arg)
 {
 	struct stop_job *j = arg;
 	struct vmf_cache *c = j->c;
 	struct vmf_vm *vm = j->vm;
+	/* The reply goes now: the VM is stopped and its links are gone. */
 	c->hooks.stopped(c->hooks.ctx, vm, j->reply_to, 0);
-	if (j->rm_failed && !c->stopping && !c->loop_done) {
-		keep_for_removal(c, vm, &j->rm_err);
-	} else {
-		if (j->rm_failed)
-			log_vm(VMF_LOG_WARN, vm->id, "its run dir is left for the next start to remove: %s",
-			       j->rm_err.msg);
-		else
-			log_vm(VMF_LOG_DEBUG, vm->id, "stopped and removed");
-		vmf_cache_vm_free(c, vm);
-	}
+	if (j->rm > 0)
+		remove_start(c, vm);
+	else
+		removal_done(c, vm, j->rm, &j->rm_err);
 	free(j);
-	c->hooks.settle(c->hooks.ctx);
 }
 
 void
@@ -338,6 +411,10 @@ vmf_cache_destroy_vm(struct vmf_cache *c, struct vmf_vm *vm, bool remove_links, 
 	if (!j || c->loop_done || vmf_jobs_submit_class(c->jobs, cls, stop_work, stop_done, j) < 0) {
 		struct stop_job tmp = { .c = c, .vm = vm, .remove_links = remove_links, .reply_to = reply_to };
 		stop_work(&tmp);
+		if (tmp.rm > 0)
+			tmp.rm = remove_vm_files(c, vm, -1, &tmp.rm_err);
+		if (tmp.rm < 0)
+			log_vm(VMF_LOG_WARN, vm->id, "its run dir is left for the next start to remove: %s", tmp.rm_err.msg);
 		free(j);
 		c->hooks.stopped(c->hooks.ctx, vm, reply_to, ENOMEM);
 		vmf_cache_vm_free(c, vm);

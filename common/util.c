@@ -172,7 +172,19 @@ struct rm_state {
 	uint64_t spooled, taken;     /* spool names made, and processed */
 	int code;                    /* the first failure, kept in err */
 	struct vmf_error *err;
+	int64_t deadline;            /* vmf_now_ms(); -1: none */
+	unsigned ops;
+	bool late;
 };
+
+/* Past the deadline (looked at every 64 entries). */
+static bool
+rm_late(struct rm_state *s)
+{
+	if (s->deadline >= 0 && !s->late && (++s->ops & 63) == 0 && vmf_now_ms() >= s->deadline)
+		s->late = true;
+	return s->late;
+}
 
 static void
 rm_failed(struct rm_state *s, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -311,11 +323,13 @@ rm_entry(struct rm_state *s, int dir, const char *name, const char *shown)
 	}
 	struct dirent *de;
 	errno = 0;
-	while ((de = readdir(d))) {
+	while (!rm_late(s) && (de = readdir(d))) {
 		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
 			continue;
-		bool sub_dir, sub_mount;
-		r = rm_stat(s, fd, de->d_name, &sub_dir, &sub_mount);
+		bool sub_dir = false, sub_mount = false;
+		/* Not a directory by the listing's word: no mount point can
+		 * be entered through it, so no look first. */
+		r = de->d_type != DT_DIR && de->d_type != DT_UNKNOWN ? 0 : rm_stat(s, fd, de->d_name, &sub_dir, &sub_mount);
 		if (r == -ENOENT)
 			continue;
 		if (r == 0 && !sub_dir)
@@ -329,9 +343,11 @@ rm_entry(struct rm_state *s, int dir, const char *name, const char *shown)
 				  : "cannot remove %s/%s: %s", shown, de->d_name, strerror(-r));
 		errno = 0;
 	}
-	if (errno)
+	if (errno && !s->late)
 		rm_failed(s, errno, "cannot list %s: %s", shown, strerror(errno));
 	closedir(d);
+	if (s->late)
+		return;
 	if ((r = rm_unlink(dir, name, AT_REMOVEDIR)) < 0 && !s->code)
 		rm_failed(s, -r, "cannot remove directory %s: %s", shown, strerror(-r));
 }
@@ -390,6 +406,12 @@ mount_below(int fd, char *at, size_t n)
 int
 vmf_rm_rf(const char *path, struct vmf_error *err)
 {
+	return vmf_rm_rf_until(path, -1, err);
+}
+
+int
+vmf_rm_rf_until(const char *path, int64_t deadline_ms, struct vmf_error *err)
+{
 	int top = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 	if (top < 0) {
 		if (errno == ENOENT)
@@ -417,7 +439,7 @@ vmf_rm_rf(const char *path, struct vmf_error *err)
 		return vmf_err(err, EBUSY, "%s holds a mount at %s: nothing is removed until it is unmounted", path, mnt);
 	}
 	struct rm_state s = { .top = top, .path = path, .dev = makedev(sx.stx_dev_major, sx.stx_dev_minor),
-			      .err = err };
+			      .err = err, .deadline = deadline_ms };
 	DIR *d = fdopendir(dup(top));
 	if (!d) {
 		int e = errno;
@@ -426,7 +448,7 @@ vmf_rm_rf(const char *path, struct vmf_error *err)
 	}
 	struct dirent *de;
 	errno = 0;
-	while ((de = readdir(d))) {
+	while (!rm_late(&s) && (de = readdir(d))) {
 		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
 			continue;
 		char shown[PATH_MAX + 300];
@@ -438,7 +460,7 @@ vmf_rm_rf(const char *path, struct vmf_error *err)
 		rm_failed(&s, errno, "cannot list %s: %s", path, strerror(errno));
 	closedir(d);
 	/* What was moved up, in order; each may move more up. */
-	while (s.taken < s.spooled) {
+	while (s.taken < s.spooled && !rm_late(&s)) {
 		char name[40], shown[PATH_MAX + 60];
 		spool_name(s.taken++, name);
 		snprintf(shown, sizeof(shown), "%s/%s (moved up from below)", path, name);
@@ -447,6 +469,10 @@ vmf_rm_rf(const char *path, struct vmf_error *err)
 	close(top);
 	if (s.code)
 		return -s.code;
+	/* Cut short: what is left (the spool names among it) is taken by the
+	 * next call's pass over the top. */
+	if (s.late)
+		return 1;
 	if (rmdir(path) < 0 && errno != ENOENT)
 		return vmf_err_sys(err, errno, "cannot remove directory %s", path);
 	return 0;

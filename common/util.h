@@ -46,6 +46,9 @@ int vmf_read_fd(int fd, const char *path, char **out, size_t *len, size_t max, s
  * it is (-EBUSY naming the mount), one mounted during the removal is not
  * entered.  A missing path is success. */
 int vmf_rm_rf(const char *path, struct vmf_error *err);
+/* The same, stopping at deadline_ms (vmf_now_ms(); -1: none) with 1 when
+ * something is left: a later call goes on from there. */
+int vmf_rm_rf_until(const char *path, int64_t deadline_ms, struct vmf_error *err);
 
 /* fsync of a directory, so that a rename or create inside it is durable. */
 int vmf_fsync_dir(const char *dir, struct vmf_error *err);
