@@ -222,35 +222,6 @@ END_TEST
 
 /* ---- removing what a guest built ---- */
 
-static bool
-under_valgrind(void)
-{
-	const char *p = getenv("LD_PRELOAD");
-	return p && strstr(p, "vgpreload");
-}
-
-/* dir/d/d/d/... depth levels, a file every 1000 levels, with one fd open
- * at a time. */
-static void
-make_chain(const char *dir, unsigned depth)
-{
-	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	ck_assert_int_ge(fd, 0);
-	for (unsigned i = 0; i < depth; i++) {
-		ck_assert_int_eq(mkdirat(fd, "d", 0700), 0);
-		if (i % 1000 == 0) {
-			int f = openat(fd, "f", O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
-			ck_assert_int_ge(f, 0);
-			close(f);
-		}
-		int next = openat(fd, "d", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-		ck_assert_int_ge(next, 0);
-		close(fd);
-		fd = next;
-	}
-	close(fd);
-}
-
 struct rm_arg {
 	const char *path;
 	int r;
@@ -288,13 +259,13 @@ START_TEST(rm_rf_any_depth_few_fds_small_stack)
 	ck_assert_int_eq(mkdir(tree, 0700), 0);
 	ck_assert_int_eq(mkdir(victim, 0700), 0);
 	ck_assert_int_eq(vmf_write_file_atomic(keep, "k", 1, 0600, &e), 0);
-	unsigned depth = under_valgrind() ? 3000 : 30000;
+	unsigned depth = vmf_test_under_valgrind() ? 3000 : 30000;
 	snprintf(p, sizeof p, "%s/chain", tree);
 	ck_assert_int_eq(mkdir(p, 0700), 0);
-	make_chain(p, depth);
+	vmf_test_make_chain(p, depth, true);
 	snprintf(p, sizeof p, "%s/wide", tree);
 	ck_assert_int_eq(mkdir(p, 0700), 0);
-	for (unsigned i = 0; i < (under_valgrind() ? 500u : 5000u); i++) {
+	for (unsigned i = 0; i < (vmf_test_under_valgrind() ? 500u : 5000u); i++) {
 		char f[800];
 		snprintf(f, sizeof f, "%s/wide/e%u", tree, i);
 		if (i % 2)
@@ -330,7 +301,7 @@ START_TEST(rm_rf_any_depth_few_fds_small_stack)
 	ck_assert_int_eq(access(tree, F_OK), -1);
 	ck_assert_int_eq(access(keep, F_OK), 0);
 	ck_assert_int_eq(vmf_proc_fd_count(getpid()), fds);
-	printf("removed a %u-level chain and %u entries in %lld ms\n", depth, under_valgrind() ? 500u : 5000u,
+	printf("removed a %u-level chain and %u entries in %lld ms\n", depth, vmf_test_under_valgrind() ? 500u : 5000u,
 	       (long long)ms);
 	ck_assert_int_eq(vmf_rm_rf(d, &e), 0);
 	free(d);

@@ -344,22 +344,6 @@ exec_ok(const char *id)
 	return ok;
 }
 
-/* One level a directory, one fd at a time: dir/d/d/d/... */
-static void
-make_chain(const char *dir, unsigned depth)
-{
-	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	ck_assert_int_ge(fd, 0);
-	for (unsigned i = 0; i < depth; i++) {
-		ck_assert_int_eq(mkdirat(fd, "d", 0755), 0);
-		int next = openat(fd, "d", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-		ck_assert_int_ge(next, 0);
-		close(fd);
-		fd = next;
-	}
-	close(fd);
-}
-
 static int
 count_entries(const char *dir)
 {
@@ -557,6 +541,19 @@ inspect_episodes(struct got *a, struct got *b, pid_t dpid, struct served *sv)
 	set_mode(b->share, NULL);
 }
 
+/* A get (args) against a flooding guest fails within bound_ms, saying why. */
+static void
+handout_fails(const char *what, const char *args, int64_t bound_ms)
+{
+	struct run r;
+	run_start(&r, "%s", args);
+	run_wait(&r);
+	printf("%s: exit %d after %lld ms: %s", what, r.rc, (long long)r.ms, r.e);
+	check(r.rc != 0 && r.ms < bound_ms && strstr(r.e, "answer nothing asked"), "%s fails within %lld s, saying why",
+	      what, (long long)(bound_ms / 1000));
+	run_free(&r);
+}
+
 static void
 handout_episodes(void)
 {
@@ -568,23 +565,15 @@ handout_episodes(void)
 		return;
 	snprintf(share, sizeof share, "%s/share", rd);
 	set_mode(share, "vmf online_cpu_mem flood\n");
-	struct run r;
-	run_start(&r, "get --cpus 2 --memory 256 --sandbox resize-p --share-dir %s/resize-share --sock-dir %s/resize-sock "
-		  "--timeout 60", tmp, tmp);
-	run_wait(&r);
-	printf("a resizing hand-out of a flooding guest: exit %d after %lld ms: %s", r.rc, (long long)r.ms, r.e);
-	check(r.rc != 0 && r.ms < 15000 && strstr(r.e, "answer nothing asked"),
-	      "a hand-out that resizes a flooding guest fails within 15 s, saying why");
-	run_free(&r);
+	char args[1000];
+	snprintf(args, sizeof args, "get --cpus 2 --memory 256 --sandbox resize-p --share-dir %s/resize-share "
+		 "--sock-dir %s/resize-sock --timeout 60", tmp, tmp);
+	handout_fails("a hand-out that resizes a flooding guest", args, 15000);
 	/* A miss of the pool whose image floods at NewIdentity: the
 	 * clone's warm-up on the hand-out path. */
-	run_start(&r, "get --pool warm --cpus 1 --memory 192 --sandbox warm-m --share-dir %s/warm-share --sock-dir "
-		  "%s/warm-sock --timeout 60", tmp, tmp);
-	run_wait(&r);
-	printf("a hand-out (miss) of a guest flooding at warm-up: exit %d after %lld ms: %s", r.rc, (long long)r.ms, r.e);
-	check(r.rc != 0 && r.ms < 20000 && strstr(r.e, "answer nothing asked"),
-	      "a miss whose clone floods at warm-up fails within 20 s, saying why");
-	run_free(&r);
+	snprintf(args, sizeof args, "get --pool warm --cpus 1 --memory 192 --sandbox warm-m --share-dir %s/warm-share "
+		 "--sock-dir %s/warm-sock --timeout 60", tmp, tmp);
+	handout_fails("a miss whose clone floods at warm-up", args, 20000);
 }
 
 static void
@@ -610,7 +599,7 @@ deep_tree(const char *share, const char *name)
 	snprintf(d, sizeof d, "%s/%s", share, name);
 	ck_assert_int_eq(mkdir(d, 0755), 0);
 	int64_t t0 = vmf_now_ms();
-	make_chain(d, DEEP);
+	vmf_test_make_chain(d, DEEP, false);
 	printf("built a %d-level tree in %s in %lld ms\n", DEEP, share, (long long)(vmf_now_ms() - t0));
 }
 
