@@ -48,7 +48,7 @@
 
 #define EXEC_RSS_MAX_KIB (64 * 1024)
 #define DEEP 50000
-#define GUEST_DEEP 500
+#define GUEST_DEEP 2000
 /* What a run that must end by itself is given before it is killed. */
 #define HARD_CAP_MS 60000
 
@@ -668,9 +668,19 @@ START_TEST(hostile_guest)
 	char b_run[700];
 	snprintf(b_run, sizeof b_run, "%s", json_object_get_string(path(b.rec, "run_dir", NULL)));
 	deep_tree(b.share, "deep");
+	/* A command running in b when it is released: its exec ends, 125 and
+	 * a sentence, when the agent's connection closes under it. */
+	struct run x;
+	check(exec_ok(b.id), "the bystander serves exec");
+	run_start(&x, "exec %s -- sleep 600", b.id);
+	run_wait_until((struct run *[]){ &x }, 1, vmf_now_ms() + 3000);
 	struct run r;
 	run_start(&r, "release %s", b.id);
-	run_wait(&r);
+	run_wait_all((struct run *[]){ &r, &x }, 2);
+	check(!x.killed && x.rc == 125 && x.ms < 15000 && strstr(x.e, "closed before sleep ended"),
+	      "an exec whose VM is released ends with 125 and says why (%d after %lld ms: %s)", x.rc, (long long)x.ms,
+	      x.e);
+	run_free(&x);
 	int64_t t1 = vmf_now_ms();
 	while ((access(b_run, F_OK) == 0 || vm_state(b.id)[0]) && vmf_now_ms() - t1 < 120000)
 		poll(NULL, 0, 100);
