@@ -270,22 +270,6 @@ terminal_safe(const char *s, size_t n)
 	return !memmem(s, n, "\xc2\x9b", 2) && !memmem(s, n, "\xe2\x80\xae", 3);
 }
 
-static const char *
-vm_state(const char *id)
-{
-	static char st[32];
-	json_object *s = vmf_json("status -o json%s", "");
-	json_object *vms = path(s, "vms", NULL);
-	st[0] = '\0';
-	for (size_t i = 0; i < json_object_array_length(vms); i++) {
-		json_object *v = json_object_array_get_idx(vms, i);
-		if (!strcmp(json_object_get_string(path(v, "id", NULL)), id))
-			snprintf(st, sizeof st, "%s", json_object_get_string(path(v, "state", NULL)));
-	}
-	json_object_put(s);
-	return st;
-}
-
 static json_object *
 pool_named(json_object *s, const char *name)
 {
@@ -584,7 +568,7 @@ suspend_episode(struct got *a)
 	run_start(&r, "suspend %s", a->id);
 	run_wait(&r);
 	printf("suspend of a guest silent at unmount: exit %d after %lld ms: %s%s", r.rc, (long long)r.ms, r.o, r.e);
-	check(r.rc != 0 && r.ms < 25000 && !strcmp(vm_state(a->id), "assigned"),
+	check(r.rc != 0 && r.ms < 25000 && !strcmp(vm_listed_state(a->id), "assigned"),
 	      "a suspend whose guest never answers fails within 25 s and the VM runs on");
 	run_free(&r);
 	set_mode(a->share, NULL);
@@ -682,11 +666,11 @@ START_TEST(hostile_guest)
 	      x.e);
 	run_free(&x);
 	int64_t t1 = vmf_now_ms();
-	while ((access(b_run, F_OK) == 0 || vm_state(b.id)[0]) && vmf_now_ms() - t1 < 120000)
+	while ((access(b_run, F_OK) == 0 || vm_listed_state(b.id)[0]) && vmf_now_ms() - t1 < 120000)
 		poll(NULL, 0, 100);
 	printf("release of a VM with a %d-level tree in its share: exit %d after %lld ms, its run dir gone %lld ms "
 	       "later\n", DEEP, r.rc, (long long)r.ms, (long long)(vmf_now_ms() - t1));
-	check(r.rc == 0 && r.ms < 15000 && access(b_run, F_OK) != 0 && !vm_state(b.id)[0] && daemon_answers(),
+	check(r.rc == 0 && r.ms < 15000 && access(b_run, F_OK) != 0 && !vm_listed_state(b.id)[0] && daemon_answers(),
 	      "a %d-level tree: released within 15 s, removed within 2 minutes, nothing left (%d entries), the "
 	      "daemon alive", DEEP, count_entries(b_run));
 	run_free(&r);
@@ -709,8 +693,8 @@ START_TEST(hostile_guest)
 	ck_assert_msg(mount("tmpfs", m, "tmpfs", 0, "size=1m") == 0, "mount tmpfs on %s: %s", m, strerror(errno));
 	run_start(&r, "release %s", a.id);
 	run_wait(&r);
-	check(r.rc == 0 && !strcmp(vm_state(a.id), "releasing") && access(a_run, F_OK) == 0,
-	      "a VM whose run dir holds a mount is stopped but kept releasing (exit %d, %s)", r.rc, vm_state(a.id));
+	check(r.rc == 0 && !strcmp(vm_listed_state(a.id), "releasing") && access(a_run, F_OK) == 0,
+	      "a VM whose run dir holds a mount is stopped but kept releasing (exit %d, %s)", r.rc, vm_listed_state(a.id));
 	run_free(&r);
 	kill_daemon_hard();
 	ck_assert_int_eq(umount(m), 0);
@@ -721,7 +705,7 @@ START_TEST(hostile_guest)
 		poll(NULL, 0, 200);
 	printf("after a restart, the leftover run dir (%d + %d levels) gone after %lld ms\n", DEEP, GUEST_DEEP,
 	       (long long)(vmf_now_ms() - t0));
-	check(rc == 0 && access(a_run, F_OK) != 0 && vm_state(a.id)[0] == '\0' && daemon_answers(),
+	check(rc == 0 && access(a_run, F_OK) != 0 && vm_listed_state(a.id)[0] == '\0' && daemon_answers(),
 	      "the next daemon removes it all (%d entries left) and forgets the VM", count_entries(a_run));
 
 	/* The tick retries while the daemon runs: a mount, released, gone,
@@ -735,12 +719,12 @@ START_TEST(hostile_guest)
 	ck_assert_int_eq(mkdir(m, 0755), 0);
 	ck_assert_int_eq(mount("tmpfs", m, "tmpfs", 0, "size=1m"), 0);
 	ck_assert_int_eq(vmf(NULL, "release %s", c.id), 0);
-	bool kept = !strcmp(vm_state(c.id), "releasing");
+	bool kept = !strcmp(vm_listed_state(c.id), "releasing");
 	ck_assert_int_eq(umount(m), 0);
 	t0 = vmf_now_ms();
-	while ((access(c_run, F_OK) == 0 || vm_state(c.id)[0]) && vmf_now_ms() - t0 < 30000)
+	while ((access(c_run, F_OK) == 0 || vm_listed_state(c.id)[0]) && vmf_now_ms() - t0 < 30000)
 		poll(NULL, 0, 200);
-	check(kept && access(c_run, F_OK) != 0 && !vm_state(c.id)[0],
+	check(kept && access(c_run, F_OK) != 0 && !vm_listed_state(c.id)[0],
 	      "a removal that failed is retried: gone %lld ms after the mount went", (long long)(vmf_now_ms() - t0));
 
 	/* Every line the daemons logged, guest text in them too: nothing a
