@@ -120,9 +120,20 @@ escape_one(const unsigned char *p, size_t k, uint32_t cp, unsigned flags, char b
 size_t
 vmf_escape(const char *s, char *out, size_t outn, unsigned flags)
 {
-	const unsigned char *p = (const unsigned char *)(s ? s : "");
-	size_t n = strlen((const char *)p), i = 0, o = 0;
+	return vmf_escape_n(s ? s : "", s ? strlen(s) : 0, out, outn, flags);
+}
+
+size_t
+vmf_escape_n(const char *s, size_t n, char *out, size_t outn, unsigned flags)
+{
+	const unsigned char *p = (const unsigned char *)s;
+	size_t i = 0, o = 0;
 	while (i < n) {
+		/* A console's "\r\n" is a line end. */
+		if ((flags & VMF_ESC_NEWLINE) && p[i] == '\r' && i + 1 < n && p[i + 1] == '\n') {
+			i++;
+			continue;
+		}
 		uint32_t cp = 0;
 		size_t k = decode(p + i, n - i, &cp);
 		char buf[8];

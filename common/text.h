@@ -25,7 +25,7 @@ size_t vmf_utf8_fix(const char *s, size_t n, char *out, size_t outn);
 /* Escaping (vmf_escape's flags). */
 #define VMF_ESC_BACKSLASH 1u   /* '\' as "\\" (a log line's logfmt value) */
 #define VMF_ESC_QUOTE 2u       /* '"' as "\"" */
-#define VMF_ESC_NEWLINE 4u     /* '\n' kept as it is (a message of several lines) */
+#define VMF_ESC_NEWLINE 4u     /* '\n' kept as it is, "\r\n" as '\n' (lines of a message or a console) */
 
 /* s as printable text, NUL-terminated into out (size outn > 0): every C0
  * control byte and DEL as \n, \t, \r or \xNN, every byte that is not part
@@ -35,6 +35,8 @@ size_t vmf_utf8_fix(const char *s, size_t n, char *out, size_t outn);
  * never cut: what does not fit ends the output, which then ends in "...".
  * Returns the length written. */
 size_t vmf_escape(const char *s, char *out, size_t outn, unsigned flags);
+/* The same for n bytes that may hold NULs (each "\x00"): a log's tail. */
+size_t vmf_escape_n(const char *s, size_t n, char *out, size_t outn, unsigned flags);
 
 /* True when vmf_escape would return s unchanged (no flags). */
 bool vmf_text_is_safe(const char *s);

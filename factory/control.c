@@ -332,6 +332,9 @@ dispatch(struct vmf_conn *c, Vmf__Control__Request *req)
 	case VMF__CONTROL__REQUEST__BODY_SNAPSHOT:
 		vmf_snapshot_start(d, c, req->snapshot);
 		break;
+	case VMF__CONTROL__REQUEST__BODY_TEMPLATE_RM:
+		vmf_template_rm_start(d, c, req->template_rm);
+		break;
 	case VMF__CONTROL__REQUEST__BODY_SUSPEND_VM:
 		vmf_suspend_start(d, c, req->suspend_vm->vm_id);
 		break;

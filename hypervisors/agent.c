@@ -80,6 +80,8 @@ expected(const Vmf__Agent__AgentRequest *req)
 	case VMF__AGENT__AGENT_REQUEST__BODY_MOUNT_DISK: return VMF__AGENT__AGENT_REPLY__BODY_DISK_MOUNTED;
 	case VMF__AGENT__AGENT_REQUEST__BODY_UNMOUNT_DISK: return VMF__AGENT__AGENT_REPLY__BODY_DISK_UNMOUNTED;
 	case VMF__AGENT__AGENT_REQUEST__BODY_EXEC_START: return VMF__AGENT__AGENT_REPLY__BODY_EXEC_STARTED;
+	case VMF__AGENT__AGENT_REQUEST__BODY_FLUSH_DISKS: return VMF__AGENT__AGENT_REPLY__BODY_DISKS_FLUSHED;
+	case VMF__AGENT__AGENT_REQUEST__BODY_POWEROFF: return VMF__AGENT__AGENT_REPLY__BODY_POWERING_OFF;
 	default: return VMF__AGENT__AGENT_REPLY__BODY__NOT_SET;
 	}
 }
@@ -621,4 +623,86 @@ vmf_agent_run(struct vmf_agent *a, const char *const *argv, int *exit_code, int 
 		return vmf_error_prefix(err, "running %s in the guest", argv[0]);
 	*exit_code = ev.exit_code;
 	return 0;
+}
+
+/* The guest's word on each disk asked about, matched by serial and path:
+ * entries for disks not asked about, and any beyond them, are ignored, and
+ * a disk the guest does not mention stays not done. */
+static void
+take_flushed(const Vmf__Agent__DisksFlushed *res, struct vmf_agent_flush *disks, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		struct vmf_agent_flush *d = &disks[i];
+		for (size_t k = 0; res && k < res->n_disks && k < VMF_AGENT_FLUSH_MAX; k++) {
+			const Vmf__Agent__DiskFlushed *o = res->disks[k];
+			if (!o->serial || strcmp(o->serial, d->serial) != 0 || !o->path || strcmp(o->path, d->path) != 0)
+				continue;
+			d->answered = true;
+			d->error_code = o->error_code;
+			d->done = o->error_code == 0 && o->how && *o->how;
+			vmf_escape(o->how, d->how, sizeof(d->how), VMF_ESC_BACKSLASH);
+			vmf_escape(o->error_message, d->error, sizeof(d->error), VMF_ESC_BACKSLASH);
+			break;
+		}
+	}
+}
+
+static int
+flush_call(struct vmf_agent *a, Vmf__Agent__AgentRequest *req, Vmf__Agent__FlushDisk **fd, struct vmf_agent_flush *disks,
+	   size_t n, int timeout_ms, struct vmf_error *err)
+{
+	Vmf__Agent__FlushDisk one[VMF_AGENT_FLUSH_MAX];
+	if (n > VMF_AGENT_FLUSH_MAX)
+		return vmf_err(err, E2BIG, "%zu disks to flush; at most %d", n, VMF_AGENT_FLUSH_MAX);
+	for (size_t i = 0; i < n; i++) {
+		vmf__agent__flush_disk__init(&one[i]);
+		one[i].serial = disks[i].serial;
+		one[i].path = disks[i].path;
+		fd[i] = &one[i];
+		disks[i].answered = disks[i].done = false;
+		disks[i].error_code = 0;
+		disks[i].how[0] = disks[i].error[0] = '\0';
+	}
+	Vmf__Agent__AgentReply *rep = NULL;
+	int r = vmf_agent_call(a, req, &rep, timeout_ms, err);
+	if (r == -EOPNOTSUPP)
+		vmf_error_append(err, " (an agent older than this host: rebuild the guest image with this build's "
+				 "agent, contrib/image/build-image)");
+	if (r < 0)
+		return r;
+	take_flushed(rep->body_case == VMF__AGENT__AGENT_REPLY__BODY_DISKS_FLUSHED ? rep->disks_flushed
+										  : rep->powering_off, disks, n);
+	vmf__agent__agent_reply__free_unpacked(rep, NULL);
+	return 0;
+}
+
+int
+vmf_agent_flush_disks(struct vmf_agent *a, enum vmf_agent_flush_mode mode, struct vmf_agent_flush *disks, size_t n,
+		      int timeout_ms, struct vmf_error *err)
+{
+	Vmf__Agent__AgentRequest req = VMF__AGENT__AGENT_REQUEST__INIT;
+	Vmf__Agent__FlushDisks f = VMF__AGENT__FLUSH_DISKS__INIT;
+	Vmf__Agent__FlushDisk *fd[VMF_AGENT_FLUSH_MAX];
+	f.mode = mode == VMF_AGENT_FREEZE ? VMF__AGENT__FLUSH_MODE__FLUSH_FREEZE
+		 : mode == VMF_AGENT_THAW ? VMF__AGENT__FLUSH_MODE__FLUSH_THAW : VMF__AGENT__FLUSH_MODE__FLUSH_UNMOUNT;
+	f.disks = fd;
+	f.n_disks = n;
+	req.body_case = VMF__AGENT__AGENT_REQUEST__BODY_FLUSH_DISKS;
+	req.flush_disks = &f;
+	return flush_call(a, &req, fd, disks, n, timeout_ms, err);
+}
+
+int
+vmf_agent_poweroff(struct vmf_agent *a, struct vmf_agent_flush *disks, size_t n, unsigned grace_ms, int timeout_ms,
+		   struct vmf_error *err)
+{
+	Vmf__Agent__AgentRequest req = VMF__AGENT__AGENT_REQUEST__INIT;
+	Vmf__Agent__Poweroff p = VMF__AGENT__POWEROFF__INIT;
+	Vmf__Agent__FlushDisk *fd[VMF_AGENT_FLUSH_MAX];
+	p.disks = fd;
+	p.n_disks = n;
+	p.grace_ms = grace_ms;
+	req.body_case = VMF__AGENT__AGENT_REQUEST__BODY_POWEROFF;
+	req.poweroff = &p;
+	return flush_call(a, &req, fd, disks, n, timeout_ms, err);
 }

@@ -121,4 +121,29 @@ int vmf_agent_run(struct vmf_agent *a, const char *const *argv, int *exit_code, 
 /* Unmounts the share (nothing mounted is no error); EBUSY while in use. */
 int vmf_agent_unmount_share(struct vmf_agent *a, int timeout_ms, struct vmf_error *err);
 
+/* Read-write disks written back before the VM stops (FlushDisks): each
+ * named by its serial and guest mount point ("" = not mounted); the
+ * guest's answer per disk.  The guest decides what it says: a lying guest
+ * can only cost its own tenant data, so an answer is taken as the guest's
+ * claim, bounded and escaped (how, error), never as more. */
+#define VMF_AGENT_FLUSH_MAX 16
+enum vmf_agent_flush_mode { VMF_AGENT_UNMOUNT, VMF_AGENT_FREEZE, VMF_AGENT_THAW };
+struct vmf_agent_flush {
+	char serial[24];
+	char path[512];
+	bool answered;               /* the guest named this disk in its reply */
+	bool done;                   /* ... as unmounted, frozen, thawed, synced or absent */
+	int error_code;
+	char how[16];
+	char error[200];
+};
+int vmf_agent_flush_disks(struct vmf_agent *a, enum vmf_agent_flush_mode mode, struct vmf_agent_flush *disks, size_t n,
+			  int timeout_ms, struct vmf_error *err);
+/* A clean guest shutdown (Poweroff): its processes ended (SIGTERM, then
+ * SIGKILL after grace_ms), the disks unmounted as vmf_agent_flush_disks
+ * does, then the guest powers off once this reply is written.  The caller
+ * waits for the VMM to exit. */
+int vmf_agent_poweroff(struct vmf_agent *a, struct vmf_agent_flush *disks, size_t n, unsigned grace_ms,
+		       int timeout_ms, struct vmf_error *err);
+
 #endif

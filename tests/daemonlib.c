@@ -5,6 +5,7 @@
  * nothing behind. */
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
 #include <stdarg.h>
@@ -14,6 +15,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <signal.h>
@@ -226,6 +228,28 @@ do_get(struct got *g, const char *name, int cpus, int mem)
 	free(out);
 	if (g->rec)
 		snprintf(g->id, sizeof g->id, "%s", json_object_get_string(path(g->rec, "id", NULL)));
+}
+
+char *
+vm_sh(const char *id, const char *cmd)
+{
+	/* The CLI's options before "--": everything after it is the command's. */
+	char line[4096];
+	snprintf(line, sizeof line, "%s exec %s %s -- sh -c '%s' 2>>%s/cli.err", exe, id, common_opts, cmd, tmp);
+	FILE *p = popen(line, "r");
+	ck_assert_ptr_nonnull(p);
+	char *out = calloc(1, 4096);
+	size_t n = fread(out, 1, 4095, p);
+	int st = pclose(p);
+	if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+		char errf[700], *err = NULL;
+		snprintf(errf, sizeof errf, "%s/cli.err", tmp);
+		vmf_read_file(errf, &err, NULL, 1 << 20, NULL);
+		ck_abort_msg("exec in %s: %s failed (status %d): %s", id, cmd, st, err ? err : "");
+	}
+	while (n && out[n - 1] == '\n')
+		out[--n] = '\0';
+	return out;
 }
 
 void *
@@ -445,6 +469,31 @@ stop_daemon(pid_t pid)
 
 /* Whatever a test left behind must not outlive it.  (When an assertion
  * fails, CK_FORK skips teardown; the runner sweeps instead: testlib.c.) */
+/* Detaches every mount below dir, the deepest first; how many. */
+static int
+unmount_under(const char *dir)
+{
+	int total = 0;
+	for (int round = 0; round < 8; round++) {
+		char *mi = NULL;
+		if (vmf_read_file("/proc/self/mountinfo", &mi, NULL, 1 << 22, NULL) < 0)
+			return total;
+		int n = 0;
+		size_t l = strlen(dir);
+		for (char *line = strtok(mi, "\n"); line; line = strtok(NULL, "\n")) {
+			char mp[PATH_MAX];
+			if (sscanf(line, "%*s %*s %*s %*s %4095s", mp) == 1 && !strncmp(mp, dir, l) && mp[l] == '/' &&
+			    umount2(mp, MNT_DETACH) == 0)
+				n++;
+		}
+		free(mi);
+		total += n;
+		if (n == 0)
+			break;
+	}
+	return total;
+}
+
 void
 cleanup(void)
 {
@@ -465,10 +514,11 @@ cleanup(void)
 	 * the daemon killed above may leave its VMM: after the daemon, or a
 	 * build started meanwhile would outlive the test. */
 	vmf_test_kill_under("fake_vmm", tmp);
-	char cmd[800];
-	snprintf(cmd, sizeof cmd, "umount -l %s/small 2>/dev/null", svc);
-	if (system(cmd) == 0)
-		fprintf(stderr, "teardown: unmounted a file system left by a failed test\n");
+	/* A test's own mounts, and VM shares' (each a tmpfs) whose daemon was
+	 * killed with them: never removed through. */
+	int n = unmount_under(svc);
+	if (n)
+		fprintf(stderr, "teardown: unmounted %d file system%s left under %s\n", n, n == 1 ? "" : "s", svc);
 	/* Every daemon test checks its daemons' logs, whatever it ran. */
 	static char msg[2000];
 	bool report = find_report(tmp, 4, msg, sizeof msg);
@@ -619,10 +669,135 @@ tenant_users_make(const char *prefix)
 	return NULL;
 }
 
+void
+host_cat(const char *img, const char *file, char *out, size_t n)
+{
+	char cmd[1200];
+	snprintf(cmd, sizeof cmd, "PATH=$PATH:/sbin:/usr/sbin debugfs -R 'cat %s' %s 2>/dev/null", file, img);
+	FILE *p = popen(cmd, "r");
+	ck_assert_ptr_nonnull(p);
+	size_t got = fread(out, 1, n - 1, p);
+	out[got] = 0;
+	pclose(p);
+}
+
+const char *
+tenant_image_check(const char *const *mods, const char *prefix)
+{
+	static char why[900];
+	const char *img = vmf_test_image_dir();
+	char manifest[700], *m = NULL;
+	snprintf(manifest, sizeof manifest, "%s/manifest", img ? img : "");
+	if (!img || vmf_read_file(manifest, &m, NULL, 1 << 20, NULL) < 0) {
+		snprintf(why, sizeof why, "the guest image %s has no manifest", img ? img : "(none)");
+		return why;
+	}
+	for (; *mods; mods++)
+		if (!strstr(m, *mods)) {
+			snprintf(why, sizeof why, "the guest image %s lacks the module %s; rebuild it with "
+				 "contrib/image/build-image", img, *mods);
+			free(m);
+			return why;
+		}
+	free(m);
+	const char *t = tenant_users_make(prefix);
+	if (t)
+		tenant_users_remove();
+	return t;
+}
+
 bool
 become_tenant(uid_t uid)
 {
 	return setgroups(1, &tu.gid) == 0 && setgid(tu.gid) == 0 && setuid(uid) == 0;
+}
+
+void
+as_user(uid_t uid, act_fn fn, const void *arg, struct act *out)
+{
+	int p[2];
+	ck_assert_int_eq(pipe(p), 0);
+	pid_t pid = vmf_test_fork();
+	if (pid == 0) {
+		close(p[0]);
+		char msg[1100] = "";
+		int rc = -EPERM;
+		if (become_tenant(uid))
+			rc = fn(arg, msg, sizeof msg);
+		else
+			snprintf(msg, sizeof msg, "cannot become uid %u: %s", (unsigned)uid, strerror(errno));
+		ssize_t w = write(p[1], &rc, sizeof rc);
+		w += write(p[1], msg, strlen(msg) + 1);
+		_exit(w > 0 ? 0 : 1);
+	}
+	close(p[1]);
+	memset(out, 0, sizeof *out);
+	out->rc = -EIO;
+	ssize_t n = read(p[0], &out->rc, sizeof out->rc);
+	size_t got = 0;
+	while (n > 0 && got < sizeof out->msg - 1 && (n = read(p[0], out->msg + got, sizeof out->msg - 1 - got)) > 0)
+		got += (size_t)n;
+	close(p[0]);
+	int st;
+	waitpid(pid, &st, 0);
+}
+
+int
+tenant_sh(uid_t uid, const char *script, char *out, size_t n)
+{
+	int p[2];
+	ck_assert_int_eq(pipe2(p, O_CLOEXEC), 0);
+	pid_t pid = vmf_test_fork();
+	if (pid == 0) {
+		dup2(p[1], 1);
+		dup2(p[1], 2);
+		if (!become_tenant(uid))
+			_exit(99);
+		execl("/bin/sh", "sh", "-c", script, (char *)NULL);
+		_exit(98);
+	}
+	close(p[1]);
+	size_t got = 0;
+	ssize_t r;
+	while (got < n - 1 && (r = read(p[0], out + got, n - 1 - got)) > 0)
+		got += (size_t)r;
+	out[got] = '\0';
+	char sink[512];
+	while (read(p[0], sink, sizeof sink) > 0)
+		;
+	close(p[0]);
+	int st;
+	while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
+		;
+	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+int
+tenant_vmf(uid_t uid, char *out, size_t n, const char *fmt, ...)
+{
+	char args[3000], script[6000];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(args, sizeof args, fmt, ap);
+	va_end(ap);
+	snprintf(script, sizeof script, "exec %s %s %s", exe, args, common_opts);
+	return tenant_sh(uid, script, out, n);
+}
+
+const char *
+guest_image_lacks(const char *const *modules)
+{
+	const char *img = vmf_test_image_dir();
+	char manifest[700], *m = NULL;
+	snprintf(manifest, sizeof manifest, "%s/manifest", img ? img : "/nonexistent");
+	if (!img || vmf_read_file(manifest, &m, NULL, 1 << 20, NULL) < 0)
+		return "a guest image";
+	const char *missing = NULL;
+	for (size_t i = 0; modules[i] && !missing; i++)
+		if (!strstr(m, modules[i]))
+			missing = modules[i];
+	free(m);
+	return missing;
 }
 
 int failures;

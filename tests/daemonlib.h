@@ -84,6 +84,11 @@ struct got {
 void do_get(struct got *g, const char *name, int cpus, int mem);
 void *get_thread(void *arg);   /* do_get(arg, arg->id, 1, 256) */
 
+/* stdout of `sh -c cmd` in VM id through its agent (vmfactory exec, as
+ * root), trailing newlines dropped; the test fails, with the CLI's errors,
+ * when it exits non-zero.  The caller frees it. */
+char *vm_sh(const char *id, const char *cmd);
+
 /* A raw connection to the daemon, for what the client library never sends;
  * raw_reply() reads a reply frame and returns its error_code (-1 on EOF). */
 int raw_connect(void);
@@ -95,6 +100,9 @@ pid_t start_foreground(const char *socket, const char *state_dir, const char *lo
 void stop_daemon(pid_t pid);
 /* The first pool's failure count and last error; -1 when nobody answers. */
 int pool_failures(const char *socket, char *last_error, size_t n);
+
+/* The content of file in the ext4 image img, read on the host (debugfs). */
+void host_cat(const char *img, const char *file, char *out, size_t n);
 
 /* A free TCP port on 127.0.0.1 (bound, then released). */
 int free_port(void);
@@ -118,9 +126,33 @@ struct tenant_users {
 	gid_t gid;
 };
 extern struct tenant_users tu;
+/* Why a test cannot run here: the guest image (VMFACTORY_IMAGE_DIR) lacks
+ * one of mods (NULL-terminated module names its manifest must list), or
+ * the tenant users PREFIX<pid>... cannot be made; NULL when it can run.
+ * The caller prints it and exits 77. */
+const char *tenant_image_check(const char *const *mods, const char *prefix);
 const char *tenant_users_make(const char *prefix);
 void tenant_users_remove(void);
 bool become_tenant(uid_t uid);
+/* What a forked child did as a user: its return code (0 or -errno) and
+ * message.  as_user() runs fn(arg, msg, n) in a child dropped to uid (with
+ * the tenants' group; uid 0 stays root) and waits for it. */
+struct act {
+	int rc;
+	char msg[1100];
+};
+typedef int (*act_fn)(const void *arg, char *msg, size_t n);
+void as_user(uid_t uid, act_fn fn, const void *arg, struct act *out);
+
+/* `sh -c script` as uid (become_tenant) with stdout and stderr into out
+ * (n bytes, NUL-terminated, the rest read and dropped); its exit status. */
+int tenant_sh(uid_t uid, const char *script, char *out, size_t n);
+/* The same for `vmfactory ARGS COMMON_OPTS`. */
+int tenant_vmf(uid_t uid, char *out, size_t n, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+
+/* NULL when the guest image's manifest lists every module named (a
+ * NULL-terminated list), else the first one missing (or "a guest image"). */
+const char *guest_image_lacks(const char *const *modules);
 
 /* VMFACTORY_TEST="name ..." runs only the tests named (a developer's
  * shortcut, and how contrib/test picks the cases it runs under TSan). */

@@ -179,6 +179,26 @@ START_TEST(id_validation)
 }
 END_TEST
 
+START_TEST(escape_guest_text)
+{
+	char out[64];
+	const char in[] = "ok \\ \t\x1b[31m\xc3\xa9\r\nline\0x";
+	/* A log's bytes, NULs and all; UTF-8 text stays. */
+	size_t n = vmf_escape_n(in, sizeof(in) - 1, out, sizeof(out), VMF_ESC_BACKSLASH);
+	ck_assert_str_eq(out, "ok \\\\ \\t\\x1b[31m\xc3\xa9\\r\\nline\\x00x");
+	ck_assert_uint_eq(n, strlen(out));
+	/* Multiline: a console's "\r\n" is a newline, kept as one. */
+	vmf_escape_n(in, sizeof(in) - 1, out, sizeof(out), VMF_ESC_NEWLINE | VMF_ESC_BACKSLASH);
+	ck_assert_str_eq(out, "ok \\\\ \\t\\x1b[31m\xc3\xa9\nline\\x00x");
+	/* Cut at a whole escape, marked, always terminated. */
+	char small[6];
+	vmf_escape_n("ab\x01" "cd", 5, small, sizeof(small), 0);
+	ck_assert_str_eq(small, "ab...");
+	vmf_escape_n("abcdefgh", 8, small, sizeof(small), 0);
+	ck_assert_str_eq(small, "ab...");
+}
+END_TEST
+
 START_TEST(proc_helpers)
 {
 	ck_assert(vmf_proc_alive(getpid(), vmf_proc_start_ticks(getpid())));
@@ -456,6 +476,7 @@ main(void)
 	tcase_add_test(tc, atomic_write_and_rm_rf_do_not_follow_symlinks);
 	tcase_add_test(tc, open_beneath_refuses_planted_symlinks);
 	tcase_add_test(tc, id_validation);
+	tcase_add_test(tc, escape_guest_text);
 	tcase_add_test(tc, proc_helpers);
 	tcase_add_test(tc, proc_start_ticks_from_threads);
 	tcase_add_test(tc, rm_rf_any_depth_few_fds_small_stack);

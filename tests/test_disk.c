@@ -78,19 +78,6 @@ make_image(const char *img, unsigned mib)
 	ck_assert_int_eq(system(cmd), 0);
 }
 
-/* The content of file in the ext4 image, read on the host (debugfs). */
-static void
-host_cat(const char *img, const char *file, char *out, size_t n)
-{
-	char cmd[1200];
-	snprintf(cmd, sizeof cmd, "PATH=$PATH:/sbin:/usr/sbin debugfs -R 'cat %s' %s 2>/dev/null", file, img);
-	FILE *p = popen(cmd, "r");
-	ck_assert_ptr_nonnull(p);
-	size_t got = fread(out, 1, n - 1, p);
-	out[got] = 0;
-	pclose(p);
-}
-
 /* The VM's state (inspect's). */
 static int
 disk_state(const char *id, char *out, size_t n)
@@ -440,21 +427,9 @@ END_TEST
 int
 main(void)
 {
-	const char *img = vmf_test_image_dir();
-	char manifest[700], *m = NULL;
-	snprintf(manifest, sizeof manifest, "%s/manifest", img ? img : "");
-	if (!img || vmf_read_file(manifest, &m, NULL, 1 << 20, NULL) < 0 || !strstr(m, "sd_mod") ||
-	    !strstr(m, "ext4")) {
-		printf("disk tests skipped: the guest image %s lacks the disk modules (sd_mod, ext4); rebuild it "
-		       "with contrib/image/build-image\n", img ? img : "(none)");
-		free(m);
-		return 77;
-	}
-	free(m);
-	const char *why = tenant_users_make("vdsk");
+	const char *why = tenant_image_check((const char *const[]){ "sd_mod", "ext4", NULL }, "vdsk");
 	if (why) {
 		printf("disk tests skipped: %s\n", why);
-		tenant_users_remove();
 		return 77;
 	}
 	Suite *s = suite_create("disk");

@@ -35,25 +35,6 @@ get_template(struct got *g, const char *name, const char *tpl)
 		snprintf(g->id, sizeof g->id, "%s", str(g->rec, "id", NULL));
 }
 
-/* stdout of a command in the VM, trailing newline dropped. */
-static char *
-run_in(const char *id, const char *cmd)
-{
-	/* The CLI's options before "--": everything after it is the command's. */
-	char line[4096];
-	snprintf(line, sizeof line, "%s exec %s %s -- sh -c '%s' 2>>%s/cli.err", exe, id, common_opts, cmd, tmp);
-	FILE *p = popen(line, "r");
-	ck_assert_ptr_nonnull(p);
-	char *out = calloc(1, 4096);
-	size_t n = fread(out, 1, 4095, p);
-	int st = pclose(p);
-	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "exec in %s: %s failed (status %d)", id, cmd, st);
-	out[n] = '\0';
-	if (n && out[n - 1] == '\n')
-		out[n - 1] = '\0';
-	return out;
-}
-
 /* Snapshot receivers (QEMU named vmfactory-tpl-...) under our run dir. */
 static int
 receivers(void)
@@ -104,8 +85,8 @@ START_TEST(snapshot_forks_a_running_vm_into_a_template)
 	struct got a = {0};
 	do_get(&a, "fork-a", 1, 256);
 	ck_assert_int_eq(a.rc, 0);
-	free(run_in(a.id, "echo forked-$$ > /tmp/forkfile; cat /tmp/forkfile"));
-	char *want = run_in(a.id, "cat /tmp/forkfile");
+	free(vm_sh(a.id, "echo forked-$$ > /tmp/forkfile; cat /tmp/forkfile"));
+	char *want = vm_sh(a.id, "cat /tmp/forkfile");
 
 	json_object *s = vmf_json("snapshot %s --template snap1 -o json", a.id);
 	printf("snapshot: %s\n", json_object_to_json_string(s));
@@ -115,7 +96,7 @@ START_TEST(snapshot_forks_a_running_vm_into_a_template)
 	snprintf(tid, sizeof tid, "%s", str(s, "template_id", NULL));
 	json_object_put(s);
 	/* The original runs on, its share mounted again. */
-	char *after = run_in(a.id, "cat /tmp/forkfile; grep -c vmfshare /proc/mounts");
+	char *after = vm_sh(a.id, "cat /tmp/forkfile; grep -c vmfshare /proc/mounts");
 	ck_assert_msg(strstr(after, want) && strstr(after, "\n1"), "the original after the snapshot: '%s'", after);
 	free(after);
 
@@ -154,7 +135,7 @@ START_TEST(snapshot_forks_a_running_vm_into_a_template)
 	ck_assert_msg(c.rc == 0, "second get --template snap1 failed");
 	ck_assert_str_eq(str(b.rec, "template_id", NULL), tid);
 	for (int k = 0; k < 2; k++) {
-		char *got = run_in(k ? c.id : b.id, "cat /tmp/forkfile");
+		char *got = vm_sh(k ? c.id : b.id, "cat /tmp/forkfile");
 		ck_assert_str_eq(got, want);
 		free(got);
 	}
@@ -166,7 +147,7 @@ START_TEST(snapshot_forks_a_running_vm_into_a_template)
 	json_object_put(ia);
 	json_object_put(ib);
 	json_object_put(ic);
-	free(run_in(a.id, "true"));
+	free(vm_sh(a.id, "true"));
 	json_object_put(a.rec);
 	json_object_put(b.rec);
 	json_object_put(c.rec);
@@ -185,7 +166,7 @@ START_TEST(snapshot_forks_a_running_vm_into_a_template)
 	get_template(&d, "fork-d", "snap1");
 	ck_assert_int_eq(d.rc, 0);
 	ck_assert_str_eq(str(d.rec, "handout", NULL), "base");
-	char *got = run_in(d.id, "cat /tmp/forkfile");
+	char *got = vm_sh(d.id, "cat /tmp/forkfile");
 	ck_assert_str_eq(got, want);
 	free(got);
 	json_object_put(d.rec);
@@ -216,7 +197,7 @@ START_TEST(hot_added_cpus_and_dimms_reach_the_clones)
 	struct got a = {0};
 	do_get(&a, "hot-a", 2, 384);
 	ck_assert_int_eq(a.rc, 0);
-	free(run_in(a.id, "echo hot > /tmp/hotfile"));
+	free(vm_sh(a.id, "echo hot > /tmp/hotfile"));
 	json_object *s = vmf_json("snapshot %s --template hot1 -o json", a.id);
 	printf("snapshot of 2 vCPU / 384 MiB: %s\n", json_object_to_json_string(s));
 	ck_assert_int_eq(json_object_get_int64(path(s, "memory_size", NULL)), 384ll << 20);
@@ -249,11 +230,11 @@ START_TEST(hot_added_cpus_and_dimms_reach_the_clones)
 	}
 	ck_assert_msg(found, "status lists no template hot1");
 	json_object_put(st);
-	char *got = run_in(b.id, "cat /tmp/hotfile");
+	char *got = vm_sh(b.id, "cat /tmp/hotfile");
 	ck_assert_str_eq(got, "hot");
 	free(got);
 	/* Still growable: a DIMM id after the ones it started with. */
-	free(run_in(a.id, "true"));
+	free(vm_sh(a.id, "true"));
 	json_object_put(a.rec);
 	json_object_put(b.rec);
 }
@@ -316,7 +297,7 @@ START_TEST(sigkill_mid_snapshot_leaves_nothing_half_made)
 		ck_assert_msg(json_object_object_get_ex(i, "guest", &g), "VM %s does not run after a kill at %s: %s", a.id,
 			      points[k], json_object_to_json_string(i));
 		json_object_put(i);
-		char *m = run_in(a.id, "grep -c vmfshare /proc/mounts || true");
+		char *m = vm_sh(a.id, "grep -c vmfshare /proc/mounts || true");
 		ck_assert_msg(strcmp(m, "1") == 0, "the share after a kill at %s: %s mounts", points[k], m);
 		free(m);
 		ck_assert_int_eq(vmf(NULL, "destroy"), 0);
@@ -389,7 +370,7 @@ START_TEST(snapshot_on_a_full_disk_is_a_clear_error)
 	printf("full disk: %s", err ? err : "");
 	ck_assert_msg(err && strstr(err, "not enough space") && strstr(err, "keeps running"), "unclear: %s", err);
 	free(err);
-	free(run_in(a.id, "true"));
+	free(vm_sh(a.id, "true"));
 	snprintf(cmd, sizeof cmd, "test -z \"$(find %s/templates -mindepth 1 -maxdepth 1 -name '.build*')\"", state);
 	ck_assert_int_eq(system(cmd), 0);
 	json_object_put(a.rec);

@@ -604,6 +604,9 @@ START_TEST(hostile_guest)
 	snprintf(cfg, sizeof cfg, "%s/hostile.conf", tmp);
 	char text[2000];
 	snprintf(text, sizeof text,
+		 /* Plain share directories (no tmpfs of their own): what a guest
+		  * builds there is then the removal's to face, at any depth. */
+		 "[daemon]\nshare_max_mib = 0\n"
 		 "[guest]\nvcpus = 1\nmemory_mib = 256\nmax_vcpus = 2\nmax_memory_mib = 512\n"
 		 "[pool main]\nsize = 1\nimage_dir = %s\n"
 		 "[pool warm]\nsize = 1\nvcpus = 1\nmax_vcpus = 1\nmemory_mib = 192\nmax_memory_mib = 192\nimage_dir = %s\n",

@@ -31,45 +31,7 @@
 #include "testlib.h"
 #include "util.h"
 
-/* ---- acting as a user ---- */
-
-/* What a child did as a user: its return code (0 or -errno) and message. */
-struct act {
-	int rc;
-	char msg[1100];
-};
-
-typedef int (*act_fn)(const void *arg, char *msg, size_t n);
-
-static void
-as_user(uid_t uid, act_fn fn, const void *arg, struct act *out)
-{
-	int p[2];
-	ck_assert_int_eq(pipe(p), 0);
-	pid_t pid = vmf_test_fork();
-	if (pid == 0) {
-		close(p[0]);
-		char msg[1100] = "";
-		int rc = -EPERM;
-		if (become_tenant(uid))
-			rc = fn(arg, msg, sizeof msg);
-		else
-			snprintf(msg, sizeof msg, "cannot become uid %u: %s", (unsigned)uid, strerror(errno));
-		ssize_t w = write(p[1], &rc, sizeof rc);
-		w += write(p[1], msg, strlen(msg) + 1);
-		_exit(w > 0 ? 0 : 1);
-	}
-	close(p[1]);
-	memset(out, 0, sizeof *out);
-	out->rc = -EIO;
-	ssize_t n = read(p[0], &out->rc, sizeof out->rc);
-	size_t got = 0;
-	while (n > 0 && got < sizeof out->msg - 1 && (n = read(p[0], out->msg + got, sizeof out->msg - 1 - got)) > 0)
-		got += (size_t)n;
-	close(p[0]);
-	int st;
-	waitpid(pid, &st, 0);
-}
+/* ---- acting as a user (as_user, daemonlib.h) ---- */
 
 struct get_arg {
 	const char *share, *sockd, *sandbox;

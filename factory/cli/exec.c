@@ -187,7 +187,8 @@ cmd_exec(const struct cmd *cmd, struct args *a)
 		return exec_fail(&e);
 	const Vmf__Control__VmInfo *vm = r->inspect->vm;
 	if (strcmp(vm->state, "assigned") != 0) {
-		vmf_err(&e, EINVAL, "VM %s is %s: exec runs in handed-out (assigned) VMs only", vm_id, vm->state);
+		vmf_err(&e, EINVAL, "VM %s is %s%s%s: exec runs in handed-out (assigned) VMs only", vm_id, vm->state,
+			vm->exit ? ": " : "", vm->exit ? vm->exit->detail : "");
 		vmf__control__reply__free_unpacked(r, NULL);
 		return exec_fail(&e);
 	}

@@ -131,6 +131,92 @@ disk_human(const Vmf__Control__Reply *r)
 }
 
 static json_object *
+exit_json(const Vmf__Hv__VmExit *e)
+{
+	json_object *o = json_object_new_object();
+	JS(o, "cause", e->cause);
+	JS(o, "detail", e->detail);
+	JB(o, "status_known", e->status_known);
+	JI(o, "exit_code", e->exit_code);
+	JI(o, "signal", e->signal);
+	JB(o, "oom_killed", e->oom_killed);
+	JS(o, "oom_source", e->oom_source);
+	JS(o, "event", e->event);
+	JI(o, "at_ns", e->at_ns);
+	JI(o, "resets", e->resets);
+	JS(o, "serial_tail", e->serial_tail);
+	return o;
+}
+
+static json_object *
+stop_json(const Vmf__Control__StopReport *sr)
+{
+	json_object *o = json_object_new_object(), *l = json_object_new_array();
+	JS(o, "method", sr->method);
+	JI(o, "guest_ms", sr->guest_ms);
+	JB(o, "forced", sr->forced);
+	for (size_t i = 0; i < sr->n_lost_writes; i++)
+		json_object_array_add(l, json_object_new_string(sr->lost_writes[i]));
+	json_object_object_add(o, "lost_writes", l);
+	return o;
+}
+
+/* The serial log's tail: already escaped by the daemon, so it is printed
+ * as it is, indented. */
+static void
+exit_human(const Vmf__Hv__VmExit *e, bool tail)
+{
+	printf("%-14s%s: %s\n", e->resets ? "last reset:" : "exit:", esc(e->cause), esc(e->detail));
+	if (tail && e->serial_tail && *e->serial_tail) {
+		printf("serial log (its last 4 KiB):\n");
+		for (const char *l = e->serial_tail; *l;) {
+			size_t n = strcspn(l, "\n");
+			char line[1024];
+			snprintf(line, sizeof(line), "%.*s", (int)n, l);
+			printf("  | %s\n", esc(line));
+			l += n + (l[n] == '\n');
+		}
+	}
+}
+
+static void
+stop_human(const Vmf__Control__StopReport *sr)
+{
+	if (sr->forced)
+		print_error("the guest did not finish its %s within the stop timeout: stopped anyway", sr->method);
+	for (size_t i = 0; i < sr->n_lost_writes; i++)
+		print_error("may have lost writes: %s", sr->lost_writes[i]);
+}
+
+json_object *
+release_json(const Vmf__Control__Reply *r)
+{
+	const Vmf__Control__ReleaseReply *rr = r->release;
+	json_object *o = json_object_new_object();
+	JS(o, "vm_id", rr->vm_id);
+	if (rr->stop)
+		json_object_object_add(o, "stop", stop_json(rr->stop));
+	if (rr->exit)
+		json_object_object_add(o, "exit", exit_json(rr->exit));
+	return o;
+}
+
+void
+release_human(const Vmf__Control__Reply *r)
+{
+	const Vmf__Control__ReleaseReply *rr = r->release;
+	if (rr->exit)
+		printf("VM %s had ended: %s: %s\n", esc(rr->vm_id), esc(rr->exit->cause), esc(rr->exit->detail));
+	if (rr->stop)
+		stop_human(rr->stop);
+	if (rr->stop && rr->stop->method[0])
+		printf("released %s (stop: %s, the guest's part %llu ms)\n", esc(rr->vm_id), esc(rr->stop->method),
+		       (unsigned long long)rr->stop->guest_ms);
+	else
+		printf("released %s\n", esc(rr->vm_id));
+}
+
+static json_object *
 vminfo_json(const Vmf__Control__VmInfo *v)
 {
 	json_object *o = json_object_new_object();
@@ -175,11 +261,21 @@ vminfo_json(const Vmf__Control__VmInfo *v)
 	for (size_t i = 0; i < v->n_hostfwd; i++)
 		json_object_array_add(fw, json_object_new_string(v->hostfwd[i]));
 	json_object_object_add(o, "hostfwd", fw);
+	if (v->net && strcmp(v->net, "user") == 0)
+		json_object_object_add(o, "net_outbound", json_object_new_boolean(v->net_outbound));
 	if (v->state_file && *v->state_file) {
 		JS(o, "state_file", v->state_file);
 		JI(o, "state_size", v->state_size);
 		JI(o, "suspended_ns", v->suspended_ns);
 	}
+	if (v->exit)
+		json_object_object_add(o, "exit", exit_json(v->exit));
+	json_object *cg = json_object_new_array();
+	for (size_t i = 0; i < v->n_cgroups; i++)
+		json_object_array_add(cg, json_object_new_string(v->cgroups[i]));
+	json_object_object_add(o, "cgroups", cg);
+	if (v->stop)
+		json_object_object_add(o, "stop", stop_json(v->stop));
 	if (v->hypervisor) {
 		json_object *h = json_object_new_object();
 		JI(h, "pid", v->hypervisor->pid);
@@ -224,13 +320,20 @@ vminfo_human(const Vmf__Control__VmInfo *v)
 	if (v->netns && *v->netns)
 		printf("network:      namespace %s, interface %s, MAC %s\n", esc(v->netns), esc(v->netns_link), esc(v->mac));
 	else if (v->net && strcmp(v->net, "user") == 0) {
-		printf("network:      user-mode, MAC %s", esc(v->mac));
+		printf("network:      user-mode, %s, MAC %s", v->net_outbound ? "outbound allowed" : "no outbound",
+		       esc(v->mac));
 		for (size_t i = 0; i < v->n_hostfwd; i++)
 			printf("%s%s", i ? ", " : "; forwards ", esc(v->hostfwd[i]));
 		printf("\n");
 	}
 	if (v->state_file && *v->state_file)
 		printf("saved state:  %s, %.1f MiB on disk\n", esc(v->state_file), v->state_size / 1048576.0);
+	for (size_t i = 0; i < v->n_cgroups; i++)
+		printf("%s%s\n", i ? "              " : "cgroup:       ", esc(v->cgroups[i]));
+	if (v->exit)
+		exit_human(v->exit, true);
+	if (v->stop)
+		stop_human(v->stop);
 }
 
 json_object *
@@ -320,32 +423,7 @@ status_json(const Vmf__Control__Reply *r)
 		json_object_array_add(caps, json_object_new_string(s->capabilities[i]));
 	json_object_object_add(d, "capabilities", caps);
 	json_object_object_add(o, "daemon", d);
-	json_object *ts = json_object_new_array();
-	for (size_t i = 0; i < s->n_templates; i++) {
-		Vmf__Control__TemplateStatus *t = s->templates[i];
-		json_object *x = json_object_new_object();
-		JS(x, "id", t->id);
-		JS(x, "state", t->state);
-		JI(x, "vcpus", t->vcpus);
-		JI(x, "memory_mib", t->memory_mib);
-		JI(x, "max_vcpus", t->max_vcpus);
-		JI(x, "max_memory_mib", t->max_memory_mib);
-		JI(x, "memory_size", t->memory_size);
-		JI(x, "state_size", t->state_size);
-		JB(x, "full_memory", t->full_memory);
-		JI(x, "created_ns", t->created_ns);
-		JS(x, "error", t->error);
-		JS(x, "image_dir", t->image_dir);
-		JS(x, "name", t->name);
-		JS(x, "parent_template_id", t->parent_template_id);
-		JS(x, "source_vm_id", t->source_vm_id);
-		json_object *tc = json_object_new_array();
-		for (size_t k = 0; k < t->n_capabilities; k++)
-			json_object_array_add(tc, json_object_new_string(t->capabilities[k]));
-		json_object_object_add(x, "capabilities", tc);
-		json_object_array_add(ts, x);
-	}
-	json_object_object_add(o, "templates", ts);
+	json_object_object_add(o, "templates", template_status_json(r));
 	json_object *ps = json_object_new_array();
 	for (size_t i = 0; i < s->n_pools; i++) {
 		Vmf__Control__PoolStatus *p = s->pools[i];
@@ -408,7 +486,121 @@ status_json(const Vmf__Control__Reply *r)
 	}
 	json_object_object_add(lat, "steps", steps);
 	json_object_object_add(o, "latency", lat);
+	const Vmf__Control__Limits *l = s->limits;
+	json_object *lim = json_object_new_object();
+	JI(lim, "serial_log_kib", l ? l->serial_log_kib : 0);
+	JI(lim, "scratch_max_mib", l ? l->scratch_max_mib : 0);
+	JI(lim, "scratch_max_volumes", l ? l->scratch_max_volumes : 0);
+	JI(lim, "tenant_max_vms", l ? l->tenant_max_vms : 0);
+	JI(lim, "tenant_max_suspended", l ? l->tenant_max_suspended : 0);
+	JI(lim, "tenant_max_suspended_bytes", l ? l->tenant_max_suspended_bytes : 0);
+	JI(lim, "tenant_max_snapshots", l ? l->tenant_max_snapshots : 0);
+	JI(lim, "tenant_max_snapshot_bytes", l ? l->tenant_max_snapshot_bytes : 0);
+	json_object_object_add(o, "limits", lim);
+	json_object *tn = json_object_new_array();
+	for (size_t i = 0; i < s->n_tenants; i++) {
+		const Vmf__Control__TenantUsage *u = s->tenants[i];
+		json_object *x = json_object_new_object();
+		JI(x, "uid", u->uid);
+		JB(x, "limited", u->limited);
+		JI(x, "vms", u->vms);
+		JI(x, "suspended", u->suspended);
+		JI(x, "suspended_bytes", u->suspended_bytes);
+		JI(x, "snapshots", u->snapshots);
+		JI(x, "snapshot_bytes", u->snapshot_bytes);
+		json_object_array_add(tn, x);
+	}
+	json_object_object_add(o, "tenants", tn);
 	return o;
+}
+
+/* "used/limit" for a tenant's row, "used" for root's and the daemon's. */
+static const char *
+of(char *buf, size_t n, bool limited, uint64_t used, uint64_t max)
+{
+	if (limited)
+		snprintf(buf, n, "%llu/%llu", (unsigned long long)used, (unsigned long long)max);
+	else
+		snprintf(buf, n, "%llu", (unsigned long long)used);
+	return buf;
+}
+
+static void
+tenants_human(const Vmf__Control__StatusReply *s)
+{
+	const Vmf__Control__Limits *l = s->limits;
+	if (!l)
+		return;
+	printf("\nlimits: per VM a serial log of %u KiB and %u scratch volume%s of at most %u MiB; per tenant VMs %u, "
+	       "suspended %u (%llu MiB), snapshots %u (%llu MiB)\n", l->serial_log_kib, l->scratch_max_volumes,
+	       l->scratch_max_volumes == 1 ? "" : "s", l->scratch_max_mib, l->tenant_max_vms, l->tenant_max_suspended,
+	       (unsigned long long)(l->tenant_max_suspended_bytes >> 20), l->tenant_max_snapshots,
+	       (unsigned long long)(l->tenant_max_snapshot_bytes >> 20));
+	if (!s->n_tenants)
+		return;
+	printf("UID         VMS     SUSPENDED  SUSPENDED MiB  SNAPSHOTS  SNAPSHOT MiB\n");
+	for (size_t i = 0; i < s->n_tenants; i++) {
+		const Vmf__Control__TenantUsage *u = s->tenants[i];
+		char a[32], b[32], c[48], d[32], e[48];
+		printf("%-10u  %-6s  %-9s  %-13s  %-9s  %s%s\n", u->uid, of(a, sizeof(a), u->limited, u->vms, l->tenant_max_vms),
+		       of(b, sizeof(b), u->limited, u->suspended, l->tenant_max_suspended),
+		       of(c, sizeof(c), u->limited, u->suspended_bytes >> 20, l->tenant_max_suspended_bytes >> 20),
+		       of(d, sizeof(d), u->limited, u->snapshots, l->tenant_max_snapshots),
+		       of(e, sizeof(e), u->limited, u->snapshot_bytes >> 20, l->tenant_max_snapshot_bytes >> 20),
+		       u->limited ? "" : "  (not limited)");
+	}
+}
+
+json_object *
+template_status_json(const Vmf__Control__Reply *r)
+{
+	const Vmf__Control__StatusReply *s = r->status;
+	json_object *ts = json_object_new_array();
+	for (size_t i = 0; i < s->n_templates; i++) {
+		Vmf__Control__TemplateStatus *t = s->templates[i];
+		json_object *x = json_object_new_object();
+		JS(x, "id", t->id);
+		JS(x, "state", t->state);
+		JI(x, "vcpus", t->vcpus);
+		JI(x, "memory_mib", t->memory_mib);
+		JI(x, "max_vcpus", t->max_vcpus);
+		JI(x, "max_memory_mib", t->max_memory_mib);
+		JI(x, "memory_size", t->memory_size);
+		JI(x, "state_size", t->state_size);
+		JB(x, "full_memory", t->full_memory);
+		JI(x, "created_ns", t->created_ns);
+		JS(x, "error", t->error);
+		JS(x, "image_dir", t->image_dir);
+		JS(x, "name", t->name);
+		JS(x, "parent_template_id", t->parent_template_id);
+		JS(x, "source_vm_id", t->source_vm_id);
+		JI(x, "owner_uid", t->owner_uid);
+		json_object *tc = json_object_new_array();
+		for (size_t k = 0; k < t->n_capabilities; k++)
+			json_object_array_add(tc, json_object_new_string(t->capabilities[k]));
+		json_object_object_add(x, "capabilities", tc);
+		json_object_array_add(ts, x);
+	}
+	return ts;
+}
+
+void
+template_status_human(const Vmf__Control__Reply *r)
+{
+	const Vmf__Control__StatusReply *s = r->status;
+	printf("TEMPLATE          STATE     VCPUS  MEMORY  MAX VCPUS  MAX MEMORY  SHARING\n");
+	for (size_t i = 0; i < s->n_templates; i++) {
+		Vmf__Control__TemplateStatus *t = s->templates[i];
+		printf("%-16.16s  %-8s  %5u  %6u  %9u  %10u  %s\n", esc(t->id), esc(t->state), t->vcpus, t->memory_mib,
+		       t->max_vcpus, t->max_memory_mib, t->full_memory ? "private" : "shared");
+		if (t->name && *t->name)
+			printf("  snapshot %s of uid %u%s%.16s\n", esc(t->name), t->owner_uid,
+			       t->source_vm_id && *t->source_vm_id ? ", from VM " : "", esc(t->source_vm_id));
+		if (t->image_dir && *t->image_dir)
+			printf("  image: %s\n", esc(t->image_dir));
+		if (t->error && *t->error)
+			printf("  error: %s\n", esc(t->error));
+	}
 }
 
 void
@@ -423,16 +615,8 @@ status_human(const Vmf__Control__Reply *r)
 			printf(" %s", esc(s->capabilities[i]));
 		printf("\n");
 	}
-	printf("\nTEMPLATE          STATE     VCPUS  MEMORY  MAX VCPUS  MAX MEMORY  SHARING\n");
-	for (size_t i = 0; i < s->n_templates; i++) {
-		Vmf__Control__TemplateStatus *t = s->templates[i];
-		printf("%-16.16s  %-8s  %5u  %6u  %9u  %10u  %s\n", esc(t->id), esc(t->state), t->vcpus, t->memory_mib,
-		       t->max_vcpus, t->max_memory_mib, t->full_memory ? "private" : "shared");
-		if (t->image_dir && *t->image_dir)
-			printf("  image: %s\n", esc(t->image_dir));
-		if (t->error && *t->error)
-			printf("  error: %s\n", esc(t->error));
-	}
+	printf("\n");
+	template_status_human(r);
 	printf("\nPOOL              TEMPLATE          VCPUS  MEMORY  TARGET  READY  FILLING  FAILED  SHARING\n");
 	for (size_t i = 0; i < s->n_pools; i++) {
 		Vmf__Control__PoolStatus *p = s->pools[i];
@@ -464,6 +648,9 @@ status_human(const Vmf__Control__Reply *r)
 		       v->memory_mib, (unsigned long long)v->pss_kib, v->owner_uid, esc(v->sandbox_id));
 		if (v->state_file && *v->state_file)
 			printf("  saved state: %.1f MiB on disk in %s\n", v->state_size / 1048576.0, esc(v->state_file));
+		if (v->exit)
+			printf("  %s %s: %s\n", v->exit->resets ? "last reset" : "exit", esc(v->exit->cause),
+			       esc(v->exit->detail));
 	}
 	printf("\nrequests %llu, hits %llu, misses %llu, errors %llu; hand-out p50 %.1f ms, p99 %.1f ms\n",
 	       (unsigned long long)s->requests, (unsigned long long)s->hits, (unsigned long long)s->misses,
@@ -472,6 +659,7 @@ status_human(const Vmf__Control__Reply *r)
 		if (s->steps[i]->count)
 			printf("  %-8s p50 %7.2f ms  p99 %7.2f ms  (%llu)\n", esc(s->steps[i]->step), s->steps[i]->p50_ms,
 			       s->steps[i]->p99_ms, (unsigned long long)s->steps[i]->count);
+	tenants_human(s);
 }
 
 static const char *
@@ -575,4 +763,24 @@ snapshot_human(const Vmf__Control__Reply *r)
 	printf("template %s (%s) in %llu ms, VM paused %llu ms, memory %llu MiB, state %llu KiB (%s)\n", esc(s->name),
 	       esc(s->template_id), (unsigned long long)s->total_ms, (unsigned long long)s->paused_ms,
 	       (unsigned long long)(s->memory_size >> 20), (unsigned long long)(s->state_size >> 10), esc(s->method));
+}
+
+json_object *
+template_rm_json(const Vmf__Control__Reply *r)
+{
+	const Vmf__Control__TemplateRmReply *t = r->template_rm;
+	json_object *o = json_object_new_object();
+	JS(o, "template_id", t->template_id);
+	JS(o, "name", t->name);
+	JI(o, "owner_uid", t->owner_uid);
+	JI(o, "bytes", t->bytes);
+	return o;
+}
+
+void
+template_rm_human(const Vmf__Control__Reply *r)
+{
+	const Vmf__Control__TemplateRmReply *t = r->template_rm;
+	printf("removed template %s (%s) of uid %u, %.1f MiB\n", esc(t->name), esc(t->template_id), t->owner_uid,
+	       t->bytes / 1048576.0);
 }

@@ -20,7 +20,7 @@
 
 /* The config file: --config FILE, else the default one when it exists.
  * Every problem is printed, one line each, before the summary. */
-static int
+int
 load_config(struct args *a, struct vmf_config *cfg, bool *loaded)
 {
 	const char *path = opt(a, "config");

@@ -576,7 +576,8 @@ vmf_client_exec_input(struct vmf_client_agent *a, uint64_t exec_id, const void *
 		Vmf__Agent__AgentRequest req = VMF__AGENT__AGENT_REQUEST__INIT;
 		Vmf__Agent__ExecInput in = VMF__AGENT__EXEC_INPUT__INIT;
 		in.exec_id = exec_id;
-		in.data.data = (uint8_t *)data + off;
+		/* No pointer arithmetic on NULL: stdin's end comes with no data. */
+		in.data.data = k ? (uint8_t *)data + off : NULL;
 		in.data.len = k;
 		in.close = eof && off + k == n;
 		if (k == 0 && !in.close)
