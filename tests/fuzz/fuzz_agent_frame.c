@@ -7,7 +7,8 @@
  *         MountShare, the Ping loop of wait_ready
  *   7-10  the daemon: NewIdentity, a hand-out (send, recv), MountDisk, a
  *         command run to its exit (vmf_agent_run)
- *   11    the library: connect (ExecReset), ExecStart, then events (output
+ *   11-12 the daemon: FlushDisks, Poweroff (a stop that loses nothing)
+ *   13    the library: connect (ExecReset), ExecStart, then events (output
  *         consumed, credit given back), stdin, a signal, until the stream
  *         ends
  * What every call must hold whatever it is sent: it returns (the input's
@@ -40,7 +41,7 @@
 
 #define TIMEOUT_MS 2000
 #define RENUMBER_MAX 8
-#define CALLS 12
+#define CALLS 14
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -187,10 +188,21 @@ daemon_call(int call, struct vmf_agent *a)
 			must_be_text(dev);
 		break;
 	}
-	default: {
+	case 10: {
 		const char *argv[] = { "umount", "/mnt/share", NULL };
 		int code;
 		vmf_agent_run(a, argv, &code, TIMEOUT_MS, &err);
+		break;
+	}
+	default: {
+		struct vmf_agent_flush d[2] = { { .serial = "vmfd0", .path = "/mnt/a" },
+						{ .serial = "vmfd1", .path = "/mnt/b" } };
+		int r = call == 11 ? vmf_agent_flush_disks(a, VMF_AGENT_UNMOUNT, d, 2, TIMEOUT_MS, &err)
+				   : vmf_agent_poweroff(a, d, 2, 500, TIMEOUT_MS, &err);
+		for (int i = 0; r == 0 && i < 2; i++) {
+			must_be_text(d[i].how);
+			must_be_text(d[i].error);
+		}
 		break;
 	}
 	}

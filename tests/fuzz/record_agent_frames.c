@@ -201,10 +201,19 @@ record_daemon(int call, const char *name)
 		break;
 	}
 	case 9: { char d[64]; vmf_agent_mount_disk(ag, "vmf0", "/mnt/d", NULL, false, d, sizeof(d), 3000, &e); break; }
-	default: {
+	case 10: {
 		const char *argv[] = { "echo", "seed", NULL };
 		int code;
 		vmf_agent_run(ag, argv, &code, 5000, &e);
+		break;
+	}
+	default: {
+		struct vmf_agent_flush d[2] = { { .serial = "vmfd0", .path = "/mnt/a" },
+						{ .serial = "vmfd1", .path = "/mnt/b" } };
+		if (call == 11)
+			vmf_agent_flush_disks(ag, VMF_AGENT_UNMOUNT, d, 2, 5000, &e);
+		else
+			vmf_agent_poweroff(ag, d, 2, 500, 5000, &e);
 		break;
 	}
 	}
@@ -217,7 +226,7 @@ record_daemon(int call, const char *name)
 	free(t.rec);
 }
 
-/* The library's exec session (selector 11) against the agent in
+/* The library's exec session (selector 13) against the agent in
  * --listen-fd mode, through a tap on a socket of its own. */
 static void
 record_library(void)
@@ -249,7 +258,7 @@ record_library(void)
 		int h = accept(tl, NULL, NULL);
 		t.host = h;
 		tap_main(&t);
-		save(&t, 11, "exec");
+		save(&t, 13, "exec");
 		_exit(0);
 	}
 	close(tl);
@@ -290,8 +299,9 @@ main(int argc, char **argv)
 	outdir = argv[2];
 	signal(SIGPIPE, SIG_IGN);
 	static const char *const names[] = { "ping", "guest_info", "online", "reseed", "set_time", "mount_share",
-					     "wait_ready", "new_identity", "handout", "mount_disk", "run" };
-	for (int call = 0; call < 11; call++)
+					     "wait_ready", "new_identity", "handout", "mount_disk", "run", "flush",
+					     "poweroff" };
+	for (int call = 0; call < 13; call++)
 		record_daemon(call, names[call]);
 	record_library();
 	return 0;
