@@ -62,8 +62,9 @@ struct vmf_cache_hooks {
 	void (*remove_links)(void *ctx, const struct vmf_vm *vm);
 	/* On a worker, once vm's VMM is stopped: undo its network (vm->net). */
 	void (*undo_net)(void *ctx, const struct vmf_vm *vm);
-	/* On the loop: vm is stopped, about to be freed; reply_to is what
-	 * vmf_cache_destroy_vm got, rep how the stop went.  err is 0, or
+	/* On the loop: vm is stopped and its links are gone (its run dir is
+	 * removed next, by a job of its own when that takes long); reply_to is
+	 * what vmf_cache_destroy_vm got, rep how the stop went.  err is 0, or
 	 * ENOMEM when the stop could not be queued and was done inline. */
 	void (*stopped)(void *ctx, struct vmf_vm *vm, void *reply_to, const struct vmf_stop_report *rep, int err);
 	/* On a worker that owns vm: its owner's agent socket was made again
@@ -103,9 +104,13 @@ struct vmf_cache {
 /* A new VM of pool p (own UUID, run and share dirs), listed as filling. */
 struct vmf_vm *vmf_cache_new_vm(struct vmf_cache *c, struct vmf_pool *p);
 void vmf_cache_vm_free(struct vmf_cache *c, struct vmf_vm *vm);
-/* Stops a VM on a worker and forgets it (records, dirs, links); the
- * stopped hook gets reply_to once all that is done. */
+/* Stops a VM on a worker and forgets it (links, then on another job its
+ * run dir, state file and record); the stopped hook gets reply_to once it
+ * is stopped and its links are gone.  The VM stays listed (releasing,
+ * busy) until its run dir is removed; one that cannot be removed is kept
+ * (rm_pending) and retried from the tick (vmf_cache_retry_removal). */
 void vmf_cache_destroy_vm(struct vmf_cache *c, struct vmf_vm *vm, bool remove_links, void *reply_to);
+void vmf_cache_retry_removal(struct vmf_cache *c, struct vmf_vm *vm);
 struct vmf_vm *vmf_cache_find_vm(struct vmf_cache *c, const char *id);
 /* Writes vm's record (durably) with vm->state; a failure is logged. */
 void vmf_cache_record_vm(struct vmf_cache *c, struct vmf_vm *vm);

@@ -376,6 +376,11 @@ vmf_cache_tick(struct vmf_cache *c, unsigned default_max_idle_s)
 		}
 	for (vm = TAILQ_FIRST(&c->vms); vm; vm = next) {
 		next = TAILQ_NEXT(vm, link);
+		/* A stopped VM whose run dir could not be removed (cache/vm.c). */
+		if (vm->rm_pending && !vm->busy && now >= vm->rm_retry_ms && !c->stopping) {
+			vmf_cache_retry_removal(c, vm);
+			continue;
+		}
 		/* Without a pidfd nothing else notices an exit.  A VM a job owns
 		 * is left alone: its handle is the job's, and the job's done
 		 * callback looks at it. */

@@ -99,6 +99,12 @@ struct vmf_vm {
 	struct event *watch;          /* process exit */
 	bool busy;                    /* a worker job owns hv */
 	bool dead;                    /* process exit seen */
+	/* Stopped, but its run dir could not be removed (a mount in it, an
+	 * error): kept, releasing, its record too, and retried from the tick
+	 * at rm_retry_ms (and by recovery after a restart). */
+	bool rm_pending;
+	unsigned rm_tries;
+	int64_t rm_retry_ms;
 	int64_t created_ns, ready_ns, assigned_ns;
 	int64_t ready_mono_ms;
 	unsigned vcpus, memory_mib;   /* its size now: base, shaped, or as handed out */

@@ -335,6 +335,19 @@ vmf_cache_guest_stop(struct vmf_cache *c, struct vmf_vm *vm, int mode, bool powe
 	return (int)n;
 }
 
+/* Removing a stopped VM's run dir, state file and record.  What the guest
+ * built in its share may take long to remove (a chain of 50,000
+ * directories: seconds, where the share is no tmpfs of its own): the stop
+ * job gives it STOP_RM_MS, and what is left then goes on in a job of its
+ * own after the reply (nothing a client could reuse is in it: its links
+ * are gone), the VM listed as releasing (busy) meanwhile.  A removal that
+ * fails (a mount left in the run dir) keeps the VM and its record
+ * (releasing): the tick tries again after 10 s, then twice as long each
+ * time up to 5 minutes, and recovery after a restart. */
+#define STOP_RM_MS 2000
+#define RM_RETRY_FIRST_MS 10000
+#define RM_RETRY_MAX_MS 300000
+
 struct stop_job {
 	struct vmf_cache *c;
 	struct vmf_vm *vm;
@@ -344,7 +357,35 @@ struct stop_job {
 	bool dead;                 /* its process had exited (unasked) */
 	Vmf__Hv__VmExit *exit;     /* why, read here for a VM that had no report */
 	struct vmf_stop_report rep;
+	int rm;                    /* 0 removed, 1 not yet, negative failed */
+	struct vmf_error rm_err;
 };
+
+/* The share's own mount off, the run dir (until deadline: 1 when some is
+ * left), then the state file and, once nothing is left, the record. */
+static int
+remove_vm_files(struct vmf_cache *c, struct vmf_vm *vm, int64_t deadline, struct vmf_error *rm_err)
+{
+	struct vmf_error err = {0};
+	int64_t t0 = vmf_now_ms();
+	/* Nothing is removed through a mount, and none is left behind. */
+	int r = vm->run_dir[0] ? vmf_share_unmount(vm->run_dir, vm->share_dir, rm_err) : 0;
+	if (r == 0 && vm->run_dir[0])
+		r = vmf_rm_rf_until(vm->run_dir, deadline, rm_err);
+	if (r == 0 && vmf_now_ms() - t0 > 1000)
+		log_vm(VMF_LOG_INFO, vm->id, "its run dir took %lld ms to remove", (long long)(vmf_now_ms() - t0));
+	/* A suspended VM's saved state, and what a suspend cut short left. */
+	if (vm->state_file[0]) {
+		char tmp[PATH_MAX + 8];
+		snprintf(tmp, sizeof(tmp), "%s.tmp", vm->state_file);
+		if (unlink(vm->state_file) < 0 && errno != ENOENT)
+			log_vm(VMF_LOG_WARN, vm->id, "removing its saved state %s: %s", vm->state_file, strerror(errno));
+		unlink(tmp);
+	}
+	if (r == 0 && vmf_catalog_vm_delete(c->cat, vm->id, &err) < 0 && err.code != ENOENT)
+		log_vm(VMF_LOG_WARN, vm->id, "removing its record: %s", err.msg);
+	return r;
+}
 
 /* The guest's part of stopping a VM that may hold tenant data: its
  * read-write disks written back (flush), or a clean shutdown (poweroff),
@@ -383,27 +424,111 @@ stop_work(void *arg)
 	if (vm->hv && vm->ops->stop(vm->hv, VMF_STOP_TIMEOUT_MS, &err) < 0)
 		log_vm(VMF_LOG_WARN, vm->id, "stopping: %s", err.msg);
 	VMF_FAULT("mid-release");
-	if (j->remove_links)
+	/* A VM whose run dir is left to remove did the rest before. */
+	if (j->remove_links && !vm->rm_pending)
 		j->c->hooks.remove_links(j->c->hooks.ctx, vm);
 	/* Whatever the stop's cause: a namespace keeps no qdisc of ours. */
-	if (vm->net[0] && j->c->hooks.undo_net)
+	if (vm->net[0] && j->c->hooks.undo_net && !vm->rm_pending)
 		j->c->hooks.undo_net(j->c->hooks.ctx, vm);
-	/* Its share's own mount comes off first: nothing is removed through
-	 * a mount, and none is left behind. */
-	if (vm->run_dir[0] && vmf_share_unmount(vm->run_dir, vm->share_dir, &err) < 0)
-		log_vm(VMF_LOG_WARN, vm->id, "%s; its run dir %s stays", err.msg, vm->run_dir);
-	else if (vm->run_dir[0] && vmf_rm_rf(vm->run_dir, &err) < 0)
-		log_vm(VMF_LOG_WARN, vm->id, "removing its run dir: %s", err.msg);
-	/* A suspended VM's saved state, and what a suspend cut short left. */
-	if (vm->state_file[0]) {
-		char tmp[PATH_MAX + 8];
-		snprintf(tmp, sizeof(tmp), "%s.tmp", vm->state_file);
-		if (unlink(vm->state_file) < 0 && errno != ENOENT)
-			log_vm(VMF_LOG_WARN, vm->id, "removing its saved state %s: %s", vm->state_file, strerror(errno));
-		unlink(tmp);
+	j->rm = remove_vm_files(j->c, vm, vmf_now_ms() + STOP_RM_MS, &j->rm_err);
+}
+
+struct remove_job {
+	struct vmf_cache *c;
+	struct vmf_vm *vm;
+	int rc;
+	struct vmf_error err;
+};
+
+static void
+remove_work(void *arg)
+{
+	struct remove_job *j = arg;
+	j->rc = remove_vm_files(j->c, j->vm, -1, &j->err);
+}
+
+/* The VM is stopped and its links are gone, but its run dir is not: it
+ * stays in the list (releasing, nothing running) until a retry removes
+ * it. */
+static void
+keep_for_removal(struct vmf_vm *vm, const struct vmf_error *why)
+{
+	if (vm->watch) {
+		event_free(vm->watch);
+		vm->watch = NULL;
 	}
-	if (vmf_catalog_vm_delete(j->c->cat, vm->id, &err) < 0 && err.code != ENOENT)
-		log_vm(VMF_LOG_WARN, vm->id, "removing its record: %s", err.msg);
+	if (vm->events) {
+		event_free(vm->events);
+		vm->events = NULL;
+	}
+	vmf_agent_free(vm->agent);
+	vm->agent = NULL;
+	if (vm->hv) {
+		vm->ops->release(vm->hv);
+		vm->hv = NULL;
+	}
+	int64_t wait = RM_RETRY_FIRST_MS;
+	for (unsigned i = 0; i < vm->rm_tries && wait < RM_RETRY_MAX_MS; i++)
+		wait *= 2;
+	if (wait > RM_RETRY_MAX_MS)
+		wait = RM_RETRY_MAX_MS;
+	vm->rm_tries++;
+	vm->rm_pending = true;
+	vm->rm_retry_ms = vmf_now_ms() + wait;
+	vm->state = VMF_VM_RELEASING;
+	vm->busy = false;
+	log_vm(VMF_LOG_WARN, vm->id, "stopped, but its run dir is still there (try %u; again in %lld s): %s",
+	       vm->rm_tries, (long long)(wait / 1000), why->msg);
+}
+
+/* After a removal: the VM forgotten, or kept for a retry (rc < 0). */
+static void
+removal_done(struct vmf_cache *c, struct vmf_vm *vm, int rc, const struct vmf_error *err)
+{
+	if (rc < 0 && !c->stopping && !c->loop_done) {
+		keep_for_removal(vm, err);
+	} else {
+		if (rc < 0)
+			log_vm(VMF_LOG_WARN, vm->id, "its run dir is left for the next start to remove: %s", err->msg);
+		else
+			log_vm(VMF_LOG_DEBUG, vm->id, "stopped and removed");
+		vmf_cache_vm_free(c, vm);
+	}
+	c->hooks.settle(c->hooks.ctx);
+}
+
+static void
+remove_done(void *arg)
+{
+	struct remove_job *j = arg;
+	removal_done(j->c, j->vm, j->rc, &j->err);
+	free(j);
+}
+
+/* Removes a stopped VM's run dir, state file and record on a worker, then
+ * frees it (or keeps it for a retry). */
+static void
+remove_start(struct vmf_cache *c, struct vmf_vm *vm)
+{
+	vm->busy = true;
+	vm->state = VMF_VM_RELEASING;
+	struct remove_job *j = calloc(1, sizeof(*j));
+	if (j) {
+		j->c = c;
+		j->vm = vm;
+	}
+	if (!j || c->loop_done || vmf_jobs_submit_class(c->jobs, VMF_JOB_POOL, remove_work, remove_done, j) < 0) {
+		struct remove_job tmp = { .c = c, .vm = vm };
+		remove_work(&tmp);
+		free(j);
+		removal_done(c, vm, tmp.rc, &tmp.err);
+	}
+}
+
+void
+vmf_cache_retry_removal(struct vmf_cache *c, struct vmf_vm *vm)
+{
+	remove_start(c, vm);
 }
 
 static void
@@ -419,11 +544,13 @@ stop_done(void *arg)
 				 j->exit->detail);
 		vm->exit = j->exit;   /* freed with vm */
 	}
-	log_vm(VMF_LOG_DEBUG, vm->id, "stopped and removed");
+	/* The reply goes now: the VM is stopped and its links are gone. */
 	c->hooks.stopped(c->hooks.ctx, vm, j->reply_to, &j->rep, 0);
-	vmf_cache_vm_free(c, vm);
+	if (j->rm > 0)
+		remove_start(c, vm);
+	else
+		removal_done(c, vm, j->rm, &j->rm_err);
 	free(j);
-	c->hooks.settle(c->hooks.ctx);
 }
 
 void
@@ -459,6 +586,11 @@ vmf_cache_destroy_vm(struct vmf_cache *c, struct vmf_vm *vm, bool remove_links, 
 		if (tmp)
 			*tmp = fallback;
 		stop_work(use);
+		if (use->rm > 0)
+			use->rm = remove_vm_files(c, vm, -1, &use->rm_err);
+		if (use->rm < 0)
+			log_vm(VMF_LOG_WARN, vm->id, "its run dir is left for the next start to remove: %s",
+			       use->rm_err.msg);
 		free(j);
 		if (use->exit)
 			vmf__hv__vm_exit__free_unpacked(use->exit, NULL);

@@ -40,10 +40,14 @@ inspect_work(void *arg)
 			vmf_err(err, ESRCH, "the VM's process is not running: %s", j->exit->detail);
 		return;
 	}
+	/* One budget for the connection and the answer, whatever the guest
+	 * sends meanwhile. */
+	int64_t deadline = vmf_now_ms() + AGENT_TIMEOUT_MS;
 	struct vmf_agent *a;
 	j->rc = vmf_agent_open(j->vm->ops->agent_connect, j->vm->hv, AGENT_TIMEOUT_MS, &a, err);
+	int64_t left = deadline - vmf_now_ms();
 	if (j->rc == 0)
-		j->rc = vmf_agent_guest_info(a, &j->info, AGENT_TIMEOUT_MS, err);
+		j->rc = vmf_agent_guest_info(a, &j->info, left > 0 ? (int)left : 0, err);
 	vmf_agent_free(a);
 }
 

@@ -63,7 +63,8 @@ vmf_release_start(struct vmf_daemon *d, struct vmf_conn *c, const char *vm_id)
 		return;
 	}
 	log_vm(VMF_LOG_INFO, vm->id, "releasing (sandbox %s)", vm->sandbox_id);
-	/* The reply comes once the VM is stopped and its dirs and links are
-	 * gone: a runtime may reuse the paths as soon as release returns. */
+	/* The reply comes once the VM is stopped and its links are gone: a
+	 * runtime may reuse the paths as soon as release returns (its run
+	 * dir may still be on its way out: cache/vm.c). */
 	vmf_cache_destroy_vm(&d->cache, vm, true, c);
 }

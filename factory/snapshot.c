@@ -13,6 +13,7 @@
 #include "catalog.h"
 #include "factory.h"
 #include "log.h"
+#include "text.h"
 
 #define AGENT_TIMEOUT_MS 20000
 
@@ -58,10 +59,13 @@ share_umount(struct vmf_agent *a, char *path, size_t n, struct vmf_error *err)
 	int code = -1;
 	if ((r = vmf_agent_run(a, argv, &code, AGENT_TIMEOUT_MS, err)) < 0)
 		return r;
-	if (code != 0)
+	if (code != 0) {
+		char shown[200];
+		vmf_escape(path, shown, sizeof(shown), 0);
 		return vmf_err(err, EBUSY, "the guest cannot unmount its share at %s (umount exit %d): a "
 			       "snapshot needs it unmounted while the VM is copied (no process may use it)",
-			       path, code);
+			       shown, code);
+	}
 	return 0;
 }
 

@@ -14,6 +14,7 @@
 
 #include "cgroup.h"
 #include "frame.h"
+#include "text.h"
 #include "util.h"
 
 /* The kernel's ring buffer is read at most this far (records, bytes). */
@@ -65,7 +66,7 @@ serial_tail(const char *log)
 	size_t cap = 4 * sizeof(raw) + 1;
 	char *out = malloc(cap);
 	if (out)
-		vmf_escape(raw, n > 0 ? (size_t)n : 0, out, cap, true);
+		vmf_escape_n(raw, n > 0 ? (size_t)n : 0, out, cap, VMF_ESC_NEWLINE | VMF_ESC_BACKSLASH);
 	return out;
 }
 

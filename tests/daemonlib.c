@@ -340,6 +340,22 @@ pids_in_state(const char *want, char *out, size_t n)
 		snprintf(out + strlen(out), n - strlen(out), "%d ", pids[i]);
 }
 
+const char *
+vm_listed_state(const char *id)
+{
+	static char st[32];
+	st[0] = '\0';
+	json_object *s = vmf_json("status -o json%s", "");
+	json_object *vms = path(s, "vms", NULL);
+	for (size_t i = 0; i < json_object_array_length(vms); i++) {
+		json_object *v = json_object_array_get_idx(vms, i);
+		if (!strcmp(json_object_get_string(path(v, "id", NULL)), id))
+			snprintf(st, sizeof st, "%s", json_object_get_string(path(v, "state", NULL)));
+	}
+	json_object_put(s);
+	return st;
+}
+
 int
 vm_count(void)
 {

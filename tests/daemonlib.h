@@ -60,6 +60,8 @@ bool daemon_answers(void);
 int pool_ready(void);
 int daemon_pid(void);
 int vm_count(void);
+/* The state of VM id in status; "" when it is not listed. */
+const char *vm_listed_state(const char *id);
 /* Pids of the VMs in status with the given state, sorted, as a string. */
 void pids_in_state(const char *want, char *out, size_t n);
 void kill_daemon_hard(void);

@@ -182,22 +182,6 @@ START_TEST(bad_requests_fail_clearly)
 }
 END_TEST
 
-static const char *
-vm_state(const char *id)
-{
-	static char st[32];
-	st[0] = 0;
-	json_object *s = vmf_json("status -o json%s", "");
-	json_object *vms = path(s, "vms", NULL);
-	for (size_t i = 0; i < json_object_array_length(vms); i++) {
-		json_object *v = json_object_array_get_idx(vms, i);
-		if (!strcmp(json_object_get_string(path(v, "id", NULL)), id))
-			snprintf(st, sizeof st, "%s", json_object_get_string(path(v, "state", NULL)));
-	}
-	json_object_put(s);
-	return st;
-}
-
 START_TEST(faults_peers_and_latency)
 {
 	/* status answers while the pool fills (no --wait) */
@@ -257,10 +241,10 @@ START_TEST(faults_peers_and_latency)
 	json_object_put(s);
 	int64_t t0 = vmf_now_ms();
 	kill(vpid, SIGKILL);
-	while (vm_state(victim)[0] && vmf_now_ms() - t0 < 10000)
+	while (vm_listed_state(victim)[0] && vmf_now_ms() - t0 < 10000)
 		poll(NULL, 0, 20);
 	printf("killed pooled VM noticed and removed in %lld ms\n", (long long)(vmf_now_ms() - t0));
-	ck_assert_str_eq(vm_state(victim), "");
+	ck_assert_str_eq(vm_listed_state(victim), "");
 	deadline = vmf_now_ms() + 60000;
 	while (pool_ready() < 3 && vmf_now_ms() < deadline)
 		poll(NULL, 0, 100);
@@ -272,9 +256,9 @@ START_TEST(faults_peers_and_latency)
 	ck_assert_int_eq(g.rc, 0);
 	kill(json_object_get_int(path(g.rec, "pid", NULL)), SIGKILL);
 	t0 = vmf_now_ms();
-	while (strcmp(vm_state(g.id), "gone") && vmf_now_ms() - t0 < 10000)
+	while (strcmp(vm_listed_state(g.id), "gone") && vmf_now_ms() - t0 < 10000)
 		poll(NULL, 0, 20);
-	ck_assert_str_eq(vm_state(g.id), "gone");
+	ck_assert_str_eq(vm_listed_state(g.id), "gone");
 	ck_assert_int_eq(vmf(NULL, "release %s", g.id), 0);
 	ck_assert_int_ne(access(g.share, F_OK), 0);
 	json_object_put(g.rec);
@@ -901,7 +885,7 @@ START_TEST(idle_vms_are_replaced_and_metrics_scraped)
 	printf("idle VM replaced after %lld ms (limit 2 s)\n", (long long)(vmf_now_ms() - t0));
 	ck_assert(replaced);
 	ck_assert_int_ge(vmf_now_ms() - t0, 1000);
-	ck_assert_str_eq(vm_state(first), "");
+	ck_assert_str_eq(vm_listed_state(first), "");
 
 	/* Metrics: scraped as Prometheus would, after one hand-out. */
 	struct got g = {0};

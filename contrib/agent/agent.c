@@ -86,6 +86,10 @@
 
 #include "agent.pb-c.h"
 #include "frame.h"
+#ifdef VMF_AGENT_HOSTILE
+/* A test build only (tests/meson.build): never in the guest image. */
+#include "hostile_agent.h"
+#endif
 
 #define AGENT_VERSION "vmf-agent 0.5.0"
 /* <linux/fs.h>, which clashes with <sys/mount.h>. */
@@ -2529,8 +2533,16 @@ frame_done(struct conn *c)
 		error_reply(c, 0, EBADMSG, "request frame of %u bytes is not a valid agent request", c->body_len);
 	} else {
 		Reply r = VMF__AGENT__AGENT_REPLY__INIT;
-		if (handle(c, req, &r))
+#ifdef VMF_AGENT_HOSTILE
+		const char *hostile = vmf_hostile_behavior(c->name, req);
+#endif
+		if (handle(c, req, &r)) {
+#ifdef VMF_AGENT_HOSTILE
+			if (hostile && vmf_hostile_act(hostile, c->name, c->rfd, c->wfd, req, &r))
+				exit(3);
+#endif
 			queue_reply(c, &r);
+		}
 		vmf__agent__agent_request__free_unpacked(req, NULL);
 		free_names();
 	}

@@ -104,7 +104,14 @@ int cmd_template_gc(const struct cmd *cmd, struct args *a);
 int cmd_check_config(const struct cmd *cmd, struct args *a);
 
 /* print.c: the *_json ones return a new object for print_json, which
- * prints and frees it. */
+ * prints and frees it.  Text from the daemon may carry a guest's (a
+ * hostname, file names, an error) or another client's (a path): human
+ * output shows every string through esc() (common/text.h: no control
+ * byte, C1 control, invalid UTF-8 or direction mark reaches the
+ * terminal), print_json escapes those the JSON encoder leaves raw, and
+ * errors go through print_error. */
+const char *esc(const char *s);
+void print_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 #define JS(o, k, v) json_object_object_add(o, k, json_object_new_string((v) ? (v) : ""))
 #define JI(o, k, v) json_object_object_add(o, k, json_object_new_int64((int64_t)(v)))
 #define JD(o, k, v) json_object_object_add(o, k, json_object_new_double(v))

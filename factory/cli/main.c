@@ -48,7 +48,7 @@ usage_error(const struct cmd *c, const char *fmt, ...)
 int
 fail(const struct vmf_error *e)
 {
-	fprintf(stderr, "vmfactory: %s\n", e->msg);
+	print_error("%s", e->msg);
 	return EXIT_FAILURE;
 }
 

@@ -42,7 +42,7 @@ remote(struct args *a, const struct remote_call *k)
 	if (rc < 0) {
 		bool none = e.code == ENOENT || e.code == ECONNREFUSED || e.code == EPIPE || e.code == ECONNRESET;
 		if (k->no_daemon_exit && none) {
-			fprintf(stderr, "vmfactory: %s\n", e.msg);
+			print_error("%s", e.msg);
 			return EXIT_NO_DAEMON;
 		}
 		return fail(&e);
@@ -392,7 +392,7 @@ send_destroy(struct vmf_client *c, struct args *a, void *req, int timeout_ms, Vm
 		d->stopped = (*r)->destroy->stopped;
 		/* Said before the daemon is gone: these disks may lack writes. */
 		for (size_t i = 0; i < (*r)->destroy->n_lost_writes; i++)
-			fprintf(stderr, "vmfactory: may have lost writes: VM %s\n", (*r)->destroy->lost_writes[i]);
+			print_error("may have lost writes: VM %s", (*r)->destroy->lost_writes[i]);
 	}
 	return rc;
 }

@@ -295,7 +295,7 @@ gc_one(const char *id, Vmf__Catalog__TemplateRecord *rec, const struct vmf_error
 	struct vmf_error e = {0};
 	struct use_ctx u;
 	if (template_users(l->cat, id, &u, &e) < 0) {
-		fprintf(stderr, "vmfactory: %s\n", e.msg);
+		print_error("%s", e.msg);
 		l->rc = EXIT_FAILURE;
 		return 0;
 	}
@@ -305,7 +305,7 @@ gc_one(const char *id, Vmf__Catalog__TemplateRecord *rec, const struct vmf_error
 		return 0;
 	}
 	if (vmf_template_remove(l->cat, l->state_dir, id, &e) < 0) {
-		fprintf(stderr, "vmfactory: %s\n", e.msg);
+		print_error("%s", e.msg);
 		l->rc = EXIT_FAILURE;
 	} else {
 		printf("removed template %s\n", id);

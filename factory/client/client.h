@@ -127,7 +127,12 @@ typedef void (*vmf_client_agent_wait_fn)(void *arg);
 /* Connects and starts a clean session (ExecReset: what an earlier client
  * of the port left running is killed).  transport "unix" or
  * "hybrid-vsock" (vsock_port 0 = 1024); timeout_ms bounds the whole
- * connect, waiting for another client included (-EBUSY then). */
+ * connect, waiting for another client included (-EBUSY then).
+ * The guest is not trusted: an agent that breaks the protocol (a frame
+ * above 64 KiB, a flood of frames answering nothing, output beyond the
+ * window it was given) fails the call at once with -EPROTO and a
+ * sentence, and the connection stays failed (docs/protocol.md, "What a
+ * host takes from an agent"). */
 int vmf_client_agent_connect(const char *path, const char *transport, unsigned vsock_port, int timeout_ms,
 			     vmf_client_agent_wait_fn waiting, void *arg, struct vmf_client_agent **out,
 			     struct vmf_error *err);
