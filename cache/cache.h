@@ -32,6 +32,19 @@
 #include "template.h"
 
 #define VMF_STOP_TIMEOUT_MS 10000
+/* The guest's part of a stop (stop_timeout) where no pool says. */
+#define VMF_GUEST_STOP_TIMEOUT_MS 10000
+
+/* How a stop went: the guest's part (stop = flush or poweroff, a
+ * suspend's freeze) and the read-write disks it did not confirm. */
+#define VMF_STOP_LOST_MAX 16
+struct vmf_stop_report {
+	char method[16];              /* "kill", "flush", "poweroff", "freeze"; "" = no process to stop */
+	unsigned n_lost;
+	char lost[VMF_STOP_LOST_MAX][768];   /* "PATH: why" */
+	uint64_t guest_ms;
+	bool forced;                  /* the guest did not finish in time: stopped anyway */
+};
 
 /* What the daemon must hear.  ctx is passed back to each. */
 struct vmf_cache_hooks {
@@ -49,10 +62,14 @@ struct vmf_cache_hooks {
 	void (*remove_links)(void *ctx, const struct vmf_vm *vm);
 	/* On a worker, once vm's VMM is stopped: undo its network (vm->net). */
 	void (*undo_net)(void *ctx, const struct vmf_vm *vm);
-	/* On the loop: vm is stopped, about to be freed; reply_to is what
-	 * vmf_cache_destroy_vm got.  err is 0, or ENOMEM when the stop could not
-	 * be queued and was done inline. */
-	void (*stopped)(void *ctx, struct vmf_vm *vm, void *reply_to, int err);
+	/* On the loop: vm is stopped and its links are gone (its run dir is
+	 * removed next, by a job of its own when that takes long); reply_to is
+	 * what vmf_cache_destroy_vm got, rep how the stop went.  err is 0, or
+	 * ENOMEM when the stop could not be queued and was done inline. */
+	void (*stopped)(void *ctx, struct vmf_vm *vm, void *reply_to, const struct vmf_stop_report *rep, int err);
+	/* On a worker that owns vm: its owner's agent socket was made again
+	 * (a kept VM's guest reset): grant the owner access to it. */
+	int (*regrant)(void *ctx, const struct vmf_vm *vm, struct vmf_error *err);
 };
 
 struct vmf_cache {
@@ -71,6 +88,12 @@ struct vmf_cache {
 	bool stopping;                   /* the daemon stops: no new pool work */
 	bool destroying;                 /* a Destroy: finished clones are stopped, not pooled */
 	bool loop_done;                  /* the loop has ended: jobs' done() run from vmf_jobs_free */
+	/* Each VM's logs keep their newest log_keep_bytes (read-only once
+	 * running); a trim job is in flight (the loop's). */
+	uint64_t log_keep_bytes;
+	bool trimming;
+	bool trim_warned;                /* the run dir cannot punch holes: said once */
+	struct vmf_stop_policy stop_default;   /* for a VM of no pool */
 #ifdef VMF_FAULT_INJECTION
 	atomic_uint gate_tickets[2];     /* see vmf_cache_fault_gate */
 #endif
@@ -81,9 +104,13 @@ struct vmf_cache {
 /* A new VM of pool p (own UUID, run and share dirs), listed as filling. */
 struct vmf_vm *vmf_cache_new_vm(struct vmf_cache *c, struct vmf_pool *p);
 void vmf_cache_vm_free(struct vmf_cache *c, struct vmf_vm *vm);
-/* Stops a VM on a worker and forgets it (records, dirs, links); the
- * stopped hook gets reply_to once all that is done. */
+/* Stops a VM on a worker and forgets it (links, then on another job its
+ * run dir, state file and record); the stopped hook gets reply_to once it
+ * is stopped and its links are gone.  The VM stays listed (releasing,
+ * busy) until its run dir is removed; one that cannot be removed is kept
+ * (rm_pending) and retried from the tick (vmf_cache_retry_removal). */
 void vmf_cache_destroy_vm(struct vmf_cache *c, struct vmf_vm *vm, bool remove_links, void *reply_to);
+void vmf_cache_retry_removal(struct vmf_cache *c, struct vmf_vm *vm);
 struct vmf_vm *vmf_cache_find_vm(struct vmf_cache *c, const char *id);
 /* Writes vm's record (durably) with vm->state; a failure is logged. */
 void vmf_cache_record_vm(struct vmf_cache *c, struct vmf_vm *vm);
@@ -91,13 +118,42 @@ void vmf_cache_record_vm(struct vmf_cache *c, struct vmf_vm *vm);
  * thread that owns vm (busy): LMDB serializes writers. */
 int vmf_cache_put_vm_record(struct vmf_cache *c, struct vmf_vm *vm, enum vmf_vm_state state,
 			    struct vmf_error *err);
+/* The same with exit as the record's (a job's report, which the loop's vm
+ * gets only in its done callback). */
+int vmf_cache_put_vm_record_exit(struct vmf_cache *c, const struct vmf_vm *vm, enum vmf_vm_state state,
+				 const Vmf__Hv__VmExit *exit, struct vmf_error *err);
 /* Fills vm's recorded fields from rec (the inverse of what put writes). */
 void vmf_vm_from_record(struct vmf_vm *vm, const Vmf__Catalog__VmRecord *rec);
 void vmf_cache_watch_vm(struct vmf_cache *c, struct vmf_vm *vm);
 /* vm's process has exited (seen by its watch, the tick, or a job): a pooled
- * VM is replaced, an assigned one becomes gone.  While a job owns vm (busy)
- * only vm->dead is set; the job's done callback calls this again. */
+ * VM is replaced, an assigned one becomes gone once a job has read why
+ * (vmexit.h) and recorded it.  While a job owns vm (busy) only vm->dead is
+ * set; the job's done callback calls this again. */
 void vmf_cache_vm_exited(struct vmf_cache *c, struct vmf_vm *vm);
+/* Once a second: every VM's logs under vm_root (the serial console a guest
+ * writes without end, the VMM's stderr) cut to their newest log_keep_bytes
+ * on a worker, by punching a hole where their oldest bytes were.  The VMM
+ * keeps appending to the same file, so the newest bytes are at its end
+ * whenever it dies, and the bound holds for VMs adopted after a restart. */
+void vmf_cache_trim_logs(struct vmf_cache *c);
+/* On a worker that owns vm, an assigned VM whose process has exited:
+ * why (vmexit.h), recorded with the gone state; the loop then applies it
+ * with vmf_cache_vm_gone (which takes e). */
+Vmf__Hv__VmExit *vmf_cache_vm_death(struct vmf_cache *c, const struct vmf_vm *vm);
+void vmf_cache_vm_gone(struct vmf_cache *c, struct vmf_vm *vm, Vmf__Hv__VmExit *e);
+/* The stop policy of vm: its pool's, else the daemon's default. */
+const struct vmf_stop_policy *vmf_cache_stop_policy(const struct vmf_cache *c, const struct vmf_vm *vm);
+/* On a worker that owns vm (running, assigned): its read-write disks
+ * through the guest agent, within timeout_ms: written back and unmounted
+ * (VMF_AGENT_UNMOUNT), frozen or thawed (suspend), or the whole guest
+ * powered off (poweroff: then waits for the VMM to exit).  scratch: the
+ * run dir's volumes and overlays too (they outlive the VMM only when the
+ * VM is suspended).  rep->lost names each disk not confirmed; returns the
+ * number of read-write disks (0: nothing was asked, unless poweroff). */
+int vmf_cache_guest_stop(struct vmf_cache *c, struct vmf_vm *vm, int mode, bool poweroff, bool scratch,
+			 unsigned timeout_ms, struct vmf_stop_report *rep);
+/* A VM kept across guest resets: watches its VMM's events (on the loop). */
+void vmf_cache_watch_events(struct vmf_cache *c, struct vmf_vm *vm);
 
 /* fill.c: the pool engine. */
 /* Starts template builds and clones as each pool's policy says. */

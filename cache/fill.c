@@ -161,6 +161,10 @@ clone_work(void *arg)
 		j->rc = warm_clone(vm, j->sample, &j->err);
 	if (j->rc == 0 && (vm->shape_vcpus || vm->shape_mib))
 		j->shape_failed = (j->rc = shape_clone(vm, &j->err)) < 0;
+	/* A clone that died in its warm-up: the error (the pool's last_error)
+	 * says why. */
+	if (j->rc < 0 && vm->hv)
+		vmf_vm_exit_explain(vm->ops, vm->hv, &j->err);
 	if (j->rc == 0) {
 		vm->ready_ns = vmf_realtime_ns();
 		if (vmf_cache_put_vm_record(j->c, vm, VMF_VM_READY, &rerr) < 0)
@@ -359,6 +363,7 @@ void
 vmf_cache_tick(struct vmf_cache *c, unsigned default_max_idle_s)
 {
 	int64_t now = vmf_now_ms();
+	vmf_cache_trim_logs(c);
 	struct vmf_vm *vm, *next;
 	/* Demand moved on: one shaped clone per pool and tick makes room for
 	 * a clone of a size now wanted (refilled as the plan says). */
@@ -371,6 +376,11 @@ vmf_cache_tick(struct vmf_cache *c, unsigned default_max_idle_s)
 		}
 	for (vm = TAILQ_FIRST(&c->vms); vm; vm = next) {
 		next = TAILQ_NEXT(vm, link);
+		/* A stopped VM whose run dir could not be removed (cache/vm.c). */
+		if (vm->rm_pending && !vm->busy && now >= vm->rm_retry_ms && !c->stopping) {
+			vmf_cache_retry_removal(c, vm);
+			continue;
+		}
 		/* Without a pidfd nothing else notices an exit.  A VM a job owns
 		 * is left alone: its handle is the job's, and the job's done
 		 * callback looks at it. */
@@ -378,6 +388,10 @@ vmf_cache_tick(struct vmf_cache *c, unsigned default_max_idle_s)
 			vmf_cache_vm_exited(c, vm);
 			continue;
 		}
+		/* A VM kept across guest resets: its events watched again once
+		 * no job holds its monitor. */
+		if (vm->state == VMF_VM_ASSIGNED && !vm->busy && !vm->dead)
+			vmf_cache_watch_events(c, vm);
 		unsigned max_idle = vm->pool ? vm->pool->max_idle_s : default_max_idle_s;
 		if (vmf_pool_vm_idle_expired(vm, max_idle, now) && !c->stopping) {
 			log_vm(VMF_LOG_INFO, vm->id, "replacing: paused longer than %u s", max_idle);

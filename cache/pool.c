@@ -23,6 +23,17 @@ vmf_vm_state_name(enum vmf_vm_state s)
 	return "unknown";
 }
 
+const char *
+vmf_stop_mode_name(enum vmf_stop_mode m)
+{
+	switch (m) {
+	case VMF_STOP_FLUSH: return "flush";
+	case VMF_STOP_KILL: return "kill";
+	case VMF_STOP_POWEROFF: return "poweroff";
+	}
+	return "unknown";
+}
+
 struct vmf_tpl *
 vmf_tpl_new(Vmf__Catalog__TemplateRecord *rec)
 {
@@ -166,6 +177,9 @@ named_pool(const struct vmf_pool_list *pools, const char *name, unsigned vcpus, 
 	char names[VMF_ERROR_MSG_MAX - 100] = "";
 	size_t off = 0;
 	TAILQ_FOREACH(p, pools, link) {
+		/* Another tenant's snapshot pool: not there for this request. */
+		if (p->on_demand)
+			continue;
 		if (strcmp(p->name, name) != 0) {
 			int n = snprintf(names + off, sizeof(names) - off, "%s%s", off ? ", " : "", p->name);
 			if (n > 0 && (size_t)n < sizeof(names) - off)
@@ -202,12 +216,19 @@ vmf_pool_choose(const struct vmf_pool_list *pools, const char *name, unsigned vc
 			best = p;
 	}
 	if (!best) {
-		p = TAILQ_FIRST(pools);
+		/* The message names the pools a request may reach by size or
+		 * name: not those of a tenant's snapshot. */
+		struct vmf_pool *only = NULL;
+		unsigned n = 0;
+		TAILQ_FOREACH(p, pools, link)
+			if (!p->on_demand && n++ == 0)
+				only = p;
+		p = only;
 		if (!p) {
 			vmf_err(err, ENOENT, "this daemon has no pool");
 			return NULL;
 		}
-		if (!TAILQ_NEXT(p, link)) {
+		if (n == 1) {
 			vmf_err(err, ENOSPC, "no pool serves %u vCPUs and %u MiB: the template allows %u-%u vCPUs "
 				"and %u-%u MiB", vcpus, mem, p->spec->vcpus, p->spec->max_vcpus, p->spec->memory_mib,
 				p->spec->max_memory_mib);
@@ -217,12 +238,14 @@ vmf_pool_choose(const struct vmf_pool_list *pools, const char *name, unsigned vc
 		char ranges[VMF_ERROR_MSG_MAX - 100] = "";
 		size_t off = 0;
 		TAILQ_FOREACH(p, pools, link) {
-			int n = snprintf(ranges + off, sizeof(ranges) - off, "%s%s %u-%u vCPUs and %u-%u MiB",
+			if (p->on_demand)
+				continue;
+			int w = snprintf(ranges + off, sizeof(ranges) - off, "%s%s %u-%u vCPUs and %u-%u MiB",
 					 off ? "; " : "", p->name, p->spec->vcpus, p->spec->max_vcpus,
 					 p->spec->memory_mib, p->spec->max_memory_mib);
-			if (n < 0 || (size_t)n >= sizeof(ranges) - off)
+			if (w < 0 || (size_t)w >= sizeof(ranges) - off)
 				break;
-			off += (size_t)n;
+			off += (size_t)w;
 		}
 		vmf_err(err, ENOSPC, "no pool serves %u vCPUs and %u MiB: pools allow %s", vcpus, mem, ranges);
 	}

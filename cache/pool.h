@@ -11,6 +11,7 @@
 #include <sys/types.h>
 
 #include "catalog.pb-c.h"
+#include "cgroup.h"
 #include "template.h"
 
 enum vmf_vm_state {
@@ -46,6 +47,21 @@ struct vmf_tpl {
 struct vmf_tpl *vmf_tpl_new(Vmf__Catalog__TemplateRecord *rec);
 struct vmf_tpl *vmf_tpl_ref(struct vmf_tpl *t);
 void vmf_tpl_unref(struct vmf_tpl *t);
+
+/* How a VM that may hold tenant data is stopped (release, destroy, a
+ * suspend's freeze), and what a guest reset does (vmfactory.conf(5) stop,
+ * stop_timeout, on_guest_reset). */
+enum vmf_stop_mode {
+	VMF_STOP_FLUSH,      /* the guest unmounts its read-write disks, then the VMM quits */
+	VMF_STOP_KILL,       /* the VMM quits at once */
+	VMF_STOP_POWEROFF,   /* a clean guest shutdown (processes ended, disks unmounted), then the VMM */
+};
+struct vmf_stop_policy {
+	enum vmf_stop_mode mode;
+	unsigned timeout_ms;      /* the guest's part; then it is stopped anyway */
+	bool keep_on_reset;       /* on_guest_reset = keep: the guest reboots in place */
+};
+const char *vmf_stop_mode_name(enum vmf_stop_mode m);
 
 /* Port forwards one user-mode hand-out may ask for. */
 #define VMF_MAX_HOSTFWD 8
@@ -83,6 +99,12 @@ struct vmf_vm {
 	struct event *watch;          /* process exit */
 	bool busy;                    /* a worker job owns hv */
 	bool dead;                    /* process exit seen */
+	/* Stopped, but its run dir could not be removed (a mount in it, an
+	 * error): kept, releasing, its record too, and retried from the tick
+	 * at rm_retry_ms (and by recovery after a restart). */
+	bool rm_pending;
+	unsigned rm_tries;
+	int64_t rm_retry_ms;
 	int64_t created_ns, ready_ns, assigned_ns;
 	int64_t ready_mono_ms;
 	unsigned vcpus, memory_mib;   /* its size now: base, shaped, or as handed out */
@@ -105,7 +127,23 @@ struct vmf_vm {
 	char netns_link[16], tap[16];
 	char hostfwd[VMF_MAX_HOSTFWD][80];
 	unsigned n_hostfwd;
+	bool net_outbound;            /* user: connections out allowed (else only its forwards) */
 	char mac[18];
+	/* Why its process ended (gone), or its guest's last reset (kept):
+	 * the loop's, set by a done callback; a job's copy of the VM does not
+	 * own it. */
+	Vmf__Hv__VmExit *exit;
+	unsigned resets;              /* guest resets seen (on_guest_reset = keep) */
+	bool keep_resets;             /* its VMM resets the guest in place (keep when it was cloned) */
+	int64_t reset_window_ms;      /* resets counted since (vmf_now_ms) */
+	unsigned window_resets;
+	char end_why[200];            /* the daemon ended its VMM: why, for its exit */
+	struct event *events;         /* the VMM's event fd (a VM kept across resets) */
+	/* The cgroups its VMM joined at hand-out, and each one's oom_kill
+	 * count then. */
+	char cgroups[VMF_CGROUPS_MAX][VMF_CGROUP_PATH_MAX];
+	uint64_t cgroup_oom[VMF_CGROUPS_MAX];
+	unsigned n_cgroups;
 	/* Suspended (and while suspending or resuming): its saved state, and
 	 * the driver state it resumes from (config, hot-added devices; no
 	 * process), written to its record while hv is NULL. */
@@ -176,6 +214,10 @@ struct vmf_pool {
 	 * NAME, or made on demand by a GetVM naming it.  Its template is found,
 	 * never built; a request must name it (its VMs carry a VM's state). */
 	char template_name[33];
+	/* Made by a GetVM, not the config: it serves its template's owner (and
+	 * the operator) through the template alone, never by pool name. */
+	bool on_demand;
+	uid_t template_owner;                /* the snapshot's owner; 0 = the operator */
 	unsigned max_idle_s;                 /* replace ready VMs older than this, 0 = never */
 	char template_id[VMF_SHA256_HEX];
 	Vmf__Catalog__TemplateSpec *spec;
@@ -193,6 +235,10 @@ struct vmf_pool {
 	bool verified;                       /* template digests checked this run */
 	char last_error[512];
 	struct vmf_shape shape;
+	struct vmf_stop_policy stop;
+	/* [pool] cgroup: where its VMs' VMMs go at a hand-out that names none. */
+	char cgroups[VMF_CGROUPS_MAX][VMF_CGROUP_PATH_MAX];
+	unsigned n_cgroups;
 };
 
 TAILQ_HEAD(vmf_pool_list, vmf_pool);

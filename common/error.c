@@ -5,6 +5,24 @@
 #include <stdio.h>
 #include <string.h>
 
+/* A message cut at its size limit may end inside a UTF-8 character: that
+ * part goes, so a message that was valid UTF-8 stays so (replies carry it
+ * in a protobuf string). */
+static void
+trim_cut_char(char *s)
+{
+	size_t n = strlen(s);
+	for (size_t k = 1; k <= 3 && k <= n; k++) {
+		unsigned char c = (unsigned char)s[n - k];
+		if ((c & 0xc0) == 0x80)
+			continue;
+		size_t len = c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : c >= 0xc0 ? 2 : 1;
+		if (len > k)
+			s[n - k] = '\0';
+		return;
+	}
+}
+
 static int
 set(struct vmf_error *err, int code, const char *fmt, va_list ap)
 {
@@ -13,6 +31,7 @@ set(struct vmf_error *err, int code, const char *fmt, va_list ap)
 	if (err) {
 		err->code = code;
 		vsnprintf(err->msg, sizeof(err->msg), fmt, ap);
+		trim_cut_char(err->msg);
 	}
 	return -code;
 }
@@ -37,6 +56,7 @@ vmf_err_sys(struct vmf_error *err, int code, const char *fmt, ...)
 	if (err) {
 		size_t n = strlen(err->msg);
 		snprintf(err->msg + n, sizeof(err->msg) - n, ": %s", strerror(err->code));
+		trim_cut_char(err->msg);
 	}
 	return r;
 }
@@ -64,6 +84,7 @@ vmf_error_prefix(struct vmf_error *err, const char *fmt, ...)
 		memcpy(err->msg + n + 2, old, ol);
 		err->msg[n + 2 + ol] = '\0';
 	}
+	trim_cut_char(err->msg);
 	return -err->code;
 }
 
@@ -77,4 +98,5 @@ vmf_error_append(struct vmf_error *err, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(err->msg + n, sizeof(err->msg) - n, fmt, ap);
 	va_end(ap);
+	trim_cut_char(err->msg);
 }

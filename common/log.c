@@ -1,4 +1,5 @@
 #include "log.h"
+#include "text.h"
 
 #include <event2/event.h>
 #include <stdarg.h>
@@ -41,19 +42,18 @@ vmf_log_get_level(void)
 	return cur_level;
 }
 
-/* logfmt quoting: values with spaces, quotes or '=' are quoted and escaped. */
+/* logfmt quoting, and nothing a terminal acts on: a message may carry a
+ * guest's text (a hostname, a file name, an error), and a log is read on
+ * terminals and parsed by tools.  Every control byte, C1 control, byte
+ * that is not UTF-8 and line or direction mark becomes an escape
+ * (common/text.c), so a line stays one line and shows what it holds. */
 static void
 put_quoted(FILE *f, const char *s)
 {
+	char buf[4 * 2048 + 8];
+	vmf_escape(s, buf, sizeof(buf), VMF_ESC_BACKSLASH | VMF_ESC_QUOTE);
 	fputc('"', f);
-	for (; *s; s++) {
-		if (*s == '"' || *s == '\\')
-			fputc('\\', f), fputc(*s, f);
-		else if (*s == '\n')
-			fputs("\\n", f);
-		else
-			fputc(*s, f);
-	}
+	fputs(buf, f);
 	fputc('"', f);
 }
 
@@ -82,8 +82,11 @@ vmf_log_kv(enum vmf_log_level level, const char *func, const char *kv, const cha
 	put_quoted(stderr, msg);
 	if (func)
 		fprintf(stderr, " func=%s", func);
-	if (kv && *kv)
-		fprintf(stderr, " %s", kv);
+	if (kv && *kv) {
+		char buf[4 * 96 + 8];
+		vmf_escape(kv, buf, sizeof(buf), 0);
+		fprintf(stderr, " %s", buf);
+	}
 	fputc('\n', stderr);
 	funlockfile(stderr);
 }

@@ -1,5 +1,6 @@
 #include "util.h"
 #include "frame.h"
+#include "text.h"
 
 #include <ctype.h>
 #include <dirent.h>
@@ -9,11 +10,13 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <openssl/evp.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <time.h>
 #include <unistd.h>
 #include <poll.h>
@@ -144,42 +147,335 @@ vmf_read_file(const char *path, char **out, size_t *len, size_t max, struct vmf_
 	return r;
 }
 
-static int
-rm_at(int parent, const char *name, const char *shown, struct vmf_error *err)
+/* ---- tree removal ----
+ *
+ * A VM's run dir holds its share, which the guest fills as it likes: a
+ * chain of directories deeper than the fd table or the stack, millions of
+ * entries, symlinks to anywhere.  So the tree is emptied in place with two
+ * directories open at a time and no recursion: each directory found below
+ * the top is emptied of its files, its subdirectories are renamed up into
+ * the top under a fresh name (".vmf-rm-N", RENAME_NOREPLACE), and it is
+ * removed; the renamed ones are taken in turn.  Every entry is renamed at
+ * most once, so the work is linear in the number of entries at any depth.
+ * Nothing is followed: entries are looked at with AT_SYMLINK_NOFOLLOW and
+ * opened with O_NOFOLLOW, and a symlink is unlinked.  A mount point (a
+ * directory whose st_dev differs from the top's, or that statx marks as a
+ * mount root, which catches bind mounts) is never entered: it and what
+ * holds it stay, and the removal fails with a sentence naming it. */
+
+#define SPOOL_PREFIX ".vmf-rm-"
+
+struct rm_state {
+	int top;
+	const char *path;
+	dev_t dev;
+	uint64_t spooled, taken;     /* spool names made, and processed */
+	int code;                    /* the first failure, kept in err */
+	struct vmf_error *err;
+	int64_t deadline;            /* vmf_now_ms(); -1: none */
+	unsigned ops;
+	bool late;
+};
+
+/* Past the deadline (looked at every 64 entries). */
+static bool
+rm_late(struct rm_state *s)
 {
-	struct stat st;
-	if (fstatat(parent, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
-		return errno == ENOENT ? 0 : vmf_err_sys(err, errno, "cannot stat %s", shown);
-	if (!S_ISDIR(st.st_mode)) {
-		if (unlinkat(parent, name, 0) < 0 && errno != ENOENT)
-			return vmf_err_sys(err, errno, "cannot remove %s", shown);
-		return 0;
+	if (s->deadline >= 0 && !s->late && (++s->ops & 63) == 0 && vmf_now_ms() >= s->deadline)
+		s->late = true;
+	return s->late;
+}
+
+static void
+rm_failed(struct rm_state *s, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+static void
+rm_failed(struct rm_state *s, int code, const char *fmt, ...)
+{
+	if (s->code)
+		return;
+	s->code = code ? code : EIO;
+	if (!s->err)
+		return;
+	char what[700];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(what, sizeof(what), fmt, ap);
+	va_end(ap);
+	vmf_err(s->err, s->code, "cannot remove everything in %s: %s", s->path, what);
+}
+
+/* The type of dir/name and whether it is another mount (or a mount's
+ * root): 0, or -errno. */
+static int
+rm_stat(const struct rm_state *s, int dir, const char *name, bool *is_dir, bool *mount)
+{
+	struct statx sx;
+	if (statx(dir, name, AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT, STATX_TYPE, &sx) < 0)
+		return -errno;
+	*is_dir = S_ISDIR(sx.stx_mode);
+	*mount = *is_dir && (makedev(sx.stx_dev_major, sx.stx_dev_minor) != s->dev ||
+			     ((sx.stx_attributes_mask & STATX_ATTR_MOUNT_ROOT) &&
+			      (sx.stx_attributes & STATX_ATTR_MOUNT_ROOT)));
+	return 0;
+}
+
+static void
+spool_name(uint64_t n, char buf[40])
+{
+	snprintf(buf, 40, SPOOL_PREFIX "%llu", (unsigned long long)n);
+}
+
+/* Moves dir/name up into the top under the next spool name. */
+static int
+rm_spool(struct rm_state *s, int dir, const char *name)
+{
+	for (int tries = 0; tries < 1000; tries++) {
+		char to[40];
+		spool_name(s->spooled++, to);
+		if (renameat2(dir, name, s->top, to, RENAME_NOREPLACE) == 0)
+			return 0;
+		if (errno == EINVAL) {
+			/* A file system without RENAME_NOREPLACE: the top is
+			 * ours, and a name free now stays free. */
+			struct stat st;
+			if (fstatat(s->top, to, &st, AT_SYMLINK_NOFOLLOW) == 0)
+				continue;
+			if (renameat(dir, name, s->top, to) == 0)
+				return 0;
+		}
+		if (errno != EEXIST)
+			return -errno;
 	}
-	int fd = openat(parent, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-	if (fd < 0)
-		return vmf_err_sys(err, errno, "cannot open %s", shown);
+	return -EEXIST;
+}
+
+static int
+rm_unlink(int dir, const char *name, int flags)
+{
+	if (unlinkat(dir, name, flags) == 0 || errno == ENOENT)
+		return 0;
+	if (errno != EACCES && errno != EPERM)
+		return -errno;
+	/* A directory the guest made unwritable (through 9p, as QEMU's
+	 * user): ours to open up again, when we are not root. */
+	int e = errno;
+	if (fchmod(dir, S_IRWXU) < 0)
+		return -e;
+	return unlinkat(dir, name, flags) == 0 || errno == ENOENT ? 0 : -errno;
+}
+
+/* Removes dir/name (dir: the top, or a directory being emptied).  A
+ * non-empty directory is emptied one level: files unlinked, directories
+ * removed when empty, else moved up into the top for later. */
+static void
+rm_entry(struct rm_state *s, int dir, const char *name, const char *shown)
+{
+	bool is_dir, mount;
+	int r = rm_stat(s, dir, name, &is_dir, &mount);
+	if (r == -ENOENT)
+		return;
+	if (r < 0) {
+		rm_failed(s, -r, "cannot look at %s: %s", shown, strerror(-r));
+		return;
+	}
+	if (!is_dir) {
+		if ((r = rm_unlink(dir, name, 0)) < 0)
+			rm_failed(s, -r, "cannot remove %s: %s", shown, strerror(-r));
+		return;
+	}
+	if (mount) {
+		rm_failed(s, EBUSY, "%s is a mount point: nothing below it is removed", shown);
+		return;
+	}
+	if ((r = rm_unlink(dir, name, AT_REMOVEDIR)) == 0)
+		return;
+	if (r != -ENOTEMPTY && r != -EEXIST) {
+		rm_failed(s, -r, "cannot remove directory %s: %s", shown, strerror(-r));
+		return;
+	}
+	int fd = openat(dir, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0 && errno == EACCES && fchmodat(dir, name, S_IRWXU, AT_SYMLINK_NOFOLLOW) == 0)
+		fd = openat(dir, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0) {
+		/* Replaced by a symlink or a file since: one more look. */
+		if (errno == ELOOP || errno == ENOTDIR)
+			r = rm_unlink(dir, name, 0);
+		else
+			r = -errno;
+		if (r < 0)
+			rm_failed(s, -r, "cannot open %s: %s", shown, strerror(-r));
+		return;
+	}
+	struct stat st;
+	if (fstat(fd, &st) < 0 || st.st_dev != s->dev) {
+		/* A mount put there between the look and the open. */
+		close(fd);
+		rm_failed(s, EBUSY, "%s is a mount point: nothing below it is removed", shown);
+		return;
+	}
 	DIR *d = fdopendir(fd);
 	if (!d) {
+		r = errno;
 		close(fd);
-		return vmf_err_sys(err, errno, "cannot list %s", shown);
+		rm_failed(s, r, "cannot list %s: %s", shown, strerror(r));
+		return;
 	}
-	int r = 0;
 	struct dirent *de;
-	while (r == 0 && (de = readdir(d))) {
+	errno = 0;
+	while (!rm_late(s) && (de = readdir(d))) {
 		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
 			continue;
-		r = rm_at(dirfd(d), de->d_name, shown, err);
+		bool sub_dir = false, sub_mount = false;
+		/* Not a directory by the listing's word: no mount point can
+		 * be entered through it, so no look first. */
+		r = de->d_type != DT_DIR && de->d_type != DT_UNKNOWN ? 0 : rm_stat(s, fd, de->d_name, &sub_dir, &sub_mount);
+		if (r == -ENOENT)
+			continue;
+		if (r == 0 && !sub_dir)
+			r = rm_unlink(fd, de->d_name, 0);
+		else if (r == 0 && sub_mount)
+			r = -EBUSY;
+		else if (r == 0 && rm_unlink(fd, de->d_name, AT_REMOVEDIR) < 0)
+			r = rm_spool(s, fd, de->d_name);
+		if (r < 0)
+			rm_failed(s, -r, r == -EBUSY ? "%s/%s is a mount point: nothing below it is removed"
+				  : "cannot remove %s/%s: %s", shown, de->d_name, strerror(-r));
+		errno = 0;
 	}
+	if (errno && !s->late)
+		rm_failed(s, errno, "cannot list %s: %s", shown, strerror(errno));
 	closedir(d);
-	if (r == 0 && unlinkat(parent, name, AT_REMOVEDIR) < 0 && errno != ENOENT)
-		return vmf_err_sys(err, errno, "cannot remove directory %s", shown);
-	return r;
+	if (s->late)
+		return;
+	if ((r = rm_unlink(dir, name, AT_REMOVEDIR)) < 0 && !s->code)
+		rm_failed(s, -r, "cannot remove directory %s: %s", shown, strerror(-r));
+}
+
+/* A mount at or below the directory open as fd, from /proc/self/mountinfo:
+ * its mount point in at (size n), true when there is one.  Checked before
+ * anything is touched, so that a tree holding a mount is left exactly as
+ * it was (its owner unmounts it by that path, then the removal is tried
+ * again); the checks during the removal catch one mounted meanwhile. */
+static bool
+mount_below(int fd, char *at, size_t n)
+{
+	char self[64], canon[PATH_MAX];
+	snprintf(self, sizeof(self), "/proc/self/fd/%d", fd);
+	ssize_t k = readlink(self, canon, sizeof(canon) - 1);
+	if (k <= 0)
+		return false;
+	canon[k] = '\0';
+	size_t cl = (size_t)k;
+	char *info = NULL;
+	if (vmf_read_file("/proc/self/mountinfo", &info, NULL, 64u << 20, NULL) < 0)
+		return false;
+	bool found = false;
+	for (char *line = info, *next; line && *line && !found; line = next) {
+		next = strchr(line, '\n');
+		if (next)
+			*next++ = '\0';
+		/* Field 5 is the mount point, with blanks and backslashes as
+		 * octal escapes. */
+		char *f = line;
+		for (int i = 0; i < 4 && f; i++)
+			f = strchr(f, ' ') ? strchr(f, ' ') + 1 : NULL;
+		if (!f)
+			continue;
+		char mp[PATH_MAX];
+		size_t m = 0;
+		for (; *f && *f != ' ' && m + 1 < sizeof(mp); f++) {
+			if (f[0] == '\\' && f[1] >= '0' && f[1] <= '3' && f[2] >= '0' && f[2] <= '7' && f[3] >= '0' &&
+			    f[3] <= '7') {
+				mp[m++] = (char)((f[1] - '0') * 64 + (f[2] - '0') * 8 + (f[3] - '0'));
+				f += 3;
+			} else {
+				mp[m++] = *f;
+			}
+		}
+		mp[m] = '\0';
+		if (strncmp(mp, canon, cl) == 0 && (mp[cl] == '/' || (mp[cl] == '\0' && cl > 1))) {
+			snprintf(at, n, "%s", mp);
+			found = true;
+		}
+	}
+	free(info);
+	return found;
 }
 
 int
 vmf_rm_rf(const char *path, struct vmf_error *err)
 {
-	return rm_at(AT_FDCWD, path, path, err);
+	return vmf_rm_rf_until(path, -1, err);
+}
+
+int
+vmf_rm_rf_until(const char *path, int64_t deadline_ms, struct vmf_error *err)
+{
+	int top = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (top < 0) {
+		if (errno == ENOENT)
+			return 0;
+		if (errno != ELOOP && errno != ENOTDIR)
+			return vmf_err_sys(err, errno, "cannot open %s", path);
+		/* A file, or a symlink: removed, never followed. */
+		if (unlink(path) < 0 && errno != ENOENT)
+			return vmf_err_sys(err, errno, "cannot remove %s", path);
+		return 0;
+	}
+	struct statx sx;
+	if (statx(top, "", AT_EMPTY_PATH, STATX_TYPE, &sx) < 0) {
+		int e = errno;
+		close(top);
+		return vmf_err_sys(err, e, "cannot look at %s", path);
+	}
+	char mnt[PATH_MAX];
+	if ((sx.stx_attributes_mask & STATX_ATTR_MOUNT_ROOT) && (sx.stx_attributes & STATX_ATTR_MOUNT_ROOT)) {
+		close(top);
+		return vmf_err(err, EBUSY, "%s is a mount point: not removed", path);
+	}
+	if (mount_below(top, mnt, sizeof(mnt))) {
+		close(top);
+		return vmf_err(err, EBUSY, "%s holds a mount at %s: nothing is removed until it is unmounted", path, mnt);
+	}
+	struct rm_state s = { .top = top, .path = path, .dev = makedev(sx.stx_dev_major, sx.stx_dev_minor),
+			      .err = err, .deadline = deadline_ms };
+	DIR *d = fdopendir(dup(top));
+	if (!d) {
+		int e = errno;
+		close(top);
+		return vmf_err_sys(err, e, "cannot list %s", path);
+	}
+	struct dirent *de;
+	errno = 0;
+	while (!rm_late(&s) && (de = readdir(d))) {
+		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+			continue;
+		char shown[PATH_MAX + 300];
+		snprintf(shown, sizeof(shown), "%s/%s", path, de->d_name);
+		rm_entry(&s, top, de->d_name, shown);
+		errno = 0;
+	}
+	if (errno)
+		rm_failed(&s, errno, "cannot list %s: %s", path, strerror(errno));
+	closedir(d);
+	/* What was moved up, in order; each may move more up. */
+	while (s.taken < s.spooled && !rm_late(&s)) {
+		char name[40], shown[PATH_MAX + 60];
+		spool_name(s.taken++, name);
+		snprintf(shown, sizeof(shown), "%s/%s (moved up from below)", path, name);
+		rm_entry(&s, top, name, shown);
+	}
+	close(top);
+	if (s.code)
+		return -s.code;
+	/* Cut short: what is left (the spool names among it) is taken by the
+	 * next call's pass over the top. */
+	if (s.late)
+		return 1;
+	if (rmdir(path) < 0 && errno != ENOENT)
+		return vmf_err_sys(err, errno, "cannot remove directory %s", path);
+	return 0;
 }
 
 void
@@ -251,20 +547,45 @@ vmf_file_tail(const char *path, char *buf, size_t max)
 	off_t size = lseek(fd, 0, SEEK_END);
 	size_t want = max - 4;
 	off_t start = size > (off_t)want ? size - (off_t)want : 0;
-	ssize_t n = pread(fd, buf + (start ? 3 : 0), want, start);
+	char *raw = malloc(want + 1), *esc = malloc(4 * want + 8);
+	ssize_t n = raw && esc ? pread(fd, raw, want, start) : -1;
 	close(fd);
 	if (n <= 0) {
-		buf[0] = '\0';
+		free(raw);
+		free(esc);
 		return;
 	}
-	if (start)
-		memcpy(buf, "...", 3);
-	size_t end = (size_t)n + (start ? 3 : 0);
-	buf[end] = '\0';
-	/* Control characters from a serial console would garble a one-line error. */
-	for (size_t i = 0; i < end; i++)
-		if ((unsigned char)buf[i] < 0x20 && buf[i] != '\n')
-			buf[i] = ' ';
+	raw[n] = '\0';
+	/* A serial console is the guest's to write: its lines escaped (a
+	 * terminal, a log and a protobuf string all see this), the line
+	 * breaks kept for reading; then the end that fits. */
+	size_t e = 0;
+	for (char *line = raw, *next; line; line = next) {
+		next = strchr(line, '\n');
+		if (next)
+			*next++ = '\0';
+		e += vmf_escape(line, esc + e, 4 * want + 8 - e - 1, 0);
+		if (next)
+			esc[e++] = '\n';
+		esc[e] = '\0';
+	}
+	const char *from = esc;
+	bool cut = start > 0;
+	if (e > want) {
+		/* At a line's start if there is one, else at a character's:
+		 * what is left is text, valid UTF-8 whatever the cut. */
+		from = esc + (e - want);
+		const char *nl = strchr(from, '\n');
+		if (nl && nl + 1 < esc + e)
+			from = nl + 1;
+		else
+			while ((*from & 0xc0) == 0x80)
+				from++;
+		cut = true;
+	}
+	snprintf(buf, max, "%s%s", cut ? "..." : "", from);
+	free(raw);
+	free(esc);
 }
 
 void

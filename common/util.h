@@ -39,9 +39,16 @@ int vmf_read_file(const char *path, char **out, size_t *len, size_t max, struct 
  * caller that checks what it opened first. */
 int vmf_read_fd(int fd, const char *path, char **out, size_t *len, size_t max, struct vmf_error *err);
 
-/* Removes path recursively without following symlinks (a symlink is removed,
- * not its target).  Missing path is success. */
+/* Removes path and everything below it, whatever a guest built there: any
+ * depth and number of entries with two directories open and no recursion,
+ * never following a symlink (it is removed, not its target) and never
+ * entering another mount: a tree with a mount at or below it is left as
+ * it is (-EBUSY naming the mount), one mounted during the removal is not
+ * entered.  A missing path is success. */
 int vmf_rm_rf(const char *path, struct vmf_error *err);
+/* The same, stopping at deadline_ms (vmf_now_ms(); -1: none) with 1 when
+ * something is left: a later call goes on from there. */
+int vmf_rm_rf_until(const char *path, int64_t deadline_ms, struct vmf_error *err);
 
 /* fsync of a directory, so that a rename or create inside it is durable. */
 int vmf_fsync_dir(const char *dir, struct vmf_error *err);

@@ -16,15 +16,17 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "cgroup.h"
 #include "config.h"
 #include "driver.h"
 #include "log.h"
+#include "net.h"
 #include "sandbox.h"
 #include "util.h"
 
-enum section { SEC_NONE, SEC_DAEMON, SEC_HV, SEC_GUEST, SEC_POOL, SEC_BAD };
+enum section { SEC_NONE, SEC_DAEMON, SEC_HV, SEC_GUEST, SEC_GATEWAY, SEC_POOL, SEC_BAD };
 
-static const char *const section_names[] = { "", "daemon", "hypervisor", "guest", "pool", "" };
+static const char *const section_names[] = { "", "daemon", "hypervisor", "guest", "gateway", "pool", "" };
 
 enum kind {
 	K_ABSPATH,     /* absolute path */
@@ -41,6 +43,10 @@ enum kind {
 	K_ROOTS,       /* absolute paths separated by ':' */
 	K_SHAPE,       /* auto or off */
 	K_NETMODE,     /* none or user: the pool's default network (issue 16) */
+	K_ADDRS,       /* IPv4 addresses separated by ',' */
+	K_STOPMODE,    /* kill, flush or poweroff */
+	K_RESET,       /* stop or keep */
+	K_CGROUPS,     /* cgroup directories below /sys/fs/cgroup, separated by ':' */
 };
 
 /* Where a value goes: a field of opts, or of the current pool's spec. */
@@ -55,6 +61,7 @@ struct key {
 
 #define O(f) offsetof(struct vmf_daemon_opts, f)
 #define P(f) offsetof(struct vmf_pool_spec, f)
+#define G(f) offsetof(struct vmf_gateway_opts, f)
 
 static const struct key keys[] = {
 	{ SEC_DAEMON, "socket", K_ABSPATH, O(socket_path), 0, 0, 107 },
@@ -69,10 +76,28 @@ static const struct key keys[] = {
 	{ SEC_DAEMON, "idle_timeout", K_SECONDS, O(idle_timeout_s), 1, 86400, 0 },
 	{ SEC_DAEMON, "frame_timeout", K_SECONDS, O(frame_timeout_s), 1, 3600, 0 },
 	{ SEC_DAEMON, "max_miss_clones", K_UINT, O(max_miss_clones), 0, 64, 0 },
+	/* The tenant boundary (docs/security.md). */
+	{ SEC_DAEMON, "share_max_mib", K_UINT, O(share_max_mib), 0, 1048576, 0 },
+	{ SEC_DAEMON, "user_net_outbound", K_BOOL, O(user_net_outbound), 0, 0, 0 },
+	{ SEC_DAEMON, "hostfwd_addresses", K_ADDRS, O(hostfwd_addresses), 0, 0, 255 },
+	{ SEC_DAEMON, "max_hostfwd_per_tenant", K_UINT, O(max_hostfwd), 0, 1024, 0 },
 	/* Every pool's defaults; a [pool] may set its own. */
 	{ SEC_DAEMON, "shape", K_SHAPE, O(shape), 0, 0, 0 },
 	{ SEC_DAEMON, "shape_max", K_UINT, O(shape_max), 0, 256, 0 },
 	{ SEC_DAEMON, "shape_memory_mib", K_UINT, O(shape_memory_mib), 0, 268435456, 0 },
+	/* Limits: per VM, then per tenant (0: none allowed). */
+	{ SEC_DAEMON, "serial_log_kib", K_UINT, O(serial_log_kib), 16, 1048576, 0 },
+	{ SEC_DAEMON, "scratch_max_mib", K_UINT, O(scratch_max_mib), 1, 1048576, 0 },
+	{ SEC_DAEMON, "scratch_max_volumes", K_UINT, O(scratch_max_volumes), 0, VMF_DISK_SLOTS, 0 },
+	{ SEC_DAEMON, "tenant_max_vms", K_UINT, O(tenant_max_vms), 0, 65536, 0 },
+	{ SEC_DAEMON, "tenant_max_suspended", K_UINT, O(tenant_max_suspended), 0, 65536, 0 },
+	{ SEC_DAEMON, "tenant_max_suspended_mib", K_UINT, O(tenant_max_suspended_mib), 0, 268435456, 0 },
+	{ SEC_DAEMON, "tenant_max_snapshots", K_UINT, O(tenant_max_snapshots), 0, 65536, 0 },
+	{ SEC_DAEMON, "tenant_max_snapshot_mib", K_UINT, O(tenant_max_snapshot_mib), 0, 268435456, 0 },
+	{ SEC_DAEMON, "stop", K_STOPMODE, O(stop), 0, 0, 0 },
+	{ SEC_DAEMON, "stop_timeout", K_SECONDS, O(stop_timeout_s), 1, 600, 0 },
+	{ SEC_DAEMON, "on_guest_reset", K_RESET, O(on_guest_reset), 0, 0, 0 },
+	{ SEC_DAEMON, "cgroup", K_CGROUPS, O(cgroup), 0, 0, VMF_CGROUPS_MAX * VMF_CGROUP_PATH_MAX },
 	{ SEC_HV, "binary", K_PROGRAM, O(qemu_binary), 0, 0, 512 },
 	{ SEC_HV, "type", K_DRIVER, O(hypervisor), 0, 0, 0 },
 	{ SEC_HV, "accelerator", K_ACCEL, O(accel), 0, 0, 0 },
@@ -85,6 +110,19 @@ static const struct key keys[] = {
 	{ SEC_GUEST, "memory_mib", K_UINT, O(memory_mib), 64, 1048576, 0 },
 	{ SEC_GUEST, "max_vcpus", K_UINT, O(max_vcpus), 1, 255, 0 },
 	{ SEC_GUEST, "max_memory_mib", K_UINT, O(max_memory_mib), 64, 1048576, 0 },
+	/* vmfactory gateway's (factory/gateway); the daemon reads past them. */
+	{ SEC_GATEWAY, "listen", K_LISTEN, G(listen), 0, 0, 64 },
+	{ SEC_GATEWAY, "api_keys", K_ABSPATH, G(api_keys), 0, 0, 512 },
+	{ SEC_GATEWAY, "sandbox_dir", K_ABSPATH, G(sandbox_dir), 0, 0, 512 },
+	{ SEC_GATEWAY, "state_file", K_ABSPATH, G(state_file), 0, 0, 512 },
+	{ SEC_GATEWAY, "max_connections", K_UINT, G(max_connections), 1, 65536, 0 },
+	{ SEC_GATEWAY, "max_sandboxes", K_UINT, G(max_sandboxes), 1, 4096, 0 },
+	{ SEC_GATEWAY, "max_sandboxes_per_key", K_UINT, G(max_sandboxes_per_key), 1, 4096, 0 },
+	{ SEC_GATEWAY, "workers", K_UINT, G(workers), 2, 64, 0 },
+	{ SEC_GATEWAY, "idle_timeout", K_SECONDS, G(idle_timeout_s), 1, 3600, 0 },
+	{ SEC_GATEWAY, "default_timeout", K_SECONDS, G(default_timeout_s), 1, 30 * 86400, 0 },
+	{ SEC_GATEWAY, "max_timeout", K_SECONDS, G(max_timeout_s), 1, 30 * 86400, 0 },
+	{ SEC_GATEWAY, "max_body", K_UINT, G(max_body), 1024, 64u << 20, 0 },
 	{ SEC_POOL, "size", K_UINT, P(size), 0, 256, 0 },
 	{ SEC_POOL, "vcpus", K_UINT, P(vcpus), 1, 255, 0 },
 	{ SEC_POOL, "memory_mib", K_UINT, P(memory_mib), 64, 1048576, 0 },
@@ -99,6 +137,10 @@ static const struct key keys[] = {
 	{ SEC_POOL, "shape_memory_mib", K_UINT, P(shape_memory_mib), 0, 268435456, 0 },
 	{ SEC_POOL, "image_dir", K_ABSPATH, P(image_dir), 0, 0, 512 },
 	{ SEC_POOL, "template", K_NAME, P(template_name), 0, 0, 32 },
+	{ SEC_POOL, "stop", K_STOPMODE, P(stop), 0, 0, 0 },
+	{ SEC_POOL, "stop_timeout", K_SECONDS, P(stop_timeout_s), 1, 600, 0 },
+	{ SEC_POOL, "on_guest_reset", K_RESET, P(on_guest_reset), 0, 0, 0 },
+	{ SEC_POOL, "cgroup", K_CGROUPS, P(cgroup), 0, 0, VMF_CGROUPS_MAX * VMF_CGROUP_PATH_MAX },
 };
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
 
@@ -326,6 +368,37 @@ set_value(struct parser *p, const struct key *k, const char *v, void *base)
 		}
 		*(bool *)((char *)base + k->off) = strcmp(v, "user") == 0;
 		return true;
+	case K_STOPMODE:
+		if (strcmp(v, "kill") != 0 && strcmp(v, "flush") != 0 && strcmp(v, "poweroff") != 0) {
+			problem(p, line, "%s: '%s' is not kill, flush or poweroff", n, v);
+			return false;
+		}
+		break;
+	case K_RESET:
+		if (strcmp(v, "stop") != 0 && strcmp(v, "keep") != 0) {
+			problem(p, line, "%s: '%s' is not stop or keep", n, v);
+			return false;
+		}
+		break;
+	case K_CGROUPS: {
+		unsigned count = 0;
+		for (const char *c = v; *c;) {
+			size_t l = strcspn(c, ":");
+			char one[VMF_CGROUP_PATH_MAX + 1];
+			struct vmf_error cerr;
+			snprintf(one, sizeof(one), "%.*s", (int)(l < sizeof(one) - 1 ? l : sizeof(one) - 1), c);
+			if (l && (l >= VMF_CGROUP_PATH_MAX || vmf_cgroup_check_path(one, &cerr) < 0)) {
+				problem(p, line, "%s: %s", n, l >= VMF_CGROUP_PATH_MAX ? "a path is too long" : cerr.msg);
+				return false;
+			}
+			if (l && ++count > VMF_CGROUPS_MAX) {
+				problem(p, line, "%s: more than %d cgroups", n, VMF_CGROUPS_MAX);
+				return false;
+			}
+			c += l + (c[l] == ':');
+		}
+		break;
+	}
 	case K_LOGLEVEL: {
 		int l = vmf_log_parse_level(v);
 		if (l < 0) {
@@ -364,6 +437,13 @@ set_value(struct parser *p, const struct key *k, const char *v, void *base)
 	case K_ROOTS:
 		/* Checked against the state and run dirs once all is read. */
 		break;
+	case K_ADDRS:
+		if (!vmf_net_valid_addrs(v)) {
+			problem(p, line, "%s: '%s' is not a list of IPv4 addresses separated by commas (e.g. "
+				"127.0.0.1,10.0.0.5; 0.0.0.0 for any)", n, v);
+			return false;
+		}
+		break;
 	case K_LISTEN: {
 		const char *colon = strrchr(v, ':');
 		if (!colon || colon == v || !parse_uint(colon + 1, &u) || u == 0 || u > 65535) {
@@ -394,8 +474,8 @@ handler(void *user, const char *section, const char *name, const char *value)
 	if (p->sec == SEC_BAD)
 		return 1;    /* its header was reported */
 	if (p->sec == SEC_NONE) {
-		problem(p, p->line, "'%s' is outside any section: put it under [daemon], [hypervisor], [guest] "
-			"or [pool NAME]", name);
+		problem(p, p->line, "'%s' is outside any section: put it under [daemon], [hypervisor], [guest], "
+			"[gateway] or [pool NAME]", name);
 		return 1;
 	}
 	unsigned i;
@@ -408,7 +488,8 @@ handler(void *user, const char *section, const char *name, const char *value)
 			if (strcmp(keys[j].name, name) == 0) {
 				hint = keys[j].sec == SEC_POOL ? " (it belongs in a [pool NAME] section)"
 					: keys[j].sec == SEC_DAEMON ? " (it belongs in [daemon])"
-					: keys[j].sec == SEC_HV ? " (it belongs in [hypervisor])" : " (it belongs in [guest])";
+					: keys[j].sec == SEC_HV ? " (it belongs in [hypervisor])"
+					: keys[j].sec == SEC_GATEWAY ? " (it belongs in [gateway])" : " (it belongs in [guest])";
 				break;
 			}
 		problem(p, p->line, "unknown key '%s' in %s%s", name, section_label(p, label, sizeof(label)), hint);
@@ -440,6 +521,8 @@ handler(void *user, const char *section, const char *name, const char *value)
 			p->key_line[p->pool][i] = p->line;
 		else
 			p->pool_bad[p->pool] = true;
+	} else if (p->sec == SEC_GATEWAY) {
+		set_value(p, &keys[i], value, &p->c->gateway);
 	} else if (!set_value(p, &keys[i], value, &p->c->opts) && p->sec == SEC_GUEST) {
 		p->guest_bad = true;
 	}
@@ -481,8 +564,8 @@ section_header(struct parser *p, const char *s, size_t n)
 		return;
 	}
 	if (strncmp(name, "pool", 4) != 0 || !isspace((unsigned char)name[4])) {
-		problem(p, p->line, "unknown section [%s]; the sections are [daemon], [hypervisor], [guest] "
-			"and [pool NAME]", name);
+		problem(p, p->line, "unknown section [%s]; the sections are [daemon], [hypervisor], [guest], "
+			"[gateway] and [pool NAME]", name);
 		return;
 	}
 	const char *pn = name + 5;
@@ -619,6 +702,14 @@ vmf_config_pool_range(const char *key, unsigned *min, unsigned *max)
 	*max = i < 0 ? UINT_MAX : keys[i].max;
 }
 
+void
+vmf_config_gateway_range(const char *key, unsigned *min, unsigned *max)
+{
+	int i = key_index(SEC_GATEWAY, key);
+	*min = i < 0 ? 0 : keys[i].min;
+	*max = i < 0 ? UINT_MAX : keys[i].max;
+}
+
 size_t
 vmf_config_daemon_max_len(const char *key)
 {
@@ -635,6 +726,8 @@ finish_pools(struct parser *p)
 	int ixv = key_index(SEC_POOL, "max_vcpus"), ixm = key_index(SEC_POOL, "max_memory_mib");
 	int ish = key_index(SEC_POOL, "shape"), ishx = key_index(SEC_POOL, "shape_max");
 	int ishm = key_index(SEC_POOL, "shape_memory_mib");
+	int ist = key_index(SEC_POOL, "stop"), istt = key_index(SEC_POOL, "stop_timeout");
+	int ire = key_index(SEC_POOL, "on_guest_reset"), icg = key_index(SEC_POOL, "cgroup");
 	for (unsigned i = 0; i < c->n_pools; i++) {
 		struct vmf_pool_spec *ps = &c->pools[i];
 		int *kl = p->key_line[i];
@@ -654,6 +747,15 @@ finish_pools(struct parser *p)
 			ps->shape_max = o->shape_max;
 		if (!kl[ishm])
 			ps->shape_memory_mib = o->shape_memory_mib;
+		/* So do the stop policy and the cgroups. */
+		if (!kl[ist])
+			ps->stop = o->stop;
+		if (!kl[istt])
+			ps->stop_timeout_s = o->stop_timeout_s;
+		if (!kl[ire])
+			ps->on_guest_reset = o->on_guest_reset;
+		if (!kl[icg])
+			ps->cgroup = o->cgroup;
 		if (p->pool_bad[i] || p->guest_bad)
 			continue;
 		if (ps->max_vcpus < ps->vcpus)

@@ -10,6 +10,7 @@
 
 #include "daemon.h"
 #include "error.h"
+#include "gateway.h"
 
 #define VMF_DEFAULT_CONFIG "/etc/vmfactory/vmfactory.conf"
 #define VMF_CONFIG_MAX_SIZE (1024 * 1024)
@@ -21,12 +22,15 @@ struct vmf_config {
 	struct vmf_pool_spec pools[VMF_MAX_POOLS];
 	unsigned n_pools;
 	int log_level;               /* [daemon] log_level; -1 when not given */
+	/* [gateway]: what the file gives (vmfactory gateway reads it; the
+	 * daemon only has it checked). */
+	struct vmf_gateway_opts gateway;
 	/* Every problem found, "PATH:LINE: message\n" each, in line order;
 	 * NULL when there is none. */
 	char *errors;
 	unsigned n_errors;
 	/* internal */
-	char *strings[24 + VMF_MAX_POOLS];   /* values opts and pools point at */
+	char *strings[48 + 5 * VMF_MAX_POOLS];   /* values opts, gateway and pools point at: one per string key */
 	unsigned n_strings;
 };
 
@@ -45,6 +49,8 @@ void vmf_config_free(struct vmf_config *c);
 /* The range a [pool] key (vcpus, memory_mib, max_vcpus, size, ...) accepts:
  * one table for the file and for the flags the daemon checks. */
 void vmf_config_pool_range(const char *key, unsigned *min, unsigned *max);
+/* The range a [gateway] number key accepts (file and flags alike). */
+void vmf_config_gateway_range(const char *key, unsigned *min, unsigned *max);
 /* The longest value a [daemon] key (socket, run_dir, state_dir, ...) accepts. */
 size_t vmf_config_daemon_max_len(const char *key);
 

@@ -27,6 +27,7 @@
 #include "factory.h"
 #include "frame.h"
 #include "log.h"
+#include "pbtext.h"
 #include "peercache.h"
 #include "sockaddr.h"
 
@@ -198,12 +199,41 @@ vmf_control_check_version(const Vmf__Control__Request *req, struct vmf_error *er
 	return 0;
 }
 
+static bool send_packed(struct vmf_conn *c, const Vmf__Control__Reply *reply);
+
 /* False when the connection was dropped instead. */
 static bool
 send_reply(struct vmf_conn *c, const Vmf__Control__Reply *reply)
 {
 	if (!c->bev)
 		return false;
+	/* Every string of a reply is valid UTF-8 (other languages' protobuf
+	 * libraries refuse one that is not): a guest's text, a path a tenant
+	 * named, an error cut at its length limit.  Rarely needed, so the
+	 * reply is only copied and mended when a string is not. */
+	Vmf__Control__Reply *mended = NULL;
+	if (!vmf_pb_strings_valid(&reply->base)) {
+		size_t m = vmf__control__reply__get_packed_size(reply);
+		uint8_t *tmp = malloc(m ? m : 1);
+		if (tmp) {
+			vmf__control__reply__pack(reply, tmp);
+			mended = vmf__control__reply__unpack(NULL, m, tmp);
+			free(tmp);
+		}
+		if (mended) {
+			vmf_pb_fix_utf8(&mended->base);
+			reply = mended;
+		}
+	}
+	bool ok = send_packed(c, reply);
+	if (mended)
+		vmf__control__reply__free_unpacked(mended, NULL);
+	return ok;
+}
+
+static bool
+send_packed(struct vmf_conn *c, const Vmf__Control__Reply *reply)
+{
 	size_t n = vmf__control__reply__get_packed_size(reply);
 	struct evbuffer *out = bufferevent_get_output(c->bev);
 	if (evbuffer_get_length(out) + VMF_FRAME_HDR + n > MAX_OUTPUT) {
@@ -301,6 +331,9 @@ dispatch(struct vmf_conn *c, Vmf__Control__Request *req)
 		break;
 	case VMF__CONTROL__REQUEST__BODY_SNAPSHOT:
 		vmf_snapshot_start(d, c, req->snapshot);
+		break;
+	case VMF__CONTROL__REQUEST__BODY_TEMPLATE_RM:
+		vmf_template_rm_start(d, c, req->template_rm);
 		break;
 	case VMF__CONTROL__REQUEST__BODY_SUSPEND_VM:
 		vmf_suspend_start(d, c, req->suspend_vm->vm_id);

@@ -47,9 +47,23 @@ vmf_daemon_opts_defaults(struct vmf_daemon_opts *o)
 	o->shape = true;
 	o->shape_max = VMF_SHAPE_AUTO;
 	o->shape_memory_mib = VMF_SHAPE_AUTO;
+	o->stop = "flush";
+	o->stop_timeout_s = VMF_DEFAULT_STOP_TIMEOUT_S;
+	o->on_guest_reset = "stop";
 	o->ready_fd = -1;
 	o->idle_timeout_s = VMF_DEFAULT_IDLE_TIMEOUT_S;
 	o->frame_timeout_s = VMF_DEFAULT_FRAME_TIMEOUT_S;
+	o->serial_log_kib = VMF_DEFAULT_SERIAL_LOG_KIB;
+	o->scratch_max_mib = VMF_DEFAULT_SCRATCH_MAX_MIB;
+	o->scratch_max_volumes = VMF_DEFAULT_SCRATCH_MAX_VOLUMES;
+	o->tenant_max_vms = VMF_DEFAULT_TENANT_MAX_VMS;
+	o->tenant_max_suspended = VMF_DEFAULT_TENANT_MAX_SUSPENDED;
+	o->tenant_max_suspended_mib = VMF_DEFAULT_TENANT_MAX_SUSPENDED_MIB;
+	o->tenant_max_snapshots = VMF_DEFAULT_TENANT_MAX_SNAPSHOTS;
+	o->tenant_max_snapshot_mib = VMF_DEFAULT_TENANT_MAX_SNAPSHOT_MIB;
+	o->share_max_mib = VMF_DEFAULT_SHARE_MAX_MIB;
+	o->hostfwd_addresses = VMF_DEFAULT_HOSTFWD_ADDRESSES;
+	o->max_hostfwd = VMF_DEFAULT_MAX_HOSTFWD;
 }
 
 /* ---- readiness pipe to `vmfactory init` ---- */
@@ -174,13 +188,18 @@ signal_cb(evutil_socket_t sig, short what, void *arg)
 	/* Pooled and assigned VMs keep running: a restarted daemon adopts
 	 * them.  Work in flight finishes first: a GetVM whose VM is recorded
 	 * assigned must reach its client, and a VM being stopped must stop.
-	 * Bounded by a GetVM's default timeout plus a stop's. */
+	 * Bounded by a GetVM's default timeout plus a stop's, the guest's
+	 * part (the longest stop_timeout) included. */
 	log_info("signal %d: finishing the work in flight, then exiting; VMs keep running for the next daemon",
 		 (int)sig);
 	vmf_sd_notify("STOPPING=1\nSTATUS=stopping on signal %d; VMs keep running", (int)sig);
 	d->cache.stopping = true;
 	d->draining = true;
-	struct timeval tv = { (VMF_DEFAULT_GETVM_TIMEOUT_MS + VMF_STOP_TIMEOUT_MS) / 1000, 0 };
+	unsigned guest_ms = d->cache.stop_default.timeout_ms;
+	struct vmf_pool *p;
+	TAILQ_FOREACH(p, &d->cache.pools, link)
+		guest_ms = p->stop.timeout_ms > guest_ms ? p->stop.timeout_ms : guest_ms;
+	struct timeval tv = { (VMF_DEFAULT_GETVM_TIMEOUT_MS + VMF_STOP_TIMEOUT_MS + guest_ms) / 1000, 0 };
 	d->drain_timer = evtimer_new(d->cache.base, drain_timeout_cb, d);
 	if (!d->drain_timer || evtimer_add(d->drain_timer, &tv) < 0) {
 		log_warn("shutdown: cannot arm the shutdown deadline; exiting now");
@@ -202,6 +221,37 @@ tick_cb(evutil_socket_t fd, short what, void *arg)
 	/* Also a backstop for a destroy or shutdown waiting on a job whose
 	 * done callback does not settle. */
 	vmf_daemon_settle(d);
+}
+
+/* A pool's (or the daemon's default) stop policy and cgroups from the
+ * config's strings, checked by the config (or here, for flags). */
+static int
+set_policy(struct vmf_stop_policy *pol, char (*cgroups)[VMF_CGROUP_PATH_MAX], unsigned *n_cgroups, const char *stop,
+	   unsigned timeout_s, const char *reset, const char *cgroup, struct vmf_error *err)
+{
+	pol->mode = stop && !strcmp(stop, "kill") ? VMF_STOP_KILL
+		: stop && !strcmp(stop, "poweroff") ? VMF_STOP_POWEROFF : VMF_STOP_FLUSH;
+	pol->timeout_ms = (timeout_s ? timeout_s : VMF_DEFAULT_STOP_TIMEOUT_S) * 1000u;
+	pol->keep_on_reset = reset && !strcmp(reset, "keep");
+	if (!cgroups)
+		return 0;
+	*n_cgroups = 0;
+	for (const char *c = cgroup ? cgroup : ""; *c;) {
+		size_t l = strcspn(c, ":");
+		if (l && *n_cgroups == VMF_CGROUPS_MAX)
+			return vmf_err(err, E2BIG, "cgroup: more than %d cgroups", VMF_CGROUPS_MAX);
+		if (l >= VMF_CGROUP_PATH_MAX)
+			return vmf_err(err, ENAMETOOLONG, "cgroup: a path is longer than %d bytes", VMF_CGROUP_PATH_MAX - 1);
+		if (l) {
+			snprintf(cgroups[*n_cgroups], VMF_CGROUP_PATH_MAX, "%.*s", (int)l, c);
+			int r = vmf_cgroup_check_path(cgroups[*n_cgroups], err);
+			if (r < 0)
+				return r;
+			(*n_cgroups)++;
+		}
+		c += l + (c[l] == ':');
+	}
+	return 0;
 }
 
 static int
@@ -227,15 +277,18 @@ setup_pool(struct vmf_daemon *d, const struct vmf_pool_spec *ps, struct vmf_erro
 	p->params.nic = ps->nic;
 	p->net_user = ps->net_user && vmf_template_params_nic(&p->params);
 	p->params.runas = o->runas;
+	p->params.share_mib = d->share_mib;
 	p->target = ps->size;
 	p->shape.enabled = ps->shape;
 	p->shape.max = ps->shape_max == VMF_SHAPE_AUTO ? ps->size / 2 : ps->shape_max;
 	p->shape.memory_mib = ps->shape_memory_mib == VMF_SHAPE_AUTO ? ps->size * ps->memory_mib / 2
 		: ps->shape_memory_mib;
 	p->parallelism = o->fill_parallelism ? o->fill_parallelism : 2;
+	int r = set_policy(&p->stop, p->cgroups, &p->n_cgroups, ps->stop, ps->stop_timeout_s, ps->on_guest_reset,
+			   ps->cgroup, err);
+	p->params.on_guest_reset = p->stop.keep_on_reset ? "keep" : "stop";
 	/* Its own image, or the daemon's (loaded once, overrides and all). */
-	int r = 0;
-	if (ps->image_dir)
+	if (r == 0 && ps->image_dir)
 		r = vmf_image_load(ps->image_dir, NULL, NULL, &p->img, err);
 	else
 		p->img = d->img;
@@ -254,7 +307,7 @@ setup_pool(struct vmf_daemon *d, const struct vmf_pool_spec *ps, struct vmf_erro
 }
 
 struct vmf_pool *
-vmf_daemon_template_pool(struct vmf_daemon *d, const char *pool_name, unsigned size,
+vmf_daemon_template_pool(struct vmf_daemon *d, const char *pool_name, unsigned size, bool on_demand,
 			 Vmf__Catalog__TemplateRecord *rec, struct vmf_error *err)
 {
 	struct vmf_pool *p = calloc(1, sizeof(*p));
@@ -272,6 +325,8 @@ vmf_daemon_template_pool(struct vmf_daemon *d, const char *pool_name, unsigned s
 	snprintf(p->name, sizeof(p->name), "%s", pool_name);
 	snprintf(p->template_name, sizeof(p->template_name), "%s", rec->name);
 	snprintf(p->template_id, sizeof(p->template_id), "%s", rec->id);
+	p->on_demand = on_demand;
+	p->template_owner = (uid_t)rec->owner_uid;
 	/* Its clones start with what the VM had hot-added: that is its base. */
 	p->spec->vcpus += rec->hotplugged_vcpus;
 	for (size_t i = 0; i < rec->n_dimms; i++)
@@ -290,17 +345,20 @@ vmf_daemon_template_pool(struct vmf_daemon *d, const char *pool_name, unsigned s
 	p->params.max_memory_mib = p->spec->max_memory_mib;
 	p->params.memory_slots = p->spec->memory_slots;
 	p->params.runas = o->runas;
+	p->params.share_mib = d->share_mib;
 	/* A snapshot of a VM with network has the NIC: its clones may get a
 	 * backend at hand-out as any clone. */
 	p->params.nic = vmf_template_has_nic(rec);
 	p->target = size;
 	p->parallelism = o->fill_parallelism ? o->fill_parallelism : 2;
+	p->stop = d->cache.stop_default;
+	p->params.on_guest_reset = p->stop.keep_on_reset ? "keep" : "stop";
 	p->img = d->img;
 	p->tpl = vmf_tpl_new(rec);
 	p->verified = p->tpl != NULL;
 	TAILQ_INSERT_TAIL(&d->cache.pools, p, link);
-	log_tpl(VMF_LOG_INFO, p->template_id, "pool %s of %u VMs of template %s (%u vCPU / %u MiB)", p->name, size,
-		p->template_name, p->spec->vcpus, p->spec->memory_mib);
+	log_tpl(VMF_LOG_INFO, p->template_id, "pool %s of %u VMs of template %s of uid %u (%u vCPU / %u MiB)", p->name,
+		size, p->template_name, (unsigned)p->template_owner, p->spec->vcpus, p->spec->memory_mib);
 	return p;
 }
 
@@ -322,11 +380,19 @@ flags_pool(const struct vmf_daemon_opts *o, struct vmf_pool_spec *ps)
 	ps->shape = o->shape;
 	ps->shape_max = o->shape_max;
 	ps->shape_memory_mib = o->shape_memory_mib;
+	ps->stop = o->stop;
+	ps->stop_timeout_s = o->stop_timeout_s;
+	ps->on_guest_reset = o->on_guest_reset;
+	ps->cgroup = o->cgroup;
 }
 
 static int
 setup_pools(struct vmf_daemon *d, struct vmf_error *err)
 {
+	const struct vmf_daemon_opts *o = &d->opts;
+	int rp = set_policy(&d->cache.stop_default, NULL, NULL, o->stop, o->stop_timeout_s, o->on_guest_reset, NULL, err);
+	if (rp < 0)
+		return rp;
 	struct vmf_pool_spec one;
 	const struct vmf_pool_spec *specs = d->opts.pools;
 	unsigned n = d->opts.n_pools;
@@ -338,11 +404,17 @@ setup_pools(struct vmf_daemon *d, struct vmf_error *err)
 	for (unsigned i = 0; i < n; i++) {
 		int r;
 		if (specs[i].template_name) {
-			/* At start, before the loop runs: the catalog may be read here. */
+			/* At start, before the loop runs: the catalog may be read here.
+			 * The config is root's: its names are the operator's, never a
+			 * tenant's snapshot of the same name. */
 			Vmf__Catalog__TemplateRecord *rec = NULL;
-			if ((r = vmf_template_find_name(d->cache.cat, specs[i].template_name, &rec, err)) < 0)
+			if ((r = vmf_template_find_name(d->cache.cat, 0, specs[i].template_name, &rec, err)) < 0)
 				return vmf_error_prefix(err, "pool %s", specs[i].name);
-			r = vmf_daemon_template_pool(d, specs[i].name, specs[i].size, rec, err) ? 0 : -err->code;
+			struct vmf_pool *tp = vmf_daemon_template_pool(d, specs[i].name, specs[i].size, false, rec, err);
+			r = tp ? set_policy(&tp->stop, tp->cgroups, &tp->n_cgroups, specs[i].stop, specs[i].stop_timeout_s,
+					    specs[i].on_guest_reset, specs[i].cgroup, err) : -err->code;
+			if (tp)
+				tp->params.on_guest_reset = tp->stop.keep_on_reset ? "keep" : "stop";
 		} else {
 			r = setup_pool(d, &specs[i], err);
 		}
@@ -497,6 +569,19 @@ cache_remove_links(void *ctx, const struct vmf_vm *vm)
 		log_vm(VMF_LOG_WARN, vm->id, "%s", lerr.msg);
 }
 
+/* On a worker: a kept VM's agent socket, made again at its guest's reset,
+ * is its owner's as the first one was. */
+static int
+cache_regrant(void *ctx, const struct vmf_vm *vm, struct vmf_error *err)
+{
+	struct vmf_daemon *d = ctx;
+	if (vmf_daemon_peer_admin(d, vm->owner_uid))
+		return 0;
+	const char *const socks[] = { vm->ops->agent_socket };
+	return vmf_sandbox_grant(vm->run_dir, socks, 1, vm->share_link[0] ? vm->share_dir : NULL, vm->owner_uid,
+				 d->runas_uid, err);
+}
+
 /* On a worker, the VM's VMM stopped: nothing of its network is left. */
 static void
 cache_undo_net(void *ctx, const struct vmf_vm *vm)
@@ -509,11 +594,31 @@ cache_undo_net(void *ctx, const struct vmf_vm *vm)
 		log_vm(VMF_LOG_WARN, vm->id, "undoing its network in %s: %s", vm->netns, nerr.msg);
 }
 
+/* The StopReport of a reply (strings borrowed from rep). */
+void
+vmf_stop_report_fill(const struct vmf_stop_report *rep, Vmf__Control__StopReport *sr, char **lost)
+{
+	vmf__control__stop_report__init(sr);
+	sr->method = (char *)rep->method;
+	for (unsigned i = 0; i < rep->n_lost; i++)
+		lost[i] = (char *)rep->lost[i];
+	sr->lost_writes = lost;
+	sr->n_lost_writes = rep->n_lost;
+	sr->guest_ms = rep->guest_ms;
+	sr->forced = rep->forced;
+}
+
 /* reply_to is the Release's connection, if any. */
 static void
-cache_stopped(void *ctx, struct vmf_vm *vm, void *reply_to, int err)
+cache_stopped(void *ctx, struct vmf_vm *vm, void *reply_to, const struct vmf_stop_report *rep, int err)
 {
 	struct vmf_daemon *d = ctx;
+	/* A destroy's reply names every disk that may have lost writes. */
+	for (unsigned i = 0; d->cache.destroying && i < rep->n_lost && d->n_destroy_lost < VMF_DESTROY_LOST_MAX; i++) {
+		char *l = NULL;
+		if (asprintf(&l, "%s %s", vm->id, rep->lost[i]) >= 0)
+			d->destroy_lost[d->n_destroy_lost++] = l;
+	}
 	if (err) {
 		if (reply_to)
 			vmf_control_reply_error(reply_to, err, "out of memory; the VM was stopped");
@@ -524,11 +629,31 @@ cache_stopped(void *ctx, struct vmf_vm *vm, void *reply_to, int err)
 	if (reply_to) {
 		Vmf__Control__Reply r = VMF__CONTROL__REPLY__INIT;
 		Vmf__Control__ReleaseReply rr = VMF__CONTROL__RELEASE_REPLY__INIT;
+		Vmf__Control__StopReport sr;
+		char *lost[VMF_STOP_LOST_MAX];
 		rr.vm_id = vm->id;
+		if (rep->method[0]) {
+			vmf_stop_report_fill(rep, &sr, lost);
+			rr.stop = &sr;
+		}
+		rr.exit = vm->exit;
 		r.body_case = VMF__CONTROL__REPLY__BODY_RELEASE;
 		r.release = &rr;
 		vmf_control_reply(reply_to, &r);
 	}
+}
+
+void
+vmf_daemon_pool_free(struct vmf_pool *p)
+{
+	vmf_tpl_unref(p->tpl);
+	/* A template pool's spec was unpacked (its empty strings are
+	 * protobuf-c's static one): freed as protobuf-c allocated it. */
+	if (p->template_name[0])
+		vmf__catalog__template_spec__free_unpacked(p->spec, NULL);
+	else
+		vmf_template_spec_free(p->spec);
+	free(p);
 }
 
 struct vmf_daemon *
@@ -545,13 +670,15 @@ vmf_daemon_new(const struct vmf_daemon_opts *opts, struct vmf_error *err)
 	d->start_ms = vmf_now_ms();
 	TAILQ_INIT(&d->cache.pools);
 	TAILQ_INIT(&d->cache.vms);
+	TAILQ_INIT(&d->snaps);
+	d->cache.log_keep_bytes = (uint64_t)opts->serial_log_kib << 10;
 	snprintf(d->cache.vm_root, sizeof(d->cache.vm_root), "%s/vms", opts->run_dir);
 	d->cache.state_dir = d->opts.state_dir;
 	d->cache.run_dir = d->opts.run_dir;
 	d->cache.hooks = (struct vmf_cache_hooks){
 		.ctx = d, .settle = cache_settle, .readiness = cache_readiness, .build_failed = cache_build_failed,
 		.progress = cache_progress, .remove_links = cache_remove_links,
-		.undo_net = cache_undo_net, .stopped = cache_stopped,
+		.undo_net = cache_undo_net, .stopped = cache_stopped, .regrant = cache_regrant,
 	};
 	return d;
 }
@@ -559,6 +686,8 @@ vmf_daemon_new(const struct vmf_daemon_opts *opts, struct vmf_error *err)
 void
 vmf_daemon_free(struct vmf_daemon *d)
 {
+	for (size_t i = 0; i < d->n_destroy_lost; i++)
+		free(d->destroy_lost[i]);
 	if (d->cache.jobs)
 		vmf_jobs_free(d->cache.jobs);
 	vmf_control_close(d);
@@ -569,15 +698,9 @@ vmf_daemon_free(struct vmf_daemon *d)
 	struct vmf_pool *p;
 	while ((p = TAILQ_FIRST(&d->cache.pools))) {
 		TAILQ_REMOVE(&d->cache.pools, p, link);
-		vmf_tpl_unref(p->tpl);
-		/* A template pool's spec was unpacked (its empty strings are
-		 * protobuf-c's static one): freed as protobuf-c allocated it. */
-		if (p->template_name[0])
-			vmf__catalog__template_spec__free_unpacked(p->spec, NULL);
-		else
-			vmf_template_spec_free(p->spec);
-		free(p);
+		vmf_daemon_pool_free(p);
 	}
+	vmf_snaps_free(d);
 	if (d->tick)
 		event_free(d->tick);
 	if (d->drain_timer)
@@ -614,6 +737,10 @@ vmf_daemon_run(const struct vmf_daemon_opts *opts, struct vmf_error *err)
 	if (!d)
 		return -err->code;
 	signal(SIGPIPE, SIG_IGN);
+	/* A lease on a caller's disk image (disk.c) signals its holder when
+	 * someone opens the file meanwhile; the open just waits for the
+	 * lease's end, and the signal's default would end the daemon. */
+	signal(SIGIO, SIG_IGN);
 	if ((r = vmf_sandbox_policy_init(&d->sandbox, opts->sandbox_roots, opts->state_dir, opts->run_dir, err)) < 0)
 		goto out;
 
@@ -675,12 +802,19 @@ vmf_daemon_run(const struct vmf_daemon_opts *opts, struct vmf_error *err)
 		goto out;
 	if (opts->accel && *opts->accel)
 		snprintf(d->hv.accel, sizeof(d->hv.accel), "%s", opts->accel);
+	/* Only root mounts a clone's share; elsewhere shares are plain
+	 * directories, which GetVM gives to no tenant. */
+	if (d->hv.caps & VMF_CAP_SHARE_DEVICE)
+		d->share_mib = geteuid() == 0 ? opts->share_max_mib : 0;
+	if ((d->hv.caps & VMF_CAP_SHARE_DEVICE) && opts->share_max_mib && geteuid() != 0)
+		log_warn("not running as root: VM shares are plain directories, not tmpfs mounts of %u MiB, so "
+			 "GetVM gives a share to root and uid %u only", opts->share_max_mib, (unsigned)geteuid());
 	if ((r = vmf_catalog_open(opts->state_dir, &d->cache.cat, err)) < 0 ||
 	    (r = vmf_catalog_open_runtime(d->cache.cat, opts->run_dir, err)) < 0)
 		goto out;
 	if ((r = vmf_template_cleanup(d->cache.cat, opts->state_dir, err)) < 0)
 		log_warn("%s", err->msg);
-	if ((r = setup_pools(d, err)) < 0)
+	if ((r = setup_pools(d, err)) < 0 || (r = vmf_snaps_load(d, err)) < 0)
 		goto out;
 
 	evthread_use_pthreads();

@@ -46,6 +46,8 @@ finish_destroy_if_done(struct vmf_daemon *d)
 	Vmf__Control__Reply r = VMF__CONTROL__REPLY__INIT;
 	Vmf__Control__DestroyReply dr = VMF__CONTROL__DESTROY_REPLY__INIT;
 	dr.stopped = d->destroyed;
+	dr.lost_writes = d->destroy_lost;
+	dr.n_lost_writes = d->n_destroy_lost;
 	r.body_case = VMF__CONTROL__REPLY__BODY_DESTROY;
 	r.destroy = &dr;
 	vmf_control_reply(d->destroy_conn, &r);

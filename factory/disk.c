@@ -22,6 +22,7 @@
 #include "agent.h"
 #include "factory.h"
 #include "log.h"
+#include "qcow2.h"
 #include "util.h"
 
 #define DISK_AGENT_TIMEOUT_MS 20000
@@ -282,36 +283,14 @@ write_qcow2_overlay(int fd, uint64_t size, const char *path, struct vmf_error *e
 	return 0;
 }
 
-/* The guest-visible size of the base: a raw file's length, a qcow2's
- * virtual size (its header). */
 static int
-base_size(int fd, const struct stat *st, const char *format, const char *path, uint64_t *size,
-	  struct vmf_error *err)
+make_overlay(struct disk_job *j, uint64_t size, struct vmf_error *err)
 {
-	if (strcmp(format, "qcow2") != 0) {
-		*size = (uint64_t)st->st_size;
-		return 0;
-	}
-	uint8_t h[32];
-	if (pread(fd, h, sizeof(h), 0) != (ssize_t)sizeof(h) || memcmp(h, "QFI\xfb", 4) != 0)
-		return vmf_err(err, EINVAL, "disk %s is not a qcow2 image", path);
-	*size = 0;
-	for (int i = 24; i < 32; i++)
-		*size = *size << 8 | h[i];
-	return 0;
-}
-
-static int
-make_overlay(struct disk_job *j, const struct stat *st, struct vmf_error *err)
-{
-	uint64_t size = 0;
-	int r = base_size(j->base_fd, st, j->dk->format, j->dk->path, &size, err);
-	if (r < 0)
-		return r;
 	int fd = open(j->dk->overlay, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
 	if (fd < 0)
 		return vmf_err_sys(err, errno, "cannot create the copy-on-write overlay %s", j->dk->overlay);
-	if ((r = write_qcow2_overlay(fd, size, j->dk->overlay, err)) < 0) {
+	int r = write_qcow2_overlay(fd, size, j->dk->overlay, err);
+	if (r < 0) {
 		close(fd);
 		unlink(j->dk->overlay);
 		return r;
@@ -319,20 +298,73 @@ make_overlay(struct disk_job *j, const struct stat *st, struct vmf_error *err)
 	return fd;
 }
 
+/* The caller's file fd about to go to a VMM as format: a qcow2 header is
+ * checked (qcow2.c), and where the VMM parses the header again when it
+ * opens the disk, a lease keeps the file as checked until then: with it,
+ * any other open of the file for writing (of any open at all, for a
+ * read-write disk) waits until release_image.  The lease needs nothing else
+ * to have the file open for writing now, which a writer could otherwise
+ * use to change the header behind the check.  *size: what the guest sees
+ * (a raw file's length, a qcow2's virtual size). */
+static int
+check_image(const struct vmf_hv_ops *ops, int fd, const char *format, bool rw, const char *path,
+	    const struct stat *st, uint64_t *size, struct vmf_error *err)
+{
+	*size = (uint64_t)st->st_size;
+	if (strcmp(format, "qcow2") != 0)
+		return 0;
+	if (ops->parses_image_header && fcntl(fd, F_SETLEASE, rw ? F_WRLCK : F_RDLCK) < 0) {
+		int e = errno;
+		if (e == EAGAIN || e == EBUSY)
+			return vmf_err(err, EBUSY, "qcow2 image %s is open %selsewhere: it is attached only while "
+				       "nothing else can change its header until %s has read it; close it and attach "
+				       "again", path, rw ? "" : "for writing ", ops->name);
+		return vmf_err_sys(err, e, "cannot hold qcow2 image %s unchanged while %s reads its header (a "
+				   "file lease)", path, ops->name);
+	}
+	struct vmf_qcow2_info qi;
+	int r = vmf_qcow2_check_fd(fd, path, &qi, err);
+	if (r == 0)
+		*size = qi.size;
+	return r;
+}
+
+/* Closes a descriptor check_image may have leased.  The lease belongs to
+ * the open file, which the VMM now shares: closing ours alone would leave
+ * it in place. */
+static void
+release_image(int fd)
+{
+	if (fd < 0)
+		return;
+	int e = errno;
+	fcntl(fd, F_SETLEASE, F_UNLCK);
+	close(fd);
+	errno = e;
+}
+
 static void
 open_work(void *arg)
 {
 	struct disk_job *j = arg;
 	struct stat st;
+	uint64_t size = 0;
+	bool cow = j->dk->kind == VMF_DISK_COW;
 	VMF_FAULT_PAUSE("attach-pause");
 	if (j->scratch_mib)
 		j->fd = make_scratch(j->dk->path, j->vm->run_dir, j->scratch_mib, &st, &j->err);
 	else
-		j->fd = open_disk_file(j->d, j->dk->path, j->peer, j->admin, j->dk->read_only || j->dk->kind == VMF_DISK_COW,
-				       &st, &j->err);
-	if (j->fd >= 0 && j->dk->kind == VMF_DISK_COW) {
+		j->fd = open_disk_file(j->d, j->dk->path, j->peer, j->admin, j->dk->read_only || cow, &st, &j->err);
+	int r;
+	if (j->fd >= 0 && !j->scratch_mib &&
+	    (r = check_image(j->vm->ops, j->fd, j->dk->format, !j->dk->read_only && !cow, j->dk->path, &st, &size,
+			     &j->err)) < 0) {
+		release_image(j->fd);
+		j->fd = r;
+	}
+	if (j->fd >= 0 && cow) {
 		j->base_fd = j->fd;
-		j->fd = make_overlay(j, &st, &j->err);
+		j->fd = make_overlay(j, size, &j->err);
 	}
 	if (j->fd < 0) {
 		j->rc = j->fd;
@@ -363,10 +395,8 @@ void
 vmf_disk_reopened_close(struct vmf_disk_reopened *r)
 {
 	for (size_t i = 0; i < r->n; i++) {
-		if (r->specs[i].fd >= 0)
-			close(r->specs[i].fd);
-		if (r->specs[i].backing_fd >= 0)
-			close(r->specs[i].backing_fd);
+		release_image(r->specs[i].fd);
+		release_image(r->specs[i].backing_fd);
 	}
 	r->n = 0;
 }
@@ -400,6 +430,13 @@ vmf_disk_reopen(const struct vmf_daemon *d, const struct vmf_vm *vm, uid_t peer,
 			vmf_err(err, ESTALE, "disk %s is not the file attached before the suspend (it was replaced: "
 				"inode %llu, not %llu): put that file back, or release the VM", dk->path,
 				(unsigned long long)st.st_ino, (unsigned long long)dk->ino);
+			goto fail;
+		}
+		uint64_t size;
+		if (dk->kind != VMF_DISK_SCRATCH &&
+		    check_image(vm->ops, fd, dk->format, !dk->read_only && dk->kind != VMF_DISK_COW, dk->path, &st,
+				&size, err) < 0) {
+			release_image(fd);
 			goto fail;
 		}
 		if (dk->kind != VMF_DISK_COW) {
@@ -490,10 +527,8 @@ release_vm_job(struct disk_job *j)
 static void
 attach_failed(struct disk_job *j)
 {
-	if (j->fd >= 0)
-		close(j->fd);
-	if (j->base_fd >= 0)
-		close(j->base_fd);
+	release_image(j->fd);
+	release_image(j->base_fd);
 	if (j->dk->kind == VMF_DISK_SCRATCH && j->scratch_mib && j->rc != -EEXIST)
 		unlink(j->dk->path);
 	if (j->dk->kind == VMF_DISK_COW && j->fd >= 0)
@@ -508,14 +543,13 @@ static void
 attach_done(void *arg)
 {
 	struct disk_job *j = arg;
-	if (j->base_fd >= 0)
-		close(j->base_fd);
+	release_image(j->base_fd);
 	j->base_fd = -1;
 	if (j->rc < 0) {
 		attach_failed(j);
 		return;
 	}
-	close(j->fd);
+	release_image(j->fd);
 	j->fd = -1;
 	j->dk->attaching = false;
 	reply_disk(j->c, j->dk, j->slot);
@@ -638,14 +672,22 @@ vmf_attach_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control__A
 	if (!vm)
 		return;
 	if (vm->state != VMF_VM_ASSIGNED) {
+		char st[900];
 		snprintf(msg, sizeof(msg), "VM %s is not assigned (it is %s): only a handed-out VM gets disks", vm->id,
-			 vmf_vm_state_name(vm->state));
+			 vmf_vm_state_desc(vm, st, sizeof(st)));
 		vmf_control_reply_error(c, EINVAL, msg);
 		return;
 	}
 	if (!vm->ops->attach_disk) {
 		snprintf(msg, sizeof(msg), "driver %s cannot attach disks", vm->ops->name);
 		vmf_control_reply_error(c, ENOTSUP, msg);
+		return;
+	}
+	/* In the run dir, a tmpfs in production: its size is the host's RAM
+	 * once the guest writes it. */
+	struct vmf_error lerr;
+	if (scratch && vmf_limit_scratch(d, vm, req->scratch_mib, &lerr) < 0) {
+		vmf_control_reply_error(c, lerr.code, lerr.msg);
 		return;
 	}
 	unsigned slot = VMF_DISK_SLOTS;
@@ -790,9 +832,9 @@ vmf_detach_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control__D
 		return;
 	}
 	if (vm->state != VMF_VM_ASSIGNED) {
-		char msg[160];
+		char msg[1024], st[900];
 		snprintf(msg, sizeof(msg), "VM %s is %s: release it, which detaches its disks", vm->id,
-			 vmf_vm_state_name(vm->state));
+			 vmf_vm_state_desc(vm, st, sizeof(st)));
 		vmf_control_reply_error(c, EINVAL, msg);
 		return;
 	}

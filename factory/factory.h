@@ -34,6 +34,7 @@
 #define VMF_CONTROL_MAX_FRAME VMF_CLIENT_MAX_FRAME
 #define VMF_CONTROL_VERSION VMF_CONTROL_PROTOCOL_VERSION
 #define VMF_DEFAULT_GETVM_TIMEOUT_MS 60000
+#define VMF_DESTROY_LOST_MAX 64
 
 /* Hand-out steps, timed separately (status and metrics show each). */
 enum vmf_step {
@@ -44,6 +45,29 @@ extern const char *const vmf_step_names[VMF_STEP_COUNT];
 
 struct vmf_conn;
 struct vmf_control;
+
+/* A snapshot template the daemon knows (snapindex.c): the catalog's, read
+ * at start, and each one a Snapshot request is making, listed from the
+ * request on so that names and limits count it.  The loop owns the list;
+ * a job refers to an entry by its template id, never by pointer. */
+struct vmf_snap {
+	TAILQ_ENTRY(vmf_snap) link;
+	uid_t owner;                     /* 0: the operator (root, the daemon's user) */
+	char name[33];
+	char id[VMF_SHA256_HEX];         /* "" while making */
+	uint64_t bytes;                  /* its files; while making, what it may take */
+	Vmf__Catalog__TemplateRecord *rec;   /* NULL while making */
+	bool making, removing;
+	unsigned getvms;                 /* GetVMs of it in flight: it stays while they run */
+};
+TAILQ_HEAD(vmf_snap_list, vmf_snap);
+
+/* Limits (limits.c) a request may hit, each counted for metrics. */
+enum vmf_limit {
+	VMF_LIMIT_VMS, VMF_LIMIT_SUSPENDED, VMF_LIMIT_SNAPSHOTS, VMF_LIMIT_SCRATCH_SIZE, VMF_LIMIT_SCRATCH_VOLUMES,
+	VMF_LIMIT_COUNT
+};
+extern const char *const vmf_limit_names[VMF_LIMIT_COUNT];
 
 struct vmf_daemon {
 	struct vmf_daemon_opts opts;
@@ -63,6 +87,7 @@ struct vmf_daemon {
 	int ready_fd;
 	struct vmf_sandbox_policy sandbox;  /* where GetVM may put links; read-only once running */
 	uid_t runas_uid;                 /* QEMU's user with runas, else (uid_t)-1 */
+	unsigned share_mib;              /* clones' shares: tmpfs of this size; 0 = plain dirs */
 	/* counters */
 	uint64_t requests, hits, misses, errors;
 	struct vmf_latency lat[VMF_STEP_COUNT];
@@ -70,10 +95,15 @@ struct vmf_daemon {
 	struct evhttp *metrics;          /* NULL unless --metrics-listen */
 	unsigned conns;
 	struct vmf_control *ctl;         /* control.c's connection table */
+	struct vmf_snap_list snaps;      /* snapshot templates: owners, names, bytes */
+	uint64_t limit_refusals[VMF_LIMIT_COUNT];
 	unsigned miss_clones;            /* GetVM misses cloning now (bounded by opts.max_miss_clones) */
 	uint32_t destroyed;              /* VMs stopped since destroy began */
 	struct vmf_conn *destroy_conn;   /* the Destroy waiting for its reply */
 	bool destroy_all;                /* ... with all: assigned VMs stop too */
+	/* "VMID PATH: why" of each disk whose writes may be lost, for its reply. */
+	char *destroy_lost[VMF_DESTROY_LOST_MAX];
+	size_t n_destroy_lost;
 	bool destroy_done;
 	/* SIGTERM/SIGINT: no new work; the loop runs on until the work in
 	 * flight is done (replies sent, VMs being stopped stopped) or the
@@ -103,15 +133,24 @@ void vmf_daemon_notify(struct vmf_daemon *d, const char *line);
 void vmf_daemon_check_readiness(struct vmf_daemon *d);
 
 /* On the loop: a pool of template rec (taken; vmf_template_find_name)
- * named pool_name, of size clones; NULL with err when out of memory. */
-struct vmf_pool *vmf_daemon_template_pool(struct vmf_daemon *d, const char *pool_name, unsigned size,
+ * named pool_name, of size clones, of the config or made by a GetVM
+ * (on_demand); NULL with err when out of memory. */
+struct vmf_pool *vmf_daemon_template_pool(struct vmf_daemon *d, const char *pool_name, unsigned size, bool on_demand,
 					  Vmf__Catalog__TemplateRecord *rec, struct vmf_error *err);
+/* Frees a pool taken off the list (its template reference, its spec). */
+void vmf_daemon_pool_free(struct vmf_pool *p);
 
 /* destroy.c: destroy, and the end of a shutdown. */
 /* Every job's done callback ends with this: a destroy or a shutdown in
  * progress may be complete now, or the pools want refilling. */
 void vmf_daemon_settle(struct vmf_daemon *d);
 void vmf_daemon_destroy(struct vmf_daemon *d, struct vmf_conn *c, bool all);
+
+/* A reply's StopReport from rep: strings borrowed, lost has
+ * VMF_STOP_LOST_MAX entries. */
+void vmf_stop_report_fill(const struct vmf_stop_report *rep, Vmf__Control__StopReport *sr, char **lost);
+/* "gone (why)" or the state's name, for a message about vm's state. */
+const char *vmf_vm_state_desc(const struct vmf_vm *vm, char *buf, size_t n);
 
 /* status.c */
 /* Answers a status request on c as its peer may see it: root and the
@@ -215,5 +254,53 @@ void vmf_disk_reopened_close(struct vmf_disk_reopened *r);
 /* In a VM's run dir while a snapshot of it runs (recovery.c resumes it). */
 #define VMF_SNAPSHOT_MARKER "snapshotting"
 void vmf_snapshot_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control__SnapshotRequest *req);
+
+/* snapindex.c: who owns which snapshot template, and TemplateRm.  A
+ * snapshot belongs to the uid whose request made it; root and the daemon's
+ * user are one owner, 0 (the operator), whose names a pool's template =
+ * NAME means.  Names are unique per owner. */
+/* At start, before the loop runs: every snapshot record of the catalog. */
+int vmf_snaps_load(struct vmf_daemon *d, struct vmf_error *err);
+void vmf_snaps_free(struct vmf_daemon *d);
+/* The owner peer's snapshots are recorded under. */
+uid_t vmf_snap_owner(const struct vmf_daemon *d, uid_t peer);
+/* Whether peer may see, clone and remove a snapshot of owner. */
+bool vmf_snap_allowed(const struct vmf_daemon *d, uid_t peer, uid_t owner);
+/* The ready snapshot peer names: by name among its owner's, or by id among
+ * those it may use; NULL for none (one being made or removed is none). */
+struct vmf_snap *vmf_snap_lookup(struct vmf_daemon *d, uid_t peer, const char *name_or_id);
+struct vmf_snap *vmf_snap_by_id(struct vmf_daemon *d, const char *id);
+/* An entry for a snapshot being made (making, bytes its estimate); NULL
+ * when out of memory.  vmf_snap_made fills it from its record (taken),
+ * vmf_snap_drop forgets it (a failed snapshot, a removed template). */
+struct vmf_snap *vmf_snap_begin(struct vmf_daemon *d, uid_t owner, const char *name, uint64_t bytes);
+void vmf_snap_made(struct vmf_snap *s, Vmf__Catalog__TemplateRecord *rec);
+void vmf_snap_drop(struct vmf_daemon *d, struct vmf_snap *s);
+void vmf_template_rm_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control__TemplateRmRequest *req);
+
+/* limits.c: what one VM and one tenant may take of the host; checked on
+ * the loop, against what the loop knows (the VMs, the snapshot index), so
+ * requests in flight count: their VMs and snapshots are listed from the
+ * start. */
+struct vmf_usage {
+	unsigned vms, suspended, snapshots;
+	uint64_t suspended_bytes, snapshot_bytes;
+};
+void vmf_usage_of(const struct vmf_daemon *d, uid_t uid, struct vmf_usage *u);
+/* Whether u (uid's use) leaves room for one more of what (VMS: a VM;
+ * SUSPENDED: a suspended VM of bytes; SNAPSHOTS: a snapshot of bytes):
+ * 0, or -EDQUOT with a sentence naming the uid, the use, the limit and
+ * its key.  Pure: the limits come from o. */
+int vmf_limit_check(const struct vmf_daemon_opts *o, uid_t uid, const struct vmf_usage *u, enum vmf_limit what,
+		    uint64_t bytes, struct vmf_error *err);
+/* The same for peer's request, against its use now; root and the daemon's
+ * user pass.  A refusal is counted. */
+int vmf_limit_tenant(struct vmf_daemon *d, uid_t peer, enum vmf_limit what, uint64_t bytes, struct vmf_error *err);
+/* A scratch volume of mib for vm, for any peer: -EFBIG above
+ * scratch_max_mib, -EDQUOT at scratch_max_volumes. */
+int vmf_limit_scratch(struct vmf_daemon *d, const struct vmf_vm *vm, unsigned mib, struct vmf_error *err);
+/* Status: the limits, and the use of peer (of everyone for root and the
+ * daemon's user). */
+void vmf_limits_status(struct vmf_daemon *d, uid_t peer, Vmf__Control__StatusReply *s);
 
 #endif

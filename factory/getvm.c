@@ -35,7 +35,11 @@ struct getvm_job {
 	struct vmf_pool *pool;       /* the worker reads only its params */
 	struct vmf_tpl *tpl;         /* a miss clones from it: a reference */
 	bool miss;
-	char template_name[33];      /* the request's template ("" = none) */
+	char template_name[72];      /* the request's template: a name or an id ("" = none) */
+	/* The snapshot it names, by id (its GetVMs in flight counted, so that
+	 * it is not removed under the request); "" for none, or for a pool of
+	 * the config a tenant reached by its template's name. */
+	char template_id[VMF_SHA256_HEX];
 	Vmf__Catalog__TemplateRecord *rec;  /* found on a worker: no pool had it yet */
 	enum vmf_handout_kind kind;  /* how it is served (demand shaping, pool.h) */
 	uid_t peer;
@@ -54,6 +58,13 @@ struct getvm_job {
 	int nsfd;
 	uint64_t netns_dev, netns_ino;
 	bool net_busy;           /* the interface is another VM's: nothing of ours to undo */
+	/* The cgroups the VMM joins before it runs: the request's (checked
+	 * against the peer) or the pool's, opened on a worker before any VM
+	 * is taken (their cgroup.procs). */
+	char cgroups[VMF_CGROUPS_MAX][VMF_CGROUP_PATH_MAX];
+	int cg_fd[VMF_CGROUPS_MAX];
+	unsigned n_cgroups;
+	unsigned cg_open;                /* cg_fd[0 .. cg_open) are open: the job's to close */
 	int rc;
 	struct vmf_error err;
 };
@@ -108,32 +119,63 @@ template_size(struct vmf_daemon *d, const struct vmf_pool *p, unsigned *vcpus, u
 }
 
 static struct vmf_pool *
-template_pool(struct vmf_daemon *d, const char *name)
+pool_of_template(struct vmf_daemon *d, const char *id)
 {
 	struct vmf_pool *p;
 	TAILQ_FOREACH(p, &d->cache.pools, link)
-		if (strcmp(p->template_name, name) == 0)
+		if (p->template_name[0] && strcmp(p->template_id, id) == 0)
 			return p;
 	return NULL;
 }
 
+/* The template a GetVM of peer names: its own snapshot of that name (the
+ * operator's for root and the daemon's user), one it may use by id, or,
+ * for a tenant with none of that name, a pool of the config with that
+ * template (the operator offers it).  *pool: a pool of it if one exists,
+ * else NULL (made once its record is read).  Another tenant's snapshot is
+ * "no such template": not the peer's to learn of. */
 static int
-validate(struct vmf_daemon *d, const Vmf__Control__GetVMRequest *req, struct vmf_pool **pool,
-	 struct vmf_error *err)
+template_find(struct vmf_daemon *d, uid_t peer, const char *name, struct vmf_pool **pool, struct vmf_snap **snap,
+	      struct vmf_error *err)
 {
+	*snap = vmf_snap_lookup(d, peer, name);
+	*pool = *snap ? pool_of_template(d, (*snap)->id) : NULL;
+	if (*snap)
+		return 0;
+	struct vmf_pool *p;
+	TAILQ_FOREACH(p, &d->cache.pools, link)
+		if (p->template_name[0] && !p->on_demand &&
+		    (strcmp(p->template_name, name) == 0 || strcmp(p->template_id, name) == 0)) {
+			*pool = p;
+			return 0;
+		}
+	if (vmf_daemon_peer_admin(d, peer))
+		return vmf_err(err, ENOENT, "no template is named %s (vmfactory snapshot makes one; status lists "
+			       "them)", name);
+	return vmf_err(err, ENOENT, "uid %u has no template %s, and no pool of the config serves one of that name "
+		       "(vmfactory snapshot makes one; status lists yours)", (unsigned)peer, name);
+}
+
+static int
+validate(struct vmf_daemon *d, const Vmf__Control__GetVMRequest *req, uid_t peer, struct vmf_pool **pool,
+	 struct vmf_snap **snap, struct vmf_error *err)
+{
+	*snap = NULL;
 	if (!vmf_valid_sandbox_id(req->sandbox_id))
 		return vmf_err(err, EINVAL, "sandbox id '%.80s' is invalid: it must match "
 			       "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", req->sandbox_id ? req->sandbox_id : "");
 	if (req->template_ && *req->template_) {
 		if (req->pool && *req->pool)
 			return vmf_err(err, EINVAL, "name a pool or a template, not both");
-		if (!vmf_valid_pool_name(req->template_))
-			return vmf_err(err, EINVAL, "template name is invalid: it must be 1 to 32 letters, digits, '-' "
-				       "or '_'");
-		/* No pool has it yet: the catalog is read on a worker. */
+		if (!vmf_valid_pool_name(req->template_) && !vmf_valid_template_id(req->template_))
+			return vmf_err(err, EINVAL, "template is invalid: it must be a name (1 to 32 letters, digits, "
+				       "'-' or '_') or a template id (64 hex digits)");
+		int rc = template_find(d, peer, req->template_, pool, snap, err);
+		if (rc < 0)
+			return rc;
+		/* No pool has it yet: its record is read on a worker. */
 		unsigned v = req->vcpus, m = req->memory_mib;
-		int rc;
-		if ((*pool = template_pool(d, req->template_)) && (rc = template_size(d, *pool, &v, &m, err)) < 0)
+		if (*pool && (rc = template_size(d, *pool, &v, &m, err)) < 0)
 			return rc;
 	} else if (req->vcpus == 0 || req->memory_mib == 0)
 		return vmf_err(err, EINVAL, "vcpus and memory_mib must be given and non-zero");
@@ -205,6 +247,31 @@ validate_net(const Vmf__Control__GetVMRequest *req, const struct vmf_pool *pool,
 	return 0;
 }
 
+/* The forwards uid's VMs hold (handed out, being handed out, suspended). */
+static unsigned
+tenant_forwards(struct vmf_daemon *d, uid_t uid)
+{
+	unsigned n = 0;
+	struct vmf_vm *vm;
+	TAILQ_FOREACH(vm, &d->cache.vms, link)
+		if (vm->owner_uid == uid)
+			n += vm->n_hostfwd;
+	return n;
+}
+
+/* What user-mode networking a tenant may have (vmf_net_check_tenant); on
+ * the loop, which knows every VM's forwards, so that two requests at once
+ * cannot both take the last ones: getvm_take checks again as it claims. */
+static int
+tenant_net(struct vmf_daemon *d, const struct getvm_job *j, struct vmf_error *err)
+{
+	if (!j->net.user || vmf_daemon_peer_admin(d, j->peer))
+		return 0;
+	const struct vmf_daemon_opts *o = &d->opts;
+	return vmf_net_check_tenant(&j->net, o->user_net_outbound, o->hostfwd_addresses, tenant_forwards(d, j->peer),
+				    o->max_hostfwd, err);
+}
+
 /* On a worker, with the VM's record naming all of it: the namespace's tap
  * and mirror, or user-mode, plugged into the VM's NIC; gn for the guest. */
 static int
@@ -225,6 +292,7 @@ attach_net(struct getvm_job *j, struct vmf_guest_net *gn, struct vmf_error *err)
 			fw[i] = vm->hostfwd[i];
 		nb.hostfwd = fw;
 		nb.n_hostfwd = vm->n_hostfwd;
+		nb.outbound = vm->net_outbound;
 		/* QEMU's slirp defaults: the guest 10.0.2.15, the host 10.0.2.2,
 		 * DNS 10.0.2.3.  A fresh, locally administered MAC: every clone
 		 * has the template's until the guest is told otherwise. */
@@ -250,6 +318,21 @@ mac:
 	snprintf(vm->mac, sizeof(vm->mac), "%02x:%02x:%02x:%02x:%02x:%02x", gn->mac[0], gn->mac[1], gn->mac[2],
 		 gn->mac[3], gn->mac[4], gn->mac[5]);
 	return 0;
+}
+
+/* Every end of a GetVM: its snapshot may be removed once no GetVM of it
+ * runs. */
+static void
+getvm_free(struct getvm_job *j)
+{
+	struct vmf_snap *s = j->template_id[0] ? vmf_snap_by_id(j->d, j->template_id) : NULL;
+	if (s && s->getvms)
+		s->getvms--;
+	if (j->nsfd >= 0)
+		close(j->nsfd);
+	for (unsigned i = 0; i < j->cg_open; i++)
+		close(j->cg_fd[i]);
+	free(j);
 }
 
 static double
@@ -300,6 +383,15 @@ getvm_work(void *arg)
 			return;
 		}
 		t = vmf_monotonic_ns();
+	}
+	/* Into its cgroups before it runs again: the limits hold from its
+	 * first instruction for the sandbox. */
+	for (unsigned i = 0; i < j->n_cgroups; i++) {
+		if ((j->rc = vmf_cgroup_join(j->cg_fd[i], j->cgroups[i], ops->pid(vm->hv), err)) < 0)
+			return;
+		snprintf(vm->cgroups[i], sizeof(vm->cgroups[i]), "%s", j->cgroups[i]);
+		vm->cgroup_oom[i] = vmf_cgroup_oom_kills(j->cgroups[i]);
+		vm->n_cgroups = i + 1;
 	}
 	/* A pooled clone comes with its agent connected, its identity fresh
 	 * and its share mounted (warm_clone in cache/fill.c); a clone made for
@@ -389,6 +481,11 @@ getvm_work(void *arg)
 	vmf_agent_free(agent);
 	if (r == 0)
 		vm->vcpus = cpus, vm->memory_mib = mib;
+	/* A share whose files could run setuid on the host, open devices or
+	 * grow without bound (a clone from a daemon that made no mounts) is
+	 * for the trusted only. */
+	if (r == 0 && j->share_dir[0] && !vmf_daemon_peer_admin(d, j->peer))
+		r = vmf_share_check(vm->run_dir, vm->share_dir, err);
 	/* Before the links exist: a runtime that finds them can use them. */
 	if (r == 0 && !vmf_daemon_peer_admin(d, j->peer)) {
 		/* The agent only: a VMM's control socket (QMP's blockdev-add and
@@ -419,6 +516,9 @@ getvm_work(void *arg)
 			vmf_error_prefix(err, "recording VM %s as assigned", vm->id);
 	}
 	j->step_ms[VMF_STEP_RECORD] = since(&t) + record_ms;
+	/* Its VMM died under the hand-out: the error says why. */
+	if (r < 0 && vm->hv)
+		vmf_vm_exit_explain(ops, vm->hv, err);
 	j->rc = r;
 	/* For the reply, here: smaps_rollup walks the whole address space. */
 	if (r == 0)
@@ -444,6 +544,13 @@ getvm_done(void *arg)
 	memcpy(vm->mac, j->snap.mac, sizeof(vm->mac));
 	if (j->nsfd >= 0)
 		close(j->nsfd);
+	j->nsfd = -1;
+	for (unsigned i = 0; i < j->cg_open; i++)
+		close(j->cg_fd[i]);
+	j->cg_open = 0;
+	memcpy(vm->cgroups, j->snap.cgroups, sizeof(vm->cgroups));
+	memcpy(vm->cgroup_oom, j->snap.cgroup_oom, sizeof(vm->cgroup_oom));
+	vm->n_cgroups = j->snap.n_cgroups;
 	vm->clock_error_ms = j->snap.clock_error_ms;
 	if (j->miss)
 		d->miss_clones--;
@@ -468,8 +575,10 @@ getvm_done(void *arg)
 	vm->busy = false;
 	if (j->rc == 0) {
 		vm->state = VMF_VM_ASSIGNED;
-		if (vm->hv)
+		if (vm->hv) {
 			vmf_cache_watch_vm(&d->cache, vm);
+			vmf_cache_watch_events(&d->cache, vm);
+		}
 		j->step_ms[VMF_STEP_TOTAL] = (double)(vmf_now_ms() - j->start_ms);
 		for (int s = 0; s < VMF_STEP_COUNT; s++) {
 			vmf_latency_add(&d->lat[s], j->step_ms[s]);
@@ -496,7 +605,7 @@ getvm_done(void *arg)
 		vmf_cache_destroy_vm(&d->cache, vm, true, NULL);
 		vmf_control_reply_error(j->c, j->err.code, j->err.msg);
 	}
-	free(j);
+	getvm_free(j);
 	vmf_daemon_settle(d);
 }
 
@@ -527,8 +636,31 @@ paths_work(void *arg)
 	}
 	if (j->rc == 0 && j->net.n_hostfwd)
 		j->rc = vmf_net_check_fwd_ports(&j->net, !vmf_daemon_peer_admin(j->d, j->peer), &j->err);
-	if (j->rc == 0 && j->template_name[0] && !j->pool &&
-	    (j->rc = vmf_template_find_name(j->d->cache.cat, j->template_name, &j->rec, &j->err)) == 0 &&
+	/* The request's cgroups as its peer may name them; else the pool's,
+	 * which the operator configured. */
+	bool pool_cg = j->n_cgroups == 0 && j->pool && j->pool->n_cgroups;
+	if (pool_cg) {
+		memcpy(j->cgroups, j->pool->cgroups, sizeof(j->cgroups));
+		j->n_cgroups = j->pool->n_cgroups;
+	}
+	unsigned opened = 0;
+	for (; j->rc == 0 && opened < j->n_cgroups; opened++) {
+		int fd = vmf_cgroup_open(j->cgroups[opened], j->peer, pool_cg || vmf_daemon_peer_admin(j->d, j->peer),
+					 &j->err);
+		if (fd < 0)
+			j->rc = fd;
+		else
+			j->cg_fd[opened] = fd;
+	}
+	if (j->rc < 0) {
+		for (unsigned i = 0; i + 1 < opened; i++)
+			close(j->cg_fd[i]);
+		j->n_cgroups = 0;
+	} else {
+		j->cg_open = opened;
+	}
+	if (j->rc == 0 && j->template_id[0] && !j->pool &&
+	    (j->rc = vmf_catalog_template_get(j->d->cache.cat, j->template_id, &j->rec, &j->err)) == 0 &&
 	    (j->rc = vmf_template_verify(j->d->cache.cat, j->rec, false, &j->err)) < 0) {
 		vmf__catalog__template_record__free_unpacked(j->rec, NULL);
 		j->rec = NULL;
@@ -545,9 +677,12 @@ paths_done(void *arg)
 	if (j->rc == 0 && !vmf_control_connected(j->c))
 		j->rc = vmf_err(&j->err, ECONNRESET, "client disconnected during GetVM");
 	/* A template no pool has: a pool of it, of no ready clones, whose
-	 * requests are misses (unless another request made one meanwhile). */
-	if (j->rc == 0 && j->template_name[0] && !j->pool && !(j->pool = template_pool(d, j->template_name))) {
-		j->pool = vmf_daemon_template_pool(d, j->template_name, 0, j->rec, &j->err);
+	 * requests are misses (unless another request made one meanwhile),
+	 * for its owner alone. */
+	if (j->rc == 0 && j->template_id[0] && !j->pool && !(j->pool = pool_of_template(d, j->template_id))) {
+		char name[33];
+		snprintf(name, sizeof(name), "%s", j->rec->name);
+		j->pool = vmf_daemon_template_pool(d, name, 0, true, j->rec, &j->err);
 		j->rec = NULL;
 		j->rc = j->pool ? 0 : -j->err.code;
 	}
@@ -558,12 +693,14 @@ paths_done(void *arg)
 	if (j->rec)
 		vmf__catalog__template_record__free_unpacked(j->rec, NULL);
 	j->rec = NULL;
+	/* Here, on the loop, right before the VM is taken: a tenant's hand-outs
+	 * in flight are already its VMs (handing out), so none slips past. */
+	if (j->rc == 0)
+		j->rc = vmf_limit_tenant(d, j->peer, VMF_LIMIT_VMS, 0, &j->err);
 	if (j->rc < 0) {
 		d->errors++;
 		vmf_control_reply_error(j->c, j->err.code, j->err.msg);
-		if (j->nsfd >= 0)
-			close(j->nsfd);
-		free(j);
+		getvm_free(j);
 		return;
 	}
 	getvm_take(j);
@@ -574,7 +711,8 @@ vmf_getvm_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control__Ge
 {
 	struct vmf_error err = {0};
 	struct vmf_pool *pool = NULL;
-	if (validate(d, req, &pool, &err) < 0) {
+	struct vmf_snap *snap = NULL;
+	if (validate(d, req, vmf_control_peer_uid(c), &pool, &snap, &err) < 0) {
 		d->errors++;
 		vmf_control_reply_error(c, err.code, err.msg);
 		return;
@@ -588,13 +726,43 @@ vmf_getvm_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control__Ge
 	j->c = c;
 	j->pool = pool;
 	j->nsfd = -1;
-	if (validate_net(req, pool, j, &err) < 0) {
+	if (snap) {
+		snprintf(j->template_id, sizeof(j->template_id), "%s", snap->id);
+		snap->getvms++;
+	}
+	j->peer = vmf_control_peer_uid(c);
+	if (validate_net(req, pool, j, &err) < 0 || tenant_net(d, j, &err) < 0) {
 		d->errors++;
-		free(j);
+		getvm_free(j);
 		vmf_control_reply_error(c, err.code, err.msg);
 		return;
 	}
-	j->peer = vmf_control_peer_uid(c);
+	if (req->n_cgroups > VMF_CGROUPS_MAX) {
+		d->errors++;
+		getvm_free(j);
+		char msg[96];
+		snprintf(msg, sizeof(msg), "%zu cgroups named: at most %d", req->n_cgroups, VMF_CGROUPS_MAX);
+		vmf_control_reply_error(c, E2BIG, msg);
+		return;
+	}
+	for (size_t i = 0; i < req->n_cgroups; i++) {
+		if (vmf_cgroup_check_path(req->cgroups[i], &err) < 0) {
+			d->errors++;
+			getvm_free(j);
+			vmf_control_reply_error(c, err.code, err.msg);
+			return;
+		}
+		snprintf(j->cgroups[i], sizeof(j->cgroups[i]), "%s", req->cgroups[i]);
+	}
+	j->n_cgroups = (unsigned)req->n_cgroups;
+	if (req->share_dir && *req->share_dir && !d->share_mib && !vmf_daemon_peer_admin(d, j->peer)) {
+		d->errors++;
+		getvm_free(j);
+		vmf_control_reply_error(c, EPERM, "this daemon gives VMs no share of their own mount (share_max_mib "
+					"= 0, or it does not run as root), so it gives a share to root and its own user "
+					"only; a daemon running as root with share_max_mib above 0 gives one to you");
+		return;
+	}
 	j->vcpus = req->vcpus;
 	j->memory_mib = req->memory_mib;
 	snprintf(j->template_name, sizeof(j->template_name), "%s", req->template_ ? req->template_ : "");
@@ -604,7 +772,7 @@ vmf_getvm_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control__Ge
 	j->start_ms = vmf_now_ms();
 	j->deadline_ms = j->start_ms + (req->timeout_ms ? req->timeout_ms : VMF_DEFAULT_GETVM_TIMEOUT_MS);
 	if (vmf_jobs_submit(d->cache.jobs, paths_work, paths_done, j) < 0) {
-		free(j);
+		getvm_free(j);
 		vmf_control_reply_error(c, ENOMEM, "cannot queue the GetVM work");
 	}
 }
@@ -629,7 +797,14 @@ getvm_take(struct getvm_job *j)
 			 pool->spec->vcpus, pool->spec->memory_mib, pool->last_error[0] ? ": " : " yet",
 			 pool->last_error);
 		vmf_control_reply_error(c, EAGAIN, msg);
-		free(j);
+		getvm_free(j);
+		return;
+	}
+	struct vmf_error nerr = {0};
+	if (tenant_net(d, j, &nerr) < 0) {
+		d->errors++;
+		vmf_control_reply_error(c, nerr.code, nerr.msg);
+		getvm_free(j);
 		return;
 	}
 	struct vmf_vm *vm = vmf_pool_pick(pool, &d->cache.vms, j->vcpus, j->memory_mib, &j->kind);
@@ -641,7 +816,7 @@ getvm_take(struct getvm_job *j)
 		 * Bounded: the daemon has a worker for each (vmf_daemon_run). */
 		if (d->miss_clones >= d->opts.max_miss_clones) {
 			d->errors++;
-			free(j);
+			getvm_free(j);
 			char msg[200];
 			if (d->opts.max_miss_clones == 0)
 				snprintf(msg, sizeof(msg), "pool %s exhausted: no ready VM, and this daemon does not "
@@ -656,7 +831,7 @@ getvm_take(struct getvm_job *j)
 		d->misses++;
 		vm = vmf_cache_new_vm(&d->cache, pool);
 		if (!vm) {
-			free(j);
+			getvm_free(j);
 			vmf_control_reply_error(c, ENOMEM, "out of memory");
 			return;
 		}
@@ -684,6 +859,7 @@ getvm_take(struct getvm_job *j)
 		for (unsigned i = 0; i < j->net.n_hostfwd; i++)
 			snprintf(vm->hostfwd[i], sizeof(vm->hostfwd[i]), "%s", j->net.hostfwd[i]);
 		vm->n_hostfwd = j->net.n_hostfwd;
+		vm->net_outbound = j->net.outbound;
 	}
 	vm->busy = true;
 	j->vm = vm;

@@ -19,6 +19,7 @@ struct inspect_job {
 	pid_t pid;               /* taken on the loop, for the PSS read */
 	uint64_t pss_kib;
 	Vmf__Agent__AgentReply *info;
+	Vmf__Hv__VmExit *exit;   /* it had died: why, recorded */
 	int rc;
 	struct vmf_error err;
 };
@@ -34,12 +35,19 @@ inspect_work(void *arg)
 	VMF_FAULT_PAUSE("inspect-pause");
 	if (!j->vm->hv || !j->vm->ops->alive(j->vm->hv)) {
 		j->rc = vmf_err(err, ESRCH, "the VM's process is not running");
+		/* The reply says why, as status will from now on. */
+		if (j->vm->hv && !j->vm->exit && (j->exit = vmf_cache_vm_death(&j->d->cache, j->vm)))
+			vmf_err(err, ESRCH, "the VM's process is not running: %s", j->exit->detail);
 		return;
 	}
+	/* One budget for the connection and the answer, whatever the guest
+	 * sends meanwhile. */
+	int64_t deadline = vmf_now_ms() + AGENT_TIMEOUT_MS;
 	struct vmf_agent *a;
 	j->rc = vmf_agent_open(j->vm->ops->agent_connect, j->vm->hv, AGENT_TIMEOUT_MS, &a, err);
+	int64_t left = deadline - vmf_now_ms();
 	if (j->rc == 0)
-		j->rc = vmf_agent_guest_info(a, &j->info, AGENT_TIMEOUT_MS, err);
+		j->rc = vmf_agent_guest_info(a, &j->info, left > 0 ? (int)left : 0, err);
 	vmf_agent_free(a);
 }
 
@@ -52,7 +60,9 @@ inspect_done(void *arg)
 	j->vm->busy = false;
 	/* Its process exited while the job held it (the watch then only marks
 	 * it dead): it becomes gone now, before the reply shows its state. */
-	if (j->vm->dead)
+	if (j->exit)
+		vmf_cache_vm_gone(&d->cache, j->vm, j->exit);
+	else if (j->vm->dead)
 		vmf_cache_vm_exited(&d->cache, j->vm);
 	Vmf__Control__Reply r = VMF__CONTROL__REPLY__INIT;
 	Vmf__Control__InspectReply ir = VMF__CONTROL__INSPECT_REPLY__INIT;
@@ -111,7 +121,10 @@ vmf_inspect_start(struct vmf_daemon *d, struct vmf_conn *c, const char *vm_id)
 	j->guest = vm->state == VMF_VM_ASSIGNED;
 	/* A paused pooled VM cannot answer: the host view only, its PSS
 	 * still read on the worker. */
-	if (!j->guest)
+	if (vm->state == VMF_VM_GONE)
+		j->rc = vmf_err(&j->err, ESRCH, "the VM's process is not running%s%s", vm->exit ? ": " : "",
+				vm->exit ? vm->exit->detail : "");
+	else if (!j->guest)
 		j->rc = vmf_err(&j->err, EAGAIN, "the VM is %s, its guest is paused", vmf_vm_state_name(vm->state));
 	vm->busy = true;
 	if (vmf_jobs_submit(d->cache.jobs, inspect_work, inspect_done, j) < 0) {

@@ -12,6 +12,10 @@
 #include "factory.h"
 #include "log.h"
 
+/* The endpoint answers anyone who reaches its port: a pool a GetVM made of
+ * a tenant's snapshot (named after it) is that tenant's, not listed. */
+#define METRIC_POOLS(p, d) TAILQ_FOREACH(p, &(d)->cache.pools, link) if (!(p)->on_demand)
+
 static void
 histogram(struct evbuffer *b, const char *name, const char *labels, const struct vmf_histogram *h)
 {
@@ -42,19 +46,19 @@ render(struct vmf_daemon *d, struct evbuffer *b)
 	for (size_t g = 0; g < sizeof(gauges) / sizeof(gauges[0]); g++) {
 		evbuffer_add_printf(b, "# HELP %s %s\n# TYPE %s gauge\n", gauges[g].name, gauges[g].help,
 				    gauges[g].name);
-		TAILQ_FOREACH(p, &d->cache.pools, link)
+		METRIC_POOLS(p, d)
 			evbuffer_add_printf(b, "%s{pool=\"%s\",template=\"%.16s\",vcpus=\"%u\",memory_mib=\"%u\"} %u\n",
 					    gauges[g].name, p->name, p->template_id, p->params.vcpus,
 					    p->params.memory_mib, *(const unsigned *)((const char *)p + gauges[g].off));
 	}
 	evbuffer_add_printf(b, "# HELP vmfactory_pool_failures_total clone and template build failures\n"
 			       "# TYPE vmfactory_pool_failures_total counter\n");
-	TAILQ_FOREACH(p, &d->cache.pools, link)
+	METRIC_POOLS(p, d)
 		evbuffer_add_printf(b, "vmfactory_pool_failures_total{pool=\"%s\"} %llu\n", p->name,
 				    (unsigned long long)p->failed);
 	evbuffer_add_printf(b, "# HELP vmfactory_template_ready 1 when the pool's template is built\n"
 			       "# TYPE vmfactory_template_ready gauge\n");
-	TAILQ_FOREACH(p, &d->cache.pools, link)
+	METRIC_POOLS(p, d)
 		evbuffer_add_printf(b, "vmfactory_template_ready{pool=\"%s\",template=\"%.16s\"} %d\n", p->name,
 				    p->template_id, p->tpl != NULL);
 
@@ -72,6 +76,12 @@ render(struct vmf_daemon *d, struct evbuffer *b)
 				    counters[c].help, counters[c].name, counters[c].name,
 				    (unsigned long long)*(const uint64_t *)((const char *)d + counters[c].off));
 
+	evbuffer_add_printf(b, "# HELP vmfactory_limit_refusals_total requests refused at a limit (vmfactory.conf(5))\n"
+			       "# TYPE vmfactory_limit_refusals_total counter\n");
+	for (int k = 0; k < VMF_LIMIT_COUNT; k++)
+		evbuffer_add_printf(b, "vmfactory_limit_refusals_total{limit=\"%s\"} %llu\n", vmf_limit_names[k],
+				    (unsigned long long)d->limit_refusals[k]);
+
 	unsigned assigned = 0;
 	struct vmf_vm *vm;
 	TAILQ_FOREACH(vm, &d->cache.vms, link)
@@ -83,7 +93,7 @@ render(struct vmf_daemon *d, struct evbuffer *b)
 	 * served; ready shaped clones by size.  size is VCPUSxMIB. */
 	evbuffer_add_printf(b, "# HELP vmfactory_handouts_total GetVM hand-outs by pool, requested size and how "
 			       "served (shaped, base, resize, miss)\n# TYPE vmfactory_handouts_total counter\n");
-	TAILQ_FOREACH(p, &d->cache.pools, link) {
+	METRIC_POOLS(p, d) {
 		for (unsigned i = 0; i <= p->shape.n; i++) {
 			const uint64_t *h = i < p->shape.n ? p->shape.sizes[i].handouts : p->shape.other;
 			char size[48] = "other";
@@ -98,7 +108,7 @@ render(struct vmf_daemon *d, struct evbuffer *b)
 	}
 	evbuffer_add_printf(b, "# HELP vmfactory_pool_shaped ready clones a pool holds grown above its base, by size\n"
 			       "# TYPE vmfactory_pool_shaped gauge\n");
-	TAILQ_FOREACH(p, &d->cache.pools, link) {
+	METRIC_POOLS(p, d) {
 		struct shaped { unsigned v, m, n; } seen[VMF_SHAPE_SIZES];
 		unsigned ns = 0;
 		struct vmf_vm *v2;

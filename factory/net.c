@@ -52,8 +52,8 @@ vmf_net_parse(const char *spec, struct vmf_net_request *out, struct vmf_error *e
 		return 0;
 	}
 	if (strncmp(spec, "user", 4) != 0 || (spec[4] && spec[4] != ','))
-		return vmf_err(err, EINVAL, "network '%.100s' is not none or user[,hostfwd=tcp:[ADDR]:PORT-:GUESTPORT...]",
-			       spec);
+		return vmf_err(err, EINVAL, "network '%.100s' is not none or "
+			       "user[,outbound][,hostfwd=tcp:[ADDR]:PORT-:GUESTPORT...]", spec);
 	out->user = true;
 	const char *p = spec + 4;
 	while (*p == ',') {
@@ -61,9 +61,14 @@ vmf_net_parse(const char *spec, struct vmf_net_request *out, struct vmf_error *e
 		const char *end = strchr(p, ',');
 		size_t len = end ? (size_t)(end - p) : strlen(p);
 		char item[128];
+		if (len == 8 && strncmp(p, "outbound", 8) == 0) {
+			out->outbound = true;
+			p += len;
+			continue;
+		}
 		if (len >= sizeof(item) || strncmp(p, "hostfwd=", 8) != 0)
-			return vmf_err(err, EINVAL, "network option '%.*s' is not hostfwd=tcp:[ADDR]:PORT-:GUESTPORT",
-				       (int)(len > 100 ? 100 : len), p);
+			return vmf_err(err, EINVAL, "network option '%.*s' is not outbound or "
+				       "hostfwd=tcp:[ADDR]:PORT-:GUESTPORT", (int)(len > 100 ? 100 : len), p);
 		memcpy(item, p + 8, len - 8);
 		item[len - 8] = '\0';
 		p += len;
@@ -124,6 +129,68 @@ vmf_net_check_fwd_ports(const struct vmf_net_request *r, bool tenant, struct vmf
 		if (rc < 0)
 			return vmf_err_sys(err, e, "forward %s: host port %s:%u cannot be bound", r->hostfwd[i], addr, hp);
 	}
+	return 0;
+}
+
+/* Whether addr is one of the comma-separated IPv4 addresses in list
+ * (0.0.0.0 in list: any). */
+static bool
+addr_listed(const char *list, const char *addr)
+{
+	struct in_addr want, a;
+	if (inet_pton(AF_INET, addr, &want) != 1)
+		return false;
+	for (const char *p = list; p && *p;) {
+		const char *end = strchr(p, ',');
+		size_t len = end ? (size_t)(end - p) : strlen(p);
+		char one[INET_ADDRSTRLEN];
+		if (len < sizeof(one)) {
+			memcpy(one, p, len);
+			one[len] = '\0';
+			if (inet_pton(AF_INET, one, &a) == 1 && (a.s_addr == INADDR_ANY || a.s_addr == want.s_addr))
+				return true;
+		}
+		p = end ? end + 1 : NULL;
+	}
+	return false;
+}
+
+bool
+vmf_net_valid_addrs(const char *s)
+{
+	for (const char *p = s; p;) {
+		const char *end = strchr(p, ',');
+		size_t len = end ? (size_t)(end - p) : strlen(p);
+		char one[INET_ADDRSTRLEN];
+		struct in_addr a;
+		if (len == 0 || len >= sizeof(one))
+			return false;
+		memcpy(one, p, len);
+		one[len] = '\0';
+		if (inet_pton(AF_INET, one, &a) != 1)
+			return false;
+		p = end ? end + 1 : NULL;
+	}
+	return true;
+}
+
+int
+vmf_net_check_tenant(const struct vmf_net_request *r, bool outbound_ok, const char *addrs, unsigned held,
+		     unsigned max, struct vmf_error *err)
+{
+	if (r->outbound && !outbound_ok)
+		return vmf_err(err, EPERM, "user-mode network with outbound connections is not for tenants here: it "
+			       "reaches the host's loopback services too (user_net_outbound = no)");
+	for (unsigned i = 0; i < r->n_hostfwd; i++) {
+		char addr[64];
+		unsigned hp, gp;
+		if (sscanf(r->hostfwd[i], "tcp:%63[^:]:%u-:%u", addr, &hp, &gp) == 3 && !addr_listed(addrs, addr))
+			return vmf_err(err, EPERM, "forward %s listens on %s, which a tenant's forward may not "
+				       "(hostfwd_addresses = %s)", r->hostfwd[i], addr, addrs);
+	}
+	if (held + r->n_hostfwd > max)
+		return vmf_err(err, E2BIG, "%u port forward%s asked, %u held by your other VMs: at most %u in all "
+			       "(max_hostfwd_per_tenant)", r->n_hostfwd, r->n_hostfwd == 1 ? "" : "s", held, max);
 	return 0;
 }
 

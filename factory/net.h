@@ -11,10 +11,11 @@
 #include "pool.h"
 
 /* A GetVM's net field: "" (the pool's default), "none", or
- * "user[,hostfwd=tcp:[ADDR]:PORT-:GUESTPORT...]" (ADDR defaults to
- * 127.0.0.1; forwards normalised to "tcp:ADDR:PORT-:GUESTPORT"). */
+ * "user[,outbound][,hostfwd=tcp:[ADDR]:PORT-:GUESTPORT...]" (ADDR defaults
+ * to 127.0.0.1; forwards normalised to "tcp:ADDR:PORT-:GUESTPORT").
+ * Without outbound a user-mode guest opens no connection out. */
 struct vmf_net_request {
-	bool none, user;
+	bool none, user, outbound;
 	char hostfwd[VMF_MAX_HOSTFWD][80];
 	unsigned n_hostfwd;
 };
@@ -23,6 +24,15 @@ int vmf_net_parse(const char *spec, struct vmf_net_request *out, struct vmf_erro
  * it); for a tenant, no port below 1024 (QEMU, root or runas, would bind
  * what the tenant could not). */
 int vmf_net_check_fwd_ports(const struct vmf_net_request *r, bool tenant, struct vmf_error *err);
+/* What a tenant (a peer that is neither root nor the daemon's user) may
+ * ask of user-mode networking: outbound only when outbound_ok, forwards
+ * only on the host addresses in addrs (IPv4, comma-separated; "0.0.0.0"
+ * allows any), and no more than max forwards with the held ones its other
+ * VMs have.  EPERM or E2BIG with a sentence naming the setting. */
+int vmf_net_check_tenant(const struct vmf_net_request *r, bool outbound_ok, const char *addrs, unsigned held,
+			 unsigned max, struct vmf_error *err);
+/* Whether s is a list of IPv4 addresses separated by commas. */
+bool vmf_net_valid_addrs(const char *s);
 
 /* On a worker: opens the network namespace at path (a nsfs file; nothing
  * else is opened for real) and returns its fd; dev/ino identify it.  For a

@@ -71,6 +71,8 @@ recover_vm(const char *id, Vmf__Catalog__VmRecord *rec, const struct vmf_error *
 	}
 	vmf_vm_from_record(vm, rec);
 	vm->owner = &d->cache;
+	vm->keep_resets = rec->hv && rec->hv->config && rec->hv->config->on_guest_reset &&
+			  strcmp(rec->hv->config->on_guest_reset, "keep") == 0;
 	vm->ready_mono_ms = vmf_now_ms();
 	vm->pool = pool_for(d, vm->template_id);
 	TAILQ_INSERT_TAIL(&d->cache.vms, vm, link);
@@ -109,6 +111,15 @@ recover_vm(const char *id, Vmf__Catalog__VmRecord *rec, const struct vmf_error *
 	case VMF__CATALOG__VM_STATE__VM_ASSIGNED:
 	case VMF__CATALOG__VM_STATE__VM_GONE:
 		vm->state = live ? VMF_VM_ASSIGNED : VMF_VM_GONE;
+		/* Ended while no daemon ran: what can still be known. */
+		if (!live && rec->state == VMF__CATALOG__VM_STATE__VM_ASSIGNED && !vm->exit && rec->hv) {
+			char *cg[VMF_CGROUPS_MAX];
+			for (unsigned i = 0; i < vm->n_cgroups; i++)
+				cg[i] = vm->cgroups[i];
+			vm->exit = vmf_vm_exit_unseen(vm->ops->name, rec->hv->pid,
+						      rec->hv->qemu && rec->hv->qemu->serial_log ? rec->hv->qemu->serial_log
+						      : "", cg, vm->cgroup_oom, vm->n_cgroups);
+		}
 		if (live)
 			vmf_cache_watch_vm(&d->cache, vm);
 		resume_after_snapshot(vm, live);

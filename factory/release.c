@@ -40,6 +40,16 @@ vmf_daemon_lookup_vm(struct vmf_daemon *d, struct vmf_conn *c, const char *id)
 	return vm;
 }
 
+const char *
+vmf_vm_state_desc(const struct vmf_vm *vm, char *buf, size_t n)
+{
+	if (vm->state == VMF_VM_GONE && vm->exit && vm->exit->detail[0])
+		snprintf(buf, n, "gone: %s", vm->exit->detail);
+	else
+		snprintf(buf, n, "%s", vmf_vm_state_name(vm->state));
+	return buf;
+}
+
 void
 vmf_release_start(struct vmf_daemon *d, struct vmf_conn *c, const char *vm_id)
 {
@@ -47,13 +57,14 @@ vmf_release_start(struct vmf_daemon *d, struct vmf_conn *c, const char *vm_id)
 	if (!vm)
 		return;
 	if (vm->state != VMF_VM_ASSIGNED && vm->state != VMF_VM_GONE && vm->state != VMF_VM_SUSPENDED) {
-		char msg[96];
-		snprintf(msg, sizeof(msg), "VM %s is not assigned (it is %s)", vm->id, vmf_vm_state_name(vm->state));
+		char msg[1024], st[900];
+		snprintf(msg, sizeof(msg), "VM %s is not assigned (it is %s)", vm->id, vmf_vm_state_desc(vm, st, sizeof(st)));
 		vmf_control_reply_error(c, EINVAL, msg);
 		return;
 	}
 	log_vm(VMF_LOG_INFO, vm->id, "releasing (sandbox %s)", vm->sandbox_id);
-	/* The reply comes once the VM is stopped and its dirs and links are
-	 * gone: a runtime may reuse the paths as soon as release returns. */
+	/* The reply comes once the VM is stopped and its links are gone: a
+	 * runtime may reuse the paths as soon as release returns (its run
+	 * dir may still be on its way out: cache/vm.c). */
 	vmf_cache_destroy_vm(&d->cache, vm, true, c);
 }

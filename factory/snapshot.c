@@ -13,6 +13,7 @@
 #include "catalog.h"
 #include "factory.h"
 #include "log.h"
+#include "text.h"
 
 #define AGENT_TIMEOUT_MS 20000
 
@@ -24,6 +25,8 @@ struct snapshot_job {
 	char vm_id[VMF_UUID_STR];
 	char template_id[VMF_SHA256_HEX];
 	char name[33];
+	uid_t owner;                 /* 0: the operator's */
+	struct vmf_snap *snap;       /* the index's entry: the loop's, listed as making */
 	unsigned memory_mib;
 	bool share;                  /* its 9p share is mounted in the guest */
 	int64_t start_ms;
@@ -33,10 +36,8 @@ struct snapshot_job {
 	struct vmf_error err;
 };
 
-/* Names being snapshot into now: a second request for one is refused
- * before the catalog could tell (loop only). */
+/* Snapshots made at once: each holds a worker and a receiving VMM. */
 #define MAX_INFLIGHT 16
-static char inflight[MAX_INFLIGHT][33];
 
 /* QEMU refuses to migrate while a 9p share is mounted: the guest lets go of
  * it for the copy and mounts it again after.  *path gets where it was. */
@@ -58,10 +59,13 @@ share_umount(struct vmf_agent *a, char *path, size_t n, struct vmf_error *err)
 	int code = -1;
 	if ((r = vmf_agent_run(a, argv, &code, AGENT_TIMEOUT_MS, err)) < 0)
 		return r;
-	if (code != 0)
+	if (code != 0) {
+		char shown[200];
+		vmf_escape(path, shown, sizeof(shown), 0);
 		return vmf_err(err, EBUSY, "the guest cannot unmount its share at %s (umount exit %d): a "
 			       "snapshot needs it unmounted while the VM is copied (no process may use it)",
-			       path, code);
+			       shown, code);
+	}
 	return 0;
 }
 
@@ -76,7 +80,7 @@ snapshot_work(void *arg)
 	struct vmf_agent *a = NULL;
 	/* Refused before any work: a name in use, a parent that is gone. */
 	struct vmf_error e2;
-	int r = vmf_template_find_name(d->cache.cat, j->name, &old, &e2);
+	int r = vmf_template_find_name(d->cache.cat, j->owner, j->name, &old, &e2);
 	if (old)
 		vmf__catalog__template_record__free_unpacked(old, NULL);
 	if (r == 0) {
@@ -112,7 +116,7 @@ snapshot_work(void *arg)
 		close(mfd);
 	if (r >= 0) {
 		struct vmf_snapshot_req q = { .p = &j->params, .vm = vm->hv, .vm_id = j->vm_id, .parent = parent,
-					      .name = j->name, .memory_mib = j->memory_mib };
+					      .name = j->name, .owner = j->owner, .memory_mib = j->memory_mib };
 		r = vmf_template_snapshot(d->cache.cat, d->opts.state_dir, d->opts.run_dir, &q, &j->rec, &j->res, err);
 	}
 	if (unmounted) {
@@ -135,9 +139,6 @@ snapshot_done(void *arg)
 {
 	struct snapshot_job *j = arg;
 	struct vmf_daemon *d = j->d;
-	for (int i = 0; i < MAX_INFLIGHT; i++)
-		if (strcmp(inflight[i], j->name) == 0)
-			inflight[i][0] = '\0';
 	j->vm->busy = false;
 	if (j->vm->dead)
 		vmf_cache_vm_exited(&d->cache, j->vm);
@@ -155,17 +156,21 @@ snapshot_done(void *arg)
 		sr.method = (char *)j->res.method;
 		r.body_case = VMF__CONTROL__REPLY__BODY_SNAPSHOT;
 		r.snapshot = &sr;
-		log_vm(VMF_LOG_INFO, j->vm_id, "snapshot into template %s (%.16s) in %llu ms, paused %llu ms (%s)",
-		       j->name, j->rec->id, (unsigned long long)sr.total_ms, (unsigned long long)sr.paused_ms,
-		       j->res.method ? j->res.method : "unknown method");
+		log_vm(VMF_LOG_INFO, j->vm_id, "snapshot into template %s of uid %u (%.16s) in %llu ms, paused %llu ms (%s)",
+		       j->name, (unsigned)j->owner, j->rec->id, (unsigned long long)sr.total_ms,
+		       (unsigned long long)sr.paused_ms, j->res.method ? j->res.method : "unknown method");
 		vmf_control_reply(j->c, &r);
 	} else {
 		d->errors++;
 		log_vm(VMF_LOG_WARN, j->vm_id, "snapshot into template %s failed: %s", j->name, j->err.msg);
 		vmf_control_reply_error(j->c, j->err.code, j->err.msg);
 	}
+	/* A template made is the index's (its record taken), even when what
+	 * followed failed (the share not mounted again): it is in the catalog. */
 	if (j->rec)
-		vmf__catalog__template_record__free_unpacked(j->rec, NULL);
+		vmf_snap_made(j->snap, j->rec);
+	else
+		vmf_snap_drop(d, j->snap);
 	free(j);
 	vmf_daemon_settle(d);
 }
@@ -183,9 +188,9 @@ vmf_snapshot_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control_
 	if (!vm)
 		return;
 	if (vm->state != VMF_VM_ASSIGNED || !vm->hv || vm->dead) {
-		char msg[128];
+		char msg[1024], st[900];
 		snprintf(msg, sizeof(msg), "VM %s is not assigned and running (it is %s)", vm->id,
-			 vmf_vm_state_name(vm->state));
+			 vmf_vm_state_desc(vm, st, sizeof(st)));
 		vmf_control_reply_error(c, EINVAL, msg);
 		return;
 	}
@@ -214,26 +219,43 @@ vmf_snapshot_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control_
 		vmf_control_reply_error(c, EBUSY, msg);
 		return;
 	}
-	int slot = -1;
-	for (int i = 0; i < MAX_INFLIGHT; i++) {
-		if (strcmp(inflight[i], name) == 0) {
-			char msg[96];
-			snprintf(msg, sizeof(msg), "template name %s is in use (a snapshot into it is running)", name);
+	/* Names are the owner's: another tenant's of the same name is no
+	 * conflict, and no tenant can take the operator's. */
+	uid_t peer = vmf_control_peer_uid(c), owner = vmf_snap_owner(d, peer);
+	unsigned running = 0;
+	const struct vmf_snap *s;
+	TAILQ_FOREACH(s, &d->snaps, link) {
+		running += s->making;
+		if (s->owner == owner && strcmp(s->name, name) == 0) {
+			char msg[160];
+			snprintf(msg, sizeof(msg), "template name %s is in use%s (template rm it first, or choose another)",
+				 name, s->making ? " (a snapshot into it is running)" : s->removing ? " (being removed)" : "");
 			vmf_control_reply_error(c, EEXIST, msg);
 			return;
 		}
-		if (slot < 0 && !inflight[i][0])
-			slot = i;
 	}
-	if (slot < 0) {
+	if (running >= MAX_INFLIGHT) {
 		vmf_control_reply_error(c, EAGAIN, "too many snapshots running; try again");
 		return;
 	}
+	/* What it may take: all the VM's RAM (base and DIMMs) and its device
+	 * state, as the space check in vmf_template_snapshot reckons. */
+	uint64_t estimate = ((uint64_t)vm->memory_mib << 20) + (16ull << 20);
+	struct vmf_error lerr;
+	if (vmf_limit_tenant(d, peer, VMF_LIMIT_SNAPSHOTS, estimate, &lerr) < 0) {
+		vmf_control_reply_error(c, lerr.code, lerr.msg);
+		return;
+	}
 	struct snapshot_job *j = calloc(1, sizeof(*j));
+	if (j && !(j->snap = vmf_snap_begin(d, owner, name, estimate))) {
+		free(j);
+		j = NULL;
+	}
 	if (!j) {
 		vmf_control_reply_error(c, ENOMEM, "out of memory");
 		return;
 	}
+	j->owner = owner;
 	j->d = d;
 	j->c = c;
 	j->vm = vm;
@@ -247,9 +269,8 @@ vmf_snapshot_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control_
 	j->memory_mib = vm->memory_mib;
 	j->share = (vm->ops->capabilities(vm->hv) & VMF_CAP_SHARE_DEVICE) && vm->share_link[0];
 	j->start_ms = vmf_now_ms();
-	snprintf(inflight[slot], sizeof(inflight[slot]), "%s", name);
 	vm->busy = true;
-	log_vm(VMF_LOG_INFO, vm->id, "snapshot into template %s", name);
+	log_vm(VMF_LOG_INFO, vm->id, "snapshot into template %s of uid %u", name, (unsigned)owner);
 	if (vmf_jobs_submit(d->cache.jobs, snapshot_work, snapshot_done, j) < 0) {
 		j->rc = vmf_err(&j->err, ENOMEM, "cannot queue the snapshot work");
 		snapshot_done(j);

@@ -46,6 +46,7 @@ vmf_vm_info_fill(struct vmf_daemon *d, const struct vmf_vm *vm, uint64_t pss_kib
 	info->netns = strdup(vm->netns);
 	info->netns_link = strdup(vm->netns_link);
 	info->mac = strdup(vm->mac);
+	info->net_outbound = vm->net_outbound;
 	info->hostfwd = vm->n_hostfwd ? calloc(vm->n_hostfwd, sizeof(char *)) : NULL;
 	for (unsigned i = 0; info->hostfwd && i < vm->n_hostfwd; i++)
 		info->hostfwd[info->n_hostfwd++] = strdup(vm->hostfwd[i]);
@@ -54,6 +55,11 @@ vmf_vm_info_fill(struct vmf_daemon *d, const struct vmf_vm *vm, uint64_t pss_kib
 	info->suspended_ns = vm->state == VMF_VM_SUSPENDED ? vm->suspended_ns : 0;
 	info->pss_kib = info->pid > 0 && !vm->dead ? pss_kib : 0;
 	vmf_disk_info_fill(vm, info);
+	info->exit = vmf_vm_exit_dup(vm->exit);
+	info->cgroups = vm->n_cgroups ? calloc(vm->n_cgroups, sizeof(char *)) : NULL;
+	for (unsigned i = 0; info->cgroups && i < vm->n_cgroups; i++)
+		if ((info->cgroups[info->n_cgroups] = strdup(vm->cgroups[i])))
+			info->n_cgroups++;
 	if (!vm->busy && vm->hv) {
 		struct vmf_error err;
 		vm->ops->serialize(vm->hv, &info->hypervisor, &err);
@@ -80,6 +86,14 @@ vmf_vm_info_clear(Vmf__Control__VmInfo *info)
 	if (info->hypervisor)
 		vmf__hv__hypervisor_state__free_unpacked(info->hypervisor, NULL);
 	info->hypervisor = NULL;
+	if (info->exit)
+		vmf__hv__vm_exit__free_unpacked(info->exit, NULL);
+	info->exit = NULL;
+	for (size_t i = 0; i < info->n_cgroups; i++)
+		free(info->cgroups[i]);
+	free(info->cgroups);
+	info->cgroups = NULL;
+	info->n_cgroups = 0;
 	vmf_disk_info_clear(info);
 }
 
@@ -219,6 +233,43 @@ cap_names(unsigned caps, size_t *n)
 	return names;
 }
 
+/* A snapshot no pool has yet, from its record (sizes as its clones get
+ * them: with what its VM had hot-added). */
+static Vmf__Control__TemplateStatus *
+snapshot_row(struct vmf_daemon *d, const struct vmf_snap *sn)
+{
+	const Vmf__Catalog__TemplateRecord *rec = sn->rec;
+	if (!rec || !rec->spec)
+		return NULL;
+	Vmf__Control__TemplateStatus *ts = calloc(1, sizeof(*ts));
+	if (!ts)
+		return NULL;
+	vmf__control__template_status__init(ts);
+	const Vmf__Catalog__TemplateSpec *sp = rec->spec;
+	unsigned mib = sp->memory_mib;
+	for (size_t i = 0; i < rec->n_dimms; i++)
+		mib += rec->dimms[i]->size_mib;
+	ts->id = strdup(rec->id);
+	ts->state = strdup("ready");
+	ts->vcpus = sp->vcpus + rec->hotplugged_vcpus;
+	ts->memory_mib = mib;
+	ts->max_vcpus = sp->max_vcpus > ts->vcpus ? sp->max_vcpus : ts->vcpus;
+	ts->max_memory_mib = sp->max_memory_mib > mib ? sp->max_memory_mib : mib;
+	ts->memory_size = rec->memory_size;
+	ts->state_size = rec->state_size;
+	ts->created_ns = rec->created_ns;
+	ts->error = strdup("");
+	ts->full_memory = sp->full_memory;
+	ts->image_dir = strdup(rec->image_dir ? rec->image_dir : "");
+	ts->name = strdup(sn->name);
+	ts->parent_template_id = strdup(rec->parent_template_id ? rec->parent_template_id : "");
+	ts->source_vm_id = strdup(rec->source_vm_id ? rec->source_vm_id : "");
+	ts->owner_uid = (uint32_t)sn->owner;
+	const struct vmf_hv_ops *ops = vmf_hv_by_kind(sp->hypervisor);
+	ts->capabilities = cap_names(ops == d->ops || !ops ? d->hv.caps : ops->capabilities(NULL), &ts->n_capabilities);
+	return ts;
+}
+
 /* pids[i] gets the pid whose PSS belongs in vms[i]. */
 static void
 status_build(struct vmf_daemon *d, uid_t peer, Vmf__Control__Reply *reply, pid_t *pids)
@@ -258,19 +309,26 @@ status_build(struct vmf_daemon *d, uid_t peer, Vmf__Control__Reply *reply, pid_t
 		s->steps[s->n_steps++] = l;
 	}
 
-	size_t npools = 0, nvms = 0;
+	size_t npools = 0, nvms = 0, nsnaps = 0;
 	struct vmf_pool *p;
 	struct vmf_vm *vm;
+	const struct vmf_snap *sn;
 	TAILQ_FOREACH(p, &d->cache.pools, link)
 		npools++;
 	TAILQ_FOREACH(vm, &d->cache.vms, link)
 		nvms++;
+	TAILQ_FOREACH(sn, &d->snaps, link)
+		nsnaps++;
 	s->pools = calloc(npools + 1, sizeof(*s->pools));
-	s->templates = calloc(npools + 1, sizeof(*s->templates));
+	s->templates = calloc(npools + nsnaps + 1, sizeof(*s->templates));
 	s->vms = calloc(nvms + 1, sizeof(*s->vms));
 	TAILQ_FOREACH(p, &d->cache.pools, link) {
 		if (!s->pools || !s->templates)
 			break;
+		/* A pool a GetVM made of a tenant's snapshot is that tenant's:
+		 * its name and lineage are the snapshot's. */
+		if (p->on_demand && !vmf_snap_allowed(d, peer, p->template_owner))
+			continue;
 		Vmf__Control__PoolStatus *ps = calloc(1, sizeof(*ps));
 		Vmf__Control__TemplateStatus *ts = calloc(1, sizeof(*ts));
 		if (!ps || !ts) {
@@ -310,14 +368,30 @@ status_build(struct vmf_daemon *d, uid_t peer, Vmf__Control__Reply *reply, pid_t
 				       ? p->tpl->rec->image_dir : p->img.dir);
 		/* A snapshot's name and lineage. */
 		const Vmf__Catalog__TemplateRecord *tr = p->tpl ? p->tpl->rec : NULL;
+		/* The operator's snapshot a pool of the config offers: its name,
+		 * not where it came from, for a tenant. */
+		bool lineage = !p->template_name[0] || vmf_snap_allowed(d, peer, p->template_owner);
 		ts->name = strdup(p->template_name);
-		ts->parent_template_id = strdup(tr && tr->parent_template_id ? tr->parent_template_id : "");
-		ts->source_vm_id = strdup(tr && tr->source_vm_id ? tr->source_vm_id : "");
+		ts->owner_uid = (uint32_t)p->template_owner;
+		ts->parent_template_id = strdup(lineage && tr && tr->parent_template_id ? tr->parent_template_id : "");
+		ts->source_vm_id = strdup(lineage && tr && tr->source_vm_id ? tr->source_vm_id : "");
 		/* The driver that builds and clones it: the probed capabilities
 		 * when it is the daemon's, else what the driver always has. */
 		ts->capabilities = cap_names(p->params.ops == d->ops ? d->hv.caps : p->params.ops->capabilities(NULL),
 					     &ts->n_capabilities);
 		s->templates[s->n_templates++] = ts;
+	}
+	/* The peer's snapshots (every one for root and the daemon's user)
+	 * that no pool listed above has. */
+	TAILQ_FOREACH(sn, &d->snaps, link) {
+		if (!s->templates || sn->making || !vmf_snap_allowed(d, peer, sn->owner))
+			continue;
+		bool listed = false;
+		for (size_t i = 0; i < s->n_templates && !listed; i++)
+			listed = strcmp(s->templates[i]->id, sn->id) == 0;
+		Vmf__Control__TemplateStatus *ts = listed ? NULL : snapshot_row(d, sn);
+		if (ts)
+			s->templates[s->n_templates++] = ts;
 	}
 	TAILQ_FOREACH(vm, &d->cache.vms, link) {
 		if (!s->vms)
@@ -331,6 +405,7 @@ status_build(struct vmf_daemon *d, uid_t peer, Vmf__Control__Reply *reply, pid_t
 		pids[s->n_vms] = info->pid > 0 && !vm->dead ? (pid_t)info->pid : 0;
 		s->vms[s->n_vms++] = info;
 	}
+	vmf_limits_status(d, peer, s);
 	reply->body_case = VMF__CONTROL__REPLY__BODY_STATUS;
 	reply->status = s;
 }

@@ -21,6 +21,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -51,9 +52,27 @@ struct suspend_job {
 	bool peer_admin;
 	double ms;
 	uint64_t pss_kib;
+	bool frozen;                 /* its read-write disks were frozen (suspend) */
+	struct vmf_stop_report rep;  /* ... and which the guest did not confirm */
 	int rc;
 	struct vmf_error err;
 };
+
+/* The read-write disks of a VM whose state is saved, or which runs again:
+ * frozen before the save (their writes on the host files, consistent, even
+ * if the saved state is lost), thawed once it runs again.  Best effort:
+ * the VM's RAM, saved, still holds what a disk did not get. */
+static void
+freeze_disks(struct vmf_daemon *d, struct vmf_vm *vm, bool thaw, struct vmf_stop_report *rep)
+{
+	const struct vmf_stop_policy *pol = vmf_cache_stop_policy(&d->cache, vm);
+	if (pol->mode == VMF_STOP_KILL)
+		return;
+	struct vmf_stop_report local = {0};
+	if (vmf_cache_guest_stop(&d->cache, vm, thaw ? VMF_AGENT_THAW : VMF_AGENT_FREEZE, false, true, pol->timeout_ms,
+				 rep ? rep : &local) > 0 && rep)
+		snprintf(rep->method, sizeof(rep->method), "freeze");
+}
 
 static void
 state_path(const struct vmf_daemon *d, const char *id, char *out, size_t n)
@@ -159,13 +178,20 @@ static int
 user_net(struct suspend_job *j, const struct vmf_vm *vm, const char **fw, struct vmf_net_backend *nb,
 	 struct vmf_error *err)
 {
-	struct vmf_net_request req = { .user = true, .n_hostfwd = vm->n_hostfwd };
+	struct vmf_net_request req = { .user = true, .outbound = vm->net_outbound, .n_hostfwd = vm->n_hostfwd };
 	for (unsigned i = 0; i < vm->n_hostfwd; i++) {
 		snprintf(req.hostfwd[i], sizeof(req.hostfwd[i]), "%s", vm->hostfwd[i]);
 		fw[i] = vm->hostfwd[i];
 	}
-	*nb = (struct vmf_net_backend){ .tap_fd = -1, .hostfwd = fw, .n_hostfwd = vm->n_hostfwd };
-	int r = vmf_net_check_fwd_ports(&req, !j->owner_admin, err);
+	*nb = (struct vmf_net_backend){ .tap_fd = -1, .hostfwd = fw, .n_hostfwd = vm->n_hostfwd,
+					.outbound = vm->net_outbound };
+	/* Under today's config: what a tenant may no longer have, it does not
+	 * get back (its forwards were counted when it got them). */
+	const struct vmf_daemon_opts *o = &j->d->opts;
+	int r = j->owner_admin ? 0 : vmf_net_check_tenant(&req, o->user_net_outbound, o->hostfwd_addresses, 0,
+							   UINT_MAX, err);
+	if (r == 0)
+		r = vmf_net_check_fwd_ports(&req, !j->owner_admin, err);
 	return r < 0 ? vmf_error_prefix(err, "user-mode network") : 0;
 }
 
@@ -255,6 +281,8 @@ suspend_work(void *arg)
 		}
 		unmounted = true;
 	}
+	freeze_disks(d, vm, false, &j->rep);
+	j->frozen = true;
 	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 	if (fd < 0) {
 		r = vmf_err_sys(err, errno, "cannot create %s", tmp);
@@ -318,6 +346,8 @@ rollback:
 	struct vmf_error rerr = {0};
 	if (saved && vm->ops->resume(vm->hv, &rerr) < 0)
 		log_vm(VMF_LOG_WARN, vm->id, "resuming it after the failed suspend: %s", rerr.msg);
+	if (j->frozen)
+		freeze_disks(d, vm, true, NULL);
 	if (unmounted) {
 		struct vmf_agent *a = agent_open(vm, &rerr);
 		if (!a || vmf_agent_mount_share(a, VMF_SHARE_TAG, AGENT_TIMEOUT_MS, &rerr) < 0)
@@ -380,6 +410,8 @@ resume_work(void *arg)
 	if ((r = vm->ops->resume(vm->hv, err)) < 0)
 		goto back;
 	VMF_FAULT("resume-running");
+	/* Its disks were frozen for the save. */
+	freeze_disks(d, vm, true, NULL);
 	if ((r = guest_back(j, vm, err)) < 0)
 		goto back;
 	prime_owner_port(vm);
@@ -470,9 +502,16 @@ suspend_done(void *arg)
 		Vmf__Control__Reply r = VMF__CONTROL__REPLY__INIT;
 		Vmf__Control__VmInfo info = VMF__CONTROL__VM_INFO__INIT;
 		vmf_vm_info_fill(d, vm, j->pss_kib, &info);
+		Vmf__Control__StopReport sr;
+		char *lost[VMF_STOP_LOST_MAX];
+		if (!j->resume && j->rep.method[0]) {
+			vmf_stop_report_fill(&j->rep, &sr, lost);
+			info.stop = &sr;
+		}
 		r.body_case = VMF__CONTROL__REPLY__BODY_VM;
 		r.vm = &info;
 		vmf_control_reply(j->c, &r);
+		info.stop = NULL;
 		vmf_vm_info_clear(&info);
 	} else {
 		d->errors++;
@@ -494,9 +533,9 @@ start(struct vmf_daemon *d, struct vmf_conn *c, const char *vm_id, bool resume)
 		return;
 	enum vmf_vm_state want = resume ? VMF_VM_SUSPENDED : VMF_VM_ASSIGNED;
 	if (vm->state != want || (!resume && (vm->dead || !vm->hv))) {
-		char msg[160];
+		char msg[1024], st[900];
 		snprintf(msg, sizeof(msg), "VM %s is not %s (it is %s)", vm->id, resume ? "suspended" : "assigned",
-			 vm->dead && vm->state == VMF_VM_ASSIGNED ? "gone" : vmf_vm_state_name(vm->state));
+			 vm->dead && vm->state == VMF_VM_ASSIGNED ? "gone" : vmf_vm_state_desc(vm, st, sizeof(st)));
 		vmf_control_reply_error(c, EINVAL, msg);
 		return;
 	}
@@ -529,6 +568,15 @@ start(struct vmf_daemon *d, struct vmf_conn *c, const char *vm_id, bool resume)
 	}
 	if (resume && !vm->saved_hv) {
 		vmf_control_reply_error(c, EIO, "the suspended VM's record has no hypervisor state to resume from");
+		return;
+	}
+	/* Its saved state is about all its RAM, in the state dir. */
+	struct vmf_error lerr;
+	if (!resume && vmf_limit_tenant(d, vmf_control_peer_uid(c), VMF_LIMIT_SUSPENDED,
+					(uint64_t)vm->memory_mib << 20, &lerr) < 0) {
+		char msg[sizeof(lerr.msg) + 64];
+		snprintf(msg, sizeof(msg), "cannot suspend VM %s (it stays assigned): %s", vm->id, lerr.msg);
+		vmf_control_reply_error(c, lerr.code, msg);
 		return;
 	}
 	struct suspend_job *j = calloc(1, sizeof(*j));
@@ -611,6 +659,7 @@ vmf_suspend_recover(struct vmf_daemon *d, struct vmf_vm *vm, const Vmf__Catalog_
 		struct vmf_error err = {0};
 		if (vm->ops->resume(vm->hv, &err) < 0)
 			log_vm(VMF_LOG_WARN, vm->id, "resuming it: %s", err.msg);
+		freeze_disks(d, vm, true, NULL);
 		if (d->hv.caps & VMF_CAP_SHARE_DEVICE && vm->share_link[0]) {
 			struct vmf_agent *a = agent_open(vm, &err);
 			if (!a || vmf_agent_mount_share(a, VMF_SHARE_TAG, AGENT_TIMEOUT_MS, &err) < 0)

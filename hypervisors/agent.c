@@ -1,51 +1,41 @@
-/* Host side of the guest agent protocol (proto/agent.proto).
- *
- * Replies are read through a buffer owned by the connection, so a deadline
- * that expires in the middle of a frame leaves the stream in sync for the
- * next call, and an oversized frame from the guest is skipped, not fatal. */
+/* Host side of the guest agent protocol (proto/agent.proto): the daemon's
+ * typed calls over one connection (common/agentconn.c, shared with the
+ * client library, bounds what a hostile guest can make it read, buffer or
+ * spend).  Strings a guest returns are validated here (ids as UUIDs and
+ * hex, device names) or escaped (its error messages, hostname and NIC
+ * error) before anything of the daemon's keeps or prints them. */
 #include "agent.h"
 
 #include <errno.h>
-#include <fcntl.h>
-#include <poll.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
+#include "agentconn.h"
 #include "frame.h"
+#include "pbtext.h"
+#include "text.h"
 #include "util.h"
 
 /* While the guest has not opened its port (booting, agent restarting),
  * what we send waits in QEMU's socket buffer or is lost with a dying agent;
  * a fresh Ping every RETRY_MS bounds how long either can delay readiness. */
 #define RETRY_MS 250
-#define RBUF_SIZE (VMF_FRAME_HDR + (size_t)VMF_AGENT_MAX_FRAME)
+/* Output of a command run with vmf_agent_run: the agent's two initial
+ * windows (nothing is ever granted back); more is a guest ignoring them. */
+#define RUN_OUTPUT_MAX (2u * 256u * 1024u)
 
 struct vmf_agent {
-	int fd;
-	uint64_t next_id;
-	uint8_t *rbuf;
-	size_t rlen;
-	uint32_t skip;                   /* bytes of an oversized frame to drop */
-	char last_error[200];            /* an id-0 error reply, for diagnosis */
+	struct vmf_agent_conn *c;
 };
 
-/* Ids start at a random point: replies left over from before a template
- * save (sent to another connection, maybe another daemon) then never match
- * an id of this connection.  0 is what the agent uses when it cannot tell
- * which request a reply is for. */
-static uint64_t
-random_id_base(void)
+static int64_t
+deadline_in(int timeout_ms)
 {
-	uint64_t v = 0;
-	if (getrandom(&v, sizeof(v), GRND_NONBLOCK) != (ssize_t)sizeof(v))
-		v = ((uint64_t)getpid() << 40) ^ ((uint64_t)vmf_now_ms() << 8);
-	/* Room for 2^62 requests before wrapping towards 0. */
-	return (v >> 2) | 1;
+	return vmf_now_ms() + (timeout_ms > 0 ? timeout_ms : 0);
 }
 
 struct vmf_agent *
@@ -54,20 +44,14 @@ vmf_agent_new(int fd)
 	if (fd < 0)
 		return NULL;
 	struct vmf_agent *a = calloc(1, sizeof(*a));
-	uint8_t *rbuf = malloc(RBUF_SIZE);
-	if (!a || !rbuf) {
-		free(a);
-		free(rbuf);
+	if (!a) {
 		close(fd);
 		return NULL;
 	}
-	/* Non-blocking so that deadlines hold for writes too. */
-	int fl = fcntl(fd, F_GETFL);
-	if (fl >= 0)
-		fcntl(fd, F_SETFL, fl | O_NONBLOCK);
-	a->fd = fd;
-	a->rbuf = rbuf;
-	a->next_id = random_id_base();
+	if (!(a->c = vmf_agent_conn_new(fd, "the guest agent"))) {
+		free(a);
+		return NULL;
+	}
 	return a;
 }
 
@@ -76,154 +60,8 @@ vmf_agent_free(struct vmf_agent *a)
 {
 	if (!a)
 		return;
-	close(a->fd);
-	free(a->rbuf);
+	vmf_agent_conn_free(a->c);
 	free(a);
-}
-
-/* Like vmf_write_full, but a closed channel is EPIPE, never SIGPIPE: the
- * caller (daemon, test, tool) need not ignore the signal. */
-static int
-write_all(int fd, const uint8_t *p, size_t n, int64_t deadline, struct vmf_error *err)
-{
-	bool sock = true;
-	while (n > 0) {
-		ssize_t w = sock ? send(fd, p, n, MSG_NOSIGNAL) : write(fd, p, n);
-		if (w < 0 && errno == ENOTSOCK && sock) {
-			sock = false;
-			continue;
-		}
-		if (w > 0) {
-			p += w;
-			n -= (size_t)w;
-			continue;
-		}
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w < 0 && errno == EPIPE)
-			return vmf_err(err, EPIPE, "the agent channel was closed by QEMU");
-		if (w < 0 && errno != EAGAIN)
-			return vmf_err_sys(err, errno, "writing to the agent channel");
-		int64_t left = deadline - vmf_now_ms();
-		if (left <= 0)
-			return vmf_err(err, ETIMEDOUT, "timed out sending to the guest agent");
-		struct pollfd pf = { .fd = fd, .events = POLLOUT };
-		if (poll(&pf, 1, left > 60000 ? 60000 : (int)left) < 0 && errno != EINTR)
-			return vmf_err_sys(err, errno, "poll on the agent channel");
-	}
-	return 0;
-}
-
-static int
-send_req(struct vmf_agent *a, Vmf__Agent__AgentRequest *req, int64_t deadline, struct vmf_error *err)
-{
-	req->protocol_version = AGENT_PROTOCOL_VERSION;
-	req->id = ++a->next_id;
-	size_t n = vmf__agent__agent_request__get_packed_size(req);
-	if (n > VMF_AGENT_MAX_FRAME)
-		return vmf_err(err, EMSGSIZE, "agent request of %zu bytes exceeds the %u byte frame limit", n,
-			       VMF_AGENT_MAX_FRAME);
-	uint8_t buf[VMF_FRAME_HDR + VMF_AGENT_MAX_FRAME];
-	vmf_frame_put_len(buf, (uint32_t)n);
-	vmf__agent__agent_request__pack(req, buf + VMF_FRAME_HDR);
-	/* Once the first byte is out the frame must go out whole, or the
-	 * agent's parser would be left mid-frame: the deadline holds only
-	 * until then. */
-	int r = write_all(a->fd, buf, 1, deadline, err);
-	if (r < 0)
-		return r;
-	int64_t grace = vmf_now_ms() + 5000;
-	return write_all(a->fd, buf + 1, VMF_FRAME_HDR + n - 1, deadline > grace ? deadline : grace, err);
-}
-
-static void
-consume(struct vmf_agent *a, size_t n)
-{
-	memmove(a->rbuf, a->rbuf + n, a->rlen - n);
-	a->rlen -= n;
-}
-
-/* Next complete reply frame, unpacked; NULL *out for a frame that does not
- * decode (counted as junk, not fatal).  Partial frames stay buffered. */
-static int
-recv_reply(struct vmf_agent *a, Vmf__Agent__AgentReply **out, int64_t deadline, struct vmf_error *err)
-{
-	*out = NULL;
-	for (;;) {
-		if (a->skip) {
-			size_t k = a->rlen < a->skip ? a->rlen : a->skip;
-			consume(a, k);
-			a->skip -= (uint32_t)k;
-		}
-		if (!a->skip && a->rlen >= VMF_FRAME_HDR) {
-			uint32_t n = vmf_frame_get_len(a->rbuf);
-			if (n > VMF_AGENT_MAX_FRAME) {
-				consume(a, VMF_FRAME_HDR);
-				a->skip = n;
-				return vmf_err(err, EMSGSIZE,
-					       "the guest agent sent a frame of %u bytes (limit %u); skipping it", n,
-					       VMF_AGENT_MAX_FRAME);
-			}
-			if (a->rlen >= VMF_FRAME_HDR + n) {
-				*out = vmf__agent__agent_reply__unpack(NULL, n, a->rbuf + VMF_FRAME_HDR);
-				consume(a, VMF_FRAME_HDR + n);
-				return 0;
-			}
-		}
-		size_t room = RBUF_SIZE - a->rlen;
-		ssize_t r = read(a->fd, a->rbuf + a->rlen, room);
-		if (r > 0) {
-			a->rlen += (size_t)r;
-			continue;
-		}
-		if (r == 0)
-			return vmf_err(err, EPIPE, "the agent channel was closed by QEMU");
-		if (errno == EINTR)
-			continue;
-		if (errno != EAGAIN)
-			return vmf_err_sys(err, errno, "reading from the agent channel");
-		int64_t left = deadline - vmf_now_ms();
-		if (left <= 0)
-			return vmf_err(err, ETIMEDOUT, "timed out waiting for the guest agent");
-		struct pollfd p = { .fd = a->fd, .events = POLLIN };
-		if (poll(&p, 1, left > 60000 ? 60000 : (int)left) < 0 && errno != EINTR)
-			return vmf_err_sys(err, errno, "poll on the agent channel");
-	}
-}
-
-/* Notes an error reply the agent could not tie to a request (id 0): it
- * explains a later timeout, but is never taken as the answer to a call. */
-static void
-note_orphan(struct vmf_agent *a, const Vmf__Agent__AgentReply *rep)
-{
-	if (rep->id == 0 && rep->error_code)
-		snprintf(a->last_error, sizeof(a->last_error), "%s (errno %d)",
-			 rep->error_message ? rep->error_message : "", rep->error_code);
-}
-
-/* Reads replies until the one for id arrives; others are stale. */
-static int
-wait_reply(struct vmf_agent *a, uint64_t id, Vmf__Agent__AgentReply **out, int64_t deadline,
-	   struct vmf_error *err)
-{
-	for (;;) {
-		Vmf__Agent__AgentReply *rep;
-		int r = recv_reply(a, &rep, deadline, err);
-		if (r == -EMSGSIZE)
-			continue;
-		if (r == -ETIMEDOUT && a->last_error[0])
-			vmf_error_append(err, "; earlier the agent reported: %s", a->last_error);
-		if (r < 0)
-			return r;
-		if (!rep)
-			continue;
-		if (rep->id == id) {
-			*out = rep;
-			return 0;
-		}
-		note_orphan(a, rep);
-		vmf__agent__agent_reply__free_unpacked(rep, NULL);
-	}
 }
 
 static Vmf__Agent__AgentReply__BodyCase
@@ -242,20 +80,10 @@ expected(const Vmf__Agent__AgentRequest *req)
 	case VMF__AGENT__AGENT_REQUEST__BODY_MOUNT_DISK: return VMF__AGENT__AGENT_REPLY__BODY_DISK_MOUNTED;
 	case VMF__AGENT__AGENT_REQUEST__BODY_UNMOUNT_DISK: return VMF__AGENT__AGENT_REPLY__BODY_DISK_UNMOUNTED;
 	case VMF__AGENT__AGENT_REQUEST__BODY_EXEC_START: return VMF__AGENT__AGENT_REPLY__BODY_EXEC_STARTED;
+	case VMF__AGENT__AGENT_REQUEST__BODY_FLUSH_DISKS: return VMF__AGENT__AGENT_REPLY__BODY_DISKS_FLUSHED;
+	case VMF__AGENT__AGENT_REQUEST__BODY_POWEROFF: return VMF__AGENT__AGENT_REPLY__BODY_POWERING_OFF;
 	default: return VMF__AGENT__AGENT_REPLY__BODY__NOT_SET;
 	}
-}
-
-static int
-check_reply(Vmf__Agent__AgentReply *rep, Vmf__Agent__AgentReply__BodyCase want, struct vmf_error *err)
-{
-	if (rep->error_code)
-		return vmf_err(err, rep->error_code, "the guest agent reports: %s",
-			       rep->error_message && *rep->error_message ? rep->error_message : "unspecified error");
-	if (rep->body_case != want)
-		return vmf_err(err, EPROTO, "the guest agent answered with message type %d, expected %d",
-			       (int)rep->body_case, (int)want);
-	return 0;
 }
 
 int
@@ -264,9 +92,8 @@ vmf_agent_send(struct vmf_agent *a, Vmf__Agent__AgentRequest *req, int timeout_m
 	if (expected(req) == VMF__AGENT__AGENT_REPLY__BODY__NOT_SET)
 		return vmf_err(err, EINVAL, "guest agent: request type %d is not one this host knows",
 			       (int)req->body_case);
-	a->last_error[0] = '\0';
-	int r = send_req(a, req, vmf_now_ms() + timeout_ms, err);
-	return r < 0 ? vmf_error_prefix(err, "guest agent") : 0;
+	vmf_agent_conn_clear_last_error(a->c);
+	return vmf_agent_conn_send(a->c, req, deadline_in(timeout_ms), err);
 }
 
 int
@@ -275,10 +102,10 @@ vmf_agent_recv(struct vmf_agent *a, const Vmf__Agent__AgentRequest *req, Vmf__Ag
 {
 	*reply = NULL;
 	Vmf__Agent__AgentReply *rep = NULL;
-	int r = wait_reply(a, req->id, &rep, vmf_now_ms() + timeout_ms, err);
+	int r = vmf_agent_conn_wait(a->c, req->id, &rep, deadline_in(timeout_ms), err);
 	if (r < 0)
-		return vmf_error_prefix(err, "guest agent");
-	if ((r = check_reply(rep, expected(req), err)) < 0) {
+		return r;
+	if ((r = vmf_agent_reply_check(a->c, rep, expected(req), "the guest agent reports: ", err)) < 0) {
 		vmf__agent__agent_reply__free_unpacked(rep, NULL);
 		return r;
 	}
@@ -291,7 +118,7 @@ vmf_agent_call(struct vmf_agent *a, Vmf__Agent__AgentRequest *req, Vmf__Agent__A
 	       int timeout_ms, struct vmf_error *err)
 {
 	*reply = NULL;
-	int64_t deadline = vmf_now_ms() + timeout_ms;
+	int64_t deadline = deadline_in(timeout_ms);
 	int r = vmf_agent_send(a, req, timeout_ms, err);
 	if (r < 0)
 		return r;
@@ -319,81 +146,97 @@ vmf_agent_ping(struct vmf_agent *a, int timeout_ms, struct vmf_error *err)
 	return call_simple(a, &req, timeout_ms, err);
 }
 
+struct open_attempt {
+	vmf_agent_connect_fn connect;
+	struct vmf_vmm *vm;
+};
+
+static int
+open_once(void *arg, int64_t until, void **out, struct vmf_error *err)
+{
+	struct open_attempt *o = arg;
+	int64_t left = until - vmf_now_ms();
+	int fd = o->connect(o->vm, left > 0 ? (int)left : 1, err);
+	if (fd < 0)
+		return fd;
+	struct vmf_agent *a = vmf_agent_new(fd);
+	if (!a)
+		return vmf_err(err, ENOMEM, "out of memory for the agent channel");
+	left = until - vmf_now_ms();
+	int r = vmf_agent_wait_ready(a, left > 0 ? (int)left : 1, err);
+	if (r < 0) {
+		vmf_agent_free(a);
+		return r;
+	}
+	*out = a;
+	return 0;
+}
+
 int
 vmf_agent_open(vmf_agent_connect_fn connect, struct vmf_vmm *vm, int timeout_ms, struct vmf_agent **out,
 	       struct vmf_error *err)
 {
 	*out = NULL;
-	int64_t deadline = vmf_now_ms() + timeout_ms;
+	struct open_attempt o = { connect, vm };
+	void *a = NULL;
 	/* Longer than the client's first 1 s: a clone just continued under
 	 * load may take that long to run its agent at all. */
-	int attempt_ms = 2000;
-	for (;;) {
-		int left = (int)(deadline - vmf_now_ms());
-		if (left <= 0)
-			left = 1;
-		int fd = connect(vm, left, err);
-		if (fd < 0)
-			return fd;
-		struct vmf_agent *a = vmf_agent_new(fd);
-		if (!a)
-			return vmf_err(err, ENOMEM, "out of memory for the agent channel");
-		left = (int)(deadline - vmf_now_ms());
-		bool last = left <= attempt_ms;
-		int r = vmf_agent_wait_ready(a, last ? (left > 0 ? left : 1) : attempt_ms, err);
-		if (r == 0) {
-			*out = a;
-			return 0;
-		}
-		vmf_agent_free(a);
-		if (r != -ETIMEDOUT || last)
-			return r;
-		attempt_ms *= 2;
-	}
+	int r = vmf_agent_conn_retry(open_once, &o, 2000, deadline_in(timeout_ms), NULL, NULL, &a, err);
+	*out = a;
+	return r;
 }
 
 int
 vmf_agent_wait_ready(struct vmf_agent *a, int timeout_ms, struct vmf_error *err)
 {
-	int64_t start = vmf_now_ms(), deadline = start + timeout_ms;
-	uint64_t first = a->next_id + 1;
+	struct vmf_agent_conn *c = a->c;
+	int64_t deadline = deadline_in(timeout_ms);
+	uint64_t first = 0, last = 0;
 	Vmf__Agent__AgentRequest req = VMF__AGENT__AGENT_REQUEST__INIT;
 	Vmf__Agent__Ping ping = VMF__AGENT__PING__INIT;
 	req.body_case = VMF__AGENT__AGENT_REQUEST__BODY_PING;
 	req.ping = &ping;
-	a->last_error[0] = '\0';
+	vmf_agent_conn_clear_last_error(c);
+	vmf_agent_conn_begin(c);
 	unsigned sent = 0;
 	for (;;) {
 		int64_t now = vmf_now_ms();
 		if (now >= deadline) {
 			vmf_err(err, ETIMEDOUT, "guest agent: no answer to %u Pings within %d ms", sent, timeout_ms);
-			if (a->last_error[0])
-				vmf_error_append(err, "; the agent reported: %s", a->last_error);
+			if (*vmf_agent_conn_last_error(c))
+				vmf_error_append(err, "; the agent reported: %s", vmf_agent_conn_last_error(c));
 			return -ETIMEDOUT;
 		}
 		int64_t until = now + RETRY_MS < deadline ? now + RETRY_MS : deadline;
-		int r = send_req(a, &req, until, err);
-		if (r < 0 && r != -ETIMEDOUT)
-			return vmf_error_prefix(err, "guest agent");
-		sent += r == 0;
+		/* A Ping not written by then stays queued and goes out first
+		 * next time: the channel never sees half a frame. */
+		int r = vmf_agent_conn_queue(c, &req, err);
+		if (r == 0)
+			r = vmf_agent_conn_flush(c, until, err);
+		if (r < 0)
+			return r;
+		sent++;
+		last = req.id;
+		if (!first)
+			first = last;
 		/* Any of our Pings answered means the agent is serving. */
 		for (;;) {
 			Vmf__Agent__AgentReply *rep;
-			r = recv_reply(a, &rep, until, err);
-			if (r == -ETIMEDOUT)
-				break;
-			if (r == -EMSGSIZE)
-				continue;
+			r = vmf_agent_conn_recv(c, &rep, until, err);
 			if (r < 0)
-				return vmf_error_prefix(err, "guest agent");
-			if (!rep)
-				continue;
-			bool ours = rep->id >= first && rep->id <= a->next_id &&
-				    rep->body_case == VMF__AGENT__AGENT_REPLY__BODY_PONG;
-			note_orphan(a, rep);
-			vmf__agent__agent_reply__free_unpacked(rep, NULL);
-			if (ours)
+				return r;
+			if (r == 0)
+				break;
+			if (rep && rep->id >= first && rep->id <= last && !rep->error_code &&
+			    rep->body_case == VMF__AGENT__AGENT_REPLY__BODY_PONG) {
+				vmf_agent_conn_claim(c, rep->id);
+				vmf__agent__agent_reply__free_unpacked(rep, NULL);
 				return 0;
+			}
+			if ((r = vmf_agent_conn_other(c, rep, err)) < 0)
+				return r;
+			if (vmf_now_ms() >= until)
+				break;
 		}
 	}
 }
@@ -406,7 +249,11 @@ vmf_agent_guest_info(struct vmf_agent *a, Vmf__Agent__AgentReply **reply, int ti
 	Vmf__Agent__GuestInfoRequest gi = VMF__AGENT__GUEST_INFO_REQUEST__INIT;
 	req.body_case = VMF__AGENT__AGENT_REQUEST__BODY_GUEST_INFO;
 	req.guest_info = &gi;
-	return vmf_agent_call(a, &req, reply, timeout_ms, err);
+	int r = vmf_agent_call(a, &req, reply, timeout_ms, err);
+	/* All of it is shown (inspect), none of it used. */
+	if (r == 0)
+		vmf_pb_escape_strings(&(*reply)->base);
+	return r;
 }
 
 int
@@ -501,6 +348,26 @@ vmf_agent_unmount_share(struct vmf_agent *a, int timeout_ms, struct vmf_error *e
 	return call_simple(a, &req, timeout_ms, err);
 }
 
+/* A guest string for an error message. */
+static const char *
+shown(const char *s, char *buf, size_t n)
+{
+	vmf_escape(s, buf, n, 0);
+	return buf;
+}
+
+/* /etc/machine-id: 32 lower-case hex digits. */
+static bool
+valid_machine_id(const char *s)
+{
+	if (strlen(s) != 32)
+		return false;
+	for (; *s; s++)
+		if (!((*s >= '0' && *s <= '9') || (*s >= 'a' && *s <= 'f')))
+			return false;
+	return true;
+}
+
 int
 vmf_agent_new_identity(struct vmf_agent *a, struct vmf_agent_identity *out, int timeout_ms, struct vmf_error *err)
 {
@@ -526,13 +393,17 @@ vmf_agent_new_identity(struct vmf_agent *a, struct vmf_agent_identity *out, int 
 		return r;
 	const Vmf__Agent__Identity *id = rep->identity;
 	static const uint8_t zero[16];
+	char esc[80];
 	if (id->random.len != 16)
 		r = vmf_err(err, EPROTO, "the guest agent returned %zu random bytes, expected 16", id->random.len);
 	else if (memcmp(id->random.data, zero, 16) == 0)
 		r = vmf_err(err, EIO, "the guest's random sample after reseeding is all zeros");
-	else if (!id->boot_id || strlen(id->boot_id) != 36)
-		r = vmf_err(err, EPROTO, "the guest agent returned boot id '%.40s', not a UUID",
-			    id->boot_id ? id->boot_id : "");
+	else if (!vmf_valid_uuid(id->boot_id))
+		r = vmf_err(err, EPROTO, "the guest agent returned boot id '%s', not a UUID",
+			    shown(id->boot_id, esc, sizeof(esc)));
+	else if (id->machine_id && *id->machine_id && !valid_machine_id(id->machine_id))
+		r = vmf_err(err, EPROTO, "the guest agent returned machine id '%s', not 32 hex digits",
+			    shown(id->machine_id, esc, sizeof(esc)));
 	if (r == 0) {
 		memcpy(out->sample, id->random.data, 16);
 		snprintf(out->boot_id, sizeof(out->boot_id), "%s", id->boot_id);
@@ -596,9 +467,20 @@ vmf_agent_recv_handout(struct vmf_agent *a, struct vmf_agent_handout *h, int tim
 		return r;
 	const Vmf__Agent__HandoutResult *res = rep->handout;
 	h->guest_ns = res->realtime_ns;
-	snprintf(h->hostname, sizeof(h->hostname), "%s", res->hostname ? res->hostname : "");
-	snprintf(h->boot_id, sizeof(h->boot_id), "%s", res->boot_id ? res->boot_id : "");
-	snprintf(h->net_error, sizeof(h->net_error), "%s", res->net_error ? res->net_error : "");
+	/* Kept and compared by the caller, shown in its errors: a hostname
+	 * that is no sandbox id (which is what the hand-out set) and a boot id
+	 * that is no UUID arrive escaped and never match. */
+	const char *hn = res->hostname ? res->hostname : "";
+	if (!*hn || vmf_valid_sandbox_id(hn))
+		snprintf(h->hostname, sizeof(h->hostname), "%s", hn);
+	else
+		vmf_escape(hn, h->hostname, sizeof(h->hostname), VMF_ESC_BACKSLASH);
+	const char *bi = res->boot_id ? res->boot_id : "";
+	if (!*bi || vmf_valid_uuid(bi))
+		snprintf(h->boot_id, sizeof(h->boot_id), "%s", bi);
+	else
+		vmf_escape(bi, h->boot_id, sizeof(h->boot_id), VMF_ESC_BACKSLASH);
+	vmf_escape(res->net_error, h->net_error, sizeof(h->net_error), 0);
 	vmf__agent__agent_reply__free_unpacked(rep, NULL);
 	return 0;
 }
@@ -607,6 +489,22 @@ double
 vmf_agent_handout_clock_error_ms(const struct vmf_agent_handout *h)
 {
 	return (double)llabs(h->guest_ns - h->host_recv_ns) / 1e6;
+}
+
+/* What the agent may name a block device by: /dev/ and 1 to 31 letters
+ * and digits (sda, vdb, nvme0n1). */
+static bool
+valid_device(const char *d)
+{
+	if (strncmp(d, "/dev/", 5) != 0)
+		return false;
+	size_t n = strlen(d + 5);
+	if (n == 0 || n > 31)
+		return false;
+	for (const char *p = d + 5; *p; p++)
+		if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9')))
+			return false;
+	return true;
 }
 
 int
@@ -631,8 +529,16 @@ vmf_agent_mount_disk(struct vmf_agent *a, const char *serial, const char *path, 
 		vmf__agent__agent_reply__free_unpacked(rep, NULL);
 		return vmf_err(err, EPROTO, "agent answered MountDisk with reply type %d", (int)rep->body_case);
 	}
+	const char *dev = rep->disk_mounted->device ? rep->disk_mounted->device : "";
+	if (!valid_device(dev)) {
+		char shown[80];
+		vmf_escape(dev, shown, sizeof(shown), 0);
+		vmf__agent__agent_reply__free_unpacked(rep, NULL);
+		return vmf_err(err, EPROTO, "the guest agent names the disk's device '%s', not a /dev/NAME of letters "
+			       "and digits", shown);
+	}
 	if (device)
-		snprintf(device, device_n, "%s", rep->disk_mounted->device ? rep->disk_mounted->device : "");
+		snprintf(device, device_n, "%s", dev);
 	vmf__agent__agent_reply__free_unpacked(rep, NULL);
 	return 0;
 }
@@ -648,6 +554,35 @@ vmf_agent_unmount_disk(struct vmf_agent *a, const char *serial, const char *path
 	req.body_case = VMF__AGENT__AGENT_REQUEST__BODY_UNMOUNT_DISK;
 	req.unmount_disk = &u;
 	return call_simple(a, &req, timeout_ms, err);
+}
+
+struct run_events {
+	uint64_t exec_id;
+	size_t output;
+	bool done;
+	int exit_code;
+};
+
+/* The process's output (dropped) and exit; nothing else is its. */
+static int
+run_event(void *arg, Vmf__Agent__AgentReply *rep, struct vmf_error *err)
+{
+	struct run_events *ev = arg;
+	if (rep->id != 0)
+		return 0;
+	if (rep->body_case == VMF__AGENT__AGENT_REPLY__BODY_EXEC_OUTPUT && rep->exec_output->exec_id == ev->exec_id) {
+		ev->output += rep->exec_output->data.len;
+		if (ev->output > RUN_OUTPUT_MAX)
+			return vmf_err(err, EPROTO, "the guest agent sent more output than the %u bytes of window it was "
+				       "given: the connection is closed", RUN_OUTPUT_MAX);
+	} else if (rep->body_case == VMF__AGENT__AGENT_REPLY__BODY_EXEC_EXIT && rep->exec_exit->exec_id == ev->exec_id) {
+		ev->done = true;
+		ev->exit_code = rep->exec_exit->exit_code;
+	} else {
+		return 0;
+	}
+	vmf__agent__agent_reply__free_unpacked(rep, NULL);
+	return 1;
 }
 
 int
@@ -671,16 +606,103 @@ vmf_agent_run(struct vmf_agent *a, const char *const *argv, int *exit_code, int 
 	uint64_t exec_id = rep->exec_started->exec_id;
 	vmf__agent__agent_reply__free_unpacked(rep, NULL);
 	/* Its output (a line at most for the commands run here) fits the
-	 * agent's initial window, so only the exit matters. */
-	for (;;) {
-		if ((r = wait_reply(a, 0, &rep, deadline, err)) < 0)
-			return vmf_error_prefix(err, "running %s in the guest", argv[0]);
-		bool done = rep->body_case == VMF__AGENT__AGENT_REPLY__BODY_EXEC_EXIT &&
-			    rep->exec_exit->exec_id == exec_id;
-		if (done)
-			*exit_code = rep->exec_exit->exit_code;
-		vmf__agent__agent_reply__free_unpacked(rep, NULL);
-		if (done)
-			return 0;
+	 * agent's initial windows, so only the exit matters. */
+	struct run_events ev = { .exec_id = exec_id };
+	vmf_agent_conn_set_events(a->c, run_event, &ev);
+	vmf_agent_conn_begin(a->c);
+	while (r == 0 && !ev.done) {
+		r = vmf_agent_conn_recv(a->c, &rep, deadline, err);
+		if (r == 0)
+			r = vmf_err(err, ETIMEDOUT, "timed out waiting for the guest agent to report the end of %s",
+				    argv[0]);
+		else if (r > 0)
+			r = vmf_agent_conn_other(a->c, rep, err);
 	}
+	vmf_agent_conn_set_events(a->c, NULL, NULL);
+	if (r < 0)
+		return vmf_error_prefix(err, "running %s in the guest", argv[0]);
+	*exit_code = ev.exit_code;
+	return 0;
+}
+
+/* The guest's word on each disk asked about, matched by serial and path:
+ * entries for disks not asked about, and any beyond them, are ignored, and
+ * a disk the guest does not mention stays not done. */
+static void
+take_flushed(const Vmf__Agent__DisksFlushed *res, struct vmf_agent_flush *disks, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		struct vmf_agent_flush *d = &disks[i];
+		for (size_t k = 0; res && k < res->n_disks && k < VMF_AGENT_FLUSH_MAX; k++) {
+			const Vmf__Agent__DiskFlushed *o = res->disks[k];
+			if (!o->serial || strcmp(o->serial, d->serial) != 0 || !o->path || strcmp(o->path, d->path) != 0)
+				continue;
+			d->answered = true;
+			d->error_code = o->error_code;
+			d->done = o->error_code == 0 && o->how && *o->how;
+			vmf_escape(o->how, d->how, sizeof(d->how), VMF_ESC_BACKSLASH);
+			vmf_escape(o->error_message, d->error, sizeof(d->error), VMF_ESC_BACKSLASH);
+			break;
+		}
+	}
+}
+
+static int
+flush_call(struct vmf_agent *a, Vmf__Agent__AgentRequest *req, Vmf__Agent__FlushDisk **fd, struct vmf_agent_flush *disks,
+	   size_t n, int timeout_ms, struct vmf_error *err)
+{
+	Vmf__Agent__FlushDisk one[VMF_AGENT_FLUSH_MAX];
+	if (n > VMF_AGENT_FLUSH_MAX)
+		return vmf_err(err, E2BIG, "%zu disks to flush; at most %d", n, VMF_AGENT_FLUSH_MAX);
+	for (size_t i = 0; i < n; i++) {
+		vmf__agent__flush_disk__init(&one[i]);
+		one[i].serial = disks[i].serial;
+		one[i].path = disks[i].path;
+		fd[i] = &one[i];
+		disks[i].answered = disks[i].done = false;
+		disks[i].error_code = 0;
+		disks[i].how[0] = disks[i].error[0] = '\0';
+	}
+	Vmf__Agent__AgentReply *rep = NULL;
+	int r = vmf_agent_call(a, req, &rep, timeout_ms, err);
+	if (r == -EOPNOTSUPP)
+		vmf_error_append(err, " (an agent older than this host: rebuild the guest image with this build's "
+				 "agent, contrib/image/build-image)");
+	if (r < 0)
+		return r;
+	take_flushed(rep->body_case == VMF__AGENT__AGENT_REPLY__BODY_DISKS_FLUSHED ? rep->disks_flushed
+										  : rep->powering_off, disks, n);
+	vmf__agent__agent_reply__free_unpacked(rep, NULL);
+	return 0;
+}
+
+int
+vmf_agent_flush_disks(struct vmf_agent *a, enum vmf_agent_flush_mode mode, struct vmf_agent_flush *disks, size_t n,
+		      int timeout_ms, struct vmf_error *err)
+{
+	Vmf__Agent__AgentRequest req = VMF__AGENT__AGENT_REQUEST__INIT;
+	Vmf__Agent__FlushDisks f = VMF__AGENT__FLUSH_DISKS__INIT;
+	Vmf__Agent__FlushDisk *fd[VMF_AGENT_FLUSH_MAX];
+	f.mode = mode == VMF_AGENT_FREEZE ? VMF__AGENT__FLUSH_MODE__FLUSH_FREEZE
+		 : mode == VMF_AGENT_THAW ? VMF__AGENT__FLUSH_MODE__FLUSH_THAW : VMF__AGENT__FLUSH_MODE__FLUSH_UNMOUNT;
+	f.disks = fd;
+	f.n_disks = n;
+	req.body_case = VMF__AGENT__AGENT_REQUEST__BODY_FLUSH_DISKS;
+	req.flush_disks = &f;
+	return flush_call(a, &req, fd, disks, n, timeout_ms, err);
+}
+
+int
+vmf_agent_poweroff(struct vmf_agent *a, struct vmf_agent_flush *disks, size_t n, unsigned grace_ms, int timeout_ms,
+		   struct vmf_error *err)
+{
+	Vmf__Agent__AgentRequest req = VMF__AGENT__AGENT_REQUEST__INIT;
+	Vmf__Agent__Poweroff p = VMF__AGENT__POWEROFF__INIT;
+	Vmf__Agent__FlushDisk *fd[VMF_AGENT_FLUSH_MAX];
+	p.disks = fd;
+	p.n_disks = n;
+	p.grace_ms = grace_ms;
+	req.body_case = VMF__AGENT__AGENT_REQUEST__BODY_POWEROFF;
+	req.poweroff = &p;
+	return flush_call(a, &req, fd, disks, n, timeout_ms, err);
 }

@@ -1,6 +1,10 @@
-/* Host side of the guest agent protocol (proto/agent.proto), over a stream fd
- * from ops->agent_connect().  Requests carry an id; replies with another id
- * (left over from before a template save) are discarded. */
+/* The daemon's calls to the guest agent (proto/agent.proto), over a stream
+ * fd from ops->agent_connect(), through the one host-side connection
+ * (common/agentconn.h: its bounds hold whatever the guest sends).  Requests
+ * carry an id; replies with another id (left over from before a template
+ * save) are discarded, up to its limit.  A call fails with -EPROTO and a
+ * sentence when the agent breaks the protocol, and the channel stays
+ * failed: free it. */
 #ifndef VMF_AGENT_H
 #define VMF_AGENT_H
 
@@ -38,13 +42,17 @@ int vmf_agent_ping(struct vmf_agent *a, int timeout_ms, struct vmf_error *err);
 int vmf_agent_wait_ready(struct vmf_agent *a, int timeout_ms, struct vmf_error *err);
 /* A new channel from connect (a driver's agent_connect with its VM), ready:
  * its Ping answered.  A connection left unanswered is replaced after 2 s,
- * then 4, 8, ... within timeout_ms: an agent older than the fix for the
- * port's late open notice (docs/hypervisors.md) drops the answer to a new
- * host's first request now and then, and serves the next connection. */
+ * then 4, then every 8 s within timeout_ms (common/agentconn.h): an agent
+ * older than the fix for the port's late open notice (docs/hypervisors.md)
+ * drops the answer to a new host's first request now and then, and serves
+ * the next connection.  One that fails otherwise (an agent breaking the
+ * protocol: -EPROTO) is not retried. */
 struct vmf_vmm;
 typedef int (*vmf_agent_connect_fn)(struct vmf_vmm *vm, int timeout_ms, struct vmf_error *err);
 int vmf_agent_open(vmf_agent_connect_fn connect, struct vmf_vmm *vm, int timeout_ms, struct vmf_agent **out,
 		   struct vmf_error *err);
+/* The guest's view of itself, every string in it escaped (common/text.h):
+ * text to show. */
 int vmf_agent_guest_info(struct vmf_agent *a, Vmf__Agent__AgentReply **reply, int timeout_ms,
 			 struct vmf_error *err);
 /* Onlines hot-added CPUs and memory, waiting in the guest until want_cpus
@@ -112,5 +120,30 @@ int vmf_agent_run(struct vmf_agent *a, const char *const *argv, int *exit_code, 
 		  struct vmf_error *err);
 /* Unmounts the share (nothing mounted is no error); EBUSY while in use. */
 int vmf_agent_unmount_share(struct vmf_agent *a, int timeout_ms, struct vmf_error *err);
+
+/* Read-write disks written back before the VM stops (FlushDisks): each
+ * named by its serial and guest mount point ("" = not mounted); the
+ * guest's answer per disk.  The guest decides what it says: a lying guest
+ * can only cost its own tenant data, so an answer is taken as the guest's
+ * claim, bounded and escaped (how, error), never as more. */
+#define VMF_AGENT_FLUSH_MAX 16
+enum vmf_agent_flush_mode { VMF_AGENT_UNMOUNT, VMF_AGENT_FREEZE, VMF_AGENT_THAW };
+struct vmf_agent_flush {
+	char serial[24];
+	char path[512];
+	bool answered;               /* the guest named this disk in its reply */
+	bool done;                   /* ... as unmounted, frozen, thawed, synced or absent */
+	int error_code;
+	char how[16];
+	char error[200];
+};
+int vmf_agent_flush_disks(struct vmf_agent *a, enum vmf_agent_flush_mode mode, struct vmf_agent_flush *disks, size_t n,
+			  int timeout_ms, struct vmf_error *err);
+/* A clean guest shutdown (Poweroff): its processes ended (SIGTERM, then
+ * SIGKILL after grace_ms), the disks unmounted as vmf_agent_flush_disks
+ * does, then the guest powers off once this reply is written.  The caller
+ * waits for the VMM to exit. */
+int vmf_agent_poweroff(struct vmf_agent *a, struct vmf_agent_flush *disks, size_t n, unsigned grace_ms,
+		       int timeout_ms, struct vmf_error *err);
 
 #endif

@@ -515,6 +515,7 @@ const struct vmf_hv_ops vmf_cloud_hypervisor_ops = {
 	.capabilities = ch_capabilities,
 	.agent_connect = vmf_rest_agent_connect,
 	.watch_fd = vmf_rest_watch_fd,
+	.exit_info = vmf_rest_exit_info,
 	.serialize = vmf_rest_serialize,
 	.adopt = ch_adopt,
 	.attach_disk = ch_attach_disk,

@@ -37,6 +37,26 @@ enum vmf_cap {
 	VMF_CAP_FULL_SNAPSHOT = 1u << 5,   /* all RAM in the state stream */
 };
 
+/* What a VMM's end left to say (ops->exit_info). */
+struct vmf_vmm_exit {
+	pid_t pid;
+	bool status_known;           /* wait() status: the daemon's own child */
+	int exit_code;               /* -1: a signal ended it, or unknown */
+	int signal;
+	/* The VMM's last word, normalized: "guest-panic", "guest-reset",
+	 * "guest-poweroff", "quit" (a monitor's quit), "host-signal" (it
+	 * caught SIGTERM, SIGINT or SIGHUP), "" (none); event: as it said it
+	 * ("SHUTDOWN guest-reset", "GUEST_PANICKED"). */
+	char guest_event[24];
+	char event[96];
+	char serial_log[4096];       /* the guest's console log, "" when none */
+};
+/* Guest resets a running VMM reported (ops->poll_events). */
+struct vmf_vmm_events {
+	unsigned resets;             /* RESET with guest: true */
+	unsigned panics;             /* GUEST_PANICKED */
+};
+
 /* Names for status output ("template-share", "cpu-hotplug", ...). */
 const char *vmf_cap_name(unsigned cap);
 
@@ -81,6 +101,10 @@ struct vmf_net_backend {
 	int tap_fd;
 	const char *const *hostfwd;
 	size_t n_hostfwd;
+	/* User mode: the guest may open connections out.  Off, it reaches
+	 * nothing but answers through its forwards (slirp's restrict=on):
+	 * slirp's outbound NAT reaches the host's loopback services too. */
+	bool outbound;
 };
 #define VMF_SNAPSHOT_MAX_DIMMS 32
 struct vmf_snapshot_to {
@@ -192,6 +216,22 @@ struct vmf_hv_ops {
 	/* A fd that becomes readable (EOF) when the VMM dies, for the event loop;
 	 * -1 if none.  Owned by the handle. */
 	int (*watch_fd)(struct vmf_vmm *vm);
+	/* Once the process has exited (unasked): its wait status where it was
+	 * our child, its last event, its serial log (-EBUSY while it runs).
+	 * Reaps it.  On a worker that owns vm. */
+	int (*exit_info)(struct vmf_vmm *vm, struct vmf_vmm_exit *out);
+	/* A fd readable when the VMM has events for the loop (QEMU's QMP
+	 * socket), -1 if none; poll_events reads them without waiting (NULL
+	 * when the driver has none).  For a VM kept across guest resets. */
+	int (*event_fd)(struct vmf_vmm *vm);
+	/* -EPIPE once the connection has ended (the VMM exited). */
+	int (*poll_events)(struct vmf_vmm *vm, struct vmf_vmm_events *ev);
+	/* A VM kept across a guest reset: closes the sandbox's agent
+	 * connection, whose processes died with the guest's old boot, so that
+	 * a client waiting on it sees EOF (QEMU: the owner's port unplugged,
+	 * its socket replaced, plugged again; the caller grants the owner the
+	 * new socket).  NULL: the driver cannot. */
+	int (*agent_reset)(struct vmf_vmm *vm, struct vmf_error *err);
 
 	/* Snapshot of the handle for LMDB; free with
 	 * vmf__hv__hypervisor_state__free_unpacked(st, NULL). */
@@ -216,6 +256,14 @@ struct vmf_hv_ops {
 	 * spec's device list (so a change of it is a new template id); NULL:
 	 * "virtio-scsi:disks". */
 	const char *disk_device;
+	/* The VMM parses a qcow2 disk's header when attach_disk (or
+	 * restore_state_with) opens it, and would open a file the header
+	 * names: the caller keeps the image from being written between its
+	 * own check of the header and the end of that call. */
+	bool parses_image_header;
+	/* The device through which the guest reports a kernel panic, in the
+	 * spec's device list too; NULL: none. */
+	const char *panic_device;
 
 	/* Frees the handle (closes sockets) without touching the process. */
 	void (*release)(struct vmf_vmm *vm);
@@ -232,6 +280,38 @@ const struct vmf_hv_ops *vmf_hv_by_kind(Vmf__Hv__HypervisorKind kind);
 /* Deep copy of a config (protobuf pack/unpack); NULL on allocation failure. */
 vmf_vm_config *vmf_vm_config_dup(const vmf_vm_config *cfg);
 void vmf_vm_config_free(vmf_vm_config *cfg);
+
+/* ---- why a VMM ended (vmexit.c): through the ops, for every driver ----
+ * Its exit status (when it is the daemon's child), its last event (QEMU's
+ * SHUTDOWN reason, GUEST_PANICKED), whether the kernel's OOM killer did it
+ * (the memory cgroups it joined, the kernel log), and the last 4 KiB of
+ * the guest's serial log, escaped.  On a worker that owns vm, once its
+ * process is gone. */
+#define VMF_SERIAL_TAIL_BYTES 4096
+
+/* vm's end as a VmExit (free with vmf__hv__vm_exit__free_unpacked(e,
+ * NULL)); cgroups (n of them) are those its VMM joined, oom_before each
+ * one's oom_kill count then.  NULL while the process runs, or out of
+ * memory. */
+Vmf__Hv__VmExit *vmf_vm_exit_read(const struct vmf_hv_ops *ops, struct vmf_vmm *vm, char *const *cgroups,
+				  const uint64_t *oom_before, size_t n);
+/* A VMM found gone at a daemon's start (it ended while no daemon ran):
+ * what can be known without a handle: the OOM killer (cgroups, the kernel
+ * log: pid), the serial log at serial_log ("" = none). */
+Vmf__Hv__VmExit *vmf_vm_exit_unseen(const char *vmm, pid_t pid, const char *serial_log, char *const *cgroups,
+				    const uint64_t *oom_before, size_t n);
+/* The guest reset and the VM runs on (on_guest_reset = keep): cause
+ * guest-reset or guest-panic, the serial log's tail; resets is the count
+ * so far. */
+Vmf__Hv__VmExit *vmf_vm_exit_reset(const struct vmf_hv_ops *ops, struct vmf_vmm *vm, unsigned resets,
+				   unsigned panics);
+/* For the error of a template build, a clone's warm-up or a hand-out
+ * whose VMM has died (or is dying: it waits a second for that): appends
+ * the cause and as much of the serial log's end as the message holds;
+ * true then.  Nothing (false) while the VMM runs. */
+bool vmf_vm_exit_explain(const struct vmf_hv_ops *ops, struct vmf_vmm *vm, struct vmf_error *err);
+/* A deep copy (pack, unpack); NULL when e is NULL or out of memory. */
+Vmf__Hv__VmExit *vmf_vm_exit_dup(const Vmf__Hv__VmExit *e);
 
 /* For ops->hotplug_memory: ENOSPC unless current_mib + add_mib fits the
  * config's max_memory_mib. */

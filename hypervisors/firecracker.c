@@ -680,6 +680,7 @@ const struct vmf_hv_ops vmf_firecracker_ops = {
 	.capabilities = fc_capabilities,
 	.agent_connect = vmf_rest_agent_connect,
 	.watch_fd = vmf_rest_watch_fd,
+	.exit_info = vmf_rest_exit_info,
 	.serialize = vmf_rest_serialize,
 	.adopt = fc_adopt,
 	.attach_disk = fc_attach_disk,

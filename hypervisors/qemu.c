@@ -349,6 +349,14 @@ vmf_qemu_build_argv(const vmf_vm_config *cfg, const struct vmf_qemu_fds *fds, ch
 		arg(&a, "-cpu");
 		arg(&a, "%s", kvm_cpu());
 	}
+	/* A guest reset (a reboot, or a panic under the guest's panic=-1) and
+	 * a panic the guest reports through pvpanic: QEMU exits (stop), so the
+	 * daemon sees the VM end with the reason in its last event, and no
+	 * part of the VM runs on; or the guest reboots in place (keep) and the
+	 * daemon sees the RESET event. */
+	bool keep = cfg->on_guest_reset && strcmp(cfg->on_guest_reset, "keep") == 0;
+	arg(&a, "-action");
+	arg(&a, keep ? "reboot=reset,panic=none" : "reboot=shutdown,panic=shutdown");
 	arg(&a, "-smp");
 	arg(&a, "%u,maxcpus=%u", cfg->vcpus, maxcpus);
 	arg(&a, "-m");
@@ -400,7 +408,7 @@ vmf_qemu_build_argv(const vmf_vm_config *cfg, const struct vmf_qemu_fds *fds, ch
 	arg(&a, "-chardev");
 	arg(&a, "socket,id=agent,fd=%d,server=on,wait=off", fds->agent);
 	arg(&a, "-device");
-	arg(&a, "virtserialport,bus=vser0.0,chardev=agent,name=agent");
+	arg(&a, "virtserialport,bus=vser0.0,chardev=agent,name=agent,id=" VMF_QEMU_AGENT_PORT);
 	arg(&a, "-chardev");
 	arg(&a, "socket,id=vmf,fd=%d,server=on,wait=off", fds->vmf_agent);
 	arg(&a, "-device");
@@ -411,6 +419,10 @@ vmf_qemu_build_argv(const vmf_vm_config *cfg, const struct vmf_qemu_fds *fds, ch
 	arg(&a, "virtio-rng-pci,rng=rng0");
 	arg(&a, "-device");
 	arg(&a, "vmgenid,id=vmgenid0,guid=%s", cfg->vmgenid && *cfg->vmgenid ? cfg->vmgenid : "auto");
+	/* An ISA device (no PCI address): the guest's pvpanic driver reports
+	 * a kernel panic through it (GUEST_PANICKED). */
+	arg(&a, "-device");
+	arg(&a, "pvpanic");
 	append_disk_devices(&a);
 	append_nic(&a, cfg);
 	if (cfg->share_dir && *cfg->share_dir) {
@@ -1183,6 +1195,7 @@ qemu_net_attach(struct vmf_vmm *vm, const struct vmf_net_backend *nb, struct vmf
 		json_object_object_add(args, "fd", json_object_new_string("nettap"));
 	} else {
 		json_object_object_add(args, "type", json_object_new_string("user"));
+		json_object_object_add(args, "restrict", json_object_new_boolean(!nb->outbound));
 		if (nb->n_hostfwd) {
 			json_object *fw = json_object_new_array();
 			for (size_t i = 0; i < nb->n_hostfwd; i++) {
@@ -1375,6 +1388,147 @@ static int
 qemu_watch_fd(struct vmf_vmm *vm)
 {
 	return vm->proc.pidfd;
+}
+
+/* QEMU's last word on a guest that ended or reset, from the events queued
+ * on the daemon's monitor: SHUTDOWN's reason, GUEST_PANICKED. */
+static void
+last_event(struct vmf_vmm *vm, struct vmf_vmm_exit *out)
+{
+	json_object *data = NULL, *v;
+	struct vmf_error ignored;
+	if (vmf_qmp_wait_event(vm->qmp, "GUEST_PANICKED", NULL, 0, &ignored) == 0) {
+		snprintf(out->guest_event, sizeof(out->guest_event), "guest-panic");
+		snprintf(out->event, sizeof(out->event), "GUEST_PANICKED");
+	}
+	if (vmf_qmp_wait_event(vm->qmp, "SHUTDOWN", &data, 0, &ignored) < 0)
+		return;
+	const char *reason = json_object_object_get_ex(data, "reason", &v) && json_object_is_type(v, json_type_string)
+				     ? json_object_get_string(v) : "";
+	/* QEMU names its reasons in a fixed vocabulary: anything else is not
+	 * taken as one. */
+	static const char *const known[][2] = {
+		{ "guest-panic", "guest-panic" }, { "guest-reset", "guest-reset" },
+		{ "guest-shutdown", "guest-poweroff" }, { "host-qmp-quit", "quit" },
+		{ "host-signal", "host-signal" },
+	};
+	for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++)
+		if (strcmp(reason, known[i][0]) == 0) {
+			if (!out->guest_event[0])
+				snprintf(out->guest_event, sizeof(out->guest_event), "%s", known[i][1]);
+			snprintf(out->event, sizeof(out->event), "%sSHUTDOWN %s", out->event[0] ? "GUEST_PANICKED, " : "",
+				 reason);
+		}
+	json_object_put(data);
+}
+
+static int
+qemu_exit_info(struct vmf_vmm *vm, struct vmf_vmm_exit *out)
+{
+	if (!vmf_vmm_exit_status(&vm->proc, out)) {
+		snprintf(out->serial_log, sizeof(out->serial_log), "%s", vm->serial_log);
+		return -EBUSY;
+	}
+	if (vm->qmp) {
+		/* Whatever QEMU wrote before it exited waits in the socket. */
+		vmf_qmp_poll_events(vm->qmp, 256, 5);
+		last_event(vm, out);
+	}
+	snprintf(out->serial_log, sizeof(out->serial_log), "%s", vm->serial_log);
+	return 0;
+}
+
+static int
+qemu_event_fd(struct vmf_vmm *vm)
+{
+	return vm->qmp ? vmf_qmp_fd(vm->qmp) : -1;
+}
+
+static int
+qemu_poll_events(struct vmf_vmm *vm, struct vmf_vmm_events *ev)
+{
+	memset(ev, 0, sizeof(*ev));
+	if (!vm->qmp)
+		return -EPIPE;
+	vmf_qmp_poll_events(vm->qmp, 64, 0);
+	json_object *data = NULL, *g;
+	struct vmf_error ignored;
+	while (vmf_qmp_wait_event(vm->qmp, "GUEST_PANICKED", NULL, 0, &ignored) == 0)
+		ev->panics++;
+	while (vmf_qmp_wait_event(vm->qmp, "RESET", &data, 0, &ignored) == 0) {
+		/* guest: false is a reset the host asked for (system_reset). */
+		if (!json_object_object_get_ex(data, "guest", &g) || json_object_get_boolean(g))
+			ev->resets++;
+		json_object_put(data);
+		data = NULL;
+	}
+	/* Unusable once QEMU closed it: the events it left were taken above. */
+	return vmf_qmp_usable(vm->qmp) ? 0 : -EPIPE;
+}
+
+/* The owner's agent connection cannot be closed from QEMU's side while its
+ * port uses it (7.2: "Chardev user does not support chardev hotswap"): the
+ * port is unplugged (no guest cooperation on the virtio-serial bus), its
+ * chardev removed, which closes the client's connection, and both made
+ * again on a new listening socket at the same path. */
+static int
+qemu_agent_reset(struct vmf_vmm *vm, struct vmf_error *err)
+{
+	json_object *args = json_object_new_object();
+	json_object_object_add(args, "id", json_object_new_string(VMF_QEMU_AGENT_PORT));
+	int r = qmp_cmd(vm, "device_del", args, NULL, err);
+	json_object_put(args);
+	if (r < 0)
+		return r;
+	for (int64_t deadline = vmf_now_ms() + QMP_TIMEOUT_MS;;) {
+		json_object *data = NULL, *id;
+		int left = (int)(deadline - vmf_now_ms());
+		if (left <= 0 || (r = vmf_qmp_wait_event(vm->qmp, "DEVICE_DELETED", &data, left, err)) < 0)
+			return vmf_error_prefix(err, "VM %s: unplugging the agent port", vm->cfg->id);
+		bool ours = json_object_object_get_ex(data, "device", &id) &&
+			    strcmp(json_object_get_string(id), VMF_QEMU_AGENT_PORT) == 0;
+		json_object_put(data);
+		if (ours)
+			break;
+	}
+	args = json_object_new_object();
+	json_object_object_add(args, "id", json_object_new_string("agent"));
+	r = qmp_cmd(vm, "chardev-remove", args, NULL, err);
+	json_object_put(args);
+	int lfd = r < 0 ? r : listen_unix(vm->agent_path, err);
+	if (lfd < 0)
+		return lfd;
+	r = pass_fd(vm, "vmfagentl", lfd, err);
+	close(lfd);
+	if (r < 0)
+		return r;
+	json_object *addr = json_object_new_object(), *data = json_object_new_object();
+	json_object_object_add(data, "str", json_object_new_string("vmfagentl"));
+	json_object_object_add(addr, "type", json_object_new_string("fd"));
+	json_object_object_add(addr, "data", data);
+	json_object *sock = json_object_new_object();
+	json_object_object_add(sock, "addr", addr);
+	json_object_object_add(sock, "server", json_object_new_boolean(true));
+	json_object_object_add(sock, "wait", json_object_new_boolean(false));
+	json_object *backend = json_object_new_object();
+	json_object_object_add(backend, "type", json_object_new_string("socket"));
+	json_object_object_add(backend, "data", sock);
+	args = json_object_new_object();
+	json_object_object_add(args, "id", json_object_new_string("agent"));
+	json_object_object_add(args, "backend", backend);
+	r = qmp_cmd(vm, "chardev-add", args, NULL, err);
+	json_object_put(args);
+	if (r < 0)
+		return r;
+	json_object *dev = json_object_new_object();
+	json_object_object_add(dev, "driver", json_object_new_string("virtserialport"));
+	json_object_object_add(dev, "bus", json_object_new_string("vser0.0"));
+	json_object_object_add(dev, "chardev", json_object_new_string("agent"));
+	json_object_object_add(dev, "name", json_object_new_string("agent"));
+	json_object_object_add(dev, "id", json_object_new_string(VMF_QEMU_AGENT_PORT));
+	r = qmp_cmd(vm, "device_add", dev, NULL, err);
+	json_object_put(dev);
+	return r;
 }
 
 static int
@@ -1725,9 +1879,15 @@ const struct vmf_hv_ops vmf_qemu_ops = {
 	.capabilities = qemu_capabilities,
 	.agent_connect = qemu_agent_connect,
 	.watch_fd = qemu_watch_fd,
+	.exit_info = qemu_exit_info,
+	.event_fd = qemu_event_fd,
+	.poll_events = qemu_poll_events,
+	.agent_reset = qemu_agent_reset,
+	.panic_device = "pvpanic",
 	.serialize = qemu_serialize,
 	.adopt = qemu_adopt,
 	.attach_disk = qemu_attach_disk,
 	.detach_disk = qemu_detach_disk,
+	.parses_image_header = true,
 	.release = qemu_release,
 };

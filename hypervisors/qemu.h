@@ -19,6 +19,9 @@
 #define VMF_QEMU_DAEMON_AGENT_SOCK "vmf-agent.sock"
 /* The template's virtio-scsi controller: disks are hot-plugged onto its bus. */
 #define VMF_QEMU_SCSI_BUS "scsi0"
+/* The owner's agent port's device id (unplugged and plugged again when a
+ * kept VM's guest resets). */
+#define VMF_QEMU_AGENT_PORT "agentport"
 #define VMF_QEMU_SERIAL_LOG "serial.log"
 #define VMF_QEMU_STDERR_LOG "qemu.log"
 

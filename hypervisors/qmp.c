@@ -618,6 +618,37 @@ vmf_qmp_wait_event(struct vmf_qmp *q, const char *event, json_object **data, int
 	}
 }
 
+int
+vmf_qmp_poll_events(struct vmf_qmp *q, unsigned max, int timeout_ms)
+{
+	int n = 0;
+	int64_t deadline = vmf_now_ms() + timeout_ms;
+	for (unsigned i = 0; i < max && !q->broken; i++) {
+		struct vmf_error err;
+		json_object *o, *mine;
+		/* Whatever is buffered, then one look (or a wait of timeout_ms). */
+		if (read_msg(q, &o, deadline, "events", &err) < 0)
+			break;
+		bool ev = json_object_object_get_ex(o, "event", NULL);
+		if (dispatch(q, o, 0, &mine, &err) < 0)
+			break;
+		n += ev;
+	}
+	return n;
+}
+
+int
+vmf_qmp_fd(const struct vmf_qmp *q)
+{
+	return q->fd;
+}
+
+bool
+vmf_qmp_usable(const struct vmf_qmp *q)
+{
+	return !q->broken;
+}
+
 static int
 read_greeting(struct vmf_qmp *q, int64_t deadline, struct vmf_error *err)
 {

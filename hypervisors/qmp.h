@@ -10,6 +10,7 @@
 #define VMF_QMP_H
 
 #include <json-c/json.h>
+#include <stdbool.h>
 
 #include "error.h"
 
@@ -34,6 +35,19 @@ int vmf_qmp_command(struct vmf_qmp *q, const char *cmd, json_object *args, int p
  * gets the event's "data" member. */
 int vmf_qmp_wait_event(struct vmf_qmp *q, const char *event, json_object **data,
 		       int timeout_ms, struct vmf_error *err);
+
+/* Reads what QEMU has sent (at most max messages), waiting at most
+ * timeout_ms for more: its events are queued for vmf_qmp_wait_event (a 0
+ * timeout then only looks at the queue).  With 0, for the event loop,
+ * which must not wait on QEMU; after a VMM exited, the events it left.
+ * Returns how many events were queued; a connection QEMU closed is marked
+ * broken, its events kept. */
+int vmf_qmp_poll_events(struct vmf_qmp *q, unsigned max, int timeout_ms);
+/* The socket, for an event loop's readability watch. */
+int vmf_qmp_fd(const struct vmf_qmp *q);
+/* False once the connection is broken (QEMU closed it, or sent what
+ * cannot be parsed). */
+bool vmf_qmp_usable(const struct vmf_qmp *q);
 
 /* Greeting's version, e.g. 7.2.22 -> major 7, minor 2, micro 22. */
 void vmf_qmp_version(const struct vmf_qmp *q, int *major, int *minor, int *micro);

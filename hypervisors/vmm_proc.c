@@ -120,6 +120,10 @@ vmf_vmm_exited(struct vmf_vmm_proc *p)
 	if (p->child) {
 		int st;
 		pid_t r = waitpid(p->pid, &st, WNOHANG);
+		if (r == p->pid) {
+			p->wstatus = st;
+			p->status_known = true;
+		}
 		if (r == p->pid || (r < 0 && errno == ECHILD))
 			p->exited = true;
 	} else if (p->pidfd >= 0) {
@@ -133,6 +137,24 @@ vmf_vmm_exited(struct vmf_vmm_proc *p)
 		p->exited = true;
 	}
 	return p->exited;
+}
+
+bool
+vmf_vmm_exit_status(struct vmf_vmm_proc *p, struct vmf_vmm_exit *out)
+{
+	memset(out, 0, sizeof(*out));
+	out->pid = p->pid;
+	out->exit_code = -1;
+	if (!vmf_vmm_exited(p))
+		return false;
+	if (p->status_known) {
+		out->status_known = true;
+		if (WIFEXITED(p->wstatus))
+			out->exit_code = WEXITSTATUS(p->wstatus);
+		else if (WIFSIGNALED(p->wstatus))
+			out->signal = WTERMSIG(p->wstatus);
+	}
+	return true;
 }
 
 bool

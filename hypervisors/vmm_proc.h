@@ -24,6 +24,8 @@ struct vmf_vmm_proc {
 	int pidfd;
 	bool child;      /* ours to reap */
 	bool exited;     /* seen to exit (and reaped if ours) */
+	bool status_known;  /* reaped here: wstatus is its wait() status */
+	int wstatus;
 };
 
 /* How to start a VMM process.  It runs in its own session with default
@@ -50,6 +52,9 @@ void vmf_vmm_attach(struct vmf_vmm_proc *p, pid_t pid, uint64_t start_ticks);
 /* Non-blocking: true once the process is gone, every thread of it (reaping
  * it when ours). */
 bool vmf_vmm_exited(struct vmf_vmm_proc *p);
+/* Once p has exited (false before): its pid, and its wait status where it
+ * was reaped here (exit code, or the signal that ended it) into out. */
+bool vmf_vmm_exit_status(struct vmf_vmm_proc *p, struct vmf_vmm_exit *out);
 /* Waits for exit until deadline_ms (vmf_now_ms clock); true when gone. */
 bool vmf_vmm_wait_exit(struct vmf_vmm_proc *p, int64_t deadline_ms);
 /* SIGTERM, then SIGKILL, within the deadline (after the driver's own

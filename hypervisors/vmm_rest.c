@@ -357,6 +357,15 @@ vmf_rest_watch_fd(struct vmf_vmm *vm)
 }
 
 int
+vmf_rest_exit_info(struct vmf_vmm *vm, struct vmf_vmm_exit *out)
+{
+	bool gone = vmf_vmm_exit_status(&vm->proc, out);
+	/* The VMM's log holds the guest's console (its serial on stdout). */
+	snprintf(out->serial_log, sizeof(out->serial_log), "%s", vm->log);
+	return gone ? 0 : -EBUSY;
+}
+
+int
 vmf_rest_serialize(const struct vmf_vmm *vm, vmf_hv_state **out, struct vmf_error *err)
 {
 	*out = NULL;

@@ -146,6 +146,7 @@ pid_t vmf_rest_pid(const struct vmf_vmm *vm);
 int vmf_rest_agent_connect(struct vmf_vmm *vm, int timeout_ms, struct vmf_error *err);
 int vmf_rest_watch_fd(struct vmf_vmm *vm);
 int vmf_rest_serialize(const struct vmf_vmm *vm, vmf_hv_state **out, struct vmf_error *err);
+int vmf_rest_exit_info(struct vmf_vmm *vm, struct vmf_vmm_exit *out);
 void vmf_rest_release(struct vmf_vmm *vm);
 
 #endif

@@ -113,8 +113,13 @@ vmf_template_spec_new(const struct vmf_template_params *p, const struct vmf_hv_i
 	/* The device set is fixed by the driver's command line; naming it here
 	 * makes a driver change produce a new template id. */
 	const char *devices[] = { "virtio-serial:agent", "virtio-serial:vmf", "virtio-rng", "vmgenid", "virtio-9p:share",
-				  p->ops->disk_device ? p->ops->disk_device : "virtio-scsi:disks", VMF_TEMPLATE_NIC_DEVICE };
-	s->n_devices = sizeof(devices) / sizeof(devices[0]) - !vmf_template_params_nic(p);
+				  p->ops->disk_device ? p->ops->disk_device : "virtio-scsi:disks", VMF_TEMPLATE_NIC_DEVICE,
+				  p->ops->panic_device };
+	size_t n = sizeof(devices) / sizeof(devices[0]) - !p->ops->panic_device;
+	/* The NIC is left out by moving the last entry into its place. */
+	if (!vmf_template_params_nic(p))
+		devices[6] = devices[--n];
+	s->n_devices = n;
 	s->devices = calloc(s->n_devices, sizeof(char *));
 	bool ok = s->hypervisor_version && s->machine && s->accel && s->kernel_sha256 && s->initrd_sha256 &&
 		  s->agent_sha256 && s->cmdline && s->devices;
@@ -262,8 +267,11 @@ boot_and_save(const struct vmf_template_params *p, const struct vmf_image *img, 
 	 * a new host connection, not mid-conversation with this one. */
 	vmf_agent_free(agent);
 	if (r < 0) {
-		vmf_error_prefix(err, "template %.16s: guest agent did not answer%s", id,
-				 p->ops->alive(vm) ? "" : " (QEMU exited)");
+		vmf_error_prefix(err, "template %.16s: guest agent did not answer", id);
+		/* Why it died (exit status, its last event, the OOM killer) and
+		 * the serial log's end, escaped. */
+		if (vmf_vm_exit_explain(p->ops, vm, err))
+			goto out;
 		char tail[400];
 		char log[PATH_MAX];
 		snprintf(log, sizeof(log), "%s/serial.log", vm_run_dir);
@@ -461,6 +469,7 @@ vmf_template_clone(const struct vmf_template_params *p, const Vmf__Catalog__Temp
 {
 	*out = NULL;
 	if (vmf_mkdir_p(run_dir, 0700, err) < 0 || vmf_mkdir_p(share_dir, 0700, err) < 0 ||
+	    (p->share_mib && vmf_share_mount(share_dir, p->share_mib, err) < 0) ||
 	    vmf_template_own_share(p, share_dir, err) < 0)
 		return -err->code;
 	char name[96];
@@ -474,6 +483,7 @@ vmf_template_clone(const struct vmf_template_params *p, const Vmf__Catalog__Temp
 	cfg.incoming = true;
 	bool full = rec->spec && rec->spec->full_memory;
 	cfg.memory_mode = full ? VMF__HV__MEMORY_MODE__MEM_FULL : VMF__HV__MEMORY_MODE__MEM_CLONE_COW;
+	cfg.on_guest_reset = (char *)(p->on_guest_reset ? p->on_guest_reset : "");
 	cfg.memory_file = full ? (char *)"" : rec->memory_file;
 	/* The clone must match the template's shape exactly, whatever the
 	 * caller's current defaults say. */
@@ -507,6 +517,7 @@ vmf_template_clone(const struct vmf_template_params *p, const Vmf__Catalog__Temp
 
 struct name_ctx {
 	const char *name;
+	uid_t owner;
 	char id[VMF_SHA256_HEX];
 };
 
@@ -515,24 +526,46 @@ match_name(const char *id, Vmf__Catalog__TemplateRecord *rec, const struct vmf_e
 {
 	(void)rec_err;
 	struct name_ctx *n = ctx;
-	if (rec && rec->name && strcmp(rec->name, n->name) == 0)
+	if (rec && rec->name && strcmp(rec->name, n->name) == 0 && rec->owner_uid == (uint32_t)n->owner)
 		snprintf(n->id, sizeof(n->id), "%s", id);
 	return 0;
 }
 
 int
-vmf_template_find_name(struct vmf_catalog *cat, const char *name, Vmf__Catalog__TemplateRecord **out,
+vmf_template_find_name(struct vmf_catalog *cat, uid_t owner, const char *name, Vmf__Catalog__TemplateRecord **out,
 		       struct vmf_error *err)
 {
 	*out = NULL;
-	struct name_ctx n = { .name = name };
+	struct name_ctx n = { .name = name, .owner = owner };
 	int r = vmf_catalog_template_list(cat, match_name, &n, err);
 	if (r < 0)
 		return r;
-	if (!n.id[0])
+	if (!n.id[0] && owner == 0)
 		return vmf_err(err, ENOENT, "no template is named %s (vmfactory snapshot makes one; see "
 			       "template list)", name);
+	if (!n.id[0])
+		return vmf_err(err, ENOENT, "uid %u has no template named %s", (unsigned)owner, name);
 	return vmf_catalog_template_get(cat, n.id, out, err);
+}
+
+uint64_t
+vmf_template_bytes(const Vmf__Catalog__TemplateRecord *rec)
+{
+	uint64_t n = rec->memory_size + rec->state_size;
+	for (size_t i = 0; i < rec->n_dimms; i++)
+		n += (uint64_t)rec->dimms[i]->size_mib << 20;
+	return n;
+}
+
+int
+vmf_template_remove(struct vmf_catalog *cat, const char *state_dir, const char *id, struct vmf_error *err)
+{
+	char dir[PATH_MAX];
+	vmf_template_dir(state_dir, id, dir, sizeof(dir));
+	int r = vmf_catalog_template_delete(cat, id, err);
+	if (r < 0)
+		return r;
+	return vmf_rm_rf(dir, err);
 }
 
 int
@@ -555,7 +588,7 @@ vmf_template_snapshot(struct vmf_catalog *cat, const char *state_dir, const char
 			       "no): its clones could not share a snapshot's RAM", q->vm_id);
 	Vmf__Catalog__TemplateRecord *old = NULL;
 	struct vmf_error e2;
-	int r = vmf_template_find_name(cat, q->name, &old, &e2);
+	int r = vmf_template_find_name(cat, q->owner, q->name, &old, &e2);
 	if (old)
 		vmf__catalog__template_record__free_unpacked(old, NULL);
 	if (r == 0)
@@ -687,6 +720,7 @@ vmf_template_snapshot(struct vmf_catalog *cat, const char *state_dir, const char
 	rec.name = (char *)q->name;
 	rec.parent_template_id = parent->id;
 	rec.source_vm_id = (char *)q->vm_id;
+	rec.owner_uid = (uint32_t)q->owner;
 	rec.hotplugged_vcpus = res->hotplugged_vcpus;
 	rec.n_dimms = res->n_dimms;
 	rec.dimms = dimmp;

@@ -5,6 +5,8 @@
 
 #include <limits.h>
 #include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
 
 #include "catalog.pb-c.h"
 #include "driver.h"
@@ -43,6 +45,8 @@ struct vmf_template_params {
 	bool full_memory;            /* no page sharing between clones */
 	const char *runas;           /* QEMU drops to this user; NULL = stays ours */
 	bool nic;                    /* a NIC for hand-out network (issue 16), where the driver can */
+	unsigned share_mib;          /* a clone's share: its own tmpfs of this size; 0 = a plain dir */
+	const char *on_guest_reset;  /* "stop" (NULL) or "keep": its clones' VmConfig */
 };
 
 /* The spec's device name of the NIC; whether a template has it. */
@@ -53,6 +57,17 @@ bool vmf_template_has_nic(const Vmf__Catalog__TemplateRecord *rec);
 /* Gives dir to the runas user of p (the 9p share QEMU serves after
  * dropping privileges); a no-op without runas. */
 int vmf_template_own_share(const struct vmf_template_params *p, const char *dir, struct vmf_error *err);
+
+/* A clone's share on a file system of its own (template/share.c): a tmpfs
+ * of mib MiB mounted nosuid,nodev on dir (an empty directory), made before
+ * the VMM opens dir.  vmf_share_check: EPERM unless share_dir is such a
+ * mount (a hand-out to a tenant needs one).  vmf_share_unmount takes it
+ * off (a no-op where there is none) before run_dir is removed; on failure
+ * share_dir may still be a mount point, and nothing may be removed
+ * through it. */
+int vmf_share_mount(const char *dir, unsigned mib, struct vmf_error *err);
+int vmf_share_check(const char *run_dir, const char *share_dir, struct vmf_error *err);
+int vmf_share_unmount(const char *run_dir, const char *share_dir, struct vmf_error *err);
 
 /* Fills a spec (caller frees with vmf_template_spec_free) and its id. */
 int vmf_template_spec_new(const struct vmf_template_params *p, const struct vmf_hv_info *info,
@@ -86,9 +101,15 @@ int vmf_template_clone(const struct vmf_template_params *p, const Vmf__Catalog__
 
 /* ---- snapshots: a running VM's state as a new template ---- */
 
-/* The ready template named name (a snapshot's), or -ENOENT. */
-int vmf_template_find_name(struct vmf_catalog *cat, const char *name, Vmf__Catalog__TemplateRecord **out,
-			   struct vmf_error *err);
+/* The snapshot of owner named name (names are unique per owner; 0 is the
+ * operator: root and the daemon's user), or -ENOENT. */
+int vmf_template_find_name(struct vmf_catalog *cat, uid_t owner, const char *name,
+			   Vmf__Catalog__TemplateRecord **out, struct vmf_error *err);
+/* A template's files and record bytes: memory file, DIMMs and state. */
+uint64_t vmf_template_bytes(const Vmf__Catalog__TemplateRecord *rec);
+/* Removes template id: its record first (a crash in between leaves files
+ * vmf_template_cleanup removes), then its directory. */
+int vmf_template_remove(struct vmf_catalog *cat, const char *state_dir, const char *id, struct vmf_error *err);
 
 struct vmf_snapshot_req {
 	const struct vmf_template_params *p;         /* ops, binary, runas of the VM's pool */
@@ -96,6 +117,7 @@ struct vmf_snapshot_req {
 	const char *vm_id;
 	const Vmf__Catalog__TemplateRecord *parent;  /* the VM's template */
 	const char *name;                            /* validated (vmf_valid_pool_name) */
+	uid_t owner;                                 /* recorded; 0 for the operator */
 	unsigned memory_mib;                         /* the VM's now, hot-added included */
 };
 

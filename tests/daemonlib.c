@@ -5,6 +5,7 @@
  * nothing behind. */
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
 #include <stdarg.h>
@@ -14,6 +15,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <signal.h>
@@ -400,6 +402,28 @@ do_get(struct got *g, const char *name, int cpus, int mem)
 		snprintf(g->id, sizeof g->id, "%s", json_object_get_string(path(g->rec, "id", NULL)));
 }
 
+char *
+vm_sh(const char *id, const char *cmd)
+{
+	/* The CLI's options before "--": everything after it is the command's. */
+	char line[4096];
+	snprintf(line, sizeof line, "%s exec %s %s -- sh -c '%s' 2>>%s/cli.err", exe, id, common_opts, cmd, tmp);
+	FILE *p = popen(line, "r");
+	ck_assert_ptr_nonnull(p);
+	char *out = calloc(1, 4096);
+	size_t n = fread(out, 1, 4095, p);
+	int st = pclose(p);
+	if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+		char errf[700], *err = NULL;
+		snprintf(errf, sizeof errf, "%s/cli.err", tmp);
+		vmf_read_file(errf, &err, NULL, 1 << 20, NULL);
+		ck_abort_msg("exec in %s: %s failed (status %d): %s", id, cmd, st, err ? err : "");
+	}
+	while (n && out[n - 1] == '\n')
+		out[--n] = '\0';
+	return out;
+}
+
 void *
 get_thread(void *arg)
 {
@@ -458,6 +482,22 @@ pids_in_state(const char *want, char *out, size_t n)
 	out[0] = 0;
 	for (int i = 0; i < k; i++)
 		snprintf(out + strlen(out), n - strlen(out), "%d ", pids[i]);
+}
+
+const char *
+vm_listed_state(const char *id)
+{
+	static char st[32];
+	st[0] = '\0';
+	json_object *s = vmf_json("status -o json%s", "");
+	json_object *vms = path(s, "vms", NULL);
+	for (size_t i = 0; i < json_object_array_length(vms); i++) {
+		json_object *v = json_object_array_get_idx(vms, i);
+		if (!strcmp(json_object_get_string(path(v, "id", NULL)), id))
+			snprintf(st, sizeof st, "%s", json_object_get_string(path(v, "state", NULL)));
+	}
+	json_object_put(s);
+	return st;
 }
 
 int
@@ -573,6 +613,31 @@ stop_daemon(pid_t pid)
 
 /* Whatever a test left behind must not outlive it.  (When an assertion
  * fails, CK_FORK skips teardown; the runner sweeps instead: testlib.c.) */
+/* Detaches every mount below dir, the deepest first; how many. */
+static int
+unmount_under(const char *dir)
+{
+	int total = 0;
+	for (int round = 0; round < 8; round++) {
+		char *mi = NULL;
+		if (vmf_read_file("/proc/self/mountinfo", &mi, NULL, 1 << 22, NULL) < 0)
+			return total;
+		int n = 0;
+		size_t l = strlen(dir);
+		for (char *line = strtok(mi, "\n"); line; line = strtok(NULL, "\n")) {
+			char mp[PATH_MAX];
+			if (sscanf(line, "%*s %*s %*s %*s %4095s", mp) == 1 && !strncmp(mp, dir, l) && mp[l] == '/' &&
+			    umount2(mp, MNT_DETACH) == 0)
+				n++;
+		}
+		free(mi);
+		total += n;
+		if (n == 0)
+			break;
+	}
+	return total;
+}
+
 void
 cleanup(void)
 {
@@ -593,10 +658,11 @@ cleanup(void)
 	 * the daemon killed above may leave its VMM: after the daemon, or a
 	 * build started meanwhile would outlive the test. */
 	vmf_test_kill_under("fake_vmm", tmp);
-	char cmd[800];
-	snprintf(cmd, sizeof cmd, "umount -l %s/small 2>/dev/null", svc);
-	if (system(cmd) == 0)
-		fprintf(stderr, "teardown: unmounted a file system left by a failed test\n");
+	/* A test's own mounts, and VM shares' (each a tmpfs) whose daemon was
+	 * killed with them: never removed through. */
+	int n = unmount_under(svc);
+	if (n)
+		fprintf(stderr, "teardown: unmounted %d file system%s left under %s\n", n, n == 1 ? "" : "s", svc);
 	/* Every daemon test checks its daemons' logs, whatever it ran. */
 	static char msg[2000];
 	keep_consoles_stop();
@@ -746,6 +812,43 @@ tenant_users_make(const char *prefix)
 		return "the new group is not found through NSS";
 	tu.gid = gr->gr_gid;
 	return NULL;
+}
+
+void
+host_cat(const char *img, const char *file, char *out, size_t n)
+{
+	char cmd[1200];
+	snprintf(cmd, sizeof cmd, "PATH=$PATH:/sbin:/usr/sbin debugfs -R 'cat %s' %s 2>/dev/null", file, img);
+	FILE *p = popen(cmd, "r");
+	ck_assert_ptr_nonnull(p);
+	size_t got = fread(out, 1, n - 1, p);
+	out[got] = 0;
+	pclose(p);
+}
+
+const char *
+tenant_image_check(const char *const *mods, const char *prefix)
+{
+	static char why[900];
+	const char *img = vmf_test_image_dir();
+	char manifest[700], *m = NULL;
+	snprintf(manifest, sizeof manifest, "%s/manifest", img ? img : "");
+	if (!img || vmf_read_file(manifest, &m, NULL, 1 << 20, NULL) < 0) {
+		snprintf(why, sizeof why, "the guest image %s has no manifest", img ? img : "(none)");
+		return why;
+	}
+	for (; *mods; mods++)
+		if (!strstr(m, *mods)) {
+			snprintf(why, sizeof why, "the guest image %s lacks the module %s; rebuild it with "
+				 "contrib/image/build-image", img, *mods);
+			free(m);
+			return why;
+		}
+	free(m);
+	const char *t = tenant_users_make(prefix);
+	if (t)
+		tenant_users_remove();
+	return t;
 }
 
 bool
@@ -1007,6 +1110,71 @@ vmf_as(uid_t uid, char **out, const char *fmt, ...)
 		free(buf);
 	ck_assert_msg(!WIFEXITED(st) || WEXITSTATUS(st) != 99, "cannot become uid %u", (unsigned)uid);
 	return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+
+void
+as_user(uid_t uid, act_fn fn, const void *arg, struct act *out)
+{
+	memset(out, 0, sizeof *out);
+	out->rc = as_tenant(uid, fn, arg, out->msg, sizeof out->msg);
+}
+
+int
+tenant_sh(uid_t uid, const char *script, char *out, size_t n)
+{
+	int p[2];
+	ck_assert_int_eq(pipe2(p, O_CLOEXEC), 0);
+	pid_t pid = vmf_test_fork();
+	if (pid == 0) {
+		dup2(p[1], 1);
+		dup2(p[1], 2);
+		if (!become_tenant(uid))
+			_exit(99);
+		execl("/bin/sh", "sh", "-c", script, (char *)NULL);
+		_exit(98);
+	}
+	close(p[1]);
+	size_t got = 0;
+	ssize_t r;
+	while (got < n - 1 && (r = read(p[0], out + got, n - 1 - got)) > 0)
+		got += (size_t)r;
+	out[got] = '\0';
+	char sink[512];
+	while (read(p[0], sink, sizeof sink) > 0)
+		;
+	close(p[0]);
+	int st;
+	while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
+		;
+	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+int
+tenant_vmf(uid_t uid, char *out, size_t n, const char *fmt, ...)
+{
+	char args[3000], script[6000];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(args, sizeof args, fmt, ap);
+	va_end(ap);
+	snprintf(script, sizeof script, "exec %s %s %s", exe, args, common_opts);
+	return tenant_sh(uid, script, out, n);
+}
+
+const char *
+guest_image_lacks(const char *const *modules)
+{
+	const char *img = vmf_test_image_dir();
+	char manifest[700], *m = NULL;
+	snprintf(manifest, sizeof manifest, "%s/manifest", img ? img : "/nonexistent");
+	if (!img || vmf_read_file(manifest, &m, NULL, 1 << 20, NULL) < 0)
+		return "a guest image";
+	const char *missing = NULL;
+	for (size_t i = 0; modules[i] && !missing; i++)
+		if (!strstr(m, modules[i]))
+			missing = modules[i];
+	free(m);
+	return missing;
 }
 
 int failures;

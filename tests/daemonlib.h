@@ -67,6 +67,8 @@ bool daemon_answers(void);
 int pool_ready(void);
 int daemon_pid(void);
 int vm_count(void);
+/* The state of VM id in status; "" when it is not listed. */
+const char *vm_listed_state(const char *id);
 /* Pids of the VMs in status with the given state, sorted, as a string. */
 void pids_in_state(const char *want, char *out, size_t n);
 void kill_daemon_hard(void);
@@ -89,6 +91,11 @@ struct got {
 void do_get(struct got *g, const char *name, int cpus, int mem);
 void *get_thread(void *arg);   /* do_get(arg, arg->id, 1, 256) */
 
+/* stdout of `sh -c cmd` in VM id through its agent (vmfactory exec, as
+ * root), trailing newlines dropped; the test fails, with the CLI's errors,
+ * when it exits non-zero.  The caller frees it. */
+char *vm_sh(const char *id, const char *cmd);
+
 /* A raw connection to the daemon, for what the client library never sends;
  * raw_reply() reads a reply frame and returns its error_code (-1 on EOF). */
 int raw_connect(void);
@@ -100,6 +107,9 @@ pid_t start_foreground(const char *socket, const char *state_dir, const char *lo
 void stop_daemon(pid_t pid);
 /* The first pool's failure count and last error; -1 when nobody answers. */
 int pool_failures(const char *socket, char *last_error, size_t n);
+
+/* The content of file in the ext4 image img, read on the host (debugfs). */
+void host_cat(const char *img, const char *file, char *out, size_t n);
 
 /* A free TCP port on 127.0.0.1 (bound, then released). */
 int free_port(void);
@@ -123,21 +133,44 @@ struct tenant_users {
 	gid_t gid;
 };
 extern struct tenant_users tu;
+/* Why a test cannot run here: the guest image (VMFACTORY_IMAGE_DIR) lacks
+ * one of mods (NULL-terminated module names its manifest must list), or
+ * the tenant users PREFIX<pid>... cannot be made; NULL when it can run.
+ * The caller prints it and exits 77. */
+const char *tenant_image_check(const char *const *mods, const char *prefix);
 const char *tenant_users_make(const char *prefix);
 void tenant_users_remove(void);
 bool become_tenant(uid_t uid);
-
 /* Acting as a tenant (or another uid with the tenant group; 0: root).
- * as_tenant() runs fn in a child as uid and returns its return (0 or
- * -errno), with the message it wrote in msg.  call_as() does so for one
- * control request on a fresh connection: fn calls the client library on c
- * and may write what it got into out; on failure msg holds the error's
- * sentence.  vmf_as() is vmf() as uid (stderr in cli_stderr()).
+ * as_tenant() runs fn(arg, msg, n) in a child dropped to uid and returns
+ * its return (0 or -errno), with the message it wrote in msg; as_user()
+ * the same into a struct act. */
+typedef int (*tenant_fn)(const void *arg, char *msg, size_t n);
+int as_tenant(uid_t uid, tenant_fn fn, const void *arg, char *msg, size_t n);
+struct act {
+	int rc;
+	char msg[1100];
+};
+typedef tenant_fn act_fn;
+void as_user(uid_t uid, act_fn fn, const void *arg, struct act *out);
+
+/* `sh -c script` as uid (become_tenant) with stdout and stderr into out
+ * (n bytes, NUL-terminated, the rest read and dropped); its exit status. */
+int tenant_sh(uid_t uid, const char *script, char *out, size_t n);
+/* The same for `vmfactory ARGS COMMON_OPTS`. */
+int tenant_vmf(uid_t uid, char *out, size_t n, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+
+/* NULL when the guest image's manifest lists every module named (a
+ * NULL-terminated list), else the first one missing (or "a guest image"). */
+const char *guest_image_lacks(const char *const *modules);
+
+/* call_as() runs one control request as uid on a fresh connection: fn
+ * calls the client library on c and may write what it got into out; on
+ * failure msg holds the error's sentence.  vmf_as() is vmf() as uid (stderr
+ * apart, in cli_stderr(); tenant_vmf() above has both in one buffer).
  * assert_refused() asserts a refusal's errno and its sentence's key words
  * ('|'-separated). */
-typedef int (*tenant_fn)(const void *arg, char *msg, size_t n);
 typedef int (*tenant_call_fn)(struct vmf_client *c, const void *arg, char *out, size_t n, struct vmf_error *e);
-int as_tenant(uid_t uid, tenant_fn fn, const void *arg, char *msg, size_t n);
 int call_as(uid_t uid, tenant_call_fn fn, const void *arg, char *msg, size_t n);
 int vmf_as(uid_t uid, char **out, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 void assert_refused(int rc, const char *msg, int err, const char *words, const char *what);

@@ -14,7 +14,8 @@
  *
  * "client": the host client against a scripted fake agent (a thread), for
  * what a real agent does not do on demand: stale and orphan replies, a
- * reply cut by a deadline, an oversized reply, a late first answer. */
+ * reply cut by a deadline, an oversized reply, a late first answer.
+ * (tests/test_agent_hostile.c has the guests that flood, trickle or lie.) */
 #include <errno.h>
 #include <sys/syscall.h>
 #include <fcntl.h>
@@ -33,6 +34,7 @@
 #include "agent.h"
 #include "frame.h"
 #include "testlib.h"
+#include "text.h"
 #include "util.h"
 
 static pid_t pid = -1;
@@ -342,6 +344,13 @@ START_TEST(validation_and_test_mode_refusals)
 	uint32_t cpus;
 	uint64_t kib;
 	ck_assert_int_eq(vmf_agent_online(a, 2, 512, &cpus, &kib, 5000, &e), -EPERM);
+	/* Flushing, freezing and powering off act on the guest as a whole:
+	 * test mode, on a host, refuses them. */
+	struct vmf_agent_flush fl = { .serial = "vmfd0", .path = "/mnt/d" };
+	ck_assert_int_eq(vmf_agent_flush_disks(a, VMF_AGENT_UNMOUNT, &fl, 1, 5000, &e), -EPERM);
+	ck_assert_int_eq(vmf_agent_flush_disks(a, VMF_AGENT_FREEZE, &fl, 1, 5000, &e), -EPERM);
+	ck_assert_int_eq(vmf_agent_poweroff(a, &fl, 1, 100, 5000, &e), -EPERM);
+	ck_assert(!fl.answered && !fl.done);
 
 	/* A protocol version this agent does not speak. */
 	Vmf__Agent__AgentRequest req = VMF__AGENT__AGENT_REQUEST__INIT;
@@ -640,7 +649,7 @@ END_TEST
 
 /* ---- the host client against a scripted fake agent ---- */
 
-enum script { SCRIPT_CUT_REPLY, SCRIPT_OVERSIZED_REPLY, SCRIPT_ORPHAN_ERROR, SCRIPT_LATE_START };
+enum script { SCRIPT_CUT_REPLY, SCRIPT_OVERSIZED_REPLY, SCRIPT_ORPHAN_ERROR, SCRIPT_LATE_START, SCRIPT_HOSTILE_FLUSH };
 
 struct fake {
 	int fd;
@@ -722,6 +731,43 @@ fake_main(void *arg)
 		if (q2)
 			vmf__agent__agent_request__free_unpacked(q2, NULL);
 		break;
+	case SCRIPT_HOSTILE_FLUSH: {
+		/* A guest's answer to a flush of vmfd0 (/mnt/a), vmfd1 (/mnt/b)
+		 * and vmfd2 (/mnt/c): it claims vmfd0 done, fails vmfd1 with a
+		 * long message of control bytes and non-ASCII, names vmfd2 at
+		 * another path, and adds disks nobody asked about. */
+		q1 = fake_read(f->fd);
+		Vmf__Agent__AgentReply r = VMF__AGENT__AGENT_REPLY__INIT;
+		Vmf__Agent__DisksFlushed df = VMF__AGENT__DISKS_FLUSHED__INIT;
+		enum { N = 40 };
+		Vmf__Agent__DiskFlushed d[N], *dp[N];
+		static char nasty[3000];
+		for (size_t k = 0; k < sizeof(nasty) - 1; k++)
+			nasty[k] = (char)(k % 3 == 0 ? '\x1b' : k % 3 == 1 ? '\xc3' : 'x');
+		for (int k = 0; k < N; k++) {
+			vmf__agent__disk_flushed__init(&d[k]);
+			d[k].serial = "vmfd9";
+			d[k].path = "/mnt/z";
+			d[k].how = "unmounted";
+			dp[k] = &d[k];
+		}
+		d[0].serial = "vmfd0", d[0].path = "/mnt/a";
+		d[1].serial = "vmfd1", d[1].path = "/mnt/b", d[1].how = "", d[1].error_code = EIO;
+		d[1].error_message = nasty;
+		d[2].serial = "vmfd2", d[2].path = "/etc";
+		df.disks = dp;
+		df.n_disks = N;
+		r.id = q1->id;
+		r.body_case = VMF__AGENT__AGENT_REPLY__BODY_DISKS_FLUSHED;
+		r.disks_flushed = &df;
+		uint8_t *out = malloc(VMF_AGENT_MAX_FRAME + 4);
+		size_t m = vmf__agent__agent_reply__pack(&r, out + 4);
+		vmf_frame_put_len(out, (uint32_t)m);
+		vmf_write_full(f->fd, out, m + 4, -1, NULL);
+		free(out);
+		vmf__agent__agent_request__free_unpacked(q1, NULL);
+		break;
+	}
 	case SCRIPT_LATE_START:
 		/* An agent that starts after the host's first Pings: those are
 		 * lost with the old agent; only a retried Ping is answered. */
@@ -768,12 +814,19 @@ START_TEST(reply_cut_by_a_deadline_keeps_the_stream_in_sync)
 }
 END_TEST
 
-START_TEST(oversized_reply_is_skipped)
+/* The agent never sends a frame above the limit: one that does is broken
+ * or hostile, and skipping it could mean reading 4 GiB.  The connection
+ * ends at its header, with a sentence, and stays failed. */
+START_TEST(oversized_reply_ends_the_connection)
 {
 	struct fake f;
 	struct vmf_agent *a = fake_start(&f, SCRIPT_OVERSIZED_REPLY);
 	struct vmf_error e = {0};
-	ck_assert_msg(vmf_agent_ping(a, 5000, &e) == 0, "%s", e.msg);
+	int64_t t0 = vmf_now_ms();
+	ck_assert_int_eq(vmf_agent_ping(a, 5000, &e), -EPROTO);
+	ck_assert_int_lt(vmf_now_ms() - t0, 2000);
+	ck_assert_msg(strstr(e.msg, "196608 bytes") && strstr(e.msg, "limit"), "%s", e.msg);
+	ck_assert_int_eq(vmf_agent_ping(a, 5000, &e), -EPROTO);
 	fake_stop(&f, a);
 }
 END_TEST
@@ -827,6 +880,34 @@ START_TEST(wait_ready_times_out)
 }
 END_TEST
 
+START_TEST(hostile_flush_reply_is_bounded)
+{
+	struct fake f;
+	struct vmf_agent *a = fake_start(&f, SCRIPT_HOSTILE_FLUSH);
+	struct vmf_error e = {0};
+	struct vmf_agent_flush d[3] = {
+		{ .serial = "vmfd0", .path = "/mnt/a" }, { .serial = "vmfd1", .path = "/mnt/b" },
+		{ .serial = "vmfd2", .path = "/mnt/c" },
+	};
+	ck_assert_msg(vmf_agent_flush_disks(a, VMF_AGENT_UNMOUNT, d, 3, 5000, &e) == 0, "%s", e.msg);
+	/* Only what was asked, matched by serial and path, counts. */
+	ck_assert(d[0].answered && d[0].done);
+	ck_assert_str_eq(d[0].how, "unmounted");
+	ck_assert(d[1].answered && !d[1].done && d[1].error_code == EIO);
+	ck_assert(!d[2].answered && !d[2].done);
+	/* The guest's text: bounded, valid UTF-8 (its stray byte a U+FFFD)
+	 * and escaped: no control byte. */
+	size_t n = strlen(d[1].error);
+	ck_assert(n > 0 && n < sizeof(d[1].error));
+	ck_assert(vmf_utf8_valid(d[1].error, n));
+	for (size_t k = 0; k < n; k++)
+		ck_assert_msg((unsigned char)d[1].error[k] >= 0x20 && d[1].error[k] != 0x7f,
+			      "byte %zu of the error is 0x%02x", k, (unsigned char)d[1].error[k]);
+	ck_assert_ptr_nonnull(strstr(d[1].error, "\\x1b\xef\xbf\xbdx"));
+	fake_stop(&f, a);
+}
+END_TEST
+
 int
 main(void)
 {
@@ -852,10 +933,11 @@ main(void)
 	suite_add_tcase(s, tcl);
 	TCase *tcc = tcase_create("client");
 	tcase_add_test(tcc, reply_cut_by_a_deadline_keeps_the_stream_in_sync);
-	tcase_add_test(tcc, oversized_reply_is_skipped);
+	tcase_add_test(tcc, oversized_reply_ends_the_connection);
 	tcase_add_test(tcc, orphan_error_explains_a_timeout);
 	tcase_add_test(tcc, wait_ready_retries_until_answered);
 	tcase_add_test(tcc, wait_ready_times_out);
+	tcase_add_test(tcc, hostile_flush_reply_is_bounded);
 	suite_add_tcase(s, tcc);
 	return vmf_test_run(s);
 }

@@ -21,6 +21,7 @@
 #include "client.h"
 #include "frame.h"
 #include "testlib.h"
+#include "text.h"
 #include "util.h"
 
 extern char **environ;
@@ -44,7 +45,13 @@ enum fake_mode {
 	FAKE_NO_BODY,    /* success without the result */
 	FAKE_SILENT,     /* reads the request and never answers */
 	FAKE_REFUSE,     /* EACCES at accept, before reading, then closes */
+	FAKE_HOSTILE,    /* NORMAL, every string it can carry a guest's worst */
 };
+
+/* What a guest (or a daemon older than the checks) could put in a string:
+ * an OSC title, a screen clear, a fake line, C1 CSI, a bidi override,
+ * invalid UTF-8. */
+#define HOSTILE "x\x1b]0;owned\x07\x1b[2J\r\nvmfactory: fake\x7f\xc2\x9b" "31m\xe2\x80\xae" "gnp\xff"
 
 struct fake {
 	char *dir;
@@ -110,7 +117,7 @@ fill_vm(Vmf__Control__VmInfo *v, const char *id, const char *state, int pid, con
 }
 
 static void
-reply_normal(int fd, const Vmf__Control__Request *req)
+reply_normal(int fd, const Vmf__Control__Request *req, bool hostile)
 {
 	Vmf__Control__Reply r = VMF__CONTROL__REPLY__INIT;
 	Vmf__Control__VmInfo vm = VMF__CONTROL__VM_INFO__INIT, vm2 = VMF__CONTROL__VM_INFO__INIT;
@@ -136,7 +143,9 @@ reply_normal(int fd, const Vmf__Control__Request *req)
 		p.template_id = TPL_ID, p.vcpus = 1, p.memory_mib = 256, p.target = 2, p.ready = 1;
 		p.filling = 1, p.failed = 3, p.last_error = "clone failed: boom", p.share_memory = true;
 		fill_vm(&vm, VM_READY, "ready", 4242, "");
-		fill_vm(&vm2, VM_ASSIGNED, "assigned", 4343, "sb-1");
+		fill_vm(&vm2, VM_ASSIGNED, "assigned", 4343, hostile ? HOSTILE : "sb-1");
+		if (hostile)
+			p.last_error = t.error = vm2.hostname = vm2.share_link = HOSTILE;
 		s1.step = "resume", s1.count = 8, s1.p50_ms = 1.5, s1.p99_ms = 3.0;
 		s2.step = "total", s2.count = 8, s2.p50_ms = 12.5, s2.p99_ms = 40.25;
 		pthread_mutex_lock(&F.mu);
@@ -167,9 +176,12 @@ reply_normal(int fd, const Vmf__Control__Request *req)
 	case VMF__CONTROL__REQUEST__BODY_INSPECT: {
 		Vmf__Control__InspectReply ir = VMF__CONTROL__INSPECT_REPLY__INIT;
 		Vmf__Control__GuestView g = VMF__CONTROL__GUEST_VIEW__INIT;
-		char *ents[] = { "hello.txt", "data" };
+		char *ents[] = { hostile ? HOSTILE : "hello.txt", "data" };
 		bool paused = strcmp(req->inspect->vm_id, VM_READY) == 0;
 		fill_vm(&vm, req->inspect->vm_id, paused ? "ready" : "assigned", 4343, paused ? "" : "sb-1");
+		if (hostile)
+			vm.hostname = vm.boot_id = HOSTILE, g.hostname = g.agent_version = g.machine_id = HOSTILE,
+			g.n_interfaces = 1, g.interfaces = ents;
 		ir.vm = &vm;
 		ir.host_realtime_ns = vmf_realtime_ns();
 		if (paused) {
@@ -238,7 +250,14 @@ serve_one(int fd)
 	static const uint8_t garbage[] = { 0, 0, 0, 4, 0xff, 0xff, 0xff, 0xff };
 	switch (mode) {
 	case FAKE_NORMAL:
-		reply_normal(fd, req);
+	case FAKE_HOSTILE:
+		if (mode == FAKE_HOSTILE && req->body_case == VMF__CONTROL__REQUEST__BODY_RELEASE_VM) {
+			r.error_code = EIO;
+			r.error_message = "the guest agent reports: " HOSTILE;
+			send_reply(fd, &r);
+			return true;
+		}
+		reply_normal(fd, req, mode == FAKE_HOSTILE);
 		return true;
 	case FAKE_ERROR:
 		r.error_code = ENOENT;
@@ -886,6 +905,55 @@ START_TEST(cli_inspect_json)
 }
 END_TEST
 
+/* Whatever strings the daemon's replies carry, the CLI shows no control
+ * byte (newlines between its own lines aside), no C1 control, no direction
+ * override and no invalid UTF-8, in human output, JSON and errors alike;
+ * JSON still round-trips the text. */
+static void
+assert_terminal_safe(const char *what, const char *s)
+{
+	size_t n = strlen(s);
+	ck_assert_msg(vmf_utf8_valid(s, n), "%s is not valid UTF-8: %s", what, s);
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)s[i];
+		ck_assert_msg((c >= 0x20 && c != 0x7f) || c == '\n', "%s has byte 0x%02x at %zu: %s", what, c, i, s);
+	}
+	ck_assert_msg(!strstr(s, "\xc2\x9b") && !strstr(s, "\xe2\x80\xae"), "%s has a C1 or bidi control: %s", what, s);
+	ck_assert_msg(!strstr(s, "\nvmfactory: fake"), "%s has a line the guest made: %s", what, s);
+}
+
+START_TEST(cli_shows_no_guest_text_raw)
+{
+	set_mode(FAKE_HOSTILE);
+	const char *const cmds[][8] = {
+		{ "inspect", VM_ASSIGNED, "--socket", F.path, NULL },
+		{ "inspect", VM_ASSIGNED, "-o", "json", "--socket", F.path, NULL },
+		{ "status", "--socket", F.path, NULL },
+		{ "status", "-o", "json", "--socket", F.path, NULL },
+		{ "release", VM_ASSIGNED, "--socket", F.path, NULL },
+	};
+	for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
+		struct run r = cli_env(NULL, cmds[i]);
+		assert_terminal_safe("stdout", r.out);
+		assert_terminal_safe("stderr", r.err);
+		if (i == 1) {
+			json_object *j = json_tokener_parse(r.out);
+			ck_assert_msg(j != NULL, "not JSON: %s", r.out);
+			/* The daemon's string, U+FFFD for its invalid byte. */
+			ck_assert_str_eq(json_object_get_string(jget(j, "guest.hostname")),
+					 "x\x1b]0;owned\x07\x1b[2J\r\nvmfactory: fake\x7f\xc2\x9b" "31m\xe2\x80\xae" "gnp\xef\xbf\xbd");
+			json_object_put(j);
+		}
+		if (i == 0)
+			ck_assert_msg(strstr(r.out, "guest host:   x\\x1b]0;owned\\x07\\x1b[2J\\r\\nvmfactory: fake"),
+				      "%s", r.out);
+		if (i == 4)
+			ck_assert_msg(r.rc == 1 && strstr(r.err, "reports: x\\x1b]0;owned"), "%d: %s", r.rc, r.err);
+		run_free(&r);
+	}
+}
+END_TEST
+
 START_TEST(cli_release_and_destroy)
 {
 	struct run r = CLI("release", VM_ASSIGNED, "--socket", F.path);
@@ -1068,6 +1136,7 @@ main(void)
 	tcase_add_test(cli, cli_get_marshals_only);
 	tcase_add_test(cli, cli_daemon_error_printed_once);
 	tcase_add_test(cli, cli_inspect_json);
+	tcase_add_test(cli, cli_shows_no_guest_text_raw);
 	tcase_add_test(cli, cli_release_and_destroy);
 	tcase_add_test(cli, cli_init_failure_reported);
 	tcase_add_test(cli, cli_usage_errors_exit_2);

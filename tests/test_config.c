@@ -46,6 +46,15 @@ dump(const struct vmf_config *c)
 	U(fill_parallelism);
 	U(max_miss_clones);
 	fprintf(f, "log_level = %d\n", c->log_level);
+	fprintf(f, "limits = serial_log_kib=%u scratch_max_mib=%u scratch_max_volumes=%u tenant_max_vms=%u "
+		"tenant_max_suspended=%u tenant_max_suspended_mib=%u tenant_max_snapshots=%u "
+		"tenant_max_snapshot_mib=%u\n", o->serial_log_kib, o->scratch_max_mib, o->scratch_max_volumes,
+		o->tenant_max_vms, o->tenant_max_suspended, o->tenant_max_suspended_mib, o->tenant_max_snapshots,
+		o->tenant_max_snapshot_mib);
+	/* The stop policy and cgroups, where not the defaults. */
+	if (strcmp(o->stop, "flush") || o->stop_timeout_s != 10 || strcmp(o->on_guest_reset, "stop") || o->cgroup)
+		fprintf(f, "stop = %s, stop_timeout = %u, on_guest_reset = %s, cgroup = %s\n", o->stop, o->stop_timeout_s,
+			o->on_guest_reset, o->cgroup ? o->cgroup : "(unset)");
 	ck_assert_ptr_eq(o->pools, c->pools);
 	ck_assert_uint_eq(o->n_pools, c->n_pools);
 	for (unsigned i = 0; i < c->n_pools; i++) {
@@ -55,7 +64,20 @@ dump(const struct vmf_config *c)
 			p->max_memory_mib, p->max_idle_s, p->share_memory ? "yes" : "no");
 		if (p->image_dir)
 			fprintf(f, "[pool %s] image_dir=%s\n", p->name, p->image_dir);
+		if (strcmp(p->stop, "flush") || p->stop_timeout_s != 10 || strcmp(p->on_guest_reset, "stop") || p->cgroup)
+			fprintf(f, "[pool %s] stop=%s stop_timeout=%u on_guest_reset=%s cgroup=%s\n", p->name, p->stop,
+				p->stop_timeout_s, p->on_guest_reset, p->cgroup ? p->cgroup : "(unset)");
 	}
+	/* [gateway], when the file has it (the gateway's; the daemon reads past). */
+	const struct vmf_gateway_opts *g = &c->gateway;
+	if (g->listen || g->api_keys || g->max_sandboxes)
+		fprintf(f, "[gateway] listen=%s api_keys=%s sandbox_dir=%s state_file=%s max_connections=%u "
+			"max_sandboxes=%u max_sandboxes_per_key=%u workers=%u idle_timeout_s=%u default_timeout_s=%u "
+			"max_timeout_s=%u max_body=%u\n", g->listen ? g->listen : "(unset)",
+			g->api_keys ? g->api_keys : "(unset)", g->sandbox_dir ? g->sandbox_dir : "(unset)",
+			g->state_file ? g->state_file : "(unset)", g->max_connections, g->max_sandboxes,
+			g->max_sandboxes_per_key, g->workers, g->idle_timeout_s, g->default_timeout_s, g->max_timeout_s,
+			g->max_body);
 #undef S
 #undef U
 	fclose(f);
@@ -373,6 +395,37 @@ START_TEST(shape_keys)
 }
 END_TEST
 
+/* The tenant boundary's keys: their defaults (a bounded share, no
+ * outbound, forwards on loopback only, eight in all), and what is set. */
+START_TEST(boundary_keys)
+{
+	struct vmf_config c;
+	struct vmf_error e = {0};
+	ck_assert_int_eq(vmf_config_parse(&c, "t.conf", "[daemon]\n", 9, &e), 0);
+	ck_assert_uint_eq(c.opts.share_max_mib, 256);
+	ck_assert(!c.opts.user_net_outbound);
+	ck_assert_str_eq(c.opts.hostfwd_addresses, "127.0.0.1");
+	ck_assert_uint_eq(c.opts.max_hostfwd, 8);
+	vmf_config_free(&c);
+	static const char text[] = "[daemon]\nshare_max_mib = 0\nuser_net_outbound = yes\n"
+				   "hostfwd_addresses = 127.0.0.1,10.1.2.3\nmax_hostfwd_per_tenant = 0\n";
+	ck_assert_int_eq(vmf_config_parse(&c, "t.conf", text, strlen(text), &e), 0);
+	ck_assert_uint_eq(c.opts.share_max_mib, 0);
+	ck_assert(c.opts.user_net_outbound);
+	ck_assert_str_eq(c.opts.hostfwd_addresses, "127.0.0.1,10.1.2.3");
+	ck_assert_uint_eq(c.opts.max_hostfwd, 0);
+	vmf_config_free(&c);
+	static const char *const bad[] = { "127.0.0.1,,10.0.0.1", "127.0.0.1,", ",", "::1", "127.0.0.1 ,10.0.0.1" };
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		char t[200];
+		int n = snprintf(t, sizeof(t), "[daemon]\nhostfwd_addresses = %s\n", bad[i]);
+		ck_assert_int_eq(vmf_config_parse(&c, "t.conf", t, (size_t)n, &e), -EINVAL);
+		ck_assert_msg(c.errors && strstr(c.errors, "not a list of IPv4 addresses"), "%s: %s", bad[i], c.errors);
+		vmf_config_free(&c);
+	}
+}
+END_TEST
+
 int
 main(void)
 {
@@ -385,6 +438,7 @@ main(void)
 	tcase_add_test(t, cli_check_config);
 	tcase_add_test(t, cli_config_and_flags);
 	tcase_add_test(t, shape_keys);
+	tcase_add_test(t, boundary_keys);
 	suite_add_tcase(s, t);
 	return vmf_test_run(s);
 }

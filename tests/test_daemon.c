@@ -172,22 +172,6 @@ START_TEST(bad_requests_fail_clearly)
 }
 END_TEST
 
-static const char *
-vm_state(const char *id)
-{
-	static char st[32];
-	st[0] = 0;
-	json_object *s = vmf_json("status -o json%s", "");
-	json_object *vms = path(s, "vms", NULL);
-	for (size_t i = 0; i < json_object_array_length(vms); i++) {
-		json_object *v = json_object_array_get_idx(vms, i);
-		if (!strcmp(json_object_get_string(path(v, "id", NULL)), id))
-			snprintf(st, sizeof st, "%s", json_object_get_string(path(v, "state", NULL)));
-	}
-	json_object_put(s);
-	return st;
-}
-
 START_TEST(faults_peers_and_latency)
 {
 	/* status answers while the pool fills (no --wait) */
@@ -246,7 +230,7 @@ START_TEST(faults_peers_and_latency)
 	json_object_put(s);
 	int64_t t0 = vmf_now_ms();
 	kill(vpid, SIGKILL);
-	wait_until(!vm_state(victim)[0], 10000, "the killed pooled VM %s is still listed", victim);
+	wait_until(!vm_listed_state(victim)[0], 10000, "the killed pooled VM %s is still listed", victim);
 	printf("killed pooled VM noticed and removed in %lld ms\n", (long long)(vmf_now_ms() - t0));
 	wait_until(pool_ready() == 3, 60000, "the pool did not replace the killed VM");
 
@@ -255,8 +239,8 @@ START_TEST(faults_peers_and_latency)
 	do_get(&g, "will-die", 1, 256);
 	ck_assert_int_eq(g.rc, 0);
 	kill(json_object_get_int(path(g.rec, "pid", NULL)), SIGKILL);
-	wait_until(!strcmp(vm_state(g.id), "gone"), 10000, "VM %s whose QEMU died is '%s', not gone", g.id,
-		   vm_state(g.id));
+	wait_until(!strcmp(vm_listed_state(g.id), "gone"), 10000, "VM %s whose QEMU died is '%s', not gone", g.id,
+		   vm_listed_state(g.id));
 	ck_assert_int_eq(vmf(NULL, "release %s", g.id), 0);
 	ck_assert_int_ne(access(g.share, F_OK), 0);
 	json_object_put(g.rec);
@@ -923,7 +907,7 @@ START_TEST(idle_vms_are_replaced_and_metrics_scraped)
 	printf("idle VM replaced after %lld ms (limit 2 s)\n", (long long)(vmf_now_ms() - t0));
 	ck_assert(replaced);
 	ck_assert_int_ge(vmf_now_ms() - t0, 1000);
-	ck_assert_str_eq(vm_state(first), "");
+	ck_assert_str_eq(vm_listed_state(first), "");
 
 	/* Metrics: scraped as Prometheus would, after one hand-out. */
 	struct got g = {0};

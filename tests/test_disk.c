@@ -72,19 +72,6 @@ make_image(const char *img, unsigned mib)
 	ck_assert_int_eq(system(cmd), 0);
 }
 
-/* The content of file in the ext4 image, read on the host (debugfs). */
-static void
-host_cat(const char *img, const char *file, char *out, size_t n)
-{
-	char cmd[1200];
-	snprintf(cmd, sizeof cmd, "PATH=$PATH:/sbin:/usr/sbin debugfs -R 'cat %s' %s 2>/dev/null", file, img);
-	FILE *p = popen(cmd, "r");
-	ck_assert_ptr_nonnull(p);
-	size_t got = fread(out, 1, n - 1, p);
-	out[got] = 0;
-	pclose(p);
-}
-
 /* The VM's state (inspect's). */
 static int
 disk_state(const char *id, char *out, size_t n)
@@ -418,21 +405,9 @@ END_TEST
 int
 main(void)
 {
-	const char *img = vmf_test_image_dir();
-	char manifest[700], *m = NULL;
-	snprintf(manifest, sizeof manifest, "%s/manifest", img ? img : "");
-	if (!img || vmf_read_file(manifest, &m, NULL, 1 << 20, NULL) < 0 || !strstr(m, "sd_mod") ||
-	    !strstr(m, "ext4")) {
-		free(m);
-		return vmf_test_skip_all("the guest image %s lacks the disk modules (sd_mod, ext4); rebuild it with "
-					 "contrib/image/build-image", img ? img : "(none)");
-	}
-	free(m);
-	const char *why = tenant_users_make("vdsk");
-	if (why) {
-		tenant_users_remove();
+	const char *why = tenant_image_check((const char *const[]){ "sd_mod", "ext4", NULL }, "vdsk");
+	if (why)
 		return vmf_test_skip_all("disk tests: %s", why);
-	}
 	Suite *s = suite_create("disk");
 	TCase *tc = tcase_create("disk");
 	tcase_add_checked_fixture(tc, setup, cleanup);

@@ -171,6 +171,36 @@ START_TEST(choose_by_size_or_by_name)
 }
 END_TEST
 
+/* A pool a GetVM made of a tenant's snapshot (named after it) is reached
+ * through the template by its owner, never by name, and named in no
+ * error another tenant reads. */
+START_TEST(a_snapshot_pool_made_on_demand_is_nobody_elses)
+{
+	static struct choice_pools c;
+	TAILQ_INIT(&c.list);
+	struct vmf_error err = {0};
+	choice_pool(&c, 0, "tpl-of-a", 1, 256, 4, 2048, false);
+	snprintf(c.p[0].template_name, sizeof(c.p[0].template_name), "tpl-of-a");
+	c.p[0].on_demand = true;
+	c.p[0].template_owner = 1001;
+	ck_assert_ptr_null(vmf_pool_choose(&c.list, "tpl-of-a", 1, 256, &err));
+	ck_assert_str_eq(err.msg, "no pool named 'tpl-of-a' in this daemon (pools: none)");
+	ck_assert_ptr_null(vmf_pool_choose(&c.list, "", 1, 256, &err));
+	ck_assert_str_eq(err.msg, "this daemon has no pool");
+	choice_pool(&c, 1, "shared", 1, 256, 2, 512, false);
+	ck_assert_ptr_null(vmf_pool_choose(&c.list, "tpl-of-a", 1, 256, &err));
+	ck_assert_int_eq(err.code, ENOENT);
+	ck_assert_str_eq(err.msg, "no pool named 'tpl-of-a' in this daemon (pools: shared)");
+	ck_assert_ptr_eq(vmf_pool_choose(&c.list, "", 1, 256, &err), &c.p[1]);
+	ck_assert_ptr_null(vmf_pool_choose(&c.list, "", 4, 2048, &err));
+	ck_assert_str_eq(err.msg, "no pool serves 4 vCPUs and 2048 MiB: the template allows 1-2 vCPUs and "
+				  "256-512 MiB");
+	choice_pool(&c, 2, "big", 2, 1024, 2, 1024, false);
+	ck_assert_ptr_null(vmf_pool_choose(&c.list, "", 4, 2048, &err));
+	ck_assert_msg(!strstr(err.msg, "tpl-of-a"), "%s", err.msg);
+}
+END_TEST
+
 START_TEST(pool_names)
 {
 	ck_assert(vmf_valid_pool_name("a"));
@@ -444,6 +474,7 @@ main(void)
 	tcase_add_test(tc, idle_expiry_and_latency);
 	tcase_add_test(tc, choose_by_size_or_by_name);
 	tcase_add_test(tc, pool_names);
+	tcase_add_test(tc, a_snapshot_pool_made_on_demand_is_nobody_elses);
 	tcase_add_test(tc, shape_demand_decays_by_half_every_half_life);
 	tcase_add_test(tc, shape_plan_follows_the_mix_within_cap_and_budget);
 	tcase_add_test(tc, shape_next_clone_fills_the_plan_within_cap_and_budget);

@@ -78,6 +78,16 @@ START_TEST(cold_boot_line)
 	ck_assert(!has(argv, "-incoming"));
 	ck_assert(!has(argv, "-S"));
 	ck_assert_int_lt(find(argv, "-fsdev", "local"), 0);
+	/* A guest reset or panic ends QEMU (on_guest_reset stop, the
+	 * default); the owner's agent port has an id (a kept VM's is plugged
+	 * again); the guest reports panics through pvpanic. */
+	ck_assert_int_ge(find(argv, "-action", "reboot=shutdown,panic=shutdown"), 0);
+	ck_assert_int_ge(find(argv, "-device", "virtserialport,bus=vser0.0,chardev=agent,name=agent,id=" VMF_QEMU_AGENT_PORT), 0);
+	ck_assert_int_ge(find(argv, "-device", "pvpanic"), 0);
+	vmf_qemu_free_argv(argv);
+	c.on_guest_reset = "keep";
+	ck_assert_int_eq(vmf_qemu_build_argv(&c, &fds, &argv, &e), 0);
+	ck_assert_int_ge(find(argv, "-action", "reboot=reset,panic=none"), 0);
 	vmf_qemu_free_argv(argv);
 }
 END_TEST

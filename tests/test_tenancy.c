@@ -31,19 +31,7 @@
 #include "testlib.h"
 #include "util.h"
 
-/* ---- acting as a user ---- */
-
-/* What a child did as a user: its return code (0 or -errno) and message. */
-struct act {
-	int rc;
-	char msg[1100];
-};
-
-static void
-as_user(uid_t uid, tenant_fn fn, const void *arg, struct act *out)
-{
-	out->rc = as_tenant(uid, fn, arg, out->msg, sizeof out->msg);
-}
+/* ---- acting as a user (as_user, call_as, daemonlib.h) ---- */
 
 static void
 call_as_user(uid_t uid, tenant_call_fn fn, const void *arg, struct act *out)

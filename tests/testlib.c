@@ -400,3 +400,30 @@ vmf_test_agent_listener_with(const char *sock_path, const char *share_dir, const
 	close(lfd);
 	return pid;
 }
+
+bool
+vmf_test_under_valgrind(void)
+{
+	const char *p = getenv("LD_PRELOAD");
+	return p && strstr(p, "vgpreload");
+}
+
+void
+vmf_test_make_chain(const char *dir, unsigned depth, bool files)
+{
+	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	ck_assert_msg(fd >= 0, "cannot open %s: %s", dir, strerror(errno));
+	for (unsigned i = 0; i < depth; i++) {
+		ck_assert_int_eq(mkdirat(fd, "d", 0755), 0);
+		if (files && i % 1000 == 0) {
+			int f = openat(fd, "f", O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+			ck_assert_int_ge(f, 0);
+			close(f);
+		}
+		int next = openat(fd, "d", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		ck_assert_int_ge(next, 0);
+		close(fd);
+		fd = next;
+	}
+	close(fd);
+}

@@ -111,6 +111,13 @@ int vmf_test_kill_under(const char *prog, const char *dir);
 int vmf_test_count_under(const char *prog, const char *dir);
 #define vmf_test_kill_qemu_under(dir) vmf_test_kill_under("qemu-system", (dir))
 
+/* True under valgrind (its preload is in LD_PRELOAD): time and CPU
+ * bounds are checked without it. */
+bool vmf_test_under_valgrind(void);
+/* dir/d/d/d/... depth levels, one fd open at a time (a tree deeper than a
+ * process may hold fds for); a file "f" in every 1000th level when files. */
+void vmf_test_make_chain(const char *dir, unsigned depth, bool files);
+
 /* Writes a fixture file whole: data to path via path.tmp.XXXXXX + fsync +
  * rename + fsync(dir). */
 int vmf_write_file_atomic(const char *path, const void *data, size_t len, mode_t mode,

@@ -80,6 +80,7 @@
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/random.h>
+#include <sys/reboot.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -89,6 +90,10 @@
 
 #include "agent.pb-c.h"
 #include "frame.h"
+#ifdef VMF_AGENT_HOSTILE
+/* A test build only (tests/meson.build): never in the guest image. */
+#include "hostile_agent.h"
+#endif
 
 /* The sanitizer stage's agent (contrib/agent/meson.build): it never exits
  * in a guest, so LeakSanitizer's check at exit would never come; it checks
@@ -115,7 +120,12 @@ __ubsan_default_options(void)
 #define leak_check() ((void)0)
 #endif
 
-#define AGENT_VERSION "vmf-agent 0.4.0"
+#define AGENT_VERSION "vmf-agent 0.5.0"
+/* <linux/fs.h>, which clashes with <sys/mount.h>. */
+#ifndef FIFREEZE
+#define FIFREEZE _IOWR('X', 119, int)
+#define FITHAW _IOWR('X', 120, int)
+#endif
 /* The owner's port (what a VM's agent_socket reaches) and the daemon's
  * private one (its warm-up, hand-out and inspect). */
 #define PORT_NAME "agent"
@@ -137,6 +147,11 @@ __ubsan_default_options(void)
 #define OUTPUT_WINDOW_MAX (16u << 20)
 #define PROCS_MAX 256u
 #define EXEC_ARGS_MAX 4096u
+/* Disks one FlushDisks or Poweroff names (the host's VMF_DISK_SLOTS), and
+ * how long a Poweroff lets processes end after SIGTERM. */
+#define FLUSH_DISKS_MAX 16
+#define POWEROFF_GRACE_DEFAULT_MS 2000u
+#define POWEROFF_GRACE_MAX_MS 60000u
 /* Share listing budget: leaves room in a 64 KiB reply for the other fields. */
 #define SHARE_NAMES_MAX 1024
 #define SHARE_BYTES_MAX (48u * 1024u)
@@ -327,6 +342,12 @@ static struct {
 	char net_error[300];
 	char ifaces[16][200];
 	char *iface_ptrs[16];
+	Vmf__Agent__DisksFlushed flushed;
+	Vmf__Agent__DiskFlushed flush[FLUSH_DISKS_MAX];
+	Vmf__Agent__DiskFlushed *flush_ptrs[FLUSH_DISKS_MAX];
+	char flush_serial[FLUSH_DISKS_MAX][24];
+	char flush_path[FLUSH_DISKS_MAX][512];
+	char flush_msg[FLUSH_DISKS_MAX][200];
 } out;
 static Vmf__Agent__ExecStarted out_started;
 static Vmf__Agent__ExecAck out_ack = VMF__AGENT__EXEC_ACK__INIT;
@@ -1455,6 +1476,229 @@ do_unmount(Reply *r)
 	r->mount = &out.mount;
 }
 
+/* ---- stopping without losing a write: FlushDisks, Poweroff ---- */
+
+struct conn;
+
+/* A Poweroff answered: the kernel powers off once its reply is written
+ * (or a second passed), from serve(). */
+static bool poweroff_pending;
+static int64_t poweroff_deadline;
+static const void *poweroff_conn;
+
+static int
+freeze_fs(const char *path, unsigned long op)
+{
+	int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	int arg = 0, r = ioctl(fd, op, &arg) < 0 ? -errno : 0;
+	close(fd);
+	return r;
+}
+
+/* One disk: its file system at d->path (only when the disk is what is
+ * mounted there, never another file system the guest put at that path)
+ * unmounted, frozen or thawed as mode says, then its device flushed. */
+static void
+flush_one(const Vmf__Agent__FlushDisk *d, Vmf__Agent__FlushMode mode, unsigned i)
+{
+	Vmf__Agent__DiskFlushed *o = &out.flush[i];
+	vmf__agent__disk_flushed__init(o);
+	snprintf(out.flush_serial[i], sizeof(out.flush_serial[i]), "%s", d->serial ? d->serial : "");
+	snprintf(out.flush_path[i], sizeof(out.flush_path[i]), "%s", d->path ? d->path : "");
+	o->serial = out.flush_serial[i];
+	o->path = out.flush_path[i];
+	o->error_message = out.flush_msg[i];
+	out.flush_msg[i][0] = '\0';
+	char *msg = out.flush_msg[i];
+	size_t msgn = sizeof(out.flush_msg[i]);
+	const char *serial = d->serial ? d->serial : "", *path = d->path ? d->path : "";
+	size_t sl = strlen(serial);
+	bool ok = sl > 0 && sl <= DISK_SERIAL_MAX;
+	for (size_t k = 0; ok && k < sl; k++)
+		ok = isalnum((unsigned char)serial[k]) || serial[k] == '-' || serial[k] == '_';
+	if (!ok || (*path && path[0] != '/')) {
+		o->error_code = EINVAL;
+		snprintf(msg, msgn, "a disk serial of 1 to %d letters, digits, '-' or '_' and an absolute path "
+			 "are needed", DISK_SERIAL_MAX);
+		return;
+	}
+	char name[64], dev[80];
+	if (!find_disk(serial, name, sizeof(name))) {
+		o->how = "absent";
+		return;
+	}
+	snprintf(dev, sizeof(dev), "/dev/%s", name);
+	struct stat mst, dst;
+	bool mounted = *path && stat(path, &mst) == 0 && stat(dev, &dst) == 0 && S_ISBLK(dst.st_mode) &&
+		       mst.st_dev == dst.st_rdev;
+	int r = 0;
+	const char *how = mode == VMF__AGENT__FLUSH_MODE__FLUSH_THAW ? "thawed" : "synced";
+	if (mounted && mode == VMF__AGENT__FLUSH_MODE__FLUSH_UNMOUNT) {
+		int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		if (fd >= 0) {
+			syncfs(fd);
+			close(fd);
+		}
+		how = "unmounted";
+		if (umount2(path, 0) < 0) {
+			r = -errno;
+			/* Held by a guest process: frozen, it is as clean on its
+			 * device as unmounted (EBUSY: frozen already). */
+			if (r == -EBUSY) {
+				r = freeze_fs(path, FIFREEZE);
+				how = "frozen";
+				if (r == -EBUSY)
+					r = 0;
+			}
+		}
+	} else if (mounted && mode == VMF__AGENT__FLUSH_MODE__FLUSH_FREEZE) {
+		how = "frozen";
+		r = freeze_fs(path, FIFREEZE);
+		if (r == -EBUSY)
+			r = 0;
+	} else if (mounted && mode == VMF__AGENT__FLUSH_MODE__FLUSH_THAW) {
+		r = freeze_fs(path, FITHAW);
+		if (r == -EINVAL)   /* not frozen */
+			r = 0;
+	}
+	if (r < 0) {
+		o->error_code = -r;
+		snprintf(msg, msgn, "%s %s at %s: %s", mode == VMF__AGENT__FLUSH_MODE__FLUSH_THAW ? "cannot thaw"
+			 : "cannot write back", dev, path, strerror(-r));
+		return;
+	}
+	if (mode != VMF__AGENT__FLUSH_MODE__FLUSH_THAW) {
+		int fd = open(dev, O_RDONLY | O_CLOEXEC);
+		if (fd < 0 || fsync(fd) < 0) {
+			o->error_code = errno;
+			snprintf(msg, msgn, "cannot flush %s: %s", dev, strerror(errno));
+			if (fd >= 0)
+				close(fd);
+			return;
+		}
+		close(fd);
+	}
+	o->how = (char *)how;
+}
+
+static bool
+flush_disks(Reply *r, Vmf__Agent__FlushDisk **disks, size_t n, Vmf__Agent__FlushMode mode)
+{
+	if (n > FLUSH_DISKS_MAX) {
+		fail(r, E2BIG, "%zu disks named; at most %d", n, FLUSH_DISKS_MAX);
+		return false;
+	}
+	if (mode != VMF__AGENT__FLUSH_MODE__FLUSH_UNMOUNT && mode != VMF__AGENT__FLUSH_MODE__FLUSH_FREEZE &&
+	    mode != VMF__AGENT__FLUSH_MODE__FLUSH_THAW) {
+		fail(r, EINVAL, "flush mode %d is unknown", (int)mode);
+		return false;
+	}
+	if (test_mode) {
+		fail(r, EPERM, "test mode does not unmount or freeze");
+		return false;
+	}
+	vmf__agent__disks_flushed__init(&out.flushed);
+	for (size_t i = 0; i < n; i++) {
+		flush_one(disks[i], mode, (unsigned)i);
+		out.flush_ptrs[i] = &out.flush[i];
+	}
+	out.flushed.disks = out.flush_ptrs;
+	out.flushed.n_disks = n;
+	return true;
+}
+
+static void
+do_flush_disks(Reply *r, const Vmf__Agent__FlushDisks *req)
+{
+	if (!flush_disks(r, req->disks, req->n_disks, req->mode))
+		return;
+	r->body_case = VMF__AGENT__AGENT_REPLY__BODY_DISKS_FLUSHED;
+	r->disks_flushed = &out.flushed;
+}
+
+/* Processes other than init, this agent and kernel threads (no cmdline). */
+static unsigned
+user_processes(void)
+{
+	DIR *d = opendir("/proc");
+	if (!d)
+		return 0;
+	unsigned n = 0;
+	struct dirent *de;
+	pid_t self = getpid();
+	while ((de = readdir(d))) {
+		pid_t pid = (pid_t)atoi(de->d_name);
+		if (pid <= 1 || pid == self)
+			continue;
+		char p[64], c[8];
+		snprintf(p, sizeof(p), "/proc/%d/cmdline", (int)pid);
+		int fd = open(p, O_RDONLY | O_CLOEXEC);
+		if (fd < 0)
+			continue;
+		ssize_t k = read(fd, c, sizeof(c));
+		close(fd);
+		n += k > 0;
+	}
+	closedir(d);
+	return n;
+}
+
+/* Waits until no user process is left or the deadline passes, reaping
+ * the agent's own children meanwhile. */
+static void
+wait_processes_gone(int64_t deadline)
+{
+	while (now_ms() < deadline) {
+		while (waitpid(-1, NULL, WNOHANG) > 0)
+			;
+		if (user_processes() == 0)
+			return;
+		usleep(20000);
+	}
+}
+
+static void
+do_poweroff(struct conn *c, Reply *r, const Vmf__Agent__Poweroff *req)
+{
+	if (test_mode) {
+		fail(r, EPERM, "test mode does not power off");
+		return;
+	}
+	if (req->n_disks > FLUSH_DISKS_MAX) {
+		fail(r, E2BIG, "%zu disks named; at most %d", req->n_disks, FLUSH_DISKS_MAX);
+		return;
+	}
+	unsigned grace = req->grace_ms ? req->grace_ms : POWEROFF_GRACE_DEFAULT_MS;
+	if (grace > POWEROFF_GRACE_MAX_MS)
+		grace = POWEROFF_GRACE_MAX_MS;
+	logmsg("powering off at the host's request (%u ms for processes to end)", grace);
+	/* Every process but init and this agent: the workload ends as on a
+	 * shutdown, its files closed before the disks are unmounted. */
+	kill(-1, SIGTERM);
+	wait_processes_gone(now_ms() + grace);
+	kill(-1, SIGKILL);
+	wait_processes_gone(now_ms() + 1000);
+	if (!flush_disks(r, req->disks, req->n_disks, VMF__AGENT__FLUSH_MODE__FLUSH_UNMOUNT))
+		return;
+	sync();
+	r->body_case = VMF__AGENT__AGENT_REPLY__BODY_POWERING_OFF;
+	r->powering_off = &out.flushed;
+	poweroff_pending = true;
+	poweroff_conn = c;
+	poweroff_deadline = now_ms() + 1000;
+}
+
+static void
+poweroff_now(void)
+{
+	sync();
+	reboot(RB_POWER_OFF);
+	logmsg("power off failed: %s", strerror(errno));
+	poweroff_pending = false;
+}
+
 /* ---- host connections: frame parser and reply queue ---- */
 
 /* What ends a connection decides what happens next: a test stream ends
@@ -2398,6 +2642,12 @@ handle(struct conn *c, const Vmf__Agent__AgentRequest *req, Reply *r)
 	case VMF__AGENT__AGENT_REQUEST__BODY_UNMOUNT_DISK:
 		do_unmount_disk(r, req->unmount_disk);
 		break;
+	case VMF__AGENT__AGENT_REQUEST__BODY_FLUSH_DISKS:
+		do_flush_disks(r, req->flush_disks);
+		break;
+	case VMF__AGENT__AGENT_REQUEST__BODY_POWEROFF:
+		do_poweroff(c, r, req->poweroff);
+		break;
 	case VMF__AGENT__AGENT_REQUEST__BODY_EXEC_START:
 		do_exec_start(c, r, req->exec_start);
 		break;
@@ -2423,8 +2673,16 @@ frame_done(struct conn *c)
 		error_reply(c, 0, EBADMSG, "request frame of %u bytes is not a valid agent request", c->body_len);
 	} else {
 		Reply r = VMF__AGENT__AGENT_REPLY__INIT;
-		if (handle(c, req, &r))
+#ifdef VMF_AGENT_HOSTILE
+		const char *hostile = vmf_hostile_behavior(c->name, req);
+#endif
+		if (handle(c, req, &r)) {
+#ifdef VMF_AGENT_HOSTILE
+			if (hostile && vmf_hostile_act(hostile, c->name, c->rfd, c->wfd, req, &r))
+				exit(3);
+#endif
 			queue_reply(c, &r);
+		}
 		vmf__agent__agent_request__free_unpacked(req, NULL);
 		free_names();
 	}
@@ -2602,6 +2860,8 @@ poll_timeout(int64_t now)
 			if (t < 0 || left < t)
 				t = left;
 		}
+	if (poweroff_pending)
+		t = t < 0 || t > 20 ? 20 : t;
 	return t > 60000 ? 60000 : (int)t;
 }
 
@@ -2650,6 +2910,15 @@ serve(int lfd, bool sigio)
 	}
 	for (;;) {
 		int64_t now = now_ms();
+		if (poweroff_pending) {
+			/* Once the Poweroff's reply is out (its connection gone,
+			 * or a second passed): the host knows what was flushed. */
+			bool queued = false;
+			for (struct conn *c = conns; c; c = c->next)
+				queued = queued || (c == poweroff_conn && !c->closed && !c->away && outq(c) > 0);
+			if (!queued || now >= poweroff_deadline)
+				poweroff_now();
+		}
 		for (struct conn *c = conns, *nx; c; c = nx) {
 			nx = c->next;
 			if (c->closed) {

@@ -49,6 +49,7 @@ static struct {
 	/* The trace run: arrivals per pool, Poisson rate, hold time, pool
 	 * size and shaping cap, the size mix; ramp steps of ramp_n arrivals. */
 	bool trace_only;
+	bool release_only;        /* --release-only: the daemon's release figures alone */
 	int trace_n, trace_pool, trace_shape_max, ramp_n, ramp_steps;
 	double trace_rate, trace_hold_ms;
 	struct mix mix[8];
@@ -359,6 +360,76 @@ release_vm(struct vmf_client *c, const char *id)
 	if (vmf_client_release_vm(c, id, CALL_TIMEOUT_MS, &e) < 0)
 		die(&e, "ReleaseVM");
 }
+
+/* One ReleaseVM, request to reply; the reply must name no disk as having
+ * lost writes. */
+static double
+timed_release(struct vmf_client *c, const char *id)
+{
+	struct vmf_error e = {0};
+	Vmf__Control__Reply *r;
+	int64_t t0 = vmf_monotonic_ns();
+	if (vmf_client_release(c, id, &r, CALL_TIMEOUT_MS, &e) < 0)
+		die(&e, "ReleaseVM");
+	double ms = ms_since(t0);
+	if (r->release->stop && r->release->stop->n_lost_writes) {
+		vmf_err(&e, EIO, "%s", r->release->stop->lost_writes[0]);
+		die(&e, "ReleaseVM lost writes");
+	}
+	vmf__control__reply__free_unpacked(r, NULL);
+	return ms;
+}
+
+/* Release latency (stop = flush, the default): of a plain hand-out (no
+ * disk: the guest is not asked), and of one with a read-write ext4 disk
+ * mounted that holds 1 MiB the guest wrote and did not sync (its flush:
+ * written back, unmounted, the device flushed, then QEMU quits).  False
+ * (rw left out) when the disk cannot be made. */
+static bool
+release_bench(struct vmf_client *c, struct series *rel, struct series *relrw)
+{
+	char id[64], img[4200], cmd[16384];
+	for (int i = 0; i < cfg.samples; i++) {
+		wait_pool(cfg.vms, vmf_now_ms() + 120000);
+		get_vm(c, 1, 256, 7000 + i, id);
+		add(rel, timed_release(c, id));
+	}
+	snprintf(img, sizeof img, "%s/rw.img", cfg.dir);
+	snprintf(cmd, sizeof cmd, "truncate -s 64M %s && PATH=$PATH:/sbin:/usr/sbin mkfs.ext4 -q -F %s", img, img);
+	if (system(cmd) != 0) {
+		fprintf(stderr, "vmf-bench: cannot make the read-write disk (mkfs.ext4); release with a disk skipped\n");
+		return false;
+	}
+	for (int i = 0; i < cfg.samples; i++) {
+		wait_pool(cfg.vms, vmf_now_ms() + 120000);
+		get_vm(c, 1, 256, 8000 + i, id);
+		Vmf__Control__AttachRequest at = VMF__CONTROL__ATTACH_REQUEST__INIT;
+		Vmf__Control__Reply *r;
+		struct vmf_error e = {0};
+		at.vm_id = id;
+		at.path = img;
+		at.guest_path = "/mnt/rw";
+		if (vmf_client_attach(c, &at, &r, CALL_TIMEOUT_MS, &e) < 0) {
+			fprintf(stderr, "vmf-bench: attach: %s; release with a disk skipped\n", e.msg);
+			release_vm(c, id);
+			return false;
+		}
+		vmf__control__reply__free_unpacked(r, NULL);
+		snprintf(cmd, sizeof cmd, "%s exec --socket %s --state-dir %s --run-dir %s %s -- sh -c "
+			 "'dd if=/dev/urandom of=/mnt/rw/f%d bs=64k count=16 2>/dev/null' 2>>%s/cli.log", cfg.bin, cfg.sock,
+			 cfg.state, cfg.run, id, i, cfg.dir);
+		if (system(cmd) != 0) {
+			fprintf(stderr, "vmf-bench: the guest write failed; see %s/cli.log\n", cfg.dir);
+			release_vm(c, id);
+			return false;
+		}
+		add(relrw, timed_release(c, id));
+	}
+	return true;
+}
+
+/* A daemon with a pool of cfg.vms (shape off), its socket connected. */
+static struct vmf_client *start_daemon(void);
 
 /* ---- disks ---- */
 
@@ -887,6 +958,66 @@ parse_mix(const char *s)
 	return total ? 0 : -1;
 }
 
+static struct vmf_client *
+start_daemon(void)
+{
+	fprintf(stderr, "vmf-bench: daemon with a pool of %d\n", cfg.vms);
+	/* shape = off: the resize figures below measure hot-add on the
+	 * hand-out path, which a demand-shaped pool would learn to avoid. */
+	char args[4400], conf[4200];
+	snprintf(conf, sizeof conf, "%s/static.conf", cfg.dir);
+	FILE *cf = fopen(conf, "w");
+	if (!cf || fputs("[daemon]\nshape = off\n", cf) < 0 || fclose(cf) != 0)
+		die(NULL, conf);
+	snprintf(args, sizeof args, "init --config %s --pool %d", conf, cfg.vms);
+	if (run_cli(args) != 0) {
+		fprintf(stderr, "vmf-bench: vmfactory init failed; see %s/cli.log\n", cfg.dir);
+		return NULL;
+	}
+	wait_pool(cfg.vms, vmf_now_ms() + 600000);
+	struct vmf_client *c;
+	struct vmf_error e = {0};
+	if (vmf_client_connect(cfg.sock, &c, &e) < 0)
+		die(&e, "connect");
+	return c;
+}
+
+/* --release-only: the daemon's release figures, nothing else. */
+static int
+release_only(void)
+{
+	struct vmf_client *c = start_daemon();
+	if (!c)
+		return 1;
+	struct series rel = { .name = "release" }, relrw = { .name = "release-rwdisk" };
+	fprintf(stderr, "vmf-bench: releases without and with a read-write disk, %d samples each\n", cfg.samples);
+	bool rw = release_bench(c, &rel, &relrw);
+	vmf_client_close(c);
+	if (run_cli("destroy") != 0)
+		fprintf(stderr, "vmf-bench: vmfactory destroy failed; see %s/cli.log\n", cfg.dir);
+	finish(&rel);
+	J = json_object_new_object();
+	jnum("release_p50_ms", pct(&rel, 50));
+	jnum("release_p99_ms", pct(&rel, 99));
+	printf("## Release (stop = flush), QEMU %s, %s\n\n| release | n | p50 ms | p99 ms | max ms |\n|---|---:|---:|---:|---:|\n",
+	       hv.version, hv.accel);
+	printf("| no disk | %d | %.1f | %.1f | %.1f |\n", rel.n, pct(&rel, 50), pct(&rel, 99), rel.v[rel.n - 1]);
+	if (rw) {
+		finish(&relrw);
+		jnum("release_rwdisk_p50_ms", pct(&relrw, 50));
+		jnum("release_rwdisk_p99_ms", pct(&relrw, 99));
+		printf("| read-write disk, 1 MiB unsynced | %d | %.1f | %.1f | %.1f |\n", relrw.n, pct(&relrw, 50),
+		       pct(&relrw, 99), relrw.v[relrw.n - 1]);
+	}
+	environment(J);
+	if (cfg.json && json_object_to_file_ext(cfg.json, J, JSON_C_TO_STRING_PRETTY) < 0) {
+		fprintf(stderr, "vmf-bench: cannot write %s\n", cfg.json);
+		return 1;
+	}
+	json_object_put(J);
+	return 0;
+}
+
 int
 main(int argc, char **argv)
 {
@@ -899,6 +1030,7 @@ main(int argc, char **argv)
 		{ "trace-pool", required_argument, NULL, 'p' }, { "trace-shape-max", required_argument, NULL, 'x' },
 		{ "ramp-arrivals", required_argument, NULL, 'R' }, { "ramp-steps", required_argument, NULL, 'S' },
 		{ "mix", required_argument, NULL, 'm' },      { "snapshot-sizes", required_argument, NULL, 'Z' },
+		{ "release-only", no_argument, NULL, 'L' },
 		{ NULL, 0, NULL, 0 },
 	};
 	int o;
@@ -911,6 +1043,7 @@ main(int argc, char **argv)
 		case 'v': cfg.vms = atoi(optarg); break;
 		case 'j': cfg.json = optarg; break;
 		case 'T': cfg.trace_only = true; break;
+		case 'L': cfg.release_only = true; break;
 		case 'n': cfg.trace_n = atoi(optarg); break;
 		case 'r': cfg.trace_rate = atof(optarg); break;
 		case 'h': cfg.trace_hold_ms = atof(optarg); break;
@@ -937,7 +1070,7 @@ main(int argc, char **argv)
 			fprintf(stderr, "usage: vmf-bench --vmfactory BIN --dir DIR [--samples N] [--cycles N] "
 					"[--vms N] [--json FILE] [--trace-only] [--trace-arrivals N] [--trace-rate PER_S] "
 					"[--trace-hold-ms MS] [--trace-pool N] [--trace-shape-max N] [--ramp-arrivals N] "
-					"[--ramp-steps N] [--mix W:V:M,...] [--snapshot-sizes N]\n");
+					"[--ramp-steps N] [--mix W:V:M,...] [--snapshot-sizes N] [--release-only]\n");
 			return 2;
 		}
 	}
@@ -969,6 +1102,8 @@ main(int argc, char **argv)
 		die(&e, "guest image");
 	if (vmf_qemu_ops.probe(NULL, img.kernel, &hv, &e) < 0)
 		die(&e, "QEMU");
+	if (cfg.release_only)
+		return release_only();
 	/* The daemon's default template, so it finds this one ready. */
 	params = (struct vmf_template_params){
 		.ops = &vmf_qemu_ops, .cmdline = VMF_DEFAULT_CMDLINE, .vcpus = VMF_DEFAULT_VCPUS,
@@ -1041,20 +1176,9 @@ main(int argc, char **argv)
 	vmf__catalog__template_record__free_unpacked(full, NULL);
 	vmf_catalog_close(cat);
 
-	fprintf(stderr, "vmf-bench: daemon with a pool of %d\n", cfg.vms);
-	/* shape = off: the resize figures below measure hot-add on the
-	 * hand-out path, which a demand-shaped pool would learn to avoid. */
-	char args[4400], conf[4200];
-	snprintf(conf, sizeof conf, "%s/static.conf", cfg.dir);
-	FILE *cf = fopen(conf, "w");
-	if (!cf || fputs("[daemon]\nshape = off\n", cf) < 0 || fclose(cf) != 0)
-		die(NULL, conf);
-	snprintf(args, sizeof args, "init --config %s --pool %d", conf, cfg.vms);
-	if (run_cli(args) != 0) {
-		fprintf(stderr, "vmf-bench: vmfactory init failed; see %s/cli.log\n", cfg.dir);
+	struct vmf_client *c = start_daemon();
+	if (!c)
 		return 1;
-	}
-	wait_pool(cfg.vms, vmf_now_ms() + 600000);
 	uint64_t pss_clone = mean_pss_of_pooled();
 	/* Refill of an empty pool: every pooled VM killed at once; the daemon
 	 * notices (pidfd) and clones replacements.  Timed until as many ready
@@ -1089,9 +1213,6 @@ main(int argc, char **argv)
 	}
 	double refill_s = ms_since(t0) / 1000;
 
-	struct vmf_client *c;
-	if (vmf_client_connect(cfg.sock, &c, &e) < 0)
-		die(&e, "connect");
 	fprintf(stderr, "vmf-bench: hand-outs, %d samples each\n", cfg.samples);
 	for (int i = 0; i < cfg.samples; i++) {
 		wait_pool(cfg.vms, vmf_now_ms() + 120000);
@@ -1122,6 +1243,9 @@ main(int argc, char **argv)
 		release_vm(c, id);
 	}
 
+	fprintf(stderr, "vmf-bench: releases without and with a read-write disk, %d samples each\n", cfg.samples);
+	struct series rel = { .name = "release" }, relrw = { .name = "release-rwdisk" };
+	bool rwrel = release_bench(c, &rel, &relrw);
 	fprintf(stderr, "vmf-bench: disk attach + mount, %d samples; disk and 9p reads\n", cfg.samples);
 	struct series disk_attach = { .name = "disk-attach" };
 	double disk_mib_s = 0, share_mib_s = 0;
@@ -1206,6 +1330,14 @@ main(int argc, char **argv)
 	jnum("daemon_fds_before", fds0);
 	jnum("daemon_fds_after", fds1);
 	jnum("clock_error_ms", pct(&clock_err, 99));
+	finish(&rel);
+	jnum("release_p50_ms", pct(&rel, 50));
+	jnum("release_p99_ms", pct(&rel, 99));
+	if (rwrel) {
+		finish(&relrw);
+		jnum("release_rwdisk_p50_ms", pct(&relrw, 50));
+		jnum("release_rwdisk_p99_ms", pct(&relrw, 99));
+	}
 	jnum("clock_error_p50_ms", pct(&clock_err, 50));
 	if (disks) {
 		finish(&disk_attach);
@@ -1261,6 +1393,9 @@ main(int argc, char **argv)
 	row(&exec, "GetVM, then `true` through the agent to its exit status");
 	row(&hnetns, "GetVM --netns (tap + tc mirror, guest NIC configured)");
 	row(&husernet, "GetVM --net user (slirp, guest NIC configured)");
+	row(&rel, "ReleaseVM, no disk (stop = flush: the guest not asked)");
+	if (rwrel)
+		row(&relrw, "ReleaseVM, read-write disk with 1 MiB unsynced (flushed, unmounted)");
 	printf("\n## Hand-out steps (daemon's own timing; plain hand-outs)\n\n%s", steps1);
 	printf("\n## Hand-out steps (all hand-outs, with the resized ones)\n\n%s", steps2);
 	printf("\n## Memory, refill, daemon\n\n| measure | value |\n|---|---:|\n");

@@ -6,8 +6,15 @@
  *
  * Exit status: the command's; 128+N when signal N ended it; 124 when it
  * timed out (--timeout); 127 no such command, 126 it could not be started
- * (cwd, user); 125 vmfactory could not run it (daemon, agent, permission);
- * 2 a usage error. */
+ * (cwd, user); 125 vmfactory could not run it (daemon, agent, permission)
+ * or lost it (the agent's connection closed, the agent broke the protocol
+ * or said nothing for --timeout plus EXEC_GRACE_MS, or the command did not
+ * end within SIGNAL_GRACE_MS of a signal passed on); 2 a usage error.
+ *
+ * The guest may be hostile: whatever its agent sends, this command ends
+ * within its --timeout and a grace, within a grace after a first signal,
+ * and at once on a second one; its memory stays within the library's
+ * bounds (common/agentconn.h). */
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -27,10 +34,15 @@
 #define EXIT_NOT_FOUND 127
 #define EXIT_TIMED_OUT 124
 #define MAX_ENV 32
+/* After --timeout, how long the agent may take to report the kill. */
+#define EXEC_GRACE_MS 5000
+/* After a signal passed on, how long the command may take to end. */
+#define SIGNAL_GRACE_MS 10000
 
 static int sig_pipe[2] = { -1, -1 };
 static struct termios saved_tio;
-static bool raw_mode;
+static volatile sig_atomic_t raw_mode;
+static volatile sig_atomic_t stops;      /* terminating signals received */
 
 static void
 restore_tty(void)
@@ -40,10 +52,24 @@ restore_tty(void)
 	raw_mode = false;
 }
 
+/* The second SIGINT, SIGTERM, SIGHUP or SIGQUIT ends this command here,
+ * whatever it is waiting for (a call to an agent that does not answer):
+ * closing the connection, as the exit does, kills the command in the
+ * guest.  The first is passed on to the command through the pipe. */
 static void
 on_signal(int sig)
 {
 	int e = errno;
+	if (sig != SIGWINCH && ++stops >= 2) {
+		static const char msg[] = "vmfactory: a second signal: leaving without the command's exit status "
+					  "(it is killed in the guest)\n";
+		if (raw_mode)
+			tcsetattr(STDIN_FILENO, TCSAFLUSH, &saved_tio);
+		if (write(STDERR_FILENO, msg, sizeof(msg) - 1) < 0) {
+			/* Nothing more to say it with. */
+		}
+		_exit(128 + sig);
+	}
 	unsigned char c = (unsigned char)sig;
 	if (write(sig_pipe[1], &c, 1) < 0) {
 		/* Full: the signals already queued say enough. */
@@ -62,8 +88,17 @@ static int
 exec_fail(const struct vmf_error *e)
 {
 	restore_tty();
-	fprintf(stderr, "vmfactory: %s\n", e->msg);
+	print_error("%s", e->msg);
 	return EXIT_EXEC_FAILED;
+}
+
+static int
+ms_left(int64_t deadline)
+{
+	if (deadline < 0)
+		return -1;
+	int64_t left = deadline - vmf_now_ms();
+	return left <= 0 ? 0 : left > 60000 ? 60000 : (int)left;
 }
 
 /* --user UID[:GID], numeric: the guest has no user database to ask. */
@@ -152,25 +187,30 @@ cmd_exec(const struct cmd *cmd, struct args *a)
 		return exec_fail(&e);
 	const Vmf__Control__VmInfo *vm = r->inspect->vm;
 	if (strcmp(vm->state, "assigned") != 0) {
-		vmf_err(&e, EINVAL, "VM %s is %s: exec runs in handed-out (assigned) VMs only", vm_id, vm->state);
+		vmf_err(&e, EINVAL, "VM %s is %s%s%s: exec runs in handed-out (assigned) VMs only", vm_id, vm->state,
+			vm->exit ? ": " : "", vm->exit ? vm->exit->detail : "");
 		vmf__control__reply__free_unpacked(r, NULL);
 		return exec_fail(&e);
 	}
+	/* With --timeout, the whole exec has one deadline: the agent kills
+	 * the command then and reports it; one that does not (a hostile or
+	 * stuck guest) is given EXEC_GRACE_MS more, then this command ends. */
+	int64_t deadline = timeout ? vmf_now_ms() + (int64_t)timeout * 1000 + EXEC_GRACE_MS : -1;
 	struct vmf_client_agent *ag = NULL;
-	/* No deadline: on a QEMU VM whose port another client holds, this one
-	 * waits its turn (said after a second); ^C gives up. */
-	rc = vmf_client_agent_connect(vm->agent_socket, vm->agent_transport, vm->agent_vsock_port, -1, waiting,
-				      (void *)vm_id, &ag, &e);
+	/* Without a deadline: on a QEMU VM whose port another client holds,
+	 * this one waits its turn (said after a second); ^C gives up. */
+	rc = vmf_client_agent_connect(vm->agent_socket, vm->agent_transport, vm->agent_vsock_port, ms_left(deadline),
+				      waiting, (void *)vm_id, &ag, &e);
 	vmf__control__reply__free_unpacked(r, NULL);
 	if (rc < 0)
 		return exec_fail(&e);
 
 	uint64_t id;
-	rc = vmf_client_exec_start(ag, &o, &id, CALL_TIMEOUT_MS, &e);
+	rc = vmf_client_exec_start(ag, &o, &id, deadline < 0 ? CALL_TIMEOUT_MS : ms_left(deadline), &e);
 	if (rc < 0) {
 		vmf_client_agent_close(ag);
-		fprintf(stderr, "vmfactory: %s\n", e.msg);
-		if (rc == -E2BIG)
+		print_error("%s", e.msg);
+		if (rc == -E2BIG || rc == -EPROTO || rc == -EPIPE || rc == -ETIMEDOUT || rc == -ENOBUFS)
 			return EXIT_EXEC_FAILED;
 		return rc == -ENOENT && !strstr(e.msg, "directory") ? EXIT_NOT_FOUND : EXIT_CANNOT_START;
 	}
@@ -194,6 +234,8 @@ cmd_exec(const struct cmd *cmd, struct args *a)
 	static uint8_t buf[65536];
 	bool stdin_open = true, out_gone[2] = { false, false };
 	int status = EXIT_EXEC_FAILED;
+	int64_t grace = -1;          /* a signal was passed on: the command ends by then */
+	int first_sig = 0;
 	for (;;) {
 		/* What is buffered first, then wait for more. */
 		struct vmf_exec_event ev;
@@ -226,11 +268,26 @@ cmd_exec(const struct cmd *cmd, struct args *a)
 		if (ev.type == VMF_EXEC_EV_ERROR) {
 			/* stdin after the process closed it: not ours to report. */
 			if (ev.error_code != ESRCH)
-				fprintf(stderr, "vmfactory: the agent reports: %s\n", ev.message);
+				print_error("the agent reports: %s", ev.message);
 			continue;
 		}
 		if (ev.type != VMF_EXEC_EV_NONE)
 			continue;
+		int64_t now = vmf_now_ms();
+		if (deadline >= 0 && now >= deadline) {
+			vmf_err(&e, ETIMEDOUT, "VM %s: its agent did not report the end of %s within --timeout %u s and "
+				"%d s more; giving up (closing the connection kills it in the guest)", vm_id, o.argv[0],
+				timeout, EXEC_GRACE_MS / 1000);
+			rc = -ETIMEDOUT;
+			break;
+		}
+		if (grace >= 0 && now >= grace) {
+			vmf_err(&e, ETIMEDOUT, "VM %s: %s did not end within %d s of signal %d; giving up (closing the "
+				"connection kills it in the guest)", vm_id, o.argv[0], SIGNAL_GRACE_MS / 1000, first_sig);
+			rc = -ETIMEDOUT;
+			break;
+		}
+		int64_t until = grace >= 0 && (deadline < 0 || grace < deadline) ? grace : deadline;
 		struct pollfd p[3];
 		nfds_t np = 0;
 		p[np++] = (struct pollfd){ .fd = vmf_client_agent_fd(ag), .events = POLLIN };
@@ -245,7 +302,7 @@ cmd_exec(const struct cmd *cmd, struct args *a)
 			ip = (int)np;
 			p[np++] = (struct pollfd){ .fd = sig_pipe[0], .events = POLLIN };
 		}
-		if (poll(p, np, -1) < 0 && errno != EINTR) {
+		if (poll(p, np, ms_left(until)) < 0 && errno != EINTR) {
 			vmf_err_sys(&e, errno, "poll");
 			rc = -1;
 			break;
@@ -261,16 +318,27 @@ cmd_exec(const struct cmd *cmd, struct args *a)
 			}
 		}
 		if (ip >= 0 && p[ip].revents) {
-			unsigned char s;
-			while (read(sig_pipe[0], &s, 1) == 1) {
+			unsigned char sig;
+			while (read(sig_pipe[0], &sig, 1) == 1) {
 				struct winsize ws;
-				if (s == SIGWINCH && o.tty && ioctl(STDOUT_FILENO, TIOCGWINSZ, &ws) == 0)
-					vmf_client_exec_resize(ag, id, ws.ws_row, ws.ws_col, &e);
-				else if (s != SIGWINCH)
-					vmf_client_exec_signal(ag, id, s, &e);
+				if (sig == SIGWINCH) {
+					if (o.tty && ioctl(STDOUT_FILENO, TIOCGWINSZ, &ws) == 0)
+						vmf_client_exec_resize(ag, id, ws.ws_row, ws.ws_col, &e);
+					continue;
+				}
+				if (grace < 0) {
+					grace = vmf_now_ms() + SIGNAL_GRACE_MS;
+					first_sig = sig;
+				}
+				vmf_client_exec_signal(ag, id, sig, &e);
 			}
 		}
 	}
+	if (rc == -EPIPE)
+		vmf_err(&e, EPIPE, "VM %s: the connection to its agent closed before %s ended (the VM stopped, was "
+			"released or reset, or its agent restarted): its exit status is unknown", vm_id, o.argv[0]);
+	else if (rc < 0 && rc != -ETIMEDOUT)
+		vmf_error_prefix(&e, "VM %s", vm_id);
 	restore_tty();
 	vmf_client_agent_close(ag);
 	if (rc < 0)

@@ -48,7 +48,7 @@ usage_error(const struct cmd *c, const char *fmt, ...)
 int
 fail(const struct vmf_error *e)
 {
-	fprintf(stderr, "vmfactory: %s\n", e->msg);
+	print_error("%s", e->msg);
 	return EXIT_FAILURE;
 }
 
@@ -126,7 +126,7 @@ static int cmd_help(const struct cmd *cmd, struct args *a);
 /* The one command table: dispatch, usage errors and `help` all read it.
  * opts lists the command's own long options ("name=" takes a value); the
  * common ones (common_opts) are accepted everywhere.  Handlers: init and
- * daemon in start.c; status, get, inspect, release, suspend, resume, destroy in remote.c;
+ * daemon in start.c; gateway in gateway.c; status, get, inspect, release, suspend, resume, destroy in remote.c;
  * check-config and template * in templates.c; help here. */
 static const struct cmd commands[] = {
 	{ "init", "[--config FILE] --pool N [--cpus N --memory MIB --max-cpus N --max-memory MIB] [--no-share] [--foreground] [--wait] "
@@ -140,13 +140,18 @@ static const struct cmd commands[] = {
 	  "run the daemon in the foreground, for systemd (Type=notify)",
 	  "pool=,cpus=,memory=,max-cpus=,max-memory=,no-share,image-dir=,kernel=,initrd=,qemu=,accel=,group=,max-idle=,config=,metrics-listen=,runas=,hypervisor=,sandbox-root=",
 	  0, 0, cmd_init },
+	{ "gateway", "[--config FILE] --api-keys FILE [--listen ADDR:PORT] [--sandbox-dir DIR] [--state-file FILE]",
+	  "serve the E2B sandbox API (SDKs unchanged) as a client of the daemon; run as an unprivileged user "
+	  "in its group",
+	  "config=,api-keys=,listen=,sandbox-dir=,state-file=", 0, 0, cmd_gateway },
 	{ "check-config", "[FILE]", "check a config file (default " VMF_DEFAULT_CONFIG "), listing every error",
 	  "", 0, 1, cmd_check_config },
 	{ "status", "[-o json]", "show the daemon, templates, pools, VMs and latency", "", 0, 0, cmd_status },
-	{ "get", "--cpus N --memory MIB --sandbox ID --share-dir DIR --sock-dir DIR [--pool NAME | --template NAME] [--timeout S] "
+	{ "get", "--cpus N --memory MIB --sandbox ID --share-dir DIR --sock-dir DIR [--pool NAME | --template NAME|ID] [--timeout S] "
 		 "[--disk PATH[:ro|:cow][:GUESTPATH]]... [--scratch SIZE_MIB:GUESTPATH]... "
-		 "[--netns PATH [--netns-link NAME] | --net none|user[,hostfwd=tcp:[ADDR]:PORT-:GUESTPORT...]] [-o json]",
-	  "hand out a warm VM to a sandbox", "cpus=,memory=,sandbox=,share-dir=,sock-dir=,pool=,template=,timeout=,disk=,scratch=,netns=,netns-link=,net=", 0, 0,
+		 "[--netns PATH [--netns-link NAME] | --net none|user[,outbound][,hostfwd=tcp:[ADDR]:PORT-:GUESTPORT...]] "
+		 "[--cgroup PATH]... [-o json]",
+	  "hand out a warm VM to a sandbox", "cpus=,memory=,sandbox=,share-dir=,sock-dir=,pool=,template=,timeout=,disk=,scratch=,netns=,netns-link=,net=,cgroup=", 0, 0,
 	  cmd_get },
 	{ "attach", "VMID (--disk PATH [--ro|--cow] [--format raw|qcow2] | --scratch SIZE_MIB) [--mount GUESTPATH [--fstype T]] "
 		    "[--timeout S] [-o json]",
@@ -157,7 +162,8 @@ static const struct cmd commands[] = {
 	{ "snapshot", "VMID --template NAME [-o json]", "turn an assigned VM's current state into a new template",
 	  "template=", 1, 1, cmd_snapshot },
 	{ "inspect", "VMID [-o json]", "show a VM, with the guest agent's own view", "", 1, 1, cmd_inspect },
-	{ "release", "VMID", "stop an assigned VM and remove its dirs and links", "", 1, 1, cmd_release },
+	{ "release", "VMID [-o json]", "stop an assigned VM (its read-write disks written back first) and remove its dirs and links",
+	  "", 1, 1, cmd_release },
 	{ "suspend", "VMID [-o json]", "save an assigned VM's whole state to disk and stop its process", "", 1, 1,
 	  cmd_suspend },
 	{ "resume", "VMID [-o json]", "run a suspended VM again from its saved state", "", 1, 1, cmd_resume },
@@ -170,8 +176,9 @@ static const struct cmd commands[] = {
 	  "build (or find) the template for a size", "cpus=,memory=,max-cpus=,max-memory=,no-share,image-dir=,kernel=,initrd=,qemu=,accel=,config=",
 	  0, 0, cmd_template_build },
 	{ "template list", "[-o json]", "list templates in the catalog", "", 0, 0, cmd_template_list },
-	{ "template rm", "ID|NAME [--config FILE]", "remove a template and its files (not one a configured pool uses)",
-	  "config=", 1, 1, cmd_template_rm },
+	{ "template rm", "ID|NAME [--config FILE] [-o json]",
+	  "remove a template and its files: your own snapshot through a running daemon; with none, root's offline "
+	  "(never one a configured pool or a VM uses)", "config=", 1, 1, cmd_template_rm },
 	{ "template gc", "[--config FILE]", "remove templates of an image no pool uses or an old QEMU, and files no record points to",
 	  "image-dir=,kernel=,initrd=,qemu=,config=", 0, 0, cmd_template_gc },
 	{ "help", "[COMMAND]", "show this help, or a command's usage", "", 0, 2, cmd_help },

@@ -1,16 +1,96 @@
 /* Output: every reply and template record as JSON (-o json) or for people.
  * The JSON field names are an interface (scripts and tests read them). */
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "cli.h"
 #include "driver.h"
+#include "text.h"
 #include "util.h"
+
+const char *
+esc(const char *s)
+{
+	/* A few at a time in one printf; the longest (an error with a serial
+	 * tail) is 1 KiB before escaping. */
+	static char ring[8][8192];
+	static unsigned next;
+	char *out = ring[next++ % 8];
+	vmf_escape(s ? s : "", out, sizeof(ring[0]), 0);
+	return out;
+}
+
+void
+print_error(const char *fmt, ...)
+{
+	char msg[4096], out[4 * sizeof(msg)];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	/* Its lines kept (a serial log's tail has several), each after the
+	 * first indented: none can pass for a line of ours. */
+	vmf_escape(msg, out, sizeof(out), VMF_ESC_NEWLINE);
+	fputs("vmfactory: ", stderr);
+	for (const char *l = out, *nl; *l; l = nl + 1) {
+		nl = strchr(l, '\n');
+		if (!nl) {
+			fputs(l, stderr);
+			break;
+		}
+		fwrite(l, 1, (size_t)(nl - l), stderr);
+		fputs("\n    ", stderr);
+	}
+	fputc('\n', stderr);
+}
+
+/* json-c escapes the C0 controls, quotes and backslashes in strings and
+ * nothing else: DEL, C1 controls, direction marks and invalid UTF-8 would
+ * reach the terminal of whoever reads the JSON.  They only ever occur in
+ * strings, where \uNNNN means the same character (U+FFFD for a byte that is
+ * no UTF-8). */
+static void
+put_json_text(const char *js)
+{
+	const unsigned char *p = (const unsigned char *)js;
+	while (*p) {
+		size_t run = vmf_utf8_valid_len((const char *)p, strlen((const char *)p));
+		char esc_buf[16];
+		/* Safe characters go out in runs; the others one by one. */
+		size_t k = 0;
+		while (k < run) {
+			char one[8];
+			size_t clen = vmf_utf8_valid_len((const char *)p + k, run - k > 4 ? 4 : run - k);
+			size_t l = 1;
+			while (l < clen && ((p[k + l] & 0xc0) == 0x80))
+				l++;
+			memcpy(one, p + k, l);
+			one[l] = '\0';
+			if (vmf_text_is_safe(one) || one[0] == '\n') {
+				fwrite(p + k, 1, l, stdout);
+			} else {
+				/* Decode the one character (at most 3 bytes here). */
+				unsigned cp = l == 1 ? p[k] : l == 2 ? (p[k] & 0x1fu) << 6 | (p[k + 1] & 0x3fu)
+					      : (p[k] & 0x0fu) << 12 | (p[k + 1] & 0x3fu) << 6 | (p[k + 2] & 0x3fu);
+				snprintf(esc_buf, sizeof(esc_buf), "\\u%04x", cp);
+				fputs(esc_buf, stdout);
+			}
+			k += l;
+		}
+		p += run;
+		if (*p) {
+			fputs("\\ufffd", stdout);
+			p++;
+		}
+	}
+	fputc('\n', stdout);
+}
 
 void
 print_json(json_object *j)
 {
-	puts(json_object_to_json_string_ext(j, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE));
+	put_json_text(json_object_to_json_string_ext(j, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE));
 	json_object_put(j);
 }
 
@@ -32,9 +112,10 @@ diskinfo_json(const Vmf__Control__DiskInfo *d)
 static void
 diskinfo_human(const Vmf__Control__DiskInfo *d, const char *lead)
 {
-	printf("%s%s %s (%s, %s) as %s%s%s\n", lead, d->kind, d->path, d->format, d->read_only ? "read-only" : "read-write",
-	       d->guest_device && *d->guest_device ? d->guest_device : d->serial,
-	       d->guest_path && *d->guest_path ? " mounted at " : "", d->guest_path ? d->guest_path : "");
+	printf("%s%s %s (%s, %s) as %s%s%s\n", lead, esc(d->kind), esc(d->path), esc(d->format),
+	       d->read_only ? "read-only" : "read-write",
+	       esc(d->guest_device && *d->guest_device ? d->guest_device : d->serial),
+	       d->guest_path && *d->guest_path ? " mounted at " : "", esc(d->guest_path));
 }
 
 json_object *
@@ -47,6 +128,92 @@ void
 disk_human(const Vmf__Control__Reply *r)
 {
 	diskinfo_human(r->disk, "");
+}
+
+static json_object *
+exit_json(const Vmf__Hv__VmExit *e)
+{
+	json_object *o = json_object_new_object();
+	JS(o, "cause", e->cause);
+	JS(o, "detail", e->detail);
+	JB(o, "status_known", e->status_known);
+	JI(o, "exit_code", e->exit_code);
+	JI(o, "signal", e->signal);
+	JB(o, "oom_killed", e->oom_killed);
+	JS(o, "oom_source", e->oom_source);
+	JS(o, "event", e->event);
+	JI(o, "at_ns", e->at_ns);
+	JI(o, "resets", e->resets);
+	JS(o, "serial_tail", e->serial_tail);
+	return o;
+}
+
+static json_object *
+stop_json(const Vmf__Control__StopReport *sr)
+{
+	json_object *o = json_object_new_object(), *l = json_object_new_array();
+	JS(o, "method", sr->method);
+	JI(o, "guest_ms", sr->guest_ms);
+	JB(o, "forced", sr->forced);
+	for (size_t i = 0; i < sr->n_lost_writes; i++)
+		json_object_array_add(l, json_object_new_string(sr->lost_writes[i]));
+	json_object_object_add(o, "lost_writes", l);
+	return o;
+}
+
+/* The serial log's tail: already escaped by the daemon, so it is printed
+ * as it is, indented. */
+static void
+exit_human(const Vmf__Hv__VmExit *e, bool tail)
+{
+	printf("%-14s%s: %s\n", e->resets ? "last reset:" : "exit:", esc(e->cause), esc(e->detail));
+	if (tail && e->serial_tail && *e->serial_tail) {
+		printf("serial log (its last 4 KiB):\n");
+		for (const char *l = e->serial_tail; *l;) {
+			size_t n = strcspn(l, "\n");
+			char line[1024];
+			snprintf(line, sizeof(line), "%.*s", (int)n, l);
+			printf("  | %s\n", esc(line));
+			l += n + (l[n] == '\n');
+		}
+	}
+}
+
+static void
+stop_human(const Vmf__Control__StopReport *sr)
+{
+	if (sr->forced)
+		print_error("the guest did not finish its %s within the stop timeout: stopped anyway", sr->method);
+	for (size_t i = 0; i < sr->n_lost_writes; i++)
+		print_error("may have lost writes: %s", sr->lost_writes[i]);
+}
+
+json_object *
+release_json(const Vmf__Control__Reply *r)
+{
+	const Vmf__Control__ReleaseReply *rr = r->release;
+	json_object *o = json_object_new_object();
+	JS(o, "vm_id", rr->vm_id);
+	if (rr->stop)
+		json_object_object_add(o, "stop", stop_json(rr->stop));
+	if (rr->exit)
+		json_object_object_add(o, "exit", exit_json(rr->exit));
+	return o;
+}
+
+void
+release_human(const Vmf__Control__Reply *r)
+{
+	const Vmf__Control__ReleaseReply *rr = r->release;
+	if (rr->exit)
+		printf("VM %s had ended: %s: %s\n", esc(rr->vm_id), esc(rr->exit->cause), esc(rr->exit->detail));
+	if (rr->stop)
+		stop_human(rr->stop);
+	if (rr->stop && rr->stop->method[0])
+		printf("released %s (stop: %s, the guest's part %llu ms)\n", esc(rr->vm_id), esc(rr->stop->method),
+		       (unsigned long long)rr->stop->guest_ms);
+	else
+		printf("released %s\n", esc(rr->vm_id));
 }
 
 static json_object *
@@ -94,11 +261,21 @@ vminfo_json(const Vmf__Control__VmInfo *v)
 	for (size_t i = 0; i < v->n_hostfwd; i++)
 		json_object_array_add(fw, json_object_new_string(v->hostfwd[i]));
 	json_object_object_add(o, "hostfwd", fw);
+	if (v->net && strcmp(v->net, "user") == 0)
+		json_object_object_add(o, "net_outbound", json_object_new_boolean(v->net_outbound));
 	if (v->state_file && *v->state_file) {
 		JS(o, "state_file", v->state_file);
 		JI(o, "state_size", v->state_size);
 		JI(o, "suspended_ns", v->suspended_ns);
 	}
+	if (v->exit)
+		json_object_object_add(o, "exit", exit_json(v->exit));
+	json_object *cg = json_object_new_array();
+	for (size_t i = 0; i < v->n_cgroups; i++)
+		json_object_array_add(cg, json_object_new_string(v->cgroups[i]));
+	json_object_object_add(o, "cgroups", cg);
+	if (v->stop)
+		json_object_object_add(o, "stop", stop_json(v->stop));
 	if (v->hypervisor) {
 		json_object *h = json_object_new_object();
 		JI(h, "pid", v->hypervisor->pid);
@@ -114,42 +291,49 @@ vminfo_json(const Vmf__Control__VmInfo *v)
 static void
 vminfo_human(const Vmf__Control__VmInfo *v)
 {
-	printf("id:           %s\n", v->id);
-	printf("state:        %s\n", v->state);
-	printf("sandbox:      %s\n", v->sandbox_id);
+	printf("id:           %s\n", esc(v->id));
+	printf("state:        %s\n", esc(v->state));
+	printf("sandbox:      %s\n", esc(v->sandbox_id));
 	printf("owner:        uid %u\n", v->owner_uid);
 	printf("pid:          %d\n", v->pid);
 	printf("vcpus:        %u\n", v->vcpus);
 	printf("memory:       %u MiB\n", v->memory_mib);
-	printf("qmp socket:   %s\n", v->qmp_socket);
-	printf("agent socket: %s\n", v->agent_socket);
+	printf("qmp socket:   %s\n", esc(v->qmp_socket));
+	printf("agent socket: %s\n", esc(v->agent_socket));
 	if (v->share_dir && *v->share_dir)
-		printf("share dir:    %s (linked from %s)\n", v->share_dir, v->share_link);
+		printf("share dir:    %s (linked from %s)\n", esc(v->share_dir), esc(v->share_link));
 	else
 		printf("share dir:    none (the hypervisor has no share device)\n");
-	printf("run dir:      %s (linked from %s)\n", v->run_dir, v->sock_link);
-	printf("template:     %s\n", v->template_id);
-	printf("pool:         %s\n", v->pool && *v->pool ? v->pool : "(gone)");
-	printf("boot id:      %s\n", v->boot_id && *v->boot_id ? v->boot_id : "(not yet warmed)");
-	printf("machine id:   %s\n", v->machine_id && *v->machine_id ? v->machine_id : "none (the image has none)");
+	printf("run dir:      %s (linked from %s)\n", esc(v->run_dir), esc(v->sock_link));
+	printf("template:     %s\n", esc(v->template_id));
+	printf("pool:         %s\n", v->pool && *v->pool ? esc(v->pool) : "(gone)");
+	printf("boot id:      %s\n", v->boot_id && *v->boot_id ? esc(v->boot_id) : "(not yet warmed)");
+	printf("machine id:   %s\n", v->machine_id && *v->machine_id ? esc(v->machine_id) : "none (the image has none)");
 	if (v->hostname && *v->hostname) {
-		printf("hostname:     %s\n", v->hostname);
+		printf("hostname:     %s\n", esc(v->hostname));
 		printf("clock error:  %.3f ms at hand-out\n", v->clock_error_ms);
 	}
 	if (v->handout && *v->handout)
-		printf("hand-out:     %s\n", v->handout);
+		printf("hand-out:     %s\n", esc(v->handout));
 	for (size_t i = 0; i < v->n_disks; i++)
 		diskinfo_human(v->disks[i], "disk:         ");
 	if (v->netns && *v->netns)
-		printf("network:      namespace %s, interface %s, MAC %s\n", v->netns, v->netns_link, v->mac);
+		printf("network:      namespace %s, interface %s, MAC %s\n", esc(v->netns), esc(v->netns_link), esc(v->mac));
 	else if (v->net && strcmp(v->net, "user") == 0) {
-		printf("network:      user-mode, MAC %s", v->mac);
+		printf("network:      user-mode, %s, MAC %s", v->net_outbound ? "outbound allowed" : "no outbound",
+		       esc(v->mac));
 		for (size_t i = 0; i < v->n_hostfwd; i++)
-			printf("%s%s", i ? ", " : "; forwards ", v->hostfwd[i]);
+			printf("%s%s", i ? ", " : "; forwards ", esc(v->hostfwd[i]));
 		printf("\n");
 	}
 	if (v->state_file && *v->state_file)
-		printf("saved state:  %s, %.1f MiB on disk\n", v->state_file, v->state_size / 1048576.0);
+		printf("saved state:  %s, %.1f MiB on disk\n", esc(v->state_file), v->state_size / 1048576.0);
+	for (size_t i = 0; i < v->n_cgroups; i++)
+		printf("%s%s\n", i ? "              " : "cgroup:       ", esc(v->cgroups[i]));
+	if (v->exit)
+		exit_human(v->exit, true);
+	if (v->stop)
+		stop_human(v->stop);
 }
 
 json_object *
@@ -209,18 +393,18 @@ inspect_human(const Vmf__Control__Reply *r)
 		printf("guest memory: %llu KiB\n", (unsigned long long)g->mem_total_kib);
 		printf("guest clock:  %+.3f s from the host\n",
 		       (double)(g->realtime_ns - ir->host_realtime_ns) / 1e9);
-		printf("guest random: %s\n", g->random_hex);
-		printf("guest boot:   %s\n", g->boot_id);
-		printf("guest mach.:  %s\n", g->machine_id && *g->machine_id ? g->machine_id : "none");
-		printf("guest host:   %s\n", g->hostname);
+		printf("guest random: %s\n", esc(g->random_hex));
+		printf("guest boot:   %s\n", esc(g->boot_id));
+		printf("guest mach.:  %s\n", g->machine_id && *g->machine_id ? esc(g->machine_id) : "none");
+		printf("guest host:   %s\n", esc(g->hostname));
 		printf("share:       ");
 		for (size_t i = 0; i < g->n_share_entries; i++)
-			printf(" %s", g->share_entries[i]);
+			printf(" %s", esc(g->share_entries[i]));
 		printf("\n");
 		for (size_t i = 0; i < g->n_interfaces; i++)
-			printf("%s%s\n", i ? "              " : "guest NICs:   ", g->interfaces[i]);
+			printf("%s%s\n", i ? "              " : "guest NICs:   ", esc(g->interfaces[i]));
 	} else {
-		printf("guest view:   unavailable (%s)\n", ir->guest_error);
+		printf("guest view:   unavailable (%s)\n", esc(ir->guest_error));
 	}
 }
 
@@ -239,32 +423,7 @@ status_json(const Vmf__Control__Reply *r)
 		json_object_array_add(caps, json_object_new_string(s->capabilities[i]));
 	json_object_object_add(d, "capabilities", caps);
 	json_object_object_add(o, "daemon", d);
-	json_object *ts = json_object_new_array();
-	for (size_t i = 0; i < s->n_templates; i++) {
-		Vmf__Control__TemplateStatus *t = s->templates[i];
-		json_object *x = json_object_new_object();
-		JS(x, "id", t->id);
-		JS(x, "state", t->state);
-		JI(x, "vcpus", t->vcpus);
-		JI(x, "memory_mib", t->memory_mib);
-		JI(x, "max_vcpus", t->max_vcpus);
-		JI(x, "max_memory_mib", t->max_memory_mib);
-		JI(x, "memory_size", t->memory_size);
-		JI(x, "state_size", t->state_size);
-		JB(x, "full_memory", t->full_memory);
-		JI(x, "created_ns", t->created_ns);
-		JS(x, "error", t->error);
-		JS(x, "image_dir", t->image_dir);
-		JS(x, "name", t->name);
-		JS(x, "parent_template_id", t->parent_template_id);
-		JS(x, "source_vm_id", t->source_vm_id);
-		json_object *tc = json_object_new_array();
-		for (size_t k = 0; k < t->n_capabilities; k++)
-			json_object_array_add(tc, json_object_new_string(t->capabilities[k]));
-		json_object_object_add(x, "capabilities", tc);
-		json_object_array_add(ts, x);
-	}
-	json_object_object_add(o, "templates", ts);
+	json_object_object_add(o, "templates", template_status_json(r));
 	json_object *ps = json_object_new_array();
 	for (size_t i = 0; i < s->n_pools; i++) {
 		Vmf__Control__PoolStatus *p = s->pools[i];
@@ -327,41 +486,147 @@ status_json(const Vmf__Control__Reply *r)
 	}
 	json_object_object_add(lat, "steps", steps);
 	json_object_object_add(o, "latency", lat);
+	const Vmf__Control__Limits *l = s->limits;
+	json_object *lim = json_object_new_object();
+	JI(lim, "serial_log_kib", l ? l->serial_log_kib : 0);
+	JI(lim, "scratch_max_mib", l ? l->scratch_max_mib : 0);
+	JI(lim, "scratch_max_volumes", l ? l->scratch_max_volumes : 0);
+	JI(lim, "tenant_max_vms", l ? l->tenant_max_vms : 0);
+	JI(lim, "tenant_max_suspended", l ? l->tenant_max_suspended : 0);
+	JI(lim, "tenant_max_suspended_bytes", l ? l->tenant_max_suspended_bytes : 0);
+	JI(lim, "tenant_max_snapshots", l ? l->tenant_max_snapshots : 0);
+	JI(lim, "tenant_max_snapshot_bytes", l ? l->tenant_max_snapshot_bytes : 0);
+	json_object_object_add(o, "limits", lim);
+	json_object *tn = json_object_new_array();
+	for (size_t i = 0; i < s->n_tenants; i++) {
+		const Vmf__Control__TenantUsage *u = s->tenants[i];
+		json_object *x = json_object_new_object();
+		JI(x, "uid", u->uid);
+		JB(x, "limited", u->limited);
+		JI(x, "vms", u->vms);
+		JI(x, "suspended", u->suspended);
+		JI(x, "suspended_bytes", u->suspended_bytes);
+		JI(x, "snapshots", u->snapshots);
+		JI(x, "snapshot_bytes", u->snapshot_bytes);
+		json_object_array_add(tn, x);
+	}
+	json_object_object_add(o, "tenants", tn);
 	return o;
+}
+
+/* "used/limit" for a tenant's row, "used" for root's and the daemon's. */
+static const char *
+of(char *buf, size_t n, bool limited, uint64_t used, uint64_t max)
+{
+	if (limited)
+		snprintf(buf, n, "%llu/%llu", (unsigned long long)used, (unsigned long long)max);
+	else
+		snprintf(buf, n, "%llu", (unsigned long long)used);
+	return buf;
+}
+
+static void
+tenants_human(const Vmf__Control__StatusReply *s)
+{
+	const Vmf__Control__Limits *l = s->limits;
+	if (!l)
+		return;
+	printf("\nlimits: per VM a serial log of %u KiB and %u scratch volume%s of at most %u MiB; per tenant VMs %u, "
+	       "suspended %u (%llu MiB), snapshots %u (%llu MiB)\n", l->serial_log_kib, l->scratch_max_volumes,
+	       l->scratch_max_volumes == 1 ? "" : "s", l->scratch_max_mib, l->tenant_max_vms, l->tenant_max_suspended,
+	       (unsigned long long)(l->tenant_max_suspended_bytes >> 20), l->tenant_max_snapshots,
+	       (unsigned long long)(l->tenant_max_snapshot_bytes >> 20));
+	if (!s->n_tenants)
+		return;
+	printf("UID         VMS     SUSPENDED  SUSPENDED MiB  SNAPSHOTS  SNAPSHOT MiB\n");
+	for (size_t i = 0; i < s->n_tenants; i++) {
+		const Vmf__Control__TenantUsage *u = s->tenants[i];
+		char a[32], b[32], c[48], d[32], e[48];
+		printf("%-10u  %-6s  %-9s  %-13s  %-9s  %s%s\n", u->uid, of(a, sizeof(a), u->limited, u->vms, l->tenant_max_vms),
+		       of(b, sizeof(b), u->limited, u->suspended, l->tenant_max_suspended),
+		       of(c, sizeof(c), u->limited, u->suspended_bytes >> 20, l->tenant_max_suspended_bytes >> 20),
+		       of(d, sizeof(d), u->limited, u->snapshots, l->tenant_max_snapshots),
+		       of(e, sizeof(e), u->limited, u->snapshot_bytes >> 20, l->tenant_max_snapshot_bytes >> 20),
+		       u->limited ? "" : "  (not limited)");
+	}
+}
+
+json_object *
+template_status_json(const Vmf__Control__Reply *r)
+{
+	const Vmf__Control__StatusReply *s = r->status;
+	json_object *ts = json_object_new_array();
+	for (size_t i = 0; i < s->n_templates; i++) {
+		Vmf__Control__TemplateStatus *t = s->templates[i];
+		json_object *x = json_object_new_object();
+		JS(x, "id", t->id);
+		JS(x, "state", t->state);
+		JI(x, "vcpus", t->vcpus);
+		JI(x, "memory_mib", t->memory_mib);
+		JI(x, "max_vcpus", t->max_vcpus);
+		JI(x, "max_memory_mib", t->max_memory_mib);
+		JI(x, "memory_size", t->memory_size);
+		JI(x, "state_size", t->state_size);
+		JB(x, "full_memory", t->full_memory);
+		JI(x, "created_ns", t->created_ns);
+		JS(x, "error", t->error);
+		JS(x, "image_dir", t->image_dir);
+		JS(x, "name", t->name);
+		JS(x, "parent_template_id", t->parent_template_id);
+		JS(x, "source_vm_id", t->source_vm_id);
+		JI(x, "owner_uid", t->owner_uid);
+		json_object *tc = json_object_new_array();
+		for (size_t k = 0; k < t->n_capabilities; k++)
+			json_object_array_add(tc, json_object_new_string(t->capabilities[k]));
+		json_object_object_add(x, "capabilities", tc);
+		json_object_array_add(ts, x);
+	}
+	return ts;
+}
+
+void
+template_status_human(const Vmf__Control__Reply *r)
+{
+	const Vmf__Control__StatusReply *s = r->status;
+	printf("TEMPLATE          STATE     VCPUS  MEMORY  MAX VCPUS  MAX MEMORY  SHARING\n");
+	for (size_t i = 0; i < s->n_templates; i++) {
+		Vmf__Control__TemplateStatus *t = s->templates[i];
+		printf("%-16.16s  %-8s  %5u  %6u  %9u  %10u  %s\n", esc(t->id), esc(t->state), t->vcpus, t->memory_mib,
+		       t->max_vcpus, t->max_memory_mib, t->full_memory ? "private" : "shared");
+		if (t->name && *t->name)
+			printf("  snapshot %s of uid %u%s%.16s\n", esc(t->name), t->owner_uid,
+			       t->source_vm_id && *t->source_vm_id ? ", from VM " : "", esc(t->source_vm_id));
+		if (t->image_dir && *t->image_dir)
+			printf("  image: %s\n", esc(t->image_dir));
+		if (t->error && *t->error)
+			printf("  error: %s\n", esc(t->error));
+	}
 }
 
 void
 status_human(const Vmf__Control__Reply *r)
 {
 	const Vmf__Control__StatusReply *s = r->status;
-	printf("daemon: pid %d, up %.0f s, socket %s, %s (%s)\n", s->pid, s->uptime_ms / 1000.0, s->socket,
-	       s->hypervisor, s->accel);
+	printf("daemon: pid %d, up %.0f s, socket %s, %s (%s)\n", s->pid, s->uptime_ms / 1000.0, esc(s->socket),
+	       esc(s->hypervisor), esc(s->accel));
 	if (s->n_capabilities) {
 		printf("capabilities:");
 		for (size_t i = 0; i < s->n_capabilities; i++)
-			printf(" %s", s->capabilities[i]);
+			printf(" %s", esc(s->capabilities[i]));
 		printf("\n");
 	}
-	printf("\nTEMPLATE          STATE     VCPUS  MEMORY  MAX VCPUS  MAX MEMORY  SHARING\n");
-	for (size_t i = 0; i < s->n_templates; i++) {
-		Vmf__Control__TemplateStatus *t = s->templates[i];
-		printf("%-16.16s  %-8s  %5u  %6u  %9u  %10u  %s\n", t->id, t->state, t->vcpus, t->memory_mib,
-		       t->max_vcpus, t->max_memory_mib, t->full_memory ? "private" : "shared");
-		if (t->image_dir && *t->image_dir)
-			printf("  image: %s\n", t->image_dir);
-		if (t->error && *t->error)
-			printf("  error: %s\n", t->error);
-	}
+	printf("\n");
+	template_status_human(r);
 	printf("\nPOOL              TEMPLATE          VCPUS  MEMORY  TARGET  READY  FILLING  FAILED  SHARING\n");
 	for (size_t i = 0; i < s->n_pools; i++) {
 		Vmf__Control__PoolStatus *p = s->pools[i];
-		printf("%-16.16s  %-16.16s  %5u  %6u  %6u  %5u  %7u  %6u  %s\n", p->name, p->template_id, p->vcpus,
+		printf("%-16.16s  %-16.16s  %5u  %6u  %6u  %5u  %7u  %6u  %s\n", esc(p->name), esc(p->template_id), p->vcpus,
 		       p->memory_mib, p->target, p->ready, p->filling, p->failed,
 		       p->share_memory ? "shared" : "private");
 		if (p->image_dir && *p->image_dir)
-			printf("  image: %s\n", p->image_dir);
+			printf("  image: %s\n", esc(p->image_dir));
 		if (p->last_error && *p->last_error)
-			printf("  last error: %s\n", p->last_error);
+			printf("  last error: %s\n", esc(p->last_error));
 		if (p->shape)
 			printf("  shaping: auto, at most %u clones and %u MiB above base\n", p->shape_max,
 			       p->shape_memory_mib);
@@ -378,19 +643,23 @@ status_human(const Vmf__Control__Reply *r)
 	printf("\nVM                                    STATE        PID  AGE(s)  VCPUS  MEMORY  PSS(KiB)  OWNER  SANDBOX\n");
 	for (size_t i = 0; i < s->n_vms; i++) {
 		Vmf__Control__VmInfo *v = s->vms[i];
-		printf("%-36s  %-11s  %6d  %6lld  %5u  %6u  %8llu  %5u  %s\n", v->id, v->state, v->pid,
+		printf("%-36s  %-11s  %6d  %6lld  %5u  %6u  %8llu  %5u  %s\n", esc(v->id), esc(v->state), v->pid,
 		       (long long)(v->created_ns ? (vmf_realtime_ns() - v->created_ns) / 1000000000 : 0), v->vcpus,
-		       v->memory_mib, (unsigned long long)v->pss_kib, v->owner_uid, v->sandbox_id);
+		       v->memory_mib, (unsigned long long)v->pss_kib, v->owner_uid, esc(v->sandbox_id));
 		if (v->state_file && *v->state_file)
-			printf("  saved state: %.1f MiB on disk in %s\n", v->state_size / 1048576.0, v->state_file);
+			printf("  saved state: %.1f MiB on disk in %s\n", v->state_size / 1048576.0, esc(v->state_file));
+		if (v->exit)
+			printf("  %s %s: %s\n", v->exit->resets ? "last reset" : "exit", esc(v->exit->cause),
+			       esc(v->exit->detail));
 	}
 	printf("\nrequests %llu, hits %llu, misses %llu, errors %llu; hand-out p50 %.1f ms, p99 %.1f ms\n",
 	       (unsigned long long)s->requests, (unsigned long long)s->hits, (unsigned long long)s->misses,
 	       (unsigned long long)s->errors, s->handout_p50_ms, s->handout_p99_ms);
 	for (size_t i = 0; i < s->n_steps; i++)
 		if (s->steps[i]->count)
-			printf("  %-8s p50 %7.2f ms  p99 %7.2f ms  (%llu)\n", s->steps[i]->step, s->steps[i]->p50_ms,
+			printf("  %-8s p50 %7.2f ms  p99 %7.2f ms  (%llu)\n", esc(s->steps[i]->step), s->steps[i]->p50_ms,
 			       s->steps[i]->p99_ms, (unsigned long long)s->steps[i]->count);
+	tenants_human(s);
 }
 
 static const char *
@@ -449,7 +718,7 @@ void
 template_human(const char *id, const Vmf__Catalog__TemplateRecord *rec, const struct vmf_error *rec_err)
 {
 	if (!rec) {
-		printf("%-16.16s  unreadable: %s\n", id, rec_err->msg);
+		printf("%-16.16s  unreadable: %s\n", esc(id), esc(rec_err->msg));
 		return;
 	}
 	const Vmf__Catalog__TemplateSpec *s = rec->spec;
@@ -462,14 +731,14 @@ template_human(const char *id, const Vmf__Catalog__TemplateRecord *rec, const st
 				 capstr[0] ? "," : "", vmf_cap_name(bit));
 	printf("%-16.16s  %-8s  %2u/%-2u vCPU  %5u/%-5u MiB  %-7s  state %7.1f MiB  memory %5.0f MiB  %6.0f s"
 	       "  %s [%s]%s%s%s%s%s%s%s%.16s%s%s\n",
-	       rec->id, tstate(rec->state), s ? s->vcpus : 0, s ? s->max_vcpus : 0, s ? s->memory_mib : 0,
+	       esc(rec->id), tstate(rec->state), s ? s->vcpus : 0, s ? s->max_vcpus : 0, s ? s->memory_mib : 0,
 	       s ? s->max_memory_mib : 0, s && s->full_memory ? "private" : "shared", rec->state_size / 1048576.0,
 	       rec->memory_size / 1048576.0, age, tops ? tops->name : "unknown", capstr,
-	       rec->image_dir && *rec->image_dir ? "  image " : "", rec->image_dir ? rec->image_dir : "",
-	       rec->error && *rec->error ? "  error: " : "", rec->error ? rec->error : "",
-	       rec->name && *rec->name ? "  snapshot " : "", rec->name ? rec->name : "",
-	       rec->name && *rec->name ? " of template " : "", rec->parent_template_id ? rec->parent_template_id : "",
-	       rec->name && *rec->name ? " VM " : "", rec->source_vm_id ? rec->source_vm_id : "");
+	       rec->image_dir && *rec->image_dir ? "  image " : "", esc(rec->image_dir),
+	       rec->error && *rec->error ? "  error: " : "", esc(rec->error),
+	       rec->name && *rec->name ? "  snapshot " : "", esc(rec->name),
+	       rec->name && *rec->name ? " of template " : "", esc(rec->parent_template_id),
+	       rec->name && *rec->name ? " VM " : "", esc(rec->source_vm_id));
 }
 
 json_object *
@@ -491,7 +760,27 @@ void
 snapshot_human(const Vmf__Control__Reply *r)
 {
 	const Vmf__Control__SnapshotReply *s = r->snapshot;
-	printf("template %s (%s) in %llu ms, VM paused %llu ms, memory %llu MiB, state %llu KiB (%s)\n", s->name,
-	       s->template_id, (unsigned long long)s->total_ms, (unsigned long long)s->paused_ms,
-	       (unsigned long long)(s->memory_size >> 20), (unsigned long long)(s->state_size >> 10), s->method);
+	printf("template %s (%s) in %llu ms, VM paused %llu ms, memory %llu MiB, state %llu KiB (%s)\n", esc(s->name),
+	       esc(s->template_id), (unsigned long long)s->total_ms, (unsigned long long)s->paused_ms,
+	       (unsigned long long)(s->memory_size >> 20), (unsigned long long)(s->state_size >> 10), esc(s->method));
+}
+
+json_object *
+template_rm_json(const Vmf__Control__Reply *r)
+{
+	const Vmf__Control__TemplateRmReply *t = r->template_rm;
+	json_object *o = json_object_new_object();
+	JS(o, "template_id", t->template_id);
+	JS(o, "name", t->name);
+	JI(o, "owner_uid", t->owner_uid);
+	JI(o, "bytes", t->bytes);
+	return o;
+}
+
+void
+template_rm_human(const Vmf__Control__Reply *r)
+{
+	const Vmf__Control__TemplateRmReply *t = r->template_rm;
+	printf("removed template %s (%s) of uid %u, %.1f MiB\n", esc(t->name), esc(t->template_id), t->owner_uid,
+	       t->bytes / 1048576.0);
 }

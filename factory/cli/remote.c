@@ -42,7 +42,7 @@ remote(struct args *a, const struct remote_call *k)
 	if (rc < 0) {
 		bool none = e.code == ENOENT || e.code == ECONNREFUSED || e.code == EPIPE || e.code == ECONNRESET;
 		if (k->no_daemon_exit && none) {
-			fprintf(stderr, "vmfactory: %s\n", e.msg);
+			print_error("%s", e.msg);
 			return EXIT_NO_DAEMON;
 		}
 		return fail(&e);
@@ -150,8 +150,19 @@ cmd_get(const struct cmd *cmd, struct args *a)
 		q.atp[q.n] = at;
 		q.n++;
 	}
+	/* The daemon checks them (how many, whose); this bounds the array. */
+	char *cgroups[64];
+	size_t n_cg = 0;
+	for (int i = 0; i < a->n; i++)
+		if (strcmp(a->names[i], "cgroup") == 0) {
+			if (n_cg == sizeof(cgroups) / sizeof(cgroups[0]))
+				return usage_error(cmd, "get: too many --cgroup");
+			cgroups[n_cg++] = (char *)a->vals[i];
+		}
 	if (q.n) {
 		Vmf__Control__GetVMRequest *g = &q.g;
+		g->cgroups = cgroups;
+		g->n_cgroups = n_cg;
 		unsigned timeout = 0;
 		if (num(a, "cpus", &g->vcpus, cmd) || num(a, "memory", &g->memory_mib, cmd) ||
 		    num(a, "timeout", &timeout, cmd))
@@ -176,6 +187,8 @@ cmd_get(const struct cmd *cmd, struct args *a)
 	g.netns_link = (char *)(opt(a, "netns-link") ? opt(a, "netns-link") : "");
 	g.net = (char *)(opt(a, "net") ? opt(a, "net") : "");
 	g.template_ = (char *)(opt(a, "template") ? opt(a, "template") : "");
+	g.cgroups = cgroups;
+	g.n_cgroups = n_cg;
 	g.timeout_ms = timeout * 1000;
 	/* Longer than the daemon's own budget, so that its error arrives first. */
 	int call_ms = (int)(timeout ? timeout * 1000 + 5000 : 120000);
@@ -201,18 +214,17 @@ static int
 send_release(struct vmf_client *c, struct args *a, void *req, int timeout_ms, Vmf__Control__Reply **r,
 	     struct vmf_error *e)
 {
-	(void)req, (void)r;
-	return vmf_client_release_vm(c, a->pos[0], timeout_ms, e);
+	(void)req;
+	return vmf_client_release(c, a->pos[0], r, timeout_ms, e);
 }
 
 int
 cmd_release(const struct cmd *cmd, struct args *a)
 {
 	(void)cmd;
-	int rc = remote(a, &(struct remote_call){ send_release, NULL, CALL_TIMEOUT_MS, NULL, NULL, false });
-	if (rc == 0)
-		printf("released %s\n", a->pos[0]);
-	return rc;
+	/* The guest's flush (stop_timeout) comes before the VMM's stop. */
+	return remote(a, &(struct remote_call){ send_release, NULL, CALL_TIMEOUT_MS + 600000, release_json,
+						release_human, false });
 }
 
 static int
@@ -272,6 +284,45 @@ cmd_snapshot(const struct cmd *cmd, struct args *a)
 		return usage_error(cmd, "--template NAME is required");
 	/* The copy of a large VM under TCG takes a while. */
 	return remote(a, &(struct remote_call){ send_snapshot, NULL, 600000, snapshot_json, snapshot_human, false });
+}
+
+static int
+send_template_rm(struct vmf_client *c, struct args *a, void *req, int timeout_ms, Vmf__Control__Reply **r,
+		 struct vmf_error *e)
+{
+	(void)req;
+	return vmf_client_template_rm(c, a->pos[0], r, timeout_ms, e);
+}
+
+/* A connection the daemon closes before answering is a daemon that answers
+ * on the socket: only "nothing listens" is no daemon. */
+static bool
+no_daemon(const struct args *a)
+{
+	struct vmf_client *c = NULL;
+	struct vmf_error e = {0};
+	if (vmf_client_connect(a->socket, &c, &e) < 0 && (e.code == ENOENT || e.code == ECONNREFUSED))
+		return true;
+	vmf_client_close(c);
+	return false;
+}
+
+int
+template_rm_remote(struct args *a)
+{
+	if (no_daemon(a))
+		return EXIT_NO_DAEMON;
+	return remote(a, &(struct remote_call){ send_template_rm, NULL, CALL_TIMEOUT_MS, template_rm_json,
+						template_rm_human, false });
+}
+
+int
+template_list_remote(struct args *a)
+{
+	if (no_daemon(a))
+		return EXIT_NO_DAEMON;
+	return remote(a, &(struct remote_call){ send_status, NULL, CALL_TIMEOUT_MS, template_status_json,
+						template_status_human, false });
 }
 
 static int
@@ -337,8 +388,12 @@ send_destroy(struct vmf_client *c, struct args *a, void *req, int timeout_ms, Vm
 		vmf__control__reply__free_unpacked(sr, NULL);
 	}
 	int rc = vmf_client_destroy(c, flag(a, "all"), r, timeout_ms, e);
-	if (rc == 0)
+	if (rc == 0) {
 		d->stopped = (*r)->destroy->stopped;
+		/* Said before the daemon is gone: these disks may lack writes. */
+		for (size_t i = 0; i < (*r)->destroy->n_lost_writes; i++)
+			print_error("may have lost writes: VM %s", (*r)->destroy->lost_writes[i]);
+	}
 	return rc;
 }
 
@@ -347,7 +402,7 @@ cmd_destroy(const struct cmd *cmd, struct args *a)
 {
 	(void)cmd;
 	struct destroy_req d = {0};
-	int rc = remote(a, &(struct remote_call){ send_destroy, &d, 120000, NULL, NULL, false });
+	int rc = remote(a, &(struct remote_call){ send_destroy, &d, 120000 + 600000, NULL, NULL, false });
 	if (rc)
 		return rc;
 	printf("stopped %u VMs; daemon pid %d exiting\n", d.stopped, (int)d.pid);

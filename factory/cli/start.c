@@ -20,7 +20,7 @@
 
 /* The config file: --config FILE, else the default one when it exists.
  * Every problem is printed, one line each, before the summary. */
-static int
+int
 load_config(struct args *a, struct vmf_config *cfg, bool *loaded)
 {
 	const char *path = opt(a, "config");
@@ -163,7 +163,7 @@ daemon_start_failed(pid_t pid, const char *logpath, bool ready)
 				last = p;
 		if (last) {
 			last[strcspn(last, "\n")] = '\0';
-			fprintf(stderr, "%s\n", last);
+			print_error("%s", last + strlen("vmfactory: "));
 			return EXIT_FAILURE;
 		}
 	}
@@ -174,8 +174,8 @@ daemon_start_failed(pid_t pid, const char *logpath, bool ready)
 		snprintf(how, sizeof(how), "was killed by signal %d", WTERMSIG(st));
 	else
 		snprintf(how, sizeof(how), "exited with status %d", WEXITSTATUS(st));
-	fprintf(stderr, "vmfactory: the daemon %s before %s; %s ends with:\n%s\n", how,
-		ready ? "the pool was full" : "it was ready", logpath, tail);
+	print_error("the daemon %s before %s; %s ends with:\n%s", how, ready ? "the pool was full" : "it was ready",
+		    logpath, tail);
 	return EXIT_FAILURE;
 }
 
@@ -281,9 +281,9 @@ start_daemon(const struct cmd *cmd, struct args *a, struct vmf_daemon_opts *opts
 		line[strcspn(line, "\n")] = '\0';
 		if (strncmp(line, "progress: ", 10) == 0) {
 			if (tty)
-				printf("\r\033[K%s", line + 10);
+				printf("\r\033[K%s", esc(line + 10));
 			else
-				printf("%s\n", line + 10);
+				printf("%s\n", esc(line + 10));
 			pending_line = tty;
 			fflush(stdout);
 			continue;
@@ -302,7 +302,7 @@ start_daemon(const struct cmd *cmd, struct args *a, struct vmf_daemon_opts *opts
 			full = true;
 			break;
 		} else if (strncmp(line, "error: ", 7) == 0) {
-			fprintf(stderr, "vmfactory: %s\n", line + 7);
+			print_error("%s", line + 7);
 			fclose(f);
 			return EXIT_FAILURE;
 		}

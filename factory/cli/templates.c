@@ -1,6 +1,7 @@
 /* Template commands and check-config.  They work offline, on the catalog
  * directly: a template can be built, listed or collected with no daemon
- * running (and build, rm and gc refuse while one runs; see lock_state). */
+ * running (and build, rm and gc refuse while one runs; see lock_state).
+ * rm goes to the daemon when one answers (remote.c). */
 #include <errno.h>
 #include <limits.h>
 #include <stdio.h>
@@ -186,12 +187,17 @@ cmd_template_list(const struct cmd *cmd, struct args *a)
 	(void)cmd;
 	struct vmf_catalog *cat;
 	struct vmf_error e = {0};
-	if (vmf_catalog_open(a->state_dir, &cat, &e) < 0)
+	int r = vmf_catalog_open(a->state_dir, &cat, &e), rc;
+	/* A tenant cannot read the catalog: it sees the templates the daemon
+	 * shows it (its own snapshots, the pools'). */
+	if ((r == -EACCES || r == -EPERM) && (rc = template_list_remote(a)) != EXIT_NO_DAEMON)
+		return rc;
+	if (r < 0)
 		return fail(&e);
 	struct list_ctx l = { .json = a->json, .arr = json_object_new_array() };
 	if (!a->json)
 		printf("TEMPLATE          STATE     SIZE (base/max)             MEMORY   STATE FILE       MEMORY FILE    AGE\n");
-	int r = vmf_catalog_template_list(cat, list_one, &l, &e);
+	r = vmf_catalog_template_list(cat, list_one, &l, &e);
 	vmf_catalog_close(cat);
 	if (r < 0) {
 		json_object_put(l.arr);
@@ -204,18 +210,6 @@ cmd_template_list(const struct cmd *cmd, struct args *a)
 	return 0;
 }
 
-static int
-remove_template(struct vmf_catalog *cat, const char *state_dir, const char *id, struct vmf_error *e)
-{
-	char dir[PATH_MAX];
-	vmf_template_dir(state_dir, id, dir, sizeof(dir));
-	/* Record first: a crash in between leaves files cleanup removes. */
-	int r = vmf_catalog_template_delete(cat, id, e);
-	if (r < 0)
-		return r;
-	return vmf_rm_rf(dir, e);
-}
-
 int
 cmd_template_rm(const struct cmd *cmd, struct args *a)
 {
@@ -225,6 +219,12 @@ cmd_template_rm(const struct cmd *cmd, struct args *a)
 			arg);
 		return EXIT_FAILURE;
 	}
+	/* A running daemon removes it: it knows who owns the template and what
+	 * uses it (its pools and VMs), and a tenant reaches its own snapshots
+	 * only through it.  Without one, root works on the catalog directly. */
+	int rc = template_rm_remote(a);
+	if (rc != EXIT_NO_DAEMON)
+		return rc;
 	/* The config's pools: one of a snapshot's name keeps it. */
 	struct vmf_daemon_opts o;
 	struct vmf_config cfg = {0};
@@ -240,11 +240,12 @@ cmd_template_rm(const struct cmd *cmd, struct args *a)
 	char id[VMF_SHA256_HEX];
 	snprintf(id, sizeof(id), "%s", arg);
 	Vmf__Catalog__TemplateRecord *rec = NULL;
-	if (r == 0 && !vmf_valid_template_id(arg) && (r = vmf_template_find_name(cat, arg, &rec, &e)) == 0)
+	/* A name is the operator's (root's); a tenant's snapshot by its id. */
+	if (r == 0 && !vmf_valid_template_id(arg) && (r = vmf_template_find_name(cat, 0, arg, &rec, &e)) == 0)
 		snprintf(id, sizeof(id), "%s", rec->id);
 	else if (r == 0 && vmf_catalog_template_get(cat, id, &rec, NULL) < 0)
 		rec = NULL;
-	for (unsigned i = 0; r == 0 && rec && rec->name && *rec->name && i < o.n_pools; i++)
+	for (unsigned i = 0; r == 0 && rec && rec->name && *rec->name && rec->owner_uid == 0 && i < o.n_pools; i++)
 		if (o.pools[i].template_name && strcmp(o.pools[i].template_name, rec->name) == 0)
 			r = vmf_err(&e, EBUSY, "template %s (%s) is used by pool %s of the config: remove the pool's "
 				    "template = %s first", rec->name, id, o.pools[i].name, rec->name);
@@ -255,7 +256,7 @@ cmd_template_rm(const struct cmd *cmd, struct args *a)
 		r = vmf_err(&e, EBUSY, "template %s is in use by %u VM record(s), VM %s first: release or destroy "
 			    "them (a daemon started on this state dir adopts them) before removing it", id, u.n, u.vm);
 	if (r == 0)
-		r = remove_template(cat, a->state_dir, id, &e);
+		r = vmf_template_remove(cat, a->state_dir, id, &e);
 	if (close_offline(cat, lock, &cfg, r, &e))
 		return EXIT_FAILURE;
 	printf("removed template %s\n", id);
@@ -294,7 +295,7 @@ gc_one(const char *id, Vmf__Catalog__TemplateRecord *rec, const struct vmf_error
 	struct vmf_error e = {0};
 	struct use_ctx u;
 	if (template_users(l->cat, id, &u, &e) < 0) {
-		fprintf(stderr, "vmfactory: %s\n", e.msg);
+		print_error("%s", e.msg);
 		l->rc = EXIT_FAILURE;
 		return 0;
 	}
@@ -303,8 +304,8 @@ gc_one(const char *id, Vmf__Catalog__TemplateRecord *rec, const struct vmf_error
 		l->in_use++;
 		return 0;
 	}
-	if (remove_template(l->cat, l->state_dir, id, &e) < 0) {
-		fprintf(stderr, "vmfactory: %s\n", e.msg);
+	if (vmf_template_remove(l->cat, l->state_dir, id, &e) < 0) {
+		print_error("%s", e.msg);
 		l->rc = EXIT_FAILURE;
 	} else {
 		printf("removed template %s\n", id);

@@ -1,39 +1,51 @@
 /* libvmfactory-client: the guest agent of a handed-out VM, driven directly
  * (docs/protocol.md, "The guest agent").  Like client.c: libc,
- * libprotobuf-c and the framing code only.
+ * libprotobuf-c and common/'s libc-only code; the connection itself is
+ * common/agentconn.c, the daemon's too.
  *
  * One connection carries requests with ids and, unsolicited (id 0), the
  * output, exits and stdin acknowledgements of its processes.  While a call
  * waits for its reply, the events that arrive first are kept in order for
- * vmf_client_agent_next_event; they are bounded by the output windows. */
+ * vmf_client_agent_next_event.  What is kept is bounded by what the
+ * protocol lets the agent send: output within the credit each stream was
+ * given, one exit per process, an error per request sent; an agent that
+ * sends more than that fails the connection with a sentence. */
 #include "client.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <poll.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "agentconn.h"
 #include "frame.h"
 #include "sockaddr.h"
+#include "text.h"
 
-#define RBUF_SIZE (VMF_FRAME_HDR + (size_t)VMF_AGENT_MAX_FRAME)
 #define IN_CHUNK (32u * 1024u)
 #define DEFAULT_WINDOW (256u * 1024u)
+/* Above the agent's own stdin window (256 KiB): what it announces beyond
+ * this is not believed. */
+#define STDIN_WINDOW_MAX (1u << 20)
 #define VSOCK_PORT 1024u
 #define WAIT_NOTICE_MS 1000
+/* Frames a previous client of the port may have left queued (the agent's
+ * per-connection queue), dropped while our ExecReset is answered. */
+#define PREVIOUS_BYTES_MAX (512u * 1024u)
 
 struct exec_state {
 	uint64_t id;
-	size_t stdin_room;
+	size_t stdin_room;           /* window left for stdin */
+	size_t stdin_window;
 	uint32_t window;
+	uint64_t credit[3];          /* output the agent may still send, by fd */
 	uint32_t consumed[3];        /* output taken, credit not yet given back */
+	bool exited;                 /* its exit arrived (it may wait in the queue) */
 	struct exec_state *next;
 };
 
@@ -43,16 +55,11 @@ struct pending {
 };
 
 struct vmf_client_agent {
-	int fd;
+	struct vmf_agent_conn *c;
 	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
-	uint64_t next_id;
-	uint8_t *rbuf;
-	size_t rlen;
-	uint32_t skip;
-	uint8_t *wbuf;
-	size_t wlen, wcap;
 	struct exec_state *execs;
 	struct pending *head, *tail;
+	size_t previous_bytes;                 /* dropped while connecting */
 	Vmf__Agent__AgentReply *last;          /* the event handed out last */
 	uint64_t grant_id;                     /* its output, to credit back */
 	int grant_fd;
@@ -81,133 +88,11 @@ exec_forget(struct vmf_client_agent *a, uint64_t id)
 }
 
 static int
-queue_req(struct vmf_client_agent *a, Vmf__Agent__AgentRequest *req, struct vmf_error *err)
-{
-	req->protocol_version = AGENT_PROTOCOL_VERSION;
-	if (!req->id)
-		req->id = ++a->next_id;
-	size_t n = vmf__agent__agent_request__get_packed_size(req);
-	if (n > VMF_AGENT_MAX_FRAME)
-		return vmf_err(err, EMSGSIZE, "agent request of %zu bytes exceeds the %u byte frame limit", n,
-			       VMF_AGENT_MAX_FRAME);
-	if (a->wlen + VMF_FRAME_HDR + n > a->wcap) {
-		size_t cap = a->wcap ? a->wcap : 65536;
-		while (cap < a->wlen + VMF_FRAME_HDR + n)
-			cap *= 2;
-		uint8_t *b = realloc(a->wbuf, cap);
-		if (!b)
-			return vmf_err(err, ENOMEM, "out of memory for a request to the agent on %s", a->path);
-		a->wbuf = b;
-		a->wcap = cap;
-	}
-	vmf_frame_put_len(a->wbuf + a->wlen, (uint32_t)n);
-	vmf__agent__agent_request__pack(req, a->wbuf + a->wlen + VMF_FRAME_HDR);
-	a->wlen += VMF_FRAME_HDR + n;
-	return 0;
-}
-
-/* Writes queued frames until done or the deadline (vmf_now_ms() or before:
- * what fits without blocking).  1 when some remain. */
-static int
-flush_until(struct vmf_client_agent *a, int64_t deadline, struct vmf_error *err)
-{
-	size_t off = 0;
-	int r = 0;
-	while (off < a->wlen) {
-		ssize_t w = send(a->fd, a->wbuf + off, a->wlen - off, MSG_NOSIGNAL);
-		if (w > 0) {
-			off += (size_t)w;
-			continue;
-		}
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w < 0 && errno != EAGAIN) {
-			r = errno == EPIPE || errno == ECONNRESET
-				    ? vmf_err(err, EPIPE, "the agent on %s closed the connection", a->path)
-				    : vmf_err_sys(err, errno, "writing to the agent on %s", a->path);
-			break;
-		}
-		int64_t left = deadline < 0 ? 60000 : deadline - vmf_now_ms();
-		if (left <= 0) {
-			r = 1;
-			break;
-		}
-		struct pollfd p = { .fd = a->fd, .events = POLLOUT };
-		poll(&p, 1, left > 60000 ? 60000 : (int)left);
-	}
-	memmove(a->wbuf, a->wbuf + off, a->wlen - off);
-	a->wlen -= off;
-	return r;
-}
-
-int
-vmf_client_agent_flush(struct vmf_client_agent *a, struct vmf_error *err)
-{
-	return flush_until(a, 0, err);
-}
-
-/* The next frame: 1 and *out (NULL for one that does not decode), 0 at the
- * deadline.  Queued frames are written meanwhile: an agent that waits for
- * our stdin must not wait on us reading. */
-static int
-read_frame(struct vmf_client_agent *a, Vmf__Agent__AgentReply **out, int64_t deadline, struct vmf_error *err)
-{
-	*out = NULL;
-	for (;;) {
-		if (a->skip) {
-			size_t k = a->rlen < a->skip ? a->rlen : a->skip;
-			memmove(a->rbuf, a->rbuf + k, a->rlen - k);
-			a->rlen -= k;
-			a->skip -= (uint32_t)k;
-		}
-		if (!a->skip && a->rlen >= VMF_FRAME_HDR) {
-			uint32_t n = vmf_frame_get_len(a->rbuf);
-			if (n > VMF_AGENT_MAX_FRAME) {
-				memmove(a->rbuf, a->rbuf + VMF_FRAME_HDR, a->rlen - VMF_FRAME_HDR);
-				a->rlen -= VMF_FRAME_HDR;
-				a->skip = n;
-				continue;
-			}
-			if (a->rlen >= VMF_FRAME_HDR + n) {
-				*out = vmf__agent__agent_reply__unpack(NULL, n, a->rbuf + VMF_FRAME_HDR);
-				memmove(a->rbuf, a->rbuf + VMF_FRAME_HDR + n, a->rlen - VMF_FRAME_HDR - n);
-				a->rlen -= VMF_FRAME_HDR + n;
-				return 1;
-			}
-		}
-		if (a->wlen) {
-			int r = flush_until(a, 0, err);
-			if (r < 0)
-				return r;
-		}
-		ssize_t r = recv(a->fd, a->rbuf + a->rlen, RBUF_SIZE - a->rlen, 0);
-		if (r > 0) {
-			a->rlen += (size_t)r;
-			continue;
-		}
-		if (r == 0)
-			return vmf_err(err, EPIPE, "the agent on %s closed the connection (the VM stopped?)", a->path);
-		if (errno == EINTR)
-			continue;
-		if (errno != EAGAIN)
-			return vmf_err_sys(err, errno, "reading from the agent on %s", a->path);
-		int64_t left = deadline < 0 ? 60000 : deadline - vmf_now_ms();
-		if (left <= 0)
-			return 0;
-		struct pollfd p = { .fd = a->fd, .events = (short)(POLLIN | (a->wlen ? POLLOUT : 0)) };
-		if (poll(&p, 1, left > 60000 ? 60000 : (int)left) < 0 && errno != EINTR)
-			return vmf_err_sys(err, errno, "poll on the agent connection %s", a->path);
-	}
-}
-
-static void
-keep(struct vmf_client_agent *a, Vmf__Agent__AgentReply *rep)
+keep(struct vmf_client_agent *a, Vmf__Agent__AgentReply *rep, struct vmf_error *err)
 {
 	struct pending *p = malloc(sizeof(*p));
-	if (!p) {
-		vmf__agent__agent_reply__free_unpacked(rep, NULL);
-		return;
-	}
+	if (!p)
+		return vmf_err(err, ENOMEM, "out of memory for an event of the agent on %s", a->path);
 	p->rep = rep;
 	p->next = NULL;
 	if (a->tail)
@@ -215,58 +100,122 @@ keep(struct vmf_client_agent *a, Vmf__Agent__AgentReply *rep)
 	else
 		a->head = p;
 	a->tail = p;
+	return 1;
+}
+
+static void
+drop_pending(struct vmf_client_agent *a)
+{
+	while (a->head) {
+		struct pending *p = a->head;
+		a->head = p->next;
+		vmf__agent__agent_reply__free_unpacked(p->rep, NULL);
+		free(p);
+	}
+	a->tail = NULL;
+}
+
+/* The frames that answer no call: kept for next_event when the protocol
+ * allows them, checked against what it allows (agentconn.h). */
+static int
+on_frame(void *arg, Vmf__Agent__AgentReply *rep, struct vmf_error *err)
+{
+	struct vmf_client_agent *a = arg;
+	struct exec_state *es;
+	switch (rep->body_case) {
+	case VMF__AGENT__AGENT_REPLY__BODY_EXEC_OUTPUT: {
+		const Vmf__Agent__ExecOutput *o = rep->exec_output;
+		if (rep->id || !(es = exec_find(a, o->exec_id)) || es->exited)
+			return 0;
+		if (o->fd != 1 && o->fd != 2)
+			return vmf_err(err, EPROTO, "the agent on %s sent output for fd %u of exec %llu (only 1 and 2 "
+				       "exist): the connection is closed", a->path, o->fd, (unsigned long long)o->exec_id);
+		if (o->data.len > es->credit[o->fd])
+			return vmf_err(err, EPROTO, "the agent on %s sent %zu bytes of output for exec %llu with %llu "
+				       "bytes of window left: the connection is closed", a->path, o->data.len,
+				       (unsigned long long)o->exec_id, (unsigned long long)es->credit[o->fd]);
+		es->credit[o->fd] -= o->data.len;
+		return keep(a, rep, err);
+	}
+	case VMF__AGENT__AGENT_REPLY__BODY_EXEC_EXIT: {
+		const Vmf__Agent__ExecExit *x = rep->exec_exit;
+		if (rep->id || !(es = exec_find(a, x->exec_id)) || es->exited)
+			return 0;
+		if (x->exit_code < -1 || x->exit_code > 255 || x->signal < 0 || x->signal > 64)
+			return vmf_err(err, EPROTO, "the agent on %s reports exec %llu ended with exit code %d, signal "
+				       "%d, which no process can: the connection is closed", a->path,
+				       (unsigned long long)x->exec_id, x->exit_code, x->signal);
+		es->exited = true;
+		return keep(a, rep, err);
+	}
+	case VMF__AGENT__AGENT_REPLY__BODY_EXEC_WINDOW: {
+		const Vmf__Agent__ExecWindow *w = rep->exec_window;
+		if (rep->id || !(es = exec_find(a, w->exec_id)))
+			return 0;
+		if (w->stdin_bytes > es->stdin_window - es->stdin_room)
+			return vmf_err(err, EPROTO, "the agent on %s acknowledged %llu bytes of stdin for exec %llu, "
+				       "more than was sent: the connection is closed", a->path,
+				       (unsigned long long)w->stdin_bytes, (unsigned long long)w->exec_id);
+		es->stdin_room += w->stdin_bytes;
+		vmf__agent__agent_reply__free_unpacked(rep, NULL);
+		return 1;
+	}
+	default:
+		/* The error answer to a request that has none on success (stdin,
+		 * credit): one per request sent at most. */
+		if (rep->error_code && rep->id && vmf_agent_conn_claim(a->c, rep->id))
+			return keep(a, rep, err);
+		return 0;
+	}
+}
+
+/* While our ExecReset is answered: what a client before us left queued
+ * (its processes' output and exits) is dropped, up to what the agent can
+ * have queued for a connection. */
+static int
+on_previous(void *arg, Vmf__Agent__AgentReply *rep, struct vmf_error *err)
+{
+	struct vmf_client_agent *a = arg;
+	(void)err;
+	bool exec_event = rep->body_case == VMF__AGENT__AGENT_REPLY__BODY_EXEC_OUTPUT ||
+			  rep->body_case == VMF__AGENT__AGENT_REPLY__BODY_EXEC_EXIT ||
+			  rep->body_case == VMF__AGENT__AGENT_REPLY__BODY_EXEC_WINDOW;
+	if (rep->id || !exec_event)
+		return 0;
+	a->previous_bytes += vmf_agent_conn_last_frame_size(a->c);
+	if (a->previous_bytes > PREVIOUS_BYTES_MAX)
+		return 0;
+	vmf__agent__agent_reply__free_unpacked(rep, NULL);
+	return 1;
 }
 
 /* Sends req and waits for the reply with its id; other frames are kept. */
 static int
 call(struct vmf_client_agent *a, Vmf__Agent__AgentRequest *req, Vmf__Agent__AgentReply__BodyCase want,
-     Vmf__Agent__AgentReply **out, int timeout_ms, vmf_client_agent_wait_fn waiting, void *arg,
-     struct vmf_error *err)
+     Vmf__Agent__AgentReply **out, int64_t deadline, struct vmf_error *err)
 {
 	*out = NULL;
-	req->id = 0;
-	int r = queue_req(a, req, err);
+	int r = vmf_agent_conn_queue(a->c, req, err);
 	if (r < 0)
 		return r;
-	int64_t start = vmf_now_ms(), deadline = timeout_ms < 0 ? -1 : start + timeout_ms;
-	bool noticed = !waiting;
-	for (;;) {
-		int64_t until = deadline;
-		if (!noticed && (until < 0 || until > start + WAIT_NOTICE_MS))
-			until = start + WAIT_NOTICE_MS;
-		Vmf__Agent__AgentReply *rep;
-		r = read_frame(a, &rep, until, err);
-		if (r < 0)
-			return r;
-		if (r == 0 && until != deadline) {
-			noticed = true;
-			waiting(arg);
-			continue;
-		}
-		if (r == 0)
-			return vmf_err(err, ETIMEDOUT, "the agent on %s did not answer within %d ms", a->path,
-				       timeout_ms);
-		if (!rep)
-			continue;
-		if (rep->id != req->id) {
-			keep(a, rep);
-			continue;
-		}
-		if (rep->error_code) {
-			r = vmf_err(err, rep->error_code, "%s", rep->error_message && *rep->error_message
-				    ? rep->error_message : "the guest agent reports an error without a message");
-			vmf__agent__agent_reply__free_unpacked(rep, NULL);
-			return r;
-		}
-		if (rep->body_case != want) {
-			int got = (int)rep->body_case;
-			vmf__agent__agent_reply__free_unpacked(rep, NULL);
-			return vmf_err(err, EPROTO, "the agent on %s answered with message type %d, expected %d",
-				       a->path, got, (int)want);
-		}
-		*out = rep;
-		return 0;
+	Vmf__Agent__AgentReply *rep;
+	r = vmf_agent_conn_wait(a->c, req->id, &rep, deadline, err);
+	if (r == -ETIMEDOUT)
+		return vmf_err(err, ETIMEDOUT, "the agent on %s did not answer in time", a->path);
+	if (r < 0)
+		return r;
+	if ((r = vmf_agent_reply_check(a->c, rep, want, "", err)) < 0) {
+		vmf__agent__agent_reply__free_unpacked(rep, NULL);
+		return r;
 	}
+	*out = rep;
+	return 0;
+}
+
+static int64_t
+deadline_in(int timeout_ms)
+{
+	return timeout_ms < 0 ? -1 : vmf_now_ms() + timeout_ms;
 }
 
 static int
@@ -318,76 +267,65 @@ connect_fd(const char *path, const char *transport, unsigned port, int64_t deadl
 	}
 	line[len] = '\0';
 	if (strncmp(line, "OK ", 3) != 0) {
+		char shown[64];
+		vmf_escape(line, shown, sizeof(shown), 0);
 		close(fd);
-		return vmf_err(err, ECONNREFUSED, "vsock port %u on %s: the VMM answered '%.40s'",
-			       port ? port : VSOCK_PORT, path, line);
+		return vmf_err(err, ECONNREFUSED, "vsock port %u on %s: the VMM answered '%s'",
+			       port ? port : VSOCK_PORT, path, shown);
 	}
 	return fd;
 }
 
-/* One connection, its ExecReset answered within attempt_ms (-1: until
- * deadline); -ETIMEDOUT when it was not. */
+struct connect_args {
+	const char *path, *transport;
+	unsigned vsock_port;
+};
+
+/* One connection, its ExecReset answered before until. */
 static int
-connect_once(const char *path, const char *transport, unsigned vsock_port, int64_t deadline, int attempt_ms,
-	     vmf_client_agent_wait_fn waiting, void *arg, struct vmf_client_agent **out, struct vmf_error *err)
+connect_once(void *arg, int64_t until, void **out, struct vmf_error *err)
 {
-	int fd = connect_fd(path, transport, vsock_port, deadline, err);
+	const struct connect_args *ca = arg;
+	int fd = connect_fd(ca->path, ca->transport, ca->vsock_port, until, err);
 	if (fd < 0)
 		return fd;
 	struct vmf_client_agent *a = calloc(1, sizeof(*a));
-	uint8_t *rbuf = malloc(RBUF_SIZE);
-	if (!a || !rbuf) {
+	char what[sizeof(a->path) + 16];
+	snprintf(what, sizeof(what), "the agent on %s", ca->path);
+	if (!a || !(a->c = vmf_agent_conn_new(fd, what))) {
+		if (!a)
+			close(fd);
 		free(a);
-		free(rbuf);
-		close(fd);
-		return vmf_err(err, ENOMEM, "out of memory for a connection to %s", path);
+		return vmf_err(err, ENOMEM, "out of memory for a connection to %s", ca->path);
 	}
-	a->fd = fd;
-	a->rbuf = rbuf;
-	snprintf(a->path, sizeof(a->path), "%s", path);
-	/* Ids from a random point: a reply meant for an earlier client of the
-	 * port never matches one of ours. */
-	if (getrandom(&a->next_id, sizeof(a->next_id), GRND_NONBLOCK) != (ssize_t)sizeof(a->next_id))
-		a->next_id = (uint64_t)vmf_now_ms() << 20;
-	a->next_id = (a->next_id >> 2) | 1;
+	snprintf(a->path, sizeof(a->path), "%s", ca->path);
+	vmf_agent_conn_set_events(a->c, on_previous, a);
 	Vmf__Agent__AgentRequest req = VMF__AGENT__AGENT_REQUEST__INIT;
 	Vmf__Agent__ExecReset rs = VMF__AGENT__EXEC_RESET__INIT;
 	req.body_case = VMF__AGENT__AGENT_REQUEST__BODY_EXEC_RESET;
 	req.exec_reset = &rs;
 	Vmf__Agent__AgentReply *rep;
-	int left = deadline < 0 ? -1 : (int)(deadline - vmf_now_ms());
-	if (left < 0 && deadline >= 0)
-		left = 0;
-	if (attempt_ms >= 0 && (left < 0 || attempt_ms < left))
-		left = attempt_ms;
-	int r = call(a, &req, VMF__AGENT__AGENT_REPLY__BODY_EXEC_ACK, &rep, left, waiting, arg, err);
+	int r = call(a, &req, VMF__AGENT__AGENT_REPLY__BODY_EXEC_ACK, &rep, until, err);
 	if (r == -EOPNOTSUPP)
 		r = vmf_err(err, EOPNOTSUPP, "the agent on %s does not support exec (an older guest image: "
-			    "rebuild the image and its templates)", path);
+			    "rebuild the image and its templates)", ca->path);
 	if (r < 0) {
 		vmf_client_agent_close(a);
 		return r;
 	}
 	vmf__agent__agent_reply__free_unpacked(rep, NULL);
-	/* Frames read before our reset's answer belong to the client before us. */
-	while (a->head) {
-		struct pending *p = a->head;
-		a->head = p->next;
-		vmf__agent__agent_reply__free_unpacked(p->rep, NULL);
-		free(p);
-	}
-	a->tail = NULL;
+	/* Frames before our reset's answer belong to the client before us. */
+	vmf_agent_conn_set_events(a->c, on_frame, a);
 	*out = a;
 	return 0;
 }
 
-/* An unanswered connection is replaced after 1 s, then 2, 4, ... until the
- * deadline.  An agent older than the fix for the virtio-serial port's late
- * open notice (docs/hypervisors.md) drops the answer to a new host's first
- * request now and then (a few connections in a hundred under TCG) and
- * serves the next connection; a port another client holds keeps ours in
- * its listen backlog either way, and a slow guest gets ever longer to
- * answer. */
+/* An unanswered connection is replaced after 1 s, then 2, 4 and every 8 s
+ * (agentconn.h) until the deadline.  An agent older than the fix for the
+ * virtio-serial port's late open notice (docs/hypervisors.md) drops the
+ * answer to a new host's first request now and then (a few connections
+ * in a hundred under TCG) and serves the next connection; a port another
+ * client holds keeps ours in its listen backlog either way. */
 int
 vmf_client_agent_connect(const char *path, const char *transport, unsigned vsock_port, int timeout_ms,
 			 vmf_client_agent_wait_fn waiting, void *arg, struct vmf_client_agent **out,
@@ -396,21 +334,15 @@ vmf_client_agent_connect(const char *path, const char *transport, unsigned vsock
 	*out = NULL;
 	if (!path || !*path)
 		return vmf_err(err, EINVAL, "no agent socket path given");
-	int64_t deadline = timeout_ms < 0 ? -1 : vmf_now_ms() + timeout_ms;
-	int attempt_ms = 1000;
-	for (;;) {
-		int r = connect_once(path, transport, vsock_port, deadline, attempt_ms, NULL, NULL, out, err);
-		if (r != -ETIMEDOUT)
-			return r;
-		/* The notice is said once. */
-		if (waiting)
-			waiting(arg);
-		waiting = NULL;
-		if (deadline >= 0 && vmf_now_ms() >= deadline)
-			return vmf_err(err, EBUSY, "the agent on %s did not answer within %d ms: another client "
-				       "holds the VM's agent port, or the guest is not running", path, timeout_ms);
-		attempt_ms = attempt_ms < (1 << 20) ? attempt_ms * 2 : attempt_ms;
-	}
+	struct connect_args ca = { path, transport, vsock_port };
+	void *a = NULL;
+	int r = vmf_agent_conn_retry(connect_once, &ca, WAIT_NOTICE_MS, deadline_in(timeout_ms), waiting, arg, &a,
+				     err);
+	if (r == -ETIMEDOUT)
+		return vmf_err(err, EBUSY, "the agent on %s did not answer within %d ms: another client holds the "
+			       "VM's agent port, or the guest is not running", path, timeout_ms);
+	*out = a;
+	return r;
 }
 
 void
@@ -418,26 +350,25 @@ vmf_client_agent_close(struct vmf_client_agent *a)
 {
 	if (!a)
 		return;
-	close(a->fd);
+	vmf_agent_conn_free(a->c);
 	while (a->execs)
 		exec_forget(a, a->execs->id);
-	while (a->head) {
-		struct pending *p = a->head;
-		a->head = p->next;
-		vmf__agent__agent_reply__free_unpacked(p->rep, NULL);
-		free(p);
-	}
+	drop_pending(a);
 	if (a->last)
 		vmf__agent__agent_reply__free_unpacked(a->last, NULL);
-	free(a->rbuf);
-	free(a->wbuf);
 	free(a);
 }
 
 int
 vmf_client_agent_fd(const struct vmf_client_agent *a)
 {
-	return a->fd;
+	return vmf_agent_conn_fd(a->c);
+}
+
+int
+vmf_client_agent_flush(struct vmf_client_agent *a, struct vmf_error *err)
+{
+	return vmf_agent_conn_flush(a->c, 0, err);
 }
 
 int
@@ -448,7 +379,7 @@ vmf_client_agent_ping(struct vmf_client_agent *a, int timeout_ms, struct vmf_err
 	req.body_case = VMF__AGENT__AGENT_REQUEST__BODY_PING;
 	req.ping = &ping;
 	Vmf__Agent__AgentReply *rep;
-	int r = call(a, &req, VMF__AGENT__AGENT_REPLY__BODY_PONG, &rep, timeout_ms, NULL, NULL, err);
+	int r = call(a, &req, VMF__AGENT__AGENT_REPLY__BODY_PONG, &rep, deadline_in(timeout_ms), err);
 	if (r == 0)
 		vmf__agent__agent_reply__free_unpacked(rep, NULL);
 	return r;
@@ -497,14 +428,16 @@ vmf_client_exec_start(struct vmf_client_agent *a, const struct vmf_exec_opts *o,
 	if (!es)
 		return vmf_err(err, ENOMEM, "out of memory for an exec");
 	Vmf__Agent__AgentReply *rep;
-	int r = call(a, &req, VMF__AGENT__AGENT_REPLY__BODY_EXEC_STARTED, &rep, timeout_ms, NULL, NULL, err);
+	int r = call(a, &req, VMF__AGENT__AGENT_REPLY__BODY_EXEC_STARTED, &rep, deadline_in(timeout_ms), err);
 	if (r < 0) {
 		free(es);
 		return r;
 	}
 	es->id = rep->exec_started->exec_id;
-	es->stdin_room = rep->exec_started->stdin_window;
+	es->stdin_window = es->stdin_room = rep->exec_started->stdin_window < STDIN_WINDOW_MAX
+					     ? rep->exec_started->stdin_window : STDIN_WINDOW_MAX;
 	es->window = o->output_window ? o->output_window : DEFAULT_WINDOW;
+	es->credit[1] = es->credit[2] = es->window;
 	es->next = a->execs;
 	a->execs = es;
 	*exec_id = es->id;
@@ -532,10 +465,15 @@ grant_last(struct vmf_client_agent *a, struct vmf_error *err)
 	w.exec_id = es->id;
 	w.stdout_bytes = es->consumed[1];
 	w.stderr_bytes = es->consumed[2];
-	es->consumed[1] = es->consumed[2] = 0;
 	req.body_case = VMF__AGENT__AGENT_REQUEST__BODY_EXEC_WINDOW;
 	req.exec_window = &w;
-	return queue_req(a, &req, err);
+	int r = vmf_agent_conn_queue(a->c, &req, err);
+	if (r < 0)
+		return r;
+	es->credit[1] += es->consumed[1];
+	es->credit[2] += es->consumed[2];
+	es->consumed[1] = es->consumed[2] = 0;
+	return 0;
 }
 
 /* Turns a frame into an event: 1 when *ev is one for the caller. */
@@ -566,18 +504,12 @@ deliver(struct vmf_client_agent *a, Vmf__Agent__AgentReply *rep, struct vmf_exec
 		exec_forget(a, x->exec_id);
 		return 1;
 	}
-	case VMF__AGENT__AGENT_REPLY__BODY_EXEC_WINDOW: {
-		struct exec_state *es = exec_find(a, rep->exec_window->exec_id);
-		if (es)
-			es->stdin_room += rep->exec_window->stdin_bytes;
-		return 0;
-	}
 	default:
 		if (!rep->error_code)
-			return 0;   /* an ack, or a stale reply */
+			return 0;
 		ev->type = VMF_EXEC_EV_ERROR;
 		ev->error_code = rep->error_code;
-		snprintf(ev->message, sizeof(ev->message), "%s", rep->error_message ? rep->error_message : "");
+		vmf_escape(rep->error_message, ev->message, sizeof(ev->message), 0);
 		return 1;
 	}
 }
@@ -594,7 +526,8 @@ vmf_client_agent_next_event(struct vmf_client_agent *a, struct vmf_exec_event *e
 	int r = grant_last(a, err);
 	if (r < 0)
 		return r;
-	int64_t deadline = timeout_ms < 0 ? -1 : vmf_now_ms() + timeout_ms;
+	int64_t deadline = deadline_in(timeout_ms);
+	vmf_agent_conn_begin(a->c);
 	for (;;) {
 		Vmf__Agent__AgentReply *rep = NULL;
 		if (a->head) {
@@ -604,18 +537,21 @@ vmf_client_agent_next_event(struct vmf_client_agent *a, struct vmf_exec_event *e
 				a->tail = NULL;
 			rep = p->rep;
 			free(p);
-		} else {
-			r = read_frame(a, &rep, deadline, err);
-			if (r <= 0)
-				return r;
-			if (!rep)
-				continue;
+			if (deliver(a, rep, ev)) {
+				a->last = rep;
+				return 0;
+			}
+			vmf__agent__agent_reply__free_unpacked(rep, NULL);
+			continue;
 		}
-		if (deliver(a, rep, ev)) {
-			a->last = rep;
+		r = vmf_agent_conn_recv(a->c, &rep, deadline, err);
+		if (r <= 0)
+			return r;
+		/* Events are kept by on_frame, then delivered from the queue. */
+		if ((r = vmf_agent_conn_other(a->c, rep, err)) < 0)
+			return r;
+		if (!a->head && deadline >= 0 && vmf_now_ms() >= deadline)
 			return 0;
-		}
-		vmf__agent__agent_reply__free_unpacked(rep, NULL);
 	}
 }
 
@@ -640,20 +576,20 @@ vmf_client_exec_input(struct vmf_client_agent *a, uint64_t exec_id, const void *
 		Vmf__Agent__AgentRequest req = VMF__AGENT__AGENT_REQUEST__INIT;
 		Vmf__Agent__ExecInput in = VMF__AGENT__EXEC_INPUT__INIT;
 		in.exec_id = exec_id;
-		/* An EOF alone comes with no data: no arithmetic on NULL. */
-		in.data.data = data ? (uint8_t *)data + off : NULL;
+		/* No pointer arithmetic on NULL: stdin's end comes with no data. */
+		in.data.data = k ? (uint8_t *)data + off : NULL;
 		in.data.len = k;
 		in.close = eof && off + k == n;
 		if (k == 0 && !in.close)
 			break;
 		req.body_case = VMF__AGENT__AGENT_REQUEST__BODY_EXEC_INPUT;
 		req.exec_input = &in;
-		int r = queue_req(a, &req, err);
+		int r = vmf_agent_conn_queue(a->c, &req, err);
 		if (r < 0)
-			return r;
+			return off ? (long)off : r;
+		es->stdin_room -= k;
 		off += k;
 	} while (off < take);
-	es->stdin_room -= take;
 	return (long)take;
 }
 
@@ -661,7 +597,7 @@ static int
 ack_call(struct vmf_client_agent *a, Vmf__Agent__AgentRequest *req, struct vmf_error *err)
 {
 	Vmf__Agent__AgentReply *rep;
-	int r = call(a, req, VMF__AGENT__AGENT_REPLY__BODY_EXEC_ACK, &rep, 10000, NULL, NULL, err);
+	int r = call(a, req, VMF__AGENT__AGENT_REPLY__BODY_EXEC_ACK, &rep, deadline_in(10000), err);
 	if (r == 0)
 		vmf__agent__agent_reply__free_unpacked(rep, NULL);
 	return r;

@@ -101,8 +101,12 @@ vmf_client_request_version(const Vmf__Control__Request *req)
 	const Vmf__Control__GetVMRequest *g = req->body_case == VMF__CONTROL__REQUEST__BODY_GET_VM ? req->get_vm : NULL;
 	/* A daemon that ignored the network fields would hand out a VM
 	 * without the network asked for, or any pool's VM for a template; an
-	 * older daemon does not know the snapshot request. */
+	 * older daemon does not know the snapshot request; one that ignored
+	 * the cgroups would hand out a VM without the limits asked for. */
+	if (g && g->n_cgroups)
+		return 4;
 	if (req->body_case == VMF__CONTROL__REQUEST__BODY_SNAPSHOT ||
+	    req->body_case == VMF__CONTROL__REQUEST__BODY_TEMPLATE_RM ||
 	    (g && ((g->netns && g->netns[0]) || (g->net && g->net[0]) || (g->netns_link && g->netns_link[0]) ||
 		   (g->template_ && g->template_[0]))))
 		return 3;
@@ -168,6 +172,7 @@ call_expect(struct vmf_client *c, Vmf__Control__Request *req, Vmf__Control__Repl
 	case VMF__CONTROL__REPLY__BODY_RELEASE: ok = ok && (*reply)->release; break;
 	case VMF__CONTROL__REPLY__BODY_DISK: ok = ok && (*reply)->disk; break;
 	case VMF__CONTROL__REPLY__BODY_SNAPSHOT: ok = ok && (*reply)->snapshot; break;
+	case VMF__CONTROL__REPLY__BODY_TEMPLATE_RM: ok = ok && (*reply)->template_rm; break;
 	default: ok = false; break;
 	}
 	if (!ok) {
@@ -192,15 +197,22 @@ vmf_client_get_vm(struct vmf_client *c, const Vmf__Control__GetVMRequest *g, Vmf
 }
 
 int
-vmf_client_release_vm(struct vmf_client *c, const char *vm_id, int timeout_ms, struct vmf_error *err)
+vmf_client_release(struct vmf_client *c, const char *vm_id, Vmf__Control__Reply **reply, int timeout_ms,
+		   struct vmf_error *err)
 {
 	Vmf__Control__Request req = VMF__CONTROL__REQUEST__INIT;
 	Vmf__Control__ReleaseVMRequest r = VMF__CONTROL__RELEASE_VMREQUEST__INIT;
 	r.vm_id = (char *)vm_id;
 	req.body_case = VMF__CONTROL__REQUEST__BODY_RELEASE_VM;
 	req.release_vm = &r;
+	return call_expect(c, &req, VMF__CONTROL__REPLY__BODY_RELEASE, "ReleaseVM", reply, timeout_ms, err);
+}
+
+int
+vmf_client_release_vm(struct vmf_client *c, const char *vm_id, int timeout_ms, struct vmf_error *err)
+{
 	Vmf__Control__Reply *rep;
-	int rc = call_expect(c, &req, VMF__CONTROL__REPLY__BODY_RELEASE, "ReleaseVM", &rep, timeout_ms, err);
+	int rc = vmf_client_release(c, vm_id, &rep, timeout_ms, err);
 	if (rc == 0)
 		vmf__control__reply__free_unpacked(rep, NULL);
 	return rc;
@@ -332,6 +344,18 @@ vmf_client_snapshot(struct vmf_client *c, const char *vm_id, const char *templat
 	req.body_case = VMF__CONTROL__REQUEST__BODY_SNAPSHOT;
 	req.snapshot = &r;
 	return call_expect(c, &req, VMF__CONTROL__REPLY__BODY_SNAPSHOT, "Snapshot", reply, timeout_ms, err);
+}
+
+int
+vmf_client_template_rm(struct vmf_client *c, const char *template_name, Vmf__Control__Reply **reply, int timeout_ms,
+		       struct vmf_error *err)
+{
+	Vmf__Control__Request req = VMF__CONTROL__REQUEST__INIT;
+	Vmf__Control__TemplateRmRequest r = VMF__CONTROL__TEMPLATE_RM_REQUEST__INIT;
+	r.template_ = (char *)template_name;
+	req.body_case = VMF__CONTROL__REQUEST__BODY_TEMPLATE_RM;
+	req.template_rm = &r;
+	return call_expect(c, &req, VMF__CONTROL__REPLY__BODY_TEMPLATE_RM, "TemplateRm", reply, timeout_ms, err);
 }
 
 int

@@ -28,11 +28,12 @@
  * behaving differently) or when a daemon ignoring an added field would do
  * the wrong thing; other added fields take new tag numbers and need no bump.
  * The daemon speaks every version from _MIN up and answers any other with
- * EPROTO.  Version 2 added GetVMRequest.pool, 3 its network (netns, netns_link, net).  The library sends the lowest
+ * EPROTO.  Version 2 added GetVMRequest.pool, 3 its network (netns, netns_link, net),
+ * 4 its cgroups.  The library sends the lowest
  * version a request needs (vmf_client_request_version), so that a request
  * an older daemon serves correctly still reaches it, and one it would
  * misread (a pool it would ignore) is refused by it instead. */
-#define VMF_CONTROL_PROTOCOL_VERSION 3
+#define VMF_CONTROL_PROTOCOL_VERSION 4
 #define VMF_CONTROL_PROTOCOL_VERSION_MIN 1
 #define VMF_CLIENT_MAX_FRAME (1u << 20)
 
@@ -59,6 +60,11 @@ uint32_t vmf_client_request_version(const Vmf__Control__Request *req);
 int vmf_client_get_vm(struct vmf_client *c, const Vmf__Control__GetVMRequest *req, Vmf__Control__Reply **reply,
 		      int timeout_ms, struct vmf_error *err);
 int vmf_client_release_vm(struct vmf_client *c, const char *vm_id, int timeout_ms, struct vmf_error *err);
+/* The same, with the reply: release->stop says how the VM was stopped and
+ * which read-write disks may have lost writes (a guest that did not
+ * confirm its flush in time), release->exit why a gone VM had died. */
+int vmf_client_release(struct vmf_client *c, const char *vm_id, Vmf__Control__Reply **reply, int timeout_ms,
+		       struct vmf_error *err);
 /* Suspend: the VM's whole state saved by the daemon, its process stopped;
  * resume: running again from it (same id, sockets, links, share; clock
  * set).  The reply's vm shows the VM (suspended: state_file, state_size).
@@ -73,6 +79,12 @@ int vmf_client_inspect(struct vmf_client *c, const char *vm_id, Vmf__Control__Re
  * template_name (protocol version 3); reply->snapshot says what it cost. */
 int vmf_client_snapshot(struct vmf_client *c, const char *vm_id, const char *template_name,
 			Vmf__Control__Reply **reply, int timeout_ms, struct vmf_error *err);
+/* Removes a snapshot template by name or id: the caller's own, or (root,
+ * the daemon's user) the operator's by name and any by id; refused
+ * (EBUSY) while a configured pool or a VM uses it.  reply->template_rm
+ * names what went. */
+int vmf_client_template_rm(struct vmf_client *c, const char *template_name, Vmf__Control__Reply **reply,
+			   int timeout_ms, struct vmf_error *err);
 int vmf_client_status(struct vmf_client *c, Vmf__Control__Reply **reply, int timeout_ms, struct vmf_error *err);
 /* Disks of a handed-out VM (docs/protocol.md, "Disks"): the reply's disk
  * is what was attached or detached.  Attaching waits for the guest to see
@@ -115,7 +127,12 @@ typedef void (*vmf_client_agent_wait_fn)(void *arg);
 /* Connects and starts a clean session (ExecReset: what an earlier client
  * of the port left running is killed).  transport "unix" or
  * "hybrid-vsock" (vsock_port 0 = 1024); timeout_ms bounds the whole
- * connect, waiting for another client included (-EBUSY then). */
+ * connect, waiting for another client included (-EBUSY then).
+ * The guest is not trusted: an agent that breaks the protocol (a frame
+ * above 64 KiB, a flood of frames answering nothing, output beyond the
+ * window it was given) fails the call at once with -EPROTO and a
+ * sentence, and the connection stays failed (docs/protocol.md, "What a
+ * host takes from an agent"). */
 int vmf_client_agent_connect(const char *path, const char *transport, unsigned vsock_port, int timeout_ms,
 			     vmf_client_agent_wait_fn waiting, void *arg, struct vmf_client_agent **out,
 			     struct vmf_error *err);

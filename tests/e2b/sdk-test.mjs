@@ -1,0 +1,299 @@
+// The unchanged E2B JS SDK against a vmfactory gateway (tests/test_e2b.c
+// starts the daemon and the gateway and runs this in two phases):
+//   node sdk-test.mjs main            everything, leaving one sandbox for...
+//   node sdk-test.mjs after-restart   ...a restarted gateway, which must
+//                                     still know it, its metadata and key
+// Environment: E2B_API_URL, E2B_SANDBOX_URL, E2B_API_KEY (team a),
+// E2B_TEST_KEY_B (team b), E2B_TEST_STATE (a file between the phases),
+// E2B_TEST_GATEWAY_PID (its memory is watched), E2B_TEST_IDLE_S (the
+// gateway's idle_timeout).
+// Prints one "ok:" or "FAIL:" line per check; exits 1 if any failed.
+import { readFileSync, writeFileSync } from 'node:fs'
+import http from 'node:http'
+import { Sandbox, CommandExitError, NotFoundError, TimeoutError, SandboxError } from 'e2b'
+
+const api = process.env.E2B_API_URL
+const keyA = process.env.E2B_API_KEY
+const keyB = process.env.E2B_TEST_KEY_B
+const stateFile = process.env.E2B_TEST_STATE
+let failures = 0
+
+function check(ok, what) {
+  console.log(`${ok ? 'ok:  ' : 'FAIL:'} ${what}`)
+  if (!ok) failures++
+}
+
+// A check that must throw: fn's error is given to pred.
+async function throws(what, fn, pred) {
+  try {
+    const v = await fn()
+    check(false, `${what} (no error; got ${JSON.stringify(v)})`)
+  } catch (e) {
+    const ok = pred(e)
+    check(ok, `${what}${ok ? '' : ` (got ${e?.name}: ${e?.message})`}`)
+  }
+}
+
+async function step(what, fn) {
+  try {
+    await fn()
+  } catch (e) {
+    check(false, `${what}: ${e?.name}: ${e?.message}`)
+  }
+}
+
+async function raw(method, path, { key = keyA, body, headers = {} } = {}) {
+  const h = { ...headers }
+  if (key) h['X-API-KEY'] = key
+  const res = await fetch(api + path, { method, headers: h, body })
+  const text = await res.text()
+  let json
+  try { json = JSON.parse(text) } catch { json = undefined }
+  return { status: res.status, json, text }
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
+
+function gatewayRssKiB() {
+  const m = /VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${process.env.E2B_TEST_GATEWAY_PID}/status`, 'utf8'))
+  return m ? +m[1] : -1
+}
+
+// A Start stream read by nobody: the client stops after the first bytes.
+// Resolves with what it got once the gateway drops it (or the stream ends).
+function stalledStart(sbx, cmd) {
+  const msg = Buffer.from(JSON.stringify({ process: { cmd: '/bin/bash', args: ['-l', '-c', cmd] } }))
+  const body = Buffer.concat([Buffer.from([0, msg.length >>> 24, (msg.length >>> 16) & 255, (msg.length >>> 8) & 255, msg.length & 255]), msg])
+  const url = new URL(process.env.E2B_SANDBOX_URL + '/process.Process/Start')
+  let res, got = 0, ended = false
+  const done = new Promise((resolve) => {
+    const req = http.request(url, {
+      method: 'POST', agent: false,
+      headers: { 'Content-Type': 'application/connect+json', 'E2b-Sandbox-Id': sbx.sandboxId, 'E2b-Sandbox-Port': '49983',
+        'X-Access-Token': sbx.envdAccessToken, 'Content-Length': body.length },
+    }, (r) => {
+      res = r
+      r.on('data', (d) => { got += d.length; if (got > 0 && !ended) r.pause() })
+      r.on('end', () => resolve({ got, complete: true }))
+      r.on('error', () => resolve({ got, complete: false }))
+      r.on('aborted', () => resolve({ got, complete: false }))
+    })
+    req.on('error', () => resolve({ got, complete: false }))
+    req.end(body)
+  })
+  return { done, resume: () => { ended = true; res?.resume() }, bytes: () => got }
+}
+
+const errorBody = (r, status) =>
+  r.status === status && r.json && r.json.code === status && typeof r.json.message === 'string' && r.json.message.length > 0
+
+async function main() {
+  const t0 = Date.now()
+  const sbx = await Sandbox.create({ metadata: { suite: 'e2b', n: '1' }, envs: { GLOBAL: 'g1' }, timeoutMs: 600_000 })
+  const tCreate = Date.now() - t0
+  check(/^[a-z0-9]{20}$/.test(sbx.sandboxId), `create: sandbox ${sbx.sandboxId} (${tCreate} ms)`)
+
+  await step('commands.run', async () => {
+    const t1 = Date.now()
+    const r = await sbx.commands.run("python3 -c 'print(6*7)'")
+    check(r.stdout === '42\n' && r.exitCode === 0, `python3 -c 'print(6*7)' -> ${JSON.stringify(r.stdout)} (first command ${Date.now() - t1} ms)`)
+  })
+  await step('stdout, stderr, exit code', async () => {
+    const out = []
+    try {
+      await sbx.commands.run('echo out; echo err >&2; exit 3', { onStdout: (d) => out.push(d) })
+      check(false, 'exit 3 throws CommandExitError')
+    } catch (e) {
+      check(e instanceof CommandExitError, `exit 3 throws CommandExitError (${e?.name})`)
+      check(e.exitCode === 3 && e.stdout === 'out\n' && e.stderr === 'err\n',
+        `its exitCode ${e.exitCode}, stdout ${JSON.stringify(e.stdout)}, stderr ${JSON.stringify(e.stderr)}`)
+      check(/exit status 3/.test(e.message), `its message: ${e.message}`)
+    }
+    check(out.join('') === 'out\n', `onStdout saw ${JSON.stringify(out.join(''))}`)
+  })
+  await step('envs', async () => {
+    const r = await sbx.commands.run('echo "$GLOBAL $LOCAL"', { envs: { LOCAL: 'l1' } })
+    check(r.stdout === 'g1 l1\n', `sandbox envs and command envs: ${JSON.stringify(r.stdout)}`)
+  })
+  await step('user, home, sudo', async () => {
+    const r = await sbx.commands.run('whoami; pwd; echo $HOME; sudo -n whoami')
+    check(r.stdout === 'user\n/home/user\n/home/user\nroot\n' && r.stderr === '',
+      `runs as user in /home/user, passwordless sudo: ${JSON.stringify(r.stdout)} ${JSON.stringify(r.stderr)}`)
+    const root = await sbx.commands.run('whoami; pwd', { user: 'root' })
+    check(root.stdout === 'root\n/root\n', `user root: ${JSON.stringify(root.stdout)}`)
+    const cwd = await sbx.commands.run('pwd', { cwd: '/tmp' })
+    check(cwd.stdout === '/tmp\n', `cwd /tmp: ${JSON.stringify(cwd.stdout)}`)
+  })
+  await step('large output', async () => {
+    const r = await sbx.commands.run("head -c 3000000 /dev/zero | tr '\\0' x")
+    check(r.stdout.length === 3000000 && /^x+$/.test(r.stdout), `3 MB of stdout, whole: ${r.stdout.length} bytes`)
+  })
+  await throws('a command over its timeoutMs is killed: TimeoutError',
+    () => sbx.commands.run('sleep 60', { timeoutMs: 3000 }), (e) => e instanceof TimeoutError)
+  await throws('files.read (not served yet) says so', () => sbx.files.read('/etc/hostname'),
+    (e) => /not served/.test(e?.message))
+  await throws('commands.list (not served yet) says so', () => sbx.commands.list(),
+    (e) => /not served/.test(e?.message))
+
+  // A second sandbox; list with a metadata filter, and in pages.
+  const sbx2 = await Sandbox.create({ metadata: { suite: 'e2b', n: '2', 'a b&c': 'x=y z%' }, timeoutMs: 600_000 })
+  await step('list', async () => {
+    const only2 = await Sandbox.list({ query: { metadata: { n: '2' } } }).nextItems()
+    check(only2.length === 1 && only2[0].sandboxId === sbx2.sandboxId, `list metadata n=2: ${only2.map((s) => s.sandboxId)}`)
+    const odd = await Sandbox.list({ query: { metadata: { 'a b&c': 'x=y z%' } } }).nextItems()
+    check(odd.length === 1 && odd[0].sandboxId === sbx2.sandboxId, 'list metadata with reserved characters')
+    const both = await Sandbox.list({ query: { metadata: { suite: 'e2b' } } }).nextItems()
+    check(both.length === 2, `list metadata suite=e2b: ${both.length} sandboxes`)
+    const p = Sandbox.list({ limit: 1 })
+    const page1 = await p.nextItems()
+    check(page1.length === 1 && p.hasNext, 'list limit 1: one, and a next token')
+    const page2 = await p.nextItems()
+    check(page2.length === 1 && page2[0].sandboxId !== page1[0].sandboxId && !p.hasNext,
+      `list page 2: the other one, no more (${page1[0]?.sandboxId}, ${page2[0]?.sandboxId})`)
+    const info = await Sandbox.getInfo(sbx2.sandboxId)
+    check(info.metadata.n === '2' && info.state === 'running' && info.templateId === 'base' && info.cpuCount >= 1,
+      `getInfo: ${JSON.stringify({ metadata: info.metadata, state: info.state, template: info.templateId })}`)
+  })
+
+  // A client that stops reading holds its sandbox's processes, not the
+  // gateway: other sandboxes are served, memory stays flat, and the
+  // client is dropped after the gateway's idle timeout.
+  await step('a client that stops reading', async () => {
+    const rss0 = gatewayRssKiB()
+    const slow = stalledStart(sbx2, 'head -c 40000000 /dev/zero')
+    await sleep(4000)
+    const t = Date.now()
+    const other = await sbx.commands.run('echo other')
+    check(other.stdout === 'other\n' && Date.now() - t < 10000, `another sandbox is served meanwhile (${Date.now() - t} ms)`)
+    const rss1 = gatewayRssKiB()
+    check(rss1 - rss0 < 32 * 1024, `the gateway's memory stays flat: ${rss0} -> ${rss1} KiB, the client took ${slow.bytes()} bytes`)
+    await sleep((+process.env.E2B_TEST_IDLE_S + 3) * 1000)
+    slow.resume()
+    const got = await Promise.race([slow.done, sleep(60000).then(() => ({ timeout: true }))])
+    check(!got.timeout && !got.complete && got.got < 40000000,
+      `it is dropped after the idle timeout (${JSON.stringify(got)})`)
+    const after = await sbx2.commands.run('echo after')
+    check(after.stdout === 'after\n', 'its sandbox serves the next command')
+  })
+
+  // Two keys cannot see each other's sandboxes.
+  await step('keys', async () => {
+    const seenByB = await Sandbox.list({ apiKey: keyB }).nextItems()
+    check(seenByB.length === 0, `key b lists none of key a's sandboxes (${seenByB.length})`)
+    await throws('key b: getInfo of key a\'s sandbox is not found', () => Sandbox.getInfo(sbx.sandboxId, { apiKey: keyB }),
+      (e) => e instanceof NotFoundError)
+    check((await Sandbox.kill(sbx.sandboxId, { apiKey: keyB })) === false, 'key b cannot kill it (not found)')
+    await throws('key b cannot connect to it', () => Sandbox.connect(sbx.sandboxId, { apiKey: keyB }),
+      (e) => e instanceof NotFoundError)
+    const b = await Sandbox.create({ apiKey: keyB, metadata: { suite: 'e2b' } })
+    const seenByA = await Sandbox.list({ query: { metadata: { suite: 'e2b' } } }).nextItems()
+    check(!seenByA.some((s) => s.sandboxId === b.sandboxId), 'key a does not list key b\'s sandbox')
+    const rb = await b.commands.run('echo b')
+    check(rb.stdout === 'b\n', 'key b runs commands in its own sandbox')
+    check(await b.kill(), 'key b kills its sandbox')
+  })
+
+  // Pause and connect: the sandbox comes back as it was.
+  await step('pause, connect', async () => {
+    await sbx2.commands.run('echo kept > /tmp/kept')
+    check(await sbx2.pause(), 'pause')
+    check((await sbx2.pause()) === false, 'pause again: already paused (409)')
+    check((await Sandbox.getInfo(sbx2.sandboxId)).state === 'paused', 'getInfo: paused')
+    check((await sbx2.isRunning()) === false, 'isRunning: false while paused (envd 502)')
+    await throws('a command in a paused sandbox fails', () => sbx2.commands.run('true'), (e) => e instanceof SandboxError)
+    const back = await Sandbox.connect(sbx2.sandboxId, { timeoutMs: 600_000 })
+    const r = await back.commands.run('cat /tmp/kept')
+    check(r.stdout === 'kept\n', `connect resumes it, its files kept: ${JSON.stringify(r.stdout)}`)
+    check((await Sandbox.getInfo(sbx2.sandboxId)).state === 'running', 'getInfo: running')
+    const again = await Sandbox.connect(sbx2.sandboxId)
+    check(again.sandboxId === sbx2.sandboxId, 'connect to a running sandbox')
+  })
+  await step('setTimeout', async () => {
+    await sbx2.setTimeout(120_000)
+    const end = (await Sandbox.getInfo(sbx2.sandboxId)).endAt.getTime()
+    check(Math.abs(end - (Date.now() + 120_000)) < 10_000, `setTimeout 120 s: endAt in ${(end - Date.now()) / 1000} s`)
+  })
+  await step('kill twice', async () => {
+    check(await sbx2.kill(), 'kill')
+    check((await Sandbox.kill(sbx2.sandboxId)) === false, 'kill again: not found (404)')
+    await throws('getInfo after kill: not found', () => Sandbox.getInfo(sbx2.sandboxId), (e) => e instanceof NotFoundError)
+    check(!(await sbx2.isRunning()), 'isRunning after kill: false (envd 502)')
+  })
+
+  // Bad input: clear error bodies, nothing left behind.
+  await step('bad input', async () => {
+    await throws('unknown template', () => Sandbox.create('no-such-template'),
+      (e) => /template 'no-such-template' not found/.test(e?.message))
+    let r = await raw('POST', '/v2/sandboxes', { body: '{"templateID": "base",', headers: { 'Content-Type': 'application/json' } })
+    check(errorBody(r, 400), `malformed JSON: ${r.status} ${r.text}`)
+    r = await raw('POST', '/v2/sandboxes', { body: '["base"]', headers: { 'Content-Type': 'application/json' } })
+    check(errorBody(r, 400), `a JSON array: ${r.status} ${r.text}`)
+    r = await raw('POST', '/v2/sandboxes', { body: '{"templateID": 7}', headers: { 'Content-Type': 'application/json' } })
+    check(errorBody(r, 400), `templateID not a string: ${r.status} ${r.text}`)
+    r = await raw('GET', '/v2/sandboxes', { key: null })
+    check(errorBody(r, 401), `no key: ${r.status} ${r.text}`)
+    r = await raw('GET', '/v2/sandboxes', { key: 'e2b_00000000000000000000000000000000' })
+    check(errorBody(r, 401), `wrong key: ${r.status} ${r.text}`)
+    r = await raw('POST', '/v2/sandboxes', { key: null, body: 'x'.repeat(2 << 20) })
+    check(errorBody(r, 401), `no key, 2 MiB body: ${r.status}`)
+    r = await raw('POST', '/v2/sandboxes', { body: JSON.stringify({ templateID: 'base', metadata: { big: 'x'.repeat(8 << 20) } }),
+      headers: { 'Content-Type': 'application/json' } })
+    check(errorBody(r, 413), `an 8 MiB body: ${r.status} ${r.text.slice(0, 200)}`)
+    r = await raw('GET', '/sandboxes/abcdefghij0123456789')
+    check(errorBody(r, 404), `unknown sandbox id: ${r.status} ${r.text}`)
+    r = await raw('DELETE', '/sandboxes/../../etc')
+    check(r.status === 404 || r.status === 400, `a path as sandbox id: ${r.status}`)
+    r = await raw('GET', '/templates')
+    check(errorBody(r, 501) && /not served/.test(r.json.message), `an E2B call not served: ${r.status} ${r.text}`)
+    await throws('connect to an unknown sandbox', () => Sandbox.connect('abcdefghij0123456789'), (e) => e instanceof NotFoundError)
+    const envd = await fetch(process.env.E2B_SANDBOX_URL + '/health', { headers: { 'E2b-Sandbox-Id': 'abcdefghij0123456789', 'E2b-Sandbox-Port': '49983' } })
+    check(envd.status === 502, `envd of an unknown sandbox: ${envd.status}`)
+    const left = await Sandbox.list({ query: { metadata: { suite: 'e2b' } } }).nextItems()
+    check(left.length === 1 && left[0].sandboxId === sbx.sandboxId, `after bad input, key a has only its first sandbox (${left.length})`)
+  })
+
+  // Leases: a sandbox ends when its timeout runs out, killed or paused.
+  await step('timeouts', async () => {
+    const short = await Sandbox.create({ timeoutMs: 2000, metadata: { suite: 'e2b-lease' } })
+    const paused = await Sandbox.create({ timeoutMs: 2000, lifecycle: { onTimeout: 'pause' }, metadata: { suite: 'e2b-lease' } })
+    let gone = false, nowPaused = false
+    for (const deadline = Date.now() + 60000; Date.now() < deadline && !(gone && nowPaused);) {
+      await sleep(500)
+      gone = gone || !(await Sandbox.list({ query: { metadata: { suite: 'e2b-lease' } } }).nextItems()).some((x) => x.sandboxId === short.sandboxId)
+      nowPaused = nowPaused || (await Sandbox.getInfo(paused.sandboxId)).state === 'paused'
+    }
+    check(gone, 'a sandbox whose timeout ran out is killed')
+    check(nowPaused, 'one created with onTimeout pause is paused instead')
+    check(await paused.kill(), 'the paused one is killed')
+  })
+
+  // For the restarted gateway: the first sandbox stays.
+  writeFileSync(stateFile, JSON.stringify({ id: sbx.sandboxId }))
+  console.log(`bench: sdk_create_ms ${tCreate}`)
+}
+
+async function afterRestart() {
+  const { id } = JSON.parse(readFileSync(stateFile, 'utf8'))
+  await step('after a gateway restart', async () => {
+    const info = await Sandbox.getInfo(id)
+    check(info.metadata.n === '1' && info.state === 'running', `its metadata kept: ${JSON.stringify(info.metadata)}`)
+    await throws('key b still cannot see it', () => Sandbox.getInfo(id, { apiKey: keyB }), (e) => e instanceof NotFoundError)
+    const sbx = await Sandbox.connect(id)
+    const r = await sbx.commands.run('echo "$GLOBAL"; whoami')
+    check(r.stdout === 'g1\nuser\n', `commands run, with its envs: ${JSON.stringify(r.stdout)}`)
+    check(await sbx.kill(), 'kill')
+  })
+  const left = [...await Sandbox.list().nextItems(), ...await Sandbox.list({ apiKey: keyB }).nextItems()]
+  check(left.length === 0, `no sandbox left (${left.map((s) => s.sandboxId)})`)
+}
+
+const phase = process.argv[2]
+try {
+  if (phase === 'main') await main()
+  else if (phase === 'after-restart') await afterRestart()
+  else throw new Error(`unknown phase ${phase}`)
+} catch (e) {
+  check(false, `${phase}: ${e?.name}: ${e?.message}\n${e?.stack}`)
+}
+console.log(failures ? `${failures} check(s) failed` : 'all checks passed')
+process.exit(failures ? 1 : 0)
