@@ -545,20 +545,16 @@ int
 main(void)
 {
 	const char *lacks = guest_image_lacks((const char *const[]){ "sd_mod", "virtio_net", NULL });
-	if (lacks) {
-		printf("boundary tests skipped: the guest image lacks %s; rebuild it with contrib/image/build-image\n",
-		       lacks);
-		return 77;
-	}
-	if (access("/usr/bin/qemu-img", X_OK) != 0) {
-		printf("boundary tests skipped: qemu-img is not installed (qemu-utils; contrib/setup installs it)\n");
-		return 77;
-	}
+	if (lacks)
+		return vmf_test_skip_all("boundary tests: the guest image lacks %s; rebuild it with "
+					 "contrib/image/build-image", lacks);
+	if (access("/usr/bin/qemu-img", X_OK) != 0)
+		return vmf_test_skip_all("boundary tests: qemu-img is not installed (qemu-utils; contrib/setup "
+					 "installs it)");
 	const char *why = tenant_users_make("vbnd");
 	if (why) {
-		printf("boundary tests skipped: %s\n", why);
 		tenant_users_remove();
-		return 77;
+		return vmf_test_skip_all("boundary tests: %s", why);
 	}
 	Suite *s = suite_create("boundary");
 	TCase *tc = tcase_create("boundary");

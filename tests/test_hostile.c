@@ -755,10 +755,8 @@ END_TEST
 int
 main(void)
 {
-	if (geteuid() != 0) {
-		printf("SKIP: test_hostile mounts a tmpfs in a VM's run dir: it needs root\n");
-		return 77;
-	}
+	if (geteuid() != 0)
+		return vmf_test_skip_all("test_hostile mounts a tmpfs in a VM's run dir: it needs root");
 	Suite *s = suite_create("hostile");
 	TCase *tc = tcase_create("hostile");
 	tcase_set_timeout(tc, 900);

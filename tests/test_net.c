@@ -672,24 +672,18 @@ END_TEST
 int
 main(void)
 {
-	if (geteuid() != 0) {
-		printf("net tests skipped: not root (namespaces, taps and tc need it)\n");
-		return 77;
-	}
-	if (system("ip -V >/dev/null 2>&1 && tc -V >/dev/null 2>&1") != 0) {
-		printf("net tests skipped: no ip or tc (iproute2)\n");
-		return 77;
-	}
+	if (geteuid() != 0)
+		return vmf_test_skip_all("net tests: not root (namespaces, taps and tc need it)");
+	if (system("ip -V >/dev/null 2>&1 && tc -V >/dev/null 2>&1") != 0)
+		return vmf_test_skip_all("net tests: no ip or tc (iproute2)");
 	const char *lacks = guest_image_lacks((const char *const[]){ "virtio_net", NULL });
-	if (lacks) {
-		printf("net tests skipped: the guest image lacks %s: rebuild it with contrib/image/build-image\n",
-		       lacks);
-		return 77;
-	}
+	if (lacks)
+		return vmf_test_skip_all("net tests: the guest image lacks %s: rebuild it with contrib/image/build-image",
+					 lacks);
 	const char *why = tenant_users_make("vnet");
 	if (why) {
-		printf("net tests skipped: %s\n", why);
-		return 77;
+		tenant_users_remove();
+		return vmf_test_skip_all("net tests: %s", why);
 	}
 	/* Named by the main process, which removes them after the test
 	 * however it ended (a failed check ends its forked child early). */

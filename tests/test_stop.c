@@ -536,7 +536,7 @@ START_TEST(stop_end_to_end)
 		json_object_put(ins);
 		ck_assert_int_eq(vmf(NULL, "release %s", id), 0);
 	} else {
-		printf("SKIP: cgroup v1 (no writable %s): placement, refusals and the OOM kill not tested\n", CG_V1);
+		vmf_test_skip("cgroup v1 (no writable %s): placement, refusals and the OOM kill not tested", CG_V1);
 	}
 	struct stat st;
 	if (stat(CG_V2 "/cgroup.procs", &st) == 0) {
@@ -547,7 +547,7 @@ START_TEST(stop_end_to_end)
 		tenant_in_cgroup(a_dir, cg_v2, line, id, sizeof id);
 		ck_assert_int_eq(vmf(NULL, "release %s", id), 0);
 	} else {
-		printf("SKIP: cgroup v2 (no %s): placement not tested\n", CG_V2);
+		vmf_test_skip("cgroup v2 (no %s): placement not tested", CG_V2);
 	}
 
 	/* ---- VMs adopted after a daemon restart: no exit status (not the
@@ -604,10 +604,8 @@ int
 main(void)
 {
 	const char *why = tenant_image_check((const char *const[]){ "ext4", "pvpanic-mmio", NULL }, "vstp");
-	if (why) {
-		printf("stop tests skipped: %s\n", why);
-		return 77;
-	}
+	if (why)
+		return vmf_test_skip_all("stop tests: %s", why);
 	main_pid = getpid();
 	int pid = (int)main_pid;
 	snprintf(cg_a, sizeof cg_a, CG_V1 "/vmfst%da", pid);

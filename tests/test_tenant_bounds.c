@@ -514,9 +514,8 @@ main(void)
 {
 	const char *why = tenant_users_make("vtb");
 	if (why) {
-		printf("tenant bounds tests skipped: %s\n", why);
 		tenant_users_remove();
-		return 77;
+		return vmf_test_skip_all("tenant bounds tests: %s", why);
 	}
 	Suite *s = suite_create("tenant_bounds");
 	TCase *tc = tcase_create("tenant_bounds");
