@@ -339,10 +339,8 @@ count_qemu(void)
 int
 qemu_gone(void)
 {
-	int64_t deadline = vmf_now_ms() + 10000;
 	int n;
-	while ((n = count_qemu()) > 0 && vmf_now_ms() < deadline)
-		poll(NULL, 0, 50);
+	poll_until((n = count_qemu()) == 0, 10000);
 	return n;
 }
 
@@ -514,9 +512,7 @@ kill_daemon_hard(void)
 {
 	int pid = daemon_pid();
 	ck_assert_int_eq(kill(pid, SIGKILL), 0);
-	int64_t deadline = vmf_now_ms() + 10000;
-	while (kill(pid, 0) == 0 && vmf_now_ms() < deadline)
-		poll(NULL, 0, 20);
+	poll_until(kill(pid, 0) != 0, 10000);
 }
 
 void
@@ -645,9 +641,7 @@ cleanup(void)
 		return;
 	vmf(NULL, "destroy --all");
 	/* A daemon's last reports (a race or a leak at exit) come as it exits. */
-	int64_t deadline = vmf_now_ms() + 20000;
-	while (vmf_test_count_under("vmfactory", tmp) > 0 && vmf_now_ms() < deadline)
-		poll(NULL, 0, 50);
+	poll_until(vmf_test_count_under("vmfactory", tmp) == 0, 20000);
 	/* The daemon first: it would replace the VMs killed next. */
 	fault = NULL;
 	if (vmf_test_kill_under("vmfactory", tmp))

@@ -261,9 +261,7 @@ sh_ok(const char *fmt, const char *a, const char *b)
 static int
 wait_mounts(int n)
 {
-	int64_t deadline = vmf_now_ms() + 60000;
-	while (mounts_under(run) != n && vmf_now_ms() < deadline)
-		poll(NULL, 0, 100);
+	poll_until(mounts_under(run) == n, 60000);
 	return mounts_under(run);
 }
 
@@ -485,13 +483,9 @@ START_TEST(tenant_and_guest_stay_inside)
 	ck_assert_msg(pooled_pid > 0, "no pooled VM after the restart: '%s'", pids);
 	kill_daemon_hard();
 	ck_assert_int_eq(kill(pooled_pid, SIGKILL), 0);
-	int64_t deadline = vmf_now_ms() + 10000;
-	while (kill(pooled_pid, 0) == 0 && vmf_now_ms() < deadline)
-		poll(NULL, 0, 20);
+	wait_until(kill(pooled_pid, 0) != 0, 10000, "the killed pooled QEMU %d still runs", pooled_pid);
 	start_tenant_daemon(start);
-	deadline = vmf_now_ms() + 300000;
-	while (pool_ready() < 1 && vmf_now_ms() < deadline)
-		poll(NULL, 0, 200);
+	wait_until(pool_ready() >= 1, 300000, "the restarted daemon's pool never refilled");
 	check(wait_mounts(2) == 2, "a VM reaped by recovery leaves no mount; its replacement has one (%d)",
 	      mounts_under(run));
 
@@ -518,9 +512,7 @@ START_TEST(tenant_and_guest_stay_inside)
 	do_get(&root_vm, "root-takes-it", 1, 256);
 	ck_assert_int_eq(root_vm.rc, 0);
 	json_object_put(root_vm.rec);
-	deadline = vmf_now_ms() + 300000;
-	while (pool_ready() < 1 && vmf_now_ms() < deadline)
-		poll(NULL, 0, 200);
+	wait_until(pool_ready() >= 1, 300000, "the pool never refilled after root's hand-out");
 	write_config(conf, "[daemon]\nshare_max_mib = 16\n");
 	kill_daemon_hard();
 	start_tenant_daemon(start);

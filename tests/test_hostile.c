@@ -704,8 +704,7 @@ START_TEST(hostile_guest)
 	t0 = vmf_now_ms();
 	rc = vmf(&out, "init --config %s --timeout 600", cfg);
 	free(out);
-	while (access(a_run, F_OK) == 0 && vmf_now_ms() - t0 < 120000)
-		poll(NULL, 0, 200);
+	poll_until(access(a_run, F_OK) != 0, 120000);
 	printf("after a restart, the leftover run dir (%d + %d levels) gone after %lld ms\n", DEEP, GUEST_DEEP,
 	       (long long)(vmf_now_ms() - t0));
 	check(rc == 0 && access(a_run, F_OK) != 0 && vm_listed_state(a.id)[0] == '\0' && daemon_answers(),
@@ -725,8 +724,7 @@ START_TEST(hostile_guest)
 	bool kept = !strcmp(vm_listed_state(c.id), "releasing");
 	ck_assert_int_eq(umount(m), 0);
 	t0 = vmf_now_ms();
-	while ((access(c_run, F_OK) == 0 || vm_listed_state(c.id)[0]) && vmf_now_ms() - t0 < 30000)
-		poll(NULL, 0, 200);
+	poll_until(access(c_run, F_OK) != 0 && !vm_listed_state(c.id)[0], 30000);
 	check(kept && access(c_run, F_OK) != 0 && !vm_listed_state(c.id)[0],
 	      "a removal that failed is retried: gone %lld ms after the mount went", (long long)(vmf_now_ms() - t0));
 

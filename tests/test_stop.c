@@ -189,20 +189,31 @@ status_vm(const char *id)
 	return found;
 }
 
+static bool
+state_is(const char *id, const char *want)
+{
+	json_object *v = status_vm(id);
+	bool there = v && !strcmp(json_object_get_string(path(v, "state", NULL)), want);
+	json_object_put(v);
+	return there;
+}
+
 /* Waits (deadline_s) until id's state is want; its inspect then. */
 static json_object *
 wait_state(const char *id, const char *want, int deadline_s)
 {
-	int64_t deadline = vmf_now_ms() + deadline_s * 1000;
-	for (;;) {
-		json_object *v = status_vm(id);
-		bool there = v && !strcmp(json_object_get_string(path(v, "state", NULL)), want);
-		json_object_put(v);
-		if (there)
-			return inspect(id);
-		ck_assert_msg(vmf_now_ms() < deadline, "VM %s did not become %s within %d s", id, want, deadline_s);
-		poll(NULL, 0, 200);
-	}
+	wait_until(state_is(id, want), deadline_s * 1000, "VM %s did not become %s within %d s", id, want, deadline_s);
+	return inspect(id);
+}
+
+static bool
+file_has(const char *file, const char *text)
+{
+	char *s = NULL;
+	size_t n = 0;
+	bool has = vmf_read_file(file, &s, &n, 16 << 20, NULL) == 0 && memmem(s, n, text, strlen(text));
+	free(s);
+	return has;
 }
 
 /* Waits (deadline_s) until the VM's serial log holds text. */
@@ -211,16 +222,8 @@ serial_has(const struct got *g, const char *text, int deadline_s)
 {
 	char log[800];
 	snprintf(log, sizeof log, "%s/serial.log", json_object_get_string(path(g->rec, "run_dir", NULL)));
-	for (int64_t deadline = vmf_now_ms() + deadline_s * 1000; vmf_now_ms() < deadline; poll(NULL, 0, 100)) {
-		char *s = NULL;
-		size_t n = 0;
-		if (vmf_read_file(log, &s, &n, 16 << 20, NULL) == 0 && memmem(s, n, text, strlen(text))) {
-			free(s);
-			return true;
-		}
-		free(s);
-	}
-	return false;
+	poll_until(file_has(log, text), deadline_s * 1000);
+	return file_has(log, text);
 }
 
 /* As a tenant (call_as): GetVM into dir with the given cgroup; its errno

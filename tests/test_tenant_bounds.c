@@ -165,10 +165,7 @@ ready_now(void)
 static void
 wait_ready(void)
 {
-	int64_t deadline = vmf_now_ms() + 300000;
-	while (ready_now() < 1 && vmf_now_ms() < deadline)
-		poll(NULL, 0, 200);
-	ck_assert_int_ge(ready_now(), 1);
+	wait_until(ready_now() >= 1, 300000, "no pooled VM ready within 5 minutes");
 }
 
 /* The templates root's status lists of name and owner ("" id when none). */
@@ -214,13 +211,8 @@ static void
 check_serial_bounded(const char *vm, const char *mark, long long min_size, const char *when)
 {
 	long long disk = 0, size = 0;
-	int64_t deadline = vmf_now_ms() + 20000;
-	do {
-		serial_sizes(vm, &disk, &size);
-		if (disk <= SERIAL_BOUND && size >= min_size && serial_ends_with(vm, mark))
-			break;
-		poll(NULL, 0, 100);
-	} while (vmf_now_ms() < deadline);
+	poll_until((serial_sizes(vm, &disk, &size), disk <= SERIAL_BOUND && size >= min_size &&
+		    serial_ends_with(vm, mark)), 20000);
 	printf("serial.log %s: %lld bytes written, %lld on disk (bound %d KiB)\n", when, size, disk, SERIAL_KIB);
 	check(size >= min_size, "the guest wrote %lld bytes to its serial console %s (at least %lld)", size, when,
 	      min_size);
@@ -238,9 +230,7 @@ start_daemon(int n, const char *extra)
 	char log[700];
 	snprintf(log, sizeof log, "%s/daemon%d.log", tmp, n);
 	pid_t pid = start_foreground(sock, state, log, extra);
-	int64_t deadline = vmf_now_ms() + 600000;
-	while (!daemon_answers() && vmf_now_ms() < deadline && waitpid(pid, NULL, WNOHANG) == 0)
-		poll(NULL, 0, 100);
+	poll_until(daemon_answers() || waitpid(pid, NULL, WNOHANG) != 0, 600000);
 	char *err = NULL;
 	if (!daemon_answers())
 		vmf_read_file(log, &err, NULL, 1 << 20, NULL);
@@ -468,20 +458,12 @@ START_TEST(snapshots_are_their_owners_and_tenants_stay_within_limits)
 	ck_assert_ptr_nonnull(writer);
 	long long disk, size0, size;
 	serial_sizes(a1, &disk, &size0);
-	int64_t deadline = vmf_now_ms() + 30000;
-	do {
-		poll(NULL, 0, 50);
-		serial_sizes(a1, &disk, &size);
-	} while (size < size0 + 300000 && vmf_now_ms() < deadline);
+	poll_until((serial_sizes(a1, &disk, &size), size >= size0 + 300000), 30000);
 	/* QEMU outlives the daemon (a stop, a crash): the next one bounds
 	 * the logs of the VMs it adopts. */
 	stop_daemon(daemon);
 	serial_sizes(a1, &disk, &size0);
-	deadline = vmf_now_ms() + 30000;
-	do {
-		poll(NULL, 0, 50);
-		serial_sizes(a1, &disk, &size);
-	} while (size < size0 + 300000 && vmf_now_ms() < deadline);
+	poll_until((serial_sizes(a1, &disk, &size), size >= size0 + 300000), 30000);
 	printf("serial.log while no daemon runs: %lld bytes on disk\n", disk);
 	write_config(conf, "[pool shared]\nsize = 0\ntemplate = shared1\n");
 	/* --pool would replace the config's pools. */
