@@ -64,29 +64,26 @@ guest_sh(const char *id, const char *script, char *out, size_t n)
 	return tenant_sh(tu.uid_a, full, out, n);
 }
 
+struct open_arg {
+	const char *path;
+	int flags;
+};
+
+static int
+act_open(const void *arg, char *msg, size_t n)
+{
+	(void)msg, (void)n;
+	const struct open_arg *o = arg;
+	int fd = open(o->path, o->flags | O_NONBLOCK | O_CLOEXEC);
+	return fd >= 0 ? 0 : -errno;
+}
+
 /* open(2) of path as uid with flags: 0 or -errno. */
 static int
 tenant_open(uid_t uid, const char *path, int flags)
 {
-	int p[2];
-	ck_assert_int_eq(pipe(p), 0);
-	pid_t pid = vmf_test_fork();
-	if (pid == 0) {
-		close(p[0]);
-		int rc = -EPERM;
-		if (become_tenant(uid)) {
-			int fd = open(path, flags | O_NONBLOCK | O_CLOEXEC);
-			rc = fd >= 0 ? 0 : -errno;
-		}
-		_exit(write(p[1], &rc, sizeof rc) == sizeof rc ? 0 : 1);
-	}
-	close(p[1]);
-	int rc = -EIO;
-	if (read(p[0], &rc, sizeof rc) != sizeof rc)
-		rc = -EIO;
-	close(p[0]);
-	waitpid(pid, NULL, 0);
-	return rc;
+	char msg[8];
+	return as_tenant(uid, act_open, &(struct open_arg){ path, flags }, msg, sizeof msg);
 }
 
 /* A process of uid holding path open for writing until killed. */

@@ -269,43 +269,16 @@ several_on_one_connection(const char *agent_sock)
 	vmf_client_agent_close(a);
 }
 
+/* An agent connection to arg (its socket's path), in an as_tenant child. */
 static int
-act_agent_connect(const char *path, char *msg, size_t n)
+act_agent_connect(const void *arg, char *msg, size_t n)
 {
 	struct vmf_client_agent *a;
 	struct vmf_error e = {0};
-	int rc = vmf_client_agent_connect(path, "unix", 0, 10000, NULL, NULL, &a, &e);
+	int rc = vmf_client_agent_connect(arg, "unix", 0, 10000, NULL, NULL, &a, &e);
 	snprintf(msg, n, "%s", rc ? e.msg : "");
 	if (rc == 0)
 		vmf_client_agent_close(a);
-	return rc;
-}
-
-/* In a child as uid: rc and message back through a pipe. */
-static int
-as_user_connect(uid_t uid, const char *path, char *msg, size_t n)
-{
-	int p[2];
-	ck_assert_int_eq(pipe(p), 0);
-	pid_t pid = vmf_test_fork();
-	if (pid == 0) {
-		close(p[0]);
-		char m[600] = "";
-		int rc = -EPERM;
-		if (become_tenant(uid))
-			rc = act_agent_connect(path, m, sizeof m);
-		ssize_t w = write(p[1], &rc, sizeof rc);
-		w += write(p[1], m, strlen(m) + 1);
-		_exit(w > 0 ? 0 : 1);
-	}
-	close(p[1]);
-	int rc = -EIO;
-	if (read(p[0], &rc, sizeof rc) != (ssize_t)sizeof rc)
-		rc = -EIO;
-	ssize_t k = read(p[0], msg, n - 1);
-	msg[k > 0 ? k : 0] = '\0';
-	close(p[0]);
-	wait_rc(pid);
 	return rc;
 }
 
@@ -470,7 +443,7 @@ START_TEST(exec_end_to_end)
 	      tu.a, r.rc, r.err);
 	run_free(&r);
 	char msg[600];
-	rc = as_user_connect(tu.uid_b, a_agent, msg, sizeof msg);
+	rc = as_tenant(tu.uid_b, act_agent_connect, a_agent, msg, sizeof msg);
 	check(rc == -EACCES && strstr(msg, "not yours"), "%s cannot connect to %s's agent socket (%d: %s)", tu.b, tu.a,
 	      rc, msg);
 	json_object_put(avm);

@@ -142,23 +142,28 @@ qmp_close(struct qmp *q)
 /* In a child as uid (with the test group): connects to path and, if greet,
  * reads the QMP greeting; 0, -errno of the connect, or -ETIMEDOUT without
  * greeting. */
+struct reach_arg {
+	const char *path;
+	bool greet;
+};
+
+static int
+act_reach(const void *arg, char *msg, size_t n)
+{
+	(void)msg, (void)n;
+	const struct reach_arg *a = arg;
+	struct qmp q;
+	int r = qmp_connect(&q, a->path);
+	if (r == 0 && a->greet)
+		r = qmp_handshake(&q, 15000) ? 0 : -ETIMEDOUT;
+	return r;
+}
+
 static int
 reach_as(uid_t uid, const char *path, bool greet)
 {
-	pid_t pid = vmf_test_fork();
-	if (pid == 0) {
-		if (!become_tenant(uid))
-			_exit(100);
-		struct qmp q;
-		int r = qmp_connect(&q, path);
-		if (r == 0 && greet)
-			r = qmp_handshake(&q, 15000) ? 0 : -ETIMEDOUT;
-		_exit(-r);
-	}
-	int st;
-	ck_assert_int_eq(waitpid(pid, &st, 0), pid);
-	ck_assert(WIFEXITED(st) && WEXITSTATUS(st) != 100);
-	return -WEXITSTATUS(st);
+	char msg[8];
+	return as_tenant(uid, act_reach, &(struct reach_arg){ path, greet }, msg, sizeof msg);
 }
 
 static int
