@@ -1,0 +1,43 @@
+/* The QEMU driver's entry in the driver table: each op is implemented in
+ * the room named for it (qemu_vm.h lists them). */
+#include "qemu_vm.h"
+
+const struct vmf_hv_ops vmf_qemu_ops = {
+	.name = "qemu",
+	.kind = VMF__HV__HYPERVISOR_KIND__HV_QEMU,
+	.control_socket = VMF_QEMU_DAEMON_QMP_SOCK,
+	.sandbox_control_socket = VMF_QEMU_QMP_SOCK,
+	.agent_socket = VMF_QEMU_AGENT_SOCK,
+	.agent_transport = "unix",
+	.probe = qemu_probe,
+	.boot = qemu_boot,
+	.start_from_template = qemu_start_from_template,
+	.save_template = qemu_save_template,
+	.snapshot = qemu_snapshot,
+	.save_state = qemu_save_state,
+	.restore_state = qemu_restore_state,
+	.restore_state_with = qemu_restore_state_with,
+	.pause = qemu_pause,
+	.resume = qemu_resume,
+	.hotplug_vcpus = qemu_hotplug_vcpus,
+	.hotplug_memory = qemu_hotplug_memory,
+	.net_attach = qemu_net_attach,
+	.stop = qemu_stop,
+	.alive = qemu_alive,
+	.pid = qemu_pid,
+	.capabilities = qemu_capabilities,
+	.agent_connect = qemu_agent_connect,
+	.watch_fd = qemu_watch_fd,
+	.exit_info = qemu_exit_info,
+	.event_fd = qemu_event_fd,
+	.poll_events = qemu_poll_events,
+	.agent_reset = qemu_agent_reset,
+	.panic_device = "pvpanic",
+	.serialize = qemu_serialize,
+	.adopt = qemu_adopt,
+	.attach_disk = qemu_attach_disk,
+	.detach_disk = qemu_detach_disk,
+	.parses_image_header = true,
+	.release = qemu_vm_free,
+};
+
