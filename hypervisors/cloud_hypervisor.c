@@ -1,7 +1,7 @@
 /* Cloud Hypervisor driver: the process runs `cloud-hypervisor --api-socket
- * path=PATH` and is driven over its REST API (/api/v1/vm.*, vmm.*).  Tested
- * against the published API document (cloud-hypervisor.yaml, OpenAPI 3.0.1,
- * at ae44c297) through tests/fake_vmm.c.
+ * path=PATH` and is driven over its REST API (/api/v1/vm.*, vmm.*).  Follows
+ * the published API document (cloud-hypervisor.yaml, OpenAPI 3.0.1, at
+ * ae44c297), which tests/fake_vmm.c enforces.
  *
  * Snapshots: vm.snapshot writes config, device state and all guest memory
  * into a directory; vm.restore reads it back, copying memory into the new

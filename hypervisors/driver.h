@@ -94,7 +94,7 @@ struct vmf_restore_parts {
 };
 /* "vmfdN": the serial of slot N. */
 void vmf_disk_serial(unsigned slot, char out[VMF_DISK_SERIAL_MAX + 1]);
-/* The backend a hand-out plugs into a VM's NIC (issue 16): a tap fd (the
+/* The backend a hand-out plugs into a VM's NIC: a tap fd (the
  * caller keeps it and closes it after the call) or, with tap_fd < 0,
  * user-mode networking with QEMU hostfwd rules ("tcp:ADDR:PORT-:GPORT"). */
 struct vmf_net_backend {
