@@ -480,9 +480,11 @@ ch_adopt(const vmf_hv_state *st, struct vmf_vmm **out, struct vmf_error *err)
 }
 
 static int
-ch_probe(const char *binary, const char *kernel, struct vmf_hv_info *info, struct vmf_error *err)
+ch_probe(const char *binary, const char *kernel, const char *state_dir, struct vmf_hv_info *info,
+	 struct vmf_error *err)
 {
 	(void)kernel;
+	(void)state_dir;
 	int r = vmf_rest_probe(&ch, binary, info, err);
 	if (r == 0)
 		info->caps = CH_CAPS;

@@ -60,9 +60,15 @@ struct vmf_vmm_events {
 /* Names for status output ("template-share", "cpu-hotplug", ...). */
 const char *vmf_cap_name(unsigned cap);
 
+#define VMF_HV_ACCEL_WHY_MAX 160
 struct vmf_hv_info {
 	char version[64];      /* e.g. "7.2.22" */
 	char accel[8];         /* "kvm" or "tcg" */
+	/* Why that accelerator, as a sentence ("/dev/kvm is present but ..."),
+	 * and whether the answer came from the probe kept in the state dir
+	 * rather than a probe made now. */
+	char accel_why[VMF_HV_ACCEL_WHY_MAX];
+	bool accel_cached;
 	unsigned caps;
 };
 
@@ -140,8 +146,11 @@ struct vmf_hv_ops {
 	unsigned agent_vsock_port;
 
 	/* Version, accelerator that will be used, capabilities.  kernel (may
-	 * be NULL) is the guest kernel: QEMU uses KVM only if it boots it. */
-	int (*probe)(const char *binary, const char *kernel, struct vmf_hv_info *info, struct vmf_error *err);
+	 * be NULL) is the guest kernel: QEMU uses KVM only if it boots it.
+	 * state_dir (may be NULL) keeps what a slow probe found, for the next
+	 * command on the same binary, host and kernel. */
+	int (*probe)(const char *binary, const char *kernel, const char *state_dir, struct vmf_hv_info *info,
+		     struct vmf_error *err);
 
 	/* Starts a VMM process from cfg.  cfg->memory_mode selects a cold boot
 	 * (MEM_PRIVATE), a template boot (MEM_TEMPLATE: RAM in cfg->memory_file,

@@ -645,9 +645,11 @@ fc_adopt(const vmf_hv_state *st, struct vmf_vmm **out, struct vmf_error *err)
 }
 
 static int
-fc_probe(const char *binary, const char *kernel, struct vmf_hv_info *info, struct vmf_error *err)
+fc_probe(const char *binary, const char *kernel, const char *state_dir, struct vmf_hv_info *info,
+	 struct vmf_error *err)
 {
 	(void)kernel;
+	(void)state_dir;
 	int r = vmf_rest_probe(&fc, binary, info, err);
 	if (r == 0)
 		info->caps = caps_for_version(info->version);

@@ -418,6 +418,8 @@ status_json(const Vmf__Control__Reply *r)
 	JS(d, "socket", s->socket);
 	JS(d, "hypervisor", s->hypervisor);
 	JS(d, "accel", s->accel);
+	JS(d, "accel_why", s->accel_why);
+	json_object_object_add(d, "accel_cached", json_object_new_boolean(s->accel_cached));
 	json_object *caps = json_object_new_array();
 	for (size_t i = 0; i < s->n_capabilities; i++)
 		json_object_array_add(caps, json_object_new_string(s->capabilities[i]));
@@ -609,6 +611,9 @@ status_human(const Vmf__Control__Reply *r)
 	const Vmf__Control__StatusReply *s = r->status;
 	printf("daemon: pid %d, up %.0f s, socket %s, %s (%s)\n", s->pid, s->uptime_ms / 1000.0, esc(s->socket),
 	       esc(s->hypervisor), esc(s->accel));
+	if (s->accel_why && *s->accel_why)
+		printf("accelerator: %s, %s: %s\n", esc(s->accel), s->accel_cached ? "kept from an earlier probe" : "probed at start",
+		       esc(s->accel_why));
 	if (s->n_capabilities) {
 		printf("capabilities:");
 		for (size_t i = 0; i < s->n_capabilities; i++)

@@ -61,6 +61,10 @@ struct vmf_vmm {
 const char *qemu_accel_for(const char *kernel);
 /* The -cpu model that the probe found working with KVM. */
 const char *qemu_kvm_cpu(void);
+/* Fills info's accelerator fields for this binary and guest kernel: from
+ * the answer kept in state_dir when nothing it depends on changed, else by
+ * probing (and keeping the answer there). */
+void qemu_accel_probe(const char *binary, const char *kernel, const char *state_dir, struct vmf_hv_info *info);
 
 /* cmdline.c: a command line being built; an allocation failure is
  * remembered (oom) and reported once at the end. */
@@ -99,7 +103,8 @@ int qemu_poll_events(struct vmf_vmm *vm, struct vmf_vmm_events *ev);
 int qemu_agent_reset(struct vmf_vmm *vm, struct vmf_error *err);
 int qemu_serialize(const struct vmf_vmm *vm, vmf_hv_state **out, struct vmf_error *err);
 int qemu_adopt(const vmf_hv_state *st, struct vmf_vmm **out, struct vmf_error *err);
-int qemu_probe(const char *binary, const char *kernel, struct vmf_hv_info *info, struct vmf_error *err);
+int qemu_probe(const char *binary, const char *kernel, const char *state_dir, struct vmf_hv_info *info,
+	       struct vmf_error *err);
 
 /* migrate.c */
 int qemu_save_template(struct vmf_vmm *vm, int state_fd, bool full, struct vmf_error *err);

@@ -659,7 +659,8 @@ qemu_adopt(const vmf_hv_state *st, struct vmf_vmm **out, struct vmf_error *err)
 }
 
 int
-qemu_probe(const char *binary, const char *kernel, struct vmf_hv_info *info, struct vmf_error *err)
+qemu_probe(const char *binary, const char *kernel, const char *state_dir, struct vmf_hv_info *info,
+	   struct vmf_error *err)
 {
 	memset(info, 0, sizeof(*info));
 	const char *bin = binary && *binary ? binary : VMF_QEMU_DEFAULT_BINARY;
@@ -668,7 +669,7 @@ qemu_probe(const char *binary, const char *kernel, struct vmf_hv_info *info, str
 				      sizeof(info->version), err);
 	if (r < 0)
 		return r;
-	snprintf(info->accel, sizeof(info->accel), "%s", qemu_accel_for(kernel));
+	qemu_accel_probe(bin, kernel, state_dir, info);
 	info->caps = qemu_capabilities(NULL);
 	return 0;
 }
