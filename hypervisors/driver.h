@@ -74,6 +74,11 @@ struct vmf_hv_info {
 
 struct vmf_vmm;
 
+/* The id of free PCIe root port i (VmConfig hotplug_ports): the bus a
+ * runtime names in a device_add. */
+#define VMF_HOTPLUG_PORT_FMT "vmfport%u"
+#define VMF_HOTPLUG_PORTS_MAX 16
+
 /* A disk to attach.  slot (< VMF_DISK_SLOTS) names it to the driver: its
  * device and node names, its fd set; the serial the guest finds it by is
  * vmf_disk_serial(slot). */
@@ -273,6 +278,9 @@ struct vmf_hv_ops {
 	/* The device through which the guest reports a kernel panic, in the
 	 * spec's device list too; NULL: none. */
 	const char *panic_device;
+	/* The VMM can reserve free PCIe root ports for the runtime's own
+	 * hot-plug (VmConfig hotplug_ports); false: templates get none. */
+	bool hotplug_ports;
 
 	/* Frees the handle (closes sockets) without touching the process. */
 	void (*release)(struct vmf_vmm *vm);

@@ -274,6 +274,10 @@ vminfo_json(const Vmf__Control__VmInfo *v)
 	for (size_t i = 0; i < v->n_cgroups; i++)
 		json_object_array_add(cg, json_object_new_string(v->cgroups[i]));
 	json_object_object_add(o, "cgroups", cg);
+	json_object *hp = json_object_new_array();
+	for (size_t i = 0; i < v->n_hotplug_ports; i++)
+		json_object_array_add(hp, json_object_new_string(v->hotplug_ports[i]));
+	json_object_object_add(o, "hotplug_ports", hp);
 	if (v->stop)
 		json_object_object_add(o, "stop", stop_json(v->stop));
 	if (v->hypervisor) {
@@ -299,6 +303,10 @@ vminfo_human(const Vmf__Control__VmInfo *v)
 	printf("vcpus:        %u\n", v->vcpus);
 	printf("memory:       %u MiB\n", v->memory_mib);
 	printf("qmp socket:   %s\n", esc(v->qmp_socket));
+	for (size_t i = 0; i < v->n_hotplug_ports; i++)
+		printf("%s%s", i ? ", " : "hotplug:      free PCIe root ports ", esc(v->hotplug_ports[i]));
+	if (v->n_hotplug_ports)
+		printf(" (device_add bus=)\n");
 	printf("agent socket: %s\n", esc(v->agent_socket));
 	if (v->share_dir && *v->share_dir)
 		printf("share dir:    %s (linked from %s)\n", esc(v->share_dir), esc(v->share_link));

@@ -68,6 +68,7 @@ template_params(const struct cmd *cmd, struct args *a, struct vmf_daemon_opts *o
 	p->max_memory_mib = o->max_memory_mib > o->memory_mib ? o->max_memory_mib : o->memory_mib;
 	p->memory_slots = 8;
 	p->full_memory = !o->share_memory;
+	p->hotplug_ports = o->hotplug_ports;
 	if ((r = vmf_image_load(o->image_dir, o->kernel, o->initrd, img, e)) < 0 ||
 	    (r = p->ops->probe(o->qemu_binary, img->kernel, o->state_dir, info, e)) < 0 ||
 	    (r = vmf_template_spec_new(p, info, img, spec, id, e)) < 0)

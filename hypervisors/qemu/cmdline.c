@@ -183,6 +183,9 @@ vmf_qemu_build_argv(const vmf_vm_config *cfg, const struct vmf_qemu_fds *fds, ch
 	qemu_arg(&a, "pvpanic");
 	qemu_append_disk_devices(&a);
 	qemu_append_nic(&a, cfg);
+	/* Before the share, which only clones have: the ports' PCI addresses
+	 * are the template's. */
+	qemu_append_hotplug_ports(&a, cfg);
 	if (cfg->share_dir && *cfg->share_dir) {
 		qemu_arg(&a, "-fsdev");
 		qemu_arg(&a, "local,id=fs0,path=%s,security_model=none", cfg->share_dir);

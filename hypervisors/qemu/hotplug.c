@@ -9,6 +9,20 @@
 
 #include "util.h"
 
+/* Free PCIe root ports for the runtime: q35's root bus takes no PCI
+ * hot-plug, a root port does (native PCIe hot-plug, Kata's
+ * pcie_root_port).  Each has its own chassis number, which QEMU requires
+ * to be unique among slots that take hot-plug. */
+void
+qemu_append_hotplug_ports(struct argv_buf *a, const vmf_vm_config *cfg)
+{
+	unsigned n = cfg->hotplug_ports < VMF_HOTPLUG_PORTS_MAX ? cfg->hotplug_ports : VMF_HOTPLUG_PORTS_MAX;
+	for (unsigned i = 0; i < n; i++) {
+		qemu_arg(a, "-device");
+		qemu_arg(a, "pcie-root-port,id=" VMF_HOTPLUG_PORT_FMT ",bus=pcie.0,chassis=%u,slot=0", i, i + 1);
+	}
+}
+
 /* What a VM hot-added, on the command line of a VMM that must start with
  * it: the receiving side of a snapshot (share=on, the new template's files)
  * and a snapshot template's clones (share=off).  Ids, CPU slots and DIMM

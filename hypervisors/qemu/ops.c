@@ -33,6 +33,7 @@ const struct vmf_hv_ops vmf_qemu_ops = {
 	.poll_events = qemu_poll_events,
 	.agent_reset = qemu_agent_reset,
 	.panic_device = "pvpanic",
+	.hotplug_ports = true,
 	.serialize = qemu_serialize,
 	.adopt = qemu_adopt,
 	.attach_disk = qemu_attach_disk,

@@ -118,6 +118,7 @@ int qemu_restore_state_with(const vmf_hv_state *st, int state_fd, const struct v
 int qemu_restore_state(const vmf_hv_state *st, int state_fd, struct vmf_vmm **out, struct vmf_error *err);
 
 /* hotplug.c (vmf_qemu_append_hotplugged: qemu.h) */
+void qemu_append_hotplug_ports(struct argv_buf *a, const vmf_vm_config *cfg);
 int qemu_hotplug_vcpus(struct vmf_vmm *vm, unsigned total, struct vmf_error *err);
 int qemu_hotplug_memory(struct vmf_vmm *vm, unsigned add_mib, struct vmf_error *err);
 
