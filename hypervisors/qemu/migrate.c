@@ -75,6 +75,19 @@ wait_migration(struct vmf_vmm *vm, const char *what, struct vmf_error *err)
 	}
 }
 
+/* cmd ("migrate" or "migrate-incoming") on the fd passed as fdname. */
+static int
+migrate_fd(struct vmf_vmm *vm, const char *cmd, const char *fdname, struct vmf_error *err)
+{
+	char uri[64];
+	snprintf(uri, sizeof(uri), "fd:%s", fdname);
+	json_object *args = json_object_new_object();
+	json_object_object_add(args, "uri", json_object_new_string(uri));
+	int r = qemu_qmp_cmd(vm, cmd, args, NULL, err);
+	json_object_put(args);
+	return r;
+}
+
 int
 qemu_save_template(struct vmf_vmm *vm, int state_fd, bool full, struct vmf_error *err)
 {
@@ -96,10 +109,7 @@ qemu_save_template(struct vmf_vmm *vm, int state_fd, bool full, struct vmf_error
 	}
 	if ((r = qemu_pass_fd(vm, "vmfstate", state_fd, err)) < 0)
 		return r;
-	json_object *args = json_object_new_object();
-	json_object_object_add(args, "uri", json_object_new_string("fd:vmfstate"));
-	r = qemu_qmp_cmd(vm, "migrate", args, NULL, err);
-	json_object_put(args);
+	r = migrate_fd(vm, "migrate", "vmfstate", err);
 	if (r < 0)
 		return r;
 	return wait_migration(vm, "saving the template state", err);
@@ -142,8 +152,9 @@ query_dimms(struct vmf_vmm *vm, struct vmf_snapshot_result *res, struct vmf_erro
 static int
 set_bandwidth(struct vmf_vmm *vm, struct vmf_error *err)
 {
-	/* QEMU 7.2 limits migration to 32 MiB/s by default: a local copy of a
-	 * paused VM should run at memory speed. */
+	/* QEMU 7.2 limits migration by default (32 MiB/s for a snapshot's
+	 * copy, 128 MiB/s for a save): a local copy of a paused VM should run
+	 * at memory speed, and a save wait on the disk, not on a rate. */
 	json_object *args = json_object_new_object();
 	json_object_object_add(args, "max-bandwidth", json_object_new_int64(INT64_C(1) << 40));
 	int r = qemu_qmp_cmd(vm, "migrate-set-parameters", args, NULL, err);
@@ -205,7 +216,6 @@ qemu_snapshot(struct vmf_vmm *vm, const struct vmf_snapshot_to *to, int state_fd
 		r = vmf_err_sys(err, errno, "VM %s: cannot create the migration socket pair", vm->cfg->id);
 		goto out;
 	}
-	json_object *args;
 	if ((r = qemu_set_capability(rcv, "events", true, err)) < 0 || (r = qemu_pass_fd(rcv, "vmfsnap", sp[1], err)) < 0)
 		goto out;
 	/* Only the two QEMUs may hold the ends: a receiver that dies must
@@ -213,10 +223,7 @@ qemu_snapshot(struct vmf_vmm *vm, const struct vmf_snapshot_to *to, int state_fd
 	 * buffer we keep open while the VM stands still. */
 	close(sp[1]);
 	sp[1] = -1;
-	args = json_object_new_object();
-	json_object_object_add(args, "uri", json_object_new_string("fd:vmfsnap"));
-	r = qemu_qmp_cmd(rcv, "migrate-incoming", args, NULL, err);
-	json_object_put(args);
+	r = migrate_fd(rcv, "migrate-incoming", "vmfsnap", err);
 	if (r < 0)
 		goto out;
 	/* The VM's own RAM is private, so it would be sent either way; off, the
@@ -233,10 +240,7 @@ qemu_snapshot(struct vmf_vmm *vm, const struct vmf_snapshot_to *to, int state_fd
 		stopped = true;
 	}
 	VMF_FAULT("snapshot-paused");
-	args = json_object_new_object();
-	json_object_object_add(args, "uri", json_object_new_string("fd:vmfsnap"));
-	r = qemu_qmp_cmd(vm, "migrate", args, NULL, err);
-	json_object_put(args);
+	r = migrate_fd(vm, "migrate", "vmfsnap", err);
 	if (r == 0 && (r = wait_migration(vm, "copying its state into the snapshot", err)) < 0) {
 		/* The receiver usually says why. */
 		char tail[400];
@@ -296,10 +300,7 @@ qemu_start_from_template(const vmf_vm_config *cfg, int state_fd, struct vmf_vmm 
 		goto fail;
 	if ((r = qemu_pass_fd(vm, "vmfstate", state_fd, err)) < 0)
 		goto fail;
-	json_object *args = json_object_new_object();
-	json_object_object_add(args, "uri", json_object_new_string("fd:vmfstate"));
-	r = qemu_qmp_cmd(vm, "migrate-incoming", args, NULL, err);
-	json_object_put(args);
+	r = migrate_fd(vm, "migrate-incoming", "vmfstate", err);
 	if (r < 0 || (r = wait_migration(vm, "loading the template state", err)) < 0)
 		goto fail;
 	vm->paused = true;
@@ -330,18 +331,9 @@ qemu_save_state(struct vmf_vmm *vm, int state_fd, struct vmf_error *err)
 		return r;
 	if (r == 1 && (r = qemu_set_capability(vm, "x-ignore-shared", false, err)) < 0)
 		return r;
-	/* QEMU's default limit (128 MiB/s) would make the save of a paused VM
-	 * wait on a rate, not on the disk. */
-	json_object *p = json_object_new_object();
-	json_object_object_add(p, "max-bandwidth", json_object_new_int64(INT64_C(1) << 40));
-	r = qemu_qmp_cmd(vm, "migrate-set-parameters", p, NULL, err);
-	json_object_put(p);
-	if (r < 0 || (r = qemu_pass_fd(vm, "vmfstate", state_fd, err)) < 0)
+	if ((r = set_bandwidth(vm, err)) < 0 || (r = qemu_pass_fd(vm, "vmfstate", state_fd, err)) < 0)
 		return r;
-	json_object *args = json_object_new_object();
-	json_object_object_add(args, "uri", json_object_new_string("fd:vmfstate"));
-	r = qemu_qmp_cmd(vm, "migrate", args, NULL, err);
-	json_object_put(args);
+	r = migrate_fd(vm, "migrate", "vmfstate", err);
 	if (r < 0)
 		return r;
 	return wait_migration(vm, "saving its state", err);
@@ -401,10 +393,7 @@ qemu_restore_state_with(const vmf_hv_state *st, int state_fd, const struct vmf_r
 		}
 	if (parts && parts->net && (r = qemu_net_attach(vm, parts->net, err)) < 0)
 		goto fail;
-	json_object *args = json_object_new_object();
-	json_object_object_add(args, "uri", json_object_new_string("fd:vmfstate"));
-	r = qemu_qmp_cmd(vm, "migrate-incoming", args, NULL, err);
-	json_object_put(args);
+	r = migrate_fd(vm, "migrate-incoming", "vmfstate", err);
 	if (r < 0 || (r = wait_migration(vm, "loading its saved state", err)) < 0)
 		goto fail;
 	*out = vm;
