@@ -1,12 +1,88 @@
-/* Destroy (stop every VM, then the daemon) and the end of a shutdown:
- * both wait for the work in flight, which settles here. */
+/* What a handler sees of its request: the peer, the reply, the VM it names
+ * (checked against the peer), and the end of its job, where a destroy
+ * (ops/destroy.c) or a shutdown waiting for the work in flight settles. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "control.h"
 #include "factory.h"
 #include "log.h"
+#include "request.h"
+
+uid_t
+vmf_request_peer(const struct vmf_conn *c)
+{
+	return vmf_control_peer_uid(c);
+}
+
+bool
+vmf_request_admin(const struct vmf_daemon *d, const struct vmf_conn *c)
+{
+	return vmf_daemon_peer_admin(d, vmf_control_peer_uid(c));
+}
+
+bool
+vmf_request_connected(const struct vmf_conn *c)
+{
+	return vmf_control_connected(c);
+}
+
+void
+vmf_request_reply(struct vmf_conn *c, const Vmf__Control__Reply *reply)
+{
+	vmf_control_reply(c, reply);
+}
+
+void
+vmf_request_fail(struct vmf_conn *c, int code, const char *msg)
+{
+	vmf_control_reply_error(c, code, msg);
+}
+
+struct vmf_vm *
+vmf_request_vm(struct vmf_daemon *d, struct vmf_conn *c, const char *id)
+{
+	if (!vmf_valid_uuid(id)) {
+		vmf_request_fail(c, EINVAL, "VM id is not a vmfactory VM id (a lower-case UUID)");
+		return NULL;
+	}
+	struct vmf_vm *vm = vmf_cache_find_vm(&d->cache, id);
+	if (!vm) {
+		char msg[96];
+		snprintf(msg, sizeof(msg), "no VM %s in this daemon", id);
+		vmf_request_fail(c, ENOENT, msg);
+		return NULL;
+	}
+	/* Another tenant's VM (or a pooled one, nobody's yet) is named but
+	 * nothing about it is told. */
+	uid_t peer = vmf_request_peer(c);
+	if (!vmf_daemon_peer_admin(d, peer) && (vm->owner_uid != peer || vm->state == VMF_VM_READY ||
+						vm->state == VMF_VM_CREATING)) {
+		char msg[160];
+		snprintf(msg, sizeof(msg), "permission denied: VM %s is not yours (uid %u)", id, (unsigned)peer);
+		vmf_request_fail(c, EACCES, msg);
+		return NULL;
+	}
+	if (vm->busy) {
+		char msg[96];
+		snprintf(msg, sizeof(msg), "VM %s is busy (%s); try again", id, vmf_vm_state_name(vm->state));
+		vmf_request_fail(c, EBUSY, msg);
+		return NULL;
+	}
+	return vm;
+}
+
+void
+vmf_request_vm_back(struct vmf_daemon *d, struct vmf_vm *vm, Vmf__Hv__VmExit *exit)
+{
+	vm->busy = false;
+	if (exit)
+		vmf_cache_vm_gone(&d->cache, vm, exit);
+	else if (vm->dead)
+		vmf_cache_vm_exited(&d->cache, vm);
+}
 
 /* Jobs queued or running, or a VM some job owns. */
 static bool
@@ -50,7 +126,7 @@ finish_destroy_if_done(struct vmf_daemon *d)
 	dr.n_lost_writes = d->n_destroy_lost;
 	r.body_case = VMF__CONTROL__REPLY__BODY_DESTROY;
 	r.destroy = &dr;
-	vmf_control_reply(d->destroy_conn, &r);
+	vmf_request_reply(d->destroy_conn, &r);
 	d->destroy_conn = NULL;
 	d->destroy_done = true;
 	log_info("destroyed: %u VMs stopped", d->destroyed);
@@ -70,19 +146,4 @@ vmf_daemon_settle(struct vmf_daemon *d)
 	} else {
 		vmf_cache_refill(&d->cache);
 	}
-}
-
-void
-vmf_daemon_destroy(struct vmf_daemon *d, struct vmf_conn *c, bool all)
-{
-	if (d->destroy_conn) {
-		vmf_control_reply_error(c, EALREADY, "a destroy is already in progress");
-		return;
-	}
-	log_info("destroy requested%s", all ? " (all VMs, assigned included)" : "");
-	d->cache.stopping = true;
-	d->cache.destroying = true;
-	d->destroy_conn = c;
-	d->destroy_all = all;
-	finish_destroy_if_done(d);
 }

@@ -32,10 +32,16 @@
 #include <unistd.h>
 
 #include "agent.h"
+#include "diskfile.h"
 #include "factory.h"
+#include "limit.h"
 #include "log.h"
 #include "net.h"
+#include "ops.h"
+#include "ops/suspend.h"
+#include "request.h"
 #include "sockaddr.h"
+#include "vminfo.h"
 
 #define AGENT_TIMEOUT_MS 10000
 #define SUSPEND_DIR "suspended"
@@ -510,7 +516,7 @@ suspend_done(void *arg)
 		}
 		r.body_case = VMF__CONTROL__REPLY__BODY_VM;
 		r.vm = &info;
-		vmf_control_reply(j->c, &r);
+		vmf_request_reply(j->c, &r);
 		info.stop = NULL;
 		vmf_vm_info_clear(&info);
 	} else {
@@ -519,7 +525,7 @@ suspend_done(void *arg)
 		char msg[sizeof(j->err.msg) + 96];
 		snprintf(msg, sizeof(msg), "cannot %s VM %s (it stays %s): %s", what, vm->id,
 			 vmf_vm_state_name(vm->state), j->err.msg);
-		vmf_control_reply_error(j->c, j->err.code, msg);
+		vmf_request_fail(j->c, j->err.code, msg);
 	}
 	free(j);
 	vmf_daemon_settle(d);
@@ -528,7 +534,7 @@ suspend_done(void *arg)
 static void
 start(struct vmf_daemon *d, struct vmf_conn *c, const char *vm_id, bool resume)
 {
-	struct vmf_vm *vm = vmf_daemon_lookup_vm(d, c, vm_id);
+	struct vmf_vm *vm = vmf_request_vm(d, c, vm_id);
 	if (!vm)
 		return;
 	enum vmf_vm_state want = resume ? VMF_VM_SUSPENDED : VMF_VM_ASSIGNED;
@@ -536,13 +542,13 @@ start(struct vmf_daemon *d, struct vmf_conn *c, const char *vm_id, bool resume)
 		char msg[1024], st[900];
 		snprintf(msg, sizeof(msg), "VM %s is not %s (it is %s)", vm->id, resume ? "suspended" : "assigned",
 			 vm->dead && vm->state == VMF_VM_ASSIGNED ? "gone" : vmf_vm_state_desc(vm, st, sizeof(st)));
-		vmf_control_reply_error(c, EINVAL, msg);
+		vmf_request_fail(c, EINVAL, msg);
 		return;
 	}
 	if (!vm->ops->save_state || !vm->ops->restore_state) {
 		char msg[160];
 		snprintf(msg, sizeof(msg), "VM %s runs on %s, which vmfactory cannot suspend", vm->id, vm->ops->name);
-		vmf_control_reply_error(c, ENOTSUP, msg);
+		vmf_request_fail(c, ENOTSUP, msg);
 		return;
 	}
 	/* Disks and user-mode networking come back only with a driver that
@@ -563,25 +569,25 @@ start(struct vmf_daemon *d, struct vmf_conn *c, const char *vm_id, bool resume)
 			vmf_vm_has_host_parts(vm, what, sizeof(what));
 		snprintf(msg, sizeof(msg), "VM %s has %s, which a suspended %s VM cannot keep yet: %s", vm->id, what,
 			 vm->ops->name, !net_ok ? "release the VM instead" : "detach it or release the VM instead");
-		vmf_control_reply_error(c, EBUSY, msg);
+		vmf_request_fail(c, EBUSY, msg);
 		return;
 	}
 	if (resume && !vm->saved_hv) {
-		vmf_control_reply_error(c, EIO, "the suspended VM's record has no hypervisor state to resume from");
+		vmf_request_fail(c, EIO, "the suspended VM's record has no hypervisor state to resume from");
 		return;
 	}
 	/* Its saved state is about all its RAM, in the state dir. */
 	struct vmf_error lerr;
-	if (!resume && vmf_limit_tenant(d, vmf_control_peer_uid(c), VMF_LIMIT_SUSPENDED,
+	if (!resume && vmf_limit_tenant(d, vmf_request_peer(c), VMF_LIMIT_SUSPENDED,
 					(uint64_t)vm->memory_mib << 20, &lerr) < 0) {
 		char msg[sizeof(lerr.msg) + 64];
 		snprintf(msg, sizeof(msg), "cannot suspend VM %s (it stays assigned): %s", vm->id, lerr.msg);
-		vmf_control_reply_error(c, lerr.code, msg);
+		vmf_request_fail(c, lerr.code, msg);
 		return;
 	}
 	struct suspend_job *j = calloc(1, sizeof(*j));
 	if (!j) {
-		vmf_control_reply_error(c, ENOMEM, "out of memory");
+		vmf_request_fail(c, ENOMEM, "out of memory");
 		return;
 	}
 	j->d = d;
@@ -590,7 +596,7 @@ start(struct vmf_daemon *d, struct vmf_conn *c, const char *vm_id, bool resume)
 	j->resume = resume;
 	j->share = d->hv.caps & VMF_CAP_SHARE_DEVICE && vm->share_link[0];
 	j->owner_admin = vmf_daemon_peer_admin(d, vm->owner_uid);
-	j->peer = vmf_control_peer_uid(c);
+	j->peer = vmf_request_peer(c);
 	j->peer_admin = vmf_daemon_peer_admin(d, j->peer);
 	if (!resume)
 		state_path(d, vm->id, vm->state_file, sizeof(vm->state_file));
@@ -611,19 +617,27 @@ start(struct vmf_daemon *d, struct vmf_conn *c, const char *vm_id, bool resume)
 	}
 }
 
-void
-vmf_suspend_start(struct vmf_daemon *d, struct vmf_conn *c, const char *vm_id)
+static void
+suspend_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control__Request *req)
 {
-	start(d, c, vm_id, false);
+	start(d, c, req->suspend_vm->vm_id, false);
 }
 
-void
-vmf_resume_start(struct vmf_daemon *d, struct vmf_conn *c, const char *vm_id)
+static void
+resume_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control__Request *req)
 {
-	start(d, c, vm_id, true);
+	start(d, c, req->resume_vm->vm_id, true);
 }
 
-/* ---- restart recovery ---- */
+const struct vmf_op vmf_op_suspend = {
+	.name = "suspend", .body = VMF__CONTROL__REQUEST__BODY_SUSPEND_VM, .start = suspend_start,
+};
+
+const struct vmf_op vmf_op_resume = {
+	.name = "resume", .body = VMF__CONTROL__REQUEST__BODY_RESUME_VM, .start = resume_start,
+};
+
+/* ---- restart recovery (recovery.c) ---- */
 
 static bool
 file_exists(const char *path)
