@@ -29,7 +29,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "factory.h"
 #include "log.h"
 #include "net.h"
 
