@@ -42,7 +42,7 @@ enum kind {
 	K_LISTEN,      /* ADDR:PORT */
 	K_ROOTS,       /* absolute paths separated by ':' */
 	K_SHAPE,       /* auto or off */
-	K_NETMODE,     /* none or user: the pool's default network (issue 16) */
+	K_NETMODE,     /* none or user: the network a GetVM that names none gets */
 	K_ADDRS,       /* IPv4 addresses separated by ',' */
 	K_STOPMODE,    /* kill, flush or poweroff */
 	K_RESET,       /* stop or keep */

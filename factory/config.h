@@ -55,7 +55,7 @@ struct vmf_pool_spec {
 	unsigned vcpus, memory_mib, max_vcpus, max_memory_mib;
 	unsigned max_idle_s;         /* replace pooled VMs older than this, 0 = never */
 	bool share_memory;           /* false: full-form template, no pages shared with clones */
-	/* Network (issue 16): nic: the template carries a NIC (default yes);
+	/* Network: nic: the template carries a NIC (default yes);
 	 * net_user: a GetVM that asks for no network gets user-mode (net = user). */
 	bool nic, net_user;
 	/* Demand shaping (vmfactory.conf(5)): shape = auto; at most shape_max

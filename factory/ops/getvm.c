@@ -54,8 +54,9 @@ struct getvm_job {
 	uint8_t sample[16];      /* a clone made now: its random bytes after the reseed */
 	bool reseeded;
 	uint64_t pss_kib;        /* read on the worker, for the reply */
-	/* Network (issue 16): the request's, and the namespace opened on a
-	 * worker before any VM is taken. */
+	/* Network: the request's (none, user-mode, or the sandbox's
+	 * namespace), and the namespace opened on a worker before any VM is
+	 * taken. */
 	struct vmf_net_request net;
 	char netns[PATH_MAX], netns_link[16];
 	int nsfd;
