@@ -384,7 +384,7 @@ attach_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control__Reque
 	j->fd = -1;
 	j->base_fd = -1;
 	j->peer = vmf_request_peer(c);
-	j->admin = vmf_daemon_peer_admin(d, j->peer);
+	j->admin = vmf_request_admin(d, c);
 	j->scratch_mib = req->scratch_mib;
 	vm->busy = true;
 	if (vmf_jobs_submit(d->cache.jobs, open_work, open_done, j) < 0) {

@@ -597,7 +597,7 @@ start(struct vmf_daemon *d, struct vmf_conn *c, const char *vm_id, bool resume)
 	j->share = d->hv.caps & VMF_CAP_SHARE_DEVICE && vm->share_link[0];
 	j->owner_admin = vmf_daemon_peer_admin(d, vm->owner_uid);
 	j->peer = vmf_request_peer(c);
-	j->peer_admin = vmf_daemon_peer_admin(d, j->peer);
+	j->peer_admin = vmf_request_admin(d, c);
 	if (!resume)
 		state_path(d, vm->id, vm->state_file, sizeof(vm->state_file));
 	vm->state = resume ? VMF_VM_RESUMING : VMF_VM_SUSPENDING;

@@ -120,7 +120,7 @@ template_rm_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control__
 	struct vmf_snap *s = vmf_snap_lookup(d, peer, name);
 	if (!s) {
 		/* Another owner's is "none": its existence is not the peer's to learn. */
-		if (vmf_daemon_peer_admin(d, peer))
+		if (vmf_request_admin(d, c))
 			snprintf(msg, sizeof(msg), "no snapshot template %s in this daemon (a built template goes with "
 				 "template gc or rm while no daemon runs)", name);
 		else
