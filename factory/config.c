@@ -942,6 +942,8 @@ vmf_config_free(struct vmf_config *c)
 	c->errors = NULL;
 }
 
+/* The daemon's defaults, before the file and the flags: the values
+ * vmfactory.conf(5) documents for keys left out. */
 void
 vmf_daemon_opts_defaults(struct vmf_daemon_opts *o)
 {

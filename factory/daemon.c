@@ -1,6 +1,6 @@
-/* The daemon: options, start-up, the loop (signals, the one-second tick)
- * and readiness (`vmfactory init`'s pipe, systemd).  The rest lives one
- * role per file: see docs/architecture.md. */
+/* The daemon: start-up (its options checked), the loop (signals, the
+ * one-second tick) and readiness (`vmfactory init`'s pipe, systemd).  The
+ * rest lives one role per file: see docs/architecture.md. */
 #include <errno.h>
 #include <pwd.h>
 #include <event2/thread.h>
