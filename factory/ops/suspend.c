@@ -504,11 +504,9 @@ start(struct vmf_daemon *d, struct vmf_conn *c, const char *vm_id, bool resume)
 		vmf_request_fail(c, lerr.code, msg);
 		return;
 	}
-	struct suspend_job *j = calloc(1, sizeof(*j));
-	if (!j) {
-		vmf_request_fail(c, ENOMEM, "out of memory");
+	struct suspend_job *j = vmf_request_job_new(c, sizeof(*j));
+	if (!j)
 		return;
-	}
 	j->d = d;
 	j->c = c;
 	j->vm = vm;
