@@ -394,7 +394,6 @@ suspend_done(void *arg)
 	memcpy(vm->state_file, j->snap.state_file, sizeof(vm->state_file));
 	vm->state_size = j->snap.state_size;
 	vm->suspended_ns = j->snap.suspended_ns;
-	vm->busy = false;
 	const char *what = j->resume ? "resume" : "suspend";
 	bool ok = j->rc == 0;
 	if (j->resume) {
@@ -413,11 +412,14 @@ suspend_done(void *arg)
 		}
 		vm->dead = false;
 	}
+	/* Running again (a resume, or a suspend that failed): watched, and a
+	 * process that died meanwhile is handled as any VM's death. */
 	if (vm->state == VMF_VM_ASSIGNED) {
 		vmf_cache_watch_vm(&d->cache, vm);
 		if (!vm->ops->alive(vm->hv))
-			vmf_cache_vm_exited(&d->cache, vm);
+			vm->dead = true;
 	}
+	vmf_request_vm_back(d, vm, NULL);
 	if (ok) {
 		if (j->resume)
 			log_vm(VMF_LOG_INFO, vm->id, "resumed in %.1f ms, clock error %.3f ms", j->ms, vm->clock_error_ms);
