@@ -1,5 +1,5 @@
-/* The guest agent (contrib/agent/agent.c) against arbitrary bytes from "the
- * host": its frame parser (feed), request decoding and handlers, run through
+/* The guest agent (contrib/agent/) against arbitrary bytes from "the
+ * host": its frame parser (conn_parse_input), request decoding and handlers, run through
  * the agent's own --fd test mode, which touches nothing global (no clock,
  * CPUs, mounts; GuestInfo lists a scratch share directory).  The agent is a
  * separate static program, so its source is compiled into this target with
