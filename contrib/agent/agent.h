@@ -28,6 +28,7 @@ struct agent_options {
 	bool vsock_allow_local;      /* accept guest-local vsock peers (tests) */
 	bool no_exec;                /* ExecStart refused (the fuzz target: no host commands) */
 	const char *exec_ledger;     /* where started process groups are noted; NULL: nowhere */
+	const char *files_root;      /* test mode: the only place file requests may touch */
 };
 extern struct agent_options agent_options;
 
@@ -178,6 +179,16 @@ unsigned long long exec_ledger_add(pid_t pgid);
 void exec_ledger_remove(pid_t pgid, unsigned long long ticks);
 void exec_ledger_sweep(void);
 #define EXEC_LEDGER_GUEST "/run/vmf-agent/execs"
+
+/* ---- files.c: files in the guest, as the requested user ---- */
+
+void files_stat(struct agent_call *call);
+void files_list(struct agent_call *call);
+void files_mkdir(struct agent_call *call);
+void files_move(struct agent_call *call);
+void files_remove(struct agent_call *call);
+void files_read(struct agent_call *call);
+void files_write(struct agent_call *call);
 
 /* ---- guest_info.c, online.c, identity.c, nic.c, share.c, disks.c, stop.c ---- */
 

@@ -78,6 +78,13 @@ static agent_handler *const handlers[] = {
 	[VMF__AGENT__AGENT_REQUEST__BODY_EXEC_SIGNAL] = exec_signal,
 	[VMF__AGENT__AGENT_REQUEST__BODY_EXEC_RESIZE] = exec_resize,
 	[VMF__AGENT__AGENT_REQUEST__BODY_EXEC_RESET] = exec_reset,
+	[VMF__AGENT__AGENT_REQUEST__BODY_FILE_STAT] = files_stat,
+	[VMF__AGENT__AGENT_REQUEST__BODY_FILE_LIST] = files_list,
+	[VMF__AGENT__AGENT_REQUEST__BODY_FILE_MKDIR] = files_mkdir,
+	[VMF__AGENT__AGENT_REQUEST__BODY_FILE_MOVE] = files_move,
+	[VMF__AGENT__AGENT_REQUEST__BODY_FILE_REMOVE] = files_remove,
+	[VMF__AGENT__AGENT_REQUEST__BODY_FILE_READ] = files_read,
+	[VMF__AGENT__AGENT_REQUEST__BODY_FILE_WRITE] = files_write,
 };
 
 void

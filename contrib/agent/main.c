@@ -83,7 +83,8 @@ usage(void)
 		"         --machine-id-file PATH (default /etc/machine-id; in test mode written only when given),\n"
 		"         --vsock-port N (0: no vsock), --vsock-allow-local (accept guest-local vsock peers),\n"
 		"         --exec-ledger DIR (where started exec sessions are noted; default " EXEC_LEDGER_GUEST "\n"
-		"         in the guest, none in test mode)\n",
+		"         in the guest, none in test mode),\n"
+		"         --files-root DIR (test mode: file requests only below DIR; none without it)\n",
 		PORT_NAME, VSOCK_PORT_DEFAULT);
 }
 
@@ -137,6 +138,8 @@ main(int argc, char **argv)
 			agent_options.machine_id_given = true;
 		} else if (!strcmp(argv[i], "--no-set-time")) {
 			agent_options.no_set_time = true;
+		} else if (!strcmp(argv[i], "--files-root") && i + 1 < argc) {
+			agent_options.files_root = argv[++i];
 		} else if (!strcmp(argv[i], "--exec-ledger") && i + 1 < argc) {
 			agent_options.exec_ledger = argv[++i];
 		} else if (!strcmp(argv[i], "--version")) {
