@@ -22,6 +22,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "agent_internal.h"
 #include "agentconn.h"
 #include "frame.h"
 #include "sockaddr.h"
@@ -190,8 +191,8 @@ on_previous(void *arg, Vmf__Agent__AgentReply *rep, struct vmf_error *err)
 }
 
 /* Sends req and waits for the reply with its id; other frames are kept. */
-static int
-call(struct vmf_client_agent *a, Vmf__Agent__AgentRequest *req, Vmf__Agent__AgentReply__BodyCase want,
+int
+agent_client_call(struct vmf_client_agent *a, Vmf__Agent__AgentRequest *req, Vmf__Agent__AgentReply__BodyCase want,
      Vmf__Agent__AgentReply **out, int64_t deadline, struct vmf_error *err)
 {
 	*out = NULL;
@@ -305,7 +306,7 @@ connect_once(void *arg, int64_t until, void **out, struct vmf_error *err)
 	req.body_case = VMF__AGENT__AGENT_REQUEST__BODY_EXEC_RESET;
 	req.exec_reset = &rs;
 	Vmf__Agent__AgentReply *rep;
-	int r = call(a, &req, VMF__AGENT__AGENT_REPLY__BODY_EXEC_ACK, &rep, until, err);
+	int r = agent_client_call(a, &req, VMF__AGENT__AGENT_REPLY__BODY_EXEC_ACK, &rep, until, err);
 	if (r == -EOPNOTSUPP)
 		r = vmf_err(err, EOPNOTSUPP, "the agent on %s does not support exec (an older guest image: "
 			    "rebuild the image and its templates)", ca->path);
@@ -379,7 +380,7 @@ vmf_client_agent_ping(struct vmf_client_agent *a, int timeout_ms, struct vmf_err
 	req.body_case = VMF__AGENT__AGENT_REQUEST__BODY_PING;
 	req.ping = &ping;
 	Vmf__Agent__AgentReply *rep;
-	int r = call(a, &req, VMF__AGENT__AGENT_REPLY__BODY_PONG, &rep, deadline_in(timeout_ms), err);
+	int r = agent_client_call(a, &req, VMF__AGENT__AGENT_REPLY__BODY_PONG, &rep, deadline_in(timeout_ms), err);
 	if (r == 0)
 		vmf__agent__agent_reply__free_unpacked(rep, NULL);
 	return r;
@@ -428,7 +429,7 @@ vmf_client_exec_start(struct vmf_client_agent *a, const struct vmf_exec_opts *o,
 	if (!es)
 		return vmf_err(err, ENOMEM, "out of memory for an exec");
 	Vmf__Agent__AgentReply *rep;
-	int r = call(a, &req, VMF__AGENT__AGENT_REPLY__BODY_EXEC_STARTED, &rep, deadline_in(timeout_ms), err);
+	int r = agent_client_call(a, &req, VMF__AGENT__AGENT_REPLY__BODY_EXEC_STARTED, &rep, deadline_in(timeout_ms), err);
 	if (r < 0) {
 		free(es);
 		return r;
@@ -597,7 +598,7 @@ static int
 ack_call(struct vmf_client_agent *a, Vmf__Agent__AgentRequest *req, struct vmf_error *err)
 {
 	Vmf__Agent__AgentReply *rep;
-	int r = call(a, req, VMF__AGENT__AGENT_REPLY__BODY_EXEC_ACK, &rep, deadline_in(10000), err);
+	int r = agent_client_call(a, req, VMF__AGENT__AGENT_REPLY__BODY_EXEC_ACK, &rep, deadline_in(10000), err);
 	if (r == 0)
 		vmf__agent__agent_reply__free_unpacked(rep, NULL);
 	return r;
