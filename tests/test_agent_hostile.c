@@ -104,10 +104,9 @@ peer_pong(struct peer *p, uint64_t id)
 	return peer_reply(p, &r);
 }
 
-/* The library's first request (ExecReset), answered, and then its
- * ExecStart, answered with EXEC_ID. */
+/* The library's first request (ExecReset), answered. */
 static bool
-peer_exec_session(struct peer *p)
+peer_ack_reset(struct peer *p)
 {
 	Vmf__Agent__AgentRequest *q = peer_read(p, 5000);
 	if (!q)
@@ -118,7 +117,16 @@ peer_exec_session(struct peer *p)
 	r.body_case = VMF__AGENT__AGENT_REPLY__BODY_EXEC_ACK;
 	r.exec_ack = &ack;
 	vmf__agent__agent_request__free_unpacked(q, NULL);
-	if (!peer_reply(p, &r) || !(q = peer_read(p, 5000)))
+	return peer_reply(p, &r);
+}
+
+/* The library's ExecReset, then its ExecStart, answered with EXEC_ID. */
+static bool
+peer_exec_session(struct peer *p)
+{
+	Vmf__Agent__AgentRequest *q;
+	Vmf__Agent__AgentReply r = VMF__AGENT__AGENT_REPLY__INIT;
+	if (!peer_ack_reset(p) || !(q = peer_read(p, 5000)))
 		return false;
 	Vmf__Agent__ExecStarted st = VMF__AGENT__EXEC_STARTED__INIT;
 	st.exec_id = EXEC_ID;
@@ -198,16 +206,9 @@ peer_strings(struct peer *p, Vmf__Agent__AgentRequest *q)
 static void
 peer_file_lies(struct peer *p)
 {
-	Vmf__Agent__AgentRequest *q = peer_read(p, 5000);
-	if (!q)
+	Vmf__Agent__AgentRequest *q;
+	if (!peer_ack_reset(p))
 		return;
-	Vmf__Agent__AgentReply r = VMF__AGENT__AGENT_REPLY__INIT;
-	Vmf__Agent__ExecAck ack = VMF__AGENT__EXEC_ACK__INIT;
-	r.id = q->id;
-	r.body_case = VMF__AGENT__AGENT_REPLY__BODY_EXEC_ACK;
-	r.exec_ack = &ack;
-	vmf__agent__agent_request__free_unpacked(q, NULL);
-	peer_reply(p, &r);
 	static uint8_t twenty[20];
 	while ((q = peer_read(p, 3000))) {
 		Vmf__Agent__AgentReply a = VMF__AGENT__AGENT_REPLY__INIT;

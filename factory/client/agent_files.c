@@ -10,12 +10,6 @@
 #include "frame.h"
 #include "text.h"
 
-static int64_t
-deadline_in(int timeout_ms)
-{
-	return timeout_ms < 0 ? -1 : vmf_now_ms() + timeout_ms;
-}
-
 static char *
 guest_string(const char *s)
 {
@@ -82,7 +76,7 @@ file_call(struct vmf_client_agent *a, Vmf__Agent__AgentRequest *req, Vmf__Agent_
 	if (vmf__agent__agent_request__get_packed_size(req) + 16 > VMF_AGENT_MAX_FRAME)
 		return vmf_err(err, E2BIG, "a file request of more than %u bytes does not fit a frame",
 			       VMF_AGENT_MAX_FRAME - 16);
-	return agent_client_call(a, req, want, rep, deadline_in(timeout_ms), err);
+	return agent_client_call(a, req, want, rep, agent_client_deadline(timeout_ms), err);
 }
 
 /* A request answered with one entry (Stat, Move, Write): into e, if given. */

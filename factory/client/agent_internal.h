@@ -12,4 +12,7 @@ int agent_client_call(struct vmf_client_agent *a, Vmf__Agent__AgentRequest *req,
 		      Vmf__Agent__AgentReply__BodyCase want, Vmf__Agent__AgentReply **out, int64_t deadline,
 		      struct vmf_error *err);
 
+/* The absolute deadline (vmf_now_ms()) timeout_ms from now; -1 for <0. */
+int64_t agent_client_deadline(int timeout_ms);
+
 #endif
