@@ -468,7 +468,10 @@ multipart_files(struct fs_job *f, const struct gw_user *u, const char *ctype, co
 		if (!next)
 			break;
 		const char *fn = strcasestr(headers, "filename=\"");
-		bool is_file = strcasestr(headers, "name=\"file\"") != NULL;
+		/* name="file", not a filename="file" of another part. */
+		bool is_file = false;
+		for (const char *h = headers; (h = strcasestr(h, "name=\"file\"")); h++)
+			is_file = is_file || (h > headers && (h[-1] == ' ' || h[-1] == ';'));
 		if (is_file) {
 			char name[4096] = "";
 			if (fn) {

@@ -159,6 +159,33 @@ async function main() {
     await sbx.files.write([{ path: '/tmp/m1', data: 'one' }, { path: '/tmp/m2', data: 'two' }])
     check(await sbx.files.read('/tmp/m1') === 'one' && await sbx.files.read('/tmp/m2') === 'two', 'files.write of several files')
   })
+  await step('files: raw uploads, good and bad', async () => {
+    const envd = (path, init = {}) => fetch(process.env.E2B_SANDBOX_URL + path, { ...init,
+      headers: { 'E2b-Sandbox-Id': sbx.sandboxId, 'E2b-Sandbox-Port': '49983', 'X-Access-Token': sbx.envdAccessToken,
+        ...(init.headers || {}) } })
+    let r = await envd('/files?path=/tmp/oct&username=user', { method: 'POST', body: 'raw bytes',
+      headers: { 'Content-Type': 'application/octet-stream' } })
+    const j = await r.json()
+    check(r.status === 200 && j[0]?.path === '/tmp/oct', `an octet-stream upload: ${r.status} ${JSON.stringify(j)}`)
+    check(await sbx.files.read('/tmp/oct') === 'raw bytes', 'it reads back')
+    const bad = [
+      ['multipart without a boundary', 'multipart/form-data', 'x'],
+      ['multipart without a file part', 'multipart/form-data; boundary=b1',
+        '--b1\r\nContent-Disposition: form-data; name="other"\r\n\r\nx\r\n--b1--\r\n'],
+      ['multipart cut before its closing boundary', 'multipart/form-data; boundary=b1',
+        '--b1\r\nContent-Disposition: form-data; name="file"; filename="/tmp/cut"\r\n\r\nxyz'],
+    ]
+    for (const [what, ct, body] of bad) {
+      r = await envd('/files?path=/tmp/bad', { method: 'POST', body, headers: { 'Content-Type': ct } })
+      const t = await r.text()
+      check(r.status === 400 && /multipart/.test(t), `${what}: ${r.status} ${t}`)
+    }
+    check(!(await sbx.files.exists('/tmp/bad')) && !(await sbx.files.exists('/tmp/cut')), 'a bad upload writes nothing')
+    r = await envd('/files')
+    check(r.status === 400, `GET /files without a path: ${r.status}`)
+    r = await envd('/files?path=/tmp/oct&username=mallory')
+    check(r.status === 400 && /mallory/.test(await r.text()), `an unknown user: ${r.status}`)
+  })
   await throws('files.read of a missing file: FileNotFoundError', () => sbx.files.read('/tmp/none'),
     (e) => e instanceof FileNotFoundError)
   // The guest's permissions decide, for the user asked for.
