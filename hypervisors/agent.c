@@ -452,8 +452,40 @@ vmf_agent_send_handout_net(struct vmf_agent *a, const char *hostname, const stru
 }
 
 int
+vmf_agent_send_handout_time(struct vmf_agent *a, struct vmf_agent_handout *h, int timeout_ms, struct vmf_error *err)
+{
+	Vmf__Agent__AgentRequest req = VMF__AGENT__AGENT_REQUEST__INIT;
+	Vmf__Agent__SetTime st = VMF__AGENT__SET_TIME__INIT;
+	req.body_case = VMF__AGENT__AGENT_REQUEST__BODY_SET_TIME;
+	req.set_time = &st;
+	st.realtime_ns = h->host_sent_ns = vmf_realtime_ns();
+	int r = vmf_agent_send(a, &req, timeout_ms, err);
+	h->time_id = req.id;
+	return r;
+}
+
+/* The SetTime's reply: the agent answers in order, so it follows the
+ * hand-out's. */
+static int
+recv_handout_time(struct vmf_agent *a, struct vmf_agent_handout *h, int timeout_ms, struct vmf_error *err)
+{
+	Vmf__Agent__AgentRequest req = VMF__AGENT__AGENT_REQUEST__INIT;
+	req.body_case = VMF__AGENT__AGENT_REQUEST__BODY_SET_TIME;
+	req.id = h->time_id;
+	Vmf__Agent__AgentReply *rep;
+	int r = vmf_agent_recv(a, &req, &rep, timeout_ms, err);
+	h->host_recv_ns = vmf_realtime_ns();
+	if (r < 0)
+		return r;
+	h->guest_ns = rep->time->realtime_ns;
+	vmf__agent__agent_reply__free_unpacked(rep, NULL);
+	return 0;
+}
+
+int
 vmf_agent_recv_handout(struct vmf_agent *a, struct vmf_agent_handout *h, int timeout_ms, struct vmf_error *err)
 {
+	int64_t deadline = deadline_in(timeout_ms);
 	Vmf__Agent__AgentRequest req = VMF__AGENT__AGENT_REQUEST__INIT;
 	req.body_case = VMF__AGENT__AGENT_REQUEST__BODY_HANDOUT;
 	req.id = h->id;
@@ -482,7 +514,10 @@ vmf_agent_recv_handout(struct vmf_agent *a, struct vmf_agent_handout *h, int tim
 		vmf_escape(bi, h->boot_id, sizeof(h->boot_id), VMF_ESC_BACKSLASH);
 	vmf_escape(res->net_error, h->net_error, sizeof(h->net_error), 0);
 	vmf__agent__agent_reply__free_unpacked(rep, NULL);
-	return 0;
+	if (!h->time_id)
+		return 0;
+	int64_t left = deadline - vmf_now_ms();
+	return recv_handout_time(a, h, left > 0 ? (int)left : 0, err);
 }
 
 double
