@@ -42,6 +42,9 @@ vmf_daemon_opts_defaults(struct vmf_daemon_opts *o)
 	o->share_memory = true;
 	o->nic = true;
 	o->max_miss_clones = VMF_DEFAULT_MAX_MISS_CLONES;
+	o->max_queue = VMF_DEFAULT_MAX_QUEUE;
+	o->tenant_max_queued = VMF_DEFAULT_TENANT_MAX_QUEUED;
+	o->get_timeout_s = VMF_DEFAULT_GETVM_TIMEOUT_MS / 1000;
 	/* On: it only acts once requests above a pool's base come, and then
 	 * within shape_max and shape_memory_mib, off the hand-out path. */
 	o->shape = true;
@@ -284,6 +287,8 @@ setup_pool(struct vmf_daemon *d, const struct vmf_pool_spec *ps, struct vmf_erro
 	p->shape.memory_mib = ps->shape_memory_mib == VMF_SHAPE_AUTO ? ps->size * ps->memory_mib / 2
 		: ps->shape_memory_mib;
 	p->parallelism = o->fill_parallelism ? o->fill_parallelism : 2;
+	p->max_parallelism = vmf_pool_clone_cap(o->clone_parallelism, d->host_cpus, d->host_mem_mib, ps->memory_mib,
+						WORKER_THREADS - 1);
 	int r = set_policy(&p->stop, p->cgroups, &p->n_cgroups, ps->stop, ps->stop_timeout_s, ps->on_guest_reset,
 			   ps->cgroup, err);
 	p->params.on_guest_reset = p->stop.keep_on_reset ? "keep" : "stop";
@@ -351,6 +356,8 @@ vmf_daemon_template_pool(struct vmf_daemon *d, const char *pool_name, unsigned s
 	p->params.nic = vmf_template_has_nic(rec);
 	p->target = size;
 	p->parallelism = o->fill_parallelism ? o->fill_parallelism : 2;
+	p->max_parallelism = vmf_pool_clone_cap(o->clone_parallelism, d->host_cpus, d->host_mem_mib,
+						p->spec->memory_mib, WORKER_THREADS - 1);
 	p->stop = d->cache.stop_default;
 	p->params.on_guest_reset = p->stop.keep_on_reset ? "keep" : "stop";
 	p->img = d->img;
@@ -814,6 +821,10 @@ vmf_daemon_run(const struct vmf_daemon_opts *opts, struct vmf_error *err)
 		goto out;
 	if ((r = vmf_template_cleanup(d->cache.cat, opts->state_dir, err)) < 0)
 		log_warn("%s", err->msg);
+	/* Read once: a pool made later (a snapshot's) is made on the loop. */
+	d->host_cpus = vmf_host_cpus();
+	d->host_mem_mib = vmf_host_mem_available_mib();
+	d->cache.max_queue = opts->max_queue;
 	if ((r = setup_pools(d, err)) < 0 || (r = vmf_snaps_load(d, err)) < 0)
 		goto out;
 

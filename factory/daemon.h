@@ -99,6 +99,12 @@ struct vmf_daemon_opts {
 	bool nic, net_user;          /* the pools' defaults for nic and net */
 	unsigned fill_parallelism;   /* concurrent clones while filling, 0 = auto */
 	unsigned max_miss_clones;    /* concurrent clones for GetVM misses; 0 = no misses */
+	/* A GetVM with no ready VM and no room for a miss waits in its pool's
+	 * queue (cache/queue.c): at most max_queue per pool (0: none wait),
+	 * tenant_max_queued of one tenant; get_timeout_s when the request
+	 * names no timeout.  Pools clone up to clone_parallelism at once as
+	 * their queue deepens (0: from the host's cores and memory). */
+	unsigned max_queue, tenant_max_queued, get_timeout_s, clone_parallelism;
 	unsigned max_idle_s;         /* replace pooled VMs older than this, 0 = never */
 	bool shape;                  /* [daemon] shape, shape_max, shape_memory_mib: */
 	unsigned shape_max, shape_memory_mib;   /* every pool's defaults */

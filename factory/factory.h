@@ -34,6 +34,8 @@
 #define VMF_CONTROL_MAX_FRAME VMF_CLIENT_MAX_FRAME
 #define VMF_CONTROL_VERSION VMF_CONTROL_PROTOCOL_VERSION
 #define VMF_DEFAULT_GETVM_TIMEOUT_MS 60000
+#define VMF_DEFAULT_MAX_QUEUE 256
+#define VMF_DEFAULT_TENANT_MAX_QUEUED 32
 #define VMF_DESTROY_LOST_MAX 64
 
 /* Hand-out steps, timed separately (status and metrics show each). */
@@ -98,6 +100,8 @@ struct vmf_daemon {
 	struct vmf_snap_list snaps;      /* snapshot templates: owners, names, bytes */
 	uint64_t limit_refusals[VMF_LIMIT_COUNT];
 	unsigned miss_clones;            /* GetVM misses cloning now (bounded by opts.max_miss_clones) */
+	unsigned host_cpus;              /* online at start: bounds clone parallelism */
+	uint64_t host_mem_mib;           /* MemAvailable at start, 0 = unknown */
 	uint32_t destroyed;              /* VMs stopped since destroy began */
 	struct vmf_conn *destroy_conn;   /* the Destroy waiting for its reply */
 	bool destroy_all;                /* ... with all: assigned VMs stop too */
