@@ -22,15 +22,6 @@
 #include "testlib.h"
 #include "util.h"
 
-static void
-gate(const char *value)
-{
-	char p[700];
-	struct vmf_error e = {0};
-	snprintf(p, sizeof p, "%s/gate-clone", run);
-	ck_assert_msg(vmf_write_file_atomic(p, value, strlen(value), 0600, &e) == 0, "%s", e.msg);
-}
-
 /* The first pool's key, or the daemon's counters' ("counters" object) when
  * pool is false; -1 when the daemon does not answer. */
 static long long
@@ -124,41 +115,19 @@ assert_served(const struct req *r, long long *queue_ms, char *id, size_t n)
 	free(s);
 }
 
-/* A GetVM through the client library as uid (0: root) into dir/NAME-*:
- * 0, or -errno with the error's sentence in msg; *ms how long it took. */
+/* A GetVM as uid (0: root) into dir/NAME-*: 0, or -errno with the error's
+ * sentence in msg; *ms how long it took. */
 static int
 get_as(uid_t uid, const char *dir, const char *name, unsigned timeout_ms, char *msg, size_t n, int64_t *ms)
 {
 	char share[700], sockd[700];
 	snprintf(share, sizeof share, "%s/%s-share", dir, name);
 	snprintf(sockd, sizeof sockd, "%s/%s-sock", dir, name);
-	Vmf__Control__GetVMRequest req = VMF__CONTROL__GET_VMREQUEST__INIT;
-	req.vcpus = 1;
-	req.memory_mib = 256;
-	req.sandbox_id = (char *)name;
-	req.share_dir = share;
-	req.sock_dir = sockd;
-	req.timeout_ms = timeout_ms;
 	int64_t t0 = vmf_now_ms();
-	int rc = call_as(uid, req_get, &req, msg, n);
+	int rc = get_into(uid, share, sockd, name, timeout_ms, msg, n);
 	*ms = vmf_now_ms() - t0;
 	printf("%s: %d in %lld ms: %s\n", name, rc, (long long)*ms, msg);
 	return rc;
-}
-
-/* The state of the VM of sandbox, "" when none. */
-static void
-vm_of_sandbox(const char *sandbox, char *state, size_t n)
-{
-	json_object *s = vmf_json("status -o json%s", "");
-	json_object *vms = path(s, "vms", NULL);
-	state[0] = '\0';
-	for (size_t i = 0; i < json_object_array_length(vms); i++) {
-		json_object *v = json_object_array_get_idx(vms, i);
-		if (!strcmp(json_object_get_string(path(v, "sandbox_id", NULL)), sandbox))
-			snprintf(state, n, "%s", json_object_get_string(path(v, "state", NULL)));
-	}
-	json_object_put(s);
 }
 
 START_TEST(exhausted_pools_queue_time_out_refuse_and_serve_tenants_in_turn)
@@ -175,7 +144,7 @@ START_TEST(exhausted_pools_queue_time_out_refuse_and_serve_tenants_in_turn)
 	ck_assert_int_eq(vmf_mkdir_p(run, 0700, &e), 0);
 
 	/* The pool fills (two clones pass the gate), then its clones wait. */
-	gate("2");
+	fault_gate("clone", "2");
 	fault = "gates";
 	int rc = vmf(NULL, "init --config %s --group %s --pool 2 --wait --timeout 600", conf, tu.group);
 	fault = NULL;
@@ -235,7 +204,7 @@ START_TEST(exhausted_pools_queue_time_out_refuse_and_serve_tenants_in_turn)
 	for (int k = 0; k < 4; k++) {
 		char open[16];
 		snprintf(open, sizeof open, "%d", 3 + k);
-		gate(open);
+		fault_gate("clone", open);
 		wait_until(reap(q, 4) == k + 1, 300000, "request %d of the queue was not served", k + 1);
 	}
 	int order[4];
@@ -264,7 +233,7 @@ START_TEST(exhausted_pools_queue_time_out_refuse_and_serve_tenants_in_turn)
 
 	/* A burst of three times the pool from a full pool: every request
 	 * served, those beyond the ready VMs from the queue. */
-	gate("1000");
+	fault_gate("clone", "1000");
 	wait_until(stat_of(true, "ready") == 2 && stat_of(true, "filling") == 0, 300000, "the pool did not fill");
 	struct req burst[6];
 	int64_t t0 = vmf_now_ms();
