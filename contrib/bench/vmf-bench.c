@@ -641,36 +641,50 @@ struct treq {
 	pthread_t th;
 };
 
+/* One GetVM of vcpus / mib for sandbox on a connection of its own, *ms
+ * from request to reply: the reply with *c open (for a release), or NULL
+ * with err and *c closed. */
+static Vmf__Control__Reply *
+own_get(const char *sandbox, unsigned vcpus, unsigned mib, struct vmf_client **c, double *ms, char *err, size_t n)
+{
+	char share[4200], sockd[4200];
+	snprintf(share, sizeof share, "%s/sb/%s-share", cfg.dir, sandbox);
+	snprintf(sockd, sizeof sockd, "%s/sb/%s-sock", cfg.dir, sandbox);
+	Vmf__Control__GetVMRequest req = VMF__CONTROL__GET_VMREQUEST__INIT;
+	req.vcpus = vcpus;
+	req.memory_mib = mib;
+	req.sandbox_id = (char *)sandbox;
+	req.share_dir = share;
+	req.sock_dir = sockd;
+	struct vmf_error e = {0};
+	Vmf__Control__Reply *r = NULL;
+	if (vmf_client_connect(cfg.sock, c, &e) < 0) {
+		snprintf(err, n, "%s", e.msg);
+		return NULL;
+	}
+	int64_t t0 = vmf_monotonic_ns();
+	int rc = vmf_client_get_vm(*c, &req, &r, CALL_TIMEOUT_MS, &e);
+	*ms = ms_since(t0);
+	if (rc < 0) {
+		snprintf(err, n, "%s", e.msg);
+		vmf_client_close(*c);
+		return NULL;
+	}
+	return r;
+}
+
 static void *
 trace_thread(void *arg)
 {
 	struct treq *q = arg;
-	char sandbox[64], share[4200], sockd[4200];
+	char sandbox[64];
 	snprintf(sandbox, sizeof sandbox, "trace-%d", q->k);
-	snprintf(share, sizeof share, "%s/sb/%s-share", cfg.dir, sandbox);
-	snprintf(sockd, sizeof sockd, "%s/sb/%s-sock", cfg.dir, sandbox);
-	Vmf__Control__GetVMRequest req = VMF__CONTROL__GET_VMREQUEST__INIT;
-	req.vcpus = q->vcpus;
-	req.memory_mib = q->mib;
-	req.sandbox_id = sandbox;
-	req.share_dir = share;
-	req.sock_dir = sockd;
 	struct vmf_client *c;
 	struct vmf_error e = {0};
-	Vmf__Control__Reply *r = NULL;
 	snprintf(q->handout, sizeof q->handout, "error");
-	if (vmf_client_connect(cfg.sock, &c, &e) < 0) {
-		snprintf(q->err, sizeof q->err, "%s", e.msg);
+	Vmf__Control__Reply *r = own_get(sandbox, q->vcpus, q->mib, &c, &q->ms, q->err, sizeof q->err);
+	if (!r)
 		return NULL;
-	}
-	int64_t t0 = vmf_monotonic_ns();
-	int rc = vmf_client_get_vm(c, &req, &r, CALL_TIMEOUT_MS, &e);
-	q->ms = ms_since(t0);
-	if (rc < 0) {
-		snprintf(q->err, sizeof q->err, "%s", e.msg);
-		vmf_client_close(c);
-		return NULL;
-	}
 	snprintf(q->handout, sizeof q->handout, "%s", r->vm->handout && *r->vm->handout ? r->vm->handout : "?");
 	char id[64];
 	snprintf(id, sizeof id, "%s", r->vm->id);
@@ -1046,34 +1060,16 @@ static void *
 burst_thread(void *arg)
 {
 	struct breq *q = arg;
-	char sandbox[64], share[4200], sockd[4200];
+	char sandbox[64];
 	snprintf(sandbox, sizeof sandbox, "burst-%d", q->k);
-	snprintf(share, sizeof share, "%s/sb/%s-share", cfg.dir, sandbox);
-	snprintf(sockd, sizeof sockd, "%s/sb/%s-sock", cfg.dir, sandbox);
-	Vmf__Control__GetVMRequest req = VMF__CONTROL__GET_VMREQUEST__INIT;
-	req.vcpus = 1;
-	req.memory_mib = 256;
-	req.sandbox_id = sandbox;
-	req.share_dir = share;
-	req.sock_dir = sockd;
 	struct vmf_client *c;
-	struct vmf_error e = {0};
-	Vmf__Control__Reply *r = NULL;
-	if (vmf_client_connect(cfg.sock, &c, &e) < 0) {
-		snprintf(q->err, sizeof q->err, "%s", e.msg);
-		return NULL;
-	}
-	int64_t t0 = vmf_monotonic_ns();
-	int rc = vmf_client_get_vm(c, &req, &r, CALL_TIMEOUT_MS, &e);
-	q->ms = ms_since(t0);
+	Vmf__Control__Reply *r = own_get(sandbox, 1, 256, &c, &q->ms, q->err, sizeof q->err);
 	q->end_ms = ms_since(q->t0);
-	if (rc < 0)
-		snprintf(q->err, sizeof q->err, "%s", e.msg);
-	else {
-		snprintf(q->id, sizeof q->id, "%s", r->vm->id);
-		q->queue_ms = r->vm->queue_ms;
-		vmf__control__reply__free_unpacked(r, NULL);
-	}
+	if (!r)
+		return NULL;
+	snprintf(q->id, sizeof q->id, "%s", r->vm->id);
+	q->queue_ms = r->vm->queue_ms;
+	vmf__control__reply__free_unpacked(r, NULL);
 	vmf_client_close(c);
 	return NULL;
 }
