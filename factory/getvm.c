@@ -817,10 +817,15 @@ static void
 getvm_wait(struct getvm_job *j)
 {
 	struct vmf_daemon *d = j->d;
+	/* It leaves the queue a hand-out's time before its deadline (a tenth
+	 * of its timeout, at most 2 s): one served at the last moment would
+	 * fail mid-way and cost the VM. */
+	int64_t reserve = (j->deadline_ms - j->start_ms) / 10;
 	struct vmf_wait_req r = {
 		.uid = j->peer,
 		.uid_limit = vmf_daemon_peer_admin(d, j->peer) ? UINT_MAX : d->opts.tenant_max_queued,
-		.deadline_ms = j->deadline_ms, .fn = getvm_woken, .alive = getvm_alive, .arg = j,
+		.deadline_ms = j->deadline_ms - (reserve < 2000 ? reserve : 2000),
+		.fn = getvm_woken, .alive = getvm_alive, .arg = j,
 	};
 	struct vmf_error err = {0};
 	if (!j->waited)

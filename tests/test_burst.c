@@ -167,7 +167,8 @@ START_TEST(exhausted_pools_queue_time_out_refuse_and_serve_tenants_in_turn)
 	rc = get_as(0, tmp, "late", 3000, msg, sizeof msg, &ms);
 	assert_refused(rc, msg, ETIMEDOUT, "no VM of pool default became ready within the request's timeout|"
 		       "waited|queue|--timeout", "a request whose deadline passed in the queue");
-	ck_assert_msg(ms >= 2900 && ms < 15000, "timed out after %lld ms, not about 3 s", (long long)ms);
+	/* A tenth of it is kept for the hand-out of a request served last. */
+	ck_assert_msg(ms >= 2600 && ms < 15000, "timed out after %lld ms, not about 2.7 s", (long long)ms);
 	ck_assert_int_eq(stat_of(true, "queue_timeouts"), 1);
 
 	/* A client that goes away while it waits leaves the queue. */
