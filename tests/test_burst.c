@@ -257,7 +257,23 @@ START_TEST(exhausted_pools_queue_time_out_refuse_and_serve_tenants_in_turn)
 	ck_assert_int_eq(waited, 4);
 	ck_assert_int_eq(stat_of(true, "queue_served"), 8);
 	ck_assert_int_eq(stat_of(true, "queued"), 0);
+
+	/* A destroy answers a request still waiting (its clones fail now). */
+	wait_until(stat_of(true, "ready") == 2 && stat_of(true, "filling") == 0, 300000, "the pool did not fill");
+	fault_gate("clone", "fail");
+	struct req last[3];
+	spawn_get(&last[0], 0, tmp, "last0", 120);
+	spawn_get(&last[1], 0, tmp, "last1", 120);
+	wait_until(reap(last, 2) == 2, 120000, "the hits were not served");
+	spawn_get(&last[2], 0, tmp, "last2", 120);
+	wait_until(stat_of(true, "queued") == 1, 60000, "last2 did not queue");
 	ck_assert_int_eq(vmf(NULL, "destroy --all"), 0);
+	wait_until(reap(&last[2], 1) == 1, 60000, "the waiting request was not answered at the destroy");
+	char *s = output(&last[2]);
+	printf("a request waiting at the destroy: %s", s);
+	ck_assert_msg(WIFEXITED(last[2].status) && WEXITSTATUS(last[2].status) == 1, "status %d", last[2].status);
+	assert_words(s, "being destroyed|waited in pool default's queue", "a request waiting at the destroy");
+	free(s);
 	ck_assert_int_eq(qemu_gone(), 0);
 	assert_daemon_log_clean();
 }
