@@ -1123,8 +1123,17 @@ burst_run(struct vmf_client *c)
 	return b;
 }
 
+/* A pool's clone is warmed too (agent connection, identity, share mounted,
+ * paused again): its time is what the refill shows, one clone per
+ * refill8 / 8 x parallelism. */
+static double
+pool_clone_ms(const struct burst_result *b, double refill_s)
+{
+	return refill_s * 1000 / cfg.vms * (b->parallelism ? b->parallelism : 1);
+}
+
 static void
-burst_report(const struct burst_result *b, double clone_ms, double handout_p99, double refill_s)
+burst_json(const struct burst_result *b, double refill_s)
 {
 	jnum("burst_n", b->n);
 	jnum("burst_ok", b->ok);
@@ -1133,6 +1142,12 @@ burst_report(const struct burst_result *b, double clone_ms, double handout_p99, 
 	jnum("burst_last_ms", b->last);
 	jnum("burst_queued", b->queued);
 	jnum("clone_parallelism", b->parallelism);
+	jnum("pool_clone_ms", pool_clone_ms(b, refill_s));
+}
+
+static void
+burst_report(const struct burst_result *b, double clone_ms, double handout_p99, double refill_s)
+{
 	printf("\n## Burst: %d GetVMs at once on a full pool of %d\n\n| measure | value |\n|---|---:|\n", b->n, cfg.vms);
 	printf("| served | %d of %d (%d waited in the queue) |\n", b->ok, b->n, b->queued);
 	printf("| p50 / p99 | %.0f / %.0f ms |\n| last served | %.0f ms |\n", b->p50, b->p99, b->last);
@@ -1144,13 +1159,8 @@ burst_report(const struct burst_result *b, double clone_ms, double handout_p99, 
 	       (b->n - cfg.vms) * clone_ms / par + 2 * handout_p99, true, " ms");
 	target("refill of 8 (s) vs 8 × clone / parallelism × 1.25", refill_s, 8 * clone_ms / 1000 / par * 1.25, true,
 	       " s");
-	/* A pool's clone is warmed too (agent connection, identity, share
-	 * mounted, paused again): its time is what the refill shows, one
-	 * clone per refill8 / 8 × parallelism. */
-	double pool_clone_ms = refill_s * 1000 / cfg.vms * par;
-	jnum("pool_clone_ms", pool_clone_ms);
 	target("burst: last served (ms) vs (n - pool) × pool clone / parallelism + 2 × hand-out p99", b->last,
-	       (b->n - cfg.vms) * pool_clone_ms / par + 2 * handout_p99, true, " ms");
+	       (b->n - cfg.vms) * pool_clone_ms(b, refill_s) / par + 2 * handout_p99, true, " ms");
 }
 
 /* --burst-only: clone time, the refill of the pool, plain hand-outs and a
@@ -1200,6 +1210,7 @@ burst_only(void)
 	printf("| clone (p50 of %d) | %.0f ms |\n| hand-out p50 / p99 | %.1f / %.1f ms |\n", clone.n, pct(&clone, 50),
 	       pct(&handout, 50), pct(&handout, 99));
 	printf("| refill of an empty pool of %d | %.2f s |\n", cfg.vms, refill_s);
+	burst_json(&b, refill_s);
 	burst_report(&b, pct(&clone, 50), pct(&handout, 99), refill_s);
 	environment(J);
 	if (cfg.json && json_object_to_file_ext(cfg.json, J, JSON_C_TO_STRING_PRETTY) < 0) {
@@ -1578,6 +1589,7 @@ main(int argc, char **argv)
 	json_object_object_add(J, "latency", lat);
 	json_object_object_add(J, "handout_steps", steps_plain);
 	json_object_object_add(J, "handout_steps_with_resize", steps_all);
+	burst_json(&burst, refill_s);
 	json_object *env = environment(J);
 	json_object_object_add(env, "samples", json_object_new_int(cfg.samples));
 	json_object_object_add(env, "cycles", json_object_new_int(cfg.cycles));
