@@ -42,7 +42,7 @@ enum kind {
 	K_LISTEN,      /* ADDR:PORT */
 	K_ROOTS,       /* absolute paths separated by ':' */
 	K_SHAPE,       /* auto or off */
-	K_NETMODE,     /* none or user: the pool's default network (issue 16) */
+	K_NETMODE,     /* none or user: the network a GetVM that names none gets */
 	K_ADDRS,       /* IPv4 addresses separated by ',' */
 	K_STOPMODE,    /* kill, flush or poweroff */
 	K_RESET,       /* stop or keep */
@@ -114,6 +114,7 @@ static const struct key keys[] = {
 	{ SEC_GUEST, "memory_mib", K_UINT, O(memory_mib), 64, 1048576, 0 },
 	{ SEC_GUEST, "max_vcpus", K_UINT, O(max_vcpus), 1, 255, 0 },
 	{ SEC_GUEST, "max_memory_mib", K_UINT, O(max_memory_mib), 64, 1048576, 0 },
+	{ SEC_GUEST, "hotplug_ports", K_UINT, O(hotplug_ports), 0, VMF_HOTPLUG_PORTS_MAX, 0 },
 	/* vmfactory gateway's (factory/gateway); the daemon reads past them. */
 	{ SEC_GATEWAY, "listen", K_LISTEN, G(listen), 0, 0, 64 },
 	{ SEC_GATEWAY, "api_keys", K_ABSPATH, G(api_keys), 0, 0, 512 },
@@ -135,6 +136,7 @@ static const struct key keys[] = {
 	{ SEC_POOL, "max_idle", K_SECONDS, P(max_idle_s), 0, 30 * 86400, 0 },
 	{ SEC_POOL, "share_memory", K_BOOL, P(share_memory), 0, 0, 0 },
 	{ SEC_POOL, "nic", K_BOOL, P(nic), 0, 0, 0 },
+	{ SEC_POOL, "hotplug_ports", K_UINT, P(hotplug_ports), 0, VMF_HOTPLUG_PORTS_MAX, 0 },
 	{ SEC_POOL, "net", K_NETMODE, P(net_user), 0, 0, 0 },
 	{ SEC_POOL, "shape", K_SHAPE, P(shape), 0, 0, 0 },
 	{ SEC_POOL, "shape_max", K_UINT, P(shape_max), 0, 256, 0 },
@@ -732,6 +734,7 @@ finish_pools(struct parser *p)
 	int ishm = key_index(SEC_POOL, "shape_memory_mib");
 	int ist = key_index(SEC_POOL, "stop"), istt = key_index(SEC_POOL, "stop_timeout");
 	int ire = key_index(SEC_POOL, "on_guest_reset"), icg = key_index(SEC_POOL, "cgroup");
+	int ihp = key_index(SEC_POOL, "hotplug_ports");
 	for (unsigned i = 0; i < c->n_pools; i++) {
 		struct vmf_pool_spec *ps = &c->pools[i];
 		int *kl = p->key_line[i];
@@ -744,6 +747,8 @@ finish_pools(struct parser *p)
 			ps->max_vcpus = o->max_vcpus > ps->vcpus ? o->max_vcpus : ps->vcpus;
 		if (!kl[ixm])
 			ps->max_memory_mib = o->max_memory_mib > ps->memory_mib ? o->max_memory_mib : ps->memory_mib;
+		if (!kl[ihp])
+			ps->hotplug_ports = o->hotplug_ports;
 		/* Shaping not set in the pool comes from [daemon]. */
 		if (!kl[ish])
 			ps->shape = o->shape;
@@ -944,4 +949,50 @@ vmf_config_free(struct vmf_config *c)
 	c->n_strings = 0;
 	free(c->errors);
 	c->errors = NULL;
+}
+
+/* The daemon's defaults, before the file and the flags: the values
+ * vmfactory.conf(5) documents for keys left out. */
+void
+vmf_daemon_opts_defaults(struct vmf_daemon_opts *o)
+{
+	memset(o, 0, sizeof(*o));
+	o->socket_path = VMF_DEFAULT_SOCKET;
+	o->state_dir = VMF_DEFAULT_STATE_DIR;
+	o->run_dir = VMF_DEFAULT_RUN_DIR;
+	o->image_dir = VMF_DEFAULT_IMAGE_DIR;
+	o->pool_size = 8;
+	o->vcpus = VMF_DEFAULT_VCPUS;
+	o->memory_mib = VMF_DEFAULT_MEMORY_MIB;
+	o->max_vcpus = VMF_DEFAULT_MAX_VCPUS;
+	o->max_memory_mib = VMF_DEFAULT_MAX_MEMORY_MIB;
+	o->share_memory = true;
+	o->nic = true;
+	o->hotplug_ports = VMF_DEFAULT_HOTPLUG_PORTS;
+	o->max_miss_clones = VMF_DEFAULT_MAX_MISS_CLONES;
+	o->max_queue = VMF_DEFAULT_MAX_QUEUE;
+	o->tenant_max_queued = VMF_DEFAULT_TENANT_MAX_QUEUED;
+	o->get_timeout_s = VMF_DEFAULT_GET_TIMEOUT_S;
+	/* On: it only acts once requests above a pool's base come, and then
+	 * within shape_max and shape_memory_mib, off the hand-out path. */
+	o->shape = true;
+	o->shape_max = VMF_SHAPE_AUTO;
+	o->shape_memory_mib = VMF_SHAPE_AUTO;
+	o->stop = "flush";
+	o->stop_timeout_s = VMF_DEFAULT_STOP_TIMEOUT_S;
+	o->on_guest_reset = "stop";
+	o->ready_fd = -1;
+	o->idle_timeout_s = VMF_DEFAULT_IDLE_TIMEOUT_S;
+	o->frame_timeout_s = VMF_DEFAULT_FRAME_TIMEOUT_S;
+	o->serial_log_kib = VMF_DEFAULT_SERIAL_LOG_KIB;
+	o->scratch_max_mib = VMF_DEFAULT_SCRATCH_MAX_MIB;
+	o->scratch_max_volumes = VMF_DEFAULT_SCRATCH_MAX_VOLUMES;
+	o->tenant_max_vms = VMF_DEFAULT_TENANT_MAX_VMS;
+	o->tenant_max_suspended = VMF_DEFAULT_TENANT_MAX_SUSPENDED;
+	o->tenant_max_suspended_mib = VMF_DEFAULT_TENANT_MAX_SUSPENDED_MIB;
+	o->tenant_max_snapshots = VMF_DEFAULT_TENANT_MAX_SNAPSHOTS;
+	o->tenant_max_snapshot_mib = VMF_DEFAULT_TENANT_MAX_SNAPSHOT_MIB;
+	o->share_max_mib = VMF_DEFAULT_SHARE_MAX_MIB;
+	o->hostfwd_addresses = VMF_DEFAULT_HOSTFWD_ADDRESSES;
+	o->max_hostfwd = VMF_DEFAULT_MAX_HOSTFWD;
 }
