@@ -165,7 +165,7 @@ gw_guest_unhold(struct gw_sandbox *sb)
 {
 	struct gw_guest *g = &sb->guest;
 	for (struct gw_proc *p = g->procs; p; p = p->next)
-		if (p->stream && gw_stream_pending(p->stream) >= GW_STREAM_HIGH)
+		if (gw_proc_full(p))
 			return;
 	if (!g->held)
 		return;

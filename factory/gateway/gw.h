@@ -266,6 +266,13 @@ void gw_guest_unhold(struct gw_sandbox *sb);
 void gw_guest_flush(struct gw *gw, struct gw_sandbox *sb);
 
 /* ---- process.c ---- */
+/* Streams one process's output goes to at once: Start's and Connects'. */
+#define GW_PROC_STREAMS 4
+struct gw_proc;
+struct gw_listener {
+	struct gw_proc *p;
+	struct gw_stream *s;         /* NULL: this slot is free */
+};
 struct gw_proc {
 	struct gw_proc *next;
 	struct gw_sandbox *sb;
@@ -273,10 +280,12 @@ struct gw_proc {
 	uint32_t pid;                /* what E2B calls it: the agent's exec id */
 	char *tag;
 	json_object *config;         /* cmd, args, envs, cwd: for List */
-	struct gw_stream *stream;    /* NULL: nobody listens; output is dropped */
+	struct gw_listener ls[GW_PROC_STREAMS];   /* none: nobody listens; output is dropped */
 	bool pty, timed_out;
 	unsigned timeout_ms;
 };
+/* Whether a stream of the process has a full buffer (reading waits). */
+bool gw_proc_full(const struct gw_proc *p);
 /* An event of the sandbox's agent connection. */
 void gw_proc_event(struct gw *gw, struct gw_sandbox *sb, const struct vmf_exec_event *ev);
 /* The connection went: each process ends (its stream with code/message). */

@@ -132,8 +132,54 @@ async function main() {
     () => sbx.commands.run('sleep 60', { timeoutMs: 3000 }), (e) => e instanceof TimeoutError)
   await throws('files.read (not served yet) says so', () => sbx.files.read('/etc/hostname'),
     (e) => /not served/.test(e?.message))
-  await throws('commands.list (not served yet) says so', () => sbx.commands.list(),
-    (e) => /not served/.test(e?.message))
+
+  // Processes that outlive their request: background + list + kill + wait,
+  // stdin, connect, a terminal's input and size.
+  await step('background, list, kill, wait, kill twice', async () => {
+    const out = []
+    const h = await sbx.commands.run('echo started; sleep 600', { background: true, onStdout: (d) => out.push(d) })
+    check(h.pid > 0, `background: pid ${h.pid}`)
+    const listed = await sbx.commands.list()
+    const mine = listed.find((p) => p.pid === h.pid)
+    check(mine && mine.cmd === '/bin/bash' && mine.args[2] === 'echo started; sleep 600',
+      `commands.list shows it: ${JSON.stringify(mine)}`)
+    check(await h.kill(), 'kill: true')
+    await throws('its wait: CommandExitError, killed', () => h.wait(),
+      (e) => e instanceof CommandExitError && /signal: killed/.test(e.message))
+    check(out.join('') === 'started\n', `its output before the kill: ${JSON.stringify(out.join(''))}`)
+    check((await sbx.commands.kill(h.pid)) === false, 'kill twice: false (not found)')
+    check(!(await sbx.commands.list()).some((p) => p.pid === h.pid), 'gone from commands.list')
+  })
+  await step('stdin', async () => {
+    const h = await sbx.commands.run('cat; echo end', { background: true, stdin: true })
+    await h.sendStdin('hello\n')
+    await sbx.commands.sendStdin(h.pid, 'world\n')
+    await h.closeStdin()
+    const r = await h.wait()
+    check(r.stdout === 'hello\nworld\nend\n', `sendStdin, closeStdin: ${JSON.stringify(r.stdout)}`)
+  })
+  await step('connect', async () => {
+    const h = await sbx.commands.run('read l; echo "got $l"', { background: true, stdin: true })
+    const seen = []
+    const c = await sbx.commands.connect(h.pid, { onStdout: (d) => seen.push(d) })
+    check(c.pid === h.pid, `connect by pid ${c.pid}`)
+    await c.sendStdin('x\n')
+    const r = await c.wait()
+    check(r.stdout === 'got x\n' && seen.join('') === 'got x\n', `the connected handle gets the output and exit: ${JSON.stringify(r.stdout)}`)
+    const first = await h.wait()
+    check(first.stdout === 'got x\n', `so does the starting one: ${JSON.stringify(first.stdout)}`)
+    await throws('connect to a pid that is not running: not found', () => sbx.commands.connect(999999),
+      (e) => e instanceof NotFoundError || /not found|no process/i.test(e?.message))
+  })
+  await step('pty input and resize', async () => {
+    let data = ''
+    const dec = new TextDecoder()
+    const t = await sbx.pty.create({ cols: 80, rows: 24, onData: (d) => { data += dec.decode(d) } })
+    await sbx.pty.resize(t.pid, { cols: 100, rows: 30 })
+    await sbx.pty.sendInput(t.pid, new TextEncoder().encode('stty size; exit\n'))
+    await t.wait()
+    check(/30 100/.test(data), `pty.sendInput ran stty after pty.resize: ${JSON.stringify(data.slice(-200))}`)
+  })
 
   // A second sandbox; list with a metadata filter, and in pages.
   const sbx2 = await Sandbox.create({ metadata: { suite: 'e2b', n: '2', 'a b&c': 'x=y z%' }, timeoutMs: 600_000 })
