@@ -824,21 +824,13 @@ const char *
 tenant_image_check(const char *const *mods, const char *prefix)
 {
 	static char why[900];
-	const char *img = vmf_test_image_dir();
-	char manifest[700], *m = NULL;
-	snprintf(manifest, sizeof manifest, "%s/manifest", img ? img : "");
-	if (!img || vmf_read_file(manifest, &m, NULL, 1 << 20, NULL) < 0) {
-		snprintf(why, sizeof why, "the guest image %s has no manifest", img ? img : "(none)");
+	const char *lacks = guest_image_lacks(mods);
+	if (lacks) {
+		const char *img = vmf_test_image_dir();
+		snprintf(why, sizeof why, "the guest image %s lacks %s; rebuild it with contrib/image/build-image",
+			 img ? img : "(none)", lacks);
 		return why;
 	}
-	for (; *mods; mods++)
-		if (!strstr(m, *mods)) {
-			snprintf(why, sizeof why, "the guest image %s lacks the module %s; rebuild it with "
-				 "contrib/image/build-image", img, *mods);
-			free(m);
-			return why;
-		}
-	free(m);
 	const char *t = tenant_users_make(prefix);
 	if (t)
 		tenant_users_remove();
@@ -1162,7 +1154,7 @@ guest_image_lacks(const char *const *modules)
 	char manifest[700], *m = NULL;
 	snprintf(manifest, sizeof manifest, "%s/manifest", img ? img : "/nonexistent");
 	if (!img || vmf_read_file(manifest, &m, NULL, 1 << 20, NULL) < 0)
-		return "a guest image";
+		return "a manifest listing its modules";
 	const char *missing = NULL;
 	for (size_t i = 0; modules[i] && !missing; i++)
 		if (!strstr(m, modules[i]))

@@ -161,7 +161,7 @@ int tenant_sh(uid_t uid, const char *script, char *out, size_t n);
 int tenant_vmf(uid_t uid, char *out, size_t n, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 
 /* NULL when the guest image's manifest lists every module named (a
- * NULL-terminated list), else the first one missing (or "a guest image"). */
+ * NULL-terminated list), else the first one missing (or "a manifest listing its modules" when the image has none). */
 const char *guest_image_lacks(const char *const *modules);
 
 /* call_as() runs one control request as uid on a fresh connection: fn

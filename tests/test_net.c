@@ -310,8 +310,9 @@ tenant_netns(uid_t uid)
 	pid_t pid = vmf_test_fork();
 	if (pid == 0) {
 		close(p[0]);
-		prctl(PR_SET_PDEATHSIG, SIGKILL);
-		char ok = become_tenant(uid) && unshare(CLONE_NEWUSER | CLONE_NEWNET) == 0 ? 1 : 0;
+		/* After the uid change: changing credentials clears the parent-death signal. */
+		char ok = become_tenant(uid) && prctl(PR_SET_PDEATHSIG, SIGKILL) == 0 &&
+				  unshare(CLONE_NEWUSER | CLONE_NEWNET) == 0 ? 1 : 0;
 		if (write(p[1], &ok, 1) != 1 || !ok)
 			_exit(1);
 		pause();

@@ -228,6 +228,11 @@ sweep_test_dirs(void)
 			vmf_test_kill_under("fake_vmm", dir);
 		if (n)
 			fprintf(stderr, "test runner: killed %d processes a failed test left under %s\n", n, dir);
+		/* The failed test's teardown did not scan its daemons' logs: a
+		 * daemon that died of a sanitizer report says so here. */
+		char report[2048];
+		if (vmf_test_sanitizer_report(dir, 4, report, sizeof report))
+			fprintf(stderr, "test runner: %s\n", report);
 		/* Mounts a failed test left (lazy: nothing may hold them now). */
 		char cmd[PATH_MAX + 128];
 		snprintf(cmd, sizeof(cmd), "awk '$2 ~ \"^%s/\" {print $2}' /proc/mounts | xargs -r umount -l", dir);
