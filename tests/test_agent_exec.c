@@ -587,6 +587,7 @@ START_TEST(kept_processes_outlive_their_connection)
 	struct vmf_client_agent *c = conn();
 	ck_assert_int_eq(vmf_client_exec_attach(c, 0, pid, NULL, 0, &got, NULL, 10000, &e), -EBUSY);
 	ck_assert_msg(strstr(e.msg, "another connection"), "%s", e.msg);
+	ck_assert_int_eq(vmf_client_exec_attach(b, 0, pid, NULL, 0, &got, NULL, 10000, &e), -EALREADY);
 
 	char *out = calloc(1, 1);
 	size_t nout = 0;

@@ -692,8 +692,9 @@ exec_attach(struct agent_call *call)
 			    "collected)", what);
 		return;
 	}
-	if (p->c && p->c != call->conn) {
-		reply_error(call, EBUSY, "the process with %s is attached to another connection", what);
+	if (p->c) {
+		reply_error(call, p->c == call->conn ? EALREADY : EBUSY, "the process with %s is attached to %s "
+			    "connection", what, p->c == call->conn ? "this" : "another");
 		return;
 	}
 	Vmf__Agent__ExecStarted *started = reply_body(call, sizeof(*started), NULL);

@@ -687,6 +687,17 @@ entry_from(struct vmf_exec_entry *d, const Vmf__Agent__ExecEntry *e)
 		vmf_escape(e->argv[i], d->cmd + off, sizeof(d->cmd) - off, 0);
 		off += strlen(d->cmd + off);
 	}
+	off = 0;
+	for (size_t i = 0; i < e->n_argv; i++) {
+		char one[sizeof(d->args)];
+		vmf_escape(e->argv[i], one, sizeof(one), 0);
+		size_t k = strlen(one) + 1;
+		if (off + k > sizeof(d->args))
+			break;
+		memcpy(d->args + off, one, k);
+		off += k;
+		d->nargs++;
+	}
 	vmf_escape(e->cwd, d->cwd, sizeof(d->cwd), 0);
 	d->tty = e->tty;
 	d->keep = e->keep;

@@ -224,6 +224,8 @@ struct vmf_exec_entry {
 	int pid;
 	char tag[80];
 	char cmd[300];               /* its first arguments, space-separated */
+	char args[1024];             /* the same, each ending in a NUL (as many as fit) */
+	unsigned nargs;
 	char cwd[300];
 	int tty, keep, attached, exited, exit_code, signal;
 	uint64_t dropped;            /* output bytes dropped while detached */
