@@ -45,13 +45,7 @@ proc_free(struct gw_proc *p)
 	free(p);
 }
 
-static void
-strv_free(char **v)
-{
-	for (size_t i = 0; v && v[i]; i++)
-		free(v[i]);
-	free(v);
-}
+#define strv_free gw_strv_free
 
 static const char *
 code_for_errno(int e)
@@ -62,6 +56,7 @@ code_for_errno(int e)
 	case EPERM: return "permission_denied";
 	case ETIMEDOUT: return "deadline_exceeded";
 	case ESRCH: return "not_found";
+	case EEXIST: return "already_exists";
 	case ENOTTY: case ENOBUFS: return "failed_precondition";
 	default: return "unavailable";
 	}
@@ -198,22 +193,18 @@ env_name_ok(const char *k)
 	return *k && !strchr(k, '=');
 }
 
-/* The sandbox's user, its envVars, then the request's envs (the last of
- * a name wins in the agent). */
+/* The request's envs.  The user's login environment (HOME, USER, LOGNAME,
+ * SHELL) and the sandbox's envVars (ExecSetEnv, when the connection was
+ * made) are the agent's, under these. */
 static char **
-build_env(struct gw_sandbox *sb, const struct gw_user *u, json_object *envs, char *why, size_t n)
+build_env(json_object *envs, char *why, size_t n)
 {
-	size_t cap = 8 + (size_t)json_object_object_length(sb->env_vars) +
-		     (envs ? (size_t)json_object_object_length(envs) : 0), i = 0;
+	size_t cap = envs ? (size_t)json_object_object_length(envs) : 0, i = 0;
 	char **env = calloc(cap + 1, sizeof(char *));
 	if (!env) {
 		snprintf(why, n, "out of memory");
 		return NULL;
 	}
-	env[i++] = kv("HOME", u->home);
-	env[i++] = kv("USER", u->name);
-	env[i++] = kv("LOGNAME", u->name);
-	json_object_object_foreach(sb->env_vars, k1, v1) env[i++] = kv(k1, json_object_get_string(v1));
 	if (envs) {
 		json_object_object_foreach(envs, k, v) {
 			if (!json_object_is_type(v, json_type_string) || !env_name_ok(k)) {
@@ -276,7 +267,7 @@ do_start(struct gw *gw, struct gw_req *r, struct gw_sandbox *sb, json_object *ms
 	struct start_job *s = calloc(1, sizeof(*s));
 	struct gw_proc *p = calloc(1, sizeof(*p));
 	char **argv = calloc(nargs + 2, sizeof(char *));
-	char **env = build_env(sb, &u, envs, why, sizeof(why));
+	char **env = build_env(envs, why, sizeof(why));
 	if (!s || !p || !argv || !env) {
 		free(s);
 		free(p);
@@ -301,9 +292,11 @@ do_start(struct gw *gw, struct gw_req *r, struct gw_sandbox *sb, json_object *ms
 	s->o.argv = (const char *const *)argv;
 	s->o.env = (const char *const *)env;
 	s->o.cwd = s->cwd;
-	s->o.set_user = !u.root;
-	s->o.uid = u.uid;
-	s->o.gid = u.gid;
+	/* Kept: the process outlives the gateway's connection (a pause, a
+	 * restart), and the next connection adopts it. */
+	s->o.keep = 1;
+	s->o.tag = tag;
+	s->o.user = u.name;
 	s->o.timeout_ms = timeout > UINT32_MAX ? UINT32_MAX : (uint32_t)timeout;
 	if (pty) {
 		json_object *size, *c, *rw;
@@ -332,6 +325,38 @@ do_start(struct gw *gw, struct gw_req *r, struct gw_sandbox *sb, json_object *ms
 		start_after(&s->g);
 	}
 	(void)gw;
+}
+
+static struct gw_proc *find(struct gw_sandbox *sb, uint64_t exec_id);
+
+void
+gw_proc_adopt(struct gw_sandbox *sb, const struct vmf_exec_entry *e)
+{
+	if (sb->guest.n_procs >= PROCS_MAX || e->exec_id > UINT32_MAX || find(sb, e->exec_id))
+		return;
+	struct gw_proc *p = calloc(1, sizeof(*p));
+	json_object *config = json_object_new_object(), *args = json_object_new_array();
+	const char *a = e->args;
+	for (unsigned i = 0; i < e->nargs; i++, a += strlen(a) + 1)
+		if (i)
+			json_object_array_add(args, json_object_new_string(a));
+	json_object_object_add(config, "cmd", json_object_new_string(e->nargs ? e->args : ""));
+	json_object_object_add(config, "args", args);
+	json_object_object_add(config, "envs", json_object_new_object());
+	json_object_object_add(config, "cwd", json_object_new_string(e->cwd));
+	if (!p) {
+		json_object_put(config);
+		return;
+	}
+	p->sb = sb;
+	p->exec_id = e->exec_id;
+	p->pid = (uint32_t)e->exec_id;
+	p->tag = e->tag[0] ? strdup(e->tag) : NULL;
+	p->config = config;
+	p->pty = e->tty;
+	p->next = sb->guest.procs;
+	sb->guest.procs = p;
+	sb->guest.n_procs++;
 }
 
 /* ---- the agent's events ---- */
@@ -447,6 +472,63 @@ gw_proc_drop_all(struct gw *gw, struct gw_sandbox *sb, const char *code, const c
 
 /* ---- the methods on a running process ---- */
 
+typedef void method_fn(struct gw *gw, struct gw_req *r, struct gw_sandbox *sb, json_object *msg);
+
+/* A running sandbox without a connection to its agent (after a pause, a
+ * gateway restart) may have kept processes in its guest: the call makes
+ * the connection first, which adopts them, then runs. */
+struct again_job {
+	struct gw_guest_job g;
+	struct gw *gw;
+	struct gw_req *r;
+	json_object *msg;
+	method_fn *fn;
+};
+
+static void
+connected(struct gw_guest_job *g)
+{
+	(void)g;
+}
+
+static void
+again_after(struct gw_guest_job *g)
+{
+	struct again_job *a = (struct again_job *)g;
+	struct gw_sandbox *sb = g->job.sb;
+	if (g->job.rc < 0)
+		gw_rpc_error(a->r, code_for_errno(-g->job.rc), "%s", g->job.err.msg);
+	else if (sb->gone)
+		gw_rpc_error(a->r, "not_found", "sandbox %s was killed", sb->id);
+	else
+		a->fn(a->gw, a->r, sb, a->msg);
+	json_object_put(a->msg);
+	free(a);
+}
+
+static bool
+connect_first(struct gw *gw, struct gw_req *r, struct gw_sandbox *sb, json_object *msg, method_fn *fn)
+{
+	if (sb->guest.a || sb->state != GW_SB_RUNNING)
+		return false;
+	struct again_job *a = calloc(1, sizeof(*a));
+	if (!a)
+		return false;
+	a->gw = gw;
+	a->r = r;
+	a->msg = json_object_get(msg);
+	a->fn = fn;
+	a->g.fn = connected;
+	a->g.after = again_after;
+	if (gw_guest_run(gw, sb, &a->g) < 0) {
+		json_object_put(a->msg);
+		free(a);
+		return false;
+	}
+	gw_defer(r);
+	return true;
+}
+
 /* The process a request's "process" selector ({pid} or {tag}) names;
  * NULL (and the request answered) when there is none. */
 static struct gw_proc *
@@ -477,8 +559,8 @@ selected(struct gw_req *r, struct gw_sandbox *sb, json_object *msg, const char *
 static void
 do_list(struct gw *gw, struct gw_req *r, struct gw_sandbox *sb, json_object *msg)
 {
-	(void)gw;
-	(void)msg;
+	if (connect_first(gw, r, sb, msg, do_list))
+		return;
 	json_object *list = json_object_new_array();
 	for (struct gw_proc *p = sb->guest.procs; p; p = p->next) {
 		json_object *pi = json_object_new_object();
@@ -496,7 +578,8 @@ do_list(struct gw *gw, struct gw_req *r, struct gw_sandbox *sb, json_object *msg
 static void
 do_connect(struct gw *gw, struct gw_req *r, struct gw_sandbox *sb, json_object *msg)
 {
-	(void)gw;
+	if (connect_first(gw, r, sb, msg, do_connect))
+		return;
 	struct gw_proc *p = selected(r, sb, msg, "process.Process/Connect");
 	if (!p)
 		return;
@@ -602,6 +685,8 @@ op_new(struct gw_req *r, enum op op)
 static void
 do_send_input(struct gw *gw, struct gw_req *r, struct gw_sandbox *sb, json_object *msg)
 {
+	if (connect_first(gw, r, sb, msg, do_send_input))
+		return;
 	const char *m = "process.Process/SendInput";
 	struct gw_proc *p = selected(r, sb, msg, m);
 	if (!p)
@@ -637,6 +722,8 @@ do_send_input(struct gw *gw, struct gw_req *r, struct gw_sandbox *sb, json_objec
 static void
 do_close_stdin(struct gw *gw, struct gw_req *r, struct gw_sandbox *sb, json_object *msg)
 {
+	if (connect_first(gw, r, sb, msg, do_close_stdin))
+		return;
 	struct gw_proc *p = selected(r, sb, msg, "process.Process/CloseStdin");
 	struct op_job *o = p ? op_new(r, OP_CLOSE) : NULL;
 	if (o)
@@ -646,6 +733,8 @@ do_close_stdin(struct gw *gw, struct gw_req *r, struct gw_sandbox *sb, json_obje
 static void
 do_send_signal(struct gw *gw, struct gw_req *r, struct gw_sandbox *sb, json_object *msg)
 {
+	if (connect_first(gw, r, sb, msg, do_send_signal))
+		return;
 	json_object *v;
 	int sig = 0;
 	if (json_object_object_get_ex(msg, "signal", &v)) {
@@ -672,6 +761,8 @@ do_send_signal(struct gw *gw, struct gw_req *r, struct gw_sandbox *sb, json_obje
 static void
 do_update(struct gw *gw, struct gw_req *r, struct gw_sandbox *sb, json_object *msg)
 {
+	if (connect_first(gw, r, sb, msg, do_update))
+		return;
 	const char *m = "process.Process/Update";
 	json_object *pty, *size, *c, *rw;
 	if (!json_object_object_get_ex(msg, "pty", &pty) || !json_object_object_get_ex(pty, "size", &size) ||

@@ -54,6 +54,13 @@ async function raw(method, path, { key = keyA, body, headers = {} } = {}) {
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
 
+// Until cond() holds or ms pass; whether it held.
+async function waitFor(cond, ms) {
+  for (const end = Date.now() + ms; Date.now() < end; await sleep(100))
+    if (await cond()) return true
+  return !!(await cond())
+}
+
 function gatewayRssKiB() {
   const m = /VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${process.env.E2B_TEST_GATEWAY_PID}/status`, 'utf8'))
   return m ? +m[1] : -1
@@ -139,6 +146,7 @@ async function main() {
     const out = []
     const h = await sbx.commands.run('echo started; sleep 600', { background: true, onStdout: (d) => out.push(d) })
     check(h.pid > 0, `background: pid ${h.pid}`)
+    check(await waitFor(() => out.join('') === 'started\n', 30000), `its output streams: ${JSON.stringify(out.join(''))}`)
     const listed = await sbx.commands.list()
     const mine = listed.find((p) => p.pid === h.pid)
     check(mine && mine.cmd === '/bin/bash' && mine.args[2] === 'echo started; sleep 600',
@@ -146,7 +154,6 @@ async function main() {
     check(await h.kill(), 'kill: true')
     await throws('its wait: CommandExitError, killed', () => h.wait(),
       (e) => e instanceof CommandExitError && /signal: killed/.test(e.message))
-    check(out.join('') === 'started\n', `its output before the kill: ${JSON.stringify(out.join(''))}`)
     check((await sbx.commands.kill(h.pid)) === false, 'kill twice: false (not found)')
     check(!(await sbx.commands.list()).some((p) => p.pid === h.pid), 'gone from commands.list')
   })
@@ -242,6 +249,7 @@ async function main() {
   // Pause and connect: the sandbox comes back as it was.
   await step('pause, connect', async () => {
     await sbx2.commands.run('echo kept > /tmp/kept')
+    const bg = await sbx2.commands.run('sleep 600', { background: true, timeoutMs: 0 })
     check(await sbx2.pause(), 'pause')
     check((await sbx2.pause()) === false, 'pause again: already paused (409)')
     check((await Sandbox.getInfo(sbx2.sandboxId)).state === 'paused', 'getInfo: paused')
@@ -253,6 +261,10 @@ async function main() {
     check((await Sandbox.getInfo(sbx2.sandboxId)).state === 'running', 'getInfo: running')
     const again = await Sandbox.connect(sbx2.sandboxId)
     check(again.sandboxId === sbx2.sandboxId, 'connect to a running sandbox')
+    const procs = await back.commands.list()
+    check(procs.some((p) => p.pid === bg.pid && p.args[2] === 'sleep 600'),
+      `a background command outlives the pause: ${JSON.stringify(procs)}`)
+    check(await back.commands.kill(bg.pid), 'and is killed after it')
   })
   await step('setTimeout', async () => {
     await sbx2.setTimeout(120_000)
@@ -313,13 +325,14 @@ async function main() {
     check(await paused.kill(), 'the paused one is killed')
   })
 
-  // For the restarted gateway: the first sandbox stays.
-  writeFileSync(stateFile, JSON.stringify({ id: sbx.sandboxId }))
+  // For the restarted gateway: the first sandbox stays, a command running.
+  const bg = await sbx.commands.run('echo "$GLOBAL" > /tmp/bg; sleep 600', { background: true, timeoutMs: 0 })
+  writeFileSync(stateFile, JSON.stringify({ id: sbx.sandboxId, pid: bg.pid }))
   console.log(`bench: sdk_create_ms ${tCreate}`)
 }
 
 async function afterRestart() {
-  const { id } = JSON.parse(readFileSync(stateFile, 'utf8'))
+  const { id, pid } = JSON.parse(readFileSync(stateFile, 'utf8'))
   await step('after a gateway restart', async () => {
     const info = await Sandbox.getInfo(id)
     check(info.metadata.n === '1' && info.state === 'running', `its metadata kept: ${JSON.stringify(info.metadata)}`)
@@ -327,6 +340,11 @@ async function afterRestart() {
     const sbx = await Sandbox.connect(id)
     const r = await sbx.commands.run('echo "$GLOBAL"; whoami')
     check(r.stdout === 'g1\nuser\n', `commands run, with its envs: ${JSON.stringify(r.stdout)}`)
+    const procs = await sbx.commands.list()
+    check(procs.some((p) => p.pid === pid && p.cmd === '/bin/bash'),
+      `the background command started before the restart is listed: ${JSON.stringify(procs)}`)
+    check(await sbx.commands.kill(pid), 'and killed')
+    check((await sbx.commands.run('cat /tmp/bg')).stdout === 'g1\n', 'it had its sandbox envs')
     check(await sbx.kill(), 'kill')
   })
   const left = [...await Sandbox.list().nextItems(), ...await Sandbox.list({ apiKey: keyB }).nextItems()]
