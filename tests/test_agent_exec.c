@@ -668,6 +668,53 @@ raw_call(int fd, Vmf__Agent__AgentRequest *req, uint64_t id)
 	return raw_reply(fd, id);
 }
 
+
+static bool
+reaped(pid_t pid)
+{
+	return waitpid(pid, NULL, WNOHANG) == pid;
+}
+
+/* A test stream's end ends the agent, and a kept process with it:
+ * nothing outlives the agent that started it. */
+START_TEST(a_stream_agent_ends_with_its_kept_processes)
+{
+	int sv[2];
+	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	pid_t ag = vmf_test_fork();
+	if (ag == 0) {
+		dup2(sv[1], 3);
+		execl(vmf_test_agent_path(), "vmf-agent", "--fd", "3", "--share-dir", dir, (char *)NULL);
+		_exit(127);
+	}
+	close(sv[1]);
+	Vmf__Agent__AgentRequest req = VMF__AGENT__AGENT_REQUEST__INIT;
+	Vmf__Agent__ExecStart x = VMF__AGENT__EXEC_START__INIT;
+	char *argv[] = { "sleep", "1000" };
+	x.n_argv = 2;
+	x.argv = argv;
+	x.keep = true;
+	req.body_case = VMF__AGENT__AGENT_REQUEST__BODY_EXEC_START;
+	req.exec_start = &x;
+	Vmf__Agent__AgentReply *r = raw_call(sv[0], &req, 7);
+	ck_assert_int_eq(r->body_case, VMF__AGENT__AGENT_REPLY__BODY_EXEC_STARTED);
+	pid_t pid = r->exec_started->pid;
+	vmf__agent__agent_reply__free_unpacked(r, NULL);
+	ck_assert_int_eq(kill(pid, 0), 0);
+	close(sv[0]);
+	bool ended = false;
+	poll_until((ended = reaped(ag)), 10000);
+	if (!ended) {
+		/* Nothing left behind when it fails. */
+		kill(ag, SIGKILL);
+		waitpid(ag, NULL, 0);
+		kill(pid, SIGKILL);
+		ck_abort_msg("the agent did not end with its stream");
+	}
+	wait_until(kill(pid, 0) < 0, 10000, "its kept process %d ends with it", (int)pid);
+}
+END_TEST
+
 /* Requests for a process that is not there, or out of bounds, are answered
  * with their id and a sentence; a stdin beyond the window is refused. */
 START_TEST(stray_and_oversized_exec_requests)
@@ -917,6 +964,7 @@ main(void)
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_add_test(tc, stdout_stderr_and_exit_status);
 	tcase_add_test(tc, kept_processes_outlive_their_connection);
+	tcase_add_test(tc, a_stream_agent_ends_with_its_kept_processes);
 	tcase_add_test(tc, signal_timeout_and_signal_request);
 	tcase_add_test(tc, env_cwd_and_tty);
 	tcase_add_test(tc, stdin_streamed_through_cat);

@@ -187,15 +187,23 @@ exec_reap(void)
 	}
 }
 
+static char **sandbox_env;
+static void strv_free(char **v);
+
+/* The agent ends: kept processes too (nothing outlives the agent that
+ * started it), and a caller that serves again starts clean. */
 void
 exec_end_all(void)
 {
 	while (procs) {
+		proc_kill(procs, SIGKILL);
 		if (procs->pid > 0 && !procs->exited)
 			while (waitpid(procs->pid, NULL, 0) < 0 && errno == EINTR)
 				;
 		proc_free(procs);
 	}
+	strv_free(sandbox_env);
+	sandbox_env = NULL;
 }
 
 static void
@@ -541,7 +549,6 @@ exec_reset(struct agent_call *call)
 
 /* ---- the process table: the sandbox environment, list, attach ---- */
 
-static char **sandbox_env;
 static char *const no_env[] = { NULL };
 
 char *const *
