@@ -117,7 +117,7 @@ struct vmf_vm {
 	char boot_id[40], machine_id[40], hostname[72];
 	double clock_error_ms;        /* at the hand-out's reply */
 	struct vmf_vm_disk *disks[VMF_DISK_SLOTS];  /* NULL: slot free */
-	/* Its network (issue 16), named in the record before the hand-out
+	/* Its network, named in the record before the hand-out
 	 * makes any of it, so that release and recovery undo exactly this:
 	 * net "" (none), "user" or "netns"; the namespace (path, identity),
 	 * its interface whose traffic is mirrored, the tap made in it. */

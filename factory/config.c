@@ -42,7 +42,7 @@ enum kind {
 	K_LISTEN,      /* ADDR:PORT */
 	K_ROOTS,       /* absolute paths separated by ':' */
 	K_SHAPE,       /* auto or off */
-	K_NETMODE,     /* none or user: the pool's default network (issue 16) */
+	K_NETMODE,     /* none or user: the network a GetVM that names none gets */
 	K_ADDRS,       /* IPv4 addresses separated by ',' */
 	K_STOPMODE,    /* kill, flush or poweroff */
 	K_RESET,       /* stop or keep */
@@ -940,4 +940,46 @@ vmf_config_free(struct vmf_config *c)
 	c->n_strings = 0;
 	free(c->errors);
 	c->errors = NULL;
+}
+
+/* The daemon's defaults, before the file and the flags: the values
+ * vmfactory.conf(5) documents for keys left out. */
+void
+vmf_daemon_opts_defaults(struct vmf_daemon_opts *o)
+{
+	memset(o, 0, sizeof(*o));
+	o->socket_path = VMF_DEFAULT_SOCKET;
+	o->state_dir = VMF_DEFAULT_STATE_DIR;
+	o->run_dir = VMF_DEFAULT_RUN_DIR;
+	o->image_dir = VMF_DEFAULT_IMAGE_DIR;
+	o->pool_size = 8;
+	o->vcpus = VMF_DEFAULT_VCPUS;
+	o->memory_mib = VMF_DEFAULT_MEMORY_MIB;
+	o->max_vcpus = VMF_DEFAULT_MAX_VCPUS;
+	o->max_memory_mib = VMF_DEFAULT_MAX_MEMORY_MIB;
+	o->share_memory = true;
+	o->nic = true;
+	o->max_miss_clones = VMF_DEFAULT_MAX_MISS_CLONES;
+	/* On: it only acts once requests above a pool's base come, and then
+	 * within shape_max and shape_memory_mib, off the hand-out path. */
+	o->shape = true;
+	o->shape_max = VMF_SHAPE_AUTO;
+	o->shape_memory_mib = VMF_SHAPE_AUTO;
+	o->stop = "flush";
+	o->stop_timeout_s = VMF_DEFAULT_STOP_TIMEOUT_S;
+	o->on_guest_reset = "stop";
+	o->ready_fd = -1;
+	o->idle_timeout_s = VMF_DEFAULT_IDLE_TIMEOUT_S;
+	o->frame_timeout_s = VMF_DEFAULT_FRAME_TIMEOUT_S;
+	o->serial_log_kib = VMF_DEFAULT_SERIAL_LOG_KIB;
+	o->scratch_max_mib = VMF_DEFAULT_SCRATCH_MAX_MIB;
+	o->scratch_max_volumes = VMF_DEFAULT_SCRATCH_MAX_VOLUMES;
+	o->tenant_max_vms = VMF_DEFAULT_TENANT_MAX_VMS;
+	o->tenant_max_suspended = VMF_DEFAULT_TENANT_MAX_SUSPENDED;
+	o->tenant_max_suspended_mib = VMF_DEFAULT_TENANT_MAX_SUSPENDED_MIB;
+	o->tenant_max_snapshots = VMF_DEFAULT_TENANT_MAX_SNAPSHOTS;
+	o->tenant_max_snapshot_mib = VMF_DEFAULT_TENANT_MAX_SNAPSHOT_MIB;
+	o->share_max_mib = VMF_DEFAULT_SHARE_MAX_MIB;
+	o->hostfwd_addresses = VMF_DEFAULT_HOSTFWD_ADDRESSES;
+	o->max_hostfwd = VMF_DEFAULT_MAX_HOSTFWD;
 }

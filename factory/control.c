@@ -1,6 +1,7 @@
 /* The control socket: accept, check the peer, decode frames, dispatch.
  * Every incoming message is checked before dispatch: the length cap before
- * allocating, unpack must succeed, known version, known type; then one switch.
+ * allocating, unpack must succeed, known version, known type; then the
+ * request table (ops.h) says who serves it.  This file names no request.
  *
  * A local client must not be able to starve the others: connections are
  * capped (max_connections), the one idle longest making room for a new one;
@@ -24,9 +25,12 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "control.h"
+#include "control.h"
 #include "factory.h"
 #include "frame.h"
 #include "log.h"
+#include "ops.h"
 #include "pbtext.h"
 #include "peercache.h"
 #include "sockaddr.h"
@@ -45,6 +49,7 @@ struct vmf_conn {
 	struct vmf_daemon *d;
 	struct bufferevent *bev;        /* NULL once the peer is gone */
 	struct event *timer;            /* idle / partial-request deadline */
+	struct event *next_read;        /* deferred: reads what came while a request was served */
 	TAILQ_ENTRY(vmf_conn) link;     /* in ctl->conns while bev is set */
 	unsigned refs;                  /* 1 for the socket + 1 per pending request */
 	bool pending;                   /* a request is being served */
@@ -112,6 +117,8 @@ conn_unref(struct vmf_conn *c)
 {
 	if (--c->refs == 0) {
 		event_free(c->timer);
+		if (c->next_read)
+			event_free(c->next_read);
 		free(c);
 	}
 }
@@ -257,8 +264,6 @@ send_packed(struct vmf_conn *c, const Vmf__Control__Reply *reply)
 	return true;
 }
 
-static void read_cb(struct bufferevent *bev, void *arg);
-
 void
 vmf_control_reply(struct vmf_conn *c, const Vmf__Control__Reply *reply)
 {
@@ -267,10 +272,14 @@ vmf_control_reply(struct vmf_conn *c, const Vmf__Control__Reply *reply)
 		c->pending = false;
 		if (c->bev) {
 			bufferevent_enable(c->bev, EV_READ);
-			/* Requests that arrived while this one was served; from
-			 * inside read_cb its own loop picks them up (and arms). */
+			/* Requests that arrived while this one was served: from
+			 * inside read_cb its own loop picks them up (and arms);
+			 * else the loop reads them next, never the stack of the
+			 * done callback that replied (a handler's start must not
+			 * run inside another request's job end).  Freeing the
+			 * connection cancels it. */
 			if (!c->in_read)
-				read_cb(c->bev, c);
+				event_active(c->next_read, EV_TIMEOUT, 0);
 		}
 		conn_unref(c);
 	}
@@ -297,65 +306,34 @@ reply_error_and_close(struct vmf_conn *c, int code, const char *msg)
 	bufferevent_disable(c->bev, EV_READ);
 }
 
+/* The checks every request passes, in this order (the version before
+ * anything, a shutdown before the request's own), then its entry's start. */
 static void
 dispatch(struct vmf_conn *c, Vmf__Control__Request *req)
 {
 	struct vmf_daemon *d = c->d;
+	const struct vmf_op *op = vmf_op_find(req->body_case);
 	struct vmf_error err;
 	if (vmf_control_check_version(req, &err) < 0) {
 		vmf_control_reply_error(c, err.code, err.msg);
 		return;
 	}
-	if (d->cache.stopping && req->body_case != VMF__CONTROL__REQUEST__BODY_STATUS) {
+	if (d->cache.stopping && !(op && (op->flags & VMF_OP_WHILE_STOPPING))) {
 		vmf_control_reply_error(c, ESHUTDOWN, "the daemon is shutting down");
 		return;
 	}
-	switch (req->body_case) {
-	case VMF__CONTROL__REQUEST__BODY_STATUS:
-		vmf_daemon_status(d, c);
-		break;
-	case VMF__CONTROL__REQUEST__BODY_GET_VM:
-		vmf_getvm_start(d, c, req->get_vm);
-		break;
-	case VMF__CONTROL__REQUEST__BODY_RELEASE_VM:
-		vmf_release_start(d, c, req->release_vm->vm_id);
-		break;
-	case VMF__CONTROL__REQUEST__BODY_INSPECT:
-		vmf_inspect_start(d, c, req->inspect->vm_id);
-		break;
-	case VMF__CONTROL__REQUEST__BODY_ATTACH:
-		vmf_attach_start(d, c, req->attach);
-		break;
-	case VMF__CONTROL__REQUEST__BODY_DETACH:
-		vmf_detach_start(d, c, req->detach);
-		break;
-	case VMF__CONTROL__REQUEST__BODY_SNAPSHOT:
-		vmf_snapshot_start(d, c, req->snapshot);
-		break;
-	case VMF__CONTROL__REQUEST__BODY_TEMPLATE_RM:
-		vmf_template_rm_start(d, c, req->template_rm);
-		break;
-	case VMF__CONTROL__REQUEST__BODY_SUSPEND_VM:
-		vmf_suspend_start(d, c, req->suspend_vm->vm_id);
-		break;
-	case VMF__CONTROL__REQUEST__BODY_RESUME_VM:
-		vmf_resume_start(d, c, req->resume_vm->vm_id);
-		break;
-	case VMF__CONTROL__REQUEST__BODY_DESTROY:
-		/* It stops every tenant's VMs and the daemon itself. */
-		if (!vmf_daemon_peer_admin(d, c->peer_uid)) {
-			char msg[160];
-			snprintf(msg, sizeof(msg), "permission denied: only root and the daemon's user may destroy "
-				 "the daemon; uid %u may not", (unsigned)c->peer_uid);
-			vmf_control_reply_error(c, EPERM, msg);
-			break;
-		}
-		vmf_daemon_destroy(d, c, req->destroy->all);
-		break;
-	default:
+	if (!op) {
 		vmf_control_reply_error(c, EINVAL, "unknown request type");
-		break;
+		return;
 	}
+	if ((op->flags & VMF_OP_ADMIN) && !vmf_daemon_peer_admin(d, c->peer_uid)) {
+		char msg[160];
+		snprintf(msg, sizeof(msg), "permission denied: only root and the daemon's user may %s; uid %u may not",
+			 op->what, (unsigned)c->peer_uid);
+		vmf_control_reply_error(c, EPERM, msg);
+		return;
+	}
+	op->start(d, c, req);
 }
 
 static void
@@ -399,7 +377,8 @@ read_cb(struct bufferevent *bev, void *arg)
 		c->pending = true;
 		c->refs++;
 		bufferevent_disable(bev, EV_READ);
-		c->d->requests += req->body_case == VMF__CONTROL__REQUEST__BODY_GET_VM;
+		const struct vmf_op *op = vmf_op_find(req->body_case);
+		c->d->requests += op && (op->flags & VMF_OP_COUNTED);
 		dispatch(c, req);
 		vmf__control__request__free_unpacked(req, NULL);
 	}
@@ -410,6 +389,16 @@ read_cb(struct bufferevent *bev, void *arg)
 		c->partial_ms = vmf_now_ms();
 	conn_arm(c);
 	conn_unref(c);
+}
+
+static void
+next_read_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct vmf_conn *c = arg;
+	if (c->bev && !c->pending)
+		read_cb(c->bev, c);
 }
 
 static void
@@ -535,7 +524,9 @@ peer_done(void *arg)
 	}
 	struct vmf_daemon *d = j->d;
 	free(j);
-	vmf_daemon_settle(d);
+	/* A job ended: the daemon's settle, through the hook the cache's
+	 * jobs end with too (a shutdown may be waiting for it). */
+	d->cache.hooks.settle(d->cache.hooks.ctx);
 }
 
 /* Root, the daemon's own user, and members of the configured group: the
@@ -667,10 +658,13 @@ accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int
 	c->peer_uid = cr.uid;
 	c->active_ms = vmf_now_ms();
 	c->timer = evtimer_new(d->cache.base, conn_timeout_cb, c);
-	c->bev = c->timer ? bufferevent_socket_new(d->cache.base, fd, BEV_OPT_CLOSE_ON_FREE) : NULL;
+	c->next_read = event_new(d->cache.base, -1, 0, next_read_cb, c);
+	c->bev = c->timer && c->next_read ? bufferevent_socket_new(d->cache.base, fd, BEV_OPT_CLOSE_ON_FREE) : NULL;
 	if (!c->bev) {
 		if (c->timer)
 			event_free(c->timer);
+		if (c->next_read)
+			event_free(c->next_read);
 		close(fd);
 		free(c);
 		return;

@@ -1,145 +1,32 @@
-/* The factory daemon: one libevent loop owning pools and the control socket;
- * slow hypervisor work runs on worker threads and reports back to the loop. */
+/* The factory daemon (daemon.c): one libevent loop owning pools and the
+ * control socket; slow hypervisor work runs on worker threads and reports
+ * back to the loop.  Its options are config.h's. */
 #ifndef VMF_DAEMON_H
 #define VMF_DAEMON_H
 
-#include <limits.h>
-#include <stdbool.h>
-
+#include "config.h"
 #include "error.h"
 
-#define VMF_DEFAULT_SOCKET "/run/vmfactory/vmfactory.sock"
-#define VMF_DEFAULT_STATE_DIR "/var/lib/vmfactory"
-#define VMF_DEFAULT_RUN_DIR "/run/vmfactory"
-#define VMF_DEFAULT_IMAGE_DIR "/var/cache/vmfactory/image"
-#define VMF_DEFAULT_VCPUS 1
-#define VMF_DEFAULT_MEMORY_MIB 256
-#define VMF_DEFAULT_MAX_VCPUS 4
-#define VMF_DEFAULT_MAX_MEMORY_MIB 2048
-#define VMF_DEFAULT_IDLE_TIMEOUT_S 60
-#define VMF_DEFAULT_FRAME_TIMEOUT_S 10
-/* A VM's share, in RAM when the run dir is /run: bounded by default. */
-#define VMF_DEFAULT_SHARE_MAX_MIB 256
-/* A tenant's forwards listen on loopback only unless the config says. */
-#define VMF_DEFAULT_HOSTFWD_ADDRESSES "127.0.0.1"
-#define VMF_DEFAULT_MAX_HOSTFWD 8
-#define VMF_DEFAULT_CMDLINE "console=ttyS0 panic=-1 quiet"
-#define VMF_DEFAULT_STOP_TIMEOUT_S 10
-/* GetVM misses cloning at once; beyond it a miss fails with EAGAIN. */
-#define VMF_DEFAULT_MAX_MISS_CLONES 2
-/* shape_max / shape_memory_mib not configured: half the pool's size, and
- * half its base memory (size × memory_mib / 2). */
-#define VMF_SHAPE_AUTO UINT_MAX
-/* What one VM, and one tenant, may take of the host (vmfactory.conf(5),
- * docs/security.md "Limits").  The run dir is a tmpfs (RAM) in production:
- * a VM's serial log and scratch volumes live there. */
-#define VMF_DEFAULT_SERIAL_LOG_KIB 1024
-#define VMF_DEFAULT_SCRATCH_MAX_MIB 4096
-#define VMF_DEFAULT_SCRATCH_MAX_VOLUMES 4
-#define VMF_DEFAULT_TENANT_MAX_VMS 16
-#define VMF_DEFAULT_TENANT_MAX_SUSPENDED 8
-#define VMF_DEFAULT_TENANT_MAX_SUSPENDED_MIB 16384
-#define VMF_DEFAULT_TENANT_MAX_SNAPSHOTS 8
-#define VMF_DEFAULT_TENANT_MAX_SNAPSHOT_MIB 16384
+struct vmf_daemon;
 
-/* One pool: how many paused VMs of which size to keep ready. */
-struct vmf_pool_spec {
-	char name[33];               /* [pool NAME] in the config file; "default" from flags */
-	unsigned size;               /* VMs kept ready */
-	unsigned vcpus, memory_mib, max_vcpus, max_memory_mib;
-	unsigned max_idle_s;         /* replace pooled VMs older than this, 0 = never */
-	bool share_memory;           /* false: full-form template, no pages shared with clones */
-	/* Network (issue 16): nic: the template carries a NIC (default yes);
-	 * net_user: a GetVM that asks for no network gets user-mode (net = user). */
-	bool nic, net_user;
-	/* Demand shaping (vmfactory.conf(5)): shape = auto; at most shape_max
-	 * clones shaped at once, holding at most shape_memory_mib MiB above
-	 * the base in total (VMF_SHAPE_AUTO: the defaults). */
-	bool shape;
-	unsigned shape_max, shape_memory_mib;
-	/* Its own guest image ([pool NAME] image_dir); NULL = the daemon's
-	 * (image_dir, with the kernel and initrd overrides). */
-	const char *image_dir;
-	/* [pool NAME] template: a snapshot's name (vmfactory snapshot); the
-	 * pool clones it, its sizes and image are the template's. */
-	const char *template_name;
-	/* Stopping its VMs and their guest resets (vmfactory.conf(5)): stop
-	 * "kill", "flush" or "poweroff"; the guest's part bounded by
-	 * stop_timeout_s; on_guest_reset "stop" or "keep"; cgroup: the
-	 * cgroups (':'-separated) its VMs' VMMs join at a hand-out that names
-	 * none (NULL: none). */
-	const char *stop;
-	unsigned stop_timeout_s;
-	const char *on_guest_reset;
-	const char *cgroup;
-};
+/* The daemon's state, its hooks set, nothing started (vmf_daemon_run does
+ * the rest; the fuzz targets of the control socket and the metrics
+ * listener start only what they need).  vmf_daemon_free() stops the
+ * workers (their jobs complete), closes the listeners, the loop and the
+ * catalog, and frees the VMs and pools; not d itself. */
+struct vmf_daemon *vmf_daemon_new(const struct vmf_daemon_opts *opts, struct vmf_error *err);
+void vmf_daemon_free(struct vmf_daemon *d);
+/* From any thread: logs a progress line; the loop writes it to `vmfactory
+ * init`'s pipe and to systemd (STATUS=). */
+void vmf_daemon_progress(struct vmf_daemon *d, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+/* On the loop: writes line to `vmfactory init`'s pipe, if it is open. */
+void vmf_daemon_notify(struct vmf_daemon *d, const char *line);
+/* Ready once the socket answers and every pool's template is built: to
+ * `vmfactory init` on ready_fd, and to systemd (READY=1). */
+void vmf_daemon_check_readiness(struct vmf_daemon *d);
 
-#define VMF_MAX_POOLS 16
 
-struct vmf_daemon_opts {
-	const char *socket_path;
-	const char *state_dir;
-	const char *run_dir;
-	const char *image_dir;       /* vmlinuz, initrd.img, manifest */
-	const char *kernel;          /* overrides image_dir/vmlinuz */
-	const char *initrd;          /* overrides image_dir/initrd.img */
-	const char *qemu_binary;     /* NULL = qemu-system-x86_64 */
-	const char *accel;           /* NULL = kvm when usable, else tcg */
-	const char *machine;         /* NULL = q35 */
-	const char *hypervisor;      /* NULL = "qemu" */
-	const char *group;           /* extra group allowed on the socket */
-	/* Where GetVM may create sandbox links: absolute dirs separated by ':';
-	 * NULL = <run_dir>/sandboxes and Kata's (factory/sandbox.h). */
-	const char *sandbox_roots;
-	const char *runas;           /* QEMU -runas user */
-	const char *metrics_listen;  /* ADDR:PORT, NULL = off */
-	unsigned pool_size;
-	unsigned vcpus, memory_mib, max_vcpus, max_memory_mib;
-	bool share_memory;           /* false = --no-share (full-form templates) */
-	bool nic, net_user;          /* the pools' defaults for nic and net */
-	unsigned fill_parallelism;   /* concurrent clones while filling, 0 = auto */
-	unsigned max_miss_clones;    /* concurrent clones for GetVM misses; 0 = no misses */
-	unsigned max_idle_s;         /* replace pooled VMs older than this, 0 = never */
-	bool shape;                  /* [daemon] shape, shape_max, shape_memory_mib: */
-	unsigned shape_max, shape_memory_mib;   /* every pool's defaults */
-	/* [daemon] stop, stop_timeout, on_guest_reset, cgroup: every pool's
-	 * defaults, and what a VM of no pool gets. */
-	const char *stop;
-	unsigned stop_timeout_s;
-	const char *on_guest_reset;
-	const char *cgroup;
-	int ready_fd;                /* written "ready\n"/"full\n" then closed, -1 = none */
-	bool notify_full;            /* report on ready_fd only once the pool is full */
-	/* Control socket limits (vmfactory.conf(5)): connections at once, 0 =
-	 * from the open file limit; seconds a connection may sit idle, and a
-	 * request may take to arrive once its first byte has. */
-	unsigned max_connections;
-	unsigned idle_timeout_s, frame_timeout_s;
-	/* Bounds (vmfactory.conf(5)).  Per VM, whoever asked: its serial log
-	 * keeps its newest serial_log_kib; at most scratch_max_volumes scratch
-	 * volumes of at most scratch_max_mib each.  Per tenant (a uid other
-	 * than root and the daemon's user): VMs held (suspended ones
-	 * included), suspended VMs and their saved state, snapshot templates
-	 * and their files. */
-	unsigned serial_log_kib, scratch_max_mib, scratch_max_volumes;
-	unsigned tenant_max_vms, tenant_max_suspended, tenant_max_suspended_mib;
-	unsigned tenant_max_snapshots, tenant_max_snapshot_mib;
-	/* The tenant boundary (docs/security.md): each clone's share is a
-	 * tmpfs of share_max_mib (0: a plain directory, and no share for a
-	 * tenant).  User-mode network: whether a tenant may ask for outbound
-	 * connections; the host addresses a tenant's forwards may listen on
-	 * (IPv4, comma-separated); the forwards a tenant may hold in all. */
-	unsigned share_max_mib;
-	bool user_net_outbound;
-	const char *hostfwd_addresses;
-	unsigned max_hostfwd;
-	/* The pools, from the config file.  n_pools == 0: one pool "default"
-	 * from pool_size, vcpus, memory_mib, max_*, share_memory, max_idle_s. */
-	const struct vmf_pool_spec *pools;
-	unsigned n_pools;
-};
-
-void vmf_daemon_opts_defaults(struct vmf_daemon_opts *o);
 
 /* Runs the daemon in the calling process until Destroy or SIGTERM/SIGINT.
  * Fails (without side effects) when another daemon answers on the socket:

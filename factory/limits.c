@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "factory.h"
+#include "limit.h"
 #include "log.h"
 
 const char *const vmf_limit_names[VMF_LIMIT_COUNT] = {

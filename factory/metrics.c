@@ -10,7 +10,10 @@
 #include <string.h>
 
 #include "factory.h"
+#include "limit.h"
 #include "log.h"
+#include "metrics.h"
+#include "vminfo.h"
 
 /* The endpoint answers anyone who reaches its port: a pool a GetVM made of
  * a tenant's snapshot (named after it) is that tenant's, not listed. */

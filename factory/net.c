@@ -1,4 +1,5 @@
-/* Network for handed-out VMs (issue 16): the request's network parsed and
+/* Network for handed-out VMs (none, user-mode, or the sandbox's own
+ * namespace): the request's network parsed and
  * checked, and, on a worker, the sandbox's network namespace prepared (a
  * tap mirrored with its interface by tc, as Kata's tcfilter model) and
  * undone.  Namespace work never runs on the loop: the worker thread enters
@@ -29,7 +30,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "factory.h"
 #include "log.h"
 #include "net.h"
 

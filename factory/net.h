@@ -1,4 +1,5 @@
-/* Network for handed-out VMs (issue 16): factory/net.c. */
+/* Network for handed-out VMs (factory/net.c): parsing and checking the
+ * request's, preparing and undoing the sandbox's namespace on a worker. */
 #ifndef VMF_NET_H
 #define VMF_NET_H
 

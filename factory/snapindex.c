@@ -1,6 +1,7 @@
 /* Snapshot templates and their owners: the loop's index of the catalog's
  * snapshots (read once at start; the daemon is the catalog's only writer
- * while it runs, offline commands refusing meanwhile), and TemplateRm.
+ * while it runs, offline commands refusing meanwhile); TemplateRm, the
+ * request, is ops/template_rm.c.
  *
  * A snapshot carries its VM's memory: it belongs to the uid that made it.
  * Only that uid, root and the daemon's user see it (status), clone it
@@ -16,6 +17,7 @@
 #include "catalog.h"
 #include "factory.h"
 #include "log.h"
+#include "snapindex.h"
 
 uid_t
 vmf_snap_owner(const struct vmf_daemon *d, uid_t peer)
@@ -134,142 +136,4 @@ vmf_snaps_load(struct vmf_daemon *d, struct vmf_error *err)
 	if (r == -ENOMEM)
 		return vmf_err(err, ENOMEM, "out of memory reading the snapshot templates");
 	return r;
-}
-
-/* ---- TemplateRm ---- */
-
-struct rm_job {
-	struct vmf_daemon *d;
-	struct vmf_conn *c;
-	char id[VMF_SHA256_HEX];
-	int rc;
-	struct vmf_error err;
-};
-
-static void
-rm_work(void *arg)
-{
-	struct rm_job *j = arg;
-	j->rc = vmf_template_remove(j->d->cache.cat, j->d->opts.state_dir, j->id, &j->err);
-}
-
-/* The pool a GetVM made for it (none of the config's: those refuse the
- * removal), now without template or VMs. */
-static void
-drop_pool(struct vmf_daemon *d, const char *id)
-{
-	struct vmf_pool *p;
-	TAILQ_FOREACH(p, &d->cache.pools, link)
-		if (p->on_demand && strcmp(p->template_id, id) == 0) {
-			TAILQ_REMOVE(&d->cache.pools, p, link);
-			vmf_daemon_pool_free(p);
-			return;
-		}
-}
-
-static void
-rm_done(void *arg)
-{
-	struct rm_job *j = arg;
-	struct vmf_daemon *d = j->d;
-	struct vmf_snap *s = vmf_snap_by_id(d, j->id);
-	if (j->rc < 0) {
-		if (s)
-			s->removing = false;
-		log_tpl(VMF_LOG_WARN, j->id, "template rm failed: %s", j->err.msg);
-		vmf_control_reply_error(j->c, j->err.code, j->err.msg);
-	} else {
-		Vmf__Control__Reply r = VMF__CONTROL__REPLY__INIT;
-		Vmf__Control__TemplateRmReply tr = VMF__CONTROL__TEMPLATE_RM_REPLY__INIT;
-		tr.template_id = j->id;
-		tr.name = s ? s->name : (char *)"";
-		tr.owner_uid = s ? (uint32_t)s->owner : 0;
-		tr.bytes = s ? s->bytes : 0;
-		r.body_case = VMF__CONTROL__REPLY__BODY_TEMPLATE_RM;
-		r.template_rm = &tr;
-		log_tpl(VMF_LOG_INFO, j->id, "template %s of uid %u removed", s ? s->name : "?", s ? (unsigned)s->owner : 0);
-		vmf_control_reply(j->c, &r);
-		drop_pool(d, j->id);
-		if (s)
-			vmf_snap_drop(d, s);
-	}
-	free(j);
-	vmf_daemon_settle(d);
-}
-
-/* Why the template cannot go now, or NULL: a pool of the config names it,
- * a VM (pooled, handed out, suspended: any state) runs on its files, a
- * GetVM of it is in progress.  Another tenant's VM is counted, not named. */
-static const char *
-in_use(struct vmf_daemon *d, uid_t peer, const struct vmf_snap *s, char *msg, size_t n)
-{
-	const struct vmf_pool *p;
-	TAILQ_FOREACH(p, &d->cache.pools, link)
-		if (!p->on_demand && strcmp(p->template_id, s->id) == 0) {
-			snprintf(msg, n, "template %s is used by pool %s of the config: remove the pool's template = %s "
-				 "first", s->name, p->name, s->name);
-			return msg;
-		}
-	unsigned vms = 0;
-	const struct vmf_vm *vm, *first = NULL;
-	TAILQ_FOREACH(vm, &d->cache.vms, link)
-		if (strcmp(vm->template_id, s->id) == 0) {
-			vms++;
-			if (!first && vmf_snap_allowed(d, peer, vm->owner_uid))
-				first = vm;
-		}
-	if (vms) {
-		snprintf(msg, n, "template %s is in use by %u VM%s%s%s: its clones run on its files; release them "
-			 "first", s->name, vms, vms == 1 ? "" : "s", first ? ", VM " : "", first ? first->id : "");
-		return msg;
-	}
-	if (s->getvms) {
-		snprintf(msg, n, "template %s is in use: a GetVM of it is in progress; try again", s->name);
-		return msg;
-	}
-	return NULL;
-}
-
-void
-vmf_template_rm_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control__TemplateRmRequest *req)
-{
-	const char *name = req->template_ ? req->template_ : "";
-	char msg[400];
-	if (!vmf_valid_template_id(name) && !vmf_valid_pool_name(name)) {
-		vmf_control_reply_error(c, EINVAL, "template must be a name (1 to 32 letters, digits, '-' or '_') or an "
-					"id (64 hex digits)");
-		return;
-	}
-	uid_t peer = vmf_control_peer_uid(c);
-	struct vmf_snap *s = vmf_snap_lookup(d, peer, name);
-	if (!s) {
-		/* Another owner's is "none": its existence is not the peer's to learn. */
-		if (vmf_daemon_peer_admin(d, peer))
-			snprintf(msg, sizeof(msg), "no snapshot template %s in this daemon (a built template goes with "
-				 "template gc or rm while no daemon runs)", name);
-		else
-			snprintf(msg, sizeof(msg), "uid %u has no snapshot template %s", (unsigned)peer, name);
-		vmf_control_reply_error(c, ENOENT, msg);
-		return;
-	}
-	if (in_use(d, peer, s, msg, sizeof(msg))) {
-		vmf_control_reply_error(c, EBUSY, msg);
-		return;
-	}
-	struct rm_job *j = calloc(1, sizeof(*j));
-	if (!j) {
-		vmf_control_reply_error(c, ENOMEM, "out of memory");
-		return;
-	}
-	j->d = d;
-	j->c = c;
-	snprintf(j->id, sizeof(j->id), "%s", s->id);
-	/* No GetVM finds it from now on, and no snapshot takes its name. */
-	s->removing = true;
-	log_tpl(VMF_LOG_INFO, s->id, "removing template %s of uid %u (asked by uid %u)", s->name, (unsigned)s->owner,
-		(unsigned)peer);
-	if (vmf_jobs_submit(d->cache.jobs, rm_work, rm_done, j) < 0) {
-		j->rc = vmf_err(&j->err, ENOMEM, "cannot queue the template removal");
-		rm_done(j);
-	}
 }

@@ -44,7 +44,7 @@ struct vmf_template_params {
 	unsigned memory_mib, max_memory_mib, memory_slots;
 	bool full_memory;            /* no page sharing between clones */
 	const char *runas;           /* QEMU drops to this user; NULL = stays ours */
-	bool nic;                    /* a NIC for hand-out network (issue 16), where the driver can */
+	bool nic;                    /* a NIC, for a network given at hand-out, where the driver can */
 	unsigned share_mib;          /* a clone's share: its own tmpfs of this size; 0 = a plain dir */
 	const char *on_guest_reset;  /* "stop" (NULL) or "keep": its clones' VmConfig */
 };

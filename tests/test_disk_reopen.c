@@ -17,6 +17,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "diskfile.h"
 #include "factory.h"
 #include "testlib.h"
 

@@ -16,6 +16,7 @@
 #include "vmm_http.h"
 #include "vmm_proc.h"
 #include "factory.h"
+#include "ops/getvm.h"
 
 static const struct vmf_hv_ops *ops = &vmf_firecracker_ops;
 

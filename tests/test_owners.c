@@ -8,6 +8,7 @@
 
 #include "catalog.h"
 #include "factory.h"
+#include "limit.h"
 #include "template.h"
 #include "testlib.h"
 #include "util.h"

@@ -11,7 +11,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "control.h"
+#include "daemon.h"
 #include "factory.h"
+#include "metrics.h"
 
 /* The VM the daemon knows (the tenant's, gone): requests may name it. */
 #define FUZZ_VM_ID "6d0c1a52-93b4-4e0e-9a2f-0b9e6f6b7a10"

@@ -14,16 +14,19 @@
 #include "catalog.h"
 #include "factory.h"
 #include "frame.h"
+#include "limit.h"
 #include "log.h"
 #include "net.h"
+#include "ops.h"
+#include "ops/getvm.h"
+#include "pools.h"
+#include "request.h"
+#include "snapindex.h"
+#include "vminfo.h"
 
 /* A guest clock further off than this after the hand-out's one round trip
  * is set again (see getvm_work). */
 #define CLOCK_RESYNC_MS 50
-
-const char *const vmf_step_names[VMF_STEP_COUNT] = {
-	"resume", "hotplug", "online", "reseed", "time", "mount", "links", "record", "net", "total",
-};
 
 /* ---- GetVM ---- */
 
@@ -51,8 +54,9 @@ struct getvm_job {
 	uint8_t sample[16];      /* a clone made now: its random bytes after the reseed */
 	bool reseeded;
 	uint64_t pss_kib;        /* read on the worker, for the reply */
-	/* Network (issue 16): the request's, and the namespace opened on a
-	 * worker before any VM is taken. */
+	/* Network: the request's (none, user-mode, or the sandbox's
+	 * namespace), and the namespace opened on a worker before any VM is
+	 * taken. */
 	struct vmf_net_request net;
 	char netns[PATH_MAX], netns_link[16];
 	int nsfd;
@@ -559,7 +563,7 @@ getvm_done(void *arg)
 	/* A pooled clone's sample was checked when its warm-up landed. */
 	if (j->rc == 0 && j->reseeded)
 		j->rc = vmf_cache_check_sample(&d->cache, vm->id, j->sample, &j->err);
-	if (j->rc == 0 && !vmf_control_connected(j->c))
+	if (j->rc == 0 && !vmf_request_connected(j->c))
 		j->rc = vmf_err(&j->err, ECONNRESET, "client disconnected during GetVM");
 	if (j->rc == 0 && vm->dead)
 		j->rc = vmf_err(&j->err, EIO, "VM %s: its %s process exited during the hand-out", vm->id,
@@ -594,7 +598,7 @@ getvm_done(void *arg)
 		info.handout = (char *)vmf_handout_kind_name(j->kind);   /* static: not cleared */
 		r.body_case = VMF__CONTROL__REPLY__BODY_VM;
 		r.vm = &info;
-		vmf_control_reply(j->c, &r);
+		vmf_request_reply(j->c, &r);
 		vmf_vm_info_clear(&info);
 	} else {
 		d->errors++;
@@ -603,7 +607,7 @@ getvm_done(void *arg)
 		if (j->net_busy)
 			vm->net[0] = '\0';
 		vmf_cache_destroy_vm(&d->cache, vm, true, NULL);
-		vmf_control_reply_error(j->c, j->err.code, j->err.msg);
+		vmf_request_fail(j->c, j->err.code, j->err.msg);
 	}
 	getvm_free(j);
 	vmf_daemon_settle(d);
@@ -674,7 +678,7 @@ paths_done(void *arg)
 	struct vmf_daemon *d = j->d;
 	if (j->rc == 0 && d->cache.stopping)
 		j->rc = vmf_err(&j->err, ESHUTDOWN, "the daemon is shutting down");
-	if (j->rc == 0 && !vmf_control_connected(j->c))
+	if (j->rc == 0 && !vmf_request_connected(j->c))
 		j->rc = vmf_err(&j->err, ECONNRESET, "client disconnected during GetVM");
 	/* A template no pool has: a pool of it, of no ready clones, whose
 	 * requests are misses (unless another request made one meanwhile),
@@ -699,29 +703,28 @@ paths_done(void *arg)
 		j->rc = vmf_limit_tenant(d, j->peer, VMF_LIMIT_VMS, 0, &j->err);
 	if (j->rc < 0) {
 		d->errors++;
-		vmf_control_reply_error(j->c, j->err.code, j->err.msg);
+		vmf_request_fail(j->c, j->err.code, j->err.msg);
 		getvm_free(j);
 		return;
 	}
 	getvm_take(j);
 }
 
-void
-vmf_getvm_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control__GetVMRequest *req)
+static void
+getvm_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control__Request *request)
 {
+	const Vmf__Control__GetVMRequest *req = request->get_vm;
 	struct vmf_error err = {0};
 	struct vmf_pool *pool = NULL;
 	struct vmf_snap *snap = NULL;
-	if (validate(d, req, vmf_control_peer_uid(c), &pool, &snap, &err) < 0) {
+	if (validate(d, req, vmf_request_peer(c), &pool, &snap, &err) < 0) {
 		d->errors++;
-		vmf_control_reply_error(c, err.code, err.msg);
+		vmf_request_fail(c, err.code, err.msg);
 		return;
 	}
-	struct getvm_job *j = calloc(1, sizeof(*j));
-	if (!j) {
-		vmf_control_reply_error(c, ENOMEM, "out of memory");
+	struct getvm_job *j = vmf_request_job_new(c, sizeof(*j));
+	if (!j)
 		return;
-	}
 	j->d = d;
 	j->c = c;
 	j->pool = pool;
@@ -730,11 +733,11 @@ vmf_getvm_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control__Ge
 		snprintf(j->template_id, sizeof(j->template_id), "%s", snap->id);
 		snap->getvms++;
 	}
-	j->peer = vmf_control_peer_uid(c);
+	j->peer = vmf_request_peer(c);
 	if (validate_net(req, pool, j, &err) < 0 || tenant_net(d, j, &err) < 0) {
 		d->errors++;
 		getvm_free(j);
-		vmf_control_reply_error(c, err.code, err.msg);
+		vmf_request_fail(c, err.code, err.msg);
 		return;
 	}
 	if (req->n_cgroups > VMF_CGROUPS_MAX) {
@@ -742,14 +745,14 @@ vmf_getvm_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control__Ge
 		getvm_free(j);
 		char msg[96];
 		snprintf(msg, sizeof(msg), "%zu cgroups named: at most %d", req->n_cgroups, VMF_CGROUPS_MAX);
-		vmf_control_reply_error(c, E2BIG, msg);
+		vmf_request_fail(c, E2BIG, msg);
 		return;
 	}
 	for (size_t i = 0; i < req->n_cgroups; i++) {
 		if (vmf_cgroup_check_path(req->cgroups[i], &err) < 0) {
 			d->errors++;
 			getvm_free(j);
-			vmf_control_reply_error(c, err.code, err.msg);
+			vmf_request_fail(c, err.code, err.msg);
 			return;
 		}
 		snprintf(j->cgroups[i], sizeof(j->cgroups[i]), "%s", req->cgroups[i]);
@@ -758,7 +761,7 @@ vmf_getvm_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control__Ge
 	if (req->share_dir && *req->share_dir && !d->share_mib && !vmf_daemon_peer_admin(d, j->peer)) {
 		d->errors++;
 		getvm_free(j);
-		vmf_control_reply_error(c, EPERM, "this daemon gives VMs no share of their own mount (share_max_mib "
+		vmf_request_fail(c, EPERM, "this daemon gives VMs no share of their own mount (share_max_mib "
 					"= 0, or it does not run as root), so it gives a share to root and its own user "
 					"only; a daemon running as root with share_max_mib above 0 gives one to you");
 		return;
@@ -773,7 +776,7 @@ vmf_getvm_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control__Ge
 	j->deadline_ms = j->start_ms + (req->timeout_ms ? req->timeout_ms : VMF_DEFAULT_GETVM_TIMEOUT_MS);
 	if (vmf_jobs_submit(d->cache.jobs, paths_work, paths_done, j) < 0) {
 		getvm_free(j);
-		vmf_control_reply_error(c, ENOMEM, "cannot queue the GetVM work");
+		vmf_request_fail(c, ENOMEM, "cannot queue the GetVM work");
 	}
 }
 
@@ -796,14 +799,14 @@ getvm_take(struct getvm_job *j)
 		snprintf(msg, sizeof(msg), "pool exhausted: the template for %u vCPU / %u MiB is not ready%s%s",
 			 pool->spec->vcpus, pool->spec->memory_mib, pool->last_error[0] ? ": " : " yet",
 			 pool->last_error);
-		vmf_control_reply_error(c, EAGAIN, msg);
+		vmf_request_fail(c, EAGAIN, msg);
 		getvm_free(j);
 		return;
 	}
 	struct vmf_error nerr = {0};
 	if (tenant_net(d, j, &nerr) < 0) {
 		d->errors++;
-		vmf_control_reply_error(c, nerr.code, nerr.msg);
+		vmf_request_fail(c, nerr.code, nerr.msg);
 		getvm_free(j);
 		return;
 	}
@@ -825,14 +828,14 @@ getvm_take(struct getvm_job *j)
 				snprintf(msg, sizeof(msg), "pool %s exhausted: no ready VM, and %u clone%s on demand "
 					 "already in flight (max_miss_clones = %u); retry later", pool->name,
 					 d->miss_clones, d->miss_clones == 1 ? "" : "s", d->opts.max_miss_clones);
-			vmf_control_reply_error(c, EAGAIN, msg);
+			vmf_request_fail(c, EAGAIN, msg);
 			return;
 		}
 		d->misses++;
 		vm = vmf_cache_new_vm(&d->cache, pool);
 		if (!vm) {
 			getvm_free(j);
-			vmf_control_reply_error(c, ENOMEM, "out of memory");
+			vmf_request_fail(c, ENOMEM, "out of memory");
 			return;
 		}
 		j->miss = true;
@@ -871,3 +874,7 @@ getvm_take(struct getvm_job *j)
 	}
 	vmf_cache_refill(&d->cache);
 }
+
+const struct vmf_op vmf_op_getvm = {
+	.name = "get-vm", .body = VMF__CONTROL__REQUEST__BODY_GET_VM, .flags = VMF_OP_COUNTED, .start = getvm_start,
+};

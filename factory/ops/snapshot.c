@@ -12,8 +12,13 @@
 #include "agent.h"
 #include "catalog.h"
 #include "factory.h"
+#include "limit.h"
 #include "log.h"
+#include "ops.h"
+#include "request.h"
+#include "snapindex.h"
 #include "text.h"
+#include "vminfo.h"
 
 #define AGENT_TIMEOUT_MS 20000
 
@@ -139,9 +144,7 @@ snapshot_done(void *arg)
 {
 	struct snapshot_job *j = arg;
 	struct vmf_daemon *d = j->d;
-	j->vm->busy = false;
-	if (j->vm->dead)
-		vmf_cache_vm_exited(&d->cache, j->vm);
+	vmf_request_vm_back(d, j->vm, NULL);
 	if (j->rc == 0) {
 		Vmf__Control__Reply r = VMF__CONTROL__REPLY__INIT;
 		Vmf__Control__SnapshotReply sr = VMF__CONTROL__SNAPSHOT_REPLY__INIT;
@@ -159,11 +162,11 @@ snapshot_done(void *arg)
 		log_vm(VMF_LOG_INFO, j->vm_id, "snapshot into template %s of uid %u (%.16s) in %llu ms, paused %llu ms (%s)",
 		       j->name, (unsigned)j->owner, j->rec->id, (unsigned long long)sr.total_ms,
 		       (unsigned long long)sr.paused_ms, j->res.method ? j->res.method : "unknown method");
-		vmf_control_reply(j->c, &r);
+		vmf_request_reply(j->c, &r);
 	} else {
 		d->errors++;
 		log_vm(VMF_LOG_WARN, j->vm_id, "snapshot into template %s failed: %s", j->name, j->err.msg);
-		vmf_control_reply_error(j->c, j->err.code, j->err.msg);
+		vmf_request_fail(j->c, j->err.code, j->err.msg);
 	}
 	/* A template made is the index's (its record taken), even when what
 	 * followed failed (the share not mounted again): it is in the catalog. */
@@ -175,23 +178,24 @@ snapshot_done(void *arg)
 	vmf_daemon_settle(d);
 }
 
-void
-vmf_snapshot_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control__SnapshotRequest *req)
+static void
+snapshot_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control__Request *request)
 {
+	const Vmf__Control__SnapshotRequest *req = request->snapshot;
 	const char *name = req->template_ ? req->template_ : "";
 	if (!vmf_valid_pool_name(name)) {
-		vmf_control_reply_error(c, EINVAL, "template name is invalid: it must be 1 to 32 letters, digits, "
+		vmf_request_fail(c, EINVAL, "template name is invalid: it must be 1 to 32 letters, digits, "
 					"'-' or '_'");
 		return;
 	}
-	struct vmf_vm *vm = vmf_daemon_lookup_vm(d, c, req->vm_id);
+	struct vmf_vm *vm = vmf_request_vm(d, c, req->vm_id);
 	if (!vm)
 		return;
 	if (vm->state != VMF_VM_ASSIGNED || !vm->hv || vm->dead) {
 		char msg[1024], st[900];
 		snprintf(msg, sizeof(msg), "VM %s is not assigned and running (it is %s)", vm->id,
 			 vmf_vm_state_desc(vm, st, sizeof(st)));
-		vmf_control_reply_error(c, EINVAL, msg);
+		vmf_request_fail(c, EINVAL, msg);
 		return;
 	}
 	/* An attached disk is a tenant's file: a template carrying it would
@@ -209,19 +213,19 @@ vmf_snapshot_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control_
 			 "clones would be other VMs (other tenants') given this VM's file: detach it first "
 			 "(vmfactory detach %s --disk %s), then snapshot", vm->id, vm->disks[i]->path, vm->id,
 			 vm->disks[i]->guest_path[0] ? vm->disks[i]->guest_path : vm->disks[i]->path);
-		vmf_control_reply_error(c, EBUSY, msg);
+		vmf_request_fail(c, EBUSY, msg);
 		return;
 	}
 	if (vm->net[0] && strcmp(vm->net, "netns") != 0) {
 		char msg[200];
 		snprintf(msg, sizeof(msg), "VM %s has user-mode network, whose state (connections, forwards) a "
 			 "template cannot carry: snapshot a VM with --netns or without network", vm->id);
-		vmf_control_reply_error(c, EBUSY, msg);
+		vmf_request_fail(c, EBUSY, msg);
 		return;
 	}
 	/* Names are the owner's: another tenant's of the same name is no
 	 * conflict, and no tenant can take the operator's. */
-	uid_t peer = vmf_control_peer_uid(c), owner = vmf_snap_owner(d, peer);
+	uid_t peer = vmf_request_peer(c), owner = vmf_snap_owner(d, peer);
 	unsigned running = 0;
 	const struct vmf_snap *s;
 	TAILQ_FOREACH(s, &d->snaps, link) {
@@ -230,12 +234,12 @@ vmf_snapshot_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control_
 			char msg[160];
 			snprintf(msg, sizeof(msg), "template name %s is in use%s (template rm it first, or choose another)",
 				 name, s->making ? " (a snapshot into it is running)" : s->removing ? " (being removed)" : "");
-			vmf_control_reply_error(c, EEXIST, msg);
+			vmf_request_fail(c, EEXIST, msg);
 			return;
 		}
 	}
 	if (running >= MAX_INFLIGHT) {
-		vmf_control_reply_error(c, EAGAIN, "too many snapshots running; try again");
+		vmf_request_fail(c, EAGAIN, "too many snapshots running; try again");
 		return;
 	}
 	/* What it may take: all the VM's RAM (base and DIMMs) and its device
@@ -243,7 +247,7 @@ vmf_snapshot_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control_
 	uint64_t estimate = ((uint64_t)vm->memory_mib << 20) + (16ull << 20);
 	struct vmf_error lerr;
 	if (vmf_limit_tenant(d, peer, VMF_LIMIT_SNAPSHOTS, estimate, &lerr) < 0) {
-		vmf_control_reply_error(c, lerr.code, lerr.msg);
+		vmf_request_fail(c, lerr.code, lerr.msg);
 		return;
 	}
 	struct snapshot_job *j = calloc(1, sizeof(*j));
@@ -252,7 +256,7 @@ vmf_snapshot_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control_
 		j = NULL;
 	}
 	if (!j) {
-		vmf_control_reply_error(c, ENOMEM, "out of memory");
+		vmf_request_fail(c, ENOMEM, "out of memory");
 		return;
 	}
 	j->owner = owner;
@@ -276,3 +280,7 @@ vmf_snapshot_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control_
 		snapshot_done(j);
 	}
 }
+
+const struct vmf_op vmf_op_snapshot = {
+	.name = "snapshot", .body = VMF__CONTROL__REQUEST__BODY_SNAPSHOT, .start = snapshot_start,
+};

@@ -8,6 +8,9 @@
 #include "agent.h"
 #include "factory.h"
 #include "log.h"
+#include "ops.h"
+#include "request.h"
+#include "vminfo.h"
 
 #define AGENT_TIMEOUT_MS 10000
 
@@ -57,13 +60,9 @@ inspect_done(void *arg)
 	struct inspect_job *j = arg;
 	struct vmf_daemon *d = j->d;
 	bool was_busy = j->vm->busy;
-	j->vm->busy = false;
 	/* Its process exited while the job held it (the watch then only marks
 	 * it dead): it becomes gone now, before the reply shows its state. */
-	if (j->exit)
-		vmf_cache_vm_gone(&d->cache, j->vm, j->exit);
-	else if (j->vm->dead)
-		vmf_cache_vm_exited(&d->cache, j->vm);
+	vmf_request_vm_back(d, j->vm, j->exit);
 	Vmf__Control__Reply r = VMF__CONTROL__REPLY__INIT;
 	Vmf__Control__InspectReply ir = VMF__CONTROL__INSPECT_REPLY__INIT;
 	Vmf__Control__VmInfo info = VMF__CONTROL__VM_INFO__INIT;
@@ -94,7 +93,7 @@ inspect_done(void *arg)
 	}
 	r.body_case = VMF__CONTROL__REPLY__BODY_INSPECT;
 	r.inspect = &ir;
-	vmf_control_reply(j->c, &r);
+	vmf_request_reply(j->c, &r);
 	vmf_vm_info_clear(&info);
 	if (j->info)
 		vmf__agent__agent_reply__free_unpacked(j->info, NULL);
@@ -103,17 +102,16 @@ inspect_done(void *arg)
 		vmf_daemon_settle(d);
 }
 
-void
-vmf_inspect_start(struct vmf_daemon *d, struct vmf_conn *c, const char *vm_id)
+static void
+inspect_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control__Request *req)
 {
-	struct vmf_vm *vm = vmf_daemon_lookup_vm(d, c, vm_id);
+	const char *vm_id = req->inspect->vm_id;
+	struct vmf_vm *vm = vmf_request_vm(d, c, vm_id);
 	if (!vm)
 		return;
-	struct inspect_job *j = calloc(1, sizeof(*j));
-	if (!j) {
-		vmf_control_reply_error(c, ENOMEM, "out of memory");
+	struct inspect_job *j = vmf_request_job_new(c, sizeof(*j));
+	if (!j)
 		return;
-	}
 	j->d = d;
 	j->c = c;
 	j->vm = vm;
@@ -132,3 +130,7 @@ vmf_inspect_start(struct vmf_daemon *d, struct vmf_conn *c, const char *vm_id)
 		inspect_done(j);
 	}
 }
+
+const struct vmf_op vmf_op_inspect = {
+	.name = "inspect", .body = VMF__CONTROL__REQUEST__BODY_INSPECT, .start = inspect_start,
+};

@@ -4,7 +4,8 @@
  * Suspend saves the VM's whole state into <state_dir>/suspended/<id>.state
  * and stops its process; resume starts a process that loads it.  The
  * record and the files change in an order that leaves every crash point a
- * state recovery (vmf_suspend_recover) finishes or rolls back:
+ * state restart recovery (vmf_suspend_recover, suspended.c) finishes or
+ * rolls back:
  *
  *   suspend: record SUSPENDING -> unmount the share -> save into
  *            <id>.state.tmp, fsync, rename, fsync the dir -> record
@@ -18,7 +19,6 @@
  * never adopted: a process of theirs is killed as an orphan, and RESUMING
  * is SUSPENDED again (the file is still there).  A file under suspended/
  * that no such record names is removed. */
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -26,19 +26,20 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/socket.h>
 #include <sys/statvfs.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include "agent.h"
+#include "diskfile.h"
 #include "factory.h"
+#include "limit.h"
 #include "log.h"
 #include "net.h"
-#include "sockaddr.h"
+#include "ops.h"
+#include "request.h"
+#include "suspended.h"
+#include "vminfo.h"
 
-#define AGENT_TIMEOUT_MS 10000
-#define SUSPEND_DIR "suspended"
 
 struct suspend_job {
 	struct vmf_daemon *d;
@@ -58,37 +59,6 @@ struct suspend_job {
 	struct vmf_error err;
 };
 
-/* The read-write disks of a VM whose state is saved, or which runs again:
- * frozen before the save (their writes on the host files, consistent, even
- * if the saved state is lost), thawed once it runs again.  Best effort:
- * the VM's RAM, saved, still holds what a disk did not get. */
-static void
-freeze_disks(struct vmf_daemon *d, struct vmf_vm *vm, bool thaw, struct vmf_stop_report *rep)
-{
-	const struct vmf_stop_policy *pol = vmf_cache_stop_policy(&d->cache, vm);
-	if (pol->mode == VMF_STOP_KILL)
-		return;
-	struct vmf_stop_report local = {0};
-	if (vmf_cache_guest_stop(&d->cache, vm, thaw ? VMF_AGENT_THAW : VMF_AGENT_FREEZE, false, true, pol->timeout_ms,
-				 rep ? rep : &local) > 0 && rep)
-		snprintf(rep->method, sizeof(rep->method), "freeze");
-}
-
-static void
-state_path(const struct vmf_daemon *d, const char *id, char *out, size_t n)
-{
-	snprintf(out, n, "%s/%s/%s.state", d->opts.state_dir, SUSPEND_DIR, id);
-}
-
-static void
-remove_state_files(const char *file)
-{
-	char tmp[PATH_MAX + 8];
-	snprintf(tmp, sizeof(tmp), "%s.tmp", file);
-	unlink(tmp);
-	unlink(file);
-}
-
 /* The driver state a suspended VM resumes from: the handle's, with no
  * process (a pid in a suspended record would be adopted, or taken for a
  * live one). */
@@ -104,61 +74,16 @@ saved_hv_of(struct vmf_vm *vm, Vmf__Hv__HypervisorState **out, struct vmf_error 
 	return 0;
 }
 
-static struct vmf_agent *
-agent_open(struct vmf_vm *vm, struct vmf_error *err)
-{
-	struct vmf_agent *a = NULL;
-	vmf_agent_open(vm->ops->agent_connect, vm->hv, AGENT_TIMEOUT_MS, &a, err);
-	return a;
-}
-
-/* The owner's agent port answers a ping.  The first host connection to a
- * virtio-serial port after the VM's state was saved (a resume, or a save
- * rolled back) now and then goes unread for good (measured: about one
- * resume in eight, QEMU 7.2 under TCG; a second connection is served), so
- * the daemon makes that connection, and the owner's first exec is not the
- * one left hanging.  Unix-socket agents only (QEMU). */
-static void
-prime_owner_port(const struct vmf_vm *vm)
-{
-	if (!vm->ops->agent_transport || strcmp(vm->ops->agent_transport, "unix") != 0)
-		return;
-	char path[PATH_MAX + 64];
-	snprintf(path, sizeof(path), "%s/%s", vm->run_dir, vm->ops->agent_socket);
-	for (int attempt = 0; attempt < 3; attempt++) {
-		struct sockaddr_un sa;
-		struct vmf_error err = {0};
-		if (vmf_unix_addr(&sa, NULL, path, &err) < 0)
-			return;
-		int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-		if (fd < 0)
-			return;
-		if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-			close(fd);
-			return;
-		}
-		struct vmf_agent *a = vmf_agent_new(fd);
-		if (!a)
-			return;
-		int r = vmf_agent_wait_ready(a, 2000, &err);
-		vmf_agent_free(a);
-		if (r == 0)
-			return;
-		log_vm(VMF_LOG_DEBUG, vm->id, "its agent port did not answer the first connection: %s", err.msg);
-	}
-	log_vm(VMF_LOG_WARN, vm->id, "its owner's agent port does not answer after three connections");
-}
-
 /* Sets the guest's clock (it stood still while suspended) and mounts the
  * share again; the VM runs. */
 static int
 guest_back(struct suspend_job *j, struct vmf_vm *vm, struct vmf_error *err)
 {
-	struct vmf_agent *a = agent_open(vm, err);
+	struct vmf_agent *a = vmf_suspended_agent_open(vm, err);
 	if (!a)
 		return -err->code;
 	int64_t guest_ns = 0;
-	int r = vmf_agent_set_time(a, vmf_realtime_ns(), &guest_ns, AGENT_TIMEOUT_MS, err);
+	int r = vmf_agent_set_time(a, vmf_realtime_ns(), &guest_ns, VMF_SUSPEND_AGENT_TIMEOUT_MS, err);
 	if (r == 0) {
 		int64_t off = guest_ns - vmf_realtime_ns();
 		vm->clock_error_ms = (double)(off < 0 ? -off : off) / 1e6;
@@ -166,7 +91,7 @@ guest_back(struct suspend_job *j, struct vmf_vm *vm, struct vmf_error *err)
 			r = vmf_err(err, EIO, "the guest clock is %.0f ms off after setting it", vm->clock_error_ms);
 	}
 	if (r == 0 && j->share)
-		r = vmf_agent_mount_share(a, VMF_SHARE_TAG, AGENT_TIMEOUT_MS, err);
+		r = vmf_agent_mount_share(a, VMF_SHARE_TAG, VMF_SUSPEND_AGENT_TIMEOUT_MS, err);
 	vmf_agent_free(a);
 	return r;
 }
@@ -257,7 +182,7 @@ suspend_work(void *arg)
 	struct vmf_error *err = &j->err;
 	int64_t t0 = vmf_monotonic_ns();
 	char dir[PATH_MAX], tmp[PATH_MAX + 8];
-	snprintf(dir, sizeof(dir), "%s/%s", d->opts.state_dir, SUSPEND_DIR);
+	snprintf(dir, sizeof(dir), "%s/%s", d->opts.state_dir, VMF_SUSPEND_DIR);
 	snprintf(tmp, sizeof(tmp), "%s.tmp", vm->state_file);
 	bool unmounted = false, saved = false;
 	int fd = -1, r;
@@ -272,8 +197,8 @@ suspend_work(void *arg)
 		goto rollback;
 	/* QEMU refuses to migrate a VM whose guest has its 9p share mounted. */
 	if (j->share) {
-		struct vmf_agent *a = agent_open(vm, err);
-		r = a ? vmf_agent_unmount_share(a, AGENT_TIMEOUT_MS, err) : -err->code;
+		struct vmf_agent *a = vmf_suspended_agent_open(vm, err);
+		r = a ? vmf_agent_unmount_share(a, VMF_SUSPEND_AGENT_TIMEOUT_MS, err) : -err->code;
 		vmf_agent_free(a);
 		if (r < 0) {
 			vmf_error_prefix(err, "the guest cannot unmount its share");
@@ -281,7 +206,7 @@ suspend_work(void *arg)
 		}
 		unmounted = true;
 	}
-	freeze_disks(d, vm, false, &j->rep);
+	vmf_suspended_freeze_disks(d, vm, false, &j->rep);
 	j->frozen = true;
 	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 	if (fd < 0) {
@@ -337,7 +262,7 @@ rollback:
 	/* The VM keeps running as it was: no file of the attempt is left. */
 	if (fd >= 0)
 		close(fd);
-	remove_state_files(vm->state_file);
+	vmf_suspended_remove_files(vm->state_file);
 	if (vm->saved_hv) {
 		vmf__hv__hypervisor_state__free_unpacked(vm->saved_hv, NULL);
 		vm->saved_hv = NULL;
@@ -347,15 +272,15 @@ rollback:
 	if (saved && vm->ops->resume(vm->hv, &rerr) < 0)
 		log_vm(VMF_LOG_WARN, vm->id, "resuming it after the failed suspend: %s", rerr.msg);
 	if (j->frozen)
-		freeze_disks(d, vm, true, NULL);
+		vmf_suspended_freeze_disks(d, vm, true, NULL);
 	if (unmounted) {
-		struct vmf_agent *a = agent_open(vm, &rerr);
-		if (!a || vmf_agent_mount_share(a, VMF_SHARE_TAG, AGENT_TIMEOUT_MS, &rerr) < 0)
+		struct vmf_agent *a = vmf_suspended_agent_open(vm, &rerr);
+		if (!a || vmf_agent_mount_share(a, VMF_SHARE_TAG, VMF_SUSPEND_AGENT_TIMEOUT_MS, &rerr) < 0)
 			log_vm(VMF_LOG_WARN, vm->id, "mounting its share again after the failed suspend: %s", rerr.msg);
 		vmf_agent_free(a);
 	}
 	if (saved)
-		prime_owner_port(vm);
+		vmf_suspended_prime_port(vm);
 	vm->state_file[0] = '\0';
 	if (vmf_cache_put_vm_record(&d->cache, vm, VMF_VM_ASSIGNED, &rerr) < 0)
 		log_vm(VMF_LOG_ERROR, vm->id, "recording it assigned again: %s", rerr.msg);
@@ -411,10 +336,10 @@ resume_work(void *arg)
 		goto back;
 	VMF_FAULT("resume-running");
 	/* Its disks were frozen for the save. */
-	freeze_disks(d, vm, true, NULL);
+	vmf_suspended_freeze_disks(d, vm, true, NULL);
 	if ((r = guest_back(j, vm, err)) < 0)
 		goto back;
-	prime_owner_port(vm);
+	vmf_suspended_prime_port(vm);
 	/* New sockets: the owner's ACL on the agent's is granted again. */
 	if (!j->owner_admin) {
 		const char *const socks[] = { vm->ops->agent_socket };
@@ -469,7 +394,6 @@ suspend_done(void *arg)
 	memcpy(vm->state_file, j->snap.state_file, sizeof(vm->state_file));
 	vm->state_size = j->snap.state_size;
 	vm->suspended_ns = j->snap.suspended_ns;
-	vm->busy = false;
 	const char *what = j->resume ? "resume" : "suspend";
 	bool ok = j->rc == 0;
 	if (j->resume) {
@@ -488,11 +412,14 @@ suspend_done(void *arg)
 		}
 		vm->dead = false;
 	}
+	/* Running again (a resume, or a suspend that failed): watched, and a
+	 * process that died meanwhile is handled as any VM's death. */
 	if (vm->state == VMF_VM_ASSIGNED) {
 		vmf_cache_watch_vm(&d->cache, vm);
 		if (!vm->ops->alive(vm->hv))
-			vmf_cache_vm_exited(&d->cache, vm);
+			vm->dead = true;
 	}
+	vmf_request_vm_back(d, vm, NULL);
 	if (ok) {
 		if (j->resume)
 			log_vm(VMF_LOG_INFO, vm->id, "resumed in %.1f ms, clock error %.3f ms", j->ms, vm->clock_error_ms);
@@ -510,7 +437,7 @@ suspend_done(void *arg)
 		}
 		r.body_case = VMF__CONTROL__REPLY__BODY_VM;
 		r.vm = &info;
-		vmf_control_reply(j->c, &r);
+		vmf_request_reply(j->c, &r);
 		info.stop = NULL;
 		vmf_vm_info_clear(&info);
 	} else {
@@ -519,7 +446,7 @@ suspend_done(void *arg)
 		char msg[sizeof(j->err.msg) + 96];
 		snprintf(msg, sizeof(msg), "cannot %s VM %s (it stays %s): %s", what, vm->id,
 			 vmf_vm_state_name(vm->state), j->err.msg);
-		vmf_control_reply_error(j->c, j->err.code, msg);
+		vmf_request_fail(j->c, j->err.code, msg);
 	}
 	free(j);
 	vmf_daemon_settle(d);
@@ -528,7 +455,7 @@ suspend_done(void *arg)
 static void
 start(struct vmf_daemon *d, struct vmf_conn *c, const char *vm_id, bool resume)
 {
-	struct vmf_vm *vm = vmf_daemon_lookup_vm(d, c, vm_id);
+	struct vmf_vm *vm = vmf_request_vm(d, c, vm_id);
 	if (!vm)
 		return;
 	enum vmf_vm_state want = resume ? VMF_VM_SUSPENDED : VMF_VM_ASSIGNED;
@@ -536,13 +463,13 @@ start(struct vmf_daemon *d, struct vmf_conn *c, const char *vm_id, bool resume)
 		char msg[1024], st[900];
 		snprintf(msg, sizeof(msg), "VM %s is not %s (it is %s)", vm->id, resume ? "suspended" : "assigned",
 			 vm->dead && vm->state == VMF_VM_ASSIGNED ? "gone" : vmf_vm_state_desc(vm, st, sizeof(st)));
-		vmf_control_reply_error(c, EINVAL, msg);
+		vmf_request_fail(c, EINVAL, msg);
 		return;
 	}
 	if (!vm->ops->save_state || !vm->ops->restore_state) {
 		char msg[160];
 		snprintf(msg, sizeof(msg), "VM %s runs on %s, which vmfactory cannot suspend", vm->id, vm->ops->name);
-		vmf_control_reply_error(c, ENOTSUP, msg);
+		vmf_request_fail(c, ENOTSUP, msg);
 		return;
 	}
 	/* Disks and user-mode networking come back only with a driver that
@@ -563,37 +490,35 @@ start(struct vmf_daemon *d, struct vmf_conn *c, const char *vm_id, bool resume)
 			vmf_vm_has_host_parts(vm, what, sizeof(what));
 		snprintf(msg, sizeof(msg), "VM %s has %s, which a suspended %s VM cannot keep yet: %s", vm->id, what,
 			 vm->ops->name, !net_ok ? "release the VM instead" : "detach it or release the VM instead");
-		vmf_control_reply_error(c, EBUSY, msg);
+		vmf_request_fail(c, EBUSY, msg);
 		return;
 	}
 	if (resume && !vm->saved_hv) {
-		vmf_control_reply_error(c, EIO, "the suspended VM's record has no hypervisor state to resume from");
+		vmf_request_fail(c, EIO, "the suspended VM's record has no hypervisor state to resume from");
 		return;
 	}
 	/* Its saved state is about all its RAM, in the state dir. */
 	struct vmf_error lerr;
-	if (!resume && vmf_limit_tenant(d, vmf_control_peer_uid(c), VMF_LIMIT_SUSPENDED,
+	if (!resume && vmf_limit_tenant(d, vmf_request_peer(c), VMF_LIMIT_SUSPENDED,
 					(uint64_t)vm->memory_mib << 20, &lerr) < 0) {
 		char msg[sizeof(lerr.msg) + 64];
 		snprintf(msg, sizeof(msg), "cannot suspend VM %s (it stays assigned): %s", vm->id, lerr.msg);
-		vmf_control_reply_error(c, lerr.code, msg);
+		vmf_request_fail(c, lerr.code, msg);
 		return;
 	}
-	struct suspend_job *j = calloc(1, sizeof(*j));
-	if (!j) {
-		vmf_control_reply_error(c, ENOMEM, "out of memory");
+	struct suspend_job *j = vmf_request_job_new(c, sizeof(*j));
+	if (!j)
 		return;
-	}
 	j->d = d;
 	j->c = c;
 	j->vm = vm;
 	j->resume = resume;
 	j->share = d->hv.caps & VMF_CAP_SHARE_DEVICE && vm->share_link[0];
 	j->owner_admin = vmf_daemon_peer_admin(d, vm->owner_uid);
-	j->peer = vmf_control_peer_uid(c);
-	j->peer_admin = vmf_daemon_peer_admin(d, j->peer);
+	j->peer = vmf_request_peer(c);
+	j->peer_admin = vmf_request_admin(d, c);
 	if (!resume)
-		state_path(d, vm->id, vm->state_file, sizeof(vm->state_file));
+		vmf_suspended_state_path(d, vm->id, vm->state_file, sizeof(vm->state_file));
 	vm->state = resume ? VMF_VM_RESUMING : VMF_VM_SUSPENDING;
 	vm->busy = true;
 	/* The job owns the process: its exit is the job's to see. */
@@ -611,119 +536,24 @@ start(struct vmf_daemon *d, struct vmf_conn *c, const char *vm_id, bool resume)
 	}
 }
 
-void
-vmf_suspend_start(struct vmf_daemon *d, struct vmf_conn *c, const char *vm_id)
+static void
+suspend_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control__Request *req)
 {
-	start(d, c, vm_id, false);
+	start(d, c, req->suspend_vm->vm_id, false);
 }
 
-void
-vmf_resume_start(struct vmf_daemon *d, struct vmf_conn *c, const char *vm_id)
+static void
+resume_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control__Request *req)
 {
-	start(d, c, vm_id, true);
+	start(d, c, req->resume_vm->vm_id, true);
 }
 
-/* ---- restart recovery ---- */
+const struct vmf_op vmf_op_suspend = {
+	.name = "suspend", .body = VMF__CONTROL__REQUEST__BODY_SUSPEND_VM, .start = suspend_start,
+};
 
-static bool
-file_exists(const char *path)
-{
-	struct stat st;
-	return path[0] && stat(path, &st) == 0 && S_ISREG(st.st_mode);
-}
+const struct vmf_op vmf_op_resume = {
+	.name = "resume", .body = VMF__CONTROL__REQUEST__BODY_RESUME_VM, .start = resume_start,
+};
 
-enum vmf_vm_state
-vmf_suspend_recover(struct vmf_daemon *d, struct vmf_vm *vm, const Vmf__Catalog__VmRecord *rec, bool live)
-{
-	/* The driver state to resume from, without the pid of whatever ran. */
-	if (rec->hv && !vm->saved_hv) {
-		size_t n = vmf__hv__hypervisor_state__get_packed_size(rec->hv);
-		uint8_t *buf = malloc(n ? n : 1);
-		if (buf) {
-			vmf__hv__hypervisor_state__pack(rec->hv, buf);
-			vm->saved_hv = vmf__hv__hypervisor_state__unpack(NULL, n, buf);
-			free(buf);
-		}
-		if (vm->saved_hv) {
-			vm->saved_hv->pid = 0;
-			vm->saved_hv->start_time_ticks = 0;
-		}
-	}
-	if (rec->state == VMF__CATALOG__VM_STATE__VM_SUSPENDING && live) {
-		/* The save did not complete: the VM runs on, assigned. */
-		log_vm(VMF_LOG_INFO, vm->id, "suspend cut short by the daemon's end: rolled back, the VM runs on");
-		remove_state_files(vm->state_file);
-		vm->state_file[0] = '\0';
-		vm->state_size = 0;
-		vm->suspended_ns = 0;
-		struct vmf_error err = {0};
-		if (vm->ops->resume(vm->hv, &err) < 0)
-			log_vm(VMF_LOG_WARN, vm->id, "resuming it: %s", err.msg);
-		freeze_disks(d, vm, true, NULL);
-		if (d->hv.caps & VMF_CAP_SHARE_DEVICE && vm->share_link[0]) {
-			struct vmf_agent *a = agent_open(vm, &err);
-			if (!a || vmf_agent_mount_share(a, VMF_SHARE_TAG, AGENT_TIMEOUT_MS, &err) < 0)
-				log_vm(VMF_LOG_WARN, vm->id, "mounting its share again: %s", err.msg);
-			vmf_agent_free(a);
-		}
-		prime_owner_port(vm);
-		if (vm->saved_hv) {
-			vmf__hv__hypervisor_state__free_unpacked(vm->saved_hv, NULL);
-			vm->saved_hv = NULL;
-		}
-		return VMF_VM_ASSIGNED;
-	}
-	char tmp[PATH_MAX + 8];
-	snprintf(tmp, sizeof(tmp), "%s.tmp", vm->state_file);
-	unlink(tmp);
-	if (!file_exists(vm->state_file) || !vm->saved_hv) {
-		log_vm(VMF_LOG_WARN, vm->id, "recorded %s but its saved state %s is missing: gone",
-		       rec->state == VMF__CATALOG__VM_STATE__VM_SUSPENDING ? "suspending" : "suspended",
-		       vm->state_file[0] ? vm->state_file : "(none)");
-		if (vm->saved_hv) {
-			vmf__hv__hypervisor_state__free_unpacked(vm->saved_hv, NULL);
-			vm->saved_hv = NULL;
-		}
-		vm->state_file[0] = '\0';
-		return VMF_VM_GONE;
-	}
-	/* SUSPENDED, RESUMING, or SUSPENDING whose process died after the
-	 * file was complete: suspended, and a process of it is an orphan. */
-	if (vm->state_size == 0) {
-		struct stat st;
-		if (stat(vm->state_file, &st) == 0)
-			vm->state_size = (uint64_t)st.st_size;
-	}
-	if (!vm->suspended_ns)
-		vm->suspended_ns = vmf_realtime_ns();
-	log_vm(VMF_LOG_INFO, vm->id, "suspended VM of sandbox %s (%llu MiB in %s)%s", vm->sandbox_id,
-	       (unsigned long long)(vm->state_size >> 20), vm->state_file,
-	       rec->state == VMF__CATALOG__VM_STATE__VM_RESUMING ? ": a resume was cut short" : "");
-	return VMF_VM_SUSPENDED;
-}
-
-void
-vmf_suspend_sweep(struct vmf_daemon *d)
-{
-	char dir[PATH_MAX];
-	snprintf(dir, sizeof(dir), "%s/%s", d->opts.state_dir, SUSPEND_DIR);
-	DIR *dp = opendir(dir);
-	if (!dp)
-		return;
-	struct dirent *de;
-	while ((de = readdir(dp))) {
-		if (de->d_name[0] == '.')
-			continue;
-		char path[PATH_MAX + 256];
-		snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
-		bool kept = false;
-		struct vmf_vm *vm;
-		TAILQ_FOREACH(vm, &d->cache.vms, link)
-			kept = kept || (vm->state == VMF_VM_SUSPENDED && strcmp(vm->state_file, path) == 0);
-		if (!kept) {
-			log_info("removing %s: no suspended VM's state", path);
-			unlink(path);
-		}
-	}
-	closedir(dp);
-}
+/* ---- restart recovery (recovery.c) ---- */

@@ -6,102 +6,12 @@
 #include <unistd.h>
 
 #include "factory.h"
+#include "limit.h"
 #include "log.h"
-
-/* Every string of info is its own (vmf_vm_info_clear or the status reply's
- * free_unpacked frees them).  pss_kib comes from a worker: reading
- * /proc/PID/smaps_rollup walks the whole address space, so not on the loop. */
-void
-vmf_vm_info_fill(struct vmf_daemon *d, const struct vmf_vm *vm, uint64_t pss_kib, Vmf__Control__VmInfo *info)
-{
-	char qmp[PATH_MAX + 16], agent[PATH_MAX + 16];
-	vmf__control__vm_info__init(info);
-	info->id = strdup(vm->id);
-	/* While busy a worker owns hv (and may be setting it).  Every driver
-	 * call goes through the VM's own driver. */
-	info->pid = !vm->busy && vm->hv ? vm->ops->pid(vm->hv) : 0;
-	info->vcpus = vm->vcpus;
-	info->memory_mib = vm->memory_mib;
-	snprintf(qmp, sizeof(qmp), "%s/%s", vm->run_dir, vm->ops->sandbox_control_socket);
-	snprintf(agent, sizeof(agent), "%s/%s", vm->run_dir, vm->ops->agent_socket);
-	info->qmp_socket = strdup(qmp);
-	info->agent_socket = strdup(agent);
-	info->agent_transport = strdup(vm->ops->agent_transport ? vm->ops->agent_transport : "unix");
-	info->agent_vsock_port = vm->ops->agent_vsock_port;
-	info->share_dir = strdup(d->hv.caps & VMF_CAP_SHARE_DEVICE ? vm->share_dir : "");
-	info->run_dir = strdup(vm->run_dir);
-	info->template_id = strdup(vm->template_id);
-	info->pool = strdup(vm->pool ? vm->pool->name : "");
-	info->state = strdup(vmf_vm_state_name(vm->state));
-	info->sandbox_id = strdup(vm->sandbox_id);
-	info->share_link = strdup(vm->share_link);
-	info->sock_link = strdup(vm->sock_link);
-	info->created_ns = vm->created_ns;
-	info->owner_uid = (uint32_t)vm->owner_uid;
-	info->boot_id = strdup(vm->boot_id);
-	info->machine_id = strdup(vm->machine_id);
-	info->hostname = strdup(vm->hostname);
-	info->clock_error_ms = vm->clock_error_ms;
-	info->net = strdup(vm->net[0] ? vm->net : "none");
-	info->netns = strdup(vm->netns);
-	info->netns_link = strdup(vm->netns_link);
-	info->mac = strdup(vm->mac);
-	info->net_outbound = vm->net_outbound;
-	info->hostfwd = vm->n_hostfwd ? calloc(vm->n_hostfwd, sizeof(char *)) : NULL;
-	for (unsigned i = 0; info->hostfwd && i < vm->n_hostfwd; i++)
-		info->hostfwd[info->n_hostfwd++] = strdup(vm->hostfwd[i]);
-	info->state_file = strdup(vm->state == VMF_VM_SUSPENDED ? vm->state_file : "");
-	info->state_size = vm->state == VMF_VM_SUSPENDED ? vm->state_size : 0;
-	info->suspended_ns = vm->state == VMF_VM_SUSPENDED ? vm->suspended_ns : 0;
-	info->pss_kib = info->pid > 0 && !vm->dead ? pss_kib : 0;
-	vmf_disk_info_fill(vm, info);
-	info->exit = vmf_vm_exit_dup(vm->exit);
-	info->cgroups = vm->n_cgroups ? calloc(vm->n_cgroups, sizeof(char *)) : NULL;
-	for (unsigned i = 0; info->cgroups && i < vm->n_cgroups; i++)
-		if ((info->cgroups[info->n_cgroups] = strdup(vm->cgroups[i])))
-			info->n_cgroups++;
-	if (!vm->busy && vm->hv) {
-		struct vmf_error err;
-		vm->ops->serialize(vm->hv, &info->hypervisor, &err);
-	}
-}
-
-void
-vmf_vm_info_clear(Vmf__Control__VmInfo *info)
-{
-	char **strs[] = { &info->id, &info->qmp_socket, &info->agent_socket, &info->agent_transport,
-			  &info->share_dir, &info->run_dir,
-			  &info->template_id, &info->pool, &info->state, &info->sandbox_id, &info->share_link,
-			  &info->sock_link, &info->boot_id, &info->machine_id, &info->hostname, &info->net,
-			  &info->netns, &info->netns_link, &info->mac, &info->state_file };
-	for (size_t i = 0; i < sizeof(strs) / sizeof(strs[0]); i++) {
-		free(*strs[i]);
-		*strs[i] = NULL;
-	}
-	for (size_t i = 0; i < info->n_hostfwd; i++)
-		free(info->hostfwd[i]);
-	free(info->hostfwd);
-	info->hostfwd = NULL;
-	info->n_hostfwd = 0;
-	if (info->hypervisor)
-		vmf__hv__hypervisor_state__free_unpacked(info->hypervisor, NULL);
-	info->hypervisor = NULL;
-	if (info->exit)
-		vmf__hv__vm_exit__free_unpacked(info->exit, NULL);
-	info->exit = NULL;
-	for (size_t i = 0; i < info->n_cgroups; i++)
-		free(info->cgroups[i]);
-	free(info->cgroups);
-	info->cgroups = NULL;
-	info->n_cgroups = 0;
-	vmf_disk_info_clear(info);
-}
-
-bool
-vmf_daemon_peer_admin(const struct vmf_daemon *d, uid_t uid)
-{
-	return uid == 0 || uid == d->sandbox.daemon_uid;
-}
+#include "ops.h"
+#include "request.h"
+#include "snapindex.h"
+#include "vminfo.h"
 
 /* The reply is built on the loop; only the PSS of each VM's process, a
  * read of /proc/PID/smaps_rollup that can take long for a large process,
@@ -130,7 +40,7 @@ status_done(void *arg)
 	Vmf__Control__StatusReply *s = j->reply.status;
 	for (size_t i = 0; s && i < j->n && i < s->n_vms; i++)
 		s->vms[i]->pss_kib = j->pss[i];
-	vmf_control_reply(j->c, &j->reply);
+	vmf_request_reply(j->c, &j->reply);
 	if (s)
 		vmf__control__status_reply__free_unpacked(s, NULL);
 	struct vmf_daemon *d = j->d;
@@ -191,9 +101,10 @@ pool_sizes(struct vmf_daemon *d, const struct vmf_pool *p, Vmf__Control__PoolSta
 			z->ready++;
 }
 
-void
-vmf_daemon_status(struct vmf_daemon *d, struct vmf_conn *c)
+static void
+status_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control__Request *req)
 {
+	(void)req;
 	size_t nvms = 0;
 	struct vmf_vm *vm;
 	TAILQ_FOREACH(vm, &d->cache.vms, link)
@@ -205,7 +116,7 @@ vmf_daemon_status(struct vmf_daemon *d, struct vmf_conn *c)
 		free(j);
 		free(pids);
 		free(pss);
-		vmf_control_reply_error(c, ENOMEM, "out of memory");
+		vmf_request_fail(c, ENOMEM, "out of memory");
 		return;
 	}
 	vmf__control__reply__init(&j->reply);
@@ -213,7 +124,7 @@ vmf_daemon_status(struct vmf_daemon *d, struct vmf_conn *c)
 	j->c = c;
 	j->pids = pids;
 	j->pss = pss;
-	status_build(d, vmf_control_peer_uid(c), &j->reply, pids);
+	status_build(d, vmf_request_peer(c), &j->reply, pids);
 	j->n = j->reply.status ? j->reply.status->n_vms : 0;
 	if (!j->reply.status || vmf_jobs_submit(d->cache.jobs, status_work, status_done, j) < 0) {
 		status_work(j);
@@ -410,3 +321,6 @@ status_build(struct vmf_daemon *d, uid_t peer, Vmf__Control__Reply *reply, pid_t
 	reply->status = s;
 }
 
+const struct vmf_op vmf_op_status = {
+	.name = "status", .body = VMF__CONTROL__REQUEST__BODY_STATUS, .flags = VMF_OP_WHILE_STOPPING, .start = status_start,
+};
