@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "frame.h"
 #include "gw.h"
 #include "log.h"
 
@@ -129,24 +130,35 @@ gw_strv_free(char **v)
 	free(v);
 }
 
+/* The whole of a new connection's preparation: a guest that lists many
+ * kept processes and answers each attach slowly holds its own sandbox's
+ * job this long at most. */
 #define PREPARE_MS 10000
+
+static int
+ms_left(int64_t deadline)
+{
+	int64_t left = deadline - vmf_now_ms();
+	return left > 0 ? (int)left : 1;
+}
 
 int
 gw_guest_prepare(struct vmf_client_agent *a, char *const *env, struct gw_adopted *ad, struct vmf_error *err)
 {
 	ad->v = NULL;
 	ad->n = 0;
+	int64_t deadline = vmf_now_ms() + PREPARE_MS;
 	int r = vmf_client_agent_set_env(a, (const char *const *)env, PREPARE_MS, err);
 	struct vmf_exec_entry *v;
 	size_t n;
-	if (r < 0 || (r = vmf_client_exec_list(a, &v, &n, PREPARE_MS, err)) < 0)
+	if (r < 0 || (r = vmf_client_exec_list(a, &v, &n, ms_left(deadline), err)) < 0)
 		return r;
 	size_t k = 0;
 	for (size_t i = 0; i < n; i++) {
 		uint64_t id;
 		if (!v[i].keep || v[i].attached)
 			continue;
-		r = vmf_client_exec_attach(a, v[i].exec_id, 0, NULL, 0, &id, NULL, PREPARE_MS, err);
+		r = vmf_client_exec_attach(a, v[i].exec_id, 0, NULL, 0, &id, NULL, ms_left(deadline), err);
 		/* Gone meanwhile, or taken by another connection: not ours. */
 		if (r == -ESRCH || r == -EBUSY || r == -EALREADY)
 			continue;
