@@ -327,7 +327,8 @@ dir_names(struct listing *l, DIR *d, const char *path, size_t *n)
 			goto oom;
 		(*n)++;
 	}
-	qsort(names, *n, sizeof(*names), cmp_names);
+	if (*n > 1)
+		qsort(names, *n, sizeof(*names), cmp_names);
 	return names;
 oom:
 	reply_error(l->call, ENOMEM, "out of memory listing '%.300s'", path);

@@ -1100,7 +1100,7 @@ main(int argc, char **argv)
 	const char *image_dir = getenv("VMFACTORY_IMAGE_DIR");
 	if (vmf_image_load(image_dir ? image_dir : VMF_DEFAULT_IMAGE_DIR, NULL, NULL, &img, &e) < 0)
 		die(&e, "guest image");
-	if (vmf_qemu_ops.probe(NULL, img.kernel, &hv, &e) < 0)
+	if (vmf_qemu_ops.probe(NULL, img.kernel, NULL, &hv, &e) < 0)
 		die(&e, "QEMU");
 	if (cfg.release_only)
 		return release_only();
