@@ -235,7 +235,7 @@ START_TEST(no_hotplug_version)
 }
 END_TEST
 
-/* Disks (issue 17): placeholder drives made at boot, swapped by PATCH to
+/* Disks: placeholder drives made at boot, swapped by PATCH to
  * the daemon's descriptor and back; clones of the template have them. */
 START_TEST(disks)
 {
