@@ -420,6 +420,18 @@ vmf_agent_send_handout(struct vmf_agent *a, const char *hostname, struct vmf_age
 	return vmf_agent_send_handout_net(a, hostname, NULL, h, timeout_ms, err);
 }
 
+/* Sends req with the host's realtime in *realtime_ns, taken as late as
+ * possible: the guest sets exactly this. */
+static int
+send_clock(struct vmf_agent *a, Vmf__Agent__AgentRequest *req, int64_t *realtime_ns, struct vmf_agent_handout *h,
+	   uint64_t *id, int timeout_ms, struct vmf_error *err)
+{
+	*realtime_ns = h->host_sent_ns = vmf_realtime_ns();
+	int r = vmf_agent_send(a, req, timeout_ms, err);
+	*id = req->id;
+	return r;
+}
+
 int
 vmf_agent_send_handout_net(struct vmf_agent *a, const char *hostname, const struct vmf_guest_net *net,
 			   struct vmf_agent_handout *h, int timeout_ms, struct vmf_error *err)
@@ -444,11 +456,7 @@ vmf_agent_send_handout_net(struct vmf_agent *a, const char *hostname, const stru
 	}
 	req.body_case = VMF__AGENT__AGENT_REQUEST__BODY_HANDOUT;
 	req.handout = &ho;
-	/* As late as possible: the guest sets exactly this. */
-	ho.realtime_ns = h->host_sent_ns = vmf_realtime_ns();
-	int r = vmf_agent_send(a, &req, timeout_ms, err);
-	h->id = req.id;
-	return r;
+	return send_clock(a, &req, &ho.realtime_ns, h, &h->id, timeout_ms, err);
 }
 
 int
@@ -458,10 +466,7 @@ vmf_agent_send_handout_time(struct vmf_agent *a, struct vmf_agent_handout *h, in
 	Vmf__Agent__SetTime st = VMF__AGENT__SET_TIME__INIT;
 	req.body_case = VMF__AGENT__AGENT_REQUEST__BODY_SET_TIME;
 	req.set_time = &st;
-	st.realtime_ns = h->host_sent_ns = vmf_realtime_ns();
-	int r = vmf_agent_send(a, &req, timeout_ms, err);
-	h->time_id = req.id;
-	return r;
+	return send_clock(a, &req, &st.realtime_ns, h, &h->time_id, timeout_ms, err);
 }
 
 /* The SetTime's reply: the agent answers in order, so it follows the
