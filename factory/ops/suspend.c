@@ -34,6 +34,7 @@
 #include "agent.h"
 #include "diskfile.h"
 #include "factory.h"
+#include "leases.h"
 #include "limit.h"
 #include "log.h"
 #include "net.h"
@@ -56,6 +57,7 @@ struct suspend_job {
 	bool owner_admin;            /* the owner is root or the daemon's user: no ACLs */
 	uid_t peer;                  /* who resumes: its disks reopen under its attach rules */
 	bool peer_admin;
+	struct vmf_lease_ask lease;  /* resume: the VM's new lease */
 	double ms;
 	uint64_t pss_kib;
 	bool frozen;                 /* its read-write disks were frozen (suspend) */
@@ -323,6 +325,8 @@ suspend_work(void *arg)
 		 * the VM is suspended whatever happens to the daemon. */
 		struct vmf_vm rec = *vm;
 		rec.hv = NULL;
+		rec.lease_deadline_ns = 0;
+		rec.lease_suspend = false;
 		r = vmf_cache_put_vm_record(&d->cache, &rec, VMF_VM_SUSPENDED, err);
 	}
 	if (r < 0) {
@@ -330,6 +334,9 @@ suspend_work(void *arg)
 		goto rollback;
 	}
 	VMF_FAULT("suspend-recorded");
+	/* A suspended VM keeps no lease: its resume may give it a new one. */
+	vm->lease_deadline_ns = 0;
+	vm->lease_suspend = false;
 	struct vmf_error serr = {0};
 	if (vm->ops->stop(vm->hv, VMF_STOP_TIMEOUT_MS, &serr) < 0)
 		log_vm(VMF_LOG_WARN, vm->id, "stopping its suspended process: %s", serr.msg);
@@ -434,6 +441,7 @@ resume_work(void *arg)
 	vm->state_file[0] = '\0';
 	vm->state_size = 0;
 	vm->suspended_ns = 0;
+	vmf_lease_apply(vm, &j->lease, vmf_realtime_ns());
 	if ((r = vmf_cache_put_vm_record(&d->cache, vm, VMF_VM_ASSIGNED, err)) < 0) {
 		snprintf(vm->state_file, sizeof(vm->state_file), "%s", file);
 		vmf_error_prefix(err, "recording VM %s as assigned", vm->id);
@@ -448,6 +456,8 @@ resume_work(void *arg)
 
 back:
 	/* Suspended as before: the file stays, a process started goes. */
+	vm->lease_deadline_ns = 0;
+	vm->lease_suspend = false;
 	if (vm->hv) {
 		struct vmf_error serr = {0};
 		vm->ops->stop(vm->hv, VMF_STOP_TIMEOUT_MS, &serr);
@@ -475,6 +485,8 @@ suspend_done(void *arg)
 	memcpy(vm->state_file, j->snap.state_file, sizeof(vm->state_file));
 	vm->state_size = j->snap.state_size;
 	vm->suspended_ns = j->snap.suspended_ns;
+	vm->lease_deadline_ns = j->snap.lease_deadline_ns;
+	vm->lease_suspend = j->snap.lease_suspend;
 	vm->busy = false;
 	const char *what = j->resume ? "resume" : "suspend";
 	bool ok = j->rc == 0;
@@ -516,7 +528,8 @@ suspend_done(void *arg)
 		}
 		r.body_case = VMF__CONTROL__REPLY__BODY_VM;
 		r.vm = &info;
-		vmf_request_reply(j->c, &r);
+		if (j->c)
+			vmf_request_reply(j->c, &r);
 		info.stop = NULL;
 		vmf_vm_info_clear(&info);
 	} else {
@@ -525,32 +538,32 @@ suspend_done(void *arg)
 		char msg[sizeof(j->err.msg) + 96];
 		snprintf(msg, sizeof(msg), "cannot %s VM %s (it stays %s): %s", what, vm->id,
 			 vmf_vm_state_name(vm->state), j->err.msg);
-		vmf_request_fail(j->c, j->err.code, msg);
+		if (j->c)
+			vmf_request_fail(j->c, j->err.code, msg);
+		else if (!j->resume && vm->state == VMF_VM_ASSIGNED && vm->lease_deadline_ns) {
+			/* A lease's end that cannot suspend the VM releases it
+			 * at the next tick rather than let it run on. */
+			log_vm(VMF_LOG_WARN, vm->id, "its lease ran out and it could not be suspended: releasing it");
+			vm->lease_suspend = false;
+		}
 	}
 	free(j);
 	vmf_daemon_settle(d);
 }
 
-static void
-start(struct vmf_daemon *d, struct vmf_conn *c, const char *vm_id, bool resume)
+/* Whether vm may be suspended (or resumed) now, for peer; -errno with a
+ * sentence when not. */
+static int
+check(struct vmf_daemon *d, struct vmf_vm *vm, bool resume, uid_t peer, struct vmf_error *err)
 {
-	struct vmf_vm *vm = vmf_request_vm(d, c, vm_id);
-	if (!vm)
-		return;
 	enum vmf_vm_state want = resume ? VMF_VM_SUSPENDED : VMF_VM_ASSIGNED;
 	if (vm->state != want || (!resume && (vm->dead || !vm->hv))) {
-		char msg[1024], st[900];
-		snprintf(msg, sizeof(msg), "VM %s is not %s (it is %s)", vm->id, resume ? "suspended" : "assigned",
-			 vm->dead && vm->state == VMF_VM_ASSIGNED ? "gone" : vmf_vm_state_desc(vm, st, sizeof(st)));
-		vmf_request_fail(c, EINVAL, msg);
-		return;
+		char st[900];
+		return vmf_err(err, EINVAL, "VM %s is not %s (it is %s)", vm->id, resume ? "suspended" : "assigned",
+			       vm->dead && vm->state == VMF_VM_ASSIGNED ? "gone" : vmf_vm_state_desc(vm, st, sizeof(st)));
 	}
-	if (!vm->ops->save_state || !vm->ops->restore_state) {
-		char msg[160];
-		snprintf(msg, sizeof(msg), "VM %s runs on %s, which vmfactory cannot suspend", vm->id, vm->ops->name);
-		vmf_request_fail(c, ENOTSUP, msg);
-		return;
-	}
+	if (!vm->ops->save_state || !vm->ops->restore_state)
+		return vmf_err(err, ENOTSUP, "VM %s runs on %s, which vmfactory cannot suspend", vm->id, vm->ops->name);
 	/* Disks and user-mode networking come back only with a driver that
 	 * gives the resuming VMM them before it loads the state (and, for
 	 * networking, has a NIC backend to give), a namespace's
@@ -562,32 +575,30 @@ start(struct vmf_daemon *d, struct vmf_conn *c, const char *vm_id, bool resume)
 	bool net_ok = !vm->net[0] || (strcmp(vm->net, "netns") == 0 && vm->ops->net_attach) ||
 		      (strcmp(vm->net, "user") == 0 && vm->ops->restore_state_with && vm->ops->net_attach);
 	if (!resume && (!net_ok || (has_disks && !vm->ops->restore_state_with))) {
-		char what[PATH_MAX + 64], msg[PATH_MAX + 200];
+		char what[PATH_MAX + 64];
 		if (!net_ok)
 			snprintf(what, sizeof(what), "network (%s%s%s)", vm->net, vm->netns[0] ? " " : "", vm->netns);
 		else
 			vmf_vm_has_host_parts(vm, what, sizeof(what));
-		snprintf(msg, sizeof(msg), "VM %s has %s, which a suspended %s VM cannot keep yet: %s", vm->id, what,
-			 vm->ops->name, !net_ok ? "release the VM instead" : "detach it or release the VM instead");
-		vmf_request_fail(c, EBUSY, msg);
-		return;
+		return vmf_err(err, EBUSY, "VM %s has %s, which a suspended %s VM cannot keep yet: %s", vm->id, what,
+			       vm->ops->name, !net_ok ? "release the VM instead" : "detach it or release the VM instead");
 	}
-	if (resume && !vm->saved_hv) {
-		vmf_request_fail(c, EIO, "the suspended VM's record has no hypervisor state to resume from");
-		return;
-	}
+	if (resume && !vm->saved_hv)
+		return vmf_err(err, EIO, "the suspended VM's record has no hypervisor state to resume from");
 	/* Its saved state is about all its RAM, in the state dir. */
-	struct vmf_error lerr;
-	if (!resume && vmf_limit_tenant(d, vmf_request_peer(c), VMF_LIMIT_SUSPENDED,
-					(uint64_t)vm->memory_mib << 20, &lerr) < 0) {
-		char msg[sizeof(lerr.msg) + 64];
-		snprintf(msg, sizeof(msg), "cannot suspend VM %s (it stays assigned): %s", vm->id, lerr.msg);
-		vmf_request_fail(c, lerr.code, msg);
-		return;
-	}
+	if (!resume && vmf_limit_tenant(d, peer, VMF_LIMIT_SUSPENDED, (uint64_t)vm->memory_mib << 20, err) < 0)
+		return vmf_error_prefix(err, "cannot suspend VM %s (it stays assigned)", vm->id);
+	return 0;
+}
+
+/* The job, for c (NULL: the VM's lease ran out, nobody waits). */
+static void
+launch(struct vmf_daemon *d, struct vmf_conn *c, struct vmf_vm *vm, bool resume, const struct vmf_lease_ask *lease)
+{
 	struct suspend_job *j = calloc(1, sizeof(*j));
 	if (!j) {
-		vmf_request_fail(c, ENOMEM, "out of memory");
+		if (c)
+			vmf_request_fail(c, ENOMEM, "out of memory");
 		return;
 	}
 	j->d = d;
@@ -596,8 +607,10 @@ start(struct vmf_daemon *d, struct vmf_conn *c, const char *vm_id, bool resume)
 	j->resume = resume;
 	j->share = d->hv.caps & VMF_CAP_SHARE_DEVICE && vm->share_link[0];
 	j->owner_admin = vmf_daemon_peer_admin(d, vm->owner_uid);
-	j->peer = vmf_request_peer(c);
-	j->peer_admin = vmf_request_admin(d, c);
+	j->peer = c ? vmf_request_peer(c) : vm->owner_uid;
+	j->peer_admin = c ? vmf_request_admin(d, c) : j->owner_admin;
+	if (lease)
+		j->lease = *lease;
 	if (!resume)
 		state_path(d, vm->id, vm->state_file, sizeof(vm->state_file));
 	vm->state = resume ? VMF_VM_RESUMING : VMF_VM_SUSPENDING;
@@ -608,7 +621,8 @@ start(struct vmf_daemon *d, struct vmf_conn *c, const char *vm_id, bool resume)
 	j->snap = *vm;
 	/* The worker's copy owns it while the job runs. */
 	vm->saved_hv = NULL;
-	log_vm(VMF_LOG_INFO, vm->id, "%s (sandbox %s)", resume ? "resuming" : "suspending", vm->sandbox_id);
+	log_vm(VMF_LOG_INFO, vm->id, "%s (sandbox %s)%s", resume ? "resuming" : "suspending", vm->sandbox_id,
+	       c ? "" : ": its lease ran out");
 	if (vmf_jobs_submit(d->cache.jobs, resume ? resume_work : suspend_work, suspend_done, j) < 0) {
 		j->rc = vmf_err(&j->err, ENOMEM, "cannot queue the %s work", resume ? "resume" : "suspend");
 		if (!resume)
@@ -617,16 +631,46 @@ start(struct vmf_daemon *d, struct vmf_conn *c, const char *vm_id, bool resume)
 	}
 }
 
+int
+vmf_suspend_expired(struct vmf_daemon *d, struct vmf_vm *vm, struct vmf_error *err)
+{
+	int r = check(d, vm, false, vm->owner_uid, err);
+	if (r == 0)
+		launch(d, NULL, vm, false, NULL);
+	return r;
+}
+
+static void
+start(struct vmf_daemon *d, struct vmf_conn *c, const char *vm_id, bool resume, const struct vmf_lease_ask *lease)
+{
+	struct vmf_vm *vm = vmf_request_vm(d, c, vm_id);
+	if (!vm)
+		return;
+	struct vmf_error err = {0};
+	if (check(d, vm, resume, vmf_request_peer(c), &err) < 0) {
+		vmf_request_fail(c, err.code, err.msg);
+		return;
+	}
+	launch(d, c, vm, resume, lease);
+}
+
 static void
 suspend_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control__Request *req)
 {
-	start(d, c, req->suspend_vm->vm_id, false);
+	start(d, c, req->suspend_vm->vm_id, false, NULL);
 }
 
 static void
 resume_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control__Request *req)
 {
-	start(d, c, req->resume_vm->vm_id, true);
+	const Vmf__Control__ResumeVMRequest *rr = req->resume_vm;
+	struct vmf_lease_ask lease;
+	struct vmf_error err = {0};
+	if (vmf_lease_parse(d, rr->ttl_s, rr->on_expiry, &lease, &err) < 0) {
+		vmf_request_fail(c, err.code, err.msg);
+		return;
+	}
+	start(d, c, rr->vm_id, true, &lease);
 }
 
 const struct vmf_op vmf_op_suspend = {
@@ -710,6 +754,8 @@ vmf_suspend_recover(struct vmf_daemon *d, struct vmf_vm *vm, const Vmf__Catalog_
 	}
 	if (!vm->suspended_ns)
 		vm->suspended_ns = vmf_realtime_ns();
+	vm->lease_deadline_ns = 0;
+	vm->lease_suspend = false;
 	log_vm(VMF_LOG_INFO, vm->id, "suspended VM of sandbox %s (%llu MiB in %s)%s", vm->sandbox_id,
 	       (unsigned long long)(vm->state_size >> 20), vm->state_file,
 	       rec->state == VMF__CATALOG__VM_STATE__VM_RESUMING ? ": a resume was cut short" : "");
