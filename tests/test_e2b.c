@@ -192,6 +192,36 @@ gateway_vms(void)
 	return n;
 }
 
+/* The gateway's VMs the daemon holds with a lease of its own ending a grace
+ * after the gateway's (the first sandbox's timeout, 600 s, + 30 s), so
+ * that with no gateway the daemon still ends them; -1 if one has none. */
+static int
+gateway_vms_leased(void)
+{
+	struct vmf_client *c;
+	struct vmf_error e;
+	Vmf__Control__Reply *rep;
+	ck_assert_msg(vmf_client_connect(sock, &c, &e) == 0, "%s", e.msg);
+	ck_assert_msg(vmf_client_status(c, &rep, 10000, &e) == 0, "%s", e.msg);
+	int n = 0;
+	int64_t now = vmf_realtime_ns();
+	for (size_t i = 0; i < rep->status->n_vms; i++) {
+		const Vmf__Control__VmInfo *v = rep->status->vms[i];
+		if (!strstr(v->sock_link, gw_dir))
+			continue;
+		int64_t left = (v->lease_deadline_ns - now) / 1000000000;
+		printf("gateway VM %s: %s, the daemon's lease %s in %lld s\n", v->id, v->state, v->lease_on_expiry,
+		       (long long)left);
+		if (!v->lease_deadline_ns || left > 630 || strcmp(v->lease_on_expiry, "release") != 0)
+			n = -1;
+		else if (n >= 0)
+			n++;
+	}
+	vmf__control__reply__free_unpacked(rep, NULL);
+	vmf_client_close(c);
+	return n;
+}
+
 START_TEST(sdk_drives_the_gateway)
 {
 	const char *why = users_why;
@@ -234,6 +264,7 @@ START_TEST(sdk_drives_the_gateway)
 	printf("gateway (as %s) at %s\n", tu.a, gw_url);
 	t0 = vmf_now_ms();
 	run_sdk("main");
+	check(gateway_vms_leased() > 0, "the daemon holds a lease of each gateway VM, a grace after the gateway's");
 	/* A restart keeps every sandbox, its metadata and its key. */
 	stop_gateway();
 	start_gateway();
