@@ -176,19 +176,27 @@ run_sdk(const char *phase)
 }
 
 /* VMs of the daemon whose sandbox links are the gateway's. */
-static int
-gateway_vms(void)
+/* The daemon's status (free it with free_unpacked). */
+static Vmf__Control__Reply *
+daemon_status(void)
 {
 	struct vmf_client *c;
 	struct vmf_error e;
 	Vmf__Control__Reply *rep;
 	ck_assert_msg(vmf_client_connect(sock, &c, &e) == 0, "%s", e.msg);
 	ck_assert_msg(vmf_client_status(c, &rep, 10000, &e) == 0, "%s", e.msg);
+	vmf_client_close(c);
+	return rep;
+}
+
+static int
+gateway_vms(void)
+{
+	Vmf__Control__Reply *rep = daemon_status();
 	int n = 0;
 	for (size_t i = 0; i < rep->status->n_vms; i++)
 		n += strstr(rep->status->vms[i]->sock_link, gw_dir) != NULL;
 	vmf__control__reply__free_unpacked(rep, NULL);
-	vmf_client_close(c);
 	return n;
 }
 
@@ -198,11 +206,7 @@ gateway_vms(void)
 static int
 gateway_vms_leased(void)
 {
-	struct vmf_client *c;
-	struct vmf_error e;
-	Vmf__Control__Reply *rep;
-	ck_assert_msg(vmf_client_connect(sock, &c, &e) == 0, "%s", e.msg);
-	ck_assert_msg(vmf_client_status(c, &rep, 10000, &e) == 0, "%s", e.msg);
+	Vmf__Control__Reply *rep = daemon_status();
 	int n = 0;
 	int64_t now = vmf_realtime_ns();
 	for (size_t i = 0; i < rep->status->n_vms; i++) {
@@ -218,7 +222,6 @@ gateway_vms_leased(void)
 			n++;
 	}
 	vmf__control__reply__free_unpacked(rep, NULL);
-	vmf_client_close(c);
 	return n;
 }
 
