@@ -26,12 +26,12 @@
 #include "log.h"
 #include "metrics.h"
 #include "net.h"
-#include "ops/suspend.h"
 #include "pools.h"
 #include "recovery.h"
 #include "request.h"
 #include "sdnotify.h"
 #include "snapindex.h"
+#include "suspendjob.h"
 #include "vminfo.h"
 
 #define WORKER_THREADS 8
@@ -181,6 +181,20 @@ signal_cb(evutil_socket_t sig, short what, void *arg)
 
 /* ---- loop plumbing ---- */
 
+/* A lease's suspend that failed leaves the VM running: its lease becomes
+ * a release, for the next tick, rather than let it run on. */
+static void
+lease_suspended(struct vmf_daemon *d, struct vmf_vm *vm, const struct vmf_suspend_result *res, void *arg)
+{
+	(void)arg;
+	if (res->rc < 0 && vm->state == VMF_VM_ASSIGNED && vm->lease_deadline_ns) {
+		d->errors++;
+		log_vm(VMF_LOG_WARN, vm->id, "its lease ran out and it could not be suspended (%s): releasing it",
+		       res->err.msg);
+		vm->lease_suspend = false;
+	}
+}
+
 /* VMs whose lease ran out (leases.c): released, or suspended as the lease
  * says, through the same jobs a request starts; a VM a job holds is looked
  * at again on the next tick.  A daemon stopping starts nothing: the next
@@ -199,8 +213,12 @@ expire_leases(struct vmf_daemon *d)
 			continue;
 		if (vm->lease_suspend && vm->state == VMF_VM_ASSIGNED && !vm->dead) {
 			struct vmf_error err = {0};
-			if (vmf_suspend_expired(d, vm, &err) == 0)
+			if (vmf_suspend_check(d, vm, false, vm->owner_uid, &err) == 0) {
+				log_vm(VMF_LOG_INFO, vm->id, "its lease ran out: suspending it (sandbox %s)", vm->sandbox_id);
+				vmf_suspend_job_start(d, vm, false, vm->owner_uid, vmf_daemon_peer_admin(d, vm->owner_uid), NULL,
+						      lease_suspended, NULL);
 				continue;
+			}
 			log_vm(VMF_LOG_WARN, vm->id, "its lease ran out but it cannot be suspended (%s): releasing it",
 			       err.msg);
 		}

@@ -13,8 +13,8 @@
 #include "catalog.h"
 #include "factory.h"
 #include "log.h"
-#include "ops/suspend.h"
 #include "recovery.h"
+#include "suspended.h"
 
 static struct vmf_pool *
 pool_for(struct vmf_daemon *d, const char *template_id)

@@ -41,6 +41,15 @@ vmf_request_fail(struct vmf_conn *c, int code, const char *msg)
 	vmf_control_reply_error(c, code, msg);
 }
 
+void *
+vmf_request_job_new(struct vmf_conn *c, size_t size)
+{
+	void *j = calloc(1, size);
+	if (!j)
+		vmf_request_fail(c, ENOMEM, "out of memory");
+	return j;
+}
+
 struct vmf_vm *
 vmf_request_vm(struct vmf_daemon *d, struct vmf_conn *c, const char *id)
 {

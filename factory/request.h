@@ -7,6 +7,7 @@
 #define VMF_REQUEST_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <sys/types.h>
 
 #include "control.pb-c.h"
@@ -25,6 +26,10 @@ bool vmf_request_connected(const struct vmf_conn *c);
 void vmf_request_reply(struct vmf_conn *c, const Vmf__Control__Reply *reply);
 /* An error reply: code an errno (EIO when not positive), msg a sentence. */
 void vmf_request_fail(struct vmf_conn *c, int code, const char *msg);
+
+/* A request's job struct of size bytes, zeroed; NULL when out of memory,
+ * the failure replied on c. */
+void *vmf_request_job_new(struct vmf_conn *c, size_t size);
 
 /* The VM id names, when c's peer may act on it and no job holds it; else
  * NULL, with the error already replied on c. */

@@ -477,11 +477,9 @@ detach_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control__Reque
 		vmf_request_fail(c, EINVAL, msg);
 		return;
 	}
-	struct disk_job *j = calloc(1, sizeof(*j));
-	if (!j) {
-		vmf_request_fail(c, ENOMEM, "out of memory");
+	struct disk_job *j = vmf_request_job_new(c, sizeof(*j));
+	if (!j)
 		return;
-	}
 	j->d = d;
 	j->c = c;
 	j->vm = vm;

@@ -727,11 +727,9 @@ getvm_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control__Reques
 		vmf_request_fail(c, err.code, err.msg);
 		return;
 	}
-	struct getvm_job *j = calloc(1, sizeof(*j));
-	if (!j) {
-		vmf_request_fail(c, ENOMEM, "out of memory");
+	struct getvm_job *j = vmf_request_job_new(c, sizeof(*j));
+	if (!j)
 		return;
-	}
 	j->d = d;
 	j->c = c;
 	j->pool = pool;

@@ -109,11 +109,9 @@ inspect_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control__Requ
 	struct vmf_vm *vm = vmf_request_vm(d, c, vm_id);
 	if (!vm)
 		return;
-	struct inspect_job *j = calloc(1, sizeof(*j));
-	if (!j) {
-		vmf_request_fail(c, ENOMEM, "out of memory");
+	struct inspect_job *j = vmf_request_job_new(c, sizeof(*j));
+	if (!j)
 		return;
-	}
 	j->d = d;
 	j->c = c;
 	j->vm = vm;

@@ -132,11 +132,9 @@ template_rm_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control__
 		vmf_request_fail(c, EBUSY, msg);
 		return;
 	}
-	struct rm_job *j = calloc(1, sizeof(*j));
-	if (!j) {
-		vmf_request_fail(c, ENOMEM, "out of memory");
+	struct rm_job *j = vmf_request_job_new(c, sizeof(*j));
+	if (!j)
 		return;
-	}
 	j->d = d;
 	j->c = c;
 	snprintf(j->id, sizeof(j->id), "%s", s->id);
