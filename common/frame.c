@@ -1,6 +1,7 @@
 #include "frame.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <poll.h>
 #include <stdbool.h>
 #include <sys/socket.h>
@@ -14,6 +15,23 @@ vmf_now_ms(void)
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int64_t
+vmf_deadline_after(int timeout_ms)
+{
+	return timeout_ms < 0 ? -1 : vmf_now_ms() + timeout_ms;
+}
+
+int
+vmf_ms_left(int64_t deadline)
+{
+	if (deadline < 0)
+		return -1;
+	int64_t left = deadline - vmf_now_ms();
+	if (left <= 0)
+		return 0;
+	return left > INT_MAX ? INT_MAX : (int)left;
 }
 
 static int

@@ -28,6 +28,11 @@ vmf_frame_put_len(uint8_t h[4], uint32_t n)
 
 /* Milliseconds on CLOCK_MONOTONIC, for deadlines. */
 int64_t vmf_now_ms(void);
+/* The deadline timeout_ms from now; -1 (none) for a negative timeout. */
+int64_t vmf_deadline_after(int timeout_ms);
+/* Milliseconds left before deadline, for poll(): -1 without one, 0 once it
+ * passed. */
+int vmf_ms_left(int64_t deadline);
 
 /* Writes header + payload before deadline_ms (absolute vmf_now_ms() value,
  * -1 = none). */

@@ -50,6 +50,12 @@ int vmf_rm_rf(const char *path, struct vmf_error *err);
  * something is left: a later call goes on from there. */
 int vmf_rm_rf_until(const char *path, int64_t deadline_ms, struct vmf_error *err);
 
+/* Replaces path with len bytes of data atomically: written to a temporary
+ * name beside it (path.tmp.XXXXXX), fsync'ed, renamed over path, the
+ * directory fsync'ed.  A reader sees the old file or the new one, never a
+ * part; a failure leaves the old one and no temporary file. */
+int vmf_write_file_atomic(const char *path, const void *data, size_t len, mode_t mode, struct vmf_error *err);
+
 /* fsync of a directory, so that a rename or create inside it is durable. */
 int vmf_fsync_dir(const char *dir, struct vmf_error *err);
 

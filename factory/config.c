@@ -111,6 +111,7 @@ static const struct key keys[] = {
 	{ SEC_GUEST, "memory_mib", K_UINT, O(memory_mib), 64, 1048576, 0 },
 	{ SEC_GUEST, "max_vcpus", K_UINT, O(max_vcpus), 1, 255, 0 },
 	{ SEC_GUEST, "max_memory_mib", K_UINT, O(max_memory_mib), 64, 1048576, 0 },
+	{ SEC_GUEST, "hotplug_ports", K_UINT, O(hotplug_ports), 0, VMF_HOTPLUG_PORTS_MAX, 0 },
 	/* vmfactory gateway's (factory/gateway); the daemon reads past them. */
 	{ SEC_GATEWAY, "listen", K_LISTEN, G(listen), 0, 0, 64 },
 	{ SEC_GATEWAY, "api_keys", K_ABSPATH, G(api_keys), 0, 0, 512 },
@@ -132,6 +133,7 @@ static const struct key keys[] = {
 	{ SEC_POOL, "max_idle", K_SECONDS, P(max_idle_s), 0, 30 * 86400, 0 },
 	{ SEC_POOL, "share_memory", K_BOOL, P(share_memory), 0, 0, 0 },
 	{ SEC_POOL, "nic", K_BOOL, P(nic), 0, 0, 0 },
+	{ SEC_POOL, "hotplug_ports", K_UINT, P(hotplug_ports), 0, VMF_HOTPLUG_PORTS_MAX, 0 },
 	{ SEC_POOL, "net", K_NETMODE, P(net_user), 0, 0, 0 },
 	{ SEC_POOL, "shape", K_SHAPE, P(shape), 0, 0, 0 },
 	{ SEC_POOL, "shape_max", K_UINT, P(shape_max), 0, 256, 0 },
@@ -729,6 +731,7 @@ finish_pools(struct parser *p)
 	int ishm = key_index(SEC_POOL, "shape_memory_mib");
 	int ist = key_index(SEC_POOL, "stop"), istt = key_index(SEC_POOL, "stop_timeout");
 	int ire = key_index(SEC_POOL, "on_guest_reset"), icg = key_index(SEC_POOL, "cgroup");
+	int ihp = key_index(SEC_POOL, "hotplug_ports");
 	for (unsigned i = 0; i < c->n_pools; i++) {
 		struct vmf_pool_spec *ps = &c->pools[i];
 		int *kl = p->key_line[i];
@@ -741,6 +744,8 @@ finish_pools(struct parser *p)
 			ps->max_vcpus = o->max_vcpus > ps->vcpus ? o->max_vcpus : ps->vcpus;
 		if (!kl[ixm])
 			ps->max_memory_mib = o->max_memory_mib > ps->memory_mib ? o->max_memory_mib : ps->memory_mib;
+		if (!kl[ihp])
+			ps->hotplug_ports = o->hotplug_ports;
 		/* Shaping not set in the pool comes from [daemon]. */
 		if (!kl[ish])
 			ps->shape = o->shape;
@@ -960,6 +965,7 @@ vmf_daemon_opts_defaults(struct vmf_daemon_opts *o)
 	o->max_memory_mib = VMF_DEFAULT_MAX_MEMORY_MIB;
 	o->share_memory = true;
 	o->nic = true;
+	o->hotplug_ports = VMF_DEFAULT_HOTPLUG_PORTS;
 	o->max_miss_clones = VMF_DEFAULT_MAX_MISS_CLONES;
 	/* On: it only acts once requests above a pool's base come, and then
 	 * within shape_max and shape_memory_mib, off the hand-out path. */

@@ -36,6 +36,8 @@
 /* shape_max / shape_memory_mib not configured: half the pool's size, and
  * half its base memory (size × memory_mib / 2). */
 #define VMF_SHAPE_AUTO UINT_MAX
+/* Free PCIe root ports a template reserves for the runtime unless told. */
+#define VMF_DEFAULT_HOTPLUG_PORTS 2
 /* What one VM, and one tenant, may take of the host (vmfactory.conf(5),
  * docs/security.md "Limits").  The run dir is a tmpfs (RAM) in production:
  * a VM's serial log and scratch volumes live there. */
@@ -58,6 +60,7 @@ struct vmf_pool_spec {
 	/* Network: nic: the template carries a NIC (default yes);
 	 * net_user: a GetVM that asks for no network gets user-mode (net = user). */
 	bool nic, net_user;
+	unsigned hotplug_ports;      /* free PCIe root ports its template reserves for the runtime */
 	/* Demand shaping (vmfactory.conf(5)): shape = auto; at most shape_max
 	 * clones shaped at once, holding at most shape_memory_mib MiB above
 	 * the base in total (VMF_SHAPE_AUTO: the defaults). */
@@ -103,6 +106,7 @@ struct vmf_daemon_opts {
 	unsigned vcpus, memory_mib, max_vcpus, max_memory_mib;
 	bool share_memory;           /* false = --no-share (full-form templates) */
 	bool nic, net_user;          /* the pools' defaults for nic and net */
+	unsigned hotplug_ports;      /* the pools' default ([guest] hotplug_ports) */
 	unsigned fill_parallelism;   /* concurrent clones while filling, 0 = auto */
 	unsigned max_miss_clones;    /* concurrent clones for GetVM misses; 0 = no misses */
 	unsigned max_idle_s;         /* replace pooled VMs older than this, 0 = never */

@@ -548,10 +548,13 @@ vmf_daemon_run(const struct vmf_daemon_opts *opts, struct vmf_error *err)
 			vmf_error_prefix(err, "pool %s", opts->pools[0].name);
 		goto out;
 	}
-	if ((r = d->ops->probe(opts->qemu_binary, d->img.kernel, &d->hv, err)) < 0)
+	if ((r = d->ops->probe(opts->qemu_binary, d->img.kernel, opts->state_dir, &d->hv, err)) < 0)
 		goto out;
-	if (opts->accel && *opts->accel)
+	if (opts->accel && *opts->accel) {
 		snprintf(d->hv.accel, sizeof(d->hv.accel), "%s", opts->accel);
+		snprintf(d->hv.accel_why, sizeof(d->hv.accel_why), "configured (accelerator = %s)", opts->accel);
+		d->hv.accel_cached = false;
+	}
 	/* Only root mounts a clone's share; elsewhere shares are plain
 	 * directories, which GetVM gives to no tenant. */
 	if (d->hv.caps & VMF_CAP_SHARE_DEVICE)

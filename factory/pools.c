@@ -63,6 +63,7 @@ setup_pool(struct vmf_daemon *d, const struct vmf_pool_spec *ps, struct vmf_erro
 	p->params.memory_slots = 8;
 	p->params.full_memory = !ps->share_memory;
 	p->params.nic = ps->nic;
+	p->params.hotplug_ports = ps->hotplug_ports;
 	p->net_user = ps->net_user && vmf_template_params_nic(&p->params);
 	p->params.runas = o->runas;
 	p->params.share_mib = d->share_mib;
@@ -137,6 +138,7 @@ vmf_daemon_template_pool(struct vmf_daemon *d, const char *pool_name, unsigned s
 	/* A snapshot of a VM with network has the NIC: its clones may get a
 	 * backend at hand-out as any clone. */
 	p->params.nic = vmf_template_has_nic(rec);
+	p->params.hotplug_ports = rec->spec->hotplug_ports;
 	p->target = size;
 	p->parallelism = o->fill_parallelism ? o->fill_parallelism : 2;
 	p->stop = d->cache.stop_default;
@@ -164,6 +166,7 @@ flags_pool(const struct vmf_daemon_opts *o, struct vmf_pool_spec *ps)
 	ps->max_idle_s = o->max_idle_s;
 	ps->share_memory = o->share_memory;
 	ps->nic = o->nic;
+	ps->hotplug_ports = o->hotplug_ports;
 	ps->net_user = o->net_user;
 	ps->shape = o->shape;
 	ps->shape_max = o->shape_max;

@@ -73,6 +73,16 @@ vmf_vm_info_fill(struct vmf_daemon *d, const struct vmf_vm *vm, uint64_t pss_kib
 		struct vmf_error err;
 		vm->ops->serialize(vm->hv, &info->hypervisor, &err);
 	}
+	/* The ports are its VMM's command line, which its record keeps. */
+	unsigned ports = info->hypervisor && info->hypervisor->config ? info->hypervisor->config->hotplug_ports : 0;
+	ports = ports < VMF_HOTPLUG_PORTS_MAX ? ports : VMF_HOTPLUG_PORTS_MAX;
+	info->hotplug_ports = ports ? calloc(ports, sizeof(char *)) : NULL;
+	for (unsigned i = 0; info->hotplug_ports && i < ports; i++) {
+		char name[32];
+		snprintf(name, sizeof(name), VMF_HOTPLUG_PORT_FMT, i);
+		if ((info->hotplug_ports[info->n_hotplug_ports] = strdup(name)))
+			info->n_hotplug_ports++;
+	}
 }
 
 void
@@ -103,6 +113,11 @@ vmf_vm_info_clear(Vmf__Control__VmInfo *info)
 	free(info->cgroups);
 	info->cgroups = NULL;
 	info->n_cgroups = 0;
+	for (size_t i = 0; i < info->n_hotplug_ports; i++)
+		free(info->hotplug_ports[i]);
+	free(info->hotplug_ports);
+	info->hotplug_ports = NULL;
+	info->n_hotplug_ports = 0;
 	vmf_disk_info_clear(info);
 }
 

@@ -86,7 +86,7 @@ struct vmf_agent_handout {
 };
 int vmf_agent_send_handout(struct vmf_agent *a, const char *hostname, struct vmf_agent_handout *h, int timeout_ms,
 			   struct vmf_error *err);
-/* The guest NIC's configuration a hand-out sends with the clock (issue 16). */
+/* The guest NIC's configuration a hand-out sends with the clock. */
 struct vmf_guest_net {
 	uint8_t mac[6];
 	char addrs[8][24];          /* "a.b.c.d/len" */

@@ -1,7 +1,7 @@
 /* Cloud Hypervisor driver: the process runs `cloud-hypervisor --api-socket
- * path=PATH` and is driven over its REST API (/api/v1/vm.*, vmm.*).  Tested
- * against the published API document (cloud-hypervisor.yaml, OpenAPI 3.0.1,
- * at ae44c297) through tests/fake_vmm.c.
+ * path=PATH` and is driven over its REST API (/api/v1/vm.*, vmm.*).  Follows
+ * the published API document (cloud-hypervisor.yaml, OpenAPI 3.0.1, at
+ * ae44c297), which tests/fake_vmm.c enforces.
  *
  * Snapshots: vm.snapshot writes config, device state and all guest memory
  * into a directory; vm.restore reads it back, copying memory into the new
@@ -480,9 +480,11 @@ ch_adopt(const vmf_hv_state *st, struct vmf_vmm **out, struct vmf_error *err)
 }
 
 static int
-ch_probe(const char *binary, const char *kernel, struct vmf_hv_info *info, struct vmf_error *err)
+ch_probe(const char *binary, const char *kernel, const char *state_dir, struct vmf_hv_info *info,
+	 struct vmf_error *err)
 {
 	(void)kernel;
+	(void)state_dir;
 	int r = vmf_rest_probe(&ch, binary, info, err);
 	if (r == 0)
 		info->caps = CH_CAPS;

@@ -60,13 +60,24 @@ struct vmf_vmm_events {
 /* Names for status output ("template-share", "cpu-hotplug", ...). */
 const char *vmf_cap_name(unsigned cap);
 
+#define VMF_HV_ACCEL_WHY_MAX 160
 struct vmf_hv_info {
 	char version[64];      /* e.g. "7.2.22" */
 	char accel[8];         /* "kvm" or "tcg" */
+	/* Why that accelerator, as a sentence ("/dev/kvm is present but ..."),
+	 * and whether the answer came from the probe kept in the state dir
+	 * rather than a probe made now. */
+	char accel_why[VMF_HV_ACCEL_WHY_MAX];
+	bool accel_cached;
 	unsigned caps;
 };
 
 struct vmf_vmm;
+
+/* The id of free PCIe root port i (VmConfig hotplug_ports): the bus a
+ * runtime names in a device_add. */
+#define VMF_HOTPLUG_PORT_FMT "vmfport%u"
+#define VMF_HOTPLUG_PORTS_MAX 16
 
 /* A disk to attach.  slot (< VMF_DISK_SLOTS) names it to the driver: its
  * device and node names, its fd set; the serial the guest finds it by is
@@ -94,7 +105,7 @@ struct vmf_restore_parts {
 };
 /* "vmfdN": the serial of slot N. */
 void vmf_disk_serial(unsigned slot, char out[VMF_DISK_SERIAL_MAX + 1]);
-/* The backend a hand-out plugs into a VM's NIC (issue 16): a tap fd (the
+/* The backend a hand-out plugs into a VM's NIC: a tap fd (the
  * caller keeps it and closes it after the call) or, with tap_fd < 0,
  * user-mode networking with QEMU hostfwd rules ("tcp:ADDR:PORT-:GPORT"). */
 struct vmf_net_backend {
@@ -140,8 +151,11 @@ struct vmf_hv_ops {
 	unsigned agent_vsock_port;
 
 	/* Version, accelerator that will be used, capabilities.  kernel (may
-	 * be NULL) is the guest kernel: QEMU uses KVM only if it boots it. */
-	int (*probe)(const char *binary, const char *kernel, struct vmf_hv_info *info, struct vmf_error *err);
+	 * be NULL) is the guest kernel: QEMU uses KVM only if it boots it.
+	 * state_dir (may be NULL) keeps what a slow probe found, for the next
+	 * command on the same binary, host and kernel. */
+	int (*probe)(const char *binary, const char *kernel, const char *state_dir, struct vmf_hv_info *info,
+		     struct vmf_error *err);
 
 	/* Starts a VMM process from cfg.  cfg->memory_mode selects a cold boot
 	 * (MEM_PRIVATE), a template boot (MEM_TEMPLATE: RAM in cfg->memory_file,
@@ -264,6 +278,9 @@ struct vmf_hv_ops {
 	/* The device through which the guest reports a kernel panic, in the
 	 * spec's device list too; NULL: none. */
 	const char *panic_device;
+	/* The VMM can reserve free PCIe root ports for the runtime's own
+	 * hot-plug (VmConfig hotplug_ports); false: templates get none. */
+	bool hotplug_ports;
 
 	/* Frees the handle (closes sockets) without touching the process. */
 	void (*release)(struct vmf_vmm *vm);

@@ -1,7 +1,7 @@
 /* Firecracker driver: the process runs `firecracker --api-sock PATH --id ID`
  * and is configured over its REST API (HTTP/1.1 on the unix socket, see
- * vmm_http.c).  Tested against the published API document 1.17.0-dev
- * (firecracker.yaml at 81b38b9d), through tests/fake_vmm.c.
+ * vmm_http.c).  Follows the published API document 1.17.0-dev
+ * (firecracker.yaml at 81b38b9d), which tests/fake_vmm.c enforces.
  *
  * Templates are Full snapshots of a paused VM: the guest memory goes to the
  * template's memory file, the device state into the state stream.  A clone
@@ -37,12 +37,12 @@
 /* In a suspended VM's snapshot directory: which slots had a disk (the
  * vmstate is Firecracker's own format, so the driver records it). */
 #define FC_DISKS_FILE "vmf-disks"
-/* First API version the driver was tested with /hotplug/memory. */
+/* First API version with /hotplug/memory. */
 #define HOTPLUG_MIN_MAJOR 1
 #define HOTPLUG_MIN_MINOR 17
-/* The API document the driver was tested against (capabilities without a
- * running VMM assume it). */
-#define FC_API_VERSION_TESTED "1.17.0"
+/* The API document the driver follows (capabilities without a running VMM
+ * assume it). */
+#define FC_API_VERSION "1.17.0"
 
 static unsigned
 caps_for_version(const char *v)
@@ -635,7 +635,7 @@ fc_hotplug_memory(struct vmf_vmm *vm, unsigned add_mib, struct vmf_error *err)
 static unsigned
 fc_capabilities(const struct vmf_vmm *vm)
 {
-	return caps_for_version(vm ? vm->version : FC_API_VERSION_TESTED);
+	return caps_for_version(vm ? vm->version : FC_API_VERSION);
 }
 
 static int
@@ -645,9 +645,11 @@ fc_adopt(const vmf_hv_state *st, struct vmf_vmm **out, struct vmf_error *err)
 }
 
 static int
-fc_probe(const char *binary, const char *kernel, struct vmf_hv_info *info, struct vmf_error *err)
+fc_probe(const char *binary, const char *kernel, const char *state_dir, struct vmf_hv_info *info,
+	 struct vmf_error *err)
 {
 	(void)kernel;
+	(void)state_dir;
 	int r = vmf_rest_probe(&fc, binary, info, err);
 	if (r == 0)
 		info->caps = caps_for_version(info->version);

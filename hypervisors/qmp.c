@@ -18,7 +18,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/inotify.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -55,24 +54,6 @@ struct vmf_qmp {
 	unsigned n_abandoned;
 	int major, minor, micro;
 };
-
-static int64_t
-deadline_after(int timeout_ms)
-{
-	return timeout_ms < 0 ? -1 : vmf_now_ms() + timeout_ms;
-}
-
-/* Milliseconds left for poll(): -1 without deadline, 0 once it passed. */
-static int
-ms_left(int64_t deadline)
-{
-	if (deadline < 0)
-		return -1;
-	int64_t left = deadline - vmf_now_ms();
-	if (left <= 0)
-		return 0;
-	return left > INT_MAX ? INT_MAX : (int)left;
-}
 
 /* Printable excerpt of received bytes for error messages. */
 static void
@@ -138,14 +119,14 @@ wait_ready(struct vmf_qmp *q, short events, int64_t deadline, const char *what, 
 {
 	for (;;) {
 		struct pollfd p = { .fd = q->fd, .events = events };
-		int r = poll(&p, 1, ms_left(deadline));
+		int r = poll(&p, 1, vmf_ms_left(deadline));
 		if (r < 0 && errno == EINTR)
 			continue;
 		if (r < 0)
 			return vmf_err_sys(err, errno, "cannot poll the QMP socket");
 		if (r > 0)
 			return 0;
-		if (ms_left(deadline) == 0)
+		if (vmf_ms_left(deadline) == 0)
 			return vmf_err(err, ETIMEDOUT, "%s", what);
 	}
 }
@@ -531,7 +512,7 @@ vmf_qmp_command(struct vmf_qmp *q, const char *cmd, json_object *args, int pass_
 		return r;
 	if (args && !json_object_is_type(args, json_type_object))
 		return vmf_err(err, EINVAL, "QMP arguments of %s must be a JSON object", cmd);
-	int64_t deadline = deadline_after(timeout_ms);
+	int64_t deadline = vmf_deadline_after(timeout_ms);
 	int64_t id = ++q->next_id;
 	json_object *c = json_object_new_object();
 	if (!c)
@@ -590,7 +571,7 @@ vmf_qmp_wait_event(struct vmf_qmp *q, const char *event, json_object **data, int
 		err = &local;
 	if (data)
 		*data = NULL;
-	int64_t deadline = deadline_after(timeout_ms);
+	int64_t deadline = vmf_deadline_after(timeout_ms);
 	char waiting_for[128];
 	snprintf(waiting_for, sizeof(waiting_for), "the %s event", event);
 	for (;;) {
@@ -689,7 +670,7 @@ vmf_qmp_open_fd(int fd, int timeout_ms, struct vmf_qmp **out, struct vmf_error *
 	if (!err)
 		err = &local;
 	*out = NULL;
-	int64_t deadline = deadline_after(timeout_ms);
+	int64_t deadline = vmf_deadline_after(timeout_ms);
 	struct vmf_qmp *q = calloc(1, sizeof(*q));
 	if (!q) {
 		close(fd);
@@ -711,115 +692,13 @@ vmf_qmp_open_fd(int fd, int timeout_ms, struct vmf_qmp **out, struct vmf_error *
 	}
 	int r = read_greeting(q, deadline, err);
 	if (r == 0)
-		r = vmf_qmp_command(q, "qmp_capabilities", NULL, -1, NULL, ms_left(deadline), err);
+		r = vmf_qmp_command(q, "qmp_capabilities", NULL, -1, NULL, vmf_ms_left(deadline), err);
 	if (r < 0) {
 		vmf_qmp_close(q);
 		return vmf_error_prefix(err, "QMP handshake");
 	}
 	*out = q;
 	return 0;
-}
-
-/* Waits for something to be created in the directory watched by ino, or
- * (without a watch) a short while: there is no event for a listen(). */
-static void
-wait_for_socket(int ino, int *backoff_ms, int64_t deadline)
-{
-	int left = ms_left(deadline);
-	if (ino >= 0) {
-		struct pollfd p = { .fd = ino, .events = POLLIN };
-		if (poll(&p, 1, left) > 0) {
-			_Alignas(struct inotify_event) char evbuf[4096];
-			while (read(ino, evbuf, sizeof(evbuf)) > 0)
-				;
-		}
-		return;
-	}
-	int wait = left < 0 || *backoff_ms < left ? *backoff_ms : left;
-	poll(NULL, 0, wait);
-	if (*backoff_ms < 100)
-		*backoff_ms *= 2;
-}
-
-static int
-watch_parent(const char *path)
-{
-	char dir[sizeof(((struct sockaddr_un *)0)->sun_path)];
-	snprintf(dir, sizeof(dir), "%s", path);
-	char *slash = strrchr(dir, '/');
-	if (slash == dir)
-		slash[1] = '\0';
-	else if (slash)
-		*slash = '\0';
-	else
-		strcpy(dir, ".");
-	int ino = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
-	if (ino >= 0 && inotify_add_watch(ino, dir, IN_CREATE | IN_MOVED_TO | IN_ONLYDIR) < 0) {
-		log_debug("cannot watch %s for the QMP socket (%s); retrying periodically", dir,
-			  strerror(errno));
-		close(ino);
-		ino = -1;
-	}
-	return ino;
-}
-
-int
-vmf_qmp_connect(const char *path, int timeout_ms, struct vmf_qmp **out, struct vmf_error *err)
-{
-	*out = NULL;
-	struct sockaddr_un sa;
-	int r = vmf_unix_addr(&sa, NULL, path, err);
-	if (r < 0)
-		return vmf_error_prefix(err, "cannot reach QMP");
-	int64_t deadline = deadline_after(timeout_ms);
-	int ino = -1, backoff = 5;
-	bool watching = false;
-	for (;;) {
-		int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-		if (fd < 0) {
-			r = vmf_err_sys(err, errno, "cannot create a socket for QMP");
-			break;
-		}
-		if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
-			if (ino >= 0)
-				close(ino);
-			r = vmf_qmp_open_fd(fd, ms_left(deadline), out, err);
-			if (r < 0)
-				vmf_error_prefix(err, "QMP socket %s", path);
-			return r;
-		}
-		int e = errno;
-		close(fd);
-		if (e == EINTR)
-			continue;
-		if (e != ENOENT && e != ECONNREFUSED) {
-			r = vmf_err_sys(err, e, "cannot connect to the QMP socket %s", path);
-			break;
-		}
-		struct stat st;
-		if (e == ECONNREFUSED && stat(path, &st) == 0 && !S_ISSOCK(st.st_mode)) {
-			/* connect() says "refused" for a plain file too; it will not
-			 * turn into a socket by waiting. */
-			r = vmf_err(err, ENOTSOCK, "the QMP socket %s is not a socket", path);
-			break;
-		}
-		if (ms_left(deadline) == 0) {
-			r = vmf_err_sys(err, e, "the QMP socket %s did not accept a connection within %d ms",
-					path, timeout_ms);
-			break;
-		}
-		if (e == ENOENT && !watching) {
-			/* Watch before the next attempt, so that a socket created in
-			 * between is either found by connect or reported by inotify. */
-			watching = true;
-			ino = watch_parent(path);
-			continue;
-		}
-		wait_for_socket(e == ENOENT ? ino : -1, &backoff, deadline);
-	}
-	if (ino >= 0)
-		close(ino);
-	return r;
 }
 
 void

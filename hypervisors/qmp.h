@@ -1,5 +1,5 @@
 /* QMP transport: socket, greeting, capability negotiation, framing, events.
- * Encoding of individual commands lives in qemu.c (libvirt's split between
+ * Encoding of individual commands lives in qemu/ (libvirt's split between
  * qemu_monitor.c and qemu_monitor_json.c).
  *
  * One JSON document per line.  Asynchronous events that arrive while a

@@ -270,6 +270,7 @@ vmf_rest_probe(const struct vmf_rest_vmm *vmm, const char *binary, struct vmf_hv
 	if (r < 0)
 		return r;
 	snprintf(info->accel, sizeof(info->accel), "kvm");
+	snprintf(info->accel_why, sizeof(info->accel_why), "%s runs guests with KVM only", vmm->name);
 	return 0;
 }
 

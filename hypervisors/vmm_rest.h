@@ -5,7 +5,7 @@
  * hot-plug, the graceful stop request and its capabilities.
  *
  * driver.h leaves struct vmf_vmm to each driver; these two share the one
- * below (qemu.c has its own and never sees this header). */
+ * below (the QEMU driver has its own and never sees this header). */
 #ifndef VMF_VMM_REST_H
 #define VMF_VMM_REST_H
 

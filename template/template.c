@@ -110,6 +110,7 @@ vmf_template_spec_new(const struct vmf_template_params *p, const struct vmf_hv_i
 	s->max_memory_mib = p->max_memory_mib;
 	s->memory_slots = p->memory_slots;
 	s->full_memory = p->full_memory;
+	s->hotplug_ports = vmf_template_params_hotplug_ports(p);
 	/* The device set is fixed by the driver's command line; naming it here
 	 * makes a driver change produce a new template id. */
 	const char *devices[] = { "virtio-serial:agent", "virtio-serial:vmf", "virtio-rng", "vmgenid", "virtio-9p:share",
@@ -183,6 +184,7 @@ base_config(vmf_vm_config *cfg, const struct vmf_template_params *p, const char 
 	cfg->runas = (char *)(p->runas ? p->runas : "");
 	cfg->memory_file = (char *)"";
 	cfg->nic = vmf_template_params_nic(p);
+	cfg->hotplug_ports = vmf_template_params_hotplug_ports(p);
 }
 
 bool
@@ -190,6 +192,14 @@ vmf_template_params_nic(const struct vmf_template_params *p)
 {
 	/* The REST drivers have no hub to plug a backend into at hand-out. */
 	return p->nic && p->ops->net_attach;
+}
+
+unsigned
+vmf_template_params_hotplug_ports(const struct vmf_template_params *p)
+{
+	if (!p->ops->hotplug_ports)
+		return 0;
+	return p->hotplug_ports < VMF_HOTPLUG_PORTS_MAX ? p->hotplug_ports : VMF_HOTPLUG_PORTS_MAX;
 }
 
 bool
@@ -495,6 +505,7 @@ vmf_template_clone(const struct vmf_template_params *p, const Vmf__Catalog__Temp
 		cfg.memory_slots = rec->spec->memory_slots;
 		cfg.cmdline = rec->spec->cmdline;
 		cfg.nic = vmf_template_has_nic(rec);
+		cfg.hotplug_ports = rec->spec->hotplug_ports;
 		if (rec->spec->machine && *rec->spec->machine)
 			cfg.machine = rec->spec->machine;
 	}
@@ -638,6 +649,8 @@ vmf_template_snapshot(struct vmf_catalog *cat, const char *state_dir, const char
 	cfg.cmdline = parent->spec->cmdline;
 	if (parent->spec->machine && *parent->spec->machine)
 		cfg.machine = parent->spec->machine;
+	/* The receiver loads the VM's device state: its ports too. */
+	cfg.hotplug_ports = parent->spec->hotplug_ports;
 	/* The 9p device without a mount: a template's clones each point it at
 	 * their own directory. */
 	char share[PATH_MAX];

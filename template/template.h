@@ -45,6 +45,7 @@ struct vmf_template_params {
 	bool full_memory;            /* no page sharing between clones */
 	const char *runas;           /* QEMU drops to this user; NULL = stays ours */
 	bool nic;                    /* a NIC, for a network given at hand-out, where the driver can */
+	unsigned hotplug_ports;      /* free PCIe root ports for the runtime, where the driver can */
 	unsigned share_mib;          /* a clone's share: its own tmpfs of this size; 0 = a plain dir */
 	const char *on_guest_reset;  /* "stop" (NULL) or "keep": its clones' VmConfig */
 };
@@ -52,6 +53,8 @@ struct vmf_template_params {
 /* The spec's device name of the NIC; whether a template has it. */
 #define VMF_TEMPLATE_NIC_DEVICE "virtio-net:hub"
 bool vmf_template_params_nic(const struct vmf_template_params *p);
+/* p's hotplug_ports where its driver reserves ports, else 0. */
+unsigned vmf_template_params_hotplug_ports(const struct vmf_template_params *p);
 bool vmf_template_has_nic(const Vmf__Catalog__TemplateRecord *rec);
 
 /* Gives dir to the runas user of p (the 9p share QEMU serves after

@@ -1,5 +1,5 @@
 /* The hostile part of vmf-agent-hostile, a test build of the guest agent
- * (contrib/agent/agent.c compiled with -DVMF_AGENT_HOSTILE and this file;
+ * (contrib/agent/ compiled with -DVMF_AGENT_HOSTILE and this file;
  * tests/meson.build).  No build of the real agent contains any of it, so
  * nothing on the host side can turn it on in production: it exists in a
  * guest only when a test puts this binary into its initrd.

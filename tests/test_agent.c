@@ -5,7 +5,8 @@
  * requests, validation, malformed, oversized and truncated frames.  Test
  * mode never touches the host: SetTime and Handout echo, ReseedRng and
  * NewIdentity only sample (a machine id only in a file given to it),
- * OnlineCpuMem and MountShare answer EPERM after validating.
+ * OnlineCpuMem and MountShare answer EPERM after validating; file requests
+ * act below --files-root (the share dir here) as their "/".
  *
  * "listener": the same binary with --listen-fd on a unix socket listener,
  * the code that serves the guest's vsock port 1024: several connections
@@ -27,6 +28,7 @@
 #include <string.h>
 #include <sys/pidfd.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -57,10 +59,11 @@ start_agent(void)
 			dup2(sv[1], 3);
 		syscall(SYS_close_range, 4U, ~0U, 0U);
 		if (machine_id_file)
-			execl(vmf_test_agent_path(), "vmf-agent", "--fd", "3", "--share-dir", share, "--machine-id-file",
-			      machine_id_file, (char *)NULL);
+			execl(vmf_test_agent_path(), "vmf-agent", "--fd", "3", "--share-dir", share, "--files-root", share,
+			      "--machine-id-file", machine_id_file, (char *)NULL);
 		else
-			execl(vmf_test_agent_path(), "vmf-agent", "--fd", "3", "--share-dir", share, (char *)NULL);
+			execl(vmf_test_agent_path(), "vmf-agent", "--fd", "3", "--share-dir", share, "--files-root", share,
+			      (char *)NULL);
 		_exit(127);
 	}
 	close(sv[1]);
@@ -458,6 +461,272 @@ START_TEST(stale_replies_are_skipped)
 	ck_assert_msg(vmf_agent_set_time(a, 42, &t, 5000, &e) == 0, "%s", e.msg);
 	ck_assert_int_eq(t, 42);
 	vmf_agent_free(a);
+}
+END_TEST
+
+/* ---- files ---- */
+
+/* One file request, its reply (the caller frees it). */
+static Vmf__Agent__AgentReply *
+file_call(Vmf__Agent__AgentRequest *req)
+{
+	static uint64_t id = 1000;
+	req->protocol_version = AGENT_PROTOCOL_VERSION;
+	req->id = ++id;
+	size_t n = vmf__agent__agent_request__get_packed_size(req);
+	uint8_t *buf = malloc(n);
+	ck_assert_ptr_nonnull(buf);
+	vmf__agent__agent_request__pack(req, buf);
+	struct vmf_error e = {0};
+	ck_assert_int_eq(vmf_frame_write(host_fd, buf, n, vmf_now_ms() + 5000, &e), 0);
+	free(buf);
+	Vmf__Agent__AgentReply *r = read_reply();
+	ck_assert_uint_eq(r->id, id);
+	return r;
+}
+
+static Vmf__Agent__FileAccess as_root = VMF__AGENT__FILE_ACCESS__INIT;
+
+static Vmf__Agent__AgentReply *
+file_write(const char *path, uint64_t offset, const void *data, size_t len, bool truncate)
+{
+	Vmf__Agent__FileWrite w = VMF__AGENT__FILE_WRITE__INIT;
+	w.access = &as_root;
+	w.path = (char *)path;
+	w.offset = offset;
+	w.data.data = (uint8_t *)data;
+	w.data.len = len;
+	w.truncate = truncate;
+	Vmf__Agent__AgentRequest req = VMF__AGENT__AGENT_REQUEST__INIT;
+	req.body_case = VMF__AGENT__AGENT_REQUEST__BODY_FILE_WRITE;
+	req.file_write = &w;
+	return file_call(&req);
+}
+
+static Vmf__Agent__AgentReply *
+file_read(Vmf__Agent__FileAccess *as, const char *path, uint64_t offset, uint32_t length)
+{
+	Vmf__Agent__FileRead rd = VMF__AGENT__FILE_READ__INIT;
+	rd.access = as;
+	rd.path = (char *)path;
+	rd.offset = offset;
+	rd.length = length;
+	Vmf__Agent__AgentRequest req = VMF__AGENT__AGENT_REQUEST__INIT;
+	req.body_case = VMF__AGENT__AGENT_REQUEST__BODY_FILE_READ;
+	req.file_read = &rd;
+	return file_call(&req);
+}
+
+/* Stat, List, Mkdir, Move or Remove (kind: the request's body case). */
+static Vmf__Agent__AgentReply *
+file_simple(int kind, const char *path, const char *dest, uint32_t depth, uint32_t skip)
+{
+	Vmf__Agent__AgentRequest req = VMF__AGENT__AGENT_REQUEST__INIT;
+	Vmf__Agent__FileStat st = VMF__AGENT__FILE_STAT__INIT;
+	Vmf__Agent__FileList ls = VMF__AGENT__FILE_LIST__INIT;
+	Vmf__Agent__FileMkdir mk = VMF__AGENT__FILE_MKDIR__INIT;
+	Vmf__Agent__FileMove mv = VMF__AGENT__FILE_MOVE__INIT;
+	Vmf__Agent__FileRemove rm = VMF__AGENT__FILE_REMOVE__INIT;
+	req.body_case = kind;
+	switch (kind) {
+	case VMF__AGENT__AGENT_REQUEST__BODY_FILE_STAT:
+		st.path = (char *)path, st.access = &as_root, req.file_stat = &st;
+		break;
+	case VMF__AGENT__AGENT_REQUEST__BODY_FILE_LIST:
+		ls.path = (char *)path, ls.depth = depth, ls.skip = skip, req.file_list = &ls;
+		break;
+	case VMF__AGENT__AGENT_REQUEST__BODY_FILE_MKDIR:
+		mk.path = (char *)path, req.file_mkdir = &mk;
+		break;
+	case VMF__AGENT__AGENT_REQUEST__BODY_FILE_MOVE:
+		mv.source = (char *)path, mv.destination = (char *)dest, req.file_move = &mv;
+		break;
+	default:
+		rm.path = (char *)path, req.file_remove = &rm;
+		break;
+	}
+	return file_call(&req);
+}
+
+#define STAT VMF__AGENT__AGENT_REQUEST__BODY_FILE_STAT
+#define LIST VMF__AGENT__AGENT_REQUEST__BODY_FILE_LIST
+#define MKDIR VMF__AGENT__AGENT_REQUEST__BODY_FILE_MKDIR
+#define MOVE VMF__AGENT__AGENT_REQUEST__BODY_FILE_MOVE
+#define REMOVE VMF__AGENT__AGENT_REQUEST__BODY_FILE_REMOVE
+
+static void
+expect_file_error(Vmf__Agent__AgentReply *r, int code, const char *words)
+{
+	ck_assert_msg(r->error_code == code, "error %d (%s), expected %d", r->error_code,
+		      r->error_message ? r->error_message : "", code);
+	ck_assert_msg(strstr(r->error_message, words), "'%s' lacks '%s'", r->error_message, words);
+	vmf__agent__agent_reply__free_unpacked(r, NULL);
+}
+
+static void
+expect_file_ok(Vmf__Agent__AgentReply *r)
+{
+	ck_assert_msg(r->error_code == 0, "%s", r->error_message);
+	vmf__agent__agent_reply__free_unpacked(r, NULL);
+}
+
+START_TEST(files_write_read_list_move_remove)
+{
+	char path[700], dir[700], moved[700];
+	/* 100 KiB in three chunks, read back in 48 KiB ones. */
+	size_t total = 100 * 1024;
+	uint8_t *data = malloc(total), *back = calloc(1, total);
+	for (size_t i = 0; i < total; i++)
+		data[i] = (uint8_t)(i * 7 + i / 251);
+	snprintf(path, sizeof path, "/data.bin");
+	for (size_t off = 0; off < total; off += 48 * 1024) {
+		size_t k = total - off < 48 * 1024 ? total - off : 48 * 1024;
+		Vmf__Agent__AgentReply *r = file_write(path, off, data + off, k, off == 0);
+		ck_assert_msg(r->error_code == 0, "%s", r->error_message);
+		ck_assert_int_eq(r->body_case, VMF__AGENT__AGENT_REPLY__BODY_FILE_ENTRY);
+		ck_assert_uint_eq(r->file_entry->size, off + k);
+		vmf__agent__agent_reply__free_unpacked(r, NULL);
+	}
+	size_t got = 0;
+	for (bool eof = false; !eof;) {
+		Vmf__Agent__AgentReply *r = file_read(&as_root, path, got, 48 * 1024);
+		ck_assert_msg(r->error_code == 0, "%s", r->error_message);
+		ck_assert_uint_eq(r->file_data->size, total);
+		ck_assert_uint_le(got + r->file_data->data.len, total);
+		memcpy(back + got, r->file_data->data.data, r->file_data->data.len);
+		got += r->file_data->data.len;
+		eof = r->file_data->eof;
+		vmf__agent__agent_reply__free_unpacked(r, NULL);
+	}
+	ck_assert_uint_eq(got, total);
+	ck_assert(memcmp(data, back, total) == 0);
+	/* A chunk above the bound is refused whole. */
+	expect_file_error(file_write(path, 0, data, 48 * 1024 + 1, true), EINVAL, "at most");
+	expect_file_error(file_read(&as_root, path, 0, 48 * 1024 + 1), EINVAL, "at most");
+	/* A rewrite truncates. */
+	Vmf__Agent__AgentReply *r = file_write(path, 0, "short", 5, true);
+	ck_assert_uint_eq(r->file_entry->size, 5);
+	ck_assert_str_eq(r->file_entry->name, "data.bin");
+	ck_assert_int_eq(r->file_entry->type, VMF__AGENT__FILE_TYPE__FILE_TYPE_FILE);
+	vmf__agent__agent_reply__free_unpacked(r, NULL);
+
+	/* mkdir with parents; again: not created; over a file: ENOTDIR. */
+	snprintf(dir, sizeof dir, "/a/b/c");
+	r = file_simple(MKDIR, dir, NULL, 0, 0);
+	ck_assert_msg(r->error_code == 0, "%s", r->error_message);
+	ck_assert(r->file_mkdir->created);
+	ck_assert_int_eq(r->file_mkdir->entry->type, VMF__AGENT__FILE_TYPE__FILE_TYPE_DIRECTORY);
+	vmf__agent__agent_reply__free_unpacked(r, NULL);
+	r = file_simple(MKDIR, dir, NULL, 0, 0);
+	ck_assert(r->error_code == 0 && !r->file_mkdir->created);
+	vmf__agent__agent_reply__free_unpacked(r, NULL);
+	expect_file_error(file_simple(MKDIR, path, NULL, 0, 0), ENOTDIR, "not a directory");
+
+	/* 600 files: pages in name order, none twice, none lost. */
+	char many[700];
+	snprintf(many, sizeof many, "/a/many");
+	expect_file_ok(file_simple(MKDIR, many, NULL, 0, 0));
+	for (int i = 0; i < 600; i++) {
+		char f[800];
+		snprintf(f, sizeof f, "%s%s/f%03d", share, many, i);
+		int fd = open(f, O_CREAT | O_WRONLY | O_CLOEXEC, 0644);
+		ck_assert_int_ge(fd, 0);
+		close(fd);
+	}
+	uint32_t seen = 0, pages = 0;
+	for (bool more = true; more; pages++) {
+		r = file_simple(LIST, many, NULL, 1, seen);
+		ck_assert_msg(r->error_code == 0, "%s", r->error_message);
+		ck_assert_uint_gt(r->file_entries->n_entries, 0);
+		for (size_t i = 0; i < r->file_entries->n_entries; i++) {
+			char want[16];
+			snprintf(want, sizeof want, "f%03u", seen + (unsigned)i);
+			ck_assert_str_eq(r->file_entries->entries[i]->name, want);
+		}
+		seen += (uint32_t)r->file_entries->n_entries;
+		more = r->file_entries->more;
+		vmf__agent__agent_reply__free_unpacked(r, NULL);
+	}
+	ck_assert_uint_eq(seen, 600);
+	ck_assert_uint_ge(pages, 2);
+	/* Depth: 1 lists a's own entries, 3 reaches c. */
+	snprintf(dir, sizeof dir, "/a");
+	r = file_simple(LIST, dir, NULL, 1, 0);
+	ck_assert_uint_eq(r->file_entries->n_entries, 2);
+	ck_assert_str_eq(r->file_entries->entries[0]->name, "b");
+	ck_assert_str_eq(r->file_entries->entries[1]->name, "many");
+	vmf__agent__agent_reply__free_unpacked(r, NULL);
+	r = file_simple(LIST, dir, NULL, 3, 0);
+	ck_assert(r->error_code == 0 && r->file_entries->n_entries >= 3);
+	ck_assert_str_eq(r->file_entries->entries[1]->name, "c");
+	ck_assert_str_eq(r->file_entries->entries[1]->path, "/a/b/c");
+	vmf__agent__agent_reply__free_unpacked(r, NULL);
+
+	/* Move, then the source is gone. */
+	snprintf(moved, sizeof moved, "/a/b/moved.bin");
+	r = file_simple(MOVE, path, moved, 0, 0);
+	ck_assert_msg(r->error_code == 0, "%s", r->error_message);
+	ck_assert_str_eq(r->file_entry->path, moved);
+	vmf__agent__agent_reply__free_unpacked(r, NULL);
+	expect_file_error(file_simple(STAT, path, NULL, 0, 0), ENOENT, "cannot stat");
+
+	/* A tree holding a symlink to a file outside it: the link goes, the
+	 * file it names stays. */
+	char keep[700], link[700], host_dir[700];
+	snprintf(keep, sizeof keep, "%s/keep", share);
+	snprintf(link, sizeof link, "%s/a/b/c/link", share);
+	ck_assert_int_eq(symlink(keep, link), 0);
+	expect_file_ok(file_write("/keep", 0, "kept", 4, true));
+	r = file_simple(REMOVE, dir, NULL, 0, 0);
+	ck_assert_msg(r->error_code == 0, "%s", r->error_message);
+	ck_assert_int_eq(r->body_case, VMF__AGENT__AGENT_REPLY__BODY_FILE_REMOVED);
+	vmf__agent__agent_reply__free_unpacked(r, NULL);
+	snprintf(host_dir, sizeof host_dir, "%s/a", share);
+	ck_assert_int_eq(access(host_dir, F_OK), -1);
+	ck_assert_int_eq(access(keep, F_OK), 0);
+	expect_file_error(file_simple(REMOVE, dir, NULL, 0, 0), ENOENT, "cannot remove");
+	free(data);
+	free(back);
+	assert_serving();
+}
+END_TEST
+
+START_TEST(files_refusals_and_bounds)
+{
+	char fifo[700], secret[700];
+	/* A FIFO is never opened for I/O: nothing blocks the agent. */
+	snprintf(fifo, sizeof fifo, "%s/fifo", share);
+	ck_assert_int_eq(mkfifo(fifo, 0666), 0);
+	expect_file_error(file_read(&as_root, "/fifo", 0, 10), EINVAL, "not a regular file");
+	expect_file_error(file_write("/fifo", 0, "x", 1, true), EINVAL, "not a regular file");
+	expect_file_error(file_read(&as_root, "/", 0, 10), EISDIR, "not a regular file");
+	/* Paths: relative, with "..", and the test root is the agent's "/":
+	 * the host's own files are out of reach. */
+	expect_file_error(file_read(&as_root, "relative/file", 0, 10), EINVAL, "absolute path");
+	expect_file_error(file_read(&as_root, "/etc/passwd", 0, 10), ENOENT, "cannot open '/etc/passwd'");
+	expect_file_error(file_simple(REMOVE, "/../x", NULL, 0, 0), EPERM, "--files-root");
+	expect_file_error(file_simple(REMOVE, "/", NULL, 0, 0), EBUSY, "not removed");
+	expect_file_error(file_simple(LIST, "/", NULL, 17, 0), EINVAL, "depth");
+	/* The requested user: (uid_t)-1 is no user; a real one meets the
+	 * guest's permissions, not the agent's root. */
+	Vmf__Agent__FileAccess bad = VMF__AGENT__FILE_ACCESS__INIT, nobody = VMF__AGENT__FILE_ACCESS__INIT;
+	bad.set_user = true, bad.uid = UINT32_MAX, bad.gid = 0;
+	nobody.set_user = true, nobody.uid = 65534, nobody.gid = 65534;
+	snprintf(secret, sizeof secret, "%s/secret", share);
+	expect_file_ok(file_write("/secret", 0, "s", 1, true));
+	ck_assert_int_eq(chmod(secret, 0600), 0);
+	expect_file_error(file_read(&bad, "/secret", 0, 10), EINVAL, "not a valid id");
+	if (geteuid() == 0) {
+		/* The test root is 0700 (mkdtemp): nobody cannot even reach it. */
+		ck_assert_int_eq(chmod(share, 0755), 0);
+		expect_file_error(file_read(&nobody, "/secret", 0, 10), EACCES, "cannot open");
+		/* The agent is itself again after: root reads it. */
+		expect_file_ok(file_read(&as_root, "/secret", 0, 10));
+	} else {
+		/* A test agent that is not root cannot take on another user. */
+		expect_file_error(file_read(&nobody, "/secret", 0, 10), EPERM, "cannot act as user id 65534");
+	}
+	assert_serving();
 }
 END_TEST
 
@@ -923,6 +1192,8 @@ main(void)
 	tcase_add_test(tc, oversized_frames);
 	tcase_add_test(tc, truncated_frame_then_close);
 	tcase_add_test(tc, stale_replies_are_skipped);
+	tcase_add_test(tc, files_write_read_list_move_remove);
+	tcase_add_test(tc, files_refusals_and_bounds);
 	suite_add_tcase(s, tc);
 	TCase *tcl = tcase_create("listener");
 	tcase_add_checked_fixture(tcl, listener_setup, listener_teardown);

@@ -611,8 +611,8 @@ proc_ended(pid_t pid)
 /* A virtio-serial port's host coming and going as the guest kernel shows
  * it, played with --port-fds: a FIFO towards the agent (a read of 0 while
  * it has no writer: the host away) and a pipe back.  virtio_console learns
- * of a new host connection after that host's first bytes (contrib/agent/
- * agent.c, conn_gone), so the first request of a host can be read and
+ * of a new host connection after that host's first bytes (contrib/agent/conn.c,
+ * conn_ended), so the first request of a host can be read and
  * answered while the port still says the host is away: the answer cannot
  * be written (here: the pipe back is full), then the read is 0.  Once the
  * port opens (SIGIO) the answer must go out; the agent used to drop it at

@@ -40,6 +40,7 @@ enum behavior {
 	OUTPUT_FLOOD,       /* exec: output frames without waiting for credit */
 	UNKNOWN_EXEC,       /* exec: output for a process nobody started */
 	EXEC_THEN_ZEROS,    /* exec: started, then cat /dev/zero */
+	FILE_LIES,          /* files: more data than asked, names not UTF-8, empty pages "with more" */
 };
 
 struct peer {
@@ -103,10 +104,9 @@ peer_pong(struct peer *p, uint64_t id)
 	return peer_reply(p, &r);
 }
 
-/* The library's first request (ExecReset), answered, and then its
- * ExecStart, answered with EXEC_ID. */
+/* The library's first request (ExecReset), answered. */
 static bool
-peer_exec_session(struct peer *p)
+peer_ack_reset(struct peer *p)
 {
 	Vmf__Agent__AgentRequest *q = peer_read(p, 5000);
 	if (!q)
@@ -117,7 +117,16 @@ peer_exec_session(struct peer *p)
 	r.body_case = VMF__AGENT__AGENT_REPLY__BODY_EXEC_ACK;
 	r.exec_ack = &ack;
 	vmf__agent__agent_request__free_unpacked(q, NULL);
-	if (!peer_reply(p, &r) || !(q = peer_read(p, 5000)))
+	return peer_reply(p, &r);
+}
+
+/* The library's ExecReset, then its ExecStart, answered with EXEC_ID. */
+static bool
+peer_exec_session(struct peer *p)
+{
+	Vmf__Agent__AgentRequest *q;
+	Vmf__Agent__AgentReply r = VMF__AGENT__AGENT_REPLY__INIT;
+	if (!peer_ack_reset(p) || !(q = peer_read(p, 5000)))
 		return false;
 	Vmf__Agent__ExecStarted st = VMF__AGENT__EXEC_STARTED__INIT;
 	st.exec_id = EXEC_ID;
@@ -193,6 +202,49 @@ peer_strings(struct peer *p, Vmf__Agent__AgentRequest *q)
 	peer_reply(p, &r);
 }
 
+/* The library's ExecReset answered, then every file request with a lie. */
+static void
+peer_file_lies(struct peer *p)
+{
+	Vmf__Agent__AgentRequest *q;
+	if (!peer_ack_reset(p))
+		return;
+	static uint8_t twenty[20];
+	while ((q = peer_read(p, 3000))) {
+		Vmf__Agent__AgentReply a = VMF__AGENT__AGENT_REPLY__INIT;
+		Vmf__Agent__FileEntry e = VMF__AGENT__FILE_ENTRY__INIT;
+		Vmf__Agent__FileEntries es = VMF__AGENT__FILE_ENTRIES__INIT;
+		Vmf__Agent__FileData d = VMF__AGENT__FILE_DATA__INIT;
+		Vmf__Agent__Ping pong = VMF__AGENT__PING__INIT;
+		a.id = q->id;
+		e.name = e.path = e.owner = e.group = e.symlink_target = (char *)hostile;
+		e.type = 99;
+		switch (q->body_case) {
+		case VMF__AGENT__AGENT_REQUEST__BODY_FILE_STAT:
+			a.body_case = VMF__AGENT__AGENT_REPLY__BODY_FILE_ENTRY;
+			a.file_entry = &e;
+			break;
+		case VMF__AGENT__AGENT_REQUEST__BODY_FILE_LIST:
+			es.more = true;   /* and no entries: a caller paging on would never end */
+			a.body_case = VMF__AGENT__AGENT_REPLY__BODY_FILE_ENTRIES;
+			a.file_entries = &es;
+			break;
+		case VMF__AGENT__AGENT_REQUEST__BODY_FILE_READ:
+			d.data.data = twenty;
+			d.data.len = sizeof twenty;
+			a.body_case = VMF__AGENT__AGENT_REPLY__BODY_FILE_DATA;
+			a.file_data = &d;
+			break;
+		default:
+			a.body_case = VMF__AGENT__AGENT_REPLY__BODY_PONG;   /* the wrong type */
+			a.pong = &pong;
+			break;
+		}
+		peer_reply(p, &a);
+		vmf__agent__agent_request__free_unpacked(q, NULL);
+	}
+}
+
 static void *
 peer_main(void *arg)
 {
@@ -263,6 +315,9 @@ peer_main(void *arg)
 		if (peer_exec_session(p))
 			peer_output(p, EXEC_ID + 1);
 		break;
+	case FILE_LIES:
+		peer_file_lies(p);
+		return NULL;
 	case EXEC_THEN_ZEROS:
 		if (peer_exec_session(p)) {
 			static const uint8_t zeros[65536];
@@ -620,6 +675,44 @@ START_TEST(exec_connect_to_a_flood_or_silence)
 }
 END_TEST
 
+/* The file calls take from a guest only what they asked for: more data
+ * than asked fails the call, an empty page that claims more ends the
+ * listing, a type out of range is "other", the strings come out valid
+ * UTF-8, and a reply of the wrong type is refused. */
+START_TEST(file_replies_that_lie)
+{
+	struct peer p;
+	peer_listen(&p, FILE_LIES, dir);
+	struct vmf_client_agent *a = NULL;
+	struct vmf_error e = {0};
+	ck_assert_msg(vmf_client_agent_connect(p.path, "unix", 0, 5000, NULL, NULL, &a, &e) == 0, "%s", e.msg);
+	struct vmf_file_entry fe;
+	ck_assert_msg(vmf_client_file_stat(a, NULL, "/x", &fe, 5000, &e) == 0, "%s", e.msg);
+	ck_assert_int_eq(fe.type, VMF_FILE_OTHER);
+	const char *strs[] = { fe.name, fe.path, fe.owner, fe.group, fe.symlink_target };
+	for (size_t i = 0; i < 5; i++)
+		ck_assert_msg(vmf_utf8_valid(strs[i], strlen(strs[i])), "string %zu is not valid UTF-8", i);
+	vmf_client_file_entry_free(&fe);
+	struct vmf_file_entry *list;
+	size_t n;
+	int more = 1;
+	ck_assert_msg(vmf_client_file_list(a, NULL, "/", 1, 0, &list, &n, &more, 5000, &e) == 0, "%s", e.msg);
+	ck_assert(n == 0 && !more);
+	free(list);
+	char buf[10];
+	size_t got;
+	uint64_t size;
+	int eof;
+	int r = vmf_client_file_read(a, NULL, "/x", 0, buf, sizeof buf, &got, &size, &eof, 5000, &e);
+	ck_assert_msg(r == -EPROTO && strstr(e.msg, "answered a read of 10 bytes with 20"), "%d: %s", r, e.msg);
+	ck_assert_uint_eq(got, 0);
+	r = vmf_client_file_remove(a, NULL, "/x", 5000, &e);
+	ck_assert_msg(r == -EPROTO && strstr(e.msg, "message type"), "%d: %s", r, e.msg);
+	vmf_client_agent_close(a);
+	peer_join(&p);
+}
+END_TEST
+
 int
 main(void)
 {
@@ -643,6 +736,7 @@ main(void)
 	tcase_add_test(tl, exec_output_for_no_process_ends_the_connection);
 	tcase_add_test(tl, exec_flood_of_zeros_ends_the_connection);
 	tcase_add_test(tl, exec_connect_to_a_flood_or_silence);
+	tcase_add_test(tl, file_replies_that_lie);
 	suite_add_tcase(s, tl);
 	return vmf_test_run(s);
 }

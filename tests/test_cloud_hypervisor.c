@@ -28,7 +28,7 @@ START_TEST(registry)
 	struct vmf_hv_info info;
 	struct vmf_error err = {0};
 	setenv("FAKE_VMM_KIND", "ch", 1);
-	ck_assert_int_eq(ops->probe(fv_fake, NULL, &info, &err), 0);
+	ck_assert_int_eq(ops->probe(fv_fake, NULL, NULL, &info, &err), 0);
 	unsetenv("FAKE_VMM_KIND");
 	ck_assert_str_eq(info.version, "48.0-fake");
 	ck_assert_uint_eq(info.caps, caps);

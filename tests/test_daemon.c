@@ -44,6 +44,11 @@ START_TEST(init_get_inspect_release_destroy)
 	ck_assert_int_eq(json_object_get_int(path(p0, "ready", NULL)), 2);
 	ck_assert_int_eq(json_object_get_int(path(p0, "target", NULL)), 2);
 	int base_mem = json_object_get_int(path(p0, "memory_mib", NULL));
+	/* Which accelerator and why: the tests' environment skips the probe. */
+	json_object *dm = path(s, "daemon", NULL);
+	ck_assert_str_eq(json_object_get_string(path(dm, "accel", NULL)), "tcg");
+	ck_assert_str_eq(json_object_get_string(path(dm, "accel_why", NULL)), "VMFACTORY_ACCEL=tcg is set");
+	ck_assert(!json_object_get_boolean(path(dm, "accel_cached", NULL)));
 	json_object_put(s);
 
 	struct got a = {0}, b = {0};

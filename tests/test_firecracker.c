@@ -81,14 +81,14 @@ START_TEST(probe)
 {
 	struct vmf_hv_info info;
 	struct vmf_error err = {0};
-	ck_assert_int_eq(ops->probe(fv_fake, NULL, &info, &err), 0);
+	ck_assert_int_eq(ops->probe(fv_fake, NULL, NULL, &info, &err), 0);
 	ck_assert_str_eq(info.version, "1.17.0-dev");
 	ck_assert(info.caps & VMF_CAP_MEM_HOTPLUG);
 	setenv("FAKE_VMM_NO_HOTPLUG", "1", 1);
-	ck_assert_int_eq(ops->probe(fv_fake, NULL, &info, &err), 0);
+	ck_assert_int_eq(ops->probe(fv_fake, NULL, NULL, &info, &err), 0);
 	ck_assert_str_eq(info.version, "1.10.0");
 	ck_assert(!(info.caps & VMF_CAP_MEM_HOTPLUG));
-	ck_assert_int_lt(ops->probe("/nonexistent/firecracker", NULL, &info, &err), 0);
+	ck_assert_int_lt(ops->probe("/nonexistent/firecracker", NULL, NULL, &info, &err), 0);
 	ck_assert_msg(strstr(err.msg, "firecracker"), "%s", err.msg);
 }
 END_TEST
@@ -235,7 +235,7 @@ START_TEST(no_hotplug_version)
 }
 END_TEST
 
-/* Disks (issue 17): placeholder drives made at boot, swapped by PATCH to
+/* Disks: placeholder drives made at boot, swapped by PATCH to
  * the daemon's descriptor and back; clones of the template have them. */
 START_TEST(disks)
 {

@@ -1,5 +1,5 @@
-/* End to end: races and lifetime of the daemon and its VMs (issue 12,
- * items 8, 9, 11, 12, 13).  A private daemon per test, real QEMU under TCG,
+/* End to end: races and lifetime of the daemon and its VMs.  A
+ * private daemon per test, real QEMU under TCG,
  * pools of one VM.  The races are forced with pause fault points
  * (VMF_FAULT_PAUSE: the daemon's worker waits at the point until the test
  * has acted), so these tests need a build with -Dfault_injection=true and

@@ -1,6 +1,7 @@
 /* The sandbox's own QMP monitor, end to end on real QEMU under TCG, pool of
  * 1: after hand-out a runtime drives the VM through the monitor the reply
- * names (greeting, capabilities, a hot-plugged device it then sees) while
+ * names (greeting, capabilities, a hot-plugged device it then sees, PCI
+ * devices on the free root ports the reply names) while
  * the daemon keeps inspecting, recovering and finally stopping the VM; and
  * as real unprivileged tenants, the owner reaches that monitor through its
  * sock_dir link, another tenant does not, and nobody but the daemon
@@ -242,10 +243,36 @@ START_TEST(the_runtime_drives_its_own_monitor)
 		      "the hot-plugged port is not in /machine/peripheral: %s", why);
 	json_object_put(r);
 
+	/* A PCI device: not on the root bus, but on a free root port the reply
+	 * names (hotplug_ports, 2 by default), and the next one stays free. */
+	json_object *ports = path(g.rec, "hotplug_ports", NULL);
+	ck_assert_int_eq(json_object_array_length(ports), 2);
+	const char *port = json_object_get_string(json_object_array_get_idx(ports, 0));
+	r = qmp_cmd(&q, "{\"execute\":\"device_add\",\"arguments\":{\"driver\":\"virtio-rng-pci\",\"id\":\"rtrng0\"}}",
+		    why, sizeof why);
+	ck_assert_msg(!r && strstr(why, "does not support hotplugging"), "device_add on the root bus: %s", why);
+	json_object_put(r);
+	char cmd[512];
+	snprintf(cmd, sizeof cmd, "{\"execute\":\"device_add\",\"arguments\":{\"driver\":\"virtio-rng-pci\","
+		 "\"bus\":\"%s\",\"id\":\"rtrng0\"}}", port);
+	r = qmp_cmd(&q, cmd, why, sizeof why);
+	ck_assert_msg(r, "device_add virtio-rng-pci on %s: %s", port, why);
+	json_object_put(r);
+	r = qmp_cmd(&q, "{\"execute\":\"query-pci\"}", why, sizeof why);
+	ck_assert_msg(r && strstr(json_object_to_json_string(r), "\"rtrng0\""), "rtrng0 not in query-pci: %s", why);
+	json_object_put(r);
+	snprintf(cmd, sizeof cmd, "{\"execute\":\"device_add\",\"arguments\":{\"driver\":\"virtio-rng-pci\","
+		 "\"bus\":\"%s\",\"id\":\"rtrng1\"}}", json_object_get_string(json_object_array_get_idx(ports, 1)));
+	r = qmp_cmd(&q, cmd, why, sizeof why);
+	ck_assert_msg(r, "device_add on the second port: %s", why);
+	json_object_put(r);
+
 	/* The daemon's own work goes on while the runtime holds its monitor. */
 	int64_t t0 = vmf_now_ms();
 	json_object *ins = vmf_json("inspect %s -o json", g.id);
 	ck_assert_str_eq(json_object_get_string(path(path(ins, "vm", NULL), "state", NULL)), "assigned");
+	ck_assert_str_eq(json_object_to_json_string(path(path(ins, "vm", NULL), "hotplug_ports", NULL)),
+			 json_object_to_json_string(ports));
 	json_object_put(ins);
 	ck_assert_str_eq(vm_state(g.id), "assigned");
 	printf("inspect and status while the runtime is connected: %lld ms\n", (long long)(vmf_now_ms() - t0));

@@ -1,4 +1,4 @@
-/* Network for handed-out VMs (issue 16), end to end under TCG: one daemon
+/* Network for handed-out VMs, end to end under TCG: one daemon
  * with a pool of 2 and one template for every case.
  *
  * - netns: a "pod" and a "peer" namespace joined by a veth pair (addresses

@@ -1,6 +1,7 @@
 /* Integration: the QEMU driver and the guest agent on a real VM under TCG
  * (or KVM when usable). */
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -225,12 +226,103 @@ START_TEST(probe_reports_version_and_accel)
 {
 	struct vmf_hv_info info;
 	struct vmf_error e = {0};
-	ck_assert_msg(vmf_qemu_ops.probe(NULL, NULL, &info, &e) == 0, "probe: %s", e.msg);
+	ck_assert_msg(vmf_qemu_ops.probe(NULL, NULL, NULL, &info, &e) == 0, "probe: %s", e.msg);
 	ck_assert_str_ne(info.version, "");
 	ck_assert(strcmp(info.accel, "tcg") == 0 || strcmp(info.accel, "kvm") == 0);
 	printf("QEMU %s, accel %s\n", info.version, info.accel);
-	ck_assert_int_lt(vmf_qemu_ops.probe("/nonexistent/qemu", NULL, &info, &e), 0);
+	ck_assert_int_lt(vmf_qemu_ops.probe("/nonexistent/qemu", NULL, NULL, &info, &e), 0);
 	ck_assert_ptr_nonnull(strstr(e.msg, "/nonexistent/qemu"));
+}
+END_TEST
+
+/* The lines a wrapper QEMU wrote to its log: one per KVM probe run. */
+static int
+probe_runs(const char *log)
+{
+	char *buf = NULL;
+	size_t len = 0;
+	struct vmf_error e;
+	if (vmf_read_file(log, &buf, &len, 1 << 16, &e) < 0)
+		return 0;
+	int n = 0;
+	for (size_t i = 0; i < len; i++)
+		n += buf[i] == '\n';
+	free(buf);
+	return n;
+}
+
+/* A QEMU binary at path that counts the KVM probes run through it. */
+static void
+make_wrapper(const char *path, const char *log)
+{
+	char script[1024];
+	snprintf(script, sizeof script,
+		 "#!/bin/sh\ncase \" $* \" in *\" -accel kvm \"*) echo probe >> '%s';; esac\n"
+		 "exec qemu-system-x86_64 \"$@\"\n", log);
+	struct vmf_error e;
+	ck_assert_msg(vmf_write_file_atomic(path, script, strlen(script), 0755, &e) == 0, "%s", e.msg);
+}
+
+/* The accelerator probe's answer is kept in the state dir per QEMU binary:
+ * the same binary again is not probed, another one is, and a file that is
+ * not a cache entry is probed over. */
+START_TEST(probe_is_kept_per_binary)
+{
+	unsetenv("VMFACTORY_ACCEL");
+	char state[600], log[600], w1[600], w2[600], cache[700];
+	snprintf(state, sizeof state, "%s/state", tmp);
+	snprintf(log, sizeof log, "%s/probes.log", tmp);
+	snprintf(w1, sizeof w1, "%s/qemu-a", tmp);
+	snprintf(w2, sizeof w2, "%s/qemu-b", tmp);
+	snprintf(cache, sizeof cache, "%s/accel-probe", state);
+	struct vmf_error e = {0};
+	ck_assert_int_eq(vmf_mkdir_p(state, 0700, &e), 0);
+	make_wrapper(w1, log);
+	make_wrapper(w2, log);
+	/* Where /dev/kvm does not open, the probe runs no QEMU: the kept
+	 * answer is still checked, the runs are not counted. */
+	int kvm = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+	bool counted = kvm >= 0;
+	if (kvm >= 0)
+		close(kvm);
+	struct vmf_hv_info info;
+	ck_assert_msg(vmf_qemu_ops.probe(w1, kernel, state, &info, &e) == 0, "probe: %s", e.msg);
+	int runs = probe_runs(log);
+	printf("first probe: %s (%s), %d KVM runs\n", info.accel, info.accel_why, runs);
+	ck_assert(!info.accel_cached);
+	ck_assert_str_ne(info.accel_why, "");
+	ck_assert(!counted || runs > 0);
+	ck_assert_int_eq(access(cache, R_OK), 0);
+	char first[8];
+	snprintf(first, sizeof first, "%s", info.accel);
+
+	ck_assert_msg(vmf_qemu_ops.probe(w1, kernel, state, &info, &e) == 0, "probe: %s", e.msg);
+	ck_assert_msg(info.accel_cached, "same binary probed again: %s", info.accel_why);
+	ck_assert_int_eq(probe_runs(log), runs);
+	ck_assert_str_eq(info.accel, first);
+
+	ck_assert_msg(vmf_qemu_ops.probe(w2, kernel, state, &info, &e) == 0, "probe: %s", e.msg);
+	ck_assert_msg(!info.accel_cached, "another binary took the first one's answer");
+	ck_assert(!counted || probe_runs(log) > runs);
+	runs = probe_runs(log);
+	ck_assert_msg(vmf_qemu_ops.probe(w2, kernel, state, &info, &e) == 0, "probe: %s", e.msg);
+	ck_assert(info.accel_cached);
+	ck_assert_int_eq(probe_runs(log), runs);
+
+	/* This key's entry with an answer the code never writes: probed over. */
+	char *kept = NULL, entry[8192];
+	size_t len;
+	ck_assert_int_eq(vmf_read_file(cache, &kept, &len, sizeof entry / 2, &e), 0);
+	char *answer = strstr(kept, "\naccel ");
+	ck_assert_ptr_nonnull(answer);
+	int n = snprintf(entry, sizeof entry, "%.*saccel kvm\ncpu -\nwhy \x1b[2J\n", (int)(answer + 1 - kept), kept);
+	free(kept);
+	ck_assert_int_eq(vmf_write_file_atomic(cache, entry, (size_t)n, 0644, &e), 0);
+	ck_assert_msg(vmf_qemu_ops.probe(w2, kernel, state, &info, &e) == 0, "probe: %s", e.msg);
+	ck_assert_msg(!info.accel_cached, "an entry with an unknown answer was taken: %s %s", info.accel,
+		      info.accel_why);
+	ck_assert(!counted || probe_runs(log) > runs);
+	ck_assert_str_eq(info.accel, first);
 }
 END_TEST
 
@@ -242,6 +334,7 @@ main(void)
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_set_timeout(tc, 600);
 	tcase_add_test(tc, probe_reports_version_and_accel);
+	tcase_add_test(tc, probe_is_kept_per_binary);
 	tcase_add_test(tc, bad_kernel_and_bad_binary_fail_clearly);
 	tcase_add_test(tc, kill9_is_reported_dead);
 	tcase_add_test(tc, cold_boot_hotplug_pause_time_stop);

@@ -1,4 +1,4 @@
-/* End to end: demand-shaped pools (issue 14), real QEMU under TCG.  One
+/* End to end: demand-shaped pools, real QEMU under TCG.  One
  * pool of 2 (base 1 vCPU / 256 MiB): with shape = off, requests above the
  * base are resized on the hand-out path and no clone is ever grown; with
  * shaping on (shape_max = 1) the pool learns the size it is asked for and

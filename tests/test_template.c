@@ -36,7 +36,7 @@ setup(void)
 	snprintf(run_dir, sizeof run_dir, "%s/run", tmp);
 	struct vmf_error e = {0};
 	ck_assert_msg(vmf_image_load(dir, NULL, NULL, &img, &e) == 0, "image: %s", e.msg);
-	ck_assert_msg(vmf_qemu_ops.probe(NULL, NULL, &info, &e) == 0, "probe: %s", e.msg);
+	ck_assert_msg(vmf_qemu_ops.probe(NULL, NULL, NULL, &info, &e) == 0, "probe: %s", e.msg);
 	ck_assert_msg(vmf_catalog_open(state_dir, &cat, &e) == 0, "catalog: %s", e.msg);
 }
 

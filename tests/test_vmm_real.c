@@ -89,7 +89,7 @@ START_TEST(lifecycle)
 {
 	struct vmf_error err = {0};
 	struct vmf_hv_info info;
-	ck_assert_msg(cur->probe(NULL, NULL, &info, &err) == 0, "%s", err.msg);
+	ck_assert_msg(cur->probe(NULL, NULL, NULL, &info, &err) == 0, "%s", err.msg);
 	fprintf(stderr, "%s %s\n", cur->name, info.version);
 	bool share = info.caps & VMF_CAP_TEMPLATE_SHARE;
 	char run[PATH_MAX], mem[PATH_MAX], state[PATH_MAX];

@@ -101,7 +101,7 @@ finished_within(struct timed_get *t, int ms)
 	return __atomic_load_n(&t->done, __ATOMIC_ACQUIRE);
 }
 
-/* Issue 12 item 6.  Eight clone jobs held at the gate (as many as the
+/* Hits are not held behind clones.  Eight clone jobs held at the gate (as many as the
  * daemon has workers): a GetVM for the ready VM is still served at once,
  * and a second GetVM, a miss, may clone (also held) while a third miss
  * beyond max_miss_clones = 1 fails at once with EAGAIN. */
@@ -179,7 +179,7 @@ START_TEST(hits_do_not_wait_for_clones_and_misses_are_bounded)
 }
 END_TEST
 
-/* Issue 12 item 7.  Two clones in flight, the template found broken by
+/* A template broken under clones in flight.  Two clones in flight, the template found broken by
  * one of them: the other still verifies against a valid record (ASan
  * reported a use after free here), fails cleanly, and the pool fills
  * again from a rebuilt template. */

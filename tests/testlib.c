@@ -326,41 +326,6 @@ vmf_test_kill_under(const char *prog, const char *dir)
 	return n;
 }
 
-int
-vmf_write_file_atomic(const char *path, const void *data, size_t len, mode_t mode,
-		      struct vmf_error *err)
-{
-	char tmp[PATH_MAX], dir[PATH_MAX];
-	if (snprintf(tmp, sizeof(tmp), "%s.tmp.XXXXXX", path) >= (int)sizeof(tmp))
-		return vmf_err(err, ENAMETOOLONG, "path %s is too long", path);
-	int fd = mkostemp(tmp, O_CLOEXEC);
-	if (fd < 0)
-		return vmf_err_sys(err, errno, "cannot create %s", tmp);
-	int r = vmf_write_full(fd, data, len, -1, err);
-	if (r == 0 && fchmod(fd, mode) < 0)
-		r = vmf_err_sys(err, errno, "cannot chmod %s", tmp);
-	if (r == 0 && fsync(fd) < 0)
-		r = vmf_err_sys(err, errno, "cannot fsync %s", tmp);
-	if (close(fd) < 0 && r == 0)
-		r = vmf_err_sys(err, errno, "cannot close %s", tmp);
-	if (r == 0 && rename(tmp, path) < 0)
-		r = vmf_err_sys(err, errno, "cannot rename %s to %s", tmp, path);
-	if (r < 0) {
-		unlink(tmp);
-		return vmf_error_prefix(err, "writing %s", path);
-	}
-	vmf_strlcpy(dir, path, sizeof(dir), NULL);
-	char *slash = strrchr(dir, '/');
-	if (slash) {
-		if (slash == dir)
-			slash[1] = '\0';
-		else
-			*slash = '\0';
-		return vmf_fsync_dir(dir, err);
-	}
-	return vmf_fsync_dir(".", err);
-}
-
 const char *
 vmf_test_agent_path(void)
 {

@@ -118,9 +118,4 @@ bool vmf_test_under_valgrind(void);
  * process may hold fds for); a file "f" in every 1000th level when files. */
 void vmf_test_make_chain(const char *dir, unsigned depth, bool files);
 
-/* Writes a fixture file whole: data to path via path.tmp.XXXXXX + fsync +
- * rename + fsync(dir). */
-int vmf_write_file_atomic(const char *path, const void *data, size_t len, mode_t mode,
-			  struct vmf_error *err);
-
 #endif

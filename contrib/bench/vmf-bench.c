@@ -286,7 +286,7 @@ static struct agent_addr {
  * realtime when the guest's reply to the hand-out arrived), in ms. */
 static struct series clock_err = { .name = "clock-error" };
 
-/* The network the next hand-outs ask for (issue 16): a namespace path, or
+/* The network the next hand-outs ask for: a namespace path, or
  * a --net value; NULL for none. */
 static const char *get_netns, *get_net;
 
@@ -1100,7 +1100,7 @@ main(int argc, char **argv)
 	const char *image_dir = getenv("VMFACTORY_IMAGE_DIR");
 	if (vmf_image_load(image_dir ? image_dir : VMF_DEFAULT_IMAGE_DIR, NULL, NULL, &img, &e) < 0)
 		die(&e, "guest image");
-	if (vmf_qemu_ops.probe(NULL, img.kernel, &hv, &e) < 0)
+	if (vmf_qemu_ops.probe(NULL, img.kernel, NULL, &hv, &e) < 0)
 		die(&e, "QEMU");
 	if (cfg.release_only)
 		return release_only();
@@ -1250,7 +1250,7 @@ main(int argc, char **argv)
 	struct series disk_attach = { .name = "disk-attach" };
 	double disk_mib_s = 0, share_mib_s = 0;
 	bool disks = disk_bench(c, &disk_attach, &disk_mib_s, &share_mib_s);
-	/* Network at hand-out (issue 16): into a namespace (a pod joined to a
+	/* Network at hand-out: into a namespace (a pod joined to a
 	 * peer by a veth pair, as CNI leaves it), and user-mode. */
 	fprintf(stderr, "vmf-bench: hand-outs with network (netns, user), %d samples each\n", cfg.samples);
 	char pod[64], nspath[128];

@@ -281,6 +281,10 @@ vminfo_json(const Vmf__Control__VmInfo *v)
 	for (size_t i = 0; i < v->n_cgroups; i++)
 		json_object_array_add(cg, json_object_new_string(v->cgroups[i]));
 	json_object_object_add(o, "cgroups", cg);
+	json_object *hp = json_object_new_array();
+	for (size_t i = 0; i < v->n_hotplug_ports; i++)
+		json_object_array_add(hp, json_object_new_string(v->hotplug_ports[i]));
+	json_object_object_add(o, "hotplug_ports", hp);
 	if (v->stop)
 		json_object_object_add(o, "stop", stop_json(v->stop));
 	if (v->hypervisor) {
@@ -322,6 +326,10 @@ vminfo_human(const Vmf__Control__VmInfo *v)
 	printf("vcpus:        %u\n", v->vcpus);
 	printf("memory:       %u MiB\n", v->memory_mib);
 	printf("qmp socket:   %s\n", esc(v->qmp_socket));
+	for (size_t i = 0; i < v->n_hotplug_ports; i++)
+		printf("%s%s", i ? ", " : "hotplug:      free PCIe root ports ", esc(v->hotplug_ports[i]));
+	if (v->n_hotplug_ports)
+		printf(" (device_add bus=)\n");
 	printf("agent socket: %s\n", esc(v->agent_socket));
 	if (v->share_dir && *v->share_dir)
 		printf("share dir:    %s (linked from %s)\n", esc(v->share_dir), esc(v->share_link));
@@ -443,6 +451,8 @@ status_json(const Vmf__Control__Reply *r)
 	JS(d, "socket", s->socket);
 	JS(d, "hypervisor", s->hypervisor);
 	JS(d, "accel", s->accel);
+	JS(d, "accel_why", s->accel_why);
+	json_object_object_add(d, "accel_cached", json_object_new_boolean(s->accel_cached));
 	json_object *caps = json_object_new_array();
 	for (size_t i = 0; i < s->n_capabilities; i++)
 		json_object_array_add(caps, json_object_new_string(s->capabilities[i]));
@@ -634,6 +644,9 @@ status_human(const Vmf__Control__Reply *r)
 	const Vmf__Control__StatusReply *s = r->status;
 	printf("daemon: pid %d, up %.0f s, socket %s, %s (%s)\n", s->pid, s->uptime_ms / 1000.0, esc(s->socket),
 	       esc(s->hypervisor), esc(s->accel));
+	if (s->accel_why && *s->accel_why)
+		printf("accelerator: %s, %s: %s\n", esc(s->accel), s->accel_cached ? "kept from an earlier probe" : "probed at start",
+		       esc(s->accel_why));
 	if (s->n_capabilities) {
 		printf("capabilities:");
 		for (size_t i = 0; i < s->n_capabilities; i++)

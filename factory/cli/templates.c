@@ -68,8 +68,9 @@ template_params(const struct cmd *cmd, struct args *a, struct vmf_daemon_opts *o
 	p->max_memory_mib = o->max_memory_mib > o->memory_mib ? o->max_memory_mib : o->memory_mib;
 	p->memory_slots = 8;
 	p->full_memory = !o->share_memory;
+	p->hotplug_ports = o->hotplug_ports;
 	if ((r = vmf_image_load(o->image_dir, o->kernel, o->initrd, img, e)) < 0 ||
-	    (r = p->ops->probe(o->qemu_binary, img->kernel, info, e)) < 0 ||
+	    (r = p->ops->probe(o->qemu_binary, img->kernel, o->state_dir, info, e)) < 0 ||
 	    (r = vmf_template_spec_new(p, info, img, spec, id, e)) < 0)
 		return r;
 	return 0;
@@ -349,7 +350,7 @@ cmd_template_gc(const struct cmd *cmd, struct args *a)
 	if (r >= 0 && daemon_image)
 		r = vmf_image_load(o.image_dir, o.kernel, o.initrd, &imgs[nimg++], &e);
 	if (r >= 0)
-		r = ops->probe(o.qemu_binary, imgs[0].kernel, &info, &e);
+		r = ops->probe(o.qemu_binary, imgs[0].kernel, o.state_dir, &info, &e);
 	if (r == 0)
 		r = open_with_vms(o.state_dir, o.run_dir, &cat, &e);
 	struct list_ctx l = { .cat = cat, .state_dir = o.state_dir, .ops = ops,

@@ -22,6 +22,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "agent_internal.h"
 #include "agentconn.h"
 #include "frame.h"
 #include "sockaddr.h"
@@ -190,8 +191,8 @@ on_previous(void *arg, Vmf__Agent__AgentReply *rep, struct vmf_error *err)
 }
 
 /* Sends req and waits for the reply with its id; other frames are kept. */
-static int
-call(struct vmf_client_agent *a, Vmf__Agent__AgentRequest *req, Vmf__Agent__AgentReply__BodyCase want,
+int
+agent_client_call(struct vmf_client_agent *a, Vmf__Agent__AgentRequest *req, Vmf__Agent__AgentReply__BodyCase want,
      Vmf__Agent__AgentReply **out, int64_t deadline, struct vmf_error *err)
 {
 	*out = NULL;
@@ -212,8 +213,8 @@ call(struct vmf_client_agent *a, Vmf__Agent__AgentRequest *req, Vmf__Agent__Agen
 	return 0;
 }
 
-static int64_t
-deadline_in(int timeout_ms)
+int64_t
+agent_client_deadline(int timeout_ms)
 {
 	return timeout_ms < 0 ? -1 : vmf_now_ms() + timeout_ms;
 }
@@ -305,7 +306,7 @@ connect_once(void *arg, int64_t until, void **out, struct vmf_error *err)
 	req.body_case = VMF__AGENT__AGENT_REQUEST__BODY_EXEC_RESET;
 	req.exec_reset = &rs;
 	Vmf__Agent__AgentReply *rep;
-	int r = call(a, &req, VMF__AGENT__AGENT_REPLY__BODY_EXEC_ACK, &rep, until, err);
+	int r = agent_client_call(a, &req, VMF__AGENT__AGENT_REPLY__BODY_EXEC_ACK, &rep, until, err);
 	if (r == -EOPNOTSUPP)
 		r = vmf_err(err, EOPNOTSUPP, "the agent on %s does not support exec (an older guest image: "
 			    "rebuild the image and its templates)", ca->path);
@@ -336,7 +337,7 @@ vmf_client_agent_connect(const char *path, const char *transport, unsigned vsock
 		return vmf_err(err, EINVAL, "no agent socket path given");
 	struct connect_args ca = { path, transport, vsock_port };
 	void *a = NULL;
-	int r = vmf_agent_conn_retry(connect_once, &ca, WAIT_NOTICE_MS, deadline_in(timeout_ms), waiting, arg, &a,
+	int r = vmf_agent_conn_retry(connect_once, &ca, WAIT_NOTICE_MS, agent_client_deadline(timeout_ms), waiting, arg, &a,
 				     err);
 	if (r == -ETIMEDOUT)
 		return vmf_err(err, EBUSY, "the agent on %s did not answer within %d ms: another client holds the "
@@ -379,7 +380,7 @@ vmf_client_agent_ping(struct vmf_client_agent *a, int timeout_ms, struct vmf_err
 	req.body_case = VMF__AGENT__AGENT_REQUEST__BODY_PING;
 	req.ping = &ping;
 	Vmf__Agent__AgentReply *rep;
-	int r = call(a, &req, VMF__AGENT__AGENT_REPLY__BODY_PONG, &rep, deadline_in(timeout_ms), err);
+	int r = agent_client_call(a, &req, VMF__AGENT__AGENT_REPLY__BODY_PONG, &rep, agent_client_deadline(timeout_ms), err);
 	if (r == 0)
 		vmf__agent__agent_reply__free_unpacked(rep, NULL);
 	return r;
@@ -428,7 +429,8 @@ vmf_client_exec_start(struct vmf_client_agent *a, const struct vmf_exec_opts *o,
 	if (!es)
 		return vmf_err(err, ENOMEM, "out of memory for an exec");
 	Vmf__Agent__AgentReply *rep;
-	int r = call(a, &req, VMF__AGENT__AGENT_REPLY__BODY_EXEC_STARTED, &rep, deadline_in(timeout_ms), err);
+	int r = agent_client_call(a, &req, VMF__AGENT__AGENT_REPLY__BODY_EXEC_STARTED, &rep,
+				  agent_client_deadline(timeout_ms), err);
 	if (r < 0) {
 		free(es);
 		return r;
@@ -526,7 +528,7 @@ vmf_client_agent_next_event(struct vmf_client_agent *a, struct vmf_exec_event *e
 	int r = grant_last(a, err);
 	if (r < 0)
 		return r;
-	int64_t deadline = deadline_in(timeout_ms);
+	int64_t deadline = agent_client_deadline(timeout_ms);
 	vmf_agent_conn_begin(a->c);
 	for (;;) {
 		Vmf__Agent__AgentReply *rep = NULL;
@@ -597,7 +599,7 @@ static int
 ack_call(struct vmf_client_agent *a, Vmf__Agent__AgentRequest *req, struct vmf_error *err)
 {
 	Vmf__Agent__AgentReply *rep;
-	int r = call(a, req, VMF__AGENT__AGENT_REPLY__BODY_EXEC_ACK, &rep, deadline_in(10000), err);
+	int r = agent_client_call(a, req, VMF__AGENT__AGENT_REPLY__BODY_EXEC_ACK, &rep, agent_client_deadline(10000), err);
 	if (r == 0)
 		vmf__agent__agent_reply__free_unpacked(rep, NULL);
 	return r;

@@ -211,4 +211,53 @@ int vmf_client_exec_signal(struct vmf_client_agent *a, uint64_t exec_id, int sig
 int vmf_client_exec_resize(struct vmf_client_agent *a, uint64_t exec_id, unsigned rows, unsigned cols,
 			   struct vmf_error *err);
 
+/* Files in the guest (docs/protocol.md, "Guest agent: file messages"),
+ * as the user given (set_user, uid, gid; else root).  Paths are absolute.
+ * A file moves in chunks of at most VMF_FILE_CHUNK_MAX bytes; a listing in
+ * pages.  An entry's strings are the guest's, made valid UTF-8 (U+FFFD for
+ * what is not) and nothing more: escape them before a terminal sees them. */
+#define VMF_FILE_CHUNK_MAX (48u * 1024u)
+
+struct vmf_file_user {
+	int set_user;
+	uint32_t uid, gid;
+};
+
+enum vmf_file_type { VMF_FILE_OTHER = 0, VMF_FILE_REGULAR = 1, VMF_FILE_DIRECTORY = 2, VMF_FILE_SYMLINK = 3 };
+
+struct vmf_file_entry {
+	char *name, *path, *owner, *group, *symlink_target;
+	enum vmf_file_type type;
+	uint64_t size;
+	uint32_t mode, uid, gid;
+	int64_t mtime_ns;
+};
+void vmf_client_file_entry_free(struct vmf_file_entry *e);
+
+int vmf_client_file_stat(struct vmf_client_agent *a, const struct vmf_file_user *u, const char *path,
+			 struct vmf_file_entry *e, int timeout_ms, struct vmf_error *err);
+/* One page of the entries below path (depth 0 or 1: its own), from the
+ * skip-th on: *entries (free each, then the array), *n, *more. */
+int vmf_client_file_list(struct vmf_client_agent *a, const struct vmf_file_user *u, const char *path,
+			 unsigned depth, unsigned skip, struct vmf_file_entry **entries, size_t *n, int *more,
+			 int timeout_ms, struct vmf_error *err);
+/* The directory and its missing parents; *created 0 when it existed. */
+int vmf_client_file_mkdir(struct vmf_client_agent *a, const struct vmf_file_user *u, const char *path,
+			  struct vmf_file_entry *e, int *created, int timeout_ms, struct vmf_error *err);
+int vmf_client_file_move(struct vmf_client_agent *a, const struct vmf_file_user *u, const char *source,
+			 const char *destination, struct vmf_file_entry *e, int timeout_ms, struct vmf_error *err);
+int vmf_client_file_remove(struct vmf_client_agent *a, const struct vmf_file_user *u, const char *path,
+			   int timeout_ms, struct vmf_error *err);
+/* Up to len (<= VMF_FILE_CHUNK_MAX) bytes at offset into buf; *got, the
+ * file's *size and *eof. */
+int vmf_client_file_read(struct vmf_client_agent *a, const struct vmf_file_user *u, const char *path,
+			 uint64_t offset, void *buf, size_t len, size_t *got, uint64_t *size, int *eof, int timeout_ms,
+			 struct vmf_error *err);
+/* len (<= VMF_FILE_CHUNK_MAX) bytes at offset; truncate empties the file
+ * first (the first chunk of a whole-file write).  e: the entry after, or
+ * NULL. */
+int vmf_client_file_write(struct vmf_client_agent *a, const struct vmf_file_user *u, const char *path,
+			  uint64_t offset, const void *data, size_t len, int truncate, struct vmf_file_entry *e,
+			  int timeout_ms, struct vmf_error *err);
+
 #endif

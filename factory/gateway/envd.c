@@ -12,7 +12,7 @@
  * the last one flagged 0x02 carrying {} or {"error": {...}}.
  *
  * Methods are data: each service's file has its table (process.c's
- * gw_process_methods); a method without a handler answers "unimplemented"
+ * gw_process_methods, files.c's gw_filesystem_methods); a method without a handler answers "unimplemented"
  * naming itself and what will serve it, never a hang. */
 #include <errno.h>
 #include <openssl/evp.h>
@@ -174,6 +174,17 @@ gw_envd_user(struct gw_req *r, struct gw_user *u, char *why, size_t n)
 {
 	*u = users[0];
 	const char *h = gw_req_header(r, "Authorization");
+	/* /files names its user in the query instead. */
+	const char *named = h ? NULL : gw_req_query(r, "username");
+	if (named && *named) {
+		for (size_t i = 0; i < sizeof(users) / sizeof(users[0]); i++)
+			if (strcmp(named, users[i].name) == 0) {
+				*u = users[i];
+				return 0;
+			}
+		snprintf(why, n, "user '%.40s' is not a user of this sandbox (user, root)", named);
+		return -1;
+	}
 	if (!h)
 		return 0;
 	if (strncmp(h, "Basic ", 6) != 0) {
@@ -343,9 +354,7 @@ gw_envd_dispatch(struct gw *gw, struct gw_req *r)
 		return;
 	}
 	if (strcmp(path, "/files") == 0) {
-		gw_reply_error(r, 501, "%s /files (%s) is not served by this vmfactory gateway yet: it waits for the "
-			       "guest agent's file API (docs/e2b.md)", method,
-			       strcmp(method, "GET") == 0 ? "file download" : "file upload");
+		gw_files_http(gw, r, sb);
 		return;
 	}
 	if (strcmp(path, "/metrics") == 0 || strcmp(path, "/envs") == 0 || strcmp(path, "/init") == 0) {
@@ -354,18 +363,3 @@ gw_envd_dispatch(struct gw *gw, struct gw_req *r)
 	}
 	gw_reply_error(r, 404, "%s %s is not a route of envd", method, path);
 }
-
-/* filesystem.Filesystem: every method waits for the agent's file API. */
-#define FILES "the guest agent's file API"
-const struct gw_rpc_method gw_filesystem_methods[] = {
-	{ "filesystem.Filesystem/Stat", false, NULL, FILES },
-	{ "filesystem.Filesystem/MakeDir", false, NULL, FILES },
-	{ "filesystem.Filesystem/Move", false, NULL, FILES },
-	{ "filesystem.Filesystem/ListDir", false, NULL, FILES },
-	{ "filesystem.Filesystem/Remove", false, NULL, FILES },
-	{ "filesystem.Filesystem/WatchDir", true, NULL, FILES },
-	{ "filesystem.Filesystem/CreateWatcher", false, NULL, FILES },
-	{ "filesystem.Filesystem/GetWatcherEvents", false, NULL, FILES },
-	{ "filesystem.Filesystem/RemoveWatcher", false, NULL, FILES },
-	{ NULL, false, NULL, NULL },
-};

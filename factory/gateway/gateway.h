@@ -27,7 +27,9 @@
  *                plain HTTP routes, the Connect protocol and its method table
  *   guest.c      a sandbox's guest agent connection: one per sandbox,
  *                shared by its processes; jobs for its blocking calls
- *   process.c    process.Process methods on the agent's exec */
+ *   process.c    process.Process methods on the agent's exec
+ *   files.c      filesystem.Filesystem methods and GET/POST /files on the
+ *                agent's file messages */
 #ifndef VMF_GATEWAY_H
 #define VMF_GATEWAY_H
 

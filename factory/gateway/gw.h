@@ -302,7 +302,7 @@ struct gw_rpc_method {
 	void (*fn)(struct gw *gw, struct gw_req *r, struct gw_sandbox *sb, json_object *msg);
 	const char *later;
 };
-/* Per service file (process.c): its methods, NULL-terminated by name. */
+/* Per service file (process.c, files.c): its methods, NULL-terminated by name. */
 extern const struct gw_rpc_method gw_process_methods[];
 extern const struct gw_rpc_method gw_filesystem_methods[];
 /* Unary replies; a Connect error (code "not_found", ...) with its status. */
@@ -320,6 +320,9 @@ struct gw_user {
 	bool root;
 };
 int gw_envd_user(struct gw_req *r, struct gw_user *u, char *why, size_t n);
+
+/* ---- files.c: envd's GET and POST /files ---- */
+void gw_files_http(struct gw *gw, struct gw_req *r, struct gw_sandbox *sb);
 
 /* ---- small helpers (api.c) ---- */
 void gw_iso_time(int64_t ms, char *out, size_t n);

@@ -198,6 +198,8 @@ status_build(struct vmf_daemon *d, uid_t peer, Vmf__Control__Reply *reply, pid_t
 	s->socket = strdup(d->opts.socket_path);
 	s->hypervisor = strdup(d->ops->name);
 	s->accel = strdup(d->hv.accel);
+	s->accel_why = strdup(d->hv.accel_why);
+	s->accel_cached = d->hv.accel_cached;
 	s->requests = d->requests;
 	s->hits = d->hits;
 	s->misses = d->misses;

@@ -10,7 +10,7 @@
 // Prints one "ok:" or "FAIL:" line per check; exits 1 if any failed.
 import { readFileSync, writeFileSync } from 'node:fs'
 import http from 'node:http'
-import { Sandbox, CommandExitError, NotFoundError, TimeoutError, SandboxError } from 'e2b'
+import { Sandbox, CommandExitError, NotFoundError, TimeoutError, SandboxError, FileNotFoundError, InvalidArgumentError } from 'e2b'
 
 const api = process.env.E2B_API_URL
 const keyA = process.env.E2B_API_KEY
@@ -130,7 +130,76 @@ async function main() {
   })
   await throws('a command over its timeoutMs is killed: TimeoutError',
     () => sbx.commands.run('sleep 60', { timeoutMs: 3000 }), (e) => e instanceof TimeoutError)
-  await throws('files.read (not served yet) says so', () => sbx.files.read('/etc/hostname'),
+  await step('files', async () => {
+    // Relative paths are the user's home's; writes make the parents.
+    const w = await sbx.files.write('notes/a.txt', 'hello files\n')
+    check(w.path === '/home/user/notes/a.txt' && w.name === 'a.txt', `files.write: ${JSON.stringify(w)}`)
+    check(await sbx.files.read('/home/user/notes/a.txt') === 'hello files\n', 'files.read reads it back')
+    // More than one agent chunk (48 KiB), as bytes.
+    const big = Buffer.alloc(200 * 1024, 0).map((_, i) => (i * 7 + (i >> 10)) & 255)
+    await sbx.files.write('/tmp/big.bin', big)
+    const back = Buffer.from(await sbx.files.read('/tmp/big.bin', { format: 'bytes' }))
+    check(back.equals(big), `200 KiB written and read back whole: ${back.length} bytes`)
+    const who = await sbx.commands.run('stat -c %U /home/user/notes/a.txt; cat /home/user/notes/a.txt')
+    check(who.stdout === 'user\nhello files\n', `written as the user, seen by commands: ${JSON.stringify(who.stdout)}`)
+    check(await sbx.files.makeDir('notes/sub/deeper') === true, 'files.makeDir makes the parents')
+    check(await sbx.files.makeDir('notes/sub/deeper') === false, 'files.makeDir of an existing directory: false')
+    const list = await sbx.files.list('notes')
+    check(JSON.stringify(list.map((e) => [e.name, e.type])) === '[["a.txt","file"],["sub","dir"]]',
+      `files.list: ${JSON.stringify(list.map((e) => [e.name, e.type, e.path]))}`)
+    const deep = await sbx.files.list('notes', { depth: 3 })
+    check(deep.some((e) => e.path === '/home/user/notes/sub/deeper' && e.type === 'dir'), `files.list depth 3: ${deep.length} entries`)
+    check(await sbx.files.exists('notes/a.txt') && !(await sbx.files.exists('notes/none')), 'files.exists')
+    const moved = await sbx.files.rename('notes/a.txt', 'notes/b.txt')
+    check(moved.path === '/home/user/notes/b.txt' && !(await sbx.files.exists('notes/a.txt')), `files.rename: ${moved.path}`)
+    const info = await sbx.files.getInfo('notes/b.txt')
+    check(info.size === 12 && info.owner === 'user' && info.modifiedTime instanceof Date, `files.getInfo: ${JSON.stringify(info)}`)
+    await sbx.files.remove('notes')
+    check(!(await sbx.files.exists('notes')), 'files.remove takes the directory and what is in it')
+    await sbx.files.write([{ path: '/tmp/m1', data: 'one' }, { path: '/tmp/m2', data: 'two' }])
+    check(await sbx.files.read('/tmp/m1') === 'one' && await sbx.files.read('/tmp/m2') === 'two', 'files.write of several files')
+  })
+  await step('files: raw uploads, good and bad', async () => {
+    const envd = (path, init = {}) => fetch(process.env.E2B_SANDBOX_URL + path, { ...init,
+      headers: { 'E2b-Sandbox-Id': sbx.sandboxId, 'E2b-Sandbox-Port': '49983', 'X-Access-Token': sbx.envdAccessToken,
+        ...(init.headers || {}) } })
+    let r = await envd('/files?path=/tmp/oct&username=user', { method: 'POST', body: 'raw bytes',
+      headers: { 'Content-Type': 'application/octet-stream' } })
+    const j = await r.json()
+    check(r.status === 200 && j[0]?.path === '/tmp/oct', `an octet-stream upload: ${r.status} ${JSON.stringify(j)}`)
+    check(await sbx.files.read('/tmp/oct') === 'raw bytes', 'it reads back')
+    const bad = [
+      ['multipart without a boundary', 'multipart/form-data', 'x'],
+      ['multipart without a file part', 'multipart/form-data; boundary=b1',
+        '--b1\r\nContent-Disposition: form-data; name="other"\r\n\r\nx\r\n--b1--\r\n'],
+      ['multipart cut before its closing boundary', 'multipart/form-data; boundary=b1',
+        '--b1\r\nContent-Disposition: form-data; name="file"; filename="/tmp/cut"\r\n\r\nxyz'],
+    ]
+    for (const [what, ct, body] of bad) {
+      r = await envd('/files?path=/tmp/bad', { method: 'POST', body, headers: { 'Content-Type': ct } })
+      const t = await r.text()
+      check(r.status === 400 && /multipart/.test(t), `${what}: ${r.status} ${t}`)
+    }
+    check(!(await sbx.files.exists('/tmp/bad')) && !(await sbx.files.exists('/tmp/cut')), 'a bad upload writes nothing')
+    r = await envd('/files')
+    check(r.status === 400, `GET /files without a path: ${r.status}`)
+    r = await envd('/files?path=/tmp/oct&username=mallory')
+    check(r.status === 400 && /mallory/.test(await r.text()), `an unknown user: ${r.status}`)
+  })
+  await throws('files.read of a missing file: FileNotFoundError', () => sbx.files.read('/tmp/none'),
+    (e) => e instanceof FileNotFoundError)
+  // The guest's permissions decide, for the user asked for.
+  await sbx.commands.run('echo s > /tmp/secret; chmod 600 /tmp/secret', { user: 'root' })
+  await throws("files.read of root's 0600 file as user: refused", () => sbx.files.read('/tmp/secret'),
+    (e) => /403/.test(e?.message) && /Permission denied/.test(e?.message))
+  await step('files as root', async () => {
+    check(await sbx.files.read('/tmp/secret', { user: 'root' }) === 's\n', "files.read as root reads root's file")
+  })
+  await throws('files.write where the user may not', () => sbx.files.write('/root/x', 'x'),
+    (e) => /Permission denied/.test(e?.message))
+  await throws('files.list of a file: InvalidArgumentError', () => sbx.files.list('/tmp/m1'),
+    (e) => e instanceof InvalidArgumentError)
+  await throws('files.watchDir (not served yet) says so', () => sbx.files.watchDir('/tmp', () => {}),
     (e) => /not served/.test(e?.message))
   await throws('commands.list (not served yet) says so', () => sbx.commands.list(),
     (e) => /not served/.test(e?.message))

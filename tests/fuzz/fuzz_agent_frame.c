@@ -10,7 +10,7 @@
  *   11-12 the daemon: FlushDisks, Poweroff (a stop that loses nothing)
  *   13    the library: connect (ExecReset), ExecStart, then events (output
  *         consumed, credit given back), stdin, a signal, until the stream
- *         ends
+ *         ends; then its file calls: stat, a listing, a read
  * What every call must hold whatever it is sent: it returns (the input's
  * EOF or its 2 s deadline), frees what it allocated (LeakSanitizer), and
  * every string it hands out is valid UTF-8 (abort otherwise).
@@ -241,6 +241,46 @@ drain_backlog(void)
 }
 
 static void
+entry_must_be_text(const struct vmf_file_entry *e)
+{
+	must_be_text(e->name);
+	must_be_text(e->path);
+	must_be_text(e->owner);
+	must_be_text(e->group);
+	must_be_text(e->symlink_target);
+}
+
+/* The file calls take what they asked for and hand out text. */
+static void
+library_files(struct vmf_client_agent *ag)
+{
+	struct vmf_error err = {0};
+	struct vmf_file_entry e;
+	if (vmf_client_file_stat(ag, NULL, "/x", &e, TIMEOUT_MS, &err) == 0) {
+		entry_must_be_text(&e);
+		vmf_client_file_entry_free(&e);
+	}
+	struct vmf_file_entry *v;
+	size_t n;
+	int more;
+	if (vmf_client_file_list(ag, NULL, "/", 2, 0, &v, &n, &more, TIMEOUT_MS, &err) == 0) {
+		for (size_t i = 0; i < n; i++) {
+			entry_must_be_text(&v[i]);
+			vmf_client_file_entry_free(&v[i]);
+		}
+		free(v);
+	}
+	uint8_t buf[64];
+	size_t got;
+	uint64_t size;
+	int eof;
+	if (vmf_client_file_read(ag, NULL, "/x", 0, buf, sizeof(buf), &got, &size, &eof, TIMEOUT_MS, &err) == 0 &&
+	    got > sizeof(buf))
+		abort();
+	must_be_text(err.msg);
+}
+
+static void
 library_session(void)
 {
 	struct vmf_client_agent *ag = NULL;
@@ -267,6 +307,7 @@ library_session(void)
 		}
 	}
 	must_be_text(err.msg);
+	library_files(ag);
 	vmf_client_agent_close(ag);
 }
 

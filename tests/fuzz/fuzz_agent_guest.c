@@ -1,7 +1,8 @@
-/* The guest agent (contrib/agent/agent.c) against arbitrary bytes from "the
- * host": its frame parser (feed), request decoding and handlers, run through
+/* The guest agent (contrib/agent/) against arbitrary bytes from "the
+ * host": its frame parser (conn_parse_input), request decoding and handlers, run through
  * the agent's own --fd test mode, which touches nothing global (no clock,
- * CPUs, mounts; GuestInfo lists a scratch share directory).  The agent is a
+ * CPUs, mounts; GuestInfo lists a scratch share directory, file requests
+ * act inside it).  The agent is a
  * separate static program, so its source is compiled into this target with
  * main renamed to vmf_agent_main (see tests/fuzz/meson.build): one
  * implementation, no copy. */
@@ -53,9 +54,11 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		abort();
 	char fdarg[16];
 	snprintf(fdarg, sizeof(fdarg), "%d", fd);
-	/* --no-exec: arbitrary bytes must not become host commands. */
-	char *argv[] = { "vmf-agent", "--fd", fdarg, "--share-dir", share, "--no-exec", NULL };
-	if (vmf_agent_main(6, argv) != 0)
+	/* --no-exec: arbitrary bytes must not become host commands;
+	 * --files-root: file requests act only inside the scratch share, as
+	 * its "/" (the seeds name paths there). */
+	char *argv[] = { "vmf-agent", "--fd", fdarg, "--share-dir", share, "--files-root", share, "--no-exec", NULL };
+	if (vmf_agent_main(8, argv) != 0)
 		abort(); /* in test mode only an allocation failure ends it so */
 	close(fd);
 	fuzz_peer_join(&p);

@@ -1,4 +1,4 @@
-/* What the QEMU driver (hypervisors/qemu.c) makes of QEMU's replies: the
+/* What the QEMU driver (hypervisors/qemu/) makes of QEMU's replies: the
  * input is everything "QEMU" sends on the daemon's QMP monitor (greeting,
  * then replies and events), then EOF.  A driver handle on that connection
  * (vmf_qemu_on_qmp: no process) goes through the ops a hand-out, a disk
