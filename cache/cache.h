@@ -81,6 +81,11 @@ struct vmf_cache {
 	struct vmf_pool_list pools;
 	struct vmf_vm_list vms;
 	struct vmf_histogram clone_hist, build_hist;
+	/* The pools' queues (queue.c): how many may wait in each, and how
+	 * long waiters waited (served or not). */
+	unsigned max_queue;
+	struct vmf_latency queue_wait;
+	struct vmf_histogram queue_hist;
 	/* Recent clones' random samples after their reseed: a repeat means
 	 * two clones share RNG state. */
 	uint8_t recent_rng[64][16];
@@ -166,6 +171,29 @@ int vmf_cache_check_sample(struct vmf_cache *c, const char *vm_id, const uint8_t
  * pooled VMs idle beyond their pool's max_idle (default_max_idle_s for a VM
  * of no pool) replaced. */
 void vmf_cache_tick(struct vmf_cache *c, unsigned default_max_idle_s);
+/* queue.c: requests waiting for a pool's next ready clone. */
+struct vmf_wait_req {
+	uid_t uid;
+	unsigned uid_limit;           /* its uid's waiters in the pool at most; UINT_MAX = no limit */
+	int64_t deadline_ms;          /* vmf_now_ms() clock */
+	void (*fn)(void *arg, int rc, const struct vmf_error *err);   /* see struct vmf_waiter */
+	bool (*alive)(void *arg);
+	void *arg;
+};
+/* Queues a request in p's queue, the pool cloning one more for it; fn
+ * hears the outcome later, never from this call.  Refused at once: EAGAIN
+ * when max_queue requests already wait, EDQUOT beyond uid_limit,
+ * ESHUTDOWN while stopping. */
+int vmf_cache_enqueue(struct vmf_cache *c, struct vmf_pool *p, const struct vmf_wait_req *r, struct vmf_error *err);
+/* A clone of p is ready: waiters take ready VMs in their turn. */
+void vmf_cache_serve_queue(struct vmf_cache *c, struct vmf_pool *p);
+/* From the tick: waiters whose client has gone leave the queue. */
+void vmf_cache_queue_check(struct vmf_cache *c);
+/* Shutdown or destroy: every waiter ends, ESHUTDOWN ("WHY while ..."). */
+void vmf_cache_queue_flush(struct vmf_cache *c, const char *why);
+/* Requests waiting in every pool. */
+unsigned vmf_cache_queued(const struct vmf_cache *c);
+
 /* Test builds, VMFACTORY_FAULT=gates: clone work named name ("clone" for
  * the pool's, "miss" for GetVM's) waits at a gate, the file
  * <run_dir>/gate-NAME: it holds how many clones may pass, in the order they

@@ -200,6 +200,7 @@ clone_done(void *arg)
 		vmf_pool_note_success(p);
 		vmf_cache_watch_vm(c, vm);
 		log_vm(VMF_LOG_DEBUG, vm->id, "ready in pool (%u/%u)", p->ready, p->target);
+		vmf_cache_serve_queue(c, p);
 	} else {
 		if (j->rc < 0) {
 			log_vm(VMF_LOG_WARN, vm->id, "clone failed: %s", j->err.msg);
@@ -364,6 +365,7 @@ vmf_cache_tick(struct vmf_cache *c, unsigned default_max_idle_s)
 {
 	int64_t now = vmf_now_ms();
 	vmf_cache_trim_logs(c);
+	vmf_cache_queue_check(c);
 	struct vmf_vm *vm, *next;
 	/* Demand moved on: one shaped clone per pool and tick makes room for
 	 * a clone of a size now wanted (refilled as the plan says). */

@@ -69,18 +69,102 @@ vmf_pool_clones_to_start(const struct vmf_pool *p, int64_t now_ms)
 {
 	if (!p->tpl || p->building || now_ms < p->retry_at_ms)
 		return 0;
-	unsigned have = p->ready + p->filling;
-	if (have >= p->target)
+	/* A waiting request takes the next ready clone: the pool makes one
+	 * for each besides its target. */
+	unsigned have = p->ready + p->filling, need = p->target + p->queued;
+	if (have >= need)
 		return 0;
-	unsigned par = p->parallelism ? p->parallelism : 1;
+	unsigned par = vmf_pool_parallelism(p);
 	if (p->filling >= par)
 		return 0;
-	unsigned want = p->target - have;
+	unsigned want = need - have;
 	unsigned room = par - p->filling;
 	/* After a failure, probe with one clone before filling in parallel. */
 	if (p->consecutive_failures)
 		room = 1;
 	return want < room ? want : room;
+}
+
+unsigned
+vmf_pool_clone_cap(unsigned configured, unsigned cpus, uint64_t mem_avail_mib, unsigned mib, unsigned workers)
+{
+	unsigned cap = configured;
+	if (!cap) {
+		/* A clone is mostly CPU (QEMU's start, the state's load, the
+		 * warm-up's guest work): more at once than cores only slows each. */
+		cap = cpus ? cpus : 1;
+		/* Each may touch all its guest memory: never more than fit. */
+		if (mem_avail_mib && mib && mem_avail_mib / mib < cap)
+			cap = (unsigned)(mem_avail_mib / mib);
+	}
+	if (workers && cap > workers)
+		cap = workers;
+	return cap ? cap : 1;
+}
+
+unsigned
+vmf_pool_parallelism(const struct vmf_pool *p)
+{
+	unsigned base = p->parallelism ? p->parallelism : 1;
+	unsigned cap = p->max_parallelism > base ? p->max_parallelism : base;
+	/* Each waiting request adds a clone at once, up to the host's bound:
+	 * a burst is served at the rate the host can clone, and an idle
+	 * refill leaves cores to the VMs in use. */
+	unsigned par = base + p->queued;
+	return par < base || par > cap ? cap : par;
+}
+
+struct vmf_waiter *
+vmf_pool_next_waiter(const struct vmf_pool *p)
+{
+	struct vmf_waiter *best = NULL, *w;
+	TAILQ_FOREACH(w, &p->waiters, link)
+		if (!best || w->turn < best->turn || (w->turn == best->turn && w->seq < best->seq))
+			best = w;
+	return best;
+}
+
+void
+vmf_pool_waiter_add(struct vmf_pool *p, struct vmf_waiter *w)
+{
+	if (!p->waiters.tqh_last)   /* pools are made zeroed: the list starts here */
+		TAILQ_INIT(&p->waiters);
+	w->pool = p;
+	w->seq = ++p->queue_seq;
+	/* Its uid's place in the round: that of its waiters already queued. */
+	w->turn = 0;
+	struct vmf_waiter *o;
+	TAILQ_FOREACH(o, &p->waiters, link)
+		if (o->uid == w->uid)
+			w->turn = o->turn;
+	TAILQ_INSERT_TAIL(&p->waiters, w, link);
+	p->queued++;
+}
+
+void
+vmf_pool_waiter_remove(struct vmf_pool *p, struct vmf_waiter *w, bool served)
+{
+	TAILQ_REMOVE(&p->waiters, w, link);
+	p->queued--;
+	if (!served)
+		return;
+	/* The uid's turn is taken: its other waiters go behind every uid whose
+	 * last turn is older. */
+	p->queue_turns++;
+	struct vmf_waiter *o;
+	TAILQ_FOREACH(o, &p->waiters, link)
+		if (o->uid == w->uid)
+			o->turn = p->queue_turns;
+}
+
+unsigned
+vmf_pool_queued_by(const struct vmf_pool *p, uid_t uid)
+{
+	unsigned n = 0;
+	const struct vmf_waiter *w;
+	TAILQ_FOREACH(w, &p->waiters, link)
+		n += w->uid == uid;
+	return n;
 }
 
 int64_t

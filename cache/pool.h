@@ -212,6 +212,28 @@ struct vmf_shape_want {
 	unsigned vcpus, memory_mib, count;
 };
 
+/* A GetVM waiting in its pool's queue for the next ready clone
+ * (cache/queue.c).  The loop's; the request handler that queued it hears
+ * of it once, through fn: rc 0 when a ready VM of the pool is there to take
+ * (it takes it before returning), else the wait's end (ETIMEDOUT at its
+ * deadline, ECONNRESET when its client left, ESHUTDOWN) with err. */
+struct vmf_error;
+struct event;
+struct vmf_waiter {
+	TAILQ_ENTRY(vmf_waiter) link;
+	struct vmf_pool *pool;
+	void *cache;                  /* its struct vmf_cache */
+	uid_t uid;
+	uint64_t seq;                 /* arrival order */
+	uint64_t turn;                /* its uid's last turn when it arrived or since: round-robin */
+	int64_t enqueued_ms, deadline_ms;
+	struct event *timer;
+	void (*fn)(void *arg, int rc, const struct vmf_error *err);
+	bool (*alive)(void *arg);     /* false once its client has gone */
+	void *arg;
+};
+TAILQ_HEAD(vmf_waiter_list, vmf_waiter);
+
 struct vmf_pool {
 	TAILQ_ENTRY(vmf_pool) link;
 	char name[33];                       /* from the config, "default" from flags */
@@ -231,7 +253,16 @@ struct vmf_pool {
 	struct vmf_image img;                /* its guest image: the daemon's or its own */
 	unsigned target;
 	bool net_user;                /* net = user: a GetVM without network gets user-mode */
-	unsigned parallelism;                /* concurrent clones while filling */
+	unsigned parallelism;                /* concurrent clones while filling, queue empty */
+	/* The most clones at once however deep the queue (clone_parallelism:
+	 * configured, or from the host's cores and memory); 0 = parallelism. */
+	unsigned max_parallelism;
+	/* GetVMs waiting for its next ready clone (queue.c), oldest first;
+	 * initialized by the first to wait. */
+	struct vmf_waiter_list waiters;
+	unsigned queued;
+	uint64_t queue_seq, queue_turns;
+	uint64_t queue_served, queue_timeouts, queue_left, queue_refused;
 	unsigned ready, filling;             /* current counts */
 	uint64_t failed;                     /* clone or build failures, cumulative */
 	unsigned consecutive_failures;
@@ -258,8 +289,10 @@ TAILQ_HEAD(vmf_pool_list, vmf_pool);
 struct vmf_pool *vmf_pool_choose(const struct vmf_pool_list *pools, const char *name, unsigned vcpus, unsigned mem,
 				 struct vmf_error *err);
 
-/* Number of clones to start now: enough to reach target, within the
- * parallelism bound, none while backing off or without a template. */
+/* Number of clones to start now: enough to reach target and serve every
+ * waiting request, within the parallelism bound (which grows with the
+ * queue, up to max_parallelism), none while backing off or without a
+ * template. */
 unsigned vmf_pool_clones_to_start(const struct vmf_pool *p, int64_t now_ms);
 
 /* Records a failure: exponential backoff from 1 s doubling to 60 s. */
@@ -267,6 +300,26 @@ void vmf_pool_note_failure(struct vmf_pool *p, int64_t now_ms, const char *msg);
 void vmf_pool_note_success(struct vmf_pool *p);
 /* Backoff delay after n consecutive failures, in ms. */
 int64_t vmf_pool_backoff_ms(unsigned n);
+
+/* The most clones a pool of guests of mib starts at once: configured
+ * (clone_parallelism), else as many as the host has cores, and as many as
+ * its available memory holds guests of mib each (0: unknown); never more
+ * than workers, the pool work's threads. */
+unsigned vmf_pool_clone_cap(unsigned configured, unsigned cpus, uint64_t mem_avail_mib, unsigned mib,
+			    unsigned workers);
+/* The parallelism p fills with now: its queue deepens it, up to
+ * max_parallelism. */
+unsigned vmf_pool_parallelism(const struct vmf_pool *p);
+/* The waiter of p served next: round-robin across uids (the uid whose
+ * last turn is oldest), first come first served within a uid; NULL when
+ * none waits. */
+struct vmf_waiter *vmf_pool_next_waiter(const struct vmf_pool *p);
+/* w (its uid set) joins p's queue, last of its uid's; leaves it, its
+ * uid's turn taken when it was served. */
+void vmf_pool_waiter_add(struct vmf_pool *p, struct vmf_waiter *w);
+void vmf_pool_waiter_remove(struct vmf_pool *p, struct vmf_waiter *w, bool served);
+/* Requests of uid waiting in p's queue. */
+unsigned vmf_pool_queued_by(const struct vmf_pool *p, uid_t uid);
 
 /* True when a ready VM has sat paused longer than max_idle_s (0 = never). */
 bool vmf_pool_vm_idle_expired(const struct vmf_vm *vm, unsigned max_idle_s, int64_t now_ms);

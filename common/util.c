@@ -20,6 +20,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <uuid/uuid.h>
 
@@ -729,10 +730,9 @@ vmf_proc_alive(pid_t pid, uint64_t ticks)
 }
 
 static uint64_t
-proc_field_kib(pid_t pid, const char *file, const char *key)
+file_field_kib(const char *path, const char *key)
 {
-	char path[64], *buf = NULL;
-	snprintf(path, sizeof(path), "/proc/%d/%s", (int)pid, file);
+	char *buf = NULL;
 	if (vmf_read_file(path, &buf, NULL, 1 << 20, NULL) < 0)
 		return 0;
 	uint64_t v = 0;
@@ -745,6 +745,32 @@ proc_field_kib(pid_t pid, const char *file, const char *key)
 	}
 	free(buf);
 	return v;
+}
+
+static uint64_t
+proc_field_kib(pid_t pid, const char *file, const char *key)
+{
+	char path[64];
+	snprintf(path, sizeof(path), "/proc/%d/%s", (int)pid, file);
+	return file_field_kib(path, key);
+}
+
+uint64_t
+vmf_host_mem_available_mib(void)
+{
+	return file_field_kib("/proc/meminfo", "MemAvailable:") / 1024;
+}
+
+unsigned
+vmf_host_cpus(void)
+{
+	/* The CPUs this process may run on (a cpuset may confine it), not
+	 * every CPU online. */
+	cpu_set_t set;
+	if (sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) > 0)
+		return (unsigned)CPU_COUNT(&set);
+	long n = sysconf(_SC_NPROCESSORS_ONLN);
+	return n > 0 ? (unsigned)n : 1;
 }
 
 uint64_t

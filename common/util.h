@@ -85,6 +85,10 @@ bool vmf_proc_alive(pid_t pid, uint64_t ticks);
 uint64_t vmf_proc_pss_kib(pid_t pid);
 /* RSS in KiB from /proc/PID/status, 0 when unknown. */
 uint64_t vmf_proc_rss_kib(pid_t pid);
+/* The host's MemAvailable in MiB (0: unknown), and the CPUs this process
+ * may run on. */
+uint64_t vmf_host_mem_available_mib(void);
+unsigned vmf_host_cpus(void);
 /* Number of open fds of pid, -1 when unknown. */
 int vmf_proc_fd_count(pid_t pid);
 

@@ -76,6 +76,9 @@ static const struct key keys[] = {
 	{ SEC_DAEMON, "idle_timeout", K_SECONDS, O(idle_timeout_s), 1, 86400, 0 },
 	{ SEC_DAEMON, "frame_timeout", K_SECONDS, O(frame_timeout_s), 1, 3600, 0 },
 	{ SEC_DAEMON, "max_miss_clones", K_UINT, O(max_miss_clones), 0, 64, 0 },
+	{ SEC_DAEMON, "max_queue", K_UINT, O(max_queue), 0, 65536, 0 },
+	{ SEC_DAEMON, "get_timeout", K_SECONDS, O(get_timeout_s), 1, 600, 0 },
+	{ SEC_DAEMON, "clone_parallelism", K_UINT, O(clone_parallelism), 1, 64, 0 },
 	/* The tenant boundary (docs/security.md). */
 	{ SEC_DAEMON, "share_max_mib", K_UINT, O(share_max_mib), 0, 1048576, 0 },
 	{ SEC_DAEMON, "user_net_outbound", K_BOOL, O(user_net_outbound), 0, 0, 0 },
@@ -91,6 +94,7 @@ static const struct key keys[] = {
 	{ SEC_DAEMON, "scratch_max_mib", K_UINT, O(scratch_max_mib), 1, 1048576, 0 },
 	{ SEC_DAEMON, "scratch_max_volumes", K_UINT, O(scratch_max_volumes), 0, VMF_DISK_SLOTS, 0 },
 	{ SEC_DAEMON, "tenant_max_vms", K_UINT, O(tenant_max_vms), 0, 65536, 0 },
+	{ SEC_DAEMON, "tenant_max_queued", K_UINT, O(tenant_max_queued), 0, 65536, 0 },
 	{ SEC_DAEMON, "tenant_max_suspended", K_UINT, O(tenant_max_suspended), 0, 65536, 0 },
 	{ SEC_DAEMON, "tenant_max_suspended_mib", K_UINT, O(tenant_max_suspended_mib), 0, 268435456, 0 },
 	{ SEC_DAEMON, "tenant_max_snapshots", K_UINT, O(tenant_max_snapshots), 0, 65536, 0 },
@@ -967,6 +971,9 @@ vmf_daemon_opts_defaults(struct vmf_daemon_opts *o)
 	o->nic = true;
 	o->hotplug_ports = VMF_DEFAULT_HOTPLUG_PORTS;
 	o->max_miss_clones = VMF_DEFAULT_MAX_MISS_CLONES;
+	o->max_queue = VMF_DEFAULT_MAX_QUEUE;
+	o->tenant_max_queued = VMF_DEFAULT_TENANT_MAX_QUEUED;
+	o->get_timeout_s = VMF_DEFAULT_GET_TIMEOUT_S;
 	/* On: it only acts once requests above a pool's base come, and then
 	 * within shape_max and shape_memory_mib, off the hand-out path. */
 	o->shape = true;

@@ -33,6 +33,9 @@
 #define VMF_DEFAULT_STOP_TIMEOUT_S 10
 /* GetVM misses cloning at once; beyond it a miss fails with EAGAIN. */
 #define VMF_DEFAULT_MAX_MISS_CLONES 2
+#define VMF_DEFAULT_MAX_QUEUE 256
+#define VMF_DEFAULT_TENANT_MAX_QUEUED 32
+#define VMF_DEFAULT_GET_TIMEOUT_S 60
 /* shape_max / shape_memory_mib not configured: half the pool's size, and
  * half its base memory (size × memory_mib / 2). */
 #define VMF_SHAPE_AUTO UINT_MAX
@@ -109,6 +112,12 @@ struct vmf_daemon_opts {
 	unsigned hotplug_ports;      /* the pools' default ([guest] hotplug_ports) */
 	unsigned fill_parallelism;   /* concurrent clones while filling, 0 = auto */
 	unsigned max_miss_clones;    /* concurrent clones for GetVM misses; 0 = no misses */
+	/* A GetVM with no ready VM and no room for a miss waits in its pool's
+	 * queue (cache/queue.c): at most max_queue per pool (0: none wait),
+	 * tenant_max_queued of one tenant; get_timeout_s when the request
+	 * names no timeout.  Pools clone up to clone_parallelism at once as
+	 * their queue deepens (0: from the host's cores and memory). */
+	unsigned max_queue, tenant_max_queued, get_timeout_s, clone_parallelism;
 	unsigned max_idle_s;         /* replace pooled VMs older than this, 0 = never */
 	bool shape;                  /* [daemon] shape, shape_max, shape_memory_mib: */
 	unsigned shape_max, shape_memory_mib;   /* every pool's defaults */

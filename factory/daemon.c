@@ -34,8 +34,6 @@
 #include "suspendjob.h"
 #include "vminfo.h"
 
-#define WORKER_THREADS 8
-
 /* ---- readiness pipe to `vmfactory init` ---- */
 
 /* On the loop only: the loop owns ready_fd and closes it. */
@@ -567,17 +565,21 @@ vmf_daemon_run(const struct vmf_daemon_opts *opts, struct vmf_error *err)
 		goto out;
 	if ((r = vmf_template_cleanup(d->cache.cat, opts->state_dir, err)) < 0)
 		log_warn("%s", err->msg);
+	/* Read once: a pool made later (a snapshot's) is made on the loop. */
+	d->host_cpus = vmf_host_cpus();
+	d->host_mem_mib = vmf_host_mem_available_mib();
+	d->cache.max_queue = opts->max_queue;
 	if ((r = vmf_pools_setup(d, err)) < 0 || (r = vmf_snaps_load(d, err)) < 0)
 		goto out;
 
 	evthread_use_pthreads();
 	vmf_log_route_libevent();
 	d->cache.base = event_base_new();
-	/* Pool work may take WORKER_THREADS - 1 workers; misses have one each
+	/* Pool work may take VMF_WORKER_THREADS - 1 workers; misses have one each
 	 * besides, and one more stays for hand-outs of ready VMs, releases and
 	 * inspects: none of these waits for a clone. */
 	unsigned reserve = 1 + opts->max_miss_clones;
-	d->cache.jobs = d->cache.base ? vmf_jobs_new(d->cache.base, WORKER_THREADS + opts->max_miss_clones, reserve) : NULL;
+	d->cache.jobs = d->cache.base ? vmf_jobs_new(d->cache.base, VMF_WORKER_THREADS + opts->max_miss_clones, reserve) : NULL;
 	if (!d->cache.jobs) {
 		r = vmf_err(err, ENOMEM, "cannot set up the event loop");
 		goto out;

@@ -35,6 +35,9 @@
 #define VMF_CONTROL_MAX_FRAME VMF_CLIENT_MAX_FRAME
 #define VMF_CONTROL_VERSION VMF_CONTROL_PROTOCOL_VERSION
 #define VMF_DEFAULT_GETVM_TIMEOUT_MS 60000
+/* Worker threads besides one per miss; pool work may occupy all but one
+ * (vmf_daemon_run), which bounds a pool's clones at once too. */
+#define VMF_WORKER_THREADS 8
 #define VMF_DESTROY_LOST_MAX 64
 
 /* Hand-out steps, timed separately (status and metrics show each). */
@@ -101,6 +104,8 @@ struct vmf_daemon {
 	struct vmf_snap_list snaps;      /* snapshot templates: owners, names, bytes */
 	uint64_t limit_refusals[VMF_LIMIT_COUNT];
 	unsigned miss_clones;            /* GetVM misses cloning now (bounded by opts.max_miss_clones) */
+	unsigned host_cpus;              /* online at start: bounds clone parallelism */
+	uint64_t host_mem_mib;           /* MemAvailable at start, 0 = unknown */
 	uint32_t destroyed;              /* VMs stopped since destroy began */
 	struct vmf_conn *destroy_conn;   /* the Destroy waiting for its reply */
 	bool destroy_all;                /* ... with all: assigned VMs stop too */

@@ -137,6 +137,28 @@ render(struct vmf_daemon *d, struct evbuffer *b)
 					    seen[i].v, seen[i].m, seen[i].n);
 	}
 
+	evbuffer_add_printf(b, "# HELP vmfactory_pool_queued GetVMs waiting for a pool's next ready clone\n"
+			       "# TYPE vmfactory_pool_queued gauge\n");
+	METRIC_POOLS(p, d)
+		evbuffer_add_printf(b, "vmfactory_pool_queued{pool=\"%s\"} %u\n", p->name, p->queued);
+	evbuffer_add_printf(b, "# HELP vmfactory_pool_clone_parallelism clones a pool starts at once now\n"
+			       "# TYPE vmfactory_pool_clone_parallelism gauge\n");
+	METRIC_POOLS(p, d)
+		evbuffer_add_printf(b, "vmfactory_pool_clone_parallelism{pool=\"%s\"} %u\n", p->name,
+				    vmf_pool_parallelism(p));
+	evbuffer_add_printf(b, "# HELP vmfactory_queue_total how GetVMs that found a pool exhausted ended: served "
+			       "from its queue, timed out there, left (client gone), refused (queue or tenant full)\n"
+			       "# TYPE vmfactory_queue_total counter\n");
+	METRIC_POOLS(p, d) {
+		const char *what[] = { "served", "timeout", "left", "refused" };
+		uint64_t n[] = { p->queue_served, p->queue_timeouts, p->queue_left, p->queue_refused };
+		for (int i = 0; i < 4; i++)
+			evbuffer_add_printf(b, "vmfactory_queue_total{pool=\"%s\",outcome=\"%s\"} %llu\n", p->name,
+					    what[i], (unsigned long long)n[i]);
+	}
+	evbuffer_add_printf(b, "# HELP vmfactory_queue_wait_seconds how long GetVMs waited in a pool's queue\n"
+			       "# TYPE vmfactory_queue_wait_seconds histogram\n");
+	histogram(b, "vmfactory_queue_wait_seconds", NULL, &d->cache.queue_hist);
 	evbuffer_add_printf(b, "# HELP vmfactory_handout_seconds GetVM, request to reply, as the daemon times it\n"
 			       "# TYPE vmfactory_handout_seconds histogram\n");
 	histogram(b, "vmfactory_handout_seconds", NULL, &d->hist[VMF_STEP_TOTAL]);

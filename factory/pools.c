@@ -73,6 +73,8 @@ setup_pool(struct vmf_daemon *d, const struct vmf_pool_spec *ps, struct vmf_erro
 	p->shape.memory_mib = ps->shape_memory_mib == VMF_SHAPE_AUTO ? ps->size * ps->memory_mib / 2
 		: ps->shape_memory_mib;
 	p->parallelism = o->fill_parallelism ? o->fill_parallelism : 2;
+	p->max_parallelism = vmf_pool_clone_cap(o->clone_parallelism, d->host_cpus, d->host_mem_mib, ps->memory_mib,
+						VMF_WORKER_THREADS - 1);
 	int r = set_policy(&p->stop, p->cgroups, &p->n_cgroups, ps->stop, ps->stop_timeout_s, ps->on_guest_reset,
 			   ps->cgroup, err);
 	p->params.on_guest_reset = p->stop.keep_on_reset ? "keep" : "stop";
@@ -141,6 +143,8 @@ vmf_daemon_template_pool(struct vmf_daemon *d, const char *pool_name, unsigned s
 	p->params.hotplug_ports = rec->spec->hotplug_ports;
 	p->target = size;
 	p->parallelism = o->fill_parallelism ? o->fill_parallelism : 2;
+	p->max_parallelism = vmf_pool_clone_cap(o->clone_parallelism, d->host_cpus, d->host_mem_mib,
+						p->spec->memory_mib, VMF_WORKER_THREADS - 1);
 	p->stop = d->cache.stop_default;
 	p->params.on_guest_reset = p->stop.keep_on_reset ? "keep" : "stop";
 	p->img = d->img;

@@ -145,6 +145,10 @@ finish_destroy_if_done(struct vmf_daemon *d)
 void
 vmf_daemon_settle(struct vmf_daemon *d)
 {
+	/* Nothing serves a waiting GetVM from here on. */
+	if (d->cache.stopping)
+		vmf_cache_queue_flush(&d->cache, d->cache.destroying ? "the daemon is being destroyed"
+				      : "the daemon is shutting down");
 	if (d->cache.loop_done)
 		return;
 	if (d->destroy_conn) {

@@ -508,6 +508,29 @@ vm_count(void)
 }
 
 void
+vm_of_sandbox(const char *sandbox, char *state, size_t n)
+{
+	json_object *s = vmf_json("status -o json%s", "");
+	json_object *vms = path(s, "vms", NULL);
+	state[0] = '\0';
+	for (size_t i = 0; i < json_object_array_length(vms); i++) {
+		json_object *v = json_object_array_get_idx(vms, i);
+		if (!strcmp(json_object_get_string(path(v, "sandbox_id", NULL)), sandbox))
+			snprintf(state, n, "%s", json_object_get_string(path(v, "state", NULL)));
+	}
+	json_object_put(s);
+}
+
+void
+fault_gate(const char *name, const char *value)
+{
+	char p[700];
+	struct vmf_error e = {0};
+	snprintf(p, sizeof p, "%s/gate-%s", run, name);
+	ck_assert_msg(vmf_write_file_atomic(p, value, strlen(value), 0600, &e) == 0, "%s", e.msg);
+}
+
+void
 kill_daemon_hard(void)
 {
 	int pid = daemon_pid();
@@ -1026,19 +1049,26 @@ tenant_dir(const char *user, uid_t uid, char *dir, size_t n)
 }
 
 int
+get_into(uid_t uid, const char *share, const char *sockd, const char *sandbox, unsigned timeout_ms, char *msg,
+	 size_t n)
+{
+	Vmf__Control__GetVMRequest req = VMF__CONTROL__GET_VMREQUEST__INIT;
+	req.vcpus = 1;
+	req.memory_mib = 256;
+	req.sandbox_id = (char *)sandbox;
+	req.share_dir = (char *)share;
+	req.sock_dir = (char *)sockd;
+	req.timeout_ms = timeout_ms;
+	return call_as(uid, req_get, &req, msg, n);
+}
+
+int
 tenant_get(uid_t uid, const char *dir, const char *sandbox, char *id, size_t n)
 {
 	char share[700], sockd[700], msg[1100];
 	snprintf(share, sizeof share, "%s/share", dir);
 	snprintf(sockd, sizeof sockd, "%s/sock", dir);
-	Vmf__Control__GetVMRequest req = VMF__CONTROL__GET_VMREQUEST__INIT;
-	req.vcpus = 1;
-	req.memory_mib = 256;
-	req.sandbox_id = (char *)sandbox;
-	req.share_dir = share;
-	req.sock_dir = sockd;
-	req.timeout_ms = 120000;
-	int rc = call_as(uid, req_get, &req, msg, sizeof msg);
+	int rc = get_into(uid, share, sockd, sandbox, 120000, msg, sizeof msg);
 	if (rc == 0)
 		msg[strcspn(msg, " ")] = '\0';
 	snprintf(id, n, "%s", msg);

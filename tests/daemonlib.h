@@ -72,6 +72,11 @@ const char *vm_listed_state(const char *id);
 /* Pids of the VMs in status with the given state, sorted, as a string. */
 void pids_in_state(const char *want, char *out, size_t n);
 void kill_daemon_hard(void);
+/* The state of the VM handed (or being handed) to sandbox, "" if none. */
+void vm_of_sandbox(const char *sandbox, char *state, size_t n);
+/* A fault-injection gate (VMFACTORY_FAULT=gates): <run>/gate-NAME holds
+ * value, how many clones named name may pass, or "fail". */
+void fault_gate(const char *name, const char *value);
 void assert_daemon_log_clean(void);
 
 /* QEMU processes whose command line mentions our run dir; qemu_gone()
@@ -180,6 +185,10 @@ void tenant_dir(const char *user, uid_t uid, char *dir, size_t n);
 /* GetVM of 1 vCPU and 256 MiB as uid into dir/share and dir/sock: 0 with
  * the VM's id in id, or -errno with the error's sentence there. */
 int tenant_get(uid_t uid, const char *dir, const char *sandbox, char *id, size_t n);
+/* The same into share and sockd with timeout_ms: 0 with "ID OWNER_UID" in
+ * msg, or -errno with the error's sentence there. */
+int get_into(uid_t uid, const char *share, const char *sockd, const char *sandbox, unsigned timeout_ms, char *msg,
+	     size_t n);
 /* Each request type for call_as().  arg: get a GetVMRequest (out: "ID
  * OWNER_UID"), attach an AttachRequest (out: the guest path), detach and
  * snapshot a const char *[2] {vm id, path or template name} (snapshot's

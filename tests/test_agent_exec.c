@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pwd.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -475,6 +476,160 @@ START_TEST(disconnect_kills_the_process_group)
 }
 END_TEST
 
+
+static struct vmf_exec_entry *
+find_entry(struct vmf_client_agent *a, uint64_t id, struct vmf_exec_entry *out)
+{
+	struct vmf_exec_entry *v;
+	size_t n;
+	struct vmf_error e = {0};
+	ck_assert_msg(vmf_client_exec_list(a, &v, &n, 10000, &e) == 0, "%s", e.msg);
+	bool found = false;
+	for (size_t i = 0; i < n; i++)
+		if (v[i].exec_id == id) {
+			*out = v[i];
+			found = true;
+		}
+	free(v);
+	return found ? out : NULL;
+}
+
+struct entry_wait {
+	struct vmf_client_agent *a;
+	uint64_t id;
+	struct vmf_exec_entry e;
+};
+
+static bool
+entry_exited(void *arg)
+{
+	struct entry_wait *w = arg;
+	return find_entry(w->a, w->id, &w->e) && w->e.exited;
+}
+
+static bool
+entry_dropped(void *arg)
+{
+	struct entry_wait *w = arg;
+	return find_entry(w->a, w->id, &w->e) && w->e.dropped >= 200000 - 64 * 1024;
+}
+
+/* A kept process outlives the connection that started it: it runs as a
+ * named user with its login environment and the sandbox's, its output is
+ * held (the last 64 KiB) while nobody is attached, a second connection
+ * lists it, attaches by tag and gets the held output, writes its stdin
+ * and gets its exit; a third cannot take it meanwhile; a detached one is
+ * killed by exec id from another connection and its exit collected by
+ * pid.  Requests out of bounds are refused with sentences. */
+START_TEST(kept_processes_outlive_their_connection)
+{
+	struct passwd *pw = getpwuid(getuid());
+	ck_assert_ptr_nonnull(pw);
+	char user[64], home[600];
+	snprintf(user, sizeof user, "%s", pw->pw_name);
+	snprintf(home, sizeof home, "%s", pw->pw_dir);
+	struct vmf_error e = {0};
+	struct vmf_client_agent *a = conn();
+	ck_assert_msg(vmf_client_agent_set_env(a, (const char *const[]){ "SANDBOX_V=sb", "SHARED=sandbox", NULL },
+					       10000, &e) == 0, "%s", e.msg);
+	struct vmf_exec_opts o = { .keep = 1, .tag = "srv", .user = user,
+				   .env = (const char *const[]){ "SHARED=request", NULL } };
+	uint64_t id = start(a, (const char *const[]){ "sh", "-c",
+		"echo \"$SANDBOX_V $SHARED $USER $LOGNAME $HOME $PWD\"; read l; echo \"got $l\"; "
+		"head -c 200000 /dev/zero | tr '\\0' x; echo; echo END; read l; exit 7", NULL }, &o);
+	/* The tag is the table's: a second one is refused. */
+	o.keep = 0;
+	o.argv = (const char *const[]){ "true", NULL };
+	uint64_t other;
+	ck_assert_int_eq(vmf_client_exec_start(a, &o, &other, 10000, &e), -EEXIST);
+	ck_assert_msg(strstr(e.msg, "tag 'srv'"), "%s", e.msg);
+	o.tag = NULL;
+	o.user = "no-such-user-here";
+	ck_assert_int_eq(vmf_client_exec_start(a, &o, &other, 10000, &e), -ENOENT);
+	ck_assert_msg(strstr(e.msg, "no user 'no-such-user-here'"), "%s", e.msg);
+
+	char want[1400], first[1400] = "";
+	snprintf(want, sizeof want, "sb request %s %s %s %s\n", user, user, home, home);
+	size_t nfirst = 0;
+	while (!strchr(first, '\n')) {
+		struct vmf_exec_event ev;
+		ck_assert_msg(vmf_client_agent_next_event(a, &ev, 30000, &e) == 0, "%s", e.msg);
+		ck_assert_int_eq(ev.type, VMF_EXEC_EV_OUTPUT);
+		ck_assert_uint_lt(nfirst + ev.len, sizeof first);
+		memcpy(first + nfirst, ev.data, ev.len);
+		nfirst += ev.len;
+		first[nfirst] = '\0';
+	}
+	ck_assert_str_eq(first, want);
+	ck_assert_int_eq(vmf_client_exec_input(a, id, "hello\n", 6, 0, &e), 6);
+	ck_assert_int_eq(vmf_client_agent_flush(a, &e), 0);
+	vmf_client_agent_close(a);
+
+	/* Detached: listed, not attached; its 200 KB of output meanwhile held
+	 * to the last 64 KiB. */
+	struct vmf_client_agent *b = conn();
+	struct vmf_exec_entry ent;
+	struct entry_wait dw = { b, id, {0} };
+	wait_until(entry_dropped(&dw), 20000, "the detached process's output held and the oldest dropped");
+	ck_assert_ptr_nonnull(find_entry(b, id, &ent));
+	ck_assert_str_eq(ent.tag, "srv");
+	ck_assert(ent.keep && !ent.exited);
+	ck_assert_msg(strstr(ent.cmd, "sh -c echo"), "%s", ent.cmd);
+	ck_assert_str_eq(ent.cwd, home);
+	uint64_t got;
+	int pid = 0;
+	ck_assert_int_eq(vmf_client_exec_attach(b, id, 0, "srv", 0, &got, &pid, 10000, &e), -EINVAL);
+	ck_assert_msg(strstr(e.msg, "exactly one"), "%s", e.msg);
+	ck_assert_int_eq(vmf_client_exec_attach(b, 0, 0, "nothing", 0, &got, &pid, 10000, &e), -ESRCH);
+	ck_assert_msg(vmf_client_exec_attach(b, 0, 0, "srv", 0, &got, &pid, 10000, &e) == 0, "%s", e.msg);
+	ck_assert_uint_eq(got, id);
+	ck_assert_int_gt(pid, 1);
+	struct vmf_client_agent *c = conn();
+	ck_assert_int_eq(vmf_client_exec_attach(c, 0, pid, NULL, 0, &got, NULL, 10000, &e), -EBUSY);
+	ck_assert_msg(strstr(e.msg, "another connection"), "%s", e.msg);
+	ck_assert_int_eq(vmf_client_exec_attach(b, 0, pid, NULL, 0, &got, NULL, 10000, &e), -EALREADY);
+
+	char *out = calloc(1, 1);
+	size_t nout = 0;
+	while (!strstr(out, "END\n")) {
+		struct vmf_exec_event ev;
+		ck_assert_msg(vmf_client_agent_next_event(b, &ev, 30000, &e) == 0, "%s", e.msg);
+		ck_assert_int_eq(ev.type, VMF_EXEC_EV_OUTPUT);
+		append(&out, &nout, ev.data, ev.len);
+	}
+	ck_assert_msg(nout <= 64 * 1024 + 16, "%zu bytes of held output came (at most 64 KiB are held)", nout);
+	ck_assert_msg(nout > 60000, "only %zu bytes of held output came", nout);
+	ck_assert_ptr_nonnull(find_entry(b, id, &ent));
+	ck_assert(ent.attached);
+	free(out);
+	ck_assert_int_eq(vmf_client_exec_input(b, id, "bye\n", 4, 1, &e), 4);
+	struct result r;
+	wait_exit(b, id, &r);
+	ck_assert_int_eq(r.exit_code, 7);
+	result_free(&r);
+	ck_assert_ptr_null(find_entry(b, id, &ent));
+
+	/* Killed while detached, from another connection; its exit kept for
+	 * whoever attaches, then gone from the table. */
+	o = (struct vmf_exec_opts){ .keep = 1, .tag = "sleeper" };
+	uint64_t sl = start(b, (const char *const[]){ "sleep", "1000", NULL }, &o);
+	vmf_client_agent_close(b);
+	ck_assert_msg(vmf_client_exec_signal(c, sl, SIGKILL, &e) == 0, "%s", e.msg);
+	struct entry_wait w = { c, sl, {0} };
+	wait_until(entry_exited(&w), 10000, "the detached process's exit in the table");
+	ck_assert_int_eq(w.e.signal, SIGKILL);
+	ck_assert_msg(vmf_client_exec_signal(c, sl, SIGKILL, &e) == 0, "a second kill: %s", e.msg);
+	ck_assert_msg(vmf_client_exec_attach(c, 0, w.e.pid, NULL, 0, &got, NULL, 10000, &e) == 0, "%s", e.msg);
+	wait_exit(c, sl, &r);
+	ck_assert_int_eq(r.signal, SIGKILL);
+	result_free(&r);
+	ck_assert_ptr_null(find_entry(c, sl, &ent));
+	/* A process started without keep still ends with its connection. */
+	ck_assert_int_eq(vmf_client_exec_signal(c, id, SIGKILL, &e), -ESRCH);
+	vmf_client_agent_close(c);
+}
+END_TEST
+
 static void
 raw_send(int fd, Vmf__Agent__AgentRequest *req, uint64_t id)
 {
@@ -512,6 +667,53 @@ raw_call(int fd, Vmf__Agent__AgentRequest *req, uint64_t id)
 	raw_send(fd, req, id);
 	return raw_reply(fd, id);
 }
+
+
+static bool
+reaped(pid_t pid)
+{
+	return waitpid(pid, NULL, WNOHANG) == pid;
+}
+
+/* A test stream's end ends the agent, and a kept process with it:
+ * nothing outlives the agent that started it. */
+START_TEST(a_stream_agent_ends_with_its_kept_processes)
+{
+	int sv[2];
+	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	pid_t ag = vmf_test_fork();
+	if (ag == 0) {
+		dup2(sv[1], 3);
+		execl(vmf_test_agent_path(), "vmf-agent", "--fd", "3", "--share-dir", dir, (char *)NULL);
+		_exit(127);
+	}
+	close(sv[1]);
+	Vmf__Agent__AgentRequest req = VMF__AGENT__AGENT_REQUEST__INIT;
+	Vmf__Agent__ExecStart x = VMF__AGENT__EXEC_START__INIT;
+	char *argv[] = { "sleep", "1000" };
+	x.n_argv = 2;
+	x.argv = argv;
+	x.keep = true;
+	req.body_case = VMF__AGENT__AGENT_REQUEST__BODY_EXEC_START;
+	req.exec_start = &x;
+	Vmf__Agent__AgentReply *r = raw_call(sv[0], &req, 7);
+	ck_assert_int_eq(r->body_case, VMF__AGENT__AGENT_REPLY__BODY_EXEC_STARTED);
+	pid_t pid = r->exec_started->pid;
+	vmf__agent__agent_reply__free_unpacked(r, NULL);
+	ck_assert_int_eq(kill(pid, 0), 0);
+	close(sv[0]);
+	bool ended = false;
+	poll_until((ended = reaped(ag)), 10000);
+	if (!ended) {
+		/* Nothing left behind when it fails. */
+		kill(ag, SIGKILL);
+		waitpid(ag, NULL, 0);
+		kill(pid, SIGKILL);
+		ck_abort_msg("the agent did not end with its stream");
+	}
+	wait_until(kill(pid, 0) < 0, 10000, "its kept process %d ends with it", (int)pid);
+}
+END_TEST
 
 /* Requests for a process that is not there, or out of bounds, are answered
  * with their id and a sentence; a stdin beyond the window is refused. */
@@ -761,6 +963,8 @@ main(void)
 	tcase_set_timeout(tc, 120);
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_add_test(tc, stdout_stderr_and_exit_status);
+	tcase_add_test(tc, kept_processes_outlive_their_connection);
+	tcase_add_test(tc, a_stream_agent_ends_with_its_kept_processes);
 	tcase_add_test(tc, signal_timeout_and_signal_request);
 	tcase_add_test(tc, env_cwd_and_tty);
 	tcase_add_test(tc, stdin_streamed_through_cat);

@@ -40,6 +40,7 @@ enum behavior {
 	OUTPUT_FLOOD,       /* exec: output frames without waiting for credit */
 	UNKNOWN_EXEC,       /* exec: output for a process nobody started */
 	EXEC_THEN_ZEROS,    /* exec: started, then cat /dev/zero */
+	TABLE_LIES,         /* process table: hostile strings, endless pages, wrong attach */
 	FILE_LIES,          /* files: more data than asked, names not UTF-8, empty pages "with more" */
 };
 
@@ -202,6 +203,56 @@ peer_strings(struct peer *p, Vmf__Agent__AgentRequest *q)
 	peer_reply(p, &r);
 }
 
+/* After the reset: ExecList first answered with hostile strings, then
+ * with pages that never end (100 entries, more, forever); ExecAttach with
+ * an exec id other than the one asked for, then with one already
+ * attached. */
+static void
+peer_table(struct peer *p)
+{
+	Vmf__Agent__AgentRequest *q;
+	if (!peer_ack_reset(p))
+		return;
+	static Vmf__Agent__ExecEntry ents[100];
+	static Vmf__Agent__ExecEntry *ev[100];
+	char *argv[2] = { (char *)hostile, "x" };
+	for (int i = 0; i < 100; i++) {
+		vmf__agent__exec_entry__init(&ents[i]);
+		ents[i].exec_id = (uint64_t)i + 1;
+		ents[i].pid = 100 + i;
+		ents[i].tag = ents[i].cwd = (char *)hostile;
+		ents[i].argv = argv;
+		ents[i].n_argv = 2;
+		ev[i] = &ents[i];
+	}
+	unsigned lists = 0, attaches = 0;
+	while ((q = peer_read(p, 3000))) {
+		Vmf__Agent__AgentReply rr = VMF__AGENT__AGENT_REPLY__INIT;
+		Vmf__Agent__ExecTable t = VMF__AGENT__EXEC_TABLE__INIT;
+		Vmf__Agent__ExecStarted st = VMF__AGENT__EXEC_STARTED__INIT;
+		rr.id = q->id;
+		if (q->body_case == VMF__AGENT__AGENT_REQUEST__BODY_EXEC_LIST) {
+			t.entries = ev;
+			t.n_entries = lists++ ? 100 : 2;
+			t.more = lists > 1;
+			rr.body_case = VMF__AGENT__AGENT_REPLY__BODY_EXEC_TABLE;
+			rr.exec_table = &t;
+		} else if (q->body_case == VMF__AGENT__AGENT_REQUEST__BODY_EXEC_ATTACH) {
+			st.exec_id = attaches++ ? 5 : q->exec_attach->exec_id + 1;
+			st.pid = 5;
+			st.stdin_window = 4u << 30;
+			rr.body_case = VMF__AGENT__AGENT_REPLY__BODY_EXEC_STARTED;
+			rr.exec_started = &st;
+		} else {
+			rr.error_code = EIO;
+			rr.error_message = "no";
+		}
+		vmf__agent__agent_request__free_unpacked(q, NULL);
+		if (!peer_reply(p, &rr))
+			return;
+	}
+}
+
 /* The library's ExecReset answered, then every file request with a lie. */
 static void
 peer_file_lies(struct peer *p)
@@ -315,6 +366,9 @@ peer_main(void *arg)
 		if (peer_exec_session(p))
 			peer_output(p, EXEC_ID + 1);
 		break;
+	case TABLE_LIES:
+		peer_table(p);
+		return NULL;
 	case FILE_LIES:
 		peer_file_lies(p);
 		return NULL;
@@ -675,6 +729,48 @@ START_TEST(exec_connect_to_a_flood_or_silence)
 }
 END_TEST
 
+/* The process table's answers are the guest's: strings come out escaped,
+ * a table longer than the agent's limit (pages without end) and an attach
+ * answered for another process (or one attached already) fail with
+ * sentences, fast, memory flat. */
+START_TEST(process_table_lies_are_refused)
+{
+	struct peer p;
+	peer_listen(&p, TABLE_LIES, dir);
+	struct vmf_client_agent *a = NULL;
+	struct vmf_error e = {0};
+	ck_assert_msg(vmf_client_agent_connect(p.path, "unix", 0, 5000, NULL, NULL, &a, &e) == 0, "%s", e.msg);
+	struct vmf_exec_entry *v;
+	size_t n;
+	ck_assert_msg(vmf_client_exec_list(a, &v, &n, 5000, &e) == 0, "%s", e.msg);
+	ck_assert_uint_eq(n, 2);
+	for (size_t i = 0; i < n; i++) {
+		ck_assert_msg(!strchr(v[i].tag, 0x1b) && !strchr(v[i].cmd, 0x1b) && !strchr(v[i].cwd, 0x1b),
+			      "raw escape in %s / %s / %s", v[i].tag, v[i].cmd, v[i].cwd);
+		ck_assert_msg(vmf_utf8_valid(v[i].cmd, strlen(v[i].cmd)), "%s", v[i].cmd);
+	}
+	free(v);
+	long rss0 = maxrss_kib();
+	int64_t t0 = vmf_now_ms();
+	int r = vmf_client_exec_list(a, &v, &n, 5000, &e);
+	ck_assert_msg(r == -EPROTO && strstr(e.msg, "more than its table holds"), "%d: %s", r, e.msg);
+	ck_assert_msg(vmf_now_ms() - t0 < slack(2000), "took %lld ms", (long long)(vmf_now_ms() - t0));
+	if (!vmf_test_under_valgrind())
+		ck_assert_msg(maxrss_kib() - rss0 < 16 * 1024, "RSS grew by %ld KiB", maxrss_kib() - rss0);
+	uint64_t got;
+	r = vmf_client_exec_attach(a, 9, 0, NULL, 0, &got, NULL, 5000, &e);
+	ck_assert_msg(r == -EPROTO && strstr(e.msg, "when 9 was asked for"), "%d: %s", r, e.msg);
+	ck_assert_msg(vmf_client_exec_attach(a, 0, 5, NULL, 0, &got, NULL, 5000, &e) == 0, "%s", e.msg);
+	ck_assert_uint_eq(got, 5);
+	/* Its stdin window is what the library believes at most. */
+	ck_assert_uint_le(vmf_client_exec_stdin_room(a, 5), 1u << 20);
+	r = vmf_client_exec_attach(a, 0, 5, NULL, 0, &got, NULL, 5000, &e);
+	ck_assert_msg(r == -EPROTO && strstr(e.msg, "one this connection has already"), "%d: %s", r, e.msg);
+	vmf_client_agent_close(a);
+	peer_join(&p);
+}
+END_TEST
+
 /* The file calls take from a guest only what they asked for: more data
  * than asked fails the call, an empty page that claims more ends the
  * listing, a type out of range is "other", the strings come out valid
@@ -736,6 +832,7 @@ main(void)
 	tcase_add_test(tl, exec_output_for_no_process_ends_the_connection);
 	tcase_add_test(tl, exec_flood_of_zeros_ends_the_connection);
 	tcase_add_test(tl, exec_connect_to_a_flood_or_silence);
+	tcase_add_test(tl, process_table_lies_are_refused);
 	tcase_add_test(tl, file_replies_that_lie);
 	suite_add_tcase(s, tl);
 	return vmf_test_run(s);

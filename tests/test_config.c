@@ -51,6 +51,10 @@ dump(const struct vmf_config *c)
 		"tenant_max_snapshot_mib=%u\n", o->serial_log_kib, o->scratch_max_mib, o->scratch_max_volumes,
 		o->tenant_max_vms, o->tenant_max_suspended, o->tenant_max_suspended_mib, o->tenant_max_snapshots,
 		o->tenant_max_snapshot_mib);
+	/* The queue, where not the defaults. */
+	if (o->max_queue != 256 || o->tenant_max_queued != 32 || o->get_timeout_s != 60 || o->clone_parallelism)
+		fprintf(f, "queue = max_queue=%u tenant_max_queued=%u get_timeout=%u clone_parallelism=%u\n",
+			o->max_queue, o->tenant_max_queued, o->get_timeout_s, o->clone_parallelism);
 	/* The stop policy and cgroups, where not the defaults. */
 	if (strcmp(o->stop, "flush") || o->stop_timeout_s != 10 || strcmp(o->on_guest_reset, "stop") || o->cgroup)
 		fprintf(f, "stop = %s, stop_timeout = %u, on_guest_reset = %s, cgroup = %s\n", o->stop, o->stop_timeout_s,

@@ -463,6 +463,77 @@ START_TEST(shape_stale_clones_are_replaced_once_unwanted)
 }
 END_TEST
 
+/* A queue's waiters are served round-robin across uids, in arrival
+ * order within one: a uid's burst does not make another's request wait
+ * behind all of it. */
+START_TEST(queue_serves_uids_in_turn)
+{
+	struct vmf_pool p = {0};
+	const uid_t arrivals[] = { 1, 1, 1, 2, 3, 3, 1 };
+	enum { N = sizeof(arrivals) / sizeof(arrivals[0]) };
+	struct vmf_waiter w[N];
+	memset(w, 0, sizeof(w));
+	ck_assert_ptr_null(vmf_pool_next_waiter(&p));
+	for (int i = 0; i < N; i++) {
+		w[i].uid = arrivals[i];
+		vmf_pool_waiter_add(&p, &w[i]);
+	}
+	ck_assert_uint_eq(p.queued, N);
+	ck_assert_uint_eq(vmf_pool_queued_by(&p, 1), 4);
+	ck_assert_uint_eq(vmf_pool_queued_by(&p, 3), 2);
+	/* uid 1's first, then 2's and 3's before 1's second. */
+	const int want[] = { 0, 3, 4, 1, 5, 2, 6 };
+	for (int k = 0; k < N; k++) {
+		struct vmf_waiter *n = vmf_pool_next_waiter(&p);
+		ck_assert_msg(n == &w[want[k]], "turn %d went to waiter %d (uid %u), not %d", k, (int)(n - w),
+			      (unsigned)n->uid, want[k]);
+		vmf_pool_waiter_remove(&p, n, true);
+	}
+	ck_assert_uint_eq(p.queued, 0);
+	ck_assert_ptr_null(vmf_pool_next_waiter(&p));
+	/* One that leaves unserved takes no turn from its uid. */
+	w[0].uid = 1, w[1].uid = 2, w[2].uid = 1;
+	vmf_pool_waiter_add(&p, &w[0]);
+	vmf_pool_waiter_add(&p, &w[1]);
+	vmf_pool_waiter_add(&p, &w[2]);
+	vmf_pool_waiter_remove(&p, &w[0], false);
+	ck_assert_ptr_eq(vmf_pool_next_waiter(&p), &w[1]);
+	vmf_pool_waiter_remove(&p, &w[1], true);
+	ck_assert_ptr_eq(vmf_pool_next_waiter(&p), &w[2]);
+}
+END_TEST
+
+/* The queue deepens the fill, up to the host's bound. */
+START_TEST(fill_grows_with_the_queue_within_the_host)
+{
+	struct vmf_pool p = {0};
+	p.target = 8;
+	p.parallelism = 2;
+	p.tpl = &tpl;
+	p.max_parallelism = 6;
+	ck_assert_uint_eq(vmf_pool_clones_to_start(&p, 0), 2);
+	p.queued = 3;
+	ck_assert_uint_eq(vmf_pool_parallelism(&p), 5);
+	ck_assert_uint_eq(vmf_pool_clones_to_start(&p, 0), 5);
+	p.queued = 40;
+	ck_assert_uint_eq(vmf_pool_parallelism(&p), 6);
+	/* A full pool still clones for its waiters. */
+	p.ready = 8;
+	p.filling = 2;
+	ck_assert_uint_eq(vmf_pool_clones_to_start(&p, 0), 4);
+	p.queued = 0;
+	ck_assert_uint_eq(vmf_pool_clones_to_start(&p, 0), 0);
+	/* The bound: configured, else cores, else what memory holds; never
+	 * beyond the pool's workers. */
+	ck_assert_uint_eq(vmf_pool_clone_cap(3, 16, 0, 512, 7), 3);
+	ck_assert_uint_eq(vmf_pool_clone_cap(0, 4, 65536, 512, 7), 4);
+	ck_assert_uint_eq(vmf_pool_clone_cap(0, 16, 65536, 512, 7), 7);
+	ck_assert_uint_eq(vmf_pool_clone_cap(0, 16, 1024, 512, 7), 2);
+	ck_assert_uint_eq(vmf_pool_clone_cap(0, 16, 100, 512, 7), 1);
+	ck_assert_uint_eq(vmf_pool_clone_cap(0, 0, 0, 512, 7), 1);
+}
+END_TEST
+
 int
 main(void)
 {
@@ -480,6 +551,8 @@ main(void)
 	tcase_add_test(tc, shape_next_clone_fills_the_plan_within_cap_and_budget);
 	tcase_add_test(tc, shape_pick_prefers_exact_then_no_hot_add_never_smaller);
 	tcase_add_test(tc, shape_stale_clones_are_replaced_once_unwanted);
+	tcase_add_test(tc, queue_serves_uids_in_turn);
+	tcase_add_test(tc, fill_grows_with_the_queue_within_the_host);
 	suite_add_tcase(s, tc);
 	return vmf_test_run(s);
 }

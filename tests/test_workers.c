@@ -18,15 +18,6 @@
 #include "util.h"
 
 static void
-gate(const char *name, const char *value)
-{
-	char p[700];
-	struct vmf_error e = {0};
-	snprintf(p, sizeof p, "%s/gate-%s", run, name);
-	ck_assert_msg(vmf_write_file_atomic(p, value, strlen(value), 0600, &e) == 0, "%s", e.msg);
-}
-
-static void
 write_config(char *conf, size_t n, const char *text)
 {
 	struct vmf_error e = {0};
@@ -62,21 +53,6 @@ wait_pool_count(const char *key, int want, int ms)
 	return v >= want;
 }
 
-/* The state of the VM handed (or being handed) to sandbox, "" if none. */
-static void
-vm_of_sandbox(const char *sandbox, char *state, size_t n)
-{
-	json_object *s = vmf_json("status -o json%s", "");
-	json_object *vms = path(s, "vms", NULL);
-	state[0] = '\0';
-	for (size_t i = 0; i < json_object_array_length(vms); i++) {
-		json_object *v = json_object_array_get_idx(vms, i);
-		if (!strcmp(json_object_get_string(path(v, "sandbox_id", NULL)), sandbox))
-			snprintf(state, n, "%s", json_object_get_string(path(v, "state", NULL)));
-	}
-	json_object_put(s);
-}
-
 struct timed_get {
 	struct got g;
 	int64_t ms;
@@ -104,16 +80,17 @@ finished_within(struct timed_get *t, int ms)
 /* Hits are not held behind clones.  Eight clone jobs held at the gate (as many as the
  * daemon has workers): a GetVM for the ready VM is still served at once,
  * and a second GetVM, a miss, may clone (also held) while a third miss
- * beyond max_miss_clones = 1 fails at once with EAGAIN. */
+ * beyond max_miss_clones = 1, with no queue to wait in (max_queue = 0),
+ * fails at once with EAGAIN. */
 START_TEST(hits_do_not_wait_for_clones_and_misses_are_bounded)
 {
 	/* One ready VM, adopted by the daemon started next. */
 	ck_assert_int_eq(vmf(NULL, "init --pool 1 --wait"), 0);
 	kill_daemon_hard();
 	char conf[700];
-	write_config(conf, sizeof conf, "[daemon]\nfill_parallelism = 8\nmax_miss_clones = 1\n");
-	gate("clone", "0");
-	gate("miss", "0");
+	write_config(conf, sizeof conf, "[daemon]\nfill_parallelism = 8\nmax_miss_clones = 1\nmax_queue = 0\n");
+	fault_gate("clone", "0");
+	fault_gate("miss", "0");
 	fault = "gates";
 	ck_assert_int_eq(vmf(NULL, "init --config %s --pool 9", conf), 0);
 	fault = NULL;
@@ -125,8 +102,8 @@ START_TEST(hits_do_not_wait_for_clones_and_misses_are_bounded)
 	pthread_create(&th, NULL, timed_get_thread, &hit);
 	bool served = finished_within(&hit, 60000);
 	if (!served) {
-		gate("clone", "fail");
-		gate("miss", "fail");
+		fault_gate("clone", "fail");
+		fault_gate("miss", "fail");
 	}
 	pthread_join(th, NULL);
 	printf("GetVM of a ready VM with 8 clone jobs held: %s in %lld ms\n", hit.g.rc == 0 ? "served" : "failed",
@@ -148,13 +125,13 @@ START_TEST(hits_do_not_wait_for_clones_and_misses_are_bounded)
 	int64_t over_ms = vmf_now_ms() - t0;
 	printf("a miss beyond max_miss_clones: exit %d in %lld ms: %s", over.rc, (long long)over_ms, cli_stderr());
 	ck_assert_int_eq(over.rc, 1);
-	assert_words(cli_stderr(), "pool default exhausted: no ready VM, and 1 clone on demand already in flight "
-		     "(max_miss_clones = 1)", "a miss beyond max_miss_clones");
+	assert_words(cli_stderr(), "pool default exhausted: no ready VM, no room for a clone on demand|queues no "
+		     "request (max_queue = 0)", "a miss beyond max_miss_clones");
 	ck_assert_int_lt(over_ms, 10000);
 	/* The miss in flight completes once its gate opens; status meanwhile
 	 * reads the VM the worker prepares (TSan saw the sizes and the driver
 	 * handle written on the worker). */
-	gate("miss", "1");
+	fault_gate("miss", "1");
 	int statuses = 0;
 	struct vmf_wait w = vmf_wait_start(150000);
 	while (!finished_within(&miss, 20) && vmf_wait_more(&w)) {
@@ -172,7 +149,7 @@ START_TEST(hits_do_not_wait_for_clones_and_misses_are_bounded)
 	json_object_put(hit.g.rec);
 
 	/* The held clones fail; nothing is left. */
-	gate("clone", "fail");
+	fault_gate("clone", "fail");
 	ck_assert_int_eq(vmf(NULL, "destroy --all"), 0);
 	ck_assert_int_eq(qemu_gone(), 0);
 	assert_daemon_log_clean();
@@ -189,7 +166,7 @@ START_TEST(template_broken_under_clones_in_flight)
 	write_config(conf, sizeof conf, "[daemon]\nfill_parallelism = 2\n");
 	struct vmf_error e = {0};
 	ck_assert_int_eq(vmf_mkdir_p(run, 0700, &e), 0);
-	gate("clone", "0");
+	fault_gate("clone", "0");
 	fault = "gates";
 	ck_assert_int_eq(vmf(NULL, "init --config %s --pool 2", conf), 0);
 	fault = NULL;
@@ -208,9 +185,9 @@ START_TEST(template_broken_under_clones_in_flight)
 
 	/* The first finds it broken and the pool drops the template; then the
 	 * second checks it. */
-	gate("clone", "1");
+	fault_gate("clone", "1");
 	ck_assert_msg(wait_pool_count("failed", 1, 60000), "the first clone did not fail");
-	gate("clone", "2");
+	fault_gate("clone", "2");
 	bool second = wait_pool_count("failed", 2, 60000);
 	assert_daemon_log_clean();   /* first: a daemon that died says why there */
 	ck_assert_msg(second, "the second clone did not fail (daemon %s)", pool_count("failed") < 0 ? "gone" : "up");

@@ -160,6 +160,9 @@ void exec_window(struct agent_call *call);
 void exec_signal(struct agent_call *call);
 void exec_resize(struct agent_call *call);
 void exec_reset(struct agent_call *call);
+void exec_set_env(struct agent_call *call);
+void exec_list(struct agent_call *call);
+void exec_attach(struct agent_call *call);
 /* A connection that ended takes its processes with it. */
 void exec_conn_gone(struct conn *c);
 /* What moves processes along without an fd event (acks, exits, timeouts). */

@@ -13,6 +13,14 @@
 #define OUTPUT_WINDOW_MAX (16u << 20)
 #define PROCS_MAX 256u
 #define EXEC_ARGS_MAX 4096u
+/* Kept processes: output held per stream while detached, the tag's size,
+ * what ExecList shows of argv, the sandbox environment's bounds. */
+#define HELD_MAX (64u * 1024u)
+#define TAG_MAX 64u
+#define LIST_ARGS 16u
+#define LIST_ARG_LEN 256u
+#define SANDBOX_ENV_MAX 256u
+#define SANDBOX_ENV_BYTES (32u * 1024u)
 
 struct proc {
 	uint64_t id;
@@ -25,12 +33,20 @@ struct proc {
 	uint8_t *inbuf;              /* STDIN_WINDOW bytes */
 	size_t inlen;
 	uint32_t in_ack;             /* written or dropped, not yet acknowledged */
+	size_t in_orphan;            /* the first of inbuf came on a connection that is gone: never acknowledged */
 	bool in_close;               /* close stdin once inbuf is written */
 	bool exited;
 	int status;
 	bool timed_out;
 	int64_t deadline;            /* ms on CLOCK_MONOTONIC; 0 = none */
 	unsigned long long ticks;    /* its start time: its exec ledger entry */
+	bool keep;                   /* detached, not killed, when its connection ends */
+	char tag[TAG_MAX + 1];
+	char **argv;                 /* for ExecList: LIST_ARGS at most, cut */
+	char *cwd;
+	uint8_t *held[3];            /* output read while detached, by fd */
+	size_t held_len[3];
+	uint64_t dropped;            /* held output dropped (oldest first) */
 	struct proc *next;
 };
 
@@ -39,5 +55,11 @@ unsigned exec_count(void);
 /* Takes p into the list, its id assigned; returns the id. */
 uint64_t exec_adopt(struct proc *p);
 void close_fd(int *fd);
+/* The sandbox environment (ExecSetEnv), NULL-terminated; never NULL. */
+char *const *exec_sandbox_env(void);
+/* A full table loses its oldest exited, detached entry; false when none. */
+bool exec_evict_one(void);
+/* Whether a live entry of the table has this tag. */
+bool exec_tag_taken(const char *tag);
 
 #endif

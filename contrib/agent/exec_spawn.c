@@ -7,6 +7,8 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <limits.h>
+#include <pwd.h>
+#include <stdio.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -27,8 +29,18 @@ struct child_error {
 	int err;
 };
 
+/* Who a process runs as and where it starts: the request's, or its named
+ * user's from the guest's /etc/passwd. */
+struct run_as {
+	bool set_user;
+	uint32_t uid, gid;
+	char name[64], home[PATH_MAX], shell[PATH_MAX];
+	const char *cwd;
+};
+
 struct child_args {
 	const Vmf__Agent__ExecStart *x;
+	const struct run_as *ra;
 	char **argv, **env;
 	const char *path;            /* the environment's PATH */
 	const char *slave;           /* a tty's, or NULL */
@@ -57,15 +69,56 @@ set_nonblock(int fd)
 	fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
 }
 
-/* The environment a process starts with: a usable default, then the
- * request's KEY=VALUE entries (a key given twice: the last wins). */
+/* The guest's /etc/passwd entry of name, read without NSS (the agent is
+ * static): false when there is none. */
+static bool
+lookup_user(const char *name, struct run_as *ra)
+{
+	FILE *f = fopen("/etc/passwd", "re");
+	struct passwd *pw;
+	bool found = false;
+	while (f && !found && (pw = fgetpwent(f)))
+		if (!strcmp(pw->pw_name, name)) {
+			found = true;
+			ra->set_user = true;
+			ra->uid = pw->pw_uid;
+			ra->gid = pw->pw_gid;
+			snprintf(ra->name, sizeof(ra->name), "%s", pw->pw_name);
+			snprintf(ra->home, sizeof(ra->home), "%s", pw->pw_dir);
+			snprintf(ra->shell, sizeof(ra->shell), "%s", pw->pw_shell);
+		}
+	if (f)
+		fclose(f);
+	return found;
+}
+
+/* Sets (or replaces) kv in env, which has n entries; the new count. */
+static size_t
+env_put(char **env, size_t n, char *kv)
+{
+	const char *eq = strchr(kv, '=');
+	size_t k = 0;
+	while (k < n && !(strncmp(env[k], kv, (size_t)(eq - kv) + 1) == 0))
+		k++;
+	env[k] = kv;
+	return k == n ? n + 1 : n;
+}
+
+/* The environment a process starts with: a usable default, the named
+ * user's login environment, the sandbox's (ExecSetEnv), then the request's
+ * KEY=VALUE entries (a key given twice: the last wins).  login holds the
+ * user's strings. */
 static char **
-build_env(const Vmf__Agent__ExecStart *x, struct agent_call *call)
+build_env(const Vmf__Agent__ExecStart *x, const struct run_as *ra, char login[4][PATH_MAX + 16],
+	  struct agent_call *call)
 {
 	static const char *const defaults[] = { "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
 						"HOME=/root", "TERM=xterm" };
-	size_t nd = sizeof(defaults) / sizeof(defaults[0]);
-	char **env = calloc(nd + x->n_env + 1, sizeof(char *));
+	size_t nd = sizeof(defaults) / sizeof(defaults[0]), ns = 0;
+	char *const *senv = exec_sandbox_env();
+	while (senv[ns])
+		ns++;
+	char **env = calloc(nd + 4 + ns + x->n_env + 1, sizeof(char *));
 	if (!env) {
 		reply_error(call, ENOMEM, "out of memory for the environment");
 		return NULL;
@@ -73,6 +126,16 @@ build_env(const Vmf__Agent__ExecStart *x, struct agent_call *call)
 	size_t n = 0;
 	for (size_t i = 0; i < nd; i++)
 		env[n++] = (char *)defaults[i];
+	if (ra->name[0]) {
+		snprintf(login[0], PATH_MAX + 16, "HOME=%s", ra->home);
+		snprintf(login[1], PATH_MAX + 16, "USER=%s", ra->name);
+		snprintf(login[2], PATH_MAX + 16, "LOGNAME=%s", ra->name);
+		snprintf(login[3], PATH_MAX + 16, "SHELL=%s", ra->shell[0] ? ra->shell : "/bin/sh");
+		for (int i = 0; i < 4; i++)
+			n = env_put(env, n, login[i]);
+	}
+	for (size_t i = 0; i < ns; i++)
+		n = env_put(env, n, senv[i]);
 	for (size_t i = 0; i < x->n_env; i++) {
 		const char *kv = x->env[i], *eq = strchr(kv, '=');
 		if (!eq || eq == kv) {
@@ -80,12 +143,7 @@ build_env(const Vmf__Agent__ExecStart *x, struct agent_call *call)
 			free(env);
 			return NULL;
 		}
-		size_t k = 0;
-		while (k < n && !(strncmp(env[k], kv, (size_t)(eq - kv) + 1) == 0))
-			k++;
-		env[k] = (char *)kv;
-		if (k == n)
-			n++;
+		n = env_put(env, n, (char *)kv);
 	}
 	env[n] = NULL;
 	return env;
@@ -135,7 +193,7 @@ static int
 child_exec(void *arg)
 {
 	const struct child_args *c = arg;
-	const Vmf__Agent__ExecStart *x = c->x;
+	const struct run_as *ra = c->ra;
 	int in = c->in, out = c->out, errout = c->errout;
 	struct child_error ce = { 0, 0 };
 	sigset_t none;
@@ -156,20 +214,20 @@ child_exec(void *arg)
 		ce = (struct child_error){ STEP_PTY, errno };
 		goto failed;
 	}
-	if (chdir(x->cwd && *x->cwd ? x->cwd : "/") < 0) {
+	if (chdir(ra->cwd) < 0) {
 		ce = (struct child_error){ STEP_CWD, errno };
 		goto failed;
 	}
-	if (x->set_user) {
+	if (ra->set_user) {
 		if (setgroups(0, NULL) < 0 && errno != EPERM) {
 			ce = (struct child_error){ STEP_GROUPS, errno };
 			goto failed;
 		}
-		if (setgid(x->gid) < 0) {
+		if (setgid(ra->gid) < 0) {
 			ce = (struct child_error){ STEP_GID, errno };
 			goto failed;
 		}
-		if (setuid(x->uid) < 0) {
+		if (setuid(ra->uid) < 0) {
 			ce = (struct child_error){ STEP_UID, errno };
 			goto failed;
 		}
@@ -183,8 +241,8 @@ failed:
 
 /* The sentence for a child's failure, naming what it was given. */
 static void
-child_failure(struct agent_call *call, const Vmf__Agent__ExecStart *x, const struct child_error *ce,
-	      const char *path)
+child_failure(struct agent_call *call, const Vmf__Agent__ExecStart *x, const struct run_as *ra,
+	      const struct child_error *ce, const char *path)
 {
 	const char *e = strerror(ce->err);
 	switch (ce->step) {
@@ -192,14 +250,14 @@ child_failure(struct agent_call *call, const Vmf__Agent__ExecStart *x, const str
 		reply_error(call, ce->err, "cannot set up the terminal of '%s': %s", x->argv[0], e);
 		break;
 	case STEP_CWD:
-		reply_error(call, ce->err, "cannot change to directory '%s': %s", x->cwd, e);
+		reply_error(call, ce->err, "cannot change to directory '%s': %s", ra->cwd, e);
 		break;
 	case STEP_GROUPS:
 	case STEP_GID:
-		reply_error(call, ce->err, "cannot switch to group id %u: %s", x->gid, e);
+		reply_error(call, ce->err, "cannot switch to group id %u: %s", ra->gid, e);
 		break;
 	case STEP_UID:
-		reply_error(call, ce->err, "cannot switch to user id %u: %s", x->uid, e);
+		reply_error(call, ce->err, "cannot switch to user id %u: %s", ra->uid, e);
 		break;
 	default:
 		if (ce->err == ENOENT && !strchr(x->argv[0], '/'))
@@ -265,6 +323,16 @@ exec_start_valid(struct agent_call *call, const Vmf__Agent__ExecStart *x)
 			    OUTPUT_WINDOW_MAX);
 		return false;
 	}
+	if (strlen(x->tag) > TAG_MAX || strlen(x->user) > 32) {
+		reply_error(call, EINVAL, "a tag of at most %u bytes and a user name of at most 32, please", TAG_MAX);
+		return false;
+	}
+	if (x->tag[0] && exec_tag_taken(x->tag)) {
+		reply_error(call, EEXIST, "a process with tag '%s' is in the table already", x->tag);
+		return false;
+	}
+	while (exec_count() >= PROCS_MAX && exec_evict_one())
+		;
 	if (exec_count() >= PROCS_MAX) {
 		reply_error(call, EAGAIN, "%u processes are running already, the agent's limit", exec_count());
 		return false;
@@ -278,7 +346,20 @@ exec_start(struct agent_call *call)
 	const Vmf__Agent__ExecStart *x = call->req->exec_start;
 	if (!exec_start_valid(call, x))
 		return;
-	char **env = build_env(x, call);
+	static struct run_as ra;
+	static char login[4][PATH_MAX + 16];
+	memset(&ra, 0, sizeof(ra));
+	ra.set_user = x->set_user, ra.uid = x->uid, ra.gid = x->gid;
+	if (x->user[0] && !lookup_user(x->user, &ra)) {
+		reply_error(call, ENOENT, "no user '%s' in the guest's /etc/passwd", x->user);
+		return;
+	}
+	if (ra.set_user && (!valid_id(ra.uid) || !valid_id(ra.gid))) {
+		reply_error(call, EINVAL, "user '%s' has user or group id 4294967295, which is no id", x->user);
+		return;
+	}
+	ra.cwd = x->cwd[0] ? x->cwd : ra.home[0] ? ra.home : "/";
+	char **env = build_env(x, &ra, login, call);
 	if (!env)
 		return;
 	/* protobuf-c's arrays have no terminating NULL. */
@@ -314,7 +395,7 @@ exec_start(struct agent_call *call)
 	for (char **v = env; *v; v++)
 		if (!strncmp(*v, "PATH=", 5))
 			path = *v + 5;
-	struct child_args ca = { .x = x, .argv = argv, .env = env, .path = path, .slave = slave,
+	struct child_args ca = { .x = x, .ra = &ra, .argv = argv, .env = env, .path = path, .slave = slave,
 				 .errfd = errp[1], .in = in[0], .out = out[1], .errout = err2[1] };
 	/* The child's stack; the agent waits (CLONE_VFORK) until it has
 	 * exec'd or exited, so one serves every start. */
@@ -339,7 +420,7 @@ exec_start(struct agent_call *call)
 	if (n == (ssize_t)sizeof(ce)) {
 		while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
 			;
-		child_failure(call, x, &ce, path);
+		child_failure(call, x, &ra, &ce, path);
 		goto cleanup;
 	}
 	p->pid = pid;
@@ -347,6 +428,15 @@ exec_start(struct agent_call *call)
 	fault_point("exec-started");
 	p->c = call->conn;
 	p->tty = x->tty;
+	p->keep = x->keep;
+	snprintf(p->tag, sizeof(p->tag), "%s", x->tag);
+	/* What ExecList shows: the first arguments, cut (no failure if memory
+	 * is short: the list shows less). */
+	size_t na = x->n_argv < LIST_ARGS ? x->n_argv : LIST_ARGS;
+	if ((p->argv = calloc(na + 1, sizeof(char *))))
+		for (size_t i = 0; i < na; i++)
+			p->argv[i] = strndup(x->argv[i], LIST_ARG_LEN);
+	p->cwd = strdup(ra.cwd);
 	p->inbuf = inbuf;
 	inbuf = NULL;
 	if (x->tty) {

@@ -50,6 +50,8 @@ static struct {
 	 * size and shaping cap, the size mix; ramp steps of ramp_n arrivals. */
 	bool trace_only;
 	bool release_only;        /* --release-only: the daemon's release figures alone */
+	bool burst_only;          /* --burst-only: refill of the pool and a burst of 3x it alone */
+	int clone_par;            /* --clone-parallelism: the daemon's fill_ and clone_parallelism, 0 = its defaults */
 	int trace_n, trace_pool, trace_shape_max, ramp_n, ramp_steps;
 	double trace_rate, trace_hold_ms;
 	struct mix mix[8];
@@ -639,36 +641,50 @@ struct treq {
 	pthread_t th;
 };
 
+/* One GetVM of vcpus / mib for sandbox on a connection of its own, *ms
+ * from request to reply: the reply with *c open (for a release), or NULL
+ * with err and *c closed. */
+static Vmf__Control__Reply *
+own_get(const char *sandbox, unsigned vcpus, unsigned mib, struct vmf_client **c, double *ms, char *err, size_t n)
+{
+	char share[4200], sockd[4200];
+	snprintf(share, sizeof share, "%s/sb/%s-share", cfg.dir, sandbox);
+	snprintf(sockd, sizeof sockd, "%s/sb/%s-sock", cfg.dir, sandbox);
+	Vmf__Control__GetVMRequest req = VMF__CONTROL__GET_VMREQUEST__INIT;
+	req.vcpus = vcpus;
+	req.memory_mib = mib;
+	req.sandbox_id = (char *)sandbox;
+	req.share_dir = share;
+	req.sock_dir = sockd;
+	struct vmf_error e = {0};
+	Vmf__Control__Reply *r = NULL;
+	if (vmf_client_connect(cfg.sock, c, &e) < 0) {
+		snprintf(err, n, "%s", e.msg);
+		return NULL;
+	}
+	int64_t t0 = vmf_monotonic_ns();
+	int rc = vmf_client_get_vm(*c, &req, &r, CALL_TIMEOUT_MS, &e);
+	*ms = ms_since(t0);
+	if (rc < 0) {
+		snprintf(err, n, "%s", e.msg);
+		vmf_client_close(*c);
+		return NULL;
+	}
+	return r;
+}
+
 static void *
 trace_thread(void *arg)
 {
 	struct treq *q = arg;
-	char sandbox[64], share[4200], sockd[4200];
+	char sandbox[64];
 	snprintf(sandbox, sizeof sandbox, "trace-%d", q->k);
-	snprintf(share, sizeof share, "%s/sb/%s-share", cfg.dir, sandbox);
-	snprintf(sockd, sizeof sockd, "%s/sb/%s-sock", cfg.dir, sandbox);
-	Vmf__Control__GetVMRequest req = VMF__CONTROL__GET_VMREQUEST__INIT;
-	req.vcpus = q->vcpus;
-	req.memory_mib = q->mib;
-	req.sandbox_id = sandbox;
-	req.share_dir = share;
-	req.sock_dir = sockd;
 	struct vmf_client *c;
 	struct vmf_error e = {0};
-	Vmf__Control__Reply *r = NULL;
 	snprintf(q->handout, sizeof q->handout, "error");
-	if (vmf_client_connect(cfg.sock, &c, &e) < 0) {
-		snprintf(q->err, sizeof q->err, "%s", e.msg);
+	Vmf__Control__Reply *r = own_get(sandbox, q->vcpus, q->mib, &c, &q->ms, q->err, sizeof q->err);
+	if (!r)
 		return NULL;
-	}
-	int64_t t0 = vmf_monotonic_ns();
-	int rc = vmf_client_get_vm(c, &req, &r, CALL_TIMEOUT_MS, &e);
-	q->ms = ms_since(t0);
-	if (rc < 0) {
-		snprintf(q->err, sizeof q->err, "%s", e.msg);
-		vmf_client_close(c);
-		return NULL;
-	}
 	snprintf(q->handout, sizeof q->handout, "%s", r->vm->handout && *r->vm->handout ? r->vm->handout : "?");
 	char id[64];
 	snprintf(id, sizeof id, "%s", r->vm->id);
@@ -964,10 +980,14 @@ start_daemon(void)
 	fprintf(stderr, "vmf-bench: daemon with a pool of %d\n", cfg.vms);
 	/* shape = off: the resize figures below measure hot-add on the
 	 * hand-out path, which a demand-shaped pool would learn to avoid. */
-	char args[4400], conf[4200];
+	char args[4400], conf[4200], text[200] = "[daemon]\nshape = off\n";
 	snprintf(conf, sizeof conf, "%s/static.conf", cfg.dir);
+	/* The refill too: both clone at most this many at once. */
+	if (cfg.clone_par > 0)
+		snprintf(text + strlen(text), sizeof text - strlen(text),
+			 "fill_parallelism = %d\nclone_parallelism = %d\n", cfg.clone_par, cfg.clone_par);
 	FILE *cf = fopen(conf, "w");
-	if (!cf || fputs("[daemon]\nshape = off\n", cf) < 0 || fclose(cf) != 0)
+	if (!cf || fputs(text, cf) < 0 || fclose(cf) != 0)
 		die(NULL, conf);
 	snprintf(args, sizeof args, "init --config %s --pool %d", conf, cfg.vms);
 	if (run_cli(args) != 0) {
@@ -980,6 +1000,225 @@ start_daemon(void)
 	if (vmf_client_connect(cfg.sock, &c, &e) < 0)
 		die(&e, "connect");
 	return c;
+}
+
+/* Refill of an empty pool: every pooled VM killed at once; the daemon
+ * notices (pidfd) and clones replacements.  Timed until as many ready
+ * VMs exist again, none of them the killed ones; in s, -1 when it did not
+ * refill. */
+static double
+refill_run(void)
+{
+	pid_t killed[256];
+	int nk = 0;
+	Vmf__Control__Reply *sr = status();
+	for (size_t i = 0; i < sr->status->n_vms && nk < 256; i++)
+		if (!strcmp(sr->status->vms[i]->state, "ready"))
+			killed[nk++] = sr->status->vms[i]->pid;
+	vmf__control__reply__free_unpacked(sr, NULL);
+	int64_t t0 = vmf_monotonic_ns();
+	for (int i = 0; i < nk; i++)
+		kill(killed[i], SIGKILL);
+	for (;;) {
+		sr = status();
+		int fresh = 0;
+		for (size_t i = 0; i < sr->status->n_vms; i++) {
+			bool old = false;
+			for (int k = 0; k < nk; k++)
+				old = old || sr->status->vms[i]->pid == killed[k];
+			fresh += !old && !strcmp(sr->status->vms[i]->state, "ready");
+		}
+		vmf__control__reply__free_unpacked(sr, NULL);
+		if (fresh >= cfg.vms)
+			break;
+		if (ms_since(t0) > 600000) {
+			fprintf(stderr, "vmf-bench: the pool did not refill in 10 minutes\n");
+			return -1;
+		}
+		poll(NULL, 0, 5);
+	}
+	return ms_since(t0) / 1000;
+}
+
+/* ---- a burst ----
+ * 3x the pool's size of GetVMs at once on a full pool, each on its own
+ * thread and connection: the pool's VMs are hits, the rest wait in its
+ * queue (or clone on demand) and are served as clones become ready. */
+
+struct breq {
+	int k;
+	double end_ms;          /* reply, from the burst's start */
+	double ms;              /* GetVM, request to reply */
+	double queue_ms;        /* the reply's: how long it waited in the queue */
+	int64_t t0;
+	char id[64];
+	char err[300];
+	pthread_t th;
+};
+
+static void *
+burst_thread(void *arg)
+{
+	struct breq *q = arg;
+	char sandbox[64];
+	snprintf(sandbox, sizeof sandbox, "burst-%d", q->k);
+	struct vmf_client *c;
+	Vmf__Control__Reply *r = own_get(sandbox, 1, 256, &c, &q->ms, q->err, sizeof q->err);
+	q->end_ms = ms_since(q->t0);
+	if (!r)
+		return NULL;
+	snprintf(q->id, sizeof q->id, "%s", r->vm->id);
+	q->queue_ms = r->vm->queue_ms;
+	vmf__control__reply__free_unpacked(r, NULL);
+	vmf_client_close(c);
+	return NULL;
+}
+
+struct burst_result {
+	int n, ok, queued;
+	double p50, p99, last;
+	unsigned parallelism;     /* the pool's most clones at once (status) */
+};
+
+static struct burst_result
+burst_run(struct vmf_client *c)
+{
+	struct burst_result b = { .n = 3 * cfg.vms };
+	wait_pool(cfg.vms, vmf_now_ms() + 600000);
+	fprintf(stderr, "vmf-bench: a burst of %d GetVMs on a full pool of %d\n", b.n, cfg.vms);
+	struct breq *q = calloc(b.n, sizeof(*q));
+	int64_t t0 = vmf_monotonic_ns();
+	for (int i = 0; i < b.n; i++) {
+		q[i].k = i;
+		q[i].t0 = t0;
+		if (pthread_create(&q[i].th, NULL, burst_thread, &q[i]) != 0)
+			die(NULL, "pthread_create");
+	}
+	for (int i = 0; i < b.n; i++)
+		pthread_join(q[i].th, NULL);
+	struct series s = {0};
+	for (int i = 0; i < b.n; i++) {
+		if (!q[i].id[0]) {
+			fprintf(stderr, "vmf-bench: burst: request %d failed after %.0f ms: %s\n", i, q[i].ms, q[i].err);
+			continue;
+		}
+		b.ok++;
+		b.queued += q[i].queue_ms > 0;
+		add(&s, q[i].ms);
+		if (q[i].end_ms > b.last)
+			b.last = q[i].end_ms;
+	}
+	qsort(s.v, s.n, sizeof(*s.v), cmp_double);
+	b.p50 = pct(&s, 50);
+	b.p99 = pct(&s, 99);
+	free(s.v);
+	Vmf__Control__Reply *sr = status();
+	if (sr->status->n_pools)
+		b.parallelism = sr->status->pools[0]->max_parallelism;
+	vmf__control__reply__free_unpacked(sr, NULL);
+	for (int i = 0; i < b.n; i++)
+		if (q[i].id[0])
+			release_vm(c, q[i].id);
+	free(q);
+	return b;
+}
+
+/* A pool's clone is warmed too (agent connection, identity, share mounted,
+ * paused again): its time is what the refill shows, one clone per
+ * refill8 / 8 x parallelism. */
+static double
+pool_clone_ms(const struct burst_result *b, double refill_s)
+{
+	return refill_s * 1000 / cfg.vms * (b->parallelism ? b->parallelism : 1);
+}
+
+static void
+burst_json(const struct burst_result *b, double refill_s)
+{
+	jnum("burst_n", b->n);
+	jnum("burst_ok", b->ok);
+	jnum("burst_p50_ms", b->p50);
+	jnum("burst_p99_ms", b->p99);
+	jnum("burst_last_ms", b->last);
+	jnum("burst_queued", b->queued);
+	jnum("clone_parallelism", b->parallelism);
+	jnum("pool_clone_ms", pool_clone_ms(b, refill_s));
+}
+
+static void
+burst_report(const struct burst_result *b, double clone_ms, double handout_p99, double refill_s)
+{
+	printf("\n## Burst: %d GetVMs at once on a full pool of %d\n\n| measure | value |\n|---|---:|\n", b->n, cfg.vms);
+	printf("| served | %d of %d (%d waited in the queue) |\n", b->ok, b->n, b->queued);
+	printf("| p50 / p99 | %.0f / %.0f ms |\n| last served | %.0f ms |\n", b->p50, b->p99, b->last);
+	printf("| clone parallelism (most at once) | %u |\n", b->parallelism);
+	unsigned par = b->parallelism ? b->parallelism : 1;
+	printf("\n| target | measured | bound | |\n|---|---:|---:|---|\n");
+	target("burst: all served", b->ok, b->n, false, "");
+	target("burst: last served (ms) vs (n - pool) × clone / parallelism + 2 × hand-out p99", b->last,
+	       (b->n - cfg.vms) * clone_ms / par + 2 * handout_p99, true, " ms");
+	target("refill of 8 (s) vs 8 × clone / parallelism × 1.25", refill_s, 8 * clone_ms / 1000 / par * 1.25, true,
+	       " s");
+	target("burst: last served (ms) vs (n - pool) × pool clone / parallelism + 2 × hand-out p99", b->last,
+	       (b->n - cfg.vms) * pool_clone_ms(b, refill_s) / par + 2 * handout_p99, true, " ms");
+}
+
+/* --burst-only: clone time, the refill of the pool, plain hand-outs and a
+ * burst of 3x the pool, nothing else. */
+static int
+burst_only(void)
+{
+	struct vmf_catalog *cat;
+	struct vmf_error e = {0};
+	if (vmf_catalog_open(cfg.state, &cat, &e) < 0)
+		die(&e, "catalog");
+	fprintf(stderr, "vmf-bench: building the template\n");
+	Vmf__Catalog__TemplateRecord *shared = template(cat, false);
+	struct series clone = { .name = "clone" }, handout = { .name = "handout" };
+	char id[64];
+	for (int i = 0; i < cfg.samples; i++) {
+		double ms;
+		snprintf(id, sizeof id, "clone-%d", i);
+		stop(clone_resume(shared, id, &ms));
+		add(&clone, ms);
+	}
+	vmf__catalog__template_record__free_unpacked(shared, NULL);
+	vmf_catalog_close(cat);
+	struct vmf_client *c = start_daemon();
+	if (!c)
+		return 1;
+	double refill_s = refill_run();
+	if (refill_s < 0)
+		return 1;
+	for (int i = 0; i < cfg.samples; i++) {
+		wait_pool(cfg.vms, vmf_now_ms() + 120000);
+		add(&handout, get_vm(c, 1, 256, i, id));
+		release_vm(c, id);
+	}
+	finish(&clone);
+	finish(&handout);
+	struct burst_result b = burst_run(c);
+	vmf_client_close(c);
+	if (run_cli("destroy") != 0)
+		fprintf(stderr, "vmf-bench: vmfactory destroy failed; see %s/cli.log\n", cfg.dir);
+	J = json_object_new_object();
+	jnum("clone_s", pct(&clone, 50) / 1000);
+	jnum("handout_p50_ms", pct(&handout, 50));
+	jnum("handout_p99_ms", pct(&handout, 99));
+	jnum("refill8_s", refill_s);
+	printf("## Refill and burst, QEMU %s, %s\n\n| measure | value |\n|---|---:|\n", hv.version, hv.accel);
+	printf("| clone (p50 of %d) | %.0f ms |\n| hand-out p50 / p99 | %.1f / %.1f ms |\n", clone.n, pct(&clone, 50),
+	       pct(&handout, 50), pct(&handout, 99));
+	printf("| refill of an empty pool of %d | %.2f s |\n", cfg.vms, refill_s);
+	burst_json(&b, refill_s);
+	burst_report(&b, pct(&clone, 50), pct(&handout, 99), refill_s);
+	environment(J);
+	if (cfg.json && json_object_to_file_ext(cfg.json, J, JSON_C_TO_STRING_PRETTY) < 0) {
+		fprintf(stderr, "vmf-bench: cannot write %s\n", cfg.json);
+		return 1;
+	}
+	json_object_put(J);
+	return 0;
 }
 
 /* --release-only: the daemon's release figures, nothing else. */
@@ -1030,7 +1269,8 @@ main(int argc, char **argv)
 		{ "trace-pool", required_argument, NULL, 'p' }, { "trace-shape-max", required_argument, NULL, 'x' },
 		{ "ramp-arrivals", required_argument, NULL, 'R' }, { "ramp-steps", required_argument, NULL, 'S' },
 		{ "mix", required_argument, NULL, 'm' },      { "snapshot-sizes", required_argument, NULL, 'Z' },
-		{ "release-only", no_argument, NULL, 'L' },
+		{ "release-only", no_argument, NULL, 'L' },    { "burst-only", no_argument, NULL, 'B' },
+		{ "clone-parallelism", required_argument, NULL, 'P' },
 		{ NULL, 0, NULL, 0 },
 	};
 	int o;
@@ -1044,6 +1284,8 @@ main(int argc, char **argv)
 		case 'j': cfg.json = optarg; break;
 		case 'T': cfg.trace_only = true; break;
 		case 'L': cfg.release_only = true; break;
+		case 'B': cfg.burst_only = true; break;
+		case 'P': cfg.clone_par = atoi(optarg); break;
 		case 'n': cfg.trace_n = atoi(optarg); break;
 		case 'r': cfg.trace_rate = atof(optarg); break;
 		case 'h': cfg.trace_hold_ms = atof(optarg); break;
@@ -1070,7 +1312,8 @@ main(int argc, char **argv)
 			fprintf(stderr, "usage: vmf-bench --vmfactory BIN --dir DIR [--samples N] [--cycles N] "
 					"[--vms N] [--json FILE] [--trace-only] [--trace-arrivals N] [--trace-rate PER_S] "
 					"[--trace-hold-ms MS] [--trace-pool N] [--trace-shape-max N] [--ramp-arrivals N] "
-					"[--ramp-steps N] [--mix W:V:M,...] [--snapshot-sizes N] [--release-only]\n");
+					"[--ramp-steps N] [--mix W:V:M,...] [--snapshot-sizes N] [--release-only] "
+					"[--burst-only] [--clone-parallelism N]\n");
 			return 2;
 		}
 	}
@@ -1110,6 +1353,8 @@ main(int argc, char **argv)
 		.max_vcpus = VMF_DEFAULT_MAX_VCPUS, .memory_mib = VMF_DEFAULT_MEMORY_MIB,
 		.max_memory_mib = VMF_DEFAULT_MAX_MEMORY_MIB, .memory_slots = 8, .nic = true,
 	};
+	if (cfg.burst_only)
+		return burst_only();
 	struct vmf_catalog *cat;
 	if (vmf_catalog_open(cfg.state, &cat, &e) < 0)
 		die(&e, "catalog");
@@ -1180,38 +1425,9 @@ main(int argc, char **argv)
 	if (!c)
 		return 1;
 	uint64_t pss_clone = mean_pss_of_pooled();
-	/* Refill of an empty pool: every pooled VM killed at once; the daemon
-	 * notices (pidfd) and clones replacements.  Timed until as many ready
-	 * VMs exist again, none of them the killed ones. */
-	pid_t killed[256];
-	int nk = 0;
-	Vmf__Control__Reply *sr = status();
-	for (size_t i = 0; i < sr->status->n_vms && nk < 256; i++)
-		if (!strcmp(sr->status->vms[i]->state, "ready"))
-			killed[nk++] = sr->status->vms[i]->pid;
-	vmf__control__reply__free_unpacked(sr, NULL);
-	int64_t t0 = vmf_monotonic_ns();
-	for (int i = 0; i < nk; i++)
-		kill(killed[i], SIGKILL);
-	for (;;) {
-		sr = status();
-		int fresh = 0;
-		for (size_t i = 0; i < sr->status->n_vms; i++) {
-			bool old = false;
-			for (int k = 0; k < nk; k++)
-				old = old || sr->status->vms[i]->pid == killed[k];
-			fresh += !old && !strcmp(sr->status->vms[i]->state, "ready");
-		}
-		vmf__control__reply__free_unpacked(sr, NULL);
-		if (fresh >= cfg.vms)
-			break;
-		if (ms_since(t0) > 600000) {
-			fprintf(stderr, "vmf-bench: the pool did not refill in 10 minutes\n");
-			return 1;
-		}
-		poll(NULL, 0, 5);
-	}
-	double refill_s = ms_since(t0) / 1000;
+	double refill_s = refill_run();
+	if (refill_s < 0)
+		return 1;
 
 	fprintf(stderr, "vmf-bench: hand-outs, %d samples each\n", cfg.samples);
 	for (int i = 0; i < cfg.samples; i++) {
@@ -1246,6 +1462,7 @@ main(int argc, char **argv)
 	fprintf(stderr, "vmf-bench: releases without and with a read-write disk, %d samples each\n", cfg.samples);
 	struct series rel = { .name = "release" }, relrw = { .name = "release-rwdisk" };
 	bool rwrel = release_bench(c, &rel, &relrw);
+	struct burst_result burst = burst_run(c);
 	fprintf(stderr, "vmf-bench: disk attach + mount, %d samples; disk and 9p reads\n", cfg.samples);
 	struct series disk_attach = { .name = "disk-attach" };
 	double disk_mib_s = 0, share_mib_s = 0;
@@ -1372,6 +1589,7 @@ main(int argc, char **argv)
 	json_object_object_add(J, "latency", lat);
 	json_object_object_add(J, "handout_steps", steps_plain);
 	json_object_object_add(J, "handout_steps_with_resize", steps_all);
+	burst_json(&burst, refill_s);
 	json_object *env = environment(J);
 	json_object_object_add(env, "samples", json_object_new_int(cfg.samples));
 	json_object_object_add(env, "cycles", json_object_new_int(cfg.cycles));
@@ -1427,11 +1645,11 @@ main(int argc, char **argv)
 	target("handout-netns p99 / handout p99", pct(&hnetns, 99) / pct(&handout, 99), 2, true, "×");
 	target("handout-usernet p99 / handout p99", pct(&husernet, 99) / pct(&handout, 99), 2, true, "×");
 	target("pooled PSS / cold PSS", pss_cold ? 100.0 * pss_clone / pss_cold : 0, 25, true, "%");
-	target("refill of 8 (s) vs 8 × clone / 1.6", refill_s, 8 * pct(&clone, 50) / 1000 / 1.6, true, " s");
 	target("guest clock error after hand-out (p99)", pct(&clock_err, 99), 5, true, " ms");
 	target("daemon RSS after cycles", rss1 / 1024.0, 16, true, " MiB");
 	target("daemon RSS growth over cycles", (double)rss1 - (double)rss0, 1024, true, " KiB");
 	free(clock_err.v);
+	burst_report(&burst, pct(&clone, 50), pct(&handout, 99), refill_s);
 	printf("%s", trace_md);
 	free(trace_md);
 	free(steps1);

@@ -245,8 +245,10 @@ vminfo_json(const Vmf__Control__VmInfo *v)
 	JS(o, "machine_id", v->machine_id);
 	JS(o, "hostname", v->hostname);
 	JD(o, "clock_error_ms", v->clock_error_ms);
-	if (v->handout && *v->handout)
+	if (v->handout && *v->handout) {
 		JS(o, "handout", v->handout);
+		JI(o, "queue_ms", v->queue_ms);
+	}
 	json_object *disks = json_object_new_array();
 	for (size_t i = 0; i < v->n_disks; i++)
 		json_object_array_add(disks, diskinfo_json(v->disks[i]));
@@ -346,6 +348,8 @@ vminfo_human(const Vmf__Control__VmInfo *v)
 	}
 	if (v->handout && *v->handout)
 		printf("hand-out:     %s\n", esc(v->handout));
+	if (v->queue_ms)
+		printf("queued:       %u ms\n", v->queue_ms);
 	for (size_t i = 0; i < v->n_disks; i++)
 		diskinfo_human(v->disks[i], "disk:         ");
 	if (v->netns && *v->netns)
@@ -494,6 +498,13 @@ status_json(const Vmf__Control__Reply *r)
 		}
 		json_object_object_add(x, "sizes", sz);
 		JS(x, "image_dir", p->image_dir);
+		JI(x, "queued", p->queued);
+		JI(x, "queue_served", p->queue_served);
+		JI(x, "queue_timeouts", p->queue_timeouts);
+		JI(x, "queue_left", p->queue_left);
+		JI(x, "queue_refused", p->queue_refused);
+		JI(x, "parallelism", p->parallelism);
+		JI(x, "max_parallelism", p->max_parallelism);
 		json_object_array_add(ps, x);
 	}
 	json_object_object_add(o, "pools", ps);
@@ -510,6 +521,10 @@ status_json(const Vmf__Control__Reply *r)
 	json_object *lat = json_object_new_object();
 	JD(lat, "handout_p50_ms", s->handout_p50_ms);
 	JD(lat, "handout_p99_ms", s->handout_p99_ms);
+	JD(lat, "queue_wait_p50_ms", s->queue_wait_p50_ms);
+	JD(lat, "queue_wait_p99_ms", s->queue_wait_p99_ms);
+	JI(cn, "queued", s->queued);
+	JI(cn, "max_queue", s->max_queue);
 	json_object *steps = json_object_new_array();
 	for (size_t i = 0; i < s->n_steps; i++) {
 		json_object *x = json_object_new_object();
@@ -665,6 +680,10 @@ status_human(const Vmf__Control__Reply *r)
 			printf("  image: %s\n", esc(p->image_dir));
 		if (p->last_error && *p->last_error)
 			printf("  last error: %s\n", esc(p->last_error));
+		printf("  queue: %u waiting; %llu served, %llu timed out, %llu left, %llu refused; cloning %u at once "
+		       "(at most %u)\n", p->queued, (unsigned long long)p->queue_served,
+		       (unsigned long long)p->queue_timeouts, (unsigned long long)p->queue_left,
+		       (unsigned long long)p->queue_refused, p->parallelism, p->max_parallelism);
 		if (p->shape)
 			printf("  shaping: auto, at most %u clones and %u MiB above base\n", p->shape_max,
 			       p->shape_memory_mib);
@@ -695,6 +714,8 @@ status_human(const Vmf__Control__Reply *r)
 	printf("\nrequests %llu, hits %llu, misses %llu, errors %llu; hand-out p50 %.1f ms, p99 %.1f ms\n",
 	       (unsigned long long)s->requests, (unsigned long long)s->hits, (unsigned long long)s->misses,
 	       (unsigned long long)s->errors, s->handout_p50_ms, s->handout_p99_ms);
+	printf("queued %u (at most %u per pool); queue wait p50 %.1f ms, p99 %.1f ms\n", s->queued, s->max_queue,
+	       s->queue_wait_p50_ms, s->queue_wait_p99_ms);
 	for (size_t i = 0; i < s->n_steps; i++)
 		if (s->steps[i]->count)
 			printf("  %-8s p50 %7.2f ms  p99 %7.2f ms  (%llu)\n", esc(s->steps[i]->step), s->steps[i]->p50_ms,

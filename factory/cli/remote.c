@@ -131,6 +131,15 @@ parse_scratch(char *s, Vmf__Control__AttachRequest *at)
 	return 0;
 }
 
+/* Longer than the daemon's own budget, so that its error arrives first:
+ * without --timeout the daemon's get_timeout, at most 600 s, applies (a
+ * request may wait that long in its pool's queue). */
+static int
+get_call_ms(unsigned timeout_s)
+{
+	return (int)((timeout_s ? timeout_s : 600) * 1000 + 5000);
+}
+
 int
 cmd_get(const struct cmd *cmd, struct args *a)
 {
@@ -173,8 +182,7 @@ cmd_get(const struct cmd *cmd, struct args *a)
 		g->sock_dir = (char *)(opt(a, "sock-dir") ? opt(a, "sock-dir") : "");
 		g->pool = (char *)(opt(a, "pool") ? opt(a, "pool") : "");
 		g->timeout_ms = timeout * 1000;
-		int call_ms = (int)(timeout ? timeout * 1000 + 5000 : 120000);
-		return remote(a, &(struct remote_call){ send_get_disks, &q, call_ms, vm_json, vm_human, false });
+		return remote(a, &(struct remote_call){ send_get_disks, &q, get_call_ms(timeout), vm_json, vm_human, false });
 	}
 	Vmf__Control__GetVMRequest g = VMF__CONTROL__GET_VMREQUEST__INIT;
 	unsigned timeout = 0;
@@ -193,9 +201,7 @@ cmd_get(const struct cmd *cmd, struct args *a)
 	g.cgroups = cgroups;
 	g.n_cgroups = n_cg;
 	g.timeout_ms = timeout * 1000;
-	/* Longer than the daemon's own budget, so that its error arrives first. */
-	int call_ms = (int)(timeout ? timeout * 1000 + 5000 : 120000);
-	return remote(a, &(struct remote_call){ send_get, &g, call_ms, vm_json, vm_human, false });
+	return remote(a, &(struct remote_call){ send_get, &g, get_call_ms(timeout), vm_json, vm_human, false });
 }
 
 static int

@@ -395,6 +395,43 @@ count(const char *const *v)
 	return n;
 }
 
+/* A call answered with ExecStarted (start, attach): the exec's state from
+ * then on.  An id the connection serves already is the agent's lie. */
+static int
+started_call(struct vmf_client_agent *a, Vmf__Agent__AgentRequest *req, uint32_t window, uint64_t *exec_id,
+	     int *pid, int timeout_ms, struct vmf_error *err)
+{
+	struct exec_state *es = calloc(1, sizeof(*es));
+	if (!es)
+		return vmf_err(err, ENOMEM, "out of memory for an exec");
+	Vmf__Agent__AgentReply *rep;
+	int r = agent_client_call(a, req, VMF__AGENT__AGENT_REPLY__BODY_EXEC_STARTED, &rep,
+				  agent_client_deadline(timeout_ms), err);
+	if (r < 0) {
+		free(es);
+		return r;
+	}
+	const Vmf__Agent__ExecStarted *st = rep->exec_started;
+	if (st->exec_id == 0 || exec_find(a, st->exec_id)) {
+		r = vmf_err(err, EPROTO, "the agent on %s answered with exec id %llu, %s", a->path,
+			    (unsigned long long)st->exec_id, st->exec_id ? "one this connection has already" : "no id");
+		free(es);
+		vmf__agent__agent_reply__free_unpacked(rep, NULL);
+		return r;
+	}
+	es->id = st->exec_id;
+	es->stdin_window = es->stdin_room = st->stdin_window < STDIN_WINDOW_MAX ? st->stdin_window : STDIN_WINDOW_MAX;
+	es->window = window ? window : DEFAULT_WINDOW;
+	es->credit[1] = es->credit[2] = es->window;
+	es->next = a->execs;
+	a->execs = es;
+	*exec_id = es->id;
+	if (pid)
+		*pid = st->pid;
+	vmf__agent__agent_reply__free_unpacked(rep, NULL);
+	return 0;
+}
+
 int
 vmf_client_exec_start(struct vmf_client_agent *a, const struct vmf_exec_opts *o, uint64_t *exec_id,
 		      int timeout_ms, struct vmf_error *err)
@@ -417,6 +454,9 @@ vmf_client_exec_start(struct vmf_client_agent *a, const struct vmf_exec_opts *o,
 	x.cols = o->cols;
 	x.timeout_ms = o->timeout_ms;
 	x.output_window = o->output_window;
+	x.keep = o->keep != 0;
+	x.tag = (char *)(o->tag ? o->tag : "");
+	x.user = (char *)(o->user ? o->user : "");
 	req.body_case = VMF__AGENT__AGENT_REQUEST__BODY_EXEC_START;
 	req.exec_start = &x;
 	/* The frame limit is the guest's argument limit: said as such, before
@@ -425,26 +465,7 @@ vmf_client_exec_start(struct vmf_client_agent *a, const struct vmf_exec_opts *o,
 	if (n > VMF_AGENT_MAX_FRAME)
 		return vmf_err(err, E2BIG, "argument list too long: the command's arguments and environment take "
 			       "%zu bytes, the agent takes at most %u", n, VMF_AGENT_MAX_FRAME - 16);
-	struct exec_state *es = calloc(1, sizeof(*es));
-	if (!es)
-		return vmf_err(err, ENOMEM, "out of memory for an exec");
-	Vmf__Agent__AgentReply *rep;
-	int r = agent_client_call(a, &req, VMF__AGENT__AGENT_REPLY__BODY_EXEC_STARTED, &rep,
-				  agent_client_deadline(timeout_ms), err);
-	if (r < 0) {
-		free(es);
-		return r;
-	}
-	es->id = rep->exec_started->exec_id;
-	es->stdin_window = es->stdin_room = rep->exec_started->stdin_window < STDIN_WINDOW_MAX
-					     ? rep->exec_started->stdin_window : STDIN_WINDOW_MAX;
-	es->window = o->output_window ? o->output_window : DEFAULT_WINDOW;
-	es->credit[1] = es->credit[2] = es->window;
-	es->next = a->execs;
-	a->execs = es;
-	*exec_id = es->id;
-	vmf__agent__agent_reply__free_unpacked(rep, NULL);
-	return 0;
+	return started_call(a, &req, o->output_window, exec_id, NULL, timeout_ms, err);
 }
 
 /* Gives back the credit of the output handed out last.  In batches of a
@@ -629,4 +650,131 @@ vmf_client_exec_resize(struct vmf_client_agent *a, uint64_t exec_id, unsigned ro
 	req.body_case = VMF__AGENT__AGENT_REQUEST__BODY_EXEC_RESIZE;
 	req.exec_resize = &z;
 	return ack_call(a, &req, err);
+}
+
+int
+vmf_client_agent_set_env(struct vmf_client_agent *a, const char *const *env, int timeout_ms,
+			 struct vmf_error *err)
+{
+	Vmf__Agent__AgentRequest req = VMF__AGENT__AGENT_REQUEST__INIT;
+	Vmf__Agent__ExecSetEnv x = VMF__AGENT__EXEC_SET_ENV__INIT;
+	x.n_env = count(env);
+	x.env = (char **)env;
+	req.body_case = VMF__AGENT__AGENT_REQUEST__BODY_EXEC_SET_ENV;
+	req.exec_set_env = &x;
+	if (vmf__agent__agent_request__get_packed_size(&req) + 16 > VMF_AGENT_MAX_FRAME)
+		return vmf_err(err, E2BIG, "the sandbox environment does not fit one agent frame (%u bytes)",
+			       VMF_AGENT_MAX_FRAME - 16);
+	Vmf__Agent__AgentReply *rep;
+	int r = agent_client_call(a, &req, VMF__AGENT__AGENT_REPLY__BODY_EXEC_ACK, &rep, agent_client_deadline(timeout_ms), err);
+	if (r == 0)
+		vmf__agent__agent_reply__free_unpacked(rep, NULL);
+	return r;
+}
+
+/* The agent's table holds at most this many (its PROCS_MAX). */
+#define TABLE_MAX 256u
+
+static void
+entry_from(struct vmf_exec_entry *d, const Vmf__Agent__ExecEntry *e)
+{
+	memset(d, 0, sizeof(*d));
+	d->exec_id = e->exec_id;
+	d->pid = e->pid;
+	vmf_escape(e->tag, d->tag, sizeof(d->tag), 0);
+	size_t off = 0;
+	for (size_t i = 0; i < e->n_argv && off + 2 < sizeof(d->cmd); i++) {
+		if (i)
+			d->cmd[off++] = ' ';
+		vmf_escape(e->argv[i], d->cmd + off, sizeof(d->cmd) - off, 0);
+		off += strlen(d->cmd + off);
+	}
+	off = 0;
+	for (size_t i = 0; i < e->n_argv; i++) {
+		char one[sizeof(d->args)];
+		vmf_escape(e->argv[i], one, sizeof(one), 0);
+		size_t k = strlen(one) + 1;
+		if (off + k > sizeof(d->args))
+			break;
+		memcpy(d->args + off, one, k);
+		off += k;
+		d->nargs++;
+	}
+	vmf_escape(e->cwd, d->cwd, sizeof(d->cwd), 0);
+	d->tty = e->tty;
+	d->keep = e->keep;
+	d->attached = e->attached;
+	d->exited = e->exited;
+	d->exit_code = e->exit_code;
+	d->signal = e->signal;
+	d->dropped = e->dropped;
+}
+
+int
+vmf_client_exec_list(struct vmf_client_agent *a, struct vmf_exec_entry **out, size_t *n, int timeout_ms,
+		     struct vmf_error *err)
+{
+	*out = NULL;
+	*n = 0;
+	struct vmf_exec_entry *v = calloc(TABLE_MAX, sizeof(*v));
+	if (!v)
+		return vmf_err(err, ENOMEM, "out of memory for the process table");
+	int64_t deadline = agent_client_deadline(timeout_ms);
+	size_t have = 0;
+	for (;;) {
+		Vmf__Agent__AgentRequest req = VMF__AGENT__AGENT_REQUEST__INIT;
+		Vmf__Agent__ExecList x = VMF__AGENT__EXEC_LIST__INIT;
+		x.skip = (uint32_t)have;
+		req.body_case = VMF__AGENT__AGENT_REQUEST__BODY_EXEC_LIST;
+		req.exec_list = &x;
+		Vmf__Agent__AgentReply *rep;
+		int r = agent_client_call(a, &req, VMF__AGENT__AGENT_REPLY__BODY_EXEC_TABLE, &rep, deadline, err);
+		if (r < 0) {
+			free(v);
+			return r;
+		}
+		const Vmf__Agent__ExecTable *t = rep->exec_table;
+		if (t->n_entries > TABLE_MAX - have || (t->more && t->n_entries == 0)) {
+			r = vmf_err(err, EPROTO, "the agent on %s lists %s processes, more than its table holds (%u)",
+				    a->path, t->more ? "ever more" : "too many", TABLE_MAX);
+			vmf__agent__agent_reply__free_unpacked(rep, NULL);
+			free(v);
+			return r;
+		}
+		for (size_t i = 0; i < t->n_entries; i++)
+			entry_from(&v[have++], t->entries[i]);
+		bool more = t->more;
+		vmf__agent__agent_reply__free_unpacked(rep, NULL);
+		if (!more)
+			break;
+	}
+	*out = v;
+	*n = have;
+	return 0;
+}
+
+int
+vmf_client_exec_attach(struct vmf_client_agent *a, uint64_t exec_id, int pid, const char *tag,
+		       uint32_t output_window, uint64_t *out_id, int *out_pid, int timeout_ms,
+		       struct vmf_error *err)
+{
+	*out_id = 0;
+	Vmf__Agent__AgentRequest req = VMF__AGENT__AGENT_REQUEST__INIT;
+	Vmf__Agent__ExecAttach x = VMF__AGENT__EXEC_ATTACH__INIT;
+	x.exec_id = exec_id;
+	x.pid = pid;
+	x.tag = (char *)(tag ? tag : "");
+	x.output_window = output_window;
+	req.body_case = VMF__AGENT__AGENT_REQUEST__BODY_EXEC_ATTACH;
+	req.exec_attach = &x;
+	if (strlen(x.tag) > 64)
+		return vmf_err(err, EINVAL, "a process tag has at most 64 bytes");
+	int r = started_call(a, &req, output_window, out_id, out_pid, timeout_ms, err);
+	if (r == 0 && exec_id && *out_id != exec_id) {
+		r = vmf_err(err, EPROTO, "the agent on %s attached exec %llu when %llu was asked for", a->path,
+			    (unsigned long long)*out_id, (unsigned long long)exec_id);
+		exec_forget(a, *out_id);
+		*out_id = 0;
+	}
+	return r;
 }

@@ -162,6 +162,15 @@ struct vmf_exec_opts {
 	uint32_t rows, cols;
 	uint32_t timeout_ms;         /* 0 = none */
 	uint32_t output_window;      /* per stream, bytes; 0 = the agent's default (256 KiB) */
+	/* Outlives this connection: detached when it closes, its output then
+	 * held by the agent (the last 64 KiB per stream) until a connection
+	 * attaches (vmf_client_exec_attach). */
+	int keep;
+	const char *tag;             /* NULL or "": none; at most 64 bytes, unique in the guest */
+	/* A guest user by name (the guest's /etc/passwd): its ids, its home as
+	 * the default cwd and its login environment (HOME, USER, LOGNAME,
+	 * SHELL) under env.  NULL: set_user/uid/gid. */
+	const char *user;
 };
 
 /* Starts a process; *exec_id names it in the calls and events below.  An
@@ -209,6 +218,39 @@ size_t vmf_client_exec_stdin_room(const struct vmf_client_agent *a, uint64_t exe
 int vmf_client_agent_flush(struct vmf_client_agent *a, struct vmf_error *err);
 int vmf_client_exec_signal(struct vmf_client_agent *a, uint64_t exec_id, int sig, struct vmf_error *err);
 int vmf_client_exec_resize(struct vmf_client_agent *a, uint64_t exec_id, unsigned rows, unsigned cols,
+			   struct vmf_error *err);
+
+/* ---- the agent's process table (kept processes outlive a connection) ---- */
+
+/* The environment every later process of the guest gets (a sandbox's
+ * variables), over the defaults and the user's login environment, under
+ * each start's env; replaces the previous one.  At most 256 entries,
+ * 32 KiB. */
+int vmf_client_agent_set_env(struct vmf_client_agent *a, const char *const *env, int timeout_ms,
+			     struct vmf_error *err);
+
+/* One process of the table, as the guest says (strings escaped). */
+struct vmf_exec_entry {
+	uint64_t exec_id;
+	int pid;
+	char tag[80];
+	char cmd[300];               /* its first arguments, space-separated */
+	char args[1024];             /* the same, each ending in a NUL (as many as fit) */
+	unsigned nargs;
+	char cwd[300];
+	int tty, keep, attached, exited, exit_code, signal;
+	uint64_t dropped;            /* output bytes dropped while detached */
+};
+/* The whole table (at most 256 entries, newest first) in *out (free()).
+ * An agent that claims more, or pages without end, fails with -EPROTO. */
+int vmf_client_exec_list(struct vmf_client_agent *a, struct vmf_exec_entry **out, size_t *n, int timeout_ms,
+			 struct vmf_error *err);
+/* Attaches a kept process by exec id, guest pid or tag (exactly one of
+ * them non-zero / non-NULL) to this connection: then its held output, its
+ * further output and its exit come as events, as for one started here.
+ * -ESRCH when there is none, -EBUSY while another connection has it. */
+int vmf_client_exec_attach(struct vmf_client_agent *a, uint64_t exec_id, int pid, const char *tag,
+			   uint32_t output_window, uint64_t *out_id, int *out_pid, int timeout_ms,
 			   struct vmf_error *err);
 
 /* Files in the guest (docs/protocol.md, "Guest agent: file messages"),

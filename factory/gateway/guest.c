@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "frame.h"
 #include "gw.h"
 #include "log.h"
 
@@ -103,14 +104,93 @@ free_events(struct gw_guest *g)
 	g->rd = g->wr = g->pump = NULL;
 }
 
+char **
+gw_sb_env(const struct gw_sandbox *sb)
+{
+	size_t n = sb->env_vars ? (size_t)json_object_object_length(sb->env_vars) : 0, i = 0;
+	char **v = calloc(n + 1, sizeof(char *));
+	if (!v || !sb->env_vars)
+		return v;
+	json_object_object_foreach(sb->env_vars, k, val) {
+		if (asprintf(&v[i], "%s=%s", k, json_object_get_string(val)) < 0) {
+			v[i] = NULL;
+			gw_strv_free(v);
+			return NULL;
+		}
+		i++;
+	}
+	return v;
+}
+
 void
-gw_guest_attach(struct gw *gw, struct gw_sandbox *sb, struct vmf_client_agent *a)
+gw_strv_free(char **v)
+{
+	for (size_t i = 0; v && v[i]; i++)
+		free(v[i]);
+	free(v);
+}
+
+/* The whole of a new connection's preparation: a guest that lists many
+ * kept processes and answers each attach slowly holds its own sandbox's
+ * job this long at most. */
+#define PREPARE_MS 10000
+
+static int
+ms_left(int64_t deadline)
+{
+	int64_t left = deadline - vmf_now_ms();
+	return left > 0 ? (int)left : 1;
+}
+
+int
+gw_guest_prepare(struct vmf_client_agent *a, char *const *env, struct gw_adopted *ad, struct vmf_error *err)
+{
+	ad->v = NULL;
+	ad->n = 0;
+	int64_t deadline = vmf_now_ms() + PREPARE_MS;
+	int r = vmf_client_agent_set_env(a, (const char *const *)env, PREPARE_MS, err);
+	struct vmf_exec_entry *v;
+	size_t n;
+	if (r < 0 || (r = vmf_client_exec_list(a, &v, &n, ms_left(deadline), err)) < 0)
+		return r;
+	size_t k = 0;
+	for (size_t i = 0; i < n; i++) {
+		uint64_t id;
+		if (!v[i].keep || v[i].attached)
+			continue;
+		r = vmf_client_exec_attach(a, v[i].exec_id, 0, NULL, 0, &id, NULL, ms_left(deadline), err);
+		/* Gone meanwhile, or taken by another connection: not ours. */
+		if (r == -ESRCH || r == -EBUSY || r == -EALREADY)
+			continue;
+		if (r < 0) {
+			free(v);
+			return r;
+		}
+		v[k++] = v[i];
+	}
+	ad->v = v;
+	ad->n = k;
+	return 0;
+}
+
+void
+gw_guest_attach(struct gw *gw, struct gw_sandbox *sb, struct vmf_client_agent *a, struct gw_adopted *ad)
 {
 	struct gw_guest *g = &sb->guest;
+	struct gw_adopted none = { NULL, 0 };
+	if (!ad)
+		ad = &none;
 	if (g->a) {
 		vmf_client_agent_close(a);
+		free(ad->v);
+		ad->v = NULL;
 		return;
 	}
+	for (size_t i = 0; i < ad->n; i++)
+		gw_proc_adopt(sb, &ad->v[i]);
+	free(ad->v);
+	ad->v = NULL;
+	ad->n = 0;
 	struct guest_arg *ga = calloc(1, sizeof(*ga));
 	if (!ga) {
 		vmf_client_agent_close(a);
@@ -165,7 +245,7 @@ gw_guest_unhold(struct gw_sandbox *sb)
 {
 	struct gw_guest *g = &sb->guest;
 	for (struct gw_proc *p = g->procs; p; p = p->next)
-		if (p->stream && gw_stream_pending(p->stream) >= GW_STREAM_HIGH)
+		if (gw_proc_full(p))
 			return;
 	if (!g->held)
 		return;
@@ -211,6 +291,11 @@ gjob_start(struct gw_job *j)
 	snprintf(gj->socket, sizeof(gj->socket), "%s", sb->agent_socket);
 	snprintf(gj->transport, sizeof(gj->transport), "%s", sb->agent_transport);
 	gj->vsock_port = sb->vsock_port;
+	if (!g->a && !(gj->env = gw_sb_env(sb))) {
+		j->cancelled = true;
+		j->rc = vmf_err(&j->err, ENOMEM, "out of memory for sandbox %s's environment", sb->id);
+		return;
+	}
 	g->busy = true;
 	gj->holds = true;
 	if (g->rd)
@@ -226,8 +311,12 @@ gjob_work(struct gw_job *j)
 	if (!gj->a) {
 		j->rc = vmf_client_agent_connect(gj->socket, gj->transport, gj->vsock_port, 10000, NULL, NULL,
 						 &gj->made, &j->err);
+		if (j->rc == 0)
+			j->rc = gw_guest_prepare(gj->made, gj->env, &gj->adopted, &j->err);
 		if (j->rc < 0) {
 			vmf_error_prefix(&j->err, "the sandbox's guest agent");
+			vmf_client_agent_close(gj->made);
+			gj->made = NULL;
 			return;
 		}
 		gj->a = gj->made;
@@ -250,7 +339,9 @@ gjob_done(struct gw_job *j)
 	/* An error of the connection itself (not of the request) ends it. */
 	bool broken = j->rc == -EPIPE || j->rc == -ECONNRESET || (j->rc == -ETIMEDOUT && gj->a);
 	if (made)
-		gw_guest_attach(gw, sb, made);
+		gw_guest_attach(gw, sb, made, &gj->adopted);
+	free(gj->adopted.v);
+	gw_strv_free(gj->env);
 	gj->after(gj);
 	if (was_busy && (sb->gone || sb->state != GW_SB_RUNNING || broken)) {
 		gw_guest_close(gw, sb, "unavailable", broken ? "the sandbox's guest agent stopped answering"

@@ -254,9 +254,24 @@ unsigned gw_status_for_errno(int code);
 
 /* ---- guest.c ---- */
 void gw_guest_init(struct gw *gw, struct gw_sandbox *sb);
-/* The connection, from a job that made it (vm.c), or dropped: every
- * process's stream ends with error code/message. */
-void gw_guest_attach(struct gw *gw, struct gw_sandbox *sb, struct vmf_client_agent *a);
+/* What a new connection brings along (gw_guest_prepare, on a worker). */
+struct gw_adopted {
+	struct vmf_exec_entry *v;    /* kept processes now attached to it */
+	size_t n;
+};
+/* The sandbox's envVars as "KEY=VALUE" strings (NULL-terminated, for a
+ * job; NULL when out of memory); gw_strv_free frees them. */
+char **gw_sb_env(const struct gw_sandbox *sb);
+void gw_strv_free(char **v);
+/* On a worker, right after a connection is made: the sandbox's environment
+ * for every process (the agent's ExecSetEnv), and the kept processes an
+ * earlier connection started (before a pause, a gateway restart, a broken
+ * connection) attached to this one. */
+int gw_guest_prepare(struct vmf_client_agent *a, char *const *env, struct gw_adopted *ad, struct vmf_error *err);
+/* The connection, from a job that made it (vm.c), with the processes it
+ * adopted (taken; may be NULL), or dropped: every process's stream ends
+ * with error code/message. */
+void gw_guest_attach(struct gw *gw, struct gw_sandbox *sb, struct vmf_client_agent *a, struct gw_adopted *ad);
 void gw_guest_close(struct gw *gw, struct gw_sandbox *sb, const char *code, const char *msg);
 void gw_guest_free(struct gw_sandbox *sb);
 /* Runs fn on a worker with the connection (made first if there is none);
@@ -269,6 +284,8 @@ struct gw_guest_job {
 	char socket[108], transport[16];
 	unsigned vsock_port;
 	struct vmf_client_agent *made;
+	char **env;                  /* the sandbox's, for a connection it makes */
+	struct gw_adopted adopted;
 	bool holds;                  /* it holds the connection (started) */
 };
 int gw_guest_run(struct gw *gw, struct gw_sandbox *sb, struct gw_guest_job *g);
@@ -278,6 +295,13 @@ void gw_guest_unhold(struct gw_sandbox *sb);
 void gw_guest_flush(struct gw *gw, struct gw_sandbox *sb);
 
 /* ---- process.c ---- */
+/* Streams one process's output goes to at once: Start's and Connects'. */
+#define GW_PROC_STREAMS 4
+struct gw_proc;
+struct gw_listener {
+	struct gw_proc *p;
+	struct gw_stream *s;         /* NULL: this slot is free */
+};
 struct gw_proc {
 	struct gw_proc *next;
 	struct gw_sandbox *sb;
@@ -285,10 +309,14 @@ struct gw_proc {
 	uint32_t pid;                /* what E2B calls it: the agent's exec id */
 	char *tag;
 	json_object *config;         /* cmd, args, envs, cwd: for List */
-	struct gw_stream *stream;    /* NULL: nobody listens; output is dropped */
+	struct gw_listener ls[GW_PROC_STREAMS];   /* none: nobody listens; output is dropped */
 	bool pty, timed_out;
 	unsigned timeout_ms;
 };
+/* Whether a stream of the process has a full buffer (reading waits). */
+bool gw_proc_full(const struct gw_proc *p);
+/* A kept process a new connection attached: into the table. */
+void gw_proc_adopt(struct gw_sandbox *sb, const struct vmf_exec_entry *e);
 /* An event of the sandbox's agent connection. */
 void gw_proc_event(struct gw *gw, struct gw_sandbox *sb, const struct vmf_exec_event *ev);
 /* The connection went: each process ends (its stream with code/message). */

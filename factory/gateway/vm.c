@@ -36,6 +36,8 @@ struct vm_job {
 	char agent_socket[108], agent_transport[16];
 	unsigned vsock_port;
 	struct vmf_client_agent *agent;
+	char **env;                  /* the sandbox's, for its agent */
+	struct gw_adopted adopted;
 };
 
 unsigned
@@ -138,8 +140,13 @@ copy_vm(struct vm_job *v, const Vmf__Control__VmInfo *vm)
 static int
 connect_agent(struct vm_job *v)
 {
-	return vmf_client_agent_connect(v->agent_socket, v->agent_transport, v->vsock_port, AGENT_CONNECT_MS, NULL,
-					NULL, &v->agent, &v->job.err);
+	int r = vmf_client_agent_connect(v->agent_socket, v->agent_transport, v->vsock_port, AGENT_CONNECT_MS, NULL,
+					 NULL, &v->agent, &v->job.err);
+	if (r == 0 && (r = gw_guest_prepare(v->agent, v->env, &v->adopted, &v->job.err)) < 0) {
+		vmf_client_agent_close(v->agent);
+		v->agent = NULL;
+	}
+	return r;
 }
 
 static void
@@ -252,6 +259,11 @@ vm_start(struct gw_job *j)
 	}
 	/* What a pause or kill ends must end before the VM stops: each
 	 * process's stream gets its reason. */
+	if ((v->op == GW_VM_CREATE || v->op == GW_VM_RESUME) && !(v->env = gw_sb_env(sb))) {
+		j->cancelled = true;
+		j->rc = vmf_err(&j->err, ENOMEM, "out of memory for sandbox %s's environment", sb->id);
+		return;
+	}
 	if (v->op == GW_VM_PAUSE)
 		gw_guest_close(j->gw, sb, "unavailable", "the sandbox was paused");
 	else if (v->op == GW_VM_KILL)
@@ -275,7 +287,7 @@ vm_done(struct gw_job *j)
 			sb->vcpus = v->vcpus;
 			sb->memory_mib = v->memory_mib;
 			sb->state = GW_SB_RUNNING;
-			gw_guest_attach(gw, sb, v->agent);
+			gw_guest_attach(gw, sb, v->agent, &v->adopted);
 			v->agent = NULL;
 			break;
 		case GW_VM_PAUSE:
@@ -292,6 +304,8 @@ vm_done(struct gw_job *j)
 	}
 	if (v->agent)
 		vmf_client_agent_close(v->agent);
+	free(v->adopted.v);
+	gw_strv_free(v->env);
 	if (j->rc < 0)
 		vmf_log_kv(j->rc == -ENOENT || j->rc == -EALREADY ? VMF_LOG_INFO : VMF_LOG_WARN, __func__, NULL,
 			   "sandbox %s: %s", sb->id, j->err.msg);

@@ -3,6 +3,7 @@
  * mount) before any VM is taken; the VM work runs on a worker; the outcome
  * is applied on the loop. */
 #include <errno.h>
+#include <limits.h>
 #include <net/if.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -51,6 +52,10 @@ struct getvm_job {
 	char sandbox_id[72];
 	char share_dir[PATH_MAX], sock_dir[PATH_MAX];
 	int64_t start_ms, deadline_ms;
+	/* It waited in its pool's queue (cache/queue.c): since, and for how
+	 * long until served. */
+	bool waited;
+	int64_t queued_at_ms, queue_ms;
 	double step_ms[VMF_STEP_COUNT];
 	uint8_t sample[16];      /* a clone made now: its random bytes after the reseed */
 	bool reseeded;
@@ -594,13 +599,15 @@ getvm_done(void *arg)
 			vmf_histogram_add(&d->hist[s], j->step_ms[s] / 1000.0);
 		}
 		vmf_shape_note_handout(&j->pool->shape, j->vcpus, j->memory_mib, j->kind);
-		log_vm(VMF_LOG_INFO, vm->id, "handed out to sandbox %s (%u vCPU, %u MiB) in %.1f ms (%s), clock "
-		       "error %.3f ms, boot id %s", j->sandbox_id, vm->vcpus, vm->memory_mib,
-		       j->step_ms[VMF_STEP_TOTAL], vmf_handout_kind_name(j->kind), vm->clock_error_ms, vm->boot_id);
+		log_vm(VMF_LOG_INFO, vm->id, "handed out to sandbox %s (%u vCPU, %u MiB) in %.1f ms (%s, %lld ms "
+		       "queued), clock error %.3f ms, boot id %s", j->sandbox_id, vm->vcpus, vm->memory_mib,
+		       j->step_ms[VMF_STEP_TOTAL], vmf_handout_kind_name(j->kind), (long long)j->queue_ms,
+		       vm->clock_error_ms, vm->boot_id);
 		Vmf__Control__Reply r = VMF__CONTROL__REPLY__INIT;
 		Vmf__Control__VmInfo info = VMF__CONTROL__VM_INFO__INIT;
 		vmf_vm_info_fill(d, vm, j->pss_kib, &info);
 		info.handout = (char *)vmf_handout_kind_name(j->kind);   /* static: not cleared */
+		info.queue_ms = (uint32_t)j->queue_ms;
 		r.body_case = VMF__CONTROL__REPLY__BODY_VM;
 		r.vm = &info;
 		vmf_request_reply(j->c, &r);
@@ -779,10 +786,64 @@ getvm_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control__Reques
 	snprintf(j->share_dir, sizeof(j->share_dir), "%s", req->share_dir);
 	snprintf(j->sock_dir, sizeof(j->sock_dir), "%s", req->sock_dir);
 	j->start_ms = vmf_now_ms();
-	j->deadline_ms = j->start_ms + (req->timeout_ms ? req->timeout_ms : VMF_DEFAULT_GETVM_TIMEOUT_MS);
+	j->deadline_ms = j->start_ms + (req->timeout_ms ? req->timeout_ms : (int64_t)d->opts.get_timeout_s * 1000);
 	if (vmf_jobs_submit(d->cache.jobs, paths_work, paths_done, j) < 0) {
 		getvm_free(j);
 		vmf_request_fail(c, ENOMEM, "cannot queue the GetVM work");
+	}
+}
+
+/* The wait's end (cache/queue.c): a ready VM to take now, or why not. */
+static void
+getvm_woken(void *arg, int rc, const struct vmf_error *err)
+{
+	struct getvm_job *j = arg;
+	struct vmf_daemon *d = j->d;
+	struct vmf_error lerr = {0};
+	j->queue_ms = vmf_now_ms() - j->queued_at_ms;
+	/* Its tenant's VMs handed out meanwhile count. */
+	if (rc == 0 && (rc = vmf_limit_tenant(d, j->peer, VMF_LIMIT_VMS, 0, &lerr)) < 0)
+		err = &lerr;
+	if (rc < 0) {
+		d->errors++;
+		vmf_request_fail(j->c, err->code, err->msg);
+		getvm_free(j);
+		return;
+	}
+	getvm_take(j);
+}
+
+static bool
+getvm_alive(void *arg)
+{
+	const struct getvm_job *j = arg;
+	return vmf_request_connected(j->c);
+}
+
+/* No ready VM and no room for a clone on demand: the request waits for
+ * the pool's next clone, within its deadline and the queue's bounds. */
+static void
+getvm_wait(struct getvm_job *j)
+{
+	struct vmf_daemon *d = j->d;
+	/* It leaves the queue a hand-out's time before its deadline (a tenth
+	 * of its timeout, at most 2 s): one served at the last moment would
+	 * fail mid-way and cost the VM. */
+	int64_t reserve = (j->deadline_ms - j->start_ms) / 10;
+	struct vmf_wait_req r = {
+		.uid = j->peer,
+		.uid_limit = vmf_daemon_peer_admin(d, j->peer) ? UINT_MAX : d->opts.tenant_max_queued,
+		.deadline_ms = j->deadline_ms - (reserve < 2000 ? reserve : 2000),
+		.fn = getvm_woken, .alive = getvm_alive, .arg = j,
+	};
+	struct vmf_error err = {0};
+	if (!j->waited)
+		j->queued_at_ms = vmf_now_ms();
+	j->waited = true;
+	if (vmf_cache_enqueue(&d->cache, j->pool, &r, &err) < 0) {
+		d->errors++;
+		vmf_request_fail(j->c, err.code, err.msg);
+		getvm_free(j);
 	}
 }
 
@@ -795,8 +856,10 @@ getvm_take(struct getvm_job *j)
 	struct vmf_pool *pool = j->pool;
 	bool have_ready = false;
 	struct vmf_vm *it;
-	/* Before the refill below: what the pool learns shapes its next clones. */
-	vmf_shape_note_request(&pool->shape, j->vcpus, j->memory_mib);
+	/* Before the refill below: what the pool learns shapes its next
+	 * clones (once per request, not again when it leaves the queue). */
+	if (!j->waited)
+		vmf_shape_note_request(&pool->shape, j->vcpus, j->memory_mib);
 	TAILQ_FOREACH(it, &d->cache.vms, link)
 		have_ready = have_ready || (it->pool == pool && it->state == VMF_VM_READY && !it->busy && !it->dead);
 	if (!pool->tpl && !have_ready) {
@@ -824,17 +887,7 @@ getvm_take(struct getvm_job *j)
 		/* A miss: clone now, on a worker, within the request's timeout.
 		 * Bounded: the daemon has a worker for each (vmf_daemon_run). */
 		if (d->miss_clones >= d->opts.max_miss_clones) {
-			d->errors++;
-			getvm_free(j);
-			char msg[200];
-			if (d->opts.max_miss_clones == 0)
-				snprintf(msg, sizeof(msg), "pool %s exhausted: no ready VM, and this daemon does not "
-					 "clone on demand (max_miss_clones = 0); retry later", pool->name);
-			else
-				snprintf(msg, sizeof(msg), "pool %s exhausted: no ready VM, and %u clone%s on demand "
-					 "already in flight (max_miss_clones = %u); retry later", pool->name,
-					 d->miss_clones, d->miss_clones == 1 ? "" : "s", d->opts.max_miss_clones);
-			vmf_request_fail(c, EAGAIN, msg);
+			getvm_wait(j);
 			return;
 		}
 		d->misses++;

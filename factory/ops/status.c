@@ -206,6 +206,10 @@ status_build(struct vmf_daemon *d, uid_t peer, Vmf__Control__Reply *reply, pid_t
 	s->errors = d->errors;
 	s->handout_p50_ms = vmf_latency_quantile(&d->lat[VMF_STEP_TOTAL], 0.5);
 	s->handout_p99_ms = vmf_latency_quantile(&d->lat[VMF_STEP_TOTAL], 0.99);
+	s->queued = vmf_cache_queued(&d->cache);
+	s->max_queue = d->cache.max_queue;
+	s->queue_wait_p50_ms = vmf_latency_quantile(&d->cache.queue_wait, 0.5);
+	s->queue_wait_p99_ms = vmf_latency_quantile(&d->cache.queue_wait, 0.99);
 
 	s->capabilities = cap_names(d->hv.caps, &s->n_capabilities);
 
@@ -262,6 +266,13 @@ status_build(struct vmf_daemon *d, uid_t peer, Vmf__Control__Reply *reply, pid_t
 		ps->name = strdup(p->name);
 		pool_sizes(d, p, ps);
 		ps->image_dir = strdup(p->img.dir);
+		ps->queued = p->queued;
+		ps->queue_served = p->queue_served;
+		ps->queue_timeouts = p->queue_timeouts;
+		ps->queue_left = p->queue_left;
+		ps->queue_refused = p->queue_refused;
+		ps->parallelism = vmf_pool_parallelism(p);
+		ps->max_parallelism = p->max_parallelism;
 		s->pools[s->n_pools++] = ps;
 
 		vmf__control__template_status__init(ts);

@@ -54,6 +54,13 @@ async function raw(method, path, { key = keyA, body, headers = {} } = {}) {
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
 
+// Until cond() holds or ms pass; whether it held.
+async function waitFor(cond, ms) {
+  for (const end = Date.now() + ms; Date.now() < end; await sleep(100))
+    if (await cond()) return true
+  return !!(await cond())
+}
+
 function gatewayRssKiB() {
   const m = /VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${process.env.E2B_TEST_GATEWAY_PID}/status`, 'utf8'))
   return m ? +m[1] : -1
@@ -201,8 +208,54 @@ async function main() {
     (e) => e instanceof InvalidArgumentError)
   await throws('files.watchDir (not served yet) says so', () => sbx.files.watchDir('/tmp', () => {}),
     (e) => /not served/.test(e?.message))
-  await throws('commands.list (not served yet) says so', () => sbx.commands.list(),
-    (e) => /not served/.test(e?.message))
+
+  // Processes that outlive their request: background + list + kill + wait,
+  // stdin, connect, a terminal's input and size.
+  await step('background, list, kill, wait, kill twice', async () => {
+    const out = []
+    const h = await sbx.commands.run('echo started; sleep 600', { background: true, onStdout: (d) => out.push(d) })
+    check(h.pid > 0, `background: pid ${h.pid}`)
+    check(await waitFor(() => out.join('') === 'started\n', 30000), `its output streams: ${JSON.stringify(out.join(''))}`)
+    const listed = await sbx.commands.list()
+    const mine = listed.find((p) => p.pid === h.pid)
+    check(mine && mine.cmd === '/bin/bash' && mine.args[2] === 'echo started; sleep 600',
+      `commands.list shows it: ${JSON.stringify(mine)}`)
+    check(await h.kill(), 'kill: true')
+    await throws('its wait: CommandExitError, killed', () => h.wait(),
+      (e) => e instanceof CommandExitError && /signal: killed/.test(e.message))
+    check((await sbx.commands.kill(h.pid)) === false, 'kill twice: false (not found)')
+    check(!(await sbx.commands.list()).some((p) => p.pid === h.pid), 'gone from commands.list')
+  })
+  await step('stdin', async () => {
+    const h = await sbx.commands.run('cat; echo end', { background: true, stdin: true })
+    await h.sendStdin('hello\n')
+    await sbx.commands.sendStdin(h.pid, 'world\n')
+    await h.closeStdin()
+    const r = await h.wait()
+    check(r.stdout === 'hello\nworld\nend\n', `sendStdin, closeStdin: ${JSON.stringify(r.stdout)}`)
+  })
+  await step('connect', async () => {
+    const h = await sbx.commands.run('read l; echo "got $l"', { background: true, stdin: true })
+    const seen = []
+    const c = await sbx.commands.connect(h.pid, { onStdout: (d) => seen.push(d) })
+    check(c.pid === h.pid, `connect by pid ${c.pid}`)
+    await c.sendStdin('x\n')
+    const r = await c.wait()
+    check(r.stdout === 'got x\n' && seen.join('') === 'got x\n', `the connected handle gets the output and exit: ${JSON.stringify(r.stdout)}`)
+    const first = await h.wait()
+    check(first.stdout === 'got x\n', `so does the starting one: ${JSON.stringify(first.stdout)}`)
+    await throws('connect to a pid that is not running: not found', () => sbx.commands.connect(999999),
+      (e) => e instanceof NotFoundError || /not found|no process/i.test(e?.message))
+  })
+  await step('pty input and resize', async () => {
+    let data = ''
+    const dec = new TextDecoder()
+    const t = await sbx.pty.create({ cols: 80, rows: 24, onData: (d) => { data += dec.decode(d) } })
+    await sbx.pty.resize(t.pid, { cols: 100, rows: 30 })
+    await sbx.pty.sendInput(t.pid, new TextEncoder().encode('stty size; exit\n'))
+    await t.wait()
+    check(/30 100/.test(data), `pty.sendInput ran stty after pty.resize: ${JSON.stringify(data.slice(-200))}`)
+  })
 
   // A second sandbox; list with a metadata filter, and in pages.
   const sbx2 = await Sandbox.create({ metadata: { suite: 'e2b', n: '2', 'a b&c': 'x=y z%' }, timeoutMs: 600_000 })
@@ -265,6 +318,7 @@ async function main() {
   // Pause and connect: the sandbox comes back as it was.
   await step('pause, connect', async () => {
     await sbx2.commands.run('echo kept > /tmp/kept')
+    const bg = await sbx2.commands.run('sleep 600', { background: true, timeoutMs: 0 })
     check(await sbx2.pause(), 'pause')
     check((await sbx2.pause()) === false, 'pause again: already paused (409)')
     check((await Sandbox.getInfo(sbx2.sandboxId)).state === 'paused', 'getInfo: paused')
@@ -276,6 +330,10 @@ async function main() {
     check((await Sandbox.getInfo(sbx2.sandboxId)).state === 'running', 'getInfo: running')
     const again = await Sandbox.connect(sbx2.sandboxId)
     check(again.sandboxId === sbx2.sandboxId, 'connect to a running sandbox')
+    const procs = await back.commands.list()
+    check(procs.some((p) => p.pid === bg.pid && p.args[2] === 'sleep 600'),
+      `a background command outlives the pause: ${JSON.stringify(procs)}`)
+    check(await back.commands.kill(bg.pid), 'and is killed after it')
   })
   await step('setTimeout', async () => {
     await sbx2.setTimeout(120_000)
@@ -336,13 +394,14 @@ async function main() {
     check(await paused.kill(), 'the paused one is killed')
   })
 
-  // For the restarted gateway: the first sandbox stays.
-  writeFileSync(stateFile, JSON.stringify({ id: sbx.sandboxId }))
+  // For the restarted gateway: the first sandbox stays, a command running.
+  const bg = await sbx.commands.run('echo "$GLOBAL" > /tmp/bg; sleep 600', { background: true, timeoutMs: 0 })
+  writeFileSync(stateFile, JSON.stringify({ id: sbx.sandboxId, pid: bg.pid }))
   console.log(`bench: sdk_create_ms ${tCreate}`)
 }
 
 async function afterRestart() {
-  const { id } = JSON.parse(readFileSync(stateFile, 'utf8'))
+  const { id, pid } = JSON.parse(readFileSync(stateFile, 'utf8'))
   await step('after a gateway restart', async () => {
     const info = await Sandbox.getInfo(id)
     check(info.metadata.n === '1' && info.state === 'running', `its metadata kept: ${JSON.stringify(info.metadata)}`)
@@ -350,6 +409,11 @@ async function afterRestart() {
     const sbx = await Sandbox.connect(id)
     const r = await sbx.commands.run('echo "$GLOBAL"; whoami')
     check(r.stdout === 'g1\nuser\n', `commands run, with its envs: ${JSON.stringify(r.stdout)}`)
+    const procs = await sbx.commands.list()
+    check(procs.some((p) => p.pid === pid && p.cmd === '/bin/bash'),
+      `the background command started before the restart is listed: ${JSON.stringify(procs)}`)
+    check(await sbx.commands.kill(pid), 'and killed')
+    check((await sbx.commands.run('cat /tmp/bg')).stdout === 'g1\n', 'it had its sandbox envs')
     check(await sbx.kill(), 'kill')
   })
   const left = [...await Sandbox.list().nextItems(), ...await Sandbox.list({ apiKey: keyB }).nextItems()]

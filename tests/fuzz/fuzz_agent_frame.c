@@ -11,6 +11,8 @@
  *   13    the library: connect (ExecReset), ExecStart, then events (output
  *         consumed, credit given back), stdin, a signal, until the stream
  *         ends; then its file calls: stat, a listing, a read
+ *   14    the library's process table: connect, ExecList (its pages),
+ *         ExecAttach by tag, then events as for 13
  * What every call must hold whatever it is sent: it returns (the input's
  * EOF or its 2 s deadline), frees what it allocated (LeakSanitizer), and
  * every string it hands out is valid UTF-8 (abort otherwise).
@@ -41,7 +43,8 @@
 
 #define TIMEOUT_MS 2000
 #define RENUMBER_MAX 8
-#define CALLS 14
+#define CALLS 15
+#define LIBRARY_CALL 13
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -281,7 +284,7 @@ library_files(struct vmf_client_agent *ag)
 }
 
 static void
-library_session(void)
+library_session(bool table)
 {
 	struct vmf_client_agent *ag = NULL;
 	struct vmf_error err = {0};
@@ -292,7 +295,26 @@ library_session(void)
 	const char *argv[] = { "cat", NULL };
 	struct vmf_exec_opts o = { .argv = argv, .output_window = 65536 };
 	uint64_t id = 0;
-	if (vmf_client_exec_start(ag, &o, &id, TIMEOUT_MS, &err) == 0) {
+	int started;
+	if (table) {
+		struct vmf_exec_entry *v;
+		size_t n;
+		if (vmf_client_exec_list(ag, &v, &n, TIMEOUT_MS, &err) == 0) {
+			if (n > 256)
+				abort();
+			for (size_t i = 0; i < n; i++) {
+				must_be_text(v[i].tag);
+				must_be_text(v[i].cmd);
+				must_be_text(v[i].cwd);
+			}
+			free(v);
+		}
+		must_be_text(err.msg);
+		started = vmf_client_exec_attach(ag, 0, 0, "t", 65536, &id, NULL, TIMEOUT_MS, &err);
+	} else {
+		started = vmf_client_exec_start(ag, &o, &id, TIMEOUT_MS, &err);
+	}
+	if (started == 0) {
 		vmf_client_exec_input(ag, id, "in", 2, 1, &err);
 		vmf_client_exec_signal(ag, id, SIGTERM, &err);
 		int64_t end = vmf_now_ms() + TIMEOUT_MS;
@@ -340,15 +362,15 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		return 0;
 	int call = data[0] % CALLS;
 	struct fuzz_peer p = { .data = data + 1, .len = size - 1,
-			       .send = call == CALLS - 1 ? accept_then_send : send_renumbered };
-	if (call == CALLS - 1)
+			       .send = call >= LIBRARY_CALL ? accept_then_send : send_renumbered };
+	if (call >= LIBRARY_CALL)
 		drain_backlog();
 	int fd;
 	if (fuzz_peer_start(&p, &fd) < 0)
 		abort();
-	if (call == CALLS - 1) {
+	if (call >= LIBRARY_CALL) {
 		close(fd);
-		library_session();
+		library_session(call == LIBRARY_CALL + 1);
 	} else {
 		struct vmf_agent *a = vmf_agent_new(fd);
 		if (!a)
