@@ -12,7 +12,7 @@
 #include <stddef.h>
 
 #include "error.h"
-#include "gateway.h"
+#include "gateway_opts.h"
 
 #define VMF_DEFAULT_SOCKET "/run/vmfactory/vmfactory.sock"
 #define VMF_DEFAULT_STATE_DIR "/var/lib/vmfactory"

@@ -10,7 +10,7 @@
 #include <stdint.h>
 
 #include "client.h"
-#include "gateway.h"
+#include "gateway_opts.h"
 #include "jobs.h"
 
 /* The envd version the SDK is told: it gates SDK features (0.4.0: the
