@@ -151,6 +151,11 @@ struct vmf_vm {
 	uint64_t state_size;
 	int64_t suspended_ns;
 	Vmf__Hv__HypervisorState *saved_hv;
+	/* Its lease (an assigned VM): at lease_deadline_ns (CLOCK_REALTIME, 0 =
+	 * none) the daemon's tick releases it, or suspends it with
+	 * lease_suspend.  Recorded, so that a restarted daemon keeps it. */
+	int64_t lease_deadline_ns;
+	bool lease_suspend;
 };
 
 /* Whether vm holds something outside its own memory and devices (an

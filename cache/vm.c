@@ -94,6 +94,8 @@ vm_to_record(const struct vmf_vm *vm, enum vmf_vm_state state, const Vmf__Hv__Vm
 	rec->state_file = (char *)vm->state_file;
 	rec->state_size = vm->state_size;
 	rec->suspended_ns = vm->suspended_ns;
+	rec->lease_deadline_ns = vm->lease_deadline_ns;
+	rec->lease_suspend = vm->lease_suspend;
 	rec->exit = (Vmf__Hv__VmExit *)exit;
 }
 
@@ -157,6 +159,8 @@ vmf_vm_from_record(struct vmf_vm *vm, const Vmf__Catalog__VmRecord *rec)
 	copy_str(vm->state_file, sizeof(vm->state_file), rec->state_file);
 	vm->state_size = rec->state_size;
 	vm->suspended_ns = rec->suspended_ns;
+	vm->lease_deadline_ns = rec->lease_deadline_ns;
+	vm->lease_suspend = rec->lease_suspend;
 	vm->exit = vmf_vm_exit_dup(rec->exit);
 	vm->resets = rec->exit ? rec->exit->resets : 0;
 	vm->n_cgroups = 0;

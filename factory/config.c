@@ -84,6 +84,7 @@ static const struct key keys[] = {
 	{ SEC_DAEMON, "user_net_outbound", K_BOOL, O(user_net_outbound), 0, 0, 0 },
 	{ SEC_DAEMON, "hostfwd_addresses", K_ADDRS, O(hostfwd_addresses), 0, 0, 255 },
 	{ SEC_DAEMON, "max_hostfwd_per_tenant", K_UINT, O(max_hostfwd), 0, 1024, 0 },
+	{ SEC_DAEMON, "max_ttl", K_SECONDS, O(max_ttl_s), 0, 365 * 86400, 0 },
 	/* Every pool's defaults; a [pool] may set its own. */
 	{ SEC_DAEMON, "shape", K_SHAPE, O(shape), 0, 0, 0 },
 	{ SEC_DAEMON, "shape_max", K_UINT, O(shape_max), 0, 256, 0 },

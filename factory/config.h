@@ -12,7 +12,7 @@
 #include <stddef.h>
 
 #include "error.h"
-#include "gateway.h"
+#include "gateway_opts.h"
 
 #define VMF_DEFAULT_SOCKET "/run/vmfactory/vmfactory.sock"
 #define VMF_DEFAULT_STATE_DIR "/var/lib/vmfactory"
@@ -143,6 +143,8 @@ struct vmf_daemon_opts {
 	unsigned serial_log_kib, scratch_max_mib, scratch_max_volumes;
 	unsigned tenant_max_vms, tenant_max_suspended, tenant_max_suspended_mib;
 	unsigned tenant_max_snapshots, tenant_max_snapshot_mib;
+	/* The longest lease a GetVM, Resume or Lease may ask for (0: any). */
+	unsigned max_ttl_s;
 	/* The tenant boundary (docs/security.md): each clone's share is a
 	 * tmpfs of share_max_mib (0: a plain directory, and no share for a
 	 * tenant).  User-mode network: whether a tenant may ask for outbound

@@ -22,6 +22,7 @@
 #include "daemon.h"
 #include "factory.h"
 #include "frame.h"
+#include "leases.h"
 #include "log.h"
 #include "metrics.h"
 #include "net.h"
@@ -30,6 +31,7 @@
 #include "request.h"
 #include "sdnotify.h"
 #include "snapindex.h"
+#include "suspendjob.h"
 #include "vminfo.h"
 
 /* ---- readiness pipe to `vmfactory init` ---- */
@@ -177,6 +179,52 @@ signal_cb(evutil_socket_t sig, short what, void *arg)
 
 /* ---- loop plumbing ---- */
 
+/* A lease's suspend that failed leaves the VM running: its lease becomes
+ * a release, for the next tick, rather than let it run on. */
+static void
+lease_suspended(struct vmf_daemon *d, struct vmf_vm *vm, const struct vmf_suspend_result *res, void *arg)
+{
+	(void)arg;
+	if (res->rc < 0 && vm->state == VMF_VM_ASSIGNED && vm->lease_deadline_ns) {
+		d->errors++;
+		log_vm(VMF_LOG_WARN, vm->id, "its lease ran out and it could not be suspended (%s): releasing it",
+		       res->err.msg);
+		vm->lease_suspend = false;
+	}
+}
+
+/* VMs whose lease ran out (leases.c): released, or suspended as the lease
+ * says, through the same jobs a request starts; a VM a job holds is looked
+ * at again on the next tick.  A daemon stopping starts nothing: the next
+ * one finds the lease in the record, run out, and ends the VM at its
+ * start. */
+static void
+expire_leases(struct vmf_daemon *d)
+{
+	if (d->cache.stopping || d->draining)
+		return;
+	int64_t now = vmf_realtime_ns();
+	struct vmf_vm *vm, *next;
+	for (vm = TAILQ_FIRST(&d->cache.vms); vm; vm = next) {
+		next = TAILQ_NEXT(vm, link);
+		if (!vmf_lease_due(vm, now))
+			continue;
+		if (vm->lease_suspend && vm->state == VMF_VM_ASSIGNED && !vm->dead) {
+			struct vmf_error err = {0};
+			if (vmf_suspend_check(d, vm, false, vm->owner_uid, &err) == 0) {
+				log_vm(VMF_LOG_INFO, vm->id, "its lease ran out: suspending it (sandbox %s)", vm->sandbox_id);
+				vmf_suspend_job_start(d, vm, false, vm->owner_uid, vmf_daemon_peer_admin(d, vm->owner_uid), NULL,
+						      lease_suspended, NULL);
+				continue;
+			}
+			log_vm(VMF_LOG_WARN, vm->id, "its lease ran out but it cannot be suspended (%s): releasing it",
+			       err.msg);
+		}
+		log_vm(VMF_LOG_INFO, vm->id, "its lease ran out: releasing it (sandbox %s)", vm->sandbox_id);
+		vmf_cache_destroy_vm(&d->cache, vm, true, NULL);
+	}
+}
+
 static void
 tick_cb(evutil_socket_t fd, short what, void *arg)
 {
@@ -184,6 +232,7 @@ tick_cb(evutil_socket_t fd, short what, void *arg)
 	(void)what;
 	struct vmf_daemon *d = arg;
 	vmf_cache_tick(&d->cache, d->opts.max_idle_s);
+	expire_leases(d);
 	/* Also a backstop for a destroy or shutdown waiting on a job whose
 	 * done callback does not settle. */
 	vmf_daemon_settle(d);

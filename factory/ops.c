@@ -6,6 +6,7 @@
 static const struct vmf_op *const table[] = {
 	&vmf_op_status, &vmf_op_getvm, &vmf_op_release, &vmf_op_inspect, &vmf_op_attach, &vmf_op_detach,
 	&vmf_op_snapshot, &vmf_op_template_rm, &vmf_op_suspend, &vmf_op_resume, &vmf_op_destroy,
+	&vmf_op_lease,
 };
 
 const struct vmf_op *

@@ -31,7 +31,8 @@ struct vmf_op {
 };
 
 extern const struct vmf_op vmf_op_status, vmf_op_getvm, vmf_op_release, vmf_op_inspect, vmf_op_attach,
-	vmf_op_detach, vmf_op_snapshot, vmf_op_template_rm, vmf_op_suspend, vmf_op_resume, vmf_op_destroy;
+	vmf_op_detach, vmf_op_snapshot, vmf_op_template_rm, vmf_op_suspend, vmf_op_resume, vmf_op_destroy,
+	vmf_op_lease;
 
 /* The entry of body, NULL for none. */
 const struct vmf_op *vmf_op_find(Vmf__Control__Request__BodyCase body);

@@ -2,8 +2,8 @@
  * state file lives and its removal, the read-write disks frozen and
  * thawed, the agent reached and the owner's port primed; and, at a
  * restart, the VMs recorded mid-suspend finished or rolled back, and the
- * state files no suspended VM names removed.  Suspend and Resume
- * themselves are ops/suspend.c. */
+ * state files no suspended VM names removed.  The suspend and resume
+ * jobs themselves are suspendjob.c. */
 #include <dirent.h>
 #include <errno.h>
 #include <limits.h>
@@ -168,6 +168,8 @@ vmf_suspend_recover(struct vmf_daemon *d, struct vmf_vm *vm, const Vmf__Catalog_
 	}
 	if (!vm->suspended_ns)
 		vm->suspended_ns = vmf_realtime_ns();
+	vm->lease_deadline_ns = 0;
+	vm->lease_suspend = false;
 	log_vm(VMF_LOG_INFO, vm->id, "suspended VM of sandbox %s (%llu MiB in %s)%s", vm->sandbox_id,
 	       (unsigned long long)(vm->state_size >> 20), vm->state_file,
 	       rec->state == VMF__CATALOG__VM_STATE__VM_RESUMING ? ": a resume was cut short" : "");

@@ -1,5 +1,6 @@
 /* A suspended VM's saved state and its guest around a save (suspended.c),
- * for Suspend and Resume (ops/suspend.c) and restart recovery (recovery.c). */
+ * for the suspend and resume jobs (suspendjob.c) and restart recovery
+ * (recovery.c). */
 #ifndef VMF_SUSPENDED_H
 #define VMF_SUSPENDED_H
 

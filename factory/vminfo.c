@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "factory.h"
+#include "leases.h"
 #include "log.h"
 #include "vminfo.h"
 
@@ -59,6 +60,8 @@ vmf_vm_info_fill(struct vmf_daemon *d, const struct vmf_vm *vm, uint64_t pss_kib
 	info->state_file = strdup(vm->state == VMF_VM_SUSPENDED ? vm->state_file : "");
 	info->state_size = vm->state == VMF_VM_SUSPENDED ? vm->state_size : 0;
 	info->suspended_ns = vm->state == VMF_VM_SUSPENDED ? vm->suspended_ns : 0;
+	info->lease_deadline_ns = vm->lease_deadline_ns;
+	info->lease_on_expiry = strdup(vm->lease_deadline_ns ? vmf_lease_action(vm) : "");
 	info->pss_kib = info->pid > 0 && !vm->dead ? pss_kib : 0;
 	vmf_disk_info_fill(vm, info);
 	info->exit = vmf_vm_exit_dup(vm->exit);
@@ -89,7 +92,7 @@ vmf_vm_info_clear(Vmf__Control__VmInfo *info)
 			  &info->share_dir, &info->run_dir,
 			  &info->template_id, &info->pool, &info->state, &info->sandbox_id, &info->share_link,
 			  &info->sock_link, &info->boot_id, &info->machine_id, &info->hostname, &info->net,
-			  &info->netns, &info->netns_link, &info->mac, &info->state_file };
+			  &info->netns, &info->netns_link, &info->mac, &info->state_file, &info->lease_on_expiry };
 	for (size_t i = 0; i < sizeof(strs) / sizeof(strs[0]); i++) {
 		free(*strs[i]);
 		*strs[i] = NULL;

@@ -845,6 +845,18 @@ START_TEST(cli_get_marshals_only)
 	ck_assert_str_eq(F.last->get_vm->pool, "private");
 	pthread_mutex_unlock(&F.mu);
 
+	/* A lease needs version 5: a daemon that ignored it would never end
+	 * the VM. */
+	r = CLI("get", "--cpus", "2", "--memory", "512", "--sandbox", "sb-9", "--share-dir", "/sb/share",
+		"--sock-dir", "/sb/sock", "--ttl", "30", "--on-expiry", "suspend", "--socket", F.path);
+	ck_assert_msg(r.rc == 0, "exit %d: %s", r.rc, r.err);
+	run_free(&r);
+	pthread_mutex_lock(&F.mu);
+	ck_assert_uint_eq(F.last->protocol_version, 5);
+	ck_assert_uint_eq(F.last->get_vm->ttl_s, 30);
+	ck_assert_str_eq(F.last->get_vm->on_expiry, "suspend");
+	pthread_mutex_unlock(&F.mu);
+
 	/* The daemon validates: nonsense still reaches it. */
 	r = CLI("get", "--cpus", "0", "--memory", "1", "--sandbox", "../x", "--share-dir", "rel", "--sock-dir", "rel",
 		"--socket", F.path);
@@ -852,7 +864,7 @@ START_TEST(cli_get_marshals_only)
 	run_free(&r);
 	pthread_mutex_lock(&F.mu);
 	ck_assert_str_eq(F.last->get_vm->sandbox_id, "../x");
-	ck_assert_int_eq(F.nreq, 3);
+	ck_assert_int_eq(F.nreq, 4);
 	pthread_mutex_unlock(&F.mu);
 }
 END_TEST

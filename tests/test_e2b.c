@@ -176,19 +176,52 @@ run_sdk(const char *phase)
 }
 
 /* VMs of the daemon whose sandbox links are the gateway's. */
-static int
-gateway_vms(void)
+/* The daemon's status (free it with free_unpacked). */
+static Vmf__Control__Reply *
+daemon_status(void)
 {
 	struct vmf_client *c;
 	struct vmf_error e;
 	Vmf__Control__Reply *rep;
 	ck_assert_msg(vmf_client_connect(sock, &c, &e) == 0, "%s", e.msg);
 	ck_assert_msg(vmf_client_status(c, &rep, 10000, &e) == 0, "%s", e.msg);
+	vmf_client_close(c);
+	return rep;
+}
+
+static int
+gateway_vms(void)
+{
+	Vmf__Control__Reply *rep = daemon_status();
 	int n = 0;
 	for (size_t i = 0; i < rep->status->n_vms; i++)
 		n += strstr(rep->status->vms[i]->sock_link, gw_dir) != NULL;
 	vmf__control__reply__free_unpacked(rep, NULL);
-	vmf_client_close(c);
+	return n;
+}
+
+/* The gateway's VMs the daemon holds with a lease of its own ending a grace
+ * after the gateway's (the first sandbox's timeout, 600 s, + 30 s), so
+ * that with no gateway the daemon still ends them; -1 if one has none. */
+static int
+gateway_vms_leased(void)
+{
+	Vmf__Control__Reply *rep = daemon_status();
+	int n = 0;
+	int64_t now = vmf_realtime_ns();
+	for (size_t i = 0; i < rep->status->n_vms; i++) {
+		const Vmf__Control__VmInfo *v = rep->status->vms[i];
+		if (!strstr(v->sock_link, gw_dir))
+			continue;
+		int64_t left = (v->lease_deadline_ns - now) / 1000000000;
+		printf("gateway VM %s: %s, the daemon's lease %s in %lld s\n", v->id, v->state, v->lease_on_expiry,
+		       (long long)left);
+		if (!v->lease_deadline_ns || left > 630 || strcmp(v->lease_on_expiry, "release") != 0)
+			n = -1;
+		else if (n >= 0)
+			n++;
+	}
+	vmf__control__reply__free_unpacked(rep, NULL);
 	return n;
 }
 
@@ -234,6 +267,7 @@ START_TEST(sdk_drives_the_gateway)
 	printf("gateway (as %s) at %s\n", tu.a, gw_url);
 	t0 = vmf_now_ms();
 	run_sdk("main");
+	check(gateway_vms_leased() > 0, "the daemon holds a lease of each gateway VM, a grace after the gateway's");
 	/* A restart keeps every sandbox, its metadata and its key. */
 	stop_gateway();
 	start_gateway();

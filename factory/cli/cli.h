@@ -67,6 +67,7 @@ int cmd_inspect(const struct cmd *cmd, struct args *a);
 int cmd_release(const struct cmd *cmd, struct args *a);
 int cmd_suspend(const struct cmd *cmd, struct args *a);
 int cmd_resume(const struct cmd *cmd, struct args *a);
+int cmd_lease(const struct cmd *cmd, struct args *a);
 int cmd_destroy(const struct cmd *cmd, struct args *a);
 int cmd_attach(const struct cmd *cmd, struct args *a);
 int cmd_detach(const struct cmd *cmd, struct args *a);

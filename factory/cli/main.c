@@ -126,7 +126,7 @@ static int cmd_help(const struct cmd *cmd, struct args *a);
 /* The one command table: dispatch, usage errors and `help` all read it.
  * opts lists the command's own long options ("name=" takes a value); the
  * common ones (common_opts) are accepted everywhere.  Handlers: init and
- * daemon in start.c; gateway in gateway.c; status, get, inspect, release, suspend, resume, destroy in remote.c;
+ * daemon in start.c; gateway in gateway.c; status, get, inspect, release, suspend, resume, lease, destroy in remote.c;
  * check-config and template * in templates.c; help here. */
 static const struct cmd commands[] = {
 	{ "init", "[--config FILE] --pool N [--cpus N --memory MIB --max-cpus N --max-memory MIB] [--no-share] [--foreground] [--wait] "
@@ -150,8 +150,8 @@ static const struct cmd commands[] = {
 	{ "get", "--cpus N --memory MIB --sandbox ID --share-dir DIR --sock-dir DIR [--pool NAME | --template NAME|ID] [--timeout S] "
 		 "[--disk PATH[:ro|:cow][:GUESTPATH]]... [--scratch SIZE_MIB:GUESTPATH]... "
 		 "[--netns PATH [--netns-link NAME] | --net none|user[,outbound][,hostfwd=tcp:[ADDR]:PORT-:GUESTPORT...]] "
-		 "[--cgroup PATH]... [-o json]",
-	  "hand out a warm VM to a sandbox", "cpus=,memory=,sandbox=,share-dir=,sock-dir=,pool=,template=,timeout=,disk=,scratch=,netns=,netns-link=,net=,cgroup=", 0, 0,
+		 "[--cgroup PATH]... [--ttl S [--on-expiry release|suspend]] [-o json]",
+	  "hand out a warm VM to a sandbox", "cpus=,memory=,sandbox=,share-dir=,sock-dir=,pool=,template=,timeout=,disk=,scratch=,netns=,netns-link=,net=,cgroup=,ttl=,on-expiry=", 0, 0,
 	  cmd_get },
 	{ "attach", "VMID (--disk PATH [--ro|--cow] [--format raw|qcow2] | --scratch SIZE_MIB) [--mount GUESTPATH [--fstype T]] "
 		    "[--timeout S] [-o json]",
@@ -166,7 +166,11 @@ static const struct cmd commands[] = {
 	  "", 1, 1, cmd_release },
 	{ "suspend", "VMID [-o json]", "save an assigned VM's whole state to disk and stop its process", "", 1, 1,
 	  cmd_suspend },
-	{ "resume", "VMID [-o json]", "run a suspended VM again from its saved state", "", 1, 1, cmd_resume },
+	{ "resume", "VMID [--ttl S [--on-expiry release|suspend]] [-o json]",
+	  "run a suspended VM again from its saved state (with a new lease)", "ttl=,on-expiry=", 1, 1, cmd_resume },
+	{ "lease", "VMID --ttl S [--on-expiry release|suspend] [-o json]",
+	  "give an assigned VM a lease: released (or suspended) S seconds from now; --ttl 0 removes it",
+	  "ttl=,on-expiry=", 1, 1, cmd_lease },
 	{ "exec", "VMID [--timeout S] [--env K=V]... [--cwd DIR] [--user UID[:GID]] [--tty] -- CMD [ARG...]",
 	  "run a command in a handed-out VM through its agent", "timeout=,env=,cwd=,user=,tty", 2, 1 << 20,
 	  cmd_exec },

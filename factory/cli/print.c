@@ -3,6 +3,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include "cli.h"
 #include "driver.h"
@@ -270,6 +271,12 @@ vminfo_json(const Vmf__Control__VmInfo *v)
 		JI(o, "state_size", v->state_size);
 		JI(o, "suspended_ns", v->suspended_ns);
 	}
+	if (v->lease_deadline_ns) {
+		json_object *l = json_object_new_object();
+		JI(l, "deadline_ns", v->lease_deadline_ns);
+		JS(l, "on_expiry", v->lease_on_expiry);
+		json_object_object_add(o, "lease", l);
+	}
 	if (v->exit)
 		json_object_object_add(o, "exit", exit_json(v->exit));
 	json_object *cg = json_object_new_array();
@@ -292,6 +299,22 @@ vminfo_json(const Vmf__Control__VmInfo *v)
 		json_object_object_add(o, "hypervisor", h);
 	}
 	return o;
+}
+
+/* "release|suspend at TIME (in N s)" */
+static void
+lease_human(const char *label, const Vmf__Control__VmInfo *v)
+{
+	char when[64] = "?";
+	time_t t = (time_t)(v->lease_deadline_ns / 1000000000);
+	struct tm tm;
+	if (gmtime_r(&t, &tm))
+		strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S UTC", &tm);
+	long long left = (v->lease_deadline_ns - vmf_realtime_ns()) / 1000000000;
+	if (left < 0)
+		printf("%s%s at %s (ran out %lld s ago)\n", label, esc(v->lease_on_expiry), when, -left);
+	else
+		printf("%s%s at %s (in %lld s)\n", label, esc(v->lease_on_expiry), when, left);
 }
 
 static void
@@ -340,6 +363,8 @@ vminfo_human(const Vmf__Control__VmInfo *v)
 	}
 	if (v->state_file && *v->state_file)
 		printf("saved state:  %s, %.1f MiB on disk\n", esc(v->state_file), v->state_size / 1048576.0);
+	if (v->lease_deadline_ns)
+		lease_human("lease:        ", v);
 	for (size_t i = 0; i < v->n_cgroups; i++)
 		printf("%s%s\n", i ? "              " : "cgroup:       ", esc(v->cgroups[i]));
 	if (v->exit)
@@ -680,6 +705,8 @@ status_human(const Vmf__Control__Reply *r)
 		       v->memory_mib, (unsigned long long)v->pss_kib, v->owner_uid, esc(v->sandbox_id));
 		if (v->state_file && *v->state_file)
 			printf("  saved state: %.1f MiB on disk in %s\n", v->state_size / 1048576.0, esc(v->state_file));
+		if (v->lease_deadline_ns)
+			lease_human("  lease: ", v);
 		if (v->exit)
 			printf("  %s %s: %s\n", v->exit->resets ? "last reset" : "exit", esc(v->exit->cause),
 			       esc(v->exit->detail));

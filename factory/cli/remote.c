@@ -174,8 +174,9 @@ cmd_get(const struct cmd *cmd, struct args *a)
 		g->n_cgroups = n_cg;
 		unsigned timeout = 0;
 		if (num(a, "cpus", &g->vcpus, cmd) || num(a, "memory", &g->memory_mib, cmd) ||
-		    num(a, "timeout", &timeout, cmd))
+		    num(a, "timeout", &timeout, cmd) || num(a, "ttl", &g->ttl_s, cmd))
 			return EXIT_USAGE;
+		g->on_expiry = (char *)(opt(a, "on-expiry") ? opt(a, "on-expiry") : "");
 		g->sandbox_id = (char *)(opt(a, "sandbox") ? opt(a, "sandbox") : "");
 		g->share_dir = (char *)(opt(a, "share-dir") ? opt(a, "share-dir") : "");
 		g->sock_dir = (char *)(opt(a, "sock-dir") ? opt(a, "sock-dir") : "");
@@ -185,8 +186,10 @@ cmd_get(const struct cmd *cmd, struct args *a)
 	}
 	Vmf__Control__GetVMRequest g = VMF__CONTROL__GET_VMREQUEST__INIT;
 	unsigned timeout = 0;
-	if (num(a, "cpus", &g.vcpus, cmd) || num(a, "memory", &g.memory_mib, cmd) || num(a, "timeout", &timeout, cmd))
+	if (num(a, "cpus", &g.vcpus, cmd) || num(a, "memory", &g.memory_mib, cmd) || num(a, "timeout", &timeout, cmd) ||
+	    num(a, "ttl", &g.ttl_s, cmd))
 		return EXIT_USAGE;
+	g.on_expiry = (char *)(opt(a, "on-expiry") ? opt(a, "on-expiry") : "");
 	g.sandbox_id = (char *)(opt(a, "sandbox") ? opt(a, "sandbox") : "");
 	g.share_dir = (char *)(opt(a, "share-dir") ? opt(a, "share-dir") : "");
 	g.sock_dir = (char *)(opt(a, "sock-dir") ? opt(a, "sock-dir") : "");
@@ -339,12 +342,26 @@ send_suspend(struct vmf_client *c, struct args *a, void *req, int timeout_ms, Vm
 	return vmf_client_suspend_vm(c, a->pos[0], r, timeout_ms, e);
 }
 
+/* --ttl S [--on-expiry release|suspend] of resume and lease. */
+struct lease_req {
+	unsigned ttl_s;
+	const char *on_expiry;
+};
+
+static int
+lease_opts(const struct cmd *cmd, struct args *a, struct lease_req *l)
+{
+	l->ttl_s = 0;
+	l->on_expiry = opt(a, "on-expiry") ? opt(a, "on-expiry") : "";
+	return num(a, "ttl", &l->ttl_s, cmd);
+}
+
 static int
 send_resume(struct vmf_client *c, struct args *a, void *req, int timeout_ms, Vmf__Control__Reply **r,
 	    struct vmf_error *e)
 {
-	(void)req;
-	return vmf_client_resume_vm(c, a->pos[0], r, timeout_ms, e);
+	const struct lease_req *l = req;
+	return vmf_client_resume_vm_lease(c, a->pos[0], l->ttl_s, l->on_expiry, r, timeout_ms, e);
 }
 
 static void
@@ -374,8 +391,39 @@ cmd_suspend(const struct cmd *cmd, struct args *a)
 int
 cmd_resume(const struct cmd *cmd, struct args *a)
 {
-	(void)cmd;
-	return remote(a, &(struct remote_call){ send_resume, NULL, SUSPEND_TIMEOUT_MS, vm_json, resumed_human, false });
+	struct lease_req l;
+	if (lease_opts(cmd, a, &l))
+		return EXIT_USAGE;
+	return remote(a, &(struct remote_call){ send_resume, &l, SUSPEND_TIMEOUT_MS, vm_json, resumed_human, false });
+}
+
+static int
+send_lease(struct vmf_client *c, struct args *a, void *req, int timeout_ms, Vmf__Control__Reply **r,
+	   struct vmf_error *e)
+{
+	const struct lease_req *l = req;
+	return vmf_client_lease(c, a->pos[0], l->ttl_s, l->on_expiry, r, timeout_ms, e);
+}
+
+static void
+leased_human(const Vmf__Control__Reply *r)
+{
+	if (r->vm->lease_deadline_ns)
+		printf("leased %s: %s in %lld s\n", r->vm->id, r->vm->lease_on_expiry,
+		       (long long)((r->vm->lease_deadline_ns - vmf_realtime_ns() + 500000000) / 1000000000));
+	else
+		printf("%s has no lease\n", r->vm->id);
+}
+
+int
+cmd_lease(const struct cmd *cmd, struct args *a)
+{
+	struct lease_req l;
+	if (lease_opts(cmd, a, &l))
+		return EXIT_USAGE;
+	if (!opt(a, "ttl"))
+		return usage_error(cmd, "lease: --ttl S is needed (0 removes the VM's lease)");
+	return remote(a, &(struct remote_call){ send_lease, &l, 30000, vm_json, leased_human, false });
 }
 
 struct destroy_req {

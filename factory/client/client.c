@@ -99,6 +99,11 @@ uint32_t
 vmf_client_request_version(const Vmf__Control__Request *req)
 {
 	const Vmf__Control__GetVMRequest *g = req->body_case == VMF__CONTROL__REQUEST__BODY_GET_VM ? req->get_vm : NULL;
+	const Vmf__Control__ResumeVMRequest *rs =
+		req->body_case == VMF__CONTROL__REQUEST__BODY_RESUME_VM ? req->resume_vm : NULL;
+	/* A daemon that ignored a lease would never end the VM. */
+	if ((g && g->ttl_s) || (rs && rs->ttl_s) || req->body_case == VMF__CONTROL__REQUEST__BODY_LEASE)
+		return 5;
 	/* A daemon that ignored the network fields would hand out a VM
 	 * without the network asked for, or any pool's VM for a template; an
 	 * older daemon does not know the snapshot request; one that ignored
@@ -220,13 +225,15 @@ vmf_client_release_vm(struct vmf_client *c, const char *vm_id, int timeout_ms, s
 
 /* Suspend and resume answer the VM's VmInfo. */
 static int
-suspend_resume(struct vmf_client *c, const char *vm_id, bool resume, Vmf__Control__Reply **reply, int timeout_ms,
-	       struct vmf_error *err)
+suspend_resume(struct vmf_client *c, const char *vm_id, bool resume, uint32_t ttl_s, const char *on_expiry,
+	       Vmf__Control__Reply **reply, int timeout_ms, struct vmf_error *err)
 {
 	Vmf__Control__Request req = VMF__CONTROL__REQUEST__INIT;
 	Vmf__Control__SuspendVMRequest s = VMF__CONTROL__SUSPEND_VMREQUEST__INIT;
 	Vmf__Control__ResumeVMRequest r = VMF__CONTROL__RESUME_VMREQUEST__INIT;
 	s.vm_id = r.vm_id = (char *)vm_id;
+	r.ttl_s = ttl_s;
+	r.on_expiry = (char *)(on_expiry ? on_expiry : "");
 	if (resume) {
 		req.body_case = VMF__CONTROL__REQUEST__BODY_RESUME_VM;
 		req.resume_vm = &r;
@@ -242,14 +249,35 @@ int
 vmf_client_suspend_vm(struct vmf_client *c, const char *vm_id, Vmf__Control__Reply **reply, int timeout_ms,
 		      struct vmf_error *err)
 {
-	return suspend_resume(c, vm_id, false, reply, timeout_ms, err);
+	return suspend_resume(c, vm_id, false, 0, NULL, reply, timeout_ms, err);
 }
 
 int
 vmf_client_resume_vm(struct vmf_client *c, const char *vm_id, Vmf__Control__Reply **reply, int timeout_ms,
 		     struct vmf_error *err)
 {
-	return suspend_resume(c, vm_id, true, reply, timeout_ms, err);
+	return suspend_resume(c, vm_id, true, 0, NULL, reply, timeout_ms, err);
+}
+
+int
+vmf_client_resume_vm_lease(struct vmf_client *c, const char *vm_id, uint32_t ttl_s, const char *on_expiry,
+			   Vmf__Control__Reply **reply, int timeout_ms, struct vmf_error *err)
+{
+	return suspend_resume(c, vm_id, true, ttl_s, on_expiry, reply, timeout_ms, err);
+}
+
+int
+vmf_client_lease(struct vmf_client *c, const char *vm_id, uint32_t ttl_s, const char *on_expiry,
+		 Vmf__Control__Reply **reply, int timeout_ms, struct vmf_error *err)
+{
+	Vmf__Control__Request req = VMF__CONTROL__REQUEST__INIT;
+	Vmf__Control__LeaseRequest r = VMF__CONTROL__LEASE_REQUEST__INIT;
+	r.vm_id = (char *)vm_id;
+	r.ttl_s = ttl_s;
+	r.on_expiry = (char *)(on_expiry ? on_expiry : "");
+	req.body_case = VMF__CONTROL__REQUEST__BODY_LEASE;
+	req.lease = &r;
+	return call_expect(c, &req, VMF__CONTROL__REPLY__BODY_VM, "Lease", reply, timeout_ms, err);
 }
 
 int

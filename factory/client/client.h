@@ -29,11 +29,12 @@
  * the wrong thing; other added fields take new tag numbers and need no bump.
  * The daemon speaks every version from _MIN up and answers any other with
  * EPROTO.  Version 2 added GetVMRequest.pool, 3 its network (netns, netns_link, net),
- * 4 its cgroups.  The library sends the lowest
+ * 4 its cgroups, 5 leases (GetVMRequest.ttl_s, ResumeVMRequest.ttl_s,
+ * Lease).  The library sends the lowest
  * version a request needs (vmf_client_request_version), so that a request
  * an older daemon serves correctly still reaches it, and one it would
  * misread (a pool it would ignore) is refused by it instead. */
-#define VMF_CONTROL_PROTOCOL_VERSION 4
+#define VMF_CONTROL_PROTOCOL_VERSION 5
 #define VMF_CONTROL_PROTOCOL_VERSION_MIN 1
 #define VMF_CLIENT_MAX_FRAME (1u << 20)
 
@@ -73,6 +74,16 @@ int vmf_client_suspend_vm(struct vmf_client *c, const char *vm_id, Vmf__Control_
 			  struct vmf_error *err);
 int vmf_client_resume_vm(struct vmf_client *c, const char *vm_id, Vmf__Control__Reply **reply, int timeout_ms,
 			 struct vmf_error *err);
+/* The same with a new lease (ttl_s seconds, 0 = none; on_expiry
+ * "release", the default, or "suspend"). */
+int vmf_client_resume_vm_lease(struct vmf_client *c, const char *vm_id, uint32_t ttl_s, const char *on_expiry,
+			       Vmf__Control__Reply **reply, int timeout_ms, struct vmf_error *err);
+/* Sets, moves or (ttl_s 0) removes an assigned VM's lease: it ends ttl_s
+ * seconds from now by on_expiry ("release", the default, or "suspend":
+ * the daemon suspends it then; a suspended VM keeps no lease).  The
+ * reply's vm shows it (lease_deadline_ns, lease_on_expiry). */
+int vmf_client_lease(struct vmf_client *c, const char *vm_id, uint32_t ttl_s, const char *on_expiry,
+		     Vmf__Control__Reply **reply, int timeout_ms, struct vmf_error *err);
 int vmf_client_inspect(struct vmf_client *c, const char *vm_id, Vmf__Control__Reply **reply, int timeout_ms,
 		       struct vmf_error *err);
 /* Turns assigned VM vm_id's current state into a new template named

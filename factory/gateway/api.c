@@ -338,7 +338,7 @@ create(struct gw *gw, struct gw_req *r, char args[MAX_ARGS][128])
 	sb->auto_pause = json_object_object_get_ex(b, "autoPause", &v) && json_object_get_boolean(v);
 	c->r = r;
 	c->timeout_s = gw_lease_timeout(gw, timeout);
-	if (gw_vm_run(gw, sb, GW_VM_CREATE, created, c) < 0) {
+	if (gw_vm_run_ttl(gw, sb, GW_VM_CREATE, gw_lease_daemon_ttl(c->timeout_s), created, c) < 0) {
 		free(c);
 		gw_sb_remove(gw, sb);
 		gw_reply_error(r, 503, "too many requests wait in the gateway; retry shortly");
@@ -450,6 +450,7 @@ resumed(struct gw *gw, struct gw_sandbox *sb, int rc, const struct vmf_error *er
 			gw_reply_error(r, 409, "sandbox %s is already running", sb->id);
 		} else {
 			gw_lease_extend(gw, sb, c->timeout_s);
+			gw_lease_push(gw, sb);
 			gw_state_save(gw, NULL, NULL);
 			gw_reply_json(r, 200, sandbox_json(sb));
 		}
@@ -494,6 +495,7 @@ connect_common(struct gw *gw, struct gw_req *r, const char *id, bool v1)
 			return;
 		}
 		gw_lease_extend(gw, sb, t);
+		gw_lease_push(gw, sb);
 		gw_state_save(gw, NULL, NULL);
 		gw_reply_json(r, 200, sandbox_json(sb));
 		return;
@@ -506,7 +508,7 @@ connect_common(struct gw *gw, struct gw_req *r, const char *id, bool v1)
 	c->r = r;
 	c->timeout_s = t;
 	c->v1 = v1;
-	if (gw_vm_run(gw, sb, GW_VM_RESUME, resumed, c) < 0) {
+	if (gw_vm_run_ttl(gw, sb, GW_VM_RESUME, gw_lease_daemon_ttl(t), resumed, c) < 0) {
 		free(c);
 		gw_reply_error(r, 503, "too many requests wait in the gateway; retry shortly");
 		return;
@@ -534,6 +536,7 @@ set_timeout(struct gw *gw, struct gw_req *r, char args[MAX_ARGS][128])
 	if (!sb)
 		return;
 	gw_lease_set(gw, sb, gw_lease_timeout(gw, timeout ? timeout : 1));
+	gw_lease_push(gw, sb);
 	gw_state_save(gw, NULL, NULL);
 	gw_reply(r, 204, NULL, "", 0);
 }
@@ -550,6 +553,7 @@ refresh(struct gw *gw, struct gw_req *r, char args[MAX_ARGS][128])
 		return;
 	}
 	gw_lease_extend(gw, sb, gw_lease_timeout(gw, d));
+	gw_lease_push(gw, sb);
 	gw_state_save(gw, NULL, NULL);
 	gw_reply(r, 204, NULL, "", 0);
 }

@@ -41,24 +41,8 @@
 
 /* What `vmfactory gateway` runs with: [gateway] of the config file, then
  * flags (factory/cli/gateway.c).  0 / NULL: not given, the default. */
-struct vmf_gateway_opts {
-	const char *listen;             /* ADDR:PORT; port 0 picks a free one */
-	const char *api_keys;           /* the keys file */
-	const char *socket;             /* the daemon's control socket */
-	const char *sandbox_dir;        /* the gateway's sandboxes' share and sock dirs */
-	const char *state_file;
-	unsigned max_connections;
-	unsigned max_sandboxes, max_sandboxes_per_key;
-	unsigned workers;
-	unsigned idle_timeout_s;        /* an HTTP connection without progress */
-	unsigned default_timeout_s, max_timeout_s;   /* sandbox lifetimes */
-	unsigned max_body;              /* request body bytes */
-};
+#include "gateway_opts.h"
 
-#define VMF_GATEWAY_DEFAULT_LISTEN "127.0.0.1:3000"
-
-/* Fills what o leaves unset; run_dir names the default sandbox dir. */
-void vmf_gateway_opts_fill(struct vmf_gateway_opts *o, const char *run_dir);
 
 /* Runs the gateway until SIGTERM or SIGINT.  ready, when not NULL, is
  * called once it listens, with the address it listens on. */

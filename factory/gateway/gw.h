@@ -10,7 +10,7 @@
 #include <stdint.h>
 
 #include "client.h"
-#include "gateway.h"
+#include "gateway_opts.h"
 #include "jobs.h"
 
 /* The envd version the SDK is told: it gates SDK features (0.4.0: the
@@ -229,14 +229,26 @@ void gw_lease_extend(struct gw *gw, struct gw_sandbox *sb, unsigned timeout_s);
 /* The timeout asked for, bounded by the gateway's maximum; 0: the default. */
 unsigned gw_lease_timeout(const struct gw *gw, int64_t asked);
 void gw_lease_tick(struct gw *gw);
+/* The daemon's lease of a sandbox's VM (get --ttl, resume --ttl, lease):
+ * the gateway's timeout and a grace, so that the gateway's own expiry acts
+ * first while it runs and the daemon's ends the VM when no gateway does. */
+unsigned gw_lease_daemon_ttl(unsigned timeout_s);
+/* The sandbox's lease, as it is now, given to the daemon (a job). */
+void gw_lease_push(struct gw *gw, struct gw_sandbox *sb);
 
 /* ---- vm.c: jobs that talk to the daemon ---- */
 /* CREATE: the sandbox (state CREATING, in the table) gets a VM of its
  * template; KILL, PAUSE, RESUME: release, suspend, resume its VM.  done on
  * the loop; -EAGAIN when the job cannot be queued. */
-enum gw_vm_op { GW_VM_CREATE, GW_VM_KILL, GW_VM_PAUSE, GW_VM_RESUME };
+/* LEASE: the daemon's lease of a running sandbox's VM set from its own
+ * (gw_lease_daemon_ttl of what is left of it).  gw_vm_run_ttl: CREATE and
+ * RESUME with the daemon's lease of ttl_s (0: none), ending in a suspend
+ * for a sandbox of autoPause. */
+enum gw_vm_op { GW_VM_CREATE, GW_VM_KILL, GW_VM_PAUSE, GW_VM_RESUME, GW_VM_LEASE };
 typedef void (*gw_vm_done_fn)(struct gw *gw, struct gw_sandbox *sb, int rc, const struct vmf_error *err, void *arg);
 int gw_vm_run(struct gw *gw, struct gw_sandbox *sb, enum gw_vm_op op, gw_vm_done_fn done, void *arg);
+int gw_vm_run_ttl(struct gw *gw, struct gw_sandbox *sb, enum gw_vm_op op, unsigned ttl_s, gw_vm_done_fn done,
+		  void *arg);
 /* The HTTP status for a daemon errno. */
 unsigned gw_status_for_errno(int code);
 

@@ -2,8 +2,12 @@
  * paused when it was created with onTimeout pause) when its lease runs
  * out; a paused one keeps no lease.  Leases are in the state file, so they
  * survive a gateway restart; a lease that ran out while the gateway was
- * down ends at its first tick.  The daemon does not know of them: when it
- * gains leases of its own (get --ttl), this file hands them over. */
+ * down ends at its first tick.  The daemon holds each as well, a grace
+ * later (get --ttl at create, resume --ttl at connect, a Lease request when
+ * a timeout changes): with no gateway running, the daemon still releases
+ * or suspends the VM, and a gateway started again finds its sandbox gone
+ * or paused (gw_reconcile). */
+#include <errno.h>
 #include <stdio.h>
 
 #include "gw.h"
@@ -15,6 +19,32 @@ gw_lease_timeout(const struct gw *gw, int64_t asked)
 	if (asked <= 0)
 		return gw->o.default_timeout_s;
 	return asked > (int64_t)gw->o.max_timeout_s ? gw->o.max_timeout_s : (unsigned)asked;
+}
+
+/* Seconds after the gateway's own expiry: its kill or pause job has long
+ * started by then (the VM busy, which the daemon's expiry waits for). */
+#define DAEMON_GRACE_S 30
+
+unsigned
+gw_lease_daemon_ttl(unsigned timeout_s)
+{
+	return timeout_s + DAEMON_GRACE_S;
+}
+
+static void
+pushed(struct gw *gw, struct gw_sandbox *sb, int rc, const struct vmf_error *err, void *arg)
+{
+	(void)gw, (void)arg;
+	/* The gateway's own lease still ends the sandbox. */
+	if (rc < 0 && rc != -EALREADY)
+		log_warn("sandbox %s: the daemon did not take its lease: %s", sb->id, err->msg);
+}
+
+void
+gw_lease_push(struct gw *gw, struct gw_sandbox *sb)
+{
+	if (sb->state == GW_SB_RUNNING && gw_vm_run(gw, sb, GW_VM_LEASE, pushed, NULL) < 0)
+		log_warn("sandbox %s: its lease stays the gateway's alone (too many jobs queued)", sb->id);
 }
 
 void

@@ -29,6 +29,8 @@ struct vm_job {
 	char vm_id[40];
 	char template_id[GW_TEMPLATE_MAX + 1];
 	char dir[4200];
+	unsigned ttl_s;              /* the daemon's lease (CREATE, RESUME, LEASE); 0: none */
+	bool suspend;                /* ... ending in a suspend (autoPause) */
 	/* results */
 	unsigned vcpus, memory_mib;
 	char agent_socket[108], agent_transport[16];
@@ -52,6 +54,12 @@ gw_status_for_errno(int code)
 	case EACCES: case EPERM: return 403;
 	default: return 500;
 	}
+}
+
+static const char *
+on_expiry(const struct vm_job *v)
+{
+	return !v->ttl_s ? "" : v->suspend ? "suspend" : "release";
 }
 
 static int
@@ -167,6 +175,8 @@ create_work(struct vm_job *v, struct vmf_client *c)
 	g.share_dir = share ? share_dir : "";
 	g.sock_dir = sock_dir;
 	g.timeout_ms = GETVM_BUDGET_MS;
+	g.ttl_s = v->ttl_s;
+	g.on_expiry = (char *)on_expiry(v);
 	Vmf__Control__Reply *rep;
 	j->rc = vmf_client_get_vm(c, &g, &rep, GETVM_BUDGET_MS + 5000, &j->err);
 	vmf__control__reply__free_unpacked(st, NULL);
@@ -211,11 +221,15 @@ vm_work(struct gw_job *j)
 		j->rc = vmf_client_suspend_vm(c, v->vm_id, &rep, SUSPEND_MS, &j->err);
 		break;
 	case GW_VM_RESUME:
-		if ((j->rc = vmf_client_resume_vm(c, v->vm_id, &rep, SUSPEND_MS, &j->err)) < 0)
+		if ((j->rc = vmf_client_resume_vm_lease(c, v->vm_id, v->ttl_s, on_expiry(v), &rep, SUSPEND_MS,
+							&j->err)) < 0)
 			break;
 		copy_vm(v, rep->vm);
 		if ((j->rc = connect_agent(v)) < 0)
 			vmf_error_prefix(&j->err, "the resumed sandbox's guest agent");
+		break;
+	case GW_VM_LEASE:
+		j->rc = vmf_client_lease(c, v->vm_id, v->ttl_s, on_expiry(v), &rep, RELEASE_MS, &j->err);
 		break;
 	}
 	if (rep)
@@ -230,11 +244,18 @@ vm_start(struct gw_job *j)
 	struct gw_sandbox *sb = j->sb;
 	snprintf(v->vm_id, sizeof(v->vm_id), "%s", sb->vm_id);
 	/* Another request got there first (two pauses, two connects). */
-	if ((v->op == GW_VM_PAUSE && sb->state != GW_SB_RUNNING) || (v->op == GW_VM_RESUME && sb->state != GW_SB_PAUSED)) {
+	if (((v->op == GW_VM_PAUSE || v->op == GW_VM_LEASE) && sb->state != GW_SB_RUNNING) ||
+	    (v->op == GW_VM_RESUME && sb->state != GW_SB_PAUSED)) {
 		j->cancelled = true;
 		j->rc = vmf_err(&j->err, EALREADY, "sandbox %s is %s already", sb->id,
 				sb->state == GW_SB_PAUSED ? "paused" : "running");
 		return;
+	}
+	/* The lease as it is when the job runs: a later change queued its own. */
+	if (v->op == GW_VM_LEASE) {
+		int64_t left_ms = sb->end_ms - gw_now_ms();
+		v->ttl_s = gw_lease_daemon_ttl(left_ms > 0 ? (unsigned)((left_ms + 999) / 1000) : 0);
+		v->suspend = sb->auto_pause;
 	}
 	/* What a pause or kill ends must end before the VM stops: each
 	 * process's stream gets its reason. */
@@ -275,6 +296,8 @@ vm_done(struct gw_job *j)
 		case GW_VM_KILL:
 			gw_sb_remove(gw, sb);
 			break;
+		case GW_VM_LEASE:
+			break;
 		}
 	} else if (v->op == GW_VM_KILL) {
 		sb->dying = false;
@@ -293,10 +316,19 @@ vm_done(struct gw_job *j)
 int
 gw_vm_run(struct gw *gw, struct gw_sandbox *sb, enum gw_vm_op op, gw_vm_done_fn done, void *arg)
 {
+	return gw_vm_run_ttl(gw, sb, op, 0, done, arg);
+}
+
+int
+gw_vm_run_ttl(struct gw *gw, struct gw_sandbox *sb, enum gw_vm_op op, unsigned ttl_s, gw_vm_done_fn done,
+	      void *arg)
+{
 	struct vm_job *v = calloc(1, sizeof(*v));
 	if (!v)
 		return -ENOMEM;
 	v->op = op;
+	v->ttl_s = ttl_s;
+	v->suspend = sb->auto_pause;
 	v->done = done;
 	v->arg = arg;
 	v->job.sb = sb;

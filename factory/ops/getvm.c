@@ -15,6 +15,7 @@
 #include "catalog.h"
 #include "factory.h"
 #include "frame.h"
+#include "leases.h"
 #include "limit.h"
 #include "log.h"
 #include "net.h"
@@ -74,6 +75,7 @@ struct getvm_job {
 	int cg_fd[VMF_CGROUPS_MAX];
 	unsigned n_cgroups;
 	unsigned cg_open;                /* cg_fd[0 .. cg_open) are open: the job's to close */
+	struct vmf_lease_ask lease;      /* from the hand-out's record on */
 	int rc;
 	struct vmf_error err;
 };
@@ -525,6 +527,7 @@ getvm_work(void *arg)
 	 * out twice. */
 	if (r == 0) {
 		vm->assigned_ns = vmf_realtime_ns();
+		vmf_lease_apply(vm, &j->lease, vm->assigned_ns);
 		r = vmf_cache_put_vm_record(&d->cache, vm, VMF_VM_ASSIGNED, err);
 		if (r < 0)
 			vmf_error_prefix(err, "recording VM %s as assigned", vm->id);
@@ -552,6 +555,8 @@ getvm_done(void *arg)
 	vm->vcpus = j->snap.vcpus;
 	vm->memory_mib = j->snap.memory_mib;
 	vm->assigned_ns = j->snap.assigned_ns;
+	vm->lease_deadline_ns = j->snap.lease_deadline_ns;
+	vm->lease_suspend = j->snap.lease_suspend;
 	memcpy(vm->boot_id, j->snap.boot_id, sizeof(vm->boot_id));
 	memcpy(vm->machine_id, j->snap.machine_id, sizeof(vm->machine_id));
 	memcpy(vm->hostname, j->snap.hostname, sizeof(vm->hostname));
@@ -746,7 +751,8 @@ getvm_start(struct vmf_daemon *d, struct vmf_conn *c, const Vmf__Control__Reques
 		snap->getvms++;
 	}
 	j->peer = vmf_request_peer(c);
-	if (validate_net(req, pool, j, &err) < 0 || tenant_net(d, j, &err) < 0) {
+	if (vmf_lease_parse(d, req->ttl_s, req->on_expiry, &j->lease, &err) < 0 ||
+	    validate_net(req, pool, j, &err) < 0 || tenant_net(d, j, &err) < 0) {
 		d->errors++;
 		getvm_free(j);
 		vmf_request_fail(c, err.code, err.msg);
