@@ -367,7 +367,8 @@ watch_unlink(struct gw_watch *w)
 static void
 unwatch_later(struct gw *gw, struct gw_sandbox *sb, uint64_t id)
 {
-	if (!sb->guest.a || sb->gone)
+	/* Stopping, the workers are gone: the connection's end stops it. */
+	if (!sb->guest.a || sb->gone || gw->stopping || !gw->jobs)
 		return;
 	struct fs_job *f = calloc(1, sizeof(*f));
 	if (!f)
