@@ -342,6 +342,8 @@ void gw_rpc_error(struct gw_req *r, const char *code, const char *fmt, ...) __at
  * stream keeps itself alive with keepalive (a message) when idle. */
 struct gw_stream *gw_rpc_stream_open(struct gw_req *r, json_object *keepalive);
 void gw_rpc_send(struct gw_stream *s, json_object *msg);   /* takes msg */
+/* {"event": {kind: body}}, the streams' message shape (takes body). */
+json_object *gw_rpc_event(const char *kind, json_object *body);
 void gw_rpc_end(struct gw_stream *s, const char *code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* The sandbox user the request runs as (HTTP Basic user, else "user"). */
 struct gw_user {
