@@ -341,6 +341,16 @@ struct gw_watch {
 	uint64_t dropped;
 };
 
+/* WatchDirResponse's oneof is the message's own: {kind: body}, no
+ * "event" around it (unlike a process's stream). */
+static json_object *
+watch_msg(const char *kind, json_object *body)
+{
+	json_object *m = json_object_new_object();
+	json_object_object_add(m, kind, body);
+	return m;
+}
+
 static void
 watch_unlink(struct gw_watch *w)
 {
@@ -402,7 +412,7 @@ watch_started(struct fs_job *f)
 		return;
 	}
 	struct gw_watch *w = calloc(1, sizeof(*w));
-	struct gw_stream *s = w ? gw_rpc_stream_open(f->r, gw_rpc_event("keepalive", json_object_new_object())) : NULL;
+	struct gw_stream *s = w ? gw_rpc_stream_open(f->r, watch_msg("keepalive", json_object_new_object())) : NULL;
 	if (!s) {
 		if (!w)
 			gw_rpc_error(f->r, "internal", "out of memory");
@@ -419,7 +429,7 @@ watch_started(struct fs_job *f)
 	sb->guest.n_watches++;
 	struct gw_stream_owner o = { watch_drain, watch_gone, w };
 	gw_stream_set_owner(s, &o);
-	gw_rpc_send(s, gw_rpc_event("start", json_object_new_object()));
+	gw_rpc_send(s, watch_msg("start", json_object_new_object()));
 }
 
 static const char *const event_names[] = { "EVENT_TYPE_UNSPECIFIED", "EVENT_TYPE_CREATE", "EVENT_TYPE_WRITE",
@@ -446,7 +456,7 @@ gw_watch_event(struct gw *gw, struct gw_sandbox *sb, const struct vmf_exec_event
 		json_object *fe = json_object_new_object();
 		json_object_object_add(fe, "name", json_object_new_string(ev->files[i].name));
 		json_object_object_add(fe, "type", json_object_new_string(event_names[ev->files[i].type]));
-		gw_rpc_send(w->s, gw_rpc_event("filesystem", fe));
+		gw_rpc_send(w->s, watch_msg("filesystem", fe));
 	}
 	if (ev->ended) {
 		struct gw_stream *s = w->s;
