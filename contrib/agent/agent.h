@@ -211,7 +211,10 @@ bool files_valid_path(struct agent_call *call, const char *what, const char *pat
 
 void files_watch(struct agent_call *call);
 void files_unwatch(struct agent_call *call);
+/* The connection's watches stop (freed at the loop's next turn). */
 void files_watch_conn_gone(struct conn *c);
+/* Frees every watch (the end of a test stream). */
+void files_watch_end_all(void);
 /* Queued events out to connections that take output; ended watches freed. */
 void files_watch_progress(void);
 size_t files_watch_poll_count(void);

@@ -52,6 +52,9 @@ struct watch {
 	size_t q_head, q_len, q_bytes;
 	uint32_t lost;
 	bool ended;
+	/* Stopped (its connection gone, an unwatch): freed at the loop's next
+	 * turn, since a poll entry of this turn may still point at it. */
+	bool dead;
 	char reason[200];
 	struct watch *next;
 };
@@ -75,6 +78,13 @@ watch_free(struct watch *w)
 	for (size_t i = 0; i < w->q_len; i++)
 		free(w->q[(w->q_head + i) % WATCH_QUEUE_MAX].name);
 	free(w);
+}
+
+static void
+watch_kill(struct watch *w)
+{
+	w->dead = true;
+	w->conn = NULL;
 }
 
 static void
@@ -233,7 +243,7 @@ files_watch(struct agent_call *call)
 	const Vmf__Agent__FileWatch *req = call->req->file_watch;
 	unsigned n = 0;
 	for (struct watch *w = watches; w; w = w->next)
-		n += w->conn == call->conn && !w->ended;
+		n += w->conn == call->conn && !w->dead;
 	if (n >= WATCHES_PER_CONN) {
 		reply_error(call, EMFILE, "%u watches are open on this connection already (at most %u)", n,
 			    WATCHES_PER_CONN);
@@ -297,8 +307,8 @@ files_unwatch(struct agent_call *call)
 {
 	uint64_t wid = call->req->file_unwatch->watch_id;
 	for (struct watch *w = watches; w; w = w->next)
-		if (w->id == wid && w->conn == call->conn) {
-			watch_free(w);
+		if (w->id == wid && w->conn == call->conn && !w->dead) {
+			watch_kill(w);
 			Vmf__Agent__FileUnwatched *body = reply_body(call, sizeof(*body), NULL);
 			if (!body)
 				return;
@@ -313,11 +323,9 @@ files_unwatch(struct agent_call *call)
 void
 files_watch_conn_gone(struct conn *c)
 {
-	for (struct watch *w = watches, *nx; w; w = nx) {
-		nx = w->next;
+	for (struct watch *w = watches; w; w = w->next)
 		if (w->conn == c)
-			watch_free(w);
-	}
+			watch_kill(w);
 }
 
 size_t
@@ -325,7 +333,7 @@ files_watch_poll_count(void)
 {
 	size_t n = 0;
 	for (struct watch *w = watches; w; w = w->next)
-		n += !w->ended;
+		n += !w->ended && !w->dead;
 	return n;
 }
 
@@ -333,7 +341,7 @@ nfds_t
 files_watch_poll_add(struct pollfd *pv, void **who, int *role, int watch_role, nfds_t np)
 {
 	for (struct watch *w = watches; w; w = w->next)
-		if (!w->ended) {
+		if (!w->ended && !w->dead) {
 			pv[np] = (struct pollfd){ .fd = w->fd, .events = POLLIN };
 			role[np] = watch_role, who[np++] = w;
 		}
@@ -344,6 +352,8 @@ void
 files_watch_poll_event(void *who)
 {
 	struct watch *w = who;
+	if (w->dead)
+		return;
 	/* Read whatever is there: a guest that writes faster than the host
 	 * reads loses events (counted), it does not grow the queue. */
 	_Alignas(struct inotify_event) char buf[16384];
@@ -369,6 +379,10 @@ files_watch_progress(void)
 {
 	for (struct watch *w = watches, *nx; w; w = nx) {
 		nx = w->next;
+		if (w->dead) {
+			watch_free(w);
+			continue;
+		}
 		while ((w->q_len || w->lost || w->ended) && conn_accepts_output(w->conn)) {
 			Vmf__Agent__FileEvent evs[WATCH_QUEUE_MAX], *ptrs[WATCH_QUEUE_MAX];
 			Vmf__Agent__FileEvents fe = VMF__AGENT__FILE_EVENTS__INIT;
@@ -409,4 +423,11 @@ files_watch_progress(void)
 			}
 		}
 	}
+}
+
+void
+files_watch_end_all(void)
+{
+	while (watches)
+		watch_free(watches);
 }

@@ -84,6 +84,7 @@ serve_end(int sfd)
 		conn_free(conns);
 	}
 	exec_end_all();
+	files_watch_end_all();
 	close(sfd);
 }
 
