@@ -62,8 +62,11 @@ vmf_cache_fault_gate(struct vmf_cache *c, const char *name, struct vmf_error *er
  * notices the host's agent connection (tens of ms under TCG), gets an
  * identity of its own (its RNG reseeded with fresh host entropy, then a
  * boot id and machine id: nothing else is ever cloned from it, so its RNG
- * state stays its own) and mounts the VM's share (the sandbox's share_dir
- * becomes a link to it).  The connection stays open for the hand-out; the
+ * state stays its own), mounts the VM's share (the sandbox's share_dir
+ * becomes a link to it) and runs `true`, so that the guest's process
+ * spawn path has run once in this VMM (under TCG a fresh QEMU translates
+ * every guest code path the first time it runs: the owner's first
+ * command would pay it).  The connection stays open for the hand-out; the
  * clone is paused again.  sample gets the guest's random bytes after the
  * reseed, which clone_done checks against other clones'. */
 static int
@@ -76,10 +79,12 @@ warm_clone(struct vmf_vm *vm, uint8_t sample[16], struct vmf_error *err)
 	if (r < 0)
 		return vmf_error_prefix(err, "warming clone %s", vm->id);
 	struct vmf_agent_identity id;
+	int code;
 	/* Firecracker and Cloud Hypervisor have no share device to mount. */
 	if ((r = vmf_agent_new_identity(vm->agent, &id, WARM_TIMEOUT_MS, err)) < 0 ||
 	    ((ops->capabilities(vm->hv) & VMF_CAP_SHARE_DEVICE) &&
 	     (r = vmf_agent_mount_share(vm->agent, VMF_SHARE_TAG, WARM_TIMEOUT_MS, err)) < 0) ||
+	    (r = vmf_agent_run(vm->agent, (const char *const[]){ "true", NULL }, &code, WARM_TIMEOUT_MS, err)) < 0 ||
 	    (r = ops->pause(vm->hv, err)) < 0) {
 		vmf_agent_free(vm->agent);
 		vm->agent = NULL;

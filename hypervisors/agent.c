@@ -420,6 +420,18 @@ vmf_agent_send_handout(struct vmf_agent *a, const char *hostname, struct vmf_age
 	return vmf_agent_send_handout_net(a, hostname, NULL, h, timeout_ms, err);
 }
 
+/* Sends req with the host's realtime in *realtime_ns, taken as late as
+ * possible: the guest sets exactly this. */
+static int
+send_clock(struct vmf_agent *a, Vmf__Agent__AgentRequest *req, int64_t *realtime_ns, struct vmf_agent_handout *h,
+	   uint64_t *id, int timeout_ms, struct vmf_error *err)
+{
+	*realtime_ns = h->host_sent_ns = vmf_realtime_ns();
+	int r = vmf_agent_send(a, req, timeout_ms, err);
+	*id = req->id;
+	return r;
+}
+
 int
 vmf_agent_send_handout_net(struct vmf_agent *a, const char *hostname, const struct vmf_guest_net *net,
 			   struct vmf_agent_handout *h, int timeout_ms, struct vmf_error *err)
@@ -444,16 +456,41 @@ vmf_agent_send_handout_net(struct vmf_agent *a, const char *hostname, const stru
 	}
 	req.body_case = VMF__AGENT__AGENT_REQUEST__BODY_HANDOUT;
 	req.handout = &ho;
-	/* As late as possible: the guest sets exactly this. */
-	ho.realtime_ns = h->host_sent_ns = vmf_realtime_ns();
-	int r = vmf_agent_send(a, &req, timeout_ms, err);
-	h->id = req.id;
-	return r;
+	return send_clock(a, &req, &ho.realtime_ns, h, &h->id, timeout_ms, err);
+}
+
+int
+vmf_agent_send_handout_time(struct vmf_agent *a, struct vmf_agent_handout *h, int timeout_ms, struct vmf_error *err)
+{
+	Vmf__Agent__AgentRequest req = VMF__AGENT__AGENT_REQUEST__INIT;
+	Vmf__Agent__SetTime st = VMF__AGENT__SET_TIME__INIT;
+	req.body_case = VMF__AGENT__AGENT_REQUEST__BODY_SET_TIME;
+	req.set_time = &st;
+	return send_clock(a, &req, &st.realtime_ns, h, &h->time_id, timeout_ms, err);
+}
+
+/* The SetTime's reply: the agent answers in order, so it follows the
+ * hand-out's. */
+static int
+recv_handout_time(struct vmf_agent *a, struct vmf_agent_handout *h, int timeout_ms, struct vmf_error *err)
+{
+	Vmf__Agent__AgentRequest req = VMF__AGENT__AGENT_REQUEST__INIT;
+	req.body_case = VMF__AGENT__AGENT_REQUEST__BODY_SET_TIME;
+	req.id = h->time_id;
+	Vmf__Agent__AgentReply *rep;
+	int r = vmf_agent_recv(a, &req, &rep, timeout_ms, err);
+	h->host_recv_ns = vmf_realtime_ns();
+	if (r < 0)
+		return r;
+	h->guest_ns = rep->time->realtime_ns;
+	vmf__agent__agent_reply__free_unpacked(rep, NULL);
+	return 0;
 }
 
 int
 vmf_agent_recv_handout(struct vmf_agent *a, struct vmf_agent_handout *h, int timeout_ms, struct vmf_error *err)
 {
+	int64_t deadline = deadline_in(timeout_ms);
 	Vmf__Agent__AgentRequest req = VMF__AGENT__AGENT_REQUEST__INIT;
 	req.body_case = VMF__AGENT__AGENT_REQUEST__BODY_HANDOUT;
 	req.id = h->id;
@@ -482,7 +519,10 @@ vmf_agent_recv_handout(struct vmf_agent *a, struct vmf_agent_handout *h, int tim
 		vmf_escape(bi, h->boot_id, sizeof(h->boot_id), VMF_ESC_BACKSLASH);
 	vmf_escape(res->net_error, h->net_error, sizeof(h->net_error), 0);
 	vmf__agent__agent_reply__free_unpacked(rep, NULL);
-	return 0;
+	if (!h->time_id)
+		return 0;
+	int64_t left = deadline - vmf_now_ms();
+	return recv_handout_time(a, h, left > 0 ? (int)left : 0, err);
 }
 
 double

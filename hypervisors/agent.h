@@ -79,6 +79,7 @@ int vmf_agent_new_identity(struct vmf_agent *a, struct vmf_agent_identity *out, 
  * as it can (host_sent_ns); recv notes the host's at the reply's arrival. */
 struct vmf_agent_handout {
 	uint64_t id;
+	uint64_t time_id;            /* the SetTime that follows cont, 0: none */
 	int64_t host_sent_ns, host_recv_ns, guest_ns;
 	char hostname[72];
 	char net_error[300];
@@ -99,6 +100,12 @@ struct vmf_guest_net {
  * answer to it is h->net_error after recv ("" = configured). */
 int vmf_agent_send_handout_net(struct vmf_agent *a, const char *hostname, const struct vmf_guest_net *net,
 			       struct vmf_agent_handout *h, int timeout_ms, struct vmf_error *err);
+/* The clock again, right after cont, without waiting: the hand-out's time
+ * left before cont, so the guest set it that late; this one it reads the
+ * moment it has answered the hand-out.  recv then also waits for its reply
+ * and the clock figures (host_sent_ns, guest_ns, host_recv_ns) are its. */
+int vmf_agent_send_handout_time(struct vmf_agent *a, struct vmf_agent_handout *h, int timeout_ms,
+				struct vmf_error *err);
 int vmf_agent_recv_handout(struct vmf_agent *a, struct vmf_agent_handout *h, int timeout_ms, struct vmf_error *err);
 /* |guest - host| realtime when the reply arrived: an upper bound of how far
  * the guest's clock is from the host's (the guest's is set to the time the

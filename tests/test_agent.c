@@ -257,6 +257,18 @@ START_TEST(new_identity_and_handout)
 	ck_assert_int_ge(h.host_recv_ns, h.host_sent_ns);
 	ck_assert_str_eq(h.hostname, "sb-1.x_y");
 	ck_assert(vmf_agent_handout_clock_error_ms(&h) < 1000);
+	/* With the SetTime that follows cont: its reply comes after the
+	 * hand-out's, and the clock figures are its, not the hand-out's. */
+	ck_assert_msg(vmf_agent_send_handout(a, "sb-2", &h, 5000, &e) == 0, "%s", e.msg);
+	int64_t handout_ns = h.host_sent_ns;
+	ck_assert_msg(vmf_agent_send_handout_time(a, &h, 5000, &e) == 0, "%s", e.msg);
+	ck_assert_int_ne(h.time_id, 0);
+	ck_assert_int_gt(h.host_sent_ns, handout_ns);
+	ck_assert_msg(vmf_agent_recv_handout(a, &h, 5000, &e) == 0, "%s", e.msg);
+	ck_assert_str_eq(h.hostname, "sb-2");
+	ck_assert_int_eq(h.guest_ns, h.host_sent_ns);
+	ck_assert_int_ge(h.host_recv_ns, h.host_sent_ns);
+	ck_assert_msg(vmf_agent_ping(a, 5000, &e) == 0, "%s", e.msg);
 	gethostname(host_after, sizeof host_after);
 	ck_assert_str_eq(host_before, host_after);
 

@@ -324,10 +324,24 @@ get_vm(struct vmf_client *c, unsigned vcpus, unsigned mib, int k, char id[64])
 	return ms;
 }
 
-/* `true` in the VM of the last GetVM, through its agent as a runtime would
- * (connect, ExecStart, wait for the exit): connect to exit frame, in ms. */
+/* The first command's time, step by step (ms), on the exec samples:
+ * connect: the socket opened until the agent answered the connection's
+ *   ExecReset (QEMU accepting, the guest noticing the host side opened,
+ *   one round trip);
+ * start: ExecStart written until its ExecStarted reply (the request read,
+ *   the process spawned);
+ * output: ExecStarted until the first output frame (the process running
+ *   to its first write, the frame's way back);
+ * exit: the first output until the exit frame (the process ending, its
+ *   reaping, the frame's way back). */
+static struct series fc_connect = { .name = "first-cmd-connect" }, fc_start = { .name = "first-cmd-start" },
+		     fc_output = { .name = "first-cmd-output" }, fc_exit = { .name = "first-cmd-exit" };
+
+/* `echo x` in the VM of the last GetVM, through its agent as a runtime
+ * would (connect, ExecStart, wait for the exit): connect to exit frame, in
+ * ms.  One line of output, so that the first output is a step of its own. */
 static double
-exec_true(void)
+exec_first(void)
 {
 	struct vmf_error e = {0};
 	int64_t t0 = vmf_monotonic_ns();
@@ -335,21 +349,34 @@ exec_true(void)
 	if (vmf_client_agent_connect(last_agent.path, last_agent.transport, last_agent.port, CALL_TIMEOUT_MS, NULL,
 				     NULL, &a, &e) < 0)
 		die(&e, "agent connect");
+	add(&fc_connect, ms_since(t0));
+	int64_t t1 = vmf_monotonic_ns();
 	uint64_t xid;
-	struct vmf_exec_opts o = { .argv = (const char *const[]){ "true", NULL } };
+	struct vmf_exec_opts o = { .argv = (const char *const[]){ "echo", "x", NULL } };
 	if (vmf_client_exec_start(a, &o, &xid, CALL_TIMEOUT_MS, &e) < 0)
-		die(&e, "exec true");
+		die(&e, "exec echo");
+	add(&fc_start, ms_since(t1));
+	int64_t t2 = vmf_monotonic_ns(), t3 = 0;
 	for (;;) {
 		struct vmf_exec_event ev;
 		if (vmf_client_agent_next_event(a, &ev, CALL_TIMEOUT_MS, &e) < 0)
-			die(&e, "exec true");
+			die(&e, "exec echo");
 		if (ev.type == VMF_EXEC_EV_NONE) {
-			vmf_err(&e, ETIMEDOUT, "no exit of true within %d ms", CALL_TIMEOUT_MS);
-			die(&e, "exec true");
+			vmf_err(&e, ETIMEDOUT, "no exit of echo within %d ms", CALL_TIMEOUT_MS);
+			die(&e, "exec echo");
+		}
+		if (ev.type == VMF_EXEC_EV_OUTPUT && ev.exec_id == xid && !t3) {
+			t3 = vmf_monotonic_ns();
+			add(&fc_output, ms_since(t2));
 		}
 		if (ev.type == VMF_EXEC_EV_EXIT && ev.exec_id == xid)
 			break;
 	}
+	if (!t3) {
+		vmf_err(&e, EIO, "echo exited without output");
+		die(&e, "exec echo");
+	}
+	add(&fc_exit, ms_since(t3));
 	double ms = ms_since(t0);
 	vmf_client_agent_close(a);
 	return ms;
@@ -1450,12 +1477,12 @@ main(int argc, char **argv)
 	steps_table(m2, steps_all);
 	fclose(m2);
 	/* What a runtime waits for before its first command has run: the
-	 * hand-out, then `true` through the agent to its exit status. */
-	fprintf(stderr, "vmf-bench: hand-out + exec of true, %d samples\n", cfg.samples);
+	 * hand-out, then `echo x` through the agent to its exit status. */
+	fprintf(stderr, "vmf-bench: hand-out + exec of echo, %d samples\n", cfg.samples);
 	for (int i = 0; i < cfg.samples; i++) {
 		wait_pool(cfg.vms, vmf_now_ms() + 120000);
 		double ms = get_vm(c, 1, 256, i, id);
-		add(&exec, ms + exec_true());
+		add(&exec, ms + exec_first());
 		release_vm(c, id);
 	}
 
@@ -1539,6 +1566,15 @@ main(int argc, char **argv)
 	jnum("floor_ms", pct(&floor_, 50));
 	jnum("exec_p50_ms", pct(&exec, 50));
 	jnum("exec_p99_ms", pct(&exec, 99));
+	struct series *fc[] = { &fc_connect, &fc_start, &fc_output, &fc_exit };
+	for (size_t i = 0; i < sizeof(fc) / sizeof(fc[0]); i++) {
+		finish(fc[i]);
+		char key[64];
+		for (int p = 50; p <= 99; p += 49) {
+			snprintf(key, sizeof key, "first_cmd_%s_p%d_ms", fc[i]->name + strlen("first-cmd-"), p);
+			jnum(key, pct(fc[i], p));
+		}
+	}
 	jnum("pss_cold_kib", (double)pss_cold);
 	jnum("pss_clone_kib", (double)pss_clone);
 	jnum("refill8_s", refill_s);
@@ -1608,7 +1644,11 @@ main(int argc, char **argv)
 	row(&handout, "GetVM over the socket, pool hit, no resize");
 	row(&resize, "GetVM, +1 vCPU and +256 MiB");
 	row(&floor_, "cont + one agent round trip");
-	row(&exec, "GetVM, then `true` through the agent to its exit status");
+	row(&exec, "GetVM, then `echo x` through the agent to its exit status");
+	row(&fc_connect, "exec's connect: socket opened to the agent's ExecReset answer");
+	row(&fc_start, "exec's start: ExecStart to ExecStarted");
+	row(&fc_output, "exec's output: ExecStarted to the first output");
+	row(&fc_exit, "exec's exit: the first output to the exit frame");
 	row(&hnetns, "GetVM --netns (tap + tc mirror, guest NIC configured)");
 	row(&husernet, "GetVM --net user (slirp, guest NIC configured)");
 	row(&rel, "ReleaseVM, no disk (stop = flush: the guest not asked)");
