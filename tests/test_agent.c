@@ -742,6 +742,257 @@ START_TEST(files_refusals_and_bounds)
 }
 END_TEST
 
+/* ---- watches ---- */
+
+/* Events seen on the stream so far ("c:name", "w:name", "r:name",
+ * "m:name" for a rename away), the lost count, and whether the watch
+ * ended. */
+struct seen {
+	char log[64 * 1024];
+	size_t events;
+	uint64_t lost;
+	bool ended;
+	char reason[200];
+};
+
+static void
+seen_take(struct seen *sn, uint64_t wid, const Vmf__Agent__FileEvents *fe)
+{
+	ck_assert_uint_eq(fe->watch_id, wid);
+	static const char tag[] = "?cwrmx";
+	for (size_t i = 0; i < fe->n_events; i++) {
+		int t = fe->events[i]->type;
+		ck_assert(t >= 1 && t <= 5);
+		size_t at = strlen(sn->log);
+		if (at + strlen(fe->events[i]->name) + 4 >= sizeof(sn->log))
+			at = 0;   /* the latest events are what a test waits for */
+		if (at + strlen(fe->events[i]->name) + 4 < sizeof(sn->log))
+			snprintf(sn->log + at, sizeof(sn->log) - at, "%c:%s\n", tag[t], fe->events[i]->name);
+	}
+	sn->events += fe->n_events;
+	sn->lost += fe->lost;
+	if (fe->ended) {
+		sn->ended = true;
+		snprintf(sn->reason, sizeof(sn->reason), "%s", fe->reason);
+	}
+}
+
+/* Sends a watch request; its reply, the events read before it kept in sn. */
+static Vmf__Agent__AgentReply *
+watch_call(Vmf__Agent__AgentRequest *req, struct seen *sn, uint64_t wid)
+{
+	static uint64_t id = 5000;
+	req->protocol_version = AGENT_PROTOCOL_VERSION;
+	req->id = ++id;
+	size_t n = vmf__agent__agent_request__get_packed_size(req);
+	uint8_t buf[n];
+	vmf__agent__agent_request__pack(req, buf);
+	struct vmf_error e = {0};
+	ck_assert_int_eq(vmf_frame_write(host_fd, buf, n, vmf_now_ms() + 5000, &e), 0);
+	for (;;) {
+		Vmf__Agent__AgentReply *r = read_reply();
+		if (r->id == id)
+			return r;
+		ck_assert_int_eq(r->body_case, VMF__AGENT__AGENT_REPLY__BODY_FILE_EVENTS);
+		seen_take(sn, wid, r->file_events);
+		vmf__agent__agent_reply__free_unpacked(r, NULL);
+	}
+}
+
+static Vmf__Agent__AgentReply *
+watch_start(Vmf__Agent__FileAccess *as, const char *path, bool recursive)
+{
+	Vmf__Agent__FileWatch w = VMF__AGENT__FILE_WATCH__INIT;
+	w.access = as, w.path = (char *)path, w.recursive = recursive;
+	Vmf__Agent__AgentRequest req = VMF__AGENT__AGENT_REQUEST__INIT;
+	req.body_case = VMF__AGENT__AGENT_REQUEST__BODY_FILE_WATCH;
+	req.file_watch = &w;
+	struct seen none = {0};
+	Vmf__Agent__AgentReply *r = watch_call(&req, &none, 0);
+	ck_assert_uint_eq(none.events, 0);
+	return r;
+}
+
+static uint64_t
+watch_ok(Vmf__Agent__FileAccess *as, const char *path, bool recursive)
+{
+	Vmf__Agent__AgentReply *r = watch_start(as, path, recursive);
+	ck_assert_msg(r->error_code == 0, "watch %s: %s", path, r->error_message);
+	ck_assert_int_eq(r->body_case, VMF__AGENT__AGENT_REPLY__BODY_FILE_WATCH_STARTED);
+	uint64_t wid = r->file_watch_started->watch_id;
+	ck_assert_uint_gt(wid, 0);
+	vmf__agent__agent_reply__free_unpacked(r, NULL);
+	return wid;
+}
+
+static Vmf__Agent__AgentReply *
+unwatch(uint64_t wid, struct seen *sn)
+{
+	Vmf__Agent__FileUnwatch u = VMF__AGENT__FILE_UNWATCH__INIT;
+	u.watch_id = wid;
+	Vmf__Agent__AgentRequest req = VMF__AGENT__AGENT_REQUEST__INIT;
+	req.body_case = VMF__AGENT__AGENT_REQUEST__BODY_FILE_UNWATCH;
+	req.file_unwatch = &u;
+	return watch_call(&req, sn, wid);
+}
+
+/* Reads events until the log holds want (or the watch ended, when want is
+ * NULL). */
+static void
+seen_wait(struct seen *sn, uint64_t wid, const char *want)
+{
+	int64_t deadline = vmf_now_ms() + 10000;
+	while (want ? !strstr(sn->log, want) : !sn->ended) {
+		int left = (int)(deadline - vmf_now_ms());
+		struct pollfd p = { .fd = host_fd, .events = POLLIN };
+		ck_assert_msg(left > 0 && poll(&p, 1, left) == 1, "no '%s' in the events seen (the last of them):\n%s",
+			      want ? want : "end", sn->log + (strlen(sn->log) > 600 ? strlen(sn->log) - 600 : 0));
+		Vmf__Agent__AgentReply *r = read_reply();
+		ck_assert_int_eq(r->body_case, VMF__AGENT__AGENT_REPLY__BODY_FILE_EVENTS);
+		seen_take(sn, wid, r->file_events);
+		vmf__agent__agent_reply__free_unpacked(r, NULL);
+	}
+}
+
+static void
+host_file(const char *rel, const char *data)
+{
+	char p[700];
+	snprintf(p, sizeof p, "%s/%s", share, rel);
+	int fd = open(p, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	ck_assert_int_ge(fd, 0);
+	if (data)
+		ck_assert_int_eq(write(fd, data, strlen(data)), (ssize_t)strlen(data));
+	close(fd);
+}
+
+START_TEST(files_watch_events_recursion_and_refusals)
+{
+	char p[700], q[700];
+	snprintf(p, sizeof p, "%s/w", share);
+	ck_assert_int_eq(mkdir(p, 0755), 0);
+	snprintf(p, sizeof p, "%s/w/old", share);
+	ck_assert_int_eq(mkdir(p, 0755), 0);
+	uint64_t wid = watch_ok(&as_root, "/w", true);
+	struct seen sn = {0};
+	host_file("w/a.txt", "hello");
+	seen_wait(&sn, wid, "c:a.txt\n");
+	seen_wait(&sn, wid, "w:a.txt\n");
+	/* Below it: a directory there at the start, and one made after. */
+	host_file("w/old/in-old", NULL);
+	seen_wait(&sn, wid, "c:old/in-old\n");
+	snprintf(p, sizeof p, "%s/w/new", share);
+	ck_assert_int_eq(mkdir(p, 0755), 0);
+	seen_wait(&sn, wid, "c:new\n");
+	host_file("w/new/in-new", "x");
+	seen_wait(&sn, wid, "c:new/in-new\n");
+	snprintf(p, sizeof p, "%s/w/a.txt", share);
+	snprintf(q, sizeof q, "%s/w/b.txt", share);
+	ck_assert_int_eq(rename(p, q), 0);
+	seen_wait(&sn, wid, "m:a.txt\n");
+	seen_wait(&sn, wid, "c:b.txt\n");
+	ck_assert_int_eq(chmod(q, 0600), 0);
+	seen_wait(&sn, wid, "x:b.txt\n");
+	ck_assert_int_eq(unlink(q), 0);
+	seen_wait(&sn, wid, "r:b.txt\n");
+	ck_assert_uint_eq(sn.lost, 0);
+	/* Stopped: its id is gone, nothing more comes. */
+	Vmf__Agent__AgentReply *r = unwatch(wid, &sn);
+	ck_assert_int_eq(r->error_code, 0);
+	ck_assert_int_eq(r->body_case, VMF__AGENT__AGENT_REPLY__BODY_FILE_UNWATCHED);
+	vmf__agent__agent_reply__free_unpacked(r, NULL);
+	r = unwatch(wid, &sn);
+	expect_file_error(r, ENOENT, "no watch");
+
+	/* The watched directory removed: the watch ends, saying so. */
+	snprintf(p, sizeof p, "%s/gone", share);
+	ck_assert_int_eq(mkdir(p, 0755), 0);
+	struct seen sg = {0};
+	uint64_t gid = watch_ok(&as_root, "/gone", false);
+	ck_assert_int_eq(rmdir(p), 0);
+	seen_wait(&sg, gid, NULL);
+	ck_assert_ptr_nonnull(strstr(sg.reason, "removed"));
+	expect_file_error(unwatch(gid, &sg), ENOENT, "no watch");
+
+	/* Refusals: a file, a missing path, a relative one, "..". */
+	expect_file_error(watch_start(&as_root, "/w/new/in-new", false), ENOTDIR, "not a directory");
+	expect_file_error(watch_start(&as_root, "/missing", false), ENOENT, "cannot watch '/missing'");
+	expect_file_error(watch_start(&as_root, "w", false), EINVAL, "absolute path");
+	expect_file_error(watch_start(&as_root, "/../etc", false), EPERM, "--files-root");
+	/* As the requested user: the guest's permissions decide. */
+	if (geteuid() == 0) {
+		Vmf__Agent__FileAccess nobody = VMF__AGENT__FILE_ACCESS__INIT;
+		nobody.set_user = true, nobody.uid = 65534, nobody.gid = 65534;
+		ck_assert_int_eq(chmod(share, 0755), 0);
+		snprintf(p, sizeof p, "%s/private", share);
+		ck_assert_int_eq(mkdir(p, 0700), 0);
+		expect_file_error(watch_start(&nobody, "/private", false), EACCES, "cannot watch '/private'");
+	}
+	/* At most 8 per connection; one stopped makes room. */
+	uint64_t ids[8];
+	for (int i = 0; i < 8; i++)
+		ids[i] = watch_ok(&as_root, "/w", false);
+	expect_file_error(watch_start(&as_root, "/w", false), EMFILE, "at most 8");
+	struct seen sx = {0};
+	expect_file_ok(unwatch(ids[3], &sx));
+	ids[3] = watch_ok(&as_root, "/w", false);
+	for (int i = 0; i < 8; i++)
+		expect_file_ok(unwatch(ids[i], &sx));
+	assert_serving();
+}
+END_TEST
+
+/* A host that reads nothing: the watch's queue stays bounded, the excess
+ * is reported as lost, and the watch goes on after. */
+START_TEST(files_watch_queue_overflow_is_counted)
+{
+	char p[700];
+	snprintf(p, sizeof p, "%s/flood", share);
+	ck_assert_int_eq(mkdir(p, 0755), 0);
+	uint64_t wid = watch_ok(&as_root, "/flood", false);
+	/* Long names fill the connection's buffers (socket, the agent's
+	 * reply queue) well before the files run out. */
+	enum { FILES = 6000 };
+	char name[240];
+	memset(name, 'n', sizeof name);
+	for (int i = 0; i < FILES; i++) {
+		snprintf(name + 200, sizeof name - 200, "%05d", i);
+		char rel[260];
+		snprintf(rel, sizeof rel, "flood/%s", name);
+		host_file(rel, NULL);
+	}
+	/* Events made while the queue is still full are lost too: a new file
+	 * each round until one comes through (the queue drained). */
+	struct seen sn = {0};
+	bool through = false;
+	for (int k = 0; !through && k < 20; k++) {
+		char rel[64], want[64];
+		snprintf(rel, sizeof rel, "flood/after-%d", k);
+		snprintf(want, sizeof want, "c:after-%d\n", k);
+		host_file(rel, NULL);
+		int64_t until = vmf_now_ms() + 3000;
+		struct pollfd pf = { .fd = host_fd, .events = POLLIN };
+		while (!(through = strstr(sn.log, want) != NULL) && vmf_now_ms() < until &&
+		       poll(&pf, 1, (int)(until - vmf_now_ms())) == 1) {
+			Vmf__Agent__AgentReply *r = read_reply();
+			ck_assert_int_eq(r->body_case, VMF__AGENT__AGENT_REPLY__BODY_FILE_EVENTS);
+			seen_take(&sn, wid, r->file_events);
+			vmf__agent__agent_reply__free_unpacked(r, NULL);
+		}
+	}
+	ck_assert_msg(through, "no event came through after the flood");
+	ck_assert_msg(sn.lost > 0, "no event counted lost: %zu events seen", sn.events);
+	ck_assert_uint_lt(sn.events, FILES);
+	/* Still watching, nothing lost while the host keeps up. */
+	uint64_t lost = sn.lost;
+	host_file("flood/later", NULL);
+	seen_wait(&sn, wid, "c:later\n");
+	ck_assert_uint_eq(sn.lost, lost);
+	expect_file_ok(unwatch(wid, &sn));
+	assert_serving();
+}
+END_TEST
+
 /* ---- the listener mode (vsock's serving code on a unix socket) ---- */
 
 static char *lis_dir;
@@ -1206,6 +1457,8 @@ main(void)
 	tcase_add_test(tc, stale_replies_are_skipped);
 	tcase_add_test(tc, files_write_read_list_move_remove);
 	tcase_add_test(tc, files_refusals_and_bounds);
+	tcase_add_test(tc, files_watch_events_recursion_and_refusals);
+	tcase_add_test(tc, files_watch_queue_overflow_is_counted);
 	suite_add_tcase(s, tc);
 	TCase *tcl = tcase_create("listener");
 	tcase_add_checked_fixture(tcl, listener_setup, listener_teardown);

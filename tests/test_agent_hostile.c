@@ -54,6 +54,9 @@ struct peer {
 
 #define PEER_MAX_MS 20000
 #define EXEC_ID 7
+#define WATCH_ID 5
+#define WATCH_FRAME_EVENTS 10
+#define WATCH_FLOOD_FRAMES 1000
 
 static const char *const hostile =
 	"ok\x1b]0;owned\x07\x1b[2J\r\nstate: assigned\xff\xfe\xc2\x9b" "31m\xe2\x80\xae" "gnp.exe";
@@ -280,6 +283,37 @@ peer_file_lies(struct peer *p)
 			a.body_case = VMF__AGENT__AGENT_REPLY__BODY_FILE_ENTRIES;
 			a.file_entries = &es;
 			break;
+		case VMF__AGENT__AGENT_REQUEST__BODY_FILE_WATCH: {
+			/* Started, then a flood of its events: names not UTF-8,
+			 * a type nobody knows, more than anyone asked for. */
+			Vmf__Agent__FileWatchStarted ws = VMF__AGENT__FILE_WATCH_STARTED__INIT;
+			ws.watch_id = WATCH_ID;
+			a.body_case = VMF__AGENT__AGENT_REPLY__BODY_FILE_WATCH_STARTED;
+			a.file_watch_started = &ws;
+			peer_reply(p, &a);
+			Vmf__Agent__FileEvent ev[WATCH_FRAME_EVENTS], *evp[WATCH_FRAME_EVENTS];
+			for (int i = 0; i < WATCH_FRAME_EVENTS; i++) {
+				vmf__agent__file_event__init(&ev[i]);
+				ev[i].name = (char *)hostile;
+				ev[i].type = i == 0 ? 99 : VMF__AGENT__FILE_EVENT_TYPE__FILE_EVENT_CREATE;
+				evp[i] = &ev[i];
+			}
+			Vmf__Agent__FileEvents fe = VMF__AGENT__FILE_EVENTS__INIT;
+			fe.watch_id = WATCH_ID;
+			fe.events = evp;
+			fe.n_events = WATCH_FRAME_EVENTS;
+			Vmf__Agent__AgentReply f = VMF__AGENT__AGENT_REPLY__INIT;
+			f.body_case = VMF__AGENT__AGENT_REPLY__BODY_FILE_EVENTS;
+			f.file_events = &fe;
+			for (int k = 0; k < WATCH_FLOOD_FRAMES; k++)
+				peer_reply(p, &f);
+			fe.n_events = 0;
+			fe.ended = true;
+			fe.reason = (char *)hostile;
+			peer_reply(p, &f);
+			vmf__agent__agent_request__free_unpacked(q, NULL);
+			continue;
+		}
 		case VMF__AGENT__AGENT_REQUEST__BODY_FILE_READ:
 			d.data.data = twenty;
 			d.data.len = sizeof twenty;
@@ -804,6 +838,36 @@ START_TEST(file_replies_that_lie)
 	ck_assert_uint_eq(got, 0);
 	r = vmf_client_file_remove(a, NULL, "/x", 5000, &e);
 	ck_assert_msg(r == -EPROTO && strstr(e.msg, "message type"), "%d: %s", r, e.msg);
+	/* A watch flooded while the next call waits: the library keeps a
+	 * bounded number of its frames and counts the rest, every event it
+	 * hands out has a known type and a valid name, none is unaccounted. */
+	uint64_t wid;
+	ck_assert_msg(vmf_client_file_watch(a, NULL, "/", 1, &wid, 5000, &e) == 0, "%s", e.msg);
+	ck_assert_uint_eq(wid, WATCH_ID);
+	struct vmf_file_entry fe2;
+	ck_assert_msg(vmf_client_file_stat(a, NULL, "/x", &fe2, 10000, &e) == 0, "%s", e.msg);
+	vmf_client_file_entry_free(&fe2);
+	uint64_t named = 0, lost = 0, frames = 0;
+	bool ended = false;
+	while (!ended) {
+		struct vmf_exec_event ev;
+		ck_assert_msg(vmf_client_agent_next_event(a, &ev, 5000, &e) == 0, "%s", e.msg);
+		ck_assert_int_eq(ev.type, VMF_EXEC_EV_FILES);
+		ck_assert_uint_eq(ev.exec_id, WATCH_ID);
+		frames++;
+		for (size_t i = 0; i < ev.n_files; i++) {
+			ck_assert_int_eq(ev.files[i].type, VMF_FILE_EV_CREATE);
+			ck_assert(vmf_utf8_valid(ev.files[i].name, strlen(ev.files[i].name)));
+		}
+		named += ev.n_files;
+		lost += ev.lost;
+		ended = ev.ended;
+		if (ended)
+			ck_assert(vmf_utf8_valid(ev.message, strlen(ev.message)) && !strchr(ev.message, '\x1b'));
+	}
+	ck_assert_msg(frames <= 17, "%llu frames kept", (unsigned long long)frames);
+	ck_assert_uint_eq(named + lost, (uint64_t)WATCH_FLOOD_FRAMES * WATCH_FRAME_EVENTS);
+	ck_assert_uint_gt(lost, 0);
 	vmf_client_agent_close(a);
 	peer_join(&p);
 }

@@ -5,6 +5,7 @@
 #ifndef VMF_AGENT_H
 #define VMF_AGENT_H
 
+#include <limits.h>
 #include <poll.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -192,6 +193,33 @@ void files_move(struct agent_call *call);
 void files_remove(struct agent_call *call);
 void files_read(struct agent_call *call);
 void files_write(struct agent_call *call);
+
+struct files_identity {
+	bool switched;
+	gid_t *groups;
+	int n_groups;
+};
+/* Takes on the request's user's file system ids; false (the call's reply
+ * an error) when the agent cannot.  files_restore undoes it, always. */
+bool files_become(struct agent_call *call, const Vmf__Agent__FileAccess *a, struct files_identity *saved);
+void files_restore(struct files_identity *saved);
+/* Checks a requested path; sys is the path the agent's calls use (test
+ * mode: below --files-root).  false: the reply an error. */
+bool files_valid_path(struct agent_call *call, const char *what, const char *path, char sys[PATH_MAX]);
+
+/* ---- files_watch.c: directories watched for the host (inotify) ---- */
+
+void files_watch(struct agent_call *call);
+void files_unwatch(struct agent_call *call);
+/* The connection's watches stop (freed at the loop's next turn). */
+void files_watch_conn_gone(struct conn *c);
+/* Frees every watch (the end of a test stream). */
+void files_watch_end_all(void);
+/* Queued events out to connections that take output; ended watches freed. */
+void files_watch_progress(void);
+size_t files_watch_poll_count(void);
+nfds_t files_watch_poll_add(struct pollfd *pv, void **who, int *role, int watch_role, nfds_t np);
+void files_watch_poll_event(void *who);
 
 /* ---- guest_info.c, online.c, identity.c, nic.c, share.c, disks.c, stop.c ---- */
 

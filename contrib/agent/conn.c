@@ -53,6 +53,7 @@ static void
 conn_reset(struct conn *c)
 {
 	exec_conn_gone(c);
+	files_watch_conn_gone(c);
 	free(c->body);
 	c->body = NULL;
 	c->hdr_len = 0;

@@ -88,6 +88,8 @@ static agent_handler *const handlers[] = {
 	[VMF__AGENT__AGENT_REQUEST__BODY_FILE_REMOVE] = files_remove,
 	[VMF__AGENT__AGENT_REQUEST__BODY_FILE_READ] = files_read,
 	[VMF__AGENT__AGENT_REQUEST__BODY_FILE_WRITE] = files_write,
+	[VMF__AGENT__AGENT_REQUEST__BODY_FILE_WATCH] = files_watch,
+	[VMF__AGENT__AGENT_REQUEST__BODY_FILE_UNWATCH] = files_unwatch,
 };
 
 void

@@ -544,6 +544,7 @@ void
 exec_reset(struct agent_call *call)
 {
 	exec_conn_gone(call->conn);
+	files_watch_conn_gone(call->conn);
 	reply_ack(call);
 }
 

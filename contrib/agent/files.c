@@ -36,15 +36,9 @@
 
 /* ---- acting as the requested user ---- */
 
-struct files_identity {
-	bool switched;
-	gid_t *groups;
-	int n_groups;
-};
-
 /* Takes on the request's user's file system ids; false (the reply an
  * error) when the agent cannot. */
-static bool
+bool
 files_become(struct agent_call *call, const Vmf__Agent__FileAccess *a, struct files_identity *saved)
 {
 	*saved = (struct files_identity){ 0 };
@@ -85,7 +79,7 @@ files_become(struct agent_call *call, const Vmf__Agent__FileAccess *a, struct fi
 	return true;
 }
 
-static void
+void
 files_restore(struct files_identity *saved)
 {
 	if (!saved->switched)
@@ -104,8 +98,8 @@ files_restore(struct files_identity *saved)
  * path is taken below --files-root (no file request at all without it),
  * so that a unit test or the fuzz target never touches the host's files
  * and their paths do not depend on where the root is. */
-static bool
-valid_path(struct agent_call *call, const char *what, const char *path, char sys[PATH_MAX])
+bool
+files_valid_path(struct agent_call *call, const char *what, const char *path, char sys[PATH_MAX])
 {
 	size_t n = strlen(path);
 	if (path[0] != '/' || n >= PATH_MAX) {
@@ -261,7 +255,7 @@ files_stat(struct agent_call *call)
 	const Vmf__Agent__FileStat *req = call->req->file_stat;
 	struct files_identity id = { 0 };
 	char sys[PATH_MAX];
-	if (!valid_path(call, "path", req->path, sys) || !files_become(call, req->access, &id))
+	if (!files_valid_path(call, "path", req->path, sys) || !files_become(call, req->access, &id))
 		goto done;
 	reply_entry(call, sys, req->path);
 done:
@@ -415,7 +409,7 @@ files_list(struct agent_call *call)
 	const Vmf__Agent__FileList *req = call->req->file_list;
 	struct files_identity id = { 0 };
 	char sys[PATH_MAX];
-	if (!valid_path(call, "path", req->path, sys) || !files_become(call, req->access, &id))
+	if (!files_valid_path(call, "path", req->path, sys) || !files_become(call, req->access, &id))
 		goto done;
 	if (req->depth > FILES_LIST_DEPTH_MAX) {
 		reply_error(call, EINVAL, "list depth %u exceeds the limit of %u", req->depth, FILES_LIST_DEPTH_MAX);
@@ -450,7 +444,7 @@ files_mkdir(struct agent_call *call)
 	const Vmf__Agent__FileMkdir *req = call->req->file_mkdir;
 	struct files_identity id = { 0 };
 	char sys[PATH_MAX];
-	if (!valid_path(call, "path", req->path, sys) || !files_become(call, req->access, &id))
+	if (!files_valid_path(call, "path", req->path, sys) || !files_become(call, req->access, &id))
 		goto done;
 	char p[PATH_MAX];
 	snprintf(p, sizeof(p), "%s", sys);
@@ -497,7 +491,7 @@ files_move(struct agent_call *call)
 	const Vmf__Agent__FileMove *req = call->req->file_move;
 	struct files_identity id = { 0 };
 	char src[PATH_MAX], dst[PATH_MAX];
-	if (!valid_path(call, "source", req->source, src) || !valid_path(call, "destination", req->destination, dst) ||
+	if (!files_valid_path(call, "source", req->source, src) || !files_valid_path(call, "destination", req->destination, dst) ||
 	    !files_become(call, req->access, &id))
 		goto done;
 	if (rename(src, dst) < 0) {
@@ -564,7 +558,7 @@ files_remove(struct agent_call *call)
 	const Vmf__Agent__FileRemove *req = call->req->file_remove;
 	struct files_identity id = { 0 };
 	char sys[PATH_MAX];
-	if (!valid_path(call, "path", req->path, sys) || !files_become(call, req->access, &id))
+	if (!files_valid_path(call, "path", req->path, sys) || !files_become(call, req->access, &id))
 		goto done;
 	if (!strcmp(req->path, "/")) {
 		reply_error(call, EBUSY, "'/' is not removed");
@@ -642,7 +636,7 @@ files_read(struct agent_call *call)
 	struct files_identity id = { 0 };
 	int fd = -1;
 	char sys[PATH_MAX];
-	if (!valid_path(call, "path", req->path, sys) || !files_become(call, req->access, &id))
+	if (!files_valid_path(call, "path", req->path, sys) || !files_become(call, req->access, &id))
 		goto done;
 	if (req->length > FILES_CHUNK_MAX || req->offset > (uint64_t)INT64_MAX) {
 		reply_error(call, EINVAL, "a read of %u bytes at %llu: at most %u bytes at an offset below 2^63",
@@ -683,7 +677,7 @@ files_write(struct agent_call *call)
 	struct files_identity id = { 0 };
 	int fd = -1;
 	char sys[PATH_MAX];
-	if (!valid_path(call, "path", req->path, sys) || !files_become(call, req->access, &id))
+	if (!files_valid_path(call, "path", req->path, sys) || !files_become(call, req->access, &id))
 		goto done;
 	if (req->data.len > FILES_CHUNK_MAX || req->offset > (uint64_t)INT64_MAX - FILES_CHUNK_MAX) {
 		reply_error(call, EINVAL, "a write of %zu bytes at %llu: at most %u bytes at an offset below 2^63",

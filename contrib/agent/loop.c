@@ -84,11 +84,12 @@ serve_end(int sfd)
 		conn_free(conns);
 	}
 	exec_end_all();
+	files_watch_end_all();
 	close(sfd);
 }
 
 /* What a pollfd stands for; exec's own roles come after these. */
-enum { POLL_CONN = -1, POLL_SIGNALS = -2, POLL_LISTENER = -3 };
+enum { POLL_CONN = -1, POLL_SIGNALS = -2, POLL_LISTENER = -3, POLL_WATCH = -4 };
 
 /* One connection's poll events: bytes in, queued bytes out, its end. */
 static bool
@@ -148,8 +149,9 @@ agent_serve(int lfd, bool sigio)
 				c->ioff = c->ilen = 0;
 		}
 		exec_progress(now);
+		files_watch_progress();
 
-		size_t cap = 2 + CONNS_MAX + 2 + exec_poll_count();
+		size_t cap = 2 + CONNS_MAX + 2 + exec_poll_count() + files_watch_poll_count();
 		for (struct conn *c = conns; c; c = c->next)
 			cap++;
 		struct pollfd pv[cap];
@@ -180,6 +182,7 @@ agent_serve(int lfd, bool sigio)
 			role[np] = POLL_CONN, who[np++] = c;
 		}
 		np = exec_poll_add(pv, who, role, np);
+		np = files_watch_poll_add(pv, who, role, POLL_WATCH, np);
 		if (poll(pv, np, poll_timeout(now)) < 0) {
 			if (errno == EINTR)
 				continue;
@@ -199,6 +202,8 @@ agent_serve(int lfd, bool sigio)
 				struct conn *c = who[i];
 				if (!c->away && !c->closed)
 					ended = conn_poll_event(c, re) || ended;
+			} else if (role[i] == POLL_WATCH) {
+				files_watch_poll_event(who[i]);
 			} else {
 				exec_poll_event(who[i], role[i], re);
 			}

@@ -50,6 +50,20 @@ struct exec_state {
 	struct exec_state *next;
 };
 
+/* A watch's events a call may keep while it waits: past them they are
+ * counted as lost, so a guest that floods cannot grow the queue. */
+#define WATCH_KEPT_MAX 16u
+#define WATCHES_MAX 64u
+
+struct watch_state {
+	uint64_t id;
+	unsigned kept;               /* its frames in the queue */
+	uint64_t dropped;            /* events not kept, reported with the next */
+	bool ended;
+	bool stopping;               /* unwatched: what still comes of it is dropped */
+	struct watch_state *next;
+};
+
 struct pending {
 	Vmf__Agent__AgentReply *rep;
 	struct pending *next;
@@ -59,6 +73,10 @@ struct vmf_client_agent {
 	struct vmf_agent_conn *c;
 	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
 	struct exec_state *execs;
+	struct watch_state *watches;
+	unsigned n_watches;
+	struct vmf_file_event *fev;            /* the FILES event handed out last */
+	size_t n_fev;
 	struct pending *head, *tail;
 	size_t previous_bytes;                 /* dropped while connecting */
 	Vmf__Agent__AgentReply *last;          /* the event handed out last */
@@ -86,6 +104,64 @@ exec_forget(struct vmf_client_agent *a, uint64_t id)
 			free(e);
 			return;
 		}
+}
+
+static struct watch_state *
+watch_find(const struct vmf_client_agent *a, uint64_t id)
+{
+	for (struct watch_state *w = a->watches; w; w = w->next)
+		if (w->id == id)
+			return w;
+	return NULL;
+}
+
+int
+agent_client_watch_add(struct vmf_client_agent *a, uint64_t id, struct vmf_error *err)
+{
+	if (watch_find(a, id))
+		return vmf_err(err, EPROTO, "the agent on %s started watch %llu twice", a->path,
+			       (unsigned long long)id);
+	if (a->n_watches >= WATCHES_MAX)
+		return vmf_err(err, EMFILE, "%u watches on the agent on %s already", a->n_watches, a->path);
+	struct watch_state *w = calloc(1, sizeof(*w));
+	if (!w)
+		return vmf_err(err, ENOMEM, "out of memory for a watch on %s", a->path);
+	w->id = id;
+	w->next = a->watches;
+	a->watches = w;
+	a->n_watches++;
+	return 0;
+}
+
+void
+agent_client_watch_stopping(struct vmf_client_agent *a, uint64_t id)
+{
+	struct watch_state *w = watch_find(a, id);
+	if (w)
+		w->stopping = true;
+}
+
+void
+agent_client_watch_forget(struct vmf_client_agent *a, uint64_t id)
+{
+	for (struct watch_state **pp = &a->watches; *pp; pp = &(*pp)->next)
+		if ((*pp)->id == id) {
+			struct watch_state *w = *pp;
+			*pp = w->next;
+			free(w);
+			a->n_watches--;
+			return;
+		}
+}
+
+static void
+fev_free(struct vmf_client_agent *a)
+{
+	for (size_t i = 0; i < a->n_fev; i++)
+		free((char *)a->fev[i].name);
+	free(a->fev);
+	a->fev = NULL;
+	a->n_fev = 0;
 }
 
 static int
@@ -160,6 +236,25 @@ on_frame(void *arg, Vmf__Agent__AgentReply *rep, struct vmf_error *err)
 		es->stdin_room += w->stdin_bytes;
 		vmf__agent__agent_reply__free_unpacked(rep, NULL);
 		return 1;
+	}
+	case VMF__AGENT__AGENT_REPLY__BODY_FILE_EVENTS: {
+		const Vmf__Agent__FileEvents *fe = rep->file_events;
+		struct watch_state *w;
+		if (rep->id || !(w = watch_find(a, fe->watch_id)) || w->ended)
+			return 0;
+		if (w->stopping) {
+			vmf__agent__agent_reply__free_unpacked(rep, NULL);
+			return 1;
+		}
+		if (fe->ended) {
+			w->ended = true;
+		} else if (w->kept >= WATCH_KEPT_MAX) {
+			w->dropped += fe->n_events + (uint64_t)fe->lost;
+			vmf__agent__agent_reply__free_unpacked(rep, NULL);
+			return 1;
+		}
+		w->kept++;
+		return keep(a, rep, err);
 	}
 	default:
 		/* The error answer to a request that has none on success (stdin,
@@ -354,6 +449,9 @@ vmf_client_agent_close(struct vmf_client_agent *a)
 	vmf_agent_conn_free(a->c);
 	while (a->execs)
 		exec_forget(a, a->execs->id);
+	while (a->watches)
+		agent_client_watch_forget(a, a->watches->id);
+	fev_free(a);
 	drop_pending(a);
 	if (a->last)
 		vmf__agent__agent_reply__free_unpacked(a->last, NULL);
@@ -527,6 +625,37 @@ deliver(struct vmf_client_agent *a, Vmf__Agent__AgentReply *rep, struct vmf_exec
 		exec_forget(a, x->exec_id);
 		return 1;
 	}
+	case VMF__AGENT__AGENT_REPLY__BODY_FILE_EVENTS: {
+		const Vmf__Agent__FileEvents *fe = rep->file_events;
+		struct watch_state *w = watch_find(a, fe->watch_id);
+		if (!w || w->stopping)
+			return 0;   /* unwatched while it waited */
+		w->kept--;
+		ev->type = VMF_EXEC_EV_FILES;
+		ev->exec_id = fe->watch_id;
+		ev->lost = fe->lost + w->dropped;
+		w->dropped = 0;
+		ev->ended = fe->ended;
+		if (fe->ended) {
+			vmf_escape(fe->reason, ev->message, sizeof(ev->message), 0);
+			agent_client_watch_forget(a, fe->watch_id);
+		}
+		a->fev = calloc(fe->n_events ? fe->n_events : 1, sizeof(*a->fev));
+		for (size_t i = 0; a->fev && i < fe->n_events; i++) {
+			const Vmf__Agent__FileEvent *e = fe->events[i];
+			char *name = e->type >= 1 && e->type <= 5 ? agent_client_guest_string(e->name) : NULL;
+			if (!name) {
+				ev->lost++;   /* no type we know, or no memory */
+				continue;
+			}
+			a->fev[a->n_fev++] = (struct vmf_file_event){ name, (enum vmf_file_event_type)e->type };
+		}
+		if (!a->fev)
+			ev->lost += fe->n_events;
+		ev->files = a->fev;
+		ev->n_files = a->n_fev;
+		return 1;
+	}
 	default:
 		if (!rep->error_code)
 			return 0;
@@ -546,6 +675,7 @@ vmf_client_agent_next_event(struct vmf_client_agent *a, struct vmf_exec_event *e
 		vmf__agent__agent_reply__free_unpacked(a->last, NULL);
 		a->last = NULL;
 	}
+	fev_free(a);
 	int r = grant_last(a, err);
 	if (r < 0)
 		return r;

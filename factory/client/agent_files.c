@@ -10,8 +10,8 @@
 #include "frame.h"
 #include "text.h"
 
-static char *
-guest_string(const char *s)
+char *
+agent_client_guest_string(const char *s)
 {
 	size_t n = s ? strlen(s) : 0;
 	char *out = malloc(3 * n + 1);   /* each bad byte may become U+FFFD */
@@ -39,11 +39,11 @@ entry_from(const Vmf__Agent__FileEntry *m, struct vmf_file_entry *e, struct vmf_
 	memset(e, 0, sizeof(*e));
 	if (!m)
 		return vmf_err(err, EPROTO, "the agent answered a file request without its entry");
-	e->name = guest_string(m->name);
-	e->path = guest_string(m->path);
-	e->owner = guest_string(m->owner);
-	e->group = guest_string(m->group);
-	e->symlink_target = guest_string(m->symlink_target);
+	e->name = agent_client_guest_string(m->name);
+	e->path = agent_client_guest_string(m->path);
+	e->owner = agent_client_guest_string(m->owner);
+	e->group = agent_client_guest_string(m->group);
+	e->symlink_target = agent_client_guest_string(m->symlink_target);
 	if (!e->name || !e->path || !e->owner || !e->group || !e->symlink_target) {
 		vmf_client_file_entry_free(e);
 		return vmf_err(err, ENOMEM, "out of memory for a file entry");
@@ -265,4 +265,52 @@ vmf_client_file_write(struct vmf_client_agent *a, const struct vmf_file_user *u,
 	req.body_case = VMF__AGENT__AGENT_REQUEST__BODY_FILE_WRITE;
 	req.file_write = &w;
 	return entry_call(a, &req, e, timeout_ms, err);
+}
+
+int
+vmf_client_file_watch(struct vmf_client_agent *a, const struct vmf_file_user *u, const char *path, int recursive,
+		      uint64_t *watch_id, int timeout_ms, struct vmf_error *err)
+{
+	*watch_id = 0;
+	Vmf__Agent__FileAccess acc;
+	access_of(u, &acc);
+	Vmf__Agent__FileWatch w = VMF__AGENT__FILE_WATCH__INIT;
+	w.access = &acc;
+	w.path = (char *)path;
+	w.recursive = recursive != 0;
+	Vmf__Agent__AgentRequest req = VMF__AGENT__AGENT_REQUEST__INIT;
+	req.body_case = VMF__AGENT__AGENT_REQUEST__BODY_FILE_WATCH;
+	req.file_watch = &w;
+	Vmf__Agent__AgentReply *rep;
+	int r = file_call(a, &req, VMF__AGENT__AGENT_REPLY__BODY_FILE_WATCH_STARTED, &rep, timeout_ms, err);
+	if (r < 0)
+		return r;
+	uint64_t id = rep->file_watch_started->watch_id;
+	vmf__agent__agent_reply__free_unpacked(rep, NULL);
+	if (id == 0)
+		return vmf_err(err, EPROTO, "the agent started a watch of %s without an id", path);
+	if ((r = agent_client_watch_add(a, id, err)) < 0)
+		return r;
+	*watch_id = id;
+	return 0;
+}
+
+int
+vmf_client_file_unwatch(struct vmf_client_agent *a, uint64_t watch_id, int timeout_ms, struct vmf_error *err)
+{
+	Vmf__Agent__FileUnwatch u = VMF__AGENT__FILE_UNWATCH__INIT;
+	u.watch_id = watch_id;
+	Vmf__Agent__AgentRequest req = VMF__AGENT__AGENT_REQUEST__INIT;
+	req.body_case = VMF__AGENT__AGENT_REQUEST__BODY_FILE_UNWATCH;
+	req.file_unwatch = &u;
+	/* Its events still on the way are dropped; none come after the
+	 * answer. */
+	agent_client_watch_stopping(a, watch_id);
+	Vmf__Agent__AgentReply *rep;
+	int r = file_call(a, &req, VMF__AGENT__AGENT_REPLY__BODY_FILE_UNWATCHED, &rep, timeout_ms, err);
+	agent_client_watch_forget(a, watch_id);
+	if (r < 0)
+		return r;
+	vmf__agent__agent_reply__free_unpacked(rep, NULL);
+	return 0;
 }

@@ -15,4 +15,14 @@ int agent_client_call(struct vmf_client_agent *a, Vmf__Agent__AgentRequest *req,
 /* The absolute deadline (vmf_now_ms()) timeout_ms from now; -1 for <0. */
 int64_t agent_client_deadline(int timeout_ms);
 
+/* A watch the agent started (its events are believed from then on), or
+ * forgotten (unwatched: nothing more of it is). */
+int agent_client_watch_add(struct vmf_client_agent *a, uint64_t id, struct vmf_error *err);
+void agent_client_watch_forget(struct vmf_client_agent *a, uint64_t id);
+/* Being unwatched: its frames until the agent's answer are dropped. */
+void agent_client_watch_stopping(struct vmf_client_agent *a, uint64_t id);
+
+/* The guest's string made valid UTF-8 (malloc'ed; NULL without memory). */
+char *agent_client_guest_string(const char *s);
+
 #endif

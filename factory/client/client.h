@@ -185,6 +185,17 @@ enum vmf_exec_event_type {
 	VMF_EXEC_EV_OUTPUT,          /* fd 1 or 2, data/len valid until the next call */
 	VMF_EXEC_EV_EXIT,            /* after all of the process's output */
 	VMF_EXEC_EV_ERROR,           /* the agent refused a stdin or signal request */
+	VMF_EXEC_EV_FILES,           /* a watch's file events (exec_id: the watch's id) */
+};
+
+enum vmf_file_event_type {
+	VMF_FILE_EV_CREATE = 1, VMF_FILE_EV_WRITE = 2, VMF_FILE_EV_REMOVE = 3, VMF_FILE_EV_RENAME = 4,
+	VMF_FILE_EV_CHMOD = 5,
+};
+
+struct vmf_file_event {
+	const char *name;            /* relative to the watched directory, valid UTF-8 */
+	enum vmf_file_event_type type;
 };
 
 struct vmf_exec_event {
@@ -197,7 +208,14 @@ struct vmf_exec_event {
 	int signal;
 	int timed_out;
 	int error_code;
-	char message[256];
+	char message[256];           /* ERROR: the agent's sentence; FILES ended: why */
+	/* VMF_EXEC_EV_FILES, valid until the next call: the events, how many
+	 * were lost before them (the agent's queue, or this library's, full),
+	 * and whether the watch ended (the last event for it). */
+	const struct vmf_file_event *files;
+	size_t n_files;
+	uint64_t lost;
+	int ended;
 };
 
 /* The next event of any process on this connection, waiting up to
@@ -301,5 +319,14 @@ int vmf_client_file_read(struct vmf_client_agent *a, const struct vmf_file_user 
 int vmf_client_file_write(struct vmf_client_agent *a, const struct vmf_file_user *u, const char *path,
 			  uint64_t offset, const void *data, size_t len, int truncate, struct vmf_file_entry *e,
 			  int timeout_ms, struct vmf_error *err);
+
+/* Watches a directory (and, recursive, the directories below it, down to
+ * 16 levels) as the user given: its events come as VMF_EXEC_EV_FILES from
+ * vmf_client_agent_next_event.  At most 8 watches per connection (the
+ * agent's -EMFILE past them); a watch ends with the connection, an
+ * unwatch, or its directory's removal (an event with ended). */
+int vmf_client_file_watch(struct vmf_client_agent *a, const struct vmf_file_user *u, const char *path,
+			  int recursive, uint64_t *watch_id, int timeout_ms, struct vmf_error *err);
+int vmf_client_file_unwatch(struct vmf_client_agent *a, uint64_t watch_id, int timeout_ms, struct vmf_error *err);
 
 #endif

@@ -363,3 +363,12 @@ gw_envd_dispatch(struct gw *gw, struct gw_req *r)
 	}
 	gw_reply_error(r, 404, "%s %s is not a route of envd", method, path);
 }
+
+json_object *
+gw_rpc_event(const char *kind, json_object *body)
+{
+	json_object *e = json_object_new_object(), *m = json_object_new_object();
+	json_object_object_add(e, kind, body);
+	json_object_object_add(m, "event", e);
+	return m;
+}

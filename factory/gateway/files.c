@@ -20,7 +20,7 @@
 #define FILES_LIST_MAX 10000u
 #define FILES_READ_MAX (16u << 20)
 
-enum fs_op { FS_STAT, FS_LIST, FS_MKDIR, FS_MOVE, FS_REMOVE, FS_READ, FS_WRITE };
+enum fs_op { FS_STAT, FS_LIST, FS_MKDIR, FS_MOVE, FS_REMOVE, FS_READ, FS_WRITE, FS_WATCH, FS_UNWATCH };
 
 /* One file of an upload: its path and its bytes (in the job's body copy). */
 struct fs_upload {
@@ -45,6 +45,8 @@ struct fs_job {
 	size_t len;
 	struct fs_upload *files;
 	size_t n_files;
+	bool recursive;
+	uint64_t watch_id;
 };
 
 /* ---- on the worker ---- */
@@ -166,6 +168,12 @@ fs_work(struct gw_guest_job *g)
 		for (size_t i = 0; r == 0 && i < f->n_files; i++)
 			r = write_one(f, &f->files[i], err);
 		break;
+	case FS_WATCH:
+		r = vmf_client_file_watch(g->a, &f->u, f->path, f->recursive, &f->watch_id, FILE_CALL_MS, err);
+		break;
+	case FS_UNWATCH:
+		r = vmf_client_file_unwatch(g->a, f->watch_id, FILE_CALL_MS, err);
+		break;
 	}
 	g->job.rc = r;
 }
@@ -181,7 +189,7 @@ rpc_code(int e)
 	case EACCES: case EPERM: case EROFS: return "permission_denied";
 	case EINVAL: case ENOTDIR: case EISDIR: case ENAMETOOLONG: case ELOOP: case EXDEV: case EBUSY:
 		return "invalid_argument";
-	case EFBIG: case E2BIG: case ENOSPC: case EDQUOT: case EAGAIN: return "resource_exhausted";
+	case EFBIG: case E2BIG: case ENOSPC: case EDQUOT: case EAGAIN: case EMFILE: return "resource_exhausted";
 	case ETIMEDOUT: return "deadline_exceeded";
 	case ENOMEM: return "internal";
 	default: return "unavailable";
@@ -263,12 +271,27 @@ fs_free(struct fs_job *f)
 	free(f);
 }
 
+static void watch_started(struct fs_job *f);
+
 static void
 fs_after(struct gw_guest_job *g)
 {
 	struct fs_job *f = (struct fs_job *)g;
 	struct gw_req *r = f->r;
 	int e = g->job.rc < 0 ? -g->job.rc : 0;
+	if (f->op == FS_UNWATCH) {
+		/* Nobody waits for it: the watch's stream is gone already. */
+		if (e)
+			log_debug("sandbox %s: unwatch %llu: %s", g->job.sb->id, (unsigned long long)f->watch_id,
+				  g->job.err.msg);
+		fs_free(f);
+		return;
+	}
+	if (!e && f->op == FS_WATCH) {
+		watch_started(f);
+		fs_free(f);
+		return;
+	}
 	if (!e && f->op == FS_MKDIR && !f->created)
 		e = EEXIST, vmf_err(&g->job.err, EEXIST, "directory %s exists already", f->path);
 	if (e && f->http)
@@ -301,6 +324,163 @@ fs_after(struct gw_guest_job *g)
 		gw_rpc_reply(r, wrap_entry(&f->e));
 	}
 	fs_free(f);
+}
+
+/* ---- WatchDir: a watch of the agent, its events to one stream ---- */
+
+/* Events a watch's stream may hold unsent: past them they are dropped
+ * (counted in the log), so that a slow client neither grows the gateway
+ * nor holds the sandbox's connection, which its processes share. */
+struct gw_watch {
+	struct gw_watch *next;
+	struct gw *gw;
+	struct gw_sandbox *sb;
+	uint64_t id;
+	struct vmf_file_user u;
+	struct gw_stream *s;
+	uint64_t dropped;
+};
+
+/* WatchDirResponse's oneof is the message's own: {kind: body}, no
+ * "event" around it (unlike a process's stream). */
+static json_object *
+watch_msg(const char *kind, json_object *body)
+{
+	json_object *m = json_object_new_object();
+	json_object_object_add(m, kind, body);
+	return m;
+}
+
+static void
+watch_unlink(struct gw_watch *w)
+{
+	for (struct gw_watch **pp = &w->sb->guest.watches; *pp; pp = &(*pp)->next)
+		if (*pp == w) {
+			*pp = w->next;
+			w->sb->guest.n_watches--;
+			break;
+		}
+}
+
+/* The agent's watch stopped, as a job on the sandbox's connection.  Past
+ * the job limit it stays until the connection ends: it counts against
+ * the agent's 8. */
+static void
+unwatch_later(struct gw *gw, struct gw_sandbox *sb, uint64_t id)
+{
+	/* Stopping, the workers are gone: the connection's end stops it. */
+	if (!sb->guest.a || sb->gone || gw->stopping || !gw->jobs)
+		return;
+	struct fs_job *f = calloc(1, sizeof(*f));
+	if (!f)
+		return;
+	f->op = FS_UNWATCH;
+	f->watch_id = id;
+	f->g.fn = fs_work;
+	f->g.after = fs_after;
+	if (gw_guest_run(gw, sb, &f->g) < 0)
+		free(f);
+}
+
+/* The client went away. */
+static void
+watch_gone(void *arg)
+{
+	struct gw_watch *w = arg;
+	w->s = NULL;
+	watch_unlink(w);
+	if (w->dropped)
+		log_info("sandbox %s: watch %llu: %llu events dropped for a slow client", w->sb->id,
+			 (unsigned long long)w->id, (unsigned long long)w->dropped);
+	unwatch_later(w->gw, w->sb, w->id);
+	free(w);
+}
+
+static void
+watch_drain(void *arg)
+{
+	(void)arg;
+}
+
+static void
+watch_started(struct fs_job *f)
+{
+	struct gw_sandbox *sb = f->g.job.sb;
+	if (sb->gone || !sb->guest.a) {
+		gw_rpc_error(f->r, "unavailable", "sandbox %s lost its guest agent connection while the watch started",
+			     sb->id);
+		return;
+	}
+	struct gw_watch *w = calloc(1, sizeof(*w));
+	struct gw_stream *s = w ? gw_rpc_stream_open(f->r, watch_msg("keepalive", json_object_new_object())) : NULL;
+	if (!s) {
+		if (!w)
+			gw_rpc_error(f->r, "internal", "out of memory");
+		free(w);
+		unwatch_later(f->g.job.gw, sb, f->watch_id);
+		return;
+	}
+	w->gw = f->g.job.gw;
+	w->sb = sb;
+	w->id = f->watch_id;
+	w->s = s;
+	w->next = sb->guest.watches;
+	sb->guest.watches = w;
+	sb->guest.n_watches++;
+	struct gw_stream_owner o = { watch_drain, watch_gone, w };
+	gw_stream_set_owner(s, &o);
+	gw_rpc_send(s, watch_msg("start", json_object_new_object()));
+}
+
+static const char *const event_names[] = { "EVENT_TYPE_UNSPECIFIED", "EVENT_TYPE_CREATE", "EVENT_TYPE_WRITE",
+					    "EVENT_TYPE_REMOVE", "EVENT_TYPE_RENAME", "EVENT_TYPE_CHMOD" };
+
+void
+gw_watch_event(struct gw *gw, struct gw_sandbox *sb, const struct vmf_exec_event *ev)
+{
+	(void)gw;
+	struct gw_watch *w = sb->guest.watches;
+	while (w && w->id != ev->exec_id)
+		w = w->next;
+	if (!w)
+		return;
+	if (ev->lost)
+		log_info("sandbox %s: watch %llu: the guest lost %llu events (its queue was full)", sb->id,
+			 (unsigned long long)w->id, (unsigned long long)ev->lost);
+	for (size_t i = 0; i < ev->n_files; i++) {
+		if (gw_stream_pending(w->s) >= GW_STREAM_HIGH) {
+			w->dropped++;
+			continue;
+		}
+		/* The library made the name valid UTF-8; json-c escapes it. */
+		json_object *fe = json_object_new_object();
+		json_object_object_add(fe, "name", json_object_new_string(ev->files[i].name));
+		json_object_object_add(fe, "type", json_object_new_string(event_names[ev->files[i].type]));
+		gw_rpc_send(w->s, watch_msg("filesystem", fe));
+	}
+	if (ev->ended) {
+		struct gw_stream *s = w->s;
+		watch_unlink(w);
+		free(w);
+		gw_rpc_end(s, "not_found", "the watch ended: %s", ev->message);
+	}
+}
+
+void
+gw_watch_drop_all(struct gw *gw, struct gw_sandbox *sb, const char *code, const char *msg)
+{
+	(void)gw;
+	while (sb->guest.watches) {
+		struct gw_watch *w = sb->guest.watches;
+		sb->guest.watches = w->next;
+		struct gw_stream *s = w->s;
+		free(w);
+		if (code)
+			gw_rpc_end(s, code, "%s", msg);
+		else
+			gw_rpc_end(s, NULL, NULL);
+	}
+	sb->guest.n_watches = 0;
 }
 
 /* ---- requests ---- */
@@ -583,15 +763,35 @@ gw_files_http(struct gw *gw, struct gw_req *r, struct gw_sandbox *sb)
 	fs_run(gw, sb, f);
 }
 
-/* Watching waits for the agent's inotify room: its rows say so. */
-#define WATCH "the guest agent's file watch (inotify)"
+static void
+do_watch_dir(struct gw *gw, struct gw_req *r, struct gw_sandbox *sb, json_object *msg)
+{
+	json_object *v;
+	if (json_object_object_get_ex(msg, "includeEntry", &v) && json_object_get_boolean(v)) {
+		gw_rpc_error(r, "unimplemented", "filesystem.Filesystem/WatchDir: includeEntry is not served");
+		return;
+	}
+	if (sb->guest.n_watches >= GW_WATCHES_MAX) {
+		gw_rpc_error(r, "resource_exhausted", "sandbox %s has %u directories watched already (at most %u)",
+			     sb->id, sb->guest.n_watches, GW_WATCHES_MAX);
+		return;
+	}
+	struct fs_job *f = rpc_job(r, msg, FS_WATCH, "path");
+	if (!f)
+		return;
+	f->recursive = json_object_object_get_ex(msg, "recursive", &v) && json_object_get_boolean(v);
+	fs_run(gw, sb, f);
+}
+
+/* The polling watcher calls: the SDK uses WatchDir's stream. */
+#define WATCH "WatchDir (the server stream)"
 const struct gw_rpc_method gw_filesystem_methods[] = {
 	{ "filesystem.Filesystem/Stat", false, do_stat, NULL },
 	{ "filesystem.Filesystem/MakeDir", false, do_mkdir, NULL },
 	{ "filesystem.Filesystem/Move", false, do_move, NULL },
 	{ "filesystem.Filesystem/ListDir", false, do_list, NULL },
 	{ "filesystem.Filesystem/Remove", false, do_remove, NULL },
-	{ "filesystem.Filesystem/WatchDir", true, NULL, WATCH },
+	{ "filesystem.Filesystem/WatchDir", true, do_watch_dir, NULL },
 	{ "filesystem.Filesystem/CreateWatcher", false, NULL, WATCH },
 	{ "filesystem.Filesystem/GetWatcherEvents", false, NULL, WATCH },
 	{ "filesystem.Filesystem/RemoveWatcher", false, NULL, WATCH },

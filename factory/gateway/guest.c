@@ -53,7 +53,10 @@ pump(struct gw *gw, struct gw_sandbox *sb)
 		}
 		if (ev.type == VMF_EXEC_EV_NONE)
 			break;
-		gw_proc_event(gw, sb, &ev);
+		if (ev.type == VMF_EXEC_EV_FILES)
+			gw_watch_event(gw, sb, &ev);
+		else
+			gw_proc_event(gw, sb, &ev);
 	}
 	gw_guest_flush(gw, sb);
 }
@@ -220,6 +223,7 @@ gw_guest_close(struct gw *gw, struct gw_sandbox *sb, const char *code, const cha
 {
 	struct gw_guest *g = &sb->guest;
 	gw_proc_drop_all(gw, sb, code, msg);
+	gw_watch_drop_all(gw, sb, code, msg);
 	/* A job holds it: closed when the job is done (gw_guest_run). */
 	if (g->busy)
 		return;

@@ -174,6 +174,8 @@ struct gw_guest {                /* guest.c */
 	bool held;                   /* a stream's buffer is full: not reading */
 	struct gw_proc *procs;
 	unsigned n_procs;
+	struct gw_watch *watches;    /* files.c: WatchDir streams */
+	unsigned n_watches;
 };
 
 struct gw_sandbox {
@@ -340,6 +342,8 @@ void gw_rpc_error(struct gw_req *r, const char *code, const char *fmt, ...) __at
  * stream keeps itself alive with keepalive (a message) when idle. */
 struct gw_stream *gw_rpc_stream_open(struct gw_req *r, json_object *keepalive);
 void gw_rpc_send(struct gw_stream *s, json_object *msg);   /* takes msg */
+/* {"event": {kind: body}}, the streams' message shape (takes body). */
+json_object *gw_rpc_event(const char *kind, json_object *body);
 void gw_rpc_end(struct gw_stream *s, const char *code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* The sandbox user the request runs as (HTTP Basic user, else "user"). */
 struct gw_user {
@@ -349,8 +353,15 @@ struct gw_user {
 };
 int gw_envd_user(struct gw_req *r, struct gw_user *u, char *why, size_t n);
 
-/* ---- files.c: envd's GET and POST /files ---- */
+/* ---- files.c: envd's GET and POST /files, WatchDir ---- */
 void gw_files_http(struct gw *gw, struct gw_req *r, struct gw_sandbox *sb);
+/* The agent's watches per connection (one connection per sandbox). */
+#define GW_WATCHES_MAX 8u
+struct gw_watch;
+/* A watch's events (VMF_EXEC_EV_FILES) to its stream. */
+void gw_watch_event(struct gw *gw, struct gw_sandbox *sb, const struct vmf_exec_event *ev);
+/* The connection went: each watch's stream ends (code NULL: no error). */
+void gw_watch_drop_all(struct gw *gw, struct gw_sandbox *sb, const char *code, const char *msg);
 
 /* ---- small helpers (api.c) ---- */
 void gw_iso_time(int64_t ms, char *out, size_t n);

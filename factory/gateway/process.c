@@ -127,14 +127,7 @@ send_all(struct gw_proc *p, json_object *msg)
 	json_object_put(msg);
 }
 
-static json_object *
-event(const char *kind, json_object *body)
-{
-	json_object *e = json_object_new_object(), *m = json_object_new_object();
-	json_object_object_add(e, kind, body);
-	json_object_object_add(m, "event", e);
-	return m;
-}
+#define event gw_rpc_event
 
 /* ---- Start ---- */
 

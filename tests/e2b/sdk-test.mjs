@@ -206,8 +206,35 @@ async function main() {
     (e) => /Permission denied/.test(e?.message))
   await throws('files.list of a file: InvalidArgumentError', () => sbx.files.list('/tmp/m1'),
     (e) => e instanceof InvalidArgumentError)
-  await throws('files.watchDir (not served yet) says so', () => sbx.files.watchDir('/tmp', () => {}),
-    (e) => /not served/.test(e?.message))
+  await step('files.watchDir sees a file written, renamed and removed (recursive too)', async () => {
+    await sbx.files.makeDir('watched/sub')
+    const seen = []
+    const h = await sbx.files.watchDir('watched', (e) => seen.push(`${e.type}:${e.name}`), { recursive: true })
+    const has = (x) => seen.includes(x)
+    await sbx.files.write('watched/a.txt', 'one')
+    check(await waitFor(() => has('create:a.txt') && has('write:a.txt'), 20000), `create and write of a.txt: ${seen}`)
+    await sbx.files.write('watched/sub/deep.txt', 'two')
+    check(await waitFor(() => has('create:sub/deep.txt'), 20000), `a file below it (recursive): ${seen}`)
+    await sbx.files.rename('watched/a.txt', 'watched/b.txt')
+    check(await waitFor(() => has('rename:a.txt') && has('create:b.txt'), 20000), `rename: ${seen}`)
+    await sbx.files.remove('watched/b.txt')
+    check(await waitFor(() => has('remove:b.txt'), 20000), `remove: ${seen}`)
+    await h.stop()
+    const n = seen.length
+    await sbx.files.write('watched/after.txt', 'x')
+    // A later event on another watch shows the stopped one stayed quiet.
+    const seen2 = []
+    const h2 = await sbx.files.watchDir('watched', (e) => seen2.push(`${e.type}:${e.name}`))
+    await sbx.files.write('watched/c.txt', 'y')
+    check(await waitFor(() => seen2.includes('create:c.txt'), 20000), `a second watch: ${seen2}`)
+    check(seen.length === n, `nothing after stop: ${seen.slice(n)}`)
+    await h2.stop()
+    await sbx.files.remove('watched')
+  })
+  await throws('files.watchDir of a missing directory: NotFoundError', () => sbx.files.watchDir('/tmp/none', () => {}),
+    (e) => /cannot watch/.test(e?.message))
+  await throws('files.watchDir with includeEntry says it is not served', () =>
+    sbx.files.watchDir('/tmp', () => {}, { includeEntry: true }), (e) => /includeEntry|update the template/.test(e?.message))
 
   // Processes that outlive their request: background + list + kill + wait,
   // stdin, connect, a terminal's input and size.

@@ -10,7 +10,8 @@
  *   11-12 the daemon: FlushDisks, Poweroff (a stop that loses nothing)
  *   13    the library: connect (ExecReset), ExecStart, then events (output
  *         consumed, credit given back), stdin, a signal, until the stream
- *         ends; then its file calls: stat, a listing, a read
+ *         ends; then its file calls: stat, a listing, a read, a watch
+ *         (its events), an unwatch
  *   14    the library's process table: connect, ExecList (its pages),
  *         ExecAttach by tag, then events as for 13
  * What every call must hold whatever it is sent: it returns (the input's
@@ -280,6 +281,24 @@ library_files(struct vmf_client_agent *ag)
 	if (vmf_client_file_read(ag, NULL, "/x", 0, buf, sizeof(buf), &got, &size, &eof, TIMEOUT_MS, &err) == 0 &&
 	    got > sizeof(buf))
 		abort();
+	must_be_text(err.msg);
+	/* A watch: its events' names are text, a flood of them stays
+	 * bounded (the library counts what it does not keep). */
+	uint64_t wid;
+	if (vmf_client_file_watch(ag, NULL, "/", 1, &wid, TIMEOUT_MS, &err) == 0) {
+		struct vmf_exec_event ev;
+		for (int i = 0; i < 64; i++) {
+			if (vmf_client_agent_next_event(ag, &ev, 50, &err) < 0 || ev.type == VMF_EXEC_EV_NONE)
+				break;
+			for (size_t k = 0; ev.type == VMF_EXEC_EV_FILES && k < ev.n_files; k++) {
+				must_be_text(ev.files[k].name);
+				if (ev.files[k].type < VMF_FILE_EV_CREATE || ev.files[k].type > VMF_FILE_EV_CHMOD)
+					abort();
+			}
+			must_be_text(ev.message);
+		}
+		vmf_client_file_unwatch(ag, wid, TIMEOUT_MS, &err);
+	}
 	must_be_text(err.msg);
 }
 
