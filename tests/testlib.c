@@ -59,10 +59,30 @@ vmf_test_skip(const char *fmt, ...)
 	fclose(f);
 }
 
+static pid_t runner_pid;
+
+/* meson's timeout (SIGTERM to the test's process group) or ^C would end
+ * the runner without its sweep, and the daemons and VMs of the test in
+ * flight (sessions of their own) would outlive it.  The runner spends its
+ * life in check's waitpid, so sweeping from the handler interrupts no
+ * allocation.  Forked children inherit the handler: they die of the signal
+ * as they would have. */
+static void
+runner_signalled(int sig)
+{
+	if (getpid() == runner_pid)
+		sweep_test_dirs();
+	signal(sig, SIG_DFL);
+	raise(sig);
+}
+
 int
 vmf_test_run(Suite *s)
 {
 	char pid[16], path[PATH_MAX];
+	runner_pid = getpid();
+	signal(SIGTERM, runner_signalled);
+	signal(SIGINT, runner_signalled);
 	snprintf(pid, sizeof(pid), "%d", (int)getpid());
 	setenv("VMF_TEST_RUNNER", pid, 1);
 	skip_file(path, sizeof(path));
