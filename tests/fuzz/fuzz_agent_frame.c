@@ -218,6 +218,14 @@ daemon_call(int call, struct vmf_agent *a)
 static char lpath[108];
 static int lfd = -1;
 
+/* libFuzzer ends a run through exit(): the socket's path goes with it,
+ * not left in /tmp by every run. */
+static void
+listener_remove(void)
+{
+	unlink(lpath);
+}
+
 static int
 listener(void)
 {
@@ -225,6 +233,7 @@ listener(void)
 		return lfd;
 	snprintf(lpath, sizeof(lpath), "/tmp/vmf-fuzz-agent.%d.sock", (int)getpid());
 	unlink(lpath);
+	atexit(listener_remove);
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", lpath);
 	lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
